@@ -1,0 +1,35 @@
+"""Errors a user can act on.
+
+An InputError stops the run before any work starts (exit code 2) and always says where the bad
+input is and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class InputError(Exception):
+    """Bad user input: a file, a flag, a rule. Rendered as `file:line: message` plus a hint."""
+
+    def __init__(
+        self, message: str, *, file: str | None = None, line: int | None = None, hint: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.file = file
+        self.line = line
+        self.hint = hint
+
+    def location(self) -> str:
+        if self.file and self.line:
+            return f"{self.file}:{self.line}"
+        return self.file or ""
+
+    def __str__(self) -> str:
+        loc = self.location()
+        text = f"{loc}: {self.message}" if loc else self.message
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+    def as_dict(self) -> dict:
+        return {"file": self.file, "line": self.line, "message": self.message, "hint": self.hint}

@@ -1,0 +1,1 @@
+"""Facts: the parsed, typed view of what the collectors saw."""

@@ -1,0 +1,70 @@
+"""The fact contract: a flat, serializable record every stage after parsing works on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Scalar = str | int | float | bool | None
+
+EXCERPT_LIMIT = 2000  # characters of raw output kept with each fact as evidence
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a fact came from: the probe, its command, its exit code, and the raw lines behind it."""
+
+    probe: str
+    command: str = ""
+    exit_code: int | None = None
+    excerpt: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "probe": self.probe,
+            "command": self.command,
+            "exit_code": self.exit_code,
+            "excerpt": self.excerpt,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Source:
+        return cls(
+            probe=str(d.get("probe", "")),
+            command=str(d.get("command", "")),
+            exit_code=d.get("exit_code"),
+            excerpt=str(d.get("excerpt", ""))[:EXCERPT_LIMIT],
+        )
+
+
+@dataclass
+class Fact:
+    """`kind` and `node` (an inventory name, or "cluster"), typed scalar `attrs`, and its `source`."""
+
+    kind: str
+    node: str
+    attrs: dict[str, Scalar] = field(default_factory=dict)
+    source: Source | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind, "node": self.node, "attrs": dict(self.attrs)}
+        if self.source is not None:
+            d["source"] = self.source.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Fact:
+        src = d.get("source")
+        return cls(
+            kind=str(d["kind"]),
+            node=str(d["node"]),
+            attrs=dict(d.get("attrs") or {}),
+            source=Source.from_dict(src) if isinstance(src, dict) else None,
+        )
+
+
+def excerpt(text: str, limit: int = EXCERPT_LIMIT) -> str:
+    """Cut raw output to a size a report can carry, saying so when it was cut."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n... ({len(text) - limit} more characters in the bundle)"

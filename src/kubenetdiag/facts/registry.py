@@ -1,0 +1,74 @@
+"""The facts registry (kinds.yaml): the one list of fact kinds that parsers, rules and docs share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+import yaml
+
+from kubenetdiag.facts.model import Fact, Scalar
+
+TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+}
+RESERVED = frozenset({"kind", "node", "source", "id"})
+
+
+@dataclass(frozen=True)
+class AttrSpec:
+    name: str
+    type: str
+    doc: str
+    nullable: bool = False
+
+    def accepts(self, value: Scalar) -> bool:
+        if value is None:
+            return self.nullable
+        if self.type in ("int", "float") and isinstance(value, bool):
+            return False
+        return isinstance(value, TYPES[self.type])
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    name: str
+    doc: str
+    attrs: dict[str, AttrSpec]
+    derived: bool = False
+
+
+@cache
+def registry() -> dict[str, KindSpec]:
+    text = resources.files("kubenetdiag.facts").joinpath("kinds.yaml").read_text("utf-8")
+    raw = yaml.safe_load(text)
+    kinds: dict[str, KindSpec] = {}
+    for name, spec in raw.items():
+        attrs = {
+            a: AttrSpec(a, s["type"], s.get("doc", ""), bool(s.get("nullable", False)))
+            for a, s in spec["attrs"].items()
+        }
+        kinds[name] = KindSpec(name, spec.get("doc", ""), attrs, bool(spec.get("derived", False)))
+    return kinds
+
+
+def validate_fact(fact: Fact) -> list[str]:
+    """Problems with a fact against the registry; empty when it conforms."""
+    spec = registry().get(fact.kind)
+    if spec is None:
+        return [f"unknown fact kind {fact.kind!r}"]
+    problems = []
+    for name, value in fact.attrs.items():
+        a = spec.attrs.get(name)
+        if a is None:
+            problems.append(f"{fact.kind}: unknown attribute {name!r}")
+        elif not a.accepts(value):
+            problems.append(f"{fact.kind}.{name}: {value!r} is not a {a.type}")
+    for name, a in spec.attrs.items():
+        if name not in fact.attrs and not a.nullable:
+            problems.append(f"{fact.kind}: missing attribute {name!r}")
+    return problems

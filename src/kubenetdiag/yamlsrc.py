@@ -1,0 +1,116 @@
+"""Load YAML while remembering where every value came from.
+
+Inventories and rule files are written by people; when one is wrong the error must name the file
+and the line. PyYAML's plain loaders drop positions and silently keep the last of two duplicate
+keys, so we compose the node tree ourselves and keep a map from each value's path to its line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kubenetdiag.errors import InputError
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass
+class YamlDoc:
+    """A parsed YAML document plus the 1-based line of every mapping key and sequence item."""
+
+    data: Any
+    file: str
+    lines: dict[Path_, int] = field(default_factory=dict)
+
+    def line_of(self, path: Path_) -> int | None:
+        """The line of `path`, or of its nearest ancestor that has one."""
+        p = tuple(path)
+        while p:
+            if p in self.lines:
+                return self.lines[p]
+            p = p[:-1]
+        return self.lines.get((), None)
+
+    def error(self, path: Path_, message: str, hint: str = "") -> InputError:
+        return InputError(message, file=self.file, line=self.line_of(path), hint=hint)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of keeping the last one."""
+
+
+def _node_to_python(loader: _Loader, node: yaml.Node, path: Path_, doc: YamlDoc) -> Any:
+    doc.lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise InputError(
+                    "a mapping key must be a plain value",
+                    file=doc.file,
+                    line=key_node.start_mark.line + 1,
+                )
+            if key in out:
+                raise InputError(
+                    f"duplicate key {key!r}",
+                    file=doc.file,
+                    line=key_node.start_mark.line + 1,
+                    hint="YAML keeps only the last of two equal keys; merge them or rename one",
+                )
+            child = (*path, key if isinstance(key, str) else str(key))
+            doc.lines[child] = key_node.start_mark.line + 1
+            out[key] = _node_to_python(loader, value_node, child, doc)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        items = []
+        for i, item in enumerate(node.value):
+            child = (*path, i)
+            doc.lines[child] = item.start_mark.line + 1
+            items.append(_node_to_python(loader, item, child, doc))
+        return items
+    return loader.construct_object(node, deep=True)
+
+
+def load_yaml_text(text: str, file: str) -> YamlDoc:
+    """Parse one YAML document; raise InputError (with file and line) on any syntax problem."""
+    doc = YamlDoc(data=None, file=file)
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            doc.data = _node_to_python(loader, node, (), doc)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        reason = " ".join(p for p in (exc.context, exc.problem) if p)
+        raise InputError(
+            f"YAML syntax error: {reason}",
+            file=file,
+            line=mark.line + 1 if mark else None,
+            hint="check indentation and quoting on that line (tabs are not allowed in YAML)",
+        ) from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"YAML error: {exc}", file=file) from None
+    finally:
+        loader.dispose()
+    return doc
+
+
+def load_yaml_file(path: str | Path) -> YamlDoc:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"file not found: {p}", hint="check the path") from None
+    except IsADirectoryError:
+        raise InputError(f"{p} is a directory, not a YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p} is not UTF-8 text (byte {exc.start})", file=str(p)) from None
+    except OSError as exc:
+        raise InputError(f"cannot read {p}: {exc.strerror}", file=str(p)) from None
+    return load_yaml_text(text, str(p))
