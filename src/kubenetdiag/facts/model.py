@@ -12,7 +12,7 @@ EXCERPT_LIMIT = 2000  # characters of raw output kept with each fact as evidence
 
 @dataclass(frozen=True)
 class Source:
-    """Where a fact came from: the probe, its command, its exit code, and the raw lines behind it."""
+    """Where a fact came from: probe, command, exit code, and the raw lines behind it."""
 
     probe: str
     command: str = ""
@@ -39,7 +39,7 @@ class Source:
 
 @dataclass
 class Fact:
-    """`kind` and `node` (an inventory name, or "cluster"), typed scalar `attrs`, and its `source`."""
+    """`kind`, `node` (inventory name or "cluster"), typed scalar `attrs`, and `source`."""
 
     kind: str
     node: str

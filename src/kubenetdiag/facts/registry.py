@@ -1,4 +1,4 @@
-"""The facts registry (kinds.yaml): the one list of fact kinds that parsers, rules and docs share."""
+"""The facts registry (kinds.yaml): the one list of fact kinds parsers, rules and docs share."""
 
 from __future__ import annotations
 

@@ -1,0 +1,5 @@
+import sys
+
+from kubenetdiag.cli import main
+
+sys.exit(main())

@@ -1,0 +1,158 @@
+"""The bundle: the directory that holds everything collected, and later what was concluded.
+
+It is the seam between collection and analysis: `collect` writes one, `analyze` reads one with
+no network at all, so an air-gapped site can carry it out on a USB stick. A bundle may come from
+anywhere, so reading one validates it before anything trusts its contents.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from kubenetdiag import __version__
+from kubenetdiag.errors import InputError
+
+BUNDLE_SCHEMA = "kubenetdiag/bundle/v1"
+FACTS_SCHEMA = "kubenetdiag/facts/v1"
+MAX_NODE_FILE = 256 * 1024 * 1024
+
+_META = {
+    "type": "object",
+    "required": ["schema", "tool_version", "started_at", "finished_at", "transport", "nodes"],
+    "properties": {
+        "schema": {"const": BUNDLE_SCHEMA},
+        "tool_version": {"type": "string"},
+        "started_at": {"type": "string"},
+        "finished_at": {"type": "string"},
+        "transport": {"enum": ["ssh", "local", "mixed"]},
+        "inventory": {"type": ["string", "null"]},
+        "nodes": {"type": "array", "items": {"type": "string"}},
+    },
+}
+_SECTION = {
+    "type": "object",
+    "required": ["probe", "command", "exit_code", "stdout", "stderr"],
+    "properties": {
+        "probe": {"type": "string"},
+        "command": {"type": "string"},
+        "exit_code": {"type": ["integer", "null"]},
+        "duration_s": {"type": "number"},
+        "stdout": {"type": "string"},
+        "stderr": {"type": "string"},
+        "truncated": {"type": "boolean"},
+    },
+}
+_NODE = {
+    "type": "object",
+    "required": ["name", "address", "reachable", "error", "sections"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "address": {"type": "string"},
+        "reachable": {"type": "boolean"},
+        "error": {"type": ["string", "null"]},
+        "duration_s": {"type": "number"},
+        "sections": {"type": "array", "items": _SECTION},
+    },
+}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def safe_name(name: str) -> str:
+    """A file name for a node that cannot escape the bundle (node names are user input)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".") or "node"
+    return cleaned[:100]
+
+
+def prepare_dir(path: Path) -> None:
+    """Refuse to mix a new run into an old bundle: it would corrupt the evidence of both."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path} exists and is not a directory", hint="choose another path")
+    if (path / "meta.json").exists():
+        raise InputError(
+            f"{path} already holds a bundle",
+            hint="choose a new directory; keep the old bundle as the record of its run",
+        )
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def write_bundle(path: Path, meta: dict[str, Any], records: list[dict]) -> None:
+    prepare_dir(path)
+    nodes_dir = path / "nodes"
+    nodes_dir.mkdir(exist_ok=True)
+    used: set[str] = set()
+    for rec in records:
+        base = safe_name(rec["name"])
+        fname, i = base, 1
+        while fname in used:  # two names may clean to the same file name
+            i += 1
+            fname = f"{base}-{i}"
+        used.add(fname)
+        write_json(nodes_dir / f"{fname}.json", rec)
+    meta = {"schema": BUNDLE_SCHEMA, "tool_version": __version__, **meta}
+    meta["nodes"] = [r["name"] for r in records]
+    jsonschema.validate(meta, _META)
+    write_json(path / "meta.json", meta)
+
+
+def read_bundle(path: Path) -> tuple[dict[str, Any], list[dict]]:
+    """Meta and node records, in the order the run listed the nodes."""
+    if not path.is_dir():
+        raise InputError(
+            f"{path} is not a bundle directory", hint="pass the directory that `collect -o` wrote"
+        )
+    meta_path = path / "meta.json"
+    if not meta_path.exists():
+        raise InputError(f"{path} has no meta.json: not a kubenetdiag bundle", file=str(path))
+    meta = _read_json(meta_path)
+    _validate(meta, _META, meta_path)
+    records: dict[str, dict] = {}
+    for f in sorted((path / "nodes").glob("*.json")):
+        if f.stat().st_size > MAX_NODE_FILE:
+            raise InputError(f"{f} is larger than {MAX_NODE_FILE >> 20} MiB", file=str(f))
+        rec = _read_json(f)
+        _validate(rec, _NODE, f)
+        records[rec["name"]] = rec
+    missing = [n for n in meta["nodes"] if n not in records]
+    if missing:
+        raise InputError(
+            f"bundle lists nodes with no node file: {', '.join(missing[:5])}",
+            file=str(meta_path),
+            hint="the bundle is incomplete; copy the whole directory",
+        )
+    return meta, [records[n] for n in meta["nodes"]]
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)  # a reader never sees half a file
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON: {exc.msg}", file=str(path), line=exc.lineno) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path}: {exc}", file=str(path)) from None
+
+
+def _validate(data: Any, schema: dict, path: Path) -> None:
+    try:
+        jsonschema.validate(data, schema)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+        raise InputError(
+            f"not a valid bundle file at {where}: {exc.message}",
+            file=str(path),
+            hint="the bundle is damaged or from an incompatible version; collect again",
+        ) from None

@@ -1,0 +1,85 @@
+"""Fan the probe script out to every node in parallel and keep every raw answer.
+
+Nothing is parsed here: the runner's product is one record per node (see docs/contracts.md,
+"Bundle"), including the nodes that failed and why.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from kubenetdiag.collect import local, ssh
+from kubenetdiag.collect.script import OUTPUT_LIMIT, build_script, new_marker, split_output
+from kubenetdiag.inventory import Host
+from kubenetdiag.probes import PROBES, Probe
+
+# (node name, state, detail); states: "connecting", "done", "failed"
+ProgressFn = Callable[[str, str, str], None]
+
+
+def _record(host: Host, reachable: bool, error: str | None, started: float, sections=()) -> dict:
+    return {
+        "name": host.name,
+        "address": "local" if host.connection == "local" else host.address,
+        "reachable": reachable,
+        "error": error,
+        "duration_s": round(time.monotonic() - started, 3),
+        "sections": [s.to_dict() for s in sections],
+    }
+
+
+def collect_node(
+    host: Host,
+    opts: ssh.SshOptions,
+    store: ssh.HostKeyStore,
+    probes: Sequence[Probe] = PROBES,
+    progress: ProgressFn | None = None,
+) -> dict:
+    started = time.monotonic()
+    marker = new_marker()
+    script = build_script(probes, marker)
+    if progress:
+        progress(host.name, "connecting", f"{host.address}:{host.port}")
+    try:
+        if host.connection == "local":
+            out, err, status, truncated = local.run_script(
+                script, opts.command_timeout, OUTPUT_LIMIT
+            )
+        else:
+            out, err, status, truncated = ssh.run_script(host, script, opts, store, OUTPUT_LIMIT)
+    except ssh.CollectError as exc:
+        if progress:
+            progress(host.name, "failed", str(exc))
+        return _record(host, False, str(exc), started)
+    except Exception as exc:  # one odd node must never stop the others
+        if progress:
+            progress(host.name, "failed", f"unexpected error: {exc!r}")
+        return _record(host, False, f"unexpected error: {exc!r}", started)
+    sections = split_output(out, err, marker, probes, truncated=truncated)
+    error = None
+    if not sections:
+        error = f"probe script produced no sections (exit status {status}): {err.strip()[:300]}"
+    elif status == 124:
+        error = "probe script hit its time limit on the node; later probes did not run"
+    if progress:
+        progress(host.name, "failed" if error and not sections else "done", error or "")
+    return _record(host, bool(sections), error, started, sections)
+
+
+def collect(
+    hosts: Sequence[Host],
+    opts: ssh.SshOptions,
+    *,
+    parallel: int = 32,
+    probes: Sequence[Probe] = PROBES,
+    progress: ProgressFn | None = None,
+) -> tuple[list[dict], list[str]]:
+    """Collect from every host; return node records in inventory order and the known_hosts
+    files that gained keys (only with --accept-new-host-keys)."""
+    store = ssh.HostKeyStore()
+    workers = max(1, min(parallel, len(hosts)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="collect") as pool:
+        records = list(pool.map(lambda h: collect_node(h, opts, store, probes, progress), hosts))
+    return records, store.save()

@@ -1,0 +1,127 @@
+"""The node-side probe script and its wire format.
+
+A node costs one SSH session: every probe runs inside one POSIX `sh` script fed on stdin, which
+prints delimited sections on stdout and on stderr. Markers carry a per-run random nonce, so an
+iptables comment or a process name that imitates a marker cannot split or forge a section.
+
+stdout:  <M>:begin:<probe>\\n <output> \\n<M>:end:<probe>:<exit code>:<centiseconds>\\n
+stderr:  <M>:begin:<probe>\\n <errors> \\n<M>:end:<probe>\\n
+
+The script writes no file, starts no daemon and changes no setting: it only reads.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shlex
+from collections.abc import Sequence
+
+from kubenetdiag.probes import Probe, Section
+
+OUTPUT_LIMIT = 64 * 1024 * 1024  # per node; a huge kube-proxy ruleset is ~10 MB
+
+_PREAMBLE = r"""# kubenetdiag node probe: read-only
+export LC_ALL=C
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+M='{marker}'
+# /proc/uptime is read by the shell itself: no fork, 10 ms resolution, works on busybox
+__knd_cs() {{
+  read __u __i </proc/uptime; __w=${{__u%.*}}; __f=${{__u#*.}}; echo $((__w*100+1${{__f}}-100))
+}}
+if command -v timeout >/dev/null 2>&1; then __knd_to=1; else __knd_to=; fi
+__knd_run() {{
+  printf '%s:begin:%s\n' "$M" "$1"; printf '%s:begin:%s\n' "$M" "$1" >&2
+  __s=$(__knd_cs); __r=0
+  for __t in $3; do
+    command -v "$__t" >/dev/null 2>&1 ||
+      {{ echo "kubenetdiag: $__t: command not found" >&2; __r=127; }}
+  done
+  if [ "$__r" -eq 0 ]; then
+    if [ -n "$__knd_to" ]; then timeout -k 2 "$2" sh -c "$4" </dev/null
+    else sh -c "$4" </dev/null; fi
+    __r=$?
+  fi
+  __e=$(__knd_cs)
+  printf '\n%s:end:%s:%s:%s\n' "$M" "$1" "$__r" "$((__e-__s))"
+  printf '\n%s:end:%s\n' "$M" "$1" >&2
+}}
+"""
+
+
+def new_marker() -> str:
+    return "@@KND:" + secrets.token_hex(8)
+
+
+def build_script(probes: Sequence[Probe], marker: str) -> str:
+    """The whole script for one node. Every probe field is quoted: none is trusted to be safe."""
+    lines = [_PREAMBLE.format(marker=marker)]
+    for p in probes:
+        lines.append(
+            "__knd_run "
+            + " ".join(
+                shlex.quote(x)
+                for x in (p.name, str(int(p.timeout_s)), " ".join(p.tools), p.command)
+            )
+        )
+    lines.append("exit 0")
+    return "\n".join(lines) + "\n"
+
+
+def split_output(
+    stdout: str, stderr: str, marker: str, probes: Sequence[Probe], *, truncated: bool = False
+) -> list[Section]:
+    """Cut the script's two streams back into sections, one per probe that started.
+
+    A probe that began but never ended (the node-side deadline killed the script) gets
+    exit_code None and keeps whatever it printed.
+    """
+    commands = {p.name: p.command for p in probes}
+    out = _sections(stdout, marker, with_status=True)
+    err = _sections(stderr, marker, with_status=False)
+    sections = []
+    for name, (text, rc, cs) in out.items():
+        if name not in commands:
+            continue  # a forged or foreign name: we only accept probes we sent
+        sections.append(
+            Section(
+                probe=name,
+                command=commands[name],
+                exit_code=rc,
+                duration_s=cs / 100 if cs is not None else 0.0,
+                stdout=text,
+                stderr=err.get(name, ("", None, None))[0],
+                truncated=truncated and rc is None,
+            )
+        )
+    return sections
+
+
+def _sections(text: str, marker: str, *, with_status: bool) -> dict:
+    begin = re.compile(rf"^{re.escape(marker)}:begin:([A-Za-z0-9_.-]+)$")
+    end = re.compile(rf"^{re.escape(marker)}:end:([A-Za-z0-9_.-]+)(?::(-?\d+):(-?\d+))?$")
+    found: dict[str, tuple[str, int | None, int | None]] = {}
+    current: str | None = None
+    buf: list[str] = []
+    for line in text.split("\n"):
+        if line.startswith(marker):
+            m = begin.match(line)
+            if m:
+                if current is not None:  # previous one never ended
+                    found[current] = ("\n".join(buf), None, None)
+                current, buf = m.group(1), []
+                continue
+            m = end.match(line)
+            if m and m.group(1) == current:
+                # the newline the script printed before the end marker is the one split() consumed
+                body = "\n".join(buf)
+                rc = int(m.group(2)) if with_status and m.group(2) is not None else None
+                cs = int(m.group(3)) if with_status and m.group(3) is not None else None
+                found[current] = (body, rc, cs)
+                current, buf = None, []
+                continue
+        if current is not None:
+            buf.append(line)
+    if current is not None:
+        found[current] = ("\n".join(buf), None, None)
+    return found

@@ -1,0 +1,254 @@
+"""Run the probe script on a node over one SSH session (paramiko).
+
+Every failure becomes a sentence an SRE can act on ("connection refused on 198.18.0.12:22: is
+sshd running?"), never a traceback, and never stops the other nodes.
+"""
+
+from __future__ import annotations
+
+import random
+import select
+import shlex
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from kubenetdiag.inventory import Host
+
+
+class CollectError(Exception):
+    """The node could not be collected from; the message says why in words."""
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    connect_timeout: float = 10.0
+    command_timeout: float = 60.0
+    accept_new_host_keys: bool = False
+    known_hosts: str | None = None  # overrides the inventory's UserKnownHostsFile
+    retries: int = 2  # for sshd's MaxStartups refusals under a burst of connections
+
+
+class HostKeyStore:
+    """known_hosts files shared by all worker threads.
+
+    paramiko's AutoAddPolicy rewrites the file once per host and races between threads, so new
+    keys (only when the user opted in) go into one in-memory set under a lock and each file is
+    saved once, at the end of the run.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: dict[str, paramiko.HostKeys] = {}
+        self._dirty: set[str] = set()
+
+    def keys_for(self, path: str) -> paramiko.HostKeys:
+        with self._lock:
+            if path not in self._keys:
+                hk = paramiko.HostKeys()
+                if Path(path).exists():
+                    try:
+                        hk.load(path)
+                    except (OSError, paramiko.SSHException) as exc:
+                        raise CollectError(f"cannot read known_hosts file {path}: {exc}") from None
+                self._keys[path] = hk
+            return self._keys[path]
+
+    def lookup(self, path: str, hostname: str) -> dict[str, paramiko.PKey]:
+        hk = self.keys_for(path)
+        with self._lock:
+            return dict(hk.lookup(hostname) or {})
+
+    def add(self, path: str, hostname: str, key: paramiko.PKey) -> None:
+        with self._lock:
+            self._keys[path].add(hostname, key.get_name(), key)
+            self._dirty.add(path)
+
+    def save(self) -> list[str]:
+        """Write the files that gained keys; return their paths."""
+        with self._lock:
+            for path in sorted(self._dirty):
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                self._keys[path].save(path)
+            saved, self._dirty = sorted(self._dirty), set()
+        return saved
+
+
+class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
+    """Accept a host never seen before (the user opted in); a changed key is still refused."""
+
+    def __init__(self, store: HostKeyStore, path: str) -> None:
+        self.store, self.path = store, path
+
+    def missing_host_key(self, client, hostname, key):  # noqa: ANN001 (paramiko's signature)
+        self.store.add(self.path, hostname, key)
+
+
+class _RejectPolicy(paramiko.MissingHostKeyPolicy):
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def missing_host_key(self, client, hostname, key):  # noqa: ANN001
+        fp = key.fingerprint if hasattr(key, "fingerprint") else key.get_name()
+        raise CollectError(
+            f"unknown host key for {hostname} ({fp}), not in {self.path}: verify it and add "
+            "it to known_hosts, or rerun with --accept-new-host-keys to trust first-seen keys"
+        )
+
+
+def known_hosts_path(host: Host, opts: SshOptions) -> str:
+    return str(Path(opts.known_hosts or host.known_hosts or "~/.ssh/known_hosts").expanduser())
+
+
+def _connect(host: Host, opts: SshOptions, store: HostKeyStore) -> paramiko.SSHClient:
+    path = known_hosts_path(host, opts)
+    client = paramiko.SSHClient()
+    # known_hosts names a non-22 port as "[addr]:port", as OpenSSH does
+    name = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
+    for keytype, key in store.lookup(path, name).items():
+        client.get_host_keys().add(name, keytype, key)
+    accept = opts.accept_new_host_keys or host.strict_host_key == "accept-new"
+    client.set_missing_host_key_policy(
+        _AcceptNewPolicy(store, path) if accept else _RejectPolicy(path)
+    )
+    where = f"{host.address}:{host.port}"
+    try:
+        sock = socket.create_connection((host.address, host.port), timeout=opts.connect_timeout)
+    except socket.gaierror as exc:
+        raise CollectError(f"cannot resolve {host.address}: {exc.strerror}") from None
+    except ConnectionRefusedError:
+        raise CollectError(f"connection refused on {where}: is sshd running?") from None
+    except TimeoutError:
+        raise CollectError(
+            f"no answer from {where} within {opts.connect_timeout:g}s (host down or filtered)"
+        ) from None
+    except OSError as exc:
+        raise CollectError(f"cannot connect to {where}: {exc.strerror or exc}") from None
+    try:
+        client.connect(
+            host.address,
+            port=host.port,
+            username=host.user,
+            password=host.password,
+            key_filename=host.key_file,
+            look_for_keys=host.key_file is None,
+            allow_agent=True,
+            sock=sock,
+            timeout=opts.connect_timeout,
+            banner_timeout=opts.connect_timeout,
+            auth_timeout=opts.connect_timeout,
+            channel_timeout=opts.connect_timeout,
+        )
+    except CollectError:
+        client.close()
+        raise
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise CollectError(
+            f"HOST KEY CHANGED for {host.address} (got {exc.key.get_name()}, known_hosts has "
+            f"{exc.expected_key.get_name()} in {path}): possible man-in-the-middle; verify the "
+            "node's key and fix known_hosts before trusting it"
+        ) from None
+    except paramiko.AuthenticationException as exc:
+        client.close()
+        who = host.user or "the current user"
+        key = f" with key {host.key_file}" if host.key_file else ""
+        raise CollectError(f"authentication failed for {who}{key}: {exc}") from None
+    except paramiko.ssh_exception.IncompatiblePeer as exc:
+        client.close()
+        raise CollectError(
+            f"no common SSH algorithm with {where} ({exc}); very old sshd (CentOS 6/7) may only "
+            "offer SHA-1 algorithms that current clients refuse"
+        ) from None
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        client.close()
+        raise _Retryable(f"SSH handshake with {where} failed: {exc}") from None
+    return client
+
+
+class _Retryable(CollectError):
+    """sshd dropped an unauthenticated connection (MaxStartups) or the handshake broke."""
+
+
+def _command(host: Host, opts: SshOptions) -> str:
+    # The node enforces the deadline too, so nothing lingers there if we disconnect.
+    deadline = max(5, int(opts.command_timeout))
+    cmd = f"timeout -k 5 {deadline} sh -s"
+    if host.become:
+        user = f"-u {shlex.quote(host.become_user)} " if host.become_user else ""
+        cmd = f"sudo -n {user}-- {cmd}"
+    return cmd
+
+
+def run_script(
+    host: Host, script: str, opts: SshOptions, store: HostKeyStore, limit: int
+) -> tuple[str, str, int | None, bool]:
+    """Run `script` on `host`; return (stdout, stderr, exit status, truncated)."""
+    attempt = 0
+    while True:
+        try:
+            client = _connect(host, opts, store)
+            break
+        except _Retryable:
+            attempt += 1
+            if attempt > opts.retries:
+                raise
+            time.sleep(random.uniform(0.2, 1.0) * attempt)
+    try:
+        return _exec(client, _command(host, opts), script, opts.command_timeout, limit)
+    finally:
+        client.close()
+
+
+def _exec(
+    client: paramiko.SSHClient, command: str, script: str, timeout: float, limit: int
+) -> tuple[str, str, int | None, bool]:
+    transport = client.get_transport()
+    if transport is None:
+        raise CollectError("SSH transport closed right after login")
+    chan = transport.open_session(timeout=timeout)
+    try:
+        chan.exec_command(command)
+        chan.sendall(script.encode())
+        chan.shutdown_write()
+        out, err = bytearray(), bytearray()
+        truncated = False
+        deadline = time.monotonic() + timeout + 10  # the node-side timeout should fire first
+        # Drain both streams as data arrives: a full window on either one would stall the node.
+        while True:
+            while chan.recv_ready():
+                data = chan.recv(65536)
+                if len(out) < limit:
+                    out += data
+                else:
+                    truncated = True
+            while chan.recv_stderr_ready():
+                data = chan.recv_stderr(65536)
+                if len(err) < limit:
+                    err += data
+                else:
+                    truncated = True
+            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                break
+            if time.monotonic() > deadline:
+                raise CollectError(f"probe script did not finish within {timeout:g}s")
+            select.select([chan], [], [], 0.1)
+        status = chan.recv_exit_status()
+        text_err = err.decode("utf-8", "replace")
+        if status != 0 and "sudo" in command:
+            if "password is required" in text_err:
+                raise CollectError(
+                    "sudo asked for a password: give the user NOPASSWD sudo for `sh`, "
+                    "or connect as root"
+                )
+            if "no tty present" in text_err or "requiretty" in text_err:
+                raise CollectError(
+                    "sudo requires a tty (Defaults requiretty): disable it for this user"
+                )
+        return out.decode("utf-8", "replace"), text_err, status, truncated
+    finally:
+        chan.close()

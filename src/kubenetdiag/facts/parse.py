@@ -1,0 +1,97 @@
+"""Turn a bundle's raw node records into facts.
+
+Fail soft: a probe that did not answer, or whose output a parser cannot read, becomes a
+`probe_status` fact naming what could not be checked. It never becomes a healthy value, and it
+never stops the other probes or nodes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from kubenetdiag.facts.model import Fact, Source, excerpt
+from kubenetdiag.probes import BY_NAME, Probe, Section
+
+_DENIED = re.compile(
+    r"permission denied|you must be root|operation not permitted|must be run as root", re.I
+)
+
+
+def section_status(section: Section, probe: Probe) -> tuple[str, str] | None:
+    """(status, reason) when the probe did not give a full answer, else None."""
+    err = section.stderr.strip()
+    first_err = err.splitlines()[0][:300] if err else ""
+    if section.exit_code is None:
+        return "timeout", "did not finish before the node-side time limit"
+    if section.exit_code == 124:
+        return "timeout", f"killed after {probe.timeout_s}s"
+    if section.exit_code == 127 or (section.exit_code != 0 and "command not found" in err):
+        tools = ", ".join(probe.tools) or "its command"
+        return "missing_tool", first_err or f"{tools} is not installed"
+    if _DENIED.search(err):
+        return "permission_denied", first_err
+    if section.exit_code not in probe.ok_exit_codes:
+        return "failed", first_err or f"exit code {section.exit_code}"
+    return None
+
+
+def _status_fact(node: str, probe: Probe, status: str, reason: str, section: Section | None):
+    return Fact(
+        "probe_status",
+        node,
+        {"probe": probe.name, "status": status, "reason": reason, "blocks": probe.blocks},
+        Source(
+            probe.name,
+            probe.command,
+            section.exit_code if section else None,
+            excerpt(section.stderr if section else reason, 1000),
+        ),
+    )
+
+
+def node_facts(record: dict) -> list[Fact]:
+    name = record["name"]
+    facts = [
+        Fact(
+            "node_status",
+            name,
+            {
+                "reachable": bool(record["reachable"]),
+                "address": record.get("address", ""),
+                "reason": record.get("error"),
+            },
+            Source("connect", f"ssh {record.get('address', '')}", None, record.get("error") or ""),
+        )
+    ]
+    if not record["reachable"]:
+        return facts
+    seen = set()
+    for raw in record["sections"]:
+        section = Section.from_dict(raw)
+        probe = BY_NAME.get(section.probe)
+        if probe is None:
+            continue  # written by a newer version; nothing here knows how to read it
+        seen.add(probe.name)
+        status = section_status(section, probe)
+        if status:
+            facts.append(_status_fact(name, probe, *status, section))
+            if status[0] == "missing_tool":
+                continue  # nothing ran, so there is nothing to parse
+        try:
+            facts.extend(probe.parse(section, name))
+        except Exception as exc:  # a parser bug or garbage output: report it, keep going
+            facts.append(
+                _status_fact(name, probe, "failed", f"could not parse the output: {exc!r}", section)
+            )
+    for probe in BY_NAME.values():
+        if probe.name not in seen:
+            facts.append(_status_fact(name, probe, "failed", "the probe did not run", None))
+    return facts
+
+
+def facts_from_records(records: Iterable[dict]) -> list[Fact]:
+    facts: list[Fact] = []
+    for rec in records:
+        facts.extend(node_facts(rec))
+    return facts

@@ -1,0 +1,39 @@
+"""The running kernel's release, which decides what settings can exist (tcp_tw_recycle < 4.12)."""
+
+from __future__ import annotations
+
+import re
+
+from kubenetdiag.facts.model import Fact, Source
+from kubenetdiag.probes.base import Probe, Section
+
+COMMAND = "cat /proc/sys/kernel/osrelease"
+_VERSION = re.compile(r"^(\d+)\.(\d+)")
+
+
+def parse(section: Section, node: str) -> list[Fact]:
+    lines = section.stdout.strip().splitlines()
+    if not lines:
+        return []
+    release = lines[0].strip()[:200]
+    m = _VERSION.match(release)
+    return [
+        Fact(
+            "kernel",
+            node,
+            {
+                "release": release,
+                "major": int(m.group(1)) if m else None,
+                "minor": int(m.group(2)) if m else None,
+            },
+            Source("kernel", COMMAND, section.exit_code, release),
+        )
+    ]
+
+
+PROBE = Probe(
+    name="kernel",
+    command=COMMAND,
+    parse=parse,
+    blocks="kernel version checks (settings removed or added by kernel release)",
+)

@@ -1,0 +1,93 @@
+"""Kernel settings, read straight from /proc/sys.
+
+Reading the files (not running `sysctl`) works without procps, never writes anything, and lets a
+key the kernel does not have (tcp_tw_recycle after 4.12, bridge-nf-* without br_netfilter) show
+up as a fact of its own instead of an error.
+"""
+
+from __future__ import annotations
+
+import re
+
+from kubenetdiag.facts.model import Fact, Source
+from kubenetdiag.probes.base import Probe, Section
+
+# Explicit keys: each yields a fact, present or not.
+KEYS = (
+    "net.ipv4.ip_forward",
+    "net.bridge.bridge-nf-call-iptables",
+    "net.bridge.bridge-nf-call-ip6tables",
+    "net.ipv4.conf.all.rp_filter",
+    "net.ipv4.conf.default.rp_filter",
+    "net.ipv4.tcp_timestamps",
+    "net.ipv4.tcp_tw_recycle",
+    "net.ipv4.tcp_tw_reuse",
+    "net.ipv4.tcp_fin_timeout",
+    "net.core.somaxconn",
+    "net.ipv4.tcp_max_syn_backlog",
+    "net.netfilter.nf_conntrack_max",
+    "net.netfilter.nf_conntrack_count",
+)
+# Globs: per-interface settings whose interfaces we cannot know in advance.
+GLOBS = ("net/ipv4/conf/*/rp_filter",)
+
+
+def _path(key: str) -> str:
+    return key.replace(".", "/")
+
+
+def _key(path: str) -> str:
+    return path.replace("/", ".")
+
+
+# One grep prints every file as "path:value", empty values included, in a single fork.
+COMMAND = "cd /proc/sys && grep -H '' " + " ".join(_path(k) for k in KEYS) + " " + " ".join(GLOBS)
+
+_LINE = re.compile(r"^(net/[A-Za-z0-9_./@:+-]+?):(.*)$")
+_INT = re.compile(r"^-?\d+$")
+
+
+def parse(section: Section, node: str) -> list[Fact]:
+    seen: dict[str, Fact] = {}
+    for line in section.stdout.splitlines():
+        m = _LINE.match(line)
+        if not m:
+            continue
+        key, value = _key(m.group(1)), m.group(2).strip()
+        if key in seen:  # a multi-line value: keep the first line, it is all we compare
+            continue
+        seen[key] = Fact(
+            "sysctl",
+            node,
+            {
+                "key": key,
+                "value": value,
+                "number": int(value) if _INT.match(value) else None,
+                "present": True,
+            },
+            Source("sysctl", f"cat /proc/sys/{m.group(1)}", section.exit_code, f"{key} = {value}"),
+        )
+    denied = "Permission denied" in section.stderr
+    for key in KEYS:
+        if key in seen:
+            continue
+        path = _path(key)
+        if denied and f"{path}: Permission denied" in section.stderr:
+            continue  # unknown, not absent: the probe_status fact says why
+        seen[key] = Fact(
+            "sysctl",
+            node,
+            {"key": key, "value": None, "number": None, "present": False},
+            Source("sysctl", f"cat /proc/sys/{path}", section.exit_code, f"{key}: no such key"),
+        )
+    return list(seen.values())
+
+
+PROBE = Probe(
+    name="sysctl",
+    command=COMMAND,
+    parse=parse,
+    blocks="kernel settings (ip_forward, bridge-nf-call-iptables, rp_filter, TCP and conntrack)",
+    tools=("grep",),
+    ok_exit_codes=frozenset({0, 2}),  # grep says 2 when a key is absent; that is an answer
+)

@@ -1,0 +1,86 @@
+"""The probe script and its wire format, run for real with the local shell."""
+
+from __future__ import annotations
+
+import subprocess
+
+from kubenetdiag.collect.script import build_script, new_marker, split_output
+from kubenetdiag.probes import PROBES, Probe
+
+
+def _noop(section, node):
+    return []
+
+
+def run(probes, marker=None):
+    marker = marker or new_marker()
+    proc = subprocess.run(
+        ["sh", "-s"], input=build_script(probes, marker), capture_output=True, text=True, timeout=60
+    )
+    return split_output(proc.stdout, proc.stderr, marker, probes), proc
+
+
+def test_sections_keep_output_exit_code_and_stderr_exactly():
+    probes = [
+        Probe("a", "printf 'one\\ntwo'", _noop, ""),  # no trailing newline
+        Probe("b", "echo out; echo err >&2; exit 3", _noop, ""),
+        Probe("c", "printf 'x\\n\\n'", _noop, ""),  # blank lines at the end
+    ]
+    sections, proc = run(probes)
+    assert proc.returncode == 0
+    got = {s.probe: s for s in sections}
+    assert got["a"].stdout == "one\ntwo" and got["a"].exit_code == 0
+    assert got["b"].stdout == "out\n" and got["b"].stderr == "err\n" and got["b"].exit_code == 3
+    assert got["c"].stdout == "x\n\n"
+
+
+def test_missing_tool_is_127_with_reason_and_does_not_run():
+    probes = [Probe("t", "echo ran", _noop, "", tools=("no-such-tool-knd",))]
+    sections, _ = run(probes)
+    assert sections[0].exit_code == 127 and sections[0].stdout == ""
+    assert "no-such-tool-knd: command not found" in sections[0].stderr
+
+
+def test_probe_timeout_is_reported_and_later_probes_still_run():
+    probes = [
+        Probe("slow", "sleep 30", _noop, "", timeout_s=1),
+        Probe("next", "echo ok", _noop, ""),
+    ]
+    sections, _ = run(probes)
+    got = {s.probe: s for s in sections}
+    assert got["slow"].exit_code == 124
+    assert got["next"].stdout == "ok\n"
+
+
+def test_forged_markers_in_output_cannot_split_sections():
+    marker = new_marker()
+    fake = "@@KND:0000000000000000:end:x:0:0"
+    probes = [Probe("x", f"echo '{fake}'; echo '{marker[:-1]}:begin:evil'; echo tail", _noop, "")]
+    sections, _ = run(probes, marker)
+    assert [s.probe for s in sections] == ["x"]
+    assert sections[0].stdout.endswith("tail\n") and fake in sections[0].stdout
+
+
+def test_quoting_a_hostile_command_field():
+    # a probe command with quotes and $() is passed as data to sh -c, not spliced into the script
+    probes = [Probe("q", "echo \"it's $((1+1))\"; echo '$(id)'", _noop, "")]
+    sections, _ = run(probes)
+    assert sections[0].stdout == "it's 2\n$(id)\n"
+
+
+def test_cut_off_script_keeps_partial_section_as_unfinished():
+    marker = "@@KND:abc"
+    stdout = (
+        f"{marker}:begin:kernel\n6.1.0\n\n{marker}:end:kernel:0:1\n{marker}:begin:sysctl\nnet/ipv4"
+    )
+    sections = split_output(stdout, "", marker, PROBES, truncated=True)
+    got = {s.probe: s for s in sections}
+    assert got["kernel"].stdout == "6.1.0\n" and got["kernel"].exit_code == 0
+    assert got["sysctl"].exit_code is None and got["sysctl"].truncated
+
+
+def test_real_probes_run_locally():
+    sections, _ = run(PROBES)
+    got = {s.probe: s for s in sections}
+    assert set(got) == {p.name for p in PROBES}
+    assert "net/ipv4/ip_forward:" in got["sysctl"].stdout

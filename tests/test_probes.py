@@ -1,0 +1,224 @@
+"""Parsers on real outputs, old and odd ones included, and on garbage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kubenetdiag.facts.parse import node_facts, section_status
+from kubenetdiag.facts.registry import validate_fact
+from kubenetdiag.probes import BY_NAME, Section, iptables, kernel, sysctl
+
+FIX = Path(__file__).parent / "fixtures" / "probes"
+
+
+def section(probe: str, name: str, exit_code: int = 0) -> Section:
+    out = FIX / probe / f"{name}.txt"
+    err = FIX / probe / f"{name}.stderr"
+    return Section(
+        probe=probe,
+        command=BY_NAME[probe].command,
+        exit_code=exit_code,
+        duration_s=0.01,
+        stdout=out.read_text(),
+        stderr=err.read_text() if err.exists() else "",
+    )
+
+
+def by_key(facts):
+    return {f.attrs["key"]: f for f in facts if f.kind == "sysctl"}
+
+
+def test_sysctl_recorded_netns():
+    facts = sysctl.parse(section("sysctl", "kernel-6.18-netns", 2), "node1")
+    keys = by_key(facts)
+    assert keys["net.ipv4.ip_forward"].attrs == {
+        "key": "net.ipv4.ip_forward",
+        "value": "1",
+        "number": 1,
+        "present": True,
+    }
+    # removed in Linux 4.12: a fact that says so, not a missing fact
+    assert keys["net.ipv4.tcp_tw_recycle"].attrs["present"] is False
+    assert keys["net.ipv4.tcp_tw_recycle"].attrs["number"] is None
+    assert keys["net.ipv4.conf.lo.rp_filter"].attrs["number"] == 0
+    assert keys["net.ipv4.ip_forward"].source.excerpt == "net.ipv4.ip_forward = 1"
+    assert all(not validate_fact(f) for f in facts)
+
+
+def test_sysctl_centos7_keeps_tw_recycle_and_dotted_interfaces():
+    keys = by_key(sysctl.parse(section("sysctl", "centos7-3.10-forward-off"), "n"))
+    assert keys["net.ipv4.ip_forward"].attrs["number"] == 0
+    assert keys["net.ipv4.tcp_tw_recycle"].attrs["number"] == 1
+    assert keys["net.ipv4.conf.flannel.1.rp_filter"].attrs["number"] == 1
+    assert keys["net.netfilter.nf_conntrack_count"].attrs["number"] == 257836
+
+
+def test_sysctl_without_br_netfilter_reports_absent_keys():
+    keys = by_key(sysctl.parse(section("sysctl", "no-br-netfilter", 2), "n"))
+    assert keys["net.bridge.bridge-nf-call-iptables"].attrs["present"] is False
+    assert keys["net.ipv4.conf.all.rp_filter"].attrs["number"] == 2
+
+
+def test_sysctl_permission_denied_is_unknown_not_absent():
+    sec = Section(
+        "sysctl",
+        sysctl.COMMAND,
+        2,
+        0.0,
+        "net/ipv4/ip_forward:1\n",
+        "grep: net/netfilter/nf_conntrack_max: Permission denied\n",
+    )
+    keys = by_key(sysctl.parse(sec, "n"))
+    assert "net.netfilter.nf_conntrack_max" not in keys
+    assert keys["net.ipv4.tcp_timestamps"].attrs["present"] is False
+    assert section_status(sec, sysctl.PROBE)[0] == "permission_denied"
+
+
+def rules(facts, chain="FORWARD", table="filter"):
+    return [
+        f.attrs
+        for f in facts
+        if f.kind == "iptables_rule" and f.attrs["chain"] == chain and f.attrs["table"] == table
+    ]
+
+
+@pytest.mark.parametrize(
+    "name,backend",
+    [
+        ("nft-1.8.9-reject-above-accept", "nf_tables"),
+        ("legacy-1.8.9-reject-above-accept", "legacy"),
+    ],
+)
+def test_iptables_both_backends(name, backend):
+    facts = iptables.parse(section("iptables", name), "node1")
+    fwd = rules(facts)
+    assert [r["position"] for r in fwd] == [1, 2, 3, 4]
+    first = fwd[0]
+    assert first["target"] == "REJECT" and first["target_kind"] == "reject"
+    assert first["unconditional"] is True
+    assert first["pkts"] == 0
+    # a comment is not a match: the jump to KUBE-FORWARD applies to every packet
+    assert fwd[1]["target_kind"] == "jump" and fwd[1]["unconditional"] is True
+    assert fwd[1]["comment"] == "kubernetes forwarding rules"
+    assert fwd[2]["unconditional"] is False  # -m conntrack --ctstate NEW
+    chains = {
+        (f.attrs["table"], f.attrs["chain"]): f.attrs for f in facts if f.kind == "iptables_chain"
+    }
+    assert chains[("filter", "FORWARD")]["policy"] == "ACCEPT"
+    assert chains[("filter", "FORWARD")]["rules"] == 4
+    assert chains[("filter", "KUBE-FORWARD")]["policy"] is None
+    assert chains[("nat", "KUBE-SERVICES")]["backend"] == backend
+    masq = rules(facts, "POSTROUTING", "nat")
+    assert masq[0]["target_kind"] == "other" and masq[0]["target"] == "MASQUERADE"
+    assert all(not validate_fact(f) for f in facts)
+
+
+def test_iptables_hostile_comment_kept_as_data():
+    facts = iptables.parse(section("iptables", "nft-1.8.9-reject-above-accept"), "n")
+    inp = rules(facts, "INPUT")[0]
+    assert inp["comment"] == 'a "quoted" comment with <script>alert(1)</script>'
+    assert inp["unconditional"] is False
+
+
+def test_iptables_without_counters():
+    fwd = rules(iptables.parse(section("iptables", "nft-1.8.9-no-counters"), "n"))
+    assert fwd[0]["target"] == "REJECT" and fwd[0]["pkts"] is None
+
+
+def test_iptables_centos7_firewalld_reject_shadows_flannel():
+    facts = iptables.parse(section("iptables", "centos7-1.4.21-firewalld"), "n")
+    fwd = rules(facts)
+    reject = next(r for r in fwd if r["target_kind"] == "reject")
+    assert reject["position"] == 9 and reject["unconditional"] and reject["pkts"] == 4410
+    later = [r for r in fwd if r["position"] > reject["position"]]
+    assert [r["target_kind"] for r in later] == ["jump", "accept", "accept"]
+    goto = rules(facts, "FORWARD_IN_ZONES")
+    assert goto[1]["target"] == "FWDI_public" and goto[1]["target_kind"] == "jump"
+    assert {f.attrs["backend"] for f in facts if f.kind == "iptables_chain"} == {"legacy"}
+
+
+def test_iptables_truncated_output_fails_soft():
+    facts = iptables.parse(section("iptables", "truncated"), "n")
+    fwd = rules(facts)
+    assert len(fwd) == 2 and fwd[0]["target"] == "DOCKER-USER"
+    chains = {f.attrs["chain"]: f.attrs for f in facts if f.kind == "iptables_chain"}
+    assert chains["FORWARD"]["policy"] == "DROP"
+
+
+def test_iptables_not_root_becomes_permission_denied():
+    sec = section("iptables", "nonroot", exit_code=4)
+    assert section_status(sec, iptables.PROBE) == (
+        "permission_denied",
+        "iptables-save v1.8.9 (nf_tables): Could not fetch rule set generation id: "
+        "Permission denied (you must be root)",
+    )
+    assert iptables.parse(sec, "n") == []
+
+
+def test_kernel_versions():
+    def release(text):
+        return kernel.parse(Section("kernel", "", 0, 0, text, ""), "n")[0].attrs
+
+    assert release("3.10.0-1160.el7.x86_64\n") == {
+        "release": "3.10.0-1160.el7.x86_64",
+        "major": 3,
+        "minor": 10,
+    }
+    assert release("6.18.44-fc-v595\n")["minor"] == 18
+    assert release("weird\n")["major"] is None
+    assert kernel.parse(Section("kernel", "", 0, 0, "", ""), "n") == []
+
+
+def test_node_facts_missing_tool_and_unreachable():
+    record = {
+        "name": "node3",
+        "address": "198.18.0.13",
+        "reachable": True,
+        "error": None,
+        "sections": [
+            {"probe": "kernel", "command": "", "exit_code": 0, "stdout": "5.4.0\n", "stderr": ""},
+            {
+                "probe": "iptables",
+                "command": "iptables-save -c",
+                "exit_code": 127,
+                "stdout": "",
+                "stderr": "kubenetdiag: iptables-save: command not found\n",
+            },
+        ],
+    }
+    facts = node_facts(record)
+    status = {f.attrs["probe"]: f.attrs for f in facts if f.kind == "probe_status"}
+    assert status["iptables"]["status"] == "missing_tool"
+    assert "packet filter" in status["iptables"]["blocks"]
+    assert status["sysctl"]["reason"] == "the probe did not run"
+    down = node_facts(
+        {
+            "name": "n9",
+            "address": "x",
+            "reachable": False,
+            "error": "connection refused",
+            "sections": [],
+        }
+    )
+    assert [f.kind for f in down] == ["node_status"]
+    assert down[0].attrs["reason"] == "connection refused"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=400), st.text(max_size=100), st.sampled_from(sorted(BY_NAME)))
+def test_parsers_never_crash_on_garbage(stdout, stderr, probe):
+    record = {
+        "name": "n",
+        "address": "a",
+        "reachable": True,
+        "error": None,
+        "sections": [
+            {"probe": probe, "command": "", "exit_code": 0, "stdout": stdout, "stderr": stderr}
+        ],
+    }
+    for fact in node_facts(record):
+        assert not validate_fact(fact), fact
