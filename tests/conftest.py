@@ -1,0 +1,35 @@
+"""Shared fixtures. The network lab is opt-in per test (not autouse): most tests need no root."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from kubenetdiag.lab import Lab, missing_requirements
+
+# Distinct from the CLI's default "knd" so a test run never tears down a lab someone brought up
+# by hand, and distinct from the per-test prefixes in test_lab.py.
+SESSION_LAB_PREFIX = "kndtest"
+
+
+@pytest.fixture(scope="session")
+def lab_requirements() -> None:
+    """Skip (not fail) where the lab cannot run: not root, or sshd/ip/iptables missing."""
+    reason = missing_requirements()
+    if reason:
+        pytest.skip(f"network lab unavailable: {reason}")
+
+
+@pytest.fixture(scope="session")
+def lab(lab_requirements: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """A 2-node lab shared by the whole session, healthy at the start of every test that
+    leaves it healed (inject inside `with lab.injected(...)` or heal in a finally)."""
+    instance = Lab(tmp_path_factory.mktemp("lab"), nodes=2, prefix=SESSION_LAB_PREFIX)
+    # A crashed earlier session may have left namespaces (and sshd) with this prefix.
+    instance.down()
+    try:
+        instance.up()
+        yield instance
+    finally:
+        instance.down()

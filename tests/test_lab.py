@@ -1,0 +1,329 @@
+"""The network lab itself: it must behave like a small healthy cluster, its faults must really
+break what they claim to, and it must leave the machine's root namespace exactly as it was."""
+
+from __future__ import annotations
+
+import glob
+import ipaddress
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubenetdiag.lab import Lab, LabError, find_overlaps, overlap_message
+from kubenetdiag.lab import preflight as preflight_mod
+from kubenetdiag.lab.netns import lab_namespaces, list_netns, pids_in_netns
+
+LAB_NETS = [ipaddress.ip_network("198.18.0.0/24"), ipaddress.ip_network("10.244.0.0/16")]
+
+# What this machine (and a typical VM) looks like: eth0 on 192.0.2.0/24, loopback, IPv6.
+ROOT_ADDRS = [
+    {"ifname": "lo", "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8},
+                                   {"family": "inet6", "local": "::1", "prefixlen": 128}]},
+    {"ifname": "eth0", "addr_info": [{"family": "inet", "local": "192.0.2.2", "prefixlen": 24},
+                                     {"family": "inet6", "local": "fd00::2", "prefixlen": 64}]},
+]
+ROOT_ROUTES = [
+    {"dst": "default", "gateway": "192.0.2.1", "dev": "eth0"},
+    {"dst": "192.0.2.0/24", "dev": "eth0", "protocol": "kernel"},
+    {"type": "local", "dst": "127.0.0.0/8", "dev": "lo", "table": "local"},
+    {"type": "broadcast", "dst": "192.0.2.255", "dev": "eth0", "table": "local"},
+    {"dst": "fd00::/64", "dev": "eth0"},
+    {"dst": "default", "gateway": "fd00::1", "dev": "eth0"},
+]
+
+
+# ---- preflight (pure, no root needed) -------------------------------------------------------
+
+
+def test_preflight_accepts_a_machine_on_192_0_2():
+    assert find_overlaps(LAB_NETS, ROOT_ADDRS, ROOT_ROUTES) == []
+
+
+def test_preflight_refuses_a_route_covering_the_underlay_with_a_clear_message():
+    routes = [*ROOT_ROUTES, {"dst": "198.18.0.0/15", "gateway": "192.0.2.1", "dev": "eth0"}]
+    overlaps = find_overlaps(LAB_NETS, ROOT_ADDRS, routes)
+    assert [(str(o.lab_network), str(o.root_network)) for o in overlaps] == [
+        ("198.18.0.0/24", "198.18.0.0/15")]
+    message = overlap_message(overlaps)
+    assert message.startswith("refusing to build the lab")
+    assert "lab network 198.18.0.0/24 overlaps route 198.18.0.0/15 dev eth0" in message
+
+
+def test_preflight_refuses_a_pod_address_already_on_the_machine():
+    addrs = [*ROOT_ADDRS, {"ifname": "cni0", "addr_info": [
+        {"family": "inet", "local": "10.244.3.1", "prefixlen": 24}]}]
+    overlaps = find_overlaps(LAB_NETS, addrs, ROOT_ROUTES)
+    assert [str(o) for o in overlaps] == [
+        "lab network 10.244.0.0/16 overlaps address 10.244.3.1/24 on cni0"]
+
+
+def test_preflight_ignores_default_routes_and_ipv6_but_not_host_routes():
+    routes = [{"dst": "0.0.0.0/0", "dev": "eth0"}, {"dst": "::/0", "dev": "eth0"},
+              {"type": "local", "dst": "10.244.7.9", "dev": "lo", "table": "local"}]
+    overlaps = find_overlaps(LAB_NETS, [], routes)
+    assert [str(o) for o in overlaps] == [
+        "lab network 10.244.0.0/16 overlaps local route 10.244.7.9 dev lo table local"]
+
+
+@pytest.mark.lab
+def test_up_refuses_on_overlap_and_creates_nothing(lab_requirements, tmp_path, monkeypatch):
+    routes = [*ROOT_ROUTES, {"dst": "198.18.0.0/15", "gateway": "192.0.2.1", "dev": "eth0"}]
+    monkeypatch.setattr(preflight_mod, "read_root_state", lambda: (ROOT_ADDRS, routes))
+    lab = Lab(tmp_path, prefix="kndovl")
+    with pytest.raises(LabError, match=r"refusing to build the lab(.|\n)*198\.18\.0\.0/15"):
+        lab.up()
+    assert lab_namespaces("kndovl") == []
+
+
+# ---- the shared session lab ------------------------------------------------------------------
+
+
+def ssh(lab: Lab, node: str, *command: str, **kw) -> subprocess.CompletedProcess:
+    return lab.client_exec(lab.ssh_argv(node, *command, **kw), timeout=30)
+
+
+@pytest.mark.lab
+def test_inventory_known_hosts_and_state_describe_the_lab(lab):
+    inventory = yaml.safe_load(lab.inventory_path.read_text())["all"]
+    assert inventory["vars"] == {
+        "ansible_user": "root",
+        "ansible_ssh_private_key_file": str(lab.key_path),
+        "ansible_ssh_common_args": f"-o UserKnownHostsFile={lab.known_hosts_path}",
+    }
+    assert inventory["hosts"] == {"node1": {"ansible_host": "198.18.0.11"},
+                                  "node2": {"ansible_host": "198.18.0.12"}}
+    known = [line.split() for line in lab.known_hosts_path.read_text().splitlines()]
+    assert [(k[0], k[1]) for k in known] == [("198.18.0.11", "ssh-ed25519"),
+                                             ("198.18.0.12", "ssh-ed25519")]
+    assert known[0][2] != known[1][2]  # each node has its own host key
+    assert lab.key_path.stat().st_mode & 0o077 == 0  # ssh refuses a readable private key
+
+    state = json.loads(lab.state_path.read_text())
+    assert state["prefix"] == "kndtest" and state["workdir"] == str(lab.workdir)
+    assert sorted(state["namespaces"]) == sorted(lab_namespaces("kndtest"))
+    assert [(n["name"], n["netns"], n["address"], n["pod_cidr"]) for n in state["nodes"]] == [
+        ("node1", "kndtest-node1", "198.18.0.11", "10.244.1.0/24"),
+        ("node2", "kndtest-node2", "198.18.0.12", "10.244.2.0/24")]
+    assert set(state["sshd_pids"]) == {"node1", "node2"}
+    reloaded = Lab.load(lab.workdir)
+    assert reloaded.nodes == lab.nodes and reloaded.sshd_pids == lab.sshd_pids
+
+
+@pytest.mark.lab
+def test_ssh_from_client_reaches_every_node_with_host_key_checking(lab, tmp_path):
+    for node in lab.nodes:
+        cp = ssh(lab, node.name, "cat", "/proc/sys/net/ipv4/ip_forward")
+        assert (cp.returncode, cp.stdout.strip()) == (0, "1"), cp.stderr
+    # Checking is really on: the same login against an empty known_hosts must be refused.
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    argv = [a.replace(str(lab.known_hosts_path), str(empty)) for a in lab.ssh_argv("node1", "true")]
+    cp = lab.client_exec(argv, timeout=30)
+    assert cp.returncode == 255 and "Host key verification failed" in cp.stderr
+    assert empty.read_text() == ""
+
+
+@pytest.mark.lab
+def test_ip_forward_fault_breaks_cross_node_pod_traffic_until_healed(lab):
+    healthy = lab.pod_ping("node1", "node2", count=2, timeout=2)
+    assert healthy.returncode == 0, healthy.stdout
+    with lab.injected("ip_forward_disabled", "node2"):
+        assert lab.node_exec("node2", ["sysctl", "-n", "net.ipv4.ip_forward"]).stdout == "0\n"
+        broken = lab.pod_ping("node1", "node2", timeout=1)
+        assert broken.returncode == 1 and "no reply" in broken.stdout  # a silent drop
+    healed = lab.pod_ping("node1", "node2", count=2, timeout=2)
+    assert healed.returncode == 0, healed.stdout
+
+
+@pytest.mark.lab
+def test_forward_reject_fault_refuses_pod_traffic(lab):
+    with lab.injected("forward_chain_reject", "node2"):
+        rules = lab.node_exec("node2", ["iptables", "-S", "FORWARD"]).stdout.splitlines()
+        assert rules[1] == "-A FORWARD -j REJECT --reject-with icmp-port-unreachable"
+        started = time.monotonic()
+        broken = lab.pod_ping("node1", "node2", timeout=3)
+        assert broken.returncode == 1 and "unreachable" in broken.stdout, broken.stdout
+        assert time.monotonic() - started < 2.5  # refused at once, not timed out
+    rules = lab.node_exec("node2", ["iptables", "-S", "FORWARD"]).stdout
+    assert "REJECT" not in rules and rules.count("flanneld forward") == 2
+    assert lab.pod_ping("node1", "node2", count=2, timeout=2).returncode == 0
+
+
+@pytest.mark.lab
+def test_stopped_sshd_is_refused_fast_and_comes_back(lab):
+    with lab.injected("node_unreachable", "node2"):
+        started = time.monotonic()
+        cp = ssh(lab, "node2", "true", connect_timeout=10)
+        elapsed = time.monotonic() - started
+        assert cp.returncode == 255 and "Connection refused" in cp.stderr, cp.stderr
+        assert elapsed < 3, f"refusal took {elapsed:.1f}s: it timed out instead"
+        assert ssh(lab, "node1", "true").returncode == 0  # the other node is unaffected
+        # The node's network stays healthy; only its management plane is gone.
+        assert lab.pod_ping("node1", "node2", count=2, timeout=2).returncode == 0
+    assert ssh(lab, "node2", "true").returncode == 0
+
+
+@pytest.mark.lab
+def test_unknown_fault_and_node_are_rejected(lab):
+    with pytest.raises(LabError, match="known: forward_chain_reject"):
+        lab.inject("no_such_fault", "node1")
+    with pytest.raises(LabError, match="nodes are node1, node2"):
+        lab.inject("ip_forward_disabled", "node9")
+
+
+def routes(netns: str, family: str) -> list[dict]:
+    out = subprocess.run(["ip", "-n", netns, "-j", family, "route", "show", "table", "all"],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out or "[]")
+
+
+@pytest.mark.lab
+def test_nothing_in_the_lab_routes_or_nats_to_the_outside(lab):
+    pods = {n.pod_netns: n for n in lab.nodes}
+    for netns in lab.namespaces:
+        defaults = [r for fam in ("-4", "-6") for r in routes(netns, fam)
+                    if r.get("dst") in ("default", "0.0.0.0/0", "::/0")]
+        if netns in pods:
+            # A pod's only way out is its own node's cni0, as under a real CNI.
+            assert [(r.get("gateway"), r.get("dev")) for r in defaults] == [
+                (pods[netns].pod_gateway, "eth0")], netns
+        else:
+            assert defaults == [], netns
+    for node in lab.nodes:
+        nat = lab.node_exec(node.name, ["iptables-save", "-t", "nat"]).stdout
+        assert not [line for line in nat.splitlines() if line.startswith("-A")], nat
+
+
+# ---- lifecycle: separate prefixes so the session lab is never disturbed ---------------------
+
+
+SYSCTL_GLOBS = ("ipv4/ip_forward", "ipv4/tcp_*", "ipv4/conf/all/*", "ipv4/conf/default/*",
+                "ipv6/conf/all/*", "ipv6/conf/default/*", "core/*", "bridge/*", "netfilter/*")
+SYSCTL_VOLATILE = ("nf_conntrack_count",)  # counters move with unrelated traffic
+LIFETIME_KEYS = ("valid_life_time", "preferred_life_time", "expires")
+
+
+def _strip(obj):
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items() if k not in LIFETIME_KEYS}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+def _cmd(*argv: str) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+def _rules(text: str) -> list[str]:
+    # Comments carry timestamps; packet counters move with unrelated traffic.
+    text = re.sub(r"\[\d+:\d+\]", "[0:0]", text)
+    text = re.sub(r"counter packets \d+ bytes \d+", "counter", text)
+    return [line for line in text.splitlines() if not line.startswith("#")]
+
+
+def root_snapshot() -> dict:
+    sysctls = {}
+    for pattern in SYSCTL_GLOBS:
+        for path in glob.glob(f"/proc/sys/net/{pattern}"):
+            if Path(path).is_file() and not path.endswith(SYSCTL_VOLATILE):
+                try:
+                    sysctls[path] = Path(path).read_text()
+                except OSError:  # write-only or restricted entries
+                    continue
+    return {
+        "links": _strip(json.loads(_cmd("ip", "-j", "link"))),
+        "addrs": _strip(json.loads(_cmd("ip", "-j", "addr"))),
+        "routes4": _strip(json.loads(_cmd("ip", "-j", "-4", "route", "show", "table", "all"))),
+        "routes6": _strip(json.loads(_cmd("ip", "-j", "-6", "route", "show", "table", "all"))),
+        "rules": json.loads(_cmd("ip", "-j", "rule")),
+        "iptables": _rules(_cmd("iptables-save")),
+        "ip6tables": _rules(_cmd("ip6tables-save")),
+        "nft": _rules(_cmd("nft", "list", "ruleset")),
+        "sysctl": sysctls,
+    }
+
+
+@pytest.mark.lab
+def test_full_cycle_leaves_the_root_namespace_untouched(lab_requirements, tmp_path):
+    before = root_snapshot()
+    assert before["sysctl"]  # the comparison below must not be vacuous
+    cycle = Lab(tmp_path / "cycle", nodes=2, prefix="kndcycle")
+    try:
+        cycle.up()
+        for fault in ("ip_forward_disabled", "forward_chain_reject", "node_unreachable"):
+            cycle.inject(fault, "node2")
+        assert cycle.pod_ping("node1", "node2", timeout=0.5).returncode == 1
+        cycle.heal()
+        assert cycle.pod_ping("node1", "node2", count=2, timeout=2).returncode == 0
+    finally:
+        cycle.down()
+    after = root_snapshot()
+    for part in before:
+        assert after[part] == before[part], f"root namespace {part} changed"
+    assert lab_namespaces("kndcycle") == []
+    assert not cycle.state_path.exists()
+    cycle.down()  # idempotent: nothing left to do, and no error
+
+
+@pytest.mark.lab
+def test_down_removes_stale_namespaces_and_their_processes(lab_requirements, tmp_path):
+    stale = ["kndstale-sw", "kndstale-node3", "kndstale-node3-pod1"]
+    bystanders = ["kndstalex-node1", "kndstale-other"]  # similar names, not this lab's
+    sleeper = None
+    try:
+        for name in stale + bystanders:
+            subprocess.run(["ip", "netns", "add", name], check=True)
+        # What a crashed run leaves behind: a live process inside a lab namespace.
+        sleeper = subprocess.Popen(["ip", "netns", "exec", "kndstale-node3", "sleep", "60"])
+        deadline = time.monotonic() + 5
+        while not pids_in_netns(["kndstale-node3"])["kndstale-node3"]:
+            assert time.monotonic() < deadline, "sleeper never entered its namespace"
+            time.sleep(0.02)
+        Lab(tmp_path, prefix="kndstale").down()
+        assert sleeper.wait(timeout=5) != 0  # killed, not finished
+        remaining = set(list_netns())
+        assert not remaining & set(stale)
+        assert set(bystanders) <= remaining
+    finally:
+        if sleeper is not None and sleeper.poll() is None:
+            sleeper.kill()
+        subprocess.run(["ip", "-force", "-batch", "-"], text=True, capture_output=True,
+                       input="".join(f"netns del {n}\n" for n in stale + bystanders))
+
+
+@pytest.mark.lab
+def test_failed_up_cleans_up_what_it_built(lab_requirements, tmp_path, monkeypatch):
+    def boom(self, nodes):
+        raise RuntimeError("simulated failure while starting sshd")
+
+    monkeypatch.setattr(Lab, "_start_sshds", boom)
+    lab = Lab(tmp_path, nodes=3, prefix="kndfail")
+    with pytest.raises(RuntimeError, match="simulated"):
+        lab.up()
+    assert lab_namespaces("kndfail") == []
+    assert not lab.state_path.exists()
+
+
+@pytest.mark.lab
+def test_up_refuses_when_the_prefix_is_in_use(lab_requirements, tmp_path):
+    subprocess.run(["ip", "netns", "add", "kndbusy-sw"], check=True)
+    try:
+        with pytest.raises(LabError, match="kndbusy-sw(.|\n)*down --prefix kndbusy"):
+            Lab(tmp_path, prefix="kndbusy").up()
+        assert lab_namespaces("kndbusy") == ["kndbusy-sw"]  # someone else's: left alone
+    finally:
+        Lab(tmp_path, prefix="kndbusy").down()
+    assert lab_namespaces("kndbusy") == []
+
+
+def test_lab_rejects_bad_prefix_and_node_count(tmp_path):
+    with pytest.raises(LabError, match="prefix"):
+        Lab(tmp_path, prefix="knd-x")
+    with pytest.raises(LabError, match="1..200"):
+        Lab(tmp_path, nodes=0)
