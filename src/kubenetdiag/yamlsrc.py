@@ -88,11 +88,15 @@ def load_yaml_text(text: str, file: str) -> YamlDoc:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         reason = " ".join(p for p in (exc.context, exc.problem) if p)
+        if isinstance(exc, yaml.constructor.ConstructorError):
+            hint = "tags such as !vault or !unsafe are not supported here: write a plain value"
+        else:
+            hint = "check indentation and quoting on that line (tabs are not allowed in YAML)"
         raise InputError(
-            f"YAML syntax error: {reason}",
+            f"YAML syntax error: {reason}" if hint.startswith("check") else f"YAML error: {reason}",
             file=file,
             line=mark.line + 1 if mark else None,
-            hint="check indentation and quoting on that line (tabs are not allowed in YAML)",
+            hint=hint,
         ) from None
     except yaml.YAMLError as exc:
         raise InputError(f"YAML error: {exc}", file=file) from None
@@ -106,7 +110,7 @@ def load_yaml_file(path: str | Path) -> YamlDoc:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise InputError(f"file not found: {p}", hint="check the path") from None
+        raise InputError(f"file not found: {p}", file=str(p), hint="check the path") from None
     except IsADirectoryError:
         raise InputError(f"{p} is a directory, not a YAML file") from None
     except UnicodeDecodeError as exc:
