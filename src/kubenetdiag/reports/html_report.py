@@ -1,0 +1,27 @@
+"""One self-contained HTML incident report."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from kubenetdiag.reports.view import build_view
+
+
+@cache
+def _env() -> Environment:
+    # autoescape=True unconditionally: select_autoescape decides by file name and would leave a
+    # `.j2` template unescaped, which for node-supplied strings means script injection.
+    return Environment(
+        loader=PackageLoader("kubenetdiag.reports", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+def render_html(report: dict, lang: str = "en") -> str:
+    """The report as one HTML file that fetches nothing (no scripts, fonts, images or links)."""
+    view = build_view(report, lang)
+    return _env().get_template("report.html.j2").render(v=view, ui=view.ui)

@@ -1,0 +1,237 @@
+"""UI strings of the reports, in English and Simplified Chinese.
+
+Only the renderer's own words live here; finding texts come from the rules (`finding["i18n"]`).
+English entries that depend on a count are (singular, plural) pairs; Chinese needs no plural.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_EN: dict[str, str | tuple[str, str]] = {
+    "doc_title": "Kubernetes network diagnosis",
+    "verdict": "Verdict",
+    "root_causes_found": ("{n} root cause found", "{n} root causes found"),
+    "problems_no_root": (
+        "{n} problem found, no root cause identified",
+        "{n} problems found, no root cause identified",
+    ),
+    "no_problems": "No problems found",
+    "no_problems_partial": "No problems found in what could be checked",
+    "nothing_checked": "Nothing could be checked: collection failed on every node",
+    "unchecked_nodes": ("{n} node could not be checked", "{n} nodes could not be checked"),
+    "unchecked_probes": (
+        "{n} probe could not run on reachable nodes",
+        "{n} probes could not run on reachable nodes",
+    ),
+    "unknown_not_healthy": "What was not checked is unknown, not healthy.",
+    "consequences_folded": (
+        "{n} consequence, explained by the root causes above",
+        "{n} consequences, explained by the root causes above",
+    ),
+    "other_findings": (
+        "{n} other finding without an identified cause",
+        "{n} other findings without an identified cause",
+    ),
+    "info_findings": ("{n} informational finding", "{n} informational findings"),
+    "more": "+{n} more",
+    "findings": "Findings",
+    "no_findings": "No findings.",
+    "overview": "Cluster overview",
+    "not_checked": "Not checked",
+    "all_checked": "Every probe ran on every node.",
+    "run": "Run",
+    "evidence": "Evidence",
+    "no_evidence": "No evidence recorded.",
+    "more_evidence": ("{n} more evidence item", "{n} more evidence items"),
+    "remediation": "Remediation",
+    "explained_by": "Explained by",
+    "explains": "Explains",
+    "nodes": "Nodes",
+    "confidence": "Confidence",
+    "role_root": "root cause",
+    "role_consequence": "consequence",
+    "role_other": "unexplained",
+    "kind": "Kind",
+    "node": "Node",
+    "attributes": "Attributes",
+    "source": "Source",
+    "exit_code": "Exit code",
+    "excerpt": "Raw output",
+    "name": "Name",
+    "address": "Address",
+    "reachable": "Reachable",
+    "kernel": "Kernel",
+    "duration": "Duration",
+    "errors": "Errors",
+    "probe": "Probe",
+    "status": "Status",
+    "reason": "Reason",
+    "blocks": "What it blocked",
+    "yes": "yes",
+    "no": "no",
+    "none": "—",
+    "not_finished": "did not finish",
+    "read_only": "read-only",
+    "changes_state": "changes state",
+    "changes_state_note": "Changes the node. Review before running; kubenetdiag never runs it.",
+    "healthy_nodes": ("{n} healthy node", "{n} healthy nodes"),
+    "print_expand": "Healthy nodes are collapsed: expand the list before printing to include it.",
+    "node_unreachable": "unreachable",
+    "node_affected": "affected",
+    "node_partial": "partly checked",
+    "node_healthy": "healthy",
+    "started": "Started",
+    "finished": "Finished",
+    "transport": "Transport",
+    "inventory": "Inventory",
+    "bundle": "Bundle",
+    "tool": "Tool",
+    "rule_base": "Rule base",
+    "rule_base_value": "{count} rules, digest {digest}",
+    "schema": "Schema",
+    "nodes_count": ("{n} node", "{n} nodes"),
+    "findings_count": ("{n} finding", "{n} findings"),
+    "full_report": "Full report: {path}",
+    "full_report_bundle": "Raw outputs and report.json: {path}",
+    "full_report_hint": (
+        "For the full report (evidence, all nodes), run again with --report FILE.html"
+    ),
+    "severity_critical": "critical",
+    "severity_error": "error",
+    "severity_warning": "warning",
+    "severity_info": "info",
+    "confidence_high": "high",
+    "confidence_medium": "medium",
+    "confidence_low": "low",
+    "duration_total": "Duration",
+    "exit_status": "Exit code",
+    "healthy_not_listed": "not listed here, see the HTML or JSON report",
+}
+
+_ZH: dict[str, str | tuple[str, str]] = {
+    "doc_title": "Kubernetes 网络诊断报告",
+    "verdict": "结论",
+    "root_causes_found": "发现 {n} 个根因",
+    "problems_no_root": "发现 {n} 个问题，未能确定根因",
+    "no_problems": "未发现问题",
+    "no_problems_partial": "在已检查的范围内未发现问题",
+    "nothing_checked": "无法检查任何内容：所有节点采集均失败",
+    "unchecked_nodes": "{n} 个节点无法检查",
+    "unchecked_probes": "可达节点上有 {n} 项探测未能运行",
+    "unknown_not_healthy": "未检查的部分状态未知，不代表健康。",
+    "consequences_folded": "{n} 个后果，已由上述根因解释",
+    "other_findings": "另有 {n} 个问题未找到原因",
+    "info_findings": "{n} 条提示信息",
+    "more": "另有 {n} 个",
+    "findings": "诊断结果",
+    "no_findings": "没有诊断结果。",
+    "overview": "集群概览",
+    "not_checked": "未检查项",
+    "all_checked": "所有探测均已在所有节点上运行。",
+    "run": "运行信息",
+    "evidence": "证据",
+    "no_evidence": "没有记录证据。",
+    "more_evidence": "另有 {n} 条证据",
+    "remediation": "修复步骤",
+    "explained_by": "由以下原因解释",
+    "explains": "解释了",
+    "nodes": "节点",
+    "confidence": "置信度",
+    "role_root": "根因",
+    "role_consequence": "后果",
+    "role_other": "原因未明",
+    "kind": "类型",
+    "node": "节点",
+    "attributes": "属性",
+    "source": "来源",
+    "exit_code": "退出码",
+    "excerpt": "原始输出",
+    "name": "名称",
+    "address": "地址",
+    "reachable": "可达",
+    "kernel": "内核",
+    "duration": "耗时",
+    "errors": "错误",
+    "probe": "探测",
+    "status": "状态",
+    "reason": "原因",
+    "blocks": "因此无法检查",
+    "yes": "是",
+    "no": "否",
+    "none": "—",
+    "not_finished": "未完成",
+    "read_only": "只读",
+    "changes_state": "会改变状态",
+    "changes_state_note": "会修改节点状态。执行前请先确认；kubenetdiag 不会自动执行。",
+    "healthy_nodes": "{n} 个健康节点",
+    "print_expand": "健康节点已折叠：打印前请先展开列表。",
+    "node_unreachable": "不可达",
+    "node_affected": "受影响",
+    "node_partial": "部分检查",
+    "node_healthy": "健康",
+    "started": "开始时间",
+    "finished": "结束时间",
+    "transport": "连接方式",
+    "inventory": "主机清单",
+    "bundle": "数据包",
+    "tool": "工具",
+    "rule_base": "规则库",
+    "rule_base_value": "{count} 条规则，摘要 {digest}",
+    "schema": "格式",
+    "nodes_count": "{n} 个节点",
+    "findings_count": "{n} 个诊断结果",
+    "full_report": "完整报告：{path}",
+    "full_report_bundle": "原始输出与 report.json：{path}",
+    "full_report_hint": "如需完整报告（证据、全部节点），请加 --report FILE.html 重新运行",
+    "severity_critical": "严重",
+    "severity_error": "错误",
+    "severity_warning": "警告",
+    "severity_info": "提示",
+    "confidence_high": "高",
+    "confidence_medium": "中",
+    "confidence_low": "低",
+    "duration_total": "总耗时",
+    "exit_status": "退出码",
+    "healthy_not_listed": "此处未列出，请查看 HTML 或 JSON 报告",
+}
+
+_CATALOGS = {"en": _EN, "zh-CN": _ZH}
+SUPPORTED_LANGS: tuple[str, ...] = tuple(_CATALOGS)
+_ALIASES = {"en": "en", "en-us": "en", "en-gb": "en", "zh": "zh-CN", "zh-cn": "zh-CN",
+            "zh-hans": "zh-CN", "zh-hans-cn": "zh-CN"}
+
+
+def normalize_lang(lang: str) -> str:
+    """The catalog name for `lang` (`zh_CN`, `zh-cn`, `zh` all mean zh-CN).
+
+    An unknown language is an error rather than a silent fall back to English, so a typo in a
+    flag is reported instead of producing a report in a language nobody asked for.
+    """
+    key = lang.strip().replace("_", "-").lower()
+    if key in _ALIASES:
+        return _ALIASES[key]
+    supported = ", ".join(SUPPORTED_LANGS)
+    raise ValueError(f"unsupported report language {lang!r}; use one of {supported}")
+
+
+@dataclass(frozen=True)
+class UI:
+    """UI strings of one language."""
+
+    lang: str
+
+    def __call__(self, key: str, **kw: object) -> str:
+        entry = _CATALOGS[self.lang].get(key, _EN[key])
+        if isinstance(entry, tuple):
+            entry = entry[1]
+        return entry.format(**kw) if kw else entry
+
+    def n(self, key: str, n: int, **kw: object) -> str:
+        entry = _CATALOGS[self.lang].get(key, _EN[key])
+        if isinstance(entry, tuple):
+            entry = entry[0] if n == 1 else entry[1]
+        return entry.format(n=n, **kw)
+
+    def severity(self, severity: str) -> str:
+        return self(f"severity_{severity}")

@@ -1,0 +1,142 @@
+"""The colored summary printed at the end of a run: what is wrong, where, and the first fix.
+
+Everything from the report is passed to rich as `Text`, never as a str: a str would be parsed as
+console markup (`[red]`, `[link=...]`) and emoji codes, so a node could style or hyperlink its
+own name. Control characters were already removed by the view, so an escape sequence in a
+hostname cannot reach the terminal either.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.text import Text
+
+from kubenetdiag.reports.sanitize import clean_line
+from kubenetdiag.reports.view import SEVERITIES, FindingView, ReportView, build_view
+
+SEVERITY_STYLE = {
+    "critical": "bold white on red",
+    "error": "bold red",
+    "warning": "bold yellow",
+    "info": "bold cyan",
+}
+LEVEL_STYLE = {
+    "critical": "bold red",
+    "error": "bold red",
+    "warning": "bold yellow",
+    "partial": "bold yellow",
+    "unknown": "bold yellow",
+    "info": "bold cyan",
+    "ok": "bold green",
+}
+# Enough to act on; the rest is in the full report. Keeps the summary within one screen.
+MAX_ITEMS = 6
+MAX_NODES = 5
+MAX_UNREACHABLE = 8
+
+
+def _line(*parts: tuple[str, str] | str, wrap: bool = False) -> Text:
+    text = Text(no_wrap=not wrap, overflow="fold" if wrap else "ellipsis")
+    for part in parts:
+        if isinstance(part, tuple):
+            text.append(part[0], style=part[1])
+        else:
+            text.append(part)
+    return text
+
+
+def _names(names: list[str], limit: int, v: ReportView) -> str:
+    shown = ", ".join(names[:limit])
+    if len(names) > limit:
+        shown += " " + v.ui("more", n=len(names) - limit)
+    return shown
+
+
+def _item(f: FindingView, v: ReportView) -> list[Text]:
+    ui = v.ui
+    out = [
+        _line(
+            "  ",
+            (f" {f.severity_label.upper()} ", SEVERITY_STYLE[f.severity]),
+            " ",
+            (f.title, "bold"),
+            (f"  {ui('confidence')} {f.confidence}", "dim"),
+            (f"  [{f.role_label}]" if f.role != "root" else "", "dim"),
+        )
+    ]
+    if f.nodes:
+        out.append(_line("     ", (_names([n.label for n in f.nodes], MAX_NODES, v), "cyan")))
+    step = f.first_command
+    if step is not None:
+        first, _, rest = step.command.partition("\n")
+        mark = (
+            (f"⚠ {ui('changes_state')}", "bold yellow")
+            if step.changes_state
+            else (ui("read_only"), "green")
+        )
+        shown = first + (" …" if rest else "")
+        out.append(_line("     $ ", (shown, "bold"), "   ", mark, wrap=True))
+    return out
+
+
+def print_summary(
+    report: dict, console: Console, lang: str = "en", *, full_report: str | None = None
+) -> None:
+    """Print the verdict, root causes with their nodes and first command, and what was not checked.
+
+    `full_report` is where the complete report was written, if anywhere; without it the summary
+    points at the bundle, or says how to get a full report.
+    """
+    v = build_view(report, lang)
+    ui = v.ui
+    c = v.counts
+    lines: list[Text] = []
+
+    by_sev = ", ".join(f"{c[s]} {ui.severity(s)}" for s in SEVERITIES if c[s])
+    header = _line(
+        ("kubenetdiag  ", "bold"),
+        (v.verdict.headline, LEVEL_STYLE[v.verdict.level]),
+        "  · ",
+        ui.n("nodes_count", c["nodes"]),
+        " · ",
+        ui.n("findings_count", c["findings"]),
+        f" ({by_sev})" if by_sev else "",
+    )
+    if c["unreachable"]:
+        header.append(" · ")
+        header.append(f"{c['unreachable']} {ui('node_unreachable')}", style="bold yellow")
+    lines.append(header)
+
+    items = v.verdict.items
+    for f in items[:MAX_ITEMS]:
+        lines.extend(_item(f, v))
+    if len(items) > MAX_ITEMS:
+        lines.append(_line("  ", (ui("more", n=len(items) - MAX_ITEMS), "dim")))
+    for note in v.verdict.notes:
+        lines.append(_line("  + ", (note, "dim")))
+
+    unreachable = [n.name for n in v.nodes_first if not n.reachable]
+    if unreachable:
+        lines.append(
+            _line(
+                ("⚠ ", "bold yellow"),
+                (ui.n("unchecked_nodes", len(unreachable)), "bold yellow"),
+                ": ",
+                _names(unreachable, MAX_UNREACHABLE, v),
+            )
+        )
+    if v.verdict.unchecked_warning:
+        lines.append(_line("  ", (ui("unknown_not_healthy"), "yellow")))
+
+    if full_report:
+        hint = ui("full_report", path=clean_line(full_report))
+    elif v.bundle:
+        hint = ui("full_report_bundle", path=v.bundle)
+    else:
+        hint = ui("full_report_hint")
+    lines.append(_line((hint, "dim"), wrap=True))
+
+    for line in lines:
+        # highlight=False: rich's highlighter would colour numbers and addresses inside node
+        # data, which reads as emphasis the data did not ask for.
+        console.print(line, highlight=False, soft_wrap=False)
