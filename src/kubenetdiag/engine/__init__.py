@@ -1,0 +1,26 @@
+"""The inference engine: YAML rules compiled to CLIPS, run over facts, producing findings.
+
+    ruleset = load_ruleset([Path("site-rules")], disable=["some-rule"])
+    findings = infer(ruleset, facts)
+"""
+
+from .inference import EngineError, infer
+from .loader import RuleErrors, shipped_dir
+from .model import Rule
+from .ruleset import RuleSet, lint_paths, load_ruleset
+from .ruletest import TestResult, run_tests
+
+SHIPPED_RULES_DIR = shipped_dir()
+
+__all__ = [
+    "SHIPPED_RULES_DIR",
+    "EngineError",
+    "Rule",
+    "RuleErrors",
+    "RuleSet",
+    "TestResult",
+    "infer",
+    "lint_paths",
+    "load_ruleset",
+    "run_tests",
+]

@@ -1,0 +1,402 @@
+"""Run a compiled rule set over facts in CLIPS and turn what fired into findings."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import clips
+
+from kubenetdiag.errors import InputError
+from kubenetdiag.facts.model import Fact, Scalar
+from kubenetdiag.facts.registry import registry
+
+from .compiler import DERIVE_FN, FIRED, Program
+from .loader import PLACEHOLDER_RE
+from .model import SEVERITIES, Rule
+
+if TYPE_CHECKING:
+    from .ruleset import RuleSet
+
+_NULL_TEXT = {"en": "unknown", "zh-CN": "未知"}
+_CLUSTER_TEXT = {"en": "the cluster", "zh-CN": "集群"}
+
+
+class EngineError(RuntimeError):
+    """CLIPS failed while building or running the rules: a bug in a rule or in the engine."""
+
+
+class _ErrorCapture(clips.Router):
+    """Collects what CLIPS writes to stderr. clipspy's own error router passes each message on to
+    lower-priority routers, so this sees everything and keeps it off the operator's terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("kubenetdiag-errors", 30)
+        self.parts: list[str] = []
+
+    def query(self, name: str) -> bool:
+        return name == "stderr"
+
+    def write(self, name: str, message: str) -> None:
+        self.parts.append(message)
+
+    def take(self) -> str:
+        text = "".join(self.parts).strip()
+        self.parts.clear()
+        return text
+
+
+@dataclass
+class _Derived:
+    kind: str
+    attrs: dict[str, Scalar]
+    rules: set[int] = field(default_factory=set)
+    sources: set[int] = field(default_factory=set)
+
+
+def _py(value: Any) -> Scalar:
+    """A slot value back in Python terms (symbols nil/TRUE/FALSE are our None/True/False)."""
+    if type(value) is clips.Symbol:
+        if value == "nil":
+            return None
+        if value == "TRUE":
+            return True
+        if value == "FALSE":
+            return False
+        return str(value)
+    return value
+
+
+class _Deriver:
+    """The `kd-derive` callback: one negative id per distinct derived fact, plus its history."""
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        self.ids: dict[tuple, int] = {}
+        self.records: dict[int, _Derived] = {}
+
+    def __call__(self, rule: int, kind_index: int, n_ids: int, *rest: Any) -> int:
+        sources, values = rest[:n_ids], rest[n_ids:]
+        # type() is part of the key: the STRING "nil" and the symbol nil are different values.
+        key = (kind_index, tuple((type(v), v) for v in values))
+        did = self.ids.get(key)
+        if did is None:
+            did = -(len(self.ids) + 1)
+            self.ids[key] = did
+            kind = self.program.derived_kinds[kind_index]
+            names = ("node", *registry()[kind].attrs)
+            attrs = {n: _py(v) for n, v in zip(names, values, strict=True)}
+            self.records[did] = _Derived(kind, attrs)
+        rec = self.records[did]
+        rec.rules.add(rule)
+        rec.sources.update(sources)
+        return did
+
+
+def build_environment(program: Program, deriver: Any = None) -> tuple[clips.Environment, Any]:
+    """A fresh environment holding the program; raise EngineError if CLIPS rejects a construct."""
+    env = clips.Environment()
+    capture = _ErrorCapture()
+    env.add_router(capture)
+    env.define_function(deriver if deriver is not None else _Deriver(program), DERIVE_FN)
+    for text in program.templates:
+        try:
+            env.build(text)
+        except clips.CLIPSError as exc:
+            raise EngineError(f"CLIPS rejected a template: {exc}") from None
+    for i, text in enumerate(program.rule_constructs):
+        try:
+            env.build(text)
+        except clips.CLIPSError as exc:
+            r = program.rules[i] if i < len(program.rules) else None
+            where = f" {r.id} ({r.file}:{r.line})" if r else ""
+            raise EngineError(f"CLIPS rejected rule{where}: {exc}") from None
+    capture.take()
+    return env, capture
+
+
+def _bad_fact(idx: int, fact: Fact, message: str) -> InputError:
+    return InputError(
+        f"fact #{idx} ({fact.kind} on {fact.node!r}): {message}",
+        hint="the facts do not match the registry (facts/kinds.yaml); re-run the parser",
+    )
+
+
+def _normalise(value: Any, typ: str, nullable: bool) -> Scalar:
+    """The value as the exact Python type clipspy maps to the right CLIPS type.
+
+    clipspy converts by exact type: a str subclass (StrEnum) or a numpy number would reach CLIPS
+    as an opaque external address and never match anything.
+    """
+    t = type(value)
+    if typ == "str":
+        if t is str:
+            return value
+        if isinstance(value, str):
+            return str.__str__(value)
+    elif typ == "int":
+        if t is int:
+            return value
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+    elif typ == "float":
+        if t is float or t is int:
+            return float(value)
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return float(value)
+    elif typ == "bool" and t is bool:
+        return value
+    if value is None and nullable:
+        return None
+    raise ValueError(f"{value!r} is not a {typ}" + ("" if value is not None else " (null)"))
+
+
+def _gate(filters: list | None) -> tuple[str | None, frozenset]:
+    """An attribute every filter constrains, with the union of the values they allow: one set
+    lookup that rejects most facts (e.g. the sysctl keys no rule names) before the full test."""
+    if not filters:
+        return None, frozenset()
+    common = set.intersection(*({a for a, _ in f} for f in filters))
+    best: tuple[str | None, frozenset] = (None, frozenset())
+    for attr in sorted(common):
+        union = frozenset().union(*(allowed for f in filters for a, allowed in f if a == attr))
+        if best[0] is None or len(union) < len(best[1]):
+            best = (attr, union)
+    return best
+
+
+def _assert_facts(env: clips.Environment, program: Program, facts: Sequence[Fact]) -> int:
+    reg = registry()
+    plans = {}
+    for kind, lay in program.kinds.items():
+        if not lay.matched:
+            continue
+        spec = reg[kind]
+        attrs = [
+            (a, lay.slot(a), spec.attrs[a].type, spec.attrs[a].nullable)
+            for a in sorted(lay.referenced)
+        ]
+        plans[kind] = (
+            env.find_template(lay.template).assert_fact,
+            lay.filters,
+            attrs,
+            *_gate(lay.filters),
+        )
+    asserted = 0
+    for idx, fact in enumerate(facts):
+        plan = plans.get(fact.kind)
+        if plan is None:
+            continue  # no rule looks at this kind: asserting it would only cost time
+        assert_fact, filters, attrs, gate_attr, gate = plan
+        values = fact.attrs
+        try:
+            if gate_attr is not None:
+                v = fact.node if gate_attr == "node" else values.get(gate_attr)
+                if v not in gate:
+                    continue
+            if filters is not None:
+                for f in filters:
+                    for attr, allowed in f:
+                        v = fact.node if attr == "node" else values.get(attr)
+                        if v not in allowed:
+                            break
+                    else:
+                        break
+                else:
+                    continue
+            if type(fact.node) is not str:
+                raise ValueError("node is not a string")
+            slots: dict[str, Any] = {"__id": idx, "f_node": fact.node}
+            for attr, slot, typ, nullable in attrs:
+                v = values.get(attr)
+                if v is None and attr not in values and not nullable:
+                    raise ValueError(f"attribute {attr!r} is missing")
+                slots[slot] = _normalise(v, typ, nullable)
+        except (ValueError, TypeError) as exc:
+            raise _bad_fact(idx, fact, str(exc)) from None
+        assert_fact(**slots)
+        asserted += 1
+    return asserted
+
+
+def _rule_of_error(program: Program, message: str) -> str:
+    m = re.search(r"defrule '?(?:MAIN::)?r(\d+)'?", message)
+    if not m or int(m.group(1)) >= len(program.rules):
+        return ""
+    r = program.rules[int(m.group(1))]
+    return f" in rule {r.id} ({r.file}:{r.line})"
+
+
+def execute(program: Program, facts: Sequence[Fact]) -> tuple[dict[int, list], _Deriver]:
+    """Run the program; return each fired rule's activations (ids, values) and derived facts."""
+    deriver = _Deriver(program)
+    env, capture = build_environment(program, deriver)
+    _assert_facts(env, program, facts)
+    env.run()
+    message = capture.take()
+    state = env.error_state
+    if message or state is not None:
+        text = message or str(state)
+        raise EngineError(f"a rule failed inside CLIPS{_rule_of_error(program, text)}: {text}")
+    fired: dict[int, list] = defaultdict(list)
+    for f in env.find_template(FIRED).facts():
+        fired[f["rule"]].append((tuple(f["ids"]), tuple(_py(v) for v in f["vals"])))
+    return fired, deriver
+
+
+def _sort_key(v: Scalar) -> tuple:
+    if isinstance(v, bool) or v is None:
+        return (2, str(v))
+    if isinstance(v, (int, float)):
+        return (0, v, "")
+    return (1, v)
+
+
+def _show(v: Scalar, lang: str) -> str:
+    if v is None:
+        return _NULL_TEXT.get(lang, _NULL_TEXT["en"])
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer() and math.isfinite(v):
+        return str(int(v))
+    return str(v)
+
+
+def render(text: str, values: dict[str, list[Scalar]], nodes: list[str], lang: str) -> str:
+    """Fill `{name}` placeholders. A plain regex, never str.format: rule text is untrusted and
+    format strings can reach attributes of their arguments."""
+
+    def sub(m: re.Match) -> str:
+        name = m.group(1)
+        if name == "node":
+            return ", ".join(nodes) if nodes else _CLUSTER_TEXT.get(lang, "the cluster")
+        if name not in values:
+            return m.group(0)
+        shown: list[str] = []
+        for v in sorted(values[name], key=_sort_key):
+            s = _show(v, lang)
+            if s not in shown:
+                shown.append(s)
+        return ", ".join(shown)
+
+    return PLACEHOLDER_RE.sub(sub, text)
+
+
+@dataclass
+class _Outcome:
+    rule: Rule
+    nodes: set[str]
+    ids: set[int]
+    values: dict[str, list[Scalar]]
+    symptoms: set[str]
+
+
+def _overlap(a: set[str], b: set[str]) -> bool:
+    # Two cluster-wide conclusions (no nodes) are about the same place.
+    return bool(a & b) if (a or b) else True
+
+
+def findings(program: Program, facts: Sequence[Fact], fired: dict[int, list], deriver: _Deriver
+             ) -> list[dict[str, Any]]:
+    memo: dict[int, frozenset[int]] = {}
+
+    def base_ids(i: int, seen: frozenset[int] = frozenset()) -> frozenset[int]:
+        if i >= 0:
+            return frozenset((i,))
+        if i in memo:
+            return memo[i]
+        out: set[int] = set()
+        for s in deriver.records[i].sources:
+            if s not in seen:
+                out |= base_ids(s, seen | {i})
+        memo[i] = frozenset(out)
+        return memo[i]
+
+    def node_of(i: int) -> Scalar:
+        return facts[i].node if i >= 0 else deriver.records[i].attrs.get("node")
+
+    symptoms: dict[int, set[str]] = defaultdict(set)
+    for rec in deriver.records.values():
+        if rec.kind == "symptom" and isinstance(rec.attrs.get("name"), str):
+            for r in rec.rules:
+                symptoms[r].add(rec.attrs["name"])  # type: ignore[arg-type]
+
+    outcomes: dict[int, _Outcome] = {}
+    for ri, acts in fired.items():
+        rule = program.rules[ri]
+        o = _Outcome(rule, set(), set(), {v: [] for v in rule.variables}, symptoms[ri])
+        on = rule.variables.index(rule.on.name) if rule.on else None
+        for ids, vals in acts:
+            o.ids.update(ids)
+            for name, v in zip(rule.variables, vals, strict=True):
+                o.values[name].append(v)
+            where = [vals[on]] if on is not None else [node_of(i) for i in ids]
+            o.nodes.update(n for n in where if isinstance(n, str) and n and n != "cluster")
+        outcomes[ri] = o
+
+    out = []
+    for ri, o in outcomes.items():
+        rule = o.rule
+        if rule.fault is None:
+            continue
+        mine = {rule.fault} | o.symptoms
+        explained_by = sorted(
+            s.rule.id
+            for si, s in outcomes.items()
+            if si != ri and mine & set(s.rule.explains) and _overlap(o.nodes, s.nodes)
+        )
+        nodes = sorted(o.nodes)
+        evidence_ids = sorted(set().union(*(base_ids(i) for i in o.ids)))
+
+        def text(key: str, lang: str, rule: Rule = rule, o: _Outcome = o, nodes=nodes) -> str:
+            t = rule.texts.get(key)
+            if not t:
+                return ""
+            return render(t.get(lang, t["en"]), o.values, nodes, lang)
+
+        finding: dict[str, Any] = {
+            "rule": rule.id,
+            "fault": rule.fault,
+            "severity": rule.severity,
+            "confidence": rule.confidence,
+            "title": text("title", "en"),
+            "explain": text("explain", "en"),
+            "nodes": nodes,
+            "root_cause": not explained_by,
+            "explained_by": explained_by,
+            "explains": list(rule.explains),
+            "evidence": [facts[i].to_dict() for i in evidence_ids],
+            "remediation": [
+                {
+                    "text": render(r.text["en"], o.values, nodes, "en"),
+                    "command": r.command,
+                    "changes_state": r.changes_state,
+                }
+                for r in rule.remediate
+            ],
+            "i18n": {},
+        }
+        if rule.has_lang("zh-CN"):
+            finding["i18n"]["zh-CN"] = {
+                "title": text("title", "zh-CN"),
+                "explain": text("explain", "zh-CN"),
+                "remediation": [
+                    render(r.text.get("zh-CN", r.text["en"]), o.values, nodes, "zh-CN")
+                    for r in rule.remediate
+                ],
+            }
+        out.append(finding)
+    out.sort(key=lambda f: (not f["root_cause"], SEVERITIES.index(f["severity"]), f["rule"]))
+    return out
+
+
+def infer(ruleset: RuleSet, facts: list[Fact]) -> list[dict[str, Any]]:
+    """Findings for `facts` under `ruleset`: one per fired rule with a fault, ordered root causes
+    first, then by severity, then by rule id. A new CLIPS environment per call."""
+    fired, deriver = execute(ruleset.program, facts)
+    return findings(ruleset.program, facts, fired, deriver)

@@ -1,0 +1,107 @@
+"""The parsed form of a rule, between the YAML file and the CLIPS program.
+
+Rule files are untrusted input: everything here has been schema-checked and checked against the
+facts registry by the loader, and the compiler only ever reads these objects, never the raw YAML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubenetdiag.facts.model import Fact, Scalar
+
+SEVERITIES = ("critical", "error", "warning", "info")
+LANGS = ("en", "zh-CN")
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Var:
+    """A `$name` in a rule."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return f"${self.name}"
+
+
+Operand = Scalar | Var
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operator of an attribute constraint; `operand` is a list for in/not_in."""
+
+    op: str
+    operand: Operand | tuple[Operand, ...]
+
+
+@dataclass(frozen=True)
+class SlotTest:
+    """The constraint on one attribute: exactly one of literal, var or ops is meaningful."""
+
+    attr: str
+    form: str  # "literal" | "var" | "ops"
+    literal: Scalar = None
+    var: Var | None = None
+    ops: tuple[Op, ...] = ()
+
+
+@dataclass(frozen=True)
+class Pattern:
+    kind: str
+    negated: bool
+    tests: tuple[SlotTest, ...]
+    path: Path_ = ()
+
+
+@dataclass(frozen=True)
+class Assertion:
+    kind: str
+    values: dict[str, Scalar | Var]
+    path: Path_ = ()
+
+
+@dataclass(frozen=True)
+class Remedy:
+    text: dict[str, str]
+    command: str | None
+    changes_state: bool
+
+
+@dataclass(frozen=True)
+class RuleTest:
+    name: str
+    facts: tuple[Fact, ...]
+    expect: tuple[dict[str, Any], ...]
+    line: int | None
+    problem: str = ""  # why the test cannot run as written (reported by lint too)
+
+
+@dataclass
+class Rule:
+    """One rule as loaded. `title` is the English title; `texts` holds every language."""
+
+    id: str
+    fault: str | None
+    severity: str | None
+    confidence: str
+    title: str
+    file: str
+    line: int | None
+    texts: dict[str, dict[str, str]] = field(default_factory=dict)  # "title"/"explain" -> lang
+    when: tuple[Pattern, ...] = ()
+    asserts: tuple[Assertion, ...] = ()
+    explains: tuple[str, ...] = ()
+    on: Var | None = None
+    remediate: tuple[Remedy, ...] = ()
+    tests: tuple[RuleTest, ...] = ()
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Variables bound by positive patterns, in binding order: the values a firing reports.
+    variables: tuple[str, ...] = ()
+
+    def has_lang(self, lang: str) -> bool:
+        texts = [*self.texts.values(), *(r.text for r in self.remediate)]
+        return any(lang in t for t in texts)

@@ -1,0 +1,233 @@
+"""The rule linter: every problem names its file and line."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from kubenetdiag.engine import RuleErrors, lint_paths, load_ruleset
+from kubenetdiag.errors import InputError
+
+GOOD = """\
+rules:
+  - id: good
+    fault: good_fault
+    severity: warning
+    title: "good on {node}"
+    when:
+      - sysctl: {node: $node, key: k, number: 0}
+    tests:
+      - name: fires
+        facts:
+          - sysctl: {node: n1, key: k, value: "0", number: 0, present: true}
+        expect:
+          - {nodes: [n1]}
+      - name: quiet
+        facts: []
+        expect: []
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "rules.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text), encoding="utf-8")
+    return p
+
+
+def lint(tmp_path: Path, text: str) -> tuple[Path, list[InputError]]:
+    p = write(tmp_path, text)
+    return p, lint_paths([p], with_shipped=False)
+
+
+def where(problems: list[InputError]) -> list[tuple[str, int | None, str]]:
+    return [(Path(e.file).name if e.file else "", e.line, e.message) for e in problems]
+
+
+def one(problems: list[InputError], needle: str) -> InputError:
+    hits = [e for e in problems if needle in e.message]
+    assert len(hits) == 1, where(problems)
+    return hits[0]
+
+
+def test_good_file_is_clean(tmp_path):
+    _, problems = lint(tmp_path, GOOD)
+    assert problems == []
+
+
+def test_shipped_rules_are_clean():
+    assert lint_paths([], with_shipped=True) == []
+
+
+def test_yaml_syntax_error(tmp_path):
+    p, problems = lint(tmp_path, GOOD.replace("    severity: warning", "   severity: warning"))
+    (e,) = problems
+    assert (e.file, e.line) == (str(p), 4)
+    assert "YAML syntax error" in e.message
+
+
+def test_unknown_field(tmp_path):
+    p, problems = lint(tmp_path, GOOD.replace("    severity: warning\n",
+                                              "    severity: warning\n    severty: error\n"))
+    e = one(problems, "unknown field 'severty'")
+    assert (e.file, e.line) == (str(p), 5)
+    assert "severity" in e.hint
+
+
+def test_bad_enum_and_missing_severity(tmp_path):
+    p, problems = lint(tmp_path, GOOD.replace("severity: warning", "confidence: sure"))
+    assert (one(problems, "'sure' is not one of").line) == 4
+    assert one(problems, "'fault' needs 'severity'").line == 3
+
+
+def test_unknown_operator(tmp_path):
+    _, problems = lint(tmp_path, GOOD.replace("number: 0}", "number: {gtt: 0}}"))
+    assert one(problems, "unknown field 'gtt'").line == 7
+
+
+def test_unknown_fact_kind(tmp_path):
+    p, problems = lint(tmp_path, GOOD.replace("- sysctl: {node: $node", "- sysctlz: {node: $node"))
+    e = one(problems, "unknown fact kind 'sysctlz'")
+    assert (e.file, e.line) == (str(p), 7)
+
+
+def test_unknown_attribute(tmp_path):
+    p, problems = lint(
+        tmp_path,
+        GOOD.replace(
+            "      - sysctl: {node: $node, key: k, number: 0}\n",
+            "      - sysctl:\n          node: $node\n          key: k\n          nmber: 0\n",
+        ),
+    )
+    e = one(problems, "unknown attribute 'nmber'")
+    assert (e.file, e.line) == (str(p), 10)
+    assert "number" in e.hint
+
+
+def test_literal_type_mismatch(tmp_path):
+    text = GOOD.replace("number: 0}\n    tests", "present: maybe}\n    tests")
+    _, problems = lint(tmp_path, text)
+    assert one(problems, "present is a bool").line == 7
+
+
+def test_unbound_variables(tmp_path):
+    text = GOOD.replace('title: "good on {node}"', 'title: "good on {nod}"')
+    text = text.replace("number: 0}\n    tests", "number: {gt: $limit}}\n    on: $where\n    tests")
+    p, problems = lint(tmp_path, text)
+    assert one(problems, "{nod}").line == 5
+    assert one(problems, "$limit is used before it is bound").line == 7
+    assert one(problems, "on: $where").line == 8
+    assert all(e.file == str(p) for e in problems)
+
+
+def test_variable_from_negation_is_not_visible_outside(tmp_path):
+    text = GOOD.replace(
+        "      - sysctl: {node: $node, key: k, number: 0}\n",
+        "      - sysctl: {node: $node, key: k, number: 0}\n"
+        "      - not: {iptables_rule: {node: $node, chain: $chain}}\n"
+        "    assert:\n"
+        "      - symptom: {node: $node, name: x, target: $chain}\n",
+    )
+    _, problems = lint(tmp_path, text)
+    assert one(problems, "$chain is not bound").line == 10
+
+
+def test_assert_of_non_derived_kind(tmp_path):
+    text = GOOD.replace(
+        "    tests:",
+        "    assert:\n      - sysctl: {node: $node, key: x, present: true}\n    tests:",
+    )
+    _, problems = lint(tmp_path, text)
+    assert one(problems, "sysctl is not a derived kind").line == 9
+
+
+def test_duplicate_id_across_files(tmp_path):
+    a = write(tmp_path, GOOD, "a.yaml")
+    b = write(tmp_path, GOOD, "b.yaml")
+    problems = lint_paths([tmp_path], with_shipped=False)
+    e = one(problems, "duplicate rule id 'good'")
+    assert (e.file, e.line) == (str(b), 2)
+    assert f"{a}:2" in e.hint
+
+
+def test_missing_tests(tmp_path):
+    p, problems = lint(tmp_path, GOOD.split("    tests:")[0])
+    fires = one(problems, "has no test in which it fires")
+    quiet = one(problems, "has no test in which it must not fire")
+    assert (fires.file, fires.line) == (str(p), 2)
+    assert quiet.line == 2
+
+
+def test_only_a_firing_test_is_not_enough(tmp_path):
+    text = GOOD.replace("      - name: quiet\n        facts: []\n        expect: []\n", "")
+    _, problems = lint(tmp_path, text)
+    assert one(problems, "must not fire").line == 8
+
+
+def test_test_facts_must_match_registry(tmp_path):
+    text = GOOD.replace(
+        '- sysctl: {node: n1, key: k, value: "0", number: 0, present: true}',
+        '- sysctl: {node: n1, key: k, value: 0, number: 0, presnt: true}',
+    )
+    _, problems = lint(tmp_path, text)
+    assert one(problems, "sysctl.value: 0 is not a str").line == 11
+    assert one(problems, "unknown attribute 'presnt'").line == 11
+    assert one(problems, "needs 'present'").line == 11
+
+
+def test_expect_of_another_fault(tmp_path):
+    _, problems = lint(tmp_path, GOOD.replace("- {nodes: [n1]}", "- {fault: other, nodes: [n1]}"))
+    assert one(problems, "always have fault 'good_fault'").line == 13
+
+
+def test_bad_variable_name_and_dollar_escape(tmp_path):
+    _, problems = lint(tmp_path, GOOD.replace("key: k,", "key: $1bad,"))
+    assert one(problems, "not a valid variable name").line == 7
+    _, problems = lint(tmp_path, GOOD.replace("key: k,", "key: $$literal,"))
+    assert problems == []
+
+
+def test_empty_file_and_wrong_top_level(tmp_path):
+    _, problems = lint(tmp_path, "")
+    assert one(problems, "empty").line == 1
+    _, problems = lint(tmp_path, "- id: x\n")
+    assert one(problems, "expected a mapping").line == 1
+
+
+def test_all_problems_are_reported_together(tmp_path):
+    text = GOOD.replace("sysctl: {node: $node", "sysctlz: {node: $node")
+    text += (
+        "  - id: second\n"
+        "    fault: f2\n"
+        "    severity: info\n"
+        '    title: "{unbound}"\n'
+        "    when:\n"
+        "      - sysctl: {node: $node, nope: 1}\n"
+    )
+    _, problems = lint(tmp_path, text)
+    assert [e.line for e in problems] == sorted(e.line for e in problems)
+    assert one(problems, "unknown fact kind 'sysctlz'").line == 7
+    assert one(problems, "{unbound} names no variable").line == 20
+    assert one(problems, "unknown attribute 'nope'").line == 22
+    assert one(problems, "rule second has no test in which it fires").line == 17
+
+
+def test_load_refuses_broken_rules_with_locations(tmp_path):
+    write(tmp_path, GOOD.replace("sysctl: {node: $node", "sysctlz: {node: $node"))
+    with pytest.raises(RuleErrors) as exc:
+        load_ruleset([tmp_path], shipped=False)
+    (e,) = exc.value.errors
+    assert e.line == 7 and e.file.endswith("rules.yaml")
+    assert "rules.yaml:7" in str(exc.value)
+
+
+def test_load_does_not_require_tests(tmp_path):
+    write(tmp_path, GOOD.split("    tests:")[0])
+    rs = load_ruleset([tmp_path], shipped=False)
+    assert [r.id for r in rs.rules] == ["good"]
+
+
+def test_missing_rules_dir(tmp_path):
+    with pytest.raises(RuleErrors, match="not found"):
+        load_ruleset([tmp_path / "nope"], shipped=False)
