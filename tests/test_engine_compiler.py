@@ -300,7 +300,7 @@ def test_strenum_and_numpy_like_values_are_normalised(tmp_path):
 
 
 def test_fact_of_wrong_type_is_an_input_error(tmp_path):
-    rs = ruleset(tmp_path, OPERATORS.replace("OPERAND", "number: {gt: 0}"))
+    rs = ruleset(tmp_path, OPERATORS.replace("OPERAND", "number: $n"))
     bad = Fact("sysctl", "n1", {"key": "k", "value": "7", "number": "7", "present": True})
     with pytest.raises(InputError, match="fact #0"):
         infer(rs, [bad])
@@ -311,6 +311,36 @@ def test_only_matched_kinds_and_candidate_facts_are_asserted(tmp_path):
     lay = rs.program.kinds["sysctl"]
     assert set(rs.program.kinds) == {"sysctl"}
     assert lay.filters == [(("key", frozenset({"k"})), ("number", frozenset({7})))]
+
+
+def test_prefilter_never_drops_a_fact_clips_would_match(tmp_path):
+    # Run with and without the Python prefilter: the findings must be identical, or the
+    # prefilter dropped a fact CLIPS would have matched (or kept one it should not).
+    rs = ruleset(
+        tmp_path,
+        """
+        rules:
+          - id: ops
+            fault: ops
+            severity: info
+            title: t
+            when:
+              - sysctl:
+                  node: $node
+                  key: {startswith: "net.", contains: "a", ne: "net.bad", not_in: [net.ab]}
+                  number: {ge: -1, lt: 5}
+        """,
+    )
+    keys = ["net.a", "net.bad", "net.ab", "xnet.a", "net.日本a", "NET.a", "net.", "net.a"]
+    facts = [sysctl(f"n{i}", k, i - 1) for i, k in enumerate(keys)]
+    facts.append(sysctl("nnull", "net.a", None, present=False))
+    facts.append(Fact("sysctl", "nfloat", {"key": "net.a", "value": "2", "number": 2,
+                                           "present": True}))
+    with_filter = infer(rs, facts)
+    rs.program.kinds["sysctl"].filters = None
+    without = infer(rs, facts)
+    assert with_filter == without
+    assert with_filter[0]["nodes"] == ["n0", "n4", "nfloat"]
 
 
 def test_error_inside_clips_raises(tmp_path):

@@ -86,6 +86,18 @@ def test_unknown_operator(tmp_path):
     assert one(problems, "unknown field 'gtt'").line == 7
 
 
+def test_bad_kind_key_and_two_kinds_in_one_condition(tmp_path):
+    text = GOOD.replace("- sysctl: {node: $node", "- Sysctl: {node: $node")
+    _, problems = lint(tmp_path, text)
+    assert one(problems, "'Sysctl' is not a valid key").line == 7
+    text = GOOD.replace(
+        "      - sysctl: {node: $node, key: k, number: 0}\n",
+        "      - sysctl: {node: $node, key: k, number: 0}\n        kernel: {node: $node}\n",
+    )
+    _, problems = lint(tmp_path, text)
+    assert one(problems, "expected exactly one key").line == 7
+
+
 def test_unknown_fact_kind(tmp_path):
     p, problems = lint(tmp_path, GOOD.replace("- sysctl: {node: $node", "- sysctlz: {node: $node"))
     e = one(problems, "unknown fact kind 'sysctlz'")

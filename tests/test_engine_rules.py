@@ -83,6 +83,7 @@ def test_wrong_expectation_fails(tmp_path):
     )
     rs = load_ruleset([tmp_path])
     results = run_tests(rs, [site])
+    assert results == run_tests(rs, [tmp_path])  # a directory selects its files
     assert {r.rule_id for r in results} == {"ip-forward-disabled"}
     bad = [r for r in results if not r.passed]
     assert [r.name for r in bad] == ["off on one node"]
@@ -154,3 +155,15 @@ def test_unreachable_node_title_shows_reason():
     assert f["title"] == "n1 could not be reached: auth failed"
     assert f["i18n"]["zh-CN"]["title"] == "无法连接 n1：auth failed"
     assert all(not r["changes_state"] for r in f["remediation"])
+
+
+def test_test_with_bad_facts_fails_instead_of_vanishing(tmp_path):
+    site = copy_rule(
+        tmp_path,
+        "host/node_unreachable.yaml",
+        lambda s: s.replace("reachable: false, address: 10.0.0.3", "reachable: no_such, adress: 1"),
+    )
+    results = run_tests(load_ruleset([tmp_path]), [site])
+    (bad,) = [r for r in results if not r.passed]
+    assert bad.name == "unknown reason still fires"
+    assert "do not match the registry" in bad.message

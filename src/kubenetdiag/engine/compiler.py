@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from kubenetdiag.facts.model import Scalar
 from kubenetdiag.facts.registry import KindSpec, registry
@@ -81,10 +82,10 @@ class KindLayout:
     attrs: tuple[str, ...]  # every registry attribute, in registry order
     matched: bool = False  # some pattern names this kind: only then are base facts asserted
     referenced: set[str] = field(default_factory=set)  # attributes some pattern constrains
-    # Each pattern's literal equality constraints as (attr, allowed values). A fact that fails
-    # every pattern's constraints can match no pattern (not even a negated one), so it is not
-    # asserted at all. None = some pattern has no such constraint: assert every fact.
-    filters: list[tuple[tuple[str, frozenset], ...]] | None = field(default_factory=list)
+    # Each pattern's variable-free constraints as (attr, allowed values or predicate). A fact
+    # that fails every pattern's constraints can match no pattern (not even a negated one), so
+    # it is not asserted at all. None = some pattern has none: assert every fact of the kind.
+    filters: list[tuple[tuple[str, Check], ...]] | None = field(default_factory=list)
 
     def slot(self, attr: str) -> str:
         return _slot_name(attr)
@@ -108,19 +109,54 @@ def _template(layout: KindLayout, spec: KindSpec) -> str:
     return f"(deftemplate {layout.template} {' '.join(slots)})"
 
 
-def _literal_filter(pattern: Pattern) -> tuple[tuple[str, frozenset], ...]:
-    out = []
+Check = frozenset | Callable[[Any], bool]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _op_check(op: Op) -> Check | None:
+    """A Python test that every value the CLIPS constraint accepts also passes (it may accept
+    more, never less); None when the operand is a variable, known only during matching."""
+    x = op.operand
+    if isinstance(x, Var) or (isinstance(x, tuple) and any(isinstance(i, Var) for i in x)):
+        return None
+    if op.op == "eq":
+        return frozenset([x])
+    if op.op == "in":
+        return frozenset(x)  # type: ignore[arg-type]
+    if op.op == "ne":
+        return lambda v: v != x
+    if op.op == "not_in":
+        excluded = frozenset(x)  # type: ignore[arg-type]
+        return lambda v: v not in excluded
+    if op.op == "lt":
+        return lambda v: _is_number(v) and v < x
+    if op.op == "le":
+        return lambda v: _is_number(v) and v <= x
+    if op.op == "gt":
+        return lambda v: _is_number(v) and v > x
+    if op.op == "ge":
+        return lambda v: _is_number(v) and v >= x
+    if op.op == "contains":
+        return lambda v: isinstance(v, str) and x in v
+    if op.op == "startswith":
+        return lambda v: isinstance(v, str) and v.startswith(x)
+    return None
+
+
+def _prefilter(pattern: Pattern) -> tuple[tuple[str, Check], ...]:
+    """The pattern's constraints that need no variable, as (attr, set or predicate)."""
+    out: list[tuple[str, Check]] = []
     for t in pattern.tests:
         if t.form == "literal":
             out.append((t.attr, frozenset([t.literal])))
-            continue
-        if t.form != "ops":
-            continue
-        for op in t.ops:
-            if op.op == "eq" and not isinstance(op.operand, Var):
-                out.append((t.attr, frozenset([op.operand])))
-            elif op.op == "in" and not any(isinstance(x, Var) for x in op.operand):  # type: ignore[union-attr]
-                out.append((t.attr, frozenset(op.operand)))  # type: ignore[arg-type]
+        elif t.form == "ops":
+            for op in t.ops:
+                check = _op_check(op)
+                if check is not None:
+                    out.append((t.attr, check))
     return tuple(out)
 
 
@@ -250,7 +286,7 @@ def compile_rules(rules: Sequence[Rule]) -> Program:
             lay = layout(p.kind)
             lay.matched = True
             lay.referenced.update(t.attr for t in p.tests if t.attr != "node")
-            filt = _literal_filter(p)
+            filt = _prefilter(p)
             if not filt:
                 lay.filters = None
             elif lay.filters is not None:

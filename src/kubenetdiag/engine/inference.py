@@ -161,10 +161,12 @@ def _gate(filters: list | None) -> tuple[str | None, frozenset]:
     lookup that rejects most facts (e.g. the sysctl keys no rule names) before the full test."""
     if not filters:
         return None, frozenset()
-    common = set.intersection(*({a for a, _ in f} for f in filters))
+    common = set.intersection(*({a for a, c in f if type(c) is frozenset} for f in filters))
     best: tuple[str | None, frozenset] = (None, frozenset())
     for attr in sorted(common):
-        union = frozenset().union(*(allowed for f in filters for a, allowed in f if a == attr))
+        union = frozenset().union(
+            *(c for f in filters for a, c in f if a == attr and type(c) is frozenset)
+        )
         if best[0] is None or len(union) < len(best[1]):
             best = (attr, union)
     return best
@@ -201,9 +203,12 @@ def _assert_facts(env: clips.Environment, program: Program, facts: Sequence[Fact
                     continue
             if filters is not None:
                 for f in filters:
-                    for attr, allowed in f:
+                    for attr, check in f:
                         v = fact.node if attr == "node" else values.get(attr)
-                        if v not in allowed:
+                        if type(check) is frozenset:
+                            if v not in check:
+                                break
+                        elif not check(v):
                             break
                     else:
                         break

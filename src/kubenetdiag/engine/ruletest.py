@@ -14,6 +14,7 @@ from typing import Any
 from kubenetdiag.errors import InputError
 
 from .inference import EngineError, infer
+from .loader import rule_files
 from .model import Rule, RuleTest
 from .ruleset import RuleSet
 
@@ -76,8 +77,9 @@ def run_test(ruleset: RuleSet, rule: Rule, test: RuleTest) -> TestResult:
 
 
 def run_tests(ruleset: RuleSet, files: Sequence[Path] | None = None) -> list[TestResult]:
-    """Run the tests of every rule in the set (or only of rules from `files`)."""
-    wanted = None if files is None else {Path(f).resolve() for f in files}
+    """Run the tests of every rule in the set, or only of rules from `files` (rule files, or
+    directories of them)."""
+    wanted = None if files is None else {f.resolve() for f in rule_files(files)[0]}
     results = []
     for rule in ruleset.rules:
         if wanted is not None and Path(rule.file).resolve() not in wanted:

@@ -83,7 +83,8 @@ def _explain(err: ValidationError, doc: YamlDoc) -> list[InputError]:
     parent = _value_at(doc.data, path)
     if isinstance(err.instance, str) and isinstance(parent, dict) and err.instance in parent:
         # A key that failed propertyNames: jsonschema reports it at the enclosing mapping.
-        path = (*path, err.instance)
+        hint = err.schema.get("description", "") if isinstance(err.schema, dict) else ""
+        return [doc.error((*path, err.instance), f"{err.instance!r} is not a valid key", hint)]
     hint = err.schema.get("description", "") if isinstance(err.schema, dict) else ""
     where = _where(path)
     v = err.validator
