@@ -32,8 +32,7 @@ def _record(host: Host, reachable: bool, error: str | None, started: float, sect
 
 def collect_node(
     host: Host,
-    opts: ssh.SshOptions,
-    store: ssh.HostKeyStore,
+    connector: ssh.Connector,
     probes: Sequence[Probe] = PROBES,
     progress: ProgressFn | None = None,
 ) -> dict:
@@ -45,10 +44,10 @@ def collect_node(
     try:
         if host.connection == "local":
             out, err, status, truncated = local.run_script(
-                script, opts.command_timeout, OUTPUT_LIMIT
+                script, connector.opts.command_timeout, OUTPUT_LIMIT
             )
         else:
-            out, err, status, truncated = ssh.run_script(host, script, opts, store, OUTPUT_LIMIT)
+            out, err, status, truncated = connector.run_script(host, script, OUTPUT_LIMIT)
     except ssh.CollectError as exc:
         if progress:
             progress(host.name, "failed", str(exc))
@@ -78,8 +77,11 @@ def collect(
 ) -> tuple[list[dict], list[str]]:
     """Collect from every host; return node records in inventory order and the known_hosts
     files that gained keys (only with --accept-new-host-keys)."""
-    store = ssh.HostKeyStore()
+    connector = ssh.Connector(opts)
     workers = max(1, min(parallel, len(hosts)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="collect") as pool:
-        records = list(pool.map(lambda h: collect_node(h, opts, store, probes, progress), hosts))
-    return records, store.save()
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="collect") as pool:
+            records = list(pool.map(lambda h: collect_node(h, connector, probes, progress), hosts))
+    finally:
+        saved = connector.close()
+    return records, saved

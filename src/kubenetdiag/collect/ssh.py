@@ -104,7 +104,25 @@ def known_hosts_path(host: Host, opts: SshOptions) -> str:
     return str(Path(opts.known_hosts or host.known_hosts or "~/.ssh/known_hosts").expanduser())
 
 
-def _connect(host: Host, opts: SshOptions, store: HostKeyStore) -> paramiko.SSHClient:
+def _tcp(host: Host, opts: SshOptions) -> socket.socket:
+    where = f"{host.address}:{host.port}"
+    try:
+        return socket.create_connection((host.address, host.port), timeout=opts.connect_timeout)
+    except socket.gaierror as exc:
+        raise CollectError(f"cannot resolve {host.address}: {exc.strerror}") from None
+    except ConnectionRefusedError:
+        raise CollectError(f"connection refused on {where}: is sshd running?") from None
+    except TimeoutError:
+        raise CollectError(
+            f"no answer from {where} within {opts.connect_timeout:g}s (host down or filtered)"
+        ) from None
+    except OSError as exc:
+        raise CollectError(f"cannot connect to {where}: {exc.strerror or exc}") from None
+
+
+def _connect(
+    host: Host, opts: SshOptions, store: HostKeyStore, jumps: JumpHosts | None = None
+) -> paramiko.SSHClient:
     path = known_hosts_path(host, opts)
     client = paramiko.SSHClient()
     # known_hosts names a non-22 port as "[addr]:port", as OpenSSH does
@@ -116,18 +134,7 @@ def _connect(host: Host, opts: SshOptions, store: HostKeyStore) -> paramiko.SSHC
         _AcceptNewPolicy(store, path) if accept else _RejectPolicy(path)
     )
     where = f"{host.address}:{host.port}"
-    try:
-        sock = socket.create_connection((host.address, host.port), timeout=opts.connect_timeout)
-    except socket.gaierror as exc:
-        raise CollectError(f"cannot resolve {host.address}: {exc.strerror}") from None
-    except ConnectionRefusedError:
-        raise CollectError(f"connection refused on {where}: is sshd running?") from None
-    except TimeoutError:
-        raise CollectError(
-            f"no answer from {where} within {opts.connect_timeout:g}s (host down or filtered)"
-        ) from None
-    except OSError as exc:
-        raise CollectError(f"cannot connect to {where}: {exc.strerror or exc}") from None
+    sock = jumps.channel(host) if host.proxy_jump and jumps else _tcp(host, opts)
     try:
         client.connect(
             host.address,
@@ -184,24 +191,106 @@ def _command(host: Host, opts: SshOptions) -> str:
     return cmd
 
 
-def run_script(
-    host: Host, script: str, opts: SshOptions, store: HostKeyStore, limit: int
-) -> tuple[str, str, int | None, bool]:
-    """Run `script` on `host`; return (stdout, stderr, exit status, truncated)."""
-    attempt = 0
-    while True:
+def parse_jump(spec: str) -> tuple[str | None, str, int]:
+    """`[user@]host[:port]` (IPv6 as `[addr]:port`) -> (user, host, port)."""
+    if "," in spec:
+        raise CollectError(f"ProxyJump {spec}: chains of jump hosts are not supported yet")
+    user, _, hostport = spec.rpartition("@")
+    host, port = hostport, "22"
+    if hostport.startswith("["):
+        host, _, rest = hostport[1:].partition("]")
+        port = rest.lstrip(":") or "22"
+    elif hostport.count(":") == 1:
+        host, port = hostport.split(":")
+    if not host or not port.isdigit():
+        raise CollectError(f"ProxyJump {spec!r} is not of the form [user@]host[:port]")
+    return user or None, host, int(port)
+
+
+class JumpHosts:
+    """One SSH connection per jump host, shared by every node behind it.
+
+    Opening a `direct-tcpip` channel on an existing transport costs one round trip, where a new
+    bastion login per node would cost a handshake each and trip the bastion's MaxStartups.
+    """
+
+    def __init__(self, opts: SshOptions, store: HostKeyStore) -> None:
+        self.opts, self.store = opts, store
+        self._lock = threading.Lock()
+        self._clients: dict[str, paramiko.SSHClient] = {}
+
+    def channel(self, host: Host) -> paramiko.Channel:
+        spec = host.proxy_jump or ""
+        user, address, port = parse_jump(spec)
+        with self._lock:  # the first node behind a bastion logs in; the others wait and reuse
+            client = self._clients.get(spec)
+            transport = client.get_transport() if client else None
+            if transport is None or not transport.is_active():
+                jump = Host(
+                    name=f"jump host {spec}",
+                    address=address,
+                    port=port,
+                    user=user or host.user,
+                    key_file=host.key_file,
+                    known_hosts=host.known_hosts,
+                    strict_host_key=host.strict_host_key,
+                )
+                try:
+                    client = _connect(jump, self.opts, self.store)
+                except CollectError as exc:
+                    raise CollectError(f"via jump host {spec}: {exc}") from None
+                self._clients[spec] = client
+                transport = client.get_transport()
         try:
-            client = _connect(host, opts, store)
-            break
-        except _Retryable:
-            attempt += 1
-            if attempt > opts.retries:
-                raise
-            time.sleep(random.uniform(0.2, 1.0) * attempt)
-    try:
-        return _exec(client, _command(host, opts), script, opts.command_timeout, limit)
-    finally:
-        client.close()
+            return transport.open_channel(
+                "direct-tcpip",
+                (host.address, host.port),
+                ("127.0.0.1", 0),
+                timeout=self.opts.connect_timeout,
+            )
+        except (paramiko.ChannelException, paramiko.SSHException, OSError) as exc:
+            raise CollectError(
+                f"jump host {spec} could not open a connection to {host.address}:{host.port}: {exc}"
+            ) from None
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+
+class Connector:
+    """Everything one run shares between its worker threads: options, host keys, jump hosts."""
+
+    def __init__(self, opts: SshOptions) -> None:
+        self.opts = opts
+        self.store = HostKeyStore()
+        self.jumps = JumpHosts(opts, self.store)
+
+    def run_script(self, host: Host, script: str, limit: int) -> tuple[str, str, int | None, bool]:
+        """Run `script` on `host`; return (stdout, stderr, exit status, truncated)."""
+        attempt = 0
+        while True:
+            try:
+                client = _connect(host, self.opts, self.store, self.jumps)
+                break
+            except _Retryable:
+                attempt += 1
+                if attempt > self.opts.retries:
+                    raise
+                time.sleep(random.uniform(0.2, 1.0) * attempt)
+        try:
+            return _exec(
+                client, _command(host, self.opts), script, self.opts.command_timeout, limit
+            )
+        finally:
+            client.close()
+
+    def close(self) -> list[str]:
+        """Close jump connections; save and return the known_hosts files that gained keys."""
+        self.jumps.close()
+        return self.store.save()
 
 
 def _exec(
