@@ -1,0 +1,193 @@
+"""End to end over real SSH: the diagnoser runs in the lab's client namespace and finds faults
+injected for real into the lab's nodes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.lab
+
+
+def run_cli(lab, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return lab.client_exec([sys.executable, "-m", "kubenetdiag", *args], timeout=timeout)
+
+
+def diagnose(lab, tmp_path: Path, *extra: str) -> tuple[dict, subprocess.CompletedProcess]:
+    bundle = tmp_path / "bundle"
+    proc = run_cli(lab, "diagnose", "--inventory", str(lab.inventory_path), "--format", "json",
+                   "--bundle", str(bundle), "--quiet", "--connect-timeout", "5", *extra)
+    assert proc.returncode in (0, 1, 3), proc.stderr
+    return json.loads(proc.stdout), proc
+
+
+def alarms(report: dict) -> list[dict]:
+    return [f for f in report["findings"] if f["severity"] in ("critical", "error", "warning")]
+
+
+def test_healthy_lab_has_no_alarm(lab, tmp_path):
+    report, proc = diagnose(lab, tmp_path)
+    assert alarms(report) == [], report["findings"]
+    assert proc.returncode == 0
+    assert [n["reachable"] for n in report["nodes"]] == [True] * len(lab.nodes)
+    assert report["not_checked"] == []
+
+
+def test_ip_forward_off_on_node2(lab, tmp_path):
+    lab.inject("ip_forward_disabled", "node2")
+    try:
+        html = tmp_path / "incident.html"
+        report, proc = diagnose(lab, tmp_path, "--report", str(html))
+    finally:
+        lab.heal("ip_forward_disabled", "node2")
+    assert proc.returncode == 1
+    found = alarms(report)
+    assert [f["fault"] for f in found] == ["ip_forward_disabled"]
+    finding = found[0]
+    assert finding["nodes"] == ["node2"] and finding["root_cause"] is True
+    evidence = [e for e in finding["evidence"] if e["kind"] == "sysctl"]
+    assert evidence and evidence[0]["attrs"]["key"] == "net.ipv4.ip_forward"
+    assert evidence[0]["attrs"]["number"] == 0 and evidence[0]["node"] == "node2"
+    page = html.read_text()
+    assert "ip_forward_disabled" in page and "node2" in page
+    assert "net.ipv4.ip_forward" in page
+
+
+def test_forward_reject_on_node1(lab, tmp_path):
+    lab.inject("forward_chain_reject", "node1")
+    try:
+        html = tmp_path / "incident.html"
+        report, proc = diagnose(lab, tmp_path, "--report", str(html))
+    finally:
+        lab.heal("forward_chain_reject", "node1")
+    assert proc.returncode == 1
+    found = alarms(report)
+    assert [(f["fault"], f["nodes"]) for f in found] == [("forward_chain_reject", ["node1"])]
+    rules = [e["attrs"] for e in found[0]["evidence"] if e["kind"] == "iptables_rule"]
+    assert any(r["target"] == "REJECT" and r["position"] == 1 for r in rules)
+    assert "forward_chain_reject" in html.read_text()
+
+
+def test_stopped_sshd_makes_node_unreachable_and_others_are_still_diagnosed(lab, tmp_path):
+    lab.inject("ip_forward_disabled", "node1")
+    lab.stop_sshd("node2")
+    try:
+        report, proc = diagnose(lab, tmp_path)
+    finally:
+        lab.start_sshd("node2")
+        lab.heal("ip_forward_disabled", "node1")
+    assert proc.returncode == 1
+    nodes = {n["name"]: n for n in report["nodes"]}
+    assert nodes["node2"]["reachable"] is False
+    assert "refused" in nodes["node2"]["errors"][0]
+    assert nodes["node1"]["reachable"] is True
+    faults = {(f["fault"], tuple(f["nodes"])) for f in alarms(report)}
+    assert ("node_unreachable", ("node2",)) in faults
+    assert ("ip_forward_disabled", ("node1",)) in faults
+    assert any(n["node"] == "node2" and n["status"] == "unreachable"
+               for n in report["not_checked"])
+
+
+def test_every_node_down_exits_3(lab, tmp_path):
+    for node in lab.nodes:
+        lab.stop_sshd(node.name)
+    try:
+        report, proc = diagnose(lab, tmp_path)
+    finally:
+        for node in lab.nodes:
+            lab.start_sshd(node.name)
+    assert proc.returncode == 3
+    assert report["summary"]["unreachable"] == len(lab.nodes)
+
+
+def test_unknown_host_key_is_refused_unless_opted_in(lab, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    report, proc = diagnose(lab, tmp_path, "--known-hosts", str(empty))
+    assert proc.returncode == 3
+    assert all("unknown host key" in n["errors"][0] for n in report["nodes"])
+    assert empty.read_text() == ""  # refusing must not record anything
+
+    (tmp_path / "bundle").rename(tmp_path / "refused")
+    report, proc = diagnose(lab, tmp_path, "--known-hosts", str(empty), "--accept-new-host-keys")
+    assert proc.returncode == 0
+    recorded = empty.read_text()
+    assert all(n.address in recorded for n in lab.nodes)
+
+
+def test_collect_then_analyze_offline_gives_the_same_findings(lab, tmp_path):
+    lab.inject("forward_chain_reject", "node2")
+    try:
+        proc = run_cli(lab, "collect", "--inventory", str(lab.inventory_path),
+                       "-o", str(tmp_path / "b"), "--quiet")
+    finally:
+        lab.heal("forward_chain_reject", "node2")
+    assert proc.returncode == 0, proc.stderr
+    # analysis needs no lab: run it in this (root-namespace) process, with no network at all
+    out = subprocess.run([sys.executable, "-m", "kubenetdiag", "analyze", str(tmp_path / "b"),
+                          "--format", "json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr
+    report = json.loads(out.stdout)
+    assert [(f["fault"], f["nodes"]) for f in alarms(report)] == [
+        ("forward_chain_reject", ["node2"])]
+    assert (tmp_path / "b" / "facts.json").exists() and (tmp_path / "b" / "report.json").exists()
+
+
+def node_state(lab, node: str) -> dict[str, str]:
+    """Everything about a node's network config that a collector could conceivably change."""
+
+    def sh(cmd: str) -> str:
+        return lab.node_exec(node, ["sh", "-c", cmd]).stdout
+
+    return {
+        "sysctl": sh("cd /proc/sys/net && grep -r '' . 2>/dev/null | grep -v -e conntrack_count "
+                     "-e '/stable_secret' | sort"),
+        "iptables": sh("iptables-save | grep -v '^#'"),
+        "routes": sh("ip route show table all"),
+        "addrs": sh("ip addr"),
+        "conntrack_max": sh("cat /proc/sys/net/netfilter/nf_conntrack_max"),
+    }
+
+
+def test_collection_is_read_only(lab, tmp_path):
+    before = {n.name: node_state(lab, n.name) for n in lab.nodes}
+    proc = run_cli(lab, "collect", "--inventory", str(lab.inventory_path), "-o",
+                   str(tmp_path / "b"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    after = {n.name: node_state(lab, n.name) for n in lab.nodes}
+    assert before == after
+
+
+def test_proxy_jump_reaches_a_node_the_client_cannot(lab, tmp_path):
+    """A bastion setup: node2 only accepts SSH from inside; the run goes through node1."""
+    n1, n2 = lab.nodes[0], lab.nodes[1]
+    block = ["-s", "198.18.0.2", "-p", "tcp", "--dport", "22", "-j", "REJECT",
+             "--reject-with", "tcp-reset"]
+    inv = tmp_path / "hosts.yaml"
+    inv.write_text(
+        "all:\n"
+        "  vars:\n"
+        "    ansible_user: root\n"
+        f"    ansible_ssh_private_key_file: {lab.key_path}\n"
+        f"    ansible_ssh_common_args: '-o UserKnownHostsFile={lab.known_hosts_path}'\n"
+        "  hosts:\n"
+        f"    node2:\n      ansible_host: {n2.address}\n"
+        f"      ansible_ssh_common_args: '-o UserKnownHostsFile={lab.known_hosts_path} "
+        f"-o ProxyJump=root@{n1.address}'\n"
+        f"    direct-node2:\n      ansible_host: {n2.address}\n"
+    )
+    lab.node_exec(n2.name, ["iptables", "-I", "INPUT", "1", *block])
+    try:
+        proc = run_cli(lab, "diagnose", "--inventory", str(inv), "--format", "json",
+                       "--bundle", str(tmp_path / "b"), "--quiet", "--connect-timeout", "5")
+    finally:
+        lab.node_exec(n2.name, ["iptables", "-D", "INPUT", *block])
+    report = json.loads(proc.stdout)
+    nodes = {n["name"]: n for n in report["nodes"]}
+    assert nodes["direct-node2"]["reachable"] is False  # the block is real
+    assert nodes["node2"]["reachable"] is True, nodes["node2"]["errors"]
+    assert report["summary"]["unreachable"] == 1
