@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Re-record examples/bundles/lab-three-faults from a real lab (root, Linux; see tests/conftest.py).
+# Three nodes; node1 gets a REJECT at the top of FORWARD, node2 has IP forwarding turned off,
+# node3's sshd is stopped. The bundle is collected over SSH from the lab's client namespace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=$(mktemp -d /tmp/knd-example.XXXXXX)
+out=examples/bundles/lab-three-faults
+lab() { python3 -m kubenetdiag.lab "$@" --workdir "$work"; }
+trap 'lab down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+
+lab up --nodes 3 --prefix kndex >/dev/null
+lab inject forward_chain_reject node1
+lab inject ip_forward_disabled node2
+lab inject node_unreachable node3
+rm -rf "$out"
+ip netns exec kndex-client python3 -m kubenetdiag collect --inventory "$work/hosts.yaml" \
+  -o "$out" --quiet --connect-timeout 5
+# Keep the bundle independent of this machine's temporary paths.
+python3 - "$out" <<'PY'
+import json, sys, pathlib
+meta = pathlib.Path(sys.argv[1]) / "meta.json"
+m = json.loads(meta.read_text()); m["inventory"] = "hosts.yaml"
+meta.write_text(json.dumps(m, indent=1) + "\n")
+PY
+python3 -m kubenetdiag analyze "$out" --format text >/dev/null || true
+echo "recorded $out"
