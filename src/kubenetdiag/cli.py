@@ -163,22 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
     r = rsub.add_parser("list", help="list the rules")
     r.add_argument("--format", choices=["text", "json"], default="text")
     r.add_argument("--rules-dir", action="append", default=[], type=Path, metavar="DIR")
-    r = rsub.add_parser("lint", help="check rule files; exit 2 on any problem")
-    r.add_argument(
-        "paths",
-        nargs="*",
-        type=Path,
-        metavar="PATH",
-        help="rule files or directories (default: the shipped rules)",
-    )
-    r = rsub.add_parser("test", help="run the test cases inside rule files")
-    r.add_argument(
-        "paths",
-        nargs="*",
-        type=Path,
-        metavar="PATH",
-        help="rule files or directories (default: the shipped rules)",
-    )
+    for action, text in (
+        ("lint", "check rule files; exit 2 on any problem"),
+        ("test", "run the test cases inside rule files"),
+    ):
+        r = rsub.add_parser(action, help=text)
+        r.add_argument(
+            "paths",
+            nargs="*",
+            type=Path,
+            metavar="PATH",
+            help="rule files or directories (default: the shipped rules)",
+        )
     return parser
 
 

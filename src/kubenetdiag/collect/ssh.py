@@ -309,18 +309,16 @@ def _exec(
         deadline = time.monotonic() + timeout + 10  # the node-side timeout should fire first
         # Drain both streams as data arrives: a full window on either one would stall the node.
         while True:
-            while chan.recv_ready():
-                data = chan.recv(65536)
-                if len(out) < limit:
-                    out += data
-                else:
-                    truncated = True
-            while chan.recv_stderr_ready():
-                data = chan.recv_stderr(65536)
-                if len(err) < limit:
-                    err += data
-                else:
-                    truncated = True
+            for ready, recv, buf in (
+                (chan.recv_ready, chan.recv, out),
+                (chan.recv_stderr_ready, chan.recv_stderr, err),
+            ):
+                while ready():
+                    data = recv(65536)
+                    if len(buf) < limit:
+                        buf += data
+                    else:
+                        truncated = True  # keep draining: the node must not block on us
             if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                 break
             if time.monotonic() > deadline:
