@@ -123,7 +123,7 @@ def build_environment(program: Program, deriver: Any = None) -> tuple[clips.Envi
 def _bad_fact(idx: int, fact: Fact, message: str) -> InputError:
     return InputError(
         f"fact #{idx} ({fact.kind} on {fact.node!r}): {message}",
-        hint="the facts do not match the registry (facts/kinds.yaml); re-run the parser",
+        hint="the facts do not match the registry (facts/kinds/*.yaml); re-run the parser",
     )
 
 

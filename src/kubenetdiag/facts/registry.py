@@ -1,4 +1,4 @@
-"""The facts registry (kinds.yaml): the one list of fact kinds parsers, rules and docs share."""
+"""The facts registry (facts/kinds/*.yaml): the one list of fact kinds that all stages share."""
 
 from __future__ import annotations
 
@@ -44,9 +44,19 @@ class KindSpec:
 
 @cache
 def registry() -> dict[str, KindSpec]:
-    text = resources.files("kubenetdiag.facts").joinpath("kinds.yaml").read_text("utf-8")
-    raw = yaml.safe_load(text)
+    """Every kind from facts/kinds/*.yaml: one file per area, so areas grow independently."""
     kinds: dict[str, KindSpec] = {}
+    raw: dict[str, dict] = {}
+    files = sorted(
+        resources.files("kubenetdiag.facts").joinpath("kinds").iterdir(), key=lambda f: f.name
+    )
+    for f in files:
+        if not f.name.endswith(".yaml"):
+            continue
+        for name, spec in (yaml.safe_load(f.read_text("utf-8")) or {}).items():
+            if name in raw:
+                raise ValueError(f"fact kind {name!r} is declared twice (second in {f.name})")
+            raw[name] = spec
     for name, spec in raw.items():
         attrs = {
             a: AttrSpec(a, s["type"], s.get("doc", ""), bool(s.get("nullable", False)))
