@@ -323,7 +323,12 @@ def _exec(
                 break
             if time.monotonic() > deadline:
                 raise CollectError(f"probe script did not finish within {timeout:g}s")
-            select.select([chan], [], [], 0.1)
+            if chan.eof_received:
+                # Both streams are done; only the exit status is still on its way. The
+                # channel's fd stays readable after EOF, so select() would spin here.
+                chan.status_event.wait(0.5)
+            else:
+                select.select([chan], [], [], 0.5)
         status = chan.recv_exit_status()
         text_err = err.decode("utf-8", "replace")
         if status != 0 and "sudo" in command:

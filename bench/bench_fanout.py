@@ -1,0 +1,221 @@
+"""Benchmark 1: fan-out over real SSH on the lab, side by side with the runbooks' own method.
+
+For each lab size, in one run and alternating: `kubenetdiag collect` (passive facts), the
+Ansible ad-hoc baseline running the very same probe script
+(`ansible all -i <lab inventory> -m shell -a '<script>' -f N`), and the full `diagnose`.
+Everything runs in the lab's client namespace; every target is a lab address.
+
+    pip install -e '.[bench]'          # ansible-core
+    sudo python bench/bench_fanout.py [--sizes 3,10,25,50] [--repeat 1]
+
+Prints a table and writes bench/results/fanout.json. Lab nodes share this machine's cores, so
+wall time grows with N for reasons a real cluster does not have; the figures that matter are
+the ratio to the baseline and the diagnoser's own CPU per node (the slope over N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+SYN_RULE = ["INPUT", "-p", "tcp", "--dport", "22", "--syn"]  # counts SSH connections, no target
+
+
+def timed(argv: list[str], env: dict | None = None) -> dict:
+    """Wall, CPU (user+sys of the process and its children) and peak RSS of one command."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    # communicate() already reaped the child; its rusage is folded into RUSAGE_CHILDREN
+    return {
+        "wall_s": round(wall, 3),
+        "rc": proc.returncode,
+        "stdout": out.decode(errors="replace"),
+        "stderr": err.decode(errors="replace"),
+    }
+
+
+def children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def syn_count(lab) -> int:
+    total = 0
+    for node in lab.nodes:
+        out = lab.node_exec(node.name, ["iptables", "-L", "INPUT", "-v", "-x", "-n"]).stdout
+        for line in out.splitlines():
+            if "dpt:22" in line and "flags:0x17/0x02" in line:
+                total += int(line.split()[0])
+    return total
+
+
+def measure(n: int, repeat: int, workdir: Path) -> dict:
+    from kubenetdiag.collect.script import build_script, new_marker
+    from kubenetdiag.lab import Lab
+    from kubenetdiag.probes import PROBES
+
+    lab = Lab(workdir / f"lab{n}", nodes=n, prefix="kndbench")
+    lab.down()
+    t0 = time.perf_counter()
+    lab.up()
+    up_s = time.perf_counter() - t0
+    try:
+        for node in lab.nodes:
+            lab.node_exec(node.name, ["iptables", "-I", *SYN_RULE])
+        in_client = ["ip", "netns", "exec", lab.client_netns]
+        py = [sys.executable, "-m", "kubenetdiag"]
+        script = build_script(PROBES, new_marker())
+        env = dict(
+            os.environ,
+            ANSIBLE_HOST_KEY_CHECKING="True",
+            ANSIBLE_PYTHON_INTERPRETER="/usr/bin/python3",
+            ANSIBLE_NOCOLOR="1",
+            ANSIBLE_LOCAL_TEMP=str(workdir / "ansible-local"),
+        )
+        runs: dict[str, list[dict]] = {"collect": [], "ansible": [], "diagnose": []}
+        for r in range(repeat):
+            for kind in ("collect", "ansible", "diagnose"):
+                out_dir = workdir / f"{kind}-{n}-{r}"
+                if kind == "collect":
+                    argv = [
+                        *py,
+                        "collect",
+                        "-i",
+                        str(lab.inventory_path),
+                        "-o",
+                        str(out_dir),
+                        "--quiet",
+                        "--parallel",
+                        str(max(n, 1)),
+                    ]
+                elif kind == "diagnose":
+                    argv = [
+                        *py,
+                        "diagnose",
+                        "-i",
+                        str(lab.inventory_path),
+                        "--bundle",
+                        str(out_dir),
+                        "--quiet",
+                        "--parallel",
+                        str(max(n, 1)),
+                        "--format",
+                        "json",
+                        "--report",
+                        str(workdir / f"r-{n}-{r}.html"),
+                    ]
+                else:
+                    argv = [
+                        "ansible",
+                        "all",
+                        "-i",
+                        str(lab.inventory_path),
+                        "-m",
+                        "shell",
+                        "-a",
+                        script,
+                        "-f",
+                        str(n),
+                        "-o",
+                    ]
+                syn0, cpu0 = syn_count(lab), children_cpu()
+                res = timed([*in_client, *argv], env=env)
+                res["cpu_s"] = round(children_cpu() - cpu0, 3)
+                res["ssh_connections_per_node"] = round((syn_count(lab) - syn0) / n, 2)
+                if kind == "ansible":
+                    res["ok_nodes"] = res["stdout"].count("| CHANGED") + res["stdout"].count(
+                        "| SUCCESS"
+                    )
+                else:
+                    res["ok_nodes"] = n if res["rc"] in (0, 1) else 0
+                if res["ok_nodes"] != n:
+                    raise RuntimeError(f"{kind} at N={n} failed: {res['stderr'][-2000:]}")
+                del res["stdout"], res["stderr"]
+                runs[kind].append(res)
+        best = {k: min(v, key=lambda x: x["wall_s"]) for k, v in runs.items()}
+        return {
+            "nodes": n,
+            "lab_up_s": round(up_s, 2),
+            "collect_wall_s": best["collect"]["wall_s"],
+            "collect_cpu_s": best["collect"]["cpu_s"],
+            "collect_ssh_per_node": best["collect"]["ssh_connections_per_node"],
+            "diagnose_wall_s": best["diagnose"]["wall_s"],
+            "diagnose_cpu_s": best["diagnose"]["cpu_s"],
+            "ansible_wall_s": best["ansible"]["wall_s"],
+            "ansible_cpu_s": best["ansible"]["cpu_s"],
+            "ansible_ssh_per_node": best["ansible"]["ssh_connections_per_node"],
+            "ratio_ansible_over_collect": round(
+                best["ansible"]["wall_s"] / best["collect"]["wall_s"], 1
+            ),
+            "runs": runs,
+        }
+    finally:
+        lab.down()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="3,10,25,50")
+    ap.add_argument("--repeat", type=int, default=1)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root: it builds a network-namespace lab", file=sys.stderr)
+        return 2
+    if not shutil.which("ansible"):
+        print("needs ansible-core for the baseline: pip install -e '.[bench]'", file=sys.stderr)
+        return 2
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="knd-bench-") as tmp:
+        for n in (int(s) for s in args.sizes.split(",")):
+            rows.append(measure(n, args.repeat, Path(tmp)))
+            r = rows[-1]
+            print(
+                f"N={n:3d}  collect {r['collect_wall_s']:6.2f}s (cpu {r['collect_cpu_s']:.2f}s, "
+                f"{r['collect_ssh_per_node']} ssh/node)  diagnose {r['diagnose_wall_s']:6.2f}s  "
+                f"ansible {r['ansible_wall_s']:6.2f}s  ratio {r['ratio_ansible_over_collect']}x",
+                flush=True,
+            )
+    # The marginal CPU per node: the slope between the smallest and largest size, which
+    # removes the fixed cost of starting Python and importing the libraries.
+    lo, hi = rows[0], rows[-1]
+    slope = None
+    if hi["nodes"] > lo["nodes"]:
+        slope = round(
+            (hi["collect_cpu_s"] - lo["collect_cpu_s"]) * 1000 / (hi["nodes"] - lo["nodes"]), 2
+        )
+    print(
+        f"diagnoser CPU per extra node (collect, incl. parsing in diagnose: see json): {slope} ms"
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {
+        "benchmark": "fanout",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "collect_cpu_ms_per_extra_node": slope,
+        "rows": rows,
+    }
+    (RESULTS / "fanout.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"written {RESULTS / 'fanout.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

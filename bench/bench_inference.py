@@ -1,0 +1,185 @@
+"""Benchmark 2: parsing, inference and rendering for synthetic clusters of 100 to 5,000 nodes.
+
+Each size runs in a fresh process so its peak memory is its own. Node records are built from
+real recorded probe outputs (tests/fixtures/probes), with a few faults planted, and go through
+the real parsers, rule base, report builder and renderers.
+
+    python bench/bench_inference.py [--sizes 100,1000,5000]
+
+Prints a table and writes bench/results/inference.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIX = ROOT / "tests" / "fixtures" / "probes"
+RESULTS = ROOT / "bench" / "results"
+
+
+def node_records(n: int) -> list[dict]:
+    """n node records; node 3 has ip_forward=0, node 7 a REJECT on top of FORWARD, node 11 is
+    unreachable (when the cluster is that big)."""
+    from kubenetdiag.probes import BY_NAME
+
+    sysctl_ok = (FIX / "sysctl" / "kernel-6.18-netns.txt").read_text()
+    sysctl_off = sysctl_ok.replace("net/ipv4/ip_forward:1", "net/ipv4/ip_forward:0")
+    ipt = (FIX / "iptables" / "nft-1.8.9-reject-above-accept.txt").read_text()
+    ipt_ok = ipt.replace("[0:0] -A FORWARD -j REJECT --reject-with icmp-host-prohibited\n", "")
+
+    def section(probe: str, stdout: str, stderr: str = "", rc: int = 0) -> dict:
+        return {
+            "probe": probe,
+            "command": BY_NAME[probe].command,
+            "exit_code": rc,
+            "duration_s": 0.01,
+            "stdout": stdout,
+            "stderr": stderr,
+            "truncated": False,
+        }
+
+    records = []
+    for i in range(1, n + 1):
+        name = f"node{i:05d}"
+        if i == 11:
+            records.append(
+                {
+                    "name": name,
+                    "address": f"10.{i >> 8}.{i & 255}.1",
+                    "reachable": False,
+                    "error": "connection refused",
+                    "duration_s": 0.0,
+                    "sections": [],
+                }
+            )
+            continue
+        records.append(
+            {
+                "name": name,
+                "address": f"10.{i >> 8}.{i & 255}.1",
+                "reachable": True,
+                "error": None,
+                "duration_s": 0.3,
+                "sections": [
+                    section("kernel", "6.18.44\n"),
+                    section(
+                        "sysctl",
+                        sysctl_off if i == 3 else sysctl_ok,
+                        "grep: net/ipv4/tcp_tw_recycle: No such file or directory\n",
+                        2,
+                    ),
+                    section("iptables", ipt if i == 7 else ipt_ok),
+                ],
+            }
+        )
+    return records
+
+
+def measure(n: int) -> dict:
+    from kubenetdiag import reports
+    from kubenetdiag.engine import infer, load_ruleset
+    from kubenetdiag.facts.parse import facts_from_records
+    from kubenetdiag.findings import build_report
+
+    records = node_records(n)
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    ruleset = load_ruleset()
+    t1 = time.perf_counter()
+    facts = facts_from_records(records)
+    t2 = time.perf_counter()
+    findings = infer(ruleset, facts)
+    t3 = time.perf_counter()
+    meta = {"started_at": "t", "finished_at": "t", "transport": "ssh", "inventory": None}
+    report = build_report(
+        meta,
+        records,
+        facts,
+        findings,
+        rules_count=len(ruleset.rules),
+        rules_digest=ruleset.digest,
+        bundle=None,
+    )
+    html = reports.render_html(report)
+    t4 = time.perf_counter()
+    js = reports.render_json(report)
+    t5 = time.perf_counter()
+    cpu = time.process_time() - cpu0
+    planted = {("ip_forward_disabled", "node00003"), ("forward_chain_reject", "node00007")}
+    if n >= 11:
+        planted.add(("node_unreachable", "node00011"))
+    found = {(f["fault"], node) for f in findings for node in f["nodes"]}
+    return {
+        "nodes": n,
+        "facts": len(facts),
+        "load_rules_s": round(t1 - t0, 4),
+        "parse_s": round(t2 - t1, 4),
+        "parse_ms_per_node": round((t2 - t1) * 1000 / n, 3),
+        "infer_s": round(t3 - t2, 4),
+        "report_html_s": round(t4 - t3, 4),
+        "json_s": round(t5 - t4, 4),
+        "infer_plus_html_s": round(t4 - t2, 4),
+        "total_s": round(t5 - t0, 4),
+        "cpu_s": round(cpu, 4),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "html_kib": round(len(html.encode()) / 1024, 1),
+        "json_kib": round(len(js.encode()) / 1024, 1),
+        "planted_found": planted <= found,
+        "extra_findings": sorted(f"{f}@{n}" for f, n in found - planted),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="100,1000,5000")
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process mode
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one)))
+        return 0
+    rows = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", str(n)], capture_output=True, text=True, check=True
+        )
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    cols = [
+        "nodes",
+        "facts",
+        "parse_ms_per_node",
+        "infer_s",
+        "report_html_s",
+        "infer_plus_html_s",
+        "peak_rss_mib",
+        "html_kib",
+        "planted_found",
+    ]
+    print(" ".join(f"{c:>17}" for c in cols))
+    for r in rows:
+        print(" ".join(f"{r[c]!s:>17}" for c in cols))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {
+        "benchmark": "inference",
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": __import__("os").cpu_count(),
+            "platform": platform.platform(),
+        },
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "rows": rows,
+    }
+    (RESULTS / "inference.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"written {RESULTS / 'inference.json'}")
+    return 0 if all(r["planted_found"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
