@@ -1,0 +1,81 @@
+"""Benchmark 3: what the probe script costs the node it runs on.
+
+Runs the real probe script (every passive probe, exactly as `collect` sends it) inside a lab
+node's network namespace under GNU time, repeatedly, and reports the node's CPU time (user +
+sys, the script and every command it starts), wall time and peak memory, plus each probe's
+own duration as the script measured it.
+
+    sudo python bench/bench_node_cost.py [--repeat 20]
+
+Prints the figures and writes bench/results/node_cost.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=20)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root: it builds a network-namespace lab", file=sys.stderr)
+        return 2
+
+    from kubenetdiag.collect.script import build_script, new_marker, split_output
+    from kubenetdiag.lab import Lab
+    from kubenetdiag.probes import PROBES
+
+    runs, per_probe = [], {p.name: [] for p in PROBES}
+    with tempfile.TemporaryDirectory(prefix="knd-bench-") as tmp:
+        lab = Lab(Path(tmp) / "lab", nodes=2, prefix="kndcost")
+        lab.down()
+        lab.up()
+        try:
+            node = lab.nodes[0]
+            for _ in range(args.repeat):
+                marker = new_marker()
+                script = build_script(PROBES, marker)
+                proc = lab.node_exec(
+                    node.name,
+                    ["/usr/bin/time", "-f", "KNDTIME %e %U %S %M", "sh", "-s"],
+                    check=False, input=script,
+                )
+                line = next(x for x in proc.stderr.splitlines() if x.startswith("KNDTIME"))
+                wall, user, sys_, rss = line.split()[1:]
+                runs.append({"wall_s": float(wall), "cpu_s": float(user) + float(sys_),
+                             "maxrss_kib": int(rss)})
+                for s in split_output(proc.stdout, proc.stderr, marker, PROBES):
+                    per_probe[s.probe].append(s.duration_s)
+        finally:
+            lab.down()
+    med = {k: statistics.median(r[k] for r in runs) for k in ("wall_s", "cpu_s", "maxrss_kib")}
+    probes = {k: round(statistics.median(v), 3) for k, v in per_probe.items() if v}
+    print(f"probe script on a lab node, median of {len(runs)}: wall {med['wall_s']:.3f} s, "
+          f"CPU {med['cpu_s'] * 1000:.0f} ms, peak RSS {med['maxrss_kib'] / 1024:.1f} MiB")
+    for name, d in sorted(probes.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:24s} {d * 1000:7.0f} ms")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {"benchmark": "node_cost", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+           "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+           "probes": [p.name for p in PROBES], "median": med, "probe_duration_s": probes,
+           "runs": runs}
+    (RESULTS / "node_cost.json").write_text(json.dumps(out, indent=1) + "\n")
+    print(f"written {RESULTS / 'node_cost.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
