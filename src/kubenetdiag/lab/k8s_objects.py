@@ -1,0 +1,608 @@
+"""The Kubernetes objects a real API server would serve for a lab, built from its lab.json.
+
+Pure functions: state dict in, JSON-shaped objects out, so the API stand-in (apiserver.py) only
+routes and paginates, and tests can build objects without a server. Objects carry only the
+fields the real API has and kubenetdiag reads; their shapes follow the Kubernetes API
+(core/v1, apps/v1, discovery.k8s.io/v1, networking.k8s.io/v1, crd.projectcalico.org/v1).
+
+Choices that a reader of the served objects would otherwise have to guess:
+
+* flannel lives in namespace ``kube-flannel`` (the upstream manifest since flannel 0.20), with
+  its DaemonSet ``kube-flannel-ds``, its pods and its ``kube-flannel-cfg`` ConfigMap; calico
+  lives in ``kube-system`` (the manifest install) as DaemonSet ``calico-node`` plus IPPools.
+  A collector that only looked at kube-system would miss flannel, as it would on a real cluster.
+* Faults change what the API says only where a real cluster's API would change:
+  ``cni_pod_not_running`` makes that node's CNI pod not Ready in CrashLoopBackOff with restarts;
+  ``service_no_endpoints`` (param ``service``, default the first non-DNS service) marks every
+  endpoint of the service not ready, as failing readiness probes would.
+* A service is topology-aware when its lab.json entry says ``"topology_aware": true``: it then
+  has the ``service.kubernetes.io/topology-mode: Auto`` annotation and zone hints per endpoint.
+* lab.json keys beyond ``nodes`` are optional; a missing one yields fewer objects, not an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+from typing import Any
+
+KUBELET_VERSION = "v1.30.4"
+CREATED = "2026-01-05T08:00:00Z"  # fixed, so two reads of one state give identical objects
+FLANNEL_NAMESPACE = "kube-flannel"
+CNI_RESTARTS_WHEN_FAILING = 17
+
+Obj = dict[str, Any]
+
+
+def _suffix(*parts: str, n: int = 5) -> str:
+    """The random-looking suffix Kubernetes gives generated names, but stable per input."""
+    digest = hashlib.sha256("/".join(parts).encode()).hexdigest()
+    alphabet = "bcdfghjklmnpqrstvwxz2456789"
+    return "".join(alphabet[int(digest[i : i + 2], 16) % len(alphabet)] for i in range(0, 2 * n, 2))
+
+
+def _uid(*parts: str) -> str:
+    h = hashlib.sha256("uid/".join(parts).encode()).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def _meta(name: str, namespace: str | None = None, **extra: Any) -> Obj:
+    m: Obj = {
+        "name": name,
+        "uid": _uid(namespace or "", name),
+        "resourceVersion": "1",
+        "creationTimestamp": CREATED,
+    }
+    if namespace is not None:
+        m["namespace"] = namespace
+    m.update({k: v for k, v in extra.items() if v})
+    return m
+
+
+def _faults(state: dict, fault: str) -> list[dict]:
+    """Active faults of one kind; also reads the older ``active_faults: [[fault, node]]``."""
+    out = [f for f in state.get("faults") or [] if isinstance(f, dict) and f.get("fault") == fault]
+    for item in state.get("active_faults") or []:
+        if isinstance(item, list | tuple) and len(item) >= 2 and item[0] == fault:
+            out.append({"fault": fault, "node": item[1], "params": {}})
+    return out
+
+
+def _nodes(state: dict) -> list[dict]:
+    return [n for n in state.get("nodes") or [] if isinstance(n, dict) and n.get("name")]
+
+
+def _cni(state: dict) -> str:
+    return str(state.get("cni") or "flannel-host-gw")
+
+
+def cluster_domain(state: dict) -> str:
+    return str(state.get("cluster_domain") or "cluster.local")
+
+
+# ---------------------------------------------------------------- nodes
+
+
+def node_object(state: dict, node: dict) -> Obj:
+    labels = {
+        "kubernetes.io/hostname": node["name"],
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+    }
+    if node.get("zone"):
+        labels["topology.kubernetes.io/zone"] = str(node["zone"])
+    if node.get("index") == 1:
+        labels["node-role.kubernetes.io/control-plane"] = ""
+    annotations = {}
+    if _cni(state).startswith("flannel"):
+        annotations = {
+            "flannel.alpha.coreos.com/backend-type": _flannel_backend(state),
+            "flannel.alpha.coreos.com/public-ip": str(node.get("address", "")),
+        }
+    addresses = [{"type": "Hostname", "address": node["name"]}]
+    if node.get("address"):
+        addresses.insert(0, {"type": "InternalIP", "address": str(node["address"])})
+    spec: Obj = {}
+    if node.get("pod_cidr"):
+        spec = {"podCIDR": node["pod_cidr"], "podCIDRs": [node["pod_cidr"]]}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": _meta(node["name"], labels=labels, annotations=annotations),
+        "spec": spec,
+        "status": {
+            "addresses": addresses,
+            "conditions": [
+                {
+                    # flannel and calico both clear NetworkUnavailable once they run on the node
+                    "type": "NetworkUnavailable",
+                    "status": "False",
+                    "reason": "FlannelIsUp" if _cni(state).startswith("flannel") else "CalicoIsUp",
+                    "lastTransitionTime": CREATED,
+                },
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "KubeletReady",
+                    "message": "kubelet is posting ready status",
+                    "lastTransitionTime": CREATED,
+                },
+            ],
+            "nodeInfo": {
+                # lab nodes are namespaces of this machine, so they all run its kernel
+                "kernelVersion": os.uname().release,
+                "kubeletVersion": KUBELET_VERSION,
+                "kubeProxyVersion": KUBELET_VERSION,
+                "osImage": "kubenetdiag lab",
+                "containerRuntimeVersion": "containerd://1.7.20",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+                "bootID": _uid("boot", node["name"]),
+                "machineID": _uid("machine", node["name"]).replace("-", ""),
+                "systemUUID": _uid("system", node["name"]),
+            },
+        },
+    }
+
+
+# ---------------------------------------------------------------- pods and daemonsets
+
+
+def _container_status(name: str, image: str, ready: bool, restarts: int) -> Obj:
+    state: Obj
+    if ready:
+        state = {"running": {"startedAt": CREATED}}
+    else:
+        state = {
+            "waiting": {
+                "reason": "CrashLoopBackOff",
+                "message": f"back-off 5m0s restarting failed container={name}",
+            }
+        }
+    return {
+        "name": name,
+        "image": image,
+        "imageID": f"{image.split(':')[0]}@sha256:{hashlib.sha256(image.encode()).hexdigest()}",
+        "containerID": f"containerd://{hashlib.sha256(name.encode()).hexdigest()}",
+        "ready": ready,
+        "started": ready,
+        "restartCount": restarts,
+        "state": state,
+    }
+
+
+def _pod(
+    name: str,
+    namespace: str,
+    node: dict,
+    ip: str | None,
+    labels: dict[str, str],
+    container: str,
+    image: str,
+    *,
+    ready: bool = True,
+    restarts: int = 0,
+    owner: tuple[str, str] | None = None,
+    host_network: bool = False,
+) -> Obj:
+    meta = _meta(name, namespace, labels=labels)
+    if owner:
+        meta["ownerReferences"] = [
+            {"apiVersion": "apps/v1", "kind": owner[0], "name": owner[1], "controller": True,
+             "uid": _uid(namespace, owner[1])}
+        ]
+    cond = "True" if ready else "False"
+    status: Obj = {
+        "phase": "Running",
+        "hostIP": node.get("address"),
+        "conditions": [
+            {"type": "PodScheduled", "status": "True"},
+            {"type": "Initialized", "status": "True"},
+            {"type": "ContainersReady", "status": cond},
+            {"type": "Ready", "status": cond},
+        ],
+        "containerStatuses": [_container_status(container, image, ready, restarts)],
+        "startTime": CREATED,
+    }
+    if ip:
+        status["podIP"] = ip
+        status["podIPs"] = [{"ip": ip}]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {
+            "nodeName": node["name"],
+            "hostNetwork": host_network,
+            "containers": [{"name": container, "image": image}],
+        },
+        "status": status,
+    }
+
+
+def _cni_parts(state: dict) -> tuple[str, str, str, str, dict[str, str]]:
+    """(daemonset, namespace, container, image, labels) of the CNI agent."""
+    if _cni(state) == "calico-bgp":
+        return "calico-node", "kube-system", "calico-node", "docker.io/calico/node:v3.28.1", {
+            "k8s-app": "calico-node"
+        }
+    return "kube-flannel-ds", FLANNEL_NAMESPACE, "kube-flannel", (
+        "docker.io/flannel/flannel:v0.25.6"
+    ), {"app": "flannel", "k8s-app": "flannel"}
+
+
+def system_pods(state: dict) -> list[Obj]:
+    """The per-node DaemonSet pods (CNI agent and kube-proxy), which run in the host network."""
+    ds, ns, container, image, labels = _cni_parts(state)
+    failing = {f.get("node") for f in _faults(state, "cni_pod_not_running")}
+    pods = []
+    for node in _nodes(state):
+        bad = node["name"] in failing
+        pods.append(
+            _pod(
+                f"{ds}-{_suffix(ds, node['name'])}", ns, node, node.get("address"), labels,
+                container, image, ready=not bad,
+                restarts=CNI_RESTARTS_WHEN_FAILING if bad else 0,
+                owner=("DaemonSet", ds), host_network=True,
+            )
+        )
+        pods.append(
+            _pod(
+                f"kube-proxy-{_suffix('kube-proxy', node['name'])}", "kube-system", node,
+                node.get("address"), {"k8s-app": "kube-proxy"}, "kube-proxy",
+                f"registry.k8s.io/kube-proxy:{KUBELET_VERSION}",
+                owner=("DaemonSet", "kube-proxy"), host_network=True,
+            )
+        )
+    return pods
+
+
+def workload_pods(state: dict) -> list[Obj]:
+    """The lab's own pods (CoreDNS and applications), as lab.json lists them."""
+    nodes = {n["name"]: n for n in _nodes(state)}
+    pods = []
+    for p in state.get("pods") or []:
+        if not isinstance(p, dict) or not p.get("name"):
+            continue
+        node = nodes.get(str(p.get("node")), {"name": str(p.get("node") or ""), "address": None})
+        app = str(p.get("app") or p["name"])
+        ns = str(p.get("namespace") or ("kube-system" if app == "coredns" else "default"))
+        if app == "coredns":
+            labels = {"k8s-app": "kube-dns"}
+            container, image, owner = "coredns", "registry.k8s.io/coredns/coredns:v1.11.1", (
+                "ReplicaSet", "coredns-7db6d8ff4d"
+            )
+        else:
+            labels = {"app": app}
+            container, image, owner = app, "registry.k8s.io/e2e-test-images/agnhost:2.52", None
+        pods.append(
+            _pod(str(p["name"]), ns, node, p.get("ip"), labels, container, image, owner=owner)
+        )
+    return pods
+
+
+def daemonsets(state: dict, pods: list[Obj]) -> list[Obj]:
+    """DaemonSets with a status computed from their pods, as the controller would."""
+    ds_name, ns, container, image, labels = _cni_parts(state)
+    out = []
+    for name, namespace, lbl, cname, img in (
+        (ds_name, ns, labels, container, image),
+        ("kube-proxy", "kube-system", {"k8s-app": "kube-proxy"}, "kube-proxy",
+         f"registry.k8s.io/kube-proxy:{KUBELET_VERSION}"),
+    ):
+        mine = [
+            p for p in pods
+            if any(o.get("name") == name for o in p["metadata"].get("ownerReferences", []))
+        ]
+        ready = sum(1 for p in mine if p["status"]["containerStatuses"][0]["ready"])
+        out.append({
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": _meta(name, namespace, labels=lbl),
+            "spec": {
+                "selector": {"matchLabels": lbl},
+                "template": {
+                    "metadata": {"labels": lbl},
+                    "spec": {"hostNetwork": True, "containers": [{"name": cname, "image": img}]},
+                },
+            },
+            "status": {
+                "desiredNumberScheduled": len(mine),
+                "currentNumberScheduled": len(mine),
+                "updatedNumberScheduled": len(mine),
+                "numberReady": ready,
+                "numberAvailable": ready,
+                "numberUnavailable": len(mine) - ready,
+                "numberMisscheduled": 0,
+                "observedGeneration": 1,
+            },
+        })
+    return out
+
+
+# ---------------------------------------------------------------- config maps
+
+
+def _flannel_backend(state: dict) -> str:
+    return "host-gw" if _cni(state) == "flannel-host-gw" else "vxlan"
+
+
+def configmaps(state: dict) -> list[Obj]:
+    out = []
+    pod_network = str(state.get("pod_network") or "10.244.0.0/16")
+    if _cni(state).startswith("flannel"):
+        backend: Obj = {"Type": _flannel_backend(state)}
+        if backend["Type"] == "vxlan":
+            backend["Port"] = int(state.get("vxlan_port") or 8472)
+            backend["VNI"] = 1
+        net_conf = {"Network": pod_network, "EnableNFTables": False, "Backend": backend}
+        cni_conf = {
+            "name": "cbr0",
+            "cniVersion": "0.3.1",
+            "plugins": [
+                {"type": "flannel", "delegate": {"hairpinMode": True, "isDefaultGateway": True}},
+                {"type": "portmap", "capabilities": {"portMappings": True}},
+            ],
+        }
+        out.append({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": _meta("kube-flannel-cfg", FLANNEL_NAMESPACE,
+                              labels={"app": "flannel", "tier": "node"}),
+            "data": {
+                "net-conf.json": json.dumps(net_conf, indent=2) + "\n",
+                "cni-conf.json": json.dumps(cni_conf, indent=2) + "\n",
+            },
+        })
+    mode = str(state.get("kube_proxy_mode") or "iptables")
+    config_conf = (
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\n"
+        "kind: KubeProxyConfiguration\n"
+        "bindAddress: 0.0.0.0\n"
+        f"clusterCIDR: {pod_network}\n"
+        "clientConnection:\n"
+        "  kubeconfig: /var/lib/kube-proxy/kubeconfig.conf\n"
+        f"mode: {mode}\n"
+        "iptables:\n"
+        "  masqueradeAll: false\n"
+        "  syncPeriod: 30s\n"
+        "ipvs:\n"
+        "  scheduler: \"\"\n"
+    )
+    out.append({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta("kube-proxy", "kube-system", labels={"app": "kube-proxy"}),
+        "data": {"config.conf": config_conf, "kubeconfig.conf": "# in-cluster credentials\n"},
+    })
+    domain = cluster_domain(state)
+    corefile = (
+        ".:53 {\n    errors\n    health {\n       lameduck 5s\n    }\n    ready\n"
+        f"    kubernetes {domain} in-addr.arpa ip6.arpa {{\n"
+        "       pods insecure\n       fallthrough in-addr.arpa ip6.arpa\n       ttl 30\n    }\n"
+        "    prometheus :9153\n    forward . /etc/resolv.conf\n    cache 30\n    loop\n"
+        "    reload\n    loadbalance\n}\n"
+    )
+    out.append({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta("coredns", "kube-system"),
+        "data": {"Corefile": corefile},
+    })
+    return out
+
+
+# ---------------------------------------------------------------- services
+
+
+def _services(state: dict, pods: list[Obj]) -> list[dict]:
+    """lab.json's services, plus the ones every cluster has when the state omits them."""
+    services = [s for s in state.get("services") or [] if isinstance(s, dict) and s.get("name")]
+    have = {(s.get("namespace") or "default", s["name"]) for s in services}
+    try:
+        base = ipaddress.ip_network(str(state.get("service_network") or "10.96.0.0/12"))
+    except ValueError:
+        base = ipaddress.ip_network("10.96.0.0/12")
+    nodes = _nodes(state)
+    if ("default", "kubernetes") not in have and nodes:
+        services.append({
+            "name": "kubernetes", "namespace": "default", "cluster_ip": str(base[1]),
+            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "target_port": 6443}],
+            "endpoint_addresses": [(str(nodes[0].get("address")), nodes[0]["name"])],
+        })
+    dns_pods = [p["metadata"]["name"] for p in pods
+                if p["metadata"].get("labels", {}).get("k8s-app") == "kube-dns"]
+    if not any(s.get("app") == "coredns" or s["name"] == "kube-dns" for s in services) and dns_pods:
+        services.append({
+            "name": "kube-dns", "namespace": "kube-system", "cluster_ip": str(base[10]),
+            "app": "coredns", "endpoints": dns_pods,
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "target_port": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "target_port": 53},
+                {"name": "metrics", "port": 9153, "protocol": "TCP", "target_port": 9153},
+            ],
+        })
+    return services
+
+
+def _ports(svc: dict) -> list[dict]:
+    return [p for p in svc.get("ports") or [] if isinstance(p, dict)]
+
+
+def service_object(svc: dict) -> Obj:
+    ns = str(svc.get("namespace") or "default")
+    is_dns = svc.get("app") == "coredns" or svc["name"] == "kube-dns"
+    labels = {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"} if is_dns else {}
+    annotations = {"service.kubernetes.io/topology-mode": "Auto"} if svc.get(
+        "topology_aware") else {}
+    spec: Obj = {
+        "type": "ClusterIP",
+        "clusterIP": svc.get("cluster_ip"),
+        "clusterIPs": [svc["cluster_ip"]] if svc.get("cluster_ip") else [],
+        "ports": [
+            {
+                "name": p.get("name") or "",
+                "port": int(p.get("port") or 0),
+                "protocol": p.get("protocol") or "TCP",
+                "targetPort": p.get("target_port") or p.get("port"),
+            }
+            for p in _ports(svc)
+        ],
+        "sessionAffinity": "None",
+    }
+    if svc.get("app") and svc["name"] != "kubernetes":
+        spec["selector"] = {"k8s-app": "kube-dns"} if is_dns else {"app": str(svc["app"])}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(svc["name"], ns, labels=labels, annotations=annotations),
+        "spec": spec,
+    }
+
+
+def endpointslice_object(
+    state: dict, svc: dict, pods_by_name: dict[tuple[str, str], Obj], no_endpoints: bool
+) -> Obj:
+    ns = str(svc.get("namespace") or "default")
+    zones = {n["name"]: n.get("zone") for n in _nodes(state)}
+    endpoints = []
+    targets: list[tuple[str, str, Obj | None]] = [
+        (addr, node, None) for addr, node in svc.get("endpoint_addresses", [])
+    ]
+    for pod_name in svc.get("endpoints") or []:
+        pod = pods_by_name.get((ns, str(pod_name))) or pods_by_name.get(("*", str(pod_name)))
+        if pod is None or not pod["status"].get("podIP"):
+            continue
+        targets.append((pod["status"]["podIP"], pod["spec"]["nodeName"], pod))
+    for addr, node, pod in targets:
+        ready = not no_endpoints
+        ep: Obj = {
+            "addresses": [addr],
+            "conditions": {"ready": ready, "serving": ready, "terminating": False},
+            "nodeName": node,
+        }
+        if zones.get(node):
+            ep["zone"] = zones[node]
+            if svc.get("topology_aware"):
+                ep["hints"] = {"forZones": [{"name": zones[node]}]}
+        if pod is not None:
+            ep["targetRef"] = {
+                "kind": "Pod",
+                "name": pod["metadata"]["name"],
+                "namespace": pod["metadata"]["namespace"],
+                "uid": pod["metadata"]["uid"],
+            }
+        endpoints.append(ep)
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": _meta(
+            f"{svc['name']}-{_suffix('eps', ns, svc['name'])}",
+            ns,
+            labels={
+                "kubernetes.io/service-name": svc["name"],
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+            },
+            ownerReferences=[{"apiVersion": "v1", "kind": "Service", "name": svc["name"],
+                              "uid": _uid(ns, svc["name"])}],
+        ),
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [
+            {"name": p.get("name") or "", "port": int(p.get("target_port") or p.get("port") or 0),
+             "protocol": p.get("protocol") or "TCP"}
+            for p in _ports(svc)
+        ],
+    }
+
+
+def _no_endpoint_services(state: dict, services: list[dict]) -> set[tuple[str, str]]:
+    out = set()
+    for f in _faults(state, "service_no_endpoints"):
+        params = f.get("params") if isinstance(f.get("params"), dict) else {}
+        name = params.get("service")
+        if not name:  # the lab's application service, not DNS or the API's own service
+            name = next(
+                (s["name"] for s in services
+                 if s.get("app") not in (None, "coredns") and s["name"] != "kubernetes"),
+                None,
+            )
+        if name:
+            ns = params.get("namespace")
+            out.update(
+                (s.get("namespace") or "default", s["name"]) for s in services
+                if s["name"] == name and (ns is None or (s.get("namespace") or "default") == ns)
+            )
+    return out
+
+
+# ---------------------------------------------------------------- policies and calico
+
+
+def network_policies(state: dict) -> list[Obj]:
+    """lab.json's ``network_policies`` ({name, namespace, default_deny}), optional."""
+    out = []
+    for p in state.get("network_policies") or []:
+        if not isinstance(p, dict) or not p.get("name"):
+            continue
+        spec: Obj = {"podSelector": {}, "policyTypes": ["Ingress"]}
+        if not p.get("default_deny"):
+            spec["podSelector"] = {"matchLabels": {"app": str(p.get("app") or "web")}}
+            spec["ingress"] = [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}]}]
+        out.append({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _meta(str(p["name"]), str(p.get("namespace") or "default")),
+            "spec": spec,
+        })
+    return out
+
+
+def ippools(state: dict) -> list[Obj]:
+    if _cni(state) != "calico-bgp":
+        return []
+    return [{
+        "apiVersion": "crd.projectcalico.org/v1",
+        "kind": "IPPool",
+        "metadata": _meta("default-ipv4-ippool"),
+        "spec": {
+            "cidr": str(state.get("pod_network") or "10.244.0.0/16"),
+            "blockSize": 24,
+            "ipipMode": "Never",
+            "vxlanMode": "Never",
+            "natOutgoing": True,
+            "nodeSelector": "all()",
+        },
+    }]
+
+
+# ---------------------------------------------------------------- everything
+
+
+def build(state: dict) -> dict[str, list[Obj]]:
+    """Every object of the lab, keyed by resource (the plural the API uses in paths)."""
+    sys_pods = system_pods(state)
+    pods = sys_pods + workload_pods(state)
+    services = _services(state, pods)
+    by_name: dict[tuple[str, str], Obj] = {}
+    for p in pods:
+        by_name[(p["metadata"]["namespace"], p["metadata"]["name"])] = p
+        by_name.setdefault(("*", p["metadata"]["name"]), p)
+    empty = _no_endpoint_services(state, services)
+    return {
+        "nodes": [node_object(state, n) for n in _nodes(state)],
+        "pods": pods,
+        "daemonsets": daemonsets(state, sys_pods),
+        "configmaps": configmaps(state),
+        "services": [service_object(s) for s in services],
+        "endpointslices": [
+            endpointslice_object(
+                state, s, by_name, (s.get("namespace") or "default", s["name"]) in empty
+            )
+            for s in services
+        ],
+        "networkpolicies": network_policies(state),
+        "ippools": ippools(state),
+    }
