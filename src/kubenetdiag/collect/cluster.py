@@ -1,0 +1,366 @@
+"""Collect the cluster's own view from the Kubernetes API, raw, into the bundle's cluster.json.
+
+Like the node collector, nothing is interpreted here: each API call becomes one record with its
+outcome (ok, forbidden, unauthorized, not_found, timeout, unreachable, error), HTTP status,
+reason, duration and the raw items. facts/cluster.py reads them later, offline.
+
+Rules this module keeps, because an outage is the worst time for a diagnoser to misbehave:
+
+* only get and list, never a write verb;
+* every request has a (connect, read) timeout and urllib3 retries are off, so a slow API costs
+  one timeout per call, not four; once the server is unreachable the remaining calls are
+  skipped rather than each waiting out its own connect timeout;
+* lists are paginated; a continue token that expired (410 Gone) restarts that list;
+* responses are parsed with ``json`` (``_preload_content=False``): the client's model
+  deserialisation is slow on big lists and fails on fields it does not know;
+* one failing call never stops the others, and no exception leaves ``collect_cluster``;
+* ``kubernetes`` is imported only when the API is used (it costs about half a second).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubenetdiag.errors import InputError
+
+CLUSTER_SCHEMA = "kubenetdiag/cluster/v1"
+PAGE_SIZE = 500
+MAX_LIST_RESTARTS = 3
+FLANNEL_CM = "kube-flannel-cfg"
+# Where CNI agents live when the DaemonSet list cannot tell us (it was forbidden).
+WELL_KNOWN_CNI_NAMESPACES = ("kube-flannel", "calico-system")
+CNI_MARKERS = ("flannel", "calico-node", "cilium", "weave", "kube-router", "antrea", "canal")
+
+STATUS_BY_HTTP = {401: "unauthorized", 403: "forbidden", 404: "not_found"}
+
+
+@dataclass(frozen=True)
+class ApiTarget:
+    """Which API to ask. Credentials stay in the kubeconfig; nothing here is secret."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    in_cluster: bool = False
+
+
+def resolve_target(
+    kubeconfig: str | None,
+    context: str | None,
+    in_cluster: bool,
+    environ: Mapping[str, str] | None = None,
+    home: Path | None = None,
+) -> tuple[ApiTarget | None, str]:
+    """(target, why) from the CLI flags and the environment; target None means do not ask.
+
+    Asking the API is opt-in, like kubectl's own lookup once opted in: ``--in-cluster``;
+    ``--kubeconfig PATH``; ``--context`` alone reads $KUBECONFIG, else ~/.kube/config if it
+    exists; no flag but $KUBECONFIG set counts as opting in. A bare ~/.kube/config is not
+    used without a flag: it may well point at another cluster than the inventory's.
+    """
+    environ = os.environ if environ is None else environ
+    if in_cluster:
+        if kubeconfig:
+            raise InputError("--in-cluster and --kubeconfig exclude each other",
+                             hint="use one way to reach the API")
+        return ApiTarget(in_cluster=True), "--in-cluster"
+    if kubeconfig:
+        return ApiTarget(kubeconfig, context), "--kubeconfig"
+    env = environ.get("KUBECONFIG", "").strip()
+    if env:
+        return ApiTarget(env, context), "$KUBECONFIG"
+    if context:
+        default = (home or Path.home()) / ".kube" / "config"
+        if default.is_file():
+            return ApiTarget(str(default), context), "~/.kube/config"
+        raise InputError(
+            f"--context {context} given, but there is no $KUBECONFIG and no {default}",
+            hint="pass --kubeconfig PATH",
+        )
+    return None, (
+        "the cluster API was not queried: no --kubeconfig, --context, --in-cluster "
+        "or $KUBECONFIG"
+    )
+
+
+def load_client(target: ApiTarget) -> tuple[Any, dict]:
+    """An ApiClient of its own (no global configuration touched) and the secret-free source.
+
+    Raises InputError for a kubeconfig that cannot be used: that is the user's input, so it
+    stops the run before any node is touched, like a bad inventory does.
+    """
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
+
+    cfg = client.Configuration()
+    source: dict[str, Any] = {
+        "kubeconfig": None, "context": None, "server": None, "in_cluster": target.in_cluster,
+    }
+    try:
+        if target.in_cluster:
+            config.load_incluster_config(client_configuration=cfg)
+        else:
+            paths = [p for p in target.kubeconfig.split(os.pathsep) if p] if target.kubeconfig \
+                else []
+            if not any(Path(p).expanduser().is_file() for p in paths):
+                raise InputError(f"kubeconfig {target.kubeconfig} does not exist",
+                                 hint="pass the path of a kubeconfig file")
+            config.load_kube_config(
+                config_file=target.kubeconfig, context=target.context,
+                client_configuration=cfg, persist_config=False,
+            )
+            _, active = config.list_kube_config_contexts(config_file=target.kubeconfig)
+            source["kubeconfig"] = target.kubeconfig
+            source["context"] = target.context or (active or {}).get("name")
+    except ConfigException as exc:
+        raise InputError(f"cannot use the Kubernetes client configuration: {exc}",
+                         file=target.kubeconfig) from None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        # a kubeconfig that is YAML garbage surfaces as any of these from the loader
+        raise InputError(f"cannot read kubeconfig: {exc!r}", file=target.kubeconfig) from None
+    # urllib3 would retry a timed-out GET three times: one outage-slow call would cost four.
+    cfg.retries = False
+    source["server"] = cfg.host
+    return client.ApiClient(cfg), source
+
+
+# ---------------------------------------------------------------- one call
+
+
+class _Unreachable(Exception):
+    pass
+
+
+def _classify(exc: BaseException, read_timeout: float) -> tuple[str, int | None, str]:
+    """(status, http_status, reason) of a failed call."""
+    import urllib3.exceptions as ue
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(exc, ApiException):
+        code = exc.status if isinstance(exc.status, int) else None
+        message = _status_message(exc.body) or str(exc.reason or "")
+        return STATUS_BY_HTTP.get(code or 0, "error"), code, f"HTTP {code}: {message}"[:500]
+    if isinstance(exc, ue.ConnectTimeoutError | ue.NewConnectionError | ConnectionError):
+        return "unreachable", None, _short(exc)
+    if isinstance(exc, ue.ReadTimeoutError | TimeoutError | ue.TimeoutError):
+        return "timeout", None, f"no answer within {read_timeout:g}s (read timeout)"
+    if isinstance(exc, ue.MaxRetryError | ue.ProtocolError | OSError):
+        return "unreachable", None, _short(exc)
+    if isinstance(exc, ValueError):
+        return "error", None, f"answer is not valid JSON: {exc}"[:500]
+    return "error", None, _short(exc)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    reason = getattr(exc, "reason", None)  # urllib3 wraps the useful part
+    if reason is not None and str(reason):
+        text = str(reason)
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+def _status_message(body: Any) -> str:
+    if not body:
+        return ""
+    try:
+        data = json.loads(body)
+    except (TypeError, ValueError):
+        return str(body)[:300]
+    return str(data.get("message") or "") if isinstance(data, dict) else ""
+
+
+def _slim(obj: Any) -> Any:
+    """Drop what only bloats the bundle: server-side apply bookkeeping and the last-applied copy."""
+    if isinstance(obj, dict) and isinstance(obj.get("metadata"), dict):
+        meta = dict(obj["metadata"])
+        meta.pop("managedFields", None)
+        ann = meta.get("annotations")
+        if isinstance(ann, dict) and "kubectl.kubernetes.io/last-applied-configuration" in ann:
+            meta["annotations"] = {
+                k: v for k, v in ann.items()
+                if k != "kubectl.kubernetes.io/last-applied-configuration"
+            }
+        return {**obj, "metadata": meta}
+    return obj
+
+
+class _Session:
+    def __init__(self, api: Any, connect_timeout: float, read_timeout: float, page_size: int,
+                 max_restarts: int) -> None:
+        self.api = api
+        self.timeout = (connect_timeout, read_timeout)
+        self.read_timeout = read_timeout
+        self.page_size = page_size
+        self.max_restarts = max_restarts
+        self.calls: list[dict] = []
+        self.unreachable: str | None = None
+
+    def _body(self, resp: Any) -> Any:
+        try:
+            data = resp.data  # reads the whole body; the read timeout applies per socket read
+        finally:
+            resp.release_conn()
+        return json.loads(data)
+
+    def run(self, name: str, path: str, thunk: Callable[[], tuple[Any, dict]]) -> dict:
+        started = time.monotonic()
+        rec: dict[str, Any] = {
+            "name": name, "path": path, "status": "ok", "http_status": 200, "reason": None,
+            "duration_s": 0.0, "pages": 0, "restarts": 0, "items": None, "object": None,
+        }
+        if self.unreachable:
+            rec.update(status="unreachable", http_status=None,
+                       reason=f"not tried: the API server was unreachable ({self.unreachable})")
+            self.calls.append(rec)
+            return rec
+        try:
+            result, extra = thunk()
+            rec.update(extra)
+            if isinstance(result, list):
+                rec["items"] = [_slim(o) for o in result]
+            else:
+                rec["object"] = _slim(result) if isinstance(result, dict) else None
+        except Exception as exc:  # one call's failure is a record, never a crash
+            status, code, reason = _classify(exc, self.read_timeout)
+            rec.update(status=status, http_status=code, reason=reason)
+            if status == "unreachable":
+                self.unreachable = reason
+        rec["duration_s"] = round(time.monotonic() - started, 3)
+        self.calls.append(rec)
+        return rec
+
+    def get(self, fn: Callable[..., Any], *args: Any) -> Callable[[], tuple[Any, dict]]:
+        def thunk() -> tuple[Any, dict]:
+            resp = fn(*args, _preload_content=False, _request_timeout=self.timeout)
+            return self._body(resp), {"pages": 1}
+        return thunk
+
+    def list(self, fn: Callable[..., Any], *args: Any) -> Callable[[], tuple[Any, dict]]:
+        from kubernetes.client.exceptions import ApiException
+
+        def thunk() -> tuple[Any, dict]:
+            items: list = []
+            token: str | None = None
+            pages = restarts = 0
+            while True:
+                try:
+                    resp = fn(*args, limit=self.page_size, _continue=token,
+                              _preload_content=False, _request_timeout=self.timeout)
+                except ApiException as exc:
+                    if exc.status == 410 and token and restarts < self.max_restarts:
+                        # The snapshot behind the token is gone: the only consistent answer
+                        # is a fresh list from the start.
+                        items, token, restarts = [], None, restarts + 1
+                        continue
+                    raise
+                body = self._body(resp)
+                pages += 1
+                if not isinstance(body, dict):
+                    raise ValueError("a list answer that is not a JSON object")
+                page = body.get("items")
+                items.extend(page if isinstance(page, list) else [])
+                meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+                token = meta.get("continue") or None
+                if not token:
+                    return items, {"pages": pages, "restarts": restarts}
+        return thunk
+
+
+# ---------------------------------------------------------------- the collection
+
+
+def _cni_daemonsets(items: list | None) -> list[dict]:
+    out = []
+    for ds in items or []:
+        meta = ds.get("metadata") if isinstance(ds, dict) else None
+        name = str(meta.get("name", "")) if isinstance(meta, dict) else ""
+        if any(m in name for m in CNI_MARKERS):
+            out.append(ds)
+    return out
+
+
+def collect_cluster(
+    api: Any,
+    source: dict,
+    *,
+    connect_timeout: float = 5.0,
+    read_timeout: float = 30.0,
+    page_size: int = PAGE_SIZE,
+    max_restarts: int = MAX_LIST_RESTARTS,
+) -> dict:
+    """Every call the cluster facts need, as the cluster.json document."""
+    from kubernetes import client
+
+    started = time.monotonic()
+    s = _Session(api, connect_timeout, read_timeout, page_size, max_restarts)
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+
+    s.run("version", "/version", s.get(client.VersionApi(api).get_code))
+    s.run("nodes", "/api/v1/nodes", s.list(core.list_node))
+    ds = s.run("daemonsets", "/apis/apps/v1/daemonsets",
+               s.list(apps.list_daemon_set_for_all_namespaces))
+    cni = _cni_daemonsets(ds["items"])
+    namespaces = ["kube-system"]
+    extra = {d["metadata"].get("namespace") for d in cni} - {None, "kube-system"}
+    if ds["status"] != "ok":
+        extra |= set(WELL_KNOWN_CNI_NAMESPACES)
+    namespaces += sorted(str(n) for n in extra)
+    for ns in namespaces:
+        s.run(f"pods/{ns}", f"/api/v1/namespaces/{ns}/pods", s.list(core.list_namespaced_pod, ns))
+
+    flannel = [d for d in cni if "flannel" in str(d["metadata"].get("name"))]
+    if flannel or ds["status"] != "ok":
+        # try the flannel DaemonSet's own namespace first, then where manifests put it
+        tries = [str(d["metadata"].get("namespace")) for d in flannel]
+        tries += [n for n in ("kube-flannel", "kube-system") if n not in tries]
+        for ns in tries:
+            path = f"/api/v1/namespaces/{ns}/configmaps/{FLANNEL_CM}"
+            rec = s.run("flannel_config", path,
+                        s.get(core.read_namespaced_config_map, FLANNEL_CM, ns))
+            if rec["status"] != "not_found" or ns == tries[-1]:
+                break
+            s.calls.remove(rec)  # a miss in one candidate namespace is not a finding
+    s.run("kube_proxy_config", "/api/v1/namespaces/kube-system/configmaps/kube-proxy",
+          s.get(core.read_namespaced_config_map, "kube-proxy", "kube-system"))
+    s.run("coredns_config", "/api/v1/namespaces/kube-system/configmaps/coredns",
+          s.get(core.read_namespaced_config_map, "coredns", "kube-system"))
+    s.run("services", "/api/v1/services", s.list(core.list_service_for_all_namespaces))
+    s.run("endpointslices", "/apis/discovery.k8s.io/v1/endpointslices",
+          s.list(client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces))
+    s.run("networkpolicies", "/apis/networking.k8s.io/v1/networkpolicies",
+          s.list(client.NetworkingV1Api(api).list_network_policy_for_all_namespaces))
+    custom = client.CustomObjectsApi(api)
+    s.run("calico_ippools", "/apis/crd.projectcalico.org/v1/ippools",
+          s.list(custom.list_cluster_custom_object, "crd.projectcalico.org", "v1", "ippools"))
+    return {
+        "schema": CLUSTER_SCHEMA,
+        "queried": True,
+        "reason": None,
+        "source": source,
+        "duration_s": round(time.monotonic() - started, 3),
+        "calls": s.calls,
+    }
+
+
+def not_queried(reason: str) -> dict:
+    """The cluster.json of a run that did not ask the API, saying why."""
+    return {
+        "schema": CLUSTER_SCHEMA, "queried": False, "reason": reason, "source": None,
+        "duration_s": 0.0, "calls": [],
+    }
+
+
+def collect_target(target: ApiTarget | None, why: str, **kw: Any) -> dict:
+    """Load the client and collect; for the CLI, which has validated the target already."""
+    if target is None:
+        return not_queried(why)
+    api, source = load_client(target)
+    try:
+        return collect_cluster(api, source, **kw)
+    finally:
+        api.close()
