@@ -21,6 +21,8 @@ from kubenetdiag.errors import InputError
 BUNDLE_SCHEMA = "kubenetdiag/bundle/v1"
 FACTS_SCHEMA = "kubenetdiag/facts/v1"
 MAX_NODE_FILE = 256 * 1024 * 1024
+CLUSTER_FILE = "cluster.json"
+CLUSTER_SCHEMA = "kubenetdiag/cluster/v1"  # the collector writes the same string
 
 _META = {
     "type": "object",
@@ -58,6 +60,52 @@ _NODE = {
         "error": {"type": ["string", "null"]},
         "duration_s": {"type": "number"},
         "sections": {"type": "array", "items": _SECTION},
+    },
+}
+
+
+_CALL = {
+    "type": "object",
+    "required": ["name", "path", "status", "http_status", "reason", "duration_s", "items"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "path": {"type": "string"},
+        "status": {
+            "enum": [
+                "ok", "forbidden", "unauthorized", "not_found", "timeout", "unreachable", "error",
+            ]
+        },
+        "http_status": {"type": ["integer", "null"]},
+        "reason": {"type": ["string", "null"]},
+        "duration_s": {"type": "number"},
+        "pages": {"type": "integer"},
+        "restarts": {"type": "integer"},
+        "items": {"type": ["array", "null"]},
+        "object": {"type": ["object", "null"]},
+    },
+}
+# cluster.json: what the Kubernetes API said, one record per call (docs/contracts.md).
+# Optional in a bundle: older bundles and runs that did not ask the API have none.
+_CLUSTER = {
+    "type": "object",
+    "required": ["schema", "queried", "source", "calls"],
+    "properties": {
+        "schema": {"const": CLUSTER_SCHEMA},
+        "queried": {"type": "boolean"},
+        "reason": {"type": ["string", "null"]},
+        "source": {
+            "type": ["object", "null"],
+            "properties": {
+                "kubeconfig": {"type": ["string", "null"]},
+                "context": {"type": ["string", "null"]},
+                "server": {"type": ["string", "null"]},
+                "in_cluster": {"type": "boolean"},
+            },
+            # no credentials, ever: a bundle travels on USB sticks and into tickets
+            "additionalProperties": False,
+        },
+        "duration_s": {"type": "number"},
+        "calls": {"type": "array", "items": _CALL},
     },
 }
 
@@ -129,6 +177,24 @@ def read_bundle(path: Path) -> tuple[dict[str, Any], list[dict]]:
             hint="the bundle is incomplete; copy the whole directory",
         )
     return meta, [records[n] for n in meta["nodes"]]
+
+
+def write_cluster(path: Path, data: dict[str, Any]) -> None:
+    """Write cluster.json into a bundle directory, refusing a document that breaks the schema."""
+    jsonschema.validate(data, _CLUSTER)
+    write_json(path / CLUSTER_FILE, data)
+
+
+def read_cluster(path: Path) -> dict[str, Any] | None:
+    """The bundle's cluster.json, validated; None when the bundle has none."""
+    f = path / CLUSTER_FILE
+    if not f.exists():
+        return None
+    if f.stat().st_size > MAX_NODE_FILE:
+        raise InputError(f"{f} is larger than {MAX_NODE_FILE >> 20} MiB", file=str(f))
+    data = _read_json(f)
+    _validate(data, _CLUSTER, f)
+    return data
 
 
 def write_json(path: Path, data: Any) -> None:

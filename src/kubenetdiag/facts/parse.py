@@ -90,8 +90,16 @@ def node_facts(record: dict) -> list[Fact]:
     return facts
 
 
-def facts_from_records(records: Iterable[dict]) -> list[Fact]:
+def facts_from_records(records: Iterable[dict], cluster: dict | None = None) -> list[Fact]:
+    """Facts of every node record, plus the cluster facts when the bundle has cluster.json."""
+    records = list(records)
     facts: list[Fact] = []
     for rec in records:
         facts.extend(node_facts(rec))
+    if cluster is not None:
+        from kubenetdiag.facts.cluster import cluster_facts
+
+        facts.extend(
+            cluster_facts(cluster, [(r["name"], str(r.get("address") or "")) for r in records])
+        )
     return facts

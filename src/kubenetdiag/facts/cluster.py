@@ -1,0 +1,569 @@
+"""Cluster facts: the bundle's cluster.json (what the Kubernetes API said) turned into facts.
+
+Pure functions, no client import. The input is untrusted JSON from an API server or a bundle
+file: every field is read defensively, a malformed object is skipped, and a section that
+cannot be read at all becomes a `probe_status` fact, so a surprise shape never hides the rest.
+A call that failed (403, timeout...) becomes a `probe_status` naming what it blocked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from kubenetdiag.facts.model import Fact, Source, excerpt
+
+CLUSTER = "cluster"
+
+# What each call's failure leaves unchecked, so the report can say it.
+BLOCKS = {
+    "version": "the API server version",
+    "nodes": "API nodes: pod CIDRs, Ready/NetworkUnavailable conditions, zones, and matching "
+    "them to the inventory",
+    "daemonsets": "which CNI plugin runs and its rollout (desired vs ready), kube-proxy rollout",
+    "pods": "CNI, kube-proxy and CoreDNS pod health (readiness, restarts, which node)",
+    "flannel_config": "flannel's network, backend type and VXLAN port",
+    "kube_proxy_config": "kube-proxy mode (iptables/ipvs)",
+    "coredns_config": "the cluster DNS domain",
+    "services": "Services and the DNS Service VIP",
+    "endpointslices": "Services without ready endpoints, and endpoints spread across zones",
+    "networkpolicies": "NetworkPolicies (default deny per namespace)",
+    "calico_ippools": "calico IP pools and their encapsulation",
+}
+# Objects whose absence is an answer (not calico, kube-proxy replaced), not a failure.
+OPTIONAL = {"flannel_config", "kube_proxy_config", "coredns_config", "calico_ippools"}
+STATUS_TO_PROBE_STATUS = {
+    "forbidden": "permission_denied",
+    "unauthorized": "permission_denied",
+    "timeout": "timeout",
+    "unreachable": "unreachable",
+    "not_found": "failed",
+    "error": "failed",
+}
+PLUGINS = (("flannel", "flannel"), ("canal", "other"), ("calico", "calico"), ("cilium", "cilium"))
+CNI_MARKERS = ("flannel", "calico-node", "cilium", "weave", "kube-router", "antrea", "canal")
+TOPOLOGY_ANNOTATIONS = (
+    "service.kubernetes.io/topology-mode",
+    "service.kubernetes.io/topology-aware-hints",
+)
+
+
+# ---------------------------------------------------------------- safe access
+
+
+def _d(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _l(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _get(obj: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _s(value: Any) -> str | None:
+    """A scalar as str, or None; containers are not strings."""
+    if value is None or isinstance(value, dict | list):
+        return None
+    return str(value)
+
+
+def _i(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _name(obj: Any) -> str | None:
+    return _s(_get(obj, "metadata", "name"))
+
+
+def _ns(obj: Any) -> str:
+    return _s(_get(obj, "metadata", "namespace")) or ""
+
+
+def _condition(obj: Any, kind: str) -> bool | None:
+    for c in _l(_get(obj, "status", "conditions")):
+        if isinstance(c, dict) and c.get("type") == kind:
+            return {"True": True, "False": False}.get(str(c.get("status")))
+    return None
+
+
+# ---------------------------------------------------------------- calls
+
+
+class _Calls:
+    def __init__(self, doc: dict) -> None:
+        self.calls = [c for c in _l(doc.get("calls")) if isinstance(c, dict) and c.get("name")]
+
+    def named(self, prefix: str) -> list[dict]:
+        """Calls of one kind: 'pods' covers pods/kube-system, pods/kube-flannel..."""
+        return [c for c in self.calls if str(c["name"]).split("/")[0] == prefix]
+
+    def items(self, prefix: str) -> list[dict] | None:
+        """Items of every ok call of one kind; None when none of them answered."""
+        calls = [c for c in self.named(prefix) if c.get("status") == "ok"]
+        if not calls:
+            return None
+        return [o for c in calls for o in _l(c.get("items")) if isinstance(o, dict)]
+
+    def obj(self, name: str) -> dict | None:
+        for c in self.named(name):
+            if c.get("status") == "ok" and isinstance(c.get("object"), dict):
+                return c["object"]
+        return None
+
+    def source(self, prefix: str, obj: Any = None) -> Source:
+        calls = self.named(prefix)
+        path = " ".join(str(c.get("path", "")) for c in calls) or prefix
+        text = json.dumps(obj, sort_keys=True, default=str)[:600] if obj is not None else ""
+        return Source(f"api:{prefix}", f"GET {path}", None, excerpt(text, 600))
+
+
+def _call_status_facts(calls: _Calls) -> list[Fact]:
+    facts = []
+    for c in calls.calls:
+        status = c.get("status")
+        base = str(c["name"]).split("/")[0]
+        if status == "ok" or (status == "not_found" and base in OPTIONAL):
+            continue
+        facts.append(
+            Fact(
+                "probe_status",
+                CLUSTER,
+                {
+                    "probe": f"api:{c['name']}",
+                    "status": STATUS_TO_PROBE_STATUS.get(str(status), "failed"),
+                    "reason": _s(c.get("reason")) or str(status),
+                    "blocks": BLOCKS.get(base, f"what the API call {c['name']} would have told"),
+                },
+                Source(f"api:{c['name']}", f"GET {_s(c.get('path')) or ''}", None,
+                       excerpt(_s(c.get("reason")) or "", 1000)),
+            )
+        )
+    return facts
+
+
+# ---------------------------------------------------------------- nodes
+
+
+def _node_addresses(node: dict) -> list[str]:
+    return [
+        str(a["address"]) for a in _l(_get(node, "status", "addresses"))
+        if isinstance(a, dict) and a.get("address")
+    ]
+
+
+def _internal_ip(node: dict) -> str | None:
+    for a in _l(_get(node, "status", "addresses")):
+        if isinstance(a, dict) and a.get("type") == "InternalIP" and a.get("address"):
+            return str(a["address"])
+    return None
+
+
+def match_nodes(
+    api_nodes: list[dict], inventory: list[tuple[str, str]]
+) -> tuple[dict[str, str], list[Fact]]:
+    """API node name -> inventory name, and a node_match fact for every host on either side.
+
+    Matched in order of confidence: same name, then an API address equal to the inventory
+    address (or its name), then the same short host name (node1 vs node1.example.com).
+    """
+    names = [n for n in (_name(o) for o in api_nodes) if n]
+    by_api = {n: o for n, o in zip((_name(o) for o in api_nodes), api_nodes, strict=True) if n}
+    free = dict(inventory)  # inventory name -> address, still unmatched
+    matched: dict[str, tuple[str, str]] = {}
+    for api_name in names:
+        if api_name in free:
+            matched[api_name] = (api_name, "name")
+            del free[api_name]
+    for api_name in names:
+        if api_name in matched:
+            continue
+        addrs = set(_node_addresses(by_api[api_name]))
+        hit = next((inv for inv, addr in free.items() if addr in addrs or inv in addrs), None)
+        if hit is not None:
+            matched[api_name] = (hit, "address")
+            del free[hit]
+    for api_name in names:
+        if api_name in matched:
+            continue
+        short = api_name.split(".")[0]
+        hit = next((inv for inv in free if inv.split(".")[0] == short), None)
+        if hit is not None:
+            matched[api_name] = (hit, "short_name")
+            del free[hit]
+    facts = []
+    inv_addr = dict(inventory)
+    for api_name in names:
+        inv, how = matched.get(api_name, (None, "none"))
+        facts.append(Fact("node_match", inv or api_name, {
+            "inventory_name": inv,
+            "api_name": api_name,
+            "address": inv_addr.get(inv) if inv else _internal_ip(by_api[api_name]),
+            "in_inventory": inv is not None,
+            "in_api": True,
+            "matched_by": how,
+        }, Source("api:nodes", "GET /api/v1/nodes", None, "")))
+    for inv, addr in free.items():
+        facts.append(Fact("node_match", inv, {
+            "inventory_name": inv, "api_name": None, "address": addr or None,
+            "in_inventory": True, "in_api": False, "matched_by": "none",
+        }, Source("api:nodes", "GET /api/v1/nodes", None, "")))
+    return {api: inv for api, (inv, _) in matched.items()}, facts
+
+
+def _node_facts(calls: _Calls, nodes: list[dict], where: Callable[[str], str]) -> list[Fact]:
+    facts = []
+    for n in nodes:
+        name = _name(n)
+        if not name:
+            continue
+        labels = _d(_get(n, "metadata", "labels"))
+        cidrs = [str(c) for c in _l(_get(n, "spec", "podCIDRs")) if isinstance(c, str)]
+        info = _d(_get(n, "status", "nodeInfo"))
+        facts.append(Fact("k8s_node", where(name), {
+            "name": name,
+            "internal_ip": _internal_ip(n),
+            "pod_cidr": _s(_get(n, "spec", "podCIDR")) or (cidrs[0] if cidrs else None),
+            "pod_cidrs": ",".join(cidrs) or None,
+            "ready": _condition(n, "Ready"),
+            "network_unavailable": _condition(n, "NetworkUnavailable"),
+            "kernel": _s(info.get("kernelVersion")),
+            "kubelet": _s(info.get("kubeletVersion")),
+            "zone": _s(labels.get("topology.kubernetes.io/zone")
+                       or labels.get("failure-domain.beta.kubernetes.io/zone")),
+        }, calls.source("nodes", {"name": name, "spec": n.get("spec"),
+                                  "conditions": _get(n, "status", "conditions")})))
+    return facts
+
+
+# ---------------------------------------------------------------- CNI, kube-proxy, DNS pods
+
+
+def _plugin(name: str) -> str:
+    for marker, plugin in PLUGINS:
+        if marker in name:
+            return plugin
+    return "other"
+
+
+def _pod_health(pod: dict) -> tuple[bool, int, str | None]:
+    statuses = [s for s in _l(_get(pod, "status", "containerStatuses")) if isinstance(s, dict)]
+    restarts = sum(_i(s.get("restartCount")) or 0 for s in statuses)
+    reason = None
+    for s in statuses:
+        state = _d(s.get("state"))
+        for key in ("waiting", "terminated"):
+            if isinstance(state.get(key), dict) and state[key].get("reason"):
+                reason = _s(state[key]["reason"])
+    return _condition(pod, "Ready") is True, restarts, reason
+
+
+def _owner(pod: dict) -> str:
+    for o in _l(_get(pod, "metadata", "ownerReferences")):
+        if isinstance(o, dict) and o.get("kind") == "DaemonSet" and o.get("name"):
+            return str(o["name"])
+    return ""
+
+
+def _cni_facts(calls: _Calls, daemonsets: list[dict] | None, pods: list[dict] | None,
+               where: Callable[[str], str]) -> list[Fact]:
+    facts = []
+    for ds in daemonsets or []:
+        name = _name(ds) or ""
+        if not any(m in name for m in CNI_MARKERS):
+            continue
+        status = _d(ds.get("status"))
+        facts.append(Fact("cni", CLUSTER, {
+            "plugin": _plugin(name),
+            "daemonset": name,
+            "namespace": _ns(ds),
+            "desired": _i(status.get("desiredNumberScheduled")),
+            "ready": _i(status.get("numberReady")),
+        }, calls.source("daemonsets", {"name": name, "status": status})))
+    for pod in pods or []:
+        name = _name(pod) or ""
+        owner = _owner(pod)
+        # by owning DaemonSet when the pod says; its name otherwise (static or bare pods)
+        if not any(m in (owner or name) for m in CNI_MARKERS):
+            continue
+        ready, restarts, reason = _pod_health(pod)
+        node = _s(_get(pod, "spec", "nodeName"))
+        facts.append(Fact("cni_pod", where(node) if node else CLUSTER, {
+            "pod": name,
+            "namespace": _ns(pod),
+            "plugin": _plugin(owner or name),
+            "ready": ready,
+            "restarts": restarts,
+            "phase": _s(_get(pod, "status", "phase")),
+            "reason": reason,
+        }, calls.source("pods", {"name": name, "status": pod.get("status")})))
+    return facts
+
+
+def _kube_proxy_fact(calls: _Calls, daemonsets: list[dict] | None,
+                     pods: list[dict] | None) -> list[Fact]:
+    cm = calls.obj("kube_proxy_config")
+    mode = None
+    if cm is not None:
+        conf = _s(_get(cm, "data", "config.conf")) or ""
+        m = re.search(r"^mode:\s*\"?([A-Za-z]*)\"?\s*$", conf, re.M)
+        if m:
+            mode = m.group(1) or "iptables"  # "" means the platform default: iptables on Linux
+    ready = desired = None
+    ds = next((d for d in daemonsets or [] if _name(d) == "kube-proxy"), None)
+    if ds is not None:
+        ready = _i(_get(ds, "status", "numberReady"))
+        desired = _i(_get(ds, "status", "desiredNumberScheduled"))
+    elif pods is not None:
+        mine = [p for p in pods if _get(p, "metadata", "labels", "k8s-app") == "kube-proxy"]
+        if mine:
+            desired = len(mine)
+            ready = sum(1 for p in mine if _pod_health(p)[0])
+    if mode is None and ready is None and desired is None:
+        return []
+    return [Fact("kube_proxy", CLUSTER, {"mode": mode, "pods_ready": ready,
+                                         "pods_desired": desired},
+                 calls.source("kube_proxy_config", _get(cm, "data", "config.conf")))]
+
+
+def _dns_facts(calls: _Calls, pods: list[dict] | None, services: list[dict] | None,
+               where: Callable[[str], str]) -> list[Fact]:
+    facts = []
+    for pod in pods or []:
+        if _get(pod, "metadata", "labels", "k8s-app") != "kube-dns":
+            continue
+        ready, restarts, _ = _pod_health(pod)
+        node = _s(_get(pod, "spec", "nodeName"))
+        facts.append(Fact("dns_pod", where(node) if node else CLUSTER, {
+            "pod": _name(pod) or "",
+            "ip": _s(_get(pod, "status", "podIP")),
+            "ready": ready,
+            "restarts": restarts,
+        }, calls.source("pods", {"name": _name(pod), "status": pod.get("status")})))
+    domain = None
+    corefile = _s(_get(calls.obj("coredns_config"), "data", "Corefile")) or ""
+    m = re.search(r"^\s*kubernetes\s+([^{\n]*)", corefile, re.M)
+    if m:
+        zones = [z for z in m.group(1).split() if not z.endswith(("in-addr.arpa", "ip6.arpa"))]
+        domain = zones[0].rstrip(".") if zones else None
+    for svc in services or []:
+        labels = _d(_get(svc, "metadata", "labels"))
+        if _ns(svc) != "kube-system" or not (
+            labels.get("k8s-app") == "kube-dns" or _name(svc) in ("kube-dns", "coredns")
+        ):
+            continue
+        facts.append(Fact("dns_service", CLUSTER, {
+            "name": _name(svc) or "",
+            "namespace": _ns(svc),
+            "cluster_ip": _s(_get(svc, "spec", "clusterIP")),
+            "cluster_domain": domain,
+        }, calls.source("services", {"name": _name(svc), "spec": svc.get("spec"),
+                                     "cluster_domain": domain})))
+    return facts
+
+
+# ---------------------------------------------------------------- services and policies
+
+
+def _service_facts(calls: _Calls, services: list[dict], slices: list[dict],
+                   node_zone: dict[str, str]) -> list[Fact]:
+    by_svc: dict[tuple[str, str], list[dict]] = {}
+    for sl in slices:
+        svc = _s(_get(sl, "metadata", "labels", "kubernetes.io/service-name"))
+        if svc:
+            by_svc.setdefault((_ns(sl), svc), []).append(sl)
+    facts = []
+    for svc in services:
+        name, ns = _name(svc), _ns(svc)
+        spec = _d(svc.get("spec"))
+        mine = by_svc.get((ns, name or ""), [])
+        if not name or spec.get("type") == "ExternalName":
+            continue
+        if not spec.get("selector") and not mine:
+            continue  # no selector: its endpoints are its owner's business, not the cluster's
+        ready = total = 0
+        zones: set[str] = set()
+        hinted = False
+        for sl in mine:
+            for ep in _l(sl.get("endpoints")):
+                if not isinstance(ep, dict):
+                    continue
+                n_addr = len([a for a in _l(ep.get("addresses")) if isinstance(a, str)]) or 1
+                total += n_addr
+                # API contract: an unset ready condition is to be read as ready
+                if _get(ep, "conditions", "ready") is not False:
+                    ready += n_addr
+                    zone = _s(ep.get("zone")) or node_zone.get(_s(ep.get("nodeName")) or "")
+                    if zone:
+                        zones.add(zone)
+                hinted = hinted or bool(_get(ep, "hints", "forZones"))
+        ann = _d(_get(svc, "metadata", "annotations"))
+        topology = hinted or any(
+            str(ann.get(a, "")).lower() in ("auto", "preferzone") for a in TOPOLOGY_ANNOTATIONS
+        ) or _s(spec.get("trafficDistribution")) in ("PreferClose", "PreferSameZone",
+                                                     "PreferSameNode")
+        facts.append(Fact("service_endpoints", CLUSTER, {
+            "namespace": ns,
+            "name": name,
+            "cluster_ip": _s(spec.get("clusterIP")),
+            "ready_endpoints": ready,
+            "endpoints": total,
+            "zones": len(zones),
+            "zone_list": ",".join(sorted(zones)),
+            "topology_aware": topology,
+        }, calls.source("endpointslices", {"service": f"{ns}/{name}",
+                                           "endpoints": [_l(s.get("endpoints")) for s in mine]})))
+    return facts
+
+
+def _policy_facts(calls: _Calls, policies: list[dict]) -> list[Fact]:
+    facts = []
+    for p in policies:
+        name = _name(p)
+        if not name:
+            continue
+        spec = _d(p.get("spec"))
+        selector = spec.get("podSelector")
+        all_pods = isinstance(selector, dict) and not selector.get("matchLabels") and not \
+            selector.get("matchExpressions")
+        types = [str(t) for t in _l(spec.get("policyTypes"))] or (
+            ["Ingress", "Egress"] if "egress" in spec else ["Ingress"]
+        )
+        deny = ("Ingress" in types and not _l(spec.get("ingress"))) or (
+            "Egress" in types and not _l(spec.get("egress"))
+        )
+        facts.append(Fact("network_policy", CLUSTER, {
+            "namespace": _ns(p),
+            "name": name,
+            "default_deny": bool(all_pods and deny),
+            "policy_types": ",".join(types),
+        }, calls.source("networkpolicies", {"name": name, "spec": spec})))
+    return facts
+
+
+def _flannel_fact(calls: _Calls) -> list[Fact]:
+    cm = calls.obj("flannel_config")
+    if cm is None:
+        return []
+    raw = _s(_get(cm, "data", "net-conf.json"))
+    conf = _d(json.loads(raw)) if raw else {}
+    backend = _d(conf.get("Backend"))
+    return [Fact("flannel_config", CLUSTER, {
+        "namespace": _ns(cm),
+        "network": _s(conf.get("Network")),
+        "backend": _s(backend.get("Type")),
+        "port": _i(backend.get("Port")),
+    }, calls.source("flannel_config", raw))]
+
+
+def _ippool_facts(calls: _Calls) -> list[Fact]:
+    facts = []
+    for pool in calls.items("calico_ippools") or []:
+        spec = _d(pool.get("spec"))
+        if not _name(pool):
+            continue
+
+        def flag(key: str, spec: dict = spec) -> bool | None:
+            v = spec.get(key)
+            return v if isinstance(v, bool) else None
+
+        facts.append(Fact("calico_ippool", CLUSTER, {
+            "name": _name(pool) or "",
+            "cidr": _s(spec.get("cidr")),
+            "ipip_mode": _s(spec.get("ipipMode")),
+            "vxlan_mode": _s(spec.get("vxlanMode")),
+            "nat_outgoing": flag("natOutgoing"),
+            "disabled": flag("disabled"),
+        }, calls.source("calico_ippools", spec)))
+    return facts
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def cluster_facts(doc: Any, inventory: Iterable[tuple[str, str]] = ()) -> list[Fact]:
+    """Facts from a cluster.json document; `inventory` is (name, address) of the bundle's nodes."""
+    if not isinstance(doc, dict):
+        return [_unreadable("cluster", "cluster.json is not a JSON object")]
+    calls = _Calls(doc)
+    failed = _call_status_facts(calls)
+    facts: list[Fact] = [Fact("cluster_api", CLUSTER, {
+        "queried": doc.get("queried") is True,
+        "server": _s(_get(doc, "source", "server")),
+        "context": _s(_get(doc, "source", "context")),
+        "reason": _s(doc.get("reason")),
+        "calls": len(calls.calls),
+        "failed": len(failed),
+    }, Source("api", "kubernetes API", None, _s(doc.get("reason")) or ""))]
+    if doc.get("queried") is not True:
+        return facts
+    facts += failed
+    inventory = list(inventory)
+    api_nodes = calls.items("nodes")
+    to_inventory: dict[str, str] = {}
+    if api_nodes is not None:
+        step = _guard("nodes", lambda: match_nodes(api_nodes, inventory))
+        if isinstance(step, tuple):
+            to_inventory, matches = step
+            facts += matches
+        else:
+            facts += step
+
+    def where(api_name: str) -> str:
+        return to_inventory.get(api_name, api_name)
+
+    node_zone = {
+        _name(n) or "": _s(_get(n, "metadata", "labels", "topology.kubernetes.io/zone")) or ""
+        for n in api_nodes or []
+    }
+    daemonsets, pods = calls.items("daemonsets"), calls.items("pods")
+    services, slices = calls.items("services"), calls.items("endpointslices")
+    policies = calls.items("networkpolicies")
+    steps: list[tuple[str, Callable[[], list[Fact]]]] = [
+        ("nodes", lambda: _node_facts(calls, api_nodes or [], where)),
+        ("pods", lambda: _cni_facts(calls, daemonsets, pods, where)),
+        ("kube_proxy_config", lambda: _kube_proxy_fact(calls, daemonsets, pods)),
+        ("pods", lambda: _dns_facts(calls, pods, services, where)),
+        ("flannel_config", lambda: _flannel_fact(calls)),
+        ("calico_ippools", lambda: _ippool_facts(calls)),
+        ("networkpolicies", lambda: _policy_facts(calls, policies or [])),
+    ]
+    if services is not None and slices is not None:
+        steps.append(("endpointslices",
+                      lambda: _service_facts(calls, services, slices, node_zone)))
+    for name, fn in steps:
+        out = _guard(name, fn)
+        facts += out if isinstance(out, list) else []
+    return facts
+
+
+def _unreadable(name: str, reason: str) -> Fact:
+    return Fact(
+        "probe_status",
+        CLUSTER,
+        {"probe": f"api:{name}", "status": "failed", "reason": reason,
+         "blocks": BLOCKS.get(name, "the cluster checks")},
+        Source(f"api:{name}", "", None, excerpt(reason, 1000)),
+    )
+
+
+def _guard(name: str, fn: Callable[[], Any]) -> Any:
+    """Run one section; a shape nobody expected becomes a probe_status, not a crash."""
+    try:
+        return fn()
+    except Exception as exc:
+        return [_unreadable(name, f"could not read the API answer: {exc!r}"[:500])]
