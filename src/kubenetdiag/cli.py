@@ -11,6 +11,7 @@ import io
 import json
 import socket
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,6 +81,21 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
         "--accept-new-host-keys",
         action="store_true",
         help="trust and record host keys seen for the first time (a changed key is still refused)",
+    )
+    k = p.add_argument_group(
+        "cluster API (read-only; asked only with one of these flags or $KUBECONFIG set)"
+    )
+    k.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig of the cluster to ask")
+    k.add_argument(
+        "--context",
+        metavar="NAME",
+        help="kubeconfig context (default: the current one; the file: --kubeconfig, "
+        "else $KUBECONFIG, else ~/.kube/config)",
+    )
+    k.add_argument(
+        "--in-cluster",
+        action="store_true",
+        help="use the pod's service account (when kubenetdiag runs inside the cluster)",
     )
 
 
@@ -246,12 +262,13 @@ def _printable(text: str) -> str:
 
 
 def _collect(args: argparse.Namespace, hosts: list, out: Path) -> tuple[dict, list[dict]]:
-    from kubenetdiag.bundle import now_iso, prepare_dir, write_bundle
+    from kubenetdiag.bundle import now_iso, prepare_dir, write_bundle, write_cluster
     from kubenetdiag.collect.runner import collect
     from kubenetdiag.collect.ssh import SshOptions
 
     if args.parallel < 1:
         raise InputError("--parallel must be at least 1")
+    api = _ClusterApi(args)  # a bad kubeconfig stops the run here, like a bad inventory
     prepare_dir(out)  # fail before touching any node, not after
     opts = SshOptions(
         connect_timeout=args.connect_timeout,
@@ -261,10 +278,12 @@ def _collect(args: argparse.Namespace, hosts: list, out: Path) -> tuple[dict, li
     )
     progress = _Progress(len(hosts), args.quiet)
     started = now_iso()
+    api.start()  # the API is asked while the nodes are, not after them
     try:
         records, saved = collect(hosts, opts, parallel=args.parallel, progress=progress)
     finally:
         progress.close()
+    cluster = api.result()
     kinds = {h.connection for h in hosts}
     meta = {
         "started_at": started,
@@ -273,9 +292,58 @@ def _collect(args: argparse.Namespace, hosts: list, out: Path) -> tuple[dict, li
         "inventory": str(Path(args.inventory).resolve()) if args.inventory else None,
     }
     write_bundle(out, meta, records)
+    write_cluster(out, cluster)
+    if not args.quiet and cluster["queried"]:
+        bad = [c["name"] for c in cluster["calls"] if c["status"] not in ("ok", "not_found")]
+        progress.console.print(
+            f"cluster API {_printable(str(cluster['source']['server']))}: "
+            f"{len(cluster['calls']) - len(bad)}/{len(cluster['calls'])} calls answered"
+            + (f"; no answer for {_printable(', '.join(bad))}" if bad else "")
+        )
     for path in saved:
         progress.console.print(f"recorded new host keys in {path}")
     return meta, records
+
+
+class _ClusterApi:
+    """The Kubernetes API side of a collection, run in a thread beside the node fan-out."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from kubenetdiag.collect import cluster
+
+        self.args, self.doc = args, None
+        self.thread: threading.Thread | None = None
+        target, self.why = cluster.resolve_target(args.kubeconfig, args.context, args.in_cluster)
+        self.client = cluster.load_client(target) if target else None
+
+    def start(self) -> None:
+        if self.client is not None:
+            self.thread = threading.Thread(target=self._run, name="cluster-api", daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        from kubenetdiag.collect import cluster
+
+        api, source = self.client
+        try:
+            self.doc = cluster.collect_cluster(
+                api,
+                source,
+                connect_timeout=self.args.connect_timeout,
+                read_timeout=min(self.args.command_timeout, 30.0),
+            )
+        except Exception as exc:  # a collector bug must cost the cluster facts, not the run
+            self.doc = cluster.failed(source, f"cluster collection failed: {exc!r}")
+        finally:
+            api.close()
+
+    def result(self) -> dict:
+        from kubenetdiag.collect import cluster
+
+        if self.thread is None:
+            return cluster.not_queried(self.why)
+        self.thread.join()
+        return self.doc
 
 
 # ---------------------------------------------------------------- analysis
@@ -304,12 +372,12 @@ def _report_targets(args: argparse.Namespace) -> list[tuple[Path, str]]:
 
 
 def _analyze(args, ruleset, meta: dict, records: list[dict], bundle_dir: Path) -> int:
-    from kubenetdiag.bundle import FACTS_SCHEMA, write_json
+    from kubenetdiag.bundle import FACTS_SCHEMA, read_cluster, write_json
     from kubenetdiag.engine import infer
     from kubenetdiag.facts.parse import facts_from_records
     from kubenetdiag.findings import build_report
 
-    facts = facts_from_records(records)
+    facts = facts_from_records(records, read_cluster(bundle_dir))
     findings = infer(ruleset, facts)
     report = build_report(
         meta,

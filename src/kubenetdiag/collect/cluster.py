@@ -355,6 +355,18 @@ def not_queried(reason: str) -> dict:
     }
 
 
+def failed(source: dict, reason: str) -> dict:
+    """The cluster.json of a collection that broke down as a whole (a bug, not the API)."""
+    call = {
+        "name": "collector", "path": "", "status": "error", "http_status": None,
+        "reason": reason[:500], "duration_s": 0.0, "items": None,
+    }
+    return {
+        "schema": CLUSTER_SCHEMA, "queried": True, "reason": None, "source": source,
+        "duration_s": 0.0, "calls": [call],
+    }
+
+
 def collect_target(target: ApiTarget | None, why: str, **kw: Any) -> dict:
     """Load the client and collect; for the CLI, which has validated the target already."""
     if target is None:

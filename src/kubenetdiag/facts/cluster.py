@@ -134,10 +134,27 @@ class _Calls:
 
 def _call_status_facts(calls: _Calls) -> list[Fact]:
     facts = []
+    unreachable = [c for c in calls.calls if c.get("status") == "unreachable"]
+    if unreachable:
+        # One entry, not one per call: the report should say "the API was down" once.
+        first = unreachable[0]
+        facts.append(Fact(
+            "probe_status",
+            CLUSTER,
+            {
+                "probe": "api",
+                "status": "unreachable",
+                "reason": _s(first.get("reason")) or "unreachable",
+                "blocks": "every cluster check: "
+                + ", ".join(sorted({str(c["name"]) for c in unreachable})),
+            },
+            Source("api", f"GET {_s(first.get('path')) or ''}", None,
+                   excerpt(_s(first.get("reason")) or "", 1000)),
+        ))
     for c in calls.calls:
         status = c.get("status")
         base = str(c["name"]).split("/")[0]
-        if status == "ok" or (status == "not_found" and base in OPTIONAL):
+        if status in ("ok", "unreachable") or (status == "not_found" and base in OPTIONAL):
             continue
         facts.append(
             Fact(
