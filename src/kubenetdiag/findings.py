@@ -15,6 +15,10 @@ ALARMING = {"critical", "error", "warning"}
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_ALL_FAILED = 0, 1, 2, 3
 
+# Matrix layers in the order a reader narrows a fault down: pods first (what users feel), then
+# the node addresses under them, then the overlay or routing that carries pod traffic.
+REACH_LAYERS = ("pod", "underlay", "vxlan", "bgp")
+
 
 def exit_code(nodes: list[dict], findings: list[dict]) -> int:
     if nodes and not any(n["reachable"] for n in nodes):
@@ -22,6 +26,59 @@ def exit_code(nodes: list[dict], findings: list[dict]) -> int:
     if any(f["severity"] in ALARMING for f in findings):
         return EXIT_FINDINGS
     return EXIT_OK
+
+
+# Failed pairs whose details the report keeps; the matrix still has every pair. A cluster-wide
+# outage at 500 nodes would otherwise put 250,000 entries into report.json.
+FAILED_DETAILS_MAX = 1000
+MATRIX_OK, MATRIX_FAILED, MATRIX_UNMEASURED = "1", "0", "."
+
+
+def connectivity(facts: list[Fact], node_names: list[str]) -> dict:
+    """The node x node matrix from `reach` facts: axis order, and per layer one string per row.
+
+    Rows are strings ("1" answered, "0" failed, "." not measured) rather than one object per
+    pair: at 500 nodes a layer has 249,500 pairs, which as objects made report.json tens of
+    megabytes and its validation take seconds. What a failed probe saw is kept beside it.
+
+    Inventory order first, so the picture lines up with the nodes table; a target that is not in
+    the inventory still gets a row and a column rather than being dropped. No reach fact gives
+    no layer at all: the matrix was not measured, which renderers must not show as healthy.
+    """
+    order = list(node_names)
+    index = {n: i for i, n in enumerate(order)}
+    seen: dict[str, dict[tuple[int, int], Fact]] = {}
+    for f in facts:
+        if f.kind != "reach":
+            continue
+        src = str(f.attrs.get("src") or f.node)
+        dst = str(f.attrs["dst"])
+        for name in (src, dst):
+            if name not in index:
+                index[name] = len(order)
+                order.append(name)
+        pairs = seen.setdefault(str(f.attrs["layer"]), {})
+        key = (index[src], index[dst])
+        # Repeated probes of one pair: a failure is kept over a success, since one lost answer
+        # is evidence and a later success does not make it go away.
+        if key not in pairs or (pairs[key].attrs["ok"] and not f.attrs["ok"]):
+            pairs[key] = f
+    if not seen:
+        return {"nodes": [], "layers": []}
+    layers = []
+    for layer in sorted(
+        seen, key=lambda la: (REACH_LAYERS.index(la) if la in REACH_LAYERS else 99, la)
+    ):
+        rows = [[MATRIX_UNMEASURED] * len(order) for _ in order]
+        failed = []
+        for (i, j), f in sorted(seen[layer].items()):
+            ok = bool(f.attrs["ok"])
+            rows[i][j] = MATRIX_OK if ok else MATRIX_FAILED
+            if not ok and len(failed) < FAILED_DETAILS_MAX:
+                failed.append({"src": order[i], "dst": order[j], "rtt_ms": f.attrs.get("rtt_ms"),
+                               "detail": f.attrs.get("detail")})
+        layers.append({"layer": layer, "matrix": ["".join(r) for r in rows], "failed": failed})
+    return {"nodes": order, "layers": layers}
 
 
 def build_report(
@@ -77,6 +134,7 @@ def build_report(
         "nodes": nodes,
         "findings": findings,
         "not_checked": not_checked,
+        "connectivity": connectivity(facts, [r["name"] for r in records]),
         "summary": {
             "nodes": len(nodes),
             "unreachable": sum(1 for n in nodes if not n["reachable"]),
