@@ -339,8 +339,10 @@ class _Page(HTMLParser):
         (self.style if self._in_style else self.text).append(data)
 
 
-FORBIDDEN_TAGS = {"script", "link", "img", "iframe", "object", "embed", "base", "form", "svg",
-                  "video", "audio", "source", "input"}
+# Inline SVG is allowed (the heatmap), but not the SVG elements that load, link or animate.
+FORBIDDEN_TAGS = {"script", "link", "img", "iframe", "object", "embed", "base", "form",
+                  "video", "audio", "source", "input", "image", "use", "foreignobject",
+                  "feimage", "animate", "set"}
 FETCHING_ATTRS = {"src", "srcset", "action", "formaction", "background", "poster", "data"}
 
 
@@ -361,7 +363,7 @@ def page_problems(html: str) -> list[str]:
                 problems.append(f"{name}= on <{tag}>")
             if name == "style":
                 problems.append(f"inline style attribute on <{tag}>")
-            if name == "href":
+            if name in ("href", "xlink:href"):
                 if not value or not value.startswith("#"):
                     problems.append(f"href={value!r} is not a #fragment")
                 elif value[1:] not in ids:

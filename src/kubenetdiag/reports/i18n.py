@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kubenetdiag.reports.sanitize import clean_line
+
 _EN: dict[str, str | tuple[str, str]] = {
     "doc_title": "Kubernetes network diagnosis",
     "verdict": "Verdict",
@@ -107,6 +109,59 @@ _EN: dict[str, str | tuple[str, str]] = {
     "duration_total": "Duration",
     "exit_status": "Exit code",
     "healthy_not_listed": "not listed here, see the HTML or JSON report",
+    "connectivity": "Connectivity",
+    "conn_not_measured": "Node-to-node connectivity was not measured (no active probe results)",
+    "conn_not_measured_note": (
+        "Without probe results the matrix is unknown, not healthy: a blank picture says nothing "
+        "about whether pods on different nodes can reach each other."
+    ),
+    "conn_headline": "Connectivity: {layers}",
+    "conn_layer_ok": "{layer} all {total} pairs answer",
+    "conn_layer_fail": "{layer} {failed} of {total} pairs fail",
+    "conn_short_ok": "{layer} ok ({total})",
+    "conn_short_fail": "{layer} {failed}/{total} fail",
+    "conn_suspect_both": "every probe from it and to it fails",
+    "conn_suspect_from": "every probe from it fails",
+    "conn_suspect_to": "every probe to it fails",
+    "conn_suspect_cause": "root cause found on it, and probes around it fail",
+    "conn_suspects": "Nodes that stand out",
+    "conn_ok": "answered",
+    "conn_fail": "no answer",
+    "conn_folded": (
+        "{n} of {total} nodes folded into one row and column: only nodes involved in failures "
+        "keep their own",
+        "{n} of {total} nodes folded into one row and column: only nodes involved in failures "
+        "keep their own",
+    ),
+    "conn_others": ("+{n} other", "+{n} others"),
+    "conn_others_tip": ("{n} other node, folded", "{n} other nodes, folded"),
+    "conn_tip_ok": "{src} → {dst} · {layer}: answered ({detail})",
+    "conn_tip_ok_plain": "{src} → {dst} · {layer}: answered",
+    "conn_tip_fail": "{src} → {dst} · {layer}: FAILED ({detail})",
+    "conn_tip_none": "{src} → {dst} · {layer}: not measured",
+    "conn_tip_self": "{src}: same node, not probed",
+    "conn_tip_group": "{src} → {dst} · {layer}: {failed} of {total} pairs failed",
+    "conn_axis": "rows: from · columns: to",
+    "conn_legend_ok": "answered",
+    "conn_legend_fail": "failed",
+    "conn_legend_mixed": "some failed (folded nodes)",
+    "conn_legend_none": "not measured",
+    "conn_legend_mark": "node that stands out",
+    "conn_failing_pairs": "Other failing pairs",
+    "conn_failing_more": ("+{n} more failing pair", "+{n} more failing pairs"),
+    "conn_layer": "Layer",
+    "conn_from": "From",
+    "conn_to": "To",
+    "conn_detail": "Detail",
+    "conn_matrix": "Matrix ({layer}; ✓ answered, ✗ failed, · not measured)",
+    "layer_pod": "Pod network",
+    "layer_underlay": "Node addresses",
+    "layer_vxlan": "VXLAN tunnels",
+    "layer_bgp": "BGP sessions",
+    "layer_pod_note": "each node's pod-CIDR gateway",
+    "layer_underlay_note": "each node's own address (underlay)",
+    "layer_vxlan_note": "overlay tunnel state per pair",
+    "layer_bgp_note": "routing session state per pair",
 }
 
 _ZH: dict[str, str | tuple[str, str]] = {
@@ -194,6 +249,54 @@ _ZH: dict[str, str | tuple[str, str]] = {
     "duration_total": "总耗时",
     "exit_status": "退出码",
     "healthy_not_listed": "此处未列出，请查看 HTML 或 JSON 报告",
+    "connectivity": "连通性",
+    "conn_not_measured": "未测量节点间连通性（没有主动探测结果）",
+    "conn_not_measured_note": (
+        "没有探测结果时，连通矩阵的状态是未知，而不是健康："
+        "空白的图不能说明不同节点上的 Pod 能否互通。"
+    ),
+    "conn_headline": "连通性：{layers}",
+    "conn_layer_ok": "{layer} 全部 {total} 对可达",
+    "conn_layer_fail": "{layer} {total} 对中 {failed} 对失败",
+    "conn_short_ok": "{layer} 正常（{total}）",
+    "conn_short_fail": "{layer} {failed}/{total} 失败",
+    "conn_suspect_both": "从它发出和到它的探测全部失败",
+    "conn_suspect_from": "从它发出的探测全部失败",
+    "conn_suspect_to": "到它的探测全部失败",
+    "conn_suspect_cause": "在该节点发现根因，且其周围的探测失败",
+    "conn_suspects": "异常突出的节点",
+    "conn_ok": "有应答",
+    "conn_fail": "无应答",
+    "conn_folded": "{total} 个节点中有 {n} 个被折叠为一行一列：只有涉及故障的节点单独显示",
+    "conn_others": "其余 {n} 个",
+    "conn_others_tip": "其余 {n} 个节点（已折叠）",
+    "conn_tip_ok": "{src} → {dst} · {layer}：有应答（{detail}）",
+    "conn_tip_ok_plain": "{src} → {dst} · {layer}：有应答",
+    "conn_tip_fail": "{src} → {dst} · {layer}：失败（{detail}）",
+    "conn_tip_none": "{src} → {dst} · {layer}：未测量",
+    "conn_tip_self": "{src}：同一节点，不探测",
+    "conn_tip_group": "{src} → {dst} · {layer}：{total} 对中 {failed} 对失败",
+    "conn_axis": "行：源节点 · 列：目标节点",
+    "conn_legend_ok": "有应答",
+    "conn_legend_fail": "失败",
+    "conn_legend_mixed": "部分失败（折叠的节点）",
+    "conn_legend_none": "未测量",
+    "conn_legend_mark": "异常突出的节点",
+    "conn_failing_pairs": "其他失败的节点对",
+    "conn_failing_more": "另有 {n} 对失败",
+    "conn_layer": "层",
+    "conn_from": "源",
+    "conn_to": "目标",
+    "conn_detail": "详情",
+    "conn_matrix": "矩阵（{layer}；✓ 有应答，✗ 失败，· 未测量）",
+    "layer_pod": "Pod 网络",
+    "layer_underlay": "节点地址",
+    "layer_vxlan": "VXLAN 隧道",
+    "layer_bgp": "BGP 会话",
+    "layer_pod_note": "各节点 Pod 网段的网关",
+    "layer_underlay_note": "各节点自身地址（底层网络）",
+    "layer_vxlan_note": "每对节点之间的隧道状态",
+    "layer_bgp_note": "每对节点之间的路由会话状态",
 }
 
 _CATALOGS = {"en": _EN, "zh-CN": _ZH}
@@ -235,3 +338,13 @@ class UI:
 
     def severity(self, severity: str) -> str:
         return self(f"severity_{severity}")
+
+    def layer(self, layer: str) -> str:
+        """A matrix layer's name; a layer this version does not know shows as its code."""
+        key = f"layer_{layer}"
+        # The layer code comes from node data when it is not one this version names.
+        return self(key) if key in _EN else clean_line(layer)
+
+    def layer_note(self, layer: str) -> str:
+        key = f"layer_{layer}_note"
+        return self(key) if key in _EN else ""

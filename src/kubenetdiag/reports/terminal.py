@@ -115,6 +115,15 @@ def print_summary(
     for note in v.verdict.notes:
         lines.append(_line("  + ", (note, "dim")))
 
+    conn = v.connectivity
+    if not conn.measured:
+        conn_style = "yellow"
+    elif conn.suspects or any(h.failed for h in conn.heatmaps):
+        conn_style = "bold red"
+    else:
+        conn_style = "green"
+    lines.append(_line("  ", (conn.line, conn_style)))
+
     unreachable = [n.name for n in v.nodes_first if not n.reachable]
     if unreachable:
         lines.append(
@@ -139,4 +148,7 @@ def print_summary(
     for line in lines:
         # highlight=False: rich's highlighter would colour numbers and addresses inside node
         # data, which reads as emphasis the data did not ask for.
-        console.print(line, highlight=False, soft_wrap=False)
+        # no_wrap/overflow passed again here: rich 15 ignores them when set on the Text alone,
+        # and a title wrapping onto the next line breaks the one-screen layout.
+        console.print(line, highlight=False, soft_wrap=False, no_wrap=line.no_wrap,
+                      overflow=line.overflow)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from kubenetdiag.reports.connectivity import ConnectivityView, build_connectivity
 from kubenetdiag.reports.i18n import UI, normalize_lang
 from kubenetdiag.reports.sanitize import clean_block, clean_line
 from kubenetdiag.reports.schema import validate_report
@@ -141,6 +142,7 @@ class ReportView:
     healthy_open: bool
     not_checked: list[NotCheckedView]
     meta: list[tuple[str, str]]
+    connectivity: ConnectivityView
     counts: dict[str, int] = field(default_factory=dict)
     bundle: str = ""
 
@@ -383,6 +385,12 @@ def build_view(report: dict, lang: str = "en") -> ReportView:
         healthy_open=len(healthy) <= HEALTHY_OPEN,
         not_checked=not_checked,
         meta=meta,
+        connectivity=build_connectivity(
+            report.get("connectivity"),
+            ui,
+            node_anchor,
+            {n for f in report["findings"] if f["root_cause"] for n in f["nodes"]},
+        ),
         counts=counts,
         bundle=clean_line(run["bundle"]) if run["bundle"] else "",
     )
