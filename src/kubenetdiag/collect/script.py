@@ -18,6 +18,7 @@ import shlex
 from collections.abc import Sequence
 
 from kubenetdiag.probes import Probe, Section
+from kubenetdiag.probes.base import prelude_var
 
 OUTPUT_LIMIT = 64 * 1024 * 1024  # per node; a huge kube-proxy ruleset is ~10 MB
 
@@ -56,6 +57,13 @@ def new_marker() -> str:
 def build_script(probes: Sequence[Probe], marker: str) -> str:
     """The whole script for one node. Every probe field is quoted: none is trusted to be safe."""
     lines = [_PREAMBLE.format(marker=marker)]
+    for p in probes:
+        if p.prelude:
+            # Captured into the environment, not a file: the node keeps no trace of it.
+            var = prelude_var(p.name)
+            lines.append(
+                f"{var}=$(sh -c {shlex.quote(p.prelude)} </dev/null 2>/dev/null); export {var}"
+            )
     for p in probes:
         lines.append(
             "__knd_run "

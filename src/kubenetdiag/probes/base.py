@@ -62,3 +62,12 @@ class Probe:
     tools: tuple[str, ...] = ()  # binaries it needs; a missing one is reported, not guessed at
     timeout_s: int = 15
     ok_exit_codes: frozenset[int] = field(default_factory=lambda: frozenset({0}))
+    # Run at the very start of the script, its stdout kept in the environment variable
+    # `prelude_var(name)` for `command` to read: lets a probe compare a first sample taken
+    # before every other probe with a second one taken at its own turn, with no file written.
+    prelude: str = ""
+
+
+def prelude_var(name: str) -> str:
+    """The environment variable holding a probe's prelude output on the node."""
+    return "KND_PRE_" + "".join(c if c.isalnum() else "_" for c in name)

@@ -58,15 +58,50 @@ def _comment(tokens: list[str]) -> str | None:
     return None
 
 
+def _option(tokens: list[str], *names: str) -> str | None:
+    """The value of a match option, `!` kept in front when the match is negated."""
+    for i, tok in enumerate(tokens):
+        if tok in names and i + 1 < len(tokens):
+            negated = i > 0 and tokens[i - 1] == "!"
+            value = tokens[i + 1]
+            if value == "!" and i + 2 < len(tokens):  # 1.4.x also accepts `-s ! 10.0.0.0/8`
+                negated, value = True, tokens[i + 2]
+            return ("!" if negated else "") + value
+    return None
+
+
+# Chains that name who installed them: firewalld (CentOS/RHEL), ufw (Ubuntu, UOS), kube-proxy
+# and the CNIs. Matched on the chain name prefix, as the seed runbook greps `iptables-save`.
+OWNERS = {
+    "firewalld": ("FORWARD_IN_ZONES", "FORWARD_OUT_ZONES", "INPUT_ZONES", "IN_public", "FWDI_",
+                  "FWDO_", "FWD_public"),
+    "ufw": ("ufw-", "ufw6-"),
+    "kube_proxy": ("KUBE-SERVICES", "KUBE-SVC-", "KUBE-NODEPORTS", "KUBE-POSTROUTING"),
+    "calico": ("cali-",),
+    "cilium": ("CILIUM_",),
+    "flannel": ("FLANNEL-",),
+    "docker": ("DOCKER",),
+}
+
+
 def parse(section: Section, node: str) -> list[Fact]:
+    return parse_save(section, node, "iptables", COMMAND)
+
+
+def parse_save(section: Section, node: str, probe: str, command: str) -> list[Fact]:
+    """iptables-save output (either backend) -> chains, rules and one summary per backend."""
     facts: list[Fact] = []
     backend = "unknown"
     table = None
     chains: dict[str, dict] = {}
     positions: dict[str, int] = {}
+    all_chains: set[str] = set()
+    tables: set[str] = set()
+    n_rules = 0
+    snat_sources: list[str] = []
 
     def src(raw: str) -> Source:
-        return Source("iptables", COMMAND, section.exit_code, excerpt(raw, 1000))
+        return Source(probe, command, section.exit_code, excerpt(raw, 1000))
 
     def close_table() -> None:
         for name, c in chains.items():
@@ -96,6 +131,7 @@ def parse(section: Section, node: str) -> list[Fact]:
             continue
         if line.startswith("*"):
             table, chains, positions = line[1:].strip(), {}, {}
+            tables.add(table)
             continue
         if table is None:
             continue
@@ -108,6 +144,7 @@ def parse(section: Section, node: str) -> list[Fact]:
             if m:
                 policy = None if m.group(2) == "-" else m.group(2)
                 chains[m.group(1)] = {"policy": policy, "raw": line}
+                all_chains.add(m.group(1))
             continue
         pkts = bytes_ = None
         m = _COUNTERS.match(line)
@@ -118,6 +155,7 @@ def parse(section: Section, node: str) -> list[Fact]:
         if len(tokens) < 2 or tokens[0] not in ("-A", "--append"):
             continue
         chain = tokens[1]
+        n_rules += 1
         positions[chain] = positions.get(chain, 0) + 1
         chains.setdefault(chain, {"policy": None, "raw": f":{chain} - [0:0]"})
         target, at = _target(tokens)
@@ -129,6 +167,10 @@ def parse(section: Section, node: str) -> list[Fact]:
             kind = "jump"
         else:
             kind = "other"
+        matches = tokens[2:at]
+        source_net = _option(matches, "-s", "--source")
+        if table == "nat" and target in ("MASQUERADE", "SNAT"):
+            snat_sources.append(source_net or "any")
         facts.append(
             Fact(
                 "iptables_rule",
@@ -144,12 +186,35 @@ def parse(section: Section, node: str) -> list[Fact]:
                     "comment": _comment(tokens),
                     "pkts": pkts,
                     "bytes": bytes_,
+                    "src": source_net,
+                    "dst": _option(matches, "-d", "--destination"),
+                    "in_if": _option(matches, "-i", "--in-interface"),
+                    "out_if": _option(matches, "-o", "--out-interface"),
+                    "proto": _option(matches, "-p", "--protocol"),
+                    "dport": _option(matches, "--dport", "--destination-port", "--dports"),
                 },
                 src(raw),
             )
         )
     if table is not None:  # output cut short before COMMIT: keep what we saw
         close_table()
+    if tables:
+        owners = {
+            owner: any(c.startswith(prefixes) for c in all_chains)
+            for owner, prefixes in OWNERS.items()
+        }
+        warning = "iptables-legacy tables present" in section.stdout + section.stderr
+        facts.append(Fact("iptables_summary", node, {
+            "backend": backend,
+            "tables": ",".join(sorted(tables)),
+            "chains": len(all_chains),
+            "rules": n_rules,
+            "kube_services": sum(1 for c in all_chains if c.startswith("KUBE-SVC-")),
+            "legacy_tables_present": warning,
+            "snat_rules": len(snat_sources),
+            "snat_sources": ",".join(snat_sources[:20]) or None,
+            **{f"{owner}_chains": present for owner, present in owners.items()},
+        }, src(f"{len(tables)} tables, {len(all_chains)} chains, {n_rules} rules ({backend})")))
     return facts
 
 

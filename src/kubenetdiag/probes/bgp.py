@@ -1,0 +1,82 @@
+"""BGP sessions of the BIRD daemon that Calico (and bare-metal setups) run, via `birdcl show
+protocols all` on BIRD's control socket: Established or not, with the peer address.
+
+Only where a BIRD control socket exists; calico-node keeps its own in /var/run/calico. Reading
+`show` output changes nothing in BIRD. BIRD 1.6 and 2.x print the same table (case differs).
+"""
+
+from __future__ import annotations
+
+import re
+
+from kubenetdiag.facts.model import Fact, Source
+from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.text import clip, parts, to_int
+
+SOCKETS = ("/run/bird/bird.ctl", "/run/bird.ctl", "/run/calico/bird.ctl")
+COMMAND = (
+    "set -- " + " ".join(SOCKETS) + "; "
+    "[ -L /var/run ] || set -- \"$@\" " + " ".join(s.replace("/run/", "/var/run/", 1)
+                                                  for s in SOCKETS) + "; "
+    "n=0; for s; do [ -S \"$s\" ] || continue; n=1; "
+    "if command -v birdcl >/dev/null 2>&1; then c=birdcl; "
+    "elif command -v birdc >/dev/null 2>&1; then c=birdc; "
+    "else echo \"kubenetdiag: birdcl: command not found (BIRD socket $s exists)\" >&2; "
+    "exit 127; fi; "
+    "echo \"##knd:socket $s\"; $c -s \"$s\" show protocols all </dev/null || exit $?; done; "
+    "[ $n = 1 ] || echo '##knd:none'"
+)
+_PROTO = re.compile(r"^(\S+)\s+(\S+)\s+(\S+)\s+(up|down|start|stop|flush)\s+(.*)$", re.I)
+_DETAIL = re.compile(r"^\s+([A-Za-z][A-Za-z ]*?):\s+(.*)$")
+
+
+def parse(section: Section, node: str) -> list[Fact]:
+    facts = []
+    for name, sock, lines in parts(section.stdout):
+        if name != "socket":
+            continue
+        protos: list[dict] = []
+        for line in lines:
+            m = _PROTO.match(line)
+            if m and not line[:1].isspace():
+                rest = m.group(5).split()
+                # Since is a time or a date, with a time after it in some timeformats
+                since_len = 2 if len(rest) > 1 and re.match(r"^\d\d:\d\d", rest[1]) else 1
+                protos.append({"name": m.group(1), "proto": m.group(2), "state": m.group(4),
+                               "since": " ".join(rest[:since_len]),
+                               "info": " ".join(rest[since_len:]), "details": {},
+                               "raw": [line]})
+                continue
+            d = _DETAIL.match(line)
+            if d and protos:
+                protos[-1]["details"].setdefault(d.group(1).strip().lower(), d.group(2).strip())
+                if len(protos[-1]["raw"]) < 12:
+                    protos[-1]["raw"].append(line)
+        for p in protos:
+            if p["proto"].lower() != "bgp":
+                continue
+            det = p["details"]
+            bgp_state = det.get("bgp state") or (p["info"].split()[0] if p["info"] else "")
+            facts.append(Fact("bgp_session", node, {
+                "protocol": clip(p["name"], 80),
+                "peer": clip(det["neighbor address"], 60)
+                if det.get("neighbor address") else None,
+                "peer_as": to_int(det.get("neighbor as")),
+                "state": clip(bgp_state, 40) or None,
+                "established": bgp_state.lower() == "established",
+                "proto_state": p["state"].lower(),
+                "since": clip(p["since"], 40),
+                "last_error": clip(det["last error"], 200) if det.get("last error") else None,
+                "socket": clip(sock, 100),
+            }, Source("bgp", f"birdcl -s {sock} show protocols all", section.exit_code,
+                      clip("\n".join(p["raw"]), 800))))
+    return facts
+
+
+PROBE = Probe(
+    name="bgp",
+    command=COMMAND,
+    parse=parse,
+    blocks="BGP sessions of BIRD (Calico): which peers are not Established",
+    timeout_s=10,
+)

@@ -1,0 +1,135 @@
+"""CNI configuration in /etc/cni/net.d: which file the runtime uses (the first in name order),
+the plugin chain, MTU and IPAM.
+
+Secrets are redacted on the node, before anything reaches the bundle: any JSON string whose key
+mentions a token, password, secret, credential, private key or auth, and a `kubeconfig` given
+inline rather than as a path. Files that are not CNI configs (calico-kubeconfig, which holds a
+service-account token) are listed by name only, never read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from kubenetdiag.facts.model import Fact, Source
+from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.text import clip, parts, unprefix
+
+CNI_DIR = "/etc/cni/net.d"
+REDACTED = "<redacted>"
+# Case-insensitive without GNU extensions: busybox and CentOS 7 sed both take these.
+_WORDS = ("token", "passw", "secret", "credential", "private", "auth", "key", "-data")
+
+
+def _ci(word: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
+
+
+_SED = " ".join(
+    f"-e 's/\\(\"[^\"]*{_ci(w)}[^\"]*\"[[:space:]]*:[[:space:]]*\\)\"[^\"]*\"/\\1\"{REDACTED}\"/g'"
+    for w in _WORDS
+) + (
+    f" -e 's/\\(\"[^\"]*{_ci('kubeconfig')}[^\"]*\"[[:space:]]*:[[:space:]]*\\)"
+    f"\"[^/\"][^\"]*\"/\\1\"{REDACTED}\"/g'"
+)
+
+COMMAND = (
+    f"d={CNI_DIR}; if [ ! -d $d ]; then echo '##knd:nodir'; exit 0; fi; "
+    'for f in "$d"/*; do [ -f "$f" ] || continue; case "$f" in '
+    f"*.conf|*.conflist|*.json) echo \"##knd:file $f\"; sed {_SED} -e 's/^/|/' -e '2000q' \"$f\";; "
+    '*) echo "##knd:other $f";; esac; done; exit 0'
+)
+
+_SECRET_KEY = re.compile("|".join(_WORDS), re.I)
+
+
+def _redact(obj: object) -> tuple[object, bool]:
+    """Belt and braces for the node-side sed: a secret on a line sed could not see whole."""
+    hit = False
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if isinstance(v, str) and (
+                _SECRET_KEY.search(str(k)) or (str(k).lower() == "kubeconfig"
+                                               and not v.startswith("/"))
+            ):
+                out[k], hit = REDACTED, hit or v != REDACTED
+            else:
+                out[k], h = _redact(v)
+                hit = hit or h
+        return out, hit
+    if isinstance(obj, list):
+        items = [_redact(v) for v in obj]
+        return [v for v, _ in items], any(h for _, h in items)
+    return obj, False
+
+
+def _plugins(conf: dict) -> list[dict]:
+    if isinstance(conf.get("plugins"), list):
+        return [p for p in conf["plugins"] if isinstance(p, dict)]
+    return [conf]
+
+
+def parse(section: Section, node: str) -> list[Fact]:
+    files: list[tuple[str, list[str]]] = []
+    others: list[str] = []
+    nodir = False
+    for name, path, lines in parts(section.stdout):
+        if name == "file":
+            files.append((path, unprefix(lines)))
+        elif name == "other":
+            others.append(path)
+        elif name == "nodir":
+            nodir = True
+    facts: list[Fact] = []
+    active_seen = False
+    for path, lines in sorted(files):
+        text = "\n".join(lines)
+        try:
+            conf = json.loads(text)
+            valid = isinstance(conf, dict)
+        except ValueError:
+            conf, valid = {}, False
+        conf, hit = _redact(conf) if valid else ({}, False)
+        hit = hit or REDACTED in text
+        plugins = _plugins(conf) if valid else []
+        types = [str(p.get("type")) for p in plugins if p.get("type")]
+        first = plugins[0] if plugins else {}
+        delegate = first.get("delegate") if isinstance(first.get("delegate"), dict) else {}
+        ipam = first.get("ipam") if isinstance(first.get("ipam"), dict) else {}
+        mtu = first.get("mtu", delegate.get("mtu"))
+        active = valid and bool(types) and not active_seen
+        active_seen = active_seen or active
+        facts.append(Fact("cni_config", node, {
+            "file": clip(path, 200),
+            "valid": valid and bool(types),
+            "active": active,
+            "name": clip(str(conf.get("name")), 100) if valid and conf.get("name") else None,
+            "cni_version": clip(str(conf.get("cniVersion")), 20) if valid and conf.get(
+                "cniVersion") else None,
+            "types": clip(",".join(types), 200) or None,
+            "primary_type": clip(types[0], 60) if types else None,
+            "mtu": mtu if isinstance(mtu, int) and not isinstance(mtu, bool) else None,
+            "ipam_type": clip(str(ipam["type"]), 60) if ipam.get("type") else None,
+            "redacted": hit,
+        }, Source("cni", f"cat {path}", section.exit_code,
+                  clip(json.dumps(conf) if valid else text, 1500))))
+    facts.append(Fact("cni_config_dir", node, {
+        "exists": not nodir,
+        "config_files": len(files),
+        "other_files": clip(",".join(o.rsplit("/", 1)[-1] for o in others), 300) or None,
+        "active_file": next((f.attrs["file"] for f in facts if f.attrs.get("active")), None),
+    }, Source("cni", f"ls {CNI_DIR}", section.exit_code,
+              clip("\n".join([p for p, _ in files] + others) or "(empty)", 500))))
+    return facts
+
+
+PROBE = Probe(
+    name="cni",
+    command=COMMAND,
+    parse=parse,
+    blocks="CNI configuration (plugin, MTU, which config file is in use)",
+    tools=("sed",),
+    timeout_s=5,
+)

@@ -1,0 +1,113 @@
+"""The host itself: OS release, disk space and inodes per local filesystem (a full disk or
+inode table breaks kubelet, the runtime and logging before it breaks anything visibly), and the
+node's /etc/resolv.conf (what the node, and dnsPolicy: Default pods, resolve with).
+
+`df -l` keeps to local filesystems, so a hung NFS mount cannot stall the probe.
+"""
+
+from __future__ import annotations
+
+from kubenetdiag.facts.model import Fact, Source
+from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.text import clip, parts, to_int, unprefix
+
+COMMAND = (
+    "for f in /etc/os-release /usr/lib/os-release; do [ -r $f ] || continue; "
+    "echo '##knd:os-release'; sed -n -e 's/^/|/' -e '1,60p' $f; break; done; "
+    "echo '##knd:df'; df -P -l 2>/dev/null || df -P; "
+    "echo '##knd:dfi'; df -P -i -l 2>/dev/null || df -P -i; "
+    "if [ -r /etc/resolv.conf ]; then echo '##knd:resolv'; "
+    "sed -n -e 's/^/|/' -e '1,100p' /etc/resolv.conf; "
+    "else echo '##knd:noresolv'; fi"
+)
+# Per-container mounts: hundreds on a busy node, and each only repeats its backing filesystem.
+_CONTAINER_MOUNTS = ("/var/lib/kubelet/pods/", "/run/containerd/", "/var/lib/docker/",
+                     "/var/lib/containers/storage/", "/run/k3s/", "/var/run/containerd/",
+                     "/run/netns/", "/var/run/netns/", "/run/docker/")
+
+
+def _df(lines: list[str]) -> dict[str, tuple[str, list[int | None], str]]:
+    """mount -> (device, [total, used, free, pct], raw). Mount points may contain spaces."""
+    out = {}
+    for line in lines:
+        w = line.split()
+        if len(w) < 6 or not w[4].endswith("%") and w[4] != "-":
+            continue
+        nums = [to_int(w[1]), to_int(w[2]), to_int(w[3]), to_int(w[4].rstrip("%"))]
+        if nums[0] is None:
+            continue
+        out[" ".join(w[5:])] = (w[0], nums, line)
+    return out
+
+
+def parse(section: Section, node: str) -> list[Fact]:
+    facts: list[Fact] = []
+    space: dict = {}
+    inodes: dict = {}
+
+    def src(cmd: str, text: str) -> Source:
+        return Source("host", cmd, section.exit_code, clip(text, 800))
+
+    for name, _, lines in parts(section.stdout):
+        if name == "os-release":
+            env = {}
+            for line in unprefix(lines):
+                k, sep, v = line.partition("=")
+                if sep:
+                    env[k.strip()] = v.strip().strip("\"'")
+            facts.append(Fact("os_release", node, {
+                "id": clip(env.get("ID", ""), 40) or None,
+                "version_id": clip(env.get("VERSION_ID", ""), 40) or None,
+                "id_like": clip(env.get("ID_LIKE", ""), 80) or None,
+                "pretty_name": clip(env.get("PRETTY_NAME", ""), 120) or None,
+            }, src("cat /etc/os-release", "\n".join(unprefix(lines)[:10]))))
+        elif name == "df":
+            space = _df(lines)
+        elif name == "dfi":
+            inodes = _df(lines)
+        elif name == "resolv":
+            ns, search, options = [], [], []
+            for line in unprefix(lines):
+                w = line.split("#", 1)[0].split()
+                if len(w) >= 2 and w[0] == "nameserver":
+                    ns.append(w[1])
+                elif w and w[0] in ("search", "domain"):
+                    search = w[1:]
+                elif w and w[0] == "options":
+                    options += w[1:]
+            ndots = next((to_int(o[6:]) for o in options if o.startswith("ndots:")), None)
+            facts.append(Fact("resolv_conf", node, {
+                "nameservers": clip(",".join(ns), 300) or None,
+                "nameserver_count": len(ns),
+                "search": clip(" ".join(search), 300) or None,
+                "options": clip(" ".join(options), 200) or None,
+                "ndots": ndots,
+                "loopback_nameserver": any(n.startswith(("127.", "::1")) for n in ns),
+            }, src("cat /etc/resolv.conf", "\n".join(unprefix(lines)[:20]))))
+        elif name == "noresolv":
+            facts.append(Fact("resolv_conf", node, {
+                "nameservers": None, "nameserver_count": 0, "search": None, "options": None,
+                "ndots": None, "loopback_nameserver": False,
+            }, src("cat /etc/resolv.conf", "/etc/resolv.conf is missing or unreadable")))
+    for mount in list(dict.fromkeys([*space, *inodes])):
+        if mount.startswith(_CONTAINER_MOUNTS):
+            continue
+        dev, s, raw = space.get(mount, ("", [None] * 4, ""))
+        idev, i, iraw = inodes.get(mount, ("", [None] * 4, ""))
+        facts.append(Fact("filesystem", node, {
+            "mount": clip(mount, 200),
+            "device": clip(dev or idev, 200),
+            "size_kb": s[0], "used_kb": s[1], "avail_kb": s[2], "use_pct": s[3],
+            "inodes": i[0], "inodes_used": i[1], "inodes_free": i[2], "inodes_use_pct": i[3],
+        }, src("df -P -l; df -P -i -l", f"{raw}\n{iraw}".strip())))
+    return facts
+
+
+PROBE = Probe(
+    name="host",
+    command=COMMAND,
+    parse=parse,
+    blocks="OS release, disk space and inodes, the node's resolv.conf",
+    tools=("df", "sed"),
+    timeout_s=10,
+)

@@ -1,0 +1,81 @@
+"""IPVS virtual servers, for kube-proxy in ipvs mode: every Service VIP and its real servers.
+
+Only when the ip_vs module is already loaded (/proc/net/ip_vs exists): `ipvsadm` loads it
+otherwise, which would change the node. Without ipvsadm the kernel's own table in
+/proc/net/ip_vs (hex addresses) is read instead.
+"""
+
+from __future__ import annotations
+
+import re
+
+from kubenetdiag.facts.model import Fact, Source
+from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.text import clip, parts, to_int
+
+COMMAND = (
+    "if [ ! -e /proc/net/ip_vs ]; then echo '##knd:none'; exit 0; fi; "
+    "if command -v ipvsadm >/dev/null 2>&1; then echo '##knd:table ipvsadm'; ipvsadm -Ln; "
+    "else echo '##knd:table proc'; cat /proc/net/ip_vs; fi"
+)
+_SERVICE = re.compile(r"^(TCP|UDP|SCTP|FWM)\s+(\S+)\s+(\S+)")
+_REAL = re.compile(r"^\s+->\s+(\S+)\s+(\S+)\s+(\d+)\s+(\d+)\s+(\d+)")
+
+
+def _unhex(addr: str) -> str:
+    ip, _, port = addr.partition(":")
+    if len(ip) == 8 and all(c in "0123456789abcdefABCDEF" for c in ip + port) and port:
+        return f"{'.'.join(str(int(ip[i:i + 2], 16)) for i in range(0, 8, 2))}:{int(port, 16)}"
+    return addr
+
+
+def parse(section: Section, node: str) -> list[Fact]:
+    services: list[dict] = []
+    enabled = False
+    for name, fmt, lines in parts(section.stdout):
+        if name != "table":
+            continue
+        enabled = True
+        for line in lines:
+            m = _SERVICE.match(line)
+            if m:
+                addr = _unhex(m.group(2)) if fmt == "proc" else m.group(2)
+                services.append({"proto": m.group(1), "address": addr, "scheduler": m.group(3),
+                                 "reals": 0, "active": 0, "inactive": 0, "raw": [line]})
+                continue
+            r = _REAL.match(line)
+            if r and services and r.group(1) != "RemoteAddress:Port":
+                s = services[-1]
+                s["reals"] += 1
+                s["active"] += int(r.group(4))
+                s["inactive"] += int(r.group(5))
+                if len(s["raw"]) < 10:
+                    s["raw"].append(line)
+    facts = []
+    for s in services:
+        host, _, port = s["address"].rpartition(":")
+        facts.append(Fact("ipvs_service", node, {
+            "proto": s["proto"],
+            "address": clip(host.strip("[]") or s["address"], 60),
+            "port": to_int(port),
+            "scheduler": clip(s["scheduler"], 20),
+            "real_servers": s["reals"],
+            "active_conns": s["active"],
+            "inactive_conns": s["inactive"],
+        }, Source("ipvs", "ipvsadm -Ln", section.exit_code, clip("\n".join(s["raw"]), 800))))
+    facts.append(Fact("ipvs", node, {
+        "enabled": enabled,
+        "services": len(services),
+        "services_without_backends": sum(1 for s in services if not s["reals"]),
+    }, Source("ipvs", "ipvsadm -Ln", section.exit_code,
+              f"{len(services)} virtual servers" if enabled else "ip_vs is not loaded")))
+    return facts
+
+
+PROBE = Probe(
+    name="ipvs",
+    command=COMMAND,
+    parse=parse,
+    blocks="IPVS virtual servers (kube-proxy ipvs mode): Service VIPs and their backends",
+    timeout_s=15,
+)

@@ -1,0 +1,157 @@
+"""Interfaces: type, MTU, state, bridge master, addresses, and each VXLAN's id, port, local
+address and underlay device (flannel.1, vxlan.calico), IPIP tunl0, cni0, cali*, veths.
+
+`ip -d -j` where iproute2 has JSON (4.13+); CentOS 7's iproute 3.10/4.11 have no `-j`, so the
+command falls back to the one-line `-o` form, which this parser reads too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from kubenetdiag.facts.model import Fact, Source
+from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.text import clip, parts, to_int
+
+COMMAND = (
+    "if ip -d -j link show >/dev/null 2>&1; then "
+    "echo '##knd:link json'; ip -d -j link show; echo; "
+    "echo '##knd:addr json'; ip -j -4 addr show; "
+    "else echo '##knd:link text'; ip -d -o link show; "
+    "echo '##knd:addr text'; ip -o -4 addr show; fi"
+)
+
+_HEAD = re.compile(r"^\d+:\s+([^:@\s]+)(?:@(\S+?))?:\s+<([^>]*)>(.*)$")
+_KINDS = {
+    "vxlan", "veth", "bridge", "ipip", "dummy", "tun", "vlan", "bond", "macvlan", "ipvlan",
+    "geneve", "wireguard", "gre", "gretap", "team", "openvswitch", "sit", "ip6tnl", "vrf",
+    "nlmon", "ifb", "netkit", "macvtap", "erspan", "bareudp",
+}
+
+
+def _word_after(text: str, word: str) -> str | None:
+    m = re.search(rf"(?:^|\s){re.escape(word)} (\S+)", text)
+    return m.group(1) if m else None
+
+
+def _from_json(text: str) -> list[dict]:
+    out = []
+    for d in json.loads(text or "[]"):
+        if not isinstance(d, dict) or not isinstance(d.get("ifname"), str):
+            continue
+        info = d.get("linkinfo") if isinstance(d.get("linkinfo"), dict) else {}
+        data = info.get("info_data") if isinstance(info.get("info_data"), dict) else {}
+        flags = d.get("flags") if isinstance(d.get("flags"), list) else []
+        kind = info.get("info_kind")
+        vx = kind == "vxlan"
+        out.append({
+            "name": d["ifname"],
+            "kind": kind if isinstance(kind, str) else "device",
+            "mtu": d.get("mtu") if isinstance(d.get("mtu"), int) else None,
+            "state": str(d.get("operstate", "UNKNOWN")),
+            "admin_up": "UP" in flags,
+            "lower_up": "LOWER_UP" in flags,
+            "master": d.get("master") if isinstance(d.get("master"), str) else None,
+            "mac": d.get("address") if isinstance(d.get("address"), str) else None,
+            "vxlan_id": data.get("id") if vx and isinstance(data.get("id"), int) else None,
+            "vxlan_port": data.get("port") if vx and isinstance(data.get("port"), int) else None,
+            "vxlan_local": str(data["local"]) if vx and data.get("local") else None,
+            "vxlan_dev": str(data["link"]) if vx and data.get("link") else None,
+        })
+    return out
+
+
+def _from_text(lines: list[str]) -> list[dict]:
+    out = []
+    for line in lines:
+        segs = [s.strip() for s in line.split("\\")]
+        m = _HEAD.match(segs[0])
+        if not m:
+            continue
+        head = m.group(4)
+        flags = m.group(3).split(",")
+        kind = "device"
+        vxlan = ""
+        for seg in segs[2:]:
+            first = seg.split(" ", 1)[0]
+            if first in _KINDS:
+                kind = first
+                if first == "vxlan":
+                    vxlan = seg
+                break
+        if kind == "device" and len(segs) > 1 and segs[1].startswith("link/loopback"):
+            kind = "device"
+        vx = kind == "vxlan"
+        out.append({
+            "name": m.group(1),
+            "kind": kind,
+            "mtu": to_int(_word_after(head, "mtu")),
+            "state": _word_after(head, "state") or "UNKNOWN",
+            "admin_up": "UP" in flags,
+            "lower_up": "LOWER_UP" in flags,
+            "master": _word_after(head, "master"),
+            "mac": _word_after(segs[1], "link/ether") if len(segs) > 1 else None,
+            "vxlan_id": to_int(_word_after(vxlan, "id")) if vx else None,
+            "vxlan_port": to_int(_word_after(vxlan, "dstport")) if vx else None,
+            "vxlan_local": _word_after(vxlan, "local") if vx else None,
+            "vxlan_dev": _word_after(vxlan, "dev") if vx else None,
+        })
+    return out
+
+
+def _addresses(fmt: str, lines: list[str]) -> dict[str, list[str]]:
+    addrs: dict[str, list[str]] = {}
+    if fmt == "json":
+        for d in json.loads("\n".join(lines) or "[]"):
+            if not isinstance(d, dict) or not isinstance(d.get("ifname"), str):
+                continue
+            for a in d.get("addr_info") or []:
+                if isinstance(a, dict) and a.get("local"):
+                    addrs.setdefault(d["ifname"], []).append(f"{a['local']}/{a.get('prefixlen')}")
+    else:
+        for line in lines:
+            m = re.match(r"^\d+:\s+(\S+)\s+inet\s+(\S+)", line)
+            if m:
+                addrs.setdefault(m.group(1), []).append(m.group(2))
+    return addrs
+
+
+def parse(section: Section, node: str) -> list[Fact]:
+    links: list[dict] = []
+    addrs: dict[str, list[str]] = {}
+    raw_lines: dict[str, str] = {}
+    for name, fmt, lines in parts(section.stdout):
+        try:
+            if name == "link":
+                if fmt == "json":
+                    links = _from_json("\n".join(lines))
+                else:
+                    links = _from_text(lines)
+                    raw_lines = {ln.split(":", 2)[1].strip().split("@")[0]: ln
+                                 for ln in lines if ln.count(":") >= 2}
+            elif name == "addr":
+                addrs = _addresses(fmt, lines)
+        except (ValueError, AttributeError, TypeError):
+            continue  # half a JSON document (cut off): the other part may still be whole
+    facts = []
+    for link in links:
+        link["addresses"] = ",".join(addrs.get(link["name"], [])) or None
+        evidence = raw_lines.get(link["name"]) or (
+            f"{link['name']}: {link['kind']} mtu {link['mtu']} state {link['state']}"
+            + (f" vxlan id {link['vxlan_id']} dstport {link['vxlan_port']}"
+               f" local {link['vxlan_local']} dev {link['vxlan_dev']}" if link["vxlan_id"] else "")
+        )
+        link["name"] = clip(link["name"], 64)
+        facts.append(Fact("interface", node, link, Source(
+            "links", "ip -d -j link show", section.exit_code, clip(evidence, 500))))
+    return facts
+
+
+PROBE = Probe(
+    name="links",
+    command=COMMAND,
+    parse=parse,
+    blocks="interfaces (VXLAN/IPIP devices, cni0, veths, MTU and state)",
+    tools=("ip",),
+)

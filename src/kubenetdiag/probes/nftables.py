@@ -1,0 +1,149 @@
+"""nftables rule sets, read with `nft list ruleset` where nf_tables is in use.
+
+iptables-nft keeps its rules in nftables too (tables ip filter, ip nat...); those are already
+facts of the iptables probe, so here they are only counted and marked `owner: iptables-nft`.
+What this probe adds is what iptables-save cannot show: tables made with nft directly
+(firewalld's `inet firewalld`, kube-proxy's nftables mode, a hand-written `inet filter`).
+
+Listing needs nf_tables loaded: asking netlink for it otherwise makes the kernel load the
+module, a change to the node, so when it is not loaded we say so and list nothing.
+"""
+
+from __future__ import annotations
+
+import re
+
+from kubenetdiag.facts.model import Fact, Source, excerpt
+from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.text import clip
+
+COMMAND = (
+    "if [ -r /proc/modules ] && ! grep -q '^nf_tables ' /proc/modules "
+    "&& [ ! -d /sys/module/nf_tables ]; then echo '# nf_tables is not loaded'; exit 0; fi; "
+    "command -v nft >/dev/null 2>&1 || "
+    "{ echo 'kubenetdiag: nft: command not found (nf_tables is loaded)' >&2; exit 127; }; "
+    "nft list ruleset"
+)
+
+_TABLE = re.compile(r"^table (\S+) (\S+) \{")
+_CHAIN = re.compile(r"^chain (\S+) \{")
+_BASE = re.compile(r"type (\S+) hook (\S+)(?: device \S+)? priority ([^;]+);(?: policy (\w+);)?")
+_MANAGED = re.compile(r"table (\S+) (\S+) is managed by iptables-nft")
+_COUNTER = re.compile(r"counter packets (\d+) bytes (\d+)")
+_VERDICTS = ("accept", "drop", "reject", "return", "jump", "goto", "queue", "continue")
+_IPTABLES_NAMES = {"filter", "nat", "mangle", "raw", "security"}
+
+
+def _verdict(rule: str) -> str:
+    words = rule.replace(";", " ").split()
+    for w in reversed(words):
+        if w in _VERDICTS:
+            return w
+    # `reject with icmpx admin-prohibited`: the verdict is not the last word
+    for w in words:
+        if w in ("reject", "drop", "accept", "jump", "goto"):
+            return w
+    return "other" if words else "none"
+
+
+def _owner(family: str, table: str, chains: dict, managed: set) -> str:
+    if (family, table) in managed:
+        return "iptables-nft"
+    if table == "firewalld":
+        return "firewalld"
+    if table == "kube-proxy":
+        return "kube-proxy"
+    if table.startswith("cilium"):
+        return "cilium"
+    if family in ("ip", "ip6") and table in _IPTABLES_NAMES and any(c.isupper() for c in chains):
+        return "iptables-nft"  # older nft prints no "managed by" warning
+    return "nft"
+
+
+def parse(section: Section, node: str) -> list[Fact]:
+    managed = set(_MANAGED.findall(section.stdout + "\n" + section.stderr))
+    tables: list[dict] = []
+    table: dict | None = None
+    chain: dict | None = None
+    depth = 0
+    for raw in section.stdout.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        opens, closes = line.count("{"), line.count("}")
+        if depth == 0:
+            m = _TABLE.match(line)
+            if m:
+                table = {"family": m.group(1), "name": m.group(2), "chains": {}, "raw": line}
+                tables.append(table)
+        elif depth == 1 and table is not None:
+            m = _CHAIN.match(line)
+            if m:
+                chain = {"name": m.group(1), "base": None, "rules": []}
+                table["chains"][m.group(1)] = chain
+        elif depth == 2 and chain is not None and opens == closes:
+            m = _BASE.search(line)
+            if m and line.startswith("type "):
+                chain["base"] = m.groups()
+            elif line != "}" and not line.startswith(("comment ", "policy ", "devices ")):
+                chain["rules"].append(line)
+        depth = max(0, depth + opens - closes)
+        if depth <= 1:
+            chain = None
+        if depth == 0:
+            table = None
+    facts: list[Fact] = []
+    for t in tables:
+        owner = _owner(t["family"], t["name"], t["chains"], managed)
+
+        def src(text: str, t=t) -> Source:
+            return Source("nftables", "nft list ruleset", section.exit_code, excerpt(text, 1000))
+
+        facts.append(Fact("nft_table", node, {
+            "family": t["family"],
+            "table": t["name"],
+            "owner": owner,
+            "chains": len(t["chains"]),
+            "rules": sum(len(c["rules"]) for c in t["chains"].values()),
+        }, src(t["raw"])))
+        for c in t["chains"].values():
+            if c["base"] is None:
+                continue
+            ctype, hook, prio, policy = c["base"]
+            verdicts = [_verdict(r) for r in c["rules"]]
+            facts.append(Fact("nft_chain", node, {
+                "family": t["family"],
+                "table": t["name"],
+                "chain": c["name"],
+                "owner": owner,
+                "type": ctype,
+                "hook": hook,
+                "priority": prio.strip(),
+                "policy": policy,
+                "rules": len(c["rules"]),
+                "drop_rules": verdicts.count("drop"),
+                "reject_rules": verdicts.count("reject"),
+            }, src("\n".join([f"chain {c['name']}", *c["rules"][:20]]))))
+            if owner == "iptables-nft":
+                continue  # the iptables probe has these rules, with iptables' own syntax
+            for pos, (rule, verdict) in enumerate(zip(c["rules"], verdicts, strict=True), 1):
+                m = _COUNTER.search(rule)
+                facts.append(Fact("nft_rule", node, {
+                    "family": t["family"],
+                    "table": t["name"],
+                    "chain": c["name"],
+                    "position": pos,
+                    "verdict": verdict,
+                    "text": clip(rule, 500),
+                    "pkts": int(m.group(1)) if m else None,
+                    "bytes": int(m.group(2)) if m else None,
+                }, src(rule)))
+    return facts
+
+
+PROBE = Probe(
+    name="nftables",
+    command=COMMAND,
+    parse=parse,
+    blocks="nftables rules made outside iptables (firewalld, kube-proxy nftables mode, nft)",
+)

@@ -1,0 +1,83 @@
+"""What flannel programs for VXLAN: /run/flannel/subnet.env, and for every VXLAN device
+(flannel.1, vxlan.calico, cilium_vxlan) its forwarding database and neighbor entries. A peer
+node without an FDB entry or neighbor is unreachable through the overlay even when routes exist.
+"""
+
+from __future__ import annotations
+
+import re
+
+from kubenetdiag.facts.model import Fact, Source
+from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.text import clip, parts, to_int, unprefix
+
+# VXLAN devices say DEVTYPE=vxlan in their uevent: one grep finds them among hundreds of veths.
+COMMAND = (
+    "f=/run/flannel/subnet.env; "
+    "if [ -r $f ]; then echo '##knd:subnet.env'; sed -n -e 's/^/|/' -e '1,50p' $f; fi; "
+    "for u in $(grep -l '^DEVTYPE=vxlan$' /sys/class/net/*/uevent 2>/dev/null); do "
+    "d=${u%/uevent}; d=${d##*/}; "
+    "echo \"##knd:fdb $d\"; bridge fdb show dev \"$d\"; "
+    "echo \"##knd:neigh $d\"; ip neigh show dev \"$d\"; done; exit 0"
+)
+_MAC = re.compile(r"^([0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5})\b")
+
+
+def parse(section: Section, node: str) -> list[Fact]:
+    facts: list[Fact] = []
+
+    def src(cmd: str, text: str) -> Source:
+        return Source("overlay", cmd, section.exit_code, clip(text, 500))
+
+    for name, dev, lines in parts(section.stdout):
+        if name == "subnet.env":
+            env = {}
+            for line in unprefix(lines):
+                k, sep, v = line.partition("=")
+                if sep:
+                    env[k.strip()] = v.strip()
+            if not env:
+                continue
+            ipmasq = env.get("FLANNEL_IPMASQ")
+            facts.append(Fact("flannel_subnet", node, {
+                "network": clip(env.get("FLANNEL_NETWORK", ""), 60) or None,
+                "subnet": clip(env.get("FLANNEL_SUBNET", ""), 60) or None,
+                "mtu": to_int(env.get("FLANNEL_MTU")),
+                "ipmasq": None if ipmasq is None else ipmasq.lower() == "true",
+            }, src("cat /run/flannel/subnet.env", "\n".join(unprefix(lines)))))
+        elif name == "fdb" and dev:
+            for line in lines:
+                m = _MAC.match(line.strip())
+                if not m:
+                    continue
+                words = line.split()
+                dst = words[words.index("dst") + 1] if "dst" in words[:-1] else None
+                facts.append(Fact("fdb_entry", node, {
+                    "dev": clip(dev, 64),
+                    "mac": m.group(1).lower(),
+                    "dst": clip(dst, 60) if dst else None,
+                    "permanent": "permanent" in words,
+                }, src(f"bridge fdb show dev {dev}", line)))
+        elif name == "neigh" and dev:
+            for line in lines:
+                words = line.split()
+                if not words or words[0].count(".") != 3:
+                    continue
+                mac = words[words.index("lladdr") + 1] if "lladdr" in words[:-1] else None
+                facts.append(Fact("neighbor", node, {
+                    "dev": clip(dev, 64),
+                    "ip": clip(words[0], 60),
+                    "mac": clip(mac.lower(), 40) if mac else None,
+                    "state": clip(words[-1], 30) if words[-1].isupper() else "UNKNOWN",
+                }, src(f"ip neigh show dev {dev}", line)))
+    return facts
+
+
+PROBE = Probe(
+    name="overlay",
+    command=COMMAND,
+    parse=parse,
+    blocks="flannel subnet.env and the VXLAN FDB/neighbor entries toward peer nodes",
+    tools=("ip", "bridge"),
+    timeout_s=10,
+)

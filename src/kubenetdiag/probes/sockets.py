@@ -1,0 +1,191 @@
+"""Sockets: TCP listeners with accept-queue depth vs backlog and their process, sockets with a
+large Recv-Q/Send-Q, TCP state counts (TIME_WAIT above all), UDP sockets with their buffer
+sizes and drops, and /proc/net/sockstat.
+
+One `ss -tanp` pass, reduced on the node by awk: a node with 100k TIME_WAIT sockets sends us a
+dozen count lines, not 100k. Without ss the counts and listeners come from /proc/net/tcp, and a
+probe_status says what that cannot show (backlog, owning process, UDP buffers).
+"""
+
+from __future__ import annotations
+
+import re
+
+from kubenetdiag.facts.model import Fact, Source
+from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.text import clip, parts, to_int
+
+QUEUE_BYTES = 1024  # a socket holding more than this in a queue is worth a look (seed 004: >100)
+MAX_LINES = 200
+MAX_UDP = 2000
+
+COMMAND = (
+    "if command -v ss >/dev/null 2>&1; then "
+    "echo '##knd:tcp ss'; ss -tanp | awk -v t=" + str(QUEUE_BYTES) + " -v m=" + str(MAX_LINES)
+    + " 'NR==1{next} {n[$1]++} $1==\"LISTEN\"{if(l<m){l++;print \"L \" $0}; next} "
+    "($2+0>t||$3+0>t)&&q<m{q++;print \"Q \" $0} END{for(s in n) print \"S \" s \" \" n[s]}'; "
+    "echo '##knd:udp ss'; ss -uanmp | awk 'NR>1&&NR<=" + str(MAX_UDP) + "'; "
+    "else echo 'kubenetdiag: ss: command not found' >&2; "
+    "echo '##knd:tcp proc'; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v m="
+    + str(MAX_LINES) + " '$1==\"sl\"{next} {n[$4]++} $4==\"0A\"&&l<m{l++;print \"L \" $0} "
+    "END{for(s in n) print \"S \" s \" \" n[s]}'; fi; "
+    "echo '##knd:sockstat'; cat /proc/net/sockstat /proc/net/sockstat6 2>/dev/null"
+)
+
+STATES = {  # ss names and /proc/net/tcp hex codes -> the names facts use
+    "ESTAB": "established", "SYN-SENT": "syn_sent", "SYN-RECV": "syn_recv",
+    "FIN-WAIT-1": "fin_wait1", "FIN-WAIT-2": "fin_wait2", "TIME-WAIT": "time_wait",
+    "UNCONN": "close", "CLOSE": "close", "CLOSE-WAIT": "close_wait", "LAST-ACK": "last_ack",
+    "LISTEN": "listen", "CLOSING": "closing",
+    "01": "established", "02": "syn_sent", "03": "syn_recv", "04": "fin_wait1",
+    "05": "fin_wait2", "06": "time_wait", "07": "close", "08": "close_wait", "09": "last_ack",
+    "0A": "listen", "0B": "closing", "0C": "syn_recv",
+}
+_USERS_NEW = re.compile(r'\("([^"]*)",pid=(\d+)')
+_USERS_OLD = re.compile(r'\("([^"]*)",(\d+),\d+\)')  # iproute 3.10 (CentOS 7.0-7.6)
+_SKMEM = re.compile(r"skmem:\(([^)]*)\)")
+
+
+def _process(text: str) -> tuple[str | None, int | None]:
+    m = _USERS_NEW.search(text) or _USERS_OLD.search(text)
+    return (clip(m.group(1), 64), int(m.group(2))) if m else (None, None)
+
+
+def _skmem(line: str) -> dict[str, int | None]:
+    m = _SKMEM.search(line)
+    if not m:
+        return {}
+    mem = dict(re.findall(r"([a-z]+)(\d+)", m.group(1)))
+    return {"rcvbuf": to_int(mem.get("rb")), "sndbuf": to_int(mem.get("tb")),
+            "drops": to_int(mem.get("d"))}
+
+
+def _port(addr: str) -> int | None:
+    return to_int(addr.rsplit(":", 1)[-1]) if ":" in addr else None
+
+
+def _hex_addr(h: str) -> str:
+    """/proc/net/tcp's `0100007F:0016` -> `127.0.0.1:22` (IPv6 left in hex)."""
+    ip, _, port = h.partition(":")
+    try:
+        p = int(port, 16)
+        if len(ip) == 8:
+            b = bytes.fromhex(ip)[::-1]
+            return f"{'.'.join(str(x) for x in b)}:{p}"
+        return f"[{ip.lower()}]:{p}"
+    except ValueError:
+        return h
+
+
+def parse(section: Section, node: str) -> list[Fact]:
+    facts: list[Fact] = []
+    counts: dict[str, int] = {}
+    tcp_source = None
+
+    def src(cmd: str, text: str) -> Source:
+        return Source("sockets", cmd, section.exit_code, clip(text, 500))
+
+    for name, arg, lines in parts(section.stdout):
+        if name == "tcp":
+            tcp_source = arg
+            cmd = "ss -tanp" if arg == "ss" else "cat /proc/net/tcp /proc/net/tcp6"
+            for line in lines:
+                kind, _, rest = line.partition(" ")
+                w = rest.split()
+                if kind == "S" and len(w) == 2 and w[0] in STATES and w[1].isdigit():
+                    state = STATES[w[0]]
+                    counts[state] = counts.get(state, 0) + int(w[1])
+                elif kind in ("L", "Q") and arg == "ss" and len(w) >= 5:
+                    recv_q, send_q = to_int(w[1]), to_int(w[2])
+                    if recv_q is None or send_q is None:
+                        continue
+                    proc, pid = _process(rest)
+                    if kind == "L":
+                        facts.append(Fact("tcp_listener", node, {
+                            "local": clip(w[3], 80), "port": _port(w[3]),
+                            "accept_queue": recv_q, "backlog": send_q,
+                            # ss shows backlog+1 queued when the accept queue has overflowed
+                            "full": recv_q > send_q or (send_q > 0 and recv_q >= send_q),
+                            "process": proc, "pid": pid,
+                        }, src(cmd, rest)))
+                    else:
+                        facts.append(Fact("socket_queue", node, {
+                            "proto": "tcp", "state": STATES.get(w[0], w[0].lower()),
+                            "local": clip(w[3], 80), "peer": clip(w[4], 80),
+                            "recv_q": recv_q, "send_q": send_q, "process": proc, "pid": pid,
+                        }, src(cmd, rest)))
+                elif kind == "L" and arg == "proc" and len(w) >= 5:
+                    _tx, _, rx = w[4].partition(":")
+                    try:
+                        queue = int(rx, 16)
+                    except ValueError:
+                        continue
+                    local = _hex_addr(w[1])
+                    facts.append(Fact("tcp_listener", node, {
+                        "local": local, "port": _port(local), "accept_queue": queue,
+                        "backlog": None, "full": None, "process": None, "pid": None,
+                    }, src(cmd, rest)))
+        elif name == "udp":
+            sockets: list[dict] = []
+            for line in lines:
+                w = line.split()
+                if w and w[0].startswith("skmem:") and sockets:
+                    sockets[-1].update(_skmem(line))  # older ss: on the next line, indented
+                elif len(w) >= 5 and to_int(w[1]) is not None and to_int(w[2]) is not None:
+                    proc, pid = _process(line)
+                    sockets.append({"state": w[0].lower(), "local": clip(w[3], 80),
+                                    "port": _port(w[3]), "recv_q": to_int(w[1]),
+                                    "send_q": to_int(w[2]), "rcvbuf": None, "sndbuf": None,
+                                    "drops": None, "process": proc, "pid": pid, "raw": line,
+                                    **_skmem(line)})
+            for a in sockets:
+                # the bound sockets (DNS, VXLAN) and any that hold data or dropped: not every
+                # short-lived client socket
+                if a["state"] == "unconn" or a["recv_q"] or a["drops"]:
+                    raw = a.pop("raw")
+                    a.pop("state")
+                    facts.append(Fact("udp_socket", node, a, src("ss -uanmp", raw)))
+        elif name == "sockstat":
+            stat: dict[str, int] = {}
+            for line in lines:
+                proto, _, rest = line.partition(":")
+                w = rest.split()
+                for k, v in zip(w[::2], w[1::2], strict=False):
+                    if v.isdigit():
+                        stat[f"{proto.strip().lower()}_{k}"] = int(v)
+            if stat:
+                facts.append(Fact("sockstat", node, {
+                    "sockets_used": stat.get("sockets_used"),
+                    "tcp_inuse": stat.get("tcp_inuse"), "tcp_orphan": stat.get("tcp_orphan"),
+                    "tcp_tw": stat.get("tcp_tw"), "tcp_alloc": stat.get("tcp_alloc"),
+                    "tcp_mem_pages": stat.get("tcp_mem"), "udp_inuse": stat.get("udp_inuse"),
+                    "udp_mem_pages": stat.get("udp_mem"), "tcp6_inuse": stat.get("tcp6_inuse"),
+                }, src("cat /proc/net/sockstat", "\n".join(lines[:6]))))
+    if tcp_source:
+        states = ("established", "syn_sent", "syn_recv", "fin_wait1", "fin_wait2", "time_wait",
+                  "close", "close_wait", "last_ack", "listen", "closing")
+        facts.append(Fact("tcp_states", node, {
+            **{s: counts.get(s, 0) for s in states},
+            "total": sum(counts.values()),
+            "source": "ss" if tcp_source == "ss" else "/proc/net/tcp",
+        }, src("ss -tan (counted on the node)",
+               " ".join(f"{k}={v}" for k, v in sorted(counts.items())))))
+    if tcp_source == "proc":
+        facts.append(Fact("probe_status", node, {
+            "probe": "sockets",
+            "status": "missing_tool",
+            "reason": "ss is not installed (iproute2); TCP states and listeners were read from "
+                      "/proc/net/tcp instead",
+            "blocks": "listen backlog and owning process, per-socket Recv-Q/Send-Q, UDP buffers",
+        }, src("command -v ss", section.stderr)))
+    return facts
+
+
+PROBE = Probe(
+    name="sockets",
+    command=COMMAND,
+    parse=parse,
+    blocks="sockets (accept queues, TIME_WAIT counts, stuck Recv-Q/Send-Q, UDP buffers)",
+    tools=("awk",),
+    timeout_s=20,
+)
