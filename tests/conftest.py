@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -10,7 +11,9 @@ from kubenetdiag.lab import Lab, missing_requirements
 
 # Distinct from the CLI's default "knd" so a test run never tears down a lab someone brought up
 # by hand, and distinct from the per-test prefixes in test_lab.py.
-SESSION_LAB_PREFIX = "kndtest"
+# KUBENETDIAG_TEST_LAB_PREFIX lets two test runs share a machine without tearing down each
+# other's lab.
+SESSION_LAB_PREFIX = os.environ.get("KUBENETDIAG_TEST_LAB_PREFIX", "kndtest")
 
 
 @pytest.fixture(scope="session")

@@ -104,11 +104,11 @@ def test_inventory_known_hosts_and_state_describe_the_lab(lab):
     assert lab.key_path.stat().st_mode & 0o077 == 0  # ssh refuses a readable private key
 
     state = json.loads(lab.state_path.read_text())
-    assert state["prefix"] == "kndtest" and state["workdir"] == str(lab.workdir)
-    assert sorted(state["namespaces"]) == sorted(lab_namespaces("kndtest"))
+    assert state["prefix"] == lab.prefix and state["workdir"] == str(lab.workdir)
+    assert sorted(state["namespaces"]) == sorted(lab_namespaces(lab.prefix))
     assert [(n["name"], n["netns"], n["address"], n["pod_cidr"]) for n in state["nodes"]] == [
-        ("node1", "kndtest-node1", "198.18.0.11", "10.244.1.0/24"),
-        ("node2", "kndtest-node2", "198.18.0.12", "10.244.2.0/24")]
+        ("node1", f"{lab.prefix}-node1", "198.18.0.11", "10.244.1.0/24"),
+        ("node2", f"{lab.prefix}-node2", "198.18.0.12", "10.244.2.0/24")]
     assert set(state["sshd_pids"]) == {"node1", "node2"}
     reloaded = Lab.load(lab.workdir)
     assert reloaded.nodes == lab.nodes and reloaded.sshd_pids == lab.sshd_pids
@@ -170,7 +170,7 @@ def test_stopped_sshd_is_refused_fast_and_comes_back(lab):
 
 @pytest.mark.lab
 def test_unknown_fault_and_node_are_rejected(lab):
-    with pytest.raises(LabError, match="known: forward_chain_reject"):
+    with pytest.raises(LabError, match="unknown fault 'no_such_fault'; known: .*forward_chain"):
         lab.inject("no_such_fault", "node1")
     with pytest.raises(LabError, match="nodes are node1, node2"):
         lab.inject("ip_forward_disabled", "node9")
@@ -182,21 +182,38 @@ def routes(netns: str, family: str) -> list[dict]:
     return json.loads(out or "[]")
 
 
+LAB_RANGES = [ipaddress.ip_network(n) for n in
+              ("198.18.0.0/24", "10.244.0.0/16", "203.0.113.0/24", "10.96.0.0/12")]
+
+
+def _in_lab(dst: str) -> bool:
+    net = ipaddress.ip_network(dst, strict=False)
+    return net.version == 6 or any(net.subnet_of(r) for r in LAB_RANGES) or \
+        net.subnet_of(ipaddress.ip_network("127.0.0.0/8"))
+
+
 @pytest.mark.lab
 def test_nothing_in_the_lab_routes_or_nats_to_the_outside(lab):
-    pods = {n.pod_netns: n for n in lab.nodes}
+    pods = {p.netns: p for p in lab.pods}
+    gateways = {n.name: n.pod_gateway for n in lab.nodes}
     for netns in lab.namespaces:
-        defaults = [r for fam in ("-4", "-6") for r in routes(netns, fam)
-                    if r.get("dst") in ("default", "0.0.0.0/0", "::/0")]
+        every = [r for fam in ("-4", "-6") for r in routes(netns, fam)]
+        defaults = [r for r in every if r.get("dst") in ("default", "0.0.0.0/0", "::/0")]
         if netns in pods:
             # A pod's only way out is its own node's cni0, as under a real CNI.
             assert [(r.get("gateway"), r.get("dev")) for r in defaults] == [
-                (pods[netns].pod_gateway, "eth0")], netns
+                (gateways[pods[netns].node], "eth0")], netns
         else:
             assert defaults == [], netns
+        others = [r["dst"] for r in every if r not in defaults and r.get("type") != "multicast"
+                  and not r["dst"].startswith(("fe80", "ff", "multicast"))]
+        assert all(_in_lab(d) for d in others), (netns, others)
     for node in lab.nodes:
         nat = lab.node_exec(node.name, ["iptables-save", "-t", "nat"]).stdout
-        assert not [line for line in nat.splitlines() if line.startswith("-A")], nat
+        # NAT only ever rewrites to a pod (DNAT) or to the node itself (MASQUERADE).
+        for dest in re.findall(r"--to-destination (\S+)", nat):
+            assert ipaddress.ip_address(dest.split(":")[0]) in LAB_RANGES[1], dest
+        assert not re.search(r"-j (SNAT|NETMAP|REDIRECT)", nat), nat
 
 
 # ---- lifecycle: separate prefixes so the session lab is never disturbed ---------------------

@@ -6,7 +6,7 @@ Import `Lab` from here; see `kubenetdiag.lab.lab` for the layout and its invaria
 from __future__ import annotations
 
 from kubenetdiag.lab.faults import FAULTS, Fault
-from kubenetdiag.lab.lab import Lab, LabNode, missing_requirements
+from kubenetdiag.lab.lab import Lab, LabNode, LabPod, missing_requirements
 from kubenetdiag.lab.netns import CommandError, LabError
 from kubenetdiag.lab.preflight import Overlap, find_overlaps, overlap_message
 
@@ -17,6 +17,7 @@ __all__ = [
     "Lab",
     "LabError",
     "LabNode",
+    "LabPod",
     "Overlap",
     "find_overlaps",
     "missing_requirements",

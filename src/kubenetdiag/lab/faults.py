@@ -1,23 +1,34 @@
-"""Fault injectors: each breaks one node the way a real incident would, and heals it.
+"""Fault injectors: each breaks the lab the way a real incident would, and heals it.
 
 The injected state is exactly what an operator or a buggy component would leave behind (no lab
 markers such as iptables comments), so the diagnoser cannot tell a lab fault from a real one.
 Every heal is idempotent: healing a healthy node is a no-op, so `heal()` can be called blindly
-from a test's finally block.
+from a test's finally block. The lab records each active fault with its parameters in lab.json
+before injecting, so heal (possibly from another process) undoes exactly what was done.
 
-Add a fault by writing two functions and calling `register` below.
+Add a fault by writing its inject and heal and calling `register` below.
 """
 
 from __future__ import annotations
 
+import shlex
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from kubenetdiag.lab import cni, netprog, nodehost, services
+from kubenetdiag.lab.netns import LabError, cmdline, pids_in_netns, run
 
 if TYPE_CHECKING:
     from kubenetdiag.lab.lab import Lab, LabNode
 
-Action = Callable[["Lab", "LabNode"], None]
+Params = dict[str, str]
+Action = Callable[["Lab", "LabNode", Params], None]
+
+
+def _last_node(lab: Lab) -> str:
+    return lab.nodes[-1].name
 
 
 @dataclass(frozen=True)
@@ -26,6 +37,11 @@ class Fault:
     description: str
     inject: Action
     heal: Action
+    params: Params = field(default_factory=dict)  # accepted parameters and their defaults
+    modes: tuple[str, ...] = ()  # CNI modes it applies to; empty: all
+    scope: str = "node"  # "cluster": one instance for the whole lab, placed on default_node
+    default_node: Callable[[Lab], str] = _last_node
+    fixture_only: bool = False
 
 
 FAULTS: dict[str, Fault] = {}
@@ -36,41 +52,538 @@ def register(fault: Fault) -> Fault:
     return fault
 
 
-def _set_ip_forward(value: int) -> Action:
-    def action(lab: Lab, node: LabNode) -> None:
-        lab.node_exec(node.name, ["sysctl", "-qw", f"net.ipv4.ip_forward={value}"])
-
-    return action
+def _noop(lab: Lab, node: LabNode, params: Params) -> None:
+    pass
 
 
-def _insert_reject(lab: Lab, node: LabNode) -> None:
-    lab.node_exec(node.name, ["iptables", "-I", "FORWARD", "1", "-j", "REJECT"])
+# ---- helpers --------------------------------------------------------------------------------
 
 
-def _delete_rejects(lab: Lab, node: LabNode) -> None:
-    # Remove every bare REJECT, not just one: a test may have injected twice. Bounded so a
-    # misbehaving iptables cannot loop forever.
+def _sysctl(lab: Lab, node: LabNode, *assignments: str) -> None:
+    cp = lab.node_exec(node.name, ["sysctl", "-qw", *assignments], check=False)
+    if cp.returncode != 0:
+        raise LabError(f"sysctl on {node.name} failed: {cp.stderr.strip()}")
+
+
+def _ipt_insert(lab: Lab, node: LabNode, chain: str, spec: list[str], table: str = "filter",
+                position: int = 1) -> None:
+    lab.node_exec(node.name, ["iptables", "-t", table, "-I", chain, str(position), *spec])
+
+
+def _ipt_delete(lab: Lab, node: LabNode, chain: str, spec: list[str],
+                table: str = "filter") -> None:
+    # Every copy, not just one: a test may have injected twice. Bounded so a misbehaving
+    # iptables cannot loop forever.
     for _ in range(100):
-        cp = lab.node_exec(node.name, ["iptables", "-D", "FORWARD", "-j", "REJECT"], check=False)
+        cp = lab.node_exec(node.name, ["iptables", "-t", table, "-D", chain, *spec], check=False)
         if cp.returncode != 0:
             return
 
 
+def _restore(lab: Lab, node: LabNode, text: str) -> None:
+    lab.node_exec(node.name, ["iptables-restore", "--noflush"], input=text)
+
+
+def _drop_chains(lab: Lab, node: LabNode, chains: list[str]) -> None:
+    present = set(lab.node_exec(node.name, ["iptables", "-S"]).stdout.split())
+    chains = [c for c in chains if c in present]
+    if chains:
+        _restore(lab, node, "*filter\n" + "".join(f":{c} - [0:0]\n" for c in chains) +
+                 "".join(f"-X {c}\n" for c in chains) + "COMMIT\n")
+
+
+def _start_in_node(lab: Lab, node: LabNode, argv: list[str], name: str | None = None) -> None:
+    """Start a long-running process inside the node (its PID namespace), detached."""
+    exec_ = f"exec -a {shlex.quote(name)} " if name else "exec "
+    lab.node_shell(node.name, f"({exec_}{shlex.join(argv)}) </dev/null "
+                              f">>{shlex.quote(str(lab.workdir / 'logs' / 'faults.log'))} 2>&1 &")
+
+
+def _kill_matching(lab: Lab, node: LabNode, needle: str) -> None:
+    pids = [p for p in pids_in_netns([node.netns]).get(node.netns, []) if needle in cmdline(p)]
+    nodehost.kill(pids)
+
+
+def _netprog(*args: str) -> list[str]:
+    return [sys.executable, "-I", netprog.__file__, *args]
+
+
+# ---- kernel / sysctl --------------------------------------------------------------------------
+
+HARDENING_FILE = "99-security-hardening.conf"  # sorts after 99-kubernetes-cri.conf: it wins
+
+
+def _ip_forward_off(lab: Lab, node: LabNode, params: Params) -> None:
+    if params["via"] == "file":
+        # A hardening baseline dropped into /etc/sysctl.d and applied, as a CIS script does.
+        path = lab.node_files(node).sysctl_d / HARDENING_FILE
+        path.write_text("# security baseline\nnet.ipv4.ip_forward = 0\n")
+        lab.node_shell(node.name, f"sysctl -q -p /etc/sysctl.d/{HARDENING_FILE}")
+    elif params["via"] == "sysctl":
+        _sysctl(lab, node, "net.ipv4.ip_forward=0")
+    else:
+        raise LabError("ip_forward_disabled: via must be sysctl or file")
+
+
+def _ip_forward_on(lab: Lab, node: LabNode, params: Params) -> None:
+    (lab.node_files(node).sysctl_d / HARDENING_FILE).unlink(missing_ok=True)
+    _sysctl(lab, node, "net.ipv4.ip_forward=1")
+
+
 register(Fault(
     "ip_forward_disabled",
-    "net.ipv4.ip_forward=0: the node stops routing pod traffic to and from other nodes",
-    _set_ip_forward(0),
-    _set_ip_forward(1),
+    "net.ipv4.ip_forward=0: the node stops routing pod traffic (via=file: set by a file in "
+    "the node's /etc/sysctl.d and applied)",
+    _ip_forward_off, _ip_forward_on, {"via": "sysctl"},
 ))
+register(Fault(
+    "bridge_nf_call_iptables_disabled",
+    "net.bridge.bridge-nf-call-iptables=0: bridged pod traffic skips iptables, so a pod's "
+    "reply from a same-node service endpoint is not un-DNATed",
+    lambda lab, node, p: _sysctl(lab, node, "net.bridge.bridge-nf-call-iptables=0"),
+    lambda lab, node, p: _sysctl(lab, node, "net.bridge.bridge-nf-call-iptables=1"),
+))
+register(Fault(
+    "rp_filter_strict",
+    "net.ipv4.conf.{all,default}.rp_filter=1: packets arriving on an interface other than the "
+    "route back to their source (asymmetric paths) are dropped",
+    lambda lab, node, p: _sysctl(lab, node, "net.ipv4.conf.all.rp_filter=1",
+                                 "net.ipv4.conf.default.rp_filter=1"),
+    lambda lab, node, p: _sysctl(lab, node, "net.ipv4.conf.all.rp_filter=0",
+                                 "net.ipv4.conf.default.rp_filter=0"),
+))
+register(Fault(
+    "somaxconn_low",
+    "net.core.somaxconn lowered (param value, default 64): every listener's accept queue is "
+    "capped at it",
+    lambda lab, node, p: _sysctl(lab, node, f"net.core.somaxconn={int(p['value'])}"),
+    lambda lab, node, p: _sysctl(lab, node, "net.core.somaxconn=4096"),
+    {"value": "64"},
+))
+
+# ---- firewall -------------------------------------------------------------------------------
+
+REJECT_ALL = ["-j", "REJECT"]
+
 register(Fault(
     "forward_chain_reject",
     "iptables -I FORWARD 1 -j REJECT: forwarded pod traffic is refused with ICMP errors",
-    _insert_reject,
-    _delete_rejects,
+    lambda lab, node, p: _ipt_insert(lab, node, "FORWARD", REJECT_ALL),
+    lambda lab, node, p: _ipt_delete(lab, node, "FORWARD", REJECT_ALL),
 ))
+
+
+def _drop_spec(lab: Lab, node: LabNode, params: Params) -> tuple[str, list[str]]:
+    chain = params["chain"].upper()
+    port = ["-p", params["proto"], "-m", params["proto"], "--dport", params["port"]] \
+        if params["port"] else []
+    if chain == "FORWARD":
+        return chain, ["-d", node.pod_cidr, *port, "-j", "DROP"]
+    if chain == "INPUT":
+        return chain, [*(port or ["-s", lab.pod_network]), "-j", "DROP"]
+    raise LabError("iptables_drop_rule: chain must be FORWARD or INPUT")
+
+
+register(Fault(
+    "iptables_drop_rule",
+    "a DROP at the top of FORWARD for the node's pod CIDR (param port: only that port; "
+    "chain=INPUT: traffic to the node itself)",
+    lambda lab, node, p: _ipt_insert(lab, node, *_drop_spec(lab, node, p)),
+    lambda lab, node, p: _ipt_delete(lab, node, *_drop_spec(lab, node, p)),
+    {"chain": "FORWARD", "port": "", "proto": "tcp"},
+))
+
+FIREWALLD_CHAINS = ["INPUT_direct", "INPUT_ZONES", "FORWARD_direct", "FORWARD_IN_ZONES",
+                    "FORWARD_OUT_ZONES", "OUTPUT_direct", "IN_public", "IN_public_pre",
+                    "IN_public_log", "IN_public_deny", "IN_public_allow", "IN_public_post",
+                    "FWDI_public", "FWDO_public"]
+FIREWALLD_CHAIN_RULES = """-A INPUT_ZONES -i eth0 -g IN_public
+-A INPUT_ZONES -g IN_public
+-A IN_public -j IN_public_pre
+-A IN_public -j IN_public_log
+-A IN_public -j IN_public_deny
+-A IN_public -j IN_public_allow
+-A IN_public -j IN_public_post
+-A IN_public -p icmp -j ACCEPT
+-A IN_public_allow -p tcp -m tcp --dport 22 -m conntrack --ctstate NEW,UNTRACKED -j ACCEPT
+-A FORWARD_IN_ZONES -i eth0 -g FWDI_public
+-A FORWARD_IN_ZONES -g FWDI_public
+-A FORWARD_OUT_ZONES -o eth0 -g FWDO_public
+-A FORWARD_OUT_ZONES -g FWDO_public
+"""
+# What firewalld puts at the head of the built-in chains (it reloads after kube-proxy/CNI,
+# so their rules end up below its catch-all REJECT).
+FIREWALLD_HEAD = {
+    "INPUT": [
+        "-m conntrack --ctstate RELATED,ESTABLISHED,DNAT -j ACCEPT", "-i lo -j ACCEPT",
+        "-j INPUT_direct", "-j INPUT_ZONES", "-m conntrack --ctstate INVALID -j DROP",
+        "-j REJECT --reject-with icmp-host-prohibited"],
+    "FORWARD": [
+        "-m conntrack --ctstate RELATED,ESTABLISHED,DNAT -j ACCEPT", "-i lo -j ACCEPT",
+        "-j FORWARD_direct", "-j FORWARD_IN_ZONES", "-j FORWARD_OUT_ZONES",
+        "-m conntrack --ctstate INVALID -j DROP", "-j REJECT --reject-with icmp-host-prohibited"],
+    "OUTPUT": ["-j OUTPUT_direct"],
+}
+UFW_CHAINS = ["ufw-before-input", "ufw-before-output", "ufw-before-forward", "ufw-after-input",
+              "ufw-after-output", "ufw-after-forward", "ufw-reject-input", "ufw-reject-output",
+              "ufw-reject-forward", "ufw-track-input", "ufw-track-output", "ufw-user-input",
+              "ufw-user-output", "ufw-user-forward", "ufw-not-local"]
+UFW_CHAIN_RULES = """-A ufw-before-input -i lo -j ACCEPT
+-A ufw-before-input -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A ufw-before-input -m conntrack --ctstate INVALID -j DROP
+-A ufw-before-input -p icmp -m icmp --icmp-type 8 -j ACCEPT
+-A ufw-before-input -j ufw-not-local
+-A ufw-before-input -j ufw-user-input
+-A ufw-before-output -o lo -j ACCEPT
+-A ufw-before-output -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A ufw-before-output -j ufw-user-output
+-A ufw-before-forward -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A ufw-before-forward -j ufw-user-forward
+-A ufw-not-local -m addrtype --dst-type LOCAL -j RETURN
+-A ufw-not-local -j DROP
+-A ufw-track-output -p tcp -m conntrack --ctstate NEW -j ACCEPT
+-A ufw-track-output -p udp -m conntrack --ctstate NEW -j ACCEPT
+-A ufw-user-input -p tcp -m tcp --dport 22 -j ACCEPT
+"""
+UFW_HEAD = {
+    "INPUT": ["-j ufw-before-input", "-j ufw-after-input", "-j ufw-reject-input",
+              "-j ufw-track-input"],
+    "FORWARD": ["-j ufw-before-forward", "-j ufw-after-forward", "-j ufw-reject-forward"],
+    "OUTPUT": ["-j ufw-before-output", "-j ufw-after-output", "-j ufw-reject-output",
+               "-j ufw-track-output"],
+}
+
+
+def _firewall(params: Params) -> tuple[list[str], str, dict[str, list[str]]]:
+    if params["via"] == "firewalld":
+        return FIREWALLD_CHAINS, FIREWALLD_CHAIN_RULES, FIREWALLD_HEAD
+    if params["via"] == "ufw":
+        return UFW_CHAINS, UFW_CHAIN_RULES, UFW_HEAD
+    raise LabError("host_firewall_active: via must be firewalld or ufw")
+
+
+def _firewall_on(lab: Lab, node: LabNode, params: Params) -> None:
+    chains, rules, head = _firewall(params)
+    lines = [f":{c} - [0:0]" for c in chains] + rules.splitlines()
+    for chain, specs in head.items():
+        lines += [f"-I {chain} {k} {spec}" for k, spec in enumerate(specs, start=1)]
+    if params["via"] == "ufw":
+        # ufw's defaults: deny incoming, deny routed; the CNI's FORWARD accepts stay below.
+        lines = [":INPUT DROP [0:0]", ":FORWARD DROP [0:0]", *lines]
+    _restore(lab, node, "*filter\n" + "\n".join(lines) + "\nCOMMIT\n")
+
+
+def _firewall_off(lab: Lab, node: LabNode, params: Params) -> None:
+    chains, _rules, head = _firewall(params)
+    for chain, specs in head.items():
+        for spec in specs:
+            _ipt_delete(lab, node, chain, spec.split())
+    if params["via"] == "ufw":
+        lab.node_exec(node.name, ["iptables", "-P", "INPUT", "ACCEPT"])
+        lab.node_exec(node.name, ["iptables", "-P", "FORWARD", "ACCEPT"])
+    _drop_chains(lab, node, chains)
+
+
+register(Fault(
+    "host_firewall_active",
+    "the chains firewalld leaves behind (INPUT_ZONES, FORWARD_IN_ZONES, ... and a catch-all "
+    "REJECT icmp-host-prohibited) above the CNI's rules; via=ufw: ufw's chains, policy DROP",
+    _firewall_on, _firewall_off, {"via": "firewalld"},
+))
+
+SECURITY_TABLE = "wsssr_filter"
+
+
+def _security_on(lab: Lab, node: LabNode, params: Params) -> None:
+    name = params["name"]
+    link = lab.node_files(node).bin / name
+    if not link.is_symlink():
+        link.symlink_to(nodehost._which("sleep"))
+    _start_in_node(lab, node, [str(link), "infinity"], name=f"/usr/local/{name}/bin/{name}")
+    if params["blocks"] == "1":
+        # Such agents hook netfilter themselves (not via iptables), so iptables-save shows
+        # nothing: only `nft list ruleset` or the process list gives them away.
+        lab.node_exec(node.name, ["nft", "-f", "-"], input=(
+            f"table inet {SECURITY_TABLE} {{\n  chain forward {{\n"
+            "    type filter hook forward priority -5; policy drop;\n  }\n}\n"))
+
+
+def _security_off(lab: Lab, node: LabNode, params: Params) -> None:
+    nodehost.kill(lab.node_procs(node, params["name"]))
+    lab.node_exec(node.name, ["nft", "delete", "table", "inet", SECURITY_TABLE], check=False)
+
+
+register(Fault(
+    "security_software_present",
+    "a host security agent (process wsssr_defence_daemon, param name) that drops forwarded "
+    "traffic through its own nftables hook (blocks=0: the process only)",
+    _security_on, _security_off, {"name": "wsssr_defence_daemon", "blocks": "1"},
+))
+
+# ---- overlay / routing --------------------------------------------------------------------
+
+
+def _vxlan_drop(lab: Lab, node: LabNode) -> list[str]:
+    port = str(lab.node_vxlan_port(node.name))
+    return ["-p", "udp", "-m", "udp", "--dport", port, "-j", "DROP"]
+
+
+register(Fault(
+    "vxlan_udp_blocked",
+    "inbound UDP 8472 dropped on the node (INPUT): VXLAN from peers never arrives, while the "
+    "node's own VXLAN still goes out",
+    lambda lab, node, p: _ipt_insert(lab, node, "INPUT", _vxlan_drop(lab, node)),
+    lambda lab, node, p: _ipt_delete(lab, node, "INPUT", _vxlan_drop(lab, node)),
+    modes=("flannel-vxlan",),
+))
+def _vxlan_port_heal(lab: Lab, node: LabNode, params: Params) -> None:
+    details = lab.node_exec(node.name, ["ip", "-d", "link", "show", cni.VXLAN_DEV],
+                            check=False).stdout
+    if f"dstport {cni.VXLAN_PORT} " not in details:
+        cni.rebuild_vxlan(lab, node, cni.VXLAN_PORT)
+
+
+register(Fault(
+    "vxlan_port_mismatch",
+    "the node's flannel.1 uses another UDP port (param port, default 8475) than its peers' 8472",
+    lambda lab, node, p: cni.rebuild_vxlan(lab, node, int(p["port"])),
+    _vxlan_port_heal, {"port": "8475"}, modes=("flannel-vxlan",),
+))
+
+
+BGP_BLOCK = [["-p", "tcp", "-m", "tcp", "--dport", "179", "-j", "DROP"],
+             ["-p", "tcp", "-m", "tcp", "--sport", "179", "-j", "DROP"]]
+
+
+def _bgp_down(lab: Lab, node: LabNode, params: Params) -> None:
+    if params["via"] == "stop":
+        cni.stop_bird(lab, node)
+    elif params["via"] == "block":
+        for spec in BGP_BLOCK:
+            _ipt_insert(lab, node, "INPUT", spec)
+    else:
+        raise LabError("bgp_session_down: via must be stop or block")
+
+
+def _bgp_up(lab: Lab, node: LabNode, params: Params) -> None:
+    for spec in BGP_BLOCK:
+        _ipt_delete(lab, node, "INPUT", spec)
+    if not cni.bird_running(lab, node) and not lab.fault_params("cni_pod_not_running", node.name):
+        cni.start_bird(lab, node)
+    cni.wait_converged(lab)
+
+
+register(Fault(
+    "bgp_session_down",
+    "the node's BGP sessions go down: bird stopped (via=stop) or TCP 179 dropped (via=block, "
+    "noticed after the 9 s hold time); peers withdraw its pod CIDR",
+    _bgp_down, _bgp_up, {"via": "stop"}, modes=("calico-bgp",),
+))
+
+
+def _peer(lab: Lab, node: LabNode, params: Params) -> LabNode:
+    if params["peer"]:
+        return lab.node(params["peer"])
+    others = [n for n in lab.nodes if n is not node]
+    if not others:
+        raise LabError("pod_cidr_route_missing needs at least two nodes")
+    return others[0]
+
+
+register(Fault(
+    "pod_cidr_route_missing",
+    "the node's route to a peer's pod CIDR is gone (param peer, default the first other node)",
+    lambda lab, node, p: lab.node_exec(node.name, ["ip", "route", "del",
+                                                   _peer(lab, node, p).pod_cidr]),
+    lambda lab, node, p: cni.restore_peer_route(lab, node, _peer(lab, node, p)),
+    {"peer": ""}, modes=("flannel-vxlan", "flannel-host-gw"),
+))
+
+
+def _healthy_mtu(lab: Lab, dev: str) -> int:
+    return {"eth0": 1500, cni.VXLAN_DEV: cni.VXLAN_MTU}.get(dev, cni.pod_mtu(lab.cni))
+
+
+register(Fault(
+    "mtu_mismatch",
+    "the node's underlay eth0 MTU lowered to 1400 (params dev, mtu): small packets pass, "
+    "full-size encapsulated or DF packets from peers are dropped silently",
+    lambda lab, node, p: lab.node_exec(node.name, ["ip", "link", "set", p["dev"], "mtu",
+                                                   p["mtu"]]),
+    lambda lab, node, p: lab.node_exec(node.name, ["ip", "link", "set", p["dev"], "mtu",
+                                                   str(_healthy_mtu(lab, p["dev"]))]),
+    {"dev": "eth0", "mtu": "1400"},
+))
+
+
+def _cni_agent(lab: Lab) -> str:
+    return "calico-node" if lab.cni == "calico-bgp" else "flanneld"
+
+
+def _cni_pod_down(lab: Lab, node: LabNode, params: Params) -> None:
+    nodehost.kill(lab.node_procs(node, _cni_agent(lab)))
+    if lab.cni == "calico-bgp":
+        cni.stop_bird(lab, node)  # bird lives in the calico-node pod
+
+
+def _cni_pod_up(lab: Lab, node: LabNode, params: Params) -> None:
+    if not lab.node_procs(node, _cni_agent(lab)):
+        lab.node_shell(node.name, nodehost.agent_command(lab.node_files(node), _cni_agent(lab)))
+    if lab.cni == "calico-bgp" and not cni.bird_running(lab, node):
+        cni.start_bird(lab, node)
+        cni.wait_converged(lab)
+
+
+register(Fault(
+    "cni_pod_not_running",
+    "the node's CNI agent (flanneld, or calico-node with its bird) is not running; lab.json "
+    "marks the node's CNI pod not ready",
+    _cni_pod_down, _cni_pod_up,
+))
+
+# ---- service / DNS --------------------------------------------------------------------------
+
+
+def _coredns_node(lab: Lab) -> str:
+    return lab.pod_for_app("coredns").node
+
+
+def _web_node(lab: Lab) -> str:
+    return lab.pod_for_app("web").node
+
+
+def _dns_drops(lab: Lab) -> list[list[str]]:
+    ip = lab.pod_for_app("coredns").ip
+    return [["-d", f"{ip}/32", "-p", proto, "-m", proto, "--dport", "53", "-j", "DROP"]
+            for proto in ("udp", "tcp")]
+
+
+def _coredns_down(lab: Lab, node: LabNode, params: Params) -> None:
+    if params["via"] == "stop":
+        services.stop_app(lab, "coredns")
+    elif params["via"] == "drop":
+        for spec in _dns_drops(lab):
+            _ipt_insert(lab, node, "FORWARD", spec)
+    else:
+        raise LabError("coredns_unreachable: via must be stop or drop")
+
+
+def _coredns_up(lab: Lab, node: LabNode, params: Params) -> None:
+    for spec in _dns_drops(lab):
+        _ipt_delete(lab, node, "FORWARD", spec)
+    services.start_apps(lab, ["coredns"])
+
+
+register(Fault(
+    "coredns_unreachable",
+    "CoreDNS does not answer: its dnsmasq and metrics stopped (via=stop) or DNS to its pod "
+    "dropped in the node's FORWARD chain (via=drop)",
+    _coredns_down, _coredns_up, {"via": "stop"}, default_node=_coredns_node,
+))
+
+
+def _sync_all(lab: Lab, node: LabNode, params: Params) -> None:
+    if params["service"] not in {s.name for s in services.cluster_services(lab)}:
+        raise LabError(f"service_no_endpoints: no lab service {params['service']!r}")
+    for n in lab.nodes:
+        services.sync_kube_proxy(lab, n)
+
+
+register(Fault(
+    "service_no_endpoints",
+    "a Service (param service, default web) has no ready endpoints: kube-proxy drops its "
+    "KUBE-SEP rules and REJECTs its VIP; lab.json lists no endpoints",
+    _sync_all, _sync_all, {"service": "web"}, scope="cluster", default_node=_web_node,
+))
+register(Fault(
+    "kube_proxy_rules_missing",
+    "the node's nat KUBE-SERVICES chain is flushed: service VIPs stop working from its pods",
+    lambda lab, node, p: lab.node_exec(node.name, ["iptables", "-t", "nat", "-F",
+                                                   "KUBE-SERVICES"]),
+    lambda lab, node, p: services.sync_kube_proxy(lab, node),
+))
+
+# ---- sockets --------------------------------------------------------------------------------
+
+
+def _listen_overflow(lab: Lab, node: LabNode, params: Params) -> None:
+    port = params["port"]
+    _start_in_node(lab, node, _netprog("listen-stuck", port, params["backlog"]))
+    _wait_listen(lab, node, int(port), "tcp")
+    pod = lab.pods_on(node.name)[0]
+    lab.netprog(pod.name, "connect-burst", node.pod_gateway, port, params["count"],
+                "--hold", "2")
+
+
+def _wait_listen(lab: Lab, node: LabNode, port: int, proto: str) -> None:
+    flag = "-Hlnu" if proto == "udp" else "-Hlnt"
+    for _ in range(100):  # bounded: 5 s
+        if lab.node_exec(node.name, ["ss", flag, f"sport = :{port}"]).stdout.strip():
+            return
+        run(["sleep", "0.05"])
+    raise LabError(f"{node.name}: nothing listens on {port}/{proto}")
+
+
+register(Fault(
+    "listen_queue_overflow",
+    "a listener on the node with backlog 1 that never accepts, then a bounded burst of "
+    "connects from a pod: the accept queue overflows and ListenOverflows rises",
+    _listen_overflow,
+    lambda lab, node, p: _kill_matching(lab, node, f"listen-stuck {p['port']} "),
+    {"port": "30080", "backlog": "1", "count": "64"},
+))
+
+
+def _udp_errors(lab: Lab, node: LabNode, params: Params) -> None:
+    port = params["port"]
+    _start_in_node(lab, node, _netprog("udp-stuck", port, params["rcvbuf"]))
+    _wait_listen(lab, node, int(port), "udp")
+    pod = lab.pods_on(node.name)[0]
+    lab.netprog(pod.name, "udp-flood", node.pod_gateway, port, params["count"])
+
+
+register(Fault(
+    "udp_buffer_errors",
+    "a UDP socket on the node with a tiny SO_RCVBUF that never reads, flooded briefly from a "
+    "pod: UdpRcvbufErrors rises",
+    _udp_errors,
+    lambda lab, node, p: _kill_matching(lab, node, f"udp-stuck {p['port']} "),
+    {"port": "30053", "rcvbuf": "2048", "count": "2000"},
+))
+register(Fault(
+    "time_wait_pileup",
+    "a bounded burst of short connections closed by the node's side: TIME_WAIT sockets pile "
+    "up (heal stops nothing: the kernel keeps them 60 s, as on a real node)",
+    lambda lab, node, p: lab.node_exec(node.name, _netprog("tw-burst", p["count"]),
+                                       timeout=60),
+    _noop, {"count": "3000"},
+))
+register(Fault(
+    "port_not_listening",
+    "the web app's server is stopped: its Service and pod port refuse connections",
+    lambda lab, node, p: services.stop_app(lab, "web"),
+    lambda lab, node, p: services.start_apps(lab, ["web"]),
+    scope="cluster", default_node=_web_node,
+))
+
+# ---- host -----------------------------------------------------------------------------------
+
 register(Fault(
     "node_unreachable",
     "the node's sshd is stopped: ssh to it is refused, the node's network stays healthy",
-    lambda lab, node: lab.stop_sshd(node.name),
-    lambda lab, node: lab.start_sshd(node.name),
+    lambda lab, node, p: lab.stop_sshd(node.name),
+    lambda lab, node, p: lab.start_sshd(node.name),
+))
+
+# ---- not reproducible here ------------------------------------------------------------------
+
+register(Fault(
+    "tw_recycle_with_timestamps",
+    "net.ipv4.tcp_tw_recycle was removed in Linux 4.12",
+    _noop, _noop, fixture_only=True,
+))
+register(Fault(
+    "conntrack_table_full",
+    "net.netfilter.nf_conntrack_max is read-only outside the root namespace",
+    _noop, _noop, fixture_only=True,
 ))

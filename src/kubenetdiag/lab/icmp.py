@@ -30,8 +30,9 @@ def checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def echo_request(ident: int, seq: int) -> bytes:
+def echo_request(ident: int, seq: int, size: int = 23) -> bytes:
     payload = struct.pack("!d", time.time()) + b"kubenetdiag-lab"
+    payload = (payload * (size // len(payload) + 1))[: max(size, 8)]
     header = struct.pack("!BBHHH", ECHO_REQUEST, 0, 0, ident, seq)
     csum = checksum(header + payload)
     return struct.pack("!BBHHH", ECHO_REQUEST, 0, csum, ident, seq) + payload
@@ -62,13 +63,20 @@ def classify(packet: bytes, dst: str, ident: int, seq: int) -> str | None:
     return None
 
 
-def ping(dst: str, count: int, timeout: float, interval: float) -> int:
+IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2  # linux/in.h; not all Pythons export them
+
+
+def ping(dst: str, count: int, timeout: float, interval: float, size: int | None = None) -> int:
     ident = os.getpid() & 0xFFFF
     replies = 0
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+        if size is not None:
+            # DF on: a packet too big for some link on the path is dropped (or answered with
+            # "fragmentation needed"), never silently fragmented, as with `ping -M do -s`.
+            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
         for seq in range(1, count + 1):
             sent = time.monotonic()
-            sock.sendto(echo_request(ident, seq), (dst, 0))
+            sock.sendto(echo_request(ident, seq, 23 if size is None else size), (dst, 0))
             deadline = sent + timeout
             outcome = None
             while outcome is None:
@@ -97,10 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-c", "--count", type=int, default=1)
     parser.add_argument("-W", "--timeout", type=float, default=1.0)
     parser.add_argument("-i", "--interval", type=float, default=0.2)
+    parser.add_argument("-s", "--size", type=int, default=None,
+                        help="payload bytes, sent with DF set")
     args = parser.parse_args(argv)
     try:
         socket.inet_aton(args.dst)
-        return ping(args.dst, max(1, args.count), args.timeout, args.interval)
+        return ping(args.dst, max(1, args.count), args.timeout, args.interval, args.size)
     except OSError as exc:
         print(f"ping {args.dst}: {exc}", file=sys.stderr)
         return 2

@@ -2,19 +2,41 @@
 
 Layout (prefix "knd", 2 nodes)::
 
-    knd-client (198.18.0.2)  ──┐
-    knd-node1  (198.18.0.11) ──┼── knd-sw: bridge br0, underlay 198.18.0.0/24
-    knd-node2  (198.18.0.12) ──┘
-      each node<i>: sshd on eth0, cni0 10.244.<i>.1/24, flannel FORWARD rules, ip_forward=1
-      └─ knd-node<i>-pod1: eth0 10.244.<i>.2/24, default via 10.244.<i>.1
+    knd-client  (198.18.0.2)   ──┐
+    knd-outside (198.18.0.250) ──┼── knd-sw: bridge br0, underlay 198.18.0.0/24
+    knd-node1   (198.18.0.11)  ──┤     outside also holds 203.0.113.10 (TCP 3306)
+    knd-node2   (198.18.0.12)  ──┘
+      each node<i>: its own netns + mount + PID namespace (nodehost.py), sshd on eth0,
+        cni0 10.244.<i>.1/24, the CNI's links/routes (cni.py), kube-proxy and CNI iptables
+        rules (services.py), route 203.0.113.0/24 via 198.18.0.250, fake agent processes
+      ├─ knd-node<i>-pod1: eth0 10.244.<i>.2/24, default via 10.244.<i>.1 (app "client")
+      └─ knd-node<i>-pod2: 10.244.<i>.3 (node1: coredns, node2: web, others: "client")
 
-Nodes route each other's pod /24 via the owning node's underlay address (flannel host-gw), so
-cross-node pod traffic exercises real forwarding, sysctls and iptables on both nodes.
+CNI modes: flannel-vxlan (default), flannel-host-gw, calico-bgp (see cni.py).
+
+lab.json (`<workdir>/lab.json`, schema "kubenetdiag/lab/v1") is the contract the API stand-in
+and `lab status` read; it is rewritten atomically on every change:
+
+    prefix, workdir, cni, vxlan_port (cluster-wide flannel port), cluster_domain ("cluster.local"),
+    pod_network ("10.244.0.0/16"), service_network ("10.96.0.0/12"), kube_proxy_mode ("iptables"),
+    underlay ("198.18.0.0/24"), namespaces [all lab netns], switch_netns,
+    client {netns, address}, outside {netns, address, hosts: [{address, port, name}]},
+    nodes [{name, index, netns, address, pod_cidr, pod_gateway, pod_netns, pod_address, zone
+            ("zone-a" odd / "zone-b" even index), vxlan_port (this node's, differs under
+            vxlan_port_mismatch), cni_pod_ready (false under cni_pod_not_running),
+            etc_dir (its /etc/sysctl.conf + sysctl.d), subnet_env, bird_socket (calico-bgp)}],
+    pods [{name, namespace, node, ip, netns, app}]          app: coredns | web | client
+    services [{name, namespace, cluster_ip, ports [{name, port, protocol, target_port}], app,
+               endpoints [pod names; [] under service_no_endpoints]}]
+    faults [{fault, node, params}], bird_sockets {node: path} (calico-bgp only),
+    sshd_pids {node: pid}, init_pids {node: pid of the node's PID 1, root-namespace view},
+    inventory, kubeconfig (written by the API stand-in), known_hosts, key
 
 Invariants the code keeps (the tests check them):
   * nothing is created or changed in the root namespace: every link is created inside a lab
     namespace, veth peers are created directly in their target namespace;
   * no lab namespace routes outside the lab: only pods have a default route, to their own node;
+    NAT only rewrites to pod addresses (DNAT) or to the node's own address (MASQUERADE);
   * `down` finds everything from the prefix alone, so it also cleans after a crashed run.
 """
 
@@ -36,8 +58,8 @@ from typing import Any
 
 import yaml
 
-from kubenetdiag.lab import icmp, sshd
-from kubenetdiag.lab.faults import FAULTS
+from kubenetdiag.lab import cni, icmp, netprog, nodehost, services, sshd
+from kubenetdiag.lab.faults import FAULTS, Fault
 from kubenetdiag.lab.netns import (
     LabError,
     add_netns,
@@ -55,16 +77,21 @@ UNDERLAY = ip_network("198.18.0.0/24")  # RFC 2544 benchmarking range: never rou
 POD_SUPERNET = ip_network("10.244.0.0/16")  # flannel's default cluster CIDR
 CLIENT_ADDRESS = "198.18.0.2"
 NODE_HOST_OFFSET = 10  # node i is 198.18.0.(10+i)
-MAX_NODES = 200  # keeps node addresses inside the /24 and pod /24s inside the /16
+MAX_NODES = 200  # keeps node addresses below the outside's .250 and pod /24s inside the /16
 STATE_SCHEMA = "kubenetdiag/lab/v1"
-REQUIRED_TOOLS = ("ip", "iptables", "iptables-restore", "sysctl", "ssh", "ssh-keygen", sshd.SSHD)
+DEFAULT_WORKDIR = Path("/tmp/kubenetdiag-lab")
+REQUIRED_TOOLS = ("ip", "bridge", "iptables", "iptables-restore", "sysctl", "ssh", "ssh-keygen",
+                  "nsenter", "unshare", "ss", "dnsmasq", sshd.SSHD)
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+PODS_PER_NODE = 2
 
-FLANNEL_FORWARD_RULES = f"""*filter
--A FORWARD -s {POD_SUPERNET} -m comment --comment "flanneld forward" -j ACCEPT
--A FORWARD -d {POD_SUPERNET} -m comment --comment "flanneld forward" -j ACCEPT
-COMMIT
-"""
+# What a kubeadm-prepared node carries; faults add files beside these.
+NODE_SYSCTL_CONF = "# /etc/sysctl.conf - see sysctl.conf(5)\n#net.ipv4.ip_forward=1\n"
+NODE_SYSCTL_D = {
+    "99-kubernetes-cri.conf": "net.bridge.bridge-nf-call-iptables  = 1\n"
+                              "net.ipv4.ip_forward                 = 1\n"
+                              "net.bridge.bridge-nf-call-ip6tables = 1\n",
+}
 
 
 @dataclass(frozen=True)
@@ -75,8 +102,20 @@ class LabNode:
     address: str  # underlay address on eth0
     pod_cidr: str
     pod_gateway: str  # cni0 address
-    pod_netns: str
+    pod_netns: str  # the node's first pod ("client" app), kept for simple pod-to-pod checks
     pod_address: str
+    zone: str
+
+
+@dataclass(frozen=True)
+class LabPod:
+    name: str
+    namespace: str
+    node: str
+    ip: str
+    netns: str
+    app: str
+    slot: int  # j in <node>-pod<j>; the node side of its veth is veth-pod<j>
 
 
 def _make_node(prefix: str, i: int) -> LabNode:
@@ -90,33 +129,63 @@ def _make_node(prefix: str, i: int) -> LabNode:
         pod_gateway=str(pod_net.network_address + 1),
         pod_netns=f"{prefix}-node{i}-pod1",
         pod_address=str(pod_net.network_address + 2),
+        zone="zone-a" if i % 2 else "zone-b",
     )
+
+
+def _make_pods(nodes: Sequence[LabNode]) -> list[LabPod]:
+    pods = []
+    web_node = nodes[1] if len(nodes) > 1 else nodes[0]
+    for node in nodes:
+        apps = ["client", "client"]
+        if node.index == 1:
+            apps[1] = "coredns"
+        if node is web_node:
+            apps.append("web") if node.index == 1 else apps.__setitem__(1, "web")
+        base = IPv4Network(node.pod_cidr).network_address
+        for j, app in enumerate(apps, start=1):
+            name, ns = {
+                "coredns": ("coredns-0", "kube-system"),
+                "web": ("web-0", "default"),
+            }.get(app, (f"client-{node.name}-{j}", "default"))
+            pods.append(LabPod(name, ns, node.name, str(base + 1 + j), f"{node.netns}-pod{j}",
+                               app, j))
+    return pods
 
 
 class Lab:
     """Build, inspect, break and tear down the lab. See the module docstring for the layout."""
 
-    def __init__(self, workdir: Path, nodes: int = 2, prefix: str = "knd") -> None:
+    def __init__(self, workdir: Path, nodes: int = 2, prefix: str = "knd",
+                 cni_mode: str = cni.DEFAULT_CNI) -> None:
         if not PREFIX_RE.match(prefix):
             # No "-" allowed: it keeps every lab's namespace names unambiguous for `down`.
             raise LabError(f"lab prefix {prefix!r} must match {PREFIX_RE.pattern}")
         if not 1 <= nodes <= MAX_NODES:
             raise LabError(f"lab node count must be 1..{MAX_NODES}, got {nodes}")
+        if cni_mode not in cni.CNI_MODES:
+            raise LabError(f"unknown CNI mode {cni_mode!r}; one of {', '.join(cni.CNI_MODES)}")
         self.workdir = Path(workdir).resolve()
         self.prefix = prefix
+        self.cni = cni_mode
+        self.pod_network = str(POD_SUPERNET)
         self.switch_netns = f"{prefix}-sw"
         self.client_netns = f"{prefix}-client"
+        self.outside_netns = f"{prefix}-outside"
         self.client_address = CLIENT_ADDRESS
         self.nodes: list[LabNode] = [_make_node(prefix, i) for i in range(1, nodes + 1)]
+        self.pods: list[LabPod] = _make_pods(self.nodes)
         self.inventory_path = self.workdir / "hosts.yaml"
+        self.kubeconfig_path = self.workdir / "kubeconfig"
         self.known_hosts_path = self.workdir / "known_hosts"
         self.key_path = self.workdir / "id_ed25519"
         self.authorized_keys_path = self.workdir / "authorized_keys"
         self.state_path = self.workdir / "lab.json"
-        self.active_faults: set[tuple[str, str]] = set()
+        self.faults: list[dict[str, Any]] = []
         self.timings: dict[str, float] = {}
         self._sshd_pids: dict[str, int] = {}
         self._sshd_procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._init_pids: dict[str, int] = {}
 
     # ---- lookup ---------------------------------------------------------------------------
 
@@ -130,18 +199,25 @@ class Lab:
             raise LabError(f"{path}: no lab state (was `up` run with this work dir?)") from exc
         if state.get("schema") != STATE_SCHEMA:
             raise LabError(f"{path}: not a {STATE_SCHEMA} state file")
-        lab = cls(Path(state["workdir"]), nodes=len(state["nodes"]), prefix=state["prefix"])
+        lab = cls(Path(state["workdir"]), nodes=len(state["nodes"]), prefix=state["prefix"],
+                  cni_mode=state.get("cni", cni.DEFAULT_CNI))
         lab._sshd_pids = {k: int(v) for k, v in state.get("sshd_pids", {}).items()}
-        lab.active_faults = {(f, n) for f, n in state.get("active_faults", [])}
+        lab._init_pids = {k: int(v) for k, v in state.get("init_pids", {}).items()}
+        lab.faults = list(state.get("faults", []))
         return lab
+
+    @property
+    def active_faults(self) -> set[tuple[str, str]]:
+        return {(f["fault"], f["node"]) for f in self.faults}
 
     @property
     def namespaces(self) -> list[str]:
         return [
             self.switch_netns,
             self.client_netns,
+            self.outside_netns,
             *(n.netns for n in self.nodes),
-            *(n.pod_netns for n in self.nodes),
+            *(p.netns for p in self.pods),
         ]
 
     def node(self, name: str) -> LabNode:
@@ -150,6 +226,21 @@ class Lab:
                 return node
         raise LabError(f"no lab node {name!r}; nodes are {', '.join(n.name for n in self.nodes)}")
 
+    def pod(self, name: str) -> LabPod:
+        for pod in self.pods:
+            if name in (pod.name, pod.netns, pod.ip):
+                return pod
+        raise LabError(f"no lab pod {name!r}")
+
+    def pods_on(self, node: str) -> list[LabPod]:
+        return [p for p in self.pods if p.node == self.node(node).name]
+
+    def pod_for_app(self, app: str) -> LabPod:
+        for pod in self.pods:
+            if pod.app == app:
+                return pod
+        raise LabError(f"no lab pod runs {app!r}")
+
     @property
     def sshd_pids(self) -> dict[str, int]:
         return dict(self._sshd_pids)
@@ -157,13 +248,39 @@ class Lab:
     def _sshd_files(self, node: LabNode) -> sshd.SshdFiles:
         return sshd.SshdFiles(self.workdir / "nodes" / node.name)
 
+    def node_files(self, node: LabNode) -> nodehost.NodeFiles:
+        return nodehost.NodeFiles(self.workdir / "nodes" / node.name)
+
+    def init_pid(self, node: LabNode) -> int:
+        pid = self._init_pids.get(node.name)
+        if pid is None or not nodehost.is_init(pid):
+            raise LabError(f"{node.name}'s node init is not running (was the lab torn down?)")
+        return pid
+
+    def node_procs(self, node: LabNode, comm: str) -> list[int]:
+        """Pids of processes named `comm` in the node (its network namespace)."""
+        return nodehost.procs_named(pids_in_netns([node.netns]).get(node.netns, []), comm)
+
+    def fault_params(self, fault: str, node: str | None = None) -> list[dict[str, str]]:
+        return [f["params"] for f in self.faults
+                if f["fault"] == fault and (node is None or f["node"] == node)]
+
+    def node_vxlan_port(self, node: str) -> int:
+        for params in self.fault_params("vxlan_port_mismatch", node):
+            return int(params["port"])
+        return cni.VXLAN_PORT
+
+    def endpointless_services(self) -> set[str]:
+        return {p["service"] for p in self.fault_params("service_no_endpoints")}
+
     # ---- lifecycle ------------------------------------------------------------------------
 
     def up(self) -> None:
         """Build the lab; on any failure tear down whatever was built, then re-raise."""
         started = time.monotonic()
-        _require_root_and_tools()
-        check_root_namespace([UNDERLAY, POD_SUPERNET])
+        _require_root_and_tools(self.cni)
+        check_root_namespace([UNDERLAY, POD_SUPERNET, services.SERVICE_NETWORK,
+                              services.OUTSIDE_NETWORK])
         leftovers = lab_namespaces(self.prefix)
         if leftovers:
             raise LabError(
@@ -172,15 +289,25 @@ class Lab:
                 f"`python -m kubenetdiag.lab down --prefix {self.prefix} --workdir {self.workdir}`"
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
         try:
             # Keys and files first: they touch no system state, so failing there costs nothing.
             self._write_ssh_material()
+            self._write_node_files()
             add_netns(self.namespaces)
             self._write_state()
-            self._wire_switch_and_client()
+            self._wire_switch_client_outside()
             for node in self.nodes:
                 self._wire_node(node)
+            for node in self.nodes:
+                cni.program_peers(self, node)
+            self._start_inits()
             self._start_sshds(self.nodes)
+            if self.cni == "calico-bgp":
+                for node in self.nodes:
+                    cni.start_bird(self, node)
+                cni.wait_converged(self, timeout=30 + len(self.nodes))
+            services.start_apps(self, ["coredns", "web", "outside"])
             self._write_state()
         except BaseException as exc:
             try:
@@ -206,6 +333,10 @@ class Lab:
             pid = sshd.running_pid(self._sshd_pids.get(node.name), files)
             if pid:
                 victims.add(pid)
+            victims.update(sshd.find_pids(files))
+            init = self._init_pids.get(node.name)
+            if nodehost.is_init(init):
+                victims.add(int(init or 0))
         problems = []
         try:
             terminate(victims)
@@ -216,7 +347,8 @@ class Lab:
                 proc.wait(timeout=1)
         self._sshd_procs.clear()
         self._sshd_pids.clear()
-        self.active_faults.clear()
+        self._init_pids.clear()
+        self.faults.clear()
         # Reverse of build order (pods, nodes and client, switch); the kernel does not need
         # it, but a delete that fails halfway then leaves a lab that still hangs together.
         ordered = sorted(names, key=lambda n: ("-pod" not in n, n.endswith("-sw"), n))
@@ -256,12 +388,25 @@ class Lab:
         }
         self.inventory_path.write_text(yaml.safe_dump(inventory, sort_keys=False))
 
-    def _wire_switch_and_client(self) -> None:
+    def _write_node_files(self) -> None:
+        for node in self.nodes:
+            files = self.node_files(node)
+            nodehost.prepare(files, NODE_SYSCTL_CONF)
+            for old in files.sysctl_d.glob("*.conf"):
+                old.unlink()
+            for name, text in NODE_SYSCTL_D.items():
+                (files.sysctl_d / name).write_text(text)
+            if self.cni.startswith("flannel"):
+                files.subnet_env.write_text(cni.subnet_env(self, node))
+
+    def _wire_switch_client_outside(self) -> None:
         # Each veth is created in the switch with its peer born directly in the other
         # namespace, so no interface ever exists in the root namespace, even transiently.
         lines = ["link set lo up", "link add br0 type bridge", "link set br0 up",
                  f"link add swc type veth peer name eth0 netns {self.client_netns}",
-                 "link set swc master br0 up"]
+                 "link set swc master br0 up",
+                 f"link add swo type veth peer name eth0 netns {self.outside_netns}",
+                 "link set swo master br0 up"]
         for node in self.nodes:
             lines += [f"link add swp{node.index} type veth peer name eth0 netns {node.netns}",
                       f"link set swp{node.index} master br0 up"]
@@ -271,61 +416,109 @@ class Lab:
             f"addr add {self.client_address}/{UNDERLAY.prefixlen} dev eth0",
             "link set eth0 up",
         ])
+        ip_batch(self.outside_netns, services.wire_outside(self))
 
     def _wire_node(self, node: LabNode) -> None:
         plen = IPv4Network(node.pod_cidr).prefixlen
+        mtu = cni.pod_mtu(self.cni)
         lines = [
             "link set lo up",
             f"addr add {node.address}/{UNDERLAY.prefixlen} dev eth0",
             "link set eth0 up",
-            "link add cni0 type bridge",
+            f"link add cni0 mtu {mtu} type bridge",
             f"addr add {node.pod_gateway}/{plen} dev cni0",
             "link set cni0 up",
-            f"link add veth-pod1 type veth peer name eth0 netns {node.pod_netns}",
-            "link set veth-pod1 master cni0 up",
+            f"route add {services.OUTSIDE_NETWORK} via {services.OUTSIDE_UNDERLAY} dev eth0",
+            *cni.device_lines(self, node),
         ]
-        lines += [f"route add {peer.pod_cidr} via {peer.address} dev eth0"
-                  for peer in self.nodes if peer is not node]
+        pods = self.pods_on(node.name)
+        for pod in pods:
+            lines += [f"link add veth-pod{pod.slot} mtu {mtu} type veth peer name eth0 "
+                      f"netns {pod.netns}",
+                      f"link set veth-pod{pod.slot} master cni0 up",
+                      # kubelet's hairpin-veth: a pod can reach itself through its own VIP
+                      f"link set veth-pod{pod.slot} type bridge_slave hairpin on"]
         ip_batch(node.netns, lines)
-        ip_batch(node.pod_netns, [
-            "link set lo up",
-            f"addr add {node.pod_address}/{plen} dev eth0",
-            "link set eth0 up",
-            f"route add default via {node.pod_gateway} dev eth0",
-        ])
-        # New namespaces start with forwarding off regardless of the root namespace.
-        self.node_exec(node.name, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        self.node_exec(node.name, ["iptables-restore", "--noflush"], input=FLANNEL_FORWARD_RULES)
+        for pod in pods:
+            ip_batch(pod.netns, [
+                "link set lo up",
+                f"addr add {pod.ip}/{plen} dev eth0",
+                f"link set eth0 mtu {mtu} up",
+                f"route add default via {node.pod_gateway} dev eth0",
+            ])
+        # New namespaces start with forwarding off regardless of the root namespace; -e: a
+        # machine without br_netfilter has no net.bridge keys (the lab still works, routed).
+        script = ("sysctl -qew net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1 "
+                  ">/dev/null && iptables-restore --noflush")
+        self.node_exec(node.name, ["sh", "-c", script], input=services.node_ruleset(self, node))
+
+    def _start_inits(self) -> None:
+        agents = nodehost.AGENTS[self.cni]
+        started = {}
+        for node in self.nodes:
+            files = self.node_files(node)
+            pid = nodehost.start_init(node.netns, files, agents, files.dir / "init.log")
+            started[node.name] = (pid, files)
+        self._init_pids.update(nodehost.wait_ready(started))
 
     def _start_sshds(self, nodes: Sequence[LabNode]) -> None:
         # Start all, then wait for all: startup latency overlaps instead of adding up.
         started = {}
         for node in nodes:
-            item = sshd.start(node.netns, self._sshd_files(node), node.address)
+            item = sshd.start(node.netns, self._sshd_files(node), node.address,
+                              init_pid=self._init_pids.get(node.name))
             self._sshd_procs[node.name] = item.proc
             self._sshd_pids[node.name] = item.proc.pid
             started[node.name] = item
         sshd.wait_listening(started)
 
-    def _write_state(self) -> None:
-        state: dict[str, Any] = {
+    def state(self) -> dict[str, Any]:
+        """lab.json's content (see the module docstring)."""
+        failing_cni = {f["node"] for f in self.faults if f["fault"] == "cni_pod_not_running"}
+        nodes = []
+        bird_sockets = {}
+        for n in self.nodes:
+            files = self.node_files(n)
+            entry = {**asdict(n), "vxlan_port": self.node_vxlan_port(n.name),
+                     "cni_pod_ready": n.name not in failing_cni, "etc_dir": str(files.etc),
+                     "subnet_env": str(files.subnet_env)}
+            if self.cni == "calico-bgp":
+                entry["bird_socket"] = bird_sockets[n.name] = cni.bird_socket(self, n)
+            nodes.append(entry)
+        return {
             "schema": STATE_SCHEMA,
             "prefix": self.prefix,
             "workdir": str(self.workdir),
+            "cni": self.cni,
+            "vxlan_port": cni.VXLAN_PORT,
+            "cluster_domain": services.CLUSTER_DOMAIN,
+            "pod_network": self.pod_network,
+            "service_network": str(services.SERVICE_NETWORK),
+            "kube_proxy_mode": "iptables",
+            "underlay": str(UNDERLAY),
             "namespaces": self.namespaces,
             "switch_netns": self.switch_netns,
             "client": {"netns": self.client_netns, "address": self.client_address},
-            "underlay": str(UNDERLAY),
-            "pod_supernet": str(POD_SUPERNET),
-            "nodes": [asdict(n) for n in self.nodes],
+            "outside": {"netns": self.outside_netns, "address": services.OUTSIDE_UNDERLAY,
+                        "network": str(services.OUTSIDE_NETWORK),
+                        "hosts": [{"address": services.OUTSIDE_HOST,
+                                   "port": services.OUTSIDE_PORT, "name": "mysql"}]},
+            "nodes": nodes,
+            "pods": [services.pod_dict(p) for p in self.pods],
+            "services": [s.to_dict() for s in services.cluster_services(self)],
+            "faults": self.faults,
+            "bird_sockets": bird_sockets,
             "sshd_pids": self._sshd_pids,
-            "active_faults": sorted(self.active_faults),
+            "init_pids": self._init_pids,
             "inventory": str(self.inventory_path),
+            "kubeconfig": str(self.kubeconfig_path),
             "known_hosts": str(self.known_hosts_path),
             "key": str(self.key_path),
         }
+
+    def _write_state(self) -> None:
         tmp = self.state_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        tmp.write_text(json.dumps(self.state(), indent=2) + "\n")
         tmp.replace(self.state_path)  # a reader never sees half a file
 
     def _save_state_if_up(self) -> None:
@@ -340,11 +533,30 @@ class Lab:
         """Run argv in the node's network namespace. kw: input, timeout, env."""
         return run(exec_argv(self.node(node).netns, argv), check=check, **kw)
 
+    def node_shell(self, node: str, script: str, check: bool = True, timeout: float = 30.0
+                   ) -> subprocess.CompletedProcess[str]:
+        """Run a bash script inside the node (its network, mount and PID namespaces): what an
+        SSH session on the node would see, e.g. its own /etc/sysctl.d and process list."""
+        return nodehost.node_sh(self.init_pid(self.node(node)), script, check=check,
+                                timeout=timeout)
+
     def pod_exec(
         self, node: str, argv: Sequence[str], check: bool = True, **kw: Any
     ) -> subprocess.CompletedProcess[str]:
-        """Run argv in the node's pod namespace. kw: input, timeout, env."""
+        """Run argv in the node's first pod namespace. kw: input, timeout, env."""
         return run(exec_argv(self.node(node).pod_netns, argv), check=check, **kw)
+
+    def in_pod(
+        self, pod: str, argv: Sequence[str], check: bool = False, **kw: Any
+    ) -> subprocess.CompletedProcess[str]:
+        """Run argv in a pod's namespace (pod name, netns or IP)."""
+        return run(exec_argv(self.pod(pod).netns, argv), check=check, **kw)
+
+    def netprog(self, pod: str, *args: str, timeout: float = 30.0
+                ) -> subprocess.CompletedProcess[str]:
+        """Run one of netprog.py's programs in a pod (see that module for the commands)."""
+        argv = [sys.executable, "-I", netprog.__file__, *args]
+        return self.in_pod(pod, argv, timeout=timeout)
 
     def client_exec(
         self,
@@ -370,14 +582,23 @@ class Lab:
             f"root@{self.node(node).address}", *command,
         ]
 
-    def pod_ping(
-        self, src_node: str, dst_node: str, count: int = 1, timeout: float = 1.0
-    ) -> subprocess.CompletedProcess[str]:
-        """ICMP echo from src_node's pod to dst_node's pod; returncode 0 if any reply."""
-        dst = self.node(dst_node).pod_address
+    def ping(self, src_pod: str, dst: str, count: int = 1, timeout: float = 1.0,
+             size: int | None = None) -> subprocess.CompletedProcess[str]:
+        """ICMP echo from a pod to an address; returncode 0 if any reply. size: payload bytes,
+        sent with DF set, so a too-small MTU on the path drops it instead of fragmenting."""
         # -I: the helper is stdlib-only; isolation keeps the caller's env from changing it.
         argv = [sys.executable, "-I", icmp.__file__, dst, "-c", str(count), "-W", f"{timeout:g}"]
-        return self.pod_exec(src_node, argv, check=False, timeout=count * (timeout + 1) + 10)
+        if size is not None:
+            argv += ["-s", str(size)]
+        return self.in_pod(src_pod, argv, timeout=count * (timeout + 1) + 10)
+
+    def pod_ping(
+        self, src_node: str, dst_node: str, count: int = 1, timeout: float = 1.0,
+        size: int | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """ICMP echo from src_node's first pod to dst_node's; returncode 0 if any reply."""
+        return self.ping(self.node(src_node).pod_netns, self.node(dst_node).pod_address,
+                         count=count, timeout=timeout, size=size)
 
     # ---- sshd -----------------------------------------------------------------------------
 
@@ -399,44 +620,95 @@ class Lab:
 
     # ---- faults ---------------------------------------------------------------------------
 
-    def inject(self, fault: str, node: str) -> None:
-        spec = FAULTS.get(fault)
+    def _fault(self, name: str) -> Fault:
+        spec = FAULTS.get(name)
         if spec is None:
-            raise LabError(f"unknown fault {fault!r}; known: {', '.join(sorted(FAULTS))}")
-        target = self.node(node)
-        spec.inject(self, target)
-        self.active_faults.add((fault, target.name))
+            raise LabError(f"unknown fault {name!r}; known: {', '.join(sorted(FAULTS))}")
+        return spec
+
+    def inject(self, fault: str, node: str | None = None,
+               params: dict[str, str] | None = None) -> None:
+        """Break the lab. node defaults to where the fault naturally lives (e.g. the CoreDNS
+        node); params override the fault's defaults (`lab inject --list` shows them)."""
+        spec = self._fault(fault)
+        if spec.fixture_only:
+            raise LabError(f"{fault} cannot be reproduced on this kernel ({spec.description}); "
+                           "it is covered by recorded-bundle fixtures")
+        if spec.modes and self.cni not in spec.modes:
+            raise LabError(f"{fault} needs CNI mode {' or '.join(spec.modes)}; "
+                           f"this lab runs {self.cni}")
+        unknown = set(params or {}) - set(spec.params)
+        if unknown:
+            raise LabError(f"{fault} takes no parameter {', '.join(sorted(unknown))}; "
+                           f"it takes: {', '.join(sorted(spec.params)) or 'none'}")
+        target = self.node(node) if node else self.node(spec.default_node(self))
+        merged = {**spec.params, **(params or {})}
+        self._reload_faults()
+        if any(f["fault"] == fault and f["node"] == target.name for f in self.faults):
+            raise LabError(f"{fault} is already active on {target.name}; heal it first")
+        # Recorded before acting: state-dependent builders (vxlan port, endpoints) read it.
+        self.faults.append({"fault": fault, "node": target.name, "params": merged})
+        try:
+            spec.inject(self, target, merged)
+        except BaseException:
+            self.faults.pop()
+            with contextlib.suppress(Exception):
+                spec.heal(self, target, merged)
+            raise
         self._save_state_if_up()
 
     def heal(self, fault: str | None = None, node: str | None = None) -> None:
-        """Undo faults; None means all faults / all nodes. Heals are idempotent, so this
-        restores the healthy state even for faults injected by another process."""
-        if fault is not None and fault not in FAULTS:
-            raise LabError(f"unknown fault {fault!r}; known: {', '.join(sorted(FAULTS))}")
-        faults = [FAULTS[fault]] if fault else list(FAULTS.values())
+        """Undo faults. With no fault, every recorded fault (on `node` if given) is healed;
+        a named fault is also healed where it is not recorded (heals are idempotent), so
+        this restores health after faults injected by a process that lost its state."""
+        self._reload_faults()
         targets = [self.node(node)] if node else self.nodes
-        for spec in faults:
-            for target in targets:
-                spec.heal(self, target)
-                self.active_faults.discard((spec.name, target.name))
+        names = {t.name for t in targets}
+        work: list[tuple[Fault, LabNode, dict[str, str]]] = []
+        for entry in list(self.faults):
+            if entry["node"] in names and fault in (None, entry["fault"]):
+                work.append((self._fault(entry["fault"]), self.node(entry["node"]),
+                             entry["params"]))
+        if fault is not None:
+            spec = self._fault(fault)
+            recorded = {w[1].name for w in work}
+            if not spec.fixture_only and not (spec.modes and self.cni not in spec.modes):
+                blind = targets if spec.scope == "node" else [self.node(spec.default_node(self))]
+                work += [(spec, t, dict(spec.params)) for t in blind
+                         if t.name not in recorded and t.name in names]
+        for spec, target, params in work:
+            self.faults = [f for f in self.faults
+                           if not (f["fault"] == spec.name and f["node"] == target.name)]
+            spec.heal(self, target, params)
+            self._save_state_if_up()
         self._save_state_if_up()
 
+    def _reload_faults(self) -> None:
+        # Another process (the CLI) may have injected since this object was built.
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            recorded = json.loads(self.state_path.read_text())["faults"]
+            for entry in recorded:
+                if entry not in self.faults:
+                    self.faults.append(entry)
+
     @contextlib.contextmanager
-    def injected(self, fault: str, node: str) -> Iterator[None]:
+    def injected(self, fault: str, node: str | None = None,
+                 params: dict[str, str] | None = None) -> Iterator[None]:
         """`with lab.injected(...)`: the fault holds inside the block and is healed after,
         even when the block raises."""
         try:
-            self.inject(fault, node)
+            self.inject(fault, node, params)
             yield
         finally:
-            self.heal(fault, node)
+            self.heal(fault, node or self.node(self._fault(fault).default_node(self)).name)
 
 
-def missing_requirements() -> str | None:
+def missing_requirements(cni_mode: str | None = None) -> str | None:
     """Why the lab cannot run here, or None. For callers that want to skip, not fail."""
     if os.geteuid() != 0:
         return "the lab needs root (network namespaces, sshd)"
-    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    tools = REQUIRED_TOOLS + (("bird", "birdc") if cni_mode == "calico-bgp" else ())
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         return f"the lab needs these tools: {', '.join(missing)}"
     if _root_password_locked():
@@ -455,7 +727,7 @@ def _root_password_locked() -> bool:
     return False
 
 
-def _require_root_and_tools() -> None:
-    reason = missing_requirements()
+def _require_root_and_tools(cni_mode: str) -> None:
+    reason = missing_requirements(cni_mode)
     if reason:
         raise LabError(reason)

@@ -6,7 +6,7 @@ auth failures, refusals and timeouts it meets on real nodes.
 
 from __future__ import annotations
 
-import contextlib
+import os
 import re
 import subprocess
 import time
@@ -106,8 +106,16 @@ class Started:
     log_offset: int
 
 
-def start(netns: str, files: SshdFiles, address: str) -> Started:
+def start(netns: str, files: SshdFiles, address: str, init_pid: int | None = None) -> Started:
+    """Start sshd in the node's network namespace, or, given the node's init, inside the
+    node's own mount and PID namespaces too (so sessions see the node's files and processes)."""
     PRIVSEP_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+    argv = [SSHD, "-D", "-e", "-f", str(files.config)]
+    if init_pid:
+        # nsenter -p forks: the Popen pid is nsenter, sshd is its child (find_pids sees both).
+        argv = ["nsenter", "-t", str(init_pid), "-n", "-m", "-p", "--", *argv]
+    else:
+        argv = exec_argv(netns, argv)
     files.pid_file.unlink(missing_ok=True)
     with open(files.log, "ab") as log:
         # The log is appended to across restarts (useful when a test fails); readiness must
@@ -116,7 +124,7 @@ def start(netns: str, files: SshdFiles, address: str) -> Started:
         # start_new_session: a Ctrl-C aimed at the test run or CLI must not kill the nodes'
         # sshd mid-teardown; `down` stops them explicitly.
         proc = subprocess.Popen(
-            exec_argv(netns, [SSHD, "-D", "-e", "-f", str(files.config)]),
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -158,10 +166,22 @@ def is_lab_sshd(pid: int, files: SshdFiles) -> bool:
     return "sshd" in line and str(files.config) in line
 
 
+def find_pids(files: SshdFiles) -> list[int]:
+    """Every process running this node's sshd config: the listener and any nsenter around it.
+
+    The pid file is no help inside a PID namespace (it holds the namespace's view of the pid),
+    so the listener is found by its command line.
+    """
+    out = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and is_lab_sshd(int(entry.name), files):
+            out.append(int(entry.name))
+    return out
+
+
 def stop(pid: int | None, files: SshdFiles) -> None:
     candidates = {pid} if pid else set()
-    with contextlib.suppress(OSError, ValueError):
-        candidates.add(int(files.pid_file.read_text().strip()))
+    candidates.update(find_pids(files))
     alive = [p for p in candidates if p > 0 and is_lab_sshd(p, files)]
     if alive:
         terminate(alive)

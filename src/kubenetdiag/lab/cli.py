@@ -1,0 +1,177 @@
+"""`kubenetdiag lab ...` (and `python -m kubenetdiag.lab ...`): drive the lab by hand.
+
+    lab up [--nodes N] [--cni MODE]      build it (default 2 nodes, flannel-vxlan)
+    lab status [--json]                   client netns, nodes, pods, paths, active faults
+    lab exec -- CMD...                    run CMD in the client namespace, exit with its code
+    lab inject FAULT [--node N] [--param k=v]...   break it; `lab inject --list` lists faults
+    lab heal [FAULT] [--node N]           undo faults (all active ones if none named)
+    lab down                              tear it down (also after a crashed run)
+
+Every command takes --workdir (default /tmp/kubenetdiag-lab); up and down take --prefix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from kubenetdiag.lab.cni import CNI_MODES, DEFAULT_CNI
+from kubenetdiag.lab.faults import FAULTS
+from kubenetdiag.lab.lab import DEFAULT_WORKDIR, Lab
+from kubenetdiag.lab.netns import LabError, exec_argv
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add the `lab` command to a CLI's subparsers; dispatch with `run(args)`."""
+    parser = subparsers.add_parser("lab", help="the network-namespace cluster lab (root)",
+                                   description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_commands(parser)
+
+
+def add_commands(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="lab_cmd", required=True, metavar="COMMAND")
+    up = sub.add_parser("up", help="build the lab")
+    up.add_argument("--nodes", type=int, default=2)
+    up.add_argument("--cni", choices=CNI_MODES, default=DEFAULT_CNI)
+    status = sub.add_parser("status", help="describe the running lab")
+    status.add_argument("--json", action="store_true", help="machine-readable")
+    ex = sub.add_parser("exec", help="run a command in the lab's client namespace")
+    ex.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    inject = sub.add_parser("inject", help="inject a fault (--list: the faults)")
+    inject.add_argument("fault", nargs="?")
+    inject.add_argument("node_pos", nargs="?", metavar="NODE", help=argparse.SUPPRESS)
+    inject.add_argument("--node")
+    inject.add_argument("--param", action="append", default=[], metavar="K=V")
+    inject.add_argument("--list", action="store_true", help="list the faults and exit")
+    heal = sub.add_parser("heal", help="undo faults (every active one if none named)")
+    heal.add_argument("fault", nargs="?")
+    heal.add_argument("node_pos", nargs="?", metavar="NODE", help=argparse.SUPPRESS)
+    heal.add_argument("--node")
+    down = sub.add_parser("down", help="tear the lab down (also after a crashed run)")
+    for p in (up, status, ex, inject, heal, down):
+        p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    for p in (up, down):
+        p.add_argument("--prefix", default="knd")
+
+
+def fault_list() -> str:
+    lines = []
+    for name in sorted(FAULTS):
+        spec = FAULTS[name]
+        if spec.fixture_only:
+            lines.append(f"{name:34} fixture only: {spec.description}")
+            continue
+        extra = []
+        if spec.params:
+            extra.append("params " + ", ".join(f"{k}={v}" for k, v in spec.params.items()))
+        if spec.modes:
+            extra.append("cni " + "|".join(spec.modes))
+        tail = f" [{'; '.join(extra)}]" if extra else ""
+        lines.append(f"{name:34} {spec.description}{tail}")
+    return "\n".join(lines)
+
+
+def _params(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LabError(f"--param {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def status_view(lab: Lab) -> dict[str, Any]:
+    state = json.loads(lab.state_path.read_text())
+    return {
+        "prefix": state["prefix"],
+        "workdir": state["workdir"],
+        "cni": state["cni"],
+        "client_netns": state["client"]["netns"],
+        "client_address": state["client"]["address"],
+        "nodes": [{"name": n["name"], "netns": n["netns"], "address": n["address"],
+                   "pod_cidr": n["pod_cidr"], "zone": n["zone"]} for n in state["nodes"]],
+        "pods": state["pods"],
+        "services": state["services"],
+        "inventory": state["inventory"],
+        "kubeconfig": state["kubeconfig"],
+        "faults": state["faults"],
+    }
+
+
+def _print_status(view: dict[str, Any]) -> None:
+    print(f"lab {view['prefix']} ({view['cni']}) in {view['workdir']}")
+    print(f"  client netns {view['client_netns']} ({view['client_address']})")
+    for n in view["nodes"]:
+        print(f"  {n['name']:8} {n['netns']:18} {n['address']:14} pods {n['pod_cidr']} "
+              f"{n['zone']}")
+    print(f"  inventory  {view['inventory']}\n  kubeconfig {view['kubeconfig']}")
+    faults = [f"{f['fault']}@{f['node']}" for f in view["faults"]]
+    print(f"  faults     {', '.join(faults) or 'none'}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed `lab` command; returns the exit code."""
+    try:
+        return _run(args)
+    except LabError as exc:
+        print(f"lab: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    cmd = args.lab_cmd
+    if cmd == "up":
+        lab = Lab(args.workdir, nodes=args.nodes, prefix=args.prefix, cni_mode=args.cni)
+        lab.up()
+        print(f"lab up ({lab.cni}, {len(lab.nodes)} nodes) in {lab.timings['up_s']:.2f}s; "
+              f"inventory {lab.inventory_path}; client netns {lab.client_netns}")
+        return 0
+    if cmd == "down":
+        # Without state, the prefix alone is enough to find and remove everything.
+        try:
+            lab = Lab.load(args.workdir)
+        except LabError:
+            lab = Lab(args.workdir, prefix=args.prefix)
+        lab.down()
+        print(f"lab {lab.prefix} down in {lab.timings['down_s']:.2f}s")
+        return 0
+    if cmd == "inject" and args.list:
+        print(fault_list())
+        return 0
+    lab = Lab.load(args.workdir)
+    if cmd == "status":
+        view = status_view(lab)
+        if args.json:
+            print(json.dumps(view, indent=2))
+        else:
+            _print_status(view)
+        return 0
+    if cmd == "exec":
+        argv = args.command[1:] if args.command[:1] == ["--"] else args.command
+        if not argv:
+            raise LabError("exec: nothing to run; usage: lab exec -- CMD [ARGS...]")
+        env = {**os.environ, "KUBENETDIAG_LAB": str(lab.workdir)}
+        return subprocess.call(exec_argv(lab.client_netns, argv), env=env)
+    if cmd == "inject":
+        if not args.fault:
+            raise LabError("inject: name a fault (see `lab inject --list`)")
+        lab.inject(args.fault, args.node or args.node_pos, _params(args.param))
+        return 0
+    if cmd == "heal":
+        lab.heal(args.fault, args.node or args.node_pos)
+        return 0
+    raise LabError(f"unknown lab command {cmd!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kubenetdiag.lab", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_commands(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,305 @@
+"""Small network programs the lab runs inside its namespaces, executed by path with `python -I`.
+
+Like icmp.py this must import nothing but the stdlib: it runs as a separate process in a pod,
+node or outside namespace. Every loop is bounded by a count and a deadline, and every target is
+whatever the lab passes in (lab addresses only).
+
+  serve-http PORT [--metrics]   an app pod's HTTP server (or CoreDNS's /metrics on 9153)
+  serve-banner PORT TEXT        a middleware-like TCP service that greets and closes
+  dns SERVER NAME [--tcp]       one A query; prints the addresses, exit 0 if any
+  http URL                      one GET; prints the status and body, exit 0 on 2xx
+  tcp HOST PORT                 one connect; exit 0 if it was accepted
+  listen-stuck PORT BACKLOG     a listener that never accepts (fills its accept queue)
+  connect-burst HOST PORT N     N non-blocking connects at once, held briefly, then closed
+  udp-stuck PORT RCVBUF         a UDP socket with a tiny receive buffer that never reads
+  udp-flood HOST PORT N         N datagrams, as fast as the socket allows
+  tw-burst N                    N loopback connections closed by the client: N TIME_WAITs
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import os
+import random
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+import urllib.request
+
+METRICS = """# HELP coredns_build_info A metric with a constant '1' value.
+# TYPE coredns_build_info gauge
+coredns_build_info{goversion="go1.21",revision="lab",version="1.11.1"} 1
+# HELP coredns_dns_requests_total Counter of DNS requests made per zone, protocol and family.
+# TYPE coredns_dns_requests_total counter
+coredns_dns_requests_total{family="1",proto="udp",server="dns://:53",type="A",zone="."} 0
+"""
+
+
+def _wait_forever() -> int:
+    # Servers run until the lab stops them; SIGTERM ends them with status 0.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        signal.pause()
+
+
+def serve_http(port: int, metrics: bool) -> int:
+    body_text = METRICS if metrics else f"web: hello from {socket.gethostname()}\n"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if metrics and self.path != "/metrics":
+                self.send_error(404)
+                return
+            body = body_text.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass  # probes hit these servers often; their logs are noise
+
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"listening on {port}", flush=True)
+    server.serve_forever()
+    return 0
+
+
+def serve_banner(port: int, text: str) -> int:
+    srv = socket.create_server(("0.0.0.0", port), backlog=128)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"listening on {port}", flush=True)
+    while True:
+        conn, _ = srv.accept()
+        with conn:
+            conn.sendall(text.encode() + b"\n")
+
+
+def _dns_query(name: str) -> tuple[int, bytes]:
+    ident = random.randrange(65536)
+    header = struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0)  # RD set, one question
+    qname = b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split(".")) + b"\0"
+    return ident, header + qname + struct.pack("!HH", 1, 1)
+
+
+def _skip_name(msg: bytes, pos: int) -> int:
+    while True:
+        length = msg[pos]
+        if length & 0xC0 == 0xC0:  # compression pointer ends the name
+            return pos + 2
+        if length == 0:
+            return pos + 1
+        pos += 1 + length
+
+
+def _parse_a(msg: bytes, ident: int) -> tuple[int, list[str]]:
+    rid, flags, qd, an, _, _ = struct.unpack("!HHHHHH", msg[:12])
+    if rid != ident:
+        raise ValueError("answer id does not match the query")
+    pos = 12
+    for _ in range(qd):
+        pos = _skip_name(msg, pos) + 4
+    addrs = []
+    for _ in range(an):
+        pos = _skip_name(msg, pos)
+        rtype, _, _, rdlen = struct.unpack("!HHIH", msg[pos : pos + 10])
+        pos += 10
+        if rtype == 1 and rdlen == 4:
+            addrs.append(socket.inet_ntoa(msg[pos : pos + 4]))
+        pos += rdlen
+    return flags & 0xF, addrs
+
+
+def dns(server: str, name: str, tcp: bool, timeout: float) -> int:
+    ident, query = _dns_query(name)
+    if tcp:
+        with socket.create_connection((server, 53), timeout=timeout) as sock:
+            sock.sendall(struct.pack("!H", len(query)) + query)
+            data = b""
+            deadline = time.monotonic() + timeout
+            while (len(data) < 2 or len(data) < 2 + struct.unpack("!H", data[:2])[0]) and \
+                    time.monotonic() < deadline:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            msg = data[2:]
+    else:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect((server, 53))
+            sock.send(query)
+            msg = sock.recv(4096)
+    rcode, addrs = _parse_a(msg, ident)
+    print(f"{name} rcode={rcode} {' '.join(addrs)}".rstrip(), flush=True)
+    return 0 if addrs else 1
+
+
+def http_get(url: str, timeout: float) -> int:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (lab URLs only)
+        print(resp.status, resp.read().decode(errors="replace").strip(), flush=True)
+        return 0 if 200 <= resp.status < 300 else 1
+
+
+def tcp(host: str, port: int, timeout: float) -> int:
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        try:
+            greeting = sock.recv(256).decode(errors="replace").strip()
+        except TimeoutError:
+            greeting = ""
+    print(f"connected to {host}:{port} {greeting}".rstrip(), flush=True)
+    return 0
+
+
+def listen_stuck(port: int, backlog: int) -> int:
+    # listen() and never accept(): once `backlog` handshakes complete, further final ACKs
+    # overflow the accept queue, which is what ListenOverflows counts.
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port))
+    srv.listen(backlog)
+    print(f"listening on {port} backlog {backlog}, never accepting", flush=True)
+    return _wait_forever()
+
+
+def connect_burst(host: str, port: int, count: int, hold: float) -> int:
+    socks = []
+    deadline = time.monotonic() + hold
+    for _ in range(count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect((host, port))
+        except BlockingIOError:
+            pass
+        except OSError:
+            s.close()
+            continue
+        socks.append(s)
+    # Keep the sockets open so the kernel retransmits the handshakes that were not accepted:
+    # each retry that hits the full queue counts again.
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    for s in socks:
+        s.close()
+    print(f"{len(socks)} connects to {host}:{port}", flush=True)
+    return 0
+
+
+def udp_stuck(port: int, rcvbuf: int) -> int:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.bind(("0.0.0.0", port))
+    print(f"udp {port} rcvbuf {sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)}, "
+          "never reading", flush=True)
+    return _wait_forever()
+
+
+def udp_flood(host: str, port: int, count: int, limit: float) -> int:
+    payload = os.urandom(512)
+    deadline = time.monotonic() + limit
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _ in range(count):
+            if time.monotonic() > deadline:
+                break
+            try:
+                sock.sendto(payload, (host, port))
+                sent += 1
+            except OSError:
+                select.select([], [], [], 0.001)
+    print(f"{sent} datagrams to {host}:{port}", flush=True)
+    return 0
+
+
+def tw_burst(count: int, limit: float) -> int:
+    srv = socket.create_server(("127.0.0.1", 0), backlog=128)
+    port = srv.getsockname()[1]
+    deadline = time.monotonic() + limit
+    made = 0
+    for _ in range(count):
+        if time.monotonic() > deadline:
+            break
+        cli = socket.create_connection(("127.0.0.1", port), timeout=2)
+        conn, _ = srv.accept()
+        cli.close()  # the client closes first, so the client side enters TIME_WAIT
+        conn.close()
+        made += 1
+    print(f"{made} connections closed by the client", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--timeout", type=float, default=3.0)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("serve-http")
+    p.add_argument("port", type=int)
+    p.add_argument("--metrics", action="store_true")
+    p = sub.add_parser("serve-banner")
+    p.add_argument("port", type=int)
+    p.add_argument("text")
+    p = sub.add_parser("dns")
+    p.add_argument("server")
+    p.add_argument("name")
+    p.add_argument("--tcp", action="store_true")
+    p = sub.add_parser("http")
+    p.add_argument("url")
+    p = sub.add_parser("tcp")
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p = sub.add_parser("listen-stuck")
+    p.add_argument("port", type=int)
+    p.add_argument("backlog", type=int)
+    p = sub.add_parser("connect-burst")
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("count", type=int)
+    p.add_argument("--hold", type=float, default=2.0)
+    p = sub.add_parser("udp-stuck")
+    p.add_argument("port", type=int)
+    p.add_argument("rcvbuf", type=int)
+    p = sub.add_parser("udp-flood")
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("count", type=int)
+    p = sub.add_parser("tw-burst")
+    p.add_argument("count", type=int)
+    a = parser.parse_args(argv)
+    limit = 10.0  # hard cap on any burst, whatever the count
+    try:
+        if a.cmd == "serve-http":
+            return serve_http(a.port, a.metrics)
+        if a.cmd == "serve-banner":
+            return serve_banner(a.port, a.text)
+        if a.cmd == "dns":
+            return dns(a.server, a.name, a.tcp, a.timeout)
+        if a.cmd == "http":
+            return http_get(a.url, a.timeout)
+        if a.cmd == "tcp":
+            return tcp(a.host, a.port, a.timeout)
+        if a.cmd == "listen-stuck":
+            return listen_stuck(a.port, a.backlog)
+        if a.cmd == "connect-burst":
+            return connect_burst(a.host, a.port, min(a.count, 5000), min(a.hold, limit))
+        if a.cmd == "udp-stuck":
+            return udp_stuck(a.port, a.rcvbuf)
+        if a.cmd == "udp-flood":
+            return udp_flood(a.host, a.port, min(a.count, 200000), limit)
+        if a.cmd == "tw-burst":
+            return tw_burst(min(a.count, 20000), limit)
+    except (OSError, ValueError) as exc:
+        print(f"{a.cmd}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

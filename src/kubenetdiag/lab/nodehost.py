@@ -1,0 +1,201 @@
+"""A node's own mount and PID namespace, so probes over SSH see a believable node.
+
+Each node gets a small init (bash as PID 1 of a new PID namespace, inside the node's network
+namespace and a private mount namespace). The init bind-mounts the node's own /etc/sysctl.conf,
+/etc/sysctl.d/ and /run (from the lab work dir) and starts fake agents named like the real ones
+(flanneld, kube-proxy, ...). sshd, bird and fault processes are started inside it with nsenter,
+so `ps` and `cat /etc/sysctl.d/*` over SSH show that node's processes and files only.
+
+Killing the init ends the whole PID namespace (the kernel kills every process in it), and the
+mount namespace disappears with its last process, so `down` has nothing extra to undo. Mounts are
+private: nothing propagates to the machine's own mount table.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubenetdiag.lab.netns import LabError, cmdline, exec_argv, run, terminate
+
+# The real binaries' names; the processes are `sleep infinity` run under these names (a symlink
+# gives the kernel's comm, argv[0] gives ps's args), so they cost ~1 MiB each and do nothing.
+AGENTS = {
+    "flannel-vxlan": ("flanneld", "kube-proxy", "kubelet", "containerd"),
+    "flannel-host-gw": ("flanneld", "kube-proxy", "kubelet", "containerd"),
+    "calico-bgp": ("calico-node", "kube-proxy", "kubelet", "containerd"),
+}
+AGENT_PATHS = {
+    "flanneld": "/opt/bin/flanneld",
+    "calico-node": "/usr/bin/calico-node",
+    "kube-proxy": "/usr/local/bin/kube-proxy",
+    "kubelet": "/usr/bin/kubelet",
+    "containerd": "/usr/bin/containerd",
+}
+INIT_NAME = "node-init.sh"  # also how the init is told apart from a reused pid
+
+
+@dataclass(frozen=True)
+class NodeFiles:
+    """A node's own files under the lab work dir; the init mounts them over the real paths."""
+
+    dir: Path
+
+    @property
+    def etc(self) -> Path:
+        return self.dir / "etc"
+
+    @property
+    def sysctl_conf(self) -> Path:
+        return self.etc / "sysctl.conf"
+
+    @property
+    def sysctl_d(self) -> Path:
+        return self.etc / "sysctl.d"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.dir / "run"
+
+    @property
+    def subnet_env(self) -> Path:
+        return self.run_dir / "flannel" / "subnet.env"
+
+    @property
+    def ready(self) -> Path:
+        return self.dir / "init.ready"
+
+    @property
+    def bin(self) -> Path:
+        return self.dir / "bin"
+
+    @property
+    def init(self) -> Path:
+        return self.dir / INIT_NAME
+
+
+def prepare(files: NodeFiles, sysctl_conf: str) -> None:
+    for d in (files.sysctl_d, files.run_dir / "flannel", files.run_dir / "sshd",
+              files.run_dir / "bird", files.bin):
+        d.mkdir(parents=True, exist_ok=True)
+    files.sysctl_conf.write_text(sysctl_conf)
+    sleep = _which("sleep")
+    for name in AGENT_PATHS:
+        link = files.bin / name
+        if not link.is_symlink():
+            link.symlink_to(sleep)
+    files.ready.unlink(missing_ok=True)
+
+
+def _which(tool: str) -> str:
+    for d in ("/usr/bin", "/bin", "/usr/sbin", "/sbin"):
+        if os.access(f"{d}/{tool}", os.X_OK):
+            return f"{d}/{tool}"
+    raise LabError(f"{tool}: not installed")
+
+
+def agent_command(files: NodeFiles, name: str) -> str:
+    """Shell (bash) to start one fake agent in the background, detached from any caller pipe."""
+    return (f"(exec -a {shlex.quote(AGENT_PATHS[name])} {shlex.quote(str(files.bin / name))} "
+            f"infinity) </dev/null >/dev/null 2>&1 &")
+
+
+def init_script(files: NodeFiles, agents: Sequence[str]) -> str:
+    # /run becomes the node's own (sshd's privsep dir, flannel's subnet.env, bird's socket
+    # link), which also hides the machine's /run/netns from the node, as on a real node.
+    q = lambda p: shlex.quote(str(p))  # noqa: E731
+    lines = [
+        "set -e",
+        f"mount --bind {q(files.sysctl_conf)} /etc/sysctl.conf",
+        f"mount --bind {q(files.sysctl_d)} /etc/sysctl.d",
+        f"mount --rbind {q(files.run_dir)} /run",
+        *(agent_command(files, a) for a in agents),
+        "set +e",
+        f": > {q(files.ready)}",
+        # PID 1 ignores signals it has no handler for; TERM must end the namespace.
+        "trap 'exit 0' TERM INT",
+        # `wait` also reaps orphans re-parented to PID 1, so a killed agent does not linger
+        # as a zombie that a process probe would still count.
+        "while :; do sleep 3600 & wait $!; done",
+    ]
+    return "\n".join(lines)
+
+
+def start_init(netns: str, files: NodeFiles, agents: Sequence[str], log: Path) -> int:
+    """Start a node's init; return the unshare process's pid (the init is its only child)."""
+    files.init.write_text(init_script(files, agents) + "\n")
+    argv = exec_argv(netns, ["unshare", "--mount", "--pid", "--fork", "--mount-proc",
+                             "--propagation", "private", "bash", str(files.init)])
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    return proc.pid
+
+
+def wait_ready(items: dict[str, tuple[int, NodeFiles]], timeout: float = 20.0) -> dict[str, int]:
+    """Wait for every init to finish its mounts; return node name -> init pid (PID 1 inside)."""
+    pending = dict(items)
+    found: dict[str, int] = {}
+    deadline = time.monotonic() + timeout
+    while pending:
+        for name, (pid, files) in list(pending.items()):
+            init = init_pid(pid)
+            if init and files.ready.exists():
+                found[name] = init
+                del pending[name]
+            elif not os.path.exists(f"/proc/{pid}"):
+                raise LabError(f"node init of {name} exited; see {files.dir / 'init.log'}")
+        if pending and time.monotonic() > deadline:
+            raise LabError(f"node init did not come up within {timeout:.0f}s on "
+                           f"{', '.join(sorted(pending))}")
+        if pending:
+            time.sleep(0.02)
+    return found
+
+
+def init_pid(unshare_pid: int) -> int | None:
+    try:
+        children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children").read_text().split()
+    except OSError:
+        return None
+    for child in children:
+        if INIT_NAME in cmdline(int(child)):
+            return int(child)
+    return None
+
+
+def is_init(pid: int | None) -> bool:
+    return bool(pid) and INIT_NAME in cmdline(int(pid or 0))
+
+
+def enter_argv(init: int, argv: Sequence[str]) -> list[str]:
+    """argv run inside the node: its network, mount and PID namespaces."""
+    return ["nsenter", "-t", str(init), "-n", "-m", "-p", "--", *argv]
+
+
+def node_sh(init: int, script: str, check: bool = True, timeout: float = 30.0
+            ) -> subprocess.CompletedProcess[str]:
+    return run(enter_argv(init, ["bash", "-c", script]), check=check, timeout=timeout)
+
+
+def procs_named(netns_pids: Sequence[int], comm: str) -> list[int]:
+    """Pids among netns_pids whose kernel name (comm) is `comm` (15 chars, as the kernel keeps)."""
+    out = []
+    for pid in netns_pids:
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if name == comm[:15]:
+            out.append(pid)
+    return out
+
+
+def kill(pids: Sequence[int]) -> None:
+    if pids:
+        terminate(pids)

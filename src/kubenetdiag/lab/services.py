@@ -1,0 +1,314 @@
+"""Cluster services: CoreDNS and an app behind service VIPs, kube-proxy's NAT, the outside world.
+
+- CoreDNS stand-in: dnsmasq in a pod on node1 answering the cluster's service names, plus an
+  HTTP /metrics on 9153; Service kube-system/kube-dns on 10.96.0.10 (53/udp, 53/tcp, 9153/tcp).
+- App: an HTTP server on 8080 in a pod on node2; Service default/web on 10.96.0.20:80.
+- kube-proxy (iptables mode) chains on every node: KUBE-SERVICES, KUBE-SVC-*, KUBE-SEP-*,
+  KUBE-MARK-MASQ, KUBE-POSTROUTING, KUBE-FORWARD, named and commented as kube-proxy does.
+- The CNI's masquerade for pod traffic leaving the pod network (to the outside namespace).
+- Outside: a namespace on the underlay (198.18.0.250) holding 203.0.113.10, a TCP service on
+  3306, standing for the internet and middleware. Nodes route 203.0.113.0/24 to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from ipaddress import ip_network
+from typing import TYPE_CHECKING, Any
+
+from kubenetdiag.lab import netprog
+from kubenetdiag.lab.netns import LabError, exec_argv, pids_in_netns, run, terminate
+
+if TYPE_CHECKING:
+    from kubenetdiag.lab.lab import Lab, LabNode, LabPod
+
+SERVICE_NETWORK = ip_network("10.96.0.0/12")
+OUTSIDE_NETWORK = ip_network("203.0.113.0/24")  # TEST-NET-3: documentation only
+OUTSIDE_UNDERLAY = "198.18.0.250"
+OUTSIDE_HOST = "203.0.113.10"
+OUTSIDE_PORT = 3306
+CLUSTER_DOMAIN = "cluster.local"
+KUBERNETES_VIP = "10.96.0.1"
+DNS_VIP = "10.96.0.10"
+WEB_VIP = "10.96.0.20"
+WEB_PORT = 8080
+METRICS_PORT = 9153
+MASQ_MARK = "0x4000/0x4000"
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str
+    port: int
+    protocol: str  # TCP or UDP, as in the Service object
+    target_port: int
+
+
+@dataclass
+class Service:
+    name: str
+    namespace: str
+    cluster_ip: str
+    ports: list[ServicePort]
+    app: str
+    endpoints: list[str] = field(default_factory=list)  # pod names
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def dns_records(lab: Lab) -> dict[str, str]:
+    d = CLUSTER_DOMAIN
+    return {
+        f"kubernetes.default.svc.{d}": KUBERNETES_VIP,
+        f"kube-dns.kube-system.svc.{d}": DNS_VIP,
+        f"web.default.svc.{d}": WEB_VIP,
+        # An ExternalName-like entry for the middleware outside the cluster.
+        f"mysql.outside.svc.{d}": OUTSIDE_HOST,
+    }
+
+
+def cluster_services(lab: Lab) -> list[Service]:
+    """The Services, with endpoints as kube-proxy currently sees them (faults can empty them)."""
+    by_app: dict[str, list[str]] = {}
+    for pod in lab.pods:
+        by_app.setdefault(pod.app, []).append(pod.name)
+    services = [
+        Service("kube-dns", "kube-system", DNS_VIP,
+                [ServicePort("dns", 53, "UDP", 53), ServicePort("dns-tcp", 53, "TCP", 53),
+                 ServicePort("metrics", METRICS_PORT, "TCP", METRICS_PORT)], "coredns"),
+        Service("web", "default", WEB_VIP, [ServicePort("http", 80, "TCP", WEB_PORT)], "web"),
+    ]
+    for svc in services:
+        if svc.name not in lab.endpointless_services():
+            svc.endpoints = list(by_app.get(svc.app, []))
+    return services
+
+
+def _hash_chain(prefix: str, *parts: str) -> str:
+    # kube-proxy's naming: base32 of a sha256 over the service port (and endpoint), 16 chars.
+    digest = hashlib.sha256("".join(parts).encode()).digest()
+    return prefix + base64.b32encode(digest).decode()[:16]
+
+
+def kube_proxy_chains(lab: Lab) -> tuple[list[str], list[str]]:
+    """(nat lines, filter lines) declaring and filling kube-proxy's own chains.
+
+    Declaring a chain in `iptables-restore --noflush` input flushes it, so applying this again
+    rewrites the chains in place, as a kube-proxy sync does; the built-in chains' jumps into
+    them (base_rules) are left alone.
+    """
+    pods = {p.name: p for p in lab.pods}
+    pod_net = lab.pod_network
+    nat_decl = [":KUBE-SERVICES - [0:0]", ":KUBE-NODEPORTS - [0:0]",
+                ":KUBE-MARK-MASQ - [0:0]", ":KUBE-POSTROUTING - [0:0]"]
+    nat = [
+        f"-A KUBE-MARK-MASQ -j MARK --set-xmark {MASQ_MARK}",
+        f"-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK} -j RETURN",
+        "-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0",
+        '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" '
+        "-j MASQUERADE --random-fully",
+    ]
+    flt_decl = [":KUBE-SERVICES - [0:0]", ":KUBE-FORWARD - [0:0]"]
+    flt = [
+        "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
+        '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" '
+        f"-m mark --mark {MASQ_MARK} -j ACCEPT",
+        '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" '
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    ]
+    for svc in cluster_services(lab):
+        for sp in svc.ports:
+            proto = sp.protocol.lower()
+            spn = f"{svc.namespace}/{svc.name}:{sp.name}"
+            eps = [pods[name] for name in svc.endpoints]
+            if not eps:
+                flt.append(f"-A KUBE-SERVICES -d {svc.cluster_ip}/32 -p {proto} -m comment "
+                           f'--comment "{spn} has no endpoints" -m {proto} --dport {sp.port} '
+                           "-j REJECT --reject-with icmp-port-unreachable")
+                continue
+            svc_chain = _hash_chain("KUBE-SVC-", spn, proto)
+            nat_decl.append(f":{svc_chain} - [0:0]")
+            nat.append(f"-A KUBE-SERVICES -d {svc.cluster_ip}/32 -p {proto} -m comment "
+                       f'--comment "{spn} cluster IP" -m {proto} --dport {sp.port} -j {svc_chain}')
+            nat.append(f"-A {svc_chain} ! -s {pod_net} -d {svc.cluster_ip}/32 -p {proto} "
+                       f'-m comment --comment "{spn} cluster IP" -m {proto} --dport {sp.port} '
+                       "-j KUBE-MARK-MASQ")
+            for k, pod in enumerate(eps):
+                dest = f"{pod.ip}:{sp.target_port}"
+                sep = _hash_chain("KUBE-SEP-", spn, proto, dest)
+                nat_decl.append(f":{sep} - [0:0]")
+                left = len(eps) - k
+                pick = (f"-m statistic --mode random --probability {1 / left:.11f} "
+                        if left > 1 else "")
+                nat.append(f'-A {svc_chain} -m comment --comment "{spn} -> {dest}" {pick}'
+                           f"-j {sep}")
+                nat.append(f'-A {sep} -s {pod.ip}/32 -m comment --comment "{spn}" '
+                           "-j KUBE-MARK-MASQ")
+                nat.append(f'-A {sep} -p {proto} -m comment --comment "{spn}" -m {proto} '
+                           f"-j DNAT --to-destination {dest}")
+    nat.append('-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this '
+               'must be the last rule in this chain" -m addrtype --dst-type LOCAL '
+               "-j KUBE-NODEPORTS")
+    return nat_decl + nat, flt_decl + flt
+
+
+def cni_rules(lab: Lab, node: LabNode) -> tuple[list[str], list[str]]:
+    """(nat, filter) lines the CNI adds: FORWARD accepts for the pod network and masquerade of
+    pod traffic leaving it (flanneld's FLANNEL-POSTRTG, calico's cali-nat-outgoing)."""
+    net = lab.pod_network
+    if lab.cni == "calico-bgp":
+        nat = [":cali-nat-outgoing - [0:0]",
+               '-A POSTROUTING -m comment --comment "cali:O3lYWMrLQYEMJtB5" -j cali-nat-outgoing',
+               f'-A cali-nat-outgoing -s {net} ! -d {net} -m comment --comment '
+               '"cali:flqWnvo8yq4ULQLa" -j MASQUERADE --random-fully']
+        flt = [f'-A FORWARD -s {net} -m comment --comment "cali:pod-forward" -j ACCEPT',
+               f'-A FORWARD -d {net} -m comment --comment "cali:pod-forward" -j ACCEPT']
+        return nat, flt
+    c = '-m comment --comment "flanneld masq"'
+    nat = [":FLANNEL-POSTRTG - [0:0]",
+           f"-A POSTROUTING {c} -j FLANNEL-POSTRTG",
+           f"-A FLANNEL-POSTRTG -m mark --mark {MASQ_MARK} {c} -j RETURN",
+           f"-A FLANNEL-POSTRTG -s {node.pod_cidr} -d {net} {c} -j RETURN",
+           f"-A FLANNEL-POSTRTG -s {net} -d {node.pod_cidr} {c} -j RETURN",
+           f"-A FLANNEL-POSTRTG ! -s {net} -d {node.pod_cidr} {c} -j RETURN",
+           f"-A FLANNEL-POSTRTG -s {net} ! -d 224.0.0.0/4 {c} -j MASQUERADE --random-fully",
+           f"-A FLANNEL-POSTRTG ! -s {net} -d {net} {c} -j MASQUERADE --random-fully"]
+    flt = [f'-A FORWARD -s {net} -m comment --comment "flanneld forward" -j ACCEPT',
+           f'-A FORWARD -d {net} -m comment --comment "flanneld forward" -j ACCEPT']
+    return nat, flt
+
+
+def node_ruleset(lab: Lab, node: LabNode) -> str:
+    """The whole iptables-restore --noflush input a node gets at `up`."""
+    kube_nat, kube_flt = kube_proxy_chains(lab)
+    cni_nat, cni_flt = cni_rules(lab, node)
+    portal = '-m comment --comment "kubernetes service portals"'
+    nat = [*kube_nat,
+           f"-A PREROUTING {portal} -j KUBE-SERVICES",
+           f"-A OUTPUT {portal} -j KUBE-SERVICES",
+           '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" '
+           "-j KUBE-POSTROUTING",
+           *cni_nat]
+    flt = [*kube_flt,
+           '-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD',
+           f"-A FORWARD -m conntrack --ctstate NEW {portal} -j KUBE-SERVICES",
+           f"-A OUTPUT -m conntrack --ctstate NEW {portal} -j KUBE-SERVICES",
+           *cni_flt]
+    return "*nat\n" + "\n".join(nat) + "\nCOMMIT\n*filter\n" + "\n".join(flt) + "\nCOMMIT\n"
+
+
+def sync_kube_proxy(lab: Lab, node: LabNode) -> None:
+    """Rewrite kube-proxy's chains on a node from the current services (a kube-proxy sync):
+    restores flushed chains and drops the chains of endpoints that went away."""
+    kube_nat, kube_flt = kube_proxy_chains(lab)
+    wanted = {line[1:].split()[0] for line in kube_nat if line.startswith(":")}
+    current = lab.node_exec(node.name, ["iptables-save", "-t", "nat"]).stdout
+    stale = sorted({line[1:].split()[0] for line in current.splitlines()
+                    if line.startswith(":KUBE-S")} - wanted)
+    text = ("*nat\n" + "\n".join(kube_nat + [f":{c} - [0:0]" for c in stale] +
+                                 [f"-X {c}" for c in stale]) +
+            "\nCOMMIT\n*filter\n" + "\n".join(kube_flt) + "\nCOMMIT\n")
+    lab.node_exec(node.name, ["iptables-restore", "--noflush"], input=text)
+
+
+# ---- processes: CoreDNS, web, outside ------------------------------------------------------
+
+
+def _netprog(*args: str) -> list[str]:
+    # -I: stdlib only, and the caller's environment cannot change the helper.
+    return [sys.executable, "-I", netprog.__file__, *args]
+
+
+def app_commands(lab: Lab, app: str) -> list[tuple[str, list[str], int, str]]:
+    """[(netns, argv, port, proto)] of the processes that make up an app."""
+    if app == "outside":
+        return [(lab.outside_netns, _netprog("serve-banner", str(OUTSIDE_PORT),
+                                             "5.7.44-lab mysql_native_password"),
+                 OUTSIDE_PORT, "tcp")]
+    pod = lab.pod_for_app(app)
+    if app == "coredns":
+        hosts = [f"--host-record={n},{ip}" for n, ip in dns_records(lab).items()]
+        dnsmasq = ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
+                   "--no-hosts", "--bind-interfaces", f"--listen-address={pod.ip}",
+                   "--listen-address=127.0.0.1", "--user=root",
+                   f"--pid-file={lab.workdir / 'logs' / 'dnsmasq.pid'}",
+                   f"--local=/{CLUSTER_DOMAIN}/", "--domain-needed",
+                   f"--log-facility={lab.workdir / 'logs' / 'dnsmasq.log'}", *hosts]
+        return [(pod.netns, dnsmasq, 53, "udp"),
+                (pod.netns, _netprog("serve-http", str(METRICS_PORT), "--metrics"),
+                 METRICS_PORT, "tcp")]
+    if app == "web":
+        return [(pod.netns, _netprog("serve-http", str(WEB_PORT)), WEB_PORT, "tcp")]
+    raise LabError(f"no such lab app {app!r}")
+
+
+def _listening(netns: str, port: int, proto: str) -> bool:
+    flag = "-Hlnu" if proto == "udp" else "-Hlnt"
+    out = run(exec_argv(netns, ["ss", flag, f"sport = :{port}"]), check=False).stdout
+    return bool(out.strip())
+
+
+def start_apps(lab: Lab, apps: list[str], timeout: float = 15.0) -> None:
+    """Start the apps' processes that are not running and wait until they listen."""
+    waiting = []
+    for app in apps:
+        for netns, argv, port, proto in app_commands(lab, app):
+            if _listening(netns, port, proto):
+                continue
+            log = open(lab.workdir / "logs" / f"{app}.log", "ab")  # noqa: SIM115
+            with log:
+                subprocess.Popen(exec_argv(netns, argv), stdin=subprocess.DEVNULL, stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+            waiting.append((app, netns, port, proto))
+    deadline = time.monotonic() + timeout
+    while waiting:
+        waiting = [w for w in waiting if not _listening(w[1], w[2], w[3])]
+        if waiting and time.monotonic() > deadline:
+            raise LabError(f"lab apps did not start listening within {timeout:.0f}s: "
+                           f"{', '.join(f'{w[0]} :{w[2]}/{w[3]}' for w in waiting)}")
+        if waiting:
+            time.sleep(0.05)
+
+
+def stop_app(lab: Lab, app: str, only: str | None = None) -> None:
+    """Stop an app's processes (or only those whose command contains `only`)."""
+    for netns, argv, _port, _proto in app_commands(lab, app):
+        if only and only not in argv[0]:
+            continue
+        needle = " ".join(argv[:4])
+        pids = [pid for pid in pids_in_netns([netns]).get(netns, [])
+                if _cmdline(pid).startswith(needle)]
+        terminate(pids)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def wire_outside(lab: Lab) -> list[str]:
+    """ip-batch lines for the outside namespace (its eth0 is a switch port)."""
+    return [
+        "link set lo up",
+        f"addr add {OUTSIDE_UNDERLAY}/24 dev eth0",
+        "link set eth0 up",
+        # A veth pair standing for the outside network's segment (no dummy module needed).
+        "link add ext0 type veth peer name ext1",
+        f"addr add {OUTSIDE_HOST}/{OUTSIDE_NETWORK.prefixlen} dev ext0",
+        "link set ext1 up",
+        "link set ext0 up",
+    ]
+
+
+def pod_dict(pod: LabPod) -> dict[str, Any]:
+    return {"name": pod.name, "namespace": pod.namespace, "node": pod.node, "ip": pod.ip,
+            "netns": pod.netns, "app": pod.app}
