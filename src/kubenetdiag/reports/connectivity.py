@@ -238,7 +238,7 @@ def build_connectivity(
                     FailingPair(ui.layer(layer), label[s], label[d], _detail(p, ui))
                 )
 
-    headline = ui("conn_headline", layers="; ".join(h.summary for h in heatmaps))
+    headline = "; ".join(h.summary for h in heatmaps)  # under a "Connectivity" heading
     # The terminal line is cut at the screen's edge, so the node to look at comes first.
     short = "; ".join(
         ui("conn_short_fail", layer=h.label, failed=f"{h.failed:,}", total=f"{h.measured:,}")
