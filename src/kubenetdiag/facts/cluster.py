@@ -87,7 +87,8 @@ def _i(value: Any) -> int | None:
 
 
 def _name(obj: Any) -> str | None:
-    return _s(_get(obj, "metadata", "name"))
+    name = _get(obj, "metadata", "name")
+    return name if isinstance(name, str) and name else None  # a Kubernetes name is a string
 
 
 def _ns(obj: Any) -> str:
