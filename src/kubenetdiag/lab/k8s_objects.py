@@ -237,6 +237,8 @@ def system_pods(state: dict) -> list[Obj]:
     """The per-node DaemonSet pods (CNI agent and kube-proxy), which run in the host network."""
     ds, ns, container, image, labels = _cni_parts(state)
     failing = {f.get("node") for f in _faults(state, "cni_pod_not_running")}
+    # the lab also marks it per node; either way of saying it counts
+    failing |= {n["name"] for n in _nodes(state) if n.get("cni_pod_ready") is False}
     pods = []
     for node in _nodes(state):
         bad = node["name"] in failing
