@@ -222,3 +222,4 @@ def test_parsers_never_crash_on_garbage(stdout, stderr, probe):
     }
     for fact in node_facts(record):
         assert not validate_fact(fact), fact
+        assert "could not parse" not in str(fact.attrs.get("reason", "")), fact.attrs

@@ -1,0 +1,424 @@
+"""The node probes added for issue 4, on recorded and old-format outputs, and on garbage."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kubenetdiag.facts.parse import node_facts
+from kubenetdiag.facts.registry import validate_fact
+from kubenetdiag.probes import BY_NAME, PROBES, Section
+from test_probes import FIX, section
+
+
+def parse(probe: str, name: str, exit_code: int = 0):
+    facts = BY_NAME[probe].parse(section(probe, name, exit_code), "node1")
+    for f in facts:
+        assert not validate_fact(f), (f, validate_fact(f))
+    return facts
+
+
+def kinds(facts, kind):
+    return [f.attrs for f in facts if f.kind == kind]
+
+
+def test_every_probe_has_a_real_and_a_hostile_fixture_or_test():
+    for p in PROBES:
+        assert (FIX / p.name).is_dir(), f"no fixtures for {p.name}"
+
+
+# ---- sysctl provenance ---------------------------------------------------------------------
+
+def test_sysctl_provenance_last_file_wins_and_masks_apply():
+    facts = parse("sysctl_files", "centos7-forward-off-in-sysctl-conf")
+    settings = {f["key"]: f for f in kinds(facts, "sysctl_file_setting")}
+    fwd = settings["net.ipv4.ip_forward"]
+    # /etc/sysctl.conf is read last: it wins over both 99-kubernetes.conf files
+    assert (fwd["file"], fwd["line"], fwd["number"]) == ("/etc/sysctl.conf", 10, 0)
+    assert fwd["overrides"] == (
+        "/etc/sysctl.d/99-kubernetes.conf:1, /etc/sysctl.d/99-sysctl.conf:10")
+    # /usr/lib/sysctl.d/00-system.conf sorts before 99-kubernetes.conf: the latter wins
+    assert settings["net.bridge.bridge-nf-call-iptables"]["file"] == (
+        "/etc/sysctl.d/99-kubernetes.conf")
+    # 50-default.conf is masked in /etc by a /dev/null link: its rp_filter never applies
+    assert "net.ipv4.conf.all.rp_filter" not in settings
+    # slash form, with the "-" (ignore errors) prefix
+    assert settings["net.ipv4.conf.flannel.1.rp_filter"]["number"] == 0
+    files = {f["path"]: f for f in kinds(facts, "sysctl_file")}
+    assert files["/usr/lib/sysctl.d/99-kubernetes.conf"]["skipped_because"] == (
+        "shadowed by /etc/sysctl.d/99-kubernetes.conf")
+    assert files["/etc/sysctl.d/50-default.conf"]["skipped_because"].startswith("masked")
+    assert files["/etc/sysctl.conf"]["order"] == max(
+        f["order"] for f in files.values() if f["order"])
+
+
+def test_sysctl_provenance_recorded_debian12():
+    facts = parse("sysctl_files", "debian12-netns")
+    files = {f["path"]: f for f in kinds(facts, "sysctl_file")}
+    # merged /usr: /lib/sysctl.d repeats /usr/lib/sysctl.d and is shadowed by it
+    assert files["/lib/sysctl.d/50-pid-max.conf"]["applied"] is False
+    assert kinds(facts, "sysctl_file_setting")
+
+
+# ---- modules -------------------------------------------------------------------------------
+
+def test_modules_without_module_support_use_feature_files():
+    mods = {m["name"]: m for m in kinds(parse("modules", "debian12-netns"), "kernel_module")}
+    assert mods["br_netfilter"]["loaded"] is True
+    assert mods["br_netfilter"]["evidence"] == "/proc/sys/net/bridge"
+    assert mods["ip_vs"]["loaded"] is None  # no /proc/modules: unknown, not "not loaded"
+
+
+def test_modules_from_proc_modules():
+    text = ("##knd:proc_modules\nbr_netfilter 22256 0 - Live 0xffffffffc0a1e000\n"
+            "vxlan 49678 0 - Live 0x0\n##knd:present\n/proc/sys/net/bridge\n")
+    facts = BY_NAME["modules"].parse(Section("modules", "", 0, 0, text, ""), "n")
+    mods = {f.attrs["name"]: f.attrs for f in facts}
+    assert mods["br_netfilter"]["loaded"] is True and mods["ip_vs"]["loaded"] is False
+
+
+# ---- packet filter -------------------------------------------------------------------------
+
+def test_iptables_summary_warns_of_legacy_tables_and_lists_masquerade():
+    facts = parse("iptables", "nft-1.8.9-legacy-present")
+    summary = kinds(facts, "iptables_summary")[0]
+    assert summary["legacy_tables_present"] is True and summary["backend"] == "nf_tables"
+    assert summary["snat_sources"] == "10.244.0.0/16" and summary["kube_proxy_chains"]
+    masq = next(r for r in kinds(facts, "iptables_rule") if r["target"] == "MASQUERADE")
+    assert masq["src"] == "10.244.0.0/16" and masq["dst"] == "!10.244.0.0/16"
+
+
+def test_iptables_firewalld_chains_recognised_on_centos7():
+    summary = kinds(parse("iptables", "centos7-1.4.21-firewalld"), "iptables_summary")[0]
+    assert summary["firewalld_chains"] is True and summary["backend"] == "legacy"
+
+
+def test_iptables_legacy_probe_reads_the_legacy_tables():
+    facts = parse("iptables_legacy", "debian12-netns")
+    rule = kinds(facts, "iptables_rule")[0]
+    assert rule["chain"] == "INPUT" and rule["dport"] == "22"
+    assert kinds(facts, "iptables_summary")[0]["backend"] == "legacy"
+    assert facts[0].source.probe == "iptables_legacy"
+
+
+def test_nftables_direct_tables_vs_iptables_nft():
+    facts = parse("nftables", "debian12-netns")
+    owners = {(t["family"], t["table"]): t["owner"] for t in kinds(facts, "nft_table")}
+    assert owners[("ip", "nat")] == "iptables-nft" and owners[("inet", "filter")] == "nft"
+    rules = kinds(facts, "nft_rule")
+    assert all(r["table"] == "filter" and r["family"] == "inet" for r in rules)
+    drop = next(r for r in rules if r["verdict"] == "drop")
+    assert "8472" in drop["text"] and drop["pkts"] == 0
+    fwd = next(c for c in kinds(facts, "nft_chain") if c["chain"] == "forward")
+    assert fwd["reject_rules"] == 1
+
+
+def test_nftables_firewalld_and_kube_proxy_tables():
+    facts = parse("nftables", "firewalld-1.0-kube-proxy-nft")
+    owners = {t["table"]: t["owner"] for t in kinds(facts, "nft_table")}
+    assert owners == {"firewalld": "firewalld", "kube-proxy": "kube-proxy"}
+    fwd = next(c for c in kinds(facts, "nft_chain") if c["chain"] == "filter_FORWARD")
+    assert fwd["reject_rules"] == 1 and fwd["priority"] == "filter + 10"
+    assert len(kinds(facts, "nft_chain")) == 3  # the set block is not a chain
+
+
+def test_ipvs_variants():
+    facts = parse("ipvs", "ipvsadm-1.31")
+    svc = {(s["proto"], s["address"], s["port"]): s for s in kinds(facts, "ipvs_service")}
+    assert svc[("TCP", "10.96.0.10", 53)]["real_servers"] == 2
+    assert kinds(facts, "ipvs")[0]["services_without_backends"] == 1
+    proc = kinds(parse("ipvs", "proc-no-ipvsadm"), "ipvs_service")
+    assert (proc[0]["address"], proc[0]["port"], proc[0]["real_servers"]) == ("10.96.0.1", 443, 1)
+    assert kinds(parse("ipvs", "not-loaded"), "ipvs")[0]["enabled"] is False
+
+
+# ---- interfaces, routes, overlay, CNI ------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["debian12-netns", "centos7-iproute-4.11-text"])
+def test_links_vxlan_details_in_both_formats(name):
+    links = {i["name"]: i for i in kinds(parse("links", name), "interface")}
+    vx = links["flannel.1"]
+    assert (vx["kind"], vx["vxlan_id"], vx["vxlan_port"], vx["mtu"]) == ("vxlan", 1, 8472, 1450)
+    assert vx["vxlan_dev"] == "eth0" and vx["vxlan_local"]
+    assert links["cni0"]["kind"] == "bridge" and links["cni0"]["addresses"]
+    veth = next(i for n, i in links.items() if n.startswith("veth"))
+    assert veth["kind"] == "veth" and veth["master"] == "cni0"
+
+
+def test_links_centos7_tunl0_and_cali():
+    links = {i["name"]: i for i in kinds(parse("links", "centos7-iproute-4.11-text"), "interface")}
+    assert links["tunl0"]["kind"] == "ipip" and links["tunl0"]["mtu"] == 1440
+    assert links["cali7d1e2f3a4b5"]["kind"] == "veth"
+
+
+@pytest.mark.parametrize("name", ["debian12-netns", "centos7-iproute-4.11-text"])
+def test_routes_bird_and_onlink(name):
+    routes = kinds(parse("routes", name), "route")
+    assert all(r["table"] != "local" for r in routes)
+    bird = [r for r in routes if r["protocol"] == "bird"]
+    assert any(r["type"] == "blackhole" for r in bird)
+    assert any(r["gateway"] and r["type"] == "unicast" for r in bird)
+    assert any(r["onlink"] and r["dev"] == "flannel.1" for r in routes)
+
+
+def test_overlay_subnet_env_fdb_and_neighbors():
+    facts = parse("overlay", "centos7-flannel-vxlan")
+    env = kinds(facts, "flannel_subnet")[0]
+    assert env == {"network": "172.27.0.0/16", "subnet": "172.27.1.1/24", "mtu": 1450,
+                   "ipmasq": True}
+    assert {f["dst"] for f in kinds(facts, "fdb_entry")} == {"10.28.87.60", "10.28.87.61"}
+    states = {n["ip"]: n["state"] for n in kinds(facts, "neighbor")}
+    assert states["172.27.3.0"] == "FAILED"
+    recorded = parse("overlay", "debian12-netns")
+    assert kinds(recorded, "fdb_entry")[0]["permanent"] is True
+
+
+def test_cni_config_redacted_and_summarised():
+    text = (FIX / "cni" / "calico-secrets-redacted.txt").read_text()
+    assert "hunter2" not in text and "secretpayload" not in text  # redacted on the node
+    facts = parse("cni", "calico-secrets-redacted")
+    conf = kinds(facts, "cni_config")[0]
+    assert conf["primary_type"] == "calico" and conf["mtu"] == 1440 and conf["active"]
+    assert conf["redacted"] is True and conf["types"] == "calico,portmap"
+    assert kinds(facts, "cni_config_dir")[0]["active_file"] == conf["file"]
+
+
+def test_cni_parser_redacts_what_sed_could_not_see():
+    text = '##knd:file /etc/cni/net.d/10-x.conf\n|{"type": "bridge",\n|"apiToken":\n|"abc"}\n'
+    facts = BY_NAME["cni"].parse(Section("cni", "", 0, 0, text, ""), "n")
+    assert "abc" not in facts[0].source.excerpt and facts[0].attrs["redacted"] is True
+
+
+def test_cni_missing_dir():
+    facts = BY_NAME["cni"].parse(Section("cni", "", 0, 0, "##knd:nodir\n", ""), "n")
+    assert facts[0].attrs["exists"] is False and facts[0].attrs["active_file"] is None
+
+
+# ---- conntrack, counters, sockets ----------------------------------------------------------
+
+def test_conntrack_recorded_and_centos7():
+    ct = kinds(parse("conntrack", "debian12-netns"), "conntrack")[0]
+    assert ct["loaded"] and ct["cpus"] and ct["insert_failed"] == 0
+    assert ct["stats_source"] == "conntrack -S"
+    old = kinds(parse("conntrack", "centos7-1.4.4-insert-failed"), "conntrack")[0]
+    assert (old["insert_failed"], old["drop"], old["usage_pct"]) == (19, 3, 98.4)
+
+
+def test_conntrack_without_tool_reads_proc_and_says_so():
+    facts = parse("conntrack", "no-tool-proc")
+    ct = kinds(facts, "conntrack")[0]
+    assert ct["stats_source"] == "/proc/net/stat/nf_conntrack"
+    assert (ct["insert_failed"], ct["drop"], ct["search_restart"]) == (5, 1, 4)
+    status = kinds(facts, "probe_status")[0]
+    assert status["status"] == "missing_tool" and "conntrack" in status["reason"]
+
+
+def test_counters_flat_on_a_quiet_netns():
+    facts = kinds(parse("counters", "debian12-netns"), "net_counter")
+    names = {c["name"]: c for c in facts}
+    assert names["TcpExtListenOverflows"]["rising"] is False
+    assert names["UdpRcvbufErrors"]["interval_s"] >= 2
+    assert "conntrack_insert_failed" in names
+
+
+def test_counters_rising_now_vs_high_since_boot():
+    names = {c["name"]: c for c in kinds(parse("counters", "rising-listen-overflows"),
+                                         "net_counter")}
+    lo = names["TcpExtListenOverflows"]
+    assert lo["rising"] is True and lo["delta"] == 1500 and lo["rate_per_s"] > 700
+    rcv = names["UdpRcvbufErrors"]
+    assert rcv["value"] == 429469 and rcv["rising"] is False
+
+
+def test_counters_one_sample_only_is_unknown_not_flat():
+    text = (FIX / "counters" / "debian12-netns.txt").read_text().split("##knd:sample 2")[0]
+    facts = BY_NAME["counters"].parse(Section("counters", "", None, 0, text, ""), "n")
+    assert facts and all(f.attrs["rising"] is None and f.attrs["delta"] is None for f in facts)
+
+
+def test_sockets_recorded():
+    facts = parse("sockets", "debian12-netns")
+    lst = kinds(facts, "tcp_listener")[0]
+    assert (lst["port"], lst["backlog"], lst["process"]) == (179, 8, "bird")
+    assert kinds(facts, "udp_socket")[0]["rcvbuf"] == 212992
+    assert kinds(facts, "tcp_states")[0]["source"] == "ss"
+
+
+def test_sockets_centos7_old_ss_full_queue_and_time_wait():
+    facts = parse("sockets", "centos7-ss-3.10-timewait")
+    lst = {f["port"]: f for f in kinds(facts, "tcp_listener")}
+    assert lst[80]["full"] is True and lst[80]["process"] == "nginx" and lst[80]["pid"] == 1826655
+    assert lst[10250]["full"] is False
+    q = kinds(facts, "socket_queue")[0]
+    assert (q["recv_q"], q["state"]) == (2066, "established")
+    assert kinds(facts, "tcp_states")[0]["time_wait"] == 30457
+    assert kinds(facts, "sockstat")[0]["tcp_tw"] == 30457
+    udp = {u["port"]: u for u in kinds(facts, "udp_socket")}
+    assert udp[53]["recv_q"] == 213248 and udp[53]["drops"] is None  # old ss: no d field
+
+
+def test_sockets_without_ss_counts_from_proc_and_reports_what_is_missing():
+    facts = parse("sockets", "busybox-no-ss")
+    assert kinds(facts, "tcp_states")[0]["time_wait"] == 340
+    lst = {f["port"]: f for f in kinds(facts, "tcp_listener")}
+    assert lst[22]["accept_queue"] == 5 and lst[22]["backlog"] is None
+    assert lst[10040]["local"] == "127.0.0.1:10040"
+    assert kinds(facts, "probe_status")[0]["status"] == "missing_tool"
+
+
+# ---- processes, BGP, host ------------------------------------------------------------------
+
+def running(facts):
+    return {(p["role"], p["name"]) for p in kinds(facts, "process") if p["running"]}
+
+
+def test_processes_recorded():
+    facts = parse("processes", "debian12-netns")
+    assert ("bgp_daemon", "bird") in running(facts)
+    assert not any(r == "security_software" for r, _ in running(facts))
+
+
+def test_processes_busybox_security_software_and_firewalls():
+    facts = parse("processes", "busybox-security-software")
+    got = running(facts)
+    assert {("cni_agent", "flanneld"), ("kube_proxy", "kube-proxy"), ("kubelet", "kubelet"),
+            ("container_runtime", "containerd")} <= got
+    # comm is cut to 15 characters: the full name from argv[0] tells the three wsssr apart
+    assert ("security_software", "wsssr_defence_daemon") in got
+    assert ("security_software", "wsssr_defence_service") not in got
+    assert ("security_software", "Symantec") in got
+    fw = {f["name"]: f["active"] for f in kinds(facts, "host_firewall")}
+    assert fw == {"firewalld": True, "ufw": True}
+
+
+def test_processes_proc_fallback_matches_truncated_comm():
+    got = running(parse("processes", "proc-fallback"))
+    assert ("security_software", "qaxsafed") in got
+    assert ("security_software", "sangfor_watchdog") in got
+
+
+def test_process_list_is_extensible(tmp_path, monkeypatch):
+    extra = tmp_path / "site.yaml"
+    extra.write_text("security_software: [rtvscand]\nmonitoring: [node_exporter]\n")
+    monkeypatch.setenv("KUBENETDIAG_PROCESSES", str(extra))
+    facts = parse("processes", "busybox-security-software")
+    assert ("security_software", "rtvscand") in running(facts)
+    assert any(p["role"] == "monitoring" for p in kinds(facts, "process"))
+
+
+def test_process_args_secrets_are_cut_on_the_node():
+    import subprocess
+
+    from kubenetdiag.probes import processes
+    awk = processes.COMMAND.split("| awk ", 1)[1].split("; if [ -r /etc/ufw")[0]
+    line = "1 x x --db-password=hunter2 --token abc TOKEN=zz -v"
+    out = subprocess.run(["sh", "-c", f"printf '%s\\n' '{line}' | awk {awk}"],
+                         capture_output=True, text=True).stdout
+    assert "hunter2" not in out and "abc" not in out and "zz" not in out and "-v" in out
+
+
+@pytest.mark.parametrize("name", ["bird-2.0.12-one-down", "bird-1.6.8-calico-peer-refused"])
+def test_bgp_sessions(name):
+    sessions = {s["peer"]: s for s in kinds(parse("bgp", name), "bgp_session")}
+    up = [s for s in sessions.values() if s["established"]]
+    down = [s for s in sessions.values() if not s["established"]]
+    assert len(up) == 1 and len(down) == 1
+    assert down[0]["state"] in ("Connect", "Active") and down[0]["peer"]
+
+
+def test_bgp_calico_last_error():
+    s = kinds(parse("bgp", "bird-1.6.8-calico-peer-refused"), "bgp_session")
+    refused = next(x for x in s if not x["established"])
+    assert refused["last_error"] == "Socket: Connection refused"
+    assert refused["peer"] == "10.28.87.61" and refused["peer_as"] == 64512
+
+
+def test_host_recorded_and_centos7():
+    facts = parse("host", "debian12-netns")
+    assert kinds(facts, "os_release")[0]["id"] == "debian"
+    assert any(f["mount"] == "/" for f in kinds(facts, "filesystem"))
+    old = parse("host", "centos7-disk-full")
+    fs = {f["mount"]: f for f in kinds(old, "filesystem")}
+    assert fs["/"]["use_pct"] == 100 and fs["/data dir"]["inodes_use_pct"] == 100
+    assert not any(m.startswith("/var/lib/docker") for m in fs)
+    rc = kinds(old, "resolv_conf")[0]
+    assert rc["ndots"] == 5 and rc["nameserver_count"] == 2 and not rc["loopback_nameserver"]
+    assert kinds(old, "os_release")[0]["version_id"] == "7"
+
+
+# ---- hostile output ------------------------------------------------------------------------
+
+def _record(probe: str, stdout: str, stderr: str = "", exit_code: int | None = 0) -> dict:
+    return {"name": "n", "address": "a", "reachable": True, "error": None,
+            "sections": [{"probe": probe, "command": "", "exit_code": exit_code,
+                          "stdout": stdout, "stderr": stderr}]}
+
+
+def _no_crash(record: dict) -> None:
+    for fact in node_facts(record):
+        assert not validate_fact(fact), fact
+        # parse.py turns a parser exception into this status: that is a crash we must not have
+        assert "could not parse" not in str(fact.attrs.get("reason", "")), fact.attrs
+
+
+def _fixtures(probe: str) -> list[str]:
+    return [p.read_text() for p in sorted((FIX / probe).glob("*.txt"))]
+
+
+@pytest.mark.parametrize("probe", sorted(BY_NAME))
+def test_hostile_outputs_fail_soft(probe):
+    rnd = random.Random(probe)
+    samples = _fixtures(probe) or ["x"]
+    hostile = []
+    for text in samples:
+        hostile.append(text[: len(text) // 2])  # cut mid-line
+        hostile.append(text[: len(text) // 3] + "\x00\xff\ufffd" * 50)
+        lines = text.splitlines()
+        rnd.shuffle(lines)
+        hostile.append("\n".join(lines))
+    hostile.append(bytes(rnd.randrange(256) for _ in range(4000)).decode("latin-1"))
+    hostile.append((samples[0] + "\n") * 200)  # enormous: repeated a few hundred times
+    for text in hostile:
+        _no_crash(_record(probe, text))
+
+
+def test_a_timed_out_probe_is_unknown():
+    facts = node_facts(_record("sockets", "##knd:tcp ss\nS ESTAB 3\n", exit_code=None))
+    status = [f.attrs for f in facts if f.kind == "probe_status"]
+    assert status[0]["status"] == "timeout" and "sockets" in status[0]["blocks"]
+
+
+_structured = st.lists(
+    st.one_of(
+        st.sampled_from(["##knd:sample 1", "##knd:sample 2", "##knd:tcp ss", "##knd:tcp proc",
+                         "##knd:udp ss", "##knd:file /etc/cni/net.d/1.conf", "##knd:link json",
+                         "##knd:link text", "##knd:route json", "##knd:route text",
+                         "##knd:socket /run/bird.ctl", "##knd:table ipvsadm", "##knd:table proc",
+                         "##knd:ps eo", "##knd:df", "##knd:dfi", "##knd:resolv", "##knd:stats proc",
+                         "##knd:stats conntrack", "##knd:sysctl", "##knd:fdb flannel.1",
+                         "##knd:neigh flannel.1", "##knd:subnet.env", "##knd:proc_modules",
+                         "F\t/etc/sysctl.conf", "table ip x {", "chain c {", "}", "[", "{"]),
+        st.text(max_size=80),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_structured, st.sampled_from(sorted(BY_NAME)))
+def test_structured_garbage_never_crashes(lines, probe):
+    """Random text rarely gets past a parser's first check; random part headers do."""
+    _no_crash(_record(probe, "\n".join(lines)))
+
+
+def test_facts_doc_is_current():
+    from pathlib import Path
+
+    from kubenetdiag.facts.docs import render
+
+    page = Path(__file__).parent.parent / "docs" / "facts.md"
+    assert page.read_text() == render(), (
+        "docs/facts.md is stale: python -m kubenetdiag.facts.docs > docs/facts.md")
