@@ -36,3 +36,32 @@ def lab(lab_requirements: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield instance
     finally:
         instance.down()
+
+
+def _mode_lab(tmp_path_factory: pytest.TempPathFactory, cni_mode: str, suffix: str
+              ) -> Iterator[Lab]:
+    instance = Lab(tmp_path_factory.mktemp(f"lab-{suffix}"), nodes=2,
+                   prefix=f"{SESSION_LAB_PREFIX}{suffix}"[:12], cni_mode=cni_mode)
+    instance.down()
+    try:
+        instance.up()
+        yield instance
+    finally:
+        instance.down()
+
+
+@pytest.fixture(scope="session")
+def hostgw_lab(lab_requirements: None, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[Lab]:
+    """A 2-node flannel-host-gw lab (the session `lab` is flannel-vxlan)."""
+    yield from _mode_lab(tmp_path_factory, "flannel-host-gw", "gw")
+
+
+@pytest.fixture(scope="session")
+def calico_lab(lab_requirements: None, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[Lab]:
+    """A 2-node calico-bgp lab (bird2 per node); skipped where bird is not installed."""
+    reason = missing_requirements("calico-bgp")
+    if reason:
+        pytest.skip(f"calico lab unavailable: {reason}")
+    yield from _mode_lab(tmp_path_factory, "calico-bgp", "bgp")

@@ -1,0 +1,150 @@
+"""The cluster lab when healthy, in every CNI mode: pods reach pods across nodes, DNS and the
+app answer through their service VIPs, the outside host answers, and lab.json / `lab status`
+describe it. Network checks only: the diagnoser is not involved."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from kubenetdiag.lab import Lab
+from kubenetdiag.lab.cli import fault_list
+
+pytestmark = pytest.mark.lab
+
+MODES = ["flannel-vxlan", "flannel-host-gw", "calico-bgp"]
+
+
+@pytest.fixture(params=MODES)
+def any_lab(request) -> Lab:
+    name = {"flannel-vxlan": "lab", "flannel-host-gw": "hostgw_lab",
+            "calico-bgp": "calico_lab"}[request.param]
+    lab = request.getfixturevalue(name)
+    assert lab.cni == request.param
+    return lab
+
+
+def dns(lab: Lab, pod: str, name: str, *extra: str) -> subprocess.CompletedProcess:
+    return lab.netprog(pod, "dns", "10.96.0.10", name, *extra)
+
+
+def test_healthy_cluster_in_every_cni_mode(any_lab):
+    lab = any_lab
+    # every pod reaches every pod on the other node
+    for src in lab.pods:
+        for dst in lab.pods:
+            if src.node != dst.node:
+                cp = lab.ping(src.name, dst.ip, count=1, timeout=2)
+                assert cp.returncode == 0, (lab.cni, src.name, dst.name, cp.stdout)
+    # DNS through the kube-dns VIP (UDP and TCP) from a pod on each node
+    for node in lab.nodes:
+        pod = lab.pods_on(node.name)[0].name
+        cp = dns(lab, pod, "kubernetes.default.svc.cluster.local")
+        assert cp.returncode == 0 and cp.stdout.split()[-1] == "10.96.0.1", (lab.cni, cp)
+        cp = dns(lab, pod, "web.default.svc.cluster.local", "--tcp")
+        assert cp.returncode == 0 and cp.stdout.split()[-1] == "10.96.0.20", (lab.cni, cp)
+    # the app's VIP from a pod on another node than the app, and CoreDNS's metrics
+    web_node = lab.pod_for_app("web").node
+    other = next(p for p in lab.pods if p.node != web_node)
+    cp = lab.netprog(other.name, "http", "http://10.96.0.20/")
+    assert cp.returncode == 0 and cp.stdout.startswith("200"), cp
+    cp = lab.netprog(other.name, "http", "http://10.96.0.10:9153/metrics")
+    assert cp.returncode == 0 and "coredns_build_info" in cp.stdout, cp
+    # the outside world, through the CNI's masquerade
+    cp = lab.netprog(other.name, "tcp", "203.0.113.10", "3306")
+    assert cp.returncode == 0 and "mysql" in cp.stdout, cp
+
+
+def test_calico_routes_come_from_bird_and_birdc_works(calico_lab):
+    lab = calico_lab
+    state = json.loads(lab.state_path.read_text())
+    for node in lab.nodes:
+        routes = lab.node_exec(node.name, ["ip", "route", "show", "proto", "bird"]).stdout
+        peers = [p for p in lab.nodes if p is not node]
+        assert all(f"{p.pod_cidr} via {p.address} dev eth0" in routes for p in peers), routes
+        sock = state["bird_sockets"][node.name]
+        cp = lab.node_exec(node.name, ["birdc", "-s", sock, "show", "protocols"])
+        assert cp.stdout.count("Established") == len(peers), cp.stdout
+    # and on the node itself, birdc's default socket is the node's bird
+    cp = lab.client_exec(lab.ssh_argv("node1", "birdc show protocols; ps -eo comm"))
+    assert "Mesh_198_18_0_12" in cp.stdout and "calico-node" in cp.stdout, cp.stderr
+
+
+def test_vxlan_device_is_what_flanneld_programs(lab):
+    n1, n2 = lab.nodes[0], lab.nodes[1]
+    details = lab.node_exec(n1.name, ["ip", "-d", "link", "show", "flannel.1"]).stdout
+    assert "vxlan id 1 " in details and "dstport 8472" in details and "nolearning" in details
+    assert "mtu 1450" in details
+    fdb = lab.node_exec(n1.name, ["bridge", "fdb", "show", "dev", "flannel.1"]).stdout
+    assert f"dst {n2.address} self permanent" in fdb
+    neigh = lab.node_exec(n1.name, ["ip", "neigh", "show", "dev", "flannel.1"]).stdout
+    assert "10.244.2.0 lladdr" in neigh and "PERMANENT" in neigh
+    route = lab.node_exec(n1.name, ["ip", "route", "show", "10.244.2.0/24"]).stdout
+    assert route.strip() == "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"
+
+
+def test_a_node_over_ssh_looks_like_a_node(lab):
+    cp = lab.client_exec(lab.ssh_argv(
+        "node2", "ps -eo comm; echo ---; ls /etc/sysctl.d; cat /run/flannel/subnet.env"))
+    assert cp.returncode == 0, cp.stderr
+    procs, files = cp.stdout.split("---")
+    for name in ("flanneld", "kube-proxy", "kubelet", "containerd", "sshd"):
+        assert name in procs.split(), procs
+    assert "dnsmasq" not in procs  # another node's (pod's) processes are not visible
+    assert "99-kubernetes-cri.conf" in files and "FLANNEL_SUBNET=10.244.2.1/24" in files
+
+
+def test_lab_json_is_the_documented_contract(lab):
+    state = json.loads(lab.state_path.read_text())
+    for key in ("prefix", "workdir", "cni", "vxlan_port", "cluster_domain", "pod_network",
+                "service_network", "nodes", "pods", "services", "faults", "bird_sockets",
+                "kubeconfig", "inventory"):
+        assert key in state, key
+    assert (state["cni"], state["vxlan_port"], state["cluster_domain"]) == (
+        "flannel-vxlan", 8472, "cluster.local")
+    assert (state["pod_network"], state["service_network"]) == ("10.244.0.0/16", "10.96.0.0/12")
+    assert [(n["name"], n["zone"], n["index"]) for n in state["nodes"]] == [
+        ("node1", "zone-a", 1), ("node2", "zone-b", 2)]
+    apps = {p["app"]: p for p in state["pods"]}
+    assert apps["coredns"]["node"] == "node1" and apps["coredns"]["namespace"] == "kube-system"
+    assert apps["web"]["node"] == "node2"
+    assert sum(p["node"] == "node1" for p in state["pods"]) >= 2
+    svcs = {s["name"]: s for s in state["services"]}
+    assert svcs["kube-dns"]["cluster_ip"] == "10.96.0.10"
+    assert {(p["port"], p["protocol"]) for p in svcs["kube-dns"]["ports"]} >= {
+        (53, "UDP"), (53, "TCP"), (9153, "TCP")}
+    assert svcs["web"]["endpoints"] == [apps["web"]["name"]]
+    assert svcs["web"]["ports"] == [{"name": "http", "port": 80, "protocol": "TCP",
+                                     "target_port": 8080}]
+    assert state["faults"] == []
+
+
+def lab_cli(lab: Lab, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kubenetdiag.lab", *args,
+                           "--workdir", str(lab.workdir)] if args[0] != "exec" else
+                          [sys.executable, "-m", "kubenetdiag.lab", "exec", "--workdir",
+                           str(lab.workdir), *args[1:]],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_status_exec_and_fault_list(lab):
+    cp = lab_cli(lab, "status", "--json")
+    assert cp.returncode == 0, cp.stderr
+    view = json.loads(cp.stdout)
+    assert view["client_netns"] == lab.client_netns
+    assert view["kubeconfig"] == str(lab.workdir / "kubeconfig")
+    assert view["inventory"] == str(lab.inventory_path)
+    assert [(n["name"], n["address"], n["pod_cidr"]) for n in view["nodes"]] == [
+        ("node1", "198.18.0.11", "10.244.1.0/24"), ("node2", "198.18.0.12", "10.244.2.0/24")]
+    assert view["faults"] == [] and len(view["pods"]) == len(lab.pods)
+    # exec runs in the client namespace and passes the exit code through
+    cp = lab_cli(lab, "exec", "--", "sh", "-c", "ip -br addr show eth0; exit 3")
+    assert cp.returncode == 3 and "198.18.0.2/24" in cp.stdout, cp
+    listing = fault_list()
+    assert "tw_recycle_with_timestamps" in listing and "fixture only" in listing
+    cp = subprocess.run([sys.executable, "-m", "kubenetdiag.lab", "inject", "--list"],
+                        capture_output=True, text=True, timeout=30)
+    assert cp.returncode == 0 and "vxlan_udp_blocked" in cp.stdout

@@ -1,0 +1,294 @@
+"""Every injector, proven at the network level without the diagnoser: the fault really breaks
+what it claims to, lab.json records it, and heal restores health."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from kubenetdiag.lab import Lab, LabError, cni
+
+pytestmark = pytest.mark.lab
+
+
+def pods_ok(lab: Lab, src: str = "node1", dst: str = "node2") -> bool:
+    return lab.pod_ping(src, dst, count=2, timeout=1).returncode == 0
+
+
+def pod_blocked(lab: Lab, src: str = "node1", dst: str = "node2") -> bool:
+    return lab.pod_ping(src, dst, count=1, timeout=0.7).returncode != 0
+
+
+def client_pod(lab: Lab, node: str) -> str:
+    return lab.pods_on(node)[0].name
+
+
+def dns_ok(lab: Lab, node: str) -> bool:
+    cp = lab.netprog(client_pod(lab, node), "--timeout", "1", "dns", "10.96.0.10",
+                     "kubernetes.default.svc.cluster.local")
+    return cp.returncode == 0
+
+
+def web_ok(lab: Lab, node: str = "node1") -> bool:
+    cp = lab.netprog(client_pod(lab, node), "--timeout", "2", "http", "http://10.96.0.20/")
+    return cp.returncode == 0
+
+
+def ssh(lab: Lab, node: str, command: str):
+    return lab.client_exec(lab.ssh_argv(node, command), timeout=30)
+
+
+def recorded(lab: Lab) -> list[tuple[str, str]]:
+    return [(f["fault"], f["node"]) for f in json.loads(lab.state_path.read_text())["faults"]]
+
+
+def counter(lab: Lab, node: str, path: str, name: str) -> int:
+    """A counter from /proc/net/netstat or /proc/net/snmp in the node's namespace."""
+    lines = lab.node_exec(node, ["cat", path]).stdout.splitlines()
+    for head, values in zip(lines[::2], lines[1::2], strict=False):
+        keys, vals = head.split()[1:], values.split()[1:]
+        if name in keys:
+            return int(vals[keys.index(name)])
+    raise AssertionError(f"{name} not in {path}")
+
+
+@pytest.fixture
+def vx(lab):
+    """The session (flannel-vxlan) lab, checked healthy before and healed after each test."""
+    assert pods_ok(lab)
+    yield lab
+    lab.heal()
+    assert pods_ok(lab)
+
+
+# ---- kernel / sysctl ------------------------------------------------------------------------
+
+
+def test_ip_forward_via_a_sysctl_d_file(vx):
+    with vx.injected("ip_forward_disabled", "node2", {"via": "file"}):
+        assert recorded(vx) == [("ip_forward_disabled", "node2")]
+        cp = ssh(vx, "node2", "grep -H ip_forward /etc/sysctl.d/*; sysctl -n net.ipv4.ip_forward")
+        assert "99-security-hardening.conf:net.ipv4.ip_forward = 0" in cp.stdout, cp
+        assert cp.stdout.strip().endswith("0")
+        assert ssh(vx, "node1", "ls /etc/sysctl.d").stdout.split() == ["99-kubernetes-cri.conf"]
+        assert pod_blocked(vx)
+    assert "hardening" not in ssh(vx, "node2", "ls /etc/sysctl.d").stdout
+    assert recorded(vx) == []
+
+
+def test_bridge_nf_call_iptables_off_breaks_same_node_service_replies(vx):
+    assert dns_ok(vx, "node1")  # CoreDNS runs on node1: the reply is bridged on cni0
+    with vx.injected("bridge_nf_call_iptables_disabled", "node1"):
+        assert not dns_ok(vx, "node1")
+        assert dns_ok(vx, "node2")  # routed replies are still un-DNATed
+    assert dns_ok(vx, "node1")
+
+
+def test_rp_filter_strict_drops_asymmetric_traffic(vx):
+    n1, n2 = vx.node("node1"), vx.node("node2")
+    # An asymmetric path: node1 sends node2's pod traffic over the underlay, node2 answers
+    # over flannel.1 (as after a half-migrated backend).
+    vx.node_exec("node1", ["ip", "route", "replace", n2.pod_cidr, "via", n2.address])
+    try:
+        assert pods_ok(vx)  # loose/off rp_filter tolerates it
+        with vx.injected("rp_filter_strict", "node2"):
+            assert vx.node_exec("node2", ["sysctl", "-n", "net.ipv4.conf.all.rp_filter"]
+                                ).stdout.strip() == "1"
+            assert pod_blocked(vx)
+    finally:
+        cni.restore_peer_route(vx, n1, n2)
+
+
+def test_somaxconn_low(vx):
+    with vx.injected("somaxconn_low", "node2", {"value": "32"}):
+        assert vx.node_exec("node2", ["sysctl", "-n", "net.core.somaxconn"]).stdout == "32\n"
+    assert vx.node_exec("node2", ["sysctl", "-n", "net.core.somaxconn"]).stdout == "4096\n"
+
+
+# ---- firewall -------------------------------------------------------------------------------
+
+
+def test_iptables_drop_rule_for_the_pod_cidr_and_for_a_port(vx):
+    with vx.injected("iptables_drop_rule", "node2"):
+        assert "-A FORWARD -d 10.244.2.0/24 -j DROP" in vx.node_exec(
+            "node2", ["iptables", "-S", "FORWARD"]).stdout
+        assert pod_blocked(vx)
+    with vx.injected("iptables_drop_rule", "node2", {"port": "8080"}):
+        assert pods_ok(vx) and not web_ok(vx)
+    assert web_ok(vx)
+
+
+@pytest.mark.parametrize("via", ["firewalld", "ufw"])
+def test_host_firewall_blocks_the_overlay_but_not_ssh(vx, via):
+    with vx.injected("host_firewall_active", "node2", {"via": via}):
+        rules = vx.node_exec("node2", ["iptables", "-S"]).stdout
+        assert ("FORWARD_IN_ZONES" if via == "firewalld" else "ufw-before-input") in rules
+        assert pod_blocked(vx)
+        assert ssh(vx, "node2", "true").returncode == 0
+    rules = vx.node_exec("node2", ["iptables", "-S"]).stdout
+    assert "ZONES" not in rules and "ufw" not in rules and "-P INPUT ACCEPT" in rules
+
+
+def test_security_software_is_a_process_and_drops_forwarding(vx):
+    with vx.injected("security_software_present", "node2"):
+        assert "wsssr_defence_d" in ssh(vx, "node2", "ps -eo comm").stdout.split()
+        assert pod_blocked(vx)
+    assert "wsssr" not in ssh(vx, "node2", "ps -eo comm").stdout
+
+
+# ---- overlay / routing ------------------------------------------------------------------------
+
+
+def test_vxlan_udp_blocked_inbound(vx):
+    with vx.injected("vxlan_udp_blocked", "node2"):
+        assert pod_blocked(vx) and pod_blocked(vx, "node2", "node1")
+
+
+def test_vxlan_port_mismatch(vx):
+    with vx.injected("vxlan_port_mismatch", "node2"):
+        assert "dstport 8475" in vx.node_exec("node2", ["ip", "-d", "link", "show",
+                                                        "flannel.1"]).stdout
+        nodes = json.loads(vx.state_path.read_text())["nodes"]
+        assert [n["vxlan_port"] for n in nodes] == [8472, 8475]
+        assert pod_blocked(vx)
+    assert "dstport 8472" in vx.node_exec("node2", ["ip", "-d", "link", "show",
+                                                    "flannel.1"]).stdout
+
+
+def test_pod_cidr_route_missing(vx):
+    with vx.injected("pod_cidr_route_missing", "node1"):
+        assert vx.node_exec("node1", ["ip", "route", "show", "10.244.2.0/24"]).stdout == ""
+        assert pod_blocked(vx)
+
+
+def test_mtu_mismatch_drops_only_big_packets(vx):
+    assert vx.pod_ping("node1", "node2", size=1400, timeout=1).returncode == 0
+    with vx.injected("mtu_mismatch", "node2"):
+        assert vx.pod_ping("node1", "node2", count=2, timeout=1).returncode == 0
+        assert vx.pod_ping("node1", "node2", size=1400, timeout=1).returncode != 0
+    assert vx.pod_ping("node1", "node2", size=1400, timeout=1).returncode == 0
+
+
+def test_cni_pod_not_running(vx):
+    with vx.injected("cni_pod_not_running", "node2"):
+        assert "flanneld" not in ssh(vx, "node2", "ps -eo comm").stdout.split()
+        nodes = json.loads(vx.state_path.read_text())["nodes"]
+        assert [n["cni_pod_ready"] for n in nodes] == [True, False]
+    assert "flanneld" in ssh(vx, "node2", "ps -eo comm").stdout.split()
+
+
+# ---- service / DNS ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("via", ["stop", "drop"])
+def test_coredns_unreachable(vx, via):
+    with vx.injected("coredns_unreachable", params={"via": via}):
+        assert recorded(vx) == [("coredns_unreachable", "node1")]
+        assert not dns_ok(vx, "node2")
+    assert dns_ok(vx, "node2")
+
+
+def test_service_no_endpoints(vx):
+    with vx.injected("service_no_endpoints"):
+        svcs = {s["name"]: s for s in json.loads(vx.state_path.read_text())["services"]}
+        assert svcs["web"]["endpoints"] == [] and svcs["kube-dns"]["endpoints"]
+        for node in ("node1", "node2"):
+            rules = vx.node_exec(node, ["iptables-save"]).stdout
+            assert "default/web:http has no endpoints" in rules
+            assert "--to-destination 10.244.2.3:8080" not in rules
+        assert not web_ok(vx)
+    assert web_ok(vx)
+
+
+def test_kube_proxy_rules_missing(vx):
+    with vx.injected("kube_proxy_rules_missing", "node2"):
+        assert not dns_ok(vx, "node2")
+        assert dns_ok(vx, "node1")
+    assert dns_ok(vx, "node2")
+
+
+def test_port_not_listening(vx):
+    with vx.injected("port_not_listening"):
+        cp = vx.netprog(client_pod(vx, "node1"), "tcp", "10.96.0.20", "80")
+        assert cp.returncode != 0 and "refused" in cp.stderr, cp
+    assert web_ok(vx)
+
+
+# ---- sockets ------------------------------------------------------------------------------------
+
+
+def test_listen_queue_overflow_counts(vx):
+    before = counter(vx, "node2", "/proc/net/netstat", "ListenOverflows")
+    with vx.injected("listen_queue_overflow", "node2"):
+        assert counter(vx, "node2", "/proc/net/netstat", "ListenOverflows") > before
+        assert vx.node_exec("node2", ["ss", "-Hlnt", "sport = :30080"]).stdout.strip()
+    assert not vx.node_exec("node2", ["ss", "-Hlnt", "sport = :30080"]).stdout.strip()
+
+
+def test_udp_buffer_errors_count(vx):
+    before = counter(vx, "node2", "/proc/net/snmp", "RcvbufErrors")
+    with vx.injected("udp_buffer_errors", "node2"):
+        assert counter(vx, "node2", "/proc/net/snmp", "RcvbufErrors") > before
+    assert not vx.node_exec("node2", ["ss", "-Hlnu", "sport = :30053"]).stdout.strip()
+
+
+def test_time_wait_pileup(vx):
+    with vx.injected("time_wait_pileup", "node1", {"count": "1500"}):
+        out = vx.node_exec("node1", ["ss", "-Htan", "state", "time-wait"]).stdout
+        assert len(out.splitlines()) >= 1400
+    assert ("time_wait_pileup", "node1") not in recorded(vx)
+
+
+# ---- bookkeeping --------------------------------------------------------------------------------
+
+
+def test_heal_without_arguments_heals_every_recorded_fault(vx):
+    vx.inject("vxlan_udp_blocked", "node2")
+    vx.inject("ip_forward_disabled", "node1")
+    assert sorted(recorded(vx)) == [("ip_forward_disabled", "node1"),
+                                    ("vxlan_udp_blocked", "node2")]
+    faults = json.loads(vx.state_path.read_text())["faults"]
+    assert {"fault": "ip_forward_disabled", "node": "node1", "params": {"via": "sysctl"}} in faults
+    with pytest.raises(LabError, match="already active"):
+        vx.inject("vxlan_udp_blocked", "node2")
+    Lab.load(vx.workdir).heal()  # from "another process"
+    assert recorded(vx) == [] and pods_ok(vx)
+
+
+def test_bad_parameters_modes_and_fixture_only_are_refused(vx):
+    with pytest.raises(LabError, match="takes no parameter bogus"):
+        vx.inject("mtu_mismatch", "node2", {"bogus": "1"})
+    with pytest.raises(LabError, match="needs CNI mode calico-bgp"):
+        vx.inject("bgp_session_down", "node2")
+    with pytest.raises(LabError, match="fixture"):
+        vx.inject("tw_recycle_with_timestamps", "node2")
+    assert recorded(vx) == []
+
+
+# ---- calico-bgp ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("via", ["stop", "block"])
+def test_bgp_session_down_withdraws_routes(calico_lab, via):
+    lab = calico_lab
+    assert pods_ok(lab)
+    with lab.injected("bgp_session_down", "node2", {"via": via}):
+        deadline = time.monotonic() + 20  # block: the 9 s hold time must expire first
+        while "10.244.2.0/24" in lab.node_exec("node1", ["ip", "route"]).stdout:
+            assert time.monotonic() < deadline, "node1 kept node2's route"
+            time.sleep(0.5)
+        assert pod_blocked(lab)
+    assert pods_ok(lab)
+
+
+def test_calico_cni_pod_not_running_stops_bird(calico_lab):
+    lab = calico_lab
+    with lab.injected("cni_pod_not_running", "node2"):
+        procs = ssh(lab, "node2", "ps -eo comm").stdout.split()
+        assert "calico-node" not in procs and "bird" not in procs
+        assert pod_blocked(lab)
+    assert pods_ok(lab)
+    assert re.search(r"\bbird\b", ssh(lab, "node2", "ps -eo comm").stdout)
