@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -150,16 +151,52 @@ def node_state(lab, node: str) -> dict[str, str]:
         "routes": sh("ip route show table all"),
         "addrs": sh("ip addr"),
         "conntrack_max": sh("cat /proc/sys/net/netfilter/nf_conntrack_max"),
+        "conntrack": sh("cd /proc/sys/net/netfilter && grep -H '' nf_conntrack_max "
+                        "nf_conntrack_buckets nf_conntrack_tcp_timeout_established "
+                        "nf_conntrack_tcp_timeout_time_wait 2>&1"),
+        "legacy_tables": sh("cat /proc/net/ip_tables_names 2>&1"),
+        "nft": sh("nft list ruleset 2>&1 | grep -v -e counter -e '^#'"),
+        # Files in the node's view: nothing created, removed or touched. Other jobs on this
+        # machine write to /tmp too, so only what a probe could plausibly leave is compared
+        # there (pytest's own dirs and the tool runner's are not the node's doing); the strace
+        # test in test_node_facts_lab.py proves it per system call.
+        "files": node_view(lab, node, (
+            "find /var/tmp /run -xdev ! -path '/run/netns*' ! -path '/run/user/*' "
+            "-printf '%p %T@ %s\\n' 2>/dev/null | sort; "
+            "find /root /tmp -xdev -maxdepth 1 ! -name 'pytest-of-*' ! -name 'bash_jobs*' "
+            "! -name '.*history' -printf '%p %T@\\n' 2>/dev/null | sort; "
+            "ls -a /tmp/.nstat* /root/.nstat* 2>/dev/null; true")),
     }
 
 
+def node_view(lab, node: str, cmd: str) -> str:
+    """Run cmd with the node's own mount (and PID) namespace where the lab gives it one, so
+    /run and /etc are what the node's sshd sees."""
+    if hasattr(lab, "init_pid"):
+        argv = ["nsenter", "-t", str(lab.init_pid(lab.node(node))), "-m", "-p", "-n", "--"]
+        return subprocess.run([*argv, "sh", "-c", cmd], capture_output=True, text=True,
+                              timeout=60, check=True).stdout
+    return lab.node_exec(node, ["sh", "-c", cmd]).stdout
+
+
 def test_collection_is_read_only(lab, tmp_path):
+    # A freshly built lab is still settling (IPv6 link-local addresses appear a moment after
+    # the links come up): wait for two identical snapshots before collecting.
     before = {n.name: node_state(lab, n.name) for n in lab.nodes}
+    for _ in range(10):
+        time.sleep(2)  # IPv6 DAD takes about a second
+        again = {n.name: node_state(lab, n.name) for n in lab.nodes}
+        if again == before:
+            break
+        before = again
     proc = run_cli(lab, "collect", "--inventory", str(lab.inventory_path), "-o",
                    str(tmp_path / "b"), "--quiet")
     assert proc.returncode == 0, proc.stderr
     after = {n.name: node_state(lab, n.name) for n in lab.nodes}
-    assert before == after
+    for name in before:  # per item, so a failure names what changed
+        for key in before[name]:
+            b, a = before[name][key].splitlines(), after[name][key].splitlines()
+            assert b == a, (name, key, sorted(set(b) ^ set(a))[:20])
 
 
 def test_proxy_jump_reaches_a_node_the_client_cannot(lab, tmp_path):
