@@ -4,6 +4,7 @@ injected for real into the lab's nodes."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -147,7 +148,9 @@ def node_state(lab, node: str) -> dict[str, str]:
     return {
         "sysctl": sh("cd /proc/sys/net && grep -r '' . 2>/dev/null | grep -v -e conntrack_count "
                      "-e '/stable_secret' | sort"),
-        "iptables": sh("iptables-save | grep -v '^#'"),
+        # Packet counters move with any traffic (the collection's own SSH included) once a
+        # chain policy counts, e.g. after a firewall fault was healed on the shared lab.
+        "iptables": re.sub(r"\[\d+:\d+\]", "[0:0]", sh("iptables-save | grep -v '^#'")),
         "routes": sh("ip route show table all"),
         "addrs": sh("ip addr"),
         "conntrack_max": sh("cat /proc/sys/net/netfilter/nf_conntrack_max"),

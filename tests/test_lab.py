@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import ipaddress
 import json
+import os
 import re
 import subprocess
 import time
@@ -16,7 +17,7 @@ import yaml
 
 from kubenetdiag.lab import Lab, LabError, find_overlaps, overlap_message
 from kubenetdiag.lab import preflight as preflight_mod
-from kubenetdiag.lab.netns import lab_namespaces, list_netns, pids_in_netns
+from kubenetdiag.lab.netns import cmdline, lab_namespaces, list_netns, pids_in_netns
 
 LAB_NETS = [ipaddress.ip_network("198.18.0.0/24"), ipaddress.ip_network("10.244.0.0/16")]
 
@@ -273,11 +274,16 @@ def test_full_cycle_leaves_the_root_namespace_untouched(lab_requirements, tmp_pa
     cycle = Lab(tmp_path / "cycle", nodes=2, prefix="kndcycle")
     try:
         cycle.up()
-        for fault in ("ip_forward_disabled", "forward_chain_reject", "node_unreachable"):
+        for fault in ("ip_forward_disabled", "forward_chain_reject", "node_unreachable",
+                      "host_firewall_active", "security_software_present", "mtu_mismatch",
+                      "vxlan_port_mismatch", "listen_queue_overflow", "cni_pod_not_running"):
             cycle.inject(fault, "node2")
+        cycle.inject("ip_forward_disabled", "node1", {"via": "file"})
+        cycle.inject("service_no_endpoints")
         assert cycle.pod_ping("node1", "node2", timeout=0.5).returncode == 1
         cycle.heal()
         assert cycle.pod_ping("node1", "node2", count=2, timeout=2).returncode == 0
+        cycle.inject("udp_buffer_errors", "node1")  # left active: down must clean it too
     finally:
         cycle.down()
     after = root_snapshot()
@@ -285,6 +291,13 @@ def test_full_cycle_leaves_the_root_namespace_untouched(lab_requirements, tmp_pa
         assert after[part] == before[part], f"root namespace {part} changed"
     assert lab_namespaces("kndcycle") == []
     assert not cycle.state_path.exists()
+    # nothing left: no process started from the lab's work dir, no mount of it
+    workdir = str(cycle.workdir)
+    leftovers = [pid for pid in os.listdir("/proc") if pid.isdigit()
+                 and workdir in cmdline(int(pid))]
+    assert leftovers == []
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert workdir not in mounts and "/run/netns/kndcycle-" not in mounts
     cycle.down()  # idempotent: nothing left to do, and no error
 
 

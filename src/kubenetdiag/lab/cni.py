@@ -12,6 +12,7 @@ Everything here runs inside lab namespaces (`ip -n`, `bridge -n`, or inside the 
 
 from __future__ import annotations
 
+import json
 import time
 from ipaddress import IPv4Network
 from typing import TYPE_CHECKING
@@ -52,11 +53,11 @@ def subnet_env(lab: Lab, node: LabNode) -> str:
             f"FLANNEL_MTU={pod_mtu(lab.cni)}\nFLANNEL_IPMASQ=true\n")
 
 
-def vxlan_device_lines(node: LabNode, port: int) -> list[str]:
+def vxlan_device_lines(node: LabNode, port: int, mtu: int = VXLAN_MTU) -> list[str]:
     return [
         f"link add {VXLAN_DEV} type vxlan id {VXLAN_VNI} local {node.address} dev eth0 "
         f"dstport {port} nolearning",
-        f"link set {VXLAN_DEV} address {vtep_mac(node)} mtu {VXLAN_MTU}",
+        f"link set {VXLAN_DEV} address {vtep_mac(node)} mtu {mtu}",
         f"addr add {vtep_address(node)}/32 dev {VXLAN_DEV}",
         f"link set {VXLAN_DEV} up",
     ]
@@ -98,7 +99,10 @@ def program_peers(lab: Lab, node: LabNode) -> None:
 def rebuild_vxlan(lab: Lab, node: LabNode, port: int) -> None:
     """Recreate the node's flannel.1 on another UDP port, as a flanneld with a different
     config would; deleting the device drops its FDB, ARP and routes, so they are re-added."""
-    ip_batch(node.netns, [f"link del {VXLAN_DEV}", *vxlan_device_lines(node, port)])
+    # Like flanneld, derive the MTU from the underlay's (which a fault may have lowered).
+    link = json.loads(run(["ip", "-n", node.netns, "-j", "link", "show", "eth0"]).stdout)
+    mtu = min(VXLAN_MTU, int(link[0]["mtu"]) - 50)
+    ip_batch(node.netns, [f"link del {VXLAN_DEV}", *vxlan_device_lines(node, port, mtu)])
     program_peers(lab, node)
 
 

@@ -404,15 +404,21 @@ def _healthy_mtu(lab: Lab, dev: str) -> int:
     return {"eth0": 1500, cni.VXLAN_DEV: cni.VXLAN_MTU}.get(dev, cni.pod_mtu(lab.cni))
 
 
+def _mtu_heal(lab: Lab, node: LabNode, params: Params) -> None:
+    devs = [params["dev"]]
+    if lab.cni == "flannel-vxlan" and params["dev"] == "eth0":
+        devs.append(cni.VXLAN_DEV)  # rebuilt under the fault, it took the lowered MTU
+    for dev in devs:
+        lab.node_exec(node.name, ["ip", "link", "set", dev, "mtu", str(_healthy_mtu(lab, dev))])
+
+
 register(Fault(
     "mtu_mismatch",
     "the node's underlay eth0 MTU lowered to 1400 (params dev, mtu): small packets pass, "
     "full-size encapsulated or DF packets from peers are dropped silently",
     lambda lab, node, p: lab.node_exec(node.name, ["ip", "link", "set", p["dev"], "mtu",
                                                    p["mtu"]]),
-    lambda lab, node, p: lab.node_exec(node.name, ["ip", "link", "set", p["dev"], "mtu",
-                                                   str(_healthy_mtu(lab, p["dev"]))]),
-    {"dev": "eth0", "mtu": "1400"},
+    _mtu_heal, {"dev": "eth0", "mtu": "1400"},
 ))
 
 
