@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"kubenetdiag {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
     sub.required = True
 
     p = sub.add_parser(
@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="PATH",
             help="rule files or directories (default: the shipped rules)",
         )
+    from kubenetdiag.lab.cli import add_parser as add_lab_parser
+
+    add_lab_parser(sub)
     return parser
 
 
@@ -584,11 +587,18 @@ def cmd_rules(args: argparse.Namespace) -> int:
     raise AssertionError(args.rules_command)
 
 
+def cmd_lab(args: argparse.Namespace) -> int:
+    from kubenetdiag.lab.cli import run
+
+    return run(args)
+
+
 COMMANDS = {
     "diagnose": cmd_diagnose,
     "collect": cmd_collect,
     "analyze": cmd_analyze,
     "rules": cmd_rules,
+    "lab": cmd_lab,
 }
 
 
@@ -596,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.subcommand](args)
     except InputError as exc:
         print(f"kubenetdiag: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -307,7 +307,7 @@ class Lab:
                 for node in self.nodes:
                     cni.start_bird(self, node)
                 cni.wait_converged(self, timeout=30 + len(self.nodes))
-            services.start_apps(self, ["coredns", "web", "outside"])
+            services.start_apps(self, ["coredns", "web", "outside", "apiserver"])
             self._write_state()
         except BaseException as exc:
             try:

@@ -37,6 +37,7 @@ KUBERNETES_VIP = "10.96.0.1"
 DNS_VIP = "10.96.0.10"
 WEB_VIP = "10.96.0.20"
 WEB_PORT = 8080
+API_PORT = 6443  # the Kubernetes API stand-in, on the client namespace's loopback
 METRICS_PORT = 9153
 MASQ_MARK = "0x4000/0x4000"
 
@@ -231,6 +232,13 @@ def app_commands(lab: Lab, app: str) -> list[tuple[str, list[str], int, str]]:
         return [(lab.outside_netns, _netprog("serve-banner", str(OUTSIDE_PORT),
                                              "5.7.44-lab mysql_native_password"),
                  OUTSIDE_PORT, "tcp")]
+    if app == "apiserver":
+        # The Kubernetes API stand-in lives on the client namespace's loopback, where the
+        # diagnoser runs, as a real API server would be reached from an admin host.
+        argv = [sys.executable, "-m", "kubenetdiag.lab.apiserver",
+                "--state", str(lab.workdir / "lab.json"), "--port", str(API_PORT),
+                "--kubeconfig-out", str(lab.kubeconfig_path)]
+        return [(lab.client_netns, argv, API_PORT, "tcp")]
     pod = lab.pod_for_app(app)
     if app == "coredns":
         hosts = [f"--host-record={n},{ip}" for n, ip in dns_records(lab).items()]
