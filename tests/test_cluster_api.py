@@ -424,7 +424,9 @@ def test_diagnose_without_kubeconfig_asks_nothing(tmp_path, capsys, monkeypatch)
     bundle = tmp_path / "bundle"
     main(["diagnose", "--local", "--format", "json", "--bundle", str(bundle), "--quiet"])
     report = json.loads(capsys.readouterr().out)
-    assert not [c for c in report["not_checked"] if c["node"] == "cluster"]
+    # asked nothing, and says so: cluster checks not done are unknown, not healthy
+    (api_entry,) = [c for c in report["not_checked"] if c["node"] == "cluster"]
+    assert api_entry["status"] == "not_queried" and "--kubeconfig" in api_entry["blocks"]
     doc = read_cluster(bundle)
     assert doc["queried"] is False and "not queried" in doc["reason"]
     facts = json.loads((bundle / "facts.json").read_text())["facts"]

@@ -22,7 +22,8 @@ def run_cli(lab, *args: str, timeout: float = 120) -> subprocess.CompletedProces
 def diagnose(lab, tmp_path: Path, *extra: str) -> tuple[dict, subprocess.CompletedProcess]:
     bundle = tmp_path / "bundle"
     proc = run_cli(lab, "diagnose", "--inventory", str(lab.inventory_path), "--format", "json",
-                   "--bundle", str(bundle), "--quiet", "--connect-timeout", "5", *extra)
+                   "--kubeconfig", str(lab.kubeconfig_path), "--bundle", str(bundle), "--quiet",
+                   "--connect-timeout", "5", *extra)
     assert proc.returncode in (0, 1, 3), proc.stderr
     return json.loads(proc.stdout), proc
 
@@ -231,3 +232,13 @@ def test_proxy_jump_reaches_a_node_the_client_cannot(lab, tmp_path):
     assert nodes["direct-node2"]["reachable"] is False  # the block is real
     assert nodes["node2"]["reachable"] is True, nodes["node2"]["errors"]
     assert report["summary"]["unreachable"] == 1
+
+
+def test_without_a_kubeconfig_the_report_says_the_api_was_not_asked(lab, tmp_path):
+    proc = run_cli(lab, "diagnose", "--inventory", str(lab.inventory_path), "--format", "json",
+                   "--bundle", str(tmp_path / "b"), "--quiet")
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 0, proc.stderr
+    (entry,) = report["not_checked"]
+    assert (entry["node"], entry["status"]) == ("cluster", "not_queried")
+    assert "--kubeconfig" in entry["blocks"]

@@ -119,6 +119,19 @@ def build_report(
         for f in facts
         if f.kind == "probe_status"
     ]
+    # Cluster checks that were never attempted are as unknown as failed ones: say so.
+    not_checked += [
+        {
+            "node": "cluster",
+            "probe": "api",
+            "status": "not_queried",
+            "reason": f.attrs.get("reason") or "no kubeconfig given",
+            "blocks": "cluster checks from the Kubernetes API (nodes, CNI and DNS pods, "
+            "services and endpoints); pass --kubeconfig to include them",
+        }
+        for f in facts
+        if f.kind == "cluster_api" and not f.attrs.get("queried")
+    ]
     by_sev = {s: sum(1 for f in findings if f["severity"] == s) for s in SEVERITIES}
     return {
         "schema": REPORT_SCHEMA,
