@@ -6,22 +6,28 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d /tmp/knd-example.XXXXXX)
 out=examples/bundles/lab-three-faults
-lab() { python3 -m kubenetdiag.lab "$@" --workdir "$work"; }
+lab() { python3 -m kubenetdiag lab "$@" --workdir "$work"; }
 trap 'lab down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 
-lab up --nodes 3 --prefix kndex >/dev/null
-lab inject forward_chain_reject node1
-lab inject ip_forward_disabled node2
-lab inject node_unreachable node3
+lab up --nodes 3 --cni flannel-vxlan --prefix kndex >/dev/null
+lab inject forward_chain_reject --node node1
+lab inject ip_forward_disabled --node node2
+lab inject node_unreachable --node node3
 rm -rf "$out"
 ip netns exec kndex-client python3 -m kubenetdiag collect --inventory "$work/hosts.yaml" \
-  -o "$out" --quiet --connect-timeout 5
+  --kubeconfig "$work/kubeconfig" -o "$out" --quiet --connect-timeout 5
 # Keep the bundle independent of this machine's temporary paths.
 python3 - "$out" <<'PY'
 import json, sys, pathlib
 meta = pathlib.Path(sys.argv[1]) / "meta.json"
 m = json.loads(meta.read_text()); m["inventory"] = "hosts.yaml"
 meta.write_text(json.dumps(m, indent=1) + "\n")
+cluster = pathlib.Path(sys.argv[1]) / "cluster.json"
+if cluster.exists():
+    c = json.loads(cluster.read_text())
+    if c.get("source"):
+        c["source"]["kubeconfig"] = "kubeconfig"
+    cluster.write_text(json.dumps(c, indent=1) + "\n")
 PY
 python3 -m kubenetdiag analyze "$out" --format text >/dev/null || true
 echo "recorded $out"

@@ -251,7 +251,9 @@ def build_view(report: dict, lang: str = "en") -> ReportView:
                 Evidence(
                     kind=clean_line(fact["kind"]),
                     node=node_link(fact["node"]),
-                    attrs=[(clean_line(k), _fmt_scalar(v)) for k, v in fact["attrs"].items()],
+                    # unknown (null) attributes say nothing about this fault: leave them out
+                    attrs=[(clean_line(k), _fmt_scalar(v)) for k, v in fact["attrs"].items()
+                           if v is not None],
                     probe=clean_line(src.get("probe", "")),
                     command=clean_block(src.get("command", "")),
                     exit_code=(
