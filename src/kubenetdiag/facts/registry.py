@@ -6,9 +6,8 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-import yaml
-
 from kubenetdiag.facts.model import Fact, Scalar
+from kubenetdiag.yamlsrc import load_plain
 
 TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,),
@@ -53,7 +52,7 @@ def registry() -> dict[str, KindSpec]:
     for f in files:
         if not f.name.endswith(".yaml"):
             continue
-        for name, spec in (yaml.safe_load(f.read_text("utf-8")) or {}).items():
+        for name, spec in (load_plain(f.read_text("utf-8")) or {}).items():
             if name in raw:
                 raise ValueError(f"fact kind {name!r} is declared twice (second in {f.name})")
             raw[name] = spec

@@ -14,11 +14,10 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.probes.base import Probe, Section
 from kubenetdiag.probes.text import clip, parts, unprefix
+from kubenetdiag.yamlsrc import load_plain
 
 ENV_VAR = "KUBENETDIAG_PROCESSES"
 MAX_ARGS = 300
@@ -41,7 +40,7 @@ _LINE = re.compile(r"^\s*(\d+)\s+(\S+)\s*(.*)$")
 
 
 def _load(text: str, into: dict[str, list]) -> None:
-    data = yaml.safe_load(text) or {}
+    data = load_plain(text) or {}
     if not isinstance(data, dict):
         raise ValueError("a process list maps roles to lists of names")
     for role, names in data.items():
