@@ -58,6 +58,28 @@ def test_healthy_cluster_in_every_cni_mode(any_lab):
     assert cp.returncode == 0 and "mysql" in cp.stdout, cp
 
 
+API_NODE_LIST = """
+import sys
+from kubernetes import client, config
+api = client.ApiClient(config.new_client_from_config(sys.argv[1]).configuration)
+nodes = client.CoreV1Api(api).list_node(_request_timeout=(3, 10)).items
+for n in nodes:
+    ip = next(a.address for a in n.status.addresses if a.type == "InternalIP")
+    print(n.metadata.name, n.spec.pod_cidr, ip)
+"""
+
+
+def test_api_stand_in_lists_the_lab_nodes_through_the_official_client(any_lab):
+    """From the client namespace, as the diagnoser would: the real kubernetes client over
+    real HTTP on the client's loopback, answering with this lab's nodes."""
+    lab = any_lab
+    cp = lab.client_exec([sys.executable, "-c", API_NODE_LIST, str(lab.kubeconfig_path)],
+                         timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    listed = sorted(tuple(line.split()) for line in cp.stdout.splitlines())
+    assert listed == sorted((n.name, n.pod_cidr, n.address) for n in lab.nodes)
+
+
 def test_calico_routes_come_from_bird_and_birdc_works(calico_lab):
     lab = calico_lab
     state = json.loads(lab.state_path.read_text())
