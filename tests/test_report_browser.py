@@ -27,6 +27,7 @@ from kubenetdiag.engine import infer, load_ruleset
 from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.findings import build_report
 from kubenetdiag.reports import render_html
+from kubenetdiag.reports.screenshot import FLAGS as SCREENSHOT_FLAGS
 
 websocket = pytest.importorskip("websocket", reason="websocket-client is not installed")
 
@@ -45,22 +46,11 @@ PWN_IMG = "\"><img src=x onerror=\"window.__pwned=2;document.title='PWNED-I'\">"
 # reports comes from the page; the host resolver rule makes a slipped request fail fast instead
 # of leaving the machine.
 FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--no-default-browser-check",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-extensions",
+    *SCREENSHOT_FLAGS,
     "--disable-default-apps",
     "--metrics-recording-only",
-    "--host-resolver-rules=MAP * ~NOTFOUND",
     "--remote-debugging-port=0",
     "--remote-allow-origins=*",
-    "--hide-scrollbars",
 ]
 
 

@@ -223,26 +223,20 @@ def build_view(report: dict, lang: str = "en") -> ReportView:
     # A rule without a title must not leave a blank heading: the fault code is the next best name.
     titles = [clean_line(_texts(f, lang)[0]) or clean_line(f["fault"]) for f in ordered]
 
+    def link(name: str, j: int | None) -> Link:
+        """A link to the finding that `name` refers to, or plain text when none fired."""
+        return (
+            Link(titles[j], anchors[j], clean_line(name))
+            if j is not None
+            else Link(clean_line(name))
+        )
+
     findings: list[FindingView] = []
     for i, f in enumerate(ordered):
         title, explain, step_texts = _texts(f, lang)
         role = _role(f)
-        explained_by = []
-        for rule in f["explained_by"]:
-            j = by_rule.get(rule)
-            explained_by.append(
-                Link(titles[j], anchors[j], clean_line(rule))
-                if j is not None
-                else Link(clean_line(rule))
-            )
-        explains = []
-        for fault in f["explains"]:
-            j = by_fault.get(fault)
-            explains.append(
-                Link(titles[j], anchors[j], clean_line(fault))
-                if j is not None
-                else Link(clean_line(fault))
-            )
+        explained_by = [link(rule, by_rule.get(rule)) for rule in f["explained_by"]]
+        explains = [link(fault, by_fault.get(fault)) for fault in f["explains"]]
         evidence = []
         for fact in f["evidence"]:
             src = fact.get("source") or {}
@@ -252,8 +246,11 @@ def build_view(report: dict, lang: str = "en") -> ReportView:
                     kind=clean_line(fact["kind"]),
                     node=node_link(fact["node"]),
                     # unknown (null) attributes say nothing about this fault: leave them out
-                    attrs=[(clean_line(k), _fmt_scalar(v)) for k, v in fact["attrs"].items()
-                           if v is not None],
+                    attrs=[
+                        (clean_line(k), _fmt_scalar(v))
+                        for k, v in fact["attrs"].items()
+                        if v is not None
+                    ],
                     probe=clean_line(src.get("probe", "")),
                     command=clean_block(src.get("command", "")),
                     exit_code=(
@@ -281,8 +278,11 @@ def build_view(report: dict, lang: str = "en") -> ReportView:
                 explains=explains,
                 evidence=evidence,
                 remediation=[
-                    Step(clean_block(text).strip(), clean_block(s["command"] or "").strip(),
-                         bool(s["changes_state"]))
+                    Step(
+                        clean_block(text).strip(),
+                        clean_block(s["command"] or "").strip(),
+                        bool(s["changes_state"]),
+                    )
                     for text, s in zip(step_texts, f["remediation"], strict=True)
                 ],
             )
@@ -340,8 +340,17 @@ def build_view(report: dict, lang: str = "en") -> ReportView:
     ]
     probes_unrun = sum(1 for c in report["not_checked"] if c["node"] not in unreachable_names)
 
-    verdict = _verdict(report, ui, findings, roots, others, consequences, info_only,
-                       [v for v in node_views if not v.reachable], probes_unrun)
+    verdict = _verdict(
+        report,
+        ui,
+        findings,
+        roots,
+        others,
+        consequences,
+        info_only,
+        [v for v in node_views if not v.reachable],
+        probes_unrun,
+    )
 
     run = report["run"]
     meta = [
@@ -355,9 +364,15 @@ def build_view(report: dict, lang: str = "en") -> ReportView:
         (ui("transport"), clean_line(run["transport"])),
         (ui("inventory"), clean_line(run["inventory"]) if run["inventory"] else ui("none")),
         (ui("bundle"), clean_line(run["bundle"]) if run["bundle"] else ui("none")),
-        (ui("tool"), clean_line(f'{report["tool"]["name"]} {report["tool"]["version"]}')),
-        (ui("rule_base"), ui("rule_base_value", count=report["rules"]["count"],
-                             digest=clean_line(report["rules"]["digest"]) or ui("none"))),
+        (ui("tool"), clean_line(f"{report['tool']['name']} {report['tool']['version']}")),
+        (
+            ui("rule_base"),
+            ui(
+                "rule_base_value",
+                count=report["rules"]["count"],
+                digest=clean_line(report["rules"]["digest"]) or ui("none"),
+            ),
+        ),
         (ui("schema"), report["schema"]),
         (ui("exit_status"), str(report["summary"]["exit_code"])),
     ]
