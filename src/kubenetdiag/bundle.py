@@ -50,6 +50,18 @@ _SECTION = {
         "truncated": {"type": "boolean"},
     },
 }
+_ACTIVE = {
+    "type": "object",
+    "properties": {
+        "skipped": {"type": "string"},
+        "plan": {"type": "object"},
+        "tools": {"type": "array", "items": {"type": "string"}},
+        "podns": {"type": ["string", "null"]},
+        "error": {"type": ["string", "null"]},
+        "duration_s": {"type": "number"},
+        "sections": {"type": "array", "items": _SECTION},
+    },
+}
 _NODE = {
     "type": "object",
     "required": ["name", "address", "reachable", "error", "sections"],
@@ -60,6 +72,8 @@ _NODE = {
         "error": {"type": ["string", "null"]},
         "duration_s": {"type": "number"},
         "sections": {"type": "array", "items": _SECTION},
+        # Optional (older bundles have none): the active phase, see docs/contracts.md.
+        "active": _ACTIVE,
     },
 }
 

@@ -161,11 +161,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to keep the raw collection (default: ./kubenetdiag-<time>)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    p.add_argument(
+        "--no-active",
+        dest="active",
+        action="store_false",
+        help="skip the active probes (pings, DNS, HTTP, TCP sent from every node)",
+    )
 
     p = sub.add_parser("collect", help="collect raw facts into a bundle directory, nothing else")
     _add_target_args(p)
     p.add_argument(
         "--output", "-o", type=Path, required=True, metavar="DIR", help="bundle directory to create"
+    )
+    p.add_argument(
+        "--active",
+        action="store_true",
+        help="also run the active probes (off by default: collect stays passive-only)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
 
@@ -222,8 +233,8 @@ class _Progress:
     PENDING_EVERY = 10.0
     PENDING_NAMES = 3
 
-    def __init__(self, total: int, quiet: bool) -> None:
-        self.total, self.quiet = total, quiet
+    def __init__(self, total: int, quiet: bool, label: str = "collecting") -> None:
+        self.total, self.quiet, self.label = total, quiet, label
         self.done = self.failed = 0
         self.console = Console(stderr=True, highlight=False)
         self.bar = None
@@ -255,7 +266,7 @@ class _Progress:
                                 overflow="ellipsis")
 
             self.bar = Progress(
-                TextColumn("collecting"),
+                TextColumn(label),
                 BarColumn(bar_width=24),  # room for the pending nodes on 80 columns
                 MofNCompleteColumn(),
                 TextColumn("{task.description}"),
@@ -310,6 +321,8 @@ class _Progress:
             return
         word = "[red]FAILED[/red]" if state == "failed" else "[green]ok[/green]"
         line = f"[{done}/{self.total}] {escape(_printable(node))} {word}"
+        if self.label != "collecting":  # the phase, so a log says which one a line is from
+            line = f"{self.label} {line}"
         if detail:
             line += f": {escape(_printable(detail))}"
         if self.bar is not None:
@@ -335,9 +348,10 @@ def _printable(text: str) -> str:
 
 
 def _collect(args: argparse.Namespace, hosts: list, out: Path) -> tuple[dict, list[dict]]:
+    from kubenetdiag.active.phase import mark_skipped, run_phase
     from kubenetdiag.bundle import now_iso, prepare_dir, write_bundle, write_cluster
     from kubenetdiag.collect.runner import collect
-    from kubenetdiag.collect.ssh import SshOptions
+    from kubenetdiag.collect.ssh import Connector, SshOptions
 
     if args.parallel < 1:
         raise InputError("--parallel must be at least 1")
@@ -352,11 +366,28 @@ def _collect(args: argparse.Namespace, hosts: list, out: Path) -> tuple[dict, li
     progress = _Progress(len(hosts), args.quiet)
     started = now_iso()
     api.start()  # the API is asked while the nodes are, not after them
+    # Kept open between the phases: the active script reuses each node's SSH connection.
+    connector = Connector(opts, keep=args.active)
     try:
-        records, saved = collect(hosts, opts, parallel=args.parallel, progress=progress)
+        try:
+            records, _ = collect(
+                hosts, opts, parallel=args.parallel, progress=progress, connector=connector
+            )
+        finally:
+            progress.close()
+        cluster = api.result()
+        if args.active:
+            reached = sum(1 for r in records if r["reachable"])
+            progress = _Progress(reached, args.quiet, label="active probes")
+            try:
+                run_phase(hosts, records, cluster, connector, parallel=args.parallel,
+                          progress=progress)
+            finally:
+                progress.close()
+        else:
+            mark_skipped(records)
     finally:
-        progress.close()
-    cluster = api.result()
+        saved = connector.close()
     kinds = {h.connection for h in hosts}
     meta = {
         "started_at": started,

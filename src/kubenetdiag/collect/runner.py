@@ -74,14 +74,21 @@ def collect(
     parallel: int = 32,
     probes: Sequence[Probe] = PROBES,
     progress: ProgressFn | None = None,
+    connector: ssh.Connector | None = None,
 ) -> tuple[list[dict], list[str]]:
     """Collect from every host; return node records in inventory order and the known_hosts
-    files that gained keys (only with --accept-new-host-keys)."""
-    connector = ssh.Connector(opts)
+    files that gained keys (only with --accept-new-host-keys).
+
+    With a caller's `connector` (keep=True, for the active phase) the connections stay open
+    and the caller closes them; the saved files are then what its close() returns."""
+    own = connector is None
+    conn = connector or ssh.Connector(opts)
     workers = max(1, min(parallel, len(hosts)))
+    saved: list[str] = []
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="collect") as pool:
-            records = list(pool.map(lambda h: collect_node(h, connector, probes, progress), hosts))
+            records = list(pool.map(lambda h: collect_node(h, conn, probes, progress), hosts))
     finally:
-        saved = connector.close()
+        if own:
+            saved = conn.close()
     return records, saved

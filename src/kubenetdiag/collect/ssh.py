@@ -181,9 +181,9 @@ class _Retryable(CollectError):
     """sshd dropped an unauthenticated connection (MaxStartups) or the handshake broke."""
 
 
-def _command(host: Host, opts: SshOptions) -> str:
+def _command(host: Host, opts: SshOptions, timeout: float | None = None) -> str:
     # The node enforces the deadline too, so nothing lingers there if we disconnect.
-    deadline = max(5, int(opts.command_timeout))
+    deadline = max(5, int(opts.command_timeout if timeout is None else timeout))
     cmd = f"timeout -k 5 {deadline} sh -s"
     if host.become:
         user = f"-u {shlex.quote(host.become_user)} " if host.become_user else ""
@@ -261,15 +261,27 @@ class JumpHosts:
 
 
 class Connector:
-    """Everything one run shares between its worker threads: options, host keys, jump hosts."""
+    """Everything one run shares between its worker threads: options, host keys, jump hosts.
 
-    def __init__(self, opts: SshOptions) -> None:
+    With keep=True each node's SSH client stays open after the passive script, so the active
+    phase runs its second script (and its direct-tcpip channels) over the same connection
+    instead of logging in again; close() ends them all.
+    """
+
+    def __init__(self, opts: SshOptions, keep: bool = False) -> None:
         self.opts = opts
+        self.keep = keep
         self.store = HostKeyStore()
         self.jumps = JumpHosts(opts, self.store)
+        self._lock = threading.Lock()
+        self._clients: dict[str, paramiko.SSHClient] = {}
 
-    def run_script(self, host: Host, script: str, limit: int) -> tuple[str, str, int | None, bool]:
-        """Run `script` on `host`; return (stdout, stderr, exit status, truncated)."""
+    def _client(self, host: Host) -> paramiko.SSHClient:
+        with self._lock:
+            client = self._clients.get(host.name)
+        transport = client.get_transport() if client else None
+        if client is not None and transport is not None and transport.is_active():
+            return client
         attempt = 0
         while True:
             try:
@@ -280,15 +292,45 @@ class Connector:
                 if attempt > self.opts.retries:
                     raise
                 time.sleep(random.uniform(0.2, 1.0) * attempt)
+        if self.keep:
+            with self._lock:
+                self._clients[host.name] = client
+        return client
+
+    def run_script(
+        self, host: Host, script: str, limit: int, timeout: float | None = None
+    ) -> tuple[str, str, int | None, bool]:
+        """Run `script` on `host`; return (stdout, stderr, exit status, truncated).
+        timeout: the node-side deadline, default the run's command timeout."""
+        client = self._client(host)
+        limit_s = self.opts.command_timeout if timeout is None else timeout
         try:
-            return _exec(
-                client, _command(host, self.opts), script, self.opts.command_timeout, limit
-            )
+            return _exec(client, _command(host, self.opts, limit_s), script, limit_s, limit)
         finally:
-            client.close()
+            if not self.keep:
+                client.close()
+
+    def open_channel(self, host: Host, address: str, port: int, timeout: float
+                     ) -> paramiko.Channel:
+        """A TCP connection opened by the node itself (direct-tcpip), for checks the node has
+        no tool for. Raises CollectError when sshd refuses (AllowTcpForwarding no) or the
+        connect fails."""
+        transport = self._client(host).get_transport()
+        if transport is None:
+            raise CollectError("SSH transport closed")
+        try:
+            return transport.open_channel("direct-tcpip", (address, port), ("127.0.0.1", 0),
+                                          timeout=timeout)
+        except (paramiko.ChannelException, paramiko.SSHException, OSError, EOFError) as exc:
+            raise CollectError(f"node could not open {address}:{port}: {exc}") from None
 
     def close(self) -> list[str]:
-        """Close jump connections; save and return the known_hosts files that gained keys."""
+        """Close node and jump connections; save and return the known_hosts files that gained
+        keys."""
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
         self.jumps.close()
         return self.store.save()
 

@@ -94,8 +94,20 @@ def facts_from_records(records: Iterable[dict], cluster: dict | None = None) -> 
     """Facts of every node record, plus the cluster facts when the bundle has cluster.json."""
     records = list(records)
     facts: list[Fact] = []
+    skipped = None
     for rec in records:
         facts.extend(node_facts(rec))
+        active = rec.get("active")
+        if isinstance(active, dict) and rec.get("reachable"):
+            # The active phase's raw output (bundle: the node record's `active` part).
+            from kubenetdiag.active.parse import active_facts
+
+            facts.extend(active_facts(rec["name"], active))
+            skipped = skipped or active.get("skipped")
+    if skipped:
+        from kubenetdiag.active.parse import skipped_fact
+
+        facts.append(skipped_fact(str(skipped)))
     if cluster is not None:
         from kubenetdiag.facts.cluster import cluster_facts
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kubenetdiag.lab import cni, netprog, nodehost, services
-from kubenetdiag.lab.netns import LabError, cmdline, pids_in_netns, run
+from kubenetdiag.lab.netns import LabError, cmdline, exec_argv, pids_in_netns, run
 
 if TYPE_CHECKING:
     from kubenetdiag.lab.lab import Lab, LabNode
@@ -328,14 +328,42 @@ def _vxlan_drop(lab: Lab, node: LabNode) -> list[str]:
     return ["-p", "udp", "-m", "udp", "--dport", port, "-j", "DROP"]
 
 
+def _switch_table(node: LabNode) -> str:
+    return f"kndvx_{node.name}"
+
+
+def _vxlan_block(lab: Lab, node: LabNode, params: Params) -> None:
+    if params["via"] == "input":
+        _ipt_insert(lab, node, "INPUT", _vxlan_drop(lab, node))
+    elif params["via"] == "switch":
+        # Like a cloud security group: the frames are dropped on the switch port towards the
+        # node, so its own tcpdump never sees them arrive (a node-local INPUT DROP still
+        # shows them, since capture happens before netfilter).
+        port = lab.node_vxlan_port(node.name)
+        rules = (f"table bridge {_switch_table(node)} {{\n chain fwd {{\n"
+                 "  type filter hook forward priority 0; policy accept;\n"
+                 f'  oifname "swp{node.index}" udp dport {port} drop\n }}\n}}\n')
+        run(exec_argv(lab.switch_netns, ["nft", "-f", "-"]), input=rules)
+    else:
+        raise LabError("vxlan_udp_blocked: via must be input or switch")
+
+
+def _vxlan_unblock(lab: Lab, node: LabNode, params: Params) -> None:
+    _ipt_delete(lab, node, "INPUT", _vxlan_drop(lab, node))
+    run(exec_argv(lab.switch_netns, ["nft", "delete", "table", "bridge", _switch_table(node)]),
+        check=False)
+
+
 register(Fault(
     "vxlan_udp_blocked",
-    "inbound UDP 8472 dropped on the node (INPUT): VXLAN from peers never arrives, while the "
-    "node's own VXLAN still goes out",
-    lambda lab, node, p: _ipt_insert(lab, node, "INPUT", _vxlan_drop(lab, node)),
-    lambda lab, node, p: _ipt_delete(lab, node, "INPUT", _vxlan_drop(lab, node)),
+    "inbound UDP 8472 dropped: on the node's INPUT chain (via=input), or on the switch port "
+    "towards the node like a cloud security group (via=switch): VXLAN from peers never "
+    "arrives, while the node's own VXLAN still goes out",
+    _vxlan_block, _vxlan_unblock, {"via": "input"},
     modes=("flannel-vxlan",),
 ))
+
+
 def _vxlan_port_heal(lab: Lab, node: LabNode, params: Params) -> None:
     details = lab.node_exec(node.name, ["ip", "-d", "link", "show", cni.VXLAN_DEV],
                             check=False).stdout

@@ -7,6 +7,7 @@ Layout (prefix "knd", 2 nodes)::
     knd-node1   (198.18.0.11)  ──┤     outside also holds 203.0.113.10 (TCP 3306)
     knd-node2   (198.18.0.12)  ──┘
       each node<i>: its own netns + mount + PID namespace (nodehost.py), sshd on eth0,
+        its pods' netns visible inside it as /run/netns/cni-<pod name> (as containerd does),
         cni0 10.244.<i>.1/24, the CNI's links/routes (cni.py), kube-proxy and CNI iptables
         rules (services.py), route 203.0.113.0/24 via 198.18.0.250, fake agent processes
       ├─ knd-node<i>-pod1: eth0 10.244.<i>.2/24, default via 10.244.<i>.1 (app "client")
@@ -429,6 +430,9 @@ class Lab:
             f"addr add {node.pod_gateway}/{plen} dev cni0",
             "link set cni0 up",
             f"route add {services.OUTSIDE_NETWORK} via {services.OUTSIDE_UNDERLAY} dev eth0",
+            # A real node reaches ClusterIPs from the host (OUTPUT DNAT) via its default route;
+            # lab nodes have none, so the service range alone gets a route that stays in the lab.
+            f"route add {services.SERVICE_NETWORK} dev cni0",
             *cni.device_lines(self, node),
         ]
         pods = self.pods_on(node.name)
@@ -460,6 +464,11 @@ class Lab:
             pid = nodehost.start_init(node.netns, files, agents, files.dir / "init.log")
             started[node.name] = (pid, files)
         self._init_pids.update(nodehost.wait_ready(started))
+        for node in self.nodes:
+            # containerd's naming (cni-<id>), so the active probes find a pod's view the way
+            # they would on a real node
+            nodehost.expose_netns(self._init_pids[node.name], self.node_files(node),
+                                  {f"cni-{p.name}": p.netns for p in self.pods_on(node.name)})
 
     def _start_sshds(self, nodes: Sequence[LabNode]) -> None:
         # Start all, then wait for all: startup latency overlaps instead of adding up.

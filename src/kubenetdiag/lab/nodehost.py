@@ -199,3 +199,19 @@ def procs_named(netns_pids: Sequence[int], comm: str) -> list[int]:
 def kill(pids: Sequence[int]) -> None:
     if pids:
         terminate(pids)
+
+
+def expose_netns(init: int, files: NodeFiles, netns: dict[str, str]) -> None:
+    """Show pod network namespaces inside the node as containerd does: /run/netns/<name>.
+
+    The node's /run is its own, so the machine's /run/netns is hidden there. Each pod netns
+    file is opened here (fd 3) and bind-mounted from /proc/self/fd/3 by a process inside the
+    node's mount and PID namespaces; the mount is private to the node and goes away with it.
+    """
+    (files.run_dir / "netns").mkdir(exist_ok=True)
+    for name, source in netns.items():
+        target = files.run_dir / "netns" / name
+        target.touch()
+        script = (f"exec 3<{shlex.quote('/run/netns/' + source)} && exec nsenter -t {init} "
+                  f"-m -p -- mount --bind /proc/self/fd/3 {shlex.quote('/run/netns/' + name)}")
+        run(["sh", "-c", script])

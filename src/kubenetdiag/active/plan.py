@@ -1,0 +1,193 @@
+"""Which targets each node probes: a pure function of facts and the inventory.
+
+Every target comes from a fact (API nodes, CoreDNS pods, the DNS Service, the node's own
+interfaces) or from the inventory (`kubenetdiag_endpoints`); nothing is guessed. The plan is a
+plain dict, kept in the bundle beside the raw output so `analyze` can name the peer behind each
+address without the network.
+
+Bounds, so a 500-node cluster costs each node the same as a 10-node one:
+  * at most MAX_PEERS peers per source, taken in ring order (node i probes i+1..i+K). Every
+    node is then the target of exactly min(K, N-1) sources, so one broken node is still seen
+    failing from several sides, and the matrix has N*K cells instead of N*N;
+  * at most MAX_DNS_PODS CoreDNS pods per node, rotated by node position so that together the
+    nodes cover every pod;
+  * at most MAX_ENDPOINTS declared endpoints.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from kubenetdiag.facts.model import Fact
+
+MAX_PEERS = 8
+MAX_DNS_PODS = 4
+MAX_ENDPOINTS = 16
+ICMP_OVERHEAD = 28  # IPv4 header + ICMP header: a DF ping of size S fills an MTU of S + 28
+DEFAULT_VXLAN_PORT = 8472  # flannel's default when net-conf.json names none
+DEFAULT_DOMAIN = "cluster.local"
+ENDPOINTS_VAR = "kubenetdiag_endpoints"
+
+NodePlan = dict[str, Any]
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def gateway_of(cidr: str | None) -> str | None:
+    """The pod CIDR's first address: cni0's address under flannel (the runbook's x.x.x.1)."""
+    if not cidr:
+        return None
+    try:
+        net = ipaddress.ip_network(cidr.split(",")[0].strip(), strict=False)
+    except ValueError:
+        return None
+    if net.version != 4 or net.num_addresses < 4:
+        return None
+    return str(net.network_address + 1)
+
+
+def parse_endpoint(spec: Any) -> tuple[str, int] | None:
+    """`host:port` -> (host, port); anything else (a typo in the inventory) -> None."""
+    if not isinstance(spec, str) or ":" not in spec:
+        return None
+    host, _, port = spec.rpartition(":")
+    host = host.strip("[]").strip()
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    if not all(c.isalnum() or c in ".-_" for c in host):
+        return None  # it ends up in a shell command line: only plain host names and IPs
+    return host, int(port)
+
+
+def _by_node(facts: Iterable[Fact], kind: str) -> dict[str, list[Fact]]:
+    out: dict[str, list[Fact]] = {}
+    for f in facts:
+        if f.kind == kind:
+            out.setdefault(f.node, []).append(f)
+    return out
+
+
+def _underlay(ifaces: list[Fact], address: str | None) -> tuple[str | None, int | None]:
+    """The device holding the node's own address, and its MTU."""
+    for f in ifaces:
+        addrs = str(f.attrs.get("addresses") or "")
+        if address and any(a.split("/")[0] == address for a in addrs.split(",")):
+            return str(f.attrs["name"]), _int(f.attrs.get("mtu"))
+    return None, None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def plan(
+    facts: Sequence[Fact],
+    hosts: Sequence[Any],
+    *,
+    max_peers: int = MAX_PEERS,
+) -> dict[str, NodePlan]:
+    """node name -> its plan, for every inventory host the passive phase reached."""
+    reached = {f.node for f in facts if f.kind == "node_status" and f.attrs.get("reachable")}
+    names = [h.name for h in hosts if h.name in reached]
+    k8s = {f.node: f for f in facts if f.kind == "k8s_node"}
+    subnet = {f.node: f for f in facts if f.kind == "flannel_subnet"}
+    status = {f.node: f for f in facts if f.kind == "node_status"}
+    ifaces = _by_node(facts, "interface")
+    flannel = next((f for f in facts if f.kind == "flannel_config"), None)
+    dns_svc = next((f for f in facts if f.kind == "dns_service"), None)
+    dns_pods = sorted(
+        (f for f in facts if f.kind == "dns_pod" and f.attrs.get("ip")),
+        key=lambda f: str(f.attrs["pod"]),
+    )
+    by_name = {h.name: h for h in hosts}
+
+    def address(name: str) -> str | None:
+        ip = k8s[name].attrs.get("internal_ip") if name in k8s else None
+        if ip:
+            return str(ip)
+        host = by_name.get(name)
+        for cand in (getattr(host, "address", None), status.get(name) and
+                     status[name].attrs.get("address")):
+            if isinstance(cand, str) and _is_ip(cand):
+                return cand
+        return None
+
+    def pod_cidr(name: str) -> str | None:
+        if name in k8s and k8s[name].attrs.get("pod_cidr"):
+            return str(k8s[name].attrs["pod_cidr"])
+        sub = subnet.get(name)
+        if sub and sub.attrs.get("subnet"):  # subnet.env holds the gateway address/len
+            try:
+                return str(ipaddress.ip_interface(str(sub.attrs["subnet"])).network)
+            except ValueError:
+                return None
+        return None
+
+    info = {n: {"name": n, "address": address(n), "pod_cidr": pod_cidr(n)} for n in names}
+    for entry in info.values():
+        entry["pod_gateway"] = gateway_of(entry["pod_cidr"])
+    domain = str(dns_svc.attrs.get("cluster_domain") or DEFAULT_DOMAIN) if dns_svc else \
+        DEFAULT_DOMAIN
+    flannel_port = _int(flannel.attrs.get("port")) if flannel else None
+
+    plans: dict[str, NodePlan] = {}
+    for i, name in enumerate(names):
+        ring = names[i + 1:] + names[:i]
+        peers = [dict(info[p]) for p in ring[: max(0, max_peers)]]
+        mine = ifaces.get(name, [])
+        vxlan = next((f for f in mine if f.attrs.get("kind") == "vxlan"), None)
+        dev, dev_mtu = _underlay(mine, info[name]["address"])
+        overlay_mtu = _int(vxlan.attrs.get("mtu")) if vxlan else None
+        if overlay_mtu is None and name in subnet:
+            overlay_mtu = _int(subnet[name].attrs.get("mtu"))
+        port = (_int(vxlan.attrs.get("vxlan_port")) if vxlan else None) or flannel_port
+        if vxlan is None and flannel and str(flannel.attrs.get("backend") or "") != "vxlan":
+            port = None  # host-gw: no VXLAN to count
+        elif vxlan is not None and port is None:
+            port = DEFAULT_VXLAN_PORT
+        capture_dev = (str(vxlan.attrs["vxlan_dev"]) if vxlan and vxlan.attrs.get("vxlan_dev")
+                       else dev)
+        mtu: list[dict] = []
+        if overlay_mtu and overlay_mtu > ICMP_OVERHEAD:
+            mtu.append({"layer": "pod", "size": overlay_mtu - ICMP_OVERHEAD})
+        if dev_mtu and dev_mtu > ICMP_OVERHEAD:
+            mtu.append({"layer": "underlay", "size": dev_mtu - ICMP_OVERHEAD})
+        pods = dns_pods
+        if len(pods) > MAX_DNS_PODS:  # rotate so the nodes together ask every pod
+            start = (i * MAX_DNS_PODS) % len(pods)
+            pods = (pods + pods)[start:start + MAX_DNS_PODS]
+        dns = [{"server": str(f.attrs["ip"]), "kind": "pod", "pod": str(f.attrs["pod"])}
+               for f in pods]
+        if dns_svc and dns_svc.attrs.get("cluster_ip"):
+            dns.append({"server": str(dns_svc.attrs["cluster_ip"]), "kind": "service",
+                        "pod": None})
+        host = by_name.get(name)
+        declared = (getattr(host, "vars", None) or {}).get(ENDPOINTS_VAR) or []
+        endpoints = []
+        for spec in declared if isinstance(declared, list) else []:
+            parsed = parse_endpoint(spec)
+            if parsed and len(endpoints) < MAX_ENDPOINTS:
+                endpoints.append({"target": f"{parsed[0]}:{parsed[1]}", "host": parsed[0],
+                                  "port": parsed[1],
+                                  "by": "ip" if _is_ip(parsed[0]) else "name"})
+        plans[name] = {
+            "node": name,
+            "address": info[name]["address"],
+            "peers": peers,
+            "mtu": mtu,
+            "vxlan": ({"port": port, "dev": capture_dev} if port and capture_dev else None),
+            "dns": dns,
+            "dns_name": f"kubernetes.default.svc.{domain}",
+            "http": [{"url": f"http://{d['server']}:9153/metrics", "target": "coredns_metrics",
+                      "pod": d["pod"]} for d in dns if d["kind"] == "pod"],
+            "endpoints": endpoints,
+        }
+    return plans

@@ -1,0 +1,181 @@
+"""One node's active script: pings, DF pings, DNS, HTTP and TCP checks under a VXLAN capture.
+
+Read-only like the passive script: it writes no file, changes no setting and starts nothing
+that outlives it. Every check prints exactly one line, written with one printf of at most a few
+KiB, so lines from parallel jobs never interleave on the pipe (writes up to PIPE_BUF are
+atomic):
+
+    <M>:tools: <tools found>            which tools exist (DNS/HTTP fall back to the SSH channel)
+    <M>:podns:<netns name>              the pod network namespace entered for the pod's view
+    <M>:chk:<id>:<rc>:<cs>:<output>     one check; newlines of its output replaced by \\x1e
+    <M>:cap:<rc>:<output>               the capture, printed after every check ended
+
+Checks run as background jobs, at most JOBS at once (a batch, then `wait`). The capture runs
+in a command substitution so its output stays in a shell variable, and is stopped as soon as
+the checks are done, so the whole script costs roughly the slowest batches plus a second.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+JOBS = 16  # checks in flight at once per node: enough for K=8 peers in ~3 batches
+CAPTURE_PACKETS = 4000  # tcpdump -c: a bound on output even on a busy underlay
+BATCH_S = 2.5  # the slowest check of a batch: ping -c 2 -W 1 to a dead peer, curl -m 2
+LINE_LIMIT = 3000  # bytes of one check's output (keeps each line one atomic write)
+
+# Node-side helpers. $__pi is ping's interval: iputils accepts 0.2 s, busybox has no -i.
+_PREAMBLE = r"""# kubenetdiag active probe: read-only, bounded
+export LC_ALL=C
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+M='{marker}'
+__knd_cs() {{
+  read __u __i </proc/uptime; __w=${{__u%.*}}; __f=${{__u#*.}}; echo $((__w*100+1${{__f}}-100))
+}}
+__t=
+for __x in ping dig nslookup host curl wget nc bash getent tcpdump timeout nsenter ip; do
+  command -v "$__x" >/dev/null 2>&1 && __t="$__t $__x"
+done
+printf '%s:tools:%s\n' "$M" "$__t"
+__has() {{ case " $__t " in *" $1 "*) return 0;; esac; return 1; }}
+__pi=
+if __has ping && ping -V 2>&1 | grep -q iputils; then __pi='-i 0.2'; fi
+__to=
+if __has timeout; then __to='timeout 4'; fi
+__knd_chk() {{
+  __id=$1; shift
+  __s=$(__knd_cs)
+  __o=$("$@" 2>&1 </dev/null); __r=$?
+  __e=$(__knd_cs)
+  __o=$(printf '%s' "$__o" | tr '\n' '\036' | head -c {limit})
+  printf '%s:chk:%s:%s:%s:%s\n' "$M" "$__id" "$__r" "$((__e-__s))" "$__o"
+}}
+# The pod's view: containerd bind-mounts pod network namespaces under /run/netns/cni-*.
+__pns=
+for __f in /run/netns/cni-*; do
+  case "$__f" in *' '*) continue;; esac
+  [ -e "$__f" ] && {{ __pns=$__f; break; }}
+done
+__inpod=
+if [ -n "$__pns" ] && __has nsenter; then
+  __inpod="nsenter --net=$__pns"; printf '%s:podns:%s\n' "$M" "${{__pns##*/}}"
+fi
+"""
+
+# TCP connect: nc where present, else bash's /dev/tcp; by name: resolve with getent first so
+# "the name does not resolve" is told apart from "refused" and "timeout" (seed 002).
+_TCP = r"""h=$1; p=$2
+if [ "$3" = name ] && command -v getent >/dev/null 2>&1; then
+  set -- $(timeout 3 getent ahostsv4 "$h" 2>/dev/null)
+  [ -n "$1" ] || { echo "unresolved: $h"; exit 3; }
+  echo "resolved: $h $1"; h=$1
+fi
+if command -v nc >/dev/null 2>&1; then exec nc -z -w 2 "$h" "$p"; fi
+if command -v bash >/dev/null 2>&1; then
+  exec timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$h" "$p"
+fi
+echo "kubenetdiag: nc, bash: command not found"; exit 127
+"""
+
+
+def q(value: Any) -> str:
+    return shlex.quote(str(value))
+
+
+def checks(plan: dict) -> list[tuple[str, str]]:
+    """(check id, shell command) in the order they run. Ids index into the plan, so the
+    parser maps each line back to its peer, server or endpoint without trusting the node."""
+    out: list[tuple[str, str]] = []
+    ping = "ping -c 2 -W 1 $__pi"
+    for i, peer in enumerate(plan["peers"]):
+        if peer.get("pod_gateway"):
+            out.append((f"ping.pod.{i}", f"{ping} {q(peer['pod_gateway'])}"))
+        if peer.get("address"):
+            out.append((f"ping.underlay.{i}", f"{ping} {q(peer['address'])}"))
+    for i, peer in enumerate(plan["peers"]):
+        for m, mtu in enumerate(plan["mtu"]):
+            dst = peer.get("pod_gateway") if mtu["layer"] == "pod" else peer.get("address")
+            if dst:
+                out.append((f"mtu.{m}.{i}",
+                            f"{ping} -M do -s {int(mtu['size'])} {q(dst)}"))
+    name = plan["dns_name"]
+    for i, d in enumerate(plan["dns"]):
+        s = q(d["server"])
+        out.append((f"dns.{i}",
+                    f"if __has dig; then dig +time=2 +tries=1 @{s} {q(name)} A; "
+                    f"elif __has nslookup; then $__to nslookup -type=a {q(name)} {s}; "
+                    f"elif __has host; then host -W 2 -t A {q(name)} {s}; "
+                    "else echo 'kubenetdiag: no dns tool'; exit 127; fi"))
+    for i, h in enumerate(plan["http"]):
+        u = q(h["url"])
+        out.append((f"http.{i}",
+                    "if __has curl; then curl -s -o /dev/null --connect-timeout 2 -m 3 "
+                    f"-w 'http_code=%{{http_code}} time=%{{time_total}}\\n' {u}; "
+                    f"elif __has wget; then wget -S -q -O /dev/null -T 3 -t 1 {u}; "
+                    "else echo 'kubenetdiag: no http tool'; exit 127; fi"))
+    for i, e in enumerate(plan["endpoints"]):
+        out.append((f"tcp.{i}",
+                    f"sh -c \"$__TCP\" _ {q(e['host'])} {int(e['port'])} {q(e['by'])}"))
+    # The same from inside a pod (seed 002: from the node first, then from the container).
+    for i, peer in enumerate(plan["peers"]):
+        if peer.get("pod_gateway"):
+            out.append((f"pod.ping.pod.{i}",
+                        f"[ -n \"$__inpod\" ] || exit 127; $__inpod {ping} "
+                        f"{q(peer['pod_gateway'])}"))
+    for i, e in enumerate(plan["endpoints"]):
+        out.append((f"pod.tcp.{i}",
+                    f"[ -n \"$__inpod\" ] || exit 127; $__inpod sh -c \"$__TCP\" _ "
+                    f"{q(e['host'])} {int(e['port'])} {q(e['by'])}"))
+    return out
+
+
+def capture_window(n_checks: int) -> int:
+    """Seconds the capture may run at most: every batch at its slowest, plus start-up."""
+    batches = -(-n_checks // JOBS)
+    return min(14, int(batches * BATCH_S) + 2)
+
+
+def deadline(plan: dict) -> int:
+    """The node-side limit for the whole script (`timeout` around `sh -s`)."""
+    return capture_window(len(checks(plan))) + 5
+
+
+def build(plan: dict, marker: str) -> str:
+    lines = [_PREAMBLE.format(marker=marker, limit=LINE_LIMIT), f"__TCP={q(_TCP)}"]
+    body = []
+    for n, (cid, cmd) in enumerate(checks(plan)):
+        body.append(f"__knd_chk {q(cid)} sh -c {q(_wrap(cmd))} &")
+        if (n + 1) % JOBS == 0:
+            body.append("wait")
+    body.append("wait")
+    lines.append("__checks() {\n" + "\n".join("  " + b for b in body) + "\n}")
+    lines.append("export __pi __to __inpod __t __TCP")
+    vx = plan.get("vxlan")
+    window = capture_window(len(checks(plan)))
+    if vx:
+        cap = (f"timeout {window} tcpdump -l -nni {q(vx['dev'])} -c {CAPTURE_PACKETS} "
+               f"udp port {int(vx['port'])}")
+        lines.append(
+            "if __has tcpdump && __has timeout; then\n"
+            "  exec 3>&1\n"
+            # tcpdump's output stays in the variable; the checks write to the real stdout.
+            f"  __cap=$( {cap} 2>&1 & __tp=$!\n"
+            "    ( sleep 0.5; __checks ) >&3 2>&3\n"
+            "    sleep 0.3; kill $__tp 2>/dev/null; wait $__tp; echo \"rc=$?\" )\n"
+            "  __cap=$(printf '%s' \"$__cap\" | tr '\\n' '\\036')\n"
+            "  printf '%s:cap:0:%s\\n' \"$M\" \"$__cap\"\n"
+            "else\n"
+            "  __checks\n"
+            "  printf '%s:cap:127:kubenetdiag: tcpdump or timeout: command not found\\n' \"$M\"\n"
+            "fi")
+    else:
+        lines.append("__checks")
+    lines.append("exit 0")
+    return "\n".join(lines) + "\n"
+
+
+def _wrap(cmd: str) -> str:
+    # Each check runs in `sh -c` with the helpers it needs defined again (a child sh does not
+    # inherit shell functions).
+    return "__has() { case \" $__t \" in *\" $1 \"*) return 0;; esac; return 1; }\n" + cmd
