@@ -340,7 +340,7 @@ def _vxlan_block(lab: Lab, node: LabNode, params: Params) -> None:
         # node, so its own tcpdump never sees them arrive (a node-local INPUT DROP still
         # shows them, since capture happens before netfilter).
         port = lab.node_vxlan_port(node.name)
-        rules = (f"table bridge {_switch_table(node)} {{\n chain fwd {{\n"
+        rules = (f"table bridge {_switch_table(node)} {{\n chain block {{\n"
                  "  type filter hook forward priority 0; policy accept;\n"
                  f'  oifname "swp{node.index}" udp dport {port} drop\n }}\n}}\n')
         run(exec_argv(lab.switch_netns, ["nft", "-f", "-"]), input=rules)

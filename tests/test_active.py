@@ -1,0 +1,219 @@
+"""Active probes without a lab: planning, the script's syntax, parsers on real outputs, and
+the DNS/HTTP spoken over an SSH channel."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kubenetdiag.active import channel, parse, plan, script
+from kubenetdiag.active.runner import split
+from kubenetdiag.facts.model import Fact
+from kubenetdiag.inventory import Host
+
+FIX = Path(__file__).parent / "fixtures" / "active"
+
+
+def fx(name: str) -> str:
+    return (FIX / name).read_text()
+
+
+def _facts(n: int) -> list[Fact]:
+    facts = []
+    for i in range(1, n + 1):
+        name = f"node{i}"
+        facts += [
+            Fact("node_status", name, {"reachable": True, "address": f"198.18.0.{10 + i}"}),
+            Fact("k8s_node", name, {"name": name, "internal_ip": f"198.18.0.{10 + i}",
+                                    "pod_cidr": f"10.244.{i}.0/24"}),
+            Fact("interface", name, {"name": "eth0", "kind": "device", "mtu": 1500,
+                                     "addresses": f"198.18.0.{10 + i}/24"}),
+            Fact("interface", name, {"name": "flannel.1", "kind": "vxlan", "mtu": 1450,
+                                     "vxlan_port": 8472, "vxlan_dev": "eth0"}),
+        ]
+    facts += [
+        Fact("dns_pod", "node1", {"pod": "coredns-0", "ip": "10.244.1.3", "ready": True}),
+        Fact("dns_service", "cluster", {"name": "kube-dns", "namespace": "kube-system",
+                                        "cluster_ip": "10.96.0.10",
+                                        "cluster_domain": "cluster.local"}),
+    ]
+    return facts
+
+
+def _hosts(n: int, **vars_: object) -> list[Host]:
+    return [Host(f"node{i}", f"198.18.0.{10 + i}", vars=dict(vars_)) for i in range(1, n + 1)]
+
+
+def test_plan_targets_come_from_facts_and_inventory() -> None:
+    plans = plan.plan(_facts(3), _hosts(3, kubenetdiag_endpoints=[
+        "203.0.113.10:3306", "db.example.invalid:3306", "bad;rm:1", "noport"]))
+    p = plans["node1"]
+    assert [(x["name"], x["pod_gateway"], x["address"]) for x in p["peers"]] == [
+        ("node2", "10.244.2.1", "198.18.0.12"), ("node3", "10.244.3.1", "198.18.0.13")]
+    assert p["mtu"] == [{"layer": "pod", "size": 1422}, {"layer": "underlay", "size": 1472}]
+    assert p["vxlan"] == {"port": 8472, "dev": "eth0"}
+    assert [(d["server"], d["kind"]) for d in p["dns"]] == [("10.244.1.3", "pod"),
+                                                            ("10.96.0.10", "service")]
+    assert p["dns_name"] == "kubernetes.default.svc.cluster.local"
+    assert p["http"][0]["url"] == "http://10.244.1.3:9153/metrics"
+    assert [(e["target"], e["by"]) for e in p["endpoints"]] == [
+        ("203.0.113.10:3306", "ip"), ("db.example.invalid:3306", "name")]
+
+
+def test_plan_falls_back_to_flannel_subnet_and_skips_unreached() -> None:
+    facts = [f for f in _facts(2) if f.kind != "k8s_node"]
+    facts.append(Fact("flannel_subnet", "node2", {"subnet": "10.244.2.1/24", "mtu": 1450}))
+    facts = [f for f in facts if not (f.kind == "node_status" and f.node == "node1")] + [
+        Fact("node_status", "node1", {"reachable": False, "address": "198.18.0.11"})]
+    plans = plan.plan(facts, _hosts(2))
+    assert list(plans) == ["node2"]
+    assert plans["node2"]["peers"] == []  # node1 was not reached: nobody to probe it from
+
+
+def test_plan_bounds_peers_and_every_node_is_still_probed_by_k_sources() -> None:
+    plans = plan.plan(_facts(20), _hosts(20), max_peers=4)
+    assert all(len(p["peers"]) == 4 for p in plans.values())
+    targeted: dict[str, int] = {}
+    for p in plans.values():
+        for peer in p["peers"]:
+            targeted[peer["name"]] = targeted.get(peer["name"], 0) + 1
+    assert set(targeted.values()) == {4} and len(targeted) == 20
+
+
+def test_script_is_valid_sh_and_quotes_every_target() -> None:
+    p = plan.plan(_facts(3), _hosts(3, kubenetdiag_endpoints=["203.0.113.10:3306"]))["node1"]
+    p["peers"][0]["pod_gateway"] = "10.244.2.1; touch /tmp/pwned"  # hostile fact
+    text = script.build(p, "@@KND:abc")
+    assert subprocess.run(["sh", "-n"], input=text, text=True).returncode == 0
+    assert "'10.244.2.1; touch /tmp/pwned'" in text
+    assert script.deadline(p) <= 20
+
+
+def test_split_accepts_only_planned_checks() -> None:
+    p = plan.plan(_facts(2), _hosts(2))["node1"]
+    out = ("@@M:tools: ping curl\n@@M:podns:cni-x\n@@M:chk:ping.pod.0:0:21:a\x1eb\n"
+           "@@M:chk:rm.everything:0:1:x\n@@M:cap:0:listening on eth0\x1eline\n")
+    r = split(out, "@@M", p, 1.5)
+    assert r["tools"] == ["ping", "curl"] and r["podns"] == "cni-x"
+    assert [s["probe"] for s in r["sections"]] == ["active.ping.pod.0", "active.capture"]
+    assert r["sections"][0]["stdout"] == "a\nb" and r["sections"][0]["duration_s"] == 0.21
+
+
+@pytest.mark.parametrize("name,ok,detail,rtt", [
+    ("ping_iputils_ok.txt", True, None, 0.082),
+    ("ping_iputils_loss.txt", False, "timeout", None),
+    ("ping_iputils_toolong.txt", False, "message too long, mtu=1400", None),
+    ("ping_busybox_ok.txt", True, None, 0.105),
+])
+def test_parse_ping(name: str, ok: bool, detail: str | None, rtt: float | None) -> None:
+    r = parse.parse_ping(fx(name), 0 if ok else 1)
+    assert (r["ok"], r["detail"], r["rtt_ms"]) == (ok, detail, rtt)
+
+
+def test_busybox_without_df_is_unsupported_not_failed() -> None:
+    assert parse.unsupported(fx("ping_busybox_noM.txt"))
+    assert not parse.unsupported(fx("ping_iputils_loss.txt"))
+
+
+@pytest.mark.parametrize("name,rc,ok,answer,detail", [
+    ("dig_ok.txt", 0, True, "10.96.0.1", None),
+    ("dig_timeout.txt", 9, False, None, "timeout"),
+    ("dig_nxdomain.txt", 0, False, None, "NXDOMAIN"),
+    ("nslookup_bind_ok.txt", 0, True, "172.26.0.1", None),
+    ("nslookup_busybox_ok.txt", 0, True, "10.96.0.1", None),
+    ("nslookup_timeout.txt", 1, False, None, "timeout"),
+    ("host_ok.txt", 0, True, "10.96.0.1", None),
+])
+def test_parse_dns(name: str, rc: int, ok: bool, answer: str | None, detail: str | None
+                   ) -> None:
+    r = parse.parse_dns(fx(name), rc)
+    assert (r["ok"], r["answer"], r["detail"]) == (ok, answer, detail)
+
+
+def test_parse_http_curl_wget_channel() -> None:
+    assert parse.parse_http("http_code=200 time=0.004\n", 0)["ok"]
+    r = parse.parse_http("http_code=000 time=2.001\n", 28)
+    assert (r["status"], r["ok"], r["detail"]) == (None, False, "timeout")
+    assert parse.parse_http("  HTTP/1.1 200 OK\n  Content-Type: text/plain\n", 0)["status"] \
+        == 200
+    assert parse.parse_http("wget: can't connect to remote host: Connection refused", 4)[
+        "detail"] == "refused"
+
+
+def test_parse_tcp() -> None:
+    assert parse.parse_tcp("", 0) == {"ok": True, "address": None, "detail": None}
+    assert parse.parse_tcp("unresolved: db.invalid\n", 3)["detail"] == "unresolved"
+    r = parse.parse_tcp("resolved: db 10.0.0.5\nbash: connect: Connection refused\n", 1)
+    assert (r["ok"], r["address"], r["detail"]) == (False, "10.0.0.5", "refused")
+    assert parse.parse_tcp("", 124)["detail"] == "timeout"
+
+
+def test_count_vxlan() -> None:
+    counts = parse.count_vxlan(fx("tcpdump_vxlan.txt"), "198.18.0.11",
+                               {"198.18.0.12": "node2", "198.18.0.13": "node3"}, 8472)
+    assert counts == {"node2": (0, 2), "node3": (0, 0)}
+
+
+def test_active_facts_and_missing_tool_is_not_a_failure() -> None:
+    p = plan.plan(_facts(2), _hosts(2))["node1"]
+    active = {"plan": p, "podns": "cni-a", "sections": [
+        {"probe": "active.ping.pod.0", "exit_code": 0, "stdout": fx("ping_iputils_ok.txt")},
+        {"probe": "active.pod.ping.pod.0", "exit_code": 1,
+         "stdout": fx("ping_iputils_loss.txt")},
+        {"probe": "active.mtu.1.0", "exit_code": 1, "stdout": fx("ping_busybox_noM.txt")},
+        {"probe": "active.capture", "exit_code": 0, "stdout": fx("tcpdump_vxlan.txt"),
+         "duration_s": 1.2},
+    ]}
+    facts = parse.active_facts("node1", active)
+    kinds = [(f.kind, f.attrs.get("ok"), f.attrs.get("vantage")) for f in facts]
+    assert kinds[:2] == [("reach", True, None), ("reach", False, "cni-a")]
+    assert facts[2].kind == "probe_status" and facts[2].attrs["status"] == "missing_tool"
+    assert facts[3].attrs == {"peer": "node2", "port": 8472, "sent": 0, "received": 2,
+                              "window_s": 1.2}
+
+
+class _Stream:
+    """A fake channel: answers what a DNS server or an HTTP server would."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply, self.sent = reply, b""
+
+    def settimeout(self, t: float) -> None:
+        pass
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+
+    def recv(self, n: int) -> bytes:
+        if callable(self.reply):
+            self.reply = self.reply(self.sent)
+        out, self.reply = self.reply[:n], self.reply[n:]
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def test_dns_over_channel_round_trip() -> None:
+    def server(query: bytes) -> bytes:
+        body = query[2:]
+        qid = body[:2]
+        question = body[12:]
+        answer = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 5, 4) + bytes([10, 96, 0, 1])
+        msg = qid + struct.pack("!HHHHH", 0x8180, 1, 1, 0, 0) + question + answer
+        return struct.pack("!H", len(msg)) + msg
+
+    line = channel.dns_over(_Stream(server), "kubernetes.default.svc.cluster.local")
+    r = parse.parse_dns(line, 0)
+    assert (r["ok"], r["answer"]) == (True, "10.96.0.1"), line
+    assert parse.parse_dns(channel.dns_over(_Stream(b""), "x.local"), 0)["detail"] == "reset"
+
+
+def test_http_over_channel() -> None:
+    line = channel.http_over(_Stream(b"HTTP/1.1 200 OK\r\n\r\n# metrics"), "10.244.1.3:9153",
+                             "/metrics")
+    assert parse.parse_http(line, 0)["status"] == 200
+    assert parse.parse_http(channel.http_over(_Stream(b""), "h:1", "/"), 0)["status"] is None

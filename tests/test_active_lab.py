@@ -1,0 +1,105 @@
+"""Active probes against the lab: real pings, DNS, HTTP, TCP and tcpdump over real SSH."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubenetdiag.bundle import read_bundle, read_cluster
+from kubenetdiag.facts.model import Fact
+from kubenetdiag.facts.parse import facts_from_records
+from kubenetdiag.lab import Lab
+
+ENDPOINTS = ["203.0.113.10:3306", "mysql.kubenetdiag-lab.invalid:3306"]
+
+
+def collect(lab: Lab, tmp: Path) -> list[Fact]:
+    inv = yaml.safe_load(lab.inventory_path.read_text())
+    inv["all"]["vars"]["kubenetdiag_endpoints"] = ENDPOINTS
+    path = tmp / "hosts.yaml"
+    path.write_text(yaml.safe_dump(inv))
+    out = tmp / "bundle"
+    cp = lab.client_exec([sys.executable, "-m", "kubenetdiag", "collect", "--active", "-q",
+                          "-i", str(path), "--kubeconfig", str(lab.kubeconfig_path),
+                          "-o", str(out)], timeout=120)
+    assert cp.returncode == 0, cp.stderr
+    _, records = read_bundle(out)
+    for rec in records:  # every node's active phase stays well under its budget
+        assert rec["active"]["duration_s"] < 15, rec["active"]
+    return facts_from_records(records, read_cluster(out))
+
+
+def of(facts: list[Fact], kind: str, **match: object) -> list[Fact]:
+    return [f for f in facts if f.kind == kind and
+            all(f.attrs.get(k) == v for k, v in match.items())]
+
+
+@pytest.mark.parametrize("which", ["lab", "hostgw_lab", "calico_lab"])
+def test_healthy_lab_matrix_dns_and_endpoints(which: str, request: pytest.FixtureRequest,
+                                              tmp_path: Path) -> None:
+    lab: Lab = request.getfixturevalue(which)
+    facts = collect(lab, tmp_path)
+    api_nodes = {f.node for f in of(facts, "k8s_node")}
+    assert api_nodes == {n.name for n in lab.nodes}
+    reach = of(facts, "reach")
+    bad = [f.to_dict() for f in reach if not f.attrs["ok"]]
+    assert not bad, bad
+    for node in api_nodes:  # the matrix covers every pair the API names, both layers
+        for layer in ("pod", "underlay"):
+            got = {f.attrs["dst"] for f in of(facts, "reach", src=node, layer=layer,
+                                               vantage=None)}
+            assert got == api_nodes - {node}, (node, layer)
+    assert of(facts, "reach", layer="pod", vantage=f"cni-client-{lab.nodes[0].name}-1")
+    dns = of(facts, "dns_check")
+    assert {f.attrs["server_kind"] for f in dns} == {"pod", "service"}
+    assert all(f.attrs["ok"] and f.attrs["answer"] == "10.96.0.1" for f in dns), dns
+    http = of(facts, "http_check")
+    assert len(http) == len(lab.nodes) and all(f.attrs["status"] == 200 for f in http)
+    assert all(f.attrs["ok"] for f in of(facts, "mtu_check"))
+    # seed 002: the IP answers, the name does not resolve, from the node and from the pod
+    by_ip = of(facts, "tcp_check", by="ip")
+    by_name = of(facts, "tcp_check", by="name")
+    assert len(by_ip) == 2 * len(lab.nodes) and all(f.attrs["ok"] for f in by_ip)
+    assert len(by_name) == 2 * len(lab.nodes)
+    assert all(not f.attrs["ok"] and f.attrs["detail"] == "unresolved" for f in by_name)
+    if lab.cni == "flannel-vxlan":
+        flows = of(facts, "vxlan_flow")
+        assert len(flows) == len(lab.nodes) and all(
+            f.attrs["sent"] > 0 and f.attrs["received"] > 0 for f in flows), flows
+
+
+def test_vxlan_blocked_on_the_switch(lab: Lab, tmp_path: Path) -> None:
+    with lab.injected("vxlan_udp_blocked", "node2", {"via": "switch"}):
+        facts = collect(lab, tmp_path)
+    pod = of(facts, "reach", src="node1", dst="node2", layer="pod", vantage=None)
+    assert pod and not pod[0].attrs["ok"]
+    assert of(facts, "reach", src="node1", dst="node2", layer="underlay")[0].attrs["ok"]
+    at2 = of(facts, "vxlan_flow", peer="node1")
+    at2 = [f for f in at2 if f.node == "node2"]
+    assert at2 and at2[0].attrs["sent"] > 0 and at2[0].attrs["received"] == 0, at2
+    at1 = [f for f in of(facts, "vxlan_flow", peer="node2") if f.node == "node1"]
+    assert at1[0].attrs["sent"] > 0
+
+
+def test_mtu_mismatch_fails_at_the_full_size(lab: Lab, tmp_path: Path) -> None:
+    with lab.injected("mtu_mismatch", "node2"):
+        facts = collect(lab, tmp_path)
+    big = of(facts, "mtu_check", dst="node2", layer="underlay", size=1472)
+    assert big and not big[0].attrs["ok"]
+    # node2 plans from its own (lowered) MTU: 1400 - 28, which fits its own link
+    assert [f.attrs["size"] for f in of(facts, "mtu_check", layer="underlay")
+            if f.node == "node2"] == [1372]
+    assert all(f.attrs["ok"] for f in of(facts, "reach", layer="underlay"))
+
+
+def test_coredns_unreachable_fails_dns_everywhere_but_pings_pass(lab: Lab, tmp_path: Path
+                                                                 ) -> None:
+    with lab.injected("coredns_unreachable"):
+        facts = collect(lab, tmp_path)
+    dns = of(facts, "dns_check")
+    assert {f.node for f in dns} == {n.name for n in lab.nodes}
+    assert dns and not any(f.attrs["ok"] for f in dns), [f.attrs for f in dns]
+    assert all(f.attrs["ok"] for f in of(facts, "reach"))
