@@ -15,7 +15,7 @@ rules:
   - id: good
     fault: good_fault
     severity: warning
-    title: "good on {node}"
+    title: {en: "good on {node}", zh-CN: "{node} 上的 good"}
     when:
       - sysctl: {node: $node, key: k, number: 0}
     tests:
@@ -124,7 +124,7 @@ def test_literal_type_mismatch(tmp_path):
 
 
 def test_unbound_variables(tmp_path):
-    text = GOOD.replace('title: "good on {node}"', 'title: "good on {nod}"')
+    text = GOOD.replace('"good on {node}"', '"good on {nod}"')
     text = text.replace("number: 0}\n    tests", "number: {gt: $limit}}\n    on: $where\n    tests")
     p, problems = lint(tmp_path, text)
     assert one(problems, "{nod}").line == 5
@@ -243,3 +243,10 @@ def test_load_does_not_require_tests(tmp_path):
 def test_missing_rules_dir(tmp_path):
     with pytest.raises(RuleErrors, match="not found"):
         load_ruleset([tmp_path / "nope"], shipped=False)
+
+
+def test_missing_chinese_text_is_a_lint_problem(tmp_path):
+    # Issue 7: every operator-facing text exists in both report languages.
+    text = GOOD.replace('{en: "good on {node}", zh-CN: "{node} 上的 good"}', '"good on {node}"')
+    _, problems = lint(tmp_path, text)
+    assert one(problems, "has no zh-CN text").line == 5

@@ -344,6 +344,24 @@ def findings(program: Program, facts: Sequence[Fact], fired: dict[int, list], de
             o.nodes.update(n for n in where if isinstance(n, str) and n and n != "cluster")
         outcomes[ri] = o
 
+    # Where each conclusion touches: its own nodes plus the nodes of every fact behind it. A
+    # cause explains a consequence seen elsewhere when its evidence was gathered there: BGP
+    # sessions to node3 observed on node1 explain node1's missing route to node3's pods.
+    # (Evidence is expanded here, in the order findings are built, because base_ids memoises
+    # and a derivation cycle makes its answer depend on the order of the first calls.)
+    evidence: dict[int, list[int]] = {}
+    touched: dict[int, set[str]] = {}
+    for ri, o in outcomes.items():
+        if o.rule.fault is None:
+            continue
+        evidence[ri] = sorted(set().union(*(base_ids(i) for i in o.ids)))
+        t = set(o.nodes)
+        for b in evidence[ri]:
+            n = facts[b].node
+            if isinstance(n, str) and n and n != "cluster":
+                t.add(n)
+        touched[ri] = t
+
     out = []
     for ri, o in outcomes.items():
         rule = o.rule
@@ -353,10 +371,14 @@ def findings(program: Program, facts: Sequence[Fact], fired: dict[int, list], de
         explained_by = sorted(
             s.rule.id
             for si, s in outcomes.items()
-            if si != ri and mine & set(s.rule.explains) and _overlap(o.nodes, s.nodes)
+            if si != ri
+            and si in touched
+            and mine & set(s.rule.explains)
+            and s.rule.fault not in (None, rule.fault)
+            and _overlap(touched[ri], touched[si])
         )
         nodes = sorted(o.nodes)
-        evidence_ids = sorted(set().union(*(base_ids(i) for i in o.ids)))
+        evidence_ids = evidence[ri]
 
         def text(key: str, lang: str, rule: Rule = rule, o: _Outcome = o, nodes=nodes) -> str:
             t = rule.texts.get(key)

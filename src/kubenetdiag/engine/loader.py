@@ -23,6 +23,7 @@ from kubenetdiag.facts.registry import AttrSpec, KindSpec, registry
 from kubenetdiag.yamlsrc import YamlDoc, load_yaml_file
 
 from .model import (
+    LANGS,
     Assertion,
     Op,
     Path_,
@@ -356,7 +357,26 @@ class _RuleChecker:
             variables=tuple(self.order),
         )
         rule.tests = tuple(self._tests(rule))
+        if fault is not None:
+            self._check_langs(rule)
         return rule
+
+    def _check_langs(self, rule: Rule) -> None:
+        """Every text an operator sees must exist in every report language (issue 7). A lint
+        problem, not a load error: a site rule written in English only still runs."""
+        missing: list[tuple[Path_, str]] = []
+        for key in ("title", "explain"):
+            t = rule.texts.get(key)
+            if t is not None:
+                missing += [((key,), lang) for lang in LANGS if lang not in t]
+        for j, r in enumerate(rule.remediate):
+            missing += [(("remediate", j, "text"), lang) for lang in LANGS if lang not in r.text]
+        for path, lang in missing:
+            self.test_err(
+                path,
+                f"rule {rule.id} has no {lang} text here",
+                hint=f"write the text as a mapping {{en: ..., {lang}: ...}}",
+            )
 
     def _assert(self, item: dict[str, Any], j: int) -> Assertion | None:
         ((kind, attrs),) = item.items()
