@@ -202,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="PATH",
             help="rule files or directories (default: the shipped rules)",
         )
+    r = rsub.add_parser("explain", help="show the chain of rules that can lead to a rule")
+    r.add_argument("rule_id", metavar="ID")
+    r.add_argument("--rules-dir", action="append", default=[], type=Path, metavar="DIR")
     from kubenetdiag.lab.cli import add_parser as add_lab_parser
 
     add_lab_parser(sub)
@@ -615,6 +618,16 @@ def cmd_rules(args: argparse.Namespace) -> int:
             print(line)
         print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
         return 1 if failed else 0
+    if args.rules_command == "explain":
+        from kubenetdiag.engine.explain import explain_tree
+
+        ruleset = engine.load_ruleset(args.rules_dir)
+        try:
+            print(explain_tree(ruleset, args.rule_id))
+        except KeyError:
+            print(f"no rule {args.rule_id!r}; `kubenetdiag rules list` shows them", file=sys.stderr)
+            return EXIT_USAGE
+        return 0
     raise AssertionError(args.rules_command)
 
 

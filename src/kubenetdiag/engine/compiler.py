@@ -268,7 +268,12 @@ class _RuleCompiler:
         rhs.append(
             f"(assert ({FIRED} (rule {self.index}) (ids {' '.join(self.ids)}) (vals {vals})))"
         )
-        return f"(defrule r{self.index} {' '.join(lhs)} => {' '.join(rhs)})"
+        # A negated derived pattern ("no cause explains this symptom") is only true once every
+        # rule that could still assert such a fact has had its turn: CLIPS would otherwise fire
+        # the rule as soon as the symptom exists and keep the finding after the cause arrives.
+        late = any(p.negated and registry()[p.kind].derived for p in self.rule.when)
+        declare = "(declare (salience -10)) " if late else ""
+        return f"(defrule r{self.index} {declare}{' '.join(lhs)} => {' '.join(rhs)})"
 
 
 def compile_rules(rules: Sequence[Rule]) -> Program:
