@@ -1,0 +1,87 @@
+"""Chaining over the shipped rule base: one root cause, its consequences marked as such, and an
+unexplained symptom reported with what was ruled out."""
+
+from __future__ import annotations
+
+from kubenetdiag.engine import infer, load_ruleset
+from kubenetdiag.facts.model import Fact
+
+ALARM = ("critical", "error", "warning")
+
+
+def fact(fact_kind: str, node: str, **attrs: object) -> Fact:
+    return Fact(fact_kind, node, dict(attrs))
+
+
+def reach(src: str, dst: str, layer: str, ok: bool) -> Fact:
+    return fact("reach", src, src=src, dst=dst, layer=layer, ok=ok, rtt_ms=None, detail=None,
+                vantage=None)
+
+
+def matrix(broken: str, nodes: tuple[str, ...] = ("n1", "n2", "n3")) -> list[Fact]:
+    """Underlay fine everywhere; pod traffic to and from `broken` fails."""
+    out = []
+    for s in nodes:
+        for d in nodes:
+            if s != d:
+                out.append(reach(s, d, "underlay", True))
+                out.append(reach(s, d, "pod", broken not in (s, d)))
+    return out
+
+
+def test_dead_vxlan_port_is_one_root_cause_with_consequences():
+    facts = matrix("n2") + [
+        fact("interface", "n2", name="flannel.1", kind="vxlan", mtu=1450, state="UNKNOWN",
+             admin_up=True, lower_up=True, vxlan_port=8472),
+        fact("iptables_rule", "n2", table="filter", chain="INPUT", position=1, target="DROP",
+             target_kind="drop", unconditional=False, proto="udp", dport="8472", pkts=40,
+             spec="-A INPUT -p udp -m udp --dport 8472 -j DROP"),
+        fact("dns_check", "n2", server="10.96.0.10", server_kind="service",
+             name="kubernetes.default.svc.cluster.local", ok=False, detail="timeout"),
+    ]
+    found = infer(load_ruleset(), facts)
+    roots = [f for f in found if f["root_cause"]]
+    assert [(f["fault"], f["nodes"]) for f in roots] == [("vxlan_udp_blocked", ["n2"])]
+    rest = {f["fault"]: f for f in found if not f["root_cause"]}
+    assert set(rest) == {"iptables_drop_rule", "pod_cross_node_broken", "dns_resolution_failed"}
+    assert all(f["explained_by"] for f in rest.values())
+    # consequences of the pod path are shown, but only the cause and the DROP it uses alarm
+    assert [f["fault"] for f in found if f["severity"] in ALARM] == [
+        "vxlan_udp_blocked", "iptables_drop_rule"]
+
+
+def test_unexplained_symptom_says_what_was_ruled_out():
+    found = infer(load_ruleset(), matrix("n3"))
+    (f,) = found
+    assert f["rule"] == "pod-cross-node-unexplained" and f["severity"] == "error"
+    assert set(f["nodes"]) == {"n1", "n2", "n3"}
+    assert "ruled out" in f["explain"] and "capture the VXLAN port" in f["explain"]
+    assert all(not r["changes_state"] for r in f["remediation"] if r["command"])
+
+
+def test_bgp_down_explains_the_routes_its_peers_lost():
+    facts = [
+        fact("node_status", n, reachable=True, address=a, reason=None)
+        for n, a in (("n1", "10.0.0.1"), ("n2", "10.0.0.2"), ("n3", "10.0.0.3"))
+    ] + [
+        fact("bgp_session", o, protocol="Mesh_10_0_0_3", peer="10.0.0.3", peer_as=64512,
+             state="Active", established=False, proto_state="start", since="10:00",
+             last_error="Socket: Connection refused", socket="/var/run/calico/bird.ctl")
+        for o in ("n1", "n2")
+    ] + [
+        fact("node_match", "cluster", inventory_name=n, api_name=n, address=None,
+             in_inventory=True, in_api=True, matched_by="name") for n in ("n1", "n2", "n3")
+    ] + [
+        fact("k8s_node", "cluster", name=n, pod_cidr=f"10.244.{i}.0/24")
+        for i, n in enumerate(("n1", "n2", "n3"), start=1)
+    ] + [
+        fact("interface", "n1", name="lo", kind="device", mtu=65536, state="UNKNOWN",
+             admin_up=True, lower_up=True),
+        fact("route", "n1", table="main", type="unicast", dst="10.244.2.0/24",
+             gateway="10.0.0.2", dev="eth0", protocol="bird", scope="global", onlink=False,
+             linkdown=False),
+    ]
+    found = {f["fault"]: f for f in infer(load_ruleset(), facts)}
+    assert found["bgp_session_down"]["root_cause"] and found["bgp_session_down"]["nodes"] == ["n3"]
+    missing = found["pod_cidr_route_missing"]
+    assert missing["nodes"] == ["n1"] and missing["explained_by"] == ["bgp-session-down"]
