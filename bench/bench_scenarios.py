@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/kubenetdiag-bench-scenarios"))
     args = ap.parse_args(argv)
     only = set(filter(None, args.only.split(","))) or None
+    # A fresh directory per run: diagnose refuses to overwrite an earlier bundle.
+    args.workdir = args.workdir / time.strftime("run-%Y%m%d-%H%M%S")
+    args.workdir.mkdir(parents=True)
     print(f"{'':5} | {'mode':15} | {'scenario':48} | {'expected (fault@node)':44} | "
           f"{'reported root causes':50} | extra findings >= warning")
     t0 = time.monotonic()
