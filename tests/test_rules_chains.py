@@ -85,3 +85,23 @@ def test_bgp_down_explains_the_routes_its_peers_lost():
     assert found["bgp_session_down"]["root_cause"] and found["bgp_session_down"]["nodes"] == ["n3"]
     missing = found["pod_cidr_route_missing"]
     assert missing["nodes"] == ["n1"] and missing["explained_by"] == ["bgp-session-down"]
+
+
+def test_dns_failures_behind_a_broken_coredns_node_are_consequences():
+    facts = [
+        fact("dns_pod", "n1", pod="coredns-0", ip="10.244.1.3", ready=True, restarts=0),
+        fact("iptables_rule", "n1", table="filter", chain="FORWARD", position=1, target="REJECT",
+             target_kind="reject", unconditional=True, spec="-A FORWARD -j REJECT"),
+        fact("iptables_rule", "n1", table="filter", chain="FORWARD", position=2,
+             target="ACCEPT", target_kind="accept", unconditional=False,
+             spec="-A FORWARD -s 10.244.0.0/16 -j ACCEPT"),
+        fact("dns_check", "n2", server="10.96.0.10", server_kind="service",
+             name="kubernetes.default.svc.cluster.local", ok=False, detail="timeout"),
+        fact("dns_check", "n2", server="10.244.1.3", server_kind="pod",
+             name="kubernetes.default.svc.cluster.local", ok=False, detail="timeout"),
+    ]
+    found = infer(load_ruleset(), facts)
+    assert [(f["fault"], f["nodes"]) for f in found if f["severity"] in ALARM] == [
+        ("forward_chain_reject", ["n1"])]
+    dns = [f for f in found if f["fault"] == "dns_resolution_failed"]
+    assert dns and all(f["severity"] == "info" for f in dns)

@@ -24,7 +24,8 @@ def test_unexplained_symptom_tree_names_its_producer_and_the_causes():
 def test_cause_rule_lists_what_it_explains(capsys):
     assert main(["rules", "explain", "vxlan-inbound-dropped-by-iptables"]) == 0
     out = capsys.readouterr().out
-    assert "when it fires it explains: pod_cross_node_broken, iptables_drop_rule" in out
+    assert ("when it fires it explains: "
+            "pod_cross_node_broken, dns_resolution_failed, iptables_drop_rule") in out
 
 
 def test_consequence_lists_its_possible_causes():
