@@ -353,12 +353,18 @@ def _printable(text: str) -> str:
 def _collect(args: argparse.Namespace, hosts: list, out: Path) -> tuple[dict, list[dict]]:
     from kubenetdiag.active.phase import mark_skipped, run_phase
     from kubenetdiag.bundle import now_iso, prepare_dir, write_bundle, write_cluster
+    from kubenetdiag.collect.cluster import BackgroundApiCollection, resolve_target
     from kubenetdiag.collect.runner import collect
     from kubenetdiag.collect.ssh import Connector, SshOptions
 
     if args.parallel < 1:
         raise InputError("--parallel must be at least 1")
-    api = _ClusterApi(args)  # a bad kubeconfig stops the run here, like a bad inventory
+    # a bad kubeconfig stops the run here, like a bad inventory
+    api = BackgroundApiCollection(
+        resolve_target(args.kubeconfig, args.context, args.in_cluster),
+        connect_timeout=args.connect_timeout,
+        read_timeout=min(args.command_timeout, 30.0),
+    )
     prepare_dir(out)  # fail before touching any node, not after
     opts = SshOptions(
         connect_timeout=args.connect_timeout,
@@ -410,47 +416,6 @@ def _collect(args: argparse.Namespace, hosts: list, out: Path) -> tuple[dict, li
     for path in saved:
         progress.console.print(f"recorded new host keys in {path}")
     return meta, records
-
-
-class _ClusterApi:
-    """The Kubernetes API side of a collection, run in a thread beside the node fan-out."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        from kubenetdiag.collect import cluster
-
-        self.args, self.doc = args, None
-        self.thread: threading.Thread | None = None
-        target, self.why = cluster.resolve_target(args.kubeconfig, args.context, args.in_cluster)
-        self.client = cluster.load_client(target) if target else None
-
-    def start(self) -> None:
-        if self.client is not None:
-            self.thread = threading.Thread(target=self._run, name="cluster-api", daemon=True)
-            self.thread.start()
-
-    def _run(self) -> None:
-        from kubenetdiag.collect import cluster
-
-        api, source = self.client
-        try:
-            self.doc = cluster.collect_cluster(
-                api,
-                source,
-                connect_timeout=self.args.connect_timeout,
-                read_timeout=min(self.args.command_timeout, 30.0),
-            )
-        except Exception as exc:  # a collector bug must cost the cluster facts, not the run
-            self.doc = cluster.failed(source, f"cluster collection failed: {exc!r}")
-        finally:
-            api.close()
-
-    def result(self) -> dict:
-        from kubenetdiag.collect import cluster
-
-        if self.thread is None:
-            return cluster.not_queried(self.why)
-        self.thread.join()
-        return self.doc
 
 
 # ---------------------------------------------------------------- analysis

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -66,8 +67,10 @@ def resolve_target(
     environ = os.environ if environ is None else environ
     if in_cluster:
         if kubeconfig:
-            raise InputError("--in-cluster and --kubeconfig exclude each other",
-                             hint="use one way to reach the API")
+            raise InputError(
+                "--in-cluster and --kubeconfig exclude each other",
+                hint="use one way to reach the API",
+            )
         return ApiTarget(in_cluster=True), "--in-cluster"
     if kubeconfig:
         return ApiTarget(kubeconfig, context), "--kubeconfig"
@@ -83,8 +86,7 @@ def resolve_target(
             hint="pass --kubeconfig PATH",
         )
     return None, (
-        "the cluster API was not queried: no --kubeconfig, --context, --in-cluster "
-        "or $KUBECONFIG"
+        "the cluster API was not queried: no --kubeconfig, --context, --in-cluster or $KUBECONFIG"
     )
 
 
@@ -99,27 +101,36 @@ def load_client(target: ApiTarget) -> tuple[Any, dict]:
 
     cfg = client.Configuration()
     source: dict[str, Any] = {
-        "kubeconfig": None, "context": None, "server": None, "in_cluster": target.in_cluster,
+        "kubeconfig": None,
+        "context": None,
+        "server": None,
+        "in_cluster": target.in_cluster,
     }
     try:
         if target.in_cluster:
             config.load_incluster_config(client_configuration=cfg)
         else:
-            paths = [p for p in target.kubeconfig.split(os.pathsep) if p] if target.kubeconfig \
-                else []
+            paths = (
+                [p for p in target.kubeconfig.split(os.pathsep) if p] if target.kubeconfig else []
+            )
             if not any(Path(p).expanduser().is_file() for p in paths):
-                raise InputError(f"kubeconfig {target.kubeconfig} does not exist",
-                                 hint="pass the path of a kubeconfig file")
+                raise InputError(
+                    f"kubeconfig {target.kubeconfig} does not exist",
+                    hint="pass the path of a kubeconfig file",
+                )
             config.load_kube_config(
-                config_file=target.kubeconfig, context=target.context,
-                client_configuration=cfg, persist_config=False,
+                config_file=target.kubeconfig,
+                context=target.context,
+                client_configuration=cfg,
+                persist_config=False,
             )
             _, active = config.list_kube_config_contexts(config_file=target.kubeconfig)
             source["kubeconfig"] = target.kubeconfig
             source["context"] = target.context or (active or {}).get("name")
     except ConfigException as exc:
-        raise InputError(f"cannot use the Kubernetes client configuration: {exc}",
-                         file=target.kubeconfig) from None
+        raise InputError(
+            f"cannot use the Kubernetes client configuration: {exc}", file=target.kubeconfig
+        ) from None
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         # a kubeconfig that is YAML garbage surfaces as any of these from the loader
         raise InputError(f"cannot read kubeconfig: {exc!r}", file=target.kubeconfig) from None
@@ -182,7 +193,8 @@ def _slim(obj: Any) -> Any:
         ann = meta.get("annotations")
         if isinstance(ann, dict) and "kubectl.kubernetes.io/last-applied-configuration" in ann:
             meta["annotations"] = {
-                k: v for k, v in ann.items()
+                k: v
+                for k, v in ann.items()
                 if k != "kubectl.kubernetes.io/last-applied-configuration"
             }
         return {**obj, "metadata": meta}
@@ -190,8 +202,14 @@ def _slim(obj: Any) -> Any:
 
 
 class _Session:
-    def __init__(self, api: Any, connect_timeout: float, read_timeout: float, page_size: int,
-                 max_restarts: int) -> None:
+    def __init__(
+        self,
+        api: Any,
+        connect_timeout: float,
+        read_timeout: float,
+        page_size: int,
+        max_restarts: int,
+    ) -> None:
         self.api = api
         self.timeout = (connect_timeout, read_timeout)
         self.read_timeout = read_timeout
@@ -210,12 +228,23 @@ class _Session:
     def run(self, name: str, path: str, thunk: Callable[[], tuple[Any, dict]]) -> dict:
         started = time.monotonic()
         rec: dict[str, Any] = {
-            "name": name, "path": path, "status": "ok", "http_status": 200, "reason": None,
-            "duration_s": 0.0, "pages": 0, "restarts": 0, "items": None, "object": None,
+            "name": name,
+            "path": path,
+            "status": "ok",
+            "http_status": 200,
+            "reason": None,
+            "duration_s": 0.0,
+            "pages": 0,
+            "restarts": 0,
+            "items": None,
+            "object": None,
         }
         if self.unreachable:
-            rec.update(status="unreachable", http_status=None,
-                       reason=f"not tried: the API server was unreachable ({self.unreachable})")
+            rec.update(
+                status="unreachable",
+                http_status=None,
+                reason=f"not tried: the API server was unreachable ({self.unreachable})",
+            )
             self.calls.append(rec)
             return rec
         try:
@@ -238,6 +267,7 @@ class _Session:
         def thunk() -> tuple[Any, dict]:
             resp = fn(*args, _preload_content=False, _request_timeout=self.timeout)
             return self._body(resp), {"pages": 1}
+
         return thunk
 
     def list(self, fn: Callable[..., Any], *args: Any) -> Callable[[], tuple[Any, dict]]:
@@ -249,8 +279,13 @@ class _Session:
             pages = restarts = 0
             while True:
                 try:
-                    resp = fn(*args, limit=self.page_size, _continue=token,
-                              _preload_content=False, _request_timeout=self.timeout)
+                    resp = fn(
+                        *args,
+                        limit=self.page_size,
+                        _continue=token,
+                        _preload_content=False,
+                        _request_timeout=self.timeout,
+                    )
                 except ApiException as exc:
                     if exc.status == 410 and token and restarts < self.max_restarts:
                         # The snapshot behind the token is gone: the only consistent answer
@@ -268,6 +303,7 @@ class _Session:
                 token = meta.get("continue") or None
                 if not token:
                     return items, {"pages": pages, "restarts": restarts}
+
         return thunk
 
 
@@ -302,8 +338,9 @@ def collect_cluster(
 
     s.run("version", "/version", s.get(client.VersionApi(api).get_code))
     s.run("nodes", "/api/v1/nodes", s.list(core.list_node))
-    ds = s.run("daemonsets", "/apis/apps/v1/daemonsets",
-               s.list(apps.list_daemon_set_for_all_namespaces))
+    ds = s.run(
+        "daemonsets", "/apis/apps/v1/daemonsets", s.list(apps.list_daemon_set_for_all_namespaces)
+    )
     cni = _cni_daemonsets(ds["items"])
     namespaces = ["kube-system"]
     extra = {d["metadata"].get("namespace") for d in cni} - {None, "kube-system"}
@@ -320,23 +357,39 @@ def collect_cluster(
         tries += [n for n in ("kube-flannel", "kube-system") if n not in tries]
         for ns in tries:
             path = f"/api/v1/namespaces/{ns}/configmaps/{FLANNEL_CM}"
-            rec = s.run("flannel_config", path,
-                        s.get(core.read_namespaced_config_map, FLANNEL_CM, ns))
+            rec = s.run(
+                "flannel_config", path, s.get(core.read_namespaced_config_map, FLANNEL_CM, ns)
+            )
             if rec["status"] != "not_found" or ns == tries[-1]:
                 break
             s.calls.remove(rec)  # a miss in one candidate namespace is not a finding
-    s.run("kube_proxy_config", "/api/v1/namespaces/kube-system/configmaps/kube-proxy",
-          s.get(core.read_namespaced_config_map, "kube-proxy", "kube-system"))
-    s.run("coredns_config", "/api/v1/namespaces/kube-system/configmaps/coredns",
-          s.get(core.read_namespaced_config_map, "coredns", "kube-system"))
+    s.run(
+        "kube_proxy_config",
+        "/api/v1/namespaces/kube-system/configmaps/kube-proxy",
+        s.get(core.read_namespaced_config_map, "kube-proxy", "kube-system"),
+    )
+    s.run(
+        "coredns_config",
+        "/api/v1/namespaces/kube-system/configmaps/coredns",
+        s.get(core.read_namespaced_config_map, "coredns", "kube-system"),
+    )
     s.run("services", "/api/v1/services", s.list(core.list_service_for_all_namespaces))
-    s.run("endpointslices", "/apis/discovery.k8s.io/v1/endpointslices",
-          s.list(client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces))
-    s.run("networkpolicies", "/apis/networking.k8s.io/v1/networkpolicies",
-          s.list(client.NetworkingV1Api(api).list_network_policy_for_all_namespaces))
+    s.run(
+        "endpointslices",
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        s.list(client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces),
+    )
+    s.run(
+        "networkpolicies",
+        "/apis/networking.k8s.io/v1/networkpolicies",
+        s.list(client.NetworkingV1Api(api).list_network_policy_for_all_namespaces),
+    )
     custom = client.CustomObjectsApi(api)
-    s.run("calico_ippools", "/apis/crd.projectcalico.org/v1/ippools",
-          s.list(custom.list_cluster_custom_object, "crd.projectcalico.org", "v1", "ippools"))
+    s.run(
+        "calico_ippools",
+        "/apis/crd.projectcalico.org/v1/ippools",
+        s.list(custom.list_cluster_custom_object, "crd.projectcalico.org", "v1", "ippools"),
+    )
     return {
         "schema": CLUSTER_SCHEMA,
         "queried": True,
@@ -350,20 +403,33 @@ def collect_cluster(
 def not_queried(reason: str) -> dict:
     """The cluster.json of a run that did not ask the API, saying why."""
     return {
-        "schema": CLUSTER_SCHEMA, "queried": False, "reason": reason, "source": None,
-        "duration_s": 0.0, "calls": [],
+        "schema": CLUSTER_SCHEMA,
+        "queried": False,
+        "reason": reason,
+        "source": None,
+        "duration_s": 0.0,
+        "calls": [],
     }
 
 
 def failed(source: dict, reason: str) -> dict:
     """The cluster.json of a collection that broke down as a whole (a bug, not the API)."""
     call = {
-        "name": "collector", "path": "", "status": "error", "http_status": None,
-        "reason": reason[:500], "duration_s": 0.0, "items": None,
+        "name": "collector",
+        "path": "",
+        "status": "error",
+        "http_status": None,
+        "reason": reason[:500],
+        "duration_s": 0.0,
+        "items": None,
     }
     return {
-        "schema": CLUSTER_SCHEMA, "queried": True, "reason": None, "source": source,
-        "duration_s": 0.0, "calls": [call],
+        "schema": CLUSTER_SCHEMA,
+        "queried": True,
+        "reason": None,
+        "source": source,
+        "duration_s": 0.0,
+        "calls": [call],
     }
 
 
@@ -376,3 +442,45 @@ def collect_target(target: ApiTarget | None, why: str, **kw: Any) -> dict:
         return collect_cluster(api, source, **kw)
     finally:
         api.close()
+
+
+class BackgroundApiCollection:
+    """The API side of a collection, run in a thread beside the node fan-out: the API is asked
+    while the nodes are, not after them."""
+
+    def __init__(
+        self,
+        resolved: tuple[ApiTarget | None, str],
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> None:
+        target, self.why = resolved
+        # Loading the client here (not in the thread) makes a bad kubeconfig an input error
+        # raised before any node is touched.
+        self.client = load_client(target) if target else None
+        self.timeouts = (connect_timeout, read_timeout)
+        self.doc: dict | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.client is not None:
+            self.thread = threading.Thread(target=self._run, name="cluster-api", daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        api, source = self.client
+        try:
+            self.doc = collect_cluster(
+                api, source, connect_timeout=self.timeouts[0], read_timeout=self.timeouts[1]
+            )
+        except Exception as exc:  # a collector bug must cost the cluster facts, not the run
+            self.doc = failed(source, f"cluster collection failed: {exc!r}")
+        finally:
+            api.close()
+
+    def result(self) -> dict:
+        if self.thread is None:
+            return not_queried(self.why)
+        self.thread.join()
+        return self.doc
