@@ -75,6 +75,9 @@ DROP_COUNTERS = ("TcpExtListenOverflows", "TcpExtListenDrops", "TcpExtTCPRcvQDro
 @pytest.mark.lab
 def test_healthy_lab_node_facts_hold_no_false_alarm(lab, tmp_path):
     facts = collect(lab, tmp_path)
+    # `collect` without --active says once, cluster-wide, that the active phase did not run
+    assert [(f.kind, f.attrs["probe"]) for f in facts.pop("cluster")] == [
+        ("probe_status", "active")]
     assert set(facts) == {n.name for n in lab.nodes}
     for node in lab.nodes:
         f = facts[node.name]
