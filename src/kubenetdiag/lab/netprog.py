@@ -21,14 +21,16 @@ from __future__ import annotations
 import argparse
 import http.server
 import os
-import random
 import select
 import signal
 import socket
-import struct
 import sys
 import time
 import urllib.request
+
+import dns.message
+import dns.query
+import dns.rdatatype
 
 METRICS = """# HELP coredns_build_info A metric with a constant '1' value.
 # TYPE coredns_build_info gauge
@@ -81,63 +83,13 @@ def serve_banner(port: int, text: str) -> int:
             conn.sendall(text.encode() + b"\n")
 
 
-def _dns_query(name: str) -> tuple[int, bytes]:
-    ident = random.randrange(65536)
-    header = struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0)  # RD set, one question
-    qname = b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split(".")) + b"\0"
-    return ident, header + qname + struct.pack("!HH", 1, 1)
-
-
-def _skip_name(msg: bytes, pos: int) -> int:
-    while True:
-        length = msg[pos]
-        if length & 0xC0 == 0xC0:  # compression pointer ends the name
-            return pos + 2
-        if length == 0:
-            return pos + 1
-        pos += 1 + length
-
-
-def _parse_a(msg: bytes, ident: int) -> tuple[int, list[str]]:
-    rid, flags, qd, an, _, _ = struct.unpack("!HHHHHH", msg[:12])
-    if rid != ident:
-        raise ValueError("answer id does not match the query")
-    pos = 12
-    for _ in range(qd):
-        pos = _skip_name(msg, pos) + 4
-    addrs = []
-    for _ in range(an):
-        pos = _skip_name(msg, pos)
-        rtype, _, _, rdlen = struct.unpack("!HHIH", msg[pos : pos + 10])
-        pos += 10
-        if rtype == 1 and rdlen == 4:
-            addrs.append(socket.inet_ntoa(msg[pos : pos + 4]))
-        pos += rdlen
-    return flags & 0xF, addrs
-
-
-def dns(server: str, name: str, tcp: bool, timeout: float) -> int:
-    ident, query = _dns_query(name)
-    if tcp:
-        with socket.create_connection((server, 53), timeout=timeout) as sock:
-            sock.sendall(struct.pack("!H", len(query)) + query)
-            data = b""
-            deadline = time.monotonic() + timeout
-            while (len(data) < 2 or len(data) < 2 + struct.unpack("!H", data[:2])[0]) and \
-                    time.monotonic() < deadline:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            msg = data[2:]
-    else:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect((server, 53))
-            sock.send(query)
-            msg = sock.recv(4096)
-    rcode, addrs = _parse_a(msg, ident)
-    print(f"{name} rcode={rcode} {' '.join(addrs)}".rstrip(), flush=True)
+def dns_lookup(server: str, name: str, tcp: bool, timeout: float) -> int:
+    query = dns.message.make_query(name, dns.rdatatype.A)
+    ask = dns.query.tcp if tcp else dns.query.udp
+    answer = ask(query, server, timeout=timeout)
+    addrs = [r.address for rrset in answer.answer if rrset.rdtype == dns.rdatatype.A
+             for r in rrset]
+    print(f"{name} rcode={answer.rcode()} {' '.join(addrs)}".rstrip(), flush=True)
     return 0 if addrs else 1
 
 
@@ -280,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "serve-banner":
             return serve_banner(a.port, a.text)
         if a.cmd == "dns":
-            return dns(a.server, a.name, a.tcp, a.timeout)
+            return dns_lookup(a.server, a.name, a.tcp, a.timeout)
         if a.cmd == "http":
             return http_get(a.url, a.timeout)
         if a.cmd == "tcp":
