@@ -383,6 +383,13 @@ class Lab:
                     "ansible_user": "root",
                     "ansible_ssh_private_key_file": str(self.key_path),
                     "ansible_ssh_common_args": f"-o UserKnownHostsFile={self.known_hosts_path}",
+                    # What an SRE declares for the active TCP checks: the middleware outside
+                    # the cluster and the app's pod, by address (names would need cluster DNS
+                    # on the nodes, which real nodes do not have either).
+                    "kubenetdiag_endpoints": [
+                        f"{services.OUTSIDE_HOST}:{services.OUTSIDE_PORT}",
+                        f"{self.pod_for_app('web').ip}:{services.WEB_PORT}",
+                    ],
                 },
                 "hosts": {n.name: {"ansible_host": n.address} for n in self.nodes},
             }
