@@ -95,6 +95,8 @@ def test_inventory_known_hosts_and_state_describe_the_lab(lab):
         "ansible_user": "root",
         "ansible_ssh_private_key_file": str(lab.key_path),
         "ansible_ssh_common_args": f"-o UserKnownHostsFile={lab.known_hosts_path}",
+        # the endpoints an SRE would declare for the active TCP checks, by address
+        "kubenetdiag_endpoints": ["203.0.113.10:3306", f"{lab.pod_for_app('web').ip}:8080"],
     }
     assert inventory["hosts"] == {"node1": {"ansible_host": "198.18.0.11"},
                                   "node2": {"ansible_host": "198.18.0.12"}}
