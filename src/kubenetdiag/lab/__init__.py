@@ -5,21 +5,21 @@ Import `Lab` from here; see `kubenetdiag.lab.lab` for the layout and its invaria
 
 from __future__ import annotations
 
-from kubenetdiag.lab.faults import FAULTS, Fault
-from kubenetdiag.lab.lab import Lab, LabNode, LabPod, missing_requirements
-from kubenetdiag.lab.netns import CommandError, LabError
-from kubenetdiag.lab.preflight import Overlap, find_overlaps, overlap_message
+import importlib
+from typing import Any
 
-__all__ = [
-    "FAULTS",
-    "CommandError",
-    "Fault",
-    "Lab",
-    "LabError",
-    "LabNode",
-    "LabPod",
-    "Overlap",
-    "find_overlaps",
-    "missing_requirements",
-    "overlap_message",
-]
+# Resolved on first use: the `kubenetdiag` CLI imports kubenetdiag.lab.cli to build its
+# parser, and `diagnose` during an outage should not pay for loading the whole lab.
+_EXPORTS = {
+    "FAULTS": "faults", "Fault": "faults",
+    "Lab": "lab", "LabNode": "lab", "LabPod": "lab", "missing_requirements": "lab",
+    "CommandError": "netns", "LabError": "netns",
+    "Overlap": "preflight", "find_overlaps": "preflight", "overlap_message": "preflight",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from kubenetdiag.lab.cni import CNI_MODES, DEFAULT_CNI
-from kubenetdiag.lab.faults import FAULTS
 from kubenetdiag.lab.lab import DEFAULT_WORKDIR, Lab
 from kubenetdiag.lab.netns import LabError, exec_argv
 
@@ -61,6 +60,8 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
 
 
 def fault_list() -> str:
+    from kubenetdiag.lab.faults import FAULTS  # only when listing: it loads every injector
+
     lines = []
     for name in sorted(FAULTS):
         spec = FAULTS[name]

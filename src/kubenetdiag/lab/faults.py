@@ -12,12 +12,11 @@ Add a fault by writing its inject and heal and calling `register` below.
 from __future__ import annotations
 
 import shlex
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from kubenetdiag.lab import cni, netprog, nodehost, services
+from kubenetdiag.lab import cni, nodehost, services
 from kubenetdiag.lab.netns import LabError, cmdline, exec_argv, pids_in_netns, run
 
 if TYPE_CHECKING:
@@ -102,10 +101,6 @@ def _start_in_node(lab: Lab, node: LabNode, argv: list[str], name: str | None = 
 def _kill_matching(lab: Lab, node: LabNode, needle: str) -> None:
     pids = [p for p in pids_in_netns([node.netns]).get(node.netns, []) if needle in cmdline(p)]
     nodehost.kill(pids)
-
-
-def _netprog(*args: str) -> list[str]:
-    return [sys.executable, "-I", netprog.__file__, *args]
 
 
 # ---- kernel / sysctl --------------------------------------------------------------------------
@@ -542,7 +537,7 @@ register(Fault(
 
 def _listen_overflow(lab: Lab, node: LabNode, params: Params) -> None:
     port = params["port"]
-    _start_in_node(lab, node, _netprog("listen-stuck", port, params["backlog"]))
+    _start_in_node(lab, node, services.netprog_argv("listen-stuck", port, params["backlog"]))
     _wait_listen(lab, node, int(port), "tcp")
     pod = lab.pods_on(node.name)[0]
     lab.netprog(pod.name, "connect-burst", node.pod_gateway, port, params["count"],
@@ -570,7 +565,7 @@ register(Fault(
 
 def _udp_errors(lab: Lab, node: LabNode, params: Params) -> None:
     port = params["port"]
-    _start_in_node(lab, node, _netprog("udp-stuck", port, params["rcvbuf"]))
+    _start_in_node(lab, node, services.netprog_argv("udp-stuck", port, params["rcvbuf"]))
     _wait_listen(lab, node, int(port), "udp")
     pod = lab.pods_on(node.name)[0]
     lab.netprog(pod.name, "udp-flood", node.pod_gateway, port, params["count"])
@@ -588,7 +583,7 @@ register(Fault(
     "time_wait_pileup",
     "a bounded burst of short connections closed by the node's side: TIME_WAIT sockets pile "
     "up (heal stops nothing: the kernel keeps them 60 s, as on a real node)",
-    lambda lab, node, p: lab.node_exec(node.name, _netprog("tw-burst", p["count"]),
+    lambda lab, node, p: lab.node_exec(node.name, services.netprog_argv("tw-burst", p["count"]),
                                        timeout=60),
     _noop, {"count": "3000"},
 ))

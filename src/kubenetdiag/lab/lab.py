@@ -59,7 +59,7 @@ from typing import Any
 
 import yaml
 
-from kubenetdiag.lab import cni, icmp, netprog, nodehost, services, sshd
+from kubenetdiag.lab import cni, icmp, nodehost, services, sshd
 from kubenetdiag.lab.faults import FAULTS, Fault
 from kubenetdiag.lab.netns import (
     LabError,
@@ -571,7 +571,7 @@ class Lab:
     def netprog(self, pod: str, *args: str, timeout: float = 30.0
                 ) -> subprocess.CompletedProcess[str]:
         """Run one of netprog.py's programs in a pod (see that module for the commands)."""
-        argv = [sys.executable, "-I", netprog.__file__, *args]
+        argv = services.netprog_argv(*args)
         return self.in_pod(pod, argv, timeout=timeout)
 
     def client_exec(

@@ -1,7 +1,8 @@
 """Small network programs the lab runs inside its namespaces, executed by path with `python -I`.
 
-Like icmp.py this must import nothing but the stdlib: it runs as a separate process in a pod,
-node or outside namespace. Every loop is bounded by a count and a deadline, and every target is
+It runs by path as a separate process in a pod, node or outside namespace, so it imports nothing
+from kubenetdiag: only the stdlib and dnspython (an installed dependency, which `-I` still
+sees). Every loop is bounded by a count and a deadline, and every target is
 whatever the lab passes in (lab addresses only).
 
   serve-http PORT [--metrics]   an app pod's HTTP server (or CoreDNS's /metrics on 9153)

@@ -19,10 +19,10 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from ipaddress import ip_network
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubenetdiag.lab import netprog
-from kubenetdiag.lab.netns import LabError, exec_argv, pids_in_netns, run, terminate
+from kubenetdiag.lab.netns import LabError, cmdline, exec_argv, pids_in_netns, run, terminate
 
 if TYPE_CHECKING:
     from kubenetdiag.lab.lab import Lab, LabNode, LabPod
@@ -38,6 +38,8 @@ DNS_VIP = "10.96.0.10"
 WEB_VIP = "10.96.0.20"
 WEB_PORT = 8080
 API_PORT = 6443  # the Kubernetes API stand-in, on the client namespace's loopback
+# netprog.py runs as a script inside pods (python -I path): only its path is needed here
+NETPROG = str(Path(__file__).with_name("netprog.py"))
 METRICS_PORT = 9153
 MASQ_MARK = "0x4000/0x4000"
 
@@ -221,15 +223,15 @@ def sync_kube_proxy(lab: Lab, node: LabNode) -> None:
 # ---- processes: CoreDNS, web, outside ------------------------------------------------------
 
 
-def _netprog(*args: str) -> list[str]:
-    # -I: stdlib only, and the caller's environment cannot change the helper.
-    return [sys.executable, "-I", netprog.__file__, *args]
+def netprog_argv(*args: str) -> list[str]:
+    # -I: the caller's environment (PYTHONPATH, user site) cannot change the helper.
+    return [sys.executable, "-I", NETPROG, *args]
 
 
 def app_commands(lab: Lab, app: str) -> list[tuple[str, list[str], int, str]]:
     """[(netns, argv, port, proto)] of the processes that make up an app."""
     if app == "outside":
-        return [(lab.outside_netns, _netprog("serve-banner", str(OUTSIDE_PORT),
+        return [(lab.outside_netns, netprog_argv("serve-banner", str(OUTSIDE_PORT),
                                              "5.7.44-lab mysql_native_password"),
                  OUTSIDE_PORT, "tcp")]
     if app == "apiserver":
@@ -249,10 +251,10 @@ def app_commands(lab: Lab, app: str) -> list[tuple[str, list[str], int, str]]:
                    f"--local=/{CLUSTER_DOMAIN}/", "--domain-needed",
                    f"--log-facility={lab.workdir / 'logs' / 'dnsmasq.log'}", *hosts]
         return [(pod.netns, dnsmasq, 53, "udp"),
-                (pod.netns, _netprog("serve-http", str(METRICS_PORT), "--metrics"),
+                (pod.netns, netprog_argv("serve-http", str(METRICS_PORT), "--metrics"),
                  METRICS_PORT, "tcp")]
     if app == "web":
-        return [(pod.netns, _netprog("serve-http", str(WEB_PORT)), WEB_PORT, "tcp")]
+        return [(pod.netns, netprog_argv("serve-http", str(WEB_PORT)), WEB_PORT, "tcp")]
     raise LabError(f"no such lab app {app!r}")
 
 
@@ -291,16 +293,8 @@ def stop_app(lab: Lab, app: str, only: str | None = None) -> None:
             continue
         needle = " ".join(argv[:4])
         pids = [pid for pid in pids_in_netns([netns]).get(netns, [])
-                if _cmdline(pid).startswith(needle)]
+                if cmdline(pid).startswith(needle)]
         terminate(pids)
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def wire_outside(lab: Lab) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.probes.base import Probe, Section
-from kubenetdiag.probes.text import clip, parts, to_int, unprefix
+from kubenetdiag.probes.text import clip, env_file, parts, to_int, unprefix
 
 COMMAND = (
     "for f in /etc/os-release /usr/lib/os-release; do [ -r $f ] || continue; "
@@ -50,11 +50,7 @@ def parse(section: Section, node: str) -> list[Fact]:
 
     for name, _, lines in parts(section.stdout):
         if name == "os-release":
-            env = {}
-            for line in unprefix(lines):
-                k, sep, v = line.partition("=")
-                if sep:
-                    env[k.strip()] = v.strip().strip("\"'")
+            env = env_file(unprefix(lines))
             facts.append(Fact("os_release", node, {
                 "id": clip(env.get("ID", ""), 40) or None,
                 "version_id": clip(env.get("VERSION_ID", ""), 40) or None,

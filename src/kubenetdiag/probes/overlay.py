@@ -9,7 +9,7 @@ import re
 
 from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.probes.base import Probe, Section
-from kubenetdiag.probes.text import clip, parts, to_int, unprefix
+from kubenetdiag.probes.text import clip, env_file, parts, to_int, unprefix
 
 # VXLAN devices say DEVTYPE=vxlan in their uevent: one grep finds them among hundreds of veths.
 COMMAND = (
@@ -31,11 +31,7 @@ def parse(section: Section, node: str) -> list[Fact]:
 
     for name, dev, lines in parts(section.stdout):
         if name == "subnet.env":
-            env = {}
-            for line in unprefix(lines):
-                k, sep, v = line.partition("=")
-                if sep:
-                    env[k.strip()] = v.strip()
+            env = env_file(unprefix(lines))
             if not env:
                 continue
             ipmasq = env.get("FLANNEL_IPMASQ")

@@ -30,6 +30,17 @@ def unprefix(lines: list[str]) -> list[str]:
     return [line[1:] for line in lines if line.startswith("|")]
 
 
+def env_file(lines: list[str]) -> dict[str, str]:
+    """KEY=VALUE lines (os-release, flannel's subnet.env) as a dict; quotes around a value are
+    shell syntax, not part of it."""
+    env = {}
+    for line in lines:
+        k, sep, v = line.partition("=")
+        if sep:
+            env[k.strip()] = v.strip().strip("\"'")
+    return env
+
+
 def to_int(value: str | None) -> int | None:
     if value is None:
         return None
