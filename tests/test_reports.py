@@ -437,6 +437,16 @@ def test_validate_names_the_path(mutate: Callable[[dict], object], path: str) ->
         validate_report(report)
 
 
+def test_build_report_refuses_a_report_that_breaks_the_schema() -> None:
+    """The run checks its report where it is built, before anything is written or rendered."""
+    from kubenetdiag.findings import build_report
+
+    records = [{"name": "", "address": "10.0.0.1", "reachable": False, "error": "refused"}]
+    meta = {"started_at": "t", "finished_at": "t", "transport": "ssh", "inventory": None}
+    with pytest.raises(ValueError, match=r"\$\.nodes\[0\]\.name"):
+        build_report(meta, records, [], [], rules_count=1, rules_digest="x", bundle=None)
+
+
 def test_every_renderer_refuses_an_invalid_report() -> None:
     report = one_root_cause_report()
     del report["findings"][0]["fault"]

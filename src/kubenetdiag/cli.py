@@ -481,21 +481,23 @@ def _analyze(args, ruleset, meta: dict, records: list[dict], bundle_dir: Path) -
         from kubenetdiag.reports import print_summary
 
         html = next((str(p) for p, fmt in targets if fmt == "html"), None)
-        print_summary(report, Console(highlight=False), lang=args.lang, full_report=html)
+        print_summary(report, Console(highlight=False), lang=args.lang, full_report=html,
+                      validated=True)
     return report["summary"]["exit_code"]
 
 
 def _render(report: dict, fmt: str, lang: str) -> str:
     from kubenetdiag import reports
 
+    # build_report has checked the report against its schema: once per run, not per format.
     if fmt == "html":
-        return reports.render_html(report, lang=lang)
+        return reports.render_html(report, lang=lang, validated=True)
     if fmt == "json":
-        return reports.render_json(report)
+        return reports.render_json(report, validated=True)
     if fmt == "markdown":
-        return reports.render_markdown(report, lang=lang)
+        return reports.render_markdown(report, lang=lang, validated=True)
     console = Console(record=True, width=100, file=io.StringIO())
-    reports.print_summary(report, console, lang=lang)
+    reports.print_summary(report, console, lang=lang, validated=True)
     return console.export_text()
 
 

@@ -91,6 +91,7 @@ def build_report(
     rules_digest: str,
     bundle: str | None,
 ) -> dict:
+    """The report of one run, checked against report.schema.json (ValueError if it breaks it)."""
     kernels = {f.node: f.attrs.get("release") for f in facts if f.kind == "kernel"}
     nodes = [
         {
@@ -133,7 +134,7 @@ def build_report(
         if f.kind == "cluster_api" and not f.attrs.get("queried")
     ]
     by_sev = {s: sum(1 for f in findings if f["severity"] == s) for s in SEVERITIES}
-    return {
+    report = {
         "schema": REPORT_SCHEMA,
         "tool": {"name": "kubenetdiag", "version": __version__},
         "rules": {"count": rules_count, "digest": rules_digest},
@@ -157,3 +158,9 @@ def build_report(
             "exit_code": exit_code(nodes, findings),
         },
     }
+    # Checked here, once per run, so that nothing is written from a report that breaks the
+    # contract; renderers given this report can then skip their own check (validated=True).
+    from kubenetdiag.reports.schema import validate_report
+
+    validate_report(report)
+    return report

@@ -1,5 +1,6 @@
 """Renderers of the report dict (docs/contracts.md, "Finding and report"): HTML, Markdown, JSON
-and the terminal summary. All of them validate the report against report.schema.json first."""
+and the terminal summary. All of them validate the report against report.schema.json first,
+unless told with `validated=True` that it was (findings.build_report checks what it builds)."""
 
 from kubenetdiag.reports.html_report import render_html
 from kubenetdiag.reports.i18n import SUPPORTED_LANGS

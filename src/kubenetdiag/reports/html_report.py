@@ -21,7 +21,10 @@ def _env() -> Environment:
     )
 
 
-def render_html(report: dict, lang: str = "en") -> str:
-    """The report as one HTML file that fetches nothing (no scripts, fonts, images or links)."""
-    view = build_view(report, lang)
+def render_html(report: dict, lang: str = "en", *, validated: bool = False) -> str:
+    """The report as one HTML file that fetches nothing (no scripts, fonts, images or links).
+
+    `validated=True` skips the schema check for a report already checked (build_report does).
+    """
+    view = build_view(report, lang, validated=validated)
     return _env().get_template("report.html.j2").render(v=view, ui=view.ui)

@@ -7,9 +7,11 @@ import json
 from kubenetdiag.reports.schema import order_like_schema, validate_report
 
 
-def render_json(report: dict) -> str:
-    """Validate, then serialise with the schema's key order and two-space indentation."""
-    validate_report(report)
+def render_json(report: dict, *, validated: bool = False) -> str:
+    """Validate (unless already done: `validated`), then serialise with the schema's key order
+    and two-space indentation."""
+    if not validated:
+        validate_report(report)
     # ensure_ascii: node data may hold C1 controls (U+009B is a CSI for some terminals) that
     # json would otherwise pass through raw; as \u escapes they are inert when someone cats it.
     return json.dumps(order_like_schema(report), indent=2, ensure_ascii=True) + "\n"

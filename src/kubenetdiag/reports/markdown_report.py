@@ -77,7 +77,10 @@ def _env() -> Environment:
     return env
 
 
-def render_markdown(report: dict, lang: str = "en") -> str:
-    """The report as GitHub-flavoured Markdown: headings, tables and fenced commands."""
-    view = build_view(report, lang)
+def render_markdown(report: dict, lang: str = "en", *, validated: bool = False) -> str:
+    """The report as GitHub-flavoured Markdown: headings, tables and fenced commands.
+
+    `validated=True` skips the schema check for a report already checked (build_report does).
+    """
+    view = build_view(report, lang, validated=validated)
     return _env().get_template("report.md.j2").render(v=view, ui=view.ui).strip() + "\n"

@@ -80,14 +80,20 @@ def _item(f: FindingView, v: ReportView) -> list[Text]:
 
 
 def print_summary(
-    report: dict, console: Console, lang: str = "en", *, full_report: str | None = None
+    report: dict,
+    console: Console,
+    lang: str = "en",
+    *,
+    full_report: str | None = None,
+    validated: bool = False,
 ) -> None:
     """Print the verdict, root causes with their nodes and first command, and what was not checked.
 
     `full_report` is where the complete report was written, if anywhere; without it the summary
-    points at the bundle, or says how to get a full report.
+    points at the bundle, or says how to get a full report. `validated=True` skips the schema
+    check for a report already checked (build_report does).
     """
-    v = build_view(report, lang)
+    v = build_view(report, lang, validated=validated)
     ui = v.ui
     c = v.counts
     lines: list[Text] = []

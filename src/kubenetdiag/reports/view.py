@@ -199,10 +199,12 @@ def _texts(finding: dict, lang: str) -> tuple[str, str, list[str]]:
     return title, explain, steps
 
 
-def build_view(report: dict, lang: str = "en") -> ReportView:
-    """Validate `report` and turn it into what the templates render."""
+def build_view(report: dict, lang: str = "en", *, validated: bool = False) -> ReportView:
+    """Validate `report` (unless the caller already did: `validated`) and turn it into what the
+    templates render."""
     lang = normalize_lang(lang)
-    validate_report(report)
+    if not validated:
+        validate_report(report)
     ui = UI(lang)
 
     node_anchor = {n["name"]: f"n-{i}" for i, n in enumerate(report["nodes"], 1)}
