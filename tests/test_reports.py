@@ -10,6 +10,8 @@ from collections.abc import Callable
 from html.parser import HTMLParser
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from jinja2 import StrictUndefined, UndefinedError
 from rich.console import Console
 
@@ -784,6 +786,21 @@ def test_sanitizer() -> None:
     assert clean_block(raw) == "abcd\te\nf\n"
     assert clean_line("x\ny\tz\u202e\u2066w\x00") == "x y zw"
     assert clean_block(None) == ""
+
+
+BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+@given(st.text(alphabet=st.sampled_from("ab ;[]0m\\\t\n\r\x00\x07\x1b\x7f\x9b\x9c"
+                                        "\u00a0\u2028中" + BIDI)) | st.text())
+def test_sanitizer_leaves_no_control_and_keeps_plain_text(text: str) -> None:
+    block, line = clean_block(text), clean_line(text)
+    for out in (block, line):
+        assert not any(c in BIDI for c in out)
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", out)
+    assert "\n" not in line and "\t" not in line
+    if text.isprintable():  # nothing to remove: names and cells come through as they are
+        assert block == text and line == text.strip()
 
 
 def test_renderers_do_not_mutate_the_report() -> None:

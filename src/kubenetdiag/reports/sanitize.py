@@ -31,6 +31,11 @@ _LINE_BREAKS = re.compile(r"[\t\n]+")
 def clean_block(text: object) -> str:
     """Text safe to show as-is, keeping newlines and tabs (excerpts, explanations, commands)."""
     s = "" if text is None else str(text)
+    # Every character the patterns remove is a control (Cc) or format (Cf) character, which
+    # isprintable() rejects; most names and cells have none, and this one C scan spares them
+    # three regex passes.
+    if s.isprintable():
+        return s
     s = s.replace("\r\n", "\n")
     s = _ANSI.sub("", s)
     s = _CONTROL.sub("", s)
@@ -39,4 +44,7 @@ def clean_block(text: object) -> str:
 
 def clean_line(text: object) -> str:
     """Like clean_block, folded onto one line (names, addresses, table cells)."""
-    return _LINE_BREAKS.sub(" ", clean_block(text)).strip()
+    s = "" if text is None else str(text)
+    if s.isprintable():  # no tab or newline either
+        return s.strip()
+    return _LINE_BREAKS.sub(" ", clean_block(s)).strip()
