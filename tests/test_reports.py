@@ -606,19 +606,64 @@ def test_html_500_nodes() -> None:
     assert page_problems(html) == []
     overview = html[html.index('id="overview"'):html.index('id="not-checked"')]
     rows = re.findall(r'<tr id="n-(\d+)" class="state-(\w+)">', overview)
-    assert len(rows) == 500
     states = [s for _, s in rows]
+    # Every node that needs someone keeps its row, the ones nobody can reach first.
     assert states[:2] == ["unreachable", "unreachable"]
-    assert set(states[2:33]) == {"affected"}  # 30 + 1 nodes named by findings
-    assert set(states[33:]) == {"healthy"}
-    healthy_at = overview.index('<details class="healthy">')  # collapsed: no `open`
-    assert overview.index('class="state-healthy"') > healthy_at
-    assert "467 healthy nodes" in overview
-    assert len(html) < 1_500_000
+    assert states[2:] == ["affected"] * 31  # 30 + 1 nodes named by findings
+    # The 467 healthy ones are counted and named, and the page says where their rows are.
+    assert "467 healthy nodes are counted here, not given rows" in overview
+    assert "Their rows are in the JSON report, bundles/2026-11-22T031208/report.json." in overview
+    names = re.search(r'<p class="names">([^<]*)</p>', overview).group(1).split(", ")
+    assert len(names) == 467 and names[0] == "worker-0001"
+    assert len(html) < 300_000
     # A finding on 30 nodes names 20 and folds the rest; so does its evidence beyond 10 rows.
     article = finding_articles(html)[0]
     assert "<details><summary>+10 more</summary>" in article
     assert "<details><summary>20 more evidence items</summary>" in article
+
+
+def test_html_5000_nodes_shows_every_broken_node_and_counts_the_healthy() -> None:
+    report = big_report(5000)
+    report["nodes"][4200]["errors"] = ["sudo: a password is required"]
+    # Evidence gathered on a healthy node: it has no row to link to, so its name stays as text.
+    report["findings"][2]["evidence"][0]["node"] = "worker-0007"
+    html = render_html(report)
+    assert page_problems(html) == []  # no link points at a row that was folded
+    overview = html[html.index('id="overview"'):html.index('id="not-checked"')]
+    rows = re.findall(r'<tr id="n-\d+" class="state-(\w+)">\n<td>([^<]*)</td>', overview)
+    assert rows[:2] == [("unreachable", "worker-4997"), ("unreachable", "worker-4999")]
+    assert rows[2:33] == [("affected", f"worker-{i:04d}") for i in (*range(101, 131), 301)]
+    assert rows[33:] == [("partial", "worker-4201")]
+    assert "4966 healthy nodes are counted here" in overview
+    assert "worker-0007" in re.search(r'<p class="names">([^<]*)</p>', overview).group(1)
+    reject = next(a for a in finding_articles(html) if "forward-chain-reject" in a)
+    assert "<td>worker-0007</td>" in reject
+    assert len(html) < 500_000
+
+
+def test_html_groups_what_was_not_checked() -> None:
+    report = big_report(400)
+    reachable = [n["name"] for n in report["nodes"] if n["reachable"]]
+    report["not_checked"] += [
+        {"node": n, "probe": "ipvs", "status": "missing_tool", "reason": "ipvsadm: not found",
+         "blocks": "IPVS virtual servers"}
+        for n in reachable
+    ] + [
+        {"node": n, "probe": "bgp", "status": "failed", "reason": "birdc: socket refused",
+         "blocks": "BGP sessions"}
+        for n in reachable[:25]
+    ]
+    html = render_html(report)
+    assert page_problems(html) == []
+    section = html[html.index('id="not-checked"'):html.index('id="run"')]
+    rows = re.findall(r"<tr>\n<td>(.*?)</td>\n<td><code>(.*?)</code>", section, re.S)
+    assert [probe for _, probe in rows] == ["*", "ipvs", "bgp"]  # unreachable nodes first
+    unreachable, everyone, some = (cell for cell, _ in rows)
+    assert re.findall(r">(worker-\d+)</a>", unreachable) == ["worker-0397", "worker-0399"]
+    assert everyone == "all 398 reachable nodes"
+    # A group that is not everyone names every one of its nodes: 20, then 5 folded.
+    assert re.findall(r">(worker-\d+)</a>", some) == reachable[:25]
+    assert "<details><summary>+5 more</summary>" in some
 
 
 def test_html_zh_cn() -> None:

@@ -79,6 +79,17 @@ _EN: dict[str, str | tuple[str, str]] = {
     "changes_state_note": "Changes the node. Review before running; kubenetdiag never runs it.",
     "healthy_nodes": ("{n} healthy node", "{n} healthy nodes"),
     "print_expand": "Healthy nodes are collapsed: expand the list before printing to include it.",
+    "healthy_folded": (
+        "{n} healthy node is counted here, not given a row: every probe ran on it and no rule "
+        "found a problem.",
+        "{n} healthy nodes are counted here, not given rows: every probe ran on them and no rule "
+        "found a problem.",
+    ),
+    "healthy_rows_in": "Their rows are in the JSON report, {path}.",
+    "healthy_rows_json": (
+        "Their rows are in the JSON report (--format json, or --report FILE.json)."
+    ),
+    "every_reachable_node": ("the {n} reachable node", "all {n} reachable nodes"),
     "node_unreachable": "unreachable",
     "node_affected": "affected",
     "node_partial": "partly checked",
@@ -221,6 +232,10 @@ _ZH: dict[str, str | tuple[str, str]] = {
     "changes_state_note": "会修改节点状态。执行前请先确认；kubenetdiag 不会自动执行。",
     "healthy_nodes": "{n} 个健康节点",
     "print_expand": "健康节点已折叠：打印前请先展开列表。",
+    "healthy_folded": "{n} 个健康节点在此只计数、不逐行列出：所有探测都已运行，没有规则发现问题。",
+    "healthy_rows_in": "它们的逐行信息在 JSON 报告中：{path}。",
+    "healthy_rows_json": "它们的逐行信息在 JSON 报告中（--format json 或 --report FILE.json）。",
+    "every_reachable_node": "全部 {n} 个可达节点",
     "node_unreachable": "不可达",
     "node_affected": "受影响",
     "node_partial": "部分检查",

@@ -7,6 +7,7 @@ ever receive strings that have already been stripped of control characters.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,6 +30,11 @@ BANNER_NODES = 5  # node names shown per root cause in the verdict before "+N mo
 FINDING_NODES = 20  # node names shown per finding before the rest is folded
 EVIDENCE_SHOWN = 10  # evidence rows shown per finding before the rest is folded
 HEALTHY_OPEN = 10  # the healthy-node list starts expanded up to this many nodes
+# Healthy nodes keep their own rows up to this many (the heatmap folds at the same size). Above
+# it the HTML gives their count and names, and their rows stay in the JSON report: 5,000 rows
+# saying "healthy" bury the few that need someone.
+HEALTHY_ROWS_MAX = 60
+NOT_CHECKED_FLAT = 50  # not-checked entries the Markdown lists one by one
 
 
 @dataclass
@@ -118,6 +124,28 @@ class NotCheckedView:
 
 
 @dataclass
+class NotCheckedGroup:
+    """One probe that could not run for one reason, with every node it could not run on: the
+    same missing tool on 5,000 nodes is one row, not 5,000."""
+
+    probe: str
+    status: str
+    reason: str
+    blocks: str
+    nodes: list[Link]  # empty when every_reachable says it more briefly
+    count: int
+    every_reachable: bool  # the group is exactly the set of reachable nodes
+
+    @property
+    def nodes_head(self) -> list[Link]:
+        return self.nodes[:FINDING_NODES]
+
+    @property
+    def nodes_tail(self) -> list[Link]:
+        return self.nodes[FINDING_NODES:]
+
+
+@dataclass
 class Verdict:
     level: str  # critical, error, warning, info, ok, partial, unknown: the banner's colour
     headline: str
@@ -137,10 +165,15 @@ class ReportView:
     findings: list[FindingView]
     root_causes: list[FindingView]
     consequences: list[FindingView]
-    nodes_first: list[NodeView]
-    nodes_healthy: list[NodeView]
+    nodes_first: list[NodeView]  # every node that is not healthy, each with its row
+    nodes_healthy: list[NodeView]  # healthy rows, none when healthy_folded
+    healthy_count: int
+    healthy_folded: bool  # too many healthy nodes for rows: count and names only
+    healthy_names: list[str]  # when folded
+    healthy_where: str  # where the folded rows are
     healthy_open: bool
-    not_checked: list[NotCheckedView]
+    not_checked: list[NotCheckedView]  # the first NOT_CHECKED_FLAT entries, one by one
+    not_checked_groups: list[NotCheckedGroup]  # every entry, grouped
     meta: list[tuple[str, str]]
     connectivity: ConnectivityView
     counts: dict[str, int] = field(default_factory=dict)
@@ -207,10 +240,38 @@ def build_view(report: dict, lang: str = "en", *, validated: bool = False) -> Re
         validate_report(report)
     ui = UI(lang)
 
-    node_anchor = {n["name"]: f"n-{i}" for i, n in enumerate(report["nodes"], 1)}
+    # Node states come first: whether a node keeps its row decides whether links to it exist.
+    affected = {n for f in report["findings"] for n in f["nodes"]}
+    partial = {c["node"] for c in report["not_checked"]}
+    states: dict[str, str] = {}
+    for n in report["nodes"]:
+        if not n["reachable"]:
+            state = "unreachable"
+        elif n["name"] in affected:
+            state = "affected"
+        elif n["errors"] or n["name"] in partial:
+            state = "partial"
+        else:
+            state = "healthy"
+        states[n["name"]] = state
+    healthy_count = sum(1 for s in states.values() if s == "healthy")
+    healthy_folded = healthy_count > HEALTHY_ROWS_MAX
+
+    # Anchors number nodes in inventory order whether or not they have a row, so a node's
+    # anchor does not depend on how many others are healthy.
+    node_anchor = {
+        n["name"]: f"n-{i}"
+        for i, n in enumerate(report["nodes"], 1)
+        if not (healthy_folded and states[n["name"]] == "healthy")
+    }
+    links: dict[str, Link] = {}
 
     def node_link(name: str) -> Link:
-        return Link(clean_line(name), node_anchor.get(name))
+        # Memoised: the same few thousand names come back in evidence and not-checked entries.
+        got = links.get(name)
+        if got is None:
+            got = links[name] = Link(clean_line(name), node_anchor.get(name))
+        return got
 
     ordered = sorted(
         report["findings"],
@@ -296,18 +357,13 @@ def build_view(report: dict, lang: str = "en", *, validated: bool = False) -> Re
     info_only = [f for f in findings if f.role != "root" and f.severity == "info"]
 
     # Nodes: the ones that need attention first, in inventory order within each group.
-    affected = {n for f in report["findings"] for n in f["nodes"]}
-    partial = {c["node"] for c in report["not_checked"]}
     node_views = []
+    healthy_names = []
     for n in report["nodes"]:
-        if not n["reachable"]:
-            state = "unreachable"
-        elif n["name"] in affected:
-            state = "affected"
-        elif n["errors"] or n["name"] in partial:
-            state = "partial"
-        else:
-            state = "healthy"
+        state = states[n["name"]]
+        if state == "healthy" and healthy_folded:
+            healthy_names.append(clean_line(n["name"]))
+            continue
         node_views.append(
             NodeView(
                 name=clean_line(n["name"]),
@@ -326,6 +382,10 @@ def build_view(report: dict, lang: str = "en", *, validated: bool = False) -> Re
     first = [v for v in node_views if v.state != "healthy"]
 
     unreachable_names = {n["name"] for n in report["nodes"] if not n["reachable"]}
+    # Unreachable nodes first, like the nodes table, so the two read the same way.
+    not_checked_sorted = sorted(
+        report["not_checked"], key=lambda c: (c["node"] not in unreachable_names,)
+    )
     not_checked = [
         NotCheckedView(
             node=node_link(c["node"]),
@@ -334,12 +394,10 @@ def build_view(report: dict, lang: str = "en", *, validated: bool = False) -> Re
             reason=clean_block(c["reason"]).strip(),
             blocks=clean_block(c["blocks"]).strip(),
         )
-        for c in sorted(
-            report["not_checked"],
-            # Unreachable nodes first, like the nodes table, so the two read the same way.
-            key=lambda c: (c["node"] not in unreachable_names,),
-        )
+        for c in not_checked_sorted[:NOT_CHECKED_FLAT]
     ]
+    reachable_names = {n["name"] for n in report["nodes"] if n["reachable"]}
+    not_checked_groups = _group_not_checked(not_checked_sorted, reachable_names, node_link)
     probes_unrun = sum(1 for c in report["not_checked"] if c["node"] not in unreachable_names)
 
     verdict = _verdict(
@@ -401,8 +459,17 @@ def build_view(report: dict, lang: str = "en", *, validated: bool = False) -> Re
         consequences=consequences,
         nodes_first=first,
         nodes_healthy=healthy,
-        healthy_open=len(healthy) <= HEALTHY_OPEN,
+        healthy_count=healthy_count,
+        healthy_folded=healthy_folded,
+        healthy_names=healthy_names,
+        healthy_where=(
+            ui("healthy_rows_in", path=f"{clean_line(run['bundle'])}/report.json")
+            if run["bundle"]
+            else ui("healthy_rows_json")
+        ),
+        healthy_open=healthy_count <= HEALTHY_OPEN,
         not_checked=not_checked,
+        not_checked_groups=not_checked_groups,
         meta=meta,
         connectivity=build_connectivity(
             report.get("connectivity"),
@@ -413,6 +480,32 @@ def build_view(report: dict, lang: str = "en", *, validated: bool = False) -> Re
         counts=counts,
         bundle=clean_line(run["bundle"]) if run["bundle"] else "",
     )
+
+
+def _group_not_checked(
+    entries: list[dict], reachable: set[str], node_link: Callable[[str], Link]
+) -> list[NotCheckedGroup]:
+    groups: dict[tuple, list[str]] = {}
+    for c in entries:
+        key = (c["probe"], c["status"], c["reason"], c["blocks"])
+        groups.setdefault(key, []).append(c["node"])
+    out = []
+    for (probe, status, reason, blocks), names in groups.items():
+        names = list(dict.fromkeys(names))
+        # Naming every node is only shorter than "all N reachable nodes" in a small cluster.
+        every = len(names) > FINDING_NODES and set(names) == reachable
+        out.append(
+            NotCheckedGroup(
+                probe=clean_line(probe),
+                status=clean_line(status),
+                reason=clean_block(reason).strip(),
+                blocks=clean_block(blocks).strip(),
+                nodes=[] if every else [node_link(n) for n in names],
+                count=len(names),
+                every_reachable=every,
+            )
+        )
+    return out
 
 
 def _verdict(
