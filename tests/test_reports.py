@@ -666,6 +666,31 @@ def test_html_groups_what_was_not_checked() -> None:
     assert "<details><summary>+5 more</summary>" in some
 
 
+def test_html_folds_nodes_partly_checked_only_like_every_node() -> None:
+    """ipvsadm missing on every node makes every node 'partly checked'; the overview still
+    shows only the nodes that differ, and says what the others are."""
+    report = big_report(400)
+    reachable = [n["name"] for n in report["nodes"] if n["reachable"]]
+    report["not_checked"] += [
+        {"node": n, "probe": "ipvs", "status": "missing_tool", "reason": "ipvsadm: not found",
+         "blocks": "IPVS virtual servers"}
+        for n in reachable
+    ] + [{"node": "worker-0042", "probe": "bgp", "status": "failed",
+          "reason": "birdc: socket refused", "blocks": "BGP sessions"}]
+    html = render_html(report)
+    assert page_problems(html) == []
+    overview = html[html.index('id="overview"'):html.index('id="not-checked"')]
+    rows = re.findall(r'<tr id="n-\d+" class="state-(\w+)">\n<td>([^<]*)</td>', overview)
+    assert [s for s, _ in rows] == ["unreachable"] * 2 + ["affected"] * 31 + ["partial"]
+    assert rows[-1] == ("partial", "worker-0042")  # a gap of its own: it keeps its row
+    assert ("366 nodes are counted here, not given rows: they are only partly checked where "
+            "every reachable node is (see Not checked)") in overview
+    names = re.search(r'<details class="partial">\n<summary>366 partly checked nodes</summary>'
+                      r'\n<p class="names">([^<]*)</p>', overview).group(1).split(", ")
+    assert len(names) == 366 and "worker-0001" in names and "worker-0042" not in names
+    assert "healthy" not in overview  # partly checked is unknown, never healthy
+
+
 def test_html_zh_cn() -> None:
     html = render_html(two_causes_report(), lang="zh-CN")
     assert '<html lang="zh-CN">' in html

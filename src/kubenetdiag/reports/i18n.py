@@ -85,10 +85,15 @@ _EN: dict[str, str | tuple[str, str]] = {
         "{n} healthy nodes are counted here, not given rows: every probe ran on them and no rule "
         "found a problem.",
     ),
-    "healthy_rows_in": "Their rows are in the JSON report, {path}.",
-    "healthy_rows_json": (
-        "Their rows are in the JSON report (--format json, or --report FILE.json)."
+    "partial_folded": (
+        "{n} node is counted here, not given a row: it is only partly checked where every "
+        "reachable node is (see Not checked), and no rule found a problem on it.",
+        "{n} nodes are counted here, not given rows: they are only partly checked where every "
+        "reachable node is (see Not checked), and no rule found a problem on them.",
     ),
+    "partial_nodes": ("{n} partly checked node", "{n} partly checked nodes"),
+    "rows_in": "Their rows are in the JSON report, {path}.",
+    "rows_json": "Their rows are in the JSON report (--format json, or --report FILE.json).",
     "every_reachable_node": ("the {n} reachable node", "all {n} reachable nodes"),
     "node_unreachable": "unreachable",
     "node_affected": "affected",
@@ -233,8 +238,13 @@ _ZH: dict[str, str | tuple[str, str]] = {
     "healthy_nodes": "{n} 个健康节点",
     "print_expand": "健康节点已折叠：打印前请先展开列表。",
     "healthy_folded": "{n} 个健康节点在此只计数、不逐行列出：所有探测都已运行，没有规则发现问题。",
-    "healthy_rows_in": "它们的逐行信息在 JSON 报告中：{path}。",
-    "healthy_rows_json": "它们的逐行信息在 JSON 报告中（--format json 或 --report FILE.json）。",
+    "partial_folded": (
+        "{n} 个节点在此只计数、不逐行列出：它们只在所有可达节点都未能检查的项目上缺少检查"
+        "（见未检查项），且没有规则发现问题。"
+    ),
+    "partial_nodes": "{n} 个部分检查的节点",
+    "rows_in": "它们的逐行信息在 JSON 报告中：{path}。",
+    "rows_json": "它们的逐行信息在 JSON 报告中（--format json 或 --report FILE.json）。",
     "every_reachable_node": "全部 {n} 个可达节点",
     "node_unreachable": "不可达",
     "node_affected": "受影响",

@@ -170,7 +170,9 @@ class ReportView:
     healthy_count: int
     healthy_folded: bool  # too many healthy nodes for rows: count and names only
     healthy_names: list[str]  # when folded
-    healthy_where: str  # where the folded rows are
+    partial_folded: bool  # partly checked only where every node is: count and names only
+    partial_names: list[str]  # when folded
+    rows_where: str  # where the folded rows are
     healthy_open: bool
     not_checked: list[NotCheckedView]  # the first NOT_CHECKED_FLAT entries, one by one
     not_checked_groups: list[NotCheckedGroup]  # every entry, grouped
@@ -256,13 +258,22 @@ def build_view(report: dict, lang: str = "en", *, validated: bool = False) -> Re
         states[n["name"]] = state
     healthy_count = sum(1 for s in states.values() if s == "healthy")
     healthy_folded = healthy_count > HEALTHY_ROWS_MAX
+    # A probe that ran on no reachable node (a tool missing everywhere) makes every node
+    # "partly checked", and healthy rows would never fold. A node whose only gaps are such
+    # cluster-wide ones differs in nothing that Not checked does not already say for all of
+    # them: above the same size these are counted and named too, as partly checked.
+    like_all = _partial_like_all(report, states)
+    like_all_folded = len(like_all) > HEALTHY_ROWS_MAX
+    folded = (like_all if like_all_folded else set()) | (
+        {name for name, s in states.items() if s == "healthy"} if healthy_folded else set()
+    )
 
     # Anchors number nodes in inventory order whether or not they have a row, so a node's
-    # anchor does not depend on how many others are healthy.
+    # anchor does not depend on how many others were folded.
     node_anchor = {
         n["name"]: f"n-{i}"
         for i, n in enumerate(report["nodes"], 1)
-        if not (healthy_folded and states[n["name"]] == "healthy")
+        if n["name"] not in folded
     }
     links: dict[str, Link] = {}
 
@@ -358,11 +369,11 @@ def build_view(report: dict, lang: str = "en", *, validated: bool = False) -> Re
 
     # Nodes: the ones that need attention first, in inventory order within each group.
     node_views = []
-    healthy_names = []
+    healthy_names, like_all_names = [], []
     for n in report["nodes"]:
         state = states[n["name"]]
-        if state == "healthy" and healthy_folded:
-            healthy_names.append(clean_line(n["name"]))
+        if n["name"] in folded:
+            (healthy_names if state == "healthy" else like_all_names).append(clean_line(n["name"]))
             continue
         node_views.append(
             NodeView(
@@ -462,10 +473,12 @@ def build_view(report: dict, lang: str = "en", *, validated: bool = False) -> Re
         healthy_count=healthy_count,
         healthy_folded=healthy_folded,
         healthy_names=healthy_names,
-        healthy_where=(
-            ui("healthy_rows_in", path=f"{clean_line(run['bundle'])}/report.json")
+        partial_folded=like_all_folded,
+        partial_names=like_all_names,
+        rows_where=(
+            ui("rows_in", path=f"{clean_line(run['bundle'])}/report.json")
             if run["bundle"]
-            else ui("healthy_rows_json")
+            else ui("rows_json")
         ),
         healthy_open=healthy_count <= HEALTHY_OPEN,
         not_checked=not_checked,
@@ -480,6 +493,26 @@ def build_view(report: dict, lang: str = "en", *, validated: bool = False) -> Re
         counts=counts,
         bundle=clean_line(run["bundle"]) if run["bundle"] else "",
     )
+
+
+def _partial_like_all(report: dict, states: dict[str, str]) -> set[str]:
+    """Partly checked nodes with no error whose every not-checked entry (probe, status, reason,
+    what it blocks) is one that every reachable node has."""
+    reachable = {n["name"] for n in report["nodes"] if n["reachable"]}
+    gaps: dict[str, set[tuple]] = {}
+    for c in report["not_checked"]:
+        gaps.setdefault(c["node"], set()).add((c["probe"], c["status"], c["reason"], c["blocks"]))
+    holders: dict[tuple, int] = {}
+    for name, keys in gaps.items():
+        if name in reachable:
+            for k in keys:
+                holders[k] = holders.get(k, 0) + 1
+    everywhere = {k for k, count in holders.items() if count == len(reachable)}
+    return {
+        n["name"]
+        for n in report["nodes"]
+        if states[n["name"]] == "partial" and not n["errors"] and gaps[n["name"]] <= everywhere
+    }
 
 
 def _group_not_checked(
