@@ -6,6 +6,8 @@ sshd running?"), never a traceback, and never stops the other nodes.
 
 from __future__ import annotations
 
+import hmac
+import os
 import random
 import select
 import shlex
@@ -36,46 +38,82 @@ class SshOptions:
 class HostKeyStore:
     """known_hosts files shared by all worker threads.
 
-    paramiko's AutoAddPolicy rewrites the file once per host and races between threads, so new
-    keys (only when the user opted in) go into one in-memory set under a lock and each file is
-    saved once, at the end of the run.
+    Each file is read once and indexed by host name: paramiko's HostKeys scans every entry on
+    each lookup (and on each line it loads), which is quadratic in the number of nodes. Hashed
+    names (HashKnownHosts) cannot be indexed and are matched one entry at a time, as OpenSSH
+    does. New keys (only when the user opted in) are appended at the end of the run, once per
+    file, as OpenSSH appends them: the user's comments and other lines stay as they were.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._keys: dict[str, paramiko.HostKeys] = {}
-        self._dirty: set[str] = set()
+        self._plain: dict[str, dict[str, dict[str, paramiko.PKey]]] = {}
+        self._hashed: dict[str, list[paramiko.hostkeys.HostKeyEntry]] = {}
+        self._new: dict[str, list[tuple[str, paramiko.PKey]]] = {}
 
-    def keys_for(self, path: str) -> paramiko.HostKeys:
-        with self._lock:
-            if path not in self._keys:
-                hk = paramiko.HostKeys()
-                if Path(path).exists():
-                    try:
-                        hk.load(path)
-                    except (OSError, paramiko.SSHException) as exc:
-                        raise CollectError(f"cannot read known_hosts file {path}: {exc}") from None
-                self._keys[path] = hk
-            return self._keys[path]
+    def _load(self, path: str) -> None:
+        plain: dict[str, dict[str, paramiko.PKey]] = {}
+        hashed: list[paramiko.hostkeys.HostKeyEntry] = []
+        try:
+            text = Path(path).read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            text = ""
+        except OSError as exc:
+            raise CollectError(f"cannot read known_hosts file {path}: {exc}") from None
+        for lineno, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            # '@cert-authority' and '@revoked' lines are not understood by paramiko either
+            if not line or line.startswith(("#", "@")):
+                continue
+            try:
+                entry = paramiko.hostkeys.HostKeyEntry.from_line(line, lineno)
+            except (paramiko.SSHException, paramiko.hostkeys.InvalidHostKey, ValueError):
+                entry = None  # a damaged line: skipped, as OpenSSH skips it
+            if entry is None or entry.key is None:
+                continue
+            if any(h.startswith("|1|") for h in entry.hostnames):
+                hashed.append(entry)
+            for name in entry.hostnames:
+                if not name.startswith("|1|"):
+                    plain.setdefault(name, {}).setdefault(entry.key.get_name(), entry.key)
+        self._plain[path], self._hashed[path] = plain, hashed
 
     def lookup(self, path: str, hostname: str) -> dict[str, paramiko.PKey]:
-        hk = self.keys_for(path)
         with self._lock:
-            return dict(hk.lookup(hostname) or {})
+            if path not in self._plain:
+                self._load(path)
+            found = dict(self._plain[path].get(hostname, {}))
+            hashed = self._hashed[path]
+        for entry in hashed:
+            if entry.key.get_name() in found:
+                continue
+            for h in entry.hostnames:
+                if h.startswith("|1|") and hmac.compare_digest(
+                    paramiko.HostKeys.hash_host(hostname, h), h
+                ):
+                    found[entry.key.get_name()] = entry.key
+                    break
+        return found
 
     def add(self, path: str, hostname: str, key: paramiko.PKey) -> None:
         with self._lock:
-            self._keys[path].add(hostname, key.get_name(), key)
-            self._dirty.add(path)
+            self._plain.setdefault(path, {}).setdefault(hostname, {})[key.get_name()] = key
+            self._new.setdefault(path, []).append((hostname, key))
 
     def save(self) -> list[str]:
-        """Write the files that gained keys; return their paths."""
+        """Append the keys first seen in this run; return the files that gained keys."""
         with self._lock:
-            for path in sorted(self._dirty):
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-                self._keys[path].save(path)
-            saved, self._dirty = sorted(self._dirty), set()
-        return saved
+            new, self._new = self._new, {}
+        for path, keys in sorted(new.items()):
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            lines = "".join(f"{h} {k.get_name()} {k.get_base64()}\n" for h, k in keys)
+            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "a", encoding="utf-8") as f:
+                if f.tell() > 0 and not target.read_bytes().endswith(b"\n"):
+                    f.write("\n")
+                f.write(lines)
+        return sorted(new)
 
 
 class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
@@ -120,8 +158,47 @@ def _tcp(host: Host, opts: SshOptions) -> socket.socket:
         raise CollectError(f"cannot connect to {where}: {exc.strerror or exc}") from None
 
 
+# AES-GCM first: its tag is checked inside `cryptography`, where paramiko checks every
+# HMAC-SHA2 tag with a byte-by-byte Python loop, which was about a quarter of the collector's
+# CPU per node. The other ciphers stay behind it for sshd builds without GCM (before 6.2).
+_GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def _transport(sock, disabled_algorithms=None) -> paramiko.Transport:  # noqa: ANN001
+    t = paramiko.Transport(sock, disabled_algorithms=disabled_algorithms)
+    sec = t.get_security_options()
+    offered = tuple(sec.ciphers)
+    sec.ciphers = tuple(c for c in _GCM if c in offered) + tuple(
+        c for c in offered if c not in _GCM
+    )
+    return t
+
+
+class KeyCache:
+    """Private keys read once per run, not once per node (paramiko tries every key class in
+    turn on each connect). A key it cannot read alone (passphrase, unknown type) is left to
+    paramiko, whose error message names the problem."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: dict[str, paramiko.PKey | None] = {}
+
+    def get(self, path: str) -> paramiko.PKey | None:
+        with self._lock:
+            if path not in self._keys:
+                try:
+                    self._keys[path] = paramiko.PKey.from_path(path)
+                except (OSError, paramiko.SSHException, ValueError):
+                    self._keys[path] = None
+            return self._keys[path]
+
+
 def _connect(
-    host: Host, opts: SshOptions, store: HostKeyStore, jumps: JumpHosts | None = None
+    host: Host,
+    opts: SshOptions,
+    store: HostKeyStore,
+    jumps: JumpHosts | None = None,
+    keys: KeyCache | None = None,
 ) -> paramiko.SSHClient:
     path = known_hosts_path(host, opts)
     client = paramiko.SSHClient()
@@ -135,13 +212,15 @@ def _connect(
     )
     where = f"{host.address}:{host.port}"
     sock = jumps.channel(host) if host.proxy_jump and jumps else _tcp(host, opts)
+    pkey = keys.get(host.key_file) if keys and host.key_file else None
     try:
         client.connect(
             host.address,
             port=host.port,
             username=host.user,
             password=host.password,
-            key_filename=host.key_file,
+            pkey=pkey,
+            key_filename=None if pkey else host.key_file,
             look_for_keys=host.key_file is None,
             allow_agent=True,
             sock=sock,
@@ -149,6 +228,7 @@ def _connect(
             banner_timeout=opts.connect_timeout,
             auth_timeout=opts.connect_timeout,
             channel_timeout=opts.connect_timeout,
+            transport_factory=_transport,
         )
     except CollectError:
         client.close()
@@ -214,8 +294,8 @@ class JumpHosts:
     bastion login per node would cost a handshake each and trip the bastion's MaxStartups.
     """
 
-    def __init__(self, opts: SshOptions, store: HostKeyStore) -> None:
-        self.opts, self.store = opts, store
+    def __init__(self, opts: SshOptions, store: HostKeyStore, keys: KeyCache) -> None:
+        self.opts, self.store, self.keys = opts, store, keys
         self._lock = threading.Lock()
         self._clients: dict[str, paramiko.SSHClient] = {}
 
@@ -236,7 +316,7 @@ class JumpHosts:
                     strict_host_key=host.strict_host_key,
                 )
                 try:
-                    client = _connect(jump, self.opts, self.store)
+                    client = _connect(jump, self.opts, self.store, keys=self.keys)
                 except CollectError as exc:
                     raise CollectError(f"via jump host {spec}: {exc}") from None
                 self._clients[spec] = client
@@ -272,7 +352,8 @@ class Connector:
         self.opts = opts
         self.keep = keep
         self.store = HostKeyStore()
-        self.jumps = JumpHosts(opts, self.store)
+        self.keys = KeyCache()
+        self.jumps = JumpHosts(opts, self.store, self.keys)
         self._lock = threading.Lock()
         self._clients: dict[str, paramiko.SSHClient] = {}
 
@@ -285,7 +366,7 @@ class Connector:
         attempt = 0
         while True:
             try:
-                client = _connect(host, self.opts, self.store, self.jumps)
+                client = _connect(host, self.opts, self.store, self.jumps, self.keys)
                 break
             except _Retryable:
                 attempt += 1
