@@ -26,25 +26,34 @@ _PREAMBLE = r"""# kubenetdiag node probe: read-only
 export LC_ALL=C
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 M='{marker}'
-# /proc/uptime is read by the shell itself: no fork, 10 ms resolution, works on busybox
+# /proc/uptime is read by the shell itself, into a variable: no fork, 10 ms resolution, works
+# on busybox. A $(...) around it would fork a subshell twice per probe.
 __knd_cs() {{
-  read __u __i </proc/uptime; __w=${{__u%.*}}; __f=${{__u#*.}}; echo $((__w*100+1${{__f}}-100))
+  read __u __i </proc/uptime; __w=${{__u%.*}}; __f=${{__u#*.}}; __cs=$((__w*100+1${{__f}}-100))
 }}
 if command -v timeout >/dev/null 2>&1; then __knd_to=1; else __knd_to=; fi
+# A probe's stdout is gathered and printed in one write: `nft list ruleset` alone writes each
+# line on its own, and every small write can become one SSH packet for the collector to decrypt
+# and parse. $(...) drops trailing newlines, so the probe's shell prints a sentinel as it exits
+# (the EXIT trap also runs after the probe's own `exit`) and only that is cut off again. The
+# begin marker goes out first, so a probe cut off by the script's deadline still shows it began.
 __knd_run() {{
   printf '%s:begin:%s\n' "$M" "$1"; printf '%s:begin:%s\n' "$M" "$1" >&2
-  __s=$(__knd_cs); __r=0
+  __knd_cs; __s=$__cs; __r=0; __o=
   for __t in $3; do
     command -v "$__t" >/dev/null 2>&1 ||
       {{ echo "kubenetdiag: $__t: command not found" >&2; __r=127; }}
   done
   if [ "$__r" -eq 0 ]; then
-    if [ -n "$__knd_to" ]; then timeout -k 2 "$2" sh -c "$4" </dev/null
-    else sh -c "$4" </dev/null; fi
+    if [ -n "$__knd_to" ]; then __o=$(timeout -k 2 "$2" sh -c "trap 'printf @knd-eof' EXIT
+$4" </dev/null)
+    else __o=$(sh -c "trap 'printf @knd-eof' EXIT
+$4" </dev/null); fi
     __r=$?
+    __o=${{__o%@knd-eof}}
   fi
-  __e=$(__knd_cs)
-  printf '\n%s:end:%s:%s:%s\n' "$M" "$1" "$__r" "$((__e-__s))"
+  __knd_cs
+  printf '%s\n%s:end:%s:%s:%s\n' "$__o" "$M" "$1" "$__r" "$((__cs-__s))"
   printf '\n%s:end:%s\n' "$M" "$1" >&2
 }}
 """
@@ -105,31 +114,40 @@ def split_output(
     return sections
 
 
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_STATUS = re.compile(r"(-?[0-9]+):(-?[0-9]+)")
+
+
 def _sections(text: str, marker: str, *, with_status: bool) -> dict:
-    begin = re.compile(rf"^{re.escape(marker)}:begin:([A-Za-z0-9_.-]+)$")
-    end = re.compile(rf"^{re.escape(marker)}:end:([A-Za-z0-9_.-]+)(?::(-?\d+):(-?\d+))?$")
+    # Marker lines are matched with plain string operations: a regex built around each node's
+    # own nonce would be compiled afresh for every node (re's cache keys on the pattern).
+    begin, end = marker + ":begin:", marker + ":end:"
     found: dict[str, tuple[str, int | None, int | None]] = {}
     current: str | None = None
     buf: list[str] = []
     for line in text.split("\n"):
         if line.startswith(marker):
-            m = begin.match(line)
-            if m:
+            if line.startswith(begin) and _NAME.fullmatch(line, len(begin)):
                 if current is not None:  # previous one never ended
                     found[current] = ("\n".join(buf), None, None)
-                current, buf = m.group(1), []
+                current, buf = line[len(begin) :], []
                 continue
-            m = end.match(line)
-            if m and m.group(1) == current:
-                # the newline the script printed before the end marker is the one split() consumed
-                body = "\n".join(buf)
-                rc = int(m.group(2)) if with_status and m.group(2) is not None else None
-                cs = int(m.group(3)) if with_status and m.group(3) is not None else None
-                found[current] = (body, rc, cs)
-                current, buf = None, []
-                continue
+            if current is not None and line.startswith(end):
+                name, _, status = line[len(end) :].partition(":")
+                m = _STATUS.fullmatch(status)
+                if name == current and (m or not status):
+                    # the newline the script printed before the end marker is the one
+                    # split() consumed
+                    body = "\n".join(buf)
+                    if with_status and m:
+                        found[current] = (body, int(m.group(1)), int(m.group(2)))
+                    else:
+                        found[current] = (body, None, None)
+                    current, buf = None, []
+                    continue
         if current is not None:
             buf.append(line)
     if current is not None:
         found[current] = ("\n".join(buf), None, None)
     return found
+
