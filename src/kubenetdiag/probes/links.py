@@ -14,9 +14,10 @@ from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.probes.base import Probe, Section
 from kubenetdiag.probes.text import clip, parts, to_int
 
+# The JSON attempt's output is kept, not thrown away and asked for again: one `ip` less.
 COMMAND = (
-    "if ip -d -j link show >/dev/null 2>&1; then "
-    "echo '##knd:link json'; ip -d -j link show; echo; "
+    "if o=$(ip -d -j link show 2>/dev/null); then "
+    "echo '##knd:link json'; printf '%s\\n' \"$o\"; echo; "
     "echo '##knd:addr json'; ip -j -4 addr show; "
     "else echo '##knd:link text'; ip -d -o link show; "
     "echo '##knd:addr text'; ip -o -4 addr show; fi"

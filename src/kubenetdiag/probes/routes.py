@@ -13,9 +13,9 @@ from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.probes.base import Probe, Section
 from kubenetdiag.probes.text import clip, parts, to_int
 
-COMMAND = (
-    "if ip -j -4 route show table all >/dev/null 2>&1; then "
-    "echo '##knd:route json'; ip -j -4 route show table all; "
+COMMAND = (  # the JSON attempt's output is kept, not asked for twice
+    "if o=$(ip -j -4 route show table all 2>/dev/null); then "
+    "echo '##knd:route json'; printf '%s\\n' \"$o\"; "
     "else echo '##knd:route text'; ip -4 route show table all; fi"
 )
 _TYPES = {"unicast", "local", "broadcast", "multicast", "blackhole", "unreachable", "prohibit",
