@@ -32,13 +32,16 @@ __knd_cs() {{
   read __u __i </proc/uptime; __w=${{__u%.*}}; __f=${{__u#*.}}; __cs=$((__w*100+1${{__f}}-100))
 }}
 if command -v timeout >/dev/null 2>&1; then __knd_to=1; else __knd_to=; fi
-# A probe's stdout is gathered and printed in one write: `nft list ruleset` alone writes each
-# line on its own, and every small write can become one SSH packet for the collector to decrypt
-# and parse. $(...) drops trailing newlines, so the probe's shell prints a sentinel as it exits
-# (the EXIT trap also runs after the probe's own `exit`) and only that is cut off again. The
-# begin marker goes out first, so a probe cut off by the script's deadline still shows it began.
-__knd_run() {{
+# Each stream gets one write per probe: its output, its end marker and the next probe's begin
+# marker together (`nft list ruleset` alone writes each line on its own, and every small write
+# can become one SSH packet for the collector to decrypt and dispatch). $(...) drops trailing
+# newlines, so the probe's shell prints a sentinel as it exits (the EXIT trap also runs after
+# the probe's own `exit`) and only that is cut off again. A probe's begin marker is out before
+# it runs, so one cut off by the script's deadline still shows it began.
+__knd_begin() {{
   printf '%s:begin:%s\n' "$M" "$1"; printf '%s:begin:%s\n' "$M" "$1" >&2
+}}
+__knd_run() {{
   __knd_cs; __s=$__cs; __r=0; __o=
   for __t in $3; do
     command -v "$__t" >/dev/null 2>&1 ||
@@ -52,10 +55,13 @@ $4" </dev/null); fi
     __r=$?
     __o=${{__o%@knd-eof}}
   fi
-  __knd_cs
-  printf '%s\n%s:end:%s:%s:%s\n' "$__o" "$M" "$1" "$__r" "$((__cs-__s))"
-  printf '\n%s:end:%s\n' "$M" "$1" >&2
+  __knd_cs; __n=
+  [ -z "$5" ] || __n="$M:begin:$5$__knd_nl"
+  printf '%s\n%s:end:%s:%s:%s\n%s' "$__o" "$M" "$1" "$__r" "$((__cs-__s))" "$__n"
+  printf '\n%s:end:%s\n%s' "$M" "$1" "$__n" >&2
 }}
+__knd_nl='
+'
 """
 
 
@@ -73,12 +79,14 @@ def build_script(probes: Sequence[Probe], marker: str) -> str:
             lines.append(
                 f"{var}=$(sh -c {shlex.quote(p.prelude)} </dev/null 2>/dev/null); export {var}"
             )
-    for p in probes:
+    if probes:
+        lines.append(f"__knd_begin {shlex.quote(probes[0].name)}")
+    for p, after in zip(probes, [*[q.name for q in probes[1:]], ""], strict=True):
         lines.append(
             "__knd_run "
             + " ".join(
                 shlex.quote(x)
-                for x in (p.name, str(int(p.timeout_s)), " ".join(p.tools), p.command)
+                for x in (p.name, str(int(p.timeout_s)), " ".join(p.tools), p.command, after)
             )
         )
     lines.append("exit 0")
