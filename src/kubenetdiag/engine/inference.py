@@ -6,7 +6,7 @@ import math
 import numbers
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -177,8 +177,8 @@ class _FactSink:
 
     clipspy's `Template.assert_fact(**slots)` looks the template up by name, allocates a value
     and encodes the slot name for every slot, and wraps each new fact in a Python object: at
-    5,000 nodes that was two thirds of the time spent asserting. The builder path calls the
-    same CLIPS functions (FBPutSlot, FBAssert) through clipspy's own cffi module; with a clipspy
+    5,000 nodes that was half of the time spent asserting. The builder path calls the same
+    CLIPS functions (FBPutSlot, FBAssert) through clipspy's own cffi module; with a clipspy
     that does not have it, the public API does the same job.
     """
 
@@ -193,7 +193,7 @@ class _FactSink:
         except (ImportError, AttributeError):
             self.lib = None
 
-    def for_template(self, template: str, slots: Sequence[str]) -> Any:
+    def for_template(self, template: str, slots: Sequence[str]) -> Callable[[Sequence[Any]], None]:
         """A function asserting one fact from its slot values, given in the order of `slots`.
         Values are exact str, int, float, bool or None (see _normalise)."""
         if self.lib is None:

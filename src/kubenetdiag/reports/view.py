@@ -165,7 +165,7 @@ class ReportView:
     findings: list[FindingView]
     root_causes: list[FindingView]
     consequences: list[FindingView]
-    nodes_first: list[NodeView]  # every node that is not healthy, each with its row
+    nodes_first: list[NodeView]  # every node that needs a look, each with its row
     nodes_healthy: list[NodeView]  # healthy rows, none when healthy_folded
     healthy_count: int
     healthy_folded: bool  # too many healthy nodes for rows: count and names only
