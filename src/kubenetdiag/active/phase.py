@@ -4,11 +4,14 @@ attach each node's result to its record (the bundle's node file keeps it under `
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from kubenetdiag.active.plan import plan
-from kubenetdiag.active.runner import ProgressFn, run_active
 from kubenetdiag.collect import ssh
 from kubenetdiag.inventory import Host
+
+if TYPE_CHECKING:
+    from kubenetdiag.active.runner import ProgressFn
 
 SKIPPED_FLAG = "active probes not run: --no-active, or `collect` without --active"
 
@@ -23,6 +26,8 @@ def run_phase(
     progress: ProgressFn | None = None,
 ) -> dict[str, dict]:
     """Plan and run; every reached node's record gains its `active` part. Returns the plans."""
+    # Imported here: the runner pulls in dnspython, which a passive-only `collect` never needs.
+    from kubenetdiag.active.runner import run_active
     from kubenetdiag.facts.parse import facts_from_records
 
     facts = facts_from_records(records, cluster)
