@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kubenetdiag.facts.parse import node_facts, section_status
@@ -122,6 +122,21 @@ def test_iptables_hostile_comment_kept_as_data():
     inp = rules(facts, "INPUT")[0]
     assert inp["comment"] == 'a "quoted" comment with <script>alert(1)</script>'
     assert inp["unconditional"] is False
+
+
+@settings(max_examples=400, deadline=None)
+@example('-A KUBE-SVC-X -m comment --comment "default/kubernetes:https cluster IP" -j KUBE-SEP-Y')
+@example('-A INPUT -m comment --comment "" -j ACCEPT')
+@given(st.text(alphabet=' \t"\'\\ab-=!\u00e9', max_size=40))
+def test_iptables_rule_words_split_as_a_shell_would(spec):
+    # the fast tokenizer must agree with shlex on every line, quotes and escapes included
+    import shlex
+
+    try:
+        expected = shlex.split(spec)
+    except ValueError:
+        expected = spec.split()
+    assert iptables._split(spec) == expected
 
 
 def test_iptables_without_counters():

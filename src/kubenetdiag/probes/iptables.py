@@ -22,7 +22,21 @@ _CHAIN = re.compile(r"^:(\S+) (\S+)(?: \[(\d+):(\d+)\])?")
 _COUNTERS = re.compile(r"^\[(\d+):(\d+)\] ")
 
 
+# The fast path covers what iptables-save prints (printable ASCII, double quotes around
+# comments, no backslashes or single quotes): for such a line the regex gives what shlex gives,
+# at a tenth of the cost (shlex reads one character at a time; it was half of all parsing).
+_PLAIN = re.compile(r"[\x20-\x7e\t]*")
+_TOKEN = re.compile(r'(?:[^ \t"]+|"[^"]*")+')
+
+
 def _split(spec: str) -> list[str]:
+    if (
+        "\\" not in spec
+        and "'" not in spec
+        and spec.count('"') % 2 == 0
+        and _PLAIN.fullmatch(spec)
+    ):
+        return [t.replace('"', "") for t in _TOKEN.findall(spec)]
     try:
         return shlex.split(spec)
     except ValueError:  # an unbalanced quote in a hostile comment: still give a best effort
