@@ -220,7 +220,9 @@ def read_cluster(path: Path) -> dict[str, Any] | None:
 
 def write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    # No indent: json's C encoder only runs without one, and facts.json is ~200 KB per node
+    # (10 MB at 50 lab nodes took 0.33 s indented, 0.08 s compact). `jq .` reads it for humans.
+    tmp.write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
     tmp.replace(path)  # a reader never sees half a file
 
 
