@@ -288,34 +288,3 @@ def test_merges_many_activations_at_scale(tmp_path):
     (f,) = infer(rs, facts)
     assert f["rule"] == "ip-forward-disabled"
     assert len(f["nodes"]) == 1000 and len(f["evidence"]) == 1000
-
-
-def test_findings_do_not_depend_on_how_facts_reach_clips(monkeypatch):
-    """Facts go into CLIPS through reusable fact builders (clipspy's cffi module) when clipspy
-    has them, else through its public Template.assert_fact: both must find the same."""
-    from kubenetdiag.bundle import read_bundle, read_cluster
-    from kubenetdiag.engine import inference
-    from kubenetdiag.facts.parse import facts_from_records
-
-    root = Path(__file__).resolve().parent.parent
-    bundles = [root / "examples" / "bundles" / "lab-three-faults",
-               *sorted(p for p in (root / "tests" / "fixtures" / "bundles").iterdir()
-                       if p.is_dir())]
-    rs = load_ruleset()
-    runs = []
-    for bundle in bundles:
-        _, records = read_bundle(bundle)
-        facts = facts_from_records(records, read_cluster(bundle))
-        runs.append((bundle.name, facts, infer(rs, facts)))
-    assert all(found for _, _, found in runs)
-
-    builders = inference._FactSink.__init__
-
-    def public_only(self, env):
-        builders(self, env)
-        assert self.lib is not None  # the fast path ran above, on this clipspy
-        self.lib = None
-
-    monkeypatch.setattr(inference._FactSink, "__init__", public_only)
-    for name, facts, found in runs:
-        assert infer(rs, facts) == found, name
