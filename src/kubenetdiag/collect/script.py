@@ -22,22 +22,25 @@ from kubenetdiag.probes.base import prelude_var
 
 OUTPUT_LIMIT = 64 * 1024 * 1024  # per node; a huge kube-proxy ruleset is ~10 MB
 
+# Why the script is written as it is (kept here, not in the script, which every node receives):
+# - __knd_cs reads /proc/uptime with the shell's own `read`, into a variable: no fork, 10 ms
+#   resolution, works on busybox. A $(...) around it would fork a subshell twice per probe.
+# - Each stream gets one write per probe: its output, its end marker and the next probe's begin
+#   marker together (`nft list ruleset` alone writes each line on its own, and every small write
+#   can become one SSH packet for the collector to decrypt and dispatch). A probe's begin marker
+#   is out before it runs, so one cut off by the script's deadline still shows it began.
+# - $(...) drops trailing newlines, so the probe's shell prints a sentinel as it exits (the EXIT
+#   trap also runs after the probe's own `exit`) and only that is cut off again.
+# - No quoted string spans two lines, and no comment has a quote in it: Ansible's argument
+#   splitter, which the benchmark feeds this same script, refuses unbalanced quotes.
 _PREAMBLE = r"""# kubenetdiag node probe: read-only
 export LC_ALL=C
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 M='{marker}'
-# /proc/uptime is read by the shell itself, into a variable: no fork, 10 ms resolution, works
-# on busybox. A $(...) around it would fork a subshell twice per probe.
 __knd_cs() {{
   read __u __i </proc/uptime; __w=${{__u%.*}}; __f=${{__u#*.}}; __cs=$((__w*100+1${{__f}}-100))
 }}
 if command -v timeout >/dev/null 2>&1; then __knd_to=1; else __knd_to=; fi
-# Each stream gets one write per probe: its output, its end marker and the next probe's begin
-# marker together (`nft list ruleset` alone writes each line on its own, and every small write
-# can become one SSH packet for the collector to decrypt and dispatch). $(...) drops trailing
-# newlines, so the probe's shell prints a sentinel as it exits (the EXIT trap also runs after
-# the probe's own `exit`) and only that is cut off again. A probe's begin marker is out before
-# it runs, so one cut off by the script's deadline still shows it began.
 __knd_begin() {{
   printf '%s:begin:%s\n' "$M" "$1"; printf '%s:begin:%s\n' "$M" "$1" >&2
 }}
@@ -48,20 +51,21 @@ __knd_run() {{
       {{ echo "kubenetdiag: $__t: command not found" >&2; __r=127; }}
   done
   if [ "$__r" -eq 0 ]; then
-    if [ -n "$__knd_to" ]; then __o=$(timeout -k 2 "$2" sh -c "trap 'printf @knd-eof' EXIT
-$4" </dev/null)
-    else __o=$(sh -c "trap 'printf @knd-eof' EXIT
-$4" </dev/null); fi
+    __c="trap 'printf @knd-eof' EXIT; $4"
+    if [ -n "$__knd_to" ]; then __o=$(timeout -k 2 "$2" sh -c "$__c" </dev/null)
+    else __o=$(sh -c "$__c" </dev/null); fi
     __r=$?
     __o=${{__o%@knd-eof}}
   fi
-  __knd_cs; __n=
-  [ -z "$5" ] || __n="$M:begin:$5$__knd_nl"
-  printf '%s\n%s:end:%s:%s:%s\n%s' "$__o" "$M" "$1" "$__r" "$((__cs-__s))" "$__n"
-  printf '\n%s:end:%s\n%s' "$M" "$1" "$__n" >&2
+  __knd_cs
+  if [ -n "$5" ]; then
+    printf '%s\n%s:end:%s:%s:%s\n%s:begin:%s\n' "$__o" "$M" "$1" "$__r" "$((__cs-__s))" "$M" "$5"
+    printf '\n%s:end:%s\n%s:begin:%s\n' "$M" "$1" "$M" "$5" >&2
+  else
+    printf '%s\n%s:end:%s:%s:%s\n' "$__o" "$M" "$1" "$__r" "$((__cs-__s))"
+    printf '\n%s:end:%s\n' "$M" "$1" >&2
+  fi
 }}
-__knd_nl='
-'
 """
 
 
