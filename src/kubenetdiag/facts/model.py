@@ -10,7 +10,9 @@ Scalar = str | int | float | bool | None
 EXCERPT_LIMIT = 2000  # characters of raw output kept with each fact as evidence
 
 
-@dataclass(frozen=True)
+# slots: a 5,000-node cluster has about a million facts, each with a Source; without a
+# per-instance __dict__ each pair is ~200 bytes smaller.
+@dataclass(frozen=True, slots=True)
 class Source:
     """Where a fact came from: probe, command, exit code, and the raw lines behind it."""
 
@@ -37,7 +39,7 @@ class Source:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class Fact:
     """`kind`, `node` (inventory name or "cluster"), typed scalar `attrs`, and `source`."""
 
