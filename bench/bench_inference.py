@@ -1,8 +1,8 @@
 """Benchmark 2: parsing, inference and rendering for synthetic clusters of 100 to 5,000 nodes.
 
-Each size runs in a fresh process so its peak memory is its own. Node records are built from
-real recorded probe outputs (tests/fixtures/probes), with a few faults planted, and go through
-the real parsers, rule base, report builder and renderers.
+Each size runs in a fresh process so its peak memory is its own. Every node carries a whole
+passive record recorded from a lab node (examples/bundles/lab-three-faults), with a few faults
+planted, and goes through the real parsers, rule base, report builder and renderers.
 
     python bench/bench_inference.py [--sizes 100,1000,5000]
 
@@ -21,65 +21,41 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FIX = ROOT / "tests" / "fixtures" / "probes"
+EXAMPLE = ROOT / "examples" / "bundles" / "lab-three-faults"
 RESULTS = ROOT / "bench" / "results"
 
 
 def node_records(n: int) -> list[dict]:
-    """n node records; node 3 has ip_forward=0, node 7 a REJECT on top of FORWARD, node 11 is
-    unreachable (when the cluster is that big)."""
-    from kubenetdiag.probes import BY_NAME
+    """n node records, each a whole passive record recorded from a lab node (all 18 probes, as
+    a real node gives: ~220 facts each); node 3 has ip_forward=0, node 7 a REJECT on top of
+    FORWARD, node 11 is unreachable (when the cluster is that big)."""
+    recorded = {
+        name: json.loads((EXAMPLE / "nodes" / f"{name}.json").read_text())
+        for name in ("node1", "node2")
+    }
 
-    sysctl_ok = (FIX / "sysctl" / "kernel-6.18-netns.txt").read_text()
-    sysctl_off = sysctl_ok.replace("net/ipv4/ip_forward:1", "net/ipv4/ip_forward:0")
-    ipt = (FIX / "iptables" / "nft-1.8.9-reject-above-accept.txt").read_text()
-    ipt_ok = ipt.replace("[0:0] -A FORWARD -j REJECT --reject-with icmp-host-prohibited\n", "")
+    def section(node: str, probe: str) -> dict:
+        return next(s for s in recorded[node]["sections"] if s["probe"] == probe)
 
-    def section(probe: str, stdout: str, stderr: str = "", rc: int = 0) -> dict:
-        return {
-            "probe": probe,
-            "command": BY_NAME[probe].command,
-            "exit_code": rc,
-            "duration_s": 0.01,
-            "stdout": stdout,
-            "stderr": stderr,
-            "truncated": False,
-        }
-
+    # In the example bundle node1 has the REJECT and node2 ip_forward=0: a healthy node is
+    # node2's record with node1's sysctls.
+    healthy = [section("node1", "sysctl") if s["probe"] == "sysctl" else s
+               for s in recorded["node2"]["sections"]]
+    forward_off = [section("node2", "sysctl") if s["probe"] == "sysctl" else s for s in healthy]
+    reject = [section("node1", "iptables") if s["probe"] == "iptables" else s for s in healthy]
     records = []
     for i in range(1, n + 1):
         name = f"node{i:05d}"
+        address = f"10.{i >> 8}.{i & 255}.1"
         if i == 11:
-            records.append(
-                {
-                    "name": name,
-                    "address": f"10.{i >> 8}.{i & 255}.1",
-                    "reachable": False,
-                    "error": "connection refused",
-                    "duration_s": 0.0,
-                    "sections": [],
-                }
-            )
+            records.append({"name": name, "address": address, "reachable": False,
+                            "error": "connection refused", "duration_s": 0.0, "sections": []})
             continue
-        records.append(
-            {
-                "name": name,
-                "address": f"10.{i >> 8}.{i & 255}.1",
-                "reachable": True,
-                "error": None,
-                "duration_s": 0.3,
-                "sections": [
-                    section("kernel", "6.18.44\n"),
-                    section(
-                        "sysctl",
-                        sysctl_off if i == 3 else sysctl_ok,
-                        "grep: net/ipv4/tcp_tw_recycle: No such file or directory\n",
-                        2,
-                    ),
-                    section("iptables", ipt if i == 7 else ipt_ok),
-                ],
-            }
-        )
+        sections = forward_off if i == 3 else reject if i == 7 else healthy
+        # a JSON round trip gives every node its own strings, as reading a bundle does
+        records.append(json.loads(json.dumps(
+            {"name": name, "address": address, "reachable": True, "error": None,
+             "duration_s": 2.1, "sections": sections})))
     return records
 
 
