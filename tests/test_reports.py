@@ -641,14 +641,19 @@ def test_html_5000_nodes_shows_every_broken_node_and_counts_the_healthy() -> Non
     assert len(html) < 500_000
 
 
-def test_html_groups_what_was_not_checked() -> None:
-    report = big_report(400)
+def ipvsadm_missing_everywhere(report: dict) -> tuple[dict, list[str]]:
     reachable = [n["name"] for n in report["nodes"] if n["reachable"]]
     report["not_checked"] += [
         {"node": n, "probe": "ipvs", "status": "missing_tool", "reason": "ipvsadm: not found",
          "blocks": "IPVS virtual servers"}
         for n in reachable
-    ] + [
+    ]
+    return report, reachable
+
+
+def test_html_groups_what_was_not_checked() -> None:
+    report, reachable = ipvsadm_missing_everywhere(big_report(400))
+    report["not_checked"] += [
         {"node": n, "probe": "bgp", "status": "failed", "reason": "birdc: socket refused",
          "blocks": "BGP sessions"}
         for n in reachable[:25]
@@ -669,14 +674,9 @@ def test_html_groups_what_was_not_checked() -> None:
 def test_html_folds_nodes_partly_checked_only_like_every_node() -> None:
     """ipvsadm missing on every node makes every node 'partly checked'; the overview still
     shows only the nodes that differ, and says what the others are."""
-    report = big_report(400)
-    reachable = [n["name"] for n in report["nodes"] if n["reachable"]]
-    report["not_checked"] += [
-        {"node": n, "probe": "ipvs", "status": "missing_tool", "reason": "ipvsadm: not found",
-         "blocks": "IPVS virtual servers"}
-        for n in reachable
-    ] + [{"node": "worker-0042", "probe": "bgp", "status": "failed",
-          "reason": "birdc: socket refused", "blocks": "BGP sessions"}]
+    report, _ = ipvsadm_missing_everywhere(big_report(400))
+    report["not_checked"].append({"node": "worker-0042", "probe": "bgp", "status": "failed",
+                                  "reason": "birdc: socket refused", "blocks": "BGP sessions"})
     html = render_html(report)
     assert page_problems(html) == []
     overview = html[html.index('id="overview"'):html.index('id="not-checked"')]

@@ -62,8 +62,22 @@ class Evidence:
     excerpt: str
 
 
+class _FoldedNodes:
+    """The first nodes shown, the rest folded: for anything with a `nodes` list of links."""
+
+    nodes: list[Link]
+
+    @property
+    def nodes_head(self) -> list[Link]:
+        return self.nodes[:FINDING_NODES]
+
+    @property
+    def nodes_tail(self) -> list[Link]:
+        return self.nodes[FINDING_NODES:]
+
+
 @dataclass
-class FindingView:
+class FindingView(_FoldedNodes):
     anchor: str
     rule: str
     fault: str
@@ -79,14 +93,6 @@ class FindingView:
     explains: list[Link]
     evidence: list[Evidence]
     remediation: list[Step]
-
-    @property
-    def nodes_head(self) -> list[Link]:
-        return self.nodes[:FINDING_NODES]
-
-    @property
-    def nodes_tail(self) -> list[Link]:
-        return self.nodes[FINDING_NODES:]
 
     @property
     def evidence_head(self) -> list[Evidence]:
@@ -124,7 +130,7 @@ class NotCheckedView:
 
 
 @dataclass
-class NotCheckedGroup:
+class NotCheckedGroup(_FoldedNodes):
     """One probe that could not run for one reason, with every node it could not run on: the
     same missing tool on 5,000 nodes is one row, not 5,000."""
 
@@ -135,14 +141,6 @@ class NotCheckedGroup:
     nodes: list[Link]  # empty when every_reachable says it more briefly
     count: int
     every_reachable: bool  # the group is exactly the set of reachable nodes
-
-    @property
-    def nodes_head(self) -> list[Link]:
-        return self.nodes[:FINDING_NODES]
-
-    @property
-    def nodes_tail(self) -> list[Link]:
-        return self.nodes[FINDING_NODES:]
 
 
 @dataclass
