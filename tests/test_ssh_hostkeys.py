@@ -4,8 +4,9 @@ that appends rather than rewrites the user's file."""
 from __future__ import annotations
 
 import paramiko
+import pytest
 
-from kubenetdiag.collect.ssh import HostKeyStore
+from kubenetdiag.collect.ssh import CollectError, HostKeyStore, _AcceptNewPolicy
 
 
 def _keys(n: int) -> list[paramiko.PKey]:
@@ -13,7 +14,7 @@ def _keys(n: int) -> list[paramiko.PKey]:
     return [paramiko.RSAKey.generate(1024) for _ in range(n)]
 
 
-def test_plain_and_hashed_names_are_found_and_markers_are_skipped(tmp_path):
+def test_plain_and_hashed_names_are_found_and_revoked_keys_are_not(tmp_path):
     a, b, c = _keys(3)
     hashed = paramiko.HostKeys.hash_host("10.0.0.2")
     path = tmp_path / "known_hosts"
@@ -21,15 +22,23 @@ def test_plain_and_hashed_names_are_found_and_markers_are_skipped(tmp_path):
         "# fleet keys\n"
         f"10.0.0.1,node1 {a.get_name()} {a.get_base64()}\n"
         f"{hashed} {b.get_name()} {b.get_base64()}\n"
-        f"@revoked 10.0.0.3 {c.get_name()} {c.get_base64()}\n"
+        f"10.0.0.3 {c.get_name()} {c.get_base64()}\n"
+        f"@revoked * {c.get_name()} {c.get_base64()}\n"
+        f"@cert-authority *.example {b.get_name()} {b.get_base64()}\n"
         "this line is not a key\n"
     )
     store = HostKeyStore()
     assert store.lookup(str(path), "10.0.0.1") == {a.get_name(): a}
     assert store.lookup(str(path), "node1") == {a.get_name(): a}
     assert store.lookup(str(path), "10.0.0.2") == {b.get_name(): b}
-    assert store.lookup(str(path), "10.0.0.3") == {}  # a revoked key is never a trusted one
+    assert store.lookup(str(path), "10.0.0.3") == {}  # listed, but revoked for every host
+    assert store.lookup(str(path), "x.example") == {}  # host certificates are not supported
     assert store.lookup(str(path), "10.0.0.9") == {}
+    # not even --accept-new-host-keys takes a revoked key
+    with pytest.raises(CollectError, match="@revoked"):
+        _AcceptNewPolicy(store, str(path)).missing_host_key(None, "10.0.0.9", c)
+    _AcceptNewPolicy(store, str(path)).missing_host_key(None, "10.0.0.9", a)
+    assert store.lookup(str(path), "10.0.0.9") == {a.get_name(): a}
 
 
 def test_accepted_keys_are_appended_once_and_the_users_lines_stay(tmp_path):

@@ -49,11 +49,13 @@ class HostKeyStore:
         self._lock = threading.Lock()
         self._plain: dict[str, dict[str, dict[str, paramiko.PKey]]] = {}
         self._hashed: dict[str, list[paramiko.hostkeys.HostKeyEntry]] = {}
+        self._revoked: dict[str, set[str]] = {}  # base64 blobs of @revoked keys
         self._new: dict[str, list[tuple[str, paramiko.PKey]]] = {}
 
     def _load(self, path: str) -> None:
         plain: dict[str, dict[str, paramiko.PKey]] = {}
         hashed: list[paramiko.hostkeys.HostKeyEntry] = []
+        revoked: set[str] = set()
         try:
             text = Path(path).read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
@@ -62,8 +64,11 @@ class HostKeyStore:
             raise CollectError(f"cannot read known_hosts file {path}: {exc}") from None
         for lineno, line in enumerate(text.splitlines(), 1):
             line = line.strip()
-            # '@cert-authority' and '@revoked' lines are not understood by paramiko either
-            if not line or line.startswith(("#", "@")):
+            marker = ""
+            if line.startswith("@"):
+                marker, _, line = line.partition(" ")
+            # host certificates (@cert-authority) are not supported: such lines trust nothing
+            if not line or line.startswith("#") or marker not in ("", "@revoked"):
                 continue
             try:
                 entry = paramiko.hostkeys.HostKeyEntry.from_line(line, lineno)
@@ -71,12 +76,26 @@ class HostKeyStore:
                 entry = None  # a damaged line: skipped, as OpenSSH skips it
             if entry is None or entry.key is None:
                 continue
+            if marker == "@revoked":
+                revoked.add(entry.key.get_base64())
+                continue
             if any(h.startswith("|1|") for h in entry.hostnames):
                 hashed.append(entry)
             for name in entry.hostnames:
                 if not name.startswith("|1|"):
                     plain.setdefault(name, {}).setdefault(entry.key.get_name(), entry.key)
-        self._plain[path], self._hashed[path] = plain, hashed
+        for keys in plain.values():
+            for name in [n for n, k in keys.items() if k.get_base64() in revoked]:
+                del keys[name]
+        hashed = [e for e in hashed if e.key.get_base64() not in revoked]
+        self._plain[path], self._hashed[path], self._revoked[path] = plain, hashed, revoked
+
+    def revoked(self, path: str, key: paramiko.PKey) -> bool:
+        """The key is marked @revoked in the file: never to be trusted, not even as new."""
+        with self._lock:
+            if path not in self._plain:
+                self._load(path)
+            return key.get_base64() in self._revoked[path]
 
     def lookup(self, path: str, hostname: str) -> dict[str, paramiko.PKey]:
         with self._lock:
@@ -123,6 +142,10 @@ class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
         self.store, self.path = store, path
 
     def missing_host_key(self, client, hostname, key):  # noqa: ANN001 (paramiko's signature)
+        if self.store.revoked(self.path, key):
+            raise CollectError(
+                f"host key of {hostname} is marked @revoked in {self.path}: refusing it"
+            )
         self.store.add(self.path, hostname, key)
 
 
