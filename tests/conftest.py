@@ -28,20 +28,17 @@ def lab_requirements() -> None:
 def lab(lab_requirements: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """A 2-node lab shared by the whole session, healthy at the start of every test that
     leaves it healed (inject inside `with lab.injected(...)` or heal in a finally)."""
-    instance = Lab(tmp_path_factory.mktemp("lab"), nodes=2, prefix=SESSION_LAB_PREFIX)
-    # A crashed earlier session may have left namespaces (and sshd) with this prefix.
-    instance.down()
-    try:
-        instance.up()
-        yield instance
-    finally:
-        instance.down()
+    yield from _fresh_lab(Lab(tmp_path_factory.mktemp("lab"), nodes=2, prefix=SESSION_LAB_PREFIX))
 
 
 def _mode_lab(tmp_path_factory: pytest.TempPathFactory, cni_mode: str, suffix: str
               ) -> Iterator[Lab]:
-    instance = Lab(tmp_path_factory.mktemp(f"lab-{suffix}"), nodes=2,
-                   prefix=f"{SESSION_LAB_PREFIX}{suffix}"[:12], cni_mode=cni_mode)
+    yield from _fresh_lab(Lab(tmp_path_factory.mktemp(f"lab-{suffix}"), nodes=2,
+                              prefix=f"{SESSION_LAB_PREFIX}{suffix}"[:12], cni_mode=cni_mode))
+
+
+def _fresh_lab(instance: Lab) -> Iterator[Lab]:
+    # A crashed earlier session may have left namespaces (and sshd) with this prefix.
     instance.down()
     try:
         instance.up()

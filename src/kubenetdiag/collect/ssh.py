@@ -52,7 +52,10 @@ class HostKeyStore:
         self._revoked: dict[str, set[str]] = {}  # base64 blobs of @revoked keys
         self._new: dict[str, list[tuple[str, paramiko.PKey]]] = {}
 
-    def _load(self, path: str) -> None:
+    def _loaded(self, path: str) -> None:
+        """Read and index `path` the first time it is asked about (caller holds the lock)."""
+        if path in self._plain:
+            return
         plain: dict[str, dict[str, paramiko.PKey]] = {}
         hashed: list[paramiko.hostkeys.HostKeyEntry] = []
         revoked: set[str] = set()
@@ -93,14 +96,12 @@ class HostKeyStore:
     def revoked(self, path: str, key: paramiko.PKey) -> bool:
         """The key is marked @revoked in the file: never to be trusted, not even as new."""
         with self._lock:
-            if path not in self._plain:
-                self._load(path)
+            self._loaded(path)
             return key.get_base64() in self._revoked[path]
 
     def lookup(self, path: str, hostname: str) -> dict[str, paramiko.PKey]:
         with self._lock:
-            if path not in self._plain:
-                self._load(path)
+            self._loaded(path)
             found = dict(self._plain[path].get(hostname, {}))
             hashed = self._hashed[path]
         for entry in hashed:
@@ -127,11 +128,13 @@ class HostKeyStore:
             target = Path(path)
             target.parent.mkdir(parents=True, exist_ok=True)
             lines = "".join(f"{h} {k.get_name()} {k.get_base64()}\n" for h, k in keys)
-            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            with os.fdopen(fd, "a", encoding="utf-8") as f:
-                if f.tell() > 0 and not target.read_bytes().endswith(b"\n"):
-                    f.write("\n")
-                f.write(lines)
+            fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "a+b") as f:
+                if f.seek(0, os.SEEK_END) > 0:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        lines = "\n" + lines
+                f.write(lines.encode())
         return sorted(new)
 
 
