@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import clips
 
 from kubenetdiag.errors import InputError
+from kubenetdiag.facts.census import census_facts
 from kubenetdiag.facts.model import Fact, Scalar
 from kubenetdiag.facts.registry import registry
 
@@ -425,5 +426,8 @@ def findings(program: Program, facts: Sequence[Fact], fired: dict[int, list], de
 def infer(ruleset: RuleSet, facts: list[Fact]) -> list[dict[str, Any]]:
     """Findings for `facts` under `ruleset`: one per fired rule with a fault, ordered root causes
     first, then by severity, then by rule id. A new CLIPS environment per call."""
+    # Counted here rather than by the parser so that every caller (analyze, rule tests, a
+    # site's own facts) sees the same census as its facts.
+    facts = [*facts, *census_facts(facts)]
     fired, deriver = execute(ruleset.program, facts)
     return findings(ruleset.program, facts, fired, deriver)

@@ -1,0 +1,77 @@
+"""The census the engine counts before the rules run: which nodes count, for which value."""
+
+from kubenetdiag.engine import infer, load_ruleset
+from kubenetdiag.facts.census import census_facts
+from kubenetdiag.facts.model import Fact
+from kubenetdiag.facts.registry import validate_fact
+
+
+def _node(name: str, address: str) -> Fact:
+    return Fact("node_status", name, {"reachable": True, "address": address, "reason": None})
+
+
+def _iface(node: str, name: str, mtu: int | None, addresses: str | None = None,
+           kind: str = "device", port: int | None = None) -> Fact:
+    return Fact("interface", node, {
+        "name": name, "kind": kind, "mtu": mtu, "state": "UP", "admin_up": True,
+        "lower_up": True, "addresses": addresses, "vxlan_port": port,
+    })
+
+
+def _counts(facts: list[Fact]) -> dict[tuple, int]:
+    return {(f.attrs["of"], f.attrs["group"], f.attrs["value"]): f.attrs["nodes"]
+            for f in census_facts(facts)}
+
+
+def test_underlay_is_the_interface_with_the_node_address_exactly():
+    facts = [
+        _node("n1", "10.0.0.1"),
+        # 10.0.0.11 contains "10.0.0.1" as text, but it is another address
+        _iface("n1", "eth1", 9000, "10.0.0.11/24"),
+        _iface("n1", "eth0", 1500, "192.168.9.9/32,10.0.0.1/24"),
+        _iface("n1", "cni0", 1450, "10.244.1.1/24"),
+        _node("n2", "10.0.0.2"),
+        _iface("n2", "ens3", 1500, "10.0.0.2/24"),
+        # an inventory host name is no address: that node's underlay is unknown, not guessed
+        _node("n3", "node3.example"),
+        _iface("n3", "eth0", 1400, "10.0.0.3/24"),
+    ]
+    assert _counts(facts) == {("underlay_mtu", "", 1500): 2}
+
+
+def test_vxlan_ports_are_counted_per_device_and_once_per_node():
+    facts = [
+        _iface("n1", "flannel.1", 1450, kind="vxlan", port=8472),
+        _iface("n2", "flannel.1", 1450, kind="vxlan", port=8472),
+        _iface("n3", "flannel.1", 1450, kind="vxlan", port=8475),
+        _iface("n1", "vxlan.calico", 1450, kind="vxlan", port=4789),
+        _iface("n2", "vxlan.calico", 1450, kind="vxlan", port=None),  # unknown: not counted
+        _iface("n3", "eth0", 1500, kind="device", port=8472),  # not a VXLAN device
+    ]
+    assert _counts(facts) == {
+        ("vxlan_port", "flannel.1", 8472): 2,
+        ("vxlan_port", "flannel.1", 8475): 1,
+        ("vxlan_port", "vxlan.calico", 4789): 1,
+    }
+
+
+def test_census_facts_conform_and_name_a_sample_of_nodes():
+    facts = [_iface(f"n{i:02d}", "flannel.1", 1450, kind="vxlan", port=8472) for i in range(25)]
+    (c,) = census_facts(facts)
+    assert c.node == "cluster" and validate_fact(c) == []
+    assert c.attrs["nodes"] == 25
+    assert "n00, n01" in c.source.excerpt and "and 15 more" in c.source.excerpt
+
+
+def test_a_minority_of_two_is_found_in_a_large_cluster_and_healthy_nodes_are_not_blamed():
+    """Before the census the rule compared each node with pairs of peers, so in a 2-of-40 split
+    every one of the 38 healthy nodes also saw two peers that disagreed with it."""
+    facts = []
+    for i in range(1, 41):
+        addr = f"10.0.0.{i}"
+        facts += [_node(f"n{i}", addr), _iface(f"n{i}", "eth0", 1400 if i in (7, 30) else 1500,
+                                                f"{addr}/24")]
+    found = [f for f in infer(load_ruleset(), facts) if f["rule"] == "underlay-mtu-differs"]
+    assert [f["nodes"] for f in found] == [["n30", "n7"]]
+    assert "38 other nodes use 1500" in found[0]["title"]
+    assert any(e["kind"] == "census" and e["attrs"]["value"] == 1500 for e in found[0]["evidence"])
