@@ -23,6 +23,8 @@ HOSTILE = [
     '\\"); (defrule evil => (halt))',
     "?var $?multi & | ~ : =",
     "日本語 ; comment",
+    # facts reach CLIPS as text: a value must not be able to close its slot and add a fact
+    'x") (f_number 0)) (k_sysctl (__id 0) (f_node "evil") (f_key "k") (f_number 0',
     "",
 ]
 
@@ -100,6 +102,46 @@ def test_hostile_fact_values_are_data(tmp_path):
     assert f["nodes"] == sorted(s for s in HOSTILE if s)
     assert '"); (assert (x))' in f["title"]
     assert len(f["evidence"]) == len(facts)
+    assert "evil" not in f["nodes"]
+
+
+@pytest.mark.parametrize("text", [s for s in HOSTILE if s])
+def test_a_hostile_value_comes_back_from_clips_exactly(tmp_path, text):
+    rs = ruleset(
+        tmp_path,
+        """
+        rules:
+          - id: show
+            fault: shown
+            severity: info
+            title: "[{key}]"
+            when:
+              - sysctl: {node: $node, key: $key, number: 0}
+        """,
+    )
+    (f,) = infer(rs, [sysctl("n1", text, 0)])
+    assert f["title"] == f"[{text}]"
+
+
+def test_nul_and_non_finite_values_cannot_break_the_fact_text(tmp_path):
+    rs = ruleset(
+        tmp_path,
+        """
+        rules:
+          - id: show
+            fault: shown
+            severity: info
+            title: "[{key}] {rtt}"
+            when:
+              - sysctl: {node: $node, key: $key, number: 0}
+              - reach: {node: $node, rtt_ms: $rtt}
+        """,
+    )
+    reach = {"src": "n1", "dst": "n2", "layer": "pod", "ok": True, "rtt_ms": float("inf")}
+    facts = [sysctl("n1", "a\x00b", 0), Fact("reach", "n1", reach)]
+    (f,) = infer(rs, facts)
+    # The NUL would have ended the text CLIPS reads; an infinite time is no measurement.
+    assert f["title"] == "[a\ufffdb] unknown"
 
 
 def test_placeholders_are_not_format_fields(tmp_path):

@@ -7,7 +7,7 @@ renderer reads. It decides the exit code, so it lives in one place.
 from __future__ import annotations
 
 from kubenetdiag import __version__
-from kubenetdiag.facts.model import Fact
+from kubenetdiag.facts.model import Fact, by_kind
 
 REPORT_SCHEMA = "kubenetdiag/report/v1"
 SEVERITIES = ("critical", "error", "warning", "info")
@@ -92,7 +92,8 @@ def build_report(
     bundle: str | None,
 ) -> dict:
     """The report of one run, checked against report.schema.json (ValueError if it breaks it)."""
-    kernels = {f.node: f.attrs.get("release") for f in facts if f.kind == "kernel"}
+    picked = by_kind(facts, ("kernel", "probe_status", "cluster_api", "reach"))
+    kernels = {f.node: f.attrs.get("release") for f in picked["kernel"]}
     nodes = [
         {
             "name": r["name"],
@@ -117,8 +118,7 @@ def build_report(
     ]
     not_checked += [
         {"node": f.node, **{k: f.attrs[k] for k in ("probe", "status", "reason", "blocks")}}
-        for f in facts
-        if f.kind == "probe_status"
+        for f in picked["probe_status"]
     ]
     # Cluster checks that were never attempted are as unknown as failed ones: say so.
     not_checked += [
@@ -130,8 +130,8 @@ def build_report(
             "blocks": "cluster checks from the Kubernetes API (nodes, CNI and DNS pods, "
             "services and endpoints); pass --kubeconfig to include them",
         }
-        for f in facts
-        if f.kind == "cluster_api" and not f.attrs.get("queried")
+        for f in picked["cluster_api"]
+        if not f.attrs.get("queried")
     ]
     by_sev = {s: sum(1 for f in findings if f["severity"] == s) for s in SEVERITIES}
     report = {
@@ -148,7 +148,7 @@ def build_report(
         "nodes": nodes,
         "findings": findings,
         "not_checked": not_checked,
-        "connectivity": connectivity(facts, [r["name"] for r in records]),
+        "connectivity": connectivity(picked["reach"], [r["name"] for r in records]),
         "summary": {
             "nodes": len(nodes),
             "unreachable": sum(1 for n in nodes if not n["reachable"]),

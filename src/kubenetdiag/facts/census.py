@@ -8,9 +8,9 @@ one pass, lets such a rule compare a node with a handful of census facts instead
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Sequence
 
-from kubenetdiag.facts.model import Fact, Source
+from kubenetdiag.facts.model import Fact, Source, by_kind
 
 SAMPLE = 10  # node names kept in a census fact's evidence
 
@@ -22,17 +22,16 @@ def _ips(addresses: object) -> set[str]:
     return {a.strip().split("/", 1)[0] for a in addresses.split(",") if a.strip()}
 
 
-def census_facts(facts: Iterable[Fact]) -> list[Fact]:
+def census_facts(facts: Sequence[Fact]) -> list[Fact]:
     """One `census` fact per (of, group, value) seen on at least one node."""
-    address: dict[str, str] = {}
-    interfaces: list[Fact] = []
-    for f in facts:
-        if f.kind == "interface":
-            interfaces.append(f)
-        elif f.kind == "node_status" and isinstance(f.attrs.get("address"), str):
-            address[f.node] = f.attrs["address"]  # type: ignore[assignment]
+    picked = by_kind(facts, ("interface", "node_status"))
+    address = {
+        f.node: f.attrs["address"]
+        for f in picked["node_status"]
+        if isinstance(f.attrs.get("address"), str)
+    }
     holders: dict[tuple[str, str, int], set[str]] = defaultdict(set)
-    for f in interfaces:
+    for f in picked["interface"]:
         a = f.attrs
         port, mtu = a.get("vxlan_port"), a.get("mtu")
         if a.get("kind") == "vxlan" and type(port) is int and isinstance(a.get("name"), str):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import attrgetter
 from typing import Any
 
 Scalar = str | int | float | bool | None
@@ -70,3 +73,16 @@ def excerpt(text: str, limit: int = EXCERPT_LIMIT) -> str:
     if len(text) <= limit:
         return text
     return text[:limit] + f"\n... ({len(text) - limit} more characters in the bundle)"
+
+
+def by_kind(facts: Sequence[Fact], kinds: Iterable[str]) -> dict[str, list[Fact]]:
+    """The facts of each of these kinds, in their order, from one walk over `facts`.
+
+    At 5,000 nodes `facts` holds a million objects and each walk over it costs about 0.2 s in
+    memory traffic alone, so callers that need several kinds take them in one walk, which runs
+    in C.
+    """
+    out: dict[str, list[Fact]] = {k: [] for k in kinds}
+    for f in compress(facts, map(out.__contains__, map(attrgetter("kind"), facts))):
+        out[f.kind].append(f)
+    return out
