@@ -73,6 +73,13 @@ def _py(value: Any) -> Scalar:
     return value
 
 
+def _fact_id(value: Any) -> int:
+    """A fact's index from its `__id` slot: the symbol i<index> for a base fact (CLIPS keeps
+    every distinct integer in one hash table of 8,191 buckets, so a million integer ids made
+    long chains to walk on every assert), the integer the derive callback gave a derived one."""
+    return int(value[1:]) if type(value) is clips.Symbol else int(value)
+
+
 class _Deriver:
     """The `kd-derive` callback: one negative id per distinct derived fact, plus its history."""
 
@@ -82,7 +89,7 @@ class _Deriver:
         self.records: dict[int, _Derived] = {}
 
     def __call__(self, rule: int, kind_index: int, n_ids: int, *rest: Any) -> int:
-        sources, values = rest[:n_ids], rest[n_ids:]
+        sources, values = map(_fact_id, rest[:n_ids]), rest[n_ids:]
         # type() is part of the key: the STRING "nil" and the symbol nil are different values.
         key = (kind_index, tuple((type(v), v) for v in values))
         did = self.ids.get(key)
@@ -229,7 +236,7 @@ def _assert_facts(env: clips.Environment, program: Program, facts: Sequence[Fact
         attrs = sorted(lay.referenced)
         # str.format only places our literals: its format string is built from registry names.
         form = "".join(
-            [f"({lay.template} (__id {{}}) (f_node {{}})"]
+            [f"({lay.template} (__id i{{}}) (f_node {{}})"]
             + [f" ({lay.slot(a)} {{}})" for a in attrs]
             + [")\n"]
         ).format
@@ -311,7 +318,9 @@ def execute(program: Program, facts: Sequence[Fact]) -> tuple[dict[int, list], _
         raise EngineError(f"a rule failed inside CLIPS{_rule_of_error(program, text)}: {text}")
     fired: dict[int, list] = defaultdict(list)
     for f in env.find_template(FIRED).facts():
-        fired[f["rule"]].append((tuple(f["ids"]), tuple(_py(v) for v in f["vals"])))
+        fired[f["rule"]].append(
+            (tuple(map(_fact_id, f["ids"])), tuple(_py(v) for v in f["vals"]))
+        )
     return fired, deriver
 
 
