@@ -2,7 +2,8 @@
 
 For each lab size, in one run and alternating: `kubenetdiag collect` (passive facts), the
 Ansible ad-hoc baseline running the very same probe script
-(`ansible all -i <lab inventory> -m shell -a '<script>' -f N`), and the full `diagnose`.
+(`ansible all -i <lab inventory> -m shell -a '<script>' -f N`), a bare parallel paramiko loop
+running it too (`bare_paramiko.py`: the floor any SSH tool pays), and the full `diagnose`.
 Everything runs in the lab's client namespace; every target is a lab address.
 
     pip install -e '.[bench]'          # ansible-core
@@ -37,11 +38,12 @@ RESULTS = ROOT / "bench" / "results"
 SYN_RULE = ["INPUT", "-p", "tcp", "--dport", "22", "--syn"]  # counts SSH connections, no target
 
 
-def timed(argv: list[str], env: dict | None = None) -> dict:
+def timed(argv: list[str], env: dict | None = None, stdin: bytes | None = None) -> dict:
     """Wall, CPU (user+sys of the process and its children) and peak RSS of one command."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    out, err = proc.communicate()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            stdin=subprocess.PIPE if stdin is not None else None)
+    out, err = proc.communicate(stdin)
     wall = time.perf_counter() - t0
     # communicate() already reaped the child; its rusage is folded into RUSAGE_CHILDREN
     return {
@@ -122,11 +124,12 @@ def measure(n: int, repeat: int, workdir: Path, bare: bool = False) -> dict:
         # As on a user's machine, kubenetdiag's own modules are byte-compiled once, not on
         # every start (this sandbox sets PYTHONDONTWRITEBYTECODE).
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        runs: dict[str, list[dict]] = {"collect": [], "ansible": [], "diagnose": []}
+        runs: dict[str, list[dict]] = {"collect": [], "ansible": [], "diagnose": [],
+                                       "bare_paramiko": []}
         tag = f"{n}{'-bare' if bare else ''}"
         # Round 0 is a warm-up for both tools (byte code, page cache, sshd) and is not kept.
         for r in range(repeat + 1):
-            for kind in ("collect", "ansible", "diagnose"):
+            for kind in ("collect", "ansible", "bare_paramiko", "diagnose"):
                 out_dir = workdir / f"{kind}-{tag}-{r}"
                 if kind == "collect":
                     argv = [
@@ -156,6 +159,9 @@ def measure(n: int, repeat: int, workdir: Path, bare: bool = False) -> dict:
                         "--report",
                         str(workdir / f"r-{tag}-{r}.html"),
                     ]
+                elif kind == "bare_paramiko":
+                    argv = [sys.executable, str(ROOT / "bench" / "bare_paramiko.py"),
+                            str(lab.inventory_path)]
                 else:
                     argv = [
                         "ansible",
@@ -171,13 +177,16 @@ def measure(n: int, repeat: int, workdir: Path, bare: bool = False) -> dict:
                         "-o",
                     ]
                 syn0, cpu0 = syn_count(lab), children_cpu()
-                res = timed([*in_client, *argv], env=env)
+                stdin = script.encode() if kind == "bare_paramiko" else None
+                res = timed([*in_client, *argv], env=env, stdin=stdin)
                 res["cpu_s"] = round(children_cpu() - cpu0, 3)
                 res["ssh_connections_per_node"] = round((syn_count(lab) - syn0) / n, 2)
                 if kind == "ansible":
                     res["ok_nodes"] = res["stdout"].count("| CHANGED") + res["stdout"].count(
                         "| SUCCESS"
                     )
+                elif kind == "bare_paramiko":
+                    res["ok_nodes"] = n if res["rc"] == 0 else 0
                 else:
                     res["ok_nodes"] = n if res["rc"] in (0, 1) else 0
                 if res["ok_nodes"] != n:
@@ -202,6 +211,8 @@ def measure(n: int, repeat: int, workdir: Path, bare: bool = False) -> dict:
             "ratio_ansible_over_collect": round(
                 best["ansible"]["wall_s"] / best["collect"]["wall_s"], 1
             ),
+            "bare_paramiko_wall_s": best["bare_paramiko"]["wall_s"],
+            "bare_paramiko_cpu_s": best["bare_paramiko"]["cpu_s"],
             "runs": runs,
         }
     finally:
@@ -229,7 +240,8 @@ def main() -> int:
                 f"N={n:3d} {r['login']:7s} collect {r['collect_wall_s']:6.2f}s "
                 f"(cpu {r['collect_cpu_s']:.2f}s, {r['collect_ssh_per_node']} ssh/node, "
                 f"parse {r['parse_ms_per_node']} ms/node)  diagnose {r['diagnose_wall_s']:6.2f}s  "
-                f"ansible {r['ansible_wall_s']:6.2f}s  ratio {r['ratio_ansible_over_collect']}x",
+                f"ansible {r['ansible_wall_s']:6.2f}s  ratio {r['ratio_ansible_over_collect']}x  "
+                f"bare paramiko loop {r['bare_paramiko_wall_s']:6.2f}s",
                 flush=True,
             )
     # The marginal CPU per node: the least-squares slope of collect's CPU over N (machine

@@ -93,7 +93,8 @@ def test_nodes_that_report_the_same_thing_share_one_copy_of_it():
     a = [f for f in facts if f.node == "a" and f.kind == "iptables_rule"]
     b = [f for f in facts if f.node == "b" and f.kind == "iptables_rule"]
     assert a and len(a) == len(b)
-    assert all(x.attrs["spec"] is y.attrs["spec"] and x.source is y.source for x, y in zip(a, b))
+    assert all(x.attrs["spec"] is y.attrs["spec"] and x.source is y.source
+               for x, y in zip(a, b, strict=True))
     assert [f.to_dict() for f in facts if f.node == "a"] == [
         f.to_dict() for f in node_facts(json.loads(json.dumps({**record, "name": "a"})))
     ]

@@ -431,3 +431,15 @@ def test_clips_rejecting_a_construct_is_an_error(tmp_path):
 def test_nul_in_rule_string_is_refused(tmp_path):
     with pytest.raises(RuleErrors, match="NUL"):
         ruleset(tmp_path, OPERATORS.replace("OPERAND", 'value: "a\\0b"'))
+
+
+def test_a_fact_clips_cannot_read_is_an_engine_error_not_a_silent_gap(tmp_path, monkeypatch):
+    """CLIPS reads the facts with its routers off and skips what it cannot parse without a
+    word: were the quoting ever wrong, the run must fail rather than miss a fact."""
+    from kubenetdiag.engine import inference
+
+    rs = ruleset(tmp_path, OPERATORS.replace("OPERAND", "number: 7"))
+    monkeypatch.setattr(inference, "clips_string", lambda v: '"' + v + '"')  # no escaping
+    facts = [sysctl("n1", "k", 7), sysctl('n2") (f_bogus 1', "k", 7)]
+    with pytest.raises(EngineError, match="read 1 of the 2 facts"):
+        infer(rs, facts)

@@ -56,9 +56,16 @@ def clips_literal(value: Scalar) -> str:
         if "\x00" in value:
             # The construct goes to C as a NUL-terminated string: a NUL would cut it short.
             raise ValueError("NUL character in a string")
-        # Inside a CLIPS string only backslash and double quote are special.
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return clips_string(value)
     raise TypeError(f"not a scalar: {type(value).__name__}")
+
+
+def clips_string(value: str) -> str:
+    """A CLIPS string literal; the caller has dealt with NUL characters."""
+    if "\\" in value or '"' in value:
+        # Inside a CLIPS string only backslash and double quote are special.
+        value = value.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + value + '"'
 
 
 def _slot_name(attr: str) -> str:

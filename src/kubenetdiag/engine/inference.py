@@ -17,7 +17,7 @@ from kubenetdiag.facts.census import census_facts
 from kubenetdiag.facts.model import Fact, Scalar
 from kubenetdiag.facts.registry import registry
 
-from .compiler import DERIVE_FN, FIRED, Program
+from .compiler import DERIVE_FN, FIRED, Program, clips_string
 from .loader import PLACEHOLDER_RE
 from .model import SEVERITIES, Rule
 
@@ -135,7 +135,7 @@ def _bad_fact(idx: int, fact: Fact, message: str) -> InputError:
     )
 
 
-MISSING = object()  # what `_literal_of` is given for an attribute a fact does not have
+_MISSING = object()  # what `_literal_of` is given for an attribute a fact does not have
 
 
 def _literal_of(typ: str, nullable: bool) -> Callable[[Any], str]:
@@ -147,9 +147,9 @@ def _literal_of(typ: str, nullable: bool) -> Callable[[Any], str]:
     """
 
     def other(value: Any) -> str:
-        if nullable and (value is None or value is MISSING):
+        if nullable and (value is None or value is _MISSING):
             return "nil"  # a nullable attribute a fact leaves out is unknown
-        if value is MISSING:
+        if value is _MISSING:
             raise ValueError("attribute missing")
         raise ValueError(f"{value!r} is not a {typ}" + ("" if value is not None else " (null)"))
 
@@ -158,13 +158,10 @@ def _literal_of(typ: str, nullable: bool) -> Callable[[Any], str]:
             if not isinstance(value, str):
                 return other(value)
             value = str.__str__(value)
-        if "\\" in value or '"' in value:
-            # Inside a CLIPS string only backslash and double quote are special.
-            value = value.replace("\\", "\\\\").replace('"', '\\"')
         if "\x00" in value:
             # The text reaches C as a NUL-terminated string: a NUL would end it there.
             value = value.replace("\x00", "\ufffd")
-        return '"' + value + '"'
+        return clips_string(value)
 
     def integer(value: Any) -> str:
         if type(value) is int:
@@ -179,8 +176,10 @@ def _literal_of(typ: str, nullable: bool) -> Callable[[Any], str]:
                 return other(value)
             value = float(value)
         if not math.isfinite(value):
-            # CLIPS has no literal for it; an infinite round-trip time is no measurement.
-            return other(None)
+            # CLIPS has no literal for it, and an infinite round-trip time is no measurement.
+            if nullable:
+                return "nil"
+            raise ValueError(f"{value!r} is not a finite number")
         return repr(value)  # always has "." or "e", so CLIPS reads a FLOAT
 
     def boolean(value: Any) -> str:
@@ -276,25 +275,31 @@ def _assert_facts(env: clips.Environment, program: Program, facts: Sequence[Fact
                 if type(node) is not str:
                     raise ValueError("node is not a string")
                 node_text = nodes[node] = node_literal(node)
-            texts.append(form(idx, node_text, *[lit(values.get(a, MISSING)) for a, lit in slots]))
+            texts.append(form(idx, node_text, *[lit(values.get(a, _MISSING)) for a, lit in slots]))
         except (ValueError, TypeError) as exc:
             missing = [a for a, _ in slots if a not in values]
             why = f"attribute {missing[0]!r} is missing" if missing else str(exc)
             raise _bad_fact(idx, fact, why) from None
     # While CLIPS reads the text it asks every router, once per character, whether it handles
     # the input: a Python router makes that a call into Python per character (20x slower).
+    count = "(length$ (get-fact-list))"
+    before = env.eval(count)
     for router in quiet:
         router.deactivate()
     try:
         for start in range(0, len(texts), _CHUNK):
             env.load_facts("".join(texts[start:start + _CHUNK]))
     except clips.CLIPSError as exc:
-        # Only a quoting bug of ours can get here: every value went through _literal_of.
         raise EngineError(f"CLIPS could not read the facts: {exc}") from None
     finally:
         for router in quiet:
             router.activate()
-    return len(texts)
+    # With its routers off, CLIPS skips a fact it cannot read and says so to no one: count
+    # them. Only a quoting bug of ours could cause it, as every value went through _literal_of.
+    read = env.eval(count) - before
+    if read != len(texts):
+        raise EngineError(f"CLIPS read {read} of the {len(texts)} facts it was given")
+    return read
 
 
 def _rule_of_error(program: Program, message: str) -> str:
