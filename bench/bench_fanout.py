@@ -71,6 +71,46 @@ def syn_count(lab) -> int:
     return total
 
 
+LOGIN_LOCK = Path.home() / ".pyenv" / "shims" / ".pyenv-shim"
+
+
+def _lock_age() -> float | None:
+    try:
+        return time.time() - LOGIN_LOCK.stat().st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def clear_stale_login_lock() -> None:
+    """Remove pyenv's rehash lock when a killed login left it behind.
+
+    This machine's ~/.bashrc runs `pyenv rehash` on every login, and it takes a lock file a
+    moment before it arms the trap that removes it. Tearing a lab down kills whatever logins
+    are in flight, and one caught in that moment leaves the lock: every later login then waits
+    60 s for it.
+    """
+    age = _lock_age()
+    if age is None:
+        return
+    # Called with the lab down: no login is running, so a lock without a rehash is a leftover.
+    running = subprocess.run(["pgrep", "-f", "pyenv-rehash"], capture_output=True).stdout
+    if not running.strip():
+        LOGIN_LOCK.unlink(missing_ok=True)
+        print(f"removed a stale pyenv rehash lock ({age:.0f} s old) left by a killed login",
+              flush=True)
+
+
+def check_login_lock() -> None:
+    """Refuse to time logins that will stall on a stale lock (see clear_stale_login_lock)."""
+    age = _lock_age()
+    if age is not None and age > 60:
+        raise RuntimeError(
+            f"{LOGIN_LOCK} is a stale pyenv rehash lock ({age:.0f} s old): every SSH login on "
+            f"the lab nodes would wait 60 s for it. Remove it (no rehash is running) and run "
+            f"again."
+        )
+
+
 def bare_login(lab, workdir: Path) -> None:
     """Give every node an empty root home in its own mount namespace: no rc file to source."""
     for node in lab.nodes:
@@ -103,6 +143,7 @@ def measure(n: int, repeat: int, workdir: Path, bare: bool = False) -> dict:
 
     lab = Lab(workdir / f"lab{n}", nodes=n, prefix="kndbench")
     lab.down()
+    clear_stale_login_lock()
     t0 = time.perf_counter()
     lab.up()
     up_s = time.perf_counter() - t0
@@ -176,6 +217,8 @@ def measure(n: int, repeat: int, workdir: Path, bare: bool = False) -> dict:
                         str(n),
                         "-o",
                     ]
+                if not bare:
+                    check_login_lock()
                 syn0, cpu0 = syn_count(lab), children_cpu()
                 stdin = script.encode() if kind == "bare_paramiko" else None
                 res = timed([*in_client, *argv], env=env, stdin=stdin)
