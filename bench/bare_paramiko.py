@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import sys
 import threading
-from pathlib import Path
 
 import paramiko
-import yaml
+
+from kubenetdiag.inventory import load_inventory
 
 
 def main() -> int:
-    inventory = yaml.safe_load(Path(sys.argv[1]).read_text())["all"]
-    key = paramiko.Ed25519Key.from_private_key_file(
-        inventory["vars"]["ansible_ssh_private_key_file"]
-    )
+    hosts = load_inventory(sys.argv[1])
+    # the lab gives every host the same user and key
+    key = paramiko.Ed25519Key.from_private_key_file(hosts[0].key_file)
     script = sys.stdin.read()
     failed: list[str] = []
 
@@ -31,7 +30,7 @@ def main() -> int:
         # Lab hosts only: the lab's keys are fresh on every run, and this loop checks nothing.
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
         try:
-            client.connect(address, username="root", pkey=key, allow_agent=False,
+            client.connect(address, username=hosts[0].user, pkey=key, allow_agent=False,
                            look_for_keys=False, timeout=30)
             stdin, stdout, stderr = client.exec_command("sh -s")
             stdin.write(script)
@@ -45,8 +44,7 @@ def main() -> int:
         finally:
             client.close()
 
-    threads = [threading.Thread(target=one, args=(h["ansible_host"],))
-               for h in inventory["hosts"].values()]
+    threads = [threading.Thread(target=one, args=(h.address,)) for h in hosts]
     for t in threads:
         t.start()
     for t in threads:

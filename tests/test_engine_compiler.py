@@ -34,6 +34,23 @@ def ruleset(tmp_path: Path, text: str):
     return load_ruleset([tmp_path], shipped=False)
 
 
+def show_rule(tmp_path: Path, title: str, also: str = ""):
+    """A rule that fires on every sysctl with number 0 and shows `title` (plus `also`, one
+    more condition)."""
+    when = "- sysctl: {node: $node, key: $key, number: 0}"
+    if also:
+        when += "\n              " + also
+    return ruleset(tmp_path, f"""
+        rules:
+          - id: show
+            fault: shown
+            severity: info
+            title: "{title}"
+            when:
+              {when}
+        """)
+
+
 def sysctl(node: str, key: str, number, present: bool = True) -> Fact:
     value = None if number is None else str(number)
     return Fact("sysctl", node, {"key": key, "value": value, "number": number, "present": present})
@@ -84,18 +101,7 @@ def test_hostile_strings_in_rule_file_match_only_themselves(tmp_path):
 
 
 def test_hostile_fact_values_are_data(tmp_path):
-    rs = ruleset(
-        tmp_path,
-        """
-        rules:
-          - id: show
-            fault: shown
-            severity: info
-            title: "{node} has {key}"
-            when:
-              - sysctl: {node: $node, key: $key, number: 0}
-        """,
-    )
+    rs = show_rule(tmp_path, "{node} has {key}")
     facts = [sysctl(s, s, 0) for s in HOSTILE if s]
     findings = infer(rs, facts)
     (f,) = findings
@@ -107,36 +113,13 @@ def test_hostile_fact_values_are_data(tmp_path):
 
 @pytest.mark.parametrize("text", [s for s in HOSTILE if s])
 def test_a_hostile_value_comes_back_from_clips_exactly(tmp_path, text):
-    rs = ruleset(
-        tmp_path,
-        """
-        rules:
-          - id: show
-            fault: shown
-            severity: info
-            title: "[{key}]"
-            when:
-              - sysctl: {node: $node, key: $key, number: 0}
-        """,
-    )
+    rs = show_rule(tmp_path, "[{key}]")
     (f,) = infer(rs, [sysctl("n1", text, 0)])
     assert f["title"] == f"[{text}]"
 
 
 def test_nul_and_non_finite_values_cannot_break_the_fact_text(tmp_path):
-    rs = ruleset(
-        tmp_path,
-        """
-        rules:
-          - id: show
-            fault: shown
-            severity: info
-            title: "[{key}] {rtt}"
-            when:
-              - sysctl: {node: $node, key: $key, number: 0}
-              - reach: {node: $node, rtt_ms: $rtt}
-        """,
-    )
+    rs = show_rule(tmp_path, "[{key}] {rtt}", "- reach: {node: $node, rtt_ms: $rtt}")
     reach = {"src": "n1", "dst": "n2", "layer": "pod", "ok": True, "rtt_ms": float("inf")}
     facts = [sysctl("n1", "a\x00b", 0), Fact("reach", "n1", reach)]
     (f,) = infer(rs, facts)
