@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from kubenetdiag.errors import InputError
+from kubenetdiag.vocabulary import CNI_MARKERS
 
 CLUSTER_SCHEMA = "kubenetdiag/cluster/v1"
 PAGE_SIZE = 500
@@ -36,7 +37,6 @@ MAX_LIST_RESTARTS = 3
 FLANNEL_CM = "kube-flannel-cfg"
 # Where CNI agents live when the DaemonSet list cannot tell us (it was forbidden).
 WELL_KNOWN_CNI_NAMESPACES = ("kube-flannel", "calico-system")
-CNI_MARKERS = ("flannel", "calico-node", "cilium", "weave", "kube-router", "antrea", "canal")
 
 STATUS_BY_HTTP = {401: "unauthorized", 403: "forbidden", 404: "not_found"}
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from kubenetdiag.facts.model import Fact, Source, excerpt
+from kubenetdiag.vocabulary import CNI_MARKERS
 
 CLUSTER = "cluster"
 
@@ -43,7 +44,6 @@ STATUS_TO_PROBE_STATUS = {
     "error": "failed",
 }
 PLUGINS = (("flannel", "flannel"), ("canal", "other"), ("calico", "calico"), ("cilium", "cilium"))
-CNI_MARKERS = ("flannel", "calico-node", "cilium", "weave", "kube-router", "antrea", "canal")
 TOPOLOGY_ANNOTATIONS = (
     "service.kubernetes.io/topology-mode",
     "service.kubernetes.io/topology-aware-hints",

@@ -1,0 +1,16 @@
+"""Names every stage shares, defined once.
+
+The order of SEVERITIES is the order findings are sorted and counted in: rule files, the engine,
+the report builder and every renderer read it from here.
+"""
+
+from __future__ import annotations
+
+SEVERITIES: tuple[str, ...] = ("critical", "error", "warning", "info")
+SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
+
+# Substrings that mark a pod or DaemonSet as a CNI agent, in the names the CNIs ship with
+# (kube-flannel-ds, calico-node, cilium, weave-net, kube-router, antrea-agent, canal).
+CNI_MARKERS: tuple[str, ...] = (
+    "flannel", "calico-node", "cilium", "weave", "kube-router", "antrea", "canal",
+)
