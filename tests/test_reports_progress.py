@@ -1,4 +1,4 @@
-"""The collection progress display (cli._Progress): per-node state, never a silent wait."""
+"""The collection progress display (reports.progress.PhaseProgress): per-node state, never a silent wait."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 from rich.console import Console
 
-from kubenetdiag.cli import _Progress
+from kubenetdiag.reports.progress import PhaseProgress as _Progress
 
 
 def plain(progress: _Progress) -> io.StringIO:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,26 @@ _CLUSTER = {
 _META_CHECK, _NODE_CHECK, _CLUSTER_CHECK = (
     jsonschema.Draft202012Validator(schema) for schema in (_META, _NODE, _CLUSTER)
 )
+
+
+@dataclass
+class Bundle:
+    """One run's collection in memory: what its directory holds (see docs/contracts.md)."""
+
+    path: Path
+    meta: dict[str, Any]
+    records: list[dict]
+    cluster: dict[str, Any] | None = None
+
+    @classmethod
+    def read(cls, path: Path) -> Bundle:
+        meta, records = read_bundle(path)
+        return cls(path, meta, records, read_cluster(path))
+
+    def write(self) -> None:
+        write_bundle(self.path, self.meta, self.records)
+        if self.cluster is not None:
+            write_cluster(self.path, self.cluster)
 
 
 def now_iso() -> str:

@@ -1,26 +1,37 @@
-"""Command line: diagnose, collect, analyze, rules.
+"""Command line: diagnose, collect, analyze, rules (and `lab` where the lab is installed).
 
-The CLI only wires the stages together; each stage lives in its own module. Input is checked
-before any node is touched: a bad inventory or rule file exits 2 with file, line and a hint.
+The CLI parses arguments, calls kubenetdiag.pipeline and hands the result to the renderers in
+kubenetdiag.reports. Input is checked before any node is touched: a bad inventory or rule file
+exits 2 with file, line and a hint (docs/errors.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import socket
 import sys
-import threading
 import time
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from rich.console import Console
 
-from kubenetdiag import __version__
+from kubenetdiag import __version__, pipeline
+from kubenetdiag.bundle import Bundle
+from kubenetdiag.collect.ssh import SshOptions
+from kubenetdiag.engine import RuleErrors, RuleSet, load_ruleset
 from kubenetdiag.errors import InputError
-from kubenetdiag.findings import EXIT_USAGE
+from kubenetdiag.findings import EXIT_ALL_FAILED, EXIT_OK, EXIT_USAGE
+from kubenetdiag.inventory import Host, load_inventory, local_host
+from kubenetdiag.pipeline import Analysis, CollectOptions, Observer
+from kubenetdiag.reports import print_summary, render
+from kubenetdiag.reports.progress import TerminalObserver
+
+# Installed packages add subcommands here (the lab, from lab/ in the repository: it needs root
+# and is not part of the product's wheel). Each entry point is a function taking the
+# subparsers; the parser it adds sets `handler`.
+COMMANDS_GROUP = "kubenetdiag.commands"
 
 EXAMPLES = """\
 examples:
@@ -167,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip the active probes (pings, DNS, HTTP, TCP sent from every node)",
     )
+    p.set_defaults(handler=cmd_diagnose)
 
     p = sub.add_parser("collect", help="collect raw facts into a bundle directory, nothing else")
     _add_target_args(p)
@@ -179,10 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run the active probes (off by default: collect stays passive-only)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    p.set_defaults(handler=cmd_collect)
 
     p = sub.add_parser("analyze", help="analyze a bundle (no network needed)")
     p.add_argument("bundle", type=Path, metavar="BUNDLE")
     _add_analysis_args(p)
+    p.set_defaults(handler=cmd_analyze)
 
     p = sub.add_parser("rules", help="list, lint and test rules")
     rsub = p.add_subparsers(dest="rules_command", metavar="ACTION")
@@ -190,11 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     r = rsub.add_parser("list", help="list the rules")
     r.add_argument("--format", choices=["text", "json"], default="text")
     r.add_argument("--rules-dir", action="append", default=[], type=Path, metavar="DIR")
-    for action, text in (
-        ("lint", "check rule files; exit 2 on any problem"),
-        ("test", "run the test cases inside rule files"),
+    r.set_defaults(handler=cmd_rules_list)
+    for action, text, handler in (
+        ("lint", "check rule files; exit 2 on any problem", cmd_rules_lint),
+        ("test", "run the test cases inside rule files", cmd_rules_test),
     ):
         r = rsub.add_parser(action, help=text)
+        r.set_defaults(handler=handler)
         r.add_argument(
             "paths",
             nargs="*",
@@ -205,225 +221,54 @@ def build_parser() -> argparse.ArgumentParser:
     r = rsub.add_parser("explain", help="show the chain of rules that can lead to a rule")
     r.add_argument("rule_id", metavar="ID")
     r.add_argument("--rules-dir", action="append", default=[], type=Path, metavar="DIR")
-    from kubenetdiag.lab.cli import add_parser as add_lab_parser
-
-    add_lab_parser(sub)
+    r.set_defaults(handler=cmd_rules_explain)
+    _add_plugin_commands(sub)
     return parser
 
 
-# ---------------------------------------------------------------- collection
+def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:
+    names = set()
+    for entry in entry_points(group=COMMANDS_GROUP):
+        entry.load()(sub)
+        names.add(entry.name)
+    if "lab" not in names:
+        p = sub.add_parser("lab", help="the network-namespace test lab (not installed)")
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        p.set_defaults(handler=_lab_missing)
 
 
-def _hosts(args: argparse.Namespace) -> list:
-    from kubenetdiag.inventory import Host, load_inventory
-
-    if args.local:
-        return [
-            Host(name=socket.gethostname() or "localhost", address="localhost", connection="local")
-        ]
-    return load_inventory(args.inventory)
-
-
-class _Progress:
-    """Per-node progress on stderr: a live bar on a terminal, one line per node otherwise.
-
-    Never a silent wait: once collection has run PENDING_AFTER seconds, the bar names the nodes
-    still being collected, longest first, and how many wait for a free slot; without a terminal
-    (CI logs, `2>file`) a line saying the same comes every PENDING_EVERY seconds instead.
-    """
-
-    PENDING_AFTER = 3.0
-    PENDING_EVERY = 10.0
-    PENDING_NAMES = 3
-
-    def __init__(self, total: int, quiet: bool, label: str = "collecting") -> None:
-        self.total, self.quiet, self.label = total, quiet, label
-        self.done = self.failed = 0
-        self.console = Console(stderr=True, highlight=False)
-        self.bar = None
-        self.started = time.monotonic()
-        self.inflight: dict[str, float] = {}  # node -> when its collection began
-        # The collector calls from its worker threads while the bar or the ticker reads.
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.ticker: threading.Thread | None = None
-        if quiet:
-            return
-        if self.console.is_terminal:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                ProgressColumn,
-                TextColumn,
-            )
-            from rich.text import Text
-
-            progress = self
-
-            class PendingColumn(ProgressColumn):
-                # Rendered on every refresh (10 a second), so it changes even while no node
-                # finishes, which is exactly when the user wonders what is going on.
-                def render(self, task: object) -> Text:
-                    return Text(progress.pending(), style="dim", no_wrap=True,
-                                overflow="ellipsis")
-
-            self.bar = Progress(
-                TextColumn(label),
-                BarColumn(bar_width=24),  # room for the pending nodes on 80 columns
-                MofNCompleteColumn(),
-                TextColumn("{task.description}"),
-                PendingColumn(),
-                console=self.console,
-                transient=True,
-            )
-            self.task = self.bar.add_task("", total=total)
-            self.bar.start()
-        else:
-            self.ticker = threading.Thread(target=self._tick, name="progress", daemon=True)
-            self.ticker.start()
-
-    def pending(self, now: float | None = None) -> str:
-        """`waiting for node7 (12s), node9 (11s) +3, 20 queued`, or "" in the first seconds."""
-        now = time.monotonic() if now is None else now
-        if now - self.started < self.PENDING_AFTER:
-            return ""
-        with self.lock:
-            running = sorted(self.inflight.items(), key=lambda kv: kv[1])
-            queued = max(0, self.total - self.done - len(running))
-        if not running and not queued:
-            return ""
-        shown = [f"{_printable(n)} ({now - t:.0f}s)" for n, t in running[: self.PENDING_NAMES]]
-        text = "waiting for " + ", ".join(shown) if shown else "waiting"
-        if len(running) > self.PENDING_NAMES:
-            text += f" +{len(running) - self.PENDING_NAMES}"
-        if queued:
-            text += f", {queued} queued"
-        return text
-
-    def _tick(self) -> None:
-        from rich.markup import escape
-
-        while not self.stop.wait(self.PENDING_EVERY):
-            text = self.pending()
-            if text:
-                self.console.print(f"[{self.done}/{self.total}] {escape(text)}")
-
-    def __call__(self, node: str, state: str, detail: str) -> None:
-        from rich.markup import escape
-
-        with self.lock:
-            if state == "connecting":
-                self.inflight[node] = time.monotonic()
-                return
-            self.inflight.pop(node, None)
-            self.done += 1
-            self.failed += state == "failed"
-            done = self.done
-        if self.quiet:
-            return
-        word = "[red]FAILED[/red]" if state == "failed" else "[green]ok[/green]"
-        line = f"[{done}/{self.total}] {escape(_printable(node))} {word}"
-        if self.label != "collecting":  # the phase, so a log says which one a line is from
-            line = f"{self.label} {line}"
-        if detail:
-            line += f": {escape(_printable(detail))}"
-        if self.bar is not None:
-            self.bar.update(
-                self.task, advance=1, description=f"{self.failed} failed" if self.failed else ""
-            )
-            if state == "failed":
-                self.bar.console.print(line)
-        else:
-            self.console.print(line)
-
-    def close(self) -> None:
-        self.stop.set()
-        if self.ticker is not None:
-            self.ticker.join(timeout=1)
-        if self.bar is not None:
-            self.bar.stop()
-
-
-def _printable(text: str) -> str:
-    """Node names and errors are untrusted: no escape sequences reach the terminal."""
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
-def _collect(args: argparse.Namespace, hosts: list, out: Path) -> tuple[dict, list[dict]]:
-    from kubenetdiag.active.phase import mark_skipped, run_phase
-    from kubenetdiag.bundle import now_iso, prepare_dir, write_bundle, write_cluster
-    from kubenetdiag.collect.cluster import BackgroundApiCollection, resolve_target
-    from kubenetdiag.collect.runner import collect
-    from kubenetdiag.collect.ssh import Connector, SshOptions
-
-    if args.parallel < 1:
-        raise InputError("--parallel must be at least 1")
-    # a bad kubeconfig stops the run here, like a bad inventory
-    api = BackgroundApiCollection(
-        resolve_target(args.kubeconfig, args.context, args.in_cluster),
-        connect_timeout=args.connect_timeout,
-        read_timeout=min(args.command_timeout, 30.0),
+def _lab_missing(args: argparse.Namespace) -> int:
+    raise InputError(
+        "the lab is not installed: it is a separate package, for rule authors and tests",
+        hint="from a clone of the repository: pip install -e ./lab",
     )
-    prepare_dir(out)  # fail before touching any node, not after
-    opts = SshOptions(
-        connect_timeout=args.connect_timeout,
-        command_timeout=args.command_timeout,
-        accept_new_host_keys=args.accept_new_host_keys,
-        known_hosts=args.known_hosts,
+
+
+# ---------------------------------------------------------------- running the pipeline
+
+
+def _hosts(args: argparse.Namespace) -> list[Host]:
+    return [local_host()] if args.local else load_inventory(args.inventory)
+
+
+def _collect_options(args: argparse.Namespace) -> CollectOptions:
+    return CollectOptions(
+        ssh=SshOptions(
+            connect_timeout=args.connect_timeout,
+            command_timeout=args.command_timeout,
+            accept_new_host_keys=args.accept_new_host_keys,
+            known_hosts=args.known_hosts,
+        ),
+        parallel=args.parallel,
+        active=args.active,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        in_cluster=args.in_cluster,
+        inventory=args.inventory,
     )
-    progress = _Progress(len(hosts), args.quiet)
-    started = now_iso()
-    api.start()  # the API is asked while the nodes are, not after them
-    # Kept open between the phases: the active script reuses each node's SSH connection.
-    connector = Connector(opts, keep=args.active)
-    try:
-        try:
-            records, _ = collect(
-                hosts, opts, parallel=args.parallel, progress=progress, connector=connector
-            )
-        finally:
-            progress.close()
-        cluster = api.result()
-        if args.active:
-            reached = sum(1 for r in records if r["reachable"])
-            progress = _Progress(reached, args.quiet, label="active probes")
-            try:
-                run_phase(hosts, records, cluster, connector, parallel=args.parallel,
-                          progress=progress)
-            finally:
-                progress.close()
-        else:
-            mark_skipped(records)
-    finally:
-        saved = connector.close()
-    kinds = {h.connection for h in hosts}
-    meta = {
-        "started_at": started,
-        "finished_at": now_iso(),
-        "transport": kinds.pop() if len(kinds) == 1 else "mixed",
-        "inventory": str(Path(args.inventory).resolve()) if args.inventory else None,
-    }
-    write_bundle(out, meta, records)
-    write_cluster(out, cluster)
-    if not args.quiet and cluster["queried"]:
-        bad = [c["name"] for c in cluster["calls"] if c["status"] not in ("ok", "not_found")]
-        progress.console.print(
-            f"cluster API {_printable(str(cluster['source']['server']))}: "
-            f"{len(cluster['calls']) - len(bad)}/{len(cluster['calls'])} calls answered"
-            + (f"; no answer for {_printable(', '.join(bad))}" if bad else "")
-        )
-    for path in saved:
-        progress.console.print(f"recorded new host keys in {path}")
-    return meta, records
 
 
-# ---------------------------------------------------------------- analysis
-
-
-def _load_rules(args: argparse.Namespace):
-    from kubenetdiag.engine import load_ruleset
-
+def _load_rules(args: argparse.Namespace) -> RuleSet:
     return load_ruleset(args.rules_dir, disable=args.disable)
 
 
@@ -443,62 +288,19 @@ def _report_targets(args: argparse.Namespace) -> list[tuple[Path, str]]:
     return targets
 
 
-def _analyze(args, ruleset, meta: dict, records: list[dict], bundle_dir: Path) -> int:
-    from kubenetdiag.bundle import FACTS_SCHEMA, read_cluster, write_json
-    from kubenetdiag.engine import infer
-    from kubenetdiag.facts.parse import facts_from_records
-    from kubenetdiag.findings import build_report
-
-    facts = facts_from_records(records, read_cluster(bundle_dir))
-    findings = infer(ruleset, facts)
-    report = build_report(
-        meta,
-        records,
-        facts,
-        findings,
-        rules_count=len(ruleset.rules),
-        rules_digest=ruleset.digest,
-        bundle=str(bundle_dir),
-    )
-    err = Console(stderr=True, highlight=False)
-    try:
-        write_json(
-            bundle_dir / "facts.json",
-            {"schema": FACTS_SCHEMA, "facts": [f.to_dict() for f in facts]},
-        )
-        write_json(bundle_dir / "report.json", report)
-    except OSError as exc:  # a read-only bundle (a shipped example, a mounted stick) is fine
-        err.print(f"note: could not save facts.json/report.json in {bundle_dir}: {exc.strerror}")
+def _write_reports(args: argparse.Namespace, analysis: Analysis, observer: Observer) -> int:
+    report = analysis.report
     targets = _report_targets(args)
     for path, fmt in targets:
-        path.write_text(_render(report, fmt, args.lang), encoding="utf-8")
-        err.print(f"report written to {path}")
-    if args.format == "json":
-        sys.stdout.write(_render(report, "json", args.lang))
-    elif args.format == "markdown":
-        sys.stdout.write(_render(report, "markdown", args.lang))
+        path.write_text(render(report, fmt, args.lang), encoding="utf-8")
+        observer.warn(f"report written to {path}")
+    if args.format in ("json", "markdown"):
+        sys.stdout.write(render(report, args.format, args.lang))
     else:
-        from kubenetdiag.reports import print_summary
-
         html = next((str(p) for p, fmt in targets if fmt == "html"), None)
         print_summary(report, Console(highlight=False), lang=args.lang, full_report=html,
                       validated=True)
-    return report["summary"]["exit_code"]
-
-
-def _render(report: dict, fmt: str, lang: str) -> str:
-    from kubenetdiag import reports
-
-    # build_report has checked the report against its schema: once per run, not per format.
-    if fmt == "html":
-        return reports.render_html(report, lang=lang, validated=True)
-    if fmt == "json":
-        return reports.render_json(report, validated=True)
-    if fmt == "markdown":
-        return reports.render_markdown(report, lang=lang, validated=True)
-    console = Console(record=True, width=100, file=io.StringIO())
-    reports.print_summary(report, console, lang=lang, validated=True)
-    return console.export_text()
+    return analysis.exit_code
 
 
 # ---------------------------------------------------------------- commands
@@ -507,133 +309,107 @@ def _render(report: dict, fmt: str, lang: str) -> str:
 def cmd_diagnose(args: argparse.Namespace) -> int:
     ruleset = _load_rules(args)
     _report_targets(args)
-    hosts = _hosts(args)
+    observer = TerminalObserver(args.quiet)
     out = args.bundle or Path(f"kubenetdiag-{time.strftime('%Y%m%d-%H%M%S')}")
-    meta, records = _collect(args, hosts, out)
-    return _analyze(args, ruleset, meta, records, out)
+    analysis = pipeline.diagnose(_hosts(args), _collect_options(args), ruleset, out, observer)
+    return _write_reports(args, analysis, observer)
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from kubenetdiag.findings import EXIT_ALL_FAILED, EXIT_OK
-
-    hosts = _hosts(args)
-    _, records = _collect(args, hosts, args.output)
-    reached = sum(1 for r in records if r["reachable"])
-    Console(stderr=True, highlight=False).print(
-        f"bundle written to {args.output}: {reached}/{len(records)} nodes collected"
+    observer = TerminalObserver(args.quiet)
+    bundle = pipeline.collect(_hosts(args), _collect_options(args), args.output, observer)
+    reached = sum(1 for r in bundle.records if r["reachable"])
+    observer.warn(
+        f"bundle written to {args.output}: {reached}/{len(bundle.records)} nodes collected"
     )
     return EXIT_OK if reached else EXIT_ALL_FAILED
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from kubenetdiag.bundle import read_bundle
-
     ruleset = _load_rules(args)
     _report_targets(args)
-    meta, records = read_bundle(args.bundle)
-    return _analyze(args, ruleset, meta, records, args.bundle)
+    observer = TerminalObserver(quiet=False)
+    analysis = pipeline.analyze(Bundle.read(args.bundle), ruleset, observer)
+    return _write_reports(args, analysis, observer)
 
 
-def cmd_rules(args: argparse.Namespace) -> int:
-    from kubenetdiag import engine
-
-    out = Console(highlight=False)
-    if args.rules_command == "list":
-        ruleset = engine.load_ruleset(args.rules_dir)
-        rows = [
-            {
-                "id": r.id,
-                "fault": r.fault,
-                "severity": r.severity,
-                "title": r.title,
-                "file": str(r.file),
-            }
-            for r in ruleset.rules
-        ]
-        if args.format == "json":
-            sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
-        else:
-            from rich.table import Table
-
-            t = Table("id", "fault", "severity", "title")
-            for row in rows:
-                t.add_row(row["id"], row["fault"] or "-", row["severity"] or "-", row["title"])
-            out.print(t)
+def cmd_rules_list(args: argparse.Namespace) -> int:
+    ruleset = load_ruleset(args.rules_dir)
+    rows = [
+        {"id": r.id, "fault": r.fault, "severity": r.severity, "title": r.title,
+         "file": str(r.file)}
+        for r in ruleset.rules
+    ]
+    if args.format == "json":
+        sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
         return 0
-    if args.rules_command == "lint":
-        problems = (
-            engine.lint_paths(args.paths)
-            if args.paths
-            else engine.lint_paths([engine.SHIPPED_RULES_DIR], with_shipped=False)
-        )
-        for p in problems:
-            print(str(p), file=sys.stderr)
-        if problems:
-            print(f"{len(problems)} problem(s)", file=sys.stderr)
-            return EXIT_USAGE
-        print("rules lint: no problems")
-        return 0
-    if args.rules_command == "test":
-        ruleset = engine.load_ruleset(args.paths if args.paths else ())
-        results = engine.run_tests(ruleset, args.paths or None)
-        failed = [r for r in results if not r.passed]
-        for r in results:
-            mark = "PASS" if r.passed else "FAIL"
-            line = f"{mark} {r.rule_id}: {r.name}"
-            if not r.passed:
-                line += f"\n     {r.file}:{r.line}: {r.message}"
-            print(line)
-        print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
-        return 1 if failed else 0
-    if args.rules_command == "explain":
-        from kubenetdiag.engine.explain import explain_tree
+    from rich.table import Table
 
-        ruleset = engine.load_ruleset(args.rules_dir)
-        try:
-            print(explain_tree(ruleset, args.rule_id))
-        except KeyError:
-            print(f"no rule {args.rule_id!r}; `kubenetdiag rules list` shows them", file=sys.stderr)
-            return EXIT_USAGE
-        return 0
-    raise AssertionError(args.rules_command)
+    table = Table("id", "fault", "severity", "title")
+    for row in rows:
+        table.add_row(row["id"], row["fault"] or "-", row["severity"] or "-", row["title"])
+    Console(highlight=False).print(table)
+    return 0
 
 
-def cmd_lab(args: argparse.Namespace) -> int:
-    from kubenetdiag.lab.cli import run
+def cmd_rules_lint(args: argparse.Namespace) -> int:
+    from kubenetdiag.engine import SHIPPED_RULES_DIR, lint_paths
 
-    return run(args)
+    problems = (
+        lint_paths(args.paths) if args.paths
+        else lint_paths([SHIPPED_RULES_DIR], with_shipped=False)
+    )
+    for problem in problems:
+        print(str(problem), file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s)", file=sys.stderr)
+        return EXIT_USAGE
+    print("rules lint: no problems")
+    return 0
 
 
-COMMANDS = {
-    "diagnose": cmd_diagnose,
-    "collect": cmd_collect,
-    "analyze": cmd_analyze,
-    "rules": cmd_rules,
-    "lab": cmd_lab,
-}
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    from kubenetdiag.engine import run_tests
+
+    ruleset = load_ruleset(args.paths if args.paths else ())
+    results = run_tests(ruleset, args.paths or None)
+    failed = [r for r in results if not r.passed]
+    for result in results:
+        line = f"{'PASS' if result.passed else 'FAIL'} {result.rule_id}: {result.name}"
+        if not result.passed:
+            line += f"\n     {result.file}:{result.line}: {result.message}"
+        print(line)
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def cmd_rules_explain(args: argparse.Namespace) -> int:
+    from kubenetdiag.engine.explain import explain_tree
+
+    ruleset = load_ruleset(args.rules_dir)
+    try:
+        print(explain_tree(ruleset, args.rule_id))
+    except KeyError:
+        print(f"no rule {args.rule_id!r}; `kubenetdiag rules list` shows them", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return COMMANDS[args.subcommand](args)
+        return args.handler(args)
     except InputError as exc:
         print(f"kubenetdiag: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except _rule_errors() as exc:
+    except RuleErrors as exc:
         for e in exc.errors:
             print(f"kubenetdiag: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("kubenetdiag: interrupted", file=sys.stderr)
         return 130
-
-
-def _rule_errors() -> type[Exception]:
-    from kubenetdiag.engine import RuleErrors
-
-    return RuleErrors
 
 
 def diagnose_main() -> int:

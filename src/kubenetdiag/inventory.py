@@ -25,6 +25,7 @@ import math
 import os
 import re
 import shlex
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -37,7 +38,7 @@ import yaml
 from kubenetdiag.errors import InputError
 from kubenetdiag.yamlsrc import YamlDoc, load_yaml_file
 
-__all__ = ["Host", "expand_host_pattern", "load_inventory"]
+__all__ = ["Host", "expand_host_pattern", "load_inventory", "local_host"]
 
 REDACTED = "***"
 
@@ -1011,3 +1012,8 @@ def load_inventory(path: str | Path) -> list[Host]:
         entry.files = _load_vars_files(base / "host_vars", name)
     order = _group_order(groups)
     return [_build_host(entry, groups, order, base) for entry in parser.hosts.values()]
+
+
+def local_host() -> Host:
+    """This machine as the only node (`diagnose --local`): probes run without SSH."""
+    return Host(name=socket.gethostname() or "localhost", address="localhost", connection="local")

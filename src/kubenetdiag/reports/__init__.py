@@ -2,6 +2,10 @@
 and the terminal summary. All of them validate the report against report.schema.json first,
 unless told with `validated=True` that it was (findings.build_report checks what it builds)."""
 
+import io
+
+from rich.console import Console
+
 from kubenetdiag.reports.html_report import render_html
 from kubenetdiag.reports.i18n import SUPPORTED_LANGS
 from kubenetdiag.reports.json_report import render_json
@@ -13,8 +17,27 @@ __all__ = [
     "REPORT_SCHEMA_PATH",
     "SUPPORTED_LANGS",
     "print_summary",
+    "render",
     "render_html",
     "render_json",
     "render_markdown",
     "validate_report",
 ]
+
+FORMATS = ("html", "json", "markdown", "text")
+
+
+def render(report: dict, fmt: str, lang: str = "en") -> str:
+    """The report as one of FORMATS, for a report `findings.build_report` made (and checked
+    against its schema: once per run, not once per format)."""
+    if fmt == "html":
+        return render_html(report, lang=lang, validated=True)
+    if fmt == "json":
+        return render_json(report, validated=True)
+    if fmt == "markdown":
+        return render_markdown(report, lang=lang, validated=True)
+    if fmt == "text":
+        console = Console(record=True, width=100, file=io.StringIO())
+        print_summary(report, console, lang=lang, validated=True)
+        return console.export_text()
+    raise ValueError(f"unknown report format {fmt!r}; one of {', '.join(FORMATS)}")

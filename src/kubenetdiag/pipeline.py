@@ -1,0 +1,247 @@
+"""The pipeline as a library: `collect`, `analyze`, `diagnose`.
+
+The CLI is one caller; a CI job or a chatops bot is another, without argparse:
+
+    from kubenetdiag import pipeline
+    from kubenetdiag.engine import load_ruleset
+    from kubenetdiag.inventory import load_inventory
+
+    hosts = load_inventory("hosts.yaml")
+    result = pipeline.diagnose(hosts, pipeline.CollectOptions(), load_ruleset(), Path("bundle"))
+    print(result.report["summary"])
+
+Input is checked before any node is touched (an InputError: bad kubeconfig, a directory that
+already holds a bundle, bad options). Nothing here prints: progress and notes go to the
+`Observer` the caller passes (the terminal's is kubenetdiag.reports.progress).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from kubenetdiag.bundle import (
+    FACTS_SCHEMA,
+    Bundle,
+    now_iso,
+    prepare_dir,
+    write_json,
+)
+from kubenetdiag.collect.cluster import BackgroundApiCollection, resolve_target
+from kubenetdiag.collect.runner import collect as collect_nodes
+from kubenetdiag.collect.ssh import Connector, SshOptions
+from kubenetdiag.engine import RuleSet, infer
+from kubenetdiag.errors import InputError
+from kubenetdiag.facts.model import Fact
+from kubenetdiag.facts.parse import facts_from_records
+from kubenetdiag.findings import build_report
+from kubenetdiag.inventory import Host
+
+SKIPPED_ACTIVE = "active probes not run: --no-active, or `collect` without --active"
+
+
+class NodeProgress(Protocol):
+    """One phase's progress: called from worker threads as each node moves on."""
+
+    def __call__(self, node: str, state: str, detail: str) -> None: ...  # connecting|done|failed
+
+    def close(self) -> None: ...
+
+
+class Observer(Protocol):
+    def phase(self, label: str, total: int) -> NodeProgress: ...
+
+    def note(self, text: str) -> None: ...  # progress chatter: a quiet run hides it
+
+    def warn(self, text: str) -> None: ...  # always shown: a changed file, lost output
+
+
+class _Silent:
+    def __call__(self, node: str, state: str, detail: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def phase(self, label: str, total: int) -> _Silent:
+        return self
+
+    def note(self, text: str) -> None:
+        pass
+
+    def warn(self, text: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class CollectOptions:
+    """How to reach the nodes and the API. The API is asked only when opted in: `kubeconfig`,
+    `context`, `in_cluster`, or $KUBECONFIG set (see collect.cluster.resolve_target)."""
+
+    ssh: SshOptions = field(default_factory=SshOptions)
+    parallel: int = 32
+    active: bool = True  # pings, DNS, HTTP, TCP sent from every node after the passive phase
+    kubeconfig: str | None = None
+    context: str | None = None
+    in_cluster: bool = False
+    inventory: str | None = None  # recorded in the bundle's meta.json
+
+    def check(self) -> None:
+        if self.parallel < 1:
+            raise InputError("--parallel must be at least 1")
+
+
+@dataclass
+class Analysis:
+    """What `analyze` made of a bundle: the facts and the report (docs/contracts.md)."""
+
+    facts: list[Fact]
+    report: dict
+
+    @property
+    def exit_code(self) -> int:
+        return int(self.report["summary"]["exit_code"])
+
+
+def collect(
+    hosts: Sequence[Host],
+    options: CollectOptions,
+    out: Path,
+    observer: Observer | None = None,
+) -> Bundle:
+    """Collect from every host (and the API, at the same time) into a new bundle at `out`."""
+    observer = observer or _Silent()
+    options.check()
+    # A bad kubeconfig or an old bundle in the way stop the run here, before any node is touched.
+    api = BackgroundApiCollection(
+        resolve_target(options.kubeconfig, options.context, options.in_cluster),
+        connect_timeout=options.ssh.connect_timeout,
+        read_timeout=min(options.ssh.command_timeout, 30.0),
+    )
+    prepare_dir(out)
+    started = now_iso()
+    api.start()
+    # Kept open between the phases: the active script reuses each node's SSH connection.
+    connector = Connector(options.ssh, keep=options.active)
+    try:
+        records = _run_phase(
+            observer, "collecting", len(hosts),
+            lambda progress: collect_nodes(
+                hosts, options.ssh, parallel=options.parallel, progress=progress,
+                connector=connector,
+            )[0],
+        )
+        cluster = api.result()
+        if options.active:
+            _active_phase(hosts, records, cluster, connector, options, observer)
+        else:
+            _mark_active_skipped(records)
+    finally:
+        saved = connector.close()
+    kinds = {h.connection for h in hosts}
+    meta = {
+        "started_at": started,
+        "finished_at": now_iso(),
+        "transport": kinds.pop() if len(kinds) == 1 else "mixed",
+        "inventory": str(Path(options.inventory).resolve()) if options.inventory else None,
+    }
+    bundle = Bundle(out, meta, records, cluster)
+    bundle.write()
+    if cluster["queried"]:
+        bad = [c["name"] for c in cluster["calls"] if c["status"] not in ("ok", "not_found")]
+        observer.note(
+            f"cluster API {cluster['source']['server']}: "
+            f"{len(cluster['calls']) - len(bad)}/{len(cluster['calls'])} calls answered"
+            + (f"; no answer for {', '.join(bad)}" if bad else "")
+        )
+    for path in saved:
+        observer.warn(f"recorded new host keys in {path}")
+    return bundle
+
+
+def analyze(bundle: Bundle, ruleset: RuleSet, observer: Observer | None = None) -> Analysis:
+    """Parse, infer and build the report; keep facts.json and report.json in the bundle."""
+    observer = observer or _Silent()
+    facts = facts_from_records(bundle.records, bundle.cluster)
+    findings = infer(ruleset, facts)
+    report = build_report(
+        bundle.meta,
+        bundle.records,
+        facts,
+        findings,
+        rules_count=len(ruleset.rules),
+        rules_digest=ruleset.digest,
+        bundle=str(bundle.path),
+    )
+    try:
+        write_json(
+            bundle.path / "facts.json",
+            {"schema": FACTS_SCHEMA, "facts": [f.to_dict() for f in facts]},
+        )
+        write_json(bundle.path / "report.json", report)
+    except OSError as exc:  # a read-only bundle (a shipped example, a mounted stick) is fine
+        observer.warn(
+            f"note: could not save facts.json/report.json in {bundle.path}: {exc.strerror}"
+        )
+    return Analysis(facts, report)
+
+
+def diagnose(
+    hosts: Sequence[Host],
+    options: CollectOptions,
+    ruleset: RuleSet,
+    out: Path,
+    observer: Observer | None = None,
+) -> Analysis:
+    """Collect into a new bundle at `out`, then analyze it."""
+    return analyze(collect(hosts, options, out, observer), ruleset, observer)
+
+
+def _run_phase(
+    observer: Observer, label: str, total: int, work: Callable[[NodeProgress], list[dict]]
+) -> list[dict]:
+    progress = observer.phase(label, total)
+    try:
+        return work(progress)
+    finally:
+        progress.close()
+
+
+def _active_phase(
+    hosts: Sequence[Host],
+    records: list[dict],
+    cluster: dict,
+    connector: Connector,
+    options: CollectOptions,
+    observer: Observer,
+) -> None:
+    """Plan from what the passive phase and the API found, run, and keep each node's result
+    in its record (the bundle's node file keeps it under `active`)."""
+    # Imported here: the active runner pulls in dnspython, which a passive-only run never needs.
+    from kubenetdiag.collect.active import run_active
+    from kubenetdiag.probes.active.plan import plan
+
+    plans = plan(facts_from_records(records, cluster), hosts)
+    reached = sum(1 for r in records if r["reachable"])
+    results: dict[str, dict] = {}
+
+    def work(progress: NodeProgress) -> list[dict]:
+        results.update(
+            run_active(hosts, plans, connector, parallel=options.parallel, progress=progress)
+        )
+        return records
+
+    _run_phase(observer, "active probes", reached, work)
+    for rec in records:
+        if rec["name"] in results:
+            rec["active"] = results[rec["name"]]
+
+
+def _mark_active_skipped(records: list[dict]) -> None:
+    """Say in every reached node's record that the active phase was not asked for, so the
+    report lists it as not checked instead of silently showing no matrix."""
+    for rec in records:
+        if rec.get("reachable"):
+            rec["active"] = {"skipped": SKIPPED_ACTIVE}
