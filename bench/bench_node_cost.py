@@ -34,8 +34,9 @@ def main() -> int:
         print("needs root: it builds a network-namespace lab", file=sys.stderr)
         return 2
 
+    from kubenetdiag_lab import Lab
+
     from kubenetdiag.collect.script import build_script, new_marker, split_output
-    from kubenetdiag.lab import Lab
     from kubenetdiag.probes import PROBES
 
     runs, per_probe = [], {p.name: [] for p in PROBES}

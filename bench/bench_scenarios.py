@@ -100,8 +100,8 @@ def diagnose(lab, out: Path) -> dict:
 
 
 def run_mode(mode: str, only: set[str] | None, pairs: bool, work: Path) -> list[Scenario]:
-    from kubenetdiag.lab.faults import FAULTS
-    from kubenetdiag.lab.lab import Lab
+    from kubenetdiag_lab.faults import FAULTS
+    from kubenetdiag_lab.lab import Lab
 
     prefix = "kb" + {"flannel-vxlan": "v", "flannel-host-gw": "h", "calico-bgp": "c"}[mode]
     lab = Lab(work / mode, nodes=NODES, prefix=prefix, cni_mode=mode)

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Re-record examples/bundles/lab-three-faults from a real lab (root, Linux; see tests/conftest.py).
+# Re-record examples/bundles/lab-three-faults from a real lab (root, Linux; the kubenetdiag-lab
+# package, `pip install -e ./lab`; see tests/conftest.py).
 # Three nodes; node1 gets a REJECT at the top of FORWARD, node2 has IP forwarding turned off,
 # node3's sshd is stopped. The bundle is collected over SSH from the lab's client namespace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d /tmp/knd-example.XXXXXX)
 out=examples/bundles/lab-three-faults
-lab() { python3 -m kubenetdiag lab "$@" --workdir "$work"; }
+lab() { python3 -m kubenetdiag_lab "$@" --workdir "$work"; }
 trap 'lab down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 
 lab up --nodes 3 --cni flannel-vxlan --prefix kndex >/dev/null

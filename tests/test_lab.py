@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from kubenetdiag.lab import Lab, LabError, find_overlaps, overlap_message
-from kubenetdiag.lab import preflight as preflight_mod
-from kubenetdiag.lab.netns import cmdline, lab_namespaces, list_netns, pids_in_netns
+from kubenetdiag_lab import Lab, LabError, find_overlaps, overlap_message
+from kubenetdiag_lab import preflight as preflight_mod
+from kubenetdiag_lab.netns import cmdline, lab_namespaces, list_netns, pids_in_netns
 
 LAB_NETS = [ipaddress.ip_network("198.18.0.0/24"), ipaddress.ip_network("10.244.0.0/16")]
 

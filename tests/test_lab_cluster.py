@@ -9,9 +9,8 @@ import subprocess
 import sys
 
 import pytest
-
-from kubenetdiag.lab import Lab
-from kubenetdiag.lab.cli import fault_list
+from kubenetdiag_lab import Lab
+from kubenetdiag_lab.cli import fault_list
 
 pytestmark = pytest.mark.lab
 
@@ -145,9 +144,9 @@ def test_lab_json_is_the_documented_contract(lab):
 
 
 def lab_cli(lab: Lab, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kubenetdiag.lab", *args,
+    return subprocess.run([sys.executable, "-m", "kubenetdiag_lab", *args,
                            "--workdir", str(lab.workdir)] if args[0] != "exec" else
-                          [sys.executable, "-m", "kubenetdiag.lab", "exec", "--workdir",
+                          [sys.executable, "-m", "kubenetdiag_lab", "exec", "--workdir",
                            str(lab.workdir), *args[1:]],
                           capture_output=True, text=True, timeout=60)
 
@@ -167,6 +166,6 @@ def test_cli_status_exec_and_fault_list(lab):
     assert cp.returncode == 3 and "198.18.0.2/24" in cp.stdout, cp
     listing = fault_list()
     assert "tw_recycle_with_timestamps" in listing and "fixture only" in listing
-    cp = subprocess.run([sys.executable, "-m", "kubenetdiag.lab", "inject", "--list"],
+    cp = subprocess.run([sys.executable, "-m", "kubenetdiag_lab", "inject", "--list"],
                         capture_output=True, text=True, timeout=30)
     assert cp.returncode == 0 and "vxlan_udp_blocked" in cp.stdout

@@ -8,8 +8,7 @@ import re
 import time
 
 import pytest
-
-from kubenetdiag.lab import Lab, LabError, cni
+from kubenetdiag_lab import Lab, LabError, cni
 
 pytestmark = pytest.mark.lab
 

@@ -22,10 +22,10 @@ from ipaddress import ip_network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubenetdiag.lab.netns import LabError, cmdline, exec_argv, pids_in_netns, run, terminate
+from kubenetdiag_lab.netns import LabError, cmdline, exec_argv, pids_in_netns, run, terminate
 
 if TYPE_CHECKING:
-    from kubenetdiag.lab.lab import Lab, LabNode, LabPod
+    from kubenetdiag_lab.lab import Lab, LabNode, LabPod
 
 SERVICE_NETWORK = ip_network("10.96.0.0/12")
 OUTSIDE_NETWORK = ip_network("203.0.113.0/24")  # TEST-NET-3: documentation only
@@ -237,7 +237,7 @@ def app_commands(lab: Lab, app: str) -> list[tuple[str, list[str], int, str]]:
     if app == "apiserver":
         # The Kubernetes API stand-in lives on the client namespace's loopback, where the
         # diagnoser runs, as a real API server would be reached from an admin host.
-        argv = [sys.executable, "-m", "kubenetdiag.lab.apiserver",
+        argv = [sys.executable, "-m", "kubenetdiag_lab.apiserver",
                 "--state", str(lab.workdir / "lab.json"), "--port", str(API_PORT),
                 "--kubeconfig-out", str(lab.kubeconfig_path)]
         return [(lab.client_netns, argv, API_PORT, "tcp")]

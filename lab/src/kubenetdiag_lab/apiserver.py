@@ -4,7 +4,7 @@ The official ``kubernetes`` client talks to it exactly as to a real API server (
 JSON, list pagination with ``limit``/``continue``, Status objects on errors), so the cluster
 collector is tested over real sockets with real client code. It is read-only: GET only.
 
-    python -m kubenetdiag.lab.apiserver --state WORKDIR/lab.json --port 0 \\
+    python -m kubenetdiag_lab.apiserver --state WORKDIR/lab.json --port 0 \\
         --kubeconfig-out WORKDIR/kubeconfig [--forbid pods] [--slow pods=5] [--expire nodes=1]
 
 Per-run behaviours, so error paths are testable (CLI flags, a JSON control file, or
@@ -43,7 +43,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from kubenetdiag.lab import k8s_objects
+from kubenetdiag_lab import k8s_objects
 
 HOST = "127.0.0.1"
 GIT_VERSION = "v1.30.4"
@@ -511,7 +511,7 @@ def _pairs(values: list[str], conv: type) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m kubenetdiag.lab.apiserver",
+        prog="python -m kubenetdiag_lab.apiserver",
         description="Serve the lab's Kubernetes API objects on 127.0.0.1 (read-only).",
     )
     p.add_argument("--state", required=True, type=Path, help="the lab's lab.json")

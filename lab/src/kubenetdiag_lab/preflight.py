@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kubenetdiag.lab.netns import LabError, run
+from kubenetdiag_lab.netns import LabError, run
 
 IPv4Net = ipaddress.IPv4Network
 

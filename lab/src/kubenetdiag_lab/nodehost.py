@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubenetdiag.lab.netns import LabError, cmdline, exec_argv, run, terminate
+from kubenetdiag_lab.netns import LabError, cmdline, exec_argv, run, terminate
 
 # The real binaries' names; the processes are `sleep infinity` run under these names (a symlink
 # gives the kernel's comm, argv[0] gives ps's args), so they cost ~1 MiB each and do nothing.

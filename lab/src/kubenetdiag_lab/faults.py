@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from kubenetdiag.lab import cni, nodehost, services
-from kubenetdiag.lab.netns import LabError, cmdline, exec_argv, pids_in_netns, run
+from kubenetdiag_lab import cni, nodehost, services
+from kubenetdiag_lab.netns import LabError, cmdline, exec_argv, pids_in_netns, run
 
 if TYPE_CHECKING:
-    from kubenetdiag.lab.lab import Lab, LabNode
+    from kubenetdiag_lab.lab import Lab, LabNode
 
 Params = dict[str, str]
 Action = Callable[["Lab", "LabNode", Params], None]

@@ -59,9 +59,9 @@ from typing import Any
 
 import yaml
 
-from kubenetdiag.lab import cni, icmp, nodehost, services, sshd
-from kubenetdiag.lab.faults import FAULTS, Fault
-from kubenetdiag.lab.netns import (
+from kubenetdiag_lab import cni, icmp, nodehost, services, sshd
+from kubenetdiag_lab.faults import FAULTS, Fault
+from kubenetdiag_lab.netns import (
     LabError,
     add_netns,
     delete_netns,
@@ -72,7 +72,7 @@ from kubenetdiag.lab.netns import (
     run,
     terminate,
 )
-from kubenetdiag.lab.preflight import check_root_namespace
+from kubenetdiag_lab.preflight import check_root_namespace
 
 UNDERLAY = ip_network("198.18.0.0/24")  # RFC 2544 benchmarking range: never routed for real
 POD_SUPERNET = ip_network("10.244.0.0/16")  # flannel's default cluster CIDR
@@ -287,7 +287,7 @@ class Lab:
             raise LabError(
                 f"namespaces of lab prefix {self.prefix!r} already exist: {', '.join(leftovers)}\n"
                 f"  a lab with this prefix is running or an earlier run crashed; remove it with "
-                f"`python -m kubenetdiag.lab down --prefix {self.prefix} --workdir {self.workdir}`"
+                f"`python -m kubenetdiag_lab down --prefix {self.prefix} --workdir {self.workdir}`"
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)

@@ -1,6 +1,6 @@
 """Network-namespace test lab: a k8s-shaped network with real sshd nodes on one machine.
 
-Import `Lab` from here; see `kubenetdiag.lab.lab` for the layout and its invariants.
+Import `Lab` from here; see `kubenetdiag_lab.lab` for the layout and its invariants.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# Resolved on first use: the `kubenetdiag` CLI imports kubenetdiag.lab.cli to build its
+# Resolved on first use: the `kubenetdiag` CLI imports kubenetdiag_lab.cli to build its
 # parser, and `diagnose` during an outage should not pay for loading the whole lab.
 _EXPORTS = {
     "FAULTS": "faults", "Fault": "faults",

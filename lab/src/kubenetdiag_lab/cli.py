@@ -1,4 +1,4 @@
-"""`kubenetdiag lab ...` (and `python -m kubenetdiag.lab ...`): drive the lab by hand.
+"""`kubenetdiag lab ...` (and `python -m kubenetdiag_lab ...`): drive the lab by hand.
 
     lab up [--nodes N] [--cni MODE]      build it (default 2 nodes, flannel-vxlan)
     lab status [--json]                   client netns, nodes, pods, paths, active faults
@@ -20,17 +20,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kubenetdiag.lab.cni import CNI_MODES, DEFAULT_CNI
-from kubenetdiag.lab.lab import DEFAULT_WORKDIR, Lab
-from kubenetdiag.lab.netns import LabError, exec_argv
+from kubenetdiag_lab.cni import CNI_MODES, DEFAULT_CNI
+from kubenetdiag_lab.lab import DEFAULT_WORKDIR, Lab
+from kubenetdiag_lab.netns import LabError, exec_argv
 
 
-def add_parser(subparsers: Any) -> None:
-    """Add the `lab` command to a CLI's subparsers; dispatch with `run(args)`."""
+def register(subparsers: Any) -> None:
+    """The `kubenetdiag.commands` entry point: add `lab` to the product CLI's subparsers.
+
+    The product CLI dispatches with `args.handler(args)`, so it needs no lab import of its own.
+    """
     parser = subparsers.add_parser("lab", help="the network-namespace cluster lab (root)",
                                    description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     add_commands(parser)
+    parser.set_defaults(handler=run)
 
 
 def add_commands(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +64,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
 
 
 def fault_list() -> str:
-    from kubenetdiag.lab.faults import FAULTS  # only when listing: it loads every injector
+    from kubenetdiag_lab.faults import FAULTS  # only when listing: it loads every injector
 
     lines = []
     for name in sorted(FAULTS):
@@ -172,7 +176,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kubenetdiag.lab", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m kubenetdiag_lab", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_commands(parser)
     return run(parser.parse_args(argv))
