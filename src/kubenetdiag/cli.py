@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -20,8 +21,8 @@ from rich.console import Console
 from kubenetdiag import __version__, pipeline
 from kubenetdiag.bundle import Bundle
 from kubenetdiag.collect.ssh import SshOptions
-from kubenetdiag.engine import RuleErrors, RuleSet, load_ruleset
-from kubenetdiag.errors import InputError
+from kubenetdiag.engine import RuleSet, load_ruleset
+from kubenetdiag.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, InputError
 from kubenetdiag.findings import EXIT_ALL_FAILED, EXIT_OK, EXIT_USAGE
 from kubenetdiag.inventory import Host, load_inventory, local_host
 from kubenetdiag.pipeline import Analysis, CollectOptions, Observer
@@ -229,19 +230,25 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:
     names = set()
     for entry in entry_points(group=COMMANDS_GROUP):
-        entry.load()(sub)
         names.add(entry.name)
+        try:
+            entry.load()(sub)
+        except Exception as exc:  # a broken plugin must not take diagnose down with it
+            _add_unavailable(sub, entry.name, f"the {entry.name!r} command failed to load: "
+                             f"{exc!r}", f"reinstall the package that provides {entry.value}")
     if "lab" not in names:
-        p = sub.add_parser("lab", help="the network-namespace test lab (not installed)")
-        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        p.set_defaults(handler=_lab_missing)
+        _add_unavailable(sub, "lab", "the lab is not installed: it is a separate package, "
+                         "for rule authors and tests",
+                         "from a clone of the repository: pip install -e ./lab")
 
 
-def _lab_missing(args: argparse.Namespace) -> int:
-    raise InputError(
-        "the lab is not installed: it is a separate package, for rule authors and tests",
-        hint="from a clone of the repository: pip install -e ./lab",
-    )
+def _add_unavailable(sub: argparse._SubParsersAction, name: str, why: str, hint: str) -> None:
+    def handler(args: argparse.Namespace) -> int:
+        raise InputError(why, hint=hint)
+
+    parser = sub.add_parser(name, help=f"(unavailable) {why}", add_help=False)
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    parser.set_defaults(handler=handler)
 
 
 # ---------------------------------------------------------------- running the pipeline
@@ -400,16 +407,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except InputError as exc:
+    except InputError as exc:  # RuleErrors too: one line per problem
         print(f"kubenetdiag: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except RuleErrors as exc:
-        for e in exc.errors:
-            print(f"kubenetdiag: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("kubenetdiag: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception:
+        # A bug, not the user's input or a node's state: exit 1 would read as "findings".
+        traceback.print_exc()
+        print(
+            "kubenetdiag: internal error (the traceback above); the bundle directory, if one "
+            "was started, keeps what was collected. Please report it with the traceback.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
 
 
 def diagnose_main() -> int:

@@ -1,10 +1,13 @@
-"""Errors a user can act on.
+"""Errors a user can act on, and the exit codes of every way a run can end (docs/errors.md).
 
 An InputError stops the run before any work starts (exit code 2) and always says where the bad
 input is and what to do about it.
 """
 
 from __future__ import annotations
+
+EXIT_INTERNAL = 4  # a bug: the traceback is printed, and the bundle keeps what was collected
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
 
 class InputError(Exception):
