@@ -5,9 +5,10 @@
 """
 
 from .inference import EngineError, infer
-from .loader import RuleErrors, shipped_dir
+from .loader import RuleErrors, lint_paths, load_ruleset
 from .model import Rule
-from .ruleset import RuleSet, lint_paths, load_ruleset
+from .rulefiles import shipped_dir
+from .ruleset import RuleSet
 from .ruletest import TestResult, run_tests
 
 SHIPPED_RULES_DIR = shipped_dir()

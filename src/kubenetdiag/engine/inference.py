@@ -8,7 +8,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import clips
 
@@ -16,13 +16,11 @@ from kubenetdiag.errors import InputError
 from kubenetdiag.facts.census import census_facts
 from kubenetdiag.facts.model import Fact, Scalar
 from kubenetdiag.facts.registry import registry
+from kubenetdiag.vocabulary import SEVERITY_RANK
 
 from .compiler import DERIVE_FN, FIRED, Program, clips_string
-from .loader import PLACEHOLDER_RE
-from .model import SEVERITIES, Rule
-
-if TYPE_CHECKING:
-    from .ruleset import RuleSet
+from .model import PLACEHOLDER_RE, Rule
+from .ruleset import RuleSet
 
 _NULL_TEXT = {"en": "unknown", "zh-CN": "未知"}
 _CLUSTER_TEXT = {"en": "the cluster", "zh-CN": "集群"}
@@ -493,7 +491,7 @@ def findings(program: Program, facts: Sequence[Fact], fired: dict[int, list], de
                 ],
             }
         out.append(finding)
-    out.sort(key=lambda f: (not f["root_cause"], SEVERITIES.index(f["severity"]), f["rule"]))
+    out.sort(key=lambda f: (not f["root_cause"], SEVERITY_RANK[f["severity"]], f["rule"]))
     return out
 
 

@@ -6,13 +6,15 @@ facts registry by the loader, and the compiler only ever reads these objects, ne
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubenetdiag.facts.model import Fact, Scalar
 
-SEVERITIES = ("critical", "error", "warning", "info")
 LANGS = ("en", "zh-CN")
+# A `{name}` in a rule's texts: the values bound to $name, filled in when the rule fires.
+PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 Path_ = tuple[str | int, ...]
 

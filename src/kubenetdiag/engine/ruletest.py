@@ -14,8 +14,8 @@ from typing import Any
 from kubenetdiag.errors import InputError
 
 from .inference import EngineError, infer
-from .loader import rule_files
 from .model import Rule, RuleTest
+from .rulefiles import rule_files
 from .ruleset import RuleSet
 
 
