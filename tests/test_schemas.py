@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from kubenetdiag.engine.schema import rule_schema
-from kubenetdiag.reports.schema import report_is_valid, report_schema, validate_report
+from kubenetdiag.findings.schema import report_is_valid, report_schema, validate_report
 from test_reports import ALL_REPORTS, big_report, hostile_report, one_root_cause_report
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"

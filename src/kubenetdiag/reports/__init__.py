@@ -6,11 +6,11 @@ import io
 
 from rich.console import Console
 
+from kubenetdiag.findings.schema import REPORT_SCHEMA_PATH, validate_report
 from kubenetdiag.reports.html_report import render_html
 from kubenetdiag.reports.i18n import SUPPORTED_LANGS
 from kubenetdiag.reports.json_report import render_json
 from kubenetdiag.reports.markdown_report import render_markdown
-from kubenetdiag.reports.schema import REPORT_SCHEMA_PATH, validate_report
 from kubenetdiag.reports.terminal import print_summary
 
 __all__ = [

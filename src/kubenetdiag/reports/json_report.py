@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from kubenetdiag.reports.schema import order_like_schema, validate_report
+from kubenetdiag.findings.schema import order_like_schema, validate_report
 
 
 def render_json(report: dict, *, validated: bool = False) -> str:

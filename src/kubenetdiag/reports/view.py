@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from kubenetdiag.findings.schema import validate_report
 from kubenetdiag.reports.connectivity import ConnectivityView, build_connectivity
 from kubenetdiag.reports.i18n import UI, normalize_lang
 from kubenetdiag.reports.sanitize import clean_block, clean_line
-from kubenetdiag.reports.schema import validate_report
 
 SEVERITIES = ("critical", "error", "warning", "info")
 SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from kubenetdiag import __version__
 from kubenetdiag.facts.model import Fact, by_kind
+from kubenetdiag.vocabulary import SEVERITIES
+
+from .schema import validate_report
 
 REPORT_SCHEMA = "kubenetdiag/report/v1"
-SEVERITIES = ("critical", "error", "warning", "info")
-ALARMING = {"critical", "error", "warning"}
+# The severities that make the exit code 1: something needs a person.
+ALARMING = frozenset({"critical", "error", "warning"})
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_ALL_FAILED = 0, 1, 2, 3
 
@@ -160,7 +163,5 @@ def build_report(
     }
     # Checked here, once per run, so that nothing is written from a report that breaks the
     # contract; renderers given this report can then skip their own check (validated=True).
-    from kubenetdiag.reports.schema import validate_report
-
     validate_report(report)
     return report
