@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from kubenetdiag.active import channel, parse, plan, script
-from kubenetdiag.active.runner import split
+from kubenetdiag.collect import channel
+from kubenetdiag.collect.active import split
+from kubenetdiag.facts import parse
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.inventory import Host
+from kubenetdiag.probes.active import capture, dns, http, ping, plan, script, tcp
 
 FIX = Path(__file__).parent / "fixtures" / "active"
 
@@ -109,13 +111,13 @@ def test_split_accepts_only_planned_checks() -> None:
     ("ping_busybox_ok.txt", True, None, 0.105),
 ])
 def test_parse_ping(name: str, ok: bool, detail: str | None, rtt: float | None) -> None:
-    r = parse.parse_ping(fx(name), 0 if ok else 1)
+    r = ping.parse_ping(fx(name), 0 if ok else 1)
     assert (r["ok"], r["detail"], r["rtt_ms"]) == (ok, detail, rtt)
 
 
 def test_busybox_without_df_is_unsupported_not_failed() -> None:
-    assert parse.unsupported(fx("ping_busybox_noM.txt"))
-    assert not parse.unsupported(fx("ping_iputils_loss.txt"))
+    assert ping.unsupported(fx("ping_busybox_noM.txt"))
+    assert not ping.unsupported(fx("ping_iputils_loss.txt"))
 
 
 @pytest.mark.parametrize("name,rc,ok,answer,detail", [
@@ -129,30 +131,30 @@ def test_busybox_without_df_is_unsupported_not_failed() -> None:
 ])
 def test_parse_dns(name: str, rc: int, ok: bool, answer: str | None, detail: str | None
                    ) -> None:
-    r = parse.parse_dns(fx(name), rc)
+    r = dns.parse_dns(fx(name), rc)
     assert (r["ok"], r["answer"], r["detail"]) == (ok, answer, detail)
 
 
 def test_parse_http_curl_wget_channel() -> None:
-    assert parse.parse_http("http_code=200 time=0.004\n", 0)["ok"]
-    r = parse.parse_http("http_code=000 time=2.001\n", 28)
+    assert http.parse_http("http_code=200 time=0.004\n", 0)["ok"]
+    r = http.parse_http("http_code=000 time=2.001\n", 28)
     assert (r["status"], r["ok"], r["detail"]) == (None, False, "timeout")
-    assert parse.parse_http("  HTTP/1.1 200 OK\n  Content-Type: text/plain\n", 0)["status"] \
+    assert http.parse_http("  HTTP/1.1 200 OK\n  Content-Type: text/plain\n", 0)["status"] \
         == 200
-    assert parse.parse_http("wget: can't connect to remote host: Connection refused", 4)[
+    assert http.parse_http("wget: can't connect to remote host: Connection refused", 4)[
         "detail"] == "refused"
 
 
 def test_parse_tcp() -> None:
-    assert parse.parse_tcp("", 0) == {"ok": True, "address": None, "detail": None}
-    assert parse.parse_tcp("unresolved: db.invalid\n", 3)["detail"] == "unresolved"
-    r = parse.parse_tcp("resolved: db 10.0.0.5\nbash: connect: Connection refused\n", 1)
+    assert tcp.parse_tcp("", 0) == {"ok": True, "address": None, "detail": None}
+    assert tcp.parse_tcp("unresolved: db.invalid\n", 3)["detail"] == "unresolved"
+    r = tcp.parse_tcp("resolved: db 10.0.0.5\nbash: connect: Connection refused\n", 1)
     assert (r["ok"], r["address"], r["detail"]) == (False, "10.0.0.5", "refused")
-    assert parse.parse_tcp("", 124)["detail"] == "timeout"
+    assert tcp.parse_tcp("", 124)["detail"] == "timeout"
 
 
 def test_count_vxlan() -> None:
-    counts = parse.count_vxlan(fx("tcpdump_vxlan.txt"), "198.18.0.11",
+    counts = capture.count_vxlan(fx("tcpdump_vxlan.txt"), "198.18.0.11",
                                {"198.18.0.12": "node2", "198.18.0.13": "node3"}, 8472)
     assert counts == {"node2": (0, 2), "node3": (0, 0)}
 
@@ -207,13 +209,13 @@ def test_dns_over_channel_round_trip() -> None:
         return struct.pack("!H", len(msg)) + msg
 
     line = channel.dns_over(_Stream(server), "kubernetes.default.svc.cluster.local")
-    r = parse.parse_dns(line, 0)
+    r = dns.parse_dns(line, 0)
     assert (r["ok"], r["answer"]) == (True, "10.96.0.1"), line
-    assert parse.parse_dns(channel.dns_over(_Stream(b""), "x.local"), 0)["detail"] == "reset"
+    assert dns.parse_dns(channel.dns_over(_Stream(b""), "x.local"), 0)["detail"] == "reset"
 
 
 def test_http_over_channel() -> None:
     line = channel.http_over(_Stream(b"HTTP/1.1 200 OK\r\n\r\n# metrics"), "10.244.1.3:9153",
                              "/metrics")
-    assert parse.parse_http(line, 0)["status"] == 200
-    assert parse.parse_http(channel.http_over(_Stream(b""), "h:1", "/"), 0)["status"] is None
+    assert http.parse_http(line, 0)["status"] == 200
+    assert http.parse_http(channel.http_over(_Stream(b""), "h:1", "/"), 0)["status"] is None

@@ -6,7 +6,9 @@ from __future__ import annotations
 import paramiko
 import pytest
 
-from kubenetdiag.collect.ssh import CollectError, HostKeyStore, _AcceptNewPolicy
+from kubenetdiag.collect.hostkeys import AcceptNewPolicy as _AcceptNewPolicy
+from kubenetdiag.collect.hostkeys import HostKeyStore
+from kubenetdiag.collect.transport import CollectError
 
 
 def _keys(n: int) -> list[paramiko.PKey]:

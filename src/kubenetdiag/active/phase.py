@@ -1,47 +1,33 @@
-"""The active phase of a run: plan from what the passive phase and the API found, run, and
-attach each node's result to its record (the bundle's node file keeps it under `active`)."""
+"""The active phase as `run_phase` / `mark_skipped`, kept for callers of this old path until
+kubenetdiag.pipeline takes them over: the plan lives in kubenetdiag.probes.active.plan, the
+runner in kubenetdiag.collect.active."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from kubenetdiag.active.plan import plan
-from kubenetdiag.collect import ssh
+from kubenetdiag.collect.active import SKIPPED_FLAG, ProgressFn, mark_skipped, run_active
+from kubenetdiag.collect.ssh import Connector
+from kubenetdiag.facts.parse import facts_from_records
 from kubenetdiag.inventory import Host
+from kubenetdiag.probes.active.plan import plan
 
-if TYPE_CHECKING:
-    from kubenetdiag.active.runner import ProgressFn
-
-SKIPPED_FLAG = "active probes not run: --no-active, or `collect` without --active"
+__all__ = ["SKIPPED_FLAG", "mark_skipped", "run_phase"]
 
 
 def run_phase(
     hosts: Sequence[Host],
     records: list[dict],
     cluster: dict | None,
-    connector: ssh.Connector,
+    connector: Connector,
     *,
     parallel: int = 32,
     progress: ProgressFn | None = None,
 ) -> dict[str, dict]:
     """Plan and run; every reached node's record gains its `active` part. Returns the plans."""
-    # Imported here: the runner pulls in dnspython, which a passive-only `collect` never needs.
-    from kubenetdiag.active.runner import run_active
-    from kubenetdiag.facts.parse import facts_from_records
-
-    facts = facts_from_records(records, cluster)
-    plans = plan(facts, hosts)
+    plans = plan(facts_from_records(records, cluster), hosts)
     results = run_active(hosts, plans, connector, parallel=parallel, progress=progress)
     for rec in records:
         if rec["name"] in results:
             rec["active"] = results[rec["name"]]
     return plans
-
-
-def mark_skipped(records: list[dict], reason: str = SKIPPED_FLAG) -> None:
-    """Say in every reached node's record that the active phase was not asked for, so the
-    report lists it as not checked instead of silently showing no matrix."""
-    for rec in records:
-        if rec.get("reachable"):
-            rec["active"] = {"skipped": reason}

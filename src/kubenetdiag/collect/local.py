@@ -3,24 +3,36 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
-from kubenetdiag.collect.ssh import CollectError
+from kubenetdiag.collect.transport import KILL_GRACE_S, CollectError, ScriptResult
 
 
-def run_script(script: str, timeout: float, limit: int) -> tuple[str, str, int | None, bool]:
-    try:
-        proc = subprocess.run(
-            ["sh", "-s"], input=script.encode(), capture_output=True, timeout=timeout
+class LocalTransport:
+    """This machine as a node (a `Transport`)."""
+
+    def __init__(self, command_timeout: float) -> None:
+        self.command_timeout = command_timeout
+
+    def run_script(self, script: str, *, limit: int, timeout: float | None = None
+                   ) -> ScriptResult:
+        # As long as an SSH node would let it run, `timeout -k` grace included.
+        wait_s = (self.command_timeout if timeout is None else timeout) + KILL_GRACE_S
+        try:
+            proc = subprocess.run(
+                ["sh", "-s"], input=script.encode(), capture_output=True, timeout=wait_s
+            )
+        except subprocess.TimeoutExpired:
+            raise CollectError(f"probe script did not finish within {wait_s:g}s") from None
+        except OSError as exc:
+            raise CollectError(f"cannot start sh: {exc.strerror}") from None
+        return ScriptResult(
+            stdout=proc.stdout[:limit].decode("utf-8", "replace"),
+            stderr=proc.stderr[:limit].decode("utf-8", "replace"),
+            status=proc.returncode,
+            truncated=len(proc.stdout) > limit or len(proc.stderr) > limit,
         )
-    except subprocess.TimeoutExpired:
-        raise CollectError(f"probe script did not finish within {timeout:g}s") from None
-    except OSError as exc:
-        raise CollectError(f"cannot start sh: {exc.strerror}") from None
-    truncated = len(proc.stdout) > limit or len(proc.stderr) > limit
-    return (
-        proc.stdout[:limit].decode("utf-8", "replace"),
-        proc.stderr[:limit].decode("utf-8", "replace"),
-        proc.returncode,
-        truncated,
-    )
+
+    def open_stream(self, address: str, port: int, timeout: float) -> socket.socket:
+        return socket.create_connection((address, port), timeout=timeout)

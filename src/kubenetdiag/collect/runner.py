@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from kubenetdiag.collect import local, ssh
+from kubenetdiag.collect import ssh
 from kubenetdiag.collect.script import OUTPUT_LIMIT, build_script, new_marker, split_output
+from kubenetdiag.collect.transport import CollectError
 from kubenetdiag.inventory import Host
 from kubenetdiag.probes import PROBES, Probe
 
@@ -19,7 +20,9 @@ from kubenetdiag.probes import PROBES, Probe
 ProgressFn = Callable[[str, str, str], None]
 
 
-def _record(host: Host, reachable: bool, error: str | None, started: float, sections=()) -> dict:
+def _record(
+    host: Host, reachable: bool, error: str | None, started: float, sections: Sequence = ()
+) -> dict:
     return {
         "name": host.name,
         "address": "local" if host.connection == "local" else host.address,
@@ -42,13 +45,8 @@ def collect_node(
     if progress:
         progress(host.name, "connecting", f"{host.address}:{host.port}")
     try:
-        if host.connection == "local":
-            out, err, status, truncated = local.run_script(
-                script, connector.opts.command_timeout, OUTPUT_LIMIT
-            )
-        else:
-            out, err, status, truncated = connector.run_script(host, script, OUTPUT_LIMIT)
-    except ssh.CollectError as exc:
+        result = connector.for_host(host).run_script(script, limit=OUTPUT_LIMIT)
+    except CollectError as exc:
         if progress:
             progress(host.name, "failed", str(exc))
         return _record(host, False, str(exc), started)
@@ -56,11 +54,16 @@ def collect_node(
         if progress:
             progress(host.name, "failed", f"unexpected error: {exc!r}")
         return _record(host, False, f"unexpected error: {exc!r}", started)
-    sections = split_output(out, err, marker, probes, truncated=truncated)
+    sections = split_output(
+        result.stdout, result.stderr, marker, probes, truncated=result.truncated
+    )
     error = None
     if not sections:
-        error = f"probe script produced no sections (exit status {status}): {err.strip()[:300]}"
-    elif status == 124:
+        error = (
+            f"probe script produced no sections (exit status {result.status}): "
+            f"{result.stderr.strip()[:300]}"
+        )
+    elif result.status == 124:
         error = "probe script hit its time limit on the node; later probes did not run"
     if progress:
         progress(host.name, "failed" if error and not sections else "done", error or "")

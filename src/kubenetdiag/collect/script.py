@@ -76,23 +76,19 @@ def new_marker() -> str:
 def build_script(probes: Sequence[Probe], marker: str) -> str:
     """The whole script for one node. Every probe field is quoted: none is trusted to be safe."""
     lines = [_PREAMBLE.format(marker=marker)]
-    for p in probes:
-        if p.prelude:
+    for probe in probes:
+        if probe.prelude:
             # Captured into the environment, not a file: the node keeps no trace of it.
-            var = prelude_var(p.name)
+            var = prelude_var(probe.name)
             lines.append(
-                f"{var}=$(sh -c {shlex.quote(p.prelude)} </dev/null 2>/dev/null); export {var}"
+                f"{var}=$(sh -c {shlex.quote(probe.prelude)} </dev/null 2>/dev/null); export {var}"
             )
     if probes:
         lines.append(f"__knd_begin {shlex.quote(probes[0].name)}")
-    for p, after in zip(probes, [*[q.name for q in probes[1:]], ""], strict=True):
-        lines.append(
-            "__knd_run "
-            + " ".join(
-                shlex.quote(x)
-                for x in (p.name, str(int(p.timeout_s)), " ".join(p.tools), p.command, after)
-            )
-        )
+    for probe, after in zip(probes, [*[nxt.name for nxt in probes[1:]], ""], strict=True):
+        fields = (probe.name, str(int(probe.timeout_s)), " ".join(probe.tools), probe.command,
+                  after)
+        lines.append("__knd_run " + " ".join(shlex.quote(field) for field in fields))
     lines.append("exit 0")
     return "\n".join(lines) + "\n"
 
@@ -105,7 +101,7 @@ def split_output(
     A probe that began but never ended (the node-side deadline killed the script) gets
     exit_code None and keeps whatever it printed.
     """
-    commands = {p.name: p.command for p in probes}
+    commands = {probe.name: probe.command for probe in probes}
     out = _sections(stdout, marker, with_status=True)
     err = _sections(stderr, marker, with_status=False)
     sections = []
@@ -146,13 +142,15 @@ def _sections(text: str, marker: str, *, with_status: bool) -> dict:
                 continue
             if current is not None and line.startswith(end):
                 name, _, status = line[len(end) :].partition(":")
-                m = _STATUS.fullmatch(status)
-                if name == current and (m or not status):
+                exit_and_time = _STATUS.fullmatch(status)
+                if name == current and (exit_and_time or not status):
                     # the newline the script printed before the end marker is the one
                     # split() consumed
                     body = "\n".join(buf)
-                    if with_status and m:
-                        found[current] = (body, int(m.group(1)), int(m.group(2)))
+                    if with_status and exit_and_time:
+                        found[current] = (
+                            body, int(exit_and_time.group(1)), int(exit_and_time.group(2))
+                        )
                     else:
                         found[current] = (body, None, None)
                     current, buf = None, []

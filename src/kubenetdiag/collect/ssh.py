@@ -1,4 +1,5 @@
-"""Run the probe script on a node over one SSH session (paramiko).
+"""Run the probe script on a node over one SSH session (paramiko): the SSH `Transport`, and the
+`Connector` that hands every runner the transport for a host (local ones included).
 
 Every failure becomes a sentence an SRE can act on ("connection refused on 198.18.0.12:22: is
 sshd running?"), never a traceback, and never stops the other nodes.
@@ -6,8 +7,6 @@ sshd running?"), never a traceback, and never stops the other nodes.
 
 from __future__ import annotations
 
-import hmac
-import os
 import random
 import select
 import shlex
@@ -15,15 +14,18 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import paramiko
 
+from kubenetdiag.collect.hostkeys import (
+    AcceptNewPolicy,
+    HostKeyStore,
+    RejectPolicy,
+    known_hosts_path,
+)
+from kubenetdiag.collect.local import LocalTransport
+from kubenetdiag.collect.transport import KILL_GRACE_S, CollectError, ScriptResult, Transport
 from kubenetdiag.inventory import Host
-
-
-class CollectError(Exception):
-    """The node could not be collected from; the message says why in words."""
 
 
 @dataclass(frozen=True)
@@ -33,139 +35,6 @@ class SshOptions:
     accept_new_host_keys: bool = False
     known_hosts: str | None = None  # overrides the inventory's UserKnownHostsFile
     retries: int = 2  # for sshd's MaxStartups refusals under a burst of connections
-
-
-class HostKeyStore:
-    """known_hosts files shared by all worker threads.
-
-    Each file is read once and indexed by host name: paramiko's HostKeys scans every entry on
-    each lookup (and on each line it loads), which is quadratic in the number of nodes. Hashed
-    names (HashKnownHosts) cannot be indexed and are matched one entry at a time, as OpenSSH
-    does. New keys (only when the user opted in) are appended at the end of the run, once per
-    file, as OpenSSH appends them: the user's comments and other lines stay as they were.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._plain: dict[str, dict[str, dict[str, paramiko.PKey]]] = {}
-        self._hashed: dict[str, list[paramiko.hostkeys.HostKeyEntry]] = {}
-        self._revoked: dict[str, set[str]] = {}  # base64 blobs of @revoked keys
-        self._new: dict[str, list[tuple[str, paramiko.PKey]]] = {}
-
-    def _loaded(self, path: str) -> None:
-        """Read and index `path` the first time it is asked about (caller holds the lock)."""
-        if path in self._plain:
-            return
-        plain: dict[str, dict[str, paramiko.PKey]] = {}
-        hashed: list[paramiko.hostkeys.HostKeyEntry] = []
-        revoked: set[str] = set()
-        try:
-            text = Path(path).read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            text = ""
-        except OSError as exc:
-            raise CollectError(f"cannot read known_hosts file {path}: {exc}") from None
-        for lineno, line in enumerate(text.splitlines(), 1):
-            line = line.strip()
-            marker = ""
-            if line.startswith("@"):
-                marker, _, line = line.partition(" ")
-            # host certificates (@cert-authority) are not supported: such lines trust nothing
-            if not line or line.startswith("#") or marker not in ("", "@revoked"):
-                continue
-            try:
-                entry = paramiko.hostkeys.HostKeyEntry.from_line(line, lineno)
-            except (paramiko.SSHException, paramiko.hostkeys.InvalidHostKey, ValueError):
-                entry = None  # a damaged line: skipped, as OpenSSH skips it
-            if entry is None or entry.key is None:
-                continue
-            if marker == "@revoked":
-                revoked.add(entry.key.get_base64())
-                continue
-            if any(h.startswith("|1|") for h in entry.hostnames):
-                hashed.append(entry)
-            for name in entry.hostnames:
-                if not name.startswith("|1|"):
-                    plain.setdefault(name, {}).setdefault(entry.key.get_name(), entry.key)
-        for keys in plain.values():
-            for name in [n for n, k in keys.items() if k.get_base64() in revoked]:
-                del keys[name]
-        hashed = [e for e in hashed if e.key.get_base64() not in revoked]
-        self._plain[path], self._hashed[path], self._revoked[path] = plain, hashed, revoked
-
-    def revoked(self, path: str, key: paramiko.PKey) -> bool:
-        """The key is marked @revoked in the file: never to be trusted, not even as new."""
-        with self._lock:
-            self._loaded(path)
-            return key.get_base64() in self._revoked[path]
-
-    def lookup(self, path: str, hostname: str) -> dict[str, paramiko.PKey]:
-        with self._lock:
-            self._loaded(path)
-            found = dict(self._plain[path].get(hostname, {}))
-            hashed = self._hashed[path]
-        for entry in hashed:
-            if entry.key.get_name() in found:
-                continue
-            for h in entry.hostnames:
-                if h.startswith("|1|") and hmac.compare_digest(
-                    paramiko.HostKeys.hash_host(hostname, h), h
-                ):
-                    found[entry.key.get_name()] = entry.key
-                    break
-        return found
-
-    def add(self, path: str, hostname: str, key: paramiko.PKey) -> None:
-        with self._lock:
-            self._plain.setdefault(path, {}).setdefault(hostname, {})[key.get_name()] = key
-            self._new.setdefault(path, []).append((hostname, key))
-
-    def save(self) -> list[str]:
-        """Append the keys first seen in this run; return the files that gained keys."""
-        with self._lock:
-            new, self._new = self._new, {}
-        for path, keys in sorted(new.items()):
-            target = Path(path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            lines = "".join(f"{h} {k.get_name()} {k.get_base64()}\n" for h, k in keys)
-            fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-            with os.fdopen(fd, "a+b") as f:
-                if f.seek(0, os.SEEK_END) > 0:
-                    f.seek(-1, os.SEEK_END)
-                    if f.read(1) != b"\n":
-                        lines = "\n" + lines
-                f.write(lines.encode())
-        return sorted(new)
-
-
-class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
-    """Accept a host never seen before (the user opted in); a changed key is still refused."""
-
-    def __init__(self, store: HostKeyStore, path: str) -> None:
-        self.store, self.path = store, path
-
-    def missing_host_key(self, client, hostname, key):  # noqa: ANN001 (paramiko's signature)
-        if self.store.revoked(self.path, key):
-            raise CollectError(
-                f"host key of {hostname} is marked @revoked in {self.path}: refusing it"
-            )
-        self.store.add(self.path, hostname, key)
-
-
-class _RejectPolicy(paramiko.MissingHostKeyPolicy):
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def missing_host_key(self, client, hostname, key):  # noqa: ANN001
-        fp = key.fingerprint if hasattr(key, "fingerprint") else key.get_name()
-        raise CollectError(
-            f"unknown host key for {hostname} ({fp}), not in {self.path}: verify it and add "
-            "it to known_hosts, or rerun with --accept-new-host-keys to trust first-seen keys"
-        )
-
-
-def known_hosts_path(host: Host, opts: SshOptions) -> str:
-    return str(Path(opts.known_hosts or host.known_hosts or "~/.ssh/known_hosts").expanduser())
 
 
 def _tcp(host: Host, opts: SshOptions) -> socket.socket:
@@ -226,7 +95,7 @@ def _connect(
     jumps: JumpHosts | None = None,
     keys: KeyCache | None = None,
 ) -> paramiko.SSHClient:
-    path = known_hosts_path(host, opts)
+    path = known_hosts_path(host, opts.known_hosts)
     client = paramiko.SSHClient()
     # known_hosts names a non-22 port as "[addr]:port", as OpenSSH does
     name = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
@@ -234,7 +103,7 @@ def _connect(
         client.get_host_keys().add(name, keytype, key)
     accept = opts.accept_new_host_keys or host.strict_host_key == "accept-new"
     client.set_missing_host_key_policy(
-        _AcceptNewPolicy(store, path) if accept else _RejectPolicy(path)
+        AcceptNewPolicy(store, path) if accept else RejectPolicy(path)
     )
     where = f"{host.address}:{host.port}"
     sock = jumps.channel(host) if host.proxy_jump and jumps else _tcp(host, opts)
@@ -290,7 +159,7 @@ class _Retryable(CollectError):
 def _command(host: Host, opts: SshOptions, timeout: float | None = None) -> str:
     # The node enforces the deadline too, so nothing lingers there if we disconnect.
     deadline = max(5, int(opts.command_timeout if timeout is None else timeout))
-    cmd = f"timeout -k 5 {deadline} sh -s"
+    cmd = f"timeout -k {KILL_GRACE_S} {deadline} sh -s"
     if host.become:
         user = f"-u {shlex.quote(host.become_user)} " if host.become_user else ""
         cmd = f"sudo -n {user}-- {cmd}"
@@ -404,11 +273,17 @@ class Connector:
                 self._clients[host.name] = client
         return client
 
+    def for_host(self, host: Host) -> Transport:
+        """The way into `host`: this machine for `ansible_connection: local`, else SSH."""
+        if host.connection == "local":
+            return LocalTransport(self.opts.command_timeout)
+        return SshTransport(self, host)
+
     def run_script(
         self, host: Host, script: str, limit: int, timeout: float | None = None
-    ) -> tuple[str, str, int | None, bool]:
-        """Run `script` on `host`; return (stdout, stderr, exit status, truncated).
-        timeout: the node-side deadline, default the run's command timeout."""
+    ) -> ScriptResult:
+        """Run `script` on `host` over SSH. timeout: the node-side deadline, default the run's
+        command timeout."""
         client = self._client(host)
         limit_s = self.opts.command_timeout if timeout is None else timeout
         try:
@@ -442,9 +317,23 @@ class Connector:
         return self.store.save()
 
 
+class SshTransport:
+    """One host over the run's SSH connections (a `Transport`)."""
+
+    def __init__(self, connector: Connector, host: Host) -> None:
+        self.connector, self.host = connector, host
+
+    def run_script(self, script: str, *, limit: int, timeout: float | None = None
+                   ) -> ScriptResult:
+        return self.connector.run_script(self.host, script, limit, timeout)
+
+    def open_stream(self, address: str, port: int, timeout: float) -> paramiko.Channel:
+        return self.connector.open_channel(self.host, address, port, timeout)
+
+
 def _exec(
     client: paramiko.SSHClient, command: str, script: str, timeout: float, limit: int
-) -> tuple[str, str, int | None, bool]:
+) -> ScriptResult:
     transport = client.get_transport()
     if transport is None:
         raise CollectError("SSH transport closed right after login")
@@ -490,6 +379,6 @@ def _exec(
                 raise CollectError(
                     "sudo requires a tty (Defaults requiretty): disable it for this user"
                 )
-        return out.decode("utf-8", "replace"), text_err, status, truncated
+        return ScriptResult(out.decode("utf-8", "replace"), text_err, status, truncated)
     finally:
         chan.close()

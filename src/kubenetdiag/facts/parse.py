@@ -8,10 +8,13 @@ never stops the other probes or nodes.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
+from kubenetdiag.facts.cluster import cluster_facts
 from kubenetdiag.facts.model import Fact, Source, excerpt
-from kubenetdiag.probes import BY_NAME, Probe, Section
+from kubenetdiag.probes import BY_NAME, PROBES, Probe, Section
+from kubenetdiag.probes.active import check_for
+from kubenetdiag.probes.base import CheckContext
 
 _DENIED = re.compile(
     r"permission denied|you must be root|operation not permitted|must be run as root", re.I
@@ -50,7 +53,9 @@ def _status_fact(node: str, probe: Probe, status: str, reason: str, section: Sec
     )
 
 
-def node_facts(record: dict) -> list[Fact]:
+def node_facts(record: dict, ran: Collection[str] | None = None) -> list[Fact]:
+    """Facts of one node record's passive sections. `ran`: the probes the collection ran (a
+    probe among them with no section here "did not run" on this node); None: all known ones."""
     name = record["name"]
     facts = [
         Fact(
@@ -84,10 +89,61 @@ def node_facts(record: dict) -> list[Fact]:
             facts.append(
                 _status_fact(name, probe, "failed", f"could not parse the output: {exc!r}", section)
             )
-    for probe in BY_NAME.values():
-        if probe.name not in seen:
+    for probe in PROBES:
+        if probe.name not in seen and (ran is None or probe.name in ran):
             facts.append(_status_fact(name, probe, "failed", "the probe did not run", None))
     return facts
+
+
+def probes_ran(records: Iterable[dict], recorded: Iterable[str] | None = None) -> set[str]:
+    """The passive probes a bundle's collection ran: meta.json's `probes` where the bundle has
+    it, else every probe some node answered for. An older bundle was collected before a probe
+    was added; that probe is then not reported as "did not run" on every node."""
+    if recorded is not None:
+        return set(recorded)
+    return {str(s.get("probe")) for r in records for s in r.get("sections") or ()}
+
+
+# ---------------------------------------------------------------- active checks
+
+
+def active_facts(node: str, active: dict) -> list[Fact]:
+    """Facts from one node record's `active` part (see docs/contracts.md): each section goes to
+    the active check its name belongs to, with the plan's target its suffix names."""
+    if active.get("skipped"):
+        return []  # said once for the whole run, by skipped_fact()
+    plan = active.get("plan") or {}
+    if active.get("error") and not active.get("sections"):
+        return [Fact("probe_status", node, {
+            "probe": "active", "status": "failed", "reason": str(active["error"])[:300],
+            "blocks": "active probes"}, Source("active", "", None, str(active["error"])))]
+    context = CheckContext(node, plan, active.get("podns"))
+    facts: list[Fact] = []
+    for raw in active.get("sections", []):
+        try:
+            section = Section.from_dict(raw)
+            found = check_for(section.probe)
+            if found is None:
+                continue  # written by a newer version; nothing here knows how to read it
+            check, suffix = found
+            facts.extend(check.parse(section, check.target(plan, suffix), context))
+        except (KeyError, IndexError, ValueError, TypeError) as exc:
+            facts.append(Fact("probe_status", node, {
+                "probe": raw.get("probe", "active"), "status": "failed",
+                "reason": f"could not parse the output: {exc!r}"[:300],
+                "blocks": "active probe"},
+                Source(raw.get("probe", "active"), raw.get("command", ""),
+                       raw.get("exit_code"), excerpt(raw.get("stdout", ""), 1000))))
+    return facts
+
+
+def skipped_fact(reason: str) -> Fact:
+    """One 'not checked' entry for a run whose active phase was not asked for."""
+    return Fact("probe_status", "cluster", {
+        "probe": "active", "status": "not_queried", "reason": reason,
+        "blocks": "active probes: pod-network matrix, MTU, VXLAN direction, CoreDNS checks, "
+                  "declared endpoints; run diagnose without --no-active (or collect --active)",
+    }, Source("active", "", None, reason))
 
 
 class _Sharing:
@@ -114,29 +170,30 @@ class _Sharing:
         return facts
 
 
-def facts_from_records(records: Iterable[dict], cluster: dict | None = None) -> list[Fact]:
-    """Facts of every node record, plus the cluster facts when the bundle has cluster.json."""
+def facts_from_records(
+    records: Iterable[dict],
+    cluster: dict | None = None,
+    *,
+    probes: Iterable[str] | None = None,
+) -> list[Fact]:
+    """Facts of every node record, plus the cluster facts when the bundle has cluster.json.
+    `probes`: meta.json's list of the passive probes the collection ran, when it has one."""
     records = list(records)
+    ran = probes_ran(records, probes)
     facts: list[Fact] = []
     skipped = None
     shared = _Sharing()
     for rec in records:
-        mine = node_facts(rec)
+        mine = node_facts(rec, ran)
         active = rec.get("active")
         if isinstance(active, dict) and rec.get("reachable"):
             # The active phase's raw output (bundle: the node record's `active` part).
-            from kubenetdiag.active.parse import active_facts
-
             mine.extend(active_facts(rec["name"], active))
             skipped = skipped or active.get("skipped")
         facts.extend(shared(mine))
     if skipped:
-        from kubenetdiag.active.parse import skipped_fact
-
         facts.append(skipped_fact(str(skipped)))
     if cluster is not None:
-        from kubenetdiag.facts.cluster import cluster_facts
-
         facts.extend(
             cluster_facts(cluster, [(r["name"], str(r.get("address") or "")) for r in records])
         )

@@ -1,16 +1,38 @@
-"""What a probe is: one read-only shell command, the parser for its output, and what it blocks.
+"""The one plugin model for what runs on a node: a shell fragment, the parser for its output,
+and what cannot be checked when it gives no answer.
 
-A probe module defines `PROBE`. The collector only reads `name`, `command`, `tools` and
-`timeout_s`; the parse stage only calls `parse`. Keeping both in one module means adding a fact
-is one file (plus its fixtures), and the command and the parser can never drift apart.
+Two kinds of plugin share it (docs/probes.md):
+
+* a passive `Probe` (module attribute `PROBE`): one read-only command, run once per node inside
+  the node script; the parse stage calls `parse(section, node)`;
+* an `ActiveCheck` (module attribute `CHECKS` in `kubenetdiag.probes.active`): traffic sent from
+  the node to targets its plan names, one fragment per target; the parse stage looks the
+  section's check up by name and calls `parse(section, target, context)`.
+
+Both are found by walking their package (see `discover`), never listed by hand; where the order
+matters it is the plugin's `order` field. Keeping the command and its parser in one module means
+adding a fact is one file plus its fixtures, and the two can never drift apart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import pkgutil
+import shlex
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from kubenetdiag.facts.model import Fact
+from kubenetdiag.probes.text import parts
+
+if TYPE_CHECKING:
+    from kubenetdiag.probes.active.plan import NodePlan
+
+# Plugins without an explicit order run in name order at this position; a probe that must run
+# after every other one (a second sample) says so with a larger number.
+DEFAULT_ORDER = 500
 
 
 @dataclass(frozen=True)
@@ -37,16 +59,16 @@ class Section:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> Section:
-        rc = d.get("exit_code")
+    def from_dict(cls, raw: dict) -> Section:
+        rc = raw.get("exit_code")
         return cls(
-            probe=str(d["probe"]),
-            command=str(d.get("command", "")),
+            probe=str(raw["probe"]),
+            command=str(raw.get("command", "")),
             exit_code=rc if isinstance(rc, int) and not isinstance(rc, bool) else None,
-            duration_s=float(d.get("duration_s") or 0.0),
-            stdout=str(d.get("stdout", "")),
-            stderr=str(d.get("stderr", "")),
-            truncated=bool(d.get("truncated", False)),
+            duration_s=float(raw.get("duration_s") or 0.0),
+            stdout=str(raw.get("stdout", "")),
+            stderr=str(raw.get("stderr", "")),
+            truncated=bool(raw.get("truncated", False)),
         )
 
 
@@ -65,9 +87,191 @@ class Probe:
     # Run at the very start of the script, its stdout kept in the environment variable
     # `prelude_var(name)` for `command` to read: lets a probe compare a first sample taken
     # before every other probe with a second one taken at its own turn, with no file written.
+    # Build both with `TwoSample` rather than by hand.
     prelude: str = ""
+    # Position in the node script: lower runs first, equal orders run in name order.
+    order: int = DEFAULT_ORDER
 
 
 def prelude_var(name: str) -> str:
     """The environment variable holding a probe's prelude output on the node."""
     return "KND_PRE_" + "".join(c if c.isalnum() else "_" for c in name)
+
+
+def quoted(value: Any) -> str:
+    """A value made one shell word: every target that reaches a command line goes through it,
+    since plans are built from facts a hostile node could shape."""
+    return shlex.quote(str(value))
+
+
+# ---------------------------------------------------------------- two samples
+
+
+@dataclass(frozen=True)
+class Samples:
+    """The two samples of a `TwoSample` probe, each without its /proc/uptime line."""
+
+    first: list[str]
+    second: list[str]
+    interval_s: float | None  # None when either uptime is missing or time did not advance
+
+
+@dataclass(frozen=True)
+class TwoSample:
+    """A probe that reads the same thing twice, to tell "rising now" from "non-zero since boot".
+
+    The first sample is the script's prelude, taken before any other probe runs; the second is
+    taken at the probe's own turn, after a sleep that tops the interval up to `min_interval_s`.
+    Give the probe `order` above the default so the other probes' run time is the interval.
+    `sample` must print /proc/uptime's line first (`cat /proc/uptime FILE...`): the interval is
+    measured from it with the shell's own arithmetic, so no clock is forked for.
+
+    >>> ts = TwoSample("demo", "cat /proc/uptime /proc/net/snmp", min_interval_s=2)
+    >>> ts.prelude
+    'cat /proc/uptime /proc/net/snmp'
+    >>> out = "##knd:sample 1\\n100.50 7.0\\nA: 1\\n##knd:sample 2\\n103.00 9.0\\nA: 4\\n"
+    >>> s = TwoSample.split(out)
+    >>> (s.first, s.second, s.interval_s)
+    (['A: 1'], ['A: 4'], 2.5)
+    """
+
+    name: str
+    sample: str
+    min_interval_s: int = 2
+
+    @property
+    def prelude(self) -> str:
+        return self.sample
+
+    @property
+    def command(self) -> str:
+        var = prelude_var(self.name)
+        # Arithmetic on /proc/uptime's "seconds.hundredths" in the shell itself: no fork per
+        # sample. Without a prelude value (a script run by hand) the first sample is taken here.
+        return (
+            f"S='{self.sample}'; first=${var}; [ -n \"$first\" ] || first=$(eval \"$S\"); "
+            "echo '##knd:sample 1'; printf '%s\\n' \"$first\"; "
+            "u0=${first%%[!0-9.]*}; read u1 _ </proc/uptime; "
+            "if [ -n \"$u0\" ]; then "
+            "c0=$((${u0%.*}*100+1${u0#*.}-100)); c1=$((${u1%.*}*100+1${u1#*.}-100)); "
+            f"r=$(({self.min_interval_s * 100}-c1+c0)); "
+            "if [ $r -gt 0 ]; then f=$((r%100)); [ $f -lt 10 ] && f=0$f; "
+            "sleep $((r/100)).$f 2>/dev/null || sleep $(((r+99)/100)); fi; fi; "
+            "echo '##knd:sample 2'; eval \"$S\""
+        )
+
+    @staticmethod
+    def split(stdout: str) -> Samples:
+        """The two samples and the seconds between them, from the command's output."""
+        samples = {arg: lines for name, arg, lines in parts(stdout) if name == "sample"}
+        t0, first = _uptime_and_rest(samples.get("1", []))
+        t1, second = _uptime_and_rest(samples.get("2", []))
+        interval = round(t1 - t0, 2) if t0 is not None and t1 is not None and t1 > t0 else None
+        return Samples(first, second, interval)
+
+
+def _uptime_and_rest(lines: list[str]) -> tuple[float | None, list[str]]:
+    if not lines:
+        return None, []
+    words = lines[0].split()
+    try:
+        uptime = float(words[0]) if words else None
+    except ValueError:
+        uptime = None
+    return uptime, lines[1:]
+
+
+# ---------------------------------------------------------------- active checks
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    """What an active check's parser may know beside its section and target."""
+
+    node: str
+    plan: NodePlan
+    podns: str | None  # the pod network namespace the script entered, if any
+
+
+@dataclass(frozen=True)
+class ChannelRequest:
+    """How to ask a check's question through an SSH direct-tcpip channel from the node, when
+    the node has no tool for it. `protocol` names a speaker of kubenetdiag.collect.channel."""
+
+    address: str
+    port: int
+    protocol: str  # "dns" or "http"
+    query: str  # the DNS name, or the HTTP path
+    what: str  # said in the section's command: what was asked
+
+
+ActiveParser = Callable[[Section, Any, CheckContext], list[Fact]]
+
+
+@dataclass(frozen=True)
+class ActiveCheck:
+    """One kind of active check. Its sections are named `active.<name>.<suffix>` (or
+    `active.<name>` for an empty suffix), the suffix being what `targets` gave for the target.
+
+    A check with `command` alone is a job (one line of output, many jobs run at once); with
+    `window_command` too it runs around all the jobs, as the VXLAN capture does, and `command`
+    is only what its section records; with neither it only parses sections that older
+    versions wrote.
+    """
+
+    name: str
+    # (id suffix, target) in run order; suffixes index into the plan, so the parser maps each
+    # section back to its peer, server or endpoint without trusting what the node printed.
+    targets: Callable[[NodePlan], list[tuple[str, Any]]]
+    parse: ActiveParser  # pure: (section, target, context) -> facts
+    blocks: Callable[[Any], str]  # what cannot be checked when a target gives no answer
+    # POSIX sh run in `sh -c`, which may use the script's helpers ($__pi, __has, $__TCP...;
+    # see probes/active/script.py); it is also what the section records as its command.
+    command: Callable[[NodePlan, Any], str] | None = None
+    # For a check that runs around the jobs: (target, seconds it may run) -> the command line.
+    window_command: Callable[[Any, int], str] | None = None
+    tools: tuple[str, ...] = ()  # a window check runs only when the node has all of them
+    # Where the node has no tool: ask through an SSH channel instead (collect.active does).
+    channel: Callable[[NodePlan, Any], ChannelRequest] | None = None
+    # suffix -> target, for sections whose target is not in the plan (default: from targets)
+    resolve: Callable[[NodePlan, str], Any] | None = None
+    order: int = DEFAULT_ORDER
+
+    def section_id(self, suffix: str) -> str:
+        return f"{self.name}.{suffix}" if suffix else self.name
+
+    def target(self, plan: NodePlan, suffix: str) -> Any:
+        """The target a section suffix stands for; KeyError when the plan has none."""
+        if self.resolve is not None:
+            return self.resolve(plan, suffix)
+        return dict(self.targets(plan))[suffix]
+
+
+# ---------------------------------------------------------------- discovery
+
+
+def discover(package: ModuleType, attribute: str) -> list[tuple[ModuleType, Any]]:
+    """(module, its `attribute`) for every module directly in `package` that defines it, in
+    module name order. A module without it is a helper (text.py, base.py)."""
+    found = []
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if info.ispkg:
+            continue
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        if hasattr(module, attribute):
+            found.append((module, getattr(module, attribute)))
+    return found
+
+
+def in_order(plugins: Sequence[Any]) -> list[Any]:
+    """Plugins sorted by (order, name): the order they run in."""
+    return sorted(plugins, key=lambda p: (p.order, p.name))
+
+
+def unique(plugins: Sequence[Any], what: str) -> Iterator[Any]:
+    seen: set[str] = set()
+    for p in plugins:
+        if p.name in seen:
+            raise ValueError(f"two {what} are named {p.name!r}")
+        seen.add(p.name)
+        yield p

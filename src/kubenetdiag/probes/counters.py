@@ -11,29 +11,13 @@ the other probes' run time is the interval, topped up with a sleep to MIN_INTERV
 
 from __future__ import annotations
 
-import contextlib
-
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section, prelude_var
+from kubenetdiag.probes.base import Probe, Section, TwoSample
 from kubenetdiag.probes.conntrack import sum_proc_stat
-from kubenetdiag.probes.text import parts
 
 MIN_INTERVAL_S = 2
 SAMPLE = "cat /proc/uptime /proc/net/snmp /proc/net/netstat /proc/net/stat/nf_conntrack 2>/dev/null"
-_VAR = prelude_var("counters")
-
-# Arithmetic on /proc/uptime's "seconds.hundredths" in the shell itself: no fork per sample.
-COMMAND = (
-    f"S='{SAMPLE}'; first=${_VAR}; [ -n \"$first\" ] || first=$(eval \"$S\"); "
-    "echo '##knd:sample 1'; printf '%s\\n' \"$first\"; "
-    "u0=${first%%[!0-9.]*}; read u1 _ </proc/uptime; "
-    "if [ -n \"$u0\" ]; then "
-    "c0=$((${u0%.*}*100+1${u0#*.}-100)); c1=$((${u1%.*}*100+1${u1#*.}-100)); "
-    f"r=$(({MIN_INTERVAL_S * 100}-c1+c0)); "
-    "if [ $r -gt 0 ]; then f=$((r%100)); [ $f -lt 10 ] && f=0$f; "
-    "sleep $((r/100)).$f 2>/dev/null || sleep $(((r+99)/100)); fi; fi; "
-    "echo '##knd:sample 2'; eval \"$S\""
-)
+SAMPLING = TwoSample("counters", SAMPLE, MIN_INTERVAL_S)
 
 # (group, counter): the drops and errors the runbooks look at. Group and counter are spelled
 # as the kernel prints them; `name` joins them as nstat does (TcpExtListenOverflows).
@@ -57,19 +41,21 @@ WATCH: tuple[tuple[str, str], ...] = (
 )
 
 
-def read_sample(lines: list[str]) -> tuple[float | None, dict[tuple[str, str], int]]:
-    """(uptime seconds, {(group, counter): value}) from one sample."""
-    uptime = None
+def read_sample(lines: list[str]) -> dict[tuple[str, str], int]:
+    """{(group, counter): value} from one sample (its /proc/uptime line already taken off).
+
+    /proc/net/snmp and /proc/net/netstat print each group as a header line and a value line;
+    /proc/net/stat/nf_conntrack prints one line per CPU, summed here.
+
+    >>> read_sample(["Udp: InDatagrams NoPorts InErrors", "Udp: 5120 3 41"])
+    {('Udp', 'InDatagrams'): 5120, ('Udp', 'NoPorts'): 3, ('Udp', 'InErrors'): 41}
+    """
     values: dict[tuple[str, str], int] = {}
     header: dict[str, list[str]] = {}
     conntrack: list[str] = []
-    for i, line in enumerate(lines):
+    for line in lines:
         words = line.split()
         if not words:
-            continue
-        if i == 0 and uptime is None:
-            with contextlib.suppress(ValueError):
-                uptime = float(words[0])
             continue
         if words[0] == "entries" or (conntrack and not words[0].endswith(":")):
             conntrack.append(line)
@@ -89,14 +75,26 @@ def read_sample(lines: list[str]) -> tuple[float | None, dict[tuple[str, str], i
     totals, _ = sum_proc_stat(conntrack)
     for name, value in totals.items():
         values[("Conntrack", name)] = value
-    return uptime, values
+    return values
 
 
 def parse(section: Section, node: str) -> list[Fact]:
-    samples = {arg: lines for name, arg, lines in parts(section.stdout) if name == "sample"}
-    t0, first = read_sample(samples.get("1", []))
-    t1, second = read_sample(samples.get("2", []))
-    interval = round(t1 - t0, 2) if t0 is not None and t1 is not None and t1 > t0 else None
+    """One net_counter fact per watched counter this kernel has.
+
+    >>> out = (
+    ...     "##knd:sample 1\n1000.00 1900.00\n"
+    ...     "TcpExt: ListenOverflows ListenDrops\nTcpExt: 40 40\n"
+    ...     "##knd:sample 2\n1002.50 1904.00\n"
+    ...     "TcpExt: ListenOverflows ListenDrops\nTcpExt: 45 45\n"
+    ... )
+    >>> facts = parse(Section("counters", "", 0, 2.6, out, ""), "node1")
+    >>> [(f.attrs["name"], f.attrs["delta"], f.attrs["rate_per_s"], f.attrs["rising"])
+    ...  for f in facts]
+    [('TcpExtListenOverflows', 5, 2.0, True), ('TcpExtListenDrops', 5, 2.0, True)]
+    """
+    samples = SAMPLING.split(section.stdout)
+    first, second = read_sample(samples.first), read_sample(samples.second)
+    interval = samples.interval_s
     facts = []
     for group, counter in WATCH:
         key = (group, counter)
@@ -123,9 +121,11 @@ def parse(section: Section, node: str) -> list[Fact]:
 
 PROBE = Probe(
     name="counters",
-    command=COMMAND,
+    command=SAMPLING.command,
     parse=parse,
     blocks="drop and error counters rising now (listen overflows, UDP buffer errors, RcvQ drops)",
     timeout_s=MIN_INTERVAL_S + 10,
-    prelude=SAMPLE,
+    prelude=SAMPLING.prelude,
+    # last: the other probes' run time is the interval between the two samples
+    order=900,
 )

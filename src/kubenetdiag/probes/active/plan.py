@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from kubenetdiag.facts.model import Fact
 
@@ -30,7 +30,58 @@ DEFAULT_VXLAN_PORT = 8472  # flannel's default when net-conf.json names none
 DEFAULT_DOMAIN = "cluster.local"
 ENDPOINTS_VAR = "kubenetdiag_endpoints"
 
-NodePlan = dict[str, Any]
+
+
+# The plan's shape. Plans stay plain dicts, since bundles store them as JSON and `analyze` reads
+# them back; these say which keys they have (docs/contracts.md, "Bundle").
+
+
+class Peer(TypedDict):
+    name: str
+    address: str | None  # underlay address: the API's InternalIP, else the inventory's
+    pod_cidr: str | None
+    pod_gateway: str | None  # the pod CIDR's first address (cni0 under flannel)
+
+
+class MtuProbe(TypedDict):
+    layer: Literal["pod", "underlay"]
+    size: int  # ICMP payload of a DF ping that fills the layer's MTU exactly
+
+
+class Vxlan(TypedDict):
+    port: int
+    dev: str  # the device the capture listens on
+
+
+class DnsTarget(TypedDict):
+    server: str
+    kind: Literal["pod", "service"]
+    pod: str | None
+
+
+class HttpTarget(TypedDict):
+    url: str
+    target: str  # what the URL stands for, e.g. coredns_metrics
+    pod: str | None
+
+
+class Endpoint(TypedDict):
+    target: str  # host:port as declared in the inventory
+    host: str
+    port: int
+    by: Literal["ip", "name"]
+
+
+class NodePlan(TypedDict):
+    node: str
+    address: str | None
+    peers: list[Peer]
+    mtu: list[MtuProbe]
+    vxlan: Vxlan | None
+    dns: list[DnsTarget]
+    dns_name: str
+    http: list[HttpTarget]
+    endpoints: list[Endpoint]
 
 
 def _is_ip(text: str) -> bool:
@@ -178,7 +229,7 @@ def plan(
                 endpoints.append({"target": f"{parsed[0]}:{parsed[1]}", "host": parsed[0],
                                   "port": parsed[1],
                                   "by": "ip" if _is_ip(parsed[0]) else "name"})
-        plans[name] = {
+        plans[name] = {  # a NodePlan
             "node": name,
             "address": info[name]["address"],
             "peers": peers,

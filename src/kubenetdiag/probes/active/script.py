@@ -13,17 +13,26 @@ atomic):
 Checks run as background jobs, at most JOBS at once (a batch, then `wait`). The capture runs
 in a command substitution so its output stays in a shell variable, and is stopped as soon as
 the checks are done, so the whole script costs roughly the slowest batches plus a second.
+
+A check's command (kubenetdiag.probes.active) runs in its own `sh -c` and may use what the
+preamble sets up: `__has TOOL` (the tool was found), `$__pi` (ping's interval option, empty on
+busybox), `$__to` (`timeout 4` where there is timeout), `$__inpod` (the nsenter prefix into a
+pod's network namespace, empty when there is none) and `$__TCP` (the TCP connect helper,
+run as `sh -c "$__TCP" _ HOST PORT ip|name`).
 """
 
 from __future__ import annotations
 
-import shlex
-from typing import Any
+from collections.abc import Sequence
+
+from kubenetdiag.probes.active import checks as registered
+from kubenetdiag.probes.active.plan import NodePlan
+from kubenetdiag.probes.base import ActiveCheck, quoted
 
 JOBS = 16  # checks in flight at once per node: enough for K=8 peers in ~3 batches
-CAPTURE_PACKETS = 4000  # tcpdump -c: a bound on output even on a busy underlay
 BATCH_S = 2.5  # the slowest check of a batch: ping -c 2 -W 1 to a dead peer, curl -m 2
 LINE_LIMIT = 3000  # bytes of one check's output (keeps each line one atomic write)
+RS = "\x1e"  # the script's stand-in for newlines inside one check's output line
 
 # Node-side helpers. $__pi is ping's interval: iputils accepts 0.2 s, busybox has no -i.
 _PREAMBLE = r"""# kubenetdiag active probe: read-only, bounded
@@ -64,8 +73,9 @@ fi
 """
 
 # TCP connect: nc where present, else bash's /dev/tcp; by name: resolve with getent first so
-# "the name does not resolve" is told apart from "refused" and "timeout" (seed 002).
-_TCP = r"""h=$1; p=$2
+# "the name does not resolve" is told apart from "refused" and "timeout"
+# (docs/runbooks.md#runbook-002). The checks run it as `sh -c "$__TCP" _ host port by`.
+TCP_HELPER = r"""h=$1; p=$2
 if [ "$3" = name ] && command -v getent >/dev/null 2>&1; then
   set -- $(timeout 3 getent ahostsv4 "$h" 2>/dev/null)
   [ -n "$1" ] || { echo "unresolved: $h"; exit 3; }
@@ -79,55 +89,28 @@ echo "kubenetdiag: nc, bash: command not found"; exit 127
 """
 
 
-def q(value: Any) -> str:
-    return shlex.quote(str(value))
+def jobs(plan: NodePlan, checks: Sequence[ActiveCheck] | None = None) -> list[tuple[str, str]]:
+    """(check id, shell command) of every job in the order they run. Ids index into the plan,
+    so the parser maps each line back to its peer, server or endpoint without trusting the
+    node."""
+    checks = registered() if checks is None else checks
+    return [
+        (check.section_id(suffix), check.command(plan, target))
+        for check in checks
+        if check.command is not None and check.window_command is None
+        for suffix, target in check.targets(plan)
+    ]
 
 
-def checks(plan: dict) -> list[tuple[str, str]]:
-    """(check id, shell command) in the order they run. Ids index into the plan, so the
-    parser maps each line back to its peer, server or endpoint without trusting the node."""
-    out: list[tuple[str, str]] = []
-    ping = "ping -c 2 -W 1 $__pi"
-    for i, peer in enumerate(plan["peers"]):
-        if peer.get("pod_gateway"):
-            out.append((f"ping.pod.{i}", f"{ping} {q(peer['pod_gateway'])}"))
-        if peer.get("address"):
-            out.append((f"ping.underlay.{i}", f"{ping} {q(peer['address'])}"))
-    for i, peer in enumerate(plan["peers"]):
-        for m, mtu in enumerate(plan["mtu"]):
-            dst = peer.get("pod_gateway") if mtu["layer"] == "pod" else peer.get("address")
-            if dst:
-                out.append((f"mtu.{m}.{i}",
-                            f"{ping} -M do -s {int(mtu['size'])} {q(dst)}"))
-    name = plan["dns_name"]
-    for i, d in enumerate(plan["dns"]):
-        s = q(d["server"])
-        out.append((f"dns.{i}",
-                    f"if __has dig; then dig +time=2 +tries=1 @{s} {q(name)} A; "
-                    f"elif __has nslookup; then $__to nslookup -type=a {q(name)} {s}; "
-                    f"elif __has host; then host -W 2 -t A {q(name)} {s}; "
-                    "else echo 'kubenetdiag: no dns tool'; exit 127; fi"))
-    for i, h in enumerate(plan["http"]):
-        u = q(h["url"])
-        out.append((f"http.{i}",
-                    "if __has curl; then curl -s -o /dev/null --connect-timeout 2 -m 3 "
-                    f"-w 'http_code=%{{http_code}} time=%{{time_total}}\\n' {u}; "
-                    f"elif __has wget; then wget -S -q -O /dev/null -T 3 -t 1 {u}; "
-                    "else echo 'kubenetdiag: no http tool'; exit 127; fi"))
-    for i, e in enumerate(plan["endpoints"]):
-        out.append((f"tcp.{i}",
-                    f"sh -c \"$__TCP\" _ {q(e['host'])} {int(e['port'])} {q(e['by'])}"))
-    # The same from inside a pod (seed 002: from the node first, then from the container).
-    for i, peer in enumerate(plan["peers"]):
-        if peer.get("pod_gateway"):
-            out.append((f"pod.ping.pod.{i}",
-                        f"[ -n \"$__inpod\" ] || exit 127; $__inpod {ping} "
-                        f"{q(peer['pod_gateway'])}"))
-    for i, e in enumerate(plan["endpoints"]):
-        out.append((f"pod.tcp.{i}",
-                    f"[ -n \"$__inpod\" ] || exit 127; $__inpod sh -c \"$__TCP\" _ "
-                    f"{q(e['host'])} {int(e['port'])} {q(e['by'])}"))
-    return out
+def window_check(plan: NodePlan, checks: Sequence[ActiveCheck] | None = None
+                 ) -> tuple[ActiveCheck, object] | None:
+    """The check that runs around the jobs, with its target, when the plan has one. The wire
+    format has one `cap` line, so only the first such check (by order) runs."""
+    for check in registered() if checks is None else checks:
+        if check.window_command is not None:
+            for _, target in check.targets(plan):
+                return check, target
+    return None
 
 
 def capture_window(n_checks: int) -> int:
@@ -136,30 +119,32 @@ def capture_window(n_checks: int) -> int:
     return min(14, int(batches * BATCH_S) + 2)
 
 
-def deadline(plan: dict) -> int:
+def deadline(plan: NodePlan) -> int:
     """The node-side limit for the whole script (`timeout` around `sh -s`)."""
-    return capture_window(len(checks(plan))) + 5
+    return capture_window(len(jobs(plan))) + 5
 
 
-def build(plan: dict, marker: str) -> str:
-    lines = [_PREAMBLE.format(marker=marker, limit=LINE_LIMIT), f"__TCP={q(_TCP)}"]
+def build(plan: NodePlan, marker: str) -> str:
+    planned = jobs(plan)
+    lines = [_PREAMBLE.format(marker=marker, limit=LINE_LIMIT), f"__TCP={quoted(TCP_HELPER)}"]
     body = []
-    for n, (cid, cmd) in enumerate(checks(plan)):
-        body.append(f"__knd_chk {q(cid)} sh -c {q(_wrap(cmd))} &")
+    for n, (cid, cmd) in enumerate(planned):
+        body.append(f"__knd_chk {quoted(cid)} sh -c {quoted(_wrap(cmd))} &")
         if (n + 1) % JOBS == 0:
             body.append("wait")
     body.append("wait")
     lines.append("__checks() {\n" + "\n".join("  " + b for b in body) + "\n}")
     lines.append("export __pi __to __inpod __t __TCP")
-    vx = plan.get("vxlan")
-    window = capture_window(len(checks(plan)))
-    if vx:
-        cap = (f"timeout {window} tcpdump -l -nni {q(vx['dev'])} -c {CAPTURE_PACKETS} "
-               f"udp port {int(vx['port'])}")
+    around = window_check(plan)
+    if around:
+        check, target = around
+        assert check.window_command is not None
+        cap = check.window_command(target, capture_window(len(planned)))
+        has = " && ".join(f"__has {tool}" for tool in check.tools) or "true"
         lines.append(
-            "if __has tcpdump && __has timeout; then\n"
+            f"if {has}; then\n"
             "  exec 3>&1\n"
-            # tcpdump's output stays in the variable; the checks write to the real stdout.
+            # The window command's output stays in the variable; the jobs write to stdout.
             f"  __cap=$( {cap} 2>&1 & __tp=$!\n"
             "    ( sleep 0.5; __checks ) >&3 2>&3\n"
             "    sleep 0.3; kill $__tp 2>/dev/null; wait $__tp; echo \"rc=$?\" )\n"
@@ -167,7 +152,8 @@ def build(plan: dict, marker: str) -> str:
             "  printf '%s:cap:0:%s\\n' \"$M\" \"$__cap\"\n"
             "else\n"
             "  __checks\n"
-            "  printf '%s:cap:127:kubenetdiag: tcpdump or timeout: command not found\\n' \"$M\"\n"
+            f"  printf '%s:cap:127:kubenetdiag: {' or '.join(check.tools)}: command not found"
+            "\\n' \"$M\"\n"
             "fi")
     else:
         lines.append("__checks")

@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import struct
 import time
-from typing import Protocol
+from collections.abc import Callable
 
 import dns.exception
 import dns.message
 import dns.rcode
 import dns.rdatatype
 
-
-class Stream(Protocol):
-    def sendall(self, data: bytes) -> None: ...
-    def recv(self, n: int) -> bytes: ...
-    def settimeout(self, t: float) -> None: ...
-    def close(self) -> None: ...
+from kubenetdiag.collect.transport import Stream
 
 
 def _a_records(msg: dns.message.Message) -> list[str]:
@@ -87,3 +82,20 @@ def http_over(stream: Stream, host: str, path: str, timeout: float = 3.0) -> str
     except (TimeoutError, OSError, EOFError):
         code = 0
     return f"http_code={code:03d} time={time.monotonic() - started:.3f}"
+
+
+# protocol of a ChannelRequest -> (stream, "address:port", query) -> the result line
+SPEAKERS: dict[str, Callable[[Stream, str, str], str]] = {
+    "dns": lambda stream, where, name: dns_over(stream, name),
+    "http": lambda stream, where, path: http_over(stream, where, path),
+}
+# what the line says when the node could not even open the connection
+_NO_CONNECTION = {"dns": "dns: error=", "http": "http_code=000 error="}
+
+
+def no_connection(protocol: str, exc: Exception) -> str:
+    """The result line for a connection the node could not open, in the protocol's words."""
+    words = str(exc).lower()
+    reason = ("refused" if "refused" in words else "timeout" if "timed out" in words
+              else "connect_failed")
+    return f"{_NO_CONNECTION[protocol]}{reason} ({exc})"

@@ -1,0 +1,153 @@
+"""Run the active script on every planned node at once and keep every raw answer.
+
+The product is each node record's `active` part (docs/contracts.md): the plan, one section per
+check with its raw output, and what the node had for tools. Checks the node has no tool for
+and that can be asked another way (their ActiveCheck has `channel`, as DNS and HTTP do) are
+then asked through a direct-tcpip channel from that node, and recorded as sections of the same
+name, so `analyze` reads both the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from kubenetdiag.collect import channel
+from kubenetdiag.collect.script import new_marker
+from kubenetdiag.collect.ssh import Connector
+from kubenetdiag.collect.transport import CollectError, Transport
+from kubenetdiag.inventory import Host
+from kubenetdiag.probes.active import PREFIX, check_for
+from kubenetdiag.probes.active import script as active_script
+from kubenetdiag.probes.active.plan import NodePlan
+
+OUTPUT_LIMIT = 8 * 1024 * 1024
+SKIPPED_FLAG = "active probes not run: --no-active, or `collect` without --active"
+ProgressFn = Callable[[str, str, str], None]
+
+
+def _section(probe: str, command: str, exit_code: int | None, duration_s: float, stdout: str
+             ) -> dict:
+    return {"probe": probe, "command": command, "exit_code": exit_code,
+            "duration_s": duration_s, "stdout": stdout, "stderr": "", "truncated": False}
+
+
+def split(stdout: str, marker: str, plan: NodePlan, duration_s: float) -> dict:
+    """The script's lines -> {tools, podns, sections}. Only ids this plan has are accepted: a
+    forged marker line from a hostile node cannot add a check that was never sent."""
+    commands = dict(active_script.jobs(plan))
+    around = active_script.window_check(plan)
+    tools: list[str] = []
+    podns = None
+    sections = []
+    for line in stdout.split("\n"):
+        if not line.startswith(marker + ":"):
+            continue
+        rest = line[len(marker) + 1:]
+        kind, _, rest = rest.partition(":")
+        if kind == "tools":
+            tools = rest.split()
+        elif kind == "podns":
+            podns = rest.strip() or None
+        elif kind == "chk":
+            cid, rc, centis, out = (rest.split(":", 3) + ["", "", ""])[:4]
+            if cid not in commands:
+                continue
+            sections.append(_section(
+                PREFIX + cid, commands[cid], int(rc) if rc.lstrip("-").isdigit() else None,
+                int(centis) / 100 if centis.isdigit() else 0.0,
+                out.replace(active_script.RS, "\n")))
+        elif kind == "cap" and around:
+            check, target = around
+            rc, _, out = rest.partition(":")
+            sections.append(_section(
+                PREFIX + check.name, check.command(plan, target) if check.command else "",
+                int(rc) if rc.isdigit() else None, round(duration_s, 2),
+                out.replace(active_script.RS, "\n")))
+    return {"tools": tools, "podns": podns, "sections": sections}
+
+
+def _channel_checks(host: Host, plan: NodePlan, result: dict, node: Transport) -> None:
+    """Replace checks that had no tool on the node with channel-based ones where the check
+    says how (ActiveCheck.channel)."""
+    for i, section in enumerate(result["sections"]):
+        if section["exit_code"] != 127:
+            continue
+        found = check_for(section["probe"])
+        if found is None or found[0].channel is None:
+            continue
+        check, suffix = found
+        request = check.channel(plan, check.target(plan, suffix))
+        started = time.monotonic()
+        try:
+            stream = node.open_stream(request.address, request.port, 2.0)
+        except (CollectError, OSError) as exc:
+            text = channel.no_connection(request.protocol, exc)
+        else:
+            try:
+                text = channel.SPEAKERS[request.protocol](
+                    stream, f"{request.address}:{request.port}", request.query)
+            finally:
+                stream.close()
+        result["sections"][i] = _section(
+            section["probe"],
+            f"ssh direct-tcpip from {host.name}: {request.what} (no tool on the node)",
+            0, round(time.monotonic() - started, 3), text)
+
+
+def run_node(host: Host, plan: NodePlan, connector: Connector) -> dict:
+    started = time.monotonic()
+    marker = new_marker()
+    text = active_script.build(plan, marker)
+    record: dict = {"plan": plan, "tools": [], "podns": None, "sections": [], "error": None}
+    try:
+        node = connector.for_host(host)
+        result = node.run_script(text, limit=OUTPUT_LIMIT, timeout=active_script.deadline(plan))
+        record.update(split(result.stdout, marker, plan, time.monotonic() - started))
+        if result.status not in (0, None):
+            record["error"] = (f"active script exit status {result.status}: "
+                               f"{result.stderr.strip()[:300]}")
+        _channel_checks(host, plan, record, node)
+    except CollectError as exc:
+        record["error"] = str(exc)
+    except Exception as exc:  # one odd node must not stop the others
+        record["error"] = f"unexpected error: {exc!r}"
+    record["duration_s"] = round(time.monotonic() - started, 3)
+    return record
+
+
+def run_active(
+    hosts: Sequence[Host],
+    plans: dict[str, NodePlan],
+    connector: Connector,
+    *,
+    parallel: int = 32,
+    progress: ProgressFn | None = None,
+) -> dict[str, dict]:
+    """node name -> its `active` record; every planned node runs at the same time (bounded by
+    `parallel`, as the passive phase)."""
+    todo = [h for h in hosts if h.name in plans]
+    if not todo:
+        return {}
+
+    def one(host: Host) -> tuple[str, dict]:
+        if progress:
+            progress(host.name, "connecting", "active probes")
+        rec = run_node(host, plans[host.name], connector)
+        if progress:
+            progress(host.name, "failed" if rec["error"] and not rec["sections"] else "done",
+                     rec["error"] or "")
+        return host.name, rec
+
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(todo))),
+                            thread_name_prefix="active") as pool:
+        return dict(pool.map(one, todo))
+
+
+def mark_skipped(records: list[dict], reason: str = SKIPPED_FLAG) -> None:
+    """Say in every reached node's record that the active phase was not asked for, so the
+    report lists it as not checked instead of silently showing no matrix."""
+    for rec in records:
+        if rec.get("reachable"):
+            rec["active"] = {"skipped": reason}

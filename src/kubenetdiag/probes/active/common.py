@@ -1,0 +1,69 @@
+"""What the active checks' parsers share: the section's provenance, the "could not check"
+fact, and a small plan for their doctests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubenetdiag.facts.model import Fact, Source, excerpt
+from kubenetdiag.probes.active.plan import NodePlan
+from kubenetdiag.probes.base import CheckContext, Section
+
+IPV4 = r"\d{1,3}(?:\.\d{1,3}){3}"
+# ping's options for every ping check: $__pi is the interval the script found ping accepts
+# (iputils takes 0.2 s, busybox has no -i)
+PING = "ping -c 2 -W 1 $__pi"
+# Prefix of a check run from inside the pod network namespace; exit 127 when the script found
+# none, so the parser reports a missing vantage point rather than a failure.
+IN_POD = '[ -n "$__inpod" ] || exit 127; $__inpod '
+
+
+def source(section: Section) -> Source:
+    return Source(section.probe, section.command, section.exit_code,
+                  excerpt(section.stdout, 1000))
+
+
+def status(ctx: CheckContext, section: Section, state: str, reason: str, blocks: str) -> Fact:
+    """A probe_status fact: this check could not give an answer, and what that leaves open."""
+    return Fact("probe_status", ctx.node,
+                {"probe": section.probe, "status": state, "reason": reason[:300],
+                 "blocks": blocks},
+                source(section))
+
+
+def no_tool(section: Section) -> bool:
+    """The node had no tool for the check (the script's exit 127)."""
+    return section.exit_code == 127
+
+
+def vantage(ctx: CheckContext, in_pod: bool) -> str | None:
+    """Where a check was sent from: None for the node, the pod namespace's name otherwise."""
+    return (ctx.podns or "pod") if in_pod else None
+
+
+def peer_at(plan: NodePlan, index: str) -> Any:
+    return plan["peers"][int(index)]
+
+
+def example(podns: str | None = None) -> CheckContext:
+    """node1's context with one peer, node2, for the checks' doctests."""
+    plan: NodePlan = {
+        "node": "node1", "address": "198.18.0.11",
+        "peers": [{"name": "node2", "address": "198.18.0.12", "pod_cidr": "10.244.2.0/24",
+                   "pod_gateway": "10.244.2.1"}],
+        "mtu": [{"layer": "pod", "size": 1422}, {"layer": "underlay", "size": 1472}],
+        "vxlan": {"port": 8472, "dev": "eth0"},
+        "dns": [{"server": "10.96.0.10", "kind": "service", "pod": None}],
+        "dns_name": "kubernetes.default.svc.cluster.local",
+        "http": [{"url": "http://10.244.2.3:9153/metrics", "target": "coredns_metrics",
+                  "pod": "coredns-0"}],
+        "endpoints": [{"target": "db.example.invalid:5432", "host": "db.example.invalid",
+                       "port": 5432, "by": "name"}],
+    }
+    return CheckContext("node1", plan, podns)
+
+
+def section(probe: str, stdout: str, exit_code: int | None = 0, duration_s: float = 0.0
+            ) -> Section:
+    """A section as the runner records it, for doctests."""
+    return Section(probe, "", exit_code, duration_s, stdout, "")

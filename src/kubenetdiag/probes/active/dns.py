@@ -1,0 +1,121 @@
+"""The cluster's DNS name (kubernetes.default.svc.<domain>) asked of each CoreDNS pod the plan
+picked and of the DNS Service, with dig, nslookup (bind or busybox) or host, whichever the node
+has. Where it has none, the runner asks over an SSH channel from the node and records the
+channel's own one-line answer under the same section name.
+
+>>> from kubenetdiag.probes.active.common import example, section
+>>> ctx = example()
+>>> out = (";; ->>HEADER<<- opcode: QUERY, status: NOERROR, id: 51261\\n"
+...        ";; ANSWER SECTION:\\n"
+...        "kubernetes.default.svc.cluster.local. 5 IN A\\t10.96.0.1\\n\\n"
+...        ";; Query time: 3 msec\\n")
+>>> [fact] = DNS.parse(section("active.dns.0", out), ctx.plan["dns"][0], ctx)
+>>> fact.kind, fact.attrs["server"], fact.attrs["ok"], fact.attrs["answer"], fact.attrs["rtt_ms"]
+('dns_check', '10.96.0.10', True, '10.96.0.1', 3.0)
+>>> line = "dns: error=timeout"  # the SSH channel's answer
+>>> [fact] = DNS.parse(section("active.dns.0", line), ctx.plan["dns"][0], ctx)
+>>> fact.attrs["ok"], fact.attrs["detail"]
+(False, 'timeout')
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from kubenetdiag.facts.model import Fact
+from kubenetdiag.probes.active.common import IPV4, no_tool, source
+from kubenetdiag.probes.active.plan import NodePlan
+from kubenetdiag.probes.base import ActiveCheck, ChannelRequest, CheckContext, Section, quoted
+
+
+def parse_dns(text: str, rc: int | None) -> dict[str, Any]:
+    """{ok, answer, detail, rtt_ms} from dig, nslookup (bind or busybox), host, or the
+    channel's own `dns:` line."""
+    if text.startswith("dns:"):
+        fields = dict(re.findall(r"(\w+)=(\S*)", text))
+        answer = fields.get("answers") or None
+        return {"ok": bool(answer), "answer": answer,
+                "detail": None if answer else (fields.get("error") or fields.get("rcode")
+                                               or "empty"),
+                "rtt_ms": float(fields["rtt_ms"]) if fields.get("rtt_ms") else None}
+    answers: list[str] = []
+    detail = None
+    rtt = None
+    if ";; ->>HEADER<<-" in text or "ANSWER SECTION" in text or ";; Query time" in text:
+        dig_status = re.search(r"status: (\w+)", text)
+        in_answer = False
+        for line in text.splitlines():
+            if line.startswith(";; ANSWER SECTION"):
+                in_answer = True
+                continue
+            if in_answer:
+                if not line.strip():
+                    in_answer = False
+                    continue
+                record = re.search(rf"\sIN\s+A\s+({IPV4})\s*$", line)
+                if record:
+                    answers.append(record.group(1))
+        query_time = re.search(r";; Query time: (\d+) msec", text)
+        rtt = float(query_time.group(1)) if query_time else None
+        if not answers:
+            detail = (dig_status.group(1) if dig_status and dig_status.group(1) != "NOERROR"
+                      else "no answer")
+    else:
+        # nslookup: addresses after the "Name:" line (the first Address is the server's)
+        after_name = text.split("Name:", 1)[1] if "Name:" in text else ""
+        answers = re.findall(rf"Address(?: \d+)?:\s*({IPV4})(?!#)\b", after_name)
+        # host: "x has address 1.2.3.4"
+        answers += re.findall(rf"has address ({IPV4})", text)
+        failure = re.search(r"NXDOMAIN|SERVFAIL|REFUSED", text)
+        if not answers:
+            detail = failure.group(0) if failure else None
+    if not answers and detail in (None, "no answer"):
+        if re.search(r"timed out|no servers could be reached|connection refused", text, re.I):
+            detail = "refused" if "refused" in text.lower() else "timeout"
+        elif detail is None:
+            detail = "no answer" if rc == 0 else f"failed (exit {rc})"
+    return {"ok": bool(answers), "answer": ",".join(answers) or None, "detail": detail,
+            "rtt_ms": rtt}
+
+
+def _targets(plan: NodePlan) -> list[tuple[str, Any]]:
+    return [(str(i), server) for i, server in enumerate(plan["dns"])]
+
+
+def _command(plan: NodePlan, server: Any) -> str:
+    at, name = quoted(server["server"]), quoted(plan["dns_name"])
+    return (f"if __has dig; then dig +time=2 +tries=1 @{at} {name} A; "
+            f"elif __has nslookup; then $__to nslookup -type=a {name} {at}; "
+            f"elif __has host; then host -W 2 -t A {name} {at}; "
+            "else echo 'kubenetdiag: no dns tool'; exit 127; fi")
+
+
+def _channel(plan: NodePlan, server: Any) -> ChannelRequest:
+    address, name = server["server"], plan["dns_name"]
+    return ChannelRequest(address, 53, "dns", name,
+                          f"DNS over TCP to {address}:53 for {name}")
+
+
+def parse(section: Section, server: Any, ctx: CheckContext) -> list[Fact]:
+    if no_tool(section):
+        return []  # the runner asked through the SSH channel instead
+    result = parse_dns(section.stdout, section.exit_code)
+    return [Fact("dns_check", ctx.node, {
+        "server": server["server"], "server_kind": server["kind"],
+        "name": ctx.plan["dns_name"], "ok": result["ok"], "answer": result["answer"],
+        "detail": result["detail"], "rtt_ms": result["rtt_ms"], "vantage": None},
+        source(section))]
+
+
+DNS = ActiveCheck(
+    name="dns",
+    targets=_targets,
+    resolve=lambda plan, suffix: plan["dns"][int(suffix)],
+    command=_command,
+    channel=_channel,
+    parse=parse,
+    blocks=lambda server: f"DNS answers from {server['server']}",
+    order=300,
+)
+CHECKS = (DNS,)

@@ -1,0 +1,147 @@
+"""Pings to each peer: its pod gateway (the pod network across nodes) and its underlay
+address, from the node and, as `pod.ping`, from inside a pod's network namespace
+(docs/runbooks.md#runbook-002: from the node first, then from the container).
+
+Both iputils' and busybox's output are read. A ping that cannot run (no ping, or an option
+this ping lacks) is a missing tool, never a failed reach.
+
+>>> from kubenetdiag.probes.active.common import example, section
+>>> node2 = example().plan["peers"][0]
+>>> out = ("PING 10.244.2.1 (10.244.2.1) 56(84) bytes of data.\\n"
+...        "64 bytes from 10.244.2.1: icmp_seq=1 ttl=64 time=0.085 ms\\n\\n"
+...        "--- 10.244.2.1 ping statistics ---\\n"
+...        "2 packets transmitted, 2 received, 0% packet loss, time 202ms\\n"
+...        "rtt min/avg/max/mdev = 0.079/0.082/0.085/0.003 ms\\n")
+>>> [fact] = PING.parse(section("active.ping.pod.0", out), ("pod", node2), example())
+>>> fact.kind, fact.attrs["src"], fact.attrs["dst"], fact.attrs["ok"], fact.attrs["rtt_ms"]
+('reach', 'node1', 'node2', True, 0.082)
+>>> lost = "2 packets transmitted, 0 received, 100% packet loss, time 1010ms\\n"
+>>> [(f.attrs["ok"], f.attrs["detail"], f.attrs["vantage"]) for f in POD_PING.parse(
+...     section("active.pod.ping.pod.0", lost, 1), ("pod", node2), example("cni-4f1a"))]
+[(False, 'timeout', 'cni-4f1a')]
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from kubenetdiag.facts.model import Fact
+from kubenetdiag.probes.active.common import IN_POD, no_tool, peer_at, source, status, vantage
+from kubenetdiag.probes.active.common import PING as PING_CMD
+from kubenetdiag.probes.active.plan import NodePlan
+from kubenetdiag.probes.base import ActiveCheck, CheckContext, Section, quoted
+
+_PING_STATS = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
+_PING_RTT = re.compile(r"(?:rtt|round-trip) min/avg/max(?:/mdev)? = [\d.]+/([\d.]+)/")
+_PING_TOO_LONG = re.compile(r"message too long(?:, mtu[= ](\d+))?", re.I)
+_PING_FRAG = re.compile(r"Frag needed and DF set \(mtu = (\d+)\)", re.I)
+
+
+def parse_ping(text: str, rc: int | None) -> dict[str, Any]:
+    """{ok, rtt_ms, detail, mtu} from ping's output (iputils or busybox)."""
+    stats = _PING_STATS.search(text)
+    received = int(stats.group(2)) if stats else 0
+    rtt = _PING_RTT.search(text)
+    too_long = _PING_TOO_LONG.search(text)
+    frag = _PING_FRAG.search(text)
+    detail = None
+    mtu = None
+    if too_long:
+        mtu = int(too_long.group(1)) if too_long.group(1) else None
+        detail = "message too long" + (f", mtu={mtu}" if mtu else "")
+    elif frag:
+        mtu = int(frag.group(1))
+        detail = f"frag needed, mtu={mtu}"
+    elif "Destination Host Unreachable" in text or "Destination Net Unreachable" in text:
+        detail = "unreachable"
+    elif "Network is unreachable" in text:
+        detail = "network unreachable"
+    elif "Operation not permitted" in text:
+        detail = "not permitted"
+    elif received == 0:
+        detail = "timeout"
+    return {
+        "ok": received > 0,
+        "rtt_ms": float(rtt.group(1)) if rtt and received else None,
+        "detail": detail,
+        "mtu": mtu,
+    }
+
+
+_UNSUPPORTED = re.compile(r"command not found|not found$|invalid option|unrecognized option|"
+                          r"illegal option|usage: ping|BusyBox v", re.I | re.M)
+_UNSUPPORTED_WORDS = ("not found", "option", "usage", "busybox")
+
+
+def unsupported(text: str) -> bool:
+    """The command or an option does not exist here (busybox ping has no -M)."""
+    # a case-insensitive alternation over every probe's output was a sixth of parsing; plain
+    # substring tests rule out almost every text first
+    low = text.lower()
+    return any(w in low for w in _UNSUPPORTED_WORDS) and bool(_UNSUPPORTED.search(text))
+
+
+def _targets(plan: NodePlan) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for i, peer in enumerate(plan["peers"]):
+        if peer.get("pod_gateway"):
+            out.append((f"pod.{i}", ("pod", peer)))
+        if peer.get("address"):
+            out.append((f"underlay.{i}", ("underlay", peer)))
+    return out
+
+
+def _pod_targets(plan: NodePlan) -> list[tuple[str, Any]]:
+    return [(suffix, target) for suffix, target in _targets(plan) if target[0] == "pod"]
+
+
+def _resolve(plan: NodePlan, suffix: str) -> tuple[str, Any]:
+    layer, index = suffix.split(".")[:2]
+    return layer, peer_at(plan, index)
+
+
+def _destination(target: tuple[str, Any]) -> str:
+    layer, peer = target
+    return peer["pod_gateway"] if layer == "pod" else peer["address"]
+
+
+def _blocks(target: tuple[str, Any]) -> str:
+    layer, peer = target
+    return f"{layer} reachability of {peer['name']}"
+
+
+def _parser(in_pod: bool):  # noqa: ANN202
+    def parse(section: Section, target: tuple[str, Any], ctx: CheckContext) -> list[Fact]:
+        layer, peer = target
+        text = section.stdout
+        if no_tool(section) or unsupported(text):
+            return [status(ctx, section, "missing_tool", text.strip()[:200] or "ping missing",
+                           _blocks(target))]
+        result = parse_ping(text, section.exit_code)
+        return [Fact("reach", ctx.node, {
+            "src": ctx.node, "dst": peer["name"], "layer": layer, "ok": result["ok"],
+            "rtt_ms": result["rtt_ms"], "detail": result["detail"],
+            "vantage": vantage(ctx, in_pod)}, source(section))]
+    return parse
+
+
+PING = ActiveCheck(
+    name="ping",
+    targets=_targets,
+    resolve=_resolve,
+    command=lambda plan, target: f"{PING_CMD} {quoted(_destination(target))}",
+    parse=_parser(in_pod=False),
+    blocks=_blocks,
+    order=100,
+)
+POD_PING = ActiveCheck(
+    name="pod.ping",
+    targets=_pod_targets,
+    resolve=_resolve,
+    command=lambda plan, target: f"{IN_POD}{PING_CMD} {quoted(_destination(target))}",
+    parse=_parser(in_pod=True),
+    blocks=_blocks,
+    order=600,
+)
+CHECKS = (PING, POD_PING)

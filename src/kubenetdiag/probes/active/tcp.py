@@ -1,0 +1,96 @@
+"""A TCP connect to each endpoint the inventory declares (`kubenetdiag_endpoints`), from the
+node and, as `pod.tcp`, from inside a pod's network namespace. By name, the script resolves
+first, so "does not resolve" is told apart from "refused" and "timeout"
+(docs/runbooks.md#runbook-002).
+
+>>> from kubenetdiag.probes.active.common import example, section
+>>> ctx = example("cni-4f1a")
+>>> out = "resolved: db.example.invalid 10.0.0.5\\nbash: connect: Connection refused\\n"
+>>> [fact] = POD_TCP.parse(section("active.pod.tcp.0", out, 1), ctx.plan["endpoints"][0], ctx)
+>>> fact.kind, fact.attrs["address"], fact.attrs["ok"], fact.attrs["detail"], fact.attrs["vantage"]
+('tcp_check', '10.0.0.5', False, 'refused', 'cni-4f1a')
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from kubenetdiag.facts.model import Fact
+from kubenetdiag.probes.active.common import IN_POD, IPV4, no_tool, source, status, vantage
+from kubenetdiag.probes.active.plan import NodePlan
+from kubenetdiag.probes.base import ActiveCheck, CheckContext, Section, quoted
+
+
+def parse_tcp(text: str, rc: int | None) -> dict[str, Any]:
+    """{ok, address, detail} from the script's TCP helper (nc -z or bash /dev/tcp)."""
+    resolved = re.search(rf"resolved: \S+ ({IPV4})", text)
+    address = resolved.group(1) if resolved else None
+    low = text.lower()
+    if "unresolved:" in low or "name or service not known" in low:
+        return {"ok": False, "address": None, "detail": "unresolved"}
+    if rc == 0:
+        return {"ok": True, "address": address, "detail": None}
+    if "refused" in low:
+        detail = "refused"
+    elif rc == 124 or "timed out" in low:
+        detail = "timeout"
+    elif "no route" in low or "unreachable" in low:
+        detail = "unreachable"
+    elif "reset" in low:
+        detail = "reset"
+    else:
+        detail = f"failed (exit {rc})"
+    return {"ok": False, "address": address, "detail": detail}
+
+
+def _targets(plan: NodePlan) -> list[tuple[str, Any]]:
+    return [(str(i), endpoint) for i, endpoint in enumerate(plan["endpoints"])]
+
+
+def _connect(endpoint: Any) -> str:
+    return (f"sh -c \"$__TCP\" _ {quoted(endpoint['host'])} {int(endpoint['port'])} "
+            f"{quoted(endpoint['by'])}")
+
+
+def _blocks(endpoint: Any) -> str:
+    return f"TCP connect to {endpoint['target']}"
+
+
+def _parser(in_pod: bool):  # noqa: ANN202
+    def parse(section: Section, endpoint: Any, ctx: CheckContext) -> list[Fact]:
+        if no_tool(section):
+            return [status(ctx, section, "missing_tool",
+                           section.stdout.strip()[:200] or "no nc/bash", _blocks(endpoint))]
+        result = parse_tcp(section.stdout, section.exit_code)
+        address = result["address"] or (endpoint["host"] if endpoint["by"] == "ip" else None)
+        return [Fact("tcp_check", ctx.node, {
+            "target": endpoint["target"], "address": address, "by": endpoint["by"],
+            "ok": result["ok"], "detail": result["detail"], "rtt_ms": None,
+            "vantage": vantage(ctx, in_pod)}, source(section))]
+    return parse
+
+
+def _resolve(plan: NodePlan, suffix: str) -> Any:
+    return plan["endpoints"][int(suffix)]
+
+
+TCP = ActiveCheck(
+    name="tcp",
+    targets=_targets,
+    resolve=_resolve,
+    command=lambda plan, endpoint: _connect(endpoint),
+    parse=_parser(in_pod=False),
+    blocks=_blocks,
+    order=500,
+)
+POD_TCP = ActiveCheck(
+    name="pod.tcp",
+    targets=_targets,
+    resolve=_resolve,
+    command=lambda plan, endpoint: IN_POD + _connect(endpoint),
+    parse=_parser(in_pod=True),
+    blocks=_blocks,
+    order=700,
+)
+CHECKS = (TCP, POD_TCP)
