@@ -257,7 +257,7 @@ def build_connectivity(
         nodes_total=len(nodes),
         folded=len(folded),
         folded_note=(
-            ui.n("conn_folded", len(folded), total=len(nodes)) if folded else ""
+            ui.plural("conn_folded", len(folded), total=len(nodes)) if folded else ""
         ),
         suspects=suspect_views,
         heatmaps=heatmaps,
@@ -301,7 +301,7 @@ def _heatmap(
     cell = 30 if n_axis <= 8 else 22 if n_axis <= 16 else 16 if n_axis <= 36 else 12
     texts = [_short(label[n]) for n in shown]
     if folded:
-        texts.append(ui.n("conn_others", len(folded)))
+        texts.append(ui.plural("conn_others", len(folded)))
     # Labels are drawn at 12px; about 7px a character keeps long names off the cells.
     left = 12 + 7 * max((len(t) + 2 for t in texts), default=4)
     top = int(left * 0.72) + 8  # column labels run at -45 degrees: their height is ~0.7 length
@@ -314,7 +314,7 @@ def _heatmap(
     for i, n in enumerate(axis):
         marked = n is not None and n in suspects
         text = texts[i]
-        tip = label[n] if n is not None else ui.n("conn_others_tip", len(folded))
+        tip = label[n] if n is not None else ui.plural("conn_others_tip", len(folded))
         if marked:
             text = "⚠ " + text
         rows.append(AxisLabel(text, tip, left - 6, top + i * cell + cell // 2 + 4, marked))
@@ -351,8 +351,8 @@ def _heatmap(
                     )
             else:
                 state = _state(oks)
-                src_t = label[s] if s is not None else ui.n("conn_others_tip", len(folded))
-                dst_t = label[d] if d is not None else ui.n("conn_others_tip", len(folded))
+                src_t = label[s] if s is not None else ui.plural("conn_others_tip", len(folded))
+                dst_t = label[d] if d is not None else ui.plural("conn_others_tip", len(folded))
                 tip = ui("conn_tip_group", src=src_t, dst=dst_t, layer=layer_label,
                          failed=oks.count(False), total=len(oks))
             cells.append(Cell(x, y, state, tip))

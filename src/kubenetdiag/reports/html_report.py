@@ -7,18 +7,21 @@ from functools import cache
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from kubenetdiag.reports.view import build_view
+from kubenetdiag.vocabulary import SEVERITIES
 
 
 @cache
 def _env() -> Environment:
     # autoescape=True unconditionally: select_autoescape decides by file name and would leave a
     # `.j2` template unescaped, which for node-supplied strings means script injection.
-    return Environment(
+    env = Environment(
         loader=PackageLoader("kubenetdiag.reports", "templates"),
         autoescape=True,
         undefined=StrictUndefined,
         keep_trailing_newline=True,
     )
+    env.globals["severities"] = SEVERITIES
+    return env
 
 
 def render_html(report: dict, lang: str = "en", *, validated: bool = False) -> str:

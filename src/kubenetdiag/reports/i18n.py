@@ -350,12 +350,14 @@ class UI:
     lang: str
 
     def __call__(self, key: str, **kw: object) -> str:
+        """The string `key`, its {placeholders} filled from `kw`."""
         entry = _CATALOGS[self.lang].get(key, _EN[key])
         if isinstance(entry, tuple):
             entry = entry[1]
         return entry.format(**kw) if kw else entry
 
-    def n(self, key: str, n: int, **kw: object) -> str:
+    def plural(self, key: str, n: int, **kw: object) -> str:
+        """The string `key` in its singular or plural form for `n` things, with {n} filled in."""
         entry = _CATALOGS[self.lang].get(key, _EN[key])
         if isinstance(entry, tuple):
             entry = entry[0] if n == 1 else entry[1]

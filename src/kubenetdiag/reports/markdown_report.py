@@ -13,6 +13,7 @@ from functools import cache
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from kubenetdiag.reports.view import build_view
+from kubenetdiag.vocabulary import SEVERITIES
 
 # `&` too: an entity such as &#x202E; would bring back a character the sanitizer removed.
 _INLINE_SPECIAL = re.compile(r"([\\`*\[\]<>|~&])")
@@ -74,6 +75,7 @@ def _env() -> Environment:
         keep_trailing_newline=True,
     )
     env.filters.update(md=md_inline, cell=md_cell, block=md_block, code=md_code, fence=md_fence)
+    env.globals["severities"] = SEVERITIES
     return env
 
 

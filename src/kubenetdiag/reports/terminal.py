@@ -12,7 +12,9 @@ from rich.console import Console
 from rich.text import Text
 
 from kubenetdiag.reports.sanitize import clean_line
-from kubenetdiag.reports.view import SEVERITIES, FindingView, ReportView, build_view
+from kubenetdiag.reports.view import build_view
+from kubenetdiag.reports.viewmodel import FindingView, ReportView
+from kubenetdiag.vocabulary import SEVERITIES
 
 SEVERITY_STYLE = {
     "critical": "bold white on red",
@@ -45,15 +47,15 @@ def _line(*parts: tuple[str, str] | str, wrap: bool = False) -> Text:
     return text
 
 
-def _names(names: list[str], limit: int, v: ReportView) -> str:
+def _names(names: list[str], limit: int, view: ReportView) -> str:
     shown = ", ".join(names[:limit])
     if len(names) > limit:
-        shown += " " + v.ui("more", n=len(names) - limit)
+        shown += " " + view.ui("more", n=len(names) - limit)
     return shown
 
 
-def _item(f: FindingView, v: ReportView) -> list[Text]:
-    ui = v.ui
+def _item(f: FindingView, view: ReportView) -> list[Text]:
+    ui = view.ui
     out = [
         _line(
             "  ",
@@ -65,7 +67,7 @@ def _item(f: FindingView, v: ReportView) -> list[Text]:
         )
     ]
     if f.nodes:
-        out.append(_line("     ", (_names([n.label for n in f.nodes], MAX_NODES, v), "cyan")))
+        out.append(_line("     ", (_names([n.label for n in f.nodes], MAX_NODES, view), "cyan")))
     step = f.first_command
     if step is not None:
         first, _, rest = step.command.partition("\n")
@@ -93,35 +95,35 @@ def print_summary(
     points at the bundle, or says how to get a full report. `validated=True` skips the schema
     check for a report already checked (build_report does).
     """
-    v = build_view(report, lang, validated=validated)
-    ui = v.ui
-    c = v.counts
+    view = build_view(report, lang, validated=validated)
+    ui = view.ui
+    counts = view.counts
     lines: list[Text] = []
 
-    by_sev = ", ".join(f"{c[s]} {ui.severity(s)}" for s in SEVERITIES if c[s])
+    by_sev = ", ".join(f"{counts[s]} {ui.severity(s)}" for s in SEVERITIES if counts[s])
     header = _line(
         ("kubenetdiag  ", "bold"),
-        (v.verdict.headline, LEVEL_STYLE[v.verdict.level]),
+        (view.verdict.headline, LEVEL_STYLE[view.verdict.level]),
         "  · ",
-        ui.n("nodes_count", c["nodes"]),
+        ui.plural("nodes_count", counts["nodes"]),
         " · ",
-        ui.n("findings_count", c["findings"]),
+        ui.plural("findings_count", counts["findings"]),
         f" ({by_sev})" if by_sev else "",
     )
-    if c["unreachable"]:
+    if counts["unreachable"]:
         header.append(" · ")
-        header.append(f"{c['unreachable']} {ui('node_unreachable')}", style="bold yellow")
+        header.append(f"{counts['unreachable']} {ui('node_unreachable')}", style="bold yellow")
     lines.append(header)
 
-    items = v.verdict.items
+    items = view.verdict.items
     for f in items[:MAX_ITEMS]:
-        lines.extend(_item(f, v))
+        lines.extend(_item(f, view))
     if len(items) > MAX_ITEMS:
         lines.append(_line("  ", (ui("more", n=len(items) - MAX_ITEMS), "dim")))
-    for note in v.verdict.notes:
+    for note in view.verdict.notes:
         lines.append(_line("  + ", (note, "dim")))
 
-    conn = v.connectivity
+    conn = view.connectivity
     if not conn.measured:
         conn_style = "yellow"
     elif conn.suspects or any(h.failed for h in conn.heatmaps):
@@ -130,23 +132,23 @@ def print_summary(
         conn_style = "green"
     lines.append(_line("  ", (conn.line, conn_style)))
 
-    unreachable = [n.name for n in v.nodes_first if not n.reachable]
+    unreachable = [n.name for n in view.nodes_first if not n.reachable]
     if unreachable:
         lines.append(
             _line(
                 ("⚠ ", "bold yellow"),
-                (ui.n("unchecked_nodes", len(unreachable)), "bold yellow"),
+                (ui.plural("unchecked_nodes", len(unreachable)), "bold yellow"),
                 ": ",
-                _names(unreachable, MAX_UNREACHABLE, v),
+                _names(unreachable, MAX_UNREACHABLE, view),
             )
         )
-    if v.verdict.unchecked_warning:
+    if view.verdict.unchecked_warning:
         lines.append(_line("  ", (ui("unknown_not_healthy"), "yellow")))
 
     if full_report:
         hint = ui("full_report", path=clean_line(full_report))
-    elif v.bundle:
-        hint = ui("full_report_bundle", path=v.bundle)
+    elif view.bundle:
+        hint = ui("full_report_bundle", path=view.bundle)
     else:
         hint = ui("full_report_hint")
     lines.append(_line((hint, "dim"), wrap=True))
