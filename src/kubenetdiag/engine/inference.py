@@ -453,7 +453,8 @@ def findings(program: Program, facts: Sequence[Fact], fired: dict[int, list], de
         nodes = sorted(o.nodes)
         evidence_ids = evidence[ri]
 
-        def text(key: str, lang: str, rule: Rule = rule, o: _Outcome = o, nodes=nodes) -> str:
+        def text(key: str, lang: str, rule: Rule = rule, o: _Outcome = o,
+                 nodes: list[str] = nodes) -> str:
             t = rule.texts.get(key)
             if not t:
                 return ""
