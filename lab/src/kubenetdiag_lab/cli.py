@@ -18,11 +18,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kubenetdiag_lab.cni import CNI_MODES, DEFAULT_CNI
-from kubenetdiag_lab.lab import DEFAULT_WORKDIR, Lab
-from kubenetdiag_lab.netns import LabError, exec_argv
+from kubenetdiag_lab.errors import LabError
+from kubenetdiag_lab.netns import exec_argv
+from kubenetdiag_lab.paths import DEFAULT_WORKDIR
+from kubenetdiag_lab.topology import CNI_MODES, DEFAULT_CNI
+
+if TYPE_CHECKING:
+    from kubenetdiag_lab.lab import Lab
 
 
 def register(subparsers: Any) -> None:
@@ -131,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Here, not at the top: the product CLI imports this module to build its parser, and
+    # `diagnose` should not load the whole lab for that.
+    from kubenetdiag_lab.lab import Lab
+
     cmd = args.lab_cmd
     if cmd == "up":
         lab = Lab(args.workdir, nodes=args.nodes, prefix=args.prefix, cni_mode=args.cni)

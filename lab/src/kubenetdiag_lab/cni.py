@@ -7,7 +7,9 @@
 - calico-bgp: bird2 on every node, a full iBGP mesh over TCP 179; each node exports its pod /24
   and installs its peers' as `proto bird` routes. Nothing is programmed by the lab directly.
 
-Everything here runs inside lab namespaces (`ip -n`, `bridge -n`, or inside the node's init).
+Everything here runs inside lab namespaces (`ip -n`, `bridge -n`, or inside the node's init
+through its runner). Functions take the topology, a node, and what they need of the running
+lab (a runner, the node's files, the port a fault may have changed), never the Lab itself.
 """
 
 from __future__ import annotations
@@ -15,21 +17,26 @@ from __future__ import annotations
 import json
 import time
 from ipaddress import IPv4Network
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from kubenetdiag_lab import nodehost
 from kubenetdiag_lab.netns import LabError, ip_batch, run
+from kubenetdiag_lab.nodehost import NodeFiles
+from kubenetdiag_lab.runner import NodeCommandRunner
+from kubenetdiag_lab.topology import LabNode, Topology
 
-if TYPE_CHECKING:
-    from kubenetdiag_lab.lab import Lab, LabNode
-
-CNI_MODES = ("flannel-vxlan", "flannel-host-gw", "calico-bgp")
-DEFAULT_CNI = "flannel-vxlan"
 VXLAN_PORT = 8472
 VXLAN_VNI = 1
 VXLAN_MTU = 1450  # 1500 underlay minus the 50 bytes VXLAN adds, as flanneld computes
 BGP_AS = 64512  # calico's default private AS
 VXLAN_DEV = "flannel.1"
+
+
+class CniShaped(Protocol):
+    """What restoring a route needs to know of a cluster: a Topology, or a Lab carrying one."""
+
+    @property
+    def cni(self) -> str: ...
 
 
 def pod_mtu(cni: str) -> int:
@@ -46,11 +53,11 @@ def vtep_mac(node: LabNode) -> str:
     return f"0e:6b:6e:64:{node.index >> 8:02x}:{node.index & 0xFF:02x}"
 
 
-def subnet_env(lab: Lab, node: LabNode) -> str:
-    gw = node.pod_gateway
-    plen = IPv4Network(node.pod_cidr).prefixlen
-    return (f"FLANNEL_NETWORK={lab.pod_network}\nFLANNEL_SUBNET={gw}/{plen}\n"
-            f"FLANNEL_MTU={pod_mtu(lab.cni)}\nFLANNEL_IPMASQ=true\n")
+def subnet_env(topology: Topology, node: LabNode) -> str:
+    gateway = node.pod_gateway
+    prefixlen = IPv4Network(node.pod_cidr).prefixlen
+    return (f"FLANNEL_NETWORK={topology.pod_network}\nFLANNEL_SUBNET={gateway}/{prefixlen}\n"
+            f"FLANNEL_MTU={pod_mtu(topology.cni)}\nFLANNEL_IPMASQ=true\n")
 
 
 def vxlan_device_lines(node: LabNode, port: int, mtu: int = VXLAN_MTU) -> list[str]:
@@ -63,70 +70,73 @@ def vxlan_device_lines(node: LabNode, port: int, mtu: int = VXLAN_MTU) -> list[s
     ]
 
 
-def device_lines(lab: Lab, node: LabNode) -> list[str]:
+def device_lines(topology: Topology, node: LabNode, vxlan_port: int = VXLAN_PORT) -> list[str]:
     """ip-batch lines creating the node's CNI devices (after eth0 has its address)."""
-    if lab.cni == "flannel-vxlan":
-        return vxlan_device_lines(node, lab.node_vxlan_port(node.name))
+    if topology.cni == "flannel-vxlan":
+        return vxlan_device_lines(node, vxlan_port)
     return []
 
 
-def peer_lines(lab: Lab, node: LabNode, peer: LabNode) -> tuple[list[str], list[str]]:
-    """(ip-batch lines, bridge-batch lines) that make peer's pods reachable from node."""
-    if lab.cni == "flannel-vxlan":
+def peer_lines(cni: str, peer: LabNode) -> tuple[list[str], list[str]]:
+    """(ip-batch lines, bridge-batch lines) that make peer's pods reachable from a node."""
+    if cni == "flannel-vxlan":
         vtep = vtep_address(peer)
         return ([f"neigh replace {vtep} lladdr {vtep_mac(peer)} dev {VXLAN_DEV} nud permanent",
                  f"route replace {peer.pod_cidr} via {vtep} dev {VXLAN_DEV} onlink"],
                 [f"fdb replace {vtep_mac(peer)} dev {VXLAN_DEV} dst {peer.address} self permanent"])
-    if lab.cni == "flannel-host-gw":
+    if cni == "flannel-host-gw":
         return [f"route replace {peer.pod_cidr} via {peer.address} dev eth0"], []
     return [], []
 
 
-def program_peers(lab: Lab, node: LabNode) -> None:
+def _bridge_batch(netns: str, lines: list[str]) -> None:
+    run(["bridge", "-n", netns, "-batch", "-"], input="\n".join(lines) + "\n")
+
+
+def program_peers(topology: Topology, node: LabNode) -> None:
     ip_lines: list[str] = []
     fdb_lines: list[str] = []
-    for peer in lab.nodes:
-        if peer is not node:
-            a, b = peer_lines(lab, node, peer)
-            ip_lines += a
-            fdb_lines += b
+    for peer in topology.peers(node):
+        peer_ip, peer_fdb = peer_lines(topology.cni, peer)
+        ip_lines += peer_ip
+        fdb_lines += peer_fdb
     if ip_lines:
         ip_batch(node.netns, ip_lines)
     if fdb_lines:
-        run(["bridge", "-n", node.netns, "-batch", "-"], input="\n".join(fdb_lines) + "\n")
+        _bridge_batch(node.netns, fdb_lines)
 
 
-def rebuild_vxlan(lab: Lab, node: LabNode, port: int) -> None:
+def rebuild_vxlan(topology: Topology, node: LabNode, port: int) -> None:
     """Recreate the node's flannel.1 on another UDP port, as a flanneld with a different
     config would; deleting the device drops its FDB, ARP and routes, so they are re-added."""
     # Like flanneld, derive the MTU from the underlay's (which a fault may have lowered).
     link = json.loads(run(["ip", "-n", node.netns, "-j", "link", "show", "eth0"]).stdout)
     mtu = min(VXLAN_MTU, int(link[0]["mtu"]) - 50)
     ip_batch(node.netns, [f"link del {VXLAN_DEV}", *vxlan_device_lines(node, port, mtu)])
-    program_peers(lab, node)
+    program_peers(topology, node)
 
 
-def restore_peer_route(lab: Lab, node: LabNode, peer: LabNode) -> None:
-    if lab.cni == "calico-bgp":
+def restore_peer_route(cluster: CniShaped, node: LabNode, peer: LabNode) -> None:
+    """Put back the node's route (and VXLAN neighbour entries) to the peer's pod CIDR."""
+    if cluster.cni == "calico-bgp":
         # bird re-installs it on its next kernel scan; a reload forces that now.
         ip_batch(node.netns, [f"route replace {peer.pod_cidr} via {peer.address} dev eth0 "
                               f"proto bird"])
         return
-    ip_lines, fdb_lines = peer_lines(lab, node, peer)
+    ip_lines, fdb_lines = peer_lines(cluster.cni, peer)
     ip_batch(node.netns, ip_lines)
     if fdb_lines:
-        run(["bridge", "-n", node.netns, "-batch", "-"], input="\n".join(fdb_lines) + "\n")
+        _bridge_batch(node.netns, fdb_lines)
 
 
 # ---- calico-bgp: bird2 -----------------------------------------------------------------------
 
 
-def bird_config(lab: Lab, node: LabNode) -> str:
-    files = lab.node_files(node)
+def bird_config(topology: Topology, node: LabNode, files: NodeFiles) -> str:
     peers = "\n".join(
-        f"protocol bgp Mesh_{p.address.replace('.', '_')} from bgp_template {{\n"
-        f"  neighbor {p.address} as {BGP_AS};\n}}"
-        for p in lab.nodes if p is not node)
+        f"protocol bgp Mesh_{peer.address.replace('.', '_')} from bgp_template {{\n"
+        f"  neighbor {peer.address} as {BGP_AS};\n}}"
+        for peer in topology.peers(node))
     # Short timers: a stopped or blocked peer is noticed in seconds, so tests stay fast.
     return f"""# generated by kubenetdiag_lab for {node.name}
 log "{files.dir / 'bird.log'}" all;
@@ -158,50 +168,49 @@ template bgp bgp_template {{
 """
 
 
-def bird_socket(lab: Lab, node: LabNode) -> str:
+def bird_socket(files: NodeFiles) -> str:
     # Inside the node this is /run/bird/bird.ctl, birdc's default, so a probe needs no -s.
-    return str(lab.node_files(node).run_dir / "bird" / "bird.ctl")
+    return str(files.run_dir / "bird" / "bird.ctl")
 
 
-def start_bird(lab: Lab, node: LabNode) -> None:
-    files = lab.node_files(node)
+def start_bird(topology: Topology, node: LabNode, runner: NodeCommandRunner,
+               files: NodeFiles) -> None:
     conf = files.dir / "bird.conf"
-    conf.write_text(bird_config(lab, node))
+    conf.write_text(bird_config(topology, node, files))
     # bird daemonizes; its parent exits once the config is loaded, so a bad config fails here.
-    nodehost.node_sh(lab.init_pid(node), f"bird -c {conf} -s /run/bird/bird.ctl "
-                                          f"-P /run/bird/bird.pid </dev/null >/dev/null 2>&1")
+    runner.shell(f"bird -c {conf} -s /run/bird/bird.ctl "
+                 f"-P /run/bird/bird.pid </dev/null >/dev/null 2>&1")
 
 
-def stop_bird(lab: Lab, node: LabNode) -> None:
+def stop_bird(node: LabNode, runner: NodeCommandRunner) -> None:
     # `birdc down` makes bird withdraw its routes and tell its peers (Cease), as a clean
     # calico-node shutdown does; kill is the fallback for a wedged daemon.
-    init = lab.init_pid(node)
-    nodehost.node_sh(init, "birdc -s /run/bird/bird.ctl down >/dev/null 2>&1", check=False)
+    runner.shell("birdc -s /run/bird/bird.ctl down >/dev/null 2>&1", check=False)
     deadline = time.monotonic() + 5
-    while bird_running(lab, node) and time.monotonic() < deadline:
+    while bird_running(node) and time.monotonic() < deadline:
         time.sleep(0.05)
-    nodehost.kill(lab.node_procs(node, "bird"))
+    nodehost.kill(nodehost.procs_in(node.netns, "bird"))
 
 
-def bird_running(lab: Lab, node: LabNode) -> bool:
-    return bool(lab.node_procs(node, "bird"))
+def bird_running(node: LabNode) -> bool:
+    return bool(nodehost.procs_in(node.netns, "bird"))
 
 
-def bgp_routes(lab: Lab, node: LabNode) -> set[str]:
+def bgp_routes(node: LabNode) -> set[str]:
     out = run(["ip", "-n", node.netns, "route", "show", "proto", "bird"]).stdout
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
-def wait_converged(lab: Lab, timeout: float = 30.0) -> None:
+def wait_converged(topology: Topology, timeout: float = 30.0) -> None:
     """Wait until every node with a running bird has a bird route to every peer's pod /24."""
     deadline = time.monotonic() + timeout
     while True:
         missing = []
-        for node in lab.nodes:
-            if not bird_running(lab, node):
+        for node in topology.nodes:
+            if not bird_running(node):
                 continue
-            want = {p.pod_cidr for p in lab.nodes if p is not node and bird_running(lab, p)}
-            if not want <= bgp_routes(lab, node):
+            want = {peer.pod_cidr for peer in topology.peers(node) if bird_running(peer)}
+            if not want <= bgp_routes(node):
                 missing.append(node.name)
         if not missing:
             return

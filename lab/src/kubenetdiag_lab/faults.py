@@ -6,7 +6,9 @@ Every heal is idempotent: healing a healthy node is a no-op, so `heal()` can be 
 from a test's finally block. The lab records each active fault with its parameters in lab.json
 before injecting, so heal (possibly from another process) undoes exactly what was done.
 
-Add a fault by writing its inject and heal and calling `register` below.
+Add a fault by writing its inject and heal, functions of (FaultContext, node, params), and
+calling `register` below. An injector gets the topology, runners for commands in nodes and
+pods, the lab's files and the active faults (FaultContext); it never sees the Lab itself.
 """
 
 from __future__ import annotations
@@ -14,20 +16,61 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 from kubenetdiag_lab import cni, nodehost, services
-from kubenetdiag_lab.netns import LabError, cmdline, exec_argv, pids_in_netns, run
-
-if TYPE_CHECKING:
-    from kubenetdiag_lab.lab import Lab, LabNode
+from kubenetdiag_lab.netns import LabError, cmdline, pids_in_netns, run
+from kubenetdiag_lab.paths import LabPaths
+from kubenetdiag_lab.runner import NodeRunner, Runners
+from kubenetdiag_lab.topology import LabNode, Topology, cluster_services
 
 Params = dict[str, str]
-Action = Callable[["Lab", "LabNode", Params], None]
 
 
-def _last_node(lab: Lab) -> str:
-    return lab.nodes[-1].name
+@dataclass
+class ActiveFaults:
+    """The faults in force, as lab.json records them: [{fault, node, params}]. Some of the
+    lab's shape depends on them (a node's VXLAN port, which services have endpoints)."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    def params(self, fault: str, node: str | None = None) -> list[Params]:
+        return [entry["params"] for entry in self.entries
+                if entry["fault"] == fault and (node is None or entry["node"] == node)]
+
+    def nodes_with(self, fault: str) -> set[str]:
+        return {entry["node"] for entry in self.entries if entry["fault"] == fault}
+
+    def vxlan_port(self, node: str) -> int:
+        for params in self.params("vxlan_port_mismatch", node):
+            return int(params["port"])
+        return cni.VXLAN_PORT
+
+    def endpointless_services(self) -> set[str]:
+        return {params["service"] for params in self.params("service_no_endpoints")}
+
+
+@dataclass(frozen=True)
+class FaultContext:
+    """What an injector may touch of a running lab. Stopping and starting a node's sshd is the
+    one lifecycle step a fault needs (node_unreachable), so it comes in as two callables."""
+
+    topology: Topology
+    paths: LabPaths
+    runners: Runners
+    active: ActiveFaults
+    stop_sshd: Callable[[str], None]
+    start_sshd: Callable[[str], None]
+
+    def node(self, node: LabNode) -> NodeRunner:
+        return self.runners.node(node)
+
+
+Action = Callable[[FaultContext, LabNode, Params], None]
+
+
+def _last_node(topology: Topology) -> str:
+    return topology.nodes[-1].name
 
 
 @dataclass(frozen=True)
@@ -39,7 +82,7 @@ class Fault:
     params: Params = field(default_factory=dict)  # accepted parameters and their defaults
     modes: tuple[str, ...] = ()  # CNI modes it applies to; empty: all
     scope: str = "node"  # "cluster": one instance for the whole lab, placed on default_node
-    default_node: Callable[[Lab], str] = _last_node
+    default_node: Callable[[Topology], str] = _last_node
     fixture_only: bool = False
 
 
@@ -51,56 +94,67 @@ def register(fault: Fault) -> Fault:
     return fault
 
 
-def _noop(lab: Lab, node: LabNode, params: Params) -> None:
+def _noop(ctx: FaultContext, node: LabNode, params: Params) -> None:
     pass
 
 
 # ---- helpers --------------------------------------------------------------------------------
 
 
-def _sysctl(lab: Lab, node: LabNode, *assignments: str) -> None:
-    cp = lab.node_exec(node.name, ["sysctl", "-qw", *assignments], check=False)
+def _sysctl(ctx: FaultContext, node: LabNode, *assignments: str) -> None:
+    cp = ctx.node(node).run(["sysctl", "-qw", *assignments], check=False)
     if cp.returncode != 0:
         raise LabError(f"sysctl on {node.name} failed: {cp.stderr.strip()}")
 
 
-def _ipt_insert(lab: Lab, node: LabNode, chain: str, spec: list[str], table: str = "filter",
-                position: int = 1) -> None:
-    lab.node_exec(node.name, ["iptables", "-t", table, "-I", chain, str(position), *spec])
+def _ipt_insert(ctx: FaultContext, node: LabNode, chain: str, spec: list[str],
+                table: str = "filter", position: int = 1) -> None:
+    ctx.node(node).run(["iptables", "-t", table, "-I", chain, str(position), *spec])
 
 
-def _ipt_delete(lab: Lab, node: LabNode, chain: str, spec: list[str],
+def _ipt_delete(ctx: FaultContext, node: LabNode, chain: str, spec: list[str],
                 table: str = "filter") -> None:
     # Every copy, not just one: a test may have injected twice. Bounded so a misbehaving
     # iptables cannot loop forever.
     for _ in range(100):
-        cp = lab.node_exec(node.name, ["iptables", "-t", table, "-D", chain, *spec], check=False)
+        cp = ctx.node(node).run(["iptables", "-t", table, "-D", chain, *spec], check=False)
         if cp.returncode != 0:
             return
 
 
-def _restore(lab: Lab, node: LabNode, text: str) -> None:
-    lab.node_exec(node.name, ["iptables-restore", "--noflush"], input=text)
+def _restore(ctx: FaultContext, node: LabNode, text: str) -> None:
+    ctx.node(node).run(["iptables-restore", "--noflush"], input=text)
 
 
-def _drop_chains(lab: Lab, node: LabNode, chains: list[str]) -> None:
-    present = set(lab.node_exec(node.name, ["iptables", "-S"]).stdout.split())
-    chains = [c for c in chains if c in present]
+def _drop_chains(ctx: FaultContext, node: LabNode, chains: list[str]) -> None:
+    present = set(ctx.node(node).run(["iptables", "-S"]).stdout.split())
+    chains = [chain for chain in chains if chain in present]
     if chains:
-        _restore(lab, node, "*filter\n" + "".join(f":{c} - [0:0]\n" for c in chains) +
-                 "".join(f"-X {c}\n" for c in chains) + "COMMIT\n")
+        _restore(ctx, node, "*filter\n" + "".join(f":{chain} - [0:0]\n" for chain in chains) +
+                 "".join(f"-X {chain}\n" for chain in chains) + "COMMIT\n")
 
 
-def _start_in_node(lab: Lab, node: LabNode, argv: list[str], name: str | None = None) -> None:
+def _start_in_node(ctx: FaultContext, node: LabNode, argv: list[str],
+                   name: str | None = None) -> None:
     """Start a long-running process inside the node (its PID namespace), detached."""
     exec_ = f"exec -a {shlex.quote(name)} " if name else "exec "
-    lab.node_shell(node.name, f"({exec_}{shlex.join(argv)}) </dev/null "
-                              f">>{shlex.quote(str(lab.workdir / 'logs' / 'faults.log'))} 2>&1 &")
+    log = shlex.quote(str(ctx.paths.logs / "faults.log"))
+    ctx.node(node).shell(f"({exec_}{shlex.join(argv)}) </dev/null >>{log} 2>&1 &")
 
 
-def _kill_matching(lab: Lab, node: LabNode, needle: str) -> None:
-    pids = [p for p in pids_in_netns([node.netns]).get(node.netns, []) if needle in cmdline(p)]
+def _kill_matching(ctx: FaultContext, node: LabNode, needle: str) -> None:
+    pids = [pid for pid in pids_in_netns([node.netns]).get(node.netns, [])
+            if needle in cmdline(pid)]
     nodehost.kill(pids)
+
+
+def _netprog(ctx: FaultContext, pod: str, *args: str) -> None:
+    """One of netprog.py's client programs in a pod; its exit code is not the fault's concern."""
+    ctx.runners.pod(pod).run(services.netprog_argv(*args), check=False, timeout=30.0)
+
+
+def _start_bird(ctx: FaultContext, node: LabNode) -> None:
+    cni.start_bird(ctx.topology, node, ctx.node(node), ctx.paths.node_files(node.name))
 
 
 # ---- kernel / sysctl --------------------------------------------------------------------------
@@ -108,21 +162,21 @@ def _kill_matching(lab: Lab, node: LabNode, needle: str) -> None:
 HARDENING_FILE = "99-security-hardening.conf"  # sorts after 99-kubernetes-cri.conf: it wins
 
 
-def _ip_forward_off(lab: Lab, node: LabNode, params: Params) -> None:
+def _ip_forward_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if params["via"] == "file":
         # A hardening baseline dropped into /etc/sysctl.d and applied, as a CIS script does.
-        path = lab.node_files(node).sysctl_d / HARDENING_FILE
+        path = ctx.paths.node_files(node.name).sysctl_d / HARDENING_FILE
         path.write_text("# security baseline\nnet.ipv4.ip_forward = 0\n")
-        lab.node_shell(node.name, f"sysctl -q -p /etc/sysctl.d/{HARDENING_FILE}")
+        ctx.node(node).shell(f"sysctl -q -p /etc/sysctl.d/{HARDENING_FILE}")
     elif params["via"] == "sysctl":
-        _sysctl(lab, node, "net.ipv4.ip_forward=0")
+        _sysctl(ctx, node, "net.ipv4.ip_forward=0")
     else:
         raise LabError("ip_forward_disabled: via must be sysctl or file")
 
 
-def _ip_forward_on(lab: Lab, node: LabNode, params: Params) -> None:
-    (lab.node_files(node).sysctl_d / HARDENING_FILE).unlink(missing_ok=True)
-    _sysctl(lab, node, "net.ipv4.ip_forward=1")
+def _ip_forward_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    (ctx.paths.node_files(node.name).sysctl_d / HARDENING_FILE).unlink(missing_ok=True)
+    _sysctl(ctx, node, "net.ipv4.ip_forward=1")
 
 
 register(Fault(
@@ -135,24 +189,24 @@ register(Fault(
     "bridge_nf_call_iptables_disabled",
     "net.bridge.bridge-nf-call-iptables=0: bridged pod traffic skips iptables, so a pod's "
     "reply from a same-node service endpoint is not un-DNATed",
-    lambda lab, node, p: _sysctl(lab, node, "net.bridge.bridge-nf-call-iptables=0"),
-    lambda lab, node, p: _sysctl(lab, node, "net.bridge.bridge-nf-call-iptables=1"),
+    lambda ctx, node, params: _sysctl(ctx, node, "net.bridge.bridge-nf-call-iptables=0"),
+    lambda ctx, node, params: _sysctl(ctx, node, "net.bridge.bridge-nf-call-iptables=1"),
 ))
 register(Fault(
     "rp_filter_strict",
     "net.ipv4.conf.{all,default}.rp_filter=1: packets arriving on an interface other than the "
     "route back to their source (asymmetric paths) are dropped",
-    lambda lab, node, p: _sysctl(lab, node, "net.ipv4.conf.all.rp_filter=1",
+    lambda ctx, node, params: _sysctl(ctx, node, "net.ipv4.conf.all.rp_filter=1",
                                  "net.ipv4.conf.default.rp_filter=1"),
-    lambda lab, node, p: _sysctl(lab, node, "net.ipv4.conf.all.rp_filter=0",
+    lambda ctx, node, params: _sysctl(ctx, node, "net.ipv4.conf.all.rp_filter=0",
                                  "net.ipv4.conf.default.rp_filter=0"),
 ))
 register(Fault(
     "somaxconn_low",
     "net.core.somaxconn lowered (param value, default 64): every listener's accept queue is "
     "capped at it",
-    lambda lab, node, p: _sysctl(lab, node, f"net.core.somaxconn={int(p['value'])}"),
-    lambda lab, node, p: _sysctl(lab, node, "net.core.somaxconn=4096"),
+    lambda ctx, node, params: _sysctl(ctx, node, f"net.core.somaxconn={int(params['value'])}"),
+    lambda ctx, node, params: _sysctl(ctx, node, "net.core.somaxconn=4096"),
     {"value": "64"},
 ))
 
@@ -163,19 +217,19 @@ REJECT_ALL = ["-j", "REJECT"]
 register(Fault(
     "forward_chain_reject",
     "iptables -I FORWARD 1 -j REJECT: forwarded pod traffic is refused with ICMP errors",
-    lambda lab, node, p: _ipt_insert(lab, node, "FORWARD", REJECT_ALL),
-    lambda lab, node, p: _ipt_delete(lab, node, "FORWARD", REJECT_ALL),
+    lambda ctx, node, params: _ipt_insert(ctx, node, "FORWARD", REJECT_ALL),
+    lambda ctx, node, params: _ipt_delete(ctx, node, "FORWARD", REJECT_ALL),
 ))
 
 
-def _drop_spec(lab: Lab, node: LabNode, params: Params) -> tuple[str, list[str]]:
+def _drop_spec(ctx: FaultContext, node: LabNode, params: Params) -> tuple[str, list[str]]:
     chain = params["chain"].upper()
     port = ["-p", params["proto"], "-m", params["proto"], "--dport", params["port"]] \
         if params["port"] else []
     if chain == "FORWARD":
         return chain, ["-d", node.pod_cidr, *port, "-j", "DROP"]
     if chain == "INPUT":
-        return chain, [*(port or ["-s", lab.pod_network]), "-j", "DROP"]
+        return chain, [*(port or ["-s", ctx.topology.pod_network]), "-j", "DROP"]
     raise LabError("iptables_drop_rule: chain must be FORWARD or INPUT")
 
 
@@ -183,8 +237,8 @@ register(Fault(
     "iptables_drop_rule",
     "a DROP at the top of FORWARD for the node's pod CIDR (param port: only that port; "
     "chain=INPUT: traffic to the node itself)",
-    lambda lab, node, p: _ipt_insert(lab, node, *_drop_spec(lab, node, p)),
-    lambda lab, node, p: _ipt_delete(lab, node, *_drop_spec(lab, node, p)),
+    lambda ctx, node, params: _ipt_insert(ctx, node, *_drop_spec(ctx, node, params)),
+    lambda ctx, node, params: _ipt_delete(ctx, node, *_drop_spec(ctx, node, params)),
     {"chain": "FORWARD", "port": "", "proto": "tcp"},
 ))
 
@@ -257,26 +311,27 @@ def _firewall(params: Params) -> tuple[list[str], str, dict[str, list[str]]]:
     raise LabError("host_firewall_active: via must be firewalld or ufw")
 
 
-def _firewall_on(lab: Lab, node: LabNode, params: Params) -> None:
+def _firewall_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
     chains, rules, head = _firewall(params)
-    lines = [f":{c} - [0:0]" for c in chains] + rules.splitlines()
+    lines = [f":{chain} - [0:0]" for chain in chains] + rules.splitlines()
     for chain, specs in head.items():
-        lines += [f"-I {chain} {k} {spec}" for k, spec in enumerate(specs, start=1)]
+        lines += [f"-I {chain} {position} {spec}"
+                  for position, spec in enumerate(specs, start=1)]
     if params["via"] == "ufw":
         # ufw's defaults: deny incoming, deny routed; the CNI's FORWARD accepts stay below.
         lines = [":INPUT DROP [0:0]", ":FORWARD DROP [0:0]", *lines]
-    _restore(lab, node, "*filter\n" + "\n".join(lines) + "\nCOMMIT\n")
+    _restore(ctx, node, "*filter\n" + "\n".join(lines) + "\nCOMMIT\n")
 
 
-def _firewall_off(lab: Lab, node: LabNode, params: Params) -> None:
+def _firewall_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
     chains, _rules, head = _firewall(params)
     for chain, specs in head.items():
         for spec in specs:
-            _ipt_delete(lab, node, chain, spec.split())
+            _ipt_delete(ctx, node, chain, spec.split())
     if params["via"] == "ufw":
-        lab.node_exec(node.name, ["iptables", "-P", "INPUT", "ACCEPT"])
-        lab.node_exec(node.name, ["iptables", "-P", "FORWARD", "ACCEPT"])
-    _drop_chains(lab, node, chains)
+        ctx.node(node).run(["iptables", "-P", "INPUT", "ACCEPT"])
+        ctx.node(node).run(["iptables", "-P", "FORWARD", "ACCEPT"])
+    _drop_chains(ctx, node, chains)
 
 
 register(Fault(
@@ -289,23 +344,23 @@ register(Fault(
 SECURITY_TABLE = "wsssr_filter"
 
 
-def _security_on(lab: Lab, node: LabNode, params: Params) -> None:
+def _security_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
     name = params["name"]
-    link = lab.node_files(node).bin / name
+    link = ctx.paths.node_files(node.name).bin / name
     if not link.is_symlink():
-        link.symlink_to(nodehost._which("sleep"))
-    _start_in_node(lab, node, [str(link), "infinity"], name=f"/usr/local/{name}/bin/{name}")
+        link.symlink_to(nodehost.which("sleep"))
+    _start_in_node(ctx, node, [str(link), "infinity"], name=f"/usr/local/{name}/bin/{name}")
     if params["blocks"] == "1":
         # Such agents hook netfilter themselves (not via iptables), so iptables-save shows
         # nothing: only `nft list ruleset` or the process list gives them away.
-        lab.node_exec(node.name, ["nft", "-f", "-"], input=(
+        ctx.node(node).run(["nft", "-f", "-"], input=(
             f"table inet {SECURITY_TABLE} {{\n  chain forward {{\n"
             "    type filter hook forward priority -5; policy drop;\n  }\n}\n"))
 
 
-def _security_off(lab: Lab, node: LabNode, params: Params) -> None:
-    nodehost.kill(lab.node_procs(node, params["name"]))
-    lab.node_exec(node.name, ["nft", "delete", "table", "inet", SECURITY_TABLE], check=False)
+def _security_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    nodehost.kill(nodehost.procs_in(node.netns, params["name"]))
+    ctx.node(node).run(["nft", "delete", "table", "inet", SECURITY_TABLE], check=False)
 
 
 register(Fault(
@@ -318,8 +373,8 @@ register(Fault(
 # ---- overlay / routing --------------------------------------------------------------------
 
 
-def _vxlan_drop(lab: Lab, node: LabNode) -> list[str]:
-    port = str(lab.node_vxlan_port(node.name))
+def _vxlan_drop(ctx: FaultContext, node: LabNode) -> list[str]:
+    port = str(ctx.active.vxlan_port(node.name))
     return ["-p", "udp", "-m", "udp", "--dport", port, "-j", "DROP"]
 
 
@@ -327,26 +382,26 @@ def _switch_table(node: LabNode) -> str:
     return f"kndvx_{node.name}"
 
 
-def _vxlan_block(lab: Lab, node: LabNode, params: Params) -> None:
+def _vxlan_block(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if params["via"] == "input":
-        _ipt_insert(lab, node, "INPUT", _vxlan_drop(lab, node))
+        _ipt_insert(ctx, node, "INPUT", _vxlan_drop(ctx, node))
     elif params["via"] == "switch":
         # Like a cloud security group: the frames are dropped on the switch port towards the
         # node, so its own tcpdump never sees them arrive (a node-local INPUT DROP still
         # shows them, since capture happens before netfilter).
-        port = lab.node_vxlan_port(node.name)
+        port = ctx.active.vxlan_port(node.name)
         rules = (f"table bridge {_switch_table(node)} {{\n chain block {{\n"
                  "  type filter hook forward priority 0; policy accept;\n"
                  f'  oifname "swp{node.index}" udp dport {port} drop\n }}\n}}\n')
-        run(exec_argv(lab.switch_netns, ["nft", "-f", "-"]), input=rules)
+        ctx.runners.switch.run(["nft", "-f", "-"], input=rules)
     else:
         raise LabError("vxlan_udp_blocked: via must be input or switch")
 
 
-def _vxlan_unblock(lab: Lab, node: LabNode, params: Params) -> None:
-    _ipt_delete(lab, node, "INPUT", _vxlan_drop(lab, node))
-    run(exec_argv(lab.switch_netns, ["nft", "delete", "table", "bridge", _switch_table(node)]),
-        check=False)
+def _vxlan_unblock(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _ipt_delete(ctx, node, "INPUT", _vxlan_drop(ctx, node))
+    ctx.runners.switch.run(["nft", "delete", "table", "bridge", _switch_table(node)],
+                           check=False)
 
 
 register(Fault(
@@ -359,17 +414,17 @@ register(Fault(
 ))
 
 
-def _vxlan_port_heal(lab: Lab, node: LabNode, params: Params) -> None:
-    details = lab.node_exec(node.name, ["ip", "-d", "link", "show", cni.VXLAN_DEV],
-                            check=False).stdout
+def _vxlan_port_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    details = ctx.node(node).run(["ip", "-d", "link", "show", cni.VXLAN_DEV],
+                                 check=False).stdout
     if f"dstport {cni.VXLAN_PORT} " not in details:
-        cni.rebuild_vxlan(lab, node, cni.VXLAN_PORT)
+        cni.rebuild_vxlan(ctx.topology, node, cni.VXLAN_PORT)
 
 
 register(Fault(
     "vxlan_port_mismatch",
     "the node's flannel.1 uses another UDP port (param port, default 8475) than its peers' 8472",
-    lambda lab, node, p: cni.rebuild_vxlan(lab, node, int(p["port"])),
+    lambda ctx, node, params: cni.rebuild_vxlan(ctx.topology, node, int(params["port"])),
     _vxlan_port_heal, {"port": "8475"}, modes=("flannel-vxlan",),
 ))
 
@@ -378,22 +433,22 @@ BGP_BLOCK = [["-p", "tcp", "-m", "tcp", "--dport", "179", "-j", "DROP"],
              ["-p", "tcp", "-m", "tcp", "--sport", "179", "-j", "DROP"]]
 
 
-def _bgp_down(lab: Lab, node: LabNode, params: Params) -> None:
+def _bgp_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if params["via"] == "stop":
-        cni.stop_bird(lab, node)
+        cni.stop_bird(node, ctx.node(node))
     elif params["via"] == "block":
         for spec in BGP_BLOCK:
-            _ipt_insert(lab, node, "INPUT", spec)
+            _ipt_insert(ctx, node, "INPUT", spec)
     else:
         raise LabError("bgp_session_down: via must be stop or block")
 
 
-def _bgp_up(lab: Lab, node: LabNode, params: Params) -> None:
+def _bgp_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
     for spec in BGP_BLOCK:
-        _ipt_delete(lab, node, "INPUT", spec)
-    if not cni.bird_running(lab, node) and not lab.fault_params("cni_pod_not_running", node.name):
-        cni.start_bird(lab, node)
-    cni.wait_converged(lab)
+        _ipt_delete(ctx, node, "INPUT", spec)
+    if not cni.bird_running(node) and not ctx.active.params("cni_pod_not_running", node.name):
+        _start_bird(ctx, node)
+    cni.wait_converged(ctx.topology)
 
 
 register(Fault(
@@ -404,10 +459,10 @@ register(Fault(
 ))
 
 
-def _peer(lab: Lab, node: LabNode, params: Params) -> LabNode:
+def _peer(ctx: FaultContext, node: LabNode, params: Params) -> LabNode:
     if params["peer"]:
-        return lab.node(params["peer"])
-    others = [n for n in lab.nodes if n is not node]
+        return ctx.topology.node(params["peer"])
+    others = ctx.topology.peers(node)
     if not others:
         raise LabError("pod_cidr_route_missing needs at least two nodes")
     return others[0]
@@ -416,51 +471,54 @@ def _peer(lab: Lab, node: LabNode, params: Params) -> LabNode:
 register(Fault(
     "pod_cidr_route_missing",
     "the node's route to a peer's pod CIDR is gone (param peer, default the first other node)",
-    lambda lab, node, p: lab.node_exec(node.name, ["ip", "route", "del",
-                                                   _peer(lab, node, p).pod_cidr]),
-    lambda lab, node, p: cni.restore_peer_route(lab, node, _peer(lab, node, p)),
+    lambda ctx, node, params: ctx.node(node).run(["ip", "route", "del",
+                                                  _peer(ctx, node, params).pod_cidr]),
+    lambda ctx, node, params: cni.restore_peer_route(ctx.topology, node,
+                                                        _peer(ctx, node, params)),
     {"peer": ""}, modes=("flannel-vxlan", "flannel-host-gw"),
 ))
 
 
-def _healthy_mtu(lab: Lab, dev: str) -> int:
-    return {"eth0": 1500, cni.VXLAN_DEV: cni.VXLAN_MTU}.get(dev, cni.pod_mtu(lab.cni))
+def _healthy_mtu(cni_mode: str, dev: str) -> int:
+    return {"eth0": 1500, cni.VXLAN_DEV: cni.VXLAN_MTU}.get(dev, cni.pod_mtu(cni_mode))
 
 
-def _mtu_heal(lab: Lab, node: LabNode, params: Params) -> None:
+def _mtu_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
     devs = [params["dev"]]
-    if lab.cni == "flannel-vxlan" and params["dev"] == "eth0":
+    if ctx.topology.cni == "flannel-vxlan" and params["dev"] == "eth0":
         devs.append(cni.VXLAN_DEV)  # rebuilt under the fault, it took the lowered MTU
     for dev in devs:
-        lab.node_exec(node.name, ["ip", "link", "set", dev, "mtu", str(_healthy_mtu(lab, dev))])
+        healthy = _healthy_mtu(ctx.topology.cni, dev)
+        ctx.node(node).run(["ip", "link", "set", dev, "mtu", str(healthy)])
 
 
 register(Fault(
     "mtu_mismatch",
     "the node's underlay eth0 MTU lowered to 1400 (params dev, mtu): small packets pass, "
     "full-size encapsulated or DF packets from peers are dropped silently",
-    lambda lab, node, p: lab.node_exec(node.name, ["ip", "link", "set", p["dev"], "mtu",
-                                                   p["mtu"]]),
+    lambda ctx, node, params: ctx.node(node).run(["ip", "link", "set", params["dev"], "mtu",
+                                                  params["mtu"]]),
     _mtu_heal, {"dev": "eth0", "mtu": "1400"},
 ))
 
 
-def _cni_agent(lab: Lab) -> str:
-    return "calico-node" if lab.cni == "calico-bgp" else "flanneld"
+def _cni_agent(cni_mode: str) -> str:
+    return "calico-node" if cni_mode == "calico-bgp" else "flanneld"
 
 
-def _cni_pod_down(lab: Lab, node: LabNode, params: Params) -> None:
-    nodehost.kill(lab.node_procs(node, _cni_agent(lab)))
-    if lab.cni == "calico-bgp":
-        cni.stop_bird(lab, node)  # bird lives in the calico-node pod
+def _cni_pod_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    nodehost.kill(nodehost.procs_in(node.netns, _cni_agent(ctx.topology.cni)))
+    if ctx.topology.cni == "calico-bgp":
+        cni.stop_bird(node, ctx.node(node))  # bird lives in the calico-node pod
 
 
-def _cni_pod_up(lab: Lab, node: LabNode, params: Params) -> None:
-    if not lab.node_procs(node, _cni_agent(lab)):
-        lab.node_shell(node.name, nodehost.agent_command(lab.node_files(node), _cni_agent(lab)))
-    if lab.cni == "calico-bgp" and not cni.bird_running(lab, node):
-        cni.start_bird(lab, node)
-        cni.wait_converged(lab)
+def _cni_pod_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    agent = _cni_agent(ctx.topology.cni)
+    if not nodehost.procs_in(node.netns, agent):
+        ctx.node(node).shell(nodehost.agent_command(ctx.paths.node_files(node.name), agent))
+    if ctx.topology.cni == "calico-bgp" and not cni.bird_running(node):
+        _start_bird(ctx, node)
+        cni.wait_converged(ctx.topology)
 
 
 register(Fault(
@@ -473,34 +531,34 @@ register(Fault(
 # ---- service / DNS --------------------------------------------------------------------------
 
 
-def _coredns_node(lab: Lab) -> str:
-    return lab.pod_for_app("coredns").node
+def _coredns_node(topology: Topology) -> str:
+    return topology.pod_for_app("coredns").node
 
 
-def _web_node(lab: Lab) -> str:
-    return lab.pod_for_app("web").node
+def _web_node(topology: Topology) -> str:
+    return topology.pod_for_app("web").node
 
 
-def _dns_drops(lab: Lab) -> list[list[str]]:
-    ip = lab.pod_for_app("coredns").ip
+def _dns_drops(topology: Topology) -> list[list[str]]:
+    ip = topology.pod_for_app("coredns").ip
     return [["-d", f"{ip}/32", "-p", proto, "-m", proto, "--dport", "53", "-j", "DROP"]
             for proto in ("udp", "tcp")]
 
 
-def _coredns_down(lab: Lab, node: LabNode, params: Params) -> None:
+def _coredns_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if params["via"] == "stop":
-        services.stop_app(lab, "coredns")
+        services.stop_app(ctx.topology, ctx.paths, "coredns")
     elif params["via"] == "drop":
-        for spec in _dns_drops(lab):
-            _ipt_insert(lab, node, "FORWARD", spec)
+        for spec in _dns_drops(ctx.topology):
+            _ipt_insert(ctx, node, "FORWARD", spec)
     else:
         raise LabError("coredns_unreachable: via must be stop or drop")
 
 
-def _coredns_up(lab: Lab, node: LabNode, params: Params) -> None:
-    for spec in _dns_drops(lab):
-        _ipt_delete(lab, node, "FORWARD", spec)
-    services.start_apps(lab, ["coredns"])
+def _coredns_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    for spec in _dns_drops(ctx.topology):
+        _ipt_delete(ctx, node, "FORWARD", spec)
+    services.start_apps(ctx.topology, ctx.paths, ["coredns"])
 
 
 register(Fault(
@@ -511,11 +569,12 @@ register(Fault(
 ))
 
 
-def _sync_all(lab: Lab, node: LabNode, params: Params) -> None:
-    if params["service"] not in {s.name for s in services.cluster_services(lab)}:
+def _sync_all(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    endpointless = ctx.active.endpointless_services()
+    if params["service"] not in {svc.name for svc in cluster_services(ctx.topology, endpointless)}:
         raise LabError(f"service_no_endpoints: no lab service {params['service']!r}")
-    for n in lab.nodes:
-        services.sync_kube_proxy(lab, n)
+    for other in ctx.topology.nodes:
+        services.sync_kube_proxy(ctx.topology, ctx.node(other), endpointless)
 
 
 register(Fault(
@@ -527,27 +586,28 @@ register(Fault(
 register(Fault(
     "kube_proxy_rules_missing",
     "the node's nat KUBE-SERVICES chain is flushed: service VIPs stop working from its pods",
-    lambda lab, node, p: lab.node_exec(node.name, ["iptables", "-t", "nat", "-F",
-                                                   "KUBE-SERVICES"]),
-    lambda lab, node, p: services.sync_kube_proxy(lab, node),
+    lambda ctx, node, params: ctx.node(node).run(["iptables", "-t", "nat", "-F",
+                                                  "KUBE-SERVICES"]),
+    lambda ctx, node, params: services.sync_kube_proxy(ctx.topology, ctx.node(node),
+                                                       ctx.active.endpointless_services()),
 ))
 
 # ---- sockets --------------------------------------------------------------------------------
 
 
-def _listen_overflow(lab: Lab, node: LabNode, params: Params) -> None:
+def _listen_overflow(ctx: FaultContext, node: LabNode, params: Params) -> None:
     port = params["port"]
-    _start_in_node(lab, node, services.netprog_argv("listen-stuck", port, params["backlog"]))
-    _wait_listen(lab, node, int(port), "tcp")
-    pod = lab.pods_on(node.name)[0]
-    lab.netprog(pod.name, "connect-burst", node.pod_gateway, port, params["count"],
-                "--hold", "2")
+    _start_in_node(ctx, node, services.netprog_argv("listen-stuck", port, params["backlog"]))
+    _wait_listen(ctx, node, int(port), "tcp")
+    pod = ctx.topology.pods_on(node.name)[0]
+    _netprog(ctx, pod.name, "connect-burst", node.pod_gateway, port, params["count"],
+             "--hold", "2")
 
 
-def _wait_listen(lab: Lab, node: LabNode, port: int, proto: str) -> None:
+def _wait_listen(ctx: FaultContext, node: LabNode, port: int, proto: str) -> None:
     flag = "-Hlnu" if proto == "udp" else "-Hlnt"
     for _ in range(100):  # bounded: 5 s
-        if lab.node_exec(node.name, ["ss", flag, f"sport = :{port}"]).stdout.strip():
+        if ctx.node(node).run(["ss", flag, f"sport = :{port}"]).stdout.strip():
             return
         run(["sleep", "0.05"])
     raise LabError(f"{node.name}: nothing listens on {port}/{proto}")
@@ -558,17 +618,17 @@ register(Fault(
     "a listener on the node with backlog 1 that never accepts, then a bounded burst of "
     "connects from a pod: the accept queue overflows and ListenOverflows rises",
     _listen_overflow,
-    lambda lab, node, p: _kill_matching(lab, node, f"listen-stuck {p['port']} "),
+    lambda ctx, node, params: _kill_matching(ctx, node, f"listen-stuck {params['port']} "),
     {"port": "30080", "backlog": "1", "count": "64"},
 ))
 
 
-def _udp_errors(lab: Lab, node: LabNode, params: Params) -> None:
+def _udp_errors(ctx: FaultContext, node: LabNode, params: Params) -> None:
     port = params["port"]
-    _start_in_node(lab, node, services.netprog_argv("udp-stuck", port, params["rcvbuf"]))
-    _wait_listen(lab, node, int(port), "udp")
-    pod = lab.pods_on(node.name)[0]
-    lab.netprog(pod.name, "udp-flood", node.pod_gateway, port, params["count"])
+    _start_in_node(ctx, node, services.netprog_argv("udp-stuck", port, params["rcvbuf"]))
+    _wait_listen(ctx, node, int(port), "udp")
+    pod = ctx.topology.pods_on(node.name)[0]
+    _netprog(ctx, pod.name, "udp-flood", node.pod_gateway, port, params["count"])
 
 
 register(Fault(
@@ -576,22 +636,22 @@ register(Fault(
     "a UDP socket on the node with a tiny SO_RCVBUF that never reads, flooded briefly from a "
     "pod: UdpRcvbufErrors rises",
     _udp_errors,
-    lambda lab, node, p: _kill_matching(lab, node, f"udp-stuck {p['port']} "),
+    lambda ctx, node, params: _kill_matching(ctx, node, f"udp-stuck {params['port']} "),
     {"port": "30053", "rcvbuf": "2048", "count": "2000"},
 ))
 register(Fault(
     "time_wait_pileup",
     "a bounded burst of short connections closed by the node's side: TIME_WAIT sockets pile "
     "up (heal stops nothing: the kernel keeps them 60 s, as on a real node)",
-    lambda lab, node, p: lab.node_exec(node.name, services.netprog_argv("tw-burst", p["count"]),
-                                       timeout=60),
+    lambda ctx, node, params: ctx.node(node).run(
+        services.netprog_argv("tw-burst", params["count"]), timeout=60),
     _noop, {"count": "3000"},
 ))
 register(Fault(
     "port_not_listening",
     "the web app's server is stopped: its Service and pod port refuse connections",
-    lambda lab, node, p: services.stop_app(lab, "web"),
-    lambda lab, node, p: services.start_apps(lab, ["web"]),
+    lambda ctx, node, params: services.stop_app(ctx.topology, ctx.paths, "web"),
+    lambda ctx, node, params: services.start_apps(ctx.topology, ctx.paths, ["web"]),
     scope="cluster", default_node=_web_node,
 ))
 
@@ -600,8 +660,8 @@ register(Fault(
 register(Fault(
     "node_unreachable",
     "the node's sshd is stopped: ssh to it is refused, the node's network stays healthy",
-    lambda lab, node, p: lab.stop_sshd(node.name),
-    lambda lab, node, p: lab.start_sshd(node.name),
+    lambda ctx, node, params: ctx.stop_sshd(node.name),
+    lambda ctx, node, params: ctx.start_sshd(node.name),
 ))
 
 # ---- not reproducible here ------------------------------------------------------------------

@@ -15,6 +15,11 @@ Layout (prefix "knd", 2 nodes)::
 
 CNI modes: flannel-vxlan (default), flannel-host-gw, calico-bgp (see cni.py).
 
+The shape above is data (topology.py); this module owns the lifecycle: it builds that shape,
+records it in lab.json, tears it down, and dispatches fault injection and healing. cni.py,
+services.py and faults.py are functions over the topology, a runner for commands in a node or
+pod (runner.py), the lab's files (paths.py) and the active faults; they never see this class.
+
 lab.json (`<workdir>/lab.json`, schema "kubenetdiag/lab/v1") is the contract the API stand-in
 and `lab status` read; it is rewritten atomically on every change:
 
@@ -46,45 +51,52 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
-from ipaddress import IPv4Network, ip_network
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from kubenetdiag_lab import cni, icmp, nodehost, services, sshd
-from kubenetdiag_lab.faults import FAULTS, Fault
+from kubenetdiag_lab.faults import FAULTS, ActiveFaults, Fault, FaultContext
 from kubenetdiag_lab.netns import (
     LabError,
     add_netns,
     delete_netns,
-    exec_argv,
     ip_batch,
     lab_namespaces,
     pids_in_netns,
-    run,
     terminate,
 )
+from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.preflight import check_root_namespace
+from kubenetdiag_lab.runner import Runners
+from kubenetdiag_lab.topology import (
+    CLUSTER_DOMAIN,
+    DEFAULT_CNI,
+    OUTSIDE_HOST,
+    OUTSIDE_NETWORK,
+    OUTSIDE_PORT,
+    OUTSIDE_UNDERLAY,
+    POD_SUPERNET,
+    SERVICE_NETWORK,
+    UNDERLAY,
+    WEB_PORT,
+    LabNode,
+    LabPod,
+    Topology,
+    build,
+    cluster_services,
+)
 
-UNDERLAY = ip_network("198.18.0.0/24")  # RFC 2544 benchmarking range: never routed for real
-POD_SUPERNET = ip_network("10.244.0.0/16")  # flannel's default cluster CIDR
-CLIENT_ADDRESS = "198.18.0.2"
-NODE_HOST_OFFSET = 10  # node i is 198.18.0.(10+i)
-MAX_NODES = 200  # keeps node addresses below the outside's .250 and pod /24s inside the /16
 STATE_SCHEMA = "kubenetdiag/lab/v1"
-DEFAULT_WORKDIR = Path("/tmp/kubenetdiag-lab")
 REQUIRED_TOOLS = ("ip", "bridge", "iptables", "iptables-restore", "sysctl", "ssh", "ssh-keygen",
                   "nsenter", "unshare", "ss", "dnsmasq", sshd.SSHD)
-PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
-PODS_PER_NODE = 2
 
 # What a kubeadm-prepared node carries; faults add files beside these.
 NODE_SYSCTL_CONF = "# /etc/sysctl.conf - see sysctl.conf(5)\n#net.ipv4.ip_forward=1\n"
@@ -95,98 +107,38 @@ NODE_SYSCTL_D = {
 }
 
 
-@dataclass(frozen=True)
-class LabNode:
-    name: str  # inventory name, node1..nodeN
-    index: int
-    netns: str
-    address: str  # underlay address on eth0
-    pod_cidr: str
-    pod_gateway: str  # cni0 address
-    pod_netns: str  # the node's first pod ("client" app), kept for simple pod-to-pod checks
-    pod_address: str
-    zone: str
-
-
-@dataclass(frozen=True)
-class LabPod:
-    name: str
-    namespace: str
-    node: str
-    ip: str
-    netns: str
-    app: str
-    slot: int  # j in <node>-pod<j>; the node side of its veth is veth-pod<j>
-
-
-def _make_node(prefix: str, i: int) -> LabNode:
-    pod_net = IPv4Network(f"{POD_SUPERNET.network_address + (i << 8)}/24")
-    return LabNode(
-        name=f"node{i}",
-        index=i,
-        netns=f"{prefix}-node{i}",
-        address=str(UNDERLAY.network_address + NODE_HOST_OFFSET + i),
-        pod_cidr=str(pod_net),
-        pod_gateway=str(pod_net.network_address + 1),
-        pod_netns=f"{prefix}-node{i}-pod1",
-        pod_address=str(pod_net.network_address + 2),
-        zone="zone-a" if i % 2 else "zone-b",
-    )
-
-
-def _make_pods(nodes: Sequence[LabNode]) -> list[LabPod]:
-    pods = []
-    web_node = nodes[1] if len(nodes) > 1 else nodes[0]
-    for node in nodes:
-        apps = ["client", "client"]
-        if node.index == 1:
-            apps[1] = "coredns"
-        if node is web_node:
-            apps.append("web") if node.index == 1 else apps.__setitem__(1, "web")
-        base = IPv4Network(node.pod_cidr).network_address
-        for j, app in enumerate(apps, start=1):
-            name, ns = {
-                "coredns": ("coredns-0", "kube-system"),
-                "web": ("web-0", "default"),
-            }.get(app, (f"client-{node.name}-{j}", "default"))
-            pods.append(LabPod(name, ns, node.name, str(base + 1 + j), f"{node.netns}-pod{j}",
-                               app, j))
-    return pods
-
-
 class Lab:
     """Build, inspect, break and tear down the lab. See the module docstring for the layout."""
 
     def __init__(self, workdir: Path, nodes: int = 2, prefix: str = "knd",
-                 cni_mode: str = cni.DEFAULT_CNI) -> None:
-        if not PREFIX_RE.match(prefix):
-            # No "-" allowed: it keeps every lab's namespace names unambiguous for `down`.
-            raise LabError(f"lab prefix {prefix!r} must match {PREFIX_RE.pattern}")
-        if not 1 <= nodes <= MAX_NODES:
-            raise LabError(f"lab node count must be 1..{MAX_NODES}, got {nodes}")
-        if cni_mode not in cni.CNI_MODES:
-            raise LabError(f"unknown CNI mode {cni_mode!r}; one of {', '.join(cni.CNI_MODES)}")
+                 cni_mode: str = DEFAULT_CNI, *, topology: Topology | None = None) -> None:
+        self.topology = topology or build(prefix, nodes, cni_mode)
+        shape = self.topology
         self.workdir = Path(workdir).resolve()
-        self.prefix = prefix
-        self.cni = cni_mode
-        self.pod_network = str(POD_SUPERNET)
-        self.switch_netns = f"{prefix}-sw"
-        self.client_netns = f"{prefix}-client"
-        self.outside_netns = f"{prefix}-outside"
-        self.client_address = CLIENT_ADDRESS
-        self.nodes: list[LabNode] = [_make_node(prefix, i) for i in range(1, nodes + 1)]
-        self.pods: list[LabPod] = _make_pods(self.nodes)
-        self.inventory_path = self.workdir / "hosts.yaml"
-        self.kubeconfig_path = self.workdir / "kubeconfig"
-        self.known_hosts_path = self.workdir / "known_hosts"
-        self.key_path = self.workdir / "id_ed25519"
-        self.authorized_keys_path = self.workdir / "authorized_keys"
-        self.state_path = self.workdir / "lab.json"
-        self.faults: list[dict[str, Any]] = []
+        self.paths = LabPaths(self.workdir)
+        # The shape's parts as plain attributes: what callers of the Lab have always read.
+        self.prefix = shape.prefix
+        self.cni = shape.cni
+        self.pod_network = shape.pod_network
+        self.switch_netns = shape.switch_netns
+        self.client_netns = shape.client_netns
+        self.outside_netns = shape.outside_netns
+        self.client_address = shape.client_address
+        self.nodes: list[LabNode] = list(shape.nodes)
+        self.pods: list[LabPod] = list(shape.pods)
+        self.inventory_path = self.paths.inventory
+        self.kubeconfig_path = self.paths.kubeconfig
+        self.known_hosts_path = self.paths.known_hosts
+        self.key_path = self.paths.key
+        self.authorized_keys_path = self.paths.authorized_keys
+        self.state_path = self.paths.state
+        self.active = ActiveFaults()
         self.timings: dict[str, float] = {}
         self._sshd_pids: dict[str, int] = {}
         self._sshd_procs: dict[str, subprocess.Popen[bytes]] = {}
         self._init_pids: dict[str, int] = {}
+        # Runners read _init_pids at call time, so it is only ever changed in place.
+        self.runners = Runners(shape, self._init_pids)
 
     # ---- lookup ---------------------------------------------------------------------------
 
@@ -200,79 +152,48 @@ class Lab:
             raise LabError(f"{path}: no lab state (was `up` run with this work dir?)") from exc
         if state.get("schema") != STATE_SCHEMA:
             raise LabError(f"{path}: not a {STATE_SCHEMA} state file")
-        lab = cls(Path(state["workdir"]), nodes=len(state["nodes"]), prefix=state["prefix"],
-                  cni_mode=state.get("cni", cni.DEFAULT_CNI))
-        lab._sshd_pids = {k: int(v) for k, v in state.get("sshd_pids", {}).items()}
-        lab._init_pids = {k: int(v) for k, v in state.get("init_pids", {}).items()}
+        lab = cls(Path(state["workdir"]), topology=Topology.from_dict(state))
+        lab._sshd_pids.update({name: int(pid) for name, pid in state.get("sshd_pids", {}).items()})
+        lab._init_pids.update({name: int(pid) for name, pid in state.get("init_pids", {}).items()})
         lab.faults = list(state.get("faults", []))
         return lab
 
     @property
-    def active_faults(self) -> set[tuple[str, str]]:
-        return {(f["fault"], f["node"]) for f in self.faults}
+    def faults(self) -> list[dict[str, Any]]:
+        """The active faults as lab.json records them: [{fault, node, params}]."""
+        return self.active.entries
+
+    @faults.setter
+    def faults(self, entries: list[dict[str, Any]]) -> None:
+        self.active.entries[:] = entries
 
     @property
     def namespaces(self) -> list[str]:
-        return [
-            self.switch_netns,
-            self.client_netns,
-            self.outside_netns,
-            *(n.netns for n in self.nodes),
-            *(p.netns for p in self.pods),
-        ]
+        return self.topology.namespaces
 
     def node(self, name: str) -> LabNode:
-        for node in self.nodes:
-            if name in (node.name, node.netns, node.address):
-                return node
-        raise LabError(f"no lab node {name!r}; nodes are {', '.join(n.name for n in self.nodes)}")
+        return self.topology.node(name)
 
     def pod(self, name: str) -> LabPod:
-        for pod in self.pods:
-            if name in (pod.name, pod.netns, pod.ip):
-                return pod
-        raise LabError(f"no lab pod {name!r}")
+        return self.topology.pod(name)
 
     def pods_on(self, node: str) -> list[LabPod]:
-        return [p for p in self.pods if p.node == self.node(node).name]
+        return self.topology.pods_on(node)
 
     def pod_for_app(self, app: str) -> LabPod:
-        for pod in self.pods:
-            if pod.app == app:
-                return pod
-        raise LabError(f"no lab pod runs {app!r}")
+        return self.topology.pod_for_app(app)
 
     @property
     def sshd_pids(self) -> dict[str, int]:
         return dict(self._sshd_pids)
 
-    def _sshd_files(self, node: LabNode) -> sshd.SshdFiles:
-        return sshd.SshdFiles(self.workdir / "nodes" / node.name)
-
-    def node_files(self, node: LabNode) -> nodehost.NodeFiles:
-        return nodehost.NodeFiles(self.workdir / "nodes" / node.name)
-
     def init_pid(self, node: LabNode) -> int:
-        pid = self._init_pids.get(node.name)
-        if pid is None or not nodehost.is_init(pid):
-            raise LabError(f"{node.name}'s node init is not running (was the lab torn down?)")
-        return pid
+        """The node's PID 1 (root-namespace view): nsenter -t it to be inside the node."""
+        return self.runners.node(node).init_pid()
 
-    def node_procs(self, node: LabNode, comm: str) -> list[int]:
-        """Pids of processes named `comm` in the node (its network namespace)."""
-        return nodehost.procs_named(pids_in_netns([node.netns]).get(node.netns, []), comm)
-
-    def fault_params(self, fault: str, node: str | None = None) -> list[dict[str, str]]:
-        return [f["params"] for f in self.faults
-                if f["fault"] == fault and (node is None or f["node"] == node)]
-
-    def node_vxlan_port(self, node: str) -> int:
-        for params in self.fault_params("vxlan_port_mismatch", node):
-            return int(params["port"])
-        return cni.VXLAN_PORT
-
-    def endpointless_services(self) -> set[str]:
-        return {p["service"] for p in self.fault_params("service_no_endpoints")}
+    def _fault_context(self) -> FaultContext:
+        return FaultContext(self.topology, self.paths, self.runners, self.active,
+                            stop_sshd=self.stop_sshd, start_sshd=self.start_sshd)
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -280,8 +201,7 @@ class Lab:
         """Build the lab; on any failure tear down whatever was built, then re-raise."""
         started = time.monotonic()
         _require_root_and_tools(self.cni)
-        check_root_namespace([UNDERLAY, POD_SUPERNET, services.SERVICE_NETWORK,
-                              services.OUTSIDE_NETWORK])
+        check_root_namespace([UNDERLAY, POD_SUPERNET, SERVICE_NETWORK, OUTSIDE_NETWORK])
         leftovers = lab_namespaces(self.prefix)
         if leftovers:
             raise LabError(
@@ -290,7 +210,7 @@ class Lab:
                 f"`python -m kubenetdiag_lab down --prefix {self.prefix} --workdir {self.workdir}`"
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "logs").mkdir(exist_ok=True)
+        self.paths.logs.mkdir(exist_ok=True)
         try:
             # Keys and files first: they touch no system state, so failing there costs nothing.
             self._write_ssh_material()
@@ -301,14 +221,16 @@ class Lab:
             for node in self.nodes:
                 self._wire_node(node)
             for node in self.nodes:
-                cni.program_peers(self, node)
+                cni.program_peers(self.topology, node)
             self._start_inits()
             self._start_sshds(self.nodes)
             if self.cni == "calico-bgp":
                 for node in self.nodes:
-                    cni.start_bird(self, node)
-                cni.wait_converged(self, timeout=30 + len(self.nodes))
-            services.start_apps(self, ["coredns", "web", "outside", "apiserver"])
+                    cni.start_bird(self.topology, node, self.runners.node(node),
+                                   self.paths.node_files(node.name))
+                cni.wait_converged(self.topology, timeout=30 + len(self.nodes))
+            services.start_apps(self.topology, self.paths,
+                                ["coredns", "web", "outside", "apiserver"])
             self._write_state()
         except BaseException as exc:
             try:
@@ -330,7 +252,7 @@ class Lab:
         # An sshd whose namespace was already deleted is invisible to the scan above; the
         # recorded pids (verified against their command line) catch it.
         for node in self.nodes:
-            files = self._sshd_files(node)
+            files = self.paths.sshd_files(node.name)
             pid = sshd.running_pid(self._sshd_pids.get(node.name), files)
             if pid:
                 victims.add(pid)
@@ -352,7 +274,7 @@ class Lab:
         self.faults.clear()
         # Reverse of build order (pods, nodes and client, switch); the kernel does not need
         # it, but a delete that fails halfway then leaves a lab that still hangs together.
-        ordered = sorted(names, key=lambda n: ("-pod" not in n, n.endswith("-sw"), n))
+        ordered = sorted(names, key=lambda name: ("-pod" not in name, name.endswith("-sw"), name))
         remaining = delete_netns(ordered)
         self.state_path.unlink(missing_ok=True)
         self.timings["down_s"] = time.monotonic() - started
@@ -369,7 +291,7 @@ class Lab:
         version = sshd.sshd_version()
         known_hosts = []
         for node in self.nodes:
-            files = self._sshd_files(node)
+            files = self.paths.sshd_files(node.name)
             files.dir.mkdir(parents=True, exist_ok=True)
             sshd.keygen(files.host_key, f"kubenetdiag-lab-{self.prefix}-{node.name}")
             files.config.write_text(
@@ -387,25 +309,25 @@ class Lab:
                     # the cluster and the app's pod, by address (names would need cluster DNS
                     # on the nodes, which real nodes do not have either).
                     "kubenetdiag_endpoints": [
-                        f"{services.OUTSIDE_HOST}:{services.OUTSIDE_PORT}",
-                        f"{self.pod_for_app('web').ip}:{services.WEB_PORT}",
+                        f"{OUTSIDE_HOST}:{OUTSIDE_PORT}",
+                        f"{self.pod_for_app('web').ip}:{WEB_PORT}",
                     ],
                 },
-                "hosts": {n.name: {"ansible_host": n.address} for n in self.nodes},
+                "hosts": {node.name: {"ansible_host": node.address} for node in self.nodes},
             }
         }
         self.inventory_path.write_text(yaml.safe_dump(inventory, sort_keys=False))
 
     def _write_node_files(self) -> None:
         for node in self.nodes:
-            files = self.node_files(node)
+            files = self.paths.node_files(node.name)
             nodehost.prepare(files, NODE_SYSCTL_CONF)
             for old in files.sysctl_d.glob("*.conf"):
                 old.unlink()
             for name, text in NODE_SYSCTL_D.items():
                 (files.sysctl_d / name).write_text(text)
             if self.cni.startswith("flannel"):
-                files.subnet_env.write_text(cni.subnet_env(self, node))
+                files.subnet_env.write_text(cni.subnet_env(self.topology, node))
 
     def _wire_switch_client_outside(self) -> None:
         # Each veth is created in the switch with its peer born directly in the other
@@ -424,23 +346,23 @@ class Lab:
             f"addr add {self.client_address}/{UNDERLAY.prefixlen} dev eth0",
             "link set eth0 up",
         ])
-        ip_batch(self.outside_netns, services.wire_outside(self))
+        ip_batch(self.outside_netns, services.wire_outside())
 
     def _wire_node(self, node: LabNode) -> None:
-        plen = IPv4Network(node.pod_cidr).prefixlen
+        prefixlen = IPv4Network(node.pod_cidr).prefixlen
         mtu = cni.pod_mtu(self.cni)
         lines = [
             "link set lo up",
             f"addr add {node.address}/{UNDERLAY.prefixlen} dev eth0",
             "link set eth0 up",
             f"link add cni0 mtu {mtu} type bridge",
-            f"addr add {node.pod_gateway}/{plen} dev cni0",
+            f"addr add {node.pod_gateway}/{prefixlen} dev cni0",
             "link set cni0 up",
-            f"route add {services.OUTSIDE_NETWORK} via {services.OUTSIDE_UNDERLAY} dev eth0",
+            f"route add {OUTSIDE_NETWORK} via {OUTSIDE_UNDERLAY} dev eth0",
             # A real node reaches ClusterIPs from the host (OUTPUT DNAT) via its default route;
             # lab nodes have none, so the service range alone gets a route that stays in the lab.
-            f"route add {services.SERVICE_NETWORK} dev cni0",
-            *cni.device_lines(self, node),
+            f"route add {SERVICE_NETWORK} dev cni0",
+            *cni.device_lines(self.topology, node, self.active.vxlan_port(node.name)),
         ]
         pods = self.pods_on(node.name)
         for pod in pods:
@@ -453,7 +375,7 @@ class Lab:
         for pod in pods:
             ip_batch(pod.netns, [
                 "link set lo up",
-                f"addr add {pod.ip}/{plen} dev eth0",
+                f"addr add {pod.ip}/{prefixlen} dev eth0",
                 f"link set eth0 mtu {mtu} up",
                 f"route add default via {node.pod_gateway} dev eth0",
             ])
@@ -461,27 +383,28 @@ class Lab:
         # machine without br_netfilter has no net.bridge keys (the lab still works, routed).
         script = ("sysctl -qew net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1 "
                   ">/dev/null && iptables-restore --noflush")
-        self.node_exec(node.name, ["sh", "-c", script], input=services.node_ruleset(self, node))
+        ruleset = services.node_ruleset(self.topology, node, self.active.endpointless_services())
+        self.node_exec(node.name, ["sh", "-c", script], input=ruleset)
 
     def _start_inits(self) -> None:
         agents = nodehost.AGENTS[self.cni]
         started = {}
         for node in self.nodes:
-            files = self.node_files(node)
+            files = self.paths.node_files(node.name)
             pid = nodehost.start_init(node.netns, files, agents, files.dir / "init.log")
             started[node.name] = (pid, files)
         self._init_pids.update(nodehost.wait_ready(started))
         for node in self.nodes:
             # containerd's naming (cni-<id>), so the active probes find a pod's view the way
             # they would on a real node
-            nodehost.expose_netns(self._init_pids[node.name], self.node_files(node),
-                                  {f"cni-{p.name}": p.netns for p in self.pods_on(node.name)})
+            nodehost.expose_netns(self._init_pids[node.name], self.paths.node_files(node.name),
+                                  {f"cni-{pod.name}": pod.netns for pod in self.pods_on(node.name)})
 
     def _start_sshds(self, nodes: Sequence[LabNode]) -> None:
         # Start all, then wait for all: startup latency overlaps instead of adding up.
         started = {}
         for node in nodes:
-            item = sshd.start(node.netns, self._sshd_files(node), node.address,
+            item = sshd.start(node.netns, self.paths.sshd_files(node.name), node.address,
                               init_pid=self._init_pids.get(node.name))
             self._sshd_procs[node.name] = item.proc
             self._sshd_pids[node.name] = item.proc.pid
@@ -490,16 +413,17 @@ class Lab:
 
     def state(self) -> dict[str, Any]:
         """lab.json's content (see the module docstring)."""
-        failing_cni = {f["node"] for f in self.faults if f["fault"] == "cni_pod_not_running"}
+        shape = self.topology.to_dict()
+        failing_cni = self.active.nodes_with("cni_pod_not_running")
         nodes = []
         bird_sockets = {}
-        for n in self.nodes:
-            files = self.node_files(n)
-            entry = {**asdict(n), "vxlan_port": self.node_vxlan_port(n.name),
-                     "cni_pod_ready": n.name not in failing_cni, "etc_dir": str(files.etc),
-                     "subnet_env": str(files.subnet_env)}
+        for node, entry in zip(self.nodes, shape["nodes"], strict=True):
+            files = self.paths.node_files(node.name)
+            entry.update({"vxlan_port": self.active.vxlan_port(node.name),
+                          "cni_pod_ready": node.name not in failing_cni,
+                          "etc_dir": str(files.etc), "subnet_env": str(files.subnet_env)})
             if self.cni == "calico-bgp":
-                entry["bird_socket"] = bird_sockets[n.name] = cni.bird_socket(self, n)
+                entry["bird_socket"] = bird_sockets[node.name] = cni.bird_socket(files)
             nodes.append(entry)
         return {
             "schema": STATE_SCHEMA,
@@ -507,21 +431,22 @@ class Lab:
             "workdir": str(self.workdir),
             "cni": self.cni,
             "vxlan_port": cni.VXLAN_PORT,
-            "cluster_domain": services.CLUSTER_DOMAIN,
+            "cluster_domain": CLUSTER_DOMAIN,
             "pod_network": self.pod_network,
-            "service_network": str(services.SERVICE_NETWORK),
+            "service_network": str(SERVICE_NETWORK),
             "kube_proxy_mode": "iptables",
-            "underlay": str(UNDERLAY),
-            "namespaces": self.namespaces,
-            "switch_netns": self.switch_netns,
-            "client": {"netns": self.client_netns, "address": self.client_address},
-            "outside": {"netns": self.outside_netns, "address": services.OUTSIDE_UNDERLAY,
-                        "network": str(services.OUTSIDE_NETWORK),
-                        "hosts": [{"address": services.OUTSIDE_HOST,
-                                   "port": services.OUTSIDE_PORT, "name": "mysql"}]},
+            "underlay": shape["underlay"],
+            "namespaces": shape["namespaces"],
+            "switch_netns": shape["switch_netns"],
+            "client": shape["client"],
+            "outside": {"netns": self.outside_netns, "address": OUTSIDE_UNDERLAY,
+                        "network": str(OUTSIDE_NETWORK),
+                        "hosts": [{"address": OUTSIDE_HOST, "port": OUTSIDE_PORT,
+                                   "name": "mysql"}]},
             "nodes": nodes,
-            "pods": [services.pod_dict(p) for p in self.pods],
-            "services": [s.to_dict() for s in services.cluster_services(self)],
+            "pods": shape["pods"],
+            "services": [svc.to_dict() for svc in
+                         cluster_services(self.topology, self.active.endpointless_services())],
             "faults": self.faults,
             "bird_sockets": bird_sockets,
             "sshd_pids": self._sshd_pids,
@@ -547,32 +472,13 @@ class Lab:
         self, node: str, argv: Sequence[str], check: bool = True, **kw: Any
     ) -> subprocess.CompletedProcess[str]:
         """Run argv in the node's network namespace. kw: input, timeout, env."""
-        return run(exec_argv(self.node(node).netns, argv), check=check, **kw)
-
-    def node_shell(self, node: str, script: str, check: bool = True, timeout: float = 30.0
-                   ) -> subprocess.CompletedProcess[str]:
-        """Run a bash script inside the node (its network, mount and PID namespaces): what an
-        SSH session on the node would see, e.g. its own /etc/sysctl.d and process list."""
-        return nodehost.node_sh(self.init_pid(self.node(node)), script, check=check,
-                                timeout=timeout)
-
-    def pod_exec(
-        self, node: str, argv: Sequence[str], check: bool = True, **kw: Any
-    ) -> subprocess.CompletedProcess[str]:
-        """Run argv in the node's first pod namespace. kw: input, timeout, env."""
-        return run(exec_argv(self.node(node).pod_netns, argv), check=check, **kw)
-
-    def in_pod(
-        self, pod: str, argv: Sequence[str], check: bool = False, **kw: Any
-    ) -> subprocess.CompletedProcess[str]:
-        """Run argv in a pod's namespace (pod name, netns or IP)."""
-        return run(exec_argv(self.pod(pod).netns, argv), check=check, **kw)
+        return self.runners.node(node).run(argv, check=check, **kw)
 
     def netprog(self, pod: str, *args: str, timeout: float = 30.0
                 ) -> subprocess.CompletedProcess[str]:
         """Run one of netprog.py's programs in a pod (see that module for the commands)."""
-        argv = services.netprog_argv(*args)
-        return self.in_pod(pod, argv, timeout=timeout)
+        return self.runners.pod(pod).run(services.netprog_argv(*args), check=False,
+                                         timeout=timeout)
 
     def client_exec(
         self,
@@ -583,8 +489,7 @@ class Lab:
         input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run argv in the client namespace, where the diagnoser's network calls belong."""
-        return run(exec_argv(self.client_netns, argv), check=check, timeout=timeout, env=env,
-                   input=input)
+        return self.runners.client.run(argv, check=check, timeout=timeout, env=env, input=input)
 
     def ssh_argv(self, node: str, *command: str, connect_timeout: float = 5) -> list[str]:
         """An ssh command line to a node with strict host key checking against the lab keys."""
@@ -606,7 +511,8 @@ class Lab:
         argv = [sys.executable, "-I", icmp.__file__, dst, "-c", str(count), "-W", f"{timeout:g}"]
         if size is not None:
             argv += ["-s", str(size)]
-        return self.in_pod(src_pod, argv, timeout=count * (timeout + 1) + 10)
+        return self.runners.pod(src_pod).run(argv, check=False,
+                                             timeout=count * (timeout + 1) + 10)
 
     def pod_ping(
         self, src_node: str, dst_node: str, count: int = 1, timeout: float = 1.0,
@@ -620,7 +526,7 @@ class Lab:
 
     def stop_sshd(self, node: str) -> None:
         target = self.node(node)
-        sshd.stop(self._sshd_pids.pop(target.name, None), self._sshd_files(target))
+        sshd.stop(self._sshd_pids.pop(target.name, None), self.paths.sshd_files(target.name))
         proc = self._sshd_procs.pop(target.name, None)
         if proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -629,7 +535,8 @@ class Lab:
 
     def start_sshd(self, node: str) -> None:
         target = self.node(node)
-        if sshd.running_pid(self._sshd_pids.get(target.name), self._sshd_files(target)):
+        files = self.paths.sshd_files(target.name)
+        if sshd.running_pid(self._sshd_pids.get(target.name), files):
             return
         self._start_sshds([target])
         self._save_state_if_up()
@@ -641,6 +548,9 @@ class Lab:
         if spec is None:
             raise LabError(f"unknown fault {name!r}; known: {', '.join(sorted(FAULTS))}")
         return spec
+
+    def _default_node(self, spec: Fault) -> LabNode:
+        return self.node(spec.default_node(self.topology))
 
     def inject(self, fault: str, node: str | None = None,
                params: dict[str, str] | None = None) -> None:
@@ -657,19 +567,21 @@ class Lab:
         if unknown:
             raise LabError(f"{fault} takes no parameter {', '.join(sorted(unknown))}; "
                            f"it takes: {', '.join(sorted(spec.params)) or 'none'}")
-        target = self.node(node) if node else self.node(spec.default_node(self))
+        target = self.node(node) if node else self._default_node(spec)
         merged = {**spec.params, **(params or {})}
         self._reload_faults()
-        if any(f["fault"] == fault and f["node"] == target.name for f in self.faults):
+        if any(entry["fault"] == fault and entry["node"] == target.name
+               for entry in self.faults):
             raise LabError(f"{fault} is already active on {target.name}; heal it first")
         # Recorded before acting: state-dependent builders (vxlan port, endpoints) read it.
         self.faults.append({"fault": fault, "node": target.name, "params": merged})
+        context = self._fault_context()
         try:
-            spec.inject(self, target, merged)
+            spec.inject(context, target, merged)
         except BaseException:
             self.faults.pop()
             with contextlib.suppress(Exception):
-                spec.heal(self, target, merged)
+                spec.heal(context, target, merged)
             raise
         self._save_state_if_up()
 
@@ -679,7 +591,7 @@ class Lab:
         this restores health after faults injected by a process that lost its state."""
         self._reload_faults()
         targets = [self.node(node)] if node else self.nodes
-        names = {t.name for t in targets}
+        names = {target.name for target in targets}
         work: list[tuple[Fault, LabNode, dict[str, str]]] = []
         for entry in list(self.faults):
             if entry["node"] in names and fault in (None, entry["fault"]):
@@ -687,15 +599,16 @@ class Lab:
                              entry["params"]))
         if fault is not None:
             spec = self._fault(fault)
-            recorded = {w[1].name for w in work}
+            recorded = {target.name for _spec, target, _params in work}
             if not spec.fixture_only and not (spec.modes and self.cni not in spec.modes):
-                blind = targets if spec.scope == "node" else [self.node(spec.default_node(self))]
-                work += [(spec, t, dict(spec.params)) for t in blind
-                         if t.name not in recorded and t.name in names]
+                blind = targets if spec.scope == "node" else [self._default_node(spec)]
+                work += [(spec, target, dict(spec.params)) for target in blind
+                         if target.name not in recorded and target.name in names]
+        context = self._fault_context()
         for spec, target, params in work:
-            self.faults = [f for f in self.faults
-                           if not (f["fault"] == spec.name and f["node"] == target.name)]
-            spec.heal(self, target, params)
+            self.faults = [entry for entry in self.faults
+                           if not (entry["fault"] == spec.name and entry["node"] == target.name)]
+            spec.heal(context, target, params)
             self._save_state_if_up()
         self._save_state_if_up()
 
@@ -716,7 +629,7 @@ class Lab:
             self.inject(fault, node, params)
             yield
         finally:
-            self.heal(fault, node or self.node(self._fault(fault).default_node(self)).name)
+            self.heal(fault, node or self._default_node(self._fault(fault)).name)
 
 
 def missing_requirements(cni_mode: str | None = None) -> str | None:

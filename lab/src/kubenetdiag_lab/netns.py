@@ -15,11 +15,9 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from kubenetdiag_lab.errors import LabError
+
 NETNS_DIR = Path("/run/netns")
-
-
-class LabError(RuntimeError):
-    """The lab could not do what was asked; the message says what and how to recover."""
 
 
 class CommandError(LabError, subprocess.CalledProcessError):

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubenetdiag_lab.netns import LabError, cmdline, exec_argv, run, terminate
+from kubenetdiag_lab.netns import LabError, cmdline, exec_argv, pids_in_netns, run, terminate
 
 # The real binaries' names; the processes are `sleep infinity` run under these names (a symlink
 # gives the kernel's comm, argv[0] gives ps's args), so they cost ~1 MiB each and do nothing.
@@ -80,11 +80,11 @@ class NodeFiles:
 
 
 def prepare(files: NodeFiles, sysctl_conf: str) -> None:
-    for d in (files.sysctl_d, files.run_dir / "flannel", files.run_dir / "sshd",
-              files.run_dir / "bird", files.bin):
-        d.mkdir(parents=True, exist_ok=True)
+    for directory in (files.sysctl_d, files.run_dir / "flannel", files.run_dir / "sshd",
+                      files.run_dir / "bird", files.bin):
+        directory.mkdir(parents=True, exist_ok=True)
     files.sysctl_conf.write_text(sysctl_conf)
-    sleep = _which("sleep")
+    sleep = which("sleep")
     for name in AGENT_PATHS:
         link = files.bin / name
         if not link.is_symlink():
@@ -92,10 +92,11 @@ def prepare(files: NodeFiles, sysctl_conf: str) -> None:
     files.ready.unlink(missing_ok=True)
 
 
-def _which(tool: str) -> str:
-    for d in ("/usr/bin", "/bin", "/usr/sbin", "/sbin"):
-        if os.access(f"{d}/{tool}", os.X_OK):
-            return f"{d}/{tool}"
+def which(tool: str) -> str:
+    """The tool's path in the system directories (not PATH: a venv must not shadow it)."""
+    for directory in ("/usr/bin", "/bin", "/usr/sbin", "/sbin"):
+        if os.access(f"{directory}/{tool}", os.X_OK):
+            return f"{directory}/{tool}"
     raise LabError(f"{tool}: not installed")
 
 
@@ -105,18 +106,21 @@ def agent_command(files: NodeFiles, name: str) -> str:
             f"infinity) </dev/null >/dev/null 2>&1 &")
 
 
+def _quoted(path: Path) -> str:
+    return shlex.quote(str(path))
+
+
 def init_script(files: NodeFiles, agents: Sequence[str]) -> str:
     # /run becomes the node's own (sshd's privsep dir, flannel's subnet.env, bird's socket
     # link), which also hides the machine's /run/netns from the node, as on a real node.
-    q = lambda p: shlex.quote(str(p))  # noqa: E731
     lines = [
         "set -e",
-        f"mount --bind {q(files.sysctl_conf)} /etc/sysctl.conf",
-        f"mount --bind {q(files.sysctl_d)} /etc/sysctl.d",
-        f"mount --rbind {q(files.run_dir)} /run",
+        f"mount --bind {_quoted(files.sysctl_conf)} /etc/sysctl.conf",
+        f"mount --bind {_quoted(files.sysctl_d)} /etc/sysctl.d",
+        f"mount --rbind {_quoted(files.run_dir)} /run",
         *(agent_command(files, a) for a in agents),
         "set +e",
-        f": > {q(files.ready)}",
+        f": > {_quoted(files.ready)}",
         # PID 1 ignores signals it has no handler for; TERM must end the namespace.
         "trap 'exit 0' TERM INT",
         # `wait` also reaps orphans re-parented to PID 1, so a killed agent does not linger
@@ -194,6 +198,11 @@ def procs_named(netns_pids: Sequence[int], comm: str) -> list[int]:
         if name == comm[:15]:
             out.append(pid)
     return out
+
+
+def procs_in(netns: str, comm: str) -> list[int]:
+    """Pids of processes named `comm` in a node (its network namespace)."""
+    return procs_named(pids_in_netns([netns]).get(netns, []), comm)
 
 
 def kill(pids: Sequence[int]) -> None:

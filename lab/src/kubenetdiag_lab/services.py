@@ -8,6 +8,9 @@
 - The CNI's masquerade for pod traffic leaving the pod network (to the outside namespace).
 - Outside: a namespace on the underlay (198.18.0.250) holding 203.0.113.10, a TCP service on
   3306, standing for the internet and middleware. Nodes route 203.0.113.0/24 to it.
+
+The services' shape (addresses, ports, endpoints) is data in topology.py; this module turns it
+into iptables rules and processes, given the topology, the lab's paths and a node's runner.
 """
 
 from __future__ import annotations
@@ -17,80 +20,30 @@ import hashlib
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from ipaddress import ip_network
+from collections.abc import Collection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from kubenetdiag_lab.netns import LabError, cmdline, exec_argv, pids_in_netns, run, terminate
+from kubenetdiag_lab.paths import LabPaths
+from kubenetdiag_lab.runner import CommandRunner
+from kubenetdiag_lab.topology import (
+    API_PORT,
+    CLUSTER_DOMAIN,
+    METRICS_PORT,
+    OUTSIDE_HOST,
+    OUTSIDE_NETWORK,
+    OUTSIDE_PORT,
+    OUTSIDE_UNDERLAY,
+    WEB_PORT,
+    LabNode,
+    Topology,
+    cluster_services,
+    dns_records,
+)
 
-if TYPE_CHECKING:
-    from kubenetdiag_lab.lab import Lab, LabNode, LabPod
-
-SERVICE_NETWORK = ip_network("10.96.0.0/12")
-OUTSIDE_NETWORK = ip_network("203.0.113.0/24")  # TEST-NET-3: documentation only
-OUTSIDE_UNDERLAY = "198.18.0.250"
-OUTSIDE_HOST = "203.0.113.10"
-OUTSIDE_PORT = 3306
-CLUSTER_DOMAIN = "cluster.local"
-KUBERNETES_VIP = "10.96.0.1"
-DNS_VIP = "10.96.0.10"
-WEB_VIP = "10.96.0.20"
-WEB_PORT = 8080
-API_PORT = 6443  # the Kubernetes API stand-in, on the client namespace's loopback
 # netprog.py runs as a script inside pods (python -I path): only its path is needed here
 NETPROG = str(Path(__file__).with_name("netprog.py"))
-METRICS_PORT = 9153
 MASQ_MARK = "0x4000/0x4000"
-
-
-@dataclass(frozen=True)
-class ServicePort:
-    name: str
-    port: int
-    protocol: str  # TCP or UDP, as in the Service object
-    target_port: int
-
-
-@dataclass
-class Service:
-    name: str
-    namespace: str
-    cluster_ip: str
-    ports: list[ServicePort]
-    app: str
-    endpoints: list[str] = field(default_factory=list)  # pod names
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def dns_records(lab: Lab) -> dict[str, str]:
-    d = CLUSTER_DOMAIN
-    return {
-        f"kubernetes.default.svc.{d}": KUBERNETES_VIP,
-        f"kube-dns.kube-system.svc.{d}": DNS_VIP,
-        f"web.default.svc.{d}": WEB_VIP,
-        # An ExternalName-like entry for the middleware outside the cluster.
-        f"mysql.outside.svc.{d}": OUTSIDE_HOST,
-    }
-
-
-def cluster_services(lab: Lab) -> list[Service]:
-    """The Services, with endpoints as kube-proxy currently sees them (faults can empty them)."""
-    by_app: dict[str, list[str]] = {}
-    for pod in lab.pods:
-        by_app.setdefault(pod.app, []).append(pod.name)
-    services = [
-        Service("kube-dns", "kube-system", DNS_VIP,
-                [ServicePort("dns", 53, "UDP", 53), ServicePort("dns-tcp", 53, "TCP", 53),
-                 ServicePort("metrics", METRICS_PORT, "TCP", METRICS_PORT)], "coredns"),
-        Service("web", "default", WEB_VIP, [ServicePort("http", 80, "TCP", WEB_PORT)], "web"),
-    ]
-    for svc in services:
-        if svc.name not in lab.endpointless_services():
-            svc.endpoints = list(by_app.get(svc.app, []))
-    return services
 
 
 def _hash_chain(prefix: str, *parts: str) -> str:
@@ -99,15 +52,16 @@ def _hash_chain(prefix: str, *parts: str) -> str:
     return prefix + base64.b32encode(digest).decode()[:16]
 
 
-def kube_proxy_chains(lab: Lab) -> tuple[list[str], list[str]]:
+def kube_proxy_chains(topology: Topology, endpointless: Collection[str] = ()
+                      ) -> tuple[list[str], list[str]]:
     """(nat lines, filter lines) declaring and filling kube-proxy's own chains.
 
     Declaring a chain in `iptables-restore --noflush` input flushes it, so applying this again
     rewrites the chains in place, as a kube-proxy sync does; the built-in chains' jumps into
     them (base_rules) are left alone.
     """
-    pods = {p.name: p for p in lab.pods}
-    pod_net = lab.pod_network
+    pods = {pod.name: pod for pod in topology.pods}
+    pod_net = topology.pod_network
     nat_decl = [":KUBE-SERVICES - [0:0]", ":KUBE-NODEPORTS - [0:0]",
                 ":KUBE-MARK-MASQ - [0:0]", ":KUBE-POSTROUTING - [0:0]"]
     nat = [
@@ -125,28 +79,29 @@ def kube_proxy_chains(lab: Lab) -> tuple[list[str], list[str]]:
         '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" '
         "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
     ]
-    for svc in cluster_services(lab):
-        for sp in svc.ports:
-            proto = sp.protocol.lower()
-            spn = f"{svc.namespace}/{svc.name}:{sp.name}"
-            eps = [pods[name] for name in svc.endpoints]
-            if not eps:
+    for svc in cluster_services(topology, endpointless):
+        for svc_port in svc.ports:
+            proto = svc_port.protocol.lower()
+            spn = f"{svc.namespace}/{svc.name}:{svc_port.name}"
+            endpoints = [pods[name] for name in svc.endpoints]
+            if not endpoints:
                 flt.append(f"-A KUBE-SERVICES -d {svc.cluster_ip}/32 -p {proto} -m comment "
-                           f'--comment "{spn} has no endpoints" -m {proto} --dport {sp.port} '
+                           f'--comment "{spn} has no endpoints" -m {proto} --dport {svc_port.port} '
                            "-j REJECT --reject-with icmp-port-unreachable")
                 continue
             svc_chain = _hash_chain("KUBE-SVC-", spn, proto)
             nat_decl.append(f":{svc_chain} - [0:0]")
             nat.append(f"-A KUBE-SERVICES -d {svc.cluster_ip}/32 -p {proto} -m comment "
-                       f'--comment "{spn} cluster IP" -m {proto} --dport {sp.port} -j {svc_chain}')
+                       f'--comment "{spn} cluster IP" -m {proto} --dport {svc_port.port} '
+                       f"-j {svc_chain}")
             nat.append(f"-A {svc_chain} ! -s {pod_net} -d {svc.cluster_ip}/32 -p {proto} "
-                       f'-m comment --comment "{spn} cluster IP" -m {proto} --dport {sp.port} '
-                       "-j KUBE-MARK-MASQ")
-            for k, pod in enumerate(eps):
-                dest = f"{pod.ip}:{sp.target_port}"
+                       f'-m comment --comment "{spn} cluster IP" -m {proto} '
+                       f"--dport {svc_port.port} -j KUBE-MARK-MASQ")
+            for position, pod in enumerate(endpoints):
+                dest = f"{pod.ip}:{svc_port.target_port}"
                 sep = _hash_chain("KUBE-SEP-", spn, proto, dest)
                 nat_decl.append(f":{sep} - [0:0]")
-                left = len(eps) - k
+                left = len(endpoints) - position
                 pick = (f"-m statistic --mode random --probability {1 / left:.11f} "
                         if left > 1 else "")
                 nat.append(f'-A {svc_chain} -m comment --comment "{spn} -> {dest}" {pick}'
@@ -161,11 +116,11 @@ def kube_proxy_chains(lab: Lab) -> tuple[list[str], list[str]]:
     return nat_decl + nat, flt_decl + flt
 
 
-def cni_rules(lab: Lab, node: LabNode) -> tuple[list[str], list[str]]:
+def cni_rules(topology: Topology, node: LabNode) -> tuple[list[str], list[str]]:
     """(nat, filter) lines the CNI adds: FORWARD accepts for the pod network and masquerade of
     pod traffic leaving it (flanneld's FLANNEL-POSTRTG, calico's cali-nat-outgoing)."""
-    net = lab.pod_network
-    if lab.cni == "calico-bgp":
+    net = topology.pod_network
+    if topology.cni == "calico-bgp":
         nat = [":cali-nat-outgoing - [0:0]",
                '-A POSTROUTING -m comment --comment "cali:O3lYWMrLQYEMJtB5" -j cali-nat-outgoing',
                f'-A cali-nat-outgoing -s {net} ! -d {net} -m comment --comment '
@@ -173,24 +128,24 @@ def cni_rules(lab: Lab, node: LabNode) -> tuple[list[str], list[str]]:
         flt = [f'-A FORWARD -s {net} -m comment --comment "cali:pod-forward" -j ACCEPT',
                f'-A FORWARD -d {net} -m comment --comment "cali:pod-forward" -j ACCEPT']
         return nat, flt
-    c = '-m comment --comment "flanneld masq"'
+    masq = '-m comment --comment "flanneld masq"'
     nat = [":FLANNEL-POSTRTG - [0:0]",
-           f"-A POSTROUTING {c} -j FLANNEL-POSTRTG",
-           f"-A FLANNEL-POSTRTG -m mark --mark {MASQ_MARK} {c} -j RETURN",
-           f"-A FLANNEL-POSTRTG -s {node.pod_cidr} -d {net} {c} -j RETURN",
-           f"-A FLANNEL-POSTRTG -s {net} -d {node.pod_cidr} {c} -j RETURN",
-           f"-A FLANNEL-POSTRTG ! -s {net} -d {node.pod_cidr} {c} -j RETURN",
-           f"-A FLANNEL-POSTRTG -s {net} ! -d 224.0.0.0/4 {c} -j MASQUERADE --random-fully",
-           f"-A FLANNEL-POSTRTG ! -s {net} -d {net} {c} -j MASQUERADE --random-fully"]
+           f"-A POSTROUTING {masq} -j FLANNEL-POSTRTG",
+           f"-A FLANNEL-POSTRTG -m mark --mark {MASQ_MARK} {masq} -j RETURN",
+           f"-A FLANNEL-POSTRTG -s {node.pod_cidr} -d {net} {masq} -j RETURN",
+           f"-A FLANNEL-POSTRTG -s {net} -d {node.pod_cidr} {masq} -j RETURN",
+           f"-A FLANNEL-POSTRTG ! -s {net} -d {node.pod_cidr} {masq} -j RETURN",
+           f"-A FLANNEL-POSTRTG -s {net} ! -d 224.0.0.0/4 {masq} -j MASQUERADE --random-fully",
+           f"-A FLANNEL-POSTRTG ! -s {net} -d {net} {masq} -j MASQUERADE --random-fully"]
     flt = [f'-A FORWARD -s {net} -m comment --comment "flanneld forward" -j ACCEPT',
            f'-A FORWARD -d {net} -m comment --comment "flanneld forward" -j ACCEPT']
     return nat, flt
 
 
-def node_ruleset(lab: Lab, node: LabNode) -> str:
+def node_ruleset(topology: Topology, node: LabNode, endpointless: Collection[str] = ()) -> str:
     """The whole iptables-restore --noflush input a node gets at `up`."""
-    kube_nat, kube_flt = kube_proxy_chains(lab)
-    cni_nat, cni_flt = cni_rules(lab, node)
+    kube_nat, kube_flt = kube_proxy_chains(topology, endpointless)
+    cni_nat, cni_flt = cni_rules(topology, node)
     portal = '-m comment --comment "kubernetes service portals"'
     nat = [*kube_nat,
            f"-A PREROUTING {portal} -j KUBE-SERVICES",
@@ -206,18 +161,19 @@ def node_ruleset(lab: Lab, node: LabNode) -> str:
     return "*nat\n" + "\n".join(nat) + "\nCOMMIT\n*filter\n" + "\n".join(flt) + "\nCOMMIT\n"
 
 
-def sync_kube_proxy(lab: Lab, node: LabNode) -> None:
+def sync_kube_proxy(topology: Topology, runner: CommandRunner,
+                    endpointless: Collection[str] = ()) -> None:
     """Rewrite kube-proxy's chains on a node from the current services (a kube-proxy sync):
     restores flushed chains and drops the chains of endpoints that went away."""
-    kube_nat, kube_flt = kube_proxy_chains(lab)
+    kube_nat, kube_flt = kube_proxy_chains(topology, endpointless)
     wanted = {line[1:].split()[0] for line in kube_nat if line.startswith(":")}
-    current = lab.node_exec(node.name, ["iptables-save", "-t", "nat"]).stdout
+    current = runner.run(["iptables-save", "-t", "nat"]).stdout
     stale = sorted({line[1:].split()[0] for line in current.splitlines()
                     if line.startswith(":KUBE-S")} - wanted)
-    text = ("*nat\n" + "\n".join(kube_nat + [f":{c} - [0:0]" for c in stale] +
-                                 [f"-X {c}" for c in stale]) +
+    text = ("*nat\n" + "\n".join(kube_nat + [f":{chain} - [0:0]" for chain in stale] +
+                                 [f"-X {chain}" for chain in stale]) +
             "\nCOMMIT\n*filter\n" + "\n".join(kube_flt) + "\nCOMMIT\n")
-    lab.node_exec(node.name, ["iptables-restore", "--noflush"], input=text)
+    runner.run(["iptables-restore", "--noflush"], input=text)
 
 
 # ---- processes: CoreDNS, web, outside ------------------------------------------------------
@@ -228,28 +184,29 @@ def netprog_argv(*args: str) -> list[str]:
     return [sys.executable, "-I", NETPROG, *args]
 
 
-def app_commands(lab: Lab, app: str) -> list[tuple[str, list[str], int, str]]:
+def app_commands(topology: Topology, paths: LabPaths, app: str
+                 ) -> list[tuple[str, list[str], int, str]]:
     """[(netns, argv, port, proto)] of the processes that make up an app."""
     if app == "outside":
-        return [(lab.outside_netns, netprog_argv("serve-banner", str(OUTSIDE_PORT),
-                                             "5.7.44-lab mysql_native_password"),
+        return [(topology.outside_netns, netprog_argv("serve-banner", str(OUTSIDE_PORT),
+                                                      "5.7.44-lab mysql_native_password"),
                  OUTSIDE_PORT, "tcp")]
     if app == "apiserver":
         # The Kubernetes API stand-in lives on the client namespace's loopback, where the
         # diagnoser runs, as a real API server would be reached from an admin host.
         argv = [sys.executable, "-m", "kubenetdiag_lab.apiserver",
-                "--state", str(lab.workdir / "lab.json"), "--port", str(API_PORT),
-                "--kubeconfig-out", str(lab.kubeconfig_path)]
-        return [(lab.client_netns, argv, API_PORT, "tcp")]
-    pod = lab.pod_for_app(app)
+                "--state", str(paths.state), "--port", str(API_PORT),
+                "--kubeconfig-out", str(paths.kubeconfig)]
+        return [(topology.client_netns, argv, API_PORT, "tcp")]
+    pod = topology.pod_for_app(app)
     if app == "coredns":
-        hosts = [f"--host-record={n},{ip}" for n, ip in dns_records(lab).items()]
+        hosts = [f"--host-record={name},{ip}" for name, ip in dns_records().items()]
         dnsmasq = ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
                    "--no-hosts", "--bind-interfaces", f"--listen-address={pod.ip}",
                    "--listen-address=127.0.0.1", "--user=root",
-                   f"--pid-file={lab.workdir / 'logs' / 'dnsmasq.pid'}",
+                   f"--pid-file={paths.logs / 'dnsmasq.pid'}",
                    f"--local=/{CLUSTER_DOMAIN}/", "--domain-needed",
-                   f"--log-facility={lab.workdir / 'logs' / 'dnsmasq.log'}", *hosts]
+                   f"--log-facility={paths.logs / 'dnsmasq.log'}", *hosts]
         return [(pod.netns, dnsmasq, 53, "udp"),
                 (pod.netns, netprog_argv("serve-http", str(METRICS_PORT), "--metrics"),
                  METRICS_PORT, "tcp")]
@@ -264,31 +221,32 @@ def _listening(netns: str, port: int, proto: str) -> bool:
     return bool(out.strip())
 
 
-def start_apps(lab: Lab, apps: list[str], timeout: float = 15.0) -> None:
+def start_apps(topology: Topology, paths: LabPaths, apps: list[str],
+               timeout: float = 15.0) -> None:
     """Start the apps' processes that are not running and wait until they listen."""
     waiting = []
     for app in apps:
-        for netns, argv, port, proto in app_commands(lab, app):
+        for netns, argv, port, proto in app_commands(topology, paths, app):
             if _listening(netns, port, proto):
                 continue
-            log = open(lab.workdir / "logs" / f"{app}.log", "ab")  # noqa: SIM115
+            log = open(paths.logs / f"{app}.log", "ab")  # noqa: SIM115
             with log:
                 subprocess.Popen(exec_argv(netns, argv), stdin=subprocess.DEVNULL, stdout=log,
                                  stderr=subprocess.STDOUT, start_new_session=True)
             waiting.append((app, netns, port, proto))
     deadline = time.monotonic() + timeout
     while waiting:
-        waiting = [w for w in waiting if not _listening(w[1], w[2], w[3])]
+        waiting = [item for item in waiting if not _listening(*item[1:])]
         if waiting and time.monotonic() > deadline:
-            raise LabError(f"lab apps did not start listening within {timeout:.0f}s: "
-                           f"{', '.join(f'{w[0]} :{w[2]}/{w[3]}' for w in waiting)}")
+            late = ", ".join(f"{app} :{port}/{proto}" for app, _netns, port, proto in waiting)
+            raise LabError(f"lab apps did not start listening within {timeout:.0f}s: {late}")
         if waiting:
             time.sleep(0.05)
 
 
-def stop_app(lab: Lab, app: str, only: str | None = None) -> None:
+def stop_app(topology: Topology, paths: LabPaths, app: str, only: str | None = None) -> None:
     """Stop an app's processes (or only those whose command contains `only`)."""
-    for netns, argv, _port, _proto in app_commands(lab, app):
+    for netns, argv, _port, _proto in app_commands(topology, paths, app):
         if only and only not in argv[0]:
             continue
         needle = " ".join(argv[:4])
@@ -297,7 +255,7 @@ def stop_app(lab: Lab, app: str, only: str | None = None) -> None:
         terminate(pids)
 
 
-def wire_outside(lab: Lab) -> list[str]:
+def wire_outside() -> list[str]:
     """ip-batch lines for the outside namespace (its eth0 is a switch port)."""
     return [
         "link set lo up",
@@ -309,8 +267,3 @@ def wire_outside(lab: Lab) -> list[str]:
         "link set ext1 up",
         "link set ext0 up",
     ]
-
-
-def pod_dict(pod: LabPod) -> dict[str, Any]:
-    return {"name": pod.name, "namespace": pod.namespace, "node": pod.node, "ip": pod.ip,
-            "netns": pod.netns, "app": pod.app}

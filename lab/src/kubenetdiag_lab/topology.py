@@ -1,0 +1,274 @@
+"""The lab's shape as plain data: nodes, pods, addresses, pod CIDRs, CNI mode, services.
+
+Everything here is computed from (prefix, node count, CNI mode) by pure functions and runs no
+command, so the shape can be built, compared and serialised without root or a running lab.
+The running lab (lab.py) builds exactly this shape; lab.json carries it (`Topology.to_dict`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from ipaddress import IPv4Network, ip_network
+from typing import Any
+
+from kubenetdiag_lab.errors import LabError
+
+CNI_MODES = ("flannel-vxlan", "flannel-host-gw", "calico-bgp")
+DEFAULT_CNI = "flannel-vxlan"
+
+UNDERLAY = ip_network("198.18.0.0/24")  # RFC 2544 benchmarking range: never routed for real
+POD_SUPERNET = ip_network("10.244.0.0/16")  # flannel's default cluster CIDR
+CLIENT_ADDRESS = "198.18.0.2"
+NODE_HOST_OFFSET = 10  # node i is 198.18.0.(10+i)
+MAX_NODES = 200  # keeps node addresses below the outside's .250 and pod /24s inside the /16
+# No "-": it keeps every lab's namespace names unambiguous for `down`.
+PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+
+SERVICE_NETWORK = ip_network("10.96.0.0/12")
+OUTSIDE_NETWORK = ip_network("203.0.113.0/24")  # TEST-NET-3: documentation only
+OUTSIDE_UNDERLAY = "198.18.0.250"
+OUTSIDE_HOST = "203.0.113.10"
+OUTSIDE_PORT = 3306
+CLUSTER_DOMAIN = "cluster.local"
+KUBERNETES_VIP = "10.96.0.1"
+DNS_VIP = "10.96.0.10"
+WEB_VIP = "10.96.0.20"
+WEB_PORT = 8080
+METRICS_PORT = 9153
+API_PORT = 6443  # the Kubernetes API stand-in, on the client namespace's loopback
+
+
+@dataclass(frozen=True)
+class LabNode:
+    name: str  # inventory name, node1..nodeN
+    index: int
+    netns: str
+    address: str  # underlay address on eth0
+    pod_cidr: str
+    pod_gateway: str  # cni0 address
+    pod_netns: str  # the node's first pod ("client" app), kept for simple pod-to-pod checks
+    pod_address: str
+    zone: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LabNode:
+        # lab.json's node entries carry runtime fields too (vxlan_port, ...): keep ours only.
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class LabPod:
+    name: str
+    namespace: str
+    node: str
+    ip: str
+    netns: str
+    app: str
+    slot: int  # j in <node>-pod<j>; the node side of its veth is veth-pod<j>
+
+    def to_dict(self) -> dict[str, Any]:
+        # lab.json's pod entry: the veth slot is the lab's wiring detail, not part of the contract.
+        return {"name": self.name, "namespace": self.namespace, "node": self.node, "ip": self.ip,
+                "netns": self.netns, "app": self.app}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LabPod:
+        slot = int(data["netns"].rpartition("-pod")[2])
+        return cls(data["name"], data["namespace"], data["node"], data["ip"], data["netns"],
+                   data["app"], slot)
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str
+    port: int
+    protocol: str  # TCP or UDP, as in the Service object
+    target_port: int
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    namespace: str
+    cluster_ip: str
+    ports: tuple[ServicePort, ...]
+    app: str
+    endpoints: tuple[str, ...] = ()  # pod names
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "namespace": self.namespace, "cluster_ip": self.cluster_ip,
+                "ports": [asdict(port) for port in self.ports], "app": self.app,
+                "endpoints": list(self.endpoints)}
+
+
+@dataclass(frozen=True)
+class Topology:
+    prefix: str
+    cni: str
+    nodes: tuple[LabNode, ...]
+    pods: tuple[LabPod, ...]
+    pod_network: str = str(POD_SUPERNET)
+    client_address: str = CLIENT_ADDRESS
+    # derived from the prefix; fields (not properties) so they show in repr and compare
+    switch_netns: str = field(init=False)
+    client_netns: str = field(init=False)
+    outside_netns: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "switch_netns", f"{self.prefix}-sw")
+        object.__setattr__(self, "client_netns", f"{self.prefix}-client")
+        object.__setattr__(self, "outside_netns", f"{self.prefix}-outside")
+
+    @property
+    def namespaces(self) -> list[str]:
+        return [
+            self.switch_netns,
+            self.client_netns,
+            self.outside_netns,
+            *(node.netns for node in self.nodes),
+            *(pod.netns for pod in self.pods),
+        ]
+
+    def node(self, name: str) -> LabNode:
+        """A node by inventory name, netns name or underlay address."""
+        for node in self.nodes:
+            if name in (node.name, node.netns, node.address):
+                return node
+        known = ", ".join(node.name for node in self.nodes)
+        raise LabError(f"no lab node {name!r}; nodes are {known}")
+
+    def pod(self, name: str) -> LabPod:
+        """A pod by name, netns name or IP."""
+        for pod in self.pods:
+            if name in (pod.name, pod.netns, pod.ip):
+                return pod
+        raise LabError(f"no lab pod {name!r}")
+
+    def pods_on(self, node: str) -> list[LabPod]:
+        name = self.node(node).name
+        return [pod for pod in self.pods if pod.node == name]
+
+    def pod_for_app(self, app: str) -> LabPod:
+        for pod in self.pods:
+            if pod.app == app:
+                return pod
+        raise LabError(f"no lab pod runs {app!r}")
+
+    def peers(self, node: LabNode) -> list[LabNode]:
+        return [other for other in self.nodes if other.name != node.name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prefix": self.prefix,
+            "cni": self.cni,
+            "pod_network": self.pod_network,
+            "underlay": str(UNDERLAY),
+            "namespaces": self.namespaces,
+            "switch_netns": self.switch_netns,
+            "client": {"netns": self.client_netns, "address": self.client_address},
+            "nodes": [node.to_dict() for node in self.nodes],
+            "pods": [pod.to_dict() for pod in self.pods],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Topology:
+        return cls(
+            prefix=data["prefix"],
+            cni=data.get("cni", DEFAULT_CNI),
+            nodes=tuple(LabNode.from_dict(node) for node in data["nodes"]),
+            pods=tuple(LabPod.from_dict(pod) for pod in data["pods"]),
+            pod_network=data.get("pod_network", str(POD_SUPERNET)),
+            client_address=data.get("client", {}).get("address", CLIENT_ADDRESS),
+        )
+
+
+def make_node(prefix: str, index: int) -> LabNode:
+    pod_net = IPv4Network(f"{POD_SUPERNET.network_address + (index << 8)}/24")
+    return LabNode(
+        name=f"node{index}",
+        index=index,
+        netns=f"{prefix}-node{index}",
+        address=str(UNDERLAY.network_address + NODE_HOST_OFFSET + index),
+        pod_cidr=str(pod_net),
+        pod_gateway=str(pod_net.network_address + 1),
+        pod_netns=f"{prefix}-node{index}-pod1",
+        pod_address=str(pod_net.network_address + 2),
+        zone="zone-a" if index % 2 else "zone-b",
+    )
+
+
+def _node_apps(node: LabNode, web_node: LabNode) -> list[str]:
+    # CoreDNS on node1, the web app on node2; a one-node lab carries both, web as a third pod.
+    apps = ["client", "client"]
+    if node.index == 1:
+        apps[1] = "coredns"
+    if node.name == web_node.name:
+        if node.index == 1:
+            apps.append("web")
+        else:
+            apps[1] = "web"
+    return apps
+
+
+def make_pods(nodes: Sequence[LabNode]) -> tuple[LabPod, ...]:
+    pods = []
+    web_node = nodes[1] if len(nodes) > 1 else nodes[0]
+    for node in nodes:
+        base = IPv4Network(node.pod_cidr).network_address
+        for slot, app in enumerate(_node_apps(node, web_node), start=1):
+            name, namespace = {
+                "coredns": ("coredns-0", "kube-system"),
+                "web": ("web-0", "default"),
+            }.get(app, (f"client-{node.name}-{slot}", "default"))
+            pods.append(LabPod(name, namespace, node.name, str(base + 1 + slot),
+                               f"{node.netns}-pod{slot}", app, slot))
+    return tuple(pods)
+
+
+def build(prefix: str = "knd", node_count: int = 2, cni: str = DEFAULT_CNI) -> Topology:
+    """The lab's shape for a prefix, a node count and a CNI mode."""
+    if not PREFIX_RE.match(prefix):
+        raise LabError(f"lab prefix {prefix!r} must match {PREFIX_RE.pattern}")
+    if not 1 <= node_count <= MAX_NODES:
+        raise LabError(f"lab node count must be 1..{MAX_NODES}, got {node_count}")
+    if cni not in CNI_MODES:
+        raise LabError(f"unknown CNI mode {cni!r}; one of {', '.join(CNI_MODES)}")
+    nodes = tuple(make_node(prefix, index) for index in range(1, node_count + 1))
+    return Topology(prefix=prefix, cni=cni, nodes=nodes, pods=make_pods(nodes))
+
+
+def dns_records() -> dict[str, str]:
+    """The names the CoreDNS stand-in answers."""
+    domain = CLUSTER_DOMAIN
+    return {
+        f"kubernetes.default.svc.{domain}": KUBERNETES_VIP,
+        f"kube-dns.kube-system.svc.{domain}": DNS_VIP,
+        f"web.default.svc.{domain}": WEB_VIP,
+        # An ExternalName-like entry for the middleware outside the cluster.
+        f"mysql.outside.svc.{domain}": OUTSIDE_HOST,
+    }
+
+
+def cluster_services(topology: Topology, endpointless: Collection[str] = ()
+                     ) -> list[Service]:
+    """The Services, with endpoints as kube-proxy sees them; `endpointless` names the services
+    a fault has emptied."""
+    by_app: dict[str, list[str]] = {}
+    for pod in topology.pods:
+        by_app.setdefault(pod.app, []).append(pod.name)
+    shapes = [
+        ("kube-dns", "kube-system", DNS_VIP,
+         (ServicePort("dns", 53, "UDP", 53), ServicePort("dns-tcp", 53, "TCP", 53),
+          ServicePort("metrics", METRICS_PORT, "TCP", METRICS_PORT)), "coredns"),
+        ("web", "default", WEB_VIP, (ServicePort("http", 80, "TCP", WEB_PORT),), "web"),
+    ]
+    return [
+        Service(name, namespace, vip, ports, app,
+                () if name in endpointless else tuple(by_app.get(app, [])))
+        for name, namespace, vip, ports, app in shapes
+    ]
