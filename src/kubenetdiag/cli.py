@@ -22,8 +22,14 @@ from kubenetdiag import __version__, pipeline
 from kubenetdiag.bundle import Bundle
 from kubenetdiag.collect.ssh import SshOptions
 from kubenetdiag.engine import RuleSet, load_ruleset
-from kubenetdiag.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, InputError
-from kubenetdiag.findings import EXIT_ALL_FAILED, EXIT_OK, EXIT_USAGE
+from kubenetdiag.errors import (
+    EXIT_ALL_FAILED,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    InputError,
+)
 from kubenetdiag.inventory import Host, load_inventory, local_host
 from kubenetdiag.pipeline import Analysis, CollectOptions, Observer
 from kubenetdiag.reports import print_summary, render

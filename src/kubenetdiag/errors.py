@@ -6,6 +6,11 @@ input is and what to do about it.
 
 from __future__ import annotations
 
+# Every way a run ends, in one place (docs/errors.md). 0 and 1 follow from the findings.
+EXIT_OK = 0  # no finding of severity warning or above
+EXIT_FINDINGS = 1  # at least one finding of severity warning or above
+EXIT_USAGE = 2  # bad input: nothing was run
+EXIT_ALL_FAILED = 3  # no node could be collected from
 EXIT_INTERNAL = 4  # a bug: the traceback is printed, and the bundle keeps what was collected
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 

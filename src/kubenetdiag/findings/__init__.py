@@ -7,10 +7,6 @@ findings plus what was and was not checked, and the JSON Schema every report mus
 
 from .report import (
     ALARMING,
-    EXIT_ALL_FAILED,
-    EXIT_FINDINGS,
-    EXIT_OK,
-    EXIT_USAGE,
     FAILED_DETAILS_MAX,
     MATRIX_FAILED,
     MATRIX_OK,
@@ -25,10 +21,6 @@ from .schema import REPORT_SCHEMA_PATH, order_like_schema, report_is_valid, vali
 
 __all__ = [
     "ALARMING",
-    "EXIT_ALL_FAILED",
-    "EXIT_FINDINGS",
-    "EXIT_OK",
-    "EXIT_USAGE",
     "FAILED_DETAILS_MAX",
     "MATRIX_FAILED",
     "MATRIX_OK",

@@ -7,6 +7,7 @@ renderer reads. It decides the exit code, so it lives in one place.
 from __future__ import annotations
 
 from kubenetdiag import __version__
+from kubenetdiag.errors import EXIT_ALL_FAILED, EXIT_FINDINGS, EXIT_OK
 from kubenetdiag.facts.model import Fact, by_kind
 from kubenetdiag.vocabulary import SEVERITIES
 
@@ -16,7 +17,6 @@ REPORT_SCHEMA = "kubenetdiag/report/v1"
 # The severities that make the exit code 1: something needs a person.
 ALARMING = frozenset({"critical", "error", "warning"})
 
-EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_ALL_FAILED = 0, 1, 2, 3
 
 # Matrix layers in the order a reader narrows a fault down: pods first (what users feel), then
 # the node addresses under them, then the overlay or routing that carries pod traffic.
