@@ -36,6 +36,9 @@ _META = {
         "transport": {"enum": ["ssh", "local", "mixed"]},
         "inventory": {"type": ["string", "null"]},
         "nodes": {"type": "array", "items": {"type": "string"}},
+        # The passive probes the collection ran (kubenetdiag.probes.probe_names()); older
+        # bundles have none, and their analysis takes the probes any node answered for.
+        "probes": {"type": "array", "items": {"type": "string"}},
     },
 }
 _SECTION = {

@@ -254,7 +254,7 @@ def discover(package: ModuleType, attribute: str) -> list[tuple[ModuleType, Any]
     """(module, its `attribute`) for every module directly in `package` that defines it, in
     module name order. A module without it is a helper (text.py, base.py)."""
     found = []
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda info: info.name):
         if info.ispkg:
             continue
         module = importlib.import_module(f"{package.__name__}.{info.name}")
@@ -265,7 +265,7 @@ def discover(package: ModuleType, attribute: str) -> list[tuple[ModuleType, Any]
 
 def in_order(plugins: Sequence[Any]) -> list[Any]:
     """Plugins sorted by (order, name): the order they run in."""
-    return sorted(plugins, key=lambda p: (p.order, p.name))
+    return sorted(plugins, key=lambda plugin: (plugin.order, plugin.name))
 
 
 def unique(plugins: Sequence[Any], what: str) -> Iterator[Any]:

@@ -3,6 +3,24 @@ protocols all` on BIRD's control socket: Established or not, with the peer addre
 
 Only where a BIRD control socket exists; calico-node keeps its own in /var/run/calico. Reading
 `show` output changes nothing in BIRD. BIRD 1.6 and 2.x print the same table (case differs).
+
+Sample output and the facts it gives:
+
+>>> out = (
+...     '##knd:socket /run/bird/bird.ctl\\n'
+...     'BIRD 2.0.12 ready.\\n'
+...     'Name       Proto      Table      State  Since         Info\\n'
+...     'node2      BGP        ---        start  10:22:33.109  Active    '
+...     '    Socket: Connection refused\\n'
+...     '  BGP state:          Active\\n'
+...     '    Neighbor address: 198.18.0.12\\n'
+...     '    Neighbor AS:      64512\\n'
+...     '    Last error:       Socket: Connection refused\\n'
+... )
+>>> facts = parse(Section("bgp", "", 0, 0.0, out, ""), "node1")
+>>> [(f.attrs["protocol"], f.attrs["peer"], f.attrs["state"], f.attrs["established"])
+...  for f in facts]
+[('node2', '198.18.0.12', 'Active', False)]
 """
 
 from __future__ import annotations

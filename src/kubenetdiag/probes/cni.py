@@ -5,6 +5,21 @@ Secrets are redacted on the node, before anything reaches the bundle: any JSON s
 mentions a token, password, secret, credential, private key or auth, and a `kubeconfig` given
 inline rather than as a path. Files that are not CNI configs (calico-kubeconfig, which holds a
 service-account token) are listed by name only, never read.
+
+Sample output and the facts it gives:
+
+>>> out = (
+...     '##knd:file /etc/cni/net.d/10-flannel.conflist\\n'
+...     '|{"name": "cbr0", "cniVersion": "0.3.1",\\n'
+...     '| "plugins": [{"type": "flannel", "delegate": {"isDefaultGateway'
+...     '": true}},\\n'
+...     '|             {"type": "portmap", "capabilities": {"portMappings'
+...     '": true}}]}\\n'
+... )
+>>> facts = parse(Section("cni", "", 0, 0.0, out, ""), "node1")
+>>> [(f.attrs["file"], f.attrs["active"], f.attrs["primary_type"], f.attrs["types"])
+...  for f in facts if f.kind == "cni_config"]
+[('/etc/cni/net.d/10-flannel.conflist', True, 'flannel', 'flannel,portmap')]
 """
 
 from __future__ import annotations
@@ -22,15 +37,17 @@ REDACTED = "<redacted>"
 _WORDS = ("token", "passw", "secret", "credential", "private", "auth", "key", "-data")
 
 
-def _ci(word: str) -> str:
+def _any_case(word: str) -> str:
+    """A sed pattern matching `word` in any case."""
     return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
 
 
 _SED = " ".join(
-    f"-e 's/\\(\"[^\"]*{_ci(w)}[^\"]*\"[[:space:]]*:[[:space:]]*\\)\"[^\"]*\"/\\1\"{REDACTED}\"/g'"
-    for w in _WORDS
+    f"-e 's/\\(\"[^\"]*{_any_case(word)}[^\"]*\"[[:space:]]*:[[:space:]]*\\)"
+    f"\"[^\"]*\"/\\1\"{REDACTED}\"/g'"
+    for word in _WORDS
 ) + (
-    f" -e 's/\\(\"[^\"]*{_ci('kubeconfig')}[^\"]*\"[[:space:]]*:[[:space:]]*\\)"
+    f" -e 's/\\(\"[^\"]*{_any_case('kubeconfig')}[^\"]*\"[[:space:]]*:[[:space:]]*\\)"
     f"\"[^/\"][^\"]*\"/\\1\"{REDACTED}\"/g'"
 )
 

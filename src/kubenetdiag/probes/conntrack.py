@@ -3,6 +3,22 @@ packets were lost to it (insert_failed, drop, early_drop).
 
 Without conntrack-tools the same counters are in /proc/net/stat/nf_conntrack (hex, one row per
 CPU); the facts are then taken from there and a probe_status says the tool is missing.
+
+Sample output and the facts it gives:
+
+>>> out = (
+...     '##knd:sysctl\\n'
+...     'nf_conntrack_count:262100\\n'
+...     'nf_conntrack_max:262144\\n'
+...     '##knd:stats conntrack\\n'
+...     'cpu=0   \\tfound=0 invalid=4 insert=0 insert_failed=17 drop=17 ear'
+...     'ly_drop=0 error=0 search_restart=2\\n'
+...     'cpu=1   \\tfound=0 invalid=1 insert=0 insert_failed=3 drop=3 early'
+...     '_drop=0 error=0 search_restart=0\\n'
+... )
+>>> facts = parse(Section("conntrack", "", 0, 0.0, out, ""), "node1")
+>>> [(f.kind, f.attrs["count"], f.attrs["max"], f.attrs["insert_failed"]) for f in facts]
+[('conntrack', 262100, 262144, 20)]
 """
 
 from __future__ import annotations

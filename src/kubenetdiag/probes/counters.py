@@ -82,10 +82,10 @@ def parse(section: Section, node: str) -> list[Fact]:
     """One net_counter fact per watched counter this kernel has.
 
     >>> out = (
-    ...     "##knd:sample 1\n1000.00 1900.00\n"
-    ...     "TcpExt: ListenOverflows ListenDrops\nTcpExt: 40 40\n"
-    ...     "##knd:sample 2\n1002.50 1904.00\n"
-    ...     "TcpExt: ListenOverflows ListenDrops\nTcpExt: 45 45\n"
+    ...     "##knd:sample 1\\n1000.00 1900.00\\n"
+    ...     "TcpExt: ListenOverflows ListenDrops\\nTcpExt: 40 40\\n"
+    ...     "##knd:sample 2\\n1002.50 1904.00\\n"
+    ...     "TcpExt: ListenOverflows ListenDrops\\nTcpExt: 45 45\\n"
     ... )
     >>> facts = parse(Section("counters", "", 0, 2.6, out, ""), "node1")
     >>> [(f.attrs["name"], f.attrs["delta"], f.attrs["rate_per_s"], f.attrs["rising"])

@@ -3,6 +3,22 @@ inode table breaks kubelet, the runtime and logging before it breaks anything vi
 node's /etc/resolv.conf (what the node, and dnsPolicy: Default pods, resolve with).
 
 `df -l` keeps to local filesystems, so a hung NFS mount cannot stall the probe.
+
+Sample output and the facts it gives:
+
+>>> out = (
+...     '##knd:os-release\\n'
+...     '|ID=centos\\n'
+...     '|VERSION_ID="7"\\n'
+...     '##knd:df\\n'
+...     'Filesystem     1024-blocks     Used Available Capacity Mounted o'
+...     'n\\n'
+...     '/dev/sda1         20960236 20960236         0     100% /\\n'
+... )
+>>> facts = parse(Section("host", "", 0, 0.0, out, ""), "node1")
+>>> [(f.kind, f.attrs.get("id") or f.attrs.get("mount"),
+...   f.attrs.get("version_id") or f.attrs.get("use_pct")) for f in facts]
+[('os_release', 'centos', '7'), ('filesystem', '/', 100)]
 """
 
 from __future__ import annotations

@@ -3,6 +3,22 @@
 Only when the ip_vs module is already loaded (/proc/net/ip_vs exists): `ipvsadm` loads it
 otherwise, which would change the node. Without ipvsadm the kernel's own table in
 /proc/net/ip_vs (hex addresses) is read instead.
+
+Sample output and the facts it gives:
+
+>>> out = (
+...     '##knd:table ipvsadm\\n'
+...     'IP Virtual Server version 1.2.1 (size=4096)\\n'
+...     'Prot LocalAddress:Port Scheduler Flags\\n'
+...     '  -> RemoteAddress:Port           Forward Weight ActiveConn InAc'
+...     'tConn\\n'
+...     'TCP  10.96.0.10:53 rr\\n'
+...     '  -> 10.244.1.3:53                Masq    1      2          5\\n'
+...     'TCP  10.96.0.20:80 rr\\n'
+... )
+>>> facts = parse(Section("ipvs", "", 0, 0.0, out, ""), "node1")
+>>> [(f.kind, f.attrs.get("address"), f.attrs.get("real_servers")) for f in facts][:2]
+[('ipvs_service', '10.96.0.10', 1), ('ipvs_service', '10.96.0.20', 0)]
 """
 
 from __future__ import annotations

@@ -1,4 +1,14 @@
-"""The running kernel's release, which decides what settings can exist (tcp_tw_recycle < 4.12)."""
+"""The running kernel's release, which decides what settings can exist (tcp_tw_recycle < 4.12).
+
+Sample output and the facts it gives:
+
+>>> out = (
+...     '3.10.0-1160.el7.x86_64\\n'
+... )
+>>> facts = parse(Section("kernel", "", 0, 0.0, out, ""), "node1")
+>>> [(f.kind, f.attrs["release"], f.attrs["major"], f.attrs["minor"]) for f in facts]
+[('kernel', '3.10.0-1160.el7.x86_64', 3, 10)]
+"""
 
 from __future__ import annotations
 

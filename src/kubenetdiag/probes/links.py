@@ -3,6 +3,23 @@ address and underlay device (flannel.1, vxlan.calico), IPIP tunl0, cni0, cali*, 
 
 `ip -d -j` where iproute2 has JSON (4.13+); CentOS 7's iproute 3.10/4.11 have no `-j`, so the
 command falls back to the one-line `-o` form, which this parser reads too.
+
+Sample output and the facts it gives:
+
+>>> out = (
+...     '##knd:link json\\n'
+...     '[{"ifindex":3,"ifname":"flannel.1","flags":["BROADCAST","MULTICA'
+...     'ST","UP","LOWER_UP"],"mtu":1450,"operstate":"UNKNOWN","address":'
+...     '"5a:1c:2e:3d:4f:61","linkinfo":{"info_kind":"vxlan","info_data":'
+...     '{"id":1,"local":"198.18.0.11","link":"eth0","port":8472}}}]\\n'
+...     '##knd:addr json\\n'
+...     '[{"ifname":"flannel.1","addr_info":[{"family":"inet","local":"10'
+...     '.244.1.0","prefixlen":32}]}]\\n'
+... )
+>>> facts = parse(Section("links", "", 0, 0.0, out, ""), "node1")
+>>> [(f.attrs["name"], f.attrs["kind"], f.attrs["mtu"], f.attrs["vxlan_port"], f.attrs["addresses"])
+...  for f in facts]
+[('flannel.1', 'vxlan', 1450, 8472, '10.244.1.0/32')]
 """
 
 from __future__ import annotations

@@ -4,6 +4,20 @@ traffic skips iptables, and its sysctls do not even exist).
 /proc/modules only lists loadable modules, and a kernel built without module support has no
 such file at all, so a feature file the module creates counts as evidence too. When neither
 says anything the answer is unknown (null), never "not loaded".
+
+Sample output and the facts it gives:
+
+>>> out = (
+...     '##knd:proc_modules\\n'
+...     'vxlan 77824 0 - Live 0x0000000000000000\\n'
+...     'br_netfilter 32768 0 - Live 0x0000000000000000\\n'
+...     '##knd:present\\n'
+...     '/sys/module/vxlan\\n'
+... )
+>>> facts = parse(Section("modules", "", 0, 0.0, out, ""), "node1")
+>>> [(f.attrs["name"], f.attrs["loaded"], f.attrs["evidence"])
+...  for f in facts if f.attrs["name"] in ("vxlan", "ip_vs")]
+[('ip_vs', False, None), ('vxlan', True, '/proc/modules')]
 """
 
 from __future__ import annotations

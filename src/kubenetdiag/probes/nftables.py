@@ -7,6 +7,21 @@ What this probe adds is what iptables-save cannot show: tables made with nft dir
 
 Listing needs nf_tables loaded: asking netlink for it otherwise makes the kernel load the
 module, a change to the node, so when it is not loaded we say so and list nothing.
+
+Sample output and the facts it gives:
+
+>>> out = (
+...     'table ip filter {\\n'
+...     '\\tchain FORWARD {\\n'
+...     '\\t\\ttype filter hook forward priority filter; policy drop;\\n'
+...     '\\t\\tudp dport 8472 counter packets 3 bytes 180 drop\\n'
+...     '\\t}\\n'
+...     '}\\n'
+... )
+>>> facts = parse(Section("nftables", "", 0, 0.0, out, ""), "node1")
+>>> [(f.attrs["owner"], f.attrs["chain"], f.attrs["policy"], f.attrs["drop_rules"])
+...  for f in facts if f.kind == "nft_chain"]
+[('iptables-nft', 'FORWARD', 'drop', 1)]
 """
 
 from __future__ import annotations

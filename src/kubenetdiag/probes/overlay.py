@@ -1,6 +1,18 @@
 """What flannel programs for VXLAN: /run/flannel/subnet.env, and for every VXLAN device
 (flannel.1, vxlan.calico, cilium_vxlan) its forwarding database and neighbor entries. A peer
 node without an FDB entry or neighbor is unreachable through the overlay even when routes exist.
+
+Sample output and the facts it gives:
+
+>>> out = (
+...     '##knd:fdb flannel.1\\n'
+...     '5a:1c:2e:3d:4f:60 dst 198.18.0.12 self permanent\\n'
+...     '##knd:neigh flannel.1\\n'
+...     '10.244.2.0 lladdr 5a:1c:2e:3d:4f:60 PERMANENT\\n'
+... )
+>>> facts = parse(Section("overlay", "", 0, 0.0, out, ""), "node1")
+>>> [(f.kind, f.attrs.get("dst") or f.attrs.get("ip"), f.attrs["mac"]) for f in facts]
+[('fdb_entry', '198.18.0.12', '5a:1c:2e:3d:4f:60'), ('neighbor', '10.244.2.0', '5a:1c:2e:3d:4f:60')]
 """
 
 from __future__ import annotations

@@ -4,6 +4,19 @@ to break pod networking. The names are data (processes.yaml), not code, so a sit
 
 One `ps` (or, without ps, the shell reading /proc/*/comm: no fork per process). Command lines
 can carry passwords and tokens; those options are cut out on the node, before the bundle.
+
+Sample output and the facts it gives:
+
+>>> out = (
+...     '##knd:ps eo\\n'
+...     '    1 systemd         /usr/lib/systemd/systemd --switched-root\\n'
+...     '  812 flanneld        /opt/bin/flanneld --ip-masq --kube-subnet-'
+...     'mgr\\n'
+... )
+>>> facts = parse(Section("processes", "", 0, 0.0, out, ""), "node1")
+>>> [(f.attrs["name"], f.attrs["role"], f.attrs["pids"])
+...  for f in facts if f.attrs.get("running")]
+[('flanneld', 'cni_agent', '812')]
 """
 
 from __future__ import annotations

@@ -3,6 +3,19 @@
 is host-gw). The `local` table (the node's own and broadcast addresses) is left out.
 
 `ip -j` where iproute2 has it; CentOS 7's `ip route` text otherwise, which reads the same.
+
+Sample output and the facts it gives:
+
+>>> out = (
+...     '##knd:route json\\n'
+...     '[{"dst":"10.244.2.0/24","gateway":"10.244.2.0","dev":"flannel.1"'
+...     ',"flags":["onlink"]},{"type":"blackhole","dst":"10.244.9.0/26","'
+...     'protocol":"bird","flags":[]}]\\n'
+... )
+>>> facts = parse(Section("routes", "", 0, 0.0, out, ""), "node1")
+>>> [(f.attrs["dst"], f.attrs["type"], f.attrs["dev"], f.attrs["gateway"]) for f in facts]
+[('10.244.2.0/24', 'unicast', 'flannel.1', '10.244.2.0'),
+ ('10.244.9.0/26', 'blackhole', None, None)]
 """
 
 from __future__ import annotations

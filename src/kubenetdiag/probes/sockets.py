@@ -5,6 +5,20 @@ sizes and drops, and /proc/net/sockstat.
 One `ss -tanp` pass, reduced on the node by awk: a node with 100k TIME_WAIT sockets sends us a
 dozen count lines, not 100k. Without ss the counts and listeners come from /proc/net/tcp, and a
 probe_status says what that cannot show (backlog, owning process, UDP buffers).
+
+Sample output and the facts it gives:
+
+>>> out = (
+...     '##knd:tcp ss\\n'
+...     'L LISTEN 129    128          0.0.0.0:80         0.0.0.0:*    use'
+...     'rs:(("nginx",pid=911,fd=6))\\n'
+...     'S ESTAB 3\\n'
+...     'S TIME-WAIT 2\\n'
+... )
+>>> facts = parse(Section("sockets", "", 0, 0.0, out, ""), "node1")
+>>> [(f.kind, f.attrs.get("port"), f.attrs.get("full"), f.attrs.get("time_wait"))
+...  for f in facts]
+[('tcp_listener', 80, True, None), ('tcp_states', None, None, 2)]
 """
 
 from __future__ import annotations
@@ -15,7 +29,8 @@ from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.probes.base import Probe, Section
 from kubenetdiag.probes.text import clip, parts, to_int
 
-QUEUE_BYTES = 1024  # a socket holding more than this in a queue is worth a look (seed 004: >100)
+QUEUE_BYTES = 1024  # a socket holding more than this in a queue is worth a look
+# (docs/runbooks.md#runbook-004 says more than 100)
 MAX_LINES = 200
 MAX_UDP = 2000
 

@@ -3,6 +3,17 @@
 Reading the files (not running `sysctl`) works without procps, never writes anything, and lets a
 key the kernel does not have (tcp_tw_recycle after 4.12, bridge-nf-* without br_netfilter) show
 up as a fact of its own instead of an error.
+
+Sample output and the facts it gives:
+
+>>> out = (
+...     'net/ipv4/ip_forward:0\\n'
+...     'net/core/somaxconn:128\\n'
+... )
+>>> facts = parse(Section("sysctl", "", 0, 0.0, out, ""), "node1")
+>>> [(f.attrs["key"], f.attrs["number"], f.attrs["present"]) for f in facts][:3]
+[('net.ipv4.ip_forward', 0, True), ('net.core.somaxconn', 128, True),
+ ('net.bridge.bridge-nf-call-iptables', None, False)]
 """
 
 from __future__ import annotations

@@ -5,6 +5,19 @@ The load order is systemd-sysctl's (the same `sysctl --system` follows): every `
 one file per basename (the first directory wins, so /etc overrides /usr/lib, and a link to
 /dev/null masks), all taken in basename order; /etc/sysctl.conf comes last. We work this out
 from the files themselves: running `sysctl --system` or `sysctl -p` to see it would apply them.
+
+Sample output and the facts it gives:
+
+>>> out = (
+...     'F\\t/etc/sysctl.d/99-kubernetes.conf\\n'
+...     'F\\t/etc/sysctl.conf\\n'
+...     '/etc/sysctl.d/99-kubernetes.conf:1:net.ipv4.ip_forward = 1\\n'
+...     '/etc/sysctl.conf:10:net.ipv4.ip_forward = 0\\n'
+... )
+>>> facts = parse(Section("sysctl_files", "", 0, 0.0, out, ""), "node1")
+>>> [(f.attrs["key"], f.attrs["file"], f.attrs["number"], f.attrs["overrides"])
+...  for f in facts if f.kind == "sysctl_file_setting"]
+[('net.ipv4.ip_forward', '/etc/sysctl.conf', 0, '/etc/sysctl.d/99-kubernetes.conf:1')]
 """
 
 from __future__ import annotations
