@@ -38,6 +38,7 @@ from kubenetdiag.facts.model import Fact
 from kubenetdiag.facts.parse import facts_from_records
 from kubenetdiag.findings import build_report
 from kubenetdiag.inventory import Host
+from kubenetdiag.probes import probe_names
 
 SKIPPED_ACTIVE = "active probes not run: --no-active, or `collect` without --active"
 
@@ -146,6 +147,7 @@ def collect(
         "finished_at": now_iso(),
         "transport": kinds.pop() if len(kinds) == 1 else "mixed",
         "inventory": str(Path(options.inventory).resolve()) if options.inventory else None,
+        "probes": probe_names(),
     }
     bundle = Bundle(out, meta, records, cluster)
     bundle.write()
@@ -164,7 +166,7 @@ def collect(
 def analyze(bundle: Bundle, ruleset: RuleSet, observer: Observer | None = None) -> Analysis:
     """Parse, infer and build the report; keep facts.json and report.json in the bundle."""
     observer = observer or _Silent()
-    facts = facts_from_records(bundle.records, bundle.cluster)
+    facts = facts_from_records(bundle.records, bundle.cluster, probes=bundle.meta.get("probes"))
     findings = infer(ruleset, facts)
     report = build_report(
         bundle.meta,

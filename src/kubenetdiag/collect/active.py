@@ -23,7 +23,6 @@ from kubenetdiag.probes.active import script as active_script
 from kubenetdiag.probes.active.plan import NodePlan
 
 OUTPUT_LIMIT = 8 * 1024 * 1024
-SKIPPED_FLAG = "active probes not run: --no-active, or `collect` without --active"
 ProgressFn = Callable[[str, str, str], None]
 
 
@@ -143,11 +142,3 @@ def run_active(
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(todo))),
                             thread_name_prefix="active") as pool:
         return dict(pool.map(one, todo))
-
-
-def mark_skipped(records: list[dict], reason: str = SKIPPED_FLAG) -> None:
-    """Say in every reached node's record that the active phase was not asked for, so the
-    report lists it as not checked instead of silently showing no matrix."""
-    for rec in records:
-        if rec.get("reachable"):
-            rec["active"] = {"skipped": reason}
