@@ -1,4 +1,4 @@
-"""The collection progress display (reports.progress.PhaseProgress): per-node state, never a silent wait."""
+"""The progress display (reports.progress.PhaseProgress): per-node state, never a silent wait."""
 
 from __future__ import annotations
 

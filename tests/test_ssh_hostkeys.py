@@ -8,7 +8,7 @@ import pytest
 
 from kubenetdiag.collect.hostkeys import AcceptNewPolicy as _AcceptNewPolicy
 from kubenetdiag.collect.hostkeys import HostKeyStore
-from kubenetdiag.collect.transport import CollectError
+from kubenetdiag.errors import CollectError
 
 
 def _keys(n: int) -> list[paramiko.PKey]:

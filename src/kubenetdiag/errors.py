@@ -41,3 +41,25 @@ class InputError(Exception):
 
     def as_dict(self) -> dict:
         return {"file": self.file, "line": self.line, "message": self.message, "hint": self.hint}
+
+
+class RuleErrors(InputError):
+    """All the problems found while loading rules; `errors` holds each one with its location."""
+
+    def __init__(self, errors: list[InputError]) -> None:
+        self.errors = list(errors)
+        first = self.errors[0] if self.errors else None
+        super().__init__(
+            f"{len(self.errors)} problem(s) in the rules",
+            file=first.file if first else None,
+            line=first.line if first else None,
+            hint="run `kubenetdiag rules lint` for the full list",
+        )
+
+    def __str__(self) -> str:
+        return "\n".join(str(e) for e in self.errors)
+
+
+class CollectError(Exception):
+    """A node could not be collected from; the message says why in words an SRE can act on.
+    The collector turns it into the node's `error`: it never stops the run."""

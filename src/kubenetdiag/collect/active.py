@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from kubenetdiag.collect import channel
 from kubenetdiag.collect.script import new_marker
 from kubenetdiag.collect.ssh import Connector
-from kubenetdiag.collect.transport import CollectError, Transport
+from kubenetdiag.collect.transport import Transport
+from kubenetdiag.errors import CollectError
 from kubenetdiag.inventory import Host
 from kubenetdiag.probes.active import PREFIX, check_for
 from kubenetdiag.probes.active import script as active_script

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import paramiko
 
-from kubenetdiag.collect.transport import CollectError
+from kubenetdiag.errors import CollectError
 from kubenetdiag.inventory import Host
 
 

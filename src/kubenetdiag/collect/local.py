@@ -6,7 +6,8 @@ from __future__ import annotations
 import socket
 import subprocess
 
-from kubenetdiag.collect.transport import KILL_GRACE_S, CollectError, ScriptResult
+from kubenetdiag.collect.transport import KILL_GRACE_S, ScriptResult
+from kubenetdiag.errors import CollectError
 
 
 class LocalTransport:

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from kubenetdiag.collect import ssh
 from kubenetdiag.collect.script import OUTPUT_LIMIT, build_script, new_marker, split_output
-from kubenetdiag.collect.transport import CollectError
+from kubenetdiag.errors import CollectError
 from kubenetdiag.inventory import Host
 from kubenetdiag.probes import PROBES, Probe
 

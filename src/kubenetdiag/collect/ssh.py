@@ -24,7 +24,8 @@ from kubenetdiag.collect.hostkeys import (
     known_hosts_path,
 )
 from kubenetdiag.collect.local import LocalTransport
-from kubenetdiag.collect.transport import KILL_GRACE_S, CollectError, ScriptResult, Transport
+from kubenetdiag.collect.transport import KILL_GRACE_S, ScriptResult, Transport
+from kubenetdiag.errors import CollectError
 from kubenetdiag.inventory import Host
 
 

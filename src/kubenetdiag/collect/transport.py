@@ -15,10 +15,6 @@ from typing import Protocol
 KILL_GRACE_S = 5
 
 
-class CollectError(Exception):
-    """The node could not be collected from; the message says why in words."""
-
-
 @dataclass(frozen=True)
 class ScriptResult:
     """What one script run gave back, as the runners keep it."""

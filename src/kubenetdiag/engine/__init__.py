@@ -4,8 +4,10 @@
     findings = infer(ruleset, facts)
 """
 
+from kubenetdiag.errors import RuleErrors
+
 from .inference import EngineError, infer
-from .loader import RuleErrors, lint_paths, load_ruleset
+from .loader import lint_paths, load_ruleset
 from .model import Rule
 from .rulefiles import shipped_dir
 from .ruleset import RuleSet

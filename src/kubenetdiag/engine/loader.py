@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubenetdiag.errors import InputError
+from kubenetdiag.errors import InputError, RuleErrors
 
 from .compiler import CompileError, Program, compile_rules
 from .inference import EngineError, build_environment
@@ -28,23 +28,6 @@ from .testcases import read_test_cases
 from .translations import missing_translations
 
 __all__ = ["RuleErrors", "lint", "lint_paths", "load_rules", "load_ruleset", "shipped_dir"]
-
-
-class RuleErrors(InputError):
-    """All the problems found while loading rules; `errors` holds each one with its location."""
-
-    def __init__(self, errors: list[InputError]) -> None:
-        self.errors = list(errors)
-        first = self.errors[0] if self.errors else None
-        super().__init__(
-            f"{len(self.errors)} problem(s) in the rules",
-            file=first.file if first else None,
-            line=first.line if first else None,
-            hint="run `kubenetdiag rules lint` for the full list",
-        )
-
-    def __str__(self) -> str:
-        return "\n".join(str(e) for e in self.errors)
 
 
 @dataclass
