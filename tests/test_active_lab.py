@@ -59,7 +59,8 @@ def test_healthy_lab_matrix_dns_and_endpoints(which: str, request: pytest.Fixtur
     http = of(facts, "http_check")
     assert len(http) == len(lab.nodes) and all(f.attrs["status"] == 200 for f in http)
     assert all(f.attrs["ok"] for f in of(facts, "mtu_check"))
-    # seed 002: the IP answers, the name does not resolve, from the node and from the pod
+    # docs/runbooks.md#runbook-002: the IP answers, the name does not resolve, from the node
+    # and from the pod
     by_ip = of(facts, "tcp_check", by="ip")
     by_name = of(facts, "tcp_check", by="name")
     assert len(by_ip) == 2 * len(lab.nodes) and all(f.attrs["ok"] for f in by_ip)

@@ -234,7 +234,8 @@ def test_injected_node_conditions_appear_on_the_right_node(lab, tmp_path):
     udp = one(f1, "udp_socket", port=18081)
     assert udp["drops"] > 0 and udp["rcvbuf"] <= 8192
     assert one(f1, "tcp_states")["time_wait"] > 0
-    # security software from seed 001's list, running on node1
+    # security software from the list in docs/runbooks.md#runbook-001-security-software,
+    # running on node1
     sec = one(f1, "process", name="qaxsafed")
     assert sec["running"] and sec["role"] == "security_software"
     if hasattr(lab, "init_pid"):  # nodes with their own PID namespace: only node1 has it

@@ -53,11 +53,11 @@ TOPOLOGY_ANNOTATIONS = (
 # ---------------------------------------------------------------- safe access
 
 
-def _d(value: Any) -> dict:
+def _as_dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _l(value: Any) -> list:
+def _as_list(value: Any) -> list:
     return value if isinstance(value, list) else []
 
 
@@ -69,14 +69,14 @@ def _get(obj: Any, *path: str) -> Any:
     return obj
 
 
-def _s(value: Any) -> str | None:
+def _as_text(value: Any) -> str | None:
     """A scalar as str, or None; containers are not strings."""
     if value is None or isinstance(value, dict | list):
         return None
     return str(value)
 
 
-def _i(value: Any) -> int | None:
+def _as_int(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -92,11 +92,11 @@ def _name(obj: Any) -> str | None:
 
 
 def _ns(obj: Any) -> str:
-    return _s(_get(obj, "metadata", "namespace")) or ""
+    return _as_text(_get(obj, "metadata", "namespace")) or ""
 
 
 def _condition(obj: Any, kind: str) -> bool | None:
-    for c in _l(_get(obj, "status", "conditions")):
+    for c in _as_list(_get(obj, "status", "conditions")):
         if isinstance(c, dict) and c.get("type") == kind:
             return {"True": True, "False": False}.get(str(c.get("status")))
     return None
@@ -107,7 +107,8 @@ def _condition(obj: Any, kind: str) -> bool | None:
 
 class _Calls:
     def __init__(self, doc: dict) -> None:
-        self.calls = [c for c in _l(doc.get("calls")) if isinstance(c, dict) and c.get("name")]
+        self.calls = [c for c in _as_list(doc.get("calls"))
+                      if isinstance(c, dict) and c.get("name")]
 
     def named(self, prefix: str) -> list[dict]:
         """Calls of one kind: 'pods' covers pods/kube-system, pods/kube-flannel..."""
@@ -118,7 +119,7 @@ class _Calls:
         calls = [c for c in self.named(prefix) if c.get("status") == "ok"]
         if not calls:
             return None
-        return [o for c in calls for o in _l(c.get("items")) if isinstance(o, dict)]
+        return [o for c in calls for o in _as_list(c.get("items")) if isinstance(o, dict)]
 
     def obj(self, name: str) -> dict | None:
         for c in self.named(name):
@@ -145,12 +146,12 @@ def _call_status_facts(calls: _Calls) -> list[Fact]:
             {
                 "probe": "api",
                 "status": "unreachable",
-                "reason": _s(first.get("reason")) or "unreachable",
+                "reason": _as_text(first.get("reason")) or "unreachable",
                 "blocks": "every cluster check: "
                 + ", ".join(sorted({str(c["name"]) for c in unreachable})),
             },
-            Source("api", f"GET {_s(first.get('path')) or ''}", None,
-                   excerpt(_s(first.get("reason")) or "", 1000)),
+            Source("api", f"GET {_as_text(first.get('path')) or ''}", None,
+                   excerpt(_as_text(first.get("reason")) or "", 1000)),
         ))
     for c in calls.calls:
         status = c.get("status")
@@ -164,11 +165,11 @@ def _call_status_facts(calls: _Calls) -> list[Fact]:
                 {
                     "probe": f"api:{c['name']}",
                     "status": STATUS_TO_PROBE_STATUS.get(str(status), "failed"),
-                    "reason": _s(c.get("reason")) or str(status),
+                    "reason": _as_text(c.get("reason")) or str(status),
                     "blocks": BLOCKS.get(base, f"what the API call {c['name']} would have told"),
                 },
-                Source(f"api:{c['name']}", f"GET {_s(c.get('path')) or ''}", None,
-                       excerpt(_s(c.get("reason")) or "", 1000)),
+                Source(f"api:{c['name']}", f"GET {_as_text(c.get('path')) or ''}", None,
+                       excerpt(_as_text(c.get("reason")) or "", 1000)),
             )
         )
     return facts
@@ -179,13 +180,13 @@ def _call_status_facts(calls: _Calls) -> list[Fact]:
 
 def _node_addresses(node: dict) -> list[str]:
     return [
-        str(a["address"]) for a in _l(_get(node, "status", "addresses"))
+        str(a["address"]) for a in _as_list(_get(node, "status", "addresses"))
         if isinstance(a, dict) and a.get("address")
     ]
 
 
 def _internal_ip(node: dict) -> str | None:
-    for a in _l(_get(node, "status", "addresses")):
+    for a in _as_list(_get(node, "status", "addresses")):
         if isinstance(a, dict) and a.get("type") == "InternalIP" and a.get("address"):
             return str(a["address"])
     return None
@@ -249,19 +250,19 @@ def _node_facts(calls: _Calls, nodes: list[dict], where: Callable[[str], str]) -
         name = _name(n)
         if not name:
             continue
-        labels = _d(_get(n, "metadata", "labels"))
-        cidrs = [str(c) for c in _l(_get(n, "spec", "podCIDRs")) if isinstance(c, str)]
-        info = _d(_get(n, "status", "nodeInfo"))
+        labels = _as_dict(_get(n, "metadata", "labels"))
+        cidrs = [str(c) for c in _as_list(_get(n, "spec", "podCIDRs")) if isinstance(c, str)]
+        info = _as_dict(_get(n, "status", "nodeInfo"))
         facts.append(Fact("k8s_node", where(name), {
             "name": name,
             "internal_ip": _internal_ip(n),
-            "pod_cidr": _s(_get(n, "spec", "podCIDR")) or (cidrs[0] if cidrs else None),
+            "pod_cidr": _as_text(_get(n, "spec", "podCIDR")) or (cidrs[0] if cidrs else None),
             "pod_cidrs": ",".join(cidrs) or None,
             "ready": _condition(n, "Ready"),
             "network_unavailable": _condition(n, "NetworkUnavailable"),
-            "kernel": _s(info.get("kernelVersion")),
-            "kubelet": _s(info.get("kubeletVersion")),
-            "zone": _s(labels.get("topology.kubernetes.io/zone")
+            "kernel": _as_text(info.get("kernelVersion")),
+            "kubelet": _as_text(info.get("kubeletVersion")),
+            "zone": _as_text(labels.get("topology.kubernetes.io/zone")
                        or labels.get("failure-domain.beta.kubernetes.io/zone")),
         }, calls.source("nodes", {"name": name, "spec": n.get("spec"),
                                   "conditions": _get(n, "status", "conditions")})))
@@ -279,19 +280,20 @@ def _plugin(name: str) -> str:
 
 
 def _pod_health(pod: dict) -> tuple[bool, int, str | None]:
-    statuses = [s for s in _l(_get(pod, "status", "containerStatuses")) if isinstance(s, dict)]
-    restarts = sum(_i(s.get("restartCount")) or 0 for s in statuses)
+    statuses = [s for s in _as_list(_get(pod, "status", "containerStatuses"))
+                if isinstance(s, dict)]
+    restarts = sum(_as_int(s.get("restartCount")) or 0 for s in statuses)
     reason = None
     for s in statuses:
-        state = _d(s.get("state"))
+        state = _as_dict(s.get("state"))
         for key in ("waiting", "terminated"):
             if isinstance(state.get(key), dict) and state[key].get("reason"):
-                reason = _s(state[key]["reason"])
+                reason = _as_text(state[key]["reason"])
     return _condition(pod, "Ready") is True, restarts, reason
 
 
 def _owner(pod: dict) -> str:
-    for o in _l(_get(pod, "metadata", "ownerReferences")):
+    for o in _as_list(_get(pod, "metadata", "ownerReferences")):
         if isinstance(o, dict) and o.get("kind") == "DaemonSet" and o.get("name"):
             return str(o["name"])
     return ""
@@ -304,13 +306,13 @@ def _cni_facts(calls: _Calls, daemonsets: list[dict] | None, pods: list[dict] | 
         name = _name(ds) or ""
         if not any(m in name for m in CNI_MARKERS):
             continue
-        status = _d(ds.get("status"))
+        status = _as_dict(ds.get("status"))
         facts.append(Fact("cni", CLUSTER, {
             "plugin": _plugin(name),
             "daemonset": name,
             "namespace": _ns(ds),
-            "desired": _i(status.get("desiredNumberScheduled")),
-            "ready": _i(status.get("numberReady")),
+            "desired": _as_int(status.get("desiredNumberScheduled")),
+            "ready": _as_int(status.get("numberReady")),
         }, calls.source("daemonsets", {"name": name, "status": status})))
     for pod in pods or []:
         name = _name(pod) or ""
@@ -319,14 +321,14 @@ def _cni_facts(calls: _Calls, daemonsets: list[dict] | None, pods: list[dict] | 
         if not any(m in (owner or name) for m in CNI_MARKERS):
             continue
         ready, restarts, reason = _pod_health(pod)
-        node = _s(_get(pod, "spec", "nodeName"))
+        node = _as_text(_get(pod, "spec", "nodeName"))
         facts.append(Fact("cni_pod", where(node) if node else CLUSTER, {
             "pod": name,
             "namespace": _ns(pod),
             "plugin": _plugin(owner or name),
             "ready": ready,
             "restarts": restarts,
-            "phase": _s(_get(pod, "status", "phase")),
+            "phase": _as_text(_get(pod, "status", "phase")),
             "reason": reason,
         }, calls.source("pods", {"name": name, "status": pod.get("status")})))
     return facts
@@ -337,15 +339,15 @@ def _kube_proxy_fact(calls: _Calls, daemonsets: list[dict] | None,
     cm = calls.obj("kube_proxy_config")
     mode = None
     if cm is not None:
-        conf = _s(_get(cm, "data", "config.conf")) or ""
+        conf = _as_text(_get(cm, "data", "config.conf")) or ""
         m = re.search(r"^mode:\s*\"?([A-Za-z]*)\"?\s*$", conf, re.M)
         if m:
             mode = m.group(1) or "iptables"  # "" means the platform default: iptables on Linux
     ready = desired = None
     ds = next((d for d in daemonsets or [] if _name(d) == "kube-proxy"), None)
     if ds is not None:
-        ready = _i(_get(ds, "status", "numberReady"))
-        desired = _i(_get(ds, "status", "desiredNumberScheduled"))
+        ready = _as_int(_get(ds, "status", "numberReady"))
+        desired = _as_int(_get(ds, "status", "desiredNumberScheduled"))
     elif pods is not None:
         mine = [p for p in pods if _get(p, "metadata", "labels", "k8s-app") == "kube-proxy"]
         if mine:
@@ -365,21 +367,21 @@ def _dns_facts(calls: _Calls, pods: list[dict] | None, services: list[dict] | No
         if _get(pod, "metadata", "labels", "k8s-app") != "kube-dns":
             continue
         ready, restarts, _ = _pod_health(pod)
-        node = _s(_get(pod, "spec", "nodeName"))
+        node = _as_text(_get(pod, "spec", "nodeName"))
         facts.append(Fact("dns_pod", where(node) if node else CLUSTER, {
             "pod": _name(pod) or "",
-            "ip": _s(_get(pod, "status", "podIP")),
+            "ip": _as_text(_get(pod, "status", "podIP")),
             "ready": ready,
             "restarts": restarts,
         }, calls.source("pods", {"name": _name(pod), "status": pod.get("status")})))
     domain = None
-    corefile = _s(_get(calls.obj("coredns_config"), "data", "Corefile")) or ""
+    corefile = _as_text(_get(calls.obj("coredns_config"), "data", "Corefile")) or ""
     m = re.search(r"^\s*kubernetes\s+([^{\n]*)", corefile, re.M)
     if m:
         zones = [z for z in m.group(1).split() if not z.endswith(("in-addr.arpa", "ip6.arpa"))]
         domain = zones[0].rstrip(".") if zones else None
     for svc in services or []:
-        labels = _d(_get(svc, "metadata", "labels"))
+        labels = _as_dict(_get(svc, "metadata", "labels"))
         if _ns(svc) != "kube-system" or not (
             labels.get("k8s-app") == "kube-dns" or _name(svc) in ("kube-dns", "coredns")
         ):
@@ -387,7 +389,7 @@ def _dns_facts(calls: _Calls, pods: list[dict] | None, services: list[dict] | No
         facts.append(Fact("dns_service", CLUSTER, {
             "name": _name(svc) or "",
             "namespace": _ns(svc),
-            "cluster_ip": _s(_get(svc, "spec", "clusterIP")),
+            "cluster_ip": _as_text(_get(svc, "spec", "clusterIP")),
             "cluster_domain": domain,
         }, calls.source("services", {"name": _name(svc), "spec": svc.get("spec"),
                                      "cluster_domain": domain})))
@@ -401,13 +403,13 @@ def _service_facts(calls: _Calls, services: list[dict], slices: list[dict],
                    node_zone: dict[str, str]) -> list[Fact]:
     by_svc: dict[tuple[str, str], list[dict]] = {}
     for sl in slices:
-        svc = _s(_get(sl, "metadata", "labels", "kubernetes.io/service-name"))
+        svc = _as_text(_get(sl, "metadata", "labels", "kubernetes.io/service-name"))
         if svc:
             by_svc.setdefault((_ns(sl), svc), []).append(sl)
     facts = []
     for svc in services:
         name, ns = _name(svc), _ns(svc)
-        spec = _d(svc.get("spec"))
+        spec = _as_dict(svc.get("spec"))
         mine = by_svc.get((ns, name or ""), [])
         if not name or spec.get("type") == "ExternalName":
             continue
@@ -417,34 +419,36 @@ def _service_facts(calls: _Calls, services: list[dict], slices: list[dict],
         zones: set[str] = set()
         hinted = False
         for sl in mine:
-            for ep in _l(sl.get("endpoints")):
+            for ep in _as_list(sl.get("endpoints")):
                 if not isinstance(ep, dict):
                     continue
-                n_addr = len([a for a in _l(ep.get("addresses")) if isinstance(a, str)]) or 1
+                n_addr = len([a for a in _as_list(ep.get("addresses")) if isinstance(a, str)]) or 1
                 total += n_addr
                 # API contract: an unset ready condition is to be read as ready
                 if _get(ep, "conditions", "ready") is not False:
                     ready += n_addr
-                    zone = _s(ep.get("zone")) or node_zone.get(_s(ep.get("nodeName")) or "")
+                    zone = (_as_text(ep.get("zone"))
+                            or node_zone.get(_as_text(ep.get("nodeName")) or ""))
                     if zone:
                         zones.add(zone)
                 hinted = hinted or bool(_get(ep, "hints", "forZones"))
-        ann = _d(_get(svc, "metadata", "annotations"))
+        ann = _as_dict(_get(svc, "metadata", "annotations"))
         topology = hinted or any(
             str(ann.get(a, "")).lower() in ("auto", "preferzone") for a in TOPOLOGY_ANNOTATIONS
-        ) or _s(spec.get("trafficDistribution")) in ("PreferClose", "PreferSameZone",
+        ) or _as_text(spec.get("trafficDistribution")) in ("PreferClose", "PreferSameZone",
                                                      "PreferSameNode")
         facts.append(Fact("service_endpoints", CLUSTER, {
             "namespace": ns,
             "name": name,
-            "cluster_ip": _s(spec.get("clusterIP")),
+            "cluster_ip": _as_text(spec.get("clusterIP")),
             "ready_endpoints": ready,
             "endpoints": total,
             "zones": len(zones),
             "zone_list": ",".join(sorted(zones)),
             "topology_aware": topology,
         }, calls.source("endpointslices", {"service": f"{ns}/{name}",
-                                           "endpoints": [_l(s.get("endpoints")) for s in mine]})))
+                                           "endpoints": [_as_list(s.get("endpoints"))
+                                                         for s in mine]})))
     return facts
 
 
@@ -454,15 +458,15 @@ def _policy_facts(calls: _Calls, policies: list[dict]) -> list[Fact]:
         name = _name(p)
         if not name:
             continue
-        spec = _d(p.get("spec"))
+        spec = _as_dict(p.get("spec"))
         selector = spec.get("podSelector")
         all_pods = isinstance(selector, dict) and not selector.get("matchLabels") and not \
             selector.get("matchExpressions")
-        types = [str(t) for t in _l(spec.get("policyTypes"))] or (
+        types = [str(t) for t in _as_list(spec.get("policyTypes"))] or (
             ["Ingress", "Egress"] if "egress" in spec else ["Ingress"]
         )
-        deny = ("Ingress" in types and not _l(spec.get("ingress"))) or (
-            "Egress" in types and not _l(spec.get("egress"))
+        deny = ("Ingress" in types and not _as_list(spec.get("ingress"))) or (
+            "Egress" in types and not _as_list(spec.get("egress"))
         )
         facts.append(Fact("network_policy", CLUSTER, {
             "namespace": _ns(p),
@@ -477,21 +481,21 @@ def _flannel_fact(calls: _Calls) -> list[Fact]:
     cm = calls.obj("flannel_config")
     if cm is None:
         return []
-    raw = _s(_get(cm, "data", "net-conf.json"))
-    conf = _d(json.loads(raw)) if raw else {}
-    backend = _d(conf.get("Backend"))
+    raw = _as_text(_get(cm, "data", "net-conf.json"))
+    conf = _as_dict(json.loads(raw)) if raw else {}
+    backend = _as_dict(conf.get("Backend"))
     return [Fact("flannel_config", CLUSTER, {
         "namespace": _ns(cm),
-        "network": _s(conf.get("Network")),
-        "backend": _s(backend.get("Type")),
-        "port": _i(backend.get("Port")),
+        "network": _as_text(conf.get("Network")),
+        "backend": _as_text(backend.get("Type")),
+        "port": _as_int(backend.get("Port")),
     }, calls.source("flannel_config", raw))]
 
 
 def _ippool_facts(calls: _Calls) -> list[Fact]:
     facts = []
     for pool in calls.items("calico_ippools") or []:
-        spec = _d(pool.get("spec"))
+        spec = _as_dict(pool.get("spec"))
         if not _name(pool):
             continue
 
@@ -501,9 +505,9 @@ def _ippool_facts(calls: _Calls) -> list[Fact]:
 
         facts.append(Fact("calico_ippool", CLUSTER, {
             "name": _name(pool) or "",
-            "cidr": _s(spec.get("cidr")),
-            "ipip_mode": _s(spec.get("ipipMode")),
-            "vxlan_mode": _s(spec.get("vxlanMode")),
+            "cidr": _as_text(spec.get("cidr")),
+            "ipip_mode": _as_text(spec.get("ipipMode")),
+            "vxlan_mode": _as_text(spec.get("vxlanMode")),
             "nat_outgoing": flag("natOutgoing"),
             "disabled": flag("disabled"),
         }, calls.source("calico_ippools", spec)))
@@ -521,12 +525,12 @@ def cluster_facts(doc: Any, inventory: Iterable[tuple[str, str]] = ()) -> list[F
     failed = _call_status_facts(calls)
     facts: list[Fact] = [Fact("cluster_api", CLUSTER, {
         "queried": doc.get("queried") is True,
-        "server": _s(_get(doc, "source", "server")),
-        "context": _s(_get(doc, "source", "context")),
-        "reason": _s(doc.get("reason")),
+        "server": _as_text(_get(doc, "source", "server")),
+        "context": _as_text(_get(doc, "source", "context")),
+        "reason": _as_text(doc.get("reason")),
         "calls": len(calls.calls),
         "failed": len(failed),
-    }, Source("api", "kubernetes API", None, _s(doc.get("reason")) or ""))]
+    }, Source("api", "kubernetes API", None, _as_text(doc.get("reason")) or ""))]
     if doc.get("queried") is not True:
         return facts
     facts += failed
@@ -545,7 +549,7 @@ def cluster_facts(doc: Any, inventory: Iterable[tuple[str, str]] = ()) -> list[F
         return to_inventory.get(api_name, api_name)
 
     node_zone = {
-        _name(n) or "": _s(_get(n, "metadata", "labels", "topology.kubernetes.io/zone")) or ""
+        _name(n) or "": _as_text(_get(n, "metadata", "labels", "topology.kubernetes.io/zone")) or ""
         for n in api_nodes or []
     }
     daemonsets, pods = calls.items("daemonsets"), calls.items("pods")

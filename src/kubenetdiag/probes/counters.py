@@ -19,8 +19,9 @@ MIN_INTERVAL_S = 2
 SAMPLE = "cat /proc/uptime /proc/net/snmp /proc/net/netstat /proc/net/stat/nf_conntrack 2>/dev/null"
 SAMPLING = TwoSample("counters", SAMPLE, MIN_INTERVAL_S)
 
-# (group, counter): the drops and errors the runbooks look at. Group and counter are spelled
-# as the kernel prints them; `name` joins them as nstat does (TcpExtListenOverflows).
+# (group, counter): the drops and errors docs/runbooks.md#runbook-004 looks at. Group and
+# counter are spelled as the kernel prints them; `name` joins them as nstat does
+# (TcpExtListenOverflows).
 WATCH: tuple[tuple[str, str], ...] = (
     ("Ip", "InHdrErrors"), ("Ip", "InAddrErrors"), ("Ip", "InDiscards"), ("Ip", "OutDiscards"),
     ("Ip", "OutNoRoutes"), ("Ip", "ReasmFails"), ("Ip", "FragFails"), ("Ip", "ForwDatagrams"),

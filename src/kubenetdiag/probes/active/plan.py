@@ -93,7 +93,8 @@ def _is_ip(text: str) -> bool:
 
 
 def gateway_of(cidr: str | None) -> str | None:
-    """The pod CIDR's first address: cni0's address under flannel (the runbook's x.x.x.1)."""
+    """The pod CIDR's first address: cni0's address under flannel, the `.1` that
+    docs/runbooks.md#runbook-001 pings."""
     if not cidr:
         return None
     try:
