@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from kubenetdiag.engine.schema import rule_schema
-from kubenetdiag.findings.schema import report_is_valid, report_schema, validate_report
+from kubenetdiag.findings.schema import (
+    REPORT_SCHEMA_PATH,
+    report_is_valid,
+    report_schema,
+    validate_report,
+)
+from kubenetdiag.vocabulary import SEVERITIES
 from test_reports import ALL_REPORTS, big_report, hostile_report, one_root_cause_report
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -162,3 +168,10 @@ def test_integral_float_is_an_integer_as_in_jsonschema() -> None:
     report = one_root_cause_report()
     report["rules"]["count"] = 42.0
     validate_report(report)
+
+
+def test_the_schemas_spell_the_severities_as_the_code_orders_them():
+    # The JSON Schemas are contracts others read; the order lives in kubenetdiag.vocabulary.
+    report = json.loads(Path(REPORT_SCHEMA_PATH).read_text())
+    assert report["$defs"]["severity"]["enum"] == list(SEVERITIES)
+    assert '"enum": ' + json.dumps(list(SEVERITIES)) in json.dumps(rule_schema())

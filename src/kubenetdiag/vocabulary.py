@@ -8,6 +8,8 @@ from __future__ import annotations
 
 SEVERITIES: tuple[str, ...] = ("critical", "error", "warning", "info")
 SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
+# Warning and worse need a person: they make the exit code 1.
+ALARMING: frozenset[str] = frozenset(SEVERITIES[: SEVERITY_RANK["warning"] + 1])
 
 # Substrings that mark a pod or DaemonSet as a CNI agent, in the names the CNIs ship with
 # (kube-flannel-ds, calico-node, cilium, weave-net, kube-router, antrea-agent, canal).

@@ -9,13 +9,11 @@ from __future__ import annotations
 from kubenetdiag import __version__
 from kubenetdiag.errors import EXIT_ALL_FAILED, EXIT_FINDINGS, EXIT_OK
 from kubenetdiag.facts.model import Fact, by_kind
-from kubenetdiag.vocabulary import SEVERITIES
+from kubenetdiag.vocabulary import ALARMING, SEVERITIES
 
 from .schema import validate_report
 
 REPORT_SCHEMA = "kubenetdiag/report/v1"
-# The severities that make the exit code 1: something needs a person.
-ALARMING = frozenset({"critical", "error", "warning"})
 
 
 # Matrix layers in the order a reader narrows a fault down: pods first (what users feel), then
