@@ -61,10 +61,10 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     heal.add_argument("node_pos", nargs="?", metavar="NODE", help=argparse.SUPPRESS)
     heal.add_argument("--node")
     down = sub.add_parser("down", help="tear the lab down (also after a crashed run)")
-    for p in (up, status, ex, inject, heal, down):
-        p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
-    for p in (up, down):
-        p.add_argument("--prefix", default="knd")
+    for command in (up, status, ex, inject, heal, down):
+        command.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    for command in (up, down):
+        command.add_argument("--prefix", default="knd")
 
 
 def fault_list() -> str:
@@ -78,7 +78,8 @@ def fault_list() -> str:
             continue
         extra = []
         if spec.params:
-            extra.append("params " + ", ".join(f"{k}={v}" for k, v in spec.params.items()))
+            extra.append("params " + ", ".join(f"{key}={value}"
+                                               for key, value in spec.params.items()))
         if spec.modes:
             extra.append("cni " + "|".join(spec.modes))
         tail = f" [{'; '.join(extra)}]" if extra else ""
@@ -104,8 +105,9 @@ def status_view(lab: Lab) -> dict[str, Any]:
         "cni": state["cni"],
         "client_netns": state["client"]["netns"],
         "client_address": state["client"]["address"],
-        "nodes": [{"name": n["name"], "netns": n["netns"], "address": n["address"],
-                   "pod_cidr": n["pod_cidr"], "zone": n["zone"]} for n in state["nodes"]],
+        "nodes": [{"name": node["name"], "netns": node["netns"], "address": node["address"],
+                   "pod_cidr": node["pod_cidr"], "zone": node["zone"]}
+                  for node in state["nodes"]],
         "pods": state["pods"],
         "services": state["services"],
         "inventory": state["inventory"],
@@ -117,11 +119,11 @@ def status_view(lab: Lab) -> dict[str, Any]:
 def _print_status(view: dict[str, Any]) -> None:
     print(f"lab {view['prefix']} ({view['cni']}) in {view['workdir']}")
     print(f"  client netns {view['client_netns']} ({view['client_address']})")
-    for n in view["nodes"]:
-        print(f"  {n['name']:8} {n['netns']:18} {n['address']:14} pods {n['pod_cidr']} "
-              f"{n['zone']}")
+    for node in view["nodes"]:
+        print(f"  {node['name']:8} {node['netns']:18} {node['address']:14} "
+              f"pods {node['pod_cidr']} {node['zone']}")
     print(f"  inventory  {view['inventory']}\n  kubeconfig {view['kubeconfig']}")
-    faults = [f"{f['fault']}@{f['node']}" for f in view["faults"]]
+    faults = [f"{entry['fault']}@{entry['node']}" for entry in view["faults"]]
     print(f"  faults     {', '.join(faults) or 'none'}")
 
 
