@@ -137,10 +137,9 @@ def parse_ms_per_node(bundle: Path) -> float:
 
 
 def measure(n: int, repeat: int, workdir: Path, bare: bool = False) -> dict:
-    from kubenetdiag_lab import Lab
-
     from kubenetdiag.collect.script import build_script, new_marker
     from kubenetdiag.probes import PROBES
+    from kubenetdiag_lab import Lab
 
     lab = Lab(workdir / f"lab{n}", nodes=n, prefix="kndbench")
     lab.down()

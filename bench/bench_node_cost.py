@@ -34,10 +34,9 @@ def main() -> int:
         print("needs root: it builds a network-namespace lab", file=sys.stderr)
         return 2
 
-    from kubenetdiag_lab import Lab
-
     from kubenetdiag.collect.script import build_script, new_marker, split_output
     from kubenetdiag.probes import PROBES
+    from kubenetdiag_lab import Lab
 
     runs, per_probe = [], {p.name: [] for p in PROBES}
     with tempfile.TemporaryDirectory(prefix="knd-bench-") as tmp:

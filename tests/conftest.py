@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+
 from kubenetdiag_lab import Lab, missing_requirements
 
 # Distinct from the CLI's default "knd" so a test run never tears down a lab someone brought up

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kubenetdiag_lab import Lab
 
 from kubenetdiag.bundle import read_bundle, read_cluster
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.facts.parse import facts_from_records
+from kubenetdiag_lab import Lab
 
 ENDPOINTS = ["203.0.113.10:3306", "mysql.kubenetdiag-lab.invalid:3306"]
 

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubenetdiag_lab import apiserver
 
 from kubenetdiag.bundle import read_cluster, write_cluster
 from kubenetdiag.cli import main
@@ -18,6 +17,7 @@ from kubenetdiag.collect import cluster as cc
 from kubenetdiag.errors import InputError
 from kubenetdiag.facts.cluster import cluster_facts
 from kubenetdiag.facts.registry import validate_fact
+from kubenetdiag_lab import apiserver
 
 kubernetes = pytest.importorskip("kubernetes")
 

@@ -9,12 +9,12 @@ import random
 from pathlib import Path
 
 import pytest
-from kubenetdiag_lab import k8s_objects
 
 from kubenetdiag.bundle import read_cluster, write_json
 from kubenetdiag.errors import InputError
 from kubenetdiag.facts.cluster import cluster_facts
 from kubenetdiag.facts.registry import validate_fact
+from kubenetdiag_lab import k8s_objects
 
 
 def good_doc() -> dict:

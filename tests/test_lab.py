@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from kubenetdiag_lab import Lab, LabError, find_overlaps, overlap_message
 from kubenetdiag_lab import preflight as preflight_mod
 from kubenetdiag_lab.netns import cmdline, lab_namespaces, list_netns, pids_in_netns

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+
 from kubenetdiag_lab import Lab
 from kubenetdiag_lab.cli import fault_list
 

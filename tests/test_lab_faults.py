@@ -8,6 +8,7 @@ import re
 import time
 
 import pytest
+
 from kubenetdiag_lab import Lab, LabError, cni
 
 pytestmark = pytest.mark.lab
