@@ -163,7 +163,7 @@ def node_state(lab, node: str) -> dict[str, str]:
         # Files in the node's view: nothing created, removed or touched. Other jobs on this
         # machine write to /tmp too, so only what a probe could plausibly leave is compared
         # there (pytest's own dirs and the tool runner's are not the node's doing); the strace
-        # test in test_node_facts_lab.py proves it per system call.
+        # test in test_node_conditions_become_facts.py proves it per system call.
         "files": node_view(lab, node, (
             "find /var/tmp /run -xdev ! -path '/run/netns*' ! -path '/run/user/*' "
             "-printf '%p %T@ %s\\n' 2>/dev/null | sort; "

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -11,21 +9,7 @@ from hypothesis import strategies as st
 from kubenetdiag.facts.parse import node_facts, section_status
 from kubenetdiag.facts.registry import validate_fact
 from kubenetdiag.probes import BY_NAME, Section, iptables, kernel, sysctl
-
-FIX = Path(__file__).parent / "fixtures" / "probes"
-
-
-def section(probe: str, name: str, exit_code: int = 0) -> Section:
-    out = FIX / probe / f"{name}.txt"
-    err = FIX / probe / f"{name}.stderr"
-    return Section(
-        probe=probe,
-        command=BY_NAME[probe].command,
-        exit_code=exit_code,
-        duration_s=0.01,
-        stdout=out.read_text(),
-        stderr=err.read_text() if err.exists() else "",
-    )
+from probe_sections import section
 
 
 def by_key(facts):

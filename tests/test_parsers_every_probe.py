@@ -1,4 +1,5 @@
-"""The node probes added for issue 4, on recorded and old-format outputs, and on garbage."""
+"""Every probe's parser on recorded and old-format outputs, and on garbage: each probe has
+fixtures of real outputs, and no output makes a parser raise."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from kubenetdiag.facts.parse import node_facts
 from kubenetdiag.facts.registry import validate_fact
 from kubenetdiag.probes import BY_NAME, PROBES, Section
-from test_probes import FIX, section
+from probe_sections import FIX, section
 
 
 def parse(probe: str, name: str, exit_code: int = 0):
