@@ -35,6 +35,8 @@ def _facts(n: int) -> list[Fact]:
                                      "addresses": f"198.18.0.{10 + i}/24"}),
             Fact("interface", name, {"name": "flannel.1", "kind": "vxlan", "mtu": 1450,
                                      "vxlan_port": 8472, "vxlan_dev": "eth0"}),
+            Fact("interface", name, {"name": "cni0", "kind": "bridge", "mtu": 1450,
+                                     "addresses": f"10.244.{i}.1/24"}),
         ]
     facts += [
         Fact("dns_pod", "node1", {"pod": "coredns-0", "ip": "10.244.1.3", "ready": True}),
@@ -88,6 +90,7 @@ def test_plan_bounds_peers_and_every_node_is_still_probed_by_k_sources() -> None
 def test_script_is_valid_sh_and_quotes_every_target() -> None:
     p = plan.plan(_facts(3), _hosts(3, kubenetdiag_endpoints=["203.0.113.10:3306"]))["node1"]
     p["peers"][0]["pod_gateway"] = "10.244.2.1; touch /tmp/pwned"  # hostile fact
+    p["peers"][0]["pod_target"] = p["peers"][0]["pod_gateway"]  # what the checks now send to
     text = script.build(p, "@@KND:abc")
     assert subprocess.run(["sh", "-n"], input=text, text=True).returncode == 0
     assert "'10.244.2.1; touch /tmp/pwned'" in text

@@ -14,6 +14,7 @@ from kubenetdiag.facts.cluster import cluster_facts
 from kubenetdiag.facts.model import Fact, Source, excerpt
 from kubenetdiag.probes import BY_NAME, PROBES, Probe, Section
 from kubenetdiag.probes.active import check_for
+from kubenetdiag.probes.active.plan import not_checked
 from kubenetdiag.probes.base import CheckContext
 
 _DENIED = re.compile(
@@ -134,6 +135,8 @@ def active_facts(node: str, active: dict) -> list[Fact]:
                 "blocks": "active probe"},
                 Source(raw.get("probe", "active"), raw.get("command", ""),
                        raw.get("exit_code"), excerpt(raw.get("stdout", ""), 1000))))
+    # peers the plan knew no pod address on: their pod layer was not checked, not failed
+    facts.extend(not_checked(node, plan))
     return facts
 
 

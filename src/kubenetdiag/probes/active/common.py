@@ -50,7 +50,8 @@ def example(podns: str | None = None) -> CheckContext:
     plan: NodePlan = {
         "node": "node1", "address": "198.18.0.11",
         "peers": [{"name": "node2", "address": "198.18.0.12", "pod_cidr": "10.244.2.0/24",
-                   "pod_gateway": "10.244.2.1"}],
+                   "pod_gateway": "10.244.2.1", "pod_target": "10.244.2.1",
+                   "pod_target_source": "interface"}],
         "mtu": [{"layer": "pod", "size": 1422}, {"layer": "underlay", "size": 1472}],
         "vxlan": {"port": 8472, "dev": "eth0"},
         "dns": [{"server": "10.96.0.10", "kind": "service", "pod": None}],

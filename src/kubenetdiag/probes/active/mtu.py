@@ -1,7 +1,7 @@
 """DF pings that fill a layer's MTU exactly (`ping -M do -s MTU-28`): a path that cannot carry
 a full-size packet drops exactly these, while the small pings of the ping check get through.
-One per peer and per layer the plan sized (the overlay's MTU for the pod layer, the underlay
-device's for the underlay).
+One per peer and per layer the plan sized (the overlay's MTU for the pod layer, sent to the
+peer's pod address as the ping check does; the underlay device's for the underlay).
 
 >>> from kubenetdiag.probes.active.common import example, section
 >>> ctx = example()
@@ -29,12 +29,12 @@ from typing import Any
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.probes.active.common import PING, no_tool, peer_at, source, status
 from kubenetdiag.probes.active.ping import parse_ping, unsupported
-from kubenetdiag.probes.active.plan import ICMP_OVERHEAD, NodePlan
+from kubenetdiag.probes.active.plan import ICMP_OVERHEAD, NodePlan, pod_address
 from kubenetdiag.probes.base import ActiveCheck, CheckContext, Section, quoted
 
 
 def _destination(layer: str, peer: Any) -> str | None:
-    return peer.get("pod_gateway") if layer == "pod" else peer.get("address")
+    return pod_address(peer) if layer == "pod" else peer.get("address")
 
 
 def _targets(plan: NodePlan) -> list[tuple[str, Any]]:

@@ -1,6 +1,8 @@
-"""Pings to each peer: its pod gateway (the pod network across nodes) and its underlay
-address, from the node and, as `pod.ping`, from inside a pod's network namespace
-(docs/runbooks.md#runbook-002: from the node first, then from the container).
+"""Pings to each peer: a pod address on it (the pod network across nodes: the plan's
+`pod_target`, or `pod_gateway` in plans older versions stored) and its underlay address, from
+the node and, as `pod.ping`, from inside a pod's network namespace
+(docs/runbooks.md#runbook-002: from the node first, then from the container). A peer the plan
+knows no pod address on gets no pod ping (plan.not_checked says so).
 
 Both iputils' and busybox's output are read. A ping that cannot run (no ping, or an option
 this ping lacks) is a missing tool, never a failed reach.
@@ -29,7 +31,7 @@ from typing import Any
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.probes.active.common import IN_POD, no_tool, peer_at, source, status, vantage
 from kubenetdiag.probes.active.common import PING as PING_CMD
-from kubenetdiag.probes.active.plan import NodePlan
+from kubenetdiag.probes.active.plan import NodePlan, pod_address
 from kubenetdiag.probes.base import ActiveCheck, CheckContext, Section, quoted
 
 _PING_STATS = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
@@ -85,7 +87,7 @@ def unsupported(text: str) -> bool:
 def _targets(plan: NodePlan) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     for i, peer in enumerate(plan["peers"]):
-        if peer.get("pod_gateway"):
+        if pod_address(peer):
             out.append((f"pod.{i}", ("pod", peer)))
         if peer.get("address"):
             out.append((f"underlay.{i}", ("underlay", peer)))
@@ -103,7 +105,7 @@ def _resolve(plan: NodePlan, suffix: str) -> tuple[str, Any]:
 
 def _destination(target: tuple[str, Any]) -> str:
     layer, peer = target
-    return peer["pod_gateway"] if layer == "pod" else peer["address"]
+    return pod_address(peer) if layer == "pod" else peer["address"]
 
 
 def _blocks(target: tuple[str, Any]) -> str:

@@ -1,9 +1,18 @@
 """Which targets each node probes: a pure function of facts and the inventory.
 
-Every target comes from a fact (API nodes, CoreDNS pods, the DNS Service, the node's own
-interfaces) or from the inventory (`kubenetdiag_endpoints`); nothing is guessed. The plan is a
-plain dict, kept in the bundle beside the raw output so `analyze` can name the peer behind each
-address without the network.
+Every target comes from a fact (API nodes, CoreDNS pods, the DNS Service, the nodes' own
+interfaces and routes) or from the inventory (`kubenetdiag_endpoints`); nothing is guessed. The
+plan is a plain dict, kept in the bundle beside the raw output so `analyze` can name the peer
+behind each address without the network.
+
+A peer's pod-network target (`pod_target`, what the pod-layer ping and MTU checks send to) is
+an address known to live on the peer's pod network, taken from the first of (`pod_target_source`):
+  * "interface": the pod CIDR's gateway held by one of the peer's devices (flannel's cni0);
+  * "route": a pod the peer routes to itself, a /32 route inside its pod range on a pod veth
+    (Calico's cali*, where pods sit behind proxy ARP and no node address is in the pod CIDR);
+  * "dns_pod": a CoreDNS pod the API places on the peer;
+  * None: no pod address is known there, so its pod layer is not checked (`not_checked` says
+    so) rather than pinged at an address that may not exist.
 
 Bounds, so a 500-node cluster costs each node the same as a 10-node one:
   * at most MAX_PEERS peers per source, taken in ring order (node i probes i+1..i+K). Every
@@ -20,7 +29,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal, TypedDict
 
-from kubenetdiag.facts.model import Fact
+from kubenetdiag.facts.model import Fact, Source
 
 MAX_PEERS = 8
 MAX_DNS_PODS = 4
@@ -36,11 +45,23 @@ ENDPOINTS_VAR = "kubenetdiag_endpoints"
 # them back; these say which keys they have (docs/contracts.md, "Bundle").
 
 
-class Peer(TypedDict):
+PodTargetSource = Literal["interface", "route", "dns_pod"]
+# host-side names of pod veths: Calico's cali<hash>, and the veth<hash> of generic CNIs
+POD_VETH_PREFIXES = ("cali", "veth")
+
+
+class _PeerKeys(TypedDict):
     name: str
     address: str | None  # underlay address: the API's InternalIP, else the inventory's
     pod_cidr: str | None
-    pod_gateway: str | None  # the pod CIDR's first address (cni0 under flannel)
+    # the pod CIDR's first address (cni0 under flannel). Kept as it was for plans stored in
+    # bundles; the checks send to `pod_address(peer)`, which prefers pod_target.
+    pod_gateway: str | None
+
+
+class Peer(_PeerKeys, total=False):  # plans stored by older versions lack these two
+    pod_target: str | None  # the pod-network address to probe; None: none known
+    pod_target_source: PodTargetSource | None  # which fact it came from
 
 
 class MtuProbe(TypedDict):
@@ -106,6 +127,145 @@ def gateway_of(cidr: str | None) -> str | None:
     return str(net.network_address + 1)
 
 
+def _networks(text: str | None) -> list[ipaddress.IPv4Network]:
+    out = []
+    for part in (text or "").split(","):
+        try:
+            net = ipaddress.ip_network(part.strip(), strict=False)
+        except ValueError:
+            continue
+        if net.version == 4:
+            out.append(net)
+    return out
+
+
+def _host_route(dst: str) -> ipaddress.IPv4Address | None:
+    """The address of a host route (`10.244.2.5`, or `10.244.2.5/32`), else None."""
+    address, _, length = dst.partition("/")
+    if length not in ("", "32"):
+        return None
+    try:
+        return ipaddress.IPv4Address(address)
+    except ValueError:
+        return None
+
+
+def choose_pod_target(
+    pod_cidr: str | None,
+    ifaces: Sequence[Fact],
+    routes: Sequence[Fact],
+    dns_pods: Sequence[Fact],
+    *,
+    address: str | None = None,
+    pools: Sequence[str] = (),
+) -> tuple[str | None, PodTargetSource | None]:
+    """(address, source) of a pod-network target on one peer, from the peer's own `interface`
+    and `route` facts and the CoreDNS pods the API places on it; (None, None) when none is
+    known. `pools`: Calico IPPool CIDRs, where pods may live outside the node's podCIDR.
+
+    flannel: cni0 holds the pod CIDR's gateway, so that is pinged.
+
+    >>> cni0 = Fact("interface", "node2", {"name": "cni0", "kind": "bridge",
+    ...                                    "addresses": "10.244.2.1/24"})
+    >>> choose_pod_target("10.244.2.0/24", [cni0], [], [])
+    ('10.244.2.1', 'interface')
+
+    Calico: no device holds a .1; pods are /32 routes on their cali* veths.
+
+    >>> pod = Fact("route", "node2", {"dst": "10.244.2.7", "dev": "cali1a2b3c4d5e6",
+    ...                               "type": "unicast", "linkdown": False})
+    >>> choose_pod_target("10.244.2.0/24", [], [pod], [])
+    ('10.244.2.7', 'route')
+    >>> choose_pod_target("10.244.2.0/24", [], [], [])
+    (None, None)
+    """
+    gateway = gateway_of(pod_cidr)
+    if gateway:
+        for f in ifaces:
+            held = str(f.attrs.get("addresses") or "").split(",")
+            if any(a.split("/")[0].strip() == gateway for a in held):
+                return gateway, "interface"
+    ranges = _networks(pod_cidr) + [n for pool in pools for n in _networks(pool)]
+    veths = {str(f.attrs.get("name")) for f in ifaces if f.attrs.get("kind") == "veth"}
+    live = []
+    for f in routes:
+        dev = str(f.attrs.get("dev") or "")
+        if f.attrs.get("linkdown") or str(f.attrs.get("type") or "unicast") != "unicast":
+            continue
+        if not (dev.startswith(POD_VETH_PREFIXES) or dev in veths):
+            continue
+        ip = _host_route(str(f.attrs.get("dst") or ""))
+        if ip is None or str(ip) == address:
+            continue
+        # inside a known pod range; with none known, only Calico's own device names say "pod"
+        if any(ip in net for net in ranges) if ranges else dev.startswith("cali"):
+            live.append(ip)
+    if live:
+        return str(min(live)), "route"
+    on_node = sorted((f for f in dns_pods if f.attrs.get("ip") and f.attrs["ip"] != address),
+                     key=lambda f: (not f.attrs.get("ready"), str(f.attrs.get("pod"))))
+    if on_node:
+        return str(on_node[0].attrs["ip"]), "dns_pod"
+    return None, None
+
+
+def pod_address(peer: Any) -> str | None:
+    """Where the pod-layer checks send to: the plan's `pod_target`; a plan stored by an older
+    version has none and pinged `pod_gateway`, so its sections still read the same.
+
+    >>> pod_address({"name": "node2", "pod_gateway": "10.244.2.1"})
+    '10.244.2.1'
+    >>> pod_address({"name": "node2", "pod_gateway": "10.244.2.1", "pod_target": "10.244.2.7",
+    ...              "pod_target_source": "route"})
+    '10.244.2.7'
+    >>> pod_address({"name": "node2", "pod_gateway": "10.244.2.1", "pod_target": None,
+    ...              "pod_target_source": None}) is None
+    True
+    """
+    if "pod_target" in peer:
+        return peer["pod_target"]
+    return peer.get("pod_gateway")
+
+
+NOT_CHECKED_PROBE = "active.pod_target"
+
+
+def not_checked(node: str, node_plan: Any) -> list[Fact]:
+    """One `probe_status` for the peers this node's plan found no pod address on: their pod
+    layer was not checked from here, which says nothing about whether it works. Plans stored by
+    older versions (no `pod_target`) give none.
+
+    >>> p = {"peers": [{"name": "node2", "pod_cidr": None, "pod_target": None,
+    ...                 "pod_target_source": None},
+    ...                {"name": "node3", "pod_target": "10.244.3.1",
+    ...                 "pod_target_source": "interface"}]}
+    >>> [fact] = not_checked("node1", p)
+    >>> fact.attrs["status"], fact.attrs["blocks"]
+    ('not_queried', 'pod-network reachability and pod-layer MTU from node1 to node2')
+    >>> print(fact.attrs["reason"])  # doctest: +ELLIPSIS
+    no pod address is known on node2, so nothing was pinged: ... Pass --kubeconfig ...
+    """
+    missing = [p for p in (node_plan or {}).get("peers") or []
+               if isinstance(p, dict) and "pod_target" in p and not p.get("pod_target")]
+    if not missing:
+        return []
+    names = [str(p.get("name")) for p in missing]
+    for k in range(len(names), 0, -1):  # as many names as fit the reason's 300 characters
+        shown = ", ".join(names[:k]) + (f" and {len(names) - k} more" if k < len(names) else "")
+        reason = (
+            f"no pod address is known on {shown}, so nothing was pinged: no device there holds "
+            "the pod CIDR's gateway, no /32 route leads to a pod veth, no CoreDNS pod runs "
+            "there. Pass --kubeconfig (pod CIDRs, CoreDNS pods) or see why its routes were "
+            "unreadable"
+        )
+        if len(reason) <= 300:
+            break
+    blocks = f"pod-network reachability and pod-layer MTU from {node} to {', '.join(names)}"
+    return [Fact("probe_status", node, {
+        "probe": NOT_CHECKED_PROBE, "status": "not_queried", "reason": reason[:300],
+        "blocks": blocks}, Source(NOT_CHECKED_PROBE, "", None, reason))]
+
+
 def parse_endpoint(spec: Any) -> tuple[str, int] | None:
     """`host:port` -> (host, port); anything else (a typo in the inventory) -> None."""
     if not isinstance(spec, str) or ":" not in spec:
@@ -153,6 +313,9 @@ def plan(
     subnet = {f.node: f for f in facts if f.kind == "flannel_subnet"}
     status = {f.node: f for f in facts if f.kind == "node_status"}
     ifaces = _by_node(facts, "interface")
+    routes = _by_node(facts, "route")
+    pools = [str(f.attrs["cidr"]) for f in facts if f.kind == "calico_ippool"
+             and f.attrs.get("cidr") and not f.attrs.get("disabled")]
     flannel = next((f for f in facts if f.kind == "flannel_config"), None)
     dns_svc = next((f for f in facts if f.kind == "dns_service"), None)
     dns_pods = sorted(
@@ -184,8 +347,12 @@ def plan(
         return None
 
     info = {n: {"name": n, "address": address(n), "pod_cidr": pod_cidr(n)} for n in names}
-    for entry in info.values():
+    dns_on = _by_node(dns_pods, "dns_pod")
+    for n, entry in info.items():
         entry["pod_gateway"] = gateway_of(entry["pod_cidr"])
+        entry["pod_target"], entry["pod_target_source"] = choose_pod_target(
+            entry["pod_cidr"], ifaces.get(n, []), routes.get(n, []), dns_on.get(n, []),
+            address=entry["address"], pools=pools)
     domain = str(dns_svc.attrs.get("cluster_domain") or DEFAULT_DOMAIN) if dns_svc else \
         DEFAULT_DOMAIN
     flannel_port = _int(flannel.attrs.get("port")) if flannel else None
