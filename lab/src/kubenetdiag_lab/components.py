@@ -1,0 +1,110 @@
+"""Where the lab's real component binaries are: the versions pinned in lab/components/versions.env
+and the cache lab/components/build.sh builds them into.
+
+    ${KUBENETDIAG_COMPONENTS:-/var/cache/kubenetdiag-lab}/<project>-<version>/<binary>
+
+The lab is installed editable from the repository, so versions.env is found relative to this
+file. Nothing here builds anything: `missing()` says what is absent and the command that
+builds it, and the lab refuses to start with that message.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubenetdiag_lab.errors import LabError
+
+LAB_DIR = Path(__file__).resolve().parents[2]  # lab/ (src/kubenetdiag_lab/components.py)
+VERSIONS_ENV = LAB_DIR / "components" / "versions.env"
+BUILD_SCRIPT = "lab/components/build.sh"  # as a user types it from the repository root
+DEFAULT_CACHE = Path("/var/cache/kubenetdiag-lab")
+CACHE_ENV = "KUBENETDIAG_COMPONENTS"
+
+# binary -> (project directory prefix in the cache, versions.env key): build.sh's table.
+BINARIES: Mapping[str, tuple[str, str]] = {
+    "kube-apiserver": ("kubernetes", "KUBERNETES_VERSION"),
+    "kube-controller-manager": ("kubernetes", "KUBERNETES_VERSION"),
+    "kube-proxy": ("kubernetes", "KUBERNETES_VERSION"),
+    "etcd": ("etcd", "ETCD_VERSION"),
+    "flanneld": ("flannel", "FLANNEL_VERSION"),
+    "coredns": ("coredns", "COREDNS_VERSION"),
+}
+CONTROL_PLANE = ("kube-apiserver", "etcd")
+
+
+@dataclass(frozen=True)
+class Component:
+    binary: str
+    version: str
+    path: Path
+
+    @property
+    def present(self) -> bool:
+        return self.path.is_file() and os.access(self.path, os.X_OK)
+
+
+def read_versions(path: Path = VERSIONS_ENV) -> dict[str, str]:
+    """versions.env's KEY=value lines (shell syntax, but only the plain subset it uses)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise LabError(
+            f"{path}: not found; the lab's real components need the lab installed editable "
+            f"from the repository (pip install -e ./lab)"
+        ) from exc
+    out = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        words = shlex.split(value, comments=True)
+        out[key.strip()] = words[0] if words else ""
+    return out
+
+
+def cache_root(environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    return Path(environ.get(CACHE_ENV) or DEFAULT_CACHE)
+
+
+def component(binary: str, *, versions: Mapping[str, str] | None = None,
+              root: Path | None = None) -> Component:
+    """Where `binary` is (or would be) for the pinned version."""
+    try:
+        project, key = BINARIES[binary]
+    except KeyError as exc:
+        raise LabError(f"unknown component {binary!r}; one of {', '.join(BINARIES)}") from exc
+    versions = read_versions() if versions is None else versions
+    version = versions.get(key)
+    if not version:
+        raise LabError(f"{VERSIONS_ENV}: no {key}")
+    root = cache_root() if root is None else root
+    return Component(binary, version, root / f"{project}-{version}" / binary)
+
+
+def path_of(binary: str) -> Path:
+    return component(binary).path
+
+
+def build_command(binaries: Iterable[str]) -> str:
+    return shlex.join(["bash", BUILD_SCRIPT, *binaries])
+
+
+def missing(binaries: Iterable[str] = CONTROL_PLANE, *, root: Path | None = None) -> str | None:
+    """None when every binary is built for its pinned version, else a message naming the
+    missing ones and the exact command that builds them."""
+    versions = read_versions()
+    absent = [c for c in (component(b, versions=versions, root=root) for b in binaries)
+              if not c.present]
+    if not absent:
+        return None
+    listing = ", ".join(f"{c.binary} {c.version} ({c.path})" for c in absent)
+    where = "" if root is None and CACHE_ENV not in os.environ else \
+        f"{CACHE_ENV}={shlex.quote(str(root or cache_root()))} "
+    return (f"lab components not built: {listing}; build them from the repository root with "
+            f"`{where}{build_command(c.binary for c in absent)}` (as root)")

@@ -1,0 +1,648 @@
+"""A real Kubernetes control plane for the lab: etcd + kube-apiserver in a network namespace of
+their own, `<prefix>-cp`, on the lab switch at 198.18.0.3/24 (no default route, like every lab
+namespace). Not wired into `Lab` yet; `Lab.up` still starts the Python stand-in.
+
+    cp = ControlPlane(workdir, netns)   # netns exists and is wired (add_cp_netns does both)
+    cp.start()                          # PKI, tokens, etcd, kube-apiserver, /readyz, RBAC
+    admin = cp.admin()                  # AdminClient: create objects, set pod/node status
+    cp.kubeconfig("kubenetdiag")        # read-only token (collect/rbac.yaml), for the diagnoser
+    cp.kubeconfig("nobody")             # authenticated, no rights: real 403s
+    cp.stop()                           # idempotent; kills both, nothing left anywhere
+
+* etcd listens on 127.0.0.1 inside the namespace only (client 2379, peer 2380); its data dir is
+  `<workdir>/controlplane/etcd`, wiped at every start, and it runs with --unsafe-no-fsync: lab
+  data is throw-away, and fsyncs on a shared disk cost start-up time.
+* kube-apiserver listens on 198.18.0.3:6443 only (TLS from pki.py), RBAC only (no Node
+  authorizer: there is no kubelet), static tokens (--token-auth-file) for three users:
+  `kubenetdiag-lab-admin` (group system:masters), `kubenetdiag` (bound to the ClusterRole in
+  kubenetdiag/collect/rbac.yaml, applied at start-up with the admin token) and `nobody` (no
+  binding at all). Anonymous requests stay enabled as on a real cluster (/version, /readyz).
+* The ServiceAccount admission plugin is disabled: it rejects every pod whose namespace has no
+  `default` ServiceAccount, and without kube-controller-manager nothing creates those. The
+  alternative, creating a ServiceAccount in every namespace the lab uses, would be one more
+  step per namespace for a field (the pod's service account) the diagnoser never reads.
+  Everything else in the default admission chain stays on.
+* Without controller-manager and scheduler, the lab writes what they would: spec.nodeName and
+  spec.podCIDR at creation, pod and node status through the status subresource, and the
+  EndpointSlices of its Services.
+* Processes are started with `ip netns exec` (the pid is the binary's: ip execs it), niced,
+  logs in `<workdir>/logs/{etcd,kube-apiserver}.log`, pids in `<workdir>/controlplane/pids.json`
+  so `stop_recorded(workdir)` can clean up after a crashed run.
+* Calls from this (root-namespace) process to the API run in a thread that entered the client
+  or control-plane namespace with setns(2) (`in_netns`): the root namespace cannot reach
+  198.18.0.3 and must not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import http.client
+import json
+import os
+import secrets
+import shutil
+import signal
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from kubenetdiag_lab import components, pki
+from kubenetdiag_lab.errors import LabError
+from kubenetdiag_lab.netns import (
+    NETNS_DIR,
+    add_netns,
+    cmdline,
+    delete_netns,
+    ip_batch,
+    pids_in_netns,
+    terminate,
+)
+from kubenetdiag_lab.pki import write_private
+from kubenetdiag_lab.topology import CLUSTER_DOMAIN, SERVICE_NETWORK, UNDERLAY
+
+CP_ADDRESS = "198.18.0.3"
+SECURE_PORT = 6443
+ETCD_CLIENT = "http://127.0.0.1:2379"
+ETCD_PEER = "http://127.0.0.1:2380"
+SWITCH_PORT = "swcp"  # the control plane's port on the lab switch's br0
+ADMIN_USER = "kubenetdiag-lab-admin"
+READER_USER = "kubenetdiag"
+NOBODY_USER = "nobody"
+USERS = (ADMIN_USER, READER_USER, NOBODY_USER)
+NICE = 10
+START_TIMEOUT = 180.0
+SERVICE_ACCOUNT_ISSUER = f"https://kubernetes.default.svc.{CLUSTER_DOMAIN}"
+
+T = TypeVar("T")
+
+
+def cp_netns(prefix: str) -> str:
+    return f"{prefix}-cp"
+
+
+def server_url(address: str = CP_ADDRESS) -> str:
+    return f"https://{address}:{SECURE_PORT}"
+
+
+# ---------------------------------------------------------------- network namespaces
+
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+def in_netns(netns: str, fn: Callable[..., T], *args: Any, timeout: float | None = None,
+             **kwargs: Any) -> T:
+    """fn(*args, **kwargs) in a new thread that first entered network namespace `netns`.
+
+    setns(2) moves only the calling thread (os.setns needs Python 3.12), so the caller's
+    thread stays where it is; threads fn starts inherit the namespace, and sockets fn opens
+    stay in it. Exceptions propagate; `timeout` (seconds) raises TimeoutError if fn is
+    still running (the thread is a daemon and is left to finish).
+    """
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            fd = os.open(NETNS_DIR / netns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns into network namespace {netns}: "
+                                       f"{os.strerror(err)}")
+            finally:
+                os.close(fd)
+            result["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # handed to the caller's thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"netns-{netns}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"call in network namespace {netns} still running after {timeout}s")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def add_cp_netns(prefix: str, switch_netns: str, address: str = CP_ADDRESS) -> str:
+    """Create `<prefix>-cp` and plug it into the switch's br0 at address/24 (no default route).
+
+    The veth is created in the switch with its peer born in the new namespace, as the lab
+    does for every namespace: no interface ever exists in the root namespace.
+    """
+    name = cp_netns(prefix)
+    add_netns([name])
+    try:
+        ip_batch(switch_netns, [f"link add {SWITCH_PORT} type veth peer name eth0 netns {name}",
+                                f"link set {SWITCH_PORT} master br0 up"])
+        ip_batch(name, ["link set lo up", f"addr add {address}/{UNDERLAY.prefixlen} dev eth0",
+                        "link set eth0 up"])
+    except BaseException:
+        delete_cp_netns(prefix)
+        raise
+    return name
+
+
+def delete_cp_netns(prefix: str) -> list[str]:
+    """Kill whatever still runs in `<prefix>-cp` and delete it (its veth goes with it); return
+    what could not be deleted. Safe to repeat."""
+    name = cp_netns(prefix)
+    terminate(pid for pids in pids_in_netns([name]).values() for pid in pids)
+    return delete_netns([name])
+
+
+# ---------------------------------------------------------------- files
+
+
+@dataclass(frozen=True)
+class ControlPlaneFiles:
+    workdir: Path
+
+    @property
+    def dir(self) -> Path:
+        return self.workdir / "controlplane"
+
+    @property
+    def pki(self) -> pki.PkiFiles:
+        return pki.PkiFiles(self.dir / "pki")
+
+    @property
+    def etcd_data(self) -> Path:
+        return self.dir / "etcd"
+
+    @property
+    def tokens(self) -> Path:
+        return self.dir / "tokens.csv"
+
+    @property
+    def pids(self) -> Path:
+        return self.dir / "pids.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.workdir / "logs"
+
+    def log(self, binary: str) -> Path:
+        return self.logs / f"{binary}.log"
+
+    def kubeconfig(self, user: str) -> Path:
+        return self.dir / f"kubeconfig-{user}"
+
+
+def kubeconfig_text(server: str, ca_pem: bytes, user: str, token: str) -> str:
+    import base64
+
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "kubenetdiag-lab", "cluster": {
+            "server": server,
+            "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": f"{user}@kubenetdiag-lab",
+                      "context": {"cluster": "kubenetdiag-lab", "user": user}}],
+        "current-context": f"{user}@kubenetdiag-lab",
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def write_kubeconfig(path: Path, server: str, ca_pem: bytes, user: str, token: str) -> Path:
+    """A kubeconfig (0600) that authenticates as `user` with a bearer token."""
+    write_private(path, kubeconfig_text(server, ca_pem, user, token).encode())
+    return path
+
+
+def rbac_manifest() -> list[dict]:
+    """kubenetdiag/collect/rbac.yaml: the product's read-only ClusterRole and its binding."""
+    text = resources.files("kubenetdiag.collect").joinpath("rbac.yaml").read_text("utf-8")
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"({path}: no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+# ---------------------------------------------------------------- the admin client
+
+
+class ApiError(LabError):
+    def __init__(self, method: str, path: str, status: int, body: bytes) -> None:
+        self.status = status
+        try:
+            message = json.loads(body).get("message") or ""
+        except (ValueError, AttributeError):
+            message = body.decode(errors="replace")[:300]
+        super().__init__(f"{method} {path}: HTTP {status}: {message}")
+
+
+# kind -> (plural, namespaced): what the lab creates
+KINDS: Mapping[str, tuple[str, bool]] = {
+    "Namespace": ("namespaces", False),
+    "Node": ("nodes", False),
+    "Pod": ("pods", True),
+    "Service": ("services", True),
+    "ConfigMap": ("configmaps", True),
+    "ServiceAccount": ("serviceaccounts", True),
+    "DaemonSet": ("daemonsets", True),
+    "EndpointSlice": ("endpointslices", True),
+    "NetworkPolicy": ("networkpolicies", True),
+    "ClusterRole": ("clusterroles", False),
+    "ClusterRoleBinding": ("clusterrolebindings", False),
+    "CustomResourceDefinition": ("customresourcedefinitions", False),
+    "IPPool": ("ippools", False),
+}
+
+
+def collection_path(obj: Mapping[str, Any], namespace: str | None = None) -> str:
+    """/api/v1/... or /apis/<group>/<version>/... collection of an object, from its
+    apiVersion and kind (KINDS lists the kinds known here)."""
+    api_version, kind = obj["apiVersion"], obj["kind"]
+    try:
+        plural, namespaced = KINDS[kind]
+    except KeyError as exc:
+        raise LabError(f"the lab's admin client does not know kind {kind!r}") from exc
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    if namespaced:
+        ns = namespace or obj.get("metadata", {}).get("namespace") or "default"
+        return f"{base}/namespaces/{ns}/{plural}"
+    return f"{base}/{plural}"
+
+
+class AdminClient:
+    """Plain HTTPS with the admin token, every request from inside `netns` (the control plane's
+    own namespace, or the client's). JSON in, JSON out; errors raise ApiError.
+
+    One thread per call (see in_netns) and one connection per call: simple, and a few
+    milliseconds each, which is nothing next to the lab's other steps.
+    """
+
+    def __init__(self, netns: str, server: str, ca_file: Path, token: str,
+                 timeout: float = 15.0) -> None:
+        host, _, port = server.removeprefix("https://").rpartition(":")
+        self.netns, self.host, self.port = netns, host, int(port)
+        self.ca_file, self.token, self.timeout = ca_file, token, timeout
+
+    def raw(self, method: str, path: str, body: Any = None,
+            content_type: str = "application/json") -> tuple[int, bytes]:
+        def call() -> tuple[int, bytes]:
+            ctx = ssl.create_default_context(cafile=str(self.ca_file))
+            conn = http.client.HTTPSConnection(self.host, self.port, context=ctx,
+                                               timeout=self.timeout)
+            headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+            data = None
+            if body is not None:
+                data = json.dumps(body).encode()
+                headers["Content-Type"] = content_type
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                resp = conn.getresponse()
+                return resp.status, resp.read()
+            finally:
+                conn.close()
+
+        return in_netns(self.netns, call)
+
+    def request(self, method: str, path: str, body: Any = None, *,
+                content_type: str = "application/json", ok: Iterable[int] = (200, 201)
+                ) -> Any:
+        status, data = self.raw(method, path, body, content_type)
+        if status not in set(ok):
+            raise ApiError(method, path, status, data)
+        return json.loads(data) if data else None
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path, ok=(200, 202, 404))
+
+    def create(self, obj: Mapping[str, Any], *, exist_ok: bool = False) -> dict:
+        """POST an object to its collection; with exist_ok a 409 returns the existing one."""
+        path = collection_path(obj)
+        status, data = self.raw("POST", path, dict(obj))
+        if status == 409 and exist_ok:
+            return self.get(f"{path}/{obj['metadata']['name']}")
+        if status not in (200, 201):
+            raise ApiError("POST", path, status, data)
+        return json.loads(data)
+
+    def apply(self, obj: Mapping[str, Any]) -> dict:
+        """Create, or replace an existing object of that name (a plain PUT, not server-side
+        apply: the lab owns every object it writes)."""
+        path = collection_path(obj)
+        status, data = self.raw("POST", path, dict(obj))
+        if status in (200, 201):
+            return json.loads(data)
+        if status != 409:
+            raise ApiError("POST", path, status, data)
+        item = f"{path}/{obj['metadata']['name']}"
+        current = self.get(item)
+        body = {**obj, "metadata": {**obj["metadata"],
+                                    "resourceVersion": current["metadata"]["resourceVersion"]}}
+        return self.request("PUT", item, body)
+
+    def patch_status(self, obj_path: str, status: Mapping[str, Any]) -> dict:
+        """Merge-patch `status` through the status subresource, as kubelet (pods, nodes) or
+        a controller (DaemonSets) would; obj_path is the object's own path."""
+        return self.request("PATCH", f"{obj_path}/status", {"status": dict(status)},
+                            content_type="application/merge-patch+json")
+
+    def ensure_namespace(self, name: str) -> dict:
+        return self.create({"apiVersion": "v1", "kind": "Namespace",
+                            "metadata": {"name": name}}, exist_ok=True)
+
+    def readyz(self) -> tuple[int, str]:
+        status, data = self.raw("GET", "/readyz")
+        return status, data.decode(errors="replace")
+
+
+# ---------------------------------------------------------------- the processes
+
+
+@dataclass
+class Proc:
+    binary: str
+    popen: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+class ControlPlane:
+    """etcd + kube-apiserver in network namespace `netns` (which must exist and be wired)."""
+
+    def __init__(self, workdir: Path, netns: str, address: str = CP_ADDRESS, *,
+                 nice: int = NICE, components_root: Path | None = None) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.netns = netns
+        self.address = address
+        self.nice = nice
+        self.files = ControlPlaneFiles(self.workdir)
+        self.components_root = components_root
+        self.tokens: dict[str, str] = {}
+        self.procs: dict[str, Proc] = {}
+        self.timings: dict[str, float] = {}
+
+    @property
+    def server(self) -> str:
+        return server_url(self.address)
+
+    def kubeconfig(self, user: str) -> Path:
+        """The kubeconfig written for `user` (one of USERS); "kubenetdiag" is the diagnoser's."""
+        if user not in USERS:
+            raise LabError(f"no kubeconfig for {user!r}; users are {', '.join(USERS)}")
+        return self.files.kubeconfig(user)
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {name: proc.pid for name, proc in self.procs.items()}
+
+    def rss(self) -> dict[str, int | None]:
+        """Resident memory of each process, in bytes."""
+        return {name: rss_bytes(pid) for name, pid in self.pids.items()}
+
+    # ---- start ----------------------------------------------------------------------------
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """PKI, tokens, etcd, kube-apiserver; wait for /readyz; apply the RBAC; kubeconfigs.
+        On any failure everything started is stopped and a LabError says why (with the log
+        tail of the process that failed)."""
+        if self.procs:
+            raise LabError("control plane already started")
+        reason = components.missing(components.CONTROL_PLANE, root=self.components_root)
+        if reason:
+            raise LabError(reason)
+        if not (NETNS_DIR / self.netns).exists():
+            raise LabError(f"network namespace {self.netns} does not exist")
+        started = time.monotonic()
+        try:
+            self._prepare_files()
+            deadline = time.monotonic() + timeout
+            self._start("etcd", self._etcd_argv())
+            # kube-apiserver would retry etcd by itself, but its log then starts with pages of
+            # gRPC dial errors and an etcd that fails is reported as an apiserver timeout.
+            self._wait_etcd(deadline)
+            self.timings["etcd_ready_s"] = time.monotonic() - started
+            self._start("kube-apiserver", self._apiserver_argv())
+            self._wait_ready(deadline)
+            self.timings["ready_s"] = time.monotonic() - started
+            admin = self.admin()
+            for doc in rbac_manifest():
+                admin.apply(doc)
+            self._write_kubeconfigs()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.stop()
+            raise
+        self.timings["start_s"] = time.monotonic() - started
+
+    def _prepare_files(self) -> None:
+        files = self.files
+        files.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(files.dir, 0o700)
+        files.logs.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(files.etcd_data, ignore_errors=True)  # every start is a fresh cluster
+        pki.write_control_plane_pki(files.pki.dir, self.address)
+        self.tokens = {user: secrets.token_urlsafe(24) for user in USERS}
+        groups = {ADMIN_USER: "system:masters"}
+        # token,user,uid,"group1,group2"
+        lines = [f'{token},{user},{user},"{groups.get(user, "")}"'
+                 for user, token in self.tokens.items()]
+        write_private(files.tokens, ("\n".join(lines) + "\n").encode())
+
+    def _binary(self, name: str) -> str:
+        versions = components.read_versions()
+        return str(components.component(name, versions=versions, root=self.components_root).path)
+
+    def _etcd_argv(self) -> list[str]:
+        return [
+            self._binary("etcd"),
+            "--name=cp",
+            f"--data-dir={self.files.etcd_data}",
+            f"--listen-client-urls={ETCD_CLIENT}",
+            f"--advertise-client-urls={ETCD_CLIENT}",
+            f"--listen-peer-urls={ETCD_PEER}",
+            f"--initial-advertise-peer-urls={ETCD_PEER}",
+            f"--initial-cluster=cp={ETCD_PEER}",
+            "--initial-cluster-state=new",
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+        ]
+
+    def _apiserver_argv(self) -> list[str]:
+        p = self.files.pki
+        return [
+            self._binary("kube-apiserver"),
+            f"--etcd-servers={ETCD_CLIENT}",
+            f"--bind-address={self.address}",
+            f"--advertise-address={self.address}",
+            f"--secure-port={SECURE_PORT}",
+            f"--tls-cert-file={p.apiserver_cert}",
+            f"--tls-private-key-file={p.apiserver_key}",
+            f"--cert-dir={p.dir}",  # never the default /var/run/kubernetes
+            "--authorization-mode=RBAC",
+            f"--token-auth-file={self.files.tokens}",
+            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+            f"--service-account-key-file={p.sa_pub}",
+            f"--service-account-signing-key-file={p.sa_key}",
+            f"--service-cluster-ip-range={SERVICE_NETWORK}",
+            "--disable-admission-plugins=ServiceAccount",
+            "--profiling=false",
+            "--v=1",
+        ]
+
+    def _start(self, name: str, argv: Sequence[str]) -> None:
+        log = self.files.log(name)
+        with open(log, "wb") as out:
+            popen = subprocess.Popen(
+                ["ip", "netns", "exec", self.netns, "nice", "-n", str(self.nice), *argv],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True,
+            )
+        self.procs[name] = Proc(name, popen)
+        self._record_pids()
+
+    def _record_pids(self) -> None:
+        data = {name: {"pid": proc.pid, "binary": self._binary(name)}
+                for name, proc in self.procs.items()}
+        write_private(self.files.pids, json.dumps(data).encode())
+
+    def _check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            code = proc.popen.poll()
+            if code is not None:
+                raise LabError(f"{name} exited with status {code} while the control plane "
+                               f"was starting; last lines of {self.files.log(name)}:\n"
+                               f"{log_tail(self.files.log(name))}")
+
+    def _wait_etcd(self, deadline: float) -> None:
+        def health() -> str:
+            conn = http.client.HTTPConnection("127.0.0.1", 2379, timeout=2)
+            try:
+                conn.request("GET", "/health")
+                return conn.getresponse().read().decode(errors="replace")
+            finally:
+                conn.close()
+
+        last = "no answer yet"
+        while True:
+            self._check_alive()
+            try:
+                last = in_netns(self.netns, health)
+                if '"health":"true"' in last.replace(" ", ""):
+                    return
+            except (OSError, http.client.HTTPException) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() > deadline:
+                raise LabError(f"etcd not healthy in time ({last}); last lines of "
+                               f"{self.files.log('etcd')}:\n{log_tail(self.files.log('etcd'))}")
+            time.sleep(0.1)
+
+    def _wait_ready(self, deadline: float) -> None:
+        admin = self.admin(timeout=5.0)
+        last = "no answer yet"
+        while True:
+            self._check_alive()
+            try:
+                status, text = admin.readyz()
+                if status == 200:
+                    return
+                last = f"/readyz answered HTTP {status}: {text.strip()[-500:]}"
+            except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
+                last = f"/readyz: {type(exc).__name__}: {exc}"
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"kube-apiserver not ready in time ({last}); last lines of "
+                    f"{self.files.log('kube-apiserver')}:\n"
+                    f"{log_tail(self.files.log('kube-apiserver'))}")
+            time.sleep(0.25)
+
+    def _write_kubeconfigs(self) -> None:
+        ca = self.files.pki.ca_cert.read_bytes()
+        for user, token in self.tokens.items():
+            write_kubeconfig(self.files.kubeconfig(user), self.server, ca, user, token)
+
+    # ---- use ------------------------------------------------------------------------------
+
+    def admin(self, netns: str | None = None, timeout: float = 15.0) -> AdminClient:
+        """A client with the admin token, calling from `netns` (default: the control plane's
+        own namespace)."""
+        if not self.tokens:
+            raise LabError("control plane not started")
+        return AdminClient(netns or self.netns, self.server, self.files.pki.ca_cert,
+                           self.tokens[ADMIN_USER], timeout=timeout)
+
+    # ---- stop -----------------------------------------------------------------------------
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop kube-apiserver, then etcd (SIGTERM, SIGCONT in case one was stopped, SIGKILL
+        after `grace`); safe to repeat."""
+        for name in ("kube-apiserver", "etcd"):
+            proc = self.procs.get(name)
+            if proc is None:
+                continue
+            if proc.popen.poll() is None:
+                _terminate_stopped_ok(proc.pid, grace)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=grace)
+            del self.procs[name]
+        self.files.pids.unlink(missing_ok=True)
+
+    def __enter__(self) -> ControlPlane:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _terminate_stopped_ok(pid: int, grace: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGCONT)  # a SIGSTOPped process only acts on SIGTERM once resumed
+    terminate([pid], grace=grace)
+
+
+def stop_recorded(workdir: Path, grace: float = 5.0) -> list[int]:
+    """Stop the control plane processes a (possibly crashed) run recorded in
+    `<workdir>/controlplane/pids.json`, each only if its command line still names its binary.
+    Returns the pids stopped."""
+    files = ControlPlaneFiles(Path(workdir).resolve())
+    try:
+        data = json.loads(files.pids.read_text())
+    except (OSError, ValueError):
+        return []
+    stopped = []
+    for entry in data.values():
+        pid, binary = int(entry["pid"]), str(entry["binary"])
+        if binary and binary in cmdline(pid):
+            _terminate_stopped_ok(pid, grace)
+            stopped.append(pid)
+    files.pids.unlink(missing_ok=True)
+    return stopped
