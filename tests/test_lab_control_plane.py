@@ -285,38 +285,41 @@ def test_pagination_across_continue(env):
                                    for p in whole["pods/kube-system"]["items"])
 
 
+def assert_gave_up_after_one_call(doc: dict) -> None:
+    first, *rest = doc["calls"]
+    assert first["status"] == "timeout" and not first["reason"].startswith("not tried"), first
+    assert rest, doc["calls"]
+    for call in rest:
+        assert call["status"] == "timeout", call
+        assert call["reason"].startswith("not tried: the API server stopped answering"), call
+
+
 @pytest.mark.lab
 def test_stopped_apiserver_times_out_and_the_cli_exits(env, tmp_path):
     pid = env.cp.pids["kube-apiserver"]
     kubeconfig = env.cp.kubeconfig("kubenetdiag")
     os.kill(pid, signal.SIGSTOP)
     try:
-        started = time.monotonic()
+        # A stopped apiserver's kernel still completes TCP handshakes; the TLS handshake then
+        # never ends. One call waits out its timeout, a cheap /version check confirms nothing
+        # answers, and the rest is not tried: a dead API costs two timeouts, not thirteen.
         doc = collect(kubeconfig, connect_timeout=1.0, read_timeout=1.0)
-        elapsed = time.monotonic() - started
-        assert {c["status"] for c in doc["calls"]} <= {"timeout", "unreachable"}, doc["calls"]
-        assert all(c["duration_s"] < 3.0 for c in doc["calls"]), doc["calls"]
-        assert elapsed < 3.0 * len(doc["calls"]) + 5
+        assert_gave_up_after_one_call(doc)
         st = [f for f in cluster_facts(doc) if f.kind == "probe_status"]
-        assert st and {f.attrs["status"] for f in st} <= {"timeout", "unreachable"}
-        # The CLI, end to end in the client namespace: it exits, with the API marked.
-        # A stopped apiserver's kernel still accepts TCP; the TLS handshake then never ends,
-        # and urllib3 runs the handshake under the CONNECT timeout (the CLI's
-        # --connect-timeout, 10 s by default), not the read timeout: every call costs that,
-        # 13 calls about 130 s with the defaults. A short --connect-timeout keeps this quick.
+        assert st and {f.attrs["status"] for f in st} == {"timeout"}
+        # The CLI, end to end in the client namespace, with its default timeouts: it exits,
+        # with the API marked as not checked.
         bundle = tmp_path / "bundle"
         argv = ["ip", "netns", "exec", CLIENT, sys.executable, "-m", "kubenetdiag", "diagnose",
-                "--local", "--kubeconfig", str(kubeconfig), "--connect-timeout", "1",
-                "--command-timeout", "2", "--format", "json", "--bundle", str(bundle), "--quiet"]
+                "--local", "--kubeconfig", str(kubeconfig), "--command-timeout", "2",
+                "--format", "json", "--bundle", str(bundle), "--quiet"]
         env_vars = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         cp = subprocess.run(argv, capture_output=True, text=True, timeout=150, env=env_vars)
         assert cp.returncode in (0, 1), cp.stderr[-2000:]
-        cluster = json.loads((bundle / "cluster.json").read_text())
-        assert {c["status"] for c in cluster["calls"]} <= {"timeout", "unreachable"}
-        assert all(c["duration_s"] < 3.0 for c in cluster["calls"]), cluster["calls"]
+        assert_gave_up_after_one_call(json.loads((bundle / "cluster.json").read_text()))
         report = json.loads(cp.stdout)
         blocked = {c["status"] for c in report["not_checked"] if c["node"] == "cluster"}
-        assert blocked and blocked <= {"timeout", "unreachable"}
+        assert blocked == {"timeout"}
     finally:
         os.kill(pid, signal.SIGCONT)
     # and it serves again once resumed

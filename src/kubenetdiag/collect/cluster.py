@@ -147,7 +147,7 @@ class _Unreachable(Exception):
     pass
 
 
-def _classify(exc: BaseException, read_timeout: float) -> tuple[str, int | None, str]:
+def _classify(exc: BaseException) -> tuple[str, int | None, str]:
     """(status, http_status, reason) of a failed call."""
     import urllib3.exceptions as ue
     from kubernetes.client.exceptions import ApiException
@@ -159,7 +159,9 @@ def _classify(exc: BaseException, read_timeout: float) -> tuple[str, int | None,
     if isinstance(exc, ue.ConnectTimeoutError | ue.NewConnectionError | ConnectionError):
         return "unreachable", None, _short(exc)
     if isinstance(exc, ue.ReadTimeoutError | TimeoutError | ue.TimeoutError):
-        return "timeout", None, f"no answer within {read_timeout:g}s (read timeout)"
+        # urllib3 names the timeout that fired: the TLS handshake runs under the connect
+        # timeout, the answer under the read timeout.
+        return "timeout", None, f"no answer in time: {_short(exc)}"
     if isinstance(exc, ue.MaxRetryError | ue.ProtocolError | OSError):
         return "unreachable", None, _short(exc)
     if isinstance(exc, ValueError):
@@ -212,11 +214,12 @@ class _Session:
     ) -> None:
         self.api = api
         self.timeout = (connect_timeout, read_timeout)
-        self.read_timeout = read_timeout
         self.page_size = page_size
         self.max_restarts = max_restarts
         self.calls: list[dict] = []
-        self.unreachable: str | None = None
+        # Why the rest is not tried: the server is unreachable, or it stopped answering.
+        self.given_up: tuple[str, str] | None = None
+        self.health: Callable[[], Any] | None = None  # a cheap call: is the server answering?
 
     def _body(self, resp: Any) -> Any:
         try:
@@ -239,12 +242,9 @@ class _Session:
             "items": None,
             "object": None,
         }
-        if self.unreachable:
-            rec.update(
-                status="unreachable",
-                http_status=None,
-                reason=f"not tried: the API server was unreachable ({self.unreachable})",
-            )
+        if self.given_up:
+            status, why = self.given_up
+            rec.update(status=status, http_status=None, reason=f"not tried: {why}")
             self.calls.append(rec)
             return rec
         try:
@@ -255,13 +255,27 @@ class _Session:
             else:
                 rec["object"] = _slim(result) if isinstance(result, dict) else None
         except Exception as exc:  # one call's failure is a record, never a crash
-            status, code, reason = _classify(exc, self.read_timeout)
+            status, code, reason = _classify(exc)
             rec.update(status=status, http_status=code, reason=reason)
             if status == "unreachable":
-                self.unreachable = reason
+                self.given_up = ("unreachable", f"the API server was unreachable ({reason})")
+            elif status == "timeout" and not self._answering():
+                # A stopped or wedged apiserver still completes TCP handshakes: every call
+                # would wait out its own timeout. One slow resource on a live server does not
+                # stop the others.
+                self.given_up = ("timeout", f"the API server stopped answering ({reason})")
         rec["duration_s"] = round(time.monotonic() - started, 3)
         self.calls.append(rec)
         return rec
+
+    def _answering(self) -> bool:
+        if self.health is None:
+            return True
+        try:
+            self.health()
+        except Exception:  # any failure of the cheapest call says the server is not serving
+            return False
+        return True
 
     def get(self, fn: Callable[..., Any], *args: Any) -> Callable[[], tuple[Any, dict]]:
         def thunk() -> tuple[Any, dict]:
@@ -336,7 +350,9 @@ def collect_cluster(
     s = _Session(api, connect_timeout, read_timeout, page_size, max_restarts)
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
 
-    s.run("version", "/version", s.get(client.VersionApi(api).get_code))
+    version = client.VersionApi(api)
+    s.health = lambda: version.get_code(_request_timeout=(connect_timeout, min(read_timeout, 5.0)))
+    s.run("version", "/version", s.get(version.get_code))
     s.run("nodes", "/api/v1/nodes", s.list(core.list_node))
     ds = s.run(
         "daemonsets", "/apis/apps/v1/daemonsets", s.list(apps.list_daemon_set_for_all_namespaces)
