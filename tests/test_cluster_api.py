@@ -1,12 +1,25 @@
-"""The cluster collector against the lab's API stand-in, over real HTTP on 127.0.0.1, with the
-official `kubernetes` client: every resource, pagination, expired continue tokens, 401, 403,
-slow answers, faults in lab.json, node matching, and the CLI end to end."""
+"""The cluster collector against the lab's real kube-apiserver (+ etcd), over TLS from the
+client namespace, with the official `kubernetes` client: every resource, read-only (the
+apiserver's own audit log), pagination, expired continue tokens (a real 410 after etcd
+compacts past the token), 401, RBAC 403s on pods only, an unreachable API, faults injected in
+the lab, node matching, and the CLI end to end.
+
+Most tests share one control plane of this module's own (`<prefix>ca-sw`, `-client`, `-cp`),
+whose objects are reconciled to each test's lab.json-shaped state by the lab's own apisync;
+the injected-fault test uses the session lab. Skipped (not failed) without root or without
+the built components. The stopped-apiserver case is tests/test_lab_control_plane.py's."""
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
-import time
-from collections.abc import Iterator
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -17,14 +30,20 @@ from kubenetdiag.collect import cluster as cc
 from kubenetdiag.errors import InputError
 from kubenetdiag.facts.cluster import cluster_facts
 from kubenetdiag.facts.registry import validate_fact
-from kubenetdiag_lab import apiserver
+from kubenetdiag_lab import apisync, components
+from kubenetdiag_lab import controlplane as cpm
+from kubenetdiag_lab.netns import add_netns, delete_netns, ip_batch, list_netns
 
 kubernetes = pytest.importorskip("kubernetes")
 
+PREFIX = (os.environ.get("KUBENETDIAG_TEST_LAB_PREFIX", "kndtest") + "ca")[:12]
+SWITCH, CLIENT = f"{PREFIX}-sw", f"{PREFIX}-client"
+CP = cpm.cp_netns(PREFIX)
 
-def lab_state(tmp: Path, nodes: int = 3, cni: str = "flannel-vxlan", faults=(), **extra) -> dict:
+
+def lab_state(nodes: int = 3, cni: str = "flannel-vxlan", faults=(), **extra) -> dict:
     state = {
-        "prefix": "knd", "workdir": str(tmp), "cni": cni, "vxlan_port": 8472,
+        "prefix": "knd", "cni": cni, "vxlan_port": 8472,
         "cluster_domain": "cluster.local", "pod_network": "10.244.0.0/16",
         "service_network": "10.96.0.0/12",
         "nodes": [
@@ -57,35 +76,107 @@ def lab_state(tmp: Path, nodes: int = 3, cni: str = "flannel-vxlan", faults=(), 
     return state
 
 
-def write_state(tmp: Path, state: dict) -> Path:
-    path = tmp / "lab.json"
-    path.write_text(json.dumps(state))
-    return path
+@dataclass
+class Api:
+    cp: cpm.ControlPlane
+    workdir: Path
+    applied: dict | None = None
+    state: dict = field(default_factory=dict)
+
+    def use(self, state: dict) -> None:
+        """Reconcile the server's objects to `state`, as the lab does after a fault."""
+        self.applied = apisync.sync(self.cp.admin(), state, self.applied)
+        self.state = state
+
+    def kubeconfig(self, user: str = cpm.READER_USER) -> Path:
+        return self.cp.kubeconfig(user)
+
+    def audit(self, user: str = cpm.READER_USER) -> list[dict]:
+        lines = self.cp.files.audit_log.read_text().splitlines()
+        return [e for e in map(json.loads, lines) if e["user"]["username"] == user]
+
+    def etcd(self, path: str, body: dict) -> dict:
+        """etcd's JSON gateway, from inside the control plane's namespace (its only listener)."""
+        def call() -> dict:
+            conn = http.client.HTTPConnection("127.0.0.1", 2379, timeout=5)
+            try:
+                conn.request("POST", path, body=json.dumps(body))
+                resp = conn.getresponse()
+                data = json.loads(resp.read())
+                assert resp.status == 200, data
+                return data
+            finally:
+                conn.close()
+
+        return cpm.in_netns(CP, call)
+
+    def compact(self) -> int:
+        """Write a key (a new revision), then compact etcd up to it: every continue token
+        handed out before is now older than what etcd keeps."""
+        key = base64.b64encode(b"/kubenetdiag-test/compaction").decode()
+        put = self.etcd("/v3/kv/put", {"key": key, "value": key})
+        revision = int(put["header"]["revision"])
+        self.etcd("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+        return revision
+
+
+def _remove_network() -> list[str]:
+    return cpm.delete_cp_netns(PREFIX) + delete_netns([CLIENT, SWITCH])
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("the lab's control plane needs root and iproute2")
+    reason = components.missing(components.CONTROL_PLANE)
+    if reason:
+        pytest.skip(reason)
+    workdir = tmp_path_factory.mktemp("cluster-api")
+    _remove_network()  # what a crashed earlier run may have left
+    # Continue tokens from etcd, not from the watch cache's snapshots (on by default since
+    # 1.34), so compacting etcd expires them as it does on a server whose cache is cold or
+    # that drops snapshots when it compacts: the real 410 the collector must handle.
+    cp = cpm.ControlPlane(workdir, CP,
+                          apiserver_args=["--feature-gates=ListFromCacheSnapshot=false"])
+    try:
+        add_netns([SWITCH, CLIENT])
+        ip_batch(SWITCH, ["link set lo up", "link add br0 type bridge", "link set br0 up",
+                          f"link add swc type veth peer name eth0 netns {CLIENT}",
+                          "link set swc master br0 up"])
+        ip_batch(CLIENT, ["link set lo up", "addr add 198.18.0.2/24 dev eth0",
+                          "link set eth0 up"])
+        cpm.add_cp_netns(PREFIX, SWITCH)
+        cp.start()
+        yield Api(cp, workdir)
+    finally:
+        try:
+            cp.stop()
+        finally:
+            left = _remove_network()
+        assert left == [], left
+        assert not [n for n in list_netns() if n.startswith(f"{PREFIX}-")]
 
 
 @pytest.fixture
-def stand_in(tmp_path: Path) -> Iterator:
-    """start(**kw) -> (server, kubeconfig path); every server is stopped at the end."""
-    servers = []
+def served(api: Api) -> Callable[..., Path]:
+    """served(state=None, user=reader) -> kubeconfig: the server now holds that state."""
+    def serve(state: dict | None = None, user: str = cpm.READER_USER) -> Path:
+        api.use(state or lab_state())
+        return api.kubeconfig(user)
 
-    def start(state: dict | None = None, **kw):
-        path = write_state(tmp_path, state or lab_state(tmp_path))
-        kubeconfig = tmp_path / "kubeconfig"
-        server, _ = apiserver.start(path, kubeconfig_out=kubeconfig, **kw)
-        servers.append(server)
-        return server, kubeconfig
-
-    yield start
-    for s in servers:
-        s.stop()
+    return serve
 
 
-def collect(kubeconfig: Path, **kw) -> dict:
-    api, source = cc.load_client(cc.ApiTarget(str(kubeconfig)))
-    try:
-        return cc.collect_cluster(api, source, **kw)
-    finally:
-        api.close()
+def collect(kubeconfig: Path, netns: str = CLIENT, **kw) -> dict:
+    """The product's collector, from the client namespace (the only one reaching the API)."""
+    def run() -> dict:
+        api, source = cc.load_client(cc.ApiTarget(str(kubeconfig)))
+        try:
+            return cc.collect_cluster(api, source, **kw)
+        finally:
+            api.close()
+
+    return cpm.in_netns(netns, run, timeout=120)
 
 
 def calls(doc: dict) -> dict[str, dict]:
@@ -96,82 +187,78 @@ def facts_of(doc: dict, kind: str, inventory=()) -> list:
     return [f for f in cluster_facts(doc, inventory) if f.kind == kind]
 
 
-# ---------------------------------------------------------------- the stand-in itself
+# ---------------------------------------------------------------- the lab's objects
 
 
-def test_official_client_reads_every_resource(stand_in):
-    server, kubeconfig = stand_in()
+@pytest.mark.lab
+def test_official_client_reads_every_resource(served):
+    kubeconfig = served()
     from kubernetes import client, config
 
-    cfg = client.Configuration()
-    config.load_kube_config(str(kubeconfig), client_configuration=cfg)
-    with client.ApiClient(cfg) as api:
-        core = client.CoreV1Api(api)
-        nodes = core.list_node().items
-        assert [n.metadata.name for n in nodes] == ["node1", "node2", "node3"]
-        n2 = nodes[1]
-        assert n2.spec.pod_cidr == "10.244.2.0/24"
-        assert {a.type: a.address for a in n2.status.addresses}["InternalIP"] == "198.18.0.12"
-        assert {c.type: c.status for c in n2.status.conditions} == {
-            "Ready": "True", "NetworkUnavailable": "False"}
-        assert n2.metadata.labels["topology.kubernetes.io/zone"] == "zone-b"
-        assert n2.status.node_info.kubelet_version.startswith("v1.")
-        ks = [p.metadata.name for p in core.list_namespaced_pod("kube-system").items]
-        assert sum(p.startswith("kube-proxy-") for p in ks) == 3 and "coredns-7db6d8ff4d-x1" in ks
-        fl = core.list_namespaced_pod("kube-flannel").items
-        assert len(fl) == 3 and all(p.metadata.name.startswith("kube-flannel-ds-") for p in fl)
-        assert len(core.list_pod_for_all_namespaces().items) == 3 + 3 + 1 + 3
-        ds = client.AppsV1Api(api).list_namespaced_daemon_set("kube-system").items
-        assert [d.metadata.name for d in ds] == ["kube-proxy"]
-        cm = core.read_namespaced_config_map("kube-flannel-cfg", "kube-flannel")
-        net = json.loads(cm.data["net-conf.json"])
-        assert net["Network"] == "10.244.0.0/16" and net["Backend"] == {
-            "Type": "vxlan", "Port": 8472, "VNI": 1}
-        kp = core.read_namespaced_config_map("kube-proxy", "kube-system")
-        assert "mode: iptables" in kp.data["config.conf"]
-        svcs = {s.metadata.name: s for s in core.list_service_for_all_namespaces().items}
-        assert svcs["kube-dns"].spec.cluster_ip == "10.96.0.10" and "kubernetes" in svcs
-        eps = client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces().items
-        web = next(e for e in eps if e.metadata.labels["kubernetes.io/service-name"] == "web")
-        assert [e.zone for e in web.endpoints] == ["zone-a", "zone-b", "zone-a"]
-        pols = client.NetworkingV1Api(api).list_network_policy_for_all_namespaces().items
-        assert {p.metadata.name for p in pols} == {"deny-all", "allow-client"}
-        assert client.VersionApi(api).get_code().git_version.startswith("v1.")
-        with pytest.raises(client.ApiException) as exc:  # not calico: no IPPool CRD
-            client.CustomObjectsApi(api).list_cluster_custom_object(
-                "crd.projectcalico.org", "v1", "ippools")
-        assert exc.value.status == 404
-        with pytest.raises(client.ApiException) as exc:
-            core.list_node(_continue="not-a-token-this-server-gave")
-        assert exc.value.status == 410
-    assert {m for m, _, _ in server.requests} == {"GET"}
+    def read() -> None:
+        cfg = client.Configuration()
+        config.load_kube_config(str(kubeconfig), client_configuration=cfg)
+        with client.ApiClient(cfg) as api:
+            core = client.CoreV1Api(api)
+            nodes = core.list_node().items
+            assert [n.metadata.name for n in nodes] == ["node1", "node2", "node3"]
+            n2 = nodes[1]
+            assert n2.spec.pod_cidr == "10.244.2.0/24"
+            assert {a.type: a.address for a in n2.status.addresses}["InternalIP"] == (
+                "198.18.0.12")
+            assert {c.type: c.status for c in n2.status.conditions} == {
+                "Ready": "True", "NetworkUnavailable": "False"}
+            assert n2.metadata.labels["topology.kubernetes.io/zone"] == "zone-b"
+            assert n2.status.node_info.kubelet_version.startswith("v1.")
+            ks = [p.metadata.name for p in core.list_namespaced_pod("kube-system").items]
+            assert sum(p.startswith("kube-proxy-") for p in ks) == 3
+            assert "coredns-7db6d8ff4d-x1" in ks
+            fl = core.list_namespaced_pod("kube-flannel").items
+            assert len(fl) == 3 and all(p.metadata.name.startswith("kube-flannel-ds-")
+                                        for p in fl)
+            assert len(core.list_pod_for_all_namespaces().items) == 3 + 3 + 1 + 3
+            ds = client.AppsV1Api(api).list_namespaced_daemon_set("kube-system").items
+            assert [d.metadata.name for d in ds] == ["kube-proxy"]
+            cm = core.read_namespaced_config_map("kube-flannel-cfg", "kube-flannel")
+            net = json.loads(cm.data["net-conf.json"])
+            assert net["Network"] == "10.244.0.0/16" and net["Backend"] == {
+                "Type": "vxlan", "Port": 8472, "VNI": 1}
+            kp = core.read_namespaced_config_map("kube-proxy", "kube-system")
+            assert "mode: iptables" in kp.data["config.conf"]
+            svcs = {s.metadata.name: s for s in core.list_service_for_all_namespaces().items}
+            # kubernetes: the apiserver's own Service, on the first address of the range
+            assert svcs["kube-dns"].spec.cluster_ip == "10.96.0.10"
+            assert svcs["kubernetes"].spec.cluster_ip == "10.96.0.1"
+            eps = client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces().items
+            web = next(e for e in eps if e.metadata.labels["kubernetes.io/service-name"] == "web")
+            assert [e.zone for e in web.endpoints] == ["zone-a", "zone-b", "zone-a"]
+            pols = client.NetworkingV1Api(api).list_network_policy_for_all_namespaces().items
+            assert {p.metadata.name for p in pols} == {"deny-all", "allow-client"}
+            version = client.VersionApi(api).get_code().git_version
+            assert version == components.component("kube-apiserver").version
+            with pytest.raises(client.ApiException) as exc:  # not calico: no IPPool CRD
+                client.CustomObjectsApi(api).list_cluster_custom_object(
+                    "crd.projectcalico.org", "v1", "ippools")
+            assert exc.value.status == 404
+            with pytest.raises(client.ApiException) as exc:  # read-only: RBAC says no
+                core.delete_node("node3")
+            assert exc.value.status == 403
+
+    cpm.in_netns(CLIENT, read, timeout=120)
 
 
-def test_stand_in_is_read_only_and_wants_the_token(stand_in):
-    import urllib.error
-    import urllib.request
-
-    server, _ = stand_in()
-    req = urllib.request.Request(f"{server.url}/api/v1/nodes", method="DELETE",
-                                 headers={"Authorization": f"Bearer {server.token}"})
-    with pytest.raises(urllib.error.HTTPError) as exc:
-        urllib.request.urlopen(req, timeout=5)
-    assert exc.value.code == 405
-    with pytest.raises(urllib.error.HTTPError) as exc:
-        urllib.request.urlopen(f"{server.url}/api/v1/nodes", timeout=5)
-    assert exc.value.code == 401
-
-
-def test_kubeconfig_is_private(stand_in):
-    _, kubeconfig = stand_in()
-    assert kubeconfig.stat().st_mode & 0o077 == 0
+@pytest.mark.lab
+def test_kubeconfig_is_private(served):
+    assert served().stat().st_mode & 0o077 == 0
 
 
 # ---------------------------------------------------------------- the collector
 
 
-def test_collector_gets_every_call_and_only_reads(stand_in):
-    server, kubeconfig = stand_in()
+@pytest.mark.lab
+def test_collector_gets_every_call_and_only_reads(api, served, tmp_path):
+    kubeconfig = served()
+    before = len(api.audit())
     doc = collect(kubeconfig)
     by = calls(doc)
     assert {n: c["status"] for n, c in by.items()} == {
@@ -180,46 +267,79 @@ def test_collector_gets_every_call_and_only_reads(stand_in):
         "coredns_config": "ok", "services": "ok", "endpointslices": "ok",
         "networkpolicies": "ok", "calico_ippools": "not_found",
     }
-    assert doc["source"]["server"] == server.url and doc["source"]["context"]
-    assert {m for m, _, _ in server.requests} == {"GET"}
-    lists = [p for _, p, _ in server.requests
-             if "/configmaps/" not in p and not p.startswith("/version")]
-    assert lists and all("limit=" in p for p in lists), lists
-    write_cluster(kubeconfig.parent, doc)  # the schema accepts what the collector writes
-    assert server.token not in (kubeconfig.parent / "cluster.json").read_text()
-    assert read_cluster(kubeconfig.parent)["calls"] == doc["calls"]
+    assert doc["source"]["server"] == "https://198.18.0.3:6443" and doc["source"]["context"]
+    # The apiserver's audit log: every request this collection made, as the server saw it.
+    seen = api.audit()[before:]
+    assert len(seen) == len(doc["calls"])
+    assert {e["verb"] for e in seen} == {"get", "list"}
+    lists = [e["requestURI"] for e in seen if e["verb"] == "list"]
+    assert lists and all("limit=" in uri for uri in lists), lists
+    write_cluster(tmp_path, doc)  # the schema accepts what the collector writes
+    token = api.cp.tokens[cpm.READER_USER]
+    assert token not in (tmp_path / "cluster.json").read_text()
+    assert read_cluster(tmp_path)["calls"] == doc["calls"]
 
 
-def test_pagination_across_pages(stand_in, tmp_path):
-    server, kubeconfig = stand_in(lab_state(tmp_path, nodes=50))
+@pytest.mark.lab
+def test_pagination_across_pages(api, served):
+    kubeconfig = served(lab_state(nodes=20))
+    before = len(api.audit())
     doc = collect(kubeconfig, page_size=7)
     nodes = calls(doc)["nodes"]
-    assert nodes["status"] == "ok" and nodes["pages"] == 8 and nodes["restarts"] == 0
+    assert nodes["status"] == "ok" and nodes["pages"] == 3 and nodes["restarts"] == 0
     names = [n["metadata"]["name"] for n in nodes["items"]]
-    assert len(names) == 50 and len(set(names)) == 50
-    assert sum(1 for _, p, _ in server.requests if p.startswith("/api/v1/nodes")) == 8
+    assert len(names) == 20 and len(set(names)) == 20
+    uris = [e["requestURI"] for e in api.audit()[before:]]
+    node_lists = [u for u in uris if u.startswith("/api/v1/nodes?")]
+    assert len(node_lists) == 3 and sum("continue=" in u for u in node_lists) == 2
 
 
-def test_expired_continue_token_restarts_the_list(stand_in, tmp_path):
-    server, kubeconfig = stand_in(lab_state(tmp_path, nodes=50), expire={"nodes": 1})
+def _compacting_after(monkeypatch, api: Api, every_page: bool) -> list[int]:
+    """Compact etcd after the first node page (or after every one) the collector reads."""
+    from kubernetes import client
+
+    original = client.CoreV1Api.list_node
+    compactions: list[int] = []
+
+    def list_node(self, *args, **kw):
+        resp = original(self, *args, **kw)
+        if every_page or not compactions:
+            compactions.append(api.compact())
+        return resp
+
+    monkeypatch.setattr(client.CoreV1Api, "list_node", list_node)
+    return compactions
+
+
+@pytest.mark.lab
+def test_expired_continue_token_restarts_the_list(api, served, monkeypatch):
+    kubeconfig = served(lab_state(nodes=20))
+    compactions = _compacting_after(monkeypatch, api, every_page=False)
+    before = len(api.audit())
     doc = collect(kubeconfig, page_size=7)
     nodes = calls(doc)["nodes"]
+    assert len(compactions) == 1
     assert nodes["status"] == "ok" and nodes["restarts"] == 1
-    assert len({n["metadata"]["name"] for n in nodes["items"]}) == 50
-    assert len(nodes["items"]) == 50  # the pages before the 410 were thrown away
-    assert [c for _, _, c in server.requests].count(410) == 1
+    assert len({n["metadata"]["name"] for n in nodes["items"]}) == 20
+    assert len(nodes["items"]) == 20  # the page before the 410 was thrown away
+    codes = [e["responseStatus"]["code"] for e in api.audit()[before:]
+             if e["requestURI"].startswith("/api/v1/nodes?")]
+    assert codes == [200, 410, 200, 200, 200]
 
 
-def test_tokens_that_keep_expiring_end_as_an_error_not_a_loop(stand_in, tmp_path):
-    _, kubeconfig = stand_in(lab_state(tmp_path, nodes=20), expire={"nodes": 99})
+@pytest.mark.lab
+def test_tokens_that_keep_expiring_end_as_an_error_not_a_loop(api, served, monkeypatch):
+    kubeconfig = served(lab_state(nodes=20))
+    compactions = _compacting_after(monkeypatch, api, every_page=True)
     nodes = calls(collect(kubeconfig, page_size=7, max_restarts=2))["nodes"]
     assert nodes["status"] == "error" and nodes["http_status"] == 410
     assert nodes["items"] is None
+    assert len(compactions) == 3  # first list + two restarts, each stopped by a 410
 
 
-def test_forbidden_pods_blocks_only_pod_checks(stand_in):
-    _, kubeconfig = stand_in(forbid=["pods"])
-    doc = collect(kubeconfig)
+@pytest.mark.lab
+def test_forbidden_pods_blocks_only_pod_checks(served):
+    doc = collect(served(user=cpm.NO_PODS_USER))
     by = calls(doc)
     assert by["pods/kube-system"]["status"] == "forbidden"
     assert by["pods/kube-system"]["http_status"] == 403
@@ -235,29 +355,29 @@ def test_forbidden_pods_blocks_only_pod_checks(stand_in):
     assert "cni_pod" not in kinds and "dns_pod" not in kinds
 
 
-def test_slow_resource_times_out_and_the_rest_goes_on(stand_in):
-    _, kubeconfig = stand_in(slow={"services": 3})
-    started = time.monotonic()
-    doc = collect(kubeconfig, read_timeout=0.5)
-    assert time.monotonic() - started < 2.5
-    by = calls(doc)
-    assert by["services"]["status"] == "timeout" and by["services"]["duration_s"] < 1.5
-    assert by["endpointslices"]["status"] == "ok"
-    st = [f for f in cluster_facts(doc) if f.kind == "probe_status"]
-    assert [(f.attrs["probe"], f.attrs["status"]) for f in st] == [("api:services", "timeout")]
+def test_one_slow_resource_on_a_live_server_does_not_stop_the_rest():
+    """A unit test of the collector's session: the live-server half of the timeout logic (a
+    stopped server is tests/test_lab_control_plane.py's). A real apiserver has no way to
+    make one resource slow, so the call that times out is a function that raises."""
+    import urllib3.exceptions as ue
+
+    session = cc._Session(None, 1.0, 0.5, 500, 2)
+    session.health = lambda: {"gitVersion": "v1"}  # /version still answers
+
+    def slow() -> tuple:
+        raise ue.ReadTimeoutError(None, "/api/v1/services", "Read timed out.")
+
+    assert session.run("services", "/api/v1/services", slow)["status"] == "timeout"
+    assert session.given_up is None
+    rec = session.run("endpointslices", "/apis/...", lambda: ([{"a": 1}], {"pages": 1}))
+    assert rec["status"] == "ok" and rec["items"] == [{"a": 1}]
 
 
-def test_control_file_is_read_per_request(stand_in, tmp_path):
-    control = tmp_path / "control.json"
-    _, kubeconfig = stand_in(control_path=control)
-    assert calls(collect(kubeconfig))["services"]["status"] == "ok"
-    control.write_text(json.dumps({"forbid": ["services"]}))
-    assert calls(collect(kubeconfig))["services"]["status"] == "forbidden"
-
-
-def test_bad_token_is_unauthorized_everywhere(stand_in, tmp_path):
-    server, kubeconfig = stand_in()
-    apiserver.write_kubeconfig(kubeconfig, server.url, "wrong-token")
+@pytest.mark.lab
+def test_bad_token_is_unauthorized_everywhere(api, served):
+    served()
+    kubeconfig = cpm.write_kubeconfig(api.workdir / "kubeconfig-wrong", api.cp.server,
+                                      api.cp.files.pki.ca_cert.read_bytes(), "x", "wrong-token")
     doc = collect(kubeconfig)
     assert {c["status"] for c in doc["calls"]} == {"unauthorized"}
     assert {c["http_status"] for c in doc["calls"]} == {401}
@@ -265,11 +385,15 @@ def test_bad_token_is_unauthorized_everywhere(stand_in, tmp_path):
     assert st and all(f.attrs["status"] == "permission_denied" for f in st)
 
 
-def test_unreachable_api_costs_one_attempt_and_one_entry(stand_in):
-    server, kubeconfig = stand_in()
-    server.stop()
+@pytest.mark.lab
+def test_unreachable_api_costs_one_attempt_and_one_entry(api):
+    # the control plane's address, a port nothing listens on: refused at once
+    kubeconfig = cpm.write_kubeconfig(api.workdir / "kubeconfig-closed", "https://198.18.0.3:6444",
+                                      api.cp.files.pki.ca_cert.read_bytes(), "kubenetdiag",
+                                      "any")
     doc = collect(kubeconfig)
     assert {c["status"] for c in doc["calls"]} == {"unreachable"}
+    assert sum(not c["reason"].startswith("not tried") for c in doc["calls"]) == 1
     st = [f for f in cluster_facts(doc) if f.kind == "probe_status"]
     assert len(st) == 1 and st[0].attrs["probe"] == "api"
     assert "every cluster check" in st[0].attrs["blocks"]
@@ -278,34 +402,34 @@ def test_unreachable_api_costs_one_attempt_and_one_entry(stand_in):
 # ---------------------------------------------------------------- faults and facts
 
 
-def test_faults_in_lab_json_show_up_without_a_restart(stand_in, tmp_path):
-    state = lab_state(tmp_path)
-    _, kubeconfig = stand_in(state)
-    healthy = collect(kubeconfig)
+@pytest.mark.lab
+def test_faults_injected_in_the_lab_show_up_through_the_api(lab):
+    kubeconfig = lab.kubeconfig_path
+    healthy = collect(kubeconfig, netns=lab.client_netns)
     assert all(f.attrs["ready"] for f in facts_of(healthy, "cni_pod"))
     web = [f for f in facts_of(healthy, "service_endpoints") if f.attrs["name"] == "web"]
-    assert web[0].attrs["ready_endpoints"] == 3
-    state["faults"] = [
-        {"fault": "cni_pod_not_running", "node": "node2", "params": {}},
-        {"fault": "service_no_endpoints", "node": "node1", "params": {"service": "web"}},
-    ]
-    time.sleep(0.01)  # a distinct mtime even on coarse clocks
-    write_state(tmp_path, state)
-    broken = collect(kubeconfig)
+    assert web[0].attrs["ready_endpoints"] == 1
+    with lab.injected("cni_pod_not_running", "node2"), lab.injected("service_no_endpoints"):
+        broken = collect(kubeconfig, netns=lab.client_netns)
     pods = {f.node: f.attrs for f in facts_of(broken, "cni_pod", [("node2", "198.18.0.12")])}
     assert pods["node2"]["ready"] is False and pods["node2"]["restarts"] > 0
     assert pods["node2"]["reason"] == "CrashLoopBackOff"
     assert pods["node1"]["ready"] is True
     (cni,) = facts_of(broken, "cni")
-    assert (cni.attrs["plugin"], cni.attrs["desired"], cni.attrs["ready"]) == ("flannel", 3, 2)
+    assert (cni.attrs["plugin"], cni.attrs["desired"], cni.attrs["ready"]) == ("flannel", 2, 1)
     svc = {f.attrs["name"]: f.attrs for f in facts_of(broken, "service_endpoints")}
-    assert svc["web"]["ready_endpoints"] == 0 and svc["web"]["endpoints"] == 3
+    assert svc["web"]["ready_endpoints"] == 0
     assert svc["kube-dns"]["ready_endpoints"] == 1
+    # healed: the API says so again
+    again = collect(kubeconfig, netns=lab.client_netns)
+    assert all(f.attrs["ready"] for f in facts_of(again, "cni_pod"))
+    web = [f for f in facts_of(again, "service_endpoints") if f.attrs["name"] == "web"]
+    assert web[0].attrs["ready_endpoints"] == 1
 
 
-def test_cluster_facts_from_a_healthy_lab(stand_in):
-    _, kubeconfig = stand_in()
-    facts = cluster_facts(collect(kubeconfig), [("node1", "198.18.0.11")])
+@pytest.mark.lab
+def test_cluster_facts_from_a_healthy_lab(served):
+    facts = cluster_facts(collect(served()), [("node1", "198.18.0.11")])
     for f in facts:
         assert validate_fact(f) == [], (f.kind, validate_fact(f))
     by = {}
@@ -329,11 +453,11 @@ def test_cluster_facts_from_a_healthy_lab(stand_in):
         "10.244.2.0/24", True, "zone-b")
 
 
-def test_topology_aware_service_has_zone_hints(stand_in, tmp_path):
-    state = lab_state(tmp_path)
+@pytest.mark.lab
+def test_topology_aware_service_has_zone_hints(served):
+    state = lab_state()
     state["services"][1]["topology_aware"] = True
-    _, kubeconfig = stand_in(state)
-    doc = collect(kubeconfig)
+    doc = collect(served(state))
     web = next(f for f in facts_of(doc, "service_endpoints") if f.attrs["name"] == "web")
     assert web.attrs["topology_aware"] is True
     slices = calls(doc)["endpointslices"]["items"]
@@ -341,9 +465,10 @@ def test_topology_aware_service_has_zone_hints(stand_in, tmp_path):
     assert all(e["hints"]["forZones"] == [{"name": e["zone"]}] for e in eps)
 
 
-def test_calico_lab(stand_in, tmp_path):
-    _, kubeconfig = stand_in(lab_state(tmp_path, cni="calico-bgp"))
-    doc = collect(kubeconfig)
+@pytest.mark.lab
+def test_calico_lab(served):
+    # IPPools through calico's CRD, which the lab creates and waits for (Established)
+    doc = collect(served(lab_state(cni="calico-bgp")))
     by = calls(doc)
     assert "flannel_config" not in by and by["calico_ippools"]["status"] == "ok"
     (cni,) = facts_of(doc, "cni")
@@ -351,13 +476,15 @@ def test_calico_lab(stand_in, tmp_path):
     (pool,) = facts_of(doc, "calico_ippool")
     assert (pool.attrs["cidr"], pool.attrs["ipip_mode"]) == ("10.244.0.0/16", "Never")
     assert len(facts_of(doc, "cni_pod")) == 3
+    # back to flannel: the CRD goes with the last IPPool, as on a cluster without calico
+    assert calls(collect(served()))["calico_ippools"]["status"] == "not_found"
 
 
-def test_node_matching_by_name_and_address(stand_in, tmp_path):
-    _, kubeconfig = stand_in(lab_state(tmp_path, nodes=3))
+@pytest.mark.lab
+def test_node_matching_by_name_and_address(served):
     inventory = [("node1", "198.18.0.11"), ("worker-b", "198.18.0.12"),
                  ("node9", "198.18.0.99")]
-    doc = collect(kubeconfig)
+    doc = collect(served(lab_state(nodes=3)))
     m = {f.node: f.attrs for f in facts_of(doc, "node_match", inventory)}
     assert m["node1"]["matched_by"] == "name"
     assert (m["worker-b"]["api_name"], m["worker-b"]["matched_by"]) == ("node2", "address")
@@ -398,14 +525,20 @@ def test_unusable_kubeconfig_is_an_input_error(tmp_path):
 # ---------------------------------------------------------------- end to end
 
 
-def test_diagnose_local_with_kubeconfig_end_to_end(stand_in, tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("KUBECONFIG", raising=False)
-    _, kubeconfig = stand_in(forbid=["pods"])
+@pytest.mark.lab
+def test_diagnose_local_with_kubeconfig_end_to_end(served, tmp_path, capsys):
+    kubeconfig = served(user=cpm.NO_PODS_USER)
     bundle = tmp_path / "bundle"
-    code = main(["diagnose", "--local", "--kubeconfig", str(kubeconfig), "--format", "json",
-                 "--bundle", str(bundle), "--quiet"])
-    assert code in (0, 1)
-    report = json.loads(capsys.readouterr().out)
+    # The CLI as an SRE runs it, in the client namespace (the only one reaching the API).
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    run = subprocess.run(
+        ["ip", "netns", "exec", CLIENT, sys.executable, "-m", "kubenetdiag", "diagnose",
+         "--local", "--kubeconfig", str(kubeconfig), "--format", "json",
+         "--bundle", str(bundle), "--quiet"],
+        capture_output=True, text=True, timeout=180, env=env)
+    code = run.returncode
+    assert code in (0, 1), run.stderr[-2000:]
+    report = json.loads(run.stdout)
     facts = json.loads((bundle / "facts.json").read_text())["facts"]
     kinds = {f["kind"] for f in facts}
     assert {"cluster_api", "k8s_node", "node_match", "cni", "flannel_config",
@@ -413,7 +546,7 @@ def test_diagnose_local_with_kubeconfig_end_to_end(stand_in, tmp_path, capsys, m
     blocked = [c for c in report["not_checked"] if c["node"] == "cluster"]
     assert {c["probe"] for c in blocked} == {"api:pods/kube-system", "api:pods/kube-flannel"}
     assert all(c["status"] == "permission_denied" and "CNI" in c["blocks"] for c in blocked)
-    # analyze reads the same cluster.json back, offline
+    # analyze reads the same cluster.json back, offline (no API needed)
     assert main(["analyze", str(bundle), "--format", "json"]) == code
     again = json.loads(capsys.readouterr().out)
     assert again["not_checked"] == report["not_checked"]

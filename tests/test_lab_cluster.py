@@ -69,9 +69,10 @@ for n in nodes:
 """
 
 
-def test_api_stand_in_lists_the_lab_nodes_through_the_official_client(any_lab):
-    """From the client namespace, as the diagnoser would: the real kubernetes client over
-    real HTTP on the client's loopback, answering with this lab's nodes."""
+def test_real_apiserver_lists_the_lab_nodes_to_the_official_client(any_lab):
+    """From the client namespace, as the diagnoser would: the official kubernetes client with
+    the lab's read-only kubeconfig, over TLS to the lab's kube-apiserver, which holds this
+    lab's nodes (written at `up`)."""
     lab = any_lab
     cp = lab.client_exec([sys.executable, "-c", API_NODE_LIST, str(lab.kubeconfig_path)],
                          timeout=60)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# Resolved on first use: `python -m kubenetdiag_lab.apiserver` and the helpers run by path
+# Resolved on first use: `python -m kubenetdiag_lab.<module>` and the helpers run by path
 # should not pay for loading the whole lab.
 _EXPORTS = {
     "FAULTS": "faults", "Fault": "faults", "FaultContext": "faults",

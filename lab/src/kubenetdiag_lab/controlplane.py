@@ -1,6 +1,6 @@
 """A real Kubernetes control plane for the lab: etcd + kube-apiserver in a network namespace of
 their own, `<prefix>-cp`, on the lab switch at 198.18.0.3/24 (no default route, like every lab
-namespace). Not wired into `Lab` yet; `Lab.up` still starts the Python stand-in.
+namespace). `Lab.up` starts it; apisync.py keeps its objects in step with lab.json.
 
     cp = ControlPlane(workdir, netns)   # netns exists and is wired (add_cp_netns does both)
     cp.start()                          # PKI, tokens, etcd, kube-apiserver, /readyz, RBAC
@@ -15,8 +15,9 @@ namespace). Not wired into `Lab` yet; `Lab.up` still starts the Python stand-in.
 * kube-apiserver listens on 198.18.0.3:6443 only (TLS from pki.py), RBAC only (no Node
   authorizer: there is no kubelet), static tokens (--token-auth-file) for three users:
   `kubenetdiag-lab-admin` (group system:masters), `kubenetdiag` (bound to the ClusterRole in
-  kubenetdiag/collect/rbac.yaml, applied at start-up with the admin token) and `nobody` (no
-  binding at all). Anonymous requests stay enabled as on a real cluster (/version, /readyz).
+  kubenetdiag/collect/rbac.yaml, applied at start-up with the admin token), `nobody` (no
+  binding at all) and `kubenetdiag-no-pods` (that ClusterRole without pods). Anonymous
+  requests stay enabled as on a real cluster (/version, /readyz).
 * The ServiceAccount admission plugin is disabled: it rejects every pod whose namespace has no
   `default` ServiceAccount, and without kube-controller-manager nothing creates those. The
   alternative, creating a ServiceAccount in every namespace the lab uses, would be one more
@@ -77,7 +78,10 @@ SWITCH_PORT = "swcp"  # the control plane's port on the lab switch's br0
 ADMIN_USER = "kubenetdiag-lab-admin"
 READER_USER = "kubenetdiag"
 NOBODY_USER = "nobody"
-USERS = (ADMIN_USER, READER_USER, NOBODY_USER)
+# The reader's rights minus pods: a real 403 on the pod lists only (tests of what a partly
+# forbidden collection still finds).
+NO_PODS_USER = "kubenetdiag-no-pods"
+USERS = (ADMIN_USER, READER_USER, NOBODY_USER, NO_PODS_USER)
 NICE = 10
 START_TIMEOUT = 180.0
 SERVICE_ACCOUNT_ISSUER = f"https://kubernetes.default.svc.{CLUSTER_DOMAIN}"
@@ -198,6 +202,14 @@ class ControlPlaneFiles:
     def kubeconfig(self, user: str) -> Path:
         return self.dir / f"kubeconfig-{user}"
 
+    @property
+    def audit_policy(self) -> Path:
+        return self.dir / "audit-policy.yaml"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.logs / "kube-apiserver-audit.log"
+
 
 def kubeconfig_text(server: str, ca_pem: bytes, user: str, token: str) -> str:
     import base64
@@ -226,6 +238,24 @@ def rbac_manifest() -> list[dict]:
     """kubenetdiag/collect/rbac.yaml: the product's read-only ClusterRole and its binding."""
     text = resources.files("kubenetdiag.collect").joinpath("rbac.yaml").read_text("utf-8")
     return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def no_pods_manifest() -> list[dict]:
+    """rbac_manifest()'s ClusterRole without pods, bound to NO_PODS_USER."""
+    role, binding = (dict(doc) for doc in rbac_manifest())
+    name = "kubenetdiag-reader-no-pods"
+    rules = []
+    for rule in role["rules"]:
+        resources = [r for r in rule.get("resources", []) if r != "pods"]
+        if "resources" in rule and not resources:
+            continue
+        rules.append({**rule, **({"resources": resources} if "resources" in rule else {})})
+    role = {**role, "metadata": {**role["metadata"], "name": name}, "rules": rules}
+    binding = {**binding, "metadata": {**binding["metadata"], "name": name},
+               "roleRef": {**binding["roleRef"], "name": name},
+               "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                             "name": NO_PODS_USER}]}
+    return [role, binding]
 
 
 def log_tail(path: Path, lines: int = 25) -> str:
@@ -366,6 +396,14 @@ class AdminClient:
                                     "resourceVersion": current["metadata"]["resourceVersion"]}}
         return self.request("PUT", item, body)
 
+    def replace(self, obj: Mapping[str, Any]) -> dict:
+        """PUT over the existing object of that name (its current resourceVersion)."""
+        item = f"{collection_path(obj)}/{obj['metadata']['name']}"
+        current = self.get(item)
+        body = {**obj, "metadata": {**obj["metadata"],
+                                    "resourceVersion": current["metadata"]["resourceVersion"]}}
+        return self.request("PUT", item, body)
+
     def patch_status(self, obj_path: str, status: Mapping[str, Any]) -> dict:
         """Merge-patch `status` through the status subresource, as kubelet (pods, nodes) or
         a controller (DaemonSets) would; obj_path is the object's own path."""
@@ -398,13 +436,15 @@ class ControlPlane:
     """etcd + kube-apiserver in network namespace `netns` (which must exist and be wired)."""
 
     def __init__(self, workdir: Path, netns: str, address: str = CP_ADDRESS, *,
-                 nice: int = NICE, components_root: Path | None = None) -> None:
+                 nice: int = NICE, components_root: Path | None = None,
+                 apiserver_args: Sequence[str] = ()) -> None:
         self.workdir = Path(workdir).resolve()
         self.netns = netns
         self.address = address
         self.nice = nice
         self.files = ControlPlaneFiles(self.workdir)
         self.components_root = components_root
+        self.apiserver_args = tuple(apiserver_args)  # appended to kube-apiserver's flags
         self.tokens: dict[str, str] = {}
         self.procs: dict[str, Proc] = {}
         self.timings: dict[str, float] = {}
@@ -453,7 +493,7 @@ class ControlPlane:
             self._wait_ready(deadline)
             self.timings["ready_s"] = time.monotonic() - started
             admin = self.admin()
-            for doc in rbac_manifest():
+            for doc in rbac_manifest() + no_pods_manifest():
                 admin.apply(doc)
             self._write_kubeconfigs()
         except BaseException:
@@ -475,6 +515,15 @@ class ControlPlane:
         lines = [f'{token},{user},{user},"{groups.get(user, "")}"'
                  for user, token in self.tokens.items()]
         write_private(files.tokens, ("\n".join(lines) + "\n").encode())
+        # Every request of the non-admin users (the diagnoser's), one JSON line each: what
+        # proves the collector only reads. The lab's own admin writes are not logged.
+        policy = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+                  "omitStages": ["RequestReceived"],
+                  "rules": [{"level": "Metadata",
+                             "users": [u for u in USERS if u != ADMIN_USER]},
+                            {"level": "None"}]}
+        write_private(files.audit_policy, yaml.safe_dump(policy).encode())
+        files.audit_log.unlink(missing_ok=True)
 
     def _binary(self, name: str) -> str:
         versions = components.read_versions()
@@ -513,8 +562,11 @@ class ControlPlane:
             f"--service-account-signing-key-file={p.sa_key}",
             f"--service-cluster-ip-range={SERVICE_NETWORK}",
             "--disable-admission-plugins=ServiceAccount",
+            f"--audit-policy-file={self.files.audit_policy}",
+            f"--audit-log-path={self.files.audit_log}",
             "--profiling=false",
             "--v=1",
+            *self.apiserver_args,
         ]
 
     def _start(self, name: str, argv: Sequence[str]) -> None:
@@ -589,6 +641,18 @@ class ControlPlane:
             write_kubeconfig(self.files.kubeconfig(user), self.server, ca, user, token)
 
     # ---- use ------------------------------------------------------------------------------
+
+    def attach(self) -> ControlPlane:
+        """Take the tokens of a control plane another process started (the CLI's `inject`
+        after `up`), so admin() works here; the processes stay that process's."""
+        try:
+            lines = self.files.tokens.read_text().splitlines()
+        except OSError as exc:
+            raise LabError(f"{self.files.tokens}: no control plane tokens ({exc})") from exc
+        for line in lines:
+            token, user, *_rest = line.split(",")
+            self.tokens[user] = token
+        return self
 
     def admin(self, netns: str | None = None, timeout: float = 15.0) -> AdminClient:
         """A client with the admin token, calling from `netns` (default: the control plane's

@@ -1,8 +1,9 @@
 """The Kubernetes objects a real API server would serve for a lab, built from its lab.json.
 
-Pure functions: state dict in, JSON-shaped objects out, so the API stand-in (apiserver.py) only
-routes and paginates, and tests can build objects without a server. Objects carry only the
-fields the real API has and kubenetdiag reads; their shapes follow the Kubernetes API
+Pure functions: state dict in, JSON-shaped objects out; apisync.py writes them to the lab's real
+kube-apiserver (without uid, resourceVersion and creationTimestamp, which the server sets; status
+through the status subresource), and tests can build objects without a server. Objects carry
+only the fields the real API has and kubenetdiag reads; their shapes follow the Kubernetes API
 (core/v1, apps/v1, discovery.k8s.io/v1, networking.k8s.io/v1, crd.projectcalico.org/v1).
 
 Choices that a reader of the served objects would otherwise have to guess:

@@ -20,8 +20,14 @@ records it in lab.json, tears it down, and dispatches fault injection and healin
 services.py and faults.py are functions over the topology, a runner for commands in a node or
 pod (runner.py), the lab's files (paths.py) and the active faults; they never see this class.
 
-lab.json (`<workdir>/lab.json`, schema "kubenetdiag/lab/v1") is the contract the API stand-in
-and `lab status` read; it is rewritten atomically on every change:
+Kubernetes API: the real etcd + kube-apiserver (controlplane.py) in `<prefix>-cp`
+(198.18.0.3, on the switch), reached from the client namespace at https://198.18.0.3:6443.
+The lab has no controllers or kubelet, so it writes the objects they would (apisync.py), built
+from lab.json by k8s_objects.py, and syncs them after every change of lab.json (a fault that
+changes what the API says, e.g. a CNI pod not Ready, shows there at once).
+
+lab.json (`<workdir>/lab.json`, schema "kubenetdiag/lab/v1") is the contract apisync and
+`lab status` read; it is rewritten atomically on every change:
 
     prefix, workdir, cni, vxlan_port (cluster-wide flannel port), cluster_domain ("cluster.local"),
     pod_network ("10.244.0.0/16"), service_network ("10.96.0.0/12"), kube_proxy_mode ("iptables"),
@@ -36,7 +42,8 @@ and `lab status` read; it is rewritten atomically on every change:
                endpoints [pod names; [] under service_no_endpoints]}]
     faults [{fault, node, params}], bird_sockets {node: path} (calico-bgp only),
     sshd_pids {node: pid}, init_pids {node: pid of the node's PID 1, root-namespace view},
-    inventory, kubeconfig (written by the API stand-in), known_hosts, key
+    inventory, kubeconfig (the read-only `kubenetdiag` user's, from the control plane),
+    known_hosts, key
 
 Invariants the code keeps (the tests check them):
   * nothing is created or changed in the root namespace: every link is created inside a lab
@@ -54,6 +61,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from ipaddress import IPv4Network
@@ -62,7 +70,8 @@ from typing import Any
 
 import yaml
 
-from kubenetdiag_lab import cni, icmp, nodehost, services, sshd
+from kubenetdiag_lab import apisync, cni, components, icmp, nodehost, services, sshd
+from kubenetdiag_lab import controlplane as cpm
 from kubenetdiag_lab.faults import FAULTS, ActiveFaults, Fault, FaultContext
 from kubenetdiag_lab.netns import (
     LabError,
@@ -74,6 +83,7 @@ from kubenetdiag_lab.netns import (
     terminate,
 )
 from kubenetdiag_lab.paths import LabPaths
+from kubenetdiag_lab.pki import write_private
 from kubenetdiag_lab.preflight import check_root_namespace
 from kubenetdiag_lab.runner import Runners
 from kubenetdiag_lab.topology import (
@@ -139,6 +149,7 @@ class Lab:
         self._init_pids: dict[str, int] = {}
         # Runners read _init_pids at call time, so it is only ever changed in place.
         self.runners = Runners(shape, self._init_pids)
+        self.controlplane = cpm.ControlPlane(self.workdir, shape.cp_netns)
 
     # ---- lookup ---------------------------------------------------------------------------
 
@@ -201,6 +212,7 @@ class Lab:
         """Build the lab; on any failure tear down whatever was built, then re-raise."""
         started = time.monotonic()
         _require_root_and_tools(self.cni)
+        # UNDERLAY holds every lab address on the switch, the control plane's 198.18.0.3 too
         check_root_namespace([UNDERLAY, POD_SUPERNET, SERVICE_NETWORK, OUTSIDE_NETWORK])
         leftovers = lab_namespaces(self.prefix)
         if leftovers:
@@ -211,13 +223,17 @@ class Lab:
             )
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.paths.logs.mkdir(exist_ok=True)
+        cp_start: _Background | None = None
         try:
             # Keys and files first: they touch no system state, so failing there costs nothing.
             self._write_ssh_material()
             self._write_node_files()
-            add_netns(self.namespaces)
+            add_netns([name for name in self.namespaces if name != self.topology.cp_netns])
             self._write_state()
             self._wire_switch_client_outside()
+            cpm.add_cp_netns(self.prefix, self.switch_netns)
+            # The apiserver takes seconds to become ready; it does so while the nodes are built.
+            cp_start = _Background(self.controlplane.start)
             for node in self.nodes:
                 self._wire_node(node)
             for node in self.nodes:
@@ -229,10 +245,15 @@ class Lab:
                     cni.start_bird(self.topology, node, self.runners.node(node),
                                    self.paths.node_files(node.name))
                 cni.wait_converged(self.topology, timeout=30 + len(self.nodes))
-            services.start_apps(self.topology, self.paths,
-                                ["coredns", "web", "outside", "apiserver"])
+            services.start_apps(self.topology, self.paths, ["coredns", "web", "outside"])
+            cp_start.result()
+            write_private(self.kubeconfig_path,
+                          self.controlplane.kubeconfig(cpm.READER_USER).read_bytes())
             self._write_state()
+            self._sync_api(fresh=True)
         except BaseException as exc:
+            if cp_start is not None:
+                cp_start.wait()  # a start still running would outlive the clean-up
             try:
                 self.down()
             except Exception as cleanup_exc:  # keep the original error as the one raised
@@ -247,6 +268,13 @@ class Lab:
         a crashed run with the same prefix.
         """
         started = time.monotonic()
+        problems = []
+        try:
+            # SIGTERM first, so the apiserver drains; the namespace scan below is the backstop.
+            self.controlplane.stop()
+            cpm.stop_recorded(self.workdir)
+        except (LabError, OSError) as exc:
+            problems.append(f"control plane: {exc}")
         names = lab_namespaces(self.prefix)
         victims = {pid for pids in pids_in_netns(names).values() for pid in pids}
         # An sshd whose namespace was already deleted is invisible to the scan above; the
@@ -260,7 +288,6 @@ class Lab:
             init = self._init_pids.get(node.name)
             if nodehost.is_init(init):
                 victims.add(int(init or 0))
-        problems = []
         try:
             terminate(victims)
         except LabError as exc:  # still delete the namespaces; report at the end
@@ -277,6 +304,7 @@ class Lab:
         ordered = sorted(names, key=lambda name: ("-pod" not in name, name.endswith("-sw"), name))
         remaining = delete_netns(ordered)
         self.state_path.unlink(missing_ok=True)
+        self.paths.api_objects.unlink(missing_ok=True)
         self.timings["down_s"] = time.monotonic() - started
         if remaining:
             problems.append(f"could not delete namespaces: {', '.join(remaining)}")
@@ -465,6 +493,21 @@ class Lab:
     def _save_state_if_up(self) -> None:
         if self.state_path.exists():
             self._write_state()
+            self._sync_api()
+
+    def _sync_api(self, fresh: bool = False) -> None:
+        """Make the apiserver's objects match lab.json (apisync.py). fresh: nothing is known
+        to be there yet (right after `up`)."""
+        if not self.controlplane.tokens:
+            if not self.controlplane.files.tokens.exists():
+                return  # no control plane (a lab being torn down)
+            self.controlplane.attach()  # started by another process (`lab up`)
+        applied = None
+        if not fresh:
+            with contextlib.suppress(OSError, ValueError):
+                applied = json.loads(self.paths.api_objects.read_text())
+        written = apisync.sync(self.controlplane.admin(), self.state(), applied)
+        write_private(self.paths.api_objects, json.dumps(written).encode())
 
     # ---- running things -------------------------------------------------------------------
 
@@ -640,6 +683,9 @@ def missing_requirements(cni_mode: str | None = None) -> str | None:
     missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         return f"the lab needs these tools: {', '.join(missing)}"
+    unbuilt = components.missing(components.CONTROL_PLANE)
+    if unbuilt:
+        return unbuilt
     if _root_password_locked():
         return ("root's password is locked ('!' in /etc/shadow); sshd with UsePAM no refuses "
                 "key logins for locked accounts")
@@ -660,3 +706,26 @@ def _require_root_and_tools(cni_mode: str) -> None:
     reason = missing_requirements(cni_mode)
     if reason:
         raise LabError(reason)
+
+
+class _Background:
+    """fn() in a thread; result() waits and re-raises its exception in the caller."""
+
+    def __init__(self, fn: Any) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Any) -> None:
+        try:
+            fn()
+        except BaseException as exc:  # handed to the caller's thread
+            self._error = exc
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> None:
+        self.wait()
+        if self._error is not None:
+            raise self._error

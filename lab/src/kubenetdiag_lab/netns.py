@@ -82,7 +82,7 @@ def ip_batch(netns: str | None, lines: Iterable[str]) -> None:
 def name_pattern(prefix: str) -> re.Pattern[str]:
     # Exact lab shapes only, so `down` of prefix "knd" never touches "knd2-..." or a
     # namespace someone else named "knd-something".
-    return re.compile(rf"^{re.escape(prefix)}-(sw|client|outside|node\d+(-pod\d+)?)$")
+    return re.compile(rf"^{re.escape(prefix)}-(sw|client|outside|cp|node\d+(-pod\d+)?)$")
 
 
 def list_netns() -> list[str]:

@@ -28,6 +28,11 @@ class LabPaths:
         return self.workdir / "kubeconfig"
 
     @property
+    def api_objects(self) -> Path:
+        # what apisync wrote to the apiserver last: the next sync's baseline
+        return self.workdir / "controlplane" / "applied-objects.json"
+
+    @property
     def known_hosts(self) -> Path:
         return self.workdir / "known_hosts"
 

@@ -27,7 +27,6 @@ from kubenetdiag_lab.netns import LabError, cmdline, exec_argv, pids_in_netns, r
 from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.runner import CommandRunner
 from kubenetdiag_lab.topology import (
-    API_PORT,
     CLUSTER_DOMAIN,
     METRICS_PORT,
     OUTSIDE_HOST,
@@ -191,13 +190,6 @@ def app_commands(topology: Topology, paths: LabPaths, app: str
         return [(topology.outside_netns, netprog_argv("serve-banner", str(OUTSIDE_PORT),
                                                       "5.7.44-lab mysql_native_password"),
                  OUTSIDE_PORT, "tcp")]
-    if app == "apiserver":
-        # The Kubernetes API stand-in lives on the client namespace's loopback, where the
-        # diagnoser runs, as a real API server would be reached from an admin host.
-        argv = [sys.executable, "-m", "kubenetdiag_lab.apiserver",
-                "--state", str(paths.state), "--port", str(API_PORT),
-                "--kubeconfig-out", str(paths.kubeconfig)]
-        return [(topology.client_netns, argv, API_PORT, "tcp")]
     pod = topology.pod_for_app(app)
     if app == "coredns":
         hosts = [f"--host-record={name},{ip}" for name, ip in dns_records().items()]

@@ -37,7 +37,6 @@ DNS_VIP = "10.96.0.10"
 WEB_VIP = "10.96.0.20"
 WEB_PORT = 8080
 METRICS_PORT = 9153
-API_PORT = 6443  # the Kubernetes API stand-in, on the client namespace's loopback
 
 
 @dataclass(frozen=True)
@@ -118,11 +117,13 @@ class Topology:
     switch_netns: str = field(init=False)
     client_netns: str = field(init=False)
     outside_netns: str = field(init=False)
+    cp_netns: str = field(init=False)  # etcd + kube-apiserver (controlplane.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "switch_netns", f"{self.prefix}-sw")
         object.__setattr__(self, "client_netns", f"{self.prefix}-client")
         object.__setattr__(self, "outside_netns", f"{self.prefix}-outside")
+        object.__setattr__(self, "cp_netns", f"{self.prefix}-cp")
 
     @property
     def namespaces(self) -> list[str]:
@@ -130,6 +131,7 @@ class Topology:
             self.switch_netns,
             self.client_netns,
             self.outside_netns,
+            self.cp_netns,
             *(node.netns for node in self.nodes),
             *(pod.netns for pod in self.pods),
         ]

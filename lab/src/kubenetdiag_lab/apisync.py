@@ -1,0 +1,164 @@
+"""Keep the real kube-apiserver's objects equal to what `k8s_objects.build(state)` says.
+
+The lab has no controllers and no kubelet, so it writes what they would: objects at creation
+(POST), their status through the status subresource (nodes and pods as the kubelet, DaemonSets
+as their controller), and again whenever lab.json changes (an injected or healed fault).
+
+`sync(admin, state, applied)` reconciles against `applied`, the objects this module wrote last
+time (kept by the caller, e.g. in a file): changed objects are replaced (PUT) or have their
+status patched, new ones are created, ones no longer built are deleted. Only the lab's own
+objects are ever touched: the apiserver's `default/kubernetes` Service and its EndpointSlice
+(which the apiserver maintains itself) are left out of the build.
+
+Comparing with what was applied, not with what the server holds, keeps a sync that changes
+nothing free (no request at all), which matters because every lab.json write syncs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from kubenetdiag_lab import k8s_objects
+from kubenetdiag_lab.controlplane import AdminClient, ApiError, collection_path
+from kubenetdiag_lab.errors import LabError
+
+# Set by the server; a body that carried them would be refused (uid) or conflict
+# (resourceVersion), and creationTimestamp is the server's to set.
+SERVER_FIELDS = ("uid", "resourceVersion", "creationTimestamp")
+# Whose status the lab writes as kubelet or a controller would.
+STATUS_KINDS = ("Node", "Pod", "DaemonSet")
+IPPOOL_CRD = "ippools.crd.projectcalico.org"
+CRD_TIMEOUT = 30.0
+
+Obj = dict[str, Any]
+
+
+def ippool_crd() -> Obj:
+    """calico's IPPool CRD, cut to what the lab serves: a cluster-scoped v1 kind whose spec the
+    server keeps as given (the diagnoser reads spec.cidr, ipipMode, vxlanMode, natOutgoing)."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": IPPOOL_CRD},
+        "spec": {
+            "group": "crd.projectcalico.org",
+            "names": {"kind": "IPPool", "listKind": "IPPoolList", "plural": "ippools",
+                      "singular": "ippool"},
+            "scope": "Cluster",
+            "versions": [{
+                "name": "v1", "served": True, "storage": True,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "properties": {"spec": {"type": "object",
+                                            "x-kubernetes-preserve-unknown-fields": True}},
+                }},
+            }],
+        },
+    }
+
+
+def _key(obj: Mapping[str, Any]) -> str:
+    meta = obj["metadata"]
+    return "/".join((obj["apiVersion"], obj["kind"], meta.get("namespace") or "", meta["name"]))
+
+
+def _is_apiservers_own(obj: Mapping[str, Any]) -> bool:
+    meta = obj["metadata"]
+    if meta.get("namespace") != "default":
+        return False
+    if obj["kind"] == "Service":
+        return meta["name"] == "kubernetes"
+    return (obj["kind"] == "EndpointSlice"
+            and meta.get("labels", {}).get("kubernetes.io/service-name") == "kubernetes")
+
+
+def desired(state: Mapping[str, Any]) -> dict[str, Obj]:
+    """{key: object} the server should hold for this lab.json, server-set fields removed."""
+    out: dict[str, Obj] = {}
+    for items in k8s_objects.build(dict(state)).values():
+        for obj in items:
+            if _is_apiservers_own(obj):
+                continue
+            meta = {k: v for k, v in obj["metadata"].items() if k not in SERVER_FIELDS}
+            out[_key(obj)] = {**obj, "metadata": meta}
+    return out
+
+
+def _body(obj: Mapping[str, Any]) -> Obj:
+    return {k: v for k, v in obj.items() if k != "status"}
+
+
+def _item_path(obj: Mapping[str, Any]) -> str:
+    return f"{collection_path(obj)}/{obj['metadata']['name']}"
+
+
+def _ensure_ippool_crd(admin: AdminClient) -> None:
+    admin.create(ippool_crd(), exist_ok=True)
+    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{IPPOOL_CRD}"
+    deadline = time.monotonic() + CRD_TIMEOUT
+    while True:
+        conditions = admin.get(path).get("status", {}).get("conditions") or []
+        if any(c.get("type") == "Established" and c.get("status") == "True"
+               for c in conditions):
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"CRD {IPPOOL_CRD} not Established after {CRD_TIMEOUT:.0f}s: "
+                           f"{conditions}")
+        time.sleep(0.1)
+
+
+def sync(admin: AdminClient, state: Mapping[str, Any],
+         applied: Mapping[str, Obj] | None = None) -> dict[str, Obj]:
+    """Make the server hold desired(state); return it (the caller's next `applied`).
+
+    applied=None means nothing is known to exist: every object is written (an existing one
+    replaced)."""
+    want = desired(state)
+    have = dict(applied or {})
+    namespaces = sorted({o["metadata"]["namespace"] for o in want.values()
+                         if o["metadata"].get("namespace")} - {"default"})
+    new_namespaces = [ns for ns in namespaces
+                      if not any(o["metadata"].get("namespace") == ns for o in have.values())]
+    for ns in new_namespaces:
+        admin.ensure_namespace(ns)
+    if any(o["kind"] == "IPPool" for o in want.values()) and not any(
+            o["kind"] == "IPPool" for o in have.values()):
+        _ensure_ippool_crd(admin)
+    for key, obj in want.items():
+        old = have.get(key)
+        if old is None:
+            _create(admin, obj)
+            changed_status = True
+        else:
+            if _body(old) != _body(obj):
+                # PUT, not POST: a Service POST fails on its taken cluster IP (422) before
+                # the name conflict
+                admin.replace(_body(obj))
+            changed_status = old.get("status") != obj.get("status")
+        if changed_status and obj["kind"] in STATUS_KINDS and obj.get("status"):
+            admin.patch_status(_item_path(obj), obj["status"])
+    for key in sorted(set(have) - set(want)):
+        admin.delete(_item_path(have[key]))
+    if any(o["kind"] == "IPPool" for o in have.values()) and not any(
+            o["kind"] == "IPPool" for o in want.values()):
+        # the CRD is the lab's too: without calico, ippools are a 404 as on a real cluster
+        admin.delete(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{IPPOOL_CRD}")
+    return want
+
+
+
+def _create(admin: AdminClient, obj: Mapping[str, Any]) -> None:
+    try:
+        admin.create(_body(obj))
+    except ApiError as exc:
+        # already there (a sync whose record was lost): 409, or 422 for a Service whose
+        # cluster IP it holds itself
+        if exc.status not in (409, 422):
+            raise
+        try:
+            admin.get(_item_path(obj))
+        except ApiError:
+            raise exc from None
+        admin.replace(_body(obj))
