@@ -222,3 +222,52 @@ def test_parsers_never_crash_on_garbage(stdout, stderr, probe):
     for fact in node_facts(record):
         assert not validate_fact(fact), fact
         assert "could not parse" not in str(fact.attrs.get("reason", "")), fact.attrs
+
+
+def test_iptables_real_kube_proxy_layout():
+    # Recorded from the lab's real kube-proxy v1.36.3 (iptables mode, nf_tables backend).
+    facts = iptables.parse(section("iptables", "kube-proxy-1.36.3-nft-1.8.9"), "node2")
+    (summary,) = [f.attrs for f in facts if f.kind == "iptables_summary"]
+    assert summary["backend"] == "nf_tables" and summary["tables"] == "filter,mangle,nat"
+    assert summary["kube_proxy_chains"] and summary["flannel_chains"]
+    assert not summary["firewalld_chains"] and not summary["ufw_chains"]
+    # default/kubernetes, default/web and kube-dns's three ports
+    assert summary["kube_services"] == 5
+    chains = {(f.attrs["table"], f.attrs["chain"]): f.attrs
+              for f in facts if f.kind == "iptables_chain"}
+    # five service VIPs and the NodePort jump, which must stay last
+    assert chains[("nat", "KUBE-SERVICES")]["rules"] == 6
+    assert chains[("mangle", "KUBE-PROXY-CANARY")]["rules"] == 0
+    assert chains[("filter", "KUBE-PROXY-FIREWALL")]["rules"] == 0
+    services = rules(facts, "KUBE-SERVICES", "nat")
+    assert services[-1]["target"] == "KUBE-NODEPORTS" and services[-1]["dst"] == "!127.0.0.0/8"
+    web = next(r for r in services if r["comment"] == "default/web:http cluster IP")
+    assert (web["dst"], web["proto"], web["dport"], web["target_kind"]) == (
+        "10.96.0.20/32", "tcp", "80", "jump")
+    # kube-proxy prepends its jumps: FORWARD starts with its (empty) load-balancer firewall,
+    # taken for NEW connections only, then KUBE-FORWARD for every packet
+    fwd = rules(facts)
+    assert [(r["target"], r["unconditional"]) for r in fwd[:4]] == [
+        ("KUBE-PROXY-FIREWALL", False), ("KUBE-FORWARD", True), ("KUBE-SERVICES", False),
+        ("KUBE-EXTERNAL-SERVICES", False)]
+    assert [r["comment"] for r in fwd[4:]] == ["flanneld forward"] * 2
+    # the INVALID drop counts into an nfacct object (iptables-save prints two spaces)
+    (invalid,) = [r for r in rules(facts, "KUBE-FORWARD") if r["target"] == "DROP"]
+    assert "ct_state_invalid_dropped_pkts" in invalid["spec"] and not invalid["unconditional"]
+    sep = rules(facts, "KUBE-SEP-P3PWGNTJJVCLY2WY", "nat")
+    assert sep[1]["target"] == "DNAT" and "198.18.0.3:6443" in sep[1]["spec"]
+    assert all(not validate_fact(f) for f in facts)
+
+
+def test_iptables_real_kube_proxy_rejects_a_service_without_endpoints():
+    # kube-proxy v1.36.3 once the web Service's endpoints are not ready: no KUBE-SVC/SEP chains
+    # for it in nat, a REJECT in the filter table's KUBE-SERVICES instead
+    facts = iptables.parse(section("iptables", "kube-proxy-1.36.3-no-endpoints"), "node1")
+    (reject,) = rules(facts, "KUBE-SERVICES")
+    assert reject["comment"] == "default/web:http has no endpoints"
+    assert (reject["target_kind"], reject["dst"], reject["dport"]) == (
+        "reject", "10.96.0.20/32", "80")
+    nat = [r["comment"] for r in rules(facts, "KUBE-SERVICES", "nat")]
+    assert "default/web:http cluster IP" not in nat and "default/kubernetes:https cluster IP" in nat
+    (summary,) = [f.attrs for f in facts if f.kind == "iptables_summary"]
+    assert summary["kube_services"] == 4

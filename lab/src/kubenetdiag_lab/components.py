@@ -34,6 +34,8 @@ BINARIES: Mapping[str, tuple[str, str]] = {
     "coredns": ("coredns", "COREDNS_VERSION"),
 }
 CONTROL_PLANE = ("kube-apiserver", "etcd")
+NODE = ("kube-proxy",)  # run in every lab node
+LAB = (*CONTROL_PLANE, *NODE)  # what `lab up` runs: it refuses when one is missing
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ namespace). `Lab.up` starts it; apisync.py keeps its objects in step with lab.js
   authorizer: there is no kubelet), static tokens (--token-auth-file) for three users:
   `kubenetdiag-lab-admin` (group system:masters), `kubenetdiag` (bound to the ClusterRole in
   kubenetdiag/collect/rbac.yaml, applied at start-up with the admin token), `nobody` (no
-  binding at all) and `kubenetdiag-no-pods` (that ClusterRole without pods). Anonymous
+  binding at all), `kubenetdiag-no-pods` (that ClusterRole without pods) and
+  `system:kube-proxy` (the nodes' real kube-proxy, through Kubernetes' own bootstrap
+  ClusterRoleBinding system:node-proxier; not audited). Anonymous
   requests stay enabled as on a real cluster (/version, /readyz).
 * The ServiceAccount admission plugin is disabled: it rejects every pod whose namespace has no
   `default` ServiceAccount, and without kube-controller-manager nothing creates those. The
@@ -81,7 +83,12 @@ NOBODY_USER = "nobody"
 # The reader's rights minus pods: a real 403 on the pod lists only (tests of what a partly
 # forbidden collection still finds).
 NO_PODS_USER = "kubenetdiag-no-pods"
-USERS = (ADMIN_USER, READER_USER, NOBODY_USER, NO_PODS_USER)
+# The nodes' kube-proxy: Kubernetes' bootstrap ClusterRoleBinding system:node-proxier grants
+# this user what kube-proxy reads and writes (services, endpointslices, nodes; events).
+PROXY_USER = "system:kube-proxy"
+USERS = (ADMIN_USER, READER_USER, NOBODY_USER, NO_PODS_USER, PROXY_USER)
+# Whose every request the audit log keeps: the diagnoser's users, not the lab's own components.
+AUDITED_USERS = (READER_USER, NOBODY_USER, NO_PODS_USER)
 NICE = 10
 START_TIMEOUT = 180.0
 SERVICE_ACCOUNT_ISSUER = f"https://kubernetes.default.svc.{CLUSTER_DOMAIN}"
@@ -200,7 +207,7 @@ class ControlPlaneFiles:
         return self.logs / f"{binary}.log"
 
     def kubeconfig(self, user: str) -> Path:
-        return self.dir / f"kubeconfig-{user}"
+        return self.dir / f"kubeconfig-{user.replace(':', '-')}"
 
     @property
     def audit_policy(self) -> Path:
@@ -520,7 +527,7 @@ class ControlPlane:
         policy = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
                   "omitStages": ["RequestReceived"],
                   "rules": [{"level": "Metadata",
-                             "users": [u for u in USERS if u != ADMIN_USER]},
+                             "users": list(AUDITED_USERS)},
                             {"level": "None"}]}
         write_private(files.audit_policy, yaml.safe_dump(policy).encode())
         files.audit_log.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubenetdiag_lab import cni, nodehost, services
+from kubenetdiag_lab import cni, kubeproxy, nodehost, services
 from kubenetdiag_lab.netns import LabError, cmdline, pids_in_netns, run
 from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.runner import NodeRunner, Runners
@@ -84,6 +84,9 @@ class Fault:
     scope: str = "node"  # "cluster": one instance for the whole lab, placed on default_node
     default_node: Callable[[Topology], str] = _last_node
     fixture_only: bool = False
+    # Run after inject and after heal, once lab.json is saved and the API synced: waits for the
+    # real components to act on the API change the fault made (kube-proxy re-syncing).
+    settle: Action | None = None
 
 
 FAULTS: dict[str, Fault] = {}
@@ -569,27 +572,50 @@ register(Fault(
 ))
 
 
-def _sync_all(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    endpointless = ctx.active.endpointless_services()
-    if params["service"] not in {svc.name for svc in cluster_services(ctx.topology, endpointless)}:
+def _known_service(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # The fault itself is an API change: lab.json lists no endpoints for the service, and
+    # apisync marks its EndpointSlice's endpoints not ready once the state is saved.
+    if params["service"] not in {svc.name for svc in cluster_services(ctx.topology)}:
         raise LabError(f"service_no_endpoints: no lab service {params['service']!r}")
-    for other in ctx.topology.nodes:
-        services.sync_kube_proxy(ctx.topology, ctx.node(other), endpointless)
+
+
+def _kube_proxies_synced(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """Every node's real kube-proxy has turned the API's endpoints into rules (its REJECT for
+    an endpointless Service, its KUBE-SVC/KUBE-SEP chains again once healed)."""
+    nodes = list(ctx.topology.nodes)
+    kubeproxy.wait_synced(ctx.paths, nodes, {n.name: ctx.node(n) for n in nodes},
+                          kubeproxy.expected_comments(ctx.topology,
+                                                      ctx.active.endpointless_services()))
 
 
 register(Fault(
     "service_no_endpoints",
-    "a Service (param service, default web) has no ready endpoints: kube-proxy drops its "
-    "KUBE-SEP rules and REJECTs its VIP; lab.json lists no endpoints",
-    _sync_all, _sync_all, {"service": "web"}, scope="cluster", default_node=_web_node,
+    "a Service (param service, default web) has no ready endpoints in the API: the nodes' "
+    "kube-proxy drops its KUBE-SEP rules and REJECTs its VIP; lab.json lists no endpoints",
+    _known_service, _noop, {"service": "web"}, scope="cluster", default_node=_web_node,
+    settle=_kube_proxies_synced,
 ))
+
+
+def _kube_proxy_dead_and_flushed(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # A running kube-proxy would notice (its KUBE-PROXY-CANARY stays) only at its next periodic
+    # sync, but it would notice: the state an SRE finds is a dead kube-proxy and a flushed chain.
+    kubeproxy.stop(node)
+    ctx.node(node).run(["iptables", "-t", "nat", "-F", "KUBE-SERVICES"])
+
+
+def _kube_proxy_restarted(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    kubeproxy.start(ctx.paths, node, ctx.node(node))
+    kubeproxy.wait_synced(ctx.paths, [node], {node.name: ctx.node(node)},
+                          kubeproxy.expected_comments(ctx.topology,
+                                                      ctx.active.endpointless_services()))
+
+
 register(Fault(
     "kube_proxy_rules_missing",
-    "the node's nat KUBE-SERVICES chain is flushed: service VIPs stop working from its pods",
-    lambda ctx, node, params: ctx.node(node).run(["iptables", "-t", "nat", "-F",
-                                                  "KUBE-SERVICES"]),
-    lambda ctx, node, params: services.sync_kube_proxy(ctx.topology, ctx.node(node),
-                                                       ctx.active.endpointless_services()),
+    "the node's kube-proxy is stopped and its nat KUBE-SERVICES chain flushed: service VIPs "
+    "stop working from the node and its pods (heal starts kube-proxy, which re-syncs)",
+    _kube_proxy_dead_and_flushed, _kube_proxy_restarted,
 ))
 
 # ---- sockets --------------------------------------------------------------------------------

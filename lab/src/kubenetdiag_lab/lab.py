@@ -8,8 +8,9 @@ Layout (prefix "knd", 2 nodes)::
     knd-node2   (198.18.0.12)  ──┘
       each node<i>: its own netns + mount + PID namespace (nodehost.py), sshd on eth0,
         its pods' netns visible inside it as /run/netns/cni-<pod name> (as containerd does),
-        cni0 10.244.<i>.1/24, the CNI's links/routes (cni.py), kube-proxy and CNI iptables
-        rules (services.py), route 203.0.113.0/24 via 198.18.0.250, fake agent processes
+        cni0 10.244.<i>.1/24, the CNI's links/routes (cni.py), the CNI's iptables rules
+        (services.py), the real kube-proxy (kubeproxy.py, iptables mode, watching the API),
+        route 203.0.113.0/24 via 198.18.0.250, fake agent processes (flanneld, kubelet, ...)
       ├─ knd-node<i>-pod1: eth0 10.244.<i>.2/24, default via 10.244.<i>.1 (app "client")
       └─ knd-node<i>-pod2: 10.244.<i>.3 (node1: coredns, node2: web, others: "client")
 
@@ -70,7 +71,7 @@ from typing import Any
 
 import yaml
 
-from kubenetdiag_lab import apisync, cni, components, icmp, nodehost, services, sshd
+from kubenetdiag_lab import apisync, cni, components, icmp, kubeproxy, nodehost, services, sshd
 from kubenetdiag_lab import controlplane as cpm
 from kubenetdiag_lab.faults import FAULTS, ActiveFaults, Fault, FaultContext
 from kubenetdiag_lab.netns import (
@@ -251,6 +252,8 @@ class Lab:
                           self.controlplane.kubeconfig(cpm.READER_USER).read_bytes())
             self._write_state()
             self._sync_api(fresh=True)
+            # kube-proxy needs its Node object (apisync wrote it) and programs the Services.
+            self._start_kube_proxies()
         except BaseException as exc:
             if cp_start is not None:
                 cp_start.wait()  # a start still running would outlive the clean-up
@@ -411,7 +414,7 @@ class Lab:
         # machine without br_netfilter has no net.bridge keys (the lab still works, routed).
         script = ("sysctl -qew net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1 "
                   ">/dev/null && iptables-restore --noflush")
-        ruleset = services.node_ruleset(self.topology, node, self.active.endpointless_services())
+        ruleset = services.node_ruleset(self.topology, node)
         self.node_exec(node.name, ["sh", "-c", script], input=ruleset)
 
     def _start_inits(self) -> None:
@@ -427,6 +430,15 @@ class Lab:
             # they would on a real node
             nodehost.expose_netns(self._init_pids[node.name], self.paths.node_files(node.name),
                                   {f"cni-{pod.name}": pod.netns for pod in self.pods_on(node.name)})
+
+    def _start_kube_proxies(self) -> None:
+        kubeconfig = self.controlplane.kubeconfig(cpm.PROXY_USER)
+        for node in self.nodes:
+            kubeproxy.write_config(self.topology, self.paths, node, kubeconfig)
+            kubeproxy.start(self.paths, node, self.runners.node(node))
+        kubeproxy.wait_synced(
+            self.paths, self.nodes, {node.name: self.runners.node(node) for node in self.nodes},
+            kubeproxy.expected_comments(self.topology, self.active.endpointless_services()))
 
     def _start_sshds(self, nodes: Sequence[LabNode]) -> None:
         # Start all, then wait for all: startup latency overlaps instead of adding up.
@@ -627,6 +639,8 @@ class Lab:
                 spec.heal(context, target, merged)
             raise
         self._save_state_if_up()
+        if spec.settle is not None and self.state_path.exists():
+            spec.settle(context, target, merged)
 
     def heal(self, fault: str | None = None, node: str | None = None) -> None:
         """Undo faults. With no fault, every recorded fault (on `node` if given) is healed;
@@ -653,6 +667,8 @@ class Lab:
                            if not (entry["fault"] == spec.name and entry["node"] == target.name)]
             spec.heal(context, target, params)
             self._save_state_if_up()
+            if spec.settle is not None and self.state_path.exists():
+                spec.settle(context, target, params)
         self._save_state_if_up()
 
     def _reload_faults(self) -> None:
@@ -683,7 +699,7 @@ def missing_requirements(cni_mode: str | None = None) -> str | None:
     missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         return f"the lab needs these tools: {', '.join(missing)}"
-    unbuilt = components.missing(components.CONTROL_PLANE)
+    unbuilt = components.missing(components.LAB)
     if unbuilt:
         return unbuilt
     if _root_password_locked():

@@ -3,8 +3,9 @@
 Each node gets a small init (bash as PID 1 of a new PID namespace, inside the node's network
 namespace and a private mount namespace). The init bind-mounts the node's own /etc/sysctl.conf,
 /etc/sysctl.d/ and /run (from the lab work dir) and starts fake agents named like the real ones
-(flanneld, kube-proxy, ...). sshd, bird and fault processes are started inside it with nsenter,
-so `ps` and `cat /etc/sysctl.d/*` over SSH show that node's processes and files only.
+(flanneld, kubelet, ...). sshd, bird, the real kube-proxy (kubeproxy.py) and fault processes
+are started inside it with nsenter, so `ps` and `cat /etc/sysctl.d/*` over SSH show that node's
+processes and files only.
 
 Killing the init ends the whole PID namespace (the kernel kills every process in it), and the
 mount namespace disappears with its last process, so `down` has nothing extra to undo. Mounts are
@@ -26,14 +27,13 @@ from kubenetdiag_lab.netns import LabError, cmdline, exec_argv, pids_in_netns, r
 # The real binaries' names; the processes are `sleep infinity` run under these names (a symlink
 # gives the kernel's comm, argv[0] gives ps's args), so they cost ~1 MiB each and do nothing.
 AGENTS = {
-    "flannel-vxlan": ("flanneld", "kube-proxy", "kubelet", "containerd"),
-    "flannel-host-gw": ("flanneld", "kube-proxy", "kubelet", "containerd"),
-    "calico-bgp": ("calico-node", "kube-proxy", "kubelet", "containerd"),
+    "flannel-vxlan": ("flanneld", "kubelet", "containerd"),
+    "flannel-host-gw": ("flanneld", "kubelet", "containerd"),
+    "calico-bgp": ("calico-node", "kubelet", "containerd"),
 }
 AGENT_PATHS = {
     "flanneld": "/opt/bin/flanneld",
     "calico-node": "/usr/bin/calico-node",
-    "kube-proxy": "/usr/local/bin/kube-proxy",
     "kubelet": "/usr/bin/kubelet",
     "containerd": "/usr/bin/containerd",
 }

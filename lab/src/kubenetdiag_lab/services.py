@@ -1,10 +1,10 @@
-"""Cluster services: CoreDNS and an app behind service VIPs, kube-proxy's NAT, the outside world.
+"""Cluster services: CoreDNS and an app behind service VIPs, the CNI's NAT, the outside world.
 
 - CoreDNS stand-in: dnsmasq in a pod on node1 answering the cluster's service names, plus an
   HTTP /metrics on 9153; Service kube-system/kube-dns on 10.96.0.10 (53/udp, 53/tcp, 9153/tcp).
 - App: an HTTP server on 8080 in a pod on node2; Service default/web on 10.96.0.20:80.
-- kube-proxy (iptables mode) chains on every node: KUBE-SERVICES, KUBE-SVC-*, KUBE-SEP-*,
-  KUBE-MARK-MASQ, KUBE-POSTROUTING, KUBE-FORWARD, named and commented as kube-proxy does.
+- Service VIPs are the real kube-proxy's work (kubeproxy.py), from the API's Services and
+  EndpointSlices; nothing here writes a KUBE-* chain.
 - The CNI's masquerade for pod traffic leaving the pod network (to the outside namespace).
 - Outside: a namespace on the underlay (198.18.0.250) holding 203.0.113.10, a TCP service on
   3306, standing for the internet and middleware. Nodes route 203.0.113.0/24 to it.
@@ -15,17 +15,13 @@ into iptables rules and processes, given the topology, the lab's paths and a nod
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import subprocess
 import sys
 import time
-from collections.abc import Collection
 from pathlib import Path
 
 from kubenetdiag_lab.netns import LabError, cmdline, exec_argv, pids_in_netns, run, terminate
 from kubenetdiag_lab.paths import LabPaths
-from kubenetdiag_lab.runner import CommandRunner
 from kubenetdiag_lab.topology import (
     CLUSTER_DOMAIN,
     METRICS_PORT,
@@ -36,83 +32,12 @@ from kubenetdiag_lab.topology import (
     WEB_PORT,
     LabNode,
     Topology,
-    cluster_services,
     dns_records,
 )
 
 # netprog.py runs as a script inside pods (python -I path): only its path is needed here
 NETPROG = str(Path(__file__).with_name("netprog.py"))
 MASQ_MARK = "0x4000/0x4000"
-
-
-def _hash_chain(prefix: str, *parts: str) -> str:
-    # kube-proxy's naming: base32 of a sha256 over the service port (and endpoint), 16 chars.
-    digest = hashlib.sha256("".join(parts).encode()).digest()
-    return prefix + base64.b32encode(digest).decode()[:16]
-
-
-def kube_proxy_chains(topology: Topology, endpointless: Collection[str] = ()
-                      ) -> tuple[list[str], list[str]]:
-    """(nat lines, filter lines) declaring and filling kube-proxy's own chains.
-
-    Declaring a chain in `iptables-restore --noflush` input flushes it, so applying this again
-    rewrites the chains in place, as a kube-proxy sync does; the built-in chains' jumps into
-    them (base_rules) are left alone.
-    """
-    pods = {pod.name: pod for pod in topology.pods}
-    pod_net = topology.pod_network
-    nat_decl = [":KUBE-SERVICES - [0:0]", ":KUBE-NODEPORTS - [0:0]",
-                ":KUBE-MARK-MASQ - [0:0]", ":KUBE-POSTROUTING - [0:0]"]
-    nat = [
-        f"-A KUBE-MARK-MASQ -j MARK --set-xmark {MASQ_MARK}",
-        f"-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK} -j RETURN",
-        "-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0",
-        '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" '
-        "-j MASQUERADE --random-fully",
-    ]
-    flt_decl = [":KUBE-SERVICES - [0:0]", ":KUBE-FORWARD - [0:0]"]
-    flt = [
-        "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
-        '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" '
-        f"-m mark --mark {MASQ_MARK} -j ACCEPT",
-        '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" '
-        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-    ]
-    for svc in cluster_services(topology, endpointless):
-        for svc_port in svc.ports:
-            proto = svc_port.protocol.lower()
-            spn = f"{svc.namespace}/{svc.name}:{svc_port.name}"
-            endpoints = [pods[name] for name in svc.endpoints]
-            if not endpoints:
-                flt.append(f"-A KUBE-SERVICES -d {svc.cluster_ip}/32 -p {proto} -m comment "
-                           f'--comment "{spn} has no endpoints" -m {proto} --dport {svc_port.port} '
-                           "-j REJECT --reject-with icmp-port-unreachable")
-                continue
-            svc_chain = _hash_chain("KUBE-SVC-", spn, proto)
-            nat_decl.append(f":{svc_chain} - [0:0]")
-            nat.append(f"-A KUBE-SERVICES -d {svc.cluster_ip}/32 -p {proto} -m comment "
-                       f'--comment "{spn} cluster IP" -m {proto} --dport {svc_port.port} '
-                       f"-j {svc_chain}")
-            nat.append(f"-A {svc_chain} ! -s {pod_net} -d {svc.cluster_ip}/32 -p {proto} "
-                       f'-m comment --comment "{spn} cluster IP" -m {proto} '
-                       f"--dport {svc_port.port} -j KUBE-MARK-MASQ")
-            for position, pod in enumerate(endpoints):
-                dest = f"{pod.ip}:{svc_port.target_port}"
-                sep = _hash_chain("KUBE-SEP-", spn, proto, dest)
-                nat_decl.append(f":{sep} - [0:0]")
-                left = len(endpoints) - position
-                pick = (f"-m statistic --mode random --probability {1 / left:.11f} "
-                        if left > 1 else "")
-                nat.append(f'-A {svc_chain} -m comment --comment "{spn} -> {dest}" {pick}'
-                           f"-j {sep}")
-                nat.append(f'-A {sep} -s {pod.ip}/32 -m comment --comment "{spn}" '
-                           "-j KUBE-MARK-MASQ")
-                nat.append(f'-A {sep} -p {proto} -m comment --comment "{spn}" -m {proto} '
-                           f"-j DNAT --to-destination {dest}")
-    nat.append('-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this '
-               'must be the last rule in this chain" -m addrtype --dst-type LOCAL '
-               "-j KUBE-NODEPORTS")
-    return nat_decl + nat, flt_decl + flt
 
 
 def cni_rules(topology: Topology, node: LabNode) -> tuple[list[str], list[str]]:
@@ -141,38 +66,12 @@ def cni_rules(topology: Topology, node: LabNode) -> tuple[list[str], list[str]]:
     return nat, flt
 
 
-def node_ruleset(topology: Topology, node: LabNode, endpointless: Collection[str] = ()) -> str:
-    """The whole iptables-restore --noflush input a node gets at `up`."""
-    kube_nat, kube_flt = kube_proxy_chains(topology, endpointless)
+def node_ruleset(topology: Topology, node: LabNode) -> str:
+    """The iptables-restore --noflush input a node gets at `up`: the CNI's rules only.
+    kube-proxy's chains are the real kube-proxy's (kubeproxy.py)."""
     cni_nat, cni_flt = cni_rules(topology, node)
-    portal = '-m comment --comment "kubernetes service portals"'
-    nat = [*kube_nat,
-           f"-A PREROUTING {portal} -j KUBE-SERVICES",
-           f"-A OUTPUT {portal} -j KUBE-SERVICES",
-           '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" '
-           "-j KUBE-POSTROUTING",
-           *cni_nat]
-    flt = [*kube_flt,
-           '-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD',
-           f"-A FORWARD -m conntrack --ctstate NEW {portal} -j KUBE-SERVICES",
-           f"-A OUTPUT -m conntrack --ctstate NEW {portal} -j KUBE-SERVICES",
-           *cni_flt]
-    return "*nat\n" + "\n".join(nat) + "\nCOMMIT\n*filter\n" + "\n".join(flt) + "\nCOMMIT\n"
-
-
-def sync_kube_proxy(topology: Topology, runner: CommandRunner,
-                    endpointless: Collection[str] = ()) -> None:
-    """Rewrite kube-proxy's chains on a node from the current services (a kube-proxy sync):
-    restores flushed chains and drops the chains of endpoints that went away."""
-    kube_nat, kube_flt = kube_proxy_chains(topology, endpointless)
-    wanted = {line[1:].split()[0] for line in kube_nat if line.startswith(":")}
-    current = runner.run(["iptables-save", "-t", "nat"]).stdout
-    stale = sorted({line[1:].split()[0] for line in current.splitlines()
-                    if line.startswith(":KUBE-S")} - wanted)
-    text = ("*nat\n" + "\n".join(kube_nat + [f":{chain} - [0:0]" for chain in stale] +
-                                 [f"-X {chain}" for chain in stale]) +
-            "\nCOMMIT\n*filter\n" + "\n".join(kube_flt) + "\nCOMMIT\n")
-    runner.run(["iptables-restore", "--noflush"], input=text)
+    return ("*nat\n" + "\n".join(cni_nat) + "\nCOMMIT\n*filter\n" + "\n".join(cni_flt) +
+            "\nCOMMIT\n")
 
 
 # ---- processes: CoreDNS, web, outside ------------------------------------------------------
