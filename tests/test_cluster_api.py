@@ -15,7 +15,6 @@ import base64
 import http.client
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import standalone_api
 from kubenetdiag.bundle import read_cluster, write_cluster
 from kubenetdiag.cli import main
 from kubenetdiag.collect import cluster as cc
@@ -32,12 +32,11 @@ from kubenetdiag.facts.cluster import cluster_facts
 from kubenetdiag.facts.registry import validate_fact
 from kubenetdiag_lab import apisync, components
 from kubenetdiag_lab import controlplane as cpm
-from kubenetdiag_lab.netns import add_netns, delete_netns, ip_batch, list_netns
 
 kubernetes = pytest.importorskip("kubernetes")
 
-PREFIX = (os.environ.get("KUBENETDIAG_TEST_LAB_PREFIX", "kndtest") + "ca")[:12]
-SWITCH, CLIENT = f"{PREFIX}-sw", f"{PREFIX}-client"
+PREFIX = standalone_api.prefix_for("ca")
+CLIENT = standalone_api.client_netns(PREFIX)
 CP = cpm.cp_netns(PREFIX)
 
 
@@ -120,41 +119,16 @@ class Api:
         return revision
 
 
-def _remove_network() -> list[str]:
-    return cpm.delete_cp_netns(PREFIX) + delete_netns([CLIENT, SWITCH])
-
-
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("the lab's control plane needs root and iproute2")
-    reason = components.missing(components.CONTROL_PLANE)
-    if reason:
-        pytest.skip(reason)
-    workdir = tmp_path_factory.mktemp("cluster-api")
-    _remove_network()  # what a crashed earlier run may have left
     # Continue tokens from etcd, not from the watch cache's snapshots (on by default since
     # 1.34), so compacting etcd expires them as it does on a server whose cache is cold or
     # that drops snapshots when it compacts: the real 410 the collector must handle.
-    cp = cpm.ControlPlane(workdir, CP,
-                          apiserver_args=["--feature-gates=ListFromCacheSnapshot=false"])
-    try:
-        add_netns([SWITCH, CLIENT])
-        ip_batch(SWITCH, ["link set lo up", "link add br0 type bridge", "link set br0 up",
-                          f"link add swc type veth peer name eth0 netns {CLIENT}",
-                          "link set swc master br0 up"])
-        ip_batch(CLIENT, ["link set lo up", "addr add 198.18.0.2/24 dev eth0",
-                          "link set eth0 up"])
-        cpm.add_cp_netns(PREFIX, SWITCH)
-        cp.start()
-        yield Api(cp, workdir)
-    finally:
-        try:
-            cp.stop()
-        finally:
-            left = _remove_network()
-        assert left == [], left
-        assert not [n for n in list_netns() if n.startswith(f"{PREFIX}-")]
+    with standalone_api.control_plane(
+        PREFIX, tmp_path_factory.mktemp("cluster-api"),
+        apiserver_args=["--feature-gates=ListFromCacheSnapshot=false"],
+    ) as cp:
+        yield Api(cp, cp.workdir)
 
 
 @pytest.fixture
@@ -168,15 +142,7 @@ def served(api: Api) -> Callable[..., Path]:
 
 
 def collect(kubeconfig: Path, netns: str = CLIENT, **kw) -> dict:
-    """The product's collector, from the client namespace (the only one reaching the API)."""
-    def run() -> dict:
-        api, source = cc.load_client(cc.ApiTarget(str(kubeconfig)))
-        try:
-            return cc.collect_cluster(api, source, **kw)
-        finally:
-            api.close()
-
-    return cpm.in_netns(netns, run, timeout=120)
+    return standalone_api.collect_from(netns, kubeconfig, **kw)
 
 
 def calls(doc: dict) -> dict[str, dict]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,18 +22,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubenetdiag.collect import cluster as cc
+import standalone_api
 from kubenetdiag.facts.cluster import cluster_facts
 from kubenetdiag_lab import components, k8s_objects
 from kubenetdiag_lab import controlplane as cpm
-from kubenetdiag_lab.netns import NETNS_DIR, add_netns, delete_netns, ip_batch, list_netns
+from kubenetdiag_lab.netns import NETNS_DIR
 
 kubernetes = pytest.importorskip("kubernetes")
 
-PREFIX = (os.environ.get("KUBENETDIAG_TEST_LAB_PREFIX", "kndtest") + "cp")[:12]
-SWITCH, CLIENT = f"{PREFIX}-sw", f"{PREFIX}-client"
+PREFIX = standalone_api.prefix_for("cp")
+CLIENT = standalone_api.client_netns(PREFIX)
 CP = cpm.cp_netns(PREFIX)
-CLIENT_ADDRESS = "198.18.0.2"
 
 
 @dataclass
@@ -88,56 +86,18 @@ def seed(admin: cpm.AdminClient, state: dict) -> None:
                 admin.patch_status(path, obj["status"])
 
 
-def _build_network() -> None:
-    add_netns([SWITCH, CLIENT])
-    ip_batch(SWITCH, ["link set lo up", "link add br0 type bridge", "link set br0 up",
-                      f"link add swc type veth peer name eth0 netns {CLIENT}",
-                      "link set swc master br0 up"])
-    ip_batch(CLIENT, ["link set lo up", f"addr add {CLIENT_ADDRESS}/24 dev eth0",
-                      "link set eth0 up"])
-    cpm.add_cp_netns(PREFIX, SWITCH)
-
-
-def _remove_network() -> list[str]:
-    left = cpm.delete_cp_netns(PREFIX)
-    return left + delete_netns([CLIENT, SWITCH])
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("the lab's control plane needs root and iproute2")
-    reason = components.missing(components.CONTROL_PLANE)
-    if reason:
-        pytest.skip(reason)
     workdir = tmp_path_factory.mktemp("controlplane")
-    _remove_network()  # what a crashed earlier run may have left
-    cp = cpm.ControlPlane(workdir, CP)
-    try:
-        _build_network()
-        cp.start()
+    with standalone_api.control_plane(PREFIX, workdir) as cp:
         state = _state(workdir)
         seed(cp.admin(), state)
         yield Env(cp, workdir, state)
-    finally:
-        try:
-            cp.stop()
-        finally:
-            left = _remove_network()
-        assert left == [], left
-        assert not [n for n in list_netns() if n.startswith(f"{PREFIX}-")]
 
 
 def collect(kubeconfig: Path, **kw) -> dict:
     """The product's collector, run from the client namespace (as `lab exec` would)."""
-    def run() -> dict:
-        api, source = cc.load_client(cc.ApiTarget(str(kubeconfig)))
-        try:
-            return cc.collect_cluster(api, source, **kw)
-        finally:
-            api.close()
-
-    return cpm.in_netns(CLIENT, run, timeout=120)
+    return standalone_api.collect_from(CLIENT, kubeconfig, **kw)
 
 
 def calls(doc: dict) -> dict[str, dict]:
