@@ -103,3 +103,12 @@ def test_collect_refuses_an_old_bundle_before_touching_any_node(tmp_path: Path) 
 def test_bad_options_are_input_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="--parallel"):
         pipeline.collect([local_host()], pipeline.CollectOptions(parallel=0), tmp_path / "b")
+
+
+def test_analyze_without_saving_leaves_the_bundle_as_it_was(tmp_path: Path, rules) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(EXAMPLE, copy)
+    before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
+    result = pipeline.analyze(Bundle.read(copy), rules, save=False)
+    assert result.report["summary"]["root_causes"] == 3
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before

@@ -27,7 +27,7 @@ from kubenetdiag.engine import infer, load_ruleset
 from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.findings import build_report
 from kubenetdiag.reports import render_html
-from kubenetdiag.reports.screenshot import FLAGS as SCREENSHOT_FLAGS
+from kubenetdiag.screenshot import FLAGS as SCREENSHOT_FLAGS
 
 websocket = pytest.importorskip("websocket", reason="websocket-client is not installed")
 

@@ -163,8 +163,11 @@ def collect(
     return bundle
 
 
-def analyze(bundle: Bundle, ruleset: RuleSet, observer: Observer | None = None) -> Analysis:
-    """Parse, infer and build the report; keep facts.json and report.json in the bundle."""
+def analyze(
+    bundle: Bundle, ruleset: RuleSet, observer: Observer | None = None, *, save: bool = True
+) -> Analysis:
+    """Parse, infer and build the report; keep facts.json and report.json in the bundle
+    unless `save` is false (a shipped example stays as committed)."""
     observer = observer or _Silent()
     facts = facts_from_records(bundle.records, bundle.cluster, probes=bundle.meta.get("probes"))
     findings = infer(ruleset, facts)
@@ -177,6 +180,8 @@ def analyze(bundle: Bundle, ruleset: RuleSet, observer: Observer | None = None) 
         rules_digest=ruleset.digest,
         bundle=str(bundle.path),
     )
+    if not save:
+        return Analysis(facts, report)
     try:
         write_json(
             bundle.path / "facts.json",

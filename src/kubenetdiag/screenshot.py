@@ -1,12 +1,13 @@
 """Render a bundle's HTML report and photograph it with headless Chromium (docs/report.png).
 
-    python -m kubenetdiag.reports.screenshot examples/bundles/lab-three-faults docs/report.png
-    python -m kubenetdiag.reports.screenshot examples/bundles/lab-three-faults \\
+    python -m kubenetdiag.screenshot examples/bundles/lab-three-faults docs/report.png
+    python -m kubenetdiag.screenshot examples/bundles/lab-three-faults \\
         docs/report-zh-CN.png --lang zh-CN
 
-The bundle is analyzed in memory: nothing is written into it, so a shipped example stays as
-committed. Chromium runs with a throwaway profile, no network features, and every host name
-mapped to "not found", so taking the picture cannot fetch anything either.
+The bundle is analyzed as `kubenetdiag analyze` does, in memory: nothing is written into it, so
+a shipped example stays as committed. Chromium runs with a throwaway profile, no network
+features, and every host name mapped to "not found", so taking the picture cannot fetch
+anything either.
 """
 
 from __future__ import annotations
@@ -37,17 +38,11 @@ FLAGS = (
 
 def bundle_report(bundle: Path) -> dict:
     """The report `kubenetdiag analyze BUNDLE` would write, without writing anything."""
-    from kubenetdiag.bundle import read_bundle
-    from kubenetdiag.engine import infer, load_ruleset
-    from kubenetdiag.facts.parse import facts_from_records
-    from kubenetdiag.findings import build_report
+    from kubenetdiag.bundle import Bundle
+    from kubenetdiag.engine import load_ruleset
+    from kubenetdiag.pipeline import analyze
 
-    meta, records = read_bundle(bundle)
-    ruleset = load_ruleset([])
-    facts = facts_from_records(records)
-    return build_report(meta, records, facts, infer(ruleset, facts),
-                        rules_count=len(ruleset.rules), rules_digest=ruleset.digest,
-                        bundle=str(bundle))
+    return analyze(Bundle.read(bundle), load_ruleset(), save=False).report
 
 
 def screenshot(html: str, out: Path, *, width: int = 1280, height: int = 1500,
@@ -72,7 +67,7 @@ def screenshot(html: str, out: Path, *, width: int = 1280, height: int = 1500,
 def main(argv: list[str] | None = None) -> int:
     from kubenetdiag.reports import render_html
 
-    p = argparse.ArgumentParser(prog="python -m kubenetdiag.reports.screenshot",
+    p = argparse.ArgumentParser(prog="python -m kubenetdiag.screenshot",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("bundle", type=Path)
     p.add_argument("out", type=Path, help="PNG file to write")
