@@ -17,7 +17,8 @@ already holds a bundle, bad options). Nothing here prints: progress and notes go
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -127,13 +128,9 @@ def collect(
     # Kept open between the phases: the active script reuses each node's SSH connection.
     connector = Connector(options.ssh, keep=options.active)
     try:
-        records = _run_phase(
-            observer, "collecting", len(hosts),
-            lambda progress: collect_nodes(
-                hosts, options.ssh, parallel=options.parallel, progress=progress,
-                connector=connector,
-            )[0],
-        )
+        with _phase(observer, "collecting", len(hosts)) as progress:
+            records, _ = collect_nodes(hosts, options.ssh, parallel=options.parallel,
+                                       progress=progress, connector=connector)
         cluster = api.result()
         if options.active:
             _active_phase(hosts, records, cluster, connector, options, observer)
@@ -206,12 +203,11 @@ def diagnose(
     return analyze(collect(hosts, options, out, observer), ruleset, observer)
 
 
-def _run_phase(
-    observer: Observer, label: str, total: int, work: Callable[[NodeProgress], list[dict]]
-) -> list[dict]:
+@contextmanager
+def _phase(observer: Observer, label: str, total: int) -> Iterator[NodeProgress]:
     progress = observer.phase(label, total)
     try:
-        return work(progress)
+        yield progress
     finally:
         progress.close()
 
@@ -232,15 +228,9 @@ def _active_phase(
 
     plans = plan(facts_from_records(records, cluster), hosts)
     reached = sum(1 for r in records if r["reachable"])
-    results: dict[str, dict] = {}
-
-    def work(progress: NodeProgress) -> list[dict]:
-        results.update(
-            run_active(hosts, plans, connector, parallel=options.parallel, progress=progress)
-        )
-        return records
-
-    _run_phase(observer, "active probes", reached, work)
+    with _phase(observer, "active probes", reached) as progress:
+        results = run_active(hosts, plans, connector, parallel=options.parallel,
+                             progress=progress)
     for rec in records:
         if rec["name"] in results:
             rec["active"] = results[rec["name"]]

@@ -59,7 +59,7 @@ from typing import Any, TypeVar
 import yaml
 
 from kubenetdiag_lab import components, pki
-from kubenetdiag_lab.errors import LabError
+from kubenetdiag_lab.errors import LabError, log_tail
 from kubenetdiag_lab.netns import (
     NETNS_DIR,
     add_netns,
@@ -264,13 +264,6 @@ def no_pods_manifest() -> list[dict]:
                              "name": NO_PODS_USER}]}
     return [role, binding]
 
-
-def log_tail(path: Path, lines: int = 25) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"({path}: no log)"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def rss_bytes(pid: int) -> int | None:

@@ -582,10 +582,8 @@ def _known_service(ctx: FaultContext, node: LabNode, params: Params) -> None:
 def _kube_proxies_synced(ctx: FaultContext, node: LabNode, params: Params) -> None:
     """Every node's real kube-proxy has turned the API's endpoints into rules (its REJECT for
     an endpointless Service, its KUBE-SVC/KUBE-SEP chains again once healed)."""
-    nodes = list(ctx.topology.nodes)
-    kubeproxy.wait_synced(ctx.paths, nodes, {n.name: ctx.node(n) for n in nodes},
-                          kubeproxy.expected_comments(ctx.topology,
-                                                      ctx.active.endpointless_services()))
+    kubeproxy.wait_synced(ctx.topology, ctx.paths, list(ctx.topology.nodes), ctx.node,
+                          ctx.active.endpointless_services())
 
 
 register(Fault(
@@ -606,9 +604,8 @@ def _kube_proxy_dead_and_flushed(ctx: FaultContext, node: LabNode, params: Param
 
 def _kube_proxy_restarted(ctx: FaultContext, node: LabNode, params: Params) -> None:
     kubeproxy.start(ctx.paths, node, ctx.node(node))
-    kubeproxy.wait_synced(ctx.paths, [node], {node.name: ctx.node(node)},
-                          kubeproxy.expected_comments(ctx.topology,
-                                                      ctx.active.endpointless_services()))
+    kubeproxy.wait_synced(ctx.topology, ctx.paths, [node], ctx.node,
+                          ctx.active.endpointless_services())
 
 
 register(Fault(

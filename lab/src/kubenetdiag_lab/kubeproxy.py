@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import shlex
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import yaml
 
 from kubenetdiag_lab import components, nodehost
-from kubenetdiag_lab.errors import LabError
+from kubenetdiag_lab.errors import LabError, log_tail
 from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.runner import NodeRunner
 from kubenetdiag_lab.topology import LabNode, Topology, cluster_services
@@ -102,8 +102,7 @@ def stop(node: LabNode) -> None:
     nodehost.kill(pids(node))
 
 
-def expected_comments(topology: Topology, endpointless: Sequence[str] | set[str] = ()
-                      ) -> list[str]:
+def expected_comments(topology: Topology, endpointless: Collection[str] = ()) -> list[str]:
     """The rule comments a synced kube-proxy has in KUBE-SERVICES for the lab's Services:
     "<ns>/<svc>:<port> cluster IP" (nat), or "... has no endpoints" (filter) for an
     endpointless one."""
@@ -115,15 +114,18 @@ def expected_comments(topology: Topology, endpointless: Sequence[str] | set[str]
     return out
 
 
-def wait_synced(paths: LabPaths, nodes: Sequence[LabNode], runners: Mapping[str, NodeRunner],
-                comments: Sequence[str], timeout: float = SYNC_TIMEOUT) -> None:
-    """Wait until every node's kube-proxy has programmed every expected comment; raise with
-    the log tail if one exits or the time runs out."""
+def wait_synced(topology: Topology, paths: LabPaths, nodes: Sequence[LabNode],
+                runner_of: Callable[[LabNode], NodeRunner], endpointless: Collection[str] = (),
+                timeout: float = SYNC_TIMEOUT) -> None:
+    """Wait until every node's kube-proxy has programmed every lab Service (with
+    `endpointless` ones as rejects); raise with the log tail if one exits or the time runs
+    out."""
+    comments = expected_comments(topology, endpointless)
     pending = {node.name: node for node in nodes}
     deadline = time.monotonic() + timeout
     while pending:
         for name, node in list(pending.items()):
-            saved = runners[name].run(["iptables-save"], check=False).stdout
+            saved = runner_of(node).run(["iptables-save"], check=False).stdout
             # KUBE-SERVICES only: a flushed chain leaves the same comments in KUBE-SVC-*
             services = "\n".join(line for line in saved.splitlines()
                                  if line.startswith("-A KUBE-SERVICES "))
@@ -131,18 +133,12 @@ def wait_synced(paths: LabPaths, nodes: Sequence[LabNode], runners: Mapping[str,
                 del pending[name]
             elif not pids(node):
                 raise LabError(f"kube-proxy on {name} is not running; last lines of "
-                               f"{log_path(paths, name)}:\n{_tail(log_path(paths, name))}")
+                               f"{log_path(paths, name)}:\n{log_tail(log_path(paths, name))}")
         if pending and time.monotonic() > deadline:
             name = sorted(pending)[0]
             raise LabError(f"kube-proxy did not program the lab's Services within "
                            f"{timeout:.0f}s on {', '.join(sorted(pending))}; last lines of "
-                           f"{log_path(paths, name)}:\n{_tail(log_path(paths, name))}")
+                           f"{log_path(paths, name)}:\n{log_tail(log_path(paths, name))}")
         if pending:
             time.sleep(0.1)
 
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"

@@ -436,9 +436,8 @@ class Lab:
         for node in self.nodes:
             kubeproxy.write_config(self.topology, self.paths, node, kubeconfig)
             kubeproxy.start(self.paths, node, self.runners.node(node))
-        kubeproxy.wait_synced(
-            self.paths, self.nodes, {node.name: self.runners.node(node) for node in self.nodes},
-            kubeproxy.expected_comments(self.topology, self.active.endpointless_services()))
+        kubeproxy.wait_synced(self.topology, self.paths, self.nodes, self.runners.node,
+                              self.active.endpointless_services())
 
     def _start_sshds(self, nodes: Sequence[LabNode]) -> None:
         # Start all, then wait for all: startup latency overlaps instead of adding up.
