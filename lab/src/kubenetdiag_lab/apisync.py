@@ -29,6 +29,9 @@ from kubenetdiag_lab.errors import LabError
 SERVER_FIELDS = ("uid", "resourceVersion", "creationTimestamp")
 # Whose status the lab writes as kubelet or a controller would.
 STATUS_KINDS = ("Node", "Pod", "DaemonSet")
+# Objects a real component writes to as well (flanneld annotates its Node and sets its
+# NetworkUnavailable condition): patched, never replaced, so its entries stay.
+SHARED_KINDS = ("Node",)
 IPPOOL_CRD = "ippools.crd.projectcalico.org"
 CRD_TIMEOUT = 30.0
 
@@ -133,9 +136,12 @@ def sync(admin: AdminClient, state: Mapping[str, Any],
             changed_status = True
         else:
             if _body(old) != _body(obj):
-                # PUT, not POST: a Service POST fails on its taken cluster IP (422) before
-                # the name conflict
-                admin.replace(_body(obj))
+                if obj["kind"] in SHARED_KINDS:
+                    admin.patch(_item_path(obj), _body(obj))
+                else:
+                    # PUT, not POST: a Service POST fails on its taken cluster IP (422)
+                    # before the name conflict
+                    admin.replace(_body(obj))
             changed_status = old.get("status") != obj.get("status")
         if changed_status and obj["kind"] in STATUS_KINDS and obj.get("status"):
             admin.patch_status(_item_path(obj), obj["status"])

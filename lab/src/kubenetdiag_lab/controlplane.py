@@ -86,7 +86,12 @@ NO_PODS_USER = "kubenetdiag-no-pods"
 # The nodes' kube-proxy: Kubernetes' bootstrap ClusterRoleBinding system:node-proxier grants
 # this user what kube-proxy reads and writes (services, endpointslices, nodes; events).
 PROXY_USER = "system:kube-proxy"
-USERS = (ADMIN_USER, READER_USER, NOBODY_USER, NO_PODS_USER, PROXY_USER)
+# The nodes' flanneld and the CoreDNS pods, as their ServiceAccounts would authenticate; their
+# rights are the ClusterRoles their upstream manifests ship (component_rbac_manifest()).
+FLANNEL_USER = "system:serviceaccount:kube-flannel:flannel"
+COREDNS_USER = "system:serviceaccount:kube-system:coredns"
+USERS = (ADMIN_USER, READER_USER, NOBODY_USER, NO_PODS_USER, PROXY_USER, FLANNEL_USER,
+         COREDNS_USER)
 # Whose every request the audit log keeps: the diagnoser's users, not the lab's own components.
 AUDITED_USERS = (READER_USER, NOBODY_USER, NO_PODS_USER)
 NICE = 10
@@ -266,6 +271,36 @@ def no_pods_manifest() -> list[dict]:
 
 
 
+def _role_for(user: str, name: str, rules: list[dict]) -> list[dict]:
+    rbac = "rbac.authorization.k8s.io/v1"
+    return [{"apiVersion": rbac, "kind": "ClusterRole", "metadata": {"name": name},
+             "rules": rules},
+            {"apiVersion": rbac, "kind": "ClusterRoleBinding", "metadata": {"name": name},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                         "name": name},
+             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                           "name": user}]}]
+
+
+def component_rbac_manifest() -> list[dict]:
+    """The rights flanneld and CoreDNS get from their upstream manifests (kube-flannel.yml's
+    ClusterRole flannel, CoreDNS's system:coredns), bound to the lab's users for them: a
+    component that needs more fails here as it would on a real cluster."""
+    flannel = [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
+    ]
+    coredns = [
+        {"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"],
+         "verbs": ["list", "watch"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+         "verbs": ["list", "watch"]},
+    ]
+    return [*_role_for(FLANNEL_USER, "flannel", flannel),
+            *_role_for(COREDNS_USER, "system:coredns", coredns)]
+
+
 def rss_bytes(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
@@ -404,11 +439,17 @@ class AdminClient:
                                     "resourceVersion": current["metadata"]["resourceVersion"]}}
         return self.request("PUT", item, body)
 
+    def patch(self, obj_path: str, body: Mapping[str, Any]) -> dict:
+        """Strategic-merge-patch an object: lists with a merge key (conditions by type) and
+        maps (annotations) keep the entries other writers put there, as the lab's real
+        components do (flanneld's annotations and NetworkUnavailable condition on a Node)."""
+        return self.request("PATCH", obj_path, dict(body),
+                            content_type="application/strategic-merge-patch+json")
+
     def patch_status(self, obj_path: str, status: Mapping[str, Any]) -> dict:
-        """Merge-patch `status` through the status subresource, as kubelet (pods, nodes) or
-        a controller (DaemonSets) would; obj_path is the object's own path."""
-        return self.request("PATCH", f"{obj_path}/status", {"status": dict(status)},
-                            content_type="application/merge-patch+json")
+        """Patch `status` through the status subresource, as kubelet (pods, nodes) or a
+        controller (DaemonSets) would; obj_path is the object's own path."""
+        return self.patch(f"{obj_path}/status", {"status": dict(status)})
 
     def ensure_namespace(self, name: str) -> dict:
         return self.create({"apiVersion": "v1", "kind": "Namespace",
@@ -493,7 +534,7 @@ class ControlPlane:
             self._wait_ready(deadline)
             self.timings["ready_s"] = time.monotonic() - started
             admin = self.admin()
-            for doc in rbac_manifest() + no_pods_manifest():
+            for doc in rbac_manifest() + no_pods_manifest() + component_rbac_manifest():
                 admin.apply(doc)
             self._write_kubeconfigs()
         except BaseException:
