@@ -20,7 +20,7 @@ from kubenetdiag_lab import k8s_objects
 def good_doc() -> dict:
     """A cluster.json as the collector writes it, built from the lab's objects."""
     state = {
-        "cni": "flannel-vxlan", "vxlan_port": 8475,
+        "cni": "flannel-vxlan",
         "nodes": [{"name": f"node{i}", "address": f"198.18.0.{10 + i}",
                    "pod_cidr": f"10.244.{i}.0/24", "zone": f"z{i % 2}", "index": i}
                   for i in (1, 2)],
@@ -57,6 +57,24 @@ def good_doc() -> dict:
     }
 
 
+def cms_of(doc: dict) -> dict:
+    call = next(c for c in doc["calls"] if c["name"] == "flannel_config")
+    return {call["object"]["metadata"]["name"]: call["object"]}
+
+
+def test_flannel_port_set_in_net_conf_is_the_one_in_effect():
+    doc = good_doc()
+    cm = cms_of(doc)["kube-flannel-cfg"]
+    cm["data"]["net-conf.json"] = json.dumps(
+        {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "Port": 8475}})
+    (fl,) = by_kind(cluster_facts(doc, [("node1", "198.18.0.11")]), "flannel_config")
+    assert fl.attrs["port"] == 8475
+    cm["data"]["net-conf.json"] = json.dumps({"Network": "10.244.0.0/16",
+                                              "Backend": {"Type": "host-gw"}})
+    (fl,) = by_kind(cluster_facts(doc, [("node1", "198.18.0.11")]), "flannel_config")
+    assert fl.attrs["port"] is None  # no VXLAN, no port
+
+
 def check(facts) -> None:
     for f in facts:
         assert validate_fact(f) == [], (f.kind, f.attrs, validate_fact(f))
@@ -71,7 +89,9 @@ def test_good_document():
     facts = cluster_facts(good_doc(), [("node1", "198.18.0.11")])
     check(facts)
     (fl,) = by_kind(facts, "flannel_config")
-    assert fl.attrs["port"] == 8475  # the port the lab uses, not flannel's default
+    # kube-flannel.yml's net-conf.json names no port: the one in effect is the kernel's 8472
+    assert "Port" not in cms_of(good_doc())["kube-flannel-cfg"]["data"]["net-conf.json"]
+    assert fl.attrs["port"] == 8472
     bad = [f for f in by_kind(facts, "cni_pod") if not f.attrs["ready"]]
     assert [f.node for f in bad] == ["node1"]
     assert by_kind(facts, "dns_pod")[0].node == "node2"

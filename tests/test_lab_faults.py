@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from kubenetdiag_lab import Lab, LabError, cni
+from kubenetdiag_lab import Lab, LabError, flannel
 
 pytestmark = pytest.mark.lab
 
@@ -99,7 +99,8 @@ def test_rp_filter_strict_drops_asymmetric_traffic(vx):
                                 ).stdout.strip() == "1"
             assert pod_blocked(vx)
     finally:
-        cni.restore_peer_route(vx, n1, n2)
+        # flanneld (vxlan) re-adds its routes when it restarts
+        flannel.restart(vx.topology, vx.paths, n1, vx.runners.node(n1))
 
 
 def test_somaxconn_low(vx):

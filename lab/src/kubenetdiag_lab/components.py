@@ -36,6 +36,12 @@ BINARIES: Mapping[str, tuple[str, str]] = {
 CONTROL_PLANE = ("kube-apiserver", "etcd")
 NODE = ("kube-proxy",)  # run in every lab node
 LAB = (*CONTROL_PLANE, *NODE)  # what `lab up` runs: it refuses when one is missing
+CNI = {"flannel-vxlan": ("flanneld",), "flannel-host-gw": ("flanneld",)}  # per node, by mode
+
+
+def for_lab(cni_mode: str | None) -> tuple[str, ...]:
+    """What `lab up` runs in this CNI mode (None: the default, flannel-vxlan)."""
+    return (*LAB, *CNI.get(cni_mode or "flannel-vxlan", ()))
 
 
 @dataclass(frozen=True)

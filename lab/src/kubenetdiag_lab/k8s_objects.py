@@ -96,12 +96,14 @@ def node_object(state: dict, node: dict) -> Obj:
         labels["topology.kubernetes.io/zone"] = str(node["zone"])
     if node.get("index") == 1:
         labels["node-role.kubernetes.io/control-plane"] = ""
-    annotations = {}
-    if _cni(state).startswith("flannel"):
-        annotations = {
-            "flannel.alpha.coreos.com/backend-type": _flannel_backend(state),
-            "flannel.alpha.coreos.com/public-ip": str(node.get("address", "")),
-        }
+    # What kubeadm and the kubelet put on every Node (flanneld assumes a Node has some: it
+    # panics on one with none). flannel's own (backend-type, backend-data, public-ip) are
+    # written by the real flanneld (flannel.py).
+    annotations = {
+        "kubeadm.alpha.kubernetes.io/cri-socket": "unix:///var/run/containerd/containerd.sock",
+        "node.alpha.kubernetes.io/ttl": "0",
+        "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+    }
     addresses = [{"type": "Hostname", "address": node["name"]}]
     if node.get("address"):
         addresses.insert(0, {"type": "InternalIP", "address": str(node["address"])})
@@ -116,13 +118,14 @@ def node_object(state: dict, node: dict) -> Obj:
         "status": {
             "addresses": addresses,
             "conditions": [
-                {
-                    # flannel and calico both clear NetworkUnavailable once they run on the node
+                # calico-node clears NetworkUnavailable once it runs on the node; the lab has
+                # no calico-node, so it writes that here (flanneld writes its own, FlannelIsUp)
+                *([] if _cni(state).startswith("flannel") else [{
                     "type": "NetworkUnavailable",
                     "status": "False",
-                    "reason": "FlannelIsUp" if _cni(state).startswith("flannel") else "CalicoIsUp",
+                    "reason": "CalicoIsUp",
                     "lastTransitionTime": CREATED,
-                },
+                }]),
                 {
                     "type": "Ready",
                     "status": "True",
@@ -332,15 +335,21 @@ def _flannel_backend(state: dict) -> str:
     return "host-gw" if _cni(state) == "flannel-host-gw" else "vxlan"
 
 
+def flannel_net_conf(pod_network: str, backend: str, port: int | None = None) -> Obj:
+    """net-conf.json as kube-flannel.yml ships it: no Port or VNI, so the kernel's VXLAN port
+    (8472) and VNI 1. The lab's flanneld reads this same text (flannel.py); `port` is for a
+    node given another one."""
+    conf_backend: Obj = {"Type": backend}
+    if port is not None:
+        conf_backend["Port"] = port
+    return {"Network": pod_network, "EnableNFTables": False, "Backend": conf_backend}
+
+
 def configmaps(state: dict) -> list[Obj]:
     out = []
     pod_network = str(state.get("pod_network") or "10.244.0.0/16")
     if _cni(state).startswith("flannel"):
-        backend: Obj = {"Type": _flannel_backend(state)}
-        if backend["Type"] == "vxlan":
-            backend["Port"] = int(state.get("vxlan_port") or 8472)
-            backend["VNI"] = 1
-        net_conf = {"Network": pod_network, "EnableNFTables": False, "Backend": backend}
+        net_conf = flannel_net_conf(pod_network, _flannel_backend(state))
         cni_conf = {
             "name": "cbr0",
             "cniVersion": "0.3.1",

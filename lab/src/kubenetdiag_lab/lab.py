@@ -8,13 +8,14 @@ Layout (prefix "knd", 2 nodes)::
     knd-node2   (198.18.0.12)  ──┘
       each node<i>: its own netns + mount + PID namespace (nodehost.py), sshd on eth0,
         its pods' netns visible inside it as /run/netns/cni-<pod name> (as containerd does),
-        cni0 10.244.<i>.1/24, the CNI's links/routes (cni.py), the CNI's iptables rules
-        (services.py), the real kube-proxy (kubeproxy.py, iptables mode, watching the API),
-        route 203.0.113.0/24 via 198.18.0.250, fake agent processes (flanneld, kubelet, ...)
+        cni0 10.244.<i>.1/24 (what the flannel CNI plugin makes), the pod network by the
+        real flanneld (flannel.py; calico-bgp: bird, cni.py, and felix's rules, services.py),
+        the real kube-proxy (kubeproxy.py, iptables mode, watching the API),
+        route 203.0.113.0/24 via 198.18.0.250, fake agent processes (kubelet, containerd, ...)
       ├─ knd-node<i>-pod1: eth0 10.244.<i>.2/24, default via 10.244.<i>.1 (app "client")
       └─ knd-node<i>-pod2: 10.244.<i>.3 (node1: coredns, node2: web, others: "client")
 
-CNI modes: flannel-vxlan (default), flannel-host-gw, calico-bgp (see cni.py).
+CNI modes: flannel-vxlan (default), flannel-host-gw (flannel.py), calico-bgp (cni.py).
 
 The shape above is data (topology.py); this module owns the lifecycle: it builds that shape,
 records it in lab.json, tears it down, and dispatches fault injection and healing. cni.py,
@@ -71,7 +72,17 @@ from typing import Any
 
 import yaml
 
-from kubenetdiag_lab import apisync, cni, components, icmp, kubeproxy, nodehost, services, sshd
+from kubenetdiag_lab import (
+    apisync,
+    cni,
+    components,
+    flannel,
+    icmp,
+    kubeproxy,
+    nodehost,
+    services,
+    sshd,
+)
 from kubenetdiag_lab import controlplane as cpm
 from kubenetdiag_lab.faults import FAULTS, ActiveFaults, Fault, FaultContext
 from kubenetdiag_lab.netns import (
@@ -148,6 +159,7 @@ class Lab:
         self._sshd_pids: dict[str, int] = {}
         self._sshd_procs: dict[str, subprocess.Popen[bytes]] = {}
         self._init_pids: dict[str, int] = {}
+        self._flannel_since = 0.0  # when `up` started the flanneld's (time.time())
         # Runners read _init_pids at call time, so it is only ever changed in place.
         self.runners = Runners(shape, self._init_pids)
         self.controlplane = cpm.ControlPlane(self.workdir, shape.cp_netns)
@@ -237,8 +249,6 @@ class Lab:
             cp_start = _Background(self.controlplane.start)
             for node in self.nodes:
                 self._wire_node(node)
-            for node in self.nodes:
-                cni.program_peers(self.topology, node)
             self._start_inits()
             self._start_sshds(self.nodes)
             if self.cni == "calico-bgp":
@@ -252,8 +262,11 @@ class Lab:
                           self.controlplane.kubeconfig(cpm.READER_USER).read_bytes())
             self._write_state()
             self._sync_api(fresh=True)
-            # kube-proxy needs its Node object (apisync wrote it) and programs the Services.
+            # flanneld takes its Node's podCIDR and kube-proxy its Node object (apisync wrote
+            # both); they start together and each is then waited for.
+            self._start_flannelds()
             self._start_kube_proxies()
+            self._wait_flannelds()
         except BaseException as exc:
             if cp_start is not None:
                 cp_start.wait()  # a start still running would outlive the clean-up
@@ -357,8 +370,6 @@ class Lab:
                 old.unlink()
             for name, text in NODE_SYSCTL_D.items():
                 (files.sysctl_d / name).write_text(text)
-            if self.cni.startswith("flannel"):
-                files.subnet_env.write_text(cni.subnet_env(self.topology, node))
 
     def _wire_switch_client_outside(self) -> None:
         # Each veth is created in the switch with its peer born directly in the other
@@ -393,7 +404,6 @@ class Lab:
             # A real node reaches ClusterIPs from the host (OUTPUT DNAT) via its default route;
             # lab nodes have none, so the service range alone gets a route that stays in the lab.
             f"route add {SERVICE_NETWORK} dev cni0",
-            *cni.device_lines(self.topology, node, self.active.vxlan_port(node.name)),
         ]
         pods = self.pods_on(node.name)
         for pod in pods:
@@ -414,7 +424,7 @@ class Lab:
         # machine without br_netfilter has no net.bridge keys (the lab still works, routed).
         script = ("sysctl -qew net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1 "
                   ">/dev/null && iptables-restore --noflush")
-        ruleset = services.node_ruleset(self.topology, node)
+        ruleset = services.node_ruleset(self.topology)
         self.node_exec(node.name, ["sh", "-c", script], input=ruleset)
 
     def _start_inits(self) -> None:
@@ -430,6 +440,20 @@ class Lab:
             # they would on a real node
             nodehost.expose_netns(self._init_pids[node.name], self.paths.node_files(node.name),
                                   {f"cni-{pod.name}": pod.netns for pod in self.pods_on(node.name)})
+
+    def _start_flannelds(self) -> None:
+        if not self.cni.startswith("flannel"):
+            return
+        kubeconfig = self.controlplane.kubeconfig(cpm.FLANNEL_USER)
+        self._flannel_since = time.time()
+        for node in self.nodes:
+            flannel.write_config(self.topology, self.paths, node, kubeconfig)
+            flannel.start(self.paths, node, self.runners.node(node))
+
+    def _wait_flannelds(self) -> None:
+        if self.cni.startswith("flannel"):
+            flannel.wait_programmed(self.topology, self.paths, self.nodes, self.runners.node,
+                                    self._flannel_since)
 
     def _start_kube_proxies(self) -> None:
         kubeconfig = self.controlplane.kubeconfig(cpm.PROXY_USER)
@@ -469,7 +493,7 @@ class Lab:
             "prefix": self.prefix,
             "workdir": str(self.workdir),
             "cni": self.cni,
-            "vxlan_port": cni.VXLAN_PORT,
+            "vxlan_port": flannel.VXLAN_PORT,
             "cluster_domain": CLUSTER_DOMAIN,
             "pod_network": self.pod_network,
             "service_network": str(SERVICE_NETWORK),
@@ -698,7 +722,7 @@ def missing_requirements(cni_mode: str | None = None) -> str | None:
     missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         return f"the lab needs these tools: {', '.join(missing)}"
-    unbuilt = components.missing(components.LAB)
+    unbuilt = components.missing(components.for_lab(cni_mode))
     if unbuilt:
         return unbuilt
     if _root_password_locked():

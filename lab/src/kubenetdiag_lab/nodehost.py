@@ -3,7 +3,8 @@
 Each node gets a small init (bash as PID 1 of a new PID namespace, inside the node's network
 namespace and a private mount namespace). The init bind-mounts the node's own /etc/sysctl.conf,
 /etc/sysctl.d/ and /run (from the lab work dir) and starts fake agents named like the real ones
-(flanneld, kubelet, ...). sshd, bird, the real kube-proxy (kubeproxy.py) and fault processes
+(kubelet, containerd, calico-node). sshd, bird, the real kube-proxy and flanneld and fault
+processes
 are started inside it with nsenter, so `ps` and `cat /etc/sysctl.d/*` over SSH show that node's
 processes and files only.
 
@@ -27,12 +28,11 @@ from kubenetdiag_lab.netns import LabError, cmdline, exec_argv, pids_in_netns, r
 # The real binaries' names; the processes are `sleep infinity` run under these names (a symlink
 # gives the kernel's comm, argv[0] gives ps's args), so they cost ~1 MiB each and do nothing.
 AGENTS = {
-    "flannel-vxlan": ("flanneld", "kubelet", "containerd"),
-    "flannel-host-gw": ("flanneld", "kubelet", "containerd"),
+    "flannel-vxlan": ("kubelet", "containerd"),  # flanneld is the real one (flannel.py)
+    "flannel-host-gw": ("kubelet", "containerd"),
     "calico-bgp": ("calico-node", "kubelet", "containerd"),
 }
 AGENT_PATHS = {
-    "flanneld": "/opt/bin/flanneld",
     "calico-node": "/usr/bin/calico-node",
     "kubelet": "/usr/bin/kubelet",
     "containerd": "/usr/bin/containerd",

@@ -30,46 +30,34 @@ from kubenetdiag_lab.topology import (
     OUTSIDE_PORT,
     OUTSIDE_UNDERLAY,
     WEB_PORT,
-    LabNode,
     Topology,
     dns_records,
 )
 
 # netprog.py runs as a script inside pods (python -I path): only its path is needed here
 NETPROG = str(Path(__file__).with_name("netprog.py"))
-MASQ_MARK = "0x4000/0x4000"
 
 
-def cni_rules(topology: Topology, node: LabNode) -> tuple[list[str], list[str]]:
-    """(nat, filter) lines the CNI adds: FORWARD accepts for the pod network and masquerade of
-    pod traffic leaving it (flanneld's FLANNEL-POSTRTG, calico's cali-nat-outgoing)."""
+def cni_rules(topology: Topology) -> tuple[list[str], list[str]]:
+    """(nat, filter) lines calico's felix would add: FORWARD accepts for the pod network and
+    masquerade of pod traffic leaving it. flanneld writes its own (FLANNEL-POSTRTG,
+    FLANNEL-FWD), so a flannel lab gets none from here."""
     net = topology.pod_network
-    if topology.cni == "calico-bgp":
-        nat = [":cali-nat-outgoing - [0:0]",
-               '-A POSTROUTING -m comment --comment "cali:O3lYWMrLQYEMJtB5" -j cali-nat-outgoing',
-               f'-A cali-nat-outgoing -s {net} ! -d {net} -m comment --comment '
-               '"cali:flqWnvo8yq4ULQLa" -j MASQUERADE --random-fully']
-        flt = [f'-A FORWARD -s {net} -m comment --comment "cali:pod-forward" -j ACCEPT',
-               f'-A FORWARD -d {net} -m comment --comment "cali:pod-forward" -j ACCEPT']
-        return nat, flt
-    masq = '-m comment --comment "flanneld masq"'
-    nat = [":FLANNEL-POSTRTG - [0:0]",
-           f"-A POSTROUTING {masq} -j FLANNEL-POSTRTG",
-           f"-A FLANNEL-POSTRTG -m mark --mark {MASQ_MARK} {masq} -j RETURN",
-           f"-A FLANNEL-POSTRTG -s {node.pod_cidr} -d {net} {masq} -j RETURN",
-           f"-A FLANNEL-POSTRTG -s {net} -d {node.pod_cidr} {masq} -j RETURN",
-           f"-A FLANNEL-POSTRTG ! -s {net} -d {node.pod_cidr} {masq} -j RETURN",
-           f"-A FLANNEL-POSTRTG -s {net} ! -d 224.0.0.0/4 {masq} -j MASQUERADE --random-fully",
-           f"-A FLANNEL-POSTRTG ! -s {net} -d {net} {masq} -j MASQUERADE --random-fully"]
-    flt = [f'-A FORWARD -s {net} -m comment --comment "flanneld forward" -j ACCEPT',
-           f'-A FORWARD -d {net} -m comment --comment "flanneld forward" -j ACCEPT']
+    if topology.cni != "calico-bgp":
+        return [], []
+    nat = [":cali-nat-outgoing - [0:0]",
+           '-A POSTROUTING -m comment --comment "cali:O3lYWMrLQYEMJtB5" -j cali-nat-outgoing',
+           f'-A cali-nat-outgoing -s {net} ! -d {net} -m comment --comment '
+           '"cali:flqWnvo8yq4ULQLa" -j MASQUERADE --random-fully']
+    flt = [f'-A FORWARD -s {net} -m comment --comment "cali:pod-forward" -j ACCEPT',
+           f'-A FORWARD -d {net} -m comment --comment "cali:pod-forward" -j ACCEPT']
     return nat, flt
 
 
-def node_ruleset(topology: Topology, node: LabNode) -> str:
-    """The iptables-restore --noflush input a node gets at `up`: the CNI's rules only.
-    kube-proxy's chains are the real kube-proxy's (kubeproxy.py)."""
-    cni_nat, cni_flt = cni_rules(topology, node)
+def node_ruleset(topology: Topology) -> str:
+    """The iptables-restore --noflush input a node gets at `up`: the CNI's rules where the
+    lab writes them. kube-proxy's chains are the real kube-proxy's (kubeproxy.py)."""
+    cni_nat, cni_flt = cni_rules(topology)
     return ("*nat\n" + "\n".join(cni_nat) + "\nCOMMIT\n*filter\n" + "\n".join(cni_flt) +
             "\nCOMMIT\n")
 

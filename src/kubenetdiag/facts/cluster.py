@@ -33,6 +33,7 @@ BLOCKS = {
     "networkpolicies": "NetworkPolicies (default deny per namespace)",
     "calico_ippools": "calico IP pools and their encapsulation",
 }
+FLANNEL_DEFAULT_VXLAN_PORT = 8472
 # Objects whose absence is an answer (not calico, kube-proxy replaced), not a failure.
 OPTIONAL = {"flannel_config", "kube_proxy_config", "coredns_config", "calico_ippools"}
 STATUS_TO_PROBE_STATUS = {
@@ -484,11 +485,17 @@ def _flannel_fact(calls: _Calls) -> list[Fact]:
     raw = _as_text(_get(cm, "data", "net-conf.json"))
     conf = _as_dict(json.loads(raw)) if raw else {}
     backend = _as_dict(conf.get("Backend"))
+    kind = _as_text(backend.get("Type"))
+    port = _as_int(backend.get("Port"))
+    if port is None and (kind or "").lower() == "vxlan":
+        # kube-flannel.yml sets no Port: flanneld leaves it to the kernel, whose VXLAN default
+        # is 8472. Most clusters run that way, so the rules compare with the port in effect.
+        port = FLANNEL_DEFAULT_VXLAN_PORT
     return [Fact("flannel_config", CLUSTER, {
         "namespace": _ns(cm),
         "network": _as_text(conf.get("Network")),
-        "backend": _as_text(backend.get("Type")),
-        "port": _as_int(backend.get("Port")),
+        "backend": kind,
+        "port": port,
     }, calls.source("flannel_config", raw))]
 
 

@@ -1,0 +1,177 @@
+"""The real flanneld (`--ip-masq --kube-subnet-mgr`, as kube-flannel.yml runs it) in every node
+of a flannel-vxlan or flannel-host-gw lab.
+
+flanneld runs inside the node's own network, mount and PID namespaces (nsenter into the node's
+init, like kube-proxy and sshd), as user `system:serviceaccount:kube-flannel:flannel` with the
+rights of upstream's ClusterRole (controlplane.component_rbac_manifest). From the Node's
+spec.podCIDR (written by apisync) it does all of its own work, as on a real node:
+
+- writes /run/flannel/subnet.env (the node's /run is its own);
+- annotates its Node (flannel.alpha.coreos.com/backend-type, backend-data with the VTEP MAC,
+  public-ip, kube-subnet-manager) and clears its NetworkUnavailable condition;
+- vxlan: creates flannel.1 (VNI 1, the kernel's default UDP port 8472, MTU = eth0's - 50) and
+  for every peer's lease the FDB entry, the permanent neighbour and the onlink route;
+  host-gw: a route to every peer's pod CIDR via the peer's address, re-added within 10 s
+  when deleted (flannel's route check);
+- iptables: FLANNEL-POSTRTG (masquerade, --ip-masq) and FLANNEL-FWD (FORWARD accepts),
+  checked again every 5 s.
+
+Its net-conf.json is the kube-flannel-cfg ConfigMap's, from the same function
+(k8s_objects.flannel_net_conf), kept under the node's files as the pod's mounted ConfigMap
+would be. A node can be given another one (vxlan_port_mismatch) and flanneld restarted, which
+is how a node ends up with a different port on a real cluster: the ConfigMap it started with.
+
+Logs: `<workdir>/logs/flanneld-<node>.log`.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from kubenetdiag_lab import components, k8s_objects, nodehost
+from kubenetdiag_lab.errors import LabError, log_tail
+from kubenetdiag_lab.paths import LabPaths
+from kubenetdiag_lab.pki import write_private
+from kubenetdiag_lab.runner import NodeRunner
+from kubenetdiag_lab.topology import LabNode, Topology
+
+BINARY = "flanneld"
+ARGV0 = "/opt/bin/flanneld"  # the path kube-flannel.yml's container runs
+VXLAN_DEV = "flannel.1"
+VXLAN_PORT = 8472  # the kernel's default VXLAN port, which flannel uses when none is set
+START_TIMEOUT = 60.0
+
+
+def config_dir(paths: LabPaths, node: str) -> Path:
+    return paths.node_files(node).dir / "flannel"
+
+
+def log_path(paths: LabPaths, node: str) -> Path:
+    return paths.logs / f"flanneld-{node}.log"
+
+
+def backend(cni: str) -> str:
+    return "host-gw" if cni == "flannel-host-gw" else "vxlan"
+
+
+def write_config(topology: Topology, paths: LabPaths, node: LabNode, kubeconfig: Path) -> None:
+    """The node's net-conf.json (the cluster's) and the kubeconfig its flanneld uses."""
+    config_dir(paths, node.name).mkdir(parents=True, exist_ok=True)
+    set_port(topology, paths, node, None)
+    write_private(config_dir(paths, node.name) / "kubeconfig", kubeconfig.read_bytes())
+
+
+def set_port(topology: Topology, paths: LabPaths, node: LabNode, port: int | None) -> None:
+    """Give the node's flanneld a net-conf.json with another VXLAN port (None: the
+    cluster's); it takes effect when flanneld restarts."""
+    conf = k8s_objects.flannel_net_conf(topology.pod_network, backend(topology.cni), port)
+    (config_dir(paths, node.name) / "net-conf.json").write_text(json.dumps(conf, indent=2) + "\n")
+
+
+def pids(node: LabNode) -> list[int]:
+    return nodehost.procs_in(node.netns, BINARY)
+
+
+def start(paths: LabPaths, node: LabNode, runner: NodeRunner) -> float:
+    """Start the node's flanneld (detached, inside the node) unless it runs already; return
+    the time from which its work counts (wait_programmed's `since`)."""
+    started = time.time()
+    if pids(node):
+        return 0.0
+    directory = config_dir(paths, node.name)
+    if not (directory / "net-conf.json").exists():
+        raise LabError(f"{node.name}: no flannel config in {directory}")
+    argv = [str(components.path_of(BINARY)), "--ip-masq", "--kube-subnet-mgr",
+            f"--kubeconfig-file={directory / 'kubeconfig'}",
+            f"--net-config-path={directory / 'net-conf.json'}",
+            "--iface=eth0", "--healthz-port=0"]
+    log = shlex.quote(str(log_path(paths, node.name)))
+    # NODE_NAME is what the DaemonSet sets from spec.nodeName: the Node whose podCIDR it takes
+    runner.shell(f"(export NODE_NAME={shlex.quote(node.name)}; "
+                 f"exec -a {shlex.quote(ARGV0)} {shlex.join(argv)}) </dev/null >>{log} 2>&1 &")
+    return started
+
+
+def stop(node: LabNode) -> None:
+    nodehost.kill(pids(node))
+
+
+def _routes(runner: NodeRunner) -> list[dict[str, Any]]:
+    out = runner.run(["ip", "-j", "route", "show"], check=False).stdout
+    try:
+        return json.loads(out or "[]")
+    except ValueError:
+        return []
+
+
+def programmed(topology: Topology, paths: LabPaths, node: LabNode, runner: NodeRunner,
+               since: float = 0.0) -> bool:
+    """flanneld on `node` has written subnet.env (at or after `since`, a time.time()) and
+    there is a route to every peer's pod CIDR."""
+    # the node's /run is this directory, bind-mounted (nodehost.py)
+    path = paths.node_files(node.name).subnet_env
+    try:
+        # a restarted flanneld rewrites the file once its device and rules are set up; the
+        # one a previous flanneld left says nothing about the new one
+        if path.stat().st_mtime < since:
+            return False
+        env = path.read_text()
+    except OSError:
+        return False
+    if f"FLANNEL_SUBNET={node.pod_gateway}/" not in env:
+        return False
+    peers = topology.peers(node)
+    dev = VXLAN_DEV if topology.cni == "flannel-vxlan" else "eth0"
+    have = {r.get("dst") for r in _routes(runner) if r.get("dev") == dev}
+    return {peer.pod_cidr for peer in peers} <= have
+
+
+def wait_programmed(topology: Topology, paths: LabPaths, nodes: Sequence[LabNode],
+                    runner_of: Callable[[LabNode], NodeRunner], since: float,
+                    timeout: float = START_TIMEOUT) -> None:
+    """Wait until every node's flanneld has written subnet.env and its routes to every peer
+    (a peer whose flanneld is stopped keeps its lease, so its route is made all the same)."""
+    pending = {node.name: node for node in nodes}
+    deadline = time.monotonic() + timeout
+    while pending:
+        for name, node in list(pending.items()):
+            if programmed(topology, paths, node, runner_of(node), since):
+                del pending[name]
+            elif not pids(node):
+                raise LabError(f"flanneld on {name} is not running; last lines of "
+                               f"{log_path(paths, name)}:\n{log_tail(log_path(paths, name))}")
+        if pending and time.monotonic() > deadline:
+            name = sorted(pending)[0]
+            raise LabError(f"flanneld did not program the pod network within {timeout:.0f}s "
+                           f"on {', '.join(sorted(pending))}; last lines of "
+                           f"{log_path(paths, name)}:\n{log_tail(log_path(paths, name))}")
+        if pending:
+            time.sleep(0.1)
+
+
+def restart(topology: Topology, paths: LabPaths, node: LabNode, runner: NodeRunner, *,
+            recreate_device: bool = False) -> None:
+    """Restart the node's flanneld, as deleting its pod would, and wait until it has
+    programmed its peers again. recreate_device: delete flannel.1 first; flanneld keeps an
+    existing device whose port it cannot compare (none configured), so going back to the
+    default port takes this, as it takes an SRE `ip link del flannel.1` on a real node."""
+    stop(node)
+    if recreate_device and topology.cni == "flannel-vxlan":
+        runner.run(["ip", "link", "del", VXLAN_DEV], check=False)
+    since = start(paths, node, runner)
+    wait_programmed(topology, paths, [node], lambda _node: runner, since)
+
+
+def vxlan_port(runner: NodeRunner) -> int | None:
+    """The UDP port of the node's flannel.1, or None without one."""
+    out = runner.run(["ip", "-j", "-d", "link", "show", VXLAN_DEV], check=False).stdout
+    try:
+        info: Mapping[str, Any] = json.loads(out)[0]["linkinfo"]["info_data"]
+    except (ValueError, LookupError, TypeError):
+        return None
+    return int(info.get("port", 0)) or None
