@@ -88,12 +88,33 @@ def test_calico_routes_come_from_bird_and_birdc_works(calico_lab):
         routes = lab.node_exec(node.name, ["ip", "route", "show", "proto", "bird"]).stdout
         peers = [p for p in lab.nodes if p is not node]
         assert all(f"{p.pod_cidr} via {p.address} dev eth0" in routes for p in peers), routes
+        # the node's own IPAM block, as calico-node's BIRD programs it
+        assert f"blackhole {node.pod_cidr} " in routes, routes  # (listed by proto bird)
         sock = state["bird_sockets"][node.name]
         cp = lab.node_exec(node.name, ["birdc", "-s", sock, "show", "protocols"])
         assert cp.stdout.count("Established") == len(peers), cp.stdout
-    # and on the node itself, birdc's default socket is the node's bird
-    cp = lab.client_exec(lab.ssh_argv("node1", "birdc show protocols; ps -eo comm"))
+    # and on the node itself, through calico-node's socket, as an SRE reaches it
+    cp = lab.client_exec(lab.ssh_argv(
+        "node1", "birdc -s /var/run/calico/bird.ctl show protocols; ps -eo comm"))
     assert "Mesh_198_18_0_12" in cp.stdout and "calico-node" in cp.stdout, cp.stderr
+
+
+def test_calico_pods_sit_behind_proxy_arp_with_no_gateway_address(calico_lab):
+    lab = calico_lab
+    pod = lab.pods_on("node1")[0]
+    routes = lab.runners.pod(pod.name).run(["ip", "route"]).stdout
+    assert "default via 169.254.1.1 dev eth0" in routes, routes
+    assert lab.runners.pod(pod.name).run(["ip", "-4", "-o", "addr", "show", "eth0"]
+                                         ).stdout.split()[3] == f"{pod.ip}/32"
+    node_routes = lab.node_exec("node1", ["ip", "-o", "route"]).stdout
+    veth = next(line.split()[2] for line in node_routes.splitlines()
+                if line.startswith(f"{pod.ip} dev cali"))
+    assert lab.node_exec("node1", ["sysctl", "-n", f"net.ipv4.conf.{veth}.proxy_arp"]
+                         ).stdout.strip() == "1"
+    # nothing on the node holds a gateway address for its pods
+    assert "169.254.1.1" not in lab.node_exec("node1", ["ip", "-o", "addr"]).stdout
+    assert "cni0" not in lab.node_exec("node1", ["ip", "-o", "link"]).stdout
+    assert lab.pod_ping("node1", "node2", count=2, timeout=1).returncode == 0
 
 
 def test_vxlan_device_is_what_flanneld_programs(lab):

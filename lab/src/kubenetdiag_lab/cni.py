@@ -1,10 +1,12 @@
 """The pod network between nodes where the lab itself programs it: calico-bgp.
 
 - flannel-vxlan and flannel-host-gw: the real flanneld does it (flannel.py); the lab only
-  builds what the flannel CNI plugin would (cni0 and the pods' veths, lab.py), with the MTU
-  flanneld puts in subnet.env.
-- calico-bgp: bird2 on every node, a full iBGP mesh over TCP 179; each node exports its pod /24
-  and installs its peers' as `proto bird` routes. Nothing is programmed by the lab directly.
+  builds what the flannel CNI plugin would (cni0 and the pods' veths), with the MTU flanneld
+  puts in subnet.env.
+- calico-bgp: the pods' side as Calico's CNI plugin and felix make it (cali* veths, /32
+  routes, proxy ARP for 169.254.1.1; felix itself is not served by the module proxy), and
+  bird2 on every node, a full iBGP mesh over TCP 179, as calico-node's BIRD: each node's IPAM
+  block (its /24) is a blackhole route and its peers' blocks are `proto bird` routes.
 
 Everything here runs inside lab namespaces (`ip -n`, or inside the node's init through its
 runner). Functions take the topology, a node, and what they need of the running lab (a runner,
@@ -13,13 +15,17 @@ the node's files), never the Lab itself.
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Network
 
 from kubenetdiag_lab import nodehost
 from kubenetdiag_lab.netns import LabError, run
 from kubenetdiag_lab.nodehost import NodeFiles
 from kubenetdiag_lab.runner import NodeCommandRunner
-from kubenetdiag_lab.topology import LabNode, Topology
+from kubenetdiag_lab.topology import SERVICE_NETWORK, LabNode, LabPod, Topology
 
 VXLAN_MTU = 1450  # 1500 underlay minus the 50 bytes VXLAN adds, as flanneld computes it
 BGP_AS = 64512  # calico's default private AS
@@ -27,6 +33,81 @@ BGP_AS = 64512  # calico's default private AS
 
 def pod_mtu(cni: str) -> int:
     return VXLAN_MTU if cni == "flannel-vxlan" else 1500
+
+
+@dataclass(frozen=True)
+class PodWiring:
+    """What a CNI plugin sets up for a node's pods: ip-batch lines for the node and for each
+    pod's namespace, and sysctl assignments on the node."""
+
+    node: list[str]
+    pods: dict[str, list[str]]
+    sysctls: list[str]
+
+
+def calico_veth(pod: LabPod) -> str:
+    # Calico names the host side cali + the first 11 hex digits of a hash of the workload
+    return "cali" + hashlib.sha1(f"{pod.namespace}.{pod.name}".encode()).hexdigest()[:11]
+
+
+def pod_wiring(topology: Topology, node: LabNode, pods: Sequence[LabPod]) -> PodWiring:
+    if topology.cni == "calico-bgp":
+        return _calico_wiring(node, pods)
+    return _bridge_wiring(topology, node, pods)
+
+
+def _bridge_wiring(topology: Topology, node: LabNode, pods: Sequence[LabPod]) -> PodWiring:
+    """The flannel CNI plugin's delegate, the bridge plugin: cni0 holds the gateway, each pod
+    a veth on it with the subnet.env MTU, hairpin on."""
+    prefixlen = IPv4Network(node.pod_cidr).prefixlen
+    mtu = pod_mtu(topology.cni)
+    lines = [
+        f"link add cni0 mtu {mtu} type bridge",
+        f"addr add {node.pod_gateway}/{prefixlen} dev cni0",
+        "link set cni0 up",
+        # A real node reaches ClusterIPs from the host (OUTPUT DNAT) via its default route;
+        # lab nodes have none, so the service range alone gets a route that stays in the lab.
+        f"route add {SERVICE_NETWORK} dev cni0",
+    ]
+    pod_lines = {}
+    for pod in pods:
+        lines += [f"link add veth-pod{pod.slot} mtu {mtu} type veth peer name eth0 "
+                  f"netns {pod.netns}",
+                  f"link set veth-pod{pod.slot} master cni0 up",
+                  # kubelet's hairpin-veth: a pod can reach itself through its own VIP
+                  f"link set veth-pod{pod.slot} type bridge_slave hairpin on"]
+        pod_lines[pod.netns] = ["link set lo up", f"addr add {pod.ip}/{prefixlen} dev eth0",
+                                f"link set eth0 mtu {mtu} up",
+                                f"route add default via {node.pod_gateway} dev eth0"]
+    return PodWiring(lines, pod_lines, [])
+
+
+def _calico_wiring(node: LabNode, pods: Sequence[LabPod]) -> PodWiring:
+    """Calico's CNI plugin and felix: no bridge and no gateway address. Each pod has its /32
+    on eth0 and routes everything via 169.254.1.1; the host side, cali<hash> with MAC
+    ee:ee:ee:ee:ee:ee, answers that ARP by proxy, and the node routes to the pod by a /32 on
+    the veth. felix sets strict rp_filter on workload interfaces (no spoofed sources)."""
+    lines = [
+        # Proxy ARP only answers for an address the node routes out of another interface: a
+        # real node's default route covers 169.254.1.1. Lab nodes have none; the zeroconf
+        # route RHEL-family hosts carry does the same job and stays on the lab's switch.
+        "route add 169.254.0.0/16 dev eth0 scope link metric 1002",
+        f"route add {SERVICE_NETWORK} dev eth0",  # see _bridge_wiring: ClusterIPs from the node
+    ]
+    pod_lines = {}
+    sysctls = []
+    for pod in pods:
+        veth = calico_veth(pod)
+        lines += [f"link add {veth} type veth peer name eth0 netns {pod.netns}",
+                  f"link set {veth} address ee:ee:ee:ee:ee:ee up",
+                  f"route add {pod.ip}/32 dev {veth} scope link"]
+        sysctls += [f"net.ipv4.conf.{veth}.proxy_arp=1", f"net.ipv4.neigh.{veth}.proxy_delay=0",
+                    f"net.ipv4.conf.{veth}.rp_filter=1"]
+        pod_lines[pod.netns] = ["link set lo up", f"addr add {pod.ip}/32 dev eth0",
+                                "link set eth0 up",
+                                f"route add {node.pod_gateway} dev eth0 scope link",
+                                f"route add default via {node.pod_gateway} dev eth0"]
+    return PodWiring(lines, pod_lines, sysctls)
 
 
 # ---- calico-bgp: bird2 -----------------------------------------------------------------------
@@ -44,8 +125,10 @@ router id {node.address};
 
 protocol device {{ scan time 10; }}
 
+# as calico-node's BIRD: the node's own block goes to the kernel as a blackhole, the peers'
+# blocks as routes via them, all `proto bird`
 protocol kernel {{
-  ipv4 {{ import none; export where source = RTS_BGP; }};
+  ipv4 {{ import none; export where source ~ [ RTS_BGP, RTS_STATIC ]; }};
   scan time 10;
 }}
 
@@ -68,9 +151,12 @@ template bgp bgp_template {{
 """
 
 
+BIRD_SOCKET = "/var/run/calico/bird.ctl"  # calico-node's, on a hostPath the host sees too
+
+
 def bird_socket(files: NodeFiles) -> str:
-    # Inside the node this is /run/bird/bird.ctl, birdc's default, so a probe needs no -s.
-    return str(files.run_dir / "bird" / "bird.ctl")
+    """Where the node's BIRD socket is in the lab's files (the node's /run is files.run_dir)."""
+    return str(files.run_dir / "calico" / "bird.ctl")
 
 
 def start_bird(topology: Topology, node: LabNode, runner: NodeCommandRunner,
@@ -78,14 +164,14 @@ def start_bird(topology: Topology, node: LabNode, runner: NodeCommandRunner,
     conf = files.dir / "bird.conf"
     conf.write_text(bird_config(topology, node, files))
     # bird daemonizes; its parent exits once the config is loaded, so a bad config fails here.
-    runner.shell(f"bird -c {conf} -s /run/bird/bird.ctl "
-                 f"-P /run/bird/bird.pid </dev/null >/dev/null 2>&1")
+    runner.shell(f"bird -c {conf} -s {BIRD_SOCKET} "
+                 f"-P /var/run/calico/bird.pid </dev/null >/dev/null 2>&1")
 
 
 def stop_bird(node: LabNode, runner: NodeCommandRunner) -> None:
     # `birdc down` makes bird withdraw its routes and tell its peers (Cease), as a clean
     # calico-node shutdown does; kill is the fallback for a wedged daemon.
-    runner.shell("birdc -s /run/bird/bird.ctl down >/dev/null 2>&1", check=False)
+    runner.shell(f"birdc -s {BIRD_SOCKET} down >/dev/null 2>&1", check=False)
     deadline = time.monotonic() + 5
     while bird_running(node) and time.monotonic() < deadline:
         time.sleep(0.05)

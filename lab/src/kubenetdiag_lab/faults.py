@@ -640,7 +640,7 @@ def _listen_overflow(ctx: FaultContext, node: LabNode, params: Params) -> None:
     _start_in_node(ctx, node, services.netprog_argv("listen-stuck", port, params["backlog"]))
     _wait_listen(ctx, node, int(port), "tcp")
     pod = ctx.topology.pods_on(node.name)[0]
-    _netprog(ctx, pod.name, "connect-burst", node.pod_gateway, port, params["count"],
+    _netprog(ctx, pod.name, "connect-burst", node.address, port, params["count"],
              "--hold", "2")
 
 
@@ -668,7 +668,7 @@ def _udp_errors(ctx: FaultContext, node: LabNode, params: Params) -> None:
     _start_in_node(ctx, node, services.netprog_argv("udp-stuck", port, params["rcvbuf"]))
     _wait_listen(ctx, node, int(port), "udp")
     pod = ctx.topology.pods_on(node.name)[0]
-    _netprog(ctx, pod.name, "udp-flood", node.pod_gateway, port, params["count"])
+    _netprog(ctx, pod.name, "udp-flood", node.address, port, params["count"])
 
 
 register(Fault(

@@ -66,7 +66,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -391,39 +390,21 @@ class Lab:
         ip_batch(self.outside_netns, services.wire_outside())
 
     def _wire_node(self, node: LabNode) -> None:
-        prefixlen = IPv4Network(node.pod_cidr).prefixlen
-        mtu = cni.pod_mtu(self.cni)
-        lines = [
+        wiring = cni.pod_wiring(self.topology, node, self.pods_on(node.name))
+        ip_batch(node.netns, [
             "link set lo up",
             f"addr add {node.address}/{UNDERLAY.prefixlen} dev eth0",
             "link set eth0 up",
-            f"link add cni0 mtu {mtu} type bridge",
-            f"addr add {node.pod_gateway}/{prefixlen} dev cni0",
-            "link set cni0 up",
             f"route add {OUTSIDE_NETWORK} via {OUTSIDE_UNDERLAY} dev eth0",
-            # A real node reaches ClusterIPs from the host (OUTPUT DNAT) via its default route;
-            # lab nodes have none, so the service range alone gets a route that stays in the lab.
-            f"route add {SERVICE_NETWORK} dev cni0",
-        ]
-        pods = self.pods_on(node.name)
-        for pod in pods:
-            lines += [f"link add veth-pod{pod.slot} mtu {mtu} type veth peer name eth0 "
-                      f"netns {pod.netns}",
-                      f"link set veth-pod{pod.slot} master cni0 up",
-                      # kubelet's hairpin-veth: a pod can reach itself through its own VIP
-                      f"link set veth-pod{pod.slot} type bridge_slave hairpin on"]
-        ip_batch(node.netns, lines)
-        for pod in pods:
-            ip_batch(pod.netns, [
-                "link set lo up",
-                f"addr add {pod.ip}/{prefixlen} dev eth0",
-                f"link set eth0 mtu {mtu} up",
-                f"route add default via {node.pod_gateway} dev eth0",
-            ])
+            *wiring.node,
+        ])
+        for netns, lines in wiring.pods.items():
+            ip_batch(netns, lines)
         # New namespaces start with forwarding off regardless of the root namespace; -e: a
         # machine without br_netfilter has no net.bridge keys (the lab still works, routed).
-        script = ("sysctl -qew net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1 "
-                  ">/dev/null && iptables-restore --noflush")
+        sysctls = " ".join(["net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1",
+                            *wiring.sysctls])
+        script = f"sysctl -qew {sysctls} >/dev/null && iptables-restore --noflush"
         ruleset = services.node_ruleset(self.topology)
         self.node_exec(node.name, ["sh", "-c", script], input=ruleset)
 

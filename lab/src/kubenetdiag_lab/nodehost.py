@@ -81,7 +81,7 @@ class NodeFiles:
 
 def prepare(files: NodeFiles, sysctl_conf: str) -> None:
     for directory in (files.sysctl_d, files.run_dir / "flannel", files.run_dir / "sshd",
-                      files.run_dir / "bird", files.bin):
+                      files.run_dir / "calico", files.bin):
         directory.mkdir(parents=True, exist_ok=True)
     files.sysctl_conf.write_text(sysctl_conf)
     sleep = which("sleep")

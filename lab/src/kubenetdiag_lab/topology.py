@@ -37,6 +37,9 @@ DNS_VIP = "10.96.0.10"
 WEB_VIP = "10.96.0.20"
 WEB_PORT = 8080
 METRICS_PORT = 9153
+# Calico's pods route everything via this link-local address, which no device holds: the host
+# side of each pod's cali* veth answers its ARP by proxy.
+CALICO_POD_GATEWAY = "169.254.1.1"
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class LabNode:
     netns: str
     address: str  # underlay address on eth0
     pod_cidr: str
-    pod_gateway: str  # cni0 address
+    pod_gateway: str  # the pods' default gateway: cni0's address, or Calico's 169.254.1.1
     pod_netns: str  # the node's first pod ("client" app), kept for simple pod-to-pod checks
     pod_address: str
     zone: str
@@ -189,15 +192,16 @@ class Topology:
         )
 
 
-def make_node(prefix: str, index: int) -> LabNode:
+def make_node(prefix: str, index: int, cni: str = DEFAULT_CNI) -> LabNode:
     pod_net = IPv4Network(f"{POD_SUPERNET.network_address + (index << 8)}/24")
+    gateway = CALICO_POD_GATEWAY if cni == "calico-bgp" else str(pod_net.network_address + 1)
     return LabNode(
         name=f"node{index}",
         index=index,
         netns=f"{prefix}-node{index}",
         address=str(UNDERLAY.network_address + NODE_HOST_OFFSET + index),
         pod_cidr=str(pod_net),
-        pod_gateway=str(pod_net.network_address + 1),
+        pod_gateway=gateway,
         pod_netns=f"{prefix}-node{index}-pod1",
         pod_address=str(pod_net.network_address + 2),
         zone="zone-a" if index % 2 else "zone-b",
@@ -240,7 +244,7 @@ def build(prefix: str = "knd", node_count: int = 2, cni: str = DEFAULT_CNI) -> T
         raise LabError(f"lab node count must be 1..{MAX_NODES}, got {node_count}")
     if cni not in CNI_MODES:
         raise LabError(f"unknown CNI mode {cni!r}; one of {', '.join(CNI_MODES)}")
-    nodes = tuple(make_node(prefix, index) for index in range(1, node_count + 1))
+    nodes = tuple(make_node(prefix, index, cni) for index in range(1, node_count + 1))
     return Topology(prefix=prefix, cni=cni, nodes=nodes, pods=make_pods(nodes))
 
 
