@@ -204,11 +204,21 @@ def test_service_no_endpoints(vx):
     assert web_ok(vx)
 
 
+def kube_proxy_ready(lab: Lab) -> dict[str, bool]:
+    lab.controlplane.attach()
+    pods = lab.controlplane.admin().get(
+        "/api/v1/namespaces/kube-system/pods?labelSelector=k8s-app%3Dkube-proxy")["items"]
+    return {p["spec"]["nodeName"]: p["status"]["containerStatuses"][0]["ready"] for p in pods}
+
+
 def test_kube_proxy_rules_missing(vx):
     with vx.injected("kube_proxy_rules_missing", "node2"):
         assert not dns_ok(vx, "node2")
         assert dns_ok(vx, "node1")
+        # the API says what the kubelet would: node2's kube-proxy container is down
+        assert kube_proxy_ready(vx) == {"node1": True, "node2": False}
     assert dns_ok(vx, "node2")
+    assert kube_proxy_ready(vx) == {"node1": True, "node2": True}
 
 
 def test_port_not_listening(vx):

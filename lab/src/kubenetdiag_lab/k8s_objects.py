@@ -243,9 +243,12 @@ def system_pods(state: dict) -> list[Obj]:
     failing = {f.get("node") for f in _faults(state, "cni_pod_not_running")}
     # the lab also marks it per node; either way of saying it counts
     failing |= {n["name"] for n in _nodes(state) if n.get("cni_pod_ready") is False}
+    # a stopped kube-proxy is a container the kubelet sees exit and restart, over and over
+    proxy_down = {f.get("node") for f in _faults(state, "kube_proxy_rules_missing")}
     pods = []
     for node in _nodes(state):
         bad = node["name"] in failing
+        proxy_bad = node["name"] in proxy_down
         pods.append(
             _pod(
                 f"{ds}-{_suffix(ds, node['name'])}", ns, node, node.get("address"), labels,
@@ -258,7 +261,8 @@ def system_pods(state: dict) -> list[Obj]:
             _pod(
                 f"kube-proxy-{_suffix('kube-proxy', node['name'])}", "kube-system", node,
                 node.get("address"), {"k8s-app": "kube-proxy"}, "kube-proxy",
-                f"registry.k8s.io/kube-proxy:{KUBELET_VERSION}",
+                f"registry.k8s.io/kube-proxy:{KUBELET_VERSION}", ready=not proxy_bad,
+                restarts=CNI_RESTARTS_WHEN_FAILING if proxy_bad else 0,
                 owner=("DaemonSet", "kube-proxy"), host_network=True,
             )
         )
