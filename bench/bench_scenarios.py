@@ -10,7 +10,7 @@ nodes include the expected node (cluster-wide findings have no nodes and match a
 healthy lab, when nothing of severity warning or above is reported.
 
     sudo python bench/bench_scenarios.py [--modes flannel-vxlan,flannel-host-gw,calico-bgp]
-                                         [--only FAULT,...] [--no-pairs]
+                                         [--only FAULT,...] [--no-pairs] [--prefix kb]
 
 Prints a table and writes bench/results/scenarios.json.
 """
@@ -99,11 +99,12 @@ def diagnose(lab, out: Path) -> dict:
     return json.loads(proc.stdout)
 
 
-def run_mode(mode: str, only: set[str] | None, pairs: bool, work: Path) -> list[Scenario]:
+def run_mode(mode: str, only: set[str] | None, pairs: bool, work: Path,
+             prefix: str = "kb") -> list[Scenario]:
     from kubenetdiag_lab.faults import FAULTS
     from kubenetdiag_lab.lab import Lab
 
-    prefix = "kb" + {"flannel-vxlan": "v", "flannel-host-gw": "h", "calico-bgp": "c"}[mode]
+    prefix += {"flannel-vxlan": "v", "flannel-host-gw": "h", "calico-bgp": "c"}[mode]
     lab = Lab(work / mode, nodes=NODES, prefix=prefix, cni_mode=mode)
     out: list[Scenario] = []
     lab.up()
@@ -194,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-pairs", action="store_true")
     ap.add_argument("--no-fixtures", action="store_true")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/kubenetdiag-bench-scenarios"))
+    ap.add_argument("--prefix", default="kb",
+                    help="lab prefix (the mode's letter is added), so two runs can share a host")
     args = ap.parse_args(argv)
     only = set(filter(None, args.only.split(","))) or None
     # A fresh directory per run: diagnose refuses to overwrite an earlier bundle.
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     scenarios: list[Scenario] = []
     for mode in filter(None, args.modes.split(",")):
-        scenarios += run_mode(mode, only, not args.no_pairs, args.workdir)
+        scenarios += run_mode(mode, only, not args.no_pairs, args.workdir, args.prefix)
     if not args.no_fixtures:
         scenarios += run_fixtures()
     passed = sum(s.passed for s in scenarios)

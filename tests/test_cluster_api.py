@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,7 +198,11 @@ def test_official_client_reads_every_resource(served):
             assert svcs["kubernetes"].spec.cluster_ip == "10.96.0.1"
             eps = client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces().items
             web = next(e for e in eps if e.metadata.labels["kubernetes.io/service-name"] == "web")
-            assert [e.zone for e in web.endpoints] == ["zone-a", "zone-b", "zone-a"]
+            # kube-controller-manager's, in its order
+            assert web.metadata.labels["endpointslice.kubernetes.io/managed-by"] == (
+                "endpointslice-controller.k8s.io")
+            assert sorted((e.addresses[0], e.zone) for e in web.endpoints) == [
+                ("10.244.1.2", "zone-a"), ("10.244.2.2", "zone-b"), ("10.244.3.2", "zone-a")]
             pols = client.NetworkingV1Api(api).list_network_policy_for_all_namespaces().items
             assert {p.metadata.name for p in pols} == {"deny-all", "allow-client"}
             version = client.VersionApi(api).get_code().git_version
@@ -419,16 +424,36 @@ def test_cluster_facts_from_a_healthy_lab(served):
         "10.244.2.0/24", True, "zone-b")
 
 
+def web_endpoints(doc: dict) -> list[dict]:
+    slices = calls(doc)["endpointslices"]["items"]
+    return next(s for s in slices if s["metadata"]["name"].startswith("web-"))["endpoints"]
+
+
 @pytest.mark.lab
 def test_topology_aware_service_has_zone_hints(served):
+    """The hints are kube-controller-manager's. It weighs zones by the allocatable CPU of their
+    nodes, leaving out control-plane nodes (node1, zone-a), so zone-a (node3) and zone-b
+    (node2) weigh the same; it gives no hints at all when it cannot give every zone its share
+    within its overload threshold: with lab_state()'s 3 endpoints none
+    ("TopologyAwareHintsDisabled"); with 6 (4 in zone-a, 2 in zone-b) each zone is hinted 3,
+    zone-b's own two and one of zone-a's."""
     state = lab_state()
+    state["pods"] += [{"name": f"web-{i + 3}", "namespace": "default", "node": f"node{i}",
+                       "ip": f"10.244.{i}.4", "netns": "p", "app": "web"} for i in (1, 2, 3)]
+    state["services"][1]["endpoints"] += ["web-4", "web-5", "web-6"]
     state["services"][1]["topology_aware"] = True
-    doc = collect(served(state))
+    kubeconfig = served(state)
+    deadline = time.monotonic() + 30  # hints follow the slice's addresses, which sync waits for
+    doc = collect(kubeconfig)
+    while not all("hints" in e for e in web_endpoints(doc)):
+        assert time.monotonic() < deadline, web_endpoints(doc)
+        time.sleep(0.2)
+        doc = collect(kubeconfig)
     web = next(f for f in facts_of(doc, "service_endpoints") if f.attrs["name"] == "web")
-    assert web.attrs["topology_aware"] is True
-    slices = calls(doc)["endpointslices"]["items"]
-    eps = next(s for s in slices if s["metadata"]["name"].startswith("web-"))["endpoints"]
-    assert all(e["hints"]["forZones"] == [{"name": e["zone"]}] for e in eps)
+    assert web.attrs["topology_aware"] is True and web.attrs["ready_endpoints"] == 6
+    hinted = [(e["zone"], [z["name"] for z in e["hints"]["forZones"]]) for e in web_endpoints(doc)]
+    assert sorted(hinted) == [("zone-a", ["zone-a"])] * 3 + [("zone-a", ["zone-b"])] + [
+        ("zone-b", ["zone-b"])] * 2, hinted
 
 
 @pytest.mark.lab

@@ -5,12 +5,14 @@ describe it. Network checks only: the diagnoser is not involved."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from kubenetdiag_lab import Lab
+from kubenetdiag_lab import Lab, coredns
 from kubenetdiag_lab.cli import fault_list
 
 pytestmark = pytest.mark.lab
@@ -81,6 +83,57 @@ def test_real_apiserver_lists_the_lab_nodes_to_the_official_client(any_lab):
     assert listed == sorted((n.name, n.pod_cidr, n.address) for n in lab.nodes)
 
 
+def admin_get(lab: Lab, path: str) -> dict:
+    lab.controlplane.attach()
+    return lab.controlplane.admin().get(path)
+
+
+def test_real_coredns_serves_the_cluster_from_the_api(lab):
+    """The real CoreDNS in coredns-0: Service names from the API through the kube-dns VIP,
+    the middleware's name through `forward` to the site's resolver in the outside namespace,
+    its own /metrics, and the Corefile it runs is the ConfigMap's."""
+    pod = next(p for p in lab.pods if p.node != "node1").name  # across the pod network
+    for name, address in (("kube-dns.kube-system.svc.cluster.local", "10.96.0.10"),
+                          ("web.default.svc.cluster.local", "10.96.0.20"),
+                          ("mysql.corp.example", "203.0.113.10")):
+        for extra in ((), ("--tcp",)):
+            cp = dns(lab, pod, name, *extra)
+            assert cp.returncode == 0 and cp.stdout.split()[-1] == address, (name, extra, cp)
+    cp = dns(lab, pod, "nothing.corp.example")
+    assert cp.returncode == 1 and "rcode=3" in cp.stdout, cp  # NXDOMAIN, from the upstream
+    cp = lab.netprog(pod, "http", "http://10.96.0.10:9153/metrics")
+    assert cp.returncode == 0, cp
+    assert 'coredns_build_info{goversion="go1.' in cp.stdout, cp.stdout[:500]
+    assert 'version="1.14.7"' in cp.stdout and "coredns_dns_requests_total" in cp.stdout
+    assert "coredns_kubernetes_rest_client_requests_total" in cp.stdout
+    state = json.loads(lab.state_path.read_text())
+    running = Path(state["coredns"]["corefile"]).read_text()
+    served = admin_get(lab, "/api/v1/namespaces/kube-system/configmaps/coredns")
+    assert served["data"]["Corefile"] == running
+    for plugin in ("kubernetes cluster.local", "forward . 198.18.0.250", "prometheus :9153",
+                   "health", "ready", "cache 30", "errors", "loop", "reload", "loadbalance"):
+        assert plugin in running, plugin
+    assert "/etc/resolv.conf" not in running
+    [pid] = coredns.pids(lab.topology)
+    assert f"-conf {state['coredns']['corefile']}" in Path(f"/proc/{pid}/cmdline").read_text(
+        ).replace("\0", " ")
+    pod_ns = os.stat(Path("/run/netns") / lab.pod_for_app("coredns").netns).st_ino
+    assert os.stat(f"/proc/{pid}/ns/net").st_ino == pod_ns
+
+
+def test_endpointslices_are_written_by_kube_controller_manager(lab):
+    slices = admin_get(lab, "/apis/discovery.k8s.io/v1/endpointslices")["items"]
+    by_service = {s["metadata"]["labels"]["kubernetes.io/service-name"]: s for s in slices}
+    for name, pod in (("kube-dns", lab.pod_for_app("coredns")), ("web", lab.pod_for_app("web"))):
+        sl = by_service[name]
+        assert sl["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == (
+            "endpointslice-controller.k8s.io")
+        [endpoint] = sl["endpoints"]
+        assert endpoint["addresses"] == [pod.ip] and endpoint["conditions"]["ready"] is True
+        assert endpoint["targetRef"]["name"] == pod.name and endpoint["nodeName"] == pod.node
+    assert "kube-controller-manager" in lab.controlplane.files.pids.read_text()
+
+
 def test_calico_routes_come_from_bird_and_birdc_works(calico_lab):
     lab = calico_lab
     state = json.loads(lab.state_path.read_text())
@@ -137,7 +190,7 @@ def test_a_node_over_ssh_looks_like_a_node(lab):
     procs, files = cp.stdout.split("---")
     for name in ("flanneld", "kube-proxy", "kubelet", "containerd", "sshd"):
         assert name in procs.split(), procs
-    assert "dnsmasq" not in procs  # another node's (pod's) processes are not visible
+    assert "coredns" not in procs  # another node's (pod's) processes are not visible
     assert "99-kubernetes-cri.conf" in files and "FLANNEL_SUBNET=10.244.2.1/24" in files
 
 

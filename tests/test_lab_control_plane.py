@@ -24,7 +24,7 @@ import yaml
 
 import standalone_api
 from kubenetdiag.facts.cluster import cluster_facts
-from kubenetdiag_lab import components, k8s_objects
+from kubenetdiag_lab import apisync, components, k8s_objects
 from kubenetdiag_lab import controlplane as cpm
 from kubenetdiag_lab.netns import NETNS_DIR
 
@@ -156,7 +156,7 @@ def test_control_plane_lives_in_its_namespace_only(env):
     cp = env.cp
     cp_ns = os.stat(NETNS_DIR / CP).st_ino
     root_ns = os.stat("/proc/self/ns/net").st_ino  # where this test runs
-    assert set(cp.pids) == {"etcd", "kube-apiserver"}
+    assert set(cp.pids) == {"etcd", "kube-apiserver", "kube-controller-manager"}
     for name, pid in cp.pids.items():
         assert os.stat(f"/proc/{pid}/ns/net").st_ino == cp_ns != root_ns, name
         assert Path(f"/proc/{pid}/exe").resolve() == components.path_of(name)
@@ -164,7 +164,7 @@ def test_control_plane_lives_in_its_namespace_only(env):
     out = subprocess.run(["ip", "netns", "exec", CP, "ss", "-ltnH"], capture_output=True,
                          text=True, check=True).stdout
     local = {line.split()[3] for line in out.splitlines()}
-    assert "198.18.0.3:6443" in local and "127.0.0.1:2379" in local
+    assert {"198.18.0.3:6443", "127.0.0.1:2379", "127.0.0.1:10257"} <= local
     assert all(a.startswith(("127.0.0.1:", "198.18.0.3:")) for a in local), local
     for user in cpm.USERS:
         path = cp.kubeconfig(user)
@@ -202,6 +202,31 @@ def test_reader_token_reads_what_the_lab_created(env):
     assert (dp.attrs["ip"], dp.attrs["ready"]) == ("10.244.1.3", True)
     n2 = next(f for f in facts if f.kind == "k8s_node" and f.attrs["name"] == "node2")
     assert (n2.attrs["pod_cidr"], n2.attrs["ready"]) == ("10.244.2.0/24", True)
+
+
+@pytest.mark.lab
+def test_endpointslices_are_the_controller_managers(env):
+    """The lab writes pods and Services only; kube-controller-manager's EndpointSlice
+    controller writes the slices, from the pods' Ready condition and the nodes' zones."""
+    apisync.wait_endpoints(env.cp.admin(), env.state)
+    found = env.cp.admin().get("/apis/discovery.k8s.io/v1/endpointslices")["items"]
+    mine = {s["metadata"]["labels"]["kubernetes.io/service-name"]: s for s in found
+            if s["metadata"]["namespace"] != "default"
+            or s["metadata"]["labels"].get("kubernetes.io/service-name") != "kubernetes"}
+    assert set(mine) == {"kube-dns", "web"}
+    for sl in mine.values():
+        labels = sl["metadata"]["labels"]
+        assert labels["endpointslice.kubernetes.io/managed-by"] == (
+            "endpointslice-controller.k8s.io")
+        assert sl["metadata"]["generateName"] == f"{labels['kubernetes.io/service-name']}-"
+        assert sl["metadata"]["ownerReferences"][0]["kind"] == "Service"
+    web = sorted(mine["web"]["endpoints"], key=lambda e: e["addresses"])
+    assert [(e["addresses"], e["nodeName"], e["zone"], e["conditions"]["ready"],
+             e["targetRef"]["name"]) for e in web] == [
+        (["10.244.1.2"], "node1", "zone-a", True, "web-1"),
+        (["10.244.2.2"], "node2", "zone-b", True, "web-2"),
+        (["10.244.3.2"], "node3", "zone-a", True, "web-3")]
+    assert mine["web"]["ports"] == [{"name": "http", "port": 8080, "protocol": "TCP"}]
 
 
 @pytest.mark.lab

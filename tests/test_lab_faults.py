@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from kubenetdiag_lab import Lab, LabError, flannel
+from kubenetdiag_lab import Lab, LabError, coredns, flannel
 
 pytestmark = pytest.mark.lab
 
@@ -184,24 +184,65 @@ def test_cni_pod_not_running(vx):
 # ---- service / DNS ----------------------------------------------------------------------------
 
 
+def api(lab: Lab, path: str) -> dict:
+    lab.controlplane.attach()
+    return lab.controlplane.admin().get(path)
+
+
+def pod_ready(lab: Lab, namespace: str, pod: str) -> bool:
+    status = api(lab, f"/api/v1/namespaces/{namespace}/pods/{pod}")["status"]
+    return {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
+
+
+def slice_endpoints(lab: Lab, namespace: str, service: str) -> list[tuple[str, bool]]:
+    """(address, ready) in the service's EndpointSlices, which kube-controller-manager writes."""
+    found = api(lab, f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
+                     f"?labelSelector=kubernetes.io/service-name%3D{service}")["items"]
+    assert all(s["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] ==
+               "endpointslice-controller.k8s.io" for s in found)
+    return [(e["addresses"][0], e["conditions"]["ready"]) for s in found
+            for e in s.get("endpoints") or []]
+
+
 @pytest.mark.parametrize("via", ["stop", "drop"])
 def test_coredns_unreachable(vx, via):
+    dns_pod = vx.pod_for_app("coredns")
     with vx.injected("coredns_unreachable", params={"via": via}):
         assert recorded(vx) == [("coredns_unreachable", "node1")]
         assert not dns_ok(vx, "node2")
+        # direct to the pod too: nothing answers there (stop) or the node drops it (drop)
+        cp = vx.netprog(client_pod(vx, "node2"), "--timeout", "1", "dns", dns_pod.ip,
+                        "kubernetes.default.svc.cluster.local")
+        assert cp.returncode != 0
+        stopped = via == "stop"
+        assert bool(coredns.pids(vx.topology)) is not stopped
+        # a crashed CoreDNS is not Ready (as the kubelet reports it) and kube-dns loses its
+        # endpoint; a dropped path leaves the pod Ready
+        assert pod_ready(vx, "kube-system", dns_pod.name) is not stopped
+        assert slice_endpoints(vx, "kube-system", "kube-dns") == [(dns_pod.ip, not stopped)]
+        svcs = {s["name"]: s for s in json.loads(vx.state_path.read_text())["services"]}
+        assert svcs["kube-dns"]["endpoints"] == ([] if stopped else [dns_pod.name])
     assert dns_ok(vx, "node2")
+    assert pod_ready(vx, "kube-system", dns_pod.name)
+    assert slice_endpoints(vx, "kube-system", "kube-dns") == [(dns_pod.ip, True)]
 
 
 def test_service_no_endpoints(vx):
+    web = vx.pod_for_app("web")
     with vx.injected("service_no_endpoints"):
         svcs = {s["name"]: s for s in json.loads(vx.state_path.read_text())["services"]}
         assert svcs["web"]["endpoints"] == [] and svcs["kube-dns"]["endpoints"]
+        # the real way: the pod fails its readiness probe, the controller empties the slice
+        assert not pod_ready(vx, "default", web.name)
+        assert slice_endpoints(vx, "default", "web") == [(web.ip, False)]
         for node in ("node1", "node2"):
             rules = vx.node_exec(node, ["iptables-save"]).stdout
             assert "default/web:http has no endpoints" in rules
             assert "--to-destination 10.244.2.3:8080" not in rules
         assert not web_ok(vx)
     assert web_ok(vx)
+    assert pod_ready(vx, "default", web.name)
+    assert slice_endpoints(vx, "default", "web") == [(web.ip, True)]
 
 
 def kube_proxy_ready(lab: Lab) -> dict[str, bool]:

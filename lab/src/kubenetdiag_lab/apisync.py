@@ -1,14 +1,17 @@
 """Keep the real kube-apiserver's objects equal to what `k8s_objects.build(state)` says.
 
-The lab has no controllers and no kubelet, so it writes what they would: objects at creation
-(POST), their status through the status subresource (nodes and pods as the kubelet, DaemonSets
-as their controller), and again whenever lab.json changes (an injected or healed fault).
+The lab has no kubelet and runs no controller but the EndpointSlice ones, so it writes what the
+others would: objects at creation (POST), their status through the status subresource (nodes
+and pods as the kubelet, DaemonSets as their controller), and again whenever lab.json changes
+(an injected or healed fault). EndpointSlices are kube-controller-manager's own (it follows the
+pods' Ready condition), so the lab never writes one; after a sync that wrote pods or Services,
+`sync` waits until the controller's slices say what lab.json's services' `endpoints` say.
 
 `sync(admin, state, applied)` reconciles against `applied`, the objects this module wrote last
 time (kept by the caller, e.g. in a file): changed objects are replaced (PUT) or have their
 status patched, new ones are created, ones no longer built are deleted. Only the lab's own
-objects are ever touched: the apiserver's `default/kubernetes` Service and its EndpointSlice
-(which the apiserver maintains itself) are left out of the build.
+objects are ever touched: the apiserver's `default/kubernetes` Service (which the apiserver
+maintains itself) is left out of the build.
 
 Comparing with what was applied, not with what the server holds, keeps a sync that changes
 nothing free (no request at all), which matters because every lab.json write syncs.
@@ -17,6 +20,7 @@ nothing free (no request at all), which matters because every lab.json write syn
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +38,9 @@ STATUS_KINDS = ("Node", "Pod", "DaemonSet")
 SHARED_KINDS = ("Node",)
 IPPOOL_CRD = "ippools.crd.projectcalico.org"
 CRD_TIMEOUT = 30.0
+# The EndpointSlice controller's label value on the slices it manages.
+SLICE_MANAGER = "endpointslice-controller.k8s.io"
+ENDPOINTS_TIMEOUT = 30.0
 
 Obj = dict[str, Any]
 
@@ -69,12 +76,8 @@ def _key(obj: Mapping[str, Any]) -> str:
 
 def _is_apiservers_own(obj: Mapping[str, Any]) -> bool:
     meta = obj["metadata"]
-    if meta.get("namespace") != "default":
-        return False
-    if obj["kind"] == "Service":
-        return meta["name"] == "kubernetes"
-    return (obj["kind"] == "EndpointSlice"
-            and meta.get("labels", {}).get("kubernetes.io/service-name") == "kubernetes")
+    return (obj["kind"] == "Service" and meta.get("namespace") == "default"
+            and meta["name"] == "kubernetes")
 
 
 def desired(state: Mapping[str, Any]) -> dict[str, Obj]:
@@ -120,6 +123,7 @@ def sync(admin: AdminClient, state: Mapping[str, Any],
     replaced)."""
     want = desired(state)
     have = dict(applied or {})
+    endpoints_may_change = False
     namespaces = sorted({o["metadata"]["namespace"] for o in want.values()
                          if o["metadata"].get("namespace")} - {"default"})
     new_namespaces = [ns for ns in namespaces
@@ -143,15 +147,84 @@ def sync(admin: AdminClient, state: Mapping[str, Any],
                     # before the name conflict
                     admin.replace(_body(obj))
             changed_status = old.get("status") != obj.get("status")
+            endpoints_may_change |= obj["kind"] in ("Pod", "Service") and (
+                changed_status or _body(old) != _body(obj))
+        endpoints_may_change |= old is None and obj["kind"] in ("Pod", "Service")
         if changed_status and obj["kind"] in STATUS_KINDS and obj.get("status"):
             admin.patch_status(_item_path(obj), obj["status"])
     for key in sorted(set(have) - set(want)):
-        admin.delete(_item_path(have[key]))
+        path = _item_path(have[key])
+        if have[key]["kind"] == "Pod":
+            # at once: a graceful delete waits for the kubelet to confirm the containers are
+            # gone, and the lab has none, so the pod would stay Terminating (and listed as a
+            # terminating endpoint of its Services) for good
+            path += "?gracePeriodSeconds=0"
+        admin.delete(path)
+        endpoints_may_change |= have[key]["kind"] in ("Pod", "Service")
     if any(o["kind"] == "IPPool" for o in have.values()) and not any(
             o["kind"] == "IPPool" for o in want.values()):
         # the CRD is the lab's too: without calico, ippools are a 404 as on a real cluster
         admin.delete(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{IPPOOL_CRD}")
+    if endpoints_may_change:
+        wait_endpoints(admin, state)
     return want
+
+
+Endpoints = dict[tuple[str, str], tuple[set[str], set[str]]]  # (ns, svc): (all, ready) IPs
+
+
+def expected_endpoints(state: Mapping[str, Any]) -> Endpoints:
+    """What the EndpointSlice controller should list for lab.json's services that carry
+    `endpoints`: every address of the pods their selector (`app`) picks, and the addresses
+    of the pods `endpoints` names as the ready ones."""
+    pods = [p for p in state.get("pods") or [] if isinstance(p, dict) and p.get("ip")]
+    out: Endpoints = {}
+    for svc in state.get("services") or []:
+        if not isinstance(svc, dict) or not svc.get("app") or "endpoints" not in svc:
+            continue
+        ns = svc.get("namespace") or "default"
+        mine = [p for p in pods if p.get("app") == svc["app"]
+                and (p.get("namespace") or ns) == ns]
+        ready = set(svc["endpoints"] or [])
+        out[(ns, svc["name"])] = ({p["ip"] for p in mine},
+                                  {p["ip"] for p in mine if p["name"] in ready})
+    return out
+
+
+def served_endpoints(admin: AdminClient) -> Endpoints:
+    """(all, ready) addresses per service in the controller's EndpointSlices."""
+    selector = urllib.parse.quote(f"endpointslice.kubernetes.io/managed-by={SLICE_MANAGER}")
+    found = admin.get(f"/apis/discovery.k8s.io/v1/endpointslices?labelSelector={selector}")
+    out: Endpoints = {}
+    for item in found.get("items") or []:
+        meta = item["metadata"]
+        key = (meta["namespace"], meta.get("labels", {}).get("kubernetes.io/service-name", ""))
+        every, ready = out.setdefault(key, (set(), set()))
+        for endpoint in item.get("endpoints") or []:
+            addresses = endpoint.get("addresses") or []
+            every.update(addresses)
+            if (endpoint.get("conditions") or {}).get("ready"):
+                ready.update(addresses)
+    return out
+
+
+def wait_endpoints(admin: AdminClient, state: Mapping[str, Any],
+                   timeout: float = ENDPOINTS_TIMEOUT) -> None:
+    """Wait until kube-controller-manager's EndpointSlices match lab.json's services: the
+    lab's writes of pods and Services reach the slices (and kube-proxy) through it."""
+    want = expected_endpoints(state)
+    deadline = time.monotonic() + timeout
+    while True:
+        have = served_endpoints(admin)
+        wrong = {key: have.get(key) for key, value in want.items() if have.get(key) != value}
+        if not wrong:
+            return
+        if time.monotonic() > deadline:
+            detail = "; ".join(f"{ns}/{name}: (all, ready) {got}, want {want[(ns, name)]}"
+                               for (ns, name), got in sorted(wrong.items()))
+            raise LabError(f"kube-controller-manager's EndpointSlices do not match lab.json "
+                           f"after {timeout:.0f}s (is it running?): {detail}")
+        time.sleep(0.05)
 
 
 

@@ -33,9 +33,11 @@ BINARIES: Mapping[str, tuple[str, str]] = {
     "flanneld": ("flannel", "FLANNEL_VERSION"),
     "coredns": ("coredns", "COREDNS_VERSION"),
 }
-CONTROL_PLANE = ("kube-apiserver", "etcd")
+# kube-controller-manager runs only the EndpointSlice controllers (controlplane.py)
+CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller-manager")
 NODE = ("kube-proxy",)  # run in every lab node
-LAB = (*CONTROL_PLANE, *NODE)  # what `lab up` runs: it refuses when one is missing
+PODS = ("coredns",)  # run in a lab pod (coredns.py)
+LAB = (*CONTROL_PLANE, *NODE, *PODS)  # what `lab up` runs: it refuses when one is missing
 CNI = {"flannel-vxlan": ("flanneld",), "flannel-host-gw": ("flanneld",)}  # per node, by mode
 
 

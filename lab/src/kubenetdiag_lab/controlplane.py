@@ -1,13 +1,15 @@
-"""A real Kubernetes control plane for the lab: etcd + kube-apiserver in a network namespace of
-their own, `<prefix>-cp`, on the lab switch at 198.18.0.3/24 (no default route, like every lab
-namespace). `Lab.up` starts it; apisync.py keeps its objects in step with lab.json.
+"""A real Kubernetes control plane for the lab: etcd, kube-apiserver and kube-controller-manager
+in a network namespace of their own, `<prefix>-cp`, on the lab switch at 198.18.0.3/24 (no
+default route, like every lab namespace). `Lab.up` starts it; apisync.py keeps its objects in
+step with lab.json.
 
     cp = ControlPlane(workdir, netns)   # netns exists and is wired (add_cp_netns does both)
-    cp.start()                          # PKI, tokens, etcd, kube-apiserver, /readyz, RBAC
+    cp.start()                          # PKI, tokens, etcd, kube-apiserver, /readyz, RBAC,
+                                        # kube-controller-manager, its /healthz
     admin = cp.admin()                  # AdminClient: create objects, set pod/node status
     cp.kubeconfig("kubenetdiag")        # read-only token (collect/rbac.yaml), for the diagnoser
     cp.kubeconfig("nobody")             # authenticated, no rights: real 403s
-    cp.stop()                           # idempotent; kills both, nothing left anywhere
+    cp.stop()                           # idempotent; kills all three, nothing left anywhere
 
 * etcd listens on 127.0.0.1 inside the namespace only (client 2379, peer 2380); its data dir is
   `<workdir>/controlplane/etcd`, wiped at every start, and it runs with --unsafe-no-fsync: lab
@@ -21,15 +23,20 @@ namespace). `Lab.up` starts it; apisync.py keeps its objects in step with lab.js
   ClusterRoleBinding system:node-proxier; not audited). Anonymous
   requests stay enabled as on a real cluster (/version, /readyz).
 * The ServiceAccount admission plugin is disabled: it rejects every pod whose namespace has no
-  `default` ServiceAccount, and without kube-controller-manager nothing creates those. The
+  `default` ServiceAccount, and the lab's kube-controller-manager does not run the
+  serviceaccount controller that creates those. The
   alternative, creating a ServiceAccount in every namespace the lab uses, would be one more
   step per namespace for a field (the pod's service account) the diagnoser never reads.
   Everything else in the default admission chain stays on.
-* Without controller-manager and scheduler, the lab writes what they would: spec.nodeName and
-  spec.podCIDR at creation, pod and node status through the status subresource, and the
-  EndpointSlices of its Services.
+* kube-controller-manager runs only the EndpointSlice controllers (KCM_CONTROLLERS): the
+  EndpointSlices of every Service with a selector are its own, following the pods' Ready
+  condition as on a real cluster. It has no leader election (one instance) and serves
+  /healthz on 127.0.0.1:10257 inside the namespace only.
+* Without scheduler, kubelet and the other controllers, the lab writes what they would:
+  spec.nodeName and spec.podCIDR at creation, pod and node status through the status
+  subresource (apisync.py).
 * Processes are started with `ip netns exec` (the pid is the binary's: ip execs it), niced,
-  logs in `<workdir>/logs/{etcd,kube-apiserver}.log`, pids in `<workdir>/controlplane/pids.json`
+  logs in `<workdir>/logs/<binary>.log`, pids in `<workdir>/controlplane/pids.json`
   so `stop_recorded(workdir)` can clean up after a crashed run.
 * Calls from this (root-namespace) process to the API run in a thread that entered the client
   or control-plane namespace with setns(2) (`in_netns`): the root namespace cannot reach
@@ -95,6 +102,10 @@ USERS = (ADMIN_USER, READER_USER, NOBODY_USER, NO_PODS_USER, PROXY_USER, FLANNEL
 # Whose every request the audit log keeps: the diagnoser's users, not the lab's own components.
 AUDITED_USERS = (READER_USER, NOBODY_USER, NO_PODS_USER)
 NICE = 10
+# The controllers the lab needs: EndpointSlices from Services and pod readiness, and the
+# mirroring of selector-less Endpoints into slices, both on by default on a real cluster.
+KCM_CONTROLLERS = ("endpointslice-controller", "endpointslice-mirroring-controller")
+KCM_HEALTHZ_PORT = 10257
 START_TIMEOUT = 180.0
 SERVICE_ACCOUNT_ISSUER = f"https://kubernetes.default.svc.{CLUSTER_DOMAIN}"
 
@@ -537,6 +548,10 @@ class ControlPlane:
             for doc in rbac_manifest() + no_pods_manifest() + component_rbac_manifest():
                 admin.apply(doc)
             self._write_kubeconfigs()
+            kcm_started = time.monotonic()
+            self._start("kube-controller-manager", self._controller_manager_argv())
+            self._wait_controller_manager(deadline)
+            self.timings["kcm_ready_s"] = time.monotonic() - kcm_started  # its own start-up
         except BaseException:
             with contextlib.suppress(Exception):
                 self.stop()
@@ -610,6 +625,24 @@ class ControlPlane:
             *self.apiserver_args,
         ]
 
+    def _controller_manager_argv(self) -> list[str]:
+        return [
+            self._binary("kube-controller-manager"),
+            # The admin identity (system:masters), not system:kube-controller-manager: that
+            # bootstrap role relies on --use-service-account-credentials for the controllers'
+            # own rights, which needs the serviceaccount-token controller and the ServiceAccount
+            # admission the lab leaves out; the lab's two controllers on a throw-away API gain
+            # nothing from the narrower rights, and admin requests are not audited.
+            f"--kubeconfig={self.files.kubeconfig(ADMIN_USER)}",
+            f"--controllers={','.join(KCM_CONTROLLERS)}",
+            "--leader-elect=false",  # one instance: no Lease to win first
+            "--bind-address=127.0.0.1",
+            f"--secure-port={KCM_HEALTHZ_PORT}",
+            f"--cert-dir={self.files.dir / 'kcm-serving'}",  # its self-signed serving cert
+            "--profiling=false",
+            "--v=1",
+        ]
+
     def _start(self, name: str, argv: Sequence[str]) -> None:
         log = self.files.log(name)
         with open(log, "wb") as out:
@@ -676,6 +709,35 @@ class ControlPlane:
                     f"{log_tail(self.files.log('kube-apiserver'))}")
             time.sleep(0.25)
 
+    def _wait_controller_manager(self, deadline: float) -> None:
+        def healthz() -> int:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE  # its own self-signed cert; only /healthz is read
+            conn = http.client.HTTPSConnection("127.0.0.1", KCM_HEALTHZ_PORT, context=ctx,
+                                               timeout=2)
+            try:
+                conn.request("GET", "/healthz")
+                return conn.getresponse().status
+            finally:
+                conn.close()
+
+        log = self.files.log("kube-controller-manager")
+        last = "no answer yet"
+        while True:
+            self._check_alive()
+            try:
+                status = in_netns(self.netns, healthz)
+                if status == 200:
+                    return
+                last = f"/healthz answered HTTP {status}"
+            except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
+                last = f"/healthz: {type(exc).__name__}: {exc}"
+            if time.monotonic() > deadline:
+                raise LabError(f"kube-controller-manager not healthy in time ({last}); last "
+                               f"lines of {log}:\n{log_tail(log)}")
+            time.sleep(0.1)
+
     def _write_kubeconfigs(self) -> None:
         ca = self.files.pki.ca_cert.read_bytes()
         for user, token in self.tokens.items():
@@ -706,9 +768,9 @@ class ControlPlane:
     # ---- stop -----------------------------------------------------------------------------
 
     def stop(self, grace: float = 5.0) -> None:
-        """Stop kube-apiserver, then etcd (SIGTERM, SIGCONT in case one was stopped, SIGKILL
-        after `grace`); safe to repeat."""
-        for name in ("kube-apiserver", "etcd"):
+        """Stop kube-controller-manager, kube-apiserver, then etcd (SIGTERM, SIGCONT in case
+        one was stopped, SIGKILL after `grace`); safe to repeat."""
+        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
             proc = self.procs.get(name)
             if proc is None:
                 continue

@@ -18,13 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubenetdiag_lab import cni, flannel, kubeproxy, nodehost, services
+from kubenetdiag_lab import cni, coredns, flannel, kubeproxy, nodehost, services
 from kubenetdiag_lab.netns import LabError, cmdline, pids_in_netns, run
 from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.runner import NodeRunner, Runners
 from kubenetdiag_lab.topology import LabNode, Topology, cluster_services
 
 Params = dict[str, str]
+CRASH_RESTARTS = 4  # a crash-looping container's restart count, as the API then shows it
 
 
 @dataclass
@@ -46,8 +47,18 @@ class ActiveFaults:
             return int(params["port"])
         return flannel.VXLAN_PORT
 
-    def endpointless_services(self) -> set[str]:
-        return {params["service"] for params in self.params("service_no_endpoints")}
+    def unready_pods(self, topology: Topology) -> dict[str, int]:
+        """{pod name: restarts} of the pods a fault made not Ready, as the kubelet would
+        report them: a service_no_endpoints service's pods fail their readiness probe (still
+        running, no restart); a stopped CoreDNS (coredns_unreachable via=stop) crash-loops."""
+        out: dict[str, int] = {}
+        services = {svc.name: svc for svc in cluster_services(topology)}
+        for params in self.params("service_no_endpoints"):
+            svc = services.get(params["service"])
+            out.update(dict.fromkeys(svc.endpoints if svc else (), 0))
+        if any(params["via"] == "stop" for params in self.params("coredns_unreachable")):
+            out[topology.pod_for_app("coredns").name] = CRASH_RESTARTS
+        return out
 
 
 @dataclass(frozen=True)
@@ -567,7 +578,9 @@ def _dns_drops(topology: Topology) -> list[list[str]]:
 
 def _coredns_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if params["via"] == "stop":
-        services.stop_app(ctx.topology, ctx.paths, "coredns")
+        # As a crash would (or a scale to zero): the process is gone, and the pod is not
+        # Ready in the API (ActiveFaults.unready_pods), so kube-dns loses its endpoint.
+        coredns.stop(ctx.topology)
     elif params["via"] == "drop":
         for spec in _dns_drops(ctx.topology):
             _ipt_insert(ctx, node, "FORWARD", spec)
@@ -578,20 +591,23 @@ def _coredns_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
 def _coredns_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
     for spec in _dns_drops(ctx.topology):
         _ipt_delete(ctx, node, "FORWARD", spec)
-    services.start_apps(ctx.topology, ctx.paths, ["coredns"])
+    coredns.wait_ready(ctx.topology, ctx.paths, coredns.start(ctx.topology, ctx.paths))
 
 
 register(Fault(
     "coredns_unreachable",
-    "CoreDNS does not answer: its dnsmasq and metrics stopped (via=stop) or DNS to its pod "
-    "dropped in the node's FORWARD chain (via=drop)",
+    "CoreDNS does not answer: the real coredns stopped, its pod not Ready and kube-dns without "
+    "endpoints (via=stop), or DNS to its pod dropped in the node's FORWARD chain (via=drop)",
     _coredns_down, _coredns_up, {"via": "stop"}, default_node=_coredns_node,
+    # its pod's readiness reaches kube-proxy (via=stop); _kube_proxies_synced is defined below
+    settle=lambda ctx, node, params: _kube_proxies_synced(ctx, node, params),
 ))
 
 
 def _known_service(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    # The fault itself is an API change: lab.json lists no endpoints for the service, and
-    # apisync marks its EndpointSlice's endpoints not ready once the state is saved.
+    # The fault itself is an API change: the service's pods are not Ready once the state is
+    # saved (apisync writes their status as the kubelet would), and kube-controller-manager
+    # marks their endpoints not ready.
     if params["service"] not in {svc.name for svc in cluster_services(ctx.topology)}:
         raise LabError(f"service_no_endpoints: no lab service {params['service']!r}")
 
@@ -600,13 +616,14 @@ def _kube_proxies_synced(ctx: FaultContext, node: LabNode, params: Params) -> No
     """Every node's real kube-proxy has turned the API's endpoints into rules (its REJECT for
     an endpointless Service, its KUBE-SVC/KUBE-SEP chains again once healed)."""
     kubeproxy.wait_synced(ctx.topology, ctx.paths, list(ctx.topology.nodes), ctx.node,
-                          ctx.active.endpointless_services())
+                          ctx.active.unready_pods(ctx.topology))
 
 
 register(Fault(
     "service_no_endpoints",
-    "a Service (param service, default web) has no ready endpoints in the API: the nodes' "
-    "kube-proxy drops its KUBE-SEP rules and REJECTs its VIP; lab.json lists no endpoints",
+    "a Service (param service, default web) has no ready endpoints: its pods fail their "
+    "readiness probe (not Ready in the API), kube-controller-manager marks their endpoints not "
+    "ready, the nodes' kube-proxy REJECTs its VIP; lab.json lists no endpoints",
     _known_service, _noop, {"service": "web"}, scope="cluster", default_node=_web_node,
     settle=_kube_proxies_synced,
 ))
@@ -622,7 +639,7 @@ def _kube_proxy_dead_and_flushed(ctx: FaultContext, node: LabNode, params: Param
 def _kube_proxy_restarted(ctx: FaultContext, node: LabNode, params: Params) -> None:
     kubeproxy.start(ctx.paths, node, ctx.node(node))
     kubeproxy.wait_synced(ctx.topology, ctx.paths, [node], ctx.node,
-                          ctx.active.endpointless_services())
+                          ctx.active.unready_pods(ctx.topology))
 
 
 register(Fault(

@@ -14,10 +14,13 @@ Choices that a reader of the served objects would otherwise have to guess:
   A collector that only looked at kube-system would miss flannel, as it would on a real cluster.
 * Faults change what the API says only where a real cluster's API would change:
   ``cni_pod_not_running`` makes that node's CNI pod not Ready in CrashLoopBackOff with restarts;
-  ``service_no_endpoints`` (param ``service``, default the first non-DNS service) marks every
-  endpoint of the service not ready, as failing readiness probes would.
+  a lab.json pod with ``"ready": false`` is not Ready (running, as under a failing readiness
+  probe, or in CrashLoopBackOff when it has ``restarts``).
+* No EndpointSlices: the lab's real kube-controller-manager writes them from the Services and
+  the pods' Ready condition (controlplane.py), as on a real cluster.
 * A service is topology-aware when its lab.json entry says ``"topology_aware": true``: it then
-  has the ``service.kubernetes.io/topology-mode: Auto`` annotation and zone hints per endpoint.
+  has the ``service.kubernetes.io/topology-mode: Auto`` annotation (the EndpointSlice controller
+  adds the zone hints; it needs the nodes' allocatable CPU, which node objects carry).
 * lab.json keys beyond ``nodes`` are optional; a missing one yields fewer objects, not an error.
 """
 
@@ -33,6 +36,7 @@ KUBELET_VERSION = "v1.30.4"
 CREATED = "2026-01-05T08:00:00Z"  # fixed, so two reads of one state give identical objects
 FLANNEL_NAMESPACE = "kube-flannel"
 CNI_RESTARTS_WHEN_FAILING = 17
+NODE_RESOURCES = {"cpu": "2", "memory": "4026532Ki", "pods": "110"}
 
 Obj = dict[str, Any]
 
@@ -147,6 +151,10 @@ def node_object(state: dict, node: dict) -> Obj:
                 "machineID": _uid("machine", node["name"]).replace("-", ""),
                 "systemUUID": _uid("system", node["name"]),
             },
+            # What the kubelet reports; the EndpointSlice controller weighs zones by
+            # allocatable CPU for topology hints and gives none without it.
+            "capacity": NODE_RESOURCES,
+            "allocatable": NODE_RESOURCES,
         },
     }
 
@@ -156,7 +164,7 @@ def node_object(state: dict, node: dict) -> Obj:
 
 def _container_status(name: str, image: str, ready: bool, restarts: int) -> Obj:
     state: Obj
-    if ready:
+    if ready or not restarts:  # not ready but never restarted: failing its readiness probe
         state = {"running": {"startedAt": CREATED}}
     else:
         state = {
@@ -171,7 +179,7 @@ def _container_status(name: str, image: str, ready: bool, restarts: int) -> Obj:
         "imageID": f"{image.split(':')[0]}@sha256:{hashlib.sha256(image.encode()).hexdigest()}",
         "containerID": f"containerd://{hashlib.sha256(name.encode()).hexdigest()}",
         "ready": ready,
-        "started": ready,
+        "started": "running" in state,
         "restartCount": restarts,
         "state": state,
     }
@@ -270,8 +278,10 @@ def system_pods(state: dict) -> list[Obj]:
 
 
 def workload_pods(state: dict) -> list[Obj]:
-    """The lab's own pods (CoreDNS and applications), as lab.json lists them."""
+    """The lab's own pods (CoreDNS and applications), as lab.json lists them, with the Ready
+    condition and restart count the kubelet would report (lab.json's ``ready``, ``restarts``)."""
     nodes = {n["name"]: n for n in _nodes(state)}
+    dns = state.get("coredns") if isinstance(state.get("coredns"), dict) else {}
     pods = []
     for p in state.get("pods") or []:
         if not isinstance(p, dict) or not p.get("name"):
@@ -281,14 +291,16 @@ def workload_pods(state: dict) -> list[Obj]:
         ns = str(p.get("namespace") or ("kube-system" if app == "coredns" else "default"))
         if app == "coredns":
             labels = {"k8s-app": "kube-dns"}
-            container, image, owner = "coredns", "registry.k8s.io/coredns/coredns:v1.11.1", (
+            version = str(dns.get("version") or "v1.11.1")
+            container, image, owner = "coredns", f"registry.k8s.io/coredns/coredns:{version}", (
                 "ReplicaSet", "coredns-7db6d8ff4d"
             )
         else:
             labels = {"app": app}
             container, image, owner = app, "registry.k8s.io/e2e-test-images/agnhost:2.52", None
         pods.append(
-            _pod(str(p["name"]), ns, node, p.get("ip"), labels, container, image, owner=owner)
+            _pod(str(p["name"]), ns, node, p.get("ip"), labels, container, image, owner=owner,
+                 ready=p.get("ready") is not False, restarts=int(p.get("restarts") or 0))
         )
     return pods
 
@@ -393,21 +405,33 @@ def configmaps(state: dict) -> list[Obj]:
         "metadata": _meta("kube-proxy", "kube-system", labels={"app": "kube-proxy"}),
         "data": {"config.conf": config_conf, "kubeconfig.conf": "# in-cluster credentials\n"},
     })
-    domain = cluster_domain(state)
-    corefile = (
-        ".:53 {\n    errors\n    health {\n       lameduck 5s\n    }\n    ready\n"
-        f"    kubernetes {domain} in-addr.arpa ip6.arpa {{\n"
-        "       pods insecure\n       fallthrough in-addr.arpa ip6.arpa\n       ttl 30\n    }\n"
-        "    prometheus :9153\n    forward . /etc/resolv.conf\n    cache 30\n    loop\n"
-        "    reload\n    loadbalance\n}\n"
-    )
     out.append({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta("coredns", "kube-system"),
-        "data": {"Corefile": corefile},
+        "data": {"Corefile": corefile(state)},
     })
     return out
+
+
+def corefile(state: dict) -> str:
+    """The Corefile of the `coredns` ConfigMap, which is also, byte for byte, the file the lab's
+    CoreDNS runs (coredns.py writes this text). CoreDNS's upstream manifest, with two lab
+    changes lab.json's ``coredns`` entry asks for: ``kubeconfig`` (the pod has no service
+    account token mounted, so the kubernetes plugin is given CoreDNS's own credentials) and
+    the ``upstream`` resolver to forward to (the site's DNS in the outside namespace, instead of
+    the machine's /etc/resolv.conf: no lab query may leave the lab)."""
+    domain = cluster_domain(state)
+    dns = state.get("coredns") if isinstance(state.get("coredns"), dict) else {}
+    kubeconfig = f"       kubeconfig {dns['kubeconfig']}\n" if dns.get("kubeconfig") else ""
+    upstream = dns.get("upstream") or "/etc/resolv.conf"
+    return (
+        ".:53 {\n    errors\n    health {\n       lameduck 5s\n    }\n    ready\n"
+        f"    kubernetes {domain} in-addr.arpa ip6.arpa {{\n{kubeconfig}"
+        "       pods insecure\n       fallthrough in-addr.arpa ip6.arpa\n       ttl 30\n    }\n"
+        f"    prometheus :9153\n    forward . {upstream} {{\n       max_concurrent 1000\n"
+        "    }\n    cache 30\n    loop\n    reload\n    loadbalance\n}\n"
+    )
 
 
 # ---------------------------------------------------------------- services
@@ -426,14 +450,13 @@ def _services(state: dict, pods: list[Obj]) -> list[dict]:
         services.append({
             "name": "kubernetes", "namespace": "default", "cluster_ip": str(base[1]),
             "ports": [{"name": "https", "port": 443, "protocol": "TCP", "target_port": 6443}],
-            "endpoint_addresses": [(str(nodes[0].get("address")), nodes[0]["name"])],
         })
     dns_pods = [p["metadata"]["name"] for p in pods
                 if p["metadata"].get("labels", {}).get("k8s-app") == "kube-dns"]
     if not any(s.get("app") == "coredns" or s["name"] == "kube-dns" for s in services) and dns_pods:
         services.append({
             "name": "kube-dns", "namespace": "kube-system", "cluster_ip": str(base[10]),
-            "app": "coredns", "endpoints": dns_pods,
+            "app": "coredns",
             "ports": [
                 {"name": "dns", "port": 53, "protocol": "UDP", "target_port": 53},
                 {"name": "dns-tcp", "port": 53, "protocol": "TCP", "target_port": 53},
@@ -476,82 +499,6 @@ def service_object(svc: dict) -> Obj:
         "metadata": _meta(svc["name"], ns, labels=labels, annotations=annotations),
         "spec": spec,
     }
-
-
-def endpointslice_object(
-    state: dict, svc: dict, pods_by_name: dict[tuple[str, str], Obj], no_endpoints: bool
-) -> Obj:
-    ns = str(svc.get("namespace") or "default")
-    zones = {n["name"]: n.get("zone") for n in _nodes(state)}
-    endpoints = []
-    targets: list[tuple[str, str, Obj | None]] = [
-        (addr, node, None) for addr, node in svc.get("endpoint_addresses", [])
-    ]
-    for pod_name in svc.get("endpoints") or []:
-        pod = pods_by_name.get((ns, str(pod_name))) or pods_by_name.get(("*", str(pod_name)))
-        if pod is None or not pod["status"].get("podIP"):
-            continue
-        targets.append((pod["status"]["podIP"], pod["spec"]["nodeName"], pod))
-    for addr, node, pod in targets:
-        ready = not no_endpoints
-        ep: Obj = {
-            "addresses": [addr],
-            "conditions": {"ready": ready, "serving": ready, "terminating": False},
-            "nodeName": node,
-        }
-        if zones.get(node):
-            ep["zone"] = zones[node]
-            if svc.get("topology_aware"):
-                ep["hints"] = {"forZones": [{"name": zones[node]}]}
-        if pod is not None:
-            ep["targetRef"] = {
-                "kind": "Pod",
-                "name": pod["metadata"]["name"],
-                "namespace": pod["metadata"]["namespace"],
-                "uid": pod["metadata"]["uid"],
-            }
-        endpoints.append(ep)
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": _meta(
-            f"{svc['name']}-{_suffix('eps', ns, svc['name'])}",
-            ns,
-            labels={
-                "kubernetes.io/service-name": svc["name"],
-                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
-            },
-            ownerReferences=[{"apiVersion": "v1", "kind": "Service", "name": svc["name"],
-                              "uid": _uid(ns, svc["name"])}],
-        ),
-        "addressType": "IPv4",
-        "endpoints": endpoints,
-        "ports": [
-            {"name": p.get("name") or "", "port": int(p.get("target_port") or p.get("port") or 0),
-             "protocol": p.get("protocol") or "TCP"}
-            for p in _ports(svc)
-        ],
-    }
-
-
-def _no_endpoint_services(state: dict, services: list[dict]) -> set[tuple[str, str]]:
-    out = set()
-    for f in _faults(state, "service_no_endpoints"):
-        params = f.get("params") if isinstance(f.get("params"), dict) else {}
-        name = params.get("service")
-        if not name:  # the lab's application service, not DNS or the API's own service
-            name = next(
-                (s["name"] for s in services
-                 if s.get("app") not in (None, "coredns") and s["name"] != "kubernetes"),
-                None,
-            )
-        if name:
-            ns = params.get("namespace")
-            out.update(
-                (s.get("namespace") or "default", s["name"]) for s in services
-                if s["name"] == name and (ns is None or (s.get("namespace") or "default") == ns)
-            )
-    return out
 
 
 # ---------------------------------------------------------------- policies and calico
@@ -602,23 +549,12 @@ def build(state: dict) -> dict[str, list[Obj]]:
     sys_pods = system_pods(state)
     pods = sys_pods + workload_pods(state)
     services = _services(state, pods)
-    by_name: dict[tuple[str, str], Obj] = {}
-    for p in pods:
-        by_name[(p["metadata"]["namespace"], p["metadata"]["name"])] = p
-        by_name.setdefault(("*", p["metadata"]["name"]), p)
-    empty = _no_endpoint_services(state, services)
     return {
         "nodes": [node_object(state, n) for n in _nodes(state)],
         "pods": pods,
         "daemonsets": daemonsets(state, sys_pods),
         "configmaps": configmaps(state),
         "services": [service_object(s) for s in services],
-        "endpointslices": [
-            endpointslice_object(
-                state, s, by_name, (s.get("namespace") or "default", s["name"]) in empty
-            )
-            for s in services
-        ],
         "networkpolicies": network_policies(state),
         "ippools": ippools(state),
     }

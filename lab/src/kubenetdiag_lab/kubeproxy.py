@@ -102,12 +102,12 @@ def stop(node: LabNode) -> None:
     nodehost.kill(pids(node))
 
 
-def expected_comments(topology: Topology, endpointless: Collection[str] = ()) -> list[str]:
+def expected_comments(topology: Topology, unready: Collection[str] = ()) -> list[str]:
     """The rule comments a synced kube-proxy has in KUBE-SERVICES for the lab's Services:
-    "<ns>/<svc>:<port> cluster IP" (nat), or "... has no endpoints" (filter) for an
-    endpointless one."""
+    "<ns>/<svc>:<port> cluster IP" (nat), or "... has no endpoints" (filter) for one whose
+    pods are all in `unready`."""
     out = []
-    for svc in cluster_services(topology, endpointless):
+    for svc in cluster_services(topology, unready):
         for port in svc.ports:
             spn = f"{svc.namespace}/{svc.name}:{port.name}"
             out.append(f'"{spn} cluster IP"' if svc.endpoints else f'"{spn} has no endpoints"')
@@ -115,12 +115,12 @@ def expected_comments(topology: Topology, endpointless: Collection[str] = ()) ->
 
 
 def wait_synced(topology: Topology, paths: LabPaths, nodes: Sequence[LabNode],
-                runner_of: Callable[[LabNode], NodeRunner], endpointless: Collection[str] = (),
+                runner_of: Callable[[LabNode], NodeRunner], unready: Collection[str] = (),
                 timeout: float = SYNC_TIMEOUT) -> None:
-    """Wait until every node's kube-proxy has programmed every lab Service (with
-    `endpointless` ones as rejects); raise with the log tail if one exits or the time runs
+    """Wait until every node's kube-proxy has programmed every lab Service (with those whose
+    pods are all `unready` as rejects); raise with the log tail if one exits or the time runs
     out."""
-    comments = expected_comments(topology, endpointless)
+    comments = expected_comments(topology, unready)
     pending = {node.name: node for node in nodes}
     deadline = time.monotonic() + timeout
     while pending:

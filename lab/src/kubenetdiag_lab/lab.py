@@ -4,7 +4,8 @@ Layout (prefix "knd", 2 nodes)::
 
     knd-client  (198.18.0.2)   ──┐
     knd-outside (198.18.0.250) ──┼── knd-sw: bridge br0, underlay 198.18.0.0/24
-    knd-node1   (198.18.0.11)  ──┤     outside also holds 203.0.113.10 (TCP 3306)
+    knd-node1   (198.18.0.11)  ──┤     outside also holds 203.0.113.10 (TCP 3306) and
+                                 │     runs the site's DNS resolver on 198.18.0.250:53
     knd-node2   (198.18.0.12)  ──┘
       each node<i>: its own netns + mount + PID namespace (nodehost.py), sshd on eth0,
         its pods' netns visible inside it as /run/netns/cni-<pod name> (as containerd does),
@@ -13,7 +14,8 @@ Layout (prefix "knd", 2 nodes)::
         the real kube-proxy (kubeproxy.py, iptables mode, watching the API),
         route 203.0.113.0/24 via 198.18.0.250, fake agent processes (kubelet, containerd, ...)
       ├─ knd-node<i>-pod1: eth0 10.244.<i>.2/24, default via 10.244.<i>.1 (app "client")
-      └─ knd-node<i>-pod2: 10.244.<i>.3 (node1: coredns, node2: web, others: "client")
+      └─ knd-node<i>-pod2: 10.244.<i>.3 (node1: coredns, the real CoreDNS (coredns.py);
+                             node2: web; others: "client")
 
 CNI modes: flannel-vxlan (default), flannel-host-gw (flannel.py), calico-bgp (cni.py).
 
@@ -22,11 +24,14 @@ records it in lab.json, tears it down, and dispatches fault injection and healin
 services.py and faults.py are functions over the topology, a runner for commands in a node or
 pod (runner.py), the lab's files (paths.py) and the active faults; they never see this class.
 
-Kubernetes API: the real etcd + kube-apiserver (controlplane.py) in `<prefix>-cp`
-(198.18.0.3, on the switch), reached from the client namespace at https://198.18.0.3:6443.
-The lab has no controllers or kubelet, so it writes the objects they would (apisync.py), built
-from lab.json by k8s_objects.py, and syncs them after every change of lab.json (a fault that
-changes what the API says, e.g. a CNI pod not Ready, shows there at once).
+Kubernetes API: the real etcd + kube-apiserver + kube-controller-manager (controlplane.py) in
+`<prefix>-cp` (198.18.0.3, on the switch), reached from the client namespace at
+https://198.18.0.3:6443. kube-controller-manager runs the EndpointSlice controllers only: the
+slices are its own, following the pods' Ready condition. The lab has no kubelet and no other
+controller, so it writes the objects they would (apisync.py), built from lab.json by
+k8s_objects.py, and syncs them after every change of lab.json (a fault that changes what the
+API says, e.g. a CNI pod not Ready, shows there at once; a pod not Ready reaches its Services'
+slices through the controller, which the sync waits for).
 
 lab.json (`<workdir>/lab.json`, schema "kubenetdiag/lab/v1") is the contract apisync and
 `lab status` read; it is rewritten atomically on every change:
@@ -34,14 +39,23 @@ lab.json (`<workdir>/lab.json`, schema "kubenetdiag/lab/v1") is the contract api
     prefix, workdir, cni, vxlan_port (cluster-wide flannel port), cluster_domain ("cluster.local"),
     pod_network ("10.244.0.0/16"), service_network ("10.96.0.0/12"), kube_proxy_mode ("iptables"),
     underlay ("198.18.0.0/24"), namespaces [all lab netns], switch_netns,
-    client {netns, address}, outside {netns, address, hosts: [{address, port, name}]},
+    client {netns, address}, outside {netns, address, network,
+                                      hosts: [{address, port, name, fqdn (the site's DNS name)}]},
     nodes [{name, index, netns, address, pod_cidr, pod_gateway, pod_netns, pod_address, zone
             ("zone-a" odd / "zone-b" even index), vxlan_port (this node's, differs under
             vxlan_port_mismatch), cni_pod_ready (false under cni_pod_not_running),
             etc_dir (its /etc/sysctl.conf + sysctl.d), subnet_env, bird_socket (calico-bgp)}],
-    pods [{name, namespace, node, ip, netns, app}]          app: coredns | web | client
+    pods [{name, namespace, node, ip, netns, app, ready, restarts}]   app: coredns | web | client
+          ready: false for the pods of a service_no_endpoints service (failing readiness,
+          restarts 0) and CoreDNS's under coredns_unreachable via=stop (crash-looping)
     services [{name, namespace, cluster_ip, ports [{name, port, protocol, target_port}], app,
-               endpoints [pod names; [] under service_no_endpoints]}]
+               endpoints [its Ready pods' names, as kube-controller-manager lists them ready:
+                          [] under service_no_endpoints; kube-dns's [] under
+                          coredns_unreachable via=stop]}]
+    coredns {corefile (the file the real CoreDNS runs, = the coredns ConfigMap's Corefile),
+             kubeconfig (its credentials, user system:serviceaccount:kube-system:coredns),
+             upstream (the resolver `forward` sends to: the outside's 198.18.0.250),
+             version (of the coredns binary; the pod's image tag)}
     faults [{fault, node, params}], bird_sockets {node: path} (calico-bgp only),
     sshd_pids {node: pid}, init_pids {node: pid of the node's PID 1, root-namespace view},
     inventory, kubeconfig (the read-only `kubenetdiag` user's, from the control plane),
@@ -75,8 +89,10 @@ from kubenetdiag_lab import (
     apisync,
     cni,
     components,
+    coredns,
     flannel,
     icmp,
+    k8s_objects,
     kubeproxy,
     nodehost,
     services,
@@ -100,7 +116,9 @@ from kubenetdiag_lab.runner import Runners
 from kubenetdiag_lab.topology import (
     CLUSTER_DOMAIN,
     DEFAULT_CNI,
+    OUTSIDE_DNS,
     OUTSIDE_HOST,
+    OUTSIDE_HOST_NAME,
     OUTSIDE_NETWORK,
     OUTSIDE_PORT,
     OUTSIDE_UNDERLAY,
@@ -255,7 +273,7 @@ class Lab:
                     cni.start_bird(self.topology, node, self.runners.node(node),
                                    self.paths.node_files(node.name))
                 cni.wait_converged(self.topology, timeout=30 + len(self.nodes))
-            services.start_apps(self.topology, self.paths, ["coredns", "web", "outside"])
+            services.start_apps(self.topology, self.paths, ["web", "outside"])
             cp_start.result()
             write_private(self.kubeconfig_path,
                           self.controlplane.kubeconfig(cpm.READER_USER).read_bytes())
@@ -266,6 +284,11 @@ class Lab:
             self._start_flannelds()
             self._start_kube_proxies()
             self._wait_flannelds()
+            # CoreDNS reaches the API (its kubernetes plugin) from its pod, through the CNI's
+            # masquerade, which flanneld writes: it starts once the pod network is up.
+            dns_started = time.monotonic()
+            coredns.wait_ready(self.topology, self.paths, self._start_coredns())
+            self.timings["coredns_ready_s"] = time.monotonic() - dns_started
         except BaseException as exc:
             if cp_start is not None:
                 cp_start.wait()  # a start still running would outlive the clean-up
@@ -436,13 +459,18 @@ class Lab:
             flannel.wait_programmed(self.topology, self.paths, self.nodes, self.runners.node,
                                     self._flannel_since)
 
+    def _start_coredns(self) -> subprocess.Popen[bytes] | None:
+        # The ConfigMap's Corefile, the same function's text (lab.json names the kubeconfig)
+        coredns.write_corefile(self.paths, k8s_objects.corefile(self.state()))
+        return coredns.start(self.topology, self.paths)
+
     def _start_kube_proxies(self) -> None:
         kubeconfig = self.controlplane.kubeconfig(cpm.PROXY_USER)
         for node in self.nodes:
             kubeproxy.write_config(self.topology, self.paths, node, kubeconfig)
             kubeproxy.start(self.paths, node, self.runners.node(node))
         kubeproxy.wait_synced(self.topology, self.paths, self.nodes, self.runners.node,
-                              self.active.endpointless_services())
+                              self.active.unready_pods(self.topology))
 
     def _start_sshds(self, nodes: Sequence[LabNode]) -> None:
         # Start all, then wait for all: startup latency overlaps instead of adding up.
@@ -459,6 +487,7 @@ class Lab:
         """lab.json's content (see the module docstring)."""
         shape = self.topology.to_dict()
         failing_cni = self.active.nodes_with("cni_pod_not_running")
+        unready = self.active.unready_pods(self.topology)
         nodes = []
         bird_sockets = {}
         for node, entry in zip(self.nodes, shape["nodes"], strict=True):
@@ -486,11 +515,15 @@ class Lab:
             "outside": {"netns": self.outside_netns, "address": OUTSIDE_UNDERLAY,
                         "network": str(OUTSIDE_NETWORK),
                         "hosts": [{"address": OUTSIDE_HOST, "port": OUTSIDE_PORT,
-                                   "name": "mysql"}]},
+                                   "name": "mysql", "fqdn": OUTSIDE_HOST_NAME}]},
             "nodes": nodes,
-            "pods": shape["pods"],
-            "services": [svc.to_dict() for svc in
-                         cluster_services(self.topology, self.active.endpointless_services())],
+            "pods": [{**pod, "ready": pod["name"] not in unready,
+                      "restarts": unready.get(pod["name"], 0)} for pod in shape["pods"]],
+            "services": [svc.to_dict() for svc in cluster_services(self.topology, unready)],
+            "coredns": {"corefile": str(coredns.corefile_path(self.paths)),
+                        "kubeconfig": str(self.controlplane.kubeconfig(cpm.COREDNS_USER)),
+                        "upstream": OUTSIDE_DNS,
+                        "version": components.component(coredns.BINARY).version},
             "faults": self.faults,
             "bird_sockets": bird_sockets,
             "sshd_pids": self._sshd_pids,

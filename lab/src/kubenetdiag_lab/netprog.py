@@ -5,7 +5,7 @@ from kubenetdiag: only the stdlib and dnspython (an installed dependency, which 
 sees). Every loop is bounded by a count and a deadline, and every target is
 whatever the lab passes in (lab addresses only).
 
-  serve-http PORT [--metrics]   an app pod's HTTP server (or CoreDNS's /metrics on 9153)
+  serve-http PORT               an app pod's HTTP server
   serve-banner PORT TEXT        a middleware-like TCP service that greets and closes
   dns SERVER NAME [--tcp]       one A query; prints the addresses, exit 0 if any
   http URL                      one GET; prints the status and body, exit 0 on 2xx
@@ -33,14 +33,6 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-METRICS = """# HELP coredns_build_info A metric with a constant '1' value.
-# TYPE coredns_build_info gauge
-coredns_build_info{goversion="go1.21",revision="lab",version="1.11.1"} 1
-# HELP coredns_dns_requests_total Counter of DNS requests made per zone, protocol and family.
-# TYPE coredns_dns_requests_total counter
-coredns_dns_requests_total{family="1",proto="udp",server="dns://:53",type="A",zone="."} 0
-"""
-
 
 def _wait_forever() -> int:
     # Servers run until the lab stops them; SIGTERM ends them with status 0.
@@ -49,17 +41,14 @@ def _wait_forever() -> int:
         signal.pause()
 
 
-def serve_http(port: int, metrics: bool) -> int:
-    body_text = METRICS if metrics else f"web: hello from {socket.gethostname()}\n"
+def serve_http(port: int) -> int:
+    body_text = f"web: hello from {socket.gethostname()}\n"
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            if metrics and self.path != "/metrics":
-                self.send_error(404)
-                return
             body = body_text.encode()
             self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -195,7 +184,6 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("serve-http")
     p.add_argument("port", type=int)
-    p.add_argument("--metrics", action="store_true")
     p = sub.add_parser("serve-banner")
     p.add_argument("port", type=int)
     p.add_argument("text")
@@ -229,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     limit = 10.0  # hard cap on any burst, whatever the count
     try:
         if a.cmd == "serve-http":
-            return serve_http(a.port, a.metrics)
+            return serve_http(a.port)
         if a.cmd == "serve-banner":
             return serve_banner(a.port, a.text)
         if a.cmd == "dns":

@@ -1,13 +1,16 @@
-"""Cluster services: CoreDNS and an app behind service VIPs, the CNI's NAT, the outside world.
+"""Cluster services: an app behind a service VIP, the CNI's NAT, the outside world.
 
-- CoreDNS stand-in: dnsmasq in a pod on node1 answering the cluster's service names, plus an
-  HTTP /metrics on 9153; Service kube-system/kube-dns on 10.96.0.10 (53/udp, 53/tcp, 9153/tcp).
+- CoreDNS is the real one, in a pod on node1 (coredns.py); Service kube-system/kube-dns on
+  10.96.0.10 (53/udp, 53/tcp, 9153/tcp).
 - App: an HTTP server on 8080 in a pod on node2; Service default/web on 10.96.0.20:80.
 - Service VIPs are the real kube-proxy's work (kubeproxy.py), from the API's Services and
   EndpointSlices; nothing here writes a KUBE-* chain.
 - The CNI's masquerade for pod traffic leaving the pod network (to the outside namespace).
 - Outside: a namespace on the underlay (198.18.0.250) holding 203.0.113.10, a TCP service on
-  3306, standing for the internet and middleware. Nodes route 203.0.113.0/24 to it.
+  3306, standing for the internet and middleware. Nodes route 203.0.113.0/24 to it. It also
+  runs the site's DNS resolver on 198.18.0.250:53 (dnsmasq: not a Kubernetes component, the
+  upstream CoreDNS forwards to), which knows the middleware's name, mysql.corp.example, and
+  answers NXDOMAIN for every other name without asking anyone.
 
 The services' shape (addresses, ports, endpoints) is data in topology.py; this module turns it
 into iptables rules and processes, given the topology, the lab's paths and a node's runner.
@@ -23,15 +26,14 @@ from pathlib import Path
 from kubenetdiag_lab.netns import LabError, cmdline, exec_argv, pids_in_netns, run, terminate
 from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.topology import (
-    CLUSTER_DOMAIN,
-    METRICS_PORT,
+    OUTSIDE_DNS,
     OUTSIDE_HOST,
+    OUTSIDE_HOST_NAME,
     OUTSIDE_NETWORK,
     OUTSIDE_PORT,
     OUTSIDE_UNDERLAY,
     WEB_PORT,
     Topology,
-    dns_records,
 )
 
 # netprog.py runs as a script inside pods (python -I path): only its path is needed here
@@ -62,7 +64,7 @@ def node_ruleset(topology: Topology) -> str:
             "\nCOMMIT\n")
 
 
-# ---- processes: CoreDNS, web, outside ------------------------------------------------------
+# ---- processes: web, outside ---------------------------------------------------------------
 
 
 def netprog_argv(*args: str) -> list[str]:
@@ -76,22 +78,22 @@ def app_commands(topology: Topology, paths: LabPaths, app: str
     if app == "outside":
         return [(topology.outside_netns, netprog_argv("serve-banner", str(OUTSIDE_PORT),
                                                       "5.7.44-lab mysql_native_password"),
-                 OUTSIDE_PORT, "tcp")]
+                 OUTSIDE_PORT, "tcp"),
+                (topology.outside_netns, upstream_dns_argv(paths), 53, "udp")]
     pod = topology.pod_for_app(app)
-    if app == "coredns":
-        hosts = [f"--host-record={name},{ip}" for name, ip in dns_records().items()]
-        dnsmasq = ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
-                   "--no-hosts", "--bind-interfaces", f"--listen-address={pod.ip}",
-                   "--listen-address=127.0.0.1", "--user=root",
-                   f"--pid-file={paths.logs / 'dnsmasq.pid'}",
-                   f"--local=/{CLUSTER_DOMAIN}/", "--domain-needed",
-                   f"--log-facility={paths.logs / 'dnsmasq.log'}", *hosts]
-        return [(pod.netns, dnsmasq, 53, "udp"),
-                (pod.netns, netprog_argv("serve-http", str(METRICS_PORT), "--metrics"),
-                 METRICS_PORT, "tcp")]
     if app == "web":
         return [(pod.netns, netprog_argv("serve-http", str(WEB_PORT)), WEB_PORT, "tcp")]
     raise LabError(f"no such lab app {app!r}")
+
+
+def upstream_dns_argv(paths: LabPaths) -> list[str]:
+    """The site's resolver: local data only (--no-resolv, --local=/#/), so it never forwards
+    a query anywhere and answers NXDOMAIN for names it does not hold."""
+    return ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
+            "--no-hosts", "--bind-interfaces", f"--listen-address={OUTSIDE_DNS}",
+            "--user=root", f"--pid-file={paths.logs / 'outside-dns.pid'}", "--local=/#/",
+            f"--host-record={OUTSIDE_HOST_NAME},{OUTSIDE_HOST}",
+            f"--log-facility={paths.logs / 'outside-dns.log'}"]
 
 
 def _listening(netns: str, port: int, proto: str) -> bool:

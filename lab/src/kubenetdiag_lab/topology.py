@@ -31,6 +31,10 @@ OUTSIDE_NETWORK = ip_network("203.0.113.0/24")  # TEST-NET-3: documentation only
 OUTSIDE_UNDERLAY = "198.18.0.250"
 OUTSIDE_HOST = "203.0.113.10"
 OUTSIDE_PORT = 3306
+# The site's DNS, a resolver in the outside namespace (on its underlay address) that CoreDNS
+# forwards to; it knows the middleware's name and nothing else (NXDOMAIN).
+OUTSIDE_DNS = OUTSIDE_UNDERLAY
+OUTSIDE_HOST_NAME = "mysql.corp.example"  # RFC 2606 .example: never a real name
 CLUSTER_DOMAIN = "cluster.local"
 KUBERNETES_VIP = "10.96.0.1"
 DNS_VIP = "10.96.0.10"
@@ -248,22 +252,10 @@ def build(prefix: str = "knd", node_count: int = 2, cni: str = DEFAULT_CNI) -> T
     return Topology(prefix=prefix, cni=cni, nodes=nodes, pods=make_pods(nodes))
 
 
-def dns_records() -> dict[str, str]:
-    """The names the CoreDNS stand-in answers."""
-    domain = CLUSTER_DOMAIN
-    return {
-        f"kubernetes.default.svc.{domain}": KUBERNETES_VIP,
-        f"kube-dns.kube-system.svc.{domain}": DNS_VIP,
-        f"web.default.svc.{domain}": WEB_VIP,
-        # An ExternalName-like entry for the middleware outside the cluster.
-        f"mysql.outside.svc.{domain}": OUTSIDE_HOST,
-    }
-
-
-def cluster_services(topology: Topology, endpointless: Collection[str] = ()
+def cluster_services(topology: Topology, unready: Collection[str] = ()
                      ) -> list[Service]:
-    """The Services, with endpoints as kube-proxy sees them; `endpointless` names the services
-    a fault has emptied."""
+    """The Services, with their ready endpoints as the EndpointSlice controller lists them and
+    kube-proxy programs them; `unready` names the pods a fault made not Ready."""
     by_app: dict[str, list[str]] = {}
     for pod in topology.pods:
         by_app.setdefault(pod.app, []).append(pod.name)
@@ -275,6 +267,6 @@ def cluster_services(topology: Topology, endpointless: Collection[str] = ()
     ]
     return [
         Service(name, namespace, vip, ports, app,
-                () if name in endpointless else tuple(by_app.get(app, [])))
+                tuple(pod for pod in by_app.get(app, []) if pod not in unready))
         for name, namespace, vip, ports, app in shapes
     ]

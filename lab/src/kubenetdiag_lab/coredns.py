@@ -1,0 +1,120 @@
+"""The real CoreDNS in the lab's CoreDNS pod (`coredns-0`, kube-system, on node1), behind
+Service kube-system/kube-dns (10.96.0.10: 53/udp, 53/tcp, 9153/tcp).
+
+coredns runs in the pod's network namespace (a pod has no mount or PID namespace of its own in
+the lab) with `-conf <workdir>/coredns/Corefile`: the text of the `coredns` ConfigMap the lab
+puts in the API (k8s_objects.corefile), byte for byte. Its plugins are the upstream manifest's:
+kubernetes (cluster.local from the lab's kube-apiserver, as user
+`system:serviceaccount:kube-system:coredns` through its kubeconfig), forward to the site's
+resolver in the outside namespace (never the machine's /etc/resolv.conf: no lab query leaves the
+lab), cache, errors, health (:8080), ready (:8181), prometheus (:9153), loop, reload and
+loadbalance. Its traffic to the API and to the resolver leaves the pod like any pod's, through
+node1 and the CNI's masquerade.
+
+`wait_ready` waits for the ready plugin, which answers 200 once the kubernetes plugin has
+synced with the API. Log: `<workdir>/logs/coredns.log`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import subprocess
+import time
+from pathlib import Path
+
+from kubenetdiag_lab import components
+from kubenetdiag_lab.controlplane import in_netns
+from kubenetdiag_lab.errors import LabError, log_tail
+from kubenetdiag_lab.netns import cmdline, exec_argv, pids_in_netns, terminate
+from kubenetdiag_lab.paths import LabPaths
+from kubenetdiag_lab.topology import LabPod, Topology
+
+BINARY = "coredns"
+READY_PORT = 8181  # the ready plugin's default
+START_TIMEOUT = 30.0
+
+
+def config_dir(paths: LabPaths) -> Path:
+    return paths.workdir / "coredns"
+
+
+def corefile_path(paths: LabPaths) -> Path:
+    return config_dir(paths) / "Corefile"
+
+
+def log_path(paths: LabPaths) -> Path:
+    return paths.logs / "coredns.log"
+
+
+def write_corefile(paths: LabPaths, text: str) -> Path:
+    path = corefile_path(paths)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def pod(topology: Topology) -> LabPod:
+    return topology.pod_for_app("coredns")
+
+
+def pids(topology: Topology) -> list[int]:
+    """coredns processes in the CoreDNS pod."""
+    netns = pod(topology).netns
+    binary = str(components.path_of(BINARY))
+    return [pid for pid in pids_in_netns([netns]).get(netns, [])
+            if cmdline(pid).startswith(binary)]
+
+
+def start(topology: Topology, paths: LabPaths) -> subprocess.Popen[bytes] | None:
+    """Start coredns in its pod (detached) unless it runs already; the Corefile must have been
+    written (write_corefile). Returns the new process, for wait_ready."""
+    if pids(topology):
+        return None
+    corefile = corefile_path(paths)
+    if not corefile.exists():
+        raise LabError(f"no Corefile at {corefile}")
+    argv = [str(components.path_of(BINARY)), "-conf", str(corefile)]
+    with open(log_path(paths), "ab") as log:
+        return subprocess.Popen(exec_argv(pod(topology).netns, argv), stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=config_dir(paths))
+
+
+def stop(topology: Topology) -> None:
+    # Short grace: on SIGTERM the health plugin's lameduck would keep it serving 5 s more,
+    # and the fault this serves stands for a crash.
+    terminate(pids(topology), grace=0.5)
+
+
+def _ready_status() -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", READY_PORT, timeout=2)
+    try:
+        conn.request("GET", "/ready")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def ready(topology: Topology) -> bool:
+    """The ready plugin answers 200: every plugin that reports readiness (kubernetes: synced
+    with the API) is ready."""
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        return in_netns(pod(topology).netns, _ready_status, timeout=5) == 200
+    return False
+
+
+def wait_ready(topology: Topology, paths: LabPaths, proc: subprocess.Popen[bytes] | None = None,
+               timeout: float = START_TIMEOUT) -> None:
+    """Wait until coredns is ready; raise with its log tail if it exits (`proc`: the process
+    start() returned; without it, no coredns in the pod) or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while not ready(topology):
+        log = log_path(paths)
+        gone = proc.poll() is not None if proc is not None else not pids(topology)
+        if gone:
+            raise LabError(f"coredns is not running; last lines of {log}:\n{log_tail(log)}")
+        if time.monotonic() > deadline:
+            raise LabError(f"coredns not ready within {timeout:.0f}s; last lines of {log}:\n"
+                           f"{log_tail(log)}")
+        time.sleep(0.05)
