@@ -146,9 +146,13 @@ def test_calico_routes_come_from_bird_and_birdc_works(calico_lab):
         sock = state["bird_sockets"][node.name]
         cp = lab.node_exec(node.name, ["birdc", "-s", sock, "show", "protocols"])
         assert cp.stdout.count("Established") == len(peers), cp.stdout
-    # and on the node itself, through calico-node's socket, as an SRE reaches it
+    # On the node, as on a real calico node, BIRD's client is not on the host: only inside
+    # the calico-node "container", i.e. bird's own mount namespace, through its socket.
+    cp = lab.client_exec(lab.ssh_argv("node1", "sh -c 'command -v birdc || echo none'"))
+    assert cp.stdout.strip() == "none", cp.stdout
     cp = lab.client_exec(lab.ssh_argv(
-        "node1", "birdc -s /var/run/calico/bird.ctl show protocols; ps -eo comm"))
+        "node1", "nsenter -t $(pgrep -x bird) -m birdc -s /var/run/calico/bird.ctl "
+                 "show protocols; ps -eo comm"))
     assert "Mesh_198_18_0_12" in cp.stdout and "calico-node" in cp.stdout, cp.stderr
 
 

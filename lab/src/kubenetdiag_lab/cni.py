@@ -16,10 +16,12 @@ the node's files), never the Lab itself.
 from __future__ import annotations
 
 import hashlib
+import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network
+from pathlib import Path
 
 from kubenetdiag_lab import nodehost
 from kubenetdiag_lab.netns import LabError, run
@@ -159,19 +161,34 @@ def bird_socket(files: NodeFiles) -> str:
     return str(files.run_dir / "calico" / "bird.ctl")
 
 
+def container_only() -> list[str]:
+    """BIRD's programs, which a calico node has only inside its calico-node container: the
+    lab hides them from the node's host (nodehost.init_script) and bird's own mount namespace
+    shows them again, so the diagnoser must reach BIRD the way an SRE does on a real node."""
+    return [f"{d}/{name}" for name in ("bird", "birdc", "birdcl")
+            for d in ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
+            if Path(f"{d}/{name}").is_file() and not Path(d).is_symlink()]
+
+
 def start_bird(topology: Topology, node: LabNode, runner: NodeCommandRunner,
                files: NodeFiles) -> None:
     conf = files.dir / "bird.conf"
     conf.write_text(bird_config(topology, node, files))
-    # bird daemonizes; its parent exits once the config is loaded, so a bad config fails here.
-    runner.shell(f"bird -c {conf} -s {BIRD_SOCKET} "
-                 f"-P /var/run/calico/bird.pid </dev/null >/dev/null 2>&1")
+    # The calico-node "container": a mount namespace of its own in which BIRD's programs are
+    # visible again. bird daemonizes; its parent exits once the config is loaded, so a bad
+    # config fails here.
+    reveal = " ".join(f"umount {shlex.quote(path)} 2>/dev/null;" for path in container_only())
+    start = (f"{reveal} exec bird -c {shlex.quote(str(conf))} -s {BIRD_SOCKET} "
+             f"-P /var/run/calico/bird.pid")
+    runner.shell(f"unshare --mount --propagation private sh -c {shlex.quote(start)} "
+                 f"</dev/null >/dev/null 2>&1")
 
 
-def stop_bird(node: LabNode, runner: NodeCommandRunner) -> None:
+def stop_bird(node: LabNode, runner: NodeCommandRunner, files: NodeFiles) -> None:
     # `birdc down` makes bird withdraw its routes and tell its peers (Cease), as a clean
-    # calico-node shutdown does; kill is the fallback for a wedged daemon.
-    runner.shell(f"birdc -s {BIRD_SOCKET} down >/dev/null 2>&1", check=False)
+    # calico-node shutdown does; kill is the fallback for a wedged daemon. birdc runs from the
+    # machine (the node's host has none), on the socket's path in the lab's files.
+    runner.run(["birdc", "-s", bird_socket(files), "down"], check=False)
     deadline = time.monotonic() + 5
     while bird_running(node) and time.monotonic() < deadline:
         time.sleep(0.05)

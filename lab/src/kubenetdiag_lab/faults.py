@@ -459,7 +459,7 @@ BGP_BLOCK = [["-p", "tcp", "-m", "tcp", "--dport", "179", "-j", "DROP"],
 
 def _bgp_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if params["via"] == "stop":
-        cni.stop_bird(node, ctx.node(node))
+        cni.stop_bird(node, ctx.node(node), ctx.paths.node_files(node.name))
     elif params["via"] == "block":
         for spec in BGP_BLOCK:
             _ipt_insert(ctx, node, "INPUT", spec)
@@ -536,7 +536,8 @@ def _cni_agent(cni_mode: str) -> str:
 def _cni_pod_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
     nodehost.kill(nodehost.procs_in(node.netns, _cni_agent(ctx.topology.cni)))
     if ctx.topology.cni == "calico-bgp":
-        cni.stop_bird(node, ctx.node(node))  # bird lives in the calico-node pod
+        # bird lives in the calico-node pod
+        cni.stop_bird(node, ctx.node(node), ctx.paths.node_files(node.name))
 
 
 def _cni_pod_up(ctx: FaultContext, node: LabNode, params: Params) -> None:

@@ -433,10 +433,12 @@ class Lab:
 
     def _start_inits(self) -> None:
         agents = nodehost.AGENTS[self.cni]
+        hidden = cni.container_only() if self.cni == "calico-bgp" else []
         started = {}
         for node in self.nodes:
             files = self.paths.node_files(node.name)
-            pid = nodehost.start_init(node.netns, files, agents, files.dir / "init.log")
+            pid = nodehost.start_init(node.netns, files, agents, files.dir / "init.log",
+                                      hidden)
             started[node.name] = (pid, files)
         self._init_pids.update(nodehost.wait_ready(started))
         for node in self.nodes:

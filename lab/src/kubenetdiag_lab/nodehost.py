@@ -110,7 +110,9 @@ def _quoted(path: Path) -> str:
     return shlex.quote(str(path))
 
 
-def init_script(files: NodeFiles, agents: Sequence[str]) -> str:
+def init_script(files: NodeFiles, agents: Sequence[str], hidden: Sequence[str] = ()) -> str:
+    """hidden: programs the node's host must not have (they live in a container's filesystem
+    on a real node); /dev/null is mounted over each, so they are not executable there."""
     # /run becomes the node's own (sshd's privsep dir, flannel's subnet.env, bird's socket
     # link), which also hides the machine's /run/netns from the node, as on a real node.
     lines = [
@@ -118,6 +120,7 @@ def init_script(files: NodeFiles, agents: Sequence[str]) -> str:
         f"mount --bind {_quoted(files.sysctl_conf)} /etc/sysctl.conf",
         f"mount --bind {_quoted(files.sysctl_d)} /etc/sysctl.d",
         f"mount --rbind {_quoted(files.run_dir)} /run",
+        *(f"mount --bind /dev/null {shlex.quote(path)}" for path in hidden),
         *(agent_command(files, a) for a in agents),
         "set +e",
         f": > {_quoted(files.ready)}",
@@ -130,9 +133,10 @@ def init_script(files: NodeFiles, agents: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def start_init(netns: str, files: NodeFiles, agents: Sequence[str], log: Path) -> int:
+def start_init(netns: str, files: NodeFiles, agents: Sequence[str], log: Path,
+               hidden: Sequence[str] = ()) -> int:
     """Start a node's init; return the unshare process's pid (the init is its only child)."""
-    files.init.write_text(init_script(files, agents) + "\n")
+    files.init.write_text(init_script(files, agents, hidden) + "\n")
     argv = exec_argv(netns, ["unshare", "--mount", "--pid", "--fork", "--mount-proc",
                              "--propagation", "private", "bash", str(files.init)])
     with open(log, "ab") as fh:

@@ -1,8 +1,10 @@
 """BGP sessions of the BIRD daemon that Calico (and bare-metal setups) run, via `birdcl show
 protocols all` on BIRD's control socket: Established or not, with the peer address.
 
-Only where a BIRD control socket exists; calico-node keeps its own in /var/run/calico. Reading
-`show` output changes nothing in BIRD. BIRD 1.6 and 2.x print the same table (case differs).
+Only where a BIRD control socket exists; calico-node keeps its own in /var/run/calico. A
+calico node's host has no BIRD client: it is in the calico-node container, so the probe runs it
+in bird's own mount namespace (`nsenter -t <bird's pid> -m birdcl ...`), as an SRE would.
+Reading `show` output changes nothing in BIRD. BIRD 1.6 and 2.x print the same table (case differs).
 
 Sample output and the facts it gives:
 
@@ -37,11 +39,21 @@ COMMAND = (
     "[ -L /var/run ] || set -- \"$@\" " + " ".join(s.replace("/run/", "/var/run/", 1)
                                                   for s in SOCKETS) + "; "
     "n=0; for s; do [ -S \"$s\" ] || continue; n=1; "
-    "if command -v birdcl >/dev/null 2>&1; then c=birdcl; "
-    "elif command -v birdc >/dev/null 2>&1; then c=birdc; "
+    # a client on the host itself (-x: bash's `command -v` also names a non-executable match)
+    "c=; for b in birdcl birdc; do x=$(command -v $b 2>/dev/null) && [ -x \"$x\" ] "
+    "&& { c=$x; break; }; done; "
+    # calico-node's BIRD: its client is only in the container's filesystem, so it runs in
+    # bird's own mount namespace (nsenter -m; the socket path is the same there)
+    "if [ -z \"$c\" ]; then p=; "
+    "for d in /proc/[0-9]*; do { read -r m < \"$d/comm\"; } 2>/dev/null || continue; "
+    "[ \"$m\" = bird ] && { p=${d#/proc/}; break; }; done; "
+    "if [ -n \"$p\" ] && command -v nsenter >/dev/null 2>&1; then c=\"nsenter -t $p -m --\"; "
     "else echo \"kubenetdiag: birdcl: command not found (BIRD socket $s exists)\" >&2; "
-    "exit 127; fi; "
-    "echo \"##knd:socket $s\"; $c -s \"$s\" show protocols all </dev/null || exit $?; done; "
+    "exit 127; fi; fi; "
+    "echo \"##knd:socket $s\"; "
+    "case $c in nsenter*) $c birdcl -s \"$s\" show protocols all </dev/null 2>/dev/null "
+    "|| $c birdc -s \"$s\" show protocols all </dev/null || exit $?;; "
+    "*) $c -s \"$s\" show protocols all </dev/null || exit $?;; esac; done; "
     "[ $n = 1 ] || echo '##knd:none'"
 )
 _PROTO = re.compile(r"^(\S+)\s+(\S+)\s+(\S+)\s+(up|down|start|stop|flush)\s+(.*)$", re.I)
