@@ -331,3 +331,16 @@ def test_node_missing_tools_gives_probe_status_and_provenance_reads_files(tmp_pa
         assert fwd[0]["overrides"].startswith("/etc/sysctl.d/10-kubernetes.conf:1")
     # and the machine's own /etc/sysctl.d never saw the file
     assert not Path("/etc/sysctl.d/90-zz.conf").exists()
+
+
+@pytest.mark.lab
+def test_calico_bgp_sessions_are_read_from_calico_nodes_bird(calico_lab, tmp_path):
+    """BIRD's client exists only inside calico-node (bird's mount namespace), as on a real
+    calico node; the sessions still become facts, every one Established to its peer."""
+    facts = collect(calico_lab, tmp_path)
+    for node in calico_lab.nodes:
+        sessions = attrs(facts[node.name], "bgp_session")
+        peers = {p.address for p in calico_lab.nodes if p.name != node.name}
+        assert {s["peer"] for s in sessions} == peers, sessions
+        assert all(s["established"] for s in sessions), sessions
+        assert not attrs(facts[node.name], "probe_status"), attrs(facts[node.name], "probe_status")
