@@ -8,12 +8,14 @@ rest per node (the mean over nodes).
 
     sudo python bench/bench_lab.py [--sizes 3,50] [--modes flannel-vxlan,calico-bgp]
 
-Prints the figures and writes bench/results/lab.json.
+Prints the figures and writes bench/results/lab.json (runs of other modes and sizes already
+there are kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -107,6 +109,14 @@ def main() -> int:
                       f"{run['down_s']:5.2f} s; control plane "
                       f"{sum(run['control_plane_mib'].values()):6.1f} MiB, per node "
                       f"{run['per_node_total_mib']:5.1f} MiB {run['per_node_mib']}", flush=True)
+    # runs of other (mode, size) pairs from earlier invocations are kept: a 50-node lab
+    # takes minutes, so modes and sizes are often measured one command at a time
+    path = RESULTS / "lab.json"
+    measured = {(r["cni"], r["nodes"]) for r in runs}
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        runs = [r for r in json.loads(path.read_text())["runs"]
+                if (r["cni"], r["nodes"]) not in measured] + runs
+    runs.sort(key=lambda r: (r["cni"], r["nodes"]))
     result = {
         "benchmark": "lab",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -116,8 +126,8 @@ def main() -> int:
         "runs": runs,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "lab.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULTS / 'lab.json'}")
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
     return 0
 
 
