@@ -5,9 +5,13 @@ injectable fault of that mode alone on a chosen node, then a few pairs of faults
 nodes, healing between scenarios. Faults the lab kernel cannot produce are judged from recorded
 bundles under tests/fixtures/bundles/ with `analyze`.
 
-A scenario passes when every expected fault is reported as a root cause (root_cause true) whose
-nodes include the expected node (cluster-wide findings have no nodes and match any), and, for the
-healthy lab, when nothing of severity warning or above is reported.
+Scored strictly: a scenario passes (is exact) when the root causes reported at warning or above,
+as (fault, node) pairs, are exactly the injected faults: every injected fault found on its node
+(a cluster-wide root cause has no nodes and stands for any node) and no other root cause, on
+any node. "found" (every injected fault among the root causes) and the false root causes are
+recorded too, so the table shows found, exact and false separately. A healthy lab passes when
+nothing of warning or above is reported. Consequences (root_cause false) are listed, not
+counted against a scenario.
 
     sudo python bench/bench_scenarios.py [--modes flannel-vxlan,flannel-host-gw,calico-bgp]
                                          [--only FAULT,...] [--no-pairs] [--prefix kb]
@@ -61,7 +65,9 @@ class Scenario:
     expected: list[tuple[str, str | None]]  # (fault, node); [] = healthy
     root_causes: list[str] = field(default_factory=list)  # "fault@nodes"
     extra: list[str] = field(default_factory=list)  # other findings of warning or above
-    passed: bool = False
+    false_roots: list[str] = field(default_factory=list)  # "fault@node" not injected
+    found: bool = False  # every injected fault is among the root causes, on its node
+    passed: bool = False  # exact: found, and no false root cause
     seconds: float = 0.0
     error: str = ""
 
@@ -74,18 +80,27 @@ def judge(sc: Scenario, report: dict) -> None:
     findings = report["findings"]
     roots = [f for f in findings if f["root_cause"] and f["severity"] in ALARM]
     sc.root_causes = [_label(f) for f in roots]
-    matched: set[int] = set()  # id() of the root causes an expectation matched
-    ok = True
-    for fault, node in sc.expected:
-        hit = [f for f in roots
-               if f["fault"] == fault and (node is None or not f["nodes"] or node in f["nodes"])]
-        ok = ok and bool(hit)
-        matched.update(id(f) for f in hit)
+    expected = {(fault, node) for fault, node in sc.expected}
+    faults = {fault for fault, _node in expected}
+    # each root cause as (fault, node) pairs; a cluster-wide one (no nodes) as (fault, None)
+    reported = {(f["fault"], node) for f in roots for node in (f["nodes"] or [None])}
+
+    def injected(pair: tuple[str, str | None]) -> bool:
+        fault, node = pair
+        return (fault, node) in expected or (node is None and fault in faults)
+
+    sc.found = all(any(f == fault and (n == node or n is None or node is None)
+                       for f, n in reported) for fault, node in expected)
+    sc.false_roots = sorted(f"{f}@{n or 'cluster'}" for f, n in reported if not injected((f, n)))
+    matched = {id(f) for f in roots
+               if any(injected((f["fault"], n)) for n in (f["nodes"] or [None]))}
     sc.extra = [_label(f) + ("" if f["root_cause"] else " (consequence)")
                 for f in findings if f["severity"] in ALARM and id(f) not in matched]
-    if not sc.expected:
-        ok = not any(f["severity"] in ALARM for f in findings)
-    sc.passed = ok
+    if not sc.expected:  # a healthy lab: anything at warning or above is a false alarm
+        sc.false_roots = list(sc.extra)
+        sc.passed = sc.found = not sc.extra
+    else:
+        sc.passed = sc.found and not sc.false_roots
 
 
 def diagnose(lab, out: Path) -> dict:
@@ -184,7 +199,10 @@ def _row(sc: Scenario) -> str:
     exp = ", ".join(f"{f}@{n or 'cluster'}" for f, n in sc.expected) or "nothing >= warning"
     got = ", ".join(sc.root_causes) or "-"
     extra = ", ".join(sc.extra) or "-"
-    status = "PASS" if sc.passed else ("ERROR" if sc.error else "FAIL")
+    if sc.false_roots and sc.expected:
+        extra += f" | false root causes: {', '.join(sc.false_roots)}"
+    # FOUND: the injected faults are there, with a false root cause beside them
+    status = "PASS" if sc.passed else ("ERROR" if sc.error else "FOUND" if sc.found else "FAIL")
     line = f"{status:5} | {sc.mode:15} | {sc.name:48} | {exp:44} | {got:50} | {extra}"
     return line + (f" | {sc.error}" if sc.error else "")
 
@@ -204,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir = args.workdir / time.strftime("run-%Y%m%d-%H%M%S")
     args.workdir.mkdir(parents=True)
     print(f"{'':5} | {'mode':15} | {'scenario':48} | {'expected (fault@node)':44} | "
-          f"{'reported root causes':50} | extra findings >= warning")
+          f"{'reported root causes':50} | other findings >= warning")
     t0 = time.monotonic()
     scenarios: list[Scenario] = []
     for mode in filter(None, args.modes.split(",")):
@@ -212,14 +230,29 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_fixtures:
         scenarios += run_fixtures()
     passed = sum(s.passed for s in scenarios)
-    print(f"\n{passed}/{len(scenarios)} scenarios passed in {time.monotonic() - t0:.0f}s")
+    by_mode = {}
+    for mode in dict.fromkeys(s.mode for s in scenarios):
+        of = [s for s in scenarios if s.mode == mode]
+        by_mode[mode] = {"total": len(of), "found": sum(s.found for s in of),
+                         "exact": sum(s.passed for s in of),
+                         "with_false_root_causes": sum(bool(s.false_roots) for s in of),
+                         "false_root_causes": sum(len(s.false_roots) for s in of)}
+        m = by_mode[mode]
+        print(f"{mode:15} found {m['found']}/{m['total']}, exact {m['exact']}/{m['total']}, "
+              f"{m['false_root_causes']} false root causes in {m['with_false_root_causes']} "
+              "scenarios")
+    print(f"\n{passed}/{len(scenarios)} scenarios exact in {time.monotonic() - t0:.0f}s")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "scenarios.json").write_text(json.dumps({
         "benchmark": "scenarios",
         "machine": {"python": platform.python_version(), "kernel": platform.release()},
         "nodes": NODES,
+        "scoring": "strict: the root causes reported equal the faults injected (fault, node)",
         "passed": passed,
         "total": len(scenarios),
+        "found": sum(s.found for s in scenarios),
+        "false_root_causes": sum(len(s.false_roots) for s in scenarios),
+        "by_mode": by_mode,
         "scenarios": [asdict(s) for s in scenarios],
     }, indent=2) + "\n")
     return 0 if passed == len(scenarios) else 1
