@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from kubenetdiag_lab import components, k8s_objects, nodehost
-from kubenetdiag_lab.errors import LabError, log_tail
+from kubenetdiag_lab.errors import LabError
 from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.pki import write_private
 from kubenetdiag_lab.runner import NodeRunner
@@ -136,22 +136,9 @@ def wait_programmed(topology: Topology, paths: LabPaths, nodes: Sequence[LabNode
                     timeout: float = START_TIMEOUT) -> None:
     """Wait until every node's flanneld has written subnet.env and its routes to every peer
     (a peer whose flanneld is stopped keeps its lease, so its route is made all the same)."""
-    pending = {node.name: node for node in nodes}
-    deadline = time.monotonic() + timeout
-    while pending:
-        for name, node in list(pending.items()):
-            if programmed(topology, paths, node, runner_of(node), since):
-                del pending[name]
-            elif not pids(node):
-                raise LabError(f"flanneld on {name} is not running; last lines of "
-                               f"{log_path(paths, name)}:\n{log_tail(log_path(paths, name))}")
-        if pending and time.monotonic() > deadline:
-            name = sorted(pending)[0]
-            raise LabError(f"flanneld did not program the pod network within {timeout:.0f}s "
-                           f"on {', '.join(sorted(pending))}; last lines of "
-                           f"{log_path(paths, name)}:\n{log_tail(log_path(paths, name))}")
-        if pending:
-            time.sleep(0.1)
+    nodehost.wait_nodes(BINARY, "program the pod network", nodes,
+                        lambda node: programmed(topology, paths, node, runner_of(node), since),
+                        lambda name: log_path(paths, name), timeout)
 
 
 def restart(topology: Topology, paths: LabPaths, node: LabNode, runner: NodeRunner, *,

@@ -19,14 +19,13 @@ every process in a lab namespace, so a crashed run leaves nothing behind.
 from __future__ import annotations
 
 import shlex
-import time
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import yaml
 
 from kubenetdiag_lab import components, nodehost
-from kubenetdiag_lab.errors import LabError, log_tail
+from kubenetdiag_lab.errors import LabError
 from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.runner import NodeRunner
 from kubenetdiag_lab.topology import LabNode, Topology, cluster_services
@@ -121,24 +120,14 @@ def wait_synced(topology: Topology, paths: LabPaths, nodes: Sequence[LabNode],
     pods are all `unready` as rejects); raise with the log tail if one exits or the time runs
     out."""
     comments = expected_comments(topology, unready)
-    pending = {node.name: node for node in nodes}
-    deadline = time.monotonic() + timeout
-    while pending:
-        for name, node in list(pending.items()):
-            saved = runner_of(node).run(["iptables-save"], check=False).stdout
-            # KUBE-SERVICES only: a flushed chain leaves the same comments in KUBE-SVC-*
-            services = "\n".join(line for line in saved.splitlines()
-                                 if line.startswith("-A KUBE-SERVICES "))
-            if all(comment in services for comment in comments):
-                del pending[name]
-            elif not pids(node):
-                raise LabError(f"kube-proxy on {name} is not running; last lines of "
-                               f"{log_path(paths, name)}:\n{log_tail(log_path(paths, name))}")
-        if pending and time.monotonic() > deadline:
-            name = sorted(pending)[0]
-            raise LabError(f"kube-proxy did not program the lab's Services within "
-                           f"{timeout:.0f}s on {', '.join(sorted(pending))}; last lines of "
-                           f"{log_path(paths, name)}:\n{log_tail(log_path(paths, name))}")
-        if pending:
-            time.sleep(0.1)
+
+    def synced(node: LabNode) -> bool:
+        saved = runner_of(node).run(["iptables-save"], check=False).stdout
+        # KUBE-SERVICES only: a flushed chain leaves the same comments in KUBE-SVC-*
+        services = "\n".join(line for line in saved.splitlines()
+                             if line.startswith("-A KUBE-SERVICES "))
+        return all(comment in services for comment in comments)
+
+    nodehost.wait_nodes(BINARY, "program the lab's Services", nodes, synced,
+                        lambda name: log_path(paths, name), timeout)
 

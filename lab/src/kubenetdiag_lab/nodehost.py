@@ -19,11 +19,13 @@ import os
 import shlex
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kubenetdiag_lab.errors import log_tail
 from kubenetdiag_lab.netns import LabError, cmdline, exec_argv, pids_in_netns, run, terminate
+from kubenetdiag_lab.topology import LabNode
 
 # The real binaries' names; the processes are `sleep infinity` run under these names (a symlink
 # gives the kernel's comm, argv[0] gives ps's args), so they cost ~1 MiB each and do nothing.
@@ -228,3 +230,26 @@ def expose_netns(init: int, files: NodeFiles, netns: dict[str, str]) -> None:
         script = (f"exec 3<{shlex.quote('/run/netns/' + source)} && exec nsenter -t {init} "
                   f"-m -p -- mount --bind /proc/self/fd/3 {shlex.quote('/run/netns/' + name)}")
         run(["sh", "-c", script])
+
+
+def wait_nodes(daemon: str, work: str, nodes: Sequence[LabNode], done: Callable[[LabNode], bool],
+               log_of: Callable[[str], Path], timeout: float) -> None:
+    """Wait until done(node) holds on every node for the node daemon `daemon` (its process
+    name). Raise with the daemon's log tail (log_of(node name)) as soon as it is not running
+    on a node still pending, or when `timeout` runs out; `work` says what it was doing."""
+    pending = {node.name: node for node in nodes}
+    deadline = time.monotonic() + timeout
+    while pending:
+        for name, node in list(pending.items()):
+            if done(node):
+                del pending[name]
+            elif not procs_in(node.netns, daemon):
+                raise LabError(f"{daemon} on {name} is not running; last lines of "
+                               f"{log_of(name)}:\n{log_tail(log_of(name))}")
+        if pending and time.monotonic() > deadline:
+            name = sorted(pending)[0]
+            raise LabError(f"{daemon} did not {work} within {timeout:.0f}s on "
+                           f"{', '.join(sorted(pending))}; last lines of "
+                           f"{log_of(name)}:\n{log_tail(log_of(name))}")
+        if pending:
+            time.sleep(0.1)
