@@ -1,0 +1,253 @@
+"""Packet-path verdicts: every flow the cluster needs, walked through each node's collected
+configuration in kernel order (docs/paths.md).
+
+    path_facts(facts) -> [path..., path_walk...]
+
+Runs in the parse stage, after the probes' facts: it reads only facts, never a node. A flow that
+passes is counted in the node's `path_walk` fact; every flow that does not pass is a `path`
+fact naming the rule, route or setting that stops it, and who wrote it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from dataclasses import dataclass
+
+from kubenetdiag.facts.model import Fact, Source
+from kubenetdiag.facts.paths.node import NodeView, build, pod_cidr_of
+from kubenetdiag.facts.paths.packet import Packet, addr, in_net, network, show
+from kubenetdiag.facts.paths.walk import Ending, Expect, Flow, walk
+
+MAX_PEERS = 32  # beyond this, a node is walked against the peers its active checks probed
+MAX_SERVICES = 16  # Service ports walked per node, DNS first
+VXLAN_OVERHEAD = 50
+_KINDS = ("node_status", "interface", "route", "ip_rule", "sysctl", "tc_hook", "iptables_chain",
+          "iptables_rule", "nft_table", "nft_chain", "nft_rule", "flannel_subnet",
+          "k8s_node", "dns_pod", "dns_service", "flannel_config", "cni", "bgp_session", "reach",
+          "tcp_check", "kube_proxy")
+
+
+@dataclass
+class _Node:
+    view: NodeView
+    cidr: str | None
+    pod_addr: int | None
+    pod_dev: str | None
+    overlay: dict | None  # the VXLAN device
+    underlay: str | None
+
+
+def _pod_side(v: NodeView, cidr: str | None) -> tuple[int | None, str | None]:
+    """A pod address on the node and the device its traffic enters the node by: a /32 route
+    of a pod (Calico's cali*), else the device holding the range's gateway (flannel's cni0)."""
+    if not cidr or network(cidr) is None:
+        return None, None
+    for r in v.routes:
+        if r.dst.endswith("/32") or "/" not in r.dst:
+            host = r.dst.split("/")[0]
+            if r.dev and in_net(addr(host), cidr) and r.type == "unicast":
+                return addr(host), r.dev
+    net = ipaddress.IPv4Network(cidr, strict=False)
+    for name, i in v.ifaces.items():
+        for a in str(i.get("addresses") or "").split(","):
+            if a and in_net(addr(a.split("/")[0]), cidr) and i.get("kind") != "vxlan":
+                return int(net.network_address) + 2, name
+    return int(net.network_address) + 2 if net.num_addresses > 2 else None, None
+
+
+def _overlay(v: NodeView) -> dict | None:
+    for i in v.ifaces.values():
+        if i.get("kind") == "vxlan" and (i.get("vxlan_local") in (None, show(v.address))
+                                          if v.address else True):
+            return i
+    return None
+
+
+def _peers(name: str, names: list[str], reach: dict[str, set[str]]) -> list[str]:
+    others = [n for n in names if n != name]
+    if len(others) <= MAX_PEERS:
+        return others
+    probed = sorted(reach.get(name, set()))
+    if probed:
+        return probed[:MAX_PEERS]
+    i = names.index(name)
+    return [names[(i + k) % len(names)] for k in range(1, 9)]
+
+
+def _services(facts: list[Fact]) -> list[tuple[str, int, str, str]]:
+    """(VIP, port, proto, name) of the Services kube-proxy programs on any node, DNS first:
+    a node that lacks one the others have is then walked for it too."""
+    seen: dict[tuple[str, int, str], str] = {}
+    for f in facts:
+        if f.kind == "dns_service" and f.attrs.get("cluster_ip"):
+            ns = f"{f.attrs['namespace']}/{f.attrs['name']}"
+            seen[(str(f.attrs["cluster_ip"]), 53, "udp")] = f"{ns}:dns"
+            seen[(str(f.attrs["cluster_ip"]), 53, "tcp")] = f"{ns}:dns-tcp"
+    dns = list(seen.items())
+    others: dict[tuple[str, int, str], str] = {}
+    for f in facts:
+        a = f.attrs
+        if f.kind != "iptables_rule" or a.get("table") != "nat" or \
+                a.get("chain") != "KUBE-SERVICES" or not a.get("dst") or not a.get("dport"):
+            continue
+        comment = str(a.get("comment") or "")
+        if not comment.endswith("cluster IP"):
+            continue
+        try:
+            key = (str(a["dst"]).split("/")[0], int(str(a["dport"])), str(a.get("proto") or "tcp"))
+        except ValueError:
+            continue
+        if key not in seen:
+            others[key] = comment.removesuffix(" cluster IP")
+    rest = sorted(others.items(), key=lambda kv: kv[1])
+    return [(k[0], k[1], k[2], n) for k, n in (dns + rest)[:MAX_SERVICES]]
+
+
+def path_facts(facts: list[Fact]) -> list[Fact]:
+    by_node: dict[str, list[Fact]] = defaultdict(list)
+    cluster: list[Fact] = []
+    for f in facts:
+        if f.kind in _KINDS:
+            (cluster if f.node == "cluster" or f.kind in ("k8s_node", "dns_pod") else
+             by_node[f.node]).append(f)
+    names = sorted(n for n in by_node if any(
+        f.kind == "node_status" and f.attrs.get("reachable") for f in by_node[n]))
+    if not names:
+        return []
+    nodes: dict[str, _Node] = {}
+    for n in sorted(by_node):
+        v = build(n, by_node[n])
+        cidr = pod_cidr_of(n, by_node, cluster)
+        pod, dev = _pod_side(v, cidr)
+        ov = _overlay(v)
+        under = v.dev_of(v.address) if v.address else None
+        nodes[n] = _Node(v, cidr, pod, dev, ov, under or (ov or {}).get("vxlan_dev"))
+    reach: dict[str, set[str]] = defaultdict(set)
+    for f in facts:
+        if f.kind == "reach" and isinstance(f.attrs.get("dst"), str):
+            reach[f.node].add(str(f.attrs["dst"]))
+            reach[str(f.attrs["dst"])].add(f.node)
+    bgp = any(f.kind == "bgp_session" for f in facts) or any(
+        f.kind == "cni" and f.attrs.get("plugin") == "calico" for f in cluster) or any(
+        r.protocol == "bird" for n in nodes.values() for r in n.view.routes)
+    services = _services(facts)
+    dns_pods = [(str(f.attrs["pod"]), f.node, str(f.attrs["ip"])) for f in cluster
+                if f.kind == "dns_pod" and f.attrs.get("ip")]
+    endpoints = sorted({(str(f.attrs["target"]), str(f.attrs["address"]))
+                        for f in facts if f.kind == "tcp_check" and f.attrs.get("address")})
+    out: list[Fact] = []
+    for name in names:
+        me = nodes[name]
+        flows = list(_flows(me, name, nodes, _peers(name, names, reach), bgp, services,
+                            dns_pods, endpoints))
+        out.extend(_facts_of(me, name, flows))
+    return out
+
+
+def _flows(me: _Node, name: str, nodes: dict[str, _Node], peers: list[str], bgp: bool,
+           services, dns_pods, endpoints):
+    v = me.view
+    port = int((me.overlay or {}).get("vxlan_port") or 8472)
+    for p in peers:
+        peer = nodes.get(p)
+        if peer is None or peer.view.address is None or v.address is None:
+            continue
+        pa, na = peer.view.address, v.address
+        if me.overlay is not None:
+            yield Flow("overlay_in", "in", Packet(pa, na, "udp", None, port, me.underlay), p)
+            yield Flow("overlay_out", "out", Packet(na, pa, "udp", None, port, None), p,
+                       expect=Expect(dev=me.underlay, what="the tunnel to the peer"))
+        if bgp:
+            yield Flow("bgp_in", "in", Packet(pa, na, "tcp", None, 179, me.underlay), p)
+            yield Flow("bgp_in", "in", Packet(pa, na, "tcp", 179, None, me.underlay,
+                                              state="established"), p)
+            yield Flow("bgp_out", "out", Packet(na, pa, "tcp", None, 179, None), p)
+            yield Flow("bgp_out", "out", Packet(na, pa, "tcp", 179, None, None,
+                                                state="established"), p)
+        if me.pod_addr is None or peer.pod_addr is None:
+            continue
+        if me.overlay is not None:
+            out_expect = Expect(dev=str(me.overlay["name"]), what=f"the overlay to {p}'s pods")
+            in_dev = str(me.overlay["name"])
+            sender_dev = peer.overlay or {}
+            mtu_in = (int(sender_dev.get("mtu") or 0), VXLAN_OVERHEAD,
+                      str(sender_dev.get("name") or "vxlan"), p) if sender_dev.get("mtu") else None
+        else:
+            out_expect = Expect(gateway=show(pa), what=f"routing to {p}'s pods")
+            in_dev = me.underlay
+            pdev = peer.view.ifaces.get(peer.pod_dev or "", {})
+            mtu_in = (int(pdev["mtu"]), 0, str(peer.pod_dev), p) if pdev.get("mtu") else None
+        for state in ("new", "established"):
+            yield Flow("pod_out", "forward",
+                       Packet(me.pod_addr, peer.pod_addr, "icmp", None, None, me.pod_dev,
+                              state=state), p, expect=out_expect)
+            yield Flow("pod_in", "forward",
+                       Packet(peer.pod_addr, me.pod_addr, "icmp", None, None, in_dev,
+                              state=state), p,
+                       expect=Expect(dev=me.pod_dev, what="delivery to this node's pods")
+                       if me.pod_dev else None, mtu_in=mtu_in, underlay=me.underlay)
+        for pod, where, ip in dns_pods:
+            if where == p:
+                yield Flow("dns_pod", "forward",
+                           Packet(me.pod_addr, addr(ip), "udp", None, 53, me.pod_dev), p, pod,
+                           expect=out_expect)
+            elif where == name:
+                yield Flow("dns_pod_in", "forward",
+                           Packet(peer.pod_addr, addr(ip), "udp", None, 53, in_dev), p, pod,
+                           mtu_in=mtu_in, underlay=me.underlay)
+    if me.pod_addr is not None and v.has_netfilter:
+        for vip, vport, proto, svc in services:
+            yield Flow("service", "forward",
+                       Packet(me.pod_addr, addr(vip), proto, None, vport, me.pod_dev), None, svc)
+    if v.address is not None:
+        for target, ip in endpoints:
+            try:
+                host_port = int(target.rsplit(":", 1)[1])
+            except (IndexError, ValueError):
+                continue
+            yield Flow("endpoint", "out",
+                       Packet(v.address, addr(ip), "tcp", None, host_port, None), None, target)
+            if me.pod_addr is not None:
+                yield Flow("endpoint_pod", "forward",
+                           Packet(me.pod_addr, addr(ip), "tcp", None, host_port, me.pod_dev),
+                           None, target)
+
+
+def _facts_of(me: _Node, name: str, flows: list[Flow]) -> list[Fact]:
+    v = me.view
+    altered = {d: how for d, how in v.altered.items()}
+    counts = {"pass": 0, "drop": 0, "reject": 0, "unknown": 0}
+    out: list[Fact] = []
+    for flow in flows:
+        end = walk(v, flow)
+        counts[end.verdict] = counts.get(end.verdict, 0) + 1
+        if end.verdict == "pass":
+            continue
+        out.append(_path_fact(name, flow, end, altered))
+    kinds = ",".join(sorted({f.name for f in flows}))
+    peers = len({f.peer for f in flows if f.peer})
+    alt = "; ".join(f"{d}: {', '.join(h)}" for d, h in sorted(altered.items())) or None
+    out.append(Fact("path_walk", name, {
+        "flows": len(flows), "passed": counts["pass"],
+        "dropped": counts["drop"] + counts["reject"], "unknown": counts["unknown"],
+        "peers": peers, "kinds": kinds, "netfilter": v.has_netfilter, "altered_by": alt,
+    }, Source("path", f"walk of {name}'s collected configuration", None,
+              f"{len(flows)} flows: {counts}")))
+    return out
+
+
+def _path_fact(name: str, flow: Flow, end: Ending, altered: dict[str, list[str]]) -> Fact:
+    pkt = flow.pkt
+    devs = [d for d in (pkt.iif, flow.underlay) if d]
+    alt = "; ".join(f"{d}: {', '.join(altered[d])}" for d in dict.fromkeys(devs) if d in altered)
+    detail = " | ".join(end.steps + [f"{end.verdict} at {end.at}" + (f": {end.why}"
+                                                                       if end.why else "")])
+    return Fact("path", name, {
+        "flow": flow.name, "peer": flow.peer, "target": flow.target, "state": pkt.state,
+        "src": show(pkt.src), "dst": show(pkt.dst), "proto": pkt.proto, "dport": pkt.dport,
+        "verdict": end.verdict, "stage": end.stage, "at": end.at, "hook": end.hook,
+        "table": end.table, "chain": end.chain, "position": end.position, "rule": end.rule,
+        "owner": end.owner, "backend": end.backend, "altered_by": alt or None,
+        "detail": detail[:1000],
+    }, Source("path", f"walk of {name}'s {flow.name} flow", None, detail[:2000]))

@@ -1,0 +1,92 @@
+"""What a chain rule is to the walk, whichever tool wrote it: a match and an action.
+
+iptables (both backends) and native nftables rules compile to the same `Rule`, so the walk in
+netfilter.py follows jumps, returns and verdicts the same way for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kubenetdiag.facts.paths.packet import Packet, Tri
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a match may need to know about the node beyond the packet."""
+
+    local: frozenset[int]  # the node's own addresses (addrtype LOCAL, fib daddr type local)
+
+
+Matcher = Callable[[Packet, Context], Tri]
+
+# Actions that end the walk of the current base chain.
+TERMINAL = {"accept", "drop", "reject", "unknown"}
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # accept drop reject return jump goto continue dnat mark unknown
+    chain: str | None = None  # jump / goto target
+    to: tuple[int, int | None] | None = None  # dnat destination (address, port)
+    mark: tuple[str, int, int] | None = None  # (op, value, mask): set, xset, or, and, xor
+    why: str = ""  # for unknown: what the walk cannot see into (NFQUEUE, TPROXY...)
+
+
+@dataclass(frozen=True)
+class Rule:
+    chain: str
+    position: int
+    text: str
+    matchers: tuple[Matcher, ...]
+    action: Action
+    undecidable: str = ""  # the first match the walk cannot decide, named for the report
+
+    def matches(self, pkt: Packet, ctx: Context) -> Tri:
+        undecided = False
+        for m in self.matchers:
+            r = m(pkt, ctx)
+            if r is False:
+                return False
+            if r is None:
+                undecided = True
+        return None if undecided else True
+
+
+@dataclass
+class Table:
+    """One table's chains, as one tool wrote them: an iptables table of one backend, or a
+    native nftables table."""
+
+    name: str  # "filter", or "inet guard" for a native table
+    backend: str  # legacy, nf_tables, nft
+    chains: dict[str, list[Rule]] = field(default_factory=dict)
+    owner_of: Callable[[str, Rule | None], str] = lambda chain, rule: "unknown"
+
+
+@dataclass(frozen=True)
+class BaseChain:
+    """A chain attached to a netfilter hook, with its priority and policy."""
+
+    table: Table
+    chain: str
+    hook: str
+    priority: int
+    policy: str  # accept or drop
+    kind: str = "filter"  # filter, nat or route: nat chains only see a connection's first packet
+
+
+def apply_mark(mark: int, op: tuple[str, int, int]) -> int:
+    kind, value, mask = op
+    if kind == "xset":  # --set-xmark value/mask: zero the mask bits, then xor in the value
+        return (mark & ~mask & 0xFFFFFFFF) ^ value
+    if kind == "set":  # --set-mark value/mask: zero the mask bits, then or in the value
+        return (mark & ~mask & 0xFFFFFFFF) | value
+    if kind == "or":
+        return mark | value
+    if kind == "and":
+        return mark & value
+    if kind == "xor":
+        return mark ^ value
+    return mark

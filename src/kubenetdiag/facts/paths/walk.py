@@ -1,0 +1,261 @@
+"""One flow through one node, in the order the kernel handles it.
+
+Arriving for the node: prerouting hooks, the routing decision (local), reverse-path filter,
+input hooks. Forwarded: prerouting, the routing decision (with the interface's forwarding
+switch and the reverse-path filter), the route against what the CNI needs, the MTU the packet
+meets, forward and postrouting hooks. Sent by the node: the routing decision, output and
+postrouting hooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kubenetdiag.facts.paths.netfilter import Stop, World, walk_hook
+from kubenetdiag.facts.paths.node import NodeView
+from kubenetdiag.facts.paths.packet import Packet, show
+from kubenetdiag.facts.paths.routing import Decision
+
+
+@dataclass(frozen=True)
+class Expect:
+    """Where the CNI needs the routing decision to send the packet: out of `dev`, or via
+    `gateway`; `what` says it in words for the report."""
+
+    dev: str | None = None
+    gateway: str | None = None
+    what: str = ""
+
+
+@dataclass
+class Flow:
+    name: str
+    kind: str  # in, forward, out
+    pkt: Packet
+    peer: str | None = None
+    target: str | None = None
+    expect: Expect | None = None
+    # (inner MTU of the sender, encapsulation overhead, sender's device, its node): checked
+    # against this node's underlay MTU where the packet arrives
+    mtu_in: tuple[int, int, str, str] | None = None
+    underlay: str | None = None
+
+
+@dataclass
+class Ending:
+    verdict: str  # pass, drop, reject, unknown
+    stage: str = "none"
+    at: str = ""
+    hook: str | None = None
+    table: str | None = None
+    chain: str | None = None
+    position: int | None = None
+    rule: str | None = None
+    owner: str | None = None
+    backend: str | None = None
+    why: str = ""
+    undecided: str = ""
+    steps: list[str] = field(default_factory=list)
+
+
+def _from_stop(s: Stop, undecided: str, steps: list[str]) -> Ending:
+    rule = s.rule
+    return Ending(
+        s.verdict, "netfilter", s.at() if not s.why else f"{s.at()}: {s.why}", s.hook,
+        s.table.name, s.chain, rule.position if rule else None,
+        rule.text if rule else f"policy {s.verdict.upper()}",
+        s.table.owner_of(s.chain, rule), s.table.backend, s.why, undecided, steps)
+
+
+def _route_owner(d: Decision) -> str:
+    if d.rule is not None and d.rule.action != "lookup":
+        return "unknown"
+    if d.route is None:
+        return "cni"
+    return {"bird": "calico", "kernel": "kernel", "dhcp": "dhcp"}.get(d.route.protocol, "unknown")
+
+
+def _route_ending(d: Decision, pkt: Packet, steps: list[str], verdict: str, why: str = ""
+                  ) -> Ending:
+    rule_text = d.rule.text if d.rule is not None and d.rule.action != "lookup" else (
+        d.route.text() if d.route else None)
+    # A decision an `ip rule` made (its own action, or a table only it selects) is policy
+    # routing: a different fault, fixed in a different place, from the main table's routes.
+    stage = "policy" if d.rule is not None else "route"
+    return Ending(verdict, stage, d.at(pkt.dst) + (f" ({why})" if why else ""), rule=rule_text,
+                  owner=_route_owner(d), why=why, steps=steps)
+
+
+def _hooks(v: NodeView, hooks: list[str], worlds: list[World]) -> list[World]:
+    for h in hooks:
+        worlds = walk_hook(v.chains, h, worlds, v.ctx)
+    return worlds
+
+
+def _rp_filter(v: NodeView, pkt: Packet, steps: list[str]) -> Ending | None:
+    """Reverse-path filter on the interface the packet came in on: the route back to its
+    source must leave by that interface (strict), or exist at all (loose)."""
+    if pkt.iif is None:
+        return None
+    mode_all = v.setting("net.ipv4.conf.all.rp_filter") or 0
+    mode_if = v.setting(f"net.ipv4.conf.{pkt.iif}.rp_filter") or 0
+    mode = max(mode_all, mode_if)
+    if mode == 0:
+        return None
+    back = v.routing.lookup(Packet(pkt.dst, pkt.src, pkt.proto, None, None, None,
+                                   mark=pkt.mark))
+    key = (f"net.ipv4.conf.{pkt.iif}.rp_filter={mode_if}" if mode_if >= mode_all
+           else f"net.ipv4.conf.all.rp_filter={mode_all}")
+    if back.kind == "unknown" or (back.kind == "unicast" and back.route and not back.route.dev):
+        return Ending("unknown", "rp_filter", key, rule=key, owner="kernel",
+                      why="the route back cannot be decided", steps=steps)
+    if back.kind not in ("unicast", "local"):
+        return Ending("drop", "rp_filter", key, rule=key, owner="kernel",
+                      why=f"no usable route back to {show(pkt.src)}", steps=steps)
+    if mode == 1 and back.kind == "unicast" and back.route and back.route.dev != pkt.iif:
+        return Ending("drop", "rp_filter", key, rule=key, owner="kernel",
+                      why=f"strict: the route back to {show(pkt.src)} leaves by "
+                          f"{back.route.dev}, not {pkt.iif}", steps=steps)
+    steps.append(f"rp_filter {mode} ok")
+    return None
+
+
+def _forwarding(v: NodeView, pkt: Packet, steps: list[str]) -> Ending | None:
+    glob = v.setting("net.ipv4.ip_forward")
+    per = v.setting(f"net.ipv4.conf.{pkt.iif}.forwarding") if pkt.iif else None
+    if glob == 0:
+        key = "net.ipv4.ip_forward=0"
+    elif per == 0:
+        key = f"net.ipv4.conf.{pkt.iif}.forwarding=0"
+    else:
+        if glob is None and per is None:
+            steps.append("forwarding not read")
+        return None
+    return Ending("reject", "forwarding", key, rule=key, owner="kernel",
+                  why=f"forwarding is off for packets arriving on {pkt.iif}", steps=steps)
+
+
+def _expectation(d: Decision, e: Expect | None, pkt: Packet, steps: list[str]) -> Ending | None:
+    if e is None or d.route is None:
+        return None
+    r = d.route
+    if r.dev is None and r.gateway is None:
+        steps.append(f"route {r.text()} (multipath, not checked)")
+        return None
+    if (e.dev and r.dev != e.dev) or (e.gateway and r.gateway != e.gateway):
+        return _route_ending(d, pkt, steps, "drop", f"{e.what} needs it "
+                             f"{'out of ' + e.dev if e.dev else 'via ' + str(e.gateway)}")
+    return None
+
+
+def _decide(v: NodeView, flow: Flow, w: World, steps: list[str]) -> Ending:
+    pkt = w.pkt
+    if flow.kind == "in":
+        d = v.routing.lookup(pkt)
+        if d.kind != "local":
+            if d.kind == "unknown":
+                return Ending("unknown", "route", d.at(pkt.dst), steps=steps,
+                              why="a policy rule cannot be decided")
+            return _route_ending(d, pkt, steps, "drop", f"{show(pkt.dst)} is not local")
+        steps.append("local")
+        end = _rp_filter(v, pkt, steps)
+        if end:
+            return end
+        return _after(v, ["input"], flow, pkt, w, steps)
+    if flow.kind == "forward":
+        d = v.routing.lookup(pkt)
+        if d.kind == "local":
+            steps.append("local")
+            end = _rp_filter(v, pkt, steps)
+            return end or _after(v, ["input"], flow, pkt, w, steps)
+        end = _forwarding(v, pkt, steps)
+        if end:
+            return end
+        if d.kind == "unknown":
+            return Ending("unknown", "route", d.at(pkt.dst), steps=steps,
+                          why="a policy rule cannot be decided")
+        if d.kind in ("none", "blackhole", "unreachable", "prohibit"):
+            return _route_ending(d, pkt, steps, "drop" if d.kind == "blackhole" else "reject")
+        end = _rp_filter(v, pkt, steps) or _expectation(d, flow.expect if not pkt.dnat else None,
+                                                         pkt, steps)
+        if end:
+            return end
+        steps.append(d.at(pkt.dst))
+        if flow.mtu_in and flow.underlay:
+            inner, overhead, dev, sender = flow.mtu_in
+            mine = v.ifaces.get(flow.underlay, {}).get("mtu")
+            if isinstance(mine, int) and inner + overhead > mine:
+                at = (f"mtu {sender} {dev} {inner}" + (f" + {overhead}" if overhead else "")
+                      + f" > {v.name} {flow.underlay} {mine}")
+                return Ending("drop", "mtu", at, rule=at, owner="kernel",
+                              why="full-size packets from the peer are larger than this node's "
+                                  "underlay carries", steps=steps)
+        oif = d.route.dev if d.route else None
+        return _after(v, ["forward", "postrouting"], flow, pkt.but(oif=oif), w, steps)
+    # sent by the node itself
+    d = v.routing.lookup(pkt)
+    if d.kind == "unknown":
+        return Ending("unknown", "route", d.at(pkt.dst), steps=steps,
+                      why="a policy rule cannot be decided")
+    if d.kind in ("none", "blackhole", "unreachable", "prohibit"):
+        return _route_ending(d, pkt, steps, "drop" if d.kind == "blackhole" else "reject")
+    end = _expectation(d, flow.expect, pkt, steps)
+    if end:
+        return end
+    steps.append(d.at(pkt.dst))
+    oif = d.route.dev if d.route else "lo"
+    return _after(v, ["output", "postrouting"], flow, pkt.but(oif=oif), w, steps)
+
+
+def _after(v: NodeView, hooks: list[str], flow: Flow, pkt: Packet, w: World, steps: list[str]
+           ) -> Ending:
+    endings = []
+    for w2 in _hooks(v, hooks, [World(pkt, w.undecided)]):
+        s = list(steps) + [", ".join(hooks)]
+        if w2.stop is not None:
+            endings.append(_from_stop(w2.stop, w2.undecided, s))
+        else:
+            endings.append(Ending("pass", undecided=w2.undecided, steps=s))
+    return _combine(endings)
+
+
+def _combine(endings: list[Ending]) -> Ending:
+    """One verdict over the worlds: theirs when they all agree, else unknown at the first
+    match that could not be decided."""
+    if not endings:
+        return Ending("unknown", "netfilter", "no world left", why="internal: nothing walked")
+    verdicts = {e.verdict for e in endings}
+    if len(verdicts) == 1:
+        sure = [e for e in endings if not e.undecided]
+        return (sure or endings)[0]
+    undecided = next((e.undecided for e in endings if e.undecided), "")
+    first = next(e for e in endings if e.verdict != "pass")
+    ways = sorted({f"{e.verdict} ({e.at})" if e.at else e.verdict for e in endings})
+    return Ending("unknown", first.stage, undecided or first.at, first.hook, first.table,
+                  first.chain, first.position, first.rule, first.owner, first.backend,
+                  "depends on " + (undecided or "a match the walk cannot decide") + ": "
+                  + " or ".join(ways), undecided, first.steps)
+
+
+def walk(v: NodeView, flow: Flow) -> Ending:
+    pkt = flow.pkt
+    steps = [f"{flow.name} {show(pkt.src)} -> {show(pkt.dst)} {pkt.proto}"
+             + (f"/{pkt.dport}" if pkt.dport else "") + f" {pkt.state}"]
+    if not v.has_netfilter:
+        steps.append("no packet filter read")
+    if flow.kind == "out":
+        return _decide(v, flow, World(pkt), steps)
+    endings = []
+    for w in _hooks(v, ["prerouting"], [World(pkt)]):
+        if w.stop is not None:
+            endings.append(_from_stop(w.stop, w.undecided, steps + ["prerouting"]))
+        elif flow.name == "service" and not w.pkt.dnat:
+            vip = f"{show(pkt.dst)}:{pkt.dport}"
+            endings.append(Ending(
+                "drop", "netfilter", f"nat PREROUTING: nothing translates {vip}", "prerouting",
+                "nat", "KUBE-SERVICES", None, f"no DNAT for {vip} {pkt.proto}", "kube-proxy",
+                None, "the Service VIP is not programmed on this node: the packet keeps an "
+                "address nothing answers", w.undecided, steps + ["prerouting"]))
+        else:
+            endings.append(_decide(v, flow, w, steps + ["prerouting"]))
+    return _combine(endings)

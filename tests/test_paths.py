@@ -1,0 +1,334 @@
+"""The packet-path walk (facts/paths): each flow through one node's configuration in kernel
+order, ending at the rule, route or setting that stops it, whoever wrote it."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kubenetdiag.facts.model import Fact
+from kubenetdiag.facts.paths import path_facts
+from kubenetdiag.facts.paths.nft import compile_rule as nft_rule
+from kubenetdiag.facts.paths.nft import priority
+from kubenetdiag.facts.paths.packet import Packet, addr
+from kubenetdiag.facts.paths.ruleset import Context
+
+NODES = {"n1": 1, "n2": 2, "n3": 3}
+
+
+def f(fact_kind: str, node: str, **attrs) -> Fact:
+    return Fact(fact_kind, node, attrs)
+
+
+def iface(node: str, name: str, kind: str, mtu: int, addresses: str | None, **extra) -> Fact:
+    a = {"name": name, "kind": kind, "mtu": mtu, "state": "UP", "admin_up": True,
+         "lower_up": True, "master": None, "mac": None, "vxlan_id": None, "vxlan_port": None,
+         "vxlan_local": None, "vxlan_dev": None, "addresses": addresses}
+    a.update(extra)
+    return f("interface", node, **a)
+
+
+def route(node: str, dst: str, dev: str | None, gateway: str | None = None, table: str = "main",
+          rtype: str = "unicast", protocol: str = "kernel") -> Fact:
+    return f("route", node, table=table, type=rtype, dst=dst, gateway=gateway, dev=dev,
+             protocol=protocol, scope="global", metric=None, onlink=bool(gateway),
+             linkdown=False)
+
+
+def chain(node: str, table: str, name: str, policy: str | None = "ACCEPT",
+          backend: str = "nf_tables") -> Fact:
+    return f("iptables_chain", node, table=table, chain=name, policy=policy, rules=0,
+             backend=backend)
+
+
+def ipt(node: str, table: str, spec: str, position: int, backend: str = "nf_tables") -> Fact:
+    return f("iptables_rule", node, table=table, chain=spec.split()[1], position=position,
+             target="", target_kind="other", unconditional=False, spec=spec, comment=None,
+             pkts=0, bytes=0, src=None, dst=None, in_if=None, out_if=None, proto=None,
+             dport=None, backend=backend)
+
+
+def sysctl(node: str, key: str, n: int) -> Fact:
+    return f("sysctl", node, key=key, value=str(n), number=n, present=True)
+
+
+def node(name: str, mtu: int = 1500, overlay_mtu: int = 1450) -> list[Fact]:
+    """A flannel-vxlan node as the lab's real flanneld programs it, with an empty filter."""
+    i = NODES[name]
+    out = [
+        f("node_status", name, reachable=True, address=f"198.18.0.1{i}", reason=None),
+        iface(name, "eth0", "veth", mtu, f"198.18.0.1{i}/24"),
+        iface(name, "cni0", "bridge", overlay_mtu, f"10.244.{i}.1/24"),
+        iface(name, "flannel.1", "vxlan", overlay_mtu, f"10.244.{i}.0/32", vxlan_id=1,
+              vxlan_port=8472, vxlan_local=f"198.18.0.1{i}", vxlan_dev="eth0"),
+        route(name, "198.18.0.0/24", "eth0"),
+        route(name, f"10.244.{i}.0/24", "cni0"),
+        sysctl(name, "net.ipv4.ip_forward", 1),
+        sysctl(name, "net.ipv4.conf.all.rp_filter", 0),
+        f("k8s_node", name, name=name, internal_ip=f"198.18.0.1{i}",
+          pod_cidr=f"10.244.{i}.0/24"),
+    ]
+    for peer, j in NODES.items():
+        if peer != name:
+            out.append(route(name, f"10.244.{j}.0/24", "flannel.1", f"10.244.{j}.0",
+                             protocol="boot"))
+    for c in ("INPUT", "FORWARD", "OUTPUT"):
+        out.append(chain(name, "filter", c))
+    return out
+
+
+def cluster(*extra: Fact, names: tuple[str, ...] = ("n1", "n2", "n3")) -> list[Fact]:
+    facts = [x for n in names for x in node(n)] + list(extra)
+    return facts + path_facts(facts)
+
+
+def stops(facts: list[Fact], node: str, flow: str | None = None) -> list[dict]:
+    return [x.attrs for x in facts if x.kind == "path" and x.node == node
+            and (flow is None or x.attrs["flow"] == flow)]
+
+
+def walk_of(facts: list[Fact], node: str) -> dict:
+    (w,) = [x.attrs for x in facts if x.kind == "path_walk" and x.node == node]
+    return w
+
+
+def test_a_healthy_cluster_passes_every_flow():
+    facts = cluster()
+    assert not [x for x in facts if x.kind == "path"]
+    w = walk_of(facts, "n2")
+    assert w["flows"] == w["passed"] > 0 and w["peers"] == 2
+    assert {"overlay_in", "overlay_out", "pod_in", "pod_out"} <= set(w["kinds"].split(","))
+
+
+def test_catch_all_reject_in_forward_names_the_rule_and_its_position():
+    facts = cluster(
+        ipt("n2", "filter", '-A FORWARD -m comment --comment "kubernetes forwarding rules" '
+            "-j KUBE-FORWARD", 1),
+        ipt("n2", "filter", "-A FORWARD -j REJECT --reject-with icmp-host-prohibited", 2),
+        ipt("n2", "filter", "-A FORWARD -s 10.244.0.0/16 -j ACCEPT", 3),
+        chain("n2", "filter", "KUBE-FORWARD", None),
+        ipt("n2", "filter", "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP", 1),
+    )
+    got = stops(facts, "n2", "pod_out")
+    assert got and all(s["verdict"] == "reject" and s["at"] == "filter FORWARD rule 2"
+                       for s in got)
+    assert got[0]["rule"].startswith("-A FORWARD -j REJECT") and got[0]["owner"] == "unknown"
+    assert not stops(facts, "n1") and not stops(facts, "n3")
+    assert not stops(facts, "n2", "overlay_in")  # INPUT is untouched
+
+
+def test_user_chain_return_and_drop_are_followed():
+    facts = cluster(
+        ipt("n3", "filter", "-A FORWARD -j GUARD", 1),
+        chain("n3", "filter", "GUARD", None),
+        ipt("n3", "filter", "-A GUARD -p tcp -j RETURN", 1),
+        ipt("n3", "filter", "-A GUARD -d 10.244.3.0/24 -j DROP", 2),
+    )
+    (first, *_) = got = stops(facts, "n3", "pod_in")
+    assert all(s["verdict"] == "drop" for s in got)
+    assert first["chain"] == "GUARD" and first["position"] == 2
+    assert not stops(facts, "n3", "pod_out")  # not for the node's pod range: passes
+
+
+def test_a_legacy_table_next_to_nf_tables_still_drops():
+    facts = cluster(
+        chain("n1", "filter", "INPUT", backend="legacy"),
+        ipt("n1", "filter", "-A INPUT -p udp -m udp --dport 8472 -j DROP", 1, backend="legacy"),
+        ipt("n1", "filter", "-A INPUT -j ACCEPT", 1),  # the nf_tables table accepts it
+    )
+    got = stops(facts, "n1", "overlay_in")
+    assert len(got) == 2 and {s["peer"] for s in got} == {"n2", "n3"}
+    assert all(s["backend"] == "legacy" and s["verdict"] == "drop" for s in got)
+
+
+def test_a_native_nftables_table_is_walked_by_hook_and_priority():
+    facts = cluster(
+        f("nft_table", "n2", family="inet", table="guard", owner="nft", chains=2, rules=2),
+        f("nft_chain", "n2", family="inet", table="guard", chain="pre", owner="nft",
+          type="filter", hook="prerouting", priority="raw", policy="accept", rules=1,
+          drop_rules=0, reject_rules=0),
+        f("nft_rule", "n2", family="inet", table="guard", chain="pre", position=1,
+          verdict="jump", text="iifname \"eth0\" meta l4proto udp jump vxlan", pkts=None,
+          bytes=None),
+        f("nft_rule", "n2", family="inet", table="guard", chain="vxlan", position=1,
+          verdict="drop", text="udp dport { 4789, 8472 } counter packets 9 bytes 900 drop",
+          pkts=9, bytes=900),
+    )
+    got = stops(facts, "n2", "overlay_in")
+    assert len(got) == 2
+    assert got[0]["at"] == "inet guard vxlan rule 1" and got[0]["hook"] == "prerouting"
+    assert got[0]["owner"] == "nft" and got[0]["backend"] == "nft"
+    assert not stops(facts, "n2", "pod_in")  # inner traffic arrives on flannel.1
+
+
+def test_an_ipset_match_is_unknown_not_a_guess():
+    facts = cluster(
+        ipt("n1", "filter", "-A FORWARD -m set --match-set blocked src -j DROP", 1))
+    got = stops(facts, "n1", "pod_in")
+    assert got and all(s["verdict"] == "unknown" for s in got)
+    assert "-m set" in got[0]["at"] and "depends on" in got[0]["detail"]
+
+
+def test_undecidable_rules_that_cannot_change_the_verdict_are_decided():
+    facts = cluster(
+        ipt("n1", "filter", "-A FORWARD -m limit --limit 5/min -j LOG", 1),
+        ipt("n1", "filter", "-A FORWARD -m set --match-set friends src -j ACCEPT", 2))
+    assert not stops(facts, "n1")
+
+
+def test_policy_rule_blackhole_is_policy_routing_not_a_missing_route():
+    facts = cluster(
+        f("ip_rule", "n2", priority=0, action="lookup", table="local", src=None, dst=None,
+          iif=None, oif=None, fwmark=None, invert=False, ipproto=None, dport=None,
+          text="0: from all lookup local"),
+        f("ip_rule", "n2", priority=100, action="blackhole", table=None, src=None,
+          dst="10.244.3.0/24", iif=None, oif=None, fwmark=None, invert=False, ipproto=None,
+          dport=None, text="100: from all to 10.244.3.0/24 blackhole"),
+        f("ip_rule", "n2", priority=32766, action="lookup", table="main", src=None, dst=None,
+          iif=None, oif=None, fwmark=None, invert=False, ipproto=None, dport=None,
+          text="32766: from all lookup main"),
+    )
+    got = stops(facts, "n2", "pod_out")
+    assert {s["peer"] for s in got} == {"n3"}
+    assert got[0]["stage"] == "policy" and got[0]["verdict"] == "drop"
+    assert "10.244.3.0/24 blackhole" in got[0]["at"]
+
+
+def test_missing_route_to_a_peer_pod_cidr_is_refused_at_routing():
+    facts = [x for x in cluster() if not (x.kind == "route" and x.node == "n2"
+                                          and x.attrs["dst"] == "10.244.3.0/24")]
+    facts = [x for x in facts if not x.kind.startswith("path")]
+    facts += path_facts(facts)
+    (s,) = [s for s in stops(facts, "n2", "pod_out") if s["state"] == "new"]
+    assert s["stage"] == "route" and s["verdict"] == "reject" and s["peer"] == "n3"
+
+
+def test_forwarding_off_on_one_interface_only():
+    facts = cluster(sysctl("n1", "net.ipv4.conf.cni0.forwarding", 0),
+                    sysctl("n1", "net.ipv4.conf.flannel.1.forwarding", 1))
+    assert {s["flow"] for s in stops(facts, "n1")} >= {"pod_out"}
+    assert not stops(facts, "n1", "pod_in")  # arrives on flannel.1, which forwards
+    s = stops(facts, "n1", "pod_out")[0]
+    assert s["stage"] == "forwarding" and s["at"] == "net.ipv4.conf.cni0.forwarding=0"
+
+
+def test_strict_rp_filter_drops_only_an_asymmetric_path():
+    # n1 reaches n2's pods via eth0 (as host-gw would) while the tunnel delivers them on
+    # flannel.1: strict reverse-path filtering on flannel.1 drops them.
+    facts = [x for x in cluster() if not x.kind.startswith("path") and not (
+        x.kind == "route" and x.node == "n1" and x.attrs["dst"] == "10.244.2.0/24")]
+    facts += [route("n1", "10.244.2.0/24", "eth0", "198.18.0.12"),
+              sysctl("n1", "net.ipv4.conf.flannel.1.rp_filter", 1)]
+    facts += path_facts(facts)
+    got = [s for s in stops(facts, "n1", "pod_in") if s["stage"] == "rp_filter"]
+    assert {s["peer"] for s in got} == {"n2"}
+    assert got[0]["at"] == "net.ipv4.conf.flannel.1.rp_filter=1"
+    # strict on its own, with symmetric routes, drops nothing
+    assert not stops(cluster(sysctl("n3", "net.ipv4.conf.all.rp_filter", 1)), "n3")
+
+
+def test_underlay_mtu_lowered_on_the_receiving_node():
+    facts = [x for n in ("n1", "n2", "n3") for x in node(n, mtu=1400 if n == "n2" else 1500)]
+    facts += path_facts(facts)
+    got = stops(facts, "n2", "pod_in")
+    assert got and all(s["stage"] == "mtu" for s in got)
+    assert got[0]["at"].endswith("> n2 eth0 1400")
+    assert not stops(facts, "n1") and not stops(facts, "n3")
+
+
+def _kube_proxy(node_name: str, endpoints: list[str]) -> list[Fact]:
+    out = [chain(node_name, "nat", c) for c in ("PREROUTING", "OUTPUT", "POSTROUTING")]
+    out += [chain(node_name, "nat", c, None) for c in ("KUBE-SERVICES", "KUBE-SVC-WEB")]
+    out.append(ipt(node_name, "nat", '-A PREROUTING -m comment --comment "kubernetes service '
+                   'portals" -j KUBE-SERVICES', 1))
+    svc = ipt(node_name, "nat", '-A KUBE-SERVICES -d 10.96.0.20/32 -p tcp -m comment '
+              '--comment "default/web:http cluster IP" -m tcp --dport 80 -j KUBE-SVC-WEB', 1)
+    svc.attrs.update(dst="10.96.0.20/32", dport="80", proto="tcp",
+                     comment="default/web:http cluster IP")
+    out.append(svc)
+    for k, ep in enumerate(endpoints, 1):
+        sep = f"KUBE-SEP-{k}"
+        out.append(chain(node_name, "nat", sep, None))
+        prob = (f"-m statistic --mode random --probability {1 / (len(endpoints) - k + 1):.5f} "
+                if k < len(endpoints) else "")
+        out.append(ipt(node_name, "nat", f"-A KUBE-SVC-WEB {prob}-j {sep}", k))
+        out.append(ipt(node_name, "nat", f"-A {sep} -p tcp -m tcp -j DNAT --to-destination "
+                       f"{ep}:8080", 1))
+    return out
+
+
+def test_service_vip_is_translated_and_forwarded_to_every_endpoint():
+    extra = [x for n in NODES for x in _kube_proxy(n, ["10.244.2.3", "10.244.3.3"])]
+    facts = cluster(*extra)
+    assert not stops(facts, "n1", "service")
+    assert "service" in walk_of(facts, "n1")["kinds"]
+
+
+def test_a_node_that_lost_its_service_rules_is_named():
+    extra = [x for n in ("n1", "n3") for x in _kube_proxy(n, ["10.244.2.3"])]
+    extra += [chain("n2", "nat", c) for c in ("PREROUTING", "OUTPUT", "POSTROUTING")]
+    facts = cluster(*extra)
+    (s,) = stops(facts, "n2", "service")
+    assert s["owner"] == "kube-proxy" and "nothing translates 10.96.0.20:80" in s["at"]
+    assert not stops(facts, "n1", "service") and not stops(facts, "n3", "service")
+
+
+def test_tc_filters_are_reported_as_what_the_walk_cannot_see():
+    facts = cluster(f("tc_hook", "n3", dev="eth0", direction="ingress", qdisc="clsact",
+                      filters=1, actions="drop", text="..."))
+    assert "eth0: tc ingress filters (drop)" in walk_of(facts, "n3")["altered_by"]
+    assert walk_of(facts, "n1")["altered_by"] is None
+
+
+def test_facts_validate_against_the_registry():
+    from kubenetdiag.facts.registry import validate_fact
+
+    facts = cluster(ipt("n2", "filter", "-A FORWARD -j REJECT", 1),
+                    ipt("n1", "filter", "-A FORWARD -m set --match-set x src -j DROP", 1))
+    for x in facts:
+        if x.kind.startswith("path"):
+            assert validate_fact(x) == [], x
+
+
+@pytest.mark.parametrize("text, pkt, expected", [
+    ('ct state established,related accept', {"state": "established"}, True),
+    ('ct state { established, related } accept', {"state": "new"}, False),
+    ('iifname != "lo" udp dport 8472 drop', {}, True),
+    ('iifname "cali*" drop', {}, False),
+    ('ip saddr @blocked drop', {}, None),
+    ('ip6 saddr ::1 drop', {}, False),
+    ('meta l4proto { tcp, udp } th dport 8472 counter packets 0 bytes 0 drop', {}, True),
+    ('fib daddr type local udp dport 8472 drop', {}, True),
+])
+def test_nft_expressions(text, pkt, expected):
+    p = Packet(addr("198.18.0.11"), addr("198.18.0.12"), "udp", None, 8472, "eth0")
+    p = p.but(**pkt)
+    rule = nft_rule("c", 1, text)
+    assert rule.matches(p, Context(frozenset({addr("198.18.0.12")}))) is expected
+
+
+def test_nft_priorities_by_name_and_offset():
+    assert [priority(x) for x in ("filter", "mangle - 5", "-100", "srcnat + 10", "raw")] == [
+        0, -155, -100, 110, -300]
+
+
+_TOKENS = st.sampled_from([
+    "-p tcp", "-p udp", "! -s 10.0.0.0/8", "-d 10.244.0.0/16", "-i eth0", "-o cni0",
+    "-m conntrack --ctstate NEW", "-m set --match-set x src", "--dport 53", "-m statistic",
+    "-m comment --comment \"x y\"", "-m addrtype --dst-type LOCAL", "-j DROP", "-j ACCEPT",
+    "-j RETURN", "-j LOG", "-j NOPE", "-j GUARD", "-g GUARD", "-m mark --mark 0x4000/0x4000",
+    "-j MARK --set-xmark 0x4000/0x4000", "-j DNAT --to-destination 10.244.2.3:80", "\"", "!",
+])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(_TOKENS, min_size=0, max_size=6), min_size=0, max_size=6))
+def test_any_rule_set_gives_a_verdict_and_never_crashes(rules):
+    extra = [chain("n1", "filter", "GUARD", None)]
+    for pos, toks in enumerate(rules, 1):
+        extra.append(ipt("n1", "filter", "-A " + ("GUARD " if pos % 2 else "FORWARD ")
+                         + " ".join(toks), pos))
+    facts = cluster(*extra)
+    for s in stops(facts, "n1"):
+        assert s["verdict"] in ("drop", "reject", "unknown")
