@@ -182,10 +182,20 @@ def node_facts(node: str, *, ip_forward: int = 1, reject: bool = False,
     ]
     rules = []
     if reject:
-        rules.append(("REJECT", "reject", True, None,
-                      "-A FORWARD -j REJECT --reject-with icmp-host-prohibited"))
+        rules.append(("REJECT", "reject", True, comment,
+                      f'-A FORWARD -m comment --comment "{comment}" -j REJECT '
+                      "--reject-with icmp-host-prohibited"))
     rules.append(("KUBE-FORWARD", "jump", False, comment,
                   f'-A FORWARD -m comment --comment "{comment}" -j KUBE-FORWARD'))
+    if reject:  # what the path walk concludes from that rule (facts/paths)
+        facts.append(Fact("path", node, {
+            "flow": "pod_in", "peer": None, "target": None, "state": "new",
+            "src": "10.244.9.2", "dst": "10.244.1.2", "proto": "icmp", "dport": None,
+            "verdict": "reject", "stage": "netfilter", "at": "filter FORWARD rule 1",
+            "hook": "forward", "table": "filter", "chain": "FORWARD", "position": 1,
+            "rule": rules[0][4], "owner": "unknown", "backend": "nf_tables", "altered_by": None,
+            "detail": "pod_in | prerouting | forward | reject at filter FORWARD rule 1"},
+            _src("path", "walk of the node's collected configuration", "reject")))
     for pos, (target, kind, uncond, cmt, spec) in enumerate(rules, 1):
         facts.append(Fact(
             "iptables_rule", node,
@@ -282,7 +292,7 @@ def test_two_root_causes_heatmap_and_no_request(browser: Browser, tmp_path: Path
 
     banner = browser.eval(BANNER_JS)
     assert len(banner) == 2
-    assert any("FORWARD chain on node1" in b and "node1" in b for b in banner)
+    assert any("node1 refuses forwarded pod traffic" in b for b in banner)
     assert any("IP forwarding is off on node2" in b for b in banner)
 
     m = browser.eval(MARKED_JS)
@@ -365,5 +375,5 @@ def test_zh_cn_report_in_the_browser(browser: Browser, tmp_path: Path) -> None:
     assert state["h1"] == "发现 2 个根因"
     assert state["h2"] == ["连通性", "诊断结果", "集群概览", "未检查项", "运行信息"]
     assert any("node2 未开启 IP 转发" in b for b in state["banner"])
-    assert any("node1 的 FORWARD 链" in b for b in state["banner"])
+    assert any("node1 在 filter FORWARD rule 1 拒绝" in b for b in state["banner"])
     assert "Pod 网络" in state["caption"]

@@ -18,6 +18,17 @@ def reach(src: str, dst: str, layer: str, ok: bool) -> Fact:
                 vantage=None)
 
 
+def path(node: str, flow: str, verdict: str, rule: str, **attrs: object) -> Fact:
+    """A verdict as the path walk gives it (facts/paths), at the first rule of a chain."""
+    chain = "INPUT" if flow.endswith("_in") and flow.startswith("overlay") else "FORWARD"
+    return fact("path", node, flow=flow, peer=attrs.get("peer"), target=attrs.get("target"),
+                state="new", src="198.18.0.11", dst="198.18.0.12", proto=attrs.get("proto", "udp"),
+                dport=attrs.get("dport"), verdict=verdict, stage="netfilter",
+                at=f"filter {chain} rule 1", hook=chain.lower(), table="filter", chain=chain,
+                position=1, rule=rule, owner="unknown", backend="nf_tables", altered_by=None,
+                detail=f"{flow} | {verdict} at filter {chain} rule 1")
+
+
 def matrix(broken: str, nodes: tuple[str, ...] = ("n1", "n2", "n3")) -> list[Fact]:
     """Underlay fine everywhere; pod traffic to and from `broken` fails."""
     out = []
@@ -33,9 +44,8 @@ def test_dead_vxlan_port_is_one_root_cause_with_consequences():
     facts = matrix("n2") + [
         fact("interface", "n2", name="flannel.1", kind="vxlan", mtu=1450, state="UNKNOWN",
              admin_up=True, lower_up=True, vxlan_port=8472),
-        fact("iptables_rule", "n2", table="filter", chain="INPUT", position=1, target="DROP",
-             target_kind="drop", unconditional=False, proto="udp", dport="8472", pkts=40,
-             spec="-A INPUT -p udp -m udp --dport 8472 -j DROP"),
+        path("n2", "overlay_in", "drop", "-A INPUT -p udp -m udp --dport 8472 -j DROP",
+             peer="n1", dport=8472),
         fact("dns_check", "n2", server="10.96.0.10", server_kind="service",
              name="kubernetes.default.svc.cluster.local", ok=False, detail="timeout"),
     ]
@@ -43,11 +53,10 @@ def test_dead_vxlan_port_is_one_root_cause_with_consequences():
     roots = [f for f in found if f["root_cause"]]
     assert [(f["fault"], f["nodes"]) for f in roots] == [("vxlan_udp_blocked", ["n2"])]
     rest = {f["fault"]: f for f in found if not f["root_cause"]}
-    assert set(rest) == {"iptables_drop_rule", "pod_cross_node_broken", "dns_resolution_failed"}
+    assert set(rest) == {"pod_cross_node_broken", "dns_resolution_failed"}
     assert all(f["explained_by"] for f in rest.values())
-    # consequences of the pod path are shown, but only the cause and the DROP it uses alarm
-    assert [f["fault"] for f in found if f["severity"] in ALARM] == [
-        "vxlan_udp_blocked", "iptables_drop_rule"]
+    # consequences of the pod path are shown, but only the cause alarms
+    assert [f["fault"] for f in found if f["severity"] in ALARM] == ["vxlan_udp_blocked"]
 
 
 def test_unexplained_symptom_says_what_was_ruled_out():
@@ -90,11 +99,9 @@ def test_bgp_down_explains_the_routes_its_peers_lost():
 def test_dns_failures_behind_a_broken_coredns_node_are_consequences():
     facts = [
         fact("dns_pod", "n1", pod="coredns-0", ip="10.244.1.3", ready=True, restarts=0),
-        fact("iptables_rule", "n1", table="filter", chain="FORWARD", position=1, target="REJECT",
-             target_kind="reject", unconditional=True, spec="-A FORWARD -j REJECT"),
-        fact("iptables_rule", "n1", table="filter", chain="FORWARD", position=2,
-             target="ACCEPT", target_kind="accept", unconditional=False,
-             spec="-A FORWARD -s 10.244.0.0/16 -j ACCEPT"),
+        path("n1", "pod_in", "reject", "-A FORWARD -j REJECT", peer="n2", proto="icmp"),
+        path("n1", "dns_pod_in", "reject", "-A FORWARD -j REJECT", peer="n2",
+             target="coredns-0", dport=53),
         fact("dns_check", "n2", server="10.96.0.10", server_kind="service",
              name="kubernetes.default.svc.cluster.local", ok=False, detail="timeout"),
         fact("dns_check", "n2", server="10.244.1.3", server_kind="pod",

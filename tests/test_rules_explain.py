@@ -16,13 +16,13 @@ def test_unexplained_symptom_tree_names_its_producer_and_the_causes():
     assert "pod-cross-node-traffic-fails [asserts only]" in body
     assert "needs reach(dst=$dst, layer='pod', ok=False)" in body
     # every cause rule that can explain the symptom shows up under the negation
-    for rule in ("vxlan-inbound-dropped-by-iptables", "ip-forward-disabled",
+    for rule in ("vxlan-blocked-on-path", "ip-forward-disabled",
                  "bgp-session-down", "pod-cidr-route-missing", "cni-pod-not-ready"):
         assert rule in body, rule
 
 
 def test_cause_rule_lists_what_it_explains(capsys):
-    assert main(["rules", "explain", "vxlan-inbound-dropped-by-iptables"]) == 0
+    assert main(["rules", "explain", "vxlan-blocked-on-path"]) == 0
     out = capsys.readouterr().out
     assert ("when it fires it explains: "
             "pod_cross_node_broken, dns_resolution_failed, iptables_drop_rule") in out
@@ -31,7 +31,7 @@ def test_cause_rule_lists_what_it_explains(capsys):
 def test_consequence_lists_its_possible_causes():
     text = explain_tree(load_ruleset(), "iptables-drop-rule")
     assert "reported as a consequence when one of these fires" in text
-    assert "vxlan-inbound-dropped-by-iptables" in text and "host-firewall-chains" in text
+    assert "vxlan-blocked-on-path" in text and "host-firewall-chains" in text
 
 
 def test_unknown_rule_is_a_usage_error(capsys):
