@@ -332,3 +332,25 @@ def test_any_rule_set_gives_a_verdict_and_never_crashes(rules):
     facts = cluster(*extra)
     for s in stops(facts, "n1"):
         assert s["verdict"] in ("drop", "reject", "unknown")
+
+
+def test_a_drop_of_pod_network_sources_in_input_cuts_the_node_own_pod_address():
+    facts = cluster(ipt("n2", "filter", "-A INPUT -s 10.244.0.0/16 -j DROP", 1))
+    got = stops(facts, "n2", "pod_node_in")
+    assert {s["peer"] for s in got} == {"n1", "n3"}
+    assert got[0]["at"] == "filter INPUT rule 1" and got[0]["dst"] == "10.244.2.1"
+    assert got[0]["src"] == "10.244.1.0"  # the peer's flannel.1 address, as the kernel picks it
+
+
+def test_a_port_drop_is_found_where_the_declared_endpoint_lives():
+    check = f("tcp_check", "n1", target="10.244.2.3:8080", address="10.244.2.3", by="ip",
+              ok=False, detail="timeout", rtt_ms=None, vantage=None)
+    drop = ipt("n2", "filter", "-A FORWARD -d 10.244.2.0/24 -p tcp -m tcp --dport 8080 -j DROP",
+               1)
+    facts = cluster(check, drop)
+    got = stops(facts, "n2", "endpoint_in")
+    assert {s["peer"] for s in got} == {"n1", "n3"} and got[0]["target"] == "10.244.2.3:8080"
+    assert not stops(facts, "n2", "pod_in")  # icmp and other ports pass
+    # the same rule on a node that hosts no endpoint on that port stops nothing the cluster uses
+    facts = cluster(check, ipt("n3", "filter", drop.attrs["spec"].replace("2.0/24", "3.0/24"), 1))
+    assert not stops(facts, "n3")

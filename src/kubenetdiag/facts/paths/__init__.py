@@ -36,6 +36,15 @@ class _Node:
     pod_dev: str | None
     overlay: dict | None  # the VXLAN device
     underlay: str | None
+    gateway: int | None = None  # the node's own address in its pod range (flannel's cni0)
+
+    def source_to_pods(self) -> int | None:
+        """The address the node's own packets to other nodes' pods leave with: its overlay
+        device's, else its node address (the kernel picks the output device's address)."""
+        for a in str((self.overlay or {}).get("addresses") or "").split(","):
+            if a:
+                return addr(a.split("/")[0])
+        return self.view.address
 
 
 def _pod_side(v: NodeView, cidr: str | None) -> tuple[int | None, str | None]:
@@ -122,7 +131,9 @@ def path_facts(facts: list[Fact]) -> list[Fact]:
         pod, dev = _pod_side(v, cidr)
         ov = _overlay(v)
         under = v.dev_of(v.address) if v.address else None
-        nodes[n] = _Node(v, cidr, pod, dev, ov, under or (ov or {}).get("vxlan_dev"))
+        gw = next((a for a in sorted(v.local) if cidr and in_net(a, cidr)
+                   and v.dev_of(a) != (ov or {}).get("name")), None)
+        nodes[n] = _Node(v, cidr, pod, dev, ov, under or (ov or {}).get("vxlan_dev"), gw)
     reach: dict[str, set[str]] = defaultdict(set)
     for f in facts:
         if f.kind == "reach" and isinstance(f.attrs.get("dst"), str):
@@ -187,6 +198,19 @@ def _flows(me: _Node, name: str, nodes: dict[str, _Node], peers: list[str], bgp:
                               state=state), p,
                        expect=Expect(dev=me.pod_dev, what="delivery to this node's pods")
                        if me.pod_dev else None, mtu_in=mtu_in, underlay=me.underlay)
+        src = peer.source_to_pods()
+        if me.gateway is not None and src is not None:
+            # the peer node's own packets to this node's pod-network address (what the
+            # connectivity matrix pings, and where replies to the peer's DNS queries go)
+            yield Flow("pod_node_in", "in", Packet(src, me.gateway, "icmp", None, None, in_dev),
+                       p)
+        for target, ip in endpoints:
+            if me.cidr and in_net(addr(ip), me.cidr):
+                port_ = _port_of(target)
+                if port_ is not None:
+                    yield Flow("endpoint_in", "forward",
+                               Packet(peer.pod_addr, addr(ip), "tcp", None, port_, in_dev), p,
+                               target, mtu_in=mtu_in, underlay=me.underlay)
         for pod, where, ip in dns_pods:
             if where == p:
                 yield Flow("dns_pod", "forward",
@@ -202,9 +226,8 @@ def _flows(me: _Node, name: str, nodes: dict[str, _Node], peers: list[str], bgp:
                        Packet(me.pod_addr, addr(vip), proto, None, vport, me.pod_dev), None, svc)
     if v.address is not None:
         for target, ip in endpoints:
-            try:
-                host_port = int(target.rsplit(":", 1)[1])
-            except (IndexError, ValueError):
+            host_port = _port_of(target)
+            if host_port is None:
                 continue
             yield Flow("endpoint", "out",
                        Packet(v.address, addr(ip), "tcp", None, host_port, None), None, target)
@@ -212,6 +235,13 @@ def _flows(me: _Node, name: str, nodes: dict[str, _Node], peers: list[str], bgp:
                 yield Flow("endpoint_pod", "forward",
                            Packet(me.pod_addr, addr(ip), "tcp", None, host_port, me.pod_dev),
                            None, target)
+
+
+def _port_of(target: str) -> int | None:
+    try:
+        return int(target.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return None
 
 
 def _facts_of(me: _Node, name: str, flows: list[Flow]) -> list[Fact]:
