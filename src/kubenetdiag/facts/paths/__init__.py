@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import lru_cache
 
 from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.facts.paths.node import NodeView, build, pod_cidr_of
@@ -20,6 +21,8 @@ from kubenetdiag.facts.paths.packet import Packet, addr, in_net, network, show
 from kubenetdiag.facts.paths.walk import Ending, Expect, Flow, walk
 
 MAX_PEERS = 32  # beyond this, a node is walked against the peers its active checks probed
+RING_PEERS = 4  # ...or, without active checks, its next nodes by name: each node is then
+# walked against 4 peers on its way out and met by 4 others on their way in
 MAX_SERVICES = 16  # Service ports walked per node, DNS first
 VXLAN_OVERHEAD = 50
 _KINDS = ("node_status", "interface", "route", "ip_rule", "sysctl", "tc_hook", "iptables_chain",
@@ -81,7 +84,7 @@ def _peers(name: str, names: list[str], reach: dict[str, set[str]]) -> list[str]
     if probed:
         return probed[:MAX_PEERS]
     i = names.index(name)
-    return [names[(i + k) % len(names)] for k in range(1, 9)]
+    return [names[(i + k) % len(names)] for k in range(1, RING_PEERS + 1)]
 
 
 def _services(facts: list[Fact]) -> list[tuple[str, int, str, str]]:
@@ -166,9 +169,15 @@ def _flows(me: _Node, name: str, nodes: dict[str, _Node], peers: list[str], bgp:
             continue
         pa, na = peer.view.address, v.address
         if me.overlay is not None:
-            yield Flow("overlay_in", "in", Packet(pa, na, "udp", None, port, me.underlay), p)
-            yield Flow("overlay_out", "out", Packet(na, pa, "udp", None, port, None), p,
-                       expect=Expect(dev=me.underlay, what="the tunnel to the peer"))
+            # the tunnel runs between the VXLAN devices' own addresses, which need not be the
+            # address the inventory logs in to
+            mine, theirs = _vtep(me) or na, _vtep(peer) or pa
+            if mine != theirs:
+                yield Flow("overlay_in", "in",
+                           Packet(theirs, mine, "udp", None, port, me.view.dev_of(mine)
+                                  or me.underlay), p)
+                yield Flow("overlay_out", "out", Packet(mine, theirs, "udp", None, port, None),
+                           p, expect=Expect(dev=me.underlay, what="the tunnel to the peer"))
         if bgp:
             yield Flow("bgp_in", "in", Packet(pa, na, "tcp", None, 179, me.underlay), p)
             yield Flow("bgp_in", "in", Packet(pa, na, "tcp", 179, None, me.underlay,
@@ -176,8 +185,8 @@ def _flows(me: _Node, name: str, nodes: dict[str, _Node], peers: list[str], bgp:
             yield Flow("bgp_out", "out", Packet(na, pa, "tcp", None, 179, None), p)
             yield Flow("bgp_out", "out", Packet(na, pa, "tcp", 179, None, None,
                                                 state="established"), p)
-        if me.pod_addr is None or peer.pod_addr is None:
-            continue
+        if me.pod_addr is None or peer.pod_addr is None or _overlap(me.cidr, peer.cidr):
+            continue  # two nodes with one pod range: no route can tell them apart
         if me.overlay is not None:
             out_expect = Expect(dev=str(me.overlay["name"]), what=f"the overlay to {p}'s pods")
             in_dev = str(me.overlay["name"])
@@ -235,6 +244,25 @@ def _flows(me: _Node, name: str, nodes: dict[str, _Node], peers: list[str], bgp:
                 yield Flow("endpoint_pod", "forward",
                            Packet(me.pod_addr, addr(ip), "tcp", None, host_port, me.pod_dev),
                            None, target)
+
+
+def _vtep(n: _Node) -> int | None:
+    local = (n.overlay or {}).get("vxlan_local")
+    try:
+        return addr(str(local)) if local else None
+    except ValueError:
+        return None
+
+
+@lru_cache(maxsize=65536)
+def _overlap(a: str | None, b: str | None) -> bool:
+    if not a or not b:
+        return False
+    try:
+        return ipaddress.IPv4Network(a, strict=False).overlaps(
+            ipaddress.IPv4Network(b, strict=False))
+    except ValueError:
+        return False
 
 
 def _port_of(target: str) -> int | None:

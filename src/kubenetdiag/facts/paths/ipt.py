@@ -9,6 +9,8 @@ CT, TCPMSS...) let the walk go on; a queue to userspace ends it as unknown.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from kubenetdiag.facts.paths.packet import (
     PROTO_NUMBERS,
     Packet,
@@ -112,6 +114,9 @@ def _lookup_value(tokens: list[str], i: int) -> tuple[str, int]:
     return (tokens[i + 1], i + 2) if i + 1 < len(tokens) else ("", i + 1)
 
 
+# Most nodes carry the same rule text (kube-proxy's, the CNI's): compiled once, shared, since a
+# compiled rule is immutable.
+@lru_cache(maxsize=65536)
 def compile_rule(spec: str, position: int) -> Rule | None:
     """The rule `-A CHAIN ...` as the walk sees it; None when it is not a rule line."""
     tokens = _split(spec)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from functools import lru_cache
 
 from kubenetdiag.facts.paths.packet import (
     PROTO_NUMBERS,
@@ -160,6 +161,7 @@ def _verdict(tokens: list[str], i: int) -> tuple[Action | None, int]:
     return None, i
 
 
+@lru_cache(maxsize=65536)
 def compile_rule(chain: str, position: int, text: str) -> Rule:
     toks = tokens_of(text)
     matchers: list[Matcher] = []
