@@ -1,0 +1,97 @@
+"""The facts the packet-path walk reads (issue 15), on outputs recorded in a scratch network
+namespace with iproute2 6.1, nftables 1.0.6 and kernel 6.18, on the old formats, and on a node
+that lacks the tool or the right to read."""
+
+from __future__ import annotations
+
+from kubenetdiag.facts.parse import node_facts
+from kubenetdiag.facts.registry import validate_fact
+from kubenetdiag.probes import BY_NAME
+from probe_sections import section
+
+
+def parse(probe: str, name: str, exit_code: int = 0) -> list:
+    facts = BY_NAME[probe].parse(section(probe, name, exit_code), "node1")
+    for f in facts:
+        assert not validate_fact(f), (f, validate_fact(f))
+    return facts
+
+
+def kinds(facts: list, kind: str) -> list[dict]:
+    return [f.attrs for f in facts if f.kind == kind]
+
+
+def statuses(probe: str, stdout: str, stderr: str, exit_code: int) -> tuple[list, list]:
+    """(probe_status attrs, other facts) of one section as the parse stage sees it."""
+    record = {"name": "n", "address": "a", "reachable": True, "error": None,
+              "sections": [{"probe": probe, "command": BY_NAME[probe].command,
+                            "exit_code": exit_code, "stdout": stdout, "stderr": stderr}]}
+    facts = [f for f in node_facts(record, ran=[probe]) if f.kind != "node_status"]
+    for f in facts:
+        assert not validate_fact(f), f
+    return ([f.attrs for f in facts if f.kind == "probe_status"],
+            [f for f in facts if f.kind != "probe_status"])
+
+
+# ---- policy routing rules ------------------------------------------------------------------
+
+def rules_by_priority(name: str) -> dict[int, dict]:
+    return {r["priority"]: r for r in kinds(parse("ip_rule", name), "ip_rule")}
+
+
+def test_ip_rule_recorded_json():
+    rules = rules_by_priority("iproute2-6.1-netns")
+    assert rules[100] == {
+        "priority": 100, "action": "blackhole", "table": None, "src": None,
+        "dst": "10.244.2.0/24", "iif": None, "oif": None, "fwmark": None, "invert": False,
+        "ipproto": None, "dport": None, "text": "100: from all to 10.244.2.0/24 blackhole"}
+    # rules added without a priority go just below the lowest one already there
+    assert (rules[99]["fwmark"], rules[99]["action"], rules[99]["table"]) == (
+        "0x4000/0x4000", "lookup", "200")
+    assert (rules[98]["invert"], rules[98]["src"], rules[98]["action"]) == (
+        True, "10.0.0.0/8", "unreachable")
+    assert (rules[97]["iif"], rules[97]["action"]) == ("eth0", "prohibit")
+    assert (rules[200]["action"], rules[200]["table"]) == ("goto", None)
+    assert rules[200]["text"].endswith("goto 32766")
+    assert rules[850]["text"] == "850: from 10.244.3.7 goto 900 [unresolved]"
+    # bare addresses are host prefixes; ports keep their range
+    assert (rules[300]["src"], rules[300]["dst"], rules[300]["ipproto"], rules[300]["dport"]) == (
+        "10.244.1.5/32", "10.96.0.10/32", "udp", "53")
+    assert rules[700]["dport"] == "30000-32767" and "sport 1000-2000" in rules[700]["text"]
+    assert (rules[400]["oif"], rules[500]["action"], rules[500]["fwmark"]) == (
+        "flannel.1", "nop", "0x1")
+    assert rules[600]["text"] == "600: from all lookup 300 suppress_prefixlength 0"
+    assert rules[800]["invert"] and rules[800]["src"] is None
+    assert [rules[p]["table"] for p in (0, 32766, 32767)] == ["local", "main", "default"]
+
+
+def test_ip_rule_json_and_text_of_the_same_rules_give_the_same_facts():
+    as_json = kinds(parse("ip_rule", "iproute2-6.1-netns"), "ip_rule")
+    as_text = kinds(parse("ip_rule", "iproute2-6.1-netns-text-form"), "ip_rule")
+    assert len(as_json) == 17 and as_json == as_text
+
+
+def test_ip_rule_centos7_text():
+    rules = rules_by_priority("centos7-iproute-3.10-text")
+    assert rules[0]["text"] == "0: from all lookup local"  # 3.10's trailing space dropped
+    assert (rules[100]["action"], rules[100]["dst"]) == ("blackhole", "10.244.2.0/24")
+    assert (rules[200]["invert"], rules[200]["src"], rules[200]["table"]) == (
+        True, "10.244.0.0/16", "100")
+    assert (rules[400]["iif"], rules[400]["action"]) == ("eth0", "unreachable")
+    assert rules[300]["fwmark"] == "0x4000/0x4000"
+
+
+def test_ip_rule_text_under_a_json_header_is_read_as_text():
+    # iproute2 4.15 (Ubuntu 18.04) takes -j but prints rules as text
+    rules = rules_by_priority("ubuntu18.04-iproute2-4.15-text-under-json")
+    assert (rules[32765]["src"], rules[32765]["table"]) == ("10.244.1.0/24", "100")
+
+
+def test_ip_rule_missing_ip_and_permission_denied():
+    status, facts = statuses("ip_rule", "", "kubenetdiag: ip: command not found\n", 127)
+    assert status[0]["status"] == "missing_tool" and not facts
+    status, facts = statuses(
+        "ip_rule", "##knd:rule text\n",
+        "Cannot send dump request: Operation not permitted\n", 1)
+    assert status[0]["status"] == "permission_denied" and not facts
+    assert "policy routing" in status[0]["blocks"]
