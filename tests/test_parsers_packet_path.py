@@ -95,3 +95,28 @@ def test_ip_rule_missing_ip_and_permission_denied():
         "Cannot send dump request: Operation not permitted\n", 1)
     assert status[0]["status"] == "permission_denied" and not facts
     assert "policy routing" in status[0]["blocks"]
+
+
+# ---- per-interface forwarding --------------------------------------------------------------
+
+def test_sysctl_reads_forwarding_per_interface():
+    keys = {f["key"]: f for f in kinds(parse("sysctl", "kernel-6.18-netns-forwarding", 2),
+                                        "sysctl")}
+    assert keys["net.ipv4.ip_forward"]["number"] == 1
+    assert keys["net.ipv4.conf.all.forwarding"]["number"] == 1
+    # off on one interface although the global switch is on: routed traffic from it dies
+    assert keys["net.ipv4.conf.lxc1.forwarding"]["number"] == 0
+    assert keys["net.ipv4.conf.flannel.1.forwarding"]["number"] == 1
+    assert keys["net.ipv4.conf.eth0.rp_filter"]["number"] == 1
+
+
+def test_sysctl_forwarding_glob_stays_in_the_one_grep():
+    command = BY_NAME["sysctl"].command
+    assert command.count("grep") == 1 and "net/ipv4/conf/*/forwarding" in command
+    status, facts = statuses("sysctl", "", "kubenetdiag: grep: command not found\n", 127)
+    assert status[0]["status"] == "missing_tool" and not facts
+    status, facts = statuses(
+        "sysctl", "net/ipv4/ip_forward:1\n",
+        "grep: net/ipv4/conf/eth0/forwarding: Permission denied\n", 2)
+    assert status[0]["status"] == "permission_denied"
+    assert {f.attrs["key"] for f in facts} >= {"net.ipv4.ip_forward"}

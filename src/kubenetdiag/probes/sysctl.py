@@ -39,8 +39,10 @@ KEYS = (
     "net.netfilter.nf_conntrack_max",
     "net.netfilter.nf_conntrack_count",
 )
-# Globs: per-interface settings whose interfaces we cannot know in advance.
-GLOBS = ("net/ipv4/conf/*/rp_filter",)
+# Globs: per-interface settings whose interfaces we cannot know in advance. A routed packet
+# needs forwarding on the interface it came in on, whatever net.ipv4.ip_forward says (writing
+# ip_forward sets every interface, but one interface can be turned off on its own after).
+GLOBS = ("net/ipv4/conf/*/rp_filter", "net/ipv4/conf/*/forwarding")
 
 
 def _path(key: str) -> str:
@@ -98,7 +100,8 @@ PROBE = Probe(
     name="sysctl",
     command=COMMAND,
     parse=parse,
-    blocks="kernel settings (ip_forward, bridge-nf-call-iptables, rp_filter, TCP and conntrack)",
+    blocks="kernel settings (ip_forward and per-interface forwarding, bridge-nf-call-iptables, "
+           "rp_filter, TCP and conntrack)",
     tools=("grep",),
     ok_exit_codes=frozenset({0, 2}),  # grep says 2 when a key is absent; that is an answer
 )
