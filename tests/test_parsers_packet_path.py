@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from kubenetdiag.facts.parse import node_facts
 from kubenetdiag.facts.registry import validate_fact
-from kubenetdiag.probes import BY_NAME
+from kubenetdiag.probes import BY_NAME, Section
 from probe_sections import section
 
 
@@ -120,3 +120,51 @@ def test_sysctl_forwarding_glob_stays_in_the_one_grep():
         "grep: net/ipv4/conf/eth0/forwarding: Permission denied\n", 2)
     assert status[0]["status"] == "permission_denied"
     assert {f.attrs["key"] for f in facts} >= {"net.ipv4.ip_forward"}
+
+
+# ---- XDP -----------------------------------------------------------------------------------
+
+def xdp_of(name: str) -> dict[str, str | None]:
+    return {i["name"]: i["xdp"] for i in kinds(parse("links", name), "interface")}
+
+
+def test_links_xdp_recorded_in_both_formats():
+    for name in ("iproute2-6.1-xdp", "iproute2-6.1-xdp-text-form"):
+        xdp = xdp_of(name)
+        assert xdp["eth0"] == "generic prog 99 name knd_guard"
+        assert xdp["lxc1"] == "native prog 100 name knd_lb"  # veth runs XDP in its driver
+        assert {n for n, x in xdp.items() if x} == {"eth0", "lxc1"}
+
+
+def test_links_without_xdp_and_old_formats():
+    assert not any(xdp_of("debian12-netns").values())
+    assert not any(xdp_of("centos7-iproute-4.11-text").values())
+    # offload in the head word, and a program per mode when several are attached (text form)
+    text = ("##knd:link text\n"
+            "2: eth0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 xdpoffload qdisc mq state UP "
+            "mode DEFAULT group default qlen 1000\\    link/ether 52:54:00:12:34:56 brd "
+            "ff:ff:ff:ff:ff:ff\\    prog/xdp id 7 tag 614b434cd8324ecc jited \n"
+            "3: eth1: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 xdpmulti qdisc mq state UP "
+            "mode DEFAULT group default qlen 1000\\    link/ether 52:54:00:12:34:57 brd "
+            "ff:ff:ff:ff:ff:ff\\    prog/xdpdrv id 8 name fw tag 614b434cd8324ecc jited "
+            "prog/xdpoffload id 9 tag 614b434cd8324ecc \n"
+            "4: eth2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 xdpgeneric/id:12 qdisc mq "
+            "state UP mode DEFAULT group default qlen 1000\\    link/ether 52:54:00:12:34:58\n")
+    got = {f.attrs["name"]: f.attrs["xdp"]
+           for f in BY_NAME["links"].parse(Section("links", "", 0, 0, text, ""), "n")}
+    assert got == {"eth0": "offload prog 7", "eth1": "native prog 8 name fw,offload prog 9",
+                   "eth2": "generic prog 12"}
+    # JSON with two modes attached: each program with its own mode
+    multi = ('##knd:link json\n[{"ifindex":2,"ifname":"eth1","flags":["UP"],"mtu":1500,'
+             '"xdp":{"mode":4,"attached":[{"mode":1,"prog":{"id":8,"name":"fw"}},'
+             '{"mode":3,"prog":{"id":9}}]}}]\n')
+    (fact,) = BY_NAME["links"].parse(Section("links", "", 0, 0, multi, ""), "n")
+    assert fact.attrs["xdp"] == "native prog 8 name fw,offload prog 9"
+
+
+def test_links_missing_ip_and_permission_denied():
+    status, facts = statuses("links", "", "kubenetdiag: ip: command not found\n", 127)
+    assert status[0]["status"] == "missing_tool" and not facts
+    status, _ = statuses("links", "##knd:link text\n",
+                         "Cannot send dump request: Operation not permitted\n", 1)
+    assert status[0]["status"] == "permission_denied"

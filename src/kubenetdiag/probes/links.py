@@ -1,5 +1,6 @@
 """Interfaces: type, MTU, state, bridge master, addresses, and each VXLAN's id, port, local
-address and underlay device (flannel.1, vxlan.calico), IPIP tunl0, cni0, cali*, veths.
+address and underlay device (flannel.1, vxlan.calico), IPIP tunl0, cni0, cali*, veths; and the
+XDP program attached to a device, which sees every packet it receives before the kernel does.
 
 `ip -d -j` where iproute2 has JSON (4.13+); CentOS 7's iproute 3.10/4.11 have no `-j`, so the
 command falls back to the one-line `-o` form, which this parser reads too.
@@ -46,6 +47,56 @@ _KINDS = {
     "geneve", "wireguard", "gre", "gretap", "team", "openvswitch", "sit", "ip6tnl", "vrf",
     "nlmon", "ifb", "netkit", "macvtap", "erspan", "bareudp",
 }
+# XDP attach modes as the kernel numbers them (XDP_ATTACHED_*) and as ip words them.
+_XDP_MODES = {1: "native", 2: "generic", 3: "offload", 4: "multi"}
+_XDP_WORDS = {"xdp": "native", "xdpdrv": "native", "xdpgeneric": "generic", "xdpskb": "generic",
+              "xdpoffload": "offload", "xdphw": "offload", "xdpmulti": "multi"}
+_XDP_HEAD = re.compile(r"(?:^|\s)(xdp[a-z]*|xdp\[\d+\])(?:/id:(\d+))?(?=\s|$)")
+_XDP_PROG = re.compile(r"prog/(xdp[a-z]*) id (\d+)(?: name (\S+))?")
+
+
+def _mode(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _XDP_MODES.get(value, f"mode {value}")
+    return "unknown"
+
+
+def _xdp_prog(mode: str, prog: object) -> str:
+    if not isinstance(prog, dict) or not isinstance(prog.get("id"), int):
+        return mode
+    name = prog.get("name")
+    return f"{mode} prog {prog['id']}" + (f" name {name}" if isinstance(name, str) and name else "")
+
+
+def _xdp_from_json(xdp: object) -> str | None:
+    """An XDP program runs before the kernel stack (and netfilter) sees the packet: it may drop
+    or redirect anything, so the walk says where one is attached and how."""
+    if not isinstance(xdp, dict):
+        return None
+    mode = xdp.get("mode", xdp.get("attached"))
+    if not isinstance(mode, int) or isinstance(mode, bool) or mode == 0:
+        return None
+    attached = xdp.get("attached") if isinstance(xdp.get("attached"), list) else []
+    if mode == 4 and attached:
+        return ",".join(_xdp_prog(_mode(a.get("mode")), a.get("prog"))
+                        for a in attached if isinstance(a, dict))
+    return _xdp_prog(_mode(mode), xdp.get("prog"))
+
+
+def _xdp_from_text(head: str, details: list[str]) -> str | None:
+    m = _XDP_HEAD.search(head)
+    if not m:
+        return None
+    mode = _XDP_WORDS.get(m.group(1), m.group(1))
+    progs = []
+    for seg in details:
+        for word, prog_id, name in _XDP_PROG.findall(seg):
+            # single mode prints prog/xdp whatever the mode; several modes name theirs
+            one = mode if word == "xdp" else _XDP_WORDS.get(word, word)
+            progs.append(f"{one} prog {prog_id}" + (f" name {name}" if name else ""))
+    if progs:
+        return ",".join(progs)
+    return f"{mode} prog {m.group(2)}" if m.group(2) else mode
 
 
 def _word_after(text: str, word: str) -> str | None:
@@ -76,6 +127,7 @@ def _from_json(text: str) -> list[dict]:
             "vxlan_port": data.get("port") if vx and isinstance(data.get("port"), int) else None,
             "vxlan_local": str(data["local"]) if vx and data.get("local") else None,
             "vxlan_dev": str(data["link"]) if vx and data.get("link") else None,
+            "xdp": _xdp_from_json(d.get("xdp")),
         })
     return out
 
@@ -114,6 +166,7 @@ def _from_text(lines: list[str]) -> list[dict]:
             "vxlan_port": to_int(_word_after(vxlan, "dstport")) if vx else None,
             "vxlan_local": _word_after(vxlan, "local") if vx else None,
             "vxlan_dev": _word_after(vxlan, "dev") if vx else None,
+            "xdp": _xdp_from_text(head, segs[1:]),
         })
     return out
 
@@ -159,6 +212,7 @@ def parse(section: Section, node: str) -> list[Fact]:
             f"{link['name']}: {link['kind']} mtu {link['mtu']} state {link['state']}"
             + (f" vxlan id {link['vxlan_id']} dstport {link['vxlan_port']}"
                f" local {link['vxlan_local']} dev {link['vxlan_dev']}" if link["vxlan_id"] else "")
+            + (f" xdp {link['xdp']}" if link["xdp"] else "")
         )
         link["name"] = clip(link["name"], 64)
         facts.append(Fact("interface", node, link, Source(
