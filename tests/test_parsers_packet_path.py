@@ -168,3 +168,75 @@ def test_links_missing_ip_and_permission_denied():
     status, _ = statuses("links", "##knd:link text\n",
                          "Cannot send dump request: Operation not permitted\n", 1)
     assert status[0]["status"] == "permission_denied"
+
+
+# ---- traffic control -----------------------------------------------------------------------
+
+def hooks(name: str) -> dict[tuple[str, str], dict]:
+    return {(h["dev"], h["direction"]): h for h in kinds(parse("tc", name), "tc_hook")}
+
+
+def test_tc_recorded_json_and_text_forms():
+    for name in ("iproute2-6.1-netns", "iproute2-6.1-netns-text-form"):
+        got = hooks(name)
+        # default qdiscs (noqueue, pfifo_fast) on every other device give no fact
+        assert set(got) == {("eth0", "ingress"), ("eth0", "egress"), ("veth1", "root"),
+                            ("lxc1p", "ingress")}
+        ingress = got[("eth0", "ingress")]
+        assert (ingress["qdisc"], ingress["filters"], ingress["actions"]) == (
+            "clsact", 1, "u32,mirred")
+        assert "2118" in ingress["text"]  # 8472, the VXLAN port, as u32 prints it
+        assert (got[("eth0", "egress")]["actions"], got[("eth0", "egress")]["filters"]) == (
+            "bpf", 1)
+        assert (got[("veth1", "root")]["qdisc"], got[("veth1", "root")]["actions"]) == (
+            "htb", "u32")
+        assert (got[("lxc1p", "ingress")]["qdisc"], got[("lxc1p", "ingress")]["filters"]) == (
+            "ingress", 1)
+
+
+def test_tc_centos7_text_ingress_drop_and_netem():
+    got = hooks("centos7-iproute-4.11-ingress-drop")
+    assert got[("eth0", "ingress")]["actions"] == "u32,drop"
+    assert got[("eth0", "ingress")]["filters"] == 1
+    netem = got[("veth3a1b2c4d", "root")]
+    assert (netem["qdisc"], netem["filters"], netem["actions"]) == ("netem", 0, None)
+    assert set(got) == {("eth0", "ingress"), ("veth3a1b2c4d", "root")}
+
+
+def recorded_tc() -> str:
+    return section("tc", "iproute2-6.1-netns").stdout
+
+
+def test_tc_a_device_gone_before_its_filters_were_listed_is_skipped_and_said():
+    out = recorded_tc().splitlines()
+    json_lines = [i for i, line in enumerate(out) if line.startswith("[")]
+    del out[json_lines[2]]  # veth1's answer: the third batch line failed
+    stderr = 'Cannot find device "veth1"\nCommand failed -:3\n'
+    facts = BY_NAME["tc"].parse(Section("tc", "", 0, 0, "\n".join(out) + "\n", stderr), "n")
+    got = {(f.attrs["dev"], f.attrs["direction"]) for f in facts if f.kind == "tc_hook"}
+    assert got == {("eth0", "ingress"), ("eth0", "egress"), ("lxc1p", "ingress")}
+    (status,) = kinds(facts, "probe_status")
+    assert status["status"] == "failed" and "veth1:1:" in status["reason"]
+
+
+def test_tc_answers_that_cannot_be_matched_to_devices_are_not_guessed():
+    out = recorded_tc().splitlines()
+    del out[[i for i, line in enumerate(out) if line.startswith("[")][0]]  # no stderr says why
+    facts = BY_NAME["tc"].parse(Section("tc", "", 0, 0, "\n".join(out) + "\n", ""), "n")
+    assert not kinds(facts, "tc_hook")
+    assert kinds(facts, "probe_status")[0]["status"] == "failed"
+
+
+def test_tc_command_lists_filters_in_one_batch():
+    command = BY_NAME["tc"].command
+    assert command.count("tc -j -force -b -") == 1 and command.count("tc qdisc show") == 1
+
+
+def test_tc_missing_and_permission_denied():
+    status, facts = statuses("tc", "", "kubenetdiag: tc: command not found\n", 127)
+    assert status[0]["status"] == "missing_tool" and not facts
+    status, facts = statuses("tc", "", "RTNETLINK answers: Operation not permitted\n", 2)
+    assert status[0]["status"] == "permission_denied" and not facts
+    # no device with anything to list: one process, no fact, no complaint
+    status, facts = statuses("tc", "##knd:qdisc\nqdisc noqueue 0: dev lo root refcnt 2 \n", "", 0)
+    assert not status and not facts
