@@ -240,3 +240,36 @@ def test_tc_missing_and_permission_denied():
     # no device with anything to list: one process, no fact, no complaint
     status, facts = statuses("tc", "##knd:qdisc\nqdisc noqueue 0: dev lo root refcnt 2 \n", "", 0)
     assert not status and not facts
+
+
+# ---- nftables: regular chains --------------------------------------------------------------
+
+def test_nftables_rules_of_regular_chains_for_the_walk_to_follow():
+    facts = parse("nftables", "nft-1.0.6-regular-chains")
+    chains = {(c["table"], c["chain"]) for c in kinds(facts, "nft_chain")}
+    # base chains only: the regular ones have no hook, policy or priority
+    assert chains == {("guard", "input"), ("guard", "forward"), ("filter", "FORWARD")}
+    rules = {(r["chain"], r["position"]): r for r in kinds(facts, "nft_rule")}
+    assert (rules[("input", 1)]["verdict"], rules[("input", 1)]["text"]) == (
+        "jump", 'iifname "eth0" jump overlay')
+    assert rules[("overlay", 1)]["verdict"] == "drop" and rules[("overlay", 1)]["pkts"] == 0
+    assert [rules[("overlay", n)]["verdict"] for n in (2, 3)] == ["goto", "return"]
+    assert rules[("peers", 2)]["verdict"] == "reject"
+    assert rules[("forward", 1)]["text"].endswith("goto pods")
+    assert [rules[("pods", n)]["verdict"] for n in (1, 2)] == ["accept", "reject"]
+    # iptables-nft's own tables stay the iptables probe's, user chains included
+    assert not [r for r in kinds(facts, "nft_rule") if r["table"] == "filter"]
+    assert {t["table"]: t["owner"] for t in kinds(facts, "nft_table")} == {
+        "guard": "nft", "filter": "iptables-nft"}
+
+
+def test_nftables_old_fixtures_unchanged_and_failures():
+    # no regular chain there: the same rules as before
+    rules = kinds(parse("nftables", "debian12-netns"), "nft_rule")
+    assert {r["chain"] for r in rules} == {"input", "forward"}
+    status, facts = statuses(
+        "nftables", "", "kubenetdiag: nft: command not found (nf_tables is loaded)\n", 127)
+    assert status[0]["status"] == "missing_tool" and not facts
+    status, facts = statuses(
+        "nftables", "", "Error: Could not process rule: Operation not permitted\n", 1)
+    assert status[0]["status"] == "permission_denied" and not facts

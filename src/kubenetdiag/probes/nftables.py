@@ -3,7 +3,8 @@
 iptables-nft keeps its rules in nftables too (tables ip filter, ip nat...); those are already
 facts of the iptables probe, so here they are only counted and marked `owner: iptables-nft`.
 What this probe adds is what iptables-save cannot show: tables made with nft directly
-(firewalld's `inet firewalld`, kube-proxy's nftables mode, a hand-written `inet filter`).
+(firewalld's `inet firewalld`, kube-proxy's nftables mode, a hand-written `inet filter`), with
+the rules of every chain, the regular ones a base chain jumps or goes to included.
 
 Listing needs nf_tables loaded: asking netlink for it otherwise makes the kernel load the
 module, a change to the node, so when it is not loaded we say so and list nothing.
@@ -27,6 +28,7 @@ Sample output and the facts it gives:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from kubenetdiag.facts.model import Fact, Source, excerpt
 from kubenetdiag.probes.base import Probe, Section
@@ -122,25 +124,13 @@ def parse(section: Section, node: str) -> list[Fact]:
             "rules": sum(len(c["rules"]) for c in t["chains"].values()),
         }, src(t["raw"])))
         for c in t["chains"].values():
-            if c["base"] is None:
-                continue
-            ctype, hook, prio, policy = c["base"]
             verdicts = [_verdict(r) for r in c["rules"]]
-            facts.append(Fact("nft_chain", node, {
-                "family": t["family"],
-                "table": t["name"],
-                "chain": c["name"],
-                "owner": owner,
-                "type": ctype,
-                "hook": hook,
-                "priority": prio.strip(),
-                "policy": policy,
-                "rules": len(c["rules"]),
-                "drop_rules": verdicts.count("drop"),
-                "reject_rules": verdicts.count("reject"),
-            }, src("\n".join([f"chain {c['name']}", *c["rules"][:20]]))))
+            if c["base"] is not None:
+                facts.append(_base_chain(node, t, c, owner, verdicts, src))
             if owner == "iptables-nft":
                 continue  # the iptables probe has these rules, with iptables' own syntax
+            # Regular chains too: a base chain's jump or goto runs them, and a walk that
+            # follows it needs their rules as much as the base chain's.
             for pos, (rule, verdict) in enumerate(zip(c["rules"], verdicts, strict=True), 1):
                 m = _COUNTER.search(rule)
                 facts.append(Fact("nft_rule", node, {
@@ -154,6 +144,24 @@ def parse(section: Section, node: str) -> list[Fact]:
                     "bytes": int(m.group(2)) if m else None,
                 }, src(rule)))
     return facts
+
+
+def _base_chain(node: str, t: dict, c: dict, owner: str, verdicts: list[str],
+                src: Callable[[str], Source]) -> Fact:
+    ctype, hook, prio, policy = c["base"]
+    return Fact("nft_chain", node, {
+        "family": t["family"],
+        "table": t["name"],
+        "chain": c["name"],
+        "owner": owner,
+        "type": ctype,
+        "hook": hook,
+        "priority": prio.strip(),
+        "policy": policy,
+        "rules": len(c["rules"]),
+        "drop_rules": verdicts.count("drop"),
+        "reject_rules": verdicts.count("reject"),
+    }, src("\n".join([f"chain {c['name']}", *c["rules"][:20]])))
 
 
 PROBE = Probe(
