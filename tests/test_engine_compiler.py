@@ -201,6 +201,7 @@ def rule_fact(node: str, chain: str, position: int = 1, **kw) -> Fact:
     attrs = {
         "table": "filter", "chain": chain, "position": position, "target": "ACCEPT",
         "target_kind": "accept", "unconditional": False, "spec": f"-A {chain} -j ACCEPT",
+        "backend": "nf_tables",
     }
     attrs.update(kw)
     return Fact("iptables_rule", node, attrs)

@@ -273,3 +273,37 @@ def test_nftables_old_fixtures_unchanged_and_failures():
     status, facts = statuses(
         "nftables", "", "Error: Could not process rule: Operation not permitted\n", 1)
     assert status[0]["status"] == "permission_denied" and not facts
+
+
+# ---- iptables: which backend a rule is in --------------------------------------------------
+
+def test_iptables_rules_carry_their_backend():
+    nft = parse("iptables", "nft-1.8.9-legacy-present")
+    legacy = parse("iptables_legacy", "debian12-netns")
+    assert {r["backend"] for r in kinds(nft, "iptables_rule")} == {"nf_tables"}
+    assert {r["backend"] for r in kinds(legacy, "iptables_rule")} == {"legacy"}
+    # the same FORWARD chain recorded with each backend: its rules are told apart
+    both = parse("iptables", "nft-1.8.9-reject-above-accept") + parse(
+        "iptables", "legacy-1.8.9-reject-above-accept")
+    forward = [(r["position"], r["backend"]) for r in kinds(both, "iptables_rule")
+               if (r["table"], r["chain"]) == ("filter", "FORWARD")]
+    assert sorted(forward) == sorted((n, b) for n in (1, 2, 3, 4)
+                                     for b in ("nf_tables", "legacy"))
+    # CentOS 7's 1.4.21 names no backend: it is legacy; a cut banner stays unknown in the
+    # iptables probe, but the legacy probe can only have read the legacy backend
+    assert {r["backend"] for r in kinds(parse("iptables", "centos7-1.4.21-firewalld"),
+                                         "iptables_rule")} == {"legacy"}
+    bare = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p udp --dport 8472 -j DROP\nCOMMIT\n"
+    for probe, backend in (("iptables", "unknown"), ("iptables_legacy", "legacy")):
+        facts = BY_NAME[probe].parse(Section(probe, "", 0, 0, bare, ""), "n")
+        assert {f.attrs["backend"] for f in facts
+                if f.kind in ("iptables_rule", "iptables_chain")} == {backend}
+
+
+def test_iptables_missing_and_permission_denied():
+    status, facts = statuses("iptables", "", "kubenetdiag: iptables-save: command not found\n",
+                             127)
+    assert status[0]["status"] == "missing_tool" and not facts
+    sec = section("iptables", "nonroot", exit_code=4)
+    status, facts = statuses("iptables", sec.stdout, sec.stderr, 4)
+    assert status[0]["status"] == "permission_denied" and not facts

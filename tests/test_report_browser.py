@@ -201,7 +201,7 @@ def node_facts(node: str, *, ip_forward: int = 1, reject: bool = False,
             "iptables_rule", node,
             {"table": "filter", "chain": "FORWARD", "position": pos, "target": target,
              "target_kind": kind, "unconditional": uncond, "spec": spec, "comment": cmt,
-             "pkts": 12, "bytes": 720},
+             "pkts": 12, "bytes": 720, "backend": "nf_tables"},
             _src("iptables", "iptables-save -c", f"*filter\n:FORWARD ACCEPT [0:0]\n{spec}"),
         ))
     return facts

@@ -120,10 +120,12 @@ def parse(section: Section, node: str) -> list[Fact]:
     return parse_save(section, node, "iptables", COMMAND)
 
 
-def parse_save(section: Section, node: str, probe: str, command: str) -> list[Fact]:
-    """iptables-save output (either backend) -> chains, rules and one summary per backend."""
+def parse_save(section: Section, node: str, probe: str, command: str,
+               backend: str = "unknown") -> list[Fact]:
+    """iptables-save output (either backend) -> chains, rules and one summary per backend.
+    `backend` holds until a banner names one: a probe that can only have read one backend
+    says which."""
     facts: list[Fact] = []
-    backend = "unknown"
     table = None
     chains: dict[str, dict] = {}
     positions: dict[str, int] = {}
@@ -224,6 +226,9 @@ def parse_save(section: Section, node: str, probe: str, command: str) -> list[Fa
                     "out_if": _option(matches, "-o", "--out-interface"),
                     "proto": _option(matches, "-p", "--protocol"),
                     "dport": _option(matches, "--dport", "--destination-port", "--dports"),
+                    # both backends can hold a chain of the same name, and a packet crosses
+                    # both: the walk must tell their rules apart
+                    "backend": backend,
                 },
                 src(raw),
             )

@@ -41,7 +41,7 @@ COMMAND = (
 
 
 def parse(section: Section, node: str) -> list[Fact]:
-    return parse_save(section, node, "iptables_legacy", COMMAND)
+    return parse_save(section, node, "iptables_legacy", COMMAND, backend="legacy")
 
 
 PROBE = Probe(
