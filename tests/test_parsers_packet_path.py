@@ -307,3 +307,41 @@ def test_iptables_missing_and_permission_denied():
     sec = section("iptables", "nonroot", exit_code=4)
     status, facts = statuses("iptables", sec.stdout, sec.stderr, 4)
     assert status[0]["status"] == "permission_denied" and not facts
+
+
+# ---- process state -------------------------------------------------------------------------
+
+def agents(name: str) -> dict[str, dict]:
+    return {p["name"]: p for p in kinds(parse("processes", name), "process")}
+
+
+def test_process_state_recorded_with_procps_busybox_and_proc():
+    for name in ("debian12-procps-4.0-states", "busybox-1.35-states", "proc-stat-states"):
+        got = agents(name)
+        # listed, so "running" as before; the state says it does nothing
+        assert (got["bird"]["running"], got["bird"]["state"]) == (True, "T"), name
+        assert (got["flanneld"]["running"], got["flanneld"]["state"]) == (True, "Z"), name
+        # an old zombie beside a live agent: the live one is described
+        kube_proxy = got["kube-proxy"]
+        assert (kube_proxy["count"], kube_proxy["state"]) == (2, "S"), name
+        assert got["kubelet"]["state"] is None and not got["kubelet"]["running"]
+    assert agents("debian12-procps-4.0-states")["kube-proxy"]["args"] == "./bin/kube-proxy 30"
+
+
+def test_process_state_unknown_in_older_bundles():
+    for name in ("debian12-netns", "busybox-security-software", "proc-fallback"):
+        assert all(p["state"] is None for p in kinds(parse("processes", name), "process"))
+    assert agents("busybox-security-software")["flanneld"]["running"] is True
+
+
+def test_processes_one_ps_and_failures():
+    command = BY_NAME["processes"].command
+    assert command.count("ps -e -o pid= -o stat= -o comm= -o args=") == 1
+    assert command.count("$(ps ") == 1  # no second ps attempt, and no process per PID
+    status, facts = statuses("processes", "", "kubenetdiag: awk: command not found\n", 127)
+    assert status[0]["status"] == "missing_tool" and not facts
+    sec = section("processes", "proc-stat-states")
+    status, facts = statuses("processes", sec.stdout,
+                             "sh: 1: cannot open /proc/1/stat: Permission denied\n", 0)
+    assert status[0]["status"] == "permission_denied"
+    assert any(f.attrs.get("state") == "T" for f in facts if f.kind == "process")

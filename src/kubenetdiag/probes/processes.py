@@ -2,21 +2,22 @@
 firewalls (firewalld running; ufw enabled in /etc/ufw/ufw.conf), and security software known
 to break pod networking. The names are data (processes.yaml), not code, so a site adds its own.
 
-One `ps` (or, without ps, the shell reading /proc/*/comm: no fork per process). Command lines
+One `ps` (or, without ps, the shell reading /proc/*/stat: no fork per process), with each
+process's state, so a stopped (T) or zombie (Z) agent is told from a running one. Command lines
 can carry passwords and tokens; those options are cut out on the node, before the bundle.
 
 Sample output and the facts it gives:
 
 >>> out = (
-...     '##knd:ps eo\\n'
-...     '    1 systemd         /usr/lib/systemd/systemd --switched-root\\n'
-...     '  812 flanneld        /opt/bin/flanneld --ip-masq --kube-subnet-'
+...     '##knd:ps eos\\n'
+...     '    1 Ss   systemd         /usr/lib/systemd/systemd --switched-root\\n'
+...     '  812 Tl   flanneld        /opt/bin/flanneld --ip-masq --kube-subnet-'
 ...     'mgr\\n'
 ... )
 >>> facts = parse(Section("processes", "", 0, 0.0, out, ""), "node1")
->>> [(f.attrs["name"], f.attrs["role"], f.attrs["pids"])
+>>> [(f.attrs["name"], f.attrs["role"], f.attrs["pids"], f.attrs["state"])
 ...  for f in facts if f.attrs.get("running")]
-[('flanneld', 'cni_agent', '812')]
+[('flanneld', 'cni_agent', '812', 'T')]
 """
 
 from __future__ import annotations
@@ -40,16 +41,26 @@ _REDACT = (
     "[A-Za-z0-9_.-]*(=|[ ]+)[^ ]*/, \"<redacted>\"); "
     "gsub(/[A-Za-z_]*(PASSW|TOKEN|SECRET)[A-Za-z_]*=[^ ]*/, \"<redacted>\")"
 )
+# One -o per column with an empty header: procps and busybox's ps read it alike, so one ps
+# serves both. Without ps, the shell reads /proc/PID/stat itself (no fork per process): comm is
+# between the first "(" and the last ")", the state the letter after it.
 COMMAND = (
-    "if out=$(ps -eo pid=,comm=,args= 2>/dev/null) && [ -n \"$out\" ]; then echo '##knd:ps eo'; "
-    "elif out=$(ps -o pid,comm,args 2>/dev/null) && [ -n \"$out\" ]; then echo '##knd:ps busybox'; "
-    "else echo '##knd:ps proc'; out=$(for d in /proc/[0-9]*; do "
-    "read -r c <\"$d/comm\" 2>/dev/null && printf '%s %s -\\n' \"${d#/proc/}\" \"$c\"; done); fi; "
+    "if out=$(ps -e -o pid= -o stat= -o comm= -o args= 2>/dev/null) && [ -n \"$out\" ]; then "
+    "echo '##knd:ps eos'; "
+    "else echo '##knd:ps procs'; out=$(for d in /proc/[0-9]*; do "
+    "read -r s <\"$d/stat\" 2>/dev/null || continue; c=${s#*(}; c=${c%)*}; t=${s##*) }; "
+    "printf '%s %s %s -\\n' \"${d#/proc/}\" \"${t%% *}\" \"$c\"; done); fi; "
     f"printf '%s\\n' \"$out\" | awk '{{{_REDACT}; print substr($0, 1, {MAX_ARGS})}}'; "
     "if [ -r /etc/ufw/ufw.conf ]; then echo '##knd:ufw'; sed -n 's/^/|/p' /etc/ufw/ufw.conf; fi"
 )
 
 _LINE = re.compile(r"^\s*(\d+)\s+(\S+)\s*(.*)$")
+# pid, stat (procps: "Ssl", busybox: "SW<"; the state is its first letter), comm, args
+_LINE_STAT = re.compile(r"^\s*(\d+)\s+([A-Za-z])\S*\s+(\S+)\s*(.*)$")
+# /proc/PID/stat read by the shell: comm may hold spaces, and the line ends with " -"
+_LINE_PROC = re.compile(r"^(\d+) ([A-Za-z]) (.*) -$")
+# Stopped, traced, zombie, dead: such a process is listed but does nothing.
+NOT_ALIVE = frozenset("TtZXx")
 
 
 def _load(text: str, into: dict[str, list]) -> None:
@@ -83,18 +94,35 @@ def _matches(entry: str | dict, comm: str, prog: str, args: str) -> bool:
     return comm == entry or comm == entry[:15] or prog == entry
 
 
+def _process(fmt: str, line: str) -> tuple[int, str, str, str | None] | None:
+    """(pid, comm, args, state) of one listed process; state None where the list has none
+    (bundles from before the state was collected)."""
+    if fmt == "procs":
+        m = _LINE_PROC.match(line)
+        return (int(m.group(1)), m.group(3), "", m.group(2)) if m else None
+    if fmt == "eos":
+        m = _LINE_STAT.match(line)
+        if not m:
+            return None
+        args = "" if m.group(4) == "-" else m.group(4)
+        return int(m.group(1)), m.group(3), args, m.group(2)
+    m = _LINE.match(line)
+    if not m:
+        return None
+    return int(m.group(1)), m.group(2), "" if m.group(3) == "-" else m.group(3), None
+
+
 def parse(section: Section, node: str) -> list[Fact]:
-    procs: list[tuple[int, str, str]] = []
+    procs: list[tuple[int, str, str, str | None]] = []
     fmt = None
     ufw: list[str] | None = None
     for name, arg, lines in parts(section.stdout):
         if name == "ps":
             fmt = arg
             for line in lines:
-                m = _LINE.match(line)
-                if m:
-                    args = "" if m.group(3) == "-" else m.group(3)
-                    procs.append((int(m.group(1)), m.group(2), args))
+                proc = _process(arg, line)
+                if proc:
+                    procs.append(proc)
         elif name == "ufw":
             ufw = unprefix(lines)
     facts: list[Fact] = []
@@ -104,26 +132,33 @@ def parse(section: Section, node: str) -> list[Fact]:
         for entry in entries:
             label = entry if isinstance(entry, str) else entry["contains"]
             hits = []
-            for pid, comm, args in procs:
+            for pid, comm, args, state in procs:
                 prog = args.split(" ", 1)[0].rsplit("/", 1)[-1] if args else ""
                 if _matches(entry, comm, prog, args):
-                    hits.append((pid, comm, args))
+                    hits.append((pid, comm, args, state))
+            # The fact describes one process: the first one alive, so an old zombie beside a
+            # restarted agent does not make it look dead; a stopped or zombie one only when
+            # every match is.
+            shown = next((h for h in hits if h[3] not in NOT_ALIVE), hits[0] if hits else None)
             facts.append(Fact("process", node, {
                 "name": clip(label, 64),
                 "role": clip(role, 64),
                 "running": bool(hits),
                 "count": len(hits),
                 "pids": ",".join(str(h[0]) for h in hits[:10]) or None,
-                "args": clip(hits[0][2], MAX_ARGS) if hits and hits[0][2] else None,
-            }, Source("processes", "ps -eo pid,comm,args", section.exit_code,
-                      clip("\n".join(f"{p} {c} {a}" for p, c, a in hits[:5])
+                "args": clip(shown[2], MAX_ARGS) if shown and shown[2] else None,
+                "state": shown[3] if shown else None,
+            }, Source("processes", "ps -e -o pid= -o stat= -o comm= -o args=", section.exit_code,
+                      clip("\n".join(f"{p} {s or '-'} {c} {a}" for p, c, a, s in hits[:5])
                            or f"no process named {label} among {len(procs)}", 800))))
     # firewalld is a Python script: comm is its file name, or python when started by hand
-    firewalld = any(c == "firewalld" or "/firewalld" in a.split(" --", 1)[0] for _, c, a in procs)
+    firewalld = any(c == "firewalld" or "/firewalld" in a.split(" --", 1)[0]
+                    for _, c, a, _ in procs)
     facts.append(Fact("host_firewall", node, {
         "name": "firewalld", "active": firewalld,
         "evidence": "firewalld process running" if firewalld else "no firewalld process",
-    }, Source("processes", "ps -eo pid,comm,args", section.exit_code, "firewalld")))
+    }, Source("processes", "ps -e -o pid= -o stat= -o comm= -o args=", section.exit_code,
+              "firewalld")))
     enabled = None
     if ufw is not None:
         for line in ufw:
