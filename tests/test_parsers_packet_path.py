@@ -345,3 +345,10 @@ def test_processes_one_ps_and_failures():
                              "sh: 1: cannot open /proc/1/stat: Permission denied\n", 0)
     assert status[0]["status"] == "permission_denied"
     assert any(f.attrs.get("state") == "T" for f in facts if f.kind == "process")
+
+
+def test_tc_json_lines_an_old_tc_could_not_print_whole_are_not_counted_as_no_filter():
+    out = recorded_tc().replace('"kind":"bpf","chain":0,"options"',
+                                '"kind":"bpf","chain":0, handle 0x1 bytecode, "options"')
+    facts = BY_NAME["tc"].parse(Section("tc", "", 0, 0, out, ""), "n")
+    assert not kinds(facts, "tc_hook") and kinds(facts, "probe_status")

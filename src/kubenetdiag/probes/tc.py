@@ -94,7 +94,9 @@ def _seen(found: list[str], word: object) -> None:
 
 def _json_filters(entries: list, found: list[str], summary: list[str]) -> int:
     """Filters in one `tc -j filter show` answer. Entries without options are the classifier
-    instances themselves, and u32 lists its hash tables as entries: neither is a filter."""
+    instances themselves, and u32 lists its hash tables as entries: neither is a filter.
+    (u32's hash tables are shared by a clsact's two directions: where both have u32 at the same
+    priority, the kernel lists each one's filters under both. Counted as listed.)"""
     count = 0
     for e in entries:
         if not isinstance(e, dict):
@@ -150,7 +152,7 @@ def _text_filters(lines: list[str], found: list[str], summary: list[str]) -> int
 def parse(section: Section, node: str) -> list[Fact]:
     qdiscs: list[dict] = []
     items: list[str] = []
-    answers: dict[str, list[str]] = {}  # item -> its filter output: JSON lines or text
+    answers: dict[str, list] = {}  # item -> its filters: the JSON list, or text lines
     fmt = None
     for name, arg, lines in parts(section.stdout):
         if name == "qdisc":
@@ -171,17 +173,10 @@ def parse(section: Section, node: str) -> list[Fact]:
         summary: list[str] = []
         count = 0
         for item in item_list:
-            lines = answers[item]
             if fmt == "json":
-                for line in lines:
-                    try:
-                        entries = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(entries, list):
-                        count += _json_filters(entries, found, summary)
+                count += _json_filters(answers[item], found, summary)
             else:
-                count += _text_filters(lines, found, summary)
+                count += _text_filters(answers[item], found, summary)
         if qdisc in DEFAULTS and not count:
             return
         facts.append(Fact("tc_hook", node, {
@@ -208,7 +203,7 @@ def parse(section: Section, node: str) -> list[Fact]:
                 if item in listed and item not in answers:
                     continue  # listed but not answered: unknown, said by the status below
                 fact(dev, direction, q["kind"], [item] if item in answers else [], [q["line"]],
-                     "\n".join([q["line"], *answers.get(item, [])]))
+                     _raw([q["line"]], [answers.get(item, [])]))
         tree = [q for q in mine if q["kind"] not in ("clsact", "ingress")]
         if not tree:
             continue
@@ -218,8 +213,7 @@ def parse(section: Section, node: str) -> list[Fact]:
         kinds = [q["kind"] for q in sorted(tree, key=lambda q: not q["root"])]
         shown = [k for k in dict.fromkeys(kinds) if k not in DEFAULTS] or kinds[:1]
         fact(dev, "root", ",".join(shown), tree_items, [q["line"] for q in tree][:4],
-             "\n".join([*(q["line"] for q in tree), *(ln for i in tree_items
-                                                       for ln in answers[i])]))
+             _raw([q["line"] for q in tree], [answers[i] for i in tree_items]))
     missing = [item for item in items if item not in answers]
     if missing:
         facts.append(Fact("probe_status", node, {
@@ -230,16 +224,39 @@ def parse(section: Section, node: str) -> list[Fact]:
     return facts
 
 
-def _map_json(items: list[str], lines: list[str], stderr: str) -> dict[str, list[str]]:
-    """Each listed item's JSON answer: the answers come in batch order, one line each, and a
-    failed batch line (numbered from 1) printed none. Anything else and the answers cannot be
-    told apart: none is kept, rather than one device's filters given to another."""
+def _raw(qdisc_lines: list[str], answers: list[list]) -> str:
+    """The lines behind a fact, as the node printed them (a JSON answer back on one line)."""
+    out = list(qdisc_lines)
+    for answer in answers:
+        if answer and not all(isinstance(x, str) for x in answer):
+            out.append(json.dumps(answer))
+        else:
+            out.extend(answer)
+    return "\n".join(out)
+
+
+def _map_json(items: list[str], lines: list[str], stderr: str) -> dict[str, list]:
+    """Each listed item's answer (its JSON list): the answers come in batch order, one line
+    each, and a failed batch line (numbered from 1) printed none. Anything else (a count that
+    does not add up, a line that is not a JSON list: an old tc printing some classifiers as
+    text) and the answers cannot be told apart: none is kept, rather than one device's filters
+    given to another or a filter not counted."""
     failed = {int(n) for n in _FAILED.findall(stderr)}
     answered = [item for n, item in enumerate(items, 1) if n not in failed]
-    out = [ln for ln in lines if ln.strip()]
-    if len(out) != len(answered) or not all(ln.lstrip().startswith("[") for ln in out):
+    out = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            entries = json.loads(line)
+        except ValueError:
+            return {}
+        if not isinstance(entries, list):
+            return {}
+        out.append(entries)
+    if len(out) != len(answered):
         return {}
-    return {item: [ln] for item, ln in zip(answered, out, strict=True)}
+    return dict(zip(answered, out, strict=True))
 
 
 PROBE = Probe(
