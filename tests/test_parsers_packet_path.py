@@ -51,8 +51,9 @@ def test_ip_rule_recorded_json():
     assert (rules[98]["invert"], rules[98]["src"], rules[98]["action"]) == (
         True, "10.0.0.0/8", "unreachable")
     assert (rules[97]["iif"], rules[97]["action"]) == ("eth0", "prohibit")
-    assert (rules[200]["action"], rules[200]["table"]) == ("goto", None)
-    assert rules[200]["text"].endswith("goto 32766")
+    # a goto's table is the priority it goes to
+    assert (rules[200]["action"], rules[200]["table"]) == ("goto", "32766")
+    assert rules[200]["text"].endswith("goto 32766") and rules[850]["table"] == "900"
     assert rules[850]["text"] == "850: from 10.244.3.7 goto 900 [unresolved]"
     # bare addresses are host prefixes; ports keep their range
     assert (rules[300]["src"], rules[300]["dst"], rules[300]["ipproto"], rules[300]["dport"]) == (

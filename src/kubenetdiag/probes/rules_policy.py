@@ -118,6 +118,18 @@ def _json_text(d: dict) -> str:
     return " ".join(words)
 
 
+def _json_table(d: dict, action: str) -> str | None:
+    # A goto's target priority goes where a lookup's table does: the walk reads the one
+    # place for where a rule sends the packet next.
+    if action == "goto":
+        return str(d["goto"])
+    if action == "lookup":
+        if "table" in d:
+            return str(d["table"])
+        return "[l3mdev-table]" if d.get("l3mdev") else None
+    return None
+
+
 def _from_json(d: dict) -> dict:
     if "goto" in d:
         action = "goto"
@@ -138,8 +150,7 @@ def _from_json(d: dict) -> dict:
     return {
         "priority": prio if isinstance(prio, int) and not isinstance(prio, bool) else 0,
         "action": action,
-        "table": str(d["table"]) if action == "lookup" and "table" in d else
-        ("[l3mdev-table]" if action == "lookup" and d.get("l3mdev") else None),
+        "table": _json_table(d, action),
         "src": _prefix(src, d.get("srclen")),
         "dst": _prefix(dst, d.get("dstlen")),
         "iif": str(d["iif"]) if d.get("iif") else None,
@@ -179,7 +190,7 @@ def _from_text(line: str) -> dict | None:
             elif w in ("lookup", "table"):
                 rule["action"], rule["table"] = "lookup", value
             elif w == "goto":
-                rule["action"] = "goto"
+                rule["action"], rule["table"] = "goto", value
             elif w == "map-to":
                 rule["action"] = "nat"
             i += 2
