@@ -354,3 +354,41 @@ def test_a_port_drop_is_found_where_the_declared_endpoint_lives():
     # the same rule on a node that hosts no endpoint on that port stops nothing the cluster uses
     facts = cluster(check, ipt("n3", "filter", drop.attrs["spec"].replace("2.0/24", "3.0/24"), 1))
     assert not stops(facts, "n3")
+
+
+def _rule(node_name: str, priority_: int, text: str, **attrs) -> Fact:
+    base = {"priority": priority_, "action": "lookup", "table": "main", "src": None, "dst": None,
+            "iif": None, "oif": None, "fwmark": None, "invert": False, "ipproto": None,
+            "dport": None, "text": text}
+    base.update(attrs)
+    return f("ip_rule", node_name, **base)
+
+
+def test_policy_rules_by_protocol_port_and_selectors_the_walk_does_not_follow():
+    blackhole = {"action": "blackhole", "table": None}
+    facts = cluster(_rule("n1", 0, "0: from all lookup local", table="local"),
+                    _rule("n1", 50, "50: from all ipproto udp dport 53 blackhole",
+                          ipproto="udp", dport="53", **blackhole),
+                    _rule("n1", 60, "60: from all uidrange 0-0 blackhole", **blackhole),
+                    _rule("n1", 32766, "32766: from all lookup main"),
+                    f("dns_pod", "n2", pod="coredns-0", ip="10.244.2.3", ready=True, restarts=0))
+    (dns,) = stops(facts, "n1", "dns_pod")  # udp/53 from a pod here: the rule at 50 decides
+    assert dns["stage"] == "policy" and dns["verdict"] == "drop" and "dport 53" in dns["at"]
+    got = stops(facts, "n1", "pod_out")
+    assert got and all(s["verdict"] == "unknown" for s in got)  # which socket: undecidable
+
+
+def test_wg_quick_suppress_prefixlength_ignores_only_the_default_route():
+    facts = cluster(route("n2", "0.0.0.0/0", "eth0", "198.18.0.1"),
+                    _rule("n2", 0, "0: from all lookup local", table="local"),
+                    _rule("n2", 32764, "32764: from all lookup main suppress_prefixlength 0"),
+                    _rule("n2", 32765, "32765: not from all fwmark 0xca6c lookup 51820",
+                          table="51820", invert=True, fwmark="0xca6c"),
+                    _rule("n2", 32766, "32766: from all lookup main"))
+    assert not stops(facts, "n2")  # the pod routes are more specific than the default
+
+
+def test_a_netem_qdisc_is_reported_even_without_filters():
+    facts = cluster(f("tc_hook", "n1", dev="eth0", direction="root", qdisc="netem", filters=0,
+                      actions=None, text="qdisc netem 8001: root loss 30%"))
+    assert "eth0" in walk_of(facts, "n1")["altered_by"]

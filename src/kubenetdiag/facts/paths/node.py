@@ -146,10 +146,12 @@ def build(name: str, facts: list[Fact]) -> NodeView:
             v.rules.append(PolicyRule(
                 int(a.get("priority") or 0), str(a.get("action") or "lookup"), a.get("table"),  # type: ignore[arg-type]
                 a.get("src"), a.get("dst"), a.get("iif"), a.get("oif"), a.get("fwmark"),  # type: ignore[arg-type]
-                bool(a.get("invert")), str(a.get("text") or "")))
+                bool(a.get("invert")), str(a.get("text") or ""), a.get("ipproto"),  # type: ignore[arg-type]
+                a.get("dport")))  # type: ignore[arg-type]
         elif k == "sysctl":
             v.sysctl[str(a["key"])] = a.get("number")  # type: ignore[assignment]
-        elif k == "tc_hook" and int(a.get("filters") or 0) > 0:
+        elif k == "tc_hook" and (int(a.get("filters") or 0) > 0 or "netem" in str(a.get("qdisc"))):
+            # filters may drop or redirect; netem drops, delays and corrupts by design
             v.altered.setdefault(str(a["dev"]), []).append(
                 f"tc {a.get('direction')} filters ({a.get('actions') or a.get('qdisc')})")
         elif k == "iptables_chain":

@@ -6,7 +6,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kubenetdiag.facts.paths.packet import Packet, Tri, in_net, network, prefix_len, show
+from kubenetdiag.facts.paths.packet import (
+    PROTO_NUMBERS,
+    Packet,
+    Tri,
+    in_net,
+    network,
+    port_match,
+    prefix_len,
+    show,
+)
 
 _TABLE_IDS = {"local": "255", "main": "254", "default": "253", "unspec": "0"}
 
@@ -47,9 +56,29 @@ class PolicyRule:
     fwmark: str | None
     invert: bool
     text: str
+    ipproto: str | None = None
+    dport: str | None = None
+
+    @property
+    def suppress_prefixlength(self) -> int | None:
+        words = self.text.split()
+        if "suppress_prefixlength" in words:
+            try:
+                return int(words[words.index("suppress_prefixlength") + 1])
+            except (IndexError, ValueError):
+                return None
+        return None
 
     def matches(self, pkt: Packet) -> Tri:
         checks: list[Tri] = []
+        if self.ipproto:
+            checks.append(PROTO_NUMBERS.get(self.ipproto, self.ipproto) == pkt.proto)
+        if self.dport:
+            checks.append(port_match(self.dport, pkt.dport))
+        # selectors the walk does not follow: which socket, which type of service
+        words = self.text.split()
+        if any(w in words for w in ("tos", "dsfield", "sport", "uidrange", "l3mdev")):
+            checks.append(None)
         if self.src and self.src != "all":
             checks.append(in_net(pkt.src, self.src))
         if self.dst and self.dst != "all":
@@ -113,9 +142,12 @@ class Routing:
         for rs in self.tables.values():
             rs.sort(key=lambda r: (-prefix_len(_dst(r)), r.metric))
 
-    def _lookup_table(self, table: str, dst: int) -> Route | None:
+    def _lookup_table(self, table: str, dst: int, suppress: int | None = None) -> Route | None:
         for r in self.tables.get(table_id(table), ()):
             if in_net(dst, _dst(r)):
+                # `suppress_prefixlength N` (wg-quick's rule) ignores routes this short
+                if suppress is not None and prefix_len(_dst(r)) <= suppress:
+                    return None
                 return r
         return None
 
@@ -145,7 +177,7 @@ class Routing:
                 if pkt.dst in self.local or (pkt.dst >> 24) == 127:
                     return Decision("local", None, None)
                 continue
-            route = self._lookup_table(rule.table or "main", pkt.dst)
+            route = self._lookup_table(rule.table or "main", pkt.dst, rule.suppress_prefixlength)
             if route is None or route.type == "throw":
                 continue
             kind = route.type if route.type in ("blackhole", "unreachable", "prohibit") else \
