@@ -392,3 +392,24 @@ def test_a_netem_qdisc_is_reported_even_without_filters():
     facts = cluster(f("tc_hook", "n1", dev="eth0", direction="root", qdisc="netem", filters=0,
                       actions=None, text="qdisc netem 8001: root loss 30%"))
     assert "eth0" in walk_of(facts, "n1")["altered_by"]
+
+
+def _netdev(node_name: str, device: str, text: str) -> list[Fact]:
+    return [
+        f("nft_table", node_name, family="netdev", table="guard", owner="nft", chains=1, rules=1),
+        f("nft_chain", node_name, family="netdev", table="guard", chain="in", owner="nft",
+          type="filter", hook="ingress", priority="filter", policy="accept", device=device,
+          rules=1, drop_rules=1, reject_rules=0),
+        f("nft_rule", node_name, family="netdev", table="guard", chain="in", position=1,
+          verdict="drop", text=text, pkts=None, bytes=None),
+    ]
+
+
+def test_a_netdev_ingress_table_drops_before_netfilter_sees_the_packet():
+    facts = cluster(*_netdev("n3", "eth0", "udp dport 8472 drop"))
+    got = stops(facts, "n3", "overlay_in")
+    assert {s["peer"] for s in got} == {"n1", "n2"}
+    assert got[0]["hook"] == "ingress" and got[0]["at"] == "netdev guard in rule 1"
+    assert not stops(facts, "n3", "pod_in")  # decapsulated pod traffic arrives on flannel.1
+    # the same table on another device sees none of it
+    assert not stops(cluster(*_netdev("n3", "eth1", "udp dport 8472 drop")), "n3")

@@ -44,7 +44,9 @@ COMMAND = (
 
 _TABLE = re.compile(r"^table (\S+) (\S+) \{")
 _CHAIN = re.compile(r"^chain (\S+) \{")
-_BASE = re.compile(r"type (\S+) hook (\S+)(?: device \S+)? priority ([^;]+);(?: policy (\w+);)?")
+_BASE = re.compile(
+    r"type (\S+) hook (\S+)(?: devices? (?:= )?(\{[^}]*\}|\S+))? priority ([^;]+);"
+    r"(?: policy (\w+);)?")
 _MANAGED = re.compile(r"table (\S+) (\S+) is managed by iptables-nft")
 _COUNTER = re.compile(r"counter packets (\d+) bytes (\d+)")
 _VERDICTS = ("accept", "drop", "reject", "return", "jump", "goto", "queue", "continue")
@@ -148,7 +150,7 @@ def parse(section: Section, node: str) -> list[Fact]:
 
 def _base_chain(node: str, t: dict, c: dict, owner: str, verdicts: list[str],
                 src: Callable[[str], Source]) -> Fact:
-    ctype, hook, prio, policy = c["base"]
+    ctype, hook, device, prio, policy = c["base"]
     return Fact("nft_chain", node, {
         "family": t["family"],
         "table": t["name"],
@@ -158,6 +160,8 @@ def _base_chain(node: str, t: dict, c: dict, owner: str, verdicts: list[str],
         "hook": hook,
         "priority": prio.strip(),
         "policy": policy,
+        "device": ",".join(d.strip('" ') for d in device.strip("{}").split(",") if d.strip('" '))
+        if device else None,
         "rules": len(c["rules"]),
         "drop_rules": verdicts.count("drop"),
         "reject_rules": verdicts.count("reject"),

@@ -115,11 +115,12 @@ def _run(table: Table, chain: str, pkt: Packet, ctx: Context, depth: int, undeci
     return results
 
 
-def walk_hook(chains: list[BaseChain], hook: str, worlds: list[World], ctx: Context
-              ) -> list[World]:
-    """Every world through every base chain of `hook`, in priority order."""
+def walk_hook(chains: list[BaseChain], hook: str, worlds: list[World], ctx: Context,
+              dev: str | None = None) -> list[World]:
+    """Every world through every base chain of `hook`, in priority order (for ingress, the
+    chains attached to the device `dev` the packet arrives on)."""
     for base in chains:
-        if base.hook != hook:
+        if base.hook != hook or (base.devices and dev not in base.devices):
             continue
         nxt: list[World] = []
         for w in worlds:

@@ -206,8 +206,10 @@ def build(name: str, facts: list[Fact]) -> NodeView:
             v.chains.append(BaseChain(t, chain, hook[0], hook[1],
                                       "drop" if policy == "drop" else "accept", hook[2]))
     for family, table, chain, a in nft_bases:
-        if family not in ("ip", "inet"):
-            continue  # bridge, arp and netdev chains see other packets than the routed ones
+        if family not in ("ip", "inet", "netdev"):
+            continue  # bridge and arp chains see other packets than the routed ones
+        if family == "netdev" and a.get("hook") != "ingress":
+            continue  # netdev egress runs after routing and postrouting: not walked yet
         t = nft_tables.setdefault((family, table), Table(f"{family} {table}", "nft"))
         t.chains.setdefault(chain, [])
         for rules in t.chains.values():
@@ -215,7 +217,8 @@ def build(name: str, facts: list[Fact]) -> NodeView:
         v.chains.append(BaseChain(t, chain, str(a.get("hook") or ""),
                                   nft.priority(str(a.get("priority") or "0")),
                                   "drop" if a.get("policy") == "drop" else "accept",
-                                  str(a.get("type") or "filter")))
+                                  str(a.get("type") or "filter"),
+                                  tuple(d for d in str(a.get("device") or "").split(",") if d)))
     v.chains.sort(key=lambda b: b.priority)
     return v
 

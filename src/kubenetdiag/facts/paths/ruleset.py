@@ -75,6 +75,7 @@ class BaseChain:
     priority: int
     policy: str  # accept or drop
     kind: str = "filter"  # filter, nat or route: nat chains only see a connection's first packet
+    devices: tuple[str, ...] = ()  # an ingress chain's devices: it sees only what they receive
 
 
 def apply_mark(mark: int, op: tuple[str, int, int]) -> int:

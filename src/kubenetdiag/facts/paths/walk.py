@@ -246,7 +246,9 @@ def walk(v: NodeView, flow: Flow) -> Ending:
     if flow.kind == "out":
         return _decide(v, flow, World(pkt), steps)
     endings = []
-    for w in _hooks(v, ["prerouting"], [World(pkt)]):
+    # ingress chains (netdev, or inet with a device) see the packet before anything else
+    arrived = walk_hook(v.chains, "ingress", [World(pkt)], v.ctx, pkt.iif)
+    for w in _hooks(v, ["prerouting"], arrived):
         if w.stop is not None:
             endings.append(_from_stop(w.stop, w.undecided, steps + ["prerouting"]))
         elif flow.name == "service" and not w.pkt.dnat:
