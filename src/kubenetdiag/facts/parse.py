@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterable
 from kubenetdiag.facts.cluster import cluster_facts
 from kubenetdiag.facts.model import Fact, Source, excerpt
 from kubenetdiag.facts.paths import path_facts
+from kubenetdiag.facts.vantage import vantage_facts
 from kubenetdiag.probes import BY_NAME, PROBES, Probe, Section
 from kubenetdiag.probes.active import check_for
 from kubenetdiag.probes.active.plan import not_checked
@@ -203,4 +204,5 @@ def facts_from_records(
         )
     # Derived from the facts above, never from a node: where each flow would die (docs/paths.md)
     facts.extend(path_facts(facts))
+    facts.extend(vantage_facts(facts))  # where the active checks' failures localize
     return facts
