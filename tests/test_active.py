@@ -222,3 +222,66 @@ def test_http_over_channel() -> None:
                              "/metrics")
     assert http.parse_http(line, 0)["status"] == 200
     assert http.parse_http(channel.http_over(_Stream(b""), "h:1", "/"), 0)["status"] is None
+
+
+def _bash_only_path(tmp_path: Path) -> str:
+    """A PATH with sh, bash and sleep but no nc: the TCP helper's bash branch runs."""
+    import shutil
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("sh", "bash", "sleep"):
+        found = shutil.which(tool)
+        if found is None:
+            pytest.skip(f"no {tool}")
+        (bindir / tool).symlink_to(found)
+    return str(bindir)
+
+
+def _connect(path: str, port: int) -> tuple[dict, float]:
+    import time
+    start = time.monotonic()
+    # the way __knd_chk runs a check: its output read through a pipe until EOF
+    done = subprocess.run(["sh", "-c", script.TCP_HELPER, "_", "127.0.0.1", str(port), "ip"],
+                          capture_output=True, text=True, env={"PATH": path}, timeout=20)
+    return tcp.parse_tcp(done.stdout + done.stderr, done.returncode), time.monotonic() - start
+
+
+def test_tcp_helper_without_nc_connects_refuses_and_times_out(tmp_path: Path) -> None:
+    import socket
+    path = _bash_only_path(tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as up:
+        result, took = _connect(path, up.getsockname()[1])
+        # an accepted connect does not wait for the watchdog's 3 s
+        assert result["ok"] and took < 2
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    result, _ = _connect(path, port)
+    assert (result["ok"], result["detail"]) == (False, "refused")
+    # a listener whose accept queue is full drops the SYN: no answer at all
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as full:
+        port = full.getsockname()[1]
+        waiting = [socket.create_connection(("127.0.0.1", port), timeout=1) for _ in range(1)]
+        try:
+            result, took = _connect(path, port)
+        finally:
+            for s in waiting:
+                s.close()
+    assert (result["ok"], result["detail"]) == (False, "timeout") and 2.5 < took < 10
+
+
+def test_tcp_helper_does_not_count_a_slow_start_as_a_timeout(tmp_path: Path) -> None:
+    """On a busy node starting bash can take seconds: that is not the network's time."""
+    import shutil
+    import socket
+    path = _bash_only_path(tmp_path)
+    bash = tmp_path / "bin" / "bash"
+    real = bash.resolve()
+    bash.unlink()
+    bash.write_text(f"#!/bin/sh\nsleep 3.5\nexec {real} \"$@\"\n")
+    bash.chmod(0o755)
+    if shutil.which("timeout"):
+        (tmp_path / "bin" / "timeout").symlink_to(shutil.which("timeout"))
+    with socket.create_server(("127.0.0.1", 0)) as up:
+        result, _ = _connect(path, up.getsockname()[1])
+    assert result == {"ok": True, "address": None, "detail": None}

@@ -75,6 +75,10 @@ fi
 # TCP connect: nc where present, else bash's /dev/tcp; by name: resolve with getent first so
 # "the name does not resolve" is told apart from "refused" and "timeout"
 # (docs/runbooks.md#runbook-002). The checks run it as `sh -c "$__TCP" _ host port by`.
+# bash's 3 s start once bash runs, from a watchdog it starts itself: under `timeout 3 bash`
+# they included starting bash, and on a busy node (16 checks at once, a loaded host) that took
+# seconds, so connects that succeeded in a millisecond were reported as timeouts. The watchdog's
+# sleep writes to /dev/null, so a connect that succeeds does not wait for it.
 TCP_HELPER = r"""h=$1; p=$2
 if [ "$3" = name ] && command -v getent >/dev/null 2>&1; then
   set -- $(timeout 3 getent ahostsv4 "$h" 2>/dev/null)
@@ -83,7 +87,8 @@ if [ "$3" = name ] && command -v getent >/dev/null 2>&1; then
 fi
 if command -v nc >/dev/null 2>&1; then exec nc -z -w 2 "$h" "$p"; fi
 if command -v bash >/dev/null 2>&1; then
-  exec timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$h" "$p"
+  exec bash -c '(sleep 3 >/dev/null 2>&1; echo "connect to $0 port $1: timed out"; kill -9 $$) &
+exec 3<>"/dev/tcp/$0/$1"; r=$?; kill $! 2>/dev/null; exit $r' "$h" "$p"
 fi
 echo "kubenetdiag: nc, bash: command not found"; exit 127
 """
