@@ -4,7 +4,8 @@ unexplained symptom reported with what was ruled out."""
 from __future__ import annotations
 
 from kubenetdiag.engine import infer, load_ruleset
-from kubenetdiag.facts.model import Fact
+from kubenetdiag.facts.model import Fact, Source
+from kubenetdiag.facts.vantage import vantage_facts
 
 ALARM = ("critical", "error", "warning")
 
@@ -30,14 +31,27 @@ def path(node: str, flow: str, verdict: str, rule: str, **attrs: object) -> Fact
 
 
 def matrix(broken: str, nodes: tuple[str, ...] = ("n1", "n2", "n3")) -> list[Fact]:
-    """Underlay fine everywhere; pod traffic to and from `broken` fails."""
+    """Underlay fine everywhere; pod traffic to and from `broken` fails. Every node was
+    collected, and its iptables and sysctl probes answered."""
     out = []
     for s in nodes:
+        out.append(Fact("node_status", s, {"reachable": True, "address": s, "reason": None}))
+        out.append(Fact("sysctl", s, {"key": "net.ipv4.ip_forward", "value": "1", "number": 1,
+                                      "present": True}, Source("sysctl")))
+        out.append(Fact("iptables_chain", s, {"table": "filter", "chain": "FORWARD",
+                                              "policy": "ACCEPT", "rules": 0,
+                                              "backend": "legacy"}, Source("iptables")))
         for d in nodes:
             if s != d:
                 out.append(reach(s, d, "underlay", True))
                 out.append(reach(s, d, "pod", broken not in (s, d)))
     return out
+
+
+def diagnose(facts: list[Fact]) -> list[dict]:
+    """The rule base over the facts plus what the parse stage adds: where the active checks'
+    failures localize (facts/vantage.py), as facts_from_records does."""
+    return infer(load_ruleset(), [*facts, *vantage_facts(facts)])
 
 
 def test_dead_vxlan_port_is_one_root_cause_with_consequences():
@@ -49,23 +63,39 @@ def test_dead_vxlan_port_is_one_root_cause_with_consequences():
         fact("dns_check", "n2", server="10.96.0.10", server_kind="service",
              name="kubernetes.default.svc.cluster.local", ok=False, detail="timeout"),
     ]
-    found = infer(load_ruleset(), facts)
+    found = diagnose(facts)
     roots = [f for f in found if f["root_cause"]]
     assert [(f["fault"], f["nodes"]) for f in roots] == [("vxlan_udp_blocked", ["n2"])]
     rest = {f["fault"]: f for f in found if not f["root_cause"]}
     assert set(rest) == {"pod_cross_node_broken", "dns_resolution_failed"}
     assert all(f["explained_by"] for f in rest.values())
+    # the cut-off node is named alone, not every node that failed with it
+    assert rest["pod_cross_node_broken"]["nodes"] == ["n2"]
+    assert rest["pod_cross_node_broken"]["rule"] == "pod-node-cut-off-explained"
     # consequences of the pod path are shown, but only the cause alarms
     assert [f["fault"] for f in found if f["severity"] in ALARM] == ["vxlan_udp_blocked"]
 
 
-def test_unexplained_symptom_says_what_was_ruled_out():
-    found = infer(load_ruleset(), matrix("n3"))
+def test_unexplained_cut_off_node_is_named_alone_with_what_was_checked_there():
+    found = diagnose(matrix("n3"))
     (f,) = found
-    assert f["rule"] == "pod-cross-node-unexplained" and f["severity"] == "error"
-    assert set(f["nodes"]) == {"n1", "n2", "n3"}
-    assert "ruled out" in f["explain"] and "capture the VXLAN port" in f["explain"]
+    assert f["rule"] == "pod-node-cut-off" and f["severity"] == "error" and f["root_cause"]
+    assert f["nodes"] == ["n3"]  # not "pods on n1, n2, n3 cannot reach pods on n1, n2, n3"
+    assert f["title"].startswith("Pods on n3 are cut off from pods on every other node (both)")
+    # what was read on that node, and the runbooks' next steps
+    assert "Read on n3 without finding a known cause: iptables, sysctl;" in f["explain"]
+    assert "capture on n3 and on one peer at once" in f["explain"]
+    assert "CNI agent's log on n3" in f["explain"]
     assert all(not r["changes_state"] for r in f["remediation"] if r["command"])
+
+
+def test_unexplained_pair_says_what_was_ruled_out():
+    facts = [f for f in matrix("none") if not (
+        f.kind == "reach" and f.attrs["layer"] == "pod" and f.attrs["src"] == "n1"
+        and f.attrs["dst"] == "n2")] + [reach("n1", "n2", "pod", False)]
+    (f,) = diagnose(facts)
+    assert f["rule"] == "pod-cross-node-unexplained" and f["nodes"] == ["n1"]
+    assert "ruled out" in f["explain"] and "capture the VXLAN port" in f["explain"]
 
 
 def test_bgp_down_explains_the_routes_its_peers_lost():
@@ -90,7 +120,7 @@ def test_bgp_down_explains_the_routes_its_peers_lost():
              gateway="10.0.0.2", dev="eth0", protocol="bird", scope="global", onlink=False,
              linkdown=False),
     ]
-    found = {f["fault"]: f for f in infer(load_ruleset(), facts)}
+    found = {f["fault"]: f for f in diagnose(facts)}
     assert found["bgp_session_down"]["root_cause"] and found["bgp_session_down"]["nodes"] == ["n3"]
     missing = found["pod_cidr_route_missing"]
     assert missing["nodes"] == ["n1"] and missing["explained_by"] == ["bgp-session-down"]
@@ -107,7 +137,7 @@ def test_dns_failures_behind_a_broken_coredns_node_are_consequences():
         fact("dns_check", "n2", server="10.244.1.3", server_kind="pod",
              name="kubernetes.default.svc.cluster.local", ok=False, detail="timeout"),
     ]
-    found = infer(load_ruleset(), facts)
+    found = diagnose(facts)
     assert [(f["fault"], f["nodes"]) for f in found if f["severity"] in ALARM] == [
         ("forward_chain_reject", ["n1"])]
     dns = [f for f in found if f["fault"] == "dns_resolution_failed"]
