@@ -26,7 +26,8 @@ def test_cause_rule_lists_what_it_explains(capsys):
     assert main(["rules", "explain", "vxlan-blocked-on-path"]) == 0
     out = capsys.readouterr().out
     assert ("when it fires it explains: "
-            "pod_cross_node_broken, dns_resolution_failed, iptables_drop_rule") in out
+            "pod_cross_node_broken, dns_resolution_failed, iptables_drop_rule, "
+            "endpoint_unreachable") in out
 
 
 def test_consequence_lists_its_possible_causes():
