@@ -27,7 +27,7 @@ def test_cause_rule_lists_what_it_explains(capsys):
     out = capsys.readouterr().out
     assert ("when it fires it explains: "
             "pod_cross_node_broken, dns_resolution_failed, iptables_drop_rule, "
-            "endpoint_unreachable") in out
+            "coredns_unreachable, endpoint_unreachable") in out
 
 
 def test_consequence_lists_its_possible_causes():
