@@ -261,6 +261,15 @@ def test_only_the_targets_own_node_gets_through_localizes_to_the_way_into_it() -
         ("n2", "10.244.2.5:8080", "n1", "host_path"), ("n2", "10.244.2.5:8080", "n3", "host_path")}
 
 
+def test_a_pod_on_the_targets_node_failing_too_is_on_the_way_into_that_node() -> None:
+    # a REJECT in node2's FORWARD chain: only node2 itself reaches its pod; node1, node3 and
+    # a pod on node2 (bridged through FORWARD) are refused. Not node1's or node3's fault.
+    facts = cluster(3) + [tcp("n2", "10.244.2.5:8080", True)] + [
+        tcp(n, "10.244.2.5:8080", False, "refused", vantage=v)
+        for n in nodes(3) for v in (None, f"cni-{n}") if (n, v) != ("n2", None)]
+    assert {(n, loc) for n, _, _, loc in failures(vantage_facts(facts))} == {("n2", "host_path")}
+
+
 def test_one_sender_against_the_targets_own_node_is_a_tie_left_with_the_sender() -> None:
     # n1 fails, only n2 (where the pod runs) gets through: n1's way out is as likely as the way
     # into n2, so it is not blamed on n2

@@ -413,7 +413,8 @@ def localize(t: Target, cuts: dict[str, dict[str, CutOff]]
     cannot be reached, is that cut-off's (unless it got an answer of some kind, a refusal, which
     a cut-off does not give). Of the rest: every vantage point failed -> the target (its node,
     or "cluster"); only the target's own node got an answer while at least MIN_PEERS other
-    nodes failed -> the way into that node; others got an answer -> the failing vantage point.
+    nodes failed -> the way into that node (a pod there failing too is on that way); others got
+    an answer -> the failing vantage point.
     """
     layers = LAYERS.get(t.place, ())
     found = [cuts[layer] for layer in layers if layer in cuts]
@@ -439,8 +440,9 @@ def localize(t: Target, cuts: dict[str, dict[str, CutOff]]
     if not answered:
         out += [(vp, "target", t.host or "cluster") for vp in open_]
     elif t.host and all(vp[0] == t.host for vp in answered) and \
-            all(vp[0] != t.host for vp in open_) and len({vp[0] for vp in open_}) >= MIN_PEERS:
-        # several senders fail and only the target's node gets through: the way into it
+            len({vp[0] for vp in open_} - {t.host}) >= MIN_PEERS:
+        # Several other nodes fail and only the target's node gets through: the way into that
+        # node (its forward path, which a pod there crosses too when it fails as well).
         out += [(vp, "host_path", t.host) for vp in open_]
     else:
         out += [(vp, "vantage", vp[0]) for vp in open_]
