@@ -244,6 +244,19 @@ def test_the_cut_off_node_explains_its_own_failures_and_those_into_it() -> None:
         ("n1", "10.96.0.10", "n1", "vantage_cut_off")}
 
 
+def test_a_failure_between_two_nodes_that_fail_with_each_other_is_that_pairs() -> None:
+    # node2 has no route back to node1's pods: the pair fails both ways in the matrix, and
+    # node1's connect to the web pod on node2 fails with it; node3 and node2 connect
+    names = nodes(3)
+    facts = cluster(3) + matrix(names, {("n1", "n2"), ("n2", "n1")}) + [
+        tcp("n1", "10.244.2.5:8080", False), tcp("n2", "10.244.2.5:8080", True),
+        tcp("n3", "10.244.2.5:8080", True)]
+    out = vantage_facts(facts)
+    assert failures(out) == {("n1", "10.244.2.5:8080", "n1", "pair")}
+    # it is not n1's own failure: nothing is listed as read there
+    assert by_kind(out, "node_checks") == []
+
+
 def test_a_refusal_is_an_answer_a_cut_off_node_does_not_account_for() -> None:
     names = nodes(3)
     facts = cluster(3) + matrix(names, cut("n3", names)) + [

@@ -12,7 +12,8 @@ module computes (docs/facts.md, kinds/vantage.yaml):
 * `reach_pair`: a failed pair no cut-off node accounts for (one pair, one direction or both);
 * `target_failure`: for each failed check, whether the target fails from every vantage point
   that tried (the target is the problem), from some (the failing vantage point's path is), only
-  outside the target's own node (the way into that node is), or across a cut-off node;
+  outside the target's own node (the way into that node is), across a cut-off node, or across
+  a failed pair (the vantage node and the target's node fail with each other in the matrix);
 * `node_checks`: which probes answered on a node where a failure localizes.
 
 A check that was not sent is never a failure: a pair or a vantage point without a result is
@@ -405,18 +406,22 @@ def targets(picked: dict[str, list[Fact]]) -> list[Target]:
     return [found[k] for k in sorted(found)]
 
 
-def localize(t: Target, cuts: dict[str, dict[str, CutOff]]
+def localize(t: Target, cuts: dict[str, dict[str, CutOff]],
+             broken: dict[str, set[frozenset[str]]] | None = None,
              ) -> list[tuple[tuple[str, str], str, str]]:
     """(vantage point, localized, node it localizes to) for each failed result of a target.
 
     A failure across a layer on which the vantage node cannot send, or the target's node
-    cannot be reached, is that cut-off's (unless it got an answer of some kind, a refusal, which
-    a cut-off does not give). Of the rest: every vantage point failed -> the target (its node,
-    or "cluster"); only the target's own node got an answer while at least MIN_PEERS other
-    nodes failed -> the way into that node (a pod there failing too is on that way); others got
-    an answer -> the failing vantage point.
+    cannot be reached, is that cut-off's; one across a layer on which the vantage node and the
+    target's node fail with each other (`broken`: the failed pairs of each layer, either way)
+    is that pair's (unless it got an answer of some kind, a refusal, which neither gives). Of
+    the rest: every vantage point failed -> the target (its node, or "cluster"); only the
+    target's own node got an answer while at least MIN_PEERS other nodes failed -> the way into
+    that node (a pod there failing too is on that way); others got an answer -> the failing
+    vantage point.
     """
     layers = LAYERS.get(t.place, ())
+    pairs = set().union(*((broken or {}).get(layer, set()) for layer in layers))
     found = [cuts[layer] for layer in layers if layer in cuts]
     sends_cut = {n for cut in found for n, c in cut.items() if c.blocks_from()}
     host_cut = t.host is not None and any(
@@ -433,6 +438,8 @@ def localize(t: Target, cuts: dict[str, dict[str, CutOff]]
             out.append((vp, "vantage_cut_off", node))
         elif silent and host_cut and node != t.host:
             out.append((vp, "host_cut_off", t.host))
+        elif silent and t.host and frozenset((node, t.host)) in pairs:
+            out.append((vp, "pair", node))
         else:
             open_.append(vp)
     if not open_:
@@ -449,9 +456,11 @@ def localize(t: Target, cuts: dict[str, dict[str, CutOff]]
     return sorted(out)
 
 
-def target_facts(picked: dict[str, list[Fact]], cuts: dict[str, dict[str, CutOff]]
-                 ) -> list[Fact]:
+def target_facts(picked: dict[str, list[Fact]], cuts: dict[str, dict[str, CutOff]],
+                 matrices: dict[str, Matrix] | None = None) -> list[Fact]:
     book = AddressBook(picked)
+    broken = {layer: {frozenset(pair) for pair, cell in matrix.items() if not cell.ok}
+              for layer, matrix in (matrices or {}).items()}
     facts: list[Fact] = []
     for t in targets(picked):
         if all(ok for ok, _ in t.results.values()):
@@ -468,7 +477,7 @@ def target_facts(picked: dict[str, list[Fact]], cuts: dict[str, dict[str, CutOff
         lines += [f"  from {_point(vp)}: {'ok' if ok else detail}"
                   for vp, (ok, detail) in sorted(t.results.items())]
         failed = sum(1 for ok, _ in t.results.values() if not ok)
-        for vp, localized, node in localize(t, cuts):
+        for vp, localized, node in localize(t, cuts, broken):
             facts.append(Fact("target_failure", node, {
                 "check": t.check, "about": t.about, "target": t.target, "kind": t.kind,
                 "address": t.address, "place": t.place, "host": t.host, "pod": t.pod,
@@ -526,8 +535,9 @@ def vantage_facts(facts: Sequence[Fact]) -> list[Fact]:
     if not any(f.attrs.get("ok") is False
                for k in ("reach", "dns_check", "http_check", "tcp_check") for f in picked[k]):
         return []
-    cuts, out = reach_facts(reach_matrix(picked["reach"]))
-    out += target_facts(picked, cuts)
+    matrices = reach_matrix(picked["reach"])
+    cuts, out = reach_facts(matrices)
+    out += target_facts(picked, cuts, matrices)
     status = {f.node: bool(f.attrs.get("reachable")) for f in picked["node_status"]}
     named = {f.node for f in out if f.kind == "cut_off"} | {
         f.node for f in out
