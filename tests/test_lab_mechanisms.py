@@ -348,7 +348,41 @@ def _sshd_hung(lab: Lab) -> None:
     assert ssh(lab, "node1", "true").returncode == 0
 
 
+def _bridge_nf_file(lab: Lab) -> None:
+    cp = ssh(lab, "node1", "cat /etc/sysctl.d/99-libvirt-bridge.conf; "
+                           "sysctl -n net.bridge.bridge-nf-call-iptables")
+    assert cp.stdout.split() == ["net.bridge.bridge-nf-call-iptables", "=", "0", "0"], cp
+    assert not dns_ok(lab, "node1")  # CoreDNS runs on node1: its reply is bridged on cni0
+    assert dns_ok(lab, "node2")
+
+
+LISTEN = ("import socket, subprocess; s = socket.socket(); s.bind(('127.0.0.1', 30099)); "
+          "s.listen(4096); print(subprocess.run(['ss', '-Hlnt', 'sport = :30099'], "
+          "capture_output=True, text=True).stdout.split()[2])")
+
+
+def _somaxconn_file(lab: Lab) -> None:
+    cp = ssh(lab, "node2", "cat /etc/sysctl.d/99-tuning.conf")
+    assert cp.stdout.split() == ["net.core.somaxconn", "=", "64"], cp
+    # a listener asking for 4096 gets an accept queue of 64 (ss: Send-Q of a listener)
+    assert lab.node_exec("node2", ["python3", "-c", LISTEN]).stdout.strip() == "64"
+    assert lab.node_exec("node1", ["python3", "-c", LISTEN]).stdout.strip() == "4096"
+
+
+def _kube_proxy_hung(lab: Lab) -> None:
+    assert proc_states(lab, "node2")["kube-proxy"].startswith("T")
+    assert not dns_ok(lab, "node2") and dns_ok(lab, "node1")
+    lab.controlplane.attach()
+    pods = lab.controlplane.admin().get(
+        "/api/v1/namespaces/kube-system/pods?labelSelector=k8s-app%3Dkube-proxy")["items"]
+    mine = next(p for p in pods if p["spec"]["nodeName"] == "node2")
+    assert container(mine) == (True, 0)  # kube-proxy's DaemonSet has no probe
+
+
 VXLAN_CASES = [
+    ("bridge_nf_call_iptables_disabled", "file", "node1", {}, _bridge_nf_file),
+    ("somaxconn_low", "file", "node2", {}, _somaxconn_file),
+    ("kube_proxy_rules_missing", "hang", "node2", {}, _kube_proxy_hung),
     ("ip_forward_disabled", "interface", "node2", {}, _forwarding_per_interface),
     ("rp_filter_strict", "interface", "node2", {}, _rp_filter_on_flannel_only),
     ("forward_chain_reject", "nft", "node2", {}, _nft_forward_reject),

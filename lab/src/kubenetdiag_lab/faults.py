@@ -9,6 +9,12 @@ before injecting, so heal (possibly from another process) undoes exactly what wa
 Add a fault by writing its inject and heal, functions of (FaultContext, node, params), and
 calling `register` below. An injector gets the topology, runners for commands in nodes and
 pods, the lab's files and the active faults (FaultContext); it never sees the Lab itself.
+
+A fault code is a class; most classes can be made more than one way (another tool, kernel
+interface or level of configuration, a process hung instead of dead). Each way is a value of
+the fault's `via` parameter, declared in `Fault.mechanisms` with the CNI modes it applies to,
+and the heal undoes every way, so that healing with the defaults (from another process, after
+the parameters were lost) still restores the node exactly as it was.
 """
 
 from __future__ import annotations
@@ -294,6 +300,32 @@ def _thaw(pids: list[int]) -> None:
 HARDENING_FILE = "99-security-hardening.conf"  # sorts after 99-kubernetes-cri.conf: it wins
 
 
+def _sysctl_file(ctx: FaultContext, node: LabNode, name: str, setting: str) -> None:
+    """A file in the node's /etc/sysctl.d (sorting after 99-kubernetes-cri.conf, so it wins
+    at the next boot too) with one setting, applied as `sysctl -p` would."""
+    (ctx.paths.node_files(node.name).sysctl_d / name).write_text(setting + "\n")
+    ctx.node(node).shell(f"sysctl -q -p /etc/sysctl.d/{name}")
+
+
+def _sysctl_fault(key: str, bad: Callable[[Params], str], good: str, file: str
+                  ) -> tuple[Action, Action]:
+    """inject and heal of a fault that is one sysctl: set at run time (via=sysctl) or by a
+    file in /etc/sysctl.d, applied (via=file)."""
+    def inject(ctx: FaultContext, node: LabNode, params: Params) -> None:
+        if params["via"] == "sysctl":
+            _sysctl(ctx, node, f"{key}={bad(params)}")
+        elif params["via"] == "file":
+            _sysctl_file(ctx, node, file, f"{key} = {bad(params)}")
+        else:
+            raise LabError(f"{key}: via must be sysctl or file")
+
+    def heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
+        (ctx.paths.node_files(node.name).sysctl_d / file).unlink(missing_ok=True)
+        _sysctl(ctx, node, f"{key}={good}")
+
+    return inject, heal
+
+
 def _pod_facing(ctx: FaultContext, node: LabNode) -> list[str]:
     """The node's devices its pods' traffic enters by: cni0 (flannel's bridge plugin), or
     one cali* veth per pod (calico)."""
@@ -342,9 +374,12 @@ register(Fault(
 register(Fault(
     "bridge_nf_call_iptables_disabled",
     "net.bridge.bridge-nf-call-iptables=0: bridged pod traffic skips iptables, so a pod's "
-    "reply from a same-node service endpoint is not un-DNATed",
-    lambda ctx, node, params: _sysctl(ctx, node, "net.bridge.bridge-nf-call-iptables=0"),
-    lambda ctx, node, params: _sysctl(ctx, node, "net.bridge.bridge-nf-call-iptables=1"),
+    "reply from a same-node service endpoint is not un-DNATed; set at run time (via=sysctl) "
+    "or by /etc/sysctl.d/99-libvirt-bridge.conf, applied (via=file, as a virtualisation "
+    "host's setup leaves it)",
+    *_sysctl_fault("net.bridge.bridge-nf-call-iptables", lambda params: "0", "1",
+                   "99-libvirt-bridge.conf"),
+    {"via": "sysctl"}, mechanisms={"sysctl": (), "file": ()},
 ))
 
 
@@ -397,10 +432,11 @@ register(Fault(
 register(Fault(
     "somaxconn_low",
     "net.core.somaxconn lowered (param value, default 64): every listener's accept queue is "
-    "capped at it",
-    lambda ctx, node, params: _sysctl(ctx, node, f"net.core.somaxconn={int(params['value'])}"),
-    lambda ctx, node, params: _sysctl(ctx, node, "net.core.somaxconn=4096"),
-    {"value": "64"},
+    "capped at it; set at run time (via=sysctl) or by /etc/sysctl.d/99-tuning.conf, applied "
+    "(via=file)",
+    *_sysctl_fault("net.core.somaxconn", lambda params: str(int(params["value"])), "4096",
+                   "99-tuning.conf"),
+    {"via": "sysctl", "value": "64"}, mechanisms={"sysctl": (), "file": ()},
 ))
 
 # ---- firewall -------------------------------------------------------------------------------
@@ -953,8 +989,8 @@ def _route_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
 
 
 # A deleted route: flanneld's host-gw backend checks its routes every 10 s and re-adds it
-# (route_network.go; test_lab_flannel proves it), and calico's BIRD puts its own back at its
-# next kernel scan, so there it does not last; flanneld's vxlan backend programs a lease's
+# (route_network.go; test_lab_flannel proves it), and calico's BIRD puts its own back within
+# 2 s (measured), so there it does not last; flanneld's vxlan backend programs a lease's
 # route once, so it stays gone until flanneld restarts. A blackhole lasts everywhere: host-gw's
 # re-add fails on the existing prefix, and BIRD's route is still there, only outranked.
 register(Fault(
@@ -1183,12 +1219,23 @@ register(Fault(
 
 def _kube_proxy_dead_and_flushed(ctx: FaultContext, node: LabNode, params: Params) -> None:
     # A running kube-proxy would notice (its KUBE-PROXY-CANARY stays) only at its next periodic
-    # sync, but it would notice: the state an SRE finds is a dead kube-proxy and a flushed chain.
-    kubeproxy.stop(node)
+    # sync, but it would notice: the state an SRE finds is a dead (or hung) kube-proxy and a
+    # flushed chain.
+    if params["via"] == "kill":
+        kubeproxy.stop(node)
+    elif params["via"] == "hang":
+        # kubeadm's kube-proxy DaemonSet has no probe: its pod stays Ready and running
+        _freeze(kubeproxy.pids(node), f"kube-proxy on {node.name}")
+    else:
+        raise LabError("kube_proxy_rules_missing: via must be kill or hang")
     ctx.node(node).run(["iptables", "-t", "nat", "-F", "KUBE-SERVICES"])
 
 
 def _kube_proxy_restarted(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # a resumed kube-proxy would repair the chain only at its next periodic sync (30 s): it is
+    # restarted instead, as deleting its pod would
+    _thaw(kubeproxy.pids(node))
+    kubeproxy.stop(node)
     kubeproxy.start(ctx.paths, node, ctx.node(node))
     kubeproxy.wait_synced(ctx.topology, ctx.paths, [node], ctx.node,
                           ctx.active.unready_pods(ctx.topology))
@@ -1196,9 +1243,12 @@ def _kube_proxy_restarted(ctx: FaultContext, node: LabNode, params: Params) -> N
 
 register(Fault(
     "kube_proxy_rules_missing",
-    "the node's kube-proxy is stopped and its nat KUBE-SERVICES chain flushed: service VIPs "
-    "stop working from the node and its pods (heal starts kube-proxy, which re-syncs)",
-    _kube_proxy_dead_and_flushed, _kube_proxy_restarted,
+    "the node's nat KUBE-SERVICES chain flushed under a kube-proxy that is not running, its "
+    "pod crash-looping (via=kill), or hung, stopped with SIGSTOP, its pod Ready (via=hang): "
+    "service VIPs stop working from the node and its pods (heal restarts kube-proxy, which "
+    "re-syncs)",
+    _kube_proxy_dead_and_flushed, _kube_proxy_restarted, {"via": "kill"},
+    mechanisms={"kill": (), "hang": ()},
 ))
 
 # ---- sockets --------------------------------------------------------------------------------

@@ -255,8 +255,10 @@ def system_pods(state: dict) -> list[Obj]:
     crashed = {f.get("node") for f in _faults(state, "cni_pod_not_running")
                if (f.get("params") or {}).get("via", "kill") == "kill"}
     failing = crashed | {n["name"] for n in _nodes(state) if n.get("cni_pod_ready") is False}
-    # a stopped kube-proxy is a container the kubelet sees exit and restart, over and over
-    proxy_down = {f.get("node") for f in _faults(state, "kube_proxy_rules_missing")}
+    # a stopped kube-proxy is a container the kubelet sees exit and restart, over and over;
+    # a hung one (via=hang) is not seen at all: kube-proxy's DaemonSet has no probe
+    proxy_down = {f.get("node") for f in _faults(state, "kube_proxy_rules_missing")
+                  if (f.get("params") or {}).get("via", "kill") == "kill"}
     pods = []
     for node in _nodes(state):
         bad = node["name"] in failing
