@@ -699,11 +699,8 @@ def _start_daemon_script(ctx: FaultContext, node: LabNode, name: str, args: list
     script.write_text(DAEMON_SCRIPT.format(python=nodehost.which("python3")))
     script.chmod(0o755)
     _start_in_node(ctx, node, [str(script), *args])
-    for _ in range(100):  # bounded: 5 s; python takes a moment to exec
-        if nodehost.procs_in(node.netns, name):
-            return
-        run(["sleep", "0.05"])
-    raise LabError(f"{node.name}: {name} did not start")
+    if not nodehost.wait_started(node.netns, name):
+        raise LabError(f"{node.name}: {name} did not start")
 
 
 def _firewall_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
