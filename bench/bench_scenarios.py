@@ -1,9 +1,12 @@
 """Benchmark 4: diagnosis accuracy over the lab, scenario by scenario.
 
-For each CNI mode one lab is built (3 nodes) and reused: the healthy lab first, then every
-injectable fault of that mode alone on a chosen node, then a few pairs of faults on different
-nodes, healing between scenarios. Faults the lab kernel cannot produce are judged from recorded
-bundles under tests/fixtures/bundles/ with `analyze`.
+For each CNI mode one lab is built (3 nodes) and reused: the healthy lab (diagnosed
+--healthy-runs times, spread over the run, so each later one also shows that the heals before it
+left nothing behind), then every way of making every injectable fault of that mode (each
+mechanism, the fault's `via` parameter, is its own scenario: `vxlan_udp_blocked[via=nft] on
+node3`) alone on a node, the mechanisms of one fault on different nodes, then pairs and a triple
+of simultaneous faults on different nodes, healing between scenarios. Faults the lab kernel
+cannot produce are judged from recorded bundles under tests/fixtures/bundles/ with `analyze`.
 
 Scored strictly: a scenario passes (is exact) when the root causes reported at warning or above,
 as (fault, node) pairs, are exactly the injected faults: every injected fault found on its node
@@ -14,7 +17,8 @@ nothing of warning or above is reported. Consequences (root_cause false) are lis
 counted against a scenario.
 
     sudo python bench/bench_scenarios.py [--modes flannel-vxlan,flannel-host-gw,calico-bgp]
-                                         [--only FAULT,...] [--no-pairs] [--prefix kb]
+                                         [--only FAULT[,FAULT[via=V]...]] [--no-pairs]
+                                         [--healthy-runs 3] [--prefix kb]
 
 Prints a table and writes bench/results/scenarios.json.
 """
@@ -24,11 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,18 +44,39 @@ BUNDLES = ROOT / "tests" / "fixtures" / "bundles"
 MODES = ("flannel-vxlan", "flannel-host-gw", "calico-bgp")
 ALARM = ("critical", "error", "warning")
 NODES = 3
-# Node faults go on node2: not the first node, so a rule that blames the first node it sees is
-# caught, and not the last, which the lab's own defaults favour.
-CHOSEN = "node2"
-# Pairs on different nodes (mode, (fault, node), (fault, node)): overlay + kernel, firewall +
-# sockets, and two faults that both cut pod traffic.
-PAIRS: list[tuple[str, tuple[str, str], tuple[str, str]]] = [
-    ("flannel-vxlan", ("vxlan_udp_blocked", "node2"), ("somaxconn_low", "node3")),
-    ("flannel-vxlan", ("ip_forward_disabled", "node1"), ("forward_chain_reject", "node3")),
-    ("flannel-vxlan", ("host_firewall_active", "node2"), ("listen_queue_overflow", "node1")),
+# Where a node fault goes: a fixed node per fault (from its name, so adding a fault moves no
+# other), and its further mechanisms on the next nodes in turn, so every node carries faults
+# and every way of making a fault is seen on another node than the one before. A rule that
+# blames the first (or last) node it sees is caught by the strict score on any of them.
+
+
+def first_node(fault: str, nodes: list[str]) -> int:
+    return zlib.crc32(fault.encode()) % len(nodes)
+
+
+# Simultaneous faults on different nodes, as (mode, "fault[via=...]@node", ...): overlay +
+# kernel, firewall + sockets, two faults that both cut pod traffic, hung processes beside
+# filters, and a triple per mode.
+MULTI: list[tuple[str, ...]] = [
+    ("flannel-vxlan", "vxlan_udp_blocked@node2", "somaxconn_low@node3"),
+    ("flannel-vxlan", "ip_forward_disabled@node1", "forward_chain_reject@node3"),
+    ("flannel-vxlan", "host_firewall_active@node2", "listen_queue_overflow@node1"),
+    ("flannel-vxlan", "coredns_unreachable[via=hang]@node1",
+     "forward_chain_reject[via=nft]@node3"),
+    ("flannel-vxlan", "vxlan_udp_blocked[via=nft]@node1",
+     "ip_forward_disabled[via=interface]@node2", "node_unreachable[via=hang]@node3"),
     # (host-gw's own route faults do not last: flanneld re-adds a deleted route within 10 s)
-    ("flannel-host-gw", ("ip_forward_disabled", "node1"), ("rp_filter_strict", "node3")),
-    ("calico-bgp", ("bgp_session_down", "node3"), ("time_wait_pileup", "node1")),
+    ("flannel-host-gw", "ip_forward_disabled@node1", "rp_filter_strict@node3"),
+    ("flannel-host-gw", "pod_cidr_route_missing[via=blackhole]@node3",
+     "node_unreachable[via=hang]@node1"),
+    ("flannel-host-gw", "forward_chain_reject[via=userchain]@node1",
+     "policy_route_blackhole[via=rule]@node2", "mtu_mismatch[via=pod]@node3"),
+    # TIME_WAIT sockets outlive the heal by 60 s: on node2, like the single scenario after it,
+    # so the leftovers are where the next scenario expects them anyway
+    ("calico-bgp", "bgp_session_down@node3", "time_wait_pileup@node2"),
+    ("calico-bgp", "policy_route_blackhole[via=table]@node2", "mtu_mismatch[via=pod]@node1"),
+    ("calico-bgp", "bgp_session_down[via=hang]@node3", "iptables_drop_rule[via=mangle]@node1",
+     "security_software_present[via=iptables]@node2"),
 ]
 # Recorded-bundle scenarios: (bundle directory, expected fault, expected node).
 FIXTURES = [
@@ -63,6 +90,8 @@ class Scenario:
     name: str
     mode: str
     expected: list[tuple[str, str | None]]  # (fault, node); [] = healthy
+    # what is injected: (fault, node, params), params holding the mechanism ("via") if any
+    inject: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     root_causes: list[str] = field(default_factory=list)  # "fault@nodes"
     extra: list[str] = field(default_factory=list)  # other findings of warning or above
     false_roots: list[str] = field(default_factory=list)  # "fault@node" not injected
@@ -115,41 +144,95 @@ def diagnose(lab, out: Path) -> dict:
     return json.loads(proc.stdout)
 
 
-def run_mode(mode: str, only: set[str] | None, pairs: bool, work: Path,
-             prefix: str = "kb") -> list[Scenario]:
+def parse_fault(text: str) -> tuple[str, dict[str, str], str | None]:
+    """"fault[via=x,k=v]@node" -> (fault, params, node); the brackets and node optional."""
+    head, _, node = text.partition("@")
+    fault, _, rest = head.partition("[")
+    params = dict(item.split("=", 1) for item in rest.rstrip("]").split(",") if item)
+    return fault, params, node or None
+
+
+def label(fault: str, params: dict[str, str]) -> str:
+    return f"{fault}[via={params['via']}]" if params.get("via") else fault
+
+
+def single_scenarios(mode: str, topology, only: set[str] | None) -> list[Scenario]:
+    """Every mechanism of every fault that applies in `mode`, each alone on its node."""
     from kubenetdiag_lab.faults import FAULTS
+
+    nodes = [node.name for node in topology.nodes]
+    out = []
+    for name, spec in sorted(FAULTS.items()):
+        # Faults tied to where something runs (CoreDNS, the web app) stay there.
+        natural = spec.scope != "node" or name == "coredns_unreachable"
+        for i, via in enumerate(spec.vias(mode)):
+            params = {"via": via} if via else {}
+            if only and name not in only and label(name, params) not in only:
+                continue
+            node = (spec.default_node(topology) if natural
+                    else nodes[(first_node(name, nodes) + i) % len(nodes)])
+            out.append(Scenario(f"{label(name, params)} on {node}", mode, [(name, node)],
+                                [(name, node, params)]))
+    return out
+
+
+def multi_scenarios(mode: str) -> list[Scenario]:
+    out = []
+    for entry in MULTI:
+        if entry[0] != mode:
+            continue
+        faults = [parse_fault(text) for text in entry[1:]]
+        out.append(Scenario(" + ".join(entry[1:]), mode,
+                            [(fault, node) for fault, _params, node in faults],
+                            [(fault, node or "", params) for fault, params, node in faults]))
+    return out
+
+
+def plan_mode(mode: str, topology, only: set[str] | None, pairs: bool,
+              healthy_runs: int) -> list[Scenario]:
+    """The mode's scenarios in running order: singles, then pairs and triples, with the
+    healthy runs spread over them (the first before any fault, the last before the
+    TIME_WAIT scenarios, whose sockets outlive their heal by the kernel's 60 s: they go
+    last)."""
+    def lingers(sc: Scenario) -> bool:
+        return any(fault == "time_wait_pileup" for fault, _node in sc.expected)
+
+    faulty = single_scenarios(mode, topology, only)
+    if pairs and not only:
+        faulty += multi_scenarios(mode)
+    last = [sc for sc in faulty if lingers(sc)]
+    faulty = [sc for sc in faulty if not lingers(sc)]
+    runs = max(healthy_runs, 0)
+    # before scenario 0, ..., after the last that does not linger: evenly spread
+    at = [0] if runs == 1 else [round(i * len(faulty) / (runs - 1)) for i in range(runs)]
+    plan: list[Scenario] = []
+    for k, sc in enumerate([*faulty, None]):
+        while at and at[0] <= k:
+            at.pop(0)
+            run = runs - len(at)
+            plan.append(Scenario(f"healthy {mode}" + (f" (run {run}/{runs})" if runs > 1
+                                                       else ""), mode, []))
+        if sc is not None:
+            plan.append(sc)
+    return plan + last
+
+
+def run_mode(mode: str, only: set[str] | None, pairs: bool, work: Path,
+             prefix: str = "kb", healthy_runs: int = 3) -> list[Scenario]:
     from kubenetdiag_lab.lab import Lab
 
     prefix += {"flannel-vxlan": "v", "flannel-host-gw": "h", "calico-bgp": "c"}[mode]
     lab = Lab(work / mode, nodes=NODES, prefix=prefix, cni_mode=mode)
     out: list[Scenario] = []
+    started = time.monotonic()
     lab.up()
     try:
-        plan: list[Scenario] = [Scenario(f"healthy {mode}", mode, [])]
-        # TIME_WAIT sockets outlive their heal by the kernel's 60 s: that scenario goes last.
-        for name, spec in sorted(FAULTS.items(), key=lambda kv: (kv[0] == "time_wait_pileup",
-                                                                 kv[0])):
-            if spec.fixture_only or (spec.modes and mode not in spec.modes):
-                continue
-            if only and name not in only:
-                continue
-            # Faults tied to where something runs (CoreDNS, the web app) stay there.
-            natural = spec.scope != "node" or name == "coredns_unreachable"
-            node = spec.default_node(lab) if natural else CHOSEN
-            plan.append(Scenario(f"{name} on {node}", mode, [(name, node)]))
-        if pairs and not only:
-            pair_plan = [Scenario(f"{a[0]}@{a[1]} + {b[0]}@{b[1]}", mode, [a, b])
-                         for m, a, b in PAIRS if m == mode]
-            tw_last = plan.pop() if plan[-1].expected[0][0] == "time_wait_pileup" else None
-            plan += sorted(pair_plan, key=lambda sc: any(f == "time_wait_pileup"
-                                                         for f, _ in sc.expected))
-            if tw_last:
-                plan.append(tw_last)
+        plan = plan_mode(mode, lab.topology, only, pairs, healthy_runs)
         for i, sc in enumerate(plan):
             t0 = time.monotonic()
             try:
-                for fault, node in sc.expected:
-                    lab.inject(fault, node)
+                for fault, node, params in sc.inject:
+                    lab.inject(fault, node or None, params)
                 report = diagnose(lab, work / f"{mode}-{i}")
                 judge(sc, report)
             except Exception as exc:  # one broken scenario must not end the run
@@ -164,6 +247,8 @@ def run_mode(mode: str, only: set[str] | None, pairs: bool, work: Path,
             print(_row(sc), flush=True)
     finally:
         lab.down()
+    print(f"{mode}: {len(out)} scenarios in {time.monotonic() - started:.0f}s (lab up and down "
+          "included)", flush=True)
     return out
 
 
@@ -203,30 +288,35 @@ def _row(sc: Scenario) -> str:
         extra += f" | false root causes: {', '.join(sc.false_roots)}"
     # FOUND: the injected faults are there, with a false root cause beside them
     status = "PASS" if sc.passed else ("ERROR" if sc.error else "FOUND" if sc.found else "FAIL")
-    line = f"{status:5} | {sc.mode:15} | {sc.name:48} | {exp:44} | {got:50} | {extra}"
+    line = f"{status:5} | {sc.mode:15} | {sc.name:60} | {exp:44} | {got:50} | {extra}"
     return line + (f" | {sc.error}" if sc.error else "")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--only", default="", help="comma-separated faults (single scenarios only)")
-    ap.add_argument("--no-pairs", action="store_true")
+    ap.add_argument("--only", default="",
+                    help="comma-separated faults or fault[via=V] (single scenarios only)")
+    ap.add_argument("--no-pairs", action="store_true", help="no pairs or triples")
+    ap.add_argument("--healthy-runs", type=int, default=3, metavar="N",
+                    help="diagnose the healthy lab N times per mode (default 3)")
     ap.add_argument("--no-fixtures", action="store_true")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/kubenetdiag-bench-scenarios"))
     ap.add_argument("--prefix", default="kb",
                     help="lab prefix (the mode's letter is added), so two runs can share a host")
     args = ap.parse_args(argv)
-    only = set(filter(None, args.only.split(","))) or None
+    # "a,b[via=x,y=z]" -> {"a", "b[via=x,y=z]"}: commas inside brackets belong to the fault
+    only = set(filter(None, re.split(r",(?![^\[]*\])", args.only))) or None
     # A fresh directory per run: diagnose refuses to overwrite an earlier bundle.
     args.workdir = args.workdir / time.strftime("run-%Y%m%d-%H%M%S")
     args.workdir.mkdir(parents=True)
-    print(f"{'':5} | {'mode':15} | {'scenario':48} | {'expected (fault@node)':44} | "
+    print(f"{'':5} | {'mode':15} | {'scenario':60} | {'expected (fault@node)':44} | "
           f"{'reported root causes':50} | other findings >= warning")
     t0 = time.monotonic()
     scenarios: list[Scenario] = []
     for mode in filter(None, args.modes.split(",")):
-        scenarios += run_mode(mode, only, not args.no_pairs, args.workdir, args.prefix)
+        scenarios += run_mode(mode, only, not args.no_pairs, args.workdir, args.prefix,
+                              args.healthy_runs)
     if not args.no_fixtures:
         scenarios += run_fixtures()
     passed = sum(s.passed for s in scenarios)
@@ -247,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "scenarios",
         "machine": {"python": platform.python_version(), "kernel": platform.release()},
         "nodes": NODES,
+        "healthy_runs": args.healthy_runs,
+        "seconds": round(time.monotonic() - t0),
         "scoring": "strict: the root causes reported equal the faults injected (fault, node)",
         "passed": passed,
         "total": len(scenarios),

@@ -303,7 +303,8 @@ def test_heal_without_arguments_heals_every_recorded_fault(vx):
     assert sorted(recorded(vx)) == [("ip_forward_disabled", "node1"),
                                     ("vxlan_udp_blocked", "node2")]
     faults = json.loads(vx.state_path.read_text())["faults"]
-    assert {"fault": "ip_forward_disabled", "node": "node1", "params": {"via": "sysctl"}} in faults
+    assert {"fault": "ip_forward_disabled", "node": "node1",
+            "params": {"via": "sysctl", "dev": ""}} in faults
     with pytest.raises(LabError, match="already active"):
         vx.inject("vxlan_udp_blocked", "node2")
     Lab.load(vx.workdir).heal()  # from "another process"

@@ -82,6 +82,10 @@ def fault_list() -> str:
                                                for key, value in spec.params.items()))
         if spec.modes:
             extra.append("cni " + "|".join(spec.modes))
+        if spec.mechanisms:
+            extra.append("via " + "|".join(
+                via + (f" (cni {'|'.join(modes)})" if modes else "")
+                for via, modes in spec.mechanisms.items()))
         tail = f" [{'; '.join(extra)}]" if extra else ""
         lines.append(f"{name:34} {spec.description}{tail}")
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -193,6 +194,19 @@ def stop_bird(node: LabNode, runner: NodeCommandRunner, files: NodeFiles) -> Non
     while bird_running(node) and time.monotonic() < deadline:
         time.sleep(0.05)
     nodehost.kill(nodehost.procs_in(node.netns, "bird"))
+
+
+def bird_answers(files: NodeFiles, timeout: float = 1.0) -> bool:
+    """BIRD greets a client on its control socket within `timeout`: the first thing
+    calico-node's readiness probe (`calico-node -bird-ready`) needs. A stopped BIRD refuses
+    the connection; a hung one accepts it (the kernel does) and never greets."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(bird_socket(files))
+            return sock.recv(64).startswith(b"0001 ")
+        except OSError:  # refused, missing socket, timed out
+            return False
 
 
 def bird_running(node: LabNode) -> bool:

@@ -33,6 +33,7 @@ from kubenetdiag_lab.topology import LabPod, Topology
 BINARY = "coredns"
 READY_PORT = 8181  # the ready plugin's default
 START_TIMEOUT = 30.0
+PROBE_TIMEOUT = 1.0  # a probe's timeoutSeconds when the manifest sets none
 
 
 def config_dir(paths: LabPaths) -> Path:
@@ -87,8 +88,8 @@ def stop(topology: Topology) -> None:
     terminate(pids(topology), grace=0.5)
 
 
-def _ready_status() -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", READY_PORT, timeout=2)
+def _ready_status(host: str = "127.0.0.1", timeout: float = 2.0) -> int:
+    conn = http.client.HTTPConnection(host, READY_PORT, timeout=timeout)
     try:
         conn.request("GET", "/ready")
         return conn.getresponse().status
@@ -101,6 +102,18 @@ def ready(topology: Topology) -> bool:
     with the API) is ready."""
     with contextlib.suppress(OSError, http.client.HTTPException):
         return in_netns(pod(topology).netns, _ready_status, timeout=5) == 200
+    return False
+
+
+def probe(topology: Topology, timeout: float = PROBE_TIMEOUT) -> bool:
+    """CoreDNS's readiness probe as the kubelet runs it (the upstream manifest's httpGet
+    /ready on port 8181): from the pod's node to the pod's IP, within the probe's timeout
+    (timeoutSeconds, 1 s by default). False when nothing answers in time: stopped, hung, or
+    the node cannot reach its own pod."""
+    node = topology.node(pod(topology).node)
+    with contextlib.suppress(OSError, http.client.HTTPException, TimeoutError):
+        return in_netns(node.netns, _ready_status, pod(topology).ip, timeout,
+                        timeout=timeout + 1) == 200
     return False
 
 

@@ -9,16 +9,26 @@ before injecting, so heal (possibly from another process) undoes exactly what wa
 Add a fault by writing its inject and heal, functions of (FaultContext, node, params), and
 calling `register` below. An injector gets the topology, runners for commands in nodes and
 pods, the lab's files and the active faults (FaultContext); it never sees the Lab itself.
+
+A fault code is a class; most classes can be made more than one way (another tool, kernel
+interface or level of configuration, a process hung instead of dead). Each way is a value of
+the fault's `via` parameter, declared in `Fault.mechanisms` with the CNI modes it applies to,
+and the heal undoes every way, so that healing with the defaults (from another process, after
+the parameters were lost) still restores the node exactly as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shlex
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubenetdiag_lab import cni, coredns, flannel, kubeproxy, nodehost, services
+from kubenetdiag_lab import cni, coredns, flannel, kubeproxy, nodehost, services, sshd
 from kubenetdiag_lab.netns import LabError, cmdline, pids_in_netns, run
 from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.runner import NodeRunner, Runners
@@ -31,9 +41,13 @@ CRASH_RESTARTS = 4  # a crash-looping container's restart count, as the API then
 @dataclass
 class ActiveFaults:
     """The faults in force, as lab.json records them: [{fault, node, params}]. Some of the
-    lab's shape depends on them (a node's VXLAN port, which services have endpoints)."""
+    lab's shape depends on them (a node's VXLAN port, which services have endpoints), and on
+    what the lab's readiness probes found at the last sync (Lab._probe_readiness), as the
+    kubelet's probes would: pods not Ready, and nodes whose CNI pod is not Ready."""
 
     entries: list[dict[str, Any]] = field(default_factory=list)
+    probed_unready_pods: set[str] = field(default_factory=set)
+    probed_unready_cni: set[str] = field(default_factory=set)
 
     def params(self, fault: str, node: str | None = None) -> list[Params]:
         return [entry["params"] for entry in self.entries
@@ -47,10 +61,21 @@ class ActiveFaults:
             return int(params["port"])
         return flannel.VXLAN_PORT
 
+    def cni_pod_unready(self) -> set[str]:
+        """Nodes whose CNI pod is not Ready: its agent killed (cni_pod_not_running via=kill,
+        crash-looping), or its readiness probe failing."""
+        killed = {entry["node"] for entry in self.entries
+                  if entry["fault"] == "cni_pod_not_running"
+                  and entry["params"].get("via", "kill") == "kill"}
+        return killed | self.probed_unready_cni
+
     def unready_pods(self, topology: Topology) -> dict[str, int]:
         """{pod name: restarts} of the pods a fault made not Ready, as the kubelet would
         report them: a service_no_endpoints service's pods fail their readiness probe (still
-        running, no restart); a stopped CoreDNS (coredns_unreachable via=stop) crash-loops."""
+        running, no restart); a stopped CoreDNS (coredns_unreachable via=stop) crash-loops;
+        a pod whose readiness probe the lab found failing (a hung CoreDNS) is not Ready
+        without restarts (the lab models readiness, not liveness: a liveness restart would
+        end the hang)."""
         out: dict[str, int] = {}
         services = {svc.name: svc for svc in cluster_services(topology)}
         for params in self.params("service_no_endpoints"):
@@ -58,6 +83,8 @@ class ActiveFaults:
             out.update(dict.fromkeys(svc.endpoints if svc else (), 0))
         if any(params["via"] == "stop" for params in self.params("coredns_unreachable")):
             out[topology.pod_for_app("coredns").name] = CRASH_RESTARTS
+        for pod in self.probed_unready_pods:
+            out.setdefault(pod, 0)
         return out
 
 
@@ -98,6 +125,39 @@ class Fault:
     # Run after inject and after heal, once lab.json is saved and the API synced: waits for the
     # real components to act on the API change the fault made (kube-proxy re-syncing).
     settle: Action | None = None
+    # The ways of making the fault (its param "via", whose default is one of them), each with
+    # the CNI modes it applies to (empty: every mode the fault applies to). A heal undoes every
+    # way, so a blind heal (params lost) still restores the node.
+    mechanisms: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mechanisms and self.params.get("via") not in self.mechanisms:
+            raise ValueError(f"{self.name}: the default via must be one of its mechanisms")
+
+    def applies(self, mode: str) -> bool:
+        return not self.fixture_only and (not self.modes or mode in self.modes)
+
+    def vias(self, mode: str) -> list[str]:
+        """The mechanisms that make this fault in CNI mode `mode` ([""] when the fault has
+        one way only)."""
+        if not self.applies(mode):
+            return []
+        if not self.mechanisms:
+            return [""]
+        return [via for via, modes in self.mechanisms.items() if not modes or mode in modes]
+
+    def check_params(self, mode: str, params: Params) -> None:
+        """Refuse a via this fault does not know, or one that does not apply in `mode`."""
+        if not self.mechanisms:
+            return
+        via = params.get("via", "")
+        if via not in self.mechanisms:
+            raise LabError(f"{self.name}: via must be one of {', '.join(self.mechanisms)}, "
+                           f"not {via!r}")
+        modes = self.mechanisms[via]
+        if modes and mode not in modes:
+            raise LabError(f"{self.name} via={via} needs CNI mode {' or '.join(modes)}; "
+                           f"this lab runs {mode}")
 
 
 FAULTS: dict[str, Fault] = {}
@@ -171,9 +231,107 @@ def _start_bird(ctx: FaultContext, node: LabNode) -> None:
     cni.start_bird(ctx.topology, node, ctx.node(node), ctx.paths.node_files(node.name))
 
 
+def _sysctl_dev(dev: str) -> str:
+    """A device name as a sysctl key part: sysctl(8) writes a dot in it as a slash."""
+    return dev.replace(".", "/")
+
+
+def _sysctl_values(ctx: FaultContext, node: LabNode, suffix: str) -> dict[str, str]:
+    """{key: value} of the node's net.ipv4.conf.<dev>.<suffix> for every device."""
+    out = {}
+    for line in ctx.node(node).run(["sysctl", "-a"], check=False).stdout.splitlines():
+        key, sep, value = line.partition(" = ")
+        if sep and key.startswith("net.ipv4.conf.") and key.endswith("." + suffix):
+            out[key] = value.strip()
+    return out
+
+
+def _nft(ctx: FaultContext, node: LabNode, text: str) -> None:
+    ctx.node(node).run(["nft", "-f", "-"], input=text)
+
+
+def _nft_delete_table(ctx: FaultContext, node: LabNode, family: str, table: str) -> None:
+    ctx.node(node).run(["nft", "delete", "table", family, table], check=False)
+
+
+def _nft_json(ctx: FaultContext, node: LabNode, *what: str) -> list[dict[str, Any]]:
+    cp = ctx.node(node).run(["nft", "-j", "list", *what], check=False)
+    if cp.returncode != 0:
+        return []
+    return [item for item in json.loads(cp.stdout or "{}").get("nftables", [])
+            if "metainfo" not in item]
+
+
+def _ipt_tidy(ctx: FaultContext, node: LabNode, table: str, chains: list[str]) -> None:
+    """Remove what iptables-nft leaves behind once a fault's rules are gone: it creates a
+    built-in chain (and its table) on first use and never deletes them, so `nft list ruleset`
+    would still show an empty `table ip raw` or mangle FORWARD chain after the heal. Only
+    empty base chains with policy accept go (they do nothing), and the table once it has no
+    chain left."""
+    for chain in chains:
+        items = _nft_json(ctx, node, "chain", "ip", table, chain)
+        base = [i["chain"] for i in items if "chain" in i and "hook" in i["chain"]]
+        rules = [i for i in items if "rule" in i]
+        if base and not rules and base[0].get("policy", "accept") == "accept":
+            ctx.node(node).run(["nft", "delete", "chain", "ip", table, chain], check=False)
+    if not [i for i in _nft_json(ctx, node, "table", "ip", table) if "chain" in i]:
+        _nft_delete_table(ctx, node, "ip", table)
+
+
+def _signal(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _freeze(pids: list[int], what: str) -> None:
+    """SIGSTOP: the process stays, holds its sockets and answers nothing, as a hung one."""
+    if not pids:
+        raise LabError(f"{what} is not running: nothing to hang")
+    _signal(pids, signal.SIGSTOP)
+
+
+def _thaw(pids: list[int]) -> None:
+    _signal(pids, signal.SIGCONT)
+
+
 # ---- kernel / sysctl --------------------------------------------------------------------------
 
 HARDENING_FILE = "99-security-hardening.conf"  # sorts after 99-kubernetes-cri.conf: it wins
+
+
+def _sysctl_file(ctx: FaultContext, node: LabNode, name: str, setting: str) -> None:
+    """A file in the node's /etc/sysctl.d (sorting after 99-kubernetes-cri.conf, so it wins
+    at the next boot too) with one setting, applied as `sysctl -p` would."""
+    (ctx.paths.node_files(node.name).sysctl_d / name).write_text(setting + "\n")
+    ctx.node(node).shell(f"sysctl -q -p /etc/sysctl.d/{name}")
+
+
+def _sysctl_fault(key: str, bad: Callable[[Params], str], good: str, file: str
+                  ) -> tuple[Action, Action]:
+    """inject and heal of a fault that is one sysctl: set at run time (via=sysctl) or by a
+    file in /etc/sysctl.d, applied (via=file)."""
+    def inject(ctx: FaultContext, node: LabNode, params: Params) -> None:
+        if params["via"] == "sysctl":
+            _sysctl(ctx, node, f"{key}={bad(params)}")
+        elif params["via"] == "file":
+            _sysctl_file(ctx, node, file, f"{key} = {bad(params)}")
+        else:
+            raise LabError(f"{key}: via must be sysctl or file")
+
+    def heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
+        (ctx.paths.node_files(node.name).sysctl_d / file).unlink(missing_ok=True)
+        _sysctl(ctx, node, f"{key}={good}")
+
+    return inject, heal
+
+
+def _pod_facing(ctx: FaultContext, node: LabNode) -> list[str]:
+    """The node's devices its pods' traffic enters by: cni0 (flannel's bridge plugin), or
+    one cali* veth per pod (calico)."""
+    if ctx.topology.cni == "calico-bgp":
+        return [cni.calico_veth(pod) for pod in ctx.topology.pods_on(node.name)]
+    return ["cni0"]
 
 
 def _ip_forward_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -184,55 +342,155 @@ def _ip_forward_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
         ctx.node(node).shell(f"sysctl -q -p /etc/sysctl.d/{HARDENING_FILE}")
     elif params["via"] == "sysctl":
         _sysctl(ctx, node, "net.ipv4.ip_forward=0")
+    elif params["via"] == "interface":
+        # Per device: the kernel forwards a packet only when the device it came in on has
+        # forwarding on; net.ipv4.ip_forward (= conf.all) stays 1.
+        devs = [params["dev"]] if params["dev"] else _pod_facing(ctx, node)
+        _sysctl(ctx, node, *(f"net.ipv4.conf.{_sysctl_dev(dev)}.forwarding=0" for dev in devs))
     else:
-        raise LabError("ip_forward_disabled: via must be sysctl or file")
+        raise LabError("ip_forward_disabled: via must be sysctl, file or interface")
 
 
 def _ip_forward_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
     (ctx.paths.node_files(node.name).sysctl_d / HARDENING_FILE).unlink(missing_ok=True)
     _sysctl(ctx, node, "net.ipv4.ip_forward=1")
+    # Writing ip_forward resets every device only when its value changes: a device turned
+    # off on its own stays off unless set back itself.
+    off = [key for key, value in _sysctl_values(ctx, node, "forwarding").items()
+           if value == "0"]
+    if off:
+        _sysctl(ctx, node, *(f"{key}=1" for key in off))
 
 
 register(Fault(
     "ip_forward_disabled",
-    "net.ipv4.ip_forward=0: the node stops routing pod traffic (via=file: set by a file in "
-    "the node's /etc/sysctl.d and applied)",
-    _ip_forward_off, _ip_forward_on, {"via": "sysctl"},
+    "the node stops routing pod traffic: net.ipv4.ip_forward=0 (via=sysctl), set by a file "
+    "in the node's /etc/sysctl.d and applied (via=file), or forwarding off on the devices the "
+    "pods' traffic comes in by only (via=interface: conf.<dev>.forwarding=0, param dev, "
+    "default cni0 or the pods' cali* veths) while net.ipv4.ip_forward stays 1",
+    _ip_forward_off, _ip_forward_on, {"via": "sysctl", "dev": ""},
+    mechanisms={"sysctl": (), "file": (), "interface": ()},
 ))
 register(Fault(
     "bridge_nf_call_iptables_disabled",
     "net.bridge.bridge-nf-call-iptables=0: bridged pod traffic skips iptables, so a pod's "
-    "reply from a same-node service endpoint is not un-DNATed",
-    lambda ctx, node, params: _sysctl(ctx, node, "net.bridge.bridge-nf-call-iptables=0"),
-    lambda ctx, node, params: _sysctl(ctx, node, "net.bridge.bridge-nf-call-iptables=1"),
+    "reply from a same-node service endpoint is not un-DNATed; set at run time (via=sysctl) "
+    "or by /etc/sysctl.d/99-libvirt-bridge.conf, applied (via=file, as a virtualisation "
+    "host's setup leaves it)",
+    *_sysctl_fault("net.bridge.bridge-nf-call-iptables", lambda params: "0", "1",
+                   "99-libvirt-bridge.conf"),
+    {"via": "sysctl"}, mechanisms={"sysctl": (), "file": ()},
 ))
+
+
+def _asymmetric(ctx: FaultContext, node: LabNode, peer: LabNode) -> bool:
+    """The node's route to the peer's pods goes out by the underlay (unencapsulated, to the
+    peer's address) while the peer's pod traffic comes in by flannel.1."""
+    route = ctx.node(node).run(["ip", "route", "show", peer.pod_cidr], check=False).stdout
+    return f"via {peer.address} dev eth0" in route
+
+
+def _rp_strict(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] == "sysctl":
+        _sysctl(ctx, node, "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.default.rp_filter=1")
+    elif params["via"] == "interface":
+        # A half-done move from vxlan to direct routing: the route back to one peer's pods
+        # leaves by eth0 while they arrive on flannel.1, harmless with rp_filter off; strict
+        # reverse-path filtering on flannel.1 alone then drops what arrives there.
+        peer = _peer(ctx, node, params)
+        ctx.node(node).run(["ip", "route", "replace", peer.pod_cidr, "via", peer.address,
+                            "dev", "eth0"])
+        _sysctl(ctx, node, f"net.ipv4.conf.{_sysctl_dev(flannel.VXLAN_DEV)}.rp_filter=1")
+    else:
+        raise LabError("rp_filter_strict: via must be sysctl or interface")
+
+
+def _rp_loose(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _sysctl(ctx, node, "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
+    if not ctx.topology.cni.startswith("flannel"):
+        return  # calico's own cali* veths carry rp_filter=1 (felix sets it)
+    strict = [key for key, value in _sysctl_values(ctx, node, "rp_filter").items()
+              if value != "0"]
+    if strict:
+        _sysctl(ctx, node, *(f"{key}=0" for key in strict))
+    if ctx.topology.cni == "flannel-vxlan" and any(
+            _asymmetric(ctx, node, peer) for peer in ctx.topology.peers(node)):
+        # flanneld (vxlan) puts its own route back when it starts
+        flannel.restart(ctx.topology, ctx.paths, node, ctx.node(node))
+
+
 register(Fault(
     "rp_filter_strict",
-    "net.ipv4.conf.{all,default}.rp_filter=1: packets arriving on an interface other than the "
-    "route back to their source (asymmetric paths) are dropped",
-    lambda ctx, node, params: _sysctl(ctx, node, "net.ipv4.conf.all.rp_filter=1",
-                                 "net.ipv4.conf.default.rp_filter=1"),
-    lambda ctx, node, params: _sysctl(ctx, node, "net.ipv4.conf.all.rp_filter=0",
-                                 "net.ipv4.conf.default.rp_filter=0"),
+    "strict reverse-path filtering: packets arriving on an interface other than the route "
+    "back to their source (asymmetric paths) are dropped; via=sysctl: "
+    "net.ipv4.conf.{all,default}.rp_filter=1; via=interface: the route back to one peer's "
+    "pods (param peer) leaves by eth0 while they arrive on flannel.1, and "
+    "net.ipv4.conf.flannel/1.rp_filter=1 alone (all stays 0)",
+    _rp_strict, _rp_loose, {"via": "sysctl", "peer": ""},
+    mechanisms={"sysctl": (), "interface": ("flannel-vxlan",)},
 ))
 register(Fault(
     "somaxconn_low",
     "net.core.somaxconn lowered (param value, default 64): every listener's accept queue is "
-    "capped at it",
-    lambda ctx, node, params: _sysctl(ctx, node, f"net.core.somaxconn={int(params['value'])}"),
-    lambda ctx, node, params: _sysctl(ctx, node, "net.core.somaxconn=4096"),
-    {"value": "64"},
+    "capped at it; set at run time (via=sysctl) or by /etc/sysctl.d/99-tuning.conf, applied "
+    "(via=file)",
+    *_sysctl_fault("net.core.somaxconn", lambda params: str(int(params["value"])), "4096",
+                   "99-tuning.conf"),
+    {"via": "sysctl", "value": "64"}, mechanisms={"sysctl": (), "file": ()},
 ))
 
 # ---- firewall -------------------------------------------------------------------------------
 
 REJECT_ALL = ["-j", "REJECT"]
+# The nftables service's own configuration (/etc/nftables.conf as distributions ship it: one
+# inet table with empty input, forward and output chains), with a reject added to forward.
+NFT_FILTER_TABLE = "filter"
+NFT_FILTER_REJECT = """table inet filter {
+	chain input {
+		type filter hook input priority filter; policy accept;
+	}
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		reject with icmpx admin-prohibited
+	}
+	chain output {
+		type filter hook output priority filter; policy accept;
+	}
+}
+"""
+FWD_POLICY_CHAIN = "FWD-POLICY"  # an operator's own chain, jumped to from FORWARD
+
+
+def _forward_reject(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] == "iptables":
+        _ipt_insert(ctx, node, "FORWARD", REJECT_ALL)
+    elif params["via"] == "nft":
+        _nft(ctx, node, NFT_FILTER_REJECT)
+    elif params["via"] == "userchain":
+        # Flows already established come back (RETURN); every new one is refused.
+        _restore(ctx, node, f"*filter\n:{FWD_POLICY_CHAIN} - [0:0]\n"
+                 f"-A {FWD_POLICY_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n"
+                 f"-A {FWD_POLICY_CHAIN} -j REJECT\n"
+                 f"-I FORWARD 1 -j {FWD_POLICY_CHAIN}\nCOMMIT\n")
+    else:
+        raise LabError("forward_chain_reject: via must be iptables, nft or userchain")
+
+
+def _forward_accept(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _ipt_delete(ctx, node, "FORWARD", REJECT_ALL)
+    _ipt_delete(ctx, node, "FORWARD", ["-j", FWD_POLICY_CHAIN])
+    _drop_chains(ctx, node, [FWD_POLICY_CHAIN])
+    _nft_delete_table(ctx, node, "inet", NFT_FILTER_TABLE)
+
 
 register(Fault(
     "forward_chain_reject",
-    "iptables -I FORWARD 1 -j REJECT: forwarded pod traffic is refused with ICMP errors",
-    lambda ctx, node, params: _ipt_insert(ctx, node, "FORWARD", REJECT_ALL),
-    lambda ctx, node, params: _ipt_delete(ctx, node, "FORWARD", REJECT_ALL),
+    "forwarded pod traffic is refused with ICMP errors: iptables -I FORWARD 1 -j REJECT "
+    "(via=iptables); a reject in the forward chain of the nftables service's own `table inet "
+    "filter` (via=nft); a jump from FORWARD to an operator's chain FWD-POLICY that returns "
+    "established flows and REJECTs the rest (via=userchain)",
+    _forward_reject, _forward_accept, {"via": "iptables"},
+    mechanisms={"iptables": (), "nft": (), "userchain": ()},
 ))
 
 
@@ -247,13 +505,42 @@ def _drop_spec(ctx: FaultContext, node: LabNode, params: Params) -> tuple[str, l
     raise LabError("iptables_drop_rule: chain must be FORWARD or INPUT")
 
 
+DENY_CHAIN = "LOCAL-DENY"  # an operator's own chain of DROPs
+
+
+def _drop_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    chain, spec = _drop_spec(ctx, node, params)
+    if params["via"] == "filter":
+        _ipt_insert(ctx, node, chain, spec)
+    elif params["via"] == "mangle":
+        _ipt_insert(ctx, node, chain, spec, table="mangle")
+    elif params["via"] == "userchain":
+        _restore(ctx, node, f"*filter\n:{DENY_CHAIN} - [0:0]\n"
+                 f"-A {DENY_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n"
+                 f"-A {DENY_CHAIN} {shlex.join(spec)}\n"
+                 f"-I {chain} 1 -j {DENY_CHAIN}\nCOMMIT\n")
+    else:
+        raise LabError("iptables_drop_rule: via must be filter, mangle or userchain")
+
+
+def _drop_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    chain, spec = _drop_spec(ctx, node, params)
+    _ipt_delete(ctx, node, chain, spec)
+    _ipt_delete(ctx, node, chain, spec, table="mangle")
+    _ipt_tidy(ctx, node, "mangle", ["FORWARD", "INPUT"])
+    for base in ("FORWARD", "INPUT"):
+        _ipt_delete(ctx, node, base, ["-j", DENY_CHAIN])
+    _drop_chains(ctx, node, [DENY_CHAIN])
+
+
 register(Fault(
     "iptables_drop_rule",
-    "a DROP at the top of FORWARD for the node's pod CIDR (param port: only that port; "
-    "chain=INPUT: traffic to the node itself)",
-    lambda ctx, node, params: _ipt_insert(ctx, node, *_drop_spec(ctx, node, params)),
-    lambda ctx, node, params: _ipt_delete(ctx, node, *_drop_spec(ctx, node, params)),
-    {"chain": "FORWARD", "port": "", "proto": "tcp"},
+    "a DROP for the node's pod CIDR at the top of FORWARD (param port: only that port; "
+    "chain=INPUT: traffic to the node itself): in the filter table (via=filter), in the "
+    "mangle table (via=mangle), or in an operator's chain LOCAL-DENY that FORWARD jumps to "
+    "first, after a RETURN for established flows (via=userchain)",
+    _drop_on, _drop_off, {"via": "filter", "chain": "FORWARD", "port": "", "proto": "tcp"},
+    mechanisms={"filter": (), "mangle": (), "userchain": ()},
 ))
 
 FIREWALLD_CHAINS = ["INPUT_direct", "INPUT_ZONES", "FORWARD_direct", "FORWARD_IN_ZONES",
@@ -317,16 +604,111 @@ UFW_HEAD = {
 }
 
 
-def _firewall(params: Params) -> tuple[list[str], str, dict[str, list[str]]]:
-    if params["via"] == "firewalld":
+# firewalld >= 0.6 with its nftables backend (FirewallBackend=nftables, the default since
+# 0.6): no iptables chains at all, its own `table inet firewalld` whose base chains hook in at
+# priority filter + 10, after iptables-nft's filter table, so the CNI's and kube-proxy's
+# ACCEPTs there do not spare a packet from firewalld's zone chains and final reject. The
+# default zone (public) lets in ssh and ICMP only and forwards nothing.
+FIREWALLD_NFT_TABLE = "firewalld"
+FIREWALLD_NFT = """table inet firewalld {
+	chain filter_INPUT {
+		type filter hook input priority filter + 10; policy accept;
+		ct state { established, related } accept
+		ct status dnat accept
+		iifname "lo" accept
+		ct state invalid drop
+		jump filter_INPUT_ZONES
+		reject with icmpx admin-prohibited
+	}
+	chain filter_FORWARD {
+		type filter hook forward priority filter + 10; policy accept;
+		ct state { established, related } accept
+		ct status dnat accept
+		iifname "lo" accept
+		ct state invalid drop
+		jump filter_FORWARD_ZONES
+		reject with icmpx admin-prohibited
+	}
+	chain filter_OUTPUT {
+		type filter hook output priority filter + 10; policy accept;
+		ct state { established, related } accept
+		oifname "lo" accept
+	}
+	chain filter_INPUT_ZONES {
+		iifname "eth0" goto filter_IN_public
+		goto filter_IN_public
+	}
+	chain filter_FORWARD_ZONES {
+		iifname "eth0" goto filter_FWD_public
+		goto filter_FWD_public
+	}
+	chain filter_IN_public {
+		jump filter_IN_public_pre
+		jump filter_IN_public_log
+		jump filter_IN_public_deny
+		jump filter_IN_public_allow
+		jump filter_IN_public_post
+		meta l4proto { icmp, ipv6-icmp } accept
+	}
+	chain filter_IN_public_pre {
+	}
+	chain filter_IN_public_log {
+	}
+	chain filter_IN_public_deny {
+	}
+	chain filter_IN_public_allow {
+		tcp dport 22 ct state { new, untracked } accept
+	}
+	chain filter_IN_public_post {
+	}
+	chain filter_FWD_public {
+		jump filter_FWD_public_pre
+		jump filter_FWD_public_log
+		jump filter_FWD_public_deny
+		jump filter_FWD_public_allow
+		jump filter_FWD_public_post
+	}
+	chain filter_FWD_public_pre {
+	}
+	chain filter_FWD_public_log {
+	}
+	chain filter_FWD_public_deny {
+	}
+	chain filter_FWD_public_allow {
+	}
+	chain filter_FWD_public_post {
+	}
+}
+"""
+# firewalld is a Python program: ps shows `/usr/bin/python3 -s .../firewalld --nofork
+# --nopid`, the kernel's comm is the script's name. The lab's stands in and only sleeps.
+DAEMON_SCRIPT = "#!{python} -s\nimport signal\n\nwhile True:\n    signal.pause()\n"
+FIREWALLS = ("firewalld", "ufw", "firewalld-nft")
+
+
+def _firewall(via: str) -> tuple[list[str], str, dict[str, list[str]]]:
+    if via == "firewalld":
         return FIREWALLD_CHAINS, FIREWALLD_CHAIN_RULES, FIREWALLD_HEAD
-    if params["via"] == "ufw":
+    if via == "ufw":
         return UFW_CHAINS, UFW_CHAIN_RULES, UFW_HEAD
-    raise LabError("host_firewall_active: via must be firewalld or ufw")
+    raise LabError(f"host_firewall_active: via must be one of {', '.join(FIREWALLS)}")
+
+
+def _start_daemon_script(ctx: FaultContext, node: LabNode, name: str, args: list[str]) -> None:
+    script = ctx.paths.node_files(node.name).bin / name
+    script.write_text(DAEMON_SCRIPT.format(python=nodehost.which("python3")))
+    script.chmod(0o755)
+    _start_in_node(ctx, node, [str(script), *args])
+    if not nodehost.wait_started(node.netns, name):
+        raise LabError(f"{node.name}: {name} did not start")
 
 
 def _firewall_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    chains, rules, head = _firewall(params)
+    if params["via"] == "firewalld-nft":
+        _nft(ctx, node, FIREWALLD_NFT)
+        _start_daemon_script(ctx, node, "firewalld", ["--nofork", "--nopid"])
+        return
+    chains, rules, head = _firewall(params["via"])
     lines = [f":{chain} - [0:0]" for chain in chains] + rules.splitlines()
     for chain, specs in head.items():
         lines += [f"-I {chain} {position} {spec}"
@@ -338,24 +720,33 @@ def _firewall_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
 
 
 def _firewall_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    chains, _rules, head = _firewall(params)
-    for chain, specs in head.items():
-        for spec in specs:
-            _ipt_delete(ctx, node, chain, spec.split())
-    if params["via"] == "ufw":
-        ctx.node(node).run(["iptables", "-P", "INPUT", "ACCEPT"])
-        ctx.node(node).run(["iptables", "-P", "FORWARD", "ACCEPT"])
-    _drop_chains(ctx, node, chains)
+    for via in ("firewalld", "ufw"):
+        chains, _rules, head = _firewall(via)
+        for chain, specs in head.items():
+            for spec in specs:
+                _ipt_delete(ctx, node, chain, spec.split())
+        _drop_chains(ctx, node, chains)
+    policies = ctx.node(node).run(["iptables", "-S"]).stdout.splitlines()
+    for chain in ("INPUT", "FORWARD"):
+        if f"-P {chain} ACCEPT" not in policies:  # ufw's
+            ctx.node(node).run(["iptables", "-P", chain, "ACCEPT"])
+    nodehost.kill(nodehost.procs_in(node.netns, "firewalld"))
+    _nft_delete_table(ctx, node, "inet", FIREWALLD_NFT_TABLE)
 
 
 register(Fault(
     "host_firewall_active",
-    "the chains firewalld leaves behind (INPUT_ZONES, FORWARD_IN_ZONES, ... and a catch-all "
-    "REJECT icmp-host-prohibited) above the CNI's rules; via=ufw: ufw's chains, policy DROP",
+    "a host firewall's default policy in force above the CNI's rules: the iptables chains "
+    "firewalld's iptables backend leaves (INPUT_ZONES, FORWARD_IN_ZONES, ... and a catch-all "
+    "REJECT icmp-host-prohibited; via=firewalld); ufw's chains with policy DROP (via=ufw); "
+    "firewalld's nftables backend: its own `table inet firewalld` at priority filter + 10 "
+    "and a running firewalld process, nothing in iptables (via=firewalld-nft)",
     _firewall_on, _firewall_off, {"via": "firewalld"},
+    mechanisms=dict.fromkeys(FIREWALLS, ()),
 ))
 
 SECURITY_TABLE = "wsssr_filter"
+SECURITY_CHAIN = "WSSSR-FWD"
 
 
 def _security_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -364,24 +755,35 @@ def _security_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if not link.is_symlink():
         link.symlink_to(nodehost.which("sleep"))
     _start_in_node(ctx, node, [str(link), "infinity"], name=f"/usr/local/{name}/bin/{name}")
-    if params["blocks"] == "1":
+    if params["blocks"] != "1":
+        return
+    if params["via"] == "nft":
         # Such agents hook netfilter themselves (not via iptables), so iptables-save shows
         # nothing: only `nft list ruleset` or the process list gives them away.
-        ctx.node(node).run(["nft", "-f", "-"], input=(
-            f"table inet {SECURITY_TABLE} {{\n  chain forward {{\n"
-            "    type filter hook forward priority -5; policy drop;\n  }\n}\n"))
+        _nft(ctx, node, f"table inet {SECURITY_TABLE} {{\n  chain forward {{\n"
+                        "    type filter hook forward priority -5; policy drop;\n  }\n}\n")
+    elif params["via"] == "iptables":
+        # An older agent: its own chain, jumped to first from FORWARD, dropping everything.
+        _restore(ctx, node, f"*filter\n:{SECURITY_CHAIN} - [0:0]\n"
+                 f"-A {SECURITY_CHAIN} -j DROP\n-I FORWARD 1 -j {SECURITY_CHAIN}\nCOMMIT\n")
+    else:
+        raise LabError("security_software_present: via must be nft or iptables")
 
 
 def _security_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
     nodehost.kill(nodehost.procs_in(node.netns, params["name"]))
-    ctx.node(node).run(["nft", "delete", "table", "inet", SECURITY_TABLE], check=False)
+    _nft_delete_table(ctx, node, "inet", SECURITY_TABLE)
+    _ipt_delete(ctx, node, "FORWARD", ["-j", SECURITY_CHAIN])
+    _drop_chains(ctx, node, [SECURITY_CHAIN])
 
 
 register(Fault(
     "security_software_present",
     "a host security agent (process wsssr_defence_daemon, param name) that drops forwarded "
-    "traffic through its own nftables hook (blocks=0: the process only)",
-    _security_on, _security_off, {"name": "wsssr_defence_daemon", "blocks": "1"},
+    "traffic through its own nftables hook (via=nft) or its own iptables chain WSSSR-FWD "
+    "jumped to first from FORWARD (via=iptables); blocks=0: the process only",
+    _security_on, _security_off, {"via": "nft", "name": "wsssr_defence_daemon", "blocks": "1"},
+    mechanisms={"nft": (), "iptables": ()},
 ))
 
 # ---- overlay / routing --------------------------------------------------------------------
@@ -396,35 +798,83 @@ def _switch_table(node: LabNode) -> str:
     return f"kndvx_{node.name}"
 
 
+VXLAN_GUARD_TABLE = "guard"  # a hardening tool's own nftables table
+
+
+def _tc_drop_udp(port: int) -> str:
+    """`tc ... bpf da bytecode` text: a classic BPF program for an ingress filter in
+    direct-action mode that returns TC_ACT_SHOT for IPv4 UDP to `port` and TC_ACT_UNSPEC
+    (on to the next filter: none, so the packet passes) for anything else. The lab kernel has
+    cls_bpf and cls_u32 but no gact or flower, so `u32 ... action drop` is not available;
+    at ingress the program sees the frame from its Ethernet header."""
+    prog = [
+        (0x28, 0, 0, 12),          # ldh [12]: EtherType
+        (0x15, 0, 6, 0x0800),      # IPv4, else pass
+        (0x30, 0, 0, 23),          # ldb [23]: IP protocol
+        (0x15, 0, 4, 17),          # UDP, else pass
+        (0xB1, 0, 0, 14),          # ldxb 4*([14]&0xf): IP header length
+        (0x48, 0, 0, 16),          # ldh [x+16]: UDP destination port
+        (0x15, 0, 1, port),        # the port, else pass
+        (0x06, 0, 0, 2),           # ret TC_ACT_SHOT
+        (0x06, 0, 0, 0xFFFFFFFF),  # ret TC_ACT_UNSPEC
+    ]
+    return f"{len(prog)}," + ",".join(f"{code} {jt} {jf} {k}" for code, jt, jf, k in prog)
+
+
 def _vxlan_block(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    port = ctx.active.vxlan_port(node.name)
     if params["via"] == "input":
         _ipt_insert(ctx, node, "INPUT", _vxlan_drop(ctx, node))
     elif params["via"] == "switch":
         # Like a cloud security group: the frames are dropped on the switch port towards the
         # node, so its own tcpdump never sees them arrive (a node-local INPUT DROP still
         # shows them, since capture happens before netfilter).
-        port = ctx.active.vxlan_port(node.name)
         rules = (f"table bridge {_switch_table(node)} {{\n chain block {{\n"
                  "  type filter hook forward priority 0; policy accept;\n"
                  f'  oifname "swp{node.index}" udp dport {port} drop\n }}\n}}\n')
         ctx.runners.switch.run(["nft", "-f", "-"], input=rules)
+    elif params["via"] == "nft":
+        # nothing in iptables-save: a native table of its own, hooked at input
+        _nft(ctx, node, f"table inet {VXLAN_GUARD_TABLE} {{\n\tchain input {{\n"
+                        "\t\ttype filter hook input priority filter; policy accept;\n"
+                        f"\t\tudp dport {port} drop\n\t}}\n}}\n")
+    elif params["via"] == "prerouting":
+        # before routing and conntrack: the raw table's PREROUTING
+        _ipt_insert(ctx, node, "PREROUTING", _vxlan_drop(ctx, node), table="raw")
+    elif params["via"] == "tc":
+        # below netfilter: a tc ingress filter on eth0 (clsact), seen by neither iptables
+        # nor nft
+        runner = ctx.node(node)
+        runner.run(["tc", "qdisc", "add", "dev", "eth0", "clsact"])
+        runner.run(["tc", "filter", "add", "dev", "eth0", "ingress", "bpf", "da", "bytecode",
+                    _tc_drop_udp(port)])
     else:
-        raise LabError("vxlan_udp_blocked: via must be input or switch")
+        raise LabError("vxlan_udp_blocked: via must be input, switch, nft, prerouting or tc")
 
 
 def _vxlan_unblock(ctx: FaultContext, node: LabNode, params: Params) -> None:
     _ipt_delete(ctx, node, "INPUT", _vxlan_drop(ctx, node))
     ctx.runners.switch.run(["nft", "delete", "table", "bridge", _switch_table(node)],
                            check=False)
+    _nft_delete_table(ctx, node, "inet", VXLAN_GUARD_TABLE)
+    _ipt_delete(ctx, node, "PREROUTING", _vxlan_drop(ctx, node), table="raw")
+    _ipt_tidy(ctx, node, "raw", ["PREROUTING"])
+    qdiscs = ctx.node(node).run(["tc", "qdisc", "show", "dev", "eth0"], check=False).stdout
+    if "clsact" in qdiscs:
+        ctx.node(node).run(["tc", "qdisc", "del", "dev", "eth0", "clsact"])
 
 
+VXLAN_BLOCKS = ("input", "switch", "nft", "prerouting", "tc")
 register(Fault(
     "vxlan_udp_blocked",
-    "inbound UDP 8472 dropped: on the node's INPUT chain (via=input), or on the switch port "
-    "towards the node like a cloud security group (via=switch): VXLAN from peers never "
-    "arrives, while the node's own VXLAN still goes out",
+    "inbound UDP 8472 dropped, so VXLAN from peers never arrives while the node's own VXLAN "
+    "still goes out: on the node's INPUT chain (via=input); on the switch port towards the "
+    "node like a cloud security group (via=switch); by a native nftables table of its own, "
+    "`table inet guard` at the input hook (via=nft); in the raw table's PREROUTING "
+    "(via=prerouting); by a tc ingress filter on eth0 (via=tc, classic BPF in direct-action "
+    "mode)",
     _vxlan_block, _vxlan_unblock, {"via": "input"},
-    modes=("flannel-vxlan",),
+    modes=("flannel-vxlan",), mechanisms=dict.fromkeys(VXLAN_BLOCKS, ()),
 ))
 
 
@@ -457,57 +907,162 @@ BGP_BLOCK = [["-p", "tcp", "-m", "tcp", "--dport", "179", "-j", "DROP"],
              ["-p", "tcp", "-m", "tcp", "--sport", "179", "-j", "DROP"]]
 
 
+def _bird_pids(node: LabNode) -> list[int]:
+    return nodehost.procs_in(node.netns, "bird")
+
+
 def _bgp_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if params["via"] == "stop":
         cni.stop_bird(node, ctx.node(node), ctx.paths.node_files(node.name))
     elif params["via"] == "block":
         for spec in BGP_BLOCK:
             _ipt_insert(ctx, node, "INPUT", spec)
+    elif params["via"] == "hang":
+        _freeze(_bird_pids(node), f"bird on {node.name}")
     else:
-        raise LabError("bgp_session_down: via must be stop or block")
+        raise LabError("bgp_session_down: via must be stop, block or hang")
 
 
 def _bgp_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
     for spec in BGP_BLOCK:
         _ipt_delete(ctx, node, "INPUT", spec)
-    if not cni.bird_running(node) and not ctx.active.params("cni_pod_not_running", node.name):
-        _start_bird(ctx, node)
+    if not ctx.active.params("cni_pod_not_running", node.name):
+        _thaw(_bird_pids(node))
+        if not cni.bird_running(node):
+            _start_bird(ctx, node)
     cni.wait_converged(ctx.topology)
 
 
 register(Fault(
     "bgp_session_down",
-    "the node's BGP sessions go down: bird stopped (via=stop) or TCP 179 dropped (via=block, "
-    "noticed after the 9 s hold time); peers withdraw its pod CIDR",
+    "the node's BGP sessions go down and its peers withdraw its pod CIDR: bird stopped "
+    "(via=stop), TCP 179 dropped (via=block) or bird hung, stopped with SIGSTOP (via=hang; "
+    "both noticed after the 9 s hold time)",
     _bgp_down, _bgp_up, {"via": "stop"}, modes=("calico-bgp",),
+    mechanisms={"stop": (), "block": (), "hang": ()},
 ))
 
 
 def _peer(ctx: FaultContext, node: LabNode, params: Params) -> LabNode:
-    if params["peer"]:
+    if params.get("peer"):
         return ctx.topology.node(params["peer"])
     others = ctx.topology.peers(node)
     if not others:
-        raise LabError("pod_cidr_route_missing needs at least two nodes")
+        raise LabError("this fault needs at least two nodes (a peer)")
     return others[0]
 
 
-# vxlan only: flanneld's host-gw backend checks its routes every 10 s and re-adds a deleted
-# one (route_network.go), so there the fault does not last (test_lab_flannel proves it); its
-# vxlan backend programs a lease's route once, so a deleted one stays gone until a restart.
+def _route_ok(ctx: FaultContext, node: LabNode, peer: LabNode) -> bool:
+    """The node's route to the peer's pod CIDR is the one flanneld programs."""
+    route = ctx.node(node).run(["ip", "route", "show", peer.pod_cidr], check=False).stdout
+    if ctx.topology.cni == "flannel-vxlan":
+        return f"dev {flannel.VXLAN_DEV}" in route
+    return f"via {peer.address} dev eth0" in route
+
+
+def _route_drop(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    cidr = _peer(ctx, node, params).pod_cidr
+    if params["via"] == "delete":
+        ctx.node(node).run(["ip", "route", "del", cidr])
+    elif params["via"] == "blackhole":
+        # What a null-routing script leaves: a blackhole for the prefix at metric 0. It
+        # replaces flanneld's route (metric 0 too); beside BIRD's (metric 32) it wins.
+        ctx.node(node).run(["ip", "route", "replace", "blackhole", cidr])
+    else:
+        raise LabError("pod_cidr_route_missing: via must be delete or blackhole")
+
+
+def _route_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    runner = ctx.node(node)
+    for peer in ctx.topology.peers(node):  # never the node's own block: calico's blackhole
+        for _ in range(10):  # bounded
+            if runner.run(["ip", "route", "del", "blackhole", peer.pod_cidr],
+                          check=False).returncode:
+                break
+    if ctx.topology.cni.startswith("flannel") and not all(
+            _route_ok(ctx, node, peer) for peer in ctx.topology.peers(node)):
+        # flanneld programs every peer's route when it starts
+        flannel.restart(ctx.topology, ctx.paths, node, ctx.node(node))
+
+
+# A deleted route: flanneld's host-gw backend checks its routes every 10 s and re-adds it
+# (route_network.go; test_lab_flannel proves it), and calico's BIRD puts its own back within
+# 2 s (measured), so there it does not last; flanneld's vxlan backend programs a lease's
+# route once, so it stays gone until flanneld restarts. A blackhole lasts everywhere: host-gw's
+# re-add fails on the existing prefix, and BIRD's route is still there, only outranked.
 register(Fault(
     "pod_cidr_route_missing",
-    "the node's route to a peer's pod CIDR is gone (param peer, default the first other node); "
-    "flanneld (vxlan) does not put it back until it restarts",
-    lambda ctx, node, params: ctx.node(node).run(["ip", "route", "del",
-                                                  _peer(ctx, node, params).pod_cidr]),
-    lambda ctx, node, params: flannel.restart(ctx.topology, ctx.paths, node, ctx.node(node)),
-    {"peer": ""}, modes=("flannel-vxlan",),
+    "the node has no working route to a peer's pod CIDR (param peer, default the first other "
+    "node): the route deleted (via=delete, vxlan: flanneld does not put it back until it "
+    "restarts) or a blackhole route for it in the main table (via=blackhole: flanneld's "
+    "route replaced, BIRD's outranked at metric 0)",
+    _route_drop, _route_back, {"via": "delete", "peer": ""},
+    mechanisms={"delete": ("flannel-vxlan",), "blackhole": ()},
+))
+
+POLICY_RULE_PREF = "100"  # via=rule: a rule ahead of the main table
+POLICY_TABLE_PREF = "1000"  # via=table
+POLICY_TABLE = "100"
+
+
+def _policy_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    peer = _peer(ctx, node, params)
+    runner = ctx.node(node)
+    if params["via"] == "rule":
+        # the rule itself discards: a silent drop, before the main table is looked at
+        runner.run(["ip", "rule", "add", "to", peer.pod_cidr, "blackhole",
+                    "pref", POLICY_RULE_PREF])
+    elif params["via"] == "table":
+        # a rule for the whole pod network sends lookups to a table of its own, which holds
+        # an unreachable route for the peer's block (others fall through to main): ICMP net
+        # unreachable
+        runner.run(["ip", "route", "add", "unreachable", peer.pod_cidr,
+                    "table", POLICY_TABLE])
+        runner.run(["ip", "rule", "add", "to", ctx.topology.pod_network,
+                    "lookup", POLICY_TABLE, "pref", POLICY_TABLE_PREF])
+    else:
+        raise LabError("policy_route_blackhole: via must be rule or table")
+
+
+def _policy_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    runner = ctx.node(node)
+    for pref in (POLICY_RULE_PREF, POLICY_TABLE_PREF):
+        for _ in range(100):  # every copy, bounded
+            if runner.run(["ip", "rule", "del", "pref", pref], check=False).returncode:
+                break
+    runner.run(["ip", "route", "flush", "table", POLICY_TABLE], check=False)
+
+
+register(Fault(
+    "policy_route_blackhole",
+    "a policy routing rule takes the node's traffic to a peer's pod CIDR (param peer, default "
+    "the first other node) away from the CNI's route in the main table: `ip rule ... "
+    "blackhole` (via=rule), or a rule for the pod network that looks up table 100, which "
+    "holds an unreachable route for the peer's block (via=table)",
+    _policy_on, _policy_off, {"via": "rule", "peer": ""},
+    mechanisms={"rule": (), "table": ()},
 ))
 
 
 def _healthy_mtu(cni_mode: str, dev: str) -> int:
     return {"eth0": 1500, flannel.VXLAN_DEV: cni.VXLAN_MTU}.get(dev, cni.pod_mtu(cni_mode))
+
+
+def _raised_pod_mtu(cni_mode: str) -> int:
+    # vxlan: the underlay's MTU, as if VXLAN's 50 bytes were forgotten; direct routing:
+    # jumbo frames the underlay does not carry
+    return 1500 if cni_mode == "flannel-vxlan" else 9000
+
+
+def _mtu_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] == "underlay":
+        ctx.node(node).run(["ip", "link", "set", params["dev"], "mtu", params["mtu"]])
+    elif params["via"] == "pod":
+        mtu = str(_raised_pod_mtu(ctx.topology.cni))
+        for pod in ctx.topology.pods_on(node.name):
+            ctx.runners.pod(pod.name).run(["ip", "link", "set", "eth0", "mtu", mtu])
+    else:
+        raise LabError("mtu_mismatch: via must be underlay or pod")
 
 
 def _mtu_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -517,15 +1072,21 @@ def _mtu_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
     for dev in devs:
         healthy = _healthy_mtu(ctx.topology.cni, dev)
         ctx.node(node).run(["ip", "link", "set", dev, "mtu", str(healthy)])
+    healthy = str(cni.pod_mtu(ctx.topology.cni))
+    for pod in ctx.topology.pods_on(node.name):
+        ctx.runners.pod(pod.name).run(["ip", "link", "set", "eth0", "mtu", healthy])
 
 
 register(Fault(
     "mtu_mismatch",
-    "the node's underlay eth0 MTU lowered to 1400 (params dev, mtu): small packets pass, "
-    "full-size encapsulated or DF packets from peers are dropped silently",
-    lambda ctx, node, params: ctx.node(node).run(["ip", "link", "set", params["dev"], "mtu",
-                                                  params["mtu"]]),
-    _mtu_heal, {"dev": "eth0", "mtu": "1400"},
+    "an MTU on the node's path bigger than the next link carries, so small packets pass and "
+    "big ones are dropped silently: the underlay eth0 lowered (via=underlay, params dev, mtu, "
+    "default 1400: full-size encapsulated or DF packets from peers are dropped), or its pods' "
+    "own eth0 raised above the node's side of the pod network (via=pod: 1500 on vxlan, "
+    "forgetting VXLAN's 50 bytes, 9000 with direct routing: what the pods send bigger than "
+    "their veth's MTU, fragments included, is dropped)",
+    _mtu_on, _mtu_heal, {"via": "underlay", "dev": "eth0", "mtu": "1400"},
+    mechanisms={"underlay": (), "pod": ()},
 ))
 
 
@@ -533,7 +1094,18 @@ def _cni_agent(cni_mode: str) -> str:
     return "calico-node" if cni_mode == "calico-bgp" else "flanneld"
 
 
+def _cni_pids(ctx: FaultContext, node: LabNode) -> list[int]:
+    """The node's CNI pod's processes: flanneld, or calico-node and its bird."""
+    pids = nodehost.procs_in(node.netns, _cni_agent(ctx.topology.cni))
+    return pids + (_bird_pids(node) if ctx.topology.cni == "calico-bgp" else [])
+
+
 def _cni_pod_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] == "hang":
+        _freeze(_cni_pids(ctx, node), f"the CNI agent on {node.name}")
+        return
+    if params["via"] != "kill":
+        raise LabError("cni_pod_not_running: via must be kill or hang")
     nodehost.kill(nodehost.procs_in(node.netns, _cni_agent(ctx.topology.cni)))
     if ctx.topology.cni == "calico-bgp":
         # bird lives in the calico-node pod
@@ -541,6 +1113,7 @@ def _cni_pod_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
 
 
 def _cni_pod_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _thaw(_cni_pids(ctx, node))
     if ctx.topology.cni.startswith("flannel"):
         since = flannel.start(ctx.paths, node, ctx.node(node))
         flannel.wait_programmed(ctx.topology, ctx.paths, [node], ctx.node, since)
@@ -550,14 +1123,17 @@ def _cni_pod_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
         ctx.node(node).shell(nodehost.agent_command(ctx.paths.node_files(node.name), agent))
     if ctx.topology.cni == "calico-bgp" and not cni.bird_running(node):
         _start_bird(ctx, node)
-        cni.wait_converged(ctx.topology)
+    cni.wait_converged(ctx.topology)
 
 
 register(Fault(
     "cni_pod_not_running",
-    "the node's CNI agent (flanneld, or calico-node with its bird) is not running; lab.json "
-    "marks the node's CNI pod not ready",
-    _cni_pod_down, _cni_pod_up,
+    "the node's CNI agent (flanneld, or calico-node with its bird) is not doing its work: "
+    "killed, its pod in CrashLoopBackOff (via=kill), or hung, stopped with SIGSTOP (via=hang: "
+    "the pod's readiness is what its probe finds: calico-node's asks BIRD, which does not "
+    "answer; kube-flannel's DaemonSet has no probe, so flannel's pod stays Ready)",
+    _cni_pod_down, _cni_pod_up, {"via": "kill"},
+    mechanisms={"kill": (), "hang": ()},
 ))
 
 # ---- service / DNS --------------------------------------------------------------------------
@@ -585,21 +1161,29 @@ def _coredns_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
     elif params["via"] == "drop":
         for spec in _dns_drops(ctx.topology):
             _ipt_insert(ctx, node, "FORWARD", spec)
+    elif params["via"] == "hang":
+        # Still running, its sockets open, answering nothing. The lab's readiness probe
+        # (Lab._probe_readiness, as the kubelet's) then finds the pod not Ready.
+        _freeze(coredns.pids(ctx.topology), "coredns")
     else:
-        raise LabError("coredns_unreachable: via must be stop or drop")
+        raise LabError("coredns_unreachable: via must be stop, drop or hang")
 
 
 def _coredns_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
     for spec in _dns_drops(ctx.topology):
         _ipt_delete(ctx, node, "FORWARD", spec)
+    _thaw(coredns.pids(ctx.topology))
     coredns.wait_ready(ctx.topology, ctx.paths, coredns.start(ctx.topology, ctx.paths))
 
 
 register(Fault(
     "coredns_unreachable",
     "CoreDNS does not answer: the real coredns stopped, its pod not Ready and kube-dns without "
-    "endpoints (via=stop), or DNS to its pod dropped in the node's FORWARD chain (via=drop)",
+    "endpoints (via=stop); DNS to its pod dropped in the node's FORWARD chain (via=drop); or "
+    "coredns hung, stopped with SIGSTOP, so its readiness probe times out and the pod is not "
+    "Ready, without restarts (via=hang)",
     _coredns_down, _coredns_up, {"via": "stop"}, default_node=_coredns_node,
+    mechanisms={"stop": (), "drop": (), "hang": ()},
     # its pod's readiness reaches kube-proxy (via=stop); _kube_proxies_synced is defined below
     settle=lambda ctx, node, params: _kube_proxies_synced(ctx, node, params),
 ))
@@ -632,12 +1216,23 @@ register(Fault(
 
 def _kube_proxy_dead_and_flushed(ctx: FaultContext, node: LabNode, params: Params) -> None:
     # A running kube-proxy would notice (its KUBE-PROXY-CANARY stays) only at its next periodic
-    # sync, but it would notice: the state an SRE finds is a dead kube-proxy and a flushed chain.
-    kubeproxy.stop(node)
+    # sync, but it would notice: the state an SRE finds is a dead (or hung) kube-proxy and a
+    # flushed chain.
+    if params["via"] == "kill":
+        kubeproxy.stop(node)
+    elif params["via"] == "hang":
+        # kubeadm's kube-proxy DaemonSet has no probe: its pod stays Ready and running
+        _freeze(kubeproxy.pids(node), f"kube-proxy on {node.name}")
+    else:
+        raise LabError("kube_proxy_rules_missing: via must be kill or hang")
     ctx.node(node).run(["iptables", "-t", "nat", "-F", "KUBE-SERVICES"])
 
 
 def _kube_proxy_restarted(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # a resumed kube-proxy would repair the chain only at its next periodic sync (30 s): it is
+    # restarted instead, as deleting its pod would
+    _thaw(kubeproxy.pids(node))
+    kubeproxy.stop(node)
     kubeproxy.start(ctx.paths, node, ctx.node(node))
     kubeproxy.wait_synced(ctx.topology, ctx.paths, [node], ctx.node,
                           ctx.active.unready_pods(ctx.topology))
@@ -645,9 +1240,12 @@ def _kube_proxy_restarted(ctx: FaultContext, node: LabNode, params: Params) -> N
 
 register(Fault(
     "kube_proxy_rules_missing",
-    "the node's kube-proxy is stopped and its nat KUBE-SERVICES chain flushed: service VIPs "
-    "stop working from the node and its pods (heal starts kube-proxy, which re-syncs)",
-    _kube_proxy_dead_and_flushed, _kube_proxy_restarted,
+    "the node's nat KUBE-SERVICES chain flushed under a kube-proxy that is not running, its "
+    "pod crash-looping (via=kill), or hung, stopped with SIGSTOP, its pod Ready (via=hang): "
+    "service VIPs stop working from the node and its pods (heal restarts kube-proxy, which "
+    "re-syncs)",
+    _kube_proxy_dead_and_flushed, _kube_proxy_restarted, {"via": "kill"},
+    mechanisms={"kill": (), "hang": ()},
 ))
 
 # ---- sockets --------------------------------------------------------------------------------
@@ -715,11 +1313,34 @@ register(Fault(
 
 # ---- host -----------------------------------------------------------------------------------
 
+def _sshd_listeners(ctx: FaultContext, node: LabNode) -> list[int]:
+    """The node's listening sshd (not the nsenter that started it)."""
+    return nodehost.procs_named(sshd.find_pids(ctx.paths.sshd_files(node.name)), "sshd")
+
+
+def _sshd_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] == "stop":
+        ctx.stop_sshd(node.name)
+    elif params["via"] == "hang":
+        # The kernel still completes the TCP handshake into the listen backlog; the SSH
+        # banner never comes, so a client waits for its own timeout instead of being refused.
+        _freeze(_sshd_listeners(ctx, node), f"sshd on {node.name}")
+    else:
+        raise LabError("node_unreachable: via must be stop or hang")
+
+
+def _sshd_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _thaw(_sshd_listeners(ctx, node))
+    ctx.start_sshd(node.name)
+
+
 register(Fault(
     "node_unreachable",
-    "the node's sshd is stopped: ssh to it is refused, the node's network stays healthy",
-    lambda ctx, node, params: ctx.stop_sshd(node.name),
-    lambda ctx, node, params: ctx.start_sshd(node.name),
+    "the node cannot be logged in to, its network stays healthy: sshd stopped, ssh refused "
+    "(via=stop), or sshd hung, stopped with SIGSTOP: connections are accepted and then hang "
+    "without an SSH banner until the client gives up (via=hang)",
+    _sshd_down, _sshd_up, {"via": "stop"},
+    mechanisms={"stop": (), "hang": ()},
 ))
 
 # ---- not reproducible here ------------------------------------------------------------------

@@ -94,6 +94,7 @@ def start(paths: LabPaths, node: LabNode, runner: NodeRunner) -> float:
     # NODE_NAME is what the DaemonSet sets from spec.nodeName: the Node whose podCIDR it takes
     runner.shell(f"(export NODE_NAME={shlex.quote(node.name)}; "
                  f"exec -a {shlex.quote(ARGV0)} {shlex.join(argv)}) </dev/null >>{log} 2>&1 &")
+    nodehost.wait_started(node.netns, BINARY)
     return started
 
 

@@ -63,17 +63,22 @@ def classify(packet: bytes, dst: str, ident: int, seq: int) -> str | None:
     return None
 
 
-IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2  # linux/in.h; not all Pythons export them
+IP_MTU_DISCOVER, IP_PMTUDISC_DONT, IP_PMTUDISC_DO = 10, 0, 2  # linux/in.h; not all Pythons
+# export them
 
 
-def ping(dst: str, count: int, timeout: float, interval: float, size: int | None = None) -> int:
+def ping(dst: str, count: int, timeout: float, interval: float, size: int | None = None,
+         df: bool = True) -> int:
     ident = os.getpid() & 0xFFFF
     replies = 0
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
         if size is not None:
             # DF on: a packet too big for some link on the path is dropped (or answered with
             # "fragmentation needed"), never silently fragmented, as with `ping -M do -s`.
-            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+            # Off (`ping -M dont`): the sender fragments to its own MTU, routers on the way
+            # fragment further.
+            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER,
+                            IP_PMTUDISC_DO if df else IP_PMTUDISC_DONT)
         for seq in range(1, count + 1):
             sent = time.monotonic()
             sock.sendto(echo_request(ident, seq, 23 if size is None else size), (dst, 0))
@@ -107,10 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-i", "--interval", type=float, default=0.2)
     parser.add_argument("-s", "--size", type=int, default=None,
                         help="payload bytes, sent with DF set")
+    parser.add_argument("--no-df", action="store_true",
+                        help="with --size: DF off, so the packet may be fragmented")
     args = parser.parse_args(argv)
     try:
         socket.inet_aton(args.dst)
-        return ping(args.dst, max(1, args.count), args.timeout, args.interval, args.size)
+        return ping(args.dst, max(1, args.count), args.timeout, args.interval, args.size,
+                    df=not args.no_df)
     except OSError as exc:
         print(f"ping {args.dst}: {exc}", file=sys.stderr)
         return 2

@@ -13,7 +13,9 @@ Choices that a reader of the served objects would otherwise have to guess:
   lives in ``kube-system`` (the manifest install) as DaemonSet ``calico-node`` plus IPPools.
   A collector that only looked at kube-system would miss flannel, as it would on a real cluster.
 * Faults change what the API says only where a real cluster's API would change:
-  ``cni_pod_not_running`` makes that node's CNI pod not Ready in CrashLoopBackOff with restarts;
+  ``cni_pod_not_running`` (via=kill) makes that node's CNI pod not Ready in CrashLoopBackOff
+  with restarts; a node whose ``cni_pod_ready`` is false (its readiness probe fails) has it
+  not Ready, running, without restarts;
   a lab.json pod with ``"ready": false`` is not Ready (running, as under a failing readiness
   probe, or in CrashLoopBackOff when it has ``restarts``).
 * No EndpointSlices: the lab's real kube-controller-manager writes them from the Services and
@@ -248,11 +250,15 @@ def _cni_parts(state: dict) -> tuple[str, str, str, str, dict[str, str]]:
 def system_pods(state: dict) -> list[Obj]:
     """The per-node DaemonSet pods (CNI agent and kube-proxy), which run in the host network."""
     ds, ns, container, image, labels = _cni_parts(state)
-    failing = {f.get("node") for f in _faults(state, "cni_pod_not_running")}
-    # the lab also marks it per node; either way of saying it counts
-    failing |= {n["name"] for n in _nodes(state) if n.get("cni_pod_ready") is False}
-    # a stopped kube-proxy is a container the kubelet sees exit and restart, over and over
-    proxy_down = {f.get("node") for f in _faults(state, "kube_proxy_rules_missing")}
+    # a killed agent crash-loops; a hung one (via=hang) is not killed: it is only not Ready
+    # when its readiness probe fails, which the lab found out and says in cni_pod_ready
+    crashed = {f.get("node") for f in _faults(state, "cni_pod_not_running")
+               if (f.get("params") or {}).get("via", "kill") == "kill"}
+    failing = crashed | {n["name"] for n in _nodes(state) if n.get("cni_pod_ready") is False}
+    # a stopped kube-proxy is a container the kubelet sees exit and restart, over and over;
+    # a hung one (via=hang) is not seen at all: kube-proxy's DaemonSet has no probe
+    proxy_down = {f.get("node") for f in _faults(state, "kube_proxy_rules_missing")
+                  if (f.get("params") or {}).get("via", "kill") == "kill"}
     pods = []
     for node in _nodes(state):
         bad = node["name"] in failing
@@ -261,7 +267,7 @@ def system_pods(state: dict) -> list[Obj]:
             _pod(
                 f"{ds}-{_suffix(ds, node['name'])}", ns, node, node.get("address"), labels,
                 container, image, ready=not bad,
-                restarts=CNI_RESTARTS_WHEN_FAILING if bad else 0,
+                restarts=CNI_RESTARTS_WHEN_FAILING if node["name"] in crashed else 0,
                 owner=("DaemonSet", ds), host_network=True,
             )
         )

@@ -95,6 +95,7 @@ def start(paths: LabPaths, node: LabNode, runner: NodeRunner) -> None:
     argv = [str(binary), f"--config={cfg}"]
     runner.shell(f"(exec -a {shlex.quote(ARGV0)} {shlex.join(argv)}) </dev/null "
                  f">>{shlex.quote(str(log))} 2>&1 &")
+    nodehost.wait_started(node.netns, BINARY)
 
 
 def stop(node: LabNode) -> None:

@@ -43,11 +43,13 @@ lab.json (`<workdir>/lab.json`, schema "kubenetdiag/lab/v1") is the contract api
                                       hosts: [{address, port, name, fqdn (the site's DNS name)}]},
     nodes [{name, index, netns, address, pod_cidr, pod_gateway, pod_netns, pod_address, zone
             ("zone-a" odd / "zone-b" even index), vxlan_port (this node's, differs under
-            vxlan_port_mismatch), cni_pod_ready (false under cni_pod_not_running),
+            vxlan_port_mismatch), cni_pod_ready (false under cni_pod_not_running via=kill,
+            and with calico when its readiness probe finds BIRD not answering),
             etc_dir (its /etc/sysctl.conf + sysctl.d), subnet_env, bird_socket (calico-bgp)}],
     pods [{name, namespace, node, ip, netns, app, ready, restarts}]   app: coredns | web | client
           ready: false for the pods of a service_no_endpoints service (failing readiness,
-          restarts 0) and CoreDNS's under coredns_unreachable via=stop (crash-looping)
+          restarts 0), CoreDNS's under coredns_unreachable via=stop (crash-looping), and
+          CoreDNS's whenever the lab's own readiness probe of it fails (e.g. hung)
     services [{name, namespace, cluster_ip, ports [{name, port, protocol, target_port}], app,
                endpoints [its Ready pods' names, as kube-controller-manager lists them ready:
                           [] under service_no_endpoints; kube-dns's [] under
@@ -488,7 +490,7 @@ class Lab:
     def state(self) -> dict[str, Any]:
         """lab.json's content (see the module docstring)."""
         shape = self.topology.to_dict()
-        failing_cni = self.active.nodes_with("cni_pod_not_running")
+        failing_cni = self.active.cni_pod_unready()
         unready = self.active.unready_pods(self.topology)
         nodes = []
         bird_sockets = {}
@@ -543,8 +545,23 @@ class Lab:
 
     def _save_state_if_up(self) -> None:
         if self.state_path.exists():
+            self._probe_readiness()
             self._write_state()
             self._sync_api()
+
+    def _probe_readiness(self) -> None:
+        """Run the readiness probes whose failure a fault can cause without the lab saying
+        so, as the kubelet would, and keep what they find for lab.json and the API: CoreDNS's
+        (GET :8181/ready on its pod IP from its node) and, with calico, each calico-node's
+        (BIRD answers on its socket). Run at every sync after `up`; `up` itself starts from
+        every pod Ready."""
+        dns = self.pod_for_app("coredns")
+        self.active.probed_unready_pods = (
+            set() if coredns.probe(self.topology) else {dns.name})
+        if self.cni == "calico-bgp":
+            self.active.probed_unready_cni = {
+                node.name for node in self.nodes
+                if not cni.bird_answers(self.paths.node_files(node.name))}
 
     def _sync_api(self, fresh: bool = False) -> None:
         """Make the apiserver's objects match lab.json (apisync.py). fresh: nothing is known
@@ -598,23 +615,24 @@ class Lab:
         ]
 
     def ping(self, src_pod: str, dst: str, count: int = 1, timeout: float = 1.0,
-             size: int | None = None) -> subprocess.CompletedProcess[str]:
+             size: int | None = None, df: bool = True) -> subprocess.CompletedProcess[str]:
         """ICMP echo from a pod to an address; returncode 0 if any reply. size: payload bytes,
-        sent with DF set, so a too-small MTU on the path drops it instead of fragmenting."""
+        sent with DF set, so a too-small MTU on the path drops it instead of fragmenting
+        (df=False: fragmented where it does not fit)."""
         # -I: the helper is stdlib-only; isolation keeps the caller's env from changing it.
         argv = [sys.executable, "-I", icmp.__file__, dst, "-c", str(count), "-W", f"{timeout:g}"]
         if size is not None:
-            argv += ["-s", str(size)]
+            argv += ["-s", str(size)] + ([] if df else ["--no-df"])
         return self.runners.pod(src_pod).run(argv, check=False,
                                              timeout=count * (timeout + 1) + 10)
 
     def pod_ping(
         self, src_node: str, dst_node: str, count: int = 1, timeout: float = 1.0,
-        size: int | None = None,
+        size: int | None = None, df: bool = True,
     ) -> subprocess.CompletedProcess[str]:
         """ICMP echo from src_node's first pod to dst_node's; returncode 0 if any reply."""
         return self.ping(self.node(src_node).pod_netns, self.node(dst_node).pod_address,
-                         count=count, timeout=timeout, size=size)
+                         count=count, timeout=timeout, size=size, df=df)
 
     # ---- sshd -----------------------------------------------------------------------------
 
@@ -663,6 +681,7 @@ class Lab:
                            f"it takes: {', '.join(sorted(spec.params)) or 'none'}")
         target = self.node(node) if node else self._default_node(spec)
         merged = {**spec.params, **(params or {})}
+        spec.check_params(self.cni, merged)
         self._reload_faults()
         if any(entry["fault"] == fault and entry["node"] == target.name
                for entry in self.faults):

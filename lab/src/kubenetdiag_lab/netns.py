@@ -145,12 +145,15 @@ def _alive(pid: int) -> bool:
 
 
 def terminate(pids: Iterable[int], grace: float = 2.0) -> None:
-    """SIGTERM, wait up to `grace` seconds, then SIGKILL whatever is left."""
+    """SIGTERM (and SIGCONT), wait up to `grace` seconds, then SIGKILL whatever is left."""
     pending = set(pids)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in list(pending):
             try:
                 os.kill(pid, sig)
+                if sig == signal.SIGTERM:
+                    # a process a fault hung (SIGSTOP) acts on SIGTERM only once continued
+                    os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 pending.discard(pid)
         deadline = time.monotonic() + grace

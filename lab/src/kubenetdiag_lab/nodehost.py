@@ -211,6 +211,19 @@ def procs_in(netns: str, comm: str) -> list[int]:
     return procs_named(pids_in_netns([netns]).get(netns, []), comm)
 
 
+def wait_started(netns: str, comm: str, timeout: float = 5.0) -> bool:
+    """Wait until a process named `comm` runs in the node: a daemon started in the background
+    (`( exec ... ) &`) is still the shell for a moment after the start returns, and a wait
+    that checks it is alive would find it missing. False after `timeout`: the caller's own
+    wait then reports it, with its log."""
+    deadline = time.monotonic() + timeout
+    while not procs_in(netns, comm):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def kill(pids: Sequence[int]) -> None:
     if pids:
         terminate(pids)

@@ -1,0 +1,603 @@
+"""Every second (third, ...) way of making a fault, proven at the network level without the
+diagnoser: the mechanism really breaks the traffic its description claims, and heal brings
+every node back to exactly the state it had before (iptables-save, nft, ip rule, routes in
+every table, links and their MTUs, tc, sysctls, the processes and their run state), also when
+the test fails while the fault is in force, and when the record of its parameters is lost.
+
+The lab fixtures are session-wide; run one mode at a time on a small machine, e.g.
+`-k "vxlan"`, `-k "hostgw"`, `-k "calico"`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import SESSION_LAB_PREFIX
+from kubenetdiag_lab import Lab, LabError, coredns
+from kubenetdiag_lab.netns import cmdline, lab_namespaces
+from test_lab_faults import (
+    client_pod,
+    dns_ok,
+    pod_blocked,
+    pod_ready,
+    pods_ok,
+    recorded,
+    slice_endpoints,
+    ssh,
+)
+
+pytestmark = pytest.mark.lab
+
+UNCOMPARED = "(shown, not compared)"
+SYSCTLS = re.compile(r"^net\.(ipv4\.conf\.|ipv4\.ip_forward |bridge\.|core\.somaxconn )")
+# the snapshot's own shell, the init's sleep, the iptables runs of flanneld and kube-proxy
+TRANSIENT = {"ps", "bash", "sh", "sleep", "nsenter", "iptables", "iptables-save",
+             "iptables-restor", "ip6tables", "ip6tables-save", "ip6tables-resto"}
+
+
+def _rules(text: str) -> str:
+    """iptables-save without comments and counters. kube-proxy rewrites its KUBE-* chains
+    whenever endpoints change and orders their rules as it likes (KUBE-SERVICES after a
+    readiness change): within those chains the rules are compared as a set."""
+    text = re.sub(r"\[\d+:\d+\]", "[0:0]", text)
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    own = sorted(line for line in lines if line.startswith("-A KUBE-"))
+    return "\n".join([line for line in lines if not line.startswith("-A KUBE-")] + own)
+
+
+IPTABLES_NFT = {"filter", "nat", "mangle", "raw", "security"}
+
+
+def _nft(text: str) -> str:
+    """`nft -j list ruleset` as lines: every table and chain (hook, priority, policy), and
+    the rules of native tables in order. The rules of iptables-nft's own tables are left to
+    iptables-save, which shows them in iptables' terms; their base chains stay, because
+    iptables-save shows built-in chains whether they exist or not."""
+    objects, rules = [], []
+    for item in json.loads(text or "{}").get("nftables", []):
+        for kind, body in item.items():
+            if kind == "metainfo":
+                continue
+            body = {key: value for key, value in body.items() if key != "handle"}
+            if kind != "rule":
+                objects.append(f"{kind} {json.dumps(body, sort_keys=True)}")
+            elif not (body["family"] in ("ip", "ip6") and body["table"] in IPTABLES_NFT):
+                rules.append(f"rule {json.dumps(body, sort_keys=True)}")
+    return "\n".join(sorted(objects) + rules)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def snapshot(lab: Lab) -> dict[str, str]:
+    """Everything a fault may touch, per node, pod and the switch, as text to compare."""
+    out: dict[str, str] = {}
+    for node in lab.nodes:
+        runner = lab.runners.node(node)
+
+        def cmd(*argv: str, runner=runner) -> str:
+            return runner.run(list(argv), check=False).stdout
+
+        sysctls = [line for line in cmd("sysctl", "-a").splitlines() if SYSCTLS.match(line)]
+        ps = runner.shell("ps -eo pid=,ppid=,stat=,comm=").stdout
+        # a zombie (Z) has exited already: only its parent's reaping is pending
+        procs = [line.split(None, 3)[2:] for line in ps.splitlines()
+                 if line.strip() and not line.split()[2].startswith("Z")]
+        out |= {
+            f"{node.name} iptables": _rules(cmd("iptables-save")),
+            f"{node.name} nft": _nft(cmd("nft", "-j", "-s", "list", "ruleset")),
+            f"{node.name} ip rule": cmd("ip", "-4", "rule"),
+            # IPv4: no fault touches IPv6, whose link-local routes come and go with DAD
+            f"{node.name} routes": cmd("ip", "-4", "route", "show", "table", "all"),
+            f"{node.name} links": cmd("ip", "-o", "link"),
+            f"{node.name} tc": cmd("tc", "qdisc", "show") + cmd("tc", "filter", "show", "dev",
+                                                              "eth0", "ingress"),
+            f"{node.name} sysctl": "\n".join(sorted(sysctls)),
+            # the process set and whether each is stopped (T), not pids: a heal may restart
+            f"{node.name} processes": "\n".join(sorted(
+                f"{comm} {'stopped' if stat.startswith('T') else 'running'}"
+                for stat, comm in procs if comm not in TRANSIENT)),
+            f"{node.name} sysctl.d": " ".join(sorted(
+                p.name for p in lab.paths.node_files(node.name).sysctl_d.iterdir())),
+            f"{node.name} ps {UNCOMPARED}": ps,
+        }
+    for pod in lab.pods:
+        out[f"{pod.name} eth0"] = lab.runners.pod(pod.name).run(
+            ["ip", "-o", "link", "show", "eth0"]).stdout
+    out["switch nft"] = _nft(lab.runners.switch.run(["nft", "-j", "-s", "list",
+                                                     "ruleset"]).stdout)
+    out["coredns"] = " ".join(_state(pid) for pid in coredns.pids(lab.topology))
+    return out
+
+
+def assert_same(before: dict[str, str], after: dict[str, str]) -> None:
+    changed = [key for key in before
+               if before[key] != after.get(key) and not key.endswith(UNCOMPARED)]
+    if any(key.endswith(" processes") for key in changed):  # which processes, exactly
+        changed += [key for key in before if key.endswith(UNCOMPARED)]
+    diff = "\n".join(
+        f"--- {key}\n" + "\n".join(difflib.unified_diff(before[key].splitlines(),
+                                                         after.get(key, "").splitlines(),
+                                                         lineterm="", n=1))
+        for key in changed)
+    assert not changed, f"heal did not restore the prior state:\n{diff}"
+
+
+class Boom(Exception):
+    """A test failing while its fault is in force."""
+
+
+def proven(lab: Lab, fault: str, node: str | None, params: dict[str, str],
+           broken: Callable[[Lab], None]) -> None:
+    """Healthy before; `broken(lab)` (its own asserts) holds under the fault; the test then
+    fails inside the block, and the heal that runs anyway restores the exact prior state."""
+    assert pods_ok(lab, "node1", "node2") and pods_ok(lab, "node2", "node1")
+    before = snapshot(lab)
+    with pytest.raises(Boom), lab.injected(fault, node, params):
+        assert recorded(lab) == [(fault, node or lab.pod_for_app("coredns").node)]
+        broken(lab)
+        raise Boom
+    assert recorded(lab) == []
+    assert_same(before, snapshot(lab))
+    assert pods_ok(lab, "node1", "node2") and pods_ok(lab, "node2", "node1")
+
+
+def blocked_both(lab: Lab, a: str, b: str) -> None:
+    assert pod_blocked(lab, a, b) and pod_blocked(lab, b, a)
+
+
+def refused(lab: Lab, src: str, dst: str) -> None:
+    """Actively refused: an ICMP error comes back (a REJECT, an unreachable route)."""
+    cp = lab.pod_ping(src, dst, count=1, timeout=1)
+    assert cp.returncode != 0 and "icmp error" in cp.stdout, cp.stdout
+
+
+def dropped(lab: Lab, src: str, dst: str) -> None:
+    """Silently dropped: no reply and no error."""
+    cp = lab.pod_ping(src, dst, count=1, timeout=0.7)
+    assert cp.returncode != 0 and "no reply" in cp.stdout, cp.stdout
+
+
+def sysctl(lab: Lab, node: str, key: str) -> str:
+    return lab.node_exec(node, ["sysctl", "-n", key]).stdout.strip()
+
+
+def iptables(lab: Lab, node: str) -> str:
+    return lab.node_exec(node, ["iptables-save"]).stdout
+
+
+def nft_tables(lab: Lab, node: str) -> str:
+    return lab.node_exec(node, ["nft", "list", "tables"]).stdout
+
+
+def proc_states(lab: Lab, node: str) -> dict[str, str]:
+    """{comm: stat} of the node's processes, as `ps` over SSH shows them."""
+    lines = ssh(lab, node, "ps -eo comm=,stat=").stdout.splitlines()
+    return dict(line.split() for line in lines if len(line.split()) == 2)
+
+
+def wait_until(check: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.5)
+
+
+def cni_pod(lab: Lab, node: str) -> dict:
+    lab.controlplane.attach()
+    ns, selector = (("kube-system", "k8s-app%3Dcalico-node") if lab.cni == "calico-bgp"
+                    else ("kube-flannel", "app%3Dflannel"))
+    pods = lab.controlplane.admin().get(f"/api/v1/namespaces/{ns}/pods?labelSelector="
+                                        f"{selector}")["items"]
+    return next(p for p in pods if p["spec"]["nodeName"] == node)
+
+
+def container(pod: dict) -> tuple[bool, int]:
+    status = pod["status"]["containerStatuses"][0]
+    return status["ready"], status["restartCount"]
+
+
+# ---- flannel-vxlan (the session lab) -----------------------------------------------------------
+
+
+def _forwarding_per_interface(lab: Lab) -> None:
+    assert sysctl(lab, "node2", "net.ipv4.ip_forward") == "1"
+    assert sysctl(lab, "node2", "net.ipv4.conf.cni0.forwarding") == "0"
+    blocked_both(lab, "node1", "node2")
+
+
+def _rp_filter_on_flannel_only(lab: Lab) -> None:
+    assert sysctl(lab, "node2", "net.ipv4.conf.all.rp_filter") == "0"
+    assert sysctl(lab, "node2", "net.ipv4.conf.flannel/1.rp_filter") == "1"
+    assert "via 198.18.0.11 dev eth0" in lab.node_exec(
+        "node2", ["ip", "route", "show", "10.244.1.0/24"]).stdout
+    blocked_both(lab, "node1", "node2")
+    # the asymmetric route alone does not bite: strict rp_filter on flannel.1 does
+    lab.node_exec("node2", ["sysctl", "-qw", "net.ipv4.conf.flannel/1.rp_filter=0"])
+    assert pods_ok(lab) and pods_ok(lab, "node2", "node1")
+    lab.node_exec("node2", ["sysctl", "-qw", "net.ipv4.conf.flannel/1.rp_filter=1"])
+    assert pod_blocked(lab)
+
+
+def _nft_forward_reject(lab: Lab) -> None:
+    refused(lab, "node1", "node2")
+    assert "REJECT" not in iptables(lab, "node2")
+    assert "table inet filter" in nft_tables(lab, "node2")
+
+
+def _userchain_reject(lab: Lab) -> None:
+    refused(lab, "node2", "node1")
+    rules = iptables(lab, "node1")
+    assert "-A FORWARD -j FWD-POLICY" in rules and "-A FWD-POLICY -j REJECT" in rules
+
+
+def _mangle_drop(lab: Lab) -> None:
+    dropped(lab, "node1", "node2")
+    assert "DROP" not in lab.node_exec("node2", ["iptables", "-S", "FORWARD"]).stdout
+    assert "-A FORWARD -d 10.244.2.0/24 -j DROP" in lab.node_exec(
+        "node2", ["iptables", "-t", "mangle", "-S"]).stdout
+
+
+def _userchain_drop(lab: Lab) -> None:
+    dropped(lab, "node2", "node1")
+    assert "-A LOCAL-DENY -d 10.244.1.0/24 -j DROP" in iptables(lab, "node1")
+
+
+def _firewalld_nft(lab: Lab) -> None:
+    # VXLAN from node1 is rejected at node2's input: the ICMP error goes to node1, not the pod
+    blocked_both(lab, "node1", "node2")
+    assert ssh(lab, "node2", "true").returncode == 0  # ssh is allowed in the public zone
+    assert "firewalld" in proc_states(lab, "node2")
+    assert "ZONES" not in iptables(lab, "node2")
+    assert "table inet firewalld" in nft_tables(lab, "node2")
+    args = ssh(lab, "node2", "ps -eo args").stdout
+    assert re.search(r"python3 -s \S*/firewalld --nofork --nopid", args), args
+
+
+def _agent_iptables(lab: Lab) -> None:
+    dropped(lab, "node2", "node1")
+    assert "wsssr_defence_d" in proc_states(lab, "node1")
+    assert "-A FORWARD -j WSSSR-FWD" in iptables(lab, "node1")
+    assert "wsssr" not in nft_tables(lab, "node1")
+
+
+def _vxlan_nft(lab: Lab) -> None:
+    blocked_both(lab, "node1", "node2")
+    assert "8472" not in iptables(lab, "node2")
+    assert "table inet guard" in nft_tables(lab, "node2")
+
+
+def _vxlan_prerouting(lab: Lab) -> None:
+    blocked_both(lab, "node1", "node2")
+    assert "-A PREROUTING -p udp -m udp --dport 8472 -j DROP" in lab.node_exec(
+        "node1", ["iptables", "-t", "raw", "-S"]).stdout
+
+
+def _vxlan_tc(lab: Lab) -> None:
+    blocked_both(lab, "node1", "node2")
+    assert "8472" not in iptables(lab, "node2")
+    assert "8472" not in lab.node_exec("node2", ["nft", "list", "ruleset"]).stdout
+    assert "direct-action" in lab.node_exec(
+        "node2", ["tc", "filter", "show", "dev", "eth0", "ingress"]).stdout
+    assert ssh(lab, "node2", "true").returncode == 0  # only VXLAN is dropped
+
+
+def _route_blackhole(lab: Lab) -> None:
+    route = lab.node_exec("node1", ["ip", "route", "show", "10.244.2.0/24"]).stdout
+    assert route.startswith("blackhole 10.244.2.0/24"), route
+    assert pod_blocked(lab, "node1", "node2")
+
+
+def _policy_rule(lab: Lab) -> None:
+    assert "to 10.244.1.0/24 blackhole" in lab.node_exec("node2", ["ip", "rule"]).stdout
+    assert "dev flannel.1" in lab.node_exec("node2", ["ip", "route", "show",
+                                                      "10.244.1.0/24"]).stdout
+    dropped(lab, "node2", "node1")
+    assert pod_blocked(lab, "node1", "node2")  # replies go the same way
+
+
+def _policy_table(lab: Lab) -> None:
+    assert "to 10.244.0.0/16 lookup 100" in lab.node_exec("node1", ["ip", "rule"]).stdout
+    refused(lab, "node1", "node2")  # ICMP net unreachable from node1
+
+
+def _pods_mtu_raised(node: str, peer: str, size: int) -> Callable[[Lab], None]:
+    def check(lab: Lab) -> None:
+        # small packets pass; big ones, even fragmented by the pod itself, vanish
+        assert pods_ok(lab, node, peer)
+        cp = lab.pod_ping(node, peer, size=size, df=False, timeout=1)
+        assert cp.returncode != 0 and "no reply" in cp.stdout, cp.stdout
+    return check
+
+
+def _flanneld_hung(lab: Lab) -> None:
+    assert proc_states(lab, "node2")["flanneld"].startswith("T")
+    # kube-flannel's DaemonSet has no probe: the API still says Ready and running
+    assert container(cni_pod(lab, "node2")) == (True, 0)
+    nodes = json.loads(lab.state_path.read_text())["nodes"]
+    assert [n["cni_pod_ready"] for n in nodes] == [True, True]
+
+
+def _coredns_hung(lab: Lab) -> None:
+    dns_pod = lab.pod_for_app("coredns")
+    assert coredns.pids(lab.topology)
+    assert all(_state(pid) == "T" for pid in coredns.pids(lab.topology))
+    assert not dns_ok(lab, "node2")
+    cp = lab.netprog(client_pod(lab, "node2"), "--timeout", "1", "dns", dns_pod.ip,
+                     "kubernetes.default.svc.cluster.local")
+    assert cp.returncode != 0
+    # the lab's readiness probe timed out, as the kubelet's would: not Ready, no restart
+    assert not pod_ready(lab, "kube-system", dns_pod.name)
+    assert slice_endpoints(lab, "kube-system", "kube-dns") == [(dns_pod.ip, False)]
+    pods = {p["name"]: p for p in json.loads(lab.state_path.read_text())["pods"]}
+    assert (pods[dns_pod.name]["ready"], pods[dns_pod.name]["restarts"]) == (False, 0)
+
+
+def _sshd_hung(lab: Lab) -> None:
+    started = time.monotonic()
+    cp = lab.client_exec(lab.ssh_argv("node2", "true", connect_timeout=2), timeout=30)
+    assert cp.returncode == 255 and "refused" not in cp.stderr, cp.stderr
+    assert "timed out" in cp.stderr, cp.stderr  # during the banner exchange
+    assert time.monotonic() - started >= 1.5
+    assert pods_ok(lab, "node1", "node2")  # the node's network is fine
+    assert ssh(lab, "node1", "true").returncode == 0
+
+
+def _bridge_nf_file(lab: Lab) -> None:
+    cp = ssh(lab, "node1", "cat /etc/sysctl.d/99-libvirt-bridge.conf; "
+                           "sysctl -n net.bridge.bridge-nf-call-iptables")
+    assert cp.stdout.split() == ["net.bridge.bridge-nf-call-iptables", "=", "0", "0"], cp
+    assert not dns_ok(lab, "node1")  # CoreDNS runs on node1: its reply is bridged on cni0
+    assert dns_ok(lab, "node2")
+
+
+LISTEN = ("import socket, subprocess; s = socket.socket(); s.bind(('127.0.0.1', 30099)); "
+          "s.listen(4096); print(subprocess.run(['ss', '-Hlnt', 'sport = :30099'], "
+          "capture_output=True, text=True).stdout.split()[2])")
+
+
+def _somaxconn_file(lab: Lab) -> None:
+    cp = ssh(lab, "node2", "cat /etc/sysctl.d/99-tuning.conf")
+    assert cp.stdout.split() == ["net.core.somaxconn", "=", "64"], cp
+    # a listener asking for 4096 gets an accept queue of 64 (ss: Send-Q of a listener)
+    assert lab.node_exec("node2", ["python3", "-c", LISTEN]).stdout.strip() == "64"
+    assert lab.node_exec("node1", ["python3", "-c", LISTEN]).stdout.strip() == "4096"
+
+
+def _kube_proxy_hung(lab: Lab) -> None:
+    assert proc_states(lab, "node2")["kube-proxy"].startswith("T")
+    assert not dns_ok(lab, "node2") and dns_ok(lab, "node1")
+    lab.controlplane.attach()
+    pods = lab.controlplane.admin().get(
+        "/api/v1/namespaces/kube-system/pods?labelSelector=k8s-app%3Dkube-proxy")["items"]
+    mine = next(p for p in pods if p["spec"]["nodeName"] == "node2")
+    assert container(mine) == (True, 0)  # kube-proxy's DaemonSet has no probe
+
+
+VXLAN_CASES = [
+    ("bridge_nf_call_iptables_disabled", "file", "node1", {}, _bridge_nf_file),
+    ("somaxconn_low", "file", "node2", {}, _somaxconn_file),
+    ("kube_proxy_rules_missing", "hang", "node2", {}, _kube_proxy_hung),
+    ("ip_forward_disabled", "interface", "node2", {}, _forwarding_per_interface),
+    ("rp_filter_strict", "interface", "node2", {}, _rp_filter_on_flannel_only),
+    ("forward_chain_reject", "nft", "node2", {}, _nft_forward_reject),
+    ("forward_chain_reject", "userchain", "node1", {}, _userchain_reject),
+    ("iptables_drop_rule", "mangle", "node2", {}, _mangle_drop),
+    ("iptables_drop_rule", "userchain", "node1", {}, _userchain_drop),
+    ("host_firewall_active", "firewalld-nft", "node2", {}, _firewalld_nft),
+    ("security_software_present", "iptables", "node1", {}, _agent_iptables),
+    ("vxlan_udp_blocked", "nft", "node2", {}, _vxlan_nft),
+    ("vxlan_udp_blocked", "prerouting", "node1", {}, _vxlan_prerouting),
+    ("vxlan_udp_blocked", "tc", "node2", {}, _vxlan_tc),
+    ("pod_cidr_route_missing", "blackhole", "node1", {}, _route_blackhole),
+    ("policy_route_blackhole", "rule", "node2", {}, _policy_rule),
+    ("policy_route_blackhole", "table", "node1", {}, _policy_table),
+    ("mtu_mismatch", "pod", "node2", {}, _pods_mtu_raised("node2", "node1", 2000)),
+    ("cni_pod_not_running", "hang", "node2", {}, _flanneld_hung),
+    ("coredns_unreachable", "hang", None, {}, _coredns_hung),
+    ("node_unreachable", "hang", "node2", {}, _sshd_hung),
+]
+
+
+def _case_id(case: tuple) -> str:
+    return f"{case[0]}[via={case[1]}]@{case[2] or 'default'}"
+
+
+@pytest.mark.parametrize("case", VXLAN_CASES, ids=_case_id)
+def test_vxlan_mechanism_breaks_and_heals_exactly(lab, case):
+    fault, via, node, params, broken = case
+    if fault == "mtu_mismatch":  # what breaks under the fault works on a healthy lab
+        assert lab.pod_ping("node2", "node1", size=2000, df=False, timeout=1).returncode == 0
+    proven(lab, fault, node, {"via": via, **params}, broken)
+
+
+BLIND = sorted({(fault, via) for fault, via, *_ in VXLAN_CASES} | {
+    ("ip_forward_disabled", "file"), ("host_firewall_active", "ufw"),
+    ("vxlan_udp_blocked", "switch"), ("pod_cidr_route_missing", "delete"),
+    ("coredns_unreachable", "stop"), ("coredns_unreachable", "drop")})
+
+
+@pytest.mark.parametrize(("fault", "via"), BLIND, ids=[f"{f}[via={v}]" for f, v in BLIND])
+def test_vxlan_blind_heal_undoes_any_mechanism(lab, fault, via):
+    """The record of a fault's parameters lost (another process, a crash): heal with the
+    fault's defaults still undoes whichever way it was made."""
+    node = "node1" if fault == "coredns_unreachable" else "node2"
+    before = snapshot(lab)
+    try:
+        lab.inject(fault, node, {"via": via})
+        state = json.loads(lab.state_path.read_text())
+        state["faults"] = []
+        lab.state_path.write_text(json.dumps(state))
+        lab.faults = []
+        lab.heal(fault, node)
+        assert_same(before, snapshot(lab))
+    finally:
+        lab.heal()
+    assert pods_ok(lab) and pods_ok(lab, "node2", "node1") and dns_ok(lab, "node2")
+
+
+def test_an_unknown_via_is_refused(lab):
+    with pytest.raises(LabError, match="via must be one of input, switch, nft"):
+        lab.inject("vxlan_udp_blocked", "node2", {"via": "bogus"})
+    assert recorded(lab) == []
+
+
+# ---- flannel-host-gw ---------------------------------------------------------------------------
+
+
+def _hostgw_blackhole_lasts(lab: Lab) -> None:
+    # flanneld's route check (every 10 s) re-adds a deleted route, but not over a blackhole
+    time.sleep(12)
+    route = lab.node_exec("node2", ["ip", "route", "show", "10.244.1.0/24"]).stdout
+    assert route.startswith("blackhole"), route
+    assert pod_blocked(lab, "node2", "node1")
+
+
+def _hostgw_flanneld_hung(lab: Lab) -> None:
+    assert proc_states(lab, "node1")["flanneld"].startswith("T")
+    assert container(cni_pod(lab, "node1")) == (True, 0)  # no probe in kube-flannel.yml
+    # a running flanneld (host-gw) re-adds a deleted peer route within 10 s; a hung one not
+    lab.node_exec("node1", ["ip", "route", "del", "10.244.2.0/24"])
+    time.sleep(12)
+    assert lab.node_exec("node1", ["ip", "route", "show", "10.244.2.0/24"]).stdout == ""
+    assert pod_blocked(lab, "node1", "node2")
+
+
+HOSTGW_CASES = [
+    ("pod_cidr_route_missing", "blackhole", "node2", {}, _hostgw_blackhole_lasts),
+    ("cni_pod_not_running", "hang", "node1", {}, _hostgw_flanneld_hung),
+    ("ip_forward_disabled", "interface", "node2", {}, _forwarding_per_interface),
+    ("mtu_mismatch", "pod", "node1", {}, _pods_mtu_raised("node1", "node2", 3000)),
+    ("policy_route_blackhole", "table", "node1", {}, _policy_table),
+]
+
+
+def test_hostgw_refuses_mechanisms_that_do_not_apply(hostgw_lab):
+    # flanneld's host-gw backend re-adds a deleted route; there is no flannel.1 to be strict on
+    with pytest.raises(LabError, match="via=delete needs CNI mode flannel-vxlan"):
+        hostgw_lab.inject("pod_cidr_route_missing", "node2", {"via": "delete"})
+    with pytest.raises(LabError, match="via=interface needs CNI mode flannel-vxlan"):
+        hostgw_lab.inject("rp_filter_strict", "node2", {"via": "interface"})
+    assert recorded(hostgw_lab) == []
+
+
+@pytest.mark.parametrize("case", HOSTGW_CASES, ids=_case_id)
+def test_hostgw_mechanism_breaks_and_heals_exactly(hostgw_lab, case):
+    fault, via, node, params, broken = case
+    if fault == "mtu_mismatch":
+        assert hostgw_lab.pod_ping("node1", "node2", size=3000, df=False,
+                                   timeout=1).returncode == 0
+    proven(hostgw_lab, fault, node, {"via": via, **params}, broken)
+
+
+# ---- calico-bgp --------------------------------------------------------------------------------
+
+
+def _withdrawn(lab: Lab, at: str, cidr: str) -> None:
+    # the 9 s hold time must expire before the peer drops the session
+    wait_until(lambda: cidr not in lab.node_exec(at, ["ip", "route"]).stdout, 20,
+               f"{at} kept the route to {cidr}")
+
+
+def _bird_hung(lab: Lab) -> None:
+    assert proc_states(lab, "node2")["bird"].startswith("T")
+    _withdrawn(lab, "node1", "10.244.2.0/24")
+    assert pod_blocked(lab, "node1", "node2")
+    # calico-node's readiness probe asks BIRD, which does not answer: not Ready, no restart
+    assert container(cni_pod(lab, "node2")) == (False, 0)
+    assert container(cni_pod(lab, "node1")) == (True, 0)
+
+
+def _calico_node_hung(lab: Lab) -> None:
+    states = proc_states(lab, "node1")
+    assert states["bird"].startswith("T") and states["calico-node"].startswith("T")
+    _withdrawn(lab, "node2", "10.244.1.0/24")
+    assert pod_blocked(lab, "node2", "node1")
+    assert container(cni_pod(lab, "node1")) == (False, 0)
+
+
+def _cali_forwarding_off(lab: Lab) -> None:
+    assert sysctl(lab, "node2", "net.ipv4.ip_forward") == "1"
+    off = [line for line in lab.node_exec("node2", ["sysctl", "-a"]).stdout.splitlines()
+           if re.match(r"net\.ipv4\.conf\.cali\w+\.forwarding = 0", line)]
+    assert len(off) == len(lab.pods_on("node2")), off
+    blocked_both(lab, "node1", "node2")
+
+
+def _policy_rule_over_bird(lab: Lab) -> None:
+    assert "to 10.244.1.0/24 blackhole" in lab.node_exec("node2", ["ip", "rule"]).stdout
+    assert "proto bird" in lab.node_exec("node2", ["ip", "route", "show",
+                                                   "10.244.1.0/24"]).stdout
+    dropped(lab, "node2", "node1")
+
+
+def _blackhole_over_bird(lab: Lab) -> None:
+    routes = lab.node_exec("node1", ["ip", "route", "show", "10.244.2.0/24"]).stdout
+    assert "blackhole 10.244.2.0/24" in routes and "proto bird metric 32" in routes, routes
+    time.sleep(12)  # BIRD's kernel scan (10 s) leaves the foreign route alone
+    assert "blackhole" in lab.node_exec("node1", ["ip", "route", "show",
+                                                  "10.244.2.0/24"]).stdout
+    dropped(lab, "node1", "node2")
+
+
+CALICO_CASES = [
+    ("pod_cidr_route_missing", "blackhole", "node1", {}, _blackhole_over_bird),
+    ("bgp_session_down", "hang", "node2", {}, _bird_hung),
+    ("cni_pod_not_running", "hang", "node1", {}, _calico_node_hung),
+    ("ip_forward_disabled", "interface", "node2", {}, _cali_forwarding_off),
+    ("mtu_mismatch", "pod", "node2", {}, _pods_mtu_raised("node2", "node1", 3000)),
+    ("policy_route_blackhole", "rule", "node2", {}, _policy_rule_over_bird),
+]
+
+
+@pytest.mark.parametrize("case", CALICO_CASES, ids=_case_id)
+def test_calico_mechanism_breaks_and_heals_exactly(calico_lab, case):
+    fault, via, node, params, broken = case
+    if fault == "mtu_mismatch":
+        assert calico_lab.pod_ping("node2", "node1", size=3000, df=False,
+                                   timeout=1).returncode == 0
+    proven(calico_lab, fault, node, {"via": via, **params}, broken)
+
+
+# ---- clean-up ------------------------------------------------------------------------------------
+
+
+def test_down_cleans_up_hung_processes_and_every_new_mechanism(lab_requirements, tmp_path):
+    """Faults left in force, processes among them stopped with SIGSTOP: `down` still leaves
+    no namespace, no process and no mount behind."""
+    prefix = f"{SESSION_LAB_PREFIX}cy"[:12]
+    cycle = Lab(tmp_path / "cycle", nodes=2, prefix=prefix)
+    cycle.down()
+    try:
+        cycle.up()
+        cycle.inject("coredns_unreachable", params={"via": "hang"})
+        cycle.inject("node_unreachable", "node2", {"via": "hang"})
+        cycle.inject("cni_pod_not_running", "node2", {"via": "hang"})
+        cycle.inject("vxlan_udp_blocked", "node1", {"via": "tc"})
+        cycle.inject("host_firewall_active", "node1", {"via": "firewalld-nft"})
+        cycle.inject("policy_route_blackhole", "node1", {"via": "table"})
+        cycle.inject("mtu_mismatch", "node2", {"via": "pod"})
+        assert pod_blocked(cycle)
+    finally:
+        started = time.monotonic()
+        cycle.down()
+        took = time.monotonic() - started
+    assert lab_namespaces(prefix) == []
+    workdir = str(cycle.workdir)
+    leftovers = [pid for pid in os.listdir("/proc") if pid.isdigit()
+                 and workdir in cmdline(int(pid))]
+    assert leftovers == []
+    assert workdir not in Path("/proc/self/mountinfo").read_text()
+    assert took < 15, f"down took {took:.1f}s"
