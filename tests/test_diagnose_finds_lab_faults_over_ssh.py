@@ -70,8 +70,11 @@ def test_forward_reject_on_node1(lab, tmp_path):
     assert proc.returncode == 1
     found = alarms(report)
     assert [(f["fault"], f["nodes"]) for f in found] == [("forward_chain_reject", ["node1"])]
-    rules = [e["attrs"] for e in found[0]["evidence"] if e["kind"] == "iptables_rule"]
-    assert any(r["target"] == "REJECT" and r["position"] == 1 for r in rules)
+    # the evidence is the walk's verdict: where the flow stops, and the rule as collected
+    paths = [e["attrs"] for e in found[0]["evidence"] if e["kind"] == "path"]
+    assert paths and all(p["at"] == "filter FORWARD rule 1" and p["verdict"] == "reject"
+                         for p in paths)
+    assert paths[0]["rule"].startswith("-A FORWARD -j REJECT")
     assert "forward_chain_reject" in html.read_text()
 
 
