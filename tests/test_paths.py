@@ -413,3 +413,20 @@ def test_a_netdev_ingress_table_drops_before_netfilter_sees_the_packet():
     assert not stops(facts, "n3", "pod_in")  # decapsulated pod traffic arrives on flannel.1
     # the same table on another device sees none of it
     assert not stops(cluster(*_netdev("n3", "eth1", "udp dport 8472 drop")), "n3")
+
+
+def test_a_direct_route_to_the_peer_is_a_way_to_its_pods_too():
+    # next to the overlay, a route straight to the peer's node address (host-gw style) works
+    facts = [x for x in cluster() if not x.kind.startswith("path") and not (
+        x.kind == "route" and x.node == "n1" and x.attrs["dst"] == "10.244.2.0/24")]
+    facts += [route("n1", "10.244.2.0/24", "eth0", "198.18.0.12")]
+    facts += path_facts(facts)
+    assert not stops(facts, "n1", "pod_out")
+    # a route that reaches neither is misrouted
+    facts = [x for x in facts if not x.kind.startswith("path") and not (
+        x.kind == "route" and x.node == "n1" and x.attrs["dst"] == "10.244.2.0/24")]
+    facts += [route("n1", "10.244.2.0/24", "eth0", "198.18.0.99")]
+    facts += path_facts(facts)
+    got = [s for s in stops(facts, "n1", "pod_out") if s["peer"] == "n2"]
+    assert got and got[0]["stage"] == "route"
+    assert "out of flannel.1 or via 198.18.0.12" in got[0]["at"]

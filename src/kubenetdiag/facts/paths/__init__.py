@@ -188,7 +188,8 @@ def _flows(me: _Node, name: str, nodes: dict[str, _Node], peers: list[str], bgp:
         if me.pod_addr is None or peer.pod_addr is None or _overlap(me.cidr, peer.cidr):
             continue  # two nodes with one pod range: no route can tell them apart
         if me.overlay is not None:
-            out_expect = Expect(dev=str(me.overlay["name"]), what=f"the overlay to {p}'s pods")
+            out_expect = Expect(dev=str(me.overlay["name"]), gateway=show(pa),
+                                what=f"the overlay to {p}'s pods")
             in_dev = str(me.overlay["name"])
             sender_dev = peer.overlay or {}
             mtu_in = (int(sender_dev.get("mtu") or 0), VXLAN_OVERHEAD,

@@ -142,10 +142,13 @@ def _expectation(d: Decision, e: Expect | None, pkt: Packet, steps: list[str]) -
     if r.dev is None and r.gateway is None:
         steps.append(f"route {r.text()} (multipath, not checked)")
         return None
-    if (e.dev and r.dev != e.dev) or (e.gateway and r.gateway != e.gateway):
-        return _route_ending(d, pkt, steps, "drop", f"{e.what} needs it "
-                             f"{'out of ' + e.dev if e.dev else 'via ' + str(e.gateway)}")
-    return None
+    # Either way reaches the peer: through the overlay device, or straight to the peer's node
+    # address (host-gw, BGP, or a direct route on a shared segment next to an overlay).
+    if (e.dev and r.dev == e.dev) or (e.gateway and r.gateway == e.gateway):
+        return None
+    ways = " or ".join(w for w in (f"out of {e.dev}" if e.dev else "",
+                                   f"via {e.gateway}" if e.gateway else "") if w)
+    return _route_ending(d, pkt, steps, "drop", f"{e.what} needs it {ways}")
 
 
 def _decide(v: NodeView, flow: Flow, w: World, steps: list[str]) -> Ending:
