@@ -430,3 +430,17 @@ def test_a_direct_route_to_the_peer_is_a_way_to_its_pods_too():
     got = [s for s in stops(facts, "n1", "pod_out") if s["peer"] == "n2"]
     assert got and got[0]["stage"] == "route"
     assert "out of flannel.1 or via 198.18.0.12" in got[0]["at"]
+
+
+def test_the_way_to_a_node_ssh_could_not_reach_is_still_walked():
+    # node1 could not be logged in to; its address and pod range are known (inventory, API)
+    facts = [x for x in node("n2") + node("n3")]
+    facts += [f("node_status", "n1", reachable=False, address="198.18.0.11", reason="timeout"),
+              f("k8s_node", "n1", name="n1", internal_ip="198.18.0.11", pod_cidr="10.244.1.0/24")]
+    facts = [x for x in facts if not (x.kind == "route" and x.node == "n3"
+                                      and x.attrs["dst"] == "10.244.1.0/24")]
+    facts.append(route("n3", "10.244.1.0/24", None, rtype="blackhole", protocol="boot"))
+    facts += path_facts(facts)
+    got = [s for s in stops(facts, "n3", "pod_out") if s["peer"] == "n1"]
+    assert got and got[0]["stage"] == "route" and "blackhole 10.244.1.0/24" in got[0]["at"]
+    assert not [x for x in facts if x.kind == "path_walk" and x.node == "n1"]  # nothing read

@@ -83,8 +83,9 @@ def _peers(name: str, names: list[str], reach: dict[str, set[str]]) -> list[str]
     probed = sorted(reach.get(name, set()))
     if probed:
         return probed[:MAX_PEERS]
-    i = names.index(name)
-    return [names[(i + k) % len(names)] for k in range(1, RING_PEERS + 1)]
+    i = names.index(name) if name in names else 0
+    return [names[(i + k) % len(names)] for k in range(1, RING_PEERS + 1)
+            if names[(i + k) % len(names)] != name]
 
 
 def _services(facts: list[Fact]) -> list[tuple[str, int, str, str]]:
@@ -150,10 +151,13 @@ def path_facts(facts: list[Fact]) -> list[Fact]:
                 if f.kind == "dns_pod" and f.attrs.get("ip")]
     endpoints = sorted({(str(f.attrs["target"]), str(f.attrs["address"]))
                         for f in facts if f.kind == "tcp_check" and f.attrs.get("address")})
+    # A node SSH could not reach is still a peer: its address and pod range are known (the
+    # inventory, the API), and the way to it is walked on every node that was reached.
+    peer_names = sorted(n for n in by_node if nodes[n].view.address is not None)
     out: list[Fact] = []
     for name in names:
         me = nodes[name]
-        flows = list(_flows(me, name, nodes, _peers(name, names, reach), bgp, services,
+        flows = list(_flows(me, name, nodes, _peers(name, peer_names, reach), bgp, services,
                             dns_pods, endpoints))
         out.extend(_facts_of(me, name, flows))
     return out
