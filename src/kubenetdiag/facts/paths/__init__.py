@@ -15,7 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
 
-from kubenetdiag.facts.model import Fact, Source
+from kubenetdiag.facts.model import Fact, Source, by_kind
 from kubenetdiag.facts.paths.node import NodeView, build, pod_cidr_of
 from kubenetdiag.facts.paths.packet import Packet, addr, in_net, network, show
 from kubenetdiag.facts.paths.walk import Ending, Expect, Flow, walk
@@ -25,10 +25,12 @@ RING_PEERS = 4  # ...or, without active checks, its next nodes by name: each nod
 # walked against 4 peers on its way out and met by 4 others on their way in
 MAX_SERVICES = 16  # Service ports walked per node, DNS first
 VXLAN_OVERHEAD = 50
-_KINDS = ("node_status", "interface", "route", "ip_rule", "sysctl", "tc_hook", "iptables_chain",
-          "iptables_rule", "nft_table", "nft_chain", "nft_rule", "flannel_subnet",
-          "k8s_node", "dns_pod", "dns_service", "flannel_config", "cni", "bgp_session", "reach",
-          "tcp_check", "kube_proxy")
+# What a node's walk reads of its own facts (build), and what the flows come from
+_NODE_KINDS = ("node_status", "interface", "route", "ip_rule", "sysctl", "tc_hook",
+               "iptables_chain", "iptables_rule", "nft_table", "nft_chain", "nft_rule",
+               "flannel_subnet")
+_KINDS = (*_NODE_KINDS, "k8s_node", "dns_pod", "dns_service", "cni", "bgp_session", "reach",
+          "tcp_check")
 
 
 @dataclass
@@ -88,20 +90,21 @@ def _peers(name: str, names: list[str], reach: dict[str, set[str]]) -> list[str]
             if names[(i + k) % len(names)] != name]
 
 
-def _services(facts: list[Fact]) -> list[tuple[str, int, str, str]]:
+def _services(dns_services: list[Fact], ipt_rules: list[Fact]
+              ) -> list[tuple[str, int, str, str]]:
     """(VIP, port, proto, name) of the Services kube-proxy programs on any node, DNS first:
     a node that lacks one the others have is then walked for it too."""
     seen: dict[tuple[str, int, str], str] = {}
-    for f in facts:
-        if f.kind == "dns_service" and f.attrs.get("cluster_ip"):
+    for f in dns_services:
+        if f.attrs.get("cluster_ip"):
             ns = f"{f.attrs['namespace']}/{f.attrs['name']}"
             seen[(str(f.attrs["cluster_ip"]), 53, "udp")] = f"{ns}:dns"
             seen[(str(f.attrs["cluster_ip"]), 53, "tcp")] = f"{ns}:dns-tcp"
     dns = list(seen.items())
     others: dict[tuple[str, int, str], str] = {}
-    for f in facts:
+    for f in ipt_rules:
         a = f.attrs
-        if f.kind != "iptables_rule" or a.get("table") != "nat" or \
+        if a.get("table") != "nat" or \
                 a.get("chain") != "KUBE-SERVICES" or not a.get("dst") or not a.get("dport"):
             continue
         comment = str(a.get("comment") or "")
@@ -118,20 +121,22 @@ def _services(facts: list[Fact]) -> list[tuple[str, int, str, str]]:
 
 
 def path_facts(facts: list[Fact]) -> list[Fact]:
+    # one pass over every fact (a million at 5,000 nodes), then only the kinds read here
+    kinds = by_kind(facts, _KINDS)
     by_node: dict[str, list[Fact]] = defaultdict(list)
-    cluster: list[Fact] = []
-    for f in facts:
-        if f.kind in _KINDS:
-            (cluster if f.node == "cluster" or f.kind in ("k8s_node", "dns_pod") else
-             by_node[f.node]).append(f)
+    for k in _NODE_KINDS:
+        for f in kinds[k]:
+            by_node[f.node].append(f)
     names = sorted(n for n in by_node if any(
         f.kind == "node_status" and f.attrs.get("reachable") for f in by_node[n]))
     if not names:
         return []
+    api_cidrs = {f.node: str(f.attrs["pod_cidr"]) for f in kinds["k8s_node"]
+                 if f.attrs.get("pod_cidr")}
     nodes: dict[str, _Node] = {}
     for n in sorted(by_node):
         v = build(n, by_node[n])
-        cidr = pod_cidr_of(n, by_node, cluster)
+        cidr = pod_cidr_of(api_cidrs.get(n), by_node[n])
         pod, dev = _pod_side(v, cidr)
         ov = _overlay(v)
         under = v.dev_of(v.address) if v.address else None
@@ -139,18 +144,18 @@ def path_facts(facts: list[Fact]) -> list[Fact]:
                    and v.dev_of(a) != (ov or {}).get("name")), None)
         nodes[n] = _Node(v, cidr, pod, dev, ov, under or (ov or {}).get("vxlan_dev"), gw)
     reach: dict[str, set[str]] = defaultdict(set)
-    for f in facts:
-        if f.kind == "reach" and isinstance(f.attrs.get("dst"), str):
+    for f in kinds["reach"]:
+        if isinstance(f.attrs.get("dst"), str):
             reach[f.node].add(str(f.attrs["dst"]))
             reach[str(f.attrs["dst"])].add(f.node)
-    bgp = any(f.kind == "bgp_session" for f in facts) or any(
-        f.kind == "cni" and f.attrs.get("plugin") == "calico" for f in cluster) or any(
+    bgp = bool(kinds["bgp_session"]) or any(
+        f.attrs.get("plugin") == "calico" for f in kinds["cni"]) or any(
         r.protocol == "bird" for n in nodes.values() for r in n.view.routes)
-    services = _services(facts)
-    dns_pods = [(str(f.attrs["pod"]), f.node, str(f.attrs["ip"])) for f in cluster
-                if f.kind == "dns_pod" and f.attrs.get("ip")]
+    services = _services(kinds["dns_service"], kinds["iptables_rule"])
+    dns_pods = [(str(f.attrs["pod"]), f.node, str(f.attrs["ip"])) for f in kinds["dns_pod"]
+                if f.attrs.get("ip")]
     endpoints = sorted({(str(f.attrs["target"]), str(f.attrs["address"]))
-                        for f in facts if f.kind == "tcp_check" and f.attrs.get("address")})
+                        for f in kinds["tcp_check"] if f.attrs.get("address")})
     # A node SSH could not reach is still a peer: its address and pod range are known (the
     # inventory, the API), and the way to it is walked on every node that was reached.
     peer_names = sorted(n for n in by_node if nodes[n].view.address is not None)
@@ -279,7 +284,6 @@ def _port_of(target: str) -> int | None:
 
 def _facts_of(me: _Node, name: str, flows: list[Flow]) -> list[Fact]:
     v = me.view
-    altered = {d: how for d, how in v.altered.items()}
     counts = {"pass": 0, "drop": 0, "reject": 0, "unknown": 0}
     out: list[Fact] = []
     for flow in flows:
@@ -287,10 +291,10 @@ def _facts_of(me: _Node, name: str, flows: list[Flow]) -> list[Fact]:
         counts[end.verdict] = counts.get(end.verdict, 0) + 1
         if end.verdict == "pass":
             continue
-        out.append(_path_fact(name, flow, end, altered))
+        out.append(_path_fact(name, flow, end, v.altered))
     kinds = ",".join(sorted({f.name for f in flows}))
     peers = len({f.peer for f in flows if f.peer})
-    alt = "; ".join(f"{d}: {', '.join(h)}" for d, h in sorted(altered.items())) or None
+    alt = "; ".join(f"{d}: {', '.join(h)}" for d, h in sorted(v.altered.items())) or None
     out.append(Fact("path_walk", name, {
         "flows": len(flows), "passed": counts["pass"],
         "dropped": counts["drop"] + counts["reject"], "unknown": counts["unknown"],

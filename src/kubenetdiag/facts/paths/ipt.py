@@ -16,6 +16,7 @@ from kubenetdiag.facts.paths.packet import (
     Packet,
     Tri,
     addr,
+    any_of,
     iface_match,
     in_net,
     negate,
@@ -50,10 +51,7 @@ def _addresses(values: str, field: str) -> Matcher:
 
     def m(p: Packet, c: Context) -> Tri:
         a = p.src if field == "src" else p.dst
-        results = [in_net(a, n) for n in nets]
-        if any(r is True for r in results):
-            return True
-        return None if any(r is None for r in results) else False
+        return any_of(in_net(a, n) for n in nets)
 
     return m
 

@@ -16,6 +16,7 @@ from kubenetdiag.facts.paths.packet import (
     PROTO_NUMBERS,
     Packet,
     Tri,
+    any_of,
     iface_match,
     in_net,
     port_match,
@@ -74,16 +75,20 @@ def _value(tokens: list[str], i: int) -> tuple[list[str] | None, int]:
     return vals, i
 
 
+def _mark_is(mark: int, value: str) -> Tri:
+    try:
+        return mark == int(value, 0)
+    except ValueError:
+        return None
+
+
 def _compare(what: str, values: list[str], p: Packet, c: Context) -> Tri:
     if what in ("iif", "oif"):
         name = p.iif if what == "iif" else p.oif
         return any(iface_match(v, name) for v in values)
     if what in ("src", "dst"):
         a = p.src if what == "src" else p.dst
-        results = [in_net(a, v) for v in values]
-        if any(r is True for r in results):
-            return True
-        return None if any(r is None for r in results) else False
+        return any_of(in_net(a, v) for v in values)
     if what == "proto":
         return any(PROTO_NUMBERS.get(v, v) == p.proto for v in values)
     if what in ("nfproto", "ipversion"):
@@ -95,23 +100,14 @@ def _compare(what: str, values: list[str], p: Packet, c: Context) -> Tri:
         if l4 == "th" and p.proto not in ("tcp", "udp", "sctp"):
             return False
         port = p.dport if field == "dport" else p.sport
-        results = [port_match(v, port) for v in values]
-        if any(r is True for r in results):
-            return True
-        return None if any(r is None for r in results) else False
+        return any_of(port_match(v, port) for v in values)
     if what == "ctstate":
         have = {"new"} if p.state == "new" else {"established"}
         return bool(have & {v.lower() for v in values})
     if what == "ctstatus":
         return ("dnat" in values) and p.dnat if "dnat" in values else None
     if what == "mark":
-        out: list[Tri] = []
-        for v in values:
-            try:
-                out.append(p.mark == int(v, 0))
-            except ValueError:
-                out.append(None)
-        return True if True in out else (None if None in out else False)
+        return any_of(_mark_is(p.mark, v) for v in values)
     if what in ("fib.daddr", "fib.saddr"):
         a = p.dst if what == "fib.daddr" else p.src
         local = a in c.local or (a >> 24) == 127

@@ -63,12 +63,13 @@ def _ipt_owner(table: Table):
         if o:
             return o
         if rule is not None:
-            low = rule.text.lower()
+            comment = _comment(rule.text.lower())
             for word, who in _OWNER_WORDS:
-                if f'"{word}' in low or f"--comment {word}" in low or f'{word}' in _comment(low):
+                if word in comment:
                     return who
-            if rule.action.chain and _chain_owner(rule.action.chain):
-                return _chain_owner(rule.action.chain) or "unknown"
+            target = _chain_owner(rule.action.chain) if rule.action.chain else None
+            if target:
+                return target
         hosts = jumpers.get(chain, set()) & {"firewalld", "ufw"}
         if len(hosts) == 1:
             return hosts.pop()
@@ -165,8 +166,9 @@ def build(name: str, facts: list[Fact]) -> NodeView:
         elif k == "nft_table" and a.get("owner") != "iptables-nft":
             key = (str(a["family"]), str(a["table"]))
             owner = str(a.get("owner") or "nft")
-            nft_tables[key] = Table(f"{a['family']} {a['table']}", "nft",
-                                    owner_of=(lambda o: lambda c, r: o)(owner))
+            # (its rules may have been read first: keep them)
+            t = nft_tables.setdefault(key, Table(f"{a['family']} {a['table']}", "nft"))
+            t.owner_of = (lambda o: lambda c, r: o)(owner)
             v.has_netfilter = True
         elif k == "nft_chain" and a.get("owner") != "iptables-nft":
             nft_bases.append((str(a["family"]), str(a["table"]), str(a["chain"]), a))
@@ -193,6 +195,11 @@ def build(name: str, facts: list[Fact]) -> NodeView:
             t.chains.setdefault(rule.chain, []).append(rule)
             v.has_netfilter = True
 
+    # facts come in any order; a chain's rules run in position order
+    for t in (*ipt_tables.values(), *nft_tables.values()):
+        for rules in t.chains.values():
+            rules.sort(key=lambda r: r.position)
+
     # iptables: both backends' tables hook in at the same fixed priorities
     for (table, backend), t in sorted(ipt_tables.items()):
         t.owner_of = _ipt_owner(t)
@@ -200,8 +207,6 @@ def build(name: str, facts: list[Fact]) -> NodeView:
             hook = IPTABLES_HOOKS.get((table, chain))
             if hook is None:
                 continue
-            for rules in t.chains.values():
-                rules.sort(key=lambda r: r.position)
             policy = ipt_policies.get((table, chain, backend), "ACCEPT").lower()
             v.chains.append(BaseChain(t, chain, hook[0], hook[1],
                                       "drop" if policy == "drop" else "accept", hook[2]))
@@ -212,8 +217,6 @@ def build(name: str, facts: list[Fact]) -> NodeView:
             continue  # netdev egress runs after routing and postrouting: not walked yet
         t = nft_tables.setdefault((family, table), Table(f"{family} {table}", "nft"))
         t.chains.setdefault(chain, [])
-        for rules in t.chains.values():
-            rules.sort(key=lambda r: r.position)
         v.chains.append(BaseChain(t, chain, str(a.get("hook") or ""),
                                   nft.priority(str(a.get("priority") or "0")),
                                   "drop" if a.get("policy") == "drop" else "accept",
@@ -223,20 +226,18 @@ def build(name: str, facts: list[Fact]) -> NodeView:
     return v
 
 
-def pod_cidr_of(name: str, facts_by_node: dict[str, list[Fact]], cluster: list[Fact]
-                ) -> str | None:
-    """The node's pod range: the API's podCIDR, else flannel's subnet.env, else the block a
-    BGP CNI blackholes for itself."""
-    for f in cluster:
-        if f.kind == "k8s_node" and f.node == name and f.attrs.get("pod_cidr"):
-            return str(f.attrs["pod_cidr"])
-    for f in facts_by_node.get(name, ()):
+def pod_cidr_of(api_cidr: str | None, facts: list[Fact]) -> str | None:
+    """A node's pod range: the API's podCIDR, else flannel's subnet.env among the node's
+    facts, else the block a BGP CNI blackholes for itself."""
+    if api_cidr:
+        return api_cidr
+    for f in facts:
         if f.kind == "flannel_subnet" and f.attrs.get("subnet"):
             try:
                 return str(ipaddress.IPv4Network(str(f.attrs["subnet"]), strict=False))
             except ValueError:
                 pass
-    for f in facts_by_node.get(name, ()):
+    for f in facts:
         if f.kind == "route" and f.attrs.get("type") == "blackhole" and \
                 f.attrs.get("protocol") == "bird":
             return str(f.attrs["dst"])

@@ -75,6 +75,17 @@ def all_of(results: Iterable[Tri]) -> Tri:
     return None if undecided else True
 
 
+def any_of(results: Iterable[Tri]) -> Tri:
+    """True as soon as one is True; else None when one is undecided; else False."""
+    undecided = False
+    for r in results:
+        if r is True:
+            return True
+        if r is None:
+            undecided = True
+    return None if undecided else False
+
+
 def negate(value: Tri, neg: bool) -> Tri:
     if value is None or not neg:
         return value

@@ -10,7 +10,9 @@ from kubenetdiag.facts.paths.packet import (
     PROTO_NUMBERS,
     Packet,
     Tri,
+    all_of,
     in_net,
+    negate,
     network,
     port_match,
     prefix_len,
@@ -93,16 +95,7 @@ class PolicyRule:
                 checks.append((pkt.mark & (int(m, 0) if m else 0xFFFFFFFF)) == int(v, 0))
             except ValueError:
                 checks.append(None)
-        result: Tri = True
-        for c in checks:
-            if c is False:
-                result = False
-                break
-            if c is None:
-                result = None
-        if self.invert and result is not None:
-            return not result
-        return result
+        return negate(all_of(checks), self.invert)
 
 
 DEFAULT_RULES = (

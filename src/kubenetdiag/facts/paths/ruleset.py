@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kubenetdiag.facts.paths.packet import Packet, Tri
+from kubenetdiag.facts.paths.packet import Packet, Tri, all_of
 
 
 @dataclass(frozen=True)
@@ -44,14 +44,7 @@ class Rule:
     undecidable: str = ""  # the first match the walk cannot decide, named for the report
 
     def matches(self, pkt: Packet, ctx: Context) -> Tri:
-        undecided = False
-        for m in self.matchers:
-            r = m(pkt, ctx)
-            if r is False:
-                return False
-            if r is None:
-                undecided = True
-        return None if undecided else True
+        return all_of(m(pkt, ctx) for m in self.matchers)
 
 
 @dataclass

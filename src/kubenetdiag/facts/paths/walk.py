@@ -151,15 +151,24 @@ def _expectation(d: Decision, e: Expect | None, pkt: Packet, steps: list[str]) -
     return _route_ending(d, pkt, steps, "drop", f"{e.what} needs it {ways}")
 
 
+def _dead_end(d: Decision, pkt: Packet, steps: list[str]) -> Ending | None:
+    """The routing decision itself ends the packet, or cannot be made."""
+    if d.kind == "unknown":
+        return Ending("unknown", "route", d.at(pkt.dst), steps=steps,
+                      why="a policy rule cannot be decided")
+    if d.kind in ("none", "blackhole", "unreachable", "prohibit"):
+        return _route_ending(d, pkt, steps, "drop" if d.kind == "blackhole" else "reject")
+    return None
+
+
 def _decide(v: NodeView, flow: Flow, w: World, steps: list[str]) -> Ending:
     pkt = w.pkt
     if flow.kind == "in":
         d = v.routing.lookup(pkt)
         if d.kind != "local":
-            if d.kind == "unknown":
-                return Ending("unknown", "route", d.at(pkt.dst), steps=steps,
-                              why="a policy rule cannot be decided")
-            return _route_ending(d, pkt, steps, "drop", f"{show(pkt.dst)} is not local")
+            undecided = _dead_end(d, pkt, steps) if d.kind == "unknown" else None
+            return undecided or _route_ending(d, pkt, steps, "drop",
+                                              f"{show(pkt.dst)} is not local")
         steps.append("local")
         end = _rp_filter(v, pkt, steps)
         if end:
@@ -174,11 +183,9 @@ def _decide(v: NodeView, flow: Flow, w: World, steps: list[str]) -> Ending:
         end = _forwarding(v, pkt, steps)
         if end:
             return end
-        if d.kind == "unknown":
-            return Ending("unknown", "route", d.at(pkt.dst), steps=steps,
-                          why="a policy rule cannot be decided")
-        if d.kind in ("none", "blackhole", "unreachable", "prohibit"):
-            return _route_ending(d, pkt, steps, "drop" if d.kind == "blackhole" else "reject")
+        end = _dead_end(d, pkt, steps)
+        if end:
+            return end
         end = _rp_filter(v, pkt, steps) or _expectation(d, flow.expect if not pkt.dnat else None,
                                                          pkt, steps)
         if end:
@@ -197,12 +204,7 @@ def _decide(v: NodeView, flow: Flow, w: World, steps: list[str]) -> Ending:
         return _after(v, ["forward", "postrouting"], flow, pkt.but(oif=oif), w, steps)
     # sent by the node itself
     d = v.routing.lookup(pkt)
-    if d.kind == "unknown":
-        return Ending("unknown", "route", d.at(pkt.dst), steps=steps,
-                      why="a policy rule cannot be decided")
-    if d.kind in ("none", "blackhole", "unreachable", "prohibit"):
-        return _route_ending(d, pkt, steps, "drop" if d.kind == "blackhole" else "reject")
-    end = _expectation(d, flow.expect, pkt, steps)
+    end = _dead_end(d, pkt, steps) or _expectation(d, flow.expect, pkt, steps)
     if end:
         return end
     steps.append(d.at(pkt.dst))
