@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import textwrap
 from pathlib import Path
 
@@ -68,14 +69,18 @@ def test_symptom_chain_marks_root_cause_and_expands_evidence(tmp_path):
     findings = infer(rs, facts)
     f = by_rule(findings)
     assert set(f) == {"pods-cannot-forward", "ip-forward-off"}
-    cause, symptom = f["ip-forward-off"], f["pods-cannot-forward"]
+    cause = f["ip-forward-off"]
     assert cause["root_cause"] is True and cause["explained_by"] == []
     assert cause["nodes"] == ["n1"]
     assert cause["explains"] == ["pod_forwarding_broken"]
-    # The symptom finding spans n1 and n2 and shares n1 with the cause: explained.
-    assert symptom["nodes"] == ["n1", "n2"]
-    assert symptom["root_cause"] is False
-    assert symptom["explained_by"] == ["ip-forward-off"]
+    # The symptom fired on n1 and n2; only n1's is explained by the cause, so the rule reads
+    # as two findings: n2's symptom stays a root cause of its own, not hidden behind n1's.
+    symptoms = {tuple(x["nodes"]): x for x in findings if x["rule"] == "pods-cannot-forward"}
+    assert set(symptoms) == {("n1",), ("n2",)}
+    assert symptoms[("n1",)]["root_cause"] is False
+    assert symptoms[("n1",)]["explained_by"] == ["ip-forward-off"]
+    assert symptoms[("n2",)]["root_cause"] is True
+    assert "n2" in symptoms[("n2",)]["title"] and "n1" not in symptoms[("n2",)]["title"]
     # The cause matched only derived facts; its evidence is the base facts behind them.
     assert [(e["node"], e["attrs"]["key"]) for e in cause["evidence"]] == [
         ("n1", "probe.forward_ok"),
@@ -83,7 +88,10 @@ def test_symptom_chain_marks_root_cause_and_expands_evidence(tmp_path):
     ]
     assert all(e["kind"] == "sysctl" and "source" in e for e in cause["evidence"])
     # Root causes come first.
-    assert [x["rule"] for x in findings] == ["ip-forward-off", "pods-cannot-forward"]
+    assert [(x["rule"], x["nodes"]) for x in findings] == [
+        ("ip-forward-off", ["n1"]), ("pods-cannot-forward", ["n2"]),
+        ("pods-cannot-forward", ["n1"]),
+    ]
 
 
 def test_explained_by_fault_code_on_other_nodes_is_not_enough(tmp_path):
@@ -288,3 +296,43 @@ def test_merges_many_activations_at_scale(tmp_path):
     (f,) = infer(rs, facts)
     assert f["rule"] == "ip-forward-disabled"
     assert len(f["nodes"]) == 1000 and len(f["evidence"]) == 1000
+
+
+
+# A cause rule that itself waits for a lower cause ("CoreDNS is at fault unless the asker's own
+# path is broken"), and a symptom rule that waits for that cause ("DNS fails and nothing
+# explains it"). Both have a negated derived pattern; with one shared 'late' priority the two
+# raced and the symptom could be reported beside the cause that explains it.
+
+_SYMPTOM = """
+    fault: dns_resolution_failed
+    severity: error
+    title: "DNS fails on {node}"
+    when:
+      - sysctl: {node: $node, key: dns_ok, number: 0}
+      - not: {cause: {explains: dns_resolution_failed}}
+"""
+_CAUSE = """
+    fault: coredns_unreachable
+    severity: critical
+    title: "CoreDNS on {node} does not answer"
+    explains: [dns_resolution_failed]
+    when:
+      - sysctl: {node: $node, key: coredns_ok, number: 0}
+      - not: {cause: {node: $node, explains: pod_cross_node_broken}}
+    assert:
+      - cause: {node: $node, fault: coredns_unreachable, explains: dns_resolution_failed}
+"""
+
+
+def test_a_rule_waiting_for_a_cause_runs_after_the_rules_that_can_assert_it(tmp_path):
+    facts = [sysctl("n1", "dns_ok", 0), sysctl("n2", "dns_ok", 0), sysctl("n1", "coredns_ok", 0)]
+    files = [f"rules:\n  - id: dns-fails{_SYMPTOM}  - id: coredns-down{_CAUSE}",
+             f"rules:\n  - id: coredns-down{_CAUSE}  - id: dns-fails{_SYMPTOM}"]
+    # Every file order and fact order: CLIPS fires the newest activation of a priority first.
+    for text, ordered in itertools.product(files, (facts, facts[::-1])):
+        found = infer(ruleset(tmp_path, text), ordered)
+        # The cause is reported and the symptom rule never fires.
+        assert [(f["rule"], f["nodes"], f["root_cause"]) for f in found] == [
+            ("coredns-down", ["n1"], True)
+        ]

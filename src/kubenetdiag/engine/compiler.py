@@ -168,10 +168,11 @@ def _prefilter(pattern: Pattern) -> tuple[tuple[str, Check], ...]:
 
 
 class _RuleCompiler:
-    def __init__(self, rule: Rule, index: int, program: Program) -> None:
+    def __init__(self, rule: Rule, index: int, program: Program, level: int = 0) -> None:
         self.rule = rule
         self.index = index
         self.program = program
+        self.level = level
         self.names: dict[str, str] = {}  # positive variables -> CLIPS variable
         self.ids: list[str] = []
 
@@ -275,12 +276,63 @@ class _RuleCompiler:
         rhs.append(
             f"(assert ({FIRED} (rule {self.index}) (ids {' '.join(self.ids)}) (vals {vals})))"
         )
-        # A negated derived pattern ("no cause explains this symptom") is only true once every
-        # rule that could still assert such a fact has had its turn: CLIPS would otherwise fire
-        # the rule as soon as the symptom exists and keep the finding after the cause arrives.
-        late = any(p.negated and registry()[p.kind].derived for p in self.rule.when)
-        declare = "(declare (salience -10)) " if late else ""
+        declare = f"(declare (salience {-10 * self.level})) " if self.level else ""
         return f"(defrule r{self.index} {declare}{' '.join(lhs)} => {' '.join(rhs)})"
+
+
+def _may_assert(a: Assertion, p: Pattern) -> bool:
+    """Whether assertion `a` can produce a fact that pattern `p` matches, judged on the
+    constants both give (a variable can be anything)."""
+    if a.kind != p.kind:
+        return False
+    for t in p.tests:
+        v = a.values.get(t.attr)
+        if isinstance(v, Var):
+            continue
+        if t.form == "literal" and v != t.literal:
+            return False
+        for op in t.ops if t.form == "ops" else ():
+            check = _op_check(op)
+            if type(check) is frozenset and v not in check:
+                return False
+    return True
+
+
+def strata(rules: Sequence[Rule]) -> list[int]:
+    """Each rule's stratum: 0 without a negated derived pattern, else one above every rule
+    whose assertion could match that pattern.
+
+    A negated derived pattern ("no cause explains this symptom") is only true once every rule
+    that could still assert such a fact has had its turn. CLIPS fires the higher salience first,
+    so a rule at stratum n (salience -10n) runs after every rule below it. One shared 'late'
+    level was not enough: a CoreDNS cause rule that itself waits for path causes and the DNS
+    symptom rule that waits for it raced, and the symptom was reported beside its cause.
+    A cycle (two rules each waiting for the other's assertion) keeps the rules on one stratum.
+    """
+    reg = registry()
+    waits: list[list[int]] = []
+    for r in rules:
+        negs = [p for p in r.when if p.negated and reg[p.kind].derived]
+        waits.append([
+            j for j, other in enumerate(rules)
+            if other is not r and any(_may_assert(a, p) for a in other.asserts for p in negs)
+        ] if negs else [])
+    level: dict[int, int] = {}
+    visiting: set[int] = set()
+
+    def depth(i: int) -> int:
+        if i in level:
+            return level[i]
+        if not waits[i]:
+            level[i] = 0
+            return 0
+        visiting.add(i)
+        below = [depth(j) for j in waits[i] if j not in visiting]
+        visiting.discard(i)
+        level[i] = 1 + max(below, default=0)
+        return level[i]
+
+    return [depth(i) for i in range(len(rules))]
 
 
 def compile_rules(rules: Sequence[Rule]) -> Program:
@@ -312,9 +364,10 @@ def compile_rules(rules: Sequence[Rule]) -> Program:
         f"(deftemplate {FIRED} (slot rule) (multislot ids) (multislot vals))",
         *(_template(lay, reg[k]) for k, lay in kinds.items()),
     ]
+    levels = strata(rules)
     for i, r in enumerate(rules):
         try:
-            program.rule_constructs.append(_RuleCompiler(r, i, program).compile())
+            program.rule_constructs.append(_RuleCompiler(r, i, program, levels[i]).compile())
         except (ValueError, TypeError) as exc:
             raise CompileError(r, str(exc)) from None
     return program

@@ -367,11 +367,19 @@ def render(text: str, values: dict[str, list[Scalar]], nodes: list[str], lang: s
 
 @dataclass
 class _Outcome:
+    """What one rule concluded about one place: the activations that share their nodes."""
+
     rule: Rule
     nodes: set[str]
     ids: set[int]
     values: dict[str, list[Scalar]]
     symptoms: set[str]
+
+    def add(self, other: _Outcome) -> None:
+        self.nodes |= other.nodes
+        self.ids |= other.ids
+        for name, vs in other.values.items():
+            self.values[name].extend(vs)
 
 
 def _overlap(a: set[str], b: set[str]) -> bool:
@@ -404,96 +412,123 @@ def findings(program: Program, facts: Sequence[Fact], fired: dict[int, list], de
             for r in rec.rules:
                 symptoms[r].add(rec.attrs["name"])  # type: ignore[arg-type]
 
-    outcomes: dict[int, _Outcome] = {}
+    # One rule's activations are grouped by the nodes they are about, and each group is judged
+    # on its own: a DROP rule that fires on node1 and node2, where only node2's is explained by
+    # a security agent there, is a root cause on node1 and a consequence on node2.
+    groups: dict[int, dict[tuple[str, ...], _Outcome]] = {}
     for ri, acts in fired.items():
         rule = program.rules[ri]
-        o = _Outcome(rule, set(), set(), {v: [] for v in rule.variables}, symptoms[ri])
         on = rule.variables.index(rule.on.name) if rule.on else None
+        by_place: dict[tuple[str, ...], _Outcome] = {}
         for ids, vals in acts:
+            where = [vals[on]] if on is not None else [node_of(i) for i in ids]
+            place = tuple(sorted({n for n in where
+                                  if isinstance(n, str) and n and n != "cluster"}))
+            o = by_place.get(place)
+            if o is None:
+                o = by_place[place] = _Outcome(
+                    rule, set(place), set(), {v: [] for v in rule.variables}, symptoms[ri]
+                )
             o.ids.update(ids)
             for name, v in zip(rule.variables, vals, strict=True):
                 o.values[name].append(v)
-            where = [vals[on]] if on is not None else [node_of(i) for i in ids]
-            o.nodes.update(n for n in where if isinstance(n, str) and n and n != "cluster")
-        outcomes[ri] = o
+        groups[ri] = by_place
 
     # Where each conclusion touches: its own nodes plus the nodes of every fact behind it. A
     # cause explains a consequence seen elsewhere when its evidence was gathered there: BGP
     # sessions to node3 observed on node1 explain node1's missing route to node3's pods.
     # (Evidence is expanded here, in the order findings are built, because base_ids memoises
     # and a derivation cycle makes its answer depend on the order of the first calls.)
-    evidence: dict[int, list[int]] = {}
-    touched: dict[int, set[str]] = {}
-    for ri, o in outcomes.items():
-        if o.rule.fault is None:
-            continue
-        evidence[ri] = sorted(set().union(*(base_ids(i) for i in o.ids)))
+    def reach(o: _Outcome) -> tuple[list[int], set[str]]:
+        ev = sorted(set().union(*(base_ids(i) for i in o.ids)))
         t = set(o.nodes)
-        for b in evidence[ri]:
+        for b in ev:
             n = facts[b].node
             if isinstance(n, str) and n and n != "cluster":
                 t.add(n)
-        touched[ri] = t
+        return ev, t
+
+    causes: dict[int, set[str]] = {}  # a fault rule's reach over all its activations
+    for ri, by_place in groups.items():
+        if program.rules[ri].fault is not None:
+            causes[ri] = set().union(*(reach(o)[1] for o in by_place.values()))
 
     out = []
-    for ri, o in outcomes.items():
-        rule = o.rule
+    for ri, by_place in groups.items():
+        rule = program.rules[ri]
         if rule.fault is None:
             continue
-        mine = {rule.fault} | o.symptoms
-        explained_by = sorted(
-            s.rule.id
-            for si, s in outcomes.items()
-            if si != ri
-            and si in touched
-            and mine & set(s.rule.explains)
-            and s.rule.fault not in (None, rule.fault)
-            and _overlap(touched[ri], touched[si])
-        )
-        nodes = sorted(o.nodes)
-        evidence_ids = evidence[ri]
+        # Groups that come to the same verdict are one finding again, so a rule reads as one
+        # finding unless the places it fired on must be told apart.
+        merged: dict[tuple[str, ...], _Outcome] = {}
+        for place in sorted(by_place):
+            o = by_place[place]
+            mine = {rule.fault} | o.symptoms
+            touched = reach(o)[1]
+            explained_by = tuple(sorted(
+                program.rules[si].id
+                for si, reached in causes.items()
+                if si != ri
+                and mine & set(program.rules[si].explains)
+                and program.rules[si].fault != rule.fault
+                and _overlap(touched, reached)
+            ))
+            if explained_by in merged:
+                merged[explained_by].add(o)
+            else:
+                merged[explained_by] = _Outcome(
+                    rule, set(o.nodes), set(o.ids),
+                    {k: list(v) for k, v in o.values.items()}, o.symptoms,
+                )
+        for explained_by, o in merged.items():
+            out.append(_finding(rule, o, reach(o)[0], list(explained_by), facts))
+    out.sort(key=lambda f: (not f["root_cause"], SEVERITY_RANK[f["severity"]], f["rule"],
+                            f["nodes"]))
+    return out
 
-        def text(key: str, lang: str, rule: Rule = rule, o: _Outcome = o,
-                 nodes: list[str] = nodes) -> str:
-            t = rule.texts.get(key)
-            if not t:
-                return ""
-            return render(t.get(lang, t["en"]), o.values, nodes, lang)
 
-        finding: dict[str, Any] = {
-            "rule": rule.id,
-            "fault": rule.fault,
-            "severity": rule.severity,
-            "confidence": rule.confidence,
-            "title": text("title", "en"),
-            "explain": text("explain", "en"),
-            "nodes": nodes,
-            "root_cause": not explained_by,
-            "explained_by": explained_by,
-            "explains": list(rule.explains),
-            "evidence": [facts[i].to_dict() for i in evidence_ids],
+def _finding(rule: Rule, o: _Outcome, evidence_ids: list[int], explained_by: list[str],
+             facts: Sequence[Fact]) -> dict[str, Any]:
+    nodes = sorted(o.nodes)
+
+    def text(key: str, lang: str) -> str:
+        t = rule.texts.get(key)
+        if not t:
+            return ""
+        return render(t.get(lang, t["en"]), o.values, nodes, lang)
+
+    finding: dict[str, Any] = {
+        "rule": rule.id,
+        "fault": rule.fault,
+        "severity": rule.severity,
+        "confidence": rule.confidence,
+        "title": text("title", "en"),
+        "explain": text("explain", "en"),
+        "nodes": nodes,
+        "root_cause": not explained_by,
+        "explained_by": explained_by,
+        "explains": list(rule.explains),
+        "evidence": [facts[i].to_dict() for i in evidence_ids],
+        "remediation": [
+            {
+                "text": render(r.text["en"], o.values, nodes, "en"),
+                "command": r.command,
+                "changes_state": r.changes_state,
+            }
+            for r in rule.remediate
+        ],
+        "i18n": {},
+    }
+    if rule.has_lang("zh-CN"):
+        finding["i18n"]["zh-CN"] = {
+            "title": text("title", "zh-CN"),
+            "explain": text("explain", "zh-CN"),
             "remediation": [
-                {
-                    "text": render(r.text["en"], o.values, nodes, "en"),
-                    "command": r.command,
-                    "changes_state": r.changes_state,
-                }
+                render(r.text.get("zh-CN", r.text["en"]), o.values, nodes, "zh-CN")
                 for r in rule.remediate
             ],
-            "i18n": {},
         }
-        if rule.has_lang("zh-CN"):
-            finding["i18n"]["zh-CN"] = {
-                "title": text("title", "zh-CN"),
-                "explain": text("explain", "zh-CN"),
-                "remediation": [
-                    render(r.text.get("zh-CN", r.text["en"]), o.values, nodes, "zh-CN")
-                    for r in rule.remediate
-                ],
-            }
-        out.append(finding)
-    out.sort(key=lambda f: (not f["root_cause"], SEVERITY_RANK[f["severity"]], f["rule"]))
-    return out
+    return finding
 
 
 def infer(ruleset: RuleSet, facts: list[Fact]) -> list[dict[str, Any]]:
