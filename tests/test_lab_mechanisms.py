@@ -21,10 +21,12 @@ from pathlib import Path
 import pytest
 
 from conftest import SESSION_LAB_PREFIX
-from kubenetdiag_lab import Lab, LabError, coredns
+from kubenetdiag_lab import Lab, LabError, coredns, flannel
 from kubenetdiag_lab.netns import cmdline, lab_namespaces
 from test_lab_faults import (
+    api,
     client_pod,
+    counter,
     dns_ok,
     pod_blocked,
     pod_ready,
@@ -32,6 +34,7 @@ from test_lab_faults import (
     recorded,
     slice_endpoints,
     ssh,
+    web_ok,
 )
 
 pytestmark = pytest.mark.lab
@@ -386,6 +389,94 @@ def _kube_proxy_hung(lab: Lab) -> None:
     assert container(mine) == (True, 0)  # kube-proxy's DaemonSet has no probe
 
 
+def _listener_hung(lab: Lab) -> None:
+    # an app that accepted with backlog 128, stopped: its queue is full (Recv-Q 129 > 128)
+    line = lab.node_exec("node2", ["ss", "-Hlntp", "sport = :30080"]).stdout.split()
+    assert line[:3] == ["LISTEN", "129", "128"], line
+    pid = int(re.search(r"pid=(\d+)", " ".join(line)).group(1))
+    assert _state(pid) == "T" and "serve-banner 30080" in cmdline(pid)
+    # one more connect from a pod is not accepted, and counts as an overflow
+    before = counter(lab, "node2", "/proc/net/netstat", "ListenOverflows")
+    cp = lab.netprog(client_pod(lab, "node2"), "--timeout", "1", "tcp", "198.18.0.12", "30080")
+    assert cp.returncode != 0 and "timed out" in cp.stderr, cp
+    assert counter(lab, "node2", "/proc/net/netstat", "ListenOverflows") > before
+
+
+def _udp_reader_hung(lab: Lab) -> None:
+    out = lab.node_exec("node2", ["ss", "-Hlnump", "sport = :30053"]).stdout
+    # the kernel's default buffer (rmem_default), full, with drops; its reader stopped
+    skmem = re.search(r"r(\d+),rb(\d+),.*,d(\d+)\)", out)
+    assert skmem, out
+    queued, rcvbuf, drops = map(int, skmem.groups())
+    assert rcvbuf == int(sysctl(lab, "node2", "net.core.rmem_default")) and rcvbuf > 100000
+    assert queued > rcvbuf // 2 and drops > 0, out
+    pid = int(re.search(r"pid=(\d+)", out).group(1))
+    assert _state(pid) == "T" and "udp-sink 30053" in cmdline(pid)
+    before = counter(lab, "node2", "/proc/net/snmp", "RcvbufErrors")
+    lab.netprog(client_pod(lab, "node2"), "udp-flood", "198.18.0.12", "30053", "50")
+    assert counter(lab, "node2", "/proc/net/snmp", "RcvbufErrors") > before
+
+
+def _time_wait_server_side(lab: Lab) -> None:
+    # the server on node1 closed first: its side holds the TIME_WAITs, the pod's none
+    server = lab.node_exec("node1", ["ss", "-Htn", "state", "time-wait",
+                                     "sport = :30081"]).stdout
+    assert len(server.splitlines()) >= 1400
+    pod = client_pod(lab, "node1")
+    assert lab.runners.pod(pod).run(["ss", "-Htn", "state", "time-wait"]).stdout == ""
+
+
+def _web_on_loopback(lab: Lab) -> None:
+    web = lab.pod_for_app("web")
+    listening = lab.runners.pod(web.name).run(["ss", "-Hlnt"]).stdout.split()
+    assert listening[3] == "127.0.0.1:8080", listening
+    cp = lab.netprog(client_pod(lab, "node1"), "tcp", web.ip, "8080")
+    assert cp.returncode != 0 and "refused" in cp.stderr, cp
+    cp = lab.netprog(client_pod(lab, "node1"), "tcp", "10.96.0.20", "80")
+    assert cp.returncode != 0 and "refused" in cp.stderr, cp
+    # it does listen: on the pod's loopback
+    assert lab.netprog(web.name, "http", "http://127.0.0.1:8080/").returncode == 0
+    assert pod_ready(lab, "default", web.name)  # the lab models no readiness probe for it
+
+
+def _selector_matches_nothing(lab: Lab) -> None:
+    web = lab.pod_for_app("web")
+    svc = api(lab, "/api/v1/namespaces/default/services/web")
+    assert svc["spec"]["selector"] == {"app": "web-v2"}
+    # the pod is Ready; the controller's slice lists nothing, kube-proxy rejects the VIP
+    assert pod_ready(lab, "default", web.name)
+    assert slice_endpoints(lab, "default", "web") == []
+    for node in ("node1", "node2"):
+        assert "default/web:http has no endpoints" in iptables(lab, node)
+    assert not web_ok(lab)
+    state = json.loads(lab.state_path.read_text())
+    web_svc = next(s for s in state["services"] if s["name"] == "web")
+    assert web_svc["endpoints"] == [] and web_svc["selector"] == {"app": "web-v2"}
+    assert next(p for p in state["pods"] if p["name"] == web.name)["ready"] is True
+
+
+def _vxlan_link_by_hand(lab: Lab) -> None:
+    def link(node: str) -> dict:
+        return json.loads(lab.node_exec(node, ["ip", "-j", "-d", "link", "show",
+                                               "flannel.1"]).stdout)[0]
+    mine, peer = link("node2"), link("node1")
+    assert mine["linkinfo"]["info_data"]["port"] == 4789
+    assert peer["linkinfo"]["info_data"]["port"] == 8472
+    # flanneld still runs with the cluster's configuration, which names no port
+    assert "flanneld" in proc_states(lab, "node2")
+    assert flannel.configured_port(lab.paths, lab.topology.node("node2")) is None
+    # flanneld's entries for the peer are all there: the port alone breaks the overlay
+    assert "10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink" in lab.node_exec(
+        "node2", ["ip", "route"]).stdout
+    assert "dst 198.18.0.11 self permanent" in lab.node_exec(
+        "node2", ["bridge", "fdb", "show", "dev", "flannel.1"]).stdout
+    assert "PERMANENT" in lab.node_exec("node2", ["ip", "neigh", "show", "dev",
+                                                  "flannel.1"]).stdout
+    state = json.loads(lab.state_path.read_text())
+    assert [n["vxlan_port"] for n in state["nodes"]] == [8472, 4789]
+    blocked_both(lab, "node1", "node2")
+
+
 VXLAN_CASES = [
     ("bridge_nf_call_iptables_disabled", "file", "node1", {}, _bridge_nf_file),
     ("somaxconn_low", "file", "node2", {}, _somaxconn_file),
@@ -408,6 +499,12 @@ VXLAN_CASES = [
     ("cni_pod_not_running", "hang", "node2", {}, _flanneld_hung),
     ("coredns_unreachable", "hang", None, {}, _coredns_hung),
     ("node_unreachable", "hang", "node2", {}, _sshd_hung),
+    ("listen_queue_overflow", "hang", "node2", {}, _listener_hung),
+    ("udp_buffer_errors", "hang", "node2", {}, _udp_reader_hung),
+    ("time_wait_pileup", "server", "node1", {"count": "1500"}, _time_wait_server_side),
+    ("port_not_listening", "loopback", "node2", {}, _web_on_loopback),
+    ("service_no_endpoints", "selector", "node2", {}, _selector_matches_nothing),
+    ("vxlan_port_mismatch", "link", "node2", {}, _vxlan_link_by_hand),
 ]
 
 

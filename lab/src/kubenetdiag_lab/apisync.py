@@ -27,6 +27,7 @@ from typing import Any
 from kubenetdiag_lab import k8s_objects
 from kubenetdiag_lab.controlplane import AdminClient, ApiError, collection_path
 from kubenetdiag_lab.errors import LabError
+from kubenetdiag_lab.topology import pod_labels
 
 # Set by the server; a body that carried them would be refused (uid) or conflict
 # (resourceVersion), and creationTimestamp is the server's to set.
@@ -175,16 +176,23 @@ Endpoints = dict[tuple[str, str], tuple[set[str], set[str]]]  # (ns, svc): (all,
 
 def expected_endpoints(state: Mapping[str, Any]) -> Endpoints:
     """What the EndpointSlice controller should list for lab.json's services that carry
-    `endpoints`: every address of the pods their selector (`app`) picks, and the addresses
-    of the pods `endpoints` names as the ready ones."""
+    `endpoints`: every address of the pods their selector picks (their `app`'s pods, or
+    the pods whose labels match a `selector` a fault gave them), and the addresses of the
+    pods `endpoints` names as the ready ones."""
     pods = [p for p in state.get("pods") or [] if isinstance(p, dict) and p.get("ip")]
     out: Endpoints = {}
     for svc in state.get("services") or []:
         if not isinstance(svc, dict) or not svc.get("app") or "endpoints" not in svc:
             continue
         ns = svc.get("namespace") or "default"
-        mine = [p for p in pods if p.get("app") == svc["app"]
-                and (p.get("namespace") or ns) == ns]
+        selector = svc.get("selector")
+        if isinstance(selector, dict) and selector:
+            want = {str(k): str(v) for k, v in selector.items()}.items()
+            mine = [p for p in pods if want <= pod_labels(str(p.get("app") or "")).items()
+                    and (p.get("namespace") or ns) == ns]
+        else:
+            mine = [p for p in pods if p.get("app") == svc["app"]
+                    and (p.get("namespace") or ns) == ns]
         ready = set(svc["endpoints"] or [])
         out[(ns, svc["name"])] = ({p["ip"] for p in mine},
                                   {p["ip"] for p in mine if p["name"] in ready})

@@ -32,7 +32,14 @@ from kubenetdiag_lab import cni, coredns, flannel, kubeproxy, nodehost, services
 from kubenetdiag_lab.netns import LabError, cmdline, pids_in_netns, run
 from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.runner import NodeRunner, Runners
-from kubenetdiag_lab.topology import LabNode, Topology, cluster_services
+from kubenetdiag_lab.topology import (
+    WEB_PORT,
+    LabNode,
+    Service,
+    Topology,
+    cluster_services,
+    pod_labels,
+)
 
 Params = dict[str, str]
 CRASH_RESTARTS = 4  # a crash-looping container's restart count, as the API then shows it
@@ -58,7 +65,7 @@ class ActiveFaults:
 
     def vxlan_port(self, node: str) -> int:
         for params in self.params("vxlan_port_mismatch", node):
-            return int(params["port"])
+            return _mismatch_port(params)
         return flannel.VXLAN_PORT
 
     def cni_pod_unready(self) -> set[str]:
@@ -71,14 +78,16 @@ class ActiveFaults:
 
     def unready_pods(self, topology: Topology) -> dict[str, int]:
         """{pod name: restarts} of the pods a fault made not Ready, as the kubelet would
-        report them: a service_no_endpoints service's pods fail their readiness probe (still
-        running, no restart); a stopped CoreDNS (coredns_unreachable via=stop) crash-loops;
-        a pod whose readiness probe the lab found failing (a hung CoreDNS) is not Ready
-        without restarts (the lab models readiness, not liveness: a liveness restart would
-        end the hang)."""
+        report them: a service_no_endpoints service's pods fail their readiness probe
+        (via=unready: still running, no restart; via=selector leaves them Ready); a stopped
+        CoreDNS (coredns_unreachable via=stop) crash-loops; a pod whose readiness probe the
+        lab found failing (a hung CoreDNS) is not Ready without restarts (the lab models
+        readiness, not liveness: a liveness restart would end the hang)."""
         out: dict[str, int] = {}
         services = {svc.name: svc for svc in cluster_services(topology)}
         for params in self.params("service_no_endpoints"):
+            if params.get("via", "unready") != "unready":
+                continue
             svc = services.get(params["service"])
             out.update(dict.fromkeys(svc.endpoints if svc else (), 0))
         if any(params["via"] == "stop" for params in self.params("coredns_unreachable")):
@@ -86,6 +95,15 @@ class ActiveFaults:
         for pod in self.probed_unready_pods:
             out.setdefault(pod, 0)
         return out
+
+    def services(self, topology: Topology) -> list[Service]:
+        """The Services as the faults in force leave them: without the endpoints of pods not
+        Ready, and with the selector a service_no_endpoints via=selector gave them. What
+        lab.json lists and what every kube-proxy must have programmed."""
+        selectors = {params["service"]: _broken_selector(topology, params["service"])
+                     for params in self.params("service_no_endpoints")
+                     if params.get("via") == "selector"}
+        return cluster_services(topology, self.unready_pods(topology), selectors)
 
 
 @dataclass(frozen=True)
@@ -216,10 +234,17 @@ def _start_in_node(ctx: FaultContext, node: LabNode, argv: list[str],
     ctx.node(node).shell(f"({exec_}{shlex.join(argv)}) </dev/null >>{log} 2>&1 &")
 
 
-def _kill_matching(ctx: FaultContext, node: LabNode, needle: str) -> None:
-    pids = [pid for pid in pids_in_netns([node.netns]).get(node.netns, [])
+def _procs_matching(node: LabNode, needle: str) -> list[int]:
+    return [pid for pid in pids_in_netns([node.netns]).get(node.netns, [])
             if needle in cmdline(pid)]
-    nodehost.kill(pids)
+
+
+def _stop_matching(ctx: FaultContext, node: LabNode, *needles: str) -> None:
+    """End the node's processes whose command line holds a needle, hung ones too."""
+    for needle in needles:
+        pids = _procs_matching(node, needle)
+        _signal(pids, signal.SIGCONT)
+        nodehost.kill(pids)
 
 
 def _netprog(ctx: FaultContext, pod: str, *args: str) -> None:
@@ -878,28 +903,147 @@ register(Fault(
 ))
 
 
+MISMATCH_PORTS = {"netconf": 8475, "link": 4789}  # via=link: the IANA port, typed by hand
+
+
+def _mismatch_port(params: Params) -> int:
+    return int(params["port"]) if params.get("port") else MISMATCH_PORTS[params["via"]]
+
+
+def _vxlan_device(runner: NodeRunner) -> dict[str, Any]:
+    """Everything flannel.1 holds that a by-hand recreation must put back: the link's own
+    settings (index, MAC, MTU, VXLAN attributes), its addresses, FDB entries, neighbours,
+    routes and its sysctls."""
+    link = json.loads(runner.run(["ip", "-j", "-d", "link", "show", flannel.VXLAN_DEV]
+                                 ).stdout)[0]
+    dev = flannel.VXLAN_DEV
+    return {
+        "link": link,
+        "addrs": runner.run(["ip", "-4", "-o", "addr", "show", "dev", dev]).stdout,
+        "fdb": runner.run(["bridge", "fdb", "show", "dev", dev]).stdout,
+        "neigh": runner.run(["ip", "-4", "neigh", "show", "dev", dev, "nud", "permanent"]
+                            ).stdout,
+        "routes": runner.run(["ip", "-4", "route", "show", "table", "main", "dev", dev]).stdout,
+        "sysctls": {key: value for key, value in _sysctl_lines(runner).items()
+                    if key.startswith((f"net.ipv4.conf.{_sysctl_dev(dev)}.",
+                                       f"net.ipv6.conf.{_sysctl_dev(dev)}."))},
+    }
+
+
+def _sysctl_lines(runner: NodeRunner) -> dict[str, str]:
+    out = {}
+    for line in runner.run(["sysctl", "-a"], check=False).stdout.splitlines():
+        key, sep, value = line.partition(" = ")
+        if sep:
+            out[key] = value.strip()
+    return out
+
+
+VXLAN_OLD = "flannel.old"
+
+
+def _recreate_vxlan(ctx: FaultContext, node: LabNode, port: int) -> None:
+    """Delete flannel.1 and create it again by hand on UDP `port`, as an SRE would with `ip
+    link add ... type vxlan ... dstport`, then put back what flanneld had programmed on it
+    (flanneld does not notice: it programs a peer's entries only when its lease changes,
+    and it watches only for flannel.1 being deleted). Same index, MAC, MTU, VNI, local
+    address and flags, so nothing but the port differs."""
+    runner = ctx.node(node)
+    was = _vxlan_device(runner)
+    link, info = was["link"], was["link"]["linkinfo"]["info_data"]
+    dev = flannel.VXLAN_DEV
+    # Renamed away before it is deleted: flanneld (v0.27+) watches for flannel.1 being
+    # deleted and creates its own again at once; a deleted device by another name it ignores.
+    runner.run(["ip", "link", "set", dev, "down"])
+    runner.run(["ip", "link", "set", dev, "name", VXLAN_OLD])
+    runner.run(["ip", "link", "del", VXLAN_OLD])
+    add = ["ip", "link", "add", dev, "index", str(link["ifindex"]), "address", link["address"],
+           "mtu", str(link["mtu"]), "txqueuelen", str(link.get("txqlen", 0)),
+           "type", "vxlan", "id", str(info["id"]),
+           "local", info["local"], "dev", info["link"], "dstport", str(port),
+           "learning" if info.get("learning") else "nolearning",
+           "ageing", str(info.get("ageing", 300)),
+           "udpcsum" if info.get("udp_csum") else "noudpcsum"]
+    if info.get("ttl"):
+        add += ["ttl", str(info["ttl"])]
+    for _ in range(50):  # bounded: the old index is free once the kernel has let go of it
+        cp = runner.run(add, check=False)
+        if cp.returncode == 0:
+            break
+        run(["sleep", "0.02"])
+    else:
+        raise LabError(f"{node.name}: could not create {dev} again: {cp.stderr.strip()}")
+    now = _sysctl_lines(runner)
+    changed = [f"{key}={value}" for key, value in was["sysctls"].items()
+               if now.get(key) != value]
+    if changed:
+        _sysctl(ctx, node, *changed)
+    for line in was["addrs"].splitlines():  # "6: flannel.1    inet 10.244.2.0/32 scope global"
+        words = line.split()
+        runner.run(["ip", "addr", "add", words[words.index("inet") + 1], "dev", dev,
+                    *words[words.index("scope"):words.index("scope") + 2]])
+    if "UP" in link.get("flags", []):
+        runner.run(["ip", "link", "set", dev, "up"])
+    for line in was["fdb"].splitlines():  # "<mac> dst <ip> self permanent"
+        words = line.split()
+        if "dst" in words and "permanent" in words:
+            runner.run(["bridge", "fdb", "append", words[0], "dev", dev,
+                        "dst", words[words.index("dst") + 1], "self", "permanent"])
+    for line in was["neigh"].splitlines():  # "<ip> lladdr <mac> PERMANENT"
+        words = line.split()
+        if "lladdr" in words:
+            runner.run(["ip", "neigh", "replace", words[0], "lladdr",
+                        words[words.index("lladdr") + 1], "dev", dev, "nud", "permanent"])
+    for line in was["routes"].splitlines():  # "10.244.1.0/24 via 10.244.1.0 onlink"
+        words = line.split()
+        if words and words[0] not in ("local", "broadcast"):
+            runner.run(["ip", "route", "replace", *words, "dev", dev])
+
+
 def _vxlan_port_set(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    # The way a node ends up on another port for real: its flanneld (re)started with another
-    # net-conf.json than its peers'; flanneld then recreates flannel.1 on that port.
-    port = int(params["port"])
-    flannel.set_port(ctx.topology, ctx.paths, node, port)
-    flannel.restart(ctx.topology, ctx.paths, node, ctx.node(node))
+    port = _mismatch_port(params)
+    if params["via"] == "netconf":
+        # The way a node ends up on another port through its configuration: its flanneld
+        # (re)started with another net-conf.json than its peers'; flanneld then recreates
+        # flannel.1 on that port.
+        flannel.set_port(ctx.topology, ctx.paths, node, port)
+        flannel.restart(ctx.topology, ctx.paths, node, ctx.node(node))
+    elif params["via"] == "link":
+        # By hand under a running flanneld, whose configuration still says 8472: flannel.1
+        # deleted and created again with another dstport (the IANA 4789, as `ip link add`
+        # examples have it), flanneld's entries put back.
+        _recreate_vxlan(ctx, node, port)
+    else:
+        raise LabError("vxlan_port_mismatch: via must be netconf or link")
     if flannel.vxlan_port(ctx.node(node)) != port:
-        raise LabError(f"vxlan_port_mismatch: flanneld on {node.name} did not move flannel.1 "
-                       f"to port {port}")
+        raise LabError(f"vxlan_port_mismatch: flannel.1 on {node.name} is not on port {port}")
 
 
 def _vxlan_port_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    configured = flannel.configured_port(ctx.paths, node)
     flannel.set_port(ctx.topology, ctx.paths, node, None)
-    if flannel.vxlan_port(ctx.node(node)) != flannel.VXLAN_PORT:
+    ctx.node(node).run(["ip", "link", "del", VXLAN_OLD], check=False)  # an inject cut short
+    if flannel.vxlan_port(ctx.node(node)) in (flannel.VXLAN_PORT, None):
+        return
+    if configured is None:
+        # via=link: flanneld runs with the cluster's configuration and does not know its
+        # device changed; the device goes back exactly as it was (flanneld not restarted)
+        _recreate_vxlan(ctx, node, flannel.VXLAN_PORT)
+    else:
+        # via=netconf: flanneld cannot compare a port it was not given, so it keeps a device
+        # on another one; deleting it first makes it create flannel.1 on the default again
         flannel.restart(ctx.topology, ctx.paths, node, ctx.node(node), recreate_device=True)
 
 
 register(Fault(
     "vxlan_port_mismatch",
-    "the node's flanneld restarted with a net-conf.json that sets another VXLAN port (param "
-    "port, default 8475): its flannel.1 moves there, its peers stay on 8472",
-    _vxlan_port_set, _vxlan_port_heal, {"port": "8475"}, modes=("flannel-vxlan",),
+    "the node's flannel.1 on another VXLAN port than its peers' 8472 (param port): its "
+    "flanneld restarted with a net-conf.json that sets the port, so flanneld moves flannel.1 "
+    "there (via=netconf, default 8475); or flannel.1 replaced by hand with one on `dstport "
+    "4789` (via=link, default 4789) under a running flanneld whose configuration still says "
+    "8472, its FDB entries, neighbours and routes put back",
+    _vxlan_port_set, _vxlan_port_heal, {"via": "netconf", "port": ""}, modes=("flannel-vxlan",),
+    mechanisms={"netconf": (), "link": ()},
 ))
 
 
@@ -1189,28 +1333,43 @@ register(Fault(
 ))
 
 
+def _broken_selector(topology: Topology, service: str) -> dict[str, str]:
+    """The selector a Service ends up with when it was re-applied for a release its pods never
+    got (their labels still the old ones): every value of its app's labels with -v2."""
+    apps = {svc.name: svc.app for svc in cluster_services(topology)}
+    return {key: f"{value}-v2" for key, value in pod_labels(apps[service]).items()}
+
+
 def _known_service(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    # The fault itself is an API change: the service's pods are not Ready once the state is
-    # saved (apisync writes their status as the kubelet would), and kube-controller-manager
-    # marks their endpoints not ready.
+    # The fault itself is an API change, made when the state is saved: via=unready, the
+    # service's pods are not Ready (apisync writes their status as the kubelet would) and
+    # kube-controller-manager marks their endpoints not ready; via=selector, the Service is
+    # replaced in the apiserver with a selector that matches no pod, so the controller
+    # empties its slices while the pods stay Ready. A heal is the state saved without it.
     if params["service"] not in {svc.name for svc in cluster_services(ctx.topology)}:
         raise LabError(f"service_no_endpoints: no lab service {params['service']!r}")
+    if params["via"] not in ("unready", "selector"):
+        raise LabError("service_no_endpoints: via must be unready or selector")
 
 
 def _kube_proxies_synced(ctx: FaultContext, node: LabNode, params: Params) -> None:
     """Every node's real kube-proxy has turned the API's endpoints into rules (its REJECT for
     an endpointless Service, its KUBE-SVC/KUBE-SEP chains again once healed)."""
     kubeproxy.wait_synced(ctx.topology, ctx.paths, list(ctx.topology.nodes), ctx.node,
-                          ctx.active.unready_pods(ctx.topology))
+                          ctx.active.services(ctx.topology))
 
 
 register(Fault(
     "service_no_endpoints",
-    "a Service (param service, default web) has no ready endpoints: its pods fail their "
-    "readiness probe (not Ready in the API), kube-controller-manager marks their endpoints not "
-    "ready, the nodes' kube-proxy REJECTs its VIP; lab.json lists no endpoints",
-    _known_service, _noop, {"service": "web"}, scope="cluster", default_node=_web_node,
-    settle=_kube_proxies_synced,
+    "a Service (param service, default web) has no ready endpoints, so the nodes' kube-proxy "
+    "REJECTs its VIP and lab.json lists no endpoints: its pods fail their readiness probe (not "
+    "Ready in the API), kube-controller-manager marks their endpoints not ready (via=unready); "
+    "or the Service replaced in the apiserver with a selector its pods' labels do not match "
+    "(app: web-v2), the pods Ready, its EndpointSlice empty (via=selector; heal puts the "
+    "selector back)",
+    _known_service, _noop, {"via": "unready", "service": "web"}, scope="cluster",
+    default_node=_web_node, settle=_kube_proxies_synced,
+    mechanisms={"unready": (), "selector": ()},
 ))
 
 
@@ -1235,7 +1394,7 @@ def _kube_proxy_restarted(ctx: FaultContext, node: LabNode, params: Params) -> N
     kubeproxy.stop(node)
     kubeproxy.start(ctx.paths, node, ctx.node(node))
     kubeproxy.wait_synced(ctx.topology, ctx.paths, [node], ctx.node,
-                          ctx.active.unready_pods(ctx.topology))
+                          ctx.active.services(ctx.topology))
 
 
 register(Fault(
@@ -1250,14 +1409,32 @@ register(Fault(
 
 # ---- sockets --------------------------------------------------------------------------------
 
+APP_BACKLOG = "128"  # a listening app's own backlog, as most servers ask for
+
 
 def _listen_overflow(ctx: FaultContext, node: LabNode, params: Params) -> None:
     port = params["port"]
-    _start_in_node(ctx, node, services.netprog_argv("listen-stuck", port, params["backlog"]))
-    _wait_listen(ctx, node, int(port), "tcp")
+    count = int(params["count"])
+    if params["via"] == "stuck":
+        _start_in_node(ctx, node, services.netprog_argv("listen-stuck", port, params["backlog"]))
+        _wait_listen(ctx, node, int(port), "tcp")
+    elif params["via"] == "hang":
+        # An app that accepts as it should, with an ordinary backlog, hangs (SIGSTOP): its
+        # accept queue fills, and the burst beyond the backlog overflows it.
+        _start_in_node(ctx, node, services.netprog_argv(
+            "serve-banner", port, "lab-app ready", "--backlog", APP_BACKLOG))
+        _wait_listen(ctx, node, int(port), "tcp")
+        _freeze(_procs_matching(node, f"serve-banner {port} "), f"the app on {node.name}")
+        count += int(APP_BACKLOG)
+    else:
+        raise LabError("listen_queue_overflow: via must be stuck or hang")
     pod = ctx.topology.pods_on(node.name)[0]
-    _netprog(ctx, pod.name, "connect-burst", node.address, port, params["count"],
-             "--hold", "2")
+    _netprog(ctx, pod.name, "connect-burst", node.address, port, str(count), "--hold", "2")
+
+
+def _listen_overflow_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    port = params["port"]
+    _stop_matching(ctx, node, f"listen-stuck {port} ", f"serve-banner {port} ")
 
 
 def _wait_listen(ctx: FaultContext, node: LabNode, port: int, proto: str) -> None:
@@ -1271,44 +1448,114 @@ def _wait_listen(ctx: FaultContext, node: LabNode, port: int, proto: str) -> Non
 
 register(Fault(
     "listen_queue_overflow",
-    "a listener on the node with backlog 1 that never accepts, then a bounded burst of "
-    "connects from a pod: the accept queue overflows and ListenOverflows rises",
-    _listen_overflow,
-    lambda ctx, node, params: _kill_matching(ctx, node, f"listen-stuck {params['port']} "),
-    {"port": "30080", "backlog": "1", "count": "64"},
+    "a listener on the node whose accept queue overflows under a bounded burst of connects "
+    "from a pod, so ListenOverflows rises: one with backlog 1 that never accepts (via=stuck), "
+    "or an app that accepts normally with backlog 128, hung with SIGSTOP before a burst of "
+    "128 + count (via=hang)",
+    _listen_overflow, _listen_overflow_heal,
+    {"via": "stuck", "port": "30080", "backlog": "1", "count": "64"},
+    mechanisms={"stuck": (), "hang": ()},
 ))
 
 
 def _udp_errors(ctx: FaultContext, node: LabNode, params: Params) -> None:
     port = params["port"]
-    _start_in_node(ctx, node, services.netprog_argv("udp-stuck", port, params["rcvbuf"]))
-    _wait_listen(ctx, node, int(port), "udp")
+    if params["via"] == "stuck":
+        _start_in_node(ctx, node, services.netprog_argv("udp-stuck", port, params["rcvbuf"]))
+        _wait_listen(ctx, node, int(port), "udp")
+    elif params["via"] == "hang":
+        # A receiver with the kernel's default buffer that reads as it should, hung
+        # (SIGSTOP): the flood is bigger than the default buffer holds.
+        _start_in_node(ctx, node, services.netprog_argv("udp-sink", port))
+        _wait_listen(ctx, node, int(port), "udp")
+        _freeze(_procs_matching(node, f"udp-sink {port}"), f"the receiver on {node.name}")
+    else:
+        raise LabError("udp_buffer_errors: via must be stuck or hang")
     pod = ctx.topology.pods_on(node.name)[0]
     _netprog(ctx, pod.name, "udp-flood", node.address, port, params["count"])
 
 
+def _udp_errors_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    port = params["port"]
+    _stop_matching(ctx, node, f"udp-stuck {port} ", f"udp-sink {port}")
+
+
 register(Fault(
     "udp_buffer_errors",
-    "a UDP socket on the node with a tiny SO_RCVBUF that never reads, flooded briefly from a "
-    "pod: UdpRcvbufErrors rises",
-    _udp_errors,
-    lambda ctx, node, params: _kill_matching(ctx, node, f"udp-stuck {params['port']} "),
-    {"port": "30053", "rcvbuf": "2048", "count": "2000"},
+    "a UDP socket on the node flooded briefly from a pod until its buffer is full: "
+    "UdpRcvbufErrors rises; the socket has a tiny SO_RCVBUF and is never read (via=stuck), or "
+    "its receiver reads with the default buffer and hangs, stopped with SIGSTOP, before a "
+    "flood bigger than that buffer (via=hang)",
+    _udp_errors, _udp_errors_heal,
+    {"via": "stuck", "port": "30053", "rcvbuf": "2048", "count": "2000"},
+    mechanisms={"stuck": (), "hang": ()},
 ))
+
+
+def _tw_pileup(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] == "client":
+        ctx.node(node).run(services.netprog_argv("tw-burst", params["count"]), timeout=60)
+    elif params["via"] == "server":
+        # A server that closes first (an HTTP/1.0 server, a banner service): the TIME_WAIT
+        # sockets are on its side, one per client connection from the pod.
+        port = params["port"]
+        _start_in_node(ctx, node, services.netprog_argv("serve-banner", port, "bye"))
+        _wait_listen(ctx, node, int(port), "tcp")
+        pod = ctx.topology.pods_on(node.name)[0]
+        ctx.runners.pod(pod.name).run(services.netprog_argv(
+            "close-burst", node.address, port, params["count"]), timeout=60)
+    else:
+        raise LabError("time_wait_pileup: via must be client or server")
+
+
+def _tw_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    port = params["port"]
+    _stop_matching(ctx, node, f"serve-banner {port} ")
+    # The kernel keeps TIME_WAIT sockets 60 s; the heal removes the ones the fault made
+    # (SOCK_DESTROY, `ss -K`), so the node is as before at once: loopback connections to
+    # the burst's own listener (via=client), connections to the server's port (via=server).
+    ctx.node(node).run(["ss", "-K", "-Htn", "state", "time-wait",
+                        f"( sport = :{port} or dst 127.0.0.1 )"], check=False)
+
+
 register(Fault(
     "time_wait_pileup",
-    "a bounded burst of short connections closed by the node's side: TIME_WAIT sockets pile "
-    "up (heal stops nothing: the kernel keeps them 60 s, as on a real node)",
-    lambda ctx, node, params: ctx.node(node).run(
-        services.netprog_argv("tw-burst", params["count"]), timeout=60),
-    _noop, {"count": "3000"},
+    "a bounded burst of short connections, each closed first by the node's side, so TIME_WAIT "
+    "sockets pile up on the node: loopback connections its own client closes (via=client), or "
+    "connections from a pod to a server on the node (param port) that closes them first "
+    "(via=server); heal removes those sockets (`ss -K`) instead of waiting the kernel's 60 s",
+    _tw_pileup, _tw_heal, {"via": "client", "count": "3000", "port": "30081"},
+    mechanisms={"client": (), "server": ()},
 ))
+
+
+def _web_rebound(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    services.stop_app(ctx.topology, ctx.paths, "web")
+    if params["via"] == "loopback":
+        # restarted with a configuration that binds it to 127.0.0.1: it listens, but not on
+        # the pod's address, so every connection to the pod IP or the Service is refused
+        services.start_apps(ctx.topology, ctx.paths, ["web"], bind="127.0.0.1")
+    elif params["via"] != "stop":
+        raise LabError("port_not_listening: via must be stop or loopback")
+
+
+def _web_restored(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    pod = ctx.topology.pod_for_app("web")
+    listening = ctx.runners.pod(pod.name).run(["ss", "-Hlnt", f"sport = :{WEB_PORT}"]).stdout
+    # "LISTEN 0 5 127.0.0.1:8080 0.0.0.0:*": the local address is the fourth column
+    if any(line.split()[3] != f"0.0.0.0:{WEB_PORT}" for line in listening.splitlines()
+           if len(line.split()) > 3):
+        services.stop_app(ctx.topology, ctx.paths, "web")
+    services.start_apps(ctx.topology, ctx.paths, ["web"])
+
+
 register(Fault(
     "port_not_listening",
-    "the web app's server is stopped: its Service and pod port refuse connections",
-    lambda ctx, node, params: services.stop_app(ctx.topology, ctx.paths, "web"),
-    lambda ctx, node, params: services.start_apps(ctx.topology, ctx.paths, ["web"]),
-    scope="cluster", default_node=_web_node,
+    "the web app does not listen on its pod's address, so its Service and pod port refuse "
+    "connections: its server stopped (via=stop), or restarted bound to 127.0.0.1 only "
+    "(via=loopback: it listens, on the pod's loopback)",
+    _web_rebound, _web_restored, {"via": "stop"},
+    scope="cluster", default_node=_web_node, mechanisms={"stop": (), "loopback": ()},
 ))
 
 # ---- host -----------------------------------------------------------------------------------

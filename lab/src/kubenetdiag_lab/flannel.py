@@ -73,6 +73,16 @@ def set_port(topology: Topology, paths: LabPaths, node: LabNode, port: int | Non
     (config_dir(paths, node.name) / "net-conf.json").write_text(json.dumps(conf, indent=2) + "\n")
 
 
+def configured_port(paths: LabPaths, node: LabNode) -> int | None:
+    """The VXLAN port the node's net-conf.json sets (None: none set, the cluster's)."""
+    try:
+        conf = json.loads((config_dir(paths, node.name) / "net-conf.json").read_text())
+    except (OSError, ValueError):
+        return None
+    port = (conf.get("Backend") or {}).get("Port")
+    return int(port) if port else None
+
+
 def pids(node: LabNode) -> list[int]:
     return nodehost.procs_in(node.netns, BINARY)
 

@@ -497,7 +497,10 @@ def service_object(svc: dict) -> Obj:
         ],
         "sessionAffinity": "None",
     }
-    if svc.get("app") and svc["name"] != "kubernetes":
+    if isinstance(svc.get("selector"), dict) and svc["selector"]:
+        # one a fault replaced (service_no_endpoints via=selector)
+        spec["selector"] = {str(k): str(v) for k, v in svc["selector"].items()}
+    elif svc.get("app") and svc["name"] != "kubernetes":
         spec["selector"] = {"k8s-app": "kube-dns"} if is_dns else {"app": str(svc["app"])}
     return {
         "apiVersion": "v1",

@@ -19,7 +19,7 @@ every process in a lab namespace, so a crashed run leaves nothing behind.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
@@ -28,7 +28,7 @@ from kubenetdiag_lab import components, nodehost
 from kubenetdiag_lab.errors import LabError
 from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.runner import NodeRunner
-from kubenetdiag_lab.topology import LabNode, Topology, cluster_services
+from kubenetdiag_lab.topology import LabNode, Service, Topology, cluster_services
 
 BINARY = "kube-proxy"
 # argv[0] as a node's kube-proxy container shows it; the executable is the built binary.
@@ -102,12 +102,12 @@ def stop(node: LabNode) -> None:
     nodehost.kill(pids(node))
 
 
-def expected_comments(topology: Topology, unready: Collection[str] = ()) -> list[str]:
-    """The rule comments a synced kube-proxy has in KUBE-SERVICES for the lab's Services:
-    "<ns>/<svc>:<port> cluster IP" (nat), or "... has no endpoints" (filter) for one whose
-    pods are all in `unready`."""
+def expected_comments(services: Sequence[Service]) -> list[str]:
+    """The rule comments a synced kube-proxy has in KUBE-SERVICES for the lab's Services (as
+    ActiveFaults.services gives them under the faults in force): "<ns>/<svc>:<port> cluster
+    IP" (nat), or "... has no endpoints" (filter) for one without ready endpoints."""
     out = []
-    for svc in cluster_services(topology, unready):
+    for svc in services:
         for port in svc.ports:
             spn = f"{svc.namespace}/{svc.name}:{port.name}"
             out.append(f'"{spn} cluster IP"' if svc.endpoints else f'"{spn} has no endpoints"')
@@ -115,12 +115,13 @@ def expected_comments(topology: Topology, unready: Collection[str] = ()) -> list
 
 
 def wait_synced(topology: Topology, paths: LabPaths, nodes: Sequence[LabNode],
-                runner_of: Callable[[LabNode], NodeRunner], unready: Collection[str] = (),
+                runner_of: Callable[[LabNode], NodeRunner],
+                services: Sequence[Service] | None = None,
                 timeout: float = SYNC_TIMEOUT) -> None:
-    """Wait until every node's kube-proxy has programmed every lab Service (with those whose
-    pods are all `unready` as rejects); raise with the log tail if one exits or the time runs
-    out."""
-    comments = expected_comments(topology, unready)
+    """Wait until every node's kube-proxy has programmed every lab Service (`services`, as
+    ActiveFaults.services gives them; default: the healthy ones), those without ready
+    endpoints as rejects; raise with the log tail if one exits or the time runs out."""
+    comments = expected_comments(cluster_services(topology) if services is None else services)
 
     def synced(node: LabNode) -> bool:
         saved = runner_of(node).run(["iptables-save"], check=False).stdout

@@ -47,13 +47,15 @@ lab.json (`<workdir>/lab.json`, schema "kubenetdiag/lab/v1") is the contract api
             and with calico when its readiness probe finds BIRD not answering),
             etc_dir (its /etc/sysctl.conf + sysctl.d), subnet_env, bird_socket (calico-bgp)}],
     pods [{name, namespace, node, ip, netns, app, ready, restarts}]   app: coredns | web | client
-          ready: false for the pods of a service_no_endpoints service (failing readiness,
-          restarts 0), CoreDNS's under coredns_unreachable via=stop (crash-looping), and
+          ready: false for the pods of a service_no_endpoints via=unready service (failing
+          readiness, restarts 0), CoreDNS's under coredns_unreachable via=stop (crash-looping), and
           CoreDNS's whenever the lab's own readiness probe of it fails (e.g. hung)
     services [{name, namespace, cluster_ip, ports [{name, port, protocol, target_port}], app,
                endpoints [its Ready pods' names, as kube-controller-manager lists them ready:
                           [] under service_no_endpoints; kube-dns's [] under
-                          coredns_unreachable via=stop]}]
+                          coredns_unreachable via=stop],
+               selector (only when a fault replaced the app's: service_no_endpoints
+                         via=selector; {label: value}, matching no pod)}]
     coredns {corefile (the file the real CoreDNS runs, = the coredns ConfigMap's Corefile),
              kubeconfig (its credentials, user system:serviceaccount:kube-system:coredns),
              upstream (the resolver `forward` sends to: the outside's 198.18.0.250),
@@ -132,7 +134,6 @@ from kubenetdiag_lab.topology import (
     LabPod,
     Topology,
     build,
-    cluster_services,
 )
 
 STATE_SCHEMA = "kubenetdiag/lab/v1"
@@ -474,7 +475,7 @@ class Lab:
             kubeproxy.write_config(self.topology, self.paths, node, kubeconfig)
             kubeproxy.start(self.paths, node, self.runners.node(node))
         kubeproxy.wait_synced(self.topology, self.paths, self.nodes, self.runners.node,
-                              self.active.unready_pods(self.topology))
+                              self.active.services(self.topology))
 
     def _start_sshds(self, nodes: Sequence[LabNode]) -> None:
         # Start all, then wait for all: startup latency overlaps instead of adding up.
@@ -523,7 +524,7 @@ class Lab:
             "nodes": nodes,
             "pods": [{**pod, "ready": pod["name"] not in unready,
                       "restarts": unready.get(pod["name"], 0)} for pod in shape["pods"]],
-            "services": [svc.to_dict() for svc in cluster_services(self.topology, unready)],
+            "services": [svc.to_dict() for svc in self.active.services(self.topology)],
             "coredns": {"corefile": str(coredns.corefile_path(self.paths)),
                         "kubeconfig": str(self.controlplane.kubeconfig(cpm.COREDNS_USER)),
                         "upstream": OUTSIDE_DNS,

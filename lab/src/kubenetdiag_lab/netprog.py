@@ -5,16 +5,19 @@ from kubenetdiag: only the stdlib and dnspython (an installed dependency, which 
 sees). Every loop is bounded by a count and a deadline, and every target is
 whatever the lab passes in (lab addresses only).
 
-  serve-http PORT               an app pod's HTTP server
-  serve-banner PORT TEXT        a middleware-like TCP service that greets and closes
+  serve-http PORT [--bind A]    an app pod's HTTP server (on every address, or only A)
+  serve-banner PORT TEXT        a middleware-like TCP service that greets and closes first
   dns SERVER NAME [--tcp]       one A query; prints the addresses, exit 0 if any
   http URL                      one GET; prints the status and body, exit 0 on 2xx
   tcp HOST PORT                 one connect; exit 0 if it was accepted
   listen-stuck PORT BACKLOG     a listener that never accepts (fills its accept queue)
   connect-burst HOST PORT N     N non-blocking connects at once, held briefly, then closed
   udp-stuck PORT RCVBUF         a UDP socket with a tiny receive buffer that never reads
+  udp-sink PORT                 a UDP receiver with the default buffer that reads everything
   udp-flood HOST PORT N         N datagrams, as fast as the socket allows
   tw-burst N                    N loopback connections closed by the client: N TIME_WAITs
+  close-burst HOST PORT N       N connections, each closed after the server closed it: N
+                                TIME_WAITs on the server's side
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def _wait_forever() -> int:
         signal.pause()
 
 
-def serve_http(port: int) -> int:
+def serve_http(port: int, bind: str) -> int:
     body_text = f"web: hello from {socket.gethostname()}\n"
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -56,15 +59,15 @@ def serve_http(port: int) -> int:
         def log_message(self, *args: object) -> None:
             pass  # probes hit these servers often; their logs are noise
 
-    server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    server = http.server.ThreadingHTTPServer((bind, port), Handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"listening on {port}", flush=True)
     server.serve_forever()
     return 0
 
 
-def serve_banner(port: int, text: str) -> int:
-    srv = socket.create_server(("0.0.0.0", port), backlog=128)
+def serve_banner(port: int, text: str, backlog: int) -> int:
+    srv = socket.create_server(("0.0.0.0", port), backlog=backlog)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"listening on {port}", flush=True)
     while True:
@@ -144,6 +147,16 @@ def udp_stuck(port: int, rcvbuf: int) -> int:
     return _wait_forever()
 
 
+def udp_sink(port: int) -> int:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", port))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"udp {port} rcvbuf {sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)}, "
+          "reading", flush=True)
+    while True:
+        sock.recv(65535)
+
+
 def udp_flood(host: str, port: int, count: int, limit: float) -> int:
     payload = os.urandom(512)
     deadline = time.monotonic() + limit
@@ -178,15 +191,31 @@ def tw_burst(count: int, limit: float) -> int:
     return 0
 
 
+def close_burst(host: str, port: int, count: int, limit: float) -> int:
+    deadline = time.monotonic() + limit
+    made = 0
+    for _ in range(count):
+        if time.monotonic() > deadline:
+            break
+        with socket.create_connection((host, port), timeout=2) as cli:
+            while cli.recv(4096):  # until the server closes: its side enters TIME_WAIT
+                pass
+        made += 1
+    print(f"{made} connections to {host}:{port} closed by the server", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timeout", type=float, default=3.0)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("serve-http")
     p.add_argument("port", type=int)
+    p.add_argument("--bind", default="0.0.0.0")
     p = sub.add_parser("serve-banner")
     p.add_argument("port", type=int)
     p.add_argument("text")
+    p.add_argument("--backlog", type=int, default=128)
     p = sub.add_parser("dns")
     p.add_argument("server")
     p.add_argument("name")
@@ -207,19 +236,25 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("udp-stuck")
     p.add_argument("port", type=int)
     p.add_argument("rcvbuf", type=int)
+    p = sub.add_parser("udp-sink")
+    p.add_argument("port", type=int)
     p = sub.add_parser("udp-flood")
     p.add_argument("host")
     p.add_argument("port", type=int)
     p.add_argument("count", type=int)
     p = sub.add_parser("tw-burst")
     p.add_argument("count", type=int)
+    p = sub.add_parser("close-burst")
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("count", type=int)
     a = parser.parse_args(argv)
     limit = 10.0  # hard cap on any burst, whatever the count
     try:
         if a.cmd == "serve-http":
-            return serve_http(a.port)
+            return serve_http(a.port, a.bind)
         if a.cmd == "serve-banner":
-            return serve_banner(a.port, a.text)
+            return serve_banner(a.port, a.text, a.backlog)
         if a.cmd == "dns":
             return dns_lookup(a.server, a.name, a.tcp, a.timeout)
         if a.cmd == "http":
@@ -232,10 +267,14 @@ def main(argv: list[str] | None = None) -> int:
             return connect_burst(a.host, a.port, min(a.count, 5000), min(a.hold, limit))
         if a.cmd == "udp-stuck":
             return udp_stuck(a.port, a.rcvbuf)
+        if a.cmd == "udp-sink":
+            return udp_sink(a.port)
         if a.cmd == "udp-flood":
             return udp_flood(a.host, a.port, min(a.count, 200000), limit)
         if a.cmd == "tw-burst":
             return tw_burst(min(a.count, 20000), limit)
+        if a.cmd == "close-burst":
+            return close_burst(a.host, a.port, min(a.count, 20000), limit)
     except (OSError, ValueError) as exc:
         print(f"{a.cmd}: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -72,9 +72,10 @@ def netprog_argv(*args: str) -> list[str]:
     return [sys.executable, "-I", NETPROG, *args]
 
 
-def app_commands(topology: Topology, paths: LabPaths, app: str
+def app_commands(topology: Topology, paths: LabPaths, app: str, bind: str | None = None
                  ) -> list[tuple[str, list[str], int, str]]:
-    """[(netns, argv, port, proto)] of the processes that make up an app."""
+    """[(netns, argv, port, proto)] of the processes that make up an app (bind: the web app
+    listens on that address only, not on every one)."""
     if app == "outside":
         return [(topology.outside_netns, netprog_argv("serve-banner", str(OUTSIDE_PORT),
                                                       "5.7.44-lab mysql_native_password"),
@@ -82,7 +83,8 @@ def app_commands(topology: Topology, paths: LabPaths, app: str
                 (topology.outside_netns, upstream_dns_argv(paths), 53, "udp")]
     pod = topology.pod_for_app(app)
     if app == "web":
-        return [(pod.netns, netprog_argv("serve-http", str(WEB_PORT)), WEB_PORT, "tcp")]
+        extra = ["--bind", bind] if bind else []
+        return [(pod.netns, netprog_argv("serve-http", str(WEB_PORT), *extra), WEB_PORT, "tcp")]
     raise LabError(f"no such lab app {app!r}")
 
 
@@ -103,11 +105,11 @@ def _listening(netns: str, port: int, proto: str) -> bool:
 
 
 def start_apps(topology: Topology, paths: LabPaths, apps: list[str],
-               timeout: float = 15.0) -> None:
+               timeout: float = 15.0, bind: str | None = None) -> None:
     """Start the apps' processes that are not running and wait until they listen."""
     waiting = []
     for app in apps:
-        for netns, argv, port, proto in app_commands(topology, paths, app):
+        for netns, argv, port, proto in app_commands(topology, paths, app, bind):
             if _listening(netns, port, proto):
                 continue
             log = open(paths.logs / f"{app}.log", "ab")  # noqa: SIM115

@@ -105,11 +105,17 @@ class Service:
     ports: tuple[ServicePort, ...]
     app: str
     endpoints: tuple[str, ...] = ()  # pod names
+    # a selector that replaced the one its app's pods carry (service_no_endpoints
+    # via=selector): ((label, value), ...); empty: the app's own (pod_labels)
+    selector: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "namespace": self.namespace, "cluster_ip": self.cluster_ip,
-                "ports": [asdict(port) for port in self.ports], "app": self.app,
-                "endpoints": list(self.endpoints)}
+        out = {"name": self.name, "namespace": self.namespace, "cluster_ip": self.cluster_ip,
+               "ports": [asdict(port) for port in self.ports], "app": self.app,
+               "endpoints": list(self.endpoints)}
+        if self.selector:
+            out["selector"] = dict(self.selector)
+        return out
 
 
 @dataclass(frozen=True)
@@ -252,13 +258,29 @@ def build(prefix: str = "knd", node_count: int = 2, cni: str = DEFAULT_CNI) -> T
     return Topology(prefix=prefix, cni=cni, nodes=nodes, pods=make_pods(nodes))
 
 
-def cluster_services(topology: Topology, unready: Collection[str] = ()
+def pod_labels(app: str) -> dict[str, str]:
+    """The labels a lab app's pods carry, which its Service selects on."""
+    return {"k8s-app": "kube-dns"} if app == "coredns" else {"app": app}
+
+
+def cluster_services(topology: Topology, unready: Collection[str] = (),
+                     selectors: Mapping[str, Mapping[str, str]] | None = None
                      ) -> list[Service]:
     """The Services, with their ready endpoints as the EndpointSlice controller lists them and
-    kube-proxy programs them; `unready` names the pods a fault made not Ready."""
+    kube-proxy programs them; `unready` names the pods a fault made not Ready, `selectors`
+    the Services (by name) whose selector a fault replaced: they select the pods whose
+    labels it matches (none, as the faults make them)."""
+    selectors = selectors or {}
     by_app: dict[str, list[str]] = {}
     for pod in topology.pods:
         by_app.setdefault(pod.app, []).append(pod.name)
+
+    def selected(name: str, app: str) -> list[str]:
+        if name not in selectors:
+            return by_app.get(app, [])
+        want = selectors[name].items()
+        return [pod.name for pod in topology.pods if want <= pod_labels(pod.app).items()]
+
     shapes = [
         ("kube-dns", "kube-system", DNS_VIP,
          (ServicePort("dns", 53, "UDP", 53), ServicePort("dns-tcp", 53, "TCP", 53),
@@ -267,6 +289,7 @@ def cluster_services(topology: Topology, unready: Collection[str] = ()
     ]
     return [
         Service(name, namespace, vip, ports, app,
-                tuple(pod for pod in by_app.get(app, []) if pod not in unready))
+                tuple(pod for pod in selected(name, app) if pod not in unready),
+                tuple(sorted(selectors.get(name, {}).items())))
         for name, namespace, vip, ports, app in shapes
     ]
