@@ -71,8 +71,6 @@ MULTI: list[tuple[str, ...]] = [
      "node_unreachable[via=hang]@node1"),
     ("flannel-host-gw", "forward_chain_reject[via=userchain]@node1",
      "policy_route_blackhole[via=rule]@node2", "mtu_mismatch[via=pod]@node3"),
-    # TIME_WAIT sockets outlive the heal by 60 s: on node2, like the single scenario after it,
-    # so the leftovers are where the next scenario expects them anyway
     ("calico-bgp", "bgp_session_down@node3", "time_wait_pileup@node2"),
     ("calico-bgp", "policy_route_blackhole[via=table]@node2", "mtu_mismatch[via=pod]@node1"),
     ("calico-bgp", "bgp_session_down[via=hang]@node3", "iptables_drop_rule[via=mangle]@node1",
@@ -191,19 +189,12 @@ def multi_scenarios(mode: str) -> list[Scenario]:
 def plan_mode(mode: str, topology, only: set[str] | None, pairs: bool,
               healthy_runs: int) -> list[Scenario]:
     """The mode's scenarios in running order: singles, then pairs and triples, with the
-    healthy runs spread over them (the first before any fault, the last before the
-    TIME_WAIT scenarios, whose sockets outlive their heal by the kernel's 60 s: they go
-    last)."""
-    def lingers(sc: Scenario) -> bool:
-        return any(fault == "time_wait_pileup" for fault, _node in sc.expected)
-
+    healthy runs spread over them, the first before any fault and the last after all."""
     faulty = single_scenarios(mode, topology, only)
     if pairs and not only:
         faulty += multi_scenarios(mode)
-    last = [sc for sc in faulty if lingers(sc)]
-    faulty = [sc for sc in faulty if not lingers(sc)]
     runs = max(healthy_runs, 0)
-    # before scenario 0, ..., after the last that does not linger: evenly spread
+    # before scenario 0, ..., after the last: evenly spread
     at = [0] if runs == 1 else [round(i * len(faulty) / (runs - 1)) for i in range(runs)]
     plan: list[Scenario] = []
     for k, sc in enumerate([*faulty, None]):
@@ -214,7 +205,7 @@ def plan_mode(mode: str, topology, only: set[str] | None, pairs: bool,
                                                        else ""), mode, []))
         if sc is not None:
             plan.append(sc)
-    return plan + last
+    return plan
 
 
 def run_mode(mode: str, only: set[str] | None, pairs: bool, work: Path,
