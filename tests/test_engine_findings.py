@@ -362,3 +362,30 @@ def test_commands_get_bound_values_shell_quoted(tmp_path):
     assert f["remediation"][0]["command"] == (
         "sysctl 'net.a; rm -rf /' # on n1; echo ${HOME} %{http_code} '{print $1}'"
     )
+
+
+def test_bind_takes_the_value_from_the_fact_that_passed_the_operators(tmp_path):
+    # net.a fails the constraint, net.b passes: written as two patterns, {key} listed both.
+    rs = ruleset(
+        tmp_path,
+        """
+        rules:
+          - id: bound
+            fault: bound_fault
+            severity: warning
+            title: "{key}={n} on {node}"
+            when:
+              - sysctl:
+                  node: $node
+                  key: {startswith: "net.", bind: $key}
+                  number: {gt: 5, bind: $n}
+              # already bound: an equality join plus the operators
+              - sysctl: {node: $node, key: {ne: "x", bind: $key}}
+              # bound inside a negation: local to it, so this only says "no other key is 0"
+              - not: {sysctl: {node: $node, key: {ne: $key, bind: $other}, number: 0}}
+        """,
+    )
+    facts = [sysctl("n1", "net.a", 1), sysctl("n1", "net.b", 7), sysctl("n1", "vm.c", 9)]
+    (f,) = infer(rs, facts)
+    assert f["title"] == "net.b=7 on n1"
+    assert infer(rs, [*facts, sysctl("n1", "vm.z", 0)]) == []
