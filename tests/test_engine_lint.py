@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from kubenetdiag.cli import main
 from kubenetdiag.engine import RuleErrors, lint_paths, load_ruleset
 from kubenetdiag.errors import InputError
 
@@ -351,3 +352,15 @@ def test_braces_that_belong_to_the_command_are_not_placeholders(tmp_path):
     _, problems = lint(tmp_path, when("sysctl: {node: $node, number: 0}",
                                       command="awk {print}"))
     assert "{ print }" in one(problems, "{print}").hint
+
+
+def test_rules_lint_cli_shows_the_idiom_with_file_line_and_the_bind_hint(tmp_path, capsys):
+    p = write(tmp_path, when(
+        "sysctl: {node: $node, key: k, number: {lt: 1024}}",
+        "sysctl: {node: $node, key: k, number: $limit}",
+        title="{limit} on {node}",
+    ))
+    assert main(["rules", "lint", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert f"{p}:8: sysctl is written twice" in err
+    assert "number: {lt: 1024, bind: $limit}" in err
