@@ -195,9 +195,9 @@ def test_activations_merge_into_one_finding(tmp_path):
     assert f["explain"] == "values 9, 10"
     assert len(f["evidence"]) == 3
     assert f["evidence"][0]["attrs"]["key"] == "net.a"
-    # Remediation text is rendered; commands are never filled in from facts.
+    # Remediation text and command are both rendered; in a command each value is a shell word.
     assert f["remediation"] == [
-        {"text": "check net.a, net.b", "command": "sysctl {key}", "changes_state": False}
+        {"text": "check net.a, net.b", "command": "sysctl net.a net.b", "changes_state": False}
     ]
     assert f["i18n"] == {
         "zh-CN": {
@@ -336,3 +336,56 @@ def test_a_rule_waiting_for_a_cause_runs_after_the_rules_that_can_assert_it(tmp_
         assert [(f["rule"], f["nodes"], f["root_cause"]) for f in found] == [
             ("coredns-down", ["n1"], True)
         ]
+
+
+def test_commands_get_bound_values_shell_quoted(tmp_path):
+    # Values come from the nodes' output: one with shell syntax in it must stay one harmless
+    # word when the operator pastes the command. Braces that are the command's own are kept.
+    rs = ruleset(
+        tmp_path,
+        """
+        rules:
+          - id: cmd
+            fault: cmd_fault
+            severity: warning
+            title: "{key} on {node}"
+            when:
+              - sysctl: {node: $node, key: $key, number: {gt: 0}}
+            remediate:
+              - text: "read it"
+                command: "sysctl {key} # on {node}; echo ${HOME} %{http_code} '{print $1}'"
+                changes_state: false
+        """,
+    )
+    (f,) = infer(rs, [sysctl("n1", "net.a; rm -rf /", 1)])
+    assert f["title"] == "net.a; rm -rf / on n1"
+    assert f["remediation"][0]["command"] == (
+        "sysctl 'net.a; rm -rf /' # on n1; echo ${HOME} %{http_code} '{print $1}'"
+    )
+
+
+def test_bind_takes_the_value_from_the_fact_that_passed_the_operators(tmp_path):
+    # net.a fails the constraint, net.b passes: written as two patterns, {key} listed both.
+    rs = ruleset(
+        tmp_path,
+        """
+        rules:
+          - id: bound
+            fault: bound_fault
+            severity: warning
+            title: "{key}={n} on {node}"
+            when:
+              - sysctl:
+                  node: $node
+                  key: {startswith: "net.", bind: $key}
+                  number: {gt: 5, bind: $n}
+              # already bound: an equality join plus the operators
+              - sysctl: {node: $node, key: {ne: "x", bind: $key}}
+              # bound inside a negation: local to it, so this only says "no other key is 0"
+              - not: {sysctl: {node: $node, key: {ne: $key, bind: $other}, number: 0}}
+        """,
+    )
+    facts = [sysctl("n1", "net.a", 1), sysctl("n1", "net.b", 7), sysctl("n1", "vm.c", 9)]
+    (f,) = infer(rs, facts)
+    assert f["title"] == "net.b=7 on n1"
+    assert infer(rs, [*facts, sysctl("n1", "vm.z", 0)]) == []

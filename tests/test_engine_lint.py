@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from kubenetdiag.cli import main
 from kubenetdiag.engine import RuleErrors, lint_paths, load_ruleset
 from kubenetdiag.errors import InputError
 
@@ -250,3 +251,116 @@ def test_missing_chinese_text_is_a_lint_problem(tmp_path):
     text = GOOD.replace('{en: "good on {node}", zh-CN: "{node} 上的 good"}', '"good on {node}"')
     _, problems = lint(tmp_path, text)
     assert one(problems, "has no zh-CN text").line == 5
+
+
+def when(*patterns: str, title: str = "good on {node}", command: str = "") -> str:
+    """GOOD with its `when` replaced by `patterns` (and a remediation command, if given)."""
+    text = GOOD.replace("      - sysctl: {node: $node, key: k, number: 0}\n",
+                        "".join(f"      - {p}\n" for p in patterns))
+    text = text.replace('{en: "good on {node}", zh-CN: "{node} 上的 good"}',
+                        f'{{en: "{title}", zh-CN: "{title}"}}')
+    if command:
+        text = text.replace(
+            "    tests:\n",
+            "    remediate:\n      - text: {en: read it, zh-CN: 读取}\n"
+            f"        command: '{command}'\n        changes_state: false\n    tests:\n",
+        )
+    return text
+
+
+def test_a_fact_constrained_in_one_pattern_and_bound_in_another_is_rejected(tmp_path):
+    # The idiom the guide used to teach: $limit can come from any sysctl on the node with key k,
+    # including one whose number is not below 1024.
+    p, problems = lint(tmp_path, when(
+        "sysctl: {node: $node, key: k, number: {lt: 1024}}",
+        "sysctl: {node: $node, key: k, number: $limit}",
+        title="{limit} on {node}",
+    ))
+    e = one(problems, "written twice")
+    assert (e.file, e.line) == (str(p), 8)  # the second pattern
+    assert "line 7" in e.message and "$limit" in e.message
+    assert "number: {lt: 1024, bind: $limit}" in e.hint
+    # The linter's business only: the rule still loads and runs as written.
+    load_ruleset([p], shipped=False)
+
+
+def test_binding_first_and_constraining_after_is_the_same_idiom(tmp_path):
+    p, problems = lint(tmp_path, when(
+        "sysctl: {node: $node, key: k, number: $limit}",
+        "sysctl: {node: $node, key: k, number: {lt: 1024}}",
+        title="{limit} on {node}",
+    ))
+    e = one(problems, "written twice")
+    assert e.line == 8
+    assert "number: {lt: 1024, bind: $limit}" in e.hint
+
+
+def test_the_bind_form_is_clean_and_binds_what_it_constrains(tmp_path):
+    _, problems = lint(tmp_path, when(
+        "sysctl: {node: $node, key: k, number: {lt: 1024, bind: $limit}}",
+        title="{limit} on {node}",
+    ))
+    assert problems == []
+
+
+def test_two_different_facts_told_apart_are_not_the_idiom(tmp_path):
+    # Different nodes (a join on another variable), different keys (literals), and a value
+    # compared with the other fact's ($a against {ne: $a}): each says two facts are meant.
+    for patterns in [
+        ("sysctl: {node: $node, key: k, number: {lt: 1024}}",
+         "sysctl: {node: $other, key: k, number: $limit}",
+         "kernel: {node: $other, major: {ge: 3}}"),
+        ("sysctl: {node: $node, key: k, number: {lt: 1024}}",
+         "sysctl: {node: $node, key: other, number: $limit}"),
+        ("sysctl: {node: $node, key: k, number: $a}",
+         "sysctl: {node: $node, key: k, number: {ne: $a}}"),
+    ]:
+        _, problems = lint(tmp_path, when(*patterns))
+        assert [e for e in problems if "written twice" in e.message] == [], patterns
+
+
+def test_bind_checks_types_and_order(tmp_path):
+    _, problems = lint(tmp_path, when(
+        "sysctl: {node: $node, key: {startswith: net., bind: $key}}",
+        "kernel: {node: $node, major: {gt: 2, bind: $key}}",
+    ))
+    assert one(problems, "$key holds a str, major is a int").line == 8
+    _, problems = lint(tmp_path, when("sysctl: {node: $node, number: {gt: $n, bind: $n}}"))
+    assert one(problems, "$n is used before it is bound").line == 7
+
+
+def test_command_placeholder_nothing_fills_is_rejected(tmp_path):
+    p, problems = lint(tmp_path, when(
+        "sysctl: {node: $node, key: $key, number: 0}", command="sysctl {key} {limit}",
+    ))
+    e = one(problems, "{limit}")
+    assert (e.file, e.line) == (str(p), 10)
+    assert "printed as written" in e.message
+    assert "$limit" in e.hint
+    assert "{key}" not in " ".join(x.message for x in problems)
+
+
+def test_braces_that_belong_to_the_command_are_not_placeholders(tmp_path):
+    command = (
+        "ssh {node} sysctl {key}; echo ${HOME}; curl -w %{http_code} x; "
+        "ip -o link | awk {print $2}; awk { print }"
+    )
+    _, problems = lint(tmp_path, when("sysctl: {node: $node, key: $key, number: 0}",
+                                      command=command))
+    assert problems == []
+    # awk's bare {print} is a placeholder, like everywhere else; the hint says how to keep it
+    _, problems = lint(tmp_path, when("sysctl: {node: $node, number: 0}",
+                                      command="awk {print}"))
+    assert "{ print }" in one(problems, "{print}").hint
+
+
+def test_rules_lint_cli_shows_the_idiom_with_file_line_and_the_bind_hint(tmp_path, capsys):
+    p = write(tmp_path, when(
+        "sysctl: {node: $node, key: k, number: {lt: 1024}}",
+        "sysctl: {node: $node, key: k, number: $limit}",
+        title="{limit} on {node}",
+    ))
+    assert main(["rules", "lint", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert f"{p}:8: sysctl is written twice" in err
+    assert "number: {lt: 1024, bind: $limit}" in err

@@ -227,13 +227,24 @@ class _RuleCompiler:
         if t.form == "literal":
             return f"({slot} {clips_literal(t.literal)})"
         if t.form == "var":
-            assert t.var is not None
-            name = scope.get(t.var.name)
-            if name is None:
-                name = f"?{local}{len(scope)}"
-                scope[t.var.name] = name
-            return f"({slot} {name})"
+            return f"({slot} {self._var(t.var, scope, local)})"
+        if t.var is not None:
+            # `{ops..., bind: $x}`: the operators test $x's own CLIPS variable, so the value that
+            # passes them is the value bound (`?v3&:(or (eq ?v3 ...))`); were $x bound before,
+            # the same text is an equality join plus the operators. The operands were bound
+            # earlier (the checker saw to it), so naming $x first cannot change them.
+            return f"({slot} {self._ops(self._var(t.var, scope, local), t.ops, scope)})"
         return f"({slot} {self._ops(f'?t{pi}_{si}', t.ops, scope)})"
+
+    @staticmethod
+    def _var(var: Var | None, scope: dict[str, str], local: str) -> str:
+        """The CLIPS variable of `var`, named now if this is where it is first bound."""
+        assert var is not None
+        name = scope.get(var.name)
+        if name is None:
+            name = f"?{local}{len(scope)}"
+            scope[var.name] = name
+        return name
 
     def _pattern(self, p: Pattern, pi: int) -> str:
         layout = self.program.kinds[p.kind]

@@ -22,7 +22,8 @@ def _show_test(t: SlotTest) -> str:
         f"{o.op} {list(map(str, o.operand)) if isinstance(o.operand, tuple) else o.operand}"
         for o in t.ops
     )
-    return f"{t.attr} {ops}"
+    bind = f" as {t.var}" if t.var is not None else ""
+    return f"{t.attr} {ops}{bind}".rstrip() if ops else f"{t.attr}={t.var}"
 
 
 def describe_pattern(p: Pattern) -> str:

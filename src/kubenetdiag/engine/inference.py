@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+import shlex
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -345,13 +346,22 @@ def _show(v: Scalar, lang: str) -> str:
     return str(v)
 
 
-def render(text: str, values: dict[str, list[Scalar]], nodes: list[str], lang: str) -> str:
+def render(text: str, values: dict[str, list[Scalar]], nodes: list[str], lang: str,
+           *, shell: bool = False) -> str:
     """Fill `{name}` placeholders. A plain regex, never str.format: rule text is untrusted and
-    format strings can reach attributes of their arguments."""
+    format strings can reach attributes of their arguments.
+
+    With `shell`, `text` is a command the operator may paste into a shell, and the values come
+    from node output (an interface name, a comment on an iptables rule): each is shell-quoted,
+    several values become several words, and a cluster-wide finding leaves `{node}` as written
+    (there is no host to put there).
+    """
 
     def sub(m: re.Match) -> str:
         name = m.group(1)
         if name == "node":
+            if shell:
+                return " ".join(map(shlex.quote, nodes)) if nodes else m.group(0)
             return ", ".join(nodes) if nodes else _CLUSTER_TEXT.get(lang, "the cluster")
         if name not in values:
             return m.group(0)
@@ -360,6 +370,8 @@ def render(text: str, values: dict[str, list[Scalar]], nodes: list[str], lang: s
             s = _show(v, lang)
             if s not in shown:
                 shown.append(s)
+        if shell:
+            return " ".join(shlex.quote(s) for s in shown)
         return ", ".join(shown)
 
     return PLACEHOLDER_RE.sub(sub, text)
@@ -512,7 +524,8 @@ def _finding(rule: Rule, o: _Outcome, evidence_ids: list[int], explained_by: lis
         "remediation": [
             {
                 "text": render(r.text["en"], o.values, nodes, "en"),
-                "command": r.command,
+                "command": render(r.command, o.values, nodes, "en", shell=True)
+                if r.command else r.command,
                 "changes_state": r.changes_state,
             }
             for r in rule.remediate

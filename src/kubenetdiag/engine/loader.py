@@ -33,7 +33,8 @@ __all__ = ["RuleErrors", "lint", "lint_paths", "load_rules", "load_ruleset", "sh
 @dataclass
 class _Analysis:
     """The result of reading a set of files: rules, plus problems that block loading and
-    problems that only the linter reports (tests are a quality gate, not a runtime need)."""
+    problems that only the linter reports (tests, and rules that load but say less than their
+    author meant, are a quality gate, not a runtime need)."""
 
     rules: list[Rule] = field(default_factory=list)
     errors: list[InputError] = field(default_factory=list)
@@ -51,6 +52,7 @@ def _check_file(path: Path) -> _Analysis:
         if rule.fault is not None:
             test_problems += missing_translations(location, rule)
         out.errors.extend(checker.errors)
+        out.test_errors.extend(checker.lint_errors)
         out.test_errors.extend(test_problems)
         if not checker.errors:
             out.rules.append(rule)

@@ -13,8 +13,17 @@ from typing import Any
 from kubenetdiag.facts.model import Fact, Scalar
 
 LANGS = ("en", "zh-CN")
-# A `{name}` in a rule's texts: the values bound to $name, filled in when the rule fires.
-PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# A `{name}` in a rule's texts and commands: the values bound to $name, filled in when the rule
+# fires. The renderer and the linter both use this one pattern, so lint flags exactly what would
+# be filled. Commands hold braces that are not ours: shell `${VAR}` and curl's `%{http_code}`
+# are left alone (so is anything not a plain name, like awk's `{print $1}`); awk's bare
+# `{print}` is a placeholder, and is written `{ print }` to keep it literal.
+PLACEHOLDER_RE = re.compile(r"(?<![$%])\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def placeholders(text: str) -> list[str]:
+    """The names of the `{name}` placeholders in `text`, in order."""
+    return PLACEHOLDER_RE.findall(text)
 
 Path_ = tuple[str | int, ...]
 
@@ -42,7 +51,12 @@ class Op:
 
 @dataclass(frozen=True)
 class SlotTest:
-    """The constraint on one attribute: exactly one of literal, var or ops is meaningful."""
+    """The constraint on one attribute: a literal, a variable, or operators.
+
+    Form "ops" may carry `var` too (`{in: [...], bind: $x}`): the value that passed the operators
+    is bound to $x (or, if $x is bound already, must also equal it), so a pattern constrains and
+    binds one fact's attribute at once.
+    """
 
     attr: str
     form: str  # "literal" | "var" | "ops"

@@ -36,10 +36,12 @@ def _matches(exp: dict[str, Any], finding: dict[str, Any], rule: Rule) -> bool:
         return False
     if set(finding["nodes"]) != set(exp.get("nodes", [])):
         return False
+    if "title" in exp and finding["title"] != exp["title"]:
+        return False
     return "root_cause" not in exp or finding["root_cause"] == exp["root_cause"]
 
 
-def _describe(items: Sequence[dict[str, Any]]) -> str:
+def _describe(items: Sequence[dict[str, Any]], titles: bool = False) -> str:
     if not items:
         return "no finding"
     parts = []
@@ -49,6 +51,9 @@ def _describe(items: Sequence[dict[str, Any]]) -> str:
             text += f" root_cause={str(f['root_cause']).lower()}"
             if f.get("explained_by"):
                 text += f" (explained by {', '.join(f['explained_by'])})"
+        if titles and f.get("title"):
+            # Only when a test checks titles: the values a title shows are what it tests.
+            text += f" titled {f['title']!r}"
         parts.append(text)
     return "; ".join(parts)
 
@@ -73,7 +78,10 @@ def run_test(ruleset: RuleSet, rule: Rule, test: RuleTest) -> TestResult:
         if not unused:
             return result(True)
     expected = [{**e, "fault": e.get("fault", rule.fault)} for e in test.expect]
-    return result(False, f"expected {_describe(expected)}, got {_describe(got)}")
+    titles = any("title" in e for e in test.expect)
+    return result(
+        False, f"expected {_describe(expected, titles)}, got {_describe(got, titles)}"
+    )
 
 
 def run_tests(ruleset: RuleSet, files: Sequence[Path] | None = None) -> list[TestResult]:
