@@ -32,6 +32,7 @@ from kubenetdiag_lab.topology import SERVICE_NETWORK, LabNode, LabPod, Topology
 
 VXLAN_MTU = 1450  # 1500 underlay minus the 50 bytes VXLAN adds, as flanneld computes it
 BGP_AS = 64512  # calico's default private AS
+HOLD_TIME = 9  # seconds: a dead peer noticed quickly, and what a heal waits out (wait_converged)
 
 
 def pod_mtu(cni: str) -> int:
@@ -143,7 +144,7 @@ protocol static {{
 template bgp bgp_template {{
   local {node.address} as {BGP_AS};
   direct;
-  hold time 9;
+  hold time {HOLD_TIME};
   keepalive time 3;
   connect retry time 2;
   error wait time 1, 4;
@@ -218,9 +219,15 @@ def bgp_routes(node: LabNode) -> set[str]:
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
-def wait_converged(topology: Topology, timeout: float = 30.0) -> None:
-    """Wait until every node with a running bird has a bird route to every peer's pod /24."""
-    deadline = time.monotonic() + timeout
+def wait_converged(topology: Topology, timeout: float = 30.0, stable: float = 0.0) -> None:
+    """Wait until every node with a running bird has a bird route to every peer's pod /24,
+    and has kept them for `stable` seconds.
+
+    A heal passes `stable`: sessions whose keepalives were dropped or frozen for a while may
+    still read as up and expire a few seconds later (the hold time), withdrawing routes in
+    the middle of whatever the lab does next."""
+    deadline = time.monotonic() + timeout + stable
+    since: float | None = None
     while True:
         missing = []
         for node in topology.nodes:
@@ -229,9 +236,14 @@ def wait_converged(topology: Topology, timeout: float = 30.0) -> None:
             want = {peer.pod_cidr for peer in topology.peers(node) if bird_running(peer)}
             if not want <= bgp_routes(node):
                 missing.append(node.name)
-        if not missing:
-            return
-        if time.monotonic() > deadline:
-            raise LabError(f"BGP mesh did not converge within {timeout:.0f}s on "
-                           f"{', '.join(missing)}")
+        now = time.monotonic()
+        if missing:
+            since = None
+        else:
+            since = now if since is None else since
+            if now - since >= stable:
+                return
+        if now > deadline:
+            raise LabError(f"BGP mesh did not converge within {timeout + stable:.0f}s on "
+                           f"{', '.join(missing) or 'every node (routes came and went)'}")
         time.sleep(0.1)

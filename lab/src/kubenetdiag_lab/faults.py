@@ -1074,7 +1074,8 @@ def _bgp_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
         _thaw(_bird_pids(node))
         if not cni.bird_running(node):
             _start_bird(ctx, node)
-    cni.wait_converged(ctx.topology)
+    # sessions whose keepalives were dropped (block) or not sent (hang) may still expire
+    cni.wait_converged(ctx.topology, stable=cni.HOLD_TIME + 1)
 
 
 register(Fault(
@@ -1267,7 +1268,7 @@ def _cni_pod_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
         ctx.node(node).shell(nodehost.agent_command(ctx.paths.node_files(node.name), agent))
     if ctx.topology.cni == "calico-bgp" and not cni.bird_running(node):
         _start_bird(ctx, node)
-    cni.wait_converged(ctx.topology)
+    cni.wait_converged(ctx.topology, stable=cni.HOLD_TIME + 1)
 
 
 register(Fault(
