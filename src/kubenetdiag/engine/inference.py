@@ -460,10 +460,13 @@ def findings(program: Program, facts: Sequence[Fact], fired: dict[int, list], de
                 t.add(n)
         return ev, t
 
+    touches: dict[tuple[int, tuple[str, ...]], set[str]] = {}
     causes: dict[int, set[str]] = {}  # a fault rule's reach over all its activations
     for ri, by_place in groups.items():
         if program.rules[ri].fault is not None:
-            causes[ri] = set().union(*(reach(o)[1] for o in by_place.values()))
+            for place, o in by_place.items():
+                touches[ri, place] = reach(o)[1]
+            causes[ri] = set().union(*(touches[ri, place] for place in by_place))
 
     out = []
     for ri, by_place in groups.items():
@@ -476,7 +479,7 @@ def findings(program: Program, facts: Sequence[Fact], fired: dict[int, list], de
         for place in sorted(by_place):
             o = by_place[place]
             mine = {rule.fault} | o.symptoms
-            touched = reach(o)[1]
+            touched = touches[ri, place]
             explained_by = tuple(sorted(
                 program.rules[si].id
                 for si, reached in causes.items()
