@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterable
 from kubenetdiag.facts.cluster import cluster_facts
 from kubenetdiag.facts.model import Fact, Source, excerpt
 from kubenetdiag.facts.paths import path_facts
+from kubenetdiag.facts.persist import persist_sysctl
 from kubenetdiag.facts.vantage import vantage_facts
 from kubenetdiag.probes import BY_NAME, PROBES, Probe, Section
 from kubenetdiag.probes.active import check_for
@@ -189,7 +190,7 @@ def facts_from_records(
     skipped = None
     shared = _Sharing()
     for rec in records:
-        mine = node_facts(rec, ran)
+        mine = persist_sysctl(node_facts(rec, ran))  # which file a sysctl fix should edit
         active = rec.get("active")
         if isinstance(active, dict) and rec.get("reachable"):
             # The active phase's raw output (bundle: the node record's `active` part).
