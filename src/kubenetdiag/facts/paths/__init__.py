@@ -287,6 +287,58 @@ def _port_of(target: str) -> int | None:
 _NFT_HANDLE = re.compile(r"#\s*handle\s+(\d+)\s*$")
 
 
+_SETTING = re.compile(r"^net\.ipv4\.(?:ip_forward|conf\.(\S+)\.(forwarding|rp_filter))=(\d+)$")
+
+
+def _sysctl_undo(end: Ending) -> str | None:
+    """A forwarding switch that is off goes back on; a strict (1) reverse-path filter goes to
+    loose (2), which keeps the anti-spoofing check (the kernel takes the larger of `all` and the
+    interface's). A loose filter that still drops has no route back: no setting lifts that.
+    An interface name with a dot (eth0.100) is written with slashes, as sysctl reads it.
+
+    >>> _sysctl_undo(Ending("drop", "rp_filter", rule="net.ipv4.conf.eth0.100.rp_filter=1"))
+    'sysctl -w net/ipv4/conf/eth0.100/rp_filter=2'
+    >>> _sysctl_undo(Ending("reject", "forwarding", rule="net.ipv4.ip_forward=0"))
+    'sysctl -w net.ipv4.ip_forward=1'
+    """
+    m = _SETTING.match(end.rule or "")
+    if not m:
+        return None
+    dev, what, value = m.groups()
+    if what == "rp_filter" and value != "1":
+        return None
+    new = "2" if what == "rp_filter" else "1"
+    if dev is None:
+        key = "net.ipv4.ip_forward"
+    elif "." in dev:
+        key = f"net/ipv4/conf/{dev}/{what}"
+    else:
+        key = f"net.ipv4.conf.{dev}.{what}"
+    return shlex.join(["sysctl", "-w", f"{key}={new}"])
+
+
+_IP_RULE = re.compile(r"^(\d+):\s+(\S.*)$")
+
+
+def _ip_rule_undo(end: Ending) -> str | None:
+    """An `ip rule` that stops a flow, deleted with its selector and action as printed: by its
+    priority alone `ip rule del` would take the first rule of that priority, maybe another one.
+    A decision of a table the rule only looks up has no one rule to delete.
+
+    >>> _ip_rule_undo(Ending("drop", "policy", at="ip rule 100: from all to 10.244.3.0/24 "
+    ...               "blackhole", rule="100: from all to 10.244.3.0/24 blackhole"))
+    'ip rule del priority 100 from all to 10.244.3.0/24 blackhole'
+    """
+    m = _IP_RULE.match(end.rule or "")
+    if not m or not end.at.startswith("ip rule "):
+        return None
+    try:
+        words = shlex.split(m.group(2))
+    except ValueError:
+        return None
+    return shlex.join(["ip", "rule", "del", "priority", m.group(1), *words])
+
+
 def undo_command(end: Ending, both_backends: bool = False) -> str | None:
     """The command that deletes exactly the rule that stopped a flow, every word shell-quoted,
     or None when it cannot be known from what was collected.
@@ -295,8 +347,9 @@ def undo_command(end: Ending, both_backends: bool = False) -> str | None:
     `-D CHAIN ...`), with the binary of the backend that holds it: `iptables-legacy` only where
     the node also has nf_tables tables (iptables 1.4 and 1.6, CentOS 7's, have no such binary and
     are legacy anyway). A native nftables rule is deleted by its handle, which `nft list ruleset`
-    prints only with -a: without it there is no exact delete. A chain policy, a route or a
-    setting has no rule to delete.
+    prints only with -a: without it there is no exact delete. A forwarding switch or a strict
+    reverse-path filter is set back (_sysctl_undo), a policy routing rule deleted
+    (_ip_rule_undo). A chain policy or a route has no one command that undoes it.
 
     >>> e = Ending("drop", "netfilter", hook="input", table="filter", chain="INPUT", position=1,
     ...            rule='-A INPUT -p udp -m udp --dport 8472 -m comment --comment "a; b" -j DROP',
@@ -313,6 +366,12 @@ def undo_command(end: Ending, both_backends: bool = False) -> str | None:
     ...       position=2, rule="udp dport 8472 drop", backend="nft")))
     None
     """
+    if end.verdict not in ("drop", "reject"):
+        return None  # nothing stopped it, or the walk cannot tell what did
+    if end.stage in ("forwarding", "rp_filter"):
+        return _sysctl_undo(end)
+    if end.stage == "policy":
+        return _ip_rule_undo(end)
     if end.stage != "netfilter" or end.position is None or not end.rule or not end.table \
             or not end.chain:
         return None
