@@ -352,13 +352,13 @@ def undo_command(end: Ending, both_backends: bool = False) -> str | None:
     (_ip_rule_undo). A chain policy or a route has no one command that undoes it.
 
     >>> e = Ending("drop", "netfilter", hook="input", table="filter", chain="INPUT", position=1,
-    ...            rule='-A INPUT -p udp -m udp --dport 8472 -m comment --comment "a; b" -j DROP',
+    ...            rule='-A INPUT -p udp --dport 8472 -m comment --comment "a; b" -j DROP',
     ...            backend="nf_tables")
     >>> print(undo_command(e))
-    iptables -t filter -D INPUT -p udp -m udp --dport 8472 -m comment --comment 'a; b' -j DROP
+    iptables -t filter -D INPUT -p udp --dport 8472 -m comment --comment 'a; b' -j DROP
     >>> e.backend = "legacy"
     >>> print(undo_command(e, both_backends=True))
-    iptables-legacy -t filter -D INPUT -p udp -m udp --dport 8472 -m comment --comment 'a; b' -j DROP
+    iptables-legacy -t filter -D INPUT -p udp --dport 8472 -m comment --comment 'a; b' -j DROP
     >>> print(undo_command(Ending("drop", "netfilter", table="inet guard", chain="input",
     ...       position=2, rule="udp dport 8472 drop # handle 7", backend="nft")))
     nft delete rule inet guard input handle 7
