@@ -163,3 +163,41 @@ def test_every_shipped_command_is_rendered_by_a_case() -> None:
         if r.fault and any(s.command for s in r.remediate) and r.id not in covered
     ]
     assert not missing
+
+
+def test_a_command_line_value_goes_in_as_built_and_anything_else_as_one_word() -> None:
+    from kubenetdiag.engine.inference import render
+
+    undo = "iptables -t filter -D INPUT -p udp --dport 4789 -m comment --comment 'a; b' -j DROP"
+    got = render("{undo}", {"undo": [undo]}, ["w-alpha"], "en", shell=True,
+                 verbatim=frozenset({"undo"}))
+    assert got == undo
+    # a value that is not a command line as shlex.join builds it is never run as one
+    hostile = "true; rm -rf /"
+    got = render("{undo}", {"undo": [hostile]}, ["w-alpha"], "en", shell=True,
+                 verbatim=frozenset({"undo"}))
+    assert got == "'true; rm -rf /'"
+    # other values are one word each, whatever they hold
+    assert render("ip link show {dev}", {"dev": ["x; reboot"]}, [], "en", shell=True) == \
+        "ip link show 'x; reboot'"
+
+
+def test_a_command_with_an_unknown_value_is_printed_commented_out() -> None:
+    from kubenetdiag.engine.inference import render
+
+    got = render("f={persist_to}; echo x >> \"$f\"", {"persist_to": [None]}, ["w-alpha"], "en",
+                 shell=True)
+    assert all(line.startswith("#") for line in got.splitlines())
+    assert "<persist_to unknown>" in got
+    # texts still say "unknown" in words
+    assert render("in {persist_to}", {"persist_to": [None]}, [], "en") == "in unknown"
+
+
+def test_the_parse_stage_helpers_hold_their_documented_examples() -> None:
+    import doctest
+
+    from kubenetdiag.facts import paths, persist
+
+    for module in (paths, persist):
+        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
