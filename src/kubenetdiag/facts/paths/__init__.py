@@ -365,6 +365,9 @@ def undo_command(end: Ending, both_backends: bool = False) -> str | None:
     >>> print(undo_command(Ending("drop", "netfilter", table="inet guard", chain="input",
     ...       position=2, rule="udp dport 8472 drop", backend="nft")))
     None
+    >>> print(undo_command(Ending("drop", "netfilter", table="inet guard", chain="input",
+    ...       position=2, rule="udp dport 8472 drop", backend="nft", handle=12)))
+    nft delete rule inet guard input handle 12
     """
     if end.verdict not in ("drop", "reject"):
         return None  # nothing stopped it, or the walk cannot tell what did
@@ -377,10 +380,12 @@ def undo_command(end: Ending, both_backends: bool = False) -> str | None:
         return None
     if end.backend == "nft":
         m = _NFT_HANDLE.search(end.rule)
+        handle = end.handle if end.handle is not None else int(m.group(1)) if m else None
         family, _, table = end.table.partition(" ")
-        if not m or not table:
+        if handle is None or not table:
             return None
-        return shlex.join(["nft", "delete", "rule", family, table, end.chain, "handle", m.group(1)])
+        return shlex.join(["nft", "delete", "rule", family, table, end.chain, "handle",
+                           str(handle)])
     try:
         tokens = shlex.split(end.rule)
     except ValueError:  # an unbalanced quote: a guessed split could name another rule
