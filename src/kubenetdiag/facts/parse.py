@@ -96,7 +96,7 @@ def node_facts(record: dict, ran: Collection[str] | None = None) -> list[Fact]:
     for probe in PROBES:
         if probe.name not in seen and (ran is None or probe.name in ran):
             facts.append(_status_fact(name, probe, "failed", "the probe did not run", None))
-    return facts
+    return persist_sysctl(facts)  # which file a sysctl fix should edit, on the sysctl facts
 
 
 def probes_ran(records: Iterable[dict], recorded: Iterable[str] | None = None) -> set[str]:
@@ -190,7 +190,7 @@ def facts_from_records(
     skipped = None
     shared = _Sharing()
     for rec in records:
-        mine = persist_sysctl(node_facts(rec, ran))  # which file a sysctl fix should edit
+        mine = node_facts(rec, ran)
         active = rec.get("active")
         if isinstance(active, dict) and rec.get("reachable"):
             # The active phase's raw output (bundle: the node record's `active` part).
