@@ -444,3 +444,37 @@ def test_the_way_to_a_node_ssh_could_not_reach_is_still_walked():
     got = [s for s in stops(facts, "n3", "pod_out") if s["peer"] == "n1"]
     assert got and got[0]["stage"] == "route" and "blackhole 10.244.1.0/24" in got[0]["at"]
     assert not [x for x in facts if x.kind == "path_walk" and x.node == "n1"]  # nothing read
+
+
+def test_every_stop_says_the_command_that_undoes_it_when_one_does():
+    # iptables: the spec as collected, with -A turned into -D, in its table and backend
+    facts = cluster(
+        ipt("n2", "filter", '-A FORWARD -m comment --comment "a; b" -j REJECT', 1),
+        chain("n1", "filter", "INPUT", backend="legacy"),
+        ipt("n1", "filter", "-A INPUT -p udp -m udp --dport 8472 -j DROP", 1, backend="legacy"),
+        ipt("n1", "filter", "-A INPUT -j ACCEPT", 1),
+        sysctl("n3", "net.ipv4.conf.cni0.forwarding", 0),
+    )
+    assert stops(facts, "n2", "pod_out")[0]["undo"] == \
+        "iptables -t filter -D FORWARD -m comment --comment 'a; b' -j REJECT"
+    # n1 has both backends: the legacy rule needs the legacy binary
+    assert stops(facts, "n1", "overlay_in")[0]["undo"] == \
+        "iptables-legacy -t filter -D INPUT -p udp -m udp --dport 8472 -j DROP"
+    assert stops(facts, "n3", "pod_out")[0]["undo"] == \
+        "sysctl -w net.ipv4.conf.cni0.forwarding=1"
+
+
+def test_a_native_nftables_rule_is_undone_by_its_handle_only_when_it_was_listed():
+    def guard(handle: int | None) -> list[Fact]:
+        return cluster(
+            f("nft_table", "n2", family="inet", table="guard", owner="nft", chains=1, rules=1),
+            f("nft_chain", "n2", family="inet", table="guard", chain="pre", owner="nft",
+              type="filter", hook="prerouting", priority="raw", policy="accept", rules=1,
+              drop_rules=1, reject_rules=0),
+            f("nft_rule", "n2", family="inet", table="guard", chain="pre", position=1,
+              verdict="drop", text="udp dport 8472 drop", pkts=None, bytes=None, handle=handle),
+        )
+
+    assert stops(guard(7), "n2", "overlay_in")[0]["undo"] == \
+        "nft delete rule inet guard pre handle 7"
+    assert stops(guard(None), "n2", "overlay_in")[0]["undo"] is None

@@ -204,8 +204,9 @@ class _RuleCompiler:
                     guard("numberp", x)
                 parts.append(f":({_CMP[op.op]} {tvar} {x})")
             elif op.op == "in":
-                alts = " ".join(f"(eq {tvar} {self._operand(x, scope)})" for x in op.operand)  # type: ignore[union-attr]
-                parts.append(f":(or {alts})")
+                alts = [f"(eq {tvar} {self._operand(x, scope)})" for x in op.operand]  # type: ignore[union-attr]
+                # CLIPS's `or` takes two arguments at least: `in: [one]` is that one test
+                parts.append(f":(or {' '.join(alts)})" if len(alts) > 1 else f":{alts[0]}")
             elif op.op == "not_in":
                 xs = " ".join(self._operand(x, scope) for x in op.operand)  # type: ignore[union-attr]
                 parts.append(f":(neq {tvar} {xs})")

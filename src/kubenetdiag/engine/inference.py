@@ -346,16 +346,31 @@ def _show(v: Scalar, lang: str) -> str:
     return str(v)
 
 
+def _as_built(line: str) -> str:
+    """`line` when it is a command line as shlex.join builds it (only then does it hold no
+    operator, redirection or substitution the shell would act on), else quoted as one word."""
+    try:
+        if shlex.join(shlex.split(line)) == line:
+            return line
+    except ValueError:
+        pass
+    return shlex.quote(line)
+
+
 def render(text: str, values: dict[str, list[Scalar]], nodes: list[str], lang: str,
-           *, shell: bool = False) -> str:
+           *, shell: bool = False, verbatim: frozenset[str] = frozenset()) -> str:
     """Fill `{name}` placeholders. A plain regex, never str.format: rule text is untrusted and
     format strings can reach attributes of their arguments.
 
     With `shell`, `text` is a command the operator may paste into a shell, and the values come
     from node output (an interface name, a comment on an iptables rule): each is shell-quoted,
     several values become several words, and a cluster-wide finding leaves `{node}` as written
-    (there is no host to put there).
+    (there is no host to put there). A `verbatim` variable holds a command line kubenetdiag
+    built and quoted word by word itself (path.undo): it goes in as it is, one per line when
+    there are several. A value that is not known (null) cannot be pasted: the command is then
+    printed commented out, with `<name unknown>` in its place, so pasting it does nothing.
     """
+    unknown: list[str] = []
 
     def sub(m: re.Match) -> str:
         name = m.group(1)
@@ -365,6 +380,11 @@ def render(text: str, values: dict[str, list[Scalar]], nodes: list[str], lang: s
             return ", ".join(nodes) if nodes else _CLUSTER_TEXT.get(lang, "the cluster")
         if name not in values:
             return m.group(0)
+        if shell and any(v is None for v in values[name]):
+            unknown.append(name)
+            return f"<{name} unknown>"
+        if shell and name in verbatim:
+            return "\n".join(_as_built(str(v)) for v in dict.fromkeys(values[name]))
         shown: list[str] = []
         for v in sorted(values[name], key=_sort_key):
             s = _show(v, lang)
@@ -374,7 +394,12 @@ def render(text: str, values: dict[str, list[Scalar]], nodes: list[str], lang: s
             return " ".join(shlex.quote(s) for s in shown)
         return ", ".join(shown)
 
-    return PLACEHOLDER_RE.sub(sub, text)
+    out = PLACEHOLDER_RE.sub(sub, text)
+    if unknown:
+        names = ", ".join(dict.fromkeys(unknown))
+        out = "\n".join([f"# not known from what was collected: {names}; fill in by hand:",
+                          *(f"# {line}" for line in out.splitlines())])
+    return out
 
 
 @dataclass
@@ -527,7 +552,8 @@ def _finding(rule: Rule, o: _Outcome, evidence_ids: list[int], explained_by: lis
         "remediation": [
             {
                 "text": render(r.text["en"], o.values, nodes, "en"),
-                "command": render(r.command, o.values, nodes, "en", shell=True)
+                "command": render(r.command, o.values, nodes, "en", shell=True,
+                                  verbatim=rule.verbatim)
                 if r.command else r.command,
                 "changes_state": r.changes_state,
             }

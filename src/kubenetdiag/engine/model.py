@@ -117,6 +117,9 @@ class Rule:
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     # Variables bound by positive patterns, in binding order: the values a firing reports.
     variables: tuple[str, ...] = ()
+    # Of those, the ones bound to a `command: true` attribute (a command line kubenetdiag built
+    # and quoted itself): a remediation command inserts them unquoted.
+    verbatim: frozenset[str] = frozenset()
 
     def has_lang(self, lang: str) -> bool:
         texts = [*self.texts.values(), *(r.text for r in self.remediate)]

@@ -74,6 +74,8 @@ class RuleChecker:
         # variable -> registry type of the attribute that bound it (positive patterns only)
         self.bound: dict[str, str] = {}
         self.order: list[str] = []
+        # variables bound (positively) to a `command: true` attribute: inserted unquoted
+        self.verbatim: set[str] = set()
 
     def err(self, path: Path_, message: str, hint: str = "") -> None:
         self.errors.append(self.location.error(path, message, hint))
@@ -139,6 +141,8 @@ class RuleChecker:
                 )
         else:
             scope[var.name] = attr.type
+            if attr.command and scope is self.bound:
+                self.verbatim.add(var.name)
         return var
 
     def _ops(self, attr: AttrSpec, ops: dict[str, Any], scope: dict[str, str]) -> list[Op]:
@@ -347,6 +351,7 @@ class RuleChecker:
             remediate=tuple(remediate),
             raw=raw,
             variables=tuple(self.order),
+            verbatim=frozenset(self.verbatim),
         )
 
     def _assert(self, item: dict[str, Any], j: int) -> Assertion | None:

@@ -300,6 +300,14 @@ def _owner(pod: dict) -> str:
     return ""
 
 
+def _match_labels(ds: dict) -> str | None:
+    """The DaemonSet's spec.selector.matchLabels as `kubectl -l` takes it (`app=flannel`), so a
+    remediation can name this cluster's agent pods; None when it selects by expressions only."""
+    labels = _as_dict(_get(ds, "spec", "selector", "matchLabels"))
+    pairs = [f"{k}={v}" for k, v in sorted(labels.items()) if isinstance(v, (str, int))]
+    return ",".join(pairs) or None
+
+
 def _cni_facts(calls: _Calls, daemonsets: list[dict] | None, pods: list[dict] | None,
                where: Callable[[str], str]) -> list[Fact]:
     facts = []
@@ -312,6 +320,7 @@ def _cni_facts(calls: _Calls, daemonsets: list[dict] | None, pods: list[dict] | 
             "plugin": _plugin(name),
             "daemonset": name,
             "namespace": _ns(ds),
+            "selector": _match_labels(ds),
             "desired": _as_int(status.get("desiredNumberScheduled")),
             "ready": _as_int(status.get("numberReady")),
         }, calls.source("daemonsets", {"name": name, "status": status})))

@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterable
 from kubenetdiag.facts.cluster import cluster_facts
 from kubenetdiag.facts.model import Fact, Source, excerpt
 from kubenetdiag.facts.paths import path_facts
+from kubenetdiag.facts.persist import persist_sysctl
 from kubenetdiag.facts.vantage import vantage_facts
 from kubenetdiag.probes import BY_NAME, PROBES, Probe, Section
 from kubenetdiag.probes.active import check_for
@@ -95,7 +96,7 @@ def node_facts(record: dict, ran: Collection[str] | None = None) -> list[Fact]:
     for probe in PROBES:
         if probe.name not in seen and (ran is None or probe.name in ran):
             facts.append(_status_fact(name, probe, "failed", "the probe did not run", None))
-    return facts
+    return persist_sysctl(facts)  # which file a sysctl fix should edit, on the sysctl facts
 
 
 def probes_ran(records: Iterable[dict], recorded: Iterable[str] | None = None) -> set[str]:

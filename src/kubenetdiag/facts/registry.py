@@ -24,6 +24,10 @@ class AttrSpec:
     type: str
     doc: str
     nullable: bool = False
+    # The value is a whole command line that kubenetdiag built itself, every word already
+    # shell-quoted (path.undo): a remediation command inserts it as it is, where any other value
+    # is quoted as one word.
+    command: bool = False
 
     def accepts(self, value: Scalar) -> bool:
         if value is None:
@@ -58,7 +62,8 @@ def registry() -> dict[str, KindSpec]:
             raw[name] = spec
     for name, spec in raw.items():
         attrs = {
-            a: AttrSpec(a, s["type"], s.get("doc", ""), bool(s.get("nullable", False)))
+            a: AttrSpec(a, s["type"], s.get("doc", ""), bool(s.get("nullable", False)),
+                        bool(s.get("command", False)))
             for a, s in spec["attrs"].items()
         }
         kinds[name] = KindSpec(name, spec.get("doc", ""), attrs, bool(spec.get("derived", False)))

@@ -6,6 +6,10 @@ What this probe adds is what iptables-save cannot show: tables made with nft dir
 (firewalld's `inet firewalld`, kube-proxy's nftables mode, a hand-written `inet filter`), with
 the rules of every chain, the regular ones a base chain jumps or goes to included.
 
+It lists with -a, which adds `# handle N` to each rule: the handle is the only way to delete
+one native rule (`nft delete rule FAMILY TABLE CHAIN handle N`), so a finding can print that
+exact command. Older bundles, read without it, have no handle.
+
 Listing needs nf_tables loaded: asking netlink for it otherwise makes the kernel load the
 module, a change to the node, so when it is not loaded we say so and list nothing.
 
@@ -15,14 +19,22 @@ Sample output and the facts it gives:
 ...     'table ip filter {\\n'
 ...     '\\tchain FORWARD {\\n'
 ...     '\\t\\ttype filter hook forward priority filter; policy drop;\\n'
-...     '\\t\\tudp dport 8472 counter packets 3 bytes 180 drop\\n'
+...     '\\t\\tudp dport 8472 counter packets 3 bytes 180 drop # handle 4\\n'
+...     '\\t}\\n'
+...     '}\\n'
+...     'table inet guard { # handle 9\\n'
+...     '\\tchain input { # handle 1\\n'
+...     '\\t\\ttype filter hook input priority 0; policy accept;\\n'
+...     '\\t\\tudp dport 4789 drop # handle 7\\n'
 ...     '\\t}\\n'
 ...     '}\\n'
 ... )
 >>> facts = parse(Section("nftables", "", 0, 0.0, out, ""), "node1")
 >>> [(f.attrs["owner"], f.attrs["chain"], f.attrs["policy"], f.attrs["drop_rules"])
 ...  for f in facts if f.kind == "nft_chain"]
-[('iptables-nft', 'FORWARD', 'drop', 1)]
+[('iptables-nft', 'FORWARD', 'drop', 1), ('nft', 'input', 'accept', 1)]
+>>> [(f.attrs["text"], f.attrs["handle"]) for f in facts if f.kind == "nft_rule"]
+[('udp dport 4789 drop', 7)]
 """
 
 from __future__ import annotations
@@ -39,7 +51,7 @@ COMMAND = (
     "&& [ ! -d /sys/module/nf_tables ]; then echo '# nf_tables is not loaded'; exit 0; fi; "
     "command -v nft >/dev/null 2>&1 || "
     "{ echo 'kubenetdiag: nft: command not found (nf_tables is loaded)' >&2; exit 127; }; "
-    "nft list ruleset"
+    "nft -a list ruleset"
 )
 
 _TABLE = re.compile(r"^table (\S+) (\S+) \{")
@@ -49,6 +61,7 @@ _BASE = re.compile(
     r"(?: policy (\w+);)?")
 _MANAGED = re.compile(r"table (\S+) (\S+) is managed by iptables-nft")
 _COUNTER = re.compile(r"counter packets (\d+) bytes (\d+)")
+_HANDLE = re.compile(r"\s*# handle (\d+)$")
 _VERDICTS = ("accept", "drop", "reject", "return", "jump", "goto", "queue", "continue")
 _IPTABLES_NAMES = {"filter", "nat", "mangle", "raw", "security"}
 
@@ -105,7 +118,9 @@ def parse(section: Section, node: str) -> list[Fact]:
             if m and line.startswith("type "):
                 chain["base"] = m.groups()
             elif line != "}" and not line.startswith(("comment ", "policy ", "devices ")):
-                chain["rules"].append(line)
+                h = _HANDLE.search(line)
+                chain["rules"].append(
+                    (line[:h.start()], int(h.group(1))) if h else (line, None))
         depth = max(0, depth + opens - closes)
         if depth <= 1:
             chain = None
@@ -116,7 +131,8 @@ def parse(section: Section, node: str) -> list[Fact]:
         owner = _owner(t["family"], t["name"], t["chains"], managed)
 
         def src(text: str, t=t) -> Source:
-            return Source("nftables", "nft list ruleset", section.exit_code, excerpt(text, 1000))
+            return Source("nftables", "nft -a list ruleset", section.exit_code,
+                          excerpt(text, 1000))
 
         facts.append(Fact("nft_table", node, {
             "family": t["family"],
@@ -126,14 +142,15 @@ def parse(section: Section, node: str) -> list[Fact]:
             "rules": sum(len(c["rules"]) for c in t["chains"].values()),
         }, src(t["raw"])))
         for c in t["chains"].values():
-            verdicts = [_verdict(r) for r in c["rules"]]
+            verdicts = [_verdict(r) for r, _ in c["rules"]]
             if c["base"] is not None:
                 facts.append(_base_chain(node, t, c, owner, verdicts, src))
             if owner == "iptables-nft":
                 continue  # the iptables probe has these rules, with iptables' own syntax
             # Regular chains too: a base chain's jump or goto runs them, and a walk that
             # follows it needs their rules as much as the base chain's.
-            for pos, (rule, verdict) in enumerate(zip(c["rules"], verdicts, strict=True), 1):
+            for pos, ((rule, handle), verdict) in enumerate(zip(c["rules"], verdicts, strict=True),
+                                                             1):
                 m = _COUNTER.search(rule)
                 facts.append(Fact("nft_rule", node, {
                     "family": t["family"],
@@ -144,6 +161,7 @@ def parse(section: Section, node: str) -> list[Fact]:
                     "text": clip(rule, 500),
                     "pkts": int(m.group(1)) if m else None,
                     "bytes": int(m.group(2)) if m else None,
+                    "handle": handle,
                 }, src(rule)))
     return facts
 
@@ -165,7 +183,7 @@ def _base_chain(node: str, t: dict, c: dict, owner: str, verdicts: list[str],
         "rules": len(c["rules"]),
         "drop_rules": verdicts.count("drop"),
         "reject_rules": verdicts.count("reject"),
-    }, src("\n".join([f"chain {c['name']}", *c["rules"][:20]])))
+    }, src("\n".join([f"chain {c['name']}", *(r for r, _ in c["rules"][:20])])))
 
 
 PROBE = Probe(

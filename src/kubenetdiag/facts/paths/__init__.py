@@ -11,6 +11,8 @@ fact naming the rule, route or setting that stops it, and who wrote it.
 from __future__ import annotations
 
 import ipaddress
+import re
+import shlex
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -282,8 +284,121 @@ def _port_of(target: str) -> int | None:
         return None
 
 
+_NFT_HANDLE = re.compile(r"#\s*handle\s+(\d+)\s*$")
+
+
+_SETTING = re.compile(r"^net\.ipv4\.(?:ip_forward|conf\.(\S+)\.(forwarding|rp_filter))=(\d+)$")
+
+
+def _sysctl_undo(end: Ending) -> str | None:
+    """A forwarding switch that is off goes back on; a strict (1) reverse-path filter goes to
+    loose (2), which keeps the anti-spoofing check (the kernel takes the larger of `all` and the
+    interface's). A loose filter that still drops has no route back: no setting lifts that.
+    An interface name with a dot (eth0.100) is written with slashes, as sysctl reads it.
+
+    >>> _sysctl_undo(Ending("drop", "rp_filter", rule="net.ipv4.conf.eth0.100.rp_filter=1"))
+    'sysctl -w net/ipv4/conf/eth0.100/rp_filter=2'
+    >>> _sysctl_undo(Ending("reject", "forwarding", rule="net.ipv4.ip_forward=0"))
+    'sysctl -w net.ipv4.ip_forward=1'
+    """
+    m = _SETTING.match(end.rule or "")
+    if not m:
+        return None
+    dev, what, value = m.groups()
+    if what == "rp_filter" and value != "1":
+        return None
+    new = "2" if what == "rp_filter" else "1"
+    if dev is None:
+        key = "net.ipv4.ip_forward"
+    elif "." in dev:
+        key = f"net/ipv4/conf/{dev}/{what}"
+    else:
+        key = f"net.ipv4.conf.{dev}.{what}"
+    return shlex.join(["sysctl", "-w", f"{key}={new}"])
+
+
+_IP_RULE = re.compile(r"^(\d+):\s+(\S.*)$")
+
+
+def _ip_rule_undo(end: Ending) -> str | None:
+    """An `ip rule` that stops a flow, deleted with its selector and action as printed: by its
+    priority alone `ip rule del` would take the first rule of that priority, maybe another one.
+    A decision of a table the rule only looks up has no one rule to delete.
+
+    >>> _ip_rule_undo(Ending("drop", "policy", at="ip rule 100: from all to 10.244.3.0/24 "
+    ...               "blackhole", rule="100: from all to 10.244.3.0/24 blackhole"))
+    'ip rule del priority 100 from all to 10.244.3.0/24 blackhole'
+    """
+    m = _IP_RULE.match(end.rule or "")
+    if not m or not end.at.startswith("ip rule "):
+        return None
+    try:
+        words = shlex.split(m.group(2))
+    except ValueError:
+        return None
+    return shlex.join(["ip", "rule", "del", "priority", m.group(1), *words])
+
+
+def undo_command(end: Ending, both_backends: bool = False) -> str | None:
+    """The command that deletes exactly the rule that stopped a flow, every word shell-quoted,
+    or None when it cannot be known from what was collected.
+
+    An iptables rule is deleted by repeating its spec as collected (`-A CHAIN ...` becomes
+    `-D CHAIN ...`), with the binary of the backend that holds it: `iptables-legacy` only where
+    the node also has nf_tables tables (iptables 1.4 and 1.6, CentOS 7's, have no such binary and
+    are legacy anyway). A native nftables rule is deleted by its handle, which `nft list ruleset`
+    prints only with -a: without it there is no exact delete. A forwarding switch or a strict
+    reverse-path filter is set back (_sysctl_undo), a policy routing rule deleted
+    (_ip_rule_undo). A chain policy or a route has no one command that undoes it.
+
+    >>> e = Ending("drop", "netfilter", hook="input", table="filter", chain="INPUT", position=1,
+    ...            rule='-A INPUT -p udp --dport 8472 -m comment --comment "a; b" -j DROP',
+    ...            backend="nf_tables")
+    >>> print(undo_command(e))
+    iptables -t filter -D INPUT -p udp --dport 8472 -m comment --comment 'a; b' -j DROP
+    >>> e.backend = "legacy"
+    >>> print(undo_command(e, both_backends=True))
+    iptables-legacy -t filter -D INPUT -p udp --dport 8472 -m comment --comment 'a; b' -j DROP
+    >>> print(undo_command(Ending("drop", "netfilter", table="inet guard", chain="input",
+    ...       position=2, rule="udp dport 8472 drop # handle 7", backend="nft")))
+    nft delete rule inet guard input handle 7
+    >>> print(undo_command(Ending("drop", "netfilter", table="inet guard", chain="input",
+    ...       position=2, rule="udp dport 8472 drop", backend="nft")))
+    None
+    >>> print(undo_command(Ending("drop", "netfilter", table="inet guard", chain="input",
+    ...       position=2, rule="udp dport 8472 drop", backend="nft", handle=12)))
+    nft delete rule inet guard input handle 12
+    """
+    if end.verdict not in ("drop", "reject"):
+        return None  # nothing stopped it, or the walk cannot tell what did
+    if end.stage in ("forwarding", "rp_filter"):
+        return _sysctl_undo(end)
+    if end.stage == "policy":
+        return _ip_rule_undo(end)
+    if end.stage != "netfilter" or end.position is None or not end.rule or not end.table \
+            or not end.chain:
+        return None
+    if end.backend == "nft":
+        m = _NFT_HANDLE.search(end.rule)
+        handle = end.handle if end.handle is not None else int(m.group(1)) if m else None
+        family, _, table = end.table.partition(" ")
+        if handle is None or not table:
+            return None
+        return shlex.join(["nft", "delete", "rule", family, table, end.chain, "handle",
+                           str(handle)])
+    try:
+        tokens = shlex.split(end.rule)
+    except ValueError:  # an unbalanced quote: a guessed split could name another rule
+        return None
+    if len(tokens) < 3 or tokens[0] not in ("-A", "--append") or tokens[1] != end.chain:
+        return None
+    binary = "iptables-legacy" if end.backend == "legacy" and both_backends else "iptables"
+    return shlex.join([binary, "-t", end.table, "-D", *tokens[1:]])
+
+
 def _facts_of(me: _Node, name: str, flows: list[Flow]) -> list[Fact]:
     v = me.view
+    both = {"legacy", "nf_tables"} <= {b.table.backend for b in v.chains}
     counts = {"pass": 0, "drop": 0, "reject": 0, "unknown": 0}
     out: list[Fact] = []
     for flow in flows:
@@ -291,7 +406,7 @@ def _facts_of(me: _Node, name: str, flows: list[Flow]) -> list[Fact]:
         counts[end.verdict] = counts.get(end.verdict, 0) + 1
         if end.verdict == "pass":
             continue
-        out.append(_path_fact(name, flow, end, v.altered))
+        out.append(_path_fact(name, flow, end, v.altered, both))
     kinds = ",".join(sorted({f.name for f in flows}))
     peers = len({f.peer for f in flows if f.peer})
     alt = "; ".join(f"{d}: {', '.join(h)}" for d, h in sorted(v.altered.items())) or None
@@ -304,7 +419,8 @@ def _facts_of(me: _Node, name: str, flows: list[Flow]) -> list[Fact]:
     return out
 
 
-def _path_fact(name: str, flow: Flow, end: Ending, altered: dict[str, list[str]]) -> Fact:
+def _path_fact(name: str, flow: Flow, end: Ending, altered: dict[str, list[str]],
+               both_backends: bool = False) -> Fact:
     pkt = flow.pkt
     devs = [d for d in (pkt.iif, flow.underlay) if d]
     alt = "; ".join(f"{d}: {', '.join(altered[d])}" for d in dict.fromkeys(devs) if d in altered)
@@ -316,5 +432,5 @@ def _path_fact(name: str, flow: Flow, end: Ending, altered: dict[str, list[str]]
         "verdict": end.verdict, "stage": end.stage, "at": end.at, "hook": end.hook,
         "table": end.table, "chain": end.chain, "position": end.position, "rule": end.rule,
         "owner": end.owner, "backend": end.backend, "altered_by": alt or None,
-        "detail": detail[:1000],
+        "undo": undo_command(end, both_backends), "detail": detail[:1000],
     }, Source("path", f"walk of {name}'s {flow.name} flow", None, detail[:2000]))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.facts.paths import ipt, nft
@@ -175,8 +175,10 @@ def build(name: str, facts: list[Fact]) -> NodeView:
         elif k == "nft_rule":
             key = (str(a["family"]), str(a["table"]))
             nft_tables.setdefault(key, Table(f"{a['family']} {a['table']}", "nft"))
-            nft_tables[key].chains.setdefault(str(a["chain"]), []).append(
-                nft.compile_rule(str(a["chain"]), int(a["position"]), str(a["text"])))
+            nrule = nft.compile_rule(str(a["chain"]), int(a["position"]), str(a["text"]))
+            if a.get("handle") is not None:
+                nrule = replace(nrule, handle=int(a["handle"]))  # type: ignore[arg-type]
+            nft_tables[key].chains.setdefault(str(a["chain"]), []).append(nrule)
 
     # Rules of a bundle from before iptables_rule carried its backend: the table's only one.
     backends: dict[str, set[str]] = {}

@@ -56,6 +56,7 @@ class Ending:
     why: str = ""
     undecided: str = ""
     steps: list[str] = field(default_factory=list)
+    handle: int | None = None  # the deciding native nftables rule's handle, when collected
 
 
 def _from_stop(s: Stop, undecided: str, steps: list[str]) -> Ending:
@@ -64,7 +65,8 @@ def _from_stop(s: Stop, undecided: str, steps: list[str]) -> Ending:
         s.verdict, "netfilter", s.at() if not s.why else f"{s.at()}: {s.why}", s.hook,
         s.table.name, s.chain, rule.position if rule else None,
         rule.text if rule else f"policy {s.verdict.upper()}",
-        s.table.owner_of(s.chain, rule), s.table.backend, s.why, undecided, steps)
+        s.table.owner_of(s.chain, rule), s.table.backend, s.why, undecided, steps,
+        rule.handle if rule else None)
 
 
 def _route_owner(d: Decision) -> str:
