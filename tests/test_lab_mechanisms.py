@@ -95,9 +95,12 @@ def snapshot(lab: Lab) -> dict[str, str]:
 
         sysctls = [line for line in cmd("sysctl", "-a").splitlines() if SYSCTLS.match(line)]
         ps = runner.shell("ps -eo pid=,ppid=,stat=,comm=").stdout
-        # a zombie (Z) has exited already: only its parent's reaping is pending
-        procs = [line.split(None, 3)[2:] for line in ps.splitlines()
-                 if line.strip() and not line.split()[2].startswith("Z")]
+        rows = [line.split(None, 3) for line in ps.splitlines() if line.strip()]
+        comm_of = {pid: comm for pid, _ppid, _stat, comm in rows}
+        # A zombie (Z) has exited already: only its parent's reaping is pending. A child with
+        # its parent's name is a fork about to exec (flanneld and kube-proxy run iptables).
+        procs = [(stat, comm) for _pid, ppid, stat, comm in rows
+                 if not stat.startswith("Z") and comm_of.get(ppid) != comm]
         out |= {
             f"{node.name} iptables": _rules(cmd("iptables-save")),
             f"{node.name} nft": _nft(cmd("nft", "-j", "-s", "list", "ruleset")),
