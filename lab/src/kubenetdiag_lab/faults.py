@@ -261,14 +261,20 @@ def _sysctl_dev(dev: str) -> str:
     return dev.replace(".", "/")
 
 
-def _sysctl_values(ctx: FaultContext, node: LabNode, suffix: str) -> dict[str, str]:
-    """{key: value} of the node's net.ipv4.conf.<dev>.<suffix> for every device."""
+def _sysctl_lines(runner: NodeRunner) -> dict[str, str]:
+    """{key: value} of every sysctl the node's `sysctl -a` prints."""
     out = {}
-    for line in ctx.node(node).run(["sysctl", "-a"], check=False).stdout.splitlines():
+    for line in runner.run(["sysctl", "-a"], check=False).stdout.splitlines():
         key, sep, value = line.partition(" = ")
-        if sep and key.startswith("net.ipv4.conf.") and key.endswith("." + suffix):
+        if sep:
             out[key] = value.strip()
     return out
+
+
+def _sysctl_values(ctx: FaultContext, node: LabNode, suffix: str) -> dict[str, str]:
+    """{key: value} of the node's net.ipv4.conf.<dev>.<suffix> for every device."""
+    return {key: value for key, value in _sysctl_lines(ctx.node(node)).items()
+            if key.startswith("net.ipv4.conf.") and key.endswith("." + suffix)}
 
 
 def _nft(ctx: FaultContext, node: LabNode, text: str) -> None:
@@ -928,15 +934,6 @@ def _vxlan_device(runner: NodeRunner) -> dict[str, Any]:
                     if key.startswith((f"net.ipv4.conf.{_sysctl_dev(dev)}.",
                                        f"net.ipv6.conf.{_sysctl_dev(dev)}."))},
     }
-
-
-def _sysctl_lines(runner: NodeRunner) -> dict[str, str]:
-    out = {}
-    for line in runner.run(["sysctl", "-a"], check=False).stdout.splitlines():
-        key, sep, value = line.partition(" = ")
-        if sep:
-            out[key] = value.strip()
-    return out
 
 
 VXLAN_OLD = "flannel.old"

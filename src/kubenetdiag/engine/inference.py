@@ -513,13 +513,11 @@ def findings(program: Program, facts: Sequence[Fact], fired: dict[int, list], de
                 and program.rules[si].fault != rule.fault
                 and _overlap(touched, reached)
             ))
-            if explained_by in merged:
-                merged[explained_by].add(o)
-            else:
+            if explained_by not in merged:
                 merged[explained_by] = _Outcome(
-                    rule, set(o.nodes), set(o.ids),
-                    {k: list(v) for k, v in o.values.items()}, o.symptoms,
+                    rule, set(), set(), {v: [] for v in rule.variables}, o.symptoms
                 )
+            merged[explained_by].add(o)
         for explained_by, o in merged.items():
             out.append(_finding(rule, o, reach(o)[0], list(explained_by), facts))
     out.sort(key=lambda f: (not f["root_cause"], SEVERITY_RANK[f["severity"]], f["rule"],
