@@ -24,18 +24,20 @@ import json
 import os
 import shlex
 import signal
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubenetdiag_lab import cni, coredns, flannel, kubeproxy, nodehost, services, sshd
-from kubenetdiag_lab.netns import LabError, cmdline, pids_in_netns, run
+from kubenetdiag_lab.netns import LabError, cmdline, exec_argv, pids_in_netns, run
 from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.runner import NodeRunner, Runners
 from kubenetdiag_lab.topology import (
     WEB_PORT,
     LabNode,
     Service,
+    ServicePort,
     Topology,
     cluster_services,
     pod_labels,
@@ -103,7 +105,11 @@ class ActiveFaults:
         selectors = {params["service"]: _broken_selector(topology, params["service"])
                      for params in self.params("service_no_endpoints")
                      if params.get("via") == "selector"}
-        return cluster_services(topology, self.unready_pods(topology), selectors)
+        unready = self.unready_pods(topology)
+        out = cluster_services(topology, unready, selectors)
+        if self.params("cross_zone_latency"):
+            out.append(spread_service(topology, unready))
+        return out
 
 
 @dataclass(frozen=True)
@@ -1403,6 +1409,109 @@ register(Fault(
     "re-syncs)",
     _kube_proxy_dead_and_flushed, _kube_proxy_restarted, {"via": "kill"},
     mechanisms={"kill": (), "hang": ()},
+))
+
+# ---- zones -----------------------------------------------------------------------------------
+
+# A Service whose endpoints are the client pods, one or more on every node, so in every zone
+# (topology.py puts odd nodes in zone-a, even ones in zone-b), without topology-aware routing.
+SPREAD_SERVICE = "client"
+SPREAD_VIP = "10.96.0.30"
+BULK_PORT = 30090
+# The path between the zones as a thin interconnect: rate-limited, with a queue that holds
+# LINK_QUEUE worth of traffic at that rate. A bulk transfer across it keeps the queue full, so
+# whatever else crosses waits about that long: the runbook's peak-hour story (latency up,
+# throughput down). It is also the only way to add delay here: the lab kernel has no netem.
+LINK_RATE = "8mbit"
+LINK_QUEUE = "60ms"
+TBF = ["tbf", "rate", LINK_RATE, "burst", "8kb", "latency", LINK_QUEUE]
+
+
+def spread_service(topology: Topology, unready: Collection[str] = ()) -> Service:
+    pods = tuple(pod.name for pod in topology.pods if pod.app == "client"
+                 and pod.name not in unready)
+    return Service(SPREAD_SERVICE, "default", SPREAD_VIP,
+                   (ServicePort("bulk", BULK_PORT, "TCP", BULK_PORT),), "client", pods)
+
+
+def _other_zone(ctx: FaultContext, node: LabNode) -> LabNode:
+    for peer in ctx.topology.peers(node):
+        if peer.zone != node.zone:
+            return peer
+    raise LabError("cross_zone_latency needs nodes in two zones (a lab of two nodes or more)")
+
+
+def _lone_zone_node(topology: Topology) -> str:
+    """A node alone in its zone (node2 of three): every path to it crosses zones, and the
+    other zone keeps a same-zone pair to compare with."""
+    for node in topology.nodes:
+        if sum(other.zone == node.zone for other in topology.nodes) == 1:
+            return node.name
+    return _last_node(topology)
+
+
+def _start_in_pod(ctx: FaultContext, pod: str, argv: list[str]) -> None:
+    log = open(ctx.paths.logs / "faults.log", "ab")  # noqa: SIM115
+    with log:
+        subprocess.Popen(exec_argv(ctx.topology.pod(pod).netns, argv), stdin=subprocess.DEVNULL,
+                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _bulk(ctx: FaultContext, sender: LabNode, receiver: LabNode) -> None:
+    """A bulk transfer from a pod on `sender` to a pod on `receiver`, running until healed."""
+    sink = ctx.topology.pods_on(receiver.name)[0]
+    _start_in_pod(ctx, sink.name, services.netprog_argv("bulk-sink", str(BULK_PORT)))
+    for _ in range(100):  # bounded: 5 s
+        if ctx.runners.pod(sink.name).run(["ss", "-Hlnt", f"sport = :{BULK_PORT}"]).stdout:
+            break
+        run(["sleep", "0.05"])
+    else:
+        raise LabError(f"the bulk receiver in {sink.name} does not listen")
+    source = ctx.topology.pods_on(sender.name)[0]
+    _start_in_pod(ctx, source.name, services.netprog_argv(
+        "bulk-send", sink.ip, str(BULK_PORT), "1800"))
+    run(["sleep", "2"])  # TCP's slow start fills the queue within a second at this rate
+
+
+def _zone_link_slow(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    peer = _other_zone(ctx, node)
+    if params["via"] == "switch":
+        # the switch port towards the node: what comes to it from the other zone queues there
+        ctx.runners.switch.run(["tc", "qdisc", "replace", "dev", f"swp{node.index}", "root",
+                                *TBF])
+        _bulk(ctx, peer, node)
+    elif params["via"] == "node":
+        # the node's own uplink: what it sends to the other zone queues behind the transfer
+        ctx.node(node).run(["tc", "qdisc", "replace", "dev", "eth0", "root", *TBF])
+        _bulk(ctx, node, peer)
+    else:
+        raise LabError("cross_zone_latency: via must be switch or node")
+
+
+def _zone_link_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    netns = [pod.netns for pod in ctx.topology.pods]
+    nodehost.kill([pid for pids in pids_in_netns(netns).values() for pid in pids
+                   if "bulk-send" in cmdline(pid) or f"bulk-sink {BULK_PORT}" in cmdline(pid)])
+    port = f"swp{node.index}"
+    if "tbf" in ctx.runners.switch.run(["tc", "qdisc", "show", "dev", port],
+                                       check=False).stdout:
+        ctx.runners.switch.run(["tc", "qdisc", "del", "dev", port, "root"])
+    if "tbf" in ctx.node(node).run(["tc", "qdisc", "show", "dev", "eth0"], check=False).stdout:
+        ctx.node(node).run(["tc", "qdisc", "del", "dev", "eth0", "root"])
+
+
+register(Fault(
+    "cross_zone_latency",
+    "a Service (client, 10.96.0.30) whose endpoints are the client pods of every node, so in "
+    "both zones, without topology-aware routing, while the path to the node's zone is slow: "
+    "rate-limited to 8 Mbit/s with a 60 ms queue that a bulk TCP transfer between pods of the "
+    "two zones keeps full, on the switch port towards the node (via=switch) or on the node's "
+    "own eth0, the transfer leaving from it (via=node). Default node: one alone in its zone, "
+    "so the other zone keeps a same-zone pair to compare with (three nodes or more)",
+    _zone_link_slow, _zone_link_heal, {"via": "switch"}, scope="cluster",
+    default_node=_lone_zone_node, settle=lambda ctx, node, params: _kube_proxies_synced(
+        ctx, node, params),
+    mechanisms={"switch": (), "node": ()},
 ))
 
 # ---- sockets --------------------------------------------------------------------------------

@@ -18,6 +18,9 @@ whatever the lab passes in (lab addresses only).
   tw-burst N                    N loopback connections closed by the client: N TIME_WAITs
   close-burst HOST PORT N       N connections, each closed after the server closed it: N
                                 TIME_WAITs on the server's side
+  bulk-sink PORT                a TCP receiver that reads and discards whatever it is sent
+  bulk-send HOST PORT SECONDS   one TCP connection sending as fast as the path takes, for at
+                                most SECONDS (a bulk transfer, such as a backup)
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import urllib.request
 import dns.message
 import dns.query
 import dns.rdatatype
+
+BULK_LIMIT = 1800.0  # a bulk transfer left running by a lost heal ends by itself
 
 
 def _wait_forever() -> int:
@@ -205,6 +210,32 @@ def close_burst(host: str, port: int, count: int, limit: float) -> int:
     return 0
 
 
+def bulk_sink(port: int) -> int:
+    srv = socket.create_server(("0.0.0.0", port), backlog=16)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"bulk sink on {port}", flush=True)
+    while True:
+        conn, _ = srv.accept()
+        with conn:
+            while conn.recv(65536):
+                pass
+
+
+def bulk_send(host: str, port: int, seconds: float) -> int:
+    # One connection, blocking writes: TCP's own congestion control keeps the bottleneck's
+    # queue full, which is what a bulk transfer does to the links it crosses.
+    chunk = os.urandom(65536)
+    deadline = time.monotonic() + seconds
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    sent = 0
+    with socket.create_connection((host, port), timeout=10) as sock:
+        while time.monotonic() < deadline:
+            sock.sendall(chunk)
+            sent += len(chunk)
+    print(f"{sent} bytes to {host}:{port}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timeout", type=float, default=3.0)
@@ -248,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("host")
     p.add_argument("port", type=int)
     p.add_argument("count", type=int)
+    p = sub.add_parser("bulk-sink")
+    p.add_argument("port", type=int)
+    p = sub.add_parser("bulk-send")
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("seconds", type=float)
     a = parser.parse_args(argv)
     limit = 10.0  # hard cap on any burst, whatever the count
     try:
@@ -275,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
             return tw_burst(min(a.count, 20000), limit)
         if a.cmd == "close-burst":
             return close_burst(a.host, a.port, min(a.count, 20000), limit)
+        if a.cmd == "bulk-sink":
+            return bulk_sink(a.port)
+        if a.cmd == "bulk-send":
+            return bulk_send(a.host, a.port, min(a.seconds, BULK_LIMIT))
     except (OSError, ValueError) as exc:
         print(f"{a.cmd}: {exc}", file=sys.stderr, flush=True)
         return 1

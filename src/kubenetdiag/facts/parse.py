@@ -15,6 +15,7 @@ from kubenetdiag.facts.model import Fact, Source, excerpt
 from kubenetdiag.facts.paths import path_facts
 from kubenetdiag.facts.persist import persist_sysctl
 from kubenetdiag.facts.vantage import vantage_facts
+from kubenetdiag.facts.zones import zone_latency_facts
 from kubenetdiag.probes import BY_NAME, PROBES, Probe, Section
 from kubenetdiag.probes.active import check_for
 from kubenetdiag.probes.active.plan import not_checked
@@ -206,4 +207,5 @@ def facts_from_records(
     # Derived from the facts above, never from a node: where each flow would die (docs/paths.md)
     facts.extend(path_facts(facts))
     facts.extend(vantage_facts(facts))  # where the active checks' failures localize
+    facts.extend(zone_latency_facts(facts))  # what calls between a Service's zones pay
     return facts
