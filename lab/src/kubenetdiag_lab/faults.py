@@ -34,6 +34,7 @@ from kubenetdiag_lab.netns import LabError, cmdline, exec_argv, pids_in_netns, r
 from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.runner import NodeRunner, Runners
 from kubenetdiag_lab.topology import (
+    OUTSIDE_HOST,
     WEB_PORT,
     LabNode,
     Service,
@@ -1512,6 +1513,69 @@ register(Fault(
     default_node=_lone_zone_node, settle=lambda ctx, node, params: _kube_proxies_synced(
         ctx, node, params),
     mechanisms={"switch": (), "node": ()},
+))
+
+# ---- connections unanswered ----------------------------------------------------------------
+
+# The middleware host answers on its declared port (3306) and not on a second one its clients
+# also use, so the diagnoser's own check of the address passes and only the workload's
+# traffic, seen in the node's connection-tracking table, shows the problem.
+CACHE_PORT = 6379
+RETRY_CLIENTS = "16"  # connects in flight: ~8 new attempts a second, 2 s each
+CACHE_DROP = ["-p", "tcp", "-m", "tcp", "--dport", str(CACHE_PORT), "-j", "DROP"]
+
+
+def _unanswered_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    outside = ctx.runners.outside
+    if params["via"] == "filtered":
+        # the middleware host's own firewall drops the port silently
+        outside.run(["iptables", "-I", "INPUT", "1", *CACHE_DROP])
+    elif params["via"] == "stuck":
+        # a server on the port that stopped accepting: once its backlog of one is full, the
+        # kernel drops every further SYN without an answer
+        log = open(ctx.paths.logs / "faults.log", "ab")  # noqa: SIM115
+        with log:
+            subprocess.Popen(exec_argv(ctx.topology.outside_netns, services.netprog_argv(
+                "listen-stuck", str(CACHE_PORT), "1")), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True)
+        for _ in range(100):  # bounded: 5 s
+            if outside.run(["ss", "-Hlnt", f"sport = :{CACHE_PORT}"]).stdout:
+                break
+            run(["sleep", "0.05"])
+        else:
+            raise LabError(f"nothing listens on {CACHE_PORT} in the outside namespace")
+    else:
+        raise LabError("connections_unanswered: via must be filtered or stuck")
+    pod = ctx.topology.pods_on(node.name)[0]
+    _start_in_pod(ctx, pod.name, services.netprog_argv(
+        "connect-retry", OUTSIDE_HOST, str(CACHE_PORT), RETRY_CLIENTS, "1800"))
+    run(["sleep", "5"])  # forty unanswered attempts in the node's table, and more coming
+
+
+def _unanswered_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    netns = [pod.netns for pod in ctx.topology.pods] + [ctx.topology.outside_netns]
+    nodehost.kill([pid for pids in pids_in_netns(netns).values() for pid in pids
+                   if f"connect-retry {OUTSIDE_HOST} {CACHE_PORT}" in cmdline(pid)
+                   or f"listen-stuck {CACHE_PORT} " in cmdline(pid)])
+    for _ in range(100):  # every copy, bounded
+        if ctx.runners.outside.run(["iptables", "-D", "INPUT", *CACHE_DROP],
+                                   check=False).returncode:
+            break
+    # The kernel keeps an unanswered connect's entry 120 s: the next diagnosis must not see
+    # the attempts of a fault that is gone.
+    ctx.node(node).run(["conntrack", "-D", "-d", OUTSIDE_HOST, "-p", "tcp", "--dport",
+                        str(CACHE_PORT)], check=False)
+
+
+register(Fault(
+    "connections_unanswered",
+    "a client in one of the node's pods keeps 16 connects in flight to port 6379 of the "
+    "middleware host (203.0.113.10), which answers on its declared 3306 but not there: its "
+    "firewall drops the port (via=filtered), or a server there stopped accepting and its "
+    "full backlog makes the kernel drop every new SYN (via=stuck); the node's conntrack "
+    "table fills with unanswered SYN_SENT entries (heal deletes them)",
+    _unanswered_on, _unanswered_heal, {"via": "filtered"},
+    mechanisms={"filtered": (), "stuck": ()},
 ))
 
 # ---- sockets --------------------------------------------------------------------------------

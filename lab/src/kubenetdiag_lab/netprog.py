@@ -18,6 +18,10 @@ whatever the lab passes in (lab addresses only).
   tw-burst N                    N loopback connections closed by the client: N TIME_WAITs
   close-burst HOST PORT N       N connections, each closed after the server closed it: N
                                 TIME_WAITs on the server's side
+  connect-retry HOST PORT N SECONDS
+                                a client that keeps N connects in flight, gives each up after
+                                2 s and opens the next, for at most SECONDS (a connection
+                                pool retrying against a server that does not answer)
   bulk-sink PORT                a TCP receiver that reads and discards whatever it is sent
   bulk-send HOST PORT SECONDS   one TCP connection sending as fast as the path takes, for at
                                 most SECONDS (a bulk transfer, such as a backup)
@@ -39,7 +43,7 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-BULK_LIMIT = 1800.0  # a bulk transfer left running by a lost heal ends by itself
+BULK_LIMIT = 1800.0  # a client left running by a lost heal ends by itself
 
 
 def _wait_forever() -> int:
@@ -210,6 +214,34 @@ def close_burst(host: str, port: int, count: int, limit: float) -> int:
     return 0
 
 
+def connect_retry(host: str, port: int, count: int, seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    pending: dict[socket.socket, float] = {}
+    made = 0
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        for s, started in list(pending.items()):
+            if now - started > 2.0:  # given up, as a client's connect timeout would
+                s.close()
+                del pending[s]
+        while len(pending) < count:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect((host, port))
+            except BlockingIOError:
+                pass
+            except OSError:
+                s.close()
+                break
+            pending[s] = time.monotonic()
+            made += 1
+        time.sleep(0.1)
+    print(f"{made} connects to {host}:{port}", flush=True)
+    return 0
+
+
 def bulk_sink(port: int) -> int:
     srv = socket.create_server(("0.0.0.0", port), backlog=16)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -279,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("host")
     p.add_argument("port", type=int)
     p.add_argument("count", type=int)
+    p = sub.add_parser("connect-retry")
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("count", type=int)
+    p.add_argument("seconds", type=float)
     p = sub.add_parser("bulk-sink")
     p.add_argument("port", type=int)
     p = sub.add_parser("bulk-send")
@@ -312,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             return tw_burst(min(a.count, 20000), limit)
         if a.cmd == "close-burst":
             return close_burst(a.host, a.port, min(a.count, 20000), limit)
+        if a.cmd == "connect-retry":
+            return connect_retry(a.host, a.port, min(a.count, 64), min(a.seconds, BULK_LIMIT))
         if a.cmd == "bulk-sink":
             return bulk_sink(a.port)
         if a.cmd == "bulk-send":
