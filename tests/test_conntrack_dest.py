@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from kubenetdiag.facts import parse
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.probes.active import conntrack_dest as ct
 from kubenetdiag.probes.active.common import example, section
@@ -138,3 +139,18 @@ def test_targets_are_the_dns_servers_and_declared_ips_once_each() -> None:
         ("ep.0", "203.0.113.10", "endpoint", "203.0.113.10:3306")]
     # a section's suffix maps back to its target from the plan, not from the node's output
     assert ct._resolve(plan, "ep.0")["address"] == "203.0.113.10"  # type: ignore[arg-type]
+
+
+def test_a_bundles_section_becomes_the_fact_of_the_planned_target(tmp_path: Path) -> None:
+    """The section id indexes the plan: the fact names the endpoint the plan declared."""
+    node_plan = dict(example().plan)
+    node_plan["dns"] = []
+    node_plan["endpoints"] = [{"target": "203.0.113.10:3306", "host": "203.0.113.10",
+                               "port": 3306, "by": "ip"}]
+    cp = run_on_node(tmp_path, ENDPOINT, listing("conntrack_L_1.4.6.txt"))
+    facts = parse.active_facts("node3", {"plan": node_plan, "sections": [
+        {"probe": "active.ct.ep.0", "exit_code": cp.returncode, "stdout": cp.stdout}]})
+    [f] = [f for f in facts if f.kind == "conntrack_dest"]
+    assert (f.node, f.attrs["dst"], f.attrs["target"]) == ("node3", "203.0.113.10",
+                                                          "203.0.113.10:3306")
+    assert "e 3 tcp SYN_SENT 1 6379 203.0.113.10" in f.source.excerpt  # the evidence shown

@@ -53,8 +53,8 @@ def _samples(reach: Sequence[Fact], zone: dict[str, str]
             continue
         if src not in zone or dst not in zone or src == dst:
             continue
-        key = tuple(sorted((zone[src], zone[dst])))
-        out.setdefault(key, []).append((float(rtt), str(src), str(dst)))  # type: ignore[arg-type]
+        za, zb = sorted((zone[src], zone[dst]))
+        out.setdefault((za, zb), []).append((float(rtt), str(src), str(dst)))
     return out
 
 
