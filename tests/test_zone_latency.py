@@ -11,8 +11,8 @@ from kubenetdiag.facts.zones import zone_latency_facts
 ALARM = ("critical", "error", "warning")
 
 
-def node(name: str, zone: str | None) -> Fact:
-    return Fact("k8s_node", name, {"name": name, "zone": zone})
+def node(name: str, zone: str | None, ip: str | None = None) -> Fact:
+    return Fact("k8s_node", name, {"name": name, "zone": zone, "internal_ip": ip})
 
 
 def ping(src: str, dst: str, ms: float | None, *, layer: str = "underlay", ok: bool = True,
@@ -29,7 +29,8 @@ def service(zone_list: str, *, name: str = "payment", topology_aware: bool = Fal
 
 
 # Two nodes in az1, one in az2: node3's links are the cross-zone ones.
-ZONES = [node("n1", "az1"), node("n2", "az1"), node("n3", "az2")]
+ZONES = [node("n1", "az1", "10.20.1.1"), node("n2", "az1", "10.20.1.2"),
+         node("n3", "az2", "10.20.2.3")]
 SAME = [ping("n1", "n2", 0.21), ping("n2", "n1", 0.25)]
 
 
@@ -92,6 +93,9 @@ def test_slow_zones_are_the_root_cause_and_the_spread_its_consequence() -> None:
     spread = [f for f in found if f["fault"] == "cross_zone_endpoints"]
     assert spread and not spread[0]["root_cause"]
     assert spread[0]["explained_by"] == ["cross-zone-latency-high"]
+    # the measuring command targets the slowest pair's far node by its own address
+    commands = [step.get("command") for step in roots[0]["remediation"]]
+    assert "ping -c 20 -i 0.2 10.20.1.2" in commands, commands
 
 
 def test_jitter_of_a_healthy_cluster_raises_only_the_spread() -> None:

@@ -30,6 +30,12 @@ SAMPLE = 6  # pairs shown per side in the evidence text
 MIN_RTT_MS = 0.001  # ping prints three decimals: a same-zone median of 0.000 is below this
 
 
+def _addresses(nodes: Sequence[Fact]) -> dict[str, str]:
+    """inventory node name -> its InternalIP, for the command that measures the slow pair."""
+    return {f.node: str(f.attrs["internal_ip"]) for f in nodes
+            if isinstance(f.attrs.get("internal_ip"), str) and f.attrs["internal_ip"]}
+
+
 def _zone_of(nodes: Sequence[Fact]) -> dict[str, str]:
     """inventory node name -> zone, for the nodes the API labels with one."""
     out = {}
@@ -86,6 +92,7 @@ def zone_latency_facts(facts: Sequence[Fact]) -> list[Fact]:
     """
     picked = by_kind(facts, ("k8s_node", "reach", "service_endpoints"))
     zone = _zone_of(picked["k8s_node"])
+    address = _addresses(picked["k8s_node"])
     if len(set(zone.values())) < 2:
         return []
     samples = _samples(picked["reach"], zone)
@@ -106,6 +113,7 @@ def zone_latency_facts(facts: Sequence[Fact]) -> list[Fact]:
                 same = everywhere_same
                 same_zones = ",".join(sorted({zone[s[1]] for s in same}))
             cross_ms, same_ms = _median(cross), _median(same)
+            slow = max(cross)
             ratio = (round(cross_ms / max(same_ms, MIN_RTT_MS), 1)
                      if cross_ms is not None and same_ms is not None else None)
             text = _lines(f"underlay RTT between {za} and {zb} (median {cross_ms} ms):", cross)
@@ -122,6 +130,9 @@ def zone_latency_facts(facts: Sequence[Fact]) -> list[Fact]:
                 "same_pairs": len(same),
                 "same_zones": same_zones,
                 "ratio": ratio,
-                "slowest": max(cross)[0],
+                "slowest": slow[0],
+                "slowest_src": slow[1],
+                "slowest_dst": slow[2],
+                "slowest_dst_address": address.get(slow[2]),
             }, Source(PROBE, "", None, "\n".join(text))))
     return out
