@@ -45,7 +45,8 @@ def _cross_zone_slow(lab: Lab) -> None:
     for src, dst in (("node1", "node2"), ("node2", "node1")):
         samples = rtts(lab, src, dst)
         assert len(samples) >= 8, samples  # delayed, not lost
-        assert statistics.median(samples) >= 4 * RULE_FLOOR_MS, samples
+        # the queue's fill follows TCP's sawtooth (10 to 60 ms measured): twice the floor
+        assert statistics.median(samples) >= 2 * RULE_FLOOR_MS, samples
     # the Service the fault adds: endpoints on both nodes, so in both zones, no hints
     svc = api(lab, f"/api/v1/namespaces/default/services/{SPREAD_SERVICE}")
     assert "service.kubernetes.io/topology-mode" not in (
