@@ -134,11 +134,23 @@ def test_targets_are_the_dns_servers_and_declared_ips_once_each() -> None:
          "by": "name"}]  # by name: the address it resolves to is not known when planning
     got = ct._targets(plan)  # type: ignore[arg-type]
     assert [(s, t["address"], t["role"], t["name"]) for s, t in got] == [
-        ("dns.0", "10.244.1.2", "dns_pod", "coredns-0"),
         ("dns.1", "10.96.0.10", "dns_service", "10.96.0.10"),
-        ("ep.0", "203.0.113.10", "endpoint", "203.0.113.10:3306")]
+        ("ep.0", "203.0.113.10", "endpoint", "203.0.113.10:3306"),
+        ("dns.0", "10.244.1.2", "dns_pod", "coredns-0")]
     # a section's suffix maps back to its target from the plan, not from the node's output
     assert ct._resolve(plan, "ep.0")["address"] == "203.0.113.10"  # type: ignore[arg-type]
+
+
+def test_a_node_lists_at_most_a_few_destinations_the_vip_and_endpoints_first() -> None:
+    plan = dict(example().plan)
+    plan["dns"] = [{"server": f"10.244.{i}.2", "kind": "pod", "pod": f"coredns-{i}"}
+                   for i in range(4)] + [{"server": "10.96.0.10", "kind": "service",
+                                          "pod": None}]
+    plan["endpoints"] = [{"target": f"203.0.113.{i}:80", "host": f"203.0.113.{i}",
+                          "port": 80, "by": "ip"} for i in range(1, 17)]
+    got = ct._targets(plan)  # type: ignore[arg-type]
+    assert len(got) == ct.MAX_TARGETS
+    assert [t["role"] for _, t in got] == ["dns_service"] + ["endpoint"] * (ct.MAX_TARGETS - 1)
 
 
 def test_a_bundles_section_becomes_the_fact_of_the_planned_target(tmp_path: Path) -> None:

@@ -36,6 +36,10 @@ from kubenetdiag.probes.active.plan import NodePlan
 from kubenetdiag.probes.base import ActiveCheck, CheckContext, Section, quoted
 
 TOP = 25  # groups printed per destination: the line stays far below the script's 3 KiB
+# Listings per node and run. Where conntrack-tools and the kernel filter the dump in the
+# kernel, a listing reads only the matching entries; older ones read the whole table in
+# user space, which the 4 s limit bounds, so the number of listings bounds the node's cost.
+MAX_TARGETS = 8
 
 # POSIX awk (mawk, gawk, busybox): `conntrack -L` lines start with the protocol,
 # /proc/net/nf_conntrack lines with "ipv4 2" first. The original direction's dst must be the
@@ -83,22 +87,22 @@ def _is_ip(text: str) -> bool:
 
 
 def _targets(plan: NodePlan) -> list[tuple[str, Any]]:
-    """Each address once: the DNS servers (pods, then the VIP) and the endpoints by IP."""
+    """Each address once, at most MAX_TARGETS: the DNS Service VIP (what every pod asks), the
+    endpoints declared by IP (what the operator suspects), then the CoreDNS pods."""
+    dns = list(enumerate(plan.get("dns") or []))
+    ordered = ([(f"dns.{i}", s, "dns_service") for i, s in dns if s.get("kind") != "pod"]
+               + [(f"ep.{i}", e, "endpoint") for i, e in enumerate(plan.get("endpoints") or [])
+                  if e.get("by") == "ip"]
+               + [(f"dns.{i}", s, "dns_pod") for i, s in dns if s.get("kind") == "pod"])
     out: list[tuple[str, Any]] = []
     seen: set[str] = set()
-    for i, server in enumerate(plan.get("dns") or []):
-        address = str(server.get("server") or "")
-        if _is_ip(address) and address not in seen:
-            seen.add(address)
-            role = "dns_pod" if server.get("kind") == "pod" else "dns_service"
-            out.append((f"dns.{i}", {"address": address, "role": role,
-                                     "name": server.get("pod") or address}))
-    for i, endpoint in enumerate(plan.get("endpoints") or []):
-        address = str(endpoint.get("host") or "")
-        if endpoint.get("by") == "ip" and _is_ip(address) and address not in seen:
-            seen.add(address)
-            out.append((f"ep.{i}", {"address": address, "role": "endpoint",
-                                    "name": endpoint.get("target") or address}))
+    for suffix, item, role in ordered:
+        address = str(item.get("server") or item.get("host") or "")
+        if not _is_ip(address) or address in seen or len(out) >= MAX_TARGETS:
+            continue
+        seen.add(address)
+        name = item.get("pod") or item.get("target") or address
+        out.append((suffix, {"address": address, "role": role, "name": name}))
     return out
 
 
