@@ -65,6 +65,10 @@ MULTI: list[tuple[str, ...]] = [
      "forward_chain_reject[via=nft]@node3"),
     ("flannel-vxlan", "vxlan_udp_blocked[via=nft]@node1",
      "ip_forward_disabled[via=interface]@node2", "node_unreachable[via=hang]@node3"),
+    # a slow inter-zone link beside a node-local fault and beside unanswered workload traffic
+    ("flannel-vxlan", "cross_zone_latency[via=switch]@node2", "vxlan_udp_blocked@node3"),
+    ("flannel-vxlan", "cross_zone_latency[via=node]@node2",
+     "connections_unanswered[via=stuck]@node3"),
     # (host-gw's own route faults do not last: flanneld re-adds a deleted route within 10 s)
     ("flannel-host-gw", "ip_forward_disabled@node1", "rp_filter_strict@node3"),
     ("flannel-host-gw", "pod_cidr_route_missing[via=blackhole]@node3",
