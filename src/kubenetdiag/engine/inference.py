@@ -17,10 +17,13 @@ from kubenetdiag.errors import InputError
 from kubenetdiag.facts.census import census_facts
 from kubenetdiag.facts.model import Fact, Scalar
 from kubenetdiag.facts.registry import registry
+from kubenetdiag.localize import ZH, tidy_zh
+from kubenetdiag.localize import value as localized
 from kubenetdiag.vocabulary import SEVERITY_RANK
 
 from .compiler import DERIVE_FN, FIRED, Program, clips_string
 from .model import PLACEHOLDER_RE, Rule
+from .open_findings import note_open_findings
 from .ruleset import RuleSet
 
 _NULL_TEXT = {"en": "unknown", "zh-CN": "未知"}
@@ -388,6 +391,9 @@ def render(text: str, values: dict[str, list[Scalar]], nodes: list[str], lang: s
         shown: list[str] = []
         for v in sorted(values[name], key=_sort_key):
             s = _show(v, lang)
+            if not shell and isinstance(v, str):
+                # a word or a collector message this version can say in the report's language
+                s = localized(s, lang, name)
             if s not in shown:
                 shown.append(s)
         if shell:
@@ -395,6 +401,8 @@ def render(text: str, values: dict[str, list[Scalar]], nodes: list[str], lang: s
         return ", ".join(shown)
 
     out = PLACEHOLDER_RE.sub(sub, text)
+    if lang == ZH and not shell:
+        out = tidy_zh(out)
     if unknown:
         names = ", ".join(dict.fromkeys(unknown))
         out = "\n".join([f"# not known from what was collected: {names}; fill in by hand:",
@@ -578,4 +586,7 @@ def infer(ruleset: RuleSet, facts: list[Fact]) -> list[dict[str, Any]]:
     # site's own facts) sees the same census as its facts.
     facts = [*facts, *census_facts(facts)]
     fired, deriver = execute(ruleset.program, facts)
-    return findings(ruleset.program, facts, fired, deriver)
+    found = findings(ruleset.program, facts, fired, deriver)
+    # An unexplained symptom says what was ruled out: only as far as the other findings and the
+    # probes that ran on its nodes allow (open_findings.py).
+    return note_open_findings(ruleset.program.rules, found, facts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from kubenetdiag import localize
 from kubenetdiag.findings import ALARMING
 from kubenetdiag.reports.i18n import UI
 from kubenetdiag.reports.sanitize import clean_block, clean_line
@@ -111,7 +112,7 @@ def _evidence(fact: dict, ui: UI, node_link: Callable[[str], Link]) -> Evidence:
             (clean_line(k), format_scalar(v)) for k, v in fact["attrs"].items() if v is not None
         ],
         probe=clean_line(source.get("probe", "")),
-        command=clean_block(source.get("command", "")),
+        command=clean_block(localize.value(source.get("command", ""), ui.lang)),
         exit_code=shown_exit,
         excerpt=clean_block(source.get("excerpt", "")),
     )

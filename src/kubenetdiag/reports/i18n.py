@@ -11,6 +11,11 @@ from dataclasses import dataclass
 from kubenetdiag.reports.sanitize import clean_line
 
 _EN: dict[str, str | tuple[str, str]] = {
+    "colon": ": ",
+    "paren": " ({text})",
+    "list_sep": ", ",
+    "confidence_short": "Confidence {value}",
+    "unreachable_count": ("{n} unreachable", "{n} unreachable"),
     "doc_title": "Kubernetes network diagnosis",
     "verdict": "Verdict",
     "root_causes_found": ("{n} root cause found", "{n} root causes found"),
@@ -181,6 +186,11 @@ _EN: dict[str, str | tuple[str, str]] = {
 }
 
 _ZH: dict[str, str | tuple[str, str]] = {
+    "colon": "：",
+    "paren": "（{text}）",
+    "list_sep": "、",
+    "confidence_short": "置信度{value}",
+    "unreachable_count": "{n} 个不可达",
     "doc_title": "Kubernetes 网络诊断报告",
     "verdict": "结论",
     "root_causes_found": "发现 {n} 个根因",

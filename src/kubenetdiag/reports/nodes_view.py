@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from kubenetdiag import localize
 from kubenetdiag.reports.i18n import UI
 from kubenetdiag.reports.sanitize import clean_block, clean_line
 from kubenetdiag.reports.viewmodel import (
@@ -157,7 +158,7 @@ def node_rows(report: dict, layout: NodeLayout, ui: UI) -> NodeRows:
                 reachable=node["reachable"],
                 kernel=clean_line(node["kernel"]) if node["kernel"] else ui("none"),
                 duration=format_seconds(node["duration_s"], ui),
-                errors=[clean_line(e) for e in node["errors"]],
+                errors=[clean_line(localize.value(e, ui.lang)) for e in node["errors"]],
                 state=state,
                 state_label=ui(f"node_{state}"),
             )
@@ -173,7 +174,7 @@ def node_rows(report: dict, layout: NodeLayout, ui: UI) -> NodeRows:
 
 
 def _group_not_checked(
-    entries: list[dict], reachable: set[str], node_link: Callable[[str], Link]
+    entries: list[dict], reachable: set[str], node_link: Callable[[str], Link], lang: str
 ) -> list[NotCheckedGroup]:
     groups: dict[tuple, list[str]] = {}
     for entry in entries:
@@ -186,10 +187,10 @@ def _group_not_checked(
         every = len(names) > FINDING_NODES and set(names) == reachable
         out.append(
             NotCheckedGroup(
-                probe=clean_line(probe),
-                status=clean_line(status),
-                reason=clean_block(reason).strip(),
-                blocks=clean_block(blocks).strip(),
+                probe=clean_line(localize.probe_name(probe, lang)),
+                status=clean_line(localize.probe_status(status, lang)),
+                reason=clean_block(localize.value(reason, lang)).strip(),
+                blocks=clean_block(localize.value(blocks, lang)).strip(),
                 nodes=[] if every else [node_link(n) for n in names],
                 count=len(names),
                 every_reachable=every,
@@ -198,7 +199,7 @@ def _group_not_checked(
     return out
 
 
-def not_checked(report: dict, layout: NodeLayout) -> NotChecked:
+def not_checked(report: dict, layout: NodeLayout, lang: str = "en") -> NotChecked:
     """What could not be checked, unreachable nodes first like the nodes table, so the two
     read the same way."""
     unreachable = {n["name"] for n in report["nodes"] if not n["reachable"]}
@@ -206,16 +207,16 @@ def not_checked(report: dict, layout: NodeLayout) -> NotChecked:
     entries = [
         NotCheckedView(
             node=layout.link(entry["node"]),
-            probe=clean_line(entry["probe"]),
-            status=clean_line(entry["status"]),
-            reason=clean_block(entry["reason"]).strip(),
-            blocks=clean_block(entry["blocks"]).strip(),
+            probe=clean_line(localize.probe_name(entry["probe"], lang)),
+            status=clean_line(localize.probe_status(entry["status"], lang)),
+            reason=clean_block(localize.value(entry["reason"], lang)).strip(),
+            blocks=clean_block(localize.value(entry["blocks"], lang)).strip(),
         )
         for entry in in_order[:NOT_CHECKED_FLAT]
     ]
     reachable = {n["name"] for n in report["nodes"] if n["reachable"]}
     return NotChecked(
         entries=entries,
-        groups=_group_not_checked(in_order, reachable, layout.link),
+        groups=_group_not_checked(in_order, reachable, layout.link, lang),
         probes_unrun=sum(1 for c in report["not_checked"] if c["node"] not in unreachable),
     )

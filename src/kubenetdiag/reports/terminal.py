@@ -62,7 +62,7 @@ def _item(f: FindingView, view: ReportView) -> list[Text]:
             (f" {f.severity_label.upper()} ", SEVERITY_STYLE[f.severity]),
             " ",
             (f.title, "bold"),
-            (f"  {ui('confidence')} {f.confidence}", "dim"),
+            ("  " + ui("confidence_short", value=f.confidence), "dim"),
             (f"  [{f.role_label}]" if f.role != "root" else "", "dim"),
         )
     ]
@@ -100,7 +100,7 @@ def print_summary(
     counts = view.counts
     lines: list[Text] = []
 
-    by_sev = ", ".join(f"{counts[s]} {ui.severity(s)}" for s in SEVERITIES if counts[s])
+    by_sev = ui("list_sep").join(f"{counts[s]} {ui.severity(s)}" for s in SEVERITIES if counts[s])
     header = _line(
         ("kubenetdiag  ", "bold"),
         (view.verdict.headline, LEVEL_STYLE[view.verdict.level]),
@@ -108,11 +108,11 @@ def print_summary(
         ui.plural("nodes_count", counts["nodes"]),
         " · ",
         ui.plural("findings_count", counts["findings"]),
-        f" ({by_sev})" if by_sev else "",
+        ui("paren", text=by_sev) if by_sev else "",
     )
     if counts["unreachable"]:
         header.append(" · ")
-        header.append(f"{counts['unreachable']} {ui('node_unreachable')}", style="bold yellow")
+        header.append(ui.plural("unreachable_count", counts["unreachable"]), style="bold yellow")
     lines.append(header)
 
     items = view.verdict.items
@@ -138,7 +138,7 @@ def print_summary(
             _line(
                 ("⚠ ", "bold yellow"),
                 (ui.plural("unchecked_nodes", len(unreachable)), "bold yellow"),
-                ": ",
+                ui("colon"),
                 _names(unreachable, MAX_UNREACHABLE, view),
             )
         )

@@ -96,7 +96,7 @@ def build_view(report: dict, lang: str = "en", *, validated: bool = False) -> Re
     findings = finding_views(report["findings"], lang, ui, layout.link)
     groups = group_findings(findings)
     rows = node_rows(report, layout, ui)
-    unchecked = not_checked(report, layout)
+    unchecked = not_checked(report, layout, ui.lang)
     verdict = build_verdict(
         report,
         ui,
