@@ -189,7 +189,7 @@ _ZH: dict[str, str | tuple[str, str]] = {
     "colon": "：",
     "paren": "（{text}）",
     "list_sep": "、",
-    "confidence_short": "置信度{value}",
+    "confidence_short": "置信度：{value}",
     "unreachable_count": "{n} 个不可达",
     "doc_title": "Kubernetes 网络诊断报告",
     "verdict": "结论",
