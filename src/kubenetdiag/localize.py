@@ -57,6 +57,17 @@ _WORDS_ZH: dict[str, dict[str, str]] = {
     "owner": {"unknown": "未知"},
     "kind": {"service": "Service VIP", "pod": "Pod IP", "node": "节点解析器"},
 }
+# What an active check saw when it failed (probes/active: ping, tcp, dns, http), in any
+# placeholder or cell.
+_ANY_ZH = {
+    "timeout": "超时",
+    "refused": "连接被拒绝",
+    "reset": "连接被重置",
+    "unreachable": "不可达",
+    "network unreachable": "网络不可达",
+    "not permitted": "操作不被允许",
+    "unresolved": "无法解析",
+}
 
 # Whole values of any placeholder or table cell that follow a known English form.
 _Pattern = tuple[re.Pattern[str], Callable[[re.Match[str]], str]]
@@ -263,6 +274,21 @@ def _blocks_api(m: re.Match[str]) -> str:
     return f"API 调用 {m['call']} 本应提供的信息"
 
 
+@_pattern(r"message too long(?:, mtu=(?P<mtu>\d+))?")
+def _too_long(m: re.Match[str]) -> str:
+    return "报文过长" + (f"，mtu={m['mtu']}" if m["mtu"] else "")
+
+
+@_pattern(r"frag needed, mtu=(?P<mtu>\d+)")
+def _frag_needed(m: re.Match[str]) -> str:
+    return f"需要分片，mtu={m['mtu']}"
+
+
+@_pattern(r"failed \(exit (?P<rc>\d+)\)")
+def _failed_exit(m: re.Match[str]) -> str:
+    return f"失败（退出码 {m['rc']}）"
+
+
 # The source of a path-walk fact (facts/paths: Source.command).
 @_pattern(r"walk of (?P<node>.+)'s (?P<flow>\S+) flow")
 def _walk_source(m: re.Match[str]) -> str:
@@ -275,6 +301,8 @@ def value_zh(text: str, name: str | None = None) -> str:
     words = _WORDS_ZH.get(name or "", {})
     if text in words:
         return words[text]
+    if text in _ANY_ZH:
+        return _ANY_ZH[text]
     if text in BLOCKS_ZH:
         return BLOCKS_ZH[text]
     for regex, fn in _PATTERNS:

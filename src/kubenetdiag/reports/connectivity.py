@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from kubenetdiag import localize
 from kubenetdiag.reports.sanitize import clean_line
 
 if TYPE_CHECKING:
@@ -282,7 +283,7 @@ def build_connectivity(
 def _detail(p: dict, ui: UI) -> str:
     parts = []
     if p.get("detail"):
-        parts.append(clean_line(p["detail"]))
+        parts.append(clean_line(localize.value(str(p["detail"]), ui.lang, "detail")))
     if p.get("rtt_ms") is not None:
         parts.append(f"{p['rtt_ms']:.2f} ms")
     return ", ".join(parts) or (ui("conn_ok") if p["ok"] else ui("conn_fail"))
