@@ -214,11 +214,16 @@ def _outside_code(markdown: str) -> str:
     return "\n".join(lines)
 
 
-@pytest.fixture(scope="module")
-def zh_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    tmp = tmp_path_factory.mktemp("zh")
+BUNDLES = {
+    "example": EXAMPLE,
+    # with a measured connectivity matrix, which the example lacks
+    "conntrack": ROOT / "tests" / "fixtures" / "bundles" / "lab-conntrack-full",
+}
+
+
+def _render_zh(tmp: Path, source: Path) -> dict[str, str]:
     bundle = tmp / "bundle"
-    shutil.copytree(EXAMPLE, bundle)
+    shutil.copytree(source, bundle)
     out = {"md": tmp / "report.md", "txt": tmp / "report.txt"}
     args = ["analyze", str(bundle), "--lang", "zh-CN", "--format", "json"]
     for path in out.values():
@@ -227,7 +232,14 @@ def zh_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {fmt: path.read_text(encoding="utf-8") for fmt, path in out.items()}
 
 
-def test_zh_report_of_the_example_has_no_stray_spaces(zh_report: dict[str, str]) -> None:
+@pytest.fixture(scope="module")
+def zh_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return _render_zh(tmp_path_factory.mktemp("zh"), EXAMPLE)
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLES))
+def test_zh_reports_have_no_stray_spaces(name: str, tmp_path: Path) -> None:
+    zh_report = _render_zh(tmp_path, BUNDLES[name])
     for fmt in ("md", "txt"):
         # Node names, addresses and commands sit next to Chinese in table cells and after
         # markers, so "no space between Chinese and Latin" is checked in the texts above, not here.

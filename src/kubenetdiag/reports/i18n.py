@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kubenetdiag.localize import tidy_zh
 from kubenetdiag.reports.sanitize import clean_line
 
 _EN: dict[str, str | tuple[str, str]] = {
     "colon": ": ",
     "paren": " ({text})",
     "list_sep": ", ",
+    "list_sep2": "; ",
     "confidence_short": "Confidence {value}",
     "unreachable_count": ("{n} unreachable", "{n} unreachable"),
     "doc_title": "Kubernetes network diagnosis",
@@ -189,6 +191,7 @@ _ZH: dict[str, str | tuple[str, str]] = {
     "colon": "：",
     "paren": "（{text}）",
     "list_sep": "、",
+    "list_sep2": "；",
     "confidence_short": "置信度：{value}",
     "unreachable_count": "{n} 个不可达",
     "doc_title": "Kubernetes 网络诊断报告",
@@ -364,14 +367,19 @@ class UI:
         entry = _CATALOGS[self.lang].get(key, _EN[key])
         if isinstance(entry, tuple):
             entry = entry[1]
-        return entry.format(**kw) if kw else entry
+        return self._tidy(entry.format(**kw)) if kw else entry
 
     def plural(self, key: str, n: int, **kw: object) -> str:
         """The string `key` in its singular or plural form for `n` things, with {n} filled in."""
         entry = _CATALOGS[self.lang].get(key, _EN[key])
         if isinstance(entry, tuple):
             entry = entry[0] if n == 1 else entry[1]
-        return entry.format(n=n, **kw)
+        return self._tidy(entry.format(n=n, **kw))
+
+    def _tidy(self, text: str) -> str:
+        """A filled-in Chinese string without the space its template kept for a Latin value
+        that turned out to be Chinese ("{layer} 全部" with layer "Pod 网络")."""
+        return tidy_zh(text) if self.lang == "zh-CN" else text
 
     def severity(self, severity: str) -> str:
         return self(f"severity_{severity}")
