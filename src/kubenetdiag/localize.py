@@ -250,6 +250,12 @@ BLOCKS_ZH = {
     "NetworkPolicies (default deny per namespace)": "NetworkPolicy（各命名空间的默认拒绝）",
     "calico IP pools and their encapsulation": "calico IP 池及其封装方式",
     "the cluster checks": "集群检查",
+    "active probes: pod-network matrix, MTU, VXLAN direction, CoreDNS checks, declared "
+    "endpoints; run diagnose without --no-active (or collect --active)":
+        "主动探测：Pod 网络连通矩阵、MTU、VXLAN 收发方向、CoreDNS 检查、声明的端点；"
+        "运行 diagnose 时不加 --no-active（或 collect 时加 --active）",
+    "active probes not run: --no-active, or `collect` without --active":
+        "未运行主动探测：使用了 --no-active，或 `collect` 时没有加 --active",
     "active probes": "主动探测",
     "active probe": "主动探测",
     "cluster checks from the Kubernetes API (nodes, CNI and DNS pods, services and endpoints); "
@@ -287,6 +293,29 @@ def _frag_needed(m: re.Match[str]) -> str:
 @_pattern(r"failed \(exit (?P<rc>\d+)\)")
 def _failed_exit(m: re.Match[str]) -> str:
     return f"失败（退出码 {m['rc']}）"
+
+
+_LAYER_ZH = {"pod": "Pod 网络", "underlay": "节点地址", "vxlan": "VXLAN 隧道", "bgp": "BGP 会话"}
+
+
+@_pattern(r"MTU (?P<mtu>\d+) towards (?P<peer>\S+)")
+def _blocks_mtu(m: re.Match[str]) -> str:
+    return f"到 {m['peer']} 的 MTU {m['mtu']}"
+
+
+@_pattern(r"(?P<layer>\S+) reachability of (?P<peer>\S+)")
+def _blocks_reach(m: re.Match[str]) -> str:
+    return tidy_zh(f"{m['peer']} 的 {_LAYER_ZH.get(m['layer'], m['layer'])} 可达性")
+
+
+@_pattern(r"TCP connect to (?P<target>\S+)")
+def _blocks_tcp(m: re.Match[str]) -> str:
+    return f"到 {m['target']} 的 TCP 连接"
+
+
+@_pattern(r"pod-network reachability and pod-layer MTU from (?P<node>\S+) to (?P<peers>.+)")
+def _blocks_pod_layer(m: re.Match[str]) -> str:
+    return f"从 {m['node']} 到 {m['peers']} 的 Pod 网络可达性和 Pod 层 MTU"
 
 
 # The source of a path-walk fact (facts/paths: Source.command).
