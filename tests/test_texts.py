@@ -308,3 +308,17 @@ def test_unexplained_symptom_with_nothing_else_found_adds_nothing() -> None:
     assert open_["rule"] == "pod-cross-node-unexplained"
     assert "Not ruled out on" not in open_["explain"]
     assert "Not checked" not in open_["explain"]
+
+
+def test_every_probe_says_in_chinese_what_its_failure_leaves_unchecked() -> None:
+    """A new probe's `blocks` text needs its zh-CN line in localize.BLOCKS_ZH, or the zh-CN
+    report's not-checked table falls back to English for it."""
+    from kubenetdiag.facts.cluster import BLOCKS
+    from kubenetdiag.probes import PROBES
+
+    texts = [p.blocks for p in PROBES if isinstance(p.blocks, str)] + list(BLOCKS.values())
+    missing = [t for t in texts if localize.value(t, "zh-CN") == t]
+    assert not missing, "\n".join(missing)
+    for status in ("failed", "missing_tool", "permission_denied", "timeout", "unreachable",
+                   "not_queried"):
+        assert localize.probe_status(status, "zh-CN") != status
