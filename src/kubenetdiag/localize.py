@@ -23,7 +23,9 @@ ZH = "zh-CN"
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff"
 # Full-width and CJK punctuation, plus the curly quotes and the ellipsis Chinese text uses.
 _CJK_PUNCT = "\u3000-\u303f\uff00-\uffef\u2018\u2019\u201c\u201d\u2026\u2014"
-_SPACE_BETWEEN_CJK = re.compile(f"(?<=[{_CJK}{_CJK_PUNCT}]) +(?=[{_CJK}])|(?<=[{_CJK}]) +(?=[{_CJK_PUNCT}])")
+_SPACE_BETWEEN_CJK = re.compile(
+    f"(?<=[{_CJK}{_CJK_PUNCT}]) +(?=[{_CJK}])|(?<=[{_CJK}]) +(?=[{_CJK_PUNCT}])"
+)
 _SPACE_AFTER_PUNCT = re.compile(f"(?<=[{_CJK_PUNCT}]) +")
 _SPACE_BEFORE_PUNCT = re.compile(f" +(?=[{_CJK_PUNCT}])")
 
@@ -70,12 +72,12 @@ _ANY_ZH = {
 }
 
 # Whole values of any placeholder or table cell that follow a known English form.
-_Pattern = tuple[re.Pattern[str], Callable[[re.Match[str]], str]]
-_PATTERNS: list[_Pattern] = []
+_Render = Callable[[re.Match[str]], str]
+_PATTERNS: list[tuple[re.Pattern[str], _Render]] = []
 
 
-def _pattern(regex: str) -> Callable[[Callable[[re.Match[str]], str]], Callable[[re.Match[str]], str]]:
-    def register(fn: Callable[[re.Match[str]], str]) -> Callable[[re.Match[str]], str]:
+def _pattern(regex: str) -> Callable[[_Render], _Render]:
+    def register(fn: _Render) -> _Render:
         _PATTERNS.append((re.compile(regex, re.S), fn))
         return fn
 
@@ -126,11 +128,12 @@ def _key_changed(m: re.Match[str]) -> str:
             "请先核实节点的密钥并修正 known_hosts，再信任它")
 
 
-@_pattern(r"unknown host key for (?P<host>\S+) \((?P<fp>.+?)\), not in (?P<path>\S+): verify it and "
-          r"add it to known_hosts, or rerun with --accept-new-host-keys to trust first-seen keys")
+@_pattern(r"unknown host key for (?P<host>\S+) \((?P<fp>.+?)\), not in (?P<path>\S+): "
+          r"verify it and add it to known_hosts, or rerun with --accept-new-host-keys to trust "
+          r"first-seen keys")
 def _key_unknown(m: re.Match[str]) -> str:
-    return (f"{m['host']} 的主机密钥未知（{m['fp']}），不在 {m['path']} 中：请核实后加入 known_hosts，"
-            "或加 --accept-new-host-keys 重新运行以信任首次见到的密钥")
+    return (f"{m['host']} 的主机密钥未知（{m['fp']}），不在 {m['path']} 中："
+            "请核实后加入 known_hosts，或加 --accept-new-host-keys 重新运行以信任首次见到的密钥")
 
 
 @_pattern(r"host key of (?P<host>\S+) is marked @revoked in (?P<path>\S+): refusing it")
@@ -175,6 +178,31 @@ def _jump(m: re.Match[str]) -> str:
     return f"经跳板机 {m['spec']}：{value_zh(m['why'])}"
 
 
+@_pattern(r"node could not open (?P<where>\S+): (?P<why>.+)")
+def _node_open(m: re.Match[str]) -> str:
+    return f"节点无法打开到 {m['where']} 的连接：{m['why']}"
+
+
+@_pattern(r"cannot start sh: (?P<why>.+)")
+def _no_sh(m: re.Match[str]) -> str:
+    return f"无法启动 sh：{m['why']}"
+
+
+@_pattern(r"cannot read known_hosts file (?P<path>\S+): (?P<why>.+)")
+def _known_hosts(m: re.Match[str]) -> str:
+    return f"无法读取 known_hosts 文件 {m['path']}：{m['why']}"
+
+
+@_pattern(r"ProxyJump (?P<spec>\S+): chains of jump hosts are not supported yet")
+def _jump_chain(m: re.Match[str]) -> str:
+    return f"ProxyJump {m['spec']}：暂不支持多级跳板机"
+
+
+@_pattern(r"ProxyJump (?P<spec>\S+) is not of the form \[user@\]host\[:port\]")
+def _jump_form(m: re.Match[str]) -> str:
+    return f"ProxyJump {m['spec']} 的格式不是 [user@]host[:port]"
+
+
 @_pattern(r"not reached")
 def _not_reached(m: re.Match[str]) -> str:
     return "未连接上"
@@ -190,7 +218,8 @@ BLOCKS_ZH = {
     "every check on this node": "该节点上的所有检查",
     "kernel settings (ip_forward and per-interface forwarding, bridge-nf-call-iptables, "
     "rp_filter, TCP and conntrack)":
-        "内核参数（ip_forward 与各网卡的 forwarding、bridge-nf-call-iptables、rp_filter、TCP 与 conntrack）",
+        "内核参数（ip_forward 与各网卡的 forwarding、bridge-nf-call-iptables、rp_filter、"
+        "TCP 与 conntrack）",
     "legacy-backend iptables rules on a node whose iptables-save is nf_tables":
         "iptables-save 为 nf_tables 的节点上 legacy 后端的 iptables 规则",
     "CNI configuration (plugin, MTU, which config file is in use)":

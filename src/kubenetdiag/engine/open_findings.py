@@ -109,7 +109,8 @@ def _chinese(places: list[str], others: list[dict], down: list[str],
         parts.append(f"{', '.join(places)} 上还有以下诊断结果：没有规则把它们与这一现象关联起来，"
                      f"但它们可能起了作用，不能排除：{listed}。")
     if down:
-        parts.append(f"{', '.join(down)} 上什么都无法检查（采集程序连不上它），那里的原因都不能排除。")
+        parts.append(f"{', '.join(down)} 上什么都无法检查（采集程序连不上它），"
+                     "那里的原因都不能排除。")
     if missing:
         listed = "；".join(f"{n} 上的 {probe_name(p, ZH)}（{probe_status(s, ZH)}）"
                           for n, p, s in missing)
