@@ -350,3 +350,22 @@ def test_the_collectors_errors_read_in_chinese() -> None:
     assert len(messages) >= 10
     untranslated = [m for m in messages if localize.value(m, "zh-CN") == m]
     assert not untranslated, "\n".join(untranslated)
+
+
+def test_values_fill_a_chinese_text_in_chinese() -> None:
+    from kubenetdiag.engine.inference import render
+
+    def zh(text: str, **values: object) -> str:
+        return render(text, {k: [v] for k, v in values.items()}, ["n1"], "zh-CN")
+
+    assert zh("（{layer} 路径）", layer="pod") == "（Pod 网络路径）"
+    assert zh("不通（方向：{direction}）", direction="inbound") == "不通（方向：入方向）"
+    assert zh("结果是 {verdict}", verdict="drop") == "结果是丢弃"
+    assert zh("{node} 在 {at} 处拒绝", at="filter FORWARD rule 1") == \
+        "n1 在 filter 表 FORWARD 链第 1 条规则处拒绝"
+    assert zh("（写入者：{owner}）", owner="unknown") == "（写入者：未知）"
+    assert zh("无法连接 {node}：{reason}", reason="connection refused on 10.0.0.3:22: is sshd "
+              "running?") == "无法连接 n1：10.0.0.3:22 拒绝连接（sshd 是否在运行？）"
+    # English texts and commands keep the values as collected
+    assert render("({direction})", {"direction": ["inbound"]}, [], "en") == "(inbound)"
+    assert render("echo {verdict}", {"verdict": ["drop"]}, [], "zh-CN", shell=True) == "echo drop"

@@ -58,6 +58,8 @@ _WORDS_ZH: dict[str, dict[str, str]] = {
     "verdict": {"drop": "丢弃", "reject": "拒绝", "unknown": "未知", "accept": "放行"},
     "owner": {"unknown": "未知"},
     "kind": {"service": "Service VIP", "pod": "Pod IP", "node": "节点解析器"},
+    # the connectivity matrix's layers, as the report's own tables name them
+    "layer": {"pod": "Pod 网络", "underlay": "节点地址", "vxlan": "VXLAN 隧道", "bgp": "BGP 会话"},
 }
 # What an active check saw when it failed (probes/active: ping, tcp, dns, http), in any
 # placeholder or cell.
@@ -324,7 +326,7 @@ def _failed_exit(m: re.Match[str]) -> str:
     return f"失败（退出码 {m['rc']}）"
 
 
-_LAYER_ZH = {"pod": "Pod 网络", "underlay": "节点地址", "vxlan": "VXLAN 隧道", "bgp": "BGP 会话"}
+_LAYER_ZH = _WORDS_ZH["layer"]
 
 
 @_pattern(r"MTU (?P<mtu>\d+) towards (?P<peer>\S+)")
