@@ -64,6 +64,10 @@ _WORDS_ZH: dict[str, dict[str, str]] = {
 # What an active check saw when it failed (probes/active: ping, tcp, dns, http), in any
 # placeholder or cell.
 _ANY_ZH = {
+    # host_firewall.evidence (probes/processes.py)
+    "firewalld process running": "firewalld 进程正在运行",
+    "no firewalld process": "没有 firewalld 进程",
+    "no /etc/ufw/ufw.conf": "没有 /etc/ufw/ufw.conf",
     "timeout": "超时",
     "refused": "连接被拒绝",
     "reset": "连接被重置",
