@@ -166,7 +166,8 @@ def analyze(
     """Parse, infer and build the report; keep facts.json and report.json in the bundle
     unless `save` is false (a shipped example stays as committed)."""
     observer = observer or _Silent()
-    facts = facts_from_records(bundle.records, bundle.cluster, probes=bundle.meta.get("probes"))
+    facts = facts_from_records(bundle.records, bundle.cluster, probes=bundle.meta.get("probes"),
+                               version=bundle.meta.get("tool_version"))
     findings = infer(ruleset, facts)
     report = build_report(
         bundle.meta,
@@ -176,6 +177,7 @@ def analyze(
         rules_count=len(ruleset.rules),
         rules_digest=ruleset.digest,
         bundle=str(bundle.path),
+        rules=ruleset.rules,
     )
     if not save:
         return Analysis(facts, report)

@@ -176,14 +176,29 @@ class _Sharing:
         return facts
 
 
+NOT_COLLECTED = "not_collected"
+
+
+def not_collected(node: str, ran: Collection[str], version: str | None) -> list[Fact]:
+    """A `not_collected` probe_status for every probe this version has that the bundle's
+    collection did not run: the bundle was made before the probe existed. Nothing failed, but
+    nothing was read either, so the rules that read its facts were not evaluated."""
+    made_by = f"kubenetdiag {version}" if version else "an older kubenetdiag"
+    reason = f"not collected by the version that made this bundle ({made_by})"
+    return [_status_fact(node, probe, NOT_COLLECTED, reason, None)
+            for probe in PROBES if probe.name not in ran]
+
+
 def facts_from_records(
     records: Iterable[dict],
     cluster: dict | None = None,
     *,
     probes: Iterable[str] | None = None,
+    version: str | None = None,
 ) -> list[Fact]:
     """Facts of every node record, plus the cluster facts when the bundle has cluster.json.
-    `probes`: meta.json's list of the passive probes the collection ran, when it has one."""
+    `probes`: meta.json's list of the passive probes the collection ran, when it has one;
+    `version`: meta.json's `tool_version`, named where a probe was not collected."""
     records = list(records)
     ran = probes_ran(records, probes)
     facts: list[Fact] = []
@@ -191,6 +206,8 @@ def facts_from_records(
     shared = _Sharing()
     for rec in records:
         mine = node_facts(rec, ran)
+        if rec["reachable"]:
+            mine.extend(not_collected(rec["name"], ran, version))
         active = rec.get("active")
         if isinstance(active, dict) and rec.get("reachable"):
             # The active phase's raw output (bundle: the node record's `active` part).

@@ -15,10 +15,13 @@ from kubenetdiag.reports.i18n import UI
 from kubenetdiag.reports.sanitize import clean_block, clean_line
 from kubenetdiag.reports.viewmodel import (
     FINDING_NODES,
+    Cause,
     Link,
     NodeView,
     NotCheckedGroup,
     NotCheckedView,
+    NotEvaluatedGroup,
+    RuleRef,
 )
 
 NODE_STATES = ("unreachable", "affected", "partial", "healthy")
@@ -219,3 +222,60 @@ def not_checked(report: dict, layout: NodeLayout) -> NotChecked:
         groups=_group_not_checked(in_order, reachable, layout.link),
         probes_unrun=sum(1 for c in report["not_checked"] if c["node"] not in unreachable),
     )
+
+
+# Statuses whose label says everything the reason would: the reason is not repeated.
+_SELF_EXPLAINED = {"not_collected"}
+
+
+def _cause(entry: dict, ui: UI) -> Cause:
+    status = entry["status"]
+    key = f"status_{status}"
+    # A status this version has no words for comes from a newer bundle: shown as written.
+    label = ui(key) if ui.has(key) else clean_line(status)
+    reason = "" if status in _SELF_EXPLAINED else clean_block(entry["reason"]).strip()
+    return Cause(clean_line(entry["probe"]), label, reason)
+
+
+def not_evaluated(report: dict, layout: NodeLayout, ui: UI, lang: str) -> list[NotEvaluatedGroup]:
+    """The rules each node could not evaluate and why, grouped: nodes with the same rules left
+    out for the same causes share one group, and within a node, rules left out for the same
+    causes share one list. Unreachable nodes come first, as in Not checked."""
+    titles: dict[str, str] = {}
+    order: dict[str, int] = {}
+    for i, item in enumerate(report.get("not_evaluated") or []):
+        text = (item["i18n"].get(lang) or {}).get("title") or item["title"]
+        titles[item["rule"]] = clean_line(text)
+        order[item["rule"]] = i
+    unreachable = {n["name"] for n in report["nodes"] if not n["reachable"]}
+    entries = sorted(report["not_checked"], key=lambda c: c["node"] not in unreachable)
+    # node -> rule -> the causes that left it unevaluated there
+    per_node: dict[str, dict[str, dict[tuple, dict]]] = {}
+    for entry in entries:
+        for rule in entry.get("rules") or ():
+            key = (entry["probe"], entry["status"], entry["reason"])
+            per_node.setdefault(entry["node"], {}).setdefault(rule, {})[key] = entry
+    groups: dict[tuple, list[str]] = {}
+    for node, rules in per_node.items():
+        by_causes: dict[tuple, list[str]] = {}
+        for rule, causes in rules.items():
+            by_causes.setdefault(tuple(causes), []).append(rule)
+        signature = tuple(
+            (causes, tuple(sorted(ids, key=lambda r: order.get(r, len(order)))))
+            for causes, ids in by_causes.items()
+        )
+        groups.setdefault(signature, []).append(node)
+    reachable = {n["name"] for n in report["nodes"] if n["reachable"]}
+    out = []
+    for signature, names in groups.items():
+        every = len(names) > FINDING_NODES and set(names) == reachable
+        for causes, ids in signature:
+            first = per_node[names[0]][ids[0]]
+            out.append(NotEvaluatedGroup(
+                nodes=[] if every else [layout.link(n) for n in names],
+                count=len(names),
+                every_reachable=every,
+                causes=[_cause(first[key], ui) for key in causes],
+                rules=[RuleRef(clean_line(r), titles.get(r, "")) for r in ids],
+            ))
+    return out

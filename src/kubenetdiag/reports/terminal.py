@@ -35,6 +35,7 @@ LEVEL_STYLE = {
 MAX_ITEMS = 6
 MAX_NODES = 5
 MAX_UNREACHABLE = 8
+MAX_NOT_EVALUATED = 3  # groups of rules not evaluated; the full list is in the reports
 
 
 def _line(*parts: tuple[str, str] | str, wrap: bool = False) -> Text:
@@ -142,6 +143,16 @@ def print_summary(
                 _names(unreachable, MAX_UNREACHABLE, view),
             )
         )
+    for g in view.not_evaluated[:MAX_NOT_EVALUATED]:
+        where = (ui.plural("every_reachable_node", g.count) if g.every_reachable
+                 else _names([n.label for n in g.nodes], MAX_NODES, view))
+        causes = ui("cause_sep").join(ui("cause", probe=c.probe, status=c.status)
+                                      for c in g.causes)
+        lines.append(_line(("⚠ ", "bold yellow"), ui.plural(
+            "rules_not_evaluated", len(g.rules), nodes=where, causes=causes), wrap=True))
+    if len(view.not_evaluated) > MAX_NOT_EVALUATED:
+        lines.append(_line("  ", (ui("more", n=len(view.not_evaluated) - MAX_NOT_EVALUATED),
+                                  "dim")))
     if view.verdict.unchecked_warning:
         lines.append(_line("  ", (ui("unknown_not_healthy"), "yellow")))
 
