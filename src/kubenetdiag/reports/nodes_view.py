@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from kubenetdiag.facts.producers import ALL_PROBES
 from kubenetdiag.reports.i18n import UI
 from kubenetdiag.reports.sanitize import clean_block, clean_line
 from kubenetdiag.reports.viewmodel import (
@@ -234,7 +235,9 @@ def _cause(entry: dict, ui: UI) -> Cause:
     # A status this version has no words for comes from a newer bundle: shown as written.
     label = ui(key) if ui.has(key) else clean_line(status)
     reason = "" if status in _SELF_EXPLAINED else clean_block(entry["reason"]).strip()
-    return Cause(clean_line(entry["probe"]), label, reason)
+    # a node not reached: no one probe is to blame, the status says it
+    probe = "" if entry["probe"] == ALL_PROBES else clean_line(entry["probe"])
+    return Cause(probe, label, reason)
 
 
 def not_evaluated(report: dict, layout: NodeLayout, ui: UI, lang: str) -> list[NotEvaluatedGroup]:

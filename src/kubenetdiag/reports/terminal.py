@@ -146,8 +146,9 @@ def print_summary(
     for g in view.not_evaluated[:MAX_NOT_EVALUATED]:
         where = (ui.plural("every_reachable_node", g.count) if g.every_reachable
                  else _names([n.label for n in g.nodes], MAX_NODES, view))
-        causes = ui("cause_sep").join(ui("cause", probe=c.probe, status=c.status)
-                                      for c in g.causes)
+        causes = ui("cause_sep").join(
+            ui("cause", probe=c.probe, status=c.status) if c.probe else c.status
+            for c in g.causes)
         lines.append(_line(("⚠ ", "bold yellow"), ui.plural(
             "rules_not_evaluated", len(g.rules), nodes=where, causes=causes), wrap=True))
     if len(view.not_evaluated) > MAX_NOT_EVALUATED:
