@@ -16,6 +16,7 @@ from kubenetdiag.bundle import Bundle
 from kubenetdiag.engine import load_ruleset
 from kubenetdiag.pipeline import analyze
 from kubenetdiag.probes import probe_names
+from kubenetdiag.probes.active import checks
 from kubenetdiag.reports import print_summary, render_html, render_json, render_markdown
 from kubenetdiag.reports.view import build_view
 from test_reports import make_node, make_report
@@ -50,6 +51,7 @@ def sysctl_failed_on_node2(tmp_path_factory, ruleset) -> dict:
     bundle = _copy("lab-conntrack-full", tmp_path_factory.mktemp("b"))
     meta = json.loads((bundle / "meta.json").read_text())
     meta["probes"] = probe_names()
+    meta["active_checks"] = [c.name for c in checks()]
     (bundle / "meta.json").write_text(json.dumps(meta))
 
     def add_missing_and_fail(rec: dict) -> None:
@@ -120,15 +122,20 @@ def test_an_older_bundle_says_not_collected_by_that_version(tmp_path, ruleset):
     assert "probes" not in bundle.meta
     report = analyze(bundle, ruleset, save=False).report
     missing = {(c["node"], c["probe"]): c for c in report["not_checked"]}
-    assert set(missing) == {(n, p) for n in ("node1", "node2", "node3") for p in ("ip_rule", "tc")}
+    # two passive probes, and an active check its plans had a target for
+    assert set(missing) == {(n, p) for n in ("node1", "node2", "node3")
+                            for p in ("ip_rule", "tc", "active.pod.link")}
     for entry in missing.values():
         assert entry["status"] == "not_collected"
         assert entry["reason"] == (
             "not collected by the version that made this bundle (kubenetdiag 0.1.0)")
     assert "traffic-altered-outside-netfilter" in missing[("node1", "tc")]["rules"]
-    (group,) = build_view(report).not_evaluated
-    assert group.count == 3
-    assert {c.status for c in group.causes} == {
+    assert "pod-mtu-above-overlay" in missing[("node1", "active.pod.link")]["rules"]
+    # the endpoints check had no target in these plans: nothing to say it was not sent
+    assert not [c for c in report["not_checked"] if "tcp" in c["probe"]]
+    groups = build_view(report).not_evaluated
+    assert {g.count for g in groups} == {3}  # the three nodes alike: one set of blocks
+    assert {c.status for g in groups for c in g.causes} == {
         "not collected by the version that made this bundle"}
     assert "failed" not in render_markdown(report).split("## Not evaluated")[1]
     assert "生成该数据包的版本还没有这项探测" in render_html(report, "zh-CN")
