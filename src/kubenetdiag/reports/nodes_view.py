@@ -252,33 +252,48 @@ def not_evaluated(report: dict, layout: NodeLayout, ui: UI, lang: str) -> list[N
         order[item["rule"]] = i
     unreachable = {n["name"] for n in report["nodes"] if not n["reachable"]}
     entries = sorted(report["not_checked"], key=lambda c: c["node"] not in unreachable)
-    # node -> rule -> the causes that left it unevaluated there
-    per_node: dict[str, dict[str, dict[tuple, dict]]] = {}
+    # node -> its entries that left rules unevaluated, as (cause, rules) keys
+    per_node: dict[str, list[tuple]] = {}
+    entry_of: dict[tuple, dict] = {}
     for entry in entries:
-        for rule in entry.get("rules") or ():
-            key = (entry["probe"], entry["status"], entry["reason"])
-            per_node.setdefault(entry["node"], {}).setdefault(rule, {})[key] = entry
-    groups: dict[tuple, list[str]] = {}
-    for node, rules in per_node.items():
+        if entry.get("rules"):
+            cause = (entry["probe"], entry["status"], entry["reason"])
+            entry_of.setdefault(cause, entry)
+            per_node.setdefault(entry["node"], []).append((cause, tuple(entry["rules"])))
+
+    def signature(keys: tuple) -> tuple:
+        """The node's rules, grouped by the set of causes that left each one unevaluated."""
+        causes_of: dict[str, list[tuple]] = {}
+        for cause, rules in keys:
+            for rule in rules:
+                causes_of.setdefault(rule, []).append(cause)
         by_causes: dict[tuple, list[str]] = {}
-        for rule, causes in rules.items():
+        for rule, causes in causes_of.items():
             by_causes.setdefault(tuple(causes), []).append(rule)
-        signature = tuple(
+        return tuple(
             (causes, tuple(sorted(ids, key=lambda r: order.get(r, len(order)))))
             for causes, ids in by_causes.items()
         )
-        groups.setdefault(signature, []).append(node)
+
+    # Nodes with the same entries share one signature: at 5,000 nodes it is worked out once.
+    signatures: dict[tuple, tuple] = {}
+    groups: dict[tuple, list[str]] = {}
+    for node, keys in per_node.items():
+        k = tuple(keys)
+        if k not in signatures:
+            signatures[k] = signature(k)
+        groups.setdefault(signatures[k], []).append(node)
     reachable = {n["name"] for n in report["nodes"] if n["reachable"]}
     out = []
-    for signature, names in groups.items():
+    for sig, names in groups.items():
         every = len(names) > FINDING_NODES and set(names) == reachable
-        for causes, ids in signature:
-            first = per_node[names[0]][ids[0]]
+        links = [] if every else [layout.link(n) for n in names]
+        for causes, ids in sig:
             out.append(NotEvaluatedGroup(
-                nodes=[] if every else [layout.link(n) for n in names],
+                nodes=links,
                 count=len(names),
                 every_reachable=every,
-                causes=[_cause(first[key], ui) for key in causes],
+                causes=[_cause(entry_of[cause], ui) for cause in causes],
                 rules=[RuleRef(clean_line(r), titles.get(r, "")) for r in ids],
             ))
     return out
