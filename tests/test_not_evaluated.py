@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -196,3 +197,26 @@ def test_fifty_nodes_with_the_same_gap_are_one_group():
     assert "(+29 more)" in md  # 49 names, 20 shown
     html = render_html(report, "zh-CN")
     assert "&lt;node&gt; 在 &lt;at&gt; 丢弃集群流量" in html
+
+
+def test_hostile_node_names_and_reasons_are_text_in_every_format():
+    evil = "<img src=x onerror=alert(1)>[link=http://x]n[/link]"
+    nodes = [make_node(evil, 1), make_node("node2", 2)]
+    not_checked = [{"node": evil, "probe": "routes", "status": "failed",
+                    "reason": "<script>alert(1)</script>", "blocks": "routes",
+                    "rules": ["pod-cidr-route-missing"]}]
+    report = make_report(nodes, [], not_checked)
+    report["not_evaluated"] = [
+        {"rule": "pod-cidr-route-missing", "fault": "pod_cidr_route_missing",
+         "title": "<node> has no route to <peer>'s pod CIDR", "nodes": [evil], "i18n": {}}]
+    html = render_html(report)
+    section = html[html.index('<section id="not-evaluated">'):html.index('<section id="run">')]
+    assert "<img" not in section and "<script>" not in section
+    assert "&lt;img src=x onerror=alert(1)&gt;" in section
+    md = render_markdown(report).split("## Not evaluated")[1]
+    # every < is escaped, so no renderer reads a tag
+    assert not re.search(r"(?<!\\)<", md) and "\\<img src=x" in md
+    out = io.StringIO()
+    print_summary(report, Console(file=out, width=300, color_system=None))
+    # rich markup in a node name is printed, not obeyed
+    assert "[link=http://x]n[/link]" in out.getvalue()
