@@ -220,3 +220,19 @@ def test_hostile_node_names_and_reasons_are_text_in_every_format():
     print_summary(report, Console(file=out, width=300, color_system=None))
     # rich markup in a node name is printed, not obeyed
     assert "[link=http://x]n[/link]" in out.getvalue()
+
+
+def test_a_failed_api_call_names_the_cluster_rules_it_left_unevaluated(tmp_path, ruleset):
+    path = _copy("lab-conntrack-full", tmp_path)
+    cluster = json.loads((path / "cluster.json").read_text())
+    for call in cluster["calls"]:
+        if call["name"] == "endpointslices":
+            call.update(status="forbidden", http_status=403, reason="endpointslices is "
+                        "forbidden", items=None)
+    (path / "cluster.json").write_text(json.dumps(cluster))
+    report = analyze(Bundle.read(path), ruleset, save=False).report
+    (entry,) = [c for c in report["not_checked"] if c["probe"] == "api:endpointslices"]
+    assert entry["node"] == "cluster" and entry["status"] == "permission_denied"
+    assert {"service-without-endpoints", "endpoints-across-zones"} <= set(entry["rules"])
+    # rules on what the other calls answered are not blamed on it
+    assert "cni-pod-not-ready" not in entry["rules"]
