@@ -184,6 +184,7 @@ def test_tidy_removes_the_space_a_chinese_value_leaves() -> None:
 # English words and messages that have a translation, as they would leak into a zh-CN report.
 KNOWN_ENGLISH = [
     *(f"| {s} |" for s in localize.PROBE_STATUS_ZH),
+    "not collected by",
     "| all |",
     "every check on this node",
     "is sshd running",
@@ -255,8 +256,9 @@ def test_zh_report_of_the_example_leaves_no_known_english(zh_report: dict[str, s
         assert not left, f"{fmt}: {left}"
     # what the example shows in Chinese, so the check above is not vacuous
     md = zh_report["md"]
-    for shown in ("拒绝连接（sshd 是否在运行？）", "| 全部探测 | 不可达 |", "该节点上的所有检查",
-                  "filter 表 FORWARD 链第 1 条规则", "置信度：高"):
+    for shown in ("拒绝连接（sshd 是否在运行？）", "| 全部探测 | 节点连不上 |",
+                  "该节点上的所有检查", "filter 表 FORWARD 链第 1 条规则", "置信度：高",
+                  "生成该采集包的版本（kubenetdiag 0.1.0）还没有这项探测"):
         assert shown in md, shown
 
 

@@ -40,14 +40,15 @@ def tidy_zh(text: str) -> str:
 # Probe statuses (probe_status.status, not_checked[].status) and the "all" probe of a node that
 # could not be reached.
 PROBE_STATUS_ZH = {
-    "failed": "失败",
+    # the same words as the report's own status labels (reports/i18n.py: status_*)
+    "failed": "执行失败",
     "error": "出错",
     "missing_tool": "缺少工具",
     "permission_denied": "权限不足",
     "timeout": "超时",
-    "unreachable": "不可达",
+    "unreachable": "节点连不上",
     "not_queried": "未查询",
-    "not_collected": "该版本未采集",
+    "not_collected": "生成该采集包的版本还没有这项探测",
     "ok": "正常",
 }
 PROBE_NAME_ZH = {"all": "全部探测"}
@@ -207,6 +208,11 @@ def _jump_chain(m: re.Match[str]) -> str:
 @_pattern(r"ProxyJump (?P<spec>\S+) is not of the form \[user@\]host\[:port\]")
 def _jump_form(m: re.Match[str]) -> str:
     return f"ProxyJump {m['spec']} 的格式不是 [user@]host[:port]"
+
+
+@_pattern(r"not collected by the version that made this bundle \((?P<by>.+)\)")
+def _not_collected(m: re.Match[str]) -> str:
+    return f"生成该采集包的版本（{m['by']}）还没有这项探测"
 
 
 @_pattern(r"not reached")

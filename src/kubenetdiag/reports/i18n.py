@@ -12,9 +12,6 @@ from kubenetdiag.localize import tidy_zh
 from kubenetdiag.reports.sanitize import clean_line
 
 _EN: dict[str, str | tuple[str, str]] = {
-    "colon": ": ",
-    "paren": " ({text})",
-    "list_sep": ", ",
     "list_sep2": "; ",
     "confidence_short": "Confidence {value}",
     "unreachable_count": ("{n} unreachable", "{n} unreachable"),
@@ -49,6 +46,35 @@ _EN: dict[str, str | tuple[str, str]] = {
     "overview": "Cluster overview",
     "not_checked": "Not checked",
     "all_checked": "Every probe ran on every node.",
+    "not_evaluated": "Not evaluated",
+    "not_evaluated_intro": (
+        "These rules read facts that were not collected on these nodes: that they found nothing "
+        "there does not mean healthy."
+    ),
+    "all_evaluated": "Every rule could be evaluated on every node.",
+    "why": "Why",
+    "rules": "Rules",
+    "rules_count": ("{n} rule", "{n} rules"),
+    "rules_not_evaluated": (
+        "{n} rule not evaluated on {nodes} ({causes})",
+        "{n} rules not evaluated on {nodes} ({causes})",
+    ),
+    "cause": "{probe}: {status}",
+    "colon": ": ",
+    "in_parens": " ({text})",
+    "rules_more": (
+        "+{n} more rule: see the HTML or JSON report",
+        "+{n} more rules: see the HTML or JSON report",
+    ),
+    "cause_sep": "; ",
+    "list_sep": ", ",
+    "status_failed": "failed",
+    "status_missing_tool": "tool missing",
+    "status_permission_denied": "permission denied",
+    "status_timeout": "timed out",
+    "status_unreachable": "not reached",
+    "status_not_queried": "not asked",
+    "status_not_collected": "not collected by the version that made this bundle",
     "run": "Run",
     "evidence": "Evidence",
     "no_evidence": "No evidence recorded.",
@@ -188,9 +214,6 @@ _EN: dict[str, str | tuple[str, str]] = {
 }
 
 _ZH: dict[str, str | tuple[str, str]] = {
-    "colon": "：",
-    "paren": "（{text}）",
-    "list_sep": "、",
     "list_sep2": "；",
     "confidence_short": "置信度：{value}",
     "unreachable_count": "{n} 个不可达",
@@ -213,6 +236,28 @@ _ZH: dict[str, str | tuple[str, str]] = {
     "overview": "集群概览",
     "not_checked": "未检查项",
     "all_checked": "所有探测均已在所有节点上运行。",
+    "not_evaluated": "未评估的规则",
+    "not_evaluated_intro": (
+        "下列规则依赖的数据在这些节点上没有采集到：它们在这些节点上没有报出问题，并不代表正常。"
+    ),
+    "all_evaluated": "所有规则都已在所有节点上完成评估。",
+    "why": "原因",
+    "rules": "规则",
+    "rules_count": "{n} 条规则",
+    "rules_not_evaluated": "{nodes} 上有 {n} 条规则未评估（{causes}）",
+    "cause": "{probe}：{status}",
+    "colon": "：",
+    "in_parens": "（{text}）",
+    "rules_more": "另有 {n} 条规则，见 HTML 或 JSON 报告",
+    "cause_sep": "；",
+    "list_sep": "、",
+    "status_failed": "执行失败",
+    "status_missing_tool": "缺少工具",
+    "status_permission_denied": "权限不足",
+    "status_timeout": "超时",
+    "status_unreachable": "节点连不上",
+    "status_not_queried": "未查询",
+    "status_not_collected": "生成该采集包的版本还没有这项探测",
     "run": "运行信息",
     "evidence": "证据",
     "no_evidence": "没有记录证据。",
@@ -368,6 +413,9 @@ class UI:
         if isinstance(entry, tuple):
             entry = entry[1]
         return self._tidy(entry.format(**kw)) if kw else entry
+
+    def has(self, key: str) -> bool:
+        return key in _EN
 
     def plural(self, key: str, n: int, **kw: object) -> str:
         """The string `key` in its singular or plural form for `n` things, with {n} filled in."""

@@ -12,14 +12,18 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from kubenetdiag import localize
+from kubenetdiag.facts.producers import ALL_PROBES
 from kubenetdiag.reports.i18n import UI
 from kubenetdiag.reports.sanitize import clean_block, clean_line
 from kubenetdiag.reports.viewmodel import (
     FINDING_NODES,
+    Cause,
     Link,
     NodeView,
     NotCheckedGroup,
     NotCheckedView,
+    NotEvaluatedGroup,
+    RuleRef,
 )
 
 NODE_STATES = ("unreachable", "affected", "partial", "healthy")
@@ -220,3 +224,78 @@ def not_checked(report: dict, layout: NodeLayout, lang: str = "en") -> NotChecke
         groups=_group_not_checked(in_order, reachable, layout.link, lang),
         probes_unrun=sum(1 for c in report["not_checked"] if c["node"] not in unreachable),
     )
+
+
+# Statuses whose label says everything the reason would: the reason is not repeated.
+_SELF_EXPLAINED = {"not_collected"}
+
+
+def _cause(entry: dict, ui: UI) -> Cause:
+    status = entry["status"]
+    key = f"status_{status}"
+    # A status this version has no words for comes from a newer bundle: shown as written.
+    label = ui(key) if ui.has(key) else clean_line(status)
+    reason = "" if status in _SELF_EXPLAINED else clean_block(
+        localize.value(entry["reason"], ui.lang)).strip()
+    # a node not reached: no one probe is to blame, the status says it
+    probe = "" if entry["probe"] == ALL_PROBES else clean_line(entry["probe"])
+    return Cause(probe, label, reason)
+
+
+def not_evaluated(report: dict, layout: NodeLayout, ui: UI, lang: str) -> list[NotEvaluatedGroup]:
+    """The rules each node could not evaluate and why, grouped: nodes with the same rules left
+    out for the same causes share one group, and within a node, rules left out for the same
+    causes share one list. Unreachable nodes come first, as in Not checked."""
+    titles: dict[str, str] = {}
+    order: dict[str, int] = {}
+    for i, item in enumerate(report.get("not_evaluated") or []):
+        text = (item["i18n"].get(lang) or {}).get("title") or item["title"]
+        titles[item["rule"]] = clean_line(text)
+        order[item["rule"]] = i
+    unreachable = {n["name"] for n in report["nodes"] if not n["reachable"]}
+    entries = sorted(report["not_checked"], key=lambda c: c["node"] not in unreachable)
+    # node -> its entries that left rules unevaluated, as (cause, rules) keys
+    per_node: dict[str, list[tuple]] = {}
+    entry_of: dict[tuple, dict] = {}
+    for entry in entries:
+        if entry.get("rules"):
+            cause = (entry["probe"], entry["status"], entry["reason"])
+            entry_of.setdefault(cause, entry)
+            per_node.setdefault(entry["node"], []).append((cause, tuple(entry["rules"])))
+
+    def signature(keys: tuple) -> tuple:
+        """The node's rules, grouped by the set of causes that left each one unevaluated."""
+        causes_of: dict[str, list[tuple]] = {}
+        for cause, rules in keys:
+            for rule in rules:
+                causes_of.setdefault(rule, []).append(cause)
+        by_causes: dict[tuple, list[str]] = {}
+        for rule, causes in causes_of.items():
+            by_causes.setdefault(tuple(causes), []).append(rule)
+        return tuple(
+            (causes, tuple(sorted(ids, key=lambda r: order.get(r, len(order)))))
+            for causes, ids in by_causes.items()
+        )
+
+    # Nodes with the same entries share one signature: at 5,000 nodes it is worked out once.
+    signatures: dict[tuple, tuple] = {}
+    groups: dict[tuple, list[str]] = {}
+    for node, keys in per_node.items():
+        k = tuple(keys)
+        if k not in signatures:
+            signatures[k] = signature(k)
+        groups.setdefault(signatures[k], []).append(node)
+    reachable = {n["name"] for n in report["nodes"] if n["reachable"]}
+    out = []
+    for sig, names in groups.items():
+        every = len(names) > FINDING_NODES and set(names) == reachable
+        links = [] if every else [layout.link(n) for n in names]
+        for causes, ids in sig:
+            out.append(NotEvaluatedGroup(
+                nodes=links,
+                count=len(names),
+                every_reachable=every,
+                causes=[_cause(entry_of[cause], ui) for cause in causes],
+                rules=[RuleRef(clean_line(r), titles.get(r, "")) for r in ids],
+            ))
+    return out
