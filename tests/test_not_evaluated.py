@@ -139,7 +139,7 @@ def test_an_older_bundle_says_not_collected_by_that_version(tmp_path, ruleset):
     assert {c.status for g in groups for c in g.causes} == {
         "not collected by the version that made this bundle"}
     assert "failed" not in render_markdown(report).split("## Not evaluated")[1]
-    assert "生成该数据包的版本还没有这项探测" in render_html(report, "zh-CN")
+    assert "生成该采集包的版本还没有这项探测" in render_html(report, "zh-CN")
 
 
 def test_a_bundle_listing_its_probes_says_not_collected_only_for_the_unlisted(tmp_path, ruleset):
