@@ -371,3 +371,18 @@ def test_values_fill_a_chinese_text_in_chinese() -> None:
     # English texts and commands keep the values as collected
     assert render("({direction})", {"direction": ["inbound"]}, [], "en") == "(inbound)"
     assert render("echo {verdict}", {"verdict": ["drop"]}, [], "zh-CN", shell=True) == "echo drop"
+
+
+def test_docs_carry_no_runbook_numbers_or_issue_numbers() -> None:
+    """README and docs may talk about the runbooks (docs/runbooks.md is their summary, with its
+    own section numbers), but not cite one by number or a section, nor an issue."""
+    pattern = re.compile(r"§|\brunbook\s+0\d\d\b|\bissues?\s*#?\d+", re.I)
+    problems = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        if path.name == "runbooks.md":
+            continue
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            m = pattern.search(RUNBOOK_LINK.sub("", line))
+            if m:
+                problems.append(f"{path.name}:{n}: {line.strip()[:120]}")
+    assert not problems, "\n".join(problems)
