@@ -304,7 +304,7 @@ def _sysctl_undo(end: Ending) -> str | None:
 
     >>> _sysctl_undo(Ending("drop", "rp_filter", rule="net.ipv4.conf.eth0.100.rp_filter=1"))
     'sysctl -w net/ipv4/conf/eth0.100/rp_filter=2'
-    >>> _sysctl_undo(Ending("reject", "forwarding", rule="net.ipv4.ip_forward=0"))
+    >>> _sysctl_undo(Ending("drop", "forwarding", rule="net.ipv4.ip_forward=0"))
     'sysctl -w net.ipv4.ip_forward=1'
     """
     m = _SETTING.match(end.rule or "")
