@@ -21,6 +21,9 @@ from kubenetdiag.vocabulary import ALARMING
 from .model import Rule
 
 _SEVERITY_ZH = {"critical": "严重", "error": "错误", "warning": "警告", "info": "提示"}
+# A note names at most this many findings and this many failed probes, then counts the rest:
+# on a large cluster a symptom can touch many nodes.
+_MAX_LISTED = 5
 
 
 def is_open_symptom(rule: Rule) -> bool:
@@ -86,7 +89,8 @@ def _english(places: list[str], others: list[dict], down: list[str],
              missing: list[tuple[str, str, str]]) -> str:
     parts = []
     if others:
-        listed = "; ".join(f"{_title(g, 'en')} ({g['severity']})" for g in others)
+        listed = "; ".join(f"{_title(g, 'en')} ({g['severity']})" for g in others[:_MAX_LISTED])
+        listed += f"; {len(others) - _MAX_LISTED} more" if len(others) > _MAX_LISTED else ""
         parts.append(
             f"Not ruled out on {', '.join(places)}: no rule links these findings there to this "
             f"symptom, but they may play a part: {listed}."
@@ -95,7 +99,8 @@ def _english(places: list[str], others: list[dict], down: list[str],
         parts.append(f"Nothing on {', '.join(down)} could be checked (the collector could not "
                      "reach it), so no cause there is ruled out.")
     if missing:
-        listed = "; ".join(f"{p} on {n} ({s})" for n, p, s in missing)
+        listed = "; ".join(f"{p} on {n} ({s})" for n, p, s in missing[:_MAX_LISTED])
+        listed += f"; {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
         parts.append(f"Not checked, so not ruled out either: {listed}.")
     return " ".join(parts)
 
@@ -105,7 +110,8 @@ def _chinese(places: list[str], others: list[dict], down: list[str],
     parts = []
     if others:
         listed = "；".join(f"{_title(g, ZH)}（{_SEVERITY_ZH.get(g['severity'], g['severity'])}）"
-                          for g in others)
+                          for g in others[:_MAX_LISTED])
+        listed += f"；另有 {len(others) - _MAX_LISTED} 条" if len(others) > _MAX_LISTED else ""
         parts.append(f"{', '.join(places)} 上还有以下诊断结果：没有规则把它们与这一现象关联起来，"
                      f"但它们可能起了作用，不能排除：{listed}。")
     if down:
@@ -113,6 +119,7 @@ def _chinese(places: list[str], others: list[dict], down: list[str],
                      "那里的原因都不能排除。")
     if missing:
         listed = "；".join(f"{n} 上的 {probe_name(p, ZH)}（{probe_status(s, ZH)}）"
-                          for n, p, s in missing)
+                          for n, p, s in missing[:_MAX_LISTED])
+        listed += f"；另有 {len(missing) - _MAX_LISTED} 项" if len(missing) > _MAX_LISTED else ""
         parts.append(f"以下探测没有完成，相应的原因同样不能排除：{listed}。")
     return "".join(parts)
