@@ -123,9 +123,10 @@ def test_an_older_bundle_says_not_collected_by_that_version(tmp_path, ruleset):
     assert "probes" not in bundle.meta
     report = analyze(bundle, ruleset, save=False).report
     missing = {(c["node"], c["probe"]): c for c in report["not_checked"]}
-    # two passive probes, and an active check its plans had a target for
+    # two passive probes, and the active checks its plans had a target for (the pod's link,
+    # the conntrack counts toward the DNS VIP)
     assert set(missing) == {(n, p) for n in ("node1", "node2", "node3")
-                            for p in ("ip_rule", "tc", "active.pod.link")}
+                            for p in ("ip_rule", "tc", "active.pod.link", "active.ct")}
     for entry in missing.values():
         assert entry["status"] == "not_collected"
         assert entry["reason"] == (

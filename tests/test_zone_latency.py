@@ -5,6 +5,7 @@ with the spread-over-zones finding as its consequence."""
 from __future__ import annotations
 
 from kubenetdiag.engine import infer, load_ruleset
+from kubenetdiag.facts import producers, zones
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.facts.zones import zone_latency_facts
 
@@ -106,3 +107,15 @@ def test_jitter_of_a_healthy_cluster_raises_only_the_spread() -> None:
     found = run([*ZONES, ping("n1", "n2", 0.05), ping("n2", "n1", 0.06), *jitter,
                  service("az1,az2")])
     assert [(f["fault"], f["root_cause"]) for f in found] == [("cross_zone_endpoints", True)]
+
+
+def test_made_from_the_kinds_it_declares_and_a_rule_on_it_needs_them() -> None:
+    """What the not-evaluated list relies on: without the matrix, the API's nodes or its
+    Services, a Service over slow zones has no zone_latency fact, so the rule's silence there
+    is not "fast"."""
+    noise = [Fact("interface", "n1", {"name": "eth0", "mtu": 1500}),
+             Fact("dns_check", "n1", {"server": "10.96.0.10", "ok": True})]
+    facts = [*ZONES, *SAME, *slow_cross(30.0), service("az1,az2"), *noise]
+    declared = [f for f in facts if f.kind in zones.INPUTS]
+    assert zone_latency_facts(facts) == zone_latency_facts(declared) != []
+    assert producers.observed(["zone_latency"]) == {"reach", "k8s_node", "service_endpoints"}

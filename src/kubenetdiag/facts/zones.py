@@ -26,6 +26,11 @@ from itertools import combinations
 from kubenetdiag.facts.model import Fact, Source, by_kind
 
 PROBE = "zones"  # the evidence's source: facts computed here, from other facts
+# Declared for kubenetdiag.facts.producers: a zone_latency fact needs the matrix, the API's
+# nodes (their zones) and its Services; without any of them it is missing, not fast.
+INPUTS: tuple[str, ...] = ("reach", "k8s_node", "service_endpoints")
+CONTEXT: tuple[str, ...] = ()
+PRODUCES: tuple[str, ...] = ("zone_latency",)
 SAMPLE = 6  # pairs shown per side in the evidence text
 MIN_RTT_MS = 0.001  # ping prints three decimals: a same-zone median of 0.000 is below this
 
@@ -90,7 +95,7 @@ def zone_latency_facts(facts: Sequence[Fact]) -> list[Fact]:
     >>> f.attrs["cross_ms"], f.attrs["same_ms"], f.attrs["ratio"], f.attrs["same_zones"]
     (30.0, 0.25, 120.0, 'az1')
     """
-    picked = by_kind(facts, ("k8s_node", "reach", "service_endpoints"))
+    picked = by_kind(facts, INPUTS)
     zone = _zone_of(picked["k8s_node"])
     address = _addresses(picked["k8s_node"])
     if len(set(zone.values())) < 2:

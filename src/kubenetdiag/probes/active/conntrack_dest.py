@@ -219,6 +219,7 @@ CONNTRACK_DEST = ActiveCheck(
     command=_command,
     parse=parse,
     blocks=_blocks,
+    kinds=("conntrack_dest",),
     order=900,  # after the checks whose own traffic it should not be mistaken for
 )
 CHECKS = (CONNTRACK_DEST,)
