@@ -159,6 +159,18 @@ def test_vxlan_port_mismatch(vx):
                                                     "flannel.1"]).stdout
 
 
+def test_vxlan_port_in_use_keeps_flannel_1_down(vx):
+    with vx.injected("vxlan_port_in_use", "node2"):
+        # a program, not the kernel, owns the port: ss names its process
+        held = vx.node_exec("node2", ["ss", "-Hulnp", "sport = :8472"]).stdout
+        assert "0.0.0.0:8472" in held and "pid=" in held, held
+        cp = vx.node_exec("node2", ["ip", "link", "set", "flannel.1", "up"], check=False)
+        assert cp.returncode != 0 and "in use" in cp.stderr, cp.stderr
+        assert pod_blocked(vx) and pod_blocked(vx, "node2", "node1")
+    assert pods_ok(vx) and pods_ok(vx, "node2", "node1")
+    assert "pid=" not in vx.node_exec("node2", ["ss", "-Hulnp", "sport = :8472"]).stdout
+
+
 def test_pod_cidr_route_missing(vx):
     with vx.injected("pod_cidr_route_missing", "node1"):
         assert vx.node_exec("node1", ["ip", "route", "show", "10.244.2.0/24"]).stdout == ""

@@ -480,6 +480,17 @@ def _vxlan_link_by_hand(lab: Lab) -> None:
     blocked_both(lab, "node1", "node2")
 
 
+def _vxlan_port_held_on_address(lab: Lab) -> None:
+    held = lab.node_exec("node2", ["ss", "-Hulnp", "sport = :8472"]).stdout
+    assert "198.18.0.12:8472" in held and "pid=" in held, held
+    assert "state DOWN" in lab.node_exec("node2", ["ip", "-o", "link", "show",
+                                                   "flannel.1"]).stdout
+    # the kernel's wildcard VXLAN socket collides with a socket on one address as well
+    cp = lab.node_exec("node2", ["ip", "link", "set", "flannel.1", "up"], check=False)
+    assert cp.returncode != 0 and "in use" in cp.stderr, cp.stderr
+    blocked_both(lab, "node1", "node2")
+
+
 VXLAN_CASES = [
     ("bridge_nf_call_iptables_disabled", "file", "node1", {}, _bridge_nf_file),
     ("somaxconn_low", "file", "node2", {}, _somaxconn_file),
@@ -508,6 +519,7 @@ VXLAN_CASES = [
     ("port_not_listening", "loopback", "node2", {}, _web_on_loopback),
     ("service_no_endpoints", "selector", "node2", {}, _selector_matches_nothing),
     ("vxlan_port_mismatch", "link", "node2", {}, _vxlan_link_by_hand),
+    ("vxlan_port_in_use", "address", "node2", {}, _vxlan_port_held_on_address),
 ]
 
 

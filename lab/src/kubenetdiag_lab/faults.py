@@ -26,6 +26,7 @@ import shlex
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kubenetdiag_lab import cni, coredns, flannel, kubeproxy, nodehost, services, sshd
@@ -986,6 +987,13 @@ def _recreate_vxlan(ctx: FaultContext, node: LabNode, port: int) -> None:
         if "dst" in words and "permanent" in words:
             runner.run(["bridge", "fdb", "append", words[0], "dev", dev,
                         "dst", words[words.index("dst") + 1], "self", "permanent"])
+    _reprogram_vxlan(runner, was)
+
+
+def _reprogram_vxlan(runner: NodeRunner, was: dict[str, Any]) -> None:
+    """Put back flanneld's neighbours and routes on flannel.1 (the kernel flushes both when
+    the device goes down; the FDB entries stay)."""
+    dev = flannel.VXLAN_DEV
     for line in was["neigh"].splitlines():  # "<ip> lladdr <mac> PERMANENT"
         words = line.split()
         if "lladdr" in words:
@@ -1043,6 +1051,59 @@ register(Fault(
     mechanisms={"netconf": (), "link": ()},
 ))
 
+
+# ---- the VXLAN port held by another program -------------------------------------------------
+
+VXLAN_SAVED = "flannel.1-saved.json"  # flannel.1's routes and neighbours while the fault holds
+
+
+def _vxlan_saved(ctx: FaultContext, node: LabNode) -> Path:
+    return ctx.paths.node_files(node.name).dir / VXLAN_SAVED
+
+
+def _hold_port(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """Another program takes the VXLAN port while flannel.1 is down for a moment (a flanneld
+    restart, an interface bounce): the kernel cannot open the device's socket again, so
+    `ip link set flannel.1 up` fails with EADDRINUSE and the device stays down."""
+    port = str(ctx.active.vxlan_port(node.name))
+    if params["via"] == "wildcard":
+        bind = "0.0.0.0"
+    elif params["via"] == "address":
+        bind = node.address  # the node's own address: a wildcard bind then collides too
+    else:
+        raise LabError("vxlan_port_in_use: via must be wildcard or address")
+    runner = ctx.node(node)
+    saved = _vxlan_saved(ctx, node)
+    saved.write_text(json.dumps(_vxlan_device(runner)))
+    runner.run(["ip", "link", "set", flannel.VXLAN_DEV, "down"])
+    _start_in_node(ctx, node, services.netprog_argv("udp-stuck", port, "212992", "--bind",
+                                                    bind))
+    _wait_listen(ctx, node, int(port), "udp")
+    cp = runner.run(["ip", "link", "set", flannel.VXLAN_DEV, "up"], check=False)
+    if cp.returncode == 0 or "in use" not in cp.stderr:
+        raise LabError(f"vxlan_port_in_use: flannel.1 on {node.name} came up: {cp.stderr}")
+
+
+def _release_port(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    port = str(ctx.active.vxlan_port(node.name))
+    _stop_matching(ctx, node, f"udp-stuck {port} ")
+    saved = _vxlan_saved(ctx, node)
+    if not saved.exists():
+        return
+    runner = ctx.node(node)
+    runner.run(["ip", "link", "set", flannel.VXLAN_DEV, "up"])
+    _reprogram_vxlan(runner, json.loads(saved.read_text()))
+    saved.unlink()
+
+
+register(Fault(
+    "vxlan_port_in_use",
+    "another program holds the node's VXLAN UDP port (8472) while flannel.1 is bounced, so "
+    "the device cannot open its socket and stays down: bound to 0.0.0.0 (via=wildcard) or "
+    "to the node's own address (via=address)",
+    _hold_port, _release_port, {"via": "wildcard"}, modes=("flannel-vxlan",),
+    mechanisms={"wildcard": (), "address": ()},
+))
 
 BGP_BLOCK = [["-p", "tcp", "-m", "tcp", "--dport", "179", "-j", "DROP"],
              ["-p", "tcp", "-m", "tcp", "--sport", "179", "-j", "DROP"]]

@@ -138,10 +138,10 @@ def connect_burst(host: str, port: int, count: int, hold: float) -> int:
     return 0
 
 
-def udp_stuck(port: int, rcvbuf: int) -> int:
+def udp_stuck(port: int, rcvbuf: int, bind: str = "0.0.0.0") -> int:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.bind(("0.0.0.0", port))
+    sock.bind((bind, port))
     print(f"udp {port} rcvbuf {sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)}, "
           "never reading", flush=True)
     return _wait_forever()
@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("udp-stuck")
     p.add_argument("port", type=int)
     p.add_argument("rcvbuf", type=int)
+    p.add_argument("--bind", default="0.0.0.0")
     p = sub.add_parser("udp-sink")
     p.add_argument("port", type=int)
     p = sub.add_parser("udp-flood")
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "connect-burst":
             return connect_burst(a.host, a.port, min(a.count, 5000), min(a.hold, limit))
         if a.cmd == "udp-stuck":
-            return udp_stuck(a.port, a.rcvbuf)
+            return udp_stuck(a.port, a.rcvbuf, a.bind)
         if a.cmd == "udp-sink":
             return udp_sink(a.port)
         if a.cmd == "udp-flood":
