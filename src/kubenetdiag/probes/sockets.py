@@ -44,7 +44,9 @@ COMMAND = (
     "echo '##knd:tcp proc'; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v m="
     + str(MAX_LINES) + " '$1==\"sl\"{next} {n[$4]++} $4==\"0A\"&&l<m{l++;print \"L \" $0} "
     "END{for(s in n) print \"S \" s \" \" n[s]}'; fi; "
-    "echo '##knd:sockstat'; cat /proc/net/sockstat /proc/net/sockstat6 2>/dev/null"
+    "echo '##knd:sockstat'; cat /proc/net/sockstat /proc/net/sockstat6 2>/dev/null; "
+    # the thresholds sockstat's `mem` (pages) is judged against: low, pressure, max
+    "echo '##knd:tcpmem'; cat /proc/sys/net/ipv4/tcp_mem 2>/dev/null"
 )
 
 STATES = {  # ss names and /proc/net/tcp hex codes -> the names facts use
@@ -92,6 +94,28 @@ def _hex_addr(h: str) -> str:
         return h
 
 
+def _tcp_mem_state(pages: int | None, tcp_mem: list[int]) -> dict[str, int | str | None]:
+    """Where TCP's memory stands against net.ipv4.tcp_mem (low, pressure, max, in pages): the
+    kernel shrinks socket buffers from `pressure` on and refuses memory at `max`.
+
+    >>> _tcp_mem_state(153, [21888, 29184, 43776])["tcp_mem_state"]
+    'normal'
+    >>> _tcp_mem_state(30000, [21888, 29184, 43776])["tcp_mem_state"]
+    'pressure'
+    >>> _tcp_mem_state(43776, [21888, 29184, 43776])["tcp_mem_state"]
+    'max'
+    >>> _tcp_mem_state(153, [])["tcp_mem_state"] is None
+    True
+    """
+    if not tcp_mem or pages is None:
+        return {"tcp_mem_pressure_pages": tcp_mem[1] if tcp_mem else None,
+                "tcp_mem_max_pages": tcp_mem[2] if tcp_mem else None, "tcp_mem_state": None}
+    _low, pressure, top = tcp_mem
+    state = "max" if pages >= top else "pressure" if pages >= pressure else "normal"
+    return {"tcp_mem_pressure_pages": pressure, "tcp_mem_max_pages": top,
+            "tcp_mem_state": state}
+
+
 def parse(section: Section, node: str) -> list[Fact]:
     facts: list[Fact] = []
     counts: dict[str, int] = {}
@@ -100,6 +124,7 @@ def parse(section: Section, node: str) -> list[Fact]:
     def src(cmd: str, text: str) -> Source:
         return Source("sockets", cmd, section.exit_code, clip(text, 500))
 
+    tcp_mem: list[int] = []
     for name, arg, lines in parts(section.stdout):
         if name == "tcp":
             tcp_source = arg
@@ -160,6 +185,10 @@ def parse(section: Section, node: str) -> list[Fact]:
                     raw = a.pop("raw")
                     a.pop("state")
                     facts.append(Fact("udp_socket", node, a, src("ss -uanmp", raw)))
+        elif name == "tcpmem":
+            words = " ".join(lines).split()
+            if len(words) == 3 and all(w.isdigit() for w in words):
+                tcp_mem = [int(w) for w in words]
         elif name == "sockstat":
             stat: dict[str, int] = {}
             for line in lines:
@@ -176,6 +205,9 @@ def parse(section: Section, node: str) -> list[Fact]:
                     "tcp_mem_pages": stat.get("tcp_mem"), "udp_inuse": stat.get("udp_inuse"),
                     "udp_mem_pages": stat.get("udp_mem"), "tcp6_inuse": stat.get("tcp6_inuse"),
                 }, src("cat /proc/net/sockstat", "\n".join(lines[:6]))))
+    for fact in facts:
+        if fact.kind == "sockstat":
+            fact.attrs.update(_tcp_mem_state(fact.attrs["tcp_mem_pages"], tcp_mem))
     if tcp_source:
         states = ("established", "syn_sent", "syn_recv", "fin_wait1", "fin_wait2", "time_wait",
                   "close", "close_wait", "last_ack", "listen", "closing")
