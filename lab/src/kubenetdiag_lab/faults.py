@@ -1551,6 +1551,132 @@ register(Fault(
 ))
 
 
+def _queue_bytes(ctx: FaultContext, node: LabNode, port: str) -> int:
+    """The largest Recv-Q of an established socket on `port` (the server's side)."""
+    out = ctx.node(node).run(["ss", "-Htn", "state", "established", f"sport = :{port}"],
+                             check=False).stdout
+    return max((int(line.split()[0]) for line in out.splitlines() if line.split()), default=0)
+
+
+def _recvq_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """A server on the node that accepted a connection and does not read it, while its client
+    (a local program, over loopback) has sent a megabyte: the bytes wait in the server's
+    receive queue until its window closes."""
+    port = params["port"]
+    push = services.netprog_argv("tcp-push", "127.0.0.1", port, "1048576")
+    if params["via"] == "noread":
+        _start_in_node(ctx, node, services.netprog_argv("tcp-receiver", port))
+        _wait_listen(ctx, node, int(port), "tcp")
+        _start_in_node(ctx, node, push)
+    elif params["via"] == "hang":
+        # a reader that works: it accepts and reads the first bytes, then hangs (SIGSTOP)
+        # while the rest arrives
+        _start_in_node(ctx, node, services.netprog_argv("tcp-receiver", port, "--read"))
+        _wait_listen(ctx, node, int(port), "tcp")
+        _start_in_node(ctx, node, [*push, "--pause", "2"])
+        run(["sleep", "1"])
+        _freeze(_procs_matching(node, f"tcp-receiver {port}"), f"the receiver on {node.name}")
+    else:
+        raise LabError("socket_recv_queue_backlog: via must be noread or hang")
+    for _ in range(100):  # bounded: 5 s
+        if _queue_bytes(ctx, node, port) >= 65536:
+            return
+        run(["sleep", "0.05"])
+    raise LabError(f"{node.name}: no receive queue built up on port {port}")
+
+
+def _recvq_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    port = params["port"]
+    _stop_matching(ctx, node, f"tcp-push 127.0.0.1 {port} ", f"tcp-receiver {port}")
+
+
+register(Fault(
+    "socket_recv_queue_backlog",
+    "an established connection on the node whose receive queue fills with unread bytes: its "
+    "server accepts and never reads (via=noread), or reads normally and is hung with SIGSTOP "
+    "before its client, a local program, sends a megabyte over loopback (via=hang)",
+    _recvq_on, _recvq_off, {"via": "noread", "port": "30070"},
+    mechanisms={"noread": (), "hang": ()},
+))
+
+PORT_OWNERS = ("node_exporter", "legacy-exporter")  # two programs that both want the port
+
+
+def _port_conflict_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """Two programs listen on one TCP port, both with SO_REUSEPORT: on the wildcard address
+    both (via=reuseport: the kernel spreads connections between them), or the second on the
+    node's own address (via=address: it takes every connection to that address)."""
+    port = params["port"]
+    if params["via"] == "reuseport":
+        second = "0.0.0.0"
+    elif params["via"] == "address":
+        second = node.address
+    else:
+        raise LabError("listen_port_conflict: via must be reuseport or address")
+    first, other = PORT_OWNERS
+    _start_in_node(ctx, node, services.netprog_argv("listen-named", port, first))
+    _wait_listen(ctx, node, int(port), "tcp")
+    _start_in_node(ctx, node, services.netprog_argv("listen-named", port, other, "--bind",
+                                                    second))
+    for _ in range(100):  # bounded: 5 s
+        out = ctx.node(node).run(["ss", "-Hltn", f"sport = :{port}"]).stdout
+        if len(out.strip().splitlines()) >= 2:
+            return
+        run(["sleep", "0.05"])
+    raise LabError(f"{node.name}: the second listener on {port} did not start")
+
+
+def _port_conflict_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _stop_matching(ctx, node, f"listen-named {params['port']} ")
+
+
+register(Fault(
+    "listen_port_conflict",
+    "two programs (node_exporter and legacy-exporter) listen on TCP port 9100 of the node, "
+    "both with SO_REUSEPORT: both on 0.0.0.0 (via=reuseport) or the second on the node's own "
+    "address (via=address)",
+    _port_conflict_on, _port_conflict_off, {"via": "reuseport", "port": "9100"},
+    mechanisms={"reuseport": (), "address": ()},
+))
+
+SYN_FILE = "60-network-performance.conf"  # a tuning guide's file that turns SYN cookies off
+SYN_SAVED = "syn-backlog-saved.json"
+SYN_KEYS = ("net.ipv4.tcp_syncookies", "net.ipv4.tcp_max_syn_backlog")
+
+
+def _syn_low(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    saved = ctx.paths.node_files(node.name).dir / SYN_SAVED
+    if not saved.exists():
+        now = _sysctl_lines(ctx.node(node))
+        saved.write_text(json.dumps({key: now[key] for key in SYN_KEYS}))
+    bad = {"net.ipv4.tcp_syncookies": "0", "net.ipv4.tcp_max_syn_backlog": params["value"]}
+    if params["via"] == "sysctl":
+        _sysctl(ctx, node, *(f"{key}={value}" for key, value in bad.items()))
+    elif params["via"] == "file":
+        _sysctl_file(ctx, node, SYN_FILE, "\n".join(f"{k} = {v}" for k, v in bad.items()))
+    else:
+        raise LabError("syn_backlog_low: via must be sysctl or file")
+
+
+def _syn_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    (ctx.paths.node_files(node.name).sysctl_d / SYN_FILE).unlink(missing_ok=True)
+    saved = ctx.paths.node_files(node.name).dir / SYN_SAVED
+    if saved.exists():
+        _sysctl(ctx, node, *(f"{k}={v}" for k, v in json.loads(saved.read_text()).items()))
+        saved.unlink()
+
+
+register(Fault(
+    "syn_backlog_low",
+    "SYN cookies off and net.ipv4.tcp_max_syn_backlog lowered (param value, default 128) "
+    "below somaxconn, so bursts of handshakes are dropped before the accept queue fills: set "
+    "at run time (via=sysctl) or by /etc/sysctl.d/60-network-performance.conf, applied "
+    "(via=file)",
+    _syn_low, _syn_heal, {"via": "sysctl", "value": "128"},
+    mechanisms={"sysctl": (), "file": ()},
+))
+
+
 def _tw_pileup(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if params["via"] == "client":
         ctx.node(node).run(services.netprog_argv("tw-burst", params["count"]), timeout=60)
