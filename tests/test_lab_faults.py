@@ -171,6 +171,14 @@ def test_vxlan_port_in_use_keeps_flannel_1_down(vx):
     assert "pid=" not in vx.node_exec("node2", ["ss", "-Hulnp", "sport = :8472"]).stdout
 
 
+def test_vxlan_peer_fdb_entry_missing_cuts_one_pair(vx):
+    with vx.injected("vxlan_peer_entry_missing", "node2", {"via": "fdb", "peer": "node1"}):
+        fdb = vx.node_exec("node2", ["bridge", "fdb", "show", "dev", "flannel.1"]).stdout
+        assert "dst 198.18.0.11" not in fdb
+        assert pod_blocked(vx, "node2", "node1") and pod_blocked(vx, "node1", "node2")
+    assert pods_ok(vx, "node2", "node1")
+
+
 def test_pod_cidr_route_missing(vx):
     with vx.injected("pod_cidr_route_missing", "node1"):
         assert vx.node_exec("node1", ["ip", "route", "show", "10.244.2.0/24"]).stdout == ""

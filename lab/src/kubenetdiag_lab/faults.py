@@ -1105,6 +1105,62 @@ register(Fault(
     mechanisms={"wildcard": (), "address": ()},
 ))
 
+def _peer_entries(ctx: FaultContext, node: LabNode, peer: LabNode) -> tuple[str, str, str]:
+    """(VTEP address, VTEP MAC, underlay address) flanneld programs on `node` for `peer`:
+    the peer's pod range's network address, its flannel.1 MAC, its node address."""
+    link = json.loads(ctx.node(peer).run(["ip", "-j", "link", "show", flannel.VXLAN_DEV]
+                                         ).stdout)[0]
+    return peer.pod_cidr.split("/")[0], link["address"], peer.address
+
+
+def _entry_peer(ctx: FaultContext, node: LabNode, params: Params) -> LabNode:
+    if params.get("peer"):
+        return ctx.topology.node(params["peer"])
+    return next(n for n in ctx.topology.nodes if n.name != node.name)
+
+
+def _entry_drop(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """One peer's entry on flannel.1 deleted by hand (a cleanup script, a `ip neigh flush`
+    aimed at something else): the route to the peer's pods stays, the packets have no MAC or
+    no underlay address to go to. flanneld writes the entries only when the peer's lease
+    changes, so it does not put them back."""
+    vtep, mac, address = _peer_entries(ctx, node, _entry_peer(ctx, node, params))
+    runner = ctx.node(node)
+    if params["via"] == "fdb":
+        runner.run(["bridge", "fdb", "del", mac, "dev", flannel.VXLAN_DEV, "dst", address,
+                    "self"])
+    elif params["via"] == "neigh":
+        runner.run(["ip", "neigh", "del", vtep, "dev", flannel.VXLAN_DEV])
+    else:
+        raise LabError("vxlan_peer_entry_missing: via must be fdb or neigh")
+
+
+def _entry_restore(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # every peer's entries, as flanneld writes them: a blind heal does not know which peer
+    runner = ctx.node(node)
+    fdb = runner.run(["bridge", "fdb", "show", "dev", flannel.VXLAN_DEV]).stdout
+    for peer in ctx.topology.nodes:
+        if peer.name == node.name:
+            continue
+        vtep, mac, address = _peer_entries(ctx, node, peer)
+        if f"{mac} dst {address} self permanent" not in fdb:
+            runner.run(["bridge", "fdb", "append", mac, "dev", flannel.VXLAN_DEV, "dst",
+                        address, "self", "permanent"])
+        runner.run(["ip", "neigh", "replace", vtep, "lladdr", mac, "dev", flannel.VXLAN_DEV,
+                    "nud", "permanent"])
+
+
+register(Fault(
+    "vxlan_peer_entry_missing",
+    "on the node's flannel.1, the entries flanneld wrote for one peer (param peer, default "
+    "the first other node) deleted while its route stays: the FDB entry that maps the peer's "
+    "VTEP MAC to its node address (via=fdb), or the permanent neighbour entry that gives the "
+    "peer's VTEP address its MAC (via=neigh)",
+    _entry_drop, _entry_restore, {"via": "fdb", "peer": ""}, modes=("flannel-vxlan",),
+    mechanisms={"fdb": (), "neigh": ()},
+))
+
+
 BGP_BLOCK = [["-p", "tcp", "-m", "tcp", "--dport", "179", "-j", "DROP"],
              ["-p", "tcp", "-m", "tcp", "--sport", "179", "-j", "DROP"]]
 
