@@ -80,6 +80,8 @@ MULTI: list[tuple[str, ...]] = [
 FIXTURES = [
     ("lab-tw-recycle-3.10", "tw_recycle_with_timestamps", "node2"),
     ("lab-conntrack-full", "conntrack_table_full", "node1"),
+    ("lab-vxlan-underlay-down", "vxlan_underlay_down", "node3"),
+    ("lab-tcp-memory-pressure", "tcp_memory_pressure", "node2"),
 ]
 
 
