@@ -307,6 +307,33 @@ def test_udp_buffer_errors_count(vx):
     assert not vx.node_exec("node2", ["ss", "-Hlnu", "sport = :30053"]).stdout.strip()
 
 
+def test_socket_recv_queue_backlog_leaves_unread_bytes(vx):
+    with vx.injected("socket_recv_queue_backlog", "node2"):
+        rows = [line.split() for line in vx.node_exec(
+            "node2", ["ss", "-Htn", "state", "established", "sport = :30070"]).stdout.splitlines()]
+        assert rows and int(rows[0][0]) >= 65536, rows  # Recv-Q on the server's side
+    assert not vx.node_exec("node2", ["ss", "-Htn", "sport = :30070"]).stdout.strip()
+    assert not vx.node_exec("node2", ["ss", "-Hltn", "sport = :30070"]).stdout.strip()
+
+
+def test_listen_port_conflict_two_programs_one_port(vx):
+    with vx.injected("listen_port_conflict", "node2"):
+        out = vx.node_exec("node2", ["ss", "-Hltnp", "sport = :9100"]).stdout
+        assert len(out.splitlines()) == 2 and "node_exporter" in out and "legacy-export" in out
+        # both answer: the kernel spreads the connections between them
+        assert vx.netprog(client_pod(vx, "node2"), "tcp", "198.18.0.12", "9100").returncode == 0
+    assert not vx.node_exec("node2", ["ss", "-Hltn", "sport = :9100"]).stdout.strip()
+
+
+def test_syn_backlog_low_turns_cookies_off(vx):
+    before = ssh(vx, "node2", "sysctl -n net.ipv4.tcp_max_syn_backlog").stdout.strip()
+    with vx.injected("syn_backlog_low", "node2"):
+        cp = ssh(vx, "node2", "sysctl -n net.ipv4.tcp_syncookies net.ipv4.tcp_max_syn_backlog")
+        assert cp.stdout.split() == ["0", "128"]
+    cp = ssh(vx, "node2", "sysctl -n net.ipv4.tcp_syncookies net.ipv4.tcp_max_syn_backlog")
+    assert cp.stdout.split() == ["1", before]
+
+
 def test_time_wait_pileup(vx):
     with vx.injected("time_wait_pileup", "node1", {"count": "1500"}):
         out = vx.node_exec("node1", ["ss", "-Htan", "state", "time-wait"]).stdout

@@ -77,6 +77,18 @@ def _skmem(line: str) -> dict[str, int | None]:
             "drops": to_int(mem.get("d"))}
 
 
+def _wildcard(addr: str) -> bool:
+    """A listener on every address of its family: ss prints 0.0.0.0, *, [::] or :: (old ss
+    `:::22`), /proc/net/tcp an all-zero address.
+
+    >>> [_wildcard(a) for a in ("0.0.0.0:80", "*:80", "[::]:80", ":::22", "10.0.0.5:80",
+    ...                         "127.0.0.53%lo:53", "[::ffff:0.0.0.0]:80")]
+    [True, True, True, True, False, False, True]
+    """
+    host = addr.rsplit(":", 1)[0].split("%", 1)[0]
+    return host in ("0.0.0.0", "*", "[::]", "::", "[::ffff:0.0.0.0]", f"[{'0' * 32}]")
+
+
 def _port(addr: str) -> int | None:
     return to_int(addr.rsplit(":", 1)[-1]) if ":" in addr else None
 
@@ -143,6 +155,7 @@ def parse(section: Section, node: str) -> list[Fact]:
                     if kind == "L":
                         facts.append(Fact("tcp_listener", node, {
                             "local": clip(w[3], 80), "port": _port(w[3]),
+                            "wildcard": _wildcard(w[3]),
                             "accept_queue": recv_q, "backlog": send_q,
                             # ss shows backlog+1 queued when the accept queue has overflowed
                             "full": recv_q > send_q or (send_q > 0 and recv_q >= send_q),
@@ -162,7 +175,8 @@ def parse(section: Section, node: str) -> list[Fact]:
                         continue
                     local = _hex_addr(w[1])
                     facts.append(Fact("tcp_listener", node, {
-                        "local": local, "port": _port(local), "accept_queue": queue,
+                        "local": local, "port": _port(local), "wildcard": _wildcard(local),
+                        "accept_queue": queue,
                         "backlog": None, "full": None, "process": None, "pid": None,
                     }, src(cmd, rest)))
         elif name == "udp":
