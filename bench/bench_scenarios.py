@@ -65,6 +65,9 @@ MULTI: list[tuple[str, ...]] = [
      "forward_chain_reject[via=nft]@node3"),
     ("flannel-vxlan", "vxlan_udp_blocked[via=nft]@node1",
      "ip_forward_disabled[via=interface]@node2", "node_unreachable[via=hang]@node3"),
+    ("flannel-vxlan", "vxlan_port_in_use@node2", "listen_port_conflict@node3"),
+    ("flannel-vxlan", "vxlan_peer_entry_missing[via=neigh]@node1",
+     "socket_recv_queue_backlog@node3", "syn_backlog_low[via=file]@node2"),
     # (host-gw's own route faults do not last: flanneld re-adds a deleted route within 10 s)
     ("flannel-host-gw", "ip_forward_disabled@node1", "rp_filter_strict@node3"),
     ("flannel-host-gw", "pod_cidr_route_missing[via=blackhole]@node3",
