@@ -83,7 +83,7 @@ def test_nodes_that_report_the_same_thing_share_one_copy_of_it():
     import json
     from pathlib import Path
 
-    from kubenetdiag.facts.parse import facts_from_records, node_facts, probes_ran
+    from kubenetdiag.facts.parse import facts_from_records, node_facts, not_collected, probes_ran
 
     example = Path(__file__).parent.parent / "examples" / "bundles" / "lab-three-faults"
     record = json.loads((example / "nodes" / "node1.json").read_text())
@@ -96,8 +96,10 @@ def test_nodes_that_report_the_same_thing_share_one_copy_of_it():
     assert all(x.attrs["spec"] is y.attrs["spec"] and x.source is y.source
                for x, y in zip(a, b, strict=True))
     # (path verdicts are derived from both nodes' facts together, not from one node's record;
-    # the example predates some probes: both sides expect only those its nodes ran)
+    # the example predates some probes: both sides expect only those its nodes ran, and say
+    # the others were not collected)
+    ran = probes_ran(twins)
     assert [f.to_dict() for f in facts if f.node == "a" and not f.kind.startswith("path")] == [
-        f.to_dict() for f in node_facts(json.loads(json.dumps({**record, "name": "a"})),
-                                        ran=probes_ran(twins))
+        f.to_dict() for f in node_facts(json.loads(json.dumps({**record, "name": "a"})), ran=ran)
+        + not_collected("a", ran, None)
     ]

@@ -87,6 +87,11 @@ def test_diagnose_this_machine_reports_progress_and_prints_nothing(
     assert result.report["nodes"][0]["reachable"] is True
     meta = json.loads((tmp_path / "b" / "meta.json").read_text())
     assert "sysctl" in meta["probes"] and meta["probes"][-1] == "counters"
+    # recorded without --active too: a later version then tells a check this one lacked
+    # from one that failed
+    assert {"ping", "pod.link"} <= set(meta["active_checks"])
+    # a run of this version lists nothing as "not collected by that version"
+    assert not [c for c in result.report["not_checked"] if c["status"] == "not_collected"]
     assert capsys.readouterr() == ("", "")
 
 

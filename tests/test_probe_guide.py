@@ -116,7 +116,18 @@ def _report(tree: Path, name: str, src: Path) -> dict:
     return report
 
 
-def test_the_shipped_example_report_does_not_change(tree: Path) -> None:
+def test_the_shipped_example_report_changes_only_by_what_it_did_not_collect(tree: Path) -> None:
     with_probe = _report(tree, "with-probe", tree / "src")
     without = _report(tree, "without", ROOT / "src")
+    # the example was recorded before the new probe: each reached node says so, and the new
+    # rule is listed as not evaluated there (and on the node not reached), never as healthy
+    added = [c for c in with_probe["not_checked"] if c["probe"] == "nic_drops"]
+    assert [(c["node"], c["status"], c["rules"]) for c in added] == [
+        (n, "not_collected", ["nic-dropped-frames"]) for n in ("node1", "node2")]
+    (rule,) = [r for r in with_probe["not_evaluated"] if r["rule"] == "nic-dropped-frames"]
+    assert rule["nodes"] == ["node3", "node1", "node2"]
+    with_probe["not_checked"] = [c for c in with_probe["not_checked"] if c not in added]
+    for c in with_probe["not_checked"]:
+        c["rules"] = [r for r in c["rules"] if r != "nic-dropped-frames"]
+    with_probe["not_evaluated"].remove(rule)
     assert with_probe == without

@@ -373,7 +373,7 @@ def test_zh_cn_report_in_the_browser(browser: Browser, tmp_path: Path) -> None:
     })""")
     assert state["lang"] == "zh-CN"
     assert state["h1"] == "发现 2 个根因"
-    assert state["h2"] == ["连通性", "诊断结果", "集群概览", "未检查项", "运行信息"]
+    assert state["h2"] == ["连通性", "诊断结果", "集群概览", "未检查项", "未评估的规则", "运行信息"]
     assert any("node2 未开启 IP 转发" in b for b in state["banner"])
-    assert any("node1 在 filter FORWARD rule 1 拒绝" in b for b in state["banner"])
+    assert any("node1 在 filter 表 FORWARD 链第 1 条规则处拒绝" in b for b in state["banner"])
     assert "Pod 网络" in state["caption"]

@@ -697,7 +697,7 @@ def test_html_zh_cn() -> None:
     for ui in ("证据", "修复步骤", "集群概览", "未检查项", "会改变状态", "只读", "置信度"):
         assert ui in html
     assert '<span class="tag role-root">根因</span>' in html
-    assert '<span class="tag role-consequence">后果</span>' in html
+    assert '<span class="tag role-consequence">连带问题</span>' in html
     assert '<span class="badge sev-critical">严重</span>' in html
     assert "IP 转发已关闭" in html and "立即开启转发并持久化。" in html
     # No Chinese text for this rule: English, not an empty title.

@@ -232,7 +232,7 @@ def test_zh_cn_connectivity() -> None:
         assert text in html
     assert "Pod network" not in page_text(html) and "answered" not in page_text(html)
     assert "连通性" in render_markdown(report, lang="zh-CN")
-    assert "⚠ n2: 从它发出和到它的探测全部失败" in summary(report, "zh-CN")
+    assert "⚠ n2：从它发出和到它的探测全部失败" in summary(report, "zh-CN")
     assert "未测量节点间连通性" in summary(report_with(names, []), "zh-CN")
 
 

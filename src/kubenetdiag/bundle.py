@@ -39,6 +39,9 @@ _META = {
         # The passive probes the collection ran (kubenetdiag.probes.probe_names()); older
         # bundles have none, and their analysis takes the probes any node answered for.
         "probes": {"type": "array", "items": {"type": "string"}},
+        # The active checks the collecting version had (kubenetdiag.probes.active.checks());
+        # absent in older bundles, whose analysis takes the checks any node has sections of.
+        "active_checks": {"type": "array", "items": {"type": "string"}},
     },
 }
 _SECTION = {

@@ -200,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.set_defaults(handler=cmd_collect)
 
-    p = sub.add_parser("analyze", help="analyze a bundle (no network needed)")
+    p = sub.add_parser(
+        "analyze", help="analyze a bundle (no network needed; writes facts.json and report.json "
+        "into it)"
+    )
     p.add_argument("bundle", type=Path, metavar="BUNDLE")
     _add_analysis_args(p)
     p.set_defaults(handler=cmd_analyze)

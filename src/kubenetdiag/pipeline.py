@@ -40,6 +40,7 @@ from kubenetdiag.facts.parse import facts_from_records
 from kubenetdiag.findings import build_report
 from kubenetdiag.inventory import Host
 from kubenetdiag.probes import probe_names
+from kubenetdiag.probes.active import checks
 
 SKIPPED_ACTIVE = "active probes not run: --no-active, or `collect` without --active"
 
@@ -145,6 +146,9 @@ def collect(
         "transport": kinds.pop() if len(kinds) == 1 else "mixed",
         "inventory": str(Path(options.inventory).resolve()) if options.inventory else None,
         "probes": probe_names(),
+        # what this version could send; recorded even without --active, so that a later
+        # version tells a check this one lacked from one that failed
+        "active_checks": [c.name for c in checks()],
     }
     bundle = Bundle(out, meta, records, cluster)
     bundle.write()
@@ -166,7 +170,10 @@ def analyze(
     """Parse, infer and build the report; keep facts.json and report.json in the bundle
     unless `save` is false (a shipped example stays as committed)."""
     observer = observer or _Silent()
-    facts = facts_from_records(bundle.records, bundle.cluster, probes=bundle.meta.get("probes"))
+    meta = bundle.meta
+    facts = facts_from_records(bundle.records, bundle.cluster, probes=meta.get("probes"),
+                               active_checks=meta.get("active_checks"),
+                               version=meta.get("tool_version"))
     findings = infer(ruleset, facts)
     report = build_report(
         bundle.meta,
@@ -176,6 +183,7 @@ def analyze(
         rules_count=len(ruleset.rules),
         rules_digest=ruleset.digest,
         bundle=str(bundle.path),
+        rules=ruleset.rules,
     )
     if not save:
         return Analysis(facts, report)

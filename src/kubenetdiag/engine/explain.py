@@ -32,7 +32,7 @@ def describe_pattern(p: Pattern) -> str:
     return f"{p.kind}({body})"
 
 
-def _could_produce(a: Assertion, p: Pattern) -> bool:
+def could_produce(a: Assertion, p: Pattern) -> bool:
     """Could fact `a` asserts match pattern `p`? Literals must agree; a variable or an
     operator in either place may match, so it counts (the tree errs on showing a link)."""
     if a.kind != p.kind:
@@ -51,7 +51,7 @@ def _could_produce(a: Assertion, p: Pattern) -> bool:
 
 
 def producers(ruleset: RuleSet, p: Pattern) -> list[Rule]:
-    return [r for r in ruleset.rules if any(_could_produce(a, p) for a in r.asserts)]
+    return [r for r in ruleset.rules if any(could_produce(a, p) for a in r.asserts)]
 
 
 def _head(r: Rule) -> str:

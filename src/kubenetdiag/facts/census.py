@@ -13,6 +13,10 @@ from collections.abc import Sequence
 from kubenetdiag.facts.model import Fact, Source, by_kind
 
 SAMPLE = 10  # node names kept in a census fact's evidence
+# Declared for kubenetdiag.facts.producers: a rule on a census fact needs what it counts
+INPUTS: tuple[str, ...] = ("interface", "node_status")
+CONTEXT: tuple[str, ...] = ()
+PRODUCES: tuple[str, ...] = ("census",)
 
 
 def _ips(addresses: object) -> set[str]:
@@ -24,7 +28,7 @@ def _ips(addresses: object) -> set[str]:
 
 def census_facts(facts: Sequence[Fact]) -> list[Fact]:
     """One `census` fact per (of, group, value) seen on at least one node."""
-    picked = by_kind(facts, ("interface", "node_status"))
+    picked = by_kind(facts, INPUTS)
     address = {
         f.node: f.attrs["address"]
         for f in picked["node_status"]

@@ -33,6 +33,22 @@ BLOCKS = {
     "networkpolicies": "NetworkPolicies (default deny per namespace)",
     "calico_ippools": "calico IP pools and their encapsulation",
 }
+# The fact kinds each call's answer goes into: when a call fails, the rules that read these
+# kinds are listed as not evaluated (kubenetdiag.facts.producers). tests/test_producers.py fails
+# a call and checks that no other kind changes.
+CALL_KINDS: dict[str, tuple[str, ...]] = {
+    "version": (),
+    "nodes": ("k8s_node", "node_match", "service_endpoints"),
+    "daemonsets": ("cni", "kube_proxy"),
+    "pods": ("cni", "cni_pod", "kube_proxy", "dns_pod"),
+    "flannel_config": ("flannel_config",),
+    "kube_proxy_config": ("kube_proxy",),
+    "coredns_config": ("dns_service",),
+    "services": ("dns_service", "service_endpoints"),
+    "endpointslices": ("service_endpoints",),
+    "networkpolicies": ("network_policy",),
+    "calico_ippools": ("calico_ippool",),
+}
 FLANNEL_DEFAULT_VXLAN_PORT = 8472
 # Objects whose absence is an answer (not calico, kube-proxy replaced), not a failure.
 OPTIONAL = {"flannel_config", "kube_proxy_config", "coredns_config", "calico_ippools"}

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import sys
 
+from kubenetdiag.facts import census, paths, vantage
+from kubenetdiag.facts.cluster import CALL_KINDS
+from kubenetdiag.facts.producers import COLLECTION
 from kubenetdiag.facts.registry import registry
+from kubenetdiag.probes import PROBES
+from kubenetdiag.probes.active import checks
 
 HEADER = """# Fact kinds
 
@@ -27,7 +32,28 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _made_by() -> dict[str, list[str]]:
+    """Kind -> who makes it, in words: from the producers' own declarations (facts.producers),
+    so a rule author sees which probe's failure would leave a rule unevaluated."""
+    out: dict[str, list[str]] = {}
+    for p in PROBES:
+        for k in p.kinds:
+            out.setdefault(k, []).append(f"probe `{p.name}`")
+    for c in checks():
+        for k in c.kinds:
+            out.setdefault(k, []).append(f"active check `{c.name}`")
+    for call, kinds in CALL_KINDS.items():
+        for k in kinds:
+            out.setdefault(k, []).append(f"API call `{call}`")
+    for module in (paths, vantage, census):
+        inputs = ", ".join(f"`{k}`" for k in module.INPUTS if k not in COLLECTION)
+        for k in module.PRODUCES:
+            out.setdefault(k, []).append(f"kubenetdiag before the rules run, from {inputs}")
+    return out
+
+
 def render() -> str:
+    made_by = _made_by()
     kinds = registry()
     out = [HEADER, "| kind | what it is |", "|---|---|"]
     for name in sorted(kinds):
@@ -38,6 +64,8 @@ def render() -> str:
         out += ["", f"## {name}", ""]
         if spec.derived:
             out.append("*Derived: asserted by rules, not produced by a probe.*\n")
+        elif name in made_by:
+            out.append(f"*Made by {'; '.join(made_by[name])}.*\n")
         out += [spec.doc, "", "| attribute | type | doc |", "|---|---|---|"]
         for a in spec.attrs.values():
             typ = a.type + (" or null" if a.nullable else "")

@@ -16,7 +16,7 @@ from kubenetdiag.facts.paths import path_facts
 from kubenetdiag.facts.persist import persist_sysctl
 from kubenetdiag.facts.vantage import vantage_facts
 from kubenetdiag.probes import BY_NAME, PROBES, Probe, Section
-from kubenetdiag.probes.active import check_for
+from kubenetdiag.probes.active import PREFIX, check_for, checks
 from kubenetdiag.probes.active.plan import not_checked
 from kubenetdiag.probes.base import CheckContext
 
@@ -176,25 +176,86 @@ class _Sharing:
         return facts
 
 
+NOT_COLLECTED = "not_collected"
+
+
+def not_collected(node: str, ran: Collection[str], version: str | None) -> list[Fact]:
+    """A `not_collected` probe_status for every probe this version has that the bundle's
+    collection did not run: the bundle was made before the probe existed. Nothing failed, but
+    nothing was read either, so the rules that read its facts were not evaluated."""
+    made_by = f"kubenetdiag {version}" if version else "an older kubenetdiag"
+    reason = f"not collected by the version that made this bundle ({made_by})"
+    return [_status_fact(node, probe, NOT_COLLECTED, reason, None)
+            for probe in PROBES if probe.name not in ran]
+
+
+def checks_ran(records: Iterable[dict], recorded: Iterable[str] | None = None) -> set[str]:
+    """The active checks a bundle's collection had: meta.json's `active_checks` where it has
+    it, else every check some node has a section of (as probes_ran does for probes)."""
+    if recorded is not None:
+        return set(recorded)
+    ran = set()
+    for r in records:
+        active = r.get("active")
+        for s in (active.get("sections") or ()) if isinstance(active, dict) else ():
+            found = check_for(str(s.get("probe")))
+            if found:
+                ran.add(found[0].name)
+    return ran
+
+
+def checks_not_collected(node: str, active: dict, ran: Collection[str],
+                         version: str | None) -> list[Fact]:
+    """A `not_collected` probe_status for each active check this version has, and would have
+    sent from this node by its plan, that the bundle's version did not have."""
+    plan = active.get("plan")
+    if active.get("skipped") or not isinstance(plan, dict):
+        return []
+    made_by = f"kubenetdiag {version}" if version else "an older kubenetdiag"
+    reason = f"not collected by the version that made this bundle ({made_by})"
+    out = []
+    for check in checks():
+        if check.name in ran or not check.kinds:
+            continue
+        try:
+            targets = check.targets(plan)
+        except (KeyError, IndexError, TypeError, ValueError):
+            continue  # a plan shaped by an older version: nothing this check can aim at
+        if targets:
+            name = PREFIX + check.name
+            out.append(Fact("probe_status", node, {
+                "probe": name, "status": NOT_COLLECTED, "reason": reason,
+                "blocks": check.blocks(targets[0][1])}, Source(name, "", None, reason)))
+    return out
+
+
 def facts_from_records(
     records: Iterable[dict],
     cluster: dict | None = None,
     *,
     probes: Iterable[str] | None = None,
+    active_checks: Iterable[str] | None = None,
+    version: str | None = None,
 ) -> list[Fact]:
     """Facts of every node record, plus the cluster facts when the bundle has cluster.json.
-    `probes`: meta.json's list of the passive probes the collection ran, when it has one."""
+    `probes`, `active_checks`: meta.json's lists of the passive probes and active checks the
+    collection had, when it has them; `version`: meta.json's `tool_version`, named where a
+    probe was not collected."""
     records = list(records)
     ran = probes_ran(records, probes)
+    had_checks = checks_ran(records, active_checks)
     facts: list[Fact] = []
     skipped = None
     shared = _Sharing()
     for rec in records:
         mine = node_facts(rec, ran)
+        if rec["reachable"]:
+            mine.extend(not_collected(rec["name"], ran, version))
         active = rec.get("active")
         if isinstance(active, dict) and rec.get("reachable"):
             # The active phase's raw output (bundle: the node record's `active` part).
             mine.extend(active_facts(rec["name"], active))
+            mine.extend(checks_not_collected(rec["name"], active, had_checks, version))
             skipped = skipped or active.get("skipped")
         facts.extend(shared(mine))
     if skipped:

@@ -526,6 +526,12 @@ def node_check_facts(facts: Sequence[Fact], nodes: Iterable[str],
 KINDS = ("reach", "dns_check", "http_check", "tcp_check", "node_status", "k8s_node",
          "node_match", "dns_pod", "dns_service", "service_endpoints", "flannel_subnet",
          "flannel_config", "calico_ippool", "route", "interface")
+# Declared for kubenetdiag.facts.producers. A rule on a vantage fact needs the checks' results
+# (INPUTS); the API's and the nodes' own facts (CONTEXT) only name the targets and pods, and
+# node_checks also names the probes that answered, which is text, not a condition.
+INPUTS: tuple[str, ...] = ("reach", "dns_check", "http_check", "tcp_check", "node_status")
+CONTEXT: tuple[str, ...] = tuple(k for k in KINDS if k not in INPUTS)
+PRODUCES: tuple[str, ...] = ("cut_off", "reach_pair", "target_failure", "node_checks")
 
 
 def vantage_facts(facts: Sequence[Fact]) -> list[Fact]:

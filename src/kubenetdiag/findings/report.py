@@ -6,9 +6,14 @@ renderer reads. It decides the exit code, so it lives in one place.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from kubenetdiag import __version__
+from kubenetdiag.engine.model import PLACEHOLDER_RE, Rule
+from kubenetdiag.engine.needs import rule_needs
 from kubenetdiag.errors import EXIT_ALL_FAILED, EXIT_FINDINGS, EXIT_OK
 from kubenetdiag.facts.model import Fact, by_kind
+from kubenetdiag.facts.producers import ALL_PROBES, API, blocked_kinds
 from kubenetdiag.vocabulary import ALARMING, SEVERITIES
 
 from .schema import validate_report
@@ -82,6 +87,56 @@ def connectivity(facts: list[Fact], node_names: list[str]) -> dict:
     return {"nodes": order, "layers": layers}
 
 
+def _bare_title(text: str) -> str:
+    """A rule's title where it did not run: no value is known, so each `{name}` says what
+    would have gone there, as `<name>`."""
+    return PLACEHOLDER_RE.sub(lambda m: f"<{m.group(1)}>", text)
+
+
+def not_evaluated(
+    not_checked: list[dict], rules: Sequence[Rule], findings: list[dict]
+) -> list[dict]:
+    """Fill each not-checked entry's `rules` with the ids of the reporting rules it left
+    unevaluated on its node, and return those rules, each with the nodes where that happened.
+
+    A rule is not evaluated on a node when a fact kind it needs (engine.needs) is one the
+    entry's probe would have given there (facts.producers): its silence there is not "healthy".
+    A rule that fired on that node was evaluated; it is not listed there.
+    """
+    reporting = [r for r in rules if r.fault]
+    needs = rule_needs(rules)
+    fired = {(f["rule"], n) for f in findings for n in f["nodes"]}
+    # rule id -> its nodes, in order (a dict as an ordered set: 5,000 nodes per rule)
+    where: dict[str, dict[str, None]] = {}
+    blocks: dict[tuple[str, str | None], list[str]] = {}
+    for entry in not_checked:
+        key = (entry["probe"], entry.pop("kinds", None))
+        if key not in blocks:  # the same probe on every node: judged once
+            blocked = blocked_kinds(*key)
+            blocks[key] = [r.id for r in reporting if needs[r.id] & blocked]
+        node = entry["node"]
+        ids = [rule_id for rule_id in blocks[key] if (rule_id, node) not in fired]
+        entry["rules"] = ids
+        for rule_id in ids:
+            where.setdefault(rule_id, {})[node] = None
+    out = []
+    for r in reporting:
+        if r.id not in where:
+            continue
+        titles = r.texts.get("title", {})
+        item = {
+            "rule": r.id,
+            "fault": r.fault,
+            "title": _bare_title(titles.get("en") or r.title),
+            "nodes": list(where[r.id]),
+            "i18n": {},
+        }
+        if "zh-CN" in titles:
+            item["i18n"]["zh-CN"] = {"title": _bare_title(titles["zh-CN"])}
+        out.append(item)
+    return out
+
+
 def build_report(
     meta: dict,
     records: list[dict],
@@ -91,8 +146,10 @@ def build_report(
     rules_count: int,
     rules_digest: str,
     bundle: str | None,
+    rules: Sequence[Rule] = (),
 ) -> dict:
-    """The report of one run, checked against report.schema.json (ValueError if it breaks it)."""
+    """The report of one run, checked against report.schema.json (ValueError if it breaks it).
+    `rules`: the rules the run evaluated, to name those a missing answer left unevaluated."""
     picked = by_kind(facts, ("kernel", "probe_status", "cluster_api", "reach"))
     kernels = {f.node: f.attrs.get("release") for f in picked["kernel"]}
     nodes = [
@@ -109,7 +166,7 @@ def build_report(
     not_checked = [
         {
             "node": r["name"],
-            "probe": "all",
+            "probe": ALL_PROBES,
             "status": "unreachable",
             "reason": r.get("error") or "not reached",
             "blocks": "every check on this node",
@@ -118,14 +175,15 @@ def build_report(
         if not r["reachable"]
     ]
     not_checked += [
-        {"node": f.node, **{k: f.attrs[k] for k in ("probe", "status", "reason", "blocks")}}
+        {"node": f.node, **{k: f.attrs[k] for k in ("probe", "status", "reason", "blocks")},
+         "kinds": f.attrs.get("kinds")}
         for f in picked["probe_status"]
     ]
     # Cluster checks that were never attempted are as unknown as failed ones: say so.
     not_checked += [
         {
             "node": "cluster",
-            "probe": "api",
+            "probe": API,
             "status": "not_queried",
             "reason": f.attrs.get("reason") or "no kubeconfig given",
             "blocks": "cluster checks from the Kubernetes API (nodes, CNI and DNS pods, "
@@ -134,6 +192,7 @@ def build_report(
         for f in picked["cluster_api"]
         if not f.attrs.get("queried")
     ]
+    unevaluated = not_evaluated(not_checked, rules, findings)
     by_sev = {s: sum(1 for f in findings if f["severity"] == s) for s in SEVERITIES}
     report = {
         "schema": REPORT_SCHEMA,
@@ -149,6 +208,7 @@ def build_report(
         "nodes": nodes,
         "findings": findings,
         "not_checked": not_checked,
+        "not_evaluated": unevaluated,
         "connectivity": connectivity(picked["reach"], [r["name"] for r in records]),
         "summary": {
             "nodes": len(nodes),

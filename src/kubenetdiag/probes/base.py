@@ -81,6 +81,10 @@ class Probe:
     command: str  # POSIX sh; must never change the node
     parse: Parser  # pure: (section, node name) -> facts
     blocks: str  # what cannot be checked when this probe gives no answer
+    # The fact kinds `parse` makes (probe_status aside, which any probe may give). The report
+    # reads it to name the rules a failed probe leaves unevaluated; tests/test_producers.py
+    # fails when the parser makes a kind that is not declared here.
+    kinds: tuple[str, ...] = ()
     tools: tuple[str, ...] = ()  # binaries it needs; a missing one is reported, not guessed at
     timeout_s: int = 15
     ok_exit_codes: frozenset[int] = field(default_factory=lambda: frozenset({0}))
@@ -225,6 +229,8 @@ class ActiveCheck:
     targets: Callable[[NodePlan], list[tuple[str, Any]]]
     parse: ActiveParser  # pure: (section, target, context) -> facts
     blocks: Callable[[Any], str]  # what cannot be checked when a target gives no answer
+    # The fact kinds `parse` makes (probe_status aside), as for a Probe.
+    kinds: tuple[str, ...] = ()
     # POSIX sh run in `sh -c`, which may use the script's helpers ($__pi, __has, $__TCP...;
     # see probes/active/script.py); it is also what the section records as its command.
     command: Callable[[NodePlan, Any], str] | None = None

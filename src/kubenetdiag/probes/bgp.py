@@ -107,6 +107,7 @@ PROBE = Probe(
     name="bgp",
     command=COMMAND,
     parse=parse,
+    kinds=("bgp_session",),
     blocks="BGP sessions of BIRD (Calico): which peers are not Established",
     timeout_s=10,
 )

@@ -146,6 +146,7 @@ PROBE = Probe(
     name="cni",
     command=COMMAND,
     parse=parse,
+    kinds=("cni_config", "cni_config_dir"),
     blocks="CNI configuration (plugin, MTU, which config file is in use)",
     tools=("sed",),
     timeout_s=5,

@@ -111,11 +111,14 @@ def parse(section: Section, node: str) -> list[Fact]:
             reason = ("conntrack is not installed (conntrack-tools); its per-CPU counters were "
                       "read from /proc/net/stat/nf_conntrack instead")
             blocks = "only conntrack-tools' own views (conntrack -L/-E); the totals are known"
+            unknown = ""  # every attribute a rule reads was read from /proc
         else:
             reason = "conntrack is not installed and /proc/net/stat/nf_conntrack is unreadable"
             blocks = "conntrack drop counters (insert_failed, drop, early_drop)"
+            unknown = "conntrack"
         facts.append(Fact("probe_status", node, {
             "probe": "conntrack", "status": "missing_tool", "reason": reason, "blocks": blocks,
+            "kinds": unknown,
         }, Source("conntrack", COMMAND, section.exit_code, clip(section.stderr, 500))))
     return facts
 
@@ -124,6 +127,7 @@ PROBE = Probe(
     name="conntrack",
     command=COMMAND,
     parse=parse,
+    kinds=("conntrack",),
     blocks="connection tracking (table full, insert_failed, drop, early_drop)",
     tools=("grep",),
     timeout_s=10,

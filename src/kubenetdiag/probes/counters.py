@@ -124,6 +124,7 @@ PROBE = Probe(
     name="counters",
     command=SAMPLING.command,
     parse=parse,
+    kinds=("net_counter",),
     blocks="drop and error counters rising now (listen overflows, UDP buffer errors, RcvQ drops)",
     timeout_s=MIN_INTERVAL_S + 10,
     prelude=SAMPLING.prelude,

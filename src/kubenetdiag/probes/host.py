@@ -107,6 +107,7 @@ PROBE = Probe(
     name="host",
     command=COMMAND,
     parse=parse,
+    kinds=("filesystem", "os_release", "resolv_conf"),
     blocks="OS release, disk space and inodes, the node's resolv.conf",
     tools=("df", "sed"),
     timeout_s=10,

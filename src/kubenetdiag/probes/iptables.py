@@ -259,6 +259,7 @@ PROBE = Probe(
     name="iptables",
     command=COMMAND,
     parse=parse,
+    kinds=("iptables_chain", "iptables_rule", "iptables_summary"),
     blocks="packet filter rules (FORWARD REJECT/DROP, host firewalls, kube-proxy chains)",
     tools=("iptables-save",),
 )

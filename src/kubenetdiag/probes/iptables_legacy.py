@@ -48,5 +48,6 @@ PROBE = Probe(
     name="iptables_legacy",
     command=COMMAND,
     parse=parse,
+    kinds=("iptables_chain", "iptables_rule", "iptables_summary"),
     blocks="legacy-backend iptables rules on a node whose iptables-save is nf_tables",
 )

@@ -92,6 +92,7 @@ PROBE = Probe(
     name="ipvs",
     command=COMMAND,
     parse=parse,
+    kinds=("ipvs", "ipvs_service"),
     blocks="IPVS virtual servers (kube-proxy ipvs mode): Service VIPs and their backends",
     timeout_s=15,
 )

@@ -45,5 +45,6 @@ PROBE = Probe(
     name="kernel",
     command=COMMAND,
     parse=parse,
+    kinds=("kernel",),
     blocks="kernel version checks (settings removed or added by kernel release)",
 )

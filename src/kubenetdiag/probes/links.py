@@ -224,6 +224,7 @@ PROBE = Probe(
     name="links",
     command=COMMAND,
     parse=parse,
+    kinds=("interface",),
     blocks="interfaces (VXLAN/IPIP devices, cni0, veths, MTU and state)",
     tools=("ip",),
 )

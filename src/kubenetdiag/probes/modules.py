@@ -94,6 +94,7 @@ PROBE = Probe(
     name="modules",
     command=COMMAND,
     parse=parse,
+    kinds=("kernel_module",),
     blocks="kernel modules (br_netfilter, nf_conntrack, ip_vs, vxlan...)",
     timeout_s=5,
 )

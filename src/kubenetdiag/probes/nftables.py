@@ -190,5 +190,6 @@ PROBE = Probe(
     name="nftables",
     command=COMMAND,
     parse=parse,
+    kinds=("nft_table", "nft_chain", "nft_rule"),
     blocks="nftables rules made outside iptables (firewalld, kube-proxy nftables mode, nft)",
 )

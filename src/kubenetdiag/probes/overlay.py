@@ -85,6 +85,7 @@ PROBE = Probe(
     name="overlay",
     command=COMMAND,
     parse=parse,
+    kinds=("flannel_subnet", "fdb_entry", "neighbor"),
     blocks="flannel subnet.env and the VXLAN FDB/neighbor entries toward peer nodes",
     tools=("ip", "bridge"),
     timeout_s=10,

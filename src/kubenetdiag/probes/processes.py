@@ -178,6 +178,7 @@ PROBE = Probe(
     name="processes",
     command=COMMAND,
     parse=parse,
+    kinds=("process", "host_firewall"),
     blocks="processes (CNI agents, kube-proxy, kubelet, runtime, firewalld/ufw, security software)",
     tools=("awk",),
     timeout_s=15,

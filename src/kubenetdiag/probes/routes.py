@@ -105,6 +105,7 @@ PROBE = Probe(
     name="routes",
     command=COMMAND,
     parse=parse,
+    kinds=("route",),
     blocks="routes to pod CIDRs (missing route, wrong device or gateway, BGP-learned routes)",
     tools=("ip",),
 )

@@ -237,6 +237,7 @@ PROBE = Probe(
     name="ip_rule",
     command=COMMAND,
     parse=parse,
+    kinds=("ip_rule",),
     blocks="policy routing rules (which table a flow is looked up in; blackhole, unreachable "
            "and prohibit rules)",
     tools=("ip",),

@@ -238,6 +238,9 @@ def parse(section: Section, node: str) -> list[Fact]:
             "reason": "ss is not installed (iproute2); TCP states and listeners were read from "
                       "/proc/net/tcp instead",
             "blocks": "listen backlog and owning process, per-socket Recv-Q/Send-Q, UDP buffers",
+            # /proc gave the listeners and states; the per-socket queues and UDP sockets are
+            # what ss alone shows
+            "kinds": "socket_queue,udp_socket",
         }, src("command -v ss", section.stderr)))
     return facts
 
@@ -246,6 +249,7 @@ PROBE = Probe(
     name="sockets",
     command=COMMAND,
     parse=parse,
+    kinds=("tcp_listener", "socket_queue", "tcp_states", "sockstat", "udp_socket"),
     blocks="sockets (accept queues, TIME_WAIT counts, stuck Recv-Q/Send-Q, UDP buffers)",
     tools=("awk",),
     timeout_s=20,

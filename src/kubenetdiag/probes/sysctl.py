@@ -101,6 +101,7 @@ PROBE = Probe(
     name="sysctl",
     command=COMMAND,
     parse=parse,
+    kinds=("sysctl",),
     blocks="kernel settings (ip_forward and per-interface forwarding, bridge-nf-call-iptables, "
            "rp_filter, TCP and conntrack)",
     tools=("grep",),

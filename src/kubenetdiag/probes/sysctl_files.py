@@ -147,6 +147,7 @@ PROBE = Probe(
     name="sysctl_files",
     command=COMMAND,
     parse=parse,
+    kinds=("sysctl_file", "sysctl_file_setting"),
     blocks="which sysctl file persists each kernel setting (what a reboot would restore)",
     tools=("grep",),
     timeout_s=5,

@@ -263,6 +263,7 @@ PROBE = Probe(
     name="tc",
     command=COMMAND,
     parse=parse,
+    kinds=("tc_hook",),
     blocks="traffic control on the path (clsact/ingress filters, BPF programs attached with "
            "tc, classful or non-default qdiscs)",
     tools=("tc",),

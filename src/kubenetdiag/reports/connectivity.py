@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from kubenetdiag import localize
 from kubenetdiag.reports.sanitize import clean_line
 
 if TYPE_CHECKING:
@@ -238,14 +239,14 @@ def build_connectivity(
                     FailingPair(ui.layer(layer), label[s], label[d], _detail(p, ui))
                 )
 
-    headline = "; ".join(h.summary for h in heatmaps)  # under a "Connectivity" heading
+    headline = ui("list_sep2").join(h.summary for h in heatmaps)  # under a "Connectivity" heading
     # The terminal line is cut at the screen's edge, so the node to look at comes first.
-    short = "; ".join(
+    short = ui("list_sep2").join(
         ui("conn_short_fail", layer=h.label, failed=f"{h.failed:,}", total=f"{h.measured:,}")
         if h.failed else ui("conn_short_ok", layer=h.label, total=f"{h.measured:,}")
         for h in heatmaps
     )
-    named = ", ".join(f"⚠ {s.label}: {s.reason}" for s in suspect_views[:3])
+    named = ui("list_sep").join(f"⚠ {s.label}{ui('colon')}{s.reason}" for s in suspect_views[:3])
     if len(suspect_views) > 3:
         named += " " + ui("more", n=len(suspect_views) - 3)
     line = ui("conn_headline", layers=f"{named} · {short}" if named else short)
@@ -282,10 +283,10 @@ def build_connectivity(
 def _detail(p: dict, ui: UI) -> str:
     parts = []
     if p.get("detail"):
-        parts.append(clean_line(p["detail"]))
+        parts.append(clean_line(localize.value(str(p["detail"]), ui.lang, "detail")))
     if p.get("rtt_ms") is not None:
         parts.append(f"{p['rtt_ms']:.2f} ms")
-    return ", ".join(parts) or (ui("conn_ok") if p["ok"] else ui("conn_fail"))
+    return ui("list_sep").join(parts) or (ui("conn_ok") if p["ok"] else ui("conn_fail"))
 
 
 def _heatmap(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from kubenetdiag import localize
 from kubenetdiag.findings import ALARMING
 from kubenetdiag.reports.i18n import UI
 from kubenetdiag.reports.sanitize import clean_block, clean_line
@@ -94,11 +95,20 @@ class _FindingIndex:
         return self._link(fault, self.by_fault.get(fault))
 
 
+# Sources that run no command on a node, so have no exit code to show: the packet-path walk and
+# the census compute over other facts, the API is asked over HTTP, and a failed login or a
+# skipped active phase ran nothing at all. Only a node command without an exit code did not
+# finish.
+_NO_EXIT_CODE = ("path", "census", "api", "connect", "active")
+
+
 def _evidence(fact: dict, ui: UI, node_link: Callable[[str], Link]) -> Evidence:
     source = fact.get("source") or {}
     exit_code = source.get("exit_code")
     if not source:
         shown_exit = ""
+    elif exit_code is None and str(source.get("probe", "")).split(":")[0] in _NO_EXIT_CODE:
+        shown_exit = ui("none")
     elif exit_code is None:
         shown_exit = ui("not_finished")
     else:
@@ -111,7 +121,7 @@ def _evidence(fact: dict, ui: UI, node_link: Callable[[str], Link]) -> Evidence:
             (clean_line(k), format_scalar(v)) for k, v in fact["attrs"].items() if v is not None
         ],
         probe=clean_line(source.get("probe", "")),
-        command=clean_block(source.get("command", "")),
+        command=clean_block(localize.value(source.get("command", ""), ui.lang)),
         exit_code=shown_exit,
         excerpt=clean_block(source.get("excerpt", "")),
     )

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kubenetdiag.localize import tidy_zh
 from kubenetdiag.reports.sanitize import clean_line
 
 _EN: dict[str, str | tuple[str, str]] = {
+    "list_sep2": "; ",
+    "confidence_short": "Confidence {value}",
+    "unreachable_count": ("{n} unreachable", "{n} unreachable"),
     "doc_title": "Kubernetes network diagnosis",
     "verdict": "Verdict",
     "root_causes_found": ("{n} root cause found", "{n} root causes found"),
@@ -42,6 +46,35 @@ _EN: dict[str, str | tuple[str, str]] = {
     "overview": "Cluster overview",
     "not_checked": "Not checked",
     "all_checked": "Every probe ran on every node.",
+    "not_evaluated": "Not evaluated",
+    "not_evaluated_intro": (
+        "These rules read facts that were not collected on these nodes: that they found nothing "
+        "there does not mean healthy."
+    ),
+    "all_evaluated": "Every rule could be evaluated on every node.",
+    "why": "Why",
+    "rules": "Rules",
+    "rules_count": ("{n} rule", "{n} rules"),
+    "rules_not_evaluated": (
+        "{n} rule not evaluated on {nodes} ({causes})",
+        "{n} rules not evaluated on {nodes} ({causes})",
+    ),
+    "cause": "{probe}: {status}",
+    "colon": ": ",
+    "in_parens": " ({text})",
+    "rules_more": (
+        "+{n} more rule: see the HTML or JSON report",
+        "+{n} more rules: see the HTML or JSON report",
+    ),
+    "cause_sep": "; ",
+    "list_sep": ", ",
+    "status_failed": "failed",
+    "status_missing_tool": "tool missing",
+    "status_permission_denied": "permission denied",
+    "status_timeout": "timed out",
+    "status_unreachable": "not reached",
+    "status_not_queried": "not asked",
+    "status_not_collected": "not collected by the version that made this bundle",
     "run": "Run",
     "evidence": "Evidence",
     "no_evidence": "No evidence recorded.",
@@ -181,6 +214,9 @@ _EN: dict[str, str | tuple[str, str]] = {
 }
 
 _ZH: dict[str, str | tuple[str, str]] = {
+    "list_sep2": "；",
+    "confidence_short": "置信度：{value}",
+    "unreachable_count": "{n} 个不可达",
     "doc_title": "Kubernetes 网络诊断报告",
     "verdict": "结论",
     "root_causes_found": "发现 {n} 个根因",
@@ -191,7 +227,7 @@ _ZH: dict[str, str | tuple[str, str]] = {
     "unchecked_nodes": "{n} 个节点无法检查",
     "unchecked_probes": "可达节点上有 {n} 项探测未能运行",
     "unknown_not_healthy": "未检查的部分状态未知，不代表健康。",
-    "consequences_folded": "{n} 个后果，已由上述根因解释",
+    "consequences_folded": "另有 {n} 个连带问题，已由上述根因解释",
     "other_findings": "另有 {n} 个问题未找到原因",
     "info_findings": "{n} 条提示信息",
     "more": "另有 {n} 个",
@@ -200,17 +236,39 @@ _ZH: dict[str, str | tuple[str, str]] = {
     "overview": "集群概览",
     "not_checked": "未检查项",
     "all_checked": "所有探测均已在所有节点上运行。",
+    "not_evaluated": "未评估的规则",
+    "not_evaluated_intro": (
+        "下列规则依赖的数据在这些节点上没有采集到：它们在这些节点上没有报出问题，并不代表正常。"
+    ),
+    "all_evaluated": "所有规则都已在所有节点上完成评估。",
+    "why": "原因",
+    "rules": "规则",
+    "rules_count": "{n} 条规则",
+    "rules_not_evaluated": "{nodes} 上有 {n} 条规则未评估（{causes}）",
+    "cause": "{probe}：{status}",
+    "colon": "：",
+    "in_parens": "（{text}）",
+    "rules_more": "另有 {n} 条规则，见 HTML 或 JSON 报告",
+    "cause_sep": "；",
+    "list_sep": "、",
+    "status_failed": "执行失败",
+    "status_missing_tool": "缺少工具",
+    "status_permission_denied": "权限不足",
+    "status_timeout": "超时",
+    "status_unreachable": "节点连不上",
+    "status_not_queried": "未查询",
+    "status_not_collected": "生成该采集包的版本还没有这项探测",
     "run": "运行信息",
     "evidence": "证据",
     "no_evidence": "没有记录证据。",
     "more_evidence": "另有 {n} 条证据",
     "remediation": "修复步骤",
     "explained_by": "由以下原因解释",
-    "explains": "解释了",
+    "explains": "可以解释",
     "nodes": "节点",
     "confidence": "置信度",
     "role_root": "根因",
-    "role_consequence": "后果",
+    "role_consequence": "连带问题",
     "role_other": "原因未明",
     "kind": "类型",
     "node": "节点",
@@ -224,7 +282,7 @@ _ZH: dict[str, str | tuple[str, str]] = {
     "kernel": "内核",
     "duration": "耗时",
     "errors": "错误",
-    "probe": "探测",
+    "probe": "探测项",
     "status": "状态",
     "reason": "原因",
     "blocks": "因此无法检查",
@@ -254,7 +312,7 @@ _ZH: dict[str, str | tuple[str, str]] = {
     "finished": "结束时间",
     "transport": "连接方式",
     "inventory": "主机清单",
-    "bundle": "数据包",
+    "bundle": "采集包",
     "tool": "工具",
     "rule_base": "规则库",
     "rule_base_value": "{count} 条规则，摘要 {digest}",
@@ -289,7 +347,7 @@ _ZH: dict[str, str | tuple[str, str]] = {
     "conn_suspect_from": "从它发出的探测全部失败",
     "conn_suspect_to": "到它的探测全部失败",
     "conn_suspect_cause": "在该节点发现根因，且其周围的探测失败",
-    "conn_suspects": "异常突出的节点",
+    "conn_suspects": "表现异常的节点",
     "conn_ok": "有应答",
     "conn_fail": "无应答",
     "conn_folded": "{total} 个节点中有 {n} 个被折叠为一行一列：只有涉及故障的节点单独显示",
@@ -306,7 +364,7 @@ _ZH: dict[str, str | tuple[str, str]] = {
     "conn_legend_fail": "失败",
     "conn_legend_mixed": "部分失败（折叠的节点）",
     "conn_legend_none": "未测量",
-    "conn_legend_mark": "异常突出的节点",
+    "conn_legend_mark": "表现异常的节点",
     "conn_failing_pairs": "其他失败的节点对",
     "conn_failing_more": "另有 {n} 对失败",
     "conn_layer": "层",
@@ -354,14 +412,22 @@ class UI:
         entry = _CATALOGS[self.lang].get(key, _EN[key])
         if isinstance(entry, tuple):
             entry = entry[1]
-        return entry.format(**kw) if kw else entry
+        return self._tidy(entry.format(**kw)) if kw else entry
+
+    def has(self, key: str) -> bool:
+        return key in _EN
 
     def plural(self, key: str, n: int, **kw: object) -> str:
         """The string `key` in its singular or plural form for `n` things, with {n} filled in."""
         entry = _CATALOGS[self.lang].get(key, _EN[key])
         if isinstance(entry, tuple):
             entry = entry[0] if n == 1 else entry[1]
-        return entry.format(n=n, **kw)
+        return self._tidy(entry.format(n=n, **kw))
+
+    def _tidy(self, text: str) -> str:
+        """A filled-in Chinese string without the space its template kept for a Latin value
+        that turned out to be Chinese ("{layer} 全部" with layer "Pod 网络")."""
+        return tidy_zh(text) if self.lang == "zh-CN" else text
 
     def severity(self, severity: str) -> str:
         return self(f"severity_{severity}")

@@ -11,14 +11,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from kubenetdiag import localize
+from kubenetdiag.facts.producers import ALL_PROBES
 from kubenetdiag.reports.i18n import UI
 from kubenetdiag.reports.sanitize import clean_block, clean_line
 from kubenetdiag.reports.viewmodel import (
     FINDING_NODES,
+    Cause,
     Link,
     NodeView,
     NotCheckedGroup,
     NotCheckedView,
+    NotEvaluatedGroup,
+    RuleRef,
 )
 
 NODE_STATES = ("unreachable", "affected", "partial", "healthy")
@@ -157,7 +162,7 @@ def node_rows(report: dict, layout: NodeLayout, ui: UI) -> NodeRows:
                 reachable=node["reachable"],
                 kernel=clean_line(node["kernel"]) if node["kernel"] else ui("none"),
                 duration=format_seconds(node["duration_s"], ui),
-                errors=[clean_line(e) for e in node["errors"]],
+                errors=[clean_line(localize.value(e, ui.lang)) for e in node["errors"]],
                 state=state,
                 state_label=ui(f"node_{state}"),
             )
@@ -173,7 +178,7 @@ def node_rows(report: dict, layout: NodeLayout, ui: UI) -> NodeRows:
 
 
 def _group_not_checked(
-    entries: list[dict], reachable: set[str], node_link: Callable[[str], Link]
+    entries: list[dict], reachable: set[str], node_link: Callable[[str], Link], lang: str
 ) -> list[NotCheckedGroup]:
     groups: dict[tuple, list[str]] = {}
     for entry in entries:
@@ -186,10 +191,10 @@ def _group_not_checked(
         every = len(names) > FINDING_NODES and set(names) == reachable
         out.append(
             NotCheckedGroup(
-                probe=clean_line(probe),
-                status=clean_line(status),
-                reason=clean_block(reason).strip(),
-                blocks=clean_block(blocks).strip(),
+                probe=clean_line(localize.probe_name(probe, lang)),
+                status=clean_line(localize.probe_status(status, lang)),
+                reason=clean_block(localize.value(reason, lang)).strip(),
+                blocks=clean_block(localize.value(blocks, lang)).strip(),
                 nodes=[] if every else [node_link(n) for n in names],
                 count=len(names),
                 every_reachable=every,
@@ -198,7 +203,7 @@ def _group_not_checked(
     return out
 
 
-def not_checked(report: dict, layout: NodeLayout) -> NotChecked:
+def not_checked(report: dict, layout: NodeLayout, lang: str = "en") -> NotChecked:
     """What could not be checked, unreachable nodes first like the nodes table, so the two
     read the same way."""
     unreachable = {n["name"] for n in report["nodes"] if not n["reachable"]}
@@ -206,16 +211,91 @@ def not_checked(report: dict, layout: NodeLayout) -> NotChecked:
     entries = [
         NotCheckedView(
             node=layout.link(entry["node"]),
-            probe=clean_line(entry["probe"]),
-            status=clean_line(entry["status"]),
-            reason=clean_block(entry["reason"]).strip(),
-            blocks=clean_block(entry["blocks"]).strip(),
+            probe=clean_line(localize.probe_name(entry["probe"], lang)),
+            status=clean_line(localize.probe_status(entry["status"], lang)),
+            reason=clean_block(localize.value(entry["reason"], lang)).strip(),
+            blocks=clean_block(localize.value(entry["blocks"], lang)).strip(),
         )
         for entry in in_order[:NOT_CHECKED_FLAT]
     ]
     reachable = {n["name"] for n in report["nodes"] if n["reachable"]}
     return NotChecked(
         entries=entries,
-        groups=_group_not_checked(in_order, reachable, layout.link),
+        groups=_group_not_checked(in_order, reachable, layout.link, lang),
         probes_unrun=sum(1 for c in report["not_checked"] if c["node"] not in unreachable),
     )
+
+
+# Statuses whose label says everything the reason would: the reason is not repeated.
+_SELF_EXPLAINED = {"not_collected"}
+
+
+def _cause(entry: dict, ui: UI) -> Cause:
+    status = entry["status"]
+    key = f"status_{status}"
+    # A status this version has no words for comes from a newer bundle: shown as written.
+    label = ui(key) if ui.has(key) else clean_line(status)
+    reason = "" if status in _SELF_EXPLAINED else clean_block(
+        localize.value(entry["reason"], ui.lang)).strip()
+    # a node not reached: no one probe is to blame, the status says it
+    probe = "" if entry["probe"] == ALL_PROBES else clean_line(entry["probe"])
+    return Cause(probe, label, reason)
+
+
+def not_evaluated(report: dict, layout: NodeLayout, ui: UI, lang: str) -> list[NotEvaluatedGroup]:
+    """The rules each node could not evaluate and why, grouped: nodes with the same rules left
+    out for the same causes share one group, and within a node, rules left out for the same
+    causes share one list. Unreachable nodes come first, as in Not checked."""
+    titles: dict[str, str] = {}
+    order: dict[str, int] = {}
+    for i, item in enumerate(report.get("not_evaluated") or []):
+        text = (item["i18n"].get(lang) or {}).get("title") or item["title"]
+        titles[item["rule"]] = clean_line(text)
+        order[item["rule"]] = i
+    unreachable = {n["name"] for n in report["nodes"] if not n["reachable"]}
+    entries = sorted(report["not_checked"], key=lambda c: c["node"] not in unreachable)
+    # node -> its entries that left rules unevaluated, as (cause, rules) keys
+    per_node: dict[str, list[tuple]] = {}
+    entry_of: dict[tuple, dict] = {}
+    for entry in entries:
+        if entry.get("rules"):
+            cause = (entry["probe"], entry["status"], entry["reason"])
+            entry_of.setdefault(cause, entry)
+            per_node.setdefault(entry["node"], []).append((cause, tuple(entry["rules"])))
+
+    def signature(keys: tuple) -> tuple:
+        """The node's rules, grouped by the set of causes that left each one unevaluated."""
+        causes_of: dict[str, list[tuple]] = {}
+        for cause, rules in keys:
+            for rule in rules:
+                causes_of.setdefault(rule, []).append(cause)
+        by_causes: dict[tuple, list[str]] = {}
+        for rule, causes in causes_of.items():
+            by_causes.setdefault(tuple(causes), []).append(rule)
+        return tuple(
+            (causes, tuple(sorted(ids, key=lambda r: order.get(r, len(order)))))
+            for causes, ids in by_causes.items()
+        )
+
+    # Nodes with the same entries share one signature: at 5,000 nodes it is worked out once.
+    signatures: dict[tuple, tuple] = {}
+    groups: dict[tuple, list[str]] = {}
+    for node, keys in per_node.items():
+        k = tuple(keys)
+        if k not in signatures:
+            signatures[k] = signature(k)
+        groups.setdefault(signatures[k], []).append(node)
+    reachable = {n["name"] for n in report["nodes"] if n["reachable"]}
+    out = []
+    for sig, names in groups.items():
+        every = len(names) > FINDING_NODES and set(names) == reachable
+        links = [] if every else [layout.link(n) for n in names]
+        for causes, ids in sig:
+            out.append(NotEvaluatedGroup(
+                nodes=links,
+                count=len(names),
+                every_reachable=every,
+                causes=[_cause(entry_of[cause], ui) for cause in causes],
+                rules=[RuleRef(clean_line(r), titles.get(r, "")) for r in ids],
+            ))
+    return out

@@ -8,12 +8,14 @@ hostname cannot reach the terminal either.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from rich.console import Console
 from rich.text import Text
 
 from kubenetdiag.reports.sanitize import clean_line
 from kubenetdiag.reports.view import build_view
-from kubenetdiag.reports.viewmodel import FindingView, ReportView
+from kubenetdiag.reports.viewmodel import FindingView, NotEvaluatedGroup, ReportView
 from kubenetdiag.vocabulary import SEVERITIES
 
 SEVERITY_STYLE = {
@@ -35,6 +37,7 @@ LEVEL_STYLE = {
 MAX_ITEMS = 6
 MAX_NODES = 5
 MAX_UNREACHABLE = 8
+MAX_NOT_EVALUATED = 3  # groups of rules not evaluated; the full list is in the reports
 
 
 def _line(*parts: tuple[str, str] | str, wrap: bool = False) -> Text:
@@ -62,7 +65,7 @@ def _item(f: FindingView, view: ReportView) -> list[Text]:
             (f" {f.severity_label.upper()} ", SEVERITY_STYLE[f.severity]),
             " ",
             (f.title, "bold"),
-            (f"  {ui('confidence')} {f.confidence}", "dim"),
+            ("  " + ui("confidence_short", value=f.confidence), "dim"),
             (f"  [{f.role_label}]" if f.role != "root" else "", "dim"),
         )
     ]
@@ -78,6 +81,22 @@ def _item(f: FindingView, view: ReportView) -> list[Text]:
         )
         shown = first + (" …" if rest else "")
         out.append(_line("     $ ", (shown, "bold"), "   ", mark, wrap=True))
+    return out
+
+
+def _by_nodes(groups: list[NotEvaluatedGroup]) -> list[NotEvaluatedGroup]:
+    """One line per set of nodes: the view splits a node set's rules by the causes that left
+    each unevaluated, which the full reports show and one screen has no room for."""
+    out: list[NotEvaluatedGroup] = []
+    for g in groups:
+        last = out[-1] if out else None
+        if last is not None and (last.count, [n.label for n in last.nodes]) == (
+                g.count, [n.label for n in g.nodes]):
+            seen = {(c.probe, c.status) for c in last.causes}
+            last.causes += [c for c in g.causes if (c.probe, c.status) not in seen]
+            last.rules += [r for r in g.rules if r.rule not in {x.rule for x in last.rules}]
+        else:
+            out.append(replace(g, causes=list(g.causes), rules=list(g.rules)))
     return out
 
 
@@ -100,7 +119,7 @@ def print_summary(
     counts = view.counts
     lines: list[Text] = []
 
-    by_sev = ", ".join(f"{counts[s]} {ui.severity(s)}" for s in SEVERITIES if counts[s])
+    by_sev = ui("list_sep").join(f"{counts[s]} {ui.severity(s)}" for s in SEVERITIES if counts[s])
     header = _line(
         ("kubenetdiag  ", "bold"),
         (view.verdict.headline, LEVEL_STYLE[view.verdict.level]),
@@ -108,11 +127,11 @@ def print_summary(
         ui.plural("nodes_count", counts["nodes"]),
         " · ",
         ui.plural("findings_count", counts["findings"]),
-        f" ({by_sev})" if by_sev else "",
+        ui("in_parens", text=by_sev) if by_sev else "",
     )
     if counts["unreachable"]:
         header.append(" · ")
-        header.append(f"{counts['unreachable']} {ui('node_unreachable')}", style="bold yellow")
+        header.append(ui.plural("unreachable_count", counts["unreachable"]), style="bold yellow")
     lines.append(header)
 
     items = view.verdict.items
@@ -138,10 +157,26 @@ def print_summary(
             _line(
                 ("⚠ ", "bold yellow"),
                 (ui.plural("unchecked_nodes", len(unreachable)), "bold yellow"),
-                ": ",
+                ui("colon"),
                 _names(unreachable, MAX_UNREACHABLE, view),
             )
         )
+    merged = _by_nodes(view.not_evaluated)
+    for g in merged[:MAX_NOT_EVALUATED]:
+        where = (ui.plural("every_reachable_node", g.count) if g.every_reachable
+                 else _names([n.label for n in g.nodes], MAX_NODES, view))
+        # probes with the same status share it: "ip_rule, tc: not collected by ..."
+        by_status: dict[str, list[str]] = {}
+        for c in g.causes:
+            by_status.setdefault(c.status, []).append(c.probe)
+        causes = ui("cause_sep").join(
+            ui("cause", probe=ui("list_sep").join(p for p in probes if p), status=status)
+            if any(probes) else status
+            for status, probes in by_status.items())
+        lines.append(_line(("⚠ ", "bold yellow"), ui.plural(
+            "rules_not_evaluated", len(g.rules), nodes=where, causes=causes), wrap=True))
+    if len(merged) > MAX_NOT_EVALUATED:
+        lines.append(_line("  ", (ui("more", n=len(merged) - MAX_NOT_EVALUATED), "dim")))
     if view.verdict.unchecked_warning:
         lines.append(_line("  ", (ui("unknown_not_healthy"), "yellow")))
 

@@ -16,7 +16,13 @@ from kubenetdiag.findings.schema import validate_report
 from kubenetdiag.reports.connectivity import build_connectivity
 from kubenetdiag.reports.findings_view import finding_views, group_findings
 from kubenetdiag.reports.i18n import UI, normalize_lang
-from kubenetdiag.reports.nodes_view import format_seconds, layout_nodes, node_rows, not_checked
+from kubenetdiag.reports.nodes_view import (
+    format_seconds,
+    layout_nodes,
+    node_rows,
+    not_checked,
+    not_evaluated,
+)
 from kubenetdiag.reports.sanitize import clean_line
 from kubenetdiag.reports.verdict import build_verdict
 from kubenetdiag.reports.viewmodel import (
@@ -26,6 +32,7 @@ from kubenetdiag.reports.viewmodel import (
     NodeView,
     NotCheckedGroup,
     NotCheckedView,
+    NotEvaluatedGroup,
     ReportView,
     Step,
     Verdict,
@@ -39,6 +46,7 @@ __all__ = [
     "NodeView",
     "NotCheckedGroup",
     "NotCheckedView",
+    "NotEvaluatedGroup",
     "ReportView",
     "Step",
     "Verdict",
@@ -96,7 +104,7 @@ def build_view(report: dict, lang: str = "en", *, validated: bool = False) -> Re
     findings = finding_views(report["findings"], lang, ui, layout.link)
     groups = group_findings(findings)
     rows = node_rows(report, layout, ui)
-    unchecked = not_checked(report, layout)
+    unchecked = not_checked(report, layout, ui.lang)
     verdict = build_verdict(
         report,
         ui,
@@ -141,6 +149,7 @@ def build_view(report: dict, lang: str = "en", *, validated: bool = False) -> Re
         healthy_open=layout.healthy_count <= HEALTHY_OPEN,
         not_checked=unchecked.entries,
         not_checked_groups=unchecked.groups,
+        not_evaluated=not_evaluated(report, layout, ui, lang),
         meta=_meta(report, ui),
         connectivity=build_connectivity(
             report.get("connectivity"),

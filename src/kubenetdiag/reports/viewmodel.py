@@ -122,6 +122,34 @@ class NotCheckedGroup(_FoldedNodes):
 
 
 @dataclass
+class RuleRef:
+    rule: str
+    title: str
+
+
+@dataclass
+class Cause:
+    """Why rules were not evaluated: a probe, what happened to it and, in the node's or
+    collector's words, why."""
+
+    probe: str
+    status: str  # translated
+    reason: str  # empty when the status says it all
+
+
+@dataclass
+class NotEvaluatedGroup(_FoldedNodes):
+    """Rules that could not be evaluated, for the same causes, on every node of the group: the
+    same probe failing on 50 nodes is one group, not 50."""
+
+    nodes: list[Link]  # empty when every_reachable says it more briefly
+    count: int
+    every_reachable: bool
+    causes: list[Cause]
+    rules: list[RuleRef]
+
+
+@dataclass
 class Verdict:
     level: str  # critical, error, warning, info, ok, partial, unknown: the banner's colour
     headline: str
@@ -152,6 +180,7 @@ class ReportView:
     healthy_open: bool
     not_checked: list[NotCheckedView]  # the first NOT_CHECKED_FLAT entries, one by one
     not_checked_groups: list[NotCheckedGroup]  # every entry, grouped
+    not_evaluated: list[NotEvaluatedGroup]  # rules not evaluated, grouped by nodes and causes
     meta: list[tuple[str, str]]
     connectivity: ConnectivityView
     counts: dict[str, int] = field(default_factory=dict)

@@ -33,6 +33,12 @@ _NODE_KINDS = ("node_status", "interface", "route", "ip_rule", "sysctl", "tc_hoo
                "flannel_subnet")
 _KINDS = (*_NODE_KINDS, "k8s_node", "dns_pod", "dns_service", "cni", "bgp_session", "reach",
           "tcp_check")
+# Declared for kubenetdiag.facts.producers. A rule on a path fact needs the node's own
+# configuration the walk reads (INPUTS); the rest (CONTEXT) only adds flows to walk (Service
+# VIPs, BGP peers, the peers probed) and is reported as not checked on its own when missing.
+INPUTS: tuple[str, ...] = _NODE_KINDS
+CONTEXT: tuple[str, ...] = tuple(k for k in _KINDS if k not in _NODE_KINDS)
+PRODUCES: tuple[str, ...] = ("path", "path_walk")
 
 
 @dataclass
@@ -298,7 +304,7 @@ def _sysctl_undo(end: Ending) -> str | None:
 
     >>> _sysctl_undo(Ending("drop", "rp_filter", rule="net.ipv4.conf.eth0.100.rp_filter=1"))
     'sysctl -w net/ipv4/conf/eth0.100/rp_filter=2'
-    >>> _sysctl_undo(Ending("reject", "forwarding", rule="net.ipv4.ip_forward=0"))
+    >>> _sysctl_undo(Ending("drop", "forwarding", rule="net.ipv4.ip_forward=0"))
     'sysctl -w net.ipv4.ip_forward=1'
     """
     m = _SETTING.match(end.rule or "")

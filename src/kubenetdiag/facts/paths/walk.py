@@ -134,7 +134,10 @@ def _forwarding(v: NodeView, pkt: Packet, steps: list[str]) -> Ending | None:
         if glob is None and per is None:
             steps.append("forwarding not read")
         return None
-    return Ending("reject", "forwarding", key, rule=key, owner="kernel",
+    # A drop, not a refusal: with forwarding off on the incoming interface the route lookup
+    # ends in an error route whose handler (ip_error) only counts the packet (IpInAddrErrors)
+    # and sends no ICMP back.
+    return Ending("drop", "forwarding", key, rule=key, owner="kernel",
                   why=f"forwarding is off for packets arriving on {pkt.iif}", steps=steps)
 
 

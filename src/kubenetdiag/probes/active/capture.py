@@ -69,6 +69,7 @@ def _targets(plan: NodePlan) -> list[tuple[str, Any]]:
 
 CAPTURE = ActiveCheck(
     name="capture",
+    kinds=("vxlan_flow",),
     targets=_targets,
     resolve=lambda plan, suffix: plan.get("vxlan") or {},
     command=lambda plan, vxlan: f"tcpdump -nni {vxlan['dev']} udp port {vxlan['port']}",

@@ -110,6 +110,7 @@ def parse(section: Section, server: Any, ctx: CheckContext) -> list[Fact]:
 
 DNS = ActiveCheck(
     name="dns",
+    kinds=("dns_check",),
     targets=_targets,
     resolve=lambda plan, suffix: plan["dns"][int(suffix)],
     command=_command,

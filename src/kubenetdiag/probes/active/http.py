@@ -78,6 +78,7 @@ def parse(section: Section, endpoint: Any, ctx: CheckContext) -> list[Fact]:
 
 HTTP = ActiveCheck(
     name="http",
+    kinds=("http_check",),
     targets=_targets,
     resolve=lambda plan, suffix: plan["http"][int(suffix)],
     command=_command,

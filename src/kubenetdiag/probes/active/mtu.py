@@ -76,6 +76,7 @@ def parse(section: Section, target: tuple[Any, Any], ctx: CheckContext) -> list[
 
 MTU = ActiveCheck(
     name="mtu",
+    kinds=("mtu_check",),
     targets=_targets,
     resolve=_resolve,
     command=_command,

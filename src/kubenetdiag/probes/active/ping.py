@@ -130,6 +130,7 @@ def _parser(in_pod: bool):  # noqa: ANN202
 
 PING = ActiveCheck(
     name="ping",
+    kinds=("reach",),
     targets=_targets,
     resolve=_resolve,
     command=lambda plan, target: f"{PING_CMD} {quoted(_destination(target))}",
@@ -139,6 +140,7 @@ PING = ActiveCheck(
 )
 POD_PING = ActiveCheck(
     name="pod.ping",
+    kinds=("reach",),
     targets=_pod_targets,
     resolve=_resolve,
     command=lambda plan, target: f"{IN_POD}{PING_CMD} {quoted(_destination(target))}",

@@ -42,6 +42,7 @@ def _parse(section: Section, target: Any, ctx: CheckContext) -> list[Fact]:
 
 POD_LINK = ActiveCheck(
     name="pod.link",
+    kinds=("pod_interface",),
     targets=lambda plan: [("", None)],
     resolve=lambda plan, suffix: None,
     command=lambda plan, target: f"{IN_POD}ip -o link show",

@@ -77,6 +77,7 @@ def _resolve(plan: NodePlan, suffix: str) -> Any:
 
 TCP = ActiveCheck(
     name="tcp",
+    kinds=("tcp_check",),
     targets=_targets,
     resolve=_resolve,
     command=lambda plan, endpoint: _connect(endpoint),
@@ -86,6 +87,7 @@ TCP = ActiveCheck(
 )
 POD_TCP = ActiveCheck(
     name="pod.tcp",
+    kinds=("tcp_check",),
     targets=_targets,
     resolve=_resolve,
     command=lambda plan, endpoint: IN_POD + _connect(endpoint),

@@ -1,0 +1,395 @@
+"""Values that come from nodes, probes and the collector, in the report's language.
+
+Rule texts are written in each language by their authors, but the values a text shows (an SSH
+error, a direction, a verdict, where the path walk stopped) and the report's own tables (probe
+statuses, what a failed probe leaves unchecked) come from code that speaks English. This module
+says the ones it knows in Simplified Chinese; a value it does not know is shown as it is, so an
+unfamiliar message is never lost, only left untranslated.
+
+Spacing convention of the zh-CN texts (tests/test_texts.py checks it): one ASCII space between
+Chinese and a Latin word or a number ("Pod 网络", "第 1 条"), none between two Chinese characters
+and none on either side of full-width punctuation (，。：；（）“”、). `tidy_zh` applies the second
+half to a text after its placeholders were filled, where a value that became Chinese would
+otherwise leave the space the template kept for a Latin value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+ZH = "zh-CN"
+
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff"
+# Full-width and CJK punctuation, plus the curly quotes and the ellipsis Chinese text uses.
+_CJK_PUNCT = "\u3000-\u303f\uff00-\uffef\u2018\u2019\u201c\u201d\u2026\u2014"
+_SPACE_BETWEEN_CJK = re.compile(
+    f"(?<=[{_CJK}{_CJK_PUNCT}]) +(?=[{_CJK}])|(?<=[{_CJK}]) +(?=[{_CJK_PUNCT}])"
+)
+_SPACE_AFTER_PUNCT = re.compile(f"(?<=[{_CJK_PUNCT}]) +")
+_SPACE_BEFORE_PUNCT = re.compile(f" +(?=[{_CJK_PUNCT}])")
+
+
+def tidy_zh(text: str) -> str:
+    """`text` without spaces between Chinese characters or next to full-width punctuation."""
+    text = _SPACE_BETWEEN_CJK.sub("", text)
+    text = _SPACE_AFTER_PUNCT.sub("", text)
+    return _SPACE_BEFORE_PUNCT.sub("", text)
+
+
+# Probe statuses (probe_status.status, not_checked[].status) and the "all" probe of a node that
+# could not be reached.
+PROBE_STATUS_ZH = {
+    # the same words as the report's own status labels (reports/i18n.py: status_*)
+    "failed": "执行失败",
+    "error": "出错",
+    "missing_tool": "缺少工具",
+    "permission_denied": "权限不足",
+    "timeout": "超时",
+    "unreachable": "节点连不上",
+    "not_queried": "未查询",
+    "not_collected": "生成该采集包的版本还没有这项探测",
+    "ok": "正常",
+}
+PROBE_NAME_ZH = {"all": "全部探测"}
+
+# Values of rule placeholders that are words, not names: by placeholder.
+_WORDS_ZH: dict[str, dict[str, str]] = {
+    "direction": {"inbound": "入方向", "outbound": "出方向", "both": "双向"},
+    "verdict": {"drop": "丢弃", "reject": "拒绝", "unknown": "未知", "accept": "放行"},
+    "owner": {"unknown": "未知"},
+    "kind": {"service": "Service VIP", "pod": "Pod IP", "node": "节点解析器"},
+    # the connectivity matrix's layers, as the report's own tables name them
+    "layer": {"pod": "Pod 网络", "underlay": "节点地址", "vxlan": "VXLAN 隧道", "bgp": "BGP 会话"},
+}
+# What an active check saw when it failed (probes/active: ping, tcp, dns, http), in any
+# placeholder or cell.
+_ANY_ZH = {
+    # host_firewall.evidence (probes/processes.py)
+    "firewalld process running": "firewalld 进程正在运行",
+    "no firewalld process": "没有 firewalld 进程",
+    "no /etc/ufw/ufw.conf": "没有 /etc/ufw/ufw.conf",
+    "timeout": "超时",
+    "refused": "连接被拒绝",
+    "reset": "连接被重置",
+    "unreachable": "不可达",
+    "network unreachable": "网络不可达",
+    "not permitted": "操作不被允许",
+    "unresolved": "无法解析",
+}
+
+# Whole values of any placeholder or table cell that follow a known English form.
+_Render = Callable[[re.Match[str]], str]
+_PATTERNS: list[tuple[re.Pattern[str], _Render]] = []
+
+
+def _pattern(regex: str) -> Callable[[_Render], _Render]:
+    def register(fn: _Render) -> _Render:
+        _PATTERNS.append((re.compile(regex, re.S), fn))
+        return fn
+
+    return register
+
+
+# Where the path walk stopped in the packet filter (facts/paths/netfilter.py: Stop.at).
+@_pattern(r"(?P<table>\S+(?: \S+)?) (?P<chain>\S+) rule (?P<n>\d+)")
+def _rule_at(m: re.Match[str]) -> str:
+    return f"{m['table']} 表 {m['chain']} 链第 {m['n']} 条规则"
+
+
+@_pattern(r"(?P<table>\S+(?: \S+)?) (?P<chain>\S+) policy (?P<policy>[A-Z]+)")
+def _policy_at(m: re.Match[str]) -> str:
+    return f"{m['table']} 表 {m['chain']} 链的默认策略 {m['policy']}"
+
+
+# The collector's connection errors (collect/ssh.py, collect/hostkeys.py, collect/local.py).
+@_pattern(r"connection refused on (?P<where>\S+): is sshd running\?")
+def _refused(m: re.Match[str]) -> str:
+    return f"{m['where']} 拒绝连接（sshd 是否在运行？）"
+
+
+@_pattern(r"no answer from (?P<where>\S+) within (?P<s>[\d.]+)s \(host down or filtered\)")
+def _no_answer(m: re.Match[str]) -> str:
+    return f"{m['where']} 在 {m['s']} 秒内没有应答（主机宕机或被过滤）"
+
+
+@_pattern(r"cannot resolve (?P<host>\S+): (?P<why>.+)")
+def _resolve(m: re.Match[str]) -> str:
+    return f"无法解析 {m['host']}：{m['why']}"
+
+
+@_pattern(r"cannot connect to (?P<where>\S+): (?P<why>.+)")
+def _connect(m: re.Match[str]) -> str:
+    return f"无法连接 {m['where']}：{m['why']}"
+
+
+@_pattern(r"authentication failed for (?P<who>.+?): (?P<why>.+)")
+def _auth(m: re.Match[str]) -> str:
+    return f"{m['who']} 认证失败：{m['why']}"
+
+
+@_pattern(r"HOST KEY CHANGED for (?P<host>\S+) \((?P<detail>.+?)\): possible man-in-the-middle; "
+          r"verify the node's key and fix known_hosts before trusting it")
+def _key_changed(m: re.Match[str]) -> str:
+    return (f"{m['host']} 的主机密钥已变更（{m['detail']}）：可能存在中间人攻击；"
+            "请先核实节点的密钥并修正 known_hosts，再信任它")
+
+
+@_pattern(r"unknown host key for (?P<host>\S+) \((?P<fp>.+?)\), not in (?P<path>\S+): "
+          r"verify it and add it to known_hosts, or rerun with --accept-new-host-keys to trust "
+          r"first-seen keys")
+def _key_unknown(m: re.Match[str]) -> str:
+    return (f"{m['host']} 的主机密钥未知（{m['fp']}），不在 {m['path']} 中："
+            "请核实后加入 known_hosts，或加 --accept-new-host-keys 重新运行以信任首次见到的密钥")
+
+
+@_pattern(r"host key of (?P<host>\S+) is marked @revoked in (?P<path>\S+): refusing it")
+def _key_revoked(m: re.Match[str]) -> str:
+    return f"{m['host']} 的主机密钥在 {m['path']} 中被标记为 @revoked：拒绝使用"
+
+
+@_pattern(r"no common SSH algorithm with (?P<where>\S+) \((?P<detail>.+)\); very old sshd "
+          r"\(CentOS 6/7\) may only offer SHA-1 algorithms that current clients refuse")
+def _algorithms(m: re.Match[str]) -> str:
+    return (f"与 {m['where']} 没有共同的 SSH 算法（{m['detail']}）；很旧的 sshd（CentOS 6/7）"
+            "可能只提供当前客户端拒绝的 SHA-1 算法")
+
+
+@_pattern(r"probe script did not finish within (?P<s>[\d.]+)s")
+def _script_timeout(m: re.Match[str]) -> str:
+    return f"探测脚本在 {m['s']} 秒内没有完成"
+
+
+@_pattern(r"sudo asked for a password: give the user NOPASSWD sudo for `sh`, or connect as root")
+def _sudo_password(m: re.Match[str]) -> str:
+    return "sudo 要求输入密码：请为该用户配置对 `sh` 的 NOPASSWD sudo，或以 root 连接"
+
+
+@_pattern(r"sudo requires a tty \(Defaults requiretty\): disable it for this user")
+def _sudo_tty(m: re.Match[str]) -> str:
+    return "sudo 要求 tty（Defaults requiretty）：请为该用户关闭此项"
+
+
+@_pattern(r"SSH transport closed( right after login)?")
+def _closed(m: re.Match[str]) -> str:
+    return "SSH 连接在登录后立即关闭" if m[1] else "SSH 连接已关闭"
+
+
+@_pattern(r"jump host (?P<spec>\S+) could not open a connection to (?P<where>\S+): (?P<why>.+)")
+def _jump_open(m: re.Match[str]) -> str:
+    return f"跳板机 {m['spec']} 无法打开到 {m['where']} 的连接：{m['why']}"
+
+
+@_pattern(r"via jump host (?P<spec>\S+): (?P<why>.+)")
+def _jump(m: re.Match[str]) -> str:
+    return f"经跳板机 {m['spec']}：{value_zh(m['why'])}"
+
+
+@_pattern(r"node could not open (?P<where>\S+): (?P<why>.+)")
+def _node_open(m: re.Match[str]) -> str:
+    return f"节点无法打开到 {m['where']} 的连接：{m['why']}"
+
+
+@_pattern(r"cannot start sh: (?P<why>.+)")
+def _no_sh(m: re.Match[str]) -> str:
+    return f"无法启动 sh：{m['why']}"
+
+
+@_pattern(r"cannot read known_hosts file (?P<path>\S+): (?P<why>.+)")
+def _known_hosts(m: re.Match[str]) -> str:
+    return f"无法读取 known_hosts 文件 {m['path']}：{m['why']}"
+
+
+@_pattern(r"ProxyJump (?P<spec>\S+): chains of jump hosts are not supported yet")
+def _jump_chain(m: re.Match[str]) -> str:
+    return f"ProxyJump {m['spec']}：暂不支持多级跳板机"
+
+
+@_pattern(r"ProxyJump (?P<spec>\S+) is not of the form \[user@\]host\[:port\]")
+def _jump_form(m: re.Match[str]) -> str:
+    return f"ProxyJump {m['spec']} 的格式不是 [user@]host[:port]"
+
+
+@_pattern(r"not collected by the version that made this bundle \((?P<by>.+)\)")
+def _not_collected(m: re.Match[str]) -> str:
+    return f"生成该采集包的版本（{m['by']}）还没有这项探测"
+
+
+@_pattern(r"not reached")
+def _not_reached(m: re.Match[str]) -> str:
+    return "未连接上"
+
+
+@_pattern(r"no kubeconfig given")
+def _no_kubeconfig(m: re.Match[str]) -> str:
+    return "没有提供 kubeconfig"
+
+
+# What a failed probe leaves unchecked (findings/report.py, facts/cluster.py, probes/*.py).
+BLOCKS_ZH = {
+    "every check on this node": "该节点上的所有检查",
+    "kernel settings (ip_forward and per-interface forwarding, bridge-nf-call-iptables, "
+    "rp_filter, TCP and conntrack)":
+        "内核参数（ip_forward 与各网卡的 forwarding、bridge-nf-call-iptables、rp_filter、"
+        "TCP 与 conntrack）",
+    "legacy-backend iptables rules on a node whose iptables-save is nf_tables":
+        "iptables-save 为 nf_tables 的节点上 legacy 后端的 iptables 规则",
+    "CNI configuration (plugin, MTU, which config file is in use)":
+        "CNI 配置（插件、MTU、使用的是哪个配置文件）",
+    "the pod's interface MTU": "Pod 网卡的 MTU",
+    "VXLAN direction (tcpdump)": "VXLAN 收发方向（tcpdump）",
+    "IPVS virtual servers (kube-proxy ipvs mode): Service VIPs and their backends":
+        "IPVS 虚拟服务（kube-proxy ipvs 模式）：Service VIP 及其后端",
+    "drop and error counters rising now (listen overflows, UDP buffer errors, RcvQ drops)":
+        "当前正在增长的丢包与错误计数（全连接队列溢出、UDP 缓冲区错误、接收队列丢包）",
+    "sockets (accept queues, TIME_WAIT counts, stuck Recv-Q/Send-Q, UDP buffers)":
+        "套接字（全连接队列、TIME_WAIT 数量、积压的 Recv-Q/Send-Q、UDP 缓冲区）",
+    "which sysctl file persists each kernel setting (what a reboot would restore)":
+        "每个内核参数由哪个 sysctl 文件持久化（重启后会恢复成什么）",
+    "policy routing rules (which table a flow is looked up in; blackhole, unreachable "
+    "and prohibit rules)":
+        "策略路由规则（流量查哪张路由表；blackhole、unreachable 与 prohibit 规则）",
+    "nftables rules made outside iptables (firewalld, kube-proxy nftables mode, nft)":
+        "iptables 之外写入的 nftables 规则（firewalld、kube-proxy nftables 模式、nft）",
+    "routes to pod CIDRs (missing route, wrong device or gateway, BGP-learned routes)":
+        "到 Pod 网段的路由（缺失的路由、错误的设备或网关、BGP 学到的路由）",
+    "packet filter rules (FORWARD REJECT/DROP, host firewalls, kube-proxy chains)":
+        "包过滤规则（FORWARD 链的 REJECT/DROP、主机防火墙、kube-proxy 的链）",
+    "interfaces (VXLAN/IPIP devices, cni0, veths, MTU and state)":
+        "网卡（VXLAN/IPIP 设备、cni0、veth、MTU 与状态）",
+    "OS release, disk space and inodes, the node's resolv.conf":
+        "操作系统版本、磁盘空间与 inode、节点的 resolv.conf",
+    "kernel modules (br_netfilter, nf_conntrack, ip_vs, vxlan...)":
+        "内核模块（br_netfilter、nf_conntrack、ip_vs、vxlan 等）",
+    "processes (CNI agents, kube-proxy, kubelet, runtime, firewalld/ufw, security software)":
+        "进程（CNI 组件、kube-proxy、kubelet、容器运行时、firewalld/ufw、安全软件）",
+    "BGP sessions of BIRD (Calico): which peers are not Established":
+        "BIRD（Calico）的 BGP 会话：哪些对端不在 Established 状态",
+    "flannel subnet.env and the VXLAN FDB/neighbor entries toward peer nodes":
+        "flannel 的 subnet.env 以及到对端节点的 VXLAN FDB/邻居表项",
+    "connection tracking (table full, insert_failed, drop, early_drop)":
+        "连接跟踪（表满、insert_failed、drop、early_drop）",
+    "traffic control on the path (clsact/ingress filters, BPF programs attached with "
+    "tc, classful or non-default qdiscs)":
+        "路径上的流量控制（clsact/ingress 过滤器、用 tc 挂载的 BPF 程序、分类或非默认的 qdisc）",
+    "kernel version checks (settings removed or added by kernel release)":
+        "内核版本相关的检查（随内核版本删除或新增的参数）",
+    "the API server version": "API Server 版本",
+    "API nodes: pod CIDRs, Ready/NetworkUnavailable conditions, zones, and matching "
+    "them to the inventory":
+        "API 中的节点：Pod 网段、Ready/NetworkUnavailable 状况、可用区，以及与主机清单的对应",
+    "which CNI plugin runs and its rollout (desired vs ready), kube-proxy rollout":
+        "运行的是哪个 CNI 插件及其发布情况（期望数与就绪数）、kube-proxy 的发布情况",
+    "CNI, kube-proxy and CoreDNS pod health (readiness, restarts, which node)":
+        "CNI、kube-proxy 和 CoreDNS Pod 的健康状况（就绪、重启次数、所在节点）",
+    "flannel's network, backend type and VXLAN port": "flannel 的网段、后端类型和 VXLAN 端口",
+    "kube-proxy mode (iptables/ipvs)": "kube-proxy 模式（iptables/ipvs）",
+    "the cluster DNS domain": "集群 DNS 域名",
+    "Services and the DNS Service VIP": "Service 与 DNS Service 的 VIP",
+    "Services without ready endpoints, and endpoints spread across zones":
+        "没有就绪后端的 Service，以及后端跨可用区分布",
+    "NetworkPolicies (default deny per namespace)": "NetworkPolicy（各命名空间的默认拒绝）",
+    "calico IP pools and their encapsulation": "calico IP 池及其封装方式",
+    "the cluster checks": "集群检查",
+    "active probes: pod-network matrix, MTU, VXLAN direction, CoreDNS checks, declared "
+    "endpoints; run diagnose without --no-active (or collect --active)":
+        "主动探测：Pod 网络连通矩阵、MTU、VXLAN 收发方向、CoreDNS 检查、声明的端点；"
+        "运行 diagnose 时不加 --no-active（或 collect 时加 --active）",
+    "active probes not run: --no-active, or `collect` without --active":
+        "未运行主动探测：使用了 --no-active，或 `collect` 时没有加 --active",
+    "active probes": "主动探测",
+    "active probe": "主动探测",
+    "cluster checks from the Kubernetes API (nodes, CNI and DNS pods, services and endpoints); "
+    "pass --kubeconfig to include them":
+        "来自 Kubernetes API 的集群检查（节点、CNI 与 DNS Pod、Service 与后端）；"
+        "加 --kubeconfig 即可包含它们",
+}
+
+
+@_pattern(r"HTTP answer from (?P<url>\S+)")
+def _blocks_http(m: re.Match[str]) -> str:
+    return f"{m['url']} 的 HTTP 应答"
+
+
+@_pattern(r"DNS answers from (?P<server>\S+)")
+def _blocks_dns(m: re.Match[str]) -> str:
+    return f"{m['server']} 的 DNS 应答"
+
+
+@_pattern(r"what the API call (?P<call>\S+) would have told")
+def _blocks_api(m: re.Match[str]) -> str:
+    return f"API 调用 {m['call']} 本应提供的信息"
+
+
+@_pattern(r"message too long(?:, mtu=(?P<mtu>\d+))?")
+def _too_long(m: re.Match[str]) -> str:
+    return "报文过长" + (f"，mtu={m['mtu']}" if m["mtu"] else "")
+
+
+@_pattern(r"frag needed, mtu=(?P<mtu>\d+)")
+def _frag_needed(m: re.Match[str]) -> str:
+    return f"需要分片，mtu={m['mtu']}"
+
+
+@_pattern(r"failed \(exit (?P<rc>\d+)\)")
+def _failed_exit(m: re.Match[str]) -> str:
+    return f"失败（退出码 {m['rc']}）"
+
+
+_LAYER_ZH = _WORDS_ZH["layer"]
+
+
+@_pattern(r"MTU (?P<mtu>\d+) towards (?P<peer>\S+)")
+def _blocks_mtu(m: re.Match[str]) -> str:
+    return f"到 {m['peer']} 的 MTU {m['mtu']}"
+
+
+@_pattern(r"(?P<layer>\S+) reachability of (?P<peer>\S+)")
+def _blocks_reach(m: re.Match[str]) -> str:
+    return tidy_zh(f"{m['peer']} 的 {_LAYER_ZH.get(m['layer'], m['layer'])} 可达性")
+
+
+@_pattern(r"TCP connect to (?P<target>\S+)")
+def _blocks_tcp(m: re.Match[str]) -> str:
+    return f"到 {m['target']} 的 TCP 连接"
+
+
+@_pattern(r"pod-network reachability and pod-layer MTU from (?P<node>\S+) to (?P<peers>.+)")
+def _blocks_pod_layer(m: re.Match[str]) -> str:
+    return f"从 {m['node']} 到 {m['peers']} 的 Pod 网络可达性和 Pod 层 MTU"
+
+
+# The source of a path-walk fact (facts/paths: Source.command).
+@_pattern(r"walk of (?P<node>.+)'s (?P<flow>\S+) flow")
+def _walk_source(m: re.Match[str]) -> str:
+    return f"{m['node']} 上 {m['flow']} 流量的路径遍历"
+
+
+def value_zh(text: str, name: str | None = None) -> str:
+    """`text` in Chinese when it is a value this module knows, else `text` unchanged. `name` is
+    the rule placeholder the value fills, for words whose meaning depends on it."""
+    words = _WORDS_ZH.get(name or "", {})
+    if text in words:
+        return words[text]
+    if text in _ANY_ZH:
+        return _ANY_ZH[text]
+    if text in BLOCKS_ZH:
+        return BLOCKS_ZH[text]
+    for regex, fn in _PATTERNS:
+        m = regex.fullmatch(text)
+        if m:
+            return fn(m)
+    return text
+
+
+def value(text: str, lang: str, name: str | None = None) -> str:
+    """`text` in `lang` (see value_zh); English and unknown languages get it unchanged."""
+    return value_zh(text, name) if lang == ZH else text
+
+
+def probe_status(status: str, lang: str) -> str:
+    return PROBE_STATUS_ZH.get(status, status) if lang == ZH else status
+
+
+def probe_name(probe: str, lang: str) -> str:
+    return PROBE_NAME_ZH.get(probe, probe) if lang == ZH else probe
