@@ -69,6 +69,9 @@ MULTI: list[tuple[str, ...]] = [
     ("flannel-vxlan", "cross_zone_latency[via=switch]@node2", "vxlan_udp_blocked@node3"),
     ("flannel-vxlan", "cross_zone_latency[via=node]@node2",
      "connections_unanswered[via=stuck]@node3"),
+    ("flannel-vxlan", "vxlan_port_in_use@node2", "listen_port_conflict@node3"),
+    ("flannel-vxlan", "vxlan_peer_entry_missing[via=neigh]@node1",
+     "socket_recv_queue_backlog@node3", "syn_backlog_low[via=file]@node2"),
     # (host-gw's own route faults do not last: flanneld re-adds a deleted route within 10 s)
     ("flannel-host-gw", "ip_forward_disabled@node1", "rp_filter_strict@node3"),
     ("flannel-host-gw", "pod_cidr_route_missing[via=blackhole]@node3",
@@ -84,6 +87,8 @@ MULTI: list[tuple[str, ...]] = [
 FIXTURES = [
     ("lab-tw-recycle-3.10", "tw_recycle_with_timestamps", "node2"),
     ("lab-conntrack-full", "conntrack_table_full", "node1"),
+    ("lab-vxlan-underlay-down", "vxlan_underlay_down", "node3"),
+    ("lab-tcp-memory-pressure", "tcp_memory_pressure", "node2"),
 ]
 
 

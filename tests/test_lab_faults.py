@@ -159,6 +159,26 @@ def test_vxlan_port_mismatch(vx):
                                                     "flannel.1"]).stdout
 
 
+def test_vxlan_port_in_use_keeps_flannel_1_down(vx):
+    with vx.injected("vxlan_port_in_use", "node2"):
+        # a program, not the kernel, owns the port: ss names its process
+        held = vx.node_exec("node2", ["ss", "-Hulnp", "sport = :8472"]).stdout
+        assert "0.0.0.0:8472" in held and "pid=" in held, held
+        cp = vx.node_exec("node2", ["ip", "link", "set", "flannel.1", "up"], check=False)
+        assert cp.returncode != 0 and "in use" in cp.stderr, cp.stderr
+        assert pod_blocked(vx) and pod_blocked(vx, "node2", "node1")
+    assert pods_ok(vx) and pods_ok(vx, "node2", "node1")
+    assert "pid=" not in vx.node_exec("node2", ["ss", "-Hulnp", "sport = :8472"]).stdout
+
+
+def test_vxlan_peer_fdb_entry_missing_cuts_one_pair(vx):
+    with vx.injected("vxlan_peer_entry_missing", "node2", {"via": "fdb", "peer": "node1"}):
+        fdb = vx.node_exec("node2", ["bridge", "fdb", "show", "dev", "flannel.1"]).stdout
+        assert "dst 198.18.0.11" not in fdb
+        assert pod_blocked(vx, "node2", "node1") and pod_blocked(vx, "node1", "node2")
+    assert pods_ok(vx, "node2", "node1")
+
+
 def test_pod_cidr_route_missing(vx):
     with vx.injected("pod_cidr_route_missing", "node1"):
         assert vx.node_exec("node1", ["ip", "route", "show", "10.244.2.0/24"]).stdout == ""
@@ -285,6 +305,33 @@ def test_udp_buffer_errors_count(vx):
     with vx.injected("udp_buffer_errors", "node2"):
         assert counter(vx, "node2", "/proc/net/snmp", "RcvbufErrors") > before
     assert not vx.node_exec("node2", ["ss", "-Hlnu", "sport = :30053"]).stdout.strip()
+
+
+def test_socket_recv_queue_backlog_leaves_unread_bytes(vx):
+    with vx.injected("socket_recv_queue_backlog", "node2"):
+        rows = [line.split() for line in vx.node_exec(
+            "node2", ["ss", "-Htn", "state", "established", "sport = :30070"]).stdout.splitlines()]
+        assert rows and int(rows[0][0]) >= 65536, rows  # Recv-Q on the server's side
+    assert not vx.node_exec("node2", ["ss", "-Htn", "sport = :30070"]).stdout.strip()
+    assert not vx.node_exec("node2", ["ss", "-Hltn", "sport = :30070"]).stdout.strip()
+
+
+def test_listen_port_conflict_two_programs_one_port(vx):
+    with vx.injected("listen_port_conflict", "node2"):
+        out = vx.node_exec("node2", ["ss", "-Hltnp", "sport = :9100"]).stdout
+        assert len(out.splitlines()) == 2 and "node_exporter" in out and "legacy-export" in out
+        # both answer: the kernel spreads the connections between them
+        assert vx.netprog(client_pod(vx, "node2"), "tcp", "198.18.0.12", "9100").returncode == 0
+    assert not vx.node_exec("node2", ["ss", "-Hltn", "sport = :9100"]).stdout.strip()
+
+
+def test_syn_backlog_low_turns_cookies_off(vx):
+    before = ssh(vx, "node2", "sysctl -n net.ipv4.tcp_max_syn_backlog").stdout.strip()
+    with vx.injected("syn_backlog_low", "node2"):
+        cp = ssh(vx, "node2", "sysctl -n net.ipv4.tcp_syncookies net.ipv4.tcp_max_syn_backlog")
+        assert cp.stdout.split() == ["0", "128"]
+    cp = ssh(vx, "node2", "sysctl -n net.ipv4.tcp_syncookies net.ipv4.tcp_max_syn_backlog")
+    assert cp.stdout.split() == ["1", before]
 
 
 def test_time_wait_pileup(vx):

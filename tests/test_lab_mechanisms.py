@@ -480,6 +480,52 @@ def _vxlan_link_by_hand(lab: Lab) -> None:
     blocked_both(lab, "node1", "node2")
 
 
+def _vxlan_port_held_on_address(lab: Lab) -> None:
+    held = lab.node_exec("node2", ["ss", "-Hulnp", "sport = :8472"]).stdout
+    assert "198.18.0.12:8472" in held and "pid=" in held, held
+    assert "state DOWN" in lab.node_exec("node2", ["ip", "-o", "link", "show",
+                                                   "flannel.1"]).stdout
+    # the kernel's wildcard VXLAN socket collides with a socket on one address as well
+    cp = lab.node_exec("node2", ["ip", "link", "set", "flannel.1", "up"], check=False)
+    assert cp.returncode != 0 and "in use" in cp.stderr, cp.stderr
+    blocked_both(lab, "node1", "node2")
+
+
+def _vxlan_neighbour_gone(lab: Lab) -> None:
+    # node2's entries for node1: the route stays, the neighbour is gone, the FDB entry stays
+    assert "10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink" in lab.node_exec(
+        "node2", ["ip", "route"]).stdout
+    assert "10.244.1.0" not in lab.node_exec("node2", ["ip", "neigh", "show", "dev",
+                                                       "flannel.1"]).stdout
+    assert "dst 198.18.0.11 self permanent" in lab.node_exec(
+        "node2", ["bridge", "fdb", "show", "dev", "flannel.1"]).stdout
+    blocked_both(lab, "node1", "node2")
+
+
+def _recv_queue_of_a_hung_reader(lab: Lab) -> None:
+    line = lab.node_exec("node2", ["ss", "-Htnp", "state", "established",
+                                   "sport = :30070"]).stdout.split()
+    assert int(line[0]) >= 65536, line  # Recv-Q: bytes received, not read
+    pid = int(re.search(r"pid=(\d+)", " ".join(line)).group(1))
+    assert _state(pid) == "T" and "tcp-receiver 30070 --read" in cmdline(pid)
+    assert pods_ok(lab, "node1", "node2")  # the network is fine
+
+
+def _second_listener_on_the_address(lab: Lab) -> None:
+    out = lab.node_exec("node2", ["ss", "-Hltnp", "sport = :9100"]).stdout
+    assert "0.0.0.0:9100" in out and "198.18.0.12:9100" in out, out
+    assert '"node_exporter"' in out and '"legacy-exporte' in out, out  # comm: 15 characters
+
+
+def _syn_cookies_off_by_file(lab: Lab) -> None:
+    cp = ssh(lab, "node2", "cat /etc/sysctl.d/60-network-performance.conf")
+    assert cp.stdout.split() == ["net.ipv4.tcp_syncookies", "=", "0",
+                                 "net.ipv4.tcp_max_syn_backlog", "=", "128"], cp
+    assert sysctl(lab, "node2", "net.ipv4.tcp_syncookies") == "0"
+    assert sysctl(lab, "node2", "net.ipv4.tcp_max_syn_backlog") == "128"
+    assert sysctl(lab, "node1", "net.ipv4.tcp_syncookies") == "1"
+
+
 VXLAN_CASES = [
     ("bridge_nf_call_iptables_disabled", "file", "node1", {}, _bridge_nf_file),
     ("somaxconn_low", "file", "node2", {}, _somaxconn_file),
@@ -508,6 +554,11 @@ VXLAN_CASES = [
     ("port_not_listening", "loopback", "node2", {}, _web_on_loopback),
     ("service_no_endpoints", "selector", "node2", {}, _selector_matches_nothing),
     ("vxlan_port_mismatch", "link", "node2", {}, _vxlan_link_by_hand),
+    ("vxlan_port_in_use", "address", "node2", {}, _vxlan_port_held_on_address),
+    ("vxlan_peer_entry_missing", "neigh", "node2", {"peer": "node1"}, _vxlan_neighbour_gone),
+    ("socket_recv_queue_backlog", "hang", "node2", {}, _recv_queue_of_a_hung_reader),
+    ("listen_port_conflict", "address", "node2", {}, _second_listener_on_the_address),
+    ("syn_backlog_low", "file", "node2", {}, _syn_cookies_off_by_file),
 ]
 
 

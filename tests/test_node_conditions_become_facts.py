@@ -103,7 +103,7 @@ def test_healthy_lab_node_facts_hold_no_false_alarm(lab, tmp_path):
                 assert attrs(f, "route", dst=peer.pod_cidr), (node.name, peer.pod_cidr)
         assert not [p for p in attrs(f, "process", role="security_software") if p["running"]]
         assert not [h for h in attrs(f, "host_firewall") if h["active"]]
-        assert attrs(f, "os_release") and attrs(f, "resolv_conf") and attrs(f, "filesystem")
+        assert attrs(f, "resolv_conf") and attrs(f, "filesystem")
 
 
 # ---- injected node-level conditions ---------------------------------------------------------

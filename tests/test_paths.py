@@ -478,3 +478,14 @@ def test_a_native_nftables_rule_is_undone_by_its_handle_only_when_it_was_listed(
     assert stops(guard(7), "n2", "overlay_in")[0]["undo"] == \
         "nft delete rule inet guard pre handle 7"
     assert stops(guard(None), "n2", "overlay_in")[0]["undo"] is None
+
+
+def test_a_drop_in_the_raw_table_carries_its_counter_and_an_nft_rule_none():
+    dropped = ipt("n2", "raw", "-A PREROUTING -p udp -m udp --dport 8472 -j DROP", 1)
+    dropped.attrs["pkts"] = 37  # what iptables-save -c showed when it was read
+    facts = cluster(chain("n2", "raw", "PREROUTING"), dropped)
+    (got,) = stops(facts, "n2", "overlay_in")[:1]
+    assert (got["table"], got["chain"], got["pkts"]) == ("raw", "PREROUTING", 37)
+    never = ipt("n3", "mangle", "-A FORWARD -d 10.244.3.0/24 -j DROP", 1)  # pkts 0: not yet
+    facts = cluster(chain("n3", "mangle", "FORWARD"), never)
+    assert {s["pkts"] for s in stops(facts, "n3", "pod_in")} == {0}

@@ -27,6 +27,8 @@ def analyze(tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]) -> di
     [
         ("lab-tw-recycle-3.10", "tw_recycle_with_timestamps", "node2"),
         ("lab-conntrack-full", "conntrack_table_full", "node1"),
+        ("lab-vxlan-underlay-down", "vxlan_underlay_down", "node3"),
+        ("lab-tcp-memory-pressure", "tcp_memory_pressure", "node2"),
     ],
 )
 def test_fixture_only_fault_is_the_only_alarm(tmp_path, capsys, bundle, fault, node):

@@ -27,6 +27,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kubenetdiag_lab import cni, coredns, flannel, kubeproxy, nodehost, services, sshd
@@ -993,6 +994,13 @@ def _recreate_vxlan(ctx: FaultContext, node: LabNode, port: int) -> None:
         if "dst" in words and "permanent" in words:
             runner.run(["bridge", "fdb", "append", words[0], "dev", dev,
                         "dst", words[words.index("dst") + 1], "self", "permanent"])
+    _reprogram_vxlan(runner, was)
+
+
+def _reprogram_vxlan(runner: NodeRunner, was: dict[str, Any]) -> None:
+    """Put back flanneld's neighbours and routes on flannel.1 (the kernel flushes both when
+    the device goes down; the FDB entries stay)."""
+    dev = flannel.VXLAN_DEV
     for line in was["neigh"].splitlines():  # "<ip> lladdr <mac> PERMANENT"
         words = line.split()
         if "lladdr" in words:
@@ -1048,6 +1056,115 @@ register(Fault(
     "8472, its FDB entries, neighbours and routes put back",
     _vxlan_port_set, _vxlan_port_heal, {"via": "netconf", "port": ""}, modes=("flannel-vxlan",),
     mechanisms={"netconf": (), "link": ()},
+))
+
+
+# ---- the VXLAN port held by another program -------------------------------------------------
+
+VXLAN_SAVED = "flannel.1-saved.json"  # flannel.1's routes and neighbours while the fault holds
+
+
+def _vxlan_saved(ctx: FaultContext, node: LabNode) -> Path:
+    return ctx.paths.node_files(node.name).dir / VXLAN_SAVED
+
+
+def _hold_port(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """Another program takes the VXLAN port while flannel.1 is down for a moment (a flanneld
+    restart, an interface bounce): the kernel cannot open the device's socket again, so
+    `ip link set flannel.1 up` fails with EADDRINUSE and the device stays down."""
+    port = str(ctx.active.vxlan_port(node.name))
+    if params["via"] == "wildcard":
+        bind = "0.0.0.0"
+    elif params["via"] == "address":
+        bind = node.address  # the node's own address: a wildcard bind then collides too
+    else:
+        raise LabError("vxlan_port_in_use: via must be wildcard or address")
+    runner = ctx.node(node)
+    saved = _vxlan_saved(ctx, node)
+    saved.write_text(json.dumps(_vxlan_device(runner)))
+    runner.run(["ip", "link", "set", flannel.VXLAN_DEV, "down"])
+    _start_in_node(ctx, node, services.netprog_argv("udp-stuck", port, "212992", "--bind",
+                                                    bind))
+    _wait_listen(ctx, node, int(port), "udp")
+    cp = runner.run(["ip", "link", "set", flannel.VXLAN_DEV, "up"], check=False)
+    if cp.returncode == 0 or "in use" not in cp.stderr:
+        raise LabError(f"vxlan_port_in_use: flannel.1 on {node.name} came up: {cp.stderr}")
+
+
+def _release_port(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    port = str(ctx.active.vxlan_port(node.name))
+    _stop_matching(ctx, node, f"udp-stuck {port} ")
+    saved = _vxlan_saved(ctx, node)
+    if not saved.exists():
+        return
+    runner = ctx.node(node)
+    runner.run(["ip", "link", "set", flannel.VXLAN_DEV, "up"])
+    _reprogram_vxlan(runner, json.loads(saved.read_text()))
+    saved.unlink()
+
+
+register(Fault(
+    "vxlan_port_in_use",
+    "another program holds the node's VXLAN UDP port (8472) while flannel.1 is bounced, so "
+    "the device cannot open its socket and stays down: bound to 0.0.0.0 (via=wildcard) or "
+    "to the node's own address (via=address)",
+    _hold_port, _release_port, {"via": "wildcard"}, modes=("flannel-vxlan",),
+    mechanisms={"wildcard": (), "address": ()},
+))
+
+def _peer_entries(ctx: FaultContext, node: LabNode, peer: LabNode) -> tuple[str, str, str]:
+    """(VTEP address, VTEP MAC, underlay address) flanneld programs on `node` for `peer`:
+    the peer's pod range's network address, its flannel.1 MAC, its node address."""
+    link = json.loads(ctx.node(peer).run(["ip", "-j", "link", "show", flannel.VXLAN_DEV]
+                                         ).stdout)[0]
+    return peer.pod_cidr.split("/")[0], link["address"], peer.address
+
+
+def _entry_peer(ctx: FaultContext, node: LabNode, params: Params) -> LabNode:
+    if params.get("peer"):
+        return ctx.topology.node(params["peer"])
+    return next(n for n in ctx.topology.nodes if n.name != node.name)
+
+
+def _entry_drop(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """One peer's entry on flannel.1 deleted by hand (a cleanup script, a `ip neigh flush`
+    aimed at something else): the route to the peer's pods stays, the packets have no MAC or
+    no underlay address to go to. flanneld writes the entries only when the peer's lease
+    changes, so it does not put them back."""
+    vtep, mac, address = _peer_entries(ctx, node, _entry_peer(ctx, node, params))
+    runner = ctx.node(node)
+    if params["via"] == "fdb":
+        runner.run(["bridge", "fdb", "del", mac, "dev", flannel.VXLAN_DEV, "dst", address,
+                    "self"])
+    elif params["via"] == "neigh":
+        runner.run(["ip", "neigh", "del", vtep, "dev", flannel.VXLAN_DEV])
+    else:
+        raise LabError("vxlan_peer_entry_missing: via must be fdb or neigh")
+
+
+def _entry_restore(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # every peer's entries, as flanneld writes them: a blind heal does not know which peer
+    runner = ctx.node(node)
+    fdb = runner.run(["bridge", "fdb", "show", "dev", flannel.VXLAN_DEV]).stdout
+    for peer in ctx.topology.nodes:
+        if peer.name == node.name:
+            continue
+        vtep, mac, address = _peer_entries(ctx, node, peer)
+        if f"{mac} dst {address} self permanent" not in fdb:
+            runner.run(["bridge", "fdb", "append", mac, "dev", flannel.VXLAN_DEV, "dst",
+                        address, "self", "permanent"])
+        runner.run(["ip", "neigh", "replace", vtep, "lladdr", mac, "dev", flannel.VXLAN_DEV,
+                    "nud", "permanent"])
+
+
+register(Fault(
+    "vxlan_peer_entry_missing",
+    "on the node's flannel.1, the entries flanneld wrote for one peer (param peer, default "
+    "the first other node) deleted while its route stays: the FDB entry that maps the peer's "
+    "VTEP MAC to its node address (via=fdb), or the permanent neighbour entry that gives the "
+    "peer's VTEP address its MAC (via=neigh)",
+    _entry_drop, _entry_restore, {"via": "fdb", "peer": ""}, modes=("flannel-vxlan",),
+    mechanisms={"fdb": (), "neigh": ()},
 ))
 
 
@@ -1660,6 +1777,132 @@ register(Fault(
     _udp_errors, _udp_errors_heal,
     {"via": "stuck", "port": "30053", "rcvbuf": "2048", "count": "2000"},
     mechanisms={"stuck": (), "hang": ()},
+))
+
+
+def _queue_bytes(ctx: FaultContext, node: LabNode, port: str) -> int:
+    """The largest Recv-Q of an established socket on `port` (the server's side)."""
+    out = ctx.node(node).run(["ss", "-Htn", "state", "established", f"sport = :{port}"],
+                             check=False).stdout
+    return max((int(line.split()[0]) for line in out.splitlines() if line.split()), default=0)
+
+
+def _recvq_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """A server on the node that accepted a connection and does not read it, while its client
+    (a local program, over loopback) has sent a megabyte: the bytes wait in the server's
+    receive queue until its window closes."""
+    port = params["port"]
+    push = services.netprog_argv("tcp-push", "127.0.0.1", port, "1048576")
+    if params["via"] == "noread":
+        _start_in_node(ctx, node, services.netprog_argv("tcp-receiver", port))
+        _wait_listen(ctx, node, int(port), "tcp")
+        _start_in_node(ctx, node, push)
+    elif params["via"] == "hang":
+        # a reader that works: it accepts and reads the first bytes, then hangs (SIGSTOP)
+        # while the rest arrives
+        _start_in_node(ctx, node, services.netprog_argv("tcp-receiver", port, "--read"))
+        _wait_listen(ctx, node, int(port), "tcp")
+        _start_in_node(ctx, node, [*push, "--pause", "2"])
+        run(["sleep", "1"])
+        _freeze(_procs_matching(node, f"tcp-receiver {port}"), f"the receiver on {node.name}")
+    else:
+        raise LabError("socket_recv_queue_backlog: via must be noread or hang")
+    for _ in range(100):  # bounded: 5 s
+        if _queue_bytes(ctx, node, port) >= 65536:
+            return
+        run(["sleep", "0.05"])
+    raise LabError(f"{node.name}: no receive queue built up on port {port}")
+
+
+def _recvq_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    port = params["port"]
+    _stop_matching(ctx, node, f"tcp-push 127.0.0.1 {port} ", f"tcp-receiver {port}")
+
+
+register(Fault(
+    "socket_recv_queue_backlog",
+    "an established connection on the node whose receive queue fills with unread bytes: its "
+    "server accepts and never reads (via=noread), or reads normally and is hung with SIGSTOP "
+    "before its client, a local program, sends a megabyte over loopback (via=hang)",
+    _recvq_on, _recvq_off, {"via": "noread", "port": "30070"},
+    mechanisms={"noread": (), "hang": ()},
+))
+
+PORT_OWNERS = ("node_exporter", "legacy-exporter")  # two programs that both want the port
+
+
+def _port_conflict_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """Two programs listen on one TCP port, both with SO_REUSEPORT: on the wildcard address
+    both (via=reuseport: the kernel spreads connections between them), or the second on the
+    node's own address (via=address: it takes every connection to that address)."""
+    port = params["port"]
+    if params["via"] == "reuseport":
+        second = "0.0.0.0"
+    elif params["via"] == "address":
+        second = node.address
+    else:
+        raise LabError("listen_port_conflict: via must be reuseport or address")
+    first, other = PORT_OWNERS
+    _start_in_node(ctx, node, services.netprog_argv("listen-named", port, first))
+    _wait_listen(ctx, node, int(port), "tcp")
+    _start_in_node(ctx, node, services.netprog_argv("listen-named", port, other, "--bind",
+                                                    second))
+    for _ in range(100):  # bounded: 5 s
+        out = ctx.node(node).run(["ss", "-Hltn", f"sport = :{port}"]).stdout
+        if len(out.strip().splitlines()) >= 2:
+            return
+        run(["sleep", "0.05"])
+    raise LabError(f"{node.name}: the second listener on {port} did not start")
+
+
+def _port_conflict_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _stop_matching(ctx, node, f"listen-named {params['port']} ")
+
+
+register(Fault(
+    "listen_port_conflict",
+    "two programs (node_exporter and legacy-exporter) listen on TCP port 9100 of the node, "
+    "both with SO_REUSEPORT: both on 0.0.0.0 (via=reuseport) or the second on the node's own "
+    "address (via=address)",
+    _port_conflict_on, _port_conflict_off, {"via": "reuseport", "port": "9100"},
+    mechanisms={"reuseport": (), "address": ()},
+))
+
+SYN_FILE = "60-network-performance.conf"  # a tuning guide's file that turns SYN cookies off
+SYN_SAVED = "syn-backlog-saved.json"
+SYN_KEYS = ("net.ipv4.tcp_syncookies", "net.ipv4.tcp_max_syn_backlog")
+
+
+def _syn_low(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    saved = ctx.paths.node_files(node.name).dir / SYN_SAVED
+    if not saved.exists():
+        now = _sysctl_lines(ctx.node(node))
+        saved.write_text(json.dumps({key: now[key] for key in SYN_KEYS}))
+    bad = {"net.ipv4.tcp_syncookies": "0", "net.ipv4.tcp_max_syn_backlog": params["value"]}
+    if params["via"] == "sysctl":
+        _sysctl(ctx, node, *(f"{key}={value}" for key, value in bad.items()))
+    elif params["via"] == "file":
+        _sysctl_file(ctx, node, SYN_FILE, "\n".join(f"{k} = {v}" for k, v in bad.items()))
+    else:
+        raise LabError("syn_backlog_low: via must be sysctl or file")
+
+
+def _syn_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    (ctx.paths.node_files(node.name).sysctl_d / SYN_FILE).unlink(missing_ok=True)
+    saved = ctx.paths.node_files(node.name).dir / SYN_SAVED
+    if saved.exists():
+        _sysctl(ctx, node, *(f"{k}={v}" for k, v in json.loads(saved.read_text()).items()))
+        saved.unlink()
+
+
+register(Fault(
+    "syn_backlog_low",
+    "SYN cookies off and net.ipv4.tcp_max_syn_backlog lowered (param value, default 128) "
+    "below somaxconn, so bursts of handshakes are dropped before the accept queue fills: set "
+    "at run time (via=sysctl) or by /etc/sysctl.d/60-network-performance.conf, applied "
+    "(via=file)",
+    _syn_low, _syn_heal, {"via": "sysctl", "value": "128"},
+    mechanisms={"sysctl": (), "file": ()},
 ))
 
 

@@ -25,11 +25,18 @@ whatever the lab passes in (lab addresses only).
   bulk-sink PORT                a TCP receiver that reads and discards whatever it is sent
   bulk-send HOST PORT SECONDS   one TCP connection sending as fast as the path takes, for at
                                 most SECONDS (a bulk transfer, such as a backup)
+  tcp-receiver PORT [--read]    a TCP server that accepts and keeps each connection, reading
+                                what arrives only with --read
+  tcp-push HOST PORT BYTES      one connection that sends BYTES (bounded) and stays open;
+                                --pause S: 16 KiB first, the rest S seconds later
+  listen-named PORT NAME        a listener that accepts and closes, under process name NAME,
+                                with SO_REUSEPORT [--bind A]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.server
 import os
 import select
@@ -83,6 +90,58 @@ def serve_banner(port: int, text: str, backlog: int) -> int:
         conn, _ = srv.accept()
         with conn:
             conn.sendall(text.encode() + b"\n")
+
+
+def tcp_receiver(port: int, read: bool) -> int:
+    # Keeps every connection it accepts; without --read its receive queues only grow, as an
+    # application blocked elsewhere leaves them.
+    srv = socket.create_server(("0.0.0.0", port))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"listening on {port}, {'reading' if read else 'never reading'}", flush=True)
+    kept = []
+    while True:
+        conn, _ = srv.accept()
+        kept.append(conn)
+        while read:
+            if not conn.recv(65536):
+                break
+
+
+def tcp_push(host: str, port: int, size: int, timeout: float, pause: float) -> int:
+    # Sends until `size` bytes are out or the peer's window closes, then holds the
+    # connection open (the queue it left behind is the point). With a pause, a first
+    # 16 KiB go out alone, so the server has accepted and read before the rest follows.
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.settimeout(timeout)
+    sent = 0
+    chunk = b"x" * 65536
+    if pause:
+        sent = sock.send(chunk[:16384])
+        time.sleep(pause)
+    try:
+        while sent < size:
+            sent += sock.send(chunk[:size - sent])
+    except TimeoutError:
+        pass
+    print(f"sent {sent} bytes to {host}:{port}, holding", flush=True)
+    return _wait_forever()
+
+
+def listen_named(port: int, name: str, bind: str) -> int:
+    # The kernel shows a process by its comm; setting it makes this listener look like the
+    # program it stands for (a second service that took the port).
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+        comm.write(name[:15])
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    srv.bind((bind, port))
+    srv.listen(128)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"{name} listening on {bind}:{port}", flush=True)
+    while True:
+        conn, _ = srv.accept()
+        conn.close()
 
 
 def dns_lookup(server: str, name: str, tcp: bool, timeout: float) -> int:
@@ -147,10 +206,10 @@ def connect_burst(host: str, port: int, count: int, hold: float) -> int:
     return 0
 
 
-def udp_stuck(port: int, rcvbuf: int) -> int:
+def udp_stuck(port: int, rcvbuf: int, bind: str = "0.0.0.0") -> int:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.bind(("0.0.0.0", port))
+    sock.bind((bind, port))
     print(f"udp {port} rcvbuf {sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)}, "
           "never reading", flush=True)
     return _wait_forever()
@@ -299,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("udp-stuck")
     p.add_argument("port", type=int)
     p.add_argument("rcvbuf", type=int)
+    p.add_argument("--bind", default="0.0.0.0")
     p = sub.add_parser("udp-sink")
     p.add_argument("port", type=int)
     p = sub.add_parser("udp-flood")
@@ -322,6 +382,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("host")
     p.add_argument("port", type=int)
     p.add_argument("seconds", type=float)
+    p = sub.add_parser("tcp-receiver")
+    p.add_argument("port", type=int)
+    p.add_argument("--read", action="store_true")
+    p = sub.add_parser("tcp-push")
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("bytes", type=int)
+    p.add_argument("--pause", type=float, default=0.0)
+    p = sub.add_parser("listen-named")
+    p.add_argument("port", type=int)
+    p.add_argument("name")
+    p.add_argument("--bind", default="0.0.0.0")
     a = parser.parse_args(argv)
     limit = 10.0  # hard cap on any burst, whatever the count
     try:
@@ -340,13 +412,20 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "connect-burst":
             return connect_burst(a.host, a.port, min(a.count, 5000), min(a.hold, limit))
         if a.cmd == "udp-stuck":
-            return udp_stuck(a.port, a.rcvbuf)
+            return udp_stuck(a.port, a.rcvbuf, a.bind)
         if a.cmd == "udp-sink":
             return udp_sink(a.port)
         if a.cmd == "udp-flood":
             return udp_flood(a.host, a.port, min(a.count, 200000), limit)
         if a.cmd == "tw-burst":
             return tw_burst(min(a.count, 20000), limit)
+        if a.cmd == "tcp-receiver":
+            return tcp_receiver(a.port, a.read)
+        if a.cmd == "tcp-push":
+            return tcp_push(a.host, a.port, min(a.bytes, 8 << 20), a.timeout,
+                            min(a.pause, limit))
+        if a.cmd == "listen-named":
+            return listen_named(a.port, a.name, a.bind)
         if a.cmd == "close-burst":
             return close_burst(a.host, a.port, min(a.count, 20000), limit)
         if a.cmd == "connect-retry":

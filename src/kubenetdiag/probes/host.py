@@ -1,35 +1,31 @@
-"""The host itself: OS release, disk space and inodes per local filesystem (a full disk or
-inode table breaks kubelet, the runtime and logging before it breaks anything visibly), and the
-node's /etc/resolv.conf (what the node, and dnsPolicy: Default pods, resolve with).
+"""The host itself: disk space and inodes per local filesystem (a full disk or inode table
+breaks kubelet, the runtime and logging before it breaks anything visibly), and the node's
+/etc/resolv.conf (what the node, and dnsPolicy: Default pods, resolve with). The OS release
+is no longer read: no rule decided on it (the kernel fact carries what the rules need), and a
+bundle that still has the section is read without it.
 
 `df -l` keeps to local filesystems, so a hung NFS mount cannot stall the probe.
 
 Sample output and the facts it gives:
 
 >>> out = (
-...     '##knd:os-release\\n'
-...     '|ID=centos\\n'
-...     '|VERSION_ID="7"\\n'
 ...     '##knd:df\\n'
 ...     'Filesystem     1024-blocks     Used Available Capacity Mounted o'
 ...     'n\\n'
 ...     '/dev/sda1         20960236 20960236         0     100% /\\n'
 ... )
 >>> facts = parse(Section("host", "", 0, 0.0, out, ""), "node1")
->>> [(f.kind, f.attrs.get("id") or f.attrs.get("mount"),
-...   f.attrs.get("version_id") or f.attrs.get("use_pct")) for f in facts]
-[('os_release', 'centos', '7'), ('filesystem', '/', 100)]
+>>> [(f.kind, f.attrs.get("mount"), f.attrs.get("use_pct")) for f in facts]
+[('filesystem', '/', 100)]
 """
 
 from __future__ import annotations
 
 from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.probes.base import Probe, Section
-from kubenetdiag.probes.text import clip, env_file, parts, to_int, unprefix
+from kubenetdiag.probes.text import clip, parts, to_int, unprefix
 
 COMMAND = (
-    "for f in /etc/os-release /usr/lib/os-release; do [ -r $f ] || continue; "
-    "echo '##knd:os-release'; sed -n -e 's/^/|/' -e '1,60p' $f; break; done; "
     "echo '##knd:df'; df -P -l 2>/dev/null || df -P; "
     "echo '##knd:dfi'; df -P -i -l 2>/dev/null || df -P -i; "
     "if [ -r /etc/resolv.conf ]; then echo '##knd:resolv'; "
@@ -65,15 +61,7 @@ def parse(section: Section, node: str) -> list[Fact]:
         return Source("host", cmd, section.exit_code, clip(text, 800))
 
     for name, _, lines in parts(section.stdout):
-        if name == "os-release":
-            env = env_file(unprefix(lines))
-            facts.append(Fact("os_release", node, {
-                "id": clip(env.get("ID", ""), 40) or None,
-                "version_id": clip(env.get("VERSION_ID", ""), 40) or None,
-                "id_like": clip(env.get("ID_LIKE", ""), 80) or None,
-                "pretty_name": clip(env.get("PRETTY_NAME", ""), 120) or None,
-            }, src("cat /etc/os-release", "\n".join(unprefix(lines)[:10]))))
-        elif name == "df":
+        if name == "df":
             space = _df(lines)
         elif name == "dfi":
             inodes = _df(lines)

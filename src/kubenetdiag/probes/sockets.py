@@ -44,7 +44,12 @@ COMMAND = (
     "echo '##knd:tcp proc'; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v m="
     + str(MAX_LINES) + " '$1==\"sl\"{next} {n[$4]++} $4==\"0A\"&&l<m{l++;print \"L \" $0} "
     "END{for(s in n) print \"S \" s \" \" n[s]}'; fi; "
-    "echo '##knd:sockstat'; cat /proc/net/sockstat /proc/net/sockstat6 2>/dev/null"
+    "echo '##knd:sockstat'; cat /proc/net/sockstat /proc/net/sockstat6 2>/dev/null; "
+    # the thresholds sockstat's `mem` (pages) is judged against: low, pressure, max. tcp_mem is
+    # host-wide and only the initial network namespace has the file: a node that is itself a
+    # namespace (a lab node, a node in a container) lacks it, and that leaves the thresholds
+    # unknown rather than failing the probe.
+    "echo '##knd:tcpmem'; cat /proc/sys/net/ipv4/tcp_mem 2>/dev/null || :"
 )
 
 STATES = {  # ss names and /proc/net/tcp hex codes -> the names facts use
@@ -75,6 +80,18 @@ def _skmem(line: str) -> dict[str, int | None]:
             "drops": to_int(mem.get("d"))}
 
 
+def _wildcard(addr: str) -> bool:
+    """A listener on every address of its family: ss prints 0.0.0.0, *, [::] or :: (old ss
+    `:::22`), /proc/net/tcp an all-zero address.
+
+    >>> [_wildcard(a) for a in ("0.0.0.0:80", "*:80", "[::]:80", ":::22", "10.0.0.5:80",
+    ...                         "127.0.0.53%lo:53", "[::ffff:0.0.0.0]:80")]
+    [True, True, True, True, False, False, True]
+    """
+    host = addr.rsplit(":", 1)[0].split("%", 1)[0]
+    return host in ("0.0.0.0", "*", "[::]", "::", "[::ffff:0.0.0.0]", f"[{'0' * 32}]")
+
+
 def _port(addr: str) -> int | None:
     return to_int(addr.rsplit(":", 1)[-1]) if ":" in addr else None
 
@@ -92,6 +109,28 @@ def _hex_addr(h: str) -> str:
         return h
 
 
+def _tcp_mem_state(pages: int | None, tcp_mem: list[int]) -> dict[str, int | str | None]:
+    """Where TCP's memory stands against net.ipv4.tcp_mem (low, pressure, max, in pages): the
+    kernel shrinks socket buffers from `pressure` on and refuses memory at `max`.
+
+    >>> _tcp_mem_state(153, [21888, 29184, 43776])["tcp_mem_state"]
+    'normal'
+    >>> _tcp_mem_state(30000, [21888, 29184, 43776])["tcp_mem_state"]
+    'pressure'
+    >>> _tcp_mem_state(43776, [21888, 29184, 43776])["tcp_mem_state"]
+    'max'
+    >>> _tcp_mem_state(153, [])["tcp_mem_state"] is None
+    True
+    """
+    if not tcp_mem or pages is None:
+        return {"tcp_mem_pressure_pages": tcp_mem[1] if tcp_mem else None,
+                "tcp_mem_max_pages": tcp_mem[2] if tcp_mem else None, "tcp_mem_state": None}
+    _low, pressure, top = tcp_mem
+    state = "max" if pages >= top else "pressure" if pages >= pressure else "normal"
+    return {"tcp_mem_pressure_pages": pressure, "tcp_mem_max_pages": top,
+            "tcp_mem_state": state}
+
+
 def parse(section: Section, node: str) -> list[Fact]:
     facts: list[Fact] = []
     counts: dict[str, int] = {}
@@ -100,6 +139,7 @@ def parse(section: Section, node: str) -> list[Fact]:
     def src(cmd: str, text: str) -> Source:
         return Source("sockets", cmd, section.exit_code, clip(text, 500))
 
+    tcp_mem: list[int] = []
     for name, arg, lines in parts(section.stdout):
         if name == "tcp":
             tcp_source = arg
@@ -118,6 +158,7 @@ def parse(section: Section, node: str) -> list[Fact]:
                     if kind == "L":
                         facts.append(Fact("tcp_listener", node, {
                             "local": clip(w[3], 80), "port": _port(w[3]),
+                            "wildcard": _wildcard(w[3]),
                             "accept_queue": recv_q, "backlog": send_q,
                             # ss shows backlog+1 queued when the accept queue has overflowed
                             "full": recv_q > send_q or (send_q > 0 and recv_q >= send_q),
@@ -137,7 +178,8 @@ def parse(section: Section, node: str) -> list[Fact]:
                         continue
                     local = _hex_addr(w[1])
                     facts.append(Fact("tcp_listener", node, {
-                        "local": local, "port": _port(local), "accept_queue": queue,
+                        "local": local, "port": _port(local), "wildcard": _wildcard(local),
+                        "accept_queue": queue,
                         "backlog": None, "full": None, "process": None, "pid": None,
                     }, src(cmd, rest)))
         elif name == "udp":
@@ -160,6 +202,10 @@ def parse(section: Section, node: str) -> list[Fact]:
                     raw = a.pop("raw")
                     a.pop("state")
                     facts.append(Fact("udp_socket", node, a, src("ss -uanmp", raw)))
+        elif name == "tcpmem":
+            words = " ".join(lines).split()
+            if len(words) == 3 and all(w.isdigit() for w in words):
+                tcp_mem = [int(w) for w in words]
         elif name == "sockstat":
             stat: dict[str, int] = {}
             for line in lines:
@@ -176,6 +222,9 @@ def parse(section: Section, node: str) -> list[Fact]:
                     "tcp_mem_pages": stat.get("tcp_mem"), "udp_inuse": stat.get("udp_inuse"),
                     "udp_mem_pages": stat.get("udp_mem"), "tcp6_inuse": stat.get("tcp6_inuse"),
                 }, src("cat /proc/net/sockstat", "\n".join(lines[:6]))))
+    for fact in facts:
+        if fact.kind == "sockstat":
+            fact.attrs.update(_tcp_mem_state(fact.attrs["tcp_mem_pages"], tcp_mem))
     if tcp_source:
         states = ("established", "syn_sent", "syn_recv", "fin_wait1", "fin_wait2", "time_wait",
                   "close", "close_wait", "last_ack", "listen", "closing")

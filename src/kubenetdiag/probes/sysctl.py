@@ -36,6 +36,7 @@ KEYS = (
     "net.ipv4.tcp_fin_timeout",
     "net.core.somaxconn",
     "net.ipv4.tcp_max_syn_backlog",
+    "net.ipv4.tcp_syncookies",
     "net.netfilter.nf_conntrack_max",
     "net.netfilter.nf_conntrack_count",
 )

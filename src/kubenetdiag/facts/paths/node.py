@@ -193,6 +193,8 @@ def build(name: str, facts: list[Fact]) -> NodeView:
         backend = str(a.get("backend") or (next(iter(known)) if len(known) == 1 else "unknown"))
         t = ipt_tables.setdefault((table, backend), Table(table, backend))
         rule = ipt.compile_rule(str(a["spec"]), int(a["position"]))  # type: ignore[arg-type]
+        if rule is not None and a.get("pkts") is not None:
+            rule = replace(rule, pkts=int(a["pkts"]))  # type: ignore[arg-type]
         if rule is not None:
             t.chains.setdefault(rule.chain, []).append(rule)
             v.has_netfilter = True

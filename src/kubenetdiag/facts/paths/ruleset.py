@@ -43,6 +43,7 @@ class Rule:
     action: Action
     undecidable: str = ""  # the first match the walk cannot decide, named for the report
     handle: int | None = None  # a native nftables rule's handle, when listed with -a (its undo)
+    pkts: int | None = None  # packets it matched, as collected (iptables-save -c); None unknown
 
     def matches(self, pkt: Packet, ctx: Context) -> Tri:
         return all_of(m(pkt, ctx) for m in self.matchers)

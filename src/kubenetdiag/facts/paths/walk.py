@@ -57,6 +57,7 @@ class Ending:
     undecided: str = ""
     steps: list[str] = field(default_factory=list)
     handle: int | None = None  # the deciding native nftables rule's handle, when collected
+    pkts: int | None = None  # the deciding rule's packet counter, when collected
 
 
 def _from_stop(s: Stop, undecided: str, steps: list[str]) -> Ending:
@@ -66,7 +67,7 @@ def _from_stop(s: Stop, undecided: str, steps: list[str]) -> Ending:
         s.table.name, s.chain, rule.position if rule else None,
         rule.text if rule else f"policy {s.verdict.upper()}",
         s.table.owner_of(s.chain, rule), s.table.backend, s.why, undecided, steps,
-        rule.handle if rule else None)
+        rule.handle if rule else None, rule.pkts if rule else None)
 
 
 def _route_owner(d: Decision) -> str:
