@@ -285,3 +285,28 @@ def test_tcp_helper_does_not_count_a_slow_start_as_a_timeout(tmp_path: Path) -> 
     with socket.create_server(("127.0.0.1", 0)) as up:
         result, _ = _connect(path, up.getsockname()[1])
     assert result == {"ok": True, "address": None, "detail": None}
+
+
+def _record(name: str, p: dict) -> dict:
+    return {"name": name, "reachable": True, "address": p["address"], "sections": [],
+            "active": {"plan": p, "podns": "cni-a", "sections": []}}
+
+
+def test_no_declared_endpoint_is_said_once_as_not_checked_with_how_to_declare_one() -> None:
+    plans = plan.plan(_facts(2), _hosts(2))
+    facts = parse.facts_from_records([_record(n, p) for n, p in plans.items()])
+    notes = [f for f in facts if f.kind == "probe_status"
+             and f.attrs["probe"] == parse.ENDPOINTS_PROBE]
+    assert [(f.node, f.attrs["status"]) for f in notes] == [("cluster", "not_queried")]
+    assert "kubenetdiag_endpoints" in notes[0].attrs["reason"]
+
+    declared = plan.plan(_facts(2), _hosts(2, kubenetdiag_endpoints=["10.0.0.5:3306"]))
+    facts = parse.facts_from_records([_record(n, p) for n, p in declared.items()])
+    assert not [f for f in facts if f.attrs.get("probe") == parse.ENDPOINTS_PROBE]
+
+
+def test_a_run_without_active_checks_does_not_also_blame_the_inventory() -> None:
+    rec = {"name": "node1", "reachable": True, "sections": [],
+           "active": {"skipped": "active checks not asked for"}}
+    facts = parse.facts_from_records([rec])
+    assert [f.attrs["probe"] for f in facts if f.kind == "probe_status"] == ["active"]
