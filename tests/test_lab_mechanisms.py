@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from conftest import SESSION_LAB_PREFIX
-from kubenetdiag_lab import Lab, LabError, coredns, flannel
+from kubenetdiag_lab import Lab, LabError, coredns, flannel, services
 from kubenetdiag_lab.netns import cmdline, lab_namespaces
+from kubenetdiag_lab.topology import OUTSIDE_HOST, OUTSIDE_PORT
 from test_lab_faults import (
     api,
     client_pod,
@@ -124,6 +125,11 @@ def snapshot(lab: Lab) -> dict[str, str]:
             ["ip", "-o", "link", "show", "eth0"]).stdout
     out["switch nft"] = _nft(lab.runners.switch.run(["nft", "-j", "-s", "list",
                                                      "ruleset"]).stdout)
+    # the middleware host's own firewall (endpoint_unreachable via=allowlist acts there)
+    # (its rules only: the first iptables call there creates the empty filter table)
+    out["outside iptables"] = "\n".join(
+        line for line in lab.runners.outside.run(["iptables-save"]).stdout.splitlines()
+        if line.startswith("-A "))
     out["coredns"] = " ".join(_state(pid) for pid in coredns.pids(lab.topology))
     return out
 
@@ -480,6 +486,51 @@ def _vxlan_link_by_hand(lab: Lab) -> None:
     blocked_both(lab, "node1", "node2")
 
 
+def _connect(lab: Lab, node: str, from_pod: bool) -> tuple[bool, str]:
+    """(connected, what it said) of a TCP connect to the middleware, from the node itself or
+    from its first pod."""
+    argv = services.netprog_argv("--timeout", "2", "tcp", OUTSIDE_HOST, str(OUTSIDE_PORT))
+    runner = lab.runners.pod(client_pod(lab, node)) if from_pod else lab.runners.node(node)
+    cp = runner.run(argv, check=False, timeout=15)
+    return cp.returncode == 0, cp.stdout + cp.stderr
+
+
+def _middleware(lab: Lab, node: str, *, node_ok: bool, pod_ok: bool, detail: str) -> None:
+    """The node and its pod see the middleware as the fault says; the other nodes and their
+    pods still connect, so it is that node's failure alone."""
+    for other in (n.name for n in lab.nodes if n.name != node):
+        assert _connect(lab, other, False)[0] and _connect(lab, other, True)[0], other
+    mine, said = _connect(lab, node, False)
+    assert mine is node_ok, said
+    pods, said = _connect(lab, node, True)
+    assert pods is pod_ok, said
+    assert detail in said.lower(), said
+
+
+def _pod_egress_dropped(lab: Lab) -> None:
+    _middleware(lab, "node2", node_ok=True, pod_ok=False, detail="timed out")
+    assert pods_ok(lab, "node2", "node1")  # pod-to-pod traffic still passes
+
+
+def _pod_egress_not_masqueraded(lab: Lab) -> None:
+    _middleware(lab, "node1", node_ok=True, pod_ok=False, detail="timed out")
+    assert pods_ok(lab, "node1", "node2")
+    assert f"-A POSTROUTING -s {lab.topology.node('node1').pod_cidr} -d 203.0.113.0/24 -j RETURN" \
+        in iptables(lab, "node1")
+
+
+def _middleware_drops_node(lab: Lab) -> None:
+    _middleware(lab, "node2", node_ok=False, pod_ok=False, detail="timed out")
+    assert "-j DROP" in lab.runners.outside.run(["iptables-save"]).stdout
+    # nothing changed on the node itself
+    assert "3306" not in iptables(lab, "node2")
+
+
+def _node_route_gone(lab: Lab) -> None:
+    _middleware(lab, "node1", node_ok=False, pod_ok=False, detail="unreachable")
+    assert "203.0.113.0/24" not in lab.node_exec("node1", ["ip", "route"]).stdout
+
+
 VXLAN_CASES = [
     ("bridge_nf_call_iptables_disabled", "file", "node1", {}, _bridge_nf_file),
     ("somaxconn_low", "file", "node2", {}, _somaxconn_file),
@@ -508,6 +559,10 @@ VXLAN_CASES = [
     ("port_not_listening", "loopback", "node2", {}, _web_on_loopback),
     ("service_no_endpoints", "selector", "node2", {}, _selector_matches_nothing),
     ("vxlan_port_mismatch", "link", "node2", {}, _vxlan_link_by_hand),
+    ("pod_egress_broken", "drop", "node2", {}, _pod_egress_dropped),
+    ("pod_egress_broken", "masquerade", "node1", {}, _pod_egress_not_masqueraded),
+    ("endpoint_unreachable", "allowlist", "node2", {}, _middleware_drops_node),
+    ("endpoint_unreachable", "route", "node1", {}, _node_route_gone),
 ]
 
 

@@ -33,6 +33,10 @@ from kubenetdiag_lab.netns import LabError, cmdline, pids_in_netns, run
 from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.runner import NodeRunner, Runners
 from kubenetdiag_lab.topology import (
+    OUTSIDE_HOST,
+    OUTSIDE_NETWORK,
+    OUTSIDE_PORT,
+    OUTSIDE_UNDERLAY,
     WEB_PORT,
     LabNode,
     Service,
@@ -1587,6 +1591,88 @@ register(Fault(
     _sshd_down, _sshd_up, {"via": "stop"},
     mechanisms={"stop": (), "hang": ()},
 ))
+
+# ---- middleware outside the cluster: a connect that times out --------------------------------
+
+
+def _egress_drop_spec(node: LabNode) -> list[str]:
+    # What a hand-written "keep the pods off the database" rule looks like: the node's pods,
+    # the middleware's address and port; the node's own connections are not forwarded.
+    return ["-s", node.pod_cidr, "-d", f"{OUTSIDE_HOST}/32", "-p", "tcp", "-m", "tcp",
+            "--dport", str(OUTSIDE_PORT), "-j", "DROP"]
+
+
+def _no_masq_spec(node: LabNode) -> list[str]:
+    # A "do not masquerade" exception for the middleware's network written above the CNI's
+    # masquerade (what ip-masq-agent's nonMasqueradeCIDRs does): the pods' connections leave
+    # with their pod address, which the middleware has no route back to.
+    return ["-s", node.pod_cidr, "-d", str(OUTSIDE_NETWORK), "-j", "RETURN"]
+
+
+def _pod_egress_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] == "drop":
+        _ipt_insert(ctx, node, "FORWARD", _egress_drop_spec(node))
+    elif params["via"] == "masquerade":
+        _ipt_insert(ctx, node, "POSTROUTING", _no_masq_spec(node), table="nat")
+    else:
+        raise LabError("pod_egress_broken: via must be drop or masquerade")
+
+
+def _pod_egress_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _ipt_delete(ctx, node, "FORWARD", _egress_drop_spec(node))
+    _ipt_delete(ctx, node, "POSTROUTING", _no_masq_spec(node), table="nat")
+
+
+register(Fault(
+    "pod_egress_broken",
+    "the node's pods time out connecting to the middleware outside the cluster while the node "
+    "itself connects: a DROP of its pods' traffic to the middleware at the top of FORWARD "
+    "(via=drop), or an exception above the CNI's masquerade that lets that traffic leave with "
+    "the pod's address, which the middleware has no route back to (via=masquerade)",
+    _pod_egress_off, _pod_egress_on, {"via": "drop"},
+    mechanisms={"drop": (), "masquerade": ()},
+))
+
+
+def _allowlist_spec(address: str) -> list[str]:
+    return ["-s", f"{address}/32", "-p", "tcp", "-m", "tcp", "--dport", str(OUTSIDE_PORT),
+            "-j", "DROP"]
+
+
+OUTSIDE_ROUTE = [str(OUTSIDE_NETWORK), "via", OUTSIDE_UNDERLAY, "dev", "eth0"]
+
+
+def _endpoint_cut(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] == "route":
+        ctx.node(node).run(["ip", "route", "del", *OUTSIDE_ROUTE])
+    elif params["via"] == "allowlist":
+        # The middleware host's own firewall drops this node's address (an allow-list that
+        # missed a node added later); it acts in the outside namespace, never on a node.
+        ctx.runners.outside.run(["iptables", "-I", "INPUT", "1",
+                                 *_allowlist_spec(str(node.address))])
+    else:
+        raise LabError("endpoint_unreachable: via must be route or allowlist")
+
+
+def _endpoint_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    ctx.node(node).run(["ip", "route", "replace", *OUTSIDE_ROUTE])
+    for _ in range(100):  # every copy, bounded
+        if ctx.runners.outside.run(["iptables", "-D", "INPUT",
+                                    *_allowlist_spec(str(node.address))],
+                                   check=False).returncode:
+            break
+
+
+register(Fault(
+    "endpoint_unreachable",
+    "the node and its pods time out connecting to the middleware outside the cluster while "
+    "the other nodes connect: the node's route to the middleware's network deleted "
+    "(via=route), or the middleware host's own firewall dropping the node's address "
+    "(via=allowlist; the pods' connections leave masqueraded to that address too)",
+    _endpoint_cut, _endpoint_back, {"via": "allowlist"},
+    mechanisms={"allowlist": (), "route": ()},
+))
+
 
 # ---- not reproducible here ------------------------------------------------------------------
 
