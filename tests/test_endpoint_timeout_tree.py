@@ -92,3 +92,15 @@ def test_the_healthy_nodes_are_never_named() -> None:
     for failing in ({("n1", True): "timeout"}, {("n1", False): "timeout", ("n1", True): "timeout"}):
         named = {n for _, _, nodes in roots(base() + connects(failing)) for n in nodes}
         assert named == {"n1"}
+
+
+def test_a_node_without_a_route_to_the_endpoint_is_named_for_it_once() -> None:
+    no_route = Fact("path", "n3", {
+        "flow": "endpoint", "peer": None, "target": DB, "state": "new", "src": "198.18.0.13",
+        "dst": "203.0.113.10", "proto": "tcp", "dport": 3306, "verdict": "reject",
+        "stage": "route", "at": "no route to 203.0.113.10", "hook": None, "table": None,
+        "chain": None, "position": None, "rule": None, "owner": "kernel", "backend": None,
+        "altered_by": None, "undo": None, "detail": "endpoint | reject at no route"})
+    facts = base() + connects({("n3", False): "unreachable", ("n3", True): "unreachable"})
+    assert roots([*facts, no_route]) == [("node-has-no-route-to-endpoint", "endpoint_unreachable",
+                                         ("n3",))]

@@ -531,6 +531,19 @@ def _node_route_gone(lab: Lab) -> None:
     assert "203.0.113.0/24" not in lab.node_exec("node1", ["ip", "route"]).stdout
 
 
+def _kubelet_silent(state: str) -> Callable[[Lab], None]:
+    def check(lab: Lab) -> None:
+        conditions = {c["type"]: c for c in api(lab, "/api/v1/nodes/node2")["status"]["conditions"]}
+        assert conditions["Ready"]["status"] == "Unknown", conditions
+        # flanneld's own condition is left as it wrote it
+        assert conditions["NetworkUnavailable"]["status"] == "False", conditions
+        stat = proc_states(lab, "node2").get("kubelet")
+        assert (stat or "").startswith("T") if state == "hung" else stat is None, stat
+        assert ssh(lab, "node2", "true").returncode == 0  # the node itself answers
+        assert pods_ok(lab, "node1", "node2")
+    return check
+
+
 VXLAN_CASES = [
     ("bridge_nf_call_iptables_disabled", "file", "node1", {}, _bridge_nf_file),
     ("somaxconn_low", "file", "node2", {}, _somaxconn_file),
@@ -563,6 +576,8 @@ VXLAN_CASES = [
     ("pod_egress_broken", "masquerade", "node1", {}, _pod_egress_not_masqueraded),
     ("endpoint_unreachable", "allowlist", "node2", {}, _middleware_drops_node),
     ("endpoint_unreachable", "route", "node1", {}, _node_route_gone),
+    ("node_not_ready", "kill", "node2", {}, _kubelet_silent("gone")),
+    ("node_not_ready", "hang", "node2", {}, _kubelet_silent("hung")),
 ]
 
 

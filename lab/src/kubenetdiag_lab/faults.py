@@ -1674,6 +1674,39 @@ register(Fault(
 ))
 
 
+# ---- the API's view of a node ----------------------------------------------------------------
+
+
+def _kubelet_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # The Node's Ready condition follows from lab.json's record of this fault (k8s_objects):
+    # Unknown, as the node lifecycle controller marks a node whose kubelet stopped posting.
+    pids = nodehost.procs_in(node.netns, "kubelet")
+    if params["via"] == "hang":
+        _freeze(pids, f"the kubelet on {node.name}")
+    elif params["via"] == "kill":
+        nodehost.kill(pids)
+    else:
+        raise LabError("node_not_ready: via must be kill or hang")
+
+
+def _kubelet_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    pids = nodehost.procs_in(node.netns, "kubelet")
+    _thaw(pids)
+    if not pids:
+        ctx.node(node).shell(nodehost.agent_command(ctx.paths.node_files(node.name), "kubelet"))
+        nodehost.wait_started(node.netns, "kubelet")
+
+
+register(Fault(
+    "node_not_ready",
+    "the node's kubelet stops posting its status, so the API marks the node's Ready condition "
+    "Unknown while the node itself runs and answers SSH: the kubelet killed (via=kill) or hung, "
+    "stopped with SIGSTOP (via=hang)",
+    _kubelet_down, _kubelet_up, {"via": "kill"},
+    mechanisms={"kill": (), "hang": ()},
+))
+
+
 # ---- not reproducible here ------------------------------------------------------------------
 
 register(Fault(
