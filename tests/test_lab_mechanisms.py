@@ -544,6 +544,23 @@ def _kubelet_silent(state: str) -> Callable[[Lab], None]:
     return check
 
 
+def _node_and_pod_apart(via: str) -> Callable[[Lab], None]:
+    def check(lab: Lab) -> None:
+        pod = lab.pods_on("node2")[0]
+        assert lab.node_exec("node2", ["ping", "-c", "1", "-W", "1", pod.ip],
+                             check=False).returncode != 0
+        node_ip = lab.topology.node("node2").address
+        assert lab.runners.pod(pod.name).run(["ping", "-c", "1", "-W", "1", node_ip],
+                                             check=False).returncode != 0
+        # the node's other pod still answers it
+        other = lab.pods_on("node2")[1]
+        assert lab.node_exec("node2", ["ping", "-c", "1", "-W", "1", other.ip],
+                             check=False).returncode == 0
+        # forwarded traffic: the pod reaches the middleware only when its veth is up
+        assert _connect(lab, "node2", True)[0] is (via == "filter")
+    return check
+
+
 VXLAN_CASES = [
     ("bridge_nf_call_iptables_disabled", "file", "node1", {}, _bridge_nf_file),
     ("somaxconn_low", "file", "node2", {}, _somaxconn_file),
@@ -578,6 +595,8 @@ VXLAN_CASES = [
     ("endpoint_unreachable", "route", "node1", {}, _node_route_gone),
     ("node_not_ready", "kill", "node2", {}, _kubelet_silent("gone")),
     ("node_not_ready", "hang", "node2", {}, _kubelet_silent("hung")),
+    ("node_pod_link_broken", "veth", "node2", {}, _node_and_pod_apart("veth")),
+    ("node_pod_link_broken", "filter", "node2", {}, _node_and_pod_apart("filter")),
 ]
 
 

@@ -39,6 +39,7 @@ from kubenetdiag_lab.topology import (
     OUTSIDE_UNDERLAY,
     WEB_PORT,
     LabNode,
+    LabPod,
     Service,
     Topology,
     cluster_services,
@@ -1671,6 +1672,54 @@ register(Fault(
     "(via=allowlist; the pods' connections leave masqueraded to that address too)",
     _endpoint_cut, _endpoint_back, {"via": "allowlist"},
     mechanisms={"allowlist": (), "route": ()},
+))
+
+
+# ---- a node and its own pods -------------------------------------------------------------------
+
+
+def _first_pod(ctx: FaultContext, node: LabNode) -> LabPod:
+    # The node's first pod: the one whose namespace the active checks enter (cni-client-...
+    # sorts first among /run/netns/cni-*), as the pod that stopped serving.
+    return min(ctx.topology.pods_on(node.name), key=lambda pod: pod.slot)
+
+
+def _host_veth(ctx: FaultContext, pod: LabPod) -> str:
+    return cni.calico_veth(pod) if ctx.topology.cni == "calico-bgp" else f"veth-pod{pod.slot}"
+
+
+def _pod_isolate_spec(pod: LabPod) -> list[str]:
+    return ["-s", f"{pod.ip}/32", "-j", "DROP"]
+
+
+def _pod_link_cut(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    pod = _first_pod(ctx, node)
+    if params["via"] == "veth":
+        # the host side of the pod's veth taken down (by hand, or a network manager that
+        # claimed it): the pod is cut off from its node and from everything behind it
+        ctx.node(node).run(["ip", "link", "set", _host_veth(ctx, pod), "down"])
+    elif params["via"] == "filter":
+        # a host rule dropping what the pod sends to the node itself: its pings and the
+        # node's replies from it; forwarded traffic does not cross INPUT
+        _ipt_insert(ctx, node, "INPUT", _pod_isolate_spec(pod))
+    else:
+        raise LabError("node_pod_link_broken: via must be veth or filter")
+
+
+def _pod_link_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    pod = _first_pod(ctx, node)
+    ctx.node(node).run(["ip", "link", "set", _host_veth(ctx, pod), "up"])
+    _ipt_delete(ctx, node, "INPUT", _pod_isolate_spec(pod))
+
+
+register(Fault(
+    "node_pod_link_broken",
+    "the node and its first pod cannot reach each other: the host side of the pod's veth set "
+    "down (via=veth: the pod reaches nothing at all), or a DROP in the node's INPUT for the "
+    "pod's address (via=filter: the node and the pod cannot ping each other, forwarded "
+    "traffic still passes)",
+    _pod_link_cut, _pod_link_back, {"via": "veth"},
+    mechanisms={"veth": (), "filter": ()},
 ))
 
 
