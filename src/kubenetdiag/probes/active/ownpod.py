@@ -9,9 +9,11 @@ from the pod to the node's own address.
 ...        "2 packets transmitted, 0 received, 100% packet loss, time 1010ms\\n")
 >>> [fact] = NODE_TO_POD.parse(section("active.own.node_to_pod", out, 1), "node_to_pod",
 ...                            example("cni-4f1a"))
->>> fact.kind, fact.attrs["direction"], fact.attrs["address"], fact.attrs["ok"], fact.attrs["detail"]
+>>> a = fact.attrs
+>>> fact.kind, a["direction"], a["address"], a["ok"], a["detail"]
 ('own_pod_check', 'node_to_pod', '10.244.1.2', False, 'timeout')
->>> ok = "2 packets transmitted, 2 received, 0% packet loss\\nrtt min/avg/max/mdev = 0.1/0.2/0.3/0.1 ms\\n"
+>>> ok = ("2 packets transmitted, 2 received, 0% packet loss\\n"
+...       "rtt min/avg/max/mdev = 0.1/0.2/0.3/0.1 ms\\n")
 >>> [fact] = POD_TO_NODE.parse(section("active.own.pod_to_node", ok), "pod_to_node",
 ...                            example("cni-4f1a"))
 >>> fact.attrs["direction"], fact.attrs["address"], fact.attrs["ok"], fact.attrs["vantage"]
@@ -42,8 +44,10 @@ _NODE_TO_POD = (
 )
 
 
-def _targets(plan: NodePlan) -> list[tuple[str, Any]]:
-    return [("", None)] if plan.get("address") else []
+def _targets(direction: str):  # noqa: ANN202
+    def targets(plan: NodePlan) -> list[tuple[str, Any]]:
+        return [("", direction)] if plan.get("address") else []
+    return targets
 
 
 def _blocks(direction: Any) -> str:
@@ -73,7 +77,7 @@ def _parser(direction: str):  # noqa: ANN202
 
 NODE_TO_POD = ActiveCheck(
     name="own.node_to_pod",
-    targets=_targets,
+    targets=_targets("node_to_pod"),
     resolve=lambda plan, suffix: "node_to_pod",
     command=lambda plan, target: _NODE_TO_POD,
     parse=_parser("node_to_pod"),
@@ -82,7 +86,7 @@ NODE_TO_POD = ActiveCheck(
 )
 POD_TO_NODE = ActiveCheck(
     name="own.pod_to_node",
-    targets=_targets,
+    targets=_targets("pod_to_node"),
     resolve=lambda plan, suffix: "pod_to_node",
     command=lambda plan, target: f"{IN_POD}{PING} {quoted(str(plan['address']))}",
     parse=_parser("pod_to_node"),
