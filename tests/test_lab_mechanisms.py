@@ -748,6 +748,8 @@ CALICO_CASES = [
     ("ip_forward_disabled", "interface", "node2", {}, _cali_forwarding_off),
     ("mtu_mismatch", "pod", "node2", {}, _pods_mtu_raised("node2", "node1", 3000)),
     ("policy_route_blackhole", "rule", "node2", {}, _policy_rule_over_bird),
+    # the kernel drops the pod's /32 with its cali veth: the heal must write it back
+    ("node_pod_link_broken", "veth", "node2", {}, _node_and_pod_apart("veth")),
 ]
 
 

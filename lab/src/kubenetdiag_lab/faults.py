@@ -1708,7 +1708,12 @@ def _pod_link_cut(ctx: FaultContext, node: LabNode, params: Params) -> None:
 
 def _pod_link_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
     pod = _first_pod(ctx, node)
-    ctx.node(node).run(["ip", "link", "set", _host_veth(ctx, pod), "up"])
+    veth = _host_veth(ctx, pod)
+    ctx.node(node).run(["ip", "link", "set", veth, "up"])
+    if ctx.topology.cni == "calico-bgp":
+        # the kernel dropped the pod's /32 when its veth went down; felix writes it back
+        ctx.node(node).run(["ip", "route", "replace", f"{pod.ip}/32", "dev", veth,
+                            "scope", "link"])
     _ipt_delete(ctx, node, "INPUT", _pod_isolate_spec(pod))
 
 
