@@ -460,12 +460,14 @@ def localize(t: Target, cuts: dict[str, dict[str, CutOff]],
 
 
 def target_facts(picked: dict[str, list[Fact]], cuts: dict[str, dict[str, CutOff]],
-                 matrices: dict[str, Matrix] | None = None) -> list[Fact]:
-    book = AddressBook(picked)
+                 matrices: dict[str, Matrix] | None = None, *,
+                 book: AddressBook | None = None,
+                 found: list[Target] | None = None) -> list[Fact]:
+    book = AddressBook(picked) if book is None else book
     broken = {layer: {frozenset(pair) for pair, cell in matrix.items() if not cell.ok}
               for layer, matrix in (matrices or {}).items()}
     facts: list[Fact] = []
-    for t in targets(picked):
+    for t in targets(picked) if found is None else found:
         if all(ok for ok, _ in t.results.values()):
             continue
         t.place, t.host = book.place(t.address)
@@ -506,7 +508,8 @@ def _side_of(results: dict[tuple[str, str], tuple[bool, str | None]], node: str,
     return ("failed", failed[0]) if failed else ("ok", None)
 
 
-def endpoint_split_facts(picked: dict[str, list[Fact]]) -> list[Fact]:
+def endpoint_split_facts(picked: dict[str, list[Fact]], *, book: AddressBook | None = None,
+                         found: list[Target] | None = None) -> list[Fact]:
     """One `endpoint_split` per (node, declared endpoint) where the node's own connect or its
     pod's failed: the two sides side by side, and what the other nodes saw.
 
@@ -516,9 +519,9 @@ def endpoint_split_facts(picked: dict[str, list[Fact]]) -> list[Fact]:
     through -> the endpoint or the network in front of it. Which branch a failure is on is
     plain from the results; the rules only have to name it.
     """
-    book = AddressBook(picked)
+    book = AddressBook(picked) if book is None else book
     out: list[Fact] = []
-    for t in targets(picked):
+    for t in targets(picked) if found is None else found:
         if t.check != "tcp" or t.about != "endpoint":
             continue
         if all(ok for ok, _ in t.results.values()):
@@ -604,8 +607,11 @@ def vantage_facts(facts: Sequence[Fact]) -> list[Fact]:
         return []
     matrices = reach_matrix(picked["reach"])
     cuts, out = reach_facts(matrices)
-    out += target_facts(picked, cuts, matrices)
-    out += endpoint_split_facts(picked)
+    # one address book and one reading of the checks for both: at thousands of nodes each
+    # costs as much as the rest of this module
+    book, found = AddressBook(picked), targets(picked)
+    out += target_facts(picked, cuts, matrices, book=book, found=found)
+    out += endpoint_split_facts(picked, book=book, found=found)
     status = {f.node: bool(f.attrs.get("reachable")) for f in picked["node_status"]}
     named = {f.node for f in out if f.kind == "cut_off"} | {
         f.node for f in out
