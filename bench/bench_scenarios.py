@@ -78,7 +78,13 @@ MULTI: list[tuple[str, ...]] = [
      "node_unreachable[via=hang]@node1"),
     ("flannel-host-gw", "forward_chain_reject[via=userchain]@node1",
      "policy_route_blackhole[via=rule]@node2", "mtu_mismatch[via=pod]@node3"),
+    # middleware timeouts: one node's pods lose their way out, another node is turned away
+    ("flannel-vxlan", "pod_egress_broken[via=masquerade]@node1",
+     "endpoint_unreachable[via=allowlist]@node3"),
+    ("flannel-vxlan", "node_pod_link_broken[via=filter]@node2", "node_not_ready[via=hang]@node1"),
     ("calico-bgp", "bgp_session_down@node3", "time_wait_pileup@node2"),
+    ("calico-bgp", "pod_egress_broken[via=drop]@node2", "endpoint_unreachable[via=route]@node1"),
+    ("calico-bgp", "node_pod_link_broken[via=veth]@node1", "node_not_ready[via=kill]@node3"),
     ("calico-bgp", "policy_route_blackhole[via=table]@node2", "mtu_mismatch[via=pod]@node1"),
     ("calico-bgp", "bgp_session_down[via=hang]@node3", "iptables_drop_rule[via=mangle]@node1",
      "security_software_present[via=iptables]@node2"),

@@ -3,6 +3,8 @@ the DNS/HTTP spoken over an SSH channel."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -14,7 +16,8 @@ from kubenetdiag.collect.active import split
 from kubenetdiag.facts import parse
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.inventory import Host
-from kubenetdiag.probes.active import capture, dns, http, ping, plan, script, tcp
+from kubenetdiag.probes.active import capture, dns, http, ownpod, ping, plan, script, tcp
+from kubenetdiag.probes.active.common import example, section
 
 FIX = Path(__file__).parent / "fixtures" / "active"
 
@@ -285,3 +288,54 @@ def test_tcp_helper_does_not_count_a_slow_start_as_a_timeout(tmp_path: Path) -> 
     with socket.create_server(("127.0.0.1", 0)) as up:
         result, _ = _connect(path, up.getsockname()[1])
     assert result == {"ok": True, "address": None, "detail": None}
+
+
+def _record(name: str, p: dict) -> dict:
+    return {"name": name, "reachable": True, "address": p["address"], "sections": [],
+            "active": {"plan": p, "podns": "cni-a", "sections": []}}
+
+
+def test_no_declared_endpoint_is_said_once_as_not_checked_with_how_to_declare_one() -> None:
+    plans = plan.plan(_facts(2), _hosts(2))
+    facts = parse.facts_from_records([_record(n, p) for n, p in plans.items()])
+    notes = [f for f in facts if f.kind == "probe_status"
+             and f.attrs["probe"] == parse.ENDPOINTS_PROBE]
+    assert [(f.node, f.attrs["status"]) for f in notes] == [("cluster", "not_queried")]
+    assert "kubenetdiag_endpoints" in notes[0].attrs["reason"]
+
+    declared = plan.plan(_facts(2), _hosts(2, kubenetdiag_endpoints=["10.0.0.5:3306"]))
+    facts = parse.facts_from_records([_record(n, p) for n, p in declared.items()])
+    assert not [f for f in facts if f.attrs.get("probe") == parse.ENDPOINTS_PROBE]
+
+
+def test_a_run_without_active_checks_does_not_also_blame_the_inventory() -> None:
+    rec = {"name": "node1", "reachable": True, "sections": [],
+           "active": {"skipped": "active checks not asked for"}}
+    facts = parse.facts_from_records([rec])
+    assert [f.attrs["probe"] for f in facts if f.kind == "probe_status"
+            and f.attrs["probe"].startswith("active")] == ["active"]
+
+
+def _own_pod(inpod: str) -> list[Fact]:
+    """Run the node -> own pod check's command as the script would, with $__inpod as given,
+    and parse its output."""
+    ctx = example("cni-a")
+    cmd = ownpod.NODE_TO_POD.command(ctx.plan, "node_to_pod")
+    cp = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=20,
+                        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "__inpod": inpod,
+                             "__pi": ""})
+    return ownpod.NODE_TO_POD.parse(section("active.own.node_to_pod", cp.stdout + cp.stderr,
+                                            cp.returncode), "node_to_pod", ctx)
+
+
+def test_own_pod_check_without_a_pod_namespace_is_not_checked_not_failed() -> None:
+    [fact] = _own_pod("")
+    assert (fact.kind, fact.attrs["status"]) == ("probe_status", "missing_tool")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="needs root to enter an empty network namespace")
+def test_own_pod_check_in_a_namespace_without_an_address_pings_nothing() -> None:
+    # a fresh network namespace has only lo: no pod address, so no ping is sent anywhere
+    [fact] = _own_pod("unshare -n")
+    assert fact.kind == "probe_status" and "no pod address" in fact.attrs["reason"]

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from conftest import SESSION_LAB_PREFIX
-from kubenetdiag_lab import Lab, LabError, coredns, flannel
+from kubenetdiag_lab import Lab, LabError, coredns, flannel, services
 from kubenetdiag_lab.netns import cmdline, lab_namespaces
+from kubenetdiag_lab.topology import OUTSIDE_HOST, OUTSIDE_PORT
 from test_lab_faults import (
     api,
     client_pod,
@@ -124,6 +125,11 @@ def snapshot(lab: Lab) -> dict[str, str]:
             ["ip", "-o", "link", "show", "eth0"]).stdout
     out["switch nft"] = _nft(lab.runners.switch.run(["nft", "-j", "-s", "list",
                                                      "ruleset"]).stdout)
+    # the middleware host's own firewall (endpoint_unreachable via=allowlist acts there)
+    # (its rules only: the first iptables call there creates the empty filter table)
+    out["outside iptables"] = "\n".join(
+        line for line in lab.runners.outside.run(["iptables-save"]).stdout.splitlines()
+        if line.startswith("-A "))
     out["coredns"] = " ".join(_state(pid) for pid in coredns.pids(lab.topology))
     return out
 
@@ -524,6 +530,79 @@ def _syn_cookies_off_by_file(lab: Lab) -> None:
     assert sysctl(lab, "node2", "net.ipv4.tcp_syncookies") == "0"
     assert sysctl(lab, "node2", "net.ipv4.tcp_max_syn_backlog") == "128"
     assert sysctl(lab, "node1", "net.ipv4.tcp_syncookies") == "1"
+def _connect(lab: Lab, node: str, from_pod: bool) -> tuple[bool, str]:
+    """(connected, what it said) of a TCP connect to the middleware, from the node itself or
+    from its first pod."""
+    argv = services.netprog_argv("--timeout", "2", "tcp", OUTSIDE_HOST, str(OUTSIDE_PORT))
+    runner = lab.runners.pod(client_pod(lab, node)) if from_pod else lab.runners.node(node)
+    cp = runner.run(argv, check=False, timeout=15)
+    return cp.returncode == 0, cp.stdout + cp.stderr
+
+
+def _middleware(lab: Lab, node: str, *, node_ok: bool, pod_ok: bool, detail: str) -> None:
+    """The node and its pod see the middleware as the fault says; the other nodes and their
+    pods still connect, so it is that node's failure alone."""
+    for other in (n.name for n in lab.nodes if n.name != node):
+        assert _connect(lab, other, False)[0] and _connect(lab, other, True)[0], other
+    mine, said = _connect(lab, node, False)
+    assert mine is node_ok, said
+    pods, said = _connect(lab, node, True)
+    assert pods is pod_ok, said
+    assert detail in said.lower(), said
+
+
+def _pod_egress_dropped(lab: Lab) -> None:
+    _middleware(lab, "node2", node_ok=True, pod_ok=False, detail="timed out")
+    assert pods_ok(lab, "node2", "node1")  # pod-to-pod traffic still passes
+
+
+def _pod_egress_not_masqueraded(lab: Lab) -> None:
+    _middleware(lab, "node1", node_ok=True, pod_ok=False, detail="timed out")
+    assert pods_ok(lab, "node1", "node2")
+    assert f"-A POSTROUTING -s {lab.topology.node('node1').pod_cidr} -d 203.0.113.0/24 -j RETURN" \
+        in iptables(lab, "node1")
+
+
+def _middleware_drops_node(lab: Lab) -> None:
+    _middleware(lab, "node2", node_ok=False, pod_ok=False, detail="timed out")
+    assert "-j DROP" in lab.runners.outside.run(["iptables-save"]).stdout
+    # nothing changed on the node itself
+    assert "3306" not in iptables(lab, "node2")
+
+
+def _node_route_gone(lab: Lab) -> None:
+    _middleware(lab, "node1", node_ok=False, pod_ok=False, detail="unreachable")
+    assert "203.0.113.0/24" not in lab.node_exec("node1", ["ip", "route"]).stdout
+
+
+def _kubelet_silent(state: str) -> Callable[[Lab], None]:
+    def check(lab: Lab) -> None:
+        conditions = {c["type"]: c for c in api(lab, "/api/v1/nodes/node2")["status"]["conditions"]}
+        assert conditions["Ready"]["status"] == "Unknown", conditions
+        # flanneld's own condition is left as it wrote it
+        assert conditions["NetworkUnavailable"]["status"] == "False", conditions
+        stat = proc_states(lab, "node2").get("kubelet")
+        assert (stat or "").startswith("T") if state == "hung" else stat is None, stat
+        assert ssh(lab, "node2", "true").returncode == 0  # the node itself answers
+        assert pods_ok(lab, "node1", "node2")
+    return check
+
+
+def _node_and_pod_apart(via: str) -> Callable[[Lab], None]:
+    def check(lab: Lab) -> None:
+        pod = lab.pods_on("node2")[0]
+        assert lab.node_exec("node2", ["ping", "-c", "1", "-W", "1", pod.ip],
+                             check=False).returncode != 0
+        node_ip = lab.topology.node("node2").address
+        assert lab.runners.pod(pod.name).run(["ping", "-c", "1", "-W", "1", node_ip],
+                                             check=False).returncode != 0
+        # the node's other pod still answers it
+        other = lab.pods_on("node2")[1]
+        assert lab.node_exec("node2", ["ping", "-c", "1", "-W", "1", other.ip],
+                             check=False).returncode == 0
+        # forwarded traffic: the pod reaches the middleware only when its veth is up
+        assert _connect(lab, "node2", True)[0] is (via == "filter")
+    return check
 
 
 VXLAN_CASES = [
@@ -559,6 +638,14 @@ VXLAN_CASES = [
     ("socket_recv_queue_backlog", "hang", "node2", {}, _recv_queue_of_a_hung_reader),
     ("listen_port_conflict", "address", "node2", {}, _second_listener_on_the_address),
     ("syn_backlog_low", "file", "node2", {}, _syn_cookies_off_by_file),
+    ("pod_egress_broken", "drop", "node2", {}, _pod_egress_dropped),
+    ("pod_egress_broken", "masquerade", "node1", {}, _pod_egress_not_masqueraded),
+    ("endpoint_unreachable", "allowlist", "node2", {}, _middleware_drops_node),
+    ("endpoint_unreachable", "route", "node1", {}, _node_route_gone),
+    ("node_not_ready", "kill", "node2", {}, _kubelet_silent("gone")),
+    ("node_not_ready", "hang", "node2", {}, _kubelet_silent("hung")),
+    ("node_pod_link_broken", "veth", "node2", {}, _node_and_pod_apart("veth")),
+    ("node_pod_link_broken", "filter", "node2", {}, _node_and_pod_apart("filter")),
 ]
 
 
@@ -710,6 +797,8 @@ CALICO_CASES = [
     ("ip_forward_disabled", "interface", "node2", {}, _cali_forwarding_off),
     ("mtu_mismatch", "pod", "node2", {}, _pods_mtu_raised("node2", "node1", 3000)),
     ("policy_route_blackhole", "rule", "node2", {}, _policy_rule_over_bird),
+    # the kernel drops the pod's /32 with its cali veth: the heal must write it back
+    ("node_pod_link_broken", "veth", "node2", {}, _node_and_pod_apart("veth")),
 ]
 
 

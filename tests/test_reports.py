@@ -812,6 +812,18 @@ def test_terminal_summary_unreachable_and_hint() -> None:
     assert "bundles/2026-11-22T031208" in out.splitlines()[-1]
 
 
+def test_terminal_summary_says_middleware_was_not_checked_and_how_to_declare_it() -> None:
+    nodes = [make_node(f"node{i}", i) for i in range(1, 4)]
+    entry = {"node": "cluster", "probe": "active.endpoints", "status": "not_queried",
+             "reason": "no endpoint is declared in the inventory",
+             "blocks": "connect timeouts to middleware"}
+    out = _summary(make_report(nodes, [], [entry]))
+    assert "Connect timeouts to middleware were not checked" in out
+    assert "kubenetdiag_endpoints" in out
+    assert "kubenetdiag_endpoints" in _summary(make_report(nodes, [], [entry]), lang="zh-CN")
+    assert "kubenetdiag_endpoints" not in _summary(healthy_report())
+
+
 def test_terminal_summary_neutralises_hostile_names() -> None:
     plain = _summary(hostile_report())
     assert "\x1b" not in plain and "\x07" not in plain

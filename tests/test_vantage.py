@@ -312,6 +312,52 @@ def test_a_target_with_one_unreachable_vantage_point_counts_only_those_that_trie
     assert (f.node, f.attrs["localized"], f.attrs["tried"]) == ("n2", "vantage", 2)
 
 
+def splits(facts: list[Fact]) -> dict[str, tuple[str, str, str]]:
+    """node -> (branch, elsewhere, detail) of the endpoint_split facts."""
+    return {f.node: (str(f.attrs["branch"]), str(f.attrs["elsewhere"]), str(f.attrs["detail"]))
+            for f in by_kind(facts, "endpoint_split")}
+
+
+DB = "203.0.113.10:3306"
+
+
+def test_the_node_connects_and_its_pod_times_out_is_the_pods_way_out_on_that_node() -> None:
+    facts = cluster(3) + [tcp(n, DB, True) for n in nodes(3)] + [
+        tcp("n1", DB, True, vantage="cni-a"), tcp("n2", DB, False, vantage="cni-b"),
+        tcp("n3", DB, True, vantage="cni-c")]
+    assert splits(vantage_facts(facts)) == {"n2": ("pod_only", "ok", "timeout")}
+
+
+def test_node_and_pod_both_time_out_while_the_others_connect_names_that_node_alone() -> None:
+    facts = cluster(3) + [tcp("n1", DB, True), tcp("n2", DB, True),
+                          tcp("n3", DB, False, "unreachable"),
+                          tcp("n1", DB, True, vantage="cni-a"),
+                          tcp("n3", DB, False, vantage="cni-c")]
+    out = vantage_facts(facts)
+    assert splits(out) == {"n3": ("both", "ok", "timeout")}
+    (f,) = by_kind(out, "endpoint_split")
+    assert (f.attrs["node_detail"], f.attrs["answering"]) == ("unreachable", "n1, n2")
+
+
+def test_nobody_getting_through_is_said_on_every_node_as_failed_elsewhere() -> None:
+    facts = cluster(2) + [tcp(n, DB, False) for n in nodes(2)] + [
+        tcp(n, DB, False, vantage=f"cni-{n}") for n in nodes(2)]
+    assert splits(vantage_facts(facts)) == {"n1": ("both", "failed", "timeout"),
+                                            "n2": ("both", "failed", "timeout")}
+
+
+def test_a_node_whose_pod_was_not_tried_is_unpaired_not_both() -> None:
+    facts = cluster(2) + [tcp("n1", DB, False), tcp("n2", DB, True)]
+    assert splits(vantage_facts(facts)) == {"n1": ("unpaired", "ok", "timeout")}
+
+
+def test_endpoints_every_vantage_point_reaches_give_no_split() -> None:
+    facts = cluster(2) + [tcp(n, DB, True) for n in nodes(2)] + [
+        tcp("n1", DB, True, vantage="cni-a"), dns("n1", "10.244.1.3", False),
+        dns("n2", "10.244.1.3", True)]
+    assert by_kind(vantage_facts(facts), "endpoint_split") == []
+
+
 def test_every_fact_conforms_to_the_registry() -> None:
     names = nodes(5)
     facts = cluster(5) + matrix(names, cut("n4", names) | {("n1", "n2")}) + [
@@ -321,7 +367,8 @@ def test_every_fact_conforms_to_the_registry() -> None:
         fact("http_check", "n1", url="http://10.244.1.3:9153/metrics", target="coredns_metrics",
              target_pod="coredns-0", status=None, ok=False, detail="timeout")]
     out = vantage_facts(facts)
-    assert {f.kind for f in out} == {"cut_off", "reach_pair", "target_failure", "node_checks"}
+    assert {f.kind for f in out} == {"cut_off", "reach_pair", "target_failure", "node_checks",
+                                     "endpoint_split"}
     for f in out:
         assert validate_fact(f) == [], f
 

@@ -16,3 +16,7 @@ ALARMING: frozenset[str] = frozenset(SEVERITIES[: SEVERITY_RANK["warning"] + 1])
 CNI_MARKERS: tuple[str, ...] = (
     "flannel", "calico-node", "cilium", "weave", "kube-router", "antrea", "canal",
 )
+
+# The "not checked" entry of a run whose inventory declares no endpoint (facts/parse.py): the
+# terminal summary names it on its own line, with how to declare one.
+ENDPOINTS_PROBE = "active.endpoints"

@@ -36,8 +36,12 @@ from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.runner import NodeRunner, Runners
 from kubenetdiag_lab.topology import (
     OUTSIDE_HOST,
+    OUTSIDE_NETWORK,
+    OUTSIDE_PORT,
+    OUTSIDE_UNDERLAY,
     WEB_PORT,
     LabNode,
+    LabPod,
     Service,
     ServicePort,
     Topology,
@@ -2003,6 +2007,174 @@ register(Fault(
     _sshd_down, _sshd_up, {"via": "stop"},
     mechanisms={"stop": (), "hang": ()},
 ))
+
+# ---- middleware outside the cluster: a connect that times out --------------------------------
+
+
+def _egress_drop_spec(node: LabNode) -> list[str]:
+    # What a hand-written "keep the pods off the database" rule looks like: the node's pods,
+    # the middleware's address and port; the node's own connections are not forwarded.
+    return ["-s", node.pod_cidr, "-d", f"{OUTSIDE_HOST}/32", "-p", "tcp", "-m", "tcp",
+            "--dport", str(OUTSIDE_PORT), "-j", "DROP"]
+
+
+def _no_masq_spec(node: LabNode) -> list[str]:
+    # A "do not masquerade" exception for the middleware's network written above the CNI's
+    # masquerade (what ip-masq-agent's nonMasqueradeCIDRs does): the pods' connections leave
+    # with their pod address, which the middleware has no route back to.
+    return ["-s", node.pod_cidr, "-d", str(OUTSIDE_NETWORK), "-j", "RETURN"]
+
+
+def _pod_egress_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] == "drop":
+        _ipt_insert(ctx, node, "FORWARD", _egress_drop_spec(node))
+    elif params["via"] == "masquerade":
+        _ipt_insert(ctx, node, "POSTROUTING", _no_masq_spec(node), table="nat")
+    else:
+        raise LabError("pod_egress_broken: via must be drop or masquerade")
+
+
+def _pod_egress_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _ipt_delete(ctx, node, "FORWARD", _egress_drop_spec(node))
+    _ipt_delete(ctx, node, "POSTROUTING", _no_masq_spec(node), table="nat")
+
+
+register(Fault(
+    "pod_egress_broken",
+    "the node's pods time out connecting to the middleware outside the cluster while the node "
+    "itself connects: a DROP of its pods' traffic to the middleware at the top of FORWARD "
+    "(via=drop), or an exception above the CNI's masquerade that lets that traffic leave with "
+    "the pod's address, which the middleware has no route back to (via=masquerade)",
+    _pod_egress_off, _pod_egress_on, {"via": "drop"},
+    mechanisms={"drop": (), "masquerade": ()},
+))
+
+
+def _allowlist_spec(address: str) -> list[str]:
+    return ["-s", f"{address}/32", "-p", "tcp", "-m", "tcp", "--dport", str(OUTSIDE_PORT),
+            "-j", "DROP"]
+
+
+OUTSIDE_ROUTE = [str(OUTSIDE_NETWORK), "via", OUTSIDE_UNDERLAY, "dev", "eth0"]
+
+
+def _endpoint_cut(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] == "route":
+        ctx.node(node).run(["ip", "route", "del", *OUTSIDE_ROUTE])
+    elif params["via"] == "allowlist":
+        # The middleware host's own firewall drops this node's address (an allow-list that
+        # missed a node added later); it acts in the outside namespace, never on a node.
+        ctx.runners.outside.run(["iptables", "-I", "INPUT", "1",
+                                 *_allowlist_spec(str(node.address))])
+    else:
+        raise LabError("endpoint_unreachable: via must be route or allowlist")
+
+
+def _endpoint_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    ctx.node(node).run(["ip", "route", "replace", *OUTSIDE_ROUTE])
+    for _ in range(100):  # every copy, bounded
+        if ctx.runners.outside.run(["iptables", "-D", "INPUT",
+                                    *_allowlist_spec(str(node.address))],
+                                   check=False).returncode:
+            break
+
+
+register(Fault(
+    "endpoint_unreachable",
+    "the node and its pods time out connecting to the middleware outside the cluster while "
+    "the other nodes connect: the node's route to the middleware's network deleted "
+    "(via=route), or the middleware host's own firewall dropping the node's address "
+    "(via=allowlist; the pods' connections leave masqueraded to that address too)",
+    _endpoint_cut, _endpoint_back, {"via": "allowlist"},
+    mechanisms={"allowlist": (), "route": ()},
+))
+
+
+# ---- a node and its own pods -------------------------------------------------------------------
+
+
+def _first_pod(ctx: FaultContext, node: LabNode) -> LabPod:
+    # The node's first pod: the one whose namespace the active checks enter (cni-client-...
+    # sorts first among /run/netns/cni-*), as the pod that stopped serving.
+    return min(ctx.topology.pods_on(node.name), key=lambda pod: pod.slot)
+
+
+def _host_veth(ctx: FaultContext, pod: LabPod) -> str:
+    return cni.calico_veth(pod) if ctx.topology.cni == "calico-bgp" else f"veth-pod{pod.slot}"
+
+
+def _pod_isolate_spec(pod: LabPod) -> list[str]:
+    return ["-s", f"{pod.ip}/32", "-j", "DROP"]
+
+
+def _pod_link_cut(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    pod = _first_pod(ctx, node)
+    if params["via"] == "veth":
+        # the host side of the pod's veth taken down (by hand, or a network manager that
+        # claimed it): the pod is cut off from its node and from everything behind it
+        ctx.node(node).run(["ip", "link", "set", _host_veth(ctx, pod), "down"])
+    elif params["via"] == "filter":
+        # a host rule dropping what the pod sends to the node itself: its pings and the
+        # node's replies from it; forwarded traffic does not cross INPUT
+        _ipt_insert(ctx, node, "INPUT", _pod_isolate_spec(pod))
+    else:
+        raise LabError("node_pod_link_broken: via must be veth or filter")
+
+
+def _pod_link_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    pod = _first_pod(ctx, node)
+    veth = _host_veth(ctx, pod)
+    ctx.node(node).run(["ip", "link", "set", veth, "up"])
+    if ctx.topology.cni == "calico-bgp":
+        # the kernel dropped the pod's /32 when its veth went down; felix writes it back
+        ctx.node(node).run(["ip", "route", "replace", f"{pod.ip}/32", "dev", veth,
+                            "scope", "link"])
+    _ipt_delete(ctx, node, "INPUT", _pod_isolate_spec(pod))
+
+
+register(Fault(
+    "node_pod_link_broken",
+    "the node and its first pod cannot reach each other: the host side of the pod's veth set "
+    "down (via=veth: the pod reaches nothing at all), or a DROP in the node's INPUT for the "
+    "pod's address (via=filter: the node and the pod cannot ping each other, forwarded "
+    "traffic still passes)",
+    _pod_link_cut, _pod_link_back, {"via": "veth"},
+    mechanisms={"veth": (), "filter": ()},
+))
+
+
+# ---- the API's view of a node ----------------------------------------------------------------
+
+
+def _kubelet_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # The Node's Ready condition follows from lab.json's record of this fault (k8s_objects):
+    # Unknown, as the node lifecycle controller marks a node whose kubelet stopped posting.
+    pids = nodehost.procs_in(node.netns, "kubelet")
+    if params["via"] == "hang":
+        _freeze(pids, f"the kubelet on {node.name}")
+    elif params["via"] == "kill":
+        nodehost.kill(pids)
+    else:
+        raise LabError("node_not_ready: via must be kill or hang")
+
+
+def _kubelet_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    pids = nodehost.procs_in(node.netns, "kubelet")
+    _thaw(pids)
+    if not pids:
+        ctx.node(node).shell(nodehost.agent_command(ctx.paths.node_files(node.name), "kubelet"))
+        nodehost.wait_started(node.netns, "kubelet")
+
+
+register(Fault(
+    "node_not_ready",
+    "the node's kubelet stops posting its status, so the API marks the node's Ready condition "
+    "Unknown while the node itself runs and answers SSH: the kubelet killed (via=kill) or hung, "
+    "stopped with SIGSTOP (via=hang)",
+    _kubelet_down, _kubelet_up, {"via": "kill"},
+    mechanisms={"kill": (), "hang": ()},
+))
+
 
 # ---- not reproducible here ------------------------------------------------------------------
 

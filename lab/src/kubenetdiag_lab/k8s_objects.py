@@ -17,7 +17,8 @@ Choices that a reader of the served objects would otherwise have to guess:
   with restarts; a node whose ``cni_pod_ready`` is false (its readiness probe fails) has it
   not Ready, running, without restarts;
   a lab.json pod with ``"ready": false`` is not Ready (running, as under a failing readiness
-  probe, or in CrashLoopBackOff when it has ``restarts``).
+  probe, or in CrashLoopBackOff when it has ``restarts``); ``node_not_ready`` makes that
+  node's Ready condition Unknown, as when its kubelet stops posting status.
 * No EndpointSlices: the lab's real kube-controller-manager writes them from the Services and
   the pods' Ready condition (controlplane.py), as on a real cluster.
 * A service is topology-aware when its lab.json entry says ``"topology_aware": true``: it then
@@ -92,6 +93,17 @@ def cluster_domain(state: dict) -> str:
 # ---------------------------------------------------------------- nodes
 
 
+def _ready(state: dict, node: dict) -> Obj:
+    """The Ready condition: True, or Unknown under node_not_ready (its kubelet stopped
+    posting), as the node lifecycle controller writes it."""
+    if any(f.get("node") == node["name"] for f in _faults(state, "node_not_ready")):
+        return {"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                "message": "Kubelet stopped posting node status.",
+                "lastTransitionTime": CREATED}
+    return {"type": "Ready", "status": "True", "reason": "KubeletReady",
+            "message": "kubelet is posting ready status", "lastTransitionTime": CREATED}
+
+
 def node_object(state: dict, node: dict) -> Obj:
     labels = {
         "kubernetes.io/hostname": node["name"],
@@ -132,13 +144,7 @@ def node_object(state: dict, node: dict) -> Obj:
                     "reason": "CalicoIsUp",
                     "lastTransitionTime": CREATED,
                 }]),
-                {
-                    "type": "Ready",
-                    "status": "True",
-                    "reason": "KubeletReady",
-                    "message": "kubelet is posting ready status",
-                    "lastTransitionTime": CREATED,
-                },
+                _ready(state, node),
             ],
             "nodeInfo": {
                 # lab nodes are namespaces of this machine, so they all run its kernel

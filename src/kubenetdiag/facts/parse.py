@@ -20,6 +20,7 @@ from kubenetdiag.probes import BY_NAME, PROBES, Probe, Section
 from kubenetdiag.probes.active import PREFIX, check_for, checks
 from kubenetdiag.probes.active.plan import not_checked
 from kubenetdiag.probes.base import CheckContext
+from kubenetdiag.vocabulary import ENDPOINTS_PROBE
 
 _DENIED = re.compile(
     r"permission denied|you must be root|operation not permitted|must be run as root", re.I
@@ -144,6 +145,21 @@ def active_facts(node: str, active: dict) -> list[Fact]:
     return facts
 
 
+def no_endpoints_fact() -> Fact:
+    """One 'not checked' entry when the active checks ran but the inventory declares no
+    endpoint: nothing was connected to outside the cluster, so a timeout to a database or other
+    middleware (node -> endpoint, then pod -> endpoint) was not looked for, which is not the
+    same as it being fine."""
+    reason = ("no endpoint is declared in the inventory, so no node or pod connected to a "
+              "service outside the cluster (a database, a cache, other middleware). Declare the "
+              "ones your pods use as host:port under kubenetdiag_endpoints, e.g. in all: vars: "
+              "kubenetdiag_endpoints: [\"10.0.0.5:3306\"]")
+    return Fact("probe_status", "cluster", {
+        "probe": ENDPOINTS_PROBE, "status": "not_queried", "reason": reason,
+        "blocks": "connect timeouts to middleware: node to endpoint, pod to endpoint, and "
+                  "which of the two fails"}, Source(ENDPOINTS_PROBE, "", None, reason))
+
+
 def skipped_fact(reason: str) -> Fact:
     """One 'not checked' entry for a run whose active phase was not asked for."""
     return Fact("probe_status", "cluster", {
@@ -247,6 +263,7 @@ def facts_from_records(
     had_checks = checks_ran(records, active_checks)
     facts: list[Fact] = []
     skipped = None
+    planned = declared = False  # an active plan was made / one of them had endpoints
     shared = _Sharing()
     for rec in records:
         mine = node_facts(rec, ran)
@@ -258,9 +275,15 @@ def facts_from_records(
             mine.extend(active_facts(rec["name"], active))
             mine.extend(checks_not_collected(rec["name"], active, had_checks, version))
             skipped = skipped or active.get("skipped")
+            plan = active.get("plan")
+            if isinstance(plan, dict) and not active.get("skipped"):
+                planned = True
+                declared = declared or bool(plan.get("endpoints"))
         facts.extend(shared(mine))
     if skipped:
         facts.append(skipped_fact(str(skipped)))
+    elif planned and not declared:
+        facts.append(no_endpoints_fact())
     if cluster is not None:
         facts.extend(
             cluster_facts(cluster, [(r["name"], str(r.get("address") or "")) for r in records])

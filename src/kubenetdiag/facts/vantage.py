@@ -14,6 +14,9 @@ module computes (docs/facts.md, kinds/vantage.yaml):
   that tried (the target is the problem), from some (the failing vantage point's path is), only
   outside the target's own node (the way into that node is), across a cut-off node, or across
   a failed pair (the vantage node and the target's node fail with each other in the matrix);
+* `endpoint_split`: for each declared endpoint a node failed to connect to, what the node
+  itself and a pod on it each saw, and whether other nodes got through: the order of work of
+  docs/runbooks.md#runbook-002 (node -> endpoint, then pod -> endpoint) read off at once;
 * `node_checks`: which probes answered on a node where a failure localizes.
 
 A check that was not sent is never a failure: a pair or a vantage point without a result is
@@ -457,12 +460,14 @@ def localize(t: Target, cuts: dict[str, dict[str, CutOff]],
 
 
 def target_facts(picked: dict[str, list[Fact]], cuts: dict[str, dict[str, CutOff]],
-                 matrices: dict[str, Matrix] | None = None) -> list[Fact]:
-    book = AddressBook(picked)
+                 matrices: dict[str, Matrix] | None = None, *,
+                 book: AddressBook | None = None,
+                 found: list[Target] | None = None) -> list[Fact]:
+    book = AddressBook(picked) if book is None else book
     broken = {layer: {frozenset(pair) for pair, cell in matrix.items() if not cell.ok}
               for layer, matrix in (matrices or {}).items()}
     facts: list[Fact] = []
-    for t in targets(picked):
+    for t in targets(picked) if found is None else found:
         if all(ok for ok, _ in t.results.values()):
             continue
         t.place, t.host = book.place(t.address)
@@ -486,6 +491,71 @@ def target_facts(picked: dict[str, list[Fact]], cuts: dict[str, dict[str, CutOff
                 "answering": _names(answered)},
                 _source([*lines, f"localized: {localized} ({node})"])))
     return facts
+
+
+# ---------------------------------------------------------------- node vs pod, per endpoint
+
+
+def _side_of(results: dict[tuple[str, str], tuple[bool, str | None]], node: str, pod: bool
+             ) -> tuple[str, str | None]:
+    """("ok" | "failed" | "unmeasured", detail) of one node's own connect (pod=False) or of
+    its pods' (pod=True; any failed pod counts)."""
+    seen = [(ok, detail) for (n, v), (ok, detail) in results.items()
+            if n == node and (v != "node") == pod]
+    if not seen:
+        return "unmeasured", None
+    failed = [detail for ok, detail in seen if not ok]
+    return ("failed", failed[0]) if failed else ("ok", None)
+
+
+def endpoint_split_facts(picked: dict[str, list[Fact]], *, book: AddressBook | None = None,
+                         found: list[Target] | None = None) -> list[Fact]:
+    """One `endpoint_split` per (node, declared endpoint) where the node's own connect or its
+    pod's failed: the two sides side by side, and what the other nodes saw.
+
+    The runbook's tree reads: the node gets through and its pod does not -> the pod's way out
+    on that node (the CNI's forwarding and masquerade); neither gets through while other nodes
+    do -> that node's own network, or the endpoint refusing that node's address; nobody gets
+    through -> the endpoint or the network in front of it. Which branch a failure is on is
+    plain from the results; the rules only have to name it.
+    """
+    book = AddressBook(picked) if book is None else book
+    out: list[Fact] = []
+    for t in targets(picked) if found is None else found:
+        if t.check != "tcp" or t.about != "endpoint":
+            continue
+        if all(ok for ok, _ in t.results.values()):
+            continue
+        place, host = book.place(t.address)
+        for node in sorted({n for n, _ in t.results}):
+            node_side, node_detail = _side_of(t.results, node, pod=False)
+            pod_side, pod_detail = _side_of(t.results, node, pod=True)
+            if "failed" not in (node_side, pod_side):
+                continue
+            if node_side == "ok":
+                branch = "pod_only"
+            elif pod_side == "failed":
+                branch = "both"
+            elif pod_side == "ok":
+                branch = "node_only"
+            else:
+                branch = "unpaired"
+            others = {n: ok for (n, _), (ok, _) in t.results.items() if n != node and ok}
+            tried = {n for n, _ in t.results if n != node}
+            elsewhere = "none" if not tried else "ok" if others else "failed"
+            detail = pod_detail if pod_side == "failed" else node_detail
+            lines = [f"tcp {t.target} ({place}" + (f" on {host}" if host else "") + "):",
+                     f"  from {node}: {node_side}" + (f" ({node_detail})" if node_detail else ""),
+                     f"  from a pod on {node}: {pod_side}"
+                     + (f" ({pod_detail})" if pod_detail else ""),
+                     f"  other nodes: {elsewhere}"
+                     + (f" ({_names(others)} got through)" if others else "")]
+            out.append(Fact("endpoint_split", node, {
+                "target": t.target, "address": t.address, "place": place, "host": host,
+                "from_node": node_side, "from_pod": pod_side, "node_detail": node_detail,
+                "pod_detail": pod_detail, "detail": detail, "branch": branch,
+                "elsewhere": elsewhere, "answering": _names(others)}, _source(lines)))
+    return out
 
 
 # ---------------------------------------------------------------- checks done on a node
@@ -543,7 +613,11 @@ def vantage_facts(facts: Sequence[Fact]) -> list[Fact]:
         return []
     matrices = reach_matrix(picked["reach"])
     cuts, out = reach_facts(matrices)
-    out += target_facts(picked, cuts, matrices)
+    # one address book and one reading of the checks for both: at thousands of nodes each
+    # costs as much as the rest of this module
+    book, found = AddressBook(picked), targets(picked)
+    out += target_facts(picked, cuts, matrices, book=book, found=found)
+    out += endpoint_split_facts(picked, book=book, found=found)
     status = {f.node: bool(f.attrs.get("reachable")) for f in picked["node_status"]}
     named = {f.node for f in out if f.kind == "cut_off"} | {
         f.node for f in out

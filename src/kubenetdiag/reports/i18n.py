@@ -31,6 +31,11 @@ _EN: dict[str, str | tuple[str, str]] = {
         "{n} probes could not run on reachable nodes",
     ),
     "unknown_not_healthy": "What was not checked is unknown, not healthy.",
+    "endpoints_not_declared": (
+        "Connect timeouts to middleware were not checked: no endpoint is declared. List the "
+        "databases and services your pods use as host:port under kubenetdiag_endpoints in the "
+        "inventory."
+    ),
     "consequences_folded": (
         "{n} consequence, explained by the root causes above",
         "{n} consequences, explained by the root causes above",
@@ -227,6 +232,10 @@ _ZH: dict[str, str | tuple[str, str]] = {
     "unchecked_nodes": "{n} 个节点无法检查",
     "unchecked_probes": "可达节点上有 {n} 项探测未能运行",
     "unknown_not_healthy": "未检查的部分状态未知，不代表健康。",
+    "endpoints_not_declared": (
+        "未检查到中间件的连接超时：清单里没有声明任何端点。请在 inventory 的 kubenetdiag_endpoints "
+        "下以 host:port 列出 Pod 依赖的数据库和服务。"
+    ),
     "consequences_folded": "另有 {n} 个连带问题，已由上述根因解释",
     "other_findings": "另有 {n} 个问题未找到原因",
     "info_findings": "{n} 条提示信息",

@@ -16,7 +16,7 @@ from rich.text import Text
 from kubenetdiag.reports.sanitize import clean_line
 from kubenetdiag.reports.view import build_view
 from kubenetdiag.reports.viewmodel import FindingView, NotEvaluatedGroup, ReportView
-from kubenetdiag.vocabulary import SEVERITIES
+from kubenetdiag.vocabulary import ENDPOINTS_PROBE, SEVERITIES
 
 SEVERITY_STYLE = {
     "critical": "bold white on red",
@@ -179,6 +179,10 @@ def print_summary(
         lines.append(_line("  ", (ui("more", n=len(merged) - MAX_NOT_EVALUATED), "dim")))
     if view.verdict.unchecked_warning:
         lines.append(_line("  ", (ui("unknown_not_healthy"), "yellow")))
+    # Said on its own line: "no finding" about middleware means nothing was connected to, and
+    # the fix (declaring endpoints) is the operator's, not a probe that failed.
+    if any(c["probe"] == ENDPOINTS_PROBE for c in report["not_checked"]):
+        lines.append(_line("  ", (ui("endpoints_not_declared"), "yellow"), wrap=True))
 
     if full_report:
         hint = ui("full_report", path=clean_line(full_report))

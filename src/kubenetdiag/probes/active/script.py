@@ -78,14 +78,16 @@ fi
 # bash's 3 s start once bash runs, from a watchdog it starts itself: under `timeout 3 bash`
 # they included starting bash, and on a busy node (16 checks at once, a loaded host) that took
 # seconds, so connects that succeeded in a millisecond were reported as timeouts. The watchdog's
-# sleep writes to /dev/null, so a connect that succeeds does not wait for it.
+# sleep writes to /dev/null, so a connect that succeeds does not wait for it. nc runs with -v:
+# without it OpenBSD's nc -z exits 1 in silence on a timeout and on a refusal alike, and a
+# timeout is the answer the node -> endpoint / pod -> endpoint comparison needs.
 TCP_HELPER = r"""h=$1; p=$2
 if [ "$3" = name ] && command -v getent >/dev/null 2>&1; then
   set -- $(timeout 3 getent ahostsv4 "$h" 2>/dev/null)
   [ -n "$1" ] || { echo "unresolved: $h"; exit 3; }
   echo "resolved: $h $1"; h=$1
 fi
-if command -v nc >/dev/null 2>&1; then exec nc -z -w 2 "$h" "$p"; fi
+if command -v nc >/dev/null 2>&1; then exec nc -v -z -w 2 "$h" "$p"; fi
 if command -v bash >/dev/null 2>&1; then
   exec bash -c '(sleep 3 >/dev/null 2>&1; echo "connect to $0 port $1: timed out"; kill -9 $$) &
 exec 3<>"/dev/tcp/$0/$1"; r=$?; kill $! 2>/dev/null; exit $r' "$h" "$p"

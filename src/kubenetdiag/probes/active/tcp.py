@@ -21,9 +21,24 @@ from kubenetdiag.probes.active.common import IN_POD, IPV4, no_tool, source, stat
 from kubenetdiag.probes.active.plan import NodePlan
 from kubenetdiag.probes.base import ActiveCheck, CheckContext, Section, quoted
 
+NC_WAIT_S = 2.0  # the helper's nc -w: a silent failure that took this long waited it out
 
-def parse_tcp(text: str, rc: int | None) -> dict[str, Any]:
-    """{ok, address, detail} from the script's TCP helper (nc -z or bash /dev/tcp)."""
+
+def parse_tcp(text: str, rc: int | None, seconds: float | None = None) -> dict[str, Any]:
+    """{ok, address, detail} from the script's TCP helper (nc -v -z or bash /dev/tcp).
+
+    A connect that gets no answer is a timeout, whichever tool says so; an nc that printed
+    nothing (an older script ran it without -v) but waited its full -w did too:
+
+    >>> parse_tcp("nc: connect to 10.0.0.5 port 3306 (tcp) timed out", 1)["detail"]
+    'timeout'
+    >>> parse_tcp("Ncat: Connection timed out.", 1)["detail"]
+    'timeout'
+    >>> parse_tcp("", 1, seconds=2.01)["detail"], parse_tcp("", 1, seconds=0.01)["detail"]
+    ('timeout', 'failed (exit 1)')
+    >>> parse_tcp("resolved: db.corp 10.0.0.5\\n", 1, seconds=2.3)
+    {'ok': False, 'address': '10.0.0.5', 'detail': 'timeout'}
+    """
     resolved = re.search(rf"resolved: \S+ ({IPV4})", text)
     address = resolved.group(1) if resolved else None
     low = text.lower()
@@ -31,9 +46,12 @@ def parse_tcp(text: str, rc: int | None) -> dict[str, Any]:
         return {"ok": False, "address": None, "detail": "unresolved"}
     if rc == 0:
         return {"ok": True, "address": address, "detail": None}
+    # what the connect itself printed, the resolver's line aside
+    said = "".join(line for line in low.splitlines() if not line.startswith("resolved: ")).strip()
     if "refused" in low:
         detail = "refused"
-    elif rc == 124 or "timed out" in low:
+    elif rc == 124 or "timed out" in low or (
+            not said and seconds is not None and seconds >= NC_WAIT_S * 0.95):
         detail = "timeout"
     elif "no route" in low or "unreachable" in low:
         detail = "unreachable"
@@ -62,7 +80,7 @@ def _parser(in_pod: bool):  # noqa: ANN202
         if no_tool(section):
             return [status(ctx, section, "missing_tool",
                            section.stdout.strip()[:200] or "no nc/bash", _blocks(endpoint))]
-        result = parse_tcp(section.stdout, section.exit_code)
+        result = parse_tcp(section.stdout, section.exit_code, section.duration_s)
         address = result["address"] or (endpoint["host"] if endpoint["by"] == "ip" else None)
         return [Fact("tcp_check", ctx.node, {
             "target": endpoint["target"], "address": address, "by": endpoint["by"],
