@@ -79,7 +79,9 @@ def test_a_failed_probe_names_the_rules_it_left_unevaluated_on_that_node_only(
         entries[0]["rules"])
     # a rule that reads nothing sysctl gives is not blamed on it
     assert "filesystem-full" not in entries[0]["rules"]
-    assert not [c for c in report["not_checked"] if c["node"] != "node2"]
+    # besides the cluster-wide note that no endpoint was declared (the bundle declares none)
+    assert [c["probe"] for c in report["not_checked"] if c["node"] != "node2"] == [
+        "active.endpoints"]
     by_rule = {r["rule"]: r for r in report["not_evaluated"]}
     assert by_rule["somaxconn-low"]["nodes"] == ["node2"]
     assert by_rule["somaxconn-low"]["title"].startswith("net.core.somaxconn is only")
@@ -123,10 +125,14 @@ def test_an_older_bundle_says_not_collected_by_that_version(tmp_path, ruleset):
     assert "probes" not in bundle.meta
     report = analyze(bundle, ruleset, save=False).report
     missing = {(c["node"], c["probe"]): c for c in report["not_checked"]}
+    # it declared no endpoint: that branch is not checked (said once, for the cluster), which
+    # is not a probe the older version lacked
+    assert missing.pop(("cluster", "active.endpoints"))["status"] == "not_queried"
     # two passive probes, and the active checks its plans had a target for (the pod's link,
-    # the conntrack counts toward the DNS VIP)
+    # the conntrack counts toward the DNS VIP, the node and its own pod pinging each other)
     assert set(missing) == {(n, p) for n in ("node1", "node2", "node3")
-                            for p in ("ip_rule", "tc", "active.pod.link", "active.ct")}
+                            for p in ("ip_rule", "tc", "active.pod.link", "active.ct",
+                                      "active.own.node_to_pod", "active.own.pod_to_node")}
     for entry in missing.values():
         assert entry["status"] == "not_collected"
         assert entry["reason"] == (

@@ -55,7 +55,8 @@ PROBE_NAME_ZH = {"all": "全部探测"}
 
 # Values of rule placeholders that are words, not names: by placeholder.
 _WORDS_ZH: dict[str, dict[str, str]] = {
-    "direction": {"inbound": "入方向", "outbound": "出方向", "both": "双向"},
+    "direction": {"inbound": "入方向", "outbound": "出方向", "both": "双向",
+                  "node_to_pod": "节点到 Pod", "pod_to_node": "Pod 到节点"},
     "verdict": {"drop": "丢弃", "reject": "拒绝", "unknown": "未知", "accept": "放行"},
     "owner": {"unknown": "未知"},
     "kind": {"service": "Service VIP", "pod": "Pod IP", "node": "节点解析器"},

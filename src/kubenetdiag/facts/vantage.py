@@ -601,7 +601,8 @@ KINDS = ("reach", "dns_check", "http_check", "tcp_check", "node_status", "k8s_no
 # node_checks also names the probes that answered, which is text, not a condition.
 INPUTS: tuple[str, ...] = ("reach", "dns_check", "http_check", "tcp_check", "node_status")
 CONTEXT: tuple[str, ...] = tuple(k for k in KINDS if k not in INPUTS)
-PRODUCES: tuple[str, ...] = ("cut_off", "reach_pair", "target_failure", "node_checks")
+PRODUCES: tuple[str, ...] = ("cut_off", "reach_pair", "target_failure", "node_checks",
+                             "endpoint_split")
 
 
 def vantage_facts(facts: Sequence[Fact]) -> list[Fact]:

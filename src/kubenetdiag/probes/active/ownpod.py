@@ -81,6 +81,7 @@ NODE_TO_POD = ActiveCheck(
     resolve=lambda plan, suffix: "node_to_pod",
     command=lambda plan, target: _NODE_TO_POD,
     parse=_parser("node_to_pod"),
+    kinds=("own_pod_check",),
     blocks=lambda target: _blocks("node_to_pod"),
     order=620,
 )
@@ -90,6 +91,7 @@ POD_TO_NODE = ActiveCheck(
     resolve=lambda plan, suffix: "pod_to_node",
     command=lambda plan, target: f"{IN_POD}{PING} {quoted(str(plan['address']))}",
     parse=_parser("pod_to_node"),
+    kinds=("own_pod_check",),
     blocks=lambda target: _blocks("pod_to_node"),
     order=630,
 )
