@@ -81,10 +81,16 @@ _ANY_ZH = {
 
 # Whole values of any placeholder or table cell that follow a known English form.
 _Render = Callable[[re.Match[str]], str]
-_PATTERNS: list[tuple[re.Pattern[str], _Render]] = []
+# A render is a template filled with the match's named groups, or a function for the few that
+# translate a part again or pick a word.
+_PATTERNS: list[tuple[re.Pattern[str], str | _Render]] = []
 
 
-def _pattern(regex: str) -> Callable[[_Render], _Render]:
+def _pattern(regex: str, template: str) -> None:
+    _PATTERNS.append((re.compile(regex, re.S), template))
+
+
+def _pattern_fn(regex: str) -> Callable[[_Render], _Render]:
     def register(fn: _Render) -> _Render:
         _PATTERNS.append((re.compile(regex, re.S), fn))
         return fn
@@ -93,137 +99,113 @@ def _pattern(regex: str) -> Callable[[_Render], _Render]:
 
 
 # Where the path walk stopped in the packet filter (facts/paths/netfilter.py: Stop.at).
-@_pattern(r"(?P<table>\S+(?: \S+)?) (?P<chain>\S+) rule (?P<n>\d+)")
-def _rule_at(m: re.Match[str]) -> str:
-    return f"{m['table']} 表 {m['chain']} 链第 {m['n']} 条规则"
+_pattern(r"(?P<table>\S+(?: \S+)?) (?P<chain>\S+) rule (?P<n>\d+)",
+         "{table} 表 {chain} 链第 {n} 条规则")
 
 
-@_pattern(r"(?P<table>\S+(?: \S+)?) (?P<chain>\S+) policy (?P<policy>[A-Z]+)")
-def _policy_at(m: re.Match[str]) -> str:
-    return f"{m['table']} 表 {m['chain']} 链的默认策略 {m['policy']}"
+_pattern(r"(?P<table>\S+(?: \S+)?) (?P<chain>\S+) policy (?P<policy>[A-Z]+)",
+         "{table} 表 {chain} 链的默认策略 {policy}")
 
 
 # The collector's connection errors (collect/ssh.py, collect/hostkeys.py, collect/local.py).
-@_pattern(r"connection refused on (?P<where>\S+): is sshd running\?")
-def _refused(m: re.Match[str]) -> str:
-    return f"{m['where']} 拒绝连接（sshd 是否在运行？）"
+_pattern(r"connection refused on (?P<where>\S+): is sshd running\?",
+         "{where} 拒绝连接（sshd 是否在运行？）")
 
 
-@_pattern(r"no answer from (?P<where>\S+) within (?P<s>[\d.]+)s \(host down or filtered\)")
-def _no_answer(m: re.Match[str]) -> str:
-    return f"{m['where']} 在 {m['s']} 秒内没有应答（主机宕机或被过滤）"
+_pattern(r"no answer from (?P<where>\S+) within (?P<s>[\d.]+)s \(host down or filtered\)",
+         "{where} 在 {s} 秒内没有应答（主机宕机或被过滤）")
 
 
-@_pattern(r"cannot resolve (?P<host>\S+): (?P<why>.+)")
-def _resolve(m: re.Match[str]) -> str:
-    return f"无法解析 {m['host']}：{m['why']}"
+_pattern(r"cannot resolve (?P<host>\S+): (?P<why>.+)",
+         "无法解析 {host}：{why}")
 
 
-@_pattern(r"cannot connect to (?P<where>\S+): (?P<why>.+)")
-def _connect(m: re.Match[str]) -> str:
-    return f"无法连接 {m['where']}：{m['why']}"
+_pattern(r"cannot connect to (?P<where>\S+): (?P<why>.+)",
+         "无法连接 {where}：{why}")
 
 
-@_pattern(r"authentication failed for (?P<who>.+?): (?P<why>.+)")
-def _auth(m: re.Match[str]) -> str:
-    return f"{m['who']} 认证失败：{m['why']}"
+_pattern(r"authentication failed for (?P<who>.+?): (?P<why>.+)",
+         "{who} 认证失败：{why}")
 
 
-@_pattern(r"HOST KEY CHANGED for (?P<host>\S+) \((?P<detail>.+?)\): possible man-in-the-middle; "
-          r"verify the node's key and fix known_hosts before trusting it")
-def _key_changed(m: re.Match[str]) -> str:
-    return (f"{m['host']} 的主机密钥已变更（{m['detail']}）：可能存在中间人攻击；"
-            "请先核实节点的密钥并修正 known_hosts，再信任它")
+_pattern(r"HOST KEY CHANGED for (?P<host>\S+) \((?P<detail>.+?)\): possible man-in-the-middle; "
+         r"verify the node's key and fix known_hosts before trusting it",
+         "{host} 的主机密钥已变更（{detail}）：可能存在中间人攻击；"
+         "请先核实节点的密钥并修正 known_hosts，再信任它")
 
 
-@_pattern(r"unknown host key for (?P<host>\S+) \((?P<fp>.+?)\), not in (?P<path>\S+): "
-          r"verify it and add it to known_hosts, or rerun with --accept-new-host-keys to trust "
-          r"first-seen keys")
-def _key_unknown(m: re.Match[str]) -> str:
-    return (f"{m['host']} 的主机密钥未知（{m['fp']}），不在 {m['path']} 中："
-            "请核实后加入 known_hosts，或加 --accept-new-host-keys 重新运行以信任首次见到的密钥")
+_pattern(r"unknown host key for (?P<host>\S+) \((?P<fp>.+?)\), not in (?P<path>\S+): "
+         r"verify it and add it to known_hosts, or rerun with --accept-new-host-keys to trust "
+         r"first-seen keys",
+         "{host} 的主机密钥未知（{fp}），不在 {path} 中："
+         "请核实后加入 known_hosts，或加 --accept-new-host-keys 重新运行以信任首次见到的密钥")
 
 
-@_pattern(r"host key of (?P<host>\S+) is marked @revoked in (?P<path>\S+): refusing it")
-def _key_revoked(m: re.Match[str]) -> str:
-    return f"{m['host']} 的主机密钥在 {m['path']} 中被标记为 @revoked：拒绝使用"
+_pattern(r"host key of (?P<host>\S+) is marked @revoked in (?P<path>\S+): refusing it",
+         "{host} 的主机密钥在 {path} 中被标记为 @revoked：拒绝使用")
 
 
-@_pattern(r"no common SSH algorithm with (?P<where>\S+) \((?P<detail>.+)\); very old sshd "
-          r"\(CentOS 6/7\) may only offer SHA-1 algorithms that current clients refuse")
-def _algorithms(m: re.Match[str]) -> str:
-    return (f"与 {m['where']} 没有共同的 SSH 算法（{m['detail']}）；很旧的 sshd（CentOS 6/7）"
-            "可能只提供当前客户端拒绝的 SHA-1 算法")
+_pattern(r"no common SSH algorithm with (?P<where>\S+) \((?P<detail>.+)\); very old sshd "
+         r"\(CentOS 6/7\) may only offer SHA-1 algorithms that current clients refuse",
+         "与 {where} 没有共同的 SSH 算法（{detail}）；很旧的 sshd（CentOS 6/7）"
+         "可能只提供当前客户端拒绝的 SHA-1 算法")
 
 
-@_pattern(r"probe script did not finish within (?P<s>[\d.]+)s")
-def _script_timeout(m: re.Match[str]) -> str:
-    return f"探测脚本在 {m['s']} 秒内没有完成"
+_pattern(r"probe script did not finish within (?P<s>[\d.]+)s",
+         "探测脚本在 {s} 秒内没有完成")
 
 
-@_pattern(r"sudo asked for a password: give the user NOPASSWD sudo for `sh`, or connect as root")
-def _sudo_password(m: re.Match[str]) -> str:
-    return "sudo 要求输入密码：请为该用户配置对 `sh` 的 NOPASSWD sudo，或以 root 连接"
+_pattern(r"sudo asked for a password: give the user NOPASSWD sudo for `sh`, or connect as root",
+         "sudo 要求输入密码：请为该用户配置对 `sh` 的 NOPASSWD sudo，或以 root 连接")
 
 
-@_pattern(r"sudo requires a tty \(Defaults requiretty\): disable it for this user")
-def _sudo_tty(m: re.Match[str]) -> str:
-    return "sudo 要求 tty（Defaults requiretty）：请为该用户关闭此项"
+_pattern(r"sudo requires a tty \(Defaults requiretty\): disable it for this user",
+         "sudo 要求 tty（Defaults requiretty）：请为该用户关闭此项")
 
 
-@_pattern(r"SSH transport closed( right after login)?")
-def _closed(m: re.Match[str]) -> str:
-    return "SSH 连接在登录后立即关闭" if m[1] else "SSH 连接已关闭"
+_pattern(r"SSH transport closed right after login", "SSH 连接在登录后立即关闭")
+_pattern(r"SSH transport closed", "SSH 连接已关闭")
 
 
-@_pattern(r"jump host (?P<spec>\S+) could not open a connection to (?P<where>\S+): (?P<why>.+)")
-def _jump_open(m: re.Match[str]) -> str:
-    return f"跳板机 {m['spec']} 无法打开到 {m['where']} 的连接：{m['why']}"
+_pattern(r"jump host (?P<spec>\S+) could not open a connection to (?P<where>\S+): (?P<why>.+)",
+         "跳板机 {spec} 无法打开到 {where} 的连接：{why}")
 
 
-@_pattern(r"via jump host (?P<spec>\S+): (?P<why>.+)")
+@_pattern_fn(r"via jump host (?P<spec>\S+): (?P<why>.+)")
 def _jump(m: re.Match[str]) -> str:
     return f"经跳板机 {m['spec']}：{value_zh(m['why'])}"
 
 
-@_pattern(r"node could not open (?P<where>\S+): (?P<why>.+)")
-def _node_open(m: re.Match[str]) -> str:
-    return f"节点无法打开到 {m['where']} 的连接：{m['why']}"
+_pattern(r"node could not open (?P<where>\S+): (?P<why>.+)",
+         "节点无法打开到 {where} 的连接：{why}")
 
 
-@_pattern(r"cannot start sh: (?P<why>.+)")
-def _no_sh(m: re.Match[str]) -> str:
-    return f"无法启动 sh：{m['why']}"
+_pattern(r"cannot start sh: (?P<why>.+)",
+         "无法启动 sh：{why}")
 
 
-@_pattern(r"cannot read known_hosts file (?P<path>\S+): (?P<why>.+)")
-def _known_hosts(m: re.Match[str]) -> str:
-    return f"无法读取 known_hosts 文件 {m['path']}：{m['why']}"
+_pattern(r"cannot read known_hosts file (?P<path>\S+): (?P<why>.+)",
+         "无法读取 known_hosts 文件 {path}：{why}")
 
 
-@_pattern(r"ProxyJump (?P<spec>\S+): chains of jump hosts are not supported yet")
-def _jump_chain(m: re.Match[str]) -> str:
-    return f"ProxyJump {m['spec']}：暂不支持多级跳板机"
+_pattern(r"ProxyJump (?P<spec>\S+): chains of jump hosts are not supported yet",
+         "ProxyJump {spec}：暂不支持多级跳板机")
 
 
-@_pattern(r"ProxyJump (?P<spec>\S+) is not of the form \[user@\]host\[:port\]")
-def _jump_form(m: re.Match[str]) -> str:
-    return f"ProxyJump {m['spec']} 的格式不是 [user@]host[:port]"
+_pattern(r"ProxyJump (?P<spec>\S+) is not of the form \[user@\]host\[:port\]",
+         "ProxyJump {spec} 的格式不是 [user@]host[:port]")
 
 
-@_pattern(r"not collected by the version that made this bundle \((?P<by>.+)\)")
-def _not_collected(m: re.Match[str]) -> str:
-    return f"生成该采集包的版本（{m['by']}）还没有这项探测"
+_pattern(r"not collected by the version that made this bundle \((?P<by>.+)\)",
+         "生成该采集包的版本（{by}）还没有这项探测")
 
 
-@_pattern(r"not reached")
-def _not_reached(m: re.Match[str]) -> str:
-    return "未连接上"
+_pattern(r"not reached",
+         "未连接上")
 
 
-@_pattern(r"no kubeconfig given")
-def _no_kubeconfig(m: re.Match[str]) -> str:
-    return "没有提供 kubeconfig"
+_pattern(r"no kubeconfig given",
+         "没有提供 kubeconfig")
 
 
 # What a failed probe leaves unchecked (findings/report.py, facts/cluster.py, probes/*.py).
@@ -307,63 +289,53 @@ BLOCKS_ZH = {
 }
 
 
-@_pattern(r"HTTP answer from (?P<url>\S+)")
-def _blocks_http(m: re.Match[str]) -> str:
-    return f"{m['url']} 的 HTTP 应答"
+_pattern(r"HTTP answer from (?P<url>\S+)",
+         "{url} 的 HTTP 应答")
 
 
-@_pattern(r"DNS answers from (?P<server>\S+)")
-def _blocks_dns(m: re.Match[str]) -> str:
-    return f"{m['server']} 的 DNS 应答"
+_pattern(r"DNS answers from (?P<server>\S+)",
+         "{server} 的 DNS 应答")
 
 
-@_pattern(r"what the API call (?P<call>\S+) would have told")
-def _blocks_api(m: re.Match[str]) -> str:
-    return f"API 调用 {m['call']} 本应提供的信息"
+_pattern(r"what the API call (?P<call>\S+) would have told",
+         "API 调用 {call} 本应提供的信息")
 
 
-@_pattern(r"message too long(?:, mtu=(?P<mtu>\d+))?")
-def _too_long(m: re.Match[str]) -> str:
-    return "报文过长" + (f"，mtu={m['mtu']}" if m["mtu"] else "")
+_pattern(r"message too long, mtu=(?P<mtu>\d+)", "报文过长，mtu={mtu}")
+_pattern(r"message too long", "报文过长")
 
 
-@_pattern(r"frag needed, mtu=(?P<mtu>\d+)")
-def _frag_needed(m: re.Match[str]) -> str:
-    return f"需要分片，mtu={m['mtu']}"
+_pattern(r"frag needed, mtu=(?P<mtu>\d+)",
+         "需要分片，mtu={mtu}")
 
 
-@_pattern(r"failed \(exit (?P<rc>\d+)\)")
-def _failed_exit(m: re.Match[str]) -> str:
-    return f"失败（退出码 {m['rc']}）"
+_pattern(r"failed \(exit (?P<rc>\d+)\)",
+         "失败（退出码 {rc}）")
 
 
 _LAYER_ZH = _WORDS_ZH["layer"]
 
 
-@_pattern(r"MTU (?P<mtu>\d+) towards (?P<peer>\S+)")
-def _blocks_mtu(m: re.Match[str]) -> str:
-    return f"到 {m['peer']} 的 MTU {m['mtu']}"
+_pattern(r"MTU (?P<mtu>\d+) towards (?P<peer>\S+)",
+         "到 {peer} 的 MTU {mtu}")
 
 
-@_pattern(r"(?P<layer>\S+) reachability of (?P<peer>\S+)")
+@_pattern_fn(r"(?P<layer>\S+) reachability of (?P<peer>\S+)")
 def _blocks_reach(m: re.Match[str]) -> str:
     return tidy_zh(f"{m['peer']} 的 {_LAYER_ZH.get(m['layer'], m['layer'])} 可达性")
 
 
-@_pattern(r"TCP connect to (?P<target>\S+)")
-def _blocks_tcp(m: re.Match[str]) -> str:
-    return f"到 {m['target']} 的 TCP 连接"
+_pattern(r"TCP connect to (?P<target>\S+)",
+         "到 {target} 的 TCP 连接")
 
 
-@_pattern(r"pod-network reachability and pod-layer MTU from (?P<node>\S+) to (?P<peers>.+)")
-def _blocks_pod_layer(m: re.Match[str]) -> str:
-    return f"从 {m['node']} 到 {m['peers']} 的 Pod 网络可达性和 Pod 层 MTU"
+_pattern(r"pod-network reachability and pod-layer MTU from (?P<node>\S+) to (?P<peers>.+)",
+         "从 {node} 到 {peers} 的 Pod 网络可达性和 Pod 层 MTU")
 
 
 # The source of a path-walk fact (facts/paths: Source.command).
-@_pattern(r"walk of (?P<node>.+)'s (?P<flow>\S+) flow")
-def _walk_source(m: re.Match[str]) -> str:
-    return f"{m['node']} 上 {m['flow']} 流量的路径遍历"
+_pattern(r"walk of (?P<node>.+)'s (?P<flow>\S+) flow",
+         "{node} 上 {flow} 流量的路径遍历")
 
 
 def value_zh(text: str, name: str | None = None) -> str:
@@ -379,7 +351,7 @@ def value_zh(text: str, name: str | None = None) -> str:
     for regex, fn in _PATTERNS:
         m = regex.fullmatch(text)
         if m:
-            return fn(m)
+            return fn.format_map(m.groupdict()) if isinstance(fn, str) else fn(m)
     return text
 
 

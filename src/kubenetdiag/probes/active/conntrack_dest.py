@@ -26,13 +26,12 @@ A table cut short by the timeout is flagged (`complete` false), not read as smal
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Any
 
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.probes.active.common import source, status
-from kubenetdiag.probes.active.plan import NodePlan
+from kubenetdiag.probes.active.plan import NodePlan, is_ipv4
 from kubenetdiag.probes.base import ActiveCheck, CheckContext, Section, quoted
 
 TOP = 25  # groups printed per destination: the line stays far below the script's 3 KiB
@@ -78,14 +77,6 @@ END {
 _SUMMARY = re.compile(r"(\d+) flow entries have been shown")
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.IPv4Address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _targets(plan: NodePlan) -> list[tuple[str, Any]]:
     """Each address once, at most MAX_TARGETS: the DNS Service VIP (what every pod asks), the
     endpoints declared by IP (what the operator suspects), then the CoreDNS pods."""
@@ -98,7 +89,7 @@ def _targets(plan: NodePlan) -> list[tuple[str, Any]]:
     seen: set[str] = set()
     for suffix, item, role in ordered:
         address = str(item.get("server") or item.get("host") or "")
-        if not _is_ip(address) or address in seen or len(out) >= MAX_TARGETS:
+        if not is_ipv4(address) or address in seen or len(out) >= MAX_TARGETS:
             continue
         seen.add(address)
         name = item.get("pod") or item.get("target") or address

@@ -105,7 +105,7 @@ class NodePlan(TypedDict):
     endpoints: list[Endpoint]
 
 
-def _is_ip(text: str) -> bool:
+def is_ipv4(text: str) -> bool:
     try:
         ipaddress.IPv4Address(text)
     except ValueError:
@@ -331,7 +331,7 @@ def plan(
         host = by_name.get(name)
         for cand in (getattr(host, "address", None), status.get(name) and
                      status[name].attrs.get("address")):
-            if isinstance(cand, str) and _is_ip(cand):
+            if isinstance(cand, str) and is_ipv4(cand):
                 return cand
         return None
 
@@ -396,7 +396,7 @@ def plan(
             if parsed and len(endpoints) < MAX_ENDPOINTS:
                 endpoints.append({"target": f"{parsed[0]}:{parsed[1]}", "host": parsed[0],
                                   "port": parsed[1],
-                                  "by": "ip" if _is_ip(parsed[0]) else "name"})
+                                  "by": "ip" if is_ipv4(parsed[0]) else "name"})
         plans[name] = {  # a NodePlan
             "node": name,
             "address": info[name]["address"],
