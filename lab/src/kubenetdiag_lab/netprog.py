@@ -182,20 +182,28 @@ def listen_stuck(port: int, backlog: int) -> int:
     return _wait_forever()
 
 
+def _start_connect(host: str, port: int) -> socket.socket | None:
+    """A handshake started and not waited for (the SYN is on its way), or None when the
+    connect failed at once."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setblocking(False)
+    try:
+        s.connect((host, port))
+    except BlockingIOError:
+        pass
+    except OSError:
+        s.close()
+        return None
+    return s
+
+
 def connect_burst(host: str, port: int, count: int, hold: float) -> int:
     socks = []
     deadline = time.monotonic() + hold
     for _ in range(count):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setblocking(False)
-        try:
-            s.connect((host, port))
-        except BlockingIOError:
-            pass
-        except OSError:
-            s.close()
-            continue
-        socks.append(s)
+        s = _start_connect(host, port)
+        if s is not None:
+            socks.append(s)
     # Keep the sockets open so the kernel retransmits the handshakes that were not accepted:
     # each retry that hits the full queue counts again.
     while time.monotonic() < deadline:
@@ -285,14 +293,8 @@ def connect_retry(host: str, port: int, count: int, seconds: float) -> int:
                 s.close()
                 del pending[s]
         while len(pending) < count:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setblocking(False)
-            try:
-                s.connect((host, port))
-            except BlockingIOError:
-                pass
-            except OSError:
-                s.close()
+            s = _start_connect(host, port)
+            if s is None:
                 break
             pending[s] = time.monotonic()
             made += 1
