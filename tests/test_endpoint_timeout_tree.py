@@ -50,7 +50,7 @@ def drop(node: str, flow: str, rule: str) -> Fact:
         "stage": "netfilter", "at": "filter FORWARD rule 1", "hook": "forward",
         "table": "filter", "chain": "FORWARD", "position": 1, "rule": rule, "owner": "unknown",
         "backend": "nf_tables", "altered_by": None, "undo": f"iptables -t filter -D {rule[3:]}",
-        "detail": f"{flow} | drop at filter FORWARD rule 1"})
+        "matched": "unknown", "detail": f"{flow} | drop at filter FORWARD rule 1"})
 
 
 def test_pod_times_out_where_its_node_connects_is_that_nodes_pod_egress() -> None:
@@ -100,7 +100,7 @@ def test_a_node_without_a_route_to_the_endpoint_is_named_for_it_once() -> None:
         "dst": "203.0.113.10", "proto": "tcp", "dport": 3306, "verdict": "reject",
         "stage": "route", "at": "no route to 203.0.113.10", "hook": None, "table": None,
         "chain": None, "position": None, "rule": None, "owner": "kernel", "backend": None,
-        "altered_by": None, "undo": None, "detail": "endpoint | reject at no route"})
+        "altered_by": None, "undo": None, "matched": "unknown", "detail": "endpoint | reject at no route"})
     facts = base() + connects({("n3", False): "unreachable", ("n3", True): "unreachable"})
     assert roots([*facts, no_route]) == [("node-has-no-route-to-endpoint", "endpoint_unreachable",
                                          ("n3",))]

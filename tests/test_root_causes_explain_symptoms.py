@@ -26,7 +26,7 @@ def path(node: str, flow: str, verdict: str, rule: str, **attrs: object) -> Fact
                 state="new", src="198.18.0.11", dst="198.18.0.12", proto=attrs.get("proto", "udp"),
                 dport=attrs.get("dport"), verdict=verdict, stage="netfilter",
                 at=f"filter {chain} rule 1", hook=chain.lower(), table="filter", chain=chain,
-                position=1, rule=rule, owner="unknown", backend="nf_tables", altered_by=None,
+                position=1, rule=rule, owner="unknown", backend="nf_tables", altered_by=None, matched="unknown",
                 detail=f"{flow} | {verdict} at filter {chain} rule 1")
 
 

@@ -318,7 +318,12 @@ def test_every_probe_says_in_chinese_what_its_failure_leaves_unchecked() -> None
     from kubenetdiag.facts.cluster import BLOCKS
     from kubenetdiag.probes import PROBES
 
-    texts = [p.blocks for p in PROBES if isinstance(p.blocks, str)] + list(BLOCKS.values())
+    from kubenetdiag.probes.active import checks
+    from kubenetdiag.probes.active.common import example
+
+    plan = example().plan
+    texts = ([p.blocks for p in PROBES if isinstance(p.blocks, str)] + list(BLOCKS.values())
+             + [c.blocks(target) for c in checks() for _, target in c.targets(plan)[:1]])
     missing = [t for t in texts if localize.value(t, "zh-CN") == t]
     assert not missing, "\n".join(missing)
     for status in ("failed", "missing_tool", "permission_denied", "timeout", "unreachable",

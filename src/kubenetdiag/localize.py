@@ -236,6 +236,10 @@ BLOCKS_ZH = {
         "iptables 之外写入的 nftables 规则（firewalld、kube-proxy nftables 模式、nft）",
     "routes to pod CIDRs (missing route, wrong device or gateway, BGP-learned routes)":
         "到 Pod 网段的路由（缺失的路由、错误的设备或网关、BGP 学到的路由）",
+    "the node's reachability of its own pod": "节点到本节点 Pod 的可达性",
+    "the pod's reachability of its own node": "Pod 到所在节点的可达性",
+    "whether the DROP and REJECT rules on failing flows matched the checks' traffic":
+        "失败流量路径上的 DROP 与 REJECT 规则是否命中了探测流量",
     "packet filter rules (FORWARD REJECT/DROP, host firewalls, kube-proxy chains)":
         "包过滤规则（FORWARD 链的 REJECT/DROP、主机防火墙、kube-proxy 的链）",
     "interfaces (VXLAN/IPIP devices, cni0, veths, MTU and state)":
@@ -323,6 +327,10 @@ _pattern(r"MTU (?P<mtu>\d+) towards (?P<peer>\S+)",
 @_pattern_fn(r"(?P<layer>\S+) reachability of (?P<peer>\S+)")
 def _blocks_reach(m: re.Match[str]) -> str:
     return tidy_zh(f"{m['peer']} 的 {_LAYER_ZH.get(m['layer'], m['layer'])} 可达性")
+
+
+_pattern(r"connection-tracking entries toward (?P<target>\S+)",
+         "到 {target} 的连接跟踪条目")
 
 
 _pattern(r"TCP connect to (?P<target>\S+)",

@@ -1,7 +1,8 @@
 """Run the active script on every planned node at once and keep every raw answer.
 
 The product is each node record's `active` part (docs/contracts.md): the plan, one section per
-check with its raw output, and what the node had for tools. Checks the node has no tool for
+check with its raw output, and what the node had for tools. Checks that must see every peer's
+traffic (the DROP counters' second read) run once all nodes' scripts are done. Checks the node has no tool for
 and that can be asked another way (their ActiveCheck has `channel`, as DNS and HTTP do) are
 then asked through a direct-tcpip channel from that node, and recorded as sections of the same
 name, so `analyze` reads both the same way.
@@ -19,7 +20,7 @@ from kubenetdiag.collect.ssh import Connector
 from kubenetdiag.collect.transport import Transport
 from kubenetdiag.errors import CollectError
 from kubenetdiag.inventory import Host
-from kubenetdiag.probes.active import PREFIX, check_for
+from kubenetdiag.probes.active import PREFIX, check_for, checks
 from kubenetdiag.probes.active import script as active_script
 from kubenetdiag.probes.active.plan import NodePlan
 
@@ -117,6 +118,30 @@ def run_node(host: Host, plan: NodePlan, connector: Connector) -> dict:
     return record
 
 
+AFTER_TIMEOUT_S = 20.0
+
+
+def run_after(host: Host, plan: NodePlan, record: dict, connector: Connector) -> None:
+    """The checks that read the node once every node's checks are done (ActiveCheck.
+    after_command), each kept as a section of the node's record like any other check's."""
+    for check in checks():
+        if check.after_command is None or not check.targets(plan):
+            continue
+        command = check.after_command(plan)
+        started = time.monotonic()
+        try:
+            result = connector.for_host(host).run_script(
+                command, limit=OUTPUT_LIMIT, timeout=AFTER_TIMEOUT_S)
+            rc, out = result.status, result.stdout
+        except CollectError as exc:
+            rc, out = None, f"kubenetdiag: {exc}"
+        except Exception as exc:  # one odd node must not stop the others
+            rc, out = None, f"kubenetdiag: unexpected error: {exc!r}"
+        record["sections"].append(_section(
+            PREFIX + check.section_id(""), command, rc,
+            round(time.monotonic() - started, 3), out))
+
+
 def run_active(
     hosts: Sequence[Host],
     plans: dict[str, NodePlan],
@@ -140,6 +165,13 @@ def run_active(
                      rec["error"] or "")
         return host.name, rec
 
+    def after(host: Host) -> None:
+        if results[host.name]["sections"]:  # the node was reached: it ran its checks
+            run_after(host, plans[host.name], results[host.name], connector)
+
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(todo))),
                             thread_name_prefix="active") as pool:
-        return dict(pool.map(one, todo))
+        results = dict(pool.map(one, todo))
+        # Only now is no peer sending any more: a counter read here counts all their traffic.
+        list(pool.map(after, todo))
+    return results

@@ -219,8 +219,9 @@ class ActiveCheck:
 
     A check with `command` alone is a job (one line of output, many jobs run at once); with
     `window_command` too it runs around all the jobs, as the VXLAN capture does, and `command`
-    is only what its section records; with neither it only parses sections that older
-    versions wrote.
+    is only what its section records; with `after_command` the collector runs it on its own
+    once every node's script has finished, as the counter re-read does; with none of them it
+    only parses sections that older versions wrote.
     """
 
     name: str
@@ -236,6 +237,9 @@ class ActiveCheck:
     command: Callable[[NodePlan, Any], str] | None = None
     # For a check that runs around the jobs: (target, seconds it may run) -> the command line.
     window_command: Callable[[Any, int], str] | None = None
+    # For a check run after every node's checks are done (so no peer is still sending): the
+    # plan -> the script, run once per node with the check's only target.
+    after_command: Callable[[NodePlan], str] | None = None
     tools: tuple[str, ...] = ()  # a window check runs only when the node has all of them
     # Where the node has no tool: ask through an SSH channel instead (collect.active does).
     channel: Callable[[NodePlan, Any], ChannelRequest] | None = None

@@ -32,10 +32,11 @@ _NODE_KINDS = ("node_status", "interface", "route", "ip_rule", "sysctl", "tc_hoo
                "iptables_chain", "iptables_rule", "nft_table", "nft_chain", "nft_rule",
                "flannel_subnet")
 _KINDS = (*_NODE_KINDS, "k8s_node", "dns_pod", "dns_service", "cni", "bgp_session", "reach",
-          "tcp_check")
+          "tcp_check", "drop_counter_after")
 # Declared for kubenetdiag.facts.producers. A rule on a path fact needs the node's own
 # configuration the walk reads (INPUTS); the rest (CONTEXT) only adds flows to walk (Service
-# VIPs, BGP peers, the peers probed) and is reported as not checked on its own when missing.
+# VIPs, BGP peers, the peers probed; the DROP counters read after the checks) and is reported
+# as not checked on its own when missing.
 INPUTS: tuple[str, ...] = _NODE_KINDS
 CONTEXT: tuple[str, ...] = tuple(k for k in _KINDS if k not in _NODE_KINDS)
 PRODUCES: tuple[str, ...] = ("path", "path_walk")
@@ -167,13 +168,31 @@ def path_facts(facts: list[Fact]) -> list[Fact]:
     # A node SSH could not reach is still a peer: its address and pod range are known (the
     # inventory, the API), and the way to it is walked on every node that was reached.
     peer_names = sorted(n for n in by_node if nodes[n].view.address is not None)
+    after: _After = {(f.node, str(f.attrs["backend"]), str(f.attrs["table"]),
+                      str(f.attrs["spec"])): f.attrs.get("pkts")
+                     for f in kinds["drop_counter_after"]}
     out: list[Fact] = []
     for name in names:
         me = nodes[name]
         flows = list(_flows(me, name, nodes, _peers(name, peer_names, reach), bgp, services,
                             dns_pods, endpoints))
-        out.extend(_facts_of(me, name, flows))
+        out.extend(_facts_of(me, name, flows, after))
     return out
+
+
+# (node, backend, table, rule spec) -> the rule's packet counter read after the checks
+_After = dict[tuple[str, str, str, str], "int | None"]
+
+
+def _matched(name: str, end: Ending, after: _After) -> tuple[int | None, str]:
+    """(the deciding rule's counter after the checks, whether it is known to have matched):
+    see the path kind's `matched`."""
+    if end.stage != "netfilter" or end.backend not in ("legacy", "nf_tables") or not end.rule:
+        return None, "seen" if end.pkts else "unknown"
+    pkts_after = after.get((name, end.backend, str(end.table), end.rule))
+    if end.pkts or pkts_after:
+        return pkts_after, "seen"
+    return pkts_after, "never" if pkts_after == 0 and end.pkts == 0 else "unknown"
 
 
 def _flows(me: _Node, name: str, nodes: dict[str, _Node], peers: list[str], bgp: bool,
@@ -402,7 +421,7 @@ def undo_command(end: Ending, both_backends: bool = False) -> str | None:
     return shlex.join([binary, "-t", end.table, "-D", *tokens[1:]])
 
 
-def _facts_of(me: _Node, name: str, flows: list[Flow]) -> list[Fact]:
+def _facts_of(me: _Node, name: str, flows: list[Flow], after: _After) -> list[Fact]:
     v = me.view
     both = {"legacy", "nf_tables"} <= {b.table.backend for b in v.chains}
     counts = {"pass": 0, "drop": 0, "reject": 0, "unknown": 0}
@@ -412,7 +431,7 @@ def _facts_of(me: _Node, name: str, flows: list[Flow]) -> list[Fact]:
         counts[end.verdict] = counts.get(end.verdict, 0) + 1
         if end.verdict == "pass":
             continue
-        out.append(_path_fact(name, flow, end, v.altered, both))
+        out.append(_path_fact(name, flow, end, v.altered, both, after))
     kinds = ",".join(sorted({f.name for f in flows}))
     peers = len({f.peer for f in flows if f.peer})
     alt = "; ".join(f"{d}: {', '.join(h)}" for d, h in sorted(v.altered.items())) or None
@@ -426,17 +445,19 @@ def _facts_of(me: _Node, name: str, flows: list[Flow]) -> list[Fact]:
 
 
 def _path_fact(name: str, flow: Flow, end: Ending, altered: dict[str, list[str]],
-               both_backends: bool = False) -> Fact:
+               both_backends: bool, after: _After) -> Fact:
     pkt = flow.pkt
     devs = [d for d in (pkt.iif, flow.underlay) if d]
     alt = "; ".join(f"{d}: {', '.join(altered[d])}" for d in dict.fromkeys(devs) if d in altered)
     detail = " | ".join(end.steps + [f"{end.verdict} at {end.at}" + (f": {end.why}"
                                                                        if end.why else "")])
+    pkts_after, matched = _matched(name, end, after)
     return Fact("path", name, {
         "flow": flow.name, "peer": flow.peer, "target": flow.target, "state": pkt.state,
         "src": show(pkt.src), "dst": show(pkt.dst), "proto": pkt.proto, "dport": pkt.dport,
         "verdict": end.verdict, "stage": end.stage, "at": end.at, "hook": end.hook,
         "table": end.table, "chain": end.chain, "position": end.position, "rule": end.rule,
         "owner": end.owner, "backend": end.backend, "altered_by": alt or None,
-        "undo": undo_command(end, both_backends), "pkts": end.pkts, "detail": detail[:1000],
+        "undo": undo_command(end, both_backends), "pkts": end.pkts, "pkts_after": pkts_after, "matched": matched,
+        "detail": detail[:1000],
     }, Source("path", f"walk of {name}'s {flow.name} flow", None, detail[:2000]))
