@@ -100,7 +100,8 @@ def test_a_node_without_a_route_to_the_endpoint_is_named_for_it_once() -> None:
         "dst": "203.0.113.10", "proto": "tcp", "dport": 3306, "verdict": "reject",
         "stage": "route", "at": "no route to 203.0.113.10", "hook": None, "table": None,
         "chain": None, "position": None, "rule": None, "owner": "kernel", "backend": None,
-        "altered_by": None, "undo": None, "matched": "unknown", "detail": "endpoint | reject at no route"})
+        "altered_by": None, "undo": None, "matched": "unknown",
+        "detail": "endpoint | reject at no route"})
     facts = base() + connects({("n3", False): "unreachable", ("n3", True): "unreachable"})
     assert roots([*facts, no_route]) == [("node-has-no-route-to-endpoint", "endpoint_unreachable",
                                          ("n3",))]

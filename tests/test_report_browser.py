@@ -194,7 +194,8 @@ def node_facts(node: str, *, ip_forward: int = 1, reject: bool = False,
             "verdict": "reject", "stage": "netfilter", "at": "filter FORWARD rule 1",
             "hook": "forward", "table": "filter", "chain": "FORWARD", "position": 1,
             "rule": rules[0][4], "owner": "unknown", "backend": "nf_tables", "altered_by": None,
-            "matched": "unknown", "detail": "pod_in | prerouting | forward | reject at filter FORWARD rule 1"},
+            "matched": "unknown",
+            "detail": "pod_in | prerouting | forward | reject at filter FORWARD rule 1"},
             _src("path", "walk of the node's collected configuration", "reject")))
     for pos, (target, kind, uncond, cmt, spec) in enumerate(rules, 1):
         facts.append(Fact(

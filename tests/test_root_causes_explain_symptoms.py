@@ -26,8 +26,8 @@ def path(node: str, flow: str, verdict: str, rule: str, **attrs: object) -> Fact
                 state="new", src="198.18.0.11", dst="198.18.0.12", proto=attrs.get("proto", "udp"),
                 dport=attrs.get("dport"), verdict=verdict, stage="netfilter",
                 at=f"filter {chain} rule 1", hook=chain.lower(), table="filter", chain=chain,
-                position=1, rule=rule, owner="unknown", backend="nf_tables", altered_by=None, matched="unknown",
-                detail=f"{flow} | {verdict} at filter {chain} rule 1")
+                position=1, rule=rule, owner="unknown", backend="nf_tables", altered_by=None,
+                matched="unknown", detail=f"{flow} | {verdict} at filter {chain} rule 1")
 
 
 def matrix(broken: str, nodes: tuple[str, ...] = ("n1", "n2", "n3")) -> list[Fact]:

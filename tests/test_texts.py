@@ -317,7 +317,6 @@ def test_every_probe_says_in_chinese_what_its_failure_leaves_unchecked() -> None
     report's not-checked table falls back to English for it."""
     from kubenetdiag.facts.cluster import BLOCKS
     from kubenetdiag.probes import PROBES
-
     from kubenetdiag.probes.active import checks
     from kubenetdiag.probes.active.common import example
 

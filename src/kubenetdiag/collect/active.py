@@ -2,10 +2,10 @@
 
 The product is each node record's `active` part (docs/contracts.md): the plan, one section per
 check with its raw output, and what the node had for tools. Checks that must see every peer's
-traffic (the DROP counters' second read) run once all nodes' scripts are done. Checks the node has no tool for
-and that can be asked another way (their ActiveCheck has `channel`, as DNS and HTTP do) are
-then asked through a direct-tcpip channel from that node, and recorded as sections of the same
-name, so `analyze` reads both the same way.
+traffic (the DROP counters' second read) run once all nodes' scripts are done. Checks the node
+has no tool for and that can be asked another way (their ActiveCheck has `channel`, as DNS and
+HTTP do) are then asked through a direct-tcpip channel from that node, and recorded as sections
+of the same name, so `analyze` reads both the same way.
 """
 
 from __future__ import annotations

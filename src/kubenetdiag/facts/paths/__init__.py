@@ -458,6 +458,6 @@ def _path_fact(name: str, flow: Flow, end: Ending, altered: dict[str, list[str]]
         "verdict": end.verdict, "stage": end.stage, "at": end.at, "hook": end.hook,
         "table": end.table, "chain": end.chain, "position": end.position, "rule": end.rule,
         "owner": end.owner, "backend": end.backend, "altered_by": alt or None,
-        "undo": undo_command(end, both_backends), "pkts": end.pkts, "pkts_after": pkts_after, "matched": matched,
-        "detail": detail[:1000],
+        "undo": undo_command(end, both_backends), "pkts": end.pkts, "pkts_after": pkts_after,
+        "matched": matched, "detail": detail[:1000],
     }, Source("path", f"walk of {name}'s {flow.name} flow", None, detail[:2000]))
