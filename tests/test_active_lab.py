@@ -110,29 +110,32 @@ def test_coredns_unreachable_fails_dns_everywhere_but_pings_pass(lab: Lab, tmp_p
 
 def test_a_drop_rule_behind_another_fault_matched_nothing_and_is_not_a_cause(
         lab: Lab, tmp_path: Path) -> None:
-    # node1's VXLAN is dropped at node2's INPUT, before it is decapsulated: a DROP of ICMP to
-    # node2's pods in FORWARD is on the walk's path of the pings, but none of them reaches it.
-    # (ICMP only: the lab's own TCP traffic to the pods, readiness probes, would reach it.)
-    node2 = next(n for n in lab.nodes if n.name == "node2")
-    spec = ["FORWARD", "-d", node2.pod_cidr, "-p", "icmp", "-j", "DROP"]
-    with lab.injected("vxlan_udp_blocked", "node2", {"via": "input"}):
-        lab.node_exec("node2", ["iptables", "-I", *spec[:1], "1", *spec[1:]])
+    # VXLAN toward node2 is lost on the switch, before node2: the DROP of VXLAN in node2's own
+    # INPUT is on the walk's path of the tunnel, but none of the checks' packets reach it
+    spec = ["INPUT", "-p", "udp", "-m", "udp", "--dport", "8472", "-j", "DROP"]
+    with lab.injected("vxlan_udp_blocked", "node2", {"via": "switch"}):
+        lab.node_exec("node2", ["iptables", "-I", spec[0], "1", *spec[1:]])
         try:
             facts = collect(lab, tmp_path)
         finally:
             lab.node_exec("node2", ["iptables", "-D", *spec])
-    forward = [f for f in of(facts, "path", flow="pod_in", chain="FORWARD") if f.node == "node2"]
-    assert forward and {(f.attrs["pkts"], f.attrs["pkts_after"], f.attrs["matched"])
-                        for f in forward} == {(0, 0, "never")}, [f.attrs for f in forward]
+    tunnel = [f for f in of(facts, "path", flow="overlay_in", chain="INPUT") if f.node == "node2"]
+    assert tunnel and {(f.attrs["pkts"], f.attrs["pkts_after"], f.attrs["matched"])
+                       for f in tunnel} == {(0, 0, "never")}, [f.attrs for f in tunnel]
     found = infer(load_ruleset(), facts)
-    roots = {(f["fault"], tuple(f["nodes"])) for f in found
+    roots = {(f["rule"], tuple(f["nodes"])) for f in found
              if f["root_cause"] and f["severity"] in ALARMING}
-    # (this module's inventory also declares an endpoint by a name no node can resolve, on
-    # purpose: its finding on both nodes is not what this test is about)
-    assert ("vxlan_udp_blocked", ("node2",)) in roots, roots
-    assert not [r for r in roots if r[0] == "iptables_drop_rule"], roots
+    # the capture's finding (sent, never received) is the cause, not the rule
+    assert ("vxlan-inbound-never-arrives", ("node2",)) in roots, roots
+    assert "vxlan-blocked-on-path" not in {r for r, _ in roots}, roots
     assert [f["nodes"] for f in found if f["rule"] == "drop-rule-on-path-never-matched"] == [
         ["node2"]]
-    # the INPUT rule did drop the checks' VXLAN: its counter grew
-    vxlan = [f for f in of(facts, "path", flow="overlay_in") if f.node == "node2"]
-    assert vxlan and all(f.attrs["matched"] == "seen" for f in vxlan)
+
+
+def test_a_drop_rule_that_stops_the_tunnel_counts_the_checks_packets(lab: Lab, tmp_path: Path
+                                                                      ) -> None:
+    with lab.injected("vxlan_udp_blocked", "node2", {"via": "input"}):
+        facts = collect(lab, tmp_path)
+    tunnel = [f for f in of(facts, "path", flow="overlay_in") if f.node == "node2"]
+    assert tunnel and all(f.attrs["matched"] == "seen" and f.attrs["pkts_after"] > 0
+                          for f in tunnel), [f.attrs for f in tunnel]

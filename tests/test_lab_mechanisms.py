@@ -588,6 +588,22 @@ def _kubelet_silent(state: str) -> Callable[[Lab], None]:
     return check
 
 
+def _network_reported_down(lab: Lab) -> None:
+    conditions = {c["type"]: c for c in api(lab, "/api/v1/nodes/node2")["status"]["conditions"]}
+    assert conditions["NetworkUnavailable"]["status"] == "True", conditions
+    assert conditions["NetworkUnavailable"]["reason"] == "NoRouteCreated", conditions
+    assert conditions["Ready"]["status"] == "True", conditions
+    assert pods_ok(lab, "node1", "node2")  # only the API's word: the network itself works
+
+
+def test_network_unavailable_comes_from_the_api_and_flanneld_clears_it_again(lab):
+    proven(lab, "node_network_unavailable", "node2", {"via": "route"}, _network_reported_down)
+    conditions = {c["type"]: c for c in api(lab, "/api/v1/nodes/node2")["status"]["conditions"]}
+    # written by the real flanneld as it started again, not by the lab
+    assert (conditions["NetworkUnavailable"]["status"],
+            conditions["NetworkUnavailable"]["reason"]) == ("False", "FlannelIsUp"), conditions
+
+
 def _node_and_pod_apart(via: str) -> Callable[[Lab], None]:
     def check(lab: Lab) -> None:
         pod = lab.pods_on("node2")[0]

@@ -83,11 +83,13 @@ def mutate(report: dict, data: st.DataObject) -> dict:
             parent = parent[p]
         target = parent[path[-1]] if path else report
         action = data.draw(st.sampled_from(["set", "delete", "add"]))
+        # copies throughout: a later step may add into what an earlier one put here, and that
+        # must not change WEIRD_VALUES itself (hypothesis replays each case from the same state)
         if action == "add" and isinstance(target, dict):
             key = data.draw(st.sampled_from(WEIRD_KEYS))
-            target[key] = data.draw(st.sampled_from(WEIRD_VALUES))
+            target[key] = copy.deepcopy(data.draw(st.sampled_from(WEIRD_VALUES)))
         elif action == "add" and isinstance(target, list):
-            target.append(data.draw(st.sampled_from(WEIRD_VALUES)))
+            target.append(copy.deepcopy(data.draw(st.sampled_from(WEIRD_VALUES))))
         elif action == "delete" and path:
             del parent[path[-1]]
         elif path:

@@ -2176,6 +2176,24 @@ register(Fault(
 ))
 
 
+def _network_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # The condition follows lab.json's record (k8s_objects). flanneld clears it only when it
+    # starts, and the lab never writes flannel's condition for it: restarted, it does.
+    if ctx.topology.cni.startswith("flannel"):
+        flannel.restart(ctx.topology, ctx.paths, node, ctx.node(node))
+
+
+register(Fault(
+    "node_network_unavailable",
+    "the API reports the node's NetworkUnavailable condition True while its network and CNI "
+    "agent run: written by the cloud's route controller when it could not create the node's "
+    "route (via=route, reason NoRouteCreated), or left by calico-node going down on the node "
+    "(via=cni, reason CalicoIsDown; calico-bgp)",
+    _noop, _network_back, {"via": "route"},
+    mechanisms={"route": (), "cni": ("calico-bgp",)},
+))
+
+
 # ---- not reproducible here ------------------------------------------------------------------
 
 register(Fault(

@@ -104,6 +104,30 @@ def _ready(state: dict, node: dict) -> Obj:
             "message": "kubelet is posting ready status", "lastTransitionTime": CREATED}
 
 
+# node_network_unavailable's ways, as the component that writes each sets the condition
+NETWORK_DOWN = {
+    "route": ("NoRouteCreated", "RouteController failed to create a route"),
+    "cni": ("CalicoIsDown", "Calico is shutting down on this node"),
+}
+
+
+def _network_unavailable(state: dict, node: dict) -> list[Obj]:
+    """The NetworkUnavailable condition, where the lab writes it. calico-node clears it once it
+    runs on the node; the lab has no calico-node, so it writes that here (flanneld writes its
+    own, FlannelIsUp, when it starts). Under node_network_unavailable: True, with the reason
+    the cloud's route controller (via=route) or calico-node going down (via=cni) gives."""
+    for fault in _faults(state, "node_network_unavailable"):
+        if fault.get("node") == node["name"]:
+            via = str((fault.get("params") or {}).get("via") or "route")
+            reason, message = NETWORK_DOWN.get(via, NETWORK_DOWN["route"])
+            return [{"type": "NetworkUnavailable", "status": "True", "reason": reason,
+                     "message": message, "lastTransitionTime": CREATED}]
+    if _cni(state).startswith("flannel"):
+        return []
+    return [{"type": "NetworkUnavailable", "status": "False", "reason": "CalicoIsUp",
+             "lastTransitionTime": CREATED}]
+
+
 def node_object(state: dict, node: dict) -> Obj:
     labels = {
         "kubernetes.io/hostname": node["name"],
@@ -135,17 +159,7 @@ def node_object(state: dict, node: dict) -> Obj:
         "spec": spec,
         "status": {
             "addresses": addresses,
-            "conditions": [
-                # calico-node clears NetworkUnavailable once it runs on the node; the lab has
-                # no calico-node, so it writes that here (flanneld writes its own, FlannelIsUp)
-                *([] if _cni(state).startswith("flannel") else [{
-                    "type": "NetworkUnavailable",
-                    "status": "False",
-                    "reason": "CalicoIsUp",
-                    "lastTransitionTime": CREATED,
-                }]),
-                _ready(state, node),
-            ],
+            "conditions": [*_network_unavailable(state, node), _ready(state, node)],
             "nodeInfo": {
                 # lab nodes are namespaces of this machine, so they all run its kernel
                 "kernelVersion": os.uname().release,

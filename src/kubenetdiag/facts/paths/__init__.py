@@ -171,20 +171,30 @@ def path_facts(facts: list[Fact]) -> list[Fact]:
     after: _After = {(f.node, str(f.attrs["backend"]), str(f.attrs["table"]),
                       str(f.attrs["spec"])): f.attrs.get("pkts")
                      for f in kinds["drop_counter_after"]}
+    # Pairs of nodes the checks pinged each other's pod network between: those pings and their
+    # replies ride the tunnel both ways, so they cross every rule on the overlay flows.
+    tunnelled = {frozenset((f.node, str(f.attrs["dst"]))) for f in kinds["reach"]
+                 if f.attrs.get("layer") == "pod" and isinstance(f.attrs.get("dst"), str)}
     out: list[Fact] = []
     for name in names:
         me = nodes[name]
         flows = list(_flows(me, name, nodes, _peers(name, peer_names, reach), bgp, services,
                             dns_pods, endpoints))
-        out.extend(_facts_of(me, name, flows, after))
+        out.extend(_facts_of(me, name, flows, after, tunnelled))
     return out
 
 
 # (node, backend, table, rule spec) -> the rule's packet counter read after the checks
 _After = dict[tuple[str, str, str, str], "int | None"]
+# Flows the checks' own packets are known to cross, whatever tools the node has: the pod-layer
+# pings between two nodes travel in the tunnel. The others are not (the pings go to the peer's
+# pod gateway, which the node delivers locally rather than forwards; a DNS check asked over an
+# SSH channel is TCP where pods use UDP), so a 0 there says nothing.
+_CHECKED_FLOWS = ("overlay_in", "overlay_out")
 
 
-def _matched(name: str, end: Ending, after: _After) -> tuple[int | None, str]:
+def _matched(name: str, flow: Flow, end: Ending, after: _After,
+             tunnelled: set[frozenset[str]]) -> tuple[int | None, str]:
     """(the deciding rule's counter after the checks, whether it is known to have matched):
     see the path kind's `matched`."""
     if end.stage != "netfilter" or end.backend not in ("legacy", "nf_tables") or not end.rule:
@@ -192,7 +202,8 @@ def _matched(name: str, end: Ending, after: _After) -> tuple[int | None, str]:
     pkts_after = after.get((name, end.backend, str(end.table), end.rule))
     if end.pkts or pkts_after:
         return pkts_after, "seen"
-    return pkts_after, "never" if pkts_after == 0 and end.pkts == 0 else "unknown"
+    crossed = flow.name in _CHECKED_FLOWS and frozenset((name, flow.peer)) in tunnelled
+    return pkts_after, "never" if crossed and pkts_after == 0 and end.pkts == 0 else "unknown"
 
 
 def _flows(me: _Node, name: str, nodes: dict[str, _Node], peers: list[str], bgp: bool,
@@ -421,7 +432,8 @@ def undo_command(end: Ending, both_backends: bool = False) -> str | None:
     return shlex.join([binary, "-t", end.table, "-D", *tokens[1:]])
 
 
-def _facts_of(me: _Node, name: str, flows: list[Flow], after: _After) -> list[Fact]:
+def _facts_of(me: _Node, name: str, flows: list[Flow], after: _After,
+              tunnelled: set[frozenset[str]]) -> list[Fact]:
     v = me.view
     both = {"legacy", "nf_tables"} <= {b.table.backend for b in v.chains}
     counts = {"pass": 0, "drop": 0, "reject": 0, "unknown": 0}
@@ -431,7 +443,7 @@ def _facts_of(me: _Node, name: str, flows: list[Flow], after: _After) -> list[Fa
         counts[end.verdict] = counts.get(end.verdict, 0) + 1
         if end.verdict == "pass":
             continue
-        out.append(_path_fact(name, flow, end, v.altered, both, after))
+        out.append(_path_fact(name, flow, end, v.altered, both, after, tunnelled))
     kinds = ",".join(sorted({f.name for f in flows}))
     peers = len({f.peer for f in flows if f.peer})
     alt = "; ".join(f"{d}: {', '.join(h)}" for d, h in sorted(v.altered.items())) or None
@@ -445,13 +457,13 @@ def _facts_of(me: _Node, name: str, flows: list[Flow], after: _After) -> list[Fa
 
 
 def _path_fact(name: str, flow: Flow, end: Ending, altered: dict[str, list[str]],
-               both_backends: bool, after: _After) -> Fact:
+               both_backends: bool, after: _After, tunnelled: set[frozenset[str]]) -> Fact:
     pkt = flow.pkt
     devs = [d for d in (pkt.iif, flow.underlay) if d]
     alt = "; ".join(f"{d}: {', '.join(altered[d])}" for d in dict.fromkeys(devs) if d in altered)
     detail = " | ".join(end.steps + [f"{end.verdict} at {end.at}" + (f": {end.why}"
                                                                        if end.why else "")])
-    pkts_after, matched = _matched(name, end, after)
+    pkts_after, matched = _matched(name, flow, end, after, tunnelled)
     return Fact("path", name, {
         "flow": flow.name, "peer": flow.peer, "target": flow.target, "state": pkt.state,
         "src": show(pkt.src), "dst": show(pkt.dst), "proto": pkt.proto, "dport": pkt.dport,
