@@ -288,9 +288,21 @@ def test_full_cycle_leaves_the_root_namespace_untouched(lab_requirements, tmp_pa
         assert cycle.pod_ping("node1", "node2", timeout=0.5).returncode == 1
         cycle.heal()
         assert cycle.pod_ping("node1", "node2", count=2, timeout=2).returncode == 0
-        cycle.inject("udp_buffer_errors", "node1")  # left active: down must clean it too
+        # Left in force, processes among them stopped with SIGSTOP: down must clean them too
+        cycle.inject("udp_buffer_errors", "node1")
+        cycle.inject("coredns_unreachable", params={"via": "hang"})
+        cycle.inject("node_unreachable", "node2", {"via": "hang"})
+        cycle.inject("cni_pod_not_running", "node2", {"via": "hang"})
+        cycle.inject("vxlan_udp_blocked", "node1", {"via": "tc"})
+        cycle.inject("host_firewall_active", "node1", {"via": "firewalld-nft"})
+        cycle.inject("policy_route_blackhole", "node1", {"via": "table"})
+        cycle.inject("mtu_mismatch", "node2", {"via": "pod"})
     finally:
+        started = time.monotonic()
         cycle.down()
+        took = time.monotonic() - started
+    # a stopped process must not make down wait for it (it is killed, not asked)
+    assert took < 30, f"down took {took:.1f}s"
     after = root_snapshot()
     for part in before:
         assert after[part] == before[part], f"root namespace {part} changed"

@@ -334,8 +334,16 @@ def _freeze(pids: list[int], what: str) -> None:
     _signal(pids, signal.SIGSTOP)
 
 
-def _thaw(pids: list[int]) -> None:
+def _thaw(pids: list[int]) -> bool:
+    """SIGCONT; whether any of them was stopped (a hung process that held its sockets)."""
+    frozen = False
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            # /proc/PID/stat: "pid (comm) state ...": comm may hold spaces and parentheses
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            frozen = frozen or stat[stat.rindex(")") + 2:].startswith("T")
     _signal(pids, signal.SIGCONT)
+    return frozen
 
 
 # ---- kernel / sysctl --------------------------------------------------------------------------
@@ -1193,14 +1201,24 @@ def _bgp_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
 
 
 def _bgp_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    blocked = any(ctx.node(node).run(["iptables", "-C", "INPUT", *spec], check=False)
+                  .returncode == 0 for spec in BGP_BLOCK)
     for spec in BGP_BLOCK:
         _ipt_delete(ctx, node, "INPUT", spec)
+    frozen = False
     if not ctx.active.params("cni_pod_not_running", node.name):
-        _thaw(_bird_pids(node))
+        frozen = _thaw(_bird_pids(node))
         if not cni.bird_running(node):
             _start_bird(ctx, node)
-    # sessions whose keepalives were dropped (block) or not sent (hang) may still expire
-    cni.wait_converged(ctx.topology, stable=cni.HOLD_TIME + 1)
+    _wait_bgp_settled(ctx, stale=blocked or frozen)
+
+
+def _wait_bgp_settled(ctx: FaultContext, stale: bool) -> None:
+    """Sessions whose keepalives were dropped (block) or not sent (hang) may still read as up
+    on the peers and expire up to a hold time later, withdrawing routes in the middle of what
+    the lab does next: those are waited out. A bird that was stopped closed its sessions at
+    once, so its peers only need to have its routes again."""
+    cni.wait_converged(ctx.topology, stable=cni.HOLD_TIME + 1 if stale else 0.0)
 
 
 register(Fault(
@@ -1383,7 +1401,7 @@ def _cni_pod_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
 
 
 def _cni_pod_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    _thaw(_cni_pids(ctx, node))
+    frozen = _thaw(_cni_pids(ctx, node))
     if ctx.topology.cni.startswith("flannel"):
         since = flannel.start(ctx.paths, node, ctx.node(node))
         flannel.wait_programmed(ctx.topology, ctx.paths, [node], ctx.node, since)
@@ -1393,7 +1411,7 @@ def _cni_pod_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
         ctx.node(node).shell(nodehost.agent_command(ctx.paths.node_files(node.name), agent))
     if ctx.topology.cni == "calico-bgp" and not cni.bird_running(node):
         _start_bird(ctx, node)
-    cni.wait_converged(ctx.topology, stable=cni.HOLD_TIME + 1)
+    _wait_bgp_settled(ctx, stale=frozen)
 
 
 register(Fault(
