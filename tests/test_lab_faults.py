@@ -376,7 +376,7 @@ def test_bgp_session_down_withdraws_routes(calico_lab, via):
     lab = calico_lab
     assert pods_ok(lab)
     with lab.injected("bgp_session_down", "node2", {"via": via}):
-        deadline = time.monotonic() + 20  # block: the 9 s hold time must expire first
+        deadline = time.monotonic() + 20  # block: the 6 s hold time must expire first
         while "10.244.2.0/24" in lab.node_exec("node1", ["ip", "route"]).stdout:
             assert time.monotonic() < deadline, "node1 kept node2's route"
             time.sleep(0.5)

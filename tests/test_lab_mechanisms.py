@@ -773,7 +773,7 @@ def test_hostgw_mechanism_breaks_and_heals_exactly(hostgw_lab, case):
 
 
 def _withdrawn(lab: Lab, at: str, cidr: str) -> None:
-    # the 9 s hold time must expire before the peer drops the session
+    # the 6 s hold time must expire before the peer drops the session
     wait_until(lambda: cidr not in lab.node_exec(at, ["ip", "route"]).stdout, 20,
                f"{at} kept the route to {cidr}")
 

@@ -32,7 +32,10 @@ from kubenetdiag_lab.topology import SERVICE_NETWORK, LabNode, LabPod, Topology
 
 VXLAN_MTU = 1450  # 1500 underlay minus the 50 bytes VXLAN adds, as flanneld computes it
 BGP_AS = 64512  # calico's default private AS
-HOLD_TIME = 9  # seconds: a dead peer noticed quickly, and what a heal waits out (wait_converged)
+# seconds: a dead peer noticed quickly, and what a heal waits out (wait_converged); BGP's
+# smallest hold time is 3, and a third of it between keepalives leaves two to be lost
+HOLD_TIME = 6
+KEEPALIVE = HOLD_TIME // 3
 
 
 def pod_mtu(cni: str) -> int:
@@ -145,7 +148,7 @@ template bgp bgp_template {{
   local {node.address} as {BGP_AS};
   direct;
   hold time {HOLD_TIME};
-  keepalive time 3;
+  keepalive time {KEEPALIVE};
   connect retry time 2;
   error wait time 1, 4;
   ipv4 {{ import all; export where source = RTS_STATIC; next hop self; }};

@@ -1225,7 +1225,7 @@ register(Fault(
     "bgp_session_down",
     "the node's BGP sessions go down and its peers withdraw its pod CIDR: bird stopped "
     "(via=stop), TCP 179 dropped (via=block) or bird hung, stopped with SIGSTOP (via=hang; "
-    "both noticed after the 9 s hold time)",
+    "both noticed after the 6 s hold time)",
     _bgp_down, _bgp_up, {"via": "stop"}, modes=("calico-bgp",),
     mechanisms={"stop": (), "block": (), "hang": ()},
 ))
