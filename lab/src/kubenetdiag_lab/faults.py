@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from kubenetdiag_lab import cni, coredns, flannel, kubeproxy, nodehost, services, sshd
-from kubenetdiag_lab.netns import LabError, cmdline, exec_argv, pids_in_netns, run
+from kubenetdiag_lab.netns import LabError, cmdline, exec_argv, pids_in_netns, proc_state, run
 from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.runner import NodeRunner, Runners
 from kubenetdiag_lab.topology import (
@@ -217,13 +217,14 @@ def _ipt_insert(ctx: FaultContext, node: LabNode, chain: str, spec: list[str],
 
 
 def _ipt_delete(ctx: FaultContext, node: LabNode, chain: str, spec: list[str],
-                table: str = "filter") -> None:
-    # Every copy, not just one: a test may have injected twice. Bounded so a misbehaving
-    # iptables cannot loop forever.
-    for _ in range(100):
+                table: str = "filter") -> bool:
+    """Delete every copy of the rule, not just one (a test may have injected twice); whether
+    there was one. Bounded so a misbehaving iptables cannot loop forever."""
+    for deleted in range(100):
         cp = ctx.node(node).run(["iptables", "-t", table, "-D", chain, *spec], check=False)
         if cp.returncode != 0:
-            return
+            return deleted > 0
+    return True
 
 
 def _restore(ctx: FaultContext, node: LabNode, text: str) -> None:
@@ -336,12 +337,7 @@ def _freeze(pids: list[int], what: str) -> None:
 
 def _thaw(pids: list[int]) -> bool:
     """SIGCONT; whether any of them was stopped (a hung process that held its sockets)."""
-    frozen = False
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            # /proc/PID/stat: "pid (comm) state ...": comm may hold spaces and parentheses
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            frozen = frozen or stat[stat.rindex(")") + 2:].startswith("T")
+    frozen = any(proc_state(pid) == "T" for pid in pids)
     _signal(pids, signal.SIGCONT)
     return frozen
 
@@ -1201,16 +1197,13 @@ def _bgp_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
 
 
 def _bgp_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    blocked = any(ctx.node(node).run(["iptables", "-C", "INPUT", *spec], check=False)
-                  .returncode == 0 for spec in BGP_BLOCK)
-    for spec in BGP_BLOCK:
-        _ipt_delete(ctx, node, "INPUT", spec)
+    blocked = [_ipt_delete(ctx, node, "INPUT", spec) for spec in BGP_BLOCK]
     frozen = False
     if not ctx.active.params("cni_pod_not_running", node.name):
         frozen = _thaw(_bird_pids(node))
         if not cni.bird_running(node):
             _start_bird(ctx, node)
-    _wait_bgp_settled(ctx, stale=blocked or frozen)
+    _wait_bgp_settled(ctx, stale=any(blocked) or frozen)
 
 
 def _wait_bgp_settled(ctx: FaultContext, stale: bool) -> None:

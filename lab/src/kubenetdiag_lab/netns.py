@@ -132,16 +132,21 @@ def pids_in_netns(names: Iterable[str]) -> dict[str, list[int]]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    # Zombies count as dead: reaping is left to whoever owns the Popen (waitpid here would
-    # steal the exit status from the caller's subprocess object).
+def proc_state(pid: int) -> str | None:
+    """The process's state letter (R, S, T for stopped, Z...); None when it is gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
             stat = fh.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
+    except OSError:
+        return None
     # The state letter follows the parenthesised command name, which may contain spaces.
-    return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] not in ("Z", "X")
+    return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] or None
+
+
+def _alive(pid: int) -> bool:
+    # Zombies count as dead: reaping is left to whoever owns the Popen (waitpid here would
+    # steal the exit status from the caller's subprocess object).
+    return proc_state(pid) not in (None, "Z", "X")
 
 
 def terminate(pids: Iterable[int], grace: float = 2.0) -> None:

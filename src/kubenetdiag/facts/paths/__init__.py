@@ -185,7 +185,7 @@ def path_facts(facts: list[Fact]) -> list[Fact]:
 
 
 # (node, backend, table, rule spec) -> the rule's packet counter read after the checks
-_After = dict[tuple[str, str, str, str], "int | None"]
+_After = dict[tuple[str, str, str, str], int | None]
 # Flows the checks' own packets are known to cross, whatever tools the node has: the pod-layer
 # pings between two nodes travel in the tunnel. The others are not (the pings go to the peer's
 # pod gateway, which the node delivers locally rather than forwards; a DNS check asked over an
