@@ -233,8 +233,8 @@ def test_collector_gets_every_call_and_only_reads(api, served, tmp_path):
     doc = collect(kubeconfig)
     by = calls(doc)
     assert {n: c["status"] for n, c in by.items()} == {
-        "version": "ok", "nodes": "ok", "daemonsets": "ok", "pods/kube-system": "ok",
-        "pods/kube-flannel": "ok", "flannel_config": "ok", "kube_proxy_config": "ok",
+        "version": "ok", "nodes": "ok", "daemonsets": "ok", "pods": "ok",
+        "namespaces": "ok", "flannel_config": "ok", "kube_proxy_config": "ok",
         "coredns_config": "ok", "services": "ok", "endpointslices": "ok",
         "networkpolicies": "ok", "calico_ippools": "not_found",
     }
@@ -312,13 +312,13 @@ def test_tokens_that_keep_expiring_end_as_an_error_not_a_loop(api, served, monke
 def test_forbidden_pods_blocks_only_pod_checks(served):
     doc = collect(served(user=cpm.NO_PODS_USER))
     by = calls(doc)
-    assert by["pods/kube-system"]["status"] == "forbidden"
-    assert by["pods/kube-system"]["http_status"] == 403
-    assert "cannot list resource" in by["pods/kube-system"]["reason"]
+    assert by["pods"]["status"] == "forbidden"
+    assert by["pods"]["http_status"] == 403
+    assert "cannot list resource" in by["pods"]["reason"]
     assert by["nodes"]["status"] == by["services"]["status"] == "ok"
     facts = cluster_facts(doc, [("node1", "198.18.0.11")])
     blocked = [f for f in facts if f.kind == "probe_status"]
-    assert {f.attrs["probe"] for f in blocked} == {"api:pods/kube-system", "api:pods/kube-flannel"}
+    assert {f.attrs["probe"] for f in blocked} == {"api:pods"}
     assert all(f.attrs["status"] == "permission_denied" for f in blocked)
     assert "CNI" in blocked[0].attrs["blocks"]
     kinds = {f.kind for f in facts}
@@ -537,7 +537,7 @@ def test_diagnose_local_with_kubeconfig_end_to_end(served, tmp_path, capsys):
     # (the run declares no endpoint: that branch is listed as not checked, with how to declare)
     blocked = [c for c in report["not_checked"]
                if c["node"] == "cluster" and c["probe"] != "active.endpoints"]
-    assert {c["probe"] for c in blocked} == {"api:pods/kube-system", "api:pods/kube-flannel"}
+    assert {c["probe"] for c in blocked} == {"api:pods"}
     assert all(c["status"] == "permission_denied" and "CNI" in c["blocks"] for c in blocked)
     # analyze reads the same cluster.json back, offline (no API needed)
     assert main(["analyze", str(bundle), "--format", "json"]) == code

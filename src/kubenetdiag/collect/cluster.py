@@ -36,7 +36,6 @@ PAGE_SIZE = 500
 MAX_LIST_RESTARTS = 3
 FLANNEL_CM = "kube-flannel-cfg"
 # Where CNI agents live when the DaemonSet list cannot tell us (it was forbidden).
-WELL_KNOWN_CNI_NAMESPACES = ("kube-flannel", "calico-system")
 
 STATUS_BY_HTTP = {401: "unauthorized", 403: "forbidden", 404: "not_found"}
 
@@ -203,6 +202,32 @@ def _slim(obj: Any) -> Any:
     return obj
 
 
+# What the facts read of a pod. Every namespace's pods are listed, thousands in a large cluster,
+# and a pod's full spec (volumes, env, probes, images) is most of its size: the bundle keeps
+# who the pod is, where it runs, its ports and its health.
+POD_META = ("name", "namespace", "uid", "labels", "ownerReferences", "deletionTimestamp")
+POD_SPEC = ("nodeName", "hostNetwork")
+POD_CONTAINER = ("name", "ports")
+POD_STATUS = ("phase", "podIP", "podIPs", "hostIP", "conditions", "containerStatuses", "reason")
+
+
+def _pick(obj: Any, keys: tuple[str, ...]) -> dict:
+    return {k: obj[k] for k in keys if k in obj} if isinstance(obj, dict) else {}
+
+
+def _slim_pod(pod: Any) -> Any:
+    if not isinstance(pod, dict):
+        return pod
+    spec = pod.get("spec") if isinstance(pod.get("spec"), dict) else {}
+    containers = spec.get("containers") if isinstance(spec.get("containers"), list) else []
+    return {
+        "metadata": _pick(pod.get("metadata"), POD_META),
+        "spec": {**_pick(spec, POD_SPEC), "containers": [_pick(c, POD_CONTAINER)
+                                                        for c in containers]},
+        "status": _pick(pod.get("status"), POD_STATUS),
+    }
+
+
 class _Session:
     def __init__(
         self,
@@ -228,7 +253,8 @@ class _Session:
             resp.release_conn()
         return json.loads(data)
 
-    def run(self, name: str, path: str, thunk: Callable[[], tuple[Any, dict]]) -> dict:
+    def run(self, name: str, path: str, thunk: Callable[[], tuple[Any, dict]],
+            slim: Callable[[Any], Any] = _slim) -> dict:
         started = time.monotonic()
         rec: dict[str, Any] = {
             "name": name,
@@ -251,9 +277,9 @@ class _Session:
             result, extra = thunk()
             rec.update(extra)
             if isinstance(result, list):
-                rec["items"] = [_slim(o) for o in result]
+                rec["items"] = [slim(o) for o in result]
             else:
-                rec["object"] = _slim(result) if isinstance(result, dict) else None
+                rec["object"] = slim(result) if isinstance(result, dict) else None
         except Exception as exc:  # one call's failure is a record, never a crash
             status, code, reason = _classify(exc)
             rec.update(status=status, http_status=code, reason=reason)
@@ -358,13 +384,10 @@ def collect_cluster(
         "daemonsets", "/apis/apps/v1/daemonsets", s.list(apps.list_daemon_set_for_all_namespaces)
     )
     cni = _cni_daemonsets(ds["items"])
-    namespaces = ["kube-system"]
-    extra = {d["metadata"].get("namespace") for d in cni} - {None, "kube-system"}
-    if ds["status"] != "ok":
-        extra |= set(WELL_KNOWN_CNI_NAMESPACES)
-    namespaces += sorted(str(n) for n in extra)
-    for ns in namespaces:
-        s.run(f"pods/{ns}", f"/api/v1/namespaces/{ns}/pods", s.list(core.list_namespaced_pod, ns))
+    # Every namespace's pods: a Service's selector, its named targetPort and a NetworkPolicy's
+    # podSelector are answered by the pods of its own namespace, wherever that is.
+    s.run("pods", "/api/v1/pods", s.list(core.list_pod_for_all_namespaces), slim=_slim_pod)
+    s.run("namespaces", "/api/v1/namespaces", s.list(core.list_namespace))
 
     flannel = [d for d in cni if "flannel" in str(d["metadata"].get("name"))]
     if flannel or ds["status"] != "ok":

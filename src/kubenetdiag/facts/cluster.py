@@ -24,7 +24,9 @@ BLOCKS = {
     "nodes": "API nodes: pod CIDRs, Ready/NetworkUnavailable conditions, zones, and matching "
     "them to the inventory",
     "daemonsets": "which CNI plugin runs and its rollout (desired vs ready), kube-proxy rollout",
-    "pods": "CNI, kube-proxy and CoreDNS pod health (readiness, restarts, which node)",
+    "pods": "CNI, kube-proxy and CoreDNS pod health (readiness, restarts, which node), and "
+    "which pods a Service or a NetworkPolicy selects",
+    "namespaces": "namespace labels, which a NetworkPolicy's namespaceSelector matches",
     "flannel_config": "flannel's network, backend type and VXLAN port",
     "kube_proxy_config": "kube-proxy mode (iptables/ipvs)",
     "coredns_config": "the cluster DNS domain",
