@@ -267,8 +267,12 @@ BLOCKS_ZH = {
         "API 中的节点：Pod 网段、Ready/NetworkUnavailable 状况、可用区，以及与主机清单的对应",
     "which CNI plugin runs and its rollout (desired vs ready), kube-proxy rollout":
         "运行的是哪个 CNI 插件及其发布情况（期望数与就绪数）、kube-proxy 的发布情况",
-    "CNI, kube-proxy and CoreDNS pod health (readiness, restarts, which node)":
-        "CNI、kube-proxy 和 CoreDNS Pod 的健康状况（就绪、重启次数、所在节点）",
+    "CNI, kube-proxy and CoreDNS pod health (readiness, restarts, which node), and "
+    "which pods a Service or a NetworkPolicy selects":
+        "CNI、kube-proxy 和 CoreDNS Pod 的健康状况（就绪、重启次数、所在节点），"
+        "以及 Service 或 NetworkPolicy 选中了哪些 Pod",
+    "namespace labels, which a NetworkPolicy's namespaceSelector matches":
+        "命名空间的标签（NetworkPolicy 的 namespaceSelector 据此匹配）",
     "flannel's network, backend type and VXLAN port": "flannel 的网段、后端类型和 VXLAN 端口",
     "kube-proxy mode (iptables/ipvs)": "kube-proxy 模式（iptables/ipvs）",
     "the cluster DNS domain": "集群 DNS 域名",
