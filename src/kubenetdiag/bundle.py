@@ -99,6 +99,7 @@ _CALL = {
         "http_status": {"type": ["integer", "null"]},
         "reason": {"type": ["string", "null"]},
         "duration_s": {"type": "number"},
+        "read_at": {"type": "string"},
         "pages": {"type": "integer"},
         "restarts": {"type": "integer"},
         "items": {"type": ["array", "null"]},

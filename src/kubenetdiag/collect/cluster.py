@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +292,9 @@ class _Session:
                 # stop the others.
                 self.given_up = ("timeout", f"the API server stopped answering ({reason})")
         rec["duration_s"] = round(time.monotonic() - started, 3)
+        # when the answer was read, in the server's terms (UTC): how old a change the answer
+        # shows was then (a Service port's endpoints changed a second ago are still settling)
+        rec["read_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.calls.append(rec)
         return rec
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
 from typing import Any
 
 from kubenetdiag.facts.model import Fact, Source, excerpt
@@ -42,16 +43,21 @@ CALL_KINDS: dict[str, tuple[str, ...]] = {
     "version": (),
     "nodes": ("k8s_node", "node_match", "service_endpoints"),
     "daemonsets": ("cni", "kube_proxy"),
-    "pods": ("cni", "cni_pod", "kube_proxy", "dns_pod"),
+    "pods": ("cni", "cni_pod", "kube_proxy", "dns_pod", "service_port"),
     "flannel_config": ("flannel_config",),
     "kube_proxy_config": ("kube_proxy",),
     "coredns_config": ("dns_service",),
-    "services": ("dns_service", "service_endpoints"),
-    "endpointslices": ("service_endpoints",),
+    "services": ("dns_service", "service_endpoints", "service_port"),
+    "endpointslices": ("service_endpoints", "service_port"),
     "networkpolicies": ("network_policy",),
     "calico_ippools": ("calico_ippool",),
 }
 FLANNEL_DEFAULT_VXLAN_PORT = 8472
+# A Service port's endpoints are compared with every node's rules by ip:port; past this many
+# the fact keeps the first ones only (a 5,000-pod Deployment behind one Service).
+SERVICE_ENDPOINTS_SHOWN = 2000
+# Set by the EndpointSlice controller: when the change it last wrote was made.
+LAST_CHANGE = "endpoints.kubernetes.io/last-change-trigger-time"
 # Objects whose absence is an answer (not calico, kube-proxy replaced), not a failure.
 OPTIONAL = {"flannel_config", "kube_proxy_config", "coredns_config", "calico_ippools"}
 STATUS_TO_PROBE_STATUS = {
@@ -480,6 +486,127 @@ def _service_facts(calls: _Calls, services: list[dict], slices: list[dict],
     return facts
 
 
+def _selects(selector: dict, labels: dict) -> bool:
+    return all(k in labels and str(labels[k]) == str(v) for k, v in selector.items())
+
+
+def _container_port(pod: dict, name: str, protocol: str) -> int | None:
+    """The number a named targetPort resolves to in this pod, as the EndpointSlice controller
+    looks it up: a container port of that name and protocol."""
+    for c in _as_list(_get(pod, "spec", "containers")):
+        for p in _as_list(_get(c, "ports")):
+            if isinstance(p, dict) and p.get("name") == name and \
+                    str(p.get("protocol") or "TCP") == protocol:
+                return _as_int(p.get("containerPort"))
+    return None
+
+
+def _slice_endpoints(slices: list[dict], port_name: str, protocol: str
+                     ) -> tuple[list[str], list[str]]:
+    """(ready, listed but not ready) endpoints of one Service port as `ip:port`, over its
+    EndpointSlices: each slice says the port number its endpoints resolved the targetPort to."""
+    ready, other = set(), set()
+    for sl in slices:
+        number = next((_as_int(p.get("port")) for p in _as_list(sl.get("ports"))
+                       if isinstance(p, dict) and str(p.get("name") or "") == port_name
+                       and str(p.get("protocol") or "TCP") == protocol), None)
+        if number is None:
+            continue
+        for ep in _as_list(sl.get("endpoints")):
+            if not isinstance(ep, dict):
+                continue
+            # API contract: an unset ready condition is to be read as ready
+            into = other if _get(ep, "conditions", "ready") is False else ready
+            for a in _as_list(ep.get("addresses")):
+                if isinstance(a, str) and a:
+                    into.add(f"{a}:{number}")
+    return sorted(ready), sorted(other - ready)
+
+
+def _when(value: Any) -> datetime | None:
+    try:
+        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def _changed_s(calls: _Calls, svc: dict, slices: list[dict]) -> int | None:
+    """Seconds between the last change of a Service's endpoints (the EndpointSlice
+    controller's last-change-trigger-time, or the Service's creation) and the API read."""
+    read = next((_when(c.get("read_at")) for c in calls.named("endpointslices")
+                 if c.get("read_at")), None)
+    times = [_when(_get(sl, "metadata", "annotations", LAST_CHANGE)) for sl in slices]
+    times.append(_when(_get(svc, "metadata", "creationTimestamp")))
+    known = [t for t in times if t is not None]
+    if read is None or not known:
+        return None
+    return max(0, int((read - max(known)).total_seconds()))
+
+
+def _service_port_facts(calls: _Calls, services: list[dict], slices: list[dict],
+                        pods: list[dict] | None) -> list[Fact]:
+    """One fact per port of every Service with a ClusterIP: what each node's kube-proxy must
+    have programmed (its ready endpoints), and what its selector and targetPort find."""
+    by_svc: dict[tuple[str, str], list[dict]] = {}
+    for sl in slices:
+        svc = _as_text(_get(sl, "metadata", "labels", "kubernetes.io/service-name"))
+        if svc:
+            by_svc.setdefault((_ns(sl), svc), []).append(sl)
+    by_ns: dict[str, list[dict]] = {}
+    for pod in pods or []:
+        if _as_text(_get(pod, "status", "phase")) not in ("Succeeded", "Failed"):
+            by_ns.setdefault(_ns(pod), []).append(pod)
+    facts = []
+    for svc in services:
+        name, ns = _name(svc), _ns(svc)
+        spec = _as_dict(svc.get("spec"))
+        vip = _as_text(spec.get("clusterIP"))
+        if not name or not vip or vip == "None" or spec.get("type") == "ExternalName":
+            continue
+        selector = _as_dict(spec.get("selector"))
+        changed = _changed_s(calls, svc, by_svc.get((ns, name), []))
+        # kube-proxy gives each node only some endpoints: its own (internalTrafficPolicy
+        # Local) or its zone's (topology hints)
+        hints = any(_get(ep, "hints", "forZones") for sl in by_svc.get((ns, name), [])
+                    for ep in _as_list(sl.get("endpoints")) if isinstance(ep, dict))
+        per_node = _as_text(spec.get("internalTrafficPolicy")) == "Local" or hints
+        chosen = [p for p in by_ns.get(ns, [])
+                  if selector and _selects(selector, _as_dict(_get(p, "metadata", "labels")))]
+        for port in _as_list(spec.get("ports")):
+            if not isinstance(port, dict) or _as_int(port.get("port")) is None:
+                continue
+            protocol = _as_text(port.get("protocol")) or "TCP"
+            target = port.get("targetPort", port.get("port"))
+            named = isinstance(target, str) and not target.isdigit()
+            unresolved = sum(1 for p in chosen
+                             if named and _container_port(p, str(target), protocol) is None)
+            endpoints, not_ready = _slice_endpoints(by_svc.get((ns, name), []),
+                                                    _as_text(port.get("name")) or "", protocol)
+            facts.append(Fact("service_port", CLUSTER, {
+                "namespace": ns,
+                "name": name,
+                "port_name": _as_text(port.get("name")) or "",
+                "port": _as_int(port.get("port")),
+                "protocol": protocol,
+                "cluster_ip": vip,
+                "type": _as_text(spec.get("type")) or "ClusterIP",
+                "node_port": _as_int(port.get("nodePort")),
+                "target_port": str(target),
+                "external_traffic_policy": _as_text(spec.get("externalTrafficPolicy")),
+                "selector": ",".join(f"{k}={v}" for k, v in sorted(selector.items())) or None,
+                "selected_pods": len(chosen) if selector and pods is not None else None,
+                "target_port_unresolved": unresolved if pods is not None else None,
+                "endpoints": ",".join(endpoints[:SERVICE_ENDPOINTS_SHOWN]),
+                "ready_endpoints": len(endpoints),
+                "not_ready_endpoints": ",".join(not_ready[:SERVICE_ENDPOINTS_SHOWN]),
+                "per_node_endpoints": per_node,
+                "changed_s": changed,
+            }, calls.source("services", {"service": f"{ns}/{name}", "port": port,
+                                         "selector": selector, "endpoints": endpoints[:20]})))
+    return facts
+
+
 def _policy_facts(calls: _Calls, policies: list[dict]) -> list[Fact]:
     facts = []
     for p in policies:
@@ -601,6 +728,8 @@ def cluster_facts(doc: Any, inventory: Iterable[tuple[str, str]] = ()) -> list[F
     if services is not None and slices is not None:
         steps.append(("endpointslices",
                       lambda: _service_facts(calls, services, slices, node_zone)))
+        steps.append(("endpointslices",
+                      lambda: _service_port_facts(calls, services, slices, pods)))
     for name, fn in steps:
         out = _guard(name, fn)
         facts += out if isinstance(out, list) else []
