@@ -14,6 +14,7 @@ from kubenetdiag.facts.cluster import cluster_facts
 from kubenetdiag.facts.model import Fact, Source, excerpt
 from kubenetdiag.facts.paths import path_facts
 from kubenetdiag.facts.persist import persist_sysctl
+from kubenetdiag.facts.services import service_sync_facts
 from kubenetdiag.facts.vantage import vantage_facts
 from kubenetdiag.facts.zones import zone_latency_facts
 from kubenetdiag.probes import BY_NAME, PROBES, Probe, Section
@@ -292,4 +293,5 @@ def facts_from_records(
     facts.extend(path_facts(facts))
     facts.extend(vantage_facts(facts))  # where the active checks' failures localize
     facts.extend(zone_latency_facts(facts))  # what calls between a Service's zones pay
+    facts.extend(service_sync_facts(facts))  # each node's kube-proxy rules against the API
     return facts

@@ -10,8 +10,9 @@ written, and tests/test_producers.py checks each declaration against what the co
 
 * a passive probe: `Probe.kinds`; an active check: `ActiveCheck.kinds`;
 * the Kubernetes API: `facts.cluster.CALL_KINDS`, per call;
-* kinds derived in the parse stage from other facts (path, vantage, zones, census): the deriving
-  module's `PRODUCES` and `INPUTS`, so a rule on a derived kind needs what it is made from.
+* kinds derived in the parse stage from other facts (path, vantage, zones, census, services):
+  the deriving module's `PRODUCES` and `INPUTS`, so a rule on a derived kind needs what it is
+  made from.
   Its `CONTEXT` kinds only widen what is derived (more flows, names for targets): when they are
   missing, their own not-checked entry says so, and the derived facts are still right;
 * kinds that rules assert (`derived: true` in the registry) are followed by the engine, which
@@ -23,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import cache
 
-from kubenetdiag.facts import census, paths, vantage, zones
+from kubenetdiag.facts import census, paths, services, vantage, zones
 from kubenetdiag.facts.cluster import CALL_KINDS
 from kubenetdiag.probes import BY_NAME, PROBES
 from kubenetdiag.probes.active import PREFIX as ACTIVE_PREFIX
@@ -41,7 +42,7 @@ def derived_inputs() -> dict[str, frozenset[str]]:
     """Kind -> the kinds it is derived from, for the kinds the parse stage and the engine derive
     from other facts before any rule runs."""
     out: dict[str, frozenset[str]] = {}
-    for module in (paths, vantage, zones, census):
+    for module in (paths, vantage, zones, census, services):
         for kind in module.PRODUCES:
             out[kind] = frozenset(module.INPUTS) - COLLECTION
     return out

@@ -34,6 +34,7 @@ COMMAND = (
     "if command -v ipvsadm >/dev/null 2>&1; then echo '##knd:table ipvsadm'; ipvsadm -Ln; "
     "else echo '##knd:table proc'; cat /proc/net/ip_vs; fi"
 )
+MAX_BACKENDS = 2000  # as service_port.endpoints keeps them
 _SERVICE = re.compile(r"^(TCP|UDP|SCTP|FWM)\s+(\S+)\s+(\S+)")
 _REAL = re.compile(r"^\s+->\s+(\S+)\s+(\S+)\s+(\d+)\s+(\d+)\s+(\d+)")
 
@@ -57,7 +58,8 @@ def parse(section: Section, node: str) -> list[Fact]:
             if m:
                 addr = _unhex(m.group(2)) if fmt == "proc" else m.group(2)
                 services.append({"proto": m.group(1), "address": addr, "scheduler": m.group(3),
-                                 "reals": 0, "active": 0, "inactive": 0, "raw": [line]})
+                                 "reals": 0, "active": 0, "inactive": 0, "raw": [line],
+                                 "backends": []})
                 continue
             r = _REAL.match(line)
             if r and services and r.group(1) != "RemoteAddress:Port":
@@ -65,6 +67,10 @@ def parse(section: Section, node: str) -> list[Fact]:
                 s["reals"] += 1
                 s["active"] += int(r.group(4))
                 s["inactive"] += int(r.group(5))
+                # weight 0: kube-proxy keeps a terminating endpoint for its open connections
+                # and sends it no new one
+                if int(r.group(3)) > 0:
+                    s["backends"].append(_unhex(r.group(1)) if fmt == "proc" else r.group(1))
                 if len(s["raw"]) < 10:
                     s["raw"].append(line)
     facts = []
@@ -78,6 +84,7 @@ def parse(section: Section, node: str) -> list[Fact]:
             "real_servers": s["reals"],
             "active_conns": s["active"],
             "inactive_conns": s["inactive"],
+            "backends": ",".join(sorted(s["backends"])[:MAX_BACKENDS]),
         }, Source("ipvs", "ipvsadm -Ln", section.exit_code, clip("\n".join(s["raw"]), 800))))
     facts.append(Fact("ipvs", node, {
         "enabled": enabled,
