@@ -13,7 +13,7 @@ from pathlib import Path
 from kubenetdiag.facts.cluster import cluster_facts
 from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.facts.services import service_sync_facts
-from kubenetdiag.probes import ipvs, iptables
+from kubenetdiag.probes import iptables, ipvs
 from kubenetdiag.probes.base import Section
 
 FIXTURES = Path(__file__).parent / "fixtures" / "services"
