@@ -54,8 +54,10 @@ def test_analyze_a_bundle_without_the_cli(tmp_path: Path, rules, capsys) -> None
     copy = tmp_path / "bundle"
     shutil.copytree(EXAMPLE, copy)
     result = pipeline.analyze(Bundle.read(copy), rules)
+    # (information is not an alarm: the recording's nodes lack the API's default/kubernetes
+    # Service, which its older lab's kube-proxy did not program, and that is shown as such)
     roots = {(f["fault"], tuple(f["nodes"])) for f in result.report["findings"]
-             if f["root_cause"]}
+             if f["root_cause"] and f["severity"] != "info"}
     assert roots == {("forward_chain_reject", ("node1",)), ("ip_forward_disabled", ("node2",)),
                      ("node_unreachable", ("node3",))}
     assert result.exit_code == 1
@@ -115,5 +117,6 @@ def test_analyze_without_saving_leaves_the_bundle_as_it_was(tmp_path: Path, rule
     shutil.copytree(EXAMPLE, copy)
     before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
     result = pipeline.analyze(Bundle.read(copy), rules, save=False)
-    assert result.report["summary"]["root_causes"] == 3
+    alarms = [f for f in result.report["findings"] if f["root_cause"] and f["severity"] != "info"]
+    assert len(alarms) == 3
     assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before
