@@ -245,3 +245,21 @@ def test_without_a_kubeconfig_the_report_says_the_api_was_not_asked(lab, tmp_pat
     (entry,) = report["not_checked"]
     assert (entry["node"], entry["status"]) == ("cluster", "not_queried")
     assert "--kubeconfig" in entry["blocks"]
+
+
+def test_a_hung_kube_proxy_is_named_by_its_node_after_a_service_moved(lab, tmp_path):
+    # kube-proxy on node1 is frozen, then the canary Service's targetPort moves 8080 -> 8081:
+    # the other node follows, node1 still sends to the old port. Only the comparison with the
+    # API and the peer can tell; the node's own rules look complete.
+    with lab.injected("kube_proxy_out_of_sync", "node1", {"via": "moved"}):
+        report, proc = diagnose(lab, tmp_path)
+        # the canary goes to the web pod on port 8081 in the API
+        web = next(p for p in lab.pods if p.app == "web")
+    assert proc.returncode == 1
+    found = alarms(report)
+    assert [(f["fault"], f["nodes"], f["root_cause"]) for f in found] == [
+        ("kube_proxy_out_of_sync", ["node1"], True)]
+    (sync,) = [e["attrs"] for e in found[0]["evidence"] if e["kind"] == "service_sync"]
+    assert sync["service"] == "default/web-canary:http" and sync["state"] == "endpoints_differ"
+    assert (sync["missing"], sync["stale"]) == (f"{web.ip}:8081", f"{web.ip}:8080")
+    assert "node2" in found[0]["title"]

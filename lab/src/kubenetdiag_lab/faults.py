@@ -25,6 +25,7 @@ import os
 import shlex
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,10 @@ class ActiveFaults:
         out = cluster_services(topology, unready, selectors)
         if self.params("cross_zone_latency"):
             out.append(spread_service(topology, unready))
+        for params in self.params("kube_proxy_out_of_sync"):
+            port = _canary_port(params)
+            if port is not None:
+                out.append(canary_service(topology, port, unready))
         return out
 
 
@@ -129,6 +134,9 @@ class FaultContext:
     active: ActiveFaults
     stop_sshd: Callable[[str], None]
     start_sshd: Callable[[str], None]
+    # Save lab.json and bring the apiserver's objects in line with it now: for a fault that
+    # needs the API in one state before it acts and in another after (kube_proxy_out_of_sync).
+    sync_api: Callable[[], None] = lambda: None
 
     def node(self, node: LabNode) -> NodeRunner:
         return self.runners.node(node)
@@ -1542,6 +1550,115 @@ register(Fault(
     "re-syncs)",
     _kube_proxy_dead_and_flushed, _kube_proxy_restarted, {"via": "kill"},
     mechanisms={"kill": (), "hang": ()},
+))
+
+# A Service only this fault uses, so the change a stale kube-proxy misses breaks nothing the
+# other checks look at: its VIP is in no declared endpoint and no probe connects to it.
+CANARY_SERVICE = "web-canary"
+CANARY_VIP = "10.96.0.21"
+CANARY_COMMENT = f"default/{CANARY_SERVICE}:http"
+
+
+def canary_service(topology: Topology, target_port: int, unready: Collection[str] = ()
+                   ) -> Service:
+    pods = tuple(pod.name for pod in topology.pods if pod.app == "web" and pod.name not in unready)
+    return Service(CANARY_SERVICE, "default", CANARY_VIP,
+                   (ServicePort("http", 80, "TCP", target_port),), "web", pods)
+
+
+def _canary_port(params: Params) -> int | None:
+    """The targetPort of the canary Service (it selects the web pod) while the fault is in
+    force, or None when there is no canary: created after the freeze (new); its targetPort
+    moved from 8080 to 8081 after it, as a rollout that changes the app's port does (moved);
+    deleted after it (deleted). `phase: before` is the state the API holds while the fault
+    is being made, before kube-proxy is frozen."""
+    if params.get("phase") == "before":
+        return WEB_PORT
+    return {"new": WEB_PORT, "moved": WEB_PORT + 1}.get(params["via"])
+
+
+def _canary_endpoints(ctx: FaultContext, port: int | None) -> set[str] | None:
+    if port is None:
+        return None
+    return {f"{pod.ip}:{port}" for pod in ctx.topology.pods if pod.app == "web"}
+
+
+def _wait_canary(ctx: FaultContext, nodes: list[LabNode], want: set[str] | None) -> None:
+    """Until every node's kube-proxy DNATs the canary's VIP to exactly `want` (None: has no
+    rule for it at all)."""
+
+    def done(node: LabNode) -> bool:
+        saved = ctx.node(node).run(["iptables-save", "-t", "nat"], check=False).stdout
+        lines = saved.splitlines()
+        if want is None:
+            return not any(CANARY_COMMENT in line for line in lines)
+        dests = {line.split("--to-destination ")[1].split()[0] for line in lines
+                 if line.startswith("-A KUBE-SEP-") and CANARY_COMMENT in line
+                 and "--to-destination " in line}
+        entry = any(line.startswith("-A KUBE-SERVICES ") and CANARY_COMMENT in line
+                    for line in lines)
+        return entry and dests == want
+
+    nodehost.wait_nodes(kubeproxy.BINARY, "follow the canary Service", nodes, done,
+                        lambda name: kubeproxy.log_path(ctx.paths, name), kubeproxy.SYNC_TIMEOUT)
+
+
+def _kube_proxy_left_behind(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # The API changes after the node's kube-proxy stopped: the lab saves the state with this
+    # fault in force once this returns. For moved and deleted the canary must first be
+    # programmed everywhere, this node included, so it is created before the freeze.
+    if params["via"] not in ("new", "moved", "deleted"):
+        raise LabError("kube_proxy_out_of_sync: via must be new, moved or deleted")
+    if params["via"] != "new":
+        params["phase"] = "before"
+        ctx.sync_api()
+        _wait_canary(ctx, list(ctx.topology.nodes), _canary_endpoints(ctx, WEB_PORT))
+    _freeze(kubeproxy.pids(node), f"kube-proxy on {node.name}")
+    params.pop("phase", None)
+
+
+# kubenetdiag counts a Service whose endpoints changed less than 15 s before it read the API
+# as still settling, not as a node left behind (facts/services.py, SETTLE_S); one more second
+# covers its rounding down.
+DIAGNOSER_SETTLE_S = 16
+
+
+def _others_follow(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """The other nodes' kube-proxy programmed the change the frozen one missed, and it is old
+    enough that a diagnoser no longer takes it for one still spreading (after a heal, which
+    waited for every node itself, there is nothing left to wait for)."""
+    if params not in ctx.active.params("kube_proxy_out_of_sync", node.name):
+        return
+    # The canary was created or changed before this runs: waiting from now is the safe side.
+    since = time.monotonic()
+    others = [n for n in ctx.topology.nodes if n.name != node.name]
+    port = _canary_port(params)
+    _wait_canary(ctx, others, _canary_endpoints(ctx, port))
+    if port is not None:  # a deleted Service is stale at once: there is no age to wait out
+        time.sleep(max(0.0, since + DIAGNOSER_SETTLE_S - time.monotonic()))
+
+
+def _kube_proxy_resynced(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # As deleting its pod would: a restarted kube-proxy lists everything afresh. The canary
+    # is gone from the API first (the fault is no longer recorded), so every node drops it.
+    _thaw(kubeproxy.pids(node))
+    kubeproxy.stop(node)
+    ctx.sync_api()
+    kubeproxy.start(ctx.paths, node, ctx.node(node))
+    kubeproxy.wait_synced(ctx.topology, ctx.paths, list(ctx.topology.nodes), ctx.node,
+                          ctx.active.services(ctx.topology))
+    _wait_canary(ctx, list(ctx.topology.nodes), None)
+
+
+register(Fault(
+    "kube_proxy_out_of_sync",
+    "the node's kube-proxy hung (SIGSTOP, its pod still Ready) and the API changed after it: "
+    f"a Service {CANARY_SERVICE} ({CANARY_VIP}:80, the web pod) created since (via=new), its "
+    "targetPort moved from 8080 to 8081 as a rollout that changes the app's port would "
+    "(via=moved), or the Service deleted (via=deleted); the other nodes follow the API, this "
+    "one keeps its old rules (heal restarts it, as deleting its pod would)",
+    _kube_proxy_left_behind, _kube_proxy_resynced, {"via": "moved"},
+    settle=_others_follow, mechanisms={"new": (), "moved": (), "deleted": ()},
 ))
 
 # ---- zones -----------------------------------------------------------------------------------
