@@ -153,6 +153,19 @@ def test_links_vxlan_details_in_both_formats(name):
     assert veth["kind"] == "veth" and veth["master"] == "cni0"
 
 
+@pytest.mark.parametrize("name, port, hairpin", [
+    ("lab-node2-hairpin-off-veth-pod2", "veth-pod2", False),  # JSON, recorded in the lab
+    ("lab-node2-hairpin-off-veth-pod2", "veth-pod1", True),
+    ("iproute2-6.1-xdp-text-form", "veth1", False),  # the one-line text form
+    ("centos7-iproute-4.11-text", "veth4f2a9c1e", True),
+])
+def test_links_hairpin_mode_of_bridge_ports_in_both_formats(name, port, hairpin):
+    links = {i["name"]: i for i in kinds(parse("links", name), "interface")}
+    assert links[port]["master"] == "cni0" and links[port]["hairpin"] is hairpin
+    # not a bridge port: no hairpin mode to speak of
+    assert links["cni0"]["hairpin"] is None and links["cni0"]["promisc"] is False
+
+
 def test_links_centos7_tunl0_and_cali():
     links = {i["name"]: i for i in kinds(parse("links", "centos7-iproute-4.11-text"), "interface")}
     assert links["tunl0"]["kind"] == "ipip" and links["tunl0"]["mtu"] == 1440

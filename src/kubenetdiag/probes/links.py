@@ -114,6 +114,8 @@ def _from_json(text: str) -> list[dict]:
         flags = d.get("flags") if isinstance(d.get("flags"), list) else []
         kind = info.get("info_kind")
         vx = kind == "vxlan"
+        port = info.get("info_slave_data") if info.get("info_slave_kind") == "bridge" else None
+        hairpin = port.get("hairpin") if isinstance(port, dict) else None
         out.append({
             "name": d["ifname"],
             "kind": kind if isinstance(kind, str) else "device",
@@ -128,6 +130,8 @@ def _from_json(text: str) -> list[dict]:
             "vxlan_local": str(data["local"]) if vx and data.get("local") else None,
             "vxlan_dev": str(data["link"]) if vx and data.get("link") else None,
             "xdp": _xdp_from_json(d.get("xdp")),
+            "hairpin": hairpin if isinstance(hairpin, bool) else None,
+            "promisc": "PROMISC" in flags,
         })
     return out
 
@@ -143,6 +147,10 @@ def _from_text(lines: list[str]) -> list[dict]:
         flags = m.group(3).split(",")
         kind = "device"
         vxlan = ""
+        # a bridge port's own segment, after its kind's: "bridge_slave state forwarding ...
+        # hairpin on ..."
+        port = next((seg for seg in segs[2:] if seg.startswith("bridge_slave")), "")
+        hairpin = {"on": True, "off": False}.get(_word_after(port, "hairpin") or "")
         for seg in segs[2:]:
             first = seg.split(" ", 1)[0]
             if first in _KINDS:
@@ -167,6 +175,8 @@ def _from_text(lines: list[str]) -> list[dict]:
             "vxlan_local": _word_after(vxlan, "local") if vx else None,
             "vxlan_dev": _word_after(vxlan, "dev") if vx else None,
             "xdp": _xdp_from_text(head, segs[1:]),
+            "hairpin": hairpin,
+            "promisc": "PROMISC" in flags,
         })
     return out
 
@@ -213,6 +223,7 @@ def parse(section: Section, node: str) -> list[Fact]:
             + (f" vxlan id {link['vxlan_id']} dstport {link['vxlan_port']}"
                f" local {link['vxlan_local']} dev {link['vxlan_dev']}" if link["vxlan_id"] else "")
             + (f" xdp {link['xdp']}" if link["xdp"] else "")
+            + (f" master {link['master']} hairpin off" if link["hairpin"] is False else "")
         )
         link["name"] = clip(link["name"], 64)
         facts.append(Fact("interface", node, link, Source(
