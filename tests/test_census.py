@@ -84,6 +84,7 @@ def test_nodes_that_report_the_same_thing_share_one_copy_of_it():
     from pathlib import Path
 
     from kubenetdiag.facts.parse import facts_from_records, node_facts, not_collected, probes_ran
+    from kubenetdiag.facts.producers import derived_inputs
 
     example = Path(__file__).parent.parent / "examples" / "bundles" / "lab-three-faults"
     record = json.loads((example / "nodes" / "node1.json").read_text())
@@ -95,11 +96,12 @@ def test_nodes_that_report_the_same_thing_share_one_copy_of_it():
     assert a and len(a) == len(b)
     assert all(x.attrs["spec"] is y.attrs["spec"] and x.source is y.source
                for x, y in zip(a, b, strict=True))
-    # (path verdicts are derived from both nodes' facts together, not from one node's record;
-    # the example predates some probes: both sides expect only those its nodes ran, and say
-    # the others were not collected)
+    # (derived kinds, path verdicts and the pod bridge among them, are made after the records
+    # are read, not from one node's record; the example predates some probes: both sides
+    # expect only those its nodes ran, and say the others were not collected)
     ran = probes_ran(twins)
-    assert [f.to_dict() for f in facts if f.node == "a" and not f.kind.startswith("path")] == [
+    derived = derived_inputs()
+    assert [f.to_dict() for f in facts if f.node == "a" and f.kind not in derived] == [
         f.to_dict() for f in node_facts(json.loads(json.dumps({**record, "name": "a"})), ran=ran)
         + not_collected("a", ran, None)
     ]

@@ -17,7 +17,7 @@ import pytest
 from kubenetdiag.bundle import Bundle
 from kubenetdiag.engine import load_ruleset
 from kubenetdiag.engine.needs import rule_needs
-from kubenetdiag.facts import census, paths, producers, vantage, zones
+from kubenetdiag.facts import bridges, census, paths, producers, vantage
 from kubenetdiag.facts.cluster import CALL_KINDS, cluster_facts
 from kubenetdiag.facts.parse import facts_from_records
 from kubenetdiag.facts.registry import registry
@@ -69,7 +69,7 @@ def test_declared_kinds_are_registered_and_every_kind_has_a_producer():
         | set(producers.derived_inputs())
     )
     assert declared <= set(kinds), declared - set(kinds)
-    for module in (paths, vantage, zones, census):
+    for module in producers.DERIVERS:
         assert set(module.INPUTS) | set(module.CONTEXT) <= set(kinds)
     asserted = {name for name, spec in kinds.items() if spec.derived}
     orphans = set(kinds) - declared - asserted - producers.COLLECTION
@@ -115,7 +115,8 @@ def test_a_failed_api_call_changes_only_the_kinds_it_declares():
     (paths, paths.path_facts),
     (vantage, vantage.vantage_facts),
     (census, census.census_facts),
-], ids=["paths", "vantage", "census"])
+    (bridges, bridges.pod_bridge_facts),
+], ids=["paths", "vantage", "census", "bridges"])
 def test_derived_facts_are_made_from_the_kinds_they_declare(module, derive):
     # a bundle with a node cut off: every deriving module has something to say about it
     bundle = _lab("lab-netdev-vxlan-drop")

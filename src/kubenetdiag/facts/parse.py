@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterable
 
+from kubenetdiag.facts.bridges import pod_bridge_facts
 from kubenetdiag.facts.cluster import cluster_facts
 from kubenetdiag.facts.model import Fact, Source, excerpt
 from kubenetdiag.facts.paths import path_facts
@@ -294,4 +295,5 @@ def facts_from_records(
     facts.extend(vantage_facts(facts))  # where the active checks' failures localize
     facts.extend(zone_latency_facts(facts))  # what calls between a Service's zones pay
     facts.extend(service_sync_facts(facts))  # each node's kube-proxy rules against the API
+    facts.extend(pod_bridge_facts(facts))  # the bridge pods hang off, and its hairpin mode
     return facts

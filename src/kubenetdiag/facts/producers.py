@@ -10,7 +10,8 @@ written, and tests/test_producers.py checks each declaration against what the co
 
 * a passive probe: `Probe.kinds`; an active check: `ActiveCheck.kinds`;
 * the Kubernetes API: `facts.cluster.CALL_KINDS`, per call;
-* kinds derived in the parse stage from other facts (path, vantage, zones, census, services):
+* kinds derived in the parse stage from other facts (`DERIVERS`: path, vantage, zones, census,
+  services, bridges):
   the deriving module's `PRODUCES` and `INPUTS`, so a rule on a derived kind needs what it is
   made from.
   Its `CONTEXT` kinds only widen what is derived (more flows, names for targets): when they are
@@ -24,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import cache
 
-from kubenetdiag.facts import census, paths, services, vantage, zones
+from kubenetdiag.facts import bridges, census, paths, services, vantage, zones
 from kubenetdiag.facts.cluster import CALL_KINDS
 from kubenetdiag.probes import BY_NAME, PROBES
 from kubenetdiag.probes.active import PREFIX as ACTIVE_PREFIX
@@ -37,12 +38,16 @@ ALL_PROBES = "all"  # the probe of the entry for a node that was not reached
 API = "api"  # the probe of the entry for an API that did not answer, or was not asked
 
 
+# The parse stage's deriving modules, each declaring PRODUCES, INPUTS and CONTEXT.
+DERIVERS = (paths, vantage, zones, census, services, bridges)
+
+
 @cache
 def derived_inputs() -> dict[str, frozenset[str]]:
     """Kind -> the kinds it is derived from, for the kinds the parse stage and the engine derive
     from other facts before any rule runs."""
     out: dict[str, frozenset[str]] = {}
-    for module in (paths, vantage, zones, census, services):
+    for module in DERIVERS:
         for kind in module.PRODUCES:
             out[kind] = frozenset(module.INPUTS) - COLLECTION
     return out
