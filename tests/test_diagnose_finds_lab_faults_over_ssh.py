@@ -263,3 +263,22 @@ def test_a_hung_kube_proxy_is_named_by_its_node_after_a_service_moved(lab, tmp_p
     assert sync["service"] == "default/web-canary:http" and sync["state"] == "endpoints_differ"
     assert (sync["missing"], sync["stale"]) == (f"{web.ip}:8081", f"{web.ip}:8080")
     assert "node2" in found[0]["title"]
+
+
+def test_a_pod_port_without_hairpin_is_named_and_its_pod_cannot_reach_itself(lab, tmp_path):
+    web = lab.pod_for_app("web")
+    other = next(p for p in lab.pods if p.node != web.node)
+    with lab.injected("hairpin_disabled"):
+        # the kernel's own verdict first: the web pod cannot reach itself through its Service,
+        # a pod elsewhere still can
+        assert lab.netprog(web.name, "--timeout", "2", "http", "http://10.96.0.20/").returncode
+        assert lab.netprog(other.name, "--timeout", "2", "http",
+                           "http://10.96.0.20/").returncode == 0
+        report, proc = diagnose(lab, tmp_path)
+    assert proc.returncode == 1
+    found = alarms(report)
+    assert [(f["fault"], f["nodes"], f["root_cause"]) for f in found] == [
+        ("hairpin_disabled", [web.node], True)]
+    (bridge,) = [e["attrs"] for e in found[0]["evidence"] if e["kind"] == "pod_bridge"]
+    assert (bridge["bridge"], bridge["hairpin_off_ports"]) == ("cni0", f"veth-pod{web.slot}")
+    assert lab.netprog(web.name, "--timeout", "2", "http", "http://10.96.0.20/").returncode == 0

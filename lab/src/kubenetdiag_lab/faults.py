@@ -2104,6 +2104,30 @@ register(Fault(
     scope="cluster", default_node=_web_node, mechanisms={"stop": (), "loopback": ()},
 ))
 
+def _web_port(ctx: FaultContext) -> tuple[LabNode, str]:
+    pod = ctx.topology.pod_for_app("web")
+    return ctx.topology.node(pod.node), f"veth-pod{pod.slot}"
+
+
+def _hairpin(on: bool) -> Action:
+    def act(ctx: FaultContext, node: LabNode, params: Params) -> None:
+        # The web pod's own port on its node's cni0: only that pod's calls to itself break
+        host, port = _web_port(ctx)
+        ctx.node(host).run(["ip", "link", "set", port, "type", "bridge_slave", "hairpin",
+                            "on" if on else "off"])
+    return act
+
+
+register(Fault(
+    "hairpin_disabled",
+    "hairpin mode off on the web pod's port of cni0 (as a bridge CNI without hairpinMode, or "
+    "kubelet's --hairpin-mode=none, leaves it): the web pod calling its own Service times "
+    "out, since kube-proxy's DNAT on the bridge sends the frame back to the port it came in on",
+    _hairpin(False), _hairpin(True), {"via": "veth"},
+    modes=("flannel-vxlan", "flannel-host-gw"), scope="cluster", default_node=_web_node,
+    mechanisms={"veth": ()},
+))
+
 # ---- host -----------------------------------------------------------------------------------
 
 def _sshd_listeners(ctx: FaultContext, node: LabNode) -> list[int]:
