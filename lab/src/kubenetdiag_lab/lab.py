@@ -99,6 +99,7 @@ from kubenetdiag_lab import (
     k8s_objects,
     kubeproxy,
     nodehost,
+    sandbox,
     services,
     sshd,
 )
@@ -272,6 +273,9 @@ class Lab:
                 self._wire_node(node)
             self._start_inits()
             self._start_sshds(self.nodes)
+            for node in self.nodes:  # each pod's sandbox, holding the pod's resolv.conf
+                sandbox.start(self.topology, node, self.runners.node(node),
+                              self.paths.node_files(node.name))
             if self.cni == "calico-bgp":
                 for node in self.nodes:
                     cni.start_bird(self.topology, node, self.runners.node(node),
