@@ -152,11 +152,17 @@ def test_parse_http_curl_wget_channel() -> None:
 
 
 def test_parse_tcp() -> None:
-    assert tcp.parse_tcp("", 0) == {"ok": True, "address": None, "detail": None}
+    assert tcp.parse_tcp("", 0) == {"ok": True, "address": None, "detail": None,
+                                    "resolver": None}
     assert tcp.parse_tcp("unresolved: db.invalid\n", 3)["detail"] == "unresolved"
     r = tcp.parse_tcp("resolved: db 10.0.0.5\nbash: connect: Connection refused\n", 1)
     assert (r["ok"], r["address"], r["detail"]) == (False, "10.0.0.5", "refused")
     assert tcp.parse_tcp("", 124)["detail"] == "timeout"
+    # from a pod, through the pod's resolver: the helper's line naming it is no connect output
+    r = tcp.parse_tcp("resolver: pod 10.96.0.10\nresolved: web 10.96.0.20\n", 1, seconds=2.2)
+    assert (r["address"], r["detail"], r["resolver"]) == ("10.96.0.20", "timeout", "pod 10.96.0.10")
+    r = tcp.parse_tcp("resolver: pod 10.96.0.10\nunresolved: web (no answer from 10.96.0.10)\n", 3)
+    assert (r["detail"], r["resolver"]) == ("unresolved", "pod 10.96.0.10")
 
 
 def test_count_vxlan() -> None:
@@ -287,7 +293,7 @@ def test_tcp_helper_does_not_count_a_slow_start_as_a_timeout(tmp_path: Path) -> 
         (tmp_path / "bin" / "timeout").symlink_to(shutil.which("timeout"))
     with socket.create_server(("127.0.0.1", 0)) as up:
         result, _ = _connect(path, up.getsockname()[1])
-    assert result == {"ok": True, "address": None, "detail": None}
+    assert result == {"ok": True, "address": None, "detail": None, "resolver": None}
 
 
 def _record(name: str, p: dict) -> dict:

@@ -37,17 +37,26 @@ def parse_tcp(text: str, rc: int | None, seconds: float | None = None) -> dict[s
     >>> parse_tcp("", 1, seconds=2.01)["detail"], parse_tcp("", 1, seconds=0.01)["detail"]
     ('timeout', 'failed (exit 1)')
     >>> parse_tcp("resolved: db.corp 10.0.0.5\\n", 1, seconds=2.3)
-    {'ok': False, 'address': '10.0.0.5', 'detail': 'timeout'}
+    {'ok': False, 'address': '10.0.0.5', 'detail': 'timeout', 'resolver': None}
+
+    From a pod, a name is resolved with the pod's own resolv.conf where a process of the pod
+    shows it; the helper says which server it asked:
+
+    >>> parse_tcp("resolver: pod 10.96.0.10\\nunresolved: web\\n", 3)["resolver"]
+    'pod 10.96.0.10'
     """
-    resolved = re.search(rf"resolved: \S+ ({IPV4})", text)
+    resolved = re.search(rf"^resolved: \S+ ({IPV4})", text, re.M)
     address = resolved.group(1) if resolved else None
+    asked = re.search(rf"^resolver: (pod {IPV4})$", text, re.M)
+    resolver = asked.group(1) if asked else None
     low = text.lower()
     if "unresolved:" in low or "name or service not known" in low:
-        return {"ok": False, "address": None, "detail": "unresolved"}
+        return {"ok": False, "address": None, "detail": "unresolved", "resolver": resolver}
     if rc == 0:
-        return {"ok": True, "address": address, "detail": None}
-    # what the connect itself printed, the resolver's line aside
-    said = "".join(line for line in low.splitlines() if not line.startswith("resolved: ")).strip()
+        return {"ok": True, "address": address, "detail": None, "resolver": resolver}
+    # what the connect itself printed, the resolver's lines aside
+    said = "".join(line for line in low.splitlines()
+                   if not line.startswith(("resolved: ", "resolver: "))).strip()
     if "refused" in low:
         detail = "refused"
     elif rc == 124 or "timed out" in low or (
@@ -59,20 +68,29 @@ def parse_tcp(text: str, rc: int | None, seconds: float | None = None) -> dict[s
         detail = "reset"
     else:
         detail = f"failed (exit {rc})"
-    return {"ok": False, "address": address, "detail": detail}
+    return {"ok": False, "address": address, "detail": detail, "resolver": resolver}
 
 
 def _targets(plan: NodePlan) -> list[tuple[str, Any]]:
     return [(str(i), endpoint) for i, endpoint in enumerate(plan["endpoints"])]
 
 
-def _connect(endpoint: Any) -> str:
+def _connect(endpoint: Any, where: str = "node") -> str:
+    # from a pod, a name goes to the pod's resolver (its resolv.conf), not the node's
     return (f"sh -c \"$__TCP\" _ {quoted(endpoint['host'])} {int(endpoint['port'])} "
-            f"{quoted(endpoint['by'])}")
+            f"{quoted(endpoint['by'])} {where}")
 
 
 def _blocks(endpoint: Any) -> str:
     return f"TCP connect to {endpoint['target']}"
+
+
+def _resolver(endpoint: Any, result: dict[str, Any]) -> str | None:
+    """Who resolved a name: the pod's nameserver (its resolv.conf), else the node's resolver
+    (a pod without a process showing its resolv.conf, or an older script)."""
+    if endpoint["by"] != "name":
+        return None
+    return result["resolver"] or "node"
 
 
 def _parser(in_pod: bool):  # noqa: ANN202
@@ -85,7 +103,8 @@ def _parser(in_pod: bool):  # noqa: ANN202
         return [Fact("tcp_check", ctx.node, {
             "target": endpoint["target"], "address": address, "by": endpoint["by"],
             "ok": result["ok"], "detail": result["detail"], "rtt_ms": None,
-            "vantage": vantage(ctx, in_pod)}, source(section))]
+            "vantage": vantage(ctx, in_pod), "resolver": _resolver(endpoint, result)},
+            source(section))]
     return parse
 
 
@@ -108,7 +127,7 @@ POD_TCP = ActiveCheck(
     kinds=("tcp_check",),
     targets=_targets,
     resolve=_resolve,
-    command=lambda plan, endpoint: IN_POD + _connect(endpoint),
+    command=lambda plan, endpoint: IN_POD + _connect(endpoint, "pod"),
     parse=_parser(in_pod=True),
     blocks=_blocks,
     order=700,
