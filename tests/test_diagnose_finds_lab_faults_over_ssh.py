@@ -282,3 +282,31 @@ def test_a_pod_port_without_hairpin_is_named_and_its_pod_cannot_reach_itself(lab
     (bridge,) = [e["attrs"] for e in found[0]["evidence"] if e["kind"] == "pod_bridge"]
     assert (bridge["bridge"], bridge["hairpin_off_ports"]) == ("cni0", f"veth-pod{web.slot}")
     assert lab.netprog(web.name, "--timeout", "2", "http", "http://10.96.0.20/").returncode == 0
+
+
+def test_a_cluster_name_is_resolved_through_the_pods_own_resolver(lab, tmp_path):
+    # `web` is a Service's short name: only a pod's resolv.conf (the cluster DNS, the
+    # namespace's search path, ndots:5) resolves it; the node's resolver is not meant to
+    import yaml
+
+    from kubenetdiag.bundle import Bundle
+    from kubenetdiag.facts.parse import facts_from_records
+
+    inventory = yaml.safe_load(lab.inventory_path.read_text())
+    inventory["all"]["vars"]["kubenetdiag_endpoints"].append("web:80")
+    path = tmp_path / "hosts.yaml"
+    path.write_text(yaml.safe_dump(inventory))
+    bundle = tmp_path / "bundle"
+    proc = run_cli(lab, "diagnose", "--inventory", str(path), "--format", "json", "--kubeconfig",
+                   str(lab.kubeconfig_path), "--bundle", str(bundle), "--quiet")
+    report = json.loads(proc.stdout)
+    assert alarms(report) == [] and proc.returncode == 0, report["findings"]
+    b = Bundle.read(bundle)
+    checks = [f.attrs for f in facts_from_records(b.records, b.cluster)
+              if f.kind == "tcp_check" and f.attrs["target"] == "web:80"]
+    from_pods = [c for c in checks if c["vantage"] and c["vantage"].startswith("cni-")]
+    assert len(from_pods) == len(lab.nodes)
+    assert all((c["ok"], c["address"], c["resolver"]) == (True, "10.96.0.20", "pod 10.96.0.10")
+               for c in from_pods), from_pods
+    assert all(c["detail"] == "unresolved" and c["resolver"] == "node"
+               for c in checks if c not in from_pods)
