@@ -120,6 +120,8 @@ class ActiveFaults:
             port = _canary_port(params)
             if port is not None:
                 out.append(canary_service(topology, port, unready))
+        if self.params("nodeport_no_local_endpoint"):
+            out.append(local_service(topology, unready))
         return out
 
 
@@ -2126,6 +2128,96 @@ register(Fault(
     _hairpin(False), _hairpin(True), {"via": "veth"},
     modes=("flannel-vxlan", "flannel-host-gw"), scope="cluster", default_node=_web_node,
     mechanisms={"veth": ()},
+))
+
+# ---- NodePort with externalTrafficPolicy Local ----------------------------------------------
+
+# A NodePort Service over the web pod that keeps the client's address (externalTrafficPolicy
+# Local): a node without a web pod has no local endpoint and kube-proxy drops what reaches its
+# NodePort, which a load balancer that health-checks the Service's healthCheckNodePort never
+# sends there.
+LOCAL_SERVICE = "web-local"
+LOCAL_VIP = "10.96.0.22"
+LOCAL_NODE_PORT = 30080
+LOCAL_DROP_COMMENT = f"default/{LOCAL_SERVICE}:http has no local endpoints"
+LOCAL_CLIENTS = "4"
+
+
+def local_service(topology: Topology, unready: Collection[str] = ()) -> Service:
+    pods = tuple(pod.name for pod in topology.pods if pod.app == "web" and pod.name not in unready)
+    return Service(LOCAL_SERVICE, "default", LOCAL_VIP,
+                   (ServicePort("http", 80, "TCP", WEB_PORT, LOCAL_NODE_PORT),), "web", pods,
+                   external_traffic_policy="Local")
+
+
+def _node_without_web(topology: Topology) -> str:
+    web = _web_node(topology)
+    return next(n.name for n in topology.nodes if n.name != web)
+
+
+def _local_drops(ctx: FaultContext, node: LabNode) -> int | None:
+    """Packets kube-proxy's "no local endpoints" rule for the Service dropped on the node;
+    None while the rule is not there."""
+    saved = ctx.node(node).run(["iptables-save", "-c", "-t", "filter"], check=False).stdout
+    for line in saved.splitlines():
+        if LOCAL_DROP_COMMENT in line and line.startswith("["):
+            return int(line[1:].split(":", 1)[0])
+    return None
+
+
+def _nodeport_clients(node: LabNode) -> str:
+    return f"connect-retry {node.address} {LOCAL_NODE_PORT}"
+
+
+def _nodeport_check(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if node.name == _web_node(ctx.topology):
+        raise LabError("nodeport_no_local_endpoint: the node must be one without the web pod "
+                       f"(not {node.name})")
+
+
+def _nodeport_stop_clients(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    netns = ctx.topology.outside_netns
+    nodehost.kill([pid for pid in pids_in_netns([netns]).get(netns, [])
+                   if _nodeport_clients(node) in cmdline(pid)])
+
+
+def _nodeport_traffic(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """Once kube-proxy has the Service, clients outside (a load balancer that does not
+    health-check it) keep connecting to this node's NodePort, and its drops count up; after a
+    heal, until no node has the Service's rules any more."""
+    if params not in ctx.active.params("nodeport_no_local_endpoint", node.name):
+        nodehost.wait_nodes(kubeproxy.BINARY, "drop the NodePort Service",
+                            list(ctx.topology.nodes), lambda n: _local_drops(ctx, n) is None,
+                            lambda name: kubeproxy.log_path(ctx.paths, name),
+                            kubeproxy.SYNC_TIMEOUT)
+        return
+    nodehost.wait_nodes(kubeproxy.BINARY, "program the NodePort Service", [node],
+                        lambda n: _local_drops(ctx, n) is not None,
+                        lambda name: kubeproxy.log_path(ctx.paths, name), kubeproxy.SYNC_TIMEOUT)
+    log = open(ctx.paths.logs / "faults.log", "ab")  # noqa: SIM115
+    with log:
+        subprocess.Popen(exec_argv(ctx.topology.outside_netns, services.netprog_argv(
+            "connect-retry", node.address, str(LOCAL_NODE_PORT), LOCAL_CLIENTS, "1800")),
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    deadline = time.monotonic() + 5
+    while not _local_drops(ctx, node) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not _local_drops(ctx, node):
+        raise LabError(f"nodeport_no_local_endpoint: no connect to {node.address}:"
+                       f"{LOCAL_NODE_PORT} reached kube-proxy's drop rule on {node.name}")
+
+
+register(Fault(
+    "nodeport_no_local_endpoint",
+    f"a NodePort Service {LOCAL_SERVICE} ({LOCAL_VIP}:80, nodePort {LOCAL_NODE_PORT}, the web "
+    "pod) with externalTrafficPolicy Local, and clients outside connecting to the NodePort of "
+    "a node without the web pod (as a load balancer that ignores the healthCheckNodePort "
+    "does): kube-proxy drops them there (via=traffic; heal stops the clients and deletes the "
+    "Service)",
+    _nodeport_check, _nodeport_stop_clients, {"via": "traffic"},
+    scope="cluster", default_node=_node_without_web, settle=_nodeport_traffic,
+    mechanisms={"traffic": ()},
 ))
 
 # ---- host -----------------------------------------------------------------------------------

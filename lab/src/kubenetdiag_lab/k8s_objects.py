@@ -517,6 +517,14 @@ def service_object(svc: dict) -> Obj:
         ],
         "sessionAffinity": "None",
     }
+    node_ports = {str(p.get("name") or ""): p["node_port"] for p in _ports(svc)
+                  if isinstance(p.get("node_port"), int)}
+    if node_ports:
+        spec["type"] = "NodePort"
+        for port in spec["ports"]:
+            if port["name"] in node_ports:
+                port["nodePort"] = node_ports[port["name"]]
+        spec["externalTrafficPolicy"] = str(svc.get("external_traffic_policy") or "Cluster")
     if isinstance(svc.get("selector"), dict) and svc["selector"]:
         # one a fault replaced (service_no_endpoints via=selector)
         spec["selector"] = {str(k): str(v) for k, v in svc["selector"].items()}

@@ -95,6 +95,7 @@ class ServicePort:
     port: int
     protocol: str  # TCP or UDP, as in the Service object
     target_port: int
+    node_port: int | None = None  # set: the Service is of type NodePort
 
 
 @dataclass(frozen=True)
@@ -108,13 +109,16 @@ class Service:
     # a selector that replaced the one its app's pods carry (service_no_endpoints
     # via=selector): ((label, value), ...); empty: the app's own (pod_labels)
     selector: tuple[tuple[str, str], ...] = ()
+    external_traffic_policy: str | None = None  # Local or Cluster, for a NodePort Service
 
     def to_dict(self) -> dict[str, Any]:
+        ports = [{k: v for k, v in asdict(port).items() if v is not None} for port in self.ports]
         out = {"name": self.name, "namespace": self.namespace, "cluster_ip": self.cluster_ip,
-               "ports": [asdict(port) for port in self.ports], "app": self.app,
-               "endpoints": list(self.endpoints)}
+               "ports": ports, "app": self.app, "endpoints": list(self.endpoints)}
         if self.selector:
             out["selector"] = dict(self.selector)
+        if self.external_traffic_policy:
+            out["external_traffic_policy"] = self.external_traffic_policy
         return out
 
 
