@@ -310,3 +310,18 @@ def test_a_cluster_name_is_resolved_through_the_pods_own_resolver(lab, tmp_path)
                for c in from_pods), from_pods
     assert all(c["detail"] == "unresolved" and c["resolver"] == "node"
                for c in checks if c not in from_pods)
+
+
+def test_nodeport_traffic_to_a_node_without_a_local_endpoint_is_named(lab, tmp_path):
+    # externalTrafficPolicy Local: kube-proxy drops NodePort traffic on a node without a local
+    # endpoint, which only matters when traffic is sent there anyway
+    web = lab.pod_for_app("web").node
+    other = next(n.name for n in lab.nodes if n.name != web)
+    with lab.injected("nodeport_no_local_endpoint", other):
+        report, proc = diagnose(lab, tmp_path)
+    assert proc.returncode == 1
+    found = alarms(report)
+    assert [(f["fault"], f["nodes"], f["root_cause"]) for f in found] == [
+        ("nodeport_no_local_endpoint", [other], True)]
+    (rule,) = [e["attrs"] for e in found[0]["evidence"] if e["kind"] == "iptables_rule"]
+    assert rule["comment"] == "default/web-local:http has no local endpoints" and rule["pkts"] > 0
