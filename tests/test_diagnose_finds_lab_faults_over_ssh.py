@@ -19,9 +19,11 @@ def run_cli(lab, *args: str, timeout: float = 120) -> subprocess.CompletedProces
     return lab.client_exec([sys.executable, "-m", "kubenetdiag", *args], timeout=timeout)
 
 
-def diagnose(lab, tmp_path: Path, *extra: str) -> tuple[dict, subprocess.CompletedProcess]:
+def diagnose(lab, tmp_path: Path, *extra: str, inventory: Path | None = None
+             ) -> tuple[dict, subprocess.CompletedProcess]:
     bundle = tmp_path / "bundle"
-    proc = run_cli(lab, "diagnose", "--inventory", str(lab.inventory_path), "--format", "json",
+    proc = run_cli(lab, "diagnose", "--inventory", str(inventory or lab.inventory_path),
+                   "--format", "json",
                    "--kubeconfig", str(lab.kubeconfig_path), "--bundle", str(bundle), "--quiet",
                    "--connect-timeout", "5", *extra)
     assert proc.returncode in (0, 1, 3), proc.stderr
@@ -32,12 +34,33 @@ def alarms(report: dict) -> list[dict]:
     return [f for f in report["findings"] if f["severity"] in ("critical", "error", "warning")]
 
 
-def test_healthy_lab_has_no_alarm(lab, tmp_path):
-    report, proc = diagnose(lab, tmp_path)
+def test_healthy_lab_has_no_alarm_and_pods_resolve_a_cluster_name_their_own_way(lab, tmp_path):
+    # `web` is a Service's short name, declared as an endpoint: only a pod's resolv.conf (the
+    # cluster DNS, the namespace's search path, ndots:5) resolves it; the node's resolver is
+    # not meant to, and that is no alarm
+    import yaml
+
+    from kubenetdiag.bundle import Bundle
+    from kubenetdiag.facts.parse import facts_from_records
+
+    inventory = yaml.safe_load(lab.inventory_path.read_text())
+    inventory["all"]["vars"]["kubenetdiag_endpoints"].append("web:80")
+    path = tmp_path / "hosts.yaml"
+    path.write_text(yaml.safe_dump(inventory))
+    report, proc = diagnose(lab, tmp_path, inventory=path)
     assert alarms(report) == [], report["findings"]
     assert proc.returncode == 0
     assert [n["reachable"] for n in report["nodes"]] == [True] * len(lab.nodes)
     assert report["not_checked"] == []
+    b = Bundle.read(tmp_path / "bundle")
+    checks = [f.attrs for f in facts_from_records(b.records, b.cluster)
+              if f.kind == "tcp_check" and f.attrs["target"] == "web:80"]
+    from_pods = [c for c in checks if c["vantage"] and c["vantage"].startswith("cni-")]
+    assert len(from_pods) == len(lab.nodes)
+    assert all((c["ok"], c["address"], c["resolver"]) == (True, "10.96.0.20", "pod 10.96.0.10")
+               for c in from_pods), from_pods
+    assert all(c["detail"] == "unresolved" and c["resolver"] == "node"
+               for c in checks if c not in from_pods)
 
 
 def test_ip_forward_off_on_node2(lab, tmp_path):
@@ -265,63 +288,29 @@ def test_a_hung_kube_proxy_is_named_by_its_node_after_a_service_moved(lab, tmp_p
     assert "node2" in found[0]["title"]
 
 
-def test_a_pod_port_without_hairpin_is_named_and_its_pod_cannot_reach_itself(lab, tmp_path):
+def test_hairpin_off_and_nodeport_traffic_without_a_local_endpoint_each_named_on_its_node(
+        lab, tmp_path):
+    # Two Service-path faults at once, on two nodes: the web pod's bridge port without hairpin
+    # mode on its node, and NodePort traffic (externalTrafficPolicy Local) sent to the other
     web = lab.pod_for_app("web")
-    other = next(p for p in lab.pods if p.node != web.node)
-    with lab.injected("hairpin_disabled"):
+    other = next(n.name for n in lab.nodes if n.name != web.node)
+    elsewhere = next(p for p in lab.pods if p.node != web.node)
+    with lab.injected("hairpin_disabled"), lab.injected("nodeport_no_local_endpoint", other):
         # the kernel's own verdict first: the web pod cannot reach itself through its Service,
         # a pod elsewhere still can
         assert lab.netprog(web.name, "--timeout", "2", "http", "http://10.96.0.20/").returncode
-        assert lab.netprog(other.name, "--timeout", "2", "http",
+        assert lab.netprog(elsewhere.name, "--timeout", "2", "http",
                            "http://10.96.0.20/").returncode == 0
         report, proc = diagnose(lab, tmp_path)
     assert proc.returncode == 1
-    found = alarms(report)
-    assert [(f["fault"], f["nodes"], f["root_cause"]) for f in found] == [
-        ("hairpin_disabled", [web.node], True)]
-    (bridge,) = [e["attrs"] for e in found[0]["evidence"] if e["kind"] == "pod_bridge"]
+    found = {f["fault"]: f for f in alarms(report)}
+    assert sorted((f, x["nodes"], x["root_cause"]) for f, x in found.items()) == [
+        ("hairpin_disabled", [web.node], True), ("nodeport_no_local_endpoint", [other], True)]
+    (bridge,) = [e["attrs"] for e in found["hairpin_disabled"]["evidence"]
+                 if e["kind"] == "pod_bridge"]
     assert (bridge["bridge"], bridge["hairpin_off_ports"]) == ("cni0", f"veth-pod{web.slot}")
-    assert lab.netprog(web.name, "--timeout", "2", "http", "http://10.96.0.20/").returncode == 0
-
-
-def test_a_cluster_name_is_resolved_through_the_pods_own_resolver(lab, tmp_path):
-    # `web` is a Service's short name: only a pod's resolv.conf (the cluster DNS, the
-    # namespace's search path, ndots:5) resolves it; the node's resolver is not meant to
-    import yaml
-
-    from kubenetdiag.bundle import Bundle
-    from kubenetdiag.facts.parse import facts_from_records
-
-    inventory = yaml.safe_load(lab.inventory_path.read_text())
-    inventory["all"]["vars"]["kubenetdiag_endpoints"].append("web:80")
-    path = tmp_path / "hosts.yaml"
-    path.write_text(yaml.safe_dump(inventory))
-    bundle = tmp_path / "bundle"
-    proc = run_cli(lab, "diagnose", "--inventory", str(path), "--format", "json", "--kubeconfig",
-                   str(lab.kubeconfig_path), "--bundle", str(bundle), "--quiet")
-    report = json.loads(proc.stdout)
-    assert alarms(report) == [] and proc.returncode == 0, report["findings"]
-    b = Bundle.read(bundle)
-    checks = [f.attrs for f in facts_from_records(b.records, b.cluster)
-              if f.kind == "tcp_check" and f.attrs["target"] == "web:80"]
-    from_pods = [c for c in checks if c["vantage"] and c["vantage"].startswith("cni-")]
-    assert len(from_pods) == len(lab.nodes)
-    assert all((c["ok"], c["address"], c["resolver"]) == (True, "10.96.0.20", "pod 10.96.0.10")
-               for c in from_pods), from_pods
-    assert all(c["detail"] == "unresolved" and c["resolver"] == "node"
-               for c in checks if c not in from_pods)
-
-
-def test_nodeport_traffic_to_a_node_without_a_local_endpoint_is_named(lab, tmp_path):
-    # externalTrafficPolicy Local: kube-proxy drops NodePort traffic on a node without a local
-    # endpoint, which only matters when traffic is sent there anyway
-    web = lab.pod_for_app("web").node
-    other = next(n.name for n in lab.nodes if n.name != web)
-    with lab.injected("nodeport_no_local_endpoint", other):
-        report, proc = diagnose(lab, tmp_path)
-    assert proc.returncode == 1
-    found = alarms(report)
-    assert [(f["fault"], f["nodes"], f["root_cause"]) for f in found] == [
-        ("nodeport_no_local_endpoint", [other], True)]
-    (rule,) = [e["attrs"] for e in found[0]["evidence"] if e["kind"] == "iptables_rule"]
+    (rule,) = [e["attrs"] for e in found["nodeport_no_local_endpoint"]["evidence"]
+               if e["kind"] == "iptables_rule"]
     assert rule["comment"] == "default/web-local:http has no local endpoints" and rule["pkts"] > 0
+    # healed: the web pod reaches itself again
+    assert lab.netprog(web.name, "--timeout", "2", "http", "http://10.96.0.20/").returncode == 0
