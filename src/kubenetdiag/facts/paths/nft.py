@@ -414,7 +414,7 @@ def compile_rule(chain: str, position: int, text: str, table: str = "") -> Rule:
             continue
         if len(key) > 1:
             if toks[i:i + 1] == ["{"]:
-                anon, i = _anon_elements([*toks[:i], *toks[i:]], i)
+                anon, i = _anon_elements(toks, i)
                 elems = NamedSet(tuple((k, None) for k, _ in anon))
                 matchers.append(
                     lambda p, c, e=elems, k=tuple(key), n=neg: (
