@@ -4,7 +4,11 @@ iptables-nft keeps its rules in nftables too (tables ip filter, ip nat...); thos
 facts of the iptables probe, so here they are only counted and marked `owner: iptables-nft`.
 What this probe adds is what iptables-save cannot show: tables made with nft directly
 (firewalld's `inet firewalld`, kube-proxy's nftables mode, a hand-written `inet filter`), with
-the rules of every chain, the regular ones a base chain jumps or goes to included.
+the rules of every chain, the regular ones a base chain jumps or goes to included, and their
+named sets and maps with the elements listed (nft_set, nft_element): what a rule's `@name`
+looks up, such as kube-proxy's `service-ips` verdict map from `VIP . proto . port` to each
+Service port's chain. Elements may span lines; commas and braces inside quoted comments do not
+count.
 
 It lists with -a, which adds `# handle N` to each rule: the handle is the only way to delete
 one native rule (`nft delete rule FAMILY TABLE CHAIN handle N`), so a finding can print that
