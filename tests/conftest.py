@@ -62,3 +62,14 @@ def calico_lab(lab_requirements: None, tmp_path_factory: pytest.TempPathFactory
     if reason:
         pytest.skip(f"calico lab unavailable: {reason}")
     yield from _mode_lab(tmp_path_factory, "calico-bgp", "bgp")
+
+
+@pytest.fixture(scope="session")
+def nft_lab(lab_requirements: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """A 2-node flannel-vxlan lab whose kube-proxy runs in nftables mode; skipped where
+    kube-proxy could not (kernel before 5.13, no nft 1.0.1+)."""
+    reason = missing_requirements(proxy_mode="nftables")
+    if reason:
+        pytest.skip(f"nftables-mode lab unavailable: {reason}")
+    yield from _fresh_lab(Lab(tmp_path_factory.mktemp("lab-nft"), nodes=2,
+                              prefix=f"{SESSION_LAB_PREFIX}nft"[:12], proxy_mode="nftables"))

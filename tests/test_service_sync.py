@@ -13,7 +13,7 @@ from pathlib import Path
 from kubenetdiag.facts.cluster import cluster_facts
 from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.facts.services import service_sync_facts
-from kubenetdiag.probes import iptables, ipvs
+from kubenetdiag.probes import iptables, ipvs, nftables
 from kubenetdiag.probes.base import Section
 
 FIXTURES = Path(__file__).parent / "fixtures" / "services"
@@ -188,3 +188,121 @@ def test_ipvs_mode_a_stale_real_server_and_a_missing_virtual_server():
     sync = {f.node: f.attrs for f in derived if f.kind == "kube_proxy_sync"}
     assert sync["node2"]["backend"] == "ipvs" and sync["node2"]["differing"] == 0
     assert sync["node1"]["peers_in_sync"] == 1 and sync["node1"]["peer_in_sync"] == "node2"
+
+
+# ---- nftables mode ------------------------------------------------------------------------
+# Recorded in the lab with kube-proxy v1.36.3 in nftables mode (`lab up --proxy-mode
+# nftables`, nft 1.0.6): node1's kube-proxy frozen, then the canary Service's targetPort moved
+# (moved), the canary created (new) or deleted (deleted); node2 followed
+# (tests/fixtures/services/README.md).
+
+
+def nft(node: str, name: str) -> list[Fact]:
+    out = (FIXTURES / name).read_text()
+    return nftables.parse(Section("nftables", nftables.COMMAND, 0, 0.1, out, ""), node)
+
+
+def nft_api(case: str) -> list[Fact]:
+    doc = json.loads((FIXTURES / f"cluster-nft-{case}.json").read_text())
+    return [f for f in cluster_facts(doc) if f.kind == "service_port"]
+
+
+def nft_case(case: str) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    derived = service_sync_facts(nft_api(case) + nft("node1", f"nft-{case}-node1.txt")
+                                 + nft("node2", f"nft-{case}-node2.txt"))
+    sync = {n: a[0] for n, a in by(derived, "kube_proxy_sync").items()}
+    return sync, by(derived, "service_sync")
+
+
+def test_nft_mode_the_table_is_read_as_iptables_mode_is():
+    facts = nft("node2", "nft-moved-node2.txt")
+    svc = {(f.attrs["key"], f.attrs["value"]) for f in facts
+           if f.kind == "nft_element" and f.attrs["set"] == "service-ips"
+           and f.attrs["family"] == "ip"}
+    assert ("10.96.0.21 . tcp . 80", "goto service-ASQDEXGY-default/web-canary/tcp/http") in svc
+    assert len(svc) == 6  # kubernetes, kube-dns x3, web, the canary
+    [chain] = [f.attrs["text"] for f in facts if f.kind == "nft_rule"
+               and f.attrs["chain"] == "service-ASQDEXGY-default/web-canary/tcp/http"]
+    assert chain == "meta l4proto tcp dnat ip to numgen random mod 1 map { 0 : 10.244.2.3 . 8081 }"
+
+
+def test_nft_mode_a_frozen_kube_proxy_sends_to_the_old_port():
+    sync, diffs = nft_case("moved")
+    assert sync["node1"]["backend"] == "nftables" and sync["node1"]["differing"] == 1
+    assert sync["node1"]["peer_in_sync"] == "node2" and sync["node2"]["differing"] == 0
+    assert sync["node1"]["service_ports"] == 6
+    assert diffs == {"node1": [{"service": CANARY, "backend": "nftables",
+                                "state": "endpoints_differ", "missing": "10.244.2.3:8081",
+                                "stale": "10.244.2.3:8080", "settling": False}]}
+
+
+def test_nft_mode_a_service_created_since_is_missing():
+    # node1's table still has the canary's chain from an earlier run, flushed and not yet
+    # deleted (kube-proxy deletes stale chains later): no service-ips element leads to it
+    sync, diffs = nft_case("new")
+    assert [(d["service"], d["state"]) for d in diffs["node1"]] == [(CANARY, "missing")]
+    assert "node2" not in diffs and sync["node1"]["peers_in_sync"] == 1
+
+
+def test_nft_mode_a_deleted_service_is_stale():
+    # node2 keeps the deleted canary's chain, flushed, until kube-proxy deletes it: not stale
+    sync, diffs = nft_case("deleted")
+    assert diffs == {"node1": [{"service": CANARY, "backend": "nftables",
+                                "state": "stale_service", "missing": "",
+                                "stale": "10.244.2.3:8080", "settling": False}]}
+    assert sync["node1"]["stale_services"] == 1 and sync["node2"]["differing"] == 0
+
+
+def test_nft_mode_a_missing_endpoint_and_a_stale_one():
+    # the API moves web to two pods, node2 still sends to the old one only
+    api = [f for f in nft_api("moved") if f.attrs["name"] != "web"]
+    api.append(_port("web", "10.96.0.20", "10.244.2.3:8080,10.244.3.4:8080", 2))
+    synced = nft("node2", "nft-moved-node2.txt")
+    for f in synced:
+        if f.kind == "nft_rule" and f.attrs["chain"].endswith("-default/web/tcp/http"):
+            f.attrs["text"] = f.attrs["text"].replace("10.244.2.3 . 8080", "10.244.9.9 . 8080")
+    diffs = by(service_sync_facts(api + synced), "service_sync")
+    assert [(d["service"], d["state"], d["missing"], d["stale"]) for d in diffs["node2"]] == [
+        ("default/web:http", "endpoints_differ", "10.244.2.3:8080,10.244.3.4:8080",
+         "10.244.9.9:8080")]
+
+
+def test_nft_mode_session_affinity_endpoint_chains_are_followed():
+    # with sessionAffinity ClientIP kube-proxy writes a numgen vmap to one endpoint chain per
+    # endpoint, each a plain dnat
+    text = (FIXTURES / "nft-moved-node2.txt").read_text().replace(
+        "meta l4proto tcp dnat ip to numgen random mod 1 map { 0 : 10.244.2.3 . 8081 }",
+        "numgen random mod 1 vmap { 0 : goto endpoint-ABCDEFGH-default/web-canary/tcp/http"
+        "__10.244.2.3/8081 }\n\t}\n\tchain endpoint-ABCDEFGH-default/web-canary/tcp/http"
+        "__10.244.2.3/8081 {\n\t\tmeta l4proto tcp dnat ip to 10.244.2.3:8081")
+    facts = nftables.parse(Section("nftables", "", 0, 0.1, text, ""), "node2")
+    derived = service_sync_facts(nft_api("moved") + facts)
+    assert by(derived, "service_sync") == {}
+
+
+def test_nft_mode_odd_output_does_not_crash_and_compares_nothing():
+    for junk in ("table ip kube-proxy {\n\tmap service-ips {\n\t\telements = { garbage : "
+                 "goto , : , 1.2.3.4 . tcp . x : goto service-\n\t}\n}\n",
+                 "table ip kube-proxy {\n\tmap service-ips {\n\t\ttype x : verdict\n",
+                 "}}}} table { map { elements = {"):
+        facts = nftables.parse(Section("nftables", "", 0, 0.1, junk, ""), "node1")
+        service_sync_facts(nft_api("moved") + facts)
+
+
+def test_nft_mode_a_service_without_endpoints_is_a_no_endpoint_services_element():
+    # recorded under service_no_endpoints (web's pod not Ready): kube-proxy rejects its VIP
+    # through the no-endpoint-services map, the element commented with the port's name
+    api = [f for f in nft_api("deleted") if f.attrs["name"] != "web"]
+    api.append(_port("web", "10.96.0.20", "", 0, not_ready_endpoints="10.244.2.3:8080"))
+    rejecting = nft("node1", "nft-no-endpoints-node1.txt")
+    [elem] = [f.attrs for f in rejecting if f.kind == "nft_element"
+              and f.attrs["set"] == "no-endpoint-services" and f.attrs["family"] == "ip"]
+    assert (elem["key"], elem["value"], elem["comment"]) == (
+        "10.96.0.20 . tcp . 80", "goto reject-chain", "default/web:http")
+    synced = nft("node2", "nft-deleted-node2.txt")  # still DNATs web to its pod
+    derived = service_sync_facts(api + rejecting + synced)
+    assert "node1" not in by(derived, "service_sync")
+    sync = {n: a[0] for n, a in by(derived, "kube_proxy_sync").items()}
+    assert sync["node1"]["differing"] == 0
+    # the pod only terminates: a node still sending to it is not stale
+    assert sync["node2"]["differing"] == 0

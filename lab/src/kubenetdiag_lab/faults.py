@@ -1521,6 +1521,10 @@ register(Fault(
 
 
 def _kube_proxy_dead_and_flushed(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if ctx.topology.proxy_mode != "iptables":
+        # its nftables table has no KUBE-SERVICES chain, and no rule here reads that table's
+        raise LabError("kube_proxy_rules_missing: needs kube-proxy in iptables mode (lab up "
+                       "--proxy-mode iptables)")
     # A running kube-proxy would notice (its KUBE-PROXY-CANARY stays) only at its next periodic
     # sync, but it would notice: the state an SRE finds is a dead (or hung) kube-proxy and a
     # flushed chain.
@@ -1587,19 +1591,13 @@ def _canary_endpoints(ctx: FaultContext, port: int | None) -> set[str] | None:
 
 def _wait_canary(ctx: FaultContext, nodes: list[LabNode], want: set[str] | None) -> None:
     """Until every node's kube-proxy DNATs the canary's VIP to exactly `want` (None: has no
-    rule for it at all)."""
+    rule for it at all), in its iptables chains or its nftables table (kubeproxy.programmed)."""
 
     def done(node: LabNode) -> bool:
-        saved = ctx.node(node).run(["iptables-save", "-t", "nat"], check=False).stdout
-        lines = saved.splitlines()
+        have = kubeproxy.programmed(ctx.node(node), ctx.topology.proxy_mode)
         if want is None:
-            return not any(CANARY_COMMENT in line for line in lines)
-        dests = {line.split("--to-destination ")[1].split()[0] for line in lines
-                 if line.startswith("-A KUBE-SEP-") and CANARY_COMMENT in line
-                 and "--to-destination " in line}
-        entry = any(line.startswith("-A KUBE-SERVICES ") and CANARY_COMMENT in line
-                    for line in lines)
-        return entry and dests == want
+            return CANARY_COMMENT not in have
+        return have.get(CANARY_COMMENT) == want
 
     nodehost.wait_nodes(kubeproxy.BINARY, "follow the canary Service", nodes, done,
                         lambda name: kubeproxy.log_path(ctx.paths, name), kubeproxy.SYNC_TIMEOUT)

@@ -11,7 +11,7 @@ Layout (prefix "knd", 2 nodes)::
         its pods' netns visible inside it as /run/netns/cni-<pod name> (as containerd does),
         cni0 10.244.<i>.1/24 (what the flannel CNI plugin makes), the pod network by the
         real flanneld (flannel.py; calico-bgp: bird, cni.py, and felix's rules, services.py),
-        the real kube-proxy (kubeproxy.py, iptables mode, watching the API),
+        the real kube-proxy (kubeproxy.py, iptables or nftables mode, watching the API),
         route 203.0.113.0/24 via 198.18.0.250, fake agent processes (kubelet, containerd, ...)
       ├─ knd-node<i>-pod1: eth0 10.244.<i>.2/24, default via 10.244.<i>.1 (app "client")
       └─ knd-node<i>-pod2: 10.244.<i>.3 (node1: coredns, the real CoreDNS (coredns.py);
@@ -37,7 +37,8 @@ lab.json (`<workdir>/lab.json`, schema "kubenetdiag/lab/v1") is the contract api
 `lab status` read; it is rewritten atomically on every change:
 
     prefix, workdir, cni, vxlan_port (cluster-wide flannel port), cluster_domain ("cluster.local"),
-    pod_network ("10.244.0.0/16"), service_network ("10.96.0.0/12"), kube_proxy_mode ("iptables"),
+    pod_network ("10.244.0.0/16"), service_network ("10.96.0.0/12"),
+    kube_proxy_mode ("iptables", or "nftables" from `up --proxy-mode nftables`),
     underlay ("198.18.0.0/24"), namespaces [all lab netns], switch_netns,
     client {netns, address}, outside {netns, address, network,
                                       hosts: [{address, port, name, fqdn (the site's DNS name)}]},
@@ -121,6 +122,7 @@ from kubenetdiag_lab.runner import Runners
 from kubenetdiag_lab.topology import (
     CLUSTER_DOMAIN,
     DEFAULT_CNI,
+    DEFAULT_PROXY_MODE,
     OUTSIDE_DNS,
     OUTSIDE_HOST,
     OUTSIDE_HOST_NAME,
@@ -154,14 +156,16 @@ class Lab:
     """Build, inspect, break and tear down the lab. See the module docstring for the layout."""
 
     def __init__(self, workdir: Path, nodes: int = 2, prefix: str = "knd",
-                 cni_mode: str = DEFAULT_CNI, *, topology: Topology | None = None) -> None:
-        self.topology = topology or build(prefix, nodes, cni_mode)
+                 cni_mode: str = DEFAULT_CNI, *, proxy_mode: str = DEFAULT_PROXY_MODE,
+                 topology: Topology | None = None) -> None:
+        self.topology = topology or build(prefix, nodes, cni_mode, proxy_mode)
         shape = self.topology
         self.workdir = Path(workdir).resolve()
         self.paths = LabPaths(self.workdir)
         # The shape's parts as plain attributes: what callers of the Lab have always read.
         self.prefix = shape.prefix
         self.cni = shape.cni
+        self.proxy_mode = shape.proxy_mode
         self.pod_network = shape.pod_network
         self.switch_netns = shape.switch_netns
         self.client_netns = shape.client_netns
@@ -246,7 +250,7 @@ class Lab:
     def up(self) -> None:
         """Build the lab; on any failure tear down whatever was built, then re-raise."""
         started = time.monotonic()
-        _require_root_and_tools(self.cni)
+        _require_root_and_tools(self.cni, self.proxy_mode)
         # UNDERLAY holds every lab address on the switch, the control plane's 198.18.0.3 too
         check_root_namespace([UNDERLAY, POD_SUPERNET, SERVICE_NETWORK, OUTSIDE_NETWORK])
         leftovers = lab_namespaces(self.prefix)
@@ -517,7 +521,7 @@ class Lab:
             "cluster_domain": CLUSTER_DOMAIN,
             "pod_network": self.pod_network,
             "service_network": str(SERVICE_NETWORK),
-            "kube_proxy_mode": "iptables",
+            "kube_proxy_mode": self.proxy_mode,
             "underlay": shape["underlay"],
             "namespaces": shape["namespaces"],
             "switch_netns": shape["switch_netns"],
@@ -755,7 +759,8 @@ class Lab:
             self.heal(fault, node or self._default_node(self._fault(fault)).name)
 
 
-def missing_requirements(cni_mode: str | None = None) -> str | None:
+def missing_requirements(cni_mode: str | None = None, proxy_mode: str | None = None
+                         ) -> str | None:
     """Why the lab cannot run here, or None. For callers that want to skip, not fail."""
     if os.geteuid() != 0:
         return "the lab needs root (network namespaces, sshd)"
@@ -766,6 +771,9 @@ def missing_requirements(cni_mode: str | None = None) -> str | None:
     unbuilt = components.missing(components.for_lab(cni_mode))
     if unbuilt:
         return unbuilt
+    proxy = kubeproxy.requirements(proxy_mode or DEFAULT_PROXY_MODE)
+    if proxy:
+        return proxy
     if _root_password_locked():
         return ("root's password is locked ('!' in /etc/shadow); sshd with UsePAM no refuses "
                 "key logins for locked accounts")
@@ -782,8 +790,8 @@ def _root_password_locked() -> bool:
     return False
 
 
-def _require_root_and_tools(cni_mode: str) -> None:
-    reason = missing_requirements(cni_mode)
+def _require_root_and_tools(cni_mode: str, proxy_mode: str) -> None:
+    reason = missing_requirements(cni_mode, proxy_mode)
     if reason:
         raise LabError(reason)
 

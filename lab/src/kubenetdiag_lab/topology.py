@@ -1,7 +1,8 @@
 """The lab's shape as plain data: nodes, pods, addresses, pod CIDRs, CNI mode, services.
 
-Everything here is computed from (prefix, node count, CNI mode) by pure functions and runs no
-command, so the shape can be built, compared and serialised without root or a running lab.
+Everything here is computed from (prefix, node count, CNI mode, kube-proxy mode) by pure
+functions and runs no command, so the shape can be built, compared and serialised without root
+or a running lab.
 The running lab (lab.py) builds exactly this shape; lab.json carries it (`Topology.to_dict`).
 """
 
@@ -17,6 +18,10 @@ from kubenetdiag_lab.errors import LabError
 
 CNI_MODES = ("flannel-vxlan", "flannel-host-gw", "calico-bgp")
 DEFAULT_CNI = "flannel-vxlan"
+# kube-proxy's --proxy-mode (kubeproxy.py): its rules in iptables chains, or in its own
+# nftables table `ip kube-proxy`
+PROXY_MODES = ("iptables", "nftables")
+DEFAULT_PROXY_MODE = "iptables"
 
 UNDERLAY = ip_network("198.18.0.0/24")  # RFC 2544 benchmarking range: never routed for real
 POD_SUPERNET = ip_network("10.244.0.0/16")  # flannel's default cluster CIDR
@@ -130,6 +135,7 @@ class Topology:
     pods: tuple[LabPod, ...]
     pod_network: str = str(POD_SUPERNET)
     client_address: str = CLIENT_ADDRESS
+    proxy_mode: str = DEFAULT_PROXY_MODE
     # derived from the prefix; fields (not properties) so they show in repr and compare
     switch_netns: str = field(init=False)
     client_netns: str = field(init=False)
@@ -185,6 +191,7 @@ class Topology:
         return {
             "prefix": self.prefix,
             "cni": self.cni,
+            "kube_proxy_mode": self.proxy_mode,
             "pod_network": self.pod_network,
             "underlay": str(UNDERLAY),
             "namespaces": self.namespaces,
@@ -203,6 +210,7 @@ class Topology:
             pods=tuple(LabPod.from_dict(pod) for pod in data["pods"]),
             pod_network=data.get("pod_network", str(POD_SUPERNET)),
             client_address=data.get("client", {}).get("address", CLIENT_ADDRESS),
+            proxy_mode=data.get("kube_proxy_mode", DEFAULT_PROXY_MODE),
         )
 
 
@@ -250,16 +258,20 @@ def make_pods(nodes: Sequence[LabNode]) -> tuple[LabPod, ...]:
     return tuple(pods)
 
 
-def build(prefix: str = "knd", node_count: int = 2, cni: str = DEFAULT_CNI) -> Topology:
-    """The lab's shape for a prefix, a node count and a CNI mode."""
+def build(prefix: str = "knd", node_count: int = 2, cni: str = DEFAULT_CNI,
+          proxy_mode: str = DEFAULT_PROXY_MODE) -> Topology:
+    """The lab's shape for a prefix, a node count, a CNI mode and kube-proxy's mode."""
     if not PREFIX_RE.match(prefix):
         raise LabError(f"lab prefix {prefix!r} must match {PREFIX_RE.pattern}")
     if not 1 <= node_count <= MAX_NODES:
         raise LabError(f"lab node count must be 1..{MAX_NODES}, got {node_count}")
     if cni not in CNI_MODES:
         raise LabError(f"unknown CNI mode {cni!r}; one of {', '.join(CNI_MODES)}")
+    if proxy_mode not in PROXY_MODES:
+        raise LabError(f"unknown kube-proxy mode {proxy_mode!r}; one of {', '.join(PROXY_MODES)}")
     nodes = tuple(make_node(prefix, index, cni) for index in range(1, node_count + 1))
-    return Topology(prefix=prefix, cni=cni, nodes=nodes, pods=make_pods(nodes))
+    return Topology(prefix=prefix, cni=cni, nodes=nodes, pods=make_pods(nodes),
+                    proxy_mode=proxy_mode)
 
 
 def pod_labels(app: str) -> dict[str, str]:

@@ -14,9 +14,16 @@ What a node programs is read from its rules as kube-proxy writes them:
   one KUBE-SEP- chain per endpoint, each a DNAT `--to-destination ip:port`; a port with no
   endpoint is a REJECT in filter KUBE-SERVICES, commented `ns/name:port has no endpoints`;
 * ipvs mode: one virtual server per VIP:port, its real servers the endpoints (weight 0 is a
-  terminating endpoint kube-proxy keeps for its open connections: not counted).
+  terminating endpoint kube-proxy keeps for its open connections: not counted);
+* nftables mode: kube-proxy's own table `ip kube-proxy` (`ip6` for IPv6): its verdict map
+  service-ips sends each `VIP . proto . port` to the Service port's chain, named
+  `service-<hash>-<ns>/<name>/<proto>/<port name>` (`local-` under internalTrafficPolicy
+  Local), whose rule DNATs to the endpoints, `dnat ip to numgen random mod N map { 0 : ip .
+  port, ... }` (or, with session affinity, a numgen vmap to one `endpoint-...` chain per
+  endpoint, each a `dnat ip to ip:port`); a port with no endpoint is an element of the
+  no-endpoint-services map instead, commented `ns/name:port`.
 
-A node whose KUBE-SERVICES chain is empty is left to its own rule (the chain flushed) and one
+A node whose KUBE-SERVICES chain is empty is left to its own rule (the chain flushed), and one
 with none of these (kube-proxy replaced by the CNI) is not compared. The API side is
 `service_port` (facts/cluster.py). Pure functions of facts: one `service_sync` per node and
 Service port that differs from the API, and one `kube_proxy_sync` per node compared
@@ -33,7 +40,8 @@ from dataclasses import dataclass, field
 from kubenetdiag.facts.model import Fact, Source, by_kind
 
 PROBE = "services"  # the evidence's source: facts computed here, from other facts
-INPUTS: tuple[str, ...] = ("service_port", "iptables_rule", "ipvs_service")
+INPUTS: tuple[str, ...] = ("service_port", "iptables_rule", "ipvs_service", "nft_set",
+                           "nft_element", "nft_rule")
 CONTEXT: tuple[str, ...] = ()
 PRODUCES: tuple[str, ...] = ("service_sync", "kube_proxy_sync")
 SHOWN = 5  # differences named in a node's summary
@@ -46,6 +54,14 @@ SETTLE_S = 15
 _TO_DEST = re.compile(r"--to-destination\s+(\S+)")
 _NO_ENDPOINTS = " has no endpoints"
 _CLUSTER_IP = " cluster IP"
+NFT_TABLE = "kube-proxy"
+# a Service port's chain: service-<hash>-<ns>/<name>/<proto>/<port name> (local- for
+# internalTrafficPolicy Local); the hash is 8 base32 characters
+_NFT_SVC_CHAIN = re.compile(r"^(?:service|local)-[A-Z2-7]{8}-([^/\s]+)/([^/\s]+)/([a-z]+)/(\S*)$")
+_NFT_GOTO = re.compile(r"^(?:goto|jump)\s+(\S+)$")
+_NFT_DNAT = re.compile(r"\bdnat\s+(?:ip6?\s+)?(?:addr\s+\.\s+port\s+)?to\s+(.+)$")
+_NFT_PAIR = re.compile(r"(?:^|[{,])\s*\d+\s*:\s*([0-9A-Fa-f.:]+)\s+\.\s+(\d+)\s*(?=[,}]|$)")
+_NFT_VMAP = re.compile(r"\b(?:goto|jump)\s+(endpoint-\S+?)(?=[\s,}]|$)")
 
 
 @dataclass
@@ -126,11 +142,72 @@ def _ipvs_node(services: Sequence[Fact]) -> _NodeRules:
     return out
 
 
-def _node_rules(ipt: Sequence[Fact], ipvs: Sequence[Fact]) -> _NodeRules | None:
+def _nft_dnat(text: str) -> set[str]:
+    """The ip:port endpoints one nft rule DNATs to: `dnat ip to 10.244.2.3:8080`, or a numgen
+    map of them `dnat ip to numgen random mod 2 map { 0 : 10.244.2.3 . 8080, 1 : ... }`."""
+    m = _NFT_DNAT.search(text)
+    if not m:
+        return set()
+    to = m.group(1).strip()
+    if "map" in to and "{" in to:
+        return {f"{ip}:{port}" for ip, port in _NFT_PAIR.findall(to[to.index("{"):])}
+    first = to.split()[0] if to.split() else ""
+    host, sep, port = first.rpartition(":")
+    return {first} if sep and host and port.isdigit() else set()
+
+
+def _nft_node(sets: Sequence[Fact], elements: Sequence[Fact], rules: Sequence[Fact]
+              ) -> _NodeRules | None:
+    """kube-proxy's nftables table on one node; None when the node has none (or its
+    service-ips map was not listed)."""
+    mine = {(str(f.attrs.get("family")), str(f.attrs.get("set"))) for f in sets
+            if f.attrs.get("table") == NFT_TABLE}
+    families = [fam for fam in ("ip", "ip6") if (fam, "service-ips") in mine]
+    if not families:
+        return None
+    chains: dict[str, list[str]] = defaultdict(list)
+    for f in sorted((f for f in rules if f.attrs.get("table") == NFT_TABLE
+                     and f.attrs.get("family") in families),
+                    key=lambda f: int(f.attrs.get("position") or 0)):
+        chains[str(f.attrs.get("chain"))].append(str(f.attrs.get("text") or ""))
+    out = _NodeRules("nftables")
+    for f in elements:
+        a = f.attrs
+        if a.get("table") != NFT_TABLE or a.get("family") not in families:
+            continue
+        parts = [p.strip() for p in str(a.get("key") or "").split(" . ")]
+        if len(parts) != 3 or not parts[2].split()[0:1] or not parts[2].split()[0].isdigit():
+            continue
+        vip, proto, port = parts[0], parts[1].upper(), int(parts[2].split()[0])
+        if a.get("set") == "service-ips":
+            goto = _NFT_GOTO.match(str(a.get("value") or "").strip())
+            m = _NFT_SVC_CHAIN.match(goto.group(1)) if goto else None
+            if not m:
+                continue  # external- (external IPs, load balancers) or not kube-proxy's
+            ns, name, _proto, port_name = m.groups()
+            prog = _Programmed(vip, port, proto)
+            for text in chains.get(goto.group(1), []):  # type: ignore[union-attr]
+                prog.endpoints |= _nft_dnat(text)
+                for ep_chain in _NFT_VMAP.findall(text):  # session affinity: one per endpoint
+                    for ep_text in chains.get(ep_chain, []):
+                        prog.endpoints |= _nft_dnat(ep_text)
+            out.ports[_key(ns, name, port_name)] = prog
+        elif a.get("set") == "no-endpoint-services" and a.get("comment"):
+            out.ports.setdefault(str(a["comment"]), _Programmed(vip, port, proto))
+    return out
+
+
+def _node_rules(ipt: Sequence[Fact], ipvs: Sequence[Fact], nft: Sequence[Sequence[Fact]] = ()
+                ) -> _NodeRules | None:
     # ipvs mode keeps nat KUBE-SERVICES too (ipset matches, no per-Service comments): the
-    # virtual servers are what serves the VIPs there
+    # virtual servers are what serves the VIPs there. nftables mode removes kube-proxy's
+    # iptables chains, and iptables mode its nftables table: at most one is there.
     if ipvs:
         return _ipvs_node(ipvs)
+    if nft:
+        found = _nft_node(*nft)
+        if found is not None:
+            return found
     return _ipt_node(ipt)
 
 
@@ -142,7 +219,7 @@ class _Want:
     @property
     def lookup(self) -> dict[str, str]:
         a = self.fact.attrs
-        return {"iptables": self.key,
+        return {"iptables": self.key, "nftables": self.key,
                 "ipvs": f"{a['cluster_ip']}:{a['port']}/{str(a['protocol']).upper()}"}
 
     @property
@@ -210,9 +287,15 @@ def service_sync_facts(facts: list[Fact]) -> list[Fact]:
             ipt[f.node].append(f)
     for f in kinds["ipvs_service"]:
         ipvs[f.node].append(f)
+    nft: dict[str, tuple[list[Fact], list[Fact], list[Fact]]] = defaultdict(
+        lambda: ([], [], []))
+    for i, kind in enumerate(("nft_set", "nft_element", "nft_rule")):
+        for f in kinds[kind]:
+            if f.attrs.get("table") == NFT_TABLE:
+                nft[f.node][i].append(f)
     nodes = {}
-    for n in sorted(set(ipt) | set(ipvs)):
-        rules = _node_rules(ipt.get(n, []), ipvs.get(n, []))
+    for n in sorted(set(ipt) | set(ipvs) | set(nft)):
+        rules = _node_rules(ipt.get(n, []), ipvs.get(n, []), nft.get(n, ()))
         if rules is not None:
             nodes[n] = rules
     known = {k for w in wanted for k in w.lookup.values()}

@@ -4,7 +4,11 @@ iptables-nft keeps its rules in nftables too (tables ip filter, ip nat...); thos
 facts of the iptables probe, so here they are only counted and marked `owner: iptables-nft`.
 What this probe adds is what iptables-save cannot show: tables made with nft directly
 (firewalld's `inet firewalld`, kube-proxy's nftables mode, a hand-written `inet filter`), with
-the rules of every chain, the regular ones a base chain jumps or goes to included.
+the rules of every chain, the regular ones a base chain jumps or goes to included, and their
+named sets and maps with the elements listed (nft_set, nft_element): what a rule's `@name`
+looks up, such as kube-proxy's `service-ips` verdict map from `VIP . proto . port` to each
+Service port's chain. Elements may span lines; commas and braces inside quoted comments do not
+count.
 
 It lists with -a, which adds `# handle N` to each rule: the handle is the only way to delete
 one native rule (`nft delete rule FAMILY TABLE CHAIN handle N`), so a finding can print that
@@ -56,6 +60,11 @@ COMMAND = (
 
 _TABLE = re.compile(r"^table (\S+) (\S+) \{")
 _CHAIN = re.compile(r"^chain (\S+) \{")
+_SET = re.compile(r"^(set|map) (\S+) \{")
+_COMMENT = re.compile(r'\s*\bcomment "((?:[^"\\]|\\.)*)"')
+# Elements kept per named set or map: kube-proxy's service-ips holds one per Service port, a
+# blocklist may hold hundreds of thousands; nft_set.listed says how many were kept.
+MAX_ELEMENTS = 20000
 _BASE = re.compile(
     r"type (\S+) hook (\S+)(?: devices? (?:= )?(\{[^}]*\}|\S+))? priority ([^;]+);"
     r"(?: policy (\w+);)?")
@@ -97,22 +106,28 @@ def parse(section: Section, node: str) -> list[Fact]:
     tables: list[dict] = []
     table: dict | None = None
     chain: dict | None = None
+    nset: dict | None = None  # a named set or map being read
     depth = 0
     for raw in section.stdout.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        opens, closes = line.count("{"), line.count("}")
+        opens, closes = _braces(line)
         if depth == 0:
             m = _TABLE.match(line)
             if m:
-                table = {"family": m.group(1), "name": m.group(2), "chains": {}, "raw": line}
+                table = {"family": m.group(1), "name": m.group(2), "chains": {}, "sets": {},
+                         "raw": line}
                 tables.append(table)
         elif depth == 1 and table is not None:
             m = _CHAIN.match(line)
             if m:
                 chain = {"name": m.group(1), "base": None, "rules": []}
                 table["chains"][m.group(1)] = chain
+            m = _SET.match(line)
+            if m:
+                nset = {"kind": m.group(1), "name": m.group(2), "type": "", "elements": None}
+                table["sets"][m.group(2)] = nset
         elif depth == 2 and chain is not None and opens == closes:
             m = _BASE.search(line)
             if m and line.startswith("type "):
@@ -121,9 +136,17 @@ def parse(section: Section, node: str) -> list[Fact]:
                 h = _HANDLE.search(line)
                 chain["rules"].append(
                     (line[:h.start()], int(h.group(1))) if h else (line, None))
+        elif depth >= 2 and nset is not None:
+            if depth == 2 and line.startswith("type "):
+                nset["type"] = line[5:].strip()
+            elif depth == 2 and line.startswith("elements = {"):
+                nset["elements"] = [line.removeprefix("elements = {")]
+            elif depth > 2 and nset["elements"] is not None:
+                nset["elements"].append(line)
         depth = max(0, depth + opens - closes)
         if depth <= 1:
             chain = None
+            nset = None
         if depth == 0:
             table = None
     facts: list[Fact] = []
@@ -163,7 +186,84 @@ def parse(section: Section, node: str) -> list[Fact]:
                     "bytes": int(m.group(2)) if m else None,
                     "handle": handle,
                 }, src(rule)))
+        if owner != "iptables-nft":
+            for st in t["sets"].values():
+                facts.extend(_set_facts(node, t, st, src))
     return facts
+
+
+def _braces(line: str) -> tuple[int, int]:
+    """{ and } on a line, those in quoted text (a comment) left out."""
+    bare = re.sub(r'"(?:[^"\\]|\\.)*"', '""', line)
+    return bare.count("{"), bare.count("}")
+
+
+def split_elements(text: str) -> list[str]:
+    """The elements of `elements = { a, b : c, ... }` (text after the opening brace), split on
+    the commas outside quotes and inner braces.
+
+    >>> split_elements('10.96.0.1 . tcp . 443 : goto svc-a, 10.96.0.10 comment "x, y" }')
+    ['10.96.0.1 . tcp . 443 : goto svc-a', '10.96.0.10 comment "x, y"']
+    """
+    out, cur, depth, quoted = [], [], 0, False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted and ch == "{":
+            depth += 1
+        elif not quoted and ch == "}":
+            if depth == 0:
+                break
+            depth -= 1
+        elif not quoted and ch == "," and depth == 0:
+            out.append("".join(cur).strip())
+            cur = []
+            continue
+        cur.append(ch)
+    out.append("".join(cur).strip())
+    return [e for e in out if e]
+
+
+def element_parts(element: str) -> tuple[str, str | None, str | None]:
+    """(key, value, comment) of one set or map element as nft prints it: `key [comment "c"]
+    [: value]`; the key's own options (timeout, expires, counter) left in the key text.
+
+    >>> element_parts('10.96.0.20 . tcp . 80 comment "default/web:http" : goto reject-chain')
+    ('10.96.0.20 . tcp . 80', 'goto reject-chain', 'default/web:http')
+    >>> element_parts('10.96.0.1')
+    ('10.96.0.1', None, None)
+    """
+    m = _COMMENT.search(element)
+    comment = m.group(1) if m else None
+    bare = element[:m.start()] + element[m.end():] if m else element
+    key, sep, value = bare.partition(" : ")
+    return key.strip(), (value.strip() if sep else None), comment
+
+
+def _set_facts(node: str, t: dict, st: dict, src: Callable[[str], Source]) -> list[Fact]:
+    key_type, _, value_type = st["type"].partition(" : ")
+    elements = split_elements(" ".join(st["elements"])) if st["elements"] else []
+    out = [Fact("nft_set", node, {
+        "family": t["family"],
+        "table": t["name"],
+        "set": st["name"],
+        "map": st["kind"] == "map",
+        "key_type": key_type.strip(),
+        "value_type": value_type.strip() or None,
+        "elements": len(elements),
+        "listed": min(len(elements), MAX_ELEMENTS),
+    }, src(f"{st['kind']} {st['name']} {{ type {st['type']}; {len(elements)} elements }}"))]
+    for element in elements[:MAX_ELEMENTS]:
+        key, value, comment = element_parts(element)
+        out.append(Fact("nft_element", node, {
+            "family": t["family"],
+            "table": t["name"],
+            "set": st["name"],
+            "key": clip(key, 300),
+            "value": clip(value, 300) if value is not None else None,
+            "comment": clip(comment, 300) if comment is not None else None,
+        }, src(element)))
+    return out
 
 
 def _base_chain(node: str, t: dict, c: dict, owner: str, verdicts: list[str],
@@ -190,6 +290,6 @@ PROBE = Probe(
     name="nftables",
     command=COMMAND,
     parse=parse,
-    kinds=("nft_table", "nft_chain", "nft_rule"),
+    kinds=("nft_table", "nft_chain", "nft_rule", "nft_set", "nft_element"),
     blocks="nftables rules made outside iptables (firewalld, kube-proxy nftables mode, nft)",
 )

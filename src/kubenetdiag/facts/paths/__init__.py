@@ -14,6 +14,7 @@ import ipaddress
 import re
 import shlex
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -30,7 +31,7 @@ VXLAN_OVERHEAD = 50
 # What a node's walk reads of its own facts (build), and what the flows come from
 _NODE_KINDS = ("node_status", "interface", "route", "ip_rule", "sysctl", "tc_hook",
                "iptables_chain", "iptables_rule", "nft_table", "nft_chain", "nft_rule",
-               "flannel_subnet")
+               "nft_set", "nft_element", "flannel_subnet")
 _KINDS = (*_NODE_KINDS, "k8s_node", "dns_pod", "dns_service", "cni", "bgp_session", "reach",
           "tcp_check", "drop_counter_after")
 # Declared for kubenetdiag.facts.producers. A rule on a path fact needs the node's own
@@ -99,10 +100,15 @@ def _peers(name: str, names: list[str], reach: dict[str, set[str]]) -> list[str]
             if names[(i + k) % len(names)] != name]
 
 
-def _services(dns_services: list[Fact], ipt_rules: list[Fact]
-              ) -> list[tuple[str, int, str, str]]:
+_NFT_SERVICE = re.compile(r"^goto (?:service|local)-[A-Z2-7]{8}-([^/\s]+)/([^/\s]+)/[a-z]+/(\S*)$")
+
+
+def _services(dns_services: list[Fact], ipt_rules: list[Fact],
+              nft_elements: Sequence[Fact] = ()) -> list[tuple[str, int, str, str]]:
     """(VIP, port, proto, name) of the Services kube-proxy programs on any node, DNS first:
-    a node that lacks one the others have is then walked for it too."""
+    a node that lacks one the others have is then walked for it too. In nftables mode they
+    are the ClusterIP elements of its service-ips map (`VIP . proto . port : goto
+    service-<hash>-<ns>/<name>/<proto>/<port name>`)."""
     seen: dict[tuple[str, int, str], str] = {}
     for f in dns_services:
         if f.attrs.get("cluster_ip"):
@@ -125,6 +131,17 @@ def _services(dns_services: list[Fact], ipt_rules: list[Fact]
             continue
         if key not in seen:
             others[key] = comment.removesuffix(" cluster IP")
+    for f in nft_elements:
+        a = f.attrs
+        m = _NFT_SERVICE.match(str(a.get("value") or ""))
+        parts = str(a.get("key") or "").split(" . ")
+        if a.get("table") != "kube-proxy" or a.get("set") != "service-ips" or not m \
+                or len(parts) != 3 or not parts[2].strip().isdigit():
+            continue
+        key = (parts[0].strip(), int(parts[2]), parts[1].strip())
+        if key not in seen:
+            ns, name, port = m.groups()
+            others[key] = f"{ns}/{name}:{port}" if port else f"{ns}/{name}"
     rest = sorted(others.items(), key=lambda kv: kv[1])
     return [(k[0], k[1], k[2], n) for k, n in (dns + rest)[:MAX_SERVICES]]
 
@@ -160,7 +177,7 @@ def path_facts(facts: list[Fact]) -> list[Fact]:
     bgp = bool(kinds["bgp_session"]) or any(
         f.attrs.get("plugin") == "calico" for f in kinds["cni"]) or any(
         r.protocol == "bird" for n in nodes.values() for r in n.view.routes)
-    services = _services(kinds["dns_service"], kinds["iptables_rule"])
+    services = _services(kinds["dns_service"], kinds["iptables_rule"], kinds["nft_element"])
     dns_pods = [(str(f.attrs["pod"]), f.node, str(f.attrs["ip"])) for f in kinds["dns_pod"]
                 if f.attrs.get("ip")]
     endpoints = sorted({(str(f.attrs["target"]), str(f.attrs["address"]))

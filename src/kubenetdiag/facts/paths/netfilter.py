@@ -80,16 +80,20 @@ def _run(table: Table, chain: str, pkt: Packet, ctx: Context, depth: int, undeci
                     break
                 work.append((idx, p, u))  # the world where it did not match
                 u = u or f"{table.name} {chain} rule {r.position} ({r.undecidable or 'match'})"
-            a = r.action
-            if a.kind == "continue":
+            a = r.action if r.dispatch is None else r.dispatch(p, ctx)
+            if a is None or a.kind == "continue":
                 continue
             if a.kind == "mark" and a.mark:
                 p = p.but(mark=apply_mark(p.mark, a.mark))
                 continue
             if a.kind == "dnat" and a.to:
-                dst, port = a.to
-                results.append(_Out("verdict", "accept", p.but(dst=dst, dport=port or p.dport,
-                                                               dnat=True), u, r, chain))
+                # a random draw among several: each destination is a world of its own
+                drawn = u or (f"{table.name} {chain} rule {r.position} (a random draw)"
+                              if a.alternatives else "")
+                for dst, port in (a.to, *a.alternatives):
+                    results.append(_Out("verdict", "accept",
+                                        p.but(dst=dst, dport=port or p.dport, dnat=True),
+                                        drawn, r, chain))
             elif a.kind in ("accept", "drop", "reject", "unknown"):
                 results.append(_Out("verdict", a.kind, p, u, r, chain, a.why))
             elif a.kind == "return":

@@ -1,14 +1,18 @@
 """Native nftables rules, as `nft list ruleset` prints them, compiled into walkable rules.
 
 The expressions a firewall or a security agent writes to pick traffic (interfaces, addresses,
-protocol, ports, conntrack state, fib address type, marks) are decided; a named set (`@allowed`),
-a map, a rate limit, an expression this walk does not know, is undecidable and named. Statements
-that only count or log let the walk go on.
+protocol, ports, conntrack state, fib address type, marks, masked marks) are decided. A named
+set or verdict map (`ip daddr @allowed`, kube-proxy's `ip daddr . meta l4proto . th dport vmap
+@service-ips`) is looked up in its elements as collected (nft_element facts, in the Context):
+a key that matches an element is decided, one that none matches is not in it, and a set whose
+elements were not all read, or a key part the flow leaves open (an ephemeral port), is
+undecidable. A `dnat ... to numgen random mod N map { 0 : a . p, ... }` walks every
+destination. A rate limit, a random draw of a verdict, an expression this walk does not know,
+is undecidable and named. Statements that only count or log let the walk go on.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 from functools import lru_cache
 
@@ -16,14 +20,17 @@ from kubenetdiag.facts.paths.packet import (
     PROTO_NUMBERS,
     Packet,
     Tri,
+    addr,
+    all_of,
     any_of,
     iface_match,
     in_net,
     port_match,
 )
-from kubenetdiag.facts.paths.ruleset import Action, Context, Matcher, Rule
+from kubenetdiag.facts.paths.ruleset import Action, Context, Matcher, NamedSet, Rule
 
 _TOKEN = re.compile(r'"[^"]*"|[{}]|,|!=|==|[^\s{},"]+')
+_ELEMENT_OPTIONS = ("timeout", "expires", "counter", "comment")
 _OPS = {"!=", "==", "<", ">", "<=", ">=", "eq", "ne"}
 
 # selector words -> what it reads
@@ -122,6 +129,128 @@ def _compare(what: str, values: list[str], p: Packet, c: Context) -> Tri:
     return None
 
 
+def set_of(elements: list[tuple[str, str | None]], listed: bool = True) -> NamedSet:
+    """A NamedSet from (key, value) texts as nft_element facts hold them."""
+    out = []
+    for key, value in elements:
+        parts = [x.strip() for x in key.split(" . ")]
+        if parts:  # options nft prints after the key (timeout 3h, expires ...) are not it
+            words = parts[-1].split()
+            for i, w in enumerate(words):
+                if w in _ELEMENT_OPTIONS:
+                    words = words[:i]
+                    break
+            parts[-1] = " ".join(words)
+        out.append((tuple(parts), value))
+    return NamedSet(tuple(out), listed)
+
+
+def _element_matches(parts: tuple[str, ...], key: tuple[str, ...], p: Packet, c: Context
+                     ) -> Tri:
+    if len(parts) != len(key):
+        return None  # a key of another shape than the set's: not what the walk can compare
+    return all_of(_compare(what, [value], p, c) for what, value in zip(key, parts, strict=True))
+
+
+def _lookup(key: tuple[str, ...], name: str, table: str, p: Packet, c: Context
+            ) -> tuple[Tri, str | None]:
+    """(whether the packet's key is in the named set, the matching element's value)."""
+    named = c.sets.get((table, name))
+    if named is None:
+        return None, None
+    undecided = not named.complete
+    for parts, value in named.elements:
+        m = _element_matches(parts, key, p, c)
+        if m is True:
+            return True, value
+        if m is None:
+            undecided = True
+    return (None if undecided else False), None
+
+
+def _set_matcher(key: tuple[str, ...], name: str, table: str, neg: bool) -> Matcher:
+    def m(p: Packet, c: Context) -> Tri:
+        found, _ = _lookup(key, name, table, p, c)
+        return found if found is None or not neg else not found
+
+    return m
+
+
+def _element_action(value: str | None) -> Action | None:
+    if value is None:
+        return None
+    action, _ = _verdict(tokens_of(value), 0)
+    return action or Action("unknown", why=f"a map verdict the walk does not know: {value}")
+
+
+def _vmap(key: tuple[str, ...], name: str | None, table: str,
+          anon: list[tuple[tuple[str, ...], str]] | None):
+    def dispatch(p: Packet, c: Context) -> Action | None:
+        if anon is not None:
+            named = NamedSet(tuple((k, v) for k, v in anon))
+            found, value = _lookup(key, "", "", p, Context(c.local, {("", ""): named}))
+        else:
+            found, value = _lookup(key, name or "", table, p, c)
+        if found is None:
+            return Action("unknown", why=f"the verdict map {'@' + name if name else ''} "
+                          "cannot be decided for this packet")
+        return _element_action(value) if found else None
+
+    return dispatch
+
+
+def _anon_elements(tokens: list[str], i: int) -> tuple[list[tuple[tuple[str, ...], str]], int]:
+    """`{ k1 . k2 : v, ... }` at i: [(key parts, value)], the index after the brace."""
+    out: list[tuple[tuple[str, ...], str]] = []
+    cur: list[str] = []
+    i += 1
+    while i < len(tokens) and tokens[i] != "}":
+        if tokens[i] == ",":
+            if cur:
+                out.append(_anon_element(cur))
+            cur = []
+        else:
+            cur.append(tokens[i])
+        i += 1
+    if cur:
+        out.append(_anon_element(cur))
+    return out, i + 1
+
+
+def _anon_element(words: list[str]) -> tuple[tuple[str, ...], str]:
+    text = " ".join(words)
+    key, _, value = text.partition(" : ")
+    return tuple(x.strip() for x in key.split(" . ")), value.strip()
+
+
+def _dnat(tokens: list[str], i: int) -> Action:
+    """`dnat [ip] [addr . port] to X` at i: X an address[:port], or `numgen random mod N map {
+    0 : a . p, ... }`, each destination then walked."""
+    j = i + 1
+    while j < len(tokens) and tokens[j] != "to":
+        j += 1
+    rest = tokens[j + 1:]
+    unknown = Action("unknown", why="a native nft dnat the walk cannot follow: "
+                     + " ".join(tokens[i:]))
+    if not rest:
+        return unknown
+    dests: list[tuple[int, int | None]] = []
+    try:
+        if rest[0] == "numgen" and "map" in rest and "{" in rest:
+            elements, _ = _anon_elements(rest, rest.index("{"))
+            for _key, value in elements:
+                host, _, port = value.partition(" . ")
+                dests.append((addr(host.strip()), int(port) if port.strip() else None))
+        elif rest[0][:1].isdigit():
+            host, _, port = rest[0].partition(":")
+            dests.append((addr(host), int(port) if port else None))
+    except ValueError:
+        return unknown
+    if not dests:
+        return unknown
+    return Action("dnat", to=dests[0], alternatives=tuple(dests[1:]))
+
+
 def _matcher(what: str, values: list[str], neg: bool) -> Matcher:
     def m(p: Packet, c: Context) -> Tri:
         r = _compare(what, values, p, c)
@@ -149,7 +278,7 @@ def _verdict(tokens: list[str], i: int) -> tuple[Action | None, int]:
     if tok in ("masquerade", "snat"):
         return Action("accept"), len(tokens)
     if tok == "dnat":
-        return Action("unknown", why="a native nft dnat is not followed by the walk"), len(tokens)
+        return _dnat(tokens, i), len(tokens)
     if tok == "redirect":
         return Action("unknown", why="it is redirected to a local port"), len(tokens)
     if tok == "tproxy":
@@ -157,12 +286,39 @@ def _verdict(tokens: list[str], i: int) -> tuple[Action | None, int]:
     return None, i
 
 
+_MARK_OPS = {"|": "or", "^": "xor", "&": "and"}
+
+
+def _selector(toks: list[str], i: int) -> tuple[str | None, int]:
+    for n in range(_MAX_SELECTOR, 0, -1):
+        key = tuple(toks[i:i + n])
+        if key in _SELECTORS:
+            return _SELECTORS[key], i + n
+    return None, i
+
+
+def _mark_set(toks: list[str], k: int) -> tuple[Action | None, int]:
+    """After `[meta] mark set` (k: the index after `set`): `0x10`, or `[meta] mark OP 0x10`
+    (kube-proxy's `meta mark set meta mark | 0x00004000`)."""
+    try:
+        if toks[k] == "meta":
+            k += 1
+        if toks[k] == "mark" and toks[k + 1] in _MARK_OPS:
+            op = _MARK_OPS[toks[k + 1]]
+            return Action("mark", mark=(op, int(toks[k + 2], 0), 0)), k + 3
+        return Action("mark", mark=("set", int(toks[k], 0), 0xFFFFFFFF)), k + 1
+    except (ValueError, IndexError):
+        return None, k + 1
+
+
 @lru_cache(maxsize=65536)
-def compile_rule(chain: str, position: int, text: str) -> Rule:
+def compile_rule(chain: str, position: int, text: str, table: str = "") -> Rule:
+    """The rule as the walk sees it; `table` ("ip kube-proxy") is where its `@name` sets are."""
     toks = tokens_of(text)
     matchers: list[Matcher] = []
     undecidable = ""
     action = Action("continue")
+    dispatch = None
     i = 0
     while i < len(toks):
         verdict, j = _verdict(toks, i)
@@ -172,19 +328,28 @@ def compile_rule(chain: str, position: int, text: str) -> Rule:
         # meta mark set / mark set: the walk tracks marks set on the way
         if toks[i:i + 2] == ["mark", "set"] or toks[i:i + 3] == ["meta", "mark", "set"]:
             k = toks.index("set", i)
-            with contextlib.suppress(ValueError, IndexError):
-                action = Action("mark", mark=("set", int(toks[k + 1], 0), 0xFFFFFFFF))
-            i = k + 2
+            marked, i = _mark_set(toks, k + 1)
+            if marked is not None:
+                action = marked
             continue
         if "set" in toks[i:i + 3] and toks[i] in ("ct", "meta"):  # ct mark set, meta nftrace set
             i = toks.index("set", i) + 2
             continue
-        what = None
-        for n in range(_MAX_SELECTOR, 0, -1):
-            key = tuple(toks[i:i + n])
-            if key in _SELECTORS:
-                what, i = _SELECTORS[key], i + n
+        if toks[i:i + 3] == ["numgen", "random", "mod"]:
+            # a random draw of a verdict (kube-proxy's endpoint chains under session
+            # affinity): one choice is decided, several are not
+            k = i + 4
+            if toks[k:k + 1] == ["offset"]:
+                k += 2
+            if toks[k:k + 2] == ["vmap", "{"]:
+                anon, _ = _anon_elements(toks, k + 1)
+                values = {v for _, v in anon}
+                if len(values) == 1:
+                    action = _element_action(values.pop()) or action
+                else:
+                    action = Action("unknown", why="a random draw (numgen) picks the verdict")
                 break
+        what, i = _selector(toks, i)
         if what is None:
             if toks[i] in _STATEMENTS or toks[i] in ("packets", "bytes", "prefix", "level",
                                                       "flags", "group", "rate", "burst"):
@@ -207,17 +372,66 @@ def compile_rule(chain: str, position: int, text: str) -> Rule:
             undecidable = undecidable or toks[i]
             i += 1
             continue
+        if what == "mark" and toks[i:i + 1] == ["&"]:  # meta mark & 0x4000 != 0x0
+            try:
+                mask = int(toks[i + 1], 0)
+                i += 2
+                neg = toks[i] in ("!=", "ne")
+                i += 1 if toks[i] in _OPS else 0
+                want = int(toks[i], 0)
+                i += 1
+                matchers.append(lambda p, c, m=mask, w=want, n=neg: ((p.mark & m) == w) != n)
+            except (ValueError, IndexError):
+                matchers.append(lambda p, c: None)
+                undecidable = undecidable or "a masked mark"
+                i += 1
+            continue
+        key = [what]
+        while toks[i:i + 1] == ["."]:  # a concatenation: ip daddr . meta l4proto . th dport
+            nxt, k = _selector(toks, i + 1)
+            if nxt is None:
+                break
+            key.append(nxt)
+            i = k
         neg = False
         if i < len(toks) and toks[i] in _OPS:
             neg = toks[i] in ("!=", "ne")
             i += 1
+        if toks[i:i + 1] == ["vmap"]:
+            name = toks[i + 1][1:] if toks[i + 1:i + 2] and toks[i + 1].startswith("@") else None
+            if name is not None:
+                dispatch = _vmap(tuple(key), name, table, None)
+            elif toks[i + 1:i + 2] == ["{"]:
+                anon, _ = _anon_elements(toks, i + 1)
+                dispatch = _vmap(tuple(key), None, table, anon)
+            else:
+                action = Action("unknown", why="a verdict map the walk cannot read")
+            break  # the map's verdict is the rule's
+        if i < len(toks) and toks[i].startswith("@"):
+            matchers.append(_set_matcher(tuple(key), toks[i][1:], table, neg))
+            undecidable = undecidable or f"the set {toks[i]}"
+            i += 1
+            continue
+        if len(key) > 1:
+            if toks[i:i + 1] == ["{"]:
+                anon, i = _anon_elements(toks, i)
+                elems = NamedSet(tuple((k, None) for k, _ in anon))
+                matchers.append(
+                    lambda p, c, e=elems, k=tuple(key), n=neg: (
+                        lambda r: r if r is None or not n else not r)(
+                        _lookup(k, "", "", p, Context(c.local, {("", ""): e}))[0]))
+            else:
+                matchers.append(lambda p, c: None)
+                undecidable = undecidable or "a concatenation"
+                _, i = _value(toks, i)
+            continue
         values, i = _value(toks, i)
         if values is None:
             matchers.append(lambda p, c: None)
             undecidable = undecidable or f"a named set in {what}"
             continue
         matchers.append(_matcher(what, values, neg))
-    return Rule(chain, position, text, tuple(matchers), action, undecidable)
+    return Rule(chain, position, text, tuple(matchers), action, undecidable, dispatch=dispatch)
 
 
 NAMED_PRIORITIES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50,

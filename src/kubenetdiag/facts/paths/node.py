@@ -12,7 +12,7 @@ from kubenetdiag.facts.model import Fact
 from kubenetdiag.facts.paths import ipt, nft
 from kubenetdiag.facts.paths.packet import addr
 from kubenetdiag.facts.paths.routing import PolicyRule, Route, Routing
-from kubenetdiag.facts.paths.ruleset import BaseChain, Context, Rule, Table
+from kubenetdiag.facts.paths.ruleset import BaseChain, Context, NamedSet, Rule, Table
 from kubenetdiag.probes.iptables import OWNERS
 
 # Where iptables' tables hook in: (table, chain) -> (hook, priority, kind). Both backends use
@@ -95,11 +95,15 @@ class NodeView:
     chains: list[BaseChain] = field(default_factory=list)
     altered: dict[str, list[str]] = field(default_factory=dict)  # dev -> ["tc ingress", "xdp"]
     has_netfilter: bool = False
+    sets: dict[tuple[str, str], NamedSet] = field(default_factory=dict)  # nftables @name
     _routing: Routing | None = None
+    _ctx: Context | None = None
 
     @property
     def ctx(self) -> Context:
-        return Context(frozenset(self.local))
+        if self._ctx is None:
+            self._ctx = Context(frozenset(self.local), self.sets)
+        return self._ctx
 
     @property
     def routing(self) -> Routing:
@@ -125,6 +129,8 @@ def build(name: str, facts: list[Fact]) -> NodeView:
     ipt_policies: dict[tuple[str, str, str], str] = {}
     nft_tables: dict[tuple[str, str], Table] = {}
     nft_bases: list[tuple[str, str, str, dict]] = []
+    # ("ip kube-proxy", set name) -> (elements as listed, all of them listed)
+    nft_sets: dict[tuple[str, str], tuple[list[tuple[str, str | None]], bool]] = {}
     for f in facts:
         a = f.attrs
         k = f.kind
@@ -172,10 +178,19 @@ def build(name: str, facts: list[Fact]) -> NodeView:
             v.has_netfilter = True
         elif k == "nft_chain" and a.get("owner") != "iptables-nft":
             nft_bases.append((str(a["family"]), str(a["table"]), str(a["chain"]), a))
+        elif k in ("nft_set", "nft_element"):
+            sk = (f"{a['family']} {a['table']}", str(a["set"]))
+            listed, complete = nft_sets.get(sk, ([], False))
+            if k == "nft_set":
+                complete = a.get("listed") == a.get("elements")
+            else:
+                listed.append((str(a.get("key") or ""), a.get("value")))  # type: ignore[arg-type]
+            nft_sets[sk] = (listed, complete)
         elif k == "nft_rule":
             key = (str(a["family"]), str(a["table"]))
             nft_tables.setdefault(key, Table(f"{a['family']} {a['table']}", "nft"))
-            nrule = nft.compile_rule(str(a["chain"]), int(a["position"]), str(a["text"]))
+            nrule = nft.compile_rule(str(a["chain"]), int(a["position"]), str(a["text"]),
+                                     f"{a['family']} {a['table']}")
             if a.get("handle") is not None:
                 nrule = replace(nrule, handle=int(a["handle"]))  # type: ignore[arg-type]
             nft_tables[key].chains.setdefault(str(a["chain"]), []).append(nrule)
@@ -227,6 +242,8 @@ def build(name: str, facts: list[Fact]) -> NodeView:
                                   str(a.get("type") or "filter"),
                                   tuple(d for d in str(a.get("device") or "").split(",") if d)))
     v.chains.sort(key=lambda b: b.priority)
+    v.sets.update({sk: nft.set_of(listed, complete) for sk, (listed, complete)
+                   in nft_sets.items()})
     return v
 
 

@@ -6,10 +6,20 @@ netfilter.py follows jumps, returns and verdicts the same way for both.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from kubenetdiag.facts.paths.packet import Packet, Tri, all_of
+
+
+@dataclass(frozen=True)
+class NamedSet:
+    """A named nftables set or map as listed: each element's key parts (a concatenation's,
+    split on ` . `) and, in a map, its value; `complete` is False when not every element was
+    kept, so a key not found is not known to be absent."""
+
+    elements: tuple[tuple[tuple[str, ...], str | None], ...]
+    complete: bool = True
 
 
 @dataclass(frozen=True)
@@ -17,6 +27,9 @@ class Context:
     """What a match may need to know about the node beyond the packet."""
 
     local: frozenset[int]  # the node's own addresses (addrtype LOCAL, fib daddr type local)
+    # named nftables sets and maps by ("ip kube-proxy", "cluster-ips"): what `@name` looks up
+    sets: Mapping[tuple[str, str], NamedSet] = field(default_factory=dict, hash=False,
+                                                     compare=False)
 
 
 Matcher = Callable[[Packet, Context], Tri]
@@ -30,6 +43,9 @@ class Action:
     kind: str  # accept drop reject return jump goto continue dnat mark unknown
     chain: str | None = None  # jump / goto target
     to: tuple[int, int | None] | None = None  # dnat destination (address, port)
+    # more dnat destinations a random draw picks among (nft `numgen random mod N map`): the
+    # walk follows each
+    alternatives: tuple[tuple[int, int | None], ...] = ()
     mark: tuple[str, int, int] | None = None  # (op, value, mask): set, xset, or, and, xor
     why: str = ""  # for unknown: what the walk cannot see into (NFQUEUE, TPROXY...)
 
@@ -44,6 +60,9 @@ class Rule:
     undecidable: str = ""  # the first match the walk cannot decide, named for the report
     handle: int | None = None  # a native nftables rule's handle, when listed with -a (its undo)
     pkts: int | None = None  # packets it matched, as collected (iptables-save -c); None unknown
+    # a verdict map (nft `vmap @name`): the action is the looked-up element's, None when no
+    # element matches (the rule does not apply); `action` is then unused
+    dispatch: Callable[[Packet, Context], Action | None] | None = None
 
     def matches(self, pkt: Packet, ctx: Context) -> Tri:
         return all_of(m(pkt, ctx) for m in self.matchers)
