@@ -1,6 +1,8 @@
 """`kubenetdiag lab ...` (and `python -m kubenetdiag_lab ...`): drive the lab by hand.
 
-    lab up [--nodes N] [--cni MODE]      build it (default 2 nodes, flannel-vxlan)
+    lab up [--nodes N] [--cni MODE] [--network-policy none|kube-router]
+                                          build it (default 2 nodes, flannel-vxlan, no
+                                          NetworkPolicy enforcer)
     lab status [--json]                   client netns, nodes, pods, paths, active faults
     lab exec -- CMD...                    run CMD in the client namespace, exit with its code
     lab inject FAULT [--node N] [--param k=v]...   break it; `lab inject --list` lists faults
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from kubenetdiag_lab.errors import LabError
 from kubenetdiag_lab.netns import exec_argv
 from kubenetdiag_lab.paths import DEFAULT_WORKDIR
-from kubenetdiag_lab.topology import CNI_MODES, DEFAULT_CNI
+from kubenetdiag_lab.topology import CNI_MODES, DEFAULT_CNI, NETWORK_POLICY_MODES
 
 if TYPE_CHECKING:
     from kubenetdiag_lab.lab import Lab
@@ -46,6 +48,9 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     up = sub.add_parser("up", help="build the lab")
     up.add_argument("--nodes", type=int, default=2)
     up.add_argument("--cni", choices=CNI_MODES, default=DEFAULT_CNI)
+    up.add_argument("--network-policy", choices=NETWORK_POLICY_MODES, default="none",
+                    help="what enforces NetworkPolicies: none (default), or kube-router's "
+                         "policy controller in every node")
     status = sub.add_parser("status", help="describe the running lab")
     status.add_argument("--json", action="store_true", help="machine-readable")
     ex = sub.add_parser("exec", help="run a command in the lab's client namespace")
@@ -107,6 +112,7 @@ def status_view(lab: Lab) -> dict[str, Any]:
         "prefix": state["prefix"],
         "workdir": state["workdir"],
         "cni": state["cni"],
+        "network_policy": state.get("network_policy", "none"),
         "client_netns": state["client"]["netns"],
         "client_address": state["client"]["address"],
         "nodes": [{"name": node["name"], "netns": node["netns"], "address": node["address"],
@@ -121,7 +127,9 @@ def status_view(lab: Lab) -> dict[str, Any]:
 
 
 def _print_status(view: dict[str, Any]) -> None:
-    print(f"lab {view['prefix']} ({view['cni']}) in {view['workdir']}")
+    enforcer = "" if view.get("network_policy", "none") == "none" else \
+        f", policies: {view['network_policy']}"
+    print(f"lab {view['prefix']} ({view['cni']}{enforcer}) in {view['workdir']}")
     print(f"  client netns {view['client_netns']} ({view['client_address']})")
     for node in view["nodes"]:
         print(f"  {node['name']:8} {node['netns']:18} {node['address']:14} "
@@ -147,10 +155,13 @@ def _run(args: argparse.Namespace) -> int:
 
     cmd = args.lab_cmd
     if cmd == "up":
-        lab = Lab(args.workdir, nodes=args.nodes, prefix=args.prefix, cni_mode=args.cni)
+        lab = Lab(args.workdir, nodes=args.nodes, prefix=args.prefix, cni_mode=args.cni,
+                  network_policy=args.network_policy)
         lab.up()
-        print(f"lab up ({lab.cni}, {len(lab.nodes)} nodes) in {lab.timings['up_s']:.2f}s; "
-              f"inventory {lab.inventory_path}; client netns {lab.client_netns}")
+        enforcer = "" if lab.network_policy == "none" else f", {lab.network_policy}"
+        print(f"lab up ({lab.cni}{enforcer}, {len(lab.nodes)} nodes) in "
+              f"{lab.timings['up_s']:.2f}s; inventory {lab.inventory_path}; "
+              f"client netns {lab.client_netns}")
         return 0
     if cmd == "down":
         # Without state, the prefix alone is enough to find and remove everything.

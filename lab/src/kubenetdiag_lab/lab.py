@@ -98,6 +98,7 @@ from kubenetdiag_lab import (
     icmp,
     k8s_objects,
     kubeproxy,
+    kuberouter,
     nodehost,
     services,
     sshd,
@@ -153,14 +154,16 @@ class Lab:
     """Build, inspect, break and tear down the lab. See the module docstring for the layout."""
 
     def __init__(self, workdir: Path, nodes: int = 2, prefix: str = "knd",
-                 cni_mode: str = DEFAULT_CNI, *, topology: Topology | None = None) -> None:
-        self.topology = topology or build(prefix, nodes, cni_mode)
+                 cni_mode: str = DEFAULT_CNI, *, topology: Topology | None = None,
+                 network_policy: str = "none") -> None:
+        self.topology = topology or build(prefix, nodes, cni_mode, network_policy)
         shape = self.topology
         self.workdir = Path(workdir).resolve()
         self.paths = LabPaths(self.workdir)
         # The shape's parts as plain attributes: what callers of the Lab have always read.
         self.prefix = shape.prefix
         self.cni = shape.cni
+        self.network_policy = shape.network_policy
         self.pod_network = shape.pod_network
         self.switch_netns = shape.switch_netns
         self.client_netns = shape.client_netns
@@ -180,6 +183,7 @@ class Lab:
         self._sshd_procs: dict[str, subprocess.Popen[bytes]] = {}
         self._init_pids: dict[str, int] = {}
         self._flannel_since = 0.0  # when `up` started the flanneld's (time.time())
+        self._kube_router_since = 0.0  # when `up` started the kube-routers (time.monotonic())
         # Runners read _init_pids at call time, so it is only ever changed in place.
         self.runners = Runners(shape, self._init_pids)
         self.controlplane = cpm.ControlPlane(self.workdir, shape.cp_netns)
@@ -245,7 +249,7 @@ class Lab:
     def up(self) -> None:
         """Build the lab; on any failure tear down whatever was built, then re-raise."""
         started = time.monotonic()
-        _require_root_and_tools(self.cni)
+        _require_root_and_tools(self.cni, self.network_policy)
         # UNDERLAY holds every lab address on the switch, the control plane's 198.18.0.3 too
         check_root_namespace([UNDERLAY, POD_SUPERNET, SERVICE_NETWORK, OUTSIDE_NETWORK])
         leftovers = lab_namespaces(self.prefix)
@@ -287,7 +291,13 @@ class Lab:
             # both); they start together and each is then waited for.
             self._start_flannelds()
             self._start_kube_proxies()
+            # kube-router after kube-proxy has synced: each puts its jumps atop INPUT, FORWARD
+            # and OUTPUT, kube-proxy only when missing, kube-router back to the top at every
+            # sync; started after it, its jumps are first from the start, as on a node where
+            # kube-router has run a while, and the order does not move under a fault.
+            self._start_kube_routers()
             self._wait_flannelds()
+            self._wait_kube_routers()
             # CoreDNS reaches the API (its kubernetes plugin) from its pod, through the CNI's
             # masquerade, which flanneld writes: it starts once the pod network is up.
             dns_started = time.monotonic()
@@ -478,6 +488,23 @@ class Lab:
         kubeproxy.wait_synced(self.topology, self.paths, self.nodes, self.runners.node,
                               self.active.services(self.topology))
 
+    def _start_kube_routers(self) -> None:
+        if self.network_policy != kuberouter.MODE:
+            return
+        admin = self.controlplane.admin()
+        for doc in cpm.kube_router_rbac_manifest():
+            admin.apply(doc)
+        kubeconfig = self.controlplane.kubeconfig(cpm.KUBE_ROUTER_USER)
+        self._kube_router_since = time.monotonic()
+        for node in self.nodes:
+            kuberouter.start(self.paths, node, self.runners.node(node), kubeconfig)
+
+    def _wait_kube_routers(self) -> None:
+        if self.network_policy == kuberouter.MODE:
+            kuberouter.wait_programmed(self.paths, self.nodes, self.runners.node)
+            self.timings["kube_router_programmed_s"] = (time.monotonic()
+                                                        - self._kube_router_since)
+
     def _start_sshds(self, nodes: Sequence[LabNode]) -> None:
         # Start all, then wait for all: startup latency overlaps instead of adding up.
         started = {}
@@ -509,6 +536,7 @@ class Lab:
             "prefix": self.prefix,
             "workdir": str(self.workdir),
             "cni": self.cni,
+            "network_policy": self.network_policy,
             "vxlan_port": flannel.VXLAN_PORT,
             "cluster_domain": CLUSTER_DOMAIN,
             "pod_network": self.pod_network,
@@ -526,6 +554,7 @@ class Lab:
             "pods": [{**pod, "ready": pod["name"] not in unready,
                       "restarts": unready.get(pod["name"], 0)} for pod in shape["pods"]],
             "services": [svc.to_dict() for svc in self.active.services(self.topology)],
+            "network_policies": self.active.network_policies(),
             "coredns": {"corefile": str(coredns.corefile_path(self.paths)),
                         "kubeconfig": str(self.controlplane.kubeconfig(cpm.COREDNS_USER)),
                         "upstream": OUTSIDE_DNS,
@@ -751,15 +780,18 @@ class Lab:
             self.heal(fault, node or self._default_node(self._fault(fault)).name)
 
 
-def missing_requirements(cni_mode: str | None = None) -> str | None:
+def missing_requirements(cni_mode: str | None = None,
+                         network_policy: str | None = None) -> str | None:
     """Why the lab cannot run here, or None. For callers that want to skip, not fail."""
     if os.geteuid() != 0:
         return "the lab needs root (network namespaces, sshd)"
     tools = REQUIRED_TOOLS + (("bird", "birdc") if cni_mode == "calico-bgp" else ())
+    if network_policy == kuberouter.MODE:
+        tools += ("ipset",)
     missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         return f"the lab needs these tools: {', '.join(missing)}"
-    unbuilt = components.missing(components.for_lab(cni_mode))
+    unbuilt = components.missing(components.for_lab(cni_mode, network_policy))
     if unbuilt:
         return unbuilt
     if _root_password_locked():
@@ -778,8 +810,8 @@ def _root_password_locked() -> bool:
     return False
 
 
-def _require_root_and_tools(cni_mode: str) -> None:
-    reason = missing_requirements(cni_mode)
+def _require_root_and_tools(cni_mode: str, network_policy: str = "none") -> None:
+    reason = missing_requirements(cni_mode, network_policy)
     if reason:
         raise LabError(reason)
 

@@ -17,6 +17,7 @@ from kubenetdiag_lab.errors import LabError
 
 CNI_MODES = ("flannel-vxlan", "flannel-host-gw", "calico-bgp")
 DEFAULT_CNI = "flannel-vxlan"
+NETWORK_POLICY_MODES = ("none", "kube-router")  # `lab up --network-policy`
 
 UNDERLAY = ip_network("198.18.0.0/24")  # RFC 2544 benchmarking range: never routed for real
 POD_SUPERNET = ip_network("10.244.0.0/16")  # flannel's default cluster CIDR
@@ -126,6 +127,8 @@ class Topology:
     pods: tuple[LabPod, ...]
     pod_network: str = str(POD_SUPERNET)
     client_address: str = CLIENT_ADDRESS
+    # what enforces NetworkPolicies: "none" (the default) or "kube-router" (kuberouter.py)
+    network_policy: str = "none"
     # derived from the prefix; fields (not properties) so they show in repr and compare
     switch_netns: str = field(init=False)
     client_netns: str = field(init=False)
@@ -181,6 +184,7 @@ class Topology:
         return {
             "prefix": self.prefix,
             "cni": self.cni,
+            "network_policy": self.network_policy,
             "pod_network": self.pod_network,
             "underlay": str(UNDERLAY),
             "namespaces": self.namespaces,
@@ -199,6 +203,7 @@ class Topology:
             pods=tuple(LabPod.from_dict(pod) for pod in data["pods"]),
             pod_network=data.get("pod_network", str(POD_SUPERNET)),
             client_address=data.get("client", {}).get("address", CLIENT_ADDRESS),
+            network_policy=data.get("network_policy", "none"),
         )
 
 
@@ -246,8 +251,10 @@ def make_pods(nodes: Sequence[LabNode]) -> tuple[LabPod, ...]:
     return tuple(pods)
 
 
-def build(prefix: str = "knd", node_count: int = 2, cni: str = DEFAULT_CNI) -> Topology:
-    """The lab's shape for a prefix, a node count and a CNI mode."""
+def build(prefix: str = "knd", node_count: int = 2, cni: str = DEFAULT_CNI,
+          network_policy: str = "none") -> Topology:
+    """The lab's shape for a prefix, a node count, a CNI mode and what enforces
+    NetworkPolicies ("none" or "kube-router")."""
     if not PREFIX_RE.match(prefix):
         raise LabError(f"lab prefix {prefix!r} must match {PREFIX_RE.pattern}")
     if not 1 <= node_count <= MAX_NODES:
@@ -255,7 +262,15 @@ def build(prefix: str = "knd", node_count: int = 2, cni: str = DEFAULT_CNI) -> T
     if cni not in CNI_MODES:
         raise LabError(f"unknown CNI mode {cni!r}; one of {', '.join(CNI_MODES)}")
     nodes = tuple(make_node(prefix, index, cni) for index in range(1, node_count + 1))
-    return Topology(prefix=prefix, cni=cni, nodes=nodes, pods=make_pods(nodes))
+    if network_policy not in NETWORK_POLICY_MODES:
+        raise LabError(f"unknown network policy mode {network_policy!r}; "
+                       f"one of {', '.join(NETWORK_POLICY_MODES)}")
+    if network_policy != "none" and cni == "calico-bgp":
+        raise LabError(f"--network-policy {network_policy} runs beside flannel only: on "
+                       "calico-bgp, Calico's felix enforces policies, and the lab does not "
+                       "run felix")
+    return Topology(prefix=prefix, cni=cni, nodes=nodes, pods=make_pods(nodes),
+                    network_policy=network_policy)
 
 
 def pod_labels(app: str) -> dict[str, str]:
