@@ -18,6 +18,8 @@ Layout (prefix "knd", 2 nodes)::
                              node2: web; others: "client")
 
 CNI modes: flannel-vxlan (default), flannel-host-gw (flannel.py), calico-bgp (cni.py).
+NetworkPolicy enforcement: none (default), or kube-router's policy controller in every node
+(kuberouter.py; flannel modes only).
 
 The shape above is data (topology.py); this module owns the lifecycle: it builds that shape,
 records it in lab.json, tears it down, and dispatches fault injection and healing. cni.py,
@@ -36,7 +38,8 @@ slices through the controller, which the sync waits for).
 lab.json (`<workdir>/lab.json`, schema "kubenetdiag/lab/v1") is the contract apisync and
 `lab status` read; it is rewritten atomically on every change:
 
-    prefix, workdir, cni, vxlan_port (cluster-wide flannel port), cluster_domain ("cluster.local"),
+    prefix, workdir, cni, network_policy ("none" | "kube-router": what enforces NetworkPolicies,
+    kuberouter.py), vxlan_port (cluster-wide flannel port), cluster_domain ("cluster.local"),
     pod_network ("10.244.0.0/16"), service_network ("10.96.0.0/12"), kube_proxy_mode ("iptables"),
     underlay ("198.18.0.0/24"), namespaces [all lab netns], switch_netns,
     client {netns, address}, outside {netns, address, network,
@@ -56,6 +59,8 @@ lab.json (`<workdir>/lab.json`, schema "kubenetdiag/lab/v1") is the contract api
                           coredns_unreachable via=stop],
                selector (only when a fault replaced the app's: service_no_endpoints
                          via=selector; {label: value}, matching no pod)}]
+    network_policies [{name, namespace, spec}]: the NetworkPolicies faults wrote
+                     (network_policy_denies), [] without one
     coredns {corefile (the file the real CoreDNS runs, = the coredns ConfigMap's Corefile),
              kubeconfig (its credentials, user system:serviceaccount:kube-system:coredns),
              upstream (the resolver `forward` sends to: the outside's 198.18.0.250),
