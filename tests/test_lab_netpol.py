@@ -5,6 +5,7 @@ firewall is as it was."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -179,6 +180,29 @@ def test_egress_policy_without_dns_breaks_resolution_until_deleted(netpol_lab):
         assert sets  # its source and destination pods, as kube-router keeps them
     assert policies(lab) == []
     assert all(dns_ok(lab, client) for client in clients)
+    assert_same_firewall(lab, before)
+
+
+@pytest.mark.lab
+def test_a_blind_heal_removes_any_of_its_policies(netpol_lab):
+    """The record of the fault lost (a crash, another process): heal with the defaults still
+    deletes the policy it wrote, and kube-router its rules."""
+    lab = netpol_lab
+    web = lab.pod_for_app("web")
+    client = next(p for p in lab.pods if p.app == "client" and p.node != web.node)
+    before = firewall(lab)
+    try:
+        lab.inject("network_policy_denies", params={"via": "default-deny"})
+        assert not http_ok(lab, client.name, f"http://{web.ip}:{WEB_PORT}/")[0]
+        state = json.loads(lab.state_path.read_text())
+        state["faults"] = []
+        lab.state_path.write_text(json.dumps(state))
+        lab.faults = []
+        lab.heal("network_policy_denies")
+    finally:
+        lab.heal()
+    assert policies(lab) == []
+    assert http_ok(lab, client.name, f"http://{web.ip}:{WEB_PORT}/")[0]
     assert_same_firewall(lab, before)
 
 

@@ -1720,12 +1720,16 @@ def _policy_enforced(ctx: FaultContext, node: LabNode, params: Params) -> None:
     fault's `enforced`: a policy object is enforced wherever an enforcer runs)."""
     if ctx.topology.network_policy != kuberouter.MODE:
         return
-    policy = denying_policy(params["via"])
     active = params in ctx.active.params("network_policy_denies")
     targets = set(_policy_targets(ctx.topology, params["via"])) if active else set()
+    # healed: no node keeps rules for any of the fault's policies (a blind heal, its
+    # parameters lost, does not know which one was written)
+    vias = [params["via"]] if active else ["ingress", "default-deny", "dns"]
+    written = [denying_policy(via) for via in vias]
 
     def done(lab_node: LabNode, rules: list[str]) -> bool:
-        mine = kuberouter.policy_lines(rules, policy["namespace"], policy["name"])
+        mine = [line for policy in written
+                for line in kuberouter.policy_lines(rules, policy["namespace"], policy["name"])]
         if bool(mine) != (lab_node.name in targets):
             return False
         # healed: its ipsets gone too (kube-router deletes them after the rules, in the same
