@@ -31,10 +31,11 @@ def lab(lab_requirements: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
     yield from _fresh_lab(Lab(tmp_path_factory.mktemp("lab"), nodes=2, prefix=SESSION_LAB_PREFIX))
 
 
-def _mode_lab(tmp_path_factory: pytest.TempPathFactory, cni_mode: str, suffix: str
-              ) -> Iterator[Lab]:
+def _mode_lab(tmp_path_factory: pytest.TempPathFactory, cni_mode: str, suffix: str,
+              network_policy: str = "none") -> Iterator[Lab]:
     yield from _fresh_lab(Lab(tmp_path_factory.mktemp(f"lab-{suffix}"), nodes=2,
-                              prefix=f"{SESSION_LAB_PREFIX}{suffix}"[:12], cni_mode=cni_mode))
+                              prefix=f"{SESSION_LAB_PREFIX}{suffix}"[:12], cni_mode=cni_mode,
+                              network_policy=network_policy))
 
 
 def _fresh_lab(instance: Lab) -> Iterator[Lab]:
@@ -73,3 +74,14 @@ def nft_lab(lab_requirements: None, tmp_path_factory: pytest.TempPathFactory) ->
         pytest.skip(f"nftables-mode lab unavailable: {reason}")
     yield from _fresh_lab(Lab(tmp_path_factory.mktemp("lab-nft"), nodes=2,
                               prefix=f"{SESSION_LAB_PREFIX}nft"[:12], proxy_mode="nftables"))
+
+
+@pytest.fixture(scope="session")
+def netpol_lab(lab_requirements: None, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[Lab]:
+    """A 2-node flannel-vxlan lab whose NetworkPolicies are enforced: kube-router's policy
+    controller in every node (`lab up --network-policy kube-router`)."""
+    reason = missing_requirements("flannel-vxlan", network_policy="kube-router")
+    if reason:
+        pytest.skip(f"kube-router lab unavailable: {reason}")
+    yield from _mode_lab(tmp_path_factory, "flannel-vxlan", "np", network_policy="kube-router")

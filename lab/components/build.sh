@@ -32,7 +32,8 @@ export GOWORK=off
 # static with selinux,notest,grpcnotrace; etcd (scripts/build_lib.sh) and coredns (Makefile,
 # tag grpcnotrace) with CGO_ENABLED=0; flannel's Makefile enables cgo on amd64, where its UDP
 # backend has C code that does not compile without it, and links statically (plus osusergo,netgo
-# here, so the static binary does not call glibc's NSS for users and DNS: no link warnings).
+# here, so the static binary does not call glibc's NSS for users and DNS: no link warnings);
+# kube-router's Makefile builds with CGO_ENABLED=0 and stamps pkg/version.Version/BuildDate.
 COMPONENTS=(
   "kube-apiserver|kubernetes|k8s.io/kubernetes/cmd/kube-apiserver|kubernetes|KUBERNETES_VERSION|selinux,notest,grpcnotrace|0"
   "kube-controller-manager|kubernetes|k8s.io/kubernetes/cmd/kube-controller-manager|kubernetes|KUBERNETES_VERSION|selinux,notest,grpcnotrace|0"
@@ -40,6 +41,7 @@ COMPONENTS=(
   "etcd|etcd|go.etcd.io/etcd/server/v3|etcd|ETCD_VERSION||0"
   "flanneld|flannel|github.com/flannel-io/flannel|flannel|FLANNEL_VERSION|osusergo,netgo|amd64"
   "coredns|coredns|github.com/coredns/coredns|coredns|COREDNS_VERSION|grpcnotrace|0"
+  "kube-router|kube-router|github.com/cloudnativelabs/kube-router/v2/cmd/kube-router|kube-router|KUBE_ROUTER_VERSION||0"
 )
 # wrapper dir -> the upstream module it requires
 declare -A UPSTREAM=(
@@ -47,10 +49,12 @@ declare -A UPSTREAM=(
   [etcd]=go.etcd.io/etcd/server/v3
   [flannel]=github.com/flannel-io/flannel
   [coredns]=github.com/coredns/coredns
+  [kube-router]=github.com/cloudnativelabs/kube-router/v2
 )
 declare -A VERSION_VAR=(
   [kubernetes]=KUBERNETES_VERSION [etcd]=ETCD_VERSION
   [flannel]=FLANNEL_VERSION [coredns]=COREDNS_VERSION
+  [kube-router]=KUBE_ROUTER_VERSION
 )
 
 log() { printf '%s\n' "$*"; }
@@ -64,7 +68,7 @@ gow() { (cd "$HERE/$1" && shift && "$GO" "$@") 9>&-; }
 # --- pin: make the wrapper go.mod/go.sum say what versions.env says -------------------------
 pin() {
   local dir mod ver gomod m godebug old extra
-  for dir in kubernetes etcd flannel coredns; do
+  for dir in kubernetes etcd flannel coredns kube-router; do
     mod=${UPSTREAM[$dir]}
     ver=${!VERSION_VAR[$dir]}
     log "pin: $dir: $mod@$ver"
@@ -80,6 +84,7 @@ pin() {
       gow "$dir" mod edit -dropreplace="$old"
     done
     extra=${dir^^}_EXTRA_REPLACES
+    extra=${extra//-/_}
     for m in ${!extra:-}; do gow "$dir" mod edit -replace="$m"; done
     if [[ $dir == kubernetes ]]; then
       # Every staging module k8s.io/kubernetes requires (at v0.0.0, replaced by ./staging/src/...)
@@ -131,6 +136,7 @@ stamp() {
     etcd)    printf -- " -X go.etcd.io/etcd/api/v3/version.GitSHA=go-module-%s" "$ver" ;;
     flannel) printf -- " -X github.com/flannel-io/flannel/pkg/version.Version=%s" "$ver" ;;
     coredns) printf -- " -X github.com/coredns/coredns/coremain.GitCommit=go-module-%s" "$ver" ;;
+    kube-router) printf -- " -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=%s -X github.com/cloudnativelabs/kube-router/v2/pkg/version.BuildDate=go-module" "$ver" ;;
   esac
 }
 

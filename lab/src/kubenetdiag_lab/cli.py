@@ -1,7 +1,9 @@
 """`kubenetdiag lab ...` (and `python -m kubenetdiag_lab ...`): drive the lab by hand.
 
     lab up [--nodes N] [--cni MODE] [--proxy-mode iptables|nftables]
-                                          build it (default 2 nodes, flannel-vxlan, iptables)
+           [--network-policy none|kube-router]
+                                          build it (default 2 nodes, flannel-vxlan, iptables,
+                                          no NetworkPolicy enforcer)
     lab status [--json]                   client netns, nodes, pods, paths, active faults
     lab exec -- CMD...                    run CMD in the client namespace, exit with its code
     lab inject FAULT [--node N] [--param k=v]...   break it; `lab inject --list` lists faults
@@ -24,7 +26,13 @@ from typing import TYPE_CHECKING, Any
 from kubenetdiag_lab.errors import LabError
 from kubenetdiag_lab.netns import exec_argv
 from kubenetdiag_lab.paths import DEFAULT_WORKDIR
-from kubenetdiag_lab.topology import CNI_MODES, DEFAULT_CNI, DEFAULT_PROXY_MODE, PROXY_MODES
+from kubenetdiag_lab.topology import (
+    CNI_MODES,
+    DEFAULT_CNI,
+    DEFAULT_PROXY_MODE,
+    NETWORK_POLICY_MODES,
+    PROXY_MODES,
+)
 
 if TYPE_CHECKING:
     from kubenetdiag_lab.lab import Lab
@@ -49,6 +57,9 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--cni", choices=CNI_MODES, default=DEFAULT_CNI)
     up.add_argument("--proxy-mode", choices=PROXY_MODES, default=DEFAULT_PROXY_MODE,
                     help="kube-proxy's mode (default %(default)s)")
+    up.add_argument("--network-policy", choices=NETWORK_POLICY_MODES, default="none",
+                    help="what enforces NetworkPolicies: none (default), or kube-router's "
+                         "policy controller in every node")
     status = sub.add_parser("status", help="describe the running lab")
     status.add_argument("--json", action="store_true", help="machine-readable")
     ex = sub.add_parser("exec", help="run a command in the lab's client namespace")
@@ -111,6 +122,7 @@ def status_view(lab: Lab) -> dict[str, Any]:
         "workdir": state["workdir"],
         "cni": state["cni"],
         "kube_proxy_mode": state.get("kube_proxy_mode", DEFAULT_PROXY_MODE),
+        "network_policy": state.get("network_policy", "none"),
         "client_netns": state["client"]["netns"],
         "client_address": state["client"]["address"],
         "nodes": [{"name": node["name"], "netns": node["netns"], "address": node["address"],
@@ -125,8 +137,10 @@ def status_view(lab: Lab) -> dict[str, Any]:
 
 
 def _print_status(view: dict[str, Any]) -> None:
-    print(f"lab {view['prefix']} ({view['cni']}, kube-proxy {view['kube_proxy_mode']}) in "
-          f"{view['workdir']}")
+    enforcer = "" if view.get("network_policy", "none") == "none" else \
+        f", policies: {view['network_policy']}"
+    print(f"lab {view['prefix']} ({view['cni']}, kube-proxy {view['kube_proxy_mode']}"
+          f"{enforcer}) in {view['workdir']}")
     print(f"  client netns {view['client_netns']} ({view['client_address']})")
     for node in view["nodes"]:
         print(f"  {node['name']:8} {node['netns']:18} {node['address']:14} "
@@ -153,10 +167,11 @@ def _run(args: argparse.Namespace) -> int:
     cmd = args.lab_cmd
     if cmd == "up":
         lab = Lab(args.workdir, nodes=args.nodes, prefix=args.prefix, cni_mode=args.cni,
-                  proxy_mode=args.proxy_mode)
+                  proxy_mode=args.proxy_mode, network_policy=args.network_policy)
         lab.up()
-        print(f"lab up ({lab.cni}, kube-proxy {lab.proxy_mode}, {len(lab.nodes)} nodes) in "
-              f"{lab.timings['up_s']:.2f}s; "
+        enforcer = "" if lab.network_policy == "none" else f", {lab.network_policy}"
+        print(f"lab up ({lab.cni}, kube-proxy {lab.proxy_mode}{enforcer}, {len(lab.nodes)} "
+              f"nodes) in {lab.timings['up_s']:.2f}s; "
               f"inventory {lab.inventory_path}; client netns {lab.client_netns}")
         return 0
     if cmd == "down":

@@ -32,6 +32,7 @@ BINARIES: Mapping[str, tuple[str, str]] = {
     "etcd": ("etcd", "ETCD_VERSION"),
     "flanneld": ("flannel", "FLANNEL_VERSION"),
     "coredns": ("coredns", "COREDNS_VERSION"),
+    "kube-router": ("kube-router", "KUBE_ROUTER_VERSION"),
 }
 # kube-controller-manager runs only the EndpointSlice controllers (controlplane.py)
 CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller-manager")
@@ -39,11 +40,15 @@ NODE = ("kube-proxy",)  # run in every lab node
 PODS = ("coredns",)  # run in a lab pod (coredns.py)
 LAB = (*CONTROL_PLANE, *NODE, *PODS)  # what `lab up` runs: it refuses when one is missing
 CNI = {"flannel-vxlan": ("flanneld",), "flannel-host-gw": ("flanneld",)}  # per node, by mode
+# per node, by `lab up --network-policy` mode (kuberouter.py); "none" runs no enforcer
+NETWORK_POLICY = {"kube-router": ("kube-router",)}
 
 
-def for_lab(cni_mode: str | None) -> tuple[str, ...]:
-    """What `lab up` runs in this CNI mode (None: the default, flannel-vxlan)."""
-    return (*LAB, *CNI.get(cni_mode or "flannel-vxlan", ()))
+def for_lab(cni_mode: str | None, network_policy: str | None = None) -> tuple[str, ...]:
+    """What `lab up` runs in this CNI mode (None: the default, flannel-vxlan) and network
+    policy mode (None: "none")."""
+    return (*LAB, *CNI.get(cni_mode or "flannel-vxlan", ()),
+            *NETWORK_POLICY.get(network_policy or "none", ()))
 
 
 @dataclass(frozen=True)

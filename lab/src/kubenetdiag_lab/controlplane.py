@@ -97,8 +97,11 @@ PROXY_USER = "system:kube-proxy"
 # rights are the ClusterRoles their upstream manifests ship (component_rbac_manifest()).
 FLANNEL_USER = "system:serviceaccount:kube-flannel:flannel"
 COREDNS_USER = "system:serviceaccount:kube-system:coredns"
+# The nodes' kube-router (`lab up --network-policy kube-router`), as its ServiceAccount would
+# authenticate; its rights (kube_router_rbac_manifest) are applied only in that mode.
+KUBE_ROUTER_USER = "system:serviceaccount:kube-system:kube-router"
 USERS = (ADMIN_USER, READER_USER, NOBODY_USER, NO_PODS_USER, PROXY_USER, FLANNEL_USER,
-         COREDNS_USER)
+         COREDNS_USER, KUBE_ROUTER_USER)
 # Whose every request the audit log keeps: the diagnoser's users, not the lab's own components.
 AUDITED_USERS = (READER_USER, NOBODY_USER, NO_PODS_USER)
 NICE = 10
@@ -310,6 +313,27 @@ def component_rbac_manifest() -> list[dict]:
     ]
     return [*_role_for(FLANNEL_USER, "flannel", flannel),
             *_role_for(COREDNS_USER, "system:coredns", coredns)]
+
+
+def kube_router_rbac_manifest() -> list[dict]:
+    """The rights of upstream's ClusterRole kube-router (daemonset/generic-kuberouter.yaml,
+    v2.1.0), bound to the lab's user for it. Its firewall-only run starts informers on
+    services, endpoints, endpointslices, pods, nodes, namespaces and networkpolicies; the lease
+    and services/status rights are its load-balancer allocator's, kept as upstream ships them."""
+    rules = [
+        {"apiGroups": [""], "resources": ["namespaces", "pods", "services", "nodes", "endpoints"],
+         "verbs": ["list", "get", "watch"]},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+         "verbs": ["list", "get", "watch"]},
+        {"apiGroups": ["extensions"], "resources": ["networkpolicies"],
+         "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "verbs": ["get", "create", "update"]},
+        {"apiGroups": [""], "resources": ["services/status"], "verbs": ["update"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+         "verbs": ["get", "list", "watch"]},
+    ]
+    return _role_for(KUBE_ROUTER_USER, "kube-router", rules)
 
 
 def rss_bytes(pid: int) -> int | None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubenetdiag_lab import cni, coredns, flannel, kubeproxy, nodehost, services, sshd
+from kubenetdiag_lab import cni, coredns, flannel, kubeproxy, kuberouter, nodehost, services, sshd
 from kubenetdiag_lab.netns import LabError, cmdline, exec_argv, pids_in_netns, proc_state, run
 from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.runner import NodeRunner, Runners
@@ -123,6 +123,12 @@ class ActiveFaults:
         if self.params("nodeport_no_local_endpoint"):
             out.append(local_service(topology, unready))
         return out
+
+    def network_policies(self) -> list[dict[str, Any]]:
+        """The NetworkPolicies the faults in force wrote (network_policy_denies), as
+        lab.json's ``network_policies`` lists them: {name, namespace, spec}."""
+        return [denying_policy(params["via"])
+                for params in self.params("network_policy_denies")]
 
 
 @dataclass(frozen=True)
@@ -1659,6 +1665,93 @@ register(Fault(
     "one keeps its old rules (heal restarts it, as deleting its pod would)",
     _kube_proxy_left_behind, _kube_proxy_resynced, {"via": "moved"},
     settle=_others_follow, mechanisms={"new": (), "moved": (), "deleted": ()},
+))
+
+# ---- NetworkPolicies ---------------------------------------------------------------------------
+
+
+def denying_policy(via: str) -> dict[str, Any]:
+    """The NetworkPolicy network_policy_denies writes ({name, namespace, spec}), each what a
+    real change leaves: `ingress` the web app scoped to a frontend that does not exist (only
+    pods labelled app=frontend may connect to it on 8080); `default-deny` the namespace's
+    default-deny-ingress, as its own docs give it; `dns` the client pods' egress limited to the
+    web app, with no rule for DNS to kube-system (a classic omission)."""
+    web_port = [{"protocol": "TCP", "port": WEB_PORT}]
+    if via == "ingress":
+        return {"name": "web-allow-frontend", "namespace": "default", "spec": {
+            "podSelector": {"matchLabels": pod_labels("web")},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "frontend"}}}],
+                         "ports": web_port}]}}
+    if via == "default-deny":
+        return {"name": "default-deny-ingress", "namespace": "default", "spec": {
+            "podSelector": {}, "policyTypes": ["Ingress"]}}
+    if via == "dns":
+        return {"name": "client-egress-web-only", "namespace": "default", "spec": {
+            "podSelector": {"matchLabels": pod_labels("client")},
+            "policyTypes": ["Egress"],
+            "egress": [{"to": [{"podSelector": {"matchLabels": pod_labels("web")}}],
+                        "ports": web_port}]}}
+    raise LabError("network_policy_denies: via must be ingress, default-deny or dns")
+
+
+def _policy_targets(topology: Topology, via: str) -> list[str]:
+    """The nodes whose kube-router enforces the policy: those running a pod it selects."""
+    apps = {"ingress": {"web"}, "default-deny": {"web", "client"}, "dns": {"client"}}[via]
+    return sorted({pod.node for pod in topology.pods if pod.app in apps})
+
+
+def _policy_written(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # The fault is an API change made when the state is saved (the NetworkPolicy object);
+    # with enforced=yes, the nodes' kube-router turn it into rules (settle waits for them).
+    denying_policy(params["via"])  # refuses an unknown via before anything is written
+    if params["enforced"] not in ("yes", "no"):
+        raise LabError("network_policy_denies: enforced must be yes or no")
+    if params["enforced"] == "yes" and ctx.topology.network_policy != kuberouter.MODE:
+        raise LabError(
+            "network_policy_denies enforced=yes needs a lab with a NetworkPolicy enforcer "
+            f"(`lab up --network-policy {kuberouter.MODE}`; this lab runs "
+            f"{ctx.topology.network_policy}); --param enforced=no writes the policy only")
+
+
+def _policy_enforced(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """After inject, every node running a selected pod has kube-router's rules for the
+    policy; after heal, no node has any (kube-router runs in every node, whatever the
+    fault's `enforced`: a policy object is enforced wherever an enforcer runs)."""
+    if ctx.topology.network_policy != kuberouter.MODE:
+        return
+    active = params in ctx.active.params("network_policy_denies")
+    targets = set(_policy_targets(ctx.topology, params["via"])) if active else set()
+    # healed: no node keeps rules for any of the fault's policies (a blind heal, its
+    # parameters lost, does not know which one was written)
+    vias = [params["via"]] if active else ["ingress", "default-deny", "dns"]
+    written = [denying_policy(via) for via in vias]
+
+    def done(lab_node: LabNode, rules: list[str]) -> bool:
+        mine = [line for policy in written
+                for line in kuberouter.policy_lines(rules, policy["namespace"], policy["name"])]
+        if bool(mine) != (lab_node.name in targets):
+            return False
+        # healed: its ipsets gone too (kube-router deletes them after the rules, in the same
+        # sync; the lab has no other policy, so there are none left at all)
+        return active or not kuberouter.policy_ipsets(ctx.node(lab_node))
+
+    kuberouter.wait_policies(ctx.paths, list(ctx.topology.nodes), ctx.node, done)
+
+
+register(Fault(
+    "network_policy_denies",
+    "a NetworkPolicy written to the API denies a flow the app needs: via=ingress the web pod "
+    "admits only pods labelled app=frontend (none exist), so the client pods can no longer "
+    "reach it (VIP or pod address); via=default-deny the namespace default's "
+    "default-deny-ingress; via=dns the client pods' egress allows only the web app on 8080, "
+    "no DNS to kube-system. enforced=yes (a lab up with --network-policy kube-router) waits "
+    "until every node's kube-router enforces it (its REJECT); enforced=no writes the object "
+    "only, for a lab without an enforcer. Heal deletes the policy and waits until kube-router "
+    "removed its rules",
+    _policy_written, _noop, {"via": "ingress", "enforced": "yes"}, scope="cluster",
+    default_node=_web_node, settle=_policy_enforced,
+    mechanisms={"ingress": (), "default-deny": (), "dns": ()},
 ))
 
 # ---- zones -----------------------------------------------------------------------------------

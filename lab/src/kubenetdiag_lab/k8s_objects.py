@@ -38,6 +38,11 @@ from typing import Any
 KUBELET_VERSION = "v1.30.4"
 CREATED = "2026-01-05T08:00:00Z"  # fixed, so two reads of one state give identical objects
 FLANNEL_NAMESPACE = "kube-flannel"
+# `lab up --network-policy kube-router`: its DaemonSet as upstream's
+# kube-router-firewall-daemonset.yaml deploys it (the lab runs the binary of that version)
+KUBE_ROUTER_IMAGE = "docker.io/cloudnativelabs/kube-router:v2.1.0"
+KUBE_ROUTER_ARGS = ["--run-router=false", "--run-firewall=true", "--run-service-proxy=false",
+                    "--kubeconfig=/var/lib/kube-router/kubeconfig"]
 CNI_RESTARTS_WHEN_FAILING = 17
 NODE_RESOURCES = {"cpu": "2", "memory": "4026532Ki", "pods": "110"}
 
@@ -300,7 +305,21 @@ def system_pods(state: dict) -> list[Obj]:
                 owner=("DaemonSet", "kube-proxy"), host_network=True,
             )
         )
+        if _kube_router(state):
+            pods.append(
+                _pod(
+                    f"kube-router-{_suffix('kube-router', node['name'])}", "kube-system", node,
+                    node.get("address"), {"k8s-app": "kube-router"}, "kube-router",
+                    KUBE_ROUTER_IMAGE, owner=("DaemonSet", "kube-router"), host_network=True,
+                )
+            )
     return pods
+
+
+def _kube_router(state: dict) -> bool:
+    """The lab runs kube-router's NetworkPolicy controller (`lab up --network-policy
+    kube-router`)."""
+    return state.get("network_policy") == "kube-router"
 
 
 def workload_pods(state: dict) -> list[Obj]:
@@ -335,16 +354,23 @@ def daemonsets(state: dict, pods: list[Obj]) -> list[Obj]:
     """DaemonSets with a status computed from their pods, as the controller would."""
     ds_name, ns, container, image, labels = _cni_parts(state)
     out = []
-    for name, namespace, lbl, cname, img in (
+    sets: list[tuple[str, str, dict[str, str], str, str]] = [
         (ds_name, ns, labels, container, image),
         ("kube-proxy", "kube-system", {"k8s-app": "kube-proxy"}, "kube-proxy",
          f"registry.k8s.io/kube-proxy:{KUBELET_VERSION}"),
-    ):
+    ]
+    if _kube_router(state):
+        sets.append(("kube-router", "kube-system", {"k8s-app": "kube-router"}, "kube-router",
+                     KUBE_ROUTER_IMAGE))
+    for name, namespace, lbl, cname, img in sets:
         mine = [
             p for p in pods
             if any(o.get("name") == name for o in p["metadata"].get("ownerReferences", []))
         ]
         ready = sum(1 for p in mine if p["status"]["containerStatuses"][0]["ready"])
+        spec_container: Obj = {"name": cname, "image": img}
+        if name == "kube-router":
+            spec_container["args"] = list(KUBE_ROUTER_ARGS)
         out.append({
             "apiVersion": "apps/v1",
             "kind": "DaemonSet",
@@ -353,7 +379,7 @@ def daemonsets(state: dict, pods: list[Obj]) -> list[Obj]:
                 "selector": {"matchLabels": lbl},
                 "template": {
                     "metadata": {"labels": lbl},
-                    "spec": {"hostNetwork": True, "containers": [{"name": cname, "image": img}]},
+                    "spec": {"hostNetwork": True, "containers": [spec_container]},
                 },
             },
             "status": {
@@ -542,13 +568,16 @@ def service_object(svc: dict) -> Obj:
 
 
 def network_policies(state: dict) -> list[Obj]:
-    """lab.json's ``network_policies`` ({name, namespace, default_deny}), optional."""
+    """lab.json's ``network_policies`` ({name, namespace, default_deny} or {name, namespace,
+    spec}: a fault's own policy, its spec as given), optional."""
     out = []
     for p in state.get("network_policies") or []:
         if not isinstance(p, dict) or not p.get("name"):
             continue
         spec: Obj = {"podSelector": {}, "policyTypes": ["Ingress"]}
-        if not p.get("default_deny"):
+        if isinstance(p.get("spec"), dict):
+            spec = json.loads(json.dumps(p["spec"]))
+        elif not p.get("default_deny"):
             spec["podSelector"] = {"matchLabels": {"app": str(p.get("app") or "web")}}
             spec["ingress"] = [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}]}]
         out.append({

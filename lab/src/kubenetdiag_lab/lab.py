@@ -18,6 +18,8 @@ Layout (prefix "knd", 2 nodes)::
                              node2: web; others: "client")
 
 CNI modes: flannel-vxlan (default), flannel-host-gw (flannel.py), calico-bgp (cni.py).
+NetworkPolicy enforcement: none (default), or kube-router's policy controller in every node
+(kuberouter.py; flannel modes only).
 
 The shape above is data (topology.py); this module owns the lifecycle: it builds that shape,
 records it in lab.json, tears it down, and dispatches fault injection and healing. cni.py,
@@ -36,7 +38,8 @@ slices through the controller, which the sync waits for).
 lab.json (`<workdir>/lab.json`, schema "kubenetdiag/lab/v1") is the contract apisync and
 `lab status` read; it is rewritten atomically on every change:
 
-    prefix, workdir, cni, vxlan_port (cluster-wide flannel port), cluster_domain ("cluster.local"),
+    prefix, workdir, cni, network_policy ("none" | "kube-router": what enforces NetworkPolicies,
+    kuberouter.py), vxlan_port (cluster-wide flannel port), cluster_domain ("cluster.local"),
     pod_network ("10.244.0.0/16"), service_network ("10.96.0.0/12"),
     kube_proxy_mode ("iptables", or "nftables" from `up --proxy-mode nftables`),
     underlay ("198.18.0.0/24"), namespaces [all lab netns], switch_netns,
@@ -57,6 +60,8 @@ lab.json (`<workdir>/lab.json`, schema "kubenetdiag/lab/v1") is the contract api
                           coredns_unreachable via=stop],
                selector (only when a fault replaced the app's: service_no_endpoints
                          via=selector; {label: value}, matching no pod)}]
+    network_policies [{name, namespace, spec}]: the NetworkPolicies faults wrote
+                     (network_policy_denies), [] without one
     coredns {corefile (the file the real CoreDNS runs, = the coredns ConfigMap's Corefile),
              kubeconfig (its credentials, user system:serviceaccount:kube-system:coredns),
              upstream (the resolver `forward` sends to: the outside's 198.18.0.250),
@@ -99,6 +104,7 @@ from kubenetdiag_lab import (
     icmp,
     k8s_objects,
     kubeproxy,
+    kuberouter,
     nodehost,
     sandbox,
     services,
@@ -157,8 +163,8 @@ class Lab:
 
     def __init__(self, workdir: Path, nodes: int = 2, prefix: str = "knd",
                  cni_mode: str = DEFAULT_CNI, *, proxy_mode: str = DEFAULT_PROXY_MODE,
-                 topology: Topology | None = None) -> None:
-        self.topology = topology or build(prefix, nodes, cni_mode, proxy_mode)
+                 topology: Topology | None = None, network_policy: str = "none") -> None:
+        self.topology = topology or build(prefix, nodes, cni_mode, proxy_mode, network_policy)
         shape = self.topology
         self.workdir = Path(workdir).resolve()
         self.paths = LabPaths(self.workdir)
@@ -166,6 +172,7 @@ class Lab:
         self.prefix = shape.prefix
         self.cni = shape.cni
         self.proxy_mode = shape.proxy_mode
+        self.network_policy = shape.network_policy
         self.pod_network = shape.pod_network
         self.switch_netns = shape.switch_netns
         self.client_netns = shape.client_netns
@@ -185,6 +192,7 @@ class Lab:
         self._sshd_procs: dict[str, subprocess.Popen[bytes]] = {}
         self._init_pids: dict[str, int] = {}
         self._flannel_since = 0.0  # when `up` started the flanneld's (time.time())
+        self._kube_router_since = 0.0  # when `up` started the kube-routers (time.monotonic())
         # Runners read _init_pids at call time, so it is only ever changed in place.
         self.runners = Runners(shape, self._init_pids)
         self.controlplane = cpm.ControlPlane(self.workdir, shape.cp_netns)
@@ -250,7 +258,7 @@ class Lab:
     def up(self) -> None:
         """Build the lab; on any failure tear down whatever was built, then re-raise."""
         started = time.monotonic()
-        _require_root_and_tools(self.cni, self.proxy_mode)
+        _require_root_and_tools(self.cni, self.proxy_mode, self.network_policy)
         # UNDERLAY holds every lab address on the switch, the control plane's 198.18.0.3 too
         check_root_namespace([UNDERLAY, POD_SUPERNET, SERVICE_NETWORK, OUTSIDE_NETWORK])
         leftovers = lab_namespaces(self.prefix)
@@ -295,7 +303,13 @@ class Lab:
             # both); they start together and each is then waited for.
             self._start_flannelds()
             self._start_kube_proxies()
+            # kube-router after kube-proxy has synced: each puts its jumps atop INPUT, FORWARD
+            # and OUTPUT, kube-proxy only when missing, kube-router back to the top at every
+            # sync; started after it, its jumps are first from the start, as on a node where
+            # kube-router has run a while, and the order does not move under a fault.
+            self._start_kube_routers()
             self._wait_flannelds()
+            self._wait_kube_routers()
             # CoreDNS reaches the API (its kubernetes plugin) from its pod, through the CNI's
             # masquerade, which flanneld writes: it starts once the pod network is up.
             dns_started = time.monotonic()
@@ -486,6 +500,23 @@ class Lab:
         kubeproxy.wait_synced(self.topology, self.paths, self.nodes, self.runners.node,
                               self.active.services(self.topology))
 
+    def _start_kube_routers(self) -> None:
+        if self.network_policy != kuberouter.MODE:
+            return
+        admin = self.controlplane.admin()
+        for doc in cpm.kube_router_rbac_manifest():
+            admin.apply(doc)
+        kubeconfig = self.controlplane.kubeconfig(cpm.KUBE_ROUTER_USER)
+        self._kube_router_since = time.monotonic()
+        for node in self.nodes:
+            kuberouter.start(self.paths, node, self.runners.node(node), kubeconfig)
+
+    def _wait_kube_routers(self) -> None:
+        if self.network_policy == kuberouter.MODE:
+            kuberouter.wait_programmed(self.paths, self.nodes, self.runners.node)
+            self.timings["kube_router_programmed_s"] = (time.monotonic()
+                                                        - self._kube_router_since)
+
     def _start_sshds(self, nodes: Sequence[LabNode]) -> None:
         # Start all, then wait for all: startup latency overlaps instead of adding up.
         started = {}
@@ -517,6 +548,7 @@ class Lab:
             "prefix": self.prefix,
             "workdir": str(self.workdir),
             "cni": self.cni,
+            "network_policy": self.network_policy,
             "vxlan_port": flannel.VXLAN_PORT,
             "cluster_domain": CLUSTER_DOMAIN,
             "pod_network": self.pod_network,
@@ -534,6 +566,7 @@ class Lab:
             "pods": [{**pod, "ready": pod["name"] not in unready,
                       "restarts": unready.get(pod["name"], 0)} for pod in shape["pods"]],
             "services": [svc.to_dict() for svc in self.active.services(self.topology)],
+            "network_policies": self.active.network_policies(),
             "coredns": {"corefile": str(coredns.corefile_path(self.paths)),
                         "kubeconfig": str(self.controlplane.kubeconfig(cpm.COREDNS_USER)),
                         "upstream": OUTSIDE_DNS,
@@ -759,16 +792,18 @@ class Lab:
             self.heal(fault, node or self._default_node(self._fault(fault)).name)
 
 
-def missing_requirements(cni_mode: str | None = None, proxy_mode: str | None = None
-                         ) -> str | None:
+def missing_requirements(cni_mode: str | None = None, proxy_mode: str | None = None,
+                         network_policy: str | None = None) -> str | None:
     """Why the lab cannot run here, or None. For callers that want to skip, not fail."""
     if os.geteuid() != 0:
         return "the lab needs root (network namespaces, sshd)"
     tools = REQUIRED_TOOLS + (("bird", "birdc") if cni_mode == "calico-bgp" else ())
+    if network_policy == kuberouter.MODE:
+        tools += ("ipset",)
     missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         return f"the lab needs these tools: {', '.join(missing)}"
-    unbuilt = components.missing(components.for_lab(cni_mode))
+    unbuilt = components.missing(components.for_lab(cni_mode, network_policy))
     if unbuilt:
         return unbuilt
     proxy = kubeproxy.requirements(proxy_mode or DEFAULT_PROXY_MODE)
@@ -790,8 +825,9 @@ def _root_password_locked() -> bool:
     return False
 
 
-def _require_root_and_tools(cni_mode: str, proxy_mode: str) -> None:
-    reason = missing_requirements(cni_mode, proxy_mode)
+def _require_root_and_tools(cni_mode: str, proxy_mode: str,
+                            network_policy: str = "none") -> None:
+    reason = missing_requirements(cni_mode, proxy_mode, network_policy)
     if reason:
         raise LabError(reason)
 

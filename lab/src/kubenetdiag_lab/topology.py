@@ -22,6 +22,7 @@ DEFAULT_CNI = "flannel-vxlan"
 # nftables table `ip kube-proxy`
 PROXY_MODES = ("iptables", "nftables")
 DEFAULT_PROXY_MODE = "iptables"
+NETWORK_POLICY_MODES = ("none", "kube-router")  # `lab up --network-policy`
 
 UNDERLAY = ip_network("198.18.0.0/24")  # RFC 2544 benchmarking range: never routed for real
 POD_SUPERNET = ip_network("10.244.0.0/16")  # flannel's default cluster CIDR
@@ -136,6 +137,8 @@ class Topology:
     pod_network: str = str(POD_SUPERNET)
     client_address: str = CLIENT_ADDRESS
     proxy_mode: str = DEFAULT_PROXY_MODE
+    # what enforces NetworkPolicies: "none" (the default) or "kube-router" (kuberouter.py)
+    network_policy: str = "none"
     # derived from the prefix; fields (not properties) so they show in repr and compare
     switch_netns: str = field(init=False)
     client_netns: str = field(init=False)
@@ -192,6 +195,7 @@ class Topology:
             "prefix": self.prefix,
             "cni": self.cni,
             "kube_proxy_mode": self.proxy_mode,
+            "network_policy": self.network_policy,
             "pod_network": self.pod_network,
             "underlay": str(UNDERLAY),
             "namespaces": self.namespaces,
@@ -211,6 +215,7 @@ class Topology:
             pod_network=data.get("pod_network", str(POD_SUPERNET)),
             client_address=data.get("client", {}).get("address", CLIENT_ADDRESS),
             proxy_mode=data.get("kube_proxy_mode", DEFAULT_PROXY_MODE),
+            network_policy=data.get("network_policy", "none"),
         )
 
 
@@ -259,8 +264,9 @@ def make_pods(nodes: Sequence[LabNode]) -> tuple[LabPod, ...]:
 
 
 def build(prefix: str = "knd", node_count: int = 2, cni: str = DEFAULT_CNI,
-          proxy_mode: str = DEFAULT_PROXY_MODE) -> Topology:
-    """The lab's shape for a prefix, a node count, a CNI mode and kube-proxy's mode."""
+          proxy_mode: str = DEFAULT_PROXY_MODE, network_policy: str = "none") -> Topology:
+    """The lab's shape for a prefix, a node count, a CNI mode, kube-proxy's mode and what
+    enforces NetworkPolicies ("none" or "kube-router")."""
     if not PREFIX_RE.match(prefix):
         raise LabError(f"lab prefix {prefix!r} must match {PREFIX_RE.pattern}")
     if not 1 <= node_count <= MAX_NODES:
@@ -270,8 +276,15 @@ def build(prefix: str = "knd", node_count: int = 2, cni: str = DEFAULT_CNI,
     if proxy_mode not in PROXY_MODES:
         raise LabError(f"unknown kube-proxy mode {proxy_mode!r}; one of {', '.join(PROXY_MODES)}")
     nodes = tuple(make_node(prefix, index, cni) for index in range(1, node_count + 1))
+    if network_policy not in NETWORK_POLICY_MODES:
+        raise LabError(f"unknown network policy mode {network_policy!r}; "
+                       f"one of {', '.join(NETWORK_POLICY_MODES)}")
+    if network_policy != "none" and cni == "calico-bgp":
+        raise LabError(f"--network-policy {network_policy} runs beside flannel only: on "
+                       "calico-bgp, Calico's felix enforces policies, and the lab does not "
+                       "run felix")
     return Topology(prefix=prefix, cni=cni, nodes=nodes, pods=make_pods(nodes),
-                    proxy_mode=proxy_mode)
+                    proxy_mode=proxy_mode, network_policy=network_policy)
 
 
 def pod_labels(app: str) -> dict[str, str]:
