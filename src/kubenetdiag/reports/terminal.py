@@ -190,7 +190,6 @@ def print_summary(
         hint = ui("full_report_bundle", path=view.bundle)
     else:
         hint = ui("full_report_hint")
-    lines.append(_line((hint, "dim"), wrap=True))
 
     for line in lines:
         # highlight=False: rich's highlighter would colour numbers and addresses inside node
@@ -199,3 +198,6 @@ def print_summary(
         # and a title wrapping onto the next line breaks the one-screen layout.
         console.print(line, highlight=False, soft_wrap=False, no_wrap=line.no_wrap,
                       overflow=line.overflow)
+    # The path last and whole (soft wrap: the terminal folds it, no newline is written into
+    # it), so it can be copied from the screen or the saved .txt as it is.
+    console.print(_line((hint, "dim")), highlight=False, soft_wrap=True)
