@@ -16,6 +16,20 @@ from kubenetdiag_lab import Lab, missing_requirements
 SESSION_LAB_PREFIX = os.environ.get("KUBENETDIAG_TEST_LAB_PREFIX", "kndtest")
 
 
+# Fixtures that build a lab: a test using one (or marked `lab`) runs in the one worker that
+# holds every lab, so two workers never build labs of the same prefix at once.
+LAB_FIXTURES = frozenset({"lab", "hostgw_lab", "calico_lab", "nft_lab", "netpol_lab",
+                          "lab_requirements"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("lab") or LAB_FIXTURES & set(
+                getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("lab"))
+
+
 @pytest.fixture(scope="session")
 def lab_requirements() -> None:
     """Skip (not fail) where the lab cannot run: not root, or sshd/ip/iptables missing."""

@@ -15,6 +15,8 @@ from kubenetdiag.facts.parse import facts_from_records
 from kubenetdiag.vocabulary import ALARMING
 from kubenetdiag_lab import Lab
 
+pytestmark = pytest.mark.lab
+
 ENDPOINTS = ["203.0.113.10:3306", "mysql.kubenetdiag-lab.invalid:3306"]
 
 

@@ -194,7 +194,7 @@ def node_state(lab, node: str) -> dict[str, str]:
             "find /var/tmp /run -xdev ! -path '/run/netns*' ! -path '/run/user/*' "
             "-printf '%p %T@ %s\\n' 2>/dev/null | sort; "
             "find /root /tmp -xdev -maxdepth 1 ! -name 'pytest-of-*' ! -name 'bash_jobs*' "
-            "! -name '.*history' -printf '%p %T@\\n' 2>/dev/null | sort; "
+            "! -name 'bash_tool_*' ! -name '.*history' -printf '%p %T@\\n' 2>/dev/null | sort; "
             "ls -a /tmp/.nstat* /root/.nstat* 2>/dev/null; true")),
     }
 
