@@ -17,7 +17,7 @@ import pytest
 from kubenetdiag.bundle import Bundle
 from kubenetdiag.engine import load_ruleset
 from kubenetdiag.engine.needs import rule_needs
-from kubenetdiag.facts import census, paths, producers, vantage, zones
+from kubenetdiag.facts import census, paths, policies, producers, vantage, zones
 from kubenetdiag.facts.cluster import CALL_KINDS, cluster_facts
 from kubenetdiag.facts.parse import facts_from_records
 from kubenetdiag.facts.registry import registry
@@ -69,7 +69,7 @@ def test_declared_kinds_are_registered_and_every_kind_has_a_producer():
         | set(producers.derived_inputs())
     )
     assert declared <= set(kinds), declared - set(kinds)
-    for module in (paths, vantage, zones, census):
+    for module in (paths, vantage, zones, census, policies):
         assert set(module.INPUTS) | set(module.CONTEXT) <= set(kinds)
     asserted = {name for name, spec in kinds.items() if spec.derived}
     orphans = set(kinds) - declared - asserted - producers.COLLECTION

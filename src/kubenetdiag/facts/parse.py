@@ -14,6 +14,7 @@ from kubenetdiag.facts.cluster import cluster_facts
 from kubenetdiag.facts.model import Fact, Source, excerpt
 from kubenetdiag.facts.paths import path_facts
 from kubenetdiag.facts.persist import persist_sysctl
+from kubenetdiag.facts.policies import policy_facts
 from kubenetdiag.facts.services import service_sync_facts
 from kubenetdiag.facts.vantage import vantage_facts
 from kubenetdiag.facts.zones import zone_latency_facts
@@ -265,6 +266,7 @@ def facts_from_records(
     facts: list[Fact] = []
     skipped = None
     planned = declared = False  # an active plan was made / one of them had endpoints
+    plans: dict[str, dict] = {}  # node -> its active plan: the addresses the checks aimed at
     shared = _Sharing()
     for rec in records:
         mine = node_facts(rec, ran)
@@ -278,6 +280,7 @@ def facts_from_records(
             skipped = skipped or active.get("skipped")
             plan = active.get("plan")
             if isinstance(plan, dict) and not active.get("skipped"):
+                plans[rec["name"]] = plan
                 planned = True
                 declared = declared or bool(plan.get("endpoints"))
         facts.extend(shared(mine))
@@ -294,4 +297,6 @@ def facts_from_records(
     facts.extend(vantage_facts(facts))  # where the active checks' failures localize
     facts.extend(zone_latency_facts(facts))  # what calls between a Service's zones pay
     facts.extend(service_sync_facts(facts))  # each node's kube-proxy rules against the API
+    # NetworkPolicy verdicts on the flows the checks sent and DNS needs, and who enforces them
+    facts.extend(policy_facts(facts, cluster, plans))
     return facts

@@ -10,7 +10,8 @@ written, and tests/test_producers.py checks each declaration against what the co
 
 * a passive probe: `Probe.kinds`; an active check: `ActiveCheck.kinds`;
 * the Kubernetes API: `facts.cluster.CALL_KINDS`, per call;
-* kinds derived in the parse stage from other facts (path, vantage, zones, census, services):
+* kinds derived in the parse stage from other facts (path, vantage, zones, census, services,
+  policies):
   the deriving module's `PRODUCES` and `INPUTS`, so a rule on a derived kind needs what it is
   made from.
   Its `CONTEXT` kinds only widen what is derived (more flows, names for targets): when they are
@@ -24,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import cache
 
-from kubenetdiag.facts import census, paths, services, vantage, zones
+from kubenetdiag.facts import census, paths, policies, services, vantage, zones
 from kubenetdiag.facts.cluster import CALL_KINDS
 from kubenetdiag.probes import BY_NAME, PROBES
 from kubenetdiag.probes.active import PREFIX as ACTIVE_PREFIX
@@ -42,7 +43,7 @@ def derived_inputs() -> dict[str, frozenset[str]]:
     """Kind -> the kinds it is derived from, for the kinds the parse stage and the engine derive
     from other facts before any rule runs."""
     out: dict[str, frozenset[str]] = {}
-    for module in (paths, vantage, zones, census, services):
+    for module in (paths, vantage, zones, census, services, policies):
         for kind in module.PRODUCES:
             out[kind] = frozenset(module.INPUTS) - COLLECTION
     return out
