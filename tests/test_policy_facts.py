@@ -208,3 +208,64 @@ def test_no_policy_and_no_api_makes_nothing():
     assert policy_facts(_facts([]), None, PLANS) == []
     # an API that answered but holds no policy: nothing either (no fact per cluster for none)
     assert policy_facts(_facts([]), copy.deepcopy(_doc([])), PLANS) == []
+
+
+# ---------------------------------------------------------------- through the rule base
+
+
+def _dns_run(policies, daemonsets=None):
+    """n1 and n2 query the CoreDNS pod on n3 and time out; n3's own query is answered (a pod
+    and its node always talk). What the parse stage adds, then the shipped rules."""
+    from kubenetdiag.engine import infer, load_ruleset
+    from kubenetdiag.facts.vantage import vantage_facts
+
+    facts = [Fact("network_policy", "cluster", {"namespace": p["metadata"]["namespace"],
+                                                "name": p["metadata"]["name"],
+                                                "default_deny": True,
+                                                "policy_types": "Ingress"}, SRC)
+             for p in policies]
+    facts.append(Fact("dns_pod", "n3", {"pod": "coredns-0", "ip": "10.244.3.3", "ready": True,
+                                        "restarts": 0}, SRC))
+    for n, ok in (("n1", False), ("n2", False), ("n3", True)):
+        facts.append(Fact("node_status", n, {"reachable": True, "address": n, "reason": None}))
+        facts.append(Fact("dns_check", n, {
+            "server": "10.244.3.3", "server_kind": "pod",
+            "name": "kubernetes.default.svc.cluster.local", "ok": ok, "answer": None,
+            "detail": None if ok else "timeout", "rtt_ms": None, "vantage": None}, SRC))
+    facts += vantage_facts(facts)
+    facts += policy_facts(facts, _doc(policies, daemonsets=daemonsets), {})
+    return infer(load_ruleset(), facts)
+
+
+def test_a_dns_deny_policy_is_the_root_cause_and_the_dns_failures_its_consequences():
+    found = _dns_run([_policy("kube-system", "deny-all-ingress", ingress=[])])
+    [cause] = [f for f in found if f["rule"] == "network-policy-denies-dns"]
+    assert cause["root_cause"] and cause["nodes"] == ["n3"]
+    assert "kube-system/deny-all-ingress" in cause["title"]
+    assert "kube-system/coredns-0" in cause["title"] and "ingress" in cause["title"]
+    # every other alarm on the CoreDNS node is explained by it
+    others = [f for f in found if f["severity"] in ("critical", "error", "warning")
+              and f["rule"] not in ("network-policy-denies-dns",
+                                    "network-policy-blocks-namespace-dns")]
+    assert all(not f["root_cause"] for f in others), [(f["rule"], f["nodes"]) for f in others]
+    # and the same policy is not reported a second time for the pods no check spoke for
+    assert not [f for f in found if f["rule"] == "network-policy-blocks-namespace-dns"]
+
+
+def test_a_policy_that_allows_dns_is_never_blamed_for_a_dns_failure():
+    allow = _policy("kube-system", "dns-in", ingress=[{"ports": [
+        {"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}])
+    found = _dns_run([allow])
+    assert not [f for f in found if f["fault"] == "network_policy_denies"]
+    # the DNS failure is still reported, by the rules that look for other causes
+    assert [f for f in found if f["severity"] in ("critical", "error") and f["root_cause"]]
+
+
+def test_the_same_deny_on_flannel_alone_is_not_the_cause_and_says_it_is_not_enforced():
+    flannel = [{"metadata": {"namespace": "kube-flannel", "name": "kube-flannel-ds"},
+                "spec": {"template": {"spec": {"containers": [{"name": "kube-flannel"}]}}}}]
+    found = _dns_run([_policy("kube-system", "deny-all-ingress", ingress=[])], flannel)
+    assert not [f for f in found if f["fault"] == "network_policy_denies"]
+    [warn] = [f for f in found if f["rule"] == "network-policy-not-enforced"]
+    assert warn["severity"] == "warning"
+    assert [f for f in found if f["rule"] == "network-policy-would-deny"]
