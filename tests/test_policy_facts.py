@@ -269,3 +269,12 @@ def test_the_same_deny_on_flannel_alone_is_not_the_cause_and_says_it_is_not_enfo
     [warn] = [f for f in found if f["rule"] == "network-policy-not-enforced"]
     assert warn["severity"] == "warning"
     assert [f for f in found if f["rule"] == "network-policy-would-deny"]
+
+
+def test_pods_past_the_label_set_cap_are_counted_not_silently_dropped(monkeypatch):
+    import kubenetdiag.facts.policies as module
+
+    monkeypatch.setattr(module, "MAX_GROUPS", 2)
+    deny = _policy("kube-system", "deny", ingress=[])
+    e = _enforcement(policy_facts(_facts([deny]), _doc([deny]), PLANS))
+    assert e["pods_not_evaluated"] == 2  # 4 non-host pods, 4 label sets, 2 evaluated

@@ -27,6 +27,7 @@ networkpolicies, daemonsets) and active plans, which the parse stage passes in.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,7 @@ INPUTS: tuple[str, ...] = ("network_policy", "dns_pod", "node_match", "own_pod_c
 CONTEXT: tuple[str, ...] = ()
 PRODUCES: tuple[str, ...] = ("policy_verdict", "policy_enforcement")
 MAX_VERDICTS = 400  # a 500-node cluster has thousands of pods: keep the rule engine's load flat
-MAX_GROUPS = 2000  # distinct (namespace, labels) sets evaluated for DNS; more are left out
+MAX_GROUPS = 20000  # distinct (namespace, labels) sets evaluated for DNS; more are left out
 DNS_PORT = 53
 METRICS_PORT = 9153
 
@@ -105,6 +106,7 @@ class _World:
     by_ip: dict[str, Peer]
     groups: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Peer, int]]
     namespaces_known: bool
+    left_out: int = 0  # pods whose (namespace, labels) came past MAX_GROUPS: DNS not evaluated
 
 
 def _world(cluster: Any, to_inventory: Mapping[str, str]) -> _World | None:
@@ -132,6 +134,7 @@ def _world(cluster: Any, to_inventory: Mapping[str, str]) -> _World | None:
             ns_labels[name] = {NAME_LABEL: name, **_labels(ns)}
     by_ip: dict[str, Peer] = {}
     groups: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Peer, int]] = {}
+    left_out = 0
     for pod in pods:
         meta, spec, status = _d(pod.get("metadata")), _d(pod.get("spec")), _d(pod.get("status"))
         ns, name, ip = meta.get("namespace"), meta.get("name"), status.get("podIP")
@@ -156,7 +159,9 @@ def _world(cluster: Any, to_inventory: Mapping[str, str]) -> _World | None:
             groups[key] = (groups[key][0], groups[key][1] + 1)
         elif len(groups) < MAX_GROUPS:
             groups[key] = (peer, 1)
-    return _World(policies, unreadable, by_ip, groups, namespaces is not None)
+        else:
+            left_out += 1
+    return _World(policies, unreadable, by_ip, groups, namespaces is not None, left_out)
 
 
 # ---------------------------------------------------------------- flows
@@ -239,8 +244,14 @@ def _check_flows(facts: dict[str, list[Fact]], world: _World, plans: Mapping[str
 
 
 def _dns_need_flows(world: _World, dns: Sequence[Peer]) -> list[_Flow]:
+    # CoreDNS replicas with the same labels and ports get the same verdict from any pod (a
+    # group of pods is not on one node, so the own-node exception does not apply): ask one
+    distinct: dict[tuple, Peer] = {}
+    for d in dns:
+        distinct.setdefault((d.namespace, tuple(sorted(d.labels.items())), d.ports), d)
     return [_Flow("dns", "none", None, src, dst, DNS_PORT, proto, None, pods=n)
-            for src, n in world.groups.values() for dst in dns for proto in ("UDP", "TCP")]
+            for src, n in world.groups.values() for dst in distinct.values()
+            for proto in ("UDP", "TCP")]
 
 
 # ---------------------------------------------------------------- enforcement
@@ -305,8 +316,16 @@ def _who(p: Peer) -> str:
     return f"node {p.node}" if p.ip is None and p.node else (p.ip or "?")
 
 
-def _verdict_fact(fl: _Flow, policies: list[dict], unreadable_ns: set[str]) -> Fact | None:
-    v = evaluate(policies, fl.src, fl.dst, fl.port, fl.protocol)
+def _verdict_fact(fl: _Flow, by_ns: Mapping[str | None, list[dict]],
+                  unreadable_ns: set[str]) -> Fact | None:
+    # only the policies of the two ends' namespaces can select them: thousands of pods times
+    # hundreds of policies stay cheap
+    mine = by_ns.get(fl.src.namespace, [])
+    if fl.dst.namespace != fl.src.namespace:
+        mine = mine + by_ns.get(fl.dst.namespace, [])
+    if not mine:
+        return None
+    v = evaluate(mine, fl.src, fl.dst, fl.port, fl.protocol)
     if not (v.egress.isolated or v.ingress.isolated):
         return None
     verdict = {True: "allowed", False: "denied", None: "unknown"}[v.allowed]
@@ -369,9 +388,12 @@ def policy_facts(facts: list[Fact], cluster: Any, plans: Mapping[str, Any] | Non
         dns = [world.by_ip[str(f.attrs["ip"])] for f in kinds["dns_pod"]
                if f.attrs.get("ip") in world.by_ip]
         unreadable_ns = {u.split("/", 1)[0] for u in world.unreadable}
+        by_ns: dict[str | None, list[dict]] = defaultdict(list)
+        for p in world.policies:
+            by_ns[p["metadata"]["namespace"]].append(p)
         made = [f for fl in _check_flows(kinds, world, plans or {}, pod_of, nodes)
                 + _dns_need_flows(world, dns)
-                if (f := _verdict_fact(fl, world.policies, unreadable_ns)) is not None]
+                if (f := _verdict_fact(fl, by_ns, unreadable_ns)) is not None]
         # an unchecked flow is worth a fact only when a policy stops it
         made = [f for f in made if f.attrs["check"] != "none"
                 or f.attrs["verdict"] != "allowed"]
@@ -391,9 +413,12 @@ def policy_facts(facts: list[Fact], cluster: Any, plans: Mapping[str, Any] | Non
         "verdicts": total,
         "denied": denied,
         "shown": min(total, MAX_VERDICTS),
+        "pods_not_evaluated": world.left_out if world else None,
     }, Source(PROBE, "NetworkPolicy enforcers in the API and on the nodes", None,
               f"{n_policies} NetworkPolicies; enforcer: {enforcer}"
               + (f" ({seen})" if seen else "")
               + (f"; {total} flow verdicts, {denied} denied" if world else "")
+              + (f"; DNS of {world.left_out} pods not evaluated (more than {MAX_GROUPS} "
+                 "distinct label sets)" if world and world.left_out else "")
               + (f"; unreadable: {'; '.join(unreadable)}" if unreadable else ""))))
     return out
