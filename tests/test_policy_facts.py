@@ -278,3 +278,16 @@ def test_pods_past_the_label_set_cap_are_counted_not_silently_dropped(monkeypatc
     deny = _policy("kube-system", "deny", ingress=[])
     e = _enforcement(policy_facts(_facts([deny]), _doc([deny]), PLANS))
     assert e["pods_not_evaluated"] == 2  # 4 non-host pods, 4 label sets, 2 evaluated
+
+
+def test_a_dns_check_asked_over_the_ssh_channel_is_judged_as_tcp():
+    # kube-system lets UDP 53 in only; a node with no dig asked over an SSH channel (TCP)
+    udp_only = _policy("kube-system", "dns-udp", ingress=[{"ports": [
+        {"port": 53, "protocol": "UDP"}]}])
+    channel = Fact("dns_check", "n2", {"server": "10.244.3.3", "server_kind": "pod",
+                                       "ok": False, "vantage": None},
+                   Source("active.dns.pod.0", "", None, "dns: error=timeout"))
+    out = policy_facts(_facts([udp_only], extra=[channel]), _doc([udp_only]), PLANS)
+    by_node = {f.attrs["src"]: f.attrs for f in _verdicts(out, check="dns")}
+    assert by_node["node n1"]["protocol"] == "UDP" and by_node["node n1"]["verdict"] == "allowed"
+    assert by_node["node n2"]["protocol"] == "TCP" and by_node["node n2"]["verdict"] == "denied"

@@ -206,9 +206,13 @@ def _check_flows(facts: dict[str, list[Fact]], world: _World, plans: Mapping[str
         if a.get("server_kind") != "pod" or a.get("server") not in world.by_ip:
             continue  # the Service VIP is DNATed to some pod: its pods' verdicts say it
         src = _src(f.node, a.get("vantage"), pod_of)
+        # dig, nslookup and host ask over UDP; a node without them is asked over an SSH
+        # channel, whose own `dns:` answer line says so, and that query is TCP
+        raw = f.source.excerpt if f.source is not None else ""
+        proto = "TCP" if str(raw or "").lstrip().startswith("dns:") else "UDP"
         if src is not None:
             out.append(_Flow("dns", "dns", a.get("ok") is False, src,
-                             world.by_ip[str(a["server"])], DNS_PORT, "UDP", a.get("vantage")))
+                             world.by_ip[str(a["server"])], DNS_PORT, proto, a.get("vantage")))
     for f in facts["http_check"]:
         a = f.attrs
         host = str(a.get("url") or "").removeprefix("http://").split("/")[0]
