@@ -291,3 +291,47 @@ def test_a_dns_check_asked_over_the_ssh_channel_is_judged_as_tcp():
     by_node = {f.attrs["src"]: f.attrs for f in _verdicts(out, check="dns")}
     assert by_node["node n1"]["protocol"] == "UDP" and by_node["node n1"]["verdict"] == "allowed"
     assert by_node["node n2"]["protocol"] == "TCP" and by_node["node n2"]["verdict"] == "denied"
+
+
+# ---------------------------------------------------------------- a recorded lab bundle
+
+
+def _lab_with(policies, daemonsets=()):
+    from pathlib import Path
+
+    from kubenetdiag.bundle import Bundle
+    from kubenetdiag.engine import infer, load_ruleset
+    from kubenetdiag.facts.parse import facts_from_records
+
+    bundle = Bundle.read(Path(__file__).parent / "fixtures" / "bundles" / "lab-conntrack-full")
+    doc = copy.deepcopy(bundle.cluster)
+    for c in doc["calls"]:
+        if c["name"] == "networkpolicies":
+            c["items"] = policies
+        if c["name"] == "daemonsets":
+            c["items"] = c["items"] + list(daemonsets)
+    facts = facts_from_records(bundle.records, doc, probes=bundle.meta.get("probes"))
+    return facts, infer(load_ruleset(), facts)
+
+
+def test_a_flannel_lab_with_a_deny_policy_is_warned_as_unenforced_never_blamed():
+    facts, found = _lab_with([_policy("kube-system", "deny-all-ingress", ingress=[])])
+    e = [f.attrs for f in facts if f.kind == "policy_enforcement"]
+    assert e and e[0]["enforcer"] == "none" and e[0]["enforced"] is False
+    denied = [f for f in facts if f.kind == "policy_verdict" and f.attrs["verdict"] == "denied"]
+    assert denied and all(f.attrs["dst"] == "kube-system/coredns-0" for f in denied)
+    rules = {f["rule"] for f in found}
+    assert "network-policy-not-enforced" in rules and "network-policy-would-deny" in rules
+    assert not [f for f in found if f["fault"] == "network_policy_denies"]
+
+
+def test_checks_that_got_through_a_denying_policy_do_not_blame_it():
+    # the API says calico runs, yet every DNS check to the isolated CoreDNS pod was answered:
+    # whatever the policy says, it did not stop these flows, so it is no root cause of anything
+    calico = {"metadata": {"namespace": "kube-system", "name": "calico-node"},
+              "spec": {"template": {"spec": {"containers": [{"name": "calico-node"}]}}}}
+    facts, found = _lab_with([_policy("kube-system", "deny-all-ingress", ingress=[])],
+                             [calico])
+    checked = [f for f in facts if f.kind == "policy_verdict" and f.attrs["check"] == "dns"]
+    assert checked and all(f.attrs["failed"] is False for f in checked)
+    assert not [f for f in found if f["rule"].startswith("network-policy-denies")]
