@@ -335,3 +335,12 @@ def test_checks_that_got_through_a_denying_policy_do_not_blame_it():
     checked = [f for f in facts if f.kind == "policy_verdict" and f.attrs["check"] == "dns"]
     assert checked and all(f.attrs["failed"] is False for f in checked)
     assert not [f for f in found if f["rule"].startswith("network-policy-denies")]
+
+
+def test_whether_policies_are_enforced_does_not_wait_for_the_checks():
+    # an old bundle without own_pod_check must still say "nothing enforces your policies"
+    from kubenetdiag.facts.producers import derived_inputs, observed
+
+    assert "own_pod_check" not in derived_inputs()["policy_enforcement"]
+    assert observed(["policy_enforcement"]) >= {"network_policy", "process"}
+    assert "own_pod_check" in derived_inputs()["policy_verdict"]

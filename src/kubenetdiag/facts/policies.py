@@ -41,6 +41,11 @@ INPUTS: tuple[str, ...] = ("network_policy", "dns_pod", "node_match", "own_pod_c
                            "process")
 CONTEXT: tuple[str, ...] = ()
 PRODUCES: tuple[str, ...] = ("policy_verdict", "policy_enforcement")
+# Who enforces policies is read from the API's agents and the nodes' processes, not from the
+# checks: an old bundle without own_pod_check still says whether anything enforces them.
+KIND_INPUTS: dict[str, tuple[str, ...]] = {
+    "policy_enforcement": ("network_policy", "cni", "cni_pod", "process"),
+}
 MAX_VERDICTS = 400  # a 500-node cluster has thousands of pods: keep the rule engine's load flat
 MAX_GROUPS = 20000  # distinct (namespace, labels) sets evaluated for DNS; more are left out
 DNS_PORT = 53

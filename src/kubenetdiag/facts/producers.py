@@ -12,8 +12,8 @@ written, and tests/test_producers.py checks each declaration against what the co
 * the Kubernetes API: `facts.cluster.CALL_KINDS`, per call;
 * kinds derived in the parse stage from other facts (path, vantage, zones, census, services,
   policies):
-  the deriving module's `PRODUCES` and `INPUTS`, so a rule on a derived kind needs what it is
-  made from.
+  the deriving module's `PRODUCES` and `INPUTS` (or, for one kind that reads fewer of them,
+  its `KIND_INPUTS`), so a rule on a derived kind needs what it is made from.
   Its `CONTEXT` kinds only widen what is derived (more flows, names for targets): when they are
   missing, their own not-checked entry says so, and the derived facts are still right;
 * kinds that rules assert (`derived: true` in the registry) are followed by the engine, which
@@ -44,8 +44,10 @@ def derived_inputs() -> dict[str, frozenset[str]]:
     from other facts before any rule runs."""
     out: dict[str, frozenset[str]] = {}
     for module in (paths, vantage, zones, census, services, policies):
+        # a module may say that one of its kinds reads fewer of its inputs (KIND_INPUTS)
+        narrower = getattr(module, "KIND_INPUTS", {})
         for kind in module.PRODUCES:
-            out[kind] = frozenset(module.INPUTS) - COLLECTION
+            out[kind] = frozenset(narrower.get(kind, module.INPUTS)) - COLLECTION
     return out
 
 
