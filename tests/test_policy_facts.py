@@ -344,3 +344,12 @@ def test_whether_policies_are_enforced_does_not_wait_for_the_checks():
     assert "own_pod_check" not in derived_inputs()["policy_enforcement"]
     assert observed(["policy_enforcement"]) >= {"network_policy", "process"}
     assert "own_pod_check" in derived_inputs()["policy_verdict"]
+
+
+def test_a_node_source_and_the_denying_side_are_said_in_chinese():
+    from kubenetdiag.localize import value
+
+    assert value("node n1", "zh-CN", "src") == "节点 n1"
+    assert value("node n1 and more", "zh-CN", "src") == "node n1 and more"  # whole values only
+    assert value("ingress", "zh-CN", "side") == "入向（目的 Pod）一侧"
+    assert value("node n1", "en", "src") == "node n1"

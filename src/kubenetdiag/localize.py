@@ -100,6 +100,10 @@ def _pattern_fn(regex: str) -> Callable[[_Render], _Render]:
     return register
 
 
+# A node's own traffic as a NetworkPolicy verdict names its source (facts/policies.py).
+_pattern(r"node (?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)", "节点 {name}")
+
+
 # Where the path walk stopped in the packet filter (facts/paths/netfilter.py: Stop.at).
 _pattern(r"(?P<table>\S+(?: \S+)?) (?P<chain>\S+) rule (?P<n>\d+)",
          "{table} 表 {chain} 链第 {n} 条规则")
