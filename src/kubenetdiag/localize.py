@@ -61,6 +61,8 @@ _WORDS_ZH: dict[str, dict[str, str]] = {
     "owner": {"unknown": "未知"},
     "kind": {"service": "Service VIP", "pod": "Pod IP", "node": "节点解析器"},
     # the connectivity matrix's layers, as the report's own tables name them
+    # which side of a flow a NetworkPolicy denies on (policy_verdict.denied_on)
+    "side": {"ingress": "入向（目的 Pod）一侧", "egress": "出向（源 Pod）一侧", "both": "两侧"},
     "layer": {"pod": "Pod 网络", "underlay": "节点地址", "vxlan": "VXLAN 隧道", "bgp": "BGP 会话"},
 }
 # What an active check saw when it failed (probes/active: ping, tcp, dns, http), in any
@@ -96,6 +98,10 @@ def _pattern_fn(regex: str) -> Callable[[_Render], _Render]:
         return fn
 
     return register
+
+
+# A node's own traffic as a NetworkPolicy verdict names its source (facts/policies.py).
+_pattern(r"node (?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)", "节点 {name}")
 
 
 # Where the path walk stopped in the packet filter (facts/paths/netfilter.py: Stop.at).

@@ -617,8 +617,9 @@ def _policy_facts(calls: _Calls, policies: list[dict]) -> list[Fact]:
         selector = spec.get("podSelector")
         all_pods = isinstance(selector, dict) and not selector.get("matchLabels") and not \
             selector.get("matchExpressions")
+        # the API's defaulting: Egress only when the policy has egress rules (facts/netpol.py)
         types = [str(t) for t in _as_list(spec.get("policyTypes"))] or (
-            ["Ingress", "Egress"] if "egress" in spec else ["Ingress"]
+            ["Ingress", "Egress"] if _as_list(spec.get("egress")) else ["Ingress"]
         )
         deny = ("Ingress" in types and not _as_list(spec.get("ingress"))) or (
             "Egress" in types and not _as_list(spec.get("egress"))

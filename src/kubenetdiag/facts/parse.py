@@ -15,6 +15,7 @@ from kubenetdiag.facts.cluster import cluster_facts
 from kubenetdiag.facts.model import Fact, Source, excerpt
 from kubenetdiag.facts.paths import path_facts
 from kubenetdiag.facts.persist import persist_sysctl
+from kubenetdiag.facts.policies import policy_facts
 from kubenetdiag.facts.services import service_sync_facts
 from kubenetdiag.facts.vantage import vantage_facts
 from kubenetdiag.facts.zones import zone_latency_facts
@@ -266,6 +267,7 @@ def facts_from_records(
     facts: list[Fact] = []
     skipped = None
     planned = declared = False  # an active plan was made / one of them had endpoints
+    plans: dict[str, dict] = {}  # node -> its active plan: the addresses the checks aimed at
     shared = _Sharing()
     for rec in records:
         mine = node_facts(rec, ran)
@@ -279,6 +281,7 @@ def facts_from_records(
             skipped = skipped or active.get("skipped")
             plan = active.get("plan")
             if isinstance(plan, dict) and not active.get("skipped"):
+                plans[rec["name"]] = plan
                 planned = True
                 declared = declared or bool(plan.get("endpoints"))
         facts.extend(shared(mine))
@@ -296,4 +299,6 @@ def facts_from_records(
     facts.extend(zone_latency_facts(facts))  # what calls between a Service's zones pay
     facts.extend(service_sync_facts(facts))  # each node's kube-proxy rules against the API
     facts.extend(pod_bridge_facts(facts))  # the bridge pods hang off, and its hairpin mode
+    # NetworkPolicy verdicts on the flows the checks sent and DNS needs, and who enforces them
+    facts.extend(policy_facts(facts, cluster, plans))
     return facts

@@ -11,9 +11,9 @@ written, and tests/test_producers.py checks each declaration against what the co
 * a passive probe: `Probe.kinds`; an active check: `ActiveCheck.kinds`;
 * the Kubernetes API: `facts.cluster.CALL_KINDS`, per call;
 * kinds derived in the parse stage from other facts (`DERIVERS`: path, vantage, zones, census,
-  services, bridges):
-  the deriving module's `PRODUCES` and `INPUTS`, so a rule on a derived kind needs what it is
-  made from.
+  services, bridges, policies):
+  the deriving module's `PRODUCES` and `INPUTS` (or, for one kind that reads fewer of them,
+  its `KIND_INPUTS`), so a rule on a derived kind needs what it is made from.
   Its `CONTEXT` kinds only widen what is derived (more flows, names for targets): when they are
   missing, their own not-checked entry says so, and the derived facts are still right;
 * kinds that rules assert (`derived: true` in the registry) are followed by the engine, which
@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import cache
 
-from kubenetdiag.facts import bridges, census, paths, services, vantage, zones
+from kubenetdiag.facts import bridges, census, paths, policies, services, vantage, zones
 from kubenetdiag.facts.cluster import CALL_KINDS
 from kubenetdiag.probes import BY_NAME, PROBES
 from kubenetdiag.probes.active import PREFIX as ACTIVE_PREFIX
@@ -39,7 +39,7 @@ API = "api"  # the probe of the entry for an API that did not answer, or was not
 
 
 # The parse stage's deriving modules, each declaring PRODUCES, INPUTS and CONTEXT.
-DERIVERS = (paths, vantage, zones, census, services, bridges)
+DERIVERS = (paths, vantage, zones, census, services, bridges, policies)
 
 
 @cache
@@ -48,8 +48,10 @@ def derived_inputs() -> dict[str, frozenset[str]]:
     from other facts before any rule runs."""
     out: dict[str, frozenset[str]] = {}
     for module in DERIVERS:
+        # a module may say that one of its kinds reads fewer of its inputs (KIND_INPUTS)
+        narrower = getattr(module, "KIND_INPUTS", {})
         for kind in module.PRODUCES:
-            out[kind] = frozenset(module.INPUTS) - COLLECTION
+            out[kind] = frozenset(narrower.get(kind, module.INPUTS)) - COLLECTION
     return out
 
 
