@@ -110,6 +110,8 @@ OWNERS = {
     "ufw": ("ufw-", "ufw6-"),
     "kube_proxy": ("KUBE-SERVICES", "KUBE-SVC-", "KUBE-NODEPORTS", "KUBE-POSTROUTING"),
     "calico": ("cali-",),
+    # kube-router's NetworkPolicy controller: per-pod and per-policy chains it rewrites itself
+    "kube_router": ("KUBE-ROUTER-", "KUBE-POD-FW-", "KUBE-NWPLCY-"),
     "cilium": ("CILIUM_",),
     "flannel": ("FLANNEL-",),
     "docker": ("DOCKER",),
