@@ -122,6 +122,18 @@ def test_the_api_shows_kube_router_only_when_it_runs():
 # ---- the enforcing lab ----------------------------------------------------------------------
 
 
+def diagnose(lab: Lab) -> dict:
+    import sys
+    import tempfile
+    bundle = Path(tempfile.mkdtemp(prefix="kndnp-")) / "bundle"
+    proc = lab.client_exec([sys.executable, "-m", "kubenetdiag", "diagnose", "--inventory",
+                            str(lab.inventory_path), "--kubeconfig", str(lab.kubeconfig_path),
+                            "--bundle", str(bundle), "--format", "json", "--quiet"],
+                           timeout=120)
+    assert proc.returncode in (0, 1), proc.stderr
+    return json.loads(proc.stdout)
+
+
 @pytest.mark.lab
 def test_kube_router_runs_in_every_node_as_its_daemonset(netpol_lab):
     lab = netpol_lab
@@ -161,6 +173,13 @@ def test_ingress_policy_refuses_the_web_pod_until_deleted(netpol_lab):
         assert kuberouter.policy_lines(node_rules[web.node], "default", "web-allow-frontend")
         assert not kuberouter.policy_lines(node_rules[client.node], "default",
                                            "web-allow-frontend")
+        report = diagnose(lab)
+    # the refusal is kube-router's REJECT, yet the diagnosis is the policy, named, on the web
+    # pod's node: not a firewall rule, and nothing else as a root cause
+    alarms = [f for f in report["findings"] if f["root_cause"]
+              and f["severity"] in ("critical", "error", "warning")]
+    assert [(f["fault"], f["nodes"]) for f in alarms] == [("network_policy_denies", [web.node])]
+    assert "default/web-allow-frontend" in alarms[0]["title"]
     assert policies(lab) == []
     assert http_ok(lab, client.name, f"http://{web.ip}:{WEB_PORT}/")[0]
     assert http_ok(lab, client.name, f"http://{WEB_VIP}/")[0]

@@ -175,9 +175,14 @@ def test_host_network_and_outside_are_not_isolated_and_matched_by_ip_block_only(
     assert evaluate([by_ip], node, DB, 5432).allowed is True
 
 
-def test_own_node_always_allowed_and_unknown_source_address():
+def test_own_node_always_allowed_in_and_unknown_source_address():
     deny = pol("shop", "deny-all", ingress=[])
     assert evaluate([deny], Peer(ip=None, node="n2", name="n2"), DB, 5432).allowed is True
+    # the pod's own traffic to its node is its egress: an egress policy listing only pods
+    # stops it, as kube-router enforces it
+    only_pods = pol("shop", "to-pods", egress=[{"to": [{"podSelector": {}}]}])
+    node_ip = Peer(ip="198.18.0.12", node="n2", name="n2")
+    assert evaluate([only_pods], DB, node_ip, None, "ICMP").allowed is False
     by_ip = pol("shop", "nodes", ingress=[{"from": [{"ipBlock": {"cidr": "198.18.0.0/24"}}]}])
     # a node's traffic to another node's pod: its address on the wire is not known
     assert evaluate([by_ip], Peer(ip=None, node="n1", name="n1"), DB, 5432).allowed is None

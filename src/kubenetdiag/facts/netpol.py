@@ -20,8 +20,9 @@ the flow is allowed, which side denies it and which policies decide. The semanti
   endPort for a range. A flow without a port (ICMP ping) matches only rules without ports.
 * A flow is allowed only if the source's egress AND the destination's ingress allow it.
   hostNetwork pods and addresses outside the pod network (nodes, the diagnoser's client, an
-  endpoint) are never isolated, and are matched by ipBlock only. Traffic between a pod and the
-  node it runs on is always allowed, and so is a pod's traffic to itself.
+  endpoint) are never isolated, and are matched by ipBlock only. Traffic from the node a pod
+  runs on to the pod is always allowed, and so is a pod's traffic to itself; the pod's own
+  traffic to its node is its egress like any other.
 
 ipBlock against pod addresses is left open by the specification (it says to use it for
 addresses outside the cluster); most implementations (iptables-based ones, Calico) match a
@@ -344,11 +345,12 @@ def evaluate(policies: Sequence[Mapping[str, Any]], src: Peer, dst: Peer,
         return Verdict(True, OPEN, OPEN)  # a pod cannot block itself
     egress = side(policies, "egress", src, dst, dport, protocol, dst)
     ingress = side(policies, "ingress", dst, src, dport, protocol, dst)
-    # a pod and its own node always talk, whatever either side's policies say
+    # a pod cannot refuse its own node (the kubelet's probes come from it); the other way, a
+    # pod's egress to its node is the pod's own traffic, which its egress policies govern
+    # (measured with kube-router: an egress policy that lists only pods stops the pod's ping
+    # to its node)
     if not src.is_pod and src.node is not None and src.node == dst.node:
         ingress = Side(ingress.isolated, True, ingress.isolating, ingress.allowing)
-    if not dst.is_pod and dst.node is not None and dst.node == src.node:
-        egress = Side(egress.isolated, True, egress.isolating, egress.allowing)
     if egress.allowed is False or ingress.allowed is False:
         allowed: bool | None = False
     elif egress.allowed is None or ingress.allowed is None:

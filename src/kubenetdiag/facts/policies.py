@@ -174,7 +174,7 @@ def _world(cluster: Any, to_inventory: Mapping[str, str]) -> _World | None:
 
 @dataclass
 class _Flow:
-    flow: str  # dns, metrics, endpoint, pod
+    flow: str  # dns, metrics, endpoint, pod, own_pod
     check: str  # dns, http, tcp, ping; none when no check sent it
     failed: bool | None
     src: Peer
@@ -233,6 +233,15 @@ def _check_flows(facts: dict[str, list[Fact]], world: _World, plans: Mapping[str
             continue
         out.append(_Flow("endpoint", "tcp", a.get("ok") is False, src,
                          _address_peer(world, str(a["address"]), nodes), int(port), "TCP",
+                         a.get("vantage")))
+    for f in facts["own_pod_check"]:
+        # the pod's ping to its own node (the other way, a node is never refused by its pod)
+        a = f.attrs
+        src = _src(f.node, a.get("vantage"), pod_of)
+        if a.get("direction") != "pod_to_node" or src is None or not a.get("address"):
+            continue
+        out.append(_Flow("own_pod", "ping", a.get("ok") is False, src,
+                         Peer(ip=str(a["address"]), node=f.node, name=f.node), None, "ICMP",
                          a.get("vantage")))
     for f in facts["reach"]:
         a = f.attrs
