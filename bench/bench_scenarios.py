@@ -176,6 +176,10 @@ def single_scenarios(mode: str, topology, only: set[str] | None) -> list[Scenari
     nodes = [node.name for node in topology.nodes]
     out = []
     for name, spec in sorted(FAULTS.items()):
+        # A policy is enforced only by a lab with an enforcer (`lab up --network-policy`);
+        # these labs have none, and the fault refuses to pretend otherwise.
+        if name == "network_policy_denies" and topology.network_policy == "none":
+            continue
         # Faults tied to where something runs (CoreDNS, the web app) stay there.
         natural = spec.scope != "node" or name == "coredns_unreachable"
         for i, via in enumerate(spec.vias(mode)):
