@@ -1793,11 +1793,16 @@ def _lone_zone_node(topology: Topology) -> str:
     return _last_node(topology)
 
 
-def _start_in_pod(ctx: FaultContext, pod: str, argv: list[str]) -> None:
+def _start_in(ctx: FaultContext, netns: str, argv: list[str]) -> None:
+    """Start a program that outlives the call in a lab namespace, its output in faults.log."""
     log = open(ctx.paths.logs / "faults.log", "ab")  # noqa: SIM115
     with log:
-        subprocess.Popen(exec_argv(ctx.topology.pod(pod).netns, argv), stdin=subprocess.DEVNULL,
-                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        subprocess.Popen(exec_argv(netns, argv), stdin=subprocess.DEVNULL, stdout=log,
+                         stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _start_in_pod(ctx: FaultContext, pod: str, argv: list[str]) -> None:
+    _start_in(ctx, ctx.topology.pod(pod).netns, argv)
 
 
 def _bulk(ctx: FaultContext, sender: LabNode, receiver: LabNode) -> None:
@@ -1875,11 +1880,8 @@ def _unanswered_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
     elif params["via"] == "stuck":
         # a server on the port that stopped accepting: once its backlog of one is full, the
         # kernel drops every further SYN without an answer
-        log = open(ctx.paths.logs / "faults.log", "ab")  # noqa: SIM115
-        with log:
-            subprocess.Popen(exec_argv(ctx.topology.outside_netns, services.netprog_argv(
-                "listen-stuck", str(CACHE_PORT), "1")), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True)
+        _start_in(ctx, ctx.topology.outside_netns,
+                  services.netprog_argv("listen-stuck", str(CACHE_PORT), "1"))
         for _ in range(100):  # bounded: 5 s
             if outside.run(["ss", "-Hlnt", f"sport = :{CACHE_PORT}"]).stdout:
                 break
@@ -2197,17 +2199,13 @@ register(Fault(
     scope="cluster", default_node=_web_node, mechanisms={"stop": (), "loopback": ()},
 ))
 
-def _web_port(ctx: FaultContext) -> tuple[LabNode, str]:
-    pod = ctx.topology.pod_for_app("web")
-    return ctx.topology.node(pod.node), f"veth-pod{pod.slot}"
-
-
 def _hairpin(on: bool) -> Action:
     def act(ctx: FaultContext, node: LabNode, params: Params) -> None:
         # The web pod's own port on its node's cni0: only that pod's calls to itself break
-        host, port = _web_port(ctx)
-        ctx.node(host).run(["ip", "link", "set", port, "type", "bridge_slave", "hairpin",
-                            "on" if on else "off"])
+        web = ctx.topology.pod_for_app("web")
+        ctx.node(ctx.topology.node(web.node)).run(
+            ["ip", "link", "set", _host_veth(ctx, web), "type", "bridge_slave", "hairpin",
+             "on" if on else "off"])
     return act
 
 
@@ -2285,12 +2283,8 @@ def _nodeport_traffic(ctx: FaultContext, node: LabNode, params: Params) -> None:
     nodehost.wait_nodes(kubeproxy.BINARY, "program the NodePort Service", [node],
                         lambda n: _local_drops(ctx, n) is not None,
                         lambda name: kubeproxy.log_path(ctx.paths, name), kubeproxy.SYNC_TIMEOUT)
-    log = open(ctx.paths.logs / "faults.log", "ab")  # noqa: SIM115
-    with log:
-        subprocess.Popen(exec_argv(ctx.topology.outside_netns, services.netprog_argv(
-            "connect-retry", node.address, str(LOCAL_NODE_PORT), LOCAL_CLIENTS, "1800")),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+    _start_in(ctx, ctx.topology.outside_netns, services.netprog_argv(
+        "connect-retry", node.address, str(LOCAL_NODE_PORT), LOCAL_CLIENTS, "1800"))
     deadline = time.monotonic() + 5
     while not _local_drops(ctx, node) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from kubenetdiag.facts.model import Fact, Source, by_kind
+from kubenetdiag.probes.active.plan import ipv4_networks
 
 PROBE = "bridges"  # the evidence's source: facts computed here, from other facts
 INPUTS: tuple[str, ...] = ("interface",)
@@ -29,18 +30,6 @@ CONTEXT: tuple[str, ...] = ("k8s_node",)
 PRODUCES: tuple[str, ...] = ("pod_bridge",)
 BRIDGE_NAMES = ("cni0", "cbr0")
 SHOWN = 10  # ports named in the fact; the count covers all of them
-
-
-def _networks(text: object) -> list[ipaddress.IPv4Network]:
-    out = []
-    for part in str(text or "").split(","):
-        try:
-            net = ipaddress.ip_network(part.strip(), strict=False)
-        except ValueError:
-            continue
-        if isinstance(net, ipaddress.IPv4Network):
-            out.append(net)
-    return out
 
 
 def _in_range(addresses: object, ranges: list[ipaddress.IPv4Network]) -> bool:
@@ -58,7 +47,7 @@ def pod_bridge_facts(facts: Sequence[Fact]) -> list[Fact]:
     kinds = by_kind(facts, PRODUCES + INPUTS + CONTEXT)
     ranges: dict[str, list[ipaddress.IPv4Network]] = defaultdict(list)
     for f in kinds["k8s_node"]:
-        ranges[f.node] += _networks(f.attrs.get("pod_cidrs") or f.attrs.get("pod_cidr"))
+        ranges[f.node] += ipv4_networks(f.attrs.get("pod_cidrs") or f.attrs.get("pod_cidr"))
     ports: dict[tuple[str, str], list[Fact]] = defaultdict(list)
     bridges: list[Fact] = []
     for f in kinds["interface"]:

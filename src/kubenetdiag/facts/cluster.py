@@ -130,7 +130,9 @@ def _condition(obj: Any, kind: str) -> bool | None:
 # ---------------------------------------------------------------- calls
 
 
-class _Calls:
+class ApiCalls:
+    """The calls of one cluster.json, by kind (facts/policies.py reads the same answer)."""
+
     def __init__(self, doc: dict) -> None:
         self.calls = [c for c in _as_list(doc.get("calls"))
                       if isinstance(c, dict) and c.get("name")]
@@ -159,7 +161,7 @@ class _Calls:
         return Source(f"api:{prefix}", f"GET {path}", None, excerpt(text, 600))
 
 
-def _call_status_facts(calls: _Calls) -> list[Fact]:
+def _call_status_facts(calls: ApiCalls) -> list[Fact]:
     facts = []
     unreachable = [c for c in calls.calls if c.get("status") == "unreachable"]
     if unreachable:
@@ -269,7 +271,7 @@ def match_nodes(
     return {api: inv for api, (inv, _) in matched.items()}, facts
 
 
-def _node_facts(calls: _Calls, nodes: list[dict], where: Callable[[str], str]) -> list[Fact]:
+def _node_facts(calls: ApiCalls, nodes: list[dict], where: Callable[[str], str]) -> list[Fact]:
     facts = []
     for n in nodes:
         name = _name(n)
@@ -332,7 +334,7 @@ def _match_labels(ds: dict) -> str | None:
     return ",".join(pairs) or None
 
 
-def _cni_facts(calls: _Calls, daemonsets: list[dict] | None, pods: list[dict] | None,
+def _cni_facts(calls: ApiCalls, daemonsets: list[dict] | None, pods: list[dict] | None,
                where: Callable[[str], str]) -> list[Fact]:
     facts = []
     for ds in daemonsets or []:
@@ -368,7 +370,7 @@ def _cni_facts(calls: _Calls, daemonsets: list[dict] | None, pods: list[dict] | 
     return facts
 
 
-def _kube_proxy_fact(calls: _Calls, daemonsets: list[dict] | None,
+def _kube_proxy_fact(calls: ApiCalls, daemonsets: list[dict] | None,
                      pods: list[dict] | None) -> list[Fact]:
     cm = calls.obj("kube_proxy_config")
     mode = None
@@ -394,7 +396,7 @@ def _kube_proxy_fact(calls: _Calls, daemonsets: list[dict] | None,
                  calls.source("kube_proxy_config", _get(cm, "data", "config.conf")))]
 
 
-def _dns_facts(calls: _Calls, pods: list[dict] | None, services: list[dict] | None,
+def _dns_facts(calls: ApiCalls, pods: list[dict] | None, services: list[dict] | None,
                where: Callable[[str], str]) -> list[Fact]:
     facts = []
     for pod in pods or []:
@@ -433,7 +435,7 @@ def _dns_facts(calls: _Calls, pods: list[dict] | None, services: list[dict] | No
 # ---------------------------------------------------------------- services and policies
 
 
-def _service_facts(calls: _Calls, services: list[dict], slices: list[dict],
+def _service_facts(calls: ApiCalls, services: list[dict], slices: list[dict],
                    node_zone: dict[str, str]) -> list[Fact]:
     by_svc: dict[tuple[str, str], list[dict]] = {}
     for sl in slices:
@@ -531,11 +533,9 @@ def _when(value: Any) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
-def _changed_s(calls: _Calls, svc: dict, slices: list[dict]) -> int | None:
+def _changed_s(read: datetime | None, svc: dict, slices: list[dict]) -> int | None:
     """Seconds between the last change of a Service's endpoints (the EndpointSlice
     controller's last-change-trigger-time, or the Service's creation) and the API read."""
-    read = next((_when(c.get("read_at")) for c in calls.named("endpointslices")
-                 if c.get("read_at")), None)
     times = [_when(_get(sl, "metadata", "annotations", LAST_CHANGE)) for sl in slices]
     times.append(_when(_get(svc, "metadata", "creationTimestamp")))
     known = [t for t in times if t is not None]
@@ -544,7 +544,7 @@ def _changed_s(calls: _Calls, svc: dict, slices: list[dict]) -> int | None:
     return max(0, int((read - max(known)).total_seconds()))
 
 
-def _service_port_facts(calls: _Calls, services: list[dict], slices: list[dict],
+def _service_port_facts(calls: ApiCalls, services: list[dict], slices: list[dict],
                         pods: list[dict] | None) -> list[Fact]:
     """One fact per port of every Service with a ClusterIP: what each node's kube-proxy must
     have programmed (its ready endpoints), and what its selector and targetPort find."""
@@ -557,6 +557,9 @@ def _service_port_facts(calls: _Calls, services: list[dict], slices: list[dict],
     for pod in pods or []:
         if _as_text(_get(pod, "status", "phase")) not in ("Succeeded", "Failed"):
             by_ns.setdefault(_ns(pod), []).append(pod)
+    # when the slices were read: once for every Service
+    read = next((_when(c.get("read_at")) for c in calls.named("endpointslices")
+                 if c.get("read_at")), None)
     facts = []
     for svc in services:
         name, ns = _name(svc), _ns(svc)
@@ -565,7 +568,7 @@ def _service_port_facts(calls: _Calls, services: list[dict], slices: list[dict],
         if not name or not vip or vip == "None" or spec.get("type") == "ExternalName":
             continue
         selector = _as_dict(spec.get("selector"))
-        changed = _changed_s(calls, svc, by_svc.get((ns, name), []))
+        changed = _changed_s(read, svc, by_svc.get((ns, name), []))
         # kube-proxy gives each node only some endpoints: its own (internalTrafficPolicy
         # Local) or its zone's (topology hints)
         hints = any(_get(ep, "hints", "forZones") for sl in by_svc.get((ns, name), [])
@@ -607,7 +610,7 @@ def _service_port_facts(calls: _Calls, services: list[dict], slices: list[dict],
     return facts
 
 
-def _policy_facts(calls: _Calls, policies: list[dict]) -> list[Fact]:
+def _policy_facts(calls: ApiCalls, policies: list[dict]) -> list[Fact]:
     facts = []
     for p in policies:
         name = _name(p)
@@ -633,7 +636,7 @@ def _policy_facts(calls: _Calls, policies: list[dict]) -> list[Fact]:
     return facts
 
 
-def _flannel_fact(calls: _Calls) -> list[Fact]:
+def _flannel_fact(calls: ApiCalls) -> list[Fact]:
     cm = calls.obj("flannel_config")
     if cm is None:
         return []
@@ -654,7 +657,7 @@ def _flannel_fact(calls: _Calls) -> list[Fact]:
     }, calls.source("flannel_config", raw))]
 
 
-def _ippool_facts(calls: _Calls) -> list[Fact]:
+def _ippool_facts(calls: ApiCalls) -> list[Fact]:
     facts = []
     for pool in calls.items("calico_ippools") or []:
         spec = _as_dict(pool.get("spec"))
@@ -683,7 +686,7 @@ def cluster_facts(doc: Any, inventory: Iterable[tuple[str, str]] = ()) -> list[F
     """Facts from a cluster.json document; `inventory` is (name, address) of the bundle's nodes."""
     if not isinstance(doc, dict):
         return [_unreadable("cluster", "cluster.json is not a JSON object")]
-    calls = _Calls(doc)
+    calls = ApiCalls(doc)
     failed = _call_status_facts(calls)
     facts: list[Fact] = [Fact("cluster_api", CLUSTER, {
         "queried": doc.get("queried") is True,

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kubenetdiag.facts.cluster import ApiCalls
 from kubenetdiag.facts.model import Fact, Source, by_kind
 from kubenetdiag.facts.netpol import NAME_LABEL, Peer, PolicyError, check_policy, evaluate
 
@@ -73,12 +74,7 @@ def _items(cluster: Any, prefix: str) -> list[dict] | None:
     """Items of every ok call of one kind; None when none answered (or no API at all)."""
     if not isinstance(cluster, dict) or cluster.get("queried") is not True:
         return None
-    calls = [c for c in cluster.get("calls") or [] if isinstance(c, dict)
-             and str(c.get("name", "")).split("/")[0] == prefix and c.get("status") == "ok"]
-    if not calls:
-        return None
-    return [o for c in calls for o in (c.get("items") or []) if isinstance(o, dict)]
-
+    return ApiCalls(cluster).items(prefix)
 
 def _d(value: Any) -> dict:
     return value if isinstance(value, dict) else {}

@@ -127,7 +127,8 @@ def gateway_of(cidr: str | None) -> str | None:
     return str(net.network_address + 1)
 
 
-def _networks(text: str | None) -> list[ipaddress.IPv4Network]:
+def ipv4_networks(text: str | None) -> list[ipaddress.IPv4Network]:
+    """The IPv4 networks of a comma-separated list (a podCIDRs value); the rest left out."""
     out = []
     for part in (text or "").split(","):
         try:
@@ -185,7 +186,7 @@ def choose_pod_target(
             held = str(f.attrs.get("addresses") or "").split(",")
             if any(a.split("/")[0].strip() == gateway for a in held):
                 return gateway, "interface"
-    ranges = _networks(pod_cidr) + [n for pool in pools for n in _networks(pool)]
+    ranges = ipv4_networks(pod_cidr) + [n for pool in pools for n in ipv4_networks(pool)]
     veths = {str(f.attrs.get("name")) for f in ifaces if f.attrs.get("kind") == "veth"}
     live = []
     for f in routes:

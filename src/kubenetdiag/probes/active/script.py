@@ -71,9 +71,12 @@ __inpod=
 if [ -n "$__pns" ] && __has nsenter; then
   __inpod="nsenter --net=$__pns"; printf '%s:podns:%s\n' "$M" "${{__pns##*/}}"
 fi
+"""
+
 # The pod's own resolver: the resolv.conf its runtime mounted, seen through a process of the
 # pod (its sandbox) in the node's /proc. Only read: names are resolved with the node's tools.
-__prc=
+# Only a declared endpoint given by name needs it, so only such a plan walks /proc for it.
+_POD_RESOLVER = r"""__prc=
 if [ -n "$__inpod" ]; then
   for __d in /proc/[0-9]*; do
     # a regular file, as kubelet mounts it: a link would be followed from the node's root
@@ -82,8 +85,7 @@ if [ -n "$__inpod" ]; then
       __prc=$__d/root/etc/resolv.conf; break
     fi
   done
-fi
-"""
+fi"""
 
 # TCP connect: nc where present, else bash's /dev/tcp; by name: resolve with getent first so
 # "the name does not resolve" is told apart from "refused" and "timeout"
@@ -206,6 +208,8 @@ def deadline(plan: NodePlan) -> int:
 def build(plan: NodePlan, marker: str) -> str:
     planned = jobs(plan)
     lines = [_PREAMBLE.format(marker=marker, limit=LINE_LIMIT), f"__TCP={quoted(TCP_HELPER)}"]
+    if any(e.get("by") == "name" for e in plan.get("endpoints") or []):
+        lines.append(_POD_RESOLVER)
     body = []
     for n, (cid, cmd) in enumerate(planned):
         body.append(f"__knd_chk {quoted(cid)} sh -c {quoted(_wrap(cmd))} &")
