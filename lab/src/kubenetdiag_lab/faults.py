@@ -2259,6 +2259,10 @@ def _nodeport_clients(node: LabNode) -> str:
 
 
 def _nodeport_check(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if ctx.topology.proxy_mode != "iptables":
+        # the drop counted here, and the rule that reads it, are kube-proxy's iptables rule
+        raise LabError("nodeport_no_local_endpoint: needs kube-proxy in iptables mode (lab up "
+                       "--proxy-mode iptables)")
     if node.name == _web_node(ctx.topology):
         raise LabError("nodeport_no_local_endpoint: the node must be one without the web pod "
                        f"(not {node.name})")
