@@ -99,6 +99,16 @@ def test_kube_system_deny_ingress_denies_the_failed_dns_check_and_names_the_poli
     assert all(f.attrs["verdict"] == "denied" for f in need)
 
 
+def test_pods_with_the_same_labels_on_two_nodes_lose_dns_on_both_nodes():
+    # shop's web pods run on n1 and n2: the finding must name both nodes, not the first
+    # pod's, or an SRE looks for the broken lookups on one node only
+    deny = _policy("shop", "deny-egress", policyTypes=["Egress"])
+    out = policy_facts(_facts([deny]), _doc([deny]), PLANS)
+    need = _verdicts(out, check="none", src_namespace="shop", protocol="UDP")
+    assert sorted((f.node, f.attrs["src"], f.attrs["pods"]) for f in need) == [
+        ("n1", "shop/web-1", 1), ("n2", "shop/web-2", 1)]
+
+
 def test_default_deny_egress_in_the_probe_namespace_denies_endpoint_and_pod_flows():
     deny = _policy("default", "deny-egress", policyTypes=["Egress"])
     out = policy_facts(_facts([deny]), _doc([deny]), PLANS)

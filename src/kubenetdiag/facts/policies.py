@@ -48,7 +48,7 @@ KIND_INPUTS: dict[str, tuple[str, ...]] = {
     "policy_enforcement": ("network_policy", "cni", "cni_pod", "process"),
 }
 MAX_VERDICTS = 400  # a 500-node cluster has thousands of pods: keep the rule engine's load flat
-MAX_GROUPS = 20000  # distinct (namespace, labels) sets evaluated for DNS; more are left out
+MAX_GROUPS = 20000  # distinct (namespace, node, labels) sets evaluated for DNS; more are left out
 DNS_PORT = 53
 METRICS_PORT = 9153
 
@@ -105,9 +105,9 @@ class _World:
     policies: list[dict]
     unreadable: list[str]
     by_ip: dict[str, Peer]
-    groups: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Peer, int]]
+    groups: dict[tuple[str, str | None, tuple[tuple[str, str], ...]], tuple[Peer, int]]
     namespaces_known: bool
-    left_out: int = 0  # pods whose (namespace, labels) came past MAX_GROUPS: DNS not evaluated
+    left_out: int = 0  # pods whose group came past MAX_GROUPS: DNS not evaluated
 
 
 def _world(cluster: Any, to_inventory: Mapping[str, str]) -> _World | None:
@@ -134,7 +134,7 @@ def _world(cluster: Any, to_inventory: Mapping[str, str]) -> _World | None:
         if isinstance(name, str):
             ns_labels[name] = {NAME_LABEL: name, **_labels(ns)}
     by_ip: dict[str, Peer] = {}
-    groups: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Peer, int]] = {}
+    groups: dict[tuple[str, str | None, tuple[tuple[str, str], ...]], tuple[Peer, int]] = {}
     left_out = 0
     for pod in pods:
         meta, spec, status = _d(pod.get("metadata")), _d(pod.get("spec")), _d(pod.get("status"))
@@ -155,7 +155,9 @@ def _world(cluster: Any, to_inventory: Mapping[str, str]) -> _World | None:
             by_ip[ip] = peer  # a hostNetwork pod shares its node's address: that is a node
         if host:
             continue
-        key = (ns, tuple(sorted(labels.items())))
+        # per node as well: a verdict names the node its pods run on, and the same labels on
+        # three nodes are three nodes whose pods cannot resolve, not one
+        key = (ns, node, tuple(sorted(labels.items())))
         if key in groups:
             groups[key] = (groups[key][0], groups[key][1] + 1)
         elif len(groups) < MAX_GROUPS:
@@ -258,8 +260,8 @@ def _check_flows(facts: dict[str, list[Fact]], world: _World, plans: Mapping[str
 
 
 def _dns_need_flows(world: _World, dns: Sequence[Peer]) -> list[_Flow]:
-    # CoreDNS replicas with the same labels and ports get the same verdict from any pod (a
-    # group of pods is not on one node, so the own-node exception does not apply): ask one
+    # CoreDNS replicas with the same labels and ports get the same verdict from any pod (the
+    # verdict is between two pods, so the own-node exception does not apply): ask one
     distinct: dict[tuple, Peer] = {}
     for d in dns:
         distinct.setdefault((d.namespace, tuple(sorted(d.labels.items())), d.ports), d)
@@ -433,6 +435,6 @@ def policy_facts(facts: list[Fact], cluster: Any, plans: Mapping[str, Any] | Non
               + (f" ({seen})" if seen else "")
               + (f"; {total} flow verdicts, {denied} denied" if world else "")
               + (f"; DNS of {world.left_out} pods not evaluated (more than {MAX_GROUPS} "
-                 "distinct label sets)" if world and world.left_out else "")
+                 "distinct label sets on a node)" if world and world.left_out else "")
               + (f"; unreadable: {'; '.join(unreadable)}" if unreadable else ""))))
     return out
