@@ -38,6 +38,18 @@ ROOT_ROUTES = [
 ]
 
 
+# ---- faults a lab's shape rules out (pure: refused before anything is touched) ----------------
+
+
+@pytest.mark.parametrize("fault", ["nodeport_no_local_endpoint", "kube_proxy_rules_missing"])
+def test_a_fault_of_kube_proxys_iptables_rules_is_refused_in_nftables_mode(tmp_path, fault):
+    lab = Lab(tmp_path / "lab", nodes=3, prefix="kndq", proxy_mode="nftables")
+    with pytest.raises(LabError, match=r"needs kube-proxy in iptables mode .*--proxy-mode "
+                                       r"iptables.*runs nftables"):
+        lab.inject(fault)
+    assert not (tmp_path / "lab").exists()
+
+
 # ---- preflight (pure, no root needed) -------------------------------------------------------
 
 

@@ -96,6 +96,8 @@ def fault_list() -> str:
                                                for key, value in spec.params.items()))
         if spec.modes:
             extra.append("cni " + "|".join(spec.modes))
+        if spec.proxy_modes:
+            extra.append("kube-proxy " + "|".join(spec.proxy_modes))
         if spec.mechanisms:
             extra.append("via " + "|".join(
                 via + (f" (cni {'|'.join(modes)})" if modes else "")

@@ -175,6 +175,9 @@ class Fault:
     # the CNI modes it applies to (empty: every mode the fault applies to). A heal undoes every
     # way, so a blind heal (params lost) still restores the node.
     mechanisms: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # kube-proxy modes it applies to (empty: every mode): a fault made of, or read from,
+    # one mode's rules has nothing to break, or nothing to show, in another.
+    proxy_modes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mechanisms and self.params.get("via") not in self.mechanisms:
@@ -1527,10 +1530,6 @@ register(Fault(
 
 
 def _kube_proxy_dead_and_flushed(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    if ctx.topology.proxy_mode != "iptables":
-        # its nftables table has no KUBE-SERVICES chain, and no rule here reads that table's
-        raise LabError("kube_proxy_rules_missing: needs kube-proxy in iptables mode (lab up "
-                       "--proxy-mode iptables)")
     # A running kube-proxy would notice (its KUBE-PROXY-CANARY stays) only at its next periodic
     # sync, but it would notice: the state an SRE finds is a dead (or hung) kube-proxy and a
     # flushed chain.
@@ -1562,6 +1561,8 @@ register(Fault(
     "re-syncs)",
     _kube_proxy_dead_and_flushed, _kube_proxy_restarted, {"via": "kill"},
     mechanisms={"kill": (), "hang": ()},
+    # nftables mode's table has no KUBE-SERVICES chain, and no rule reads that table's
+    proxy_modes=("iptables",),
 ))
 
 # A Service only this fault uses, so the change a stale kube-proxy misses breaks nothing the
@@ -2259,10 +2260,6 @@ def _nodeport_clients(node: LabNode) -> str:
 
 
 def _nodeport_check(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    if ctx.topology.proxy_mode != "iptables":
-        # the drop counted here, and the rule that reads it, are kube-proxy's iptables rule
-        raise LabError("nodeport_no_local_endpoint: needs kube-proxy in iptables mode (lab up "
-                       "--proxy-mode iptables)")
     if node.name == _web_node(ctx.topology):
         raise LabError("nodeport_no_local_endpoint: the node must be one without the web pod "
                        f"(not {node.name})")
@@ -2307,6 +2304,8 @@ register(Fault(
     _nodeport_check, _nodeport_stop_clients, {"via": "traffic"},
     scope="cluster", default_node=_node_without_web, settle=_nodeport_traffic,
     mechanisms={"traffic": ()},
+    # the drop counted, and the rule that reads it, are kube-proxy's iptables rule
+    proxy_modes=("iptables",),
 ))
 
 # ---- host -----------------------------------------------------------------------------------

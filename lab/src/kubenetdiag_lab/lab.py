@@ -718,6 +718,10 @@ class Lab:
         if spec.modes and self.cni not in spec.modes:
             raise LabError(f"{fault} needs CNI mode {' or '.join(spec.modes)}; "
                            f"this lab runs {self.cni}")
+        if spec.proxy_modes and self.proxy_mode not in spec.proxy_modes:
+            raise LabError(f"{fault} needs kube-proxy in {' or '.join(spec.proxy_modes)} mode "
+                           f"(lab up --proxy-mode {spec.proxy_modes[0]}); this lab runs "
+                           f"{self.proxy_mode}")
         unknown = set(params or {}) - set(spec.params)
         if unknown:
             raise LabError(f"{fault} takes no parameter {', '.join(sorted(unknown))}; "
