@@ -17,10 +17,15 @@ nothing of warning or above is reported. Consequences (root_cause false) are lis
 counted against a scenario.
 
     sudo python bench/bench_scenarios.py [--modes flannel-vxlan,flannel-host-gw,calico-bgp]
+                                         [--proxy-mode iptables|nftables]
+                                         [--network-policy none|kube-router]
                                          [--only FAULT[,FAULT[via=V]...]] [--no-pairs]
                                          [--healthy-runs 3] [--prefix kb]
+                                         [--output scenarios.json]
 
-Prints a table and writes bench/results/scenarios.json.
+The labs run kube-proxy in --proxy-mode and NetworkPolicies enforced by --network-policy (a
+fault that needs another kube-proxy mode, or an enforcer, is left out). Prints a table and
+writes bench/results/scenarios.json (or --output, a file name in bench/results/).
 """
 
 from __future__ import annotations
@@ -88,6 +93,11 @@ MULTI: list[tuple[str, ...]] = [
     ("calico-bgp", "policy_route_blackhole[via=table]@node2", "mtu_mismatch[via=pod]@node1"),
     ("calico-bgp", "bgp_session_down[via=hang]@node3", "iptables_drop_rule[via=mangle]@node1",
      "security_software_present[via=iptables]@node2"),
+    # denied by a policy on one node, by the host's firewall on another: told apart
+    ("flannel-vxlan+kube-router", "network_policy_denies[via=ingress]@node2",
+     "forward_chain_reject@node3"),
+    ("flannel-vxlan+kube-router", "network_policy_denies[via=default-deny]@node2",
+     "host_firewall_active@node1"),
 ]
 # Recorded-bundle scenarios: (bundle directory, expected fault, expected node).
 FIXTURES = [
@@ -169,16 +179,38 @@ def label(fault: str, params: dict[str, str]) -> str:
     return f"{fault}[via={params['via']}]" if params.get("via") else fault
 
 
+def variant(mode: str, topology) -> str:
+    """The label of a lab: its CNI mode, and what it runs other than the default."""
+    return (mode + ("" if topology.proxy_mode == "iptables" else f"/{topology.proxy_mode}")
+            + ("" if topology.network_policy == "none" else f"+{topology.network_policy}"))
+
+
+def expected(spec, topology, node: str, params: dict[str, str]) -> list[tuple[str, str]]:
+    """(fault, node) for each node a diagnosis should name: the node the fault is placed on,
+    or those its spec blames (a policy breaks flows on the nodes of the pods it selects)."""
+    merged = {**spec.params, **params}
+    nodes = spec.blamed_nodes(topology, merged) if spec.blamed_nodes else [node]
+    return [(spec.name, n) for n in nodes]
+
+
+def runnable(spec, topology) -> bool:
+    """Whether this lab can make the fault: a policy is enforced only by a lab with an
+    enforcer (`lab up --network-policy`), and a fault of one kube-proxy mode's rules needs
+    that mode; the faults refuse to pretend otherwise."""
+    if spec.name == "network_policy_denies" and topology.network_policy == "none":
+        return False
+    return not spec.proxy_modes or topology.proxy_mode in spec.proxy_modes
+
+
 def single_scenarios(mode: str, topology, only: set[str] | None) -> list[Scenario]:
     """Every mechanism of every fault that applies in `mode`, each alone on its node."""
     from kubenetdiag_lab.faults import FAULTS
 
     nodes = [node.name for node in topology.nodes]
+    label_mode = variant(mode, topology)
     out = []
     for name, spec in sorted(FAULTS.items()):
-        # A policy is enforced only by a lab with an enforcer (`lab up --network-policy`);
-        # these labs have none, and the fault refuses to pretend otherwise.
-        if name == "network_policy_denies" and topology.network_policy == "none":
+        if not runnable(spec, topology):
             continue
         # Faults tied to where something runs (CoreDNS, the web app) stay there.
         natural = spec.scope != "node" or name == "coredns_unreachable"
@@ -188,19 +220,28 @@ def single_scenarios(mode: str, topology, only: set[str] | None) -> list[Scenari
                 continue
             node = (spec.default_node(topology) if natural
                     else nodes[(first_node(name, nodes) + i) % len(nodes)])
-            out.append(Scenario(f"{label(name, params)} on {node}", mode, [(name, node)],
+            out.append(Scenario(f"{label(name, params)} on {node}", label_mode,
+                                expected(spec, topology, node, params),
                                 [(name, node, params)]))
     return out
 
 
-def multi_scenarios(mode: str) -> list[Scenario]:
+def multi_scenarios(mode: str, topology, only: set[str] | None) -> list[Scenario]:
+    """The simultaneous faults listed for this lab (MULTI); with `only`, those whose every
+    fault is selected."""
+    from kubenetdiag_lab.faults import FAULTS
+
+    label_mode = variant(mode, topology)
     out = []
     for entry in MULTI:
-        if entry[0] != mode:
+        if entry[0] != label_mode:
             continue
         faults = [parse_fault(text) for text in entry[1:]]
-        out.append(Scenario(" + ".join(entry[1:]), mode,
-                            [(fault, node) for fault, _params, node in faults],
+        if only and not all(fault in only for fault, _params, _node in faults):
+            continue
+        out.append(Scenario(" + ".join(entry[1:]), label_mode,
+                            [pair for fault, params, node in faults
+                             for pair in expected(FAULTS[fault], topology, node or "", params)],
                             [(fault, node or "", params) for fault, params, node in faults]))
     return out
 
@@ -210,8 +251,8 @@ def plan_mode(mode: str, topology, only: set[str] | None, pairs: bool,
     """The mode's scenarios in running order: singles, then pairs and triples, with the
     healthy runs spread over them, the first before any fault and the last after all."""
     faulty = single_scenarios(mode, topology, only)
-    if pairs and not only:
-        faulty += multi_scenarios(mode)
+    if pairs:
+        faulty += multi_scenarios(mode, topology, only)
     runs = max(healthy_runs, 0)
     # before scenario 0, ..., after the last: evenly spread
     at = [0] if runs == 1 else [round(i * len(faulty) / (runs - 1)) for i in range(runs)]
@@ -220,19 +261,25 @@ def plan_mode(mode: str, topology, only: set[str] | None, pairs: bool,
         while at and at[0] <= k:
             at.pop(0)
             run = runs - len(at)
-            plan.append(Scenario(f"healthy {mode}" + (f" (run {run}/{runs})" if runs > 1
-                                                       else ""), mode, []))
+            label_mode = variant(mode, topology)
+            plan.append(Scenario(f"healthy {label_mode}" + (f" (run {run}/{runs})"
+                                                             if runs > 1 else ""),
+                                 label_mode, []))
         if sc is not None:
             plan.append(sc)
     return plan
 
 
 def run_mode(mode: str, only: set[str] | None, pairs: bool, work: Path,
-             prefix: str = "kb", healthy_runs: int = 3) -> list[Scenario]:
+             prefix: str = "kb", healthy_runs: int = 3, proxy_mode: str = "iptables",
+             network_policy: str = "none") -> list[Scenario]:
     from kubenetdiag_lab.lab import Lab
 
     prefix += {"flannel-vxlan": "v", "flannel-host-gw": "h", "calico-bgp": "c"}[mode]
-    lab = Lab(work / mode, nodes=NODES, prefix=prefix, cni_mode=mode)
+    prefix += {"iptables": "", "nftables": "n"}[proxy_mode]
+    prefix += {"none": "", "kube-router": "r"}[network_policy]
+    lab = Lab(work / mode, nodes=NODES, prefix=prefix, cni_mode=mode, proxy_mode=proxy_mode,
+              network_policy=network_policy)
     out: list[Scenario] = []
     started = time.monotonic()
     lab.up()
@@ -298,13 +345,18 @@ def _row(sc: Scenario) -> str:
         extra += f" | false root causes: {', '.join(sc.false_roots)}"
     # FOUND: the injected faults are there, with a false root cause beside them
     status = "PASS" if sc.passed else ("ERROR" if sc.error else "FOUND" if sc.found else "FAIL")
-    line = f"{status:5} | {sc.mode:15} | {sc.name:60} | {exp:44} | {got:50} | {extra}"
+    line = f"{status:5} | {sc.mode:25} | {sc.name:60} | {exp:44} | {got:50} | {extra}"
     return line + (f" | {sc.error}" if sc.error else "")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--proxy-mode", choices=("iptables", "nftables"), default="iptables",
+                    help="kube-proxy's mode in every lab (default iptables)")
+    ap.add_argument("--network-policy", choices=("none", "kube-router"), default="none",
+                    help="what enforces NetworkPolicies in every lab (kube-router: flannel "
+                         "modes only); the policy faults run only with an enforcer")
     ap.add_argument("--only", default="",
                     help="comma-separated faults or fault[via=V] (single scenarios only)")
     ap.add_argument("--no-pairs", action="store_true", help="no pairs or triples")
@@ -314,19 +366,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/kubenetdiag-bench-scenarios"))
     ap.add_argument("--prefix", default="kb",
                     help="lab prefix (the mode's letter is added), so two runs can share a host")
+    ap.add_argument("--output", default="scenarios.json", metavar="NAME",
+                    help="file name of the results in bench/results/ (default scenarios.json)")
     args = ap.parse_args(argv)
     # "a,b[via=x,y=z]" -> {"a", "b[via=x,y=z]"}: commas inside brackets belong to the fault
     only = set(filter(None, re.split(r",(?![^\[]*\])", args.only))) or None
     # A fresh directory per run: diagnose refuses to overwrite an earlier bundle.
     args.workdir = args.workdir / time.strftime("run-%Y%m%d-%H%M%S")
     args.workdir.mkdir(parents=True)
-    print(f"{'':5} | {'mode':15} | {'scenario':60} | {'expected (fault@node)':44} | "
+    if Path(args.output).name != args.output or not args.output.endswith(".json"):
+        ap.error("--output is a file name ending in .json, written in bench/results/")
+    print(f"{'':5} | {'lab':25} | {'scenario':60} | {'expected (fault@node)':44} | "
           f"{'reported root causes':50} | other findings >= warning")
     t0 = time.monotonic()
     scenarios: list[Scenario] = []
     for mode in filter(None, args.modes.split(",")):
         scenarios += run_mode(mode, only, not args.no_pairs, args.workdir, args.prefix,
-                              args.healthy_runs)
+                              args.healthy_runs, args.proxy_mode, args.network_policy)
     if not args.no_fixtures:
         scenarios += run_fixtures()
     passed = sum(s.passed for s in scenarios)
@@ -338,14 +394,16 @@ def main(argv: list[str] | None = None) -> int:
                          "with_false_root_causes": sum(bool(s.false_roots) for s in of),
                          "false_root_causes": sum(len(s.false_roots) for s in of)}
         m = by_mode[mode]
-        print(f"{mode:15} found {m['found']}/{m['total']}, exact {m['exact']}/{m['total']}, "
+        print(f"{mode:25} found {m['found']}/{m['total']}, exact {m['exact']}/{m['total']}, "
               f"{m['false_root_causes']} false root causes in {m['with_false_root_causes']} "
               "scenarios")
     print(f"\n{passed}/{len(scenarios)} scenarios exact in {time.monotonic() - t0:.0f}s")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "scenarios.json").write_text(json.dumps({
+    (RESULTS / args.output).write_text(json.dumps({
         "benchmark": "scenarios",
         "machine": {"python": platform.python_version(), "kernel": platform.release()},
+        "command": " ".join(["bench/bench_scenarios.py", *(argv if argv is not None
+                                                          else sys.argv[1:])]),
         "nodes": NODES,
         "healthy_runs": args.healthy_runs,
         "seconds": round(time.monotonic() - t0),

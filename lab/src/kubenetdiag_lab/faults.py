@@ -178,6 +178,9 @@ class Fault:
     # kube-proxy modes it applies to (empty: every mode): a fault made of, or read from,
     # one mode's rules has nothing to break, or nothing to show, in another.
     proxy_modes: tuple[str, ...] = ()
+    # The nodes a diagnosis should name for it, when not only the node it is placed on: a
+    # cluster-wide change (a NetworkPolicy) breaks flows on the nodes of the pods it selects.
+    blamed_nodes: Callable[[Topology, Params], list[str]] | None = None
 
     def __post_init__(self) -> None:
         if self.mechanisms and self.params.get("via") not in self.mechanisms:
@@ -1740,6 +1743,15 @@ def _policy_enforced(ctx: FaultContext, node: LabNode, params: Params) -> None:
     kuberouter.wait_policies(ctx.paths, list(ctx.topology.nodes), ctx.node, done)
 
 
+def _policy_blamed(topology: Topology, params: Params) -> list[str]:
+    """Where the flows the checks send are denied: the web pod's node for the ingress
+    policies (the only pod anything connects to that they select: nothing connects to a
+    client pod), the client pods' nodes for their egress without DNS."""
+    if params["via"] == "dns":
+        return _policy_targets(topology, "dns")
+    return [_web_node(topology)]
+
+
 register(Fault(
     "network_policy_denies",
     "a NetworkPolicy written to the API denies a flow the app needs: via=ingress the web pod "
@@ -1751,7 +1763,7 @@ register(Fault(
     "only, for a lab without an enforcer. Heal deletes the policy and waits until kube-router "
     "removed its rules",
     _policy_written, _noop, {"via": "ingress", "enforced": "yes"}, scope="cluster",
-    default_node=_web_node, settle=_policy_enforced,
+    default_node=_web_node, settle=_policy_enforced, blamed_nodes=_policy_blamed,
     mechanisms={"ingress": (), "default-deny": (), "dns": ()},
 ))
 
