@@ -90,6 +90,46 @@ def test_plan_bounds_peers_and_every_node_is_still_probed_by_k_sources() -> None
     assert set(targeted.values()) == {4} and len(targeted) == 20
 
 
+def _nodeport(name: str, node_port: int, policy: str = "Cluster",
+              endpoints: str = "10.244.2.3:8080", proto: str = "TCP", ready: int = 1) -> Fact:
+    return Fact("service_port", "cluster", {
+        "namespace": "default", "name": name, "port_name": "http", "port": 80,
+        "protocol": proto, "cluster_ip": "10.96.0.30", "type": "NodePort",
+        "node_port": node_port, "external_traffic_policy": policy, "endpoints": endpoints,
+        "ready_endpoints": ready})
+
+
+def test_plan_connects_to_each_nodeport_on_the_node_itself_and_two_peers() -> None:
+    facts = _facts(4) + [_nodeport("web", 30085)]
+    plans = plan.plan(facts, _hosts(4))
+    got = [(t["service"], t["node_port"], t["dst"], t["address"], t["own"])
+           for t in plans["node2"]["nodeports"]]
+    assert got == [("default/web:http", 30085, "node2", "198.18.0.12", True),
+                   ("default/web:http", 30085, "node3", "198.18.0.13", False),
+                   ("default/web:http", 30085, "node4", "198.18.0.14", False)]
+    # every node is connected to by itself and by two others: a node the peers fail on is
+    # seen from two sides
+    to = [t["dst"] for p in plans.values() for t in p["nodeports"]]
+    assert sorted(to) == sorted(f"node{i}" for i in range(1, 5) for _ in range(3))
+
+
+def test_plan_skips_nodeports_that_must_not_answer_and_rotates_many() -> None:
+    facts = _facts(3) + [
+        # Local: only node2 has an endpoint (10.244.2.0/24); the others drop by design
+        _nodeport("local", 30086, policy="Local"),
+        _nodeport("udp", 30087, proto="UDP"),
+        _nodeport("empty", 30088, endpoints="", ready=0),
+    ]
+    plans = plan.plan(facts, _hosts(3))
+    assert {(t["node_port"], t["dst"]) for p in plans.values() for t in p["nodeports"]} == {
+        (30086, "node2")}
+    many = _facts(3) + [_nodeport(f"s{i}", 30100 + i) for i in range(5)]
+    plans = plan.plan(many, _hosts(3))
+    per_node = [{t["node_port"] for t in p["nodeports"]} for p in plans.values()]
+    assert all(len(ports) == plan.MAX_NODEPORTS for ports in per_node)
+    assert set().union(*per_node) == {30100 + i for i in range(5)}
+
+
 def test_script_is_valid_sh_and_quotes_every_target() -> None:
     p = plan.plan(_facts(3), _hosts(3, kubenetdiag_endpoints=["203.0.113.10:3306"]))["node1"]
     p["peers"][0]["pod_gateway"] = "10.244.2.1; touch /tmp/pwned"  # hostile fact

@@ -347,6 +347,10 @@ _pattern(r"TCP connect to (?P<target>\S+)",
          "到 {target} 的 TCP 连接")
 
 
+_pattern(r"NodePort (?P<port>\d+) of (?P<service>\S+) on (?P<node>\S+)",
+         "{node} 上 {service} 的 NodePort {port}")
+
+
 _pattern(r"pod-network reachability and pod-layer MTU from (?P<node>\S+) to (?P<peers>.+)",
          "从 {node} 到 {peers} 的 Pod 网络可达性和 Pod 层 MTU")
 

@@ -60,6 +60,8 @@ def example(podns: str | None = None) -> CheckContext:
                   "pod": "coredns-0"}],
         "endpoints": [{"target": "db.example.invalid:5432", "host": "db.example.invalid",
                        "port": 5432, "by": "name"}],
+        "nodeports": [{"service": "default/web:http", "node_port": 30080, "dst": "node2",
+                       "address": "198.18.0.12", "own": False}],
     }
     return CheckContext("node1", plan, podns)
 

@@ -20,7 +20,11 @@ Bounds, so a 500-node cluster costs each node the same as a 10-node one:
     failing from several sides, and the matrix has N*K cells instead of N*N;
   * at most MAX_DNS_PODS CoreDNS pods per node, rotated by node position so that together the
     nodes cover every pod;
-  * at most MAX_ENDPOINTS declared endpoints.
+  * at most MAX_ENDPOINTS declared endpoints;
+  * at most MAX_NODEPORTS NodePort Service ports per node (rotated by node position like the
+    CoreDNS pods), each connected to on the node's own address and on its first
+    NODEPORT_PEERS ring peers', so a NodePort that answers its own node but not the others
+    (or the reverse) is seen from both sides.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from kubenetdiag.facts.model import Fact, Source
 MAX_PEERS = 8
 MAX_DNS_PODS = 4
 MAX_ENDPOINTS = 16
+MAX_NODEPORTS = 2
+NODEPORT_PEERS = 2
 ICMP_OVERHEAD = 28  # IPv4 header + ICMP header: a DF ping of size S fills an MTU of S + 28
 DEFAULT_VXLAN_PORT = 8472  # flannel's default when net-conf.json names none
 DEFAULT_DOMAIN = "cluster.local"
@@ -93,7 +99,15 @@ class Endpoint(TypedDict):
     by: Literal["ip", "name"]
 
 
-class NodePlan(TypedDict):
+class NodePortTarget(TypedDict):
+    service: str  # namespace/name:port, the port's name or, for an unnamed one, its number
+    node_port: int
+    dst: str  # the node whose address is connected to
+    address: str  # its address (the API's InternalIP, else the inventory's)
+    own: bool  # the node connects to its own address
+
+
+class _NodePlanKeys(TypedDict):
     node: str
     address: str | None
     peers: list[Peer]
@@ -103,6 +117,10 @@ class NodePlan(TypedDict):
     dns_name: str
     http: list[HttpTarget]
     endpoints: list[Endpoint]
+
+
+class NodePlan(_NodePlanKeys, total=False):  # plans stored by older versions lack it
+    nodeports: list[NodePortTarget]
 
 
 def is_ipv4(text: str) -> bool:
@@ -324,6 +342,11 @@ def plan(
         key=lambda f: str(f.attrs["pod"]),
     )
     by_name = {h.name: h for h in hosts}
+    nodeports = sorted(
+        (f for f in facts if f.kind == "service_port" and _int(f.attrs.get("node_port"))
+         and f.attrs.get("protocol") == "TCP" and _int(f.attrs.get("ready_endpoints"))),
+        key=lambda f: (str(f.attrs.get("namespace")), str(f.attrs.get("name")),
+                       _int(f.attrs.get("port")) or 0))
 
     def address(name: str) -> str | None:
         ip = k8s[name].attrs.get("internal_ip") if name in k8s else None
@@ -398,6 +421,16 @@ def plan(
                 endpoints.append({"target": f"{parsed[0]}:{parsed[1]}", "host": parsed[0],
                                   "port": parsed[1],
                                   "by": "ip" if is_ipv4(parsed[0]) else "name"})
+        ports = nodeports
+        if len(ports) > MAX_NODEPORTS:  # rotate so the nodes together try every port
+            start = (i * MAX_NODEPORTS) % len(ports)
+            ports = (ports + ports)[start:start + MAX_NODEPORTS]
+        own_and_peers = [info[name]] + [info[p] for p in ring[:NODEPORT_PEERS]]
+        nodeport_targets: list[NodePortTarget] = [
+            {"service": _service_port_name(f), "node_port": int(f.attrs["node_port"]),
+             "dst": dst["name"], "address": dst["address"], "own": dst["name"] == name}
+            for f in ports for dst in own_and_peers
+            if dst["address"] and _answers_nodeport(f, dst["pod_cidr"])]
         plans[name] = {  # a NodePlan
             "node": name,
             "address": info[name]["address"],
@@ -409,5 +442,25 @@ def plan(
             "http": [{"url": f"http://{d['server']}:9153/metrics", "target": "coredns_metrics",
                       "pod": d["pod"]} for d in dns if d["kind"] == "pod"],
             "endpoints": endpoints,
+            "nodeports": nodeport_targets,
         }
     return plans
+
+
+def _service_port_name(fact: Fact) -> str:
+    a = fact.attrs
+    return f"{a.get('namespace')}/{a.get('name')}:{a.get('port_name') or a.get('port')}"
+
+
+def _answers_nodeport(fact: Fact, pod_cidr: str | None) -> bool:
+    """Whether a node should answer this NodePort. With externalTrafficPolicy Local only a node
+    with a ready endpoint does; the others drop it by design, and a connect there would only
+    tick the drop counter that tells real misdirected traffic apart (a rule reads it)."""
+    if fact.attrs.get("external_traffic_policy") != "Local":
+        return True
+    nets = ipv4_networks(pod_cidr)
+    for endpoint in str(fact.attrs.get("endpoints") or "").split(","):
+        host = endpoint.rpartition(":")[0]
+        if is_ipv4(host) and any(ipaddress.ip_address(host) in net for net in nets):
+            return True
+    return False
