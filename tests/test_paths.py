@@ -274,6 +274,48 @@ def test_a_node_that_lost_its_service_rules_is_named():
     assert not stops(facts, "n1", "service") and not stops(facts, "n3", "service")
 
 
+def _nodeport_rules(node_name: str) -> list[Fact]:
+    """kube-proxy's NodePort jump and chain for the web Service (iptables mode)."""
+    out = [chain(node_name, "nat", "KUBE-NODEPORTS", None)]
+    out.append(ipt(node_name, "nat", '-A KUBE-SERVICES ! -d 127.0.0.0/8 -m comment --comment '
+                   '"kubernetes service nodeports" -m addrtype --dst-type LOCAL '
+                   "-j KUBE-NODEPORTS", 2))
+    out.append(ipt(node_name, "nat", "-A KUBE-NODEPORTS -p tcp -m comment --comment "
+                   '"default/web:http" -m tcp --dport 30085 -j KUBE-SVC-WEB', 1))
+    return out
+
+
+def _nodeport_checked(dst: str, *srcs: str) -> list[Fact]:
+    return [f("nodeport_check", s, service="default/web:http", node_port=30085, dst=dst,
+              address=f"198.18.0.1{NODES[dst]}", own=False, ok=False, detail="refused")
+            for s in srcs]
+
+
+def test_a_peers_nodeport_connect_is_walked_through_the_dnat_and_forwarded():
+    extra = [x for n in NODES for x in _kube_proxy(n, ["10.244.2.3"]) + _nodeport_rules(n)]
+    facts = cluster(*extra, *_nodeport_checked("n1", "n2", "n3"))
+    assert not stops(facts, "n1", "nodeport_in")
+    assert "nodeport_in" in walk_of(facts, "n1")["kinds"]
+    assert "nodeport_in" not in walk_of(facts, "n2")["kinds"]  # nobody connected to n2's
+
+
+def test_a_forward_reject_stops_the_peers_nodeport_connect_on_that_node_only():
+    extra = [x for n in NODES for x in _kube_proxy(n, ["10.244.2.3"]) + _nodeport_rules(n)]
+    extra.append(ipt("n1", "filter", "-A FORWARD -j REJECT --reject-with icmp-host-prohibited",
+                     1))
+    facts = cluster(*extra, *_nodeport_checked("n1", "n2", "n3"))
+    got = sorted((s["peer"], s["verdict"], s["at"]) for s in stops(facts, "n1", "nodeport_in"))
+    assert got == [("n2", "reject", "filter FORWARD rule 1"),
+                   ("n3", "reject", "filter FORWARD rule 1")]
+
+
+def test_a_node_without_the_nodeport_is_named_for_it():
+    extra = [x for n in NODES for x in _kube_proxy(n, ["10.244.2.3"])]  # no NodePort rules
+    facts = cluster(*extra, *_nodeport_checked("n3", "n1"))
+    (s,) = stops(facts, "n3", "nodeport_in")
+    assert s["owner"] == "kube-proxy" and "nothing translates 198.18.0.13:30085" in s["at"]
+
+
 def test_tc_filters_are_reported_as_what_the_walk_cannot_see():
     facts = cluster(f("tc_hook", "n3", dev="eth0", direction="ingress", qdisc="clsact",
                       filters=1, actions="drop", text="..."))

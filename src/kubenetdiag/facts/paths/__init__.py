@@ -33,7 +33,7 @@ _NODE_KINDS = ("node_status", "interface", "route", "ip_rule", "sysctl", "tc_hoo
                "iptables_chain", "iptables_rule", "nft_table", "nft_chain", "nft_rule",
                "nft_set", "nft_element", "flannel_subnet")
 _KINDS = (*_NODE_KINDS, "k8s_node", "dns_pod", "dns_service", "cni", "bgp_session", "reach",
-          "tcp_check", "drop_counter_after")
+          "tcp_check", "nodeport_check", "drop_counter_after")
 # Declared for kubenetdiag.facts.producers. A rule on a path fact needs the node's own
 # configuration the walk reads (INPUTS); the rest (CONTEXT) only adds flows to walk (Service
 # VIPs, BGP peers, the peers probed; the DROP counters read after the checks) and is reported
@@ -192,11 +192,19 @@ def path_facts(facts: list[Fact]) -> list[Fact]:
     # replies ride the tunnel both ways, so they cross every rule on the overlay flows.
     tunnelled = {frozenset((f.node, str(f.attrs["dst"]))) for f in kinds["reach"]
                  if f.attrs.get("layer") == "pod" and isinstance(f.attrs.get("dst"), str)}
+    # NodePorts the peers connected to on each node: walked in from each of those peers
+    nodeports: dict[str, set[tuple[str, int, str]]] = defaultdict(set)
+    for f in kinds["nodeport_check"]:
+        a = f.attrs
+        if not a.get("own") and isinstance(a.get("dst"), str) and isinstance(
+                a.get("node_port"), int):
+            nodeports[str(a["dst"])].add((f.node, int(a["node_port"]), str(a.get("service"))))
     out: list[Fact] = []
     for name in names:
         me = nodes[name]
         flows = list(_flows(me, name, nodes, _peers(name, peer_names, reach), bgp, services,
                             dns_pods, endpoints))
+        flows += _nodeport_flows(me, nodes, sorted(nodeports.get(name, ())))
         out.extend(_facts_of(me, name, flows, after, tunnelled))
     return out
 
@@ -309,6 +317,23 @@ def _flows(me: _Node, name: str, nodes: dict[str, _Node], peers: list[str], bgp:
                 yield Flow("endpoint_pod", "forward",
                            Packet(me.pod_addr, addr(ip), "tcp", None, host_port, me.pod_dev),
                            None, target)
+
+
+def _nodeport_flows(me: _Node, nodes: dict[str, _Node],
+                    checked: list[tuple[str, int, str]]) -> list[Flow]:
+    """A peer node's connect to a NodePort on this node's address, as the checks sent it: in
+    on the underlay, DNAT to an endpoint, then forwarded to it (or delivered, when it is a
+    pod here behind no bridge)."""
+    v = me.view
+    out = []
+    for src, port, service in checked:
+        peer = nodes.get(src)
+        if v.address is None or peer is None or peer.view.address is None:
+            continue
+        out.append(Flow("nodeport_in", "forward",
+                        Packet(peer.view.address, v.address, "tcp", None, port, me.underlay),
+                        src, f"{service} (NodePort {port})"))
+    return out
 
 
 def _vtep(n: _Node) -> int | None:

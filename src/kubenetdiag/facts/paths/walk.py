@@ -262,13 +262,16 @@ def walk(v: NodeView, flow: Flow) -> Ending:
     for w in _hooks(v, ["prerouting"], arrived):
         if w.stop is not None:
             endings.append(_from_stop(w.stop, w.undecided, steps + ["prerouting"]))
-        elif flow.name == "service" and not w.pkt.dnat:
+        elif flow.name in ("service", "nodeport_in") and not w.pkt.dnat:
             vip = f"{show(pkt.dst)}:{pkt.dport}"
+            what = ("the Service VIP is not programmed on this node: the packet keeps an "
+                    "address nothing answers" if flow.name == "service" else
+                    "the NodePort is not programmed on this node: the packet is delivered "
+                    "to the node itself, where nothing listens on that port")
             endings.append(Ending(
                 "drop", "netfilter", f"nat PREROUTING: nothing translates {vip}", "prerouting",
                 "nat", "KUBE-SERVICES", None, f"no DNAT for {vip} {pkt.proto}", "kube-proxy",
-                None, "the Service VIP is not programmed on this node: the packet keeps an "
-                "address nothing answers", w.undecided, steps + ["prerouting"]))
+                None, what, w.undecided, steps + ["prerouting"]))
         else:
             endings.append(_decide(v, flow, w, steps + ["prerouting"]))
     return _combine(endings)
