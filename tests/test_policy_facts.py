@@ -109,6 +109,40 @@ def test_pods_with_the_same_labels_on_two_nodes_lose_dns_on_both_nodes():
         ("n1", "shop/web-1", 1), ("n2", "shop/web-2", 1)]
 
 
+def _nodeport_checks(ok: bool) -> list[Fact]:
+    # n1 connects to n2's NodePort (the web pod web-2 lives on n2) and to n3's (which
+    # forwards it on to web-2)
+    def check(node, dst):
+        return Fact("nodeport_check", node, {
+            "service": "shop/web:http", "node_port": 30085, "dst": dst, "address": "x",
+            "own": False, "ok": ok, "detail": None if ok else "refused"}, SRC)
+    port = Fact("service_port", "cluster", {
+        "namespace": "shop", "name": "web", "port_name": "http", "port": 80,
+        "protocol": "TCP", "node_port": 30085, "external_traffic_policy": "Cluster",
+        "endpoints": "10.244.2.5:8080", "ready_endpoints": 1}, SRC)
+    return [check("n1", "n2"), check("n1", "n3"), port]
+
+
+def test_a_policy_admitting_pods_only_denies_nodeport_traffic_as_the_enforcer_sees_it():
+    allow = _policy("shop", "web-from-pods", podSelector={"matchLabels": {"app": "web"}},
+                    ingress=[{"from": [{"podSelector": {}}]}])
+    out = policy_facts(_facts([allow], extra=_nodeport_checks(ok=False)), _doc([allow]), PLANS)
+    got = sorted((v.node, v.attrs["src"], v.attrs["dst"], v.attrs["port"], v.attrs["verdict"],
+                  v.attrs["failed"]) for v in _verdicts(out, flow="nodeport"))
+    # on n2 the policy sees the client n1 itself (it is enforced before the masquerade), and
+    # n1's connect to n3's NodePort as coming from n3, which forwarded it
+    assert got == [("n2", "node n1", "shop/web-2", 8080, "denied", True),
+                   ("n2", "node n3", "shop/web-2", 8080, "denied", True)]
+    assert all(v.attrs["denied_on"] == "ingress" for v in _verdicts(out, flow="nodeport"))
+
+
+def test_nodeport_traffic_that_got_through_is_not_blamed_on_a_policy():
+    allow = _policy("shop", "web-from-pods", podSelector={"matchLabels": {"app": "web"}},
+                    ingress=[{"from": [{"podSelector": {}}]}])
+    out = policy_facts(_facts([allow], extra=_nodeport_checks(ok=True)), _doc([allow]), PLANS)
+    assert {v.attrs["failed"] for v in _verdicts(out, flow="nodeport")} == {False}
+
+
 def test_default_deny_egress_in_the_probe_namespace_denies_endpoint_and_pod_flows():
     deny = _policy("default", "deny-egress", policyTypes=["Egress"])
     out = policy_facts(_facts([deny]), _doc([deny]), PLANS)

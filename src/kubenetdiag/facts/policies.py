@@ -39,7 +39,7 @@ from kubenetdiag.facts.netpol import NAME_LABEL, Peer, PolicyError, check_policy
 PROBE = "policies"
 INPUTS: tuple[str, ...] = ("network_policy", "dns_pod", "node_match", "own_pod_check",
                            "dns_check", "tcp_check", "reach", "http_check", "cni", "cni_pod",
-                           "process")
+                           "process", "nodeport_check", "service_port")
 CONTEXT: tuple[str, ...] = ()
 PRODUCES: tuple[str, ...] = ("policy_verdict", "policy_enforcement")
 # Who enforces policies is read from the API's agents and the nodes' processes, not from the
@@ -172,7 +172,7 @@ def _world(cluster: Any, to_inventory: Mapping[str, str]) -> _World | None:
 
 @dataclass
 class _Flow:
-    flow: str  # dns, metrics, endpoint, pod, own_pod
+    flow: str  # dns, metrics, endpoint, pod, own_pod, nodeport
     check: str  # dns, http, tcp, ping; none when no check sent it
     failed: bool | None
     src: Peer
@@ -256,6 +256,41 @@ def _check_flows(facts: dict[str, list[Fact]], world: _World, plans: Mapping[str
                                                name=address)
         out.append(_Flow("pod", "ping", a.get("ok") is False, src, dst, None, "ICMP",
                          a.get("vantage")))
+    return out
+
+
+MAX_NODEPORT_ENDPOINTS = 4  # endpoints of one NodePort judged per forwarding node
+
+
+def _nodeport_flows(facts: dict[str, list[Fact]], world: _World) -> list[_Flow]:
+    """The NodePort checks' connects from peers, as a policy enforcer sees them reach the
+    Service's endpoints. Enforcers filter in FORWARD, before kube-proxy's masquerade: an
+    endpoint on the node connected to sees the peer's own address; one on another node sees
+    the address of the node that forwarded it (externalTrafficPolicy Local keeps the peer's
+    address all the way)."""
+    ports = {}
+    for f in facts["service_port"]:
+        a = f.attrs
+        ports[f"{a.get('namespace')}/{a.get('name')}:{a.get('port_name') or a.get('port')}"] = a
+    failed: dict[tuple[str, str], bool] = {}
+    for f in facts["nodeport_check"]:
+        a = f.attrs
+        svc = ports.get(str(a.get("service")))
+        if a.get("own") or svc is None or not isinstance(a.get("dst"), str):
+            continue
+        via = str(a["dst"])
+        for endpoint in str(svc.get("endpoints") or "").split(",")[:MAX_NODEPORT_ENDPOINTS]:
+            pod = world.by_ip.get(endpoint.rpartition(":")[0])
+            local = svc.get("external_traffic_policy") == "Local" or (
+                pod is not None and pod.node == via)
+            key = (f.node if local else via, endpoint)
+            failed[key] = failed.get(key, False) or a.get("ok") is False
+    out = []
+    for (src, endpoint), bad in sorted(failed.items()):
+        ip, _, port = endpoint.rpartition(":")
+        if ip in world.by_ip and port.isdigit():
+            out.append(_Flow("nodeport", "tcp", bad, _node_peer(src), world.by_ip[ip],
+                             int(port), "TCP", None))
     return out
 
 
@@ -408,7 +443,7 @@ def policy_facts(facts: list[Fact], cluster: Any, plans: Mapping[str, Any] | Non
         for p in world.policies:
             by_ns[p["metadata"]["namespace"]].append(p)
         made = [f for fl in _check_flows(kinds, world, plans or {}, pod_of, nodes)
-                + _dns_need_flows(world, dns)
+                + _nodeport_flows(kinds, world) + _dns_need_flows(world, dns)
                 if (f := _verdict_fact(fl, by_ns, unreadable_ns)) is not None]
         # an unchecked flow is worth a fact only when a policy stops it
         made = [f for f in made if f.attrs["check"] != "none"
