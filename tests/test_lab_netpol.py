@@ -178,8 +178,14 @@ def test_ingress_policy_refuses_the_web_pod_until_deleted(netpol_lab):
     # pod's node: not a firewall rule, and nothing else as a root cause
     alarms = [f for f in report["findings"] if f["root_cause"]
               and f["severity"] in ("critical", "error", "warning")]
-    assert [(f["fault"], f["nodes"]) for f in alarms] == [("network_policy_denies", [web.node])]
-    assert "default/web-allow-frontend" in alarms[0]["title"]
+    assert {(f["fault"], tuple(f["nodes"])) for f in alarms} == {
+        ("network_policy_denies", (web.node,))}
+    assert all("default/web-allow-frontend" in f["title"] for f in alarms)
+    # the web Service's NodePort answers on the web pod's node itself only (the policy admits
+    # no node): told, as a consequence of the policy
+    (nodeport,) = [f for f in report["findings"] if f["fault"] == "nodeport_fails_from_peers"]
+    assert nodeport["nodes"] == [web.node] and not nodeport["root_cause"]
+    assert any("NodePort traffic" in f["title"] for f in alarms)
     assert policies(lab) == []
     assert http_ok(lab, client.name, f"http://{web.ip}:{WEB_PORT}/")[0]
     assert http_ok(lab, client.name, f"http://{WEB_VIP}/")[0]

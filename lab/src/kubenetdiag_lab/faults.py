@@ -933,6 +933,41 @@ def _vxlan_unblock(ctx: FaultContext, node: LabNode, params: Params) -> None:
         ctx.node(node).run(["tc", "qdisc", "del", "dev", "eth0", "clsact"])
 
 
+NODEPORT_RANGE = "30000-32767"  # kube-apiserver's default --service-node-port-range
+
+
+def _nodeport_switch_table(node: LabNode) -> str:
+    return f"kndnp_{node.name}"
+
+
+def _nodeports_filtered(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] != "switch":
+        raise LabError("nodeport_fails_from_peers: via must be switch")
+    # A cloud security group that was never opened for the NodePort range: TCP to it is
+    # dropped on the switch port towards the node, before the node sees anything, while the
+    # node's own connects to its NodePorts never leave it.
+    rules = (f"table bridge {_nodeport_switch_table(node)} {{\n chain block {{\n"
+             "  type filter hook forward priority 0; policy accept;\n"
+             f'  oifname "swp{node.index}" ip daddr {node.address} tcp dport {NODEPORT_RANGE}'
+             " drop\n }\n}\n")
+    ctx.runners.switch.run(["nft", "-f", "-"], input=rules)
+
+
+def _nodeports_unfiltered(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    ctx.runners.switch.run(["nft", "delete", "table", "bridge", _nodeport_switch_table(node)],
+                           check=False)
+
+
+register(Fault(
+    "nodeport_fails_from_peers",
+    f"TCP to the NodePort range ({NODEPORT_RANGE}) dropped on the switch port towards the "
+    "node, like a cloud security group never opened for it (via=switch): the node's own "
+    "connects to its NodePorts work, its peers' time out, and nothing on the node shows why",
+    _nodeports_filtered, _nodeports_unfiltered, {"via": "switch"},
+    mechanisms={"switch": ()},
+))
+
+
 VXLAN_BLOCKS = ("input", "switch", "nft", "prerouting", "tc")
 register(Fault(
     "vxlan_udp_blocked",

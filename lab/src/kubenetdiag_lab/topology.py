@@ -46,6 +46,9 @@ KUBERNETES_VIP = "10.96.0.1"
 DNS_VIP = "10.96.0.10"
 WEB_VIP = "10.96.0.20"
 WEB_PORT = 8080
+# The web Service is a NodePort Service (externalTrafficPolicy Cluster), as a web app exposed
+# to a load balancer is: every node answers on this port, whether it runs the web pod or not.
+WEB_NODE_PORT = 30085
 METRICS_PORT = 9153
 # Calico's pods route everything via this link-local address, which no device holds: the host
 # side of each pod's cali* veth answers its ARP by proxy.
@@ -314,7 +317,8 @@ def cluster_services(topology: Topology, unready: Collection[str] = (),
         ("kube-dns", "kube-system", DNS_VIP,
          (ServicePort("dns", 53, "UDP", 53), ServicePort("dns-tcp", 53, "TCP", 53),
           ServicePort("metrics", METRICS_PORT, "TCP", METRICS_PORT)), "coredns"),
-        ("web", "default", WEB_VIP, (ServicePort("http", 80, "TCP", WEB_PORT),), "web"),
+        ("web", "default", WEB_VIP, (ServicePort("http", 80, "TCP", WEB_PORT, WEB_NODE_PORT),),
+         "web"),
     ]
     return [
         Service(name, namespace, vip, ports, app,
