@@ -35,6 +35,7 @@ from typing import Any
 from kubenetdiag.facts.cluster import ApiCalls
 from kubenetdiag.facts.model import Fact, Source, by_kind
 from kubenetdiag.facts.netpol import NAME_LABEL, Peer, PolicyError, check_policy, evaluate
+from kubenetdiag.probes.active.plan import service_port_name
 
 PROBE = "policies"
 INPUTS: tuple[str, ...] = ("network_policy", "dns_pod", "node_match", "own_pod_check",
@@ -268,10 +269,7 @@ def _nodeport_flows(facts: dict[str, list[Fact]], world: _World) -> list[_Flow]:
     endpoint on the node connected to sees the peer's own address; one on another node sees
     the address of the node that forwarded it (externalTrafficPolicy Local keeps the peer's
     address all the way)."""
-    ports = {}
-    for f in facts["service_port"]:
-        a = f.attrs
-        ports[f"{a.get('namespace')}/{a.get('name')}:{a.get('port_name') or a.get('port')}"] = a
+    ports = {service_port_name(f.attrs): f.attrs for f in facts["service_port"]}
     failed: dict[tuple[str, str], bool] = {}
     for f in facts["nodeport_check"]:
         a = f.attrs

@@ -427,7 +427,7 @@ def plan(
             ports = (ports + ports)[start:start + MAX_NODEPORTS]
         own_and_peers = [info[name]] + [info[p] for p in ring[:NODEPORT_PEERS]]
         nodeport_targets: list[NodePortTarget] = [
-            {"service": _service_port_name(f), "node_port": int(f.attrs["node_port"]),
+            {"service": service_port_name(f.attrs), "node_port": int(f.attrs["node_port"]),
              "dst": dst["name"], "address": dst["address"], "own": dst["name"] == name}
             for f in ports for dst in own_and_peers
             if dst["address"] and _answers_nodeport(f, dst["pod_cidr"])]
@@ -447,8 +447,9 @@ def plan(
     return plans
 
 
-def _service_port_name(fact: Fact) -> str:
-    a = fact.attrs
+def service_port_name(a: Any) -> str:
+    """A service_port fact's attributes -> namespace/name:port, the port's name or, for an
+    unnamed one, its number: how the NodePort checks name what they connect to."""
     return f"{a.get('namespace')}/{a.get('name')}:{a.get('port_name') or a.get('port')}"
 
 
