@@ -695,7 +695,8 @@ def test_vxlan_mechanism_breaks_and_heals_exactly_even_blind(lab, case):
 BLIND = sorted({
     ("ip_forward_disabled", "file"), ("host_firewall_active", "ufw"),
     ("vxlan_udp_blocked", "switch"), ("pod_cidr_route_missing", "delete"),
-    ("coredns_unreachable", "stop"), ("coredns_unreachable", "drop")} - {
+    ("coredns_unreachable", "stop"), ("coredns_unreachable", "drop"),
+    ("nodeport_fails_from_peers", "switch")} - {
     (fault, via) for fault, via, *_ in VXLAN_CASES})
 
 

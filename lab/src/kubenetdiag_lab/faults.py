@@ -863,8 +863,22 @@ def _vxlan_drop(ctx: FaultContext, node: LabNode) -> list[str]:
     return ["-p", "udp", "-m", "udp", "--dport", port, "-j", "DROP"]
 
 
-def _switch_table(node: LabNode) -> str:
-    return f"kndvx_{node.name}"
+def _switch_table(node: LabNode, what: str) -> str:
+    return f"knd{what}_{node.name}"
+
+
+def _switch_block(ctx: FaultContext, node: LabNode, what: str, match: str) -> None:
+    """Drop what `match` matches on the switch port towards the node, like a cloud security
+    group: the node never sees it arrive (its own capture neither)."""
+    rules = (f"table bridge {_switch_table(node, what)} {{\n chain block {{\n"
+             "  type filter hook forward priority 0; policy accept;\n"
+             f'  oifname "swp{node.index}" {match} drop\n }}\n}}\n')
+    ctx.runners.switch.run(["nft", "-f", "-"], input=rules)
+
+
+def _switch_unblock(ctx: FaultContext, node: LabNode, what: str) -> None:
+    ctx.runners.switch.run(["nft", "delete", "table", "bridge", _switch_table(node, what)],
+                           check=False)
 
 
 VXLAN_GUARD_TABLE = "guard"  # a hardening tool's own nftables table
@@ -895,13 +909,9 @@ def _vxlan_block(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if params["via"] == "input":
         _ipt_insert(ctx, node, "INPUT", _vxlan_drop(ctx, node))
     elif params["via"] == "switch":
-        # Like a cloud security group: the frames are dropped on the switch port towards the
-        # node, so its own tcpdump never sees them arrive (a node-local INPUT DROP still
-        # shows them, since capture happens before netfilter).
-        rules = (f"table bridge {_switch_table(node)} {{\n chain block {{\n"
-                 "  type filter hook forward priority 0; policy accept;\n"
-                 f'  oifname "swp{node.index}" udp dport {port} drop\n }}\n}}\n')
-        ctx.runners.switch.run(["nft", "-f", "-"], input=rules)
+        # a node-local INPUT DROP would still show them in the node's capture, which happens
+        # before netfilter; this one does not
+        _switch_block(ctx, node, "vx", f"udp dport {port}")
     elif params["via"] == "nft":
         # nothing in iptables-save: a native table of its own, hooked at input
         _nft(ctx, node, f"table inet {VXLAN_GUARD_TABLE} {{\n\tchain input {{\n"
@@ -923,8 +933,7 @@ def _vxlan_block(ctx: FaultContext, node: LabNode, params: Params) -> None:
 
 def _vxlan_unblock(ctx: FaultContext, node: LabNode, params: Params) -> None:
     _ipt_delete(ctx, node, "INPUT", _vxlan_drop(ctx, node))
-    ctx.runners.switch.run(["nft", "delete", "table", "bridge", _switch_table(node)],
-                           check=False)
+    _switch_unblock(ctx, node, "vx")
     _nft_delete_table(ctx, node, "inet", VXLAN_GUARD_TABLE)
     _ipt_delete(ctx, node, "PREROUTING", _vxlan_drop(ctx, node), table="raw")
     _ipt_tidy(ctx, node, "raw", ["PREROUTING"])
@@ -936,26 +945,16 @@ def _vxlan_unblock(ctx: FaultContext, node: LabNode, params: Params) -> None:
 NODEPORT_RANGE = "30000-32767"  # kube-apiserver's default --service-node-port-range
 
 
-def _nodeport_switch_table(node: LabNode) -> str:
-    return f"kndnp_{node.name}"
-
-
 def _nodeports_filtered(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if params["via"] != "switch":
         raise LabError("nodeport_fails_from_peers: via must be switch")
-    # A cloud security group that was never opened for the NodePort range: TCP to it is
-    # dropped on the switch port towards the node, before the node sees anything, while the
-    # node's own connects to its NodePorts never leave it.
-    rules = (f"table bridge {_nodeport_switch_table(node)} {{\n chain block {{\n"
-             "  type filter hook forward priority 0; policy accept;\n"
-             f'  oifname "swp{node.index}" ip daddr {node.address} tcp dport {NODEPORT_RANGE}'
-             " drop\n }\n}\n")
-    ctx.runners.switch.run(["nft", "-f", "-"], input=rules)
+    # A security group never opened for the NodePort range; the node's own connects to its
+    # NodePorts never leave it.
+    _switch_block(ctx, node, "np", f"ip daddr {node.address} tcp dport {NODEPORT_RANGE}")
 
 
 def _nodeports_unfiltered(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    ctx.runners.switch.run(["nft", "delete", "table", "bridge", _nodeport_switch_table(node)],
-                           check=False)
+    _switch_unblock(ctx, node, "np")
 
 
 register(Fault(
