@@ -150,3 +150,13 @@ def test_the_guide_example_site_rule_lints_tests_and_fires(capsys, tmp_path):
     # the lab nodes run Linux 6.x with somaxconn 4096: the site rule must stay quiet there
     assert "somaxconn_low" not in {f["fault"] for f in report["findings"]}
     assert report["rules"]["count"] > 4
+
+
+def test_an_error_naming_hostile_text_reaches_the_terminal_escaped():
+    from kubenetdiag.errors import for_terminal
+
+    shown = for_terminal("node\x1b]8;;http://x\x07evil\x1b]8;;\x07 \u202eab\x9b\nnext\tline")
+    assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
+    assert "\x9b" not in shown
+    assert "\\x1b]8;;http://x\\x07evil" in shown
+    assert "\nnext\tline" in shown  # layout characters stay what they are

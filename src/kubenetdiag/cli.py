@@ -29,6 +29,7 @@ from kubenetdiag.errors import (
     EXIT_OK,
     EXIT_USAGE,
     InputError,
+    for_terminal,
 )
 from kubenetdiag.inventory import Host, load_inventory, local_host
 from kubenetdiag.pipeline import Analysis, CollectOptions, Observer
@@ -417,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except InputError as exc:  # RuleErrors too: one line per problem
-        print(f"kubenetdiag: {exc}", file=sys.stderr)
+        print(f"kubenetdiag: {for_terminal(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("kubenetdiag: interrupted", file=sys.stderr)

@@ -6,6 +6,8 @@ input is and what to do about it.
 
 from __future__ import annotations
 
+import re
+
 # Every way a run ends, in one place (docs/errors.md). 0 and 1 follow from the findings.
 EXIT_OK = 0  # no finding of severity warning or above
 EXIT_FINDINGS = 1  # at least one finding of severity warning or above
@@ -13,6 +15,19 @@ EXIT_USAGE = 2  # bad input: nothing was run
 EXIT_ALL_FAILED = 3  # no node could be collected from
 EXIT_INTERNAL = 4  # a bug: the traceback is printed, and the bundle keeps what was collected
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+
+
+# C0 controls but newline and tab, DEL, C1 controls, and the bidirectional overrides that can
+# reorder what an SRE reads: a node name or a file from a bundle may hold any of them.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def for_terminal(text: str) -> str:
+    """`text` with every character that a terminal would act on shown as an escape (`\\x1b`).
+
+    Anything printed to a terminal that came from a bundle, an inventory, a rule file or a node
+    goes through here: an escape sequence in it must be read, never executed."""
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 class InputError(Exception):
