@@ -219,7 +219,8 @@ def test_lab_json_is_the_documented_contract(lab):
         (53, "UDP"), (53, "TCP"), (9153, "TCP")}
     assert svcs["web"]["endpoints"] == [apps["web"]["name"]]
     assert svcs["web"]["ports"] == [{"name": "http", "port": 80, "protocol": "TCP",
-                                     "target_port": 8080}]
+                                     "target_port": 8080, "node_port": 30085}]
+    assert "node_port" not in svcs["kube-dns"]["ports"][0]  # a ClusterIP Service has none
     assert state["faults"] == []
 
 

@@ -54,7 +54,8 @@ lab.json (`<workdir>/lab.json`, schema "kubenetdiag/lab/v1") is the contract api
           ready: false for the pods of a service_no_endpoints via=unready service (failing
           readiness, restarts 0), CoreDNS's under coredns_unreachable via=stop (crash-looping), and
           CoreDNS's whenever the lab's own readiness probe of it fails (e.g. hung)
-    services [{name, namespace, cluster_ip, ports [{name, port, protocol, target_port}], app,
+    services [{name, namespace, cluster_ip, ports [{name, port, protocol, target_port,
+                                                 node_port (NodePort Services only)}], app,
                endpoints [its Ready pods' names, as kube-controller-manager lists them ready:
                           [] under service_no_endpoints; kube-dns's [] under
                           coredns_unreachable via=stop],
