@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,26 +15,40 @@ from kubenetdiag_lab import Lab, missing_requirements
 # by hand, and distinct from the per-test prefixes in test_lab.py.
 # KUBENETDIAG_TEST_LAB_PREFIX lets two test runs share a machine without tearing down each
 # other's lab.
-SESSION_LAB_PREFIX = os.environ.get("KUBENETDIAG_TEST_LAB_PREFIX", "kndtest")
+# Each pytest-xdist worker brings up labs of its own (session fixtures are per worker), so the
+# second worker's labs carry its number: gw1's vxlan lab is "kndtest1", next to gw0's "kndtest".
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+SESSION_LAB_PREFIX = os.environ.get("KUBENETDIAG_TEST_LAB_PREFIX", "kndtest") + (
+    "" if _WORKER in ("", "0") else _WORKER)
 
 
-# The test modules that build labs (they mark tests `lab`): all of their tests run in one
-# pytest-xdist worker, in order, so two workers never build labs of one prefix at once, while
-# the other worker runs the rest. Decided by module, in the controller, which sees node ids
-# only; xdist's own loadgroup cannot be used: it renames items through a field pytest 9 no
-# longer reads.
-LAB_MODULES = frozenset(p.name for p in Path(__file__).parent.glob("test_*.py")
-                        if "pytest.mark.lab" in p.read_text(encoding="utf-8"))
+def _lab_group(text: str) -> str | None:
+    """The lab tests fall in two groups, about even in time: the modules that also use the
+    calico-bgp or host-gw labs, and the rest. Each group runs in one worker, in order, so a
+    lab is never built twice at once and the other CNI modes' labs come up in one worker
+    only; the two groups run side by side (their labs have different prefixes), the
+    non-lab tests fill in around them."""
+    if "pytest.mark.lab" not in text:
+        return None
+    return "lab-cni" if re.search(r"\b(calico_lab|hostgw_lab)\b", text) else "lab"
+
+
+# Decided by module, in the controller, which sees node ids only; xdist's own loadgroup cannot
+# be used: it renames items through a field pytest 9 no longer reads.
+LAB_GROUPS = {p.name: group for p in Path(__file__).parent.glob("test_*.py")
+              if (group := _lab_group(p.read_text(encoding="utf-8")))}
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     from xdist.scheduler import LoadScopeScheduling
 
-    class LabTestsTogether(LoadScopeScheduling):
+    class LabGroupsApart(LoadScopeScheduling):
+        # With two workers the two groups go one to each: scopes are handed out largest
+        # first (loadscopereorder, on by default) and the lab groups are by far the largest.
         def _split_scope(self, nodeid: str) -> str:
-            return "lab" if Path(nodeid.split("::", 1)[0]).name in LAB_MODULES else nodeid
+            return LAB_GROUPS.get(Path(nodeid.split("::", 1)[0]).name, nodeid)
 
-    return LabTestsTogether(config, log)
+    return LabGroupsApart(config, log)
 
 
 @pytest.fixture(scope="session")
