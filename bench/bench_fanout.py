@@ -13,11 +13,12 @@ Prints a table and writes bench/results/fanout.json. Lab nodes share this machin
 wall time grows with N for reasons a real cluster does not have; the figures that matter are
 the ratio to the baseline and the diagnoser's own CPU per node (the slope over N).
 
-Every SSH session on a lab node starts root's login shell, which sources this machine's
-~/.bashrc; on the machine the figures come from, that costs a node ~0.2 s of CPU per session
-(pyenv's init), and Ansible opens several sessions per node where kubenetdiag opens one. So at
-the largest size both tools run a second time with a bare login: each node gets an empty home
-of its own in its mount namespace, as a separate machine would have. Both figures are reported.
+Every SSH session on a lab node starts root's login shell. A lab node runs its own shell
+start-up files (a fresh node's, `lab up --login node`), as a real node does; this machine's
+~/.bashrc may do much more (on the machine the figures come from, pyenv's init: ~0.2 s of CPU
+per session), and Ansible opens several sessions per node where kubenetdiag opens one. So at the
+largest size both tools run a second time with the machine's login (`--login machine`). Both
+figures are reported.
 """
 
 from __future__ import annotations
@@ -111,15 +112,6 @@ def check_login_lock() -> None:
         )
 
 
-def bare_login(lab, workdir: Path) -> None:
-    """Give every node an empty root home in its own mount namespace: no rc file to source."""
-    for node in lab.nodes:
-        home = workdir / "homes" / node.name
-        home.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["nsenter", "-t", str(lab.init_pid(node)), "-m", "mount", "--bind",
-                        str(home), "/root"], check=True)
-
-
 def parse_ms_per_node(bundle: Path) -> float:
     """The parse stage's CPU on a bundle the run just wrote, per node."""
     from kubenetdiag.bundle import read_bundle, read_cluster
@@ -136,20 +128,18 @@ def parse_ms_per_node(bundle: Path) -> float:
     return round(best * 1000 / len(records), 2)
 
 
-def measure(n: int, repeat: int, workdir: Path, bare: bool = False) -> dict:
+def measure(n: int, repeat: int, workdir: Path, login: str = "node") -> dict:
     from kubenetdiag.collect.script import build_script, new_marker
     from kubenetdiag.probes import PROBES
     from kubenetdiag_lab import Lab
 
-    lab = Lab(workdir / f"lab{n}", nodes=n, prefix="kndbench")
+    lab = Lab(workdir / f"lab{n}", nodes=n, prefix="kndbench", login=login)
     lab.down()
     clear_stale_login_lock()
     t0 = time.perf_counter()
     lab.up()
     up_s = time.perf_counter() - t0
     try:
-        if bare:
-            bare_login(lab, workdir)
         for node in lab.nodes:
             lab.node_exec(node.name, ["iptables", "-I", *SYN_RULE])
         in_client = ["ip", "netns", "exec", lab.client_netns]
@@ -167,7 +157,7 @@ def measure(n: int, repeat: int, workdir: Path, bare: bool = False) -> dict:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         runs: dict[str, list[dict]] = {"collect": [], "ansible": [], "diagnose": [],
                                        "bare_paramiko": []}
-        tag = f"{n}{'-bare' if bare else ''}"
+        tag = f"{n}-{login}"
         # Round 0 is a warm-up for both tools (byte code, page cache, sshd) and is not kept.
         for r in range(repeat + 1):
             for kind in ("collect", "ansible", "bare_paramiko", "diagnose"):
@@ -217,7 +207,7 @@ def measure(n: int, repeat: int, workdir: Path, bare: bool = False) -> dict:
                         str(n),
                         "-o",
                     ]
-                if not bare:
+                if login == "machine":
                     check_login_lock()
                 syn0, cpu0 = syn_count(lab), children_cpu()
                 stdin = script.encode() if kind == "bare_paramiko" else None
@@ -240,7 +230,7 @@ def measure(n: int, repeat: int, workdir: Path, bare: bool = False) -> dict:
         best = {k: min(v, key=lambda x: x["wall_s"]) for k, v in runs.items()}
         return {
             "nodes": n,
-            "login": "bare" if bare else "machine",
+            "login": login,
             "parse_ms_per_node": parse_ms_per_node(workdir / f"collect-{tag}-1"),
             "lab_up_s": round(up_s, 2),
             "collect_wall_s": best["collect"]["wall_s"],
@@ -276,8 +266,8 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="knd-bench-") as tmp:
-        for n, bare in [*((n, False) for n in sizes), (sizes[-1], True)]:
-            rows.append(measure(n, args.repeat, Path(tmp), bare=bare))
+        for n, login in [*((n, "node") for n in sizes), (sizes[-1], "machine")]:
+            rows.append(measure(n, args.repeat, Path(tmp), login=login))
             r = rows[-1]
             print(
                 f"N={n:3d} {r['login']:7s} collect {r['collect_wall_s']:6.2f}s "
@@ -287,9 +277,10 @@ def main() -> int:
                 f"bare paramiko loop {r['bare_paramiko_wall_s']:6.2f}s",
                 flush=True,
             )
-    # The marginal CPU per node: the least-squares slope of collect's CPU over N (machine
-    # login), which removes the fixed cost of starting Python and importing the libraries.
-    pts = [(r["nodes"], r["collect_cpu_s"]) for r in rows if r["login"] == "machine"]
+    # The marginal CPU per node: the least-squares slope of collect's CPU over N (the
+    # node's own login), which removes the fixed cost of starting Python and importing the
+    # libraries.
+    pts = [(r["nodes"], r["collect_cpu_s"]) for r in rows if r["login"] == "node"]
     slope = None
     if len({x for x, _ in pts}) > 1:
         mx = sum(x for x, _ in pts) / len(pts)

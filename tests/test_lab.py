@@ -53,6 +53,32 @@ def test_a_fault_of_kube_proxys_iptables_rules_is_refused_in_nftables_mode(tmp_p
 # ---- preflight (pure, no root needed) -------------------------------------------------------
 
 
+def test_logins_cover_only_the_start_up_files_the_machine_has(tmp_path):
+    from kubenetdiag_lab.nodehost import NodeFiles, init_script, login_mounts
+
+    home = tmp_path / "machine-home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".bashrc").write_text('eval "$(pyenv init -)"\n')
+    (home / ".ssh" / "rc").write_text("echo hi\n")
+    (home / "notes.txt").write_text("not a start-up file\n")
+    files = NodeFiles(tmp_path / "node1")
+    files.home.mkdir(parents=True)
+    (files.home / ".bashrc").write_text("# the node's own\n")
+    (files.home / ".profile").write_text("# the machine has none: nothing to cover\n")
+    assert login_mounts(files, home) == [
+        f"mount --bind {files.home / '.bashrc'} {home / '.bashrc'}",
+        f"mount --bind /dev/null {home / '.ssh' / 'rc'}",  # the node has no such hook
+    ]
+    # --login machine: the init leaves the machine's files where they are
+    assert not any(line.endswith("/root/.bashrc") for line in
+                   init_script(files, [], own_login=False).splitlines())
+
+
+def test_an_unknown_login_mode_is_refused(tmp_path):
+    with pytest.raises(LabError, match="login mode"):
+        Lab(tmp_path, login="laptop")
+
+
 def test_preflight_accepts_a_machine_on_192_0_2():
     assert find_overlaps(LAB_NETS, ROOT_ADDRS, ROOT_ROUTES) == []
 

@@ -198,11 +198,24 @@ def test_a_node_over_ssh_looks_like_a_node(lab):
     assert "99-kubernetes-cri.conf" in files and "FLANNEL_SUBNET=10.244.2.1/24" in files
 
 
+def test_a_login_to_a_node_runs_the_nodes_own_start_up_files(lab):
+    """As on a real node, and not this machine's, which may start a version manager on every
+    login: the collector's cost on a node is measured without it."""
+    machine = Path.home() / ".bashrc"
+    before = machine.read_bytes() if machine.is_file() else None
+    cp = lab.client_exec(lab.ssh_argv("node1", "cat ~/.bashrc 2>/dev/null; echo \"[$PYENV_ROOT]\""))
+    assert cp.returncode == 0, cp.stderr
+    skel = Path("/etc/skel/.bashrc")
+    own = skel.read_text() if skel.is_file() else ""
+    assert cp.stdout == own + "[]\n"
+    assert (machine.read_bytes() if machine.is_file() else None) == before
+
+
 def test_lab_json_is_the_documented_contract(lab):
     state = json.loads(lab.state_path.read_text())
     for key in ("prefix", "workdir", "cni", "vxlan_port", "cluster_domain", "pod_network",
                 "service_network", "nodes", "pods", "services", "faults", "bird_sockets",
-                "kubeconfig", "inventory"):
+                "kubeconfig", "inventory", "login"):
         assert key in state, key
     assert (state["cni"], state["vxlan_port"], state["cluster_domain"]) == (
         "flannel-vxlan", 8472, "cluster.local")

@@ -30,6 +30,7 @@ from kubenetdiag_lab.topology import (
     CNI_MODES,
     DEFAULT_CNI,
     DEFAULT_PROXY_MODE,
+    LOGIN_MODES,
     NETWORK_POLICY_MODES,
     PROXY_MODES,
 )
@@ -60,6 +61,9 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--network-policy", choices=NETWORK_POLICY_MODES, default="none",
                     help="what enforces NetworkPolicies: none (default), or kube-router's "
                          "policy controller in every node")
+    up.add_argument("--login", choices=LOGIN_MODES, default="node",
+                    help="whose shell start-up files an SSH login to a node runs: the node's "
+                         "own (default, as on a real node) or this machine's")
     status = sub.add_parser("status", help="describe the running lab")
     status.add_argument("--json", action="store_true", help="machine-readable")
     ex = sub.add_parser("exec", help="run a command in the lab's client namespace")
@@ -169,7 +173,8 @@ def _run(args: argparse.Namespace) -> int:
     cmd = args.lab_cmd
     if cmd == "up":
         lab = Lab(args.workdir, nodes=args.nodes, prefix=args.prefix, cni_mode=args.cni,
-                  proxy_mode=args.proxy_mode, network_policy=args.network_policy)
+                  proxy_mode=args.proxy_mode, network_policy=args.network_policy,
+                  login=args.login)
         lab.up()
         enforcer = "" if lab.network_policy == "none" else f", {lab.network_policy}"
         print(f"lab up ({lab.cni}, kube-proxy {lab.proxy_mode}{enforcer}, {len(lab.nodes)} "

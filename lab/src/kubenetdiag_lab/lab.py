@@ -42,6 +42,7 @@ lab.json (`<workdir>/lab.json`, schema "kubenetdiag/lab/v1") is the contract api
     kuberouter.py), vxlan_port (cluster-wide flannel port), cluster_domain ("cluster.local"),
     pod_network ("10.244.0.0/16"), service_network ("10.96.0.0/12"),
     kube_proxy_mode ("iptables", or "nftables" from `up --proxy-mode nftables`),
+    login ("node": logins run the node's own shell start-up files; "machine": this machine's),
     underlay ("198.18.0.0/24"), namespaces [all lab netns], switch_netns,
     client {netns, address}, outside {netns, address, network,
                                       hosts: [{address, port, name, fqdn (the site's DNS name)}]},
@@ -164,8 +165,10 @@ class Lab:
 
     def __init__(self, workdir: Path, nodes: int = 2, prefix: str = "knd",
                  cni_mode: str = DEFAULT_CNI, *, proxy_mode: str = DEFAULT_PROXY_MODE,
-                 topology: Topology | None = None, network_policy: str = "none") -> None:
-        self.topology = topology or build(prefix, nodes, cni_mode, proxy_mode, network_policy)
+                 topology: Topology | None = None, network_policy: str = "none",
+                 login: str = "node") -> None:
+        self.topology = topology or build(prefix, nodes, cni_mode, proxy_mode, network_policy,
+                                          login)
         shape = self.topology
         self.workdir = Path(workdir).resolve()
         self.paths = LabPaths(self.workdir)
@@ -465,7 +468,7 @@ class Lab:
         for node in self.nodes:
             files = self.paths.node_files(node.name)
             pid = nodehost.start_init(node.netns, files, agents, files.dir / "init.log",
-                                      hidden)
+                                      hidden, own_login=self.topology.login == "node")
             started[node.name] = (pid, files)
         self._init_pids.update(nodehost.wait_ready(started))
         for node in self.nodes:
@@ -550,6 +553,7 @@ class Lab:
             "workdir": str(self.workdir),
             "cni": self.cni,
             "network_policy": self.network_policy,
+            "login": self.topology.login,
             "vxlan_port": flannel.VXLAN_PORT,
             "cluster_domain": CLUSTER_DOMAIN,
             "pod_network": self.pod_network,

@@ -80,12 +80,22 @@ class NodeFiles:
     def init(self) -> Path:
         return self.dir / INIT_NAME
 
+    @property
+    def home(self) -> Path:
+        """The node's root home: its shell start-up files (login_mounts)."""
+        return self.dir / "home"
+
 
 def prepare(files: NodeFiles, sysctl_conf: str) -> None:
     for directory in (files.sysctl_d, files.run_dir / "flannel", files.run_dir / "sshd",
-                      files.run_dir / "calico", files.bin):
+                      files.run_dir / "calico", files.bin, files.home):
         directory.mkdir(parents=True, exist_ok=True)
     files.sysctl_conf.write_text(sysctl_conf)
+    # A fresh node's root home holds the distribution's defaults, nothing of this machine's.
+    for name in STARTUP_FILES:
+        skel = SKEL / name
+        if skel.is_file():
+            (files.home / name).write_bytes(skel.read_bytes())
     sleep = which("sleep")
     for name in AGENT_PATHS:
         link = files.bin / name
@@ -108,13 +118,37 @@ def agent_command(files: NodeFiles, name: str) -> str:
             f"infinity) </dev/null >/dev/null 2>&1 &")
 
 
+# What a shell or sshd runs on every login, relative to the user's home: bash's start-up and
+# logout files, sh's, and sshd's own per-user hook and environment.
+STARTUP_FILES = (".bashrc", ".bash_profile", ".bash_login", ".profile", ".bash_logout",
+                 ".ssh/rc", ".ssh/environment")
+SKEL = Path("/etc/skel")
+LOGIN_HOME = Path("/root")  # the lab's nodes are logged in to as root (its inventory)
+
+
+def login_mounts(files: NodeFiles, home: Path = LOGIN_HOME) -> list[str]:
+    """Shell lines that give the node's logins its own start-up files: each one the machine's
+    home has is covered by the node's copy, or by /dev/null where the node has none. Files,
+    not the home itself: the lab's work dir may sit under the machine's home. A file the
+    machine lacks needs nothing: the node cannot see one either."""
+    lines = []
+    for name in STARTUP_FILES:
+        if (home / name).is_file():
+            own = files.home / name
+            source = own if own.is_file() else Path("/dev/null")
+            lines.append(f"mount --bind {_quoted(source)} {_quoted(home / name)}")
+    return lines
+
+
 def _quoted(path: Path) -> str:
     return shlex.quote(str(path))
 
 
-def init_script(files: NodeFiles, agents: Sequence[str], hidden: Sequence[str] = ()) -> str:
+def init_script(files: NodeFiles, agents: Sequence[str], hidden: Sequence[str] = (),
+                own_login: bool = True) -> str:
     """hidden: programs the node's host must not have (they live in a container's filesystem
-    on a real node); /dev/null is mounted over each, so they are not executable there."""
+    on a real node); /dev/null is mounted over each, so they are not executable there.
+    own_login: logins run the node's own start-up files (login_mounts), not this machine's."""
     # /run becomes the node's own (sshd's privsep dir, flannel's subnet.env, bird's socket
     # link), which also hides the machine's /run/netns from the node, as on a real node.
     lines = [
@@ -123,6 +157,7 @@ def init_script(files: NodeFiles, agents: Sequence[str], hidden: Sequence[str] =
         f"mount --bind {_quoted(files.sysctl_d)} /etc/sysctl.d",
         f"mount --rbind {_quoted(files.run_dir)} /run",
         *(f"mount --bind /dev/null {shlex.quote(path)}" for path in hidden),
+        *(login_mounts(files) if own_login else []),
         *(agent_command(files, a) for a in agents),
         "set +e",
         f": > {_quoted(files.ready)}",
@@ -136,9 +171,9 @@ def init_script(files: NodeFiles, agents: Sequence[str], hidden: Sequence[str] =
 
 
 def start_init(netns: str, files: NodeFiles, agents: Sequence[str], log: Path,
-               hidden: Sequence[str] = ()) -> int:
+               hidden: Sequence[str] = (), own_login: bool = True) -> int:
     """Start a node's init; return the unshare process's pid (the init is its only child)."""
-    files.init.write_text(init_script(files, agents, hidden) + "\n")
+    files.init.write_text(init_script(files, agents, hidden, own_login) + "\n")
     argv = exec_argv(netns, ["unshare", "--mount", "--pid", "--fork", "--mount-proc",
                              "--propagation", "private", "bash", str(files.init)])
     with open(log, "ab") as fh:

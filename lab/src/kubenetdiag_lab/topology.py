@@ -23,6 +23,10 @@ DEFAULT_CNI = "flannel-vxlan"
 PROXY_MODES = ("iptables", "nftables")
 DEFAULT_PROXY_MODE = "iptables"
 NETWORK_POLICY_MODES = ("none", "kube-router")  # `lab up --network-policy`
+# An SSH login to a node runs the shell start-up files of its own root home ("node", the
+# default: a fresh node's, as a real node has), or this machine's ("machine": a developer's
+# machine may run a version manager from them, which a real node would not pay for).
+LOGIN_MODES = ("node", "machine")
 
 UNDERLAY = ip_network("198.18.0.0/24")  # RFC 2544 benchmarking range: never routed for real
 POD_SUPERNET = ip_network("10.244.0.0/16")  # flannel's default cluster CIDR
@@ -142,6 +146,8 @@ class Topology:
     proxy_mode: str = DEFAULT_PROXY_MODE
     # what enforces NetworkPolicies: "none" (the default) or "kube-router" (kuberouter.py)
     network_policy: str = "none"
+    # whose shell start-up files an SSH login to a node runs (LOGIN_MODES)
+    login: str = "node"
     # derived from the prefix; fields (not properties) so they show in repr and compare
     switch_netns: str = field(init=False)
     client_netns: str = field(init=False)
@@ -199,6 +205,7 @@ class Topology:
             "cni": self.cni,
             "kube_proxy_mode": self.proxy_mode,
             "network_policy": self.network_policy,
+            "login": self.login,
             "pod_network": self.pod_network,
             "underlay": str(UNDERLAY),
             "namespaces": self.namespaces,
@@ -219,6 +226,7 @@ class Topology:
             client_address=data.get("client", {}).get("address", CLIENT_ADDRESS),
             proxy_mode=data.get("kube_proxy_mode", DEFAULT_PROXY_MODE),
             network_policy=data.get("network_policy", "none"),
+            login=data.get("login", "node"),
         )
 
 
@@ -267,9 +275,11 @@ def make_pods(nodes: Sequence[LabNode]) -> tuple[LabPod, ...]:
 
 
 def build(prefix: str = "knd", node_count: int = 2, cni: str = DEFAULT_CNI,
-          proxy_mode: str = DEFAULT_PROXY_MODE, network_policy: str = "none") -> Topology:
-    """The lab's shape for a prefix, a node count, a CNI mode, kube-proxy's mode and what
-    enforces NetworkPolicies ("none" or "kube-router")."""
+          proxy_mode: str = DEFAULT_PROXY_MODE, network_policy: str = "none",
+          login: str = "node") -> Topology:
+    """The lab's shape for a prefix, a node count, a CNI mode, kube-proxy's mode, what
+    enforces NetworkPolicies ("none" or "kube-router") and whose start-up files a login runs
+    ("node": the node's own, "machine": this machine's)."""
     if not PREFIX_RE.match(prefix):
         raise LabError(f"lab prefix {prefix!r} must match {PREFIX_RE.pattern}")
     if not 1 <= node_count <= MAX_NODES:
@@ -286,8 +296,10 @@ def build(prefix: str = "knd", node_count: int = 2, cni: str = DEFAULT_CNI,
         raise LabError(f"--network-policy {network_policy} runs beside flannel only: on "
                        "calico-bgp, Calico's felix enforces policies, and the lab does not "
                        "run felix")
+    if login not in LOGIN_MODES:
+        raise LabError(f"unknown login mode {login!r}; one of {', '.join(LOGIN_MODES)}")
     return Topology(prefix=prefix, cni=cni, nodes=nodes, pods=make_pods(nodes),
-                    proxy_mode=proxy_mode, network_policy=network_policy)
+                    proxy_mode=proxy_mode, network_policy=network_policy, login=login)
 
 
 def pod_labels(app: str) -> dict[str, str]:
