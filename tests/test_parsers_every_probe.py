@@ -182,6 +182,25 @@ def test_routes_bird_and_onlink(name):
     assert any(r["onlink"] and r["dev"] == "flannel.1" for r in routes)
 
 
+@pytest.mark.parametrize("name", ["debian12-bird-ecmp-inet6-json", "debian12-bird-ecmp-inet6-text"])
+def test_routes_multipath_and_ipv6_next_hops_as_bird_installs_them(name):
+    """BIRD's ECMP route gives one route per next hop (never a route with no gateway, nor one
+    to a destination named `nexthop`); `via inet6` gives the IPv6 address as the gateway."""
+    routes = kinds(parse("routes", name), "route")
+    by_dst: dict[str, list[dict]] = {}
+    for r in routes:
+        by_dst.setdefault(r["dst"], []).append(r)
+    assert set(by_dst) == {"10.244.0.0/26", "10.244.1.0/26", "10.244.2.0/26", "198.18.5.0/24"}
+    ecmp = by_dst["10.244.1.0/26"]
+    assert [(r["gateway"], r["dev"], r["weight"], r["paths"], r["metric"], r["protocol"])
+            for r in ecmp] == [("198.18.5.12", "eth0", 1, 2, 32, "bird"),
+                               ("198.18.5.13", "eth0", 2, 2, 32, "bird")]
+    [v6] = by_dst["10.244.2.0/26"]
+    assert (v6["gateway"], v6["dev"], v6["paths"], v6["weight"]) == ("fe80::2", "eth0", 1, None)
+    [hole] = by_dst["10.244.0.0/26"]
+    assert (hole["type"], hole["gateway"], hole["dev"]) == ("blackhole", None, None)
+
+
 def test_overlay_subnet_env_fdb_and_neighbors():
     facts = parse("overlay", "centos7-flannel-vxlan")
     env = kinds(facts, "flannel_subnet")[0]

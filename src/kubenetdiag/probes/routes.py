@@ -36,28 +36,77 @@ _TYPES = {"unicast", "local", "broadcast", "multicast", "blackhole", "unreachabl
 _SKIP_TYPES = {"local", "broadcast", "multicast", "anycast"}
 
 
-def _from_text(line: str) -> dict | None:
-    words = line.split()
-    if not words:
-        return None
-    rtype = "unicast"
-    if words[0] in _TYPES:
-        rtype, words = words[0], words[1:]
-    if not words:
-        return None
-    route: dict = {"type": rtype, "dst": words[0], "flags": []}
-    i = 1
+# Words followed by a value, and the attribute each one sets.
+_VALUED = {"via": "gateway", "dev": "dev", "proto": "protocol", "scope": "scope",
+           "src": "prefsrc", "metric": "metric", "table": "table", "weight": "weight"}
+_FLAGS = ("onlink", "linkdown", "dead", "pervasive")
+_FAMILIES = ("inet", "inet6")  # `via inet6 ADDR`: an IPv4 route with an IPv6 next hop
+
+
+def _words(words: list[str], into: dict) -> None:
+    i = 0
     while i < len(words):
         w = words[i]
-        nxt = words[i + 1] if i + 1 < len(words) else None
-        if w in ("via", "dev", "proto", "scope", "src", "metric", "table") and nxt is not None:
-            route[{"via": "gateway", "src": "prefsrc", "proto": "protocol"}.get(w, w)] = nxt
+        if w in _VALUED and i + 1 < len(words):
+            value = words[i + 1]
+            if w == "via" and value in _FAMILIES and i + 2 < len(words):
+                value, i = words[i + 2], i + 1
+            into[_VALUED[w]] = value
             i += 2
             continue
-        if w in ("onlink", "linkdown", "dead"):
-            route["flags"].append(w)
+        if w in _FLAGS:
+            into.setdefault("flags", []).append(w)
         i += 1
-    return route
+
+
+def _from_text(lines: list[str]) -> list[tuple[dict, str]]:
+    """Routes from `ip route` text. A multipath route is its first line followed by one
+    indented `nexthop ...` line per path (BIRD's ECMP routes, as Calico installs them)."""
+    routes: list[tuple[dict, str]] = []
+    for line in lines:
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "nexthop" and line[:1].isspace():
+            if routes:
+                head, raw = routes[-1]
+                hop: dict = {}
+                _words(words[1:], hop)
+                head.setdefault("nexthops", []).append(hop)
+                routes[-1] = (head, raw + "\n" + line.strip())
+            continue
+        rtype = "unicast"
+        if words[0] in _TYPES:
+            rtype, words = words[0], words[1:]
+        if not words:
+            continue
+        route: dict = {"type": rtype, "dst": words[0], "flags": []}
+        _words(words[1:], route)
+        routes.append((route, line.strip()))
+    return routes
+
+
+def _gateway(d: dict) -> object:
+    """The next hop of a route or of one path of it: `gateway`, or for a next hop of another
+    family (`via inet6 ADDR`) the `via` object's host."""
+    if d.get("gateway"):
+        return d["gateway"]
+    via = d.get("via")
+    if isinstance(via, dict):
+        return via.get("host")
+    return via if isinstance(via, str) else None
+
+
+def _paths(r: dict) -> list[dict]:
+    """One entry per path: the route itself, or each of its next hops with the route's
+    other attributes."""
+    hops = r.get("nexthops")
+    if not isinstance(hops, list) or not hops:
+        return [r]
+    return [{**r, "gateway": _gateway(h), "dev": h.get("dev"), "weight": h.get("weight"),
+             "flags": [*(r.get("flags") or []), *(h.get("flags") or [])], "via": None,
+             "_paths": len(hops)}
+            for h in hops if isinstance(h, dict)]
 
 
 def parse(section: Section, node: str) -> list[Fact]:
@@ -75,29 +124,33 @@ def parse(section: Section, node: str) -> list[Fact]:
                     d.setdefault("type", "unicast")
                     routes.append((d, json.dumps(d)))
         else:
-            for line in lines:
-                r = _from_text(line)
-                if r:
-                    routes.append((r, line.strip()))
+            routes.extend(_from_text(lines))
     facts = []
-    for r, raw in routes:
-        table = str(r.get("table", "main"))
-        if r.get("type") in _SKIP_TYPES or table == "local":
+    for route, raw in routes:
+        table = str(route.get("table", "main"))
+        if route.get("type") in _SKIP_TYPES or table == "local":
             continue
-        flags = r.get("flags") if isinstance(r.get("flags"), list) else []
-        dst = str(r["dst"])
-        facts.append(Fact("route", node, {
-            "table": clip(table, 40),
-            "type": clip(str(r.get("type")), 20),
-            "dst": "0.0.0.0/0" if dst == "default" else clip(dst, 60),
-            "gateway": clip(str(r["gateway"]), 60) if r.get("gateway") else None,
-            "dev": clip(str(r["dev"]), 64) if r.get("dev") else None,
-            "protocol": clip(str(r.get("protocol", "boot")), 20),
-            "scope": clip(str(r.get("scope", "global")), 20),
-            "metric": r["metric"] if isinstance(r.get("metric"), int) else to_int(r.get("metric")),
-            "onlink": "onlink" in flags,
-            "linkdown": "linkdown" in flags,
-        }, Source("routes", "ip -j -4 route show table all", section.exit_code, clip(raw, 500))))
+        for r in _paths(route):
+            flags = r.get("flags") if isinstance(r.get("flags"), list) else []
+            dst = str(r["dst"])
+            gateway = _gateway(r)
+            weight = r.get("weight")
+            facts.append(Fact("route", node, {
+                "table": clip(table, 40),
+                "type": clip(str(r.get("type")), 20),
+                "dst": "0.0.0.0/0" if dst == "default" else clip(dst, 60),
+                "gateway": clip(str(gateway), 60) if gateway else None,
+                "dev": clip(str(r["dev"]), 64) if r.get("dev") else None,
+                "protocol": clip(str(r.get("protocol", "boot")), 20),
+                "scope": clip(str(r.get("scope", "global")), 20),
+                "metric": r["metric"] if isinstance(r.get("metric"), int)
+                else to_int(r.get("metric")),
+                "onlink": "onlink" in flags,
+                "linkdown": "linkdown" in flags,
+                "paths": r.get("_paths", 1),
+                "weight": weight if isinstance(weight, int) else to_int(weight),
+            }, Source("routes", "ip -j -4 route show table all", section.exit_code,
+                      clip(raw, 500))))
     return facts
 
 
