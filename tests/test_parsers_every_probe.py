@@ -507,3 +507,31 @@ def test_sockets_probe_succeeds_in_a_network_namespace_without_tcp_mem():
                                              cp.stderr), "n")
     assert kinds(facts, "probe_status") == []
     assert kinds(facts, "sockstat")[0]["tcp_mem_state"] is None
+
+
+def test_nft_xt_target_warnings_do_not_split_or_add_rules():
+    facts = parse("nftables", "ubuntu24-k3s-xt-target-not-found")
+    nat = next(t for t in kinds(facts, "nft_table") if t["table"] == "nat")
+    # the rules the listing holds (what iptables-save shows), not one more per warning
+    assert (nat["owner"], nat["chains"], nat["rules"]) == ("iptables-nft", 9, 15)
+    post = next(c for c in kinds(facts, "nft_chain") if c["chain"] == "POSTROUTING")
+    # the MASQUERADE rule is one rule again: its counter and its xt target on one line
+    assert post["drop_rules"] == 0 and post["reject_rules"] == 0
+
+
+def test_ipvs_virtual_servers_by_firewall_mark():
+    for name in ("ipvsadm-fwm", "proc-fwm"):
+        svc = kinds(parse("ipvs", name), "ipvs_service")
+        fwm = [s for s in svc if s["proto"] == "FWM"]
+        assert fwm[0]["fwmark"] == 10001000, name
+        assert (fwm[0]["address"], fwm[0]["port"], fwm[0]["real_servers"]) == (None, None, 2)
+        tcp = next(s for s in svc if s["proto"] == "TCP")
+        assert (tcp["address"], tcp["port"], tcp["fwmark"]) == ("10.96.0.1", 443, None)
+    assert kinds(parse("ipvs", "ipvsadm-fwm"), "ipvs_service")[2]["fwmark"] == 7
+
+
+def test_iptables_summary_counts_chains_over_all_tables():
+    facts = parse("iptables", "kube-proxy-1.36.3-nft-1.8.9")
+    summary = kinds(facts, "iptables_summary")[0]
+    # a chain of the same name in nat and filter (KUBE-SERVICES, KUBE-NODEPORTS...) is two
+    assert summary["chains"] == len(kinds(facts, "iptables_chain")) == 36

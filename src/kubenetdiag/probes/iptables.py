@@ -131,7 +131,8 @@ def parse_save(section: Section, node: str, probe: str, command: str,
     table = None
     chains: dict[str, dict] = {}
     positions: dict[str, int] = {}
-    all_chains: set[str] = set()
+    all_chains: set[str] = set()  # names, for who installed them
+    n_chains = 0  # over all tables: nat and filter both have a KUBE-SERVICES
     tables: set[str] = set()
     n_rules = 0
     snat_sources: list[str] = []
@@ -140,6 +141,8 @@ def parse_save(section: Section, node: str, probe: str, command: str,
         return Source(probe, command, section.exit_code, excerpt(raw, 1000))
 
     def close_table() -> None:
+        nonlocal n_chains
+        n_chains += len(chains)
         for name, c in chains.items():
             facts.append(
                 Fact(
@@ -246,14 +249,14 @@ def parse_save(section: Section, node: str, probe: str, command: str,
         facts.append(Fact("iptables_summary", node, {
             "backend": backend,
             "tables": ",".join(sorted(tables)),
-            "chains": len(all_chains),
+            "chains": n_chains,
             "rules": n_rules,
             "kube_services": sum(1 for c in all_chains if c.startswith("KUBE-SVC-")),
             "legacy_tables_present": warning,
             "snat_rules": len(snat_sources),
             "snat_sources": ",".join(snat_sources[:20]) or None,
             **{f"{owner}_chains": present for owner, present in owners.items()},
-        }, src(f"{len(tables)} tables, {len(all_chains)} chains, {n_rules} rules ({backend})")))
+        }, src(f"{len(tables)} tables, {n_chains} chains, {n_rules} rules ({backend})")))
     return facts
 
 

@@ -46,6 +46,13 @@ def _unhex(addr: str) -> str:
     return addr
 
 
+def _hex_int(text: str) -> int | None:
+    try:
+        return int(text, 16)
+    except ValueError:
+        return None
+
+
 def parse(section: Section, node: str) -> list[Fact]:
     services: list[dict] = []
     enabled = False
@@ -56,10 +63,14 @@ def parse(section: Section, node: str) -> list[Fact]:
         for line in lines:
             m = _SERVICE.match(line)
             if m:
-                addr = _unhex(m.group(2)) if fmt == "proc" else m.group(2)
-                services.append({"proto": m.group(1), "address": addr, "scheduler": m.group(3),
-                                 "reals": 0, "active": 0, "inactive": 0, "raw": [line],
-                                 "backends": []})
+                proto, addr, mark = m.group(1), m.group(2), None
+                if proto == "FWM":  # by firewall mark: no address, no port
+                    mark = to_int(addr) if fmt != "proc" else _hex_int(addr)
+                elif fmt == "proc":
+                    addr = _unhex(addr)
+                services.append({"proto": proto, "address": addr, "fwmark": mark,
+                                 "scheduler": m.group(3), "reals": 0, "active": 0,
+                                 "inactive": 0, "raw": [line], "backends": []})
                 continue
             r = _REAL.match(line)
             if r and services and r.group(1) != "RemoteAddress:Port":
@@ -76,10 +87,12 @@ def parse(section: Section, node: str) -> list[Fact]:
     facts = []
     for s in services:
         host, _, port = s["address"].rpartition(":")
+        fwm = s["proto"] == "FWM"
         facts.append(Fact("ipvs_service", node, {
             "proto": s["proto"],
-            "address": clip(host.strip("[]") or s["address"], 60),
-            "port": to_int(port),
+            "address": None if fwm else clip(host.strip("[]") or s["address"], 60),
+            "port": None if fwm else to_int(port),
+            "fwmark": s["fwmark"],
             "scheduler": clip(s["scheduler"], 20),
             "real_servers": s["reals"],
             "active_conns": s["active"],

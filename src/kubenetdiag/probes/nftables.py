@@ -68,6 +68,9 @@ MAX_ELEMENTS = 20000
 _BASE = re.compile(
     r"type (\S+) hook (\S+)(?: devices? (?:= )?(\{[^}]*\}|\S+))? priority ([^;]+);"
     r"(?: policy (\w+);)?")
+# nft writes this to stderr while it prints the rule holding the target; collected with 2>&1,
+# it lands wherever stdout's buffer was last flushed, often in the middle of a rule's line.
+_XT_WARNING = re.compile(r"# Warning: XT (?:target|match|watcher) \S+ not found\n")
 _MANAGED = re.compile(r"table (\S+) (\S+) is managed by iptables-nft")
 _COUNTER = re.compile(r"counter packets (\d+) bytes (\d+)")
 _HANDLE = re.compile(r"\s*# handle (\d+)$")
@@ -108,7 +111,7 @@ def parse(section: Section, node: str) -> list[Fact]:
     chain: dict | None = None
     nset: dict | None = None  # a named set or map being read
     depth = 0
-    for raw in section.stdout.splitlines():
+    for raw in _XT_WARNING.sub("", section.stdout).splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
