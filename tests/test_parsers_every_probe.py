@@ -535,3 +535,34 @@ def test_iptables_summary_counts_chains_over_all_tables():
     summary = kinds(facts, "iptables_summary")[0]
     # a chain of the same name in nat and filter (KUBE-SERVICES, KUBE-NODEPORTS...) is two
     assert summary["chains"] == len(kinds(facts, "iptables_chain")) == 36
+
+
+def test_processes_renamed_runtimes_and_agents_by_alias():
+    facts = kinds(parse("processes", "centos7-docker-current-openshift3"), "process")
+    by_name = {p["name"]: p for p in facts}
+    # reported under the names rules compare nodes by, with the alias they were found by
+    assert (by_name["dockerd"]["running"], by_name["dockerd"]["matched"]) == (
+        True, "dockerd-current")
+    assert by_name["dockerd"]["pids"] == "612"
+    # comm is cut to docker-containe: argv[0] has the whole name
+    assert (by_name["containerd"]["pids"], by_name["containerd"]["matched"]) == (
+        "640", "docker-containerd-current")
+    # one OpenShift 3 node process is the kubelet and kube-proxy; a pager whose argument
+    # reads "openshift start node" and a grep for kubelet are neither
+    for name in ("kubelet", "kube-proxy"):
+        assert (by_name[name]["pids"], by_name[name]["matched"]) == (
+            "1187", "openshift start node"), name
+    assert (by_name["crio"]["running"], by_name["crio"]["matched"]) == (False, None)
+
+
+def test_process_alias_forms_in_a_site_list(tmp_path, monkeypatch):
+    extra = tmp_path / "site.yaml"
+    extra.write_text(
+        "kubelet: [{name: kubelet, aliases: [{command: hyperkube kubelet}]}]\n"
+        "runtime_shim: [{name: shim, aliases: [{contains: CONTAINERD-SHIM}, 7, {bad: x}]}]\n")
+    monkeypatch.setenv("KUBENETDIAG_PROCESSES", str(extra))
+    facts = kinds(parse("processes", "centos7-docker-current-openshift3"), "process")
+    shim = next(p for p in facts if p["role"] == "runtime_shim")
+    # contains ignores case; the aliases it cannot read are left out, not fatal
+    assert (shim["running"], shim["matched"], shim["pids"]) == (
+        True, "CONTAINERD-SHIM", "640")

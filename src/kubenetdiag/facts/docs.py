@@ -12,7 +12,7 @@ from kubenetdiag.facts import census, paths, vantage
 from kubenetdiag.facts.cluster import CALL_KINDS
 from kubenetdiag.facts.producers import COLLECTION
 from kubenetdiag.facts.registry import registry
-from kubenetdiag.probes import PROBES
+from kubenetdiag.probes import PROBES, processes
 from kubenetdiag.probes.active import checks
 
 HEADER = """# Fact kinds
@@ -25,6 +25,8 @@ null, which means *unknown*, never *healthy*.
 The known-process list behind `process` facts is data: `src/kubenetdiag/probes/processes.yaml`.
 Add names (or roles) with a YAML file of the same shape named in the environment variable
 `KUBENETDIAG_PROCESSES` (several files separated by `:`) when running `analyze` or `diagnose`.
+A `process` fact carries the name in the second column below; `matched` says which of the
+names in the third it was found by.
 """
 
 
@@ -52,10 +54,22 @@ def _made_by() -> dict[str, list[str]]:
     return out
 
 
+def _process_roles() -> list[str]:
+    """The shipped process list by role: what each name is also recognised as."""
+    shown = {"name": "`{}`", "contains": "any command line containing `{}`",
+             "command": "`{}` (program and first arguments)"}
+    out = ["| role | reported as | recognised as |", "|---|---|---|"]
+    for role, entries in processes.shipped().items():
+        for known in entries:
+            ways = ", ".join(shown[how].format(text) for how, text in known.matchers)
+            out.append(f"| {role} | `{known.label}` | {_cell(ways)} |")
+    return out
+
+
 def render() -> str:
     made_by = _made_by()
     kinds = registry()
-    out = [HEADER, "| kind | what it is |", "|---|---|"]
+    out = [HEADER, *_process_roles(), "", "| kind | what it is |", "|---|---|"]
     for name in sorted(kinds):
         first = kinds[name].doc.split(". ")[0].rstrip(".")
         out.append(f"| [`{name}`](#{name}) | {_cell(first)} |")

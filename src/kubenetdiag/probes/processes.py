@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -63,35 +64,92 @@ _LINE_PROC = re.compile(r"^(\d+) ([A-Za-z]) (.*) -$")
 NOT_ALIVE = frozenset("TtZXx")
 
 
-def _load(text: str, into: dict[str, list]) -> None:
+@dataclass(frozen=True)
+class Known:
+    """One process the list knows: the name its facts carry, and every way it shows up.
+
+    `matchers` are (how, text): `name` (comm or argv[0]'s file name), `contains` (anywhere in
+    the command line, any case) or `command` (argv[0]'s file name and the words after it, such
+    as `openshift start node`, which runs kubelet and kube-proxy in one process)."""
+
+    label: str
+    matchers: tuple[tuple[str, str], ...]
+
+
+def _matcher(entry: object) -> tuple[str, str] | None:
+    if isinstance(entry, str) and entry:
+        return ("name", entry)
+    if isinstance(entry, dict) and len(entry) == 1:
+        (how, text), = entry.items()
+        if how in ("contains", "command") and isinstance(text, str) and text.split():
+            return (how, text)
+    return None
+
+
+def _known(entry: object) -> Known | None:
+    if isinstance(entry, dict) and "name" in entry:
+        first = _matcher(entry["name"])
+        aliases = entry.get("aliases") or []
+        if first is None or not isinstance(aliases, list):
+            return None
+        rest = [m for m in map(_matcher, aliases) if m is not None]
+        return Known(first[1], (first, *rest))
+    m = _matcher(entry)
+    return Known(m[1], (m,)) if m else None
+
+
+def _load(text: str, into: dict[str, list[Known]]) -> None:
     data = load_plain(text) or {}
     if not isinstance(data, dict):
         raise ValueError("a process list maps roles to lists of names")
-    for role, names in data.items():
-        for n in names or []:
-            if isinstance(n, str) or (isinstance(n, dict) and isinstance(n.get("contains"), str)):
-                into.setdefault(str(role), []).append(n)
+    for role, entries in data.items():
+        for entry in entries or []:
+            known = _known(entry)
+            if known is not None:
+                into.setdefault(str(role), []).append(known)
 
 
 @cache
-def _catalog(extra: str) -> dict[str, list]:
-    roles: dict[str, list] = {}
+def _catalog(extra: str) -> dict[str, list[Known]]:
+    roles: dict[str, list[Known]] = {}
     _load(resources.files("kubenetdiag.probes").joinpath("processes.yaml").read_text(), roles)
     for path in filter(None, extra.split(":")):
         _load(Path(path).read_text(encoding="utf-8"), roles)
     return roles
 
 
-def catalog() -> dict[str, list]:
-    """Role -> names: the shipped list plus the files named in $KUBENETDIAG_PROCESSES."""
+def shipped() -> dict[str, list[Known]]:
+    """The list that comes with kubenetdiag, without a site's additions."""
+    return _catalog("")
+
+
+def catalog() -> dict[str, list[Known]]:
+    """Role -> known processes: the shipped list plus the files named in
+    $KUBENETDIAG_PROCESSES."""
     return _catalog(os.environ.get(ENV_VAR, ""))
 
 
-def _matches(entry: str | dict, comm: str, prog: str, args: str) -> bool:
-    if isinstance(entry, dict):
-        text = entry["contains"].lower()
-        return text in args.lower() or text in comm.lower()
-    return comm == entry or comm == entry[:15] or prog == entry
+def _match(known: Known, comm: str, args: str) -> str | None:
+    """The alias by which this process is `known`, or None. A whole name wins over one that
+    only matches the 15 characters the kernel keeps of comm: `docker-containe` is both
+    docker-containerd and docker-containerd-current, and argv[0] tells which."""
+    words = args.split()
+    prog = words[0].rsplit("/", 1)[-1] if words else ""
+    cut = None
+    for how, text in known.matchers:
+        if how == "name":
+            if prog == text or comm == text:
+                return text
+            if cut is None and comm == text[:15] and prog in ("", comm):
+                cut = text
+        elif how == "contains":
+            if text.lower() in args.lower() or text.lower() in comm.lower():
+                return text
+        else:
+            want = text.split()
+            if (prog or comm) == want[0] and words[1:len(want)] == want[1:]:
+                return text
+    return cut
 
 
 def _process(fmt: str, line: str) -> tuple[int, str, str, str | None] | None:
@@ -129,13 +187,13 @@ def parse(section: Section, node: str) -> list[Fact]:
     if fmt is None:
         return facts  # the list never came: unknown, and parse.py reports why
     for role, entries in catalog().items():
-        for entry in entries:
-            label = entry if isinstance(entry, str) else entry["contains"]
+        for known in entries:
+            label = known.label
             hits = []
             for pid, comm, args, state in procs:
-                prog = args.split(" ", 1)[0].rsplit("/", 1)[-1] if args else ""
-                if _matches(entry, comm, prog, args):
-                    hits.append((pid, comm, args, state))
+                alias = _match(known, comm, args)
+                if alias is not None:
+                    hits.append((pid, comm, args, state, alias))
             # The fact describes one process: the first one alive, so an old zombie beside a
             # restarted agent does not make it look dead; a stopped or zombie one only when
             # every match is.
@@ -148,8 +206,9 @@ def parse(section: Section, node: str) -> list[Fact]:
                 "pids": ",".join(str(h[0]) for h in hits[:10]) or None,
                 "args": clip(shown[2], MAX_ARGS) if shown and shown[2] else None,
                 "state": shown[3] if shown else None,
+                "matched": clip(shown[4], 64) if shown else None,
             }, Source("processes", "ps -e -o pid= -o stat= -o comm= -o args=", section.exit_code,
-                      clip("\n".join(f"{p} {s or '-'} {c} {a}" for p, c, a, s in hits[:5])
+                      clip("\n".join(f"{p} {s or '-'} {c} {a}" for p, c, a, s, _ in hits[:5])
                            or f"no process named {label} among {len(procs)}", 800))))
     # firewalld is a Python script: comm is its file name, or python when started by hand
     firewalld = any(c == "firewalld" or "/firewalld" in a.split(" --", 1)[0]
