@@ -245,3 +245,47 @@ def test_a_failed_api_call_names_the_cluster_rules_it_left_unevaluated(tmp_path,
     assert {"service-without-endpoints", "endpoints-across-zones"} <= set(entry["rules"])
     # rules on what the other calls answered are not blamed on it
     assert "cni-pod-not-ready" not in entry["rules"]
+
+
+def test_a_line_no_parser_knows_is_named_and_leaves_the_node_partly_checked(tmp_path, ruleset):
+    bundle = _copy("lab-conntrack-full", tmp_path)
+
+    def odd_route(rec: dict) -> None:
+        for s in rec["sections"]:
+            if s["probe"] == "routes":  # a JSON route in a form nothing here knows: no dst
+                s["stdout"] = s["stdout"].replace(
+                    "[{", '[{"encap":"mpls","labels":[200],"dev":"eth1"},{', 1)
+
+    before = analyze(Bundle.read(bundle), ruleset, save=False).report
+    _edit_node(bundle, "node2", odd_route)
+    report = analyze(Bundle.read(bundle), ruleset, save=False).report
+    (entry,) = [c for c in report["not_checked"] if c["probe"] == "routes"]
+    assert (entry["node"], entry["status"], entry["rules"]) == ("node2", "partial", [])
+    assert '"encap": "mpls"' in entry["reason"]
+    # the routes it did read stand: the same diagnosis as before
+    assert [f["rule"] for f in report["findings"]] == [f["rule"] for f in before["findings"]]
+    md = render_markdown(report)
+    row = next(line for line in md.splitlines() if "| routes |" in line)
+    assert row.startswith("| node2 | routes | partial | 1 line(s) not understood: ")
+    assert "mpls" in row
+
+
+def test_routes_not_read_are_not_a_missing_route(tmp_path, ruleset):
+    # a node whose routes probe failed has no route facts: the walk must not conclude that
+    # the CNI's routes are missing there (a false root cause an SRE would act on)
+    bundle = _copy("lab-conntrack-full", tmp_path)
+
+    def fail(rec: dict) -> None:
+        for s in rec["sections"]:
+            if s["probe"] == "routes":
+                s.update(exit_code=2, stdout="", stderr="RTNETLINK answers: Invalid argument")
+
+    _edit_node(bundle, "node2", fail)
+    report = analyze(Bundle.read(bundle), ruleset, save=False).report
+    rules = {f["rule"]: f for f in report["findings"]}
+    assert "route-stops-pod-traffic" not in rules
+    assert [(c["node"], c["status"]) for c in report["not_checked"] if c["probe"] == "routes"] \
+        == [("node2", "failed")]
+    # what the walk could not decide is said as such, as information
+    undecided = rules["path-undecidable"]
+    assert undecided["nodes"] == ["node2"] and undecided["severity"] == "info"

@@ -49,6 +49,7 @@ PROBE_STATUS_ZH = {
     "unreachable": "节点连不上",
     "not_queried": "未查询",
     "not_collected": "生成该采集包的版本还没有这项探测",
+    "partial": "部分输出无法解析",
     "ok": "正常",
 }
 PROBE_NAME_ZH = {"all": "全部探测"}

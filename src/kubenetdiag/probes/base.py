@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from kubenetdiag.facts.model import Fact
-from kubenetdiag.probes.text import parts
+from kubenetdiag.facts.model import Fact, Source, excerpt
+from kubenetdiag.probes.text import clip, parts
 
 if TYPE_CHECKING:
     from kubenetdiag.probes.active.plan import NodePlan
@@ -95,6 +95,25 @@ class Probe:
     prelude: str = ""
     # Position in the node script: lower runs first, equal orders run in name order.
     order: int = DEFAULT_ORDER
+
+
+def unread_lines(section: Section, node: str, lines: Sequence[str], what: str) -> list[Fact]:
+    """A `partial` probe_status naming the lines of `section` that its parser could not read:
+    an output in a form nobody foresaw is shown to the SRE instead of becoming made-up facts.
+    `what`: what those lines may have held. The facts from the other lines stand, so it leaves
+    no rule unevaluated (kinds "")."""
+    unread = [line.strip() for line in lines if line.strip()]
+    if not unread:
+        return []
+    first = "; ".join(clip(line, 120) for line in unread[:3])
+    return [Fact("probe_status", node, {
+        "probe": section.probe,
+        "status": "partial",
+        "reason": clip(f"{len(unread)} line(s) not understood: {first}", 300),
+        "blocks": what,
+        "kinds": "",
+    }, Source(section.probe, section.command, section.exit_code,
+              excerpt("\n".join(unread[:20]), 1000)))]
 
 
 def prelude_var(name: str) -> str:

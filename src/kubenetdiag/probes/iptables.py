@@ -28,7 +28,7 @@ import re
 import shlex
 
 from kubenetdiag.facts.model import Fact, Source, excerpt
-from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.base import Probe, Section, unread_lines
 
 COMMAND = "iptables-save -c"
 
@@ -133,6 +133,7 @@ def parse_save(section: Section, node: str, probe: str, command: str,
     positions: dict[str, int] = {}
     all_chains: set[str] = set()  # names, for who installed them
     n_chains = 0  # over all tables: nat and filter both have a KUBE-SERVICES
+    unread: list[str] = []
     tables: set[str] = set()
     n_rules = 0
     snat_sources: list[str] = []
@@ -173,6 +174,7 @@ def parse_save(section: Section, node: str, probe: str, command: str,
             tables.add(table)
             continue
         if table is None:
+            unread.append(line)
             continue
         if line == "COMMIT":
             close_table()
@@ -184,6 +186,8 @@ def parse_save(section: Section, node: str, probe: str, command: str,
                 policy = None if m.group(2) == "-" else m.group(2)
                 chains[m.group(1)] = {"policy": policy, "raw": line}
                 all_chains.add(m.group(1))
+            else:
+                unread.append(raw)
             continue
         pkts = bytes_ = None
         m = _COUNTERS.match(line)
@@ -192,6 +196,7 @@ def parse_save(section: Section, node: str, probe: str, command: str,
             line = line[m.end() :]
         tokens = _split(line)
         if len(tokens) < 2 or tokens[0] not in ("-A", "--append"):
+            unread.append(raw)
             continue
         chain = tokens[1]
         n_rules += 1
@@ -257,7 +262,7 @@ def parse_save(section: Section, node: str, probe: str, command: str,
             "snat_sources": ",".join(snat_sources[:20]) or None,
             **{f"{owner}_chains": present for owner, present in owners.items()},
         }, src(f"{len(tables)} tables, {n_chains} chains, {n_rules} rules ({backend})")))
-    return facts
+    return facts + unread_lines(section, node, unread, "the rules on those lines")
 
 
 PROBE = Probe(

@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.base import Probe, Section, unread_lines
 from kubenetdiag.probes.text import clip, parts, to_int
 
 COMMAND = (
@@ -36,6 +36,8 @@ COMMAND = (
 )
 MAX_BACKENDS = 2000  # as service_port.endpoints keeps them
 _SERVICE = re.compile(r"^(TCP|UDP|SCTP|FWM)\s+(\S+)\s+(\S+)")
+# ipvsadm's and /proc/net/ip_vs's three header lines
+_HEADERS = ("IP Virtual Server version", "Prot LocalAddress", "-> RemoteAddress")
 _REAL = re.compile(r"^\s+->\s+(\S+)\s+(\S+)\s+(\d+)\s+(\d+)\s+(\d+)")
 
 
@@ -55,12 +57,15 @@ def _hex_int(text: str) -> int | None:
 
 def parse(section: Section, node: str) -> list[Fact]:
     services: list[dict] = []
+    unread: list[str] = []
     enabled = False
     for name, fmt, lines in parts(section.stdout):
         if name != "table":
             continue
         enabled = True
         for line in lines:
+            if not line.strip() or line.lstrip().startswith(_HEADERS):
+                continue
             m = _SERVICE.match(line)
             if m:
                 proto, addr, mark = m.group(1), m.group(2), None
@@ -73,17 +78,19 @@ def parse(section: Section, node: str) -> list[Fact]:
                                  "inactive": 0, "raw": [line], "backends": []})
                 continue
             r = _REAL.match(line)
-            if r and services and r.group(1) != "RemoteAddress:Port":
-                s = services[-1]
-                s["reals"] += 1
-                s["active"] += int(r.group(4))
-                s["inactive"] += int(r.group(5))
-                # weight 0: kube-proxy keeps a terminating endpoint for its open connections
-                # and sends it no new one
-                if int(r.group(3)) > 0:
-                    s["backends"].append(_unhex(r.group(1)) if fmt == "proc" else r.group(1))
-                if len(s["raw"]) < 10:
-                    s["raw"].append(line)
+            if not r or not services:
+                unread.append(line)
+                continue
+            s = services[-1]
+            s["reals"] += 1
+            s["active"] += int(r.group(4))
+            s["inactive"] += int(r.group(5))
+            # weight 0: kube-proxy keeps a terminating endpoint for its open connections
+            # and sends it no new one
+            if int(r.group(3)) > 0:
+                s["backends"].append(_unhex(r.group(1)) if fmt == "proc" else r.group(1))
+            if len(s["raw"]) < 10:
+                s["raw"].append(line)
     facts = []
     for s in services:
         host, _, port = s["address"].rpartition(":")
@@ -105,7 +112,7 @@ def parse(section: Section, node: str) -> list[Fact]:
         "services_without_backends": sum(1 for s in services if not s["reals"]),
     }, Source("ipvs", "ipvsadm -Ln", section.exit_code,
               f"{len(services)} virtual servers" if enabled else "ip_vs is not loaded")))
-    return facts
+    return facts + unread_lines(section, node, unread, "the virtual servers on those lines")
 
 
 PROBE = Probe(

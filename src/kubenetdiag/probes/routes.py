@@ -20,10 +20,11 @@ Sample output and the facts it gives:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.base import Probe, Section, unread_lines
 from kubenetdiag.probes.text import clip, parts, to_int
 
 COMMAND = (  # the JSON attempt's output is kept, not asked for twice
@@ -59,26 +60,37 @@ def _words(words: list[str], into: dict) -> None:
         i += 1
 
 
-def _from_text(lines: list[str]) -> list[tuple[dict, str]]:
+def _destination(word: str) -> bool:
+    if word == "default":
+        return True
+    try:
+        ipaddress.ip_network(word, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def _from_text(lines: list[str], unread: list[str]) -> list[tuple[dict, str]]:
     """Routes from `ip route` text. A multipath route is its first line followed by one
-    indented `nexthop ...` line per path (BIRD's ECMP routes, as Calico installs them)."""
+    indented `nexthop ...` line per path (BIRD's ECMP routes, as Calico installs them). A line
+    that is neither goes to `unread`."""
     routes: list[tuple[dict, str]] = []
     for line in lines:
         words = line.split()
         if not words:
             continue
-        if words[0] == "nexthop" and line[:1].isspace():
-            if routes:
-                head, raw = routes[-1]
-                hop: dict = {}
-                _words(words[1:], hop)
-                head.setdefault("nexthops", []).append(hop)
-                routes[-1] = (head, raw + "\n" + line.strip())
+        if words[0] == "nexthop" and line[:1].isspace() and routes:
+            head, raw = routes[-1]
+            hop: dict = {}
+            _words(words[1:], hop)
+            head.setdefault("nexthops", []).append(hop)
+            routes[-1] = (head, raw + "\n" + line.strip())
             continue
         rtype = "unicast"
         if words[0] in _TYPES:
             rtype, words = words[0], words[1:]
-        if not words:
+        if not words or not _destination(words[0]):
+            unread.append(line)
             continue
         route: dict = {"type": rtype, "dst": words[0], "flags": []}
         _words(words[1:], route)
@@ -111,6 +123,7 @@ def _paths(r: dict) -> list[dict]:
 
 def parse(section: Section, node: str) -> list[Fact]:
     routes: list[tuple[dict, str]] = []
+    unread: list[str] = []
     for name, fmt, lines in parts(section.stdout):
         if name != "route":
             continue
@@ -118,13 +131,16 @@ def parse(section: Section, node: str) -> list[Fact]:
             try:
                 data = json.loads("\n".join(lines) or "[]")
             except ValueError:
+                unread.extend(lines[:3])
                 data = []
-            for d in data if isinstance(data, list) else []:
+            for d in data if isinstance(data, list) else [data]:
                 if isinstance(d, dict) and isinstance(d.get("dst"), str):
                     d.setdefault("type", "unicast")
                     routes.append((d, json.dumps(d)))
+                else:
+                    unread.append(json.dumps(d)[:200])
         else:
-            routes.extend(_from_text(lines))
+            routes.extend(_from_text(lines, unread))
     facts = []
     for route, raw in routes:
         table = str(route.get("table", "main"))
@@ -151,7 +167,7 @@ def parse(section: Section, node: str) -> list[Fact]:
                 "weight": weight if isinstance(weight, int) else to_int(weight),
             }, Source("routes", "ip -j -4 route show table all", section.exit_code,
                       clip(raw, 500))))
-    return facts
+    return facts + unread_lines(section, node, unread, "the routes on those lines")
 
 
 PROBE = Probe(

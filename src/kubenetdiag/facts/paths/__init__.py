@@ -33,7 +33,7 @@ _NODE_KINDS = ("node_status", "interface", "route", "ip_rule", "sysctl", "tc_hoo
                "iptables_chain", "iptables_rule", "nft_table", "nft_chain", "nft_rule",
                "nft_set", "nft_element", "flannel_subnet")
 _KINDS = (*_NODE_KINDS, "k8s_node", "dns_pod", "dns_service", "cni", "bgp_session", "reach",
-          "tcp_check", "nodeport_check", "drop_counter_after")
+          "tcp_check", "nodeport_check", "drop_counter_after", "probe_status")
 # Declared for kubenetdiag.facts.producers. A rule on a path fact needs the node's own
 # configuration the walk reads (INPUTS); the rest (CONTEXT) only adds flows to walk (Service
 # VIPs, BGP peers, the peers probed; the DROP counters read after the checks) and is reported
@@ -169,6 +169,9 @@ def path_facts(facts: list[Fact]) -> list[Fact]:
         gw = next((a for a in sorted(v.local) if cidr and in_net(a, cidr)
                    and v.dev_of(a) != (ov or {}).get("name")), None)
         nodes[n] = _Node(v, cidr, pod, dev, ov, under or (ov or {}).get("vxlan_dev"), gw)
+    for f in kinds["probe_status"]:
+        if f.attrs.get("probe") == "routes" and f.node in nodes:
+            nodes[f.node].view.routes_complete = False
     reach: dict[str, set[str]] = defaultdict(set)
     for f in kinds["reach"]:
         if isinstance(f.attrs.get("dst"), str):

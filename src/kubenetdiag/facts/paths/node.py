@@ -95,6 +95,9 @@ class NodeView:
     chains: list[BaseChain] = field(default_factory=list)
     altered: dict[str, list[str]] = field(default_factory=dict)  # dev -> ["tc ingress", "xdp"]
     has_netfilter: bool = False
+    # False when the routes probe failed or left lines unread on this node: a destination
+    # with no route is then unknown, not "no route" (which would blame the CNI for our gap)
+    routes_complete: bool = True
     sets: dict[tuple[str, str], NamedSet] = field(default_factory=dict)  # nftables @name
     _routing: Routing | None = None
     _ctx: Context | None = None
@@ -108,7 +111,8 @@ class NodeView:
     @property
     def routing(self) -> Routing:
         if self._routing is None:
-            self._routing = Routing(self.routes, self.rules, frozenset(self.local))
+            self._routing = Routing(self.routes, self.rules, frozenset(self.local),
+                                    self.routes_complete and bool(self.routes))
         return self._routing
 
     def dev_of(self, a: int) -> str | None:

@@ -113,6 +113,7 @@ class Decision:
     kind: str  # local, unicast, blackhole, unreachable, prohibit, none, unknown
     route: Route | None = None
     rule: PolicyRule | None = None  # the policy rule that decided (when not the main lookup)
+    why: str = ""  # for unknown: what could not be seen
 
     def at(self, dst: int) -> str:
         if self.rule is not None and self.rule.action != "lookup":
@@ -121,12 +122,20 @@ class Decision:
             return f"route {self.route.text()}"
         if self.kind == "none":
             return f"no route to {show(dst)}"
+        if self.why == _UNREAD:
+            return f"route to {show(dst)}"
         return self.kind
 
 
+_UNREAD = ("no route was read for it, and the routes probe did not give every route on this "
+           "node (see what could not be checked)")
+
+
 class Routing:
-    def __init__(self, routes: list[Route], rules: list[PolicyRule], local: frozenset[int]):
+    def __init__(self, routes: list[Route], rules: list[PolicyRule], local: frozenset[int],
+                 complete: bool = True):
         self.local = local
+        self.complete = complete
         self.rules = sorted(rules, key=lambda r: r.priority) if rules else list(DEFAULT_RULES)
         self.tables: dict[str, list[Route]] = {}
         for r in routes:
@@ -178,7 +187,9 @@ class Routing:
             if undecided:
                 return Decision("unknown", route, rule)
             return Decision(kind, route, rule if table_id(rule.table) != "254" else None)
-        return Decision("unknown" if undecided else "none")
+        if undecided:
+            return Decision("unknown")
+        return Decision("none") if self.complete else Decision("unknown", why=_UNREAD)
 
 
 def _dst(r: Route) -> str:

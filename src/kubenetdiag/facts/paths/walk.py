@@ -161,7 +161,7 @@ def _dead_end(d: Decision, pkt: Packet, steps: list[str]) -> Ending | None:
     """The routing decision itself ends the packet, or cannot be made."""
     if d.kind == "unknown":
         return Ending("unknown", "route", d.at(pkt.dst), steps=steps,
-                      why="a policy rule cannot be decided")
+                      why=d.why or "a policy rule cannot be decided")
     if d.kind in ("none", "blackhole", "unreachable", "prohibit"):
         return _route_ending(d, pkt, steps, "drop" if d.kind == "blackhole" else "reject")
     return None
