@@ -24,9 +24,9 @@ ALARM = ("critical", "error", "warning")
 
 
 def _analyze(bundle: Path) -> tuple[dict, list[dict]]:
-    assert main(["analyze", str(bundle), "--format", "json", "--report",
-                 str(bundle / "r.json")]) == 1
-    report = json.loads((bundle / "r.json").read_text())
+    out = bundle.parent / "r.json"
+    assert main(["analyze", str(bundle), "--format", "json", "--report", str(out)]) == 1
+    report = json.loads(out.read_text())
     return report, json.loads((bundle / "facts.json").read_text())["facts"]
 
 

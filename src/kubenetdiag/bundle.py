@@ -7,8 +7,13 @@ anywhere, so reading one validates it before anything trusts its contents.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 import re
+import stat
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +26,8 @@ from kubenetdiag.errors import InputError
 
 BUNDLE_SCHEMA = "kubenetdiag/bundle/v1"
 FACTS_SCHEMA = "kubenetdiag/facts/v1"
-MAX_NODE_FILE = 256 * 1024 * 1024
+MAX_NODE_FILE = 256 * 1024 * 1024  # also cluster.json
+MAX_META_FILE = 64 * 1024 * 1024  # a node list of a million names fits
 CLUSTER_FILE = "cluster.json"
 CLUSTER_SCHEMA = "kubenetdiag/cluster/v1"  # the collector writes the same string
 
@@ -170,15 +176,41 @@ def safe_name(name: str) -> str:
 
 
 def prepare_dir(path: Path) -> None:
-    """Refuse to mix a new run into an old bundle: it would corrupt the evidence of both."""
-    if path.exists() and not path.is_dir():
+    """Refuse to write a bundle over anything: an old bundle (it would corrupt the evidence of
+    both) or any directory with files in it (`-o .` must not replace a file of the same name)."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise InputError(f"{path} exists and is not a directory", hint="choose another path")
     if (path / "meta.json").exists():
         raise InputError(
             f"{path} already holds a bundle",
             hint="choose a new directory; keep the old bundle as the record of its run",
         )
-    path.mkdir(parents=True, exist_ok=True)
+    if path.is_dir() and any(path.iterdir()):
+        raise InputError(f"{path} is not empty",
+                         hint="give a new or empty directory: the bundle's files would "
+                              "replace files of the same name there")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the bundle directory {path}: {exc.strerror}",
+                         file=str(path), hint="choose a writable path") from None
+
+
+def new_bundle_dir(parent: Path) -> Path:
+    """A default bundle directory, created now, that no other run has: two runs started in the
+    same second (a cron job and an SRE) each get their own."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        path = parent / (f"kubenetdiag-{stamp}" + (f"-{n}" if n > 1 else ""))
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise InputError(f"cannot create a bundle directory in {parent}: {exc.strerror}",
+                             hint="pass --bundle DIR on a writable filesystem") from None
+        return path
+    raise InputError(f"{parent} already has 999 bundles from this second", hint="pass --bundle")
 
 
 def write_bundle(path: Path, meta: dict[str, Any], records: list[dict]) -> None:
@@ -207,14 +239,20 @@ def read_bundle(path: Path) -> tuple[dict[str, Any], list[dict]]:
             f"{path} is not a bundle directory", hint="pass the directory that `collect -o` wrote"
         )
     meta_path = path / "meta.json"
-    if not meta_path.exists():
+    if not meta_path.exists() and not meta_path.is_symlink():
         raise InputError(f"{path} has no meta.json: not a kubenetdiag bundle", file=str(path))
-    meta = _read_json(meta_path)
+    meta = _read_json(meta_path, MAX_META_FILE)
     _validate(meta, _META_CHECK, meta_path)
+    if not meta["nodes"]:
+        raise InputError("the bundle holds no nodes: nothing was collected, so nothing can be "
+                         "diagnosed", file=str(meta_path),
+                         hint="collect again with an inventory that lists the nodes")
+    nodes_dir = path / "nodes"
+    if nodes_dir.is_symlink() or not nodes_dir.is_dir():
+        raise InputError(f"{nodes_dir} is not a directory of the bundle", file=str(nodes_dir),
+                         hint="copy the whole bundle directory, links resolved")
     records: dict[str, dict] = {}
-    for f in sorted((path / "nodes").glob("*.json")):
-        if f.stat().st_size > MAX_NODE_FILE:
-            raise InputError(f"{f} is larger than {MAX_NODE_FILE >> 20} MiB", file=str(f))
+    for f in sorted(nodes_dir.glob("*.json")):
         rec = _read_json(f)
         _validate(rec, _NODE_CHECK, f)
         records[rec["name"]] = rec
@@ -237,30 +275,86 @@ def write_cluster(path: Path, data: dict[str, Any]) -> None:
 def read_cluster(path: Path) -> dict[str, Any] | None:
     """The bundle's cluster.json, validated; None when the bundle has none."""
     f = path / CLUSTER_FILE
-    if not f.exists():
+    if not f.exists() and not f.is_symlink():
         return None
-    if f.stat().st_size > MAX_NODE_FILE:
-        raise InputError(f"{f} is larger than {MAX_NODE_FILE >> 20} MiB", file=str(f))
     data = _read_json(f)
     _validate(data, _CLUSTER_CHECK, f)
     return data
 
 
+# Read once: the mode a new file gets from open(2), which mkstemp's 0600 does not follow.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader sees the old file or the whole new one.
+
+    The temporary file has a fresh random name and is created exclusively (mkstemp), so no
+    file or symbolic link planted beside the target (a bundle comes from anywhere) can
+    redirect the write; a failure midway (a full disk) leaves the old file as it was. Lone
+    surrogates (a JSON escape in a hostile bundle) are written as '?', not a crash."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
+            f.write(text)
+        os.replace(tmp, path)  # replaces a link at `path` itself, never its target
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
     # No indent: json's C encoder only runs without one, and facts.json is ~200 KB per node
     # (10 MB at 50 lab nodes took 0.33 s indented, 0.08 s compact). `jq .` reads it for humans.
-    tmp.write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)  # a reader never sees half a file
+    # allow_nan=False: NaN is not JSON, and browsers and jq refuse a file holding it.
+    write_text_atomic(path, json.dumps(data, ensure_ascii=False, allow_nan=False) + "\n")
 
 
-def _read_json(path: Path) -> Any:
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of a bundle file: a regular file (no link followed, no FIFO or device
+    opened for reading), at most `limit` bytes read whatever its size claims to be."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(f"{path} is a symbolic link, not a file of the bundle",
+                             file=str(path),
+                             hint="a bundle holds regular files only; copy it with the links "
+                                  "resolved if it is yours") from None
+        raise InputError(f"cannot read {path}: {exc.strerror}", file=str(path)) from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise InputError(f"{path} is not a regular file (a device, FIFO or directory)",
+                             file=str(path), hint="a bundle holds regular files only")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise InputError(f"{path} is larger than {limit >> 20} MiB", file=str(path),
+                         hint="a bundle file this large is not one kubenetdiag wrote")
+    return data
+
+
+def _read_json(path: Path, limit: int | None = None) -> Any:
+    data = read_regular(path, MAX_NODE_FILE if limit is None else limit)
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+    except InputError as exc:
+        raise InputError(exc.message, file=str(path), hint=exc.hint) from None
     except json.JSONDecodeError as exc:
         raise InputError(f"not valid JSON: {exc.msg}", file=str(path), line=exc.lineno) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read {path}: {exc}", file=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} is not UTF-8 (byte {exc.start})", file=str(path)) from None
+    except RecursionError:
+        raise InputError(f"{path} is nested too deeply to be a bundle file",
+                         file=str(path)) from None
+
+
+def _no_constant(name: str) -> Any:
+    raise InputError(f"{name} is not a JSON number", hint="the bundle file was not written by "
+                     "kubenetdiag or was edited by hand")
 
 
 def _validate(data: Any, checker: jsonschema.protocols.Validator, path: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import traceback
 from collections.abc import Sequence
 from importlib.metadata import entry_points
@@ -19,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 
 from kubenetdiag import __version__, pipeline
-from kubenetdiag.bundle import Bundle
+from kubenetdiag.bundle import Bundle, new_bundle_dir, write_text_atomic
 from kubenetdiag.collect.ssh import SshOptions
 from kubenetdiag.engine import RuleSet, load_ruleset
 from kubenetdiag.errors import (
@@ -301,6 +300,14 @@ def _report_targets(args: argparse.Namespace) -> list[tuple[Path, str]]:
             )
         if path.parent and not path.parent.exists():
             raise InputError(f"the directory of {path} does not exist", hint="create it first")
+        if path.is_dir():
+            raise InputError(f"{path} is a directory", hint="name a file for the report")
+        bundle = getattr(args, "bundle", None) or getattr(args, "output", None)
+        if bundle is not None and path.resolve().is_relative_to(Path(bundle).resolve()):
+            raise InputError(
+                f"{path} is inside the bundle {bundle}",
+                hint="write reports outside it: the bundle keeps the raw evidence, "
+                     "and its report.json is written there already")
         targets.append((path, fmt))
     return targets
 
@@ -309,7 +316,13 @@ def _write_reports(args: argparse.Namespace, analysis: Analysis, observer: Obser
     report = analysis.report
     targets = _report_targets(args)
     for path, fmt in targets:
-        path.write_text(render(report, fmt, args.lang), encoding="utf-8")
+        try:
+            write_text_atomic(path, render(report, fmt, args.lang))
+        except OSError as exc:
+            raise InputError(f"cannot write the report {path}: {exc.strerror or exc}",
+                             file=str(path),
+                             hint="choose a writable path with free space; a report already "
+                                  "there is left as it was") from None
         observer.warn(f"report written to {path}")
     if args.format in ("json", "markdown"):
         sys.stdout.write(render(report, args.format, args.lang))
@@ -327,8 +340,10 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     ruleset = _load_rules(args)
     _report_targets(args)
     observer = TerminalObserver(args.quiet)
-    out = args.bundle or Path(f"kubenetdiag-{time.strftime('%Y%m%d-%H%M%S')}")
-    analysis = pipeline.diagnose(_hosts(args), _collect_options(args), ruleset, out, observer)
+    hosts, options = _hosts(args), _collect_options(args)
+    # created only once the input is known good: a refused run leaves nothing behind
+    out = args.bundle or new_bundle_dir(Path.cwd())
+    analysis = pipeline.diagnose(hosts, options, ruleset, out, observer)
     return _write_reports(args, analysis, observer)
 
 

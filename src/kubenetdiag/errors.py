@@ -18,8 +18,9 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
 
 # C0 controls but newline and tab, DEL, C1 controls, and the bidirectional overrides that can
-# reorder what an SRE reads: a node name or a file from a bundle may hold any of them.
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# reorder what an SRE reads, and lone surrogates (a JSON escape) that no terminal encoding can
+# print: a node name or a file from a bundle may hold any of them.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def for_terminal(text: str) -> str:

@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from kubenetdiag.errors import InputError
-from kubenetdiag.yamlsrc import YamlDoc, load_yaml_file
+from kubenetdiag.yamlsrc import MAX_FILE_BYTES, YamlDoc, load_yaml_file
 
 __all__ = ["Host", "expand_host_pattern", "load_inventory", "local_host"]
 
@@ -303,8 +303,14 @@ def _error(origin: _Origin, message: str, hint: str = "") -> InputError:
 
 
 def _read_quietly(path: Path) -> str | None:
+    """The text of a file that failed to load, to explain why; None for anything that is not
+    a readable regular file of sane size (a FIFO would block here)."""
     try:
-        return path.read_text(encoding="utf-8")
+        if not path.is_file():
+            return None
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+        return raw.decode("utf-8") if len(raw) <= MAX_FILE_BYTES else None
     except (OSError, UnicodeDecodeError):
         return None
 

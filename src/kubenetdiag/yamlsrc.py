@@ -17,6 +17,13 @@ from kubenetdiag.errors import InputError
 
 Path_ = tuple[str | int, ...]
 
+# Limits on what one file may expand to (docs/hardening.md). An alias is expanded where it is
+# used, so a 540-byte file of nested aliases ("billion laughs") names a billion values: the
+# count includes every expansion, and stops it long before memory runs out.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_VALUES = 1_000_000
+MAX_DEPTH = 64
+
 
 @dataclass
 class YamlDoc:
@@ -25,6 +32,7 @@ class YamlDoc:
     data: Any
     file: str
     lines: dict[Path_, int] = field(default_factory=dict)
+    values: int = 0  # every value built so far, aliases counted once per use
 
     def line_of(self, path: Path_) -> int | None:
         """The line of `path`, or of its nearest ancestor that has one."""
@@ -53,7 +61,24 @@ def load_plain(text: str):  # noqa: ANN201 (any YAML value)
     return yaml.load(text, Loader=_BASE)  # noqa: S506 (a safe loader)
 
 
-def _node_to_python(loader: _Loader, node: yaml.Node, path: Path_, doc: YamlDoc) -> Any:
+def _limit(doc: YamlDoc, node: yaml.Node, message: str, hint: str) -> InputError:
+    return InputError(message, file=doc.file, line=node.start_mark.line + 1, hint=hint)
+
+
+def _node_to_python(loader: _Loader, node: yaml.Node, path: Path_, doc: YamlDoc,
+                    inside: tuple[int, ...] = ()) -> Any:
+    doc.values += 1
+    if doc.values > MAX_VALUES:
+        raise _limit(doc, node, f"the file expands to more than {MAX_VALUES:,} values",
+                     "aliases (*name) nested in aliases multiply; write the values out")
+    if len(inside) >= MAX_DEPTH:
+        raise _limit(doc, node, f"nested more than {MAX_DEPTH} levels deep",
+                     "an inventory or rule file this deep is not one a person wrote")
+    if id(node) in inside:
+        raise _limit(doc, node, "an alias refers to a value that contains it",
+                     "a value cannot include itself; write it out")
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        inside = (*inside, id(node))
     doc.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
@@ -75,21 +100,41 @@ def _node_to_python(loader: _Loader, node: yaml.Node, path: Path_, doc: YamlDoc)
                 )
             child = (*path, key if isinstance(key, str) else str(key))
             doc.lines[child] = key_node.start_mark.line + 1
-            out[key] = _node_to_python(loader, value_node, child, doc)
+            out[key] = _node_to_python(loader, value_node, child, doc, inside)
         return out
     if isinstance(node, yaml.SequenceNode):
         items = []
         for i, item in enumerate(node.value):
             child = (*path, i)
             doc.lines[child] = item.start_mark.line + 1
-            items.append(_node_to_python(loader, item, child, doc))
+            items.append(_node_to_python(loader, item, child, doc, inside))
         return items
     return loader.construct_object(node, deep=True)
+
+
+def _check_depth(text: str, file: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH from the event stream, before any node is built:
+    libyaml's composer recurses in C and crashes the process on [[[[... thousands deep."""
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=_BASE):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise InputError(f"nested more than {MAX_DEPTH} levels deep", file=file,
+                                     line=event.start_mark.line + 1,
+                                     hint="an inventory or rule file this deep is not one a "
+                                          "person wrote")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        return  # composing reports it, with its line
 
 
 def load_yaml_text(text: str, file: str) -> YamlDoc:
     """Parse one YAML document; raise InputError (with file and line) on any syntax problem."""
     doc = YamlDoc(data=None, file=file)
+    _check_depth(text, file)
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
@@ -118,7 +163,15 @@ def load_yaml_text(text: str, file: str) -> YamlDoc:
 def load_yaml_file(path: str | Path) -> YamlDoc:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        if p.exists() and not p.is_file() and not p.is_dir():
+            raise InputError(f"{p} is not a regular file", file=str(p),
+                             hint="name the YAML file itself (a FIFO or device is not one)")
+        with p.open("rb") as f:  # what is read counts, not what the size claims (/proc says 0)
+            raw = f.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise InputError(f"{p} is larger than {MAX_FILE_BYTES >> 20} MiB", file=str(p),
+                             hint="an inventory or rule file is a few hundred KiB at most")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise InputError(f"file not found: {p}", file=str(p), hint="check the path") from None
     except IsADirectoryError:

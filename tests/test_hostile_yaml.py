@@ -1,0 +1,77 @@
+"""Inventories and rule files built to hurt: nested aliases that expand to a billion values, an
+alias that contains itself, nesting thousands deep (which crashed libyaml's composer), a FIFO
+named as the file. Each is exit 2 naming the file and line, quickly, in a process that stays
+alive (docs/hardening.md)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kubenetdiag.cli import main
+
+
+def _laughs(levels: int = 9) -> str:
+    """A 300-byte YAML document whose aliases name 9**9 values."""
+    out = "x0: &x0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+    for i in range(1, levels):
+        out += f"x{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * 9) + "]\n"
+    return out
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    # a subprocess: a crash inside libyaml or a blocked read must fail the test, not end it
+    return subprocess.run([sys.executable, "-m", "kubenetdiag", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def _inventory(tmp_path: Path, extra: str) -> Path:
+    inv = tmp_path / "hosts.yaml"
+    inv.write_text("all:\n  hosts:\n    node1:\n      ansible_host: 198.18.0.11\n" + extra)
+    return inv
+
+
+@pytest.mark.parametrize("extra, message, line", [
+    ("  vars:\n    bomb:\n" + "".join("      " + ln + "\n" for ln in _laughs().splitlines()),
+     "expands to more than", None),
+    ("  vars:\n    loop: &a [1, *a]\n", "an alias refers to a value that contains it", 6),
+    ("  vars:\n    deep: " + "[" * 50_000 + "]" * 50_000 + "\n", "levels deep", 6),
+])
+def test_a_hostile_inventory_is_exit_2_with_file_and_line(tmp_path, extra, message, line):
+    inv = _inventory(tmp_path, extra)
+    proc = _cli("diagnose", "--inventory", str(inv), "--bundle", str(tmp_path / "b"))
+    assert proc.returncode == 2, proc.stderr
+    # the line of the value itself, or for the aliases, of the one that crossed the limit
+    assert re.search(rf"{re.escape(str(inv))}:{line or '[0-9]+'}: ", proc.stderr), proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "b").exists()
+
+
+def test_a_group_vars_bomb_is_refused(tmp_path):
+    inv = _inventory(tmp_path, "")
+    (tmp_path / "group_vars").mkdir()
+    gv = tmp_path / "group_vars" / "all.yaml"
+    gv.write_text(_laughs())
+    proc = _cli("diagnose", "--inventory", str(inv), "--bundle", str(tmp_path / "b"))
+    assert proc.returncode == 2 and f"{gv}:" in proc.stderr
+    assert "expands to more than" in proc.stderr
+
+
+def test_a_rule_file_bomb_is_refused_by_lint(tmp_path):
+    rules = tmp_path / "site.yaml"
+    rules.write_text(_laughs() + "rules: []\n")
+    proc = _cli("rules", "lint", str(rules))
+    assert proc.returncode == 2 and f"{rules}:" in proc.stderr
+    assert "expands to more than" in proc.stderr
+
+
+def test_a_fifo_named_as_the_inventory_does_not_hang(tmp_path, capsys):
+    fifo = tmp_path / "hosts.yaml"
+    os.mkfifo(fifo)
+    assert main(["diagnose", "--inventory", str(fifo), "--bundle", str(tmp_path / "b")]) == 2
+    assert "not a regular file" in capsys.readouterr().err
