@@ -27,7 +27,7 @@ def _laughs(levels: int = 9) -> str:
 def _cli(*args: str) -> subprocess.CompletedProcess:
     # a subprocess: a crash inside libyaml or a blocked read must fail the test, not end it
     return subprocess.run([sys.executable, "-m", "kubenetdiag", *args], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env={**os.environ, "COLUMNS": "400"})
 
 
 def _inventory(tmp_path: Path, extra: str) -> Path:
@@ -75,3 +75,44 @@ def test_a_fifo_named_as_the_inventory_does_not_hang(tmp_path, capsys):
     os.mkfifo(fifo)
     assert main(["diagnose", "--inventory", str(fifo), "--bundle", str(tmp_path / "b")]) == 2
     assert "not a regular file" in capsys.readouterr().err
+
+
+RULE = """\
+rules:
+  - id: site-check
+    fault: site_fault
+    severity: warning
+    title: {en: "TITLE on {node}", zh-CN: "{node} 上的 site"}
+    when:
+      - sysctl: {node: $node, key: {in: KEYS}, number: 0}
+"""
+
+
+def test_an_in_list_too_long_for_clips_is_a_lint_error_not_a_crash(tmp_path):
+    rules = tmp_path / "site.yaml"
+    keys = "[" + ", ".join(f"k{i}" for i in range(100_000)) + "]"
+    rules.write_text(RULE.replace("TITLE", "site").replace("KEYS", keys))
+    proc = _cli("rules", "lint", str(rules))
+    assert proc.returncode == 2, proc.stderr[-500:]
+    assert f"{rules}:7: " in proc.stderr and "lists 100,000 values; at most 1,000" in proc.stderr
+
+
+def test_rules_list_shows_a_hostile_title_as_text(tmp_path):
+    rules = tmp_path / "site.yaml"
+    title = "[link=https://evil.example/]click[/link] \x1b]8;;https://evil.example/\x1b\\\\x"
+    rules.write_text(RULE.replace("TITLE", title.replace("\\", "\\\\").replace("\x1b", "\\e"))
+                     .replace("KEYS", "[k]"))
+    proc = _cli("rules", "list", "--rules-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if "site-check" in ln)
+    assert "[link=https://evil.example/]click[/link]" in line
+    assert "\x1b" not in proc.stdout and "\\x1b]8;;" in line
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "nan", "inf", "ten"])
+def test_a_timeout_that_is_not_a_positive_number_is_exit_2(tmp_path, value, capsys):
+    inv = _inventory(tmp_path, "")
+    with pytest.raises(SystemExit) as exc:
+        main(["diagnose", "--inventory", str(inv), "--connect-timeout", value])
+    assert exc.value.code == 2
+    assert "--connect-timeout" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import traceback
 from collections.abc import Sequence
@@ -60,6 +61,17 @@ REPORT_SUFFIXES = {
 }
 
 
+def _seconds(text: str) -> float:
+    """A timeout: a finite number of seconds above zero (argparse turns the error into exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a timeout: give seconds above 0")
+    return value
+
+
 def _add_target_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
@@ -77,14 +89,14 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--connect-timeout",
-        type=float,
+        type=_seconds,
         default=10.0,
         metavar="S",
         help="seconds to connect and log in to one node (default 10)",
     )
     g.add_argument(
         "--command-timeout",
-        type=float,
+        type=_seconds,
         default=60.0,
         metavar="S",
         help="seconds the probe script may run on one node (default 60)",
@@ -376,10 +388,14 @@ def cmd_rules_list(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
         return 0
     from rich.table import Table
+    from rich.text import Text
 
     table = Table("id", "fault", "severity", "title")
     for row in rows:
-        table.add_row(row["id"], row["fault"] or "-", row["severity"] or "-", row["title"])
+        # Text, not markup: a site rule's title is data ([link=...] or an OSC-8 escape in it
+        # must show as written, never act on the terminal)
+        table.add_row(*(Text(for_terminal(str(v or "-"))) for v in (
+            row["id"], row["fault"], row["severity"], row["title"])))
     Console(highlight=False).print(table)
     return 0
 

@@ -20,6 +20,9 @@ from .literals import LiteralError, as_number, as_variable, attr_spec, coerce, t
 from .model import Assertion, Op, Path_, Pattern, Remedy, Rule, SlotTest, Var, placeholders
 from .rulefiles import RuleLocation
 
+# Values one `in:` or `not_in:` may list (docs/hardening.md).
+MAX_IN_VALUES = 1000
+
 NUMERIC_OPS = {"lt", "le", "gt", "ge"}
 STRING_OPS = {"contains", "startswith"}
 
@@ -157,6 +160,10 @@ class RuleChecker:
                     raise LiteralError(f"{op} works on strings, but {attr.name} is a {attr.type}")
                 out.append(Op(op, self._operand(operand, attr, scope)))
             elif op in ("in", "not_in"):
+                if len(operand) > MAX_IN_VALUES:
+                    # CLIPS builds one test per value: 100,000 crashed it (a segfault)
+                    raise LiteralError(f"{op} lists {len(operand):,} values; at most "
+                                       f"{MAX_IN_VALUES:,}: match on a pattern or a shorter list")
                 out.append(Op(op, tuple(self._operand(item, attr, scope) for item in operand)))
             else:  # eq, ne
                 out.append(Op(op, self._operand(operand, attr, scope)))
