@@ -116,3 +116,16 @@ def test_a_timeout_that_is_not_a_positive_number_is_exit_2(tmp_path, value, caps
         main(["diagnose", "--inventory", str(inv), "--connect-timeout", value])
     assert exc.value.code == 2
     assert "--connect-timeout" in capsys.readouterr().err
+
+
+def test_inference_stops_at_its_budget_naming_the_rules(monkeypatch, capsys):
+    # a budget a real run never reaches (docs/hardening.md); made tiny here to reach it
+    from kubenetdiag.engine import inference
+
+    monkeypatch.setattr(inference, "MAX_FIRINGS", 3)
+    monkeypatch.setattr(inference, "_STEP", 1)
+    example = Path(__file__).resolve().parent.parent / "examples" / "bundles" / "lab-three-faults"
+    assert main(["analyze", str(example), "--format", "json"]) == 2
+    err = capsys.readouterr().err
+    assert "the rules fired 3 times" in err and "without coming to rest" in err
+    assert re.search(r"most: [a-z0-9-]+ \(\S+\.yaml:\d+, \d+ times\)", err), err

@@ -6,6 +6,7 @@ import math
 import numbers
 import re
 import shlex
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,15 @@ _CLUSTER_TEXT = {"en": "the cluster", "zh-CN": "集群"}
 
 class EngineError(RuntimeError):
     """CLIPS failed while building or running the rules: a bug in a rule or in the engine."""
+
+
+# The inference budget (docs/hardening.md). A rule fires once per finding it makes (17 times
+# on the three-node example); two rules that re-trigger each other fire forever. CLIPS runs
+# in steps so that the budget and Ctrl-C are checked between them (a signal waits for the step
+# to end).
+MAX_FIRINGS = 5_000_000
+MAX_SECONDS = 300.0
+_STEP = 10_000
 
 
 class _ErrorCapture(clips.Router):
@@ -329,12 +339,34 @@ def _rule_of_error(program: Program, message: str) -> str:
     return f" in rule {r.id} ({r.file}:{r.line})"
 
 
+def _run_within_budget(env: clips.Environment, program: Program) -> None:
+    fired, started = 0, time.monotonic()
+    while True:
+        step = env.run(_STEP)
+        fired += step
+        if step < _STEP:
+            return
+        spent = time.monotonic() - started
+        if fired >= MAX_FIRINGS or spent > MAX_SECONDS:
+            counts: dict[int, int] = defaultdict(int)
+            for f in env.find_template(FIRED).facts():
+                counts[int(f["rule"])] += 1
+            top = sorted(counts.items(), key=lambda kv: -kv[1])[:3]
+            names = ", ".join(f"{program.rules[i].id} ({program.rules[i].file}:"
+                              f"{program.rules[i].line}, {n:,} times)" for i, n in top)
+            raise InputError(
+                f"the rules fired {fired:,} times in {spent:.0f} s without coming to rest; "
+                f"most: {names}",
+                hint="rules that re-trigger each other, or a pattern sharing no variable with "
+                     "the others, never finish: fix or --disable them")
+
+
 def execute(program: Program, facts: Sequence[Fact]) -> tuple[dict[int, list], _Deriver]:
     """Run the program; return each fired rule's activations (ids, values) and derived facts."""
     deriver = _Deriver(program)
     env, capture = build_environment(program, deriver)
     _assert_facts(env, program, facts, list(env.routers()))
-    env.run()
+    _run_within_budget(env, program)
     message = capture.take()
     state = env.error_state
     if message or state is not None:
