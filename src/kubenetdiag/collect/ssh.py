@@ -7,6 +7,7 @@ sshd running?"), never a traceback, and never stops the other nodes.
 
 from __future__ import annotations
 
+import logging
 import random
 import select
 import shlex
@@ -27,6 +28,11 @@ from kubenetdiag.collect.local import LocalTransport
 from kubenetdiag.collect.transport import KILL_GRACE_S, ScriptResult, Transport
 from kubenetdiag.errors import CollectError
 from kubenetdiag.inventory import Host
+
+# paramiko logs every failed handshake from its transport thread, traceback included (60 lines
+# for a host that accepts TCP and never sends a banner); with no handler configured Python
+# prints that to stderr. The reason reaches the user as the node's error instead: one line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 @dataclass(frozen=True)
