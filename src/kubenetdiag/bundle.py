@@ -48,6 +48,8 @@ _META = {
         # The active checks the collecting version had (kubenetdiag.probes.active.checks());
         # absent in older bundles, whose analysis takes the checks any node has sections of.
         "active_checks": {"type": "array", "items": {"type": "string"}},
+        # Ctrl-C stopped the collection: the nodes not reached say "not collected: interrupted"
+        "interrupted": {"type": "boolean"},
     },
 }
 _SECTION = {

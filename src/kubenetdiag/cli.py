@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from importlib.metadata import entry_points
@@ -453,6 +455,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("kubenetdiag: interrupted", file=sys.stderr)
+        if any(t.is_alive() and t.name.startswith("collect") for t in threading.enumerate()):
+            # Worker threads still wait on connections that would take their whole connect
+            # timeout; Python would join them before exiting. What was collected is written.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     except Exception:
         # A bug, not the user's input or a node's state: exit 1 would read as "findings".

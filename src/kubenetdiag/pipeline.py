@@ -31,6 +31,7 @@ from kubenetdiag.bundle import (
     write_json,
 )
 from kubenetdiag.collect.cluster import BackgroundApiCollection, resolve_target
+from kubenetdiag.collect.runner import Interrupted
 from kubenetdiag.collect.runner import collect as collect_nodes
 from kubenetdiag.collect.ssh import Connector, SshOptions
 from kubenetdiag.engine import RuleSet, infer
@@ -128,6 +129,9 @@ def collect(
     api.start()
     # Kept open between the phases: the active script reuses each node's SSH connection.
     connector = Connector(options.ssh, keep=options.active)
+    interrupted: KeyboardInterrupt | None = None
+    records: list[dict] | None = None
+    cluster = None
     try:
         with _phase(observer, "collecting", len(hosts)) as progress:
             records, _ = collect_nodes(hosts, options.ssh, parallel=options.parallel,
@@ -137,6 +141,15 @@ def collect(
             _active_phase(hosts, records, cluster, connector, options, observer)
         else:
             _mark_active_skipped(records)
+    except KeyboardInterrupt as exc:
+        # Keep what was collected: a valid bundle, marked interrupted, then stop. Ctrl-C in
+        # the passive phase carries every node's record; later, the passive records stand.
+        if isinstance(exc, Interrupted):
+            records = exc.records
+        elif records is None:
+            raise
+        interrupted = exc
+        _mark_active_skipped([r for r in records if "active" not in r])
     finally:
         saved = connector.close()
     kinds = {h.connection for h in hosts}
@@ -150,8 +163,15 @@ def collect(
         # version tells a check this one lacked from one that failed
         "active_checks": [c.name for c in checks()],
     }
+    if interrupted is not None:
+        meta["interrupted"] = True
     bundle = Bundle(out, meta, records, cluster)
     bundle.write()
+    if interrupted is not None:
+        kept = sum(1 for r in records if r["reachable"])
+        observer.warn(f"interrupted: {kept}/{len(records)} nodes collected are kept in {out} "
+                      "(the others say \"not collected: interrupted\"); analyze reads it")
+        raise interrupted
     if cluster["queried"]:
         bad = [c["name"] for c in cluster["calls"] if c["status"] not in ("ok", "not_found")]
         observer.note(

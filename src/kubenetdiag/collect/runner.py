@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from kubenetdiag.collect import ssh
 from kubenetdiag.collect.script import OUTPUT_LIMIT, build_script, new_marker, split_output
@@ -18,6 +18,18 @@ from kubenetdiag.probes import PROBES, Probe
 
 # (node name, state, detail); states: "connecting", "done", "failed"
 ProgressFn = Callable[[str, str, str], None]
+
+
+NOT_COLLECTED_INTERRUPTED = "not collected: interrupted"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during collection, carrying every node's record: those already collected, and
+    the others marked not collected, so the caller can still write a valid bundle."""
+
+    def __init__(self, records: list[dict]) -> None:
+        super().__init__()
+        self.records = records
 
 
 def _record(
@@ -88,10 +100,23 @@ def collect(
     conn = connector or ssh.Connector(opts)
     workers = max(1, min(parallel, len(hosts)))
     saved: list[str] = []
+    started = time.monotonic()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="collect")
+    futures = [pool.submit(collect_node, h, conn, probes, progress) for h in hosts]
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="collect") as pool:
-            records = list(pool.map(lambda h: collect_node(h, conn, probes, progress), hosts))
+        pending = set(futures)
+        while pending:  # short waits: Ctrl-C reaches the main thread within a fraction of one
+            _, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+    except KeyboardInterrupt:
+        # Stop at once: queued nodes never start, and threads still connecting are left to
+        # their timeouts (the caller exits without waiting for them).
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise Interrupted([
+            f.result() if f.done() and not f.cancelled() and f.exception() is None
+            else _record(h, False, NOT_COLLECTED_INTERRUPTED, started)
+            for h, f in zip(hosts, futures, strict=True)]) from None
     finally:
         if own:
             saved = conn.close()
-    return records, saved
+    pool.shutdown()
+    return [f.result() for f in futures], saved
