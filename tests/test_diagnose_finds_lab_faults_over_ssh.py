@@ -188,12 +188,13 @@ def node_state(lab, node: str) -> dict[str, str]:
         "nft": sh("nft list ruleset 2>&1 | grep -v -e counter -e '^#'"),
         # Files in the node's view: nothing created, removed or touched. Other jobs on this
         # machine write to /tmp too, so only what a probe could plausibly leave is compared
-        # there (pytest's own dirs and the tool runner's are not the node's doing); the strace
-        # test in test_node_conditions_become_facts.py proves it per system call.
+        # there (pytest's own dirs and the tool runner's are not the node's doing), entry by
+        # entry: /tmp's own mtime moves whenever the other test worker makes a temporary
+        # file; the strace test in test_node_conditions_become_facts.py proves it per call.
         "files": node_view(lab, node, (
             "find /var/tmp /run -xdev ! -path '/run/netns*' ! -path '/run/user/*' "
             "-printf '%p %T@ %s\\n' 2>/dev/null | sort; "
-            "find /root /tmp -xdev -maxdepth 1 ! -name 'pytest-of-*' ! -name 'bash_jobs*' "
+            "find /root /tmp -xdev -mindepth 1 -maxdepth 1 ! -name 'pytest-of-*' ! -name 'bash_jobs*' "
             "! -name 'bash_tool_*' ! -name '.*history' -printf '%p %T@\\n' 2>/dev/null | sort; "
             "ls -a /tmp/.nstat* /root/.nstat* 2>/dev/null; true")),
     }
