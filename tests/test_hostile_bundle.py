@@ -183,3 +183,22 @@ def test_two_runs_in_one_second_get_two_bundle_directories(tmp_path):
 
 def test_surrogates_and_escapes_reach_the_terminal_as_text():
     assert for_terminal("a\udc80b\x1b[31m") == "a\\udc80b\\x1b[31m"
+
+
+def test_nan_printed_by_a_node_gives_json_a_browser_accepts(bundle, tmp_path, capsys):
+    # `rtt_ms=nan` in an active DNS section: float() takes it; JSON has no NaN
+    node = _node_file(bundle)
+    rec = json.loads(node.read_text())
+    rec["sections"][0]["stdout"] = "1e999 nan\n" + rec["sections"][0]["stdout"]
+    node.write_text(json.dumps(rec))
+    out = tmp_path / "r.json"
+    assert _analyze(bundle, "--report", str(out)) == 1
+
+    def strict(text: str):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON output"))
+
+    strict(out.read_text())
+    strict((bundle / "facts.json").read_text())
+    strict(capsys.readouterr().out)
+    from kubenetdiag.bundle import json_text
+    assert json_text({"a": [float("nan"), float("inf"), 1.5]}) == '{"a": [null, null, 1.5]}'

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import stat
@@ -311,8 +312,26 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_json(path: Path, data: Any) -> None:
     # No indent: json's C encoder only runs without one, and facts.json is ~200 KB per node
     # (10 MB at 50 lab nodes took 0.33 s indented, 0.08 s compact). `jq .` reads it for humans.
-    # allow_nan=False: NaN is not JSON, and browsers and jq refuse a file holding it.
-    write_text_atomic(path, json.dumps(data, ensure_ascii=False, allow_nan=False) + "\n")
+    write_text_atomic(path, json_text(data, ensure_ascii=False) + "\n")
+
+
+def json_text(data: Any, **dumps: Any) -> str:
+    """JSON that browsers and jq accept: a NaN or infinity (a node may print `rtt=nan`, which
+    float() takes) becomes null instead of the bare NaN token json.dumps writes by default."""
+    try:
+        return json.dumps(data, allow_nan=False, **dumps)
+    except ValueError:
+        return json.dumps(_finite(data), allow_nan=False, **dumps)
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 def read_regular(path: Path, limit: int) -> bytes:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
+from kubenetdiag.bundle import json_text
 from kubenetdiag.findings.schema import order_like_schema, validate_report
 
 
@@ -14,4 +13,4 @@ def render_json(report: dict, *, validated: bool = False) -> str:
         validate_report(report)
     # ensure_ascii: node data may hold C1 controls (U+009B is a CSI for some terminals) that
     # json would otherwise pass through raw; as \u escapes they are inert when someone cats it.
-    return json.dumps(order_like_schema(report), indent=2, ensure_ascii=True) + "\n"
+    return json_text(order_like_schema(report), indent=2, ensure_ascii=True) + "\n"
