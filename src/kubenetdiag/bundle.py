@@ -51,6 +51,11 @@ _META = {
         "active_checks": {"type": "array", "items": {"type": "string"}},
         # Ctrl-C stopped the collection: the nodes not reached say "not collected: interrupted"
         "interrupted": {"type": "boolean"},
+        # `bundle redact` or `collect --redact` wrote it (kubenetdiag.redact)
+        "redacted": {
+            "type": "object",
+            "properties": {"secrets": {"type": "boolean"}, "names": {"type": "boolean"}},
+        },
     },
 }
 _SECTION = {

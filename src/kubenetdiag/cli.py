@@ -35,6 +35,7 @@ from kubenetdiag.errors import (
 )
 from kubenetdiag.inventory import Host, load_inventory, local_host
 from kubenetdiag.pipeline import Analysis, CollectOptions, Observer
+from kubenetdiag.redact import Redaction, read_key, redact_bundle
 from kubenetdiag.reports import print_summary, render
 from kubenetdiag.reports.progress import TerminalObserver
 
@@ -49,6 +50,7 @@ examples:
   diagnose --local --format json
   kubenetdiag collect --inventory hosts.yaml -o bundle/      # air-gapped site: collect only
   kubenetdiag analyze bundle/ --report incident.html          # anywhere, no network needed
+  kubenetdiag bundle redact bundle/ shared/ --names           # secrets out, to share it
   kubenetdiag rules lint my-rules/
 exit codes: 0 nothing of severity warning or above, 1 findings, 2 bad input, 3 no node reached
 """
@@ -165,6 +167,35 @@ def _add_analysis_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_redaction_args(p: argparse.ArgumentParser, names: str, key_file: str) -> None:
+    p.add_argument(
+        names,
+        dest="redact_names",
+        action="store_true",
+        help="also replace IP addresses and host names by stable tokens (prefix-preserving: "
+        "subnets and routes still add up)" + (" (implies --redact)" if names != "--names"
+                                               else ""),
+    )
+    p.add_argument(
+        key_file,
+        dest="redact_key_file",
+        type=Path,
+        metavar="FILE",
+        help="key of the tokens, created if missing: bundles redacted with the same file "
+        "share their tokens (default: a random key, tokens stable within one bundle)",
+    )
+
+
+def _redaction(args: argparse.Namespace, asked: bool) -> Redaction | None:
+    if args.redact_key_file is not None and not args.redact_names:
+        raise InputError("a key file is used only with address and host-name tokens",
+                         hint="add --names (--redact-names for collect), or drop the key file")
+    if not (asked or args.redact_names):
+        return None
+    key = read_key(args.redact_key_file) if args.redact_key_file is not None else None
+    return Redaction(names=args.redact_names, key=key)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubenetdiag",
@@ -212,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run the active probes (off by default: collect stays passive-only)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    _add_redaction_args(p, "--redact-names", "--redact-key-file")
+    p.add_argument(
+        "--redact",
+        action="store_true",
+        help="write the bundle with secrets removed (tokens, passwords, keys), to share it",
+    )
     p.set_defaults(handler=cmd_collect)
 
     p = sub.add_parser(
@@ -221,6 +258,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path, metavar="BUNDLE")
     _add_analysis_args(p)
     p.set_defaults(handler=cmd_analyze)
+
+    p = sub.add_parser("bundle", help="work on a bundle: make a redacted copy to share")
+    bsub = p.add_subparsers(dest="bundle_command", metavar="ACTION")
+    bsub.required = True
+    b = bsub.add_parser(
+        "redact",
+        help="copy a bundle with its secrets removed (and, with --names, its addresses and "
+        "host names replaced by tokens)",
+        epilog="examples:\n"
+        "  kubenetdiag bundle redact bundle/ bundle-shared/\n"
+        "  kubenetdiag bundle redact bundle/ bundle-shared/ --names --key-file ~/.knd-key\n"
+        "the copy analyses to the same findings; facts.json and report.json are not copied "
+        "(run analyze on the copy)\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b.add_argument("source", type=Path, metavar="BUNDLE")
+    b.add_argument("output", type=Path, metavar="OUT", help="new or empty directory")
+    _add_redaction_args(b, "--names", "--key-file")
+    b.set_defaults(handler=cmd_bundle_redact)
 
     p = sub.add_parser("rules", help="list, lint and test rules")
     rsub = p.add_subparsers(dest="rules_command", metavar="ACTION")
@@ -295,6 +351,7 @@ def _collect_options(args: argparse.Namespace) -> CollectOptions:
         context=args.context,
         in_cluster=args.in_cluster,
         inventory=args.inventory,
+        redact=_redaction(args, args.redact) if hasattr(args, "redact") else None,
     )
 
 
@@ -369,6 +426,20 @@ def cmd_collect(args: argparse.Namespace) -> int:
         f"bundle written to {args.output}: {reached}/{len(bundle.records)} nodes collected"
     )
     return EXIT_OK if reached else EXIT_ALL_FAILED
+
+
+def cmd_bundle_redact(args: argparse.Namespace) -> int:
+    how = _redaction(args, asked=True)
+    source = Bundle.read(args.source)
+    if args.output.resolve().is_relative_to(args.source.resolve()):
+        raise InputError(f"{args.output} is inside the bundle {args.source}",
+                         hint="write the redacted copy outside the original")
+    assert how is not None
+    _, redactor = redact_bundle(source, args.output, how)
+    print(f"redacted copy written to {for_terminal(str(args.output))}: {redactor.summary()}. "
+          "Its facts.json and report.json are not copied: run `kubenetdiag analyze` on it.",
+          file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

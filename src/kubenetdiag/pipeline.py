@@ -42,6 +42,7 @@ from kubenetdiag.findings import build_report
 from kubenetdiag.inventory import Host
 from kubenetdiag.probes import probe_names
 from kubenetdiag.probes.active import checks
+from kubenetdiag.redact import Redaction, redact_bundle
 
 SKIPPED_ACTIVE = "active probes not run: --no-active, or `collect` without --active"
 
@@ -91,6 +92,7 @@ class CollectOptions:
     context: str | None = None
     in_cluster: bool = False
     inventory: str | None = None  # recorded in the bundle's meta.json
+    redact: Redaction | None = None  # the bundle is written redacted (kubenetdiag.redact)
 
     def check(self) -> None:
         if self.parallel < 1:
@@ -166,7 +168,11 @@ def collect(
     if interrupted is not None:
         meta["interrupted"] = True
     bundle = Bundle(out, meta, records, cluster)
-    bundle.write()
+    if options.redact is None:
+        bundle.write()
+    else:
+        bundle, redactor = redact_bundle(bundle, out, options.redact)
+        observer.note(f"redacted: {redactor.summary()}")
     if interrupted is not None:
         kept = sum(1 for r in records if r["reachable"])
         observer.warn(f"interrupted: {kept}/{len(records)} nodes collected are kept in {out} "
