@@ -202,3 +202,17 @@ def test_nan_printed_by_a_node_gives_json_a_browser_accepts(bundle, tmp_path, ca
     strict(capsys.readouterr().out)
     from kubenetdiag.bundle import json_text
     assert json_text({"a": [float("nan"), float("inf"), 1.5]}) == '{"a": [null, null, 1.5]}'
+
+
+@pytest.mark.parametrize("name, what", [
+    ("node9", "which meta.json does not list"),
+    ("node1", "a second node file for node 'node1'"),
+])
+def test_a_node_file_the_metadata_does_not_list_is_refused(bundle, capsys, name, what):
+    rec = json.loads((bundle / "nodes" / "node2.json").read_text())
+    rec["name"] = name
+    extra = bundle / "nodes" / "zz-merged.json"
+    extra.write_text(json.dumps(rec))
+    assert _analyze(bundle) == 2
+    err = capsys.readouterr().err
+    assert what in err and str(extra) in err

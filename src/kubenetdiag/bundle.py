@@ -260,9 +260,20 @@ def read_bundle(path: Path) -> tuple[dict[str, Any], list[dict]]:
         raise InputError(f"{nodes_dir} is not a directory of the bundle", file=str(nodes_dir),
                          hint="copy the whole bundle directory, links resolved")
     records: dict[str, dict] = {}
+    listed = set(meta["nodes"])
     for f in sorted(nodes_dir.glob("*.json")):
         rec = _read_json(f)
         _validate(rec, _NODE_CHECK, f)
+        if rec["name"] not in listed:
+            # two bundles merged by hand, or a file added: its node would vanish from the
+            # report without a word, so the bundle is refused instead
+            raise InputError(f"the node file holds node {rec['name']!r}, which meta.json does "
+                             "not list", file=str(f),
+                             hint="a bundle holds one collection: keep the node files of "
+                                  "that run only, or collect again")
+        if rec["name"] in records:
+            raise InputError(f"a second node file for node {rec['name']!r}", file=str(f),
+                             hint="a bundle holds one file per node: remove the copy")
         records[rec["name"]] = rec
     missing = [n for n in meta["nodes"] if n not in records]
     if missing:

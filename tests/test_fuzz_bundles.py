@@ -1,0 +1,105 @@
+"""Property-based fuzzing of what `analyze` reads from a bundle: any meta.json, node file or
+cluster.json that hypothesis can build (valid JSON of any shape, mutations of real files, any
+text as probe output) ends in a report or in exit 2 naming the file; never a traceback.
+Bounded: a fixed number of examples per property, no deadline per example."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kubenetdiag import cli
+from kubenetdiag.cli import main
+from kubenetdiag.errors import EXIT_INTERNAL
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "bundles" / "lab-three-faults"
+FILES = ["meta.json", "nodes/node1.json", "cluster.json"]
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner,
+                                                                max_size=5),
+    max_leaves=30,
+)
+_FUZZ = settings(max_examples=100, deadline=None,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def original() -> dict[str, object]:
+    return {f: json.loads((EXAMPLE / f).read_text()) for f in FILES}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _rules_loaded_once():
+    """The shipped rules compiled once for the module: each example then costs an analysis,
+    not a compilation."""
+    ruleset = cli.load_ruleset()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "load_ruleset", lambda *a, **k: ruleset)
+        yield
+
+
+def _run(tmp_path: Path, name: str, content: str, capsys) -> tuple[int, str]:
+    target = tmp_path / "b"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(EXAMPLE, target, ignore=shutil.ignore_patterns("facts.json", "report.json"))
+    (target / name).write_text(content, encoding="utf-8", errors="surrogatepass")
+    capsys.readouterr()
+    code = main(["analyze", str(target), "--format", "json", "--lang", "en"])
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _mutate(doc: object, path: list, value: object) -> object:
+    """`doc` with the value at the path (indices taken modulo each container's size)
+    replaced."""
+    if not path or not isinstance(doc, (dict, list)) or not doc:
+        return value
+    if isinstance(doc, dict):
+        keys = sorted(doc)
+        k = keys[path[0] % len(keys)]
+        return {**doc, k: _mutate(doc[k], path[1:], value)}
+    i = path[0] % len(doc)
+    return [*doc[:i], _mutate(doc[i], path[1:], value), *doc[i + 1:]]
+
+
+def _check(code: int, err: str, name: str) -> None:
+    assert code != EXIT_INTERNAL and "Traceback" not in err, err[-2000:]
+    if code == 2:
+        assert name.split("/")[-1] in err or "bundle" in err, err
+
+
+@_FUZZ
+@given(name=st.sampled_from(FILES), value=_JSON)
+def test_any_json_document_in_place_of_a_bundle_file(tmp_path, capsys, name, value):
+    code, err = _run(tmp_path, name, json.dumps(value), capsys)
+    _check(code, err, name)
+
+
+@_FUZZ
+@given(name=st.sampled_from(FILES), path=st.lists(st.integers(0, 50), min_size=1, max_size=8),
+       value=_JSON)
+def test_a_real_bundle_file_with_one_value_changed(tmp_path, capsys, original, name, path,
+                                                   value):
+    code, err = _run(tmp_path, name, json.dumps(_mutate(original[name], path, value)), capsys)
+    _check(code, err, name)
+
+
+@_FUZZ
+@given(section=st.integers(0, 17), stdout=st.text(max_size=400), exit_code=st.one_of(
+    st.none(), st.integers(-300, 300)))
+def test_any_probe_output_gives_a_report(tmp_path, capsys, original, section, stdout,
+                                         exit_code):
+    rec = json.loads(json.dumps(original["nodes/node1.json"]))
+    sec = rec["sections"][section % len(rec["sections"])]
+    sec["stdout"], sec["exit_code"] = stdout, exit_code
+    code, err = _run(tmp_path, "nodes/node1.json", json.dumps(rec), capsys)
+    assert code in (0, 1), err[-2000:]
