@@ -364,3 +364,87 @@ def test_rules_lint_cli_shows_the_idiom_with_file_line_and_the_bind_hint(tmp_pat
     err = capsys.readouterr().err
     assert f"{p}:8: sysctl is written twice" in err
     assert "number: {lt: 1024, bind: $limit}" in err
+
+
+READ_ONLY_STEP = GOOD.replace("    when:\n", """\
+    remediate:
+      - text: {en: "look", zh-CN: "看"}
+        command: "iptables -L -n; iptables -F; rm -rf /var/lib/cni"
+        changes_state: false
+    when:
+""")
+
+
+def test_a_state_changing_command_labelled_read_only_is_refused(tmp_path, capsys):
+    path, problems = lint(tmp_path, READ_ONLY_STEP)
+    hits = [e for e in problems if "changes_state: false" in e.message]
+    assert [e.line for e in hits] == [8, 8]  # the command's own line, once per culprit
+    assert "iptables -F" in hits[0].message and "rm -rf" in hits[1].message
+    assert main(["rules", "lint", str(path)]) == 2
+    assert f"{path}:8" in capsys.readouterr().err
+    fixed = READ_ONLY_STEP.replace("changes_state: false", "changes_state: true")
+    assert lint(tmp_path, fixed)[1] == []
+
+
+CHANGES = [
+    "iptables -F", "iptables -t nat -A POSTROUTING -j MASQUERADE", "ip6tables -nvZ",
+    "iptables --delete FORWARD 1", "iptables-restore < saved", "nft add rule inet f c drop",
+    "nft flush ruleset", "nft -f rules.nft", "sysctl -w net.ipv4.ip_forward=1",
+    "sysctl net.ipv4.ip_forward=1", "sysctl -p", "sysctl --system",
+    "ip route add 10.0.0.0/8 via 1.2.3.4", "ip -n pod0 addr del 10.1.1.1/24 dev eth0",
+    "ip link set eth0 mtu 1450", "ip netns add x", "ip -b cmds.txt", "tc qdisc del dev eth0 root",
+    "bridge fdb append 00:00:00:00:00:00 dev flannel.1 dst 10.0.0.2",
+    "systemctl restart kubelet", "service docker stop", "kubectl delete pod x",
+    "kubectl -n kube-system delete pod -l k8s-app=kube-proxy", "kubectl apply -f x.yaml",
+    "kubectl edit cm x", "kubectl patch node a -p '{}'", "rm -f /etc/cni/net.d/10-x.conf",
+    "kill -9 1234", "pkill flanneld", "conntrack -F", "conntrack -D -p udp",
+    "ipvsadm -C", "ipvsadm -D -t 10.96.0.1:443", "modprobe br_netfilter", "rmmod vxlan",
+    "echo 1 > /proc/sys/net/ipv4/ip_forward", "printf x >> /etc/hosts", "sed -i s/a/b/ f",
+    "ethtool -K eth0 tx off", "sudo iptables -F", "timeout 5 nft flush ruleset",
+    "ip netns exec pod0 iptables -F", "nsenter -t 1 -n ip route flush cache",
+    "kubectl exec -n a p -- rm /tmp/x", "FOO=1 iptables -X", "x=$(iptables -F)",
+    "for p in a b; do ip link set \"$p\" type bridge_slave hairpin on; done",
+    "ls | xargs -r rm", "ipset flush", "tee /etc/sysctl.d/99.conf", "crictl rmp -f x",
+    "{undo}",
+]
+READS = [
+    "iptables -L FORWARD -n -v --line-numbers", "iptables-save -c | grep -n -- '-j DROP'",
+    "iptables -t nat -S", "nft list ruleset", "nft -a list ruleset", "sysctl net.ipv4.ip_forward",
+    "sysctl -a 2>/dev/null | grep rp_filter", "ip route get 10.1.2.3", "ip -s link show eth0",
+    "ip -n pod0 route show table all", "tc -s qdisc show dev eth0", "bridge fdb show dev x",
+    "systemctl status kubelet", "systemctl is-active firewalld ufw",
+    "kubectl get pods -A -o wide", "kubectl -n kube-system logs ds/kube-proxy",
+    "conntrack -S", "conntrack -L -p udp --dport 53", "ipvsadm -Ln", "ss -lnt",
+    "cat /proc/net/netstat", "nstat -az", "ping -c 3 -M do -s $((1450 - 28)) 10.0.0.2",
+    "tcpdump -ni eth0 -c 10 udp port 8472 2>/dev/null", "ethtool -S eth0", "ethtool -k eth0",
+    "for s in 1472 1422; do ping -c1 -W1 -M do -s $s <address of {dst}> >/dev/null; done",
+    "ip netns exec {vantage} ip -o link show {iface}", "journalctl -u kubelet --since -1h",
+    "kubectl exec -n a p -- cat /etc/resolv.conf", "crictl ps -a", "modprobe -n vxlan",
+    "ufw status", "firewall-cmd --list-all", "dmesg | tail -50 2>&1",
+]
+
+
+@pytest.mark.parametrize("command", CHANGES)
+def test_state_changing_commands_are_recognised(command):
+    from kubenetdiag.engine.commands import state_changes
+
+    assert state_changes(command), command
+
+
+@pytest.mark.parametrize("command", READS)
+def test_read_only_commands_are_not_flagged(command):
+    from kubenetdiag.engine.commands import state_changes
+
+    assert state_changes(command) == []
+
+
+def test_every_shipped_state_changing_step_is_recognised():
+    """The shipped rules label 80-odd steps as changing the node: the checker must know each
+    of them, or its table misses what rule authors actually write."""
+    from kubenetdiag.engine.commands import state_changes
+
+    ruleset = load_ruleset()
+    missed = [(r.id, s.command) for r in ruleset.rules for s in r.remediate
+              if s.command and s.changes_state and not state_changes(s.command)]
+    assert missed == []
+    assert sum(1 for r in ruleset.rules for s in r.remediate if s.changes_state) > 50

@@ -16,6 +16,7 @@ from kubenetdiag.errors import InputError
 from kubenetdiag.facts.model import Scalar
 from kubenetdiag.facts.registry import AttrSpec, KindSpec, registry
 
+from .commands import state_changes
 from .literals import LiteralError, as_number, as_variable, attr_spec, coerce, types_compatible
 from .model import Assertion, Op, Path_, Pattern, Remedy, Rule, SlotTest, Var, placeholders
 from .rulefiles import RuleLocation
@@ -211,9 +212,18 @@ class RuleChecker:
                     )
         return text
 
-    def _command(self, command: str, path: Path_) -> None:
+    def _command(self, command: str, path: Path_, changes_state: bool) -> None:
         """A `{name}` in a command is filled by the renderer exactly as in texts (model.
-        PLACEHOLDER_RE); one that nothing fills would reach the operator's shell as written."""
+        PLACEHOLDER_RE); one that nothing fills would reach the operator's shell as written.
+        A command labelled read-only must not change the node (engine.commands)."""
+        if not changes_state:
+            for why in state_changes(command):
+                self.lint_errors.append(self.location.error(
+                    path,
+                    f"command: {why}, but the step says changes_state: false",
+                    hint="label the step changes_state: true, or give a command that only "
+                    "reads: an SRE runs a read-only step without a second thought",
+                ))
         for name in placeholders(command):
             if name != "node" and name not in self.bound:
                 self.lint_errors.append(self.location.error(
@@ -334,7 +344,8 @@ class RuleChecker:
         remediate = []
         for j, step in enumerate(raw.get("remediate", [])):
             if step.get("command"):
-                self._command(step["command"], ("remediate", j, "command"))
+                self._command(step["command"], ("remediate", j, "command"),
+                              bool(step.get("changes_state", False)))
             remediate.append(
                 Remedy(
                     text=self._text(step["text"], ("remediate", j, "text")),
