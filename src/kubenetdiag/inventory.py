@@ -453,6 +453,7 @@ class _Parser:
         self.doc = doc
         self.groups: dict[str, _Group] = {"all": _Group("all")}
         self.hosts: dict[str, _HostEntry] = {}
+        self.expanded = 0  # host names made by every pattern so far, repeats included
 
     def origin(self, path: tuple[str | int, ...]) -> _Origin:
         return (self.doc.file, self.doc.line_of(path))
@@ -665,6 +666,15 @@ class _Parser:
                     f"host {text!r} must map to a mapping of variables or nothing, "
                     f"not a {type(hvars).__name__}",
                     f"if that is its address, write\n{text}:\n  ansible_host: {hvars}",
+                )
+            self.expanded += len(names)
+            if self.expanded > MAX_HOSTS:
+                # per pattern is not enough: 30 patterns of 100,000 each took minutes and GBs
+                raise self.doc.error(
+                    hpath,
+                    f"the inventory's host patterns expand to more than {MAX_HOSTS} hosts in "
+                    f"all (this one brings them to {self.expanded})",
+                    "check the range ends; an inventory this large is almost always a typo",
                 )
             assigns = self.assigns(hvars or {}, hpath)
             for name in names:
