@@ -216,3 +216,13 @@ def test_a_node_file_the_metadata_does_not_list_is_refused(bundle, capsys, name,
     assert _analyze(bundle) == 2
     err = capsys.readouterr().err
     assert what in err and str(extra) in err
+
+
+def test_a_report_name_with_markup_is_named_as_written(bundle, tmp_path, capsys):
+    """`--report '[red]x.html'`: the file written and the name printed are the same."""
+    target = tmp_path / "[red]x.html"
+    assert main(["analyze", str(bundle), "--report", str(target)]) == 1
+    out, err = capsys.readouterr()
+    assert target.is_file()
+    flat = "".join((out + err).split())  # the console wraps long paths
+    assert f"reportwrittento{target}" in flat and f"Fullreport:{target}" in flat

@@ -6,17 +6,23 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from kubenetdiag.bundle import read_bundle
 
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "bundles" / "lab-three-faults"
 
-def test_ctrl_c_in_collect_keeps_a_valid_bundle_and_exits_130(tmp_path):
+
+def _collect_interrupted(tmp_path, signals: int) -> tuple[subprocess.Popen, str, float]:
+    """Run `collect` against three nodes that accept TCP and never speak SSH, and press
+    Ctrl-C `signals` times once all three are connecting."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(16)
@@ -48,7 +54,10 @@ def test_ctrl_c_in_collect_keeps_a_valid_bundle_and_exits_130(tmp_path):
         deadline = time.monotonic() + 60
         while len(held) < 3 and time.monotonic() < deadline:  # every node is connecting
             time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
+        pressed = time.monotonic()
+        for _ in range(signals):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.05)
         # far less than the 60 s connect timeout the nodes are waiting on
         _, err = proc.communicate(timeout=30)
     finally:
@@ -58,6 +67,12 @@ def test_ctrl_c_in_collect_keeps_a_valid_bundle_and_exits_130(tmp_path):
         for c in held:
             c.close()
         srv.close()
+    return proc, err, time.monotonic() - pressed
+
+
+def test_ctrl_c_in_collect_keeps_a_valid_bundle_and_exits_130(tmp_path):
+    out = tmp_path / "b"
+    proc, err, _ = _collect_interrupted(tmp_path, signals=1)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err
     meta, records = read_bundle(out)
@@ -69,3 +84,60 @@ def test_ctrl_c_in_collect_keeps_a_valid_bundle_and_exits_130(tmp_path):
     assert report.returncode in (1, 3), report.stderr
     assert {n["name"] for n in json.loads(report.stdout)["nodes"]} == {
         "silent0", "silent1", "silent2"}
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path):
+    """Pressed again while the bundle is written: exit 130 at once, no traceback; whatever
+    is on disk is either a whole bundle or no bundle (meta.json is written last)."""
+    proc, err, took = _collect_interrupted(tmp_path, signals=2)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and took < 10
+    if (tmp_path / "b" / "meta.json").exists():
+        read_bundle(tmp_path / "b")
+
+
+SLOW_RULE = """\
+rules:
+  - id: site-cross-product
+    fault: site_cross_product
+    severity: info
+    title: {en: "every sysctl with every other", zh-CN: "every sysctl with every other"}
+    when:
+      - sysctl: {node: $node, key: $k1}
+      - sysctl: {node: $n2, key: $k2}
+      - sysctl: {node: $n3, key: $k3}
+      - sysctl: {node: $n4, key: $k4}
+    tests:
+      - name: fires
+        facts:
+          - sysctl: {node: n1, key: k, value: "0", number: 0, present: true}
+        expect:
+          - {nodes: [n1]}
+      - name: quiet
+        facts: []
+        expect: []
+"""
+
+
+def test_ctrl_c_during_inference_stops_the_run(tmp_path):
+    """A site rule with no shared variable keeps CLIPS busy for a minute on the example
+    bundle; Ctrl-C must end the run within seconds, not be swallowed by the engine."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "slow.yaml").write_text(SLOW_RULE)
+    bundle = tmp_path / "b"
+    shutil.copytree(EXAMPLE, bundle)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubenetdiag", "analyze", str(bundle), "--rules-dir", str(rules),
+         "--format", "json"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4)  # past loading and parsing: inside inference
+        assert proc.poll() is None, "the slow rule finished before Ctrl-C: make it slower"
+        pressed = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    assert time.monotonic() - pressed < 15
