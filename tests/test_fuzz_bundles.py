@@ -17,8 +17,12 @@ from kubenetdiag import cli
 from kubenetdiag.cli import main
 from kubenetdiag.errors import EXIT_INTERNAL
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "bundles" / "lab-three-faults"
+ROOT = Path(__file__).resolve().parent.parent
+# the example has no active phase; the recorded nft bundle has one on every node
+BASES = {"example": ROOT / "examples" / "bundles" / "lab-three-faults",
+         "active": ROOT / "tests" / "fixtures" / "bundles" / "lab-nft-healthy"}
 FILES = ["meta.json", "nodes/node1.json", "cluster.json"]
+TARGETS = [(b, f) for b in BASES for f in FILES]
 
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70)
@@ -32,8 +36,8 @@ _FUZZ = settings(max_examples=100, deadline=None,
 
 
 @pytest.fixture(scope="module")
-def original() -> dict[str, object]:
-    return {f: json.loads((EXAMPLE / f).read_text()) for f in FILES}
+def original() -> dict[tuple[str, str], object]:
+    return {(b, f): json.loads((BASES[b] / f).read_text()) for b, f in TARGETS}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -46,11 +50,11 @@ def _rules_loaded_once():
         yield
 
 
-def _run(tmp_path: Path, name: str, content: str, capsys) -> tuple[int, str]:
+def _run(tmp_path: Path, base: str, name: str, content: str, capsys) -> tuple[int, str]:
     target = tmp_path / "b"
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(EXAMPLE, target, ignore=shutil.ignore_patterns("facts.json", "report.json"))
+    shutil.copytree(BASES[base], target, ignore=shutil.ignore_patterns("facts.json", "report.json"))
     (target / name).write_text(content, encoding="utf-8", errors="surrogatepass")
     capsys.readouterr()
     code = main(["analyze", str(target), "--format", "json", "--lang", "en"])
@@ -78,28 +82,30 @@ def _check(code: int, err: str, name: str) -> None:
 
 
 @_FUZZ
-@given(name=st.sampled_from(FILES), value=_JSON)
-def test_any_json_document_in_place_of_a_bundle_file(tmp_path, capsys, name, value):
-    code, err = _run(tmp_path, name, json.dumps(value), capsys)
-    _check(code, err, name)
+@given(target=st.sampled_from(TARGETS), value=_JSON)
+def test_any_json_document_in_place_of_a_bundle_file(tmp_path, capsys, target, value):
+    code, err = _run(tmp_path, *target, json.dumps(value), capsys)
+    _check(code, err, target[1])
 
 
 @_FUZZ
-@given(name=st.sampled_from(FILES), path=st.lists(st.integers(0, 50), min_size=1, max_size=8),
-       value=_JSON)
-def test_a_real_bundle_file_with_one_value_changed(tmp_path, capsys, original, name, path,
+@given(target=st.sampled_from(TARGETS),
+       path=st.lists(st.integers(0, 50), min_size=1, max_size=8), value=_JSON)
+def test_a_real_bundle_file_with_one_value_changed(tmp_path, capsys, original, target, path,
                                                    value):
-    code, err = _run(tmp_path, name, json.dumps(_mutate(original[name], path, value)), capsys)
-    _check(code, err, name)
+    code, err = _run(tmp_path, *target, json.dumps(_mutate(original[target], path, value)),
+                     capsys)
+    _check(code, err, target[1])
 
 
 @_FUZZ
-@given(section=st.integers(0, 17), stdout=st.text(max_size=400), exit_code=st.one_of(
-    st.none(), st.integers(-300, 300)))
-def test_any_probe_output_gives_a_report(tmp_path, capsys, original, section, stdout,
-                                         exit_code):
-    rec = json.loads(json.dumps(original["nodes/node1.json"]))
-    sec = rec["sections"][section % len(rec["sections"])]
+@given(base=st.sampled_from(sorted(BASES)), active=st.booleans(), section=st.integers(0, 40),
+       stdout=st.text(max_size=400), exit_code=st.one_of(st.none(), st.integers(-300, 300)))
+def test_any_probe_output_gives_a_report(tmp_path, capsys, original, base, active, section,
+                                         stdout, exit_code):
+    rec = json.loads(json.dumps(original[(base, "nodes/node1.json")]))
+    sections = rec["active"]["sections"] if active and "active" in rec else rec["sections"]
+    sec = sections[section % len(sections)]
     sec["stdout"], sec["exit_code"] = stdout, exit_code
-    code, err = _run(tmp_path, "nodes/node1.json", json.dumps(rec), capsys)
+    code, err = _run(tmp_path, base, "nodes/node1.json", json.dumps(rec), capsys)
     assert code in (0, 1), err[-2000:]
