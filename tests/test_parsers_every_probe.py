@@ -201,6 +201,41 @@ def test_routes_multipath_and_ipv6_next_hops_as_bird_installs_them(name):
     assert (hole["type"], hole["gateway"], hole["dev"]) == ("blackhole", None, None)
 
 
+LAB_MODES = ("flannel-vxlan", "flannel-host-gw", "calico-bgp")
+
+
+@pytest.mark.parametrize("probe", ["routes", "links", "ip_rule"])
+@pytest.mark.parametrize("mode", LAB_MODES)
+def test_ip_json_and_text_recorded_in_every_lab_mode_agree(probe, mode):
+    """Recorded on the lab's real kernel (tests/test_lab_ip_json.py records them): `ip -j`
+    and the text form a node without JSON prints give the same facts."""
+    name = f"lab-{mode}-node1"
+    from_json, from_text = parse(probe, f"{name}-json"), parse(probe, f"{name}-text")
+    assert from_json
+    assert sorted(repr(sorted(f.attrs.items())) for f in from_json) == sorted(
+        repr(sorted(f.attrs.items())) for f in from_text)
+
+
+@pytest.mark.parametrize("form", ["json", "text"])
+def test_routes_to_the_peer_pod_subnet_in_every_lab_mode(form):
+    def peer(mode: str) -> dict:
+        [r] = [r for r in kinds(parse("routes", f"lab-{mode}-node1-{form}"), "route")
+               if r["dst"] == "10.244.2.0/24"]
+        return r
+
+    vxlan, hostgw, calico = (peer(m) for m in LAB_MODES)
+    assert (vxlan["dev"], vxlan["gateway"], vxlan["onlink"]) == ("flannel.1", "10.244.2.0", True)
+    assert (hostgw["dev"], hostgw["gateway"]) == ("eth0", "198.18.0.12")
+    assert (calico["dev"], calico["gateway"], calico["protocol"]) == (
+        "eth0", "198.18.0.12", "bird")
+    [hole] = [r for r in kinds(parse("routes", f"lab-calico-bgp-node1-{form}"), "route")
+              if r["type"] == "blackhole"]
+    assert hole["dst"] == "10.244.1.0/24"
+    [vx] = [i for i in kinds(parse("links", f"lab-flannel-vxlan-node1-{form}"), "interface")
+            if i["kind"] == "vxlan"]
+    assert (vx["name"], vx["vxlan_port"], vx["vxlan_dev"]) == ("flannel.1", 8472, "eth0")
+
+
 def test_overlay_subnet_env_fdb_and_neighbors():
     facts = parse("overlay", "centos7-flannel-vxlan")
     env = kinds(facts, "flannel_subnet")[0]

@@ -99,6 +99,13 @@ def _xdp_from_text(head: str, details: list[str]) -> str | None:
     return f"{mode} prog {m.group(2)}" if m.group(2) else mode
 
 
+def _link_address(seg: str) -> str | None:
+    """The link-layer address after `link/TYPE`, whatever the type (ether, loopback, ipip),
+    as the JSON form's `address` gives it; `link/none` has none."""
+    m = re.match(r"\s*link/(\S+) (\S+)", seg)
+    return m.group(2) if m and m.group(1) != "none" else None
+
+
 def _word_after(text: str, word: str) -> str | None:
     m = re.search(rf"(?:^|\s){re.escape(word)} (\S+)", text)
     return m.group(1) if m else None
@@ -169,7 +176,7 @@ def _from_text(lines: list[str]) -> list[dict]:
             "admin_up": "UP" in flags,
             "lower_up": "LOWER_UP" in flags,
             "master": _word_after(head, "master"),
-            "mac": _word_after(segs[1], "link/ether") if len(segs) > 1 else None,
+            "mac": _link_address(segs[1]) if len(segs) > 1 else None,
             "vxlan_id": to_int(_word_after(vxlan, "id")) if vx else None,
             "vxlan_port": to_int(_word_after(vxlan, "dstport")) if vx else None,
             "vxlan_local": _word_after(vxlan, "local") if vx else None,
