@@ -51,7 +51,7 @@ _PEM = re.compile(
 )
 # --token=abc, --password abc (a space-separated value only when it is not the next flag)
 _FLAG = re.compile(
-    rf"(?i)(?<![\w-])(--?{_NAME})(=|[ \t]+)(?!-)(\"[^\"]*\"|'[^']*'|[^\s\"']+)"
+    rf"(?i)(?<![\w-])(--?{_NAME})(=|[ \t]+(?!-))(\"[^\"]*\"|'[^']*'|[^\s\"']+)"
 )
 # KEY=value (environment, URL query): up to the next space or separator
 _ASSIGN = re.compile(
