@@ -194,8 +194,11 @@ def node_state(lab, node: str) -> dict[str, str]:
         "files": node_view(lab, node, (
             "find /var/tmp /run -xdev ! -path '/run/netns*' ! -path '/run/user/*' "
             "-printf '%p %T@ %s\\n' 2>/dev/null | sort; "
+            # tmpXXXXXXXX: Python's tempfile names, made by the other test worker meanwhile
+            # (mktemp(1), which a shell script would use, names tmp.XXXXXXXXXX: still caught)
             "find /root /tmp -xdev -mindepth 1 -maxdepth 1 ! -name 'pytest-of-*' "
             "! -name 'bash_jobs*' ! -name 'bash_tool_*' ! -name '.*history' "
+            "! -name 'tmp????????' "
             "-printf '%p %T@\\n' 2>/dev/null | sort; "
             "ls -a /tmp/.nstat* /root/.nstat* 2>/dev/null; true")),
     }
