@@ -93,3 +93,54 @@ def test_every_line_of_the_real_script_has_balanced_quotes():
 
     for line in build_script(PROBES, new_marker()).splitlines():
         shlex.split(line)  # raises ValueError on an unbalanced quote
+
+
+def test_a_hung_probe_is_killed_with_everything_it_started():
+    """One watchdog for the whole script, not a `timeout` and a shell per probe: it kills the
+    probe's subshell and its children (a pipeline, a tool waiting on a socket) at the probe's
+    own limit, and the next probe runs."""
+    probes = [
+        Probe("hung", "sleep 31.7 | cat; echo never", _noop, "", timeout_s=1),
+        Probe("next", "echo ok", _noop, "", timeout_s=5),
+    ]
+    sections, proc = run(probes)
+    got = {s.probe: s for s in sections}
+    assert got["hung"].exit_code == 124 and "never" not in got["hung"].stdout
+    assert got["next"].stdout == "ok\n" and proc.returncode == 0
+    left = subprocess.run(["pgrep", "-f", "sleep 31.7"], capture_output=True, text=True)
+    assert left.stdout == ""
+
+
+def test_the_script_lowers_its_own_priority():
+    """A sick node's workloads come first: the script runs at nice 10 (and best-effort I/O
+    priority 7 where ionice exists), and so does every probe it starts."""
+    probes = [Probe("nice", "read -r s </proc/self/stat; echo \"${s##*) }\"", _noop, "")]
+    sections, _ = run(probes)
+    fields = sections[0].stdout.split()
+    assert fields[16] == "10"  # stat field 19, counted after the command name
+
+
+def test_a_probe_printing_too_much_is_cut_on_the_node_and_marked_partial():
+    """The node keeps at most the limit of each probe's output and says so on the probe's
+    stderr; the section is marked truncated and its probe_status is `partial`, not ok."""
+    from kubenetdiag.facts.parse import section_status
+    from kubenetdiag.probes import BY_NAME
+
+    marker = new_marker()
+    probes = [Probe("big", "printf '0123456789abcdef'", _noop, ""), Probe("small", "echo ok",
+                                                                          _noop, "")]
+    proc = subprocess.run(["sh", "-s"], input=build_script(probes, marker, output_limit=10),
+                          capture_output=True, text=True, timeout=60)
+    got = {s.probe: s for s in split_output(proc.stdout, proc.stderr, marker, probes)}
+    assert got["big"].stdout == "0123456789" and got["big"].truncated
+    assert "output cut at 10 bytes (the probe printed 16)" in got["big"].stderr
+    assert got["small"].stdout == "ok\n" and not got["small"].truncated
+    status = section_status(got["big"], BY_NAME["kernel"])
+    assert status is not None and status[0] == "partial" and "cut at 10 bytes" in status[1]
+
+
+def test_each_probe_runs_with_capped_cpu_and_memory():
+    probes = [Probe("limits", "ulimit -t; ulimit -v", _noop, "", timeout_s=7)]
+    sections, _ = run(probes)
+    cpu, memory = sections[0].stdout.split()
+    assert cpu == "7" and int(memory) == 1024 * 1024

@@ -30,9 +30,9 @@ ROOT = os.geteuid() == 0
 
 def test_become_runs_the_script_through_sudo_n_which_never_prompts():
     plain = _command(Host("n", "a"), SshOptions(command_timeout=30))
-    assert plain == "timeout -k 5 30 sh -s"
+    assert plain == "timeout -k 5 30 nice -n 10 sh -s"
     become = _command(Host("n", "a", become=True), SshOptions(command_timeout=30))
-    assert become == "sudo -n -- timeout -k 5 30 sh -s"
+    assert become == "sudo -n -- timeout -k 5 30 nice -n 10 sh -s"
     other = _command(Host("n", "a", become=True, become_user="ops; rm -rf /"), SshOptions())
     assert other.startswith("sudo -n -u 'ops; rm -rf /' -- ")
 

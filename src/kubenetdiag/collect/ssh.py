@@ -166,7 +166,8 @@ class _Retryable(CollectError):
 def _command(host: Host, opts: SshOptions, timeout: float | None = None) -> str:
     # The node enforces the deadline too, so nothing lingers there if we disconnect.
     deadline = max(5, int(opts.command_timeout if timeout is None else timeout))
-    cmd = f"timeout -k {KILL_GRACE_S} {deadline} sh -s"
+    # nice execs the shell (no process more): a sick node's workloads come first
+    cmd = f"timeout -k {KILL_GRACE_S} {deadline} nice -n 10 sh -s"
     if host.become:
         user = f"-u {shlex.quote(host.become_user)} " if host.become_user else ""
         cmd = f"sudo -n {user}-- {cmd}"

@@ -22,7 +22,7 @@ from kubenetdiag.facts.zones import zone_latency_facts
 from kubenetdiag.probes import BY_NAME, PROBES, Probe, Section
 from kubenetdiag.probes.active import PREFIX, check_for, checks
 from kubenetdiag.probes.active.plan import not_checked
-from kubenetdiag.probes.base import CheckContext
+from kubenetdiag.probes.base import CUT_NOTE, CheckContext
 from kubenetdiag.vocabulary import ENDPOINTS_PROBE
 
 _DENIED = re.compile(
@@ -43,6 +43,9 @@ def section_status(section: Section, probe: Probe) -> tuple[str, str] | None:
         return "missing_tool", first_err or f"{tools} is not installed"
     if _DENIED.search(err):
         return "permission_denied", first_err
+    if section.truncated:
+        cut = next((line for line in err.splitlines() if line.startswith(CUT_NOTE)), "")
+        return "partial", cut or "the output was cut short"
     if section.exit_code not in probe.ok_exit_codes:
         return "failed", first_err or f"exit code {section.exit_code}"
     return None
