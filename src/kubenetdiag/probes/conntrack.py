@@ -26,16 +26,18 @@ from __future__ import annotations
 import re
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.base import Probe, Section, read_files
 from kubenetdiag.probes.text import clip, parts, to_int
 
 COMMAND = (
     "echo '##knd:sysctl'; cd /proc/sys/net/netfilter 2>/dev/null && "
+    # grep, not the shell's read: an integer sysctl answers a read at an offset other than
+    # 0 with EOF, and the shell reads a byte at a time (it would see "2" of "262144")
     "grep -H '' nf_conntrack_count nf_conntrack_max nf_conntrack_buckets 2>&1; "
     "if command -v conntrack >/dev/null 2>&1; then echo '##knd:stats conntrack'; conntrack -S; "
     "else echo 'kubenetdiag: conntrack: command not found' >&2; "
     "if [ -r /proc/net/stat/nf_conntrack ]; then echo '##knd:stats proc'; "
-    "cat /proc/net/stat/nf_conntrack; fi; fi"
+    + read_files("/proc/net/stat/nf_conntrack") + "; fi; fi"
 )
 STATS = ("found", "invalid", "insert", "insert_failed", "drop", "early_drop", "error",
          "search_restart", "clash_resolve", "chaintoolong")

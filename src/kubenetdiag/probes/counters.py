@@ -12,11 +12,11 @@ the other probes' run time is the interval, topped up with a sleep to MIN_INTERV
 from __future__ import annotations
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section, TwoSample
+from kubenetdiag.probes.base import Probe, Section, TwoSample, read_files
 from kubenetdiag.probes.conntrack import sum_proc_stat
 
 MIN_INTERVAL_S = 2
-SAMPLE = "cat /proc/uptime /proc/net/snmp /proc/net/netstat /proc/net/stat/nf_conntrack 2>/dev/null"
+SAMPLE = read_files("/proc/uptime /proc/net/snmp /proc/net/netstat /proc/net/stat/nf_conntrack")
 SAMPLING = TwoSample("counters", SAMPLE, MIN_INTERVAL_S)
 
 # (group, counter): the drops and errors docs/runbooks.md#runbook-004 looks at. Group and

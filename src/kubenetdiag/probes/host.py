@@ -22,14 +22,14 @@ Sample output and the facts it gives:
 from __future__ import annotations
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.base import Probe, Section, read_files
 from kubenetdiag.probes.text import clip, parts, to_int, unprefix
 
 COMMAND = (
     "echo '##knd:df'; df -P -l 2>/dev/null || df -P; "
     "echo '##knd:dfi'; df -P -i -l 2>/dev/null || df -P -i; "
     "if [ -r /etc/resolv.conf ]; then echo '##knd:resolv'; "
-    "sed -n -e 's/^/|/' -e '1,100p' /etc/resolv.conf; "
+    + read_files("/etc/resolv.conf", "|", 100) + "; "
     "else echo '##knd:noresolv'; fi"
 )
 # Per-container mounts: hundreds on a busy node, and each only repeats its backing filesystem.
@@ -109,6 +109,6 @@ PROBE = Probe(
     parse=parse,
     kinds=("filesystem", "resolv_conf"),
     blocks="OS release, disk space and inodes, the node's resolv.conf",
-    tools=("df", "sed"),
+    tools=("df",),
     timeout_s=10,
 )

@@ -17,7 +17,8 @@ import re
 from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.probes.base import Probe, Section
 
-COMMAND = "cat /proc/sys/kernel/osrelease"
+COMMAND = "read -r r </proc/sys/kernel/osrelease && printf '%s\\n' \"$r\""  # no `cat` process
+_EVIDENCE = "cat /proc/sys/kernel/osrelease"  # what an SRE would type to see the same
 _VERSION = re.compile(r"^(\d+)\.(\d+)")
 
 
@@ -36,7 +37,7 @@ def parse(section: Section, node: str) -> list[Fact]:
                 "major": int(m.group(1)) if m else None,
                 "minor": int(m.group(2)) if m else None,
             },
-            Source("kernel", COMMAND, section.exit_code, release),
+            Source("kernel", _EVIDENCE, section.exit_code, release),
         )
     ]
 

@@ -23,7 +23,7 @@ Sample output and the facts it gives:
 from __future__ import annotations
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.base import Probe, Section, read_files
 from kubenetdiag.probes.text import parts
 
 # module -> files that exist only when the module (or the built-in code) is active
@@ -42,7 +42,8 @@ MODULES: dict[str, tuple[str, ...]] = {
 _FILES = sorted({f for fs in MODULES.values() for f in fs} | {f"/sys/module/{m}" for m in MODULES})
 
 COMMAND = (
-    "if [ -r /proc/modules ]; then echo '##knd:proc_modules'; cat /proc/modules; fi; "
+    "if [ -r /proc/modules ]; then echo '##knd:proc_modules'; "
+    + read_files("/proc/modules") + "; fi; "
     "echo '##knd:present'; for f in " + " ".join(_FILES) + '; do [ -e "$f" ] && echo "$f"; done; '
     "read r </proc/sys/kernel/osrelease; b=/lib/modules/$r/modules.builtin; "
     "if [ -r \"$b\" ]; then echo '##knd:builtin'; "

@@ -51,8 +51,11 @@ from kubenetdiag.probes.base import Probe, Section
 from kubenetdiag.probes.text import clip
 
 COMMAND = (
-    "if [ -r /proc/modules ] && ! grep -q '^nf_tables ' /proc/modules "
-    "&& [ ! -d /sys/module/nf_tables ]; then echo '# nf_tables is not loaded'; exit 0; fi; "
+    # /proc/modules read by the shell (a seq_file: byte-wise reads are fine), no grep
+    "l=; if [ -r /proc/modules ]; then while read -r m _; do [ \"$m\" = nf_tables ] && "
+    "{ l=1; break; }; done </proc/modules; else l=1; fi; "
+    "if [ -z \"$l\" ] && [ ! -d /sys/module/nf_tables ]; then "
+    "echo '# nf_tables is not loaded'; exit 0; fi; "
     "command -v nft >/dev/null 2>&1 || "
     "{ echo 'kubenetdiag: nft: command not found (nf_tables is loaded)' >&2; exit 127; }; "
     "nft -a list ruleset"

@@ -20,14 +20,16 @@ from __future__ import annotations
 import re
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.base import Probe, Section, read_files
 from kubenetdiag.probes.text import clip, env_file, parts, to_int, unprefix
 
 # VXLAN devices say DEVTYPE=vxlan in their uevent: one grep finds them among hundreds of veths.
 COMMAND = (
     "f=/run/flannel/subnet.env; "
-    "if [ -r $f ]; then echo '##knd:subnet.env'; sed -n -e 's/^/|/' -e '1,50p' $f; fi; "
-    "for u in $(grep -l '^DEVTYPE=vxlan$' /sys/class/net/*/uevent 2>/dev/null); do "
+    "if [ -r $f ]; then echo '##knd:subnet.env'; " + read_files("$f", "|", 50) + "; fi; "
+    # uevent files are a few lines each: the shell reads them, no grep per node
+    "for u in /sys/class/net/*/uevent; do v=; while IFS= read -r l; do "
+    "[ \"$l\" = DEVTYPE=vxlan ] && v=1; done 2>/dev/null <\"$u\"; [ -n \"$v\" ] || continue; "
     "d=${u%/uevent}; d=${d##*/}; "
     "echo \"##knd:fdb $d\"; bridge fdb show dev \"$d\"; "
     "echo \"##knd:neigh $d\"; ip neigh show dev \"$d\"; done; exit 0"

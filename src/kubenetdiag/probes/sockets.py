@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.base import Probe, Section, read_files
 from kubenetdiag.probes.text import clip, parts, to_int
 
 QUEUE_BYTES = 1024  # a socket holding more than this in a queue is worth a look
@@ -44,7 +44,7 @@ COMMAND = (
     "echo '##knd:tcp proc'; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v m="
     + str(MAX_LINES) + " '$1==\"sl\"{next} {n[$4]++} $4==\"0A\"&&l<m{l++;print \"L \" $0} "
     "END{for(s in n) print \"S \" s \" \" n[s]}'; fi; "
-    "echo '##knd:sockstat'; cat /proc/net/sockstat /proc/net/sockstat6 2>/dev/null; "
+    "echo '##knd:sockstat'; " + read_files("/proc/net/sockstat /proc/net/sockstat6") + "; "
     # the thresholds sockstat's `mem` (pages) is judged against: low, pressure, max. tcp_mem is
     # host-wide and only the initial network namespace has the file: a node that is itself a
     # namespace (a lab node, a node in a container) lacks it, and that leaves the thresholds
