@@ -405,6 +405,8 @@ CHANGES = [
     "kubectl exec -n a p -- rm /tmp/x", "FOO=1 iptables -X", "x=$(iptables -F)",
     "for p in a b; do ip link set \"$p\" type bridge_slave hairpin on; done",
     "ls | xargs -r rm", "ipset flush", "tee /etc/sysctl.d/99.conf", "crictl rmp -f x",
+    "tcpdump -ni any -w /tmp/cap.pcap port 8472", "curl -X DELETE https://api/x",
+    "curl -o /etc/x https://example.invalid/x", "wget https://example.invalid/x",
     "{undo}",
 ]
 READS = [
@@ -421,6 +423,8 @@ READS = [
     "ip netns exec {vantage} ip -o link show {iface}", "journalctl -u kubelet --since -1h",
     "kubectl exec -n a p -- cat /etc/resolv.conf", "crictl ps -a", "modprobe -n vxlan",
     "ufw status", "firewall-cmd --list-all", "dmesg | tail -50 2>&1",
+    "curl -sS -o /dev/null -w '%{http_code}' http://10.96.0.1/healthz",
+    "tcpdump -ni any -c 5 -w - port 53 | tcpdump -r -", "wget -qO- http://x/metrics",
 ]
 
 

@@ -429,12 +429,12 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle_redact(args: argparse.Namespace) -> int:
-    how = _redaction(args, asked=True)
     source = Bundle.read(args.source)
     if args.output.resolve().is_relative_to(args.source.resolve()):
         raise InputError(f"{args.output} is inside the bundle {args.source}",
                          hint="write the redacted copy outside the original")
-    assert how is not None
+    # after the bundle was read: a refused run creates no key file
+    how = _redaction(args, asked=True) or Redaction()
     _, redactor = redact_bundle(source, args.output, how)
     print(f"redacted copy written to {for_terminal(str(args.output))}: {redactor.summary()}. "
           "Its facts.json and report.json are not copied: run `kubenetdiag analyze` on it.",

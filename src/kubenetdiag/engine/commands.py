@@ -209,6 +209,32 @@ def _verdict(words: list[str]) -> str | None:
                for a in args):
             return f"`{shown}` changes the interface's settings"
         return None
+    if prog == "tcpdump":
+        for i, a in enumerate(args):
+            target = args[i + 1] if a == "-w" and i + 1 < len(args) else (
+                a[2:] if a.startswith("-w") and len(a) > 2 else None)
+            if target not in (None, "-", "/dev/null"):
+                return f"`{shown}` writes a capture file ({target})"
+        return None
+    if prog == "curl":
+        for i, a in enumerate(args):
+            nxt = args[i + 1] if i + 1 < len(args) else ""
+            if a in ("-o", "--output") and nxt not in ("-", "/dev/null"):
+                return f"`{shown}` writes a file ({nxt})"
+            if a in ("-O", "--remote-name", "-d", "--data", "--data-raw", "--data-binary",
+                     "-F", "--form", "-T", "--upload-file"):
+                return f"`{shown}` writes a file or sends data ({a})"
+            if a in ("-X", "--request") and nxt.upper() in ("POST", "PUT", "DELETE", "PATCH"):
+                return f"`{shown}` sends {nxt.upper()}"
+        return None
+    if prog == "wget":
+        # -O- and -qO- print to stdout; --spider downloads nothing
+        if not any(re.fullmatch(r"-[a-zA-Z]*O-", a) or a == "--spider" or (
+                   a in ("-O", "--output-document") and args[i + 1:i + 2] in (["-"],
+                                                                              ["/dev/null"]))
+                   for i, a in enumerate(args)):
+            return f"`{shown}` saves what it downloads to a file"
+        return None
     if prog == "service":
         if len(args) >= 2 and args[1] in _VERBS["systemctl"]:
             return f"`{shown}` changes a service"
