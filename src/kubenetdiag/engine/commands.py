@@ -47,7 +47,7 @@ _READ_ONLY_FORMS = {
     "crontab": {"-l"},
 }
 _VERBS = {
-    # program: (subcommand position words that change state)
+    # program: its verbs that change state (the first verb among its arguments decides)
     "systemctl": {"start", "stop", "restart", "reload", "enable", "disable", "mask", "unmask",
                   "kill", "reset-failed", "daemon-reload", "isolate", "try-restart",
                   "reload-or-restart", "set-property", "edit", "revert", "preset", "link",
@@ -63,8 +63,6 @@ _VERBS = {
               "-D", "-F", "-X", "-N", "-R", "-E", "-W", "-c"},
     "nft": {"add", "create", "insert", "replace", "delete", "destroy", "flush", "rename",
             "reset", "import", "-f", "--file"},
-    "service": set(),  # service NAME VERB: checked below
-    "ethtool": set(),
 }
 _IP_VERBS = {"add", "del", "delete", "change", "replace", "set", "flush", "append", "prepend",
              "attach", "detach", "save", "restore", "update", "up", "down"}
