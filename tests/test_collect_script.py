@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+
 from kubenetdiag.collect.script import build_script, new_marker, split_output
 from kubenetdiag.probes import PROBES, Probe
 
@@ -95,16 +97,24 @@ def test_every_line_of_the_real_script_has_balanced_quotes():
         shlex.split(line)  # raises ValueError on an unbalanced quote
 
 
-def test_a_hung_probe_is_killed_with_everything_it_started():
+@pytest.mark.parametrize("children", ["kernel list", "pgrep"])
+def test_a_hung_probe_is_killed_with_everything_it_started(children):
     """One watchdog for the whole script, not a `timeout` and a shell per probe: it kills the
     probe's subshell and its children (a pipeline, a tool waiting on a socket) at the probe's
-    own limit, and the next probe runs."""
+    own limit, and the next probe runs. The subshell goes first: were `sleep` killed before
+    it, `cat` would end cleanly and the cut-short probe would pass for a whole one. Where the
+    kernel keeps no children list (CONFIG_PROC_CHILDREN), pgrep finds them."""
+    marker = new_marker()
     probes = [
         Probe("hung", "sleep 31.7 | cat; echo never", _noop, "", timeout_s=1),
         Probe("next", "echo ok", _noop, "", timeout_s=5),
     ]
-    sections, proc = run(probes)
-    got = {s.probe: s for s in sections}
+    script = build_script(probes, marker)
+    if children == "pgrep":
+        script = script.replace("/task/$1/children", "/task/$1/not-built-in")
+    proc = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True,
+                          timeout=60)
+    got = {s.probe: s for s in split_output(proc.stdout, proc.stderr, marker, probes)}
     assert got["hung"].exit_code == 124 and "never" not in got["hung"].stdout
     assert got["next"].stdout == "ok\n" and proc.returncode == 0
     left = subprocess.run(["pgrep", "-f", "sleep 31.7"], capture_output=True, text=True)

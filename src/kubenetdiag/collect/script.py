@@ -36,11 +36,12 @@ PROBE_MEMORY_KIB = 1024 * 1024  # virtual memory of each probe's commands (ulimi
 # - Each probe runs in one subshell of the script ($(...) with eval), not `timeout` plus `sh -c`:
 #   two processes fewer per probe (each one counts on a sick node). Time limits come from
 #   one watchdog for the whole script: it polls the script's children every 2 s (the kernel's
-#   children list, or every /proc/PID/stat where that list is not built in) and sends the
-#   probe's subshell and everything it started TERM, then KILL, once the probe ran past its
-#   limit; the status becomes 124, as timeout(1) reports. The limit is the subshell's own
-#   `ulimit -t` (CPU seconds), which the watchdog reads in /proc/PID/limits: nothing is written
-#   to tell it.
+#   children list, or pgrep where that list is not built in) and sends the probe's subshell
+#   and everything it started TERM, then KILL, once the probe ran past its limit. The subshell
+#   is signalled first, with the list of its descendants taken before: killed the other way
+#   round, `sleep | cat` would see cat end cleanly and the cut-short output pass for whole.
+#   The status becomes 124, as timeout(1) reports. The limit is the subshell's own `ulimit -t`
+#   (CPU seconds), which the watchdog reads in /proc/PID/limits: nothing is written to tell it.
 # - The script runs at nice 10 and best-effort I/O priority 7: SSH starts it under `nice` (no
 #   process more), and it calls renice only where it was started otherwise (locally, a bench).
 # - No quoted string spans two lines, and no comment has a quote in it: Ansible's argument
@@ -58,17 +59,15 @@ __knd_begin() {{
 __knd_children() {{
   __c=
   if [ -r /proc/$1/task/$1/children ]; then read -r __c </proc/$1/task/$1/children
-  else
-    for __d in /proc/[0-9]*; do
-      read -r __s 2>/dev/null <"$__d/stat" || continue; set -- "$1" ${{__s##*) }}
-      [ "$3" = "$1" ] && __c="$__c ${{__d#/proc/}}"
-    done
+  elif command -v pgrep >/dev/null 2>&1; then __c=$(pgrep -P "$1" 2>/dev/null)
   fi
 }}
-__knd_tree() {{
-  __knd_children "$2"
-  for __k in $__c; do __knd_tree "$1" "$__k"; done
-  kill -"$1" "$2" 2>/dev/null
+__knd_subtree() {{
+  __knd_children "$1"
+  for __k in $__c; do __all="$__all $__k"; __knd_subtree "$__k"; done
+}}
+__knd_kill() {{
+  __all=; __knd_subtree "$2"; kill -"$1" "$2" $__all 2>/dev/null
 }}
 __knd_wd() {{
   read -r __me __x </proc/self/stat; __p=
@@ -84,7 +83,7 @@ __knd_wd() {{
         [ "$__a $__b" = "Max cpu" ] && case $__y in [0-9]*) __lim=$__y;; esac
       done 2>/dev/null </proc/$__cur/limits
     elif [ $((__cs-__t0)) -ge $((__lim*100)) ]; then
-      __knd_tree TERM "$__cur"; sleep 2; __knd_tree KILL "$__cur"; __p=
+      __knd_kill TERM "$__cur"; sleep 2; __knd_kill KILL "$__cur"; __p=
     fi
   done
 }}
@@ -149,7 +148,7 @@ def build_script(probes: Sequence[Probe], marker: str, *,
         fields = (probe.name, str(int(probe.timeout_s)), " ".join(probe.tools), probe.command,
                   after)
         lines.append("__knd_run " + " ".join(shlex.quote(field) for field in fields))
-    lines.append('__knd_tree TERM "$__knd_wdpid"; exit 0')
+    lines.append('__knd_kill TERM "$__knd_wdpid"; exit 0')
     return "\n".join(lines) + "\n"
 
 
