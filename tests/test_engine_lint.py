@@ -407,6 +407,8 @@ CHANGES = [
     "ls | xargs -r rm", "ipset flush", "tee /etc/sysctl.d/99.conf", "crictl rmp -f x",
     "tcpdump -ni any -w /tmp/cap.pcap port 8472", "curl -X DELETE https://api/x",
     "curl -o /etc/x https://example.invalid/x", "wget https://example.invalid/x",
+    "firewall-cmd --direct --add-rule ipv4 filter FORWARD 0 -j ACCEPT", "firewall-cmd --reload",
+    "calicoctl node run", "calicoctl apply -f pool.yaml",
     "{undo}",
 ]
 READS = [
@@ -425,6 +427,8 @@ READS = [
     "ufw status", "firewall-cmd --list-all", "dmesg | tail -50 2>&1",
     "curl -sS -o /dev/null -w '%{http_code}' http://10.96.0.1/healthz",
     "tcpdump -ni any -c 5 -w - port 53 | tcpdump -r -", "wget -qO- http://x/metrics",
+    "firewall-cmd --direct --get-all-rules", "firewall-cmd --zone=public --list-all",
+    "calicoctl node status", "calicoctl get ippool -o wide",
 ]
 
 

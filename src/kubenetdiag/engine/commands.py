@@ -32,18 +32,14 @@ _ALWAYS = {
     "modprobe", "rmmod", "insmod", "ifdown", "ifup", "swapoff", "swapon", "mount", "umount",
     "iptables-restore", "ip6tables-restore", "iptables-legacy-restore", "iptables-nft-restore",
     "ebtables-restore", "brctl", "vconfig", "useradd", "userdel", "passwd", "crontab",
-    "update-alternatives", "setenforce", "ufw", "firewall-cmd", "wg", "ovs-vsctl", "calicoctl",
+    "update-alternatives", "setenforce", "ufw", "wg", "ovs-vsctl",
 }
 _READ_ONLY_FORMS = {
     # program: argument words that make it read-only (else it changes the node)
     "ufw": {"status", "show", "app"},
-    "firewall-cmd": {"--state", "--list-all", "--list-all-zones", "--get-active-zones",
-                     "--get-default-zone", "--list-rules", "--direct", "--get-zones",
-                     "--query-masquerade", "--list-ports", "--list-services"},
     "modprobe": {"-n", "--dry-run", "--show-depends", "-c", "--showconfig"},
     "wg": {"show", "showconf"},
     "ovs-vsctl": {"show", "list", "get", "find", "list-br", "list-ports", "list-ifaces"},
-    "calicoctl": {"get", "version", "node", "ipam"},
     "crontab": {"-l"},
 }
 _VERBS = {
@@ -170,6 +166,20 @@ def _verdict(words: list[str]) -> str | None:
         return f"`{shown}`: the program comes from a placeholder, so what it does is unknown"
     if prog in _READ_ONLY_FORMS and any(a in _READ_ONLY_FORMS[prog] for a in args):
         return None
+    if prog == "firewall-cmd":
+        # queries (--state, --list-*, --get-*, --query-*) read; anything that adds, removes,
+        # sets or reloads writes, --direct --add-rule included
+        writes = [a for a in args if re.match(r"--(add|remove|set|change|reload|"
+                                              r"complete-reload|new|delete|runtime-to|lockdown|"
+                                              r"panic|reset)", a)]
+        return f"`{shown}` changes the firewall ({writes[0]})" if writes else None
+    if prog == "calicoctl":
+        words = [a for a in args if not a.startswith("-")]
+        if words[:1] in (["get"], ["version"]) or words[:2] in (
+                ["node", "status"], ["node", "checksystem"], ["ipam", "show"],
+                ["ipam", "check"]):
+            return None
+        return f"`{shown}` changes the cluster or the node (calicoctl {' '.join(words[:2])})"
     if prog in _ALWAYS:
         return f"`{shown}` changes the node ({prog})"
     if prog in _IPTABLES:
