@@ -3,8 +3,11 @@ and a hint; bundles from elsewhere are validated; the shipped example renders of
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,3 +163,40 @@ def test_an_error_naming_hostile_text_reaches_the_terminal_escaped():
     assert "\x9b" not in shown
     assert "\\x1b]8;;http://x\\x07evil" in shown
     assert "\nnext\tline" in shown  # layout characters stay what they are
+
+
+def test_rules_list_into_a_pipe_is_tab_separated_one_rule_a_line(tmp_path):
+    """Not a terminal: a header and one line per rule, tab-separated, for cut and awk; a site
+    rule's title with a tab and a terminal escape in it stays one clean cell."""
+    site = tmp_path / "site"
+    site.mkdir()
+    example = (ROOT / "docs" / "examples" / "site-rules" / "somaxconn-low.yaml").read_text()
+    start = example.index("title:")
+    end = example.index("\n    when:", start)
+    (site / "r.yaml").write_text(example[:start] + 'title: "low\\tsomaxconn \\e[31mred"'
+                                 + example[end:])
+    proc = subprocess.run([sys.executable, "-m", "kubenetdiag", "rules", "list",
+                           "--rules-dir", str(site)], capture_output=True, text=True,
+                          timeout=120)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0, proc.stderr
+    assert lines[0] == "id\tfault\tseverity\ttitle\tfile"
+    rows = [line.split("\t") for line in lines[1:]]
+    assert all(len(r) == 5 for r in rows) and len(rows) > 100
+    [mine] = [r for r in rows if r[4] == str(site / "r.yaml")]
+    assert "\x1b" not in proc.stdout and mine[3].startswith("low somaxconn")
+
+
+def test_output_cut_by_a_closed_pipe_is_not_a_crash():
+    """`rules list | head -1`: the reader stops early; exit 141 as a shell reports SIGPIPE,
+    and no traceback (it used to be an internal error, exit 4)."""
+    proc = subprocess.Popen([sys.executable, "-m", "kubenetdiag", "rules", "list"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    # a one-page pipe (F_SETPIPE_SZ), set while the interpreter still starts: the listing does
+    # not fit in it, so the writer is still writing when the reader goes away
+    fcntl.fcntl(proc.stdout.fileno(), 1031, 4096)
+    proc.stdout.read(100)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err

@@ -26,6 +26,7 @@ from kubenetdiag.collect.ssh import SshOptions
 from kubenetdiag.engine import RuleSet, load_ruleset
 from kubenetdiag.errors import (
     EXIT_ALL_FAILED,
+    EXIT_BROKEN_PIPE,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -52,7 +53,8 @@ examples:
   kubenetdiag analyze bundle/ --report incident.html          # anywhere, no network needed
   kubenetdiag bundle redact bundle/ shared/ --names           # secrets out, to share it
   kubenetdiag rules lint my-rules/
-exit codes: 0 nothing of severity warning or above, 1 findings, 2 bad input, 3 no node reached
+exit codes: 0 nothing of severity warning or above, 1 findings, 2 bad input, 3 no node reached,
+  4 internal error, 130 Ctrl-C, 141 stdout closed early (| head)
 """
 
 REPORT_SUFFIXES = {
@@ -460,6 +462,12 @@ def cmd_rules_list(args: argparse.Namespace) -> int:
     if args.format == "json":
         sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
         return 0
+    if not sys.stdout.isatty():
+        # a pipe or a file: one rule a line, tab-separated, for cut, awk and grep
+        print("id\tfault\tseverity\ttitle\tfile")
+        for row in rows:
+            print("\t".join(_cell(row[k]) for k in ("id", "fault", "severity", "title", "file")))
+        return 0
     from rich.table import Table
     from rich.text import Text
 
@@ -471,6 +479,11 @@ def cmd_rules_list(args: argparse.Namespace) -> int:
             row["id"], row["fault"], row["severity"], row["title"])))
     Console(highlight=False).print(table)
     return 0
+
+
+def _cell(value: object) -> str:
+    """A table cell for tab-separated output: no tab, newline or terminal escape inside."""
+    return " ".join(for_terminal(str(value if value is not None else "-")).split())
 
 
 def cmd_rules_lint(args: argparse.Namespace) -> int:
@@ -524,6 +537,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:  # RuleErrors too: one line per problem
         print(f"kubenetdiag: {for_terminal(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # stdout closed early (`| head`): what was read was wanted, the rest is not an error.
+        # stdout is pointed at /dev/null so that Python's exit does not fail flushing it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("kubenetdiag: interrupted", file=sys.stderr)
         if any(t.is_alive() and t.name.startswith("collect") for t in threading.enumerate()):

@@ -15,6 +15,7 @@ EXIT_USAGE = 2  # bad input: nothing was run
 EXIT_ALL_FAILED = 3  # no node could be collected from
 EXIT_INTERNAL = 4  # a bug: the traceback is printed, and the bundle keeps what was collected
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+EXIT_BROKEN_PIPE = 141  # stdout closed early (a pipe to head), as a shell reports SIGPIPE
 
 
 # C0 controls but newline and tab, DEL, C1 controls, and the bidirectional overrides that can
