@@ -74,6 +74,9 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     inject.add_argument("--node")
     inject.add_argument("--param", action="append", default=[], metavar="K=V")
     inject.add_argument("--list", action="store_true", help="list the faults and exit")
+    inject.add_argument("--format", choices=["text", "json"], default="text",
+                        help="with --list: text (tab-separated when stdout is not a terminal) "
+                        "or json")
     heal = sub.add_parser("heal", help="undo faults (every active one if none named)")
     heal.add_argument("fault", nargs="?")
     heal.add_argument("node_pos", nargs="?", metavar="NODE", help=argparse.SUPPRESS)
@@ -85,29 +88,42 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         command.add_argument("--prefix", default="knd")
 
 
-def fault_list() -> str:
+def fault_rows() -> list[dict]:
+    """Every fault the lab can inject, as plain data (`lab inject --list --format json`)."""
     from kubenetdiag_lab.faults import FAULTS  # only when listing: it loads every injector
 
-    lines = []
-    for name in sorted(FAULTS):
-        spec = FAULTS[name]
-        if spec.fixture_only:
-            lines.append(f"{name:34} fixture only: {spec.description}")
+    return [{
+        "name": name,
+        "description": spec.description,
+        "fixture_only": bool(spec.fixture_only),
+        "params": dict(spec.params or {}),
+        "cni": list(spec.modes or ()),
+        "kube_proxy": list(spec.proxy_modes or ()),
+        "via": {via: list(modes or ()) for via, modes in (spec.mechanisms or {}).items()},
+    } for name, spec in sorted(FAULTS.items())]
+
+
+def fault_list(tty: bool = True) -> str:
+    """The faults for a reader (aligned columns) or, when stdout is not a terminal, one fault a
+    line with tab-separated fields: name, description, params, cni, kube-proxy, via."""
+    lines = [] if tty else ["name\tdescription\tparams\tcni\tkube_proxy\tvia"]
+    for row in fault_rows():
+        params = ", ".join(f"{key}={value}" for key, value in row["params"].items())
+        via = "|".join(v + (f" (cni {'|'.join(m)})" if m else "") for v, m in row["via"].items())
+        if not tty:
+            fields = [row["name"], ("fixture only: " if row["fixture_only"] else "")
+                      + row["description"], params, "|".join(row["cni"]),
+                      "|".join(row["kube_proxy"]), via]
+            lines.append("\t".join(" ".join(f.split()) for f in fields))
             continue
-        extra = []
-        if spec.params:
-            extra.append("params " + ", ".join(f"{key}={value}"
-                                               for key, value in spec.params.items()))
-        if spec.modes:
-            extra.append("cni " + "|".join(spec.modes))
-        if spec.proxy_modes:
-            extra.append("kube-proxy " + "|".join(spec.proxy_modes))
-        if spec.mechanisms:
-            extra.append("via " + "|".join(
-                via + (f" (cni {'|'.join(modes)})" if modes else "")
-                for via, modes in spec.mechanisms.items()))
+        if row["fixture_only"]:
+            lines.append(f"{row['name']:34} fixture only: {row['description']}")
+            continue
+        extra = [label + value for label, value in (
+            ("params ", params), ("cni ", "|".join(row["cni"])),
+            ("kube-proxy ", "|".join(row["kube_proxy"])), ("via ", via)) if value]
         tail = f" [{'; '.join(extra)}]" if extra else ""
-        lines.append(f"{name:34} {spec.description}{tail}")
+        lines.append(f"{row['name']:34} {row['description']}{tail}")
     return "\n".join(lines)
 
 
@@ -191,7 +207,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"lab {lab.prefix} down in {lab.timings['down_s']:.2f}s")
         return 0
     if cmd == "inject" and args.list:
-        print(fault_list())
+        if args.format == "json":
+            print(json.dumps(fault_rows(), indent=2))
+        else:
+            print(fault_list(tty=sys.stdout.isatty()))
         return 0
     lab = Lab.load(args.workdir)
     if cmd == "status":
