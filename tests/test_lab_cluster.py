@@ -263,3 +263,11 @@ def test_cli_status_exec_and_fault_list(lab):
     cp = subprocess.run([sys.executable, "-m", "kubenetdiag_lab", "inject", "--list"],
                         capture_output=True, text=True, timeout=30)
     assert cp.returncode == 0 and "vxlan_udp_blocked" in cp.stdout
+    # into a pipe: a header, then one tab-separated line per fault; --format json: the same
+    rows = [line.split("\t") for line in cp.stdout.splitlines()]
+    assert rows[0][:2] == ["name", "description"] and all(len(r) == 6 for r in rows)
+    cp = subprocess.run([sys.executable, "-m", "kubenetdiag_lab", "inject", "--list", "--format",
+                         "json"], capture_output=True, text=True, timeout=30)
+    faults = {f["name"]: f for f in json.loads(cp.stdout)}
+    assert set(faults) == {r[0] for r in rows[1:]}
+    assert faults["tw_recycle_with_timestamps"]["fixture_only"] is True
