@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hostile_inputs import replace_at
 from kubenetdiag import cli
 from kubenetdiag.cli import main
 from kubenetdiag.errors import EXIT_INTERNAL
@@ -62,19 +63,6 @@ def _run(tmp_path: Path, base: str, name: str, content: str, capsys) -> tuple[in
     return code, err
 
 
-def _mutate(doc: object, path: list, value: object) -> object:
-    """`doc` with the value at the path (indices taken modulo each container's size)
-    replaced."""
-    if not path or not isinstance(doc, (dict, list)) or not doc:
-        return value
-    if isinstance(doc, dict):
-        keys = sorted(doc)
-        k = keys[path[0] % len(keys)]
-        return {**doc, k: _mutate(doc[k], path[1:], value)}
-    i = path[0] % len(doc)
-    return [*doc[:i], _mutate(doc[i], path[1:], value), *doc[i + 1:]]
-
-
 def _check(code: int, err: str, name: str) -> None:
     assert code != EXIT_INTERNAL and "Traceback" not in err, err[-2000:]
     if code == 2:
@@ -93,7 +81,7 @@ def test_any_json_document_in_place_of_a_bundle_file(tmp_path, capsys, target, v
        path=st.lists(st.integers(0, 50), min_size=1, max_size=8), value=_JSON)
 def test_a_real_bundle_file_with_one_value_changed(tmp_path, capsys, original, target, path,
                                                    value):
-    code, err = _run(tmp_path, *target, json.dumps(_mutate(original[target], path, value)),
+    code, err = _run(tmp_path, *target, json.dumps(replace_at(original[target], path, value)),
                      capsys)
     _check(code, err, target[1])
 

@@ -11,6 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hostile_inputs import replace_at
 from kubenetdiag.engine import lint_paths
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,17 +31,6 @@ _FUZZ = settings(max_examples=100, deadline=None,
                  suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-def _mutate(doc: object, path: list[int], value: object) -> object:
-    if not path or not isinstance(doc, (dict, list)) or not doc:
-        return value
-    if isinstance(doc, dict):
-        keys = sorted(doc, key=str)
-        k = keys[path[0] % len(keys)]
-        return {**doc, k: _mutate(doc[k], path[1:], value)}
-    i = path[0] % len(doc)
-    return [*doc[:i], _mutate(doc[i], path[1:], value), *doc[i + 1:]]
-
-
 def _lint(tmp_path: Path, text: str) -> None:
     f = tmp_path / "site.yaml"
     f.write_text(text, encoding="utf-8")
@@ -52,7 +42,7 @@ def _lint(tmp_path: Path, text: str) -> None:
 @_FUZZ
 @given(path=st.lists(st.integers(0, 30), min_size=1, max_size=7), value=_VALUE)
 def test_a_real_rule_file_with_one_value_changed(tmp_path, path, value):
-    _lint(tmp_path, yaml.safe_dump(_mutate(copy.deepcopy(ORIGINAL), path, value),
+    _lint(tmp_path, yaml.safe_dump(replace_at(copy.deepcopy(ORIGINAL), path, value),
                                    allow_unicode=True))
 
 
@@ -72,7 +62,7 @@ def test_a_pattern_or_test_fact_with_one_value_changed(tmp_path, rule, path, val
     doc = copy.deepcopy(ORIGINAL)
     target = doc["rules"][rule % len(doc["rules"])]
     part = "when" if path[0] % 2 else "tests"
-    target[part] = _mutate(target[part], path[1:] or [0], value)
+    target[part] = replace_at(target[part], path[1:] or [0], value)
     _lint(tmp_path, yaml.safe_dump(doc, allow_unicode=True))
 
 

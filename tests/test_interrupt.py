@@ -8,13 +8,12 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
+from hostile_inputs import silent_nodes
 from kubenetdiag.bundle import read_bundle
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "bundles" / "lab-three-faults"
@@ -23,50 +22,24 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "bundles" / "lab
 def _collect_interrupted(tmp_path, signals: int) -> tuple[subprocess.Popen, str, float]:
     """Run `collect` against three nodes that accept TCP and never speak SSH, and press
     Ctrl-C `signals` times once all three are connecting."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-    port = srv.getsockname()[1]
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(srv.accept()[0])
-            except OSError:
-                continue
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    inv = tmp_path / "hosts.yaml"
-    inv.write_text("all:\n  hosts:\n" + "".join(
-        f"    silent{i}:\n      ansible_host: 127.0.0.1\n      ansible_port: {port}\n"
-        for i in range(3)))
-    out = tmp_path / "b"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kubenetdiag", "collect", "--inventory", str(inv), "-o", str(out),
-         "--connect-timeout", "60", "--accept-new-host-keys",
-         "--known-hosts", str(tmp_path / "known_hosts")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-    try:
-        deadline = time.monotonic() + 60
-        while len(held) < 3 and time.monotonic() < deadline:  # every node is connecting
-            time.sleep(0.1)
-        pressed = time.monotonic()
-        for _ in range(signals):
-            proc.send_signal(signal.SIGINT)
-            time.sleep(0.05)
-        # far less than the 60 s connect timeout the nodes are waiting on
-        _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-        stop.set()
-        t.join()
-        for c in held:
-            c.close()
-        srv.close()
+    with silent_nodes(tmp_path, 3) as (inv, held):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kubenetdiag", "collect", "--inventory", str(inv), "-o",
+             str(tmp_path / "b"), "--connect-timeout", "60", "--accept-new-host-keys",
+             "--known-hosts", str(tmp_path / "known_hosts")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+        try:
+            deadline = time.monotonic() + 60
+            while len(held) < 3 and time.monotonic() < deadline:  # every node is connecting
+                time.sleep(0.1)
+            pressed = time.monotonic()
+            for _ in range(signals):
+                proc.send_signal(signal.SIGINT)
+                time.sleep(0.05)
+            # far less than the 60 s connect timeout the nodes are waiting on
+            _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
     return proc, err, time.monotonic() - pressed
 
 

@@ -5,6 +5,7 @@ with addresses and host names replaced by tokens as well."""
 from __future__ import annotations
 
 import copy
+import functools
 import ipaddress
 import json
 import re
@@ -91,13 +92,9 @@ def _findings(bundle_path: Path, names: dict[str, str] | None = None) -> list[tu
                   for f in analysis.report["findings"])
 
 
-_RULES = []
-
-
+@functools.cache
 def _rules():
-    if not _RULES:
-        _RULES.append(load_ruleset())
-    return _RULES[0]
+    return load_ruleset()
 
 
 @pytest.fixture

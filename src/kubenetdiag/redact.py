@@ -226,15 +226,14 @@ class Redactor:
         if length is not None and length > addr.max_prefixlen:
             return m.group(0)
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            mapped: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv6Address(
-                "::ffff:" + str(self._map_int(addr.ipv4_mapped, None)))
+            # ::ffff:10.0.0.1 stays written that way, its IPv4 part mapped as IPv4
+            inner = self._map_int(addr.ipv4_mapped, None)
+            changed, out = inner != addr.ipv4_mapped, f"::ffff:{inner}"
         else:
             mapped = self._map_int(addr, length)
-        if mapped != addr:
+            changed, out = mapped != addr, str(mapped)
+        if changed:
             self.counts["address"] += 1
-        out = str(mapped) if m.group("v4") or ":" in raw else raw
-        if m.group("v6") and "." in raw and mapped.version == 6 and mapped.ipv4_mapped:
-            out = "::ffff:" + str(mapped.ipv4_mapped)
         return out + (f"/{length}" if length is not None else "")
 
     def _map_int(self, addr: Any, length: int | None) -> Any:
