@@ -13,7 +13,6 @@ import json
 import math
 import os
 import re
-import stat
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,6 +23,7 @@ import jsonschema
 
 from kubenetdiag import __version__
 from kubenetdiag.errors import InputError
+from kubenetdiag.files import NotRegularFile, TooLarge, read_at_most
 
 BUNDLE_SCHEMA = "kubenetdiag/bundle/v1"
 FACTS_SCHEMA = "kubenetdiag/facts/v1"
@@ -353,9 +353,14 @@ def _finite(data: Any) -> Any:
 def read_regular(path: Path, limit: int) -> bytes:
     """The bytes of a bundle file: a regular file (no link followed, no FIFO or device
     opened for reading), at most `limit` bytes read whatever its size claims to be."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags)
+        return read_at_most(path, limit, follow_links=False)
+    except NotRegularFile:
+        raise InputError(f"{path} is not a regular file (a device, FIFO or directory)",
+                         file=str(path), hint="a bundle holds regular files only") from None
+    except TooLarge:
+        raise InputError(f"{path} is larger than {limit >> 20} MiB", file=str(path),
+                         hint="a bundle file this large is not one kubenetdiag wrote") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise InputError(f"{path} is a symbolic link, not a file of the bundle",
@@ -363,15 +368,6 @@ def read_regular(path: Path, limit: int) -> bytes:
                              hint="a bundle holds regular files only; copy it with the links "
                                   "resolved if it is yours") from None
         raise InputError(f"cannot read {path}: {exc.strerror}", file=str(path)) from None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise InputError(f"{path} is not a regular file (a device, FIFO or directory)",
-                             file=str(path), hint="a bundle holds regular files only")
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise InputError(f"{path} is larger than {limit >> 20} MiB", file=str(path),
-                         hint="a bundle file this large is not one kubenetdiag wrote")
-    return data
 
 
 def _read_json(path: Path, limit: int | None = None) -> Any:

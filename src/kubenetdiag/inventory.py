@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from kubenetdiag.errors import InputError
+from kubenetdiag.files import read_at_most
 from kubenetdiag.yamlsrc import MAX_FILE_BYTES, YamlDoc, load_yaml_file
 
 __all__ = ["Host", "expand_host_pattern", "load_inventory", "local_host"]
@@ -306,12 +307,8 @@ def _read_quietly(path: Path) -> str | None:
     """The text of a file that failed to load, to explain why; None for anything that is not
     a readable regular file of sane size (a FIFO would block here)."""
     try:
-        if not path.is_file():
-            return None
-        with path.open("rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
-        return raw.decode("utf-8") if len(raw) <= MAX_FILE_BYTES else None
-    except (OSError, UnicodeDecodeError):
+        return read_at_most(path, MAX_FILE_BYTES).decode("utf-8")
+    except (OSError, UnicodeDecodeError):  # NotRegularFile and TooLarge are OSErrors
         return None
 
 

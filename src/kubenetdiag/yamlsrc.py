@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from kubenetdiag.errors import InputError
+from kubenetdiag.files import NotRegularFile, TooLarge, read_at_most
 
 Path_ = tuple[str | int, ...]
 
@@ -163,19 +164,17 @@ def load_yaml_text(text: str, file: str) -> YamlDoc:
 def load_yaml_file(path: str | Path) -> YamlDoc:
     p = Path(path)
     try:
-        if p.exists() and not p.is_file() and not p.is_dir():
-            raise InputError(f"{p} is not a regular file", file=str(p),
-                             hint="name the YAML file itself (a FIFO or device is not one)")
-        with p.open("rb") as f:  # what is read counts, not what the size claims (/proc says 0)
-            raw = f.read(MAX_FILE_BYTES + 1)
-        if len(raw) > MAX_FILE_BYTES:
-            raise InputError(f"{p} is larger than {MAX_FILE_BYTES >> 20} MiB", file=str(p),
-                             hint="an inventory or rule file is a few hundred KiB at most")
-        text = raw.decode("utf-8")
+        text = read_at_most(p, MAX_FILE_BYTES).decode("utf-8")
+    except NotRegularFile:
+        if p.is_dir():
+            raise InputError(f"{p} is a directory, not a YAML file") from None
+        raise InputError(f"{p} is not a regular file", file=str(p),
+                         hint="name the YAML file itself (a FIFO or device is not one)") from None
+    except TooLarge:
+        raise InputError(f"{p} is larger than {MAX_FILE_BYTES >> 20} MiB", file=str(p),
+                         hint="an inventory or rule file is a few hundred KiB at most") from None
     except FileNotFoundError:
         raise InputError(f"file not found: {p}", file=str(p), hint="check the path") from None
-    except IsADirectoryError:
-        raise InputError(f"{p} is a directory, not a YAML file") from None
     except UnicodeDecodeError as exc:
         raise InputError(f"{p} is not UTF-8 text (byte {exc.start})", file=str(p)) from None
     except OSError as exc:
