@@ -319,3 +319,26 @@ def test_hairpin_off_and_nodeport_traffic_without_a_local_endpoint_each_named_on
     assert rule["comment"] == "default/web-local:http has no local endpoints" and rule["pkts"] > 0
     # healed: the web pod reaches itself again
     assert lab.netprog(web.name, "--timeout", "2", "http", "http://10.96.0.20/").returncode == 0
+
+
+def test_worker_processes_find_the_same_as_one_process(lab, tmp_path):
+    """--workers 2: each worker process has its share of the nodes and its own connections,
+    passive and active; the report is the one a single process makes, and both workers'
+    first-seen host keys land in the one known_hosts file, once each."""
+    lab.inject("ip_forward_disabled", "node2")
+    try:
+        runs = {}
+        for workers in ("1", "2"):
+            known = tmp_path / f"known_hosts-{workers}"
+            runs[workers], _ = diagnose(lab, tmp_path / workers, "--workers", workers,
+                                        "--known-hosts", str(known), "--accept-new-host-keys")
+    finally:
+        lab.heal("ip_forward_disabled", "node2")
+    one, two = runs["1"], runs["2"]
+    assert [(f["fault"], f["nodes"]) for f in alarms(two)] == [("ip_forward_disabled", ["node2"])]
+    assert [(f["fault"], f["nodes"]) for f in two["findings"]] == [
+        (f["fault"], f["nodes"]) for f in one["findings"]]
+    assert [n["name"] for n in two["nodes"]] == [n.name for n in lab.nodes]
+    assert two["connectivity"]["layers"] == one["connectivity"]["layers"]
+    lines = (tmp_path / "known_hosts-2").read_text().splitlines()
+    assert sorted(line.split()[0] for line in lines) == sorted(n.address for n in lab.nodes)

@@ -13,25 +13,29 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from hostile_inputs import silent_nodes
 from kubenetdiag.bundle import read_bundle
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "bundles" / "lab-three-faults"
 
 
-def _collect_interrupted(tmp_path, signals: int) -> tuple[subprocess.Popen, str, float]:
+def _collect_interrupted(tmp_path, signals: int, workers: int = 1
+                         ) -> tuple[subprocess.Popen, str, float, dict[int, bytes]]:
     """Run `collect` against three nodes that accept TCP and never speak SSH, and press
     Ctrl-C `signals` times once all three are connecting."""
     with silent_nodes(tmp_path, 3) as (inv, held):
         proc = subprocess.Popen(
             [sys.executable, "-m", "kubenetdiag", "collect", "--inventory", str(inv), "-o",
              str(tmp_path / "b"), "--connect-timeout", "60", "--accept-new-host-keys",
-             "--known-hosts", str(tmp_path / "known_hosts")],
+             "--known-hosts", str(tmp_path / "known_hosts"), "--workers", str(workers)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
         try:
             deadline = time.monotonic() + 60
             while len(held) < 3 and time.monotonic() < deadline:  # every node is connecting
                 time.sleep(0.1)
+            children = {c: _cmdline(c) for c in _children_of(proc.pid)}
             pressed = time.monotonic()
             for _ in range(signals):
                 proc.send_signal(signal.SIGINT)
@@ -40,13 +44,17 @@ def _collect_interrupted(tmp_path, signals: int) -> tuple[subprocess.Popen, str,
             _, err = proc.communicate(timeout=30)
         finally:
             proc.kill()
-    return proc, err, time.monotonic() - pressed
+    return proc, err, time.monotonic() - pressed, children
 
 
-def test_ctrl_c_in_collect_keeps_a_valid_bundle_and_exits_130(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_in_collect_keeps_a_valid_bundle_and_exits_130(tmp_path, workers):
+    """With two worker processes the terminal's Ctrl-C reaches only the main one, which
+    passes it on and merges what each worker kept."""
     out = tmp_path / "b"
-    proc, err, _ = _collect_interrupted(tmp_path, signals=1)
+    proc, err, took, _ = _collect_interrupted(tmp_path, signals=1, workers=workers)
     assert proc.returncode == 130, err
+    assert took < 10  # far below the 60 s connect timeout
     assert "Traceback" not in err and "interrupted" in err
     meta, records = read_bundle(out)
     assert meta["interrupted"] is True
@@ -59,14 +67,42 @@ def test_ctrl_c_in_collect_keeps_a_valid_bundle_and_exits_130(tmp_path):
         "silent0", "silent1", "silent2"}
 
 
-def test_a_second_ctrl_c_exits_at_once(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_second_ctrl_c_exits_at_once(tmp_path, workers):
     """Pressed again while the bundle is written: exit 130 at once, no traceback; whatever
-    is on disk is either a whole bundle or no bundle (meta.json is written last)."""
-    proc, err, took = _collect_interrupted(tmp_path, signals=2)
+    is on disk is either a whole bundle or no bundle (meta.json is written last). No worker
+    process outlives the run."""
+    proc, err, took, children = _collect_interrupted(tmp_path, signals=2, workers=workers)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and took < 10
+    spawned = [c for c, cmdline in children.items() if b"spawn_main" in cmdline]
+    assert len(spawned) == (workers if workers > 1 else 0)
+    time.sleep(0.5)
+    assert not [c for c in children if _alive(c)]
     if (tmp_path / "b" / "meta.json").exists():
         read_bundle(tmp_path / "b")
+
+
+def _children_of(pid: int) -> list[int]:
+    try:
+        return [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
+                for c in (t / "children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 SLOW_RULE = """\

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import sys
-import threading
 import traceback
 from collections.abc import Sequence
 from importlib.metadata import entry_points
@@ -92,6 +91,13 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection")
     g.add_argument(
         "--parallel", type=int, default=32, metavar="N", help="nodes collected at once (default 32)"
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="collector processes, each with its own share of the nodes and connections "
+        "(default: one per 200 nodes, at most one per CPU core)",
     )
     g.add_argument(
         "--connect-timeout",
@@ -348,6 +354,7 @@ def _collect_options(args: argparse.Namespace) -> CollectOptions:
             known_hosts=args.known_hosts,
         ),
         parallel=args.parallel,
+        workers=args.workers,
         active=args.active,
         kubeconfig=args.kubeconfig,
         context=args.context,
@@ -543,14 +550,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
+        # What was collected is written. Leave at once: threads may still wait on connections
+        # for their whole connect timeout (Python would join them), and a second Ctrl-C during
+        # the interpreter's own shutdown would end it by signal instead of with this code.
         print("kubenetdiag: interrupted", file=sys.stderr)
-        if any(t.is_alive() and t.name.startswith("collect") for t in threading.enumerate()):
-            # Worker threads still wait on connections that would take their whole connect
-            # timeout; Python would join them before exiting. What was collected is written.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(EXIT_INTERRUPTED)
-        return EXIT_INTERRUPTED
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
     except Exception:
         # A bug, not the user's input or a node's state: exit 1 would read as "findings".
         traceback.print_exc()

@@ -27,7 +27,7 @@ import re
 import shlex
 import socket
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date
 from pathlib import Path
 from types import MappingProxyType
@@ -116,6 +116,13 @@ class Host:
         default_factory=lambda: MappingProxyType({}), repr=False, hash=False
     )
 
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        # The collector's worker processes get their hosts pickled, and a mappingproxy does
+        # not pickle: the vars travel as a dict and are wrapped again on arrival.
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        state["vars"] = dict(self.vars)
+        return (_host_from, (state,))
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe view for reports and bundles, with every secret replaced by ``***``."""
         return {
@@ -135,6 +142,10 @@ class Host:
             "vars": {str(k): _json_safe(v, str(k)) for k, v in self.vars.items()},
         }
 
+
+
+def _host_from(state: dict[str, Any]) -> Host:
+    return Host(**{**state, "vars": MappingProxyType(state["vars"])})
 
 def _json_safe(value: Any, key: str | None = None) -> Any:
     if key is not None and value is not None and _SECRET_KEY.search(key):

@@ -31,9 +31,9 @@ from kubenetdiag.bundle import (
     write_json,
 )
 from kubenetdiag.collect.cluster import BackgroundApiCollection, resolve_target
+from kubenetdiag.collect.fleet import Fleet, open_fleet
 from kubenetdiag.collect.runner import Interrupted
-from kubenetdiag.collect.runner import collect as collect_nodes
-from kubenetdiag.collect.ssh import Connector, SshOptions
+from kubenetdiag.collect.ssh import SshOptions
 from kubenetdiag.engine import RuleSet, infer
 from kubenetdiag.errors import InputError
 from kubenetdiag.facts.model import Fact
@@ -87,6 +87,7 @@ class CollectOptions:
 
     ssh: SshOptions = field(default_factory=SshOptions)
     parallel: int = 32
+    workers: int | None = None  # collector processes; None: chosen by the inventory's size
     active: bool = True  # pings, DNS, HTTP, TCP sent from every node after the passive phase
     kubeconfig: str | None = None
     context: str | None = None
@@ -97,6 +98,8 @@ class CollectOptions:
     def check(self) -> None:
         if self.parallel < 1:
             raise InputError("--parallel must be at least 1")
+        if self.workers is not None and self.workers < 1:
+            raise InputError("--workers must be at least 1")
 
 
 @dataclass
@@ -130,17 +133,17 @@ def collect(
     started = now_iso()
     api.start()
     # Kept open between the phases: the active script reuses each node's SSH connection.
-    connector = Connector(options.ssh, keep=options.active)
+    fleet = open_fleet(hosts, options.ssh, parallel=options.parallel, keep=options.active,
+                       workers=options.workers)
     interrupted: KeyboardInterrupt | None = None
     records: list[dict] | None = None
     cluster = None
     try:
         with _phase(observer, "collecting", len(hosts)) as progress:
-            records, _ = collect_nodes(hosts, options.ssh, parallel=options.parallel,
-                                       progress=progress, connector=connector)
+            records = fleet.collect(progress)
         cluster = api.result()
         if options.active:
-            _active_phase(hosts, records, cluster, connector, options, observer)
+            _active_phase(hosts, records, cluster, fleet, observer)
         else:
             _mark_active_skipped(records)
     except KeyboardInterrupt as exc:
@@ -153,7 +156,7 @@ def collect(
         interrupted = exc
         _mark_active_skipped([r for r in records if "active" not in r])
     finally:
-        saved = connector.close()
+        saved = fleet.close()
     kinds = {h.connection for h in hosts}
     meta = {
         "started_at": started,
@@ -250,21 +253,17 @@ def _active_phase(
     hosts: Sequence[Host],
     records: list[dict],
     cluster: dict,
-    connector: Connector,
-    options: CollectOptions,
+    fleet: Fleet,
     observer: Observer,
 ) -> None:
     """Plan from what the passive phase and the API found, run, and keep each node's result
     in its record (the bundle's node file keeps it under `active`)."""
-    # Imported here: the active runner pulls in dnspython, which a passive-only run never needs.
-    from kubenetdiag.collect.active import run_active
     from kubenetdiag.probes.active.plan import plan
 
     plans = plan(facts_from_records(records, cluster), hosts)
     reached = sum(1 for r in records if r["reachable"])
     with _phase(observer, "active probes", reached) as progress:
-        results = run_active(hosts, plans, connector, parallel=options.parallel,
-                             progress=progress)
+        results = fleet.active(plans, progress)
     for rec in records:
         if rec["name"] in results:
             rec["active"] = results[rec["name"]]

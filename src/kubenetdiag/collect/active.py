@@ -142,7 +142,7 @@ def run_after(host: Host, plan: NodePlan, record: dict, connector: Connector) ->
             round(time.monotonic() - started, 3), out))
 
 
-def run_active(
+def run_checks(
     hosts: Sequence[Host],
     plans: dict[str, NodePlan],
     connector: Connector,
@@ -150,11 +150,9 @@ def run_active(
     parallel: int = 32,
     progress: ProgressFn | None = None,
 ) -> dict[str, dict]:
-    """node name -> its `active` record; every planned node runs at the same time (bounded by
-    `parallel`, as the passive phase)."""
+    """node name -> its `active` record without the after-checks; every planned node runs at
+    the same time (bounded by `parallel`, as the passive phase)."""
     todo = [h for h in hosts if h.name in plans]
-    if not todo:
-        return {}
 
     def one(host: Host) -> tuple[str, dict]:
         if progress:
@@ -165,13 +163,35 @@ def run_active(
                      rec["error"] or "")
         return host.name, rec
 
-    def after(host: Host) -> None:
-        if results[host.name]["sections"]:  # the node was reached: it ran its checks
-            run_after(host, plans[host.name], results[host.name], connector)
-
+    if not todo:
+        return {}
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(todo))),
                             thread_name_prefix="active") as pool:
-        results = dict(pool.map(one, todo))
-        # Only now is no peer sending any more: a counter read here counts all their traffic.
-        list(pool.map(after, todo))
+        return dict(pool.map(one, todo))
+
+
+def run_afters(hosts: Sequence[Host], plans: dict[str, NodePlan], results: dict[str, dict],
+               connector: Connector, *, parallel: int = 32) -> None:
+    """The after-checks of every node whose checks ran, added to its record in `results`.
+    Called only once no node is sending checks any more: a counter read here counts all of
+    their traffic."""
+    todo = [h for h in hosts if results.get(h.name, {}).get("sections")]
+    if not todo:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(todo))),
+                            thread_name_prefix="active") as pool:
+        list(pool.map(lambda h: run_after(h, plans[h.name], results[h.name], connector), todo))
+
+
+def run_active(
+    hosts: Sequence[Host],
+    plans: dict[str, NodePlan],
+    connector: Connector,
+    *,
+    parallel: int = 32,
+    progress: ProgressFn | None = None,
+) -> dict[str, dict]:
+    """node name -> its `active` record: the checks on every node, then the after-checks."""
+    results = run_checks(hosts, plans, connector, parallel=parallel, progress=progress)
+    run_afters(hosts, plans, results, connector, parallel=parallel)
     return results

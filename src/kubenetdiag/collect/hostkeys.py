@@ -4,6 +4,7 @@ user opted in, as OpenSSH's StrictHostKeyChecking=accept-new does)."""
 
 from __future__ import annotations
 
+import fcntl
 import hmac
 import os
 import threading
@@ -110,6 +111,8 @@ class HostKeyStore:
             lines = "".join(f"{h} {k.get_name()} {k.get_base64()}\n" for h, k in keys)
             fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             with os.fdopen(fd, "a+b") as f:
+                # the collector's worker processes save at the same time
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
                 if f.seek(0, os.SEEK_END) > 0:
                     f.seek(-1, os.SEEK_END)
                     if f.read(1) != b"\n":

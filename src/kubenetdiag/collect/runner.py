@@ -45,6 +45,11 @@ def _record(
     }
 
 
+def unreached(host: Host, why: str, started: float) -> dict:
+    """The record of a node not collected, saying why."""
+    return _record(host, False, why, started)
+
+
 def collect_node(
     host: Host,
     connector: ssh.Connector,
@@ -113,7 +118,7 @@ def collect(
         pool.shutdown(wait=False, cancel_futures=True)
         raise Interrupted([
             f.result() if f.done() and not f.cancelled() and f.exception() is None
-            else _record(h, False, NOT_COLLECTED_INTERRUPTED, started)
+            else unreached(h, NOT_COLLECTED_INTERRUPTED, started)
             for h, f in zip(hosts, futures, strict=True)]) from None
     finally:
         if own:
