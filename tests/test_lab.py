@@ -410,5 +410,54 @@ def test_up_refuses_when_the_prefix_is_in_use(lab_requirements, tmp_path):
 def test_lab_rejects_bad_prefix_and_node_count(tmp_path):
     with pytest.raises(LabError, match="prefix"):
         Lab(tmp_path, prefix="knd-x")
-    with pytest.raises(LabError, match="1..200"):
+    with pytest.raises(LabError, match="1..950"):
         Lab(tmp_path, nodes=0)
+    with pytest.raises(LabError, match="--light"):
+        Lab(tmp_path, nodes=201)
+    with pytest.raises(LabError, match="flannel-host-gw"):
+        Lab(tmp_path, nodes=3, light=True)
+
+
+def test_a_large_lab_fits_one_switch_and_keeps_every_address_apart():
+    """500 light nodes: a wider underlay and pod network, every node its own address and /24,
+    none on the outside's or the control plane's address, and under the bridge's 1,024
+    ports; a small lab keeps the addresses it always had."""
+    import ipaddress
+
+    from kubenetdiag_lab.topology import OUTSIDE_UNDERLAY, build
+
+    big = build("kndbig", 500, "flannel-host-gw", light=True)
+    underlay = ipaddress.ip_network(big.underlay)
+    pods = ipaddress.ip_network(big.pod_network)
+    addresses = [ipaddress.ip_address(n.address) for n in big.nodes]
+    assert len(set(addresses)) == 500 and all(a in underlay for a in addresses)
+    assert not {str(a) for a in addresses} & {OUTSIDE_UNDERLAY, "198.18.0.2", "198.18.0.3"}
+    assert all(str(a).split(".")[-1] not in ("0", "255") for a in addresses)
+    cidrs = [ipaddress.ip_network(n.pod_cidr) for n in big.nodes]
+    assert len(set(cidrs)) == 500 and all(c.subnet_of(pods) for c in cidrs)
+    assert len(big.nodes) + 3 <= 1024  # switch ports: nodes, client, outside, control plane
+    small = build("knd", 3)
+    assert (small.underlay, small.pod_network, small.nodes[2].address) == (
+        "198.18.0.0/24", "10.244.0.0/16", "198.18.0.13")
+
+
+@pytest.mark.lab
+def test_a_light_lab_routes_pods_as_host_gw_and_runs_no_node_component(lab_requirements,
+                                                                       tmp_path):
+    lab = Lab(tmp_path / "lab", nodes=3, prefix="kndlight", cni_mode="flannel-host-gw",
+              light=True)
+    lab.up()
+    try:
+        routes = lab.node_exec("node1", ["ip", "-4", "route", "show"]).stdout
+        for peer in lab.nodes[1:]:
+            assert f"{peer.pod_cidr} via {peer.address} dev eth0" in routes
+        assert lab.pod_ping("node1", "node3", count=2).returncode == 0
+        running = lab.node_exec("node1", ["ps", "-eo", "comm="]).stdout.split()
+        assert "sshd" in running
+        assert not {"flanneld", "kube-proxy", "coredns"} & set(running)
+        assert Lab.load(tmp_path / "lab").topology.light
+        # the ARP table every namespace shares is not filled by a large lab: see neighbours.py
+        neigh = lab.node_exec("node1", ["ip", "neigh", "show", "nud", "permanent"]).stdout
+        assert all(p.address in neigh for p in lab.nodes[1:])
+    finally:
+        lab.down()

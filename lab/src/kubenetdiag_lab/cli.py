@@ -1,9 +1,10 @@
 """`kubenetdiag lab ...` (and `python -m kubenetdiag_lab ...`): drive the lab by hand.
 
     lab up [--nodes N] [--cni MODE] [--proxy-mode iptables|nftables]
-           [--network-policy none|kube-router]
+           [--network-policy none|kube-router] [--light]
                                           build it (default 2 nodes, flannel-vxlan, iptables,
-                                          no NetworkPolicy enforcer)
+                                          no NetworkPolicy enforcer); --light: nodes without
+                                          flanneld and kube-proxy, up to 950 of them
     lab status [--json]                   client netns, nodes, pods, paths, active faults
     lab exec -- CMD...                    run CMD in the client namespace, exit with its code
     lab inject FAULT [--node N] [--param k=v]...   break it; `lab inject --list` lists faults
@@ -64,6 +65,10 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--login", choices=LOGIN_MODES, default="node",
                     help="whose shell start-up files an SSH login to a node runs: the node's "
                          "own (default, as on a real node) or this machine's")
+    up.add_argument("--light", action="store_true",
+                    help="light nodes: sshd, init, agents and pods, no flanneld or kube-proxy "
+                         "(pod routes written as flannel's host-gw backend does; needs --cni "
+                         "flannel-host-gw); required above 200 nodes, for benchmarks of scale")
     status = sub.add_parser("status", help="describe the running lab")
     status.add_argument("--json", action="store_true", help="machine-readable")
     ex = sub.add_parser("exec", help="run a command in the lab's client namespace")
@@ -190,9 +195,11 @@ def _run(args: argparse.Namespace) -> int:
     if cmd == "up":
         lab = Lab(args.workdir, nodes=args.nodes, prefix=args.prefix, cni_mode=args.cni,
                   proxy_mode=args.proxy_mode, network_policy=args.network_policy,
-                  login=args.login)
+                  login=args.login, light=args.light)
         lab.up()
         enforcer = "" if lab.network_policy == "none" else f", {lab.network_policy}"
+        if lab.topology.light:
+            enforcer += ", light nodes"
         print(f"lab up ({lab.cni}, kube-proxy {lab.proxy_mode}{enforcer}, {len(lab.nodes)} "
               f"nodes) in {lab.timings['up_s']:.2f}s; "
               f"inventory {lab.inventory_path}; client netns {lab.client_netns}")

@@ -164,8 +164,10 @@ def in_netns(netns: str, fn: Callable[..., T], *args: Any, timeout: float | None
     return result["value"]
 
 
-def add_cp_netns(prefix: str, switch_netns: str, address: str = CP_ADDRESS) -> str:
-    """Create `<prefix>-cp` and plug it into the switch's br0 at address/24 (no default route).
+def add_cp_netns(prefix: str, switch_netns: str, address: str = CP_ADDRESS,
+                 prefixlen: int = UNDERLAY.prefixlen) -> str:
+    """Create `<prefix>-cp` and plug it into the switch's br0 at address/prefixlen (no default
+    route).
 
     The veth is created in the switch with its peer born in the new namespace, as the lab
     does for every namespace: no interface ever exists in the root namespace.
@@ -175,7 +177,7 @@ def add_cp_netns(prefix: str, switch_netns: str, address: str = CP_ADDRESS) -> s
     try:
         ip_batch(switch_netns, [f"link add {SWITCH_PORT} type veth peer name eth0 netns {name}",
                                 f"link set {SWITCH_PORT} master br0 up"])
-        ip_batch(name, ["link set lo up", f"addr add {address}/{UNDERLAY.prefixlen} dev eth0",
+        ip_batch(name, ["link set lo up", f"addr add {address}/{prefixlen} dev eth0",
                         "link set eth0 up"])
     except BaseException:
         delete_cp_netns(prefix)

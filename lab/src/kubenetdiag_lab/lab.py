@@ -43,7 +43,9 @@ lab.json (`<workdir>/lab.json`, schema "kubenetdiag/lab/v1") is the contract api
     pod_network ("10.244.0.0/16"), service_network ("10.96.0.0/12"),
     kube_proxy_mode ("iptables", or "nftables" from `up --proxy-mode nftables`),
     login ("node": logins run the node's own shell start-up files; "machine": this machine's),
-    underlay ("198.18.0.0/24"), namespaces [all lab netns], switch_netns,
+    underlay ("198.18.0.0/24"; "198.18.0.0/22" above 200 nodes, whose pod_network is then
+    "10.244.0.0/14"), light (true: nodes without flanneld and kube-proxy, `up --light`),
+    namespaces [all lab netns], switch_netns,
     client {netns, address}, outside {netns, address, network,
                                       hosts: [{address, port, name, fqdn (the site's DNS name)}]},
     nodes [{name, index, netns, address, pod_cidr, pod_gateway, pod_netns, pod_address, zone
@@ -92,6 +94,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +110,7 @@ from kubenetdiag_lab import (
     k8s_objects,
     kubeproxy,
     kuberouter,
+    neighbours,
     nodehost,
     sandbox,
     services,
@@ -137,9 +141,7 @@ from kubenetdiag_lab.topology import (
     OUTSIDE_NETWORK,
     OUTSIDE_PORT,
     OUTSIDE_UNDERLAY,
-    POD_SUPERNET,
     SERVICE_NETWORK,
-    UNDERLAY,
     WEB_PORT,
     LabNode,
     LabPod,
@@ -166,9 +168,9 @@ class Lab:
     def __init__(self, workdir: Path, nodes: int = 2, prefix: str = "knd",
                  cni_mode: str = DEFAULT_CNI, *, proxy_mode: str = DEFAULT_PROXY_MODE,
                  topology: Topology | None = None, network_policy: str = "none",
-                 login: str = "node") -> None:
+                 login: str = "node", light: bool = False) -> None:
         self.topology = topology or build(prefix, nodes, cni_mode, proxy_mode, network_policy,
-                                          login)
+                                          login, light)
         shape = self.topology
         self.workdir = Path(workdir).resolve()
         self.paths = LabPaths(self.workdir)
@@ -263,8 +265,9 @@ class Lab:
         """Build the lab; on any failure tear down whatever was built, then re-raise."""
         started = time.monotonic()
         _require_root_and_tools(self.cni, self.proxy_mode, self.network_policy)
-        # UNDERLAY holds every lab address on the switch, the control plane's 198.18.0.3 too
-        check_root_namespace([UNDERLAY, POD_SUPERNET, SERVICE_NETWORK, OUTSIDE_NETWORK])
+        # The underlay holds every lab address on the switch, the control plane's 198.18.0.3 too
+        check_root_namespace([ip_network(self.topology.underlay),
+                              ip_network(self.pod_network), SERVICE_NETWORK, OUTSIDE_NETWORK])
         leftovers = lab_namespaces(self.prefix)
         if leftovers:
             raise LabError(
@@ -282,7 +285,8 @@ class Lab:
             add_netns([name for name in self.namespaces if name != self.topology.cp_netns])
             self._write_state()
             self._wire_switch_client_outside()
-            cpm.add_cp_netns(self.prefix, self.switch_netns)
+            cpm.add_cp_netns(self.prefix, self.switch_netns,
+                             prefixlen=self.topology.underlay_prefixlen)
             # The apiserver takes seconds to become ready; it does so while the nodes are built.
             cp_start = _Background(self.controlplane.start)
             for node in self.nodes:
@@ -303,6 +307,9 @@ class Lab:
                           self.controlplane.kubeconfig(cpm.READER_USER).read_bytes())
             self._write_state()
             self._sync_api(fresh=True)
+            if self.topology.light:
+                self.timings["up_s"] = time.monotonic() - started
+                return  # no per-node component, no CoreDNS (it needs flannel's masquerade)
             # flanneld takes its Node's podCIDR and kube-proxy its Node object (apisync wrote
             # both); they start together and each is then waited for.
             self._start_flannelds()
@@ -437,22 +444,29 @@ class Lab:
         ip_batch(self.switch_netns, lines)
         ip_batch(self.client_netns, [
             "link set lo up",
-            f"addr add {self.client_address}/{UNDERLAY.prefixlen} dev eth0",
+            f"addr add {self.client_address}/{self.topology.underlay_prefixlen} dev eth0",
             "link set eth0 up",
+            *(neighbours.client_lines(self.topology) if self.topology.light else []),
         ])
-        ip_batch(self.outside_netns, services.wire_outside())
+        ip_batch(self.outside_netns, services.wire_outside(self.topology.underlay_prefixlen))
 
     def _wire_node(self, node: LabNode) -> None:
         wiring = cni.pod_wiring(self.topology, node, self.pods_on(node.name))
+        light = self.topology.light
         ip_batch(node.netns, [
             "link set lo up",
-            f"addr add {node.address}/{UNDERLAY.prefixlen} dev eth0",
+            f"addr add {node.address}/{self.topology.underlay_prefixlen} dev eth0",
             "link set eth0 up",
             f"route add {OUTSIDE_NETWORK} via {OUTSIDE_UNDERLAY} dev eth0",
             *wiring.node,
+            # a light node has no flanneld: its routes, as flannel's host-gw backend writes
+            *(f"route add {peer.pod_cidr} via {peer.address} dev eth0"
+              for peer in self.topology.peers(node) if light),
+            *(neighbours.node_lines(self.topology, node) if light else []),
         ])
-        for netns, lines in wiring.pods.items():
-            ip_batch(netns, lines)
+        for pod in self.pods_on(node.name):
+            ip_batch(pod.netns, [*wiring.pods[pod.netns],
+                                 *(neighbours.pod_lines(node, pod) if light else [])])
         # New namespaces start with forwarding off regardless of the root namespace; -e: a
         # machine without br_netfilter has no net.bridge keys (the lab still works, routed).
         sysctls = " ".join(["net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1",
@@ -560,6 +574,7 @@ class Lab:
             "service_network": str(SERVICE_NETWORK),
             "kube_proxy_mode": self.proxy_mode,
             "underlay": shape["underlay"],
+            "light": shape["light"],
             "namespaces": shape["namespaces"],
             "switch_netns": shape["switch_netns"],
             "client": shape["client"],

@@ -138,11 +138,12 @@ def stop_app(topology: Topology, paths: LabPaths, app: str, only: str | None = N
         terminate(pids)
 
 
-def wire_outside() -> list[str]:
-    """ip-batch lines for the outside namespace (its eth0 is a switch port)."""
+def wire_outside(prefixlen: int) -> list[str]:
+    """ip-batch lines for the outside namespace (its eth0 is a switch port of an underlay
+    of this prefix length)."""
     return [
         "link set lo up",
-        f"addr add {OUTSIDE_UNDERLAY}/24 dev eth0",
+        f"addr add {OUTSIDE_UNDERLAY}/{prefixlen} dev eth0",
         "link set eth0 up",
         # A veth pair standing for the outside network's segment (no dummy module needed).
         "link add ext0 type veth peer name ext1",

@@ -32,7 +32,13 @@ UNDERLAY = ip_network("198.18.0.0/24")  # RFC 2544 benchmarking range: never rou
 POD_SUPERNET = ip_network("10.244.0.0/16")  # flannel's default cluster CIDR
 CLIENT_ADDRESS = "198.18.0.2"
 NODE_HOST_OFFSET = 10  # node i is 198.18.0.(10+i)
-MAX_NODES = 200  # keeps node addresses below the outside's .250 and pod /24s inside the /16
+FULL_NODES = 200  # keeps node addresses below the outside's .250 and pod /24s inside the /16
+# Above FULL_NODES a lab is light (`Topology.light`) and wider: node 201 on is 198.18.1.1,
+# 198.18.1.2, ... (250 a /24, so no address ends in .0 or .255), each with a /24 of pods from
+# a /14. One switch still takes it: a Linux bridge has 1,024 ports.
+LARGE_UNDERLAY = ip_network("198.18.0.0/22")
+LARGE_POD_SUPERNET = ip_network("10.244.0.0/14")
+MAX_NODES = FULL_NODES + 3 * 250
 # No "-": it keeps every lab's namespace names unambiguous for `down`.
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 
@@ -148,6 +154,11 @@ class Topology:
     network_policy: str = "none"
     # whose shell start-up files an SSH login to a node runs (LOGIN_MODES)
     login: str = "node"
+    underlay: str = str(UNDERLAY)
+    # Light nodes run sshd, their init and agents and their pods, and none of the per-node
+    # components (flanneld, kube-proxy: about 90 MiB a node); the lab writes the routes that
+    # flannel's host-gw backend would. For labs larger than this machine could hold whole.
+    light: bool = False
     # derived from the prefix; fields (not properties) so they show in repr and compare
     switch_netns: str = field(init=False)
     client_netns: str = field(init=False)
@@ -196,6 +207,10 @@ class Topology:
                 return pod
         raise LabError(f"no lab pod runs {app!r}")
 
+    @property
+    def underlay_prefixlen(self) -> int:
+        return ip_network(self.underlay).prefixlen
+
     def peers(self, node: LabNode) -> list[LabNode]:
         return [other for other in self.nodes if other.name != node.name]
 
@@ -207,7 +222,8 @@ class Topology:
             "network_policy": self.network_policy,
             "login": self.login,
             "pod_network": self.pod_network,
-            "underlay": str(UNDERLAY),
+            "underlay": self.underlay,
+            "light": self.light,
             "namespaces": self.namespaces,
             "switch_netns": self.switch_netns,
             "client": {"netns": self.client_netns, "address": self.client_address},
@@ -227,7 +243,22 @@ class Topology:
             proxy_mode=data.get("kube_proxy_mode", DEFAULT_PROXY_MODE),
             network_policy=data.get("network_policy", "none"),
             login=data.get("login", "node"),
+            underlay=data.get("underlay", str(UNDERLAY)),
+            light=bool(data.get("light", False)),
         )
+
+
+def node_address(index: int) -> str:
+    """Node i's underlay address: 198.18.0.(10+i) up to FULL_NODES, then 250 a /24 from
+    198.18.1.1 on.
+
+    >>> node_address(1), node_address(200), node_address(201), node_address(451)
+    ('198.18.0.11', '198.18.0.210', '198.18.1.1', '198.18.2.1')
+    """
+    if index <= FULL_NODES:
+        return str(UNDERLAY.network_address + NODE_HOST_OFFSET + index)
+    block, host = divmod(index - FULL_NODES - 1, 250)
+    return str(LARGE_UNDERLAY.network_address + 256 * (1 + block) + 1 + host)
 
 
 def make_node(prefix: str, index: int, cni: str = DEFAULT_CNI) -> LabNode:
@@ -237,7 +268,7 @@ def make_node(prefix: str, index: int, cni: str = DEFAULT_CNI) -> LabNode:
         name=f"node{index}",
         index=index,
         netns=f"{prefix}-node{index}",
-        address=str(UNDERLAY.network_address + NODE_HOST_OFFSET + index),
+        address=node_address(index),
         pod_cidr=str(pod_net),
         pod_gateway=gateway,
         pod_netns=f"{prefix}-node{index}-pod1",
@@ -276,14 +307,21 @@ def make_pods(nodes: Sequence[LabNode]) -> tuple[LabPod, ...]:
 
 def build(prefix: str = "knd", node_count: int = 2, cni: str = DEFAULT_CNI,
           proxy_mode: str = DEFAULT_PROXY_MODE, network_policy: str = "none",
-          login: str = "node") -> Topology:
+          login: str = "node", light: bool = False) -> Topology:
     """The lab's shape for a prefix, a node count, a CNI mode, kube-proxy's mode, what
-    enforces NetworkPolicies ("none" or "kube-router") and whose start-up files a login runs
-    ("node": the node's own, "machine": this machine's)."""
+    enforces NetworkPolicies ("none" or "kube-router"), whose start-up files a login runs
+    ("node": the node's own, "machine": this machine's) and whether its nodes are light."""
     if not PREFIX_RE.match(prefix):
         raise LabError(f"lab prefix {prefix!r} must match {PREFIX_RE.pattern}")
     if not 1 <= node_count <= MAX_NODES:
         raise LabError(f"lab node count must be 1..{MAX_NODES}, got {node_count}")
+    if node_count > FULL_NODES and not light:
+        raise LabError(f"a lab of more than {FULL_NODES} nodes runs light nodes (--light): a "
+                       f"whole node with flanneld and kube-proxy takes about 110 MiB, "
+                       f"{node_count * 110 // 1024} GiB for {node_count}")
+    if light and (cni != "flannel-host-gw" or network_policy != "none"):
+        raise LabError("light nodes route pods as flannel's host-gw backend does, with no "
+                       "agent on the node: use --cni flannel-host-gw and no --network-policy")
     if cni not in CNI_MODES:
         raise LabError(f"unknown CNI mode {cni!r}; one of {', '.join(CNI_MODES)}")
     if proxy_mode not in PROXY_MODES:
@@ -298,8 +336,11 @@ def build(prefix: str = "knd", node_count: int = 2, cni: str = DEFAULT_CNI,
                        "run felix")
     if login not in LOGIN_MODES:
         raise LabError(f"unknown login mode {login!r}; one of {', '.join(LOGIN_MODES)}")
+    large = node_count > FULL_NODES
     return Topology(prefix=prefix, cni=cni, nodes=nodes, pods=make_pods(nodes),
-                    proxy_mode=proxy_mode, network_policy=network_policy, login=login)
+                    pod_network=str(LARGE_POD_SUPERNET if large else POD_SUPERNET),
+                    proxy_mode=proxy_mode, network_policy=network_policy, login=login,
+                    underlay=str(LARGE_UNDERLAY if large else UNDERLAY), light=light)
 
 
 def pod_labels(app: str) -> dict[str, str]:
