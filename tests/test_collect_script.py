@@ -154,3 +154,46 @@ def test_each_probe_runs_with_capped_cpu_and_memory():
     sections, _ = run(probes)
     cpu, memory = sections[0].stdout.split()
     assert cpu == "7" and int(memory) == 1024 * 1024
+
+
+def test_a_run_with_an_active_phase_leaves_the_counters_second_sample_for_later():
+    """The passive script then prints the first sample only and does not sleep; the second,
+    taken in a session of its own, tops the interval up from the first sample's uptime, and
+    the two together parse as one whole counters section."""
+    import time
+
+    from kubenetdiag.collect.script import deferring
+    from kubenetdiag.facts.parse import facts_from_records
+    from kubenetdiag.probes import counters
+
+    started = time.monotonic()
+    sections, _ = run([p for p in deferring(PROBES) if p.name == "counters"])
+    took = time.monotonic() - started
+    (section,) = sections
+    assert took < counters.MIN_INTERVAL_S  # no sleep on the node's first session
+    assert "##knd:sample 1" in section.stdout and "##knd:sample 2" not in section.stdout
+    first = counters.SAMPLING.first_uptime(section.stdout)
+    assert first is not None
+    started = time.monotonic()
+    second = subprocess.run(["sh", "-c", counters.SAMPLING.second_after(first)],
+                            capture_output=True, text=True, timeout=30)
+    # it slept what was left of the interval since the first sample, and no more
+    assert 0.5 < time.monotonic() - started < counters.MIN_INTERVAL_S + 1
+    assert second.returncode == 0 and second.stdout.startswith("##knd:sample 2\n")
+    whole = section.to_dict() | {"stdout": section.stdout.rstrip("\n") + "\n" + second.stdout}
+    facts = facts_from_records([{"name": "n1", "address": "local", "reachable": True,
+                                 "error": None, "duration_s": 1.0, "sections": [whole]}])
+    rates = [f.attrs for f in facts if f.kind == "net_counter"]
+    assert rates and all(a["interval_s"] >= counters.MIN_INTERVAL_S and a["delta"] is not None
+                         for a in rates)
+
+
+def test_a_hostile_first_uptime_cannot_reach_the_shell():
+    from kubenetdiag.probes import counters
+
+    # what a node printed is parsed as a float before it is written into a command
+    for text in ("$(reboot)", "1e400", "nan", "-5", "12;rm"):
+        up = counters.SAMPLING.first_uptime(f"##knd:sample 1\n{text} 7.0\nA: 1")
+        if up is not None:
+            command = counters.SAMPLING.second_after(up)
+            assert "reboot" not in command and ";rm" not in command

@@ -342,3 +342,23 @@ def test_worker_processes_find_the_same_as_one_process(lab, tmp_path):
     assert two["connectivity"]["layers"] == one["connectivity"]["layers"]
     lines = (tmp_path / "known_hosts-2").read_text().splitlines()
     assert sorted(line.split()[0] for line in lines) == sorted(n.address for n in lab.nodes)
+
+
+def test_the_counters_interval_overlaps_the_active_phase(lab, tmp_path):
+    """With the active phase, a node's passive script no longer waits out the counters' 2 s:
+    the second sample is taken once the node's checks are done, and the bundle's counters
+    section holds both, with an interval of at least 2 s."""
+    from kubenetdiag.bundle import Bundle
+    from kubenetdiag.facts.parse import facts_from_records
+    from kubenetdiag.probes.counters import MIN_INTERVAL_S
+
+    diagnose(lab, tmp_path)
+    b = Bundle.read(tmp_path / "bundle")
+    for rec in b.records:
+        counters = next(s for s in rec["sections"] if s["probe"] == "counters")
+        assert counters["exit_code"] == 0
+        assert counters["stdout"].count("##knd:sample ") == 2
+        assert "after the active checks" in counters["command"]
+        assert rec["duration_s"] < MIN_INTERVAL_S, rec["name"]  # no sleep in the passive script
+    facts = [f.attrs for f in facts_from_records(b.records, b.cluster) if f.kind == "net_counter"]
+    assert facts and all(a["interval_s"] >= MIN_INTERVAL_S for a in facts)

@@ -19,10 +19,10 @@ def test_one_worker_per_200_nodes_at_most_one_per_core() -> None:
 
 def test_a_small_inventory_stays_in_this_process() -> None:
     hosts = [Host(f"n{i}", f"192.0.2.{i}") for i in range(3)]
-    assert isinstance(fleet.open_fleet(hosts, SshOptions(), parallel=8, keep=False),
+    assert isinstance(fleet.open_fleet(hosts, SshOptions(), parallel=8, active=False),
                       fleet.InProcess)
     # asked for more workers than hosts: one per host at most, never an empty share
-    many = fleet.open_fleet(hosts[:1], SshOptions(), parallel=8, keep=False, workers=4)
+    many = fleet.open_fleet(hosts[:1], SshOptions(), parallel=8, active=False, workers=4)
     assert isinstance(many, fleet.InProcess)
 
 

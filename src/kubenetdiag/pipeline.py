@@ -40,8 +40,9 @@ from kubenetdiag.facts.model import Fact
 from kubenetdiag.facts.parse import facts_from_records
 from kubenetdiag.findings import build_report
 from kubenetdiag.inventory import Host
-from kubenetdiag.probes import probe_names
+from kubenetdiag.probes import PROBES, probe_names
 from kubenetdiag.probes.active import checks
+from kubenetdiag.probes.base import TwoSample
 from kubenetdiag.redact import Redaction, redact_bundle
 
 SKIPPED_ACTIVE = "active probes not run: --no-active, or `collect` without --active"
@@ -133,7 +134,7 @@ def collect(
     started = now_iso()
     api.start()
     # Kept open between the phases: the active script reuses each node's SSH connection.
-    fleet = open_fleet(hosts, options.ssh, parallel=options.parallel, keep=options.active,
+    fleet = open_fleet(hosts, options.ssh, parallel=options.parallel, active=options.active,
                        workers=options.workers)
     interrupted: KeyboardInterrupt | None = None
     records: list[dict] | None = None
@@ -155,6 +156,7 @@ def collect(
             raise
         interrupted = exc
         _mark_active_skipped([r for r in records if "active" not in r])
+        _mark_second_samples_missing(records)
     finally:
         saved = fleet.close()
     kinds = {h.connection for h in hosts}
@@ -267,6 +269,52 @@ def _active_phase(
     for rec in records:
         if rec["name"] in results:
             rec["active"] = results[rec["name"]]
+    _second_samples(fleet, records)
+
+
+SAMPLED = {p.name: p.sampling for p in PROBES if p.sampling}
+SECOND_SAMPLE_TIMEOUT_S = 30.0
+
+
+def _second_samples(fleet: Fleet, records: list[dict]) -> None:
+    """Take the second sample of each two-sample probe, which the passive script left for now
+    (collect.script.deferring), and add it to the probe's section: the section then reads as
+    if the script had taken both, and its command says where each came from."""
+    todo: dict[str, tuple[dict, str]] = {}
+    for rec in records:
+        for section in rec["sections"] if rec.get("reachable") else ():
+            sampling = SAMPLED.get(section["probe"])
+            if sampling is None or "##knd:sample 2" in section["stdout"]:
+                continue
+            first = TwoSample.first_uptime(section["stdout"])
+            if first is not None and section["exit_code"] == 0:
+                todo[rec["name"]] = (section, sampling.second_after(first))
+    if not todo:
+        return
+    outputs = fleet.run({name: command for name, (_, command) in todo.items()},
+                        SECOND_SAMPLE_TIMEOUT_S)
+    for name, (section, command) in todo.items():
+        out = outputs.get(name) or {"error": "not run", "status": None, "stdout": ""}
+        section["command"] += f"; after the active checks: {command}"
+        if out["error"] or out["status"] != 0:
+            _one_sample_only(section, out["error"] or f"exit status {out['status']}")
+            continue
+        section["stdout"] = section["stdout"].rstrip("\n") + "\n" + out["stdout"].rstrip("\n")
+
+
+def _one_sample_only(section: dict, why: str) -> None:
+    """The probe did not finish: its rules are then listed as not checked rather than judged
+    on one sample."""
+    section["exit_code"] = None
+    section["stderr"] += f"\nkubenetdiag: second sample not taken: {why}"
+
+
+def _mark_second_samples_missing(records: list[dict]) -> None:
+    for rec in records:
+        for section in rec["sections"]:
+            if section["probe"] in SAMPLED and "##knd:sample 2" not in section["stdout"] \
+                    and section["exit_code"] == 0:
+                _one_sample_only(section, "the run was interrupted")
 
 
 def _mark_active_skipped(records: list[dict]) -> None:

@@ -1,10 +1,14 @@
 """The nodes of one run and the connections to them, in this process or spread over worker
 processes: the passive script on every node, then the active checks over the same connections.
 
-    fleet = open_fleet(hosts, ssh_options, parallel=32, keep=True, workers=None)
+    fleet = open_fleet(hosts, ssh_options, parallel=32, active=True, workers=None)
     records = fleet.collect(progress)         # one record per host, inventory order
     results = fleet.active(plans, progress)   # node name -> its `active` record
+    outputs = fleet.run({name: command}, 30)  # one more command on some nodes
     saved = fleet.close()                     # known_hosts files that gained keys
+
+With `active`, the connections stay open between the phases and two-sample probes leave their
+second sample for later (collect.script.deferring).
 
 One Python process spends most of its collector CPU in paramiko (packets, channels, key
 exchange), under one interpreter lock: past a few hundred nodes it uses one core however many
@@ -29,6 +33,7 @@ import threading
 import time
 import traceback
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
@@ -40,9 +45,13 @@ from kubenetdiag.collect.runner import (
     collect,
     unreached,
 )
+from kubenetdiag.collect.script import deferring
+from kubenetdiag.errors import CollectError
 from kubenetdiag.inventory import Host
+from kubenetdiag.probes import PROBES
 
 WORKER_NODES = 200  # hosts per worker process before another one pays for its start-up
+RUN_OUTPUT_LIMIT = 4 * 1024 * 1024  # bytes kept of one `run` command's output
 INTERRUPT_GRACE_S = 2.0  # how long a Ctrl-C waits for the workers' collected records
 CLOSE_TIMEOUT_S = 10.0  # closing connections and saving host keys
 
@@ -52,6 +61,8 @@ class Fleet(Protocol):
 
     def active(self, plans: dict[str, Any], progress: ProgressFn | None = None
                ) -> dict[str, dict]: ...
+
+    def run(self, commands: dict[str, str], timeout: float) -> dict[str, dict]: ...
 
     def close(self) -> list[str]: ...
 
@@ -66,29 +77,30 @@ def workers_for(hosts: int, cores: int | None = None) -> int:
     return max(1, min(cores, math.ceil(hosts / WORKER_NODES)))
 
 
-def open_fleet(hosts: Sequence[Host], opts: ssh.SshOptions, *, parallel: int, keep: bool,
+def open_fleet(hosts: Sequence[Host], opts: ssh.SshOptions, *, parallel: int, active: bool,
                workers: int | None = None) -> Fleet:
-    """`workers`: None chooses by the inventory's size (workers_for); 1 keeps every
-    connection in this process."""
+    """`active`: the active phase follows. `workers`: None chooses by the inventory's size
+    (workers_for); 1 keeps every connection in this process."""
     count = workers_for(len(hosts)) if workers is None else max(1, min(workers, len(hosts)))
     if count == 1:
-        return InProcess(hosts, opts, parallel=parallel, keep=keep)
-    return Workers(hosts, opts, parallel=parallel, keep=keep, count=count)
+        return InProcess(hosts, opts, parallel=parallel, active=active)
+    return Workers(hosts, opts, parallel=parallel, active=active, count=count)
 
 
 class InProcess:
     """Every connection in this process, one thread per node at a time up to `parallel`."""
 
     def __init__(self, hosts: Sequence[Host], opts: ssh.SshOptions, *, parallel: int,
-                 keep: bool) -> None:
+                 active: bool) -> None:
         self.hosts = list(hosts)
         self.parallel = parallel
-        self.connector = ssh.Connector(opts, keep=keep)
+        self.probes = deferring(PROBES) if active else PROBES
+        self.connector = ssh.Connector(opts, keep=active)
         self._results: dict[str, dict] = {}
 
     def collect(self, progress: ProgressFn | None = None) -> list[dict]:
         records, _ = collect(self.hosts, self.connector.opts, parallel=self.parallel,
-                             progress=progress, connector=self.connector)
+                             probes=self.probes, progress=progress, connector=self.connector)
         return records
 
     def checks(self, plans: dict[str, Any], progress: ProgressFn | None = None
@@ -111,6 +123,29 @@ class InProcess:
         self.checks(plans, progress)
         return self.afters(plans)
 
+    def run(self, commands: dict[str, str], timeout: float) -> dict[str, dict]:
+        """One command on each named node, over its kept connection:
+        {name: {stdout, stderr, status, error}}."""
+        todo = [h for h in self.hosts if h.name in commands]
+
+        def one(host: Host) -> tuple[str, dict]:
+            out = {"stdout": "", "stderr": "", "status": None, "error": None}
+            try:
+                r = self.connector.for_host(host).run_script(
+                    commands[host.name], limit=RUN_OUTPUT_LIMIT, timeout=timeout)
+                out.update(stdout=r.stdout, stderr=r.stderr, status=r.status)
+            except CollectError as exc:
+                out["error"] = str(exc)
+            except Exception as exc:  # one odd node must not stop the others
+                out["error"] = f"unexpected error: {exc!r}"
+            return host.name, out
+
+        if not todo:
+            return {}
+        with ThreadPoolExecutor(max_workers=max(1, min(self.parallel, len(todo))),
+                                thread_name_prefix="collect-run") as pool:
+            return dict(pool.map(one, todo))
+
     def close(self) -> list[str]:
         return self.connector.close()
 
@@ -131,7 +166,7 @@ def _die_with_parent() -> None:
 
 
 def _serve(conn: Connection, hosts: list[Host], opts: ssh.SshOptions, parallel: int,
-           keep: bool) -> None:
+           active: bool) -> None:
     """A worker's whole life: collect its hosts, then do what the parent asks."""
     _die_with_parent()
     os.setpgrp()
@@ -144,7 +179,7 @@ def _serve(conn: Connection, hosts: list[Host], opts: ssh.SshOptions, parallel: 
     def progress(node: str, state: str, detail: str) -> None:
         send("progress", node, state, detail)
 
-    fleet = InProcess(hosts, opts, parallel=parallel, keep=keep)
+    fleet = InProcess(hosts, opts, parallel=parallel, active=active)
     try:
         try:
             send("records", fleet.collect(progress))
@@ -158,6 +193,8 @@ def _serve(conn: Connection, hosts: list[Host], opts: ssh.SshOptions, parallel: 
                 send("checks", fleet.checks(args[0], progress))
             elif kind == "afters":
                 send("afters", fleet.afters(args[0]))
+            elif kind == "run":
+                send("run", fleet.run(args[0], args[1]))
             else:  # "close"
                 send("closed", fleet.close())
                 return
@@ -176,10 +213,10 @@ def _serve(conn: Connection, hosts: list[Host], opts: ssh.SshOptions, parallel: 
 
 class _Worker:
     def __init__(self, ctx: Any, hosts: list[Host], opts: ssh.SshOptions, parallel: int,
-                 keep: bool, index: int) -> None:
+                 active: bool, index: int) -> None:
         self.hosts = hosts
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, hosts, opts, parallel, keep),
+        self.proc = ctx.Process(target=_serve, args=(child, hosts, opts, parallel, active),
                                 name=f"kubenetdiag-collect-{index}", daemon=True)
         self.proc.start()
         child.close()
@@ -191,12 +228,12 @@ class Workers:
     """Worker processes, each with a contiguous share of the hosts and its own connections."""
 
     def __init__(self, hosts: Sequence[Host], opts: ssh.SshOptions, *, parallel: int,
-                 keep: bool, count: int) -> None:
+                 active: bool, count: int) -> None:
         self.hosts = list(hosts)
         size = math.ceil(len(self.hosts) / count)
         ctx = multiprocessing.get_context("spawn")  # the caller has threads: no fork
         per = max(1, math.ceil(parallel / count))
-        self.workers = [_Worker(ctx, self.hosts[i:i + size], opts, per, keep, n)
+        self.workers = [_Worker(ctx, self.hosts[i:i + size], opts, per, active, n)
                         for n, i in enumerate(range(0, len(self.hosts), size))]
         self._interrupted = False
 
@@ -270,23 +307,33 @@ class Workers:
             live = self._ask("checks", plans, progress, results)
             # Only once every worker's nodes have stopped sending checks: a counter read by
             # the after-checks counts all of their traffic.
-            self._ask("afters", plans, None, results, live)
+            self._ask("afters", plans, None, results, workers=live)
         except KeyboardInterrupt:
             self._interrupt()
             raise
         return results
 
-    def _ask(self, kind: str, plans: dict[str, Any], progress: ProgressFn | None,
-             results: dict[str, dict], workers: list[_Worker] | None = None) -> list[_Worker]:
-        """Send `kind` to each live worker with its share of `plans`; merge the answers into
-        `results`; the workers that answered."""
+    def run(self, commands: dict[str, str], timeout: float) -> dict[str, dict]:
+        results: dict[str, dict] = {}
+        try:
+            self._ask("run", commands, None, results, timeout)
+        except KeyboardInterrupt:
+            self._interrupt()
+            raise
+        return results
+
+    def _ask(self, kind: str, per_host: dict[str, Any], progress: ProgressFn | None,
+             results: dict[str, dict], *extra: Any, workers: list[_Worker] | None = None
+             ) -> list[_Worker]:
+        """Send `kind` to each live worker with its share of `per_host` (and `extra`); merge
+        the answers into `results`; the workers that answered."""
         asked = []
         for w in workers if workers is not None else self.workers:
             if w.done:
                 continue
-            mine = {h.name: plans[h.name] for h in w.hosts if h.name in plans}
+            mine = {h.name: per_host[h.name] for h in w.hosts if h.name in per_host}
             try:
-                w.conn.send((kind, mine))
+                w.conn.send((kind, mine, *extra))
             except (BrokenPipeError, OSError):
                 w.done = True
                 continue

@@ -16,6 +16,7 @@ import re
 import secrets
 import shlex
 from collections.abc import Sequence
+from dataclasses import replace
 
 from kubenetdiag.probes import Probe, Section
 from kubenetdiag.probes.base import CUT_NOTE, prelude_var
@@ -126,6 +127,13 @@ __knd_run() {{
 
 def new_marker() -> str:
     return "@@KND:" + secrets.token_hex(8)
+
+
+def deferring(probes: Sequence[Probe]) -> list[Probe]:
+    """The probes for a run whose active phase follows: a two-sample probe prints its first
+    sample only, and its second is taken after the node's checks (pipeline), so the interval
+    overlaps the active phase instead of adding to the node script's time."""
+    return [replace(p, command=p.sampling.first_only) if p.sampling else p for p in probes]
 
 
 def build_script(probes: Sequence[Probe], marker: str, *,

@@ -95,6 +95,9 @@ class Probe:
     prelude: str = ""
     # Position in the node script: lower runs first, equal orders run in name order.
     order: int = DEFAULT_ORDER
+    # Set for a probe made by `TwoSample`: its second sample can then be taken after the
+    # active phase (collect.script.deferring)
+    sampling: TwoSample | None = None
 
 
 # What the node script writes on a probe's stderr when it cut the probe's output at its limit.
@@ -168,6 +171,10 @@ class TwoSample:
     `sample` must print /proc/uptime's line first (`cat /proc/uptime FILE...`): the interval is
     measured from it with the shell's own arithmetic, so no clock is forked for.
 
+    When the active phase follows, the interval overlaps it instead: the node script prints the
+    first sample only (`first_only`), and the collector takes the second once the node's checks
+    are done (`second_after`, topped up the same way from the first sample's uptime).
+
     >>> ts = TwoSample("demo", "cat /proc/uptime /proc/net/snmp", min_interval_s=2)
     >>> ts.prelude
     'cat /proc/uptime /proc/net/snmp'
@@ -175,6 +182,8 @@ class TwoSample:
     >>> s = TwoSample.split(out)
     >>> (s.first, s.second, s.interval_s)
     (['A: 1'], ['A: 4'], 2.5)
+    >>> TwoSample.first_uptime("##knd:sample 1\\n100.50 7.0\\nA: 1")
+    100.5
     """
 
     name: str
@@ -185,14 +194,16 @@ class TwoSample:
     def prelude(self) -> str:
         return self.sample
 
-    @property
-    def command(self) -> str:
+    def _first(self) -> str:
         var = prelude_var(self.name)
-        # Arithmetic on /proc/uptime's "seconds.hundredths" in the shell itself: no fork per
-        # sample. Without a prelude value (a script run by hand) the first sample is taken here.
+        # Without a prelude value (a script run by hand) the first sample is taken here.
+        return (f"S='{self.sample}'; first=${var}; [ -n \"$first\" ] || first=$(eval \"$S\"); "
+                "echo '##knd:sample 1'; printf '%s\\n' \"$first\"")
+
+    def _second(self) -> str:
+        # Arithmetic on /proc/uptime's "seconds.hundredths" ($first's first word) in the shell
+        # itself: no fork per sample.
         return (
-            f"S='{self.sample}'; first=${var}; [ -n \"$first\" ] || first=$(eval \"$S\"); "
-            "echo '##knd:sample 1'; printf '%s\\n' \"$first\"; "
             "u0=${first%%[!0-9.]*}; read u1 _ </proc/uptime; "
             "if [ -n \"$u0\" ]; then "
             "c0=$((${u0%.*}*100+1${u0#*.}-100)); c1=$((${u1%.*}*100+1${u1#*.}-100)); "
@@ -202,14 +213,36 @@ class TwoSample:
             "echo '##knd:sample 2'; eval \"$S\""
         )
 
+    @property
+    def command(self) -> str:
+        return f"{self._first()}; {self._second()}"
+
+    @property
+    def first_only(self) -> str:
+        return self._first()
+
+    def second_after(self, first_uptime: float) -> str:
+        """The second sample, taken later in a session of its own: no sooner than
+        `min_interval_s` after the first, whose /proc/uptime value is given."""
+        return f"S='{self.sample}'; first={first_uptime:.2f}; {self._second()}"
+
+    @staticmethod
+    def first_uptime(stdout: str) -> float | None:
+        """The first sample's /proc/uptime value in a section's output, if it has one."""
+        return _uptime_and_rest(_samples(stdout).get("1", []))[0]
+
     @staticmethod
     def split(stdout: str) -> Samples:
         """The two samples and the seconds between them, from the command's output."""
-        samples = {arg: lines for name, arg, lines in parts(stdout) if name == "sample"}
+        samples = _samples(stdout)
         t0, first = _uptime_and_rest(samples.get("1", []))
         t1, second = _uptime_and_rest(samples.get("2", []))
         interval = round(t1 - t0, 2) if t0 is not None and t1 is not None and t1 > t0 else None
         return Samples(first, second, interval)
+
+
+def _samples(stdout: str) -> dict[str, list[str]]:
+    return {arg: lines for name, arg, lines in parts(stdout) if name == "sample"}
 
 
 def _uptime_and_rest(lines: list[str]) -> tuple[float | None, list[str]]:

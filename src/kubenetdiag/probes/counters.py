@@ -128,6 +128,7 @@ PROBE = Probe(
     blocks="drop and error counters rising now (listen overflows, UDP buffer errors, RcvQ drops)",
     timeout_s=MIN_INTERVAL_S + 10,
     prelude=SAMPLING.prelude,
+    sampling=SAMPLING,
     # last: the other probes' run time is the interval between the two samples
     order=900,
 )
