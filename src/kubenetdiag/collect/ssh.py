@@ -345,7 +345,12 @@ def _exec(
     transport = client.get_transport()
     if transport is None:
         raise CollectError("SSH transport closed right after login")
-    chan = transport.open_session(timeout=timeout)
+    try:
+        chan = transport.open_session(timeout=timeout)
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        raise CollectError(
+            f"the node's sshd did not open a session within {timeout:g}s ({exc}): it may be "
+            "overloaded, or limit sessions per connection (MaxSessions)") from None
     try:
         chan.exec_command(command)
         chan.sendall(script.encode())
