@@ -63,6 +63,8 @@ REPORT_SUFFIXES = {
     ".md": "markdown",
     ".markdown": "markdown",
     ".txt": "text",
+    ".xml": "junit",
+    ".prom": "prometheus",
 }
 
 
@@ -148,14 +150,16 @@ def _add_analysis_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help="write a report; the format follows the suffix: .html, .json, .md, .txt (repeatable)",
+        help="write a report; the format follows the suffix: .html, .json, .md, .txt, .xml "
+        "(JUnit), .prom (Prometheus text, for node-exporter's textfile collector) (repeatable)",
     )
     p.add_argument(
         "--format",
         "-f",
-        choices=["text", "json", "markdown"],
+        choices=["text", "json", "markdown", "junit", "prometheus"],
         default="text",
-        help="what to print on stdout (default: a terminal summary)",
+        help="what to print on stdout (default: a terminal summary; junit: one test case per "
+        "rule and node; prometheus: text exposition)",
     )
     p.add_argument("--lang", choices=["en", "zh-CN"], default="en", help="report language")
     p.add_argument(
@@ -392,20 +396,21 @@ def _report_targets(args: argparse.Namespace) -> list[tuple[Path, str]]:
     return targets
 
 
-def _write_reports(args: argparse.Namespace, analysis: Analysis, observer: Observer) -> int:
+def _write_reports(args: argparse.Namespace, analysis: Analysis, observer: Observer,
+                   ruleset: RuleSet) -> int:
     report = analysis.report
     targets = _report_targets(args)
     for path, fmt in targets:
         try:
-            write_text_atomic(path, render(report, fmt, args.lang))
+            write_text_atomic(path, render(report, fmt, args.lang, ruleset.rules))
         except OSError as exc:
             raise InputError(f"cannot write the report {path}: {exc.strerror or exc}",
                              file=str(path),
                              hint="choose a writable path with free space; a report already "
                                   "there is left as it was") from None
         observer.warn(f"report written to {path}")
-    if args.format in ("json", "markdown"):
-        sys.stdout.write(render(report, args.format, args.lang))
+    if args.format != "text":
+        sys.stdout.write(render(report, args.format, args.lang, ruleset.rules))
     else:
         html = next((str(p) for p, fmt in targets if fmt == "html"), None)
         print_summary(report, Console(highlight=False), lang=args.lang, full_report=html,
@@ -424,7 +429,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     # created only once the input is known good: a refused run leaves nothing behind
     out = args.bundle or new_bundle_dir(Path.cwd())
     analysis = pipeline.diagnose(hosts, options, ruleset, out, observer)
-    return _write_reports(args, analysis, observer)
+    return _write_reports(args, analysis, observer, ruleset)
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -456,7 +461,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     _report_targets(args)
     observer = TerminalObserver(quiet=False)
     analysis = pipeline.analyze(Bundle.read(args.bundle), ruleset, observer)
-    return _write_reports(args, analysis, observer)
+    return _write_reports(args, analysis, observer, ruleset)
 
 
 def cmd_rules_list(args: argparse.Namespace) -> int:
