@@ -208,9 +208,9 @@ def _redaction(args: argparse.Namespace, asked: bool) -> Redaction | None:
     return Redaction(names=args.redact_names, key=key)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "kubenetdiag") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kubenetdiag",
+        prog=prog,
         description="Diagnose Kubernetes network faults: collect read-only facts from every "
         "node over SSH, reason over them with a rule base, report root causes.",
         epilog=EXAMPLES,
@@ -541,9 +541,11 @@ def cmd_rules_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, *, kubectl: bool = False) -> int:
+    parser = build_parser("kubectl netdiag" if kubectl else "kubenetdiag")
     args = parser.parse_args(argv)
+    if kubectl:
+        kubectl_kubeconfig(args, os.environ, Path.home())
     try:
         return args.handler(args)
     except InputError as exc:  # RuleErrors too: one line per problem
@@ -576,6 +578,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 def diagnose_main() -> int:
     """The `diagnose` console script: `kubenetdiag diagnose` with fewer keystrokes."""
     return main(["diagnose", *sys.argv[1:]])
+
+
+def kubectl_main() -> int:
+    """`kubectl netdiag ...`: kubectl runs `kubectl-netdiag` from PATH with the words after
+    `netdiag` (its plugin convention). The same commands as kubenetdiag, `diagnose` when none
+    is named, and the cluster API asked as kubectl asks it (kubectl_kubeconfig)."""
+    argv = sys.argv[1:]
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["diagnose", *argv]
+    return main(argv, kubectl=True)
+
+
+def kubectl_kubeconfig(args: argparse.Namespace, environ: os._Environ[str] | dict[str, str],
+                       home: Path) -> None:
+    """Run as kubectl's plugin, a command that asks the API uses the kubeconfig kubectl reads
+    (its current context, or --context) when no --kubeconfig, --in-cluster or $KUBECONFIG
+    says otherwise: ~/.kube/config. Run as kubenetdiag, that file is not used unasked: it may
+    point at another cluster than the inventory's (collect.cluster.resolve_target)."""
+    if not hasattr(args, "kubeconfig") or args.kubeconfig or args.in_cluster \
+            or environ.get("KUBECONFIG", "").strip():
+        return
+    default = home / ".kube" / "config"
+    if default.is_file():
+        args.kubeconfig = str(default)
 
 
 if __name__ == "__main__":
