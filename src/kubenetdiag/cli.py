@@ -20,12 +20,13 @@ from pathlib import Path
 from rich.console import Console
 
 from kubenetdiag import __version__, pipeline
-from kubenetdiag.bundle import Bundle, new_bundle_dir, write_text_atomic
+from kubenetdiag.bundle import Bundle, json_text, new_bundle_dir, write_text_atomic
 from kubenetdiag.collect.ssh import SshOptions
 from kubenetdiag.engine import RuleSet, load_ruleset
 from kubenetdiag.errors import (
     EXIT_ALL_FAILED,
     EXIT_BROKEN_PIPE,
+    EXIT_FINDINGS,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -51,6 +52,8 @@ examples:
   kubenetdiag collect --inventory hosts.yaml -o bundle/      # air-gapped site: collect only
   kubenetdiag analyze bundle/ --report incident.html          # anywhere, no network needed
   kubenetdiag bundle redact bundle/ shared/ --names           # secrets out, to share it
+  kubenetdiag diff bundle-monday/ bundle-now/                 # what changed since it worked
+  diagnose --inventory hosts.yaml --baseline bundle-monday/ --report incident.html
   kubenetdiag rules lint my-rules/
 exit codes: 0 nothing of severity warning or above, 1 findings, 2 bad input, 3 no node reached,
   4 internal error, 130 Ctrl-C, 141 stdout closed early (| head)
@@ -163,6 +166,13 @@ def _add_analysis_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--lang", choices=["en", "zh-CN"], default="en", help="report language")
     p.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="BUNDLE",
+        help="a bundle from when it worked: the report adds what changed since (facts per "
+        "node, findings that appeared or went away)",
+    )
+    p.add_argument(
         "--rules-dir",
         action="append",
         default=[],
@@ -270,6 +280,25 @@ def build_parser(prog: str = "kubenetdiag") -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path, metavar="BUNDLE")
     _add_analysis_args(p)
     p.set_defaults(handler=cmd_analyze)
+
+    p = sub.add_parser(
+        "diff",
+        help="what changed between two bundles: facts per node, findings (exit 1 when "
+        "anything did)",
+        epilog="examples:\n"
+        "  kubenetdiag diff bundle-monday/ bundle-now/\n"
+        "  kubenetdiag diff bundle-monday/ bundle-now/ --format json | jq .facts\n"
+        "compared: settings, rules, routes, interfaces, processes, listeners, the cluster's "
+        "objects and the packet paths; counters, PIDs and positions that move on their own are "
+        "not (docs/facts.md says, per kind)\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("old", type=Path, metavar="OLD_BUNDLE")
+    p.add_argument("new", type=Path, metavar="NEW_BUNDLE")
+    p.add_argument("--format", "-f", choices=["text", "json"], default="text")
+    p.add_argument("--rules-dir", action="append", default=[], type=Path, metavar="DIR")
+    p.add_argument("--disable", action="append", default=[], metavar="RULE_ID")
+    p.set_defaults(handler=cmd_diff)
 
     p = sub.add_parser("bundle", help="work on a bundle: make a redacted copy to share")
     bsub = p.add_subparsers(dest="bundle_command", metavar="ACTION")
@@ -427,8 +456,9 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     observer = TerminalObserver(args.quiet)
     hosts, options = _hosts(args), _collect_options(args)
     # created only once the input is known good: a refused run leaves nothing behind
+    baseline = Bundle.read(args.baseline) if args.baseline else None
     out = args.bundle or new_bundle_dir(Path.cwd())
-    analysis = pipeline.diagnose(hosts, options, ruleset, out, observer)
+    analysis = pipeline.diagnose(hosts, options, ruleset, out, observer, baseline=baseline)
     return _write_reports(args, analysis, observer, ruleset)
 
 
@@ -460,8 +490,26 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     ruleset = _load_rules(args)
     _report_targets(args)
     observer = TerminalObserver(quiet=False)
-    analysis = pipeline.analyze(Bundle.read(args.bundle), ruleset, observer)
+    baseline = Bundle.read(args.baseline) if args.baseline else None
+    analysis = pipeline.analyze(Bundle.read(args.bundle), ruleset, observer, baseline=baseline)
     return _write_reports(args, analysis, observer, ruleset)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from kubenetdiag.changes import changes
+    from kubenetdiag.reports.changes_view import text
+
+    ruleset = _load_rules(args)
+    old, new = Bundle.read(args.old), Bundle.read(args.new)
+    a = pipeline.analyze(old, ruleset, save=False)
+    b = pipeline.analyze(new, ruleset, save=False)
+    diff = changes(a.facts, a.report, b.facts, b.report)
+    if args.format == "json":
+        sys.stdout.write(json_text(diff, indent=2, ensure_ascii=True) + "\n")
+    else:
+        sys.stdout.write(text(diff))
+    same = not (diff["facts"] or diff["findings"]["appeared"] or diff["findings"]["gone"])
+    return EXIT_OK if same else EXIT_FINDINGS
 
 
 def cmd_rules_list(args: argparse.Namespace) -> int:

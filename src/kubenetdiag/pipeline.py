@@ -30,6 +30,7 @@ from kubenetdiag.bundle import (
     prepare_dir,
     write_json,
 )
+from kubenetdiag.changes import changes
 from kubenetdiag.collect.cluster import BackgroundApiCollection, resolve_target
 from kubenetdiag.collect.fleet import Fleet, open_fleet
 from kubenetdiag.collect.runner import Interrupted
@@ -39,6 +40,7 @@ from kubenetdiag.errors import InputError
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.facts.parse import facts_from_records
 from kubenetdiag.findings import build_report
+from kubenetdiag.findings.schema import validate_report
 from kubenetdiag.inventory import Host
 from kubenetdiag.probes import PROBES, probe_names
 from kubenetdiag.probes.active import checks
@@ -196,10 +198,13 @@ def collect(
 
 
 def analyze(
-    bundle: Bundle, ruleset: RuleSet, observer: Observer | None = None, *, save: bool = True
+    bundle: Bundle, ruleset: RuleSet, observer: Observer | None = None, *, save: bool = True,
+    baseline: Bundle | None = None,
 ) -> Analysis:
     """Parse, infer and build the report; keep facts.json and report.json in the bundle
-    unless `save` is false (a shipped example stays as committed)."""
+    unless `save` is false (a shipped example stays as committed). With a `baseline` (a
+    bundle from when it worked) the report's `changes` say what changed since
+    (kubenetdiag.changes)."""
     observer = observer or _Silent()
     meta = bundle.meta
     facts = facts_from_records(bundle.records, bundle.cluster, probes=meta.get("probes"),
@@ -216,6 +221,10 @@ def analyze(
         bundle=str(bundle.path),
         rules=ruleset.rules,
     )
+    if baseline is not None:
+        base = analyze(baseline, ruleset, save=False)
+        report["changes"] = changes(base.facts, base.report, facts, report)
+        validate_report(report)
     if not save:
         return Analysis(facts, report)
     try:
@@ -237,9 +246,12 @@ def diagnose(
     ruleset: RuleSet,
     out: Path,
     observer: Observer | None = None,
+    *,
+    baseline: Bundle | None = None,
 ) -> Analysis:
-    """Collect into a new bundle at `out`, then analyze it."""
-    return analyze(collect(hosts, options, out, observer), ruleset, observer)
+    """Collect into a new bundle at `out`, then analyze it (against `baseline`, if given)."""
+    return analyze(collect(hosts, options, out, observer), ruleset, observer,
+                   baseline=baseline)
 
 
 @contextmanager

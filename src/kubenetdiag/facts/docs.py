@@ -27,6 +27,9 @@ Add names (or roles) with a YAML file of the same shape named in the environment
 `KUBENETDIAG_PROCESSES` (several files separated by `:`) when running `analyze` or `diagnose`.
 A `process` fact carries the name in the second column below; `matched` says which of the
 names in the third it was found by.
+
+`kubenetdiag diff OLD NEW` (and `--baseline`) compares the kinds whose section says how; the
+others (measurements such as pings and counters' values, and derived views) are not compared.
 """
 
 
@@ -80,7 +83,14 @@ def render() -> str:
             out.append("*Derived: asserted by rules, not produced by a probe.*\n")
         elif name in made_by:
             out.append(f"*Made by {'; '.join(made_by[name])}.*\n")
-        out += [spec.doc, "", "| attribute | type | doc |", "|---|---|---|"]
+        out += [spec.doc, ""]
+        if spec.diff is not None:
+            key = ", ".join(f"`{k}`" for k in spec.diff.key) or "the node alone (one a node)"
+            ignored = ", ".join(f"`{k}`" for k in spec.diff.ignore)
+            out += [f"`kubenetdiag diff` and `--baseline` compare it by {key}"
+                    + (f"; they leave out {ignored}, which move on their own." if ignored
+                       else "."), ""]
+        out += ["| attribute | type | doc |", "|---|---|---|"]
         for a in spec.attrs.values():
             typ = a.type + (" or null" if a.nullable else "")
             out.append(f"| `{a.name}` | {typ} | {_cell(a.doc)} |")

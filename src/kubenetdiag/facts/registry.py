@@ -38,11 +38,22 @@ class AttrSpec:
 
 
 @dataclass(frozen=True)
+class DiffSpec:
+    """How `kubenetdiag diff` compares this kind between two runs: facts of one node with the
+    same `key` attributes are the same thing, whose other attributes may have changed;
+    `ignore` lists the attributes that move on their own (counters, PIDs, positions)."""
+
+    key: tuple[str, ...]
+    ignore: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class KindSpec:
     name: str
     doc: str
     attrs: dict[str, AttrSpec]
     derived: bool = False
+    diff: DiffSpec | None = None  # None: not compared (measurements, derived views)
 
 
 @cache
@@ -66,8 +77,19 @@ def registry() -> dict[str, KindSpec]:
                         bool(s.get("command", False)))
             for a, s in spec["attrs"].items()
         }
-        kinds[name] = KindSpec(name, spec.get("doc", ""), attrs, bool(spec.get("derived", False)))
+        kinds[name] = KindSpec(name, spec.get("doc", ""), attrs, bool(spec.get("derived", False)),
+                               _diff_spec(name, spec.get("diff"), attrs))
     return kinds
+
+
+def _diff_spec(kind: str, raw: dict | None, attrs: dict[str, AttrSpec]) -> DiffSpec | None:
+    if raw is None:
+        return None
+    spec = DiffSpec(tuple(raw.get("key") or ()), tuple(raw.get("ignore") or ()))
+    unknown = [a for a in (*spec.key, *spec.ignore) if a not in attrs]
+    if unknown:
+        raise ValueError(f"fact kind {kind!r}: diff names unknown attributes {unknown}")
+    return spec
 
 
 def validate_fact(fact: Fact) -> list[str]:

@@ -10,7 +10,9 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from kubenetdiag import localize
+from kubenetdiag.changes import ChangeIndex
 from kubenetdiag.findings import ALARMING
+from kubenetdiag.reports.changes_view import fact_line
 from kubenetdiag.reports.i18n import UI
 from kubenetdiag.reports.sanitize import clean_block, clean_line
 from kubenetdiag.reports.viewmodel import Evidence, FindingView, Link, Step
@@ -102,8 +104,10 @@ class _FindingIndex:
 _NO_EXIT_CODE = ("path", "census", "api", "connect", "active")
 
 
-def _evidence(fact: dict, ui: UI, node_link: Callable[[str], Link]) -> Evidence:
+def _evidence(fact: dict, ui: UI, node_link: Callable[[str], Link],
+              changed: ChangeIndex) -> Evidence:
     source = fact.get("source") or {}
+    change = changed.of(fact)
     exit_code = source.get("exit_code")
     if not source:
         shown_exit = ""
@@ -124,6 +128,7 @@ def _evidence(fact: dict, ui: UI, node_link: Callable[[str], Link]) -> Evidence:
         command=clean_block(localize.value(source.get("command", ""), ui.lang)),
         exit_code=shown_exit,
         excerpt=clean_block(source.get("excerpt", "")),
+        changed=fact_line(change) if change else "",
     )
 
 
@@ -134,6 +139,7 @@ def _finding_view(
     lang: str,
     ui: UI,
     node_link: Callable[[str], Link],
+    changed: ChangeIndex,
 ) -> FindingView:
     _, explain, step_texts = _texts(finding, lang)
     role = _role(finding)
@@ -151,7 +157,7 @@ def _finding_view(
         nodes=[node_link(n) for n in finding["nodes"]],
         explained_by=[index.rule_link(rule) for rule in finding["explained_by"]],
         explains=[index.fault_link(fault) for fault in finding["explains"]],
-        evidence=[_evidence(fact, ui, node_link) for fact in finding["evidence"]],
+        evidence=[_evidence(fact, ui, node_link, changed) for fact in finding["evidence"]],
         remediation=[
             Step(
                 clean_block(text).strip(),
@@ -164,16 +170,18 @@ def _finding_view(
 
 
 def finding_views(
-    findings: list[dict], lang: str, ui: UI, node_link: Callable[[str], Link]
+    findings: list[dict], lang: str, ui: UI, node_link: Callable[[str], Link],
+    changed: ChangeIndex | None = None,
 ) -> list[FindingView]:
     """The report's findings in reading order: root causes, other problems, consequences, each
-    by severity."""
+    by severity. `changed`: with a baseline, the changes to show beside the evidence."""
+    changed = changed or ChangeIndex(None)
     ordered = sorted(
         findings, key=lambda f: (ROLE_RANK[_role(f)], SEVERITY_RANK[f["severity"]])
     )
     index = _FindingIndex(ordered, lang)
     return [
-        _finding_view(finding, i, index, lang, ui, node_link)
+        _finding_view(finding, i, index, lang, ui, node_link, changed)
         for i, finding in enumerate(ordered)
     ]
 

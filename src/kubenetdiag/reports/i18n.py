@@ -165,6 +165,10 @@ _EN: dict[str, str | tuple[str, str]] = {
     "exit_status": "Exit code",
     "healthy_not_listed": "not listed here, see the HTML or JSON report",
     "connectivity": "Connectivity",
+    "changes": "Changed since the baseline",
+    "changes_against": "Compared with {path}",
+    "nothing_changed": "Nothing changed since the baseline.",
+    "changed_since": "changed since the baseline",
     "conn_not_measured": "Node-to-node connectivity was not measured (no active probe results)",
     "conn_not_measured_note": (
         "Without probe results the matrix is unknown, not healthy: a blank picture says nothing "
@@ -344,6 +348,10 @@ _ZH: dict[str, str | tuple[str, str]] = {
     "exit_status": "退出码",
     "healthy_not_listed": "此处未列出，请查看 HTML 或 JSON 报告",
     "connectivity": "连通性",
+    "changes": "自基线以来的变化",
+    "changes_against": "对比基线：{path}",
+    "nothing_changed": "自基线以来没有变化。",
+    "changed_since": "自基线以来已变化",
     "conn_not_measured": "未测量节点间连通性（没有主动探测结果）",
     "conn_not_measured_note": (
         "没有探测结果时，连通矩阵的状态是未知，而不是健康："

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from kubenetdiag.engine.model import Rule
 from kubenetdiag.findings.schema import validate_report
+from kubenetdiag.reports.changes_view import fact_line
 
 ALARM = ("critical", "error", "warning")
 CLUSTER = "cluster"
@@ -59,6 +60,11 @@ def render_junit(report: dict, rules: Sequence[Rule], *, validated: bool = False
     nodes = [n["name"] for n in report["nodes"]]
     if any(node == CLUSTER for _, node in fired):
         nodes.append(CLUSTER)
+    changed: dict[str, list[str]] | None = None
+    if report.get("changes") is not None:
+        changed = {}
+        for c in report["changes"]["facts"]:
+            changed.setdefault(c["node"], []).append(fact_line(c))
     run = report.get("run") or {}
     root = ET.Element("testsuites", name="kubenetdiag", timestamp=_text(run.get("started_at")
                                                                         or ""))
@@ -91,6 +97,10 @@ def render_junit(report: dict, rules: Sequence[Rule], *, validated: bool = False
             elif found:
                 ET.SubElement(case, "system-out").text = "\n\n".join(_details(f, node)
                                                                       for f in found)
+        if changed is not None and changed.get(node):
+            # with --baseline: what changed on this node since, beside its test cases
+            ET.SubElement(suite, "system-out").text = _text(
+                "changed since the baseline:\n" + "\n".join(changed[node]))
         for key, value in counts.items():
             suite.set(key, str(value))
             totals[key] += value

@@ -7,6 +7,7 @@ not be reached, or on checks that stopped answering.
     kubenetdiag_nodes{state}                                  reached / not reached
     kubenetdiag_not_checked{node,probe}                       1 per probe without an answer
     kubenetdiag_rules_not_evaluated{node}                     rules that could not be evaluated
+    kubenetdiag_changed_facts{node,kind,change}               with --baseline: what changed
     kubenetdiag_run_duration_seconds, kubenetdiag_run_timestamp_seconds, kubenetdiag_exit_code
 
 The text is written by prometheus_client, which quotes label values (node names come from the
@@ -74,6 +75,14 @@ class _Report:
         for node, count in sorted(per_node.items()):
             unevaluated.add_metric([node], count)
         yield unevaluated
+        if r.get("changes") is not None:
+            changed = GaugeMetricFamily("kubenetdiag_changed_facts", "Facts that appeared, went "
+                                        "away or changed since the baseline (--baseline)",
+                                        labels=["node", "kind", "change"])
+            per = Counter((c["node"], c["kind"], c["change"]) for c in r["changes"]["facts"])
+            for labels, count in sorted(per.items()):
+                changed.add_metric(list(labels), count)
+            yield changed
         run = r.get("run") or {}
         started, finished = _seconds(run.get("started_at")), _seconds(run.get("finished_at"))
         if started is not None and finished is not None:

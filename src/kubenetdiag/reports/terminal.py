@@ -36,6 +36,7 @@ LEVEL_STYLE = {
 # Enough to act on; the rest is in the full report. Keeps the summary within one screen.
 MAX_ITEMS = 6
 MAX_NODES = 5
+MAX_CHANGES = 12  # lines of "changed since the baseline"; the full list is in the reports
 MAX_UNREACHABLE = 8
 MAX_NOT_EVALUATED = 3  # groups of rules not evaluated; the full list is in the reports
 
@@ -141,6 +142,14 @@ def print_summary(
         lines.append(_line("  ", (ui("more", n=len(items) - MAX_ITEMS), "dim")))
     for note in view.verdict.notes:
         lines.append(_line("  + ", (note, "dim")))
+
+    if view.changes is not None:
+        lines.append(_line(("  Δ ", "bold"), (ui("changes"), "bold"), ui("colon"),
+                           ("" if view.changes else ui("nothing_changed"), "dim")))
+        for text in view.changes[:MAX_CHANGES]:
+            lines.append(_line("    ", text))
+        if len(view.changes) > MAX_CHANGES:
+            lines.append(_line("    ", (ui("more", n=len(view.changes) - MAX_CHANGES), "dim")))
 
     conn = view.connectivity
     if not conn.measured:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from kubenetdiag.changes import ChangeIndex
 from kubenetdiag.findings.schema import validate_report
+from kubenetdiag.reports.changes_view import lines as changes_lines
 from kubenetdiag.reports.connectivity import build_connectivity
 from kubenetdiag.reports.findings_view import finding_views, group_findings
 from kubenetdiag.reports.i18n import UI, normalize_lang
@@ -101,7 +103,8 @@ def build_view(report: dict, lang: str = "en", *, validated: bool = False) -> Re
     ui = UI(lang)
 
     layout = layout_nodes(report)
-    findings = finding_views(report["findings"], lang, ui, layout.link)
+    findings = finding_views(report["findings"], lang, ui, layout.link,
+                             ChangeIndex(report.get("changes")))
     groups = group_findings(findings)
     rows = node_rows(report, layout, ui)
     unchecked = not_checked(report, layout, ui.lang)
@@ -159,4 +162,7 @@ def build_view(report: dict, lang: str = "en", *, validated: bool = False) -> Re
         ),
         counts=counts,
         bundle=clean_line(run["bundle"]) if run["bundle"] else "",
+        changes=changes_lines(report["changes"]) if report.get("changes") else None,
+        baseline=clean_line(report["changes"]["old"]["bundle"] or "")
+        if report.get("changes") else "",
     )

@@ -38,6 +38,7 @@ class Evidence:
     command: str
     exit_code: str
     excerpt: str
+    changed: str = ""  # with a baseline: how this fact changed since (changes_view.fact_line)
 
 
 class _FoldedNodes:
@@ -185,3 +186,6 @@ class ReportView:
     connectivity: ConnectivityView
     counts: dict[str, int] = field(default_factory=dict)
     bundle: str = ""
+    # with a baseline: what changed since, as lines (None: no baseline; []: nothing changed)
+    changes: list[str] | None = None
+    baseline: str = ""
