@@ -362,3 +362,57 @@ def test_the_counters_interval_overlaps_the_active_phase(lab, tmp_path):
         assert rec["duration_s"] < MIN_INTERVAL_S, rec["name"]  # no sleep in the passive script
     facts = [f.attrs for f in facts_from_records(b.records, b.cluster) if f.kind == "net_counter"]
     assert facts and all(a["interval_s"] >= MIN_INTERVAL_S for a in facts)
+
+
+def test_ssh_config_aliases_a_bastion_and_an_agent_only_key(lab, tmp_path):
+    """The inventory names hosts by alias only; the SSH config says where they are, who logs
+    in, with which key and through which bastion: node2 accepts SSH only from inside the lab
+    (through node1, a Host of the config), and edge-c (node1 again) has its key only in an
+    ssh-agent."""
+    import os
+
+    n1, n2 = lab.nodes[:2]
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        f"Host edge-a\n  HostName {n1.address}\n  IdentityFile {lab.key_path}\n"
+        f"Host edge-b\n  HostName {n2.address}\n  IdentityFile {lab.key_path}\n"
+        "  ProxyJump edge-a\n"
+        f"Host edge-c\n  HostName {n1.address}\n"
+        f"Host edge-*\n  User root\n  UserKnownHostsFile {lab.known_hosts_path}\n"
+        "  ServerAliveInterval 15\n")
+    inv = tmp_path / "hosts.yaml"
+    inv.write_text("all:\n  hosts:\n    edge-a:\n    edge-b:\n    edge-c:\n")
+    agent = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True, check=True)
+    env = dict(os.environ)
+    for line in agent.stdout.split(";"):
+        key, _, value = line.strip().partition("=")
+        if key in ("SSH_AUTH_SOCK", "SSH_AGENT_PID"):
+            env[key] = value
+    block = ["-s", lab.client_address, "-p", "tcp", "--dport", "22", "-j", "REJECT",
+             "--reject-with", "tcp-reset"]
+    lab.node_exec(n2.name, ["iptables", "-I", "INPUT", "1", *block])
+    try:
+        subprocess.run(["ssh-add", str(lab.key_path)], env=env, check=True,
+                       capture_output=True)
+        proc = lab.client_exec(
+            [sys.executable, "-m", "kubenetdiag", "collect", "--inventory", str(inv),
+             "--ssh-config", str(config), "-o", str(tmp_path / "b"), "--quiet",
+             "--connect-timeout", "5"], env={**env, "HOME": str(tmp_path)}, timeout=120)
+    finally:
+        lab.node_exec(n2.name, ["iptables", "-D", "INPUT", *block])
+        subprocess.run(["ssh-agent", "-k"], env=env, capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    from kubenetdiag.bundle import read_bundle
+
+    _, records = read_bundle(tmp_path / "b")
+    assert [(r["name"], r["reachable"]) for r in records] == [
+        ("edge-a", True), ("edge-b", True), ("edge-c", True)], [r["error"] for r in records]
+    # without the agent, edge-c has no key: it is reported with the reason, nothing waits
+    proc = lab.client_exec(
+        [sys.executable, "-m", "kubenetdiag", "collect", "--inventory", str(inv),
+         "--ssh-config", str(config), "-o", str(tmp_path / "b2"), "--quiet",
+         "--connect-timeout", "5"], env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+        timeout=120)
+    _, records = read_bundle(tmp_path / "b2")
+    failed = {r["name"]: r["error"] for r in records if not r["reachable"]}
+    assert list(failed) == ["edge-c"] and "authentication failed" in failed["edge-c"]

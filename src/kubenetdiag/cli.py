@@ -119,6 +119,15 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
         help="seconds the probe script may run on one node (default 60)",
     )
     g.add_argument(
+        "--ssh-config",
+        "-F",
+        metavar="FILE",
+        help="OpenSSH client config to read (default ~/.ssh/config when it exists): Host "
+        "patterns, HostName, User, Port, IdentityFile, ProxyJump, ProxyCommand, "
+        "UserKnownHostsFile, StrictHostKeyChecking, ServerAliveInterval; the inventory's "
+        "values win, as with Ansible",
+    )
+    g.add_argument(
         "--known-hosts",
         metavar="FILE",
         help="known_hosts file (default: the inventory's UserKnownHostsFile, "
@@ -385,6 +394,7 @@ def _collect_options(args: argparse.Namespace) -> CollectOptions:
             command_timeout=args.command_timeout,
             accept_new_host_keys=args.accept_new_host_keys,
             known_hosts=args.known_hosts,
+            ssh_config=args.ssh_config,
         ),
         parallel=args.parallel,
         workers=args.workers,

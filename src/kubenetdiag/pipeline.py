@@ -35,6 +35,7 @@ from kubenetdiag.collect.cluster import BackgroundApiCollection, resolve_target
 from kubenetdiag.collect.fleet import Fleet, open_fleet
 from kubenetdiag.collect.runner import Interrupted
 from kubenetdiag.collect.ssh import SshOptions
+from kubenetdiag.collect.sshconfig import SshConfig
 from kubenetdiag.engine import RuleSet, infer
 from kubenetdiag.errors import InputError
 from kubenetdiag.facts.model import Fact
@@ -103,6 +104,7 @@ class CollectOptions:
             raise InputError("--parallel must be at least 1")
         if self.workers is not None and self.workers < 1:
             raise InputError("--workers must be at least 1")
+        SshConfig.load(self.ssh.ssh_config)  # a bad file stops the run before any node
 
 
 @dataclass

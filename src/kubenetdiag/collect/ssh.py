@@ -14,7 +14,7 @@ import shlex
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import paramiko
 
@@ -25,6 +25,7 @@ from kubenetdiag.collect.hostkeys import (
     known_hosts_path,
 )
 from kubenetdiag.collect.local import LocalTransport
+from kubenetdiag.collect.sshconfig import SshConfig
 from kubenetdiag.collect.transport import KILL_GRACE_S, ScriptResult, Transport
 from kubenetdiag.errors import CollectError
 from kubenetdiag.inventory import Host
@@ -42,6 +43,7 @@ class SshOptions:
     accept_new_host_keys: bool = False
     known_hosts: str | None = None  # overrides the inventory's UserKnownHostsFile
     retries: int = 2  # for sshd's MaxStartups refusals under a burst of connections
+    ssh_config: str | None = None  # OpenSSH client config; None: ~/.ssh/config if present
 
 
 def _tcp(host: Host, opts: SshOptions) -> socket.socket:
@@ -101,6 +103,7 @@ def _connect(
     store: HostKeyStore,
     jumps: JumpHosts | None = None,
     keys: KeyCache | None = None,
+    proxy_command: str | None = None,
 ) -> paramiko.SSHClient:
     path = known_hosts_path(host, opts.known_hosts)
     client = paramiko.SSHClient()
@@ -113,7 +116,15 @@ def _connect(
         AcceptNewPolicy(store, path) if accept else RejectPolicy(path)
     )
     where = f"{host.address}:{host.port}"
-    sock = jumps.channel(host) if host.proxy_jump and jumps else _tcp(host, opts)
+    if host.proxy_jump and jumps:
+        sock = jumps.channel(host)
+    elif proxy_command:
+        try:
+            sock = paramiko.ProxyCommand(proxy_command)
+        except (paramiko.SSHException, OSError) as exc:
+            raise CollectError(f"ProxyCommand {proxy_command!r} could not start: {exc}") from None
+    else:
+        sock = _tcp(host, opts)
     pkey = keys.get(host.key_file) if keys and host.key_file else None
     try:
         client.connect(
@@ -153,7 +164,16 @@ def _connect(
             f"no common SSH algorithm with {where} ({exc}); very old sshd (CentOS 6/7) may only "
             "offer SHA-1 algorithms that current clients refuse"
         ) from None
-    except (paramiko.SSHException, OSError, EOFError) as exc:
+    except paramiko.SSHException as exc:
+        client.close()
+        if "No authentication methods available" in str(exc):
+            # no key file, no agent, no password: nothing would ever prompt, and no retry helps
+            raise CollectError(
+                f"authentication failed for {host.user or 'the current user'}: no key to log "
+                "in with; set ansible_ssh_private_key_file (or IdentityFile in the SSH "
+                "config), or load the key into ssh-agent (SSH_AUTH_SOCK)") from None
+        raise _Retryable(f"SSH handshake with {where} failed: {exc}") from None
+    except (OSError, EOFError) as exc:
         client.close()
         raise _Retryable(f"SSH handshake with {where} failed: {exc}") from None
     return client
@@ -197,8 +217,10 @@ class JumpHosts:
     bastion login per node would cost a handshake each and trip the bastion's MaxStartups.
     """
 
-    def __init__(self, opts: SshOptions, store: HostKeyStore, keys: KeyCache) -> None:
+    def __init__(self, opts: SshOptions, store: HostKeyStore, keys: KeyCache,
+                 config: SshConfig | None = None) -> None:
         self.opts, self.store, self.keys = opts, store, keys
+        self.config = config or SshConfig()
         self._lock = threading.Lock()
         self._clients: dict[str, paramiko.SSHClient] = {}
 
@@ -218,6 +240,8 @@ class JumpHosts:
                     known_hosts=host.known_hosts,
                     strict_host_key=host.strict_host_key,
                 )
+                # a bastion named by its alias in the SSH config (Host bastion / HostName ...)
+                jump = replace(self.config.route(jump).host, proxy_jump=None)
                 try:
                     client = _connect(jump, self.opts, self.store, keys=self.keys)
                 except CollectError as exc:
@@ -256,7 +280,8 @@ class Connector:
         self.keep = keep
         self.store = HostKeyStore()
         self.keys = KeyCache()
-        self.jumps = JumpHosts(opts, self.store, self.keys)
+        self.config = SshConfig.load(opts.ssh_config)
+        self.jumps = JumpHosts(opts, self.store, self.keys, self.config)
         self._lock = threading.Lock()
         self._clients: dict[str, paramiko.SSHClient] = {}
 
@@ -269,7 +294,11 @@ class Connector:
         attempt = 0
         while True:
             try:
-                client = _connect(host, self.opts, self.store, self.jumps, self.keys)
+                route = self.config.route(host)
+                client = _connect(route.host, self.opts, self.store, self.jumps, self.keys,
+                                  route.proxy_command)
+                if route.keepalive_s and client.get_transport() is not None:
+                    client.get_transport().set_keepalive(route.keepalive_s)
                 break
             except _Retryable:
                 attempt += 1
