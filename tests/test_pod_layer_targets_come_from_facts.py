@@ -185,3 +185,22 @@ def test_plan_module_doctests_hold() -> None:
 
     result = doctest.testmod(plan, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 8 and result.failed == 0
+
+
+def test_the_planner_reads_only_what_it_declares() -> None:
+    """The pipeline parses only plan.INPUTS before the active phase: the plans must be the
+    ones a whole parse gives (a kind read but not declared would be missing there)."""
+    from pathlib import Path
+
+    from kubenetdiag.bundle import Bundle
+    from kubenetdiag.facts.parse import facts_from_records, facts_of_kinds
+    from kubenetdiag.inventory import Host
+    from kubenetdiag.probes.active.plan import INPUTS, plan
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "bundles" / "lab-three-faults"
+    b = Bundle.read(example)
+    hosts = [Host(r["name"], str(r["address"])) for r in b.records]
+    few = facts_of_kinds(b.records, b.cluster, INPUTS)
+    assert {f.kind for f in few} <= INPUTS
+    assert plan(few, hosts) == plan(facts_from_records(b.records, b.cluster), hosts)
+    assert plan(few, hosts)  # the example has reachable nodes: there is something to compare

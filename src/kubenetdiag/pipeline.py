@@ -39,7 +39,7 @@ from kubenetdiag.collect.sshconfig import SshConfig
 from kubenetdiag.engine import RuleSet, infer
 from kubenetdiag.errors import InputError
 from kubenetdiag.facts.model import Fact
-from kubenetdiag.facts.parse import facts_from_records
+from kubenetdiag.facts.parse import facts_from_records, facts_of_kinds
 from kubenetdiag.findings import build_report
 from kubenetdiag.findings.schema import validate_report
 from kubenetdiag.inventory import Host
@@ -274,9 +274,9 @@ def _active_phase(
 ) -> None:
     """Plan from what the passive phase and the API found, run, and keep each node's result
     in its record (the bundle's node file keeps it under `active`)."""
-    from kubenetdiag.probes.active.plan import plan
+    from kubenetdiag.probes.active.plan import INPUTS, plan
 
-    plans = plan(facts_from_records(records, cluster), hosts)
+    plans = plan(facts_of_kinds(records, cluster, INPUTS), hosts)
     reached = sum(1 for r in records if r["reachable"])
     with _phase(observer, "active probes", reached) as progress:
         results = fleet.active(plans, progress)

@@ -319,6 +319,12 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+# The fact kinds plan() reads: the pipeline parses only these before the active phase.
+INPUTS = frozenset({"node_status", "k8s_node", "flannel_subnet", "interface", "route",
+                    "calico_ippool", "flannel_config", "dns_service", "dns_pod",
+                    "service_port"})
+
+
 def plan(
     facts: Sequence[Fact],
     hosts: Sequence[Any],
