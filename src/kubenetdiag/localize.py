@@ -131,8 +131,9 @@ _pattern(r"cannot connect to (?P<where>\S+): (?P<why>.+)",
          "无法连接 {where}：{why}")
 
 
-_pattern(r"authentication failed for (?P<who>.+?): (?P<why>.+)",
-         "{who} 认证失败：{why}")
+@_pattern_fn(r"authentication failed for (?P<who>.+?): (?P<why>.+)")
+def _auth(m: re.Match[str]) -> str:
+    return f"{m['who']} 认证失败：{value_zh(m['why'])}"
 
 
 _pattern(r"HOST KEY CHANGED for (?P<host>\S+) \((?P<detail>.+?)\): possible man-in-the-middle; "
@@ -197,6 +198,22 @@ _pattern(r"cannot read known_hosts file (?P<path>\S+): (?P<why>.+)",
 
 _pattern(r"ProxyJump (?P<spec>\S+): chains of jump hosts are not supported yet",
          "ProxyJump {spec}：暂不支持多级跳板机")
+
+
+_pattern(r"the node's sshd did not open a session within (?P<s>[\d.]+)s \((?P<why>.*)\): it may "
+         r"be overloaded, or limit sessions per connection \(MaxSessions\)",
+         "节点的 sshd 在 {s} 秒内没有打开会话（{why}）：节点可能负载过高，"
+         "或限制了每个连接的会话数（MaxSessions）")
+
+
+_pattern(r"ProxyCommand (?P<cmd>.+) could not start: (?P<why>.+)",
+         "ProxyCommand {cmd} 无法启动：{why}")
+
+
+_pattern(r"no key to log in with; set ansible_ssh_private_key_file \(or IdentityFile in the SSH "
+         r"config\), or load the key into ssh-agent \(SSH_AUTH_SOCK\)",
+         "没有可用于登录的密钥；请设置 ansible_ssh_private_key_file（或 SSH 配置中的 "
+         "IdentityFile），或把密钥加载到 ssh-agent（SSH_AUTH_SOCK）")
 
 
 _pattern(r"ProxyJump (?P<spec>\S+) is not of the form \[user@\]host\[:port\]",
