@@ -79,8 +79,10 @@ _KEEP_LOW = {4: 8, 6: 16}  # host bits kept as they were: a gateway .1 stays .1
 _ADDRESS = re.compile(
     r"(?<![\w:.])(?P<v6>(?:[0-9A-Fa-f]{1,4})?(?::[0-9A-Fa-f]{0,4}){2,7}"
     r"(?:(?<=:)(?:\d{1,3}\.){3}\d{1,3})?)(?:/(?P<len6>\d{1,3}))?(?![\w:]|\.\d)"
-    # an IPv4 address may follow a colon: "addr:10.0.0.1", and be followed by ":port"
-    r"|(?<![\w.])(?P<v4>(?:\d{1,3}\.){3}\d{1,3})(?:/(?P<len4>\d{1,2}))?(?!\w|\.\d)"
+    # an IPv4 address may follow a colon: "addr:10.0.0.1", and be followed by ":port", or by
+    # ".port" as tcpdump prints it ("10.0.0.1.8472 > ..."); other dotted runs are no address
+    r"|(?<![\w.])(?P<v4>(?:\d{1,3}\.){3}\d{1,3})(?:/(?P<len4>\d{1,2}))?"
+    r"(?:(?=\.\d{1,5}(?:[\s:>,]|$))|(?!\w|\.\d))"
 )
 MIN_NAME_IN_TEXT = 4  # shorter host names are replaced in whole values only, not inside text
 
@@ -100,8 +102,11 @@ class Redactor:
             self._add_host(host)
         text_names = [h for h in self._hosts if len(h) >= MIN_NAME_IN_TEXT]
         longest_first = sorted(text_names, key=len, reverse=True)
+        # A name inside a hyphenated one is replaced too: static pods and DaemonSet pods are
+        # named after their node (kube-apiserver-master1, client-node1-1). A longer name
+        # holding it (node10) is not: the match must not run on into letters or digits.
         self._host_re = re.compile(
-            r"(?<![\w.-])(" + "|".join(map(re.escape, longest_first)) + r")(?![\w-]|\.\w)"
+            r"(?<![\w.])(" + "|".join(map(re.escape, longest_first)) + r")(?!\w|\.\w)"
         ) if text_names else None
 
     def summary(self) -> str:
