@@ -2,7 +2,9 @@
 # Re-record examples/bundles/lab-three-faults from a real lab (root, Linux; the kubenetdiag-lab
 # package, `pip install -e ./lab`; see tests/conftest.py).
 # Three nodes; node1 gets a REJECT at the top of FORWARD, node2 has IP forwarding turned off,
-# node3's sshd is stopped. The bundle is collected over SSH from the lab's client namespace.
+# node3's sshd is stopped. The bundle is collected over SSH from the lab's client namespace,
+# with the active phase (pings, DNS, TCP between the nodes: the report's connectivity heatmap),
+# then the README's pictures are taken again from it (needs chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d /tmp/knd-example.XXXXXX)
@@ -16,7 +18,7 @@ lab inject ip_forward_disabled --node node2
 lab inject node_unreachable --node node3
 rm -rf "$out"
 ip netns exec kndex-client python3 -m kubenetdiag collect --inventory "$work/hosts.yaml" \
-  --kubeconfig "$work/kubeconfig" -o "$out" --quiet --connect-timeout 5
+  --kubeconfig "$work/kubeconfig" -o "$out" --quiet --connect-timeout 5 --active
 # Keep the bundle independent of this machine's temporary paths.
 python3 - "$out" <<'PY'
 import json, sys, pathlib
@@ -32,3 +34,5 @@ if cluster.exists():
 PY
 python3 -m kubenetdiag analyze "$out" --format text >/dev/null || true
 echo "recorded $out"
+python3 -m kubenetdiag.screenshot "$out" docs/report.png
+python3 -m kubenetdiag.screenshot "$out" docs/report-zh-CN.png --lang zh-CN

@@ -84,7 +84,7 @@ def test_nodes_that_report_the_same_thing_share_one_copy_of_it():
     from pathlib import Path
 
     from kubenetdiag.facts.parse import facts_from_records, node_facts, not_collected, probes_ran
-    from kubenetdiag.facts.producers import derived_inputs
+    from kubenetdiag.facts.producers import active_kinds, derived_inputs
 
     example = Path(__file__).parent.parent / "examples" / "bundles" / "lab-three-faults"
     record = json.loads((example / "nodes" / "node1.json").read_text())
@@ -100,7 +100,8 @@ def test_nodes_that_report_the_same_thing_share_one_copy_of_it():
     # are read, not from one node's record; the example predates some probes: both sides
     # expect only those its nodes ran, and say the others were not collected)
     ran = probes_ran(twins)
-    derived = derived_inputs()
+    # the active phase's facts are the node's too, read from its record's `active` part
+    derived = derived_inputs().keys() | active_kinds()
     assert [f.to_dict() for f in facts if f.node == "a" and f.kind not in derived] == [
         f.to_dict() for f in node_facts(json.loads(json.dumps({**record, "name": "a"})), ran=ran)
         + not_collected("a", ran, None)

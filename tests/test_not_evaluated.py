@@ -166,9 +166,20 @@ def test_a_bundle_listing_its_probes_says_not_collected_only_for_the_unlisted(tm
 
 
 def test_a_rule_that_fired_on_a_node_is_not_listed_as_not_evaluated_there(tmp_path, ruleset):
-    bundle = Bundle.read(Path(__file__).parent.parent / "examples" / "bundles"
-                         / "lab-three-faults")
-    report = analyze(bundle, ruleset, save=False).report
+    import json
+    import shutil
+
+    # the example, with the policy-routing probe gone from node1's and node2's records, as if
+    # it had given no answer there
+    copy = tmp_path / "b"
+    shutil.copytree(Path(__file__).parent.parent / "examples" / "bundles" / "lab-three-faults",
+                    copy)
+    for node in ("node1", "node2"):
+        path = copy / "nodes" / f"{node}.json"
+        record = json.loads(path.read_text())
+        record["sections"] = [s for s in record["sections"] if s["probe"] != "ip_rule"]
+        path.write_text(json.dumps(record))
+    report = analyze(Bundle.read(copy), ruleset, save=False).report
     fired = {(f["rule"], n) for f in report["findings"] for n in f["nodes"]}
     assert ("forward-chain-reject", "node1") in fired
     rules = {(c["node"], c["probe"]): c["rules"] for c in report["not_checked"]}

@@ -258,7 +258,7 @@ def test_zh_report_of_the_example_leaves_no_known_english(zh_report: dict[str, s
     md = zh_report["md"]
     for shown in ("拒绝连接（sshd 是否在运行？）", "| 全部探测 | 节点连不上 |",
                   "该节点上的所有检查", "filter 表 FORWARD 链第 1 条规则", "置信度：高",
-                  "生成该采集包的版本（kubenetdiag 0.1.0）还没有这项探测"):
+                  "Pod 网络 2 对中 2 对失败"):
         assert shown in md, shown
 
 

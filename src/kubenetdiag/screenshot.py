@@ -5,7 +5,10 @@
         docs/report-zh-CN.png --lang zh-CN
 
 The bundle is analyzed as `kubenetdiag analyze` does, in memory: nothing is written into it, so
-a shipped example stays as committed. Chromium runs with a throwaway profile, no network
+a shipped example stays as committed. Beside the picture, `<picture>.sha256` keeps the digest
+of the HTML it shows: tests/test_screenshots_current.py fails when the report rendered now
+differs (the template, the rules or the bundle changed), saying how to take it again. Chromium
+runs with a throwaway profile, no network
 features, and every host name mapped to "not found", so taking the picture cannot fetch
 anything either.
 """
@@ -13,6 +16,7 @@ anything either.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -64,6 +68,16 @@ def screenshot(html: str, out: Path, *, width: int = 1280, height: int = 1500,
         raise RuntimeError(f"chromium wrote no screenshot to {target}")
 
 
+def digest_path(png: Path) -> Path:
+    """Where the digest of the HTML a picture was taken of is kept, beside the picture: a test
+    renders the same report again and fails when the digests differ (the picture is stale)."""
+    return png.with_name(png.name + ".sha256")
+
+
+def html_digest(html: str) -> str:
+    return hashlib.sha256(html.encode("utf-8")).hexdigest()
+
+
 def main(argv: list[str] | None = None) -> int:
     from kubenetdiag.reports import render_html
 
@@ -77,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     html = render_html(bundle_report(args.bundle), lang=args.lang)
     screenshot(html, args.out, width=args.width, height=args.height)
+    digest_path(args.out).write_text(
+        f"{html_digest(html)}  the HTML report of {args.bundle} (--lang {args.lang})\n")
     print(f"wrote {args.out}")
     return 0
 

@@ -299,7 +299,9 @@ def _heatmap(
     ui: UI,
 ) -> Heatmap:
     n_axis = len(shown) + (1 if folded else 0)
-    cell = 30 if n_axis <= 8 else 22 if n_axis <= 16 else 16 if n_axis <= 36 else 12
+    # A handful of nodes gets cells big enough to read at a glance; more nodes, smaller ones
+    cell = (48 if n_axis <= 4 else 36 if n_axis <= 8 else 22 if n_axis <= 16
+            else 16 if n_axis <= 36 else 12)
     texts = [_short(label[n]) for n in shown]
     if folded:
         texts.append(ui.plural("conn_others", len(folded)))
