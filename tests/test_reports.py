@@ -8,6 +8,7 @@ import json
 import re
 from collections.abc import Callable
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -893,3 +894,20 @@ def test_renderers_do_not_mutate_the_report() -> None:
     render_json(report)
     _summary(report)
     assert report == before
+
+
+def test_evidence_from_the_api_shows_the_http_status_not_an_exit_code():
+    """A fact the Kubernetes API gave has no exit code: the evidence table shows the status
+    of the answer it was read from."""
+    from kubenetdiag.bundle import Bundle
+    from kubenetdiag.engine import load_ruleset
+    from kubenetdiag.pipeline import analyze
+    from kubenetdiag.reports import render_markdown
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "bundles" / "lab-three-faults"
+    report = analyze(Bundle.read(example), load_ruleset(), save=False).report
+    api = [e for f in report["findings"] for e in f["evidence"]
+           if e["source"]["probe"].startswith("api:")]
+    assert api and all(e["source"]["exit_code"] == 200 for e in api)
+    md = render_markdown(report)
+    assert "| GET /api/v1/pods | HTTP 200 |" in md

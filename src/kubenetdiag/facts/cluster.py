@@ -155,10 +155,14 @@ class ApiCalls:
         return None
 
     def source(self, prefix: str, obj: Any = None) -> Source:
+        """Where a fact from these calls came from. An API call has no exit code: the slot
+        holds the HTTP status of the answer the fact was read from."""
         calls = self.named(prefix)
         path = " ".join(str(c.get("path", "")) for c in calls) or prefix
         text = json.dumps(obj, sort_keys=True, default=str)[:600] if obj is not None else ""
-        return Source(f"api:{prefix}", f"GET {path}", None, excerpt(text, 600))
+        status = next((c.get("http_status") for c in calls if c.get("status") == "ok"
+                       and isinstance(c.get("http_status"), int)), None)
+        return Source(f"api:{prefix}", f"GET {path}", status, excerpt(text, 600))
 
 
 def _call_status_facts(calls: ApiCalls) -> list[Fact]:
@@ -195,7 +199,8 @@ def _call_status_facts(calls: ApiCalls) -> list[Fact]:
                     "reason": _as_text(c.get("reason")) or str(status),
                     "blocks": BLOCKS.get(base, f"what the API call {c['name']} would have told"),
                 },
-                Source(f"api:{c['name']}", f"GET {_as_text(c.get('path')) or ''}", None,
+                Source(f"api:{c['name']}", f"GET {_as_text(c.get('path')) or ''}",
+                       c["http_status"] if isinstance(c.get("http_status"), int) else None,
                        excerpt(_as_text(c.get("reason")) or "", 1000)),
             )
         )

@@ -111,6 +111,8 @@ def _evidence(fact: dict, ui: UI, node_link: Callable[[str], Link],
     exit_code = source.get("exit_code")
     if not source:
         shown_exit = ""
+    elif str(source.get("probe", "")).split(":")[0] == "api" and isinstance(exit_code, int):
+        shown_exit = f"HTTP {exit_code}"  # an API call has no exit code: its answer's status
     elif exit_code is None and str(source.get("probe", "")).split(":")[0] in _NO_EXIT_CODE:
         shown_exit = ui("none")
     elif exit_code is None:
