@@ -452,9 +452,18 @@ def test_a_light_lab_routes_pods_as_host_gw_and_runs_no_node_component(lab_requi
         for peer in lab.nodes[1:]:
             assert f"{peer.pod_cidr} via {peer.address} dev eth0" in routes
         assert lab.pod_ping("node1", "node3", count=2).returncode == 0
-        running = lab.node_exec("node1", ["ps", "-eo", "comm="]).stdout.split()
+        from kubenetdiag_lab.netns import pids_in_netns
+
+        # the programs in the node's own network namespace (`ps` would list other labs' too)
+        node1 = lab.node("node1").netns
+        running = set()
+        for pid in pids_in_netns([node1]).get(node1, []):
+            try:
+                running.add(Path(f"/proc/{pid}/comm").read_text().strip())
+            except OSError:
+                continue
         assert "sshd" in running
-        assert not {"flanneld", "kube-proxy", "coredns"} & set(running)
+        assert not {"flanneld", "kube-proxy", "coredns"} & running
         assert Lab.load(tmp_path / "lab").topology.light
         # the ARP table every namespace shares is not filled by a large lab: see neighbours.py
         neigh = lab.node_exec("node1", ["ip", "neigh", "show", "nud", "permanent"]).stdout
