@@ -298,7 +298,7 @@ def _second_samples(fleet: Fleet, records: list[dict]) -> None:
     for rec in records:
         for section in rec["sections"] if rec.get("reachable") else ():
             sampling = SAMPLED.get(section["probe"])
-            if sampling is None or "##knd:sample 2" in section["stdout"]:
+            if sampling is None or TwoSample.has_second(section["stdout"]):
                 continue
             first = TwoSample.first_uptime(section["stdout"])
             if first is not None and section["exit_code"] == 0:
@@ -326,8 +326,8 @@ def _one_sample_only(section: dict, why: str) -> None:
 def _mark_second_samples_missing(records: list[dict]) -> None:
     for rec in records:
         for section in rec["sections"]:
-            if section["probe"] in SAMPLED and "##knd:sample 2" not in section["stdout"] \
-                    and section["exit_code"] == 0:
+            if section["probe"] in SAMPLED and section["exit_code"] == 0 \
+                    and not TwoSample.has_second(section["stdout"]):
                 _one_sample_only(section, "the run was interrupted")
 
 

@@ -227,6 +227,11 @@ class TwoSample:
         return f"S='{self.sample}'; first={first_uptime:.2f}; {self._second()}"
 
     @staticmethod
+    def has_second(stdout: str) -> bool:
+        """Whether a section's output holds the second sample already."""
+        return "2" in _samples(stdout)
+
+    @staticmethod
     def first_uptime(stdout: str) -> float | None:
         """The first sample's /proc/uptime value in a section's output, if it has one."""
         return _uptime_and_rest(_samples(stdout).get("1", []))[0]
