@@ -1,10 +1,12 @@
 """Read an Ansible YAML inventory into the hosts kubenetdiag will connect to.
 
 SREs already describe their nodes in Ansible inventories, so we read those instead of inventing a
-format. We do not import Ansible: it is a heavy dependency, and during an outage the tool must start
-on any jump box. The cost is that we re-implement the part of Ansible's semantics that decides
-*where and how to connect*, and refuse (with file, line and a hint) what we cannot honour safely:
-vault, templates, host-key checking turned off, INI files.
+format. A YAML inventory is read here without Ansible: it is a heavy dependency, and during an
+outage the tool must start on any jump box. The cost is that we re-implement the part of
+Ansible's semantics that decides *where and how to connect*, and refuse (with file, line and a
+hint) what we cannot honour safely: templates, host-key checking turned off. What only Ansible
+reads (INI files, scripts, plugins, vaulted values) goes through ansible-core when it is
+installed (load_with_ansible, at the end of this module), and is refused with a hint when not.
 
 Variable precedence follows Ansible (lowest first):
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib.util
 import ipaddress
 import math
 import os
@@ -80,9 +83,10 @@ _SECRET_KEY = re.compile(
 )
 _VAULT_HEADER = "$ANSIBLE_VAULT;"
 _VAULT_HINT = (
-    "kubenetdiag cannot decrypt Ansible Vault and never asks for a vault password; authenticate "
-    "with an SSH key instead (set ansible_ssh_private_key_file, or load the key into ssh-agent) "
-    "and drop the vaulted value from the inventory kubenetdiag reads"
+    "kubenetdiag decrypts vaulted values through ansible-core (pip install "
+    "'kubenetdiag[ansible]'), with the vault password file Ansible is configured with "
+    "(ANSIBLE_VAULT_PASSWORD_FILE); it never asks for a password. Without it, authenticate "
+    "with an SSH key (ansible_ssh_private_key_file, or ssh-agent) and drop the vaulted value"
 )
 _INI_SECTION = re.compile(r"^\[[A-Za-z0-9_.:-]+\]\s*(?:[#;].*)?$")
 _INI_HOST_LINE = re.compile(r"^[^\s#;:]+\s+\w+=\S")
@@ -332,20 +336,26 @@ def _ini_line(text: str) -> int | None:
     return None
 
 
+class NeedsAnsible(InputError):
+    """An inventory only Ansible can read (INI, a script, a plugin, vaulted values): read
+    through ansible-core when it is installed (load_with_ansible)."""
+
+
 def _ini_error(file: str, line: int | None) -> InputError:
-    return InputError(
-        "this looks like an INI inventory; kubenetdiag reads YAML inventories only",
+    return NeedsAnsible(
+        "this looks like an INI inventory, which kubenetdiag reads through ansible-core",
         file=file,
         line=line,
-        hint=f"convert it once with: ansible-inventory -i {file} --list -y > inventory.yml",
+        hint=ANSIBLE_HINT.replace("FILE", file),
     )
 
 
 def _explain_load_failure(text: str, file: str, inventory: bool) -> None:
     """Turn a bare YAML failure into the real reason when we can recognise it."""
     if text.lstrip().startswith(_VAULT_HEADER):
-        raise InputError(
-            "this file is encrypted with Ansible Vault, which is not supported",
+        raise NeedsAnsible(
+            "this file is encrypted with Ansible Vault, which kubenetdiag reads through "
+            "ansible-core only",
             file=file,
             line=1,
             hint=_VAULT_HINT,
@@ -355,8 +365,8 @@ def _explain_load_failure(text: str, file: str, inventory: bool) -> None:
             if isinstance(token, yaml.TagToken) and token.value[0] == "!":
                 line = token.start_mark.line + 1
                 if token.value[1] == "vault":
-                    raise InputError(
-                        "Ansible Vault values (!vault) are not supported",
+                    raise NeedsAnsible(
+                        "Ansible Vault values (!vault) are read through ansible-core only",
                         file=file,
                         line=line,
                         hint=_VAULT_HINT,
@@ -722,7 +732,8 @@ def _assigns(doc: YamlDoc, mapping: dict[Any, Any], path: tuple[str, ...]) -> li
 def _refuse_vault(doc: YamlDoc, value: Any, path: tuple[str | int, ...]) -> None:
     # `ansible-inventory --list` writes vaulted values as {"__ansible_vault": ...} in JSON.
     if _is_vault_mapping(value):
-        raise doc.error(path, "Ansible Vault values are not supported", _VAULT_HINT)
+        raise NeedsAnsible("Ansible Vault values are read through ansible-core only",
+                           file=doc.file, line=doc.line_of(path), hint=_VAULT_HINT)
     if isinstance(value, dict):
         for k, v in value.items():
             _refuse_vault(doc, v, (*path, _key(k)))
@@ -948,7 +959,17 @@ def _build_host(
         assigns.append(entry.port)
     assigns.extend(entry.inline)
     assigns.extend(entry.files)
+    return host_from_vars(entry.name, assigns, ranked, base)
 
+
+def host_from_vars(name: str, assigns: Sequence[_Assign] | Mapping[str, Any],
+                   groups: Sequence[str], base: Path, origin: _Origin | None = None) -> Host:
+    """A Host from a host's variables, in the order they were set (the last one wins), with
+    every check the YAML reader makes. `assigns` may be a plain mapping (an inventory Ansible
+    read, whose variables are already merged): each value then has `origin` for its errors."""
+    if isinstance(assigns, Mapping):
+        where = origin or (str(base), None)
+        assigns = [_Assign(str(k), v, where) for k, v in assigns.items()]
     merged: dict[str, Any] = {}
     for assign in assigns:
         merged[assign.key] = assign.value
@@ -980,8 +1001,8 @@ def _build_host(
             "set it to one name or IP address",
         )
     return Host(
-        name=entry.name,
-        address=address or entry.name,
+        name=name,
+        address=address or name,
         port=_port(_last(assigns, _PORT)),
         user=_text(_last(assigns, _USER)),
         key_file=_local_path(key_file, base) if key_file else None,
@@ -992,7 +1013,7 @@ def _build_host(
         known_hosts=ssh.known_hosts,
         strict_host_key=ssh.strict or "yes",
         proxy_jump=None if (ssh.proxy_jump or "").lower() in ("", "none") else ssh.proxy_jump,
-        groups=tuple(ranked),
+        groups=tuple(groups),
         vars=MappingProxyType(merged),
     )
 
@@ -1011,13 +1032,33 @@ def _group_order(groups: dict[str, _Group]) -> dict[str, tuple[int, int, str]]:
 
 
 def load_inventory(path: str | Path) -> list[Host]:
-    """Read an Ansible YAML inventory plus its group_vars/ and host_vars/.
+    """Read an Ansible inventory plus its group_vars/ and host_vars/: a YAML one by the reader
+    below, anything else (INI, a script, a plugin, vaulted values) through ansible-core when
+    it is installed.
 
     Returns the hosts in the order they first appear in the file, each once. Raises InputError,
     with file, line and a hint, on anything we cannot connect to exactly as written.
     """
-    inventory = Path(path)
+    try:
+        return _load_yaml_inventory(Path(path))
+    except NeedsAnsible:
+        if not ansible_available():
+            raise
+        return load_with_ansible(path)
+
+
+def _load_yaml_inventory(inventory: Path) -> list[Host]:
+    if inventory.is_file() and os.access(inventory, os.X_OK) \
+            and inventory.suffix not in (".yml", ".yaml", ".json"):
+        raise NeedsAnsible("this is an executable: a dynamic inventory script, which "
+                           "kubenetdiag runs through ansible-core only", file=str(inventory),
+                           hint=ANSIBLE_HINT.replace("FILE", str(inventory)))
     doc = _load(inventory, inventory=True)
+    if isinstance(doc.data, dict) and "plugin" in doc.data:
+        raise NeedsAnsible(f"this is the configuration of the inventory plugin "
+                           f"{doc.data['plugin']!r}, which kubenetdiag runs through "
+                           "ansible-core only", file=doc.file, line=doc.line_of(("plugin",)),
+                           hint=ANSIBLE_HINT.replace("FILE", doc.file))
     parser = _Parser(doc)
     parser.parse()
     if not parser.hosts:
@@ -1041,3 +1082,94 @@ def load_inventory(path: str | Path) -> list[Host]:
 def local_host() -> Host:
     """This machine as the only node (`diagnose --local`): probes run without SSH."""
     return Host(name=socket.gethostname() or "localhost", address="localhost", connection="local")
+
+
+# ---------------------------------------------------------------- read by Ansible
+# Inventories only Ansible can read, read by Ansible: INI files, dynamic inventory scripts,
+# inventory plugins (cloud, netbox: a YAML file with `plugin:`), and vaulted values. Needs
+# ansible-core (`pip install 'kubenetdiag[ansible]'`); load_inventory comes here when the YAML
+# reader above meets one of those (NeedsAnsible), and says how to get ansible-core when it is
+# missing.
+#
+# Ansible's InventoryManager reads the source with the user's ansible.cfg (inventory plugins
+# enabled, vault identities), its VariableManager merges group_vars/ and host_vars/ as a
+# playbook would, and the vault password file Ansible is configured with
+# (ANSIBLE_VAULT_PASSWORD_FILE, or ansible.cfg's vault_password_file) decrypts vaulted values;
+# no password is ever asked for. Each host's variables then go through the same checks as the
+# YAML reader's (kubenetdiag.inventory.host_from_vars).
+
+ANSIBLE_HINT = "pip install 'kubenetdiag[ansible]' (ansible-core), or convert the inventory " \
+               "once: ansible-inventory -i FILE --list -y > inventory.yml"
+# Variables Ansible adds to every host itself, not from the inventory
+_MAGIC = frozenset({
+    "inventory_hostname", "inventory_hostname_short", "group_names", "groups", "omit",
+    "inventory_dir", "inventory_file", "playbook_dir", "ansible_playbook_python",
+    "ansible_config_file", "ansible_version", "ansible_check_mode", "ansible_diff_mode",
+    "ansible_forks", "ansible_inventory_sources", "ansible_skip_tags", "ansible_run_tags",
+    "ansible_verbosity", "ansible_facts",
+})
+
+
+def ansible_available() -> bool:
+    return importlib.util.find_spec("ansible") is not None
+
+
+def load_with_ansible(path: str | Path) -> list[Host]:
+    """The inventory's hosts, as `ansible-inventory -i PATH --list` shows them."""
+    from ansible import constants as C  # noqa: N812 (Ansible's own name for it)
+    from ansible.errors import AnsibleError
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.vars.manager import VariableManager
+
+    source = Path(path)
+    loader = DataLoader()
+    try:
+        _vault_secrets(loader, C)
+        inventory = InventoryManager(loader=loader, sources=[str(source)])
+        variables = VariableManager(loader=loader, inventory=inventory)
+        hosts = inventory.get_hosts()
+        if not hosts:
+            raise InputError("Ansible read no hosts from the inventory", file=str(source),
+                             hint="check it with: ansible-inventory -i FILE --list")
+        out = []
+        base = source.absolute().parent
+        for host in hosts:
+            found = variables.get_vars(host=host, include_hostvars=False)
+            own = {k: v for k, v in found.items() if k not in _MAGIC}
+            groups = [g.name for g in host.get_groups()]
+            out.append(host_from_vars(host.name, _plain(own), groups, base, (str(source), None)))
+        return out
+    except AnsibleError as exc:
+        raise InputError(f"Ansible could not read the inventory: {exc.message}",
+                         file=str(source),
+                         hint="check it with: ansible-inventory -i FILE --list") from None
+
+
+def _vault_secrets(loader: Any, constants: Any) -> None:
+    """The vault password file Ansible is configured with, if any; never a prompt. Ansible
+    2.19 keeps vault secrets in a process-wide context that may be set up only once."""
+    global _VAULT_SECRETS
+    if _VAULT_SECRETS is None:
+        from ansible.cli import CLI
+
+        files = [constants.DEFAULT_VAULT_PASSWORD_FILE] \
+            if constants.DEFAULT_VAULT_PASSWORD_FILE else []
+        _VAULT_SECRETS = CLI.setup_vault_secrets(
+            loader, vault_ids=constants.DEFAULT_VAULT_IDENTITY_LIST, vault_password_files=files,
+            ask_vault_pass=False, auto_prompt=False)
+    loader.set_vault_secrets(_VAULT_SECRETS)
+
+
+_VAULT_SECRETS: list | None = None
+
+
+def _plain(value: Any) -> Any:
+    """Ansible's own string and mapping types (vaulted text, unsafe text) as plain Python."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (bool, int, float)) or value is None:
+        return value
+    return str(value)
