@@ -70,3 +70,25 @@ def test_the_default_is_the_users_own_config(tmp_path):
     (tmp_path / ".ssh").mkdir()
     (tmp_path / ".ssh" / "config").write_text("Host n1\n  User deploy\n")
     assert SshConfig.load(None, home=tmp_path).route(Host("n1", "n1")).host.user == "deploy"
+
+
+def test_a_session_the_node_never_opens_is_a_node_error_with_its_reason():
+    """Seen on 500 loaded lab nodes: sshd accepted the login but opened no session in time.
+    The node's record says so in words (translated in the Chinese report), not as an
+    unexpected error."""
+    import paramiko
+
+    from kubenetdiag.collect.ssh import _exec
+    from kubenetdiag.errors import CollectError
+
+    class Transport:
+        def open_session(self, timeout):
+            raise paramiko.SSHException("Timeout opening channel.")
+
+    class Client:
+        def get_transport(self):
+            return Transport()
+
+    with pytest.raises(CollectError, match="did not open a session within 15s") as err:
+        _exec(Client(), "sh -s", "true", 15, 1024)
+    assert "MaxSessions" in str(err.value)
