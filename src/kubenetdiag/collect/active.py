@@ -181,17 +181,3 @@ def run_afters(hosts: Sequence[Host], plans: dict[str, NodePlan], results: dict[
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(todo))),
                             thread_name_prefix="active") as pool:
         list(pool.map(lambda h: run_after(h, plans[h.name], results[h.name], connector), todo))
-
-
-def run_active(
-    hosts: Sequence[Host],
-    plans: dict[str, NodePlan],
-    connector: Connector,
-    *,
-    parallel: int = 32,
-    progress: ProgressFn | None = None,
-) -> dict[str, dict]:
-    """node name -> its `active` record: the checks on every node, then the after-checks."""
-    results = run_checks(hosts, plans, connector, parallel=parallel, progress=progress)
-    run_afters(hosts, plans, results, connector, parallel=parallel)
-    return results

@@ -99,9 +99,8 @@ class InProcess:
         self._results: dict[str, dict] = {}
 
     def collect(self, progress: ProgressFn | None = None) -> list[dict]:
-        records, _ = collect(self.hosts, self.connector.opts, parallel=self.parallel,
-                             probes=self.probes, progress=progress, connector=self.connector)
-        return records
+        return collect(self.hosts, self.connector, parallel=self.parallel, probes=self.probes,
+                       progress=progress)
 
     def checks(self, plans: dict[str, Any], progress: ProgressFn | None = None
                ) -> dict[str, dict]:

@@ -89,25 +89,18 @@ def collect_node(
 
 def collect(
     hosts: Sequence[Host],
-    opts: ssh.SshOptions,
+    connector: ssh.Connector,
     *,
     parallel: int = 32,
     probes: Sequence[Probe] = PROBES,
     progress: ProgressFn | None = None,
-    connector: ssh.Connector | None = None,
-) -> tuple[list[dict], list[str]]:
-    """Collect from every host; return node records in inventory order and the known_hosts
-    files that gained keys (only with --accept-new-host-keys).
-
-    With a caller's `connector` (keep=True, for the active phase) the connections stay open
-    and the caller closes them; the saved files are then what its close() returns."""
-    own = connector is None
-    conn = connector or ssh.Connector(opts)
+) -> list[dict]:
+    """Collect from every host over `connector`'s connections (the caller closes them);
+    return the node records in inventory order."""
     workers = max(1, min(parallel, len(hosts)))
-    saved: list[str] = []
     started = time.monotonic()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="collect")
-    futures = [pool.submit(collect_node, h, conn, probes, progress) for h in hosts]
+    futures = [pool.submit(collect_node, h, connector, probes, progress) for h in hosts]
     try:
         pending = set(futures)
         while pending:  # short waits: Ctrl-C reaches the main thread within a fraction of one
@@ -120,8 +113,5 @@ def collect(
             f.result() if f.done() and not f.cancelled() and f.exception() is None
             else unreached(h, NOT_COLLECTED_INTERRUPTED, started)
             for h, f in zip(hosts, futures, strict=True)]) from None
-    finally:
-        if own:
-            saved = conn.close()
     pool.shutdown()
-    return [f.result() for f in futures], saved
+    return [f.result() for f in futures]
