@@ -92,10 +92,12 @@ def changes(old_facts: list[Fact], old_report: dict, new_facts: list[Fact], new_
         unknown[node] |= kinds
     reached_old, reached_new = _reached(old_report), _reached(new_report)
     compared = (reached_old & reached_new) | {"cluster"}
+    # a kind is unknown on a node when its own probe, or one it is derived from, gave no answer
+    made_from = {kind: {kind} | observed({kind}) for kind in specs}
     facts = []
     for key in sorted(before.keys() | after.keys(), key=repr):
         node, kind, ident = key
-        if node not in compared or kind in unknown[node] or observed({kind}) & unknown[node]:
+        if node not in compared or made_from[kind] & unknown[node]:
             continue
         spec = specs[kind]
         old, new = before.get(key), after.get(key)
