@@ -32,7 +32,7 @@ def _details(finding: dict, node: str) -> str:
     API's) and the remedies."""
     lines = [finding["title"], "", finding.get("explain") or ""]
     for e in finding.get("evidence") or []:
-        if e.get("node") not in (node, None):
+        if e.get("node") not in (node, None, CLUSTER):
             continue
         source = e.get("source") or {}
         attrs = " ".join(f"{k}={v}" for k, v in (e.get("attrs") or {}).items()
