@@ -21,6 +21,7 @@ from rich.console import Console
 
 from kubenetdiag import __version__, pipeline
 from kubenetdiag.bundle import Bundle, json_text, new_bundle_dir, write_text_atomic
+from kubenetdiag.collect.cluster import default_kubeconfig
 from kubenetdiag.collect.ssh import SshOptions
 from kubenetdiag.engine import RuleSet, load_ruleset
 from kubenetdiag.errors import (
@@ -181,6 +182,11 @@ def _add_analysis_args(p: argparse.ArgumentParser) -> None:
         help="a bundle from when it worked: the report adds what changed since (facts per "
         "node, findings that appeared or went away)",
     )
+    _add_rule_args(p)
+
+
+def _add_rule_args(p: argparse.ArgumentParser) -> None:
+    """The rules a run evaluates: the shipped ones, site rules added, some turned off."""
     p.add_argument(
         "--rules-dir",
         action="append",
@@ -305,8 +311,7 @@ def build_parser(prog: str = "kubenetdiag") -> argparse.ArgumentParser:
     p.add_argument("old", type=Path, metavar="OLD_BUNDLE")
     p.add_argument("new", type=Path, metavar="NEW_BUNDLE")
     p.add_argument("--format", "-f", choices=["text", "json"], default="text")
-    p.add_argument("--rules-dir", action="append", default=[], type=Path, metavar="DIR")
-    p.add_argument("--disable", action="append", default=[], metavar="RULE_ID")
+    _add_rule_args(p)
     p.set_defaults(handler=cmd_diff)
 
     p = sub.add_parser("bundle", help="work on a bundle: make a redacted copy to share")
@@ -657,8 +662,8 @@ def kubectl_kubeconfig(args: argparse.Namespace, environ: os._Environ[str] | dic
     if not hasattr(args, "kubeconfig") or args.kubeconfig or args.in_cluster \
             or environ.get("KUBECONFIG", "").strip():
         return
-    default = home / ".kube" / "config"
-    if default.is_file():
+    default = default_kubeconfig(home)
+    if default is not None:
         args.kubeconfig = str(default)
 
 

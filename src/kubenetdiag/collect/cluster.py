@@ -50,6 +50,12 @@ class ApiTarget:
     in_cluster: bool = False
 
 
+def default_kubeconfig(home: Path | None = None) -> Path | None:
+    """~/.kube/config, the file kubectl reads without $KUBECONFIG, when there is one."""
+    path = (home or Path.home()) / ".kube" / "config"
+    return path if path.is_file() else None
+
+
 def resolve_target(
     kubeconfig: str | None,
     context: str | None,
@@ -78,11 +84,12 @@ def resolve_target(
     if env:
         return ApiTarget(env, context), "$KUBECONFIG"
     if context:
-        default = (home or Path.home()) / ".kube" / "config"
-        if default.is_file():
+        default = default_kubeconfig(home)
+        if default is not None:
             return ApiTarget(str(default), context), "~/.kube/config"
         raise InputError(
-            f"--context {context} given, but there is no $KUBECONFIG and no {default}",
+            f"--context {context} given, but there is no $KUBECONFIG and no "
+            f"{(home or Path.home()) / '.kube' / 'config'}",
             hint="pass --kubeconfig PATH",
         )
     return None, (

@@ -15,7 +15,6 @@ from kubenetdiag.reports.i18n import SUPPORTED_LANGS
 from kubenetdiag.reports.json_report import render_json
 from kubenetdiag.reports.junit_report import render_junit
 from kubenetdiag.reports.markdown_report import render_markdown
-from kubenetdiag.reports.prometheus_report import render_prometheus
 from kubenetdiag.reports.terminal import print_summary
 
 __all__ = [
@@ -27,7 +26,6 @@ __all__ = [
     "render_json",
     "render_junit",
     "render_markdown",
-    "render_prometheus",
     "validate_report",
 ]
 
@@ -47,6 +45,9 @@ def render(report: dict, fmt: str, lang: str = "en", rules: Sequence[Rule] = ())
     if fmt == "junit":
         return render_junit(report, rules, validated=True)
     if fmt == "prometheus":
+        # prometheus_client takes 25 ms to import: only runs that ask for it pay
+        from kubenetdiag.reports.prometheus_report import render_prometheus
+
         return render_prometheus(report, validated=True)
     if fmt == "text":
         console = Console(record=True, width=100, file=io.StringIO())

@@ -18,22 +18,20 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from kubenetdiag.findings.schema import validate_report
+from kubenetdiag.reports.view import parse_time
 
 SEVERITIES = ("critical", "error", "warning", "info")
 CLUSTER = "cluster"  # the node label of a finding that names no node
 
 
 def _seconds(stamp: str | None) -> float | None:
-    try:
-        return datetime.fromisoformat(str(stamp)).timestamp() if stamp else None
-    except ValueError:
-        return None
+    when = parse_time(str(stamp)) if stamp else None
+    return when.timestamp() if when else None
 
 
 class _Report:

@@ -58,7 +58,7 @@ __all__ = [
 HEALTHY_OPEN = 10  # the healthy-node list starts expanded up to this many nodes
 
 
-def _parse_time(text: str) -> datetime | None:
+def parse_time(text: str) -> datetime | None:
     try:
         return datetime.fromisoformat(text)
     except ValueError:
@@ -72,7 +72,7 @@ def _meta(report: dict, ui: UI) -> list[tuple[str, str]]:
         (ui("started"), clean_line(run["started_at"])),
         (ui("finished"), clean_line(run["finished_at"])),
     ]
-    start, end = _parse_time(run["started_at"]), _parse_time(run["finished_at"])
+    start, end = parse_time(run["started_at"]), parse_time(run["finished_at"])
     if start and end and (start.tzinfo is None) == (end.tzinfo is None):
         meta.append((ui("duration_total"), format_seconds((end - start).total_seconds(), ui)))
     meta += [
