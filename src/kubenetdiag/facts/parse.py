@@ -159,7 +159,9 @@ def active_facts(node: str, active: dict) -> list[Fact]:
                 continue  # written by a newer version; nothing here knows how to read it
             check, suffix = found
             facts.extend(check.parse(section, check.target(plan, suffix), context))
-        except (KeyError, IndexError, ValueError, TypeError) as exc:
+        # a plan is read back from the bundle: an entry of the wrong type (a hostile or damaged
+        # bundle, found by tests/test_fuzz_bundles.py) fails that section, not the run
+        except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
             facts.append(Fact("probe_status", node, {
                 "probe": raw.get("probe", "active"), "status": "failed",
                 "reason": f"could not parse the output: {exc!r}"[:300],
