@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 
 import pytest
 
 from kubenetdiag.collect.script import build_script, new_marker, split_output
 from kubenetdiag.probes import PROBES, Probe
+from kubenetdiag.probes.base import HOLD
 
 
 def _noop(section, node):
@@ -25,7 +27,7 @@ def run(probes, marker=None):
 def test_sections_keep_output_exit_code_and_stderr_exactly():
     probes = [
         Probe("a", "printf 'one\\ntwo'", _noop, ""),  # no trailing newline
-        Probe("b", "echo out; echo err >&2; exit 3", _noop, ""),
+        Probe("b", "echo out; echo err >&2; return 3", _noop, ""),
         Probe("c", "printf 'x\\n\\n'", _noop, ""),  # blank lines at the end
     ]
     sections, proc = run(probes)
@@ -99,14 +101,16 @@ def test_every_line_of_the_real_script_has_balanced_quotes():
 
 @pytest.mark.parametrize("children", ["kernel list", "pgrep"])
 def test_a_hung_probe_is_killed_with_everything_it_started(children):
-    """One watchdog for the whole script, not a `timeout` and a shell per probe: it kills the
-    probe's subshell and its children (a pipeline, a tool waiting on a socket) at the probe's
-    own limit, and the next probe runs. The subshell goes first: were `sleep` killed before
-    it, `cat` would end cleanly and the cut-short probe would pass for a whole one. Where the
-    kernel keeps no children list (CONFIG_PROC_CHILDREN), pgrep finds them."""
+    """One watchdog for the whole script, not a `timeout` per probe: at the probe's own limit
+    it kills what the probe started (a pipeline, a tool waiting on a socket), says so on the
+    probe's stderr so the section reads as timed out (124) rather than whole, and the script
+    goes on. Where the kernel keeps no children list (CONFIG_PROC_CHILDREN), pgrep finds
+    them."""
     marker = new_marker()
+    # a sleep of its own: the other parametrization may run beside this one
+    hang = f"sleep 31.{secrets.randbelow(10**6):06d}"
     probes = [
-        Probe("hung", "sleep 31.7 | cat; echo never", _noop, "", timeout_s=1),
+        Probe("hung", f"{hang} | cat; echo after", _noop, "", timeout_s=1),
         Probe("next", "echo ok", _noop, "", timeout_s=5),
     ]
     script = build_script(probes, marker)
@@ -115,10 +119,39 @@ def test_a_hung_probe_is_killed_with_everything_it_started(children):
     proc = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True,
                           timeout=60)
     got = {s.probe: s for s in split_output(proc.stdout, proc.stderr, marker, probes)}
-    assert got["hung"].exit_code == 124 and "never" not in got["hung"].stdout
-    assert got["next"].stdout == "ok\n" and proc.returncode == 0
-    left = subprocess.run(["pgrep", "-f", "sleep 31.7"], capture_output=True, text=True)
+    assert got["hung"].exit_code == 124
+    assert "timed out, killed after 1 s" in got["hung"].stderr
+    assert got["hung"].duration_s < 10
+    assert got["next"].stdout == "ok\n" and got["next"].exit_code == 0
+    assert proc.returncode == 0
+    left = subprocess.run(["pgrep", "-f", hang], capture_output=True, text=True)
     assert left.stdout == ""
+
+
+def test_a_probe_runs_in_the_scripts_own_shell_and_cannot_upset_the_next():
+    """No subshell per probe (each process counts on a sick node): a probe's directory,
+    IFS and globbing are put back before the next one runs."""
+    probes = [
+        Probe("a", "cd /proc; IFS=:; set -f; echo $$", _noop, ""),
+        Probe("b", "pwd; set -- /proc/sel*; echo \"$1\"; x='1 2'; set -- $x; echo $#; echo $$",
+              _noop, ""),
+    ]
+    sections, proc = run(probes)
+    got = {s.probe: s for s in sections}
+    a_pid = got["a"].stdout.strip()
+    assert got["b"].stdout.split() == ["/", "/proc/self", "2", a_pid]
+
+
+def test_no_probe_ends_the_script_with_exit():
+    """Probes run as functions of the script's shell: `exit` would end the whole script and
+    every later probe would go missing, so they end with `return` (exit only inside $(...) or
+    a quoted awk program)."""
+    import re
+
+    for probe in PROBES:
+        unquoted = re.sub(r"'[^']*'", "''", probe.command)
+        without_subshells = re.sub(r"\$\([^()]*\)", "", unquoted)
+        assert not re.search(r"\bexit\b", without_subshells), probe.name
 
 
 def test_the_script_lowers_its_own_priority():
@@ -131,14 +164,15 @@ def test_the_script_lowers_its_own_priority():
 
 
 def test_a_probe_printing_too_much_is_cut_on_the_node_and_marked_partial():
-    """The node keeps at most the limit of each probe's output and says so on the probe's
-    stderr; the section is marked truncated and its probe_status is `partial`, not ok."""
+    """The node keeps at most the limit of each held output (rulesets, IPVS tables) and says
+    so on the probe's stderr; the section is marked truncated and its probe_status is
+    `partial`, not ok."""
     from kubenetdiag.facts.parse import section_status
     from kubenetdiag.probes import BY_NAME
 
     marker = new_marker()
-    probes = [Probe("big", "printf '0123456789abcdef'", _noop, ""), Probe("small", "echo ok",
-                                                                          _noop, "")]
+    probes = [Probe("big", f"{HOLD} printf '0123456789abcdef'", _noop, ""),
+              Probe("small", "echo ok", _noop, "")]
     proc = subprocess.run(["sh", "-s"], input=build_script(probes, marker, output_limit=10),
                           capture_output=True, text=True, timeout=60)
     got = {s.probe: s for s in split_output(proc.stdout, proc.stderr, marker, probes)}

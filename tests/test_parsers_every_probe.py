@@ -642,3 +642,23 @@ def test_lines_a_parser_does_not_know_are_reported_not_invented():
     assert [r["target"] for r in kinds(ipt, "iptables_rule")] == ["ACCEPT"]
     assert "-I INPUT -j DROP" in _partial(ipt)[0]
 
+
+
+# ---- one call where two were made: the same facts ------------------------------------------
+
+@pytest.mark.parametrize(("probe", "one", "two", "kinds_compared"), [
+    # one `ss -tuanmp` sorted by one awk, against `ss -tanp` and `ss -uanmp`, recorded together
+    ("sockets", "debian12-netns-one-ss", "debian12-netns-two-ss",
+     ("tcp_listener", "socket_queue", "udp_socket")),
+    # GNU df's --output, against the two POSIX listings (space, inodes), recorded together
+    ("host", "debian12-netns-one-df", "debian12-netns-two-df", ("filesystem",)),
+])
+def test_one_call_gives_the_facts_two_gave(probe, one, two, kinds_compared):
+    def attrs(name):
+        # the disk's use moved by a few blocks between the two recordings
+        return sorted((f.kind, sorted((k, v) for k, v in f.attrs.items()
+                                      if not k.endswith(("used", "used_kb", "avail_kb", "free"))))
+                      for f in parse(probe, name) if f.kind in kinds_compared)
+
+    got = attrs(one)
+    assert got and got == attrs(two)

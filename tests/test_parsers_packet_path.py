@@ -112,8 +112,12 @@ def test_sysctl_reads_forwarding_per_interface():
 
 
 def test_sysctl_forwarding_glob_stays_in_the_one_grep():
-    command = BY_NAME["sysctl"].command
-    assert command.count("grep") == 1 and "net/ipv4/conf/*/forwarding" in command
+    from kubenetdiag.probes.sysctl import SYSCTL_READ
+
+    # the script's one grep of /proc/sys, and the probe's own where that did not run
+    for command in (SYSCTL_READ.command, BY_NAME["sysctl"].command):
+        assert command.count("grep -H") == 1 and "net/ipv4/conf/*/forwarding" in command
+    assert BY_NAME["sysctl"].preludes == (SYSCTL_READ,)
     status, facts = statuses("sysctl", "", "kubenetdiag: grep: command not found\n", 127)
     assert status[0]["status"] == "missing_tool" and not facts
     status, facts = statuses(
@@ -338,7 +342,10 @@ def test_process_state_unknown_in_older_bundles():
 def test_processes_one_ps_and_failures():
     command = BY_NAME["processes"].command
     assert command.count("ps -e -o pid= -o stat= -o comm= -o args=") == 1
-    assert command.count("$(ps ") == 1  # no second ps attempt, and no process per PID
+    # ps straight into awk (no second ps attempt); without ps the shell reads /proc/PID/stat
+    # itself, no process per PID
+    assert "ps -e -o pid= -o stat= -o comm= -o args= 2>/dev/null | awk" in command
+    assert "cat " not in command and "sed " not in command
     status, facts = statuses("processes", "", "kubenetdiag: awk: command not found\n", 127)
     assert status[0]["status"] == "missing_tool" and not facts
     sec = section("processes", "proc-stat-states")

@@ -19,38 +19,45 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from kubenetdiag.probes import Probe, Section
-from kubenetdiag.probes.base import CUT_NOTE, prelude_var
+from kubenetdiag.probes.base import CUT_NOTE, HOLD, TIMEOUT_NOTE, shown
 
 OUTPUT_LIMIT = 64 * 1024 * 1024  # per node; a huge kube-proxy ruleset is ~10 MB
-PROBE_OUTPUT_LIMIT = 32 * 1024 * 1024  # per probe, cut on the node (the stderr says so)
-PROBE_MEMORY_KIB = 1024 * 1024  # virtual memory of each probe's commands (ulimit -v)
+PROBE_OUTPUT_LIMIT = 32 * 1024 * 1024  # per held output, cut on the node (the stderr says so)
+PROBE_MEMORY_KIB = 1024 * 1024  # virtual memory of the script and its commands (ulimit -v)
 
 # Why the script is written as it is (kept here, not in the script, which every node receives):
+# - Every process counts on a sick node, so the probes run in the script's own shell, each as
+#   a function (defined by eval from its quoted text, so a broken probe fails alone), not in a
+#   subshell each: the only processes are the tools whose output is the fact. After each
+#   probe the runner puts back what a probe may change (IFS, globbing, directory); a probe
+#   ends with `return`, never `exit`.
 # - __knd_cs reads /proc/uptime with the shell's own `read`, into a variable: no fork, 10 ms
-#   resolution, works on busybox. A $(...) around it would fork a subshell twice per probe.
-# - Each stream gets one write per probe: its output, its end marker and the next probe's begin
-#   marker together (`nft list ruleset` alone writes each line on its own, and every small write
-#   can become one SSH packet for the collector to decrypt and dispatch). A probe's begin marker
-#   is out before it runs, so one cut off by the script's deadline still shows it began.
-# - $(...) drops trailing newlines, so the probe's shell prints a sentinel as it exits (the EXIT
-#   trap also runs after the probe's own `exit`) and only that is cut off again.
-# - Each probe runs in one subshell of the script ($(...) with eval), not `timeout` plus `sh -c`:
-#   two processes fewer per probe (each one counts on a sick node). Time limits come from
-#   one watchdog for the whole script: it polls the script's children every 2 s (the kernel's
-#   children list, or pgrep where that list is not built in) and sends the probe's subshell
-#   and everything it started TERM, then KILL, once the probe ran past its limit. The subshell
-#   is signalled first, with the list of its descendants taken before: killed the other way
-#   round, `sleep | cat` would see cat end cleanly and the cut-short output pass for whole.
-#   The status becomes 124, as timeout(1) reports. The limit is the subshell's own `ulimit -t`
-#   (CPU seconds), which the watchdog reads in /proc/PID/limits: nothing is written to tell it.
+#   resolution, works on busybox.
+# - Output goes straight to the SSH session, but in few writes: every write can become one SSH
+#   packet for the collector to decrypt and dispatch. A probe's end marker and the next one's
+#   begin marker share one write; tools that write a line at a time (nft) and outputs that
+#   grow with the cluster (rulesets, IPVS tables) go through base.HOLD, which holds them,
+#   cuts them at the per-probe limit (stderr says so) and prints them in one write. A
+#   probe's begin marker is out before it runs, so one cut off by the script's deadline
+#   still shows it began.
+# - Time limits come from one watchdog for the whole script: it polls the script's children
+#   every 2 s (the kernel's children list, or pgrep where that list is not built in) and,
+#   once one has run past the probe's limit, says so on stderr (the probe's section: the
+#   collector reads it as exit status 124, as timeout(1) reports) and sends every child and
+#   everything it started TERM, then KILL. The limit is the children's own `ulimit -t` (CPU
+#   seconds: the probe's limit, set by the runner as a soft limit), which the watchdog reads
+#   in /proc/PID/limits: nothing is written to tell it. The probe's next command then runs,
+#   under the same limit.
 # - The script runs at nice 10 and best-effort I/O priority 7: SSH starts it under `nice` (no
 #   process more), and it calls renice only where it was started otherwise (locally, a bench).
 # - No quoted string spans two lines, and no comment has a quote in it: Ansible's argument
-#   splitter, which the benchmark feeds this same script, refuses unbalanced quotes.
+#   splitter, which the benchmark feeds this same script, refuses unbalanced quotes. A newline
+#   comes from the shell's default IFS (space, tab, newline) instead.
 _PREAMBLE = r"""# kubenetdiag node probe: read-only
 export LC_ALL=C
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 M='{marker}'
+__ifs=$IFS; __nl=${{IFS#??}}; cd /
 __knd_cs() {{
   read __u __i </proc/uptime; __w=${{__u%.*}}; __f=${{__u#*.}}; __cs=$((__w*100+1${{__f}}-100))
 }}
@@ -68,14 +75,18 @@ __knd_subtree() {{
   for __k in $__c; do __all="$__all $__k"; __knd_subtree "$__k"; done
 }}
 __knd_kill() {{
-  __all=; __knd_subtree "$2"; kill -"$1" "$2" $__all 2>/dev/null
+  __all=; for __j in $2; do __all="$__all $__j"; __knd_subtree "$__j"; done
+  kill -"$1" $__all 2>/dev/null
 }}
 __knd_wd() {{
   read -r __me __x </proc/self/stat; __p=
   while sleep 2; do
-    [ -d /proc/$__main ] || exit 0
-    __knd_children "$__main"; __cur=
-    for __k in $__c; do [ "$__k" = "$__me" ] || __cur=$__k; done
+    {{ read -r __x </proc/$__main/stat; }} 2>/dev/null || exit 0
+    case ${{__x##*) }} in Z*|X*) exit 0;; esac
+    __knd_children "$__main"; __cur=; __kids=
+    for __k in $__c; do
+      [ "$__k" = "$__me" ] || {{ __kids="$__kids $__k"; [ -n "$__cur" ] || __cur=$__k; }}
+    done
     [ -n "$__cur" ] || continue
     __knd_cs
     if [ "$__cur" != "$__p" ]; then
@@ -84,12 +95,13 @@ __knd_wd() {{
         [ "$__a $__b" = "Max cpu" ] && case $__y in [0-9]*) __lim=$__y;; esac
       done 2>/dev/null </proc/$__cur/limits
     elif [ $((__cs-__t0)) -ge $((__lim*100)) ]; then
-      __knd_kill TERM "$__cur"; sleep 2; __knd_kill KILL "$__cur"; __p=
+      echo "{timeout_note} $__lim s" >&2
+      __knd_kill TERM "$__kids"; sleep 2; __knd_kill KILL "$__kids"; __p=
     fi
   done
 }}
 __main=$$
-__knd_wd </dev/null >/dev/null 2>&1 &
+__knd_wd </dev/null >/dev/null &
 __knd_wdpid=$!
 read -r __x </proc/self/stat; set -- ${{__x##*) }}
 if [ "${{17:-0}}" -lt 10 ] && command -v renice >/dev/null 2>&1; then
@@ -97,28 +109,32 @@ if [ "${{17:-0}}" -lt 10 ] && command -v renice >/dev/null 2>&1; then
 fi
 set --
 if command -v ionice >/dev/null 2>&1; then ionice -c 2 -n 7 -p $$ >/dev/null 2>&1; fi
+ulimit -S -v {memory} 2>/dev/null
+{hold}() {{
+  __o=$("$@"); __c=$?
+  if [ ${{#__o}} -gt {output} ]; then
+    echo "{cut} {output} bytes (the probe printed ${{#__o}})" >&2
+  fi
+  [ -z "$__o" ] || printf '%.{output}s' "$__o$__nl"
+  __o=; return $__c
+}}
 __knd_run() {{
-  __knd_cs; __s=$__cs; __r=0; __o=
+  __knd_cs; __s=$__cs; __r=0
   for __t in $3; do
     command -v "$__t" >/dev/null 2>&1 ||
       {{ echo "kubenetdiag: $__t: command not found" >&2; __r=127; }}
   done
   if [ "$__r" -eq 0 ]; then
-    __o=$(trap 'printf @knd-eof' EXIT; ulimit -t "$2" 2>/dev/null; ulimit -v {memory} 2>/dev/null
-      eval "$4" </dev/null)
-    __r=$?
-    case $__r in 137|143) __r=124;; esac
-    __o=${{__o%@knd-eof}}
-    if [ ${{#__o}} -gt {output} ]; then
-      echo "{cut} {output} bytes (the probe printed ${{#__o}})" >&2
-    fi
+    ulimit -S -t "$2" 2>/dev/null
+    eval "__knd_probe() {{ $4$__nl}}" && __knd_probe </dev/null
+    __r=$?; IFS=$__ifs; set +f; cd /
   fi
   __knd_cs; __d=$((__cs-__s))
   if [ -n "$5" ]; then
-    printf '%.{output}s\n%s:end:%s:%s:%s\n%s:begin:%s\n' "$__o" "$M" "$1" "$__r" "$__d" "$M" "$5"
+    printf '\n%s:end:%s:%s:%s\n%s:begin:%s\n' "$M" "$1" "$__r" "$__d" "$M" "$5"
     printf '\n%s:end:%s\n%s:begin:%s\n' "$M" "$1" "$M" "$5" >&2
   else
-    printf '%.{output}s\n%s:end:%s:%s:%s\n' "$__o" "$M" "$1" "$__r" "$__d"
+    printf '\n%s:end:%s:%s:%s\n' "$M" "$1" "$__r" "$__d"
     printf '\n%s:end:%s\n' "$M" "$1" >&2
   fi
 }}
@@ -139,17 +155,14 @@ def deferring(probes: Sequence[Probe]) -> list[Probe]:
 def build_script(probes: Sequence[Probe], marker: str, *,
                  output_limit: int = PROBE_OUTPUT_LIMIT) -> str:
     """The whole script for one node. Every probe field is quoted: none is trusted to be safe.
-    `output_limit`: bytes of each probe's output kept (the rest is cut on the node)."""
+    `output_limit`: bytes of each held output kept (the rest is cut on the node)."""
     limit = max((int(p.timeout_s) for p in probes), default=15)
     lines = [_PREAMBLE.format(marker=marker, limit=limit, output=int(output_limit),
-                              memory=PROBE_MEMORY_KIB, cut=CUT_NOTE)]
-    for probe in probes:
-        if probe.prelude:
-            # Captured into the environment, not a file: the node keeps no trace of it.
-            var = prelude_var(probe.name)
-            lines.append(
-                f"{var}=$(eval {shlex.quote(probe.prelude)} </dev/null 2>/dev/null); export {var}"
-            )
+                              memory=PROBE_MEMORY_KIB, cut=CUT_NOTE, timeout_note=TIMEOUT_NOTE,
+                              hold=HOLD)]
+    # In the script's own shell, into shell variables: the node keeps no trace of them.
+    preludes = dict.fromkeys(prelude for probe in probes for prelude in probe.preludes)
+    lines += [prelude.command for prelude in preludes]
     if probes:
         lines.append(f"__knd_begin {shlex.quote(probes[0].name)}")
     for probe, after in zip(probes, [*[nxt.name for nxt in probes[1:]], ""], strict=True):
@@ -168,13 +181,16 @@ def split_output(
     A probe that began but never ended (the node-side deadline killed the script) gets
     exit_code None and keeps whatever it printed.
     """
-    commands = {probe.name: probe.command for probe in probes}
+    commands = {probe.name: shown(probe.command) for probe in probes}
     out = _sections(stdout, marker, with_status=True)
     err = _sections(stderr, marker, with_status=False)
     sections = []
     for name, (text, rc, cs) in out.items():
         if name not in commands:
             continue  # a forged or foreign name: we only accept probes we sent
+        errors = err.get(name, ("", None, None))[0]
+        if rc is not None and TIMEOUT_NOTE in errors:
+            rc = 124  # the watchdog killed one of its commands, as timeout(1) reports it
         sections.append(
             Section(
                 probe=name,
@@ -182,10 +198,10 @@ def split_output(
                 exit_code=rc,
                 duration_s=cs / 100 if cs is not None else 0.0,
                 stdout=text,
-                stderr=err.get(name, ("", None, None))[0],
+                stderr=errors,
                 # cut by the node-side limit (a probe that printed too much), or a probe the
                 # collector's per-node limit or the script's deadline cut short
-                truncated=(truncated and rc is None) or CUT_NOTE in err.get(name, ("",))[0],
+                truncated=(truncated and rc is None) or CUT_NOTE in errors,
             )
         )
     return sections

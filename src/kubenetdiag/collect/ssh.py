@@ -26,7 +26,7 @@ from kubenetdiag.collect.hostkeys import (
 )
 from kubenetdiag.collect.local import LocalTransport
 from kubenetdiag.collect.sshconfig import SshConfig
-from kubenetdiag.collect.transport import KILL_GRACE_S, ScriptResult, Transport
+from kubenetdiag.collect.transport import ScriptResult, Transport, node_command
 from kubenetdiag.errors import CollectError
 from kubenetdiag.inventory import Host
 
@@ -184,10 +184,7 @@ class _Retryable(CollectError):
 
 
 def _command(host: Host, opts: SshOptions, timeout: float | None = None) -> str:
-    # The node enforces the deadline too, so nothing lingers there if we disconnect.
-    deadline = max(5, int(opts.command_timeout if timeout is None else timeout))
-    # nice execs the shell (no process more): a sick node's workloads come first
-    cmd = f"timeout -k {KILL_GRACE_S} {deadline} nice -n 10 sh -s"
+    cmd = node_command(opts.command_timeout if timeout is None else timeout)
     if host.become:
         user = f"-u {shlex.quote(host.become_user)} " if host.become_user else ""
         cmd = f"sudo -n {user}-- {cmd}"

@@ -15,6 +15,13 @@ from typing import Protocol
 KILL_GRACE_S = 5
 
 
+def node_command(deadline_s: float) -> str:
+    """The command a node runs a script with (the script on its stdin): the node enforces the
+    deadline too, so nothing lingers there if the collector disconnects, and nice execs the
+    shell (no process more): a sick node's workloads come first."""
+    return f"timeout -k {KILL_GRACE_S} {max(5, int(deadline_s))} nice -n 10 sh -s"
+
+
 @dataclass(frozen=True)
 class ScriptResult:
     """What one script run gave back, as the runners keep it."""

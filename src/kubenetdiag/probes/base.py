@@ -88,11 +88,12 @@ class Probe:
     tools: tuple[str, ...] = ()  # binaries it needs; a missing one is reported, not guessed at
     timeout_s: int = 15
     ok_exit_codes: frozenset[int] = field(default_factory=lambda: frozenset({0}))
-    # Run at the very start of the script, its stdout kept in the environment variable
-    # `prelude_var(name)` for `command` to read: lets a probe compare a first sample taken
-    # before every other probe with a second one taken at its own turn, with no file written.
-    # Build both with `TwoSample` rather than by hand.
-    prelude: str = ""
+    # Run by the script's own shell before any probe, to set shell variables `command` reads
+    # (never printing): a first sample taken before every other probe (`TwoSample`), or one
+    # tool call whose output several probes share (`IP_BATCH`). A prelude shared by several
+    # probes runs once. `command` must still work where its prelude did not run (a subset of
+    # probes, a script run by hand).
+    preludes: tuple[Prelude, ...] = ()
     # Position in the node script: lower runs first, equal orders run in name order.
     order: int = DEFAULT_ORDER
     # Set for a probe made by `TwoSample`: its second sample can then be taken after the
@@ -102,6 +103,18 @@ class Probe:
 
 # What the node script writes on a probe's stderr when it cut the probe's output at its limit.
 CUT_NOTE = "kubenetdiag: output cut at"
+# The node script's helper that runs a command holding its output, to print it in one write
+# and cut at the per-probe limit (collect.script): for outputs that grow with the cluster and
+# tools that write a line at a time. Sections record the command without it, as typed by hand.
+HOLD = "__knd_hold"
+
+
+def shown(command: str) -> str:
+    """A probe command as an SRE would type it: without the script's helper."""
+    return command.replace(HOLD + " ", "")
+# What the node script's watchdog writes on a probe's stderr when it killed one of the probe's
+# commands at the probe's time limit; the section's exit status is then 124.
+TIMEOUT_NOTE = "kubenetdiag: timed out, killed after"
 
 
 def unread_lines(section: Section, node: str, lines: Sequence[str], what: str) -> list[Fact]:
@@ -123,24 +136,88 @@ def unread_lines(section: Section, node: str, lines: Sequence[str], what: str) -
               excerpt("\n".join(unread[:20]), 1000)))]
 
 
-def prelude_var(name: str) -> str:
-    """The environment variable holding a probe's prelude output on the node."""
-    return "KND_PRE_" + "".join(c if c.isalnum() else "_" for c in name)
+@dataclass(frozen=True)
+class Prelude:
+    """Shell run by the script's own shell before any probe; it sets `var` and prints nothing.
+    Probes that list the same prelude share one run of it."""
+
+    var: str
+    command: str
 
 
-def read_files(paths: str, prefix: str = "", limit: int = 0) -> str:
+# A newline, for shell that splits or joins lines: the shell's default IFS (space, tab,
+# newline) ends with one, so no quoted string has to span two lines (see collect.script).
+NEWLINE = '[ -n "$__nl" ] || __nl=${IFS#??}; '
+
+
+def read_into(var: str, paths: str) -> str:
+    """Shell that sets `var` to the files' contents, read by the shell itself (no process)."""
+    return (NEWLINE + f"{var}=; for __f in {paths}; do [ -f \"$__f\" ] && [ -r \"$__f\" ] "
+            "|| continue; while { IFS= read -r __l || [ -n \"$__l\" ]; }; do "
+            f"{var}=\"${var}$__l$__nl\"; __l=; done <\"$__f\"; done")
+
+
+def read_files(paths: str, prefix: str = "", limit: int = 0, head: str = "") -> str:
     """Shell that prints files as `cat` would (each line `prefix`ed, at most `limit` lines a
     file when given), read by the shell itself: no process on the node, where `cat`, `sed` or
     `grep` cost one each. For small files (/proc, /etc): the shell reads a byte at a time.
-    A last line without a newline is printed too. Single-quote free, so it can be stored in a
-    single-quoted variable and eval'd.
+    A last line without a newline is printed too, and all of it, after the line `head` when
+    given, in one write (each write to the SSH session can become a packet of its own for the
+    collector). Regular files
+    only: a FIFO planted at /etc/resolv.conf must not block the script's shell. Single-quote
+    free, so it can be stored in a single-quoted variable and eval'd.
 
     Not for /proc/sys: an integer sysctl answers a read at an offset other than 0 with EOF,
     so a byte-at-a-time reader gets its first digit only (grep or cat read it whole)."""
     cap = f"[ $__n -lt {limit} ] && " if limit else ""
-    return (f"for __f in {paths}; do [ -r \"$__f\" ] || continue; __n=0; "
-            f"while {cap}{{ IFS= read -r __l || [ -n \"$__l\" ]; }}; do "
-            f"printf \"{prefix}%s\\n\" \"$__l\"; __n=$((__n+1)); __l=; done <\"$__f\"; done")
+    start = f'"{head}$__nl"' if head else ""
+    return (NEWLINE + f"__b={start}; for __f in {paths}; do "
+            "[ -f \"$__f\" ] && [ -r \"$__f\" ] || continue; "
+            f"__n=0; while {cap}{{ IFS= read -r __l || [ -n \"$__l\" ]; }}; do "
+            f"__b=\"$__b{prefix}$__l$__nl\"; __n=$((__n+1)); __l=; done <\"$__f\"; "
+            "done; printf %s \"$__b\"")
+
+
+# One `ip` for the four listings the links, routes and ip_rule probes print (iproute2's
+# batch mode; one JSON array per line). Without JSON (iproute2 before 4.13) or with a listing
+# it cannot make, it fails and each probe asks on its own, in the form it falls back to.
+IP_BATCH = Prelude("KND_IP", "KND_IP=$(ip -4 -d -j -batch - 2>/dev/null <<'EOF'\n"
+                             "link show\naddr show\nroute show table all\nrule show\nEOF\n)")
+IP_BATCH_LINES = ("link", "addr", "route", "rule")
+
+
+def sysctl_read(paths: Sequence[str]) -> Prelude:
+    """One `grep` for the /proc/sys files several probes read (sysctl, conntrack, sockets):
+    `path:value` lines, grep's errors among them, and its exit status."""
+    return Prelude("KND_SYSCTL", "command -v grep >/dev/null 2>&1 && { KND_SYSCTL=$(cd /proc/sys "
+                   f"&& grep -H '' {' '.join(paths)} 2>&1); KND_SYSCTL_RC=$?; }}")
+
+
+def from_sysctl_read(pattern: str, strip: str = "", skip: str = "",
+                     errors: bool = False, head: str = "") -> str:
+    """Shell that prints the lines of the sysctl_read prelude whose path matches the case
+    `pattern` (and not `skip`), `strip` cut off the front, after the line `head` when given,
+    in one write (grep's errors on stderr, with `errors`), and succeeds; fails, printing
+    nothing, where it did not run."""
+    start = f'"{head}$__nl"' if head else ""
+    return (NEWLINE + f"[ -n \"${{KND_SYSCTL:-}}\" ] && {{ __b={start}; __e=; set -f; __i=$IFS; "
+            "IFS=$__nl; for __l in $KND_SYSCTL; do case $__l in grep:*) "
+            "__e=\"$__e$__l$__nl\";; " + (f"{skip}) ;; " if skip else "")
+            + f"{pattern}) __b=\"$__b${{__l#{strip}}}$__nl\";; esac; done; "
+            "IFS=$__i; set +f; printf %s \"$__b\"; "
+            + ("printf %s \"$__e\" >&2; " if errors else "") + "}")
+
+
+def from_ip_batch(*listings: str) -> str:
+    """Shell that prints the named listings of IP_BATCH, each under `##knd:<name> json`, in one
+    write, and succeeds; or fails, printing nothing, where the batch did not run or came out
+    short."""
+    heads = "".join(f"##knd:{name} json\\n%s\\n" for name in listings)
+    args = " ".join(f'"${IP_BATCH_LINES.index(name) + 1}"' for name in listings)
+    return (f"__knd_ipb() {{ [ $# -eq {len(IP_BATCH_LINES)} ] || return 1; "
+            f"printf '{heads}' {args}; }}; "
+            "set -f; __i=$IFS; IFS=$__nl; __knd_ipb ${KND_IP:-}; __r=$?; IFS=$__i; set +f; "
+            "[ $__r -eq 0 ]")
 
 
 def quoted(value: Any) -> str:
@@ -163,21 +240,21 @@ class Samples:
 
 @dataclass(frozen=True)
 class TwoSample:
-    """A probe that reads the same thing twice, to tell "rising now" from "non-zero since boot".
+    """A probe that reads the same files twice, to tell "rising now" from "non-zero since boot".
 
     The first sample is the script's prelude, taken before any other probe runs; the second is
     taken at the probe's own turn, after a sleep that tops the interval up to `min_interval_s`.
     Give the probe `order` above the default so the other probes' run time is the interval.
-    `sample` must print /proc/uptime's line first (`cat /proc/uptime FILE...`): the interval is
-    measured from it with the shell's own arithmetic, so no clock is forked for.
+    /proc/uptime is read first in each sample: the interval is measured from it with the
+    shell's own arithmetic, so no clock is forked for.
 
     When the active phase follows, the interval overlaps it instead: the node script prints the
     first sample only (`first_only`), and the collector takes the second once the node's checks
     are done (`second_after`, topped up the same way from the first sample's uptime).
 
-    >>> ts = TwoSample("demo", "cat /proc/uptime /proc/net/snmp", min_interval_s=2)
-    >>> ts.prelude
-    'cat /proc/uptime /proc/net/snmp'
+    >>> ts = TwoSample("demo", "/proc/net/snmp", min_interval_s=2)
+    >>> ts.prelude.var
+    'KND_PRE_demo'
     >>> out = "##knd:sample 1\\n100.50 7.0\\nA: 1\\n##knd:sample 2\\n103.00 9.0\\nA: 4\\n"
     >>> s = TwoSample.split(out)
     >>> (s.first, s.second, s.interval_s)
@@ -187,18 +264,28 @@ class TwoSample:
     """
 
     name: str
-    sample: str
+    paths: str  # the files each sample reads, after /proc/uptime
     min_interval_s: int = 2
 
     @property
-    def prelude(self) -> str:
-        return self.sample
+    def _files(self) -> str:
+        return f"/proc/uptime {self.paths}"
+
+    @property
+    def sample(self) -> str:
+        return read_files(self._files)
+
+    @property
+    def prelude(self) -> Prelude:
+        var = "KND_PRE_" + "".join(c if c.isalnum() else "_" for c in self.name)
+        return Prelude(var, read_into(var, self._files))
 
     def _first(self) -> str:
-        var = prelude_var(self.name)
-        # Without a prelude value (a script run by hand) the first sample is taken here.
-        return (f"S='{self.sample}'; first=${var}; [ -n \"$first\" ] || first=$(eval \"$S\"); "
-                "echo '##knd:sample 1'; printf '%s\\n' \"$first\"")
+        # Without the prelude's value (a script run by hand) the first sample is taken here.
+        return (f"S='{self.sample}'; first=${self.prelude.var}; "
+                "[ -n \"$first\" ] || first=$(eval \"$S\"); "
+                # the prelude's value ends with a newline, a $(...) drops it
+                "echo '##knd:sample 1'; printf '%s\\n' \"${first%[![:print:]]}\"")
 
     def _second(self) -> str:
         # Arithmetic on /proc/uptime's "seconds.hundredths" ($first's first word) in the shell

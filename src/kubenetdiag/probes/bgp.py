@@ -49,11 +49,11 @@ COMMAND = (
     "[ \"$m\" = bird ] && { p=${d#/proc/}; break; }; done; "
     "if [ -n \"$p\" ] && command -v nsenter >/dev/null 2>&1; then c=\"nsenter -t $p -m --\"; "
     "else echo \"kubenetdiag: birdcl: command not found (BIRD socket $s exists)\" >&2; "
-    "exit 127; fi; fi; "
+    "return 127; fi; fi; "
     "echo \"##knd:socket $s\"; "
     "case $c in nsenter*) $c birdcl -s \"$s\" show protocols all </dev/null 2>/dev/null "
-    "|| $c birdc -s \"$s\" show protocols all </dev/null || exit $?;; "
-    "*) $c -s \"$s\" show protocols all </dev/null || exit $?;; esac; done; "
+    "|| $c birdc -s \"$s\" show protocols all </dev/null || return $?;; "
+    "*) $c -s \"$s\" show protocols all </dev/null || return $?;; esac; done; "
     "[ $n = 1 ] || echo '##knd:none'"
 )
 _PROTO = re.compile(r"^(\S+)\s+(\S+)\s+(\S+)\s+(up|down|start|stop|flush)\s+(.*)$", re.I)

@@ -52,10 +52,10 @@ _SED = " ".join(
 )
 
 COMMAND = (
-    f"d={CNI_DIR}; if [ ! -d $d ]; then echo '##knd:nodir'; exit 0; fi; "
+    f"d={CNI_DIR}; if [ ! -d $d ]; then echo '##knd:nodir'; return 0; fi; "
     'for f in "$d"/*; do [ -f "$f" ] || continue; case "$f" in '
     f"*.conf|*.conflist|*.json) echo \"##knd:file $f\"; sed {_SED} -e 's/^/|/' -e '2000q' \"$f\";; "
-    '*) echo "##knd:other $f";; esac; done; exit 0'
+    '*) echo "##knd:other $f";; esac; done; return 0'
 )
 
 _SECRET_KEY = re.compile("|".join(_WORDS), re.I)

@@ -26,18 +26,23 @@ from __future__ import annotations
 import re
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section, read_files
+from kubenetdiag.probes.base import Probe, Section, from_sysctl_read, read_files
+from kubenetdiag.probes.sysctl import SYSCTL_READ
 from kubenetdiag.probes.text import clip, parts, to_int
 
 COMMAND = (
-    "echo '##knd:sysctl'; cd /proc/sys/net/netfilter 2>/dev/null && "
-    # grep, not the shell's read: an integer sysctl answers a read at an offset other than
-    # 0 with EOF, and the shell reads a byte at a time (it would see "2" of "262144")
-    "grep -H '' nf_conntrack_count nf_conntrack_max nf_conntrack_buckets 2>&1; "
-    "if command -v conntrack >/dev/null 2>&1; then echo '##knd:stats conntrack'; conntrack -S; "
+    # the script's one grep of /proc/sys (sysctl.SYSCTL_READ), else one of its own: grep, not
+    # the shell's read: an integer sysctl answers a read at an offset other than 0 with EOF,
+    # and the shell reads a byte at a time (it would see "2" of "262144")
+    from_sysctl_read("net/netfilter/nf_conntrack_*", strip="net/netfilter/",
+                       head="##knd:sysctl") + " || "
+    "{ echo '##knd:sysctl'; cd /proc/sys/net/netfilter 2>/dev/null && "
+    "grep -H '' nf_conntrack_count nf_conntrack_max nf_conntrack_buckets 2>&1; }; "
+    "if command -v conntrack >/dev/null 2>&1; then "
+    "s=$(conntrack -S); r=$?; printf '##knd:stats conntrack\\n%s\\n' \"$s\"; return $r; "
     "else echo 'kubenetdiag: conntrack: command not found' >&2; "
-    "if [ -r /proc/net/stat/nf_conntrack ]; then echo '##knd:stats proc'; "
-    + read_files("/proc/net/stat/nf_conntrack") + "; fi; fi"
+    "if [ -r /proc/net/stat/nf_conntrack ]; then "
+    + read_files("/proc/net/stat/nf_conntrack", head="##knd:stats proc") + "; fi; fi"
 )
 STATS = ("found", "invalid", "insert", "insert_failed", "drop", "early_drop", "error",
          "search_restart", "clash_resolve", "chaintoolong")
@@ -128,6 +133,7 @@ def parse(section: Section, node: str) -> list[Fact]:
 PROBE = Probe(
     name="conntrack",
     command=COMMAND,
+    preludes=(SYSCTL_READ,),
     parse=parse,
     kinds=("conntrack",),
     blocks="connection tracking (table full, insert_failed, drop, early_drop)",

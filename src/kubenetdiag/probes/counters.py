@@ -12,12 +12,13 @@ the other probes' run time is the interval, topped up with a sleep to MIN_INTERV
 from __future__ import annotations
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section, TwoSample, read_files
+from kubenetdiag.probes.base import Probe, Section, TwoSample
 from kubenetdiag.probes.conntrack import sum_proc_stat
 
 MIN_INTERVAL_S = 2
-SAMPLE = read_files("/proc/uptime /proc/net/snmp /proc/net/netstat /proc/net/stat/nf_conntrack")
-SAMPLING = TwoSample("counters", SAMPLE, MIN_INTERVAL_S)
+SAMPLING = TwoSample("counters", "/proc/net/snmp /proc/net/netstat /proc/net/stat/nf_conntrack",
+                     MIN_INTERVAL_S)
+SAMPLE = SAMPLING.sample
 
 # (group, counter): the drops and errors docs/runbooks.md#runbook-004 looks at. Group and
 # counter are spelled as the kernel prints them; `name` joins them as nstat does
@@ -127,7 +128,7 @@ PROBE = Probe(
     kinds=("net_counter",),
     blocks="drop and error counters rising now (listen overflows, UDP buffer errors, RcvQ drops)",
     timeout_s=MIN_INTERVAL_S + 10,
-    prelude=SAMPLING.prelude,
+    preludes=(SAMPLING.prelude,),
     sampling=SAMPLING,
     # last: the other probes' run time is the interval between the two samples
     order=900,

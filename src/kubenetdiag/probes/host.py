@@ -25,11 +25,15 @@ from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.probes.base import Probe, Section, read_files
 from kubenetdiag.probes.text import clip, parts, to_int, unprefix
 
+# GNU df gives space and inodes in one call (--output); busybox's and older ones, two POSIX
+# listings.
+DF_OUTPUT = "df -l --output=source,size,used,avail,pcent,itotal,iused,iavail,ipcent,target"
 COMMAND = (
+    f"if o=$({DF_OUTPUT} 2>/dev/null); then printf '##knd:dfo\\n%s\\n' \"$o\"; else "
     "echo '##knd:df'; df -P -l 2>/dev/null || df -P; "
-    "echo '##knd:dfi'; df -P -i -l 2>/dev/null || df -P -i; "
-    "if [ -r /etc/resolv.conf ]; then echo '##knd:resolv'; "
-    + read_files("/etc/resolv.conf", "|", 100) + "; "
+    "echo '##knd:dfi'; df -P -i -l 2>/dev/null || df -P -i; fi; "
+    "if [ -r /etc/resolv.conf ]; then "
+    + read_files("/etc/resolv.conf", "|", 100, head="##knd:resolv") + "; "
     "else echo '##knd:noresolv'; fi"
 )
 # Per-container mounts: hundreds on a busy node, and each only repeats its backing filesystem.
@@ -52,16 +56,35 @@ def _df(lines: list[str]) -> dict[str, tuple[str, list[int | None], str]]:
     return out
 
 
+def _df_output(lines: list[str]) -> tuple[dict, dict]:
+    """The DF_OUTPUT listing -> (space, inodes), each as `_df` gives them."""
+    space, inodes = {}, {}
+    for line in lines:
+        w = line.split()
+        if len(w) < 10 or to_int(w[1]) is None:
+            continue  # the header, or a line cut short
+        mount = " ".join(w[9:])
+        space[mount] = (w[0], [to_int(w[1]), to_int(w[2]), to_int(w[3]),
+                               to_int(w[4].rstrip("%"))], line)
+        inodes[mount] = (w[0], [to_int(w[5]), to_int(w[6]), to_int(w[7]),
+                                to_int(w[8].rstrip("%"))], "")
+    return space, inodes
+
+
 def parse(section: Section, node: str) -> list[Fact]:
     facts: list[Fact] = []
     space: dict = {}
     inodes: dict = {}
+    df_command = "df -P -l; df -P -i -l"
 
     def src(cmd: str, text: str) -> Source:
         return Source("host", cmd, section.exit_code, clip(text, 800))
 
     for name, _, lines in parts(section.stdout):
-        if name == "df":
+        if name == "dfo":
+            space, inodes = _df_output(lines)
+            df_command = DF_OUTPUT
+        elif name == "df":
             space = _df(lines)
         elif name == "dfi":
             inodes = _df(lines)
@@ -99,7 +122,7 @@ def parse(section: Section, node: str) -> list[Fact]:
             "device": clip(dev or idev, 200),
             "size_kb": s[0], "used_kb": s[1], "avail_kb": s[2], "use_pct": s[3],
             "inodes": i[0], "inodes_used": i[1], "inodes_free": i[2], "inodes_use_pct": i[3],
-        }, src("df -P -l; df -P -i -l", f"{raw}\n{iraw}".strip())))
+        }, src(df_command, f"{raw}\n{iraw}".strip())))
     return facts
 
 

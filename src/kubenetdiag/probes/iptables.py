@@ -28,7 +28,7 @@ import re
 import shlex
 
 from kubenetdiag.facts.model import Fact, Source, excerpt
-from kubenetdiag.probes.base import Probe, Section, unread_lines
+from kubenetdiag.probes.base import HOLD, Probe, Section, unread_lines
 
 COMMAND = "iptables-save -c"
 
@@ -267,7 +267,7 @@ def parse_save(section: Section, node: str, probe: str, command: str,
 
 PROBE = Probe(
     name="iptables",
-    command=COMMAND,
+    command=f"{HOLD} {COMMAND}",
     parse=parse,
     kinds=("iptables_chain", "iptables_rule", "iptables_summary"),
     blocks="packet filter rules (FORWARD REJECT/DROP, host firewalls, kube-proxy chains)",

@@ -24,24 +24,25 @@ Sample output and the facts it gives:
 from __future__ import annotations
 
 from kubenetdiag.facts.model import Fact
-from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.base import HOLD, Probe, Section, shown
 from kubenetdiag.probes.iptables import parse_save
 
 COMMAND = (
     "n=/proc/net/ip_tables_names; "
-    "if [ ! -e $n ]; then echo '# no legacy tables'; exit 0; fi; "
-    "if [ ! -r $n ]; then echo \"kubenetdiag: $n: Permission denied\" >&2; exit 1; fi; "
-    "grep -q . $n || { echo '# no legacy tables'; exit 0; }; "
+    "if [ ! -e $n ]; then echo '# no legacy tables'; return 0; fi; "
+    "if [ ! -r $n ]; then echo \"kubenetdiag: $n: Permission denied\" >&2; return 1; fi; "
+    "{ read -r t <$n; } 2>/dev/null; [ -n \"$t\" ] || { echo '# no legacy tables'; return 0; }; "
     "case \"$(iptables-save -V 2>/dev/null)\" in *nf_tables*|'') ;; "
-    "*) echo '# iptables-save is the legacy backend: the iptables probe has these'; exit 0;; esac; "
+    "*) echo '# iptables-save is the legacy backend: the iptables probe has these'; "
+    "return 0;; esac; "
     "command -v iptables-legacy-save >/dev/null 2>&1 || "
-    "{ echo 'kubenetdiag: iptables-legacy-save: command not found' >&2; exit 127; }; "
-    "iptables-legacy-save -c"
+    "{ echo 'kubenetdiag: iptables-legacy-save: command not found' >&2; return 127; }; "
+    f"{HOLD} iptables-legacy-save -c"
 )
 
 
 def parse(section: Section, node: str) -> list[Fact]:
-    return parse_save(section, node, "iptables_legacy", COMMAND, backend="legacy")
+    return parse_save(section, node, "iptables_legacy", shown(COMMAND), backend="legacy")
 
 
 PROBE = Probe(

@@ -26,13 +26,13 @@ from __future__ import annotations
 import re
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section, unread_lines
+from kubenetdiag.probes.base import HOLD, Probe, Section, unread_lines
 from kubenetdiag.probes.text import clip, parts, to_int
 
 COMMAND = (
-    "if [ ! -e /proc/net/ip_vs ]; then echo '##knd:none'; exit 0; fi; "
-    "if command -v ipvsadm >/dev/null 2>&1; then echo '##knd:table ipvsadm'; ipvsadm -Ln; "
-    "else echo '##knd:table proc'; cat /proc/net/ip_vs; fi"
+    "if [ ! -e /proc/net/ip_vs ]; then echo '##knd:none'; return 0; fi; "
+    "if command -v ipvsadm >/dev/null 2>&1; then echo '##knd:table ipvsadm'; "
+    f"{HOLD} ipvsadm -Ln; else echo '##knd:table proc'; {HOLD} cat /proc/net/ip_vs; fi"
 )
 MAX_BACKENDS = 2000  # as service_port.endpoints keeps them
 _SERVICE = re.compile(r"^(TCP|UDP|SCTP|FWM)\s+(\S+)\s+(\S+)")

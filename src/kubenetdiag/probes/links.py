@@ -29,11 +29,13 @@ import json
 import re
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.base import IP_BATCH, Probe, Section, from_ip_batch
 from kubenetdiag.probes.text import clip, parts, to_int
 
-# The JSON attempt's output is kept, not thrown away and asked for again: one `ip` less.
+# The listings come from the script's one `ip -batch` (IP_BATCH) where it ran; else the JSON
+# attempt's output is kept, not thrown away and asked for again.
 COMMAND = (
+    from_ip_batch("link", "addr") + " || "
     "if o=$(ip -d -j link show 2>/dev/null); then "
     "echo '##knd:link json'; printf '%s\\n' \"$o\"; echo; "
     "echo '##knd:addr json'; ip -j -4 addr show; "
@@ -241,6 +243,7 @@ def parse(section: Section, node: str) -> list[Fact]:
 PROBE = Probe(
     name="links",
     command=COMMAND,
+    preludes=(IP_BATCH,),
     parse=parse,
     kinds=("interface",),
     blocks="interfaces (VXLAN/IPIP devices, cni0, veths, MTU and state)",

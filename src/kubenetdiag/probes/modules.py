@@ -23,7 +23,7 @@ Sample output and the facts it gives:
 from __future__ import annotations
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section, read_files
+from kubenetdiag.probes.base import NEWLINE, Probe, Section, read_files
 from kubenetdiag.probes.text import parts
 
 # module -> files that exist only when the module (or the built-in code) is active
@@ -42,13 +42,16 @@ MODULES: dict[str, tuple[str, ...]] = {
 _FILES = sorted({f for fs in MODULES.values() for f in fs} | {f"/sys/module/{m}" for m in MODULES})
 
 COMMAND = (
-    "if [ -r /proc/modules ]; then echo '##knd:proc_modules'; "
-    + read_files("/proc/modules") + "; fi; "
-    "echo '##knd:present'; for f in " + " ".join(_FILES) + '; do [ -e "$f" ] && echo "$f"; done; '
+    "if [ -r /proc/modules ]; then "
+    + read_files("/proc/modules", head="##knd:proc_modules") + "; fi; "
+    # one write for the list, not one per file
+    + NEWLINE + "p='##knd:present'; for f in " + " ".join(_FILES)
+    + '; do [ -e "$f" ] && p="$p$__nl$f"; done; printf \'%s\\n\' "$p"; '
+
     "read r </proc/sys/kernel/osrelease; b=/lib/modules/$r/modules.builtin; "
     "if [ -r \"$b\" ]; then echo '##knd:builtin'; "
     "grep -E '/(" + "|".join(MODULES) + ")[.]ko' \"$b\"; fi; "
-    "exit 0"
+    "return 0"
 )
 
 

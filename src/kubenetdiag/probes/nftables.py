@@ -47,18 +47,19 @@ import re
 from collections.abc import Callable
 
 from kubenetdiag.facts.model import Fact, Source, excerpt
-from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.base import HOLD, Probe, Section
 from kubenetdiag.probes.text import clip
 
 COMMAND = (
-    # /proc/modules read by the shell (a seq_file: byte-wise reads are fine), no grep
-    "l=; if [ -r /proc/modules ]; then while read -r m _; do [ \"$m\" = nf_tables ] && "
-    "{ l=1; break; }; done </proc/modules; else l=1; fi; "
-    "if [ -z \"$l\" ] && [ ! -d /sys/module/nf_tables ]; then "
-    "echo '# nf_tables is not loaded'; exit 0; fi; "
+    # A loaded module has its /sys/module directory; /proc/modules, read by the shell (a
+    # seq_file: byte-wise reads are fine), only where it has none. Without module support
+    # (no /proc/modules) nft is asked.
+    "if [ ! -d /sys/module/nf_tables ] && [ -r /proc/modules ]; then l=; "
+    "while read -r m _; do [ \"$m\" = nf_tables ] && { l=1; break; }; done </proc/modules; "
+    "[ -n \"$l\" ] || { echo '# nf_tables is not loaded'; return 0; }; fi; "
     "command -v nft >/dev/null 2>&1 || "
-    "{ echo 'kubenetdiag: nft: command not found (nf_tables is loaded)' >&2; exit 127; }; "
-    "nft -a list ruleset"
+    "{ echo 'kubenetdiag: nft: command not found (nf_tables is loaded)' >&2; return 127; }; "
+    f"{HOLD} nft -a list ruleset"
 )
 
 _TABLE = re.compile(r"^table (\S+) (\S+) \{")

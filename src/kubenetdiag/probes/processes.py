@@ -30,7 +30,7 @@ from importlib import resources
 from pathlib import Path
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.base import Probe, Section, read_files
 from kubenetdiag.probes.text import clip, parts, unprefix
 from kubenetdiag.yamlsrc import load_plain
 
@@ -43,16 +43,19 @@ _REDACT = (
     "gsub(/[A-Za-z_]*(PASSW|TOKEN|SECRET)[A-Za-z_]*=[^ ]*/, \"<redacted>\")"
 )
 # One -o per column with an empty header: procps and busybox's ps read it alike, so one ps
-# serves both. Without ps, the shell reads /proc/PID/stat itself (no fork per process): comm is
-# between the first "(" and the last ")", the state the letter after it.
+# serves both; awk says the listing came from ps and fails on an empty one. Without ps, the
+# shell reads /proc/PID/stat itself (no fork per process): comm is between the first "(" and
+# the last ")", the state the letter after it.
+_AWK = f"{_REDACT}; print substr($0, 1, {MAX_ARGS})"
 COMMAND = (
-    "if out=$(ps -e -o pid= -o stat= -o comm= -o args= 2>/dev/null) && [ -n \"$out\" ]; then "
-    "echo '##knd:ps eos'; "
-    "else echo '##knd:ps procs'; out=$(for d in /proc/[0-9]*; do "
+    "ps -e -o pid= -o stat= -o comm= -o args= 2>/dev/null | "
+    f"awk 'NR==1{{print \"##knd:ps eos\"}} {{{_AWK}}} END{{exit NR==0}}' || "
+    "{ echo '##knd:ps procs'; out=$(for d in /proc/[0-9]*; do "
     "read -r s <\"$d/stat\" 2>/dev/null || continue; c=${s#*(}; c=${c%)*}; t=${s##*) }; "
-    "printf '%s %s %s -\\n' \"${d#/proc/}\" \"${t%% *}\" \"$c\"; done); fi; "
-    f"printf '%s\\n' \"$out\" | awk '{{{_REDACT}; print substr($0, 1, {MAX_ARGS})}}'; "
-    "if [ -r /etc/ufw/ufw.conf ]; then echo '##knd:ufw'; sed -n 's/^/|/p' /etc/ufw/ufw.conf; fi"
+    "printf '%s %s %s -\\n' \"${d#/proc/}\" \"${t%% *}\" \"$c\"; done); "
+    f"printf '%s\\n' \"$out\" | awk '{{{_AWK}}}'; }}; "
+    "if [ -r /etc/ufw/ufw.conf ]; then "
+    + read_files("/etc/ufw/ufw.conf", "|", head="##knd:ufw") + "; fi"
 )
 
 _LINE = re.compile(r"^\s*(\d+)\s+(\S+)\s*(.*)$")

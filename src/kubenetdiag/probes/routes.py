@@ -24,10 +24,11 @@ import ipaddress
 import json
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section, unread_lines
+from kubenetdiag.probes.base import IP_BATCH, Probe, Section, from_ip_batch, unread_lines
 from kubenetdiag.probes.text import clip, parts, to_int
 
-COMMAND = (  # the JSON attempt's output is kept, not asked for twice
+COMMAND = (  # the script's `ip -batch`, else the JSON attempt's output, not asked for twice
+    from_ip_batch("route") + " || "
     "if o=$(ip -j -4 route show table all 2>/dev/null); then "
     "echo '##knd:route json'; printf '%s\\n' \"$o\"; "
     "else echo '##knd:route text'; ip -4 route show table all; fi"
@@ -173,6 +174,7 @@ def parse(section: Section, node: str) -> list[Fact]:
 PROBE = Probe(
     name="routes",
     command=COMMAND,
+    preludes=(IP_BATCH,),
     parse=parse,
     kinds=("route",),
     blocks="routes to pod CIDRs (missing route, wrong device or gateway, BGP-learned routes)",

@@ -31,11 +31,12 @@ import json
 import re
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.base import IP_BATCH, Probe, Section, from_ip_batch
 from kubenetdiag.probes.text import clip, parts
 
-# The JSON attempt's output is kept, not asked for twice: one `ip` on every modern node.
+# The script's `ip -batch` (IP_BATCH), else the JSON attempt's output, not asked for twice.
 COMMAND = (
+    from_ip_batch("rule") + " || "
     "if o=$(ip -j -4 rule show 2>/dev/null); then "
     "echo '##knd:rule json'; printf '%s\\n' \"$o\"; "
     "else echo '##knd:rule text'; ip -4 rule show; fi"
@@ -113,7 +114,9 @@ def _json_text(d: dict) -> str:
         words.append("nop")
     elif "action" in d:
         words.append(str(d["action"]))
-    if "protocol" in d:
+    # `ip -d` (the script's one `ip -batch` has it, for the links) adds the protocol of every
+    # rule; the kernel's own three read as ip prints them without it
+    if "protocol" in d and d["protocol"] != "kernel":
         words += ["proto", str(d["protocol"])]
     return " ".join(words)
 
@@ -236,6 +239,7 @@ def parse(section: Section, node: str) -> list[Fact]:
 PROBE = Probe(
     name="ip_rule",
     command=COMMAND,
+    preludes=(IP_BATCH,),
     parse=parse,
     kinds=("ip_rule",),
     blocks="policy routing rules (which table a flow is looked up in; blackhole, unreachable "

@@ -26,7 +26,8 @@ from __future__ import annotations
 import re
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section, read_files
+from kubenetdiag.probes.base import Probe, Section, from_sysctl_read, read_files
+from kubenetdiag.probes.sysctl import SYSCTL_READ
 from kubenetdiag.probes.text import clip, parts, to_int
 
 QUEUE_BYTES = 1024  # a socket holding more than this in a queue is worth a look
@@ -34,23 +35,40 @@ QUEUE_BYTES = 1024  # a socket holding more than this in a queue is worth a look
 MAX_LINES = 200
 MAX_UDP = 2000
 
+# One ss for TCP and UDP, one awk to sort its lines (Netid first; an indented line is the
+# skmem of the socket above it): TCP as listeners (L), queues past QUEUE_BYTES (Q) and a count
+# per state (S); UDP as ss prints it, skmem and all, after them.
+_SS_AWK = (
+    "BEGIN{print \"##knd:tcp ss-all\"} NR==1{next} "
+    "/^[ \\t]/{if(u&&k<" + str(MAX_UDP) + "){k++;U[k]=$0}; next} "
+    "{p=$1; sub(/^[^ \\t]+[ \\t]+/, \"\"); u=(p==\"udp\")} "
+    "u{if(k<" + str(MAX_UDP) + "){k++;U[k]=$0}; next} p!=\"tcp\"{next} "
+    "{n[$1]++} $1==\"LISTEN\"{if(l<m){l++;print \"L \" $0}; next} "
+    "($2+0>t||$3+0>t)&&q<m{q++;print \"Q \" $0} "
+    "END{for(s in n) print \"S \" s \" \" n[s]; print \"##knd:udp ss-all\"; "
+    "for(i=1;i<=k;i++) print U[i]}"
+)
+SS = "ss -tuanmp"
 COMMAND = (
     "if command -v ss >/dev/null 2>&1; then "
-    "echo '##knd:tcp ss'; ss -tanp | awk -v t=" + str(QUEUE_BYTES) + " -v m=" + str(MAX_LINES)
-    + " 'NR==1{next} {n[$1]++} $1==\"LISTEN\"{if(l<m){l++;print \"L \" $0}; next} "
-    "($2+0>t||$3+0>t)&&q<m{q++;print \"Q \" $0} END{for(s in n) print \"S \" s \" \" n[s]}'; "
-    "echo '##knd:udp ss'; ss -uanmp | awk 'NR>1&&NR<=" + str(MAX_UDP) + "'; "
+    f"{SS} | awk -v t={QUEUE_BYTES} -v m={MAX_LINES} '{_SS_AWK}'; "
     "else echo 'kubenetdiag: ss: command not found' >&2; "
     "echo '##knd:tcp proc'; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v m="
     + str(MAX_LINES) + " '$1==\"sl\"{next} {n[$4]++} $4==\"0A\"&&l<m{l++;print \"L \" $0} "
     "END{for(s in n) print \"S \" s \" \" n[s]}'; fi; "
-    "echo '##knd:sockstat'; " + read_files("/proc/net/sockstat /proc/net/sockstat6") + "; "
+    + read_files("/proc/net/sockstat /proc/net/sockstat6", head="##knd:sockstat") + "; "
     # the thresholds sockstat's `mem` (pages) is judged against: low, pressure, max. tcp_mem is
     # host-wide and only the initial network namespace has the file: a node that is itself a
     # namespace (a lab node, a node in a container) lacks it, and that leaves the thresholds
     # unknown rather than failing the probe.
-    "echo '##knd:tcpmem'; cat /proc/sys/net/ipv4/tcp_mem 2>/dev/null || :"
+    # (the script's one grep of /proc/sys, sysctl.SYSCTL_READ, where it ran)
+    + from_sysctl_read("net/ipv4/tcp_mem:*", strip="net/ipv4/tcp_mem:", head="##knd:tcpmem")
+    + " || { echo '##knd:tcpmem'; cat /proc/sys/net/ipv4/tcp_mem 2>/dev/null; } || :"
 )
+
+# How a section's TCP and UDP parts were made: one ss for both, or (older versions of this
+# probe) `ss -tanp` and `ss -uanmp`.
+_SS_COMMANDS = {"ss-all": SS, "ss": "ss -tanp"}
 
 STATES = {  # ss names and /proc/net/tcp hex codes -> the names facts use
     "ESTAB": "established", "SYN-SENT": "syn_sent", "SYN-RECV": "syn_recv",
@@ -143,14 +161,14 @@ def parse(section: Section, node: str) -> list[Fact]:
     for name, arg, lines in parts(section.stdout):
         if name == "tcp":
             tcp_source = arg
-            cmd = "ss -tanp" if arg == "ss" else "cat /proc/net/tcp /proc/net/tcp6"
+            cmd = _SS_COMMANDS.get(arg, "cat /proc/net/tcp /proc/net/tcp6")
             for line in lines:
                 kind, _, rest = line.partition(" ")
                 w = rest.split()
                 if kind == "S" and len(w) == 2 and w[0] in STATES and w[1].isdigit():
                     state = STATES[w[0]]
                     counts[state] = counts.get(state, 0) + int(w[1])
-                elif kind in ("L", "Q") and arg == "ss" and len(w) >= 5:
+                elif kind in ("L", "Q") and arg in _SS_COMMANDS and len(w) >= 5:
                     recv_q, send_q = to_int(w[1]), to_int(w[2])
                     if recv_q is None or send_q is None:
                         continue
@@ -201,7 +219,8 @@ def parse(section: Section, node: str) -> list[Fact]:
                 if a["state"] == "unconn" or a["recv_q"] or a["drops"]:
                     raw = a.pop("raw")
                     a.pop("state")
-                    facts.append(Fact("udp_socket", node, a, src("ss -uanmp", raw)))
+                    facts.append(Fact("udp_socket", node, a,
+                                      src(_SS_COMMANDS.get(arg, "ss -uanmp"), raw)))
         elif name == "tcpmem":
             words = " ".join(lines).split()
             if len(words) == 3 and all(w.isdigit() for w in words):
@@ -231,7 +250,7 @@ def parse(section: Section, node: str) -> list[Fact]:
         facts.append(Fact("tcp_states", node, {
             **{s: counts.get(s, 0) for s in states},
             "total": sum(counts.values()),
-            "source": "ss" if tcp_source == "ss" else "/proc/net/tcp",
+            "source": "ss" if tcp_source in _SS_COMMANDS else "/proc/net/tcp",
         }, src("ss -tan (counted on the node)",
                " ".join(f"{k}={v}" for k, v in sorted(counts.items())))))
     if tcp_source == "proc":
@@ -251,6 +270,7 @@ def parse(section: Section, node: str) -> list[Fact]:
 PROBE = Probe(
     name="sockets",
     command=COMMAND,
+    preludes=(SYSCTL_READ,),
     parse=parse,
     kinds=("tcp_listener", "socket_queue", "tcp_states", "sockstat", "udp_socket"),
     blocks="sockets (accept queues, TIME_WAIT counts, stuck Recv-Q/Send-Q, UDP buffers)",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.base import Probe, Section, from_sysctl_read, sysctl_read
 
 # Explicit keys: each yields a fact, present or not.
 KEYS = (
@@ -54,8 +54,16 @@ def _key(path: str) -> str:
     return path.replace("/", ".")
 
 
-# One grep prints every file as "path:value", empty values included, in a single fork.
-COMMAND = "cd /proc/sys && grep -H '' " + " ".join(_path(k) for k in KEYS) + " " + " ".join(GLOBS)
+# One grep prints every file as "path:value", empty values included, in a single fork: the
+# script's one for every /proc/sys file a probe reads, those of the conntrack and sockets probes
+# too, where it ran; else this probe's own. Those other probes' files are left out here.
+PATHS = (*(_path(k) for k in KEYS), *GLOBS)
+OTHERS = ("net/netfilter/nf_conntrack_buckets", "net/ipv4/tcp_mem")
+SYSCTL_READ = sysctl_read((*PATHS, *OTHERS))
+COMMAND = (
+    from_sysctl_read("net/*", skip="|".join(f"{o}:*" for o in OTHERS), errors=True)
+    + " && return ${KND_SYSCTL_RC:-0}; cd /proc/sys && grep -H '' " + " ".join(PATHS)
+)
 
 _LINE = re.compile(r"^(net/[A-Za-z0-9_./@:+-]+?):(.*)$")
 _INT = re.compile(r"^-?\d+$")
@@ -100,6 +108,7 @@ def parse(section: Section, node: str) -> list[Fact]:
 PROBE = Probe(
     name="sysctl",
     command=COMMAND,
+    preludes=(SYSCTL_READ,),
     parse=parse,
     kinds=("sysctl",),
     blocks="kernel settings (ip_forward and per-interface forwarding, bridge-nf-call-iptables, "

@@ -23,7 +23,7 @@ Sample output and the facts it gives:
 from __future__ import annotations
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section
+from kubenetdiag.probes.base import NEWLINE, Probe, Section
 from kubenetdiag.probes.text import clip, to_int
 
 DIRS = (
@@ -35,16 +35,20 @@ DIRS = (
 )
 SYSCTL_CONF = "/etc/sysctl.conf"
 
-# F<TAB>path for a file, L<TAB>path<TAB>target for a symlink, then one `grep -Hn` over all of
-# them (one fork), comments and blank lines left on the node: each setting as `path:N:line`.
+# F<TAB>path for a file, L<TAB>path<TAB>/dev/null (or nothing) for a symlink, then one
+# `grep -Hn` over all of them (one fork), comments and blank lines left on the node: each
+# setting as `path:N:line`. Outputs of older versions name every link's target.
 COMMAND = (
-    "set --; for d in " + " ".join(DIRS) + "; do for f in \"$d\"/*.conf; do "
-    "if [ -L \"$f\" ]; then printf 'L\\t%s\\t%s\\n' \"$f\" \"$(readlink \"$f\")\"; "
-    "elif [ -f \"$f\" ]; then printf 'F\\t%s\\n' \"$f\"; else continue; fi; "
+    NEWLINE + "o=; set --; for d in " + " ".join(DIRS) + "; do for f in \"$d\"/*.conf; do "
+    # a link's target matters only when it masks the file (/dev/null, as systemd-sysctl
+    # reads it): tested by the shell, no readlink per link
+    "if [ -L \"$f\" ]; then t=; [ \"$f\" -ef /dev/null ] && t=/dev/null; "
+    "o=\"${o}L\t$f\t$t$__nl\"; "
+    "elif [ -f \"$f\" ]; then o=\"${o}F\t$f$__nl\"; else continue; fi; "
     "set -- \"$@\" \"$f\"; done; done; "
-    f"if [ -f {SYSCTL_CONF} ]; then printf 'F\\t%s\\n' {SYSCTL_CONF}; "
-    f"set -- \"$@\" {SYSCTL_CONF}; fi; "
-    "[ $# -eq 0 ] || grep -Hn -v -e '^[[:space:]]*[#;]' -e '^[[:space:]]*$' -- \"$@\"; exit 0"
+    f"if [ -f {SYSCTL_CONF} ]; then o=\"${{o}}F\t{SYSCTL_CONF}$__nl\"; "
+    f"set -- \"$@\" {SYSCTL_CONF}; fi; printf %s \"$o\"; "
+    "[ $# -eq 0 ] || grep -Hn -v -e '^[[:space:]]*[#;]' -e '^[[:space:]]*$' -- \"$@\"; return 0"
 )
 
 
