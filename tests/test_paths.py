@@ -531,3 +531,44 @@ def test_a_drop_in_the_raw_table_carries_its_counter_and_an_nft_rule_none():
     never = ipt("n3", "mangle", "-A FORWARD -d 10.244.3.0/24 -j DROP", 1)  # pkts 0: not yet
     facts = cluster(chain("n3", "mangle", "FORWARD"), never)
     assert {s["pkts"] for s in stops(facts, "n3", "pod_in")} == {0}
+
+
+# ---- route lookup: an index per prefix length gives what a scan of every route gives ------
+
+_PREFIX = st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32))
+
+
+@settings(max_examples=200, deadline=None)
+@given(routes=st.lists(st.tuples(_PREFIX, st.integers(0, 3), st.sampled_from(["main", "100"]),
+                                 st.sampled_from(["unicast", "blackhole", "throw"])),
+                       max_size=40),
+       dsts=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=20),
+       suppress=st.one_of(st.none(), st.integers(0, 32)))
+def test_route_lookup_is_the_longest_prefix_then_the_lowest_metric(routes, dsts, suppress):
+    """The kernel's choice, as a scan would make it: of the routes whose prefix holds the
+    destination, the longest, and of those the lowest metric (the first one read on a tie);
+    none when `suppress_prefixlength` rules the longest one out."""
+    from kubenetdiag.facts.paths.packet import show
+    from kubenetdiag.facts.paths.routing import Route, Routing
+
+    def cidr(base, length):
+        mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+        return f"{show(base & mask)}/{length}", mask
+
+    table = [Route(t, kind, cidr(base, length)[0], None, "eth0", "boot", metric)
+             for (base, length), metric, t, kind in routes]
+    routing = Routing(table, [], frozenset())
+    for name in ("main", "100"):
+        for dst in dsts:
+            held = [(i, r) for i, r in enumerate(table) if r.table == name
+                    and (dst & cidr(*_parts(r.dst))[1]) == _parts(r.dst)[0]]
+            best = min(held, key=lambda ir: (-_parts(ir[1].dst)[1], ir[1].metric, ir[0]),
+                       default=(None, None))[1]
+            if best is not None and suppress is not None and _parts(best.dst)[1] <= suppress:
+                best = None
+            assert routing._lookup_table(name, dst, suppress) == best
+
+
+def _parts(text: str) -> tuple[int, int]:
+    base, _, length = text.partition("/")
+    return addr(base), int(length)

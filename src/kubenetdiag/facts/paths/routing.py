@@ -15,7 +15,6 @@ from kubenetdiag.facts.paths.packet import (
     negate,
     network,
     port_match,
-    prefix_len,
     show,
 )
 
@@ -137,18 +136,31 @@ class Routing:
         self.local = local
         self.complete = complete
         self.rules = sorted(rules, key=lambda r: r.priority) if rules else list(DEFAULT_RULES)
-        self.tables: dict[str, list[Route]] = {}
+        by_table: dict[str, list[tuple[tuple[int, int], Route]]] = {}
         for r in routes:
-            if network(r.dst) is not None or r.dst == "default":
-                self.tables.setdefault(table_id(r.table), []).append(r)
-        for rs in self.tables.values():
-            rs.sort(key=lambda r: (-prefix_len(_dst(r)), r.metric))
+            net = network(_dst(r))
+            if net is not None:
+                by_table.setdefault(table_id(r.table), []).append((net, r))
+        # Each table as its prefix lengths, longest first, each a dict of networks: a lookup
+        # is one dict probe per length, not a scan of every route (a node of a 500-node
+        # cluster has a route per peer, and its paths are walked towards many of them).
+        # Within a length the lowest metric comes first and wins, as the kernel's does.
+        self.tables: dict[str, list[tuple[int, int, dict[int, Route]]]] = {}
+        for table, found in by_table.items():
+            found.sort(key=lambda nr: (-nr[0][1].bit_count(), nr[1].metric))
+            levels: list[tuple[int, int, dict[int, Route]]] = []
+            for (base, mask), r in found:
+                if not levels or levels[-1][1] != mask:
+                    levels.append((mask.bit_count(), mask, {}))
+                levels[-1][2].setdefault(base, r)
+            self.tables[table] = levels
 
     def _lookup_table(self, table: str, dst: int, suppress: int | None = None) -> Route | None:
-        for r in self.tables.get(table_id(table), ()):
-            if in_net(dst, _dst(r)):
+        for length, mask, nets in self.tables.get(table_id(table), ()):
+            r = nets.get(dst & mask)
+            if r is not None:
                 # `suppress_prefixlength N` (wg-quick's rule) ignores routes this short
-                if suppress is not None and prefix_len(_dst(r)) <= suppress:
+                if suppress is not None and length <= suppress:
                     return None
                 return r
         return None
