@@ -102,10 +102,10 @@ def test_every_line_of_the_real_script_has_balanced_quotes():
 @pytest.mark.parametrize("children", ["kernel list", "pgrep"])
 def test_a_hung_probe_is_killed_with_everything_it_started(children):
     """One watchdog for the whole script, not a `timeout` per probe: at the probe's own limit
-    it kills what the probe started (a pipeline, a tool waiting on a socket), says so on the
-    probe's stderr so the section reads as timed out (124) rather than whole, and the script
-    goes on. Where the kernel keeps no children list (CONFIG_PROC_CHILDREN), pgrep finds
-    them."""
+    it kills what the probe started (a pipeline, a tool waiting on a socket) and ends the
+    probe there, says so on the probe's stderr so the section reads as timed out (124) rather
+    than whole, and the script goes on. Where the kernel keeps no children list
+    (CONFIG_PROC_CHILDREN), pgrep finds them."""
     marker = new_marker()
     # a sleep of its own: the other parametrization may run beside this one
     hang = f"sleep 31.{secrets.randbelow(10**6):06d}"
@@ -119,7 +119,7 @@ def test_a_hung_probe_is_killed_with_everything_it_started(children):
     proc = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True,
                           timeout=60)
     got = {s.probe: s for s in split_output(proc.stdout, proc.stderr, marker, probes)}
-    assert got["hung"].exit_code == 124
+    assert got["hung"].exit_code == 124 and "after" not in got["hung"].stdout
     assert "timed out, killed after 1 s" in got["hung"].stderr
     assert got["hung"].duration_s < 10
     assert got["next"].stdout == "ok\n" and got["next"].exit_code == 0
@@ -231,3 +231,18 @@ def test_a_hostile_first_uptime_cannot_reach_the_shell():
         if up is not None:
             command = counters.SAMPLING.second_after(up)
             assert "reboot" not in command and ";rm" not in command
+
+
+def test_a_hung_prelude_is_killed_and_the_probes_still_run():
+    """A prelude runs before any probe, outside the probe's trap: the watchdog kills it at
+    the script's longest limit, and the probes then run, each falling back on its own."""
+    from kubenetdiag.probes.base import Prelude
+
+    hang = f"sleep 31.{secrets.randbelow(10**6):06d}"
+    probes = [Probe("p", 'echo "ran ${KND_X:-without}"', _noop, "", timeout_s=1,
+                    preludes=(Prelude("KND_X", f"KND_X=$({hang})"),))]
+    sections, proc = run(probes)
+    assert sections[0].stdout == "ran without\n" and sections[0].exit_code == 0
+    assert proc.returncode == 0
+    left = subprocess.run(["pgrep", "-f", hang], capture_output=True, text=True)
+    assert left.stdout == ""

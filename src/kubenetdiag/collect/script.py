@@ -43,11 +43,12 @@ PROBE_MEMORY_KIB = 1024 * 1024  # virtual memory of the script and its commands 
 # - Time limits come from one watchdog for the whole script: it polls the script's children
 #   every 2 s (the kernel's children list, or pgrep where that list is not built in) and,
 #   once one has run past the probe's limit, says so on stderr (the probe's section: the
-#   collector reads it as exit status 124, as timeout(1) reports) and sends every child and
-#   everything it started TERM, then KILL. The limit is the children's own `ulimit -t` (CPU
-#   seconds: the probe's limit, set by the runner as a soft limit), which the watchdog reads
-#   in /proc/PID/limits: nothing is written to tell it. The probe's next command then runs,
-#   under the same limit.
+#   collector reads it as exit status 124, as timeout(1) reports), sends the script's shell
+#   USR1 and every child and everything it started TERM, then KILL. The shell runs its USR1
+#   trap once the killed command is gone, and the trap's `return` ends the probe there (in a
+#   helper such as base.HOLD, the helper; probes call it last). The limit is the children's
+#   own `ulimit -t` (CPU seconds: the probe's limit, set by the runner as a soft limit), which
+#   the watchdog reads in /proc/PID/limits: nothing is written to tell it.
 # - The script runs at nice 10 and best-effort I/O priority 7: SSH starts it under `nice` (no
 #   process more), and it calls renice only where it was started otherwise (locally, a bench).
 # - No quoted string spans two lines, and no comment has a quote in it: Ansible's argument
@@ -96,11 +97,13 @@ __knd_wd() {{
       done 2>/dev/null </proc/$__cur/limits
     elif [ $((__cs-__t0)) -ge $((__lim*100)) ]; then
       echo "{timeout_note} $__lim s" >&2
+      kill -USR1 "$__main" 2>/dev/null
       __knd_kill TERM "$__kids"; sleep 2; __knd_kill KILL "$__kids"; __p=
     fi
   done
 }}
 __main=$$
+__knd_in=; trap '[ -z "$__knd_in" ] || {{ __knd_in=; return 124; }}' USR1
 __knd_wd </dev/null >/dev/null &
 __knd_wdpid=$!
 read -r __x </proc/self/stat; set -- ${{__x##*) }}
@@ -126,8 +129,8 @@ __knd_run() {{
   done
   if [ "$__r" -eq 0 ]; then
     ulimit -S -t "$2" 2>/dev/null
-    eval "__knd_probe() {{ $4$__nl}}" && __knd_probe </dev/null
-    __r=$?; IFS=$__ifs; set +f; cd /
+    eval "__knd_probe() {{ $4$__nl}}" && {{ __knd_in=1; __knd_probe </dev/null; }}
+    __r=$?; __knd_in=; IFS=$__ifs; set +f; cd /
   fi
   __knd_cs; __d=$((__cs-__s))
   if [ -n "$5" ]; then
@@ -155,7 +158,9 @@ def deferring(probes: Sequence[Probe]) -> list[Probe]:
 def build_script(probes: Sequence[Probe], marker: str, *,
                  output_limit: int = PROBE_OUTPUT_LIMIT) -> str:
     """The whole script for one node. Every probe field is quoted: none is trusted to be safe.
-    `output_limit`: bytes of each held output kept (the rest is cut on the node)."""
+    The preludes go in as they are written (a here-document needs its lines): they are module
+    constants of the probes, not data. `output_limit`: bytes of each held output kept (the
+    rest is cut on the node)."""
     limit = max((int(p.timeout_s) for p in probes), default=15)
     lines = [_PREAMBLE.format(marker=marker, limit=limit, output=int(output_limit),
                               memory=PROBE_MEMORY_KIB, cut=CUT_NOTE, timeout_note=TIMEOUT_NOTE,
