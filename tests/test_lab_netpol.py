@@ -122,10 +122,9 @@ def test_the_api_shows_kube_router_only_when_it_runs():
 # ---- the enforcing lab ----------------------------------------------------------------------
 
 
-def diagnose(lab: Lab) -> dict:
+def diagnose(lab: Lab, tmp: Path) -> dict:
     import sys
-    import tempfile
-    bundle = Path(tempfile.mkdtemp(prefix="kndnp-")) / "bundle"
+    bundle = tmp / "bundle"
     proc = lab.client_exec([sys.executable, "-m", "kubenetdiag", "diagnose", "--inventory",
                             str(lab.inventory_path), "--kubeconfig", str(lab.kubeconfig_path),
                             "--bundle", str(bundle), "--format", "json", "--quiet"],
@@ -158,7 +157,7 @@ def test_kube_router_runs_in_every_node_as_its_daemonset(netpol_lab):
 
 
 @pytest.mark.lab
-def test_ingress_policy_refuses_the_web_pod_until_deleted(netpol_lab):
+def test_ingress_policy_refuses_the_web_pod_until_deleted(netpol_lab, tmp_path):
     lab = netpol_lab
     web = lab.pod_for_app("web")
     client = next(p for p in lab.pods if p.app == "client" and p.node != web.node)
@@ -173,7 +172,7 @@ def test_ingress_policy_refuses_the_web_pod_until_deleted(netpol_lab):
         assert kuberouter.policy_lines(node_rules[web.node], "default", "web-allow-frontend")
         assert not kuberouter.policy_lines(node_rules[client.node], "default",
                                            "web-allow-frontend")
-        report = diagnose(lab)
+        report = diagnose(lab, tmp_path)
     # the refusal is kube-router's REJECT, yet the diagnosis is the policy, named, on the web
     # pod's node: not a firewall rule, and nothing else as a root cause
     alarms = [f for f in report["findings"] if f["root_cause"]
