@@ -567,3 +567,33 @@ def test_bad_kubeconfig_exits_2_before_any_node(tmp_path, capsys):
                  "--bundle", str(bundle)])
     assert code == 2 and not bundle.exists()
     assert "kubeconfig" in capsys.readouterr().err
+
+
+def test_the_files_the_client_writes_from_inline_credentials_can_be_dropped(tmp_path):
+    """The Kubernetes client writes a kubeconfig's inline CA, certificate and key to files in
+    the temporary directory and deletes them at exit; a Ctrl-C leaves with os._exit, which
+    deletes them first through drop_credentials (a private key must not stay behind)."""
+    import yaml
+
+    from kubenetdiag.collect.cluster import ApiTarget, drop_credentials, load_client
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {
+            "server": "https://127.0.0.1:1",
+            "certificate-authority-data": b64("-----BEGIN CERTIFICATE-----\nca\n")}}],
+        "users": [{"name": "u", "user": {
+            "client-certificate-data": b64("-----BEGIN CERTIFICATE-----\ncert\n"),
+            "client-key-data": b64("-----BEGIN PRIVATE KEY-----\nkey\n")}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+    }))
+    api, _ = load_client(ApiTarget(kubeconfig=str(kubeconfig)))
+    cfg = api.configuration
+    written = [Path(p) for p in (cfg.ssl_ca_cert, cfg.cert_file, cfg.key_file)]
+    assert all(p.is_file() for p in written)
+    drop_credentials()
+    assert not any(p.exists() for p in written)

@@ -626,6 +626,10 @@ def main(argv: Sequence[str] | None = None, *, kubectl: bool = False) -> int:
         print("kubenetdiag: interrupted", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
+        if "kubernetes" in sys.modules:  # only a run that read a kubeconfig has its files
+            from kubenetdiag.collect.cluster import drop_credentials
+
+            drop_credentials()
         os._exit(EXIT_INTERRUPTED)
     except Exception:
         # A bug, not the user's input or a node's state: exit 1 would read as "findings".

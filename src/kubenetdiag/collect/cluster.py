@@ -147,6 +147,17 @@ def load_client(target: ApiTarget) -> tuple[Any, dict]:
     return client.ApiClient(cfg), source
 
 
+def drop_credentials() -> None:
+    """Delete the files the Kubernetes client wrote from the kubeconfig's inline data (CA,
+    client certificate and key, under the temporary directory). The client removes them at
+    exit, but a run that leaves with os._exit (a Ctrl-C) would leave a private key behind."""
+    from kubernetes.config import kube_config
+
+    cleanup = getattr(kube_config, "_cleanup_temp_files", None)
+    if cleanup is not None:
+        cleanup()
+
+
 # ---------------------------------------------------------------- one call
 
 
