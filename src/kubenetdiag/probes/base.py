@@ -196,13 +196,13 @@ def sysctl_read(paths: Sequence[str]) -> Prelude:
 def from_sysctl_read(pattern: str, strip: str = "", skip: str = "",
                      errors: bool = False, head: str = "") -> str:
     """Shell that prints the lines of the sysctl_read prelude whose path matches the case
-    `pattern` (and not `skip`), `strip` cut off the front, after the line `head` when given,
-    in one write (grep's errors on stderr, with `errors`), and succeeds; fails, printing
-    nothing, where it did not run."""
+    `pattern` (and not `skip`, which may name grep's error lines too), `strip` cut off the
+    front, after the line `head` when given, in one write (grep's errors on stderr, with
+    `errors`), and succeeds; fails, printing nothing, where it did not run."""
     start = f'"{head}$__nl"' if head else ""
     return (NEWLINE + f"[ -n \"${{KND_SYSCTL:-}}\" ] && {{ __b={start}; __e=; set -f; __i=$IFS; "
-            "IFS=$__nl; for __l in $KND_SYSCTL; do case $__l in grep:*) "
-            "__e=\"$__e$__l$__nl\";; " + (f"{skip}) ;; " if skip else "")
+            "IFS=$__nl; for __l in $KND_SYSCTL; do case $__l in "
+            + (f"{skip}) ;; " if skip else "") + "grep:*) __e=\"$__e$__l$__nl\";; "
             + f"{pattern}) __b=\"$__b${{__l#{strip}}}$__nl\";; esac; done; "
             "IFS=$__i; set +f; printf %s \"$__b\"; "
             + ("printf %s \"$__e\" >&2; " if errors else "") + "}")

@@ -61,7 +61,9 @@ PATHS = (*(_path(k) for k in KEYS), *GLOBS)
 OTHERS = ("net/netfilter/nf_conntrack_buckets", "net/ipv4/tcp_mem")
 SYSCTL_READ = sysctl_read((*PATHS, *OTHERS))
 COMMAND = (
-    from_sysctl_read("net/*", skip="|".join(f"{o}:*" for o in OTHERS), errors=True)
+    # the other probes' files and grep's errors about them are theirs
+    from_sysctl_read("net/*", skip="|".join(f"{o}:*|grep:\\ {o}:*" for o in OTHERS),
+                     errors=True)
     + " && return ${KND_SYSCTL_RC:-0}; cd /proc/sys && grep -H '' " + " ".join(PATHS)
 )
 
