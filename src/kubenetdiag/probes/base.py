@@ -107,14 +107,14 @@ CUT_NOTE = "kubenetdiag: output cut at"
 # and cut at the per-probe limit (collect.script): for outputs that grow with the cluster and
 # tools that write a line at a time. Sections record the command without it, as typed by hand.
 HOLD = "__knd_hold"
+# What the node script's watchdog writes on a probe's stderr when it killed one of the probe's
+# commands at the probe's time limit; the section's exit status is then 124.
+TIMEOUT_NOTE = "kubenetdiag: timed out, killed after"
 
 
 def shown(command: str) -> str:
     """A probe command as an SRE would type it: without the script's helper."""
     return command.replace(HOLD + " ", "")
-# What the node script's watchdog writes on a probe's stderr when it killed one of the probe's
-# commands at the probe's time limit; the section's exit status is then 124.
-TIMEOUT_NOTE = "kubenetdiag: timed out, killed after"
 
 
 def unread_lines(section: Section, node: str, lines: Sequence[str], what: str) -> list[Fact]:
@@ -150,32 +150,29 @@ class Prelude:
 NEWLINE = '[ -n "$__nl" ] || __nl=${IFS#??}; '
 
 
-def read_into(var: str, paths: str) -> str:
-    """Shell that sets `var` to the files' contents, read by the shell itself (no process)."""
-    return (NEWLINE + f"{var}=; for __f in {paths}; do [ -f \"$__f\" ] && [ -r \"$__f\" ] "
-            "|| continue; while { IFS= read -r __l || [ -n \"$__l\" ]; }; do "
-            f"{var}=\"${var}$__l$__nl\"; __l=; done <\"$__f\"; done")
+def read_into(var: str, paths: str, prefix: str = "", limit: int = 0, head: str = "") -> str:
+    """Shell that sets `var` to the files' contents (each line `prefix`ed, at most `limit`
+    lines a file when given, after the line `head`), read by the shell itself: no process.
+    Regular files only: a FIFO planted at /etc/resolv.conf must not block the script's
+    shell. A last line without a newline is kept too. Single-quote free, so it can be stored
+    in a single-quoted variable and eval'd."""
+    cap = f"[ $__n -lt {limit} ] && " if limit else ""
+    start = f'"{head}$__nl"' if head else ""
+    return (NEWLINE + f"{var}={start}; for __f in {paths}; do "
+            "[ -f \"$__f\" ] && [ -r \"$__f\" ] || continue; "
+            f"__n=0; while {cap}{{ IFS= read -r __l || [ -n \"$__l\" ]; }}; do "
+            f"{var}=\"${var}{prefix}$__l$__nl\"; __n=$((__n+1)); __l=; done <\"$__f\"; done")
 
 
 def read_files(paths: str, prefix: str = "", limit: int = 0, head: str = "") -> str:
-    """Shell that prints files as `cat` would (each line `prefix`ed, at most `limit` lines a
-    file when given), read by the shell itself: no process on the node, where `cat`, `sed` or
-    `grep` cost one each. For small files (/proc, /etc): the shell reads a byte at a time.
-    A last line without a newline is printed too, and all of it, after the line `head` when
-    given, in one write (each write to the SSH session can become a packet of its own for the
-    collector). Regular files
-    only: a FIFO planted at /etc/resolv.conf must not block the script's shell. Single-quote
-    free, so it can be stored in a single-quoted variable and eval'd.
+    """Shell that prints files as `cat` would, as `read_into` reads them: no process on the
+    node, where `cat`, `sed` or `grep` cost one each. For small files (/proc, /etc): the shell
+    reads a byte at a time. All of it goes out in one write (each write to the SSH session can
+    become a packet of its own for the collector).
 
     Not for /proc/sys: an integer sysctl answers a read at an offset other than 0 with EOF,
     so a byte-at-a-time reader gets its first digit only (grep or cat read it whole)."""
-    cap = f"[ $__n -lt {limit} ] && " if limit else ""
-    start = f'"{head}$__nl"' if head else ""
-    return (NEWLINE + f"__b={start}; for __f in {paths}; do "
-            "[ -f \"$__f\" ] && [ -r \"$__f\" ] || continue; "
-            f"__n=0; while {cap}{{ IFS= read -r __l || [ -n \"$__l\" ]; }}; do "
-            f"__b=\"$__b{prefix}$__l$__nl\"; __n=$((__n+1)); __l=; done <\"$__f\"; "
-            "done; printf %s \"$__b\"")
+    return read_into("__b", paths, prefix, limit, head) + "; printf %s \"$__b\""
 
 
 # One `ip` for the four listings the links, routes and ip_rule probes print (iproute2's
@@ -285,7 +282,7 @@ class TwoSample:
         return (f"S='{self.sample}'; first=${self.prelude.var}; "
                 "[ -n \"$first\" ] || first=$(eval \"$S\"); "
                 # the prelude's value ends with a newline, a $(...) drops it
-                "echo '##knd:sample 1'; printf '%s\\n' \"${first%[![:print:]]}\"")
+                "printf '##knd:sample 1\\n%s\\n' \"${first%[![:print:]]}\"")
 
     def _second(self) -> str:
         # Arithmetic on /proc/uptime's "seconds.hundredths" ($first's first word) in the shell
