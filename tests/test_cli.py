@@ -131,6 +131,23 @@ def test_collect_refuses_to_overwrite_a_bundle(tmp_path, capsys):
     assert "already holds a bundle" in capsys.readouterr().err
 
 
+def test_a_diagnose_that_fails_before_writing_leaves_no_empty_bundle_dir(tmp_path, monkeypatch,
+                                                                          capsys):
+    """The default bundle directory is made in the working directory; a run that fails before
+    it writes a file (here the collection) must not leave it behind, empty, for the next SRE
+    to wonder about."""
+    from kubenetdiag import pipeline
+
+    def fail(*_args, **_kwargs):
+        raise InputError("cannot read the kubeconfig", hint="check --kubeconfig")
+
+    monkeypatch.setattr(pipeline, "collect", fail)
+    monkeypatch.chdir(tmp_path)
+    assert main(["diagnose", "--local", "--quiet"]) == 2
+    assert "cannot read the kubeconfig" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_diagnose_local_runs_end_to_end(tmp_path, capsys):
     code = main(["diagnose", "--local", "--bundle", str(tmp_path / "b"), "--format", "json",
                  "--quiet"])

@@ -473,7 +473,12 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     # created only once the input is known good: a refused run leaves nothing behind
     baseline = Bundle.read(args.baseline) if args.baseline else None
     out = args.bundle or new_bundle_dir(Path.cwd())
-    analysis = pipeline.diagnose(hosts, options, ruleset, out, observer, baseline=baseline)
+    try:
+        analysis = pipeline.diagnose(hosts, options, ruleset, out, observer, baseline=baseline)
+    except BaseException:
+        if not args.bundle and not any(out.iterdir()):
+            out.rmdir()  # a run that wrote nothing leaves no empty directory named like a bundle
+        raise
     return _write_reports(args, analysis, observer, ruleset)
 
 
