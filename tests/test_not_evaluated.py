@@ -272,7 +272,7 @@ def test_a_line_no_parser_knows_is_named_and_leaves_the_node_partly_checked(tmp_
     report = analyze(Bundle.read(bundle), ruleset, save=False).report
     (entry,) = [c for c in report["not_checked"] if c["probe"] == "routes"]
     assert (entry["node"], entry["status"], entry["rules"]) == ("node2", "partial", [])
-    assert '"encap": "mpls"' in entry["reason"]
+    assert '{"encap":"mpls","labels":[200],"dev":"eth1"}' in entry["reason"]  # as printed
     # the routes it did read stand: the same diagnosis as before
     assert [f["rule"] for f in report["findings"]] == [f["rule"] for f in before["findings"]]
     md = render_markdown(report)

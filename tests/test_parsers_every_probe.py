@@ -3,6 +3,7 @@ fixtures of real outputs, and no output makes a parser raise."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -199,6 +200,41 @@ def test_routes_multipath_and_ipv6_next_hops_as_bird_installs_them(name):
     assert (v6["gateway"], v6["dev"], v6["paths"], v6["weight"]) == ("fe80::2", "eth0", 1, None)
     [hole] = by_dst["10.244.0.0/26"]
     assert (hole["type"], hole["gateway"], hole["dev"]) == ("blackhole", None, None)
+
+
+def test_a_routes_evidence_is_the_nodes_own_json_for_that_route():
+    """Each route's excerpt is its object as the node printed it, not our re-encoding."""
+    routes = parse("routes", "lab-flannel-vxlan-node1-json")
+    stdout = section("routes", "lab-flannel-vxlan-node1-json").stdout
+    for f in (f for f in routes if f.kind == "route"):
+        assert f.source.excerpt.startswith("{") and f.source.excerpt in stdout
+        assert json.loads(f.source.excerpt)["dst"] in (f.attrs["dst"], "default")
+
+
+_ROUTE = st.fixed_dictionaries(
+    {"dst": st.sampled_from(["default", "10.244.1.0/24", "198.18.0.0/24"])},
+    optional={"gateway": st.text(max_size=8), "dev": st.text(max_size=8),
+              "metric": st.integers(), "flags": st.lists(st.sampled_from(["onlink", "x"])),
+              "nexthops": st.lists(st.fixed_dictionaries({"gateway": st.text(max_size=5)}))})
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(_ROUTE, st.integers(), st.none()), max_size=6),
+       st.sampled_from([None, 0, 1]), st.sampled_from(["", " ", "\n"]))
+def test_routes_read_one_element_at_a_time_as_a_whole_array_decode_would(items, indent, pad):
+    """The JSON form is decoded element by element (to keep each route's own text as its
+    evidence); any spacing json.dumps or ip produces gives the facts json.loads would."""
+    text = pad + json.dumps(items, indent=indent) + pad
+    got = BY_NAME["routes"].parse(Section("routes", "", 0, 0.0, f"##knd:route json\n{text}\n",
+                                          ""), "n1")
+    routes = [f.attrs for f in got if f.kind == "route"]
+    expect = [d for d in items if isinstance(d, dict)]
+    assert len(routes) == sum(max(1, len(d.get("nexthops") or [])) for d in expect)
+    assert [r["dst"] for r in routes] == [
+        "0.0.0.0/0" if d["dst"] == "default" else d["dst"]
+        for d in expect for _ in range(max(1, len(d.get("nexthops") or [])))]
+    unread = [f for f in got if f.kind == "probe_status"]
+    assert bool(unread) == (len(expect) < len(items))
 
 
 LAB_MODES = ("flannel-vxlan", "flannel-host-gw", "calico-bgp")
