@@ -15,7 +15,9 @@ For every size and worker count, alternating: `kubenetdiag collect` (passive) an
 CPU (the process and every worker it started), the controller's peak memory (its processes'
 resident memory summed, sampled every 0.2 s), SSH connections per node (a SYN counter on every
 node), and from the diagnose bundle how many checks each node ran and by how many peers each
-node was probed. Prints a table and writes bench/results/scale.json. Every packet goes to lab
+node was probed; and the CPU to parse each `collect` bundle into facts, so that collection
+plus parsing per extra node comes from one run. Prints a table and writes
+bench/results/scale.json. Every packet goes to lab
 namespaces.
 """
 
@@ -102,6 +104,26 @@ def active_shape(bundle: Path) -> dict:
             "probed_by_min": min(probed_by.values()), "probed_by_max": max(probed_by.values())}
 
 
+_PARSE = """
+import json, sys, time
+from pathlib import Path
+from kubenetdiag.bundle import Bundle
+from kubenetdiag.facts.parse import facts_from_records
+b = Bundle.read(Path(sys.argv[1]))
+t = time.process_time()
+facts = facts_from_records(b.records, b.cluster, probes=b.meta.get("probes"))
+print(json.dumps({"cpu_s": round(time.process_time() - t, 3), "facts": len(facts)}))
+"""
+
+
+def parse_cpu(bundle: Path) -> dict:
+    """The controller's CPU to turn a collected bundle into facts (what `analyze` does first;
+    reading the files is left out: `diagnose` parses the records it holds)."""
+    out = subprocess.run([sys.executable, "-c", _PARSE, str(bundle)], capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout)
+
+
 def measure(n: int, workers: list[int], repeat: int, workdir: Path) -> list[dict]:
     from kubenetdiag_lab import Lab
 
@@ -159,6 +181,7 @@ def measure(n: int, workers: list[int], repeat: int, workdir: Path) -> list[dict
                         bad = [x["name"] for x in records if not x["reachable"]]
                         if bad:
                             raise RuntimeError(f"collect N={n} workers={w}: {bad[:5]} failed")
+                        res["parse"] = parse_cpu(out)
                     del res["stdout"], res["stderr"]
                     if r > 0:
                         runs.setdefault((kind, w), []).append(res)
@@ -168,7 +191,8 @@ def measure(n: int, workers: list[int], repeat: int, workdir: Path) -> list[dict
             rows.append({"nodes": n, "workers": w, "lab_up_s": up_s,
                          "collect": c, "diagnose": d})
             print(f"N={n:4d} workers={w}  collect {c['wall_s']:6.1f}s cpu {c['cpu_s']:6.2f}s "
-                  f"({c['cpu_s'] * 1000 / n:5.1f} ms/node) rss {c['peak_rss_mib']:6.0f} MiB "
+                  f"({c['cpu_s'] * 1000 / n:5.1f} ms/node) parse {c['parse']['cpu_s']:5.2f}s "
+                  f"rss {c['peak_rss_mib']:6.0f} MiB "
                   f"ssh/node {c['ssh_per_node']}  |  diagnose {d['wall_s']:6.1f}s "
                   f"cpu {d['cpu_s']:6.2f}s rss {d['peak_rss_mib']:6.0f} MiB "
                   f"ssh/node {d['ssh_per_node']} checks/node <= {d['checks_per_node_max']} "
@@ -200,11 +224,20 @@ def main() -> int:
             (x0, y0), (x1, y1) = pts[0], pts[-1]
             slopes[str(w)] = round((y1 - y0) * 1000 / (x1 - x0), 2)
     print(f"collect CPU per extra node (ms), by workers: {slopes}")
+    both = {}  # collection and parsing of the same run's bundle, per extra node
+    for w in {r["workers"] for r in rows}:
+        pts = sorted((r["nodes"], r["collect"]["cpu_s"] + r["collect"]["parse"]["cpu_s"])
+                     for r in rows if r["workers"] == w)
+        if len(pts) > 1:
+            (x0, y0), (x1, y1) = pts[0], pts[-1]
+            both[str(w)] = round((y1 - y0) * 1000 / (x1 - x0), 2)
+    print(f"collect + parse CPU per extra node (ms), by workers: {both}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"benchmark": "scale", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                        "python": platform.python_version()},
-           "collect_cpu_ms_per_extra_node": slopes, "rows": rows}
+           "collect_cpu_ms_per_extra_node": slopes,
+           "collect_and_parse_cpu_ms_per_extra_node": both, "rows": rows}
     (RESULTS / "scale.json").write_text(json.dumps(out, indent=1) + "\n")
     print(f"written {RESULTS / 'scale.json'}")
     return 0
