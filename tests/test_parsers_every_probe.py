@@ -237,6 +237,19 @@ def test_routes_read_one_element_at_a_time_as_a_whole_array_decode_would(items, 
     assert bool(unread) == (len(expect) < len(items))
 
 
+@pytest.mark.parametrize("text", [
+    '[,{"dst":"10.244.1.0/24"}]', '[{"dst":"10.244.1.0/24"},]',
+    '[{"dst":"10.244.1.0/24"} {"dst":"10.244.2.0/24"}]', '[{"dst":"10.244.1.0/24"}',
+    '[{"dst":"10.244.1.0/24"}] [{"dst":"10.244.2.0/24"}]'])
+def test_routes_json_that_is_not_one_array_is_reported_not_read(text):
+    """Cut or garbled `ip -j` output (a stray comma, a lost bracket) is named as not
+    understood; no route is made up from part of it."""
+    got = BY_NAME["routes"].parse(Section("routes", "", 0, 0.0, f"##knd:route json\n{text}\n",
+                                          ""), "n1")
+    assert [f.kind for f in got] == ["probe_status"]
+    assert got[0].attrs["status"] == "partial"
+
+
 LAB_MODES = ("flannel-vxlan", "flannel-host-gw", "calico-bgp")
 
 

@@ -124,7 +124,29 @@ def _paths(r: dict) -> list[dict]:
 
 
 _DECODER = json.JSONDecoder()
-_GAP = re.compile(r"[\s,]*")
+_SPACE = re.compile(r"\s*")
+
+
+def _elements(text: str) -> list[tuple[object, str]]:
+    """A JSON array's elements, each with its own text; ValueError or IndexError where the
+    text is not exactly one array."""
+    if not text.startswith("["):
+        raise ValueError(text[:20])
+    items: list[tuple[object, str]] = []
+    i = _SPACE.match(text, 1).end()
+    if text[i] != "]":
+        while True:
+            obj, end = _DECODER.raw_decode(text, i)
+            items.append((obj, text[i:end]))
+            i = _SPACE.match(text, end).end()
+            if text[i] == "]":
+                break
+            if text[i] != ",":
+                raise ValueError(text[i:i + 20])
+            i = _SPACE.match(text, i + 1).end()
+    if text[i + 1:].strip():
+        raise ValueError(text[i + 1:i + 21])
+    return items
 
 
 def _from_json(text: str, unread: list[str]) -> list[tuple[dict, str]]:
@@ -133,18 +155,9 @@ def _from_json(text: str, unread: list[str]) -> list[tuple[dict, str]]:
     each again as JSON cost more than reading it)."""
     text = text.strip() or "[]"
     try:
-        if not text.startswith("["):
-            raise ValueError(text[:20])
-        items = []
-        i = _GAP.match(text, 1).end()
-        while text[i] != "]":
-            obj, end = _DECODER.raw_decode(text, i)
-            items.append((obj, text[i:end]))
-            i = _GAP.match(text, end).end()
-        if text[i + 1:].strip():
-            raise ValueError(text[i + 1:i + 21])
+        items = _elements(text)
     except (ValueError, IndexError):
-        try:  # not one array of objects: whatever json makes of it, re-encoded as evidence
+        try:  # not one array: whatever json makes of it, re-encoded as evidence
             data = json.loads(text)
         except ValueError:
             unread.extend(text.splitlines()[:3])
