@@ -8,7 +8,7 @@ further than the one before:
 - `login`: TCP connection, key exchange, public-key login, close;
 - `session`: the same plus one session that runs `true`;
 - `script`: the same plus the probe script exactly as `collect` sends it, and its output read
-  as `collect` reads it (both streams drained as data arrives), without writing a bundle.
+  by `collect`'s own session code (`collect.ssh._exec`), without writing a bundle.
 
 The differences are the cost of each step. Rounds alternate; the median is kept.
 
@@ -24,58 +24,40 @@ import argparse
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
+
+from kubenetdiag.collect.script import OUTPUT_LIMIT, build_script, new_marker
+from kubenetdiag.collect.ssh import _exec, _transport
+from kubenetdiag.collect.transport import node_command
+from kubenetdiag.probes import PROBES
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 WAYS = ("login", "session", "script")
 
 
-def visit(address: str, user: str, key, way: str) -> tuple[int, int]:  # noqa: ANN001
-    """One visit; returns (bytes of output, reads it took)."""
-    import socket
-
-    from kubenetdiag.collect.script import build_script, new_marker
-    from kubenetdiag.collect.ssh import _transport
-    from kubenetdiag.collect.transport import node_command
-    from kubenetdiag.probes import PROBES
-
+def visit(address: str, user: str, key, way: str) -> int:  # noqa: ANN001
+    """One visit; returns the bytes of output read."""
     t = _transport(socket.create_connection((address, 22), timeout=30))
     try:
         # Lab hosts only, whose keys are fresh each run: no host key is checked here.
         t.start_client(timeout=30)
         t.auth_publickey(user, key)
         if way == "login":
-            return 0, 0
-        chan = t.open_session(timeout=30)
+            return 0
+        # collect's own session code, on this transport
+        client = SimpleNamespace(get_transport=lambda: t)
         if way == "session":
-            chan.exec_command("true")
-        else:
-            chan.exec_command(node_command(60))
-            chan.sendall(build_script(PROBES, new_marker()).encode())
-            chan.shutdown_write()
-        size = reads = 0
-        while True:  # as collect.ssh._exec drains: both streams, as data arrives
-            for ready, recv in ((chan.recv_ready, chan.recv),
-                                (chan.recv_stderr_ready, chan.recv_stderr)):
-                while ready():
-                    size += len(recv(65536))
-                    reads += 1
-            if chan.exit_status_ready() and not chan.recv_ready() \
-                    and not chan.recv_stderr_ready():
-                break
-            if chan.eof_received:
-                chan.status_event.wait(0.5)
-            else:
-                import select
-                select.select([chan], [], [], 0.5)
-        chan.recv_exit_status()
-        return size, reads
+            return len(_exec(client, "true", "", 30, OUTPUT_LIMIT).stdout)
+        script = build_script(PROBES, new_marker())
+        return len(_exec(client, node_command(60), script, 60, OUTPUT_LIMIT).stdout)
     finally:
         t.close()
 
@@ -89,21 +71,19 @@ def inner(inventory: str, sample: int, rounds: int) -> dict:
     hosts = load_inventory(inventory)[:sample]
     key = paramiko.PKey.from_path(hosts[0].key_file)
     cpu: dict[str, list[float]] = {w: [] for w in WAYS}
-    shape: dict[str, tuple[float, float]] = {}
+    size = 0.0
     for _ in range(rounds):
         for way in WAYS:
             t = time.process_time()
             seen = [visit(h.address, h.user, key, way) for h in hosts]
             cpu[way].append((time.process_time() - t) * 1000 / len(hosts))
-            shape[way] = (statistics.mean(s for s, _ in seen) / 1024,
-                          statistics.mean(r for _, r in seen))
+            size = statistics.mean(seen) / 1024
     med = {w: round(statistics.median(v), 2) for w, v in cpu.items()}
     return {
         "cpu_ms_per_node": med,
         "steps_ms": {"login": med["login"], "session": round(med["session"] - med["login"], 2),
                      "script_and_output": round(med["script"] - med["session"], 2)},
-        "output_kib_per_node": round(shape["script"][0], 1),
-        "reads_per_node": round(shape["script"][1], 1),
+        "output_kib_per_node": round(size, 1),
         "rounds": {w: [round(x, 2) for x in v] for w, v in cpu.items()},
     }
 
@@ -141,7 +121,7 @@ def main() -> int:
     print(f"{args.nodes}-node lab, {args.sample} nodes one after another, median of "
           f"{args.rounds} rounds, controller CPU per node: login {steps['login']} ms, "
           f"+ a session {steps['session']} ms, + the script and its "
-          f"{res['output_kib_per_node']} KiB ({res['reads_per_node']} reads) "
+          f"{res['output_kib_per_node']} KiB "
           f"{steps['script_and_output']} ms")
     RESULTS.mkdir(parents=True, exist_ok=True)
     doc = {"benchmark": "collect_parts", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
