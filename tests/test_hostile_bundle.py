@@ -226,3 +226,15 @@ def test_a_report_name_with_markup_is_named_as_written(bundle, tmp_path, capsys)
     assert target.is_file()
     flat = "".join((out + err).split())  # the console wraps long paths
     assert f"reportwrittento{target}" in flat and f"Fullreport:{target}" in flat
+
+
+def test_a_negative_node_duration_is_exit_2_with_the_file(bundle, capsys):
+    # found by tests/test_fuzz_bundles.py: the report refused it after the analysis, as an
+    # internal error (exit 4)
+    node = _node_file(bundle)
+    rec = json.loads(node.read_text())
+    rec["duration_s"] = -1
+    node.write_text(json.dumps(rec))
+    assert _analyze(bundle) == 2
+    err = capsys.readouterr().err
+    assert str(node) in err and "duration_s" in err and "Traceback" not in err

@@ -91,7 +91,8 @@ _NODE = {
         "address": {"type": "string"},
         "reachable": {"type": "boolean"},
         "error": {"type": ["string", "null"]},
-        "duration_s": {"type": "number"},
+        # a time spent: never negative (the report, which shows it, says so too)
+        "duration_s": {"type": "number", "minimum": 0},
         "sections": {"type": "array", "items": _SECTION},
         # Optional (older bundles have none): the active phase, see docs/contracts.md.
         "active": _ACTIVE,
