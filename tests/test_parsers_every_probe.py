@@ -656,7 +656,7 @@ def _partial(facts):
     return [f["reason"] for f in kinds(facts, "probe_status") if f["status"] == "partial"]
 
 
-@pytest.mark.parametrize("probe", ["iptables", "iptables_legacy", "routes", "ipvs"])
+@pytest.mark.parametrize("probe", ["iptables", "iptables_legacy", "routes", "ipvs", "ipsets"])
 def test_recorded_outputs_are_read_whole(probe):
     # every line of every real output is understood: a partial status there is a parser gap
     for f in sorted((FIX / probe).glob("*.txt")):
@@ -711,3 +711,52 @@ def test_one_call_gives_the_facts_two_gave(probe, one, two, kinds_compared):
 
     got = attrs(one)
     assert got and got == attrs(two)
+
+
+# ---- ipsets ----------------------------------------------------------------------------------
+
+def test_ipsets_as_kube_proxy_ipvs_mode_writes_them():
+    sets = {s["name"]: s for s in kinds(parse("ipsets", "kube-proxy-1.36.3-ipvs"), "ipset")}
+    cluster = sets["KUBE-CLUSTER-IP"]
+    assert (cluster["type"], cluster["family"], cluster["complete"]) == (
+        "hash:ip,port", "inet", True)
+    # in the kernel's hash order, as ipset prints them
+    assert sorted(cluster["members"].split()) == [
+        "10.96.0.1,tcp:443", "10.96.0.10,tcp:53", "10.96.0.10,tcp:9153", "10.96.0.10,udp:53",
+        "10.96.0.20,tcp:80"]
+    assert cluster["entries"] == 5
+    assert (sets["KUBE-NODE-PORT-TCP"]["type"], sets["KUBE-NODE-PORT-TCP"]["members"]) == (
+        "bitmap:port", "30085")
+    assert sets["KUBE-NODE-PORT-TCP"]["family"] is None  # a bitmap has no family
+    assert sets["KUBE-6-CLUSTER-IP"]["family"] == "inet6"
+    assert sets["KUBE-LOOP-BACK"]["type"] == "hash:ip,port,ip"
+
+
+def test_ipsets_hash_nets_keep_their_exceptions():
+    sets = {s["name"]: s for s in kinds(parse("ipsets", "calico-style-hash-net"), "ipset")}
+    # `nomatch` is an exception inside a wider member: kept, marked, never read as a member
+    assert sets["cali40all-ipam-pools"]["members"].split() == ["!10.244.7.0/24", "10.244.0.0/16"]
+    # a host in a hash:net is printed without its /32
+    assert sets["cali40all-hosts-net"]["members"].split() == ["198.18.0.11", "198.18.0.12"]
+    assert sets["cali40s:web-ports"]["members"].split() == [
+        "10.244.2.3,tcp:8080", "10.244.2.3,udp:53"]
+
+
+def test_ipsets_not_loaded_is_no_set_and_a_missing_binary_is_said():
+    assert parse("ipsets", "no-ipset-binary", 127) == []
+    record = {"name": "n1", "reachable": True, "address": "", "sections": [
+        section("ipsets", "no-ipset-binary", 127).to_dict()]}
+    status = [f.attrs for f in node_facts(record, ["ipsets"]) if f.kind == "probe_status"]
+    assert [(s["status"], s["probe"]) for s in status] == [("missing_tool", "ipsets")]
+    quiet = BY_NAME["ipsets"].parse(_sec("ipsets", "# ip_set is not loaded\n"), "n1")
+    assert quiet == []
+
+
+def test_an_ipset_output_cut_at_the_limit_leaves_its_last_set_incomplete():
+    text = (FIX / "ipsets" / "kube-proxy-1.36.3-ipvs.txt").read_text()
+    cut = text[:text.index("add KUBE-CLUSTER-IP 10.96.0.10,tcp:9153")]
+    sec = Section("ipsets", BY_NAME["ipsets"].command, 0, 0.0, cut, "", truncated=True)
+    sets = {s.attrs["name"]: s.attrs for s in BY_NAME["ipsets"].parse(sec, "n1")}
+    assert sets["KUBE-CLUSTER-IP"]["complete"] is False and sets["KUBE-CLUSTER-IP"]["entries"] == 1
+    assert all(s["complete"] for name, s in sets.items() if name != "KUBE-CLUSTER-IP")
+    assert "KUBE-IPVS-IPS" not in sets  # after the cut: absent, so its lookups stay undecided

@@ -245,6 +245,9 @@ BLOCKS_ZH = {
         "CNI 配置（插件、MTU、使用的是哪个配置文件）",
     "the pod's interface MTU": "Pod 网卡的 MTU",
     "VXLAN direction (tcpdump)": "VXLAN 收发方向（tcpdump）",
+    "ipsets: iptables rules that match a set (kube-proxy ipvs mode, Calico) stay undecided in "
+    "the path walk":
+        "ipset：匹配集合的 iptables 规则（kube-proxy ipvs 模式、Calico）在路径遍历中无法判定",
     "IPVS virtual servers (kube-proxy ipvs mode): Service VIPs and their backends":
         "IPVS 虚拟服务（kube-proxy ipvs 模式）：Service VIP 及其后端",
     "drop and error counters rising now (listen overflows, UDP buffer errors, RcvQ drops)":
