@@ -14,7 +14,7 @@ import ipaddress
 import re
 import shlex
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -31,14 +31,17 @@ VXLAN_OVERHEAD = 50
 # What a node's walk reads of its own facts (build), and what the flows come from
 _NODE_KINDS = ("node_status", "interface", "route", "ip_rule", "sysctl", "tc_hook",
                "iptables_chain", "iptables_rule", "nft_table", "nft_chain", "nft_rule",
-               "nft_set", "nft_element", "flannel_subnet")
+               "nft_set", "nft_element", "flannel_subnet", "ipset", "ipvs_service")
+# Read when present: a node without ipsets or IPVS (most) is walked all the same, and a rule
+# that matches a set not read stays undecided.
+_NODE_OPTIONAL = ("ipset", "ipvs_service")
 _KINDS = (*_NODE_KINDS, "k8s_node", "dns_pod", "dns_service", "cni", "bgp_session", "reach",
           "tcp_check", "nodeport_check", "drop_counter_after", "probe_status")
 # Declared for kubenetdiag.facts.producers. A rule on a path fact needs the node's own
 # configuration the walk reads (INPUTS); the rest (CONTEXT) only adds flows to walk (Service
 # VIPs, BGP peers, the peers probed; the DROP counters read after the checks) and is reported
 # as not checked on its own when missing.
-INPUTS: tuple[str, ...] = _NODE_KINDS
+INPUTS: tuple[str, ...] = tuple(k for k in _NODE_KINDS if k not in _NODE_OPTIONAL)
 CONTEXT: tuple[str, ...] = tuple(k for k in _KINDS if k not in _NODE_KINDS)
 PRODUCES: tuple[str, ...] = ("path", "path_walk")
 
@@ -104,11 +107,14 @@ _NFT_SERVICE = re.compile(r"^goto (?:service|local)-[A-Z2-7]{8}-([^/\s]+)/([^/\s
 
 
 def _services(dns_services: list[Fact], ipt_rules: list[Fact],
-              nft_elements: Sequence[Fact] = ()) -> list[tuple[str, int, str, str]]:
+              nft_elements: Sequence[Fact] = (),
+              ipvs: Sequence[tuple[str, int, str]] = ()) -> list[tuple[str, int, str, str]]:
     """(VIP, port, proto, name) of the Services kube-proxy programs on any node, DNS first:
     a node that lacks one the others have is then walked for it too. In nftables mode they
     are the ClusterIP elements of its service-ips map (`VIP . proto . port : goto
-    service-<hash>-<ns>/<name>/<proto>/<port name>`)."""
+    service-<hash>-<ns>/<name>/<proto>/<port name>`); in ipvs mode the virtual servers on a
+    VIP (`ipvs`: an address some node binds to kube-ipvs0), named VIP:port for want of the
+    Service's name."""
     seen: dict[tuple[str, int, str], str] = {}
     for f in dns_services:
         if f.attrs.get("cluster_ip"):
@@ -142,8 +148,24 @@ def _services(dns_services: list[Fact], ipt_rules: list[Fact],
         if key not in seen:
             ns, name, port = m.groups()
             others[key] = f"{ns}/{name}:{port}" if port else f"{ns}/{name}"
+    for vip, port, proto in ipvs:
+        if (vip, port, proto) not in seen:
+            others.setdefault((vip, port, proto), f"{vip}:{port}")
     rest = sorted(others.items(), key=lambda kv: kv[1])
     return [(k[0], k[1], k[2], n) for k, n in (dns + rest)[:MAX_SERVICES]]
+
+
+IPVS_DEVICE = "kube-ipvs0"  # where kube-proxy's ipvs mode binds every Service VIP
+
+
+def _ipvs_vips(nodes: Iterable[_Node]) -> list[tuple[str, int, str]]:
+    """The IPVS virtual servers on a Service VIP, over every node: those whose address some
+    node binds to kube-ipvs0 (the others are NodePorts on node addresses)."""
+    views = [n.view for n in nodes]
+    bound = {a.split("/")[0] for v in views
+             for a in str(v.ifaces.get(IPVS_DEVICE, {}).get("addresses") or "").split(",") if a}
+    return sorted({(show(a), port, proto) for v in views for (a, port, proto) in v.ipvs
+                   if show(a) in bound})
 
 
 def path_facts(facts: list[Fact]) -> list[Fact]:
@@ -180,7 +202,8 @@ def path_facts(facts: list[Fact]) -> list[Fact]:
     bgp = bool(kinds["bgp_session"]) or any(
         f.attrs.get("plugin") == "calico" for f in kinds["cni"]) or any(
         r.protocol == "bird" for n in nodes.values() for r in n.view.routes)
-    services = _services(kinds["dns_service"], kinds["iptables_rule"], kinds["nft_element"])
+    services = _services(kinds["dns_service"], kinds["iptables_rule"], kinds["nft_element"],
+                         _ipvs_vips(nodes.values()))
     dns_pods = [(str(f.attrs["pod"]), f.node, str(f.attrs["ip"])) for f in kinds["dns_pod"]
                 if f.attrs.get("ip")]
     endpoints = sorted({(str(f.attrs["target"]), str(f.attrs["address"]))

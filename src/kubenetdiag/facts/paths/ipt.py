@@ -3,14 +3,16 @@
 Matches the walk can decide from the flow (addresses, interfaces, protocol, ports, conntrack
 state, addrtype, marks set earlier on the way) are decided; anything else (an ipset, a BPF or
 u32 program, a random draw, a rate limit, the owning socket) is undecidable and named, so a
-verdict that hangs on it is reported as unknown. Targets that only annotate the packet (LOG,
-CT, TCPMSS...) let the walk go on; a queue to userspace ends it as unknown.
+verdict that hangs on it is reported as unknown; an ipset match is decided from the node's sets
+as collected (ipsets.py), undecided when the set was not read. Targets that only annotate the
+packet (LOG, CT, TCPMSS...) let the walk go on; a queue to userspace ends it as unknown.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 
+from kubenetdiag.facts.paths import ipsets
 from kubenetdiag.facts.paths.packet import (
     PROTO_NUMBERS,
     Packet,
@@ -37,7 +39,7 @@ _UNKNOWN = {"NFQUEUE": "a userspace program (NFQUEUE) decides", "QUEUE": "a user
             "answers it", "REDIRECT": "it is redirected to a local port"}
 # Match modules whose outcome the collected configuration cannot decide.
 _UNDECIDABLE = {
-    "set", "bpf", "u32", "string", "statistic", "limit", "hashlimit", "recent", "owner",
+    "bpf", "u32", "string", "statistic", "limit", "hashlimit", "recent", "owner",
     "socket", "cgroup", "rpfilter", "physdev", "length", "ttl", "hl", "mac", "time", "quota",
     "connlimit", "connbytes", "helper", "realm", "policy", "ipvs", "devgroup", "cpu", "nfqueue",
     "condition", "geoip", "ipp2p", "osf", "cluster", "connlabel", "dscp", "tos", "ecn", "esp",
@@ -182,6 +184,11 @@ def compile_rule(spec: str, position: int) -> Rule | None:
         elif tok in ("-f", "--fragment"):
             m = lambda p, c: False  # noqa: E731 - the walk follows whole packets
             nxt = i + 1
+        elif tok in ("--match-set", "--set") and module == "set":
+            flags = tokens[nxt] if nxt < len(tokens) else ""
+            m = _match_set(value, flags)
+            undecidable = undecidable or f"-m set --match-set {value}"
+            nxt += 1
         elif tok in ("--comment", "--nfacct-name"):
             i, neg = nxt, False
             continue
@@ -210,6 +217,18 @@ def _skip_option(tokens: list[str], i: int) -> int:
     while i < len(tokens) and not tokens[i].startswith("-") and tokens[i] != "!":
         i += 1
     return i
+
+
+def _match_set(name: str, flags: str) -> Matcher:
+    """`-m set --match-set NAME FLAGS`: a lookup in the node's ipset of that name (undecided
+    when the set was not read)."""
+    sides = flags.split(",")
+
+    def m(p: Packet, c: Context) -> Tri:
+        s = c.ipsets.get(name)
+        return None if s is None else ipsets.lookup(s, sides, p)
+
+    return m
 
 
 def _range(value: str, field: str) -> Matcher:

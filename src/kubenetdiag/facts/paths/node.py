@@ -9,7 +9,8 @@ import ipaddress
 from dataclasses import dataclass, field, replace
 
 from kubenetdiag.facts.model import Fact
-from kubenetdiag.facts.paths import ipt, nft
+from kubenetdiag.facts.paths import ipsets, ipt, nft
+from kubenetdiag.facts.paths.ipsets import IpSet
 from kubenetdiag.facts.paths.packet import addr
 from kubenetdiag.facts.paths.routing import PolicyRule, Route, Routing
 from kubenetdiag.facts.paths.ruleset import BaseChain, Context, NamedSet, Rule, Table
@@ -99,13 +100,16 @@ class NodeView:
     # with no route is then unknown, not "no route" (which would blame the CNI for our gap)
     routes_complete: bool = True
     sets: dict[tuple[str, str], NamedSet] = field(default_factory=dict)  # nftables @name
+    ipsets: dict[str, IpSet] = field(default_factory=dict)  # -m set --match-set NAME
+    # IPVS virtual servers: (address, port, proto) -> real servers taking new connections
+    ipvs: dict[tuple[int, int, str], tuple[tuple[int, int], ...]] = field(default_factory=dict)
     _routing: Routing | None = None
     _ctx: Context | None = None
 
     @property
     def ctx(self) -> Context:
         if self._ctx is None:
-            self._ctx = Context(frozenset(self.local), self.sets)
+            self._ctx = Context(frozenset(self.local), self.sets, self.ipsets)
         return self._ctx
 
     @property
@@ -190,6 +194,19 @@ def build(name: str, facts: list[Fact]) -> NodeView:
             else:
                 listed.append((str(a.get("key") or ""), a.get("value")))  # type: ignore[arg-type]
             nft_sets[sk] = (listed, complete)
+        elif k == "ipset" and a.get("family") in (None, "inet"):
+            v.ipsets[str(a["name"])] = ipsets.index(str(a.get("type") or ""),
+                                                    str(a.get("members") or ""),
+                                                    bool(a.get("complete")))
+        elif k == "ipvs_service" and a.get("address") and a.get("port"):
+            with contextlib.suppress(ValueError):
+                reals = []
+                for b in str(a.get("backends") or "").split(","):
+                    host, _, port = b.rpartition(":")
+                    if host and port.isdigit():
+                        reals.append((addr(host), int(port)))
+                v.ipvs[(addr(str(a["address"])), int(a["port"]),  # type: ignore[arg-type]
+                        str(a.get("proto") or "").lower())] = tuple(reals)
         elif k == "nft_rule":
             key = (str(a["family"]), str(a["table"]))
             nft_tables.setdefault(key, Table(f"{a['family']} {a['table']}", "nft"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from kubenetdiag.facts.paths.ipsets import IpSet
 from kubenetdiag.facts.paths.packet import Packet, Tri, all_of
 
 
@@ -30,6 +31,8 @@ class Context:
     # named nftables sets and maps by ("ip kube-proxy", "cluster-ips"): what `@name` looks up
     sets: Mapping[tuple[str, str], NamedSet] = field(default_factory=dict, hash=False,
                                                      compare=False)
+    # ipsets by name (`-m set --match-set NAME`), indexed by ipsets.index
+    ipsets: Mapping[str, IpSet] = field(default_factory=dict, hash=False, compare=False)
 
 
 Matcher = Callable[[Packet, Context], Tri]

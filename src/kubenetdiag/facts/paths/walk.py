@@ -248,6 +248,47 @@ def _combine(endings: list[Ending]) -> Ending:
                   + " or ".join(ways), undecided, first.steps)
 
 
+MAX_REALS = 4  # real servers of one virtual server followed
+
+
+def _ipvs(v: NodeView, flow: Flow, w: World, steps: list[str]) -> Ending:
+    """kube-proxy's ipvs mode: IPVS takes a packet for one of its virtual servers at the input
+    hook, after the filter table, when the address is the node's own (kube-proxy binds every
+    VIP to kube-ipvs0), and sends it on to a real server through the output and postrouting
+    hooks (the forward hook never sees it)."""
+    pkt = w.pkt
+    vip = f"{show(pkt.dst)}:{pkt.dport}"
+    d = v.routing.lookup(pkt)
+    if d.kind != "local":
+        why = (f"{vip} is an IPVS virtual server here, but {show(pkt.dst)} is not an address of "
+               "this node (kube-proxy binds each VIP to kube-ipvs0): IPVS never sees the packet")
+        return Ending("drop", "ipvs", f"IPVS {vip} {pkt.proto}: {d.at(pkt.dst)}",
+                      rule=f"{show(pkt.dst)} is not a local address", owner="kube-proxy",
+                      why=why, steps=steps)
+    steps = steps + ["local (IPVS virtual server)"]
+    end = _rp_filter(v, pkt, steps)
+    if end:
+        return end
+    reals = v.ipvs[(pkt.dst, pkt.dport, pkt.proto)]
+    endings = []
+    for w2 in _hooks(v, ["input"], [World(pkt.but(oif=None), w.undecided)]):
+        s = steps + ["input"]
+        if w2.stop is not None:
+            endings.append(_from_stop(w2.stop, w2.undecided, s))
+            continue
+        if not reals:
+            at = f"IPVS {vip} {pkt.proto}: no real server"
+            endings.append(Ending("reject", "ipvs", at, rule=at, owner="kube-proxy",
+                                  why="the virtual server has no real server: IPVS answers "
+                                      "port unreachable", undecided=w2.undecided, steps=s))
+            continue
+        for ip, port in reals[:MAX_REALS]:
+            out = w2.pkt.but(dst=ip, dport=port, iif=None, dnat=True)
+            endings.append(_decide(v, Flow(flow.name, "out", out, flow.peer, flow.target),
+                                   World(out, w2.undecided), s + [f"IPVS to {show(ip)}:{port}"]))
+    return _combine(endings)
+
+
 def walk(v: NodeView, flow: Flow) -> Ending:
     pkt = flow.pkt
     steps = [f"{flow.name} {show(pkt.src)} -> {show(pkt.dst)} {pkt.proto}"
@@ -262,6 +303,14 @@ def walk(v: NodeView, flow: Flow) -> Ending:
     for w in _hooks(v, ["prerouting"], arrived):
         if w.stop is not None:
             endings.append(_from_stop(w.stop, w.undecided, steps + ["prerouting"]))
+        elif flow.name in ("service", "nodeport_in") and not w.pkt.dnat and \
+                (w.pkt.dst, w.pkt.dport, w.pkt.proto) in v.ipvs:
+            endings.append(_ipvs(v, flow, w, steps + ["prerouting"]))
+        elif flow.name in ("service", "nodeport_in") and not w.pkt.dnat and v.ipvs and \
+                v.routing.lookup(w.pkt).kind == "local":
+            # ipvs mode, a local address IPVS does not serve on that port: kube-proxy's input
+            # filter rejects it, or nothing listens
+            endings.append(_decide(v, flow, w, steps + ["prerouting"]))
         elif flow.name in ("service", "nodeport_in") and not w.pkt.dnat:
             vip = f"{show(pkt.dst)}:{pkt.dport}"
             what = ("the Service VIP is not programmed on this node: the packet keeps an "
