@@ -42,7 +42,12 @@ COMPONENTS=(
   "flanneld|flannel|github.com/flannel-io/flannel|flannel|FLANNEL_VERSION|osusergo,netgo|amd64"
   "coredns|coredns|github.com/coredns/coredns|coredns|COREDNS_VERSION|grpcnotrace|0"
   "kube-router|kube-router|github.com/cloudnativelabs/kube-router/v2/cmd/kube-router|kube-router|KUBE_ROUTER_VERSION||0"
+  "knd-ipvs-proxier|kubernetes|kubenetdiag.lab/components/kubernetes/ipvsproxier|knd-ipvs-proxier|IPVS_PROXIER_VERSION|selinux,notest,grpcnotrace|0"
 )
+# knd-ipvs-proxier is the lab's own program around kube-proxy's IPVS proxier (kubernetes/
+# ipvsproxier, see its doc comment): its version is Kubernetes' plus a digest of its source, so
+# an edit rebuilds it. components.py derives the same name.
+IPVS_PROXIER_VERSION="$KUBERNETES_VERSION-src$(LC_ALL=C; cat "$HERE"/kubernetes/ipvsproxier/*.go | sha256sum | cut -c1-12)"
 # wrapper dir -> the upstream module it requires
 declare -A UPSTREAM=(
   [kubernetes]=k8s.io/kubernetes

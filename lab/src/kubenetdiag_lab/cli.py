@@ -87,7 +87,17 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     heal.add_argument("node_pos", nargs="?", metavar="NODE", help=argparse.SUPPRESS)
     heal.add_argument("--node")
     down = sub.add_parser("down", help="tear the lab down (also after a crashed run)")
-    for command in (up, status, ex, inject, heal, down):
+    ipvs = sub.add_parser(
+        "ipvs", help="kube-proxy's IPVS proxier beside each node's kube-proxy, and bundles "
+        "rewritten as ipvs mode (this kernel has no ip_vs: see ipvs_shadow.py)",
+        description="start: run kube-proxy's IPVS proxier (knd-ipvs-proxier) in every node "
+        "and wait until each agrees with its node's kube-proxy. splice BUNDLE: rewrite a "
+        "bundle collected from the lab while they ran as the same cluster in ipvs mode "
+        "(tests/fixtures/bundles/record-ipvs.sh records the IPVS fixtures this way). stop: "
+        "stop them and remove kube-ipvs0.")
+    ipvs.add_argument("action", choices=["start", "splice", "stop"])
+    ipvs.add_argument("bundle", nargs="?", type=Path, help="splice: the bundle directory")
+    for command in (up, status, ex, inject, heal, down, ipvs):
         command.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     for command in (up, down):
         command.add_argument("--prefix", default="knd")
@@ -240,6 +250,22 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if cmd == "heal":
         lab.heal(args.fault, args.node or args.node_pos)
+        return 0
+    if cmd == "ipvs":
+        from kubenetdiag_lab import ipvs_shadow
+
+        if args.action == "start":
+            ipvs_shadow.start_all(lab.topology, lab.paths, lab.runners)
+            print(f"IPVS proxier running beside kube-proxy on {len(lab.nodes)} nodes")
+            return 0
+        if args.action == "stop":
+            ipvs_shadow.stop_all(lab.topology, lab.paths, lab.runners)
+            return 0
+        if args.bundle is None or not (args.bundle / "meta.json").is_file():
+            raise LabError("ipvs splice: name a bundle directory collected from this lab")
+        ipvs_shadow.wait_quiet(lab.paths, lab.nodes)
+        done = ipvs_shadow.splice(lab.topology, lab.paths, lab.runners, args.bundle)
+        print(f"{args.bundle}: {', '.join(done)} rewritten as kube-proxy ipvs mode")
         return 0
     raise LabError(f"unknown lab command {cmd!r}")
 

@@ -10,6 +10,7 @@ builds it, and the lab refuses to start with that message.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 from collections.abc import Iterable, Mapping
@@ -33,7 +34,11 @@ BINARIES: Mapping[str, tuple[str, str]] = {
     "flanneld": ("flannel", "FLANNEL_VERSION"),
     "coredns": ("coredns", "COREDNS_VERSION"),
     "kube-router": ("kube-router", "KUBE_ROUTER_VERSION"),
+    "knd-ipvs-proxier": ("knd-ipvs-proxier", "IPVS_PROXIER_VERSION"),
 }
+# The lab's own program around kube-proxy's IPVS proxier (ipvs_shadow.py): versioned as
+# build.sh names it, Kubernetes' version plus a digest of its Go source.
+IPVS_PROXIER_SOURCE = LAB_DIR / "components" / "kubernetes" / "ipvsproxier"
 # kube-controller-manager runs only the EndpointSlice controllers (controlplane.py)
 CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller-manager")
 NODE = ("kube-proxy",)  # run in every lab node
@@ -79,7 +84,17 @@ def read_versions(path: Path = VERSIONS_ENV) -> dict[str, str]:
         key, _, value = line.partition("=")
         words = shlex.split(value, comments=True)
         out[key.strip()] = words[0] if words else ""
-    return out
+    return _derived(out)
+
+
+def _derived(versions: dict[str, str]) -> dict[str, str]:
+    """The versions build.sh computes rather than reads (IPVS_PROXIER_VERSION)."""
+    if versions.get("KUBERNETES_VERSION") and "IPVS_PROXIER_VERSION" not in versions:
+        sources = sorted(IPVS_PROXIER_SOURCE.glob("*.go"))
+        if sources:
+            digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()
+            versions["IPVS_PROXIER_VERSION"] = f"{versions['KUBERNETES_VERSION']}-src{digest[:12]}"
+    return versions
 
 
 def cache_root(environ: Mapping[str, str] | None = None) -> Path:

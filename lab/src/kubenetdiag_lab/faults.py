@@ -31,7 +31,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubenetdiag_lab import cni, coredns, flannel, kubeproxy, kuberouter, nodehost, services, sshd
+from kubenetdiag_lab import (
+    cni,
+    coredns,
+    flannel,
+    ipvs_shadow,
+    kubeproxy,
+    kuberouter,
+    nodehost,
+    services,
+    sshd,
+)
 from kubenetdiag_lab.netns import LabError, cmdline, exec_argv, pids_in_netns, proc_state, run
 from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.runner import NodeRunner, Runners
@@ -1657,6 +1667,8 @@ def _kube_proxy_left_behind(ctx: FaultContext, node: LabNode, params: Params) ->
         params["phase"] = "before"
         ctx.sync_api()
         _wait_canary(ctx, list(ctx.topology.nodes), _canary_endpoints(ctx, WEB_PORT))
+    if ipvs_shadow.ran(ctx.paths, node.name):  # its IPVS shadow freezes in the same state
+        ipvs_shadow.wait_agree(ctx.paths, [node], ctx.node)
     _freeze(kubeproxy.pids(node), f"kube-proxy on {node.name}")
     params.pop("phase", None)
 

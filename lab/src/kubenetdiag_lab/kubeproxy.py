@@ -140,14 +140,21 @@ def write_config(topology: Topology, paths: LabPaths, node: LabNode, kubeconfig:
 
 
 def pids(node: LabNode) -> list[int]:
-    """kube-proxy processes running in the node."""
-    return nodehost.procs_in(node.netns, BINARY)
+    """kube-proxy processes running in the node, its IPVS shadow's too (ipvs_shadow.py): a
+    fault that freezes or stops kube-proxy leaves the shadow as stale."""
+    from kubenetdiag_lab import ipvs_shadow
+
+    return nodehost.procs_in(node.netns, BINARY) + ipvs_shadow.pids(node)
 
 
 def start(paths: LabPaths, node: LabNode, runner: NodeRunner) -> None:
     """Start the node's kube-proxy (detached, inside the node) unless it runs already.
     The config must have been written (write_config)."""
-    if pids(node):
+    from kubenetdiag_lab import ipvs_shadow
+
+    if ipvs_shadow.ran(paths, node.name):
+        ipvs_shadow.start(paths, node, runner)
+    if nodehost.procs_in(node.netns, BINARY):
         return
     binary = components.path_of(BINARY)
     cfg = config_dir(paths, node.name) / "config.yaml"
