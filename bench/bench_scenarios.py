@@ -6,7 +6,8 @@ left nothing behind), then every way of making every injectable fault of that mo
 mechanism, the fault's `via` parameter, is its own scenario: `vxlan_udp_blocked[via=nft] on
 node3`) alone on a node, the mechanisms of one fault on different nodes, then pairs and a triple
 of simultaneous faults on different nodes, healing between scenarios. Faults the lab kernel
-cannot produce are judged from recorded bundles under tests/fixtures/bundles/ with `analyze`.
+cannot produce, and kube-proxy's ipvs mode (this kernel has no ip_vs), are judged from recorded
+bundles under tests/fixtures/bundles/ with `analyze`.
 
 Scored strictly: a scenario passes (is exact) when the root causes reported at warning or above,
 as (fault, node) pairs, are exactly the injected faults: every injected fault found on its node
@@ -99,12 +100,19 @@ MULTI: list[tuple[str, ...]] = [
     ("flannel-vxlan+kube-router", "network_policy_denies[via=default-deny]@node2",
      "host_firewall_active@node1"),
 ]
-# Recorded-bundle scenarios: (bundle directory, expected fault, expected node).
+# Recorded-bundle scenarios: (bundle directory, expected fault and node; None, None: healthy).
 FIXTURES = [
     ("lab-tw-recycle-3.10", "tw_recycle_with_timestamps", "node2"),
     ("lab-conntrack-full", "conntrack_table_full", "node1"),
     ("lab-vxlan-underlay-down", "vxlan_underlay_down", "node3"),
     ("lab-tcp-memory-pressure", "tcp_memory_pressure", "node2"),
+    # kube-proxy's ipvs mode, which this kernel (no ip_vs) cannot run: recorded by
+    # tests/fixtures/bundles/record-ipvs.sh with kube-proxy's own IPVS proxier beside each
+    # node's kube-proxy (lab/src/kubenetdiag_lab/ipvs_shadow.py)
+    ("lab-ipvs-healthy", None, None),
+    ("lab-ipvs-kube-proxy-out-of-sync", "kube_proxy_out_of_sync", "node1"),
+    ("lab-ipvs-missing-virtual-server", "kube_proxy_out_of_sync", "node2"),
+    ("lab-ipvs-vip-unbound", "ipvs_vip_unbound", "node3"),
 ]
 
 
@@ -312,7 +320,9 @@ def run_mode(mode: str, only: set[str] | None, pairs: bool, work: Path,
 def run_fixtures() -> list[Scenario]:
     out = []
     for bundle, fault, node in FIXTURES:
-        sc = Scenario(f"{fault} (recorded bundle {bundle})", "bundle", [(fault, node)])
+        # a healthy bundle (no fault) must give no root cause
+        sc = Scenario(f"{fault or 'healthy'} (recorded bundle {bundle})", "bundle",
+                      [(fault, node)] if fault else [])
         t0 = time.monotonic()
         path = BUNDLES / bundle
         if not path.is_dir():
