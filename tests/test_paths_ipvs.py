@@ -67,7 +67,8 @@ def _ipset(node_name: str, name: str, kind: str, members: str) -> object:
 
 
 def _cluster(*, reals: str = f"{BACKEND}:53", bound: bool = True, sets: bool = True,
-             extra: tuple = ()) -> list:
+             extra: tuple = (), protos: tuple[str, ...] = ("UDP", "TCP"),
+             ipvs_filter: bool = True) -> list:
     """n1 and n2 in ipvs mode (kube-proxy's KUBE-IPVS-FILTER in filter INPUT), the DNS
     Service's VIP bound to kube-ipvs0 on n2 always and on n1 when `bound`."""
     facts = [*node("n1"), *node("n2"),
@@ -80,7 +81,11 @@ def _cluster(*, reals: str = f"{BACKEND}:53", bound: bool = True, sets: bool = T
                   lower_up=False),
             *(f("ipvs_service", name, proto=proto, address=DNS_VIP, port=53, fwmark=None,
                 scheduler="rr", real_servers=len(reals.split(",")) if reals else 0,
-                active_conns=0, inactive_conns=0, backends=reals) for proto in ("UDP", "TCP")),
+                active_conns=0, inactive_conns=0, backends=reals) for proto in protos),
+        ]
+        if not ipvs_filter:
+            continue
+        facts += [
             chain(name, "filter", "KUBE-IPVS-FILTER", None),
             ipt(name, "filter", "-A INPUT -m comment --comment \"kubernetes ipvs access "
                 "filter\" -j KUBE-IPVS-FILTER", 1),
@@ -91,15 +96,15 @@ def _cluster(*, reals: str = f"{BACKEND}:53", bound: bool = True, sets: bool = T
         ]
         if sets:
             facts += [_ipset(name, "KUBE-CLUSTER-IP", "hash:ip,port",
-                             f"{DNS_VIP},udp:53 {DNS_VIP},tcp:53"),
+                             " ".join(f"{DNS_VIP},{p.lower()}:53" for p in protos)),
                       _ipset(name, "KUBE-IPVS-IPS", "hash:ip", DNS_VIP)]
     return facts + list(extra)
 
 
-def _service_paths(facts: list, node_name: str = "n1") -> list[dict]:
-    """The verdicts of the DNS Service's UDP flow on the node (its TCP one goes alike)."""
+def _service_paths(facts: list, node_name: str = "n1", proto: str = "udp") -> list[dict]:
+    """The verdicts of the DNS Service's flow on the node (UDP; its TCP one goes alike)."""
     return [p.attrs for p in path_facts(facts) if p.kind == "path" and p.node == node_name
-            and p.attrs["flow"] == "service" and p.attrs["proto"] == "udp"]
+            and p.attrs["flow"] == "service" and p.attrs["proto"] == proto]
 
 
 def test_a_service_that_ipvs_serves_passes_through_ipvs_to_its_real_server():
@@ -136,3 +141,14 @@ def test_without_the_ipsets_the_walk_names_the_set_it_could_not_read():
     [p] = _service_paths(_cluster(sets=False))
     assert p["verdict"] == "unknown"
     assert "-m set --match-set KUBE-" in p["at"]
+
+
+def test_a_bound_vip_without_the_virtual_server_for_that_port_is_refused_or_unanswered():
+    # the VIP is bound (its UDP port is served) but IPVS has nothing on TCP 53: kube-proxy's
+    # own input filter refuses new connections to its VIPs that no virtual server takes
+    [p] = _service_paths(_cluster(protos=("UDP",)), proto="tcp")
+    assert (p["verdict"], p["chain"], p["owner"]) == ("reject", "KUBE-IPVS-FILTER", "kube-proxy")
+    # without that filter the packet is delivered to the node, where nothing listens
+    [p] = _service_paths(_cluster(protos=("UDP",), ipvs_filter=False), proto="tcp")
+    assert (p["verdict"], p["owner"]) == ("drop", "kube-proxy")
+    assert "nothing translates 10.96.0.10:53" in p["at"]

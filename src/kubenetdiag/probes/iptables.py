@@ -108,7 +108,10 @@ OWNERS = {
     "firewalld": ("FORWARD_IN_ZONES", "FORWARD_OUT_ZONES", "INPUT_ZONES", "IN_public", "FWDI_",
                   "FWDO_", "FWD_public"),
     "ufw": ("ufw-", "ufw6-"),
-    "kube_proxy": ("KUBE-SERVICES", "KUBE-SVC-", "KUBE-NODEPORTS", "KUBE-POSTROUTING"),
+    # ipvs mode writes its rules in KUBE-IPVS-FILTER, KUBE-NODE-PORT and KUBE-LOAD-BALANCER,
+    # most of them without the comment that names kube-proxy elsewhere
+    "kube_proxy": ("KUBE-SERVICES", "KUBE-SVC-", "KUBE-NODEPORTS", "KUBE-POSTROUTING",
+                   "KUBE-IPVS-", "KUBE-NODE-PORT", "KUBE-LOAD-BALANCER"),
     "calico": ("cali-",),
     # kube-router's NetworkPolicy controller: per-pod and per-policy chains it rewrites itself
     "kube_router": ("KUBE-ROUTER-", "KUBE-POD-FW-", "KUBE-NWPLCY-"),

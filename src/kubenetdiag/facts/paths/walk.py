@@ -248,6 +248,18 @@ def _combine(endings: list[Ending]) -> Ending:
                   + " or ".join(ways), undecided, first.steps)
 
 
+def _not_programmed(flow: Flow, pkt: Packet, w: World, steps: list[str]) -> Ending:
+    """A Service or NodePort packet that nothing on this node translates."""
+    vip = f"{show(pkt.dst)}:{pkt.dport}"
+    what = ("the Service VIP is not programmed on this node: the packet keeps an "
+            "address nothing answers" if flow.name == "service" else
+            "the NodePort is not programmed on this node: the packet is delivered "
+            "to the node itself, where nothing listens on that port")
+    return Ending("drop", "netfilter", f"nat PREROUTING: nothing translates {vip}", "prerouting",
+                  "nat", "KUBE-SERVICES", None, f"no DNAT for {vip} {pkt.proto}", "kube-proxy",
+                  None, what, w.undecided, steps)
+
+
 MAX_REALS = 4  # real servers of one virtual server followed
 
 
@@ -306,21 +318,15 @@ def walk(v: NodeView, flow: Flow) -> Ending:
         elif flow.name in ("service", "nodeport_in") and not w.pkt.dnat and \
                 (w.pkt.dst, w.pkt.dport, w.pkt.proto) in v.ipvs:
             endings.append(_ipvs(v, flow, w, steps + ["prerouting"]))
-        elif flow.name in ("service", "nodeport_in") and not w.pkt.dnat and v.ipvs and \
+        elif flow.name == "service" and not w.pkt.dnat and v.ipvs and \
                 v.routing.lookup(w.pkt).kind == "local":
-            # ipvs mode, a local address IPVS does not serve on that port: kube-proxy's input
-            # filter rejects it, or nothing listens
-            endings.append(_decide(v, flow, w, steps + ["prerouting"]))
+            # ipvs mode, a VIP bound here but no virtual server on that port: kube-proxy's
+            # input filter refuses it; if nothing does, nothing listens either
+            end = _decide(v, flow, w, steps + ["prerouting"])
+            endings.append(end if end.verdict != "pass" else
+                           _not_programmed(flow, pkt, w, steps + ["prerouting"]))
         elif flow.name in ("service", "nodeport_in") and not w.pkt.dnat:
-            vip = f"{show(pkt.dst)}:{pkt.dport}"
-            what = ("the Service VIP is not programmed on this node: the packet keeps an "
-                    "address nothing answers" if flow.name == "service" else
-                    "the NodePort is not programmed on this node: the packet is delivered "
-                    "to the node itself, where nothing listens on that port")
-            endings.append(Ending(
-                "drop", "netfilter", f"nat PREROUTING: nothing translates {vip}", "prerouting",
-                "nat", "KUBE-SERVICES", None, f"no DNAT for {vip} {pkt.proto}", "kube-proxy",
-                None, what, w.undecided, steps + ["prerouting"]))
+            endings.append(_not_programmed(flow, pkt, w, steps + ["prerouting"]))
         else:
             endings.append(_decide(v, flow, w, steps + ["prerouting"]))
     return _combine(endings)
