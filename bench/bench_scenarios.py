@@ -112,6 +112,7 @@ FIXTURES = [
     ("lab-ipvs-healthy", None, None),
     ("lab-ipvs-kube-proxy-out-of-sync", "kube_proxy_out_of_sync", "node1"),
     ("lab-ipvs-missing-virtual-server", "kube_proxy_out_of_sync", "node2"),
+    ("lab-ipvs-stale-virtual-server", "kube_proxy_out_of_sync", "node3"),
     ("lab-ipvs-vip-unbound", "ipvs_vip_unbound", "node3"),
 ]
 
