@@ -5,14 +5,16 @@
 // The lab's kernel has no ip_vs, so kube-proxy refuses ipvs mode and nothing can program a real
 // IPVS table. This program keeps everything of ipvs mode that does not need ip_vs real:
 // kube-proxy's informers on the lab's kube-apiserver, its service and endpoint change
-// tracking, its sync loop, and the kube-ipvs0 dummy device with one address per Service VIP,
-// made through netlink in the node's network namespace. The kernel-facing parts ipvs mode
-// cannot have here are kube-proxy's own in-memory fakes: the IPVS table (pkg/proxy/ipvs/util/
-// testing), the ipsets (pkg/proxy/ipvs/ipset/testing), iptables (pkg/util/iptables/testing:
-// the node keeps the iptables-mode kube-proxy's rules, which carry its traffic) and the
-// net/ipv4/vs sysctls. After each change it writes what those fakes hold to --state as JSON
-// (`ipvsadm -Ln` text, the iptables-save text of its nat and filter tables, the ipsets), which
-// the lab's IPVS recorder puts into a collected bundle where the node's own IPVS table would be.
+// tracking, its sync loop, and kube-ipvs0 with one address per Service VIP, bound through
+// netlink in the node's network namespace (the kernel has no dummy links either: the lab makes
+// kube-ipvs0 an ifb link first, which kube-proxy then finds and uses). The kernel-facing parts
+// ipvs mode cannot have here are kube-proxy's own in-memory fakes: the IPVS table
+// (pkg/proxy/ipvs/util/testing), the ipsets (pkg/proxy/ipvs/ipset/testing), iptables
+// (pkg/util/iptables/testing: the node keeps the iptables-mode kube-proxy's rules, which carry
+// its traffic) and the net/ipv4/vs sysctls. After each change it writes what those fakes hold to --state as JSON
+// (`ipvsadm -Ln` text, the iptables-save text of its nat and filter tables for IPv4 and IPv6,
+// the ipsets as `ipset save` prints them), which the lab's IPVS recorder puts into a collected
+// bundle where the node's own would be.
 package main
 
 import (
