@@ -143,3 +143,19 @@ def test_the_binary_is_where_build_sh_puts_it():
                             capture_output=True, text=True, check=True).stdout
     line = next(x for x in listed.splitlines() if x.startswith("knd-ipvs-proxier "))
     assert str(components.path_of("knd-ipvs-proxier")) in line
+
+
+def test_a_new_lab_in_the_same_work_directory_starts_no_shadow(tmp_path):
+    # the recorder's state file outlives `lab down`; the next lab's kube-proxy must not bring
+    # a shadow back with it (start() restarts one where the file exists)
+    from kubenetdiag_lab import kubeproxy
+    from kubenetdiag_lab.paths import LabPaths
+    from kubenetdiag_lab.topology import build
+
+    shape, paths = build("kndx", 1), LabPaths(tmp_path)
+    node = shape.nodes[0]
+    kubeproxy.write_config(shape, paths, node, tmp_path / "kubeconfig")
+    ipvs_shadow.state_path(paths, node.name).write_text("{}")
+    assert ipvs_shadow.ran(paths, node.name)
+    kubeproxy.write_config(shape, paths, node, tmp_path / "kubeconfig")
+    assert not ipvs_shadow.ran(paths, node.name)

@@ -132,8 +132,13 @@ def config(topology: Topology, node: LabNode, kubeconfig: Path) -> dict:
 
 
 def write_config(topology: Topology, paths: LabPaths, node: LabNode, kubeconfig: Path) -> Path:
+    from kubenetdiag_lab import ipvs_shadow
+
     directory = config_dir(paths, node.name)
     directory.mkdir(parents=True, exist_ok=True)
+    # a new lab's kube-proxy has no IPVS shadow, whatever an earlier lab in this work
+    # directory ran (start() restarts one only where its state file exists)
+    ipvs_shadow.state_path(paths, node.name).unlink(missing_ok=True)
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(config(topology, node, kubeconfig), sort_keys=False))
     return path
