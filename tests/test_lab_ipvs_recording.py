@@ -6,6 +6,8 @@ away after, whatever happens."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from kubenetdiag.bundle import Bundle
@@ -28,8 +30,8 @@ def _as_ipvs(lab, tmp_path, name: str) -> list[dict]:
 
 def test_a_bundle_recorded_with_kube_proxys_ipvs_proxier_diagnoses_as_the_lab_is(lab, tmp_path):
     why = components.missing([ipvs_shadow.BINARY])
-    if why:
-        pytest.skip(why)
+    if why or shutil.which("ipset") is None:
+        pytest.skip(why or "ipvs splice needs ipset (package ipset)")
     try:
         ipvs_shadow.start_all(lab.topology, lab.paths, lab.runners)
         node1 = lab.runners.node(lab.node("node1"))

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from ipaddress import ip_address
@@ -327,6 +328,11 @@ def splice(topology: Topology, paths: LabPaths, runners: Runners, bundle: Path,
            nodes: Sequence[LabNode] | None = None) -> list[str]:
     """Rewrite `bundle` (collected from this lab, shadows running) as the same cluster with
     kube-proxy in ipvs mode; the nodes rewritten."""
+    missing = [t for t in ("ipset", "iptables-restore", "ip6tables-restore", "nft")
+               if shutil.which(t) is None]
+    if missing:
+        raise LabError(f"ipvs splice needs {', '.join(missing)} (packages ipset, iptables, "
+                       "nftables)")
     done = []
     scratch = f"{topology.prefix}-ipvsrec"
     for node in nodes or topology.nodes:
