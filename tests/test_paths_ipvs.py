@@ -152,3 +152,8 @@ def test_a_bound_vip_without_the_virtual_server_for_that_port_is_refused_or_unan
     [p] = _service_paths(_cluster(protos=("UDP",), ipvs_filter=False), proto="tcp")
     assert (p["verdict"], p["owner"]) == ("drop", "kube-proxy")
     assert "nothing translates 10.96.0.10:53" in p["at"]
+
+
+def test_an_icmp_packet_against_a_port_set_not_read_in_full_is_undecided():
+    cut = index("hash:ip,port", "10.96.0.10,udp:53", complete=False)
+    assert lookup(cut, ["dst", "dst"], _pkt("10.244.1.2", DNS_VIP, "icmp", None)) is None

@@ -4,10 +4,11 @@ A set's type names its dimensions (hash:ip,port,ip: an address, a protocol and p
 address) and the rule's flags say which side of the packet each one is taken from (dst,dst,src).
 Members that are single values (an address, a /32, one port) go in a hash for exact lookup, as
 the kernel's hash types do; prefixes and ranges (hash:net, a range added to a bitmap) are
-scanned. `nomatch` members (hash:net exceptions) win over the others. A type the walk does not
-model (list:set, a MAC, an interface or a mark dimension) and a packet field the walk does not
-know (an ephemeral source port) leave the lookup undecided, as does a value not found in a set
-that was not read in full.
+scanned. A `nomatch` member (a hash:net exception) wins over the others that cover the packet
+(the kernel lets the most specific prefix decide; a member more specific than an exception
+around it is not modelled). A type the walk does not model (list:set, a MAC, an interface or a
+mark dimension) and a packet field the walk does not know (an ephemeral source port) leave the
+lookup undecided, as does a value not found in a set that was not read in full.
 """
 
 from __future__ import annotations
@@ -118,7 +119,9 @@ def lookup(s: IpSet, flags: list[str], p: Packet) -> Tri:
             continue
         port = p.sport if side == "src" else p.dport
         if p.proto not in _PORT_PROTOS:
-            return None if s.odd else False  # an ICMP member would be one the walk cannot read
+            # no port: only an ICMP member could match, one the walk cannot read (odd) or one
+            # among those not read
+            return None if s.odd or not s.complete else False
         if port is None:
             return None
         key.append(("*" if s.bitmap else p.proto, port))
