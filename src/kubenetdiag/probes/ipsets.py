@@ -76,7 +76,10 @@ def parse(section: Section, node: str) -> list[Fact]:
         "family": s["family"],
         "entries": s["entries"],
         "complete": s["complete"],
-        "members": " ".join(s["members"]),
+        # sorted: ipset prints a hash set in its hash order, which differs from node to node
+        # and run to run; sorted, one set reads the same everywhere (a diff shows only what
+        # changed, and the walk indexes it once for all the nodes that share it)
+        "members": " ".join(sorted(s["members"])),
     }, Source("ipsets", "ipset save", section.exit_code, clip("\n".join(s["raw"]), 600)))
         for s in sets]
     return facts + unread_lines(section, node, unread, "ipset lines")

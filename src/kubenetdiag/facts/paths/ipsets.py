@@ -13,11 +13,15 @@ lookup undecided, as does a value not found in a set that was not read in full.
 
 from __future__ import annotations
 
+import re
+import socket
 from dataclasses import dataclass
+from functools import lru_cache
 
 from kubenetdiag.facts.paths.packet import Packet, Tri, network
 
 _DIMS = {"ip", "net", "port"}
+_DOTTED = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\Z")
 _PORT_PROTOS = {"tcp", "udp", "sctp", "udplite"}
 # A member's part: an exact value (an address as int, or (proto, port)), or a span to scan:
 # ("net", base, mask), ("range", lo, hi), ("ports", proto, lo, hi).
@@ -44,6 +48,11 @@ def _dims(kind: str) -> tuple[str, ...] | None:
 
 
 def _address_part(text: str) -> Part | None:
+    if _DOTTED.match(text):  # what ipset prints for most members: no prefix parse needed
+        try:
+            return int.from_bytes(socket.inet_aton(text), "big")
+        except OSError:
+            return None
     if "-" in text:
         lo, _, hi = text.partition("-")
         a, b = network(lo), network(hi)
@@ -67,8 +76,11 @@ def _port_part(text: str, bitmap: bool) -> Part | None:
     return ("ports", proto, int(lo), int(hi))
 
 
+@lru_cache(maxsize=256)
 def index(kind: str, members: str, complete: bool = True) -> IpSet:
-    """An `ipset` fact's type and members, indexed for the walk."""
+    """An `ipset` fact's type and members, indexed for the walk: once for all the nodes that
+    hold the same set (kube-proxy's KUBE-CLUSTER-IP is alike on every node in sync), since an
+    IpSet is immutable."""
     dims = _dims(kind)
     if dims is None:
         return IpSet(None, frozenset(), complete=False)
