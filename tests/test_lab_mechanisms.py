@@ -83,6 +83,13 @@ def _state(pid: int) -> str:
         return "gone"
 
 
+def _stopped_or_not(pid: int) -> str:
+    """What a heal must restore of a process: stopped (T), gone, or running; running (R) and
+    sleeping (S) only say where the scheduler caught it (one CI run compared R with S)."""
+    state = _state(pid)
+    return state if state in ("T", "gone") else "running"
+
+
 def snapshot(lab: Lab) -> dict[str, str]:
     """Everything a fault may touch, per node, pod and the switch, as text to compare."""
     out: dict[str, str] = {}
@@ -128,7 +135,7 @@ def snapshot(lab: Lab) -> dict[str, str]:
     out["outside iptables"] = "\n".join(
         line for line in lab.runners.outside.run(["iptables-save"]).stdout.splitlines()
         if line.startswith("-A "))
-    out["coredns"] = " ".join(_state(pid) for pid in coredns.pids(lab.topology))
+    out["coredns"] = " ".join(_stopped_or_not(pid) for pid in coredns.pids(lab.topology))
     return out
 
 
