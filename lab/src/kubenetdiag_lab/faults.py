@@ -1645,7 +1645,9 @@ def _canary_endpoints(ctx: FaultContext, port: int | None) -> set[str] | None:
 
 def _wait_canary(ctx: FaultContext, nodes: list[LabNode], want: set[str] | None) -> None:
     """Until every node's kube-proxy DNATs the canary's VIP to exactly `want` (None: has no
-    rule for it at all), in its iptables chains or its nftables table (kubeproxy.programmed)."""
+    rule for it at all), in its iptables chains or its nftables table (kubeproxy.programmed),
+    and its IPVS shadow, where one runs, programs the same (a freeze must not catch it a sync
+    behind)."""
 
     def done(node: LabNode) -> bool:
         have = kubeproxy.programmed(ctx.node(node), ctx.topology.proxy_mode)
@@ -1655,6 +1657,9 @@ def _wait_canary(ctx: FaultContext, nodes: list[LabNode], want: set[str] | None)
 
     nodehost.wait_nodes(kubeproxy.BINARY, "follow the canary Service", nodes, done,
                         lambda name: kubeproxy.log_path(ctx.paths, name), kubeproxy.SYNC_TIMEOUT)
+    shadowed = [n for n in nodes if ipvs_shadow.ran(ctx.paths, n.name)]
+    if shadowed:
+        ipvs_shadow.wait_agree(ctx.paths, shadowed, ctx.node)
 
 
 def _kube_proxy_left_behind(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -1667,8 +1672,6 @@ def _kube_proxy_left_behind(ctx: FaultContext, node: LabNode, params: Params) ->
         params["phase"] = "before"
         ctx.sync_api()
         _wait_canary(ctx, list(ctx.topology.nodes), _canary_endpoints(ctx, WEB_PORT))
-    if ipvs_shadow.ran(ctx.paths, node.name):  # its IPVS shadow freezes in the same state
-        ipvs_shadow.wait_agree(ctx.paths, [node], ctx.node)
     _freeze(kubeproxy.pids(node), f"kube-proxy on {node.name}")
     params.pop("phase", None)
 

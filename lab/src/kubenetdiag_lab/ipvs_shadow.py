@@ -44,9 +44,9 @@ import yaml
 
 from kubenetdiag_lab import components, kubeproxy, nodehost
 from kubenetdiag_lab.errors import LabError
-from kubenetdiag_lab.netns import add_netns, delete_netns, run
+from kubenetdiag_lab.netns import add_netns, delete_netns
 from kubenetdiag_lab.paths import LabPaths
-from kubenetdiag_lab.runner import NodeRunner, Runners
+from kubenetdiag_lab.runner import NetnsRunner, NodeRunner, Runners
 from kubenetdiag_lab.topology import SERVICE_NETWORK, LabNode, Topology
 
 BINARY = "knd-ipvs-proxier"
@@ -237,7 +237,7 @@ def _replay(netns: str, v4: str, v6: str, ipsets: str) -> tuple[str, str, str]:
     add_netns([netns])
     try:
         def ns(argv: list[str], stdin: str | None = None) -> str:
-            return run(["ip", "netns", "exec", netns, *argv], input=stdin).stdout
+            return NetnsRunner(netns).run(argv, input=stdin).stdout
 
         ns(["ipset", "restore"], ipsets)
         ns(["iptables-restore", "-c"], v4)
