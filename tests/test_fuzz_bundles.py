@@ -32,7 +32,7 @@ _JSON = st.recursive(
                                                                 max_size=5),
     max_leaves=30,
 )
-_FUZZ = settings(max_examples=100, deadline=None,
+_FUZZ = settings(max_examples=100,
                  suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

@@ -27,7 +27,7 @@ _VALUE = st.recursive(
         inner, max_size=4),
     max_leaves=20,
 )
-_FUZZ = settings(max_examples=100, deadline=None,
+_FUZZ = settings(max_examples=100,
                  suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

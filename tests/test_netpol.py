@@ -253,7 +253,7 @@ flow_st = st.tuples(pod_st, pod_st, st.sampled_from([53, 80, 5432, None]),
                     st.sampled_from(["TCP", "UDP", "ICMP"]))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(st.lists(policy_st, max_size=4), flow_st)
 def test_generated_policies_are_valid_and_evaluate(policies, flow):
     for p in policies:
@@ -265,7 +265,7 @@ def test_generated_policies_are_valid_and_evaluate(policies, flow):
         assert v.denied_on and v.isolating
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(st.lists(policy_st, max_size=4), flow_st, st.sampled_from(["shop", "kube-system", "blog"]))
 def test_an_allow_all_policy_on_both_sides_never_denies(policies, flow, _ns):
     src, dst, port, proto = flow
@@ -276,7 +276,7 @@ def test_an_allow_all_policy_on_both_sides_never_denies(policies, flow, _ns):
     assert evaluate(opened, src, dst, port, proto).allowed is True
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(st.lists(policy_st, max_size=4), policy_st, flow_st)
 def test_adding_a_policy_only_adds_isolation_and_allows_on_isolated_sides(
         policies, extra, flow):
@@ -293,7 +293,7 @@ def test_adding_a_policy_only_adds_isolation_and_allows_on_isolated_sides(
     assert after.ingress.isolated >= before.ingress.isolated
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(st.lists(policy_st, max_size=4), flow_st)
 def test_a_flow_no_policy_selects_either_side_of_is_allowed(policies, flow):
     src, dst, port, proto = flow

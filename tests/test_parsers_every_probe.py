@@ -218,7 +218,7 @@ _ROUTE = st.fixed_dictionaries(
               "nexthops": st.lists(st.fixed_dictionaries({"gateway": st.text(max_size=5)}))})
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(st.lists(st.one_of(_ROUTE, st.integers(), st.none()), max_size=6),
        st.sampled_from([None, 0, 1]), st.sampled_from(["", " ", "\n"]))
 def test_routes_read_one_element_at_a_time_as_a_whole_array_decode_would(items, indent, pad):
@@ -560,7 +560,7 @@ _structured = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(_structured, st.sampled_from(sorted(BY_NAME)))
 def test_structured_garbage_never_crashes(lines, probe):
     """Random text rarely gets past a parser's first check; random part headers do."""

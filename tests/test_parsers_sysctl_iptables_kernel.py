@@ -108,7 +108,7 @@ def test_iptables_hostile_comment_kept_as_data():
     assert inp["unconditional"] is False
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400)
 @example('-A KUBE-SVC-X -m comment --comment "default/kubernetes:https cluster IP" -j KUBE-SEP-Y')
 @example('-A INPUT -m comment --comment "" -j ACCEPT')
 @given(st.text(alphabet=' \t"\'\\ab-=!\u00e9', max_size=40))
@@ -207,7 +207,7 @@ def test_node_facts_missing_tool_and_unreachable():
     assert down[0].attrs["reason"] == "connection refused"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(st.text(max_size=400), st.text(max_size=100), st.sampled_from(sorted(BY_NAME)))
 def test_parsers_never_crash_on_garbage(stdout, stderr, probe):
     record = {

@@ -364,7 +364,7 @@ _TOKENS = st.sampled_from([
 ])
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150)
 @given(st.lists(st.lists(_TOKENS, min_size=0, max_size=6), min_size=0, max_size=6))
 def test_any_rule_set_gives_a_verdict_and_never_crashes(rules):
     extra = [chain("n1", "filter", "GUARD", None)]
@@ -538,7 +538,7 @@ def test_a_drop_in_the_raw_table_carries_its_counter_and_an_nft_rule_none():
 _PREFIX = st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(routes=st.lists(st.tuples(_PREFIX, st.integers(0, 3), st.sampled_from(["main", "100"]),
                                  st.sampled_from(["unicast", "blackhole", "throw"])),
                        max_size=40),

@@ -217,7 +217,7 @@ _CARRIERS = [
 ]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(value=_VALUE.filter(lambda v: not v.startswith("-")),
        carrier=st.sampled_from(_CARRIERS), names=st.booleans())
 def test_a_secret_in_any_carrier_is_removed(value, carrier, names):
@@ -236,7 +236,7 @@ def _mapped(r: Redactor, text: str) -> str:
     return r.text(text)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(a=st.one_of(_V4, _V6), b=st.one_of(_V4, _V6), bits=st.integers(0, 128))
 def test_addresses_keep_their_shared_prefixes(a, b, bits):
     """Subnet membership survives: two addresses share their first k bits after mapping
@@ -256,7 +256,7 @@ def test_addresses_keep_their_shared_prefixes(a, b, bits):
             assert mx == x
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(a=_V4, length=st.integers(0, 32))
 def test_a_network_stays_a_network_holding_its_addresses(a, length):
     r = Redactor(names=True, key=b"k" * 32)

@@ -138,7 +138,7 @@ def test_fast_check_agrees_with_jsonschema_on_every_single_break() -> None:
     assert disagree == []
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(st.data())
 def test_fast_check_agrees_with_jsonschema_on_broken_reports(data: st.DataObject) -> None:
     report = mutate(data.draw(st.sampled_from(BASES)), data)
