@@ -141,6 +141,35 @@ def test_ipvs_variants():
     assert kinds(parse("ipvs", "not-loaded"), "ipvs")[0]["enabled"] is False
 
 
+@pytest.mark.parametrize(("cap_eff", "table"), [
+    ("000001ffffffffff", "ipvsadm"),  # root: every capability
+    ("0000000000001000", "ipvsadm"),  # CAP_NET_ADMIN alone is what ipvsadm needs
+    ("0000000000000000", "proc"),     # a login without root: ipvsadm would be refused
+])
+def test_ipvs_reads_the_kernels_table_where_ipvsadm_would_be_refused(tmp_path, cap_eff, table):
+    proc = (FIX / "ipvs" / "proc-no-ipvsadm.txt").read_text().split("\n", 1)[1]
+    (tmp_path / "ip_vs").write_text(proc)
+    (tmp_path / "status").write_text(f"Name:\tsh\nCapInh:\t0000000000000000\n"
+                                     f"CapEff:\t{cap_eff}\nCapBnd:\t000001ffffffffff\n")
+    stub = tmp_path / "ipvsadm"
+    stub.write_text("#!/bin/sh\necho 'IP Virtual Server version 1.2.1 (size=4096)'\n"
+                    "echo 'TCP  10.96.0.1:443 rr'\n"
+                    "echo '  -> 198.18.0.3:6443              Masq    1      0          0'\n")
+    stub.chmod(0o755)
+    # the probe's own command, its three paths pointed at the stand-ins (a real ipvsadm
+    # would load ip_vs on this machine)
+    command = (BY_NAME["ipvs"].command.replace("/proc/net/ip_vs", str(tmp_path / "ip_vs"))
+               .replace("/proc/self/status", str(tmp_path / "status"))
+               .replace("ipvsadm -Ln", f"{stub} -Ln")
+               .replace("command -v ipvsadm", f"command -v {stub}"))
+    out = subprocess.run(["sh", "-c", f'__knd_hold() {{ "$@"; }}; f() {{ {command}; }}; f'],
+                         capture_output=True, text=True, timeout=10, check=True).stdout
+    assert out.splitlines()[0] == f"##knd:table {table}"
+    facts = BY_NAME["ipvs"].parse(Section("ipvs", BY_NAME["ipvs"].command, 0, 0.0, out, ""), "n1")
+    svc = kinds(facts, "ipvs_service")[0]
+    assert (svc["address"], svc["port"], svc["real_servers"]) == ("10.96.0.1", 443, 1)
+
+
 # ---- interfaces, routes, overlay, CNI ------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["debian12-netns", "centos7-iproute-4.11-text"])
@@ -750,6 +779,17 @@ def test_ipsets_not_loaded_is_no_set_and_a_missing_binary_is_said():
     assert [(s["status"], s["probe"]) for s in status] == [("missing_tool", "ipsets")]
     quiet = BY_NAME["ipsets"].parse(_sec("ipsets", "# ip_set is not loaded\n"), "n1")
     assert quiet == []
+
+
+def test_ipsets_as_a_login_without_root_is_permission_denied_with_what_it_blocks():
+    # the probe's own command as an unprivileged user: ip_set loaded, the kernel refuses
+    assert parse("ipsets", "nonroot", 1) == []
+    record = {"name": "n1", "reachable": True, "address": "", "sections": [
+        section("ipsets", "nonroot", 1).to_dict()]}
+    status = [f.attrs for f in node_facts(record, ["ipsets"]) if f.kind == "probe_status"]
+    assert [(s["status"], s["reason"]) for s in status] == [
+        ("permission_denied", "ipset v7.17: Kernel error received: Operation not permitted")]
+    assert "path walk" in status[0]["blocks"]
 
 
 def test_an_ipset_output_cut_at_the_limit_leaves_its_last_set_incomplete():

@@ -1,8 +1,9 @@
 """IPVS virtual servers, for kube-proxy in ipvs mode: every Service VIP and its real servers.
 
 Only when the ip_vs module is already loaded (/proc/net/ip_vs exists): `ipvsadm` loads it
-otherwise, which would change the node. Without ipvsadm the kernel's own table in
-/proc/net/ip_vs (hex addresses) is read instead.
+otherwise, which would change the node. Without ipvsadm, or without CAP_NET_ADMIN (a login
+that is not root: ipvsadm is refused, "you must be root"), the kernel's own table in
+/proc/net/ip_vs, which anyone may read, is read instead (hex addresses, the same servers).
 
 Sample output and the facts it gives:
 
@@ -29,10 +30,16 @@ from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.probes.base import HOLD, Probe, Section, unread_lines
 from kubenetdiag.probes.text import clip, parts, to_int
 
+# The shell's own read of its effective capabilities (no process): bit 12 is CAP_NET_ADMIN.
+_CAN_ADMIN = (
+    "__ce=0; while read -r __a __b; do [ \"$__a\" = CapEff: ] && __ce=$__b; "
+    "done </proc/self/status; "
+)
 COMMAND = (
-    "if [ ! -e /proc/net/ip_vs ]; then echo '##knd:none'; return 0; fi; "
-    "if command -v ipvsadm >/dev/null 2>&1; then echo '##knd:table ipvsadm'; "
-    f"{HOLD} ipvsadm -Ln; else echo '##knd:table proc'; {HOLD} cat /proc/net/ip_vs; fi"
+    "if [ ! -e /proc/net/ip_vs ]; then echo '##knd:none'; return 0; fi; " + _CAN_ADMIN +
+    "if command -v ipvsadm >/dev/null 2>&1 && [ $((0x${__ce:-0} >> 12 & 1)) = 1 ]; then "
+    f"echo '##knd:table ipvsadm'; {HOLD} ipvsadm -Ln; "
+    f"else echo '##knd:table proc'; {HOLD} cat /proc/net/ip_vs; fi"
 )
 MAX_BACKENDS = 2000  # as service_port.endpoints keeps them
 _SERVICE = re.compile(r"^(TCP|UDP|SCTP|FWM)\s+(\S+)\s+(\S+)")
