@@ -349,6 +349,15 @@ def test_cni_missing_dir():
 
 # ---- conntrack, counters, sockets ----------------------------------------------------------
 
+def statuses_of(probe: str, name: str, exit_code: int) -> tuple[list[dict], list]:
+    """(probe_status attrs, other facts) of a fixture as the parse stage sees it."""
+    record = {"name": "n1", "reachable": True, "address": "", "sections": [
+        section(probe, name, exit_code).to_dict()]}
+    facts = node_facts(record, [probe])
+    return ([f.attrs for f in facts if f.kind == "probe_status"],
+            [f for f in facts if f.kind not in ("probe_status", "node_status")])
+
+
 def test_conntrack_recorded_and_centos7():
     ct = kinds(parse("conntrack", "debian12-netns"), "conntrack")[0]
     assert ct["loaded"] and ct["cpus"] and ct["insert_failed"] == 0
@@ -364,6 +373,23 @@ def test_conntrack_without_tool_reads_proc_and_says_so():
     assert (ct["insert_failed"], ct["drop"], ct["search_restart"]) == (5, 1, 4)
     status = kinds(facts, "probe_status")[0]
     assert status["status"] == "missing_tool" and "conntrack" in status["reason"]
+
+
+def test_conntrack_as_a_login_without_root_reads_the_kernels_counters():
+    # the probe's own command as an unprivileged user: no conntrack -S, nothing refused
+    status, facts = statuses_of("conntrack", "debian12-nonroot-proc", 0)
+    ct = kinds(facts, "conntrack")[0]
+    assert status == [] and ct["stats_source"] == "/proc/net/stat/nf_conntrack"
+    assert (ct["cpus"], ct["max"], ct["insert_failed"], ct["error"]) == (2, 262144, 0, 0)
+
+
+def test_conntrack_refused_prints_the_proc_names_and_is_still_read():
+    # conntrack -S as an unprivileged user (conntrack-tools 1.4.7): it reads /proc itself,
+    # prints the counters under the kernel's names (icmp_error, clashres) and then fails
+    status, facts = statuses_of("conntrack", "conntrack-1.4.7-nonroot", 1)
+    ct = kinds(facts, "conntrack")[0]
+    assert (ct["error"], ct["clash_resolve"], ct["insert_failed"], ct["cpus"]) == (0, 0, 0, 2)
+    assert [s["status"] for s in status] == ["permission_denied"]
 
 
 def test_counters_flat_on_a_quiet_netns():
@@ -772,10 +798,8 @@ def test_ipsets_hash_nets_keep_their_exceptions():
 
 
 def test_ipsets_not_loaded_is_no_set_and_a_missing_binary_is_said():
-    assert parse("ipsets", "no-ipset-binary", 127) == []
-    record = {"name": "n1", "reachable": True, "address": "", "sections": [
-        section("ipsets", "no-ipset-binary", 127).to_dict()]}
-    status = [f.attrs for f in node_facts(record, ["ipsets"]) if f.kind == "probe_status"]
+    status, facts = statuses_of("ipsets", "no-ipset-binary", 127)
+    assert facts == []
     assert [(s["status"], s["probe"]) for s in status] == [("missing_tool", "ipsets")]
     quiet = BY_NAME["ipsets"].parse(_sec("ipsets", "# ip_set is not loaded\n"), "n1")
     assert quiet == []
@@ -783,10 +807,8 @@ def test_ipsets_not_loaded_is_no_set_and_a_missing_binary_is_said():
 
 def test_ipsets_as_a_login_without_root_is_permission_denied_with_what_it_blocks():
     # the probe's own command as an unprivileged user: ip_set loaded, the kernel refuses
-    assert parse("ipsets", "nonroot", 1) == []
-    record = {"name": "n1", "reachable": True, "address": "", "sections": [
-        section("ipsets", "nonroot", 1).to_dict()]}
-    status = [f.attrs for f in node_facts(record, ["ipsets"]) if f.kind == "probe_status"]
+    status, facts = statuses_of("ipsets", "nonroot", 1)
+    assert facts == []
     assert [(s["status"], s["reason"]) for s in status] == [
         ("permission_denied", "ipset v7.17: Kernel error received: Operation not permitted")]
     assert "path walk" in status[0]["blocks"]

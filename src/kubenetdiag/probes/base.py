@@ -164,6 +164,16 @@ def read_into(var: str, paths: str, prefix: str = "", limit: int = 0, head: str 
             f"{var}=\"${var}{prefix}$__l$__nl\"; __n=$((__n+1)); __l=; done <\"$__f\"; done")
 
 
+# Shell: true where the script may use netlink's admin requests (CAP_NET_ADMIN, bit 12 of its
+# effective capabilities, read with the shell's own `read`: no process). A login that is not
+# root lacks it: ipvsadm and conntrack -S are refused there, while the kernel's tables in
+# /proc/net that they mirror can be read by anyone.
+CAN_NET_ADMIN = (
+    "{ __ce=0; while read -r __ck __cv; do [ \"$__ck\" = CapEff: ] && __ce=$__cv; "
+    "done </proc/self/status; [ $((0x${__ce:-0} >> 12 & 1)) = 1 ]; }"
+)
+
+
 def read_files(paths: str, prefix: str = "", limit: int = 0, head: str = "") -> str:
     """Shell that prints files as `cat` would, as `read_into` reads them: no process on the
     node, where `cat`, `sed` or `grep` cost one each. For small files (/proc, /etc): the shell

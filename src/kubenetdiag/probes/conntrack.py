@@ -2,7 +2,8 @@
 packets were lost to it (insert_failed, drop, early_drop).
 
 Without conntrack-tools the same counters are in /proc/net/stat/nf_conntrack (hex, one row per
-CPU); the facts are then taken from there and a probe_status says the tool is missing.
+CPU); the facts are then taken from there and a probe_status says the tool is missing. A login
+without CAP_NET_ADMIN (not root) reads them there too: anyone may, and conntrack -S is refused.
 
 Sample output and the facts it gives:
 
@@ -26,7 +27,13 @@ from __future__ import annotations
 import re
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section, from_sysctl_read, read_files
+from kubenetdiag.probes.base import (
+    CAN_NET_ADMIN,
+    Probe,
+    Section,
+    from_sysctl_read,
+    read_files,
+)
 from kubenetdiag.probes.sysctl import SYSCTL_READ
 from kubenetdiag.probes.text import clip, parts, to_int
 
@@ -38,9 +45,12 @@ COMMAND = (
                        head="##knd:sysctl") + " || "
     "{ echo '##knd:sysctl'; cd /proc/sys/net/netfilter 2>/dev/null && "
     "grep -H '' nf_conntrack_count nf_conntrack_max nf_conntrack_buckets 2>&1; }; "
-    "if command -v conntrack >/dev/null 2>&1; then "
+    # conntrack -S only where it is allowed: refused (not root), it prints the /proc counters
+    # anyway and fails, which would read as "permission denied" over counters that are there
+    f"if command -v conntrack >/dev/null 2>&1 && {CAN_NET_ADMIN}; then "
     "s=$(conntrack -S); r=$?; printf '##knd:stats conntrack\\n%s\\n' \"$s\"; return $r; "
-    "else echo 'kubenetdiag: conntrack: command not found' >&2; "
+    "else command -v conntrack >/dev/null 2>&1 || "
+    "echo 'kubenetdiag: conntrack: command not found' >&2; "
     "if [ -r /proc/net/stat/nf_conntrack ]; then "
     + read_files("/proc/net/stat/nf_conntrack", head="##knd:stats proc") + "; fi; fi"
 )
@@ -95,7 +105,9 @@ def parse(section: Section, node: str) -> list[Fact]:
                     continue
                 cpus += 1
                 for k, v in _PAIR.findall(line):
-                    if k != "cpu":
+                    # conntrack-tools that read /proc themselves print its names (icmp_error)
+                    k = _PROC_NAMES.get(k, k)
+                    if k not in ("cpu", "entries"):
                         totals[k] = totals.get(k, 0) + int(v)
         elif name == "stats" and arg == "proc":
             source = "/proc/net/stat/nf_conntrack"

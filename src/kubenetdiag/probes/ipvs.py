@@ -27,17 +27,12 @@ from __future__ import annotations
 import re
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import HOLD, Probe, Section, unread_lines
+from kubenetdiag.probes.base import CAN_NET_ADMIN, HOLD, Probe, Section, unread_lines
 from kubenetdiag.probes.text import clip, parts, to_int
 
-# The shell's own read of its effective capabilities (no process): bit 12 is CAP_NET_ADMIN.
-_CAN_ADMIN = (
-    "__ce=0; while read -r __a __b; do [ \"$__a\" = CapEff: ] && __ce=$__b; "
-    "done </proc/self/status; "
-)
 COMMAND = (
-    "if [ ! -e /proc/net/ip_vs ]; then echo '##knd:none'; return 0; fi; " + _CAN_ADMIN +
-    "if command -v ipvsadm >/dev/null 2>&1 && [ $((0x${__ce:-0} >> 12 & 1)) = 1 ]; then "
+    "if [ ! -e /proc/net/ip_vs ]; then echo '##knd:none'; return 0; fi; "
+    f"if command -v ipvsadm >/dev/null 2>&1 && {CAN_NET_ADMIN}; then "
     f"echo '##knd:table ipvsadm'; {HOLD} ipvsadm -Ln; "
     f"else echo '##knd:table proc'; {HOLD} cat /proc/net/ip_vs; fi"
 )
