@@ -16,6 +16,9 @@ from hypothesis import strategies as st
 from jinja2 import StrictUndefined, UndefinedError
 from rich.console import Console
 
+from kubenetdiag import pipeline
+from kubenetdiag.bundle import Bundle
+from kubenetdiag.engine import load_ruleset
 from kubenetdiag.reports import (
     REPORT_SCHEMA_PATH,
     print_summary,
@@ -911,3 +914,29 @@ def test_evidence_from_the_api_shows_the_http_status_not_an_exit_code():
     assert api and all(e["source"]["exit_code"] == 200 for e in api)
     md = render_markdown(report)
     assert "| GET /api/v1/pods | HTTP 200 |" in md
+
+
+def test_a_probe_refused_for_want_of_root_says_how_to_log_in_in_every_format() -> None:
+    # node1's iptables-save as recorded from a login that is not root, through the real
+    # pipeline: the refusal is a not-checked entry, and every format says what to change
+    root = Path(__file__).parent.parent
+    fix = root / "tests" / "fixtures" / "probes" / "iptables"
+    bundle = Bundle.read(root / "examples" / "bundles" / "lab-three-faults")
+    records = copy.deepcopy(bundle.records)
+    sec = next(s for s in records[0]["sections"] if s["probe"] == "iptables")
+    sec.update(stdout=(fix / "nonroot.txt").read_text(), stderr=(fix / "nonroot.stderr")
+               .read_text(), exit_code=1)
+    report = pipeline.analyze(Bundle(bundle.path, bundle.meta, records, bundle.cluster),
+                              load_ruleset(), save=False).report
+    assert [(c["node"], c["probe"], c["status"]) for c in report["not_checked"]
+            if c["status"] == "permission_denied"] == [("node1", "iptables", "permission_denied")]
+    hint = "set ansible_become: true"
+    assert hint in _summary(report) and hint in render_html(report)
+    assert hint in render_markdown(report).replace("\\_", "_")
+    assert "ansible_become" in _summary(report, lang="zh-CN")
+    # a refusal by the Kubernetes API is RBAC, not the login: no such advice
+    nodes = [make_node(f"node{i}", i) for i in range(1, 4)]
+    rbac = {"node": "cluster", "probe": "api.pods", "status": "permission_denied",
+            "reason": "403 Forbidden", "blocks": "pods"}
+    assert "ansible_become" not in _summary(make_report(nodes, [], [rbac]))
+    assert "ansible_become" not in _summary(healthy_report())

@@ -51,6 +51,11 @@ _EN: dict[str, str | tuple[str, str]] = {
     "overview": "Cluster overview",
     "not_checked": "Not checked",
     "all_checked": "Every probe ran on every node.",
+    "needs_root": (
+        "Some probes were refused on a node (permission denied): they read what only root may. "
+        "Log in as root, or set ansible_become: true for those hosts in the inventory (the "
+        "probe then runs through sudo -n, which never prompts)."
+    ),
     "not_evaluated": "Not evaluated",
     "not_evaluated_intro": (
         "These rules read facts that were not collected on these nodes: that they found nothing "
@@ -251,6 +256,11 @@ _ZH: dict[str, str | tuple[str, str]] = {
     "overview": "集群概览",
     "not_checked": "未检查项",
     "all_checked": "所有探测均已在所有节点上运行。",
+    "needs_root": (
+        "部分探测在节点上被拒绝（权限不足）：它们读取的内容只有 root 能读。"
+        "请以 root 登录，或在 inventory 中为这些主机设置 ansible_become: true"
+        "（探测随后通过 sudo -n 运行，不会提示输入密码）。"
+    ),
     "not_evaluated": "未评估的规则",
     "not_evaluated_intro": (
         "下列规则依赖的数据在这些节点上没有采集到：它们在这些节点上没有报出问题，并不代表正常。"

@@ -192,6 +192,8 @@ def print_summary(
     # the fix (declaring endpoints) is the operator's, not a probe that failed.
     if any(c["probe"] == ENDPOINTS_PROBE for c in report["not_checked"]):
         lines.append(_line("  ", (ui("endpoints_not_declared"), "yellow"), wrap=True))
+    if view.needs_root:
+        lines.append(_line("  ", (ui("needs_root"), "yellow"), wrap=True))
 
     if full_report:
         hint = ui("full_report", path=clean_line(full_report))

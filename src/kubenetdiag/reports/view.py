@@ -152,6 +152,8 @@ def build_view(report: dict, lang: str = "en", *, validated: bool = False) -> Re
         healthy_open=layout.healthy_count <= HEALTHY_OPEN,
         not_checked=unchecked.entries,
         not_checked_groups=unchecked.groups,
+        needs_root=any(c["status"] == "permission_denied" and c["node"] != "cluster"
+                       for c in report["not_checked"]),
         not_evaluated=not_evaluated(report, layout, ui, lang),
         meta=_meta(report, ui),
         connectivity=build_connectivity(

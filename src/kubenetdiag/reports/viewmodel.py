@@ -185,6 +185,8 @@ class ReportView:
     meta: list[tuple[str, str]]
     connectivity: ConnectivityView
     counts: dict[str, int] = field(default_factory=dict)
+    # a node's probe was refused for want of root: the fix is the login, said once
+    needs_root: bool = False
     bundle: str = ""
     # with a baseline: what changed since, as lines (None: no baseline; []: nothing changed)
     changes: list[str] | None = None
