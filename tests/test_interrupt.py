@@ -21,6 +21,12 @@ from kubenetdiag.bundle import read_bundle
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "bundles" / "lab-three-faults"
 
 
+def _as_in_a_terminal() -> None:
+    """Ctrl-C's default, as a command typed at a terminal has it: a test run started in the
+    background (`pytest &`) hands its children SIGINT ignored, and Python keeps it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _collect_interrupted(tmp_path, signals: int, workers: int = 1
                          ) -> tuple[subprocess.Popen, str, float, dict[int, bytes]]:
     """Run `collect` against three nodes that accept TCP and never speak SSH, and press
@@ -30,7 +36,8 @@ def _collect_interrupted(tmp_path, signals: int, workers: int = 1
             [sys.executable, "-m", "kubenetdiag", "collect", "--inventory", str(inv), "-o",
              str(tmp_path / "b"), "--connect-timeout", "60", "--accept-new-host-keys",
              "--known-hosts", str(tmp_path / "known_hosts"), "--workers", str(workers)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy(),
+            preexec_fn=_as_in_a_terminal)
         try:
             deadline = time.monotonic() + 60
             while len(held) < 3 and time.monotonic() < deadline:  # every node is connecting
@@ -138,7 +145,8 @@ def test_ctrl_c_during_inference_stops_the_run(tmp_path):
     shutil.copytree(EXAMPLE, bundle)
     proc = subprocess.Popen(
         [sys.executable, "-m", "kubenetdiag", "analyze", str(bundle), "--rules-dir", str(rules),
-         "--format", "json"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+         "--format", "json"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_as_in_a_terminal)
     try:
         time.sleep(4)  # past loading and parsing: inside inference
         assert proc.poll() is None, "the slow rule finished before Ctrl-C: make it slower"
