@@ -54,7 +54,8 @@ _EN: dict[str, str | tuple[str, str]] = {
     "needs_root": (
         "Some probes were refused on a node (permission denied): they read what only root may. "
         "Log in as root, or set ansible_become: true for those hosts in the inventory (the "
-        "probe then runs through sudo -n, which never prompts)."
+        "probe then runs through sudo -n, which never prompts). Refused although the login is "
+        "root: a security module (SELinux, AppArmor) or a container without CAP_NET_ADMIN."
     ),
     "not_evaluated": "Not evaluated",
     "not_evaluated_intro": (
@@ -259,7 +260,8 @@ _ZH: dict[str, str | tuple[str, str]] = {
     "needs_root": (
         "部分探测在节点上被拒绝（权限不足）：它们读取的内容只有 root 能读。"
         "请以 root 登录，或在 inventory 中为这些主机设置 ansible_become: true"
-        "（探测随后通过 sudo -n 运行，不会提示输入密码）。"
+        "（探测随后通过 sudo -n 运行，不会提示输入密码）。若已是 root 仍被拒绝，"
+        "原因是安全模块（SELinux、AppArmor）或缺少 CAP_NET_ADMIN 的容器。"
     ),
     "not_evaluated": "未评估的规则",
     "not_evaluated_intro": (
