@@ -141,6 +141,18 @@ def test_ipvs_variants():
     assert kinds(parse("ipvs", "not-loaded"), "ipvs")[0]["enabled"] is False
 
 
+def test_ipvs_dual_stack_reads_the_same_from_ipvsadm_and_from_proc():
+    # /proc/net/ip_vs prints an IPv6 virtual server as [full address]:HEXPORT; ipvsadm as
+    # [compressed]:port. The same table both ways gives the same facts.
+    def services(name):
+        return sorted((s["proto"], s["address"], s["port"], s["real_servers"], s["backends"])
+                      for s in kinds(parse("ipvs", name), "ipvs_service"))
+    proc = services("proc-dual-stack")
+    assert proc == services("ipvsadm-1.31-dual-stack")
+    assert ("TCP", "fd00:10:96::1", 443, 1, "[fd00:198:18::3]:6443") in proc
+    assert ("UDP", "fd00:10:96::a", 53, 2, "[fd00:10:244:1::3]:53") in proc  # weight 0: no new
+
+
 @pytest.mark.parametrize(("cap_eff", "table"), [
     ("000001ffffffffff", "ipvsadm"),  # root: every capability
     ("0000000000001000", "ipvsadm"),  # CAP_NET_ADMIN alone is what ipvsadm needs

@@ -24,6 +24,7 @@ Sample output and the facts it gives:
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from kubenetdiag.facts.model import Fact, Source
@@ -44,9 +45,17 @@ _REAL = re.compile(r"^\s+->\s+(\S+)\s+(\S+)\s+(\d+)\s+(\d+)\s+(\d+)")
 
 
 def _unhex(addr: str) -> str:
-    ip, _, port = addr.partition(":")
-    if len(ip) == 8 and all(c in "0123456789abcdefABCDEF" for c in ip + port) and port:
-        return f"{'.'.join(str(int(ip[i:i + 2], 16)) for i in range(0, 8, 2))}:{int(port, 16)}"
+    """/proc/net/ip_vs's `0A600001:01BB` or `[fd00:0010:...:0001]:01BB` (the port in hex both
+    ways) as ipvsadm -Ln prints it: `10.96.0.1:443`, `[fd00:10::1]:443`."""
+    ip, _, port = addr.rpartition(":")
+    try:
+        number = int(port, 16)
+        if ip.startswith("[") and ip.endswith("]"):
+            return f"[{ipaddress.IPv6Address(ip[1:-1]).compressed}]:{number}"
+        if len(ip) == 8:
+            return f"{ipaddress.IPv4Address(int(ip, 16))}:{number}"
+    except ValueError:
+        pass
     return addr
 
 
