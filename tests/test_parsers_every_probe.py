@@ -404,6 +404,15 @@ def test_conntrack_refused_prints_the_proc_names_and_is_still_read():
     assert [s["status"] for s in status] == ["permission_denied"]
 
 
+def test_sockets_without_ss_read_ipv6_listeners_as_addresses():
+    # /proc/net/tcp and tcp6 as the probe reads them without ss, recorded in a scratch netns
+    # with listeners on ::1, [::], a pod-style IPv6 address and 0.0.0.0
+    got = {(t["local"], t["wildcard"]) for t in kinds(parse("sockets", "debian12-netns-proc-tcp6"),
+                                                       "tcp_listener")}
+    assert got == {("0.0.0.0:22", True), ("[::]:2379", True), ("[::1]:8080", False),
+                   ("[fd00:10:244:1::3]:9153", False)}
+
+
 def test_counters_flat_on_a_quiet_netns():
     facts = kinds(parse("counters", "debian12-netns"), "net_counter")
     names = {c["name"]: c for c in facts}

@@ -23,6 +23,7 @@ Sample output and the facts it gives:
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from kubenetdiag.facts.model import Fact, Source
@@ -100,14 +101,14 @@ def _skmem(line: str) -> dict[str, int | None]:
 
 def _wildcard(addr: str) -> bool:
     """A listener on every address of its family: ss prints 0.0.0.0, *, [::] or :: (old ss
-    `:::22`), /proc/net/tcp an all-zero address.
+    `:::22`); /proc/net/tcp's all-zero addresses are decoded to the same.
 
     >>> [_wildcard(a) for a in ("0.0.0.0:80", "*:80", "[::]:80", ":::22", "10.0.0.5:80",
     ...                         "127.0.0.53%lo:53", "[::ffff:0.0.0.0]:80")]
     [True, True, True, True, False, False, True]
     """
     host = addr.rsplit(":", 1)[0].split("%", 1)[0]
-    return host in ("0.0.0.0", "*", "[::]", "::", "[::ffff:0.0.0.0]", f"[{'0' * 32}]")
+    return host in ("0.0.0.0", "*", "[::]", "::", "[::ffff:0.0.0.0]")
 
 
 def _port(addr: str) -> int | None:
@@ -115,16 +116,21 @@ def _port(addr: str) -> int | None:
 
 
 def _hex_addr(h: str) -> str:
-    """/proc/net/tcp's `0100007F:0016` -> `127.0.0.1:22` (IPv6 left in hex)."""
+    """/proc/net/tcp's `0100007F:0016` -> `127.0.0.1:22`, and /proc/net/tcp6's four 32-bit
+    words, each in the host's byte order (little-endian, as the IPv4 form assumes too):
+    `00000000000000000000000001000000:1F90` -> `[::1]:8080`."""
     ip, _, port = h.partition(":")
     try:
         p = int(port, 16)
-        if len(ip) == 8:
-            b = bytes.fromhex(ip)[::-1]
-            return f"{'.'.join(str(x) for x in b)}:{p}"
-        return f"[{ip.lower()}]:{p}"
+        raw = bytes.fromhex(ip)
+        if len(raw) == 4:
+            return f"{ipaddress.IPv4Address(raw[::-1])}:{p}"
+        if len(raw) == 16:
+            words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+            return f"[{ipaddress.IPv6Address(words)}]:{p}"
     except ValueError:
-        return h
+        pass
+    return h
 
 
 def _tcp_mem_state(pages: int | None, tcp_mem: list[int]) -> dict[str, int | str | None]:
