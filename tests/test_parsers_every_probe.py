@@ -3,16 +3,21 @@ fixtures of real outputs, and no output makes a parser raise."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kubenetdiag import pipeline
+from kubenetdiag.bundle import Bundle
+from kubenetdiag.engine import load_ruleset
 from kubenetdiag.facts.parse import node_facts
 from kubenetdiag.facts.registry import validate_fact
 from kubenetdiag.probes import BY_NAME, PROBES, Section
@@ -411,6 +416,39 @@ def test_sockets_without_ss_read_ipv6_listeners_as_addresses():
                                                        "tcp_listener")}
     assert got == {("0.0.0.0:22", True), ("[::]:2379", True), ("[::1]:8080", False),
                    ("[fd00:10:244:1::3]:9153", False)}
+
+
+def test_processes_hidden_by_hidepid_are_unknown_not_stopped():
+    # the probe's command as an unprivileged user where /proc is mounted hidepid=2, while
+    # root ran "kubelet" and "flanneld": the login sees its own shell, ps and awk only
+    status, facts = statuses_of("processes", "hidepid-nonroot", 0)
+    assert [f for f in facts if f.kind == "process"] == []  # nothing said of what is unseen
+    assert not any(f.kind == "host_firewall" and f.attrs["name"] == "firewalld" for f in facts)
+    assert [(s["status"], s["kinds"]) for s in status] == [
+        ("permission_denied", "process,host_firewall")]
+    assert "hidepid" in status[0]["reason"]
+    # what the login does see is known
+    seen = BY_NAME["processes"].parse(_sec("processes", (
+        "##knd:hidden pid1\n##knd:ps eos\n  812 Ssl  flanneld  /opt/bin/flanneld --ip-masq\n")),
+        "n1")
+    assert [(f.attrs["name"], f.attrs["running"]) for f in seen if f.kind == "process"] == [
+        ("flanneld", True)]
+
+
+def test_a_login_that_cannot_see_the_agents_does_not_report_them_stopped():
+    root = Path(__file__).resolve().parents[1]
+    bundle = Bundle.read(root / "examples" / "bundles" / "lab-three-faults")
+    records = copy.deepcopy(bundle.records)
+    sec = next(s for s in records[0]["sections"] if s["probe"] == "processes")
+    sec["stdout"] = (FIX / "processes" / "hidepid-nonroot.txt").read_text()
+    rules = load_ruleset()
+
+    def causes(recs):
+        report = pipeline.analyze(Bundle(bundle.path, bundle.meta, recs, bundle.cluster), rules,
+                                  save=False).report
+        return sorted((f["fault"], tuple(f["nodes"])) for f in report["findings"]
+                      if f["root_cause"])
+    assert causes(records) == causes(bundle.records)
 
 
 def test_counters_flat_on_a_quiet_netns():

@@ -47,7 +47,12 @@ _REDACT = (
 # shell reads /proc/PID/stat itself (no fork per process): comm is between the first "(" and
 # the last ")", the state the letter after it.
 _AWK = f"{_REDACT}; print substr($0, 1, {MAX_ARGS})"
+# A login that is not root on a node whose /proc is mounted with hidepid sees its own processes
+# only: every agent would look stopped. PID 1's stat tells (the shell's read, no process): it
+# is readable to everyone unless hidepid hides other users' processes from this login.
+HIDDEN = "hidden"
 COMMAND = (
+    f"{{ read -r __p1 </proc/1/stat; }} 2>/dev/null || echo '##knd:{HIDDEN} pid1'; "
     "ps -e -o pid= -o stat= -o comm= -o args= 2>/dev/null | "
     f"awk 'NR==1{{print \"##knd:ps eos\"}} {{{_AWK}}} END{{exit NR==0}}' || "
     "{ echo '##knd:ps procs'; out=$(for d in /proc/[0-9]*; do "
@@ -176,9 +181,12 @@ def _process(fmt: str, line: str) -> tuple[int, str, str, str | None] | None:
 def parse(section: Section, node: str) -> list[Fact]:
     procs: list[tuple[int, str, str, str | None]] = []
     fmt = None
+    hidden = False
     ufw: list[str] | None = None
     for name, arg, lines in parts(section.stdout):
-        if name == "ps":
+        if name == HIDDEN:
+            hidden = True
+        elif name == "ps":
             fmt = arg
             for line in lines:
                 proc = _process(arg, line)
@@ -201,6 +209,8 @@ def parse(section: Section, node: str) -> list[Fact]:
             # restarted agent does not make it look dead; a stopped or zombie one only when
             # every match is.
             shown = next((h for h in hits if h[3] not in NOT_ALIVE), hits[0] if hits else None)
+            if hidden and not hits:
+                continue  # hidden from this login, not known to be absent
             facts.append(Fact("process", node, {
                 "name": clip(label, 64),
                 "role": clip(role, 64),
@@ -216,11 +226,12 @@ def parse(section: Section, node: str) -> list[Fact]:
     # firewalld is a Python script: comm is its file name, or python when started by hand
     firewalld = any(c == "firewalld" or "/firewalld" in a.split(" --", 1)[0]
                     for _, c, a, _ in procs)
-    facts.append(Fact("host_firewall", node, {
-        "name": "firewalld", "active": firewalld,
-        "evidence": "firewalld process running" if firewalld else "no firewalld process",
-    }, Source("processes", "ps -e -o pid= -o stat= -o comm= -o args=", section.exit_code,
-              "firewalld")))
+    if firewalld or not hidden:
+        facts.append(Fact("host_firewall", node, {
+            "name": "firewalld", "active": firewalld,
+            "evidence": "firewalld process running" if firewalld else "no firewalld process",
+        }, Source("processes", "ps -e -o pid= -o stat= -o comm= -o args=", section.exit_code,
+                  "firewalld")))
     enabled = None
     if ufw is not None:
         for line in ufw:
@@ -233,6 +244,15 @@ def parse(section: Section, node: str) -> list[Fact]:
         "evidence": "no /etc/ufw/ufw.conf" if ufw is None else f"ufw.conf ENABLED={enabled}",
     }, Source("processes", "cat /etc/ufw/ufw.conf", section.exit_code,
               clip("\n".join(ufw or []), 500))))
+    if hidden:
+        facts.append(Fact("probe_status", node, {
+            "probe": "processes", "status": "permission_denied",
+            "reason": "/proc hides other users' processes from this login (mounted with "
+                      f"hidepid): {len(procs)} of its own listed, any other agent unknown",
+            "blocks": "whether the agents, runtime and firewalld not seen are running: only "
+                      "those found are known",
+            "kinds": "process,host_firewall",
+        }, Source("processes", COMMAND, section.exit_code, "PID 1's /proc entry is hidden")))
     return facts
 
 
