@@ -5,6 +5,8 @@ to break pod networking. The names are data (processes.yaml), not code, so a sit
 One `ps` (or, without ps, the shell reading /proc/*/stat: no fork per process), with each
 process's state, so a stopped (T) or zombie (Z) agent is told from a running one. Command lines
 can carry passwords and tokens; those options are cut out on the node, before the bundle.
+Where /proc hides other users' processes from the login (hidepid, not root), an agent not
+seen is unknown, not stopped: only the ones seen become facts.
 
 Sample output and the facts it gives:
 
