@@ -3,7 +3,6 @@ fixtures of real outputs, and no output makes a parser raise."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import random
@@ -15,13 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kubenetdiag import pipeline
-from kubenetdiag.bundle import Bundle
-from kubenetdiag.engine import load_ruleset
 from kubenetdiag.facts.parse import node_facts
 from kubenetdiag.facts.registry import validate_fact
 from kubenetdiag.probes import BY_NAME, PROBES, Section
-from probe_sections import FIX, section
+from probe_sections import FIX, example_report, section, statuses_of
 
 
 def parse(probe: str, name: str, exit_code: int = 0):
@@ -366,15 +362,6 @@ def test_cni_missing_dir():
 
 # ---- conntrack, counters, sockets ----------------------------------------------------------
 
-def statuses_of(probe: str, name: str, exit_code: int) -> tuple[list[dict], list]:
-    """(probe_status attrs, other facts) of a fixture as the parse stage sees it."""
-    record = {"name": "n1", "reachable": True, "address": "", "sections": [
-        section(probe, name, exit_code).to_dict()]}
-    facts = node_facts(record, [probe])
-    return ([f.attrs for f in facts if f.kind == "probe_status"],
-            [f for f in facts if f.kind not in ("probe_status", "node_status")])
-
-
 def test_conntrack_recorded_and_centos7():
     ct = kinds(parse("conntrack", "debian12-netns"), "conntrack")[0]
     assert ct["loaded"] and ct["cpus"] and ct["insert_failed"] == 0
@@ -436,19 +423,10 @@ def test_processes_hidden_by_hidepid_are_unknown_not_stopped():
 
 
 def test_a_login_that_cannot_see_the_agents_does_not_report_them_stopped():
-    root = Path(__file__).resolve().parents[1]
-    bundle = Bundle.read(root / "examples" / "bundles" / "lab-three-faults")
-    records = copy.deepcopy(bundle.records)
-    sec = next(s for s in records[0]["sections"] if s["probe"] == "processes")
-    sec["stdout"] = (FIX / "processes" / "hidepid-nonroot.txt").read_text()
-    rules = load_ruleset()
-
-    def causes(recs):
-        report = pipeline.analyze(Bundle(bundle.path, bundle.meta, recs, bundle.cluster), rules,
-                                  save=False).report
+    def causes(report):
         return sorted((f["fault"], tuple(f["nodes"])) for f in report["findings"]
                       if f["root_cause"])
-    assert causes(records) == causes(bundle.records)
+    assert causes(example_report("processes", "hidepid-nonroot")) == causes(example_report())
 
 
 def test_counters_flat_on_a_quiet_netns():
@@ -682,7 +660,6 @@ def test_structured_garbage_never_crashes(lines, probe):
 
 
 def test_facts_doc_is_current():
-    from pathlib import Path
 
     from kubenetdiag.facts.docs import render
 

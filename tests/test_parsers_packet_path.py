@@ -4,10 +4,9 @@ that lacks the tool or the right to read."""
 
 from __future__ import annotations
 
-from kubenetdiag.facts.parse import node_facts
 from kubenetdiag.facts.registry import validate_fact
 from kubenetdiag.probes import BY_NAME, Section
-from probe_sections import section
+from probe_sections import section, statuses
 
 
 def parse(probe: str, name: str, exit_code: int = 0) -> list:
@@ -19,18 +18,6 @@ def parse(probe: str, name: str, exit_code: int = 0) -> list:
 
 def kinds(facts: list, kind: str) -> list[dict]:
     return [f.attrs for f in facts if f.kind == kind]
-
-
-def statuses(probe: str, stdout: str, stderr: str, exit_code: int) -> tuple[list, list]:
-    """(probe_status attrs, other facts) of one section as the parse stage sees it."""
-    record = {"name": "n", "address": "a", "reachable": True, "error": None,
-              "sections": [{"probe": probe, "command": BY_NAME[probe].command,
-                            "exit_code": exit_code, "stdout": stdout, "stderr": stderr}]}
-    facts = [f for f in node_facts(record, ran=[probe]) if f.kind != "node_status"]
-    for f in facts:
-        assert not validate_fact(f), f
-    return ([f.attrs for f in facts if f.kind == "probe_status"],
-            [f for f in facts if f.kind != "probe_status"])
 
 
 # ---- policy routing rules ------------------------------------------------------------------

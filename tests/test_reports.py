@@ -16,9 +16,6 @@ from hypothesis import strategies as st
 from jinja2 import StrictUndefined, UndefinedError
 from rich.console import Console
 
-from kubenetdiag import pipeline
-from kubenetdiag.bundle import Bundle
-from kubenetdiag.engine import load_ruleset
 from kubenetdiag.reports import (
     REPORT_SCHEMA_PATH,
     print_summary,
@@ -30,6 +27,7 @@ from kubenetdiag.reports import (
 from kubenetdiag.reports.html_report import _env as _html_env
 from kubenetdiag.reports.markdown_report import md_cell, md_fence
 from kubenetdiag.reports.sanitize import clean_block, clean_line
+from probe_sections import example_report
 
 SCRIPT = "<script>alert(1)</script>"
 ATTR_BREAK = '"><img src=x onerror=alert(1)>'
@@ -919,15 +917,7 @@ def test_evidence_from_the_api_shows_the_http_status_not_an_exit_code():
 def test_a_probe_refused_for_want_of_root_says_how_to_log_in_in_every_format() -> None:
     # node1's iptables-save as recorded from a login that is not root, through the real
     # pipeline: the refusal is a not-checked entry, and every format says what to change
-    root = Path(__file__).parent.parent
-    fix = root / "tests" / "fixtures" / "probes" / "iptables"
-    bundle = Bundle.read(root / "examples" / "bundles" / "lab-three-faults")
-    records = copy.deepcopy(bundle.records)
-    sec = next(s for s in records[0]["sections"] if s["probe"] == "iptables")
-    sec.update(stdout=(fix / "nonroot.txt").read_text(), stderr=(fix / "nonroot.stderr")
-               .read_text(), exit_code=1)
-    report = pipeline.analyze(Bundle(bundle.path, bundle.meta, records, bundle.cluster),
-                              load_ruleset(), save=False).report
+    report = example_report("iptables", "nonroot", exit_code=1)
     assert [(c["node"], c["probe"], c["status"]) for c in report["not_checked"]
             if c["status"] == "permission_denied"] == [("node1", "iptables", "permission_denied")]
     hint = "set ansible_become: true"

@@ -98,15 +98,20 @@ def index(kind: str, members: str, complete: bool = True) -> IpSet:
             odd = True
         elif negated:
             nomatch.append(parts)
-        elif all(isinstance(p, int) or (isinstance(p, tuple) and len(p) == 2) for p in parts):
+        elif all(map(_exact, parts)):
             exact.add(parts)
         else:
             scan.append(parts)
     return IpSet(dims, frozenset(exact), tuple(scan), tuple(nomatch), complete, odd, bitmap)
 
 
+def _exact(part: Part) -> bool:
+    """An address as int or a (proto, port): one value, looked up in a hash."""
+    return isinstance(part, int) or (isinstance(part, tuple) and len(part) == 2)
+
+
 def _covers(part: Part, value: object) -> bool:
-    if isinstance(part, int) or (isinstance(part, tuple) and len(part) == 2):
+    if _exact(part):
         return part == value
     kind = part[0]  # type: ignore[index]
     if kind == "net":
@@ -138,9 +143,12 @@ def lookup(s: IpSet, flags: list[str], p: Packet) -> Tri:
             return None
         key.append(("*" if s.bitmap else p.proto, port))
     k = tuple(key)
-    if any(all(_covers(part, v) for part, v in zip(m, k, strict=True)) for m in s.nomatch):
+
+    def covered(members: tuple[tuple, ...]) -> bool:
+        return any(all(map(_covers, m, k)) for m in members)
+
+    if covered(s.nomatch):
         return False
-    if k in s.exact or any(all(_covers(part, v) for part, v in zip(m, k, strict=True))
-                           for m in s.scan):
+    if k in s.exact or covered(s.scan):
         return True
     return False if s.complete and not s.odd else None
