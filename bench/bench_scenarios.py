@@ -114,6 +114,10 @@ FIXTURES = [
     ("lab-ipvs-missing-virtual-server", "kube_proxy_out_of_sync", "node2"),
     ("lab-ipvs-stale-virtual-server", "kube_proxy_out_of_sync", "node3"),
     ("lab-ipvs-vip-unbound", "ipvs_vip_unbound", "node3"),
+    # externalTrafficPolicy Local: node1 and node3 hold the NodePort without an endpoint, by
+    # design; the fake IPVS table counts no connection, so nothing is wrong (the planted count
+    # is tests/test_ipvs_mode_bundles.py's)
+    ("lab-ipvs-local-nodeport", None, None),
 ]
 
 

@@ -91,12 +91,13 @@ def test_plan_bounds_peers_and_every_node_is_still_probed_by_k_sources() -> None
 
 
 def _nodeport(name: str, node_port: int, policy: str = "Cluster",
-              endpoints: str = "10.244.2.3:8080", proto: str = "TCP", ready: int = 1) -> Fact:
+              endpoints: str = "10.244.2.3:8080", proto: str = "TCP", ready: int = 1,
+              on: str = "node2") -> Fact:
     return Fact("service_port", "cluster", {
         "namespace": "default", "name": name, "port_name": "http", "port": 80,
         "protocol": proto, "cluster_ip": "10.96.0.30", "type": "NodePort",
         "node_port": node_port, "external_traffic_policy": policy, "endpoints": endpoints,
-        "ready_endpoints": ready})
+        "ready_endpoints": ready, "endpoint_nodes": on if ready else ""})
 
 
 def test_plan_connects_to_each_nodeport_on_the_node_itself_and_two_peers() -> None:
@@ -115,14 +116,17 @@ def test_plan_connects_to_each_nodeport_on_the_node_itself_and_two_peers() -> No
 
 def test_plan_skips_nodeports_that_must_not_answer_and_rotates_many() -> None:
     facts = _facts(3) + [
-        # Local: only node2 has an endpoint (10.244.2.0/24); the others drop by design
+        # Local: only node2 has an endpoint; the others drop by design
         _nodeport("local", 30086, policy="Local"),
+        # Local, its endpoint on node3 by the slice's nodeName though the address is in
+        # node2's pod range (Calico's IPAM blocks follow no node's podCIDR)
+        _nodeport("calico", 30089, policy="Local", on="node3"),
         _nodeport("udp", 30087, proto="UDP"),
         _nodeport("empty", 30088, endpoints="", ready=0),
     ]
     plans = plan.plan(facts, _hosts(3))
     assert {(t["node_port"], t["dst"]) for p in plans.values() for t in p["nodeports"]} == {
-        (30086, "node2")}
+        (30086, "node2"), (30089, "node3")}
     many = _facts(3) + [_nodeport(f"s{i}", 30100 + i) for i in range(5)]
     plans = plan.plan(many, _hosts(3))
     per_node = [{t["node_port"] for t in p["nodeports"]} for p in plans.values()]

@@ -105,3 +105,46 @@ def test_each_ipvs_fault_is_the_one_root_cause_on_its_node(tmp_path, ruleset, bu
     assert named in finding["title"] + finding["explain"]
     if rule == "kube-proxy-out-of-sync":
         assert "ipvs rules" in finding["explain"]
+
+
+def _inactive_at(node: str, vs: str, conns: int):
+    """An edit that gives `vs`'s real server `conns` inactive connections on `node`: what the
+    kernel's IPVS counts for clients whose connections never open. The recording's IPVS table
+    is kube-proxy's in-memory fake, which counts no connection."""
+    def edit(doc: dict) -> None:
+        if doc.get("name") != node:
+            return
+        [section] = [s for s in doc["sections"] if s["probe"] == "ipvs"]
+        head = f"TCP  {vs} rr\n  -> 10.244.2.3:8080              Masq    1      0          0"
+        assert head in section["stdout"]
+        section["stdout"] = section["stdout"].replace(head, head[:-1] + str(conns))
+    return edit
+
+
+def test_a_local_nodeport_where_kube_proxy_sends_it_to_another_nodes_pod(tmp_path, ruleset):
+    # web-local (externalTrafficPolicy Local) has its pod on node2. kube-proxy's own IPVS code
+    # gives node1 and node3 the NodePort anyway, sent to node2's pod: by design, no finding
+    report, facts = _analyze("lab-ipvs-local-nodeport", tmp_path, ruleset)
+    assert report["findings"] == []
+    held = {f.node: f.attrs for f in facts if f.kind == "ipvs_local_nodeport"}
+    assert {n: (a["local_endpoint"], a["backends"]) for n, a in held.items()} == {
+        "node1": (False, "10.244.2.3:8080"), "node2": (True, "10.244.2.3:8080"),
+        "node3": (False, "10.244.2.3:8080")}
+    # the NodePort checks connect only where a node must answer it
+    checked = {f.attrs["dst"] for f in facts if f.kind == "nodeport_check"
+               and f.attrs["service"] == "default/web-local:http"}
+    assert checked == {"node2"}
+
+
+def test_clients_that_reach_a_node_without_a_local_endpoint_are_its_root_cause(
+        tmp_path, ruleset):
+    report, _ = _analyze("lab-ipvs-local-nodeport", tmp_path, ruleset,
+                         _inactive_at("node1", "198.18.0.11:30080", 5))
+    assert _causes(report) == [("nodeport-ipvs-traffic-to-node-without-local-endpoint",
+                                ["node1"])]
+    [finding] = report["findings"]
+    assert "default/web-local:http" in finding["title"] and "198.18.0.11" in finding["explain"]
+    # the same count on node2, which holds the pod, is its own clients served
+    report, _ = _analyze("lab-ipvs-local-nodeport", tmp_path / "2", ruleset,
+                         _inactive_at("node2", "198.18.0.12:30080", 5))
+    assert report["findings"] == []

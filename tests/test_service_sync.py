@@ -44,6 +44,7 @@ def test_the_api_side_lists_each_port_with_its_resolved_endpoints():
     canary = ports[("default", "web-canary", "http")]
     assert canary["endpoints"] == "10.244.2.3:8081" and canary["target_port"] == "8081"
     assert canary["selector"] == "app=web" and canary["selected_pods"] == 1
+    assert canary["endpoint_nodes"] == "node2"  # the slice's nodeName
     dns = ports[("kube-system", "kube-dns", "dns")]
     assert (dns["protocol"], dns["endpoints"]) == ("UDP", "10.244.1.3:53")
     # the apiserver's own Service has no selector: its endpoints are the apiserver's
@@ -71,7 +72,7 @@ def _port(name: str, vip: str, endpoints: str, ready: int, **extra) -> Fact:
              "target_port": "8080", "external_traffic_policy": None, "selector": f"app={name}",
              "selected_pods": ready, "target_port_unresolved": 0, "endpoints": endpoints,
              "ready_endpoints": ready, "not_ready_endpoints": "", "per_node_endpoints": False,
-             "changed_s": None}
+             "changed_s": None, "endpoint_nodes": ""}
     return Fact("service_port", "cluster", {**attrs, **extra}, Source("api:services", "", None))
 
 
@@ -188,6 +189,47 @@ def test_ipvs_mode_a_stale_real_server_and_a_missing_virtual_server():
     sync = {f.node: f.attrs for f in derived if f.kind == "kube_proxy_sync"}
     assert sync["node2"]["backend"] == "ipvs" and sync["node2"]["differing"] == 0
     assert sync["node1"]["peers_in_sync"] == 1 and sync["node1"]["peer_in_sync"] == "node2"
+
+
+# kube-proxy's ipvs mode, web-local (externalTrafficPolicy Local, NodePort 30080) with its one
+# endpoint on node2: node1 holds the NodePort at each of its addresses (underlay, flannel.1,
+# cni0) and, without an endpoint of its own, sends it to node2's pod; a client outside kept
+# connecting to 198.18.0.11:30080 and its connections never opened (InActConn).
+LOCAL_NODE1 = """##knd:table ipvsadm
+IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
+TCP  10.96.0.22:80 rr
+  -> 10.244.2.3:8080              Masq    1      0          0
+TCP  10.244.1.0:30080 rr
+  -> 10.244.2.3:8080              Masq    1      0          0
+TCP  10.244.1.1:30080 rr
+  -> 10.244.2.3:8080              Masq    1      0          0
+TCP  198.18.0.11:30080 rr
+  -> 10.244.2.3:8080              Masq    1      0          4
+"""
+
+
+def test_ipvs_mode_a_local_nodeport_on_a_node_without_an_endpoint():
+    local = _port("web-local", "10.96.0.22", "10.244.2.3:8080", 1, type="NodePort",
+                  node_port=30080, external_traffic_policy="Local", endpoint_nodes="node2")
+    node2 = LOCAL_NODE1.replace("198.18.0.11", "198.18.0.12").replace("10.244.1.", "10.244.2.")
+    node2 = node2.replace("0          4", "2          0")
+    derived = service_sync_facts([local, *ipvs_facts("node1", LOCAL_NODE1),
+                                  *ipvs_facts("node2", node2)])
+    held = {f.node: f.attrs for f in derived if f.kind == "ipvs_local_nodeport"}
+    assert held["node1"] == {
+        "service": "default/web-local:http", "node_port": 30080, "protocol": "TCP",
+        "local_endpoint": False, "backends": "10.244.2.3:8080", "active_conns": 0,
+        "inactive_conns": 4, "addresses": "198.18.0.11"}
+    assert held["node2"]["local_endpoint"] is True and held["node2"]["active_conns"] == 2
+    # in sync with the API: the virtual servers at node addresses are no stale Services
+    assert [f for f in derived if f.kind == "service_sync"] == []
+    # a Service with externalTrafficPolicy Cluster gives no such fact
+    cluster = _port("web-local", "10.96.0.22", "10.244.2.3:8080", 1, type="NodePort",
+                    node_port=30080, external_traffic_policy="Cluster", endpoint_nodes="node2")
+    assert not [f for f in service_sync_facts([cluster, *ipvs_facts("node1", LOCAL_NODE1)])
+                if f.kind == "ipvs_local_nodeport"]
 
 
 # ---- nftables mode ------------------------------------------------------------------------

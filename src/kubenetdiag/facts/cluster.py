@@ -509,10 +509,11 @@ def _container_port(pod: dict, name: str, protocol: str) -> int | None:
 
 
 def _slice_endpoints(slices: list[dict], port_name: str, protocol: str
-                     ) -> tuple[list[str], list[str]]:
+                     ) -> tuple[list[str], list[str], set[str]]:
     """(ready, listed but not ready) endpoints of one Service port as `ip:port`, over its
-    EndpointSlices: each slice says the port number its endpoints resolved the targetPort to."""
-    ready, other = set(), set()
+    EndpointSlices (each slice says the port number its endpoints resolved the targetPort to),
+    and the API names of the nodes the ready ones are on."""
+    ready, other, nodes = set(), set(), set()
     for sl in slices:
         number = next((_as_int(p.get("port")) for p in _as_list(sl.get("ports"))
                        if isinstance(p, dict) and str(p.get("name") or "") == port_name
@@ -527,7 +528,10 @@ def _slice_endpoints(slices: list[dict], port_name: str, protocol: str
             for a in _as_list(ep.get("addresses")):
                 if isinstance(a, str) and a:
                     into.add(f"{a}:{number}")
-    return sorted(ready), sorted(other - ready)
+            node = _as_text(ep.get("nodeName"))
+            if into is ready and node:
+                nodes.add(node)
+    return sorted(ready), sorted(other - ready), nodes
 
 
 def _when(value: Any) -> datetime | None:
@@ -550,7 +554,7 @@ def _changed_s(read: datetime | None, svc: dict, slices: list[dict]) -> int | No
 
 
 def _service_port_facts(calls: ApiCalls, services: list[dict], slices: list[dict],
-                        pods: list[dict] | None) -> list[Fact]:
+                        pods: list[dict] | None, where: Callable[[str], str]) -> list[Fact]:
     """One fact per port of every Service with a ClusterIP: what each node's kube-proxy must
     have programmed (its ready endpoints), and what its selector and targetPort find."""
     by_svc: dict[tuple[str, str], list[dict]] = {}
@@ -589,8 +593,9 @@ def _service_port_facts(calls: ApiCalls, services: list[dict], slices: list[dict
             named = isinstance(target, str) and not target.isdigit()
             unresolved = sum(1 for p in chosen
                              if named and _container_port(p, str(target), protocol) is None)
-            endpoints, not_ready = _slice_endpoints(by_svc.get((ns, name), []),
-                                                    _as_text(port.get("name")) or "", protocol)
+            endpoints, not_ready, on = _slice_endpoints(by_svc.get((ns, name), []),
+                                                        _as_text(port.get("name")) or "",
+                                                        protocol)
             facts.append(Fact("service_port", CLUSTER, {
                 "namespace": ns,
                 "name": name,
@@ -607,6 +612,7 @@ def _service_port_facts(calls: ApiCalls, services: list[dict], slices: list[dict
                 "target_port_unresolved": unresolved if pods is not None else None,
                 "endpoints": ",".join(endpoints[:SERVICE_ENDPOINTS_SHOWN]),
                 "ready_endpoints": len(endpoints),
+                "endpoint_nodes": ",".join(sorted(where(n) for n in on)),
                 "not_ready_endpoints": ",".join(not_ready[:SERVICE_ENDPOINTS_SHOWN]),
                 "per_node_endpoints": per_node,
                 "changed_s": changed,
@@ -738,7 +744,7 @@ def cluster_facts(doc: Any, inventory: Iterable[tuple[str, str]] = ()) -> list[F
         steps.append(("endpointslices",
                       lambda: _service_facts(calls, services, slices, node_zone)))
         steps.append(("endpointslices",
-                      lambda: _service_port_facts(calls, services, slices, pods)))
+                      lambda: _service_port_facts(calls, services, slices, pods, where)))
     for name, fn in steps:
         out = _guard(name, fn)
         facts += out if isinstance(out, list) else []

@@ -23,11 +23,18 @@ What a node programs is read from its rules as kube-proxy writes them:
   endpoint, each a `dnat ip to ip:port`); a port with no endpoint is an element of the
   no-endpoint-services map instead, commented `ns/name:port`.
 
+In ipvs mode kube-proxy also holds every NodePort as one virtual server per node address. For
+a Service with externalTrafficPolicy Local, a node without a ready endpoint of its own sends
+that NodePort to the other nodes' endpoints and leaves it out of the masquerade (ipset
+KUBE-NODE-PORT-LOCAL-*): its own pods may use it, and a client from outside gets its reply
+from the endpoint's node with the pod's address, never through this node, so the connection
+never opens. One `ipvs_local_nodeport` per such node and port says what IPVS holds for it.
+
 A node whose KUBE-SERVICES chain is empty is left to its own rule (the chain flushed), and one
 with none of these (kube-proxy replaced by the CNI) is not compared. The API side is
 `service_port` (facts/cluster.py). Pure functions of facts: one `service_sync` per node and
-Service port that differs from the API, and one `kube_proxy_sync` per node compared
-(kinds/services.yaml).
+Service port that differs from the API, one `kube_proxy_sync` per node compared, and the
+`ipvs_local_nodeport` facts (kinds/services.yaml).
 """
 
 from __future__ import annotations
@@ -43,8 +50,9 @@ PROBE = "services"  # the evidence's source: facts computed here, from other fac
 INPUTS: tuple[str, ...] = ("service_port", "iptables_rule", "ipvs_service", "nft_set",
                            "nft_element", "nft_rule")
 CONTEXT: tuple[str, ...] = ()
-PRODUCES: tuple[str, ...] = ("service_sync", "kube_proxy_sync")
+PRODUCES: tuple[str, ...] = ("service_sync", "kube_proxy_sync", "ipvs_local_nodeport")
 SHOWN = 5  # differences named in a node's summary
+SHOWN_BACKENDS = 50  # real servers named in an ipvs_local_nodeport fact
 # A Service port whose endpoints changed less than this before the API was read may still be
 # on its way into a healthy node's rules (kube-proxy batches changes, and a large ruleset takes
 # seconds to restore): such a difference is `settling`, not counted against the node. Kept
@@ -299,12 +307,12 @@ def service_sync_facts(facts: list[Fact]) -> list[Fact]:
         if rules is not None:
             nodes[n] = rules
     known = {k for w in wanted for k in w.lookup.values()}
+    vips = {str(w.fact.attrs["cluster_ip"]) for w in wanted}
     diffs: dict[str, list[tuple[str, dict]]] = {}
     for n, rules in nodes.items():
         mine = [(w.key, d) for w in wanted if (d := _diff(w, rules)) is not None]
         # a Service port the node still has and the API no longer does (ipvs mode also holds
         # NodePorts and external IPs by address: only VIPs of the API's Services count there)
-        vips = {str(w.fact.attrs["cluster_ip"]) for w in wanted}
         for key, prog in sorted(rules.ports.items()):
             if key in known or (rules.backend == "ipvs" and prog.vip not in vips
                                 and not _in_service_range(prog.vip, vips)):
@@ -340,6 +348,48 @@ def service_sync_facts(facts: list[Fact]) -> list[Fact]:
         }, _source(f"{len(wanted)} Service ports in the API, {len(counted)} programmed "
                    f"differently here ({rules.backend}); {len(in_sync)} of {len(peers)} other "
                    f"nodes in sync" + (f": {shown}" if shown else ""))))
+    return out + _local_nodeports(wanted, ipvs, vips)
+
+
+def _local_nodeports(wanted: Sequence[_Want], ipvs: dict[str, list[Fact]],
+                     vips: set[str]) -> list[Fact]:
+    """ipvs mode: each externalTrafficPolicy Local NodePort as each node's IPVS holds it at the
+    node's own addresses (every virtual server on its port that is not a Service VIP)."""
+    local = [w.fact.attrs for w in wanted
+             if w.fact.attrs.get("external_traffic_policy") == "Local"
+             and w.fact.attrs.get("node_port")]
+    out: list[Fact] = []
+    for n, services in sorted(ipvs.items()):
+        for a in local:
+            proto = str(a.get("protocol") or "TCP").upper()
+            held = [f.attrs for f in services
+                    if f.attrs.get("port") == a["node_port"] and f.attrs.get("proto") == proto
+                    and f.attrs.get("address") and str(f.attrs["address"]) not in vips
+                    and not _in_service_range(str(f.attrs["address"]), vips)]
+            if not held:
+                continue  # not programmed here: service_sync's to say, not this fact's
+            mine = n in _split(a.get("endpoint_nodes"))
+            backends = sorted(set().union(*(_split(h.get("backends")) for h in held)))
+            busy = [h for h in held if h.get("active_conns") or h.get("inactive_conns")]
+            key = _key(str(a["namespace"]), str(a["name"]), str(a.get("port_name") or ""))
+            active = sum(int(h.get("active_conns") or 0) for h in held)
+            inactive = sum(int(h.get("inactive_conns") or 0) for h in held)
+            out.append(Fact("ipvs_local_nodeport", n, {
+                "service": key,
+                "node_port": a["node_port"],
+                "protocol": proto,
+                "local_endpoint": mine,
+                "backends": ",".join(backends[:SHOWN_BACKENDS]),
+                "active_conns": active,
+                "inactive_conns": inactive,
+                "addresses": ",".join(sorted(str(h["address"]) for h in busy)),
+            }, _source(f"{key} (externalTrafficPolicy Local), NodePort {a['node_port']}/{proto}: "
+                       + ("a ready endpoint on this node" if mine else
+                          "no ready endpoint on this node (the API's are on "
+                          f"{a.get('endpoint_nodes') or 'no node'})")
+                       + "; IPVS at the node's addresses sends to "
+                       + (",".join(backends[:5]) or "none")
+                       + f", {active} active and {inactive} inactive connections")))
     return out
 
 

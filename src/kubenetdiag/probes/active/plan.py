@@ -436,7 +436,7 @@ def plan(
             {"service": service_port_name(f.attrs), "node_port": int(f.attrs["node_port"]),
              "dst": dst["name"], "address": dst["address"], "own": dst["name"] == name}
             for f in ports for dst in own_and_peers
-            if dst["address"] and _answers_nodeport(f, dst["pod_cidr"])]
+            if dst["address"] and _answers_nodeport(f, dst["name"])]
         plans[name] = {  # a NodePlan
             "node": name,
             "address": info[name]["address"],
@@ -459,15 +459,11 @@ def service_port_name(a: Any) -> str:
     return f"{a.get('namespace')}/{a.get('name')}:{a.get('port_name') or a.get('port')}"
 
 
-def _answers_nodeport(fact: Fact, pod_cidr: str | None) -> bool:
+def _answers_nodeport(fact: Fact, node: str) -> bool:
     """Whether a node should answer this NodePort. With externalTrafficPolicy Local only a node
-    with a ready endpoint does; the others drop it by design, and a connect there would only
-    tick the drop counter that tells real misdirected traffic apart (a rule reads it)."""
+    with a ready endpoint does (kube-proxy's own test: the endpoint's nodeName); the others
+    drop it by design, and a connect there would only tick the drop counter that tells real
+    misdirected traffic apart (a rule reads it)."""
     if fact.attrs.get("external_traffic_policy") != "Local":
         return True
-    nets = ipv4_networks(pod_cidr)
-    for endpoint in str(fact.attrs.get("endpoints") or "").split(","):
-        host = endpoint.rpartition(":")[0]
-        if is_ipv4(host) and any(ipaddress.ip_address(host) in net for net in nets):
-            return True
-    return False
+    return node in str(fact.attrs.get("endpoint_nodes") or "").split(",")
