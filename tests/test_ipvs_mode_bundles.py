@@ -14,6 +14,7 @@ import pytest
 from kubenetdiag.bundle import Bundle
 from kubenetdiag.engine import load_ruleset
 from kubenetdiag.pipeline import analyze
+from kubenetdiag.reports import render_markdown
 
 BUNDLES = Path(__file__).parent / "fixtures" / "bundles"
 
@@ -144,6 +145,10 @@ def test_clients_that_reach_a_node_without_a_local_endpoint_are_its_root_cause(
                                 ["node1"])]
     [finding] = report["findings"]
     assert "default/web-local:http" in finding["title"] and "198.18.0.11" in finding["explain"]
+    # computed from other facts, it ran no command: no exit code, never "did not finish"
+    row = next(line for line in render_markdown(report).splitlines()
+               if line.startswith("| ipvs_local_nodeport |"))
+    assert row.endswith("API's Services | — |")
     # the same count on node2, which holds the pod, is its own clients served
     report, _ = _analyze("lab-ipvs-local-nodeport", tmp_path / "2", ruleset,
                          _inactive_at("node2", "198.18.0.12:30080", 5))

@@ -914,6 +914,26 @@ def test_evidence_from_the_api_shows_the_http_status_not_an_exit_code():
     assert "| GET /api/v1/pods | HTTP 200 |" in md
 
 
+def test_evidence_computed_from_other_facts_shows_its_source_and_no_exit_code():
+    """The parse stage's derivations (the failures read together, the path walk...) ran no
+    command: their evidence names what they were computed from, and never reads as a node
+    command that did not finish."""
+    from kubenetdiag.bundle import Bundle
+    from kubenetdiag.engine import load_ruleset
+    from kubenetdiag.pipeline import analyze
+    from kubenetdiag.reports import render_markdown
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "bundles" / "lab-three-faults"
+    report = analyze(Bundle.read(example), load_ruleset(), save=False).report
+    md = render_markdown(report)
+    rows = [line for line in md.splitlines() if line.startswith("| target_failure |")]
+    assert rows and all(r.endswith("| every node's active checks, read together | — |")
+                        for r in rows)
+    assert "did not finish" not in md
+    zh = render_markdown(report, lang="zh-CN")
+    assert "| 所有节点的主动检查，合并分析 | — |" in zh
+
+
 def test_a_probe_refused_for_want_of_root_says_how_to_log_in_in_every_format() -> None:
     # node1's iptables-save as recorded from a login that is not root, through the real
     # pipeline: the refusal is a not-checked entry, and every format says what to change

@@ -80,6 +80,15 @@ _ANY_ZH = {
     "network unreachable": "网络不可达",
     "not permitted": "操作不被允许",
     "unresolved": "无法解析",
+    # the sources of the facts the parse stage derives from other facts (facts/*.py)
+    "every node's active checks, read together": "所有节点的主动检查，合并分析",
+    "the underlay pings between the zones' nodes": "各可用区节点之间的底层网络 ping",
+    "every node's settings, side by side": "所有节点的设置，逐项对比",
+    "each node's kube-proxy rules against the API's Services":
+        "各节点的 kube-proxy 规则与 API 中的 Service 对比",
+    "the pod bridge's ports (interface facts)": "Pod 网桥的端口（interface 事实）",
+    "NetworkPolicy semantics on the flows the cluster needs": "集群所需流量上的 NetworkPolicy 语义",
+    "NetworkPolicy enforcers in the API and on the nodes": "API 与各节点上的 NetworkPolicy 执行者",
 }
 
 # Whole values of any placeholder or table cell that follow a known English form.

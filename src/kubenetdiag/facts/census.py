@@ -17,6 +17,8 @@ SAMPLE = 10  # node names kept in a census fact's evidence
 INPUTS: tuple[str, ...] = ("interface", "node_status")
 CONTEXT: tuple[str, ...] = ()
 PRODUCES: tuple[str, ...] = ("census",)
+PROBE = "census"  # the evidence's source: facts computed here, from other facts
+COMMAND = "every node's settings, side by side"
 
 
 def _ips(addresses: object) -> set[str]:
@@ -52,6 +54,6 @@ def census_facts(facts: Sequence[Fact]) -> list[Fact]:
             "census",
             "cluster",
             {"of": of, "group": group, "value": value, "nodes": len(names)},
-            Source("census", "", None, f"{of} {group} = {value} on {len(names)} nodes: {shown}"),
+            Source(PROBE, COMMAND, None, f"{of} {group} = {value} on {len(names)} nodes: {shown}"),
         ))
     return out

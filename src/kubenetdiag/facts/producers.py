@@ -40,6 +40,8 @@ API = "api"  # the probe of the entry for an API that did not answer, or was not
 
 # The parse stage's deriving modules, each declaring PRODUCES, INPUTS and CONTEXT.
 DERIVERS = (paths, vantage, zones, census, services, bridges, policies)
+# what their facts name as their source: no command ran, so there is no exit code
+DERIVED_SOURCES = frozenset(module.PROBE for module in DERIVERS)
 
 
 @cache

@@ -35,6 +35,7 @@ from kubenetdiag.facts.model import Fact, Source, by_kind
 from kubenetdiag.probes import PROBES
 
 PROBE = "vantage"  # the evidence's source: facts computed here, from other facts
+COMMAND = "every node's active checks, read together"
 SAMPLE = 10  # names listed in one attribute; the rest are counted
 MIN_PEERS = 2  # peers on one side before a node, rather than a pair, can be blamed
 EXCERPT_LINES = 24
@@ -61,7 +62,7 @@ def _names(names: Iterable[str]) -> str:
 def _source(lines: list[str]) -> Source:
     if len(lines) > EXCERPT_LINES:
         lines = [*lines[:EXCERPT_LINES], f"... and {len(lines) - EXCERPT_LINES} more lines"]
-    return Source(PROBE, "", None, "\n".join(lines))
+    return Source(PROBE, COMMAND, None, "\n".join(lines))
 
 
 # ---------------------------------------------------------------- node x node matrix

@@ -26,6 +26,7 @@ from itertools import combinations
 from kubenetdiag.facts.model import Fact, Source, by_kind
 
 PROBE = "zones"  # the evidence's source: facts computed here, from other facts
+COMMAND = "the underlay pings between the zones' nodes"
 # Declared for kubenetdiag.facts.producers: a zone_latency fact needs the matrix, the API's
 # nodes (their zones) and its Services; without any of them it is missing, not fast.
 INPUTS: tuple[str, ...] = ("reach", "k8s_node", "service_endpoints")
@@ -139,5 +140,5 @@ def zone_latency_facts(facts: Sequence[Fact]) -> list[Fact]:
                 "slowest_src": slow[1],
                 "slowest_dst": slow[2],
                 "slowest_dst_address": address.get(slow[2]),
-            }, Source(PROBE, "", None, "\n".join(text))))
+            }, Source(PROBE, COMMAND, None, "\n".join(text))))
     return out

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 from kubenetdiag import localize
 from kubenetdiag.changes import ChangeIndex
+from kubenetdiag.facts.producers import DERIVED_SOURCES
 from kubenetdiag.findings import ALARMING
 from kubenetdiag.reports.changes_view import fact_line
 from kubenetdiag.reports.i18n import UI
@@ -97,11 +98,11 @@ class _FindingIndex:
         return self._link(fault, self.by_fault.get(fault))
 
 
-# Sources that run no command on a node, so have no exit code to show: the packet-path walk and
-# the census compute over other facts, the API is asked over HTTP, and a failed login or a
-# skipped active phase ran nothing at all. Only a node command without an exit code did not
-# finish.
-_NO_EXIT_CODE = ("path", "census", "api", "connect", "active")
+# Sources that run no command on a node, so have no exit code to show: the parse stage's
+# derivations (the packet-path walk, the census, kube-proxy against the API...) compute over
+# other facts, the API is asked over HTTP, and a failed login or a skipped active phase ran
+# nothing at all. Only a node command without an exit code did not finish.
+_NO_EXIT_CODE = DERIVED_SOURCES | {"api", "connect", "active"}
 
 
 def _evidence(fact: dict, ui: UI, node_link: Callable[[str], Link],

@@ -44,6 +44,7 @@ _KINDS = (*_NODE_KINDS, "k8s_node", "dns_pod", "dns_service", "cni", "bgp_sessio
 INPUTS: tuple[str, ...] = tuple(k for k in _NODE_KINDS if k not in _NODE_OPTIONAL)
 CONTEXT: tuple[str, ...] = tuple(k for k in _KINDS if k not in _NODE_KINDS)
 PRODUCES: tuple[str, ...] = ("path", "path_walk")
+PROBE = "path"  # the evidence's source: facts computed here, from other facts
 
 
 @dataclass
@@ -519,7 +520,7 @@ def _facts_of(me: _Node, name: str, flows: list[Flow], after: _After,
         "flows": len(flows), "passed": counts["pass"],
         "dropped": counts["drop"] + counts["reject"], "unknown": counts["unknown"],
         "peers": peers, "kinds": kinds, "netfilter": v.has_netfilter, "altered_by": alt,
-    }, Source("path", f"walk of {name}'s collected configuration", None,
+    }, Source(PROBE, f"walk of {name}'s collected configuration", None,
               f"{len(flows)} flows: {counts}")))
     return out
 
@@ -540,4 +541,4 @@ def _path_fact(name: str, flow: Flow, end: Ending, altered: dict[str, list[str]]
         "owner": end.owner, "backend": end.backend, "altered_by": alt or None,
         "undo": undo_command(end, both_backends), "pkts": end.pkts, "pkts_after": pkts_after,
         "matched": matched, "detail": detail[:1000],
-    }, Source("path", f"walk of {name}'s {flow.name} flow", None, detail[:2000]))
+    }, Source(PROBE, f"walk of {name}'s {flow.name} flow", None, detail[:2000]))
