@@ -18,7 +18,8 @@ from kubenetdiag_lab import Lab, missing_requirements
 # runs keep exploring new examples.
 settings.register_profile("knd", deadline=None)
 settings.register_profile("knd-ci", deadline=None, derandomize=True, database=None)
-settings.load_profile("knd-ci" if os.environ.get("CI") else "knd")
+IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+settings.load_profile("knd-ci" if IN_CI else "knd")
 
 # Distinct from the CLI's default "knd" so a test run never tears down a lab someone brought up
 # by hand, and distinct from the per-test prefixes in test_lab.py.
