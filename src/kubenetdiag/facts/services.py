@@ -359,13 +359,16 @@ def _local_nodeports(wanted: Sequence[_Want], ipvs: dict[str, list[Fact]],
              if w.fact.attrs.get("external_traffic_policy") == "Local"
              and w.fact.attrs.get("node_port")]
     out: list[Fact] = []
-    for n, services in sorted(ipvs.items()):
+    for n, services in sorted(ipvs.items()) if local else ():
+        # a node's virtual servers at its own addresses, by port: one pass, not one per port
+        at_node: dict[tuple[object, object], list[dict]] = defaultdict(list)
+        for f in services:
+            addr = f.attrs.get("address")
+            if addr and str(addr) not in vips and not _in_service_range(str(addr), vips):
+                at_node[(f.attrs.get("port"), f.attrs.get("proto"))].append(f.attrs)
         for a in local:
             proto = str(a.get("protocol") or "TCP").upper()
-            held = [f.attrs for f in services
-                    if f.attrs.get("port") == a["node_port"] and f.attrs.get("proto") == proto
-                    and f.attrs.get("address") and str(f.attrs["address"]) not in vips
-                    and not _in_service_range(str(f.attrs["address"]), vips)]
+            held = at_node.get((a["node_port"], proto), [])
             if not held:
                 continue  # not programmed here: service_sync's to say, not this fact's
             mine = n in _split(a.get("endpoint_nodes"))
