@@ -959,8 +959,12 @@ def _nodeports_filtered(ctx: FaultContext, node: LabNode, params: Params) -> Non
     if params["via"] != "switch":
         raise LabError("nodeport_fails_from_peers: via must be switch")
     # A security group never opened for the NodePort range; the node's own connects to its
-    # NodePorts never leave it.
-    _switch_block(ctx, node, "np", f"ip daddr {node.address} tcp dport {NODEPORT_RANGE}")
+    # NodePorts never leave it. Only the SYNs that open a connection are dropped, as a
+    # stateful security group does: kube-proxy masquerades with --random-fully, so the reply
+    # to the node's own connect to a remote endpoint may come back to a port in the range
+    # (one connect in twenty or so), and a stateless drop made that connect fail too.
+    _switch_block(ctx, node, "np", f"ip daddr {node.address} tcp dport {NODEPORT_RANGE} "
+                                   "tcp flags & (syn | ack) == syn")
 
 
 def _nodeports_unfiltered(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -969,8 +973,9 @@ def _nodeports_unfiltered(ctx: FaultContext, node: LabNode, params: Params) -> N
 
 register(Fault(
     "nodeport_fails_from_peers",
-    f"TCP to the NodePort range ({NODEPORT_RANGE}) dropped on the switch port towards the "
-    "node, like a cloud security group never opened for it (via=switch): the node's own "
+    f"new TCP connections to the NodePort range ({NODEPORT_RANGE}) dropped (their SYN) on "
+    "the switch port towards the node, like a cloud security group never opened for it, "
+    "which lets replies through (via=switch): the node's own "
     "connects to its NodePorts work, its peers' time out, and nothing on the node shows why",
     _nodeports_filtered, _nodeports_unfiltered, {"via": "switch"},
     mechanisms={"switch": ()},
