@@ -144,11 +144,12 @@ def test_a_terminating_endpoint_still_programmed_is_not_stale():
 
 # ipvsadm -Ln as kube-proxy's ipvs mode leaves it (virtual servers for the VIPs, real servers
 # the endpoints; weight 0 a terminating endpoint), written in the format ipvsadm 1.31 prints.
-IPVSADM = """##knd:table ipvsadm
+IPVSADM_HEAD = """##knd:table ipvsadm
 IP Virtual Server version 1.2.1 (size=4096)
 Prot LocalAddress:Port Scheduler Flags
   -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
-TCP  10.96.0.1:443 rr
+"""
+IPVSADM = IPVSADM_HEAD + """TCP  10.96.0.1:443 rr
   -> 198.18.0.3:6443              Masq    1      3          0
 TCP  10.96.0.10:53 rr
   -> 10.244.1.3:53                Masq    1      0          0
@@ -195,11 +196,7 @@ def test_ipvs_mode_a_stale_real_server_and_a_missing_virtual_server():
 # endpoint on node2: node1 holds the NodePort at each of its addresses (underlay, flannel.1,
 # cni0) and, without an endpoint of its own, sends it to node2's pod; a client outside kept
 # connecting to 198.18.0.11:30080 and its connections never opened (InActConn).
-LOCAL_NODE1 = """##knd:table ipvsadm
-IP Virtual Server version 1.2.1 (size=4096)
-Prot LocalAddress:Port Scheduler Flags
-  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
-TCP  10.96.0.22:80 rr
+LOCAL_NODE1 = IPVSADM_HEAD + """TCP  10.96.0.22:80 rr
   -> 10.244.2.3:8080              Masq    1      0          0
 TCP  10.244.1.0:30080 rr
   -> 10.244.2.3:8080              Masq    1      0          0

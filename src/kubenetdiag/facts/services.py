@@ -314,8 +314,8 @@ def service_sync_facts(facts: list[Fact]) -> list[Fact]:
         # a Service port the node still has and the API no longer does (ipvs mode also holds
         # NodePorts and external IPs by address: only VIPs of the API's Services count there)
         for key, prog in sorted(rules.ports.items()):
-            if key in known or (rules.backend == "ipvs" and prog.vip not in vips
-                                and not _in_service_range(prog.vip, vips)):
+            if key in known or (rules.backend == "ipvs"
+                                and not _service_address(prog.vip, vips)):
                 continue
             mine.append((key, {"state": "stale_service", "missing": "", "settling": False,
                                "stale": ",".join(sorted(prog.endpoints))}))
@@ -364,7 +364,7 @@ def _local_nodeports(wanted: Sequence[_Want], ipvs: dict[str, list[Fact]],
         at_node: dict[tuple[object, object], list[dict]] = defaultdict(list)
         for f in services:
             addr = f.attrs.get("address")
-            if addr and str(addr) not in vips and not _in_service_range(str(addr), vips):
+            if addr and not _service_address(str(addr), vips):
                 at_node[(f.attrs.get("port"), f.attrs.get("proto"))].append(f.attrs)
         for a in local:
             proto = str(a.get("protocol") or "TCP").upper()
@@ -400,11 +400,12 @@ def _counted(diffs: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
     return [(k, d) for k, d in diffs if not d["settling"]]
 
 
-def _in_service_range(vip: str, vips: set[str]) -> bool:
-    """A virtual server on an address in the /16 of the API's VIPs: a deleted Service's VIP,
-    not a NodePort (node addresses) or an external IP."""
-    prefix = ".".join(vip.split(".")[:2]) + "."
-    return any(v.startswith(prefix) for v in vips)
+def _service_address(addr: str, vips: set[str]) -> bool:
+    """An API Service's VIP, or an address in the /16 of the API's VIPs (a deleted Service's
+    VIP): not a node's own address (its NodePorts) or an external IP, as ipvs mode holds those
+    too."""
+    prefix = ".".join(addr.split(".")[:2]) + "."
+    return addr in vips or any(v.startswith(prefix) for v in vips)
 
 
 def _source(text: str) -> Source:
