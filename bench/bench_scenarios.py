@@ -88,6 +88,8 @@ MULTI: list[tuple[str, ...]] = [
     ("flannel-vxlan", "pod_egress_broken[via=masquerade]@node1",
      "endpoint_unreachable[via=allowlist]@node3"),
     ("flannel-vxlan", "node_pod_link_broken[via=filter]@node2", "node_not_ready[via=hang]@node1"),
+    # two devices switched off on two nodes: each node's own, not the other's
+    ("flannel-vxlan", "overlay_device_down@node2", "pod_bridge_down@node3"),
     ("calico-bgp", "bgp_session_down@node3", "time_wait_pileup@node2"),
     ("calico-bgp", "pod_egress_broken[via=drop]@node2", "endpoint_unreachable[via=route]@node1"),
     ("calico-bgp", "node_pod_link_broken[via=veth]@node1", "node_not_ready[via=kill]@node3"),

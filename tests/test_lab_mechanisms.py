@@ -506,6 +506,29 @@ def _vxlan_port_held_on_address(lab: Lab) -> None:
     blocked_both(lab, "node1", "node2")
 
 
+def _vxlan_device_off(lab: Lab) -> None:
+    assert "state DOWN" in lab.node_exec("node2", ["ip", "-o", "link", "show",
+                                                   "flannel.1"]).stdout
+    # the kernel took flanneld's routes and neighbours with it; its FDB entries stay
+    assert "flannel.1" not in lab.node_exec("node2", ["ip", "route"]).stdout
+    assert lab.node_exec("node2", ["ip", "neigh", "show", "dev", "flannel.1"]).stdout == ""
+    assert "dst 198.18.0.11" in lab.node_exec("node2", ["bridge", "fdb", "show", "dev",
+                                                        "flannel.1"]).stdout
+    # nothing holds its port: the kernel's socket went with the device
+    assert lab.node_exec("node2", ["ss", "-Hulnp", "sport = :8472"]).stdout == ""
+    blocked_both(lab, "node1", "node2")
+
+
+def _pod_bridge_off(lab: Lab) -> None:
+    assert "state DOWN" in lab.node_exec("node2", ["ip", "-o", "link", "show",
+                                                   "cni0"]).stdout
+    assert "cni0" not in lab.node_exec("node2", ["ip", "route"]).stdout
+    pod = lab.pods_on("node2")[0]
+    assert lab.node_exec("node2", ["ping", "-c", "1", "-W", "1", pod.ip],
+                         check=False).returncode != 0
+    assert pod_blocked(lab, "node2", "node1")
+
+
 def _vxlan_neighbour_gone(lab: Lab) -> None:
     # node2's entries for node1: the route stays, the neighbour is gone, the FDB entry stays
     assert "10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink" in lab.node_exec(
@@ -671,6 +694,8 @@ VXLAN_CASES = [
     ("node_not_ready", "hang", "node2", {}, _kubelet_silent("hung")),
     ("node_pod_link_broken", "veth", "node2", {}, _node_and_pod_apart("veth")),
     ("node_pod_link_broken", "filter", "node2", {}, _node_and_pod_apart("filter")),
+    ("overlay_device_down", "link", "node2", {}, _vxlan_device_off),
+    ("pod_bridge_down", "link", "node2", {}, _pod_bridge_off),
 ]
 
 
@@ -756,6 +781,7 @@ HOSTGW_CASES = [
     ("ip_forward_disabled", "interface", "node2", {}, _forwarding_per_interface),
     ("mtu_mismatch", "pod", "node1", {}, _pods_mtu_raised("node1", "node2", 3000)),
     ("policy_route_blackhole", "table", "node1", {}, _policy_table),
+    ("pod_bridge_down", "link", "node2", {}, _pod_bridge_off),
 ]
 
 

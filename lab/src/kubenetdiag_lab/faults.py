@@ -50,6 +50,7 @@ from kubenetdiag_lab.topology import (
     OUTSIDE_NETWORK,
     OUTSIDE_PORT,
     OUTSIDE_UNDERLAY,
+    SERVICE_NETWORK,
     WEB_PORT,
     LabNode,
     LabPod,
@@ -1190,6 +1191,44 @@ register(Fault(
     _hold_port, _release_port, {"via": "wildcard"}, modes=("flannel-vxlan",),
     mechanisms={"wildcard": (), "address": ()},
 ))
+
+# ---- the VXLAN device switched off ----------------------------------------------------------
+
+
+def _vxlan_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """flannel.1 set down by hand (or by a script, an ifdown, a network manager that claims
+    it), with no program on its port and its NIC up. The kernel deletes the device's routes
+    and neighbours as it goes down; flanneld notices none of it."""
+    if params["via"] != "link":
+        raise LabError("overlay_device_down: via must be link")
+    runner = ctx.node(node)
+    saved = _vxlan_saved(ctx, node)
+    saved.write_text(json.dumps(_vxlan_device(runner)))
+    runner.run(["ip", "link", "set", flannel.VXLAN_DEV, "down"])
+
+
+def _vxlan_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    runner = ctx.node(node)
+    runner.run(["ip", "link", "set", flannel.VXLAN_DEV, "up"])
+    saved = _vxlan_saved(ctx, node)
+    if saved.exists():  # what flanneld had written, put back as it was
+        _reprogram_vxlan(runner, json.loads(saved.read_text()))
+        saved.unlink()
+    if not all(_route_ok(ctx, node, peer) for peer in ctx.topology.peers(node)):
+        # healed blind: flanneld programs every peer's route and neighbour when it starts
+        flannel.restart(ctx.topology, ctx.paths, node, runner)
+
+
+register(Fault(
+    "overlay_device_down",
+    "the node's flannel.1 switched off (`ip link set flannel.1 down`, as by hand, a cleanup "
+    "script or a network manager that claims it; via=link) while its port is free and its "
+    "NIC up: the kernel deletes its routes and neighbours, so the node's pods reach no pod "
+    "on another node (heal brings it up and puts back what flanneld had written)",
+    _vxlan_off, _vxlan_on, {"via": "link"}, modes=("flannel-vxlan",),
+    mechanisms={"link": ()},
+))
+
 
 def _peer_entries(ctx: FaultContext, node: LabNode, peer: LabNode) -> tuple[str, str, str]:
     """(VTEP address, VTEP MAC, underlay address) flanneld programs on `node` for `peer`:
@@ -2538,6 +2577,31 @@ register(Fault(
     "traffic still passes)",
     _pod_link_cut, _pod_link_back, {"via": "veth"},
     mechanisms={"veth": (), "filter": ()},
+))
+
+
+def _bridge_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """cni0 set down (by hand on the way to deleting it, a cleanup script, a network manager
+    that claims it): the kernel deletes the routes through it, the pod range's among them."""
+    if params["via"] != "link":
+        raise LabError("pod_bridge_down: via must be link")
+    ctx.node(node).run(["ip", "link", "set", "cni0", "down"])
+
+
+def _bridge_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    runner = ctx.node(node)
+    runner.run(["ip", "link", "set", "cni0", "up"])  # the pod range's route comes back with it
+    # the lab's own route for ClusterIPs from the node (a real node's default route) does not
+    runner.run(["ip", "route", "replace", str(SERVICE_NETWORK), "dev", "cni0"])
+
+
+register(Fault(
+    "pod_bridge_down",
+    "the node's pod bridge cni0 switched off (`ip link set cni0 down`, as by hand on the way "
+    "to deleting it, a cleanup script or a network manager that claims it; via=link): the "
+    "node and its pods cannot reach each other, and its pods reach nothing",
+    _bridge_off, _bridge_on, {"via": "link"}, modes=("flannel-vxlan", "flannel-host-gw"),
+    mechanisms={"link": ()},
 ))
 
 
