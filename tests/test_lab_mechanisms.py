@@ -506,6 +506,23 @@ def _vxlan_port_held_on_address(lab: Lab) -> None:
     blocked_both(lab, "node1", "node2")
 
 
+def _dns_untracked(via: str) -> Callable[[Lab], None]:
+    def check(lab: Lab) -> None:
+        if via == "nft":
+            assert "udp dport 53 notrack" in lab.node_exec("node2", ["nft", "list", "table",
+                                                                    "ip", "dns_notrack"]).stdout
+        else:
+            assert "-j NOTRACK" in lab.node_exec("node2", ["iptables-save", "-t", "raw"]).stdout
+        # kube-proxy's DNAT never sees the node's pods' DNS: the cluster DNS VIP is silent
+        assert not dns_ok(lab, "node2") and dns_ok(lab, "node1")
+        # while CoreDNS itself answers them, and their other Services work
+        cp = lab.netprog(client_pod(lab, "node2"), "--timeout", "1", "dns",
+                         lab.pod_for_app("coredns").ip, "kubernetes.default.svc.cluster.local")
+        assert cp.returncode == 0, cp.stdout
+        assert web_ok(lab, "node2")
+    return check
+
+
 def _vxlan_device_off(lab: Lab) -> None:
     assert "state DOWN" in lab.node_exec("node2", ["ip", "-o", "link", "show",
                                                    "flannel.1"]).stdout
@@ -695,6 +712,8 @@ VXLAN_CASES = [
     ("node_pod_link_broken", "veth", "node2", {}, _node_and_pod_apart("veth")),
     ("node_pod_link_broken", "filter", "node2", {}, _node_and_pod_apart("filter")),
     ("overlay_device_down", "link", "node2", {}, _vxlan_device_off),
+    ("notrack_rule", "iptables", "node2", {}, _dns_untracked("iptables")),
+    ("notrack_rule", "nft", "node2", {}, _dns_untracked("nft")),
     ("pod_bridge_down", "link", "node2", {}, _pod_bridge_off),
 ]
 

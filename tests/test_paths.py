@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.facts.paths import path_facts
+from kubenetdiag.facts.paths.ipt import compile_rule as ipt_rule
 from kubenetdiag.facts.paths.nft import compile_rule as nft_rule
 from kubenetdiag.facts.paths.nft import priority
 from kubenetdiag.facts.paths.packet import Packet, addr
@@ -272,6 +273,54 @@ def test_a_node_that_lost_its_service_rules_is_named():
     (s,) = stops(facts, "n2", "service")
     assert s["owner"] == "kube-proxy" and "nothing translates 10.96.0.20:80" in s["at"]
     assert not stops(facts, "n1", "service") and not stops(facts, "n3", "service")
+
+
+def _nft_raw_notrack(node_name: str, text: str) -> list[Fact]:
+    return [f("nft_table", node_name, family="ip", table="dns_notrack", owner="nft", chains=1,
+              rules=1),
+            f("nft_chain", node_name, family="ip", table="dns_notrack", chain="pre",
+              owner="nft", type="filter", hook="prerouting", priority="raw", policy="accept",
+              rules=1, drop_rules=0, reject_rules=0),
+            f("nft_rule", node_name, family="ip", table="dns_notrack", chain="pre",
+              position=1, verdict=None, text=text, pkts=None, bytes=None)]
+
+
+@pytest.mark.parametrize("untrack", [
+    [chain("n2", "raw", "PREROUTING"),
+     ipt("n2", "raw", "-A PREROUTING -s 10.244.0.0/16 -j NOTRACK", 1)],
+    [chain("n2", "raw", "PREROUTING"),
+     ipt("n2", "raw", "-A PREROUTING -p tcp -m tcp --dport 80 -j CT --notrack", 1)],
+    _nft_raw_notrack("n2", "tcp dport 80 notrack"),
+], ids=["NOTRACK", "CT --notrack", "nft notrack"])
+def test_an_untracked_service_packet_is_never_translated_and_the_notrack_is_named(untrack):
+    extra = [x for n in NODES for x in _kube_proxy(n, ["10.244.3.3"])] + untrack
+    facts = cluster(*extra)
+    (s,) = stops(facts, "n2", "service")
+    # kube-proxy's rules are all there: the exemption, not kube-proxy, is named
+    assert s["stage"] == "notrack" and s["owner"] != "kube-proxy", s
+    assert s["position"] == 1 and s["hook"] == "prerouting"
+    assert "nothing translates 10.96.0.20:80" in s["at"]
+    if s["backend"] != "nft":
+        assert s["undo"].startswith("iptables -t raw -D PREROUTING ")
+    assert not stops(facts, "n1", "service") and not stops(facts, "n3", "service")
+    assert not stops(facts, "n2", "pod_out")  # pod to pod needs no translation
+
+
+def test_a_notrack_the_service_packet_does_not_match_changes_nothing():
+    extra = [x for n in NODES for x in _kube_proxy(n, ["10.244.3.3"])]
+    extra += _nft_raw_notrack("n2", "udp dport 53 notrack")  # the web Service is TCP 80
+    assert not stops(cluster(*extra), "n2", "service")
+
+
+def test_an_untracked_packet_matches_untracked_and_no_other_state():
+    p = Packet(addr("10.244.2.2"), addr("10.96.0.20"), "tcp", None, 80, "cni0",
+               untracked_by=("raw", "PREROUTING", None))
+    ctx = Context(frozenset())
+    assert nft_rule("c", 1, "ct state untracked accept").matches(p, ctx) is True
+    assert nft_rule("c", 1, "ct state new,established accept").matches(p, ctx) is False
+    assert ipt_rule("-A FORWARD -m conntrack --ctstate UNTRACKED -j ACCEPT", 1
+                    ).matches(p, ctx) is True
+    assert ipt_rule("-A FORWARD -m conntrack --ctstate NEW -j ACCEPT", 1).matches(p, ctx) is False
 
 
 def _nodeport_rules(node_name: str) -> list[Fact]:

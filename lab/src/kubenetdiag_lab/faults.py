@@ -997,6 +997,45 @@ register(Fault(
 ))
 
 
+# ---- traffic exempted from connection tracking --------------------------------------------
+
+NOTRACK_TABLE = "dns_notrack"  # via=nft: a native table of its own
+
+
+def _notrack_dns() -> list[str]:
+    return ["-p", "udp", "--dport", "53", "-j", "NOTRACK"]
+
+
+def _notrack_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] == "iptables":
+        _ipt_insert(ctx, node, "PREROUTING", _notrack_dns(), table="raw")
+    elif params["via"] == "nft":
+        # the same exemption in a native table of its own, at the raw priority
+        _nft(ctx, node, f"table ip {NOTRACK_TABLE} {{\n\tchain pre {{\n"
+                        "\t\ttype filter hook prerouting priority raw; policy accept;\n"
+                        "\t\tudp dport 53 notrack\n\t}\n}\n")
+    else:
+        raise LabError("notrack_rule: via must be iptables or nft")
+
+
+def _notrack_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _ipt_delete(ctx, node, "PREROUTING", _notrack_dns(), table="raw")
+    _ipt_tidy(ctx, node, "raw", ["PREROUTING"])
+    _nft_delete_table(ctx, node, "ip", NOTRACK_TABLE)
+
+
+register(Fault(
+    "notrack_rule",
+    "DNS exempted from connection tracking ahead of kube-proxy, as advice against conntrack "
+    "races on DNS has it, so the nat table never translates it and the node's pods lose DNS "
+    "through the cluster DNS Service (its VIP), while DNS to CoreDNS pods still works: every "
+    "UDP packet to port 53 untracked in raw PREROUTING (via=iptables), or by a native "
+    "nftables table of its own at priority raw (via=nft)",
+    _notrack_on, _notrack_off, {"via": "iptables"},
+    mechanisms={"iptables": (), "nft": ()},
+))
+
+
 MISMATCH_PORTS = {"netconf": 8475, "link": 4789}  # via=link: the IANA port, typed by hand
 
 

@@ -480,8 +480,8 @@ def undo_command(end: Ending, both_backends: bool = False) -> str | None:
         return _sysctl_undo(end)
     if end.stage == "policy":
         return _ip_rule_undo(end)
-    if end.stage != "netfilter" or end.position is None or not end.rule or not end.table \
-            or not end.chain:
+    if end.stage not in ("netfilter", "notrack") or end.position is None or not end.rule \
+            or not end.table or not end.chain:
         return None
     if end.backend == "nft":
         m = _NFT_HANDLE.search(end.rule)

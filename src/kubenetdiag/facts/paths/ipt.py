@@ -62,6 +62,8 @@ def _state(values: str) -> Matcher:
     wanted = {v.upper() for v in values.split(",")}
 
     def m(p: Packet, c: Context) -> Tri:
+        if p.untracked_by is not None:
+            return "UNTRACKED" in wanted
         have = {"NEW" if p.state == "new" else "ESTABLISHED"}
         if p.dnat:
             have.add("DNAT")
@@ -283,6 +285,8 @@ def _action(flag: str, args: list[str]) -> Action:
                 except ValueError:
                     return Action("continue")
         return Action("continue")
+    if target == "NOTRACK" or (target == "CT" and "--notrack" in rest):
+        return Action("continue", notrack=True)
     if target in _UNKNOWN:
         return Action("unknown", why=_UNKNOWN[target])
     if target in _NON_TERMINAL:

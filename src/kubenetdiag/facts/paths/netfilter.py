@@ -4,7 +4,8 @@ Every base chain attached to the hook runs in priority order, whichever tool mad
 iptables tables of both backends (legacy and nf_tables hook in at the same fixed priorities) and
 native nftables tables of the ip and inet families. An accept ends one base chain only; the
 packet then meets the next. A drop or reject anywhere is final. nat chains only see the first
-packet of a connection.
+packet of a tracked connection: a packet a NOTRACK exempted from connection tracking is never
+translated.
 
 A rule whose match cannot be decided splits the walk in two worlds (matched, not matched); the
 caller compares their endings.
@@ -81,6 +82,8 @@ def _run(table: Table, chain: str, pkt: Packet, ctx: Context, depth: int, undeci
                 work.append((idx, p, u))  # the world where it did not match
                 u = u or f"{table.name} {chain} rule {r.position} ({r.undecidable or 'match'})"
             a = r.action if r.dispatch is None else r.dispatch(p, ctx)
+            if a is not None and a.notrack and p.untracked_by is None:
+                p = p.but(untracked_by=(table, chain, r))
             if a is None or a.kind == "continue":
                 continue
             if a.kind == "mark" and a.mark:
@@ -128,7 +131,8 @@ def walk_hook(chains: list[BaseChain], hook: str, worlds: list[World], ctx: Cont
             continue
         nxt: list[World] = []
         for w in worlds:
-            if w.stop is not None or (base.kind == "nat" and w.pkt.state != "new"):
+            if w.stop is not None or (base.kind == "nat" and (
+                    w.pkt.state != "new" or w.pkt.untracked_by is not None)):
                 nxt.append(w)
                 continue
             budget = [MAX_WORLDS]

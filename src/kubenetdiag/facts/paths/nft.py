@@ -14,6 +14,7 @@ is undecidable and named. Statements that only count or log let the walk go on.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from functools import lru_cache
 
 from kubenetdiag.facts.paths.packet import (
@@ -109,6 +110,8 @@ def _compare(what: str, values: list[str], p: Packet, c: Context) -> Tri:
         port = p.dport if field == "dport" else p.sport
         return any_of(port_match(v, port) for v in values)
     if what == "ctstate":
+        if p.untracked_by is not None:
+            return "untracked" in {v.lower() for v in values}
         have = {"new"} if p.state == "new" else {"established"}
         return bool(have & {v.lower() for v in values})
     if what == "ctstatus":
@@ -319,6 +322,7 @@ def compile_rule(chain: str, position: int, text: str, table: str = "") -> Rule:
     undecidable = ""
     action = Action("continue")
     dispatch = None
+    notrack = "notrack" in toks
     i = 0
     while i < len(toks):
         verdict, j = _verdict(toks, i)
@@ -431,6 +435,8 @@ def compile_rule(chain: str, position: int, text: str, table: str = "") -> Rule:
             undecidable = undecidable or f"a named set in {what}"
             continue
         matchers.append(_matcher(what, values, neg))
+    if notrack and dispatch is None:
+        action = replace(action, notrack=True)
     return Rule(chain, position, text, tuple(matchers), action, undecidable, dispatch=dispatch)
 
 

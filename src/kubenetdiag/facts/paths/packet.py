@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 Tri = bool | None
@@ -29,6 +29,9 @@ class Packet:
     state: str = "new"  # conntrack state: new or established
     mark: int = 0
     dnat: bool = False  # the destination was translated on this node
+    # (table, chain, rule) of the NOTRACK that exempted the packet from connection tracking:
+    # its conntrack state is then UNTRACKED and no nat chain sees it (no DNAT, no masquerade)
+    untracked_by: tuple | None = field(default=None, compare=False)
 
     def but(self, **changes) -> Packet:
         return replace(self, **changes)

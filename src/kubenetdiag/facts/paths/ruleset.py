@@ -51,6 +51,7 @@ class Action:
     alternatives: tuple[tuple[int, int | None], ...] = ()
     mark: tuple[str, int, int] | None = None  # (op, value, mask): set, xset, or, and, xor
     why: str = ""  # for unknown: what the walk cannot see into (NFQUEUE, TPROXY...)
+    notrack: bool = False  # the rule also exempts the packet from connection tracking
 
 
 @dataclass(frozen=True)

@@ -260,6 +260,21 @@ def _not_programmed(flow: Flow, pkt: Packet, w: World, steps: list[str]) -> Endi
                   None, what, w.undecided, steps)
 
 
+def _untracked(flow: Flow, pkt: Packet, w: World, steps: list[str]) -> Ending:
+    """A Service or NodePort packet that a NOTRACK exempted from connection tracking: the nat
+    table never sees it, so kube-proxy's DNAT, programmed or not, does not happen."""
+    table, chain, rule = w.pkt.untracked_by
+    vip = f"{show(pkt.dst)}:{pkt.dport}"
+    at = f"{table.name} {chain} rule {rule.position}"
+    return Ending("drop", "notrack", f"{at}: untracked, so nothing translates {vip}",
+                  "prerouting", table.name, chain, rule.position, rule.text,
+                  table.owner_of(chain, rule), table.backend,
+                  "the packet is exempt from connection tracking, and only tracked "
+                  "connections go through the nat table: kube-proxy's DNAT to an endpoint "
+                  "never happens, and the packet keeps an address nothing answers",
+                  w.undecided, steps, rule.handle, rule.pkts)
+
+
 MAX_REALS = 4  # real servers of one virtual server followed
 
 
@@ -325,6 +340,9 @@ def walk(v: NodeView, flow: Flow) -> Ending:
             end = _decide(v, flow, w, steps + ["prerouting"])
             endings.append(end if end.verdict != "pass" else
                            _not_programmed(flow, pkt, w, steps + ["prerouting"]))
+        elif flow.name in ("service", "nodeport_in") and not w.pkt.dnat and \
+                w.pkt.untracked_by is not None:
+            endings.append(_untracked(flow, pkt, w, steps + ["prerouting"]))
         elif flow.name in ("service", "nodeport_in") and not w.pkt.dnat:
             endings.append(_not_programmed(flow, pkt, w, steps + ["prerouting"]))
         else:
