@@ -312,6 +312,15 @@ def test_a_notrack_the_service_packet_does_not_match_changes_nothing():
     assert not stops(cluster(*extra), "n2", "service")
 
 
+def test_a_notrack_after_connection_tracking_has_no_effect():
+    # nft accepts `notrack` in a chain of any priority; at filter (0) conntrack has already
+    # tracked the packet, so kube-proxy's DNAT still happens
+    extra = [x for n in NODES for x in _kube_proxy(n, ["10.244.3.3"])]
+    late = _nft_raw_notrack("n2", "tcp dport 80 notrack")
+    late[1].attrs["priority"] = "filter"
+    assert not stops(cluster(*extra, *late), "n2", "service")
+
+
 def test_an_untracked_packet_matches_untracked_and_no_other_state():
     p = Packet(addr("10.244.2.2"), addr("10.96.0.20"), "tcp", None, 80, "cni0",
                untracked_by=("raw", "PREROUTING", None))

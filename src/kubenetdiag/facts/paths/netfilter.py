@@ -58,8 +58,13 @@ class _Out:
     why: str = ""
 
 
+CONNTRACK_PRIORITY = -200  # the kernel's connection tracking runs at this hook priority
+
+
 def _run(table: Table, chain: str, pkt: Packet, ctx: Context, depth: int, undecided: str,
-         budget: list[int]) -> list[_Out]:
+         budget: list[int], untracks: bool = False) -> list[_Out]:
+    """`untracks`: the base chain runs before connection tracking (priority below -200, as
+    the raw table does), the only place where a NOTRACK takes effect."""
     rules = table.chains.get(chain, [])
     results: list[_Out] = []
     work = [(0, pkt, undecided)]
@@ -82,7 +87,7 @@ def _run(table: Table, chain: str, pkt: Packet, ctx: Context, depth: int, undeci
                 work.append((idx, p, u))  # the world where it did not match
                 u = u or f"{table.name} {chain} rule {r.position} ({r.undecidable or 'match'})"
             a = r.action if r.dispatch is None else r.dispatch(p, ctx)
-            if a is not None and a.notrack and p.untracked_by is None:
+            if a is not None and a.notrack and untracks and p.untracked_by is None:
                 p = p.but(untracked_by=(table, chain, r))
             if a is None or a.kind == "continue":
                 continue
@@ -108,7 +113,7 @@ def _run(table: Table, chain: str, pkt: Packet, ctx: Context, depth: int, undeci
                 elif depth >= MAX_DEPTH:
                     results.append(_Out("verdict", "unknown", p, u, r, chain, "jumps too deep"))
                 else:
-                    for o in _run(table, a.chain, p, ctx, depth + 1, u, budget):
+                    for o in _run(table, a.chain, p, ctx, depth + 1, u, budget, untracks):
                         if o.kind == "verdict":
                             results.append(o)
                         elif a.kind == "goto":
@@ -136,7 +141,8 @@ def walk_hook(chains: list[BaseChain], hook: str, worlds: list[World], ctx: Cont
                 nxt.append(w)
                 continue
             budget = [MAX_WORLDS]
-            for o in _run(base.table, base.chain, w.pkt, ctx, 0, w.undecided, budget):
+            for o in _run(base.table, base.chain, w.pkt, ctx, 0, w.undecided, budget,
+                          base.priority < CONNTRACK_PRIORITY):
                 if o.kind == "verdict":
                     verdict, rule, why = o.verdict or "unknown", o.rule, o.why
                 else:  # fell off the end of the base chain, or returned from it: the policy
