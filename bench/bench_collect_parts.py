@@ -89,6 +89,9 @@ def inner(inventory: str, sample: int, rounds: int) -> dict:
 
 
 def main() -> int:
+    from kubenetdiag_lab import exit_on_sigterm
+
+    exit_on_sigterm()  # its labs torn down on a timeout too
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=500)
     ap.add_argument("--sample", type=int, default=40)

@@ -253,6 +253,9 @@ def measure(n: int, repeat: int, workdir: Path, login: str = "node") -> dict:
 
 
 def main() -> int:
+    from kubenetdiag_lab import exit_on_sigterm
+
+    exit_on_sigterm()  # its labs torn down on a timeout too
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="3,10,25,50")
     ap.add_argument("--repeat", type=int, default=1)

@@ -92,6 +92,9 @@ def one(size: int, mode: str, tmp: Path) -> dict:
 
 
 def main() -> int:
+    from kubenetdiag_lab import exit_on_sigterm
+
+    exit_on_sigterm()  # its labs torn down on a timeout too
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="3,50")
     ap.add_argument("--modes", default="flannel-vxlan,calico-bgp")

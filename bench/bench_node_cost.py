@@ -49,6 +49,9 @@ print("KNDTIME", time.monotonic() - t, r.ru_utime + r.ru_stime, r.ru_maxrss, fil
 
 
 def main() -> int:
+    from kubenetdiag_lab import exit_on_sigterm
+
+    exit_on_sigterm()  # its labs torn down on a timeout too
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=20)
     args = ap.parse_args()

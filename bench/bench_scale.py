@@ -203,6 +203,9 @@ def measure(n: int, workers: list[int], repeat: int, workdir: Path) -> list[dict
 
 
 def main() -> int:
+    from kubenetdiag_lab import exit_on_sigterm
+
+    exit_on_sigterm()  # its labs torn down on a timeout too
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="50,500")
     ap.add_argument("--workers", default="1,2")

@@ -367,6 +367,9 @@ def _row(sc: Scenario) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kubenetdiag_lab import exit_on_sigterm
+
+    exit_on_sigterm()  # its labs torn down on a timeout too
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--proxy-mode", choices=("iptables", "nftables"), default="iptables",

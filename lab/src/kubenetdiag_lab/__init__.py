@@ -18,7 +18,7 @@ _EXPORTS = {
     "FAULTS": "faults", "Fault": "faults", "FaultContext": "faults",
     "Lab": "lab", "missing_requirements": "lab",
     "LabNode": "topology", "LabPod": "topology", "Topology": "topology",
-    "CommandError": "netns", "LabError": "errors",
+    "CommandError": "netns", "exit_on_sigterm": "netns", "LabError": "errors",
     "Overlap": "preflight", "find_overlaps": "preflight", "overlap_message": "preflight",
     "CommandRunner": "runner", "NodeCommandRunner": "runner", "Runners": "runner",
 }

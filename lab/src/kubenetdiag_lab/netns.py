@@ -11,6 +11,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -193,3 +194,10 @@ def delete_netns(names: Sequence[str]) -> list[str]:
             check=False)
     present = set(list_netns())
     return [name for name in names if name in present]
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (a CI job's timeout, `kill`) end the program the way Ctrl-C does, through
+    its `finally` blocks, so a lab being torn down there is: by default Python dies on the spot
+    and leaves the lab's namespaces and processes behind."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
