@@ -506,6 +506,15 @@ def _vxlan_port_held_on_address(lab: Lab) -> None:
     blocked_both(lab, "node1", "node2")
 
 
+def _pings_dropped(lab: Lab) -> None:
+    node2 = lab.topology.node("node2").address
+    assert lab.node_exec("node1", ["ping", "-c", "1", "-W", "1", node2],
+                         check=False).returncode != 0
+    # TCP to the node passes (its sshd), and so does the pod network through it
+    assert ssh(lab, "node2", "true").returncode == 0
+    assert web_ok(lab, "node1") and dns_ok(lab, "node2")
+
+
 def _dns_untracked(via: str) -> Callable[[Lab], None]:
     def check(lab: Lab) -> None:
         if via == "nft":
@@ -714,6 +723,8 @@ VXLAN_CASES = [
     ("overlay_device_down", "link", "node2", {}, _vxlan_device_off),
     ("notrack_rule", "iptables", "node2", {}, _dns_untracked("iptables")),
     ("notrack_rule", "nft", "node2", {}, _dns_untracked("nft")),
+    ("icmp_echo_blocked", "iptables", "node2", {}, _pings_dropped),
+    ("icmp_echo_blocked", "nft", "node2", {}, _pings_dropped),
     ("pod_bridge_down", "link", "node2", {}, _pod_bridge_off),
 ]
 

@@ -997,6 +997,42 @@ register(Fault(
 ))
 
 
+# ---- pings to the node dropped ---------------------------------------------------------------
+
+ICMP_TABLE = "hardening"  # via=nft: a native table of its own
+
+
+def _no_echo() -> list[str]:
+    return ["-p", "icmp", "--icmp-type", "echo-request", "-j", "DROP"]
+
+
+def _echo_blocked(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] == "iptables":
+        _ipt_insert(ctx, node, "INPUT", _no_echo())
+    elif params["via"] == "nft":
+        _nft(ctx, node, f"table inet {ICMP_TABLE} {{\n\tchain input {{\n"
+                        "\t\ttype filter hook input priority filter; policy accept;\n"
+                        "\t\ticmp type echo-request drop\n\t}\n}\n")
+    else:
+        raise LabError("icmp_echo_blocked: via must be iptables or nft")
+
+
+def _echo_allowed(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _ipt_delete(ctx, node, "INPUT", _no_echo())
+    _nft_delete_table(ctx, node, "inet", ICMP_TABLE)
+
+
+register(Fault(
+    "icmp_echo_blocked",
+    "pings to the node dropped, as a hardening script or firewall profile does, while its "
+    "TCP and UDP pass: an ICMP echo-request DROP at the top of INPUT (via=iptables), or in "
+    "the input chain of a native nftables table of its own (via=nft). Nothing Kubernetes "
+    "needs breaks; every ping of the node fails, the connectivity matrix's included",
+    _echo_blocked, _echo_allowed, {"via": "iptables"},
+    mechanisms={"iptables": (), "nft": ()},
+))
+
+
 # ---- traffic exempted from connection tracking --------------------------------------------
 
 NOTRACK_TABLE = "dns_notrack"  # via=nft: a native table of its own

@@ -277,6 +277,10 @@ def _flows(me: _Node, name: str, nodes: dict[str, _Node], peers: list[str], bgp:
                                   or me.underlay), p)
                 yield Flow("overlay_out", "out", Packet(mine, theirs, "udp", None, port, None),
                            p, expect=Expect(dev=me.underlay, what="the tunnel to the peer"))
+        # the peer's ping to this node's address, as the connectivity matrix's underlay layer
+        # sends it
+        yield Flow("node_in", "in", Packet(pa, na, "icmp", None, None,
+                                           me.view.dev_of(na) or me.underlay), p)
         if bgp:
             yield Flow("bgp_in", "in", Packet(pa, na, "tcp", None, 179, me.underlay), p)
             yield Flow("bgp_in", "in", Packet(pa, na, "tcp", 179, None, me.underlay,
