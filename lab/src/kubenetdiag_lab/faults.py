@@ -997,69 +997,52 @@ register(Fault(
 ))
 
 
-# ---- pings to the node dropped ---------------------------------------------------------------
-
-ICMP_TABLE = "hardening"  # via=nft: a native table of its own
+# ---- one rule of an operator's, in iptables or in a native nftables table -------------------
 
 
-def _no_echo() -> list[str]:
-    return ["-p", "icmp", "--icmp-type", "echo-request", "-j", "DROP"]
+@dataclass(frozen=True)
+class OwnRule:
+    """A fault that is one rule an operator adds: with iptables (via=iptables, `spec` inserted
+    at the top of `chain` in `table`) or in a native nftables table of its own (via=nft:
+    `family name`, one base chain at `hook` and `priority` holding `statement`)."""
+
+    table: str
+    chain: str
+    spec: tuple[str, ...]
+    nft_table: str
+    hook: str
+    priority: str
+    statement: str
+
+    def add(self, ctx: FaultContext, node: LabNode, params: Params) -> None:
+        if params["via"] == "iptables":
+            _ipt_insert(ctx, node, self.chain, list(self.spec), table=self.table)
+        else:
+            _nft(ctx, node, f"table {self.nft_table} {{\n\tchain {self.hook} {{\n"
+                            f"\t\ttype filter hook {self.hook} priority {self.priority}; "
+                            f"policy accept;\n\t\t{self.statement}\n\t}}\n}}\n")
+
+    def remove(self, ctx: FaultContext, node: LabNode, params: Params) -> None:
+        _ipt_delete(ctx, node, self.chain, list(self.spec), table=self.table)
+        if self.table != "filter":  # the filter table's chains exist before any fault
+            _ipt_tidy(ctx, node, self.table, [self.chain])
+        _nft_delete_table(ctx, node, *self.nft_table.split(" ", 1))
 
 
-def _echo_blocked(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    if params["via"] == "iptables":
-        _ipt_insert(ctx, node, "INPUT", _no_echo())
-    elif params["via"] == "nft":
-        _nft(ctx, node, f"table inet {ICMP_TABLE} {{\n\tchain input {{\n"
-                        "\t\ttype filter hook input priority filter; policy accept;\n"
-                        "\t\ticmp type echo-request drop\n\t}\n}\n")
-    else:
-        raise LabError("icmp_echo_blocked: via must be iptables or nft")
-
-
-def _echo_allowed(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    _ipt_delete(ctx, node, "INPUT", _no_echo())
-    _nft_delete_table(ctx, node, "inet", ICMP_TABLE)
-
-
+ECHO_DROP = OwnRule("filter", "INPUT", ("-p", "icmp", "--icmp-type", "echo-request", "-j", "DROP"),
+                    "inet hardening", "input", "filter", "icmp type echo-request drop")
 register(Fault(
     "icmp_echo_blocked",
     "pings to the node dropped, as a hardening script or firewall profile does, while its "
     "TCP and UDP pass: an ICMP echo-request DROP at the top of INPUT (via=iptables), or in "
     "the input chain of a native nftables table of its own (via=nft). Nothing Kubernetes "
     "needs breaks; every ping of the node fails, the connectivity matrix's included",
-    _echo_blocked, _echo_allowed, {"via": "iptables"},
+    ECHO_DROP.add, ECHO_DROP.remove, {"via": "iptables"},
     mechanisms={"iptables": (), "nft": ()},
 ))
 
-
-# ---- traffic exempted from connection tracking --------------------------------------------
-
-NOTRACK_TABLE = "dns_notrack"  # via=nft: a native table of its own
-
-
-def _notrack_dns() -> list[str]:
-    return ["-p", "udp", "--dport", "53", "-j", "NOTRACK"]
-
-
-def _notrack_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    if params["via"] == "iptables":
-        _ipt_insert(ctx, node, "PREROUTING", _notrack_dns(), table="raw")
-    elif params["via"] == "nft":
-        # the same exemption in a native table of its own, at the raw priority
-        _nft(ctx, node, f"table ip {NOTRACK_TABLE} {{\n\tchain pre {{\n"
-                        "\t\ttype filter hook prerouting priority raw; policy accept;\n"
-                        "\t\tudp dport 53 notrack\n\t}\n}\n")
-    else:
-        raise LabError("notrack_rule: via must be iptables or nft")
-
-
-def _notrack_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    _ipt_delete(ctx, node, "PREROUTING", _notrack_dns(), table="raw")
-    _ipt_tidy(ctx, node, "raw", ["PREROUTING"])
-    _nft_delete_table(ctx, node, "ip", NOTRACK_TABLE)
-
-
+DNS_NOTRACK = OwnRule("raw", "PREROUTING", ("-p", "udp", "--dport", "53", "-j", "NOTRACK"),
+                      "ip dns_notrack", "prerouting", "raw", "udp dport 53 notrack")
 register(Fault(
     "notrack_rule",
     "DNS exempted from connection tracking ahead of kube-proxy, as advice against conntrack "
@@ -1067,7 +1050,7 @@ register(Fault(
     "through the cluster DNS Service (its VIP), while DNS to CoreDNS pods still works: every "
     "UDP packet to port 53 untracked in raw PREROUTING (via=iptables), or by a native "
     "nftables table of its own at priority raw (via=nft)",
-    _notrack_on, _notrack_off, {"via": "iptables"},
+    DNS_NOTRACK.add, DNS_NOTRACK.remove, {"via": "iptables"},
     mechanisms={"iptables": (), "nft": ()},
 ))
 

@@ -262,6 +262,8 @@ def _flows(me: _Node, name: str, nodes: dict[str, _Node], peers: list[str], bgp:
            services, dns_pods, endpoints):
     v = me.view
     port = int((me.overlay or {}).get("vxlan_port") or 8472)
+    # where a peer's ping to this node's address arrives: the same for every peer
+    node_dev = (v.dev_of(v.address) if v.address is not None else None) or me.underlay
     for p in peers:
         peer = nodes.get(p)
         if peer is None or peer.view.address is None or v.address is None:
@@ -279,8 +281,7 @@ def _flows(me: _Node, name: str, nodes: dict[str, _Node], peers: list[str], bgp:
                            p, expect=Expect(dev=me.underlay, what="the tunnel to the peer"))
         # the peer's ping to this node's address, as the connectivity matrix's underlay layer
         # sends it
-        yield Flow("node_in", "in", Packet(pa, na, "icmp", None, None,
-                                           me.view.dev_of(na) or me.underlay), p)
+        yield Flow("node_in", "in", Packet(pa, na, "icmp", None, None, node_dev), p)
         if bgp:
             yield Flow("bgp_in", "in", Packet(pa, na, "tcp", None, 179, me.underlay), p)
             yield Flow("bgp_in", "in", Packet(pa, na, "tcp", 179, None, me.underlay,
