@@ -339,6 +339,18 @@ def test_overlay_subnet_env_fdb_and_neighbors():
     assert kinds(recorded, "fdb_entry")[0]["permanent"] is True
 
 
+@pytest.mark.parametrize("form", ["json", "text"])
+def test_overlay_permanent_neighbours_of_other_devices(form):
+    """A permanent entry outside the VXLAN device is kept (it may pin a peer to a wrong MAC);
+    the VXLAN device's own entries, listed again among the permanent ones, are not doubled."""
+    facts = kinds(parse("overlay", f"lab-flannel-vxlan-node1-static-neigh-{form}"), "neighbor")
+    assert sorted((n["dev"], n["ip"], n["mac"], n["state"]) for n in facts) == [
+        ("eth0", "198.18.0.12", "02:00:5e:00:53:01", "PERMANENT"),
+        ("flannel.1", "10.244.2.0", "da:21:d9:b9:fc:64", "PERMANENT"),
+        ("flannel.1", "10.244.3.0", "5e:cc:1d:f0:66:d5", "PERMANENT"),
+    ]
+
+
 def test_cni_config_redacted_and_summarised():
     text = (FIX / "cni" / "calico-secrets-redacted.txt").read_text()
     assert "hunter2" not in text and "secretpayload" not in text  # redacted on the node

@@ -288,8 +288,9 @@ BLOCKS_ZH = {
         "进程（CNI 组件、kube-proxy、kubelet、容器运行时、firewalld/ufw、安全软件）",
     "BGP sessions of BIRD (Calico): which peers are not Established":
         "BIRD（Calico）的 BGP 会话：哪些对端不在 Established 状态",
-    "flannel subnet.env and the VXLAN FDB/neighbor entries toward peer nodes":
-        "flannel 的 subnet.env 以及到对端节点的 VXLAN FDB/邻居表项",
+    "flannel subnet.env, the VXLAN FDB/neighbor entries toward peer nodes and the permanent "
+    "neighbour entries of the other devices":
+        "flannel 的 subnet.env、到对端节点的 VXLAN FDB/邻居表项，以及其他设备上的永久邻居表项",
     "connection tracking (table full, insert_failed, drop, early_drop)":
         "连接跟踪（表满、insert_failed、drop、early_drop）",
     "traffic control on the path (clsact/ingress filters, BPF programs attached with "

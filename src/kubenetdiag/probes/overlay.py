@@ -2,6 +2,12 @@
 (flannel.1, vxlan.calico, cilium_vxlan) its forwarding database and neighbor entries. A peer
 node without an FDB entry or neighbor is unreachable through the overlay even when routes exist.
 
+And the permanent neighbour entries of every other device: an entry written by hand or by a
+tool (`ip neigh replace ... nud permanent`, a static ARP table) is never re-resolved, so one
+that names a MAC the peer does not have sends everything for that peer to nobody, on the
+underlay as on the overlay. They come from the script's one `ip -batch` (IP_BATCH), else from
+`ip neigh` on its own; dynamic entries are left out, they correct themselves.
+
 Sample output and the facts it gives:
 
 >>> out = (
@@ -17,10 +23,11 @@ Sample output and the facts it gives:
 
 from __future__ import annotations
 
+import json
 import re
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section, read_files
+from kubenetdiag.probes.base import IP_BATCH, Probe, Section, from_ip_batch, read_files
 from kubenetdiag.probes.text import clip, env_file, parts, to_int, unprefix
 
 # VXLAN devices say DEVTYPE=vxlan in their uevent, on its first line (the kernel writes a
@@ -35,13 +42,38 @@ COMMAND = (
     # both listings held and printed in one write
     "f=$(bridge fdb show dev \"$d\"); n=$(ip neigh show dev \"$d\"); "
     "printf '##knd:fdb %s\\n%s\\n##knd:neigh %s\\n%s\\n' \"$d\" \"$f\" \"$d\" \"$n\"; "
-    "done; return 0"
+    "done; " + from_ip_batch("permanent") + " || "
+    "{ echo '##knd:permanent text'; ip -4 neigh show nud permanent; }; return 0"
 )
 _MAC = re.compile(r"^([0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5})\b")
 
 
+def _permanent(form: str | None, lines: list[str]) -> list[tuple[str, str, str | None, str]]:
+    """(ip, dev, mac, line) of each permanent entry of a listing, JSON or text."""
+    if form == "json":
+        try:
+            entries = json.loads("".join(lines) or "[]")
+        except ValueError:
+            return []
+        if not isinstance(entries, list):
+            return []
+        return [(e["dst"], e["dev"], e["lladdr"] if isinstance(e.get("lladdr"), str) else None,
+                 json.dumps(e, sort_keys=True))
+                for e in entries if isinstance(e, dict)
+                and isinstance(e.get("dst"), str) and isinstance(e.get("dev"), str)]
+    out = []
+    for line in lines:
+        words = line.split()
+        if len(words) < 3 or words[0].count(".") != 3 or "dev" not in words[:-1]:
+            continue
+        mac = words[words.index("lladdr") + 1] if "lladdr" in words[:-1] else None
+        out.append((words[0], words[words.index("dev") + 1], mac, line))
+    return out
+
+
 def parse(section: Section, node: str) -> list[Fact]:
     facts: list[Fact] = []
+    vxlan = {dev for name, dev, _ in parts(section.stdout) if name == "neigh" and dev}
 
     def src(cmd: str, text: str) -> Source:
         return Source("overlay", cmd, section.exit_code, clip(text, 500))
@@ -83,6 +115,17 @@ def parse(section: Section, node: str) -> list[Fact]:
                     "mac": clip(mac.lower(), 40) if mac else None,
                     "state": clip(words[-1], 30) if words[-1].isupper() else "UNKNOWN",
                 }, src(f"ip neigh show dev {dev}", line)))
+        elif name == "permanent":
+            # a VXLAN device's entries are all listed above, permanent ones included
+            for ip, on, mac, line in _permanent(dev, lines):
+                if on in vxlan:
+                    continue
+                facts.append(Fact("neighbor", node, {
+                    "dev": clip(on, 64),
+                    "ip": clip(ip, 60),
+                    "mac": clip(mac.lower(), 40) if mac else None,
+                    "state": "PERMANENT",
+                }, src("ip -4 neigh show nud permanent", line)))
     return facts
 
 
@@ -91,7 +134,9 @@ PROBE = Probe(
     command=COMMAND,
     parse=parse,
     kinds=("flannel_subnet", "fdb_entry", "neighbor"),
-    blocks="flannel subnet.env and the VXLAN FDB/neighbor entries toward peer nodes",
+    blocks="flannel subnet.env, the VXLAN FDB/neighbor entries toward peer nodes and the "
+           "permanent neighbour entries of the other devices",
+    preludes=(IP_BATCH,),
     tools=("ip", "bridge"),
     timeout_s=10,
 )
