@@ -442,6 +442,17 @@ def test_a_drop_of_pod_network_sources_in_input_cuts_the_node_own_pod_address():
     assert got[0]["src"] == "10.244.1.0"  # the peer's flannel.1 address, as the kernel picks it
 
 
+def test_a_block_of_one_peer_in_output_or_by_a_host_route_stops_the_nodes_own_pings_to_it():
+    # what the matrix's underlay layer sends from the node itself: its output hooks, and the
+    # route it picks for the peer's address
+    got = stops(cluster(ipt("n1", "filter", "-A OUTPUT -d 198.18.0.12/32 -j DROP", 1)), "n1",
+                "node_out")
+    assert [(s["peer"], s["at"], s["verdict"]) for s in got] == [
+        ("n2", "filter OUTPUT rule 1", "drop")]
+    got = stops(cluster(route("n1", "198.18.0.12/32", None, rtype="unreachable")), "n1", "node_out")
+    assert [(s["peer"], s["stage"], s["verdict"]) for s in got] == [("n2", "route", "reject")]
+
+
 def test_a_port_drop_is_found_where_the_declared_endpoint_lives():
     check = f("tcp_check", "n1", target="10.244.2.3:8080", address="10.244.2.3", by="ip",
               ok=False, detail="timeout", rtt_ms=None, vantage=None)

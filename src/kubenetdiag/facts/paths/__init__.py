@@ -282,6 +282,8 @@ def _flows(me: _Node, name: str, nodes: dict[str, _Node], peers: list[str], bgp:
         # the peer's ping to this node's address, as the connectivity matrix's underlay layer
         # sends it
         yield Flow("node_in", "in", Packet(pa, na, "icmp", None, None, node_dev), p)
+        # and this node's ping to the peer's, which leaves through its own output hooks
+        yield Flow("node_out", "out", Packet(na, pa, "icmp", None, None, None), p)
         if bgp:
             yield Flow("bgp_in", "in", Packet(pa, na, "tcp", None, 179, me.underlay), p)
             yield Flow("bgp_in", "in", Packet(pa, na, "tcp", 179, None, me.underlay,
