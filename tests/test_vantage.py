@@ -257,6 +257,23 @@ def test_a_failure_between_two_nodes_that_fail_with_each_other_is_that_pairs() -
     assert by_kind(out, "node_checks") == []
 
 
+def test_the_dns_vip_behind_a_failed_pair_is_that_pairs() -> None:
+    # n2 and n1 fail with each other; the only CoreDNS pod runs on n1, so n2's query to the
+    # VIP crosses that pair whichever endpoint kube-proxy picks: not n2's own failure
+    names = nodes(3)
+    facts = cluster(3) + matrix(names, {("n1", "n2"), ("n2", "n1")}, "underlay") + [
+        dns("n1", "10.96.0.10", True, "service"), dns("n2", "10.96.0.10", False, "service"),
+        dns("n3", "10.96.0.10", True, "service")]
+    out = vantage_facts(facts)
+    assert failures(out) == {("n2", "10.96.0.10", "n2", "pair")}
+    (f,) = by_kind(out, "target_failure")
+    assert f.attrs["host"] == "n1" and f.attrs["place"] == "service"
+    # with a second CoreDNS pod on n3, which n2 reaches, the VIP's failure is n2's own
+    facts.append(fact("dns_pod", "n3", pod="coredns-1", ip="10.244.3.3", ready=True,
+                      restarts=0))
+    assert failures(vantage_facts(facts)) == {("n2", "10.96.0.10", "n2", "vantage")}
+
+
 def test_a_refusal_is_an_answer_a_cut_off_node_does_not_account_for() -> None:
     names = nodes(3)
     facts = cluster(3) + matrix(names, cut("n3", names)) + [

@@ -349,6 +349,9 @@ class Target:
     pod: str | None = None
     place: str = "outside"
     host: str | None = None
+    # A Service's VIP: the nodes its backends run on (CoreDNS's pods for the DNS Service),
+    # where a call to it crosses the pod network to
+    behind: frozenset[str] = frozenset()
     # (node, vantage) -> (ok, detail); vantage is "node" or a pod's network namespace
     results: dict[tuple[str, str], tuple[bool, str | None]] = field(default_factory=dict)
 
@@ -444,6 +447,10 @@ def localize(t: Target, cuts: dict[str, dict[str, CutOff]],
             out.append((vp, "host_cut_off", t.host))
         elif silent and t.host and frozenset((node, t.host)) in pairs:
             out.append((vp, "pair", node))
+        elif silent and t.behind and node not in t.behind and \
+                all(frozenset((node, h)) in pairs for h in t.behind):
+            # whichever backend the VIP picks, the call crosses a failed pair
+            out.append((vp, "pair", node))
         else:
             open_.append(vp)
     if not open_:
@@ -474,6 +481,7 @@ def target_facts(picked: dict[str, list[Fact]], cuts: dict[str, dict[str, CutOff
         t.place, t.host = book.place(t.address)
         if t.check == "dns" and t.kind == "service":
             t.place, t.host = "service", None
+            t.behind = frozenset(f.node for f in picked.get("dns_pod", ()))
         pod_host = {f.node for f in picked.get("dns_pod", ()) if f.attrs.get("pod") == t.pod}
         if t.pod and len(pod_host) == 1 and t.host is None:
             t.place, t.host = "pod", pod_host.pop()
@@ -484,9 +492,11 @@ def target_facts(picked: dict[str, list[Fact]], cuts: dict[str, dict[str, CutOff
                   for vp, (ok, detail) in sorted(t.results.items())]
         failed = sum(1 for ok, _ in t.results.values() if not ok)
         for vp, localized, node in localize(t, cuts, broken):
+            # a Service's failure that a pair accounts for names the nodes behind it
+            host = t.host or (_names(t.behind) if localized == "pair" else None)
             facts.append(Fact("target_failure", node, {
                 "check": t.check, "about": t.about, "target": t.target, "kind": t.kind,
-                "address": t.address, "place": t.place, "host": t.host, "pod": t.pod,
+                "address": t.address, "place": t.place, "host": host, "pod": t.pod,
                 "src": vp[0], "vantage": vp[1], "detail": t.results[vp][1],
                 "localized": localized, "tried": len(t.results), "failed": failed,
                 "answering": _names(answered)},
