@@ -90,6 +90,11 @@ MULTI: list[tuple[str, ...]] = [
     ("flannel-vxlan", "node_pod_link_broken[via=filter]@node2", "node_not_ready[via=hang]@node1"),
     # two devices switched off on two nodes: each node's own, not the other's
     ("flannel-vxlan", "overlay_device_down@node2", "pod_bridge_down@node3"),
+    # the node network between two nodes broken on one end, beside one pod cut from its bridge
+    ("flannel-vxlan", "underlay_neighbor_wrong[via=mac]@node1",
+     "node_pod_link_broken[via=nomaster]@node3"),
+    ("flannel-host-gw", "underlay_route_broken[via=unreachable]@node2",
+     "iptables_drop_rule[via=peer_out]@node3"),
     ("calico-bgp", "bgp_session_down@node3", "time_wait_pileup@node2"),
     ("calico-bgp", "pod_egress_broken[via=drop]@node2", "endpoint_unreachable[via=route]@node1"),
     ("calico-bgp", "node_pod_link_broken[via=veth]@node1", "node_not_ready[via=kill]@node3"),

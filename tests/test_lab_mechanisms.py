@@ -114,6 +114,8 @@ def snapshot(lab: Lab) -> dict[str, str]:
             # IPv4: no fault touches IPv6, whose link-local routes come and go with DAD
             f"{node.name} routes": cmd("ip", "-4", "route", "show", "table", "all"),
             f"{node.name} links": cmd("ip", "-o", "link"),
+            # entries the kernel never re-resolves (others come and go with traffic)
+            f"{node.name} neigh": cmd("ip", "-4", "neigh", "show", "nud", "permanent"),
             f"{node.name} tc": cmd("tc", "qdisc", "show") + cmd("tc", "filter", "show", "dev",
                                                               "eth0", "ingress"),
             f"{node.name} sysctl": "\n".join(sorted(sysctls)),
@@ -679,7 +681,41 @@ def _node_and_pod_apart(via: str) -> Callable[[Lab], None]:
     return check
 
 
+def _pair_cut(node: str, peer: str, *, nic_changed: bool = False) -> Callable[[Lab], None]:
+    """The node network between `node` and `peer` fails both ways (a ping's reply crosses it
+    too), and the pods' traffic with it, while the client still reaches both nodes."""
+    def check(lab: Lab) -> None:
+        def ping(src: str, dst: str) -> bool:
+            return lab.node_exec(src, ["ping", "-c", "1", "-W", "1",
+                                       lab.topology.node(dst).address],
+                                 check=False).returncode == 0
+
+        assert not ping(node, peer) and not ping(peer, node)
+        assert pod_blocked(lab, node, peer) and pod_blocked(lab, peer, node)
+        for each in (node, peer):
+            assert lab.runners.client.run(["ping", "-c", "1", "-W", "1",
+                                           lab.topology.node(each).address],
+                                          check=False).returncode == 0, each
+        if nic_changed:
+            # the change is the peer's own; the entry that is wrong is the node's
+            assert "02:00:5e:00:53:01" in lab.node_exec(peer, ["ip", "link", "show",
+                                                               "eth0"]).stdout
+            entry = lab.node_exec(node, ["ip", "neigh", "show", "nud", "permanent"]).stdout
+            assert lab.topology.node(peer).address in entry and "53:01" not in entry, entry
+    return check
+
+
 VXLAN_CASES = [
+    ("underlay_neighbor_wrong", "neigh", "node1", {"peer": "node2"}, _pair_cut("node1", "node2")),
+    ("underlay_neighbor_wrong", "mac", "node1", {"peer": "node2"},
+     _pair_cut("node1", "node2", nic_changed=True)),
+    ("underlay_route_broken", "blackhole", "node2", {"peer": "node1"},
+     _pair_cut("node2", "node1")),
+    ("underlay_route_broken", "unreachable", "node1", {"peer": "node2"},
+     _pair_cut("node1", "node2")),
+    ("iptables_drop_rule", "peer_in", "node2", {"peer": "node1"}, _pair_cut("node2", "node1")),
+    ("iptables_drop_rule", "peer_out", "node1", {"peer": "node2"}, _pair_cut("node1", "node2")),
+    ("node_pod_link_broken", "nomaster", "node2", {}, _node_and_pod_apart("nomaster")),
     ("bridge_nf_call_iptables_disabled", "file", "node1", {}, _bridge_nf_file),
     ("somaxconn_low", "file", "node2", {}, _somaxconn_file),
     ("kube_proxy_rules_missing", "hang", "node2", {}, _kube_proxy_hung),

@@ -589,6 +589,9 @@ DENY_CHAIN = "LOCAL-DENY"  # an operator's own chain of DROPs
 
 
 def _drop_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] in ("peer_in", "peer_out"):
+        _ipt_insert(ctx, node, *_peer_drop_spec(ctx, node, params))
+        return
     chain, spec = _drop_spec(ctx, node, params)
     if params["via"] == "filter":
         _ipt_insert(ctx, node, chain, spec)
@@ -600,10 +603,14 @@ def _drop_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
                  f"-A {DENY_CHAIN} {shlex.join(spec)}\n"
                  f"-I {chain} 1 -j {DENY_CHAIN}\nCOMMIT\n")
     else:
-        raise LabError("iptables_drop_rule: via must be filter, mangle or userchain")
+        raise LabError("iptables_drop_rule: via must be filter, mangle, userchain, peer_in or "
+                       "peer_out")
 
 
 def _drop_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    for peer in ctx.topology.peers(node):  # blind: whichever peer it named
+        for via in ("peer_in", "peer_out"):
+            _ipt_delete(ctx, node, *_peer_drop_spec(ctx, node, {"via": via, "peer": peer.name}))
     chain, spec = _drop_spec(ctx, node, params)
     _ipt_delete(ctx, node, chain, spec)
     _ipt_delete(ctx, node, chain, spec, table="mangle")
@@ -618,9 +625,12 @@ register(Fault(
     "a DROP for the node's pod CIDR at the top of FORWARD (param port: only that port; "
     "chain=INPUT: traffic to the node itself): in the filter table (via=filter), in the "
     "mangle table (via=mangle), or in an operator's chain LOCAL-DENY that FORWARD jumps to "
-    "first, after a RETURN for established flows (via=userchain)",
-    _drop_on, _drop_off, {"via": "filter", "chain": "FORWARD", "port": "", "proto": "tcp"},
-    mechanisms={"filter": (), "mangle": (), "userchain": ()},
+    "first, after a RETURN for established flows (via=userchain); or a DROP of everything "
+    "between the node and one peer's node address (param peer, default the first other "
+    "node), from it in INPUT (via=peer_in) or to it in OUTPUT (via=peer_out)",
+    _drop_on, _drop_off,
+    {"via": "filter", "chain": "FORWARD", "port": "", "proto": "tcp", "peer": ""},
+    mechanisms={"filter": (), "mangle": (), "userchain": (), "peer_in": (), "peer_out": ()},
 ))
 
 FIREWALLD_CHAINS = ["INPUT_direct", "INPUT_ZONES", "FORWARD_direct", "FORWARD_IN_ZONES",
@@ -2503,6 +2513,114 @@ register(Fault(
     mechanisms={"stop": (), "hang": ()},
 ))
 
+# ---- the node network between two nodes ------------------------------------------------------
+
+# Locally administered, and no lab interface has it: where frames for it go, nobody answers.
+STRAY_MAC = "02:00:5e:00:53:01"
+NIC_SAVED = "eth0-mac.json"  # a node's own eth0 MAC, kept while underlay_neighbor_wrong changes it
+
+
+def _eth0_mac(ctx: FaultContext, node: LabNode) -> str:
+    return json.loads(ctx.node(node).run(["ip", "-j", "link", "show", "eth0"]).stdout)[0][
+        "address"]
+
+
+def _set_eth0_mac(ctx: FaultContext, node: LabNode, mac: str) -> None:
+    """eth0's MAC changed as a replaced NIC or a migrated VM's would be: with arp_notify on for
+    the moment, the kernel announces the new address (gratuitous ARP), so every cache that is
+    not pinned follows at once."""
+    runner = ctx.node(node)
+    key = "net.ipv4.conf.eth0.arp_notify"
+    before = runner.run(["sysctl", "-n", key]).stdout.strip()
+    runner.run(["sysctl", "-q", "-w", f"{key}=1"])
+    try:
+        runner.run(["ip", "link", "set", "eth0", "address", mac])
+    finally:
+        runner.run(["sysctl", "-q", "-w", f"{key}={before}"])
+
+
+def _neigh_wrong(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    peer = _entry_peer(ctx, node, params)
+    runner = ctx.node(node)
+    if params["via"] == "neigh":
+        # a static entry typed wrong, or copied from another machine's /etc/ethers
+        runner.run(["ip", "neigh", "replace", peer.address, "lladdr", STRAY_MAC, "dev", "eth0",
+                    "nud", "permanent"])
+    elif params["via"] == "mac":
+        # the node pinned the peer's MAC (a static ARP table, right when written), then the
+        # peer's NIC changed: every other machine learns the new MAC, this node cannot
+        runner.run(["ip", "neigh", "replace", peer.address, "lladdr", _eth0_mac(ctx, peer),
+                    "dev", "eth0", "nud", "permanent"])
+        saved = ctx.paths.node_files(peer.name).dir / NIC_SAVED
+        if not saved.exists():
+            saved.write_text(json.dumps({"mac": _eth0_mac(ctx, peer)}))
+        _set_eth0_mac(ctx, peer, STRAY_MAC)
+    else:
+        raise LabError("underlay_neighbor_wrong: via must be neigh or mac")
+
+
+def _neigh_right(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # every peer, as a blind heal does not know which one: their own MACs back, and no
+    # permanent entry left on this node for their addresses (the lab writes none)
+    runner = ctx.node(node)
+    pinned = {e.get("dst") for e in json.loads(
+        runner.run(["ip", "-j", "neigh", "show", "nud", "permanent", "dev", "eth0"]).stdout
+        or "[]")}
+    for peer in ctx.topology.peers(node):
+        saved = ctx.paths.node_files(peer.name).dir / NIC_SAVED
+        if saved.exists():
+            _set_eth0_mac(ctx, peer, json.loads(saved.read_text())["mac"])
+            saved.unlink()
+        if peer.address in pinned:
+            runner.run(["ip", "neigh", "del", peer.address, "dev", "eth0"])
+
+
+register(Fault(
+    "underlay_neighbor_wrong",
+    "the node holds a permanent neighbour (ARP) entry for a peer's node address (param peer, "
+    "default the first other node) with a MAC the peer does not have, so nothing it sends to "
+    "the peer arrives while the peer's own traffic still does: typed wrong by hand "
+    "(via=neigh), or pinned right and then the peer's NIC changed, as a replaced NIC or a "
+    "migrated VM's does, announced to every other machine (via=mac: the change is made on "
+    "the peer, the fault is this node's entry)",
+    _neigh_wrong, _neigh_right, {"via": "neigh", "peer": ""},
+    mechanisms={"neigh": (), "mac": ()},
+))
+
+
+def _route_peer_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    peer = _entry_peer(ctx, node, params)
+    if params["via"] not in ("blackhole", "unreachable"):
+        raise LabError("underlay_route_broken: via must be blackhole or unreachable")
+    # a host route to "block" a machine, or one left from an old address plan
+    ctx.node(node).run(["ip", "route", "replace", params["via"], f"{peer.address}/32"])
+
+
+def _route_peer_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    runner = ctx.node(node)
+    for peer in ctx.topology.peers(node):
+        for kind in ("blackhole", "unreachable"):
+            runner.run(["ip", "route", "del", kind, f"{peer.address}/32"], check=False)
+
+
+register(Fault(
+    "underlay_route_broken",
+    "the node's routing table stops what it sends to a peer's node address (param peer, "
+    "default the first other node) with a host route in the main table: a blackhole "
+    "(via=blackhole: dropped) or an unreachable route (via=unreachable: refused with an ICMP "
+    "error); the peer's own traffic still arrives",
+    _route_peer_off, _route_peer_on, {"via": "blackhole", "peer": ""},
+    mechanisms={"blackhole": (), "unreachable": ()},
+))
+
+
+def _peer_drop_spec(ctx: FaultContext, node: LabNode, params: Params) -> tuple[str, list[str]]:
+    """iptables_drop_rule via=peer_in / peer_out: a hand-made block of one machine."""
+    peer = _entry_peer(ctx, node, params)
+    return ("INPUT", ["-s", f"{peer.address}/32", "-j", "DROP"]) if params["via"] == "peer_in" \
+        else ("OUTPUT", ["-d", f"{peer.address}/32", "-j", "DROP"])
+
+
 # ---- middleware outside the cluster: a connect that times out --------------------------------
 
 
@@ -2608,18 +2726,26 @@ def _pod_link_cut(ctx: FaultContext, node: LabNode, params: Params) -> None:
         # the host side of the pod's veth taken down (by hand, or a network manager that
         # claimed it): the pod is cut off from its node and from everything behind it
         ctx.node(node).run(["ip", "link", "set", _host_veth(ctx, pod), "down"])
+    elif params["via"] == "nomaster":
+        # the host side taken out of the bridge (a CNI DEL run for the wrong container, a
+        # network manager that claimed it): up, but bridged to nothing
+        ctx.node(node).run(["ip", "link", "set", _host_veth(ctx, pod), "nomaster"])
     elif params["via"] == "filter":
         # a host rule dropping what the pod sends to the node itself: its pings and the
         # node's replies from it; forwarded traffic does not cross INPUT
         _ipt_insert(ctx, node, "INPUT", _pod_isolate_spec(pod))
     else:
-        raise LabError("node_pod_link_broken: via must be veth or filter")
+        raise LabError("node_pod_link_broken: via must be veth, nomaster or filter")
 
 
 def _pod_link_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
     pod = _first_pod(ctx, node)
     veth = _host_veth(ctx, pod)
     ctx.node(node).run(["ip", "link", "set", veth, "up"])
+    if ctx.topology.cni != "calico-bgp":
+        # back in the bridge, with the hairpin mode the bridge resets when a port joins
+        ctx.node(node).run(["ip", "link", "set", veth, "master", "cni0"])
+        ctx.node(node).run(["bridge", "link", "set", "dev", veth, "hairpin", "on"])
     if ctx.topology.cni == "calico-bgp":
         # the kernel dropped the pod's /32 when its veth went down; felix writes it back
         ctx.node(node).run(["ip", "route", "replace", f"{pod.ip}/32", "dev", veth,
@@ -2630,11 +2756,12 @@ def _pod_link_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
 register(Fault(
     "node_pod_link_broken",
     "the node and its first pod cannot reach each other: the host side of the pod's veth set "
-    "down (via=veth: the pod reaches nothing at all), or a DROP in the node's INPUT for the "
-    "pod's address (via=filter: the node and the pod cannot ping each other, forwarded "
-    "traffic still passes)",
+    "down (via=veth: the pod reaches nothing at all), or taken out of the bridge cni0 "
+    "(via=nomaster: up, bridged to nothing), or a DROP in the node's INPUT for the pod's "
+    "address (via=filter: the node and the pod cannot ping each other, forwarded traffic "
+    "still passes)",
     _pod_link_cut, _pod_link_back, {"via": "veth"},
-    mechanisms={"veth": (), "filter": ()},
+    mechanisms={"veth": (), "nomaster": ("flannel-vxlan", "flannel-host-gw"), "filter": ()},
 ))
 
 
