@@ -681,6 +681,17 @@ def _node_and_pod_apart(via: str) -> Callable[[Lab], None]:
     return check
 
 
+def _bridged_drop(lab: Lab) -> None:
+    """Other nodes' pods no longer reach node2's pods, node2 itself still does, and iptables
+    shows nothing."""
+    assert pod_blocked(lab, "node1", "node2")
+    pod = lab.pods_on("node2")[0]
+    assert lab.node_exec("node2", ["ping", "-c", "1", "-W", "1", pod.ip]).returncode == 0
+    assert "DROP" not in "".join(line for line in iptables(lab, "node2").splitlines()
+                                 if not line.startswith(("-A KUBE-", ":")))
+    assert "table bridge filter" in lab.node_exec("node2", ["nft", "list", "tables"]).stdout
+
+
 def _pair_cut(node: str, peer: str, *, nic_changed: bool = False) -> Callable[[Lab], None]:
     """The node network between `node` and `peer` fails both ways (a ping's reply crosses it
     too), and the pods' traffic with it, while the client still reaches both nodes."""
@@ -716,6 +727,7 @@ VXLAN_CASES = [
     ("iptables_drop_rule", "peer_in", "node2", {"peer": "node1"}, _pair_cut("node2", "node1")),
     ("iptables_drop_rule", "peer_out", "node1", {"peer": "node2"}, _pair_cut("node1", "node2")),
     ("node_pod_link_broken", "nomaster", "node2", {}, _node_and_pod_apart("nomaster")),
+    ("iptables_drop_rule", "bridge", "node2", {}, _bridged_drop),
     ("bridge_nf_call_iptables_disabled", "file", "node1", {}, _bridge_nf_file),
     ("somaxconn_low", "file", "node2", {}, _somaxconn_file),
     ("kube_proxy_rules_missing", "hang", "node2", {}, _kube_proxy_hung),

@@ -163,6 +163,41 @@ def test_a_native_nftables_table_is_walked_by_hook_and_priority():
     assert not stops(facts, "n2", "pod_in")  # inner traffic arrives on flannel.1
 
 
+def _bridge_table(node_name: str, hook: str, *rules: str) -> list[Fact]:
+    """A native table of the bridge family with one base chain (as ebtables-nft or a security
+    agent writes one), its rules in order."""
+    return [f("nft_table", node_name, family="bridge", table="guard", owner="nft", chains=1,
+              rules=len(rules)),
+            f("nft_chain", node_name, family="bridge", table="guard", chain="c", owner="nft",
+              type="filter", hook=hook, priority="filter", policy="accept", rules=len(rules),
+              drop_rules=sum("drop" in r for r in rules), reject_rules=0)] + [
+            f("nft_rule", node_name, family="bridge", table="guard", chain="c", position=i,
+              verdict=r.split()[-1], text=r, pkts=None, bytes=None)
+            for i, r in enumerate(rules, start=1)]
+
+
+def test_a_bridge_family_rule_meets_pod_traffic_where_it_crosses_cni0():
+    # routed out of cni0 to a pod here: the bridge's output hook, after the IP ones
+    facts = cluster(*_bridge_table("n2", "output",
+                                   "ip saddr != 10.244.2.0/24 ip daddr 10.244.2.0/24 drop"))
+    got = stops(facts, "n2", "pod_in")
+    assert {s["peer"] for s in got} == {"n1", "n3"}
+    assert got[0]["at"] == "bridge guard c rule 1" and got[0]["hook"] == "bridge output"
+    assert not stops(facts, "n2", "pod_out")  # a pod's frame to its gateway is input, not output
+    # a pod's frame coming in to its gateway: prerouting and input of the bridge
+    facts = cluster(*_bridge_table("n2", "input", "ip saddr 10.244.2.0/24 drop"))
+    assert {s["peer"] for s in stops(facts, "n2", "pod_out")} == {"n1", "n3"}
+    assert not stops(facts, "n2", "pod_in")
+
+
+def test_which_port_of_the_bridge_a_frame_uses_is_unknown():
+    facts = cluster(*_bridge_table("n2", "prerouting", 'iifname "veth*" drop'))
+    got = stops(facts, "n2", "pod_out")
+    assert got and all(s["verdict"] == "unknown" for s in got)
+    # the overlay's own traffic never crosses the bridge
+    assert not stops(facts, "n2", "overlay_in") and not stops(facts, "n2", "pod_in")
+
+
 def test_an_ipset_match_is_unknown_not_a_guess():
     facts = cluster(
         ipt("n1", "filter", "-A FORWARD -m set --match-set blocked src -j DROP", 1))

@@ -588,9 +588,23 @@ def _drop_spec(ctx: FaultContext, node: LabNode, params: Params) -> tuple[str, l
 DENY_CHAIN = "LOCAL-DENY"  # an operator's own chain of DROPs
 
 
+# What `ebtables -A OUTPUT -p IPv4 --ip-src ! <pod range> --ip-dst <pod range> -j DROP` leaves
+# with ebtables-nft: a rule in the bridge family's own filter table, which iptables never shows.
+BRIDGE_DROP = """table bridge filter {{
+  chain OUTPUT {{
+    type filter hook output priority filter; policy accept;
+    meta protocol ip ip saddr != {cidr} ip daddr {cidr} counter drop
+  }}
+}}
+"""
+
+
 def _drop_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if params["via"] in ("peer_in", "peer_out"):
         _ipt_insert(ctx, node, *_peer_drop_spec(ctx, node, params))
+        return
+    if params["via"] == "bridge":
+        ctx.node(node).run(["nft", "-f", "-"], input=BRIDGE_DROP.format(cidr=node.pod_cidr))
         return
     chain, spec = _drop_spec(ctx, node, params)
     if params["via"] == "filter":
@@ -603,11 +617,12 @@ def _drop_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
                  f"-A {DENY_CHAIN} {shlex.join(spec)}\n"
                  f"-I {chain} 1 -j {DENY_CHAIN}\nCOMMIT\n")
     else:
-        raise LabError("iptables_drop_rule: via must be filter, mangle, userchain, peer_in or "
-                       "peer_out")
+        raise LabError("iptables_drop_rule: via must be filter, mangle, userchain, peer_in, "
+                       "peer_out or bridge")
 
 
 def _drop_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    ctx.node(node).run(["nft", "delete", "table", "bridge", "filter"], check=False)
     for peer in ctx.topology.peers(node):  # blind: whichever peer it named
         for via in ("peer_in", "peer_out"):
             _ipt_delete(ctx, node, *_peer_drop_spec(ctx, node, {"via": via, "peer": peer.name}))
@@ -627,10 +642,13 @@ register(Fault(
     "mangle table (via=mangle), or in an operator's chain LOCAL-DENY that FORWARD jumps to "
     "first, after a RETURN for established flows (via=userchain); or a DROP of everything "
     "between the node and one peer's node address (param peer, default the first other "
-    "node), from it in INPUT (via=peer_in) or to it in OUTPUT (via=peer_out)",
+    "node), from it in INPUT (via=peer_in) or to it in OUTPUT (via=peer_out); or an ebtables "
+    "rule, in the bridge family's filter table, that drops what cni0 sends its pods from "
+    "outside the node's pod range (via=bridge)",
     _drop_on, _drop_off,
     {"via": "filter", "chain": "FORWARD", "port": "", "proto": "tcp", "peer": ""},
-    mechanisms={"filter": (), "mangle": (), "userchain": (), "peer_in": (), "peer_out": ()},
+    mechanisms={"filter": (), "mangle": (), "userchain": (), "peer_in": (), "peer_out": (),
+                "bridge": ("flannel-vxlan", "flannel-host-gw")},
 ))
 
 FIREWALLD_CHAINS = ["INPUT_direct", "INPUT_ZONES", "FORWARD_direct", "FORWARD_IN_ZONES",

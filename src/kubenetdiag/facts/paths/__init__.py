@@ -336,6 +336,13 @@ def _flows(me: _Node, name: str, nodes: dict[str, _Node], peers: list[str], bgp:
                 yield Flow("dns_pod_in", "forward",
                            Packet(peer.pod_addr, addr(ip), "udp", None, 53, in_dev), p, pod,
                            mtu_in=mtu_in, underlay=me.underlay)
+    if me.pod_addr is not None and me.pod_dev is not None and v.address is not None:
+        # a pod here and its own node, as the own-pod check pings: the pod's ping to the
+        # node's address, and the node's reply back through the pod's device
+        yield Flow("own_pod_in", "in", Packet(me.pod_addr, v.address, "icmp", None, None,
+                                              me.pod_dev), None)
+        yield Flow("own_pod_out", "out", Packet(v.address, me.pod_addr, "icmp", None, None,
+                                                None, state="established"), None)
     if me.pod_addr is not None and v.has_netfilter:
         for vip, vport, proto, svc in services:
             yield Flow("service", "forward",

@@ -18,6 +18,7 @@ from dataclasses import replace
 from functools import lru_cache
 
 from kubenetdiag.facts.paths.packet import (
+    BRIDGE_PORT,
     PROTO_NUMBERS,
     Packet,
     Tri,
@@ -93,6 +94,8 @@ def _mark_is(mark: int, value: str) -> Tri:
 def _compare(what: str, values: list[str], p: Packet, c: Context) -> Tri:
     if what in ("iif", "oif"):
         name = p.iif if what == "iif" else p.oif
+        if name == BRIDGE_PORT:
+            return None  # which port of the bridge the frame uses is not known
         return any(iface_match(v, name) for v in values)
     if what in ("src", "dst"):
         a = p.src if what == "src" else p.dst
@@ -442,13 +445,16 @@ def compile_rule(chain: str, position: int, text: str, table: str = "") -> Rule:
 
 NAMED_PRIORITIES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50,
                     "srcnat": 100, "out": 100}
+# the bridge family names its own (nft(8), "standard priority names")
+BRIDGE_PRIORITIES = {"dstnat": -300, "filter": -200, "out": 100, "srcnat": 300}
 
 
-def priority(text: str) -> int:
+def priority(text: str, family: str = "ip") -> int:
     """`filter`, `mangle - 5`, `-100` as a number."""
     t = text.replace(" ", "")
     m = re.fullmatch(r"([a-z]+)?([+-]?\d+)?", t)
     if not m:
         return 0
-    base = NAMED_PRIORITIES.get(m.group(1) or "", 0)
+    names = BRIDGE_PRIORITIES if family == "bridge" else NAMED_PRIORITIES
+    base = names.get(m.group(1) or "", 0)
     return base + int(m.group(2) or 0)

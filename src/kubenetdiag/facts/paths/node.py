@@ -13,7 +13,14 @@ from kubenetdiag.facts.paths import ipsets, ipt, nft
 from kubenetdiag.facts.paths.ipsets import IpSet
 from kubenetdiag.facts.paths.packet import addr
 from kubenetdiag.facts.paths.routing import PolicyRule, Route, Routing
-from kubenetdiag.facts.paths.ruleset import BaseChain, Context, NamedSet, Rule, Table
+from kubenetdiag.facts.paths.ruleset import (
+    BRIDGE_HOOK,
+    BaseChain,
+    Context,
+    NamedSet,
+    Rule,
+    Table,
+)
 from kubenetdiag.probes.iptables import OWNERS
 
 # Where iptables' tables hook in: (table, chain) -> (hook, priority, kind). Both backends use
@@ -251,14 +258,15 @@ def build(name: str, facts: list[Fact]) -> NodeView:
             v.chains.append(BaseChain(t, chain, hook[0], hook[1],
                                       "drop" if policy == "drop" else "accept", hook[2]))
     for family, table, chain, a in nft_bases:
-        if family not in ("ip", "inet", "netdev"):
-            continue  # bridge and arp chains see other packets than the routed ones
+        if family not in ("ip", "inet", "netdev", "bridge"):
+            continue  # arp chains see other packets than the routed ones
         if family == "netdev" and a.get("hook") != "ingress":
             continue  # netdev egress runs after routing and postrouting: not walked yet
         t = nft_tables.setdefault((family, table), Table(f"{family} {table}", "nft"))
         t.chains.setdefault(chain, [])
-        v.chains.append(BaseChain(t, chain, str(a.get("hook") or ""),
-                                  nft.priority(str(a.get("priority") or "0")),
+        hook = str(a.get("hook") or "")
+        v.chains.append(BaseChain(t, chain, BRIDGE_HOOK + hook if family == "bridge" else hook,
+                                  nft.priority(str(a.get("priority") or "0"), family),
                                   "drop" if a.get("policy") == "drop" else "accept",
                                   str(a.get("type") or "filter"),
                                   tuple(d for d in str(a.get("device") or "").split(",") if d)))

@@ -17,6 +17,11 @@ Tri = bool | None
 PROTO_NUMBERS = {"1": "icmp", "6": "tcp", "17": "udp", "132": "sctp"}
 
 
+# A packet's device inside the bridge family's hooks: one port of the bridge (a pod's veth),
+# which the walk cannot tell, so a match on it is undecidable
+BRIDGE_PORT = "<a port of the bridge>"
+
+
 @dataclass(frozen=True)
 class Packet:
     src: int

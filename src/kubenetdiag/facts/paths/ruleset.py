@@ -83,6 +83,11 @@ class Table:
     owner_of: Callable[[str, Rule | None], str] = lambda chain, rule: "unknown"
 
 
+# The bridge family's hooks are named apart from the IP ones ("bridge output"): they see the
+# frames a bridge receives from and sends to its ports, around the IP hooks of routed traffic.
+BRIDGE_HOOK = "bridge "
+
+
 @dataclass(frozen=True)
 class BaseChain:
     """A chain attached to a netfilter hook, with its priority and policy."""

@@ -5,6 +5,11 @@ input hooks. Forwarded: prerouting, the routing decision (with the interface's f
 switch and the reverse-path filter), the route against what the CNI needs, the MTU the packet
 meets, forward and postrouting hooks. Sent by the node: the routing decision, output and
 postrouting hooks.
+
+A packet that comes in through a bridge (a pod's frame on cni0, addressed to its gateway) meets
+the bridge family's prerouting and input hooks first; one routed out through a bridge (to a pod
+behind cni0) meets its output and postrouting hooks last. Which port of the bridge carries the
+frame is not known, so a bridge rule that matches on it is undecidable.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ from dataclasses import dataclass, field
 
 from kubenetdiag.facts.paths.netfilter import Stop, World, walk_hook
 from kubenetdiag.facts.paths.node import NodeView
-from kubenetdiag.facts.paths.packet import Packet, show
+from kubenetdiag.facts.paths.packet import BRIDGE_PORT, Packet, show
 from kubenetdiag.facts.paths.routing import Decision
+from kubenetdiag.facts.paths.ruleset import BRIDGE_HOOK
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,27 @@ def _hooks(v: NodeView, hooks: list[str], worlds: list[World]) -> list[World]:
     for h in hooks:
         worlds = walk_hook(v.chains, h, worlds, v.ctx)
     return worlds
+
+
+def _is_bridge(v: NodeView, dev: str | None) -> bool:
+    return dev is not None and v.ifaces.get(dev, {}).get("kind") == "bridge"
+
+
+def _bridged(v: NodeView, hooks: tuple[str, str], worlds: list[World], *, into: bool
+             ) -> list[World]:
+    """Worlds through the bridge family's hooks: `into` the bridge from a port (prerouting,
+    input), else out of the bridge to a port (output, postrouting). Inside them the packet's
+    device on the port side is some port; outside them it is the bridge again."""
+    out = []
+    for w in worlds:
+        if w.stop is not None:
+            out.append(w)
+            continue
+        inside = w.pkt.but(iif=BRIDGE_PORT, oif=None) if into else \
+            w.pkt.but(iif=None, oif=BRIDGE_PORT)
+        for w2 in _hooks(v, [BRIDGE_HOOK + h for h in hooks], [World(inside, w.undecided)]):
+            out.append(World(w2.pkt.but(iif=w.pkt.iif, oif=w.pkt.oif), w2.undecided, w2.stop))
+    return out
 
 
 def _rp_filter(v: NodeView, pkt: Packet, steps: list[str]) -> Ending | None:
@@ -221,7 +248,11 @@ def _decide(v: NodeView, flow: Flow, w: World, steps: list[str]) -> Ending:
 def _after(v: NodeView, hooks: list[str], flow: Flow, pkt: Packet, w: World, steps: list[str]
            ) -> Ending:
     endings = []
-    for w2 in _hooks(v, hooks, [World(pkt, w.undecided)]):
+    worlds = _hooks(v, hooks, [World(pkt, w.undecided)])
+    if _is_bridge(v, pkt.oif):
+        worlds = _bridged(v, ("output", "postrouting"), worlds, into=False)
+        hooks = [*hooks, "bridge output", "bridge postrouting"]
+    for w2 in worlds:
         s = list(steps) + [", ".join(hooks)]
         if w2.stop is not None:
             endings.append(_from_stop(w2.stop, w2.undecided, s))
@@ -327,6 +358,9 @@ def walk(v: NodeView, flow: Flow) -> Ending:
     endings = []
     # ingress chains (netdev, or inet with a device) see the packet before anything else
     arrived = walk_hook(v.chains, "ingress", [World(pkt)], v.ctx, pkt.iif)
+    if _is_bridge(v, pkt.iif):
+        arrived = _bridged(v, ("prerouting", "input"), arrived, into=True)
+        steps = [*steps, "bridge prerouting, bridge input"]
     for w in _hooks(v, ["prerouting"], arrived):
         if w.stop is not None:
             endings.append(_from_stop(w.stop, w.undecided, steps + ["prerouting"]))
