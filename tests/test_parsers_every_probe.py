@@ -351,6 +351,18 @@ def test_overlay_permanent_neighbours_of_other_devices(form):
     ]
 
 
+def test_overlay_permanent_listing_in_an_unknown_form_is_partial_not_guessed():
+    out = ("##knd:permanent text\n198.18.0.12 dev eth0 lladdr 02:00:5e:00:53:01 PERMANENT\n"
+           "fe80::1 dev eth0 router PERMANENT\n")
+    facts = BY_NAME["overlay"].parse(Section("overlay", "", 0, 0.0, out, ""), "node1")
+    assert [n["ip"] for n in kinds(facts, "neighbor")] == ["198.18.0.12"]
+    (status,) = kinds(facts, "probe_status")
+    assert status["status"] == "partial" and "fe80::1" in status["reason"]
+    facts = BY_NAME["overlay"].parse(
+        Section("overlay", "", 0, 0.0, "##knd:permanent json\n[{\"dst\": \n", ""), "node1")
+    assert kinds(facts, "neighbor") == [] and kinds(facts, "probe_status")[0]["status"] == "partial"
+
+
 def test_cni_config_redacted_and_summarised():
     text = (FIX / "cni" / "calico-secrets-redacted.txt").read_text()
     assert "hunter2" not in text and "secretpayload" not in text  # redacted on the node

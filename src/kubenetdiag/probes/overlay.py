@@ -27,7 +27,14 @@ import json
 import re
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import IP_BATCH, Probe, Section, from_ip_batch, read_files
+from kubenetdiag.probes.base import (
+    IP_BATCH,
+    Probe,
+    Section,
+    from_ip_batch,
+    read_files,
+    unread_lines,
+)
 from kubenetdiag.probes.text import clip, env_file, parts, to_int, unprefix
 
 # VXLAN devices say DEVTYPE=vxlan in their uevent, on its first line (the kernel writes a
@@ -48,27 +55,30 @@ COMMAND = (
 _MAC = re.compile(r"^([0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5})\b")
 
 
-def _permanent(form: str | None, lines: list[str]) -> list[tuple[str, str, str | None, str]]:
-    """(ip, dev, mac, line) of each permanent entry of a listing, JSON or text."""
+def _permanent(form: str | None, lines: list[str]
+               ) -> tuple[list[tuple[str, str, str | None, str]], list[str]]:
+    """(ip, dev, mac, line) of each permanent entry of a listing, JSON or text, and the lines
+    not understood."""
     if form == "json":
         try:
             entries = json.loads("".join(lines) or "[]")
         except ValueError:
-            return []
+            return [], lines
         if not isinstance(entries, list):
-            return []
+            return [], lines
         return [(e["dst"], e["dev"], e["lladdr"] if isinstance(e.get("lladdr"), str) else None,
                  json.dumps(e, sort_keys=True))
                 for e in entries if isinstance(e, dict)
-                and isinstance(e.get("dst"), str) and isinstance(e.get("dev"), str)]
-    out = []
+                and isinstance(e.get("dst"), str) and isinstance(e.get("dev"), str)], []
+    out, unread = [], []
     for line in lines:
         words = line.split()
         if len(words) < 3 or words[0].count(".") != 3 or "dev" not in words[:-1]:
+            unread.append(line)
             continue
         mac = words[words.index("lladdr") + 1] if "lladdr" in words[:-1] else None
         out.append((words[0], words[words.index("dev") + 1], mac, line))
-    return out
+    return out, unread
 
 
 def parse(section: Section, node: str) -> list[Fact]:
@@ -116,8 +126,10 @@ def parse(section: Section, node: str) -> list[Fact]:
                     "state": clip(words[-1], 30) if words[-1].isupper() else "UNKNOWN",
                 }, src(f"ip neigh show dev {dev}", line)))
         elif name == "permanent":
+            entries, unread = _permanent(dev, lines)
+            facts += unread_lines(section, node, unread, "permanent neighbour entries")
             # a VXLAN device's entries are all listed above, permanent ones included
-            for ip, on, mac, line in _permanent(dev, lines):
+            for ip, on, mac, line in entries:
                 if on in vxlan:
                     continue
                 facts.append(Fact("neighbor", node, {
