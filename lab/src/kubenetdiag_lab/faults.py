@@ -623,9 +623,11 @@ def _drop_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
 
 def _drop_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
     ctx.node(node).run(["nft", "delete", "table", "bridge", "filter"], check=False)
-    for peer in ctx.topology.peers(node):  # blind: whichever peer it named
-        for via in ("peer_in", "peer_out"):
-            _ipt_delete(ctx, node, *_peer_drop_spec(ctx, node, {"via": via, "peer": peer.name}))
+    blocked = [_ipt_delete(ctx, node, *_peer_drop_spec(ctx, node, {"via": via, "peer": peer.name}))
+               for peer in ctx.topology.peers(node)  # blind: whichever peer it named
+               for via in ("peer_in", "peer_out")]
+    if any(blocked):
+        _pair_mended(ctx)
     chain, spec = _drop_spec(ctx, node, params)
     _ipt_delete(ctx, node, chain, spec)
     _ipt_delete(ctx, node, chain, spec, table="mangle")
@@ -2557,6 +2559,14 @@ def _set_eth0_mac(ctx: FaultContext, node: LabNode, mac: str) -> None:
         runner.run(["sysctl", "-q", "-w", f"{key}={before}"])
 
 
+def _pair_mended(ctx: FaultContext) -> None:
+    """The node network between two nodes works again. Under calico-bgp their session went
+    down with it and comes back by itself, but not before what the lab does next: the routes
+    it carries are waited for, as after bgp_session_down."""
+    if ctx.topology.cni == "calico-bgp":
+        _wait_bgp_settled(ctx, stale=True)
+
+
 def _neigh_wrong(ctx: FaultContext, node: LabNode, params: Params) -> None:
     peer = _entry_peer(ctx, node, params)
     runner = ctx.node(node)
@@ -2591,6 +2601,7 @@ def _neigh_right(ctx: FaultContext, node: LabNode, params: Params) -> None:
             saved.unlink()
         if peer.address in pinned:
             runner.run(["ip", "neigh", "del", peer.address, "dev", "eth0"])
+    _pair_mended(ctx)
 
 
 register(Fault(
@@ -2619,6 +2630,7 @@ def _route_peer_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
     for peer in ctx.topology.peers(node):
         for kind in ("blackhole", "unreachable"):
             runner.run(["ip", "route", "del", kind, f"{peer.address}/32"], check=False)
+    _pair_mended(ctx)
 
 
 register(Fault(
@@ -2764,7 +2776,7 @@ def _pod_link_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
         # back in the bridge, with the hairpin mode the bridge resets when a port joins
         ctx.node(node).run(["ip", "link", "set", veth, "master", "cni0"])
         ctx.node(node).run(["bridge", "link", "set", "dev", veth, "hairpin", "on"])
-    if ctx.topology.cni == "calico-bgp":
+    else:
         # the kernel dropped the pod's /32 when its veth went down; felix writes it back
         ctx.node(node).run(["ip", "route", "replace", f"{pod.ip}/32", "dev", veth,
                             "scope", "link"])
