@@ -71,7 +71,8 @@ def test_a_hook_nothing_reads_still_names_node3_alone(hidden: tuple[dict, list[d
     assert f["title"].startswith(
         "Pods on node3 are cut off from pods on every other node (both); the walk of node3's "
         "configuration found nothing that stops this traffic")
-    assert "(node1, node2)" in f["explain"] and "the walk does not follow (netdev egress" in f["explain"]
+    assert "(node1, node2)" in f["explain"]
+    assert "the walk does not follow (netdev egress" in f["explain"]
 
 
 @pytest.mark.parametrize("case", ["recorded", "hidden"])
