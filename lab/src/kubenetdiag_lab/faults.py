@@ -623,10 +623,12 @@ def _drop_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
 
 def _drop_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
     ctx.node(node).run(["nft", "delete", "table", "bridge", "filter"], check=False)
-    blocked = [_ipt_delete(ctx, node, *_peer_drop_spec(ctx, node, {"via": via, "peer": peer.name}))
-               for peer in ctx.topology.peers(node)  # blind: whichever peer it named
-               for via in ("peer_in", "peer_out")]
-    if any(blocked):
+    blocked = False
+    for peer in ctx.topology.peers(node):  # blind: whichever peer it named
+        for via in ("peer_in", "peer_out"):
+            spec = _peer_drop_spec(ctx, node, {"via": via, "peer": peer.name})
+            blocked = _ipt_delete(ctx, node, *spec) or blocked
+    if blocked:
         _pair_mended(ctx)
     chain, spec = _drop_spec(ctx, node, params)
     _ipt_delete(ctx, node, chain, spec)

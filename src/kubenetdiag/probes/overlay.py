@@ -83,12 +83,13 @@ def _permanent(form: str | None, lines: list[str]
 
 def parse(section: Section, node: str) -> list[Fact]:
     facts: list[Fact] = []
-    vxlan = {dev for name, dev, _ in parts(section.stdout) if name == "neigh" and dev}
+    listed = parts(section.stdout)
+    vxlan = {dev for name, dev, _ in listed if name == "neigh" and dev}
 
     def src(cmd: str, text: str) -> Source:
         return Source("overlay", cmd, section.exit_code, clip(text, 500))
 
-    for name, dev, lines in parts(section.stdout):
+    for name, dev, lines in listed:
         if name == "subnet.env":
             env = env_file(unprefix(lines))
             if not env:
