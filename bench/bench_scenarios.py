@@ -95,6 +95,11 @@ MULTI: list[tuple[str, ...]] = [
      "node_pod_link_broken[via=nomaster]@node3"),
     ("flannel-host-gw", "underlay_route_broken[via=unreachable]@node2",
      "iptables_drop_rule[via=peer_out]@node3"),
+    # the bridge of CoreDNS's node without its gateway: every node's DNS fails through it,
+    # beside another node's pod cut from its bridge
+    ("flannel-vxlan", "pod_bridge_address_wrong[via=flush]@node1",
+     "node_pod_link_broken[via=veth]@node3"),
+    ("flannel-host-gw", "pod_bridge_address_wrong[via=stale]@node2", "rp_filter_strict@node3"),
     ("calico-bgp", "bgp_session_down@node3", "time_wait_pileup@node2"),
     ("calico-bgp", "pod_egress_broken[via=drop]@node2", "endpoint_unreachable[via=route]@node1"),
     ("calico-bgp", "node_pod_link_broken[via=veth]@node1", "node_not_ready[via=kill]@node3"),

@@ -557,6 +557,21 @@ def _pod_bridge_off(lab: Lab) -> None:
     assert pod_blocked(lab, "node2", "node1")
 
 
+def _bridge_gateway_gone(held: str) -> Callable[[Lab], None]:
+    def broken(lab: Lab) -> None:
+        # up with its ports, its address replaced or gone, and with it the kernel's route to
+        # the node's own pods: the node cannot reach them, nor the pods of other nodes them
+        link = lab.node_exec("node2", ["ip", "-o", "-4", "addr", "show", "cni0"]).stdout
+        assert ("inet " + held in link) if held else "inet " not in link
+        assert "state UP" in lab.node_exec("node2", ["ip", "-o", "link", "show", "cni0"]).stdout
+        assert "10.244.2.0/24" not in lab.node_exec("node2", ["ip", "route"]).stdout
+        pod = lab.pods_on("node2")[0]
+        assert lab.node_exec("node2", ["ping", "-c", "1", "-W", "1", pod.ip],
+                             check=False).returncode != 0
+        assert pod_blocked(lab, "node1", "node2")
+    return broken
+
+
 def _vxlan_neighbour_gone(lab: Lab) -> None:
     # node2's entries for node1: the route stays, the neighbour is gone, the FDB entry stays
     assert "10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink" in lab.node_exec(
@@ -774,6 +789,9 @@ VXLAN_CASES = [
     ("icmp_echo_blocked", "iptables", "node2", {}, _pings_dropped),
     ("icmp_echo_blocked", "nft", "node2", {}, _pings_dropped),
     ("pod_bridge_down", "link", "node2", {}, _pod_bridge_off),
+    # two nodes: the range no node holds is a third's
+    ("pod_bridge_address_wrong", "stale", "node2", {}, _bridge_gateway_gone("10.244.3.1/24")),
+    ("pod_bridge_address_wrong", "flush", "node2", {}, _bridge_gateway_gone("")),
 ]
 
 
@@ -860,6 +878,7 @@ HOSTGW_CASES = [
     ("mtu_mismatch", "pod", "node1", {}, _pods_mtu_raised("node1", "node2", 3000)),
     ("policy_route_blackhole", "table", "node1", {}, _policy_table),
     ("pod_bridge_down", "link", "node2", {}, _pod_bridge_off),
+    ("pod_bridge_address_wrong", "stale", "node2", {}, _bridge_gateway_gone("10.244.3.1/24")),
 ]
 
 

@@ -45,7 +45,8 @@ def test_the_pod_bridge_is_the_one_in_the_pod_range_and_names_the_port_with_hair
         interfaces() + docker0("vethd1", "vethd2") + [k8s_node("10.244.2.0/24")])]
     assert bridge == {"bridge": "cni0", "identified_by": "pod_cidr", "ports": 2,
                       "ports_known": 2, "hairpin_off": 1, "hairpin_off_ports": "veth-pod2",
-                      "promisc": False}
+                      "promisc": False, "addresses": "10.244.2.1/24",
+                      "pod_range": "10.244.2.0/24", "holds_pod_gateway": True}
 
 
 def test_without_the_api_the_bridge_cnis_name_stands_in():
@@ -56,6 +57,55 @@ def test_without_the_api_the_bridge_cnis_name_stands_in():
 def test_a_node_whose_pods_are_routed_has_no_pod_bridge():
     # the API's pod range is not on any bridge (Calico routes each pod on its own veth)
     assert pod_bridge_facts(interfaces() + [k8s_node("10.244.9.0/24")]) == []
+
+
+def flannel_subnet(subnet: str) -> Fact:
+    return fact("flannel_subnet", {"network": "10.244.0.0/16", "subnet": subnet, "mtu": 1450,
+                                   "ipmasq": True})
+
+
+def with_addresses(facts: list[Fact], addresses: str | None) -> list[Fact]:
+    """The recorded interfaces with cni0's addresses replaced, as `ip addr` would then show."""
+    return [fact("interface", {**f.attrs, "addresses": addresses})
+            if f.kind == "interface" and f.attrs["name"] == "cni0" else f for f in facts]
+
+
+def test_a_cni0_with_pods_that_lost_flannels_gateway_is_still_the_pod_bridge():
+    # the node re-joined with a new range and cni0 kept the old one's gateway, or lost it all
+    for held, shown in (("10.244.7.1/24", "10.244.7.1/24"), (None, "none")):
+        facts = with_addresses(interfaces(), held) + [
+            k8s_node("10.244.2.0/24"), flannel_subnet("10.244.2.1/24")]
+        (bridge,) = [f.attrs for f in pod_bridge_facts(facts)]
+        assert (bridge["bridge"], bridge["identified_by"], bridge["addresses"],
+                bridge["pod_range"], bridge["holds_pod_gateway"]) == (
+            "cni0", "name", shown, "10.244.2.0/24", False)
+
+
+def test_flannels_subnet_alone_identifies_the_bridge():
+    # flannel with its etcd backend hands out ranges of its own: spec.podCIDR may be unset
+    (bridge,) = pod_bridge_facts(interfaces() + [flannel_subnet("10.244.2.1/24")])
+    assert (bridge.attrs["identified_by"], bridge.attrs["holds_pod_gateway"]) == ("pod_cidr", True)
+
+
+def test_without_flannels_subnet_a_bridge_out_of_range_is_not_judged():
+    # a bridge CNI configured with a range of its own (containerd's example, 10.88.0.0/16 on
+    # cni0) works although spec.podCIDR says otherwise: nothing says which gateway it needs
+    facts = with_addresses(interfaces(), "10.88.0.1/16") + [k8s_node("10.244.2.0/24")]
+    assert pod_bridge_facts(facts) == []
+
+
+def test_the_finding_names_the_bridge_its_range_and_what_it_holds():
+    ruleset = load_ruleset()
+    base = with_addresses(interfaces(), "10.244.7.1/24") + [
+        k8s_node("10.244.2.0/24"), flannel_subnet("10.244.2.1/24")]
+    (found,) = [f for f in infer(ruleset, base + pod_bridge_facts(base))
+                if f["fault"] == "pod_bridge_address_wrong"]
+    assert found["nodes"] == ["node2"] and found["root_cause"] is True
+    assert "10.244.2.0/24" in found["title"] and "10.244.7.1/24" in found["title"]
+    # the gateway back in place: nothing
+    healthy = interfaces() + [k8s_node("10.244.2.0/24"), flannel_subnet("10.244.2.1/24")]
+    assert not [f for f in infer(ruleset, healthy + pod_bridge_facts(healthy))
+                if f["fault"] == "pod_bridge_address_wrong"]
 
 
 def sysctl(value: int) -> Fact:

@@ -64,6 +64,8 @@ _WORDS_ZH: dict[str, dict[str, str]] = {
     # the connectivity matrix's layers, as the report's own tables name them
     # which side of a flow a NetworkPolicy denies on (policy_verdict.denied_on)
     "side": {"ingress": "入向（目的 Pod）一侧", "egress": "出向（源 Pod）一侧", "both": "两侧"},
+    # pod_bridge.addresses of a bridge that holds none
+    "addresses": {"none": "无"},
     "layer": {"pod": "Pod 网络", "underlay": "节点地址", "vxlan": "VXLAN 隧道", "bgp": "BGP 会话"},
 }
 # What an active check saw when it failed (probes/active: ping, tcp, dns, http), in any

@@ -28,6 +28,7 @@ import subprocess
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -2819,6 +2820,43 @@ register(Fault(
     "node and its pods cannot reach each other, and its pods reach nothing",
     _bridge_off, _bridge_on, {"via": "link"}, modes=("flannel-vxlan", "flannel-host-gw"),
     mechanisms={"link": ()},
+))
+
+
+def _bridge_address_gone(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """cni0 loses the pods' gateway address while it stays up with every port: the kernel
+    deletes the route to the node's pod range that it derived from that address."""
+    runner = ctx.node(node)
+    runner.run(["ip", "-4", "addr", "flush", "dev", "cni0"])
+    if params["via"] == "stale":
+        # the gateway of a range no node of this cluster holds now, as a node that left the
+        # cluster and came back with a new spec.podCIDR keeps on cni0 (the bridge plugin then
+        # refuses new pods: "cni0 already has an IP address different from ...")
+        stale = max(n.index for n in ctx.topology.nodes) + 1
+        base = IPv4Network(node.pod_cidr)
+        gateway = base.network_address + ((stale - node.index) << 8) + 1
+        runner.run(["ip", "addr", "add", f"{gateway}/{base.prefixlen}", "dev", "cni0"])
+    elif params["via"] != "flush":
+        raise LabError("pod_bridge_address_wrong: via must be stale or flush")
+
+
+def _bridge_address_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    runner = ctx.node(node)
+    runner.run(["ip", "-4", "addr", "flush", "dev", "cni0"])
+    prefixlen = IPv4Network(node.pod_cidr).prefixlen
+    runner.run(["ip", "addr", "add", f"{node.pod_gateway}/{prefixlen}", "dev", "cni0"])
+    runner.run(["ip", "route", "replace", str(SERVICE_NETWORK), "dev", "cni0"])
+
+
+register(Fault(
+    "pod_bridge_address_wrong",
+    "the node's pod bridge cni0 no longer holds its pods' gateway address, so the kernel's "
+    "route to the node's pod range is gone while the bridge and every pod port stay up: the "
+    "address of another pod range in its place, as a node re-joined with a new spec.podCIDR "
+    "keeps (via=stale), or no address at all, as a network manager that takes the device over "
+    "leaves it (via=flush)",
+    _bridge_address_gone, _bridge_address_back, {"via": "stale"},
+    modes=("flannel-vxlan", "flannel-host-gw"), mechanisms={"stale": (), "flush": ()},
 ))
 
 

@@ -9,9 +9,13 @@ the port's hairpin mode is on (the CNI's `hairpinMode`, kubelet's `--hairpin-mod
 the connection times out, and only for that pod and only when kube-proxy picks it.
 
 Which bridge is the pod bridge: the one holding an address in the node's pod range (the API's
-spec.podCIDR); without the API, the names bridge CNIs give it (cni0, cbr0). Other bridges
-(docker0, libvirt's virbr0) carry no pods of the cluster and are left alone. Pure functions of
-facts: one `pod_bridge` fact per pod bridge found (kinds/bridges.yaml).
+spec.podCIDR, or flannel's FLANNEL_SUBNET); without either, the names bridge CNIs give it (cni0,
+cbr0). Other bridges (docker0, libvirt's virbr0) carry no pods of the cluster and are left
+alone. Flannel's CNI plugin hands the bridge plugin FLANNEL_SUBNET's first address as the pods'
+gateway, so a cni0 with pods on it that holds no address there has lost that gateway: the
+address a node re-joined with a new range keeps (the bridge plugin's "cni0 already has an IP
+address different from ..."), or none at all. Pure functions of facts: one `pod_bridge` fact
+per pod bridge found (kinds/bridges.yaml).
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from kubenetdiag.probes.active.plan import ipv4_networks
 
 PROBE = "bridges"  # the evidence's source: facts computed here, from other facts
 INPUTS: tuple[str, ...] = ("interface",)
-# The API's pod ranges only say which bridge is the pod bridge; the names stand in without it.
-CONTEXT: tuple[str, ...] = ("k8s_node",)
+# The pod ranges say which bridge is the pod bridge and whether it holds the pods' gateway; the
+# names stand in without them.
+CONTEXT: tuple[str, ...] = ("k8s_node", "flannel_subnet")
 PRODUCES: tuple[str, ...] = ("pod_bridge",)
 BRIDGE_NAMES = ("cni0", "cbr0")
 SHOWN = 10  # ports named in the fact; the count covers all of them
@@ -43,11 +48,21 @@ def _in_range(addresses: object, ranges: list[ipaddress.IPv4Network]) -> bool:
     return False
 
 
+Ranges = dict[str, list[ipaddress.IPv4Network]]  # by node
+
+
+def _pod_ranges(facts: list[Fact], attrs: tuple[str, ...]) -> Ranges:
+    ranges: Ranges = defaultdict(list)
+    for f in facts:
+        text = next((f.attrs[a] for a in attrs if f.attrs.get(a)), None)
+        ranges[f.node] += [n for n in ipv4_networks(text) if n not in ranges[f.node]]
+    return ranges
+
+
 def pod_bridge_facts(facts: Sequence[Fact]) -> list[Fact]:
     kinds = by_kind(facts, PRODUCES + INPUTS + CONTEXT)
-    ranges: dict[str, list[ipaddress.IPv4Network]] = defaultdict(list)
-    for f in kinds["k8s_node"]:
-        ranges[f.node] += ipv4_networks(f.attrs.get("pod_cidrs") or f.attrs.get("pod_cidr"))
+    api = _pod_ranges(kinds["k8s_node"], ("pod_cidrs", "pod_cidr"))
+    flannel = _pod_ranges(kinds["flannel_subnet"], ("subnet",))
     ports: dict[tuple[str, str], list[Fact]] = defaultdict(list)
     bridges: list[Fact] = []
     for f in kinds["interface"]:
@@ -58,26 +73,32 @@ def pod_bridge_facts(facts: Sequence[Fact]) -> list[Fact]:
     out = []
     for br in bridges:
         name = str(br.attrs.get("name"))
-        if ranges.get(br.node):
-            if not _in_range(br.attrs.get("addresses"), ranges[br.node]):
-                continue
+        known = api.get(br.node, []) + [n for n in flannel.get(br.node, [])
+                                        if n not in api.get(br.node, [])]
+        mine = ports.get((br.node, name), [])
+        holds: bool | None = _in_range(br.attrs.get("addresses"), known)
+        if holds:
             how = "pod_cidr"
-        elif name in BRIDGE_NAMES:
+        elif name in BRIDGE_NAMES and (not known or (flannel.get(br.node) and mine)):
             how = "name"
+            # only flannel's subnet says which address its CNI plugin wants on the bridge
+            holds = False if flannel.get(br.node) else None
         else:
             continue
-        mine = ports.get((br.node, name), [])
         off = sorted(str(p.attrs["name"]) for p in mine if p.attrs.get("hairpin") is False)
-        known = [p for p in mine if isinstance(p.attrs.get("hairpin"), bool)]
+        printed = [p for p in mine if isinstance(p.attrs.get("hairpin"), bool)]
         shown = ",".join(off[:SHOWN]) + (f",... ({len(off)} in all)" if len(off) > SHOWN else "")
         out.append(Fact("pod_bridge", br.node, {
             "bridge": name,
             "identified_by": how,
             "ports": len(mine),
-            "ports_known": len(known),
+            "ports_known": len(printed),
             "hairpin_off": len(off),
             "hairpin_off_ports": shown,
             "promisc": bool(br.attrs.get("promisc")),
+            "addresses": str(br.attrs.get("addresses") or "none"),
+            "pod_range": ",".join(str(n) for n in known) or None,
+            "holds_pod_gateway": holds,
         }, Source(PROBE, "the pod bridge's ports (interface facts)", None,
                   f"{name}: {len(mine)} ports, hairpin off on {len(off)}"
                   + (f" ({shown})" if off else ""))))
