@@ -100,6 +100,10 @@ MULTI: list[tuple[str, ...]] = [
     ("flannel-vxlan", "pod_bridge_address_wrong[via=flush]@node1",
      "node_pod_link_broken[via=veth]@node3"),
     ("flannel-host-gw", "pod_bridge_address_wrong[via=stale]@node2", "rp_filter_strict@node3"),
+    # CoreDNS cut off from its upstream beside another node's DNS or egress fault
+    ("flannel-vxlan", "coredns_upstream_unreachable[via=firewall]@node1",
+     "pod_egress_broken[via=drop]@node2"),
+    ("calico-bgp", "coredns_upstream_unreachable[via=config]@node1", "notrack_rule@node3"),
     ("calico-bgp", "bgp_session_down@node3", "time_wait_pileup@node2"),
     ("calico-bgp", "pod_egress_broken[via=drop]@node2", "endpoint_unreachable[via=route]@node1"),
     ("calico-bgp", "node_pod_link_broken[via=veth]@node1", "node_not_ready[via=kill]@node3"),

@@ -412,7 +412,8 @@ def test_cluster_facts_from_a_healthy_lab(served):
     (kp,) = by["kube_proxy"]
     assert kp.attrs == {"mode": "iptables", "pods_ready": 3, "pods_desired": 3}
     (dns,) = by["dns_service"]
-    assert (dns.attrs["cluster_ip"], dns.attrs["cluster_domain"]) == ("10.96.0.10", "cluster.local")
+    assert (dns.attrs["cluster_ip"], dns.attrs["cluster_domain"], dns.attrs["upstream"]) == (
+        "10.96.0.10", "cluster.local", "/etc/resolv.conf")  # the manifest's `forward .`
     (dp,) = by["dns_pod"]
     assert (dp.node, dp.attrs["ip"], dp.attrs["ready"]) == ("node1", "10.244.1.3", True)
     web = next(f for f in by["service_endpoints"] if f.attrs["name"] == "web")

@@ -368,6 +368,23 @@ def _coredns_hung(lab: Lab) -> None:
     assert (pods[dns_pod.name]["ready"], pods[dns_pod.name]["restarts"]) == (False, 0)
 
 
+def _upstream_gone(via: str) -> Callable[[Lab], None]:
+    def broken(lab: Lab) -> None:
+        # CoreDNS answers a pod the cluster's names and gets nothing from its upstream for
+        # the middleware's name, which the site's resolver knows
+        dns_pod, pod = lab.pod_for_app("coredns"), client_pod(lab, "node2")
+        ask = ["--timeout", "2", "dns", dns_pod.ip]
+        assert lab.netprog(pod, *ask, "kubernetes.default.svc.cluster.local").returncode == 0
+        cp = lab.netprog(pod, *ask, "mysql.corp.example")
+        assert cp.returncode != 0 and "rcode=3" not in cp.stdout, cp
+        corefile = api(lab, "/api/v1/namespaces/kube-system/configmaps/coredns")["data"][
+            "Corefile"]
+        retired = "forward . 198.18.0.249" in corefile
+        assert retired if via == "config" else not retired
+        assert pod_ready(lab, "kube-system", dns_pod.name)
+    return broken
+
+
 def _sshd_hung(lab: Lab) -> None:
     started = time.monotonic()
     cp = lab.client_exec(lab.ssh_argv("node2", "true", connect_timeout=2), timeout=30)
@@ -763,6 +780,8 @@ VXLAN_CASES = [
     ("mtu_mismatch", "pod", "node2", {}, _pods_mtu_raised("node2", "node1", 2000)),
     ("cni_pod_not_running", "hang", "node2", {}, _flanneld_hung),
     ("coredns_unreachable", "hang", None, {}, _coredns_hung),
+    ("coredns_upstream_unreachable", "config", None, {}, _upstream_gone("config")),
+    ("coredns_upstream_unreachable", "firewall", None, {}, _upstream_gone("firewall")),
     ("node_unreachable", "hang", "node2", {}, _sshd_hung),
     ("listen_queue_overflow", "hang", "node2", {}, _listener_hung),
     ("udp_buffer_errors", "hang", "node2", {}, _udp_reader_hung),

@@ -46,8 +46,9 @@ def test_passive_probes_run_in_their_declared_order():
 
 def test_active_checks_run_in_their_declared_order():
     assert [c.name for c in checks()] == [
-        "ping", "mtu", "dns", "http", "tcp", "nodeport", "pod.ping", "pod.link", "own.node_to_pod",
-        "own.pod_to_node", "pod.tcp", "capture", "ct", "unavailable", "counters_after",
+        "ping", "mtu", "dns", "dns.outside", "http", "tcp", "nodeport", "pod.ping", "pod.link",
+        "own.node_to_pod", "own.pod_to_node", "pod.tcp", "capture", "ct", "unavailable",
+        "counters_after",
     ]
 
 

@@ -17,6 +17,7 @@ already holds a bundle, bad options). Nothing here prints: progress and notes go
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -276,7 +277,8 @@ def _active_phase(
     in its record (the bundle's node file keeps it under `active`)."""
     from kubenetdiag.probes.active.plan import INPUTS, plan
 
-    plans = plan(facts_of_kinds(records, cluster, INPUTS), hosts)
+    plans = plan(facts_of_kinds(records, cluster, INPUTS), hosts,
+                 outside_name=f"kubenetdiag-{secrets.token_hex(4)}.invalid")
     reached = sum(1 for r in records if r["reachable"])
     with _phase(observer, "active probes", reached) as progress:
         results = fleet.active(plans, progress)

@@ -19,9 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import secrets
 import subprocess
 import time
 from pathlib import Path
+
+import dns.exception
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
 
 from kubenetdiag_lab import components
 from kubenetdiag_lab.controlplane import in_netns
@@ -115,6 +122,32 @@ def probe(topology: Topology, timeout: float = PROBE_TIMEOUT) -> bool:
         return in_netns(node.netns, _ready_status, pod(topology).ip, timeout,
                         timeout=timeout + 1) == 200
     return False
+
+
+def _outside_rcode(server: str) -> str:
+    """What CoreDNS at `server` answers for a fresh name under .invalid, which no zone it
+    serves holds, so it asks its upstream: NXDOMAIN from a working one, else SERVFAIL or
+    timeout. Fresh each time so CoreDNS's cache never answers instead."""
+    query = dns.message.make_query(f"knd-{secrets.token_hex(4)}.invalid", dns.rdatatype.A)
+    try:
+        return dns.rcode.to_text(dns.query.udp(query, server, timeout=3.0).rcode())
+    except (dns.exception.Timeout, OSError):
+        return "timeout"
+
+
+def wait_upstream(topology: Topology, answering: bool, timeout: float = 30.0) -> None:
+    """Wait until CoreDNS's upstream answers through it (answering) or does not, asked from
+    its pod's node as the node's own checks are."""
+    node = topology.node(pod(topology).node)
+    deadline = time.monotonic() + timeout
+    while True:
+        rcode = in_netns(node.netns, _outside_rcode, pod(topology).ip, timeout=10)
+        if (rcode == "NXDOMAIN") == answering:
+            return
+        if time.monotonic() > deadline:
+            still = "still does not answer" if answering else "still answers"
+            raise LabError(f"CoreDNS's upstream {still} after {timeout:.0f}s (last: {rcode})")
+        time.sleep(0.5)
 
 
 def wait_ready(topology: Topology, paths: LabPaths, proc: subprocess.Popen[bytes] | None = None,

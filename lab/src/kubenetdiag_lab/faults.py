@@ -37,6 +37,7 @@ from kubenetdiag_lab import (
     coredns,
     flannel,
     ipvs_shadow,
+    k8s_objects,
     kubeproxy,
     kuberouter,
     nodehost,
@@ -1668,6 +1669,67 @@ register(Fault(
     mechanisms={"stop": (), "drop": (), "hang": ()},
     # its pod's readiness reaches kube-proxy (via=stop); _kube_proxies_synced is defined below
     settle=lambda ctx, node, params: _kube_proxies_synced(ctx, node, params),
+))
+
+
+# The site's resolver drops DNS queries from this address: CoreDNS's, masqueraded to its node's.
+def _resolver_block_spec(address: str, proto: str) -> list[str]:
+    return ["-s", f"{address}/32", "-p", proto, "-m", proto, "--dport", "53", "-j", "DROP"]
+
+
+def _upstream_cut(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if node.name != _coredns_node(ctx.topology):
+        raise LabError("coredns_upstream_unreachable: CoreDNS runs on "
+                       f"{_coredns_node(ctx.topology)}, not {node.name}")
+    if params["via"] == "firewall":
+        # the site's DNS server, in the outside namespace, never on a node
+        for proto in ("udp", "tcp"):
+            ctx.runners.outside.run(["iptables", "-I", "INPUT", "1",
+                                     *_resolver_block_spec(str(node.address), proto)])
+    elif params["via"] != "config":
+        # via=config is an API change: the coredns ConfigMap's Corefile, written when the
+        # state is saved (k8s_objects.corefile); the running CoreDNS picks it up in settle
+        raise LabError("coredns_upstream_unreachable: via must be config or firewall")
+
+
+def _upstream_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    for proto in ("udp", "tcp"):
+        for _ in range(100):  # every copy, bounded
+            if ctx.runners.outside.run(["iptables", "-D", "INPUT",
+                                        *_resolver_block_spec(str(node.address), proto)],
+                                       check=False).returncode:
+                break
+
+
+def _upstream_settled(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """CoreDNS runs the ConfigMap's Corefile (reloaded on SIGUSR1, as its reload plugin would
+    after the kubelet synced the mounted file), and a name only the upstream can answer gets
+    the answer the state says: NXDOMAIN when healthy, none under the fault."""
+    text = k8s_objects.corefile(json.loads(ctx.paths.state.read_text()))
+    changed = coredns.corefile_path(ctx.paths).read_text() != text
+    if changed:
+        coredns.write_corefile(ctx.paths, text)
+        for pid in coredns.pids(ctx.topology):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR1)
+    coredns.wait_upstream(ctx.topology,
+                          answering=not ctx.active.nodes_with("coredns_upstream_unreachable"))
+    if changed:
+        # a reload re-syncs the kubernetes plugin: not ready for a moment, as the lab's next
+        # readiness probe (the state saved after a heal) would record
+        coredns.wait_ready(ctx.topology, ctx.paths)
+
+
+register(Fault(
+    "coredns_upstream_unreachable",
+    "CoreDNS answers the cluster's names but no other: its way to the site's resolver it "
+    "forwards to is gone, so names outside the cluster fail from every pod. The coredns "
+    "ConfigMap edited to forward to a resolver that was retired (via=config, reloaded as its "
+    "reload plugin would), or the site's resolver dropping DNS from the CoreDNS node's "
+    "address, where CoreDNS's queries leave masqueraded (via=firewall)",
+    _upstream_cut, _upstream_back, {"via": "config"}, default_node=_coredns_node,
+    scope="cluster", settle=_upstream_settled,
+    mechanisms={"config": (), "firewall": ()},
 ))
 
 

@@ -45,6 +45,10 @@ KUBE_ROUTER_ARGS = ["--run-router=false", "--run-firewall=true", "--run-service-
                     "--kubeconfig=/var/lib/kube-router/kubeconfig"]
 CNI_RESTARTS_WHEN_FAILING = 17
 NODE_RESOURCES = {"cpu": "2", "memory": "4026532Ki", "pods": "110"}
+# A resolver address on the lab's underlay that no namespace holds (node addresses end at
+# .210, the outside's is .250): queries sent there are ARPed for on the lab's switch and go
+# nowhere, as to a DNS server that was retired.
+RETIRED_RESOLVER = "198.18.0.249"
 
 Obj = dict[str, Any]
 
@@ -477,6 +481,11 @@ def corefile(state: dict) -> str:
     dns = state.get("coredns") if isinstance(state.get("coredns"), dict) else {}
     kubeconfig = f"       kubeconfig {dns['kubeconfig']}\n" if dns.get("kubeconfig") else ""
     upstream = dns.get("upstream") or "/etc/resolv.conf"
+    # coredns_upstream_unreachable via=config: the ConfigMap edited to forward to a resolver
+    # that was retired (RETIRED_RESOLVER: nothing answers there)
+    if any((f.get("params") or {}).get("via") == "config"
+           for f in _faults(state, "coredns_upstream_unreachable")):
+        upstream = RETIRED_RESOLVER
     return (
         ".:53 {\n    errors\n    health {\n       lameduck 5s\n    }\n    ready\n"
         f"    kubernetes {domain} in-addr.arpa ip6.arpa {{\n{kubeconfig}"

@@ -401,6 +401,24 @@ def _kube_proxy_fact(calls: ApiCalls, daemonsets: list[dict] | None,
                  calls.source("kube_proxy_config", _get(cm, "data", "config.conf")))]
 
 
+def _root_forward(corefile: str) -> str | None:
+    """Where CoreDNS sends every name outside its own zones: the `forward .` targets of the
+    server block for the root zone (`.:53 {`); a stub zone's block (`corp.example:53 {`)
+    forwards only its own names. None when no root block forwards."""
+    depth, root = 0, False
+    for line in corefile.splitlines():
+        text = line.split("#", 1)[0].strip()
+        if depth == 0 and text.endswith("{"):
+            keys = text[:-1].split()
+            root = any(k.split("://")[-1].split(":")[0] == "." for k in keys)
+        elif depth == 1 and root:
+            m = re.match(r"forward\s+\.\s+([^{]+)", text)
+            if m:
+                return " ".join(m.group(1).split())[:200] or None
+        depth = max(0, depth + text.count("{") - text.count("}"))
+    return None
+
+
 def _dns_facts(calls: ApiCalls, pods: list[dict] | None, services: list[dict] | None,
                where: Callable[[str], str]) -> list[Fact]:
     facts = []
@@ -421,6 +439,7 @@ def _dns_facts(calls: ApiCalls, pods: list[dict] | None, services: list[dict] | 
     if m:
         zones = [z for z in m.group(1).split() if not z.endswith(("in-addr.arpa", "ip6.arpa"))]
         domain = zones[0].rstrip(".") if zones else None
+    upstream = _root_forward(corefile)
     for svc in services or []:
         labels = _as_dict(_get(svc, "metadata", "labels"))
         if _ns(svc) != "kube-system" or not (
@@ -432,8 +451,9 @@ def _dns_facts(calls: ApiCalls, pods: list[dict] | None, services: list[dict] | 
             "namespace": _ns(svc),
             "cluster_ip": _as_text(_get(svc, "spec", "clusterIP")),
             "cluster_domain": domain,
+            "upstream": upstream,
         }, calls.source("services", {"name": _name(svc), "spec": svc.get("spec"),
-                                     "cluster_domain": domain})))
+                                     "cluster_domain": domain, "upstream": upstream})))
     return facts
 
 

@@ -1,7 +1,9 @@
 """The cluster's DNS name (kubernetes.default.svc.<domain>) asked of each CoreDNS pod the plan
 picked and of the DNS Service, with dig, nslookup (bind or busybox) or host, whichever the node
-has. Where it has none, the runner asks over an SSH channel from the node and records the
-channel's own one-line answer under the same section name.
+has; and of each CoreDNS pod, a name under .invalid that only its upstream resolver can answer
+(with NXDOMAIN), where the Corefile forwards anywhere. Where the node has no DNS tool, the
+runner asks over an SSH channel from the node and records the channel's own one-line answer
+under the same section name.
 
 >>> from kubenetdiag.probes.active.common import example, section
 >>> ctx = example()
@@ -83,12 +85,16 @@ def _targets(plan: NodePlan) -> list[tuple[str, Any]]:
     return [(str(i), server) for i, server in enumerate(plan["dns"])]
 
 
-def _command(plan: NodePlan, server: Any) -> str:
-    at, name = quoted(server["server"]), quoted(plan["dns_name"])
+def _ask(server: str, name: str) -> str:
+    at, name = quoted(server), quoted(name)
     return (f"if __has dig; then dig +time=2 +tries=1 @{at} {name} A; "
             f"elif __has nslookup; then $__to nslookup -type=a {name} {at}; "
             f"elif __has host; then host -W 2 -t A {name} {at}; "
             "else echo 'kubenetdiag: no dns tool'; exit 127; fi")
+
+
+def _command(plan: NodePlan, server: Any) -> str:
+    return _ask(server["server"], plan["dns_name"])
 
 
 def _channel(plan: NodePlan, server: Any) -> ChannelRequest:
@@ -119,4 +125,42 @@ DNS = ActiveCheck(
     blocks=lambda server: f"DNS answers from {server['server']}",
     order=300,
 )
-CHECKS = (DNS,)
+# ---- the way out: CoreDNS and its upstream resolver
+
+def _outside_targets(plan: NodePlan) -> list[tuple[str, Any]]:
+    if not plan.get("dns_outside_name"):
+        return []
+    return [(str(i), server) for i, server in enumerate(plan["dns"]) if server["kind"] == "pod"]
+
+
+def _outside_channel(plan: NodePlan, server: Any) -> ChannelRequest:
+    address, name = server["server"], str(plan.get("dns_outside_name"))
+    return ChannelRequest(address, 53, "dns", name,
+                          f"DNS over TCP to {address}:53 for {name}")
+
+
+def parse_outside(section: Section, server: Any, ctx: CheckContext) -> list[Fact]:
+    """NXDOMAIN is the answer that proves the way out: only the upstream can give it for a
+    name of no zone CoreDNS serves. A timeout or SERVFAIL says CoreDNS got nothing back."""
+    if no_tool(section):
+        return []
+    result = parse_dns(section.stdout, section.exit_code)
+    return [Fact("dns_outside_check", ctx.node, {
+        "server": server["server"], "pod": server.get("pod"),
+        "name": str(ctx.plan.get("dns_outside_name") or ""),
+        "ok": result["ok"] or result["detail"] == "NXDOMAIN",
+        "detail": result["detail"], "rtt_ms": result["rtt_ms"]}, source(section))]
+
+
+DNS_OUTSIDE = ActiveCheck(
+    name="dns.outside",
+    kinds=("dns_outside_check",),
+    targets=_outside_targets,
+    resolve=lambda plan, suffix: plan["dns"][int(suffix)],
+    command=lambda plan, server: _ask(server["server"], str(plan.get("dns_outside_name"))),
+    channel=_outside_channel,
+    parse=parse_outside,
+    blocks=lambda server: f"answers from outside the cluster through {server['server']}",
+    order=305,
+)
+CHECKS = (DNS, DNS_OUTSIDE)

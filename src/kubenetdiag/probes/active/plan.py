@@ -119,8 +119,12 @@ class _NodePlanKeys(TypedDict):
     endpoints: list[Endpoint]
 
 
-class NodePlan(_NodePlanKeys, total=False):  # plans stored by older versions lack it
+class NodePlan(_NodePlanKeys, total=False):  # plans stored by older versions lack these
     nodeports: list[NodePortTarget]
+    # A name outside the cluster that no resolver can hold (RFC 6761's .invalid), asked of each
+    # CoreDNS pod: its kubernetes plugin does not own it, so CoreDNS forwards it, and an
+    # NXDOMAIN back proves the way to its upstream. None when CoreDNS forwards nothing.
+    dns_outside_name: str | None
 
 
 def is_ipv4(text: str) -> bool:
@@ -325,13 +329,19 @@ INPUTS = frozenset({"node_status", "k8s_node", "flannel_subnet", "interface", "r
                     "service_port"})
 
 
+OUTSIDE_NAME = "kubenetdiag-check.invalid"
+
+
 def plan(
     facts: Sequence[Fact],
     hosts: Sequence[Any],
     *,
     max_peers: int = MAX_PEERS,
+    outside_name: str = OUTSIDE_NAME,
 ) -> dict[str, NodePlan]:
-    """node name -> its plan, for every inventory host the passive phase reached."""
+    """node name -> its plan, for every inventory host the passive phase reached.
+    `outside_name`: the .invalid name asked of CoreDNS (a run makes its own, so an answer
+    CoreDNS cached in an earlier run does not stand in for its upstream's)."""
     reached = {f.node for f in facts if f.kind == "node_status" and f.attrs.get("reachable")}
     names = [h.name for h in hosts if h.name in reached]
     k8s = {f.node: f for f in facts if f.kind == "k8s_node"}
@@ -449,6 +459,8 @@ def plan(
                       "pod": d["pod"]} for d in dns if d["kind"] == "pod"],
             "endpoints": endpoints,
             "nodeports": nodeport_targets,
+            "dns_outside_name": (outside_name if dns_svc and dns_svc.attrs.get("upstream")
+                                 else None),
         }
     return plans
 
