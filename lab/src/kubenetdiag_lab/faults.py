@@ -46,7 +46,7 @@ from kubenetdiag_lab import (
 )
 from kubenetdiag_lab.netns import LabError, cmdline, exec_argv, pids_in_netns, proc_state, run
 from kubenetdiag_lab.paths import LabPaths
-from kubenetdiag_lab.runner import NodeRunner, Runners
+from kubenetdiag_lab.runner import NetnsRunner, NodeRunner, Runners
 from kubenetdiag_lab.topology import (
     OUTSIDE_HOST,
     OUTSIDE_NETWORK,
@@ -251,15 +251,20 @@ def _ipt_insert(ctx: FaultContext, node: LabNode, chain: str, spec: list[str],
     ctx.node(node).run(["iptables", "-t", table, "-I", chain, str(position), *spec])
 
 
-def _ipt_delete(ctx: FaultContext, node: LabNode, chain: str, spec: list[str],
-                table: str = "filter") -> bool:
+def _delete_every(runner: NetnsRunner, chain: str, spec: list[str], table: str = "filter"
+                  ) -> bool:
     """Delete every copy of the rule, not just one (a test may have injected twice); whether
     there was one. Bounded so a misbehaving iptables cannot loop forever."""
     for deleted in range(100):
-        cp = ctx.node(node).run(["iptables", "-t", table, "-D", chain, *spec], check=False)
+        cp = runner.run(["iptables", "-t", table, "-D", chain, *spec], check=False)
         if cp.returncode != 0:
             return deleted > 0
     return True
+
+
+def _ipt_delete(ctx: FaultContext, node: LabNode, chain: str, spec: list[str],
+                table: str = "filter") -> bool:
+    return _delete_every(ctx.node(node), chain, spec, table)
 
 
 def _restore(ctx: FaultContext, node: LabNode, text: str) -> None:
@@ -1694,11 +1699,7 @@ def _upstream_cut(ctx: FaultContext, node: LabNode, params: Params) -> None:
 
 def _upstream_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
     for proto in ("udp", "tcp"):
-        for _ in range(100):  # every copy, bounded
-            if ctx.runners.outside.run(["iptables", "-D", "INPUT",
-                                        *_resolver_block_spec(str(node.address), proto)],
-                                       check=False).returncode:
-                break
+        _delete_every(ctx.runners.outside, "INPUT", _resolver_block_spec(str(node.address), proto))
 
 
 def _upstream_settled(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -2160,10 +2161,7 @@ def _unanswered_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
     nodehost.kill([pid for pids in pids_in_netns(netns).values() for pid in pids
                    if f"connect-retry {OUTSIDE_HOST} {CACHE_PORT}" in cmdline(pid)
                    or f"listen-stuck {CACHE_PORT} " in cmdline(pid)])
-    for _ in range(100):  # every copy, bounded
-        if ctx.runners.outside.run(["iptables", "-D", "INPUT", *CACHE_DROP],
-                                   check=False).returncode:
-            break
+    _delete_every(ctx.runners.outside, "INPUT", CACHE_DROP)
     # The kernel keeps an unanswered connect's entry 120 s: the next diagnosis must not see
     # the attempts of a fault that is gone.
     ctx.node(node).run(["conntrack", "-D", "-d", OUTSIDE_HOST, "-p", "tcp", "--dport",
@@ -2780,11 +2778,7 @@ def _endpoint_cut(ctx: FaultContext, node: LabNode, params: Params) -> None:
 
 def _endpoint_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
     ctx.node(node).run(["ip", "route", "replace", *OUTSIDE_ROUTE])
-    for _ in range(100):  # every copy, bounded
-        if ctx.runners.outside.run(["iptables", "-D", "INPUT",
-                                    *_allowlist_spec(str(node.address))],
-                                   check=False).returncode:
-            break
+    _delete_every(ctx.runners.outside, "INPUT", _allowlist_spec(str(node.address)))
 
 
 register(Fault(
@@ -2871,7 +2865,12 @@ def _bridge_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
 def _bridge_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
     runner = ctx.node(node)
     runner.run(["ip", "link", "set", "cni0", "up"])  # the pod range's route comes back with it
-    # the lab's own route for ClusterIPs from the node (a real node's default route) does not
+    _service_route_back(runner)
+
+
+def _service_route_back(runner: NodeRunner) -> None:
+    """The lab's own route for ClusterIPs from the node (a real node's default route), through
+    cni0: the kernel drops it with the bridge's state or address and never puts it back."""
     runner.run(["ip", "route", "replace", str(SERVICE_NETWORK), "dev", "cni0"])
 
 
@@ -2907,7 +2906,7 @@ def _bridge_address_back(ctx: FaultContext, node: LabNode, params: Params) -> No
     runner.run(["ip", "-4", "addr", "flush", "dev", "cni0"])
     prefixlen = IPv4Network(node.pod_cidr).prefixlen
     runner.run(["ip", "addr", "add", f"{node.pod_gateway}/{prefixlen}", "dev", "cni0"])
-    runner.run(["ip", "route", "replace", str(SERVICE_NETWORK), "dev", "cni0"])
+    _service_route_back(runner)
 
 
 register(Fault(

@@ -73,16 +73,16 @@ def pod_bridge_facts(facts: Sequence[Fact]) -> list[Fact]:
     out = []
     for br in bridges:
         name = str(br.attrs.get("name"))
-        known = api.get(br.node, []) + [n for n in flannel.get(br.node, [])
-                                        if n not in api.get(br.node, [])]
+        subnet = flannel.get(br.node, [])
+        known = api.get(br.node, []) + [n for n in subnet if n not in api.get(br.node, [])]
         mine = ports.get((br.node, name), [])
         holds: bool | None = _in_range(br.attrs.get("addresses"), known)
         if holds:
             how = "pod_cidr"
-        elif name in BRIDGE_NAMES and (not known or (flannel.get(br.node) and mine)):
+        elif name in BRIDGE_NAMES and (not known or (subnet and mine)):
             how = "name"
             # only flannel's subnet says which address its CNI plugin wants on the bridge
-            holds = False if flannel.get(br.node) else None
+            holds = False if subnet else None
         else:
             continue
         off = sorted(str(p.attrs["name"]) for p in mine if p.attrs.get("hairpin") is False)

@@ -93,14 +93,16 @@ def _ask(server: str, name: str) -> str:
             "else echo 'kubenetdiag: no dns tool'; exit 127; fi")
 
 
+def _over_channel(address: str, name: str) -> ChannelRequest:
+    return ChannelRequest(address, 53, "dns", name, f"DNS over TCP to {address}:53 for {name}")
+
+
 def _command(plan: NodePlan, server: Any) -> str:
     return _ask(server["server"], plan["dns_name"])
 
 
 def _channel(plan: NodePlan, server: Any) -> ChannelRequest:
-    address, name = server["server"], plan["dns_name"]
-    return ChannelRequest(address, 53, "dns", name,
-                          f"DNS over TCP to {address}:53 for {name}")
+    return _over_channel(server["server"], plan["dns_name"])
 
 
 def parse(section: Section, server: Any, ctx: CheckContext) -> list[Fact]:
@@ -134,9 +136,7 @@ def _outside_targets(plan: NodePlan) -> list[tuple[str, Any]]:
 
 
 def _outside_channel(plan: NodePlan, server: Any) -> ChannelRequest:
-    address, name = server["server"], str(plan.get("dns_outside_name"))
-    return ChannelRequest(address, 53, "dns", name,
-                          f"DNS over TCP to {address}:53 for {name}")
+    return _over_channel(server["server"], str(plan.get("dns_outside_name")))
 
 
 def parse_outside(section: Section, server: Any, ctx: CheckContext) -> list[Fact]:
