@@ -17,7 +17,7 @@ import pytest
 from kubenetdiag.bundle import Bundle
 from kubenetdiag.engine import load_ruleset
 from kubenetdiag.engine.needs import rule_needs
-from kubenetdiag.facts import bridges, census, paths, producers, vantage
+from kubenetdiag.facts import bridges, census, paths, producers, vantage, vxlan_peers
 from kubenetdiag.facts.cluster import CALL_KINDS, cluster_facts
 from kubenetdiag.facts.parse import facts_from_records
 from kubenetdiag.facts.registry import registry
@@ -116,7 +116,8 @@ def test_a_failed_api_call_changes_only_the_kinds_it_declares():
     (vantage, vantage.vantage_facts),
     (census, census.census_facts),
     (bridges, bridges.pod_bridge_facts),
-], ids=["paths", "vantage", "census", "bridges"])
+    (vxlan_peers, vxlan_peers.vxlan_peer_facts),
+], ids=["paths", "vantage", "census", "bridges", "vxlan_peers"])
 def test_derived_facts_are_made_from_the_kinds_they_declare(module, derive):
     # a bundle with a node cut off: every deriving module has something to say about it
     bundle = _lab("lab-netdev-vxlan-drop")

@@ -20,6 +20,7 @@ from kubenetdiag.facts.persist import persist_sysctl
 from kubenetdiag.facts.policies import policy_facts
 from kubenetdiag.facts.services import service_sync_facts
 from kubenetdiag.facts.vantage import vantage_facts
+from kubenetdiag.facts.vxlan_peers import vxlan_peer_facts
 from kubenetdiag.facts.zones import zone_latency_facts
 from kubenetdiag.probes import BY_NAME, PROBES, Probe, Section
 from kubenetdiag.probes.active import PREFIX, check_for, checks
@@ -348,6 +349,7 @@ def _facts_from_records(records: list[dict], cluster: dict | None,
     facts.extend(zone_latency_facts(facts))  # what calls between a Service's zones pay
     facts.extend(service_sync_facts(facts))  # each node's kube-proxy rules against the API
     facts.extend(pod_bridge_facts(facts))  # the bridge pods hang off, and its hairpin mode
+    facts.extend(vxlan_peer_facts(facts))  # each peer's VXLAN entries against the peer's device
     # NetworkPolicy verdicts on the flows the checks sent and DNS needs, and who enforces them
     facts.extend(policy_facts(facts, cluster, plans))
     return facts

@@ -11,7 +11,7 @@ written, and tests/test_producers.py checks each declaration against what the co
 * a passive probe: `Probe.kinds`; an active check: `ActiveCheck.kinds`;
 * the Kubernetes API: `facts.cluster.CALL_KINDS`, per call;
 * kinds derived in the parse stage from other facts (`DERIVERS`: path, vantage, zones, census,
-  services, bridges, policies):
+  services, bridges, vxlan_peers, policies):
   the deriving module's `PRODUCES` and `INPUTS` (or, for one kind that reads fewer of them,
   its `KIND_INPUTS`), so a rule on a derived kind needs what it is made from.
   Its `CONTEXT` kinds only widen what is derived (more flows, names for targets): when they are
@@ -25,7 +25,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import cache
 
-from kubenetdiag.facts import bridges, census, paths, policies, services, vantage, zones
+from kubenetdiag.facts import (
+    bridges,
+    census,
+    paths,
+    policies,
+    services,
+    vantage,
+    vxlan_peers,
+    zones,
+)
 from kubenetdiag.facts.cluster import CALL_KINDS
 from kubenetdiag.probes import BY_NAME, PROBES
 from kubenetdiag.probes.active import PREFIX as ACTIVE_PREFIX
@@ -39,7 +48,7 @@ API = "api"  # the probe of the entry for an API that did not answer, or was not
 
 
 # The parse stage's deriving modules, each declaring PRODUCES, INPUTS and CONTEXT.
-DERIVERS = (paths, vantage, zones, census, services, bridges, policies)
+DERIVERS = (paths, vantage, zones, census, services, bridges, vxlan_peers, policies)
 # what their facts name as their source: no command ran, so there is no exit code
 DERIVED_SOURCES = frozenset(module.PROBE for module in DERIVERS)
 
