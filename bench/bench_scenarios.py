@@ -100,6 +100,9 @@ MULTI: list[tuple[str, ...]] = [
     ("flannel-vxlan", "pod_bridge_address_wrong[via=flush]@node1",
      "node_pod_link_broken[via=veth]@node3"),
     ("flannel-host-gw", "pod_bridge_address_wrong[via=stale]@node2", "rp_filter_strict@node3"),
+    # a peer's tunnel entries left stale on one node, beside the peer's own forwarding off
+    ("flannel-vxlan", "vxlan_peer_entry_stale[via=mac]@node3",
+     "ip_forward_disabled[via=interface]@node1"),
     # CoreDNS cut off from its upstream beside another node's DNS or egress fault
     ("flannel-vxlan", "coredns_upstream_unreachable[via=firewall]@node1",
      "pod_egress_broken[via=drop]@node2"),

@@ -21,7 +21,7 @@ import pytest
 
 from kubenetdiag_lab import Lab, LabError, coredns, flannel, services
 from kubenetdiag_lab.netns import cmdline
-from kubenetdiag_lab.topology import OUTSIDE_HOST, OUTSIDE_PORT
+from kubenetdiag_lab.topology import OUTSIDE_HOST, OUTSIDE_PORT, RETIRED_NODE_ADDRESS
 from test_lab_faults import (
     api,
     client_pod,
@@ -600,6 +600,28 @@ def _vxlan_neighbour_gone(lab: Lab) -> None:
     blocked_both(lab, "node1", "node2")
 
 
+def _vxlan_entry_stale(via: str) -> Callable[[Lab], None]:
+    """node2's entries for node1 all there, one of them wrong: the neighbour gives a MAC that
+    node1's flannel.1 does not have, or the FDB sends node1's MAC to an address no one holds;
+    the pods of the two nodes cannot reach each other."""
+    def check(lab: Lab) -> None:
+        mac = lab.node_exec("node1", ["cat", "/sys/class/net/flannel.1/address"]).stdout.strip()
+        neigh = lab.node_exec("node2", ["ip", "neigh", "show", "dev", "flannel.1",
+                                        "to", "10.244.1.0"]).stdout
+        fdb = lab.node_exec("node2", ["bridge", "fdb", "show", "dev", "flannel.1"]).stdout
+        assert "10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink" in lab.node_exec(
+            "node2", ["ip", "route"]).stdout
+        if via == "mac":
+            assert "PERMANENT" in neigh and mac not in neigh, (mac, neigh)
+            assert f"{mac} dst 198.18.0.11 self permanent" in fdb
+        else:
+            assert f"lladdr {mac} PERMANENT" in neigh
+            assert f"{mac} dst {RETIRED_NODE_ADDRESS} self permanent" in fdb
+            assert "198.18.0.11" not in fdb
+        blocked_both(lab, "node1", "node2")
+    return check
+
+
 def _recv_queue_of_a_hung_reader(lab: Lab) -> None:
     line = lab.node_exec("node2", ["ss", "-Htnp", "state", "established",
                                    "sport = :30070"]).stdout.split()
@@ -791,6 +813,8 @@ VXLAN_CASES = [
     ("vxlan_port_mismatch", "link", "node2", {}, _vxlan_link_by_hand),
     ("vxlan_port_in_use", "address", "node2", {}, _vxlan_port_held_on_address),
     ("vxlan_peer_entry_missing", "neigh", "node2", {"peer": "node1"}, _vxlan_neighbour_gone),
+    ("vxlan_peer_entry_stale", "mac", "node2", {"peer": "node1"}, _vxlan_entry_stale("mac")),
+    ("vxlan_peer_entry_stale", "dst", "node2", {"peer": "node1"}, _vxlan_entry_stale("dst")),
     ("socket_recv_queue_backlog", "hang", "node2", {}, _recv_queue_of_a_hung_reader),
     ("listen_port_conflict", "address", "node2", {}, _second_listener_on_the_address),
     ("syn_backlog_low", "file", "node2", {}, _syn_cookies_off_by_file),

@@ -52,6 +52,7 @@ from kubenetdiag_lab.topology import (
     OUTSIDE_NETWORK,
     OUTSIDE_PORT,
     OUTSIDE_UNDERLAY,
+    RETIRED_NODE_ADDRESS,
     SERVICE_NETWORK,
     WEB_PORT,
     LabNode,
@@ -1380,6 +1381,56 @@ register(Fault(
     "peer's VTEP address its MAC (via=neigh)",
     _entry_drop, _entry_restore, {"via": "fdb", "peer": ""}, modes=("flannel-vxlan",),
     mechanisms={"fdb": (), "neigh": ()},
+))
+
+
+def _stale_mac(peer: LabNode) -> str:
+    """The MAC a peer's flannel.1 had before it was re-created: a locally administered one,
+    fixed per peer so that tests can look for it."""
+    return f"02:00:5e:10:{peer.index % 256:02x}:01"
+
+
+def _entry_stale(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """One peer's entries on flannel.1 left as they were before the peer changed, as after the
+    node's flanneld missed the peer's new announcement: the neighbour entry with the MAC the
+    peer's device had before it was re-created (via=mac), or the FDB entry sending the peer's
+    MAC to the address it had before it was renumbered (via=dst)."""
+    vtep, mac, _ = _peer_entries(ctx, node, _entry_peer(ctx, node, params))
+    runner = ctx.node(node)
+    if params["via"] == "mac":
+        runner.run(["ip", "neigh", "replace", vtep, "lladdr",
+                    _stale_mac(_entry_peer(ctx, node, params)), "dev", flannel.VXLAN_DEV,
+                    "nud", "permanent"])
+    elif params["via"] == "dst":
+        runner.run(["bridge", "fdb", "replace", mac, "dev", flannel.VXLAN_DEV, "dst",
+                    RETIRED_NODE_ADDRESS, "self", "permanent"])
+    else:
+        raise LabError("vxlan_peer_entry_stale: via must be mac or dst")
+
+
+def _entry_fresh(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # every peer's entries as flanneld writes them, each replaced in place: a blind heal does
+    # not know which peer, and an FDB entry appended beside a stale one would keep both
+    runner = ctx.node(node)
+    for peer in ctx.topology.nodes:
+        if peer.name == node.name:
+            continue
+        vtep, mac, address = _peer_entries(ctx, node, peer)
+        runner.run(["bridge", "fdb", "replace", mac, "dev", flannel.VXLAN_DEV, "dst", address,
+                    "self", "permanent"])
+        runner.run(["ip", "neigh", "replace", vtep, "lladdr", mac, "dev", flannel.VXLAN_DEV,
+                    "nud", "permanent"])
+
+
+register(Fault(
+    "vxlan_peer_entry_stale",
+    "on the node's flannel.1, the entries for one peer (param peer, default the first other "
+    "node) left from before the peer changed, while its route stays: the neighbour entry "
+    "still gives the MAC its flannel.1 had before it was re-created (via=mac), or the FDB "
+    f"entry still sends its MAC to the address it had before it was renumbered, "
+    f"{RETIRED_NODE_ADDRESS} (via=dst)",
+    _entry_stale, _entry_fresh, {"via": "mac", "peer": ""}, modes=("flannel-vxlan",),
+    mechanisms={"mac": (), "dst": ()},
 ))
 
 
