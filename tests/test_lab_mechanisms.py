@@ -732,6 +732,11 @@ def _node_and_pod_apart(via: str) -> Callable[[Lab], None]:
                              check=False).returncode == 0
         # forwarded traffic: the pod reaches the middleware only when its veth is up
         assert _connect(lab, "node2", True)[0] is (via == "filter")
+        if via == "port":  # up and in the bridge: only the port's state says it
+            link = lab.node_exec("node2", ["ip", "link", "show", "veth-pod1"]).stdout
+            assert "master cni0" in link and ",UP,LOWER_UP>" in link, link
+            assert "state disabled" in lab.node_exec(
+                "node2", ["bridge", "link", "show", "dev", "veth-pod1"]).stdout
     return check
 
 
@@ -826,6 +831,7 @@ VXLAN_CASES = [
     ("node_not_ready", "hang", "node2", {}, _kubelet_silent("hung")),
     ("node_pod_link_broken", "veth", "node2", {}, _node_and_pod_apart("veth")),
     ("node_pod_link_broken", "filter", "node2", {}, _node_and_pod_apart("filter")),
+    ("node_pod_link_broken", "port", "node2", {}, _node_and_pod_apart("port")),
     ("overlay_device_down", "link", "node2", {}, _vxlan_device_off),
     ("notrack_rule", "iptables", "node2", {}, _dns_untracked("iptables")),
     ("notrack_rule", "nft", "node2", {}, _dns_untracked("nft")),

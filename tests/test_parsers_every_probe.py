@@ -209,6 +209,22 @@ def test_links_hairpin_mode_of_bridge_ports_in_both_formats(name, port, hairpin)
     assert links["cni0"]["hairpin"] is None and links["cni0"]["promisc"] is False
 
 
+@pytest.mark.parametrize("name, port, state", [
+    ("lab-node2-port-disabled-veth-pod1", "veth-pod1", "disabled"),  # JSON, recorded in the lab
+    ("lab-node2-port-disabled-veth-pod1", "veth-pod2", "forwarding"),
+    ("iproute2-6.1-xdp-text-form", "veth1", "forwarding"),  # the one-line text form
+    ("centos7-iproute-4.11-text", "veth4f2a9c1e", "forwarding"),
+])
+def test_links_bridge_port_state_in_both_formats(name, port, state):
+    facts = kinds(parse("links", name), "interface")
+    links = {i["name"]: i for i in facts}
+    assert links[port]["master"] == "cni0" and links[port]["port_state"] == state
+    assert links["cni0"]["port_state"] is None  # the bridge itself is no port
+    if state != "forwarding":  # the evidence says it, as `bridge link` would
+        (fact,) = [f for f in parse("links", name) if f.attrs.get("name") == port]
+        assert f"port state {state}" in fact.source.excerpt
+
+
 def test_links_centos7_tunl0_and_cali():
     links = {i["name"]: i for i in kinds(parse("links", "centos7-iproute-4.11-text"), "interface")}
     assert links["tunl0"]["kind"] == "ipip" and links["tunl0"]["mtu"] == 1440

@@ -2874,8 +2874,13 @@ def _pod_link_cut(ctx: FaultContext, node: LabNode, params: Params) -> None:
         # a host rule dropping what the pod sends to the node itself: its pings and the
         # node's replies from it; forwarded traffic does not cross INPUT
         _ipt_insert(ctx, node, "INPUT", _pod_isolate_spec(pod))
+    elif params["via"] == "port":
+        # the host side up and in cni0, its bridge port set disabled: `ip link` shows all
+        # up, and the bridge passes nothing through the port
+        ctx.node(node).run(["bridge", "link", "set", "dev", _host_veth(ctx, pod),
+                            "state", "0"])
     else:
-        raise LabError("node_pod_link_broken: via must be veth, nomaster or filter")
+        raise LabError("node_pod_link_broken: via must be veth, nomaster, filter or port")
 
 
 def _pod_link_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -2886,6 +2891,8 @@ def _pod_link_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
         # back in the bridge, with the hairpin mode the bridge resets when a port joins
         ctx.node(node).run(["ip", "link", "set", veth, "master", "cni0"])
         ctx.node(node).run(["bridge", "link", "set", "dev", veth, "hairpin", "on"])
+        # a port that stayed in the bridge keeps a state set by hand (3: forwarding)
+        ctx.node(node).run(["bridge", "link", "set", "dev", veth, "state", "3"])
     else:
         # the kernel dropped the pod's /32 when its veth went down; felix writes it back
         ctx.node(node).run(["ip", "route", "replace", f"{pod.ip}/32", "dev", veth,
@@ -2899,9 +2906,11 @@ register(Fault(
     "down (via=veth: the pod reaches nothing at all), or taken out of the bridge cni0 "
     "(via=nomaster: up, bridged to nothing), or a DROP in the node's INPUT for the pod's "
     "address (via=filter: the node and the pod cannot ping each other, forwarded traffic "
-    "still passes)",
+    "still passes), or its port of cni0 set disabled while its link stays up (via=port: "
+    "`bridge link set dev <veth> state 0`)",
     _pod_link_cut, _pod_link_back, {"via": "veth"},
-    mechanisms={"veth": (), "nomaster": ("flannel-vxlan", "flannel-host-gw"), "filter": ()},
+    mechanisms={"veth": (), "nomaster": ("flannel-vxlan", "flannel-host-gw"), "filter": (),
+                "port": ("flannel-vxlan", "flannel-host-gw")},
 ))
 
 

@@ -125,6 +125,7 @@ def _from_json(text: str) -> list[dict]:
         vx = kind == "vxlan"
         port = info.get("info_slave_data") if info.get("info_slave_kind") == "bridge" else None
         hairpin = port.get("hairpin") if isinstance(port, dict) else None
+        port_state = port.get("state") if isinstance(port, dict) else None
         out.append({
             "name": d["ifname"],
             "kind": kind if isinstance(kind, str) else "device",
@@ -140,6 +141,7 @@ def _from_json(text: str) -> list[dict]:
             "vxlan_dev": str(data["link"]) if vx and data.get("link") else None,
             "xdp": _xdp_from_json(d.get("xdp")),
             "hairpin": hairpin if isinstance(hairpin, bool) else None,
+            "port_state": clip(port_state, 20) if isinstance(port_state, str) else None,
             "promisc": "PROMISC" in flags,
         })
     return out
@@ -185,6 +187,7 @@ def _from_text(lines: list[str]) -> list[dict]:
             "vxlan_dev": _word_after(vxlan, "dev") if vx else None,
             "xdp": _xdp_from_text(head, segs[1:]),
             "hairpin": hairpin,
+            "port_state": clip(_word_after(port, "state") or "", 20) or None,
             "promisc": "PROMISC" in flags,
         })
     return out
@@ -233,6 +236,8 @@ def parse(section: Section, node: str) -> list[Fact]:
                f" local {link['vxlan_local']} dev {link['vxlan_dev']}" if link["vxlan_id"] else "")
             + (f" xdp {link['xdp']}" if link["xdp"] else "")
             + (f" master {link['master']} hairpin off" if link["hairpin"] is False else "")
+            + (f" master {link['master']} port state {link['port_state']}"
+               if link["port_state"] not in (None, "forwarding") else "")
         )
         link["name"] = clip(link["name"], 64)
         facts.append(Fact("interface", node, link, Source(
