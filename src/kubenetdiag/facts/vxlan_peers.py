@@ -98,9 +98,11 @@ def vxlan_peer_facts(facts: Sequence[Fact]) -> list[Fact]:
             state = "unknown"  # the FDB was not read
         elif not dsts:
             state = "no_fdb"
-        elif not set(dsts) & (own[peer.node] | {peer_vtep, addresses.get(peer.node)} | {
-                a for n, held in sent_to[mac].items() if n not in (r.node, peer.node)
-                for a in held}):
+        elif (set(dsts).isdisjoint(own[peer.node] | {peer_vtep, addresses.get(peer.node)})
+              # asked only of an address that is none of the peer's own: the other nodes'
+              # entries for a peer are as many as the nodes
+              and not any(d in held for n, held in sent_to[mac].items()
+                          if n not in (r.node, peer.node) for d in dsts)):
             state = "stale_dst"
         else:
             state = "ok"
