@@ -1358,17 +1358,16 @@ def _entry_drop(ctx: FaultContext, node: LabNode, params: Params) -> None:
         raise LabError("vxlan_peer_entry_missing: via must be fdb or neigh")
 
 
-def _entry_restore(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    # every peer's entries, as flanneld writes them: a blind heal does not know which peer
+def _entry_fresh(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # every peer's entries as flanneld writes them, each replaced in place (or made): a blind
+    # heal does not know which peer, and an FDB entry appended beside a stale one keeps both
     runner = ctx.node(node)
-    fdb = runner.run(["bridge", "fdb", "show", "dev", flannel.VXLAN_DEV]).stdout
     for peer in ctx.topology.nodes:
         if peer.name == node.name:
             continue
         vtep, mac, address = _peer_entries(ctx, node, peer)
-        if f"{mac} dst {address} self permanent" not in fdb:
-            runner.run(["bridge", "fdb", "append", mac, "dev", flannel.VXLAN_DEV, "dst",
-                        address, "self", "permanent"])
+        runner.run(["bridge", "fdb", "replace", mac, "dev", flannel.VXLAN_DEV, "dst", address,
+                    "self", "permanent"])
         runner.run(["ip", "neigh", "replace", vtep, "lladdr", mac, "dev", flannel.VXLAN_DEV,
                     "nud", "permanent"])
 
@@ -1379,7 +1378,7 @@ register(Fault(
     "the first other node) deleted while its route stays: the FDB entry that maps the peer's "
     "VTEP MAC to its node address (via=fdb), or the permanent neighbour entry that gives the "
     "peer's VTEP address its MAC (via=neigh)",
-    _entry_drop, _entry_restore, {"via": "fdb", "peer": ""}, modes=("flannel-vxlan",),
+    _entry_drop, _entry_fresh, {"via": "fdb", "peer": ""}, modes=("flannel-vxlan",),
     mechanisms={"fdb": (), "neigh": ()},
 ))
 
@@ -1395,12 +1394,12 @@ def _entry_stale(ctx: FaultContext, node: LabNode, params: Params) -> None:
     node's flanneld missed the peer's new announcement: the neighbour entry with the MAC the
     peer's device had before it was re-created (via=mac), or the FDB entry sending the peer's
     MAC to the address it had before it was renumbered (via=dst)."""
-    vtep, mac, _ = _peer_entries(ctx, node, _entry_peer(ctx, node, params))
+    peer = _entry_peer(ctx, node, params)
+    vtep, mac, _ = _peer_entries(ctx, node, peer)
     runner = ctx.node(node)
     if params["via"] == "mac":
-        runner.run(["ip", "neigh", "replace", vtep, "lladdr",
-                    _stale_mac(_entry_peer(ctx, node, params)), "dev", flannel.VXLAN_DEV,
-                    "nud", "permanent"])
+        runner.run(["ip", "neigh", "replace", vtep, "lladdr", _stale_mac(peer), "dev",
+                    flannel.VXLAN_DEV, "nud", "permanent"])
     elif params["via"] == "dst":
         runner.run(["bridge", "fdb", "replace", mac, "dev", flannel.VXLAN_DEV, "dst",
                     RETIRED_NODE_ADDRESS, "self", "permanent"])
@@ -1408,26 +1407,12 @@ def _entry_stale(ctx: FaultContext, node: LabNode, params: Params) -> None:
         raise LabError("vxlan_peer_entry_stale: via must be mac or dst")
 
 
-def _entry_fresh(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    # every peer's entries as flanneld writes them, each replaced in place: a blind heal does
-    # not know which peer, and an FDB entry appended beside a stale one would keep both
-    runner = ctx.node(node)
-    for peer in ctx.topology.nodes:
-        if peer.name == node.name:
-            continue
-        vtep, mac, address = _peer_entries(ctx, node, peer)
-        runner.run(["bridge", "fdb", "replace", mac, "dev", flannel.VXLAN_DEV, "dst", address,
-                    "self", "permanent"])
-        runner.run(["ip", "neigh", "replace", vtep, "lladdr", mac, "dev", flannel.VXLAN_DEV,
-                    "nud", "permanent"])
-
-
 register(Fault(
     "vxlan_peer_entry_stale",
     "on the node's flannel.1, the entries for one peer (param peer, default the first other "
     "node) left from before the peer changed, while its route stays: the neighbour entry "
     "still gives the MAC its flannel.1 had before it was re-created (via=mac), or the FDB "
-    f"entry still sends its MAC to the address it had before it was renumbered, "
+    "entry still sends its MAC to the address it had before it was renumbered, "
     f"{RETIRED_NODE_ADDRESS} (via=dst)",
     _entry_stale, _entry_fresh, {"via": "mac", "peer": ""}, modes=("flannel-vxlan",),
     mechanisms={"mac": (), "dst": ()},
