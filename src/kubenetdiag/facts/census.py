@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from kubenetdiag.facts.model import Fact, Source, by_kind
+from kubenetdiag.facts.model import Fact, Source, by_kind, interface_ips
 
 SAMPLE = 10  # node names kept in a census fact's evidence
 # Declared for kubenetdiag.facts.producers: a rule on a census fact needs what it counts
@@ -19,13 +19,6 @@ CONTEXT: tuple[str, ...] = ()
 PRODUCES: tuple[str, ...] = ("census",)
 PROBE = "census"  # the evidence's source: facts computed here, from other facts
 COMMAND = "every node's settings, side by side"
-
-
-def _ips(addresses: object) -> set[str]:
-    """The bare addresses of an interface's `addresses` attribute ("10.0.0.1/24,10.0.0.9/32")."""
-    if not isinstance(addresses, str):
-        return set()
-    return {a.strip().split("/", 1)[0] for a in addresses.split(",") if a.strip()}
 
 
 def census_facts(facts: Sequence[Fact]) -> list[Fact]:
@@ -42,7 +35,7 @@ def census_facts(facts: Sequence[Fact]) -> list[Fact]:
         port, mtu = a.get("vxlan_port"), a.get("mtu")
         if a.get("kind") == "vxlan" and type(port) is int and isinstance(a.get("name"), str):
             holders[("vxlan_port", a["name"], port)].add(f.node)  # type: ignore[index]
-        if type(mtu) is int and address.get(f.node) in _ips(a.get("addresses")):
+        if type(mtu) is int and address.get(f.node) in interface_ips(a.get("addresses")):
             holders[("underlay_mtu", "", mtu)].add(f.node)
     out = []
     for (of, group, value), nodes in sorted(holders.items()):

@@ -86,3 +86,10 @@ def by_kind(facts: Sequence[Fact], kinds: Iterable[str]) -> dict[str, list[Fact]
     for f in compress(facts, map(out.__contains__, map(attrgetter("kind"), facts))):
         out[f.kind].append(f)
     return out
+
+
+def interface_ips(addresses: object) -> set[str]:
+    """The bare addresses of an interface's `addresses` attribute ("10.0.0.1/24,10.0.0.9/32")."""
+    if not isinstance(addresses, str):
+        return set()
+    return {a.strip().split("/", 1)[0] for a in addresses.split(",") if a.strip()}

@@ -18,11 +18,10 @@ and its MAC and local address are what the entries should say. Pure functions of
 
 from __future__ import annotations
 
-import ipaddress
 from collections import defaultdict
 from collections.abc import Sequence
 
-from kubenetdiag.facts.model import Fact, Source, by_kind
+from kubenetdiag.facts.model import Fact, Source, by_kind, interface_ips
 
 PROBE = "vxlan_peers"  # the evidence's source: facts computed here, from other facts
 INPUTS: tuple[str, ...] = ("interface", "route", "neighbor", "fdb_entry")
@@ -30,27 +29,21 @@ CONTEXT: tuple[str, ...] = ()
 PRODUCES: tuple[str, ...] = ("vxlan_peer",)
 
 
-def _ip(text: object) -> str | None:
-    try:
-        return str(ipaddress.IPv4Interface(str(text).strip()).ip)
-    except ValueError:
-        return None
-
-
 def _mac(value: object) -> str | None:
     return value.lower() if isinstance(value, str) and value else None
 
 
 def vxlan_peer_facts(facts: Sequence[Fact]) -> list[Fact]:
-    kinds = by_kind(facts, PRODUCES + INPUTS + ("node_status",))
+    kinds = by_kind(facts, INPUTS + ("node_status",))
     devices: dict[tuple[str, str], Fact] = {}  # (node, name) -> its VXLAN device
     vteps: dict[str, list[Fact]] = defaultdict(list)  # VTEP address -> the devices holding it
+    own: dict[str, set[str]] = defaultdict(set)  # every address a node's devices hold
     for f in kinds["interface"]:
-        if f.attrs.get("kind") != "vxlan":
-            continue
-        devices[(f.node, str(f.attrs.get("name")))] = f
-        for part in str(f.attrs.get("addresses") or "").split(","):
-            if (ip := _ip(part)) is not None:
+        ips = interface_ips(f.attrs.get("addresses"))
+        own[f.node] |= ips
+        if f.attrs.get("kind") == "vxlan":
+            devices[(f.node, str(f.attrs.get("name")))] = f
+            for ip in ips:
                 vteps[ip].append(f)
     if not devices:
         return []
@@ -68,10 +61,6 @@ def vxlan_peer_facts(facts: Sequence[Fact]) -> list[Fact]:
             fdb[(f.node, str(f.attrs.get("dev")))][mac].append(str(f.attrs["dst"]))
             sent_to[mac][f.node].add(str(f.attrs["dst"]))
     addresses = {f.node: f.attrs.get("address") for f in kinds["node_status"]}
-    own: dict[str, set[str]] = defaultdict(set)  # every address a node's devices hold
-    for f in kinds["interface"]:
-        own[f.node].update(ip for part in str(f.attrs.get("addresses") or "").split(",")
-                           if (ip := _ip(part)) is not None)
 
     out = []
     for r in kinds["route"]:
