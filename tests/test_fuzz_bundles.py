@@ -81,6 +81,8 @@ def test_any_json_document_in_place_of_a_bundle_file(tmp_path, capsys, target, v
        path=st.lists(st.integers(0, 50), min_size=1, max_size=8), value=_JSON)
 # found by this test: a null among the active plan's DNS servers crashed a check's targets
 @example(target=("example", "nodes/node1.json"), path=[0, 44, 1, 0], value=None)
+# and a null DNS name in the plan reached a fact unread
+@example(target=("example", "nodes/node1.json"), path=[0, 2, 32], value=None)
 def test_a_real_bundle_file_with_one_value_changed(tmp_path, capsys, original, target, path,
                                                    value):
     code, err = _run(tmp_path, *target, json.dumps(replace_at(original[target], path, value)),

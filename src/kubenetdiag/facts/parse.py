@@ -18,6 +18,7 @@ from kubenetdiag.facts.model import Fact, Source, excerpt
 from kubenetdiag.facts.paths import path_facts
 from kubenetdiag.facts.persist import persist_sysctl
 from kubenetdiag.facts.policies import policy_facts
+from kubenetdiag.facts.registry import validate_fact
 from kubenetdiag.facts.services import service_sync_facts
 from kubenetdiag.facts.vantage import vantage_facts
 from kubenetdiag.facts.vxlan_peers import vxlan_peer_facts
@@ -177,7 +178,13 @@ def active_facts(node: str, active: dict) -> list[Fact]:
             if found is None:
                 continue  # written by a newer version; nothing here knows how to read it
             check, suffix = found
-            facts.extend(check.parse(section, check.target(plan, suffix), context))
+            parsed = check.parse(section, check.target(plan, suffix), context)
+            for fact in parsed:
+                # a plan value of the wrong type can reach a fact unread (the DNS name asked)
+                problems = validate_fact(fact)
+                if problems:
+                    raise ValueError(f"the plan gives {problems[0]}")
+            facts.extend(parsed)
         # a plan is read back from the bundle: an entry of the wrong type (a hostile or damaged
         # bundle, found by tests/test_fuzz_bundles.py) fails that section, not the run
         except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
