@@ -578,6 +578,36 @@ def test_a_direct_route_to_the_peer_is_a_way_to_its_pods_too():
     assert "out of flannel.1 or via 198.18.0.12" in got[0]["at"]
 
 
+def test_an_address_on_another_device_whose_route_takes_a_peers_traffic_is_named():
+    # docker's bridge with an address in the first half of n3's pod range: the kernel's
+    # connected route is more specific than flannel's, which stays in the table
+    facts = cluster(iface("n1", "docker0", "bridge", 1500, "10.244.3.1/25"),
+                    route("n1", "10.244.3.0/25", "docker0"))
+    got = [s for s in stops(facts, "n1") if s["verdict"] != "pass"]
+    assert {(s["flow"], s["peer"], s["stage"]) for s in got} == {
+        ("pod_out", "n3", "address")}
+    assert got[0]["rule"] == "10.244.3.1/25 dev docker0"
+    assert got[0]["undo"] == "ip address del 10.244.3.1/25 dev docker0"
+    assert "the overlay to n3's pods needs it out of flannel.1" in got[0]["at"]
+    # around a peer's node address: the tunnel and the node's own pings to it
+    facts = cluster(iface("n1", "docker0", "bridge", 1500, "198.18.0.14/30"),
+                    route("n1", "198.18.0.12/30", "docker0"))
+    got = stops(facts, "n1")
+    assert {(s["flow"], s["peer"], s["stage"]) for s in got} == {
+        (flow, peer, "address") for flow in ("node_out", "overlay_out") for peer in ("n2", "n3")}
+    # the same route written by hand with no address behind it is a route, not an address
+    facts = cluster(route("n1", "198.18.0.12/30", "docker0"))
+    assert {s["stage"] for s in stops(facts, "n1", "overlay_out")} == {"route"}
+    assert not stops(facts, "n1", "node_out")  # how the node reaches peers is the network's
+    # a second address on the node's own NIC keeps the traffic where it belongs
+    facts = [x for x in cluster() if not x.kind.startswith("path")
+             and not (x.kind == "interface" and x.node == "n1" and x.attrs["name"] == "eth0")]
+    facts += [iface("n1", "eth0", "veth", 1500, "198.18.0.11/24,198.18.0.14/30"),
+              route("n1", "198.18.0.12/30", "eth0")]
+    facts += path_facts(facts)
+    assert not stops(facts, "n1")
+
+
 def test_the_way_to_a_node_ssh_could_not_reach_is_still_walked():
     # node1 could not be logged in to; its address and pod range are known (inventory, API)
     facts = [x for x in node("n2") + node("n3")]

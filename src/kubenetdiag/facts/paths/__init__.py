@@ -283,14 +283,18 @@ def _flows(me: _Node, name: str, nodes: dict[str, _Node], peers: list[str], bgp:
         # sends it
         yield Flow("node_in", "in", Packet(pa, na, "icmp", None, None, node_dev), p)
         # and this node's ping to the peer's, which leaves through its own output hooks
-        yield Flow("node_out", "out", Packet(na, pa, "icmp", None, None, None), p)
+        to_peer = Expect(dev=me.underlay, what="the peer's node address",
+                         only_addresses=True) if me.underlay else None
+        yield Flow("node_out", "out", Packet(na, pa, "icmp", None, None, None), p,
+                   expect=to_peer)
         if bgp:
             yield Flow("bgp_in", "in", Packet(pa, na, "tcp", None, 179, me.underlay), p)
             yield Flow("bgp_in", "in", Packet(pa, na, "tcp", 179, None, me.underlay,
                                               state="established"), p)
-            yield Flow("bgp_out", "out", Packet(na, pa, "tcp", None, 179, None), p)
+            yield Flow("bgp_out", "out", Packet(na, pa, "tcp", None, 179, None), p,
+                       expect=to_peer)
             yield Flow("bgp_out", "out", Packet(na, pa, "tcp", 179, None, None,
-                                                state="established"), p)
+                                                state="established"), p, expect=to_peer)
         if me.pod_addr is None or peer.pod_addr is None or _overlap(me.cidr, peer.cidr):
             continue  # two nodes with one pod range: no route can tell them apart
         if me.overlay is not None:
@@ -458,6 +462,19 @@ def _ip_rule_undo(end: Ending) -> str | None:
     return shlex.join(["ip", "rule", "del", "priority", m.group(1), *words])
 
 
+def _address_undo(end: Ending) -> str | None:
+    """An interface address whose connected route takes a flow, deleted (the kernel deletes its
+    route with it).
+
+    >>> _address_undo(Ending("drop", "address", rule="10.244.3.1/25 dev docker0"))
+    'ip address del 10.244.3.1/25 dev docker0'
+    """
+    words = (end.rule or "").split()
+    if len(words) != 3 or words[1] != "dev":
+        return None
+    return shlex.join(["ip", "address", "del", words[0], "dev", words[2]])
+
+
 def undo_command(end: Ending, both_backends: bool = False) -> str | None:
     """The command that deletes exactly the rule that stopped a flow, every word shell-quoted,
     or None when it cannot be known from what was collected.
@@ -468,7 +485,8 @@ def undo_command(end: Ending, both_backends: bool = False) -> str | None:
     are legacy anyway). A native nftables rule is deleted by its handle, which `nft list ruleset`
     prints only with -a: without it there is no exact delete. A forwarding switch or a strict
     reverse-path filter is set back (_sysctl_undo), a policy routing rule deleted
-    (_ip_rule_undo). A chain policy or a route has no one command that undoes it.
+    (_ip_rule_undo), an address that took a flow deleted (_address_undo). A chain policy or a
+    route has no one command that undoes it.
 
     >>> e = Ending("drop", "netfilter", hook="input", table="filter", chain="INPUT", position=1,
     ...            rule='-A INPUT -p udp --dport 8472 -m comment --comment "a; b" -j DROP',
@@ -494,6 +512,8 @@ def undo_command(end: Ending, both_backends: bool = False) -> str | None:
         return _sysctl_undo(end)
     if end.stage == "policy":
         return _ip_rule_undo(end)
+    if end.stage == "address":
+        return _address_undo(end)
     if end.stage not in ("netfilter", "notrack") or end.position is None or not end.rule \
             or not end.table or not end.chain:
         return None

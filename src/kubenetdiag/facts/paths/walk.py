@@ -14,23 +14,28 @@ frame is not known, so a bridge rule that matches on it is undecidable.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from kubenetdiag.facts.paths.netfilter import Stop, World, walk_hook
 from kubenetdiag.facts.paths.node import NodeView
 from kubenetdiag.facts.paths.packet import BRIDGE_PORT, Packet, show
-from kubenetdiag.facts.paths.routing import Decision
+from kubenetdiag.facts.paths.routing import Decision, Route
 from kubenetdiag.facts.paths.ruleset import BRIDGE_HOOK
 
 
 @dataclass(frozen=True)
 class Expect:
     """Where the CNI needs the routing decision to send the packet: out of `dev`, or via
-    `gateway`; `what` says it in words for the report."""
+    `gateway`; `what` says it in words for the report. An expectation `only_addresses` can
+    contradict is one the walk holds against a connected route of an address on another
+    device alone: how a node reaches its peers' node addresses is the network's business (a
+    router, a second NIC), but not through docker's bridge."""
 
     dev: str | None = None
     gateway: str | None = None
     what: str = ""
+    only_addresses: bool = False
 
 
 @dataclass
@@ -168,7 +173,8 @@ def _forwarding(v: NodeView, pkt: Packet, steps: list[str]) -> Ending | None:
                   why=f"forwarding is off for packets arriving on {pkt.iif}", steps=steps)
 
 
-def _expectation(d: Decision, e: Expect | None, pkt: Packet, steps: list[str]) -> Ending | None:
+def _expectation(v: NodeView, d: Decision, e: Expect | None, pkt: Packet, steps: list[str]
+                 ) -> Ending | None:
     if e is None or d.route is None:
         return None
     r = d.route
@@ -179,9 +185,39 @@ def _expectation(d: Decision, e: Expect | None, pkt: Packet, steps: list[str]) -
     # address (host-gw, BGP, or a direct route on a shared segment next to an overlay).
     if (e.dev and r.dev == e.dev) or (e.gateway and r.gateway == e.gateway):
         return None
+    owned = _address_behind(v, r)
+    if e.only_addresses and not owned:
+        return None
     ways = " or ".join(w for w in (f"out of {e.dev}" if e.dev else "",
                                    f"via {e.gateway}" if e.gateway else "") if w)
-    return _route_ending(d, pkt, steps, "drop", f"{e.what} needs it {ways}")
+    why = f"{e.what} needs it {ways}"
+    if owned:
+        # The route is the kernel's own, made from an address someone put on another device
+        # (docker's bridge, a VPN): deleting the route helps until the address is set again.
+        return Ending("drop", "address", f"address {owned} on {r.dev} (its route {r.text()}: "
+                      f"{why})", rule=f"{owned} dev {r.dev}", owner="unknown", why=why,
+                      steps=steps)
+    return _route_ending(d, pkt, steps, "drop", why)
+
+
+def _address_behind(v: NodeView, r: Route) -> str | None:
+    """The address on the route's device that the kernel made this connected route from (same
+    network, same length), or None when the route is not one: a connected route has no
+    gateway and the protocol `kernel`."""
+    if r.protocol != "kernel" or r.gateway or not r.dev or r.table not in ("main", "254"):
+        return None
+    try:
+        net = ipaddress.ip_network(r.dst, strict=False)
+    except ValueError:
+        return None
+    for a in str(v.ifaces.get(r.dev, {}).get("addresses") or "").split(","):
+        try:
+            iface = ipaddress.ip_interface(a.strip())
+        except ValueError:
+            continue
+        if iface.network == net:
+            return str(iface)
+    return None
 
 
 def _dead_end(d: Decision, pkt: Packet, steps: list[str]) -> Ending | None:
@@ -219,7 +255,7 @@ def _decide(v: NodeView, flow: Flow, w: World, steps: list[str]) -> Ending:
         end = _dead_end(d, pkt, steps)
         if end:
             return end
-        end = _rp_filter(v, pkt, steps) or _expectation(d, flow.expect if not pkt.dnat else None,
+        end = _rp_filter(v, pkt, steps) or _expectation(v, d, flow.expect if not pkt.dnat else None,
                                                          pkt, steps)
         if end:
             return end
@@ -237,7 +273,7 @@ def _decide(v: NodeView, flow: Flow, w: World, steps: list[str]) -> Ending:
         return _after(v, ["forward", "postrouting"], flow, pkt.but(oif=oif), w, steps)
     # sent by the node itself
     d = v.routing.lookup(pkt)
-    end = _dead_end(d, pkt, steps) or _expectation(d, flow.expect, pkt, steps)
+    end = _dead_end(d, pkt, steps) or _expectation(v, d, flow.expect, pkt, steps)
     if end:
         return end
     steps.append(d.at(pkt.dst))
