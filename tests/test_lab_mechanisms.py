@@ -622,6 +622,22 @@ def _vxlan_entry_stale(via: str) -> Callable[[Lab], None]:
     return check
 
 
+def _address_takes_peer(via: str) -> Callable[[Lab], None]:
+    """docker0 on node2 holds an address whose connected route outranks the way to node1:
+    inside node1's pod range (via=pod) or around node1's node address (via=node), while the
+    CNI's route to node1's pods is still in the table; the two nodes' pods are cut apart
+    (via=node: the tunnel to node1 leaves by the bridge, so only in vxlan mode)."""
+    def check(lab: Lab) -> None:
+        address, probe = {"pod": ("10.244.1.1/25", "10.244.1.2"),
+                          "node": ("198.18.0.9/30", "198.18.0.11")}[via]
+        assert address in lab.node_exec("node2", ["ip", "-br", "address", "show",
+                                                  "docker0"]).stdout
+        assert "dev docker0" in lab.node_exec("node2", ["ip", "route", "get", probe]).stdout
+        assert "10.244.1.0/24" in lab.node_exec("node2", ["ip", "route"]).stdout
+        blocked_both(lab, "node1", "node2")
+    return check
+
+
 def _recv_queue_of_a_hung_reader(lab: Lab) -> None:
     line = lab.node_exec("node2", ["ss", "-Htnp", "state", "established",
                                    "sport = :30070"]).stdout.split()
@@ -820,6 +836,9 @@ VXLAN_CASES = [
     ("vxlan_peer_entry_missing", "neigh", "node2", {"peer": "node1"}, _vxlan_neighbour_gone),
     ("vxlan_peer_entry_stale", "mac", "node2", {"peer": "node1"}, _vxlan_entry_stale("mac")),
     ("vxlan_peer_entry_stale", "dst", "node2", {"peer": "node1"}, _vxlan_entry_stale("dst")),
+    ("interface_address_overlap", "pod", "node2", {"peer": "node1"}, _address_takes_peer("pod")),
+    ("interface_address_overlap", "node", "node2", {"peer": "node1"},
+     _address_takes_peer("node")),
     ("socket_recv_queue_backlog", "hang", "node2", {}, _recv_queue_of_a_hung_reader),
     ("listen_port_conflict", "address", "node2", {}, _second_listener_on_the_address),
     ("syn_backlog_low", "file", "node2", {}, _syn_cookies_off_by_file),
@@ -928,6 +947,7 @@ HOSTGW_CASES = [
     ("policy_route_blackhole", "table", "node1", {}, _policy_table),
     ("pod_bridge_down", "link", "node2", {}, _pod_bridge_off),
     ("pod_bridge_address_wrong", "stale", "node2", {}, _bridge_gateway_gone("10.244.3.1/24")),
+    ("interface_address_overlap", "pod", "node2", {}, _address_takes_peer("pod")),
 ]
 
 
@@ -1008,6 +1028,7 @@ CALICO_CASES = [
     ("policy_route_blackhole", "rule", "node2", {}, _policy_rule_over_bird),
     # the kernel drops the pod's /32 with its cali veth: the heal must write it back
     ("node_pod_link_broken", "veth", "node2", {}, _node_and_pod_apart("veth")),
+    ("interface_address_overlap", "pod", "node2", {}, _address_takes_peer("pod")),
 ]
 
 

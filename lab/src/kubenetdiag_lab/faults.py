@@ -28,7 +28,7 @@ import subprocess
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +44,12 @@ from kubenetdiag_lab import (
     services,
     sshd,
 )
+from kubenetdiag_lab.controlplane import CP_ADDRESS
 from kubenetdiag_lab.netns import LabError, cmdline, exec_argv, pids_in_netns, proc_state, run
 from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.runner import NetnsRunner, NodeRunner, Runners
 from kubenetdiag_lab.topology import (
+    CLIENT_ADDRESS,
     OUTSIDE_HOST,
     OUTSIDE_NETWORK,
     OUTSIDE_PORT,
@@ -1565,6 +1567,59 @@ register(Fault(
     "holds an unreachable route for the peer's block (via=table)",
     _policy_on, _policy_off, {"via": "rule", "peer": ""},
     mechanisms={"rule": (), "table": ()},
+))
+
+
+OVERLAP_DEV = "docker0"  # what usually brings the address: docker's default bridge
+
+
+def _overlap_address(ctx: FaultContext, node: LabNode, params: Params) -> str:
+    """The address docker0 gets: in the first half of the peer's pod range (via=pod: its
+    route is one bit more specific than the CNI's), or in the smallest network around the
+    peer's node address that leaves out the node's own and has a host no lab machine uses
+    (via=node), as a `bip` chosen without looking at the cluster's ranges lands."""
+    peer = _peer(ctx, node, params)
+    if params["via"] == "pod":
+        half = next(IPv4Network(peer.pod_cidr).subnets(prefixlen_diff=1))
+        return f"{half.network_address + 1}/{half.prefixlen}"
+    if params["via"] != "node":
+        raise LabError("interface_address_overlap: via must be pod or node")
+    taken = {n.address for n in ctx.topology.nodes} | {
+        CLIENT_ADDRESS, CP_ADDRESS, OUTSIDE_UNDERLAY, RETIRED_NODE_ADDRESS}
+    for plen in range(30, 23, -1):
+        net = IPv4Network(f"{peer.address}/{plen}", strict=False)
+        if IPv4Address(node.address) in net:
+            break
+        free = [h for h in net.hosts() if str(h) not in taken]
+        if free:
+            return f"{free[0]}/{plen}"
+    raise LabError(f"interface_address_overlap via=node: no network around {peer.address} "
+                   f"leaves out {node.address} and has a free address; pick another peer")
+
+
+def _overlap_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    address = _overlap_address(ctx, node, params)
+    runner = ctx.node(node)
+    runner.run(["ip", "link", "add", OVERLAP_DEV, "type", "bridge"])
+    runner.run(["ip", "address", "add", address, "dev", OVERLAP_DEV])
+    # docker brings its bridge up with no container on it: no carrier, the route still wins
+    runner.run(["ip", "link", "set", OVERLAP_DEV, "up"])
+
+
+def _overlap_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # the lab has no docker0 of its own: deleting it takes the address and its route
+    ctx.node(node).run(["ip", "link", "del", OVERLAP_DEV], check=False)
+
+
+register(Fault(
+    "interface_address_overlap",
+    f"an address on a bridge {OVERLAP_DEV} (docker's, with a `bip` that lands in the "
+    "cluster's ranges) whose connected route takes traffic the CNI routes elsewhere: one "
+    "bit more specific than a peer's pod range (via=pod, param peer, default the first other "
+    "node), or a small network around the peer's node address (via=node: the node's own "
+    "traffic to that peer, the tunnel and BGP, leaves by the bridge)",
+    _overlap_on, _overlap_off, {"via": "pod", "peer": ""},
+    mechanisms={"pod": (), "node": ()},
 ))
 
 
