@@ -1617,7 +1617,8 @@ register(Fault(
     "cluster's ranges) whose connected route takes traffic the CNI routes elsewhere: one "
     "bit more specific than a peer's pod range (via=pod, param peer, default the first other "
     "node), or a small network around the peer's node address (via=node: the node's own "
-    "traffic to that peer, the tunnel and BGP, leaves by the bridge)",
+    "traffic to that peer, its pings and the tunnel, leaves by the bridge; BIRD's sessions, "
+    "bound to eth0, stay up)",
     _overlap_on, _overlap_off, {"via": "pod", "peer": ""},
     mechanisms={"pod": (), "node": ()},
 ))
