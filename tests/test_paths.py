@@ -608,6 +608,21 @@ def test_an_address_on_another_device_whose_route_takes_a_peers_traffic_is_named
     assert not stops(facts, "n1")
 
 
+def test_pings_the_filter_passes_and_the_kernel_ignores_end_at_the_setting():
+    facts = cluster(sysctl("n2", "net.ipv4.icmp_echo_ignore_all", 1))
+    got = stops(facts, "n2")
+    assert {(s["flow"], s["stage"]) for s in got} == {
+        ("node_in", "icmp_echo"), ("pod_node_in", "icmp_echo"), ("own_pod_in", "icmp_echo")}
+    assert {s["undo"] for s in got} == {"sysctl -w net.ipv4.icmp_echo_ignore_all=0"}
+    # the filter comes first: a DROP there is named, not the setting behind it
+    facts = cluster(sysctl("n2", "net.ipv4.icmp_echo_ignore_all", 1),
+                    ipt("n2", "filter", "-A INPUT -p icmp -m icmp --icmp-type 8 -j DROP", 1))
+    assert {s["stage"] for s in stops(facts, "n2", "node_in")} == {"netfilter"}
+    # UDP and TCP to the node are not pings
+    assert not [s for s in stops(cluster(sysctl("n2", "net.ipv4.icmp_echo_ignore_all", 1)), "n2")
+                if s["proto"] != "icmp"]
+
+
 def test_the_way_to_a_node_ssh_could_not_reach_is_still_walked():
     # node1 could not be logged in to; its address and pod range are known (inventory, API)
     facts = [x for x in node("n2") + node("n3")]

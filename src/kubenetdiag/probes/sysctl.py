@@ -30,6 +30,7 @@ KEYS = (
     "net.bridge.bridge-nf-call-ip6tables",
     "net.ipv4.conf.all.rp_filter",
     "net.ipv4.conf.default.rp_filter",
+    "net.ipv4.icmp_echo_ignore_all",
     "net.ipv4.tcp_timestamps",
     "net.ipv4.tcp_tw_recycle",
     "net.ipv4.tcp_tw_reuse",

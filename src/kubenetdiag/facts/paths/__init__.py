@@ -486,8 +486,8 @@ def undo_command(end: Ending, both_backends: bool = False) -> str | None:
     are legacy anyway). A native nftables rule is deleted by its handle, which `nft list ruleset`
     prints only with -a: without it there is no exact delete. A forwarding switch or a strict
     reverse-path filter is set back (_sysctl_undo), a policy routing rule deleted
-    (_ip_rule_undo), an address that took a flow deleted (_address_undo). A chain policy or a
-    route has no one command that undoes it.
+    (_ip_rule_undo), an address that took a flow deleted (_address_undo), pings answered again.
+    A chain policy or a route has no one command that undoes it.
 
     >>> e = Ending("drop", "netfilter", hook="input", table="filter", chain="INPUT", position=1,
     ...            rule='-A INPUT -p udp --dport 8472 -m comment --comment "a; b" -j DROP',
@@ -515,6 +515,8 @@ def undo_command(end: Ending, both_backends: bool = False) -> str | None:
         return _ip_rule_undo(end)
     if end.stage == "address":
         return _address_undo(end)
+    if end.stage == "icmp_echo":
+        return shlex.join(["sysctl", "-w", "net.ipv4.icmp_echo_ignore_all=0"])
     if end.stage not in ("netfilter", "notrack") or end.position is None or not end.rule \
             or not end.table or not end.chain:
         return None

@@ -155,6 +155,18 @@ def _rp_filter(v: NodeView, pkt: Packet, steps: list[str]) -> Ending | None:
     return None
 
 
+def _echo_answered(v: NodeView, pkt: Packet, end: Ending) -> Ending:
+    """A ping delivered to the node (its input hooks passed) that the kernel's ICMP handler
+    then ignores: net.ipv4.icmp_echo_ignore_all, which no packet filter listing shows."""
+    if end.verdict != "pass" or pkt.proto != "icmp" or pkt.state != "new" \
+            or v.setting("net.ipv4.icmp_echo_ignore_all") != 1:
+        return end
+    key = "net.ipv4.icmp_echo_ignore_all=1"
+    return Ending("drop", "icmp_echo", key, rule=key, owner="kernel",
+                  why="the node answers no echo request", undecided=end.undecided,
+                  steps=[*end.steps, "icmp"])
+
+
 def _forwarding(v: NodeView, pkt: Packet, steps: list[str]) -> Ending | None:
     glob = v.setting("net.ipv4.ip_forward")
     per = v.setting(f"net.ipv4.conf.{pkt.iif}.forwarding") if pkt.iif else None
@@ -242,13 +254,13 @@ def _decide(v: NodeView, flow: Flow, w: World, steps: list[str]) -> Ending:
         end = _rp_filter(v, pkt, steps)
         if end:
             return end
-        return _after(v, ["input"], flow, pkt, w, steps)
+        return _echo_answered(v, pkt, _after(v, ["input"], flow, pkt, w, steps))
     if flow.kind == "forward":
         d = v.routing.lookup(pkt)
         if d.kind == "local":
             steps.append("local")
             end = _rp_filter(v, pkt, steps)
-            return end or _after(v, ["input"], flow, pkt, w, steps)
+            return end or _echo_answered(v, pkt, _after(v, ["input"], flow, pkt, w, steps))
         end = _forwarding(v, pkt, steps)
         if end:
             return end
