@@ -534,6 +534,13 @@ def _pings_dropped(lab: Lab) -> None:
     assert web_ok(lab, "node1") and dns_ok(lab, "node2")
 
 
+def _pings_ignored_by_the_kernel(lab: Lab) -> None:
+    # no rule anywhere: the packet filter passes the pings and the kernel answers none
+    assert "icmp" not in iptables(lab, "node2") and "hardening" not in nft_tables(lab, "node2")
+    assert sysctl(lab, "node2", "net.ipv4.icmp_echo_ignore_all") == "1"
+    _pings_dropped(lab)
+
+
 def _dns_untracked(via: str) -> Callable[[Lab], None]:
     def check(lab: Lab) -> None:
         if via == "nft":
@@ -856,6 +863,7 @@ VXLAN_CASES = [
     ("notrack_rule", "nft", "node2", {}, _dns_untracked("nft")),
     ("icmp_echo_blocked", "iptables", "node2", {}, _pings_dropped),
     ("icmp_echo_blocked", "nft", "node2", {}, _pings_dropped),
+    ("icmp_echo_blocked", "file", "node2", {}, _pings_ignored_by_the_kernel),
     ("pod_bridge_down", "link", "node2", {}, _pod_bridge_off),
     # two nodes: the range no node holds is a third's
     ("pod_bridge_address_wrong", "stale", "node2", {}, _bridge_gateway_gone("10.244.3.1/24")),

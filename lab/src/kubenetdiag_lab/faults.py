@@ -1073,14 +1073,32 @@ class OwnRule:
 
 ECHO_DROP = OwnRule("filter", "INPUT", ("-p", "icmp", "--icmp-type", "echo-request", "-j", "DROP"),
                     "inet hardening", "input", "filter", "icmp type echo-request drop")
+ECHO_FILE = "99-no-ping.conf"  # sorts after 99-kubernetes-cri.conf
+
+
+def _echo_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] == "file":
+        _sysctl_file(ctx, node, ECHO_FILE, "net.ipv4.icmp_echo_ignore_all = 1")
+    else:
+        ECHO_DROP.add(ctx, node, params)
+
+
+def _echo_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    ECHO_DROP.remove(ctx, node, params)
+    (ctx.paths.node_files(node.name).sysctl_d / ECHO_FILE).unlink(missing_ok=True)
+    _sysctl(ctx, node, "net.ipv4.icmp_echo_ignore_all=0")
+
+
 register(Fault(
     "icmp_echo_blocked",
     "pings to the node dropped, as a hardening script or firewall profile does, while its "
     "TCP and UDP pass: an ICMP echo-request DROP at the top of INPUT (via=iptables), or in "
-    "the input chain of a native nftables table of its own (via=nft). Nothing Kubernetes "
-    "needs breaks; every ping of the node fails, the connectivity matrix's included",
-    ECHO_DROP.add, ECHO_DROP.remove, {"via": "iptables"},
-    mechanisms={"iptables": (), "nft": ()},
+    "the input chain of a native nftables table of its own (via=nft), or the kernel told to "
+    f"answer none (net.ipv4.icmp_echo_ignore_all = 1 in /etc/sysctl.d/{ECHO_FILE}, applied; "
+    "via=file), which no rule listing shows. Nothing Kubernetes needs breaks; every ping of "
+    "the node fails, the connectivity matrix's included",
+    _echo_off, _echo_on, {"via": "iptables"},
+    mechanisms={"iptables": (), "nft": (), "file": ()},
 ))
 
 DNS_NOTRACK = OwnRule("raw", "PREROUTING", ("-p", "udp", "--dport", "53", "-j", "NOTRACK"),
