@@ -33,6 +33,17 @@ def test_sysctl_recorded_netns():
     assert all(not validate_fact(f) for f in facts)
 
 
+def test_sysctl_reads_proxy_arp_per_interface_and_whether_pings_are_answered():
+    # a calico node of the lab, proxy ARP switched off on one pod's veth
+    keys = by_key(sysctl.parse(section("sysctl", "calico-6.18-proxy-arp-off", 2), "node2"))
+    assert keys["net.ipv4.conf.calid0244d9bc21.proxy_arp"].attrs["number"] == 0
+    assert keys["net.ipv4.conf.cali0d7763386da.proxy_arp"].attrs["number"] == 1
+    assert keys["net.ipv4.icmp_echo_ignore_all"].attrs["number"] == 0
+    # a recording made before the key was read: absent, as any key the kernel lacks
+    old = by_key(sysctl.parse(section("sysctl", "kernel-6.18-netns", 2), "node1"))
+    assert old["net.ipv4.icmp_echo_ignore_all"].attrs["present"] is False
+
+
 def test_sysctl_centos7_keeps_tw_recycle_and_dotted_interfaces():
     keys = by_key(sysctl.parse(section("sysctl", "centos7-3.10-forward-off"), "n"))
     assert keys["net.ipv4.ip_forward"].attrs["number"] == 0

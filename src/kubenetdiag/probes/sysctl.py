@@ -44,7 +44,9 @@ KEYS = (
 # Globs: per-interface settings whose interfaces we cannot know in advance. A routed packet
 # needs forwarding on the interface it came in on, whatever net.ipv4.ip_forward says (writing
 # ip_forward sets every interface, but one interface can be turned off on its own after).
-GLOBS = ("net/ipv4/conf/*/rp_filter", "net/ipv4/conf/*/forwarding")
+GLOBS = ("net/ipv4/conf/*/rp_filter", "net/ipv4/conf/*/forwarding",
+         # Calico's pods reach their gateway only through proxy ARP on their veth
+         "net/ipv4/conf/*/proxy_arp")
 
 
 def _path(key: str) -> str:
