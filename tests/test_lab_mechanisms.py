@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from kubenetdiag_lab import Lab, LabError, coredns, flannel, services
+from kubenetdiag_lab import Lab, LabError, cni, coredns, flannel, services
 from kubenetdiag_lab.netns import cmdline
 from kubenetdiag_lab.topology import OUTSIDE_HOST, OUTSIDE_PORT, RETIRED_NODE_ADDRESS
 from test_lab_faults import (
@@ -760,6 +760,10 @@ def _node_and_pod_apart(via: str) -> Callable[[Lab], None]:
             assert "master cni0" in link and ",UP,LOWER_UP>" in link, link
             assert "state disabled" in lab.node_exec(
                 "node2", ["bridge", "link", "show", "dev", "veth-pod1"]).stdout
+        if via == "proxy_arp":  # link, route and rules as calico made them; no ARP answer
+            veth = cni.calico_veth(pod)
+            assert f"{pod.ip} dev {veth}" in lab.node_exec("node2", ["ip", "route"]).stdout
+            assert sysctl(lab, "node2", f"net.ipv4.conf.{veth}.proxy_arp") == "0"
     return check
 
 
@@ -1036,6 +1040,7 @@ CALICO_CASES = [
     ("policy_route_blackhole", "rule", "node2", {}, _policy_rule_over_bird),
     # the kernel drops the pod's /32 with its cali veth: the heal must write it back
     ("node_pod_link_broken", "veth", "node2", {}, _node_and_pod_apart("veth")),
+    ("node_pod_link_broken", "proxy_arp", "node2", {}, _node_and_pod_apart("proxy_arp")),
     ("interface_address_overlap", "pod", "node2", {}, _address_takes_peer("pod")),
 ]
 

@@ -2938,8 +2938,14 @@ def _pod_link_cut(ctx: FaultContext, node: LabNode, params: Params) -> None:
         # up, and the bridge passes nothing through the port
         ctx.node(node).run(["bridge", "link", "set", "dev", _host_veth(ctx, pod),
                             "state", "0"])
+    elif params["via"] == "proxy_arp":
+        # calico: the node stops answering the pod's ARP for its gateway 169.254.1.1; the
+        # pod's entry for it is flushed, as it expires within a minute on its own
+        _sysctl(ctx, node, f"net.ipv4.conf.{_host_veth(ctx, pod)}.proxy_arp=0")
+        ctx.runners.pod(pod.name).run(["ip", "neigh", "flush", "dev", "eth0"])
     else:
-        raise LabError("node_pod_link_broken: via must be veth, nomaster, filter or port")
+        raise LabError("node_pod_link_broken: via must be veth, nomaster, filter, port or "
+                       "proxy_arp")
 
 
 def _pod_link_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -2956,6 +2962,7 @@ def _pod_link_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
         # the kernel dropped the pod's /32 when its veth went down; felix writes it back
         ctx.node(node).run(["ip", "route", "replace", f"{pod.ip}/32", "dev", veth,
                             "scope", "link"])
+        _sysctl(ctx, node, f"net.ipv4.conf.{veth}.proxy_arp=1")
     _ipt_delete(ctx, node, "INPUT", _pod_isolate_spec(pod))
 
 
@@ -2966,10 +2973,11 @@ register(Fault(
     "(via=nomaster: up, bridged to nothing), or a DROP in the node's INPUT for the pod's "
     "address (via=filter: the node and the pod cannot ping each other, forwarded traffic "
     "still passes), or its port of cni0 set disabled while its link stays up (via=port: "
-    "`bridge link set dev <veth> state 0`)",
+    "`bridge link set dev <veth> state 0`), or proxy ARP switched off on its calico veth "
+    "(via=proxy_arp: the pod's ARP for its gateway 169.254.1.1 goes unanswered)",
     _pod_link_cut, _pod_link_back, {"via": "veth"},
     mechanisms={"veth": (), "nomaster": ("flannel-vxlan", "flannel-host-gw"), "filter": (),
-                "port": ("flannel-vxlan", "flannel-host-gw")},
+                "port": ("flannel-vxlan", "flannel-host-gw"), "proxy_arp": ("calico-bgp",)},
 ))
 
 
