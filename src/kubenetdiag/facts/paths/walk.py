@@ -27,10 +27,10 @@ from kubenetdiag.facts.paths.ruleset import BRIDGE_HOOK
 @dataclass(frozen=True)
 class Expect:
     """Where the CNI needs the routing decision to send the packet: out of `dev`, or via
-    `gateway`; `what` says it in words for the report. An expectation `only_addresses` can
-    contradict is one the walk holds against a connected route of an address on another
-    device alone: how a node reaches its peers' node addresses is the network's business (a
-    router, a second NIC), but not through docker's bridge."""
+    `gateway`; `what` says it in words for the report. With `only_addresses`, only a
+    connected route made from an address on another device contradicts it: how a node
+    reaches its peers' node addresses is the network's business (a router, a second NIC),
+    but never through docker's bridge."""
 
     dev: str | None = None
     gateway: str | None = None
