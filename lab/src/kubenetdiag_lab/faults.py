@@ -1627,6 +1627,10 @@ def _overlap_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
 def _overlap_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
     # the lab has no docker0 of its own: deleting it takes the address and its route
     ctx.node(node).run(["ip", "link", "del", OVERLAP_DEV], check=False)
+    if ctx.topology.cni == "calico-bgp":
+        # BGP sessions to the peers behind the address went down: their routes come back
+        # a moment after the sessions do
+        cni.wait_converged(ctx.topology)
 
 
 register(Fault(
@@ -1635,8 +1639,7 @@ register(Fault(
     "cluster's ranges) whose connected route takes traffic the CNI routes elsewhere: one "
     "bit more specific than a peer's pod range (via=pod, param peer, default the first other "
     "node), or a small network around the peer's node address (via=node: the node's own "
-    "traffic to that peer, its pings and the tunnel, leaves by the bridge; BIRD's sessions, "
-    "bound to eth0, stay up)",
+    "traffic to that peer, its pings, the tunnel and BGP, leaves by the bridge)",
     _overlap_on, _overlap_off, {"via": "pod", "peer": ""},
     mechanisms={"pod": (), "node": ()},
 ))

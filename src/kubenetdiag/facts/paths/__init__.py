@@ -291,11 +291,10 @@ def _flows(me: _Node, name: str, nodes: dict[str, _Node], peers: list[str], bgp:
             yield Flow("bgp_in", "in", Packet(pa, na, "tcp", None, 179, me.underlay), p)
             yield Flow("bgp_in", "in", Packet(pa, na, "tcp", 179, None, me.underlay,
                                               state="established"), p)
-            # no expectation: BIRD binds a direct session's socket to its interface, so a
-            # route elsewhere does not take it
-            yield Flow("bgp_out", "out", Packet(na, pa, "tcp", None, 179, None), p)
+            yield Flow("bgp_out", "out", Packet(na, pa, "tcp", None, 179, None), p,
+                       expect=to_peer)
             yield Flow("bgp_out", "out", Packet(na, pa, "tcp", 179, None, None,
-                                                state="established"), p)
+                                                state="established"), p, expect=to_peer)
         if me.pod_addr is None or peer.pod_addr is None or _overlap(me.cidr, peer.cidr):
             continue  # two nodes with one pod range: no route can tell them apart
         if me.overlay is not None:
