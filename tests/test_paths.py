@@ -301,6 +301,29 @@ def test_service_vip_is_translated_and_forwarded_to_every_endpoint():
     assert "service" in walk_of(facts, "n1")["kinds"]
 
 
+def test_a_dnat_no_service_proxy_wrote_sends_the_traffic_elsewhere():
+    extra = [x for n in NODES for x in _kube_proxy(n, ["10.244.2.3", "10.244.3.3"])]
+    # n1's PREROUTING: an "interception" rule above kube-proxy's jump, and one for pod traffic
+    extra = [x for x in extra if not (x.node == "n1" and x.kind == "iptables_rule"
+                                      and x.attrs["chain"] == "PREROUTING")]
+    extra += [ipt("n1", "nat", "-A PREROUTING -p tcp -m tcp --dport 80 -j DNAT "
+                  "--to-destination 203.0.113.80", 1),
+              ipt("n1", "nat", '-A PREROUTING -m comment --comment "kubernetes service '
+                  'portals" -j KUBE-SERVICES', 2),
+              ipt("n1", "nat", "-A PREROUTING -d 10.244.1.2/32 -p icmp -j DNAT "
+                  "--to-destination 10.244.1.3", 3)]
+    facts = cluster(*extra)
+    (svc,) = stops(facts, "n1", "service")
+    assert (svc["stage"], svc["table"], svc["chain"], svc["position"]) == (
+        "netfilter", "nat", "PREROUTING", 1)
+    assert svc["at"] == "nat PREROUTING rule 1: DNAT of 10.96.0.20:80 to 203.0.113.80:80"
+    assert svc["undo"] == ("iptables -t nat -D PREROUTING -p tcp -m tcp --dport 80 -j DNAT "
+                           "--to-destination 203.0.113.80")
+    assert {s["peer"] for s in stops(facts, "n1", "pod_in")} == {"n2", "n3"}
+    # kube-proxy's own translation on the other nodes is the Service path, not a stop
+    assert not stops(facts, "n2", "service") and not stops(facts, "n3", "service")
+
+
 def test_a_node_that_lost_its_service_rules_is_named():
     extra = [x for n in ("n1", "n3") for x in _kube_proxy(n, ["10.244.2.3"])]
     extra += [chain("n2", "nat", c) for c in ("PREROUTING", "OUTPUT", "POSTROUTING")]

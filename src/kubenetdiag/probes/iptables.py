@@ -110,8 +110,11 @@ OWNERS = {
     "ufw": ("ufw-", "ufw6-"),
     # ipvs mode writes its rules in KUBE-IPVS-FILTER, KUBE-NODE-PORT and KUBE-LOAD-BALANCER,
     # most of them without the comment that names kube-proxy elsewhere
-    "kube_proxy": ("KUBE-SERVICES", "KUBE-SVC-", "KUBE-NODEPORTS", "KUBE-POSTROUTING",
-                   "KUBE-IPVS-", "KUBE-NODE-PORT", "KUBE-LOAD-BALANCER"),
+    # (its per-endpoint, external-traffic, local-traffic and load-balancer-firewall chains
+    # too, whose comments name only the Service)
+    "kube_proxy": ("KUBE-SERVICES", "KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-SVL-",
+                   "KUBE-FW-", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-IPVS-",
+                   "KUBE-NODE-PORT", "KUBE-LOAD-BALANCER"),
     "calico": ("cali-",),
     # kube-router's NetworkPolicy controller: per-pod and per-policy chains it rewrites itself
     "kube_router": ("KUBE-ROUTER-", "KUBE-POD-FW-", "KUBE-NWPLCY-"),

@@ -100,7 +100,8 @@ def _run(table: Table, chain: str, pkt: Packet, ctx: Context, depth: int, undeci
                               if a.alternatives else "")
                 for dst, port in (a.to, *a.alternatives):
                     results.append(_Out("verdict", "accept",
-                                        p.but(dst=dst, dport=port or p.dport, dnat=True),
+                                        p.but(dst=dst, dport=port or p.dport, dnat=True,
+                                              dnat_by=(table, chain, r)),
                                         drawn, r, chain))
             elif a.kind in ("accept", "drop", "reject", "unknown"):
                 results.append(_Out("verdict", a.kind, p, u, r, chain, a.why))

@@ -37,6 +37,9 @@ class Packet:
     # (table, chain, rule) of the NOTRACK that exempted the packet from connection tracking:
     # its conntrack state is then UNTRACKED and no nat chain sees it (no DNAT, no masquerade)
     untracked_by: tuple | None = field(default=None, compare=False)
+    # (table, chain, rule) of the DNAT that translated the destination, to tell kube-proxy's
+    # Service translation from a rule that sends the packet somewhere else
+    dnat_by: tuple | None = field(default=None, compare=False)
 
     def but(self, **changes) -> Packet:
         return replace(self, **changes)

@@ -354,6 +354,34 @@ def _untracked(flow: Flow, pkt: Packet, w: World, steps: list[str]) -> Ending:
                   w.undecided, steps, rule.handle, rule.pkts)
 
 
+# Whose DNAT is the cluster's own Service translation; flows that must reach one known
+# destination (a Service's endpoints, a CoreDNS pod, a pod) and any other DNAT
+SERVICE_PROXIES = frozenset({"kube-proxy", "kube-router", "calico", "cilium"})
+_AIMED = frozenset({"service", "nodeport_in", "dns_pod", "dns_pod_in", "endpoint_pod",
+                    "endpoint_in", "pod_out", "pod_in"})
+
+
+def _misdirected(flow: Flow, pkt: Packet) -> bool:
+    if flow.name not in _AIMED or pkt.dnat_by is None:
+        return False
+    table, chain, rule = pkt.dnat_by
+    return table.owner_of(chain, rule) not in SERVICE_PROXIES
+
+
+def _redirected(flow: Flow, pkt: Packet, w: World, steps: list[str]) -> Ending:
+    """A packet a DNAT no Service proxy wrote sent somewhere other than where the flow goes
+    (a DNS "interception" rule, a port forward left from a migration): for the flow, it is
+    lost at that rule, whatever answers at the new address."""
+    table, chain, rule = w.pkt.dnat_by
+    to = f"{show(w.pkt.dst)}:{w.pkt.dport}" if w.pkt.dport else show(w.pkt.dst)
+    was = f"{show(pkt.dst)}:{pkt.dport}" if pkt.dport else show(pkt.dst)
+    at = f"{table.name} {chain} rule {rule.position}"
+    return Ending("drop", "netfilter", f"{at}: DNAT of {was} to {to}", "prerouting",
+                  table.name, chain, rule.position, rule.text, table.owner_of(chain, rule),
+                  table.backend, f"a DNAT rule no Service proxy wrote sends {flow.name} traffic "
+                  f"for {was} to {to} instead", w.undecided, steps, rule.handle, rule.pkts)
+
+
 MAX_REALS = 4  # real servers of one virtual server followed
 
 
@@ -427,6 +455,8 @@ def walk(v: NodeView, flow: Flow) -> Ending:
             endings.append(_untracked(flow, pkt, w, steps + ["prerouting"]))
         elif flow.name in ("service", "nodeport_in") and not w.pkt.dnat:
             endings.append(_not_programmed(flow, pkt, w, steps + ["prerouting"]))
+        elif _misdirected(flow, w.pkt):
+            endings.append(_redirected(flow, pkt, w, steps + ["prerouting"]))
         else:
             endings.append(_decide(v, flow, w, steps + ["prerouting"]))
     return _combine(endings)
