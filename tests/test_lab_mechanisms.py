@@ -368,6 +368,20 @@ def _coredns_hung(lab: Lab) -> None:
     assert (pods[dns_pod.name]["ready"], pods[dns_pod.name]["restarts"]) == (False, 0)
 
 
+def _dns_intercepted(lab: Lab) -> None:
+    """CoreDNS runs, Ready, and answers its own node; queries that reach its node from any pod
+    are sent to an address where nothing answers."""
+    dns_pod = lab.pod_for_app("coredns")
+    assert "--dport 53 -j DNAT --to-destination 203.0.113.53" in lab.node_exec(
+        dns_pod.node, ["iptables-save", "-t", "nat"]).stdout
+    assert not dns_ok(lab, "node2") and not dns_ok(lab, dns_pod.node)
+    assert pod_ready(lab, "kube-system", dns_pod.name)
+    # the node's own query leaves through OUTPUT, which the rule is not in
+    assert lab.node_exec(dns_pod.node, services.netprog_argv(
+        "--timeout", "1", "dns", dns_pod.ip, "kubernetes.default.svc.cluster.local"),
+        check=False).returncode == 0
+
+
 def _upstream_gone(via: str) -> Callable[[Lab], None]:
     def broken(lab: Lab) -> None:
         # CoreDNS answers a pod the cluster's names and gets nothing from its upstream for
@@ -834,6 +848,7 @@ VXLAN_CASES = [
     ("mtu_mismatch", "pod", "node2", {}, _pods_mtu_raised("node2", "node1", 2000)),
     ("cni_pod_not_running", "hang", "node2", {}, _flanneld_hung),
     ("coredns_unreachable", "hang", None, {}, _coredns_hung),
+    ("coredns_unreachable", "dnat", None, {}, _dns_intercepted),
     ("coredns_upstream_unreachable", "config", None, {}, _upstream_gone("config")),
     ("coredns_upstream_unreachable", "firewall", None, {}, _upstream_gone("firewall")),
     ("node_unreachable", "hang", "node2", {}, _sshd_hung),

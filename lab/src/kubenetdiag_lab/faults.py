@@ -1754,6 +1754,17 @@ def _dns_drops(topology: Topology) -> list[list[str]]:
             for proto in ("udp", "tcp")]
 
 
+# via=dnat: DNS "interception" (a rule meant to force every query through a site resolver)
+# sending the queries that reach the node to an address of the outside network where no
+# resolver runs
+DNS_INTERCEPT = f"{OUTSIDE_NETWORK.network_address + 53}"
+
+
+def _dns_intercepts() -> list[list[str]]:
+    return [["-p", proto, "-m", proto, "--dport", "53", "-j", "DNAT", "--to-destination",
+             DNS_INTERCEPT] for proto in ("udp", "tcp")]
+
+
 def _coredns_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if params["via"] == "stop":
         # As a crash would (or a scale to zero): the process is gone, and the pod is not
@@ -1762,17 +1773,22 @@ def _coredns_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
     elif params["via"] == "drop":
         for spec in _dns_drops(ctx.topology):
             _ipt_insert(ctx, node, "FORWARD", spec)
+    elif params["via"] == "dnat":
+        for spec in _dns_intercepts():
+            _ipt_insert(ctx, node, "PREROUTING", spec, table="nat")
     elif params["via"] == "hang":
         # Still running, its sockets open, answering nothing. The lab's readiness probe
         # (Lab._probe_readiness, as the kubelet's) then finds the pod not Ready.
         _freeze(coredns.pids(ctx.topology), "coredns")
     else:
-        raise LabError("coredns_unreachable: via must be stop, drop or hang")
+        raise LabError("coredns_unreachable: via must be stop, drop, dnat or hang")
 
 
 def _coredns_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
     for spec in _dns_drops(ctx.topology):
         _ipt_delete(ctx, node, "FORWARD", spec)
+    for spec in _dns_intercepts():
+        _ipt_delete(ctx, node, "PREROUTING", spec, table="nat")
     _thaw(coredns.pids(ctx.topology))
     coredns.wait_ready(ctx.topology, ctx.paths, coredns.start(ctx.topology, ctx.paths))
 
@@ -1780,11 +1796,13 @@ def _coredns_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
 register(Fault(
     "coredns_unreachable",
     "CoreDNS does not answer: the real coredns stopped, its pod not Ready and kube-dns without "
-    "endpoints (via=stop); DNS to its pod dropped in the node's FORWARD chain (via=drop); or "
-    "coredns hung, stopped with SIGSTOP, so its readiness probe times out and the pod is not "
-    "Ready, without restarts (via=hang)",
+    "endpoints (via=stop); DNS to its pod dropped in the node's FORWARD chain (via=drop); "
+    "DNS arriving at the node sent elsewhere by a DNAT at the top of nat PREROUTING, to "
+    f"{DNS_INTERCEPT}, where no resolver runs (via=dnat); or coredns hung, stopped with "
+    "SIGSTOP, so its readiness probe times out and the pod is not Ready, without restarts "
+    "(via=hang)",
     _coredns_down, _coredns_up, {"via": "stop"}, default_node=_coredns_node,
-    mechanisms={"stop": (), "drop": (), "hang": ()},
+    mechanisms={"stop": (), "drop": (), "dnat": (), "hang": ()},
     # its pod's readiness reaches kube-proxy (via=stop); _kube_proxies_synced is defined below
     settle=lambda ctx, node, params: _kube_proxies_synced(ctx, node, params),
 ))
