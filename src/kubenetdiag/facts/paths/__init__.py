@@ -410,7 +410,12 @@ def _port_of(target: str) -> int | None:
 _NFT_HANDLE = re.compile(r"#\s*handle\s+(\d+)\s*$")
 
 
-_SETTING = re.compile(r"^net\.ipv4\.(?:ip_forward|conf\.(\S+)\.(forwarding|rp_filter))=(\d+)$")
+_SETTING = re.compile(
+    r"^net\.ipv4\.(?:(ip_forward|icmp_echo_ignore_all)|conf\.(\S+)\.(forwarding|rp_filter))"
+    r"=(\d+)$")
+# the value each setting that stops a flow goes back to (rp_filter: loose, below)
+_SETTING_BACK = {"ip_forward": "1", "forwarding": "1", "rp_filter": "2",
+                 "icmp_echo_ignore_all": "0"}
 
 
 def _sysctl_undo(end: Ending) -> str | None:
@@ -423,16 +428,19 @@ def _sysctl_undo(end: Ending) -> str | None:
     'sysctl -w net/ipv4/conf/eth0.100/rp_filter=2'
     >>> _sysctl_undo(Ending("drop", "forwarding", rule="net.ipv4.ip_forward=0"))
     'sysctl -w net.ipv4.ip_forward=1'
+    >>> _sysctl_undo(Ending("drop", "icmp_echo", rule="net.ipv4.icmp_echo_ignore_all=1"))
+    'sysctl -w net.ipv4.icmp_echo_ignore_all=0'
     """
     m = _SETTING.match(end.rule or "")
     if not m:
         return None
-    dev, what, value = m.groups()
+    glob, dev, what, value = m.groups()
+    what = glob or what
     if what == "rp_filter" and value != "1":
         return None
-    new = "2" if what == "rp_filter" else "1"
+    new = _SETTING_BACK[what]
     if dev is None:
-        key = "net.ipv4.ip_forward"
+        key = f"net.ipv4.{what}"
     elif "." in dev:
         key = f"net/ipv4/conf/{dev}/{what}"
     else:
@@ -485,8 +493,9 @@ def undo_command(end: Ending, both_backends: bool = False) -> str | None:
     are legacy anyway). A native nftables rule is deleted by its handle, which `nft list ruleset`
     prints only with -a: without it there is no exact delete. A forwarding switch or a strict
     reverse-path filter is set back (_sysctl_undo), a policy routing rule deleted
-    (_ip_rule_undo), an address that took a flow deleted (_address_undo), pings answered again.
-    A chain policy or a route has no one command that undoes it.
+    (_ip_rule_undo), an address that took a flow deleted (_address_undo); pings ignored by the
+    kernel are answered again (_sysctl_undo). A chain policy or a route has no one command that
+    undoes it.
 
     >>> e = Ending("drop", "netfilter", hook="input", table="filter", chain="INPUT", position=1,
     ...            rule='-A INPUT -p udp --dport 8472 -m comment --comment "a; b" -j DROP',
@@ -508,14 +517,12 @@ def undo_command(end: Ending, both_backends: bool = False) -> str | None:
     """
     if end.verdict not in ("drop", "reject"):
         return None  # nothing stopped it, or the walk cannot tell what did
-    if end.stage in ("forwarding", "rp_filter"):
+    if end.stage in ("forwarding", "rp_filter", "icmp_echo"):
         return _sysctl_undo(end)
     if end.stage == "policy":
         return _ip_rule_undo(end)
     if end.stage == "address":
         return _address_undo(end)
-    if end.stage == "icmp_echo":
-        return shlex.join(["sysctl", "-w", "net.ipv4.icmp_echo_ignore_all=0"])
     if end.stage not in ("netfilter", "notrack") or end.position is None or not end.rule \
             or not end.table or not end.chain:
         return None

@@ -155,13 +155,16 @@ def _rp_filter(v: NodeView, pkt: Packet, steps: list[str]) -> Ending | None:
     return None
 
 
+ECHO_IGNORE = "net.ipv4.icmp_echo_ignore_all"
+
+
 def _echo_answered(v: NodeView, pkt: Packet, end: Ending) -> Ending:
     """A ping delivered to the node (its input hooks passed) that the kernel's ICMP handler
     then ignores: net.ipv4.icmp_echo_ignore_all, which no packet filter listing shows."""
     if end.verdict != "pass" or pkt.proto != "icmp" or pkt.state != "new" \
-            or v.setting("net.ipv4.icmp_echo_ignore_all") != 1:
+            or v.setting(ECHO_IGNORE) != 1:
         return end
-    key = "net.ipv4.icmp_echo_ignore_all=1"
+    key = f"{ECHO_IGNORE}=1"
     return Ending("drop", "icmp_echo", key, rule=key, owner="kernel",
                   why="the node answers no echo request", undecided=end.undecided,
                   steps=[*end.steps, "icmp"])
