@@ -16,7 +16,7 @@ from kubenetdiag.collect.active import split
 from kubenetdiag.facts import parse
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.inventory import Host
-from kubenetdiag.probes.active import capture, dns, http, ownpod, ping, plan, script, tcp
+from kubenetdiag.probes.active import capture, dns, http, mtu, ownpod, ping, plan, script, tcp
 from kubenetdiag.probes.active.common import example, section
 
 FIX = Path(__file__).parent / "fixtures" / "active"
@@ -76,8 +76,26 @@ def test_plan_falls_back_to_flannel_subnet_and_skips_unreached() -> None:
     facts = [f for f in facts if not (f.kind == "node_status" and f.node == "node1")] + [
         Fact("node_status", "node1", {"reachable": False, "address": "198.18.0.11"})]
     plans = plan.plan(facts, _hosts(2))
-    assert list(plans) == ["node2"]
-    assert plans["node2"]["peers"] == []  # node1 was not reached: nobody to probe it from
+    assert list(plans) == ["node2"]  # node1 was not reached: no plan of its own
+    assert plans["node2"]["mtu"][0] == {"layer": "pod", "size": 1422}
+
+
+def test_a_node_not_logged_in_to_is_pinged_at_its_address_and_nothing_else() -> None:
+    """Its peers' pings tell a node that is down or cut off from one whose SSH alone fails;
+    its pod layer, MTU and NodePorts, unknown without its facts, are not probed."""
+    facts = [f for f in _facts(3) if f.node != "node2" or f.kind in ("k8s_node",)] + [
+        Fact("node_status", "node2", {"reachable": False, "address": "198.18.0.12"}),
+        _nodeport("web", 30080, on="node3")]
+    plans = plan.plan(facts, _hosts(3))
+    assert list(plans) == ["node1", "node3"]
+    p = plans["node1"]
+    assert [(x["name"], x["collected"], x["pod_target"]) for x in p["peers"]] == [
+        ("node2", False, None), ("node3", True, "10.244.3.1")]
+    assert [(layer, peer["name"]) for _, (layer, peer) in ping._targets(p)] == [
+        ("underlay", "node2"), ("pod", "node3"), ("underlay", "node3")]
+    assert {peer["name"] for _, (_, peer) in mtu._targets(p)} == {"node3"}
+    assert plan.not_checked("node1", p) == []  # node_unreachable says why, not a probe gap
+    assert {t["dst"] for t in p["nodeports"]} == {"node1", "node3"}
 
 
 def test_plan_bounds_peers_and_every_node_is_still_probed_by_k_sources() -> None:

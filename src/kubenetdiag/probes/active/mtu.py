@@ -42,7 +42,8 @@ def _targets(plan: NodePlan) -> list[tuple[str, Any]]:
         (f"{m}.{i}", (mtu, peer))
         for i, peer in enumerate(plan["peers"])
         for m, mtu in enumerate(plan["mtu"])
-        if _destination(mtu["layer"], peer)
+        # a node nothing was read on has no MTU to compare: only its plain ping is sent
+        if _destination(mtu["layer"], peer) and peer.get("collected") is not False
     ]
 
 

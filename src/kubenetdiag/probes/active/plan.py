@@ -14,6 +14,10 @@ an address known to live on the peer's pod network, taken from the first of (`po
   * None: no pod address is known there, so its pod layer is not checked (`not_checked` says
     so) rather than pinged at an address that may not exist.
 
+A node of the inventory the passive phase could not log in to keeps its place in the ring as a
+peer with `collected: False`: its node address is pinged, nothing else, so the other nodes say
+whether it is down or cut off (every ping fails) or only its SSH is broken (they answer).
+
 Bounds, so a 500-node cluster costs each node the same as a 10-node one:
   * at most MAX_PEERS peers per source, taken in ring order (node i probes i+1..i+K). Every
     node is then the target of exactly min(K, N-1) sources, so one broken node is still seen
@@ -65,9 +69,12 @@ class _PeerKeys(TypedDict):
     pod_gateway: str | None
 
 
-class Peer(_PeerKeys, total=False):  # plans stored by older versions lack these two
+class Peer(_PeerKeys, total=False):  # plans stored by older versions lack these
     pod_target: str | None  # the pod-network address to probe; None: none known
     pod_target_source: PodTargetSource | None  # which fact it came from
+    # False for a node the passive phase could not log in to: only its node address is
+    # pinged, so the other nodes say whether it is down or only its SSH fails
+    collected: bool
 
 
 class MtuProbe(TypedDict):
@@ -269,7 +276,8 @@ def not_checked(node: str, node_plan: Any) -> list[Fact]:
     no pod address is known on node2, so nothing was pinged: ... Pass --kubeconfig ...
     """
     missing = [p for p in (node_plan or {}).get("peers") or []
-               if isinstance(p, dict) and "pod_target" in p and not p.get("pod_target")]
+               if isinstance(p, dict) and "pod_target" in p and not p.get("pod_target")
+               and p.get("collected") is not False]  # node_unreachable says that one
     if not missing:
         return []
     names = [str(p.get("name")) for p in missing]
@@ -386,20 +394,26 @@ def plan(
                 return None
         return None
 
-    info = {n: {"name": n, "address": address(n), "pod_cidr": pod_cidr(n)} for n in names}
+    # Nodes the collector could not log in to stay in the ring as ping targets, underlay only:
+    # their peers' pings tell a node that is down or cut off from one whose SSH alone fails.
+    ring_names = [h.name for h in hosts if h.name in reached or address(h.name)]
+    info = {n: {"name": n, "address": address(n), "pod_cidr": pod_cidr(n)} for n in ring_names}
     dns_on = _by_node(dns_pods, "dns_pod")
     for n, entry in info.items():
         entry["pod_gateway"] = gateway_of(entry["pod_cidr"])
         entry["pod_target"], entry["pod_target_source"] = choose_pod_target(
             entry["pod_cidr"], ifaces.get(n, []), routes.get(n, []), dns_on.get(n, []),
-            address=entry["address"], pools=pools)
+            address=entry["address"], pools=pools) if n in reached else (None, None)
+        entry["collected"] = n in reached
     domain = str(dns_svc.attrs.get("cluster_domain") or DEFAULT_DOMAIN) if dns_svc else \
         DEFAULT_DOMAIN
     flannel_port = _int(flannel.attrs.get("port")) if flannel else None
 
     plans: dict[str, NodePlan] = {}
-    for i, name in enumerate(names):
-        ring = names[i + 1:] + names[:i]
+    position = {n: i for i, n in enumerate(ring_names)}
+    for name in names:
+        i = position[name]
+        ring = ring_names[i + 1:] + ring_names[:i]
         peers = [dict(info[p]) for p in ring[: max(0, max_peers)]]
         mine = ifaces.get(name, [])
         vxlan = next((f for f in mine if f.attrs.get("kind") == "vxlan"), None)
@@ -441,7 +455,8 @@ def plan(
         if len(ports) > MAX_NODEPORTS:  # rotate so the nodes together try every port
             start = (i * MAX_NODEPORTS) % len(ports)
             ports = (ports + ports)[start:start + MAX_NODEPORTS]
-        own_and_peers = [info[name]] + [info[p] for p in ring[:NODEPORT_PEERS]]
+        own_and_peers = [info[name]] + [info[p] for p in ring if info[p]["collected"]][
+            :NODEPORT_PEERS]
         nodeport_targets: list[NodePortTarget] = [
             {"service": service_port_name(f.attrs), "node_port": int(f.attrs["node_port"]),
              "dst": dst["name"], "address": dst["address"], "own": dst["name"] == name}
