@@ -278,6 +278,16 @@ def _userchain_drop(lab: Lab) -> None:
     assert "-A LOCAL-DENY -d 10.244.1.0/24 -j DROP" in iptables(lab, "node1")
 
 
+def _snat_away(lab: Lab) -> None:
+    """Nothing drops node2's pod traffic: its source is rewritten to an address no node
+    holds, so the replies are lost; traffic that node1's pods start still gets its replies."""
+    assert pod_blocked(lab, "node2", "node1") and not pod_blocked(lab, "node1", "node2")
+    assert "DROP" not in "".join(line for line in iptables(lab, "node2").splitlines()
+                                 if not line.startswith(("-A KUBE-", ":")))
+    assert "-A POSTROUTING -s 10.244.2.0/24 -d 10.244.0.0/16 -j SNAT --to-source " \
+        "198.51.100.7" in lab.node_exec("node2", ["iptables", "-t", "nat", "-S"]).stdout
+
+
 def _firewalld_nft(lab: Lab) -> None:
     # VXLAN from node1 is rejected at node2's input: the ICMP error goes to node1, not the pod
     blocked_both(lab, "node1", "node2")
@@ -837,6 +847,7 @@ VXLAN_CASES = [
     ("forward_chain_reject", "userchain", "node1", {}, _userchain_reject),
     ("iptables_drop_rule", "mangle", "node2", {}, _mangle_drop),
     ("iptables_drop_rule", "userchain", "node1", {}, _userchain_drop),
+    ("iptables_drop_rule", "snat", "node2", {}, _snat_away),
     ("host_firewall_active", "firewalld-nft", "node2", {}, _firewalld_nft),
     ("security_software_present", "iptables", "node1", {}, _agent_iptables),
     ("vxlan_udp_blocked", "nft", "node2", {}, _vxlan_nft),

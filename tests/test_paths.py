@@ -324,6 +324,42 @@ def test_a_dnat_no_service_proxy_wrote_sends_the_traffic_elsewhere():
     assert not stops(facts, "n2", "service") and not stops(facts, "n3", "service")
 
 
+def test_an_snat_to_an_address_the_node_does_not_hold_loses_the_replies():
+    facts = cluster(
+        chain("n2", "nat", "POSTROUTING"),
+        ipt("n2", "nat", "-A POSTROUTING -s 10.244.2.0/24 -d 10.244.0.0/16 -j SNAT "
+            "--to-source 10.99.0.7", 1),
+        # the same on n3, but to the node's own address, and a masquerade: both come back
+        chain("n3", "nat", "POSTROUTING"),
+        ipt("n3", "nat", "-A POSTROUTING -s 10.244.3.0/24 -d 10.244.0.0/16 -j SNAT "
+            "--to-source 198.18.0.13", 1),
+        chain("n1", "nat", "POSTROUTING"),
+        ipt("n1", "nat", "-A POSTROUTING -s 10.244.1.0/24 -j MASQUERADE", 1),
+    )
+    got = stops(facts, "n2", "pod_out")
+    assert {s["peer"] for s in got} == {"n1", "n3"}
+    assert all(s["verdict"] == "drop" and s["hook"] == "postrouting" for s in got)
+    assert got[0]["at"] == "nat POSTROUTING rule 1: SNAT of 10.244.2.2 to 10.99.0.7"
+    assert got[0]["undo"] == ("iptables -t nat -D POSTROUTING -s 10.244.2.0/24 -d "
+                              "10.244.0.0/16 -j SNAT --to-source 10.99.0.7")
+    assert not stops(facts, "n2", "pod_in")  # replies to n2's own pods are not translated
+    assert not stops(facts, "n3") and not stops(facts, "n1")
+
+
+def test_a_native_nft_snat_is_followed_too():
+    facts = cluster(
+        f("nft_table", "n2", family="ip", table="egress", owner="nft", chains=1, rules=1),
+        f("nft_chain", "n2", family="ip", table="egress", chain="post", owner="nft",
+          type="nat", hook="postrouting", priority="srcnat", policy="accept", rules=1,
+          drop_rules=0, reject_rules=0),
+        f("nft_rule", "n2", family="ip", table="egress", chain="post", position=1,
+          verdict="snat", text="ip saddr 10.244.2.0/24 snat ip to 10.99.0.7-10.99.0.9:1024-2048",
+          pkts=None, bytes=None),
+    )
+    got = stops(facts, "n2", "pod_out")
+    assert got and got[0]["at"] == "ip egress post rule 1: SNAT of 10.244.2.2 to 10.99.0.7"
+
+
 def test_a_node_that_lost_its_service_rules_is_named():
     extra = [x for n in ("n1", "n3") for x in _kube_proxy(n, ["10.244.2.3"])]
     extra += [chain("n2", "nat", c) for c in ("PREROUTING", "OUTPUT", "POSTROUTING")]

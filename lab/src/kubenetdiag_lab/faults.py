@@ -596,6 +596,14 @@ def _drop_spec(ctx: FaultContext, node: LabNode, params: Params) -> tuple[str, l
 
 
 DENY_CHAIN = "LOCAL-DENY"  # an operator's own chain of DROPs
+# An egress address no lab node holds (TEST-NET-2, routed nowhere in the lab): an SNAT of pod
+# traffic to it, as a copied "egress IP" rule leaves, sends every reply there.
+SNAT_AWAY = "198.51.100.7"
+
+
+def _snat_spec(ctx: FaultContext, node: LabNode) -> list[str]:
+    return ["-s", node.pod_cidr, "-d", ctx.topology.pod_network, "-j", "SNAT",
+            "--to-source", SNAT_AWAY]
 
 
 # What `ebtables -A OUTPUT -p IPv4 --ip-src ! <pod range> --ip-dst <pod range> -j DROP` leaves
@@ -616,6 +624,9 @@ def _drop_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if params["via"] == "bridge":
         ctx.node(node).run(["nft", "-f", "-"], input=BRIDGE_DROP.format(cidr=node.pod_cidr))
         return
+    if params["via"] == "snat":
+        _ipt_insert(ctx, node, "POSTROUTING", _snat_spec(ctx, node), table="nat")
+        return
     chain, spec = _drop_spec(ctx, node, params)
     if params["via"] == "filter":
         _ipt_insert(ctx, node, chain, spec)
@@ -628,11 +639,12 @@ def _drop_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
                  f"-I {chain} 1 -j {DENY_CHAIN}\nCOMMIT\n")
     else:
         raise LabError("iptables_drop_rule: via must be filter, mangle, userchain, peer_in, "
-                       "peer_out or bridge")
+                       "peer_out, bridge or snat")
 
 
 def _drop_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
     ctx.node(node).run(["nft", "delete", "table", "bridge", "filter"], check=False)
+    _ipt_delete(ctx, node, "POSTROUTING", _snat_spec(ctx, node), table="nat")
     blocked = False
     for peer in ctx.topology.peers(node):  # blind: whichever peer it named
         for via in ("peer_in", "peer_out"):
@@ -658,11 +670,13 @@ register(Fault(
     "between the node and one peer's node address (param peer, default the first other "
     "node), from it in INPUT (via=peer_in) or to it in OUTPUT (via=peer_out); or an ebtables "
     "rule, in the bridge family's filter table, that drops what cni0 sends its pods from "
-    "outside the node's pod range (via=bridge)",
+    "outside the node's pod range (via=bridge); or an SNAT of the node's pod traffic to "
+    f"other pods to {SNAT_AWAY}, an address no node holds, in nat POSTROUTING: nothing is "
+    "dropped there, the replies go to that address and are lost (via=snat)",
     _drop_on, _drop_off,
     {"via": "filter", "chain": "FORWARD", "port": "", "proto": "tcp", "peer": ""},
     mechanisms={"filter": (), "mangle": (), "userchain": (), "peer_in": (), "peer_out": (),
-                "bridge": ("flannel-vxlan", "flannel-host-gw")},
+                "bridge": ("flannel-vxlan", "flannel-host-gw"), "snat": ()},
 ))
 
 FIREWALLD_CHAINS = ["INPUT_direct", "INPUT_ZONES", "FORWARD_direct", "FORWARD_IN_ZONES",

@@ -33,7 +33,8 @@ _NON_TERMINAL = {
     "DSCP", "TOS", "TTL", "SET", "SECMARK", "CONNSECMARK", "CONNMARK", "IDLETIMER", "LED",
     "RATEEST", "HMARK", "TEE", "NFACCT", "ECN", "HL", "CONNTRACK",
 }
-_NAT_ACCEPT = {"SNAT", "MASQUERADE", "NETMAP"}  # end the nat table's walk for this packet
+# end the nat table's walk for this packet; SNAT too, with the source it sets (below)
+_NAT_ACCEPT = {"MASQUERADE", "NETMAP"}
 _UNKNOWN = {"NFQUEUE": "a userspace program (NFQUEUE) decides", "QUEUE": "a userspace program "
             "(QUEUE) decides", "TPROXY": "a transparent proxy takes it", "SYNPROXY": "SYNPROXY "
             "answers it", "REDIRECT": "it is redirected to a local port"}
@@ -271,6 +272,12 @@ def _action(flag: str, args: list[str]) -> Action:
                                       else None))
         except ValueError:
             return Action("unknown", why=f"DNAT to {to!r}")
+    if target == "SNAT":
+        to = _opt(rest, "--to-source") or ""
+        try:  # a range or several sources: the first stands for them, as for DNAT
+            return Action("snat", to=(addr(to.partition(":")[0].split("-")[0]), None))
+        except ValueError:
+            return Action("accept")  # a source the walk cannot read changes no verdict
     if target in _NAT_ACCEPT:
         return Action("accept")
     if target == "MARK":

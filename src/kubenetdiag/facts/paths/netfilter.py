@@ -103,6 +103,10 @@ def _run(table: Table, chain: str, pkt: Packet, ctx: Context, depth: int, undeci
                                         p.but(dst=dst, dport=port or p.dport, dnat=True,
                                               dnat_by=(table, chain, r)),
                                         drawn, r, chain))
+            elif a.kind == "snat" and a.to:
+                results.append(_Out("verdict", "accept",
+                                    p.but(snat_to=a.to[0], snat_by=(table, chain, r)),
+                                    u, r, chain))
             elif a.kind in ("accept", "drop", "reject", "unknown"):
                 results.append(_Out("verdict", a.kind, p, u, r, chain, a.why))
             elif a.kind == "return":

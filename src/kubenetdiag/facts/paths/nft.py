@@ -257,6 +257,16 @@ def _dnat(tokens: list[str], i: int) -> Action:
     return Action("dnat", to=dests[0], alternatives=tuple(dests[1:]))
 
 
+def _snat(tokens: list[str], i: int) -> Action:
+    """`snat [ip] to A[-B][:port]` at i: the source it sets, the first of a range; a source the
+    walk cannot read ends the chain as an accept, as masquerade does."""
+    rest = tokens[tokens.index("to", i) + 1:] if "to" in tokens[i:] else []
+    try:
+        return Action("snat", to=(addr(rest[0].partition(":")[0].split("-")[0]), None))
+    except (IndexError, ValueError):
+        return Action("accept")
+
+
 def _matcher(what: str, values: list[str], neg: bool) -> Matcher:
     def m(p: Packet, c: Context) -> Tri:
         r = _compare(what, values, p, c)
@@ -281,8 +291,10 @@ def _verdict(tokens: list[str], i: int) -> tuple[Action | None, int]:
         return Action("continue"), i + 1
     if tok == "queue":
         return Action("unknown", why="a userspace program (nft queue) decides"), len(tokens)
-    if tok in ("masquerade", "snat"):
+    if tok == "masquerade":
         return Action("accept"), len(tokens)
+    if tok == "snat":
+        return _snat(tokens, i), len(tokens)
     if tok == "dnat":
         return _dnat(tokens, i), len(tokens)
     if tok == "redirect":

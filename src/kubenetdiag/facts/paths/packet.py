@@ -40,6 +40,10 @@ class Packet:
     # (table, chain, rule) of the DNAT that translated the destination, to tell kube-proxy's
     # Service translation from a rule that sends the packet somewhere else
     dnat_by: tuple | None = field(default=None, compare=False)
+    # the source an SNAT on this node gave it, and (table, chain, rule) of that SNAT: replies
+    # come back to that address, and only this node's connection tracking can undo it
+    snat_to: int | None = None
+    snat_by: tuple | None = field(default=None, compare=False)
 
     def but(self, **changes) -> Packet:
         return replace(self, **changes)

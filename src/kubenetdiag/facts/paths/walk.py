@@ -307,9 +307,32 @@ def _after(v: NodeView, hooks: list[str], flow: Flow, pkt: Packet, w: World, ste
         s = list(steps) + [", ".join(hooks)]
         if w2.stop is not None:
             endings.append(_from_stop(w2.stop, w2.undecided, s))
+        elif _snat_away(v, w2.pkt):
+            endings.append(_snatted(pkt, w2, s))
         else:
             endings.append(Ending("pass", undecided=w2.undecided, steps=s))
     return _combine(endings)
+
+
+def _snat_away(v: NodeView, pkt: Packet) -> bool:
+    """An SNAT no Service proxy wrote gave the packet a source this node does not hold: the
+    reply goes to that address, and no other node's connection tracking can undo a
+    translation made here (masquerade always takes an address of the node's own)."""
+    if pkt.snat_by is None or pkt.snat_to is None or pkt.snat_to in v.routing.local:
+        return False
+    table, chain, rule = pkt.snat_by
+    return table.owner_of(chain, rule) not in SERVICE_PROXIES
+
+
+def _snatted(pkt: Packet, w: World, steps: list[str]) -> Ending:
+    table, chain, rule = w.pkt.snat_by
+    at = f"{table.name} {chain} rule {rule.position}"
+    return Ending("drop", "netfilter", f"{at}: SNAT of {show(pkt.src)} to {show(w.pkt.snat_to)}",
+                  "postrouting", table.name, chain, rule.position, rule.text,
+                  table.owner_of(chain, rule), table.backend,
+                  f"an SNAT rule gives the packet the source {show(w.pkt.snat_to)}, an address "
+                  "this node does not hold: the reply goes there, and only this node could "
+                  "undo the translation", w.undecided, steps, rule.handle, rule.pkts)
 
 
 def _combine(endings: list[Ending]) -> Ending:
