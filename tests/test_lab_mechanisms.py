@@ -450,6 +450,19 @@ def _kube_proxy_hung(lab: Lab) -> None:
     assert container(mine) == (True, 0)  # kube-proxy's DaemonSet has no probe
 
 
+def _services_unreached(chain: str) -> Callable[[Lab], None]:
+    """kube-proxy runs and its KUBE-SERVICES chain is full, but one base chain of the nat
+    table no longer jumps to it: the pods' DNS through the VIP fails only without the
+    PREROUTING jump."""
+    def check(lab: Lab) -> None:
+        assert not proc_states(lab, "node2")["kube-proxy"].startswith("T")
+        nat = lab.node_exec("node2", ["iptables", "-t", "nat", "-S"]).stdout
+        assert f"-A {chain} -m comment --comment \"kubernetes service portals\" -j " \
+            "KUBE-SERVICES" not in nat and "-A KUBE-SERVICES " in nat
+        assert dns_ok(lab, "node2") == (chain == "OUTPUT") and dns_ok(lab, "node1")
+    return check
+
+
 def _listener_hung(lab: Lab) -> None:
     # an app that accepted with backlog 128, stopped: its queue is full (Recv-Q 129 > 128)
     line = lab.node_exec("node2", ["ss", "-Hlntp", "sport = :30080"]).stdout.split()
@@ -841,6 +854,8 @@ VXLAN_CASES = [
     ("bridge_nf_call_iptables_disabled", "file", "node1", {}, _bridge_nf_file),
     ("somaxconn_low", "file", "node2", {}, _somaxconn_file),
     ("kube_proxy_rules_missing", "hang", "node2", {}, _kube_proxy_hung),
+    ("kube_proxy_rules_missing", "prerouting", "node2", {}, _services_unreached("PREROUTING")),
+    ("kube_proxy_rules_missing", "output", "node2", {}, _services_unreached("OUTPUT")),
     ("ip_forward_disabled", "interface", "node2", {}, _forwarding_per_interface),
     ("rp_filter_strict", "interface", "node2", {}, _rp_filter_on_flannel_only),
     ("forward_chain_reject", "nft", "node2", {}, _nft_forward_reject),

@@ -1919,17 +1919,28 @@ register(Fault(
 ))
 
 
+# kube-proxy's jump into its Service rules, as it writes it in both base chains
+SERVICES_JUMP = ["-m", "comment", "--comment", "kubernetes service portals", "-j",
+                 "KUBE-SERVICES"]
+
+
 def _kube_proxy_dead_and_flushed(ctx: FaultContext, node: LabNode, params: Params) -> None:
     # A running kube-proxy would notice (its KUBE-PROXY-CANARY stays) only at its next periodic
     # sync, but it would notice: the state an SRE finds is a dead (or hung) kube-proxy and a
     # flushed chain.
+    if params["via"] in ("prerouting", "output"):
+        # Only a full resync writes the jumps again, and a partial sync (every change, every
+        # 30 s) is not one: the chain stays full and unreachable under a running kube-proxy.
+        _ipt_delete(ctx, node, params["via"].upper(), SERVICES_JUMP, table="nat")
+        return
     if params["via"] == "kill":
         kubeproxy.stop(node)
     elif params["via"] == "hang":
         # kubeadm's kube-proxy DaemonSet has no probe: its pod stays Ready and running
         _freeze(kubeproxy.pids(node), f"kube-proxy on {node.name}")
     else:
-        raise LabError("kube_proxy_rules_missing: via must be kill or hang")
+        raise LabError("kube_proxy_rules_missing: via must be kill, hang, prerouting or "
+                       "output")
     ctx.node(node).run(["iptables", "-t", "nat", "-F", "KUBE-SERVICES"])
 
 
@@ -1941,6 +1952,15 @@ def _kube_proxy_restarted(ctx: FaultContext, node: LabNode, params: Params) -> N
     kubeproxy.start(ctx.paths, node, ctx.node(node))
     kubeproxy.wait_synced(ctx.topology, ctx.paths, [node], ctx.node,
                           ctx.active.services(ctx.topology))
+    # the Service rules may never have gone (via=prerouting, output): the jumps its first full
+    # sync writes are what says it has run
+    for _ in range(200):  # bounded: 10 s
+        nat = ctx.node(node).run(["iptables", "-t", "nat", "-S"]).stdout
+        if all(f'-A {c} -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'
+               in nat for c in ("PREROUTING", "OUTPUT")):
+            return
+        run(["sleep", "0.05"])
+    raise LabError(f"{node.name}: kube-proxy did not write its jumps to KUBE-SERVICES again")
 
 
 register(Fault(
@@ -1948,9 +1968,11 @@ register(Fault(
     "the node's nat KUBE-SERVICES chain flushed under a kube-proxy that is not running, its "
     "pod crash-looping (via=kill), or hung, stopped with SIGSTOP, its pod Ready (via=hang): "
     "service VIPs stop working from the node and its pods (heal restarts kube-proxy, which "
-    "re-syncs)",
+    "re-syncs); or, under a kube-proxy that runs, its jump to KUBE-SERVICES deleted from nat "
+    "PREROUTING (via=prerouting: the pods' Service traffic and NodePorts from outside) or "
+    "OUTPUT (via=output: the node's own), as a firewall reload that restores an old file does",
     _kube_proxy_dead_and_flushed, _kube_proxy_restarted, {"via": "kill"},
-    mechanisms={"kill": (), "hang": ()},
+    mechanisms={"kill": (), "hang": (), "prerouting": (), "output": ()},
     # nftables mode's table has no KUBE-SERVICES chain, and no rule reads that table's
     proxy_modes=("iptables",),
 ))
