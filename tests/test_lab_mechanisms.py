@@ -21,7 +21,12 @@ import pytest
 
 from kubenetdiag_lab import Lab, LabError, cni, coredns, flannel, services
 from kubenetdiag_lab.netns import cmdline
-from kubenetdiag_lab.topology import OUTSIDE_HOST, OUTSIDE_PORT, RETIRED_NODE_ADDRESS
+from kubenetdiag_lab.topology import (
+    OUTSIDE_HOST,
+    OUTSIDE_PORT,
+    RETIRED_NODE_ADDRESS,
+    WEB_NODE_PORT,
+)
 from test_lab_faults import (
     api,
     client_pod,
@@ -463,6 +468,19 @@ def _services_unreached(chain: str) -> Callable[[Lab], None]:
     return check
 
 
+def _not_masqueraded(lab: Lab) -> None:
+    """node1 no longer masquerades what kube-proxy sends on: a pod's connect to node1's
+    NodePort, DNATed to the web pod on node2, is answered from an address the client never
+    spoke to; node2's NodePort, which masquerades, still answers."""
+    assert '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j ' \
+        "KUBE-POSTROUTING" not in lab.node_exec("node1", ["iptables", "-t", "nat", "-S"]).stdout
+    pod = client_pod(lab, "node2")
+    for node, ok in (("node1", False), ("node2", True)):
+        cp = lab.netprog(pod, "--timeout", "1", "tcp", lab.topology.node(node).address,
+                         str(WEB_NODE_PORT))
+        assert (cp.returncode == 0) == ok, (node, cp.stdout, cp.stderr)
+
+
 def _listener_hung(lab: Lab) -> None:
     # an app that accepted with backlog 128, stopped: its queue is full (Recv-Q 129 > 128)
     line = lab.node_exec("node2", ["ss", "-Hlntp", "sport = :30080"]).stdout.split()
@@ -856,6 +874,7 @@ VXLAN_CASES = [
     ("kube_proxy_rules_missing", "hang", "node2", {}, _kube_proxy_hung),
     ("kube_proxy_rules_missing", "prerouting", "node2", {}, _services_unreached("PREROUTING")),
     ("kube_proxy_rules_missing", "output", "node2", {}, _services_unreached("OUTPUT")),
+    ("kube_proxy_rules_missing", "postrouting", "node1", {}, _not_masqueraded),
     ("ip_forward_disabled", "interface", "node2", {}, _forwarding_per_interface),
     ("rp_filter_strict", "interface", "node2", {}, _rp_filter_on_flannel_only),
     ("forward_chain_reject", "nft", "node2", {}, _nft_forward_reject),

@@ -1919,19 +1919,29 @@ register(Fault(
 ))
 
 
-# kube-proxy's jump into its Service rules, as it writes it in both base chains
-SERVICES_JUMP = ["-m", "comment", "--comment", "kubernetes service portals", "-j",
-                 "KUBE-SERVICES"]
+# kube-proxy's jumps, as it writes them: into its Service rules from PREROUTING and OUTPUT,
+# into its masquerade from POSTROUTING
+KUBE_JUMPS = {
+    "PREROUTING": ("kubernetes service portals", "KUBE-SERVICES"),
+    "OUTPUT": ("kubernetes service portals", "KUBE-SERVICES"),
+    "POSTROUTING": ("kubernetes postrouting rules", "KUBE-POSTROUTING"),
+}
+
+
+def _kube_jump(chain: str) -> str:
+    comment, target = KUBE_JUMPS[chain]
+    return f'-A {chain} -m comment --comment "{comment}" -j {target}'
 
 
 def _kube_proxy_dead_and_flushed(ctx: FaultContext, node: LabNode, params: Params) -> None:
     # A running kube-proxy would notice (its KUBE-PROXY-CANARY stays) only at its next periodic
     # sync, but it would notice: the state an SRE finds is a dead (or hung) kube-proxy and a
     # flushed chain.
-    if params["via"] in ("prerouting", "output"):
+    if params["via"] in ("prerouting", "output", "postrouting"):
         # Only a full resync writes the jumps again, and a partial sync (every change, every
         # 30 s) is not one: the chain stays full and unreachable under a running kube-proxy.
-        _ipt_delete(ctx, node, params["via"].upper(), SERVICES_JUMP, table="nat")
+        chain = params["via"].upper()
+        _ipt_delete(ctx, node, chain, shlex.split(_kube_jump(chain))[2:], table="nat")
         return
     if params["via"] == "kill":
         kubeproxy.stop(node)
@@ -1939,8 +1949,8 @@ def _kube_proxy_dead_and_flushed(ctx: FaultContext, node: LabNode, params: Param
         # kubeadm's kube-proxy DaemonSet has no probe: its pod stays Ready and running
         _freeze(kubeproxy.pids(node), f"kube-proxy on {node.name}")
     else:
-        raise LabError("kube_proxy_rules_missing: via must be kill, hang, prerouting or "
-                       "output")
+        raise LabError("kube_proxy_rules_missing: via must be kill, hang, prerouting, output "
+                       "or postrouting")
     ctx.node(node).run(["iptables", "-t", "nat", "-F", "KUBE-SERVICES"])
 
 
@@ -1956,8 +1966,7 @@ def _kube_proxy_restarted(ctx: FaultContext, node: LabNode, params: Params) -> N
     # sync writes are what says it has run
     for _ in range(200):  # bounded: 10 s
         nat = ctx.node(node).run(["iptables", "-t", "nat", "-S"]).stdout
-        if all(f'-A {c} -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'
-               in nat for c in ("PREROUTING", "OUTPUT")):
+        if all(_kube_jump(c) in nat for c in KUBE_JUMPS):
             return
         run(["sleep", "0.05"])
     raise LabError(f"{node.name}: kube-proxy did not write its jumps to KUBE-SERVICES again")
@@ -1970,9 +1979,11 @@ register(Fault(
     "service VIPs stop working from the node and its pods (heal restarts kube-proxy, which "
     "re-syncs); or, under a kube-proxy that runs, its jump to KUBE-SERVICES deleted from nat "
     "PREROUTING (via=prerouting: the pods' Service traffic and NodePorts from outside) or "
-    "OUTPUT (via=output: the node's own), as a firewall reload that restores an old file does",
+    "OUTPUT (via=output: the node's own), or its jump to KUBE-POSTROUTING from POSTROUTING "
+    "(via=postrouting: NodePort connects sent on to another node's endpoint are not "
+    "masqueraded), as a firewall reload that restores an old file does",
     _kube_proxy_dead_and_flushed, _kube_proxy_restarted, {"via": "kill"},
-    mechanisms={"kill": (), "hang": (), "prerouting": (), "output": ()},
+    mechanisms={"kill": (), "hang": (), "prerouting": (), "output": (), "postrouting": ()},
     # nftables mode's table has no KUBE-SERVICES chain, and no rule reads that table's
     proxy_modes=("iptables",),
 ))
