@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import struct
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -286,6 +288,47 @@ def test_dns_over_channel_round_trip() -> None:
     r = dns.parse_dns(line, 0)
     assert (r["ok"], r["answer"]) == (True, "10.96.0.1"), line
     assert dns.parse_dns(channel.dns_over(_Stream(b""), "x.local"), 0)["detail"] == "reset"
+
+
+def _udp_dns_server(answer: str | None) -> tuple[socket.socket, threading.Thread]:
+    """A resolver on loopback that answers one query with `answer`, or never (None)."""
+    import dns.message
+    import dns.rrset
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5)
+
+    def serve() -> None:
+        data, peer = sock.recvfrom(4096)
+        query = dns.message.from_wire(data)  # one datagram, or this raises
+        reply = dns.message.make_response(query)
+        if answer:
+            reply.answer.append(dns.rrset.from_text(query.question[0].name, 5, "IN", "A",
+                                                    answer))
+            sock.sendto(reply.to_wire(), peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return sock, thread
+
+
+@pytest.mark.skipif(not all(shutil.which(t) for t in ("bash", "od", "dd", "timeout")),
+                    reason="the UDP helper needs bash, od, dd and timeout")
+@pytest.mark.parametrize("answer", ["10.96.0.1", None])
+def test_dns_over_udp_without_a_dns_tool(answer: str | None) -> None:
+    """The helper a node without dig uses: one datagram out (a name whose label length is a
+    newline byte, which printf alone would split), the reply decoded; silence is a timeout."""
+    sock, thread = _udp_dns_server(answer)
+    script = dns.udp_script("kubernetes.default.svc.cluster.local")
+    assert script is not None
+    out = subprocess.run(["bash", "-c", script, "127.0.0.1", str(sock.getsockname()[1])],
+                         capture_output=True, text=True, timeout=10).stdout
+    thread.join(5)
+    sock.close()
+    r = dns.parse_dns(out.strip(), 0)
+    assert (r["ok"], r["answer"], r["detail"]) == (
+        (True, "10.96.0.1", None) if answer else (False, None, "timeout")), out
 
 
 def test_http_over_channel() -> None:

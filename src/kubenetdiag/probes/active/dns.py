@@ -25,6 +25,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import dns.exception
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.probes.active.common import IPV4, no_tool, source
 from kubenetdiag.probes.active.plan import NodePlan
@@ -34,6 +40,8 @@ from kubenetdiag.probes.base import ActiveCheck, ChannelRequest, CheckContext, S
 def parse_dns(text: str, rc: int | None) -> dict[str, Any]:
     """{ok, answer, detail, rtt_ms} from dig, nslookup (bind or busybox), host, or the
     channel's own `dns:` line."""
+    if text.startswith(UDP_PREFIX):
+        return _parse_udp(text)
     if text.startswith("dns:"):
         fields = dict(re.findall(r"(\w+)=(\S*)", text))
         answer = fields.get("answers") or None
@@ -85,12 +93,74 @@ def _targets(plan: NodePlan) -> list[tuple[str, Any]]:
     return [(str(i), server) for i, server in enumerate(plan["dns"])]
 
 
+UDP_PREFIX = "dns-udp:"
+_QUERY_ID = 0x4B44
+
+
+def udp_script(name: str) -> str | None:
+    """The bash script that asks `name` (type A) of the server $0, port $1, over UDP and prints
+    `dns-udp: <reply in hex>`; None for a name DNS cannot carry. Every write to a UDP socket is
+    a datagram of its own and printf may write in pieces (at a newline byte), so dd gathers
+    the query and writes it once."""
+    try:
+        wire = dns.message.make_query(name, "A", id=_QUERY_ID).to_wire()
+    except (dns.exception.DNSException, ValueError):
+        return None
+    escaped = "".join(f"\\x{b:02x}" for b in wire)  # printf's escapes: nothing for a shell
+    return (f'exec 3<>"/dev/udp/$0/$1" || exit 127; printf "{escaped}" | '
+            f"dd ibs=1 obs=4096 count={len(wire)} >&3 2>/dev/null; "
+            f'printf "{UDP_PREFIX} %s\\n" "$({{ timeout 2 dd bs=4096 count=1 <&3 | '
+            'od -An -v -tx1 | tr -d \" \\n\"; } 2>&1 | tr \"\\n\" \" \")"')
+
+
+def _udp_query(server: str, name: str) -> str:
+    """A node with no DNS tool still asks over UDP, as its pods do, through bash's /dev/udp.
+    Only where bash, od or timeout is missing does the runner fall back to its SSH channel,
+    which speaks TCP only, so a fault that stops UDP alone would pass there."""
+    script = udp_script(name)
+    if script is None:
+        return ""
+    return ("elif __has bash && __has timeout && command -v od >/dev/null 2>&1; then "
+            f"bash -c {quoted(script)} {quoted(server)} 53; ")
+
+
 def _ask(server: str, name: str) -> str:
+    udp = _udp_query(server, name)
     at, name = quoted(server), quoted(name)
     return (f"if __has dig; then dig +time=2 +tries=1 @{at} {name} A; "
             f"elif __has nslookup; then $__to nslookup -type=a {name} {at}; "
             f"elif __has host; then host -W 2 -t A {name} {at}; "
-            "else echo 'kubenetdiag: no dns tool'; exit 127; fi")
+            f"{udp}else echo 'kubenetdiag: no dns tool'; exit 127; fi")
+
+
+def _parse_udp(text: str) -> dict[str, Any]:
+    """The /dev/udp helper's line: `dns-udp: <dd's complaints> <reply in hex>`.
+
+    >>> q = dns.message.make_query("kubernetes.default.svc.cluster.local", "A", id=_QUERY_ID)
+    >>> r = dns.message.make_response(q)
+    >>> r.answer.append(dns.rrset.from_text(q.question[0].name, 5, "IN", "A", "10.96.0.1"))
+    >>> _parse_udp("dns-udp: 0+1 records in " + r.to_wire().hex())["answer"]
+    '10.96.0.1'
+    >>> _parse_udp("dns-udp: dd: error reading 'standard input': Connection refused")["detail"]
+    'refused'
+    >>> _parse_udp("dns-udp: ")["detail"]
+    'timeout'
+    """
+    words = text[len(UDP_PREFIX):].split()
+    wire = next((w for w in reversed(words) if len(w) >= 24 and len(w) % 2 == 0
+                 and all(c in "0123456789abcdef" for c in w)), None)
+    if wire is None:
+        return {"ok": False, "answer": None, "rtt_ms": None,
+                "detail": "refused" if "refused" in text.lower() else "timeout"}
+    try:
+        msg = dns.message.from_wire(bytes.fromhex(wire))
+    except (dns.exception.DNSException, ValueError):
+        return {"ok": False, "answer": None, "detail": "malformed reply", "rtt_ms": None}
+    answers = [r.address for rrset in msg.answer if rrset.rdtype == dns.rdatatype.A
+               for r in rrset]
+    rcode = dns.rcode.to_text(msg.rcode())
+    return {"ok": bool(answers), "answer": ",".join(answers) or None, "rtt_ms": None,
+            "detail": None if answers else (rcode if rcode != "NOERROR" else "no answer")}
 
 
 def _over_channel(address: str, name: str) -> ChannelRequest:
