@@ -45,7 +45,7 @@ def roots(facts: list[Fact]) -> list[tuple[str, str, tuple[str, ...]]]:
 
 def drop(node: str, flow: str, rule: str) -> Fact:
     return Fact("path", node, {
-        "flow": flow, "peer": None, "target": DB, "state": "new", "src": "10.244.2.2",
+        "flow": flow, "peer": None, "target": DB, "toward": DB, "state": "new", "src": "10.244.2.2",
         "dst": "203.0.113.10", "proto": "tcp", "dport": 3306, "verdict": "drop",
         "stage": "netfilter", "at": "filter FORWARD rule 1", "hook": "forward",
         "table": "filter", "chain": "FORWARD", "position": 1, "rule": rule, "owner": "unknown",
@@ -96,8 +96,9 @@ def test_the_healthy_nodes_are_never_named() -> None:
 
 def test_a_node_without_a_route_to_the_endpoint_is_named_for_it_once() -> None:
     no_route = Fact("path", "n3", {
-        "flow": "endpoint", "peer": None, "target": DB, "state": "new", "src": "198.18.0.13",
-        "dst": "203.0.113.10", "proto": "tcp", "dport": 3306, "verdict": "reject",
+        "flow": "endpoint", "peer": None, "target": DB, "toward": DB, "state": "new",
+        "src": "198.18.0.13", "dst": "203.0.113.10", "proto": "tcp", "dport": 3306,
+        "verdict": "reject",
         "stage": "route", "at": "no route to 203.0.113.10", "hook": None, "table": None,
         "chain": None, "position": None, "rule": None, "owner": "kernel", "backend": None,
         "altered_by": None, "undo": None, "matched": "unknown",

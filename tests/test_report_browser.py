@@ -189,7 +189,7 @@ def node_facts(node: str, *, ip_forward: int = 1, reject: bool = False,
                   f'-A FORWARD -m comment --comment "{comment}" -j KUBE-FORWARD'))
     if reject:  # what the path walk concludes from that rule (facts/paths)
         facts.append(Fact("path", node, {
-            "flow": "pod_in", "peer": None, "target": None, "state": "new",
+            "flow": "pod_in", "peer": None, "target": None, "toward": "a pod", "state": "new",
             "src": "10.244.9.2", "dst": "10.244.1.2", "proto": "icmp", "dport": None,
             "verdict": "reject", "stage": "netfilter", "at": "filter FORWARD rule 1",
             "hook": "forward", "table": "filter", "chain": "FORWARD", "position": 1,

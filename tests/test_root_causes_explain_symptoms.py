@@ -23,7 +23,8 @@ def path(node: str, flow: str, verdict: str, rule: str, **attrs: object) -> Fact
     """A verdict as the path walk gives it (facts/paths), at the first rule of a chain."""
     chain = "INPUT" if flow.endswith("_in") and flow.startswith("overlay") else "FORWARD"
     return fact("path", node, flow=flow, peer=attrs.get("peer"), target=attrs.get("target"),
-                state="new", src="198.18.0.11", dst="198.18.0.12", proto=attrs.get("proto", "udp"),
+                toward=attrs.get("peer") or attrs.get("target"), state="new",
+                src="198.18.0.11", dst="198.18.0.12", proto=attrs.get("proto", "udp"),
                 dport=attrs.get("dport"), verdict=verdict, stage="netfilter",
                 at=f"filter {chain} rule 1", hook=chain.lower(), table="filter", chain=chain,
                 position=1, rule=rule, owner="unknown", backend="nf_tables", altered_by=None,

@@ -568,6 +568,19 @@ def _facts_of(me: _Node, name: str, flows: list[Flow], after: _After,
     return out
 
 
+def _toward(flow: Flow) -> str:
+    """Who or what the flow is with, in words, never null (a finding names it).
+
+    >>> _toward(Flow("dns_pod", "forward", None, "node1", "coredns-0"))
+    'coredns-0 on node1'
+    >>> _toward(Flow("own_pod_in", "in", None, None))
+    "the node's own pod"
+    """
+    if flow.peer and flow.target:
+        return f"{flow.target} on {flow.peer}"
+    return flow.peer or flow.target or "the node's own pod"
+
+
 def _path_fact(name: str, flow: Flow, end: Ending, altered: dict[str, list[str]],
                both_backends: bool, after: _After, tunnelled: set[frozenset[str]]) -> Fact:
     pkt = flow.pkt
@@ -577,7 +590,8 @@ def _path_fact(name: str, flow: Flow, end: Ending, altered: dict[str, list[str]]
                                                                        if end.why else "")])
     pkts_after, matched = _matched(name, flow, end, after, tunnelled)
     return Fact("path", name, {
-        "flow": flow.name, "peer": flow.peer, "target": flow.target, "state": pkt.state,
+        "flow": flow.name, "peer": flow.peer, "target": flow.target,
+        "toward": _toward(flow), "state": pkt.state,
         "src": show(pkt.src), "dst": show(pkt.dst), "proto": pkt.proto, "dport": pkt.dport,
         "verdict": end.verdict, "stage": end.stage, "at": end.at, "hook": end.hook,
         "table": end.table, "chain": end.chain, "position": end.position, "rule": end.rule,
