@@ -424,6 +424,20 @@ def _sshd_hung(lab: Lab) -> None:
     assert ssh(lab, "node1", "true").returncode == 0
 
 
+def _node_off_the_network(lab: Lab) -> None:
+    """node2 answers nothing on the node network, SSH included, and reaches nobody, while
+    node1 and the client still reach each other."""
+    cp = lab.client_exec(lab.ssh_argv("node2", "true", connect_timeout=2), timeout=30)
+    assert cp.returncode == 255, cp.stderr
+    assert ssh(lab, "node1", "true").returncode == 0
+    node1, node2 = (lab.topology.node(n).address for n in ("node1", "node2"))
+    assert lab.node_exec("node1", ["ping", "-c", "1", "-W", "1", node2],
+                         check=False).returncode != 0
+    assert lab.node_exec("node2", ["ping", "-c", "1", "-W", "1", node1],
+                         check=False).returncode != 0
+    assert not pods_ok(lab, "node1", "node2")
+
+
 def _bridge_nf_file(lab: Lab) -> None:
     cp = ssh(lab, "node1", "cat /etc/sysctl.d/99-libvirt-bridge.conf; "
                            "sysctl -n net.bridge.bridge-nf-call-iptables")
@@ -897,6 +911,7 @@ VXLAN_CASES = [
     ("coredns_upstream_unreachable", "config", None, {}, _upstream_gone("config")),
     ("coredns_upstream_unreachable", "firewall", None, {}, _upstream_gone("firewall")),
     ("node_unreachable", "hang", "node2", {}, _sshd_hung),
+    ("node_unreachable", "arp", "node2", {}, _node_off_the_network),
     ("listen_queue_overflow", "hang", "node2", {}, _listener_hung),
     ("udp_buffer_errors", "hang", "node2", {}, _udp_reader_hung),
     ("time_wait_pileup", "server", "node1", {"count": "1500"}, _time_wait_server_side),

@@ -2756,22 +2756,41 @@ def _sshd_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
         # The kernel still completes the TCP handshake into the listen backlog; the SSH
         # banner never comes, so a client waits for its own timeout instead of being refused.
         _freeze(_sshd_listeners(ctx, node), f"sshd on {node.name}")
+    elif params["via"] == "arp":
+        # The NIC stops taking part in ARP, as a driver or firmware fault leaves it: it answers
+        # no request and resolves no neighbour, so the whole node drops off the node network,
+        # SSH and the API included. The entries learnt before are forgotten at once on every
+        # side, instead of after the kernel's own reachability timers.
+        ctx.node(node).run(["ip", "link", "set", "eth0", "arp", "off"])
+        _forget_neighbour(ctx, node)
     else:
-        raise LabError("node_unreachable: via must be stop or hang")
+        raise LabError("node_unreachable: via must be stop, hang or arp")
+
+
+def _forget_neighbour(ctx: FaultContext, node: LabNode) -> None:
+    ctx.node(node).run(["ip", "neigh", "flush", "dev", "eth0"])
+    for runner in [ctx.node(p) for p in ctx.topology.peers(node)] + [ctx.runners.client]:
+        runner.run(["ip", "neigh", "flush", "to", node.address], check=False)
 
 
 def _sshd_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if "NOARP" in ctx.node(node).run(["ip", "link", "show", "eth0"]).stdout:
+        ctx.node(node).run(["ip", "link", "set", "eth0", "arp", "on"])
+        _forget_neighbour(ctx, node)
+        _pair_mended(ctx)
     _thaw(_sshd_listeners(ctx, node))
     ctx.start_sshd(node.name)
 
 
 register(Fault(
     "node_unreachable",
-    "the node cannot be logged in to, its network stays healthy: sshd stopped, ssh refused "
-    "(via=stop), or sshd hung, stopped with SIGSTOP: connections are accepted and then hang "
-    "without an SSH banner until the client gives up (via=hang)",
+    "the node cannot be logged in to: its network stays healthy and sshd is stopped, ssh "
+    "refused (via=stop), or sshd hung, stopped with SIGSTOP: connections are accepted and then "
+    "hang without an SSH banner until the client gives up (via=hang); or the node itself drops "
+    "off the node network, its NIC answering and sending no ARP (ip link set eth0 arp off, "
+    "via=arp)",
     _sshd_down, _sshd_up, {"via": "stop"},
-    mechanisms={"stop": (), "hang": ()},
+    mechanisms={"stop": (), "hang": (), "arp": ()},
 ))
 
 # ---- the node network between two nodes ------------------------------------------------------
