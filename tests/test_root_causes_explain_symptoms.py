@@ -127,6 +127,28 @@ def test_bgp_down_explains_the_routes_its_peers_lost():
     assert missing["nodes"] == ["n1"] and missing["explained_by"] == ["bgp-session-down"]
 
 
+def test_a_node_off_the_network_explains_its_bgp_sessions_going_down():
+    """Calico: a node that drops off the node network takes its BGP sessions with it; the one
+    root cause is the node, found by its peers' pings, not BGP."""
+    address = {"n1": "10.0.0.1", "n2": "10.0.0.2", "n3": "10.0.0.3"}
+    facts = [
+        fact("node_status", "n1", reachable=True, address=address["n1"], reason=None),
+        fact("node_status", "n3", reachable=True, address=address["n3"], reason=None),
+        fact("node_status", "n2", reachable=False, address=address["n2"],
+             reason="cannot connect to 10.0.0.2:22: No route to host"),
+    ] + [
+        fact("bgp_session", o, protocol="Mesh_10_0_0_2", peer="10.0.0.2", peer_as=64512,
+             state="Active", established=False, proto_state="start", since="10:00",
+             last_error="Socket: No route to host", socket="/var/run/calico/bird.ctl")
+        for o in ("n1", "n3")
+    ] + [reach(s, d, "underlay", ok=d != "n2") for s in ("n1", "n3")
+         for d in ("n1", "n2", "n3") if s != d]
+    found = {f["fault"]: f for f in diagnose(facts)}
+    assert [f for f in found.values() if f["root_cause"]] == [found["node_unreachable"]]
+    assert found["node_unreachable"]["nodes"] == ["n2"]
+    assert found["bgp_session_down"]["explained_by"] == ["node-unreachable-and-cut-off"]
+
+
 def test_dns_failures_behind_a_broken_coredns_node_are_consequences():
     facts = [
         fact("dns_pod", "n1", pod="coredns-0", ip="10.244.1.3", ready=True, restarts=0),
