@@ -833,6 +833,11 @@ def _node_and_pod_apart(via: str) -> Callable[[Lab], None]:
             veth = cni.calico_veth(pod)
             assert f"{pod.ip} dev {veth}" in lab.node_exec("node2", ["ip", "route"]).stdout
             assert sysctl(lab, "node2", f"net.ipv4.conf.{veth}.proxy_arp") == "0"
+        if via == "route":  # the veth is up; the node routes the pod to BIRD's blackhole
+            got = lab.node_exec("node2", ["ip", "route", "get", pod.ip], check=False)
+            assert "blackhole" in got.stdout + got.stderr or got.returncode != 0, got
+            assert ",UP," in lab.node_exec("node2", ["ip", "link", "show",
+                                                     cni.calico_veth(pod)]).stdout
     return check
 
 
@@ -1116,6 +1121,7 @@ CALICO_CASES = [
     # the kernel drops the pod's /32 with its cali veth: the heal must write it back
     ("node_pod_link_broken", "veth", "node2", {}, _node_and_pod_apart("veth")),
     ("node_pod_link_broken", "proxy_arp", "node2", {}, _node_and_pod_apart("proxy_arp")),
+    ("node_pod_link_broken", "route", "node2", {}, _node_and_pod_apart("route")),
     ("interface_address_overlap", "pod", "node2", {}, _address_takes_peer("pod")),
 ]
 

@@ -360,6 +360,18 @@ def test_a_native_nft_snat_is_followed_too():
     assert got and got[0]["at"] == "ip egress post rule 1: SNAT of 10.244.2.2 to 10.99.0.7"
 
 
+def test_the_pod_the_own_pod_check_pinged_is_walked_from_its_node():
+    """A pod whose host route is gone is never a pod-network target, but the own-pod check
+    found it; the node's way to it ends at the blackhole that took its traffic."""
+    checked = [f("own_pod_check", "n2", direction="node_to_pod", address="10.244.2.9",
+                 ok=False, detail="timeout", rtt_ms=None, vantage="cni-a")]
+    facts = cluster(route("n2", "10.244.2.9/32", None, rtype="blackhole"), *checked)
+    (stop,) = stops(facts, "n2", "own_pod_out")
+    assert (stop["state"], stop["dst"], stop["stage"], stop["verdict"]) == (
+        "new", "10.244.2.9", "route", "drop")
+    assert not stops(cluster(*checked), "n2")  # routed to cni0 like every pod there
+
+
 def test_a_node_that_lost_its_service_rules_is_named():
     extra = [x for n in ("n1", "n3") for x in _kube_proxy(n, ["10.244.2.3"])]
     extra += [chain("n2", "nat", c) for c in ("PREROUTING", "OUTPUT", "POSTROUTING")]

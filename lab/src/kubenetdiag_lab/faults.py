@@ -3030,9 +3030,13 @@ def _pod_link_cut(ctx: FaultContext, node: LabNode, params: Params) -> None:
         # pod's entry for it is flushed, as it expires within a minute on its own
         _sysctl(ctx, node, f"net.ipv4.conf.{_host_veth(ctx, pod)}.proxy_arp=0")
         ctx.runners.pod(pod.name).run(["ip", "neigh", "flush", "dev", "eth0"])
+    elif params["via"] == "route":
+        # calico: the pod's host route deleted (by hand, a cleanup script) with felix not
+        # there to write it back: BIRD's blackhole for the node's block takes its traffic
+        ctx.node(node).run(["ip", "route", "del", f"{pod.ip}/32", "dev", _host_veth(ctx, pod)])
     else:
-        raise LabError("node_pod_link_broken: via must be veth, nomaster, filter, port or "
-                       "proxy_arp")
+        raise LabError("node_pod_link_broken: via must be veth, nomaster, filter, port, "
+                       "proxy_arp or route")
 
 
 def _pod_link_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -3061,10 +3065,12 @@ register(Fault(
     "address (via=filter: the node and the pod cannot ping each other, forwarded traffic "
     "still passes), or its port of cni0 set disabled while its link stays up (via=port: "
     "`bridge link set dev <veth> state 0`), or proxy ARP switched off on its calico veth "
-    "(via=proxy_arp: the pod's ARP for its gateway 169.254.1.1 goes unanswered)",
+    "(via=proxy_arp: the pod's ARP for its gateway 169.254.1.1 goes unanswered), or its "
+    "host route deleted on calico (via=route: BIRD's blackhole for the block takes it)",
     _pod_link_cut, _pod_link_back, {"via": "veth"},
     mechanisms={"veth": (), "nomaster": ("flannel-vxlan", "flannel-host-gw"), "filter": (),
-                "port": ("flannel-vxlan", "flannel-host-gw"), "proxy_arp": ("calico-bgp",)},
+                "port": ("flannel-vxlan", "flannel-host-gw"), "proxy_arp": ("calico-bgp",),
+                "route": ("calico-bgp",)},
 ))
 
 

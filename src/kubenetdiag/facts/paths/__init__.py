@@ -36,7 +36,7 @@ _NODE_KINDS = ("node_status", "interface", "route", "ip_rule", "sysctl", "tc_hoo
 # that matches a set not read stays undecided.
 _NODE_OPTIONAL = ("ipset", "ipvs_service")
 _KINDS = (*_NODE_KINDS, "k8s_node", "dns_pod", "dns_service", "cni", "bgp_session", "reach",
-          "tcp_check", "nodeport_check", "drop_counter_after", "probe_status")
+          "tcp_check", "nodeport_check", "drop_counter_after", "probe_status", "own_pod_check")
 # Declared for kubenetdiag.facts.producers. A rule on a path fact needs the node's own
 # configuration the walk reads (INPUTS); the rest (CONTEXT) only adds flows to walk (Service
 # VIPs, BGP peers, the peers probed; the DROP counters read after the checks) and is reported
@@ -226,11 +226,20 @@ def path_facts(facts: list[Fact]) -> list[Fact]:
         if not a.get("own") and isinstance(a.get("dst"), str) and isinstance(
                 a.get("node_port"), int):
             nodeports[str(a["dst"])].add((f.node, int(a["node_port"]), str(a.get("service"))))
+    # The pod the own-pod check pinged: the node's way to that very pod is walked, which may
+    # not be the pod the other flows stand for (a pod whose host route is gone is never
+    # chosen as a pod-network target)
+    own_pod: dict[str, int] = {}
+    for f in kinds["own_pod_check"]:
+        a = f.attrs
+        if a.get("direction") == "node_to_pod" and isinstance(a.get("address"), str) \
+                and network(str(a["address"])) is not None:
+            own_pod[f.node] = addr(str(a["address"]).split("/")[0])
     out: list[Fact] = []
     for name in names:
         me = nodes[name]
         flows = list(_flows(me, name, nodes, _peers(name, peer_names, reach), bgp, services,
-                            dns_pods, endpoints))
+                            dns_pods, endpoints, own_pod.get(name)))
         flows += _nodeport_flows(me, nodes, sorted(nodeports.get(name, ())))
         out.extend(_facts_of(me, name, flows, after, tunnelled))
     return out
@@ -259,7 +268,7 @@ def _matched(name: str, flow: Flow, end: Ending, after: _After,
 
 
 def _flows(me: _Node, name: str, nodes: dict[str, _Node], peers: list[str], bgp: bool,
-           services, dns_pods, endpoints):
+           services, dns_pods, endpoints, own_pod: int | None = None):
     v = me.view
     port = int((me.overlay or {}).get("vxlan_port") or 8472)
     # where a peer's ping to this node's address arrives: the same for every peer
@@ -347,6 +356,10 @@ def _flows(me: _Node, name: str, nodes: dict[str, _Node], peers: list[str], bgp:
                                               me.pod_dev), None)
         yield Flow("own_pod_out", "out", Packet(v.address, me.pod_addr, "icmp", None, None,
                                                 None, state="established"), None)
+    if own_pod is not None and own_pod != me.pod_addr and v.address is not None:
+        # the node's ping to the pod the own-pod check used, new, as the check sends it
+        yield Flow("own_pod_out", "out", Packet(v.address, own_pod, "icmp", None, None, None),
+                   None)
     if me.pod_addr is not None and v.has_netfilter:
         for vip, vport, proto, svc in services:
             yield Flow("service", "forward",
