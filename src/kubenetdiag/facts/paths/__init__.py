@@ -226,14 +226,14 @@ def path_facts(facts: list[Fact]) -> list[Fact]:
         if not a.get("own") and isinstance(a.get("dst"), str) and isinstance(
                 a.get("node_port"), int):
             nodeports[str(a["dst"])].add((f.node, int(a["node_port"]), str(a.get("service"))))
-    # The pod the own-pod check pinged: the node's way to that very pod is walked, which may
-    # not be the pod the other flows stand for (a pod whose host route is gone is never
-    # chosen as a pod-network target)
+    # The pod the own-pod check pinged in vain: the node's way to that very pod is walked,
+    # which may not be the pod the other flows stand for (a pod whose host route is gone is
+    # never chosen as a pod-network target)
     own_pod: dict[str, int] = {}
     for f in kinds["own_pod_check"]:
         a = f.attrs
-        if a.get("direction") == "node_to_pod" and isinstance(a.get("address"), str) \
-                and network(str(a["address"])) is not None:
+        if a.get("direction") == "node_to_pod" and a.get("ok") is False \
+                and isinstance(a.get("address"), str) and network(str(a["address"])) is not None:
             own_pod[f.node] = addr(str(a["address"]).split("/")[0])
     out: list[Fact] = []
     for name in names:
