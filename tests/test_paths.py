@@ -50,6 +50,20 @@ def ipt(node: str, table: str, spec: str, position: int, backend: str = "nf_tabl
              dport=None, backend=backend)
 
 
+def nft_base(node: str, family: str, table: str, chain_name: str, kind: str, hook: str,
+             priority: str, *rules: tuple[str | None, str]) -> list[Fact]:
+    """A native nftables table with one base chain holding `rules` ((verdict, text), in
+    order), as the nftables probe reports it."""
+    return [f("nft_table", node, family=family, table=table, owner="nft", chains=1,
+              rules=len(rules)),
+            f("nft_chain", node, family=family, table=table, chain=chain_name, owner="nft",
+              type=kind, hook=hook, priority=priority, policy="accept", rules=len(rules),
+              drop_rules=0, reject_rules=0),
+            *(f("nft_rule", node, family=family, table=table, chain=chain_name, position=i,
+                verdict=verdict, text=text, pkts=None, bytes=None)
+              for i, (verdict, text) in enumerate(rules, start=1))]
+
+
 def sysctl(node: str, key: str, n: int) -> Fact:
     return f("sysctl", node, key=key, value=str(n), number=n, present=True)
 
@@ -347,15 +361,9 @@ def test_an_snat_to_an_address_the_node_does_not_hold_loses_the_replies():
 
 
 def test_a_native_nft_snat_is_followed_too():
-    facts = cluster(
-        f("nft_table", "n2", family="ip", table="egress", owner="nft", chains=1, rules=1),
-        f("nft_chain", "n2", family="ip", table="egress", chain="post", owner="nft",
-          type="nat", hook="postrouting", priority="srcnat", policy="accept", rules=1,
-          drop_rules=0, reject_rules=0),
-        f("nft_rule", "n2", family="ip", table="egress", chain="post", position=1,
-          verdict="snat", text="ip saddr 10.244.2.0/24 snat ip to 10.99.0.7-10.99.0.9:1024-2048",
-          pkts=None, bytes=None),
-    )
+    facts = cluster(*nft_base(
+        "n2", "ip", "egress", "post", "nat", "postrouting", "srcnat",
+        ("snat", "ip saddr 10.244.2.0/24 snat ip to 10.99.0.7-10.99.0.9:1024-2048")))
     got = stops(facts, "n2", "pod_out")
     assert got and got[0]["at"] == "ip egress post rule 1: SNAT of 10.244.2.2 to 10.99.0.7"
 
@@ -382,13 +390,8 @@ def test_a_node_that_lost_its_service_rules_is_named():
 
 
 def _nft_raw_notrack(node_name: str, text: str) -> list[Fact]:
-    return [f("nft_table", node_name, family="ip", table="dns_notrack", owner="nft", chains=1,
-              rules=1),
-            f("nft_chain", node_name, family="ip", table="dns_notrack", chain="pre",
-              owner="nft", type="filter", hook="prerouting", priority="raw", policy="accept",
-              rules=1, drop_rules=0, reject_rules=0),
-            f("nft_rule", node_name, family="ip", table="dns_notrack", chain="pre",
-              position=1, verdict=None, text=text, pkts=None, bytes=None)]
+    return nft_base(node_name, "ip", "dns_notrack", "pre", "filter", "prerouting", "raw",
+                    (None, text))
 
 
 @pytest.mark.parametrize("untrack", [

@@ -1933,16 +1933,16 @@ def _kube_jump(chain: str) -> str:
     return f'-A {chain} -m comment --comment "{comment}" -j {target}'
 
 
-def _kube_proxy_dead_and_flushed(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    # A running kube-proxy would notice (its KUBE-PROXY-CANARY stays) only at its next periodic
-    # sync, but it would notice: the state an SRE finds is a dead (or hung) kube-proxy and a
-    # flushed chain.
+def _kube_proxy_rules_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if params["via"] in ("prerouting", "output", "postrouting"):
         # Only a full resync writes the jumps again, and a partial sync (every change, every
         # 30 s) is not one: the chain stays full and unreachable under a running kube-proxy.
         chain = params["via"].upper()
         _ipt_delete(ctx, node, chain, shlex.split(_kube_jump(chain))[2:], table="nat")
         return
+    # A running kube-proxy would notice a flushed chain (its KUBE-PROXY-CANARY stays) only at
+    # its next periodic sync, but it would notice: the state an SRE finds is a dead (or hung)
+    # kube-proxy and a flushed chain.
     if params["via"] == "kill":
         kubeproxy.stop(node)
     elif params["via"] == "hang":
@@ -1982,7 +1982,7 @@ register(Fault(
     "OUTPUT (via=output: the node's own), or its jump to KUBE-POSTROUTING from POSTROUTING "
     "(via=postrouting: NodePort connects sent on to another node's endpoint are not "
     "masqueraded), as a firewall reload that restores an old file does",
-    _kube_proxy_dead_and_flushed, _kube_proxy_restarted, {"via": "kill"},
+    _kube_proxy_rules_off, _kube_proxy_restarted, {"via": "kill"},
     mechanisms={"kill": (), "hang": (), "prerouting": (), "output": (), "postrouting": ()},
     # nftables mode's table has no KUBE-SERVICES chain, and no rule reads that table's
     proxy_modes=("iptables",),
@@ -2749,7 +2749,7 @@ def _sshd_listeners(ctx: FaultContext, node: LabNode) -> list[int]:
     return nodehost.procs_named(sshd.find_pids(ctx.paths.sshd_files(node.name)), "sshd")
 
 
-def _sshd_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
+def _node_unreachable_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if params["via"] == "stop":
         ctx.stop_sshd(node.name)
     elif params["via"] == "hang":
@@ -2773,7 +2773,7 @@ def _forget_neighbour(ctx: FaultContext, node: LabNode) -> None:
         runner.run(["ip", "neigh", "flush", "to", node.address], check=False)
 
 
-def _sshd_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
+def _node_unreachable_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if "NOARP" in ctx.node(node).run(["ip", "link", "show", "eth0"]).stdout:
         ctx.node(node).run(["ip", "link", "set", "eth0", "arp", "on"])
         _forget_neighbour(ctx, node)
@@ -2789,7 +2789,7 @@ register(Fault(
     "hang without an SSH banner until the client gives up (via=hang); or the node itself drops "
     "off the node network, its NIC answering and sending no ARP (ip link set eth0 arp off, "
     "via=arp)",
-    _sshd_down, _sshd_up, {"via": "stop"},
+    _node_unreachable_on, _node_unreachable_off, {"via": "stop"},
     mechanisms={"stop": (), "hang": (), "arp": ()},
 ))
 

@@ -21,6 +21,7 @@ from kubenetdiag.facts.paths.packet import (
     any_of,
     iface_match,
     in_net,
+    nat_address,
     negate,
     port_match,
 )
@@ -268,14 +269,14 @@ def _action(flag: str, args: list[str]) -> Action:
         to = _opt(rest, "--to-destination") or ""
         host, _, port = to.partition(":")
         try:
-            return Action("dnat", to=(addr(host.split("-")[0]), int(port.split("-")[0]) if port
+            return Action("dnat", to=(nat_address(to), int(port.split("-")[0]) if port
                                       else None))
         except ValueError:
             return Action("unknown", why=f"DNAT to {to!r}")
     if target == "SNAT":
         to = _opt(rest, "--to-source") or ""
-        try:  # a range or several sources: the first stands for them, as for DNAT
-            return Action("snat", to=(addr(to.partition(":")[0].split("-")[0]), None))
+        try:
+            return Action("snat", to=(nat_address(to), None))
         except ValueError:
             return Action("accept")  # a source the walk cannot read changes no verdict
     if target in _NAT_ACCEPT:

@@ -27,6 +27,7 @@ from kubenetdiag.facts.paths.packet import (
     any_of,
     iface_match,
     in_net,
+    nat_address,
     port_match,
 )
 from kubenetdiag.facts.paths.ruleset import Action, Context, Matcher, NamedSet, Rule
@@ -262,7 +263,7 @@ def _snat(tokens: list[str], i: int) -> Action:
     walk cannot read ends the chain as an accept, as masquerade does."""
     rest = tokens[tokens.index("to", i) + 1:] if "to" in tokens[i:] else []
     try:
-        return Action("snat", to=(addr(rest[0].partition(":")[0].split("-")[0]), None))
+        return Action("snat", to=(nat_address(rest[0]), None))
     except (IndexError, ValueError):
         return Action("accept")
 

@@ -53,6 +53,16 @@ def addr(text: str) -> int:
     return int(ipaddress.IPv4Address(text))
 
 
+def nat_address(text: str) -> int:
+    """The address a NAT target sets, `A[-B][:port[-port]]` as iptables and nft write it: the
+    first of a range stands for them all. ValueError when it is not one.
+
+    >>> show(nat_address("10.99.0.7-10.99.0.9:1024-2048"))
+    '10.99.0.7'
+    """
+    return addr(text.partition(":")[0].split("-")[0])
+
+
 def show(a: int) -> str:
     return str(ipaddress.IPv4Address(a))
 

@@ -314,27 +314,6 @@ def _after(v: NodeView, hooks: list[str], flow: Flow, pkt: Packet, w: World, ste
     return _combine(endings)
 
 
-def _snat_away(v: NodeView, pkt: Packet) -> bool:
-    """An SNAT no Service proxy wrote gave the packet a source this node does not hold: the
-    reply goes to that address, and no other node's connection tracking can undo a
-    translation made here (masquerade always takes an address of the node's own)."""
-    if pkt.snat_by is None or pkt.snat_to is None or pkt.snat_to in v.routing.local:
-        return False
-    table, chain, rule = pkt.snat_by
-    return table.owner_of(chain, rule) not in SERVICE_PROXIES
-
-
-def _snatted(pkt: Packet, w: World, steps: list[str]) -> Ending:
-    table, chain, rule = w.pkt.snat_by
-    at = f"{table.name} {chain} rule {rule.position}"
-    return Ending("drop", "netfilter", f"{at}: SNAT of {show(pkt.src)} to {show(w.pkt.snat_to)}",
-                  "postrouting", table.name, chain, rule.position, rule.text,
-                  table.owner_of(chain, rule), table.backend,
-                  f"an SNAT rule gives the packet the source {show(w.pkt.snat_to)}, an address "
-                  "this node does not hold: the reply goes there, and only this node could "
-                  "undo the translation", w.undecided, steps, rule.handle, rule.pkts)
-
-
 def _combine(endings: list[Ending]) -> Ending:
     """One verdict over the worlds: theirs when they all agree, else unknown at the first
     match that could not be decided."""
@@ -365,19 +344,25 @@ def _not_programmed(flow: Flow, pkt: Packet, w: World, steps: list[str]) -> Endi
                   None, what, w.undecided, steps)
 
 
+def _lost_at(by: tuple, stage: str, hook: str, what: str, why: str, w: World,
+             steps: list[str]) -> Ending:
+    """A flow lost at one rule that drops nothing itself (a NOTRACK, a NAT): `by` is the
+    (table, chain, rule) the packet carries for it."""
+    table, chain, rule = by
+    return Ending("drop", stage, f"{table.name} {chain} rule {rule.position}: {what}", hook,
+                  table.name, chain, rule.position, rule.text, table.owner_of(chain, rule),
+                  table.backend, why, w.undecided, steps, rule.handle, rule.pkts)
+
+
 def _untracked(flow: Flow, pkt: Packet, w: World, steps: list[str]) -> Ending:
     """A Service or NodePort packet that a NOTRACK exempted from connection tracking: the nat
     table never sees it, so kube-proxy's DNAT, programmed or not, does not happen."""
-    table, chain, rule = w.pkt.untracked_by
     vip = f"{show(pkt.dst)}:{pkt.dport}"
-    at = f"{table.name} {chain} rule {rule.position}"
-    return Ending("drop", "notrack", f"{at}: untracked, so nothing translates {vip}",
-                  "prerouting", table.name, chain, rule.position, rule.text,
-                  table.owner_of(chain, rule), table.backend,
-                  "the packet is exempt from connection tracking, and only tracked "
-                  "connections go through the nat table: kube-proxy's DNAT to an endpoint "
-                  "never happens, and the packet keeps an address nothing answers",
-                  w.undecided, steps, rule.handle, rule.pkts)
+    return _lost_at(w.pkt.untracked_by, "notrack", "prerouting",
+                    f"untracked, so nothing translates {vip}",
+                    "the packet is exempt from connection tracking, and only tracked "
+                    "connections go through the nat table: kube-proxy's DNAT to an endpoint "
+                    "never happens, and the packet keeps an address nothing answers", w, steps)
 
 
 # Whose DNAT is the cluster's own Service translation; flows that must reach one known
@@ -387,25 +372,42 @@ _AIMED = frozenset({"service", "nodeport_in", "dns_pod", "dns_pod_in", "endpoint
                     "endpoint_in", "pod_out", "pod_in"})
 
 
+def _by_proxy(by: tuple) -> bool:
+    """Whether the NAT rule (table, chain, rule) is a Service proxy's own translation."""
+    table, chain, rule = by
+    return table.owner_of(chain, rule) in SERVICE_PROXIES
+
+
 def _misdirected(flow: Flow, pkt: Packet) -> bool:
-    if flow.name not in _AIMED or pkt.dnat_by is None:
-        return False
-    table, chain, rule = pkt.dnat_by
-    return table.owner_of(chain, rule) not in SERVICE_PROXIES
+    return flow.name in _AIMED and pkt.dnat_by is not None and not _by_proxy(pkt.dnat_by)
 
 
 def _redirected(flow: Flow, pkt: Packet, w: World, steps: list[str]) -> Ending:
     """A packet a DNAT no Service proxy wrote sent somewhere other than where the flow goes
     (a DNS "interception" rule, a port forward left from a migration): for the flow, it is
     lost at that rule, whatever answers at the new address."""
-    table, chain, rule = w.pkt.dnat_by
     to = f"{show(w.pkt.dst)}:{w.pkt.dport}" if w.pkt.dport else show(w.pkt.dst)
     was = f"{show(pkt.dst)}:{pkt.dport}" if pkt.dport else show(pkt.dst)
-    at = f"{table.name} {chain} rule {rule.position}"
-    return Ending("drop", "netfilter", f"{at}: DNAT of {was} to {to}", "prerouting",
-                  table.name, chain, rule.position, rule.text, table.owner_of(chain, rule),
-                  table.backend, f"a DNAT rule no Service proxy wrote sends {flow.name} traffic "
-                  f"for {was} to {to} instead", w.undecided, steps, rule.handle, rule.pkts)
+    return _lost_at(w.pkt.dnat_by, "netfilter", "prerouting", f"DNAT of {was} to {to}",
+                    f"a DNAT rule no Service proxy wrote sends {flow.name} traffic for {was} "
+                    f"to {to} instead", w, steps)
+
+
+def _snat_away(v: NodeView, pkt: Packet) -> bool:
+    """An SNAT no Service proxy wrote gave the packet a source this node does not hold: the
+    reply goes to that address, and no other node's connection tracking can undo a
+    translation made here (masquerade always takes an address of the node's own)."""
+    return pkt.snat_by is not None and pkt.snat_to is not None \
+        and pkt.snat_to not in v.routing.local and not _by_proxy(pkt.snat_by)
+
+
+def _snatted(pkt: Packet, w: World, steps: list[str]) -> Ending:
+    to = show(w.pkt.snat_to)
+    return _lost_at(w.pkt.snat_by, "netfilter", "postrouting",
+                    f"SNAT of {show(pkt.src)} to {to}",
+                    f"an SNAT rule gives the packet the source {to}, an address this node "
+                    "does not hold: the reply goes there, and only this node could undo the "
+                    "translation", w, steps)
 
 
 MAX_REALS = 4  # real servers of one virtual server followed

@@ -396,8 +396,10 @@ def plan(
 
     # Nodes the collector could not log in to stay in the ring as ping targets, underlay only:
     # their peers' pings tell a node that is down or cut off from one whose SSH alone fails.
-    ring_names = [h.name for h in hosts if h.name in reached or address(h.name)]
-    info = {n: {"name": n, "address": address(n), "pod_cidr": pod_cidr(n)} for n in ring_names}
+    addresses = {h.name: address(h.name) for h in hosts}
+    ring_names = [h.name for h in hosts if h.name in reached or addresses[h.name]]
+    info = {n: {"name": n, "address": addresses[n], "pod_cidr": pod_cidr(n)}
+            for n in ring_names}
     dns_on = _by_node(dns_pods, "dns_pod")
     for n, entry in info.items():
         entry["pod_gateway"] = gateway_of(entry["pod_cidr"])
