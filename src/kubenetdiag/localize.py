@@ -380,6 +380,10 @@ _pattern(r"TCP connect to (?P<target>\S+)",
          "到 {target} 的 TCP 连接")
 
 
+_pattern(r"the pod's own DNS resolver \(its resolv.conf\) for (?P<name>\S+)",
+         "用 Pod 自己的解析器（其 resolv.conf）解析 {name}")
+
+
 _pattern(r"NodePort (?P<port>\d+) of (?P<service>\S+) on (?P<node>\S+)",
          "{node} 上 {service} 的 NodePort {port}")
 

@@ -17,9 +17,10 @@ the checks are done, so the whole script costs roughly the slowest batches plus 
 A check's command (kubenetdiag.probes.active) runs in its own `sh -c` and may use what the
 preamble sets up: `__has TOOL` (the tool was found), `$__pi` (ping's interval option, empty on
 busybox), `$__to` (`timeout 4` where there is timeout), `$__inpod` (the nsenter prefix into a
-pod's network namespace, empty when there is none) and `$__TCP` (the TCP connect helper,
-run as `sh -c "$__TCP" _ HOST PORT ip|name node|pod`; from a pod, a name is resolved
-with the pod's own resolv.conf, `$__prc`, when a process of the pod shows it).
+pod's network namespace, empty when there is none), `$__TCP` (the TCP connect helper,
+run as `sh -c "$__TCP" _ HOST PORT ip|name node|pod`) and `$__RES` (a name resolved as the
+pod resolves it, with the pod's own resolv.conf, `$__prc`, when a process of the pod shows
+it: `sh -c "$__RES" _ NAME`).
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ fi
 
 # The pod's own resolver: the resolv.conf its runtime mounted, seen through a process of the
 # pod (its sandbox) in the node's /proc. Only read: names are resolved with the node's tools.
-# Only a declared endpoint given by name needs it, so only such a plan walks /proc for it.
+# A declared endpoint given by name and the pod's DNS check need it, so only a plan with one
+# of them walks /proc for it.
 _POD_RESOLVER = r"""__prc=
 if [ -n "$__inpod" ]; then
   for __d in /proc/[0-9]*; do
@@ -87,9 +89,80 @@ if [ -n "$__inpod" ]; then
   done
 fi"""
 
-# TCP connect: nc where present, else bash's /dev/tcp; by name: resolve with getent first so
-# "the name does not resolve" is told apart from "refused" and "timeout"
-# (docs/runbooks.md#runbook-002). The checks run it as `sh -c "$__TCP" _ host port by where`.
+# A name resolved as the pod would resolve it: the node's own getent in a throwaway mount
+# namespace that shows copies of the pod's resolv.conf and hosts file, so the pod's libc
+# semantics apply (search list, ndots, hosts first) and none of its binaries run. The copies
+# sit on a tmpfs of that namespace only (a file of another mount namespace cannot be bound
+# directly): nothing reaches the node's disk, and nothing outlives the command. Run as
+# `sh -c "$__RES" _ NAME` inside the pod's network namespace; prints `resolver: pod <ns>`,
+# `search: <list>`, then `resolved: NAME ADDR` (exit 0) or `unresolved: NAME (why)` (exit 3);
+# exit 127 when no process of the pod showed its resolv.conf.
+RES_HELPER = r"""h=$1
+[ -n "$__prc" ] || { echo "kubenetdiag: no process of the pod shows its resolv.conf"; exit 127; }
+set -f
+ns=$(awk '$1 == "nameserver" && $2 ~ /^[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+$/ {
+  print $2; exit }' "$__prc")
+[ -n "$ns" ] || { echo "unresolved: $h (the pod's resolv.conf names no nameserver)"; exit 3; }
+echo "resolver: pod $ns"
+printf 'search: %s\n' "$(awk '$1 == "search" {s = ""; for (i = 2; i <= NF; i++) s = s " " $i}
+  END {print substr(s, 2)}' "$__prc" | tr -cd 'A-Za-z0-9_. -' | head -c 512)"
+ph=${__prc%resolv.conf}hosts
+a=$(unshare --mount --propagation private sh -c 'mount -t tmpfs -o size=256k tmpfs /tmp &&
+  head -c 65536 "$1" >/tmp/resolv.conf && mount --bind /tmp/resolv.conf /etc/resolv.conf || exit
+  if [ -f "$2" ] && [ ! -L "$2" ]; then
+    head -c 65536 "$2" >/tmp/hosts && mount --bind /tmp/hosts /etc/hosts || exit
+  fi
+  echo in; timeout 3 getent ahostsv4 "$3"; echo "rc $?"' _ "$__prc" "$ph" "$h" 2>/dev/null)
+why=
+case $a in
+in*)
+  r=${a##*rc }; set -- ${a#in}; a=
+  if [ "$r" = 0 ]; then a=$1; elif [ "$r" = 124 ]; then why=" (no answer from $ns)"; fi;;
+*)
+  # not allowed to (not root): ask the pod's nameserver what its libc would ask, in order
+  a=
+  c=$(awk -v n="$h" '
+    $1 == "search" {s = ""; for (i = 2; i <= NF; i++) s = s " " $i}
+    $1 == "options" {for (i = 2; i <= NF; i++) if ($i ~ /^ndots:[0-9]+$/) nd = substr($i, 7) + 0}
+    END {
+      if (nd == "") nd = 1
+      m = n; dots = gsub(/[.]/, "", m)
+      k = 0
+      if (n ~ /[.]$/) out[++k] = substr(n, 1, length(n) - 1)
+      else {
+        t = split(s, sl, " ")
+        if (dots >= nd) out[++k] = n
+        for (i = 1; i <= t; i++) out[++k] = n "." sl[i]
+        if (dots < nd) out[++k] = n
+      }
+      for (i = 1; i <= k && i <= 8; i++)
+        if (out[i] ~ /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/) print out[i]
+    }' "$__prc")
+  for q in $c; do
+    # a server that does not answer stops the search: each further name would wait as long
+    if command -v dig >/dev/null 2>&1; then
+      o=$(timeout 3 dig +short +time=1 +tries=1 @"$ns" "$q" A 2>/dev/null); r=$?
+      case $r in 9|124) echo "unresolved: $h (no answer from $ns)"; exit 3;; esac
+      a=$(printf '%s\n' "$o" | grep -E '^[0-9]+([.][0-9]+){3}$' | head -n 1)
+    elif command -v nslookup >/dev/null 2>&1; then
+      o=$(timeout 3 nslookup -type=a "$q" "$ns" 2>&1)
+      case $o in *"timed out"*|*"no servers"*)
+        echo "unresolved: $h (no answer from $ns)"; exit 3;; esac
+      a=$(printf '%s\n' "$o" | awk '/^Name:/ {f = 1} f && /^Address/ {print $NF; exit}')
+    else
+      echo "unresolved: $h (no unshare, dig or nslookup to ask the pod's resolver)"; exit 3
+    fi
+    [ -n "$a" ] && break
+  done;;
+esac
+[ -n "$a" ] || { echo "unresolved: $h$why"; exit 3; }
+echo "resolved: $h $a"
+"""
+
+# TCP connect: nc where present, else bash's /dev/tcp; by name: resolve first (from a pod
+# with the pod's own resolver, $__RES), so "the name does not resolve" is told apart from
+# "refused" and "timeout" (docs/runbooks.md#runbook-002). The checks run it as
+# `sh -c "$__TCP" _ host port by where`.
 # bash's 3 s start once bash runs, from a watchdog it starts itself: under `timeout 3 bash`
 # they included starting bash, and on a busy node (16 checks at once, a loaded host) that took
 # seconds, so connects that succeeded in a millisecond were reported as timeouts. The watchdog's
@@ -98,65 +171,12 @@ fi"""
 # timeout is the answer the node -> endpoint / pod -> endpoint comparison needs.
 TCP_HELPER = r"""h=$1; p=$2
 if [ "$3" = name ] && [ "$4" = pod ] && [ -n "$__prc" ]; then
-  set -f
-  ns=$(awk '$1 == "nameserver" && $2 ~ /^[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+$/ {
-    print $2; exit }' "$__prc")
-  [ -n "$ns" ] || { echo "unresolved: $h (the pod's resolv.conf names no nameserver)"; exit 3; }
-  echo "resolver: pod $ns"
-  # The node's own getent in a throwaway mount namespace that shows copies of the pod's
-  # resolv.conf and hosts file: the pod's libc semantics (search list, ndots, hosts first),
-  # none of its binaries run. The copies sit on a tmpfs of that namespace only (a file of
-  # another mount namespace cannot be bound directly): nothing reaches the node's disk, and
-  # nothing outlives the command.
-  ph=${__prc%resolv.conf}hosts
-  a=$(unshare --mount --propagation private sh -c 'mount -t tmpfs -o size=256k tmpfs /tmp &&
-    head -c 65536 "$1" >/tmp/resolv.conf && mount --bind /tmp/resolv.conf /etc/resolv.conf || exit
-    if [ -f "$2" ] && [ ! -L "$2" ]; then
-      head -c 65536 "$2" >/tmp/hosts && mount --bind /tmp/hosts /etc/hosts || exit
-    fi
-    echo in; exec timeout 3 getent ahostsv4 "$3"' _ "$__prc" "$ph" "$h" 2>/dev/null)
-  case $a in
-  in*) set -- ${a#in}; a=$1;;
-  *)
-    # not allowed to (not root): ask the pod's nameserver what its libc would ask, in order
-    a=
-    c=$(awk -v n="$h" '
-      $1 == "search" {s = ""; for (i = 2; i <= NF; i++) s = s " " $i}
-      $1 == "options" {for (i = 2; i <= NF; i++) if ($i ~ /^ndots:[0-9]+$/) nd = substr($i, 7) + 0}
-      END {
-        if (nd == "") nd = 1
-        m = n; dots = gsub(/[.]/, "", m)
-        k = 0
-        if (n ~ /[.]$/) out[++k] = substr(n, 1, length(n) - 1)
-        else {
-          t = split(s, sl, " ")
-          if (dots >= nd) out[++k] = n
-          for (i = 1; i <= t; i++) out[++k] = n "." sl[i]
-          if (dots < nd) out[++k] = n
-        }
-        for (i = 1; i <= k && i <= 8; i++)
-          if (out[i] ~ /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/) print out[i]
-      }' "$__prc")
-    for q in $c; do
-      # a server that does not answer stops the search: each further name would wait as long
-      if command -v dig >/dev/null 2>&1; then
-        o=$(timeout 3 dig +short +time=1 +tries=1 @"$ns" "$q" A 2>/dev/null); r=$?
-        case $r in 9|124) echo "unresolved: $h (no answer from $ns)"; exit 3;; esac
-        a=$(printf '%s\n' "$o" | grep -E '^[0-9]+([.][0-9]+){3}$' | head -n 1)
-      elif command -v nslookup >/dev/null 2>&1; then
-        o=$(timeout 3 nslookup -type=a "$q" "$ns" 2>&1)
-        case $o in *"timed out"*|*"no servers"*)
-          echo "unresolved: $h (no answer from $ns)"; exit 3;; esac
-        a=$(printf '%s\n' "$o" | awk '/^Name:/ {f = 1} f && /^Address/ {print $NF; exit}')
-      else
-        echo "unresolved: $h (no unshare, dig or nslookup to ask the pod's resolver)"; exit 3
-      fi
-      [ -n "$a" ] && break
-    done;;
-  esac
-  [ -n "$a" ] || { echo "unresolved: $h"; exit 3; }
-  echo "resolved: $h $a"; h=$a
+  o=$(sh -c "$__RES" _ "$h"); r=$?
+  printf '%s\n' "$o"
+  [ "$r" = 0 ] || exit 3
+  h=$(printf '%s\n' "$o" | sed -n 's/^resolved: [^ ]* //p')
 elif [ "$3" = name ] && command -v getent >/dev/null 2>&1; then
+  set -f
   set -- $(timeout 3 getent ahostsv4 "$h" 2>/dev/null)
   [ -n "$1" ] || { echo "unresolved: $h"; exit 3; }
   echo "resolved: $h $1"; h=$1
@@ -207,8 +227,9 @@ def deadline(plan: NodePlan) -> int:
 
 def build(plan: NodePlan, marker: str) -> str:
     planned = jobs(plan)
-    lines = [_PREAMBLE.format(marker=marker, limit=LINE_LIMIT), f"__TCP={quoted(TCP_HELPER)}"]
-    if any(e.get("by") == "name" for e in plan.get("endpoints") or []):
+    lines = [_PREAMBLE.format(marker=marker, limit=LINE_LIMIT), f"__TCP={quoted(TCP_HELPER)}",
+             f"__RES={quoted(RES_HELPER)}"]
+    if any(e.get("by") == "name" for e in plan.get("endpoints") or []) or plan.get("dns"):
         lines.append(_POD_RESOLVER)
     body = []
     for n, (cid, cmd) in enumerate(planned):
@@ -217,7 +238,7 @@ def build(plan: NodePlan, marker: str) -> str:
             body.append("wait")
     body.append("wait")
     lines.append("__checks() {\n" + "\n".join("  " + b for b in body) + "\n}")
-    lines.append("export __pi __to __inpod __t __TCP __prc")
+    lines.append("export __pi __to __inpod __t __TCP __RES __prc")
     around = window_check(plan)
     if around:
         check, target = around

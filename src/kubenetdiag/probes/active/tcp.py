@@ -56,7 +56,7 @@ def parse_tcp(text: str, rc: int | None, seconds: float | None = None) -> dict[s
         return {"ok": True, "address": address, "detail": None, "resolver": resolver}
     # what the connect itself printed, the resolver's lines aside
     said = "".join(line for line in low.splitlines()
-                   if not line.startswith(("resolved: ", "resolver: "))).strip()
+                   if not line.startswith(("resolved: ", "resolver: ", "search: "))).strip()
     if "refused" in low:
         detail = "refused"
     elif rc == 124 or "timed out" in low or (
