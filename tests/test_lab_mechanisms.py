@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from kubenetdiag_lab import Lab, LabError, cni, coredns, flannel, services
-from kubenetdiag_lab.netns import cmdline
+from kubenetdiag_lab.netns import cmdline, pids_in_netns
 from kubenetdiag_lab.topology import (
     OUTSIDE_HOST,
     OUTSIDE_PORT,
@@ -135,6 +135,7 @@ def snapshot(lab: Lab) -> dict[str, str]:
     for pod in lab.pods:
         out[f"{pod.name} eth0"] = lab.runners.pod(pod.name).run(
             ["ip", "-o", "link", "show", "eth0"]).stdout
+        out[f"{pod.name} resolv.conf"] = pod_resolv_conf(lab, pod.name)
     out["switch nft"] = _nft(lab.runners.switch.run(["nft", "-j", "-s", "list",
                                                      "ruleset"]).stdout)
     # the middleware host's own firewall (endpoint_unreachable via=allowlist acts there)
@@ -144,6 +145,15 @@ def snapshot(lab: Lab) -> dict[str, str]:
         if line.startswith("-A "))
     out["coredns"] = " ".join(_stopped_or_not(pid) for pid in coredns.pids(lab.topology))
     return out
+
+
+def pod_resolv_conf(lab: Lab, pod: str) -> str:
+    """The pod's resolv.conf as its sandbox shows it, where the diagnoser reads it."""
+    netns = next(p.netns for p in lab.pods if p.name == pod)
+    for pid in pids_in_netns([netns]).get(netns, []):
+        if cmdline(pid).strip() == "sleep infinity":
+            return Path(f"/proc/{pid}/root/etc/resolv.conf").read_text()
+    raise AssertionError(f"no sandbox process in {netns}")
 
 
 def assert_same(before: dict[str, str], after: dict[str, str]) -> None:
@@ -610,6 +620,31 @@ def _pings_ignored_by_the_kernel(lab: Lab) -> None:
     _pings_dropped(lab)
 
 
+def _pods_told(wrong: str) -> Callable[[Lab], None]:
+    """The node's pods see a resolv.conf with `wrong` in it through their sandbox (where the
+    diagnoser reads it; the other node's pods do not), so a lookup the way a pod makes it
+    fails, while the cluster DNS still answers the same pod by address."""
+    def check(lab: Lab) -> None:
+        pod = client_pod(lab, "node2")
+        conf = pod_resolv_conf(lab, pod)
+        healthy = pod_resolv_conf(lab, client_pod(lab, "node1"))
+        assert wrong in conf and wrong not in healthy
+        assert not lookup_as_pod(lab, pod, conf, "kubernetes.default")
+        assert lookup_as_pod(lab, pod, healthy, "kubernetes.default")
+        assert dns_ok(lab, "node2")
+    return check
+
+
+def lookup_as_pod(lab: Lab, pod: str, conf: str, name: str) -> bool:
+    """getent of `name` in the pod's network namespace with `conf` as its resolv.conf (in a
+    mount namespace of its own): whether it resolved."""
+    script = ('mount -t tmpfs tmpfs /tmp && printf "%s" "$1" >/tmp/r && '
+              'mount --bind /tmp/r /etc/resolv.conf && exec timeout 5 getent ahostsv4 "$2"')
+    return lab.runners.pod(pod).run(["unshare", "--mount", "--propagation", "private", "sh",
+                                     "-c", script, "_", conf, name], check=False
+                                    ).returncode == 0
+
+
 def _dns_untracked(via: str) -> Callable[[Lab], None]:
     def check(lab: Lab) -> None:
         if via == "nft":
@@ -945,6 +980,10 @@ VXLAN_CASES = [
     ("overlay_device_down", "link", "node2", {}, _vxlan_device_off),
     ("notrack_rule", "iptables", "node2", {}, _dns_untracked("iptables")),
     ("notrack_rule", "nft", "node2", {}, _dns_untracked("nft")),
+    ("pod_dns_misconfigured", "cluster_dns", "node2", {}, _pods_told("nameserver 10.96.0.11")),
+    ("pod_dns_misconfigured", "nodelocal", "node2", {}, _pods_told("nameserver 169.254.20.10")),
+    ("pod_dns_misconfigured", "domain", "node2", {},
+     _pods_told("search default.svc.cluster.example")),
     ("icmp_echo_blocked", "iptables", "node2", {}, _pings_dropped),
     ("icmp_echo_blocked", "nft", "node2", {}, _pings_dropped),
     ("icmp_echo_blocked", "file", "node2", {}, _pings_ignored_by_the_kernel),

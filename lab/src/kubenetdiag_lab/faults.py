@@ -41,6 +41,7 @@ from kubenetdiag_lab import (
     kubeproxy,
     kuberouter,
     nodehost,
+    sandbox,
     services,
     sshd,
 )
@@ -1876,6 +1877,42 @@ register(Fault(
     _upstream_cut, _upstream_back, {"via": "config"}, default_node=_coredns_node,
     scope="cluster", settle=_upstream_settled,
     mechanisms={"config": (), "firewall": ()},
+))
+
+
+# What a kubelet set up wrong writes into the resolv.conf of every pod it creates: an address
+# in the Service range that no Service holds (a clusterDNS left from an older range, or a
+# typo), NodeLocal DNSCache's link-local address on a node that runs no node-local-dns, or
+# another cluster domain than the one CoreDNS serves (its clusterDomain).
+STALE_CLUSTER_DNS = "10.96.0.11"
+NODELOCAL_DNS = "169.254.20.10"
+OTHER_CLUSTER_DOMAIN = "cluster.example"
+
+
+def _pod_dns_wrong(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    via = params["via"]
+    files = ctx.paths.node_files(node.name)
+    if via == "domain":
+        sandbox.rewrite(ctx.topology, node, files, domain=OTHER_CLUSTER_DOMAIN)
+    else:
+        sandbox.rewrite(ctx.topology, node, files, nameserver={
+            "cluster_dns": STALE_CLUSTER_DNS, "nodelocal": NODELOCAL_DNS}[via])
+
+
+def _pod_dns_right(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    sandbox.rewrite(ctx.topology, node, ctx.paths.node_files(node.name))
+
+
+register(Fault(
+    "pod_dns_misconfigured",
+    "the node's pods were given a resolv.conf that cannot resolve cluster names, as a kubelet "
+    "set up wrong writes one into every pod it creates, while the cluster DNS answers the node: "
+    f"a nameserver no Service holds, {STALE_CLUSTER_DNS} (via=cluster_dns, a stale "
+    f"clusterDNS); NodeLocal DNSCache's {NODELOCAL_DNS} where no node-local-dns runs "
+    f"(via=nodelocal); or a search list under {OTHER_CLUSTER_DOMAIN}, not the cluster's "
+    "domain (via=domain, its clusterDomain)",
+    _pod_dns_wrong, _pod_dns_right, {"via": "cluster_dns"},
+    mechanisms={"cluster_dns": (), "nodelocal": (), "domain": ()},
 ))
 
 

@@ -11,6 +11,7 @@ node's own namespaces, so the node's /proc shows it, and it dies with the node's
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 from kubenetdiag_lab.nodehost import NodeFiles
 from kubenetdiag_lab.runner import NodeCommandRunner
@@ -20,12 +21,30 @@ CLUSTER_DOMAIN = "cluster.local"
 NAMESPACE = "default"  # every lab pod but CoreDNS is in it; CoreDNS uses the node's (Default)
 
 
-def resolv_conf(pod: LabPod) -> str:
+def resolv_conf(pod: LabPod, nameserver: str = DNS_VIP, domain: str = CLUSTER_DOMAIN) -> str:
+    """What the kubelet writes for the pod from its clusterDNS and clusterDomain settings."""
     if pod.app == "coredns":
         # dnsPolicy Default, as CoreDNS's own Deployment sets: the node's resolver
         return ""
-    return (f"search {NAMESPACE}.svc.{CLUSTER_DOMAIN} svc.{CLUSTER_DOMAIN} {CLUSTER_DOMAIN}\n"
-            f"nameserver {DNS_VIP}\noptions ndots:5\n")
+    return (f"search {NAMESPACE}.svc.{domain} svc.{domain} {domain}\n"
+            f"nameserver {nameserver}\noptions ndots:5\n")
+
+
+def _conf(files: NodeFiles, pod: LabPod) -> Path:
+    return files.dir / f"resolv-{pod.name}.conf"
+
+
+def rewrite(topology: Topology, node: LabNode, files: NodeFiles, nameserver: str = DNS_VIP,
+            domain: str = CLUSTER_DOMAIN) -> None:
+    """Give the node's running pods the resolv.conf a kubelet with these settings would have
+    written when it created them. Written in place: the file keeps its inode, so each
+    sandbox's bind mount shows the new text (a file renamed over it would not)."""
+    for pod in topology.pods_on(node.name):
+        text = resolv_conf(pod, nameserver, domain)
+        if text:
+            with _conf(files, pod).open("r+") as f:
+                f.truncate(0)
+                f.write(text)
 
 
 def start(topology: Topology, node: LabNode, runner: NodeCommandRunner, files: NodeFiles
@@ -35,7 +54,7 @@ def start(topology: Topology, node: LabNode, runner: NodeCommandRunner, files: N
         text = resolv_conf(pod)
         bind = ""
         if text:
-            conf = files.dir / f"resolv-{pod.name}.conf"
+            conf = _conf(files, pod)
             conf.write_text(text)
             bind = f"mount --bind {shlex.quote(str(conf))} /etc/resolv.conf && "
         netns = shlex.quote(f"/run/netns/cni-{pod.name}")
