@@ -131,12 +131,12 @@ def test_an_older_bundle_says_not_collected_by_that_version(tmp_path, ruleset):
     # is not a probe the older version lacked
     assert missing.pop(("cluster", "active.endpoints"))["status"] == "not_queried"
     # three passive probes, and the active checks its plans had a target for (the pod's link,
-    # the conntrack counts toward the DNS VIP, the node and its own pod pinging each other,
-    # the DROP counters read again after the checks)
+    # the pod's own resolver, the conntrack counts toward the DNS VIP, the node and its own
+    # pod pinging each other, the DROP counters read again after the checks)
     assert set(missing) == {(n, p) for n in ("node1", "node2", "node3")
-                            for p in ("ip_rule", "tc", "ipsets", "active.pod.link", "active.ct",
-                                      "active.own.node_to_pod", "active.own.pod_to_node",
-                                      "active.counters_after")}
+                            for p in ("ip_rule", "tc", "ipsets", "active.pod.link",
+                                      "active.pod.dns", "active.ct", "active.own.node_to_pod",
+                                      "active.own.pod_to_node", "active.counters_after")}
     for entry in missing.values():
         assert entry["status"] == "not_collected"
         assert entry["reason"] == (
