@@ -6,6 +6,7 @@ import math
 import numbers
 import re
 import shlex
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -37,8 +38,7 @@ class EngineError(RuntimeError):
 
 # The inference budget (docs/hardening.md). A rule fires once per finding it makes (17 times
 # on the three-node example); two rules that re-trigger each other fire forever. CLIPS runs
-# in steps so that the budget and Ctrl-C are checked between them (a signal waits for the step
-# to end).
+# in steps so that the budget is checked between them (Ctrl-C: see execute).
 MAX_FIRINGS = 5_000_000
 MAX_SECONDS = 300.0
 _STEP = 10_000
@@ -362,7 +362,30 @@ def _run_within_budget(env: clips.Environment, program: Program) -> None:
 
 
 def execute(program: Program, facts: Sequence[Fact]) -> tuple[dict[int, list], _Deriver]:
-    """Run the program; return each fired rule's activations (ids, values) and derived facts."""
+    """Run the program; return each fired rule's activations (ids, values) and derived facts.
+
+    CLIPS runs in a thread of its own, which this one waits on. One call into it can last
+    many seconds (asserting a fact that completes hundreds of thousands of partial matches of
+    a site rule whose patterns share no variable), and Python handles a signal only in the
+    main thread, between its own steps: waiting on a lock there, Ctrl-C is seen at once, and
+    the CLI leaves without waiting for the engine (cli.main)."""
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = _execute(program, facts)
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the caller's thread)
+            outcome["error"] = exc
+
+    engine = threading.Thread(target=work, name="kubenetdiag-inference", daemon=True)
+    engine.start()
+    engine.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def _execute(program: Program, facts: Sequence[Fact]) -> tuple[dict[int, list], _Deriver]:
     deriver = _Deriver(program)
     env, capture = build_environment(program, deriver)
     _assert_facts(env, program, facts, list(env.routers()))
