@@ -211,6 +211,19 @@ def test_a_login_to_a_node_runs_the_nodes_own_start_up_files(lab):
     assert (machine.read_bytes() if machine.is_file() else None) == before
 
 
+def test_a_node_resolves_with_the_sites_resolver_not_this_machines(lab):
+    """A node's own /etc/resolv.conf names the site's resolver (the outside namespace), so
+    it resolves the middleware's name as a real node would, and no lab query is aimed at this
+    machine's resolver; the machine's file is untouched."""
+    machine = Path("/etc/resolv.conf").read_bytes()
+    cp = lab.client_exec(lab.ssh_argv("node1", "cat /etc/resolv.conf; "
+                                      "getent hosts mysql.corp.example"))
+    assert cp.returncode == 0, cp.stderr
+    assert "nameserver 198.18.0.250" in cp.stdout.splitlines()
+    assert cp.stdout.rstrip().endswith("mysql.corp.example") and "203.0.113.10" in cp.stdout
+    assert Path("/etc/resolv.conf").read_bytes() == machine
+
+
 def test_lab_json_is_the_documented_contract(lab):
     state = json.loads(lab.state_path.read_text())
     for key in ("prefix", "workdir", "cni", "vxlan_port", "cluster_domain", "pod_network",

@@ -155,6 +155,10 @@ REQUIRED_TOOLS = ("ip", "bridge", "iptables", "iptables-restore", "sysctl", "ssh
 
 # What a kubeadm-prepared node carries; faults add files beside these.
 NODE_SYSCTL_CONF = "# /etc/sysctl.conf - see sysctl.conf(5)\n#net.ipv4.ip_forward=1\n"
+# A node's own resolver is the site's (the outside namespace's dnsmasq), never this machine's:
+# the node resolves the middleware's name as a real node would, and no lab query is aimed at
+# an address outside the lab.
+NODE_RESOLV_CONF = f"# the site's resolver\nnameserver {OUTSIDE_DNS}\n"
 NODE_SYSCTL_D = {
     "99-kubernetes-cri.conf": "net.bridge.bridge-nf-call-iptables  = 1\n"
                               "net.ipv4.ip_forward                 = 1\n"
@@ -424,7 +428,7 @@ class Lab:
     def _write_node_files(self) -> None:
         for node in self.nodes:
             files = self.paths.node_files(node.name)
-            nodehost.prepare(files, NODE_SYSCTL_CONF)
+            nodehost.prepare(files, NODE_SYSCTL_CONF, NODE_RESOLV_CONF)
             for old in files.sysctl_d.glob("*.conf"):
                 old.unlink()
             for name, text in NODE_SYSCTL_D.items():

@@ -2,11 +2,10 @@
 
 Each node gets a small init (bash as PID 1 of a new PID namespace, inside the node's network
 namespace and a private mount namespace). The init bind-mounts the node's own /etc/sysctl.conf,
-/etc/sysctl.d/ and /run (from the lab work dir) and starts fake agents named like the real ones
-(kubelet, containerd, calico-node). sshd, bird, the real kube-proxy and flanneld and fault
-processes
-are started inside it with nsenter, so `ps` and `cat /etc/sysctl.d/*` over SSH show that node's
-processes and files only.
+/etc/sysctl.d/, /etc/resolv.conf and /run (from the lab work dir) and starts fake agents named
+like the real ones (kubelet, containerd, calico-node). sshd, bird, the real kube-proxy and
+flanneld and fault processes are started inside it with nsenter, so `ps` and
+`cat /etc/sysctl.d/*` over SSH show that node's processes and files only.
 
 Killing the init ends the whole PID namespace (the kernel kills every process in it), and the
 mount namespace disappears with its last process, so `down` has nothing extra to undo. Mounts are
@@ -57,6 +56,10 @@ class NodeFiles:
         return self.etc / "sysctl.conf"
 
     @property
+    def resolv_conf(self) -> Path:
+        return self.etc / "resolv.conf"
+
+    @property
     def sysctl_d(self) -> Path:
         return self.etc / "sysctl.d"
 
@@ -86,11 +89,12 @@ class NodeFiles:
         return self.dir / "home"
 
 
-def prepare(files: NodeFiles, sysctl_conf: str) -> None:
+def prepare(files: NodeFiles, sysctl_conf: str, resolv_conf: str) -> None:
     for directory in (files.sysctl_d, files.run_dir / "flannel", files.run_dir / "sshd",
                       files.run_dir / "calico", files.bin, files.home):
         directory.mkdir(parents=True, exist_ok=True)
     files.sysctl_conf.write_text(sysctl_conf)
+    files.resolv_conf.write_text(resolv_conf)
     # A fresh node's root home holds the distribution's defaults, nothing of this machine's.
     for name in STARTUP_FILES:
         skel = SKEL / name
@@ -156,6 +160,13 @@ def init_script(files: NodeFiles, agents: Sequence[str], hidden: Sequence[str] =
         f"mount --bind {_quoted(files.sysctl_conf)} /etc/sysctl.conf",
         f"mount --bind {_quoted(files.sysctl_d)} /etc/sysctl.d",
         f"mount --rbind {_quoted(files.run_dir)} /run",
+        # The node's own resolver. Where this machine's /etc/resolv.conf is a link (into
+        # systemd-resolved's /run), the mount lands on its target: made first under the
+        # node's own /run, where it is missing; nothing is made outside the lab's files.
+        "__rc=$(readlink -m /etc/resolv.conf)",
+        'case $__rc in /run/*) [ -e "$__rc" ] || '
+        '{ mkdir -p "$(dirname "$__rc")" && : > "$__rc"; };; esac',
+        f'if [ -e "$__rc" ]; then mount --bind {_quoted(files.resolv_conf)} /etc/resolv.conf; fi',
         *(f"mount --bind /dev/null {shlex.quote(path)}" for path in hidden),
         *(login_mounts(files) if own_login else []),
         *(agent_command(files, a) for a in agents),
