@@ -255,6 +255,8 @@ BLOCKS_ZH = {
     "CNI configuration (plugin, MTU, which config file is in use)":
         "CNI 配置（插件、MTU、使用的是哪个配置文件）",
     "the pod's interface MTU": "Pod 网卡的 MTU",
+    "IPsec (xfrm) policies that block or require IPsec for traffic":
+        "拦截流量或要求流量走 IPsec 的 IPsec（xfrm）策略",
     "VXLAN direction (tcpdump)": "VXLAN 收发方向（tcpdump）",
     "ipsets: iptables rules that match a set (kube-proxy ipvs mode, Calico) stay undecided in "
     "the path walk":
