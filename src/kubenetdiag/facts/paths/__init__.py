@@ -31,10 +31,11 @@ VXLAN_OVERHEAD = 50
 # What a node's walk reads of its own facts (build), and what the flows come from
 _NODE_KINDS = ("node_status", "interface", "route", "ip_rule", "sysctl", "tc_hook",
                "iptables_chain", "iptables_rule", "nft_table", "nft_chain", "nft_rule",
-               "nft_set", "nft_element", "flannel_subnet", "ipset", "ipvs_service")
-# Read when present: a node without ipsets or IPVS (most) is walked all the same, and a rule
-# that matches a set not read stays undecided.
-_NODE_OPTIONAL = ("ipset", "ipvs_service")
+               "nft_set", "nft_element", "flannel_subnet", "ipset", "ipvs_service",
+               "xfrm_policy")
+# Read when present: a node without ipsets, IPVS or IPsec policies (most) is walked all the
+# same, and a rule that matches a set not read stays undecided.
+_NODE_OPTIONAL = ("ipset", "ipvs_service", "xfrm_policy")
 _KINDS = (*_NODE_KINDS, "k8s_node", "dns_pod", "dns_service", "cni", "bgp_session", "reach",
           "tcp_check", "nodeport_check", "drop_counter_after", "probe_status", "own_pod_check")
 # Declared for kubenetdiag.facts.producers. A rule on a path fact needs the node's own
@@ -496,6 +497,21 @@ def _address_undo(end: Ending) -> str | None:
     return shlex.join(["ip", "address", "del", words[0], "dev", words[2]])
 
 
+def _xfrm_undo(end: Ending) -> str | None:
+    """An IPsec policy that blocks a flow, deleted by its direction and selector.
+
+    >>> _xfrm_undo(Ending("drop", "xfrm", rule="dir out src 0.0.0.0/0 dst 10.244.2.0/24"))
+    'ip xfrm policy delete dir out src 0.0.0.0/0 dst 10.244.2.0/24'
+    """
+    try:
+        words = shlex.split(end.rule or "")
+    except ValueError:
+        return None
+    if len(words) < 6 or words[0] != "dir":
+        return None
+    return shlex.join(["ip", "xfrm", "policy", "delete", *words])
+
+
 def undo_command(end: Ending, both_backends: bool = False) -> str | None:
     """The command that deletes exactly the rule that stopped a flow, every word shell-quoted,
     or None when it cannot be known from what was collected.
@@ -506,7 +522,8 @@ def undo_command(end: Ending, both_backends: bool = False) -> str | None:
     are legacy anyway). A native nftables rule is deleted by its handle, which `nft list ruleset`
     prints only with -a: without it there is no exact delete. A forwarding switch or a strict
     reverse-path filter is set back (_sysctl_undo), a policy routing rule deleted
-    (_ip_rule_undo), an address that took a flow deleted (_address_undo); pings ignored by the
+    (_ip_rule_undo), an address that took a flow deleted (_address_undo), an IPsec policy
+    deleted (_xfrm_undo); pings ignored by the
     kernel are answered again (_sysctl_undo). A chain policy or a route has no one command that
     undoes it.
 
@@ -536,6 +553,8 @@ def undo_command(end: Ending, both_backends: bool = False) -> str | None:
         return _ip_rule_undo(end)
     if end.stage == "address":
         return _address_undo(end)
+    if end.stage == "xfrm":
+        return _xfrm_undo(end)
     if end.stage not in ("netfilter", "notrack") or end.position is None or not end.rule \
             or not end.table or not end.chain:
         return None

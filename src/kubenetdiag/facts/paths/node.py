@@ -9,7 +9,7 @@ import ipaddress
 from dataclasses import dataclass, field, replace
 
 from kubenetdiag.facts.model import Fact
-from kubenetdiag.facts.paths import ipsets, ipt, nft
+from kubenetdiag.facts.paths import ipsets, ipt, nft, xfrm
 from kubenetdiag.facts.paths.ipsets import IpSet
 from kubenetdiag.facts.paths.packet import addr
 from kubenetdiag.facts.paths.routing import PolicyRule, Route, Routing
@@ -110,6 +110,7 @@ class NodeView:
     ipsets: dict[str, IpSet] = field(default_factory=dict)  # -m set --match-set NAME
     # IPVS virtual servers: (address, port, proto) -> real servers taking new connections
     ipvs: dict[tuple[int, int, str], tuple[tuple[int, int], ...]] = field(default_factory=dict)
+    xfrm: list[xfrm.Policy] = field(default_factory=list)  # IPsec policies, as listed
     _routing: Routing | None = None
     _ctx: Context | None = None
 
@@ -214,6 +215,10 @@ def build(name: str, facts: list[Fact]) -> NodeView:
                         reals.append((addr(host), int(port)))
                 v.ipvs[(addr(str(a["address"])), int(a["port"]),  # type: ignore[arg-type]
                         str(a.get("proto") or "").lower())] = tuple(reals)
+        elif k == "xfrm_policy":
+            policy = xfrm.from_fact(f)
+            if policy is not None:
+                v.xfrm.append(policy)
         elif k == "nft_rule":
             key = (str(a["family"]), str(a["table"]))
             nft_tables.setdefault(key, Table(f"{a['family']} {a['table']}", "nft"))

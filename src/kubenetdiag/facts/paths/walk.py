@@ -1,10 +1,11 @@
 """One flow through one node, in the order the kernel handles it.
 
 Arriving for the node: prerouting hooks, the routing decision (local), reverse-path filter,
-input hooks. Forwarded: prerouting, the routing decision (with the interface's forwarding
-switch and the reverse-path filter), the route against what the CNI needs, the MTU the packet
-meets, forward and postrouting hooks. Sent by the node: the routing decision, output and
-postrouting hooks.
+input hooks, the IPsec policies of direction in. Forwarded: prerouting, the routing decision
+(with the interface's forwarding switch and the reverse-path filter), the route against what
+the CNI needs, the IPsec policies (fwd, then out), the MTU the packet meets, forward and
+postrouting hooks. Sent by the node: the routing decision, the IPsec policies of direction
+out, output and postrouting hooks.
 
 A packet that comes in through a bridge (a pod's frame on cni0, addressed to its gateway) meets
 the bridge family's prerouting and input hooks first; one routed out through a bridge (to a pod
@@ -22,6 +23,7 @@ from kubenetdiag.facts.paths.node import NodeView
 from kubenetdiag.facts.paths.packet import BRIDGE_PORT, Packet, show
 from kubenetdiag.facts.paths.routing import Decision, Route
 from kubenetdiag.facts.paths.ruleset import BRIDGE_HOOK
+from kubenetdiag.facts.paths.xfrm import lookup as xfrm_lookup
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,36 @@ def _forwarding(v: NodeView, pkt: Packet, steps: list[str]) -> Ending | None:
                   why=f"forwarding is off for packets arriving on {pkt.iif}", steps=steps)
 
 
+def _xfrm(v: NodeView, directions: tuple[str, ...], pkt: Packet, devs: tuple[str | None, ...],
+          steps: list[str]) -> Ending | None:
+    """The IPsec policy lookups a packet meets, in order (a forwarded packet: fwd against its
+    input device, then out against its output device); a block policy ends it there."""
+    for direction, dev in zip(directions, devs, strict=True):
+        deciding = xfrm_lookup(v.xfrm, direction, pkt, dev)
+        actions = {p.action for p in deciding}
+        if "block" not in actions:
+            continue
+        p = next(p for p in deciding if p.action == "block")
+        at = f"xfrm policy {p.selector()} action block priority {p.priority}"
+        if len(actions) > 1:
+            return Ending("unknown", "xfrm", at, rule=p.selector(), owner="unknown",
+                          why="an allow and a block IPsec policy of equal priority cover it",
+                          undecided=at, steps=steps)
+        return Ending("drop", "xfrm", at, rule=p.selector(), owner="unknown",
+                      why="an IPsec policy blocks it", steps=steps)
+    if v.xfrm:
+        steps.append("xfrm " + "/".join(directions))
+    return None
+
+
+def _delivered(v: NodeView, pkt: Packet, end: Ending) -> Ending:
+    """After the input hooks, the policy check of direction in (the transport's own, before
+    the socket or ICMP sees the packet)."""
+    if end.verdict != "pass":
+        return end
+    return _xfrm(v, ("in",), pkt, (pkt.iif,), end.steps) or end
+
+
 def _expectation(v: NodeView, d: Decision, e: Expect | None, pkt: Packet, steps: list[str]
                  ) -> Ending | None:
     if e is None or d.route is None:
@@ -257,13 +289,15 @@ def _decide(v: NodeView, flow: Flow, w: World, steps: list[str]) -> Ending:
         end = _rp_filter(v, pkt, steps)
         if end:
             return end
-        return _echo_answered(v, pkt, _after(v, ["input"], flow, pkt, w, steps))
+        return _echo_answered(v, pkt, _delivered(v, pkt, _after(v, ["input"], flow, pkt, w,
+                                                                steps)))
     if flow.kind == "forward":
         d = v.routing.lookup(pkt)
         if d.kind == "local":
             steps.append("local")
             end = _rp_filter(v, pkt, steps)
-            return end or _echo_answered(v, pkt, _after(v, ["input"], flow, pkt, w, steps))
+            return end or _echo_answered(v, pkt, _delivered(v, pkt, _after(v, ["input"], flow,
+                                                                            pkt, w, steps)))
         end = _forwarding(v, pkt, steps)
         if end:
             return end
@@ -275,6 +309,10 @@ def _decide(v: NodeView, flow: Flow, w: World, steps: list[str]) -> Ending:
         if end:
             return end
         steps.append(d.at(pkt.dst))
+        oif = d.route.dev if d.route else None
+        end = _xfrm(v, ("fwd", "out"), pkt, (pkt.iif, oif), steps)
+        if end:
+            return end
         if flow.mtu_in and flow.underlay:
             inner, overhead, dev, sender = flow.mtu_in
             mine = v.ifaces.get(flow.underlay, {}).get("mtu")
@@ -284,7 +322,6 @@ def _decide(v: NodeView, flow: Flow, w: World, steps: list[str]) -> Ending:
                 return Ending("drop", "mtu", at, rule=at, owner="kernel",
                               why="full-size packets from the peer are larger than this node's "
                                   "underlay carries", steps=steps)
-        oif = d.route.dev if d.route else None
         return _after(v, ["forward", "postrouting"], flow, pkt.but(oif=oif), w, steps)
     # sent by the node itself
     d = v.routing.lookup(pkt)
@@ -293,6 +330,9 @@ def _decide(v: NodeView, flow: Flow, w: World, steps: list[str]) -> Ending:
         return end
     steps.append(d.at(pkt.dst))
     oif = d.route.dev if d.route else "lo"
+    end = _xfrm(v, ("out",), pkt, (oif,), steps)
+    if end:
+        return end
     return _after(v, ["output", "postrouting"], flow, pkt.but(oif=oif), w, steps)
 
 

@@ -1,0 +1,97 @@
+"""IPsec (xfrm) policy lookup, as the kernel makes it for one packet and one direction.
+
+Of the main policies of the direction whose selector covers the packet, the one with the
+lowest priority decides: block drops the packet; allow lets it go on (through an IPsec
+security association when the policy has a template, which the walk cannot see into). Among
+policies of equal priority the kernel takes the one inserted first, which the listing does not
+show: where they disagree, the walk says it cannot decide. A policy limited
+to a mark is left out: the packet's mark at that point is not known to the walk.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+from dataclasses import dataclass
+
+from kubenetdiag.facts.model import Fact
+from kubenetdiag.facts.paths.packet import Packet
+
+
+@dataclass(frozen=True)
+class Policy:
+    dir: str
+    src: ipaddress.IPv4Network
+    dst: ipaddress.IPv4Network
+    proto: str | None
+    sport: int | None
+    dport: int | None
+    dev: str | None
+    action: str
+    priority: int
+    text: str
+
+    def selector(self) -> str:
+        """`dir D src S dst D ...`: the words `ip xfrm policy delete` takes to name it."""
+        words = ["dir", self.dir, "src", str(self.src), "dst", str(self.dst)]
+        if self.dev:
+            words += ["dev", self.dev]
+        if self.proto:
+            words += ["proto", self.proto]
+            for key in ("sport", "dport"):
+                if getattr(self, key) is not None:
+                    words += [key, str(getattr(self, key))]
+        return shlex.join(words)
+
+    def covers(self, pkt: Packet, dev: str | None) -> bool:
+        if pkt.src not in _ints(self.src) or pkt.dst not in _ints(self.dst):
+            return False
+        if self.proto is not None and self.proto != pkt.proto:
+            return False
+        if self.sport is not None and self.sport != pkt.sport:
+            return False
+        if self.dport is not None and self.dport != pkt.dport:
+            return False
+        return self.dev is None or self.dev == dev
+
+
+def _ints(net: ipaddress.IPv4Network) -> range:
+    return range(int(net.network_address), int(net.broadcast_address) + 1)
+
+
+def from_fact(f: Fact) -> Policy | None:
+    """The walk's policy from an `xfrm_policy` fact; None for one it leaves out (IPv6, a sub
+    policy, a mark, a direction or action it does not know)."""
+    a = f.attrs
+    if a.get("mark") or a.get("main") is False or a.get("dir") not in ("in", "out", "fwd") \
+            or a.get("action") not in ("allow", "block"):
+        return None
+    try:
+        src = ipaddress.ip_network(str(a.get("src")), strict=False)
+        dst = ipaddress.ip_network(str(a.get("dst")), strict=False)
+    except ValueError:
+        return None
+    if not isinstance(src, ipaddress.IPv4Network) or not isinstance(dst, ipaddress.IPv4Network):
+        return None
+    proto = a.get("proto")
+    return Policy(str(a["dir"]), src, dst, str(proto) if proto else None,
+                  _port(a.get("sport")), _port(a.get("dport")),
+                  str(a["dev"]) if a.get("dev") else None, str(a["action"]),
+                  a["priority"] if isinstance(a.get("priority"), int) else 0,
+                  str(a.get("text") or ""))
+
+
+def _port(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def lookup(policies: list[Policy], direction: str, pkt: Packet, dev: str | None
+           ) -> list[Policy]:
+    """The policies that decide the packet in `direction` (dev: the output device for out,
+    the input device for in and fwd): those of the lowest priority among the ones that cover
+    it; empty when none does."""
+    covering = [p for p in policies if p.dir == direction and p.covers(pkt, dev)]
+    if not covering:
+        return []
+    best = min(p.priority for p in covering)
+    return [p for p in covering if p.priority == best]
