@@ -116,6 +116,7 @@ def snapshot(lab: Lab) -> dict[str, str]:
             f"{node.name} iptables": _rules(cmd("iptables-save")),
             f"{node.name} nft": _nft(cmd("nft", "-j", "-s", "list", "ruleset")),
             f"{node.name} ip rule": cmd("ip", "-4", "rule"),
+            f"{node.name} xfrm": cmd("ip", "xfrm", "policy", "list"),
             # IPv4: no fault touches IPv6, whose link-local routes come and go with DAD
             f"{node.name} routes": cmd("ip", "-4", "route", "show", "table", "all"),
             f"{node.name} links": cmd("ip", "-o", "link"),
@@ -645,6 +646,29 @@ def lookup_as_pod(lab: Lab, pod: str, conf: str, name: str) -> bool:
                                     ).returncode == 0
 
 
+def _xfrm_blocked(via: str) -> Callable[[Lab], None]:
+    """node2's IPsec policy drops one direction of its traffic with node1 (out: to node1's
+    pods; fwd: node1's pods to node2's; in: all node1 sends to node2's address, its VXLAN
+    too) where neither iptables, nft nor the routes show anything, and the kernel counts it.
+    (Each node's own pod network still works: proven by `proven`, before and after.)"""
+    def check(lab: Lab) -> None:
+        if via == "out":
+            assert pod_blocked(lab, "node2", "node1")
+        elif via == "fwd":
+            assert pod_blocked(lab, "node1", "node2")
+        else:
+            assert lab.node_exec("node1", ["ping", "-c", "1", "-W", "1",
+                                           lab.topology.node("node2").address],
+                                 check=False).returncode != 0
+            assert pod_blocked(lab, "node1", "node2")
+        assert "DROP" not in "".join(line for line in iptables(lab, "node2").splitlines()
+                                     if not line.startswith(("-A KUBE-", ":")))
+        stat = lab.node_exec("node2", ["cat", "/proc/net/xfrm_stat"]).stdout
+        blocked = dict(line.split() for line in stat.splitlines() if line.strip())
+        assert int(blocked["XfrmOutPolBlock"]) + int(blocked["XfrmInPolBlock"]) > 0, stat
+    return check
+
+
 def _dns_untracked(via: str) -> Callable[[Lab], None]:
     def check(lab: Lab) -> None:
         if via == "nft":
@@ -984,6 +1008,9 @@ VXLAN_CASES = [
     ("pod_dns_misconfigured", "nodelocal", "node2", {}, _pods_told("nameserver 169.254.20.10")),
     ("pod_dns_misconfigured", "domain", "node2", {},
      _pods_told("search default.svc.cluster.example")),
+    ("xfrm_policy_blocks", "out", "node2", {"peer": "node1"}, _xfrm_blocked("out")),
+    ("xfrm_policy_blocks", "fwd", "node2", {"peer": "node1"}, _xfrm_blocked("fwd")),
+    ("xfrm_policy_blocks", "in", "node2", {"peer": "node1"}, _xfrm_blocked("in")),
     ("icmp_echo_blocked", "iptables", "node2", {}, _pings_dropped),
     ("icmp_echo_blocked", "nft", "node2", {}, _pings_dropped),
     ("icmp_echo_blocked", "file", "node2", {}, _pings_ignored_by_the_kernel),

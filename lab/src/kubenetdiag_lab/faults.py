@@ -1603,6 +1603,42 @@ register(Fault(
 ))
 
 
+def _xfrm_selectors(node: LabNode, peer: LabNode) -> dict[str, list[str]]:
+    """Each way's block policy, as `ip xfrm policy` takes its direction and selector: out, the
+    node's traffic to the peer's pods (sent and forwarded); fwd, the peer's pods' traffic
+    forwarded to the node's pods; in, everything the peer node sends to the node's address
+    (its VXLAN, pings, BGP), dropped before delivery."""
+    return {
+        "out": ["dir", "out", "src", "0.0.0.0/0", "dst", peer.pod_cidr],
+        "fwd": ["dir", "fwd", "src", peer.pod_cidr, "dst", "0.0.0.0/0"],
+        "in": ["dir", "in", "src", f"{peer.address}/32", "dst", f"{node.address}/32"],
+    }
+
+
+def _xfrm_block(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    selector = _xfrm_selectors(node, _peer(ctx, node, params))[params["via"]]
+    ctx.node(node).run(["ip", "xfrm", "policy", "add", *selector, "action", "block"])
+
+
+def _xfrm_unblock(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # every way, toward every peer: a heal whose record of the peer was lost undoes it too
+    for peer in ctx.topology.peers(node):
+        for selector in _xfrm_selectors(node, peer).values():
+            ctx.node(node).run(["ip", "xfrm", "policy", "delete", *selector], check=False)
+
+
+register(Fault(
+    "xfrm_policy_blocks",
+    "an IPsec (xfrm) policy with action block, as a half-removed VPN or an IPsec backend's "
+    "leftovers leave one, on traffic with a peer (param peer, default the first other node), "
+    "where no packet filter or route shows it: the node's traffic to the peer's pods "
+    "(via=out), the peer's pods' traffic forwarded to the node's (via=fwd), or everything the "
+    "peer node sends to the node's address, its VXLAN and BGP included (via=in)",
+    _xfrm_block, _xfrm_unblock, {"via": "out", "peer": ""},
+    mechanisms={"out": (), "fwd": (), "in": ()},
+))
+
+
 OVERLAP_DEV = "docker0"  # what usually brings the address: docker's default bridge
 
 
