@@ -1625,6 +1625,10 @@ def _xfrm_unblock(ctx: FaultContext, node: LabNode, params: Params) -> None:
     for peer in ctx.topology.peers(node):
         for selector in _xfrm_selectors(node, peer).values():
             ctx.node(node).run(["ip", "xfrm", "policy", "delete", *selector], check=False)
+    if ctx.topology.cni == "calico-bgp":
+        # via=in dropped the peer's BGP keepalives: its session may still read as up and
+        # expire a hold time later, withdrawing routes in the middle of what comes next
+        _wait_bgp_settled(ctx, stale=True)
 
 
 register(Fault(
