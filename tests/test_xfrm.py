@@ -115,3 +115,12 @@ def test_policies_limited_to_a_mark_or_another_selector_are_left_out():
                     policy("n2", "out", "0.0.0.0/0", "10.244.3.0/24", proto="tcp", dport=443),
                     policy("n2", "out", "::/0", "fd00::/64"))
     assert not stops(facts, "n2")
+
+
+def test_a_device_selector_is_the_routes_device():
+    """The kernel compares a selector's device with the device of the packet's route: for a
+    pod's packet to a peer's pod on VXLAN, flannel.1, not the node's NIC."""
+    on_overlay = cluster(policy("n2", "out", "0.0.0.0/0", "10.244.3.0/24", dev="flannel.1"))
+    assert {s["peer"] for s in stops(on_overlay, "n2", "pod_out")} == {"n3"}
+    on_nic = cluster(policy("n2", "out", "0.0.0.0/0", "10.244.3.0/24", dev="eth0"))
+    assert not stops(on_nic, "n2")

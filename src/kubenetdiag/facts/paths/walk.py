@@ -192,8 +192,10 @@ def _forwarding(v: NodeView, pkt: Packet, steps: list[str]) -> Ending | None:
 
 def _xfrm(v: NodeView, directions: tuple[str, ...], pkt: Packet, devs: tuple[str | None, ...],
           steps: list[str]) -> Ending | None:
-    """The IPsec policy lookups a packet meets, in order (a forwarded packet: fwd against its
-    input device, then out against its output device); a block policy ends it there."""
+    """The IPsec policy lookups a packet meets, in order (a forwarded packet: fwd, then out);
+    a block policy ends it there. A selector's device is compared with the device of the
+    packet's route, as the kernel does in every direction: the output device when sent or
+    forwarded, the loopback device of a local route when delivered."""
     for direction, dev in zip(directions, devs, strict=True):
         deciding = xfrm_lookup(v.xfrm, direction, pkt, dev)
         actions = {p.action for p in deciding}
@@ -217,7 +219,7 @@ def _delivered(v: NodeView, pkt: Packet, end: Ending) -> Ending:
     the socket or ICMP sees the packet)."""
     if end.verdict != "pass":
         return end
-    return _xfrm(v, ("in",), pkt, (pkt.iif,), end.steps) or end
+    return _xfrm(v, ("in",), pkt, ("lo",), end.steps) or end
 
 
 def _expectation(v: NodeView, d: Decision, e: Expect | None, pkt: Packet, steps: list[str]
@@ -310,7 +312,7 @@ def _decide(v: NodeView, flow: Flow, w: World, steps: list[str]) -> Ending:
             return end
         steps.append(d.at(pkt.dst))
         oif = d.route.dev if d.route else None
-        end = _xfrm(v, ("fwd", "out"), pkt, (pkt.iif, oif), steps)
+        end = _xfrm(v, ("fwd", "out"), pkt, (oif, oif), steps)
         if end:
             return end
         if flow.mtu_in and flow.underlay:

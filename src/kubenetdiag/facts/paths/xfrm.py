@@ -87,9 +87,8 @@ def _port(value: object) -> int | None:
 
 def lookup(policies: list[Policy], direction: str, pkt: Packet, dev: str | None
            ) -> list[Policy]:
-    """The policies that decide the packet in `direction` (dev: the output device for out,
-    the input device for in and fwd): those of the lowest priority among the ones that cover
-    it; empty when none does."""
+    """The policies that decide the packet in `direction` (dev: the device of its route):
+    those of the lowest priority among the ones that cover it; empty when none does."""
     covering = [p for p in policies if p.dir == direction and p.covers(pkt, dev)]
     if not covering:
         return []
