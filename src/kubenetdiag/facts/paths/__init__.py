@@ -523,9 +523,8 @@ def undo_command(end: Ending, both_backends: bool = False) -> str | None:
     prints only with -a: without it there is no exact delete. A forwarding switch or a strict
     reverse-path filter is set back (_sysctl_undo), a policy routing rule deleted
     (_ip_rule_undo), an address that took a flow deleted (_address_undo), an IPsec policy
-    deleted (_xfrm_undo); pings ignored by the
-    kernel are answered again (_sysctl_undo). A chain policy or a route has no one command that
-    undoes it.
+    deleted (_xfrm_undo); pings ignored by the kernel are answered again (_sysctl_undo). A
+    chain policy or a route has no one command that undoes it.
 
     >>> e = Ending("drop", "netfilter", hook="input", table="filter", chain="INPUT", position=1,
     ...            rule='-A INPUT -p udp --dport 8472 -m comment --comment "a; b" -j DROP',

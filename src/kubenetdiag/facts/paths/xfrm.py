@@ -10,19 +10,18 @@ to a mark is left out: the packet's mark at that point is not known to the walk.
 
 from __future__ import annotations
 
-import ipaddress
 import shlex
 from dataclasses import dataclass
 
 from kubenetdiag.facts.model import Fact
-from kubenetdiag.facts.paths.packet import Packet
+from kubenetdiag.facts.paths.packet import Packet, in_net, network
 
 
 @dataclass(frozen=True)
 class Policy:
     dir: str
-    src: ipaddress.IPv4Network
-    dst: ipaddress.IPv4Network
+    src: str  # IPv4 prefixes
+    dst: str
     proto: str | None
     sport: int | None
     dport: int | None
@@ -33,7 +32,7 @@ class Policy:
 
     def selector(self) -> str:
         """`dir D src S dst D ...`: the words `ip xfrm policy delete` takes to name it."""
-        words = ["dir", self.dir, "src", str(self.src), "dst", str(self.dst)]
+        words = ["dir", self.dir, "src", self.src, "dst", self.dst]
         if self.dev:
             words += ["dev", self.dev]
         if self.proto:
@@ -44,7 +43,7 @@ class Policy:
         return shlex.join(words)
 
     def covers(self, pkt: Packet, dev: str | None) -> bool:
-        if pkt.src not in _ints(self.src) or pkt.dst not in _ints(self.dst):
+        if not (in_net(pkt.src, self.src) and in_net(pkt.dst, self.dst)):
             return False
         if self.proto is not None and self.proto != pkt.proto:
             return False
@@ -55,10 +54,6 @@ class Policy:
         return self.dev is None or self.dev == dev
 
 
-def _ints(net: ipaddress.IPv4Network) -> range:
-    return range(int(net.network_address), int(net.broadcast_address) + 1)
-
-
 def from_fact(f: Fact) -> Policy | None:
     """The walk's policy from an `xfrm_policy` fact; None for one it leaves out (IPv6, a sub
     policy, a mark, a direction or action it does not know)."""
@@ -66,13 +61,9 @@ def from_fact(f: Fact) -> Policy | None:
     if a.get("mark") or a.get("main") is False or a.get("dir") not in ("in", "out", "fwd") \
             or a.get("action") not in ("allow", "block"):
         return None
-    try:
-        src = ipaddress.ip_network(str(a.get("src")), strict=False)
-        dst = ipaddress.ip_network(str(a.get("dst")), strict=False)
-    except ValueError:
-        return None
-    if not isinstance(src, ipaddress.IPv4Network) or not isinstance(dst, ipaddress.IPv4Network):
-        return None
+    src, dst = str(a.get("src")), str(a.get("dst"))
+    if network(src) is None or network(dst) is None:
+        return None  # IPv6, or not a prefix
     proto = a.get("proto")
     return Policy(str(a["dir"]), src, dst, str(proto) if proto else None,
                   _port(a.get("sport")), _port(a.get("dport")),

@@ -104,8 +104,9 @@ ns=$(awk '$1 == "nameserver" && $2 ~ /^[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+$/ {
   print $2; exit }' "$__prc")
 [ -n "$ns" ] || { echo "unresolved: $h (the pod's resolv.conf names no nameserver)"; exit 3; }
 echo "resolver: pod $ns"
-printf 'search: %s\n' "$(awk '$1 == "search" {s = ""; for (i = 2; i <= NF; i++) s = s " " $i}
-  END {print substr(s, 2)}' "$__prc" | tr -cd 'A-Za-z0-9_. -' | head -c 512)"
+awk '$1 == "search" {s = ""; for (i = 2; i <= NF; i++) s = s " " $i}
+  END {s = substr(s, 2); gsub(/[^A-Za-z0-9_. -]/, "", s); print "search: " substr(s, 1, 512)}' \
+  "$__prc"
 ph=${__prc%resolv.conf}hosts
 a=$(unshare --mount --propagation private sh -c 'mount -t tmpfs -o size=256k tmpfs /tmp &&
   head -c 65536 "$1" >/tmp/resolv.conf && mount --bind /tmp/resolv.conf /etc/resolv.conf || exit
@@ -174,7 +175,7 @@ if [ "$3" = name ] && [ "$4" = pod ] && [ -n "$__prc" ]; then
   o=$(sh -c "$__RES" _ "$h"); r=$?
   printf '%s\n' "$o"
   [ "$r" = 0 ] || exit 3
-  h=$(printf '%s\n' "$o" | sed -n 's/^resolved: [^ ]* //p')
+  h=${o##* }  # its last line is `resolved: NAME ADDR`
 elif [ "$3" = name ] && command -v getent >/dev/null 2>&1; then
   set -f
   set -- $(timeout 3 getent ahostsv4 "$h" 2>/dev/null)
