@@ -1,13 +1,17 @@
 """IPsec (xfrm) policies: the probe's parser on what ip prints (tests/fixtures/probes/xfrm),
-and the path walk's lookup, which ends a flow at a block policy of its direction."""
+the SAs it lists without their keys, and the path walk's lookup, which ends a flow at a block
+policy of its direction or at a policy going out whose template has no SA."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
+from kubenetdiag.collect.script import build_script, new_marker, split_output
 from kubenetdiag.facts.model import Fact
+from kubenetdiag.probes import Probe
 from kubenetdiag.probes.base import Section
-from kubenetdiag.probes.xfrm import parse
+from kubenetdiag.probes.xfrm import PROBE, STATE_HEAD, parse
 from test_paths import cluster, f, stops
 
 FIX = Path(__file__).parent / "fixtures" / "probes" / "xfrm"
@@ -70,6 +74,93 @@ def test_lines_in_another_form_are_partial_not_guessed():
     assert _policies(facts) == [("out", "0.0.0.0/0", "10.244.2.0/24", "block", 0, False)]
 
 
+def _sa(facts: list[Fact]) -> list[tuple]:
+    return [(p.attrs["dir"], p.attrs["dst"], p.attrs["sa"], p.attrs["missing"])
+            for p in facts if p.kind == "xfrm_policy"]
+
+
+def test_each_policy_says_whether_its_template_has_an_sa():
+    facts = _parse("strongswan-tunnel-sa-missing.txt")
+    assert not [x for x in facts if x.kind == "probe_status"]
+    assert _sa(facts) == [
+        ("out", "10.244.2.0/24", "present", None),
+        ("fwd", "10.244.1.0/24", "present", None),
+        ("in", "10.244.1.0/24", "present", None),
+        # the only SA toward .13 is the kernel's larval one (spi 0): nothing to encrypt with
+        ("out", "10.244.3.0/24", "missing",
+         "src 198.18.0.11 dst 198.18.0.13 proto esp reqid 2 mode tunnel"),
+        ("in", "10.244.1.0/24", "present", None),
+        # the SA for .14 belongs to an XFRM interface (if_id), which this policy is not
+        ("out", "198.18.0.14/32", "missing",
+         "src 0.0.0.0 dst 0.0.0.0 proto esp reqid 3 mode transport"),
+        # `level use`: an SA if there is one, plain otherwise
+        ("out", "198.18.0.15/32", None, None),
+    ]
+
+
+def test_recorded_policies_with_no_sa_at_all():
+    """The probe's own output in a network namespace of this kernel, which holds no SA: the
+    state listing ran (its heading is there) and named none."""
+    facts = _parse("iproute2-6.1-sa-missing-netns.txt")
+    assert not [x for x in facts if x.kind == "probe_status"]
+    assert [(d, sa) for d, _, sa, _ in _sa(facts)] == [
+        ("in", "missing"), ("out", "missing"), ("out", "missing")]
+
+
+def test_sas_not_listed_are_unread_and_old_fixtures_too():
+    text = (FIX / "strongswan-tunnel-sa-missing.txt").read_text()
+    failed = text[:text.index(STATE_HEAD)] + STATE_HEAD + " failed\n"
+    facts = parse(Section("xfrm", "", 0, 0.0, failed, ""), "n1")
+    assert {sa for _, _, sa, _ in _sa(facts)} == {"unread", None}
+    # a bundle from before the SAs were listed: templates, no heading
+    assert {sa for _, _, sa, _ in _sa(_parse("iproute2-6.1-netns.txt"))} == {"unread", None}
+
+
+KEY = "0x5ec2e75ec2e75ec2e75ec2e75ec2e75e"
+
+
+def _node_with_ip(tmp_path: Path, policies: str, states: str) -> Section:
+    """The real probe in the node script, with `ip` a shell function that prints what an
+    iproute2 before 5.1 prints for `ip xfrm state list nokeys`: the word ignored, the keys
+    shown."""
+    (tmp_path / "policy").write_text(policies)
+    (tmp_path / "state").write_text(states)
+    fake = f"ip() {{ cat {tmp_path}/$2; }}"
+    probes = [Probe("fake-ip", fake, lambda section, node: [], ""), PROBE]
+    marker = new_marker()
+    proc = subprocess.run(["sh", "-s"], input=build_script(probes, marker),
+                          capture_output=True, text=True, timeout=60)
+    return split_output(proc.stdout, proc.stderr, marker, probes)[1]
+
+
+def test_the_sa_keys_never_leave_the_node(tmp_path: Path):
+    policies = ("src 10.244.1.0/24 dst 10.244.2.0/24 \n\tdir out priority 0 ptype main \n"
+                "\ttmpl src 198.18.0.11 dst 198.18.0.12\n\t\tproto esp reqid 1 mode tunnel\n")
+    states = ("src 198.18.0.11 dst 198.18.0.12\n"
+              "\tproto esp spi 0xc1a2b3c4 reqid 1 mode tunnel\n"
+              "\treplay-window 0 flag af-unspec\n"
+              f"\tauth-trunc hmac(sha256) {KEY} 128\n"
+              f"\tenc cbc(aes) {KEY}\n"
+              f"\taead rfc4106(gcm(aes)) {KEY} 128\n"
+              "\tanti-replay context: seq 0x0, oseq 0x9, bitmap 0x00000000\n"
+              "\tsel src 0.0.0.0/0 dst 0.0.0.0/0 \n")
+    section = _node_with_ip(tmp_path, policies, states)
+    assert section.exit_code == 0, section.stderr
+    assert KEY[2:12] not in section.stdout + section.stderr
+    assert section.stdout.endswith(
+        "##knd:xfrm-state\nsrc 198.18.0.11 dst 198.18.0.12\n"
+        "\tproto esp spi 0xc1a2b3c4 reqid 1 mode tunnel\n")
+    facts = parse(section, "n1")
+    assert _sa(facts) == [("out", "10.244.2.0/24", "present", None)]
+
+
+def test_without_a_template_the_sas_are_not_asked_for(tmp_path: Path):
+    section = _node_with_ip(tmp_path, "src 0.0.0.0/0 dst 10.244.2.0/24 \n\tdir out action block "
+                            "priority 0 ptype main \n", f"\tenc cbc(aes) {KEY}\n")
+    assert STATE_HEAD not in section.stdout and KEY[2:12] not in section.stdout
+    assert _sa(parse(section, "n1")) == [("out", "10.244.2.0/24", None, None)]
+
+
 def policy(node: str, direction: str, src: str, dst: str, action: str = "block",
            priority: int = 0, **extra) -> Fact:
     attrs = {"dir": direction, "src": src, "dst": dst, "proto": None, "sport": None,
@@ -124,3 +215,46 @@ def test_a_device_selector_is_the_routes_device():
     assert {s["peer"] for s in stops(on_overlay, "n2", "pod_out")} == {"n3"}
     on_nic = cluster(policy("n2", "out", "0.0.0.0/0", "10.244.3.0/24", dev="eth0"))
     assert not stops(on_nic, "n2")
+
+
+def _tunnel(node: str, dst: str, sa: str | None, priority: int = 0) -> Fact:
+    return policy(node, "out", "0.0.0.0/0", dst, "allow", priority, ipsec=True, sa=sa,
+                  missing="src 198.18.0.12 dst 198.18.0.13 proto esp reqid 1 mode tunnel"
+                  if sa == "missing" else None)
+
+
+def test_a_policy_going_out_without_its_sa_drops_the_flows_it_covers():
+    facts = cluster(_tunnel("n2", "10.244.3.0/24", "missing"))
+    got = stops(facts, "n2", "pod_out")
+    assert {(s["peer"], s["stage"], s["verdict"]) for s in got} == {("n3", "ipsec", "drop")}
+    assert "requires an IPsec SA src 198.18.0.12 dst 198.18.0.13" in got[0]["at"]
+    assert got[0]["undo"] is None  # deleting it would send the traffic unencrypted
+    assert not stops(facts, "n2", "pod_in") and not stops(facts, "n3")
+
+
+def test_an_sa_present_or_not_listed_lets_the_flow_pass():
+    for sa in ("present", "unread", None):
+        assert not stops(cluster(_tunnel("n2", "10.244.3.0/24", sa)), "n2"), sa
+
+
+def test_templates_coming_in_are_not_judged_by_the_sas_going_out():
+    """In and fwd templates ask that the packet came through an SA, which depends on what
+    the peer did to it: the walk does not stop the flow there."""
+    facts = cluster(policy("n2", "in", "198.18.0.11/32", "198.18.0.12/32", "allow",
+                           ipsec=True, sa="missing", missing="src 198.18.0.11 dst "
+                           "198.18.0.12 proto esp reqid 1 mode tunnel"))
+    assert not stops(facts, "n2")
+
+
+def test_equal_priority_policies_that_disagree_on_the_sa_are_undecided():
+    facts = cluster(_tunnel("n2", "10.244.3.0/24", "missing", 5),
+                    _tunnel("n2", "10.244.0.0/16", "present", 5))
+    got = stops(facts, "n2", "pod_out")
+    assert {(s["verdict"], s["stage"], s["peer"]) for s in got} == {("unknown", "ipsec", "n3")}
+
+
+def test_a_policy_of_an_xfrm_interface_is_left_out():
+    assert not stops(cluster(_tunnel("n2", "10.244.3.0/24", "missing")
+                             .__class__("xfrm_policy", "n2", {
+                                 **_tunnel("n2", "10.244.3.0/24", "missing").attrs,
+                                 "if_id": 7})), "n2")

@@ -5,7 +5,13 @@ selector covers, with nothing in netfilter or the routing tables to show for it.
 IPsec backend, strongSwan and Cilium's IPsec write policies; a hardening script or a
 half-removed VPN can leave a block behind.
 
-Only policies are read: `ip xfrm state` prints the security associations' keys.
+Where a policy has a template, the security associations are listed too, and each policy
+says whether every template it requires has one (`sa`): without one the kernel drops what
+the policy covers (XfrmOutNoStates), as it does when an IKE daemon or a CNI agent that keys
+the tunnels is down or lost its keys. `ip xfrm state` prints the keys; `nokeys` (iproute2
+5.1+) hides them, and an older ip ignores the word silently, so the node's shell keeps only
+the lines that name an SA (`src A dst B`, `proto esp spi S reqid R mode M`, `if_id`) and the
+keys never leave the node, whatever ip prints.
 
 ip prints the policies as text only (no `-j`), each a selector line (`src 0.0.0.0/0 dst
 10.244.2.0/24 proto udp dport 8472 dev eth0 uid 0`), then lines indented by tabs: `dir out
@@ -34,7 +40,20 @@ from kubenetdiag.facts.model import Fact, Source, excerpt
 from kubenetdiag.probes.base import Probe, Section, unread_lines
 from kubenetdiag.probes.text import clip
 
-COMMAND = "ip xfrm policy list"
+# The policies; then, only where one has a template, the SAs under a `##knd:xfrm-state`
+# line, reduced by the shell to the words that name them: no key, no process more. Its
+# variables are its own: the script's shell shares every name (__s is the runner's clock).
+COMMAND = (
+    "__xp=$(ip xfrm policy list) || return $?; [ -z \"$__xp\" ] || printf \"%s\\n\" \"$__xp\"; "
+    "case $__xp in *tmpl*) ;; *) return 0;; esac; "
+    "__xs=$(ip xfrm state list nokeys) || { echo \"##knd:xfrm-state failed\"; return 0; }; "
+    "__xb=\"##knd:xfrm-state$__nl\"; __xn=0; set -f; IFS=$__nl; "
+    "for __xl in $__xs; do IFS=$__ifs; set -- $__xl; IFS=$__nl; case $1 in "
+    "src|proto|if_id) __xb=\"$__xb$__xl$__nl\"; __xn=$((__xn+1));; esac; "
+    "[ $__xn -lt 20000 ] || break; done; IFS=$__ifs; set +f; printf %s \"$__xb\"; "
+    "__xp=; __xs=; __xb="
+)
+STATE_HEAD = "##knd:xfrm-state"
 WHAT = "IPsec (xfrm) policies that block or require IPsec for traffic"
 MAX_POLICIES = 500
 
@@ -105,11 +124,118 @@ def _direction(words: list[str], policy: dict) -> bool:
     return policy.get("dir") in ("in", "out", "fwd")
 
 
+def _address(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def _sa_words(words: list[str]) -> dict | None:
+    """`proto esp [spi 0x...] reqid R mode M` (a template's second line, an SA's first
+    indented one) into its fields; None when it is in another form."""
+    out: dict = {"spi": 0}
+    i = 0
+    while i + 1 < len(words):
+        word, value = words[i], words[i + 1]
+        if word == "proto":
+            out["proto"] = value
+        elif word == "spi":
+            try:
+                out["spi"] = int(value, 16)
+            except ValueError:
+                return None
+        elif word == "reqid":
+            if not _NUMBER.match(value):
+                return None
+            out["reqid"] = int(value)
+        elif word == "mode":
+            out["mode"] = value
+        else:
+            return None
+        i += 2
+    if i != len(words) or not {"proto", "reqid", "mode"} <= set(out):
+        return None
+    return out
+
+
+def _states(lines: list[str], unread: list[str]) -> list[dict]:
+    """The SAs the node's shell kept of `ip xfrm state list`: address line, then the proto
+    line and, for an SA bound to an XFRM interface, `if_id`."""
+    states: list[dict] = []
+    for line in lines:
+        words = line.split()
+        if not words:
+            continue
+        if not line[0].isspace() and len(words) == 4 and words[0] == "src" and words[2] == "dst":
+            src, dst = _address(words[1]), _address(words[3])
+            if src is None or dst is None:
+                unread.append(line)
+                continue
+            states.append({"src": src, "dst": dst, "if_id": 0})
+        elif states and words[0] == "proto" and "proto" not in states[-1]:
+            fields = _sa_words(words)
+            if fields is None:
+                unread.append(line)
+            else:
+                states[-1].update(fields)
+        elif states and words[0] == "if_id" and len(words) == 2:
+            try:
+                states[-1]["if_id"] = int(words[1], 16)
+            except ValueError:
+                unread.append(line)
+        else:
+            unread.append(line)
+    # an SA being negotiated (spi 0, the kernel's larval entry) carries nothing yet
+    return [x for x in states if x.get("spi")]
+
+
+def _serves(tmpl: dict, state: dict) -> bool:
+    """Whether the SA can carry what the template asks for, as the kernel looks one up for
+    an outgoing packet: same protocol, mode and reqid, the tunnel's end points (a
+    transport template's, left empty, are the packet's own), its SPI when it names one.
+    Lenient where the listing leaves the kernel's test undecided (the packet's mark)."""
+    if (state.get("proto"), state.get("mode")) != (tmpl["proto"], tmpl["mode"]) \
+            or state.get("if_id") or (tmpl["reqid"] and state.get("reqid") != tmpl["reqid"]):
+        return False
+    if tmpl["spi"] and state.get("spi") != tmpl["spi"]:
+        return False
+    return all(tmpl[key] in (None, "0.0.0.0", "::") or tmpl[key] == state[key]
+               for key in ("src", "dst"))
+
+
+def _template_text(t: dict) -> str:
+    return (f"src {t['src']} dst {t['dst']} proto {t['proto']}"
+            + (f" spi {t['spi']:#010x}" if t["spi"] else "")
+            + f" reqid {t['reqid']} mode {t['mode']}")
+
+
+def _sa_status(templates: list[dict], states: list[dict] | None) -> tuple[str | None, str | None]:
+    """(sa, missing): whether each required template has an SA, and the first that has none."""
+    required = [t for t in templates if not t["optional"]]
+    if not required:
+        return None, None
+    if states is None:
+        return "unread", None
+    for t in required:
+        if not any(_serves(t, x) for x in states):
+            return "missing", _template_text(t)
+    return "present", None
+
+
 def parse(section: Section, node: str) -> list[Fact]:
-    facts: list[Fact] = []
+    policies: list[tuple[dict, list[str]]] = []
     unread: list[str] = []
     policy: dict | None = None
     raw: list[str] = []
+    lines = section.stdout.splitlines()
+    states: list[dict] | None = None
+    for n, line in enumerate(lines):
+        if line.startswith(STATE_HEAD):
+            if line.strip() == STATE_HEAD:
+                states = _states(lines[n + 1:], unread)
+            lines = lines[:n]  # `failed`: the SAs are not known
+            break
 
     def done() -> None:
         if policy is None or policy.get("dir") == "socket":
@@ -120,19 +246,12 @@ def parse(section: Section, node: str) -> list[Fact]:
         if policy.get("action") not in ("allow", "block"):
             unread.append(" ".join(raw))  # an action this parser does not know
             return
-        if len(facts) >= MAX_POLICIES:
+        if any(t is None for t in policy["templates"]):
+            unread.append(" ".join(raw))  # a template whose second line was not read
             return
-        text = clip(" ".join(raw), 300)
-        facts.append(Fact("xfrm_policy", node, {
-            "dir": policy["dir"], "src": policy["src"], "dst": policy["dst"],
-            "proto": policy["proto"], "sport": policy["sport"], "dport": policy["dport"],
-            "dev": policy["dev"], "action": policy["action"],
-            "priority": policy.get("priority", 0), "ipsec": policy["ipsec"],
-            "mark": policy["mark"], "main": policy.get("ptype", "main") == "main",
-            "text": text,
-        }, Source("xfrm", COMMAND, section.exit_code, excerpt("\n".join(raw), 1000))))
+        policies.append((policy, raw))
 
-    for line in section.stdout.splitlines():
+    for line in lines:
         if not line.strip():
             continue
         words = line.split()
@@ -140,7 +259,7 @@ def parse(section: Section, node: str) -> list[Fact]:
             done()
             selector = _selector(words)
             policy = None if selector is None else {
-                **selector, "action": "allow", "ipsec": False, "mark": None}
+                **selector, "action": "allow", "mark": None, "if_id": None, "templates": []}
             raw = [line.strip()]
             if policy is None:
                 unread.append(line)
@@ -149,6 +268,7 @@ def parse(section: Section, node: str) -> list[Fact]:
             unread.append(line)  # the rest of a policy whose first line was not read
             continue
         raw.append(line.strip())
+        templates = policy["templates"]
         if words[0] == "socket":
             policy["dir"] = "socket"  # one socket's own policy (`socket in priority 0 ...`)
         elif words[0] == "dir":
@@ -156,16 +276,52 @@ def parse(section: Section, node: str) -> list[Fact]:
                 unread.append(line)
                 policy = None
         elif words[0] == "tmpl":
-            policy["ipsec"] = True  # the packet must go through an IPsec SA
+            # the packet must go through an IPsec SA: `tmpl src A dst B`, its proto line next
+            ends = (_address(words[2]), _address(words[4])) if len(words) == 5 \
+                and words[1] == "src" and words[3] == "dst" else (None, None)
+            if None in ends:
+                unread.append(line)
+                policy = None
+                continue
+            templates.append({"src": ends[0], "dst": ends[1], "optional": False})
+        elif words[0] == "proto" and templates and "proto" not in templates[-1]:
+            fields = _sa_words(words)
+            if fields is None:
+                templates[-1] = None  # reported with the policy's text by done()
+            else:
+                templates[-1].update(fields)
+        elif words[0] == "level" and templates and len(words) > 1:
+            templates[-1]["optional"] = words[1] != "required"  # `use`: an SA if there is one
         elif words[0] == "mark" and len(words) > 1:
             policy["mark"] = clip(words[1], 40)
-        elif words[0] in ("proto", "level", "enc-mask", "lifetime", "limit:", "expire",
-                          "add", "security", "if_id", "0(bytes),"):
-            pass  # the template's and the lifetime's details: not the walk's business
+        elif words[0] == "if_id" and len(words) == 2:
+            try:
+                policy["if_id"] = int(words[1], 16)
+            except ValueError:
+                unread.append(line)
+        elif words[0] in ("proto", "enc-mask", "lifetime", "limit:", "expire", "add",
+                          "security", "0(bytes),"):
+            pass  # the template's masks and the lifetime's details: not the walk's business
         else:
             unread.append(line)
     done()
+    facts = [_fact(section, node, policy, raw, states) for policy, raw in policies[:MAX_POLICIES]]
     return facts + unread_lines(section, node, unread, WHAT)
+
+
+def _fact(section: Section, node: str, policy: dict, raw: list[str], states: list[dict] | None
+          ) -> Fact:
+    sa, missing = _sa_status(policy["templates"], states)
+    return Fact("xfrm_policy", node, {
+        "dir": policy["dir"], "src": policy["src"], "dst": policy["dst"],
+        "proto": policy["proto"], "sport": policy["sport"], "dport": policy["dport"],
+        "dev": policy["dev"], "action": policy["action"],
+        "priority": policy.get("priority", 0), "ipsec": bool(policy["templates"]),
+        "sa": sa, "missing": missing,
+        "mark": policy["mark"], "if_id": policy["if_id"],
+        "main": policy.get("ptype", "main") == "main",
+        "text": clip(" ".join(raw), 300),
+    }, Source("xfrm", COMMAND, section.exit_code, excerpt("\n".join(raw), 1000)))
 
 
 PROBE = Probe(

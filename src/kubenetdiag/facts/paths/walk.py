@@ -23,6 +23,7 @@ from kubenetdiag.facts.paths.node import NodeView
 from kubenetdiag.facts.paths.packet import BRIDGE_PORT, Packet, show
 from kubenetdiag.facts.paths.routing import Decision, Route
 from kubenetdiag.facts.paths.ruleset import BRIDGE_HOOK
+from kubenetdiag.facts.paths.xfrm import Policy as XfrmPolicy
 from kubenetdiag.facts.paths.xfrm import lookup as xfrm_lookup
 
 
@@ -200,6 +201,9 @@ def _xfrm(v: NodeView, directions: tuple[str, ...], pkt: Packet, devs: tuple[str
         deciding = xfrm_lookup(v.xfrm, direction, pkt, dev)
         actions = {p.action for p in deciding}
         if "block" not in actions:
+            end = _xfrm_sa(deciding, steps) if direction == "out" else None
+            if end:
+                return end
             continue
         p = next(p for p in deciding if p.action == "block")
         at = f"xfrm policy {p.selector()} action block priority {p.priority}"
@@ -212,6 +216,24 @@ def _xfrm(v: NodeView, directions: tuple[str, ...], pkt: Packet, devs: tuple[str
     if v.xfrm:
         steps.append("xfrm " + "/".join(directions))
     return None
+
+
+def _xfrm_sa(deciding: list[XfrmPolicy], steps: list[str]) -> Ending | None:
+    """Allowed going out, through IPsec: dropped where a template the deciding policy requires
+    has no SA (the kernel counts XfrmOutNoStates); undecided where policies of equal priority
+    disagree on it."""
+    missing = [p for p in deciding if p.sa == "missing"]
+    if not missing:
+        return None
+    p = missing[0]
+    at = f"xfrm policy {p.selector()} requires an IPsec SA {p.missing}: none"
+    if len(missing) < len(deciding):
+        return Ending("unknown", "ipsec", at, rule=p.selector(), owner="unknown",
+                      why="IPsec policies of equal priority cover it, not all of whose "
+                          "templates lack an SA", undecided=at, steps=steps)
+    return Ending("drop", "ipsec", at, rule=p.selector(), owner="unknown",
+                  why="an IPsec policy requires a security association the node does not have",
+                  steps=steps)
 
 
 def _delivered(v: NodeView, pkt: Packet, end: Ending) -> Ending:

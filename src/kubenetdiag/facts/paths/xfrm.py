@@ -1,8 +1,11 @@
 """IPsec (xfrm) policy lookup, as the kernel makes it for one packet and one direction.
 
 Of the main policies of the direction whose selector covers the packet, the one with the
-lowest priority decides: block drops the packet; allow lets it go on (through an IPsec
-security association when the policy has a template, which the walk cannot see into). Among
+lowest priority decides: block drops the packet; allow lets it go on, through an IPsec
+security association when the policy has a template. Going out, a template with no SA to
+serve it drops the packet as surely as a block (the probe tells which templates have one);
+coming in or forwarded, a template asks that the packet arrived through an SA, which
+depends on what the peer did to it: the walk lets it pass. Among
 policies of equal priority the kernel takes the one inserted first, which the listing does not
 show: where they disagree, the walk says it cannot decide. A policy limited
 to a mark is left out: the packet's mark at that point is not known to the walk.
@@ -29,6 +32,8 @@ class Policy:
     action: str
     priority: int
     text: str
+    sa: str | None = None  # present, missing, unread; None without a required template
+    missing: str | None = None  # the template with no SA, when sa is missing
 
     def selector(self) -> str:
         """`dir D src S dst D ...`: the words `ip xfrm policy delete` takes to name it."""
@@ -56,9 +61,10 @@ class Policy:
 
 def from_fact(f: Fact) -> Policy | None:
     """The walk's policy from an `xfrm_policy` fact; None for one it leaves out (IPv6, a sub
-    policy, a mark, a direction or action it does not know)."""
+    policy, a mark, an XFRM interface's, a direction or action it does not know)."""
     a = f.attrs
-    if a.get("mark") or a.get("main") is False or a.get("dir") not in ("in", "out", "fwd") \
+    if a.get("mark") or a.get("if_id") or a.get("main") is False \
+            or a.get("dir") not in ("in", "out", "fwd") \
             or a.get("action") not in ("allow", "block"):
         return None
     src, dst = str(a.get("src")), str(a.get("dst"))
@@ -69,7 +75,9 @@ def from_fact(f: Fact) -> Policy | None:
                   _port(a.get("sport")), _port(a.get("dport")),
                   str(a["dev"]) if a.get("dev") else None, str(a["action"]),
                   a["priority"] if isinstance(a.get("priority"), int) else 0,
-                  str(a.get("text") or ""))
+                  str(a.get("text") or ""),
+                  str(a["sa"]) if a.get("sa") else None,
+                  str(a["missing"]) if a.get("missing") else None)
 
 
 def _port(value: object) -> int | None:
