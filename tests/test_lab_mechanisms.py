@@ -669,6 +669,28 @@ def _xfrm_blocked(via: str) -> Callable[[Lab], None]:
     return check
 
 
+def _sa_missing(via: str) -> Callable[[Lab], None]:
+    """node2's IPsec policy asks for an SA toward node1 that nobody installs: its pods' traffic
+    to node1's pods (pod), or everything node2 sends to node1's address (node), dropped on
+    the way out, counted as XfrmOutNoStates, with nothing in netfilter to show for it."""
+    def check(lab: Lab) -> None:
+        before = _xfrm_stat(lab, "node2")["XfrmOutNoStates"]
+        assert pod_blocked(lab, "node2", "node1")
+        if via == "node":
+            assert lab.node_exec("node2", ["ping", "-c", "1", "-W", "1",
+                                           lab.topology.node("node1").address],
+                                 check=False).returncode != 0
+        assert _xfrm_stat(lab, "node2")["XfrmOutNoStates"] > before
+        assert "DROP" not in "".join(line for line in iptables(lab, "node2").splitlines()
+                                     if not line.startswith(("-A KUBE-", ":")))
+    return check
+
+
+def _xfrm_stat(lab: Lab, node: str) -> dict[str, int]:
+    stat = lab.node_exec(node, ["cat", "/proc/net/xfrm_stat"]).stdout
+    return {k: int(v) for k, v in (line.split() for line in stat.splitlines() if line.strip())}
+
+
 def _dns_untracked(via: str) -> Callable[[Lab], None]:
     def check(lab: Lab) -> None:
         if via == "nft":
@@ -1011,6 +1033,8 @@ VXLAN_CASES = [
     ("xfrm_policy_blocks", "out", "node2", {"peer": "node1"}, _xfrm_blocked("out")),
     ("xfrm_policy_blocks", "fwd", "node2", {"peer": "node1"}, _xfrm_blocked("fwd")),
     ("xfrm_policy_blocks", "in", "node2", {"peer": "node1"}, _xfrm_blocked("in")),
+    ("xfrm_sa_missing", "pod", "node2", {"peer": "node1"}, _sa_missing("pod")),
+    ("xfrm_sa_missing", "node", "node2", {"peer": "node1"}, _sa_missing("node")),
     ("icmp_echo_blocked", "iptables", "node2", {}, _pings_dropped),
     ("icmp_echo_blocked", "nft", "node2", {}, _pings_dropped),
     ("icmp_echo_blocked", "file", "node2", {}, _pings_ignored_by_the_kernel),

@@ -1643,6 +1643,52 @@ register(Fault(
 ))
 
 
+
+SA_REQID = 4242  # names the lab's policies among any others, for a heal that finds its own
+
+
+def _sa_policies(node: LabNode, peer: LabNode) -> dict[str, list[str]]:
+    """Each way's policy, whose template asks for an SA the node will never get (no key
+    manager runs in the lab, and this kernel cannot even hold an ESP SA): pod, the node's
+    traffic to the peer's pods through a tunnel to the peer, as an IPsec mode between
+    nodes sets one up; node, everything the node sends to the peer's address (its VXLAN,
+    pings, BGP) in transport mode, as a host-to-host IPsec setup does."""
+    return {
+        "pod": ["dir", "out", "src", "0.0.0.0/0", "dst", peer.pod_cidr, "tmpl", "src",
+                node.address, "dst", peer.address, "proto", "esp", "reqid", str(SA_REQID),
+                "mode", "tunnel"],
+        "node": ["dir", "out", "src", f"{node.address}/32", "dst", f"{peer.address}/32",
+                 "tmpl", "proto", "esp", "reqid", str(SA_REQID), "mode", "transport"],
+    }
+
+
+def _sa_require(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    policy = _sa_policies(node, _peer(ctx, node, params))[params["via"]]
+    ctx.node(node).run(["ip", "xfrm", "policy", "add", *policy])
+
+
+def _sa_unrequire(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    for peer in ctx.topology.peers(node):
+        for policy in _sa_policies(node, peer).values():
+            ctx.node(node).run(["ip", "xfrm", "policy", "delete",
+                                *policy[:policy.index("tmpl")]], check=False)
+    if ctx.topology.cni == "calico-bgp":
+        # via=node dropped the node's BGP keepalives to the peer
+        _wait_bgp_settled(ctx, stale=True)
+
+
+register(Fault(
+    "xfrm_sa_missing",
+    "an IPsec (xfrm) policy whose template requires a security association the node does "
+    "not have, as when the IKE daemon or the CNI agent that keys IPsec is down or lost its "
+    "key: the kernel drops what the policy covers going out (XfrmOutNoStates), toward a peer "
+    "(param peer, default the first other node): the node's traffic to the peer's pods in "
+    "tunnel mode (via=pod), or everything the node sends to the peer's address, its VXLAN "
+    "and BGP included, in transport mode (via=node)",
+    _sa_require, _sa_unrequire, {"via": "pod", "peer": ""},
+    mechanisms={"pod": (), "node": ()},
+))
+
 OVERLAP_DEV = "docker0"  # what usually brings the address: docker's default bridge
 
 
