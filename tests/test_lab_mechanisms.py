@@ -670,17 +670,25 @@ def _xfrm_blocked(via: str) -> Callable[[Lab], None]:
 
 
 def _sa_missing(via: str) -> Callable[[Lab], None]:
-    """node2's IPsec policy asks for an SA toward node1 that nobody installs: its pods' traffic
-    to node1's pods (pod), or everything node2 sends to node1's address (node), dropped on
-    the way out, counted as XfrmOutNoStates, with nothing in netfilter to show for it."""
+    """node2's IPsec policy asks for an SA with node1 that nobody installs. Going out, its
+    pods' traffic to node1's pods (pod) or everything node2 sends to node1's address (node)
+    is dropped and counted as XfrmOutNoStates; coming in, node1's pods' traffic forwarded to
+    node2's (fwd) or everything node1 sends to node2's address (in) arrives plain and is
+    dropped as XfrmInTmplMismatch. Nothing in netfilter shows it."""
+    counter = "XfrmOutNoStates" if via in ("pod", "node") else "XfrmInTmplMismatch"
+
     def check(lab: Lab) -> None:
-        before = _xfrm_stat(lab, "node2")["XfrmOutNoStates"]
-        assert pod_blocked(lab, "node2", "node1")
-        if via == "node":
-            assert lab.node_exec("node2", ["ping", "-c", "1", "-W", "1",
-                                           lab.topology.node("node1").address],
+        before = _xfrm_stat(lab, "node2")[counter]
+        if via in ("pod", "node"):
+            assert pod_blocked(lab, "node2", "node1")
+        else:
+            assert pod_blocked(lab, "node1", "node2")
+        if via in ("node", "in"):
+            sender, peer = ("node2", "node1") if via == "node" else ("node1", "node2")
+            assert lab.node_exec(sender, ["ping", "-c", "1", "-W", "1",
+                                          lab.topology.node(peer).address],
                                  check=False).returncode != 0
-        assert _xfrm_stat(lab, "node2")["XfrmOutNoStates"] > before
+        assert _xfrm_stat(lab, "node2")[counter] > before
         assert "DROP" not in "".join(line for line in iptables(lab, "node2").splitlines()
                                      if not line.startswith(("-A KUBE-", ":")))
     return check
@@ -1035,6 +1043,8 @@ VXLAN_CASES = [
     ("xfrm_policy_blocks", "in", "node2", {"peer": "node1"}, _xfrm_blocked("in")),
     ("xfrm_sa_missing", "pod", "node2", {"peer": "node1"}, _sa_missing("pod")),
     ("xfrm_sa_missing", "node", "node2", {"peer": "node1"}, _sa_missing("node")),
+    ("xfrm_sa_missing", "fwd", "node2", {"peer": "node1"}, _sa_missing("fwd")),
+    ("xfrm_sa_missing", "in", "node2", {"peer": "node1"}, _sa_missing("in")),
     ("icmp_echo_blocked", "iptables", "node2", {}, _pings_dropped),
     ("icmp_echo_blocked", "nft", "node2", {}, _pings_dropped),
     ("icmp_echo_blocked", "file", "node2", {}, _pings_ignored_by_the_kernel),

@@ -237,13 +237,25 @@ def test_an_sa_present_or_not_listed_lets_the_flow_pass():
         assert not stops(cluster(_tunnel("n2", "10.244.3.0/24", sa)), "n2"), sa
 
 
-def test_templates_coming_in_are_not_judged_by_the_sas_going_out():
-    """In and fwd templates ask that the packet came through an SA, which depends on what
-    the peer did to it: the walk does not stop the flow there."""
-    facts = cluster(policy("n2", "in", "198.18.0.11/32", "198.18.0.12/32", "allow",
-                           ipsec=True, sa="missing", missing="src 198.18.0.11 dst "
-                           "198.18.0.12 proto esp reqid 1 mode tunnel"))
-    assert not stops(facts, "n2")
+def test_a_template_coming_in_with_no_sa_to_decrypt_drops_what_the_peer_sends():
+    """In and fwd templates take only what was decrypted through their SA: with none on the
+    node, neither plain nor encrypted packets from the peer get through."""
+    inbound = cluster(policy("n2", "in", "198.18.0.11/32", "198.18.0.12/32", "allow",
+                             ipsec=True, sa="missing", missing="src 0.0.0.0 dst 0.0.0.0 "
+                             "proto esp reqid 1 mode transport"))
+    got = stops(inbound, "n2")
+    assert {(s["flow"], s["peer"], s["stage"], s["verdict"]) for s in got} >= {
+        ("overlay_in", "n1", "ipsec", "drop")}
+    assert "accepts only what arrives through an IPsec SA" in got[0]["at"]
+    fwd = cluster(policy("n2", "fwd", "10.244.1.0/24", "0.0.0.0/0", "allow", ipsec=True,
+                         sa="missing", missing="src 198.18.0.11 dst 198.18.0.12 proto esp "
+                         "reqid 1 mode tunnel"))
+    assert {(s["flow"], s["peer"], s["stage"]) for s in stops(fwd, "n2")} == {
+        ("pod_in", "n1", "ipsec")}
+    # where the node has the SA, what the peer sent is the peer's walk's business
+    present = cluster(policy("n2", "fwd", "10.244.1.0/24", "0.0.0.0/0", "allow", ipsec=True,
+                             sa="present"))
+    assert not stops(present, "n2")
 
 
 def test_equal_priority_policies_that_disagree_on_the_sa_are_undecided():

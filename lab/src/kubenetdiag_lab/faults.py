@@ -1649,16 +1649,24 @@ SA_REQID = 4242  # names the lab's policies among any others, for a heal that fi
 
 def _sa_policies(node: LabNode, peer: LabNode) -> dict[str, list[str]]:
     """Each way's policy, whose template asks for an SA the node will never get (no key
-    manager runs in the lab, and this kernel cannot even hold an ESP SA): pod, the node's
-    traffic to the peer's pods through a tunnel to the peer, as an IPsec mode between
+    manager runs in the lab, and this kernel cannot even hold an ESP SA). Going out: pod, the
+    node's traffic to the peer's pods through a tunnel to the peer, as an IPsec mode between
     nodes sets one up; node, everything the node sends to the peer's address (its VXLAN,
-    pings, BGP) in transport mode, as a host-to-host IPsec setup does."""
+    pings, BGP) in transport mode, as a host-to-host setup does. Coming in, the same two
+    from the peer's side, which the node takes only decrypted: fwd, the peer's pods' traffic
+    forwarded to the node's pods; in, everything the peer sends to the node's address."""
+    tunnel_out = ["tmpl", "src", node.address, "dst", peer.address]
+    tunnel_in = ["tmpl", "src", peer.address, "dst", node.address]
+    tail = ["proto", "esp", "reqid", str(SA_REQID), "mode"]
     return {
-        "pod": ["dir", "out", "src", "0.0.0.0/0", "dst", peer.pod_cidr, "tmpl", "src",
-                node.address, "dst", peer.address, "proto", "esp", "reqid", str(SA_REQID),
-                "mode", "tunnel"],
+        "pod": ["dir", "out", "src", "0.0.0.0/0", "dst", peer.pod_cidr, *tunnel_out, *tail,
+                "tunnel"],
         "node": ["dir", "out", "src", f"{node.address}/32", "dst", f"{peer.address}/32",
-                 "tmpl", "proto", "esp", "reqid", str(SA_REQID), "mode", "transport"],
+                 "tmpl", *tail, "transport"],
+        "fwd": ["dir", "fwd", "src", peer.pod_cidr, "dst", "0.0.0.0/0", *tunnel_in, *tail,
+                "tunnel"],
+        "in": ["dir", "in", "src", f"{peer.address}/32", "dst", f"{node.address}/32",
+               "tmpl", *tail, "transport"],
     }
 
 
@@ -1673,7 +1681,7 @@ def _sa_unrequire(ctx: FaultContext, node: LabNode, params: Params) -> None:
             ctx.node(node).run(["ip", "xfrm", "policy", "delete",
                                 *policy[:policy.index("tmpl")]], check=False)
     if ctx.topology.cni == "calico-bgp":
-        # via=node dropped the node's BGP keepalives to the peer
+        # via=node and via=in dropped BGP keepalives between the two
         _wait_bgp_settled(ctx, stale=True)
 
 
@@ -1681,12 +1689,14 @@ register(Fault(
     "xfrm_sa_missing",
     "an IPsec (xfrm) policy whose template requires a security association the node does "
     "not have, as when the IKE daemon or the CNI agent that keys IPsec is down or lost its "
-    "key: the kernel drops what the policy covers going out (XfrmOutNoStates), toward a peer "
-    "(param peer, default the first other node): the node's traffic to the peer's pods in "
-    "tunnel mode (via=pod), or everything the node sends to the peer's address, its VXLAN "
-    "and BGP included, in transport mode (via=node)",
+    "key, toward a peer (param peer, default the first other node). Going out, the kernel "
+    "drops what it covers (XfrmOutNoStates): the node's traffic to the peer's pods in tunnel "
+    "mode (via=pod), or everything the node sends to the peer's address, its VXLAN and BGP "
+    "included, in transport mode (via=node). Coming in, it drops what arrives plain "
+    "(XfrmInTmplMismatch): the peer's pods' traffic forwarded to the node's (via=fwd), or "
+    "everything the peer sends to the node's address (via=in)",
     _sa_require, _sa_unrequire, {"via": "pod", "peer": ""},
-    mechanisms={"pod": (), "node": ()},
+    mechanisms={"pod": (), "node": (), "fwd": (), "in": ()},
 ))
 
 OVERLAP_DEV = "docker0"  # what usually brings the address: docker's default bridge

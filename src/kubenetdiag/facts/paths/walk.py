@@ -201,7 +201,7 @@ def _xfrm(v: NodeView, directions: tuple[str, ...], pkt: Packet, devs: tuple[str
         deciding = xfrm_lookup(v.xfrm, direction, pkt, dev)
         actions = {p.action for p in deciding}
         if "block" not in actions:
-            end = _xfrm_sa(deciding, steps) if direction == "out" else None
+            end = _xfrm_sa(direction, deciding, steps)
             if end:
                 return end
             continue
@@ -218,15 +218,18 @@ def _xfrm(v: NodeView, directions: tuple[str, ...], pkt: Packet, devs: tuple[str
     return None
 
 
-def _xfrm_sa(deciding: list[XfrmPolicy], steps: list[str]) -> Ending | None:
-    """Allowed going out, through IPsec: dropped where a template the deciding policy requires
-    has no SA (the kernel counts XfrmOutNoStates); undecided where policies of equal priority
-    disagree on it."""
+def _xfrm_sa(direction: str, deciding: list[XfrmPolicy], steps: list[str]) -> Ending | None:
+    """Allowed through IPsec, and the SA a template the deciding policy requires is missing:
+    going out the kernel drops the packet (XfrmOutNoStates); coming in or forwarded it takes
+    only what was decrypted through such an SA, and the node has none to decrypt with, so a
+    plain packet (XfrmInTmplMismatch) and an encrypted one (XfrmInNoStates) are both dropped.
+    Undecided where policies of equal priority disagree on it."""
     missing = [p for p in deciding if p.sa == "missing"]
     if not missing:
         return None
     p = missing[0]
-    at = f"xfrm policy {p.selector()} requires an IPsec SA {p.missing}: none"
+    needs = "requires" if direction == "out" else "accepts only what arrives through"
+    at = f"xfrm policy {p.selector()} {needs} an IPsec SA {p.missing}: none"
     if len(missing) < len(deciding):
         return Ending("unknown", "ipsec", at, rule=p.selector(), owner="unknown",
                       why="IPsec policies of equal priority cover it, not all of whose "

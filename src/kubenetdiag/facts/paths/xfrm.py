@@ -2,10 +2,11 @@
 
 Of the main policies of the direction whose selector covers the packet, the one with the
 lowest priority decides: block drops the packet; allow lets it go on, through an IPsec
-security association when the policy has a template. Going out, a template with no SA to
-serve it drops the packet as surely as a block (the probe tells which templates have one);
-coming in or forwarded, a template asks that the packet arrived through an SA, which
-depends on what the peer did to it: the walk lets it pass. Among
+security association when the policy has a template. A template with no SA to serve it
+drops the packet as surely as a block (the probe tells which templates have one): going
+out, nothing can encrypt it; coming in or forwarded, the policy takes only what was
+decrypted through such an SA, and there is none. Where the SA exists, whether the peer
+encrypted what it sent is its own walk's business: the packet passes. Among
 policies of equal priority the kernel takes the one inserted first, which the listing does not
 show: where they disagree, the walk says it cannot decide. A policy limited
 to a mark is left out: the packet's mark at that point is not known to the walk.
