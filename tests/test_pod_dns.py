@@ -136,3 +136,54 @@ def test_planned_where_a_cluster_dns_is_known_only() -> None:
     without = plan.plan(nodes_only, [Host("node1", "198.18.0.11"),
                                      Host("node2", "198.18.0.12")])["node1"]
     assert "pod.dns" not in [cid for cid, _ in script.jobs(without)]
+
+
+def _pods(tmp_path: Path, resolv: dict[str, str | None]) -> tuple[Path, Path]:
+    """A node's /run/netns and /proc in miniature: one netns file per pod, and one process
+    in each (its ns/net a link to the pod's netns file, so `-ef` holds as it does on a node)
+    whose root shows the given resolv.conf (None: a link, which must not be followed)."""
+    netns, proc = tmp_path / "netns", tmp_path / "proc"
+    netns.mkdir()
+    for pid, (pod, text) in enumerate(resolv.items(), start=100):
+        (netns / pod).write_text("")
+        (proc / str(pid) / "ns").mkdir(parents=True)
+        (proc / str(pid) / "ns" / "net").symlink_to(netns / pod)
+        etc = proc / str(pid) / "root" / "etc"
+        etc.mkdir(parents=True)
+        if text is None:
+            (etc / "resolv.conf").symlink_to(tmp_path / "elsewhere")
+        else:
+            (etc / "resolv.conf").write_text(text)
+    return netns, proc
+
+
+def _choose(netns: Path, proc: Path) -> tuple[str, str, str]:
+    """The script's pod-resolver step, on the miniature instead of the node's paths, after
+    the preamble entered the first pod: (resolv.conf chosen, netns entered, markers)."""
+    first = sorted(netns.iterdir())[0]
+    code = (script._POD_RESOLVER.replace("/run/netns/", f"{netns}/")
+            .replace("/proc/[0-9]*", f"{proc}/[0-9]*"))
+    done = subprocess.run(
+        ["sh", "-c", f"M=@@; __pns={first}; __inpod='nsenter --net={first}'\n{code}\n"
+         'echo "$__prc|$__pns|$__inpod"'], capture_output=True, text=True, timeout=20)
+    *markers, last = done.stdout.splitlines()
+    prc, pns, inpod = last.split("|")
+    assert inpod == f"nsenter --net={pns}"
+    return prc, Path(pns).name, " ".join(markers)
+
+
+DEFAULT = "nameserver 198.18.0.250\nsearch lab.example\n"  # dnsPolicy Default: the node's
+
+
+def test_the_pods_view_moves_to_a_pod_told_the_clusters_dns(tmp_path: Path):
+    """CoreDNS and other dnsPolicy Default pods carry the node's resolv.conf: checking
+    theirs would say nothing about what the node's pods are told."""
+    netns, proc = _pods(tmp_path, {"cni-0a": DEFAULT, "cni-1b": None, "cni-2c": HEALTHY})
+    prc, pns, markers = _choose(netns, proc)
+    assert (Path(prc).read_text(), pns, markers) == (HEALTHY, "cni-2c", "@@:podns:cni-2c")
+
+
+def test_with_no_clusterfirst_pod_the_first_pod_stays(tmp_path: Path):
+    netns, proc = _pods(tmp_path, {"cni-0a": DEFAULT, "cni-1b": DEFAULT})
+    prc, pns, markers = _choose(netns, proc)
+    assert (Path(prc).parent.parent.parent.name, pns, markers) == ("100", "cni-0a", "")

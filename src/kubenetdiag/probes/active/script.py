@@ -77,16 +77,34 @@ fi
 # The pod's own resolver: the resolv.conf its runtime mounted, seen through a process of the
 # pod (its sandbox) in the node's /proc. Only read: names are resolved with the node's tools.
 # A declared endpoint given by name and the pod's DNS check need it, so only a plan with one
-# of them walks /proc for it.
+# of them walks /proc for it. The pod's view moves to the first pod (of the first 8) whose
+# search list is the cluster's (ClusterFirst): CoreDNS and other dnsPolicy Default pods
+# carry the node's resolv.conf, and checking that would say nothing about what pods are told.
 _POD_RESOLVER = r"""__prc=
 if [ -n "$__inpod" ]; then
-  for __d in /proc/[0-9]*; do
-    # a regular file, as kubelet mounts it: a link would be followed from the node's root
-    if [ "$__d/ns/net" -ef "$__pns" ] 2>/dev/null && [ -f "$__d/root/etc/resolv.conf" ] \
-        && [ ! -L "$__d/root/etc/resolv.conf" ]; then
-      __prc=$__d/root/etc/resolv.conf; break
-    fi
+  __p1=; __n1=; __np=0
+  for __n in /run/netns/cni-*; do
+    case "$__n" in *' '*) continue;; esac
+    [ $__np -lt 8 ] || break; __np=$((__np+1)); __c=
+    for __d in /proc/[0-9]*; do
+      # a regular file, as kubelet mounts it: a link would be followed from the node's root
+      if [ "$__d/ns/net" -ef "$__n" ] 2>/dev/null && [ -f "$__d/root/etc/resolv.conf" ] \
+          && [ ! -L "$__d/root/etc/resolv.conf" ]; then
+        __c=$__d/root/etc/resolv.conf; break
+      fi
+    done
+    [ -n "$__c" ] || continue
+    [ -n "$__p1" ] || { __p1=$__c; __n1=$__n; }
+    __k=; __i=0
+    while [ $__i -lt 64 ] && read -r __w __v; do
+      __i=$((__i+1)); [ "$__w" = search ] && case " $__v " in *.svc.*) __k=1;; esac
+    done <"$__c" 2>/dev/null
+    [ -z "$__k" ] || { __prc=$__c; __n1=$__n; break; }
   done
+  [ -n "$__prc" ] || __prc=$__p1
+  if [ -n "$__n1" ] && [ "$__n1" != "$__pns" ]; then
+    __pns=$__n1; __inpod="nsenter --net=$__pns"; printf '%s:podns:%s\n' "$M" "${__pns##*/}"
+  fi
 fi"""
 
 # A name resolved as the pod would resolve it: the node's own getent in a throwaway mount
