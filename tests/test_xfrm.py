@@ -98,6 +98,19 @@ def test_each_policy_says_whether_its_template_has_an_sa():
     ]
 
 
+def test_cilium_after_a_key_rotation_one_peer_keeps_the_old_spi():
+    """Cilium's policies carry its marks and name the SPI; the peer whose SA still has the
+    old SPI has no SA for the policy, and the optional templates coming in ask for none."""
+    facts = _parse("cilium-ipsec-key-rotation.txt")
+    assert not [x for x in facts if x.kind == "probe_status"]
+    assert [(d, dst, sa) for d, dst, sa, _ in _sa(facts)] == [
+        ("out", "10.0.2.0/24", "present"), ("out", "10.0.3.0/24", "missing"),
+        ("in", "10.0.1.0/24", None), ("fwd", "10.0.1.0/24", None)]
+    assert facts[1].attrs["mark"] == "0x4e00/0xff00"
+    assert facts[1].attrs["missing"] == (
+        "src 0.0.0.0 dst 192.168.56.13 proto esp spi 0x00000004 reqid 1 mode tunnel")
+
+
 def test_recorded_policies_with_no_sa_at_all():
     """The probe's own output in a network namespace of this kernel, which holds no SA: the
     state listing ran (its heading is there) and named none."""
