@@ -674,12 +674,13 @@ def _sa_missing(via: str) -> Callable[[Lab], None]:
     pods' traffic to node1's pods (pod) or everything node2 sends to node1's address (node)
     is dropped and counted as XfrmOutNoStates; coming in, node1's pods' traffic forwarded to
     node2's (fwd) or everything node1 sends to node2's address (in) arrives plain and is
-    dropped as XfrmInTmplMismatch. Nothing in netfilter shows it."""
-    counter = "XfrmOutNoStates" if via in ("pod", "node") else "XfrmInTmplMismatch"
+    dropped as XfrmInTmplMismatch; mark, Cilium's way, only what a mangle rule marked going
+    out. No DROP in netfilter shows it."""
+    counter = "XfrmInTmplMismatch" if via in ("fwd", "in") else "XfrmOutNoStates"
 
     def check(lab: Lab) -> None:
         before = _xfrm_stat(lab, "node2")[counter]
-        if via in ("pod", "node"):
+        if via not in ("fwd", "in"):
             assert pod_blocked(lab, "node2", "node1")
         else:
             assert pod_blocked(lab, "node1", "node2")
@@ -1045,6 +1046,7 @@ VXLAN_CASES = [
     ("xfrm_sa_missing", "node", "node2", {"peer": "node1"}, _sa_missing("node")),
     ("xfrm_sa_missing", "fwd", "node2", {"peer": "node1"}, _sa_missing("fwd")),
     ("xfrm_sa_missing", "in", "node2", {"peer": "node1"}, _sa_missing("in")),
+    ("xfrm_sa_missing", "mark", "node2", {"peer": "node1"}, _sa_missing("mark")),
     ("icmp_echo_blocked", "iptables", "node2", {}, _pings_dropped),
     ("icmp_echo_blocked", "nft", "node2", {}, _pings_dropped),
     ("icmp_echo_blocked", "file", "node2", {}, _pings_ignored_by_the_kernel),

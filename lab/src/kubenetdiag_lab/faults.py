@@ -1645,6 +1645,9 @@ register(Fault(
 
 
 SA_REQID = 4242  # names the lab's policies among any others, for a heal that finds its own
+# Cilium's encrypt mark and mask: what its eBPF sets on what it encrypts, clear of kube-proxy's
+# 0x4000 and 0x8000
+SA_MARK = ("0xe00", "0xf00")
 
 
 def _sa_policies(node: LabNode, peer: LabNode) -> dict[str, list[str]]:
@@ -1667,12 +1670,24 @@ def _sa_policies(node: LabNode, peer: LabNode) -> dict[str, list[str]]:
                 "tunnel"],
         "in": ["dir", "in", "src", f"{peer.address}/32", "dst", f"{node.address}/32",
                "tmpl", *tail, "transport"],
+        "mark": ["dir", "out", "src", "0.0.0.0/0", "dst", peer.pod_cidr, "mark", SA_MARK[0],
+                 "mask", SA_MARK[1], *tunnel_out, *tail, "tunnel"],
     }
 
 
+def _sa_marking(node: LabNode, peer: LabNode) -> list[str]:
+    """via=mark: the mark Cilium's eBPF puts on what it encrypts, set here by a mangle rule on
+    the node's pods' traffic to the peer's pods (PREROUTING: before the routing decision and
+    the policy lookup that reads it)."""
+    return ["-s", node.pod_cidr, "-d", peer.pod_cidr, "-j", "MARK", "--set-xmark",
+            "/".join(SA_MARK)]
+
+
 def _sa_require(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    policy = _sa_policies(node, _peer(ctx, node, params))[params["via"]]
-    ctx.node(node).run(["ip", "xfrm", "policy", "add", *policy])
+    peer = _peer(ctx, node, params)
+    if params["via"] == "mark":
+        _ipt_insert(ctx, node, "PREROUTING", _sa_marking(node, peer), table="mangle")
+    ctx.node(node).run(["ip", "xfrm", "policy", "add", *_sa_policies(node, peer)[params["via"]]])
 
 
 def _sa_unrequire(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -1680,6 +1695,8 @@ def _sa_unrequire(ctx: FaultContext, node: LabNode, params: Params) -> None:
         for policy in _sa_policies(node, peer).values():
             ctx.node(node).run(["ip", "xfrm", "policy", "delete",
                                 *policy[:policy.index("tmpl")]], check=False)
+        _ipt_delete(ctx, node, "PREROUTING", _sa_marking(node, peer), table="mangle")
+    _ipt_tidy(ctx, node, "mangle", ["PREROUTING"])
     if ctx.topology.cni == "calico-bgp":
         # via=node and via=in dropped BGP keepalives between the two
         _wait_bgp_settled(ctx, stale=True)
@@ -1694,9 +1711,12 @@ register(Fault(
     "mode (via=pod), or everything the node sends to the peer's address, its VXLAN and BGP "
     "included, in transport mode (via=node). Coming in, it drops what arrives plain "
     "(XfrmInTmplMismatch): the peer's pods' traffic forwarded to the node's (via=fwd), or "
-    "everything the peer sends to the node's address (via=in)",
+    "everything the peer sends to the node's address (via=in). Or as Cilium's IPsec mode "
+    "writes it: a policy for the peer's pods limited to the mark its eBPF puts on what it "
+    "encrypts (0xe00/0xf00, set here by a mangle rule on the node's pods' traffic to the "
+    "peer's), which the path walk cannot follow (via=mark)",
     _sa_require, _sa_unrequire, {"via": "pod", "peer": ""},
-    mechanisms={"pod": (), "node": (), "fwd": (), "in": ()},
+    mechanisms={"pod": (), "node": (), "fwd": (), "in": (), "mark": ()},
 ))
 
 OVERLAP_DEV = "docker0"  # what usually brings the address: docker's default bridge
