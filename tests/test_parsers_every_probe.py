@@ -699,6 +699,36 @@ def test_structured_garbage_never_crashes(lines, probe):
     _no_crash(_record(probe, "\n".join(lines)))
 
 
+# ip's xfrm words, policies' and SAs' alike, in any order: the parser keeps a policy's
+# templates across lines, and an SA's fields across its address and proto lines
+_XFRM = st.lists(
+    st.one_of(
+        st.sampled_from(["##knd:xfrm-state", "##knd:xfrm-state failed",
+                         "src 10.244.1.0/24 dst 10.244.2.0/24 ", "src 1.2.3.4 dst 5.6.7.8",
+                         "src ::/0 dst fd00::/64 ", "\tdir out priority 0 ptype main ",
+                         "\tdir in action block priority 7 ", "\tsocket in priority 0 ",
+                         "\ttmpl src 1.2.3.4 dst 5.6.7.8", "\ttmpl src 0.0.0.0 dst 0.0.0.0",
+                         "\ttmpl src x dst y", "\t\tproto esp reqid 1 mode tunnel",
+                         "\t\tproto esp spi 0x00000004 reqid 0 mode transport",
+                         "\t\tproto esp reqid x mode", "\t\tlevel use ", "\t\tlevel",
+                         "\tmark 0xe00/0xf00 ", "\tif_id 0x7", "\tif_id zz",
+                         "\tproto esp spi 0xc1a2b3c4 reqid 1 mode tunnel",
+                         "\tproto esp spi 0x0 reqid 1 mode tunnel", "\tproto"]),
+        st.text(max_size=40),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=300)
+@given(_XFRM)
+def test_xfrm_policies_and_sas_in_any_order_never_crash(lines):
+    record = _record("xfrm", "\n".join(lines))
+    _no_crash(record)
+    assert all(f.attrs["sa"] in (None, "present", "missing", "unread")
+               for f in node_facts(record) if f.kind == "xfrm_policy")
+
+
 def test_facts_doc_is_current():
 
     from kubenetdiag.facts.docs import render

@@ -111,6 +111,19 @@ def test_cilium_after_a_key_rotation_one_peer_keeps_the_old_spi():
         "src 0.0.0.0 dst 192.168.56.13 proto esp spi 0x00000004 reqid 1 mode tunnel")
 
 
+def test_a_template_in_another_form_is_partial_and_the_policy_left_out():
+    text = ("src 10.244.1.0/24 dst 10.244.2.0/24 \n\tdir out priority 0 ptype main \n"
+            "\ttmpl src 198.18.0.11 dst 198.18.0.12\n\t\tproto esp reqid one mode tunnel\n"
+            "\t\tlevel use \n"
+            "src 0.0.0.0/0 dst 10.244.3.0/24 \n\tdir out action block priority 0 ptype main \n"
+            "##knd:xfrm-state\nsrc 198.18.0.11 dst 198.18.0.12\n\tproto esp spi zz\n")
+    facts = parse(Section("xfrm", "", 0, 0.0, text, ""), "n1")
+    [status] = [x for x in facts if x.kind == "probe_status"]
+    assert status.source is not None
+    assert "reqid one" in status.source.excerpt and "spi zz" in status.source.excerpt
+    assert _sa(facts) == [("out", "10.244.3.0/24", None, None)]
+
+
 def test_recorded_policies_with_no_sa_at_all():
     """The probe's own output in a network namespace of this kernel, which holds no SA: the
     state listing ran (its heading is there) and named none."""

@@ -269,6 +269,7 @@ def parse(section: Section, node: str) -> list[Fact]:
             continue
         raw.append(line.strip())
         templates = policy["templates"]
+        last = templates[-1] if templates else None  # None too once its proto line was not read
         if words[0] == "socket":
             policy["dir"] = "socket"  # one socket's own policy (`socket in priority 0 ...`)
         elif words[0] == "dir":
@@ -284,14 +285,15 @@ def parse(section: Section, node: str) -> list[Fact]:
                 policy = None
                 continue
             templates.append({"src": ends[0], "dst": ends[1], "optional": False})
-        elif words[0] == "proto" and templates and "proto" not in templates[-1]:
+        elif words[0] == "proto" and last is not None and "proto" not in last:
             fields = _sa_words(words)
             if fields is None:
                 templates[-1] = None  # reported with the policy's text by done()
             else:
-                templates[-1].update(fields)
+                last.update(fields)
         elif words[0] == "level" and templates and len(words) > 1:
-            templates[-1]["optional"] = words[1] != "required"  # `use`: an SA if there is one
+            if last is not None:
+                last["optional"] = words[1] != "required"  # `use`: an SA if there is one
         elif words[0] == "mark" and len(words) > 1:
             policy["mark"] = clip(words[1], 40)
         elif words[0] == "if_id" and len(words) == 2:
