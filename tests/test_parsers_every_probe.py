@@ -486,6 +486,20 @@ def test_counters_rising_now_vs_high_since_boot():
     assert rcv["value"] == 429469 and rcv["rising"] is False
 
 
+def test_counters_ipsec_drops_for_want_of_an_sa():
+    """Recorded in a network namespace holding a policy out whose template has no SA, pinged
+    through between the two samples: XfrmOutNoStates rises, and the conntrack totals after
+    xfrm_stat's lines are still read."""
+    names = {c["name"]: c for c in kinds(parse("counters", "xfrm-out-no-states-netns"),
+                                         "net_counter")}
+    assert names["XfrmOutNoStates"]["rising"] is True and names["XfrmOutNoStates"]["delta"] > 0
+    assert names["XfrmInTmplMismatch"]["rising"] is False
+    assert names["conntrack_insert_failed"]["rising"] is False
+    # a kernel without IPsec statistics has no such file: no fact, and no complaint
+    assert "XfrmOutNoStates" not in {c["name"] for c in kinds(parse("counters", "debian12-netns"),
+                                                              "net_counter")}
+
+
 def test_counters_one_sample_only_is_unknown_not_flat():
     text = (FIX / "counters" / "debian12-netns.txt").read_text().split("##knd:sample 2")[0]
     facts = BY_NAME["counters"].parse(Section("counters", "", None, 0, text, ""), "n")

@@ -3,7 +3,8 @@
 incidents long past).
 
 The counters come from /proc/net/snmp, /proc/net/netstat and /proc/net/stat/nf_conntrack,
-which is where `nstat` and `netstat -s` read them, but reading them directly writes nothing:
+which is where `nstat` and `netstat -s` read them, and /proc/net/xfrm_stat (IPsec's drops, one
+`Name value` line each, where the kernel keeps them), but reading them directly writes nothing:
 `nstat` without `-s` would keep a history file on the node. The first sample is taken by the
 script's prelude, before any other probe runs, and the second at this probe's turn at the end:
 the other probes' run time is the interval, topped up with a sleep to MIN_INTERVAL_S.
@@ -16,8 +17,9 @@ from kubenetdiag.probes.base import Probe, Section, TwoSample
 from kubenetdiag.probes.conntrack import sum_proc_stat
 
 MIN_INTERVAL_S = 2
-SAMPLING = TwoSample("counters", "/proc/net/snmp /proc/net/netstat /proc/net/stat/nf_conntrack",
-                     MIN_INTERVAL_S)
+# xfrm_stat before nf_conntrack: the per-CPU conntrack lines run to the end of a sample
+SAMPLING = TwoSample("counters", "/proc/net/snmp /proc/net/netstat /proc/net/xfrm_stat "
+                     "/proc/net/stat/nf_conntrack", MIN_INTERVAL_S)
 SAMPLE = SAMPLING.sample
 
 # (group, counter): the drops and errors docs/runbooks.md#runbook-004 looks at. Group and
@@ -40,6 +42,10 @@ WATCH: tuple[tuple[str, str], ...] = (
     ("TcpExt", "TCPOFODrop"), ("IpExt", "InNoRoutes"),
     ("Conntrack", "insert_failed"), ("Conntrack", "drop"), ("Conntrack", "early_drop"),
     ("Conntrack", "invalid"), ("Conntrack", "error"), ("Conntrack", "search_restart"),
+    # IPsec: no SA to encrypt with, none to decrypt with, plain where IPsec was required, and
+    # block policies (docs/paths.md: the walk's xfrm and ipsec stages)
+    ("Xfrm", "OutNoStates"), ("Xfrm", "InNoStates"), ("Xfrm", "InTmplMismatch"),
+    ("Xfrm", "OutPolBlock"), ("Xfrm", "InPolBlock"),
 )
 
 
@@ -47,10 +53,13 @@ def read_sample(lines: list[str]) -> dict[tuple[str, str], int]:
     """{(group, counter): value} from one sample (its /proc/uptime line already taken off).
 
     /proc/net/snmp and /proc/net/netstat print each group as a header line and a value line;
-    /proc/net/stat/nf_conntrack prints one line per CPU, summed here.
+    /proc/net/xfrm_stat one counter a line; /proc/net/stat/nf_conntrack one line per CPU,
+    summed here.
 
     >>> read_sample(["Udp: InDatagrams NoPorts InErrors", "Udp: 5120 3 41"])
     {('Udp', 'InDatagrams'): 5120, ('Udp', 'NoPorts'): 3, ('Udp', 'InErrors'): 41}
+    >>> read_sample(["XfrmOutNoStates         \t12"])
+    {('Xfrm', 'OutNoStates'): 12}
     """
     values: dict[tuple[str, str], int] = {}
     header: dict[str, list[str]] = {}
@@ -58,6 +67,10 @@ def read_sample(lines: list[str]) -> dict[tuple[str, str], int]:
     for line in lines:
         words = line.split()
         if not words:
+            continue
+        if len(words) == 2 and words[0].startswith("Xfrm") and words[1].isdigit() \
+                and not conntrack:
+            values[("Xfrm", words[0][4:])] = int(words[1])
             continue
         if words[0] == "entries" or (conntrack and not words[0].endswith(":")):
             conntrack.append(line)
