@@ -1643,7 +1643,6 @@ register(Fault(
 ))
 
 
-
 SA_REQID = 4242  # names the lab's policies among any others, for a heal that finds its own
 # Cilium's encrypt mark and mask: what its eBPF sets on what it encrypts, clear of kube-proxy's
 # 0x4000 and 0x8000
@@ -1718,6 +1717,7 @@ register(Fault(
     _sa_require, _sa_unrequire, {"via": "pod", "peer": ""},
     mechanisms={"pod": (), "node": (), "fwd": (), "in": (), "mark": ()},
 ))
+
 
 OVERLAP_DEV = "docker0"  # what usually brings the address: docker's default bridge
 
