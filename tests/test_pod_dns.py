@@ -126,6 +126,16 @@ def test_sections_become_facts_and_an_unknown_view_is_not_checked() -> None:
     assert (odd.kind, odd.attrs["status"]) == ("probe_status", "failed")
 
 
+def test_a_node_whose_pods_all_have_the_nodes_resolver_is_not_checked() -> None:
+    """CoreDNS's node with no other pod: the pod asked in is no vantage point for what pods
+    are told, and the report lists the check as not made there rather than passed."""
+    default = ("resolver: pod 198.18.0.250\nsearch: lab.example\n"
+               "resolved: kubernetes.default 198.18.0.77\n")
+    [status] = _run([{"probe": "active.pod.dns", "exit_code": 0, "stdout": default}])
+    assert status.kind == "probe_status" and status.attrs["status"] == "not_queried"
+    assert "cni-client-1" in status.attrs["reason"] and "198.18.0.250" in status.attrs["reason"]
+
+
 def test_planned_where_a_cluster_dns_is_known_only() -> None:
     with_api = plan.plan(_facts(2), _hosts(2))["node1"]
     ids = [cid for cid, _ in script.jobs(with_api)]

@@ -13,10 +13,19 @@ short name it resolves only through the search list, as the names pods use every
 >>> [fact] = POD_DNS.parse(section("active.pod.dns", out), NAME, example("cni-4f1a"))
 >>> fact.kind, fact.attrs["nameserver"], fact.attrs["ok"], fact.attrs["answer"]
 ('pod_dns_check', '10.96.0.10', True, '10.96.0.1')
->>> out = "resolver: pod 10.96.0.11\\nsearch: \\nunresolved: kubernetes.default\\n"
+>>> out = ("resolver: pod 10.96.0.11\\nsearch: default.svc.cluster.local\\n"
+...        "unresolved: kubernetes.default\\n")
 >>> [fact] = POD_DNS.parse(section("active.pod.dns", out, 3), NAME, example("cni-4f1a"))
->>> fact.attrs["ok"], fact.attrs["detail"], fact.attrs["search"], fact.attrs["vantage"]
-(False, 'no address', '', 'cni-4f1a')
+>>> fact.attrs["ok"], fact.attrs["detail"], fact.attrs["nameserver"], fact.attrs["vantage"]
+(False, 'no address', '10.96.0.11', 'cni-4f1a')
+
+A pod without the cluster's search list (dnsPolicy Default: the node's resolver) is no
+vantage point for this check, and the check says so:
+
+>>> out = "resolver: pod 198.18.0.250\\nsearch: \\nunresolved: kubernetes.default\\n"
+>>> [st] = POD_DNS.parse(section("active.pod.dns", out, 3), NAME, example("cni-4f1a"))
+>>> st.kind, st.attrs["status"], "dnsPolicy ClusterFirst" in st.attrs["reason"]
+('probe_status', 'not_queried', True)
 """
 
 from __future__ import annotations
@@ -70,6 +79,14 @@ def _parse(section: Section, name: Any, ctx: CheckContext) -> list[Fact]:
         return [status(ctx, section, "failed", section.stdout.strip()[:200]
                        or f"no answer from the resolver helper (exit {section.exit_code})",
                        blocks)]
+    if "svc." not in result["search"]:
+        # the script found no pod told the cluster DNS (ClusterFirst): the one it asked in
+        # carries the node's resolver, and its answer says nothing about what pods are told
+        return [status(ctx, section, "not_queried",
+                       "no pod on this node (of the first 8) has the cluster's search list "
+                       f"(dnsPolicy ClusterFirst): the pod asked in, {vantage(ctx, True)}, has "
+                       f"the node's resolver (nameserver {result['nameserver'] or 'none'}, "
+                       f"search {result['search'] or 'none'})", _blocks(name))]
     return [Fact("pod_dns_check", ctx.node, {
         **result, "name": str(name), "vantage": vantage(ctx, True)}, source(section))]
 
