@@ -243,10 +243,10 @@ def test_a_device_selector_is_the_routes_device():
     assert not stops(on_nic, "n2")
 
 
-def _tunnel(node: str, dst: str, sa: str | None, priority: int = 0) -> Fact:
+def _tunnel(node: str, dst: str, sa: str | None, priority: int = 0, **extra) -> Fact:
     return policy(node, "out", "0.0.0.0/0", dst, "allow", priority, ipsec=True, sa=sa,
                   missing="src 198.18.0.12 dst 198.18.0.13 proto esp reqid 1 mode tunnel"
-                  if sa == "missing" else None)
+                  if sa == "missing" else None, **extra)
 
 
 def test_a_policy_going_out_without_its_sa_drops_the_flows_it_covers():
@@ -292,7 +292,4 @@ def test_equal_priority_policies_that_disagree_on_the_sa_are_undecided():
 
 
 def test_a_policy_of_an_xfrm_interface_is_left_out():
-    assert not stops(cluster(_tunnel("n2", "10.244.3.0/24", "missing")
-                             .__class__("xfrm_policy", "n2", {
-                                 **_tunnel("n2", "10.244.3.0/24", "missing").attrs,
-                                 "if_id": 7})), "n2")
+    assert not stops(cluster(_tunnel("n2", "10.244.3.0/24", "missing", if_id=7)), "n2")

@@ -26,7 +26,7 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -1620,15 +1620,23 @@ def _xfrm_block(ctx: FaultContext, node: LabNode, params: Params) -> None:
     ctx.node(node).run(["ip", "xfrm", "policy", "add", *selector, "action", "block"])
 
 
-def _xfrm_unblock(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    # every way, toward every peer: a heal whose record of the peer was lost undoes it too
+def _xfrm_delete_toward_peers(ctx: FaultContext, node: LabNode,
+                              selectors: Callable[[LabNode, LabNode], Iterable[list[str]]]
+                              ) -> None:
+    """Delete each way's policy (`selectors`: direction and selector words) toward every peer:
+    a heal whose record of the peer was lost undoes it too."""
     for peer in ctx.topology.peers(node):
-        for selector in _xfrm_selectors(node, peer).values():
+        for selector in selectors(node, peer):
             ctx.node(node).run(["ip", "xfrm", "policy", "delete", *selector], check=False)
     if ctx.topology.cni == "calico-bgp":
-        # via=in dropped the peer's BGP keepalives: its session may still read as up and
-        # expire a hold time later, withdrawing routes in the middle of what comes next
+        # a policy on the node's traffic with a peer address dropped BGP keepalives: the
+        # session may still read as up and expire a hold time later, withdrawing routes in
+        # the middle of what comes next
         _wait_bgp_settled(ctx, stale=True)
+
+
+def _xfrm_unblock(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _xfrm_delete_toward_peers(ctx, node, lambda n, p: _xfrm_selectors(n, p).values())
 
 
 register(Fault(
@@ -1691,14 +1699,11 @@ def _sa_require(ctx: FaultContext, node: LabNode, params: Params) -> None:
 
 def _sa_unrequire(ctx: FaultContext, node: LabNode, params: Params) -> None:
     for peer in ctx.topology.peers(node):
-        for policy in _sa_policies(node, peer).values():
-            ctx.node(node).run(["ip", "xfrm", "policy", "delete",
-                                *policy[:policy.index("tmpl")]], check=False)
         _ipt_delete(ctx, node, "PREROUTING", _sa_marking(node, peer), table="mangle")
     _ipt_tidy(ctx, node, "mangle", ["PREROUTING"])
-    if ctx.topology.cni == "calico-bgp":
-        # via=node and via=in dropped BGP keepalives between the two
-        _wait_bgp_settled(ctx, stale=True)
+    # a policy is deleted by its direction and selector: the words before its template
+    _xfrm_delete_toward_peers(ctx, node, lambda n, p: (
+        policy[:policy.index("tmpl")] for policy in _sa_policies(n, p).values()))
 
 
 register(Fault(
