@@ -50,6 +50,10 @@ def test_sysctl_centos7_keeps_tw_recycle_and_dotted_interfaces():
     assert keys["net.ipv4.tcp_tw_recycle"].attrs["number"] == 1
     assert keys["net.ipv4.conf.flannel.1.rp_filter"].attrs["number"] == 1
     assert keys["net.netfilter.nf_conntrack_count"].attrs["number"] == 257836
+    assert keys["net.netfilter.nf_conntrack_tcp_be_liberal"].attrs["number"] == 0
+    # a recording made before the key was read: absent, as on a node without nf_conntrack
+    old = by_key(sysctl.parse(section("sysctl", "kernel-6.18-netns", 2), "node1"))
+    assert old["net.netfilter.nf_conntrack_tcp_be_liberal"].attrs["present"] is False
 
 
 def test_sysctl_without_br_netfilter_reports_absent_keys():

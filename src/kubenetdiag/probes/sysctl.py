@@ -40,6 +40,8 @@ KEYS = (
     "net.ipv4.tcp_syncookies",
     "net.netfilter.nf_conntrack_max",
     "net.netfilter.nf_conntrack_count",
+    # conntrack's TCP window check: at 0 (the default) an out-of-window segment is INVALID
+    "net.netfilter.nf_conntrack_tcp_be_liberal",
 )
 # Globs: per-interface settings whose interfaces we cannot know in advance. A routed packet
 # needs forwarding on the interface it came in on, whatever net.ipv4.ip_forward says (writing
