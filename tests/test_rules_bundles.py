@@ -29,6 +29,8 @@ def analyze(tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]) -> di
         ("lab-conntrack-full", "conntrack_table_full", "node1"),
         ("lab-vxlan-underlay-down", "vxlan_underlay_down", "node3"),
         ("lab-tcp-memory-pressure", "tcp_memory_pressure", "node2"),
+        ("lab-nft-invalid-not-dropped-5.15", "conntrack_invalid_not_dropped", "node2"),
+        ("lab-invalid-not-dropped-5.4", "conntrack_invalid_not_dropped", "node1"),
     ],
 )
 def test_fixture_only_fault_is_the_only_alarm(tmp_path, capsys, bundle, fault, node):
