@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -527,6 +528,36 @@ def test_sockets_centos7_old_ss_full_queue_and_time_wait():
     assert udp[53]["recv_q"] == 213248 and udp[53]["drops"] is None  # old ss: no d field
 
 
+def test_sockets_listeners_processes_and_their_descriptors_recorded():
+    fds = {f["pid"]: f for f in kinds(parse("sockets", "debian12-netns-fd-limit"), "process_fds")}
+    assert fds[185] == {"pid": 185, "process": "python", "ports": "30082", "open": 64,
+                        "limit": 64, "hard_limit": 20000, "free": 0, "usage_pct": 100.0,
+                        "at_limit": True}
+    assert (fds[28]["process"], fds[28]["ports"], fds[28]["at_limit"]) == (
+        "kube-proxy", "10249,10256", False)
+    # a bundle from before the count: no fact, not a zero
+    assert not kinds(parse("sockets", "debian12-netns"), "process_fds")
+
+
+def test_sockets_descriptors_old_ss_two_workers_and_a_process_gone():
+    facts = parse("sockets", "centos7-ss-3.10-nginx-fd-limit")
+    fds = {f["pid"]: f for f in kinds(facts, "process_fds")}
+    assert (fds[1826655]["at_limit"], fds[1826655]["ports"]) == (True, "80")
+    # 977 of 1024: busy, 47 free, more than 1% of the limit
+    assert (fds[1826656]["free"], fds[1826656]["at_limit"]) == (47, False)
+    assert fds[1015]["ports"] == "10248,10250"
+    assert 1102 not in fds  # sshd exited between ss and the count: nothing is known
+
+
+def test_sockets_descriptors_unreadable_are_unknown():
+    # a login that is not root lists no other user's /proc/PID/fd; its limits stay readable
+    out = ("##knd:tcp ss-all\nL LISTEN 0 4096 *:10250 *:* users:((\"kubelet\",pid=1015,fd=26))\n"
+           "##knd:fds\nP 1015\nF 1015 - 1048576 1048576\nF x 1 2 3\nF 7 1\n")
+    (fd,) = kinds(BY_NAME["sockets"].parse(Section("sockets", "", 0, 0.0, out, ""), "n"),
+                  "process_fds")
+    assert (fd["open"], fd["limit"], fd["free"], fd["at_limit"]) == (None, 1048576, None, None)
+
+
 def test_sockets_a_program_on_the_vxlan_port_two_listeners_and_tcp_memory_pressure():
     facts = parse("sockets", "ubuntu22-vxlan-port-taken-tcp-pressure")
     udp = {u["port"]: u for u in kinds(facts, "udp_socket")}
@@ -750,6 +781,41 @@ def test_facts_doc_is_current():
     page = Path(__file__).parent.parent / "docs" / "facts.md"
     assert page.read_text() == render(), (
         "docs/facts.md is stale: python -m kubenetdiag.facts.docs > docs/facts.md")
+
+
+@pytest.mark.parametrize("shell", [s for s in ("sh", "bash", "dash") if shutil.which(s)])
+def test_sockets_probe_counts_the_descriptors_of_each_listeners_process(tmp_path, shell):
+    # The probe's own command over a stand-in ss that prints both users:() forms, the owners
+    # being a real process with a known limit and a pid that does not exist.
+    held = subprocess.Popen(
+        [sys.executable, "-c", "import resource, sys, time\n"
+         "resource.setrlimit(resource.RLIMIT_NOFILE, (40, resource.getrlimit("
+         "resource.RLIMIT_NOFILE)[1]))\n"
+         "files = [open('/dev/null') for _ in range(30)]\n"
+         "print('ready', flush=True); time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert held.stdout.readline() == "ready\n"
+        gone = 4194303  # above any pid this machine hands out
+        stub = tmp_path / "ss"
+        stub.write_text(
+            "#!/bin/sh\necho 'Netid State Recv-Q Send-Q Local Address:Port Peer Address:Port'\n"
+            f"echo 'tcp LISTEN 0 128 0.0.0.0:8080 0.0.0.0:* users:((\"python3\",pid={held.pid},"
+            "fd=3))'\n"
+            f"echo 'tcp LISTEN 3 128 *:80 *:* users:((\"nginx\",{held.pid},6),"
+            f"(\"nginx\",{gone},6))'\n")
+        stub.chmod(0o755)
+        cmd = BY_NAME["sockets"].command
+        cp = subprocess.run([shell, "-c", cmd], capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    finally:
+        held.kill()
+        held.wait()
+    facts = BY_NAME["sockets"].parse(Section("sockets", cmd, cp.returncode, 0.1, cp.stdout,
+                                             cp.stderr), "n")
+    (fd,) = kinds(facts, "process_fds")
+    assert (fd["pid"], fd["ports"], fd["limit"]) == (held.pid, "80,8080", 40), cp.stdout
+    assert 33 <= fd["open"] < 40 and fd["at_limit"] is False
 
 
 @pytest.mark.skipif(not shutil.which("unshare") or os.geteuid() != 0,

@@ -1,6 +1,7 @@
-"""Sockets: TCP listeners with accept-queue depth vs backlog and their process, sockets with a
-large Recv-Q/Send-Q, TCP state counts (TIME_WAIT above all), UDP sockets with their buffer
-sizes and drops, and /proc/net/sockstat.
+"""Sockets: TCP listeners with accept-queue depth vs backlog and their process, the open file
+descriptors of each listener's process against its limit, sockets with a large Recv-Q/Send-Q,
+TCP state counts (TIME_WAIT above all), UDP sockets with their buffer sizes and drops, and
+/proc/net/sockstat.
 
 One `ss -tanp` pass, reduced on the node by awk: a node with 100k TIME_WAIT sockets sends us a
 dozen count lines, not 100k. Without ss the counts and listeners come from /proc/net/tcp, and a
@@ -25,9 +26,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 
 from kubenetdiag.facts.model import Fact, Source
-from kubenetdiag.probes.base import Probe, Section, from_sysctl_read, read_files
+from kubenetdiag.probes.base import NEWLINE, Probe, Section, from_sysctl_read, read_files
 from kubenetdiag.probes.sysctl import SYSCTL_READ
 from kubenetdiag.probes.text import clip, parts, to_int
 
@@ -35,6 +37,7 @@ QUEUE_BYTES = 1024  # a socket holding more than this in a queue is worth a look
 # (docs/runbooks.md#runbook-004 says more than 100)
 MAX_LINES = 200
 MAX_UDP = 2000
+MAX_FD_PIDS = 64
 
 # One ss for TCP and UDP, one awk to sort its lines (Netid first; an indented line is the
 # skmem of the socket above it): TCP as listeners (L), queues past QUEUE_BYTES (Q) and a count
@@ -44,15 +47,35 @@ _SS_AWK = (
     "/^[ \\t]/{if(u&&k<" + str(MAX_UDP) + "){k++;U[k]=$0}; next} "
     "{p=$1; sub(/^[^ \\t]+[ \\t]+/, \"\"); u=(p==\"udp\")} "
     "u{if(k<" + str(MAX_UDP) + "){k++;U[k]=$0}; next} p!=\"tcp\"{next} "
-    "{n[$1]++} $1==\"LISTEN\"{if(l<m){l++;print \"L \" $0}; next} "
+    "{n[$1]++} $1==\"LISTEN\"{if(l<m){l++;print \"L \" $0; pids($0)}; next} "
     "($2+0>t||$3+0>t)&&q<m{q++;print \"Q \" $0} "
     "END{for(s in n) print \"S \" s \" \" n[s]; print \"##knd:udp ss-all\"; "
-    "for(i=1;i<=k;i++) print U[i]}"
+    "for(i=1;i<=k;i++) print U[i]; printf \"##knd:fds\\nP\"; for(p in P) printf \" %s\", p; "
+    "print \"\"}"
+)
+# The listeners' owners, for the file-descriptor count below: `pid=N` (current ss) or `"comm",N,fd`
+# (iproute 3.10), at most MAX_FD_PIDS of them.
+_PIDS_AWK = (
+    "function pids(s, x){while(match(s, /pid=[0-9]+/)||match(s, /\",[0-9]+,/)){"
+    "x=substr(s, RSTART, RLENGTH); gsub(/[^0-9]/, \"\", x); if(x!=\"\"&&np<" + str(MAX_FD_PIDS)
+    + "&&!(x in P)){P[x]=1; np++}; s=substr(s, RSTART+RLENGTH)}} "
 )
 SS = "ss -tuanmp"
+# How many descriptors each listener's process holds against its RLIMIT_NOFILE: the shell
+# globs /proc/PID/fd (no process per pid; a login that is not root cannot list another user's,
+# which leaves the count unknown) and reads /proc/PID/limits. Once a process holds its soft
+# limit, accept() fails with EMFILE and the kernel's accept queue fills behind it.
+_FDS = (
+    "case $__so in *\"${__nl}P \"*) __ps=${__so##*\"${__nl}P \"};; *) __ps=;; esac; "
+    "for __p in $__ps; do set -- /proc/$__p/fd/*; __c=$#; [ -L \"$1\" ] || __c=-; __s=-; __h=-; "
+    "{ while read -r __a __b __f __d __e __g; do case \"$__a $__b $__f\" in "
+    "'Max open files') __s=$__d; __h=$__e; break;; esac; done <\"/proc/$__p/limits\"; } "
+    "2>/dev/null; echo \"F $__p $__c $__s $__h\"; done"
+)
 COMMAND = (
-    "if command -v ss >/dev/null 2>&1; then "
-    f"{SS} | awk -v t={QUEUE_BYTES} -v m={MAX_LINES} '{_SS_AWK}'; "
+    "if command -v ss >/dev/null 2>&1; then " + NEWLINE
+    + f"__so=$({SS} | awk -v t={QUEUE_BYTES} -v m={MAX_LINES} '{_PIDS_AWK}{_SS_AWK}'); "
+    "printf '%s\\n' \"$__so\"; " + _FDS + "; "
     "else echo 'kubenetdiag: ss: command not found' >&2; "
     "echo '##knd:tcp proc'; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v m="
     + str(MAX_LINES) + " '$1==\"sl\"{next} {n[$4]++} $4==\"0A\"&&l<m{l++;print \"L \" $0} "
@@ -155,6 +178,51 @@ def _tcp_mem_state(pages: int | None, tcp_mem: list[int]) -> dict[str, int | str
             "tcp_mem_state": state}
 
 
+def _fd_limit(word: str) -> int | None:
+    return int(word) if word.isdigit() else None  # "unlimited", or "-": not read
+
+
+def _process_fds(lines: list[list[str]], facts: list[Fact], node: str,
+                 src: Callable[[str, str], Source]) -> list[Fact]:
+    """One process_fds fact per listener's process: `F PID OPEN SOFT HARD` lines, `-` where
+    a value could not be read. A process gone since ss listed it has neither count nor limit
+    and gives no fact.
+
+    >>> from kubenetdiag.facts.model import Source
+    >>> lst = [Fact("tcp_listener", "n1", {"port": 8080, "pid": 77, "process": "app"}, None)]
+    >>> [f.attrs for f in _process_fds([["F", "77", "64", "64", "4096"]], lst, "n1",
+    ...                                lambda c, t: Source("sockets", c, 0, t))]
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [{'pid': 77, 'process': 'app', 'ports': '8080', 'open': 64, 'limit': 64,
+      'hard_limit': 4096, 'free': 0, 'usage_pct': 100.0, 'at_limit': True}]
+    """
+    owners: dict[int, tuple[str | None, set[int]]] = {}
+    for f in facts:
+        if f.kind == "tcp_listener" and f.attrs.get("pid") is not None:
+            name, ports = owners.setdefault(f.attrs["pid"], (f.attrs.get("process"), set()))
+            if f.attrs.get("port") is not None:
+                ports.add(f.attrs["port"])
+    out = []
+    for w in lines:
+        if len(w) != 5 or not w[1].isdigit():
+            continue
+        pid, open_, soft, hard = int(w[1]), to_int(w[2]), _fd_limit(w[3]), _fd_limit(w[4])
+        if open_ is None and soft is None and w[3] != "unlimited":
+            continue
+        name, ports = owners.get(pid, (None, set()))
+        free = soft - open_ if soft is not None and open_ is not None else None
+        out.append(Fact("process_fds", node, {
+            "pid": pid, "process": name,
+            "ports": ",".join(str(p) for p in sorted(ports)) or None,
+            "open": open_, "limit": soft, "hard_limit": hard, "free": free,
+            "usage_pct": round(100.0 * open_ / soft, 1) if free is not None and soft else None,
+            # accept() fails with EMFILE at the limit; within 1% of it, at the next burst
+            "at_limit": None if free is None else free <= max(1, soft // 100),
+        }, src(f"ls /proc/{pid}/fd | wc -l; grep 'Max open files' /proc/{pid}/limits",
+               " ".join(w))))
+    return out
+
+
 def parse(section: Section, node: str) -> list[Fact]:
     facts: list[Fact] = []
     counts: dict[str, int] = {}
@@ -164,6 +232,7 @@ def parse(section: Section, node: str) -> list[Fact]:
         return Source("sockets", cmd, section.exit_code, clip(text, 500))
 
     tcp_mem: list[int] = []
+    fd_lines: list[list[str]] = []
     for name, arg, lines in parts(section.stdout):
         if name == "tcp":
             tcp_source = arg
@@ -227,6 +296,8 @@ def parse(section: Section, node: str) -> list[Fact]:
                     a.pop("state")
                     facts.append(Fact("udp_socket", node, a,
                                       src(_SS_COMMANDS.get(arg, "ss -uanmp"), raw)))
+        elif name == "fds":
+            fd_lines = [line.split() for line in lines if line.startswith("F ")]
         elif name == "tcpmem":
             words = " ".join(lines).split()
             if len(words) == 3 and all(w.isdigit() for w in words):
@@ -247,6 +318,7 @@ def parse(section: Section, node: str) -> list[Fact]:
                     "tcp_mem_pages": stat.get("tcp_mem"), "udp_inuse": stat.get("udp_inuse"),
                     "udp_mem_pages": stat.get("udp_mem"), "tcp6_inuse": stat.get("tcp6_inuse"),
                 }, src("cat /proc/net/sockstat", "\n".join(lines[:6]))))
+    facts += _process_fds(fd_lines, facts, node, src)
     for fact in facts:
         if fact.kind == "sockstat":
             fact.attrs.update(_tcp_mem_state(fact.attrs["tcp_mem_pages"], tcp_mem))
@@ -278,8 +350,10 @@ PROBE = Probe(
     command=COMMAND,
     preludes=(SYSCTL_READ,),
     parse=parse,
-    kinds=("tcp_listener", "socket_queue", "tcp_states", "sockstat", "udp_socket"),
-    blocks="sockets (accept queues, TIME_WAIT counts, stuck Recv-Q/Send-Q, UDP buffers)",
+    kinds=("tcp_listener", "socket_queue", "tcp_states", "sockstat", "udp_socket",
+           "process_fds"),
+    blocks="sockets (accept queues, listeners' open files, TIME_WAIT counts, stuck Recv-Q/Send-Q, "
+           "UDP buffers)",
     tools=("awk",),
     timeout_s=20,
 )
