@@ -300,6 +300,30 @@ def test_listen_queue_overflow_counts(vx):
     assert not vx.node_exec("node2", ["ss", "-Hlnt", "sport = :30080"]).stdout.strip()
 
 
+def fd_count_and_limit(lab, node: str, port: int) -> tuple[list[str], int, int]:
+    """The listener's ss line, and its process's open descriptors and soft limit."""
+    line = lab.node_exec(node, ["ss", "-Hlntp", f"sport = :{port}"]).stdout.split()
+    pid = re.search(r"pid=(\d+)", " ".join(line)).group(1)
+    # the pid as the node's own PID namespace numbers it, so read from inside the node
+    fds = lab.node_exec(node, ["ls", f"/proc/{pid}/fd"]).stdout.split()
+    limits = lab.node_exec(node, ["cat", f"/proc/{pid}/limits"]).stdout
+    soft = int(re.search(r"Max open files\s+(\d+)", limits).group(1))
+    return line, len(fds), soft
+
+
+def test_fd_limit_reached_leaves_the_accept_queue_full(vx):
+    before = counter(vx, "node2", "/proc/net/netstat", "ListenOverflows")
+    with vx.injected("fd_limit_reached", "node2"):
+        line, open_, soft = fd_count_and_limit(vx, "node2", 30082)
+        assert (open_, soft) == (64, 64)
+        assert line[:3] == ["LISTEN", "129", "128"], line  # Recv-Q past Send-Q: full
+        assert counter(vx, "node2", "/proc/net/netstat", "ListenOverflows") > before
+        # one more client is not accepted: its handshake is dropped, it times out
+        cp = vx.netprog(client_pod(vx, "node1"), "--timeout", "1", "tcp", "198.18.0.12", "30082")
+        assert cp.returncode != 0 and "timed out" in cp.stderr, cp
+    assert not vx.node_exec("node2", ["ss", "-Hlnt", "sport = :30082"]).stdout.strip()
+
+
 def test_udp_buffer_errors_count(vx):
     before = counter(vx, "node2", "/proc/net/snmp", "RcvbufErrors")
     with vx.injected("udp_buffer_errors", "node2"):

@@ -32,6 +32,7 @@ from test_lab_faults import (
     client_pod,
     counter,
     dns_ok,
+    fd_count_and_limit,
     pod_blocked,
     pod_ready,
     pods_ok,
@@ -517,6 +518,18 @@ def _listener_hung(lab: Lab) -> None:
     cp = lab.netprog(client_pod(lab, "node2"), "--timeout", "1", "tcp", "198.18.0.12", "30080")
     assert cp.returncode != 0 and "timed out" in cp.stderr, cp
     assert counter(lab, "node2", "/proc/net/netstat", "ListenOverflows") > before
+
+
+def _files_leaked(lab: Lab) -> None:
+    # the server answered and closed what it accepted, and kept a file open for each: its
+    # descriptors are files, not connections, and none is left for accept()
+    line, open_, soft = fd_count_and_limit(lab, "node2", 30082)
+    assert (open_, soft) == (64, 64) and line[:3] == ["LISTEN", "129", "128"], line
+    pid = re.search(r"pid=(\d+)", " ".join(line)).group(1)
+    links = lab.node_exec("node2", ["find", f"/proc/{pid}/fd", "-type", "l", "-printf",
+                                    "%l\\n"]).stdout.split()
+    assert sum(link.endswith("/stat") for link in links) >= 48, links
+    assert sum(link.startswith("socket:") for link in links) <= 4, links
 
 
 def _udp_reader_hung(lab: Lab) -> None:
@@ -1008,6 +1021,7 @@ VXLAN_CASES = [
     ("node_unreachable", "hang", "node2", {}, _sshd_hung),
     ("node_unreachable", "arp", "node2", {}, _node_off_the_network),
     ("listen_queue_overflow", "hang", "node2", {}, _listener_hung),
+    ("fd_limit_reached", "leak", "node2", {}, _files_leaked),
     ("udp_buffer_errors", "hang", "node2", {}, _udp_reader_hung),
     ("time_wait_pileup", "server", "node1", {"count": "1500"}, _time_wait_server_side),
     ("port_not_listening", "loopback", "node2", {}, _web_on_loopback),

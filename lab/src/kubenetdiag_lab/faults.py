@@ -2566,6 +2566,37 @@ register(Fault(
 ))
 
 
+def _fd_limit(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    port, files = params["port"], params["files"]
+    if params["via"] not in ("connections", "leak"):
+        raise LabError("fd_limit_reached: via must be connections or leak")
+    leak = ["--leak"] if params["via"] == "leak" else []
+    _start_in_node(ctx, node, services.netprog_argv("serve-limited", port, files, *leak))
+    _wait_listen(ctx, node, int(port), "tcp")
+    # The server's own descriptors (stdio, the listener, the interpreter's) leave it fewer
+    # than `files` for connections: `files` connects run it out, the accept queue's 128 fill
+    # behind it, and the last 32 overflow the queue.
+    pod = ctx.topology.pods_on(node.name)[0]
+    _netprog(ctx, pod.name, "connect-burst", node.address, port,
+             str(int(files) + int(APP_BACKLOG) + 32), "--hold", "2")
+
+
+def _fd_limit_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _stop_matching(ctx, node, f"serve-limited {params['port']} ")
+
+
+register(Fault(
+    "fd_limit_reached",
+    "a server on the node whose open-file limit (param files, default 64, as ulimit -n or "
+    "systemd's LimitNOFILE sets it) runs out under a bounded burst of connects from a pod: it "
+    "keeps every connection it accepts (via=connections), or answers and closes each and "
+    "leaks a file for it (via=leak); accept() then fails with EMFILE and the connections "
+    "behind it fill its accept queue and overflow it",
+    _fd_limit, _fd_limit_heal, {"via": "connections", "port": "30082", "files": "64"},
+    mechanisms={"connections": (), "leak": ()},
+))
+
+
 def _udp_errors(ctx: FaultContext, node: LabNode, params: Params) -> None:
     port = params["port"]
     if params["via"] == "stuck":

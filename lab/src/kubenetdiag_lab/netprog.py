@@ -31,14 +31,19 @@ whatever the lab passes in (lab addresses only).
                                 --pause S: 16 KiB first, the rest S seconds later
   listen-named PORT NAME        a listener that accepts and closes, under process name NAME,
                                 with SO_REUSEPORT [--bind A]
+  serve-limited PORT FILES      a server whose open-file limit is FILES (as ulimit -n or
+                                LimitNOFILE sets it) that keeps every connection it accepts;
+                                --leak: it answers and closes each, and leaks a file instead
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import http.server
 import os
+import resource
 import select
 import signal
 import socket
@@ -105,6 +110,34 @@ def tcp_receiver(port: int, read: bool) -> int:
         while read:
             if not conn.recv(65536):
                 break
+
+
+def serve_limited(port: int, files: int, leak: bool) -> int:
+    # The limit is the process's own soft RLIMIT_NOFILE, set before it opens anything, as a
+    # service manager sets it before exec. At the limit accept() fails with EMFILE and, as
+    # servers do (Go's net/http, nginx), the loop backs off and tries again: the connections
+    # the kernel completed meanwhile wait in the accept queue.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (files, hard))
+    srv = socket.create_server(("0.0.0.0", port))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"listening on {port}, at most {files} open files", flush=True)
+    kept = []
+    while True:
+        try:
+            conn, _ = srv.accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            time.sleep(0.005)
+            continue
+        if not leak:
+            kept.append(conn)
+            continue
+        with conn:
+            conn.sendall(b"ok\n")
+        with contextlib.suppress(OSError):
+            kept.append(open("/proc/self/stat", "rb"))  # noqa: SIM115 (the leak is the point)
 
 
 def tcp_push(host: str, port: int, size: int, timeout: float, pause: float) -> int:
@@ -392,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("port", type=int)
     p.add_argument("bytes", type=int)
     p.add_argument("--pause", type=float, default=0.0)
+    p = sub.add_parser("serve-limited")
+    p.add_argument("port", type=int)
+    p.add_argument("files", type=int)
+    p.add_argument("--leak", action="store_true")
     p = sub.add_parser("listen-named")
     p.add_argument("port", type=int)
     p.add_argument("name")
@@ -428,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
                             min(a.pause, limit))
         if a.cmd == "listen-named":
             return listen_named(a.port, a.name, a.bind)
+        if a.cmd == "serve-limited":
+            return serve_limited(a.port, min(max(a.files, 8), 4096), a.leak)
         if a.cmd == "close-burst":
             return close_burst(a.host, a.port, min(a.count, 20000), limit)
         if a.cmd == "connect-retry":
