@@ -547,6 +547,9 @@ def test_sockets_descriptors_old_ss_two_workers_and_a_process_gone():
     assert (fds[1826656]["free"], fds[1826656]["at_limit"]) == (47, False)
     assert fds[1015]["ports"] == "10248,10250"
     assert 1102 not in fds  # sshd exited between ss and the count: nothing is known
+    owners = {(f["process"], f["pid"]): f["count"] for f in kinds(facts, "close_wait_process")}
+    assert owners == {("java", 2210): 3120, ("nginx", 1826655): 31}
+    assert kinds(facts, "tcp_states")[0]["close_wait"] == 3151
 
 
 def test_sockets_descriptors_unreadable_are_unknown():

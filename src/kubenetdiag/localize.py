@@ -265,10 +265,10 @@ BLOCKS_ZH = {
         "IPVS 虚拟服务（kube-proxy ipvs 模式）：Service VIP 及其后端",
     "drop and error counters rising now (listen overflows, UDP buffer errors, RcvQ drops)":
         "当前正在增长的丢包与错误计数（全连接队列溢出、UDP 缓冲区错误、接收队列丢包）",
-    "sockets (accept queues, listeners' open files, TIME_WAIT counts, stuck Recv-Q/Send-Q, "
-    "UDP buffers)":
-        "套接字（全连接队列、监听进程打开的文件数、TIME_WAIT 数量、积压的 Recv-Q/Send-Q、"
-        "UDP 缓冲区）",
+    "sockets (accept queues, listeners' open files, TIME_WAIT and CLOSE-WAIT counts, stuck "
+    "Recv-Q/Send-Q, UDP buffers)":
+        "套接字（全连接队列、监听进程打开的文件数、TIME_WAIT 与 CLOSE-WAIT 数量、积压的 "
+        "Recv-Q/Send-Q、UDP 缓冲区）",
     "which sysctl file persists each kernel setting (what a reboot would restore)":
         "每个内核参数由哪个 sysctl 文件持久化（重启后会恢复成什么）",
     "policy routing rules (which table a flow is looked up in; blackhole, unreachable "

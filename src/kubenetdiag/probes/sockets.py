@@ -1,7 +1,7 @@
 """Sockets: TCP listeners with accept-queue depth vs backlog and their process, the open file
 descriptors of each listener's process against its limit, sockets with a large Recv-Q/Send-Q,
-TCP state counts (TIME_WAIT above all), UDP sockets with their buffer sizes and drops, and
-/proc/net/sockstat.
+TCP state counts (TIME_WAIT above all) and CLOSE-WAIT sockets per process, UDP sockets with
+their buffer sizes and drops, and /proc/net/sockstat.
 
 One `ss -tanp` pass, reduced on the node by awk: a node with 100k TIME_WAIT sockets sends us a
 dozen count lines, not 100k. Without ss the counts and listeners come from /proc/net/tcp, and a
@@ -38,6 +38,9 @@ QUEUE_BYTES = 1024  # a socket holding more than this in a queue is worth a look
 MAX_LINES = 200
 MAX_UDP = 2000
 MAX_FD_PIDS = 64
+# A process's CLOSE-WAIT sockets are reported from this many on, for at most this many processes
+CLOSE_WAIT_FLOOR = 16
+MAX_CLOSE_WAIT_OWNERS = 50
 
 # One ss for TCP and UDP, one awk to sort its lines (Netid first; an indented line is the
 # skmem of the socket above it): TCP as listeners (L), queues past QUEUE_BYTES (Q) and a count
@@ -48,8 +51,11 @@ _SS_AWK = (
     "{p=$1; sub(/^[^ \\t]+[ \\t]+/, \"\"); u=(p==\"udp\")} "
     "u{if(k<" + str(MAX_UDP) + "){k++;U[k]=$0}; next} p!=\"tcp\"{next} "
     "{n[$1]++} $1==\"LISTEN\"{if(l<m){l++;print \"L \" $0; pids($0)}; next} "
+    "$1==\"CLOSE-WAIT\"{cw($0)} "
     "($2+0>t||$3+0>t)&&q<m{q++;print \"Q \" $0} "
-    "END{for(s in n) print \"S \" s \" \" n[s]; print \"##knd:udp ss-all\"; "
+    "END{for(s in n) print \"S \" s \" \" n[s]; "
+    "for(o in W) if(W[o]>=" + str(CLOSE_WAIT_FLOOR) + "&&nw<" + str(MAX_CLOSE_WAIT_OWNERS)
+    + "){nw++; print \"W \" W[o] \" \" o}; print \"##knd:udp ss-all\"; "
     "for(i=1;i<=k;i++) print U[i]; printf \"##knd:fds\\nP\"; for(p in P) printf \" %s\", p; "
     "print \"\"}"
 )
@@ -59,6 +65,13 @@ _PIDS_AWK = (
     "function pids(s, x){while(match(s, /pid=[0-9]+/)||match(s, /\",[0-9]+,/)){"
     "x=substr(s, RSTART, RLENGTH); gsub(/[^0-9]/, \"\", x); if(x!=\"\"&&np<" + str(MAX_FD_PIDS)
     + "&&!(x in P)){P[x]=1; np++}; s=substr(s, RSTART+RLENGTH)}} "
+)
+# CLOSE-WAIT sockets counted per owner ("PID COMM", "- -" without one), both users:() forms.
+_CLOSE_WAIT_AWK = (
+    "function cw(s, c, p){c=\"-\"; p=\"-\"; "
+    "if(match(s, /\\(\"[^\"]*\",pid=[0-9]+/)||match(s, /\\(\"[^\"]*\",[0-9]+,/)){"
+    "c=substr(s, RSTART+2, RLENGTH-2); p=c; sub(/\".*/, \"\", c); sub(/^.*\",(pid=)?/, \"\", p); "
+    "sub(/,$/, \"\", p)}; W[p \" \" c]++} "
 )
 SS = "ss -tuanmp"
 # How many descriptors each listener's process holds against its RLIMIT_NOFILE: the shell
@@ -74,7 +87,8 @@ _FDS = (
 )
 COMMAND = (
     "if command -v ss >/dev/null 2>&1; then " + NEWLINE
-    + f"__so=$({SS} | awk -v t={QUEUE_BYTES} -v m={MAX_LINES} '{_PIDS_AWK}{_SS_AWK}'); "
+    + f"__so=$({SS} | awk -v t={QUEUE_BYTES} -v m={MAX_LINES} "
+    f"'{_PIDS_AWK}{_CLOSE_WAIT_AWK}{_SS_AWK}'); "
     "printf '%s\\n' \"$__so\"; " + _FDS + "; "
     "else echo 'kubenetdiag: ss: command not found' >&2; "
     "echo '##knd:tcp proc'; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v m="
@@ -243,6 +257,12 @@ def parse(section: Section, node: str) -> list[Fact]:
                 if kind == "S" and len(w) == 2 and w[0] in STATES and w[1].isdigit():
                     state = STATES[w[0]]
                     counts[state] = counts.get(state, 0) + int(w[1])
+                elif kind == "W" and len(w) >= 3 and w[0].isdigit():
+                    owner = rest.split(None, 2)
+                    facts.append(Fact("close_wait_process", node, {
+                        "count": int(w[0]), "pid": to_int(w[1]),
+                        "process": clip(owner[2], 64) if owner[2] != "-" else None,
+                    }, src(cmd + " state close-wait (counted per process on the node)", rest)))
                 elif kind in ("L", "Q") and arg in _SS_COMMANDS and len(w) >= 5:
                     recv_q, send_q = to_int(w[1]), to_int(w[2])
                     if recv_q is None or send_q is None:
@@ -351,9 +371,9 @@ PROBE = Probe(
     preludes=(SYSCTL_READ,),
     parse=parse,
     kinds=("tcp_listener", "socket_queue", "tcp_states", "sockstat", "udp_socket",
-           "process_fds"),
-    blocks="sockets (accept queues, listeners' open files, TIME_WAIT counts, stuck Recv-Q/Send-Q, "
-           "UDP buffers)",
+           "process_fds", "close_wait_process"),
+    blocks="sockets (accept queues, listeners' open files, TIME_WAIT and CLOSE-WAIT counts, stuck "
+           "Recv-Q/Send-Q, UDP buffers)",
     tools=("awk",),
     timeout_s=20,
 )
