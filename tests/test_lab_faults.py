@@ -324,6 +324,27 @@ def test_fd_limit_reached_leaves_the_accept_queue_full(vx):
     assert not vx.node_exec("node2", ["ss", "-Hlnt", "sport = :30082"]).stdout.strip()
 
 
+def close_wait_owners(lab, node: str) -> dict[str, int]:
+    """The node's CLOSE-WAIT sockets counted by the local port or peer they belong to."""
+    rows = lab.node_exec(node, ["ss", "-Htn", "state", "close-wait"]).stdout.splitlines()
+    owners: dict[str, int] = {}
+    for row in rows:
+        local, peer = row.split()[2:4]
+        key = local.rsplit(":", 1)[1] if local.endswith(":30083") else peer
+        owners[key] = owners.get(key, 0) + 1
+    return owners
+
+
+def test_close_wait_leak_keeps_the_connections_its_clients_closed(vx):
+    with vx.injected("close_wait_leak", "node2"):
+        assert close_wait_owners(vx, "node2") == {"30083": 300}
+        # the server is alive and still accepts: the leak, not a dead process, holds them
+        cp = vx.netprog(client_pod(vx, "node1"), "--timeout", "2", "tcp", "198.18.0.12", "30083")
+        assert cp.returncode == 0, cp
+    assert close_wait_owners(vx, "node2") == {}
+    assert not vx.node_exec("node2", ["ss", "-Hlnt", "sport = :30083"]).stdout.strip()
+
+
 def test_udp_buffer_errors_count(vx):
     before = counter(vx, "node2", "/proc/net/snmp", "RcvbufErrors")
     with vx.injected("udp_buffer_errors", "node2"):

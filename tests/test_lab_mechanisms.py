@@ -30,6 +30,7 @@ from kubenetdiag_lab.topology import (
 from test_lab_faults import (
     api,
     client_pod,
+    close_wait_owners,
     counter,
     dns_ok,
     fd_count_and_limit,
@@ -532,6 +533,15 @@ def _files_leaked(lab: Lab) -> None:
     assert sum(link.startswith("socket:") for link in links) <= 4, links
 
 
+def _pool_keeps_closed_connections(lab: Lab) -> None:
+    # the middleware greeted and closed each of the pool's connections; the node keeps them
+    assert close_wait_owners(lab, "node2") == {f"{OUTSIDE_HOST}:{OUTSIDE_PORT}": 300}
+    # and the middleware still answers anyone who connects
+    assert "5.7.44-lab" in lab.node_exec("node2", ["python3", "-c", (
+        "import socket; s = socket.create_connection(('203.0.113.10', 3306), timeout=2); "
+        "print(s.recv(64).decode())")]).stdout
+
+
 def _udp_reader_hung(lab: Lab) -> None:
     out = lab.node_exec("node2", ["ss", "-Hlnump", "sport = :30053"]).stdout
     # the kernel's default buffer (rmem_default), full, with drops; its reader stopped
@@ -1022,6 +1032,7 @@ VXLAN_CASES = [
     ("node_unreachable", "arp", "node2", {}, _node_off_the_network),
     ("listen_queue_overflow", "hang", "node2", {}, _listener_hung),
     ("fd_limit_reached", "leak", "node2", {}, _files_leaked),
+    ("close_wait_leak", "pool", "node2", {}, _pool_keeps_closed_connections),
     ("udp_buffer_errors", "hang", "node2", {}, _udp_reader_hung),
     ("time_wait_pileup", "server", "node1", {"count": "1500"}, _time_wait_server_side),
     ("port_not_listening", "loopback", "node2", {}, _web_on_loopback),

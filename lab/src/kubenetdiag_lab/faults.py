@@ -2597,6 +2597,48 @@ register(Fault(
 ))
 
 
+def _close_wait(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    count = params["count"]
+    if params["via"] == "server":
+        # a server that keeps every connection and never reads: the clients' close leaves
+        # each one in CLOSE-WAIT on the node
+        port = params["port"]
+        _start_in_node(ctx, node, services.netprog_argv("tcp-receiver", port))
+        _wait_listen(ctx, node, int(port), "tcp")
+        pod = ctx.topology.pods_on(node.name)[0]
+        _netprog(ctx, pod.name, "connect-keep", node.address, port, count, "10", "--close")
+    elif params["via"] == "pool":
+        # a client pool on the node holding connections to the middleware, which greets and
+        # closes each one: the pool never notices, the node keeps them in CLOSE-WAIT
+        _start_in_node(ctx, node, services.netprog_argv(
+            "connect-keep", OUTSIDE_HOST, str(OUTSIDE_PORT), count, "1800"))
+    else:
+        raise LabError("close_wait_leak: via must be server or pool")
+    for _ in range(200):  # bounded: 10 s
+        held = ctx.node(node).run(["ss", "-Htn", "state", "close-wait"]).stdout.splitlines()
+        if len(held) >= int(count):
+            return
+        run(["sleep", "0.05"])
+    raise LabError(f"{node.name}: {len(held)} sockets in CLOSE-WAIT, {count} wanted")
+
+
+def _close_wait_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _stop_matching(ctx, node, f"tcp-receiver {params['port']}",
+                   f"connect-keep {OUTSIDE_HOST} {OUTSIDE_PORT} ")
+
+
+register(Fault(
+    "close_wait_leak",
+    "a process on the node that keeps connections its peers have closed (param count, default "
+    "300), each in CLOSE-WAIT: a server that keeps every connection it accepts and never "
+    "reads, closed by a pod's clients (via=server, port 30083), or a client pool on the node "
+    "holding connections to the middleware (203.0.113.10:3306), which greets and closes each "
+    "one (via=pool)",
+    _close_wait, _close_wait_heal, {"via": "server", "port": "30083", "count": "300"},
+    mechanisms={"server": (), "pool": ()},
+))
+
+
 def _udp_errors(ctx: FaultContext, node: LabNode, params: Params) -> None:
     port = params["port"]
     if params["via"] == "stuck":

@@ -31,6 +31,10 @@ whatever the lab passes in (lab addresses only).
                                 --pause S: 16 KiB first, the rest S seconds later
   listen-named PORT NAME        a listener that accepts and closes, under process name NAME,
                                 with SO_REUSEPORT [--bind A]
+  connect-keep HOST PORT N SECONDS
+                                N connections one after another, kept open, never read or
+                                closed, for at most SECONDS (a pool that does not notice its
+                                server closed them); --close: each closed at once, then exit
   serve-limited PORT FILES      a server whose open-file limit is FILES (as ulimit -n or
                                 LimitNOFILE sets it) that keeps every connection it accepts;
                                 --leak: it answers and closes each, and leaks a file instead
@@ -110,6 +114,27 @@ def tcp_receiver(port: int, read: bool) -> int:
         while read:
             if not conn.recv(65536):
                 break
+
+
+def connect_keep(host: str, port: int, count: int, seconds: float, close: bool) -> int:
+    deadline = time.monotonic() + seconds
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    kept = []
+    for _ in range(count):
+        if time.monotonic() > deadline:
+            break
+        try:
+            conn = socket.create_connection((host, port), timeout=2)
+        except OSError:
+            continue
+        if close:
+            conn.close()
+        kept.append(conn)
+    print(f"{len(kept)} connections to {host}:{port}, {'closed' if close else 'kept'}",
+          flush=True)
+    while not close and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return 0
 
 
 def serve_limited(port: int, files: int, leak: bool) -> int:
@@ -425,6 +450,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("port", type=int)
     p.add_argument("bytes", type=int)
     p.add_argument("--pause", type=float, default=0.0)
+    p = sub.add_parser("connect-keep")
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("count", type=int)
+    p.add_argument("seconds", type=float)
+    p.add_argument("--close", action="store_true")
     p = sub.add_parser("serve-limited")
     p.add_argument("port", type=int)
     p.add_argument("files", type=int)
@@ -465,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
                             min(a.pause, limit))
         if a.cmd == "listen-named":
             return listen_named(a.port, a.name, a.bind)
+        if a.cmd == "connect-keep":
+            return connect_keep(a.host, a.port, min(a.count, 2000), min(a.seconds, BULK_LIMIT),
+                                a.close)
         if a.cmd == "serve-limited":
             return serve_limited(a.port, min(max(a.files, 8), 4096), a.leak)
         if a.cmd == "close-burst":
