@@ -559,6 +559,13 @@ def test_sockets_descriptors_unreadable_are_unknown():
     (fd,) = kinds(BY_NAME["sockets"].parse(Section("sockets", "", 0, 0.0, out, ""), "n"),
                   "process_fds")
     assert (fd["open"], fd["limit"], fd["free"], fd["at_limit"]) == (None, 1048576, None, None)
+    # numbers no kernel prints (a hostile node): no fact from them, and no crash
+    huge = "9" * 5000
+    out = (f"##knd:tcp ss-all\nW {huge} 1 java\nW 3 {huge} java\n"
+           f"##knd:fds\nP 1\nF {huge} 3 64 64\nF 7 {huge} {huge} 64\n")
+    facts = BY_NAME["sockets"].parse(Section("sockets", "", 0, 0.0, out, ""), "n")
+    assert kinds(facts, "close_wait_process") == [{"count": 3, "pid": None, "process": "java"}]
+    assert kinds(facts, "process_fds") == []
 
 
 def test_sockets_a_program_on_the_vxlan_port_two_listeners_and_tcp_memory_pressure():

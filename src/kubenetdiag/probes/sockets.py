@@ -193,7 +193,7 @@ def _tcp_mem_state(pages: int | None, tcp_mem: list[int]) -> dict[str, int | str
 
 
 def _fd_limit(word: str) -> int | None:
-    return int(word) if word.isdigit() else None  # "unlimited", or "-": not read
+    return to_int(word) if word.isdigit() else None  # "unlimited", or "-": not read
 
 
 def _process_fds(lines: list[list[str]], facts: list[Fact], node: str,
@@ -218,9 +218,10 @@ def _process_fds(lines: list[list[str]], facts: list[Fact], node: str,
                 ports.add(f.attrs["port"])
     out = []
     for w in lines:
-        if len(w) != 5 or not w[1].isdigit():
+        pid = to_int(w[1]) if len(w) == 5 else None
+        if pid is None:
             continue
-        pid, open_, soft, hard = int(w[1]), to_int(w[2]), _fd_limit(w[3]), _fd_limit(w[4])
+        open_, soft, hard = to_int(w[2]), _fd_limit(w[3]), _fd_limit(w[4])
         if open_ is None and soft is None and w[3] != "unlimited":
             continue
         name, ports = owners.get(pid, (None, set()))
@@ -257,10 +258,10 @@ def parse(section: Section, node: str) -> list[Fact]:
                 if kind == "S" and len(w) == 2 and w[0] in STATES and w[1].isdigit():
                     state = STATES[w[0]]
                     counts[state] = counts.get(state, 0) + int(w[1])
-                elif kind == "W" and len(w) >= 3 and w[0].isdigit():
+                elif kind == "W" and len(w) >= 3 and to_int(w[0]) is not None:
                     owner = rest.split(None, 2)
                     facts.append(Fact("close_wait_process", node, {
-                        "count": int(w[0]), "pid": to_int(w[1]),
+                        "count": to_int(w[0]), "pid": to_int(w[1]),
                         "process": clip(owner[2], 64) if owner[2] != "-" else None,
                     }, src(cmd + " state close-wait (counted per process on the node)", rest)))
                 elif kind in ("L", "Q") and arg in _SS_COMMANDS and len(w) >= 5:
