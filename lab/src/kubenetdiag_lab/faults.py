@@ -2577,21 +2577,37 @@ def _fd_limit(ctx: FaultContext, node: LabNode, params: Params) -> None:
     # than `files` for connections: `files` connects run it out, the accept queue's 128 fill
     # behind it, and the last 32 overflow the queue.
     pod = ctx.topology.pods_on(node.name)[0]
-    _netprog(ctx, pod.name, "connect-burst", node.address, port,
-             str(int(files) + int(APP_BACKLOG) + 32), "--hold", "2")
+    count = str(int(files) + int(APP_BACKLOG) + 32)
+    if leak:
+        # the leaked files hold the descriptors: the clients may come and go
+        _netprog(ctx, pod.name, "connect-burst", node.address, port, count, "--hold", "2")
+        return
+    # long-lived clients (streams, websockets) that keep their connections open until healed
+    _start_in_pod(ctx, pod.name, services.netprog_argv(
+        "connect-keep", node.address, port, count, "1800", "--burst"))
+    for _ in range(200):  # bounded: 10 s
+        line = ctx.node(node).run(["ss", "-Hlnt", f"sport = :{port}"]).stdout.split()
+        if len(line) > 2 and int(line[1]) > int(line[2]):
+            return
+        run(["sleep", "0.05"])
+    raise LabError(f"{node.name}: the accept queue of {port} did not fill")
 
 
 def _fd_limit_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
     _stop_matching(ctx, node, f"serve-limited {params['port']} ")
+    pods = [pod.netns for pod in ctx.topology.pods_on(node.name)]
+    nodehost.kill([pid for pids in pids_in_netns(pods).values() for pid in pids
+                   if f"connect-keep {node.address} {params['port']} " in cmdline(pid)])
 
 
 register(Fault(
     "fd_limit_reached",
     "a server on the node whose open-file limit (param files, default 64, as ulimit -n or "
-    "systemd's LimitNOFILE sets it) runs out under a bounded burst of connects from a pod: it "
-    "keeps every connection it accepts (via=connections), or answers and closes each and "
-    "leaks a file for it (via=leak); accept() then fails with EMFILE and the connections "
-    "behind it fill its accept queue and overflow it",
+    "systemd's LimitNOFILE sets it) runs out under a bounded burst of connects from a pod: "
+    "long-lived clients that keep their connections open until healed (via=connections), or "
+    "clients that come and go while the server answers and closes each connection and leaks a "
+    "file for it (via=leak); accept() then fails with EMFILE and the connections behind it "
+    "fill its accept queue and overflow it",
     _fd_limit, _fd_limit_heal, {"via": "connections", "port": "30082", "files": "64"},
     mechanisms={"connections": (), "leak": ()},
 ))

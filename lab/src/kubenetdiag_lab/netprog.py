@@ -34,7 +34,8 @@ whatever the lab passes in (lab addresses only).
   connect-keep HOST PORT N SECONDS
                                 N connections one after another, kept open, never read or
                                 closed, for at most SECONDS (a pool that does not notice its
-                                server closed them); --close: each closed at once, then exit
+                                server closed them); --close: each closed at once, then exit;
+                                --burst: all started at once, not waited for, then kept
   serve-limited PORT FILES      a server whose open-file limit is FILES (as ulimit -n or
                                 LimitNOFILE sets it) that keeps every connection it accepts;
                                 --leak: it answers and closes each, and leaks a file instead
@@ -116,13 +117,18 @@ def tcp_receiver(port: int, read: bool) -> int:
                 break
 
 
-def connect_keep(host: str, port: int, count: int, seconds: float, close: bool) -> int:
+def connect_keep(host: str, port: int, count: int, seconds: float, close: bool,
+                 burst: bool) -> int:
     deadline = time.monotonic() + seconds
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     kept = []
     for _ in range(count):
         if time.monotonic() > deadline:
             break
+        if burst:  # every handshake started at once, none waited for
+            if (started := _start_connect(host, port)) is not None:
+                kept.append(started)
+            continue
         try:
             conn = socket.create_connection((host, port), timeout=2)
         except OSError:
@@ -456,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("count", type=int)
     p.add_argument("seconds", type=float)
     p.add_argument("--close", action="store_true")
+    p.add_argument("--burst", action="store_true")
     p = sub.add_parser("serve-limited")
     p.add_argument("port", type=int)
     p.add_argument("files", type=int)
@@ -498,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
             return listen_named(a.port, a.name, a.bind)
         if a.cmd == "connect-keep":
             return connect_keep(a.host, a.port, min(a.count, 2000), min(a.seconds, BULK_LIMIT),
-                                a.close)
+                                a.close, a.burst)
         if a.cmd == "serve-limited":
             return serve_limited(a.port, min(max(a.files, 8), 4096), a.leak)
         if a.cmd == "close-burst":
