@@ -165,3 +165,39 @@ def test_dns_failures_behind_a_broken_coredns_node_are_consequences():
         ("forward_chain_reject", ["n1"])]
     dns = [f for f in found if f["fault"] == "dns_resolution_failed"]
     assert dns and all(f["severity"] == "info" for f in dns)
+
+
+def _listener_overflowing(node: str, process: str, pid: int) -> list[Fact]:
+    return [
+        fact("tcp_listener", node, local="0.0.0.0:30082", port=30082, wildcard=True,
+             accept_queue=129, backlog=128, full=True, process=process, pid=pid),
+        fact("net_counter", node, name="TcpExtListenOverflows", group="TcpExt",
+             counter="ListenOverflows", value=70, delta=0, interval_s=1.0, rate_per_s=0.0,
+             rising=False),
+    ]
+
+
+def test_a_listener_out_of_descriptors_explains_its_full_accept_queue():
+    facts = _listener_overflowing("n2", "python", 185) + [
+        fact("process_fds", "n2", pid=185, process="python", ports="30082", open=64, limit=64,
+             hard_limit=20000, free=0, usage_pct=100.0, at_limit=True)]
+    found = diagnose(facts)
+    assert [(f["fault"], f["nodes"]) for f in found if f["root_cause"]] == [
+        ("fd_limit_reached", ["n2"])]
+    (queue,) = [f for f in found if f["fault"] == "listen_queue_overflow"]
+    assert queue["explained_by"] == ["listener-out-of-file-descriptors"]
+
+
+def test_a_close_wait_leak_explains_the_descriptors_it_runs_out_of():
+    # the process leaks what its peers closed until its limit, and its queue fills
+    facts = _listener_overflowing("n1", "java", 2210) + [
+        fact("process_fds", "n1", pid=2210, process="java", ports="8080", open=4096,
+             limit=4096, hard_limit=4096, free=0, usage_pct=100.0, at_limit=True),
+        fact("close_wait_process", "n1", process="java", pid=2210, count=3980)]
+    found = diagnose(facts)
+    assert [(f["fault"], f["nodes"]) for f in found if f["root_cause"]] == [
+        ("close_wait_leak", ["n1"])]
+    explained = {f["fault"]: f["explained_by"] for f in found if not f["root_cause"]}
+    assert explained == {"fd_limit_reached": ["close-wait-pileup"],
+                         "listen_queue_overflow": ["close-wait-pileup",
+                                                   "listener-out-of-file-descriptors"]}
