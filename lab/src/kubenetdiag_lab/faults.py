@@ -296,6 +296,13 @@ def _procs_matching(node: LabNode, needle: str) -> list[int]:
             if needle in cmdline(pid)]
 
 
+def _kill_matching_in(netns: list[str], *needles: str) -> None:
+    """End the processes of these namespaces (pods, the outside host) whose command line
+    holds a needle: the clients and servers a fault started there."""
+    nodehost.kill([pid for pids in pids_in_netns(netns).values() for pid in pids
+                   if any(needle in cmdline(pid) for needle in needles)])
+
+
 def _stop_matching(ctx: FaultContext, node: LabNode, *needles: str) -> None:
     """End the node's processes whose command line holds a needle, hung ones too."""
     for needle in needles:
@@ -2433,9 +2440,8 @@ def _zone_link_slow(ctx: FaultContext, node: LabNode, params: Params) -> None:
 
 
 def _zone_link_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    netns = [pod.netns for pod in ctx.topology.pods]
-    nodehost.kill([pid for pids in pids_in_netns(netns).values() for pid in pids
-                   if "bulk-send" in cmdline(pid) or f"bulk-sink {BULK_PORT}" in cmdline(pid)])
+    _kill_matching_in([pod.netns for pod in ctx.topology.pods], "bulk-send",
+                      f"bulk-sink {BULK_PORT}")
     port = f"swp{node.index}"
     if "tbf" in ctx.runners.switch.run(["tc", "qdisc", "show", "dev", port],
                                        check=False).stdout:
@@ -2493,10 +2499,8 @@ def _unanswered_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
 
 
 def _unanswered_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    netns = [pod.netns for pod in ctx.topology.pods] + [ctx.topology.outside_netns]
-    nodehost.kill([pid for pids in pids_in_netns(netns).values() for pid in pids
-                   if f"connect-retry {OUTSIDE_HOST} {CACHE_PORT}" in cmdline(pid)
-                   or f"listen-stuck {CACHE_PORT} " in cmdline(pid)])
+    _kill_matching_in([pod.netns for pod in ctx.topology.pods] + [ctx.topology.outside_netns],
+                      f"connect-retry {OUTSIDE_HOST} {CACHE_PORT}", f"listen-stuck {CACHE_PORT} ")
     _delete_every(ctx.runners.outside, "INPUT", CACHE_DROP)
     # The kernel keeps an unanswered connect's entry 120 s: the next diagnosis must not see
     # the attempts of a fault that is gone.
@@ -2595,9 +2599,8 @@ def _fd_limit(ctx: FaultContext, node: LabNode, params: Params) -> None:
 
 def _fd_limit_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
     _stop_matching(ctx, node, f"serve-limited {params['port']} ")
-    pods = [pod.netns for pod in ctx.topology.pods_on(node.name)]
-    nodehost.kill([pid for pids in pids_in_netns(pods).values() for pid in pids
-                   if f"connect-keep {node.address} {params['port']} " in cmdline(pid)])
+    _kill_matching_in([pod.netns for pod in ctx.topology.pods_on(node.name)],
+                      f"connect-keep {node.address} {params['port']} ")
 
 
 register(Fault(
@@ -2947,9 +2950,7 @@ def _nodeport_check(ctx: FaultContext, node: LabNode, params: Params) -> None:
 
 
 def _nodeport_stop_clients(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    netns = ctx.topology.outside_netns
-    nodehost.kill([pid for pid in pids_in_netns([netns]).get(netns, [])
-                   if _nodeport_clients(node) in cmdline(pid)])
+    _kill_matching_in([ctx.topology.outside_netns], _nodeport_clients(node))
 
 
 def _nodeport_traffic(ctx: FaultContext, node: LabNode, params: Params) -> None:

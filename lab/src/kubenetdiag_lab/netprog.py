@@ -122,22 +122,25 @@ def connect_keep(host: str, port: int, count: int, seconds: float, close: bool,
     deadline = time.monotonic() + seconds
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     kept = []
+    made = 0
     for _ in range(count):
         if time.monotonic() > deadline:
             break
         if burst:  # every handshake started at once, none waited for
-            if (started := _start_connect(host, port)) is not None:
-                kept.append(started)
+            conn = _start_connect(host, port)
+        else:
+            try:
+                conn = socket.create_connection((host, port), timeout=2)
+            except OSError:
+                conn = None
+        if conn is None:
             continue
-        try:
-            conn = socket.create_connection((host, port), timeout=2)
-        except OSError:
-            continue
+        made += 1
         if close:
             conn.close()
-        kept.append(conn)
-    print(f"{len(kept)} connections to {host}:{port}, {'closed' if close else 'kept'}",
-          flush=True)
+        else:
+            kept.append(conn)
+    print(f"{made} connections to {host}:{port}, {'closed' if close else 'kept'}", flush=True)
     while not close and time.monotonic() < deadline:
         time.sleep(0.5)
     return 0
