@@ -523,6 +523,22 @@ def findings(program: Program, facts: Sequence[Fact], fired: dict[int, list], de
     def node_of(i: int) -> Scalar:
         return facts[i].node if i >= 0 else deriver.records[i].attrs.get("node")
 
+    def named_causes(ids: set[int]) -> set[str]:
+        """The faults that `cause` facts behind these facts name, however deep."""
+        out: set[str] = set()
+        seen: set[int] = set()
+        todo = [i for i in ids if i < 0]
+        while todo:
+            i = todo.pop()
+            if i in seen:
+                continue
+            seen.add(i)
+            rec = deriver.records[i]
+            if rec.kind == "cause" and isinstance(rec.attrs.get("fault"), str):
+                out.add(rec.attrs["fault"])  # type: ignore[arg-type]
+            todo.extend(s for s in rec.sources if s < 0)
+        return out
+
     symptoms: dict[int, set[str]] = defaultdict(set)
     for rec in deriver.records.values():
         if rec.kind == "symptom" and isinstance(rec.attrs.get("name"), str):
@@ -585,13 +601,18 @@ def findings(program: Program, facts: Sequence[Fact], fired: dict[int, list], de
             o = by_place[place]
             mine = {rule.fault} | o.symptoms
             touched = touches[ri, place]
+            # A cluster-wide cause (one that reaches no node, as the zones' latency) shares no
+            # node with a consequence on one: it explains it when a rule asserted, from the
+            # consequence's own evidence, a `cause` fact naming its fault.
+            named = named_causes(o.ids)
             explained_by = tuple(sorted(
                 program.rules[si].id
                 for si, reached in causes.items()
                 if si != ri
                 and mine & set(program.rules[si].explains)
                 and program.rules[si].fault != rule.fault
-                and _overlap(touched, reached)
+                and (_overlap(touched, reached)
+                     or (not reached and program.rules[si].fault in named))
             ))
             if explained_by not in merged:
                 merged[explained_by] = _Outcome(
