@@ -539,6 +539,20 @@ def test_sockets_listeners_processes_and_their_descriptors_recorded():
     assert not kinds(parse("sockets", "debian12-netns"), "process_fds")
 
 
+def test_sockets_fin_wait2_counted_per_peer_recorded():
+    # recorded with 1200 connections closed by their client toward a server that never closes
+    # them (orphans, held tcp_fin_timeout) and 40 half-closed ones a process keeps
+    facts = parse("sockets", "debian12-netns-fin-wait2")
+    peers = {f["peer"]: f for f in kinds(facts, "fin_wait2_peer")}
+    assert peers["10.244.2.3:30084"] == {"peer": "10.244.2.3:30084", "address": "10.244.2.3",
+                                         "port": 30084, "count": 1200}
+    assert peers["10.244.2.3:8443"]["count"] == 40
+    assert kinds(facts, "tcp_states")[0]["fin_wait2"] == 1240
+    assert kinds(facts, "sockstat")[0]["tcp_orphan"] == 1200
+    # before the count: no fact
+    assert not kinds(parse("sockets", "debian12-netns-fd-limit"), "fin_wait2_peer")
+
+
 def test_sockets_descriptors_old_ss_two_workers_and_a_process_gone():
     facts = parse("sockets", "centos7-ss-3.10-nginx-fd-limit")
     fds = {f["pid"]: f for f in kinds(facts, "process_fds")}
@@ -794,7 +808,7 @@ def test_facts_doc_is_current():
 
 
 @pytest.mark.parametrize("shell", [s for s in ("sh", "bash", "dash") if shutil.which(s)])
-def test_sockets_probe_counts_the_descriptors_of_each_listeners_process(tmp_path, shell):
+def test_sockets_probe_counts_listeners_descriptors_and_fin_wait2_peers(tmp_path, shell):
     # The probe's own command over a stand-in ss that prints both users:() forms, the owners
     # being a real process with a known limit and a pid that does not exist.
     held = subprocess.Popen(
@@ -813,7 +827,15 @@ def test_sockets_probe_counts_the_descriptors_of_each_listeners_process(tmp_path
             f"echo 'tcp LISTEN 0 128 0.0.0.0:8080 0.0.0.0:* users:((\"python3\",pid={held.pid},"
             "fd=3))'\n"
             f"echo 'tcp LISTEN 3 128 *:80 *:* users:((\"nginx\",{held.pid},6),"
-            f"(\"nginx\",{gone},6))'\n")
+            f"(\"nginx\",{gone},6))'\n"
+            # FIN-WAIT-2 toward three peers: orphans (no owner) as iproute 3.10 prints an
+            # IPv4-mapped peer, sockets a process still holds as current ss does, and a peer
+            # below the floor that is not reported
+            "i=0; while [ $i -lt 20 ]; do i=$((i+1)); "
+            "echo \"tcp FIN-WAIT-2 0 0 ::ffff:10.0.0.5:4$i ::ffff:10.0.0.7:80\"; "
+            "echo \"tcp FIN-WAIT-2 0 0 10.0.0.5:5$i 10.0.0.8:443 "
+            "users:((\\\"java\\\",pid=7,fd=$i))\"; "
+            "[ $i -gt 3 ] || echo \"tcp FIN-WAIT-2 0 0 10.0.0.5:6$i 10.0.0.9:8080\"; done\n")
         stub.chmod(0o755)
         cmd = BY_NAME["sockets"].command
         cp = subprocess.run([shell, "-c", cmd], capture_output=True, text=True, timeout=30,
@@ -826,6 +848,11 @@ def test_sockets_probe_counts_the_descriptors_of_each_listeners_process(tmp_path
     (fd,) = kinds(facts, "process_fds")
     assert (fd["pid"], fd["ports"], fd["limit"]) == (held.pid, "80,8080", 40), cp.stdout
     assert 33 <= fd["open"] < 40 and fd["at_limit"] is False
+    peers = {f["peer"]: (f["address"], f["port"], f["count"])
+             for f in kinds(facts, "fin_wait2_peer")}
+    assert peers == {"::ffff:10.0.0.7:80": ("10.0.0.7", 80, 20),
+                     "10.0.0.8:443": ("10.0.0.8", 443, 20)}, cp.stdout
+    assert kinds(facts, "tcp_states")[0]["fin_wait2"] == 43
 
 
 @pytest.mark.skipif(not shutil.which("unshare") or os.geteuid() != 0,

@@ -1,6 +1,7 @@
 """Sockets: TCP listeners with accept-queue depth vs backlog and their process, the open file
 descriptors of each listener's process against its limit, sockets with a large Recv-Q/Send-Q,
-TCP state counts (TIME_WAIT above all) and CLOSE-WAIT sockets per process, UDP sockets with
+TCP state counts (TIME_WAIT above all), CLOSE-WAIT sockets per process and FIN-WAIT-2
+sockets per peer, UDP sockets with
 their buffer sizes and drops, and /proc/net/sockstat.
 
 One `ss -tanp` pass, reduced on the node by awk: a node with 100k TIME_WAIT sockets sends us a
@@ -41,21 +42,29 @@ MAX_FD_PIDS = 64
 # A process's CLOSE-WAIT sockets are reported from this many on, for at most this many processes
 CLOSE_WAIT_FLOOR = 16
 MAX_CLOSE_WAIT_OWNERS = 50
+# The same for FIN-WAIT-2 sockets per peer address and port: the connections this node closed
+# and the peer has not (an orphan waits tcp_fin_timeout for it, a socket its process still
+# holds waits for ever)
+FIN_WAIT2_FLOOR = 16
+MAX_FIN_WAIT2_PEERS = 50
 
 # One ss for TCP and UDP, one awk to sort its lines (Netid first; an indented line is the
-# skmem of the socket above it): TCP as listeners (L), queues past QUEUE_BYTES (Q) and a count
-# per state (S); UDP as ss prints it, skmem and all, after them.
+# skmem of the socket above it): TCP as listeners (L), queues past QUEUE_BYTES (Q), a count
+# per state (S), CLOSE-WAIT per owner (W) and FIN-WAIT-2 per peer (R); UDP as ss prints it,
+# skmem and all, after them.
 _SS_AWK = (
     "BEGIN{print \"##knd:tcp ss-all\"} NR==1{next} "
     "/^[ \\t]/{if(u&&k<" + str(MAX_UDP) + "){k++;U[k]=$0}; next} "
     "{p=$1; sub(/^[^ \\t]+[ \\t]+/, \"\"); u=(p==\"udp\")} "
     "u{if(k<" + str(MAX_UDP) + "){k++;U[k]=$0}; next} p!=\"tcp\"{next} "
     "{n[$1]++} $1==\"LISTEN\"{if(l<m){l++;print \"L \" $0; pids($0)}; next} "
-    "$1==\"CLOSE-WAIT\"{cw($0)} "
+    "$1==\"CLOSE-WAIT\"{cw($0)} $1==\"FIN-WAIT-2\"{F[$5]++} "
     "($2+0>t||$3+0>t)&&q<m{q++;print \"Q \" $0} "
     "END{for(s in n) print \"S \" s \" \" n[s]; "
     "for(o in W) if(W[o]>=" + str(CLOSE_WAIT_FLOOR) + "&&nw<" + str(MAX_CLOSE_WAIT_OWNERS)
-    + "){nw++; print \"W \" W[o] \" \" o}; print \"##knd:udp ss-all\"; "
+    + "){nw++; print \"W \" W[o] \" \" o}; "
+    "for(r in F) if(F[r]>=" + str(FIN_WAIT2_FLOOR) + "&&nr<" + str(MAX_FIN_WAIT2_PEERS)
+    + "){nr++; print \"R \" F[r] \" \" r}; print \"##knd:udp ss-all\"; "
     "for(i=1;i<=k;i++) print U[i]; printf \"##knd:fds\\nP\"; for(p in P) printf \" %s\", p; "
     "print \"\"}"
 )
@@ -150,6 +159,23 @@ def _wildcard(addr: str) -> bool:
 
 def _port(addr: str) -> int | None:
     return to_int(addr.rsplit(":", 1)[-1]) if ":" in addr else None
+
+
+def _host(addr: str) -> str | None:
+    """The address of `address:port` as ss prints it, an IPv4-mapped IPv6 one as IPv4, so it
+    compares with a node's address; None when it is no address.
+
+    >>> [_host(a) for a in ("10.244.2.3:30084", "[::ffff:10.0.0.7]:80", "[fd00::5]:443",
+    ...                     "::ffff:10.0.0.7:80", "*:*", "junk")]
+    ['10.244.2.3', '10.0.0.7', 'fd00::5', '10.0.0.7', None, None]
+    """
+    host = addr.rsplit(":", 1)[0].strip("[]").split("%", 1)[0] if ":" in addr else ""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip)
 
 
 def _hex_addr(h: str) -> str:
@@ -264,6 +290,11 @@ def parse(section: Section, node: str) -> list[Fact]:
                         "count": to_int(w[0]), "pid": to_int(w[1]),
                         "process": clip(owner[2], 64) if owner[2] != "-" else None,
                     }, src(cmd + " state close-wait (counted per process on the node)", rest)))
+                elif kind == "R" and len(w) == 2 and to_int(w[0]) is not None:
+                    facts.append(Fact("fin_wait2_peer", node, {
+                        "peer": clip(w[1], 80), "address": _host(w[1]), "port": _port(w[1]),
+                        "count": to_int(w[0]),
+                    }, src(cmd + " state fin-wait-2 (counted per peer on the node)", rest)))
                 elif kind in ("L", "Q") and arg in _SS_COMMANDS and len(w) >= 5:
                     recv_q, send_q = to_int(w[1]), to_int(w[2])
                     if recv_q is None or send_q is None:
@@ -372,9 +403,9 @@ PROBE = Probe(
     preludes=(SYSCTL_READ,),
     parse=parse,
     kinds=("tcp_listener", "socket_queue", "tcp_states", "sockstat", "udp_socket",
-           "process_fds", "close_wait_process"),
-    blocks="sockets (accept queues, listeners' open files, TIME_WAIT and CLOSE-WAIT counts, stuck "
-           "Recv-Q/Send-Q, UDP buffers)",
+           "process_fds", "close_wait_process", "fin_wait2_peer"),
+    blocks="sockets (accept queues, listeners' open files, TIME_WAIT, CLOSE-WAIT and FIN-WAIT-2 "
+           "counts, stuck Recv-Q/Send-Q, UDP buffers)",
     tools=("awk",),
     timeout_s=20,
 )
