@@ -345,6 +345,33 @@ def test_close_wait_leak_keeps_the_connections_its_clients_closed(vx):
     assert not vx.node_exec("node2", ["ss", "-Hlnt", "sport = :30083"]).stdout.strip()
 
 
+def fin_wait2_peers(lab, node: str) -> dict[str, int]:
+    """The node's FIN-WAIT-2 sockets counted by peer (address:port)."""
+    rows = lab.node_exec(node, ["ss", "-Htn", "state", "fin-wait-2"]).stdout.splitlines()
+    peers: dict[str, int] = {}
+    for row in rows:
+        peer = row.split()[3]
+        peers[peer] = peers.get(peer, 0) + 1
+    return peers
+
+
+def test_fin_wait2_pileup_keeps_orphans_for_the_raised_timeout(vx):
+    server = client_pod(vx, "node2")
+    with vx.injected("fin_wait2_pileup", "node2"):
+        ip = vx.pods_on("node2")[0].ip
+        assert fin_wait2_peers(vx, "node2") == {f"{ip}:30084": 1200}
+        # nothing on the node holds them: they are the kernel's, kept by the raised timeout
+        owned = vx.node_exec("node2", ["ss", "-Htnp", "state", "fin-wait-2"]).stdout
+        assert "users:" not in owned
+        assert vx.node_exec("node2", ["sysctl", "-n", "net.ipv4.tcp_fin_timeout"]
+                            ).stdout.strip() == "600"
+    assert fin_wait2_peers(vx, "node2") == {}
+    assert not vx.node_exec("node2", ["ss", "-Htn", "dport = :30084"]).stdout.strip()
+    assert vx.node_exec("node2", ["sysctl", "-n", "net.ipv4.tcp_fin_timeout"]
+                        ).stdout.strip() == "60"
+    assert not vx.runners.pod(server).run(["ss", "-Hltn", "sport = :30084"]).stdout.strip()
+
+
 def test_udp_buffer_errors_count(vx):
     before = counter(vx, "node2", "/proc/net/snmp", "RcvbufErrors")
     with vx.injected("udp_buffer_errors", "node2"):

@@ -34,6 +34,7 @@ from test_lab_faults import (
     counter,
     dns_ok,
     fd_count_and_limit,
+    fin_wait2_peers,
     pod_blocked,
     pod_ready,
     pods_ok,
@@ -542,6 +543,16 @@ def _pool_keeps_closed_connections(lab: Lab) -> None:
         "print(s.recv(64).decode())")]).stdout
 
 
+def _half_closed_and_held(lab: Lab) -> None:
+    # a process on the node holds every one, so tcp_fin_timeout (left at 60) does not end them
+    ip = lab.pods_on("node2")[0].ip
+    assert fin_wait2_peers(lab, "node2") == {f"{ip}:30084": 1200}
+    owned = lab.node_exec("node2", ["ss", "-Htnp", "state", "fin-wait-2"]).stdout.splitlines()
+    assert all("connect-keep" in row or "python" in row for row in owned), owned[:3]
+    assert lab.node_exec("node2", ["sysctl", "-n", "net.ipv4.tcp_fin_timeout"]
+                         ).stdout.strip() == "60"
+
+
 def _udp_reader_hung(lab: Lab) -> None:
     out = lab.node_exec("node2", ["ss", "-Hlnump", "sport = :30053"]).stdout
     # the kernel's default buffer (rmem_default), full, with drops; its reader stopped
@@ -1033,6 +1044,7 @@ VXLAN_CASES = [
     ("listen_queue_overflow", "hang", "node2", {}, _listener_hung),
     ("fd_limit_reached", "leak", "node2", {}, _files_leaked),
     ("close_wait_leak", "pool", "node2", {}, _pool_keeps_closed_connections),
+    ("fin_wait2_pileup", "halfclose", "node2", {}, _half_closed_and_held),
     ("udp_buffer_errors", "hang", "node2", {}, _udp_reader_hung),
     ("time_wait_pileup", "server", "node1", {"count": "1500"}, _time_wait_server_side),
     ("port_not_listening", "loopback", "node2", {}, _web_on_loopback),

@@ -2408,16 +2408,19 @@ def _start_in_pod(ctx: FaultContext, pod: str, argv: list[str]) -> None:
     _start_in(ctx, ctx.topology.pod(pod).netns, argv)
 
 
+def _wait_pod_listen(ctx: FaultContext, pod: str, port: int) -> None:
+    for _ in range(100):  # bounded: 5 s
+        if ctx.runners.pod(pod).run(["ss", "-Hlnt", f"sport = :{port}"]).stdout:
+            return
+        run(["sleep", "0.05"])
+    raise LabError(f"the server in {pod} does not listen on {port}")
+
+
 def _bulk(ctx: FaultContext, sender: LabNode, receiver: LabNode) -> None:
     """A bulk transfer from a pod on `sender` to a pod on `receiver`, running until healed."""
     sink = ctx.topology.pods_on(receiver.name)[0]
     _start_in_pod(ctx, sink.name, services.netprog_argv("bulk-sink", str(BULK_PORT)))
-    for _ in range(100):  # bounded: 5 s
-        if ctx.runners.pod(sink.name).run(["ss", "-Hlnt", f"sport = :{BULK_PORT}"]).stdout:
-            break
-        run(["sleep", "0.05"])
-    else:
-        raise LabError(f"the bulk receiver in {sink.name} does not listen")
+    _wait_pod_listen(ctx, sink.name, BULK_PORT)
     source = ctx.topology.pods_on(sender.name)[0]
     _start_in_pod(ctx, source.name, services.netprog_argv(
         "bulk-send", sink.ip, str(BULK_PORT), "1800"))
@@ -2655,6 +2658,62 @@ register(Fault(
     "one (via=pool)",
     _close_wait, _close_wait_heal, {"via": "server", "port": "30083", "count": "300"},
     mechanisms={"server": (), "pool": ()},
+))
+
+
+DEFAULT_FIN_TIMEOUT = "60"  # what a new network namespace starts with, as a host does
+
+
+def _fin_wait2(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    count, port = params["count"], params["port"]
+    # a server in a pod on the node that keeps every connection and never closes one: each
+    # connection the node's client closes waits in FIN-WAIT-2 for the server's FIN
+    server = ctx.topology.pods_on(node.name)[0]
+    _start_in_pod(ctx, server.name, services.netprog_argv("tcp-receiver", port))
+    _wait_pod_listen(ctx, server.name, int(port))
+    if params["via"] == "timeout":
+        # closed at once, so the kernel owns them (orphans) for tcp_fin_timeout, raised on the
+        # node as a tuning meant for slow peers would: the pile-up stays past the run
+        _sysctl(ctx, node, f"net.ipv4.tcp_fin_timeout={params['timeout']}")
+        ctx.node(node).run(services.netprog_argv(
+            "connect-keep", server.ip, port, count, "10", "--close"), timeout=30.0)
+    elif params["via"] == "halfclose":
+        # a client on the node that shuts its sending side and keeps the sockets, waiting for
+        # an answer that never ends: held by a process, they wait for ever
+        _start_in_node(ctx, node, services.netprog_argv(
+            "connect-keep", server.ip, port, count, "1800", "--half-close"))
+    else:
+        raise LabError("fin_wait2_pileup: via must be timeout or halfclose")
+    for _ in range(200):  # bounded: 10 s
+        held = ctx.node(node).run(["ss", "-Htn", "state", "fin-wait-2"]).stdout.splitlines()
+        if len(held) >= int(count):
+            return
+        run(["sleep", "0.05"])
+    raise LabError(f"{node.name}: {len(held)} sockets in FIN-WAIT-2, {count} wanted")
+
+
+def _fin_wait2_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    port = params["port"]
+    server = ctx.topology.pods_on(node.name)[0]
+    _stop_matching(ctx, node, f"connect-keep {server.ip} {port} ")
+    _kill_matching_in([server.netns], f"tcp-receiver {port}")
+    _sysctl(ctx, node, f"net.ipv4.tcp_fin_timeout={DEFAULT_FIN_TIMEOUT}")
+    # the node's side of those connections, in whatever state the server's end left them
+    # (FIN-WAIT-2, TIME_WAIT once its FIN came): removed, not waited for
+    ctx.node(node).run(["ss", "-K", "-Htn", f"dst {server.ip} and dport = :{port}"],
+                       check=False)
+
+
+register(Fault(
+    "fin_wait2_pileup",
+    "connections the node closed toward a server that never closes its end (param count, "
+    "default 1200; a server in a pod on the node, port 30084), each left in FIN-WAIT-2 on the "
+    "node: closed at once by a client on the node with net.ipv4.tcp_fin_timeout raised to "
+    "param timeout (default 600), so the kernel keeps the orphans (via=timeout), or shut down "
+    "for sending and kept by the client, which waits for ever (via=halfclose)",
+    _fin_wait2, _fin_wait2_heal,
+    {"via": "timeout", "port": "30084", "count": "1200", "timeout": "600"},
+    mechanisms={"timeout": (), "halfclose": ()},
 ))
 
 

@@ -35,6 +35,8 @@ whatever the lab passes in (lab addresses only).
                                 N connections one after another, kept open, never read or
                                 closed, for at most SECONDS (a pool that does not notice its
                                 server closed them); --close: each closed at once, then exit;
+                                --half-close: each shut down for sending (its FIN sent) and
+                                kept, waiting for the server's;
                                 --burst: all started at once, not waited for, then kept
   serve-limited PORT FILES      a server whose open-file limit is FILES (as ulimit -n or
                                 LimitNOFILE sets it) that keeps every connection it accepts;
@@ -118,7 +120,7 @@ def tcp_receiver(port: int, read: bool) -> int:
 
 
 def connect_keep(host: str, port: int, count: int, seconds: float, close: bool,
-                 burst: bool) -> int:
+                 burst: bool, half_close: bool = False) -> int:
     deadline = time.monotonic() + seconds
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     kept = []
@@ -139,8 +141,11 @@ def connect_keep(host: str, port: int, count: int, seconds: float, close: bool,
         if close:
             conn.close()
         else:
+            if half_close:
+                conn.shutdown(socket.SHUT_WR)
             kept.append(conn)
-    print(f"{made} connections to {host}:{port}, {'closed' if close else 'kept'}", flush=True)
+    done = "closed" if close else "half-closed and kept" if half_close else "kept"
+    print(f"{made} connections to {host}:{port}, {done}", flush=True)
     while not close and time.monotonic() < deadline:
         time.sleep(0.5)
     return 0
@@ -466,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("seconds", type=float)
     p.add_argument("--close", action="store_true")
     p.add_argument("--burst", action="store_true")
+    p.add_argument("--half-close", action="store_true")
     p = sub.add_parser("serve-limited")
     p.add_argument("port", type=int)
     p.add_argument("files", type=int)
@@ -508,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
             return listen_named(a.port, a.name, a.bind)
         if a.cmd == "connect-keep":
             return connect_keep(a.host, a.port, min(a.count, 2000), min(a.seconds, BULK_LIMIT),
-                                a.close, a.burst)
+                                a.close, a.burst, a.half_close)
         if a.cmd == "serve-limited":
             return serve_limited(a.port, min(max(a.files, 8), 4096), a.leak)
         if a.cmd == "close-burst":
