@@ -201,3 +201,34 @@ def test_a_close_wait_leak_explains_the_descriptors_it_runs_out_of():
     assert explained == {"fd_limit_reached": ["close-wait-pileup"],
                          "listen_queue_overflow": ["close-wait-pileup",
                                                    "listener-out-of-file-descriptors"]}
+
+
+def _fin_wait2_toward(node: str, peer: str, count: int) -> list[Fact]:
+    return [
+        fact("tcp_states", node, established=20, syn_sent=0, syn_recv=0, fin_wait1=0,
+             fin_wait2=count + 12, time_wait=40, close=0, close_wait=0, last_ack=0, listen=5,
+             closing=0, total=count + 77, source="ss"),
+        fact("fin_wait2_peer", node, peer=f"{peer}:8080", address=peer, port=8080, count=count),
+    ]
+
+
+def test_a_peer_nodes_close_wait_leak_explains_the_fin_wait2_it_leaves_behind():
+    # n1's clients closed 2400 connections to n2's java service, which keeps its end of each
+    facts = _fin_wait2_toward("n1", "10.20.0.12", 2400) + [
+        fact("k8s_node", "n2", name="n2", internal_ip="10.20.0.12"),
+        fact("close_wait_process", "n2", process="java", pid=2210, count=2400)]
+    found = diagnose(facts)
+    assert [(f["fault"], f["nodes"]) for f in found if f["root_cause"]] == [
+        ("close_wait_leak", ["n2"])]
+    (fw,) = [f for f in found if f["fault"] == "fin_wait2_pileup"]
+    assert (fw["nodes"], fw["explained_by"]) == (["n1"], ["close-wait-pileup"])
+
+
+def test_fin_wait2_toward_an_address_no_node_holds_is_the_nodes_own_finding():
+    # the peer is outside the cluster (a database): nothing in the inventory explains it,
+    # not even a CLOSE-WAIT leak on another node toward someone else
+    facts = _fin_wait2_toward("n1", "203.0.113.10", 2400) + [
+        fact("k8s_node", "n2", name="n2", internal_ip="10.20.0.12"),
+        fact("close_wait_process", "n2", process="java", pid=2210, count=2400)]
+    roots = sorted((f["fault"], tuple(f["nodes"])) for f in diagnose(facts) if f["root_cause"])
+    assert roots == [("close_wait_leak", ("n2",)), ("fin_wait2_pileup", ("n1",))]
