@@ -267,8 +267,8 @@ BLOCKS_ZH = {
         "当前正在增长的丢包与错误计数（全连接队列溢出、UDP 缓冲区错误、接收队列丢包）",
     "sockets (accept queues, listeners' open files, TIME_WAIT, CLOSE-WAIT and FIN-WAIT-2 "
     "counts, stuck Recv-Q/Send-Q, UDP buffers)":
-        "套接字（全连接队列、监听进程打开的文件数、TIME_WAIT、CLOSE-WAIT 与 FIN-WAIT-2 数量、积压的 "
-        "Recv-Q/Send-Q、UDP 缓冲区）",
+        "套接字（全连接队列、监听进程打开的文件数、TIME_WAIT、CLOSE-WAIT 与 FIN-WAIT-2 数量、"
+        "积压的 Recv-Q/Send-Q、UDP 缓冲区）",
     "which sysctl file persists each kernel setting (what a reboot would restore)":
         "每个内核参数由哪个 sysctl 文件持久化（重启后会恢复成什么）",
     "policy routing rules (which table a flow is looked up in; blackhole, unreachable "
