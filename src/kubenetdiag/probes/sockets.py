@@ -1,8 +1,7 @@
 """Sockets: TCP listeners with accept-queue depth vs backlog and their process, the open file
 descriptors of each listener's process against its limit, sockets with a large Recv-Q/Send-Q,
 TCP state counts (TIME_WAIT above all), CLOSE-WAIT sockets per process and FIN-WAIT-2
-sockets per peer, UDP sockets with
-their buffer sizes and drops, and /proc/net/sockstat.
+sockets per peer, UDP sockets with their buffer sizes and drops, and /proc/net/sockstat.
 
 One `ss -tanp` pass, reduced on the node by awk: a node with 100k TIME_WAIT sockets sends us a
 dozen count lines, not 100k. Without ss the counts and listeners come from /proc/net/tcp, and a
