@@ -109,6 +109,32 @@ def test_somaxconn_low(vx):
     assert vx.node_exec("node2", ["sysctl", "-n", "net.core.somaxconn"]).stdout == "4096\n"
 
 
+# One connection over the node's loopback, as `ss -ti` shows it: `wscale:S,R` when the
+# handshake agreed on window scaling.
+WSCALE = (
+    "import socket, subprocess\n"
+    "srv = socket.create_server(('127.0.0.1', 0))\n"
+    "cli = socket.create_connection(srv.getsockname(), timeout=2)\n"
+    "conn, _ = srv.accept()\n"
+    "port = srv.getsockname()[1]\n"
+    "print(subprocess.run(['ss', '-Htin', 'state', 'established', f'dport = :{port}'],\n"
+    "                     capture_output=True, text=True).stdout)\n"
+)
+
+
+def window_scaled(lab: Lab, node: str) -> bool:
+    return "wscale:" in lab.node_exec(node, ["python3", "-c", WSCALE]).stdout
+
+
+def test_tcp_window_scaling_disabled_leaves_new_connections_unscaled(vx):
+    assert window_scaled(vx, "node2")
+    with vx.injected("tcp_window_scaling_disabled", "node2"):
+        assert vx.node_exec("node2", ["sysctl", "-n", "net.ipv4.tcp_window_scaling"]
+                            ).stdout == "0\n"
+        assert not window_scaled(vx, "node2") and window_scaled(vx, "node1")
+    assert window_scaled(vx, "node2")
+
+
 # ---- firewall -------------------------------------------------------------------------------
 
 

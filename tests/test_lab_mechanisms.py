@@ -42,6 +42,7 @@ from test_lab_faults import (
     slice_endpoints,
     ssh,
     web_ok,
+    window_scaled,
 )
 
 pytestmark = pytest.mark.lab
@@ -471,6 +472,12 @@ def _somaxconn_file(lab: Lab) -> None:
     # a listener asking for 4096 gets an accept queue of 64 (ss: Send-Q of a listener)
     assert lab.node_exec("node2", ["python3", "-c", LISTEN]).stdout.strip() == "64"
     assert lab.node_exec("node1", ["python3", "-c", LISTEN]).stdout.strip() == "4096"
+
+
+def _window_scaling_file(lab: Lab) -> None:
+    cp = ssh(lab, "node2", "cat /etc/sysctl.d/99-hardening-tcp.conf")
+    assert cp.stdout.split() == ["net.ipv4.tcp_window_scaling", "=", "0"], cp
+    assert not window_scaled(lab, "node2") and window_scaled(lab, "node1")
 
 
 def _kube_proxy_hung(lab: Lab) -> None:
@@ -1014,6 +1021,7 @@ VXLAN_CASES = [
     ("iptables_drop_rule", "bridge", "node2", {}, _bridged_drop),
     ("bridge_nf_call_iptables_disabled", "file", "node1", {}, _bridge_nf_file),
     ("somaxconn_low", "file", "node2", {}, _somaxconn_file),
+    ("tcp_window_scaling_disabled", "file", "node2", {}, _window_scaling_file),
     ("kube_proxy_rules_missing", "hang", "node2", {}, _kube_proxy_hung),
     ("kube_proxy_rules_missing", "prerouting", "node2", {}, _services_unreached("PREROUTING")),
     ("kube_proxy_rules_missing", "output", "node2", {}, _services_unreached("OUTPUT")),

@@ -35,6 +35,8 @@ KEYS = (
     "net.ipv4.tcp_tw_recycle",
     "net.ipv4.tcp_tw_reuse",
     "net.ipv4.tcp_fin_timeout",
+    # off: no window past 64 KiB, whatever the buffers allow
+    "net.ipv4.tcp_window_scaling",
     "net.core.somaxconn",
     "net.ipv4.tcp_max_syn_backlog",
     "net.ipv4.tcp_syncookies",
