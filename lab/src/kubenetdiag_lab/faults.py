@@ -538,9 +538,10 @@ register(Fault(
 ))
 register(Fault(
     "tcp_window_scaling_disabled",
-    "net.ipv4.tcp_window_scaling turned off, as hardening scripts do: no TCP window to or from "
-    "the node grows past 64 KiB; set at run time (via=sysctl) or by "
-    "/etc/sysctl.d/99-hardening-tcp.conf, applied (via=file)",
+    "net.ipv4.tcp_window_scaling turned off, as tuning copied from old workarounds for "
+    "routers that mangled the option does: no TCP window to or from the node grows past 64 KiB; "
+    "set at run time (via=sysctl) or by /etc/sysctl.d/99-hardening-tcp.conf, applied "
+    "(via=file)",
     *_sysctl_fault("net.ipv4.tcp_window_scaling", lambda params: "0", "1",
                    "99-hardening-tcp.conf"),
     {"via": "sysctl"}, mechanisms={"sysctl": (), "file": ()},
