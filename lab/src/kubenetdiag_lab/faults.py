@@ -2629,6 +2629,16 @@ register(Fault(
 ))
 
 
+def _wait_sockets(ctx: FaultContext, node: LabNode, state: str, count: int) -> None:
+    """Until the node holds `count` TCP sockets in `state` (an ss state name)."""
+    for _ in range(200):  # bounded: 10 s
+        held = ctx.node(node).run(["ss", "-Htn", "state", state]).stdout.splitlines()
+        if len(held) >= count:
+            return
+        run(["sleep", "0.05"])
+    raise LabError(f"{node.name}: {len(held)} sockets in {state.upper()}, {count} wanted")
+
+
 def _close_wait(ctx: FaultContext, node: LabNode, params: Params) -> None:
     count = params["count"]
     if params["via"] == "server":
@@ -2646,12 +2656,7 @@ def _close_wait(ctx: FaultContext, node: LabNode, params: Params) -> None:
             "connect-keep", OUTSIDE_HOST, str(OUTSIDE_PORT), count, "1800"))
     else:
         raise LabError("close_wait_leak: via must be server or pool")
-    for _ in range(200):  # bounded: 10 s
-        held = ctx.node(node).run(["ss", "-Htn", "state", "close-wait"]).stdout.splitlines()
-        if len(held) >= int(count):
-            return
-        run(["sleep", "0.05"])
-    raise LabError(f"{node.name}: {len(held)} sockets in CLOSE-WAIT, {count} wanted")
+    _wait_sockets(ctx, node, "close-wait", int(count))
 
 
 def _close_wait_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -2694,12 +2699,7 @@ def _fin_wait2(ctx: FaultContext, node: LabNode, params: Params) -> None:
             "connect-keep", server.ip, port, count, "1800", "--half-close"))
     else:
         raise LabError("fin_wait2_pileup: via must be timeout or halfclose")
-    for _ in range(200):  # bounded: 10 s
-        held = ctx.node(node).run(["ss", "-Htn", "state", "fin-wait-2"]).stdout.splitlines()
-        if len(held) >= int(count):
-            return
-        run(["sleep", "0.05"])
-    raise LabError(f"{node.name}: {len(held)} sockets in FIN-WAIT-2, {count} wanted")
+    _wait_sockets(ctx, node, "fin-wait-2", int(count))
 
 
 def _fin_wait2_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:

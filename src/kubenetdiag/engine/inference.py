@@ -589,6 +589,7 @@ def findings(program: Program, facts: Sequence[Fact], fired: dict[int, list], de
                 touches[ri, place] = reach(o)[1]
             causes[ri] = set().union(*(touches[ri, place] for place in by_place))
 
+    wide = any(not reached for reached in causes.values())  # a cluster-wide cause fired
     out = []
     for ri, by_place in groups.items():
         rule = program.rules[ri]
@@ -604,7 +605,7 @@ def findings(program: Program, facts: Sequence[Fact], fired: dict[int, list], de
             # A cluster-wide cause (one that reaches no node, as the zones' latency) shares no
             # node with a consequence on one: it explains it when a rule asserted, from the
             # consequence's own evidence, a `cause` fact naming its fault.
-            named = named_causes(o.ids)
+            named = named_causes(o.ids) if wide else set()
             explained_by = tuple(sorted(
                 program.rules[si].id
                 for si, reached in causes.items()
