@@ -69,6 +69,10 @@ def good_doc() -> dict:
             call("services", objs["services"]),
             call("endpointslices", [ENDPOINT_SLICE]),
             call("networkpolicies", objs["networkpolicies"]),
+            call("controller_lease", obj={
+                "metadata": {"name": "kube-controller-manager", "namespace": "kube-system"},
+                "spec": {"holderIdentity": "node1_5e0c", "leaseDurationSeconds": 15,
+                         "renewTime": "2026-12-06T05:00:00.123456Z"}}),
         ],
     }
 

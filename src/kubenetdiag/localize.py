@@ -324,6 +324,10 @@ BLOCKS_ZH = {
         "没有就绪后端的 Service，以及后端跨可用区分布",
     "NetworkPolicies (default deny per namespace)": "NetworkPolicy（各命名空间的默认拒绝）",
     "calico IP pools and their encapsulation": "calico IP 池及其封装方式",
+    "whether kube-controller-manager still leads (its lease), without which no Service's "
+    "endpoints follow its pods":
+        "kube-controller-manager 是否仍有主实例（其租约），没有主实例时任何 Service 的 Endpoint "
+        "都不再跟随其 Pod",
     "the cluster checks": "集群检查",
     "active probes: pod-network matrix, MTU, VXLAN direction, CoreDNS checks, declared "
     "endpoints; run diagnose without --no-active (or collect --active)":

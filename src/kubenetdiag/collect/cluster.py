@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ CLUSTER_SCHEMA = "kubenetdiag/cluster/v1"
 PAGE_SIZE = 500
 MAX_LIST_RESTARTS = 3
 FLANNEL_CM = "kube-flannel-cfg"
+CONTROLLER_LEASE = "kube-controller-manager"
 # Where CNI agents live when the DaemonSet list cannot tell us (it was forbidden).
 
 STATUS_BY_HTTP = {401: "unauthorized", 403: "forbidden", 404: "not_found"}
@@ -247,6 +249,23 @@ def _slim_pod(pod: Any) -> Any:
     }
 
 
+def _server_date(resp: Any) -> str | None:
+    """The answer's Date header: the API server's clock, which the ages a fact computes from
+    the server's timestamps (a lease's renewTime, a condition's lastTransitionTime) must be
+    measured against; this machine's clock may be minutes off."""
+    headers = getattr(resp, "headers", None)
+    value = headers.get("Date") if headers is not None else None
+    if not isinstance(value, str):
+        return None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return when.astimezone(timezone.utc).isoformat(timespec="seconds")
+
+
 class _Session:
     def __init__(
         self,
@@ -292,8 +311,10 @@ class _Session:
             rec.update(status=status, http_status=None, reason=f"not tried: {why}")
             self.calls.append(rec)
             return rec
+        server_date = None
         try:
             result, extra = thunk()
+            server_date = extra.pop("server_date", None)
             rec.update(extra)
             if isinstance(result, list):
                 rec["items"] = [slim(o) for o in result]
@@ -310,9 +331,11 @@ class _Session:
                 # stop the others.
                 self.given_up = ("timeout", f"the API server stopped answering ({reason})")
         rec["duration_s"] = round(time.monotonic() - started, 3)
-        # when the answer was read, in the server's terms (UTC): how old a change the answer
-        # shows was then (a Service port's endpoints changed a second ago are still settling)
-        rec["read_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        # when the answer was read, by the server's clock (its Date header; this machine's
+        # when there was none): how old a change the answer shows was then (a Service port's
+        # endpoints changed a second ago are still settling, a lease not renewed for a minute
+        # has lost its holder)
+        rec["read_at"] = server_date or datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.calls.append(rec)
         return rec
 
@@ -328,7 +351,7 @@ class _Session:
     def get(self, fn: Callable[..., Any], *args: Any) -> Callable[[], tuple[Any, dict]]:
         def thunk() -> tuple[Any, dict]:
             resp = fn(*args, _preload_content=False, _request_timeout=self.timeout)
-            return self._body(resp), {"pages": 1}
+            return self._body(resp), {"pages": 1, "server_date": _server_date(resp)}
 
         return thunk
 
@@ -364,7 +387,8 @@ class _Session:
                 meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
                 token = meta.get("continue") or None
                 if not token:
-                    return items, {"pages": pages, "restarts": restarts}
+                    return items, {"pages": pages, "restarts": restarts,
+                                   "server_date": _server_date(resp)}
 
         return thunk
 
@@ -444,6 +468,16 @@ def collect_cluster(
         "networkpolicies",
         "/apis/networking.k8s.io/v1/networkpolicies",
         s.list(client.NetworkingV1Api(api).list_network_policy_for_all_namespaces),
+    )
+    # Who leads kube-controller-manager and when it last said so: a lease nobody renews means
+    # no EndpointSlice follows its pods any more (read after the slices, so their age and the
+    # lease's are measured alike). A 404 is an answer: no leader election, or a managed
+    # control plane that keeps its leases out of sight.
+    s.run(
+        "controller_lease",
+        f"/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{CONTROLLER_LEASE}",
+        s.get(client.CoordinationV1Api(api).read_namespaced_lease, CONTROLLER_LEASE,
+              "kube-system"),
     )
     custom = client.CustomObjectsApi(api)
     s.run(

@@ -35,6 +35,8 @@ BLOCKS = {
     "endpointslices": "Services without ready endpoints, and endpoints spread across zones",
     "networkpolicies": "NetworkPolicies (default deny per namespace)",
     "calico_ippools": "calico IP pools and their encapsulation",
+    "controller_lease": "whether kube-controller-manager still leads (its lease), without which "
+    "no Service's endpoints follow its pods",
 }
 # The fact kinds each call's answer goes into: when a call fails, the rules that read these
 # kinds are listed as not evaluated (kubenetdiag.facts.producers). tests/test_producers.py fails
@@ -43,14 +45,15 @@ CALL_KINDS: dict[str, tuple[str, ...]] = {
     "version": (),
     "nodes": ("k8s_node", "node_match", "service_endpoints"),
     "daemonsets": ("cni", "kube_proxy"),
-    "pods": ("cni", "cni_pod", "kube_proxy", "dns_pod", "service_port"),
+    "pods": ("cni", "cni_pod", "kube_proxy", "dns_pod", "service_port", "endpoint_lag"),
     "flannel_config": ("flannel_config",),
     "kube_proxy_config": ("kube_proxy",),
     "coredns_config": ("dns_service",),
-    "services": ("dns_service", "service_endpoints", "service_port"),
-    "endpointslices": ("service_endpoints", "service_port"),
+    "services": ("dns_service", "service_endpoints", "service_port", "endpoint_lag"),
+    "endpointslices": ("service_endpoints", "service_port", "endpoint_lag"),
     "networkpolicies": ("network_policy",),
     "calico_ippools": ("calico_ippool",),
+    "controller_lease": ("controller_lease",),
 }
 FLANNEL_DEFAULT_VXLAN_PORT = 8472
 # A Service port's endpoints are compared with every node's rules by ip:port; past this many
@@ -59,7 +62,8 @@ SERVICE_ENDPOINTS_SHOWN = 2000
 # Set by the EndpointSlice controller: when the change it last wrote was made.
 LAST_CHANGE = "endpoints.kubernetes.io/last-change-trigger-time"
 # Objects whose absence is an answer (not calico, kube-proxy replaced), not a failure.
-OPTIONAL = {"flannel_config", "kube_proxy_config", "coredns_config", "calico_ippools"}
+OPTIONAL = {"flannel_config", "kube_proxy_config", "coredns_config", "calico_ippools",
+            "controller_lease"}
 STATUS_TO_PROBE_STATUS = {
     "forbidden": "permission_denied",
     "unauthorized": "permission_denied",
@@ -586,9 +590,7 @@ def _service_port_facts(calls: ApiCalls, services: list[dict], slices: list[dict
     for pod in pods or []:
         if _as_text(_get(pod, "status", "phase")) not in ("Succeeded", "Failed"):
             by_ns.setdefault(_ns(pod), []).append(pod)
-    # when the slices were read: once for every Service
-    read = next((_when(c.get("read_at")) for c in calls.named("endpointslices")
-                 if c.get("read_at")), None)
+    read = _read_at(calls, "endpointslices")  # once for every Service
     facts = []
     for svc in services:
         name, ns = _name(svc), _ns(svc)
@@ -639,6 +641,191 @@ def _service_port_facts(calls: ApiCalls, services: list[dict], slices: list[dict
             }, calls.source("services", {"service": f"{ns}/{name}", "port": port,
                                          "selector": selector, "endpoints": endpoints[:20]})))
     return facts
+
+
+# ---------------------------------------------------------------- the EndpointSlice controller
+
+# The slices the EndpointSlice controller writes for Services with a selector (others, by a
+# mesh or by hand, follow rules of their own).
+SLICE_MANAGER = "endpointslice-controller.k8s.io"
+LAG_SHOWN = 20  # pods named per Service in an endpoint_lag fact
+
+
+def _read_at(calls: ApiCalls, name: str) -> datetime | None:
+    return next((_when(c.get("read_at")) for c in calls.named(name) if c.get("read_at")), None)
+
+
+def _ready_since(pod: dict) -> datetime | None:
+    """When the pod's Ready condition last changed (the kubelet's lastTransitionTime)."""
+    for c in _as_list(_get(pod, "status", "conditions")):
+        if isinstance(c, dict) and c.get("type") == "Ready":
+            return _when(c.get("lastTransitionTime")) if c.get("lastTransitionTime") else None
+    return None
+
+
+def _pod_ips(pod: dict) -> set[str]:
+    ips = {_as_text(_get(i, "ip")) for i in _as_list(_get(pod, "status", "podIPs"))}
+    ips.add(_as_text(_get(pod, "status", "podIP")))
+    return {ip for ip in ips if ip}
+
+
+def _serves_a_port(pod: dict, ports: list) -> bool:
+    """Whether the EndpointSlice controller lists the pod for at least one port: a numeric
+    targetPort always resolves, a named one only in a pod that declares it."""
+    for port in ports:
+        if not isinstance(port, dict):
+            continue
+        target = port.get("targetPort", port.get("port"))
+        if not (isinstance(target, str) and not target.isdigit()):
+            return True
+        if _container_port(pod, target, _as_text(port.get("protocol")) or "TCP") is not None:
+            return True
+    return not ports
+
+
+def _lag_of(svc: dict, slices: list[dict], pods: list[dict], by_name: dict[str, dict],
+            read: datetime | None) -> dict | None:
+    """How one Service's EndpointSlices differ from its pods, or None when they agree.
+
+    A pod that should be listed as ready (selected, with an address, not terminating, Ready or
+    the Service publishes not-ready addresses, a port it serves) and is not; an address listed
+    as ready whose pod is gone, terminating, no longer selected or not Ready. A difference
+    whose pod changed before the slices last did is dropped: the controller wrote the slices
+    from a newer view of that pod than the pod list read a moment earlier (a change between
+    the two reads), not from an older one."""
+    spec = _as_dict(svc.get("spec"))
+    selector = _as_dict(spec.get("selector"))
+    publish = spec.get("publishNotReadyAddresses") is True
+    ports = _as_list(spec.get("ports"))
+    listed: dict[str, str] = {}  # ready address -> the pod the slice names (targetRef)
+    for sl in slices:
+        for ep in _as_list(sl.get("endpoints")):
+            if not isinstance(ep, dict) or _get(ep, "conditions", "ready") is False:
+                continue
+            ref = _as_text(_get(ep, "targetRef", "name")) or ""
+            for a in _as_list(ep.get("addresses")):
+                if isinstance(a, str) and a:
+                    listed[a] = ref
+    triggers = [_when(_get(sl, "metadata", "annotations", LAST_CHANGE)) for sl in slices
+                if _get(sl, "metadata", "annotations", LAST_CHANGE)]
+    # what the slices last caught up with: their latest trigger, or the Service's creation
+    # when the controller never wrote one for it
+    caught_up = max((t for t in triggers if t), default=None) if slices else _when(
+        _get(svc, "metadata", "creationTimestamp"))
+    missing: list[str] = []
+    stale: list[str] = []
+    ages: list[int] = []
+
+    def counted(since: datetime | None) -> bool:
+        if since is not None and caught_up is not None and since <= caught_up:
+            return False  # the slices are newer than this view of the pod
+        if since is not None and read is not None:
+            ages.append(max(0, int((read - since).total_seconds())))
+        return True
+
+    selected = [pod for pod in pods
+                if _selects(selector, _as_dict(_get(pod, "metadata", "labels")))]
+    chosen = {id(pod) for pod in selected}
+    by_ip = {ip: pod for pod in selected for ip in _pod_ips(pod)}
+    for pod in selected:
+        ips = _pod_ips(pod)
+        ready = _condition(pod, "Ready") is True
+        if (not ips or _get(pod, "metadata", "deletionTimestamp") or not (ready or publish)
+                or not _serves_a_port(pod, ports) or ips & set(listed)):
+            continue
+        if counted(_ready_since(pod) if not publish else _when(
+                _get(pod, "metadata", "creationTimestamp"))):
+            missing.append(f"{_name(pod)} {min(ips)}")
+    for address, ref in sorted(listed.items()):
+        pod = by_ip.get(address) or (by_name.get(ref) if ref else None)
+        if pod is None:
+            why, since = "gone", None
+        elif _get(pod, "metadata", "deletionTimestamp"):
+            why, since = "terminating", None
+        elif id(pod) not in chosen:
+            why, since = "not selected", None
+        elif _condition(pod, "Ready") is not True and not publish:
+            why, since = "not Ready", _ready_since(pod)
+        else:
+            continue
+        if counted(since):
+            stale.append(f"{address} ({ref or _name(pod) or '?'}: {why})")
+    if not missing and not stale:
+        return None
+    return {
+        "not_listed": ", ".join(sorted(missing)[:LAG_SHOWN]),
+        "still_listed": ", ".join(stale[:LAG_SHOWN]),
+        "differences": len(missing) + len(stale),
+        "behind_s": max(ages) if ages else None,
+        "slices_changed_s": (max(0, int((read - caught_up).total_seconds()))
+                             if read is not None and caught_up is not None else None),
+    }
+
+
+def _endpoint_lag_facts(calls: ApiCalls, services: list[dict], slices: list[dict],
+                        pods: list[dict] | None) -> list[Fact]:
+    """One fact per Service whose controller-managed EndpointSlices disagree with its pods."""
+    if pods is None:
+        return []
+    by_svc: dict[tuple[str, str], list[dict]] = {}
+    others: set[tuple[str, str]] = set()  # Services with slices someone else manages
+    for sl in slices:
+        svc = _as_text(_get(sl, "metadata", "labels", "kubernetes.io/service-name"))
+        manager = _as_text(_get(sl, "metadata", "labels", "endpointslice.kubernetes.io/managed-by"))
+        if svc and manager == SLICE_MANAGER:
+            by_svc.setdefault((_ns(sl), svc), []).append(sl)
+        elif svc:
+            others.add((_ns(sl), svc))
+    by_ns: dict[str, list[dict]] = {}
+    by_name: dict[str, dict[str, dict]] = {}
+    for pod in pods:
+        if _as_text(_get(pod, "status", "phase")) not in ("Succeeded", "Failed"):
+            by_ns.setdefault(_ns(pod), []).append(pod)
+            by_name.setdefault(_ns(pod), {})[_name(pod) or ""] = pod
+    # the later of the two reads the comparison rests on
+    reads = [t for t in (_read_at(calls, "pods"), _read_at(calls, "endpointslices")) if t]
+    read = max(reads) if reads else None
+    facts = []
+    for svc in services:
+        name, ns = _name(svc), _ns(svc)
+        spec = _as_dict(svc.get("spec"))
+        if (not name or not _as_dict(spec.get("selector")) or (ns, name) in others
+                or spec.get("type") == "ExternalName"):
+            continue
+        lag = _lag_of(svc, by_svc.get((ns, name), []), by_ns.get(ns, []),
+                      by_name.get(ns, {}), read)
+        if lag is None:
+            continue
+        facts.append(Fact("endpoint_lag", CLUSTER, {"namespace": ns, "name": name,
+                                                    "service": f"{ns}/{name}", **lag},
+                          calls.source("endpointslices", {"service": f"{ns}/{name}", **lag})))
+    return facts
+
+
+def _lease_fact(calls: ApiCalls, api_nodes: list[dict] | None,
+                where: Callable[[str], str]) -> list[Fact]:
+    lease = calls.obj("controller_lease")
+    if lease is None:
+        return []
+    spec = _as_dict(lease.get("spec"))
+    holder = _as_text(spec.get("holderIdentity")) or ""
+    renewed = _when(spec.get("renewTime") or spec.get("acquireTime")) if (
+        spec.get("renewTime") or spec.get("acquireTime")) else None
+    duration = _as_int(spec.get("leaseDurationSeconds"))
+    read = _read_at(calls, "controller_lease")
+    age = max(0, int((read - renewed).total_seconds())) if read and renewed else None
+    # kube-controller-manager names itself <hostname>_<uuid>; the host is a node when it runs
+    # as a static pod on one
+    host = holder.rsplit("_", 1)[0] if "_" in holder else holder
+    known = {_name(n) for n in api_nodes or []}
+    return [Fact("controller_lease", CLUSTER, {
+        "name": _name(lease) or "",
+        "holder": holder,
+        "holder_node": where(host) if host and host in known else None,
+        "renewed_s": age,
+        "duration_s": duration,
+        "expired_s": age - duration if age is not None and duration is not None else None,
+    }, calls.source("controller_lease", spec))]
 
 
 def _policy_facts(calls: ApiCalls, policies: list[dict]) -> list[Fact]:
@@ -765,6 +952,9 @@ def cluster_facts(doc: Any, inventory: Iterable[tuple[str, str]] = ()) -> list[F
                       lambda: _service_facts(calls, services, slices, node_zone)))
         steps.append(("endpointslices",
                       lambda: _service_port_facts(calls, services, slices, pods, where)))
+        steps.append(("endpointslices",
+                      lambda: _endpoint_lag_facts(calls, services, slices, pods)))
+    steps.append(("controller_lease", lambda: _lease_fact(calls, api_nodes, where)))
     for name, fn in steps:
         out = _guard(name, fn)
         facts += out if isinstance(out, list) else []
