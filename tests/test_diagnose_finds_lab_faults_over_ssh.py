@@ -293,6 +293,26 @@ def test_a_hung_kube_proxy_is_named_by_its_node_after_a_service_was_deleted(lab,
     assert sync["stale"] == f"{web.ip}:8080"
     assert "node2" in found[0]["title"]
 
+def test_a_stopped_controller_manager_is_found_through_the_api_alone(lab, tmp_path):
+    # kube-controller-manager exits, then web's pod fails its readiness probe: every node's
+    # kube-proxy agrees with the slices, which still list the pod; only the pods, the slices
+    # and the lease nobody renews tell. (A hung one: tests/test_lab_faults.py.)
+    web = lab.pod_for_app("web")
+    with lab.injected("endpoints_controller_lagging", params={"via": "stop"}):
+        assert lab.controlplane.recorded_pid("kube-controller-manager") is None
+        report, proc = diagnose(lab, tmp_path)
+    assert proc.returncode == 1
+    found = alarms(report)
+    assert [(f["rule"], f["fault"], f["nodes"], f["root_cause"]) for f in found] == [
+        ("endpoints-controller-stopped", "endpoints_controller_lagging", [], True)]
+    assert "default/web" in found[0]["title"]
+    (lag,) = [e["attrs"] for e in found[0]["evidence"] if e["kind"] == "endpoint_lag"]
+    assert lag["still_listed"] == f"{web.ip} ({web.name}: not Ready)"
+    assert lag["behind_s"] is not None and lag["behind_s"] >= 10
+    (lease,) = [e["attrs"] for e in found[0]["evidence"] if e["kind"] == "controller_lease"]
+    assert lease["expired_s"] >= 10 and lease["holder_node"] is None
+
+
 def test_hairpin_off_and_nodeport_traffic_without_a_local_endpoint_each_named_on_its_node(
         lab, tmp_path):
     # Two Service-path faults at once, on two nodes: the web pod's bridge port without hairpin

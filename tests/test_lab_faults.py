@@ -10,6 +10,7 @@ import time
 import pytest
 
 from kubenetdiag_lab import Lab, LabError, coredns, flannel
+from kubenetdiag_lab.netns import proc_state
 
 pytestmark = pytest.mark.lab
 
@@ -289,6 +290,35 @@ def test_service_no_endpoints(vx):
     assert web_ok(vx)
     assert pod_ready(vx, "default", web.name)
     assert slice_endpoints(vx, "default", "web") == [(web.ip, True)]
+
+
+def controller_lease(lab: Lab) -> dict:
+    return api(lab, "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/"
+                    "kube-controller-manager")["spec"]
+
+
+def test_endpoints_controller_lagging(vx):
+    # via=hang; via=stop (the process gone) is tests/test_diagnose_finds_lab_faults_over_ssh.py's
+    web = vx.pod_for_app("web")
+    holder = controller_lease(vx)["holderIdentity"]
+    assert holder and vx.controlplane.recorded_pid("kube-controller-manager")
+    with vx.injected("endpoints_controller_lagging", params={"via": "hang"}):
+        pid = vx.controlplane.recorded_pid("kube-controller-manager")
+        assert pid is not None and proc_state(pid) == "T"  # stopped, still there
+        lease = controller_lease(vx)
+        assert lease["holderIdentity"] == holder  # nobody took over
+        # the API says the pod is not Ready; its slice, and kube-proxy, still send to it
+        assert not pod_ready(vx, "default", web.name)
+        assert slice_endpoints(vx, "default", "web") == [(web.ip, True)]
+        assert f"--to-destination {web.ip}:8080" in vx.node_exec("node1", ["iptables-save"]).stdout
+        svcs = {s["name"]: s for s in json.loads(vx.state_path.read_text())["services"]}
+        assert svcs["web"]["endpoints"] == [web.name]
+    assert pod_ready(vx, "default", web.name)
+    # a new instance leads, and follows the pods again
+    assert controller_lease(vx)["holderIdentity"] not in (holder, "")
+    assert slice_endpoints(vx, "default", "web") == [(web.ip, True)]
+    with vx.injected("service_no_endpoints"):
+        assert slice_endpoints(vx, "default", "web") == [(web.ip, False)]
 
 
 def kube_proxy_ready(lab: Lab) -> dict[str, bool]:

@@ -134,8 +134,11 @@ def sync(admin: AdminClient, state: Mapping[str, Any],
     if any(o["kind"] == "IPPool" for o in want.values()) and not any(
             o["kind"] == "IPPool" for o in have.values()):
         _ensure_ippool_crd(admin)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for key, obj in want.items():
         old = have.get(key)
+        if obj["kind"] == "Pod" and obj.get("status"):
+            obj["status"] = _stamp_transitions(obj["status"], (old or {}).get("status"), now)
         if old is None:
             _create(admin, obj)
             changed_status = True
@@ -169,6 +172,20 @@ def sync(admin: AdminClient, state: Mapping[str, Any],
     if endpoints_may_change:
         wait_endpoints(admin, state)
     return want
+
+
+def _stamp_transitions(status: Obj, old: Obj | None, now: str) -> Obj:
+    """The pod's conditions with the lastTransitionTime the kubelet gives them: when their
+    status last changed (now, for one that changed or is new), kept from what was written
+    before otherwise, so that a sync that changes nothing still writes nothing."""
+    before = {c.get("type"): c for c in (old or {}).get("conditions") or []}
+    conditions = []
+    for c in status.get("conditions") or []:
+        prev = before.get(c.get("type"))
+        same = prev is not None and prev.get("status") == c.get("status")
+        when = prev.get("lastTransitionTime") if same and prev.get("lastTransitionTime") else now
+        conditions.append({**c, "lastTransitionTime": when})
+    return {**status, "conditions": conditions}
 
 
 Endpoints = dict[tuple[str, str], tuple[set[str], set[str]]]  # (ns, svc): (all, ready) IPs

@@ -30,8 +30,11 @@ step with lab.json.
   Everything else in the default admission chain stays on.
 * kube-controller-manager runs only the EndpointSlice controllers (KCM_CONTROLLERS): the
   EndpointSlices of every Service with a selector are its own, following the pods' Ready
-  condition as on a real cluster. It has no leader election (one instance) and serves
-  /healthz on 127.0.0.1:10257 inside the namespace only.
+  condition as on a real cluster. It elects itself leader through the Lease
+  kube-system/kube-controller-manager, as a kubeadm control plane's does (one instance, so it
+  wins at once; the diagnoser reads the lease to tell a stopped controller from a slow one),
+  and serves /healthz on 127.0.0.1:10257 inside the namespace only.
+  `restart_controller_manager` replaces it (the endpoints_controller_lagging fault's heal).
 * Without scheduler, kubelet and the other controllers, the lab writes what they would:
   spec.nodeName and spec.podCIDR at creation, pod and node status through the status
   subresource (apisync.py).
@@ -109,6 +112,7 @@ NICE = 10
 # mirroring of selector-less Endpoints into slices, both on by default on a real cluster.
 KCM_CONTROLLERS = ("endpointslice-controller", "endpointslice-mirroring-controller")
 KCM_HEALTHZ_PORT = 10257
+KCM_LEASE = "kube-controller-manager"  # its leader election's default name, in kube-system
 START_TIMEOUT = 180.0
 SERVICE_ACCOUNT_ISSUER = f"https://kubernetes.default.svc.{CLUSTER_DOMAIN}"
 
@@ -590,6 +594,7 @@ class ControlPlane:
         os.chmod(files.dir, 0o700)
         files.logs.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(files.etcd_data, ignore_errors=True)  # every start is a fresh cluster
+        files.pids.unlink(missing_ok=True)  # _record_pids merges: nothing of an earlier run
         pki.write_control_plane_pki(files.pki.dir, self.address)
         self.tokens = {user: secrets.token_urlsafe(24) for user in USERS}
         groups = {ADMIN_USER: "system:masters"}
@@ -661,7 +666,6 @@ class ControlPlane:
             # nothing from the narrower rights, and admin requests are not audited.
             f"--kubeconfig={self.files.kubeconfig(ADMIN_USER)}",
             f"--controllers={','.join(KCM_CONTROLLERS)}",
-            "--leader-elect=false",  # one instance: no Lease to win first
             "--bind-address=127.0.0.1",
             f"--secure-port={KCM_HEALTHZ_PORT}",
             f"--cert-dir={self.files.dir / 'kcm-serving'}",  # its self-signed serving cert
@@ -681,9 +685,66 @@ class ControlPlane:
         self._record_pids()
 
     def _record_pids(self) -> None:
-        data = {name: {"pid": proc.pid, "binary": self._binary(name)}
-                for name, proc in self.procs.items()}
+        # merged with the file: a process restarted by another process than the one that
+        # started the control plane (`lab heal`) must not drop the others' pids
+        data = self._recorded()
+        data.update({name: {"pid": proc.pid, "binary": self._binary(name)}
+                     for name, proc in self.procs.items()})
         write_private(self.files.pids, json.dumps(data).encode())
+
+    def _recorded(self) -> dict[str, dict[str, Any]]:
+        try:
+            data = json.loads(self.files.pids.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def recorded_pid(self, name: str) -> int | None:
+        """The pid pids.json has for `name` (kube-controller-manager...), when that process
+        still runs its binary."""
+        entry = self._recorded().get(name)
+        if not isinstance(entry, dict):
+            return None
+        pid, binary = int(entry.get("pid") or 0), str(entry.get("binary") or "")
+        return pid if pid > 0 and binary and binary in cmdline(pid) else None
+
+    def controller_manager_lease(self) -> dict[str, Any]:
+        """kube-controller-manager's leader Lease as the API holds it ({} before the first)."""
+        if not self.tokens:
+            self.attach()  # started by another process (`lab up`)
+        try:
+            return self.admin().get(f"/apis/coordination.k8s.io/v1/namespaces/kube-system/"
+                                    f"leases/{KCM_LEASE}")
+        except ApiError as exc:
+            if exc.status == 404:
+                return {}
+            raise
+
+    def restart_controller_manager(self, timeout: float = 60.0) -> None:
+        """Stop kube-controller-manager (running, hung or SIGSTOPped) and start a new one; wait
+        until the new one holds the lease: only then do its controllers run."""
+        old = (self.controller_manager_lease().get("spec") or {}).get("holderIdentity")
+        pid = self.recorded_pid("kube-controller-manager")
+        if pid is not None:
+            _terminate_stopped_ok(pid, grace=5.0)
+        proc = self.procs.pop("kube-controller-manager", None)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=5)  # reaped: it was this process's child
+        deadline = time.monotonic() + timeout
+        self._start("kube-controller-manager", self._controller_manager_argv())
+        self._wait_controller_manager(deadline)
+        log = self.files.log("kube-controller-manager")
+        while True:
+            holder = (self.controller_manager_lease().get("spec") or {}).get("holderIdentity")
+            if holder and holder != old:
+                return
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise LabError(f"the new kube-controller-manager did not take its lease in "
+                               f"{timeout:.0f}s (held by {holder!r}); last lines of {log}:\n"
+                               f"{log_tail(log)}")
+            time.sleep(0.2)
 
     def _check_alive(self) -> None:
         for name, proc in self.procs.items():

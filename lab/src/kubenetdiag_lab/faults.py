@@ -28,6 +28,7 @@ import subprocess
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from kubenetdiag_lab import (
     services,
     sshd,
 )
-from kubenetdiag_lab.controlplane import CP_ADDRESS
+from kubenetdiag_lab.controlplane import CP_ADDRESS, ControlPlane
 from kubenetdiag_lab.netns import LabError, cmdline, exec_argv, pids_in_netns, proc_state, run
 from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.runner import NetnsRunner, NodeRunner, Runners
@@ -116,11 +117,20 @@ class ActiveFaults:
                 continue
             svc = services.get(params["service"])
             out.update(dict.fromkeys(svc.endpoints if svc else (), 0))
+        out.update(dict.fromkeys(self.frozen_endpoints(topology), 0))
         if any(params["via"] == "stop" for params in self.params("coredns_unreachable")):
             out[topology.pod_for_app("coredns").name] = CRASH_RESTARTS
         for pod in self.probed_unready_pods:
             out.setdefault(pod, 0)
         return out
+
+    def frozen_endpoints(self, topology: Topology) -> set[str]:
+        """Pods that turned not Ready after kube-controller-manager stopped
+        (endpoints_controller_lagging): the API says so, their Service's EndpointSlices, and
+        so every kube-proxy, still list them as ready."""
+        services = {svc.name: svc for svc in cluster_services(topology)}
+        return {pod for params in self.params("endpoints_controller_lagging")
+                for pod in getattr(services.get(params["service"]), "endpoints", ())}
 
     def services(self, topology: Topology) -> list[Service]:
         """The Services as the faults in force leave them: without the endpoints of pods not
@@ -129,7 +139,8 @@ class ActiveFaults:
         selectors = {params["service"]: _broken_selector(topology, params["service"])
                      for params in self.params("service_no_endpoints")
                      if params.get("via") == "selector"}
-        unready = self.unready_pods(topology)
+        frozen = self.frozen_endpoints(topology)
+        unready = {pod: n for pod, n in self.unready_pods(topology).items() if pod not in frozen}
         out = cluster_services(topology, unready, selectors)
         if self.params("cross_zone_latency"):
             out.append(spread_service(topology, unready))
@@ -162,6 +173,8 @@ class FaultContext:
     # Save lab.json and bring the apiserver's objects in line with it now: for a fault that
     # needs the API in one state before it acts and in another after (kube_proxy_out_of_sync).
     sync_api: Callable[[], None] = lambda: None
+    # The control plane, for a fault of its own processes (endpoints_controller_lagging)
+    controlplane: ControlPlane | None = None
 
     def node(self, node: LabNode) -> NodeRunner:
         return self.runners.node(node)
@@ -2091,6 +2104,74 @@ register(Fault(
     _known_service, _noop, {"via": "unready", "service": "web"}, scope="cluster",
     default_node=_web_node, settle=_kube_proxies_synced,
     mechanisms={"unready": (), "selector": ()},
+))
+
+
+# ---- the EndpointSlice controller -----------------------------------------------------------
+
+# How long past its lease's expiry kube-controller-manager must have been gone before the
+# diagnosis runs: the rule's 10 s, and two more for the diagnoser's own API reads.
+LEASE_EXPIRED_S = 12
+
+
+def _controller_manager_stops(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["service"] not in {svc.name for svc in cluster_services(ctx.topology)}:
+        raise LabError(f"endpoints_controller_lagging: no lab service {params['service']!r}")
+    if ctx.controlplane is None:
+        raise LabError("endpoints_controller_lagging needs the lab's control plane")
+    pid = ctx.controlplane.recorded_pid("kube-controller-manager")
+    if pid is None:
+        raise LabError("kube-controller-manager is not running")
+    if params["via"] == "hang":
+        _signal([pid], signal.SIGSTOP)  # alive, its lease no longer renewed
+    elif params["via"] == "stop":
+        _signal([pid], signal.SIGTERM)  # gone, as a crashed static pod the kubelet lost
+    else:
+        raise LabError("endpoints_controller_lagging: via must be hang or stop")
+    # The service's pods turn not Ready when the state is saved (ActiveFaults.unready_pods):
+    # a readiness probe failing after the controller stopped, which no slice follows.
+
+
+def _lease_expired(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """Wait until the lease expired LEASE_EXPIRED_S ago (inject), or is held (heal)."""
+    assert ctx.controlplane is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        spec = ctx.controlplane.controller_manager_lease().get("spec") or {}
+        renewed = spec.get("renewTime") or spec.get("acquireTime")
+        if renewed:
+            age = time.time() - datetime.fromisoformat(renewed.replace("Z", "+00:00")).timestamp()
+            expired = age - int(spec.get("leaseDurationSeconds") or 0)
+            held = expired < 0 and bool(spec.get("holderIdentity"))
+            if (expired >= LEASE_EXPIRED_S) if _active(ctx, params) else held:
+                return
+        time.sleep(0.5)
+    raise LabError("kube-controller-manager's lease did not reach the state the fault needs")
+
+
+def _active(ctx: FaultContext, params: Params) -> bool:
+    return params in ctx.active.params("endpoints_controller_lagging")
+
+
+def _controller_manager_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # The pods Ready again first, while the slices still say what they said: the new
+    # controller then finds nothing to change.
+    ctx.sync_api()
+    if ctx.controlplane is not None:
+        ctx.controlplane.restart_controller_manager()
+
+
+register(Fault(
+    "endpoints_controller_lagging",
+    "kube-controller-manager stops leading, then the pods of a Service (param service, "
+    "default web) fail their readiness probe: the API has them not Ready, their EndpointSlice "
+    "(and every kube-proxy) still lists them as ready. Its process SIGSTOPped (via=hang) or "
+    "terminated (via=stop); the lease kube-system/kube-controller-manager is no longer "
+    f"renewed, and inject waits until it expired {LEASE_EXPIRED_S} s ago. Heal makes the pods "
+    "Ready, then starts a new kube-controller-manager and waits until it holds the lease",
+    _controller_manager_stops, _controller_manager_back, {"via": "hang", "service": "web"},
+    scope="cluster", default_node=_web_node, settle=_lease_expired,
+    mechanisms={"hang": (), "stop": ()},
 ))
 
 

@@ -261,7 +261,7 @@ class Lab:
     def _fault_context(self) -> FaultContext:
         return FaultContext(self.topology, self.paths, self.runners, self.active,
                             stop_sshd=self.stop_sshd, start_sshd=self.start_sshd,
-                            sync_api=self._save_state_if_up)
+                            sync_api=self._save_state_if_up, controlplane=self.controlplane)
 
     # ---- lifecycle ------------------------------------------------------------------------
 
