@@ -236,7 +236,7 @@ def test_collector_gets_every_call_and_only_reads(api, served, tmp_path):
         "version": "ok", "nodes": "ok", "daemonsets": "ok", "pods": "ok",
         "namespaces": "ok", "flannel_config": "ok", "kube_proxy_config": "ok",
         "coredns_config": "ok", "services": "ok", "endpointslices": "ok",
-        "networkpolicies": "ok", "calico_ippools": "not_found",
+        "networkpolicies": "ok", "controller_lease": "ok", "calico_ippools": "not_found",
     }
     assert doc["source"]["server"] == "https://198.18.0.3:6443" and doc["source"]["context"]
     # The apiserver's audit log: every request this collection made, as the server saw it.
