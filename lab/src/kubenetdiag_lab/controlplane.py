@@ -720,9 +720,11 @@ class ControlPlane:
                 return {}
             raise
 
-    def restart_controller_manager(self, timeout: float = 60.0) -> None:
-        """Stop kube-controller-manager (running, hung or SIGSTOPped) and start a new one; wait
-        until the new one holds the lease: only then do its controllers run."""
+    def restart_controller_manager(self, extra_args: Sequence[str] = (),
+                                   timeout: float = 60.0) -> None:
+        """Stop kube-controller-manager (running, hung or SIGSTOPped) and start a new one with
+        `extra_args` after its usual flags; wait until the new one holds the lease: only then
+        do its controllers run. A candidate waits out the old holder's lease (15 s) first."""
         old = (self.controller_manager_lease().get("spec") or {}).get("holderIdentity")
         pid = self.recorded_pid("kube-controller-manager")
         if pid is not None:
@@ -732,7 +734,7 @@ class ControlPlane:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=5)  # reaped: it was this process's child
         deadline = time.monotonic() + timeout
-        self._start("kube-controller-manager", self._controller_manager_argv())
+        self._start("kube-controller-manager", [*self._controller_manager_argv(), *extra_args])
         self._wait_controller_manager(deadline)
         log = self.files.log("kube-controller-manager")
         while True:

@@ -2112,6 +2112,11 @@ register(Fault(
 # How long past its lease's expiry kube-controller-manager must have been gone before the
 # diagnosis runs: the rule's 10 s, and two more for the diagnoser's own API reads.
 LEASE_EXPIRED_S = 12
+# A controller that leads and holds pod changes back (via=batch): its batching period, the
+# runbook's quarter of an hour, and how old the pods' change is when inject returns (the rule's
+# 60 s, and two more).
+BATCH_PERIOD = "15m"
+BEHIND_S = 62
 
 
 def _controller_manager_stops(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -2119,6 +2124,12 @@ def _controller_manager_stops(ctx: FaultContext, node: LabNode, params: Params) 
         raise LabError(f"endpoints_controller_lagging: no lab service {params['service']!r}")
     if ctx.controlplane is None:
         raise LabError("endpoints_controller_lagging needs the lab's control plane")
+    if params["via"] == "batch":
+        # leading and healthy, every pod change queued for a quarter of an hour, as a
+        # batching period raised to spare the API server a large cluster's churn does
+        ctx.controlplane.restart_controller_manager(
+            [f"--endpointslice-updates-batch-period={BATCH_PERIOD}"])
+        return
     pid = ctx.controlplane.recorded_pid("kube-controller-manager")
     if pid is None:
         raise LabError("kube-controller-manager is not running")
@@ -2127,30 +2138,50 @@ def _controller_manager_stops(ctx: FaultContext, node: LabNode, params: Params) 
     elif params["via"] == "stop":
         _signal([pid], signal.SIGTERM)  # gone, as a crashed static pod the kubelet lost
     else:
-        raise LabError("endpoints_controller_lagging: via must be hang or stop")
+        raise LabError("endpoints_controller_lagging: via must be hang, stop or batch")
     # The service's pods turn not Ready when the state is saved (ActiveFaults.unready_pods):
     # a readiness probe failing after the controller stopped, which no slice follows.
 
 
-def _lease_expired(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    """Wait until the lease expired LEASE_EXPIRED_S ago (inject), or is held (heal)."""
+def _age(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    return time.time() - datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _controller_settled(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """Injected: the lease expired LEASE_EXPIRED_S ago (hang, stop), or the pods' change is
+    BEHIND_S old and still not in their slices (batch). Healed: a controller holds the lease."""
     assert ctx.controlplane is not None
-    deadline = time.monotonic() + 60
+    active = params in ctx.active.params("endpoints_controller_lagging")
+    deadline = time.monotonic() + 45 + (BEHIND_S if active else 0)
     while time.monotonic() < deadline:
         spec = ctx.controlplane.controller_manager_lease().get("spec") or {}
-        renewed = spec.get("renewTime") or spec.get("acquireTime")
-        if renewed:
-            age = time.time() - datetime.fromisoformat(renewed.replace("Z", "+00:00")).timestamp()
-            expired = age - int(spec.get("leaseDurationSeconds") or 0)
-            held = expired < 0 and bool(spec.get("holderIdentity"))
-            if (expired >= LEASE_EXPIRED_S) if _active(ctx, params) else held:
+        age = _age(spec.get("renewTime") or spec.get("acquireTime"))
+        expired = None if age is None else age - int(spec.get("leaseDurationSeconds") or 0)
+        if not active:
+            if expired is not None and expired < 0 and spec.get("holderIdentity"):
+                return
+        elif params["via"] != "batch":
+            if expired is not None and expired >= LEASE_EXPIRED_S:
+                return
+        else:
+            pods = ctx.active.frozen_endpoints(ctx.topology)
+            ages = [_age(_ready_since(ctx, ctx.topology.pod(pod))) for pod in pods]
+            if ages and all(a is not None and a >= BEHIND_S for a in ages):
                 return
         time.sleep(0.5)
-    raise LabError("kube-controller-manager's lease did not reach the state the fault needs")
+    raise LabError("endpoints_controller_lagging: the controller did not reach the state the "
+                   "fault needs")
 
 
-def _active(ctx: FaultContext, params: Params) -> bool:
-    return params in ctx.active.params("endpoints_controller_lagging")
+def _ready_since(ctx: FaultContext, pod: LabPod) -> str | None:
+    assert ctx.controlplane is not None
+    found = ctx.controlplane.admin().get(f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}")
+    for condition in (found.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready" and condition.get("status") == "False":
+            return condition.get("lastTransitionTime")
+    return None
 
 
 def _controller_manager_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -2163,15 +2194,18 @@ def _controller_manager_back(ctx: FaultContext, node: LabNode, params: Params) -
 
 register(Fault(
     "endpoints_controller_lagging",
-    "kube-controller-manager stops leading, then the pods of a Service (param service, "
-    "default web) fail their readiness probe: the API has them not Ready, their EndpointSlice "
-    "(and every kube-proxy) still lists them as ready. Its process SIGSTOPped (via=hang) or "
-    "terminated (via=stop); the lease kube-system/kube-controller-manager is no longer "
-    f"renewed, and inject waits until it expired {LEASE_EXPIRED_S} s ago. Heal makes the pods "
-    "Ready, then starts a new kube-controller-manager and waits until it holds the lease",
+    "the EndpointSlice controller stops following the pods, then the pods of a Service (param "
+    "service, default web) fail their readiness probe: the API has them not Ready, their "
+    "EndpointSlice (and every kube-proxy) still lists them as ready. kube-controller-manager "
+    "SIGSTOPped (via=hang) or terminated (via=stop), its lease kube-system/"
+    f"kube-controller-manager no longer renewed (inject waits until it expired {LEASE_EXPIRED_S}"
+    " s ago); or restarted leading, with --endpointslice-updates-batch-period="
+    f"{BATCH_PERIOD}, so it holds every pod change back (via=batch; inject waits until the "
+    f"change is {BEHIND_S} s old). Heal makes the pods Ready, then starts a new "
+    "kube-controller-manager as the lab runs it and waits until it holds the lease",
     _controller_manager_stops, _controller_manager_back, {"via": "hang", "service": "web"},
-    scope="cluster", default_node=_web_node, settle=_lease_expired,
-    mechanisms={"hang": (), "stop": ()},
+    scope="cluster", default_node=_web_node, settle=_controller_settled,
+    mechanisms={"hang": (), "stop": (), "batch": ()},
 ))
 
 
