@@ -71,9 +71,10 @@ MULTI: list[tuple[str, ...]] = [
      "forward_chain_reject[via=nft]@node3"),
     ("flannel-vxlan", "vxlan_udp_blocked[via=nft]@node1",
      "ip_forward_disabled[via=interface]@node2", "node_unreachable[via=hang]@node3"),
-    # a slow inter-zone link beside a node-local fault and beside unanswered workload traffic
+    # a slow inter-zone link beside a node-local fault, a node's full uplink beside
+    # unanswered workload traffic
     ("flannel-vxlan", "cross_zone_latency[via=switch]@node2", "vxlan_udp_blocked@node3"),
-    ("flannel-vxlan", "cross_zone_latency[via=node]@node2",
+    ("flannel-vxlan", "link_saturated[via=uplink]@node2",
      "connections_unanswered[via=stuck]@node3"),
     ("flannel-vxlan", "vxlan_port_in_use@node2", "listen_port_conflict@node3"),
     ("flannel-vxlan", "vxlan_peer_entry_missing[via=neigh]@node1",

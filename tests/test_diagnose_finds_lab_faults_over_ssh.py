@@ -313,6 +313,20 @@ def test_a_stopped_controller_manager_is_found_through_the_api_alone(lab, tmp_pa
     assert lease["expired_s"] >= 10 and lease["holder_node"] is None
 
 
+def test_a_pods_veth_at_its_bandwidth_limit_is_named_on_its_node(lab, tmp_path):
+    # the web pod on node2 shaped as the CNI bandwidth plugin does, a peer's pod sending to it
+    # as fast as the shaping lets through: the node's own counters and its tc say so
+    with lab.injected("link_saturated", "node2", {"via": "pod"}):
+        report, proc = diagnose(lab, tmp_path)
+    assert proc.returncode == 1
+    found = alarms(report)
+    assert [(f["rule"], f["nodes"], f["root_cause"]) for f in found] == [
+        ("link-saturated", ["node2"], True)]
+    (full,) = [e["attrs"] for e in found[0]["evidence"] if e["kind"] == "link_saturation"]
+    assert (full["direction"], full["limit"], full["capacity_mbps"]) == ("send", "tbf rate", 8.0)
+    assert full["name"].startswith(("veth", "cali")) and full["used_pct"] >= 90
+
+
 def test_hairpin_off_and_nodeport_traffic_without_a_local_endpoint_each_named_on_its_node(
         lab, tmp_path):
     # Two Service-path faults at once, on two nodes: the web pod's bridge port without hairpin

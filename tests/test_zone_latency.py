@@ -119,3 +119,35 @@ def test_made_from_the_kinds_it_declares_and_a_rule_on_it_needs_them() -> None:
     declared = [f for f in facts if f.kind in zones.INPUTS]
     assert zone_latency_facts(facts) == zone_latency_facts(declared) != []
     assert producers.observed(["zone_latency"]) == {"reach", "k8s_node", "service_endpoints"}
+
+
+def load(name: str, node_name: str, tx_bps: int, drops: int = 0) -> Fact:
+    return Fact("interface_load", node_name, {
+        "name": name, "rx_bps": 400_000, "tx_bps": tx_bps, "rx_pps": 300, "tx_pps": 700,
+        "rx_drops": 0, "tx_drops": drops, "interval_s": 3.1})
+
+
+def shaped(dev: str, node_name: str, rate_bps: int) -> Fact:
+    return Fact("tc_hook", node_name, {
+        "dev": dev, "direction": "root", "qdisc": "tbf", "filters": 0, "actions": None,
+        "text": f"qdisc tbf 8001: dev {dev} root rate 8Mbit burst 8Kb lat 60ms",
+        "rate_bps": rate_bps})
+
+
+def test_a_full_uplink_on_a_node_of_the_slow_zones_is_the_root_cause_they_pay_for() -> None:
+    from kubenetdiag.facts.link_load import link_saturation_facts
+
+    link = [load("eth0", "n3", 7_800_000), shaped("eth0", "n3", 8_000_000)]
+    facts = [*ZONES, *SAME, *slow_cross(30.0), service("az1,az2"), *link]
+    facts += [*zone_latency_facts(facts), *link_saturation_facts(facts)]
+    found = infer(load_ruleset(), facts)
+    roots = {f["fault"]: f for f in found if f["root_cause"] and f["severity"] in ALARM}
+    # the spread without topology-aware routing stays a finding of its own, as without latency
+    assert sorted(roots) == ["cross_zone_endpoints", "link_saturated"]
+    assert roots["link_saturated"]["nodes"] == ["n3"]
+    assert roots["link_saturated"]["title"].startswith(
+        "eth0 on n3 carries 7.8 Mbit/s (send), 98% of its 8")
+    # the zones' latency is still reported, as what that link costs the calls between them
+    zone = [f for f in found if f["fault"] == "cross_zone_latency"]
+    assert [(f["rule"], f["root_cause"], f["explained_by"]) for f in zone] == [
+        ("cross-zone-latency-explained", False, ["link-saturated"])]

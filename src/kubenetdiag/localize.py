@@ -57,7 +57,11 @@ PROBE_NAME_ZH = {"all": "全部探测"}
 # Values of rule placeholders that are words, not names: by placeholder.
 _WORDS_ZH: dict[str, dict[str, str]] = {
     "direction": {"inbound": "入方向", "outbound": "出方向", "both": "双向",
-                  "node_to_pod": "节点到 Pod", "pod_to_node": "Pod 到节点"},
+                  "node_to_pod": "节点到 Pod", "pod_to_node": "Pod 到节点",
+                  # link_saturation.direction
+                  "send": "发送", "receive": "接收"},
+    # link_saturation.limit: what sets a link's capacity
+    "limit": {"tbf rate": "tbf 限速", "link speed": "链路速率"},
     "verdict": {"drop": "丢弃", "reject": "拒绝", "unknown": "未知", "accept": "放行"},
     "owner": {"unknown": "未知"},
     "kind": {"service": "Service VIP", "pod": "Pod IP", "node": "节点解析器"},
@@ -263,8 +267,10 @@ BLOCKS_ZH = {
         "ipset：匹配集合的 iptables 规则（kube-proxy ipvs 模式、Calico）在路径遍历中无法判定",
     "IPVS virtual servers (kube-proxy ipvs mode): Service VIPs and their backends":
         "IPVS 虚拟服务（kube-proxy ipvs 模式）：Service VIP 及其后端",
-    "drop and error counters rising now (listen overflows, UDP buffer errors, RcvQ drops)":
-        "当前正在增长的丢包与错误计数（全连接队列溢出、UDP 缓冲区错误、接收队列丢包）",
+    "drop and error counters rising now (listen overflows, UDP buffer errors, RcvQ drops) "
+    "and each interface's throughput":
+        "当前正在增长的丢包与错误计数（全连接队列溢出、UDP 缓冲区错误、接收队列丢包）"
+        "以及各网卡的吞吐量",
     "sockets (accept queues, listeners' open files, TIME_WAIT, CLOSE-WAIT and FIN-WAIT-2 "
     "counts, stuck Recv-Q/Send-Q, UDP buffers)":
         "套接字（全连接队列、监听进程打开的文件数、TIME_WAIT、CLOSE-WAIT 与 FIN-WAIT-2 数量、"

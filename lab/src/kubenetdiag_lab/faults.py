@@ -2541,55 +2541,100 @@ def _wait_pod_listen(ctx: FaultContext, pod: str, port: int) -> None:
     raise LabError(f"the server in {pod} does not listen on {port}")
 
 
-def _bulk(ctx: FaultContext, sender: LabNode, receiver: LabNode) -> None:
-    """A bulk transfer from a pod on `sender` to a pod on `receiver`, running until healed."""
-    sink = ctx.topology.pods_on(receiver.name)[0]
-    _start_in_pod(ctx, sink.name, services.netprog_argv("bulk-sink", str(BULK_PORT)))
-    _wait_pod_listen(ctx, sink.name, BULK_PORT)
-    source = ctx.topology.pods_on(sender.name)[0]
+def _bulk(ctx: FaultContext, source: LabPod, sink: LabPod, port: int = BULK_PORT) -> None:
+    """A bulk transfer from pod `source` to pod `sink`, running until healed."""
+    _start_in_pod(ctx, sink.name, services.netprog_argv("bulk-sink", str(port)))
+    _wait_pod_listen(ctx, sink.name, port)
     _start_in_pod(ctx, source.name, services.netprog_argv(
-        "bulk-send", sink.ip, str(BULK_PORT), "1800"))
+        "bulk-send", sink.ip, str(port), "1800"))
     run(["sleep", "2"])  # TCP's slow start fills the queue within a second at this rate
 
 
+def _stop_bulk(ctx: FaultContext, port: int) -> None:
+    """End the transfers to `port` (`bulk-send HOST PORT SECONDS`) and their sink."""
+    _kill_matching_in([pod.netns for pod in ctx.topology.pods], f" {port} 1800",
+                      f"bulk-sink {port}")
+
+
 def _zone_link_slow(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] != "switch":
+        raise LabError("cross_zone_latency: via must be switch (a node's own full uplink is "
+                       "link_saturated via=uplink)")
     peer = _other_zone(ctx, node)
-    if params["via"] == "switch":
-        # the switch port towards the node: what comes to it from the other zone queues there
-        ctx.runners.switch.run(["tc", "qdisc", "replace", "dev", f"swp{node.index}", "root",
-                                *TBF])
-        _bulk(ctx, peer, node)
-    elif params["via"] == "node":
-        # the node's own uplink: what it sends to the other zone queues behind the transfer
-        ctx.node(node).run(["tc", "qdisc", "replace", "dev", "eth0", "root", *TBF])
-        _bulk(ctx, node, peer)
-    else:
-        raise LabError("cross_zone_latency: via must be switch or node")
+    # the switch port towards the node: what comes to it from the other zone queues there
+    ctx.runners.switch.run(["tc", "qdisc", "replace", "dev", f"swp{node.index}", "root", *TBF])
+    _bulk(ctx, ctx.topology.pods_on(peer.name)[0], ctx.topology.pods_on(node.name)[0])
 
 
 def _zone_link_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    _kill_matching_in([pod.netns for pod in ctx.topology.pods], "bulk-send",
-                      f"bulk-sink {BULK_PORT}")
+    _stop_bulk(ctx, BULK_PORT)
     port = f"swp{node.index}"
     if "tbf" in ctx.runners.switch.run(["tc", "qdisc", "show", "dev", port],
                                        check=False).stdout:
         ctx.runners.switch.run(["tc", "qdisc", "del", "dev", port, "root"])
-    if "tbf" in ctx.node(node).run(["tc", "qdisc", "show", "dev", "eth0"], check=False).stdout:
-        ctx.node(node).run(["tc", "qdisc", "del", "dev", "eth0", "root"])
 
 
 register(Fault(
     "cross_zone_latency",
     "a Service (client, 10.96.0.30) whose endpoints are the client pods of every node, so in "
     "both zones, without topology-aware routing, while the path to the node's zone is slow: "
-    "rate-limited to 8 Mbit/s with a 60 ms queue that a bulk TCP transfer between pods of the "
-    "two zones keeps full, on the switch port towards the node (via=switch) or on the node's "
-    "own eth0, the transfer leaving from it (via=node). Default node: one alone in its zone, "
-    "so the other zone keeps a same-zone pair to compare with (three nodes or more)",
+    "rate-limited to 8 Mbit/s with a 60 ms queue that a bulk TCP transfer from a pod of the "
+    "other zone keeps full, on the switch port towards the node (via=switch: the interconnect, "
+    "which no node's own counters show). Default node: one alone in its zone, so the other "
+    "zone keeps a same-zone pair to compare with (three nodes or more)",
     _zone_link_slow, _zone_link_heal, {"via": "switch"}, scope="cluster",
     default_node=_lone_zone_node, settle=lambda ctx, node, params: _kube_proxies_synced(
         ctx, node, params),
-    mechanisms={"switch": (), "node": ()},
+    mechanisms={"switch": ()},
+))
+
+# ---- a link at capacity ----------------------------------------------------------------------
+
+# Its own port, so that healing it never stops another fault's transfer.
+SATURATING_PORT = 30091
+
+
+def _shaped_pod(ctx: FaultContext, node: LabNode) -> LabPod:
+    """The node's last pod that serves nothing the checks need: CoreDNS stays unshaped."""
+    pods = [pod for pod in ctx.topology.pods_on(node.name) if pod.app != "coredns"]
+    return pods[-1]
+
+
+def _link_full(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    peer = ctx.topology.peers(node)[0]
+    if params["via"] == "uplink":
+        # the node's own uplink, shaped, and a pod of the node sending as fast as it takes
+        ctx.node(node).run(["tc", "qdisc", "replace", "dev", "eth0", "root", *TBF])
+        _bulk(ctx, ctx.topology.pods_on(node.name)[0], ctx.topology.pods_on(peer.name)[0],
+              SATURATING_PORT)
+    elif params["via"] == "pod":
+        # a pod's veth shaped as the CNI bandwidth plugin does for its ingress-bandwidth
+        # (a tbf on the host side), and a pod of a peer sending to it as fast as it takes
+        pod = _shaped_pod(ctx, node)
+        ctx.node(node).run(["tc", "qdisc", "replace", "dev", _host_veth(ctx, pod), "root",
+                            *TBF])
+        _bulk(ctx, ctx.topology.pods_on(peer.name)[0], pod, SATURATING_PORT)
+    else:
+        raise LabError("link_saturated: via must be uplink or pod")
+
+
+def _link_free(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _stop_bulk(ctx, SATURATING_PORT)
+    for dev in ("eth0", _host_veth(ctx, _shaped_pod(ctx, node))):
+        if "tbf" in ctx.node(node).run(["tc", "qdisc", "show", "dev", dev], check=False).stdout:
+            ctx.node(node).run(["tc", "qdisc", "del", "dev", dev, "root"])
+
+
+register(Fault(
+    "link_saturated",
+    "a link of the node carrying all it can: shaped to 8 Mbit/s with a 60 ms queue (a tbf) "
+    "while a bulk TCP transfer keeps it full. via=uplink: the node's eth0, the transfer "
+    "leaving from its first pod to a peer's; via=pod: the host side of the veth of one of its "
+    "pods (its last that is not CoreDNS), as the CNI bandwidth plugin shapes a pod's "
+    "ingress-bandwidth, the transfer coming from a peer's pod. Everything else through that "
+    "link waits in the queue",
+    _link_full, _link_free, {"via": "uplink"},
+    mechanisms={"uplink": (), "pod": ()},
 ))
 
 # ---- connections unanswered ----------------------------------------------------------------

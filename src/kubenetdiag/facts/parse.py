@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 from kubenetdiag.facts.bridges import pod_bridge_facts
 from kubenetdiag.facts.cluster import cluster_facts
+from kubenetdiag.facts.link_load import link_saturation_facts
 from kubenetdiag.facts.model import Fact, Source, excerpt
 from kubenetdiag.facts.paths import path_facts
 from kubenetdiag.facts.persist import persist_sysctl
@@ -354,6 +355,7 @@ def _facts_from_records(records: list[dict], cluster: dict | None,
     facts.extend(path_facts(facts))
     facts.extend(vantage_facts(facts))  # where the active checks' failures localize
     facts.extend(zone_latency_facts(facts))  # what calls between a Service's zones pay
+    facts.extend(link_saturation_facts(facts))  # links carrying what they can, or near it
     facts.extend(service_sync_facts(facts))  # each node's kube-proxy rules against the API
     facts.extend(pod_bridge_facts(facts))  # the bridge pods hang off, and its hairpin mode
     facts.extend(vxlan_peer_facts(facts))  # each peer's VXLAN entries against the peer's device

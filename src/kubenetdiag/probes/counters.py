@@ -4,7 +4,9 @@ incidents long past).
 
 The counters come from /proc/net/snmp, /proc/net/netstat and /proc/net/stat/nf_conntrack,
 which is where `nstat` and `netstat -s` read them, and /proc/net/xfrm_stat (IPsec's drops, one
-`Name value` line each, where the kernel keeps them), but reading them directly writes nothing:
+`Name value` line each, where the kernel keeps them); each interface's bytes and drops from
+/proc/net/dev, where `ip -s link` and `iftop`'s totals come from, give its throughput over the
+same interval (interface_load). Reading them directly writes nothing:
 `nstat` without `-s` would keep a history file on the node. The first sample is taken by the
 script's prelude, before any other probe runs, and the second at this probe's turn at the end:
 the other probes' run time is the interval, topped up with a sleep to MIN_INTERVAL_S.
@@ -12,14 +14,22 @@ the other probes' run time is the interval, topped up with a sleep to MIN_INTERV
 
 from __future__ import annotations
 
+import re
+
 from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.probes.base import Probe, Section, TwoSample
 from kubenetdiag.probes.conntrack import sum_proc_stat
 
 MIN_INTERVAL_S = 2
-# xfrm_stat before nf_conntrack: the per-CPU conntrack lines run to the end of a sample
+# xfrm_stat and dev before nf_conntrack: the per-CPU conntrack lines run to the end of a sample
 SAMPLING = TwoSample("counters", "/proc/net/snmp /proc/net/netstat /proc/net/xfrm_stat "
-                     "/proc/net/stat/nf_conntrack", MIN_INTERVAL_S)
+                     "/proc/net/dev /proc/net/stat/nf_conntrack", MIN_INTERVAL_S)
+# An interface moving less than this in both directions, and dropping nothing, gives no fact:
+# a node's idle pod veths would outnumber everything else.
+LOAD_FLOOR_BPS = 1_000_000
+# /proc/net/dev: `name: ` then 8 receive and 8 transmit counters (a name may run into its
+# first number when the count is wide: "eth0:123456789")
+_DEV = re.compile(r"^\s*([^\s:]+):\s*((?:\d+\s+){15}\d+)\s*$")
 SAMPLE = SAMPLING.sample
 
 # (group, counter): the drops and errors docs/runbooks.md#runbook-004 looks at. Group and
@@ -93,6 +103,52 @@ def read_sample(lines: list[str]) -> dict[tuple[str, str], int]:
     return values
 
 
+def read_dev(lines: list[str]) -> dict[str, tuple[int, ...]]:
+    """{interface: (rx_bytes, rx_packets, rx_drops, tx_bytes, tx_packets, tx_drops)} from one
+    sample's /proc/net/dev lines. The receive drops are the kernel's rx_dropped plus
+    rx_missed_errors (a NIC out of ring buffers), as /proc/net/dev sums them.
+
+    >>> read_dev(["  eth0:123456789 10 0 2 0 0 0 0 987 5 0 1 0 0 0 0", "Ip: 1 2"])
+    {'eth0': (123456789, 10, 2, 987, 5, 1)}
+    """
+    out = {}
+    for line in lines:
+        m = _DEV.match(line)
+        if m:
+            n = [int(v) for v in m.group(2).split()]
+            out[m.group(1)] = (n[0], n[1], n[3], n[8], n[9], n[11])
+    return out
+
+
+def _load_facts(first: list[str], second: list[str], interval: float | None,
+                node: str, exit_code: int | None) -> list[Fact]:
+    """interface_load: what each interface received and sent per second between the samples."""
+    before, after = read_dev(first), read_dev(second)
+    facts = []
+    for name in sorted(after):
+        if name not in before or not interval:
+            continue
+        delta = [b - a for a, b in zip(before[name], after[name], strict=True)]
+        if any(d < 0 for d in delta):
+            continue  # a counter reset (the device re-created between the samples)
+        rx_bps, tx_bps = (round(delta[i] * 8 / interval) for i in (0, 3))
+        if max(rx_bps, tx_bps) < LOAD_FLOOR_BPS and not (delta[2] or delta[5]):
+            continue
+        facts.append(Fact("interface_load", node, {
+            "name": name,
+            "rx_bps": rx_bps,
+            "tx_bps": tx_bps,
+            "rx_pps": round(delta[1] / interval),
+            "tx_pps": round(delta[4] / interval),
+            "rx_drops": delta[2],
+            "tx_drops": delta[5],
+            "interval_s": interval,
+        }, Source("counters", "/proc/net/dev (twice)", exit_code,
+                  f"{name}: rx {delta[0]} bytes, tx {delta[3]} bytes, drops rx {delta[2]} "
+                  f"tx {delta[5]} over {interval}s")))
+    return facts
+
+
 def parse(section: Section, node: str) -> list[Fact]:
     """One net_counter fact per watched counter this kernel has.
 
@@ -131,15 +187,17 @@ def parse(section: Section, node: str) -> list[Fact]:
             "rising": None if delta is None else delta > 0,
         }, Source("counters", SAMPLE + " (twice)", section.exit_code,
                   f"{name}: {first.get(key)} -> {second.get(key)} over {interval}s")))
-    return facts
+    return facts + _load_facts(samples.first, samples.second, interval, node,
+                               section.exit_code)
 
 
 PROBE = Probe(
     name="counters",
     command=SAMPLING.command,
     parse=parse,
-    kinds=("net_counter",),
-    blocks="drop and error counters rising now (listen overflows, UDP buffer errors, RcvQ drops)",
+    kinds=("net_counter", "interface_load"),
+    blocks="drop and error counters rising now (listen overflows, UDP buffer errors, RcvQ "
+    "drops) and each interface's throughput",
     timeout_s=MIN_INTERVAL_S + 10,
     preludes=(SAMPLING.prelude,),
     sampling=SAMPLING,

@@ -34,13 +34,19 @@ from kubenetdiag.probes.text import clip, parts, to_int
 
 # The listings come from the script's one `ip -batch` (IP_BATCH) where it ran; else the JSON
 # attempt's output is kept, not thrown away and asked for again.
+# Each device's link speed in Mbit/s, as the driver reports it (ethtool's Speed): what a NIC's
+# traffic is measured against. Read by the shell itself; a device that is down or virtual
+# without one answers EINVAL or -1.
+SPEED = ("echo '##knd:speed'; for __f in /sys/class/net/*/speed; do "
+         "__d=${__f%/speed}; read -r __s 2>/dev/null <\"$__f\" && echo \"${__d##*/} $__s\"; "
+         "done; true")
 COMMAND = (
-    from_ip_batch("link", "addr") + " || "
+    "{ " + from_ip_batch("link", "addr") + " || "
     "if o=$(ip -d -j link show 2>/dev/null); then "
     "echo '##knd:link json'; printf '%s\\n' \"$o\"; echo; "
     "echo '##knd:addr json'; ip -j -4 addr show; "
     "else echo '##knd:link text'; ip -d -o link show; "
-    "echo '##knd:addr text'; ip -o -4 addr show; fi"
+    "echo '##knd:addr text'; ip -o -4 addr show; fi; }; " + SPEED
 )
 
 _HEAD = re.compile(r"^\d+:\s+([^:@\s]+)(?:@(\S+?))?:\s+<([^>]*)>(.*)$")
@@ -49,6 +55,8 @@ _KINDS = {
     "geneve", "wireguard", "gre", "gretap", "team", "openvswitch", "sit", "ip6tnl", "vrf",
     "nlmon", "ifb", "netkit", "macvtap", "erspan", "bareudp",
 }
+# Kinds whose reported speed is a real link's: a NIC, or a bond, team or VLAN over NICs.
+_WIRED = frozenset({"device", "bond", "team", "vlan", "macvlan", "ipvlan"})
 # XDP attach modes as the kernel numbers them (XDP_ATTACHED_*) and as ip words them.
 _XDP_MODES = {1: "native", 2: "generic", 3: "offload", 4: "multi"}
 _XDP_WORDS = {"xdp": "native", "xdpdrv": "native", "xdpgeneric": "generic", "xdpskb": "generic",
@@ -214,6 +222,7 @@ def parse(section: Section, node: str) -> list[Fact]:
     links: list[dict] = []
     addrs: dict[str, list[str]] = {}
     raw_lines: dict[str, str] = {}
+    speeds: dict[str, int] = {}
     for name, fmt, lines in parts(section.stdout):
         try:
             if name == "link":
@@ -225,11 +234,16 @@ def parse(section: Section, node: str) -> list[Fact]:
                                  for ln in lines if ln.count(":") >= 2}
             elif name == "addr":
                 addrs = _addresses(fmt, lines)
+            elif name == "speed":
+                speeds = {w[0]: int(w[1]) for w in (ln.split() for ln in lines)
+                          if len(w) == 2 and w[1].isdigit() and int(w[1]) > 0}
         except (ValueError, AttributeError, TypeError):
             continue  # half a JSON document (cut off): the other part may still be whole
     facts = []
     for link in links:
         link["addresses"] = ",".join(addrs.get(link["name"], [])) or None
+        # a veth, a bridge or a tunnel reports a nominal speed (or none) that bounds nothing
+        link["speed_mbps"] = speeds.get(link["name"]) if link["kind"] in _WIRED else None
         evidence = raw_lines.get(link["name"]) or (
             f"{link['name']}: {link['kind']} mtu {link['mtu']} state {link['state']}"
             + (f" vxlan id {link['vxlan_id']} dstport {link['vxlan_port']}"

@@ -168,7 +168,7 @@ def parse(section: Section, node: str) -> list[Fact]:
     facts: list[Fact] = []
 
     def fact(dev: str, direction: str, qdisc: str, item_list: list[str], text: list[str],
-             raw: str) -> None:
+             raw: str, rate: int | None = None) -> None:
         found: list[str] = []
         summary: list[str] = []
         count = 0
@@ -186,6 +186,7 @@ def parse(section: Section, node: str) -> list[Fact]:
             "filters": count,
             "actions": clip(",".join(found), 200) or None,
             "text": clip("; ".join([*text, *summary[:8]]), 500),
+            "rate_bps": rate,
         }, Source("tc", "tc qdisc show; tc -j filter show dev DEV ...", section.exit_code,
                   excerpt(raw, 1000))))
 
@@ -212,8 +213,10 @@ def parse(section: Section, node: str) -> list[Fact]:
             continue
         kinds = [q["kind"] for q in sorted(tree, key=lambda q: not q["root"])]
         shown = [k for k in dict.fromkeys(kinds) if k not in DEFAULTS] or kinds[:1]
+        rates = [r for q in tree if q["kind"] == "tbf" and (r := tbf_rate(q["line"]))]
         fact(dev, "root", ",".join(shown), tree_items, [q["line"] for q in tree][:4],
-             _raw([q["line"] for q in tree], [answers[i] for i in tree_items]))
+             _raw([q["line"] for q in tree], [answers[i] for i in tree_items]),
+             min(rates) if rates else None)
     missing = [item for item in items if item not in answers]
     if missing:
         facts.append(Fact("probe_status", node, {
@@ -222,6 +225,26 @@ def parse(section: Section, node: str) -> list[Fact]:
             "blocks": PROBE.blocks,
         }, Source("tc", "tc -j -force -b -", section.exit_code, excerpt(section.stderr, 1000))))
     return facts
+
+
+_RATE = re.compile(r"\brate (\d+(?:\.\d+)?)([KMGT]?)(i?)bit\b")
+_UNITS = {"": 1, "K": 1, "M": 2, "G": 3, "T": 4}
+
+
+def tbf_rate(line: str) -> int | None:
+    """The rate a tbf qdisc line caps its device at, in bits per second (tc prints it with
+    SI prefixes, or binary ones under -iec).
+
+    >>> tbf_rate("qdisc tbf 8001: dev eth0 root refcnt 2 rate 8Mbit burst 8Kb lat 60.0ms")
+    8000000
+    >>> tbf_rate("qdisc tbf 1: dev veth1 root rate 1.5Gibit burst 64Kb lat 25ms")
+    1610612736
+    """
+    m = _RATE.search(line)
+    if not m:
+        return None
+    base = 1024 if m.group(3) else 1000
+    return round(float(m.group(1)) * base ** _UNITS[m.group(2)])
 
 
 def _raw(qdisc_lines: list[str], answers: list[list]) -> str:
