@@ -177,3 +177,13 @@ def test_the_answers_date_header_is_the_servers_clock():
     assert _server_date(_Resp("Sun, 06 Dec 2026 05:00:00 GMT")) == "2026-12-06T05:00:00+00:00"
     for bad in (None, "yesterday", "Sun, 06 Dec 2026 05:00:00", 5):
         assert _server_date(_Resp(bad)) is None
+
+
+def test_slices_that_say_nothing_of_when_they_changed_give_the_difference_no_age():
+    # the controller writes no trigger time on its first sync after a restart: a pod that
+    # flipped between the collector's two reads looks exactly like one it missed
+    sl = endpoint_slice(("web-1", "10.244.1.2"))
+    del sl["metadata"]["annotations"]
+    (lag,) = facts([pod("web-1", "10.244.1.2", ready=False, since=3600)], [sl])
+    assert (lag["still_listed"], lag["behind_s"], lag["slices_changed_s"]) == (
+        "10.244.1.2 (web-1: not Ready)", None, None)

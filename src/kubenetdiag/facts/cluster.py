@@ -719,7 +719,9 @@ def _lag_of(svc: dict, slices: list[dict], pods: list[dict], by_name: dict[str, 
     def counted(since: datetime | None) -> bool:
         if since is not None and caught_up is not None and since <= caught_up:
             return False  # the slices are newer than this view of the pod
-        if since is not None and read is not None:
+        # Without a time for the slices, a pod that changed between the two reads cannot be
+        # told from one the controller missed: the difference is listed, its age unknown.
+        if since is not None and read is not None and caught_up is not None:
             ages.append(max(0, int((read - since).total_seconds())))
         return True
 
