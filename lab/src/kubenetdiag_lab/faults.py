@@ -2129,6 +2129,7 @@ def _controller_manager_stops(ctx: FaultContext, node: LabNode, params: Params) 
         # batching period raised to spare the API server a large cluster's churn does
         ctx.controlplane.restart_controller_manager(
             [f"--endpointslice-updates-batch-period={BATCH_PERIOD}"])
+        _initial_sync_done(ctx.controlplane)
         return
     pid = ctx.controlplane.recorded_pid("kube-controller-manager")
     if pid is None:
@@ -2141,6 +2142,23 @@ def _controller_manager_stops(ctx: FaultContext, node: LabNode, params: Params) 
         raise LabError("endpoints_controller_lagging: via must be hang, stop or batch")
     # The service's pods turn not Ready when the state is saved (ActiveFaults.unready_pods):
     # a readiness probe failing after the controller stopped, which no slice follows.
+
+
+def _initial_sync_done(controlplane: ControlPlane) -> None:
+    """Wait until a newly started EndpointSlice controller has made its first pass over every
+    Service: that pass is not held back by the batching period, so a pod change made before
+    it would reach the slices at once. Its log says when its caches are synced (the pass
+    follows within milliseconds; a second is left for a loaded machine)."""
+    log = controlplane.files.log("kube-controller-manager")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        started = text.find("Starting endpoint slice controller")
+        if started >= 0 and "Caches are synced" in text[started:]:
+            time.sleep(1)
+            return
+        time.sleep(0.1)
+    raise LabError(f"the EndpointSlice controller did not sync its caches; see {log}")
 
 
 def _age(stamp: str | None) -> float | None:
@@ -2161,6 +2179,7 @@ def _controller_settled(ctx: FaultContext, node: LabNode, params: Params) -> Non
         expired = None if age is None else age - int(spec.get("leaseDurationSeconds") or 0)
         if not active:
             if expired is not None and expired < 0 and spec.get("holderIdentity"):
+                _kube_proxies_synced(ctx, node, params)
                 return
         elif params["via"] != "batch":
             if expired is not None and expired >= LEASE_EXPIRED_S:
@@ -2185,11 +2204,12 @@ def _ready_since(ctx: FaultContext, pod: LabPod) -> str | None:
 
 
 def _controller_manager_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    # The pods Ready again first, while the slices still say what they said: the new
-    # controller then finds nothing to change.
-    ctx.sync_api()
+    # A controller as the lab runs it first (a batching one would hold the pods' return back
+    # for a quarter of an hour), then the pods Ready again, which the sync waits to see in
+    # the slices; the settle then waits for every kube-proxy.
     if ctx.controlplane is not None:
         ctx.controlplane.restart_controller_manager()
+    ctx.sync_api()
 
 
 register(Fault(
