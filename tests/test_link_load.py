@@ -88,3 +88,17 @@ def test_without_a_known_capacity_nothing_is_judged():
     facts = [nic("veth1", None, kind="veth"), load("veth1", 9_000_000_000, 9_000_000_000),
              nic("ens7", None), load("ens7", 9_000_000_000, 0)]
     assert link_saturation_facts(facts) == []
+
+
+def test_a_tbf_under_a_class_bounds_that_class_not_the_device():
+    from kubenetdiag.probes.base import Section
+
+    out = ("##knd:qdisc\n"
+           "qdisc htb 1: dev eth0 root refcnt 2 r2q 10 default 0x10\n"
+           "qdisc tbf 10: dev eth0 parent 1:10 rate 1Mbit burst 8Kb lat 50ms\n"
+           "##knd:hooks eth0:1:\n##knd:filters json\n[]\n")
+    [hook] = [f for f in BY_NAME["tc"].parse(Section("tc", "", 0, 0.0, out, ""), "n1")
+              if f.kind == "tc_hook"]
+    assert (hook.attrs["qdisc"], hook.attrs["rate_bps"]) == ("htb,tbf", None)
+    facts = [hook, nic("eth0", None, kind="veth"), load("eth0", 0, 40_000_000)]
+    assert link_saturation_facts(facts) == []

@@ -213,7 +213,9 @@ def parse(section: Section, node: str) -> list[Fact]:
             continue
         kinds = [q["kind"] for q in sorted(tree, key=lambda q: not q["root"])]
         shown = [k for k in dict.fromkeys(kinds) if k not in DEFAULTS] or kinds[:1]
-        rates = [r for q in tree if q["kind"] == "tbf" and (r := tbf_rate(q["line"]))]
+        # only a tbf at the root bounds the whole device: one under a class bounds that class
+        rates = [r for q in tree if q["kind"] == "tbf" and q["root"]
+                 and (r := tbf_rate(q["line"]))]
         fact(dev, "root", ",".join(shown), tree_items, [q["line"] for q in tree][:4],
              _raw([q["line"] for q in tree], [answers[i] for i in tree_items]),
              min(rates) if rates else None)
@@ -228,7 +230,7 @@ def parse(section: Section, node: str) -> list[Fact]:
 
 
 _RATE = re.compile(r"\brate (\d+(?:\.\d+)?)([KMGT]?)(i?)bit\b")
-_UNITS = {"": 1, "K": 1, "M": 2, "G": 3, "T": 4}
+_UNITS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}  # powers of the base
 
 
 def tbf_rate(line: str) -> int | None:
@@ -239,6 +241,8 @@ def tbf_rate(line: str) -> int | None:
     8000000
     >>> tbf_rate("qdisc tbf 1: dev veth1 root rate 1.5Gibit burst 64Kb lat 25ms")
     1610612736
+    >>> tbf_rate("qdisc tbf 1: dev veth1 root rate 96bit burst 1b lat 1s")
+    96
     """
     m = _RATE.search(line)
     if not m:
