@@ -2570,6 +2570,16 @@ def _bulk(ctx: FaultContext, source: LabPod, sink: LabPod, port: int = BULK_PORT
     run(["sleep", "2"])  # TCP's slow start fills the queue within a second at this rate
 
 
+def _shape(runner: NetnsRunner, dev: str) -> None:
+    runner.run(["tc", "qdisc", "replace", "dev", dev, "root", *TBF])
+
+
+def _unshape(runner: NetnsRunner, dev: str) -> None:
+    """Take a tbf _shape put on `dev` off again, if it is there (heals are idempotent)."""
+    if "tbf" in runner.run(["tc", "qdisc", "show", "dev", dev], check=False).stdout:
+        runner.run(["tc", "qdisc", "del", "dev", dev, "root"])
+
+
 def _stop_bulk(ctx: FaultContext, port: int) -> None:
     """End the transfers to `port` (`bulk-send HOST PORT SECONDS`) and their sink."""
     _kill_matching_in([pod.netns for pod in ctx.topology.pods], f" {port} 1800",
@@ -2582,16 +2592,13 @@ def _zone_link_slow(ctx: FaultContext, node: LabNode, params: Params) -> None:
                        "link_saturated via=uplink)")
     peer = _other_zone(ctx, node)
     # the switch port towards the node: what comes to it from the other zone queues there
-    ctx.runners.switch.run(["tc", "qdisc", "replace", "dev", f"swp{node.index}", "root", *TBF])
+    _shape(ctx.runners.switch, f"swp{node.index}")
     _bulk(ctx, ctx.topology.pods_on(peer.name)[0], ctx.topology.pods_on(node.name)[0])
 
 
 def _zone_link_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
     _stop_bulk(ctx, BULK_PORT)
-    port = f"swp{node.index}"
-    if "tbf" in ctx.runners.switch.run(["tc", "qdisc", "show", "dev", port],
-                                       check=False).stdout:
-        ctx.runners.switch.run(["tc", "qdisc", "del", "dev", port, "root"])
+    _unshape(ctx.runners.switch, f"swp{node.index}")
 
 
 register(Fault(
@@ -2624,15 +2631,14 @@ def _link_full(ctx: FaultContext, node: LabNode, params: Params) -> None:
     peer = ctx.topology.peers(node)[0]
     if params["via"] == "uplink":
         # the node's own uplink, shaped, and a pod of the node sending as fast as it takes
-        ctx.node(node).run(["tc", "qdisc", "replace", "dev", "eth0", "root", *TBF])
+        _shape(ctx.node(node), "eth0")
         _bulk(ctx, ctx.topology.pods_on(node.name)[0], ctx.topology.pods_on(peer.name)[0],
               SATURATING_PORT)
     elif params["via"] == "pod":
         # a pod's veth shaped as the CNI bandwidth plugin does for its ingress-bandwidth
         # (a tbf on the host side), and a pod of a peer sending to it as fast as it takes
         pod = _shaped_pod(ctx, node)
-        ctx.node(node).run(["tc", "qdisc", "replace", "dev", _host_veth(ctx, pod), "root",
-                            *TBF])
+        _shape(ctx.node(node), _host_veth(ctx, pod))
         _bulk(ctx, ctx.topology.pods_on(peer.name)[0], pod, SATURATING_PORT)
     else:
         raise LabError("link_saturated: via must be uplink or pod")
@@ -2641,8 +2647,7 @@ def _link_full(ctx: FaultContext, node: LabNode, params: Params) -> None:
 def _link_free(ctx: FaultContext, node: LabNode, params: Params) -> None:
     _stop_bulk(ctx, SATURATING_PORT)
     for dev in ("eth0", _host_veth(ctx, _shaped_pod(ctx, node))):
-        if "tbf" in ctx.node(node).run(["tc", "qdisc", "show", "dev", dev], check=False).stdout:
-            ctx.node(node).run(["tc", "qdisc", "del", "dev", dev, "root"])
+        _unshape(ctx.node(node), dev)
 
 
 register(Fault(
