@@ -40,13 +40,22 @@ from kubenetdiag.probes.text import clip, parts, to_int
 SPEED = ("echo '##knd:speed'; for __f in /sys/class/net/*/speed; do "
          "__d=${__f%/speed}; read -r __s 2>/dev/null <\"$__f\" && echo \"${__d##*/} $__s\"; "
          "done; true")
+# Each bridge's forwarding database: the MACs it learned on each port. With the neighbour
+# table it tells whose address is behind a pod's veth on a bridge (cni0): the pod's MAC was
+# learned on the port, and the node's neighbour entry on the bridge gives that MAC's address.
+# One `bridge` per bridge, found by the shell (only a bridge has a `bridge` directory).
+FDB = ("for __f in /sys/class/net/*/bridge; do [ -d \"$__f\" ] || continue; "
+       "__d=${__f%/bridge}; __d=${__d##*/}; echo \"##knd:fdb $__d\"; "
+       "bridge fdb show br \"$__d\" 2>/dev/null; done; true")
 COMMAND = (
-    "{ " + from_ip_batch("link", "addr") + " || "
+    "{ " + from_ip_batch("link", "addr", "neighbours") + " || "
     "if o=$(ip -d -j link show 2>/dev/null); then "
     "echo '##knd:link json'; printf '%s\\n' \"$o\"; echo; "
     "echo '##knd:addr json'; ip -j -4 addr show; "
+    "echo '##knd:neighbours json'; ip -j -4 neigh show; "
     "else echo '##knd:link text'; ip -d -o link show; "
-    "echo '##knd:addr text'; ip -o -4 addr show; fi; }; " + SPEED
+    "echo '##knd:addr text'; ip -o -4 addr show; "
+    "echo '##knd:neighbours text'; ip -4 neigh show; fi; }; " + SPEED + "; " + FDB
 )
 
 _HEAD = re.compile(r"^\d+:\s+([^:@\s]+)(?:@(\S+?))?:\s+<([^>]*)>(.*)$")
@@ -63,6 +72,8 @@ _XDP_WORDS = {"xdp": "native", "xdpdrv": "native", "xdpgeneric": "generic", "xdp
               "xdpoffload": "offload", "xdphw": "offload", "xdpmulti": "multi"}
 _XDP_HEAD = re.compile(r"(?:^|\s)(xdp[a-z]*|xdp\[\d+\])(?:/id:(\d+))?(?=\s|$)")
 _XDP_PROG = re.compile(r"prog/(xdp[a-z]*) id (\d+)(?: name (\S+))?")
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}$")
+PEERS_SHOWN = 8  # addresses named behind one veth (a pod has one or two)
 
 
 def _mode(value: object) -> str:
@@ -218,14 +229,70 @@ def _addresses(fmt: str, lines: list[str]) -> dict[str, list[str]]:
     return addrs
 
 
+def _neighbours(fmt: str, lines: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """Device -> (address, MAC) of each of its neighbour entries that has a MAC."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    if fmt == "json":
+        entries = json.loads("\n".join(lines) or "[]")
+        for e in entries if isinstance(entries, list) else ():
+            if (isinstance(e, dict) and isinstance(e.get("dst"), str)
+                    and isinstance(e.get("dev"), str) and isinstance(e.get("lladdr"), str)):
+                out.setdefault(e["dev"], []).append((e["dst"], e["lladdr"].lower()))
+        return out
+    for line in lines:
+        words = line.split()
+        if "dev" in words[1:-1] and "lladdr" in words[:-1]:
+            mac = words[words.index("lladdr") + 1].lower()
+            out.setdefault(words[words.index("dev") + 1], []).append((words[0], mac))
+    return out
+
+
+def _learned(lines: list[str]) -> dict[str, set[str]]:
+    """Port -> the MACs a bridge's forwarding database has behind it: learned, or static
+    entries naming a remote MAC; not the bridge's and ports' own (`permanent`, `self`)."""
+    out: dict[str, set[str]] = {}
+    for line in lines:
+        words = line.split()
+        if (len(words) < 3 or words[1] != "dev" or not _MAC.match(words[0])
+                or "self" in words or "permanent" in words):
+            continue
+        out.setdefault(words[2], set()).add(words[0].lower())
+    return out
+
+
+def _peer_addresses(link: dict, neighbours: dict[str, list[tuple[str, str]]],
+                    learned: dict[str, dict[str, set[str]]]) -> str | None:
+    """The addresses behind a veth, from the node's side: on a bridge port, the bridge's
+    neighbours whose MAC the bridge learned on the port; else the veth's own neighbours (a
+    routed veth: Calico's cali*, the ptp plugin's). None when that cannot be read."""
+    if link["kind"] != "veth":
+        return None
+    master = link["master"]
+    if master:
+        if master not in learned:
+            return None  # bridged to something whose table was not read
+        macs = learned[master].get(link["name"], set())
+        found = [ip for ip, mac in neighbours.get(master, []) if mac in macs]
+    else:
+        found = [ip for ip, _ in neighbours.get(link["name"], [])]
+    shown = sorted(set(found))[:PEERS_SHOWN]
+    return clip(",".join(shown), 200) or None
+
+
 def parse(section: Section, node: str) -> list[Fact]:
     links: list[dict] = []
     addrs: dict[str, list[str]] = {}
     raw_lines: dict[str, str] = {}
     speeds: dict[str, int] = {}
+    neighbours: dict[str, list[tuple[str, str]]] = {}
+    learned: dict[str, dict[str, set[str]]] = {}  # bridge -> port -> MACs
     for name, fmt, lines in parts(section.stdout):
         try:
-            if name == "link":
+            if name == "neighbours":
+                neighbours = _neighbours(fmt, lines)
+            elif name == "fdb":
+                learned[fmt] = _learned(lines)
+            elif name == "link":
                 if fmt == "json":
                     links = _from_json("\n".join(lines))
                 else:
@@ -244,6 +311,7 @@ def parse(section: Section, node: str) -> list[Fact]:
         link["addresses"] = ",".join(addrs.get(link["name"], [])) or None
         # a veth, a bridge or a tunnel reports a nominal speed (or none) that bounds nothing
         link["speed_mbps"] = speeds.get(link["name"]) if link["kind"] in _WIRED else None
+        link["peer_addresses"] = _peer_addresses(link, neighbours, learned)
         evidence = raw_lines.get(link["name"]) or (
             f"{link['name']}: {link['kind']} mtu {link['mtu']} state {link['state']}"
             + (f" vxlan id {link['vxlan_id']} dstport {link['vxlan_port']}"
