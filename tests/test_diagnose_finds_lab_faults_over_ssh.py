@@ -317,16 +317,20 @@ def test_a_stopped_controller_manager_is_found_through_the_api_alone(lab, tmp_pa
 
 def test_a_pods_veth_at_its_bandwidth_limit_is_named_on_its_node(lab, tmp_path):
     # the web pod on node2 shaped as the CNI bandwidth plugin does, a peer's pod sending to it
-    # as fast as the shaping lets through: the node's own counters and its tc say so
-    with lab.injected("link_saturated", "node2", {"via": "pod"}):
+    # as fast as the shaping lets through: the node's own counters and its tc say so, and the
+    # pod is named (the node routes the transfer to it, so its address is a neighbour there)
+    web = lab.pod_for_app("web")
+    with lab.injected("link_saturated", web.node, {"via": "pod"}):
         report, proc = diagnose(lab, tmp_path)
     assert proc.returncode == 1
     found = alarms(report)
     assert [(f["rule"], f["nodes"], f["root_cause"]) for f in found] == [
-        ("link-saturated", ["node2"], True)]
+        ("pod-link-saturated", [web.node], True)]
+    assert found[0]["title"].startswith(f"Pod default/{web.name} on {web.node}: its link ")
     (full,) = [e["attrs"] for e in found[0]["evidence"] if e["kind"] == "link_saturation"]
     assert (full["direction"], full["limit"], full["capacity_mbps"]) == ("send", "tbf rate", 8.0)
     assert full["name"].startswith(("veth", "cali")) and full["used_pct"] >= 90
+    assert (full["namespace"], full["pod"]) == ("default", web.name)
 
 
 def test_hairpin_off_and_nodeport_traffic_without_a_local_endpoint_each_named_on_its_node(

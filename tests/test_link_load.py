@@ -102,3 +102,160 @@ def test_a_tbf_under_a_class_bounds_that_class_not_the_device():
     assert (hook.attrs["qdisc"], hook.attrs["rate_bps"]) == ("htb,tbf", None)
     facts = [hook, nic("eth0", None, kind="veth"), load("eth0", 0, 40_000_000)]
     assert link_saturation_facts(facts) == []
+
+
+# ---- whose link: the pod at the far end of a veth ----------------------------------------
+
+def links_of(out: str) -> dict[str, dict]:
+    from kubenetdiag.probes.base import Section
+
+    return by_name(BY_NAME["links"].parse(Section("links", "", 0, 0.0, out, ""), "n1"),
+                   "interface")
+
+
+# A bridged node (flannel's cni0), iproute2's one-line text form, as old nodes print it: the
+# pod's MAC is learned on its port, the bridge's and the ports' own MACs are `permanent`.
+BRIDGED_TEXT = (
+    "##knd:link text\n"
+    "4: cni0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1450 qdisc noqueue state UP \\"
+    "    link/ether 6e:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff \\    bridge \n"
+    "5: vethaa11@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1450 master cni0 state UP \\"
+    "    link/ether 6e:00:00:00:00:a1 brd ff:ff:ff:ff:ff:ff link-netnsid 0 \\    veth \\"
+    "    bridge_slave state forwarding hairpin on \n"
+    "6: vethbb22@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1450 master cni0 state UP \\"
+    "    link/ether 6e:00:00:00:00:b2 brd ff:ff:ff:ff:ff:ff link-netnsid 1 \\    veth \\"
+    "    bridge_slave state forwarding hairpin on \n"
+    "##knd:addr text\n"
+    "4: cni0    inet 10.244.2.1/24 brd 10.244.2.255 scope global cni0\n"
+    "##knd:neighbours text\n"
+    "10.244.2.5 dev cni0 lladdr 0a:58:0a:f4:02:05 REACHABLE\n"
+    "10.244.2.6 dev cni0 lladdr 0a:58:0a:f4:02:06 STALE\n"
+    "10.244.2.9 dev cni0 FAILED\n"
+    "198.18.0.1 dev eth0 lladdr 02:00:00:00:00:01 REACHABLE\n"
+    "##knd:speed\n"
+    "##knd:fdb cni0\n"
+    "0a:58:0a:f4:02:05 dev vethaa11 master cni0 \n"
+    "6e:00:00:00:00:a1 dev vethaa11 vlan 1 master cni0 permanent\n"
+    "33:33:00:00:00:01 dev vethaa11 self permanent\n"
+    "6e:00:00:00:00:b2 dev vethbb22 master cni0 permanent\n"
+    "0A:58:0A:F4:02:06 dev vethbb22 master cni0 \n"
+    "33:33:00:00:00:01 dev cni0 self permanent\n"
+)
+
+
+def test_a_bridge_port_leads_to_the_address_whose_mac_the_bridge_learned_there():
+    links = links_of(BRIDGED_TEXT)
+    assert links["vethaa11"]["peer_addresses"] == "10.244.2.5"
+    # the fdb's MAC in capitals still matches the neighbour's
+    assert links["vethbb22"]["peer_addresses"] == "10.244.2.6"
+    assert links["cni0"]["peer_addresses"] is None  # not a veth
+
+
+def test_without_the_bridge_table_a_port_leads_nowhere_known():
+    # `bridge` missing on the node: no fdb section, so no guess from the neighbours alone
+    links = links_of(BRIDGED_TEXT.split("##knd:fdb cni0\n")[0])
+    assert links["vethaa11"]["peer_addresses"] is None
+
+
+def test_a_routed_veth_leads_to_its_own_neighbours():
+    # Calico: the pod's address is a neighbour on its cali device, which has no bridge
+    out = (
+        "##knd:link json\n"
+        '[{"ifindex":7,"ifname":"cali1b2c3d4e5f6","flags":["BROADCAST","MULTICAST","UP",'
+        '"LOWER_UP"],"mtu":1500,"operstate":"UP","address":"ee:ee:ee:ee:ee:ee",'
+        '"linkinfo":{"info_kind":"veth"}},'
+        '{"ifindex":8,"ifname":"califfff0000111","flags":["UP"],"mtu":1500,'
+        '"operstate":"UP","linkinfo":{"info_kind":"veth"}}]\n'
+        "##knd:addr json\n[]\n"
+        "##knd:neighbours json\n"
+        '[{"dst":"10.244.1.7","dev":"cali1b2c3d4e5f6","lladdr":"6a:1c:00:00:00:07",'
+        '"state":["REACHABLE"]},{"dst":"10.244.1.8","dev":"califfff0000111",'
+        '"state":["INCOMPLETE"]},{"dst":"198.18.0.12","dev":"eth0",'
+        '"lladdr":"02:00:00:00:00:12","state":["PERMANENT"]}]\n'
+    )
+    links = links_of(out)
+    assert links["cali1b2c3d4e5f6"]["peer_addresses"] == "10.244.1.7"
+    assert links["califfff0000111"]["peer_addresses"] is None  # unresolved: no MAC, no pod
+
+
+def api_pods(*pods: dict) -> dict:
+    return {"queried": True, "calls": [{"name": "pods", "status": "ok", "items": list(pods)}]}
+
+
+def pod(ns: str, name: str, ip: str, **extra: object) -> dict:
+    spec = {"nodeName": "n1", **({"hostNetwork": True} if extra.get("host") else {})}
+    return {"metadata": {"namespace": ns, "name": name}, "spec": spec,
+            "status": {"phase": extra.get("phase", "Running"), "podIP": ip,
+                       "podIPs": [{"ip": ip}]}}
+
+
+def shaped_veth(peers: str | None) -> list[Fact]:
+    return [Fact("interface", "n1", {"name": "vethaa11", "kind": "veth", "speed_mbps": None,
+                                     "peer_addresses": peers}),
+            Fact("tc_hook", "n1", {"dev": "vethaa11", "direction": "root", "rate_bps": 8_000_000}),
+            load("vethaa11", 0, 7_900_000)]
+
+
+def test_a_saturated_pod_veth_names_its_pod_from_the_api():
+    cluster = api_pods(pod("default", "web-1", "10.244.2.5"),
+                       pod("kube-system", "kube-proxy-x", "198.18.0.11", host=True),
+                       pod("default", "job-old", "10.244.2.6", phase="Succeeded"))
+    [full] = [f.attrs for f in link_saturation_facts(shaped_veth("10.244.2.5"), cluster)]
+    assert (full["namespace"], full["pod"], full["direction"]) == ("default", "web-1", "send")
+
+
+def test_no_pod_is_named_unless_exactly_one_holds_the_address():
+    pods = api_pods(pod("default", "web-1", "10.244.2.5"), pod("default", "web-2", "10.244.2.8"),
+                    pod("default", "web-3", "10.244.2.7"), pod("other", "dup", "10.244.2.7"),
+                    pod("default", "job-old", "10.244.2.6", phase="Succeeded"))
+    for peers, cluster in (("10.244.2.5", None),            # no API answer
+                           ("10.244.2.5,10.244.2.8", pods),  # two pods behind one veth
+                           ("10.244.2.5,10.244.2.7", pods),  # an address two pods claim
+                           ("10.244.2.7", pods),
+                           ("10.244.2.6", pods),             # its pod ended: the address is free
+                           (None, pods)):                    # nothing known behind the veth
+        [full] = [f.attrs for f in link_saturation_facts(shaped_veth(peers), cluster)]
+        assert (full["namespace"], full["pod"]) == (None, None), peers
+
+
+def test_hostile_pod_listings_name_no_pod_and_never_raise():
+    from kubenetdiag.facts.pod_addresses import pods_by_address
+
+    odd = [{"metadata": "x", "spec": [], "status": {"podIP": ["10.244.2.5"], "podIPs": 5}},
+           {"metadata": {"namespace": "default", "name": "web-1"},
+            "status": {"podIP": "10.244.2.5", "podIPs": [{"ip": {"nested": 1}}, "10.0.0.1"]}}]
+    assert pods_by_address(api_pods(*odd)) == {"10.244.2.5": ("default", "web-1")}
+    assert pods_by_address({"queried": False}) == {} == pods_by_address("garbage")
+
+
+def test_the_recorded_pod_link_names_the_pod_the_api_has_at_its_far_end():
+    # node2 of the lab with the web pod's veth shaped to 8 Mbit/s and kept full toward it
+    # (link_saturated via=pod); the API's pods as that lab listed them
+    name = "lab-pod-link-saturated"
+    facts = parsed("counters", name) + parsed("links", name) + parsed("tc", name)
+    links = by_name(facts, "interface")
+    # the web pod's MAC learned on its port, its address a neighbour of cni0; the client pod
+    # had not talked to the node lately: nothing known behind its port
+    assert (links["veth-pod2"]["peer_addresses"], links["veth-pod1"]["peer_addresses"]) == (
+        "10.244.2.3", None)
+    cluster = api_pods(pod("default", "web-0", "10.244.2.3"),
+                       pod("default", "client-node2-1", "10.244.2.2"),
+                       pod("kube-system", "kube-proxy-tmr6h", "198.18.0.12", host=True))
+    [full] = [f.attrs for f in link_saturation_facts(facts, cluster)]
+    assert (full["name"], full["direction"], full["namespace"], full["pod"]) == (
+        "veth-pod2", "send", "default", "web-0")
+
+
+def test_a_recorded_calico_veth_leads_to_its_pod_and_the_uplink_to_no_pod():
+    # node2 of a calico-bgp lab under link_saturated via=pod: the web pod's address is a
+    # neighbour on its cali device. The lab's eth0 is a veth to its switch: behind it are node
+    # addresses, which only host-network pods hold, and those name no pod.
+    links = by_name(parsed("links", "lab-calico-bgp-pod-link-saturated"), "interface")
+    assert links["cali0d7763386da"]["peer_addresses"] == "10.244.2.3"
+    assert links["calid0244d9bc21"]["peer_addresses"] is None
+    from kubenetdiag.facts.pod_addresses import pod_behind, pods_by_address
+
+    pods = pods_by_address(api_pods(pod("default", "web-0", "10.244.2.3"),
+                                    pod("kube-system", "calico-node-x", "198.18.0.11", host=True)))
+    assert pod_behind(links["cali0d7763386da"]["peer_addresses"], pods) == ("default", "web-0")
+    assert pod_behind(links["eth0"]["peer_addresses"], pods) is None

@@ -45,8 +45,19 @@ def test_the_pod_bridge_is_the_one_in_the_pod_range_and_names_the_port_with_hair
         interfaces() + docker0("vethd1", "vethd2") + [k8s_node("10.244.2.0/24")])]
     assert bridge == {"bridge": "cni0", "identified_by": "pod_cidr", "ports": 2,
                       "ports_known": 2, "hairpin_off": 1, "hairpin_off_ports": "veth-pod2",
-                      "promisc": False, "addresses": "10.244.2.1/24",
+                      "hairpin_off_pods": None, "promisc": False, "addresses": "10.244.2.1/24",
                       "pod_range": "10.244.2.0/24", "holds_pod_gateway": True}
+
+
+def test_the_ports_with_hairpin_off_name_the_pods_behind_them():
+    # the web pod's MAC is learned on veth-pod2 and its address is a neighbour of cni0
+    from test_link_load import api_pods, pod
+
+    cluster = api_pods(pod("default", "web-0", "10.244.2.3"),
+                       pod("default", "client-node2-1", "10.244.2.2"))
+    (bridge,) = pod_bridge_facts(interfaces() + [k8s_node("10.244.2.0/24")], cluster)
+    assert (bridge.attrs["hairpin_off_ports"], bridge.attrs["hairpin_off_pods"]) == (
+        "veth-pod2", "default/web-0")
 
 
 def test_without_the_api_the_bridge_cnis_name_stands_in():

@@ -14,8 +14,10 @@ cbr0). Other bridges (docker0, libvirt's virbr0) carry no pods of the cluster an
 alone. Flannel's CNI plugin hands the bridge plugin FLANNEL_SUBNET's first address as the pods'
 gateway, so a cni0 with pods on it that holds no address there has lost that gateway: the
 address a node re-joined with a new range keeps (the bridge plugin's "cni0 already has an IP
-address different from ..."), or none at all. Pure functions of facts: one `pod_bridge` fact
-per pod bridge found (kinds/bridges.yaml).
+address different from ..."), or none at all. The pods behind the ports with hairpin off are
+named where the node knows their addresses and the API the pods (facts/pod_addresses.py).
+Pure functions of facts and the API's pods: one `pod_bridge` fact per pod bridge found
+(kinds/bridges.yaml).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 from kubenetdiag.facts.model import Fact, Source, by_kind
+from kubenetdiag.facts.pod_addresses import pod_behind, pods_by_address
 from kubenetdiag.probes.active.plan import ipv4_networks
 
 PROBE = "bridges"  # the evidence's source: facts computed here, from other facts
@@ -59,8 +63,10 @@ def _pod_ranges(facts: list[Fact], attrs: tuple[str, ...]) -> Ranges:
     return ranges
 
 
-def pod_bridge_facts(facts: Sequence[Fact]) -> list[Fact]:
+def pod_bridge_facts(facts: Sequence[Fact], cluster: Any = None) -> list[Fact]:
+    """`cluster`: the bundle's API answers, whose pods name those behind the ports."""
     kinds = by_kind(facts, PRODUCES + INPUTS + CONTEXT)
+    pods = pods_by_address(cluster)
     api = _pod_ranges(kinds["k8s_node"], ("pod_cidrs", "pod_cidr"))
     flannel = _pod_ranges(kinds["flannel_subnet"], ("subnet",))
     ports: dict[tuple[str, str], list[Fact]] = defaultdict(list)
@@ -85,7 +91,11 @@ def pod_bridge_facts(facts: Sequence[Fact]) -> list[Fact]:
             holds = False if subnet else None
         else:
             continue
-        off = sorted(str(p.attrs["name"]) for p in mine if p.attrs.get("hairpin") is False)
+        off_ports = sorted((p for p in mine if p.attrs.get("hairpin") is False),
+                           key=lambda p: str(p.attrs["name"]))
+        off = [str(p.attrs["name"]) for p in off_ports]
+        behind = [pod_behind(p.attrs.get("peer_addresses"), pods) for p in off_ports]
+        off_pods = sorted(f"{ns}/{name}" for ns, name in filter(None, behind))
         printed = [p for p in mine if isinstance(p.attrs.get("hairpin"), bool)]
         shown = ",".join(off[:SHOWN]) + (f",... ({len(off)} in all)" if len(off) > SHOWN else "")
         out.append(Fact("pod_bridge", br.node, {
@@ -95,6 +105,7 @@ def pod_bridge_facts(facts: Sequence[Fact]) -> list[Fact]:
             "ports_known": len(printed),
             "hairpin_off": len(off),
             "hairpin_off_ports": shown,
+            "hairpin_off_pods": ",".join(off_pods[:SHOWN]) or None,
             "promisc": bool(br.attrs.get("promisc")),
             "addresses": str(br.attrs.get("addresses") or "none"),
             "pod_range": ",".join(str(n) for n in known) or None,

@@ -8,15 +8,20 @@ or VLAN over NICs); a veth, a bridge or a tunnel is bounded by nothing a node ca
 load is not judged. A link at its capacity is saturated: what does not fit waits in its queue
 (a tbf holds its `latency`'s worth) and is then dropped, for every flow through it, which is
 what a traffic spike does to the calls that share the link (docs/runbooks.md#runbook-004).
-Pure functions of facts: one `link_saturation` fact per interface and direction at half its
-capacity or more (kinds/link_load.yaml).
+A veth's saturation names the pod at its far end where the node's neighbour table knows the
+address behind it (interface.peer_addresses) and the API has a pod with that address: the
+device name alone (veth3a9f...) tells an operator nothing.
+Pure functions of facts and the API's pods: one `link_saturation` fact per interface and
+direction at half its capacity or more (kinds/link_load.yaml).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from kubenetdiag.facts.model import Fact, Source, by_kind
+from kubenetdiag.facts.pod_addresses import pod_behind, pods_by_address
 
 PROBE = "link_load"  # the evidence's source: facts computed here, from other facts
 INPUTS: tuple[str, ...] = ("interface_load",)
@@ -26,8 +31,12 @@ PRODUCES: tuple[str, ...] = ("link_saturation",)
 FLOOR_PCT = 50  # below half its capacity a link is not worth a fact
 
 
-def link_saturation_facts(facts: Sequence[Fact]) -> list[Fact]:
+def link_saturation_facts(facts: Sequence[Fact], cluster: Any = None) -> list[Fact]:
+    """`cluster`: the bundle's API answers, whose pods name the far end of a pod's veth."""
     kinds = by_kind(facts, INPUTS + CONTEXT)
+    pods = pods_by_address(cluster)
+    peers = {(f.node, f.attrs["name"]): f.attrs.get("peer_addresses")
+             for f in kinds["interface"]}
     speed = {(f.node, f.attrs["name"]): f.attrs.get("speed_mbps")
              for f in kinds["interface"]}
     kind = {(f.node, f.attrs["name"]): f.attrs.get("kind") for f in kinds["interface"]}
@@ -47,6 +56,7 @@ def link_saturation_facts(facts: Sequence[Fact]) -> list[Fact]:
             used = round(rate * 100 / capacity)
             if used < FLOOR_PCT:
                 continue
+            pod = pod_behind(peers.get(key), pods)
             out.append(Fact("link_saturation", load.node, {
                 "name": load.attrs["name"],
                 "kind": kind.get(key) or "device",
@@ -56,8 +66,12 @@ def link_saturation_facts(facts: Sequence[Fact]) -> list[Fact]:
                 "limit": what,
                 "used_pct": used,
                 "drops": drops,
+                "namespace": pod[0] if pod else None,
+                "pod": pod[1] if pod else None,
             }, Source(PROBE, "interface_load against its capacity", None,
                       f"{load.attrs['name']} {direction}s {rate} bit/s over "
                       f"{load.attrs['interval_s']}s, {used}% of its {what} {capacity} bit/s; "
-                      f"{drops} packets dropped")))
+                      f"{drops} packets dropped"
+                      + (f"; the pod at its far end: {pod[0]}/{pod[1]} "
+                         f"({peers.get(key)})" if pod else ""))))
     return out

@@ -355,9 +355,9 @@ def _facts_from_records(records: list[dict], cluster: dict | None,
     facts.extend(path_facts(facts))
     facts.extend(vantage_facts(facts))  # where the active checks' failures localize
     facts.extend(zone_latency_facts(facts))  # what calls between a Service's zones pay
-    facts.extend(link_saturation_facts(facts))  # links carrying what they can, or near it
+    facts.extend(link_saturation_facts(facts, cluster))  # links carrying what they can
     facts.extend(service_sync_facts(facts))  # each node's kube-proxy rules against the API
-    facts.extend(pod_bridge_facts(facts))  # the bridge pods hang off, and its hairpin mode
+    facts.extend(pod_bridge_facts(facts, cluster))  # the pods' bridge, its hairpin mode
     facts.extend(vxlan_peer_facts(facts))  # each peer's VXLAN entries against the peer's device
     # NetworkPolicy verdicts on the flows the checks sent and DNS needs, and who enforces them
     facts.extend(policy_facts(facts, cluster, plans))
