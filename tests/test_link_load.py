@@ -9,7 +9,7 @@ from kubenetdiag.facts.link_load import link_saturation_facts
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.probes import BY_NAME
 from kubenetdiag.probes.counters import read_dev
-from probe_sections import section
+from probe_sections import FIX, section
 
 NODE = "node2"
 
@@ -259,3 +259,13 @@ def test_a_recorded_calico_veth_leads_to_its_pod_and_the_uplink_to_no_pod():
                                     pod("kube-system", "calico-node-x", "198.18.0.11", host=True)))
     assert pod_behind(links["cali0d7763386da"]["peer_addresses"], pods) == ("default", "web-0")
     assert pod_behind(links["eth0"]["peer_addresses"], pods) is None
+
+
+def test_a_neighbour_listing_nested_past_reason_loses_only_the_pods_names():
+    fixture = (FIX / "links" / "lab-pod-link-saturated.txt").read_text()
+    deep = "[" * 100_000 + "]" * 100_000
+    head = "##knd:neighbours json\n"
+    out = fixture.replace(head, f"{head}{deep}\n##knd:x json\n")
+    links = links_of(out)
+    assert links["veth-pod2"]["peer_addresses"] is None
+    assert links["veth-pod2"]["master"] == "cni0" and "flannel.1" in links

@@ -304,8 +304,10 @@ def parse(section: Section, node: str) -> list[Fact]:
             elif name == "speed":
                 speeds = {w[0]: int(w[1]) for w in (ln.split() for ln in lines)
                           if len(w) == 2 and w[1].isdigit() and int(w[1]) > 0}
-        except (ValueError, AttributeError, TypeError):
-            continue  # half a JSON document (cut off): the other part may still be whole
+        except (ValueError, AttributeError, TypeError, RecursionError):
+            # half a JSON document (cut off), or one nested past reason: the other parts may
+            # still be whole
+            continue
     facts = []
     for link in links:
         link["addresses"] = ",".join(addrs.get(link["name"], [])) or None
