@@ -368,6 +368,24 @@ def test_overlay_permanent_neighbours_of_other_devices(form):
     ]
 
 
+def test_overlay_from_the_batchs_every_neighbour_listing():
+    """Since the script's one `ip -batch` lists every neighbour entry: all of the VXLAN
+    device's are kept, and of the other devices only those set by hand (a wrong MAC pinned
+    for node2's address on eth0, underlay_neighbor_wrong); the underlay's and the pods'
+    dynamic entries correct themselves and are left out."""
+    facts = parse("overlay", "lab-flannel-vxlan-node1-static-neigh-batch")
+    assert sorted((n["dev"], n["ip"], n["mac"], n["state"]) for n in kinds(facts, "neighbor")) == [
+        ("eth0", "198.18.0.12", "02:00:5e:00:53:01", "PERMANENT"),
+        ("flannel.1", "10.244.2.0", "0e:c3:eb:80:4a:37", "PERMANENT"),
+    ]
+    assert [(f["dev"], f["dst"]) for f in kinds(facts, "fdb_entry")] == [
+        ("flannel.1", "198.18.0.12")]
+    garbled = BY_NAME["overlay"].parse(Section(
+        "overlay", "", 0, 0.0, "##knd:fdb flannel.1\n##knd:neighbours json\n[{\"dst\": \n",
+        ""), "node1")
+    assert kinds(garbled, "probe_status")[0]["status"] == "partial"
+
+
 def test_overlay_permanent_listing_in_an_unknown_form_is_partial_not_guessed():
     out = ("##knd:permanent text\n198.18.0.12 dev eth0 lladdr 02:00:5e:00:53:01 PERMANENT\n"
            "fe80::1 dev eth0 router PERMANENT\n")

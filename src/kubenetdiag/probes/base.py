@@ -186,15 +186,16 @@ def read_files(paths: str, prefix: str = "", limit: int = 0, head: str = "") -> 
 
 
 # One `ip` for the listings the links, routes, ip_rule and overlay probes print (iproute2's
-# batch mode; one JSON array per line): then the neighbour entries set by hand or by a tool
-# (`nud permanent`), which the kernel never re-resolves, and every neighbour entry, which tells
-# the links probe whose address is behind a pod's veth. Without JSON (iproute2 before
+# batch mode; one JSON array per line): the last is every neighbour entry, which tells the
+# links probe whose address is behind a pod's veth and gives the overlay probe the VXLAN
+# devices' entries and those set by hand or by a tool (`nud permanent`), which the kernel
+# never re-resolves. Without JSON (iproute2 before
 # 4.13) or with a listing it cannot make, it fails and each probe asks on its own, in the form
 # it falls back to.
 IP_BATCH = Prelude("KND_IP", "KND_IP=$(ip -4 -d -j -batch - 2>/dev/null <<'EOF'\n"
                              "link show\naddr show\nroute show table all\nrule show\n"
-                             "neigh show nud permanent\nneigh show\nEOF\n)")
-IP_BATCH_LINES = ("link", "addr", "route", "rule", "permanent", "neighbours")
+                             "neigh show\nEOF\n)")
+IP_BATCH_LINES = ("link", "addr", "route", "rule", "neighbours")
 
 
 def sysctl_read(paths: Sequence[str]) -> Prelude:

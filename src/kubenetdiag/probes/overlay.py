@@ -5,8 +5,9 @@ node without an FDB entry or neighbor is unreachable through the overlay even wh
 And the permanent neighbour entries of every other device: an entry written by hand or by a
 tool (`ip neigh replace ... nud permanent`, a static ARP table) is never re-resolved, so one
 that names a MAC the peer does not have sends everything for that peer to nobody, on the
-underlay as on the overlay. They come from the script's one `ip -batch` (IP_BATCH), else from
-`ip neigh` on its own; dynamic entries are left out, they correct themselves.
+underlay as on the overlay. Both come from the script's one `ip -batch` (IP_BATCH: every
+neighbour entry, sorted here), else from `ip neigh` per VXLAN device and for the permanent
+entries; the other devices' dynamic entries are left out, they correct themselves.
 
 Sample output and the facts it gives:
 
@@ -40,16 +41,22 @@ from kubenetdiag.probes.text import clip, env_file, parts, to_int, unprefix
 # VXLAN devices say DEVTYPE=vxlan in their uevent, on its first line (the kernel writes a
 # device's type before its class's INTERFACE= and IFINDEX=): the shell reads that line of each,
 # no process and a few bytes per veth on a node with hundreds of them.
+# The neighbour entries come from the script's one `ip -batch` (every entry, JSON), which the
+# parser sorts: all of a VXLAN device's, the permanent ones of the others. Where the batch did
+# not run, `ip neigh` per VXLAN device and for the permanent entries, as text.
 COMMAND = (
     "f=/run/flannel/subnet.env; "
     "if [ -r $f ]; then " + read_files("$f", "|", 50, head="##knd:subnet.env") + "; fi; "
+    "if " + from_ip_batch("neighbours") + "; then __nb=1; else __nb=; fi; "
     "for u in /sys/class/net/*/uevent; do l=; { IFS= read -r l <\"$u\"; } 2>/dev/null; "
     "[ \"$l\" = DEVTYPE=vxlan ] || continue; "
     "d=${u%/uevent}; d=${d##*/}; "
     # both listings held and printed in one write
-    "f=$(bridge fdb show dev \"$d\"); n=$(ip neigh show dev \"$d\"); "
-    "printf '##knd:fdb %s\\n%s\\n##knd:neigh %s\\n%s\\n' \"$d\" \"$f\" \"$d\" \"$n\"; "
-    "done; " + from_ip_batch("permanent") + " || "
+    "f=$(bridge fdb show dev \"$d\"); "
+    "if [ -n \"$__nb\" ]; then printf '##knd:fdb %s\\n%s\\n' \"$d\" \"$f\"; "
+    "else n=$(ip neigh show dev \"$d\"); "
+    "printf '##knd:fdb %s\\n%s\\n##knd:neigh %s\\n%s\\n' \"$d\" \"$f\" \"$d\" \"$n\"; fi; "
+    "done; [ -n \"$__nb\" ] || "
     "{ echo '##knd:permanent text'; ip -4 neigh show nud permanent; }; return 0"
 )
 _MAC = re.compile(r"^([0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5})\b")
@@ -81,10 +88,32 @@ def _permanent(form: str | None, lines: list[str]
     return out, unread
 
 
+def _neighbours(lines: list[str]) -> tuple[list[tuple[str, str, str | None, str, str]],
+                                           list[str]]:
+    """(ip, dev, mac, state, line) of each entry of the batch's JSON listing of every
+    neighbour, and the lines not understood."""
+    try:
+        entries = json.loads("".join(lines) or "[]")
+    except (ValueError, RecursionError):
+        return [], lines
+    if not isinstance(entries, list):
+        return [], lines
+    out = []
+    for e in entries:
+        if not (isinstance(e, dict) and isinstance(e.get("dst"), str)
+                and isinstance(e.get("dev"), str)):
+            continue
+        states = e.get("state") if isinstance(e.get("state"), list) else []
+        state = str(states[0]) if states else "UNKNOWN"
+        mac = e["lladdr"] if isinstance(e.get("lladdr"), str) else None
+        out.append((e["dst"], e["dev"], mac, state, json.dumps(e, sort_keys=True)))
+    return out, []
+
+
 def parse(section: Section, node: str) -> list[Fact]:
     facts: list[Fact] = []
     listed = parts(section.stdout)
-    vxlan = {dev for name, dev, _ in listed if name == "neigh" and dev}
+    vxlan = {dev for name, dev, _ in listed if name in ("fdb", "neigh") and dev}
 
     def src(cmd: str, text: str) -> Source:
         return Source("overlay", cmd, section.exit_code, clip(text, 500))
@@ -126,6 +155,19 @@ def parse(section: Section, node: str) -> list[Fact]:
                     "mac": clip(mac.lower(), 40) if mac else None,
                     "state": clip(words[-1], 30) if words[-1].isupper() else "UNKNOWN",
                 }, src(f"ip neigh show dev {dev}", line)))
+        elif name == "neighbours":
+            entries, unread = _neighbours(lines)
+            facts += unread_lines(section, node, unread, "neighbour entries")
+            for ip, on, mac, state, line in entries:
+                # every entry of a VXLAN device; of the others, those set by hand or a tool
+                if on not in vxlan and state != "PERMANENT":
+                    continue
+                facts.append(Fact("neighbor", node, {
+                    "dev": clip(on, 64),
+                    "ip": clip(ip, 60),
+                    "mac": clip(mac.lower(), 40) if mac else None,
+                    "state": clip(state, 30),
+                }, src(f"ip neigh show dev {on}", line)))
         elif name == "permanent":
             entries, unread = _permanent(dev, lines)
             facts += unread_lines(section, node, unread, "permanent neighbour entries")
