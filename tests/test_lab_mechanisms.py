@@ -613,6 +613,25 @@ def _selector_matches_nothing(lab: Lab) -> None:
     assert next(p for p in state["pods"] if p["name"] == web.name)["ready"] is True
 
 
+def _target_port_renamed(lab: Lab) -> None:
+    web = lab.pod_for_app("web")
+    svc = api(lab, "/api/v1/namespaces/default/services/web")
+    assert svc["spec"]["ports"][0]["targetPort"] == "http-alt"
+    pod = api(lab, f"/api/v1/namespaces/default/pods/{web.name}")
+    assert pod["spec"]["containers"][0]["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    # the real controller still lists the Ready pod, in a slice without ports, which
+    # kube-proxy programs as no endpoint: it rejects the VIP
+    assert pod_ready(lab, "default", web.name)
+    found = api(lab, "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+                     "?labelSelector=kubernetes.io/service-name%3Dweb")["items"]
+    assert [(s.get("ports"), [e["addresses"] for e in s.get("endpoints") or []])
+            for s in found] == [(None, [[web.ip]])]
+    for node in ("node1", "node2"):
+        assert "default/web:http has no endpoints" in iptables(lab, node)
+    assert not web_ok(lab)
+
+
 def _vxlan_link_by_hand(lab: Lab) -> None:
     def link(node: str) -> dict:
         return json.loads(lab.node_exec(node, ["ip", "-j", "-d", "link", "show",
@@ -1057,6 +1076,7 @@ VXLAN_CASES = [
     ("time_wait_pileup", "server", "node1", {"count": "1500"}, _time_wait_server_side),
     ("port_not_listening", "loopback", "node2", {}, _web_on_loopback),
     ("service_no_endpoints", "selector", "node2", {}, _selector_matches_nothing),
+    ("service_no_endpoints", "port", "node2", {}, _target_port_renamed),
     ("vxlan_port_mismatch", "link", "node2", {}, _vxlan_link_by_hand),
     ("vxlan_port_in_use", "address", "node2", {}, _vxlan_port_held_on_address),
     ("vxlan_peer_entry_missing", "neigh", "node2", {"peer": "node1"}, _vxlan_neighbour_gone),

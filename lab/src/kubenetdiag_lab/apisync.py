@@ -217,7 +217,10 @@ def expected_endpoints(state: Mapping[str, Any]) -> Endpoints:
 
 
 def served_endpoints(admin: AdminClient) -> Endpoints:
-    """(all, ready) addresses per service in the controller's EndpointSlices."""
+    """(all, ready) addresses per service in the controller's EndpointSlices. An address is
+    ready only in a slice with ports: where a Service's named targetPort resolves on none of
+    its pods, the controller still lists them, in a slice without ports, which kube-proxy
+    programs as no endpoint at all."""
     selector = urllib.parse.quote(f"endpointslice.kubernetes.io/managed-by={SLICE_MANAGER}")
     found = admin.get(f"/apis/discovery.k8s.io/v1/endpointslices?labelSelector={selector}")
     out: Endpoints = {}
@@ -228,7 +231,7 @@ def served_endpoints(admin: AdminClient) -> Endpoints:
         for endpoint in item.get("endpoints") or []:
             addresses = endpoint.get("addresses") or []
             every.update(addresses)
-            if (endpoint.get("conditions") or {}).get("ready"):
+            if (endpoint.get("conditions") or {}).get("ready") and item.get("ports"):
                 ready.update(addresses)
     return out
 

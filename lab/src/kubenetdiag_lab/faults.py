@@ -139,9 +139,11 @@ class ActiveFaults:
         selectors = {params["service"]: _broken_selector(topology, params["service"])
                      for params in self.params("service_no_endpoints")
                      if params.get("via") == "selector"}
+        renamed = {params["service"] for params in self.params("service_no_endpoints")
+                   if params.get("via") == "port"}
         frozen = self.frozen_endpoints(topology)
         unready = {pod: n for pod, n in self.unready_pods(topology).items() if pod not in frozen}
-        out = cluster_services(topology, unready, selectors)
+        out = cluster_services(topology, unready, selectors, renamed)
         if self.params("cross_zone_latency"):
             out.append(spread_service(topology, unready))
         for params in self.params("kube_proxy_out_of_sync"):
@@ -2079,11 +2081,13 @@ def _known_service(ctx: FaultContext, node: LabNode, params: Params) -> None:
     # service's pods are not Ready (apisync writes their status as the kubelet would) and
     # kube-controller-manager marks their endpoints not ready; via=selector, the Service is
     # replaced in the apiserver with a selector that matches no pod, so the controller
-    # empties its slices while the pods stay Ready. A heal is the state saved without it.
+    # empties its slices while the pods stay Ready; via=port, its ports target a container
+    # port by a name its pods do not declare (a port renamed on one side only), which the
+    # controller resolves on none of them. A heal is the state saved without it.
     if params["service"] not in {svc.name for svc in cluster_services(ctx.topology)}:
         raise LabError(f"service_no_endpoints: no lab service {params['service']!r}")
-    if params["via"] not in ("unready", "selector"):
-        raise LabError("service_no_endpoints: via must be unready or selector")
+    if params["via"] not in ("unready", "selector", "port"):
+        raise LabError("service_no_endpoints: via must be unready, selector or port")
 
 
 def _kube_proxies_synced(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -2100,10 +2104,12 @@ register(Fault(
     "Ready in the API), kube-controller-manager marks their endpoints not ready (via=unready); "
     "or the Service replaced in the apiserver with a selector its pods' labels do not match "
     "(app: web-v2), the pods Ready, its EndpointSlice empty (via=selector; heal puts the "
-    "selector back)",
+    "selector back); or its targetPort replaced by a name its pods declare no port by "
+    "(http-alt, where the web pods name theirs http), as when a port is renamed in the pod "
+    "template or the Service only: the controller resolves it on no pod (via=port)",
     _known_service, _noop, {"via": "unready", "service": "web"}, scope="cluster",
     default_node=_web_node, settle=_kube_proxies_synced,
-    mechanisms={"unready": (), "selector": ()},
+    mechanisms={"unready": (), "selector": (), "port": ()},
 ))
 
 

@@ -229,6 +229,7 @@ def _pod(
     restarts: int = 0,
     owner: tuple[str, str] | None = None,
     host_network: bool = False,
+    ports: list[Obj] | None = None,
 ) -> Obj:
     meta = _meta(name, namespace, labels=labels)
     if owner:
@@ -259,7 +260,8 @@ def _pod(
         "spec": {
             "nodeName": node["name"],
             "hostNetwork": host_network,
-            "containers": [{"name": container, "image": image}],
+            "containers": [{"name": container, "image": image,
+                            **({"ports": ports} if ports else {})}],
         },
         "status": status,
     }
@@ -349,7 +351,8 @@ def workload_pods(state: dict) -> list[Obj]:
             container, image, owner = app, "registry.k8s.io/e2e-test-images/agnhost:2.52", None
         pods.append(
             _pod(str(p["name"]), ns, node, p.get("ip"), labels, container, image, owner=owner,
-                 ready=p.get("ready") is not False, restarts=int(p.get("restarts") or 0))
+                 ready=p.get("ready") is not False, restarts=int(p.get("restarts") or 0),
+                 ports=[port for port in p.get("ports") or [] if isinstance(port, dict)])
         )
     return pods
 

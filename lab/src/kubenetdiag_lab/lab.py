@@ -53,12 +53,17 @@ lab.json (`<workdir>/lab.json`, schema "kubenetdiag/lab/v1") is the contract api
             vxlan_port_mismatch), cni_pod_ready (false under cni_pod_not_running via=kill,
             and with calico when its readiness probe finds BIRD not answering),
             etc_dir (its /etc/sysctl.conf + sysctl.d), subnet_env, bird_socket (calico-bgp)}],
-    pods [{name, namespace, node, ip, netns, app, ready, restarts}]   app: coredns | web | client
+    pods [{name, namespace, node, ip, netns, app, ready, restarts, ports}]
+          app: coredns | web | client
           ready: false for the pods of a service_no_endpoints via=unready service (failing
           readiness, restarts 0), CoreDNS's under coredns_unreachable via=stop (crash-looping), and
           CoreDNS's whenever the lab's own readiness probe of it fails (e.g. hung)
-    services [{name, namespace, cluster_ip, ports [{name, port, protocol, target_port,
-                                                 node_port (NodePort Services only)}], app,
+          ports: the container ports it declares, [{name, containerPort, protocol}]: each one
+          its app's Services send to, named as the Service port
+    services [{name, namespace, cluster_ip, ports [{name, port, protocol, target_port (a name,
+                                                 <port>-alt, under service_no_endpoints
+                                                 via=port), node_port (NodePort Services
+                                                 only)}], app,
                endpoints [its Ready pods' names, as kube-controller-manager lists them ready:
                           [] under service_no_endpoints; kube-dns's [] under
                           coredns_unreachable via=stop],
@@ -147,6 +152,7 @@ from kubenetdiag_lab.topology import (
     LabPod,
     Topology,
     build,
+    container_ports,
 )
 
 STATE_SCHEMA = "kubenetdiag/lab/v1"
@@ -588,7 +594,9 @@ class Lab:
                                    "name": "mysql", "fqdn": OUTSIDE_HOST_NAME}]},
             "nodes": nodes,
             "pods": [{**pod, "ready": pod["name"] not in unready,
-                      "restarts": unready.get(pod["name"], 0)} for pod in shape["pods"]],
+                      "restarts": unready.get(pod["name"], 0),
+                      "ports": container_ports(self.topology, pod["app"])}
+                     for pod in shape["pods"]],
             "services": [svc.to_dict() for svc in self.active.services(self.topology)],
             "network_policies": self.active.network_policies(),
             "coredns": {"corefile": str(coredns.corefile_path(self.paths)),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from ipaddress import IPv4Network, ip_network
 from typing import Any
 
@@ -116,7 +116,7 @@ class ServicePort:
     name: str
     port: int
     protocol: str  # TCP or UDP, as in the Service object
-    target_port: int
+    target_port: int | str  # a name: the container port of that name on each pod
     node_port: int | None = None  # set: the Service is of type NodePort
 
 
@@ -352,12 +352,14 @@ def pod_labels(app: str) -> dict[str, str]:
 
 
 def cluster_services(topology: Topology, unready: Collection[str] = (),
-                     selectors: Mapping[str, Mapping[str, str]] | None = None
-                     ) -> list[Service]:
+                     selectors: Mapping[str, Mapping[str, str]] | None = None,
+                     renamed: Collection[str] = ()) -> list[Service]:
     """The Services, with their ready endpoints as the EndpointSlice controller lists them and
     kube-proxy programs them; `unready` names the pods a fault made not Ready, `selectors`
     the Services (by name) whose selector a fault replaced: they select the pods whose
-    labels it matches (none, as the faults make them)."""
+    labels it matches (none, as the faults make them); `renamed` the Services whose ports a
+    fault made target a container port by a name no pod declares (`<port name>-alt`): the
+    controller resolves it on none of their pods, so they have no endpoints."""
     selectors = selectors or {}
     by_app: dict[str, list[str]] = {}
     for pod in topology.pods:
@@ -377,8 +379,22 @@ def cluster_services(topology: Topology, unready: Collection[str] = (),
          "web"),
     ]
     return [
-        Service(name, namespace, vip, ports, app,
+        Service(name, namespace, vip,
+                tuple(replace(p, target_port=f"{p.name}-alt") for p in ports)
+                if name in renamed else ports, app,
+                () if name in renamed else
                 tuple(pod for pod in selected(name, app) if pod not in unready),
                 tuple(sorted(selectors.get(name, {}).items())))
         for name, namespace, vip, ports, app in shapes
     ]
+
+
+def container_ports(topology: Topology, app: str) -> list[dict[str, Any]]:
+    """The container ports an app's pods declare, as its manifest would: each port its
+    Services send to, named as the Service's port (what a named targetPort resolves against)."""
+    declared: dict[tuple[object, str], dict[str, Any]] = {}
+    for svc in cluster_services(topology):
+        for p in svc.ports if svc.app == app else ():
+            declared.setdefault((p.target_port, p.protocol), {
+                "name": p.name, "containerPort": p.target_port, "protocol": p.protocol})
+    return list(declared.values())
