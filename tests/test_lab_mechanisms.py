@@ -123,7 +123,10 @@ def snapshot(lab: Lab) -> dict[str, str]:
             f"{node.name} xfrm": cmd("ip", "xfrm", "policy", "list"),
             # IPv4: no fault touches IPv6, whose link-local routes come and go with DAD
             f"{node.name} routes": cmd("ip", "-4", "route", "show", "table", "all"),
-            f"{node.name} links": cmd("ip", "-o", "link"),
+            # by name, not index: a device the heal had its owner make again (flanneld's
+            # flannel.1) is the same device with a new index
+            f"{node.name} links": "\n".join(sorted(
+                line.split(": ", 1)[-1] for line in cmd("ip", "-o", "link").splitlines())),
             # entries the kernel never re-resolves (others come and go with traffic)
             f"{node.name} neigh": cmd("ip", "-4", "neigh", "show", "nud", "permanent"),
             f"{node.name} tc": cmd("tc", "qdisc", "show") + cmd("tc", "filter", "show", "dev",
@@ -351,6 +354,19 @@ def _route_blackhole(lab: Lab) -> None:
     route = lab.node_exec("node1", ["ip", "route", "show", "10.244.2.0/24"]).stdout
     assert route.startswith("blackhole 10.244.2.0/24"), route
     assert pod_blocked(lab, "node1", "node2")
+
+
+def _vxlan_device_remade_without_routes(lab: Lab) -> None:
+    # flanneld made flannel.1 again with the MAC its node publishes, so node1's entries for
+    # node2 still hold; node2 itself routes nothing to node1's pods any more
+    device = json.loads(lab.node_exec("node2", ["ip", "-j", "-d", "link", "show",
+                                                "flannel.1"]).stdout)[0]
+    assert device["linkinfo"]["info_data"]["port"] == 8472
+    assert device["address"] in lab.node_exec("node1", ["ip", "neigh", "show", "dev",
+                                                        "flannel.1"]).stdout
+    assert lab.node_exec("node2", ["ip", "route", "show", "10.244.1.0/24"]).stdout == ""
+    assert "flannel.1" not in lab.node_exec("node2", ["ip", "route"]).stdout
+    assert pod_blocked(lab, "node2", "node1")
 
 
 def _policy_rule(lab: Lab) -> None:
@@ -1058,6 +1074,7 @@ VXLAN_CASES = [
     ("vxlan_udp_blocked", "prerouting", "node1", {}, _vxlan_prerouting),
     ("vxlan_udp_blocked", "tc", "node2", {}, _vxlan_tc),
     ("pod_cidr_route_missing", "blackhole", "node1", {}, _route_blackhole),
+    ("pod_cidr_route_missing", "device", "node2", {}, _vxlan_device_remade_without_routes),
     ("policy_route_blackhole", "rule", "node2", {}, _policy_rule),
     ("policy_route_blackhole", "table", "node1", {}, _policy_table),
     ("mtu_mismatch", "pod", "node2", {}, _pods_mtu_raised("node2", "node1", 2000)),

@@ -1555,12 +1555,27 @@ def _route_drop(ctx: FaultContext, node: LabNode, params: Params) -> None:
     cidr = _peer(ctx, node, params).pod_cidr
     if params["via"] == "delete":
         ctx.node(node).run(["ip", "route", "del", cidr])
+    elif params["via"] == "device":
+        # flannel.1 deleted (a cleanup script, a network reset by hand): the kernel drops
+        # its routes, neighbours and FDB with it; flanneld sees the device go and makes it
+        # again at once, with its published MAC, but writes no peer's route back
+        runner = ctx.node(node)
+        runner.run(["ip", "link", "del", flannel.VXLAN_DEV])
+        deadline = time.monotonic() + 10
+        while flannel.vxlan_port(runner) is None:
+            if time.monotonic() > deadline:
+                raise LabError(f"pod_cidr_route_missing: flanneld on {node.name} did not "
+                               "make flannel.1 again")
+            time.sleep(0.05)
+        if _route_ok(ctx, node, _peer(ctx, node, params)):
+            raise LabError(f"pod_cidr_route_missing: flannel.1 on {node.name} came back "
+                           f"with its route to {cidr}")
     elif params["via"] == "blackhole":
         # What a null-routing script leaves: a blackhole for the prefix at metric 0. It
         # replaces flanneld's route (metric 0 too); beside BIRD's (metric 32) it wins.
         ctx.node(node).run(["ip", "route", "replace", "blackhole", cidr])
     else:
-        raise LabError("pod_cidr_route_missing: via must be delete or blackhole")
+        raise LabError("pod_cidr_route_missing: via must be delete, device or blackhole")
 
 
 def _route_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -1581,14 +1596,18 @@ def _route_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
 # 2 s (measured), so there it does not last; flanneld's vxlan backend programs a lease's
 # route once, so it stays gone until flanneld restarts. A blackhole lasts everywhere: host-gw's
 # re-add fails on the existing prefix, and BIRD's route is still there, only outranked.
+# A deleted flannel.1: flanneld v0.28 watches its device and makes it again (vxlan_network.go,
+# "vxlan device missing, attempting to recreate"), with the MAC its node's annotation gives,
+# so the peers' entries for the node stay right; its own routes to every peer are gone.
 register(Fault(
     "pod_cidr_route_missing",
     "the node has no working route to a peer's pod CIDR (param peer, default the first other "
     "node): the route deleted (via=delete, vxlan: flanneld does not put it back until it "
-    "restarts) or a blackhole route for it in the main table (via=blackhole: flanneld's "
-    "route replaced, BIRD's outranked at metric 0)",
+    "restarts), or flannel.1 deleted, which flanneld makes again at once without a route to "
+    "any peer (via=device, vxlan: every peer's route is gone), or a blackhole route for it in "
+    "the main table (via=blackhole: flanneld's route replaced, BIRD's outranked at metric 0)",
     _route_drop, _route_back, {"via": "delete", "peer": ""},
-    mechanisms={"delete": ("flannel-vxlan",), "blackhole": ()},
+    mechanisms={"delete": ("flannel-vxlan",), "device": ("flannel-vxlan",), "blackhole": ()},
 ))
 
 POLICY_RULE_PREF = "100"  # via=rule: a rule ahead of the main table
