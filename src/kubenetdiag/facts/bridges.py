@@ -66,7 +66,7 @@ def _pod_ranges(facts: list[Fact], attrs: tuple[str, ...]) -> Ranges:
 def pod_bridge_facts(facts: Sequence[Fact], cluster: Any = None) -> list[Fact]:
     """`cluster`: the bundle's API answers, whose pods name those behind the ports."""
     kinds = by_kind(facts, PRODUCES + INPUTS + CONTEXT)
-    pods = pods_by_address(cluster)
+    pods: dict[str, tuple[str, str] | None] | None = None  # read once a port needs them
     api = _pod_ranges(kinds["k8s_node"], ("pod_cidrs", "pod_cidr"))
     flannel = _pod_ranges(kinds["flannel_subnet"], ("subnet",))
     ports: dict[tuple[str, str], list[Fact]] = defaultdict(list)
@@ -94,7 +94,9 @@ def pod_bridge_facts(facts: Sequence[Fact], cluster: Any = None) -> list[Fact]:
         off_ports = sorted((p for p in mine if p.attrs.get("hairpin") is False),
                            key=lambda p: str(p.attrs["name"]))
         off = [str(p.attrs["name"]) for p in off_ports]
-        behind = [pod_behind(p.attrs.get("peer_addresses"), pods) for p in off_ports]
+        if off_ports and pods is None:
+            pods = pods_by_address(cluster)
+        behind = [pod_behind(p.attrs.get("peer_addresses"), pods or {}) for p in off_ports]
         off_pods = sorted(f"{ns}/{name}" for ns, name in filter(None, behind))
         printed = [p for p in mine if isinstance(p.attrs.get("hairpin"), bool)]
         shown = ",".join(off[:SHOWN]) + (f",... ({len(off)} in all)" if len(off) > SHOWN else "")

@@ -34,7 +34,7 @@ FLOOR_PCT = 50  # below half its capacity a link is not worth a fact
 def link_saturation_facts(facts: Sequence[Fact], cluster: Any = None) -> list[Fact]:
     """`cluster`: the bundle's API answers, whose pods name the far end of a pod's veth."""
     kinds = by_kind(facts, INPUTS + CONTEXT)
-    pods = pods_by_address(cluster)
+    pods: dict[str, tuple[str, str] | None] | None = None  # read once a veth needs them
     peers = {(f.node, f.attrs["name"]): f.attrs.get("peer_addresses")
              for f in kinds["interface"]}
     speed = {(f.node, f.attrs["name"]): f.attrs.get("speed_mbps")
@@ -56,7 +56,9 @@ def link_saturation_facts(facts: Sequence[Fact], cluster: Any = None) -> list[Fa
             used = round(rate * 100 / capacity)
             if used < FLOOR_PCT:
                 continue
-            pod = pod_behind(peers.get(key), pods)
+            if peers.get(key) and pods is None:
+                pods = pods_by_address(cluster)
+            pod = pod_behind(peers.get(key), pods or {})
             out.append(Fact("link_saturation", load.node, {
                 "name": load.attrs["name"],
                 "kind": kind.get(key) or "device",

@@ -51,7 +51,7 @@ COMMAND = (
     "for u in /sys/class/net/*/uevent; do l=; { IFS= read -r l <\"$u\"; } 2>/dev/null; "
     "[ \"$l\" = DEVTYPE=vxlan ] || continue; "
     "d=${u%/uevent}; d=${d##*/}; "
-    # both listings held and printed in one write
+    # the listings held and printed in one write
     "f=$(bridge fdb show dev \"$d\"); "
     "if [ -n \"$__nb\" ]; then printf '##knd:fdb %s\\n%s\\n' \"$d\" \"$f\"; "
     "else n=$(ip neigh show dev \"$d\"); "
