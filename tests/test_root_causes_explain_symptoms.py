@@ -127,6 +127,45 @@ def test_bgp_down_explains_the_routes_its_peers_lost():
     assert missing["nodes"] == ["n1"] and missing["explained_by"] == ["bgp-session-down"]
 
 
+def test_a_drop_of_a_peers_node_traffic_explains_the_routes_bgp_withdrew_on_both():
+    """Calico: n3 drops everything from n1's node address. Their BGP session times out, and
+    each withdraws the other's pod routes: the missing routes on both nodes are the DROP's
+    consequence (seen in the lab once the hold time had passed before the collection)."""
+    addresses = {"n1": "10.0.0.1", "n2": "10.0.0.2", "n3": "10.0.0.3"}
+    facts = [fact("node_status", n, reachable=True, address=a, reason=None)
+             for n, a in addresses.items()] + [
+        fact("node_match", "cluster", inventory_name=n, api_name=n, address=None,
+             in_inventory=True, in_api=True, matched_by="name") for n in addresses
+    ] + [
+        fact("k8s_node", "cluster", name=n, pod_cidr=f"10.244.{i}.0/24")
+        for i, n in enumerate(addresses, start=1)
+    ]
+    for node, lost in (("n1", "n3"), ("n3", "n1")):
+        facts += [fact("interface", node, name="lo", kind="device", mtu=65536, state="UNKNOWN",
+                       admin_up=True, lower_up=True),
+                  fact("route", node, table="main", type="unicast", dst="10.244.2.0/24",
+                       gateway="10.0.0.2", dev="eth0", protocol="bird", scope="global",
+                       onlink=False, linkdown=False)]
+        facts += [reach(node, lost, "underlay", False), reach(node, "n2", "underlay", True)]
+    facts += [reach("n2", peer, "underlay", True) for peer in ("n1", "n3")]
+    rule = "-A INPUT -s 10.0.0.1/32 -j DROP"
+    facts += [fact("path", "n3", flow=flow, peer="n1", target=None, toward="n1", state="new",
+                   src=src, dst=dst, proto=proto, dport=dport, verdict="drop",
+                   stage="netfilter", at="filter INPUT rule 1", hook="input", table="filter",
+                   chain="INPUT", position=1, rule=rule, owner="unknown", backend="nf_tables",
+                   altered_by=None, undo="iptables -t filter -D INPUT -s 10.0.0.1/32 -j DROP",
+                   matched="unknown", detail=f"{flow} | drop at filter INPUT rule 1")
+              for flow, src, dst, proto, dport in (
+                  ("node_in", "10.0.0.1", "10.0.0.3", "icmp", None),
+                  ("bgp_in", "10.0.0.1", "10.0.0.3", "tcp", 179))]
+    found = diagnose(facts)
+    roots = [(f["rule"], f["nodes"]) for f in found if f["root_cause"]]
+    assert roots == [("peer-node-traffic-stopped", ["n3"])], roots
+    missing = [f for f in found if f["fault"] == "pod_cidr_route_missing"]
+    assert missing and all("peer-node-traffic-stopped" in f["explained_by"] for f in missing)
+    assert sorted(n for f in missing for n in f["nodes"]) == ["n1", "n3"]
+
+
 def test_a_node_off_the_network_explains_its_bgp_sessions_going_down():
     """Calico: a node that drops off the node network takes its BGP sessions with it; the one
     root cause is the node, found by its peers' pings, not BGP."""
