@@ -40,7 +40,7 @@ import yaml
 
 from kubenetdiag.errors import InputError
 from kubenetdiag.files import read_at_most
-from kubenetdiag.yamlsrc import MAX_FILE_BYTES, YamlDoc, load_yaml_file
+from kubenetdiag.yamlsrc import MAX_DEPTH, MAX_FILE_BYTES, YamlDoc, load_yaml_file
 
 __all__ = ["Host", "expand_host_pattern", "load_inventory", "local_host"]
 
@@ -360,8 +360,17 @@ def _explain_load_failure(text: str, file: str, inventory: bool) -> None:
             line=1,
             hint=_VAULT_HINT,
         )
+    depth = 0
     try:
         for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            # Past the loader's nesting limit its own error is the reason; and PyYAML's
+            # scanner slows with every open bracket (quadratic: a minute for 50,000).
+            if isinstance(token, (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    break
+            elif isinstance(token, (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken)):
+                depth -= 1
             if isinstance(token, yaml.TagToken) and token.value[0] == "!":
                 line = token.start_mark.line + 1
                 if token.value[1] == "vault":
