@@ -1561,12 +1561,9 @@ def _route_drop(ctx: FaultContext, node: LabNode, params: Params) -> None:
         # again at once, with its published MAC, but writes no peer's route back
         runner = ctx.node(node)
         runner.run(["ip", "link", "del", flannel.VXLAN_DEV])
-        deadline = time.monotonic() + 10
-        while flannel.vxlan_port(runner) is None:
-            if time.monotonic() > deadline:
-                raise LabError(f"pod_cidr_route_missing: flanneld on {node.name} did not "
-                               "make flannel.1 again")
-            time.sleep(0.05)
+        nodehost.wait_nodes(flannel.BINARY, "make flannel.1 again", [node],
+                            lambda _node: flannel.vxlan_port(runner) is not None,
+                            lambda name: flannel.log_path(ctx.paths, name), 10)
         if _route_ok(ctx, node, _peer(ctx, node, params)):
             raise LabError(f"pod_cidr_route_missing: flannel.1 on {node.name} came back "
                            f"with its route to {cidr}")

@@ -30,7 +30,7 @@ import re
 
 from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.probes.base import IP_BATCH, Probe, Section, from_ip_batch
-from kubenetdiag.probes.text import clip, parts, to_int
+from kubenetdiag.probes.text import MAC, clip, parts, to_int
 
 # The listings come from the script's one `ip -batch` (IP_BATCH) where it ran; else the JSON
 # attempt's output is kept, not thrown away and asked for again.
@@ -72,7 +72,6 @@ _XDP_WORDS = {"xdp": "native", "xdpdrv": "native", "xdpgeneric": "generic", "xdp
               "xdpoffload": "offload", "xdphw": "offload", "xdpmulti": "multi"}
 _XDP_HEAD = re.compile(r"(?:^|\s)(xdp[a-z]*|xdp\[\d+\])(?:/id:(\d+))?(?=\s|$)")
 _XDP_PROG = re.compile(r"prog/(xdp[a-z]*) id (\d+)(?: name (\S+))?")
-_MAC = re.compile(r"^[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}$")
 PEERS_SHOWN = 8  # addresses named behind one veth (a pod has one or two)
 
 
@@ -253,7 +252,7 @@ def _learned(lines: list[str]) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for line in lines:
         words = line.split()
-        if (len(words) < 3 or words[1] != "dev" or not _MAC.match(words[0])
+        if (len(words) < 3 or words[1] != "dev" or not MAC.fullmatch(words[0])
                 or "self" in words or "permanent" in words):
             continue
         out.setdefault(words[2], set()).add(words[0].lower())

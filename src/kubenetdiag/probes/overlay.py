@@ -25,7 +25,6 @@ Sample output and the facts it gives:
 from __future__ import annotations
 
 import json
-import re
 
 from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.probes.base import (
@@ -36,7 +35,7 @@ from kubenetdiag.probes.base import (
     read_files,
     unread_lines,
 )
-from kubenetdiag.probes.text import clip, env_file, parts, to_int, unprefix
+from kubenetdiag.probes.text import MAC, clip, env_file, parts, to_int, unprefix
 
 # VXLAN devices say DEVTYPE=vxlan in their uevent, on its first line (the kernel writes a
 # device's type before its class's INTERFACE= and IFINDEX=): the shell reads that line of each,
@@ -59,7 +58,6 @@ COMMAND = (
     "done; [ -n \"$__nb\" ] || "
     "{ echo '##knd:permanent text'; ip -4 neigh show nud permanent; }; return 0"
 )
-_MAC = re.compile(r"^([0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5})\b")
 
 
 def _permanent(form: str | None, lines: list[str]
@@ -132,7 +130,7 @@ def parse(section: Section, node: str) -> list[Fact]:
             }, src("cat /run/flannel/subnet.env", "\n".join(unprefix(lines)))))
         elif name == "fdb" and dev:
             for line in lines:
-                m = _MAC.match(line.strip())
+                m = MAC.match(line.strip())
                 if not m:
                     continue
                 words = line.split()

@@ -11,6 +11,8 @@ import re
 
 HEADER = "##knd:"
 _INT = re.compile(r"^-?\d+$")
+# A link-layer address as ip and bridge print it, at the start of a line or a word
+MAC = re.compile(r"^([0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5})\b")
 
 
 def parts(text: str) -> list[tuple[str, str, list[str]]]:
