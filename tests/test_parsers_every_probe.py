@@ -519,6 +519,41 @@ def test_counters_ipsec_drops_for_want_of_an_sa():
                                                               "net_counter")}
 
 
+def test_counters_softnet_drops_rising_on_a_centos7_node():
+    """3.10's softnet_stat (11 columns, no CPU index), CPU 0 dropping from a full backlog
+    between the samples: one fact per counter, summed over the four CPUs."""
+    names = {c["name"]: c for c in kinds(parse("counters", "softnet-dropped-centos7"),
+                                         "net_counter")}
+    dropped, squeezed = names["softnet_dropped"], names["softnet_time_squeeze"]
+    assert (dropped["value"], dropped["delta"], dropped["rising"]) == (23094, 4120, True)
+    assert (squeezed["delta"], squeezed["rising"]) == (314, True)
+    # conntrack's per-CPU rows come after softnet's and are still conntrack's own
+    assert names["conntrack_insert_failed"]["rising"] is False
+
+
+def test_counters_softnet_as_kernel_6_prints_it_and_where_it_is_missing():
+    names = {c["name"]: c for c in kinds(parse("counters", "softnet-6.18-netns"),
+                                         "net_counter")}
+    assert names["softnet_dropped"]["rising"] is False
+    assert names["softnet_time_squeeze"]["value"] == 5  # 3 + 2 over the machine's two CPUs
+    # a node whose sample has no softnet_stat (recorded before it was read): no fact
+    assert not {"softnet_dropped", "softnet_time_squeeze"} & {
+        c["name"] for c in kinds(parse("counters", "debian12-netns"), "net_counter")}
+
+
+def test_counters_softnet_rows_of_a_2_6_kernel_and_rows_that_are_not():
+    def softnet(rows: list[str]) -> dict:
+        text = "".join(f"##knd:sample {n}\n{100 + 2 * n}.00 1.00\n" + "\n".join(rows) + "\n"
+                       for n in (1, 2))
+        facts = BY_NAME["counters"].parse(Section("counters", "", 0, 2, text, ""), "n")
+        return {f.attrs["name"]: f.attrs["value"] for f in facts}
+    ten = " ".join(["0000ffff", "00000007", "00000001"] + ["00000000"] * 7)
+    assert softnet([ten, ten]) == {"softnet_dropped": 14, "softnet_time_squeeze": 2}
+    # too few columns, a word that is not hex, a wider number: not softnet_stat's rows
+    assert softnet([" ".join(["00000007"] * 9), ten.replace("0000ffff", "0000fffg"),
+                    ten.replace("0000ffff", "10000ffff")]) == {}
+
+
 def test_counters_one_sample_only_is_unknown_not_flat():
     text = (FIX / "counters" / "debian12-netns.txt").read_text().split("##knd:sample 2")[0]
     facts = BY_NAME["counters"].parse(Section("counters", "", None, 0, text, ""), "n")

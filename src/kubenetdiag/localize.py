@@ -267,10 +267,10 @@ BLOCKS_ZH = {
         "ipset：匹配集合的 iptables 规则（kube-proxy ipvs 模式、Calico）在路径遍历中无法判定",
     "IPVS virtual servers (kube-proxy ipvs mode): Service VIPs and their backends":
         "IPVS 虚拟服务（kube-proxy ipvs 模式）：Service VIP 及其后端",
-    "drop and error counters rising now (listen overflows, UDP buffer errors, RcvQ drops) "
-    "and each interface's throughput":
-        "当前正在增长的丢包与错误计数（全连接队列溢出、UDP 缓冲区错误、接收队列丢包）"
-        "以及各网卡的吞吐量",
+    "drop and error counters rising now (listen overflows, UDP buffer errors, RcvQ drops, "
+    "a CPU's full input backlog) and each interface's throughput":
+        "当前正在增长的丢包与错误计数（全连接队列溢出、UDP 缓冲区错误、接收队列丢包、"
+        "CPU 输入积压队列已满）以及各网卡的吞吐量",
     "sockets (accept queues, listeners' open files, TIME_WAIT, CLOSE-WAIT and FIN-WAIT-2 "
     "counts, stuck Recv-Q/Send-Q, UDP buffers)":
         "套接字（全连接队列、监听进程打开的文件数、TIME_WAIT、CLOSE-WAIT 与 FIN-WAIT-2 数量、"

@@ -3,8 +3,9 @@
 incidents long past).
 
 The counters come from /proc/net/snmp, /proc/net/netstat and /proc/net/stat/nf_conntrack,
-which is where `nstat` and `netstat -s` read them, and /proc/net/xfrm_stat (IPsec's drops, one
-`Name value` line each, where the kernel keeps them); each interface's bytes and drops from
+which is where `nstat` and `netstat -s` read them, /proc/net/xfrm_stat (IPsec's drops, one
+`Name value` line each, where the kernel keeps them) and /proc/net/softnet_stat (what each CPU's
+receive softirq processed, dropped and left for later); each interface's bytes and drops from
 /proc/net/dev, where `ip -s link` and `iftop`'s totals come from, give its throughput over the
 same interval (interface_load). Reading them directly writes nothing:
 `nstat` without `-s` would keep a history file on the node. The first sample is taken by the
@@ -21,15 +22,23 @@ from kubenetdiag.probes.base import Probe, Section, TwoSample
 from kubenetdiag.probes.conntrack import sum_proc_stat
 
 MIN_INTERVAL_S = 2
-# xfrm_stat and dev before nf_conntrack: the per-CPU conntrack lines run to the end of a sample
+# xfrm_stat, dev and softnet_stat before nf_conntrack: the per-CPU conntrack lines run to the
+# end of a sample, and softnet_stat's rows are known by coming before conntrack's header
 SAMPLING = TwoSample("counters", "/proc/net/snmp /proc/net/netstat /proc/net/xfrm_stat "
-                     "/proc/net/dev /proc/net/stat/nf_conntrack", MIN_INTERVAL_S)
+                     "/proc/net/dev /proc/net/softnet_stat /proc/net/stat/nf_conntrack",
+                     MIN_INTERVAL_S)
 # An interface moving less than this in both directions, and dropping nothing, gives no fact:
 # a node's idle pod veths would outnumber everything else.
 LOAD_FLOOR_BPS = 1_000_000
 # /proc/net/dev: `name: ` then 8 receive and 8 transmit counters (a name may run into its
 # first number when the count is wide: "eth0:123456789")
 _DEV = re.compile(r"^\s*([^\s:]+):\s*((?:\d+\s+){15}\d+)\s*$")
+# /proc/net/softnet_stat: one row per CPU, no header, each column eight hex digits; ten columns
+# in 3.x kernels, up to fifteen in 6.x, the first three always the packets the CPU's receive
+# softirq processed, those dropped because its input backlog (net.core.netdev_max_backlog
+# packets) was full, and the times it ran out of budget with packets left (time_squeeze)
+_SOFTNET_ROW = re.compile(r"^(?:[0-9a-f]{8}\s+){9,}[0-9a-f]{8}\s*$")
+SOFTNET_COLUMNS = {"dropped": 1, "time_squeeze": 2}
 SAMPLE = SAMPLING.sample
 
 # (group, counter): the drops and errors docs/runbooks.md#runbook-004 looks at. Group and
@@ -56,6 +65,9 @@ WATCH: tuple[tuple[str, str], ...] = (
     # block policies (docs/paths.md: the walk's xfrm and ipsec stages)
     ("Xfrm", "OutNoStates"), ("Xfrm", "InNoStates"), ("Xfrm", "InTmplMismatch"),
     ("Xfrm", "OutPolBlock"), ("Xfrm", "InPolBlock"),
+    # a CPU that cannot keep up with the packets it receives (docs/runbooks.md#runbook-004,
+    # CPU speed): drops no protocol, filter or interface counts, summed over CPUs
+    ("Softnet", "dropped"), ("Softnet", "time_squeeze"),
 )
 
 
@@ -63,20 +75,27 @@ def read_sample(lines: list[str]) -> dict[tuple[str, str], int]:
     """{(group, counter): value} from one sample (its /proc/uptime line already taken off).
 
     /proc/net/snmp and /proc/net/netstat print each group as a header line and a value line;
-    /proc/net/xfrm_stat one counter a line; /proc/net/stat/nf_conntrack one line per CPU,
-    summed here.
+    /proc/net/xfrm_stat one counter a line; /proc/net/softnet_stat and
+    /proc/net/stat/nf_conntrack one line per CPU, summed here.
 
     >>> read_sample(["Udp: InDatagrams NoPorts InErrors", "Udp: 5120 3 41"])
     {('Udp', 'InDatagrams'): 5120, ('Udp', 'NoPorts'): 3, ('Udp', 'InErrors'): 41}
     >>> read_sample(["XfrmOutNoStates         \t12"])
     {('Xfrm', 'OutNoStates'): 12}
+    >>> row = " ".join(["00000000"] * 8)
+    >>> read_sample(["0000ff00 00000010 00000002 " + row, "0000ff00 00000001 00000000 " + row])
+    {('Softnet', 'dropped'): 17, ('Softnet', 'time_squeeze'): 2}
     """
     values: dict[tuple[str, str], int] = {}
     header: dict[str, list[str]] = {}
     conntrack: list[str] = []
+    softnet: list[list[str]] = []
     for line in lines:
         words = line.split()
         if not words:
+            continue
+        if not conntrack and _SOFTNET_ROW.match(line.strip()):
+            softnet.append(words)
             continue
         if len(words) == 2 and words[0].startswith("Xfrm") and words[1].isdigit() \
                 and not conntrack:
@@ -100,6 +119,8 @@ def read_sample(lines: list[str]) -> dict[tuple[str, str], int]:
     totals, _ = sum_proc_stat(conntrack)
     for name, value in totals.items():
         values[("Conntrack", name)] = value
+    for name, column in SOFTNET_COLUMNS.items() if softnet else ():
+        values[("Softnet", name)] = sum(int(row[column], 16) for row in softnet)
     return values
 
 
@@ -175,7 +196,8 @@ def parse(section: Section, node: str) -> list[Fact]:
         delta = None
         if key in first and key in second and second[key] >= first[key] and interval:
             delta = second[key] - first[key]
-        name = f"conntrack_{counter}" if group == "Conntrack" else f"{group}{counter}"
+        name = (f"{group.lower()}_{counter}" if group in ("Conntrack", "Softnet")
+                else f"{group}{counter}")
         facts.append(Fact("net_counter", node, {
             "name": name,
             "group": group,
@@ -197,7 +219,7 @@ PROBE = Probe(
     parse=parse,
     kinds=("net_counter", "interface_load"),
     blocks="drop and error counters rising now (listen overflows, UDP buffer errors, RcvQ "
-    "drops) and each interface's throughput",
+    "drops, a CPU's full input backlog) and each interface's throughput",
     timeout_s=MIN_INTERVAL_S + 10,
     preludes=(SAMPLING.prelude,),
     sampling=SAMPLING,
