@@ -126,6 +126,7 @@ FIXTURES = [
     ("lab-conntrack-full", "conntrack_table_full", "node1"),
     ("lab-vxlan-underlay-down", "vxlan_underlay_down", "node3"),
     ("lab-tcp-memory-pressure", "tcp_memory_pressure", "node2"),
+    ("lab-softnet-backlog-drop", "softnet_backlog_drop", "node3"),
     ("lab-nft-invalid-not-dropped-5.15", "conntrack_invalid_not_dropped", "node2"),
     ("lab-invalid-not-dropped-5.4", "conntrack_invalid_not_dropped", "node1"),
     # kube-proxy's ipvs mode, which this kernel (no ip_vs) cannot run: recorded by
