@@ -142,6 +142,30 @@ def test_a_probe_runs_in_the_scripts_own_shell_and_cannot_upset_the_next():
     assert got["b"].stdout.split() == ["/", "/proc/self", "2", a_pid]
 
 
+def test_a_probes_scratch_variables_cannot_change_its_recorded_duration():
+    """Probes share the script's shell: one that reads a value into __s (the links probe's
+    link speeds, the sockets probe's descriptor limits) once moved the runner's start time,
+    and the bundle said the probe took 4,000 s."""
+    probes = [Probe("a", "__s=-99999999; __d=7; __r=3; __cs=0; __u=1; true", _noop, ""),
+              Probe("b", "true", _noop, "")]
+    sections, _ = run(probes)
+    got = {s.probe: s for s in sections}
+    assert got["a"].exit_code == 0
+    # the script's own deadline bounds every probe's run: a duration past it is a wrong clock
+    assert all(0 <= s.duration_s <= 60 for s in sections), [s.duration_s for s in sections]
+
+
+def test_no_probe_assigns_what_the_runner_holds_while_it_runs():
+    import re
+
+    held = r"(M|__ifs|__main|__knd_\w+)"
+    assign = re.compile(rf"(?<![\w$]){held}=|\bread\b[^;|&]*\s{held}\b|\bfor\s+{held}\s+in\b")
+    for probe in PROBES:
+        commands = [probe.command, *(p.command for p in probe.preludes)]
+        for text in commands:
+            assert not assign.search(text), (probe.name, assign.search(text).group(0))
+
+
 def test_no_probe_ends_the_script_with_exit():
     """Probes run as functions of the script's shell: `exit` would end the whole script and
     every later probe would go missing, so they end with `return` (exit only inside $(...) or

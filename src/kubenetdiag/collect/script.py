@@ -33,6 +33,8 @@ PROBE_MEMORY_KIB = 1024 * 1024  # virtual memory of the script and its commands 
 #   ends with `return`, never `exit`.
 # - __knd_cs reads /proc/uptime with the shell's own `read`, into a variable: no fork, 10 ms
 #   resolution, works on busybox.
+# - Probes share the shell's variables, so what the runner holds while a probe runs has a
+#   name no probe uses (its start time is __knd_t0; probes' scratch names are __a, __s...).
 # - Output goes straight to the SSH session, but in few writes: every write can become one SSH
 #   packet for the collector to decrypt and dispatch. A probe's end marker and the next one's
 #   begin marker share one write; tools that write a line at a time (nft) and outputs that
@@ -122,7 +124,7 @@ ulimit -S -v {memory} 2>/dev/null
   __o=; return $__c
 }}
 __knd_run() {{
-  __knd_cs; __s=$__cs; __r=0
+  __knd_cs; __knd_t0=$__cs; __r=0
   for __t in $3; do
     command -v "$__t" >/dev/null 2>&1 ||
       {{ echo "kubenetdiag: $__t: command not found" >&2; __r=127; }}
@@ -132,7 +134,7 @@ __knd_run() {{
     eval "__knd_probe() {{ $4$__nl}}" && {{ __knd_in=1; __knd_probe </dev/null; }}
     __r=$?; __knd_in=; IFS=$__ifs; set +f; cd /
   fi
-  __knd_cs; __d=$((__cs-__s))
+  __knd_cs; __d=$((__cs-__knd_t0))
   if [ -n "$5" ]; then
     printf '\n%s:end:%s:%s:%s\n%s:begin:%s\n' "$M" "$1" "$__r" "$__d" "$M" "$5"
     printf '\n%s:end:%s\n%s:begin:%s\n' "$M" "$1" "$M" "$5" >&2
