@@ -158,3 +158,56 @@ def test_ctrl_c_during_inference_stops_the_run(tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err
     assert time.monotonic() - pressed < 15
+
+
+LOST_IN_A_DESTRUCTOR = """
+import sys, time
+from kubenetdiag import cli
+cli._interrupts_are_never_lost()
+
+class Engine:
+    def __del__(self):
+        raise KeyboardInterrupt  # as Ctrl-C lands while CLIPS frees an environment
+
+class Other:
+    def __del__(self):
+        raise ValueError("not an interrupt")
+
+Other()  # reported as ignored, as Python always does
+Engine()  # lost: Python reports it as ignored and goes on...
+try:
+    time.sleep(60)  # ...unless it is delivered again
+except KeyboardInterrupt:
+    print("interrupted again")
+"""
+
+
+def test_an_interrupt_lost_in_a_destructor_is_delivered_again():
+    proc = subprocess.run([sys.executable, "-c", LOST_IN_A_DESTRUCTOR], capture_output=True,
+                          text=True, timeout=30, preexec_fn=_as_in_a_terminal)
+    assert proc.stdout == "interrupted again\n"
+    assert "ValueError: not an interrupt" in proc.stderr  # other errors reported as before
+    assert "KeyboardInterrupt" not in proc.stderr
+
+
+INTERRUPTED_WHILE_LOADING = """
+import sys
+from kubenetdiag import entry
+
+class CtrlC:  # Ctrl-C pressed while the CLI's modules load (seconds on a loaded machine)
+    def find_spec(self, name, path=None, target=None):
+        if name == "kubenetdiag.cli":
+            raise KeyboardInterrupt
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+sys.exit(entry.main())
+"""
+
+
+def test_ctrl_c_while_the_cli_loads_is_a_clean_interrupt():
+    proc = subprocess.run([sys.executable, "-c", INTERRUPTED_WHILE_LOADING, "analyze", "x"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 130
+    assert proc.stderr == "kubenetdiag: interrupted\n"
+

@@ -23,7 +23,7 @@ def _plugin(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
 
 def test_the_plugin_is_installed_under_kubectls_name():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["kubectl-netdiag"] == "kubenetdiag.cli:kubectl_main"
+    assert scripts["kubectl-netdiag"] == "kubenetdiag.entry:kubectl_main"
 
 
 def test_with_no_command_it_diagnoses_and_says_so_as_kubectl_netdiag(tmp_path):

@@ -60,5 +60,6 @@ def test_the_wheel_declares_the_commands_and_no_lab_command(wheel: Path) -> None
         (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt")]
         text = archive.read(name).decode()
     lines = {line.replace(" ", "") for line in text.splitlines()}
-    assert {"kubenetdiag=kubenetdiag.cli:main", "diagnose=kubenetdiag.cli:diagnose_main"} <= lines
+    assert {"kubenetdiag=kubenetdiag.entry:main",
+            "diagnose=kubenetdiag.entry:diagnose_main"} <= lines
     assert "kubenetdiag.commands" not in text  # the lab adds `lab` from its own package

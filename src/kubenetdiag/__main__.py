@@ -1,5 +1,5 @@
 import sys
 
-from kubenetdiag.cli import main
+from kubenetdiag.entry import main
 
 sys.exit(main())

@@ -11,11 +11,14 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -609,12 +612,39 @@ def cmd_rules_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupts_are_never_lost() -> None:
+    """Ctrl-C raises KeyboardInterrupt wherever the main thread is, and inside an object's
+    __del__ (the CLIPS environment of a rule file checked and dropped: freeing it takes a
+    moment, long on a loaded machine) Python reports it as ignored and goes on, for as long as
+    the rules take. Such a lost interrupt is sent again a moment later, from another thread,
+    to whatever the main thread does then: the collector keeps what it has, anything else
+    ends at once, as for any Ctrl-C."""
+    previous = sys.unraisablehook
+    if getattr(previous, "redelivers_interrupts", False):
+        return  # installed by an earlier call in this process
+
+    def hook(unraisable: Any) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type,
+                                                          KeyboardInterrupt):
+            again = threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT))
+            again.daemon = True
+            again.start()
+            return
+        previous(unraisable)
+
+    hook.redelivers_interrupts = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def main(argv: Sequence[str] | None = None, *, kubectl: bool = False) -> int:
-    parser = build_parser("kubectl netdiag" if kubectl else "kubenetdiag")
-    args = parser.parse_args(argv)
-    if kubectl:
-        kubectl_kubeconfig(args, os.environ, Path.home())
+    _interrupts_are_never_lost()
     try:
+        # inside: looking up the commands other packages add reads their metadata, which
+        # takes a while on a loaded machine, and Ctrl-C then is a Ctrl-C like any other
+        parser = build_parser("kubectl netdiag" if kubectl else "kubenetdiag")
+        args = parser.parse_args(argv)
+        if kubectl:
+            kubectl_kubeconfig(args, os.environ, Path.home())
         return args.handler(args)
     except InputError as exc:  # RuleErrors too: one line per problem
         print(f"kubenetdiag: {for_terminal(str(exc))}", file=sys.stderr)
