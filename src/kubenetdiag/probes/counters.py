@@ -66,7 +66,7 @@ WATCH: tuple[tuple[str, str], ...] = (
     ("Xfrm", "OutNoStates"), ("Xfrm", "InNoStates"), ("Xfrm", "InTmplMismatch"),
     ("Xfrm", "OutPolBlock"), ("Xfrm", "InPolBlock"),
     # a CPU that cannot keep up with the packets it receives (docs/runbooks.md#runbook-004,
-    # CPU speed): drops no protocol, filter or interface counts, summed over CPUs
+    # CPU speed): drops before any protocol or packet filter, summed over CPUs
     ("Softnet", "dropped"), ("Softnet", "time_squeeze"),
 )
 
