@@ -34,7 +34,7 @@ LOAD_FLOOR_BPS = 1_000_000
 # first number when the count is wide: "eth0:123456789")
 _DEV = re.compile(r"^\s*([^\s:]+):\s*((?:\d+\s+){15}\d+)\s*$")
 # /proc/net/softnet_stat: one row per CPU, no header, each column eight hex digits; ten columns
-# in 3.x kernels, up to fifteen in 6.x, the first three always the packets the CPU's receive
+# in 2.6 kernels, more since, fifteen in 6.x; the first three always the packets the CPU's receive
 # softirq processed, those dropped because its input backlog (net.core.netdev_max_backlog
 # packets) was full, and the times it ran out of budget with packets left (time_squeeze)
 _SOFTNET_ROW = re.compile(r"^(?:[0-9a-f]{8}\s+){9,}[0-9a-f]{8}\s*$")
