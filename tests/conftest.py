@@ -83,19 +83,33 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 # other tests only once its group is nearly done, so lowering a worker's priority at its
 # first test outside the groups never slows a lab test. Nor does taking this worker's labs
 # down then (their session teardown finds them gone): no lab test of its own is left, and
-# their idle control planes would take CPU from every test still to run.
+# their idle control planes would take CPU from every test still to run. In a run of a few
+# tests, where a group can be as small as the other units, a worker may be handed a group
+# after other tests: its labs then come back up and its priority back to normal first.
 _YIELDED = False
 _LABS_UP: list[Lab] = []  # the session labs this process brought up
+_TAKEN_DOWN: list[Lab] = []
 
 
 @pytest.fixture(autouse=True)
 def _give_way_to_the_lab_groups(request: pytest.FixtureRequest) -> None:
     global _YIELDED
-    if _YIELDED or "PYTEST_XDIST_WORKER" not in os.environ:
+    if "PYTEST_XDIST_WORKER" not in os.environ:
         return
-    if lab_group(request.node.nodeid) is None:
+    in_a_group = lab_group(request.node.nodeid) is not None
+    if in_a_group and _YIELDED:
+        while _TAKEN_DOWN:
+            instance = _TAKEN_DOWN.pop()
+            instance.up()
+            _LABS_UP.append(instance)
+        if os.geteuid() == 0:  # only root may raise a priority, and only root runs a lab
+            os.nice(-10)
+        _YIELDED = False
+    elif not in_a_group and not _YIELDED:
         for instance in _LABS_UP:
             instance.down()
+            _TAKEN_DOWN.append(instance)
+        _LABS_UP.clear()
         os.nice(10)
         _YIELDED = True
 
