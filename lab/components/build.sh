@@ -33,7 +33,9 @@ export GOWORK=off
 # tag grpcnotrace) with CGO_ENABLED=0; flannel's Makefile enables cgo on amd64, where its UDP
 # backend has C code that does not compile without it, and links statically (plus osusergo,netgo
 # here, so the static binary does not call glibc's NSS for users and DNS: no link warnings);
-# kube-router's Makefile builds with CGO_ENABLED=0 and stamps pkg/version.Version/BuildDate.
+# kube-router's Makefile builds with CGO_ENABLED=0 and stamps pkg/version.Version/BuildDate;
+# the CNI plugins' releases are built with CGO_ENABLED=0 and stamp buildversion.BuildVersion
+# (cnitool, built beside them, at the libcni version the plugins require, has no stamp).
 COMPONENTS=(
   "kube-apiserver|kubernetes|k8s.io/kubernetes/cmd/kube-apiserver|kubernetes|KUBERNETES_VERSION|selinux,notest,grpcnotrace|0"
   "kube-controller-manager|kubernetes|k8s.io/kubernetes/cmd/kube-controller-manager|kubernetes|KUBERNETES_VERSION|selinux,notest,grpcnotrace|0"
@@ -43,6 +45,11 @@ COMPONENTS=(
   "coredns|coredns|github.com/coredns/coredns|coredns|COREDNS_VERSION|grpcnotrace|0"
   "kube-router|kube-router|github.com/cloudnativelabs/kube-router/v2/cmd/kube-router|kube-router|KUBE_ROUTER_VERSION||0"
   "knd-ipvs-proxier|kubernetes|kubenetdiag.lab/components/kubernetes/ipvsproxier|knd-ipvs-proxier|IPVS_PROXIER_VERSION|selinux,notest,grpcnotrace|0"
+  "bridge|cni-plugins|github.com/containernetworking/plugins/plugins/main/bridge|cni-plugins|CNI_PLUGINS_VERSION||0"
+  "host-local|cni-plugins|github.com/containernetworking/plugins/plugins/ipam/host-local|cni-plugins|CNI_PLUGINS_VERSION||0"
+  "portmap|cni-plugins|github.com/containernetworking/plugins/plugins/meta/portmap|cni-plugins|CNI_PLUGINS_VERSION||0"
+  "cnitool|cni-plugins|github.com/containernetworking/cni/cnitool|cni-plugins|CNI_PLUGINS_VERSION||0"
+  "flannel|cni-flannel|github.com/containernetworking/plugins/plugins/meta/flannel|cni-flannel|FLANNEL_CNI_PLUGIN_VERSION||0"
 )
 # knd-ipvs-proxier is the lab's own program around kube-proxy's IPVS proxier (kubernetes/
 # ipvsproxier, see its doc comment): its version is Kubernetes' plus a digest of its source, so
@@ -55,11 +62,14 @@ declare -A UPSTREAM=(
   [flannel]=github.com/flannel-io/flannel
   [coredns]=github.com/coredns/coredns
   [kube-router]=github.com/cloudnativelabs/kube-router/v2
+  [cni-plugins]=github.com/containernetworking/plugins
+  [cni-flannel]=github.com/containernetworking/plugins
 )
 declare -A VERSION_VAR=(
   [kubernetes]=KUBERNETES_VERSION [etcd]=ETCD_VERSION
   [flannel]=FLANNEL_VERSION [coredns]=COREDNS_VERSION
   [kube-router]=KUBE_ROUTER_VERSION
+  [cni-plugins]=CNI_PLUGINS_VERSION [cni-flannel]=FLANNEL_CNI_PLUGIN_VERSION
 )
 
 log() { printf '%s\n' "$*"; }
@@ -73,7 +83,7 @@ gow() { (cd "$HERE/$1" && shift && "$GO" "$@") 9>&-; }
 # --- pin: make the wrapper go.mod/go.sum say what versions.env says -------------------------
 pin() {
   local dir mod ver gomod m godebug old extra
-  for dir in kubernetes etcd flannel coredns kube-router; do
+  for dir in kubernetes etcd flannel coredns kube-router cni-plugins cni-flannel; do
     mod=${UPSTREAM[$dir]}
     ver=${!VERSION_VAR[$dir]}
     log "pin: $dir: $mod@$ver"
@@ -141,6 +151,7 @@ stamp() {
     etcd)    printf -- " -X go.etcd.io/etcd/api/v3/version.GitSHA=go-module-%s" "$ver" ;;
     flannel) printf -- " -X github.com/flannel-io/flannel/pkg/version.Version=%s" "$ver" ;;
     coredns) printf -- " -X github.com/coredns/coredns/coremain.GitCommit=go-module-%s" "$ver" ;;
+    cni-plugins|cni-flannel) printf -- " -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=%s" "$ver" ;;
     kube-router) printf -- " -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=%s -X github.com/cloudnativelabs/kube-router/v2/pkg/version.BuildDate=go-module" "$ver" ;;
   esac
 }

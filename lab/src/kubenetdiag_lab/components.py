@@ -35,6 +35,11 @@ BINARIES: Mapping[str, tuple[str, str]] = {
     "coredns": ("coredns", "COREDNS_VERSION"),
     "kube-router": ("kube-router", "KUBE_ROUTER_VERSION"),
     "knd-ipvs-proxier": ("knd-ipvs-proxier", "IPVS_PROXIER_VERSION"),
+    "bridge": ("cni-plugins", "CNI_PLUGINS_VERSION"),
+    "host-local": ("cni-plugins", "CNI_PLUGINS_VERSION"),
+    "portmap": ("cni-plugins", "CNI_PLUGINS_VERSION"),
+    "cnitool": ("cni-plugins", "CNI_PLUGINS_VERSION"),
+    "flannel": ("cni-flannel", "FLANNEL_CNI_PLUGIN_VERSION"),
 }
 # The lab's own program around kube-proxy's IPVS proxier (ipvs_shadow.py): versioned as
 # build.sh names it, Kubernetes' version plus a digest of its Go source.
@@ -44,7 +49,11 @@ CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller-manager")
 NODE = ("kube-proxy",)  # run in every lab node
 PODS = ("coredns",)  # run in a lab pod (coredns.py)
 LAB = (*CONTROL_PLANE, *NODE, *PODS)  # what `lab up` runs: it refuses when one is missing
-CNI = {"flannel-vxlan": ("flanneld",), "flannel-host-gw": ("flanneld",)}  # per node, by mode
+# What a flannel node's kubelet runs for a pod (the conflist's plugins, the bridge and the IPAM
+# it delegates to) and cnitool, where the container runtime would call libcni (cni.py)
+CNI_PLUGINS = ("flannel", "bridge", "host-local", "portmap")
+FLANNEL_NODE = ("flanneld", *CNI_PLUGINS, "cnitool")
+CNI = {"flannel-vxlan": FLANNEL_NODE, "flannel-host-gw": FLANNEL_NODE}  # per node, by mode
 # per node, by `lab up --network-policy` mode (kuberouter.py); "none" runs no enforcer
 NETWORK_POLICY = {"kube-router": ("kube-router",)}
 
@@ -119,6 +128,11 @@ def component(binary: str, *, versions: Mapping[str, str] | None = None,
 
 def path_of(binary: str) -> Path:
     return component(binary).path
+
+
+def cni_path() -> str:
+    """CNI_PATH for the node's plugins: the directories they are cached in."""
+    return ":".join(dict.fromkeys(str(path_of(b).parent) for b in CNI_PLUGINS))
 
 
 def build_command(binaries: Iterable[str]) -> str:
