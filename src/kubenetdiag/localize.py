@@ -71,6 +71,8 @@ _WORDS_ZH: dict[str, dict[str, str]] = {
     # pod_bridge.addresses of a bridge that holds none
     "addresses": {"none": "无"},
     "layer": {"pod": "Pod 网络", "underlay": "节点地址", "vxlan": "VXLAN 隧道", "bgp": "BGP 会话"},
+    # pod_veth.holder of a veth whose pod is not known
+    "holder": {"a pod": "某个 Pod"},
 }
 # What an active check saw when it failed (probes/active: ping, tcp, dns, http), in any
 # placeholder or cell.
@@ -93,6 +95,7 @@ _ANY_ZH = {
     "each node's kube-proxy rules against the API's Services":
         "各节点的 kube-proxy 规则与 API 中的 Service 对比",
     "the pod bridge's ports (interface facts)": "Pod 网桥的端口（interface 事实）",
+    "interface facts and cached CNI results": "interface 事实与缓存的 CNI 结果",
     "NetworkPolicy semantics on the flows the cluster needs": "集群所需流量上的 NetworkPolicy 语义",
     "NetworkPolicy enforcers in the API and on the nodes": "API 与各节点上的 NetworkPolicy 执行者",
 }
@@ -116,6 +119,8 @@ def _pattern_fn(regex: str) -> Callable[[_Render], _Render]:
     return register
 
 
+# pod_veth.holder of a veth whose pod is known: "pod <namespace>/<name>" (facts/pod_veths.py).
+_pattern(r"pod (?P<name>[a-z0-9][a-z0-9.-]*/[a-z0-9][a-z0-9.-]*)", "Pod {name}")
 # A node's own traffic as a NetworkPolicy verdict names its source (facts/policies.py).
 _pattern(r"node (?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)", "节点 {name}")
 
@@ -256,6 +261,11 @@ BLOCKS_ZH = {
         "TCP 与 conntrack）",
     "legacy-backend iptables rules on a node whose iptables-save is nf_tables":
         "iptables-save 为 nf_tables 的节点上 legacy 后端的 iptables 规则",
+    "a pod's cached CNI result": "某个 Pod 缓存的 CNI 结果",
+    "which pod is behind each veth when the kernel no longer says (CNI results cache)":
+        "内核已无法说明时，每个 veth 背后是哪个 Pod（CNI 结果缓存）",
+    "which pod is behind those veths, where the kernel no longer says":
+        "内核已无法说明时，这些 veth 背后是哪个 Pod",
     "CNI configuration (plugin, MTU, which config file is in use)":
         "CNI 配置（插件、MTU、使用的是哪个配置文件）",
     "the pod's interface MTU": "Pod 网卡的 MTU",

@@ -15,7 +15,8 @@ alone. Flannel's CNI plugin hands the bridge plugin FLANNEL_SUBNET's first addre
 gateway, so a cni0 with pods on it that holds no address there has lost that gateway: the
 address a node re-joined with a new range keeps (the bridge plugin's "cni0 already has an IP
 address different from ..."), or none at all. The pods behind the ports with hairpin off are
-named where the node knows their addresses and the API the pods (facts/pod_addresses.py).
+named by their cached CNI results, or where the node knows their addresses and the API the
+pods (facts/pod_addresses.py).
 Pure functions of facts and the API's pods: one `pod_bridge` fact per pod bridge found
 (kinds/bridges.yaml).
 """
@@ -28,14 +29,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from kubenetdiag.facts.model import Fact, Source, by_kind
-from kubenetdiag.facts.pod_addresses import pod_behind, pods_by_address
+from kubenetdiag.facts.pod_addresses import veth_pods
 from kubenetdiag.probes.active.plan import ipv4_networks
 
 PROBE = "bridges"  # the evidence's source: facts computed here, from other facts
 INPUTS: tuple[str, ...] = ("interface",)
 # The pod ranges say which bridge is the pod bridge and whether it holds the pods' gateway; the
-# names stand in without them.
-CONTEXT: tuple[str, ...] = ("k8s_node", "flannel_subnet")
+# names stand in without them. Cached CNI results name the pods behind the ports.
+CONTEXT: tuple[str, ...] = ("k8s_node", "flannel_subnet", "cni_attachment")
 PRODUCES: tuple[str, ...] = ("pod_bridge",)
 BRIDGE_NAMES = ("cni0", "cbr0")
 SHOWN = 10  # ports named in the fact; the count covers all of them
@@ -66,7 +67,6 @@ def _pod_ranges(facts: list[Fact], attrs: tuple[str, ...]) -> Ranges:
 def pod_bridge_facts(facts: Sequence[Fact], cluster: Any = None) -> list[Fact]:
     """`cluster`: the bundle's API answers, whose pods name those behind the ports."""
     kinds = by_kind(facts, PRODUCES + INPUTS + CONTEXT)
-    pods: dict[str, tuple[str, str] | None] | None = None  # read once a port needs them
     api = _pod_ranges(kinds["k8s_node"], ("pod_cidrs", "pod_cidr"))
     flannel = _pod_ranges(kinds["flannel_subnet"], ("subnet",))
     ports: dict[tuple[str, str], list[Fact]] = defaultdict(list)
@@ -94,10 +94,9 @@ def pod_bridge_facts(facts: Sequence[Fact], cluster: Any = None) -> list[Fact]:
         off_ports = sorted((p for p in mine if p.attrs.get("hairpin") is False),
                            key=lambda p: str(p.attrs["name"]))
         off = [str(p.attrs["name"]) for p in off_ports]
-        if off_ports and pods is None:
-            pods = pods_by_address(cluster)
-        behind = [pod_behind(p.attrs.get("peer_addresses"), pods or {}) for p in off_ports]
-        off_pods = sorted(f"{ns}/{name}" for ns, name in filter(None, behind))
+        pods = veth_pods(off_ports, kinds["cni_attachment"], cluster) if off_ports else {}
+        off_pods = sorted(pods[key][0] for key in ((p.node, str(p.attrs["name"]))
+                                                   for p in off_ports) if key in pods)
         printed = [p for p in mine if isinstance(p.attrs.get("hairpin"), bool)]
         shown = ",".join(off[:SHOWN]) + (f",... ({len(off)} in all)" if len(off) > SHOWN else "")
         out.append(Fact("pod_bridge", br.node, {

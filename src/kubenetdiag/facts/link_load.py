@@ -8,9 +8,9 @@ or VLAN over NICs); a veth, a bridge or a tunnel is bounded by nothing a node ca
 load is not judged. A link at its capacity is saturated: what does not fit waits in its queue
 (a tbf holds its `latency`'s worth) and is then dropped, for every flow through it, which is
 what a traffic spike does to the calls that share the link (docs/runbooks.md#runbook-004).
-A veth's saturation names the pod at its far end where the node's neighbour table knows the
-address behind it (interface.peer_addresses) and the API has a pod with that address: the
-device name alone (veth3a9f...) tells an operator nothing.
+A veth's saturation names the pod at its far end, from the pod's cached CNI result or where
+the node's neighbour table knows the address behind it (interface.peer_addresses) and the API
+has a pod with that address: the device name alone (veth3a9f...) tells an operator nothing.
 Pure functions of facts and the API's pods: one `link_saturation` fact per interface and
 direction at half its capacity or more (kinds/link_load.yaml).
 """
@@ -21,22 +21,22 @@ from collections.abc import Sequence
 from typing import Any
 
 from kubenetdiag.facts.model import Fact, Source, by_kind
-from kubenetdiag.facts.pod_addresses import pod_behind, pods_by_address
+from kubenetdiag.facts.pod_addresses import veth_pods
 
 PROBE = "link_load"  # the evidence's source: facts computed here, from other facts
 INPUTS: tuple[str, ...] = ("interface_load",)
-# What bounds a link: without them no capacity is known, and no load is judged
-CONTEXT: tuple[str, ...] = ("interface", "tc_hook")
+# What bounds a link: without them no capacity is known, and no load is judged (and which pod
+# a veth is: cached CNI results, else the neighbours behind it)
+CONTEXT: tuple[str, ...] = ("interface", "tc_hook", "cni_attachment")
 PRODUCES: tuple[str, ...] = ("link_saturation",)
+_FROM = {"cni_results": "its cached CNI result", "neighbours": "the node's neighbour table"}
 FLOOR_PCT = 50  # below half its capacity a link is not worth a fact
 
 
 def link_saturation_facts(facts: Sequence[Fact], cluster: Any = None) -> list[Fact]:
     """`cluster`: the bundle's API answers, whose pods name the far end of a pod's veth."""
     kinds = by_kind(facts, INPUTS + CONTEXT)
-    pods: dict[str, tuple[str, str] | None] | None = None  # read once a veth needs them
-    peers = {(f.node, f.attrs["name"]): f.attrs.get("peer_addresses")
-             for f in kinds["interface"]}
+    pods: dict[tuple[str, str], tuple[str, str]] | None = None  # read once a veth needs them
     speed = {(f.node, f.attrs["name"]): f.attrs.get("speed_mbps")
              for f in kinds["interface"]}
     kind = {(f.node, f.attrs["name"]): f.attrs.get("kind") for f in kinds["interface"]}
@@ -56,9 +56,10 @@ def link_saturation_facts(facts: Sequence[Fact], cluster: Any = None) -> list[Fa
             used = round(rate * 100 / capacity)
             if used < FLOOR_PCT:
                 continue
-            if peers.get(key) and pods is None:
-                pods = pods_by_address(cluster)
-            pod = pod_behind(peers.get(key), pods or {})
+            if pods is None:
+                pods = veth_pods(kinds["interface"], kinds["cni_attachment"], cluster)
+            who, how = pods.get(key, (None, None))
+            pod = who.split("/", 1) if who else None
             out.append(Fact("link_saturation", load.node, {
                 "name": load.attrs["name"],
                 "kind": kind.get(key) or "device",
@@ -74,6 +75,6 @@ def link_saturation_facts(facts: Sequence[Fact], cluster: Any = None) -> list[Fa
                       f"{load.attrs['name']} {direction}s {rate} bit/s over "
                       f"{load.attrs['interval_s']}s, {used}% of its {what} {capacity} bit/s; "
                       f"{drops} packets dropped"
-                      + (f"; the pod at its far end: {pod[0]}/{pod[1]} "
-                         f"({peers.get(key)})" if pod else ""))))
+                      + (f"; the pod at its far end: {who} (from {_FROM[how]})"
+                         if who else ""))))
     return out

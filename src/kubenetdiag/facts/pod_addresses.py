@@ -1,14 +1,16 @@
-"""Which pod holds an address, from the API's pods: what names the far end of a pod's veth,
-whose node-side name (veth3a9f..., cali1b2c...) tells an operator nothing. The node gives the
-addresses behind each veth (interface.peer_addresses, from its neighbour table and its
-bridge's forwarding database); this gives the pod.
+"""Which pod is at the far end of a pod's veth, whose node-side name (veth3a9f...,
+cali1b2c...) tells an operator nothing: from the pod's cached CNI result (cni_attachment), or
+from the API's pod holding an address the node sees behind the veth (interface.peer_addresses,
+from its neighbour table and its bridge's forwarding database).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from kubenetdiag.facts.cluster import ApiCalls
+from kubenetdiag.facts.model import Fact
 
 # pods whose addresses are free again: another pod may hold them now
 _ENDED = frozenset({"Succeeded", "Failed"})
@@ -43,3 +45,33 @@ def pod_behind(peers: object, pods: dict[str, tuple[str, str] | None]) -> tuple[
                 return None
             found.add(pods[address])
     return found.pop() if len(found) == 1 else None
+
+
+# How CNIs name the host side of a pod's veth: the bridge and ptp plugins veth..., Calico
+# cali..., Cilium lxc...
+POD_VETH_PREFIXES = ("veth", "cali", "lxc")
+
+
+def veth_pods(interfaces: Sequence[Fact], attachments: Sequence[Fact],
+              cluster: Any) -> dict[tuple[str, str], tuple[str, str]]:
+    """(node, host-side veth) -> (namespace/name of its pod, how that is known).
+
+    The pod's cached CNI result first (cni_attachment): the kubelet's own arguments, kept
+    whatever state the veth is in. Else the one API pod holding an address the node sees
+    behind the veth (interface.peer_addresses), which a veth set down or taken out of its
+    bridge no longer has."""
+    out: dict[tuple[str, str], tuple[str, str]] = {}
+    for f in attachments:
+        if f.attrs.get("host_veth") and f.attrs.get("pod"):
+            out[(f.node, str(f.attrs["host_veth"]))] = (str(f.attrs["pod"]), "cni_results")
+    pods: dict[str, tuple[str, str] | None] | None = None  # read once a veth needs them
+    for f in interfaces:
+        key = (f.node, str(f.attrs.get("name")))
+        if key in out or not f.attrs.get("peer_addresses"):
+            continue
+        if pods is None:
+            pods = pods_by_address(cluster)
+        found = pod_behind(f.attrs.get("peer_addresses"), pods)
+        if found:
+            out[key] = (f"{found[0]}/{found[1]}", "neighbours")
+    return out

@@ -1,0 +1,50 @@
+"""The pod behind each host-side veth of a node, so that a rule finding one pod's link broken
+names the pod, not only a device called veth3a9f01.
+
+Known from the pod's cached CNI result (cni_attachment: the namespace and name the kubelet
+passed the plugins, kept whatever state the veth is in), else from the API's pod holding the
+address the node sees behind the veth (interface.peer_addresses), which a veth set down or
+taken out of its bridge has lost (facts/pod_addresses.py).
+Pure functions of facts and the API's pods: one `pod_veth` fact per veth that is a pod's host
+side: a port of a bridge, a veth a cached CNI result names, or one named as CNIs name them
+(veth..., cali..., lxc...); kinds/pod_veths.yaml.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from kubenetdiag.facts.model import Fact, Source, by_kind
+from kubenetdiag.facts.pod_addresses import POD_VETH_PREFIXES, veth_pods
+
+PROBE = "pod_veths"  # the evidence's source: facts computed here, from other facts
+INPUTS: tuple[str, ...] = ("interface",)
+# Without the cached results, pods are named from the neighbours alone (fewer of them)
+CONTEXT: tuple[str, ...] = ("cni_attachment",)
+PRODUCES: tuple[str, ...] = ("pod_veth",)
+_HOW = {"cni_results": "the pod's cached CNI result",
+        "neighbours": "the API's pod with the address the node sees behind it"}
+
+
+def pod_veth_facts(facts: Sequence[Fact], cluster: Any = None) -> list[Fact]:
+    """`cluster`: the bundle's API answers, whose pods name those behind the veths."""
+    kinds = by_kind(facts, INPUTS + CONTEXT)
+    cached = {(f.node, f.attrs.get("host_veth")) for f in kinds["cni_attachment"]}
+    veths = [f for f in kinds["interface"] if f.attrs.get("kind") == "veth" and (
+        f.attrs.get("master") or (f.node, f.attrs.get("name")) in cached
+        or str(f.attrs.get("name")).startswith(POD_VETH_PREFIXES))]
+    pods = veth_pods(veths, kinds["cni_attachment"], cluster)
+    out = []
+    for f in veths:
+        dev = str(f.attrs["name"])
+        pod, how = pods.get((f.node, dev), (None, None))
+        out.append(Fact("pod_veth", f.node, {
+            "dev": dev,
+            "pod": pod,
+            "holder": f"pod {pod}" if pod else "a pod",
+            "known_by": how,
+        }, Source(PROBE, "interface facts and cached CNI results", None,
+                  f"{dev}: " + (f"pod {pod}, from {_HOW[how]}" if pod and how
+                                else "no pod known behind it"))))
+    return out
