@@ -353,7 +353,12 @@ def test_hairpin_off_and_nodeport_traffic_without_a_local_endpoint_each_named_on
         ("hairpin_disabled", [web.node], True), ("nodeport_no_local_endpoint", [other], True)]
     (bridge,) = [e["attrs"] for e in found["hairpin_disabled"]["evidence"]
                  if e["kind"] == "pod_bridge"]
-    assert (bridge["bridge"], bridge["hairpin_off_ports"]) == ("cni0", f"veth-pod{web.slot}")
+    from kubenetdiag_lab import cni
+
+    veth = cni.host_veth(lab.topology, lab.runners.node(web.node), web, lab.runners.pod(web.name))
+    # the pod is named by its cached CNI result, the port by the name the bridge plugin gave it
+    assert (bridge["bridge"], bridge["hairpin_off_ports"], bridge["hairpin_off_pods"]) == (
+        "cni0", veth, "default/web-0")
     (rule,) = [e["attrs"] for e in found["nodeport_no_local_endpoint"]["evidence"]
                if e["kind"] == "iptables_rule"]
     assert rule["comment"] == "default/web-local:http has no local endpoints" and rule["pkts"] > 0

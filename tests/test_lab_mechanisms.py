@@ -991,10 +991,12 @@ def _node_and_pod_apart(via: str) -> Callable[[Lab], None]:
         # forwarded traffic: the pod reaches the middleware only when its veth is up
         assert _connect(lab, "node2", True)[0] is (via == "filter")
         if via == "port":  # up and in the bridge: only the port's state says it
-            link = lab.node_exec("node2", ["ip", "link", "show", "veth-pod1"]).stdout
+            veth = cni.host_veth(lab.topology, lab.runners.node("node2"), pod,
+                                 lab.runners.pod(pod.name))
+            link = lab.node_exec("node2", ["ip", "link", "show", veth]).stdout
             assert "master cni0" in link and ",UP,LOWER_UP>" in link, link
             assert "state disabled" in lab.node_exec(
-                "node2", ["bridge", "link", "show", "dev", "veth-pod1"]).stdout
+                "node2", ["bridge", "link", "show", "dev", veth]).stdout
         if via == "proxy_arp":  # link, route and rules as calico made them; no ARP answer
             veth = cni.calico_veth(pod)
             assert f"{pod.ip} dev {veth}" in lab.node_exec("node2", ["ip", "route"]).stdout

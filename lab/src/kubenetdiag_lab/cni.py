@@ -1,8 +1,12 @@
-"""The pod network between nodes where the lab itself programs it: calico-bgp.
+"""The pods' own network, and the pod network between nodes where the lab itself programs it.
 
-- flannel-vxlan and flannel-host-gw: the real flanneld does it (flannel.py); the lab only
-  builds what the flannel CNI plugin would (cni0 and the pods' veths), with the MTU flanneld
-  puts in subnet.env.
+- flannel-vxlan and flannel-host-gw: the real flanneld does the network between nodes
+  (flannel.py), and the real CNI plugins attach each pod, as a kubelet's container runtime has
+  them do through libcni (here cnitool, libcni's command line): the flannel plugin reads
+  flanneld's subnet.env and delegates to the bridge plugin (cni0, the pod's veth, hairpin on)
+  with host-local IPAM, then portmap. Each node has its own /etc/cni/net.d/10-flannel.conflist
+  (kube-flannel-cfg's cni-conf.json) and /var/lib/cni (IPAM leases, libcni's cached results).
+  Light nodes have no flanneld: their pods are wired here as the bridge plugin would.
 - calico-bgp: the pods' side as Calico's CNI plugin and felix make it (cali* veths, /32
   routes, proxy ARP for 169.254.1.1; felix itself is not served by the module proxy), and
   bird2 on every node, a full iBGP mesh over TCP 179, as calico-node's BIRD: each node's IPAM
@@ -16,6 +20,7 @@ the node's files), never the Lab itself.
 from __future__ import annotations
 
 import hashlib
+import json
 import shlex
 import socket
 import time
@@ -24,10 +29,10 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from kubenetdiag_lab import nodehost
+from kubenetdiag_lab import components, k8s_objects, nodehost
 from kubenetdiag_lab.netns import LabError, run
 from kubenetdiag_lab.nodehost import NodeFiles
-from kubenetdiag_lab.runner import NodeCommandRunner
+from kubenetdiag_lab.runner import CommandRunner, NodeCommandRunner
 from kubenetdiag_lab.topology import SERVICE_NETWORK, LabNode, LabPod, Topology
 
 VXLAN_MTU = 1450  # 1500 underlay minus the 50 bytes VXLAN adds, as flanneld computes it
@@ -60,12 +65,90 @@ def calico_veth(pod: LabPod) -> str:
 def pod_wiring(topology: Topology, node: LabNode, pods: Sequence[LabPod]) -> PodWiring:
     if topology.cni == "calico-bgp":
         return _calico_wiring(node, pods)
-    return _bridge_wiring(topology, node, pods)
+    if topology.light:
+        return _bridge_wiring(topology, node, pods)
+    # flannel: the CNI plugins attach the pods once flanneld is up (attach_pods); the runtime
+    # brings up a sandbox's loopback itself
+    return PodWiring([], {pod.netns: ["link set lo up"] for pod in pods}, [])
+
+
+CNI_NETWORK = "cbr0"  # the network of kube-flannel's cni-conf.json
+CNI_CONFLIST = "10-flannel.conflist"  # the name its install-cni container gives the file
+
+
+def sandbox_netns(pod: LabPod) -> str:
+    """The pod's network namespace as its node shows it (/run/netns/<this>), named as
+    containerd names a sandbox's."""
+    return f"cni-{pod.name}"
+
+
+def write_cni_config(files: NodeFiles) -> None:
+    """What flannel's install-cni container leaves on a node, before the node's init starts
+    (the file lands in the node's own /etc, nodehost.OWN_DIRS)."""
+    files.cni_net_d.mkdir(parents=True, exist_ok=True)
+    (files.cni_net_d / CNI_CONFLIST).write_text(k8s_objects.flannel_cni_conf())
+
+
+def cni_args(pod: LabPod) -> str:
+    """CNI_ARGS as the kubelet's runtime passes them: the pod's namespace, name, sandbox id
+    and uid; IgnoreUnknown=1 so plugins that know none of them accept them."""
+    sandbox = hashlib.sha256(f"sandbox/{pod.namespace}/{pod.name}".encode()).hexdigest()
+    return ";".join(["IgnoreUnknown=1", f"K8S_POD_NAMESPACE={pod.namespace}",
+                     f"K8S_POD_NAME={pod.name}", f"K8S_POD_INFRA_CONTAINER_ID={sandbox}",
+                     f"K8S_POD_UID={k8s_objects.pod_uid(pod.namespace, pod.name)}"])
+
+
+def attach_pods(node: LabNode, runner: NodeCommandRunner, pods: Sequence[LabPod]) -> None:
+    """CNI ADD of each pod on a flannel node, inside the node (its /etc/cni/net.d, /var/lib/cni
+    and /run/flannel/subnet.env); flanneld must have written subnet.env. host-local hands out
+    the range's addresses in order, which gives each pod the address its slot was given
+    (topology.make_pods): a pod that got another one is an error, not a lab to run."""
+    prefixlen = IPv4Network(node.pod_cidr).prefixlen
+    for pod in sorted(pods, key=lambda p: p.slot):
+        env = {"CNI_PATH": components.cni_path(), "NETCONFPATH": "/etc/cni/net.d",
+               "CNI_ARGS": cni_args(pod)}
+        argv = [str(components.path_of("cnitool")), "add", CNI_NETWORK,
+                f"/run/netns/{sandbox_netns(pod)}"]
+        done = runner.shell(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+                            + " " + shlex.join(argv), check=False)
+        what = f"{node.name}: CNI ADD of pod {pod.namespace}/{pod.name}"
+        if done.returncode != 0:
+            raise LabError(f"{what} failed: {(done.stderr or done.stdout).strip()[-2000:]}")
+        try:
+            result = json.loads(done.stdout)
+            got = [ip.get("address") for ip in result.get("ips") or []]
+        except (ValueError, AttributeError) as exc:
+            raise LabError(f"{what}: cnitool printed no result: {done.stdout[-500:]!r}") from exc
+        if got != [f"{pod.ip}/{prefixlen}"]:
+            raise LabError(f"{what}: host-local gave {got}, the lab's topology says {pod.ip} "
+                           f"(was /var/lib/cni left from another run?)")
+    # ClusterIPs from the node: see _bridge_wiring (cni0 exists once a pod is attached)
+    runner.run(["ip", "route", "replace", str(SERVICE_NETWORK),
+                "dev", "cni0" if pods else "eth0"])
+
+
+def host_veth(topology: Topology, node: CommandRunner, pod: LabPod,
+              pod_runner: CommandRunner) -> str:
+    """The host side of the pod's veth. The bridge plugin names it veth<8 random hex digits>:
+    it is the node's link whose index the pod's eth0 holds as its peer's."""
+    if topology.cni == "calico-bgp":
+        return calico_veth(pod)
+    if topology.light:
+        return f"veth-pod{pod.slot}"
+    try:
+        eth0 = json.loads(pod_runner.run(["ip", "-j", "link", "show", "eth0"]).stdout)[0]
+        links = json.loads(node.run(["ip", "-j", "link", "show"]).stdout)
+    except (ValueError, IndexError) as exc:
+        raise LabError(f"pod {pod.name}: cannot read its eth0 or its node's links") from exc
+    for link in links:
+        if link.get("ifindex") == eth0.get("link_index"):
+            return str(link["ifname"])
+    raise LabError(f"pod {pod.name}: the host side of its veth is gone from {pod.node}")
 
 
 def _bridge_wiring(topology: Topology, node: LabNode, pods: Sequence[LabPod]) -> PodWiring:
-    """The flannel CNI plugin's delegate, the bridge plugin: cni0 holds the gateway, each pod
-    a veth on it with the subnet.env MTU, hairpin on."""
+    """What the bridge plugin makes, for light nodes (no flanneld, no plugins): cni0 holds the
+    gateway, each pod a veth on it with the subnet.env MTU, hairpin on."""
     prefixlen = IPv4Network(node.pod_cidr).prefixlen
     mtu = pod_mtu(topology.cni)
     lines = [

@@ -3523,7 +3523,7 @@ def _first_pod(ctx: FaultContext, node: LabNode) -> LabPod:
 
 
 def _host_veth(ctx: FaultContext, pod: LabPod) -> str:
-    return cni.calico_veth(pod) if ctx.topology.cni == "calico-bgp" else f"veth-pod{pod.slot}"
+    return cni.host_veth(ctx.topology, ctx.runners.node(pod.node), pod, ctx.runners.pod(pod.name))
 
 
 def _pod_isolate_spec(pod: LabPod) -> list[str]:

@@ -420,19 +420,31 @@ def flannel_net_conf(pod_network: str, backend: str, port: int | None = None) ->
     return {"Network": pod_network, "EnableNFTables": False, "Backend": conf_backend}
 
 
+def flannel_cni_conf() -> str:
+    """kube-flannel.yml's cni-conf.json, which its install-cni container copies to each node's
+    /etc/cni/net.d/10-flannel.conflist: the network cbr0, the flannel plugin (delegating to
+    the bridge plugin) and portmap."""
+    conf = {
+        "name": "cbr0",
+        "cniVersion": "0.3.1",
+        "plugins": [
+            {"type": "flannel", "delegate": {"hairpinMode": True, "isDefaultGateway": True}},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }
+    return json.dumps(conf, indent=2) + "\n"
+
+
+def pod_uid(namespace: str, name: str) -> str:
+    """The uid of the pod's object (metadata.uid), which the kubelet passes to CNI plugins."""
+    return _uid(namespace, name)
+
+
 def configmaps(state: dict) -> list[Obj]:
     out = []
     pod_network = str(state.get("pod_network") or "10.244.0.0/16")
     if _cni(state).startswith("flannel"):
         net_conf = flannel_net_conf(pod_network, _flannel_backend(state))
-        cni_conf = {
-            "name": "cbr0",
-            "cniVersion": "0.3.1",
-            "plugins": [
-                {"type": "flannel", "delegate": {"hairpinMode": True, "isDefaultGateway": True}},
-                {"type": "portmap", "capabilities": {"portMappings": True}},
-            ],
-        }
         out.append({
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -440,7 +452,7 @@ def configmaps(state: dict) -> list[Obj]:
                               labels={"app": "flannel", "tier": "node"}),
             "data": {
                 "net-conf.json": json.dumps(net_conf, indent=2) + "\n",
-                "cni-conf.json": json.dumps(cni_conf, indent=2) + "\n",
+                "cni-conf.json": flannel_cni_conf(),
             },
         })
     mode = str(state.get("kube_proxy_mode") or "iptables")

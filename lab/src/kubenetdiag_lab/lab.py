@@ -9,7 +9,8 @@ Layout (prefix "knd", 2 nodes)::
     knd-node2   (198.18.0.12)  ──┘
       each node<i>: its own netns + mount + PID namespace (nodehost.py), sshd on eth0,
         its pods' netns visible inside it as /run/netns/cni-<pod name> (as containerd does),
-        cni0 10.244.<i>.1/24 (what the flannel CNI plugin makes), the pod network by the
+        cni0 10.244.<i>.1/24 and the pods' veths (the real flannel, bridge and host-local
+        CNI plugins, run through libcni's cnitool: cni.py), the pod network by the
         real flanneld (flannel.py; calico-bgp: bird, cni.py, and felix's rules, services.py),
         the real kube-proxy (kubeproxy.py, iptables or nftables mode, watching the API),
         route 203.0.113.0/24 via 198.18.0.250, fake agent processes (kubelet, containerd, ...)
@@ -330,6 +331,7 @@ class Lab:
             # kube-router has run a while, and the order does not move under a fault.
             self._start_kube_routers()
             self._wait_flannelds()
+            self._attach_pods()
             self._wait_kube_routers()
             # CoreDNS reaches the API (its kubernetes plugin) from its pod, through the CNI's
             # masquerade, which flanneld writes: it starts once the pod network is up.
@@ -439,6 +441,8 @@ class Lab:
                 old.unlink()
             for name, text in NODE_SYSCTL_D.items():
                 (files.sysctl_d / name).write_text(text)
+            if self.cni.startswith("flannel") and not self.topology.light:
+                cni.write_cni_config(files)
 
     def _wire_switch_client_outside(self) -> None:
         # Each veth is created in the switch with its peer born directly in the other
@@ -499,7 +503,8 @@ class Lab:
             # containerd's naming (cni-<id>), so the active probes find a pod's view the way
             # they would on a real node
             nodehost.expose_netns(self._init_pids[node.name], self.paths.node_files(node.name),
-                                  {f"cni-{pod.name}": pod.netns for pod in self.pods_on(node.name)})
+                                  {cni.sandbox_netns(pod): pod.netns
+                                   for pod in self.pods_on(node.name)})
 
     def _start_flannelds(self) -> None:
         if not self.cni.startswith("flannel"):
@@ -509,6 +514,12 @@ class Lab:
         for node in self.nodes:
             flannel.write_config(self.topology, self.paths, node, kubeconfig)
             flannel.start(self.paths, node, self.runners.node(node))
+
+    def _attach_pods(self) -> None:
+        # kubelet's turn once flannel is up: subnet.env is what the flannel plugin reads
+        if self.cni.startswith("flannel"):
+            for node in self.nodes:
+                cni.attach_pods(node, self.runners.node(node), self.pods_on(node.name))
 
     def _wait_flannelds(self) -> None:
         if self.cni.startswith("flannel"):

@@ -1,7 +1,8 @@
 """A node's own mount and PID namespace, so probes over SSH see a believable node.
 
 Each node gets a small init (bash as PID 1 of a new PID namespace, inside the node's network
-namespace and a private mount namespace). The init bind-mounts the node's own /etc/sysctl.conf,
+namespace and a private mount namespace). The init overlays /etc and /var/lib with the node's
+own changes (OWN_DIRS: its CNI config and state), bind-mounts the node's own /etc/sysctl.conf,
 /etc/sysctl.d/, /etc/resolv.conf and /run (from the lab work dir) and starts fake agents named
 like the real ones (kubelet, containerd, calico-node). sshd, bird, the real kube-proxy and
 flanneld and fault processes are started inside it with nsenter, so `ps` and
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +40,11 @@ AGENT_PATHS = {
     "kubelet": "/usr/bin/kubelet",
     "containerd": "/usr/bin/containerd",
 }
-INIT_NAME = "node-init.sh"  # also how the init is told apart from a reused pid
+INIT_NAME = "node-init.sh"
+# Directories a node writes into as its own: an overlay on the machine's, whose changes land in
+# the node's files (NodeFiles.own). A node's CNI config (/etc/cni/net.d) and CNI state
+# (/var/lib/cni: IPAM leases, libcni's cached results) are there, and the machine gets none.
+OWN_DIRS = ("/etc", "/var/lib")  # also how the init is told apart from a reused pid
 
 
 @dataclass(frozen=True)
@@ -88,8 +94,32 @@ class NodeFiles:
         """The node's root home: its shell start-up files (login_mounts)."""
         return self.dir / "home"
 
+    def own(self, path: str) -> Path:
+        """What the node wrote under one of OWN_DIRS (its overlay's upper directory): the
+        node's own /etc/cni/net.d is own("/etc") / "cni/net.d"."""
+        return self.dir / "own" / path.strip("/").replace("/", "-") / "upper"
+
+    def own_work(self, path: str) -> Path:
+        return self.own(path).with_name("work")
+
+    @property
+    def cni_net_d(self) -> Path:
+        return self.own("/etc") / "cni" / "net.d"
+
 
 def prepare(files: NodeFiles, sysctl_conf: str, resolv_conf: str) -> None:
+    # A node starts with nothing of its own under OWN_DIRS: a previous run's CNI state (IPAM
+    # leases, cached results) would be a different node's.
+    if any(c in str(files.dir) for c in ",:"):  # overlayfs's option separators
+        raise LabError(f"{files.dir}: a lab work dir with ',' or ':' in its path cannot hold "
+                       f"a node's own /etc (an overlay); choose another --workdir")
+    shutil.rmtree(files.dir / "own", ignore_errors=True)
+    # /run is a tmpfs on a real node, empty at boot: a socket bird left there in an earlier
+    # run of this work dir would be read as a BIRD that stopped answering
+    shutil.rmtree(files.run_dir, ignore_errors=True)
+    for path in OWN_DIRS:
+        files.own(path).mkdir(parents=True)
+        files.own_work(path).mkdir()
     for directory in (files.sysctl_d, files.run_dir / "flannel", files.run_dir / "sshd",
                       files.run_dir / "calico", files.bin, files.home):
         directory.mkdir(parents=True, exist_ok=True)
@@ -157,6 +187,9 @@ def init_script(files: NodeFiles, agents: Sequence[str], hidden: Sequence[str] =
     # link), which also hides the machine's /run/netns from the node, as on a real node.
     lines = [
         "set -e",
+        *(f"mount -t overlay knd-node-own -o lowerdir={path},upperdir="
+          f"{_quoted(str(files.own(path)))},workdir={_quoted(str(files.own_work(path)))} {path}"
+          for path in OWN_DIRS),
         f"mount --bind {_quoted(files.sysctl_conf)} /etc/sysctl.conf",
         f"mount --bind {_quoted(files.sysctl_d)} /etc/sysctl.d",
         f"mount --rbind {_quoted(files.run_dir)} /run",

@@ -97,7 +97,7 @@ class LabPod:
     ip: str
     netns: str
     app: str
-    slot: int  # j in <node>-pod<j>; the node side of its veth is veth-pod<j>
+    slot: int  # j in <node>-pod<j>: the order its node's IPAM gives addresses in
 
     def to_dict(self) -> dict[str, Any]:
         # lab.json's pod entry: the veth slot is the lab's wiring detail, not part of the contract.
