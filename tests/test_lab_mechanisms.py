@@ -960,6 +960,27 @@ def _kubelet_silent(state: str) -> Callable[[Lab], None]:
     return check
 
 
+def _cni_config_unusable(via: str) -> Callable[[Lab], None]:
+    def check(lab: Lab) -> None:
+        # what the node's runtime would read, inside the node (its own /etc)
+        node = lab.runners.node("node2")
+        files = set(node.shell("ls -A /etc/cni/net.d").stdout.split())
+        assert files == {"moved": {"10-flannel.conflist.bak"}, "deleted": set(),
+                         "truncated": {"10-flannel.conflist"}}[via], files
+        if via == "truncated":  # cut mid-file: it no longer parses
+            text = node.shell("cat /etc/cni/net.d/10-flannel.conflist").stdout
+            with pytest.raises(ValueError):
+                json.loads(text)
+        conditions = {c["type"]: c for c in api(lab, "/api/v1/nodes/node2")["status"]["conditions"]}
+        assert conditions["Ready"]["status"] == "False", conditions
+        assert "cni plugin not initialized" in conditions["Ready"]["message"], conditions
+        # the pods already attached keep their network
+        assert pods_ok(lab, "node1", "node2") and pods_ok(lab, "node2", "node1")
+        # and nothing of the node's own /etc reached the machine's
+        assert not Path("/etc/cni/net.d/10-flannel.conflist.bak").exists()
+    return check
+
+
 def _network_reported_down(lab: Lab) -> None:
     conditions = {c["type"]: c for c in api(lab, "/api/v1/nodes/node2")["status"]["conditions"]}
     assert conditions["NetworkUnavailable"]["status"] == "True", conditions
@@ -1113,6 +1134,9 @@ VXLAN_CASES = [
     ("endpoint_unreachable", "route", "node1", {}, _node_route_gone),
     ("node_not_ready", "kill", "node2", {}, _kubelet_silent("gone")),
     ("node_not_ready", "hang", "node2", {}, _kubelet_silent("hung")),
+    ("cni_config_missing", "moved", "node2", {}, _cni_config_unusable("moved")),
+    ("cni_config_missing", "deleted", "node2", {}, _cni_config_unusable("deleted")),
+    ("cni_config_missing", "truncated", "node2", {}, _cni_config_unusable("truncated")),
     ("node_pod_link_broken", "veth", "node2", {}, _node_and_pod_apart("veth")),
     ("node_pod_link_broken", "filter", "node2", {}, _node_and_pod_apart("filter")),
     ("node_pod_link_broken", "port", "node2", {}, _node_and_pod_apart("port")),

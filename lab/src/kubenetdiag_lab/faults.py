@@ -3665,6 +3665,46 @@ register(Fault(
 ))
 
 
+def _cni_config_path() -> str:
+    return f"/etc/cni/net.d/{cni.CNI_CONFLIST}"
+
+
+def _cni_config_gone(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # The kubelet's reaction (the Node's Ready condition) follows lab.json's record of this
+    # fault (k8s_objects); the pods already attached keep their network, as on a real node.
+    conf = shlex.quote(_cni_config_path())
+    if params["via"] == "moved":
+        # set aside by hand (a backup before an edit that never came back, a cleanup script)
+        ctx.node(node).shell(f"mv {conf} {conf}.bak")
+    elif params["via"] == "deleted":
+        ctx.node(node).shell(f"rm {conf}")
+    elif params["via"] == "truncated":
+        # a write cut short (disk full, an editor killed): the first lines, no closing brace
+        ctx.node(node).shell(f"truncate -s 120 {conf}")
+    else:
+        raise LabError("cni_config_missing: via must be moved, deleted or truncated")
+
+
+def _cni_config_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # what flannel's install-cni container writes when its pod starts again
+    conf = shlex.quote(_cni_config_path())
+    text = shlex.quote(k8s_objects.flannel_cni_conf())
+    ctx.node(node).shell(f"rm -f {conf}.bak; printf %s {text} > {conf}")
+
+
+register(Fault(
+    "cni_config_missing",
+    "the node's CNI configuration (/etc/cni/net.d/10-flannel.conflist, which flannel's "
+    "install-cni container writes) is gone or unusable: set aside as .bak (via=moved), "
+    "removed (via=deleted), or cut short mid-file so that it no longer parses "
+    "(via=truncated). The kubelet then reports the node not Ready (NetworkReady=false: cni "
+    "plugin not initialized); running pods keep their network",
+    _cni_config_gone, _cni_config_back, {"via": "moved"},
+    modes=("flannel-vxlan", "flannel-host-gw"),
+    mechanisms={"moved": (), "deleted": (), "truncated": ()},
+))
+
+
 # ---- the API's view of a node ----------------------------------------------------------------
 
 

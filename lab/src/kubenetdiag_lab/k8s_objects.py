@@ -104,10 +104,17 @@ def cluster_domain(state: dict) -> str:
 
 def _ready(state: dict, node: dict) -> Obj:
     """The Ready condition: True, or Unknown under node_not_ready (its kubelet stopped
-    posting), as the node lifecycle controller writes it."""
+    posting), as the node lifecycle controller writes it, or False under cni_config_missing,
+    as the kubelet posts it while its runtime finds no CNI network configuration."""
     if any(f.get("node") == node["name"] for f in _faults(state, "node_not_ready")):
         return {"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
                 "message": "Kubelet stopped posting node status.",
+                "lastTransitionTime": CREATED}
+    if any(f.get("node") == node["name"] for f in _faults(state, "cni_config_missing")):
+        return {"type": "Ready", "status": "False", "reason": "KubeletNotReady",
+                "message": "container runtime network not ready: NetworkReady=false "
+                           "reason:NetworkPluginNotReady message:Network plugin returns error: "
+                           "cni plugin not initialized",
                 "lastTransitionTime": CREATED}
     return {"type": "Ready", "status": "True", "reason": "KubeletReady",
             "message": "kubelet is posting ready status", "lastTransitionTime": CREATED}
