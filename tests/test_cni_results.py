@@ -162,3 +162,29 @@ def test_hairpin_off_ports_name_their_pod_from_the_cache():
     (fact,) = pod_bridge_facts([bridge, port, _attachment("node2", "veth1a2b3c4d",
                                                           "default/web-0")], API)
     assert fact.attrs["hairpin_off_pods"] == "default/web-0"
+
+
+def _gone(facts: list[Fact]) -> list[tuple[str, str, str]]:
+    return [(f.attrs["dev"], f.attrs["holder"], f.attrs["addresses"])
+            for f in pod_veth_facts(facts, API) if not f.attrs["present"]]
+
+
+def test_a_deleted_veth_of_a_pod_the_api_still_runs_is_reported_gone():
+    there = _veth("node2", "veth9f8e7d6c", peer_addresses="10.244.2.2")
+    deleted = _attachment("node2", "veth1a2b3c4d", "default/web-0")
+    deleted.attrs["addresses"] = "10.244.2.3"  # the API's web-0 holds it
+    assert _gone([there, deleted]) == [("veth1a2b3c4d", "pod default/web-0", "10.244.2.3")]
+
+
+def test_a_leftover_result_says_nothing():
+    there = _veth("node2", "veth9f8e7d6c")
+    # a pod the API no longer runs at that address: a CNI DEL that never ran
+    stale = _attachment("node2", "veth1a2b3c4d", "default/old-0")
+    assert _gone([there, stale]) == []
+    # the same pod attached again (a new sandbox, a present veth): the old file is history
+    old = _attachment("node2", "veth1a2b3c4d", "default/web-0")
+    old.attrs["addresses"] = "10.244.2.3"
+    new = _attachment("node2", "veth9f8e7d6c", "default/web-0")
+    assert _gone([there, old, new]) == []
+    # no interface facts from the node (its links probe failed): nothing can be said
+    assert _gone([old]) == []
