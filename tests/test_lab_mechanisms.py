@@ -989,6 +989,41 @@ def _network_reported_down(lab: Lab) -> None:
     assert pods_ok(lab, "node1", "node2")  # only the API's word: the network itself works
 
 
+def test_a_deleted_pod_veth_takes_the_pods_end_along_and_the_heal_attaches_it_again(lab):
+    """node_pod_link_broken via=delete. The bridge plugin names the new veth at random, so the
+    heal cannot be compared link by link: what must hold is the pod attached again at its own
+    address, with one IPAM lease per pod and a cached result naming the veth that exists."""
+    pod = lab.pods_on("node2")[0]
+    node = lab.runners.node("node2")
+
+    def cached_veths() -> set[str]:
+        results = node.shell("cat /var/lib/cni/results/*").stdout
+        return set(re.findall(r'"name":"(veth[0-9a-f]+)"', results))
+
+    old = cni.host_veth(lab.topology, node, pod, lab.runners.pod(pod.name))
+    try:
+        lab.inject("node_pod_link_broken", "node2", {"via": "delete"})
+        # the pod is left with its loopback alone; the node cannot reach it
+        links = lab.runners.pod(pod.name).run(["ip", "-o", "link"]).stdout.splitlines()
+        assert [line.split(": ")[1] for line in links] == ["lo"], links
+        assert lab.node_exec("node2", ["ping", "-c", "1", "-W", "1", pod.ip],
+                             check=False).returncode != 0
+        # the cached result still names the device the node no longer has
+        assert old in cached_veths()
+        assert old not in node.run(["ip", "-o", "link"]).stdout
+        forget_faults(lab)  # blind: the heal finds the pod without its interface
+        lab.heal("node_pod_link_broken", "node2")
+    finally:
+        lab.heal()
+    new = cni.host_veth(lab.topology, node, pod, lab.runners.pod(pod.name))
+    assert new != old and new in cached_veths() and old not in cached_veths()
+    assert f"{pod.ip}/" in lab.runners.pod(pod.name).run(["ip", "-o", "-4", "addr"]).stdout
+    leases = set(node.shell("ls /var/lib/cni/networks/cbr0").stdout.split())
+    assert leases - {"lock", "last_reserved_ip.0"} == {p.ip for p in lab.pods_on("node2")}
+    assert pods_ok(lab) and pods_ok(lab, "node2", "node1")
+    assert lab.node_exec("node2", ["ping", "-c", "1", "-W", "1", pod.ip]).returncode == 0
+
+
 def test_network_unavailable_comes_from_the_api_and_flanneld_clears_it_again(lab):
     proven(lab, "node_network_unavailable", "node2", {"via": "route"}, _network_reported_down)
     conditions = {c["type"]: c for c in api(lab, "/api/v1/nodes/node2")["status"]["conditions"]}

@@ -98,30 +98,44 @@ def cni_args(pod: LabPod) -> str:
                      f"K8S_POD_UID={k8s_objects.pod_uid(pod.namespace, pod.name)}"])
 
 
+def _cnitool(node: LabNode, runner: NodeCommandRunner, pod: LabPod, command: str,
+             args: str = "") -> None:
+    env = {"CNI_PATH": components.cni_path(), "NETCONFPATH": "/etc/cni/net.d",
+           "CNI_ARGS": cni_args(pod) + args}
+    argv = [str(components.path_of("cnitool")), command, CNI_NETWORK,
+            f"/run/netns/{sandbox_netns(pod)}"]
+    done = runner.shell(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+                        + " " + shlex.join(argv), check=False)
+    what = f"{node.name}: CNI {command.upper()} of pod {pod.namespace}/{pod.name}"
+    if done.returncode != 0:
+        raise LabError(f"{what} failed: {(done.stderr or done.stdout).strip()[-2000:]}")
+    if command != "add":
+        return
+    try:
+        result = json.loads(done.stdout)
+        got = [ip.get("address") for ip in result.get("ips") or []]
+    except (ValueError, AttributeError) as exc:
+        raise LabError(f"{what}: cnitool printed no result: {done.stdout[-500:]!r}") from exc
+    if got != [f"{pod.ip}/{IPv4Network(node.pod_cidr).prefixlen}"]:
+        raise LabError(f"{what}: host-local gave {got}, the lab's topology says {pod.ip} "
+                       f"(was /var/lib/cni left from another run?)")
+
+
+def reattach_pod(node: LabNode, runner: NodeCommandRunner, pod: LabPod) -> None:
+    """CNI DEL, then ADD again, of a pod whose veth is gone: what a new sandbox for it would
+    get, at the address the lab's topology gave it (host-local's IP= argument; a new sandbox
+    would take the range's next address)."""
+    _cnitool(node, runner, pod, "del")
+    _cnitool(node, runner, pod, "add", f";IP={pod.ip}")
+
+
 def attach_pods(node: LabNode, runner: NodeCommandRunner, pods: Sequence[LabPod]) -> None:
     """CNI ADD of each pod on a flannel node, inside the node (its /etc/cni/net.d, /var/lib/cni
     and /run/flannel/subnet.env); flanneld must have written subnet.env. host-local hands out
     the range's addresses in order, which gives each pod the address its slot was given
     (topology.make_pods): a pod that got another one is an error, not a lab to run."""
-    prefixlen = IPv4Network(node.pod_cidr).prefixlen
     for pod in sorted(pods, key=lambda p: p.slot):
-        env = {"CNI_PATH": components.cni_path(), "NETCONFPATH": "/etc/cni/net.d",
-               "CNI_ARGS": cni_args(pod)}
-        argv = [str(components.path_of("cnitool")), "add", CNI_NETWORK,
-                f"/run/netns/{sandbox_netns(pod)}"]
-        done = runner.shell(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-                            + " " + shlex.join(argv), check=False)
-        what = f"{node.name}: CNI ADD of pod {pod.namespace}/{pod.name}"
-        if done.returncode != 0:
-            raise LabError(f"{what} failed: {(done.stderr or done.stdout).strip()[-2000:]}")
-        try:
-            result = json.loads(done.stdout)
-            got = [ip.get("address") for ip in result.get("ips") or []]
-        except (ValueError, AttributeError) as exc:
-            raise LabError(f"{what}: cnitool printed no result: {done.stdout[-500:]!r}") from exc
-        if got != [f"{pod.ip}/{prefixlen}"]:
-            raise LabError(f"{what}: host-local gave {got}, the lab's topology says {pod.ip} "
-                           f"(was /var/lib/cni left from another run?)")
+        _cnitool(node, runner, pod, "add")
     # ClusterIPs from the node: see _bridge_wiring (cni0 exists once a pod is attached)
     runner.run(["ip", "route", "replace", str(SERVICE_NETWORK),
                 "dev", "cni0" if pods else "eth0"])

@@ -3549,6 +3549,10 @@ def _pod_link_cut(ctx: FaultContext, node: LabNode, params: Params) -> None:
         # up, and the bridge passes nothing through the port
         ctx.node(node).run(["bridge", "link", "set", "dev", _host_veth(ctx, pod),
                             "state", "0"])
+    elif params["via"] == "delete":
+        # the host side deleted (a script cleaning up veths, a network manager, by hand):
+        # the pod's end goes with it, and the kubelet does not set a running pod up again
+        ctx.node(node).run(["ip", "link", "del", _host_veth(ctx, pod)])
     elif params["via"] == "proxy_arp":
         # calico: the node stops answering the pod's ARP for its gateway 169.254.1.1; the
         # pod's entry for it is flushed, as it expires within a minute on its own
@@ -3559,12 +3563,15 @@ def _pod_link_cut(ctx: FaultContext, node: LabNode, params: Params) -> None:
         # there to write it back: BIRD's blackhole for the node's block takes its traffic
         ctx.node(node).run(["ip", "route", "del", f"{pod.ip}/32", "dev", _host_veth(ctx, pod)])
     else:
-        raise LabError("node_pod_link_broken: via must be veth, nomaster, filter, port, "
-                       "proxy_arp or route")
+        raise LabError("node_pod_link_broken: via must be veth, nomaster, delete, filter, "
+                       "port, proxy_arp or route")
 
 
 def _pod_link_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
     pod = _first_pod(ctx, node)
+    if ctx.topology.cni.startswith("flannel") and ctx.runners.pod(pod.name).run(
+            ["ip", "link", "show", "eth0"], check=False).returncode != 0:
+        cni.reattach_pod(node, ctx.node(node), pod)  # via=delete: its veth is gone
     veth = _host_veth(ctx, pod)
     ctx.node(node).run(["ip", "link", "set", veth, "up"])
     if ctx.topology.cni != "calico-bgp":
@@ -3585,14 +3592,16 @@ register(Fault(
     "node_pod_link_broken",
     "the node and its first pod cannot reach each other: the host side of the pod's veth set "
     "down (via=veth: the pod reaches nothing at all), or taken out of the bridge cni0 "
-    "(via=nomaster: up, bridged to nothing), or a DROP in the node's INPUT for the pod's "
+    "(via=nomaster: up, bridged to nothing), or deleted with the pod's end (via=delete: the "
+    "pod keeps running with no interface but lo), or a DROP in the node's INPUT for the pod's "
     "address (via=filter: the node and the pod cannot ping each other, forwarded traffic "
     "still passes), or its port of cni0 set disabled while its link stays up (via=port: "
     "`bridge link set dev <veth> state 0`), or proxy ARP switched off on its calico veth "
     "(via=proxy_arp: the pod's ARP for its gateway 169.254.1.1 goes unanswered), or its "
     "host route deleted on calico (via=route: BIRD's blackhole for the block takes it)",
     _pod_link_cut, _pod_link_back, {"via": "veth"},
-    mechanisms={"veth": (), "nomaster": ("flannel-vxlan", "flannel-host-gw"), "filter": (),
+    mechanisms={"veth": (), "nomaster": ("flannel-vxlan", "flannel-host-gw"),
+                "delete": ("flannel-vxlan", "flannel-host-gw"), "filter": (),
                 "port": ("flannel-vxlan", "flannel-host-gw"), "proxy_arp": ("calico-bgp",),
                 "route": ("calico-bgp",)},
 ))
