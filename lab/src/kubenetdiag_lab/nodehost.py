@@ -40,11 +40,11 @@ AGENT_PATHS = {
     "kubelet": "/usr/bin/kubelet",
     "containerd": "/usr/bin/containerd",
 }
-INIT_NAME = "node-init.sh"
+INIT_NAME = "node-init.sh"  # also how the init is told apart from a reused pid
 # Directories a node writes into as its own: an overlay on the machine's, whose changes land in
 # the node's files (NodeFiles.own). A node's CNI config (/etc/cni/net.d) and CNI state
 # (/var/lib/cni: IPAM leases, libcni's cached results) are there, and the machine gets none.
-OWN_DIRS = ("/etc", "/var/lib")  # also how the init is told apart from a reused pid
+OWN_DIRS = ("/etc", "/var/lib")
 
 
 @dataclass(frozen=True)
@@ -108,11 +108,11 @@ class NodeFiles:
 
 
 def prepare(files: NodeFiles, sysctl_conf: str, resolv_conf: str) -> None:
-    # A node starts with nothing of its own under OWN_DIRS: a previous run's CNI state (IPAM
-    # leases, cached results) would be a different node's.
     if any(c in str(files.dir) for c in ",:"):  # overlayfs's option separators
         raise LabError(f"{files.dir}: a lab work dir with ',' or ':' in its path cannot hold "
                        f"a node's own /etc (an overlay); choose another --workdir")
+    # A node starts with nothing of its own under OWN_DIRS: a previous run's CNI state (IPAM
+    # leases, cached results) would be a different node's.
     shutil.rmtree(files.dir / "own", ignore_errors=True)
     # /run is a tmpfs on a real node, empty at boot: a socket bird left there in an earlier
     # run of this work dir would be read as a BIRD that stopped answering
@@ -188,7 +188,7 @@ def init_script(files: NodeFiles, agents: Sequence[str], hidden: Sequence[str] =
     lines = [
         "set -e",
         *(f"mount -t overlay knd-node-own -o lowerdir={path},upperdir="
-          f"{_quoted(str(files.own(path)))},workdir={_quoted(str(files.own_work(path)))} {path}"
+          f"{_quoted(files.own(path))},workdir={_quoted(files.own_work(path))} {path}"
           for path in OWN_DIRS),
         f"mount --bind {_quoted(files.sysctl_conf)} /etc/sysctl.conf",
         f"mount --bind {_quoted(files.sysctl_d)} /etc/sysctl.d",
