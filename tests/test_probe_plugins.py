@@ -36,9 +36,9 @@ def _plugin_modules() -> list[str]:
 def test_passive_probes_run_in_their_declared_order():
     # default order, then name; counters last: its first sample is the script's prelude
     assert [p.name for p in PROBES] == [
-        "bgp", "cni", "conntrack", "host", "ip_rule", "ipsets", "iptables", "iptables_legacy",
-        "ipvs", "kernel", "links", "modules", "nftables", "overlay", "processes", "routes",
-        "sockets", "sysctl", "sysctl_files", "tc", "xfrm", "counters",
+        "bgp", "cni", "cni_results", "conntrack", "host", "ip_rule", "ipsets", "iptables",
+        "iptables_legacy", "ipvs", "kernel", "links", "modules", "nftables", "overlay",
+        "processes", "routes", "sockets", "sysctl", "sysctl_files", "tc", "xfrm", "counters",
     ]
     assert all(p.order == DEFAULT_ORDER for p in PROBES[:-1]) and PROBES[-1].order > DEFAULT_ORDER
     assert probe_names() == [p.name for p in PROBES]
