@@ -129,8 +129,10 @@ def snapshot(lab: Lab) -> dict[str, str]:
                 line.split(": ", 1)[-1] for line in cmd("ip", "-o", "link").splitlines())),
             # entries the kernel never re-resolves (others come and go with traffic)
             f"{node.name} neigh": cmd("ip", "-4", "neigh", "show", "nud", "permanent"),
-            f"{node.name} tc": cmd("tc", "qdisc", "show") + cmd("tc", "filter", "show", "dev",
-                                                              "eth0", "ingress"),
+            # qdiscs by device, not in ifindex order: a device made again (flannel.1) is listed
+            # after the pods' veths the CNI plugins made later
+            f"{node.name} tc": "\n".join(sorted(cmd("tc", "qdisc", "show").splitlines()))
+            + cmd("tc", "filter", "show", "dev", "eth0", "ingress"),
             f"{node.name} sysctl": "\n".join(sorted(sysctls)),
             # the process set and whether each is stopped (T), not pids: a heal may restart
             f"{node.name} processes": "\n".join(sorted(
