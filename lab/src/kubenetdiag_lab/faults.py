@@ -3674,14 +3674,13 @@ register(Fault(
 ))
 
 
-def _cni_config_path() -> str:
-    return f"/etc/cni/net.d/{cni.CNI_CONFLIST}"
+CNI_CONFIG = f"/etc/cni/net.d/{cni.CNI_CONFLIST}"  # the node's, as install-cni writes it
 
 
 def _cni_config_gone(ctx: FaultContext, node: LabNode, params: Params) -> None:
     # The kubelet's reaction (the Node's Ready condition) follows lab.json's record of this
     # fault (k8s_objects); the pods already attached keep their network, as on a real node.
-    conf = shlex.quote(_cni_config_path())
+    conf = shlex.quote(CNI_CONFIG)
     if params["via"] == "moved":
         # set aside by hand (a backup before an edit that never came back, a cleanup script)
         ctx.node(node).shell(f"mv {conf} {conf}.bak")
@@ -3696,7 +3695,7 @@ def _cni_config_gone(ctx: FaultContext, node: LabNode, params: Params) -> None:
 
 def _cni_config_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
     # what flannel's install-cni container writes when its pod starts again
-    conf = shlex.quote(_cni_config_path())
+    conf = shlex.quote(CNI_CONFIG)
     text = shlex.quote(k8s_objects.flannel_cni_conf())
     ctx.node(node).shell(f"rm -f {conf}.bak; printf %s {text} > {conf}")
 

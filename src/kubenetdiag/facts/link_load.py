@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kubenetdiag.facts.model import Fact, Source, by_kind
-from kubenetdiag.facts.pod_addresses import veth_pods
+from kubenetdiag.facts.pod_addresses import KNOWN_BY, veth_pods
 
 PROBE = "link_load"  # the evidence's source: facts computed here, from other facts
 INPUTS: tuple[str, ...] = ("interface_load",)
@@ -29,7 +29,6 @@ INPUTS: tuple[str, ...] = ("interface_load",)
 # a veth is: cached CNI results, else the neighbours behind it)
 CONTEXT: tuple[str, ...] = ("interface", "tc_hook", "cni_attachment")
 PRODUCES: tuple[str, ...] = ("link_saturation",)
-_FROM = {"cni_results": "its cached CNI result", "neighbours": "the node's neighbour table"}
 FLOOR_PCT = 50  # below half its capacity a link is not worth a fact
 
 
@@ -75,6 +74,6 @@ def link_saturation_facts(facts: Sequence[Fact], cluster: Any = None) -> list[Fa
                       f"{load.attrs['name']} {direction}s {rate} bit/s over "
                       f"{load.attrs['interval_s']}s, {used}% of its {what} {capacity} bit/s; "
                       f"{drops} packets dropped"
-                      + (f"; the pod at its far end: {who} (from {_FROM[how]})"
+                      + (f"; the pod at its far end: {who} (from {KNOWN_BY[how]})"
                          if who else ""))))
     return out

@@ -47,6 +47,9 @@ def pod_behind(peers: object, pods: dict[str, tuple[str, str] | None]) -> tuple[
     return found.pop() if len(found) == 1 else None
 
 
+# Where a pod's name came from (veth_pods), as evidence says it
+KNOWN_BY = {"cni_results": "the pod's cached CNI result",
+            "neighbours": "the API's pod with the address the node sees behind it"}
 # How CNIs name the host side of a pod's veth: the bridge and ptp plugins veth..., Calico
 # cali..., Cilium lxc...
 POD_VETH_PREFIXES = ("veth", "cali", "lxc")

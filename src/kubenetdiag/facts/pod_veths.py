@@ -17,15 +17,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from kubenetdiag.facts.model import Fact, Source, by_kind
-from kubenetdiag.facts.pod_addresses import POD_VETH_PREFIXES, pods_by_address, veth_pods
+from kubenetdiag.facts.pod_addresses import (
+    KNOWN_BY,
+    POD_VETH_PREFIXES,
+    pods_by_address,
+    veth_pods,
+)
 
 PROBE = "pod_veths"  # the evidence's source: facts computed here, from other facts
 INPUTS: tuple[str, ...] = ("interface",)
 # Without the cached results, pods are named from the neighbours alone (fewer of them)
 CONTEXT: tuple[str, ...] = ("cni_attachment",)
 PRODUCES: tuple[str, ...] = ("pod_veth",)
-_HOW = {"cni_results": "the pod's cached CNI result",
-        "neighbours": "the API's pod with the address the node sees behind it"}
 
 
 def pod_veth_facts(facts: Sequence[Fact], cluster: Any = None) -> list[Fact]:
@@ -54,7 +57,7 @@ def _fact(node: str, dev: str, pod: str | None, how: str | None, present: bool,
         "present": present,
         "addresses": str(addresses) if addresses else None,
     }, Source(PROBE, "interface facts and cached CNI results", None,
-              f"{dev}: " + (f"pod {pod}, from {_HOW[how]}" if pod and how
+              f"{dev}: " + (f"pod {pod}, from {KNOWN_BY[how]}" if pod and how
                             else "no pod known behind it")
               + ("" if present else "; the node has no such device")))
 
