@@ -11,7 +11,7 @@ from kubenetdiag.collect.script import build_script, new_marker, split_output
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.probes import Probe
 from kubenetdiag.probes.base import Section
-from kubenetdiag.probes.xfrm import PROBE, STATE_HEAD, parse
+from kubenetdiag.probes.xfrm import LISTENERS_HEAD, PROBE, STATE_HEAD, parse
 from test_paths import cluster, f, stops
 
 FIX = Path(__file__).parent / "fixtures" / "probes" / "xfrm"
@@ -86,8 +86,9 @@ def test_each_policy_says_whether_its_template_has_an_sa():
         ("out", "10.244.2.0/24", "present", None),
         ("fwd", "10.244.1.0/24", "present", None),
         ("in", "10.244.1.0/24", "present", None),
-        # the only SA toward .13 is the kernel's larval one (spi 0): nothing to encrypt with
-        ("out", "10.244.3.0/24", "missing",
+        # the only SA toward .13 is the kernel's larval one (spi 0): it asked a key manager,
+        # none came, nothing to encrypt with
+        ("out", "10.244.3.0/24", "acquire",
          "src 198.18.0.11 dst 198.18.0.13 proto esp reqid 2 mode tunnel"),
         ("in", "10.244.1.0/24", "present", None),
         # the SA for .14 belongs to an XFRM interface (if_id), which this policy is not
@@ -293,3 +294,111 @@ def test_equal_priority_policies_that_disagree_on_the_sa_are_undecided():
 
 def test_a_policy_of_an_xfrm_interface_is_left_out():
     assert not stops(cluster(_tunnel("n2", "10.244.3.0/24", "missing", if_id=7)), "n2")
+
+
+# ---------------------------------------------------------------- tunnels negotiated on demand
+
+
+def test_an_idle_on_demand_tunnel_is_not_a_missing_sa():
+    """Recorded with strongSwan's charon (`start_action = trap`) in a scratch namespace: its
+    policies, charon subscribed to the kernel's ACQUIRE, no SA yet. Healthy while idle."""
+    facts = _parse("strongswan-trap-idle-netns.txt")
+    assert not [x for x in facts if x.kind == "probe_status"]
+    assert [(d, sa) for d, _, sa, _ in _sa(facts)] == [
+        ("out", "on_demand"), ("fwd", "on_demand"), ("in", "on_demand")]
+    # the same listing on a node where nothing listens: nothing can ever install the SA
+    text = (FIX / "strongswan-trap-idle-netns.txt").read_text().replace(
+        "##knd:xfrm-acquire-listeners 1", "##knd:xfrm-acquire-listeners 0")
+    alone = parse(Section("xfrm", "", 0, 0.0, text, ""), "n1")
+    assert {sa for _, _, sa, _ in _sa(alone)} == {"missing"}
+    # /proc/net/netlink unreadable: as before the listeners were read
+    text = text.replace("listeners 0", "listeners unread")
+    assert {sa for _, _, sa, _ in _sa(parse(Section("xfrm", "", 0, 0.0, text, ""), "n1"))} \
+        == {"missing"}
+
+
+def test_a_request_the_key_manager_left_unanswered_is_acquire():
+    """Recorded just after a packet hit the trap: charon negotiated IKE and the kernel (no
+    ESP) refused the child SA, so the larval entry (SPI 0) stays."""
+    facts = _parse("strongswan-trap-acquire-netns.txt")
+    # the request going out is for the reqid's SAs both ways: none will decrypt either
+    assert [(d, sa) for d, _, sa, _ in _sa(facts)] == [
+        ("out", "acquire"), ("fwd", "acquire"), ("in", "acquire")]
+    [out] = [x for x in facts if x.kind == "xfrm_policy" and x.attrs["dir"] == "out"]
+    assert out.attrs["missing"] == ("src 198.18.200.1 dst 198.18.200.2 proto esp reqid 1 "
+                                    "mode tunnel")
+
+
+def test_the_probe_counts_acquire_listeners_from_proc_net_netlink(tmp_path: Path):
+    """The node's shell reads /proc/net/netlink itself: sockets of NETLINK_XFRM (6) whose
+    group mask has bit 0 (XFRMNLGRP_ACQUIRE); other protocols and groups do not count."""
+    policies = ("src 10.244.1.0/24 dst 10.244.2.0/24 \n\tdir out priority 0 ptype main \n"
+                "\ttmpl src 198.18.0.11 dst 198.18.0.12\n\t\tproto esp reqid 1 mode tunnel\n")
+    section = _node_with_ip(tmp_path, policies, "")
+    assert section.exit_code == 0, section.stderr
+    [line] = [x for x in section.stdout.splitlines() if x.startswith(LISTENERS_HEAD)]
+    count = sum(1 for row in Path("/proc/net/netlink").read_text().splitlines()[1:]
+                if row.split()[1] == "6" and int(row.split()[3], 16) & 1)
+    assert line == f"{LISTENERS_HEAD} {count}"
+
+
+def _on_demand(node: str, sa: str, direction: str = "out", dst: str = "10.244.3.0/24",
+               src: str = "0.0.0.0/0", ends: str = "src 198.18.0.12 dst 198.18.0.13") -> Fact:
+    return policy(node, direction, src, dst, "allow", ipsec=True, sa=sa,
+                  missing=f"{ends} proto esp reqid 1 mode tunnel")
+
+
+def test_the_walk_lets_an_on_demand_tunnel_come_up():
+    assert not stops(cluster(_on_demand("n2", "on_demand")), "n2")
+
+
+def test_a_request_left_unanswered_drops_like_a_missing_sa():
+    got = stops(cluster(_on_demand("n2", "acquire")), "n2", "pod_out")
+    assert {(s["peer"], s["stage"], s["verdict"]) for s in got} == {("n3", "ipsec", "drop")}
+    assert got[0]["at"].endswith("none, asked of the key manager and not installed")
+
+
+def test_larval_entries_read_after_the_checks_turn_on_demand_into_a_drop():
+    """The after-check's larval entry names the template: the checks' packets made the kernel
+    ask, and after them no SA had come. An entry for another tunnel changes nothing."""
+    larval = f("xfrm_acquire", "n2", src="198.18.0.12", dst="198.18.0.13", proto="esp",
+               reqid=1, mode="tunnel")
+    got = stops(cluster(_on_demand("n2", "on_demand"), larval), "n2", "pod_out")
+    assert {(s["peer"], s["verdict"]) for s in got} == {("n3", "drop")}
+    other = f("xfrm_acquire", "n2", src="198.18.0.12", dst="198.18.0.11", proto="esp",
+              reqid=1, mode="tunnel")
+    assert not stops(cluster(_on_demand("n2", "on_demand"), other), "n2")
+    # the same negotiation stands for the way in: no SA will decrypt what n3's pods send
+    fwd = _on_demand("n2", "on_demand", "fwd", "0.0.0.0/0", "10.244.3.0/24",
+                     "src 198.18.0.13 dst 198.18.0.12")
+    got = stops(cluster(fwd, larval), "n2")
+    assert {(s["flow"], s["peer"], s["verdict"]) for s in got} == {("pod_in", "n3", "drop")}
+    elsewhere = f("xfrm_acquire", "n1", src="198.18.0.12", dst="198.18.0.13", proto="esp",
+                  reqid=1, mode="tunnel")
+    assert not stops(cluster(_on_demand("n2", "on_demand"), elsewhere), "n2")
+
+
+def _after(name: str, rc: int = 0) -> list[Fact]:
+    from kubenetdiag.probes.active.common import example, section
+    from kubenetdiag.probes.active.xfrm_after import XFRM_AFTER
+    text = (Path(__file__).parent / "fixtures" / "active" / name).read_text() if name else ""
+    return XFRM_AFTER.parse(section("active.xfrm_after", text, rc), None, example())
+
+
+def test_the_after_check_reads_larval_entries_and_says_when_it_could_not():
+    [larval] = _after("xfrm_after_larval.txt")  # recorded with charon, as above
+    assert larval.kind == "xfrm_acquire"
+    assert (larval.attrs["src"], larval.attrs["dst"], larval.attrs["reqid"],
+            larval.attrs["mode"]) == ("198.18.200.1", "198.18.200.2", 1, "tunnel")
+    assert _after("xfrm_after_none.txt") == []
+    [missing] = _after("", 127)
+    assert (missing.kind, missing.attrs["status"]) == ("probe_status", "missing_tool")
+    [cut] = _after("")  # the listing cut short: not read as "no request pending"
+    assert (cut.kind, cut.attrs["status"]) == ("probe_status", "failed")
+
+
+def test_only_nodes_with_an_on_demand_policy_are_asked_again():
+    from kubenetdiag.probes.active.xfrm_after import XFRM_AFTER
+    assert XFRM_AFTER.targets({"xfrm_on_demand": True}) == [("", None)]
+    assert XFRM_AFTER.targets({"xfrm_on_demand": False}) == []
+    assert XFRM_AFTER.targets({}) == []  # a plan stored by an older version

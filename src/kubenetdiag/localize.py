@@ -271,6 +271,8 @@ BLOCKS_ZH = {
     "the pod's interface MTU": "Pod 网卡的 MTU",
     "IPsec (xfrm) policies that block or require IPsec for traffic":
         "拦截流量或要求流量走 IPsec 的 IPsec（xfrm）策略",
+    "whether the IPsec SAs negotiated on demand came up for the checks' traffic":
+        "按需协商的 IPsec SA 是否为检查的流量建立起来",
     "VXLAN direction (tcpdump)": "VXLAN 收发方向（tcpdump）",
     "ipsets: iptables rules that match a set (kube-proxy ipvs mode, Calico) stay undecided in "
     "the path walk":

@@ -40,20 +40,28 @@ from kubenetdiag.facts.model import Fact, Source, excerpt
 from kubenetdiag.probes.base import Probe, Section, unread_lines
 from kubenetdiag.probes.text import clip
 
-# The policies; then, only where one has a template, the SAs under a `##knd:xfrm-state`
-# line, reduced by the shell to the words that name them: no key, no process more. Its
-# variables are its own: the script's shell shares every name (__s is the runner's clock).
+# The policies; then, only where one has a template, how many netlink sockets listen for the
+# kernel's requests for an SA (NETLINK_XFRM, protocol 6, subscribed to its ACQUIRE group, bit
+# 0 of the groups column: an IKE daemon such as charon or pluto) and the SAs under a
+# `##knd:xfrm-state` line, reduced by the shell to the words that name them: no key, no
+# process more. Its variables are its own: the script's shell shares every name (__s is the
+# runner's clock).
 COMMAND = (
     "__xp=$(ip xfrm policy list) || return $?; [ -z \"$__xp\" ] || printf \"%s\\n\" \"$__xp\"; "
     "case $__xp in *tmpl*) ;; *) return 0;; esac; "
+    "if [ -r /proc/net/netlink ]; then __xk=0; "
+    "while read -r __x1 __x2 __x3 __x4 __x5; do [ \"$__x2\" = 6 ] || continue; "
+    "case $__x4 in *[13579bdfBDF]) __xk=$((__xk+1));; esac; done < /proc/net/netlink; "
+    "else __xk=unread; fi; echo \"##knd:xfrm-acquire-listeners $__xk\"; "
     "__xs=$(ip xfrm state list nokeys) || { echo \"##knd:xfrm-state failed\"; return 0; }; "
     "__xb=\"##knd:xfrm-state$__nl\"; __xn=0; set -f; IFS=$__nl; "
     "for __xl in $__xs; do IFS=$__ifs; set -- $__xl; IFS=$__nl; case $1 in "
     "src|proto|if_id) __xb=\"$__xb$__xl$__nl\"; __xn=$((__xn+1));; esac; "
     "[ $__xn -lt 20000 ] || break; done; IFS=$__ifs; set +f; printf %s \"$__xb\"; "
-    "__xp=; __xs=; __xb="
+    "__xp=; __xs=; __xb=; __xk="
 )
 STATE_HEAD = "##knd:xfrm-state"
+LISTENERS_HEAD = "##knd:xfrm-acquire-listeners"
 WHAT = "IPsec (xfrm) policies that block or require IPsec for traffic"
 MAX_POLICIES = 500
 
@@ -159,9 +167,10 @@ def _sa_words(words: list[str]) -> dict | None:
     return out
 
 
-def _states(lines: list[str], unread: list[str]) -> list[dict]:
+def read_states(lines: list[str], unread: list[str]) -> list[dict]:
     """The SAs the node's shell kept of `ip xfrm state list`: address line, then the proto
-    line and, for an SA bound to an XFRM interface, `if_id`."""
+    line and, for an SA bound to an XFRM interface, `if_id`. Larval entries (SPI 0: the
+    kernel asked a key manager for the SA and none came yet) are kept, with spi 0."""
     states: list[dict] = []
     for line in lines:
         words = line.split()
@@ -186,8 +195,7 @@ def _states(lines: list[str], unread: list[str]) -> list[dict]:
                 unread.append(line)
         else:
             unread.append(line)
-    # an SA being negotiated (spi 0, the kernel's larval entry) carries nothing yet
-    return [x for x in states if x.get("spi")]
+    return states
 
 
 def _serves(tmpl: dict, state: dict) -> bool:
@@ -204,22 +212,48 @@ def _serves(tmpl: dict, state: dict) -> bool:
                for key in ("src", "dst"))
 
 
+def asked_for(tmpl: dict, larval: dict) -> bool:
+    """Whether a larval entry (the kernel's request to a key manager, SPI 0) is for the
+    template: same protocol and mode, and its end points, or, where the template names a
+    reqid, the same reqid and the end points either way round (a key manager negotiates a
+    reqid's SAs both ways at once, so the request going out stands for the way in too)."""
+    if (larval.get("proto"), larval.get("mode")) != (tmpl["proto"], tmpl["mode"]):
+        return False
+    if tmpl["reqid"] and larval.get("reqid") != tmpl["reqid"]:
+        return False
+    ends = (larval.get("src"), larval.get("dst"))
+    return any(all(tmpl[key] in (None, "0.0.0.0", "::") or tmpl[key] == value
+                   for key, value in zip(("src", "dst"), pair, strict=True))
+               for pair in ((ends, ends[::-1]) if tmpl["reqid"] else (ends,)))
+
+
 def _template_text(t: dict) -> str:
     return (f"src {t['src']} dst {t['dst']} proto {t['proto']}"
             + (f" spi {t['spi']:#010x}" if t["spi"] else "")
             + f" reqid {t['reqid']} mode {t['mode']}")
 
 
-def _sa_status(templates: list[dict], states: list[dict] | None) -> tuple[str | None, str | None]:
-    """(sa, missing): whether each required template has an SA, and the first that has none."""
+def _sa_status(templates: list[dict], states: list[dict] | None, listeners: int | None
+               ) -> tuple[str | None, str | None]:
+    """(sa, missing): whether each required template has an SA, and the first that has none.
+
+    An SA that is missing is not always a fault: where a key manager listens for the kernel's
+    ACQUIRE, the first packet a policy covers makes the kernel ask it for one (an on-demand
+    tunnel, strongSwan's `start_action = trap`, Libreswan's `auto=route`), and an idle tunnel
+    has none until then: `on_demand`. The kernel's larval entry (SPI 0) for the template is a
+    request made and not answered yet: `acquire`, dropping what the policy covers meanwhile.
+    Without a listener nothing can ever install one: `missing`."""
     required = [t for t in templates if not t["optional"]]
     if not required:
         return None, None
     if states is None:
         return "unread", None
     for t in required:
-        if not any(_serves(t, x) for x in states):
-            return "missing", _template_text(t)
+        if any(_serves(t, x) for x in states if x.get("spi")):
+            continue
+        if any(asked_for(t, x) for x in states if "proto" in x and not x.get("spi")):
+            return "acquire", _template_text(t)
+        return ("on_demand" if listeners else "missing"), _template_text(t)
     return "present", None
 
 
@@ -230,10 +264,16 @@ def parse(section: Section, node: str) -> list[Fact]:
     raw: list[str] = []
     lines = section.stdout.splitlines()
     states: list[dict] | None = None
+    listeners: int | None = None  # unknown: older bundles, /proc/net/netlink unreadable
     for n, line in enumerate(lines):
+        if line.startswith(LISTENERS_HEAD):
+            count = line[len(LISTENERS_HEAD):].strip()
+            listeners = int(count) if _NUMBER.match(count) else None
+            lines[n] = ""
+            continue
         if line.startswith(STATE_HEAD):
             if line.strip() == STATE_HEAD:
-                states = _states(lines[n + 1:], unread)
+                states = read_states(lines[n + 1:], unread)
             lines = lines[:n]  # `failed`: the SAs are not known
             break
 
@@ -307,13 +347,14 @@ def parse(section: Section, node: str) -> list[Fact]:
         else:
             unread.append(line)
     done()
-    facts = [_fact(section, node, policy, raw, states) for policy, raw in policies[:MAX_POLICIES]]
+    facts = [_fact(section, node, policy, raw, states, listeners)
+             for policy, raw in policies[:MAX_POLICIES]]
     return facts + unread_lines(section, node, unread, WHAT)
 
 
-def _fact(section: Section, node: str, policy: dict, raw: list[str], states: list[dict] | None
-          ) -> Fact:
-    sa, missing = _sa_status(policy["templates"], states)
+def _fact(section: Section, node: str, policy: dict, raw: list[str], states: list[dict] | None,
+          listeners: int | None) -> Fact:
+    sa, missing = _sa_status(policy["templates"], states, listeners)
     return Fact("xfrm_policy", node, {
         "dir": policy["dir"], "src": policy["src"], "dst": policy["dst"],
         "proto": policy["proto"], "sport": policy["sport"], "dport": policy["dport"],

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from kubenetdiag.facts.model import Fact, Source, by_kind
+from kubenetdiag.facts.paths import xfrm as xfrm_paths
 from kubenetdiag.facts.paths.node import NodeView, build, pod_cidr_of
 from kubenetdiag.facts.paths.packet import Packet, addr, in_net, network, show
 from kubenetdiag.facts.paths.walk import Ending, Expect, Flow, walk
@@ -37,7 +38,8 @@ _NODE_KINDS = ("node_status", "interface", "route", "ip_rule", "sysctl", "tc_hoo
 # same, and a rule that matches a set not read stays undecided.
 _NODE_OPTIONAL = ("ipset", "ipvs_service", "xfrm_policy")
 _KINDS = (*_NODE_KINDS, "k8s_node", "dns_pod", "dns_service", "cni", "bgp_session", "reach",
-          "tcp_check", "nodeport_check", "drop_counter_after", "probe_status", "own_pod_check")
+          "tcp_check", "nodeport_check", "drop_counter_after", "probe_status", "own_pod_check",
+          "xfrm_acquire")
 # Declared for kubenetdiag.facts.producers. A rule on a path fact needs the node's own
 # configuration the walk reads (INPUTS); the rest (CONTEXT) only adds flows to walk (Service
 # VIPs, BGP peers, the peers probed; the DROP counters read after the checks) and is reported
@@ -184,8 +186,13 @@ def path_facts(facts: list[Fact]) -> list[Fact]:
     api_cidrs = {f.node: str(f.attrs["pod_cidr"]) for f in kinds["k8s_node"]
                  if f.attrs.get("pod_cidr")}
     nodes: dict[str, _Node] = {}
+    asked: dict[str, list[Fact]] = defaultdict(list)
+    for f in kinds["xfrm_acquire"]:
+        asked[f.node].append(f)
     for n in sorted(by_node):
         v = build(n, by_node[n])
+        if asked.get(n):  # the checks' packets made the kernel ask, and no SA came
+            v.xfrm = [xfrm_paths.unanswered(p, asked[n]) for p in v.xfrm]
         cidr = pod_cidr_of(api_cidrs.get(n), by_node[n])
         pod, dev = _pod_side(v, cidr)
         ov = _overlay(v)

@@ -223,13 +223,19 @@ def _xfrm_sa(direction: str, deciding: list[XfrmPolicy], steps: list[str]) -> En
     going out the kernel drops the packet (XfrmOutNoStates); coming in or forwarded it takes
     only what was decrypted through such an SA, and the node has none to decrypt with, so a
     plain packet (XfrmInTmplMismatch) and an encrypted one (XfrmInNoStates) are both dropped.
-    Undecided where policies of equal priority disagree on it."""
-    missing = [p for p in deciding if p.sa == "missing"]
+    Where a key manager listens and has not been asked yet (`on_demand`), the packet is what
+    makes the kernel ask: the tunnel comes up, the walk lets it pass. Undecided where policies
+    of equal priority disagree on it."""
+    missing = [p for p in deciding if p.sa in ("missing", "acquire")]
     if not missing:
+        if any(p.sa == "on_demand" for p in deciding):
+            steps.append(f"xfrm {direction}: SA negotiated on demand")
         return None
     p = missing[0]
     needs = "requires" if direction == "out" else "accepts only what arrives through"
-    at = f"xfrm policy {p.selector()} {needs} an IPsec SA {p.missing}: none"
+    none = ("none, asked of the key manager and not installed" if p.sa == "acquire"
+            else "none")
+    at = f"xfrm policy {p.selector()} {needs} an IPsec SA {p.missing}: {none}"
     if len(missing) < len(deciding):
         return Ending("unknown", "ipsec", at, rule=p.selector(), owner="unknown",
                       why="IPsec policies of equal priority cover it, not all of whose "

@@ -15,10 +15,11 @@ to a mark is left out: the packet's mark at that point is not known to the walk.
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.facts.paths.packet import Packet, in_net, network
+from kubenetdiag.probes.xfrm import asked_for
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Policy:
     action: str
     priority: int
     text: str
-    sa: str | None = None  # present, missing, unread; None without a required template
+    sa: str | None = None  # present, missing, acquire, on_demand, unread; None: no template
     missing: str | None = None  # the template with no SA, when sa is missing
 
     def selector(self) -> str:
@@ -94,3 +95,26 @@ def lookup(policies: list[Policy], direction: str, pkt: Packet, dev: str | None
         return []
     best = min(p.priority for p in covering)
     return [p for p in covering if p.priority == best]
+
+
+def _template(text: str) -> dict | None:
+    """The template a policy's `missing` holds (`src A dst B proto P [spi S] reqid R mode M`,
+    as the probe writes it); None in another form."""
+    words = text.split()
+    if len(words) % 2:
+        return None
+    out: dict = dict(zip(words[::2], words[1::2], strict=True))
+    if not {"src", "dst", "proto", "reqid", "mode"} <= set(out) or not out["reqid"].isdigit():
+        return None
+    out["reqid"] = int(out["reqid"])
+    return out
+
+
+def unanswered(p: Policy, asked: list[Fact]) -> Policy:
+    """The policy as `acquire` where it was `on_demand` and one of the kernel's larval entries
+    read after the checks (xfrm_acquire facts) is for its template: the checks' packets made
+    the kernel ask, and no SA came. Otherwise the policy as it was."""
+    t = _template(p.missing or "") if p.sa == "on_demand" else None
+    if t is not None and any(asked_for(t, f.attrs) for f in asked):
+        return replace(p, sa="acquire")
+    return p

@@ -132,6 +132,9 @@ class NodePlan(_NodePlanKeys, total=False):  # plans stored by older versions la
     # CoreDNS pod: its kubernetes plugin does not own it, so CoreDNS forwards it, and an
     # NXDOMAIN back proves the way to its upstream. None when CoreDNS forwards nothing.
     dns_outside_name: str | None
+    # An IPsec policy whose SA a key manager negotiates at the first packet, idle when read:
+    # the after-check asks the kernel whether the checks' packets got one (xfrm_after.py)
+    xfrm_on_demand: bool
 
 
 def is_ipv4(text: str) -> bool:
@@ -334,7 +337,7 @@ def _int(value: Any) -> int | None:
 # The fact kinds plan() reads: the pipeline parses only these before the active phase.
 INPUTS = frozenset({"node_status", "k8s_node", "flannel_subnet", "interface", "route",
                     "calico_ippool", "flannel_config", "dns_service", "dns_pod",
-                    "service_port"})
+                    "service_port", "xfrm_policy"})
 
 
 OUTSIDE_NAME = "kubenetdiag-check.invalid"
@@ -366,6 +369,8 @@ def plan(
         key=lambda f: str(f.attrs["pod"]),
     )
     by_name = {h.name: h for h in hosts}
+    on_demand = {f.node for f in facts if f.kind == "xfrm_policy"
+                 and f.attrs.get("sa") == "on_demand"}
     nodeports = sorted(
         (f for f in facts if f.kind == "service_port" and _int(f.attrs.get("node_port"))
          and f.attrs.get("protocol") == "TCP" and _int(f.attrs.get("ready_endpoints"))),
@@ -478,6 +483,7 @@ def plan(
             "nodeports": nodeport_targets,
             "dns_outside_name": (outside_name if dns_svc and dns_svc.attrs.get("upstream")
                                  else None),
+            "xfrm_on_demand": name in on_demand,
         }
     return plans
 
