@@ -461,3 +461,30 @@ def test_ssh_config_aliases_a_bastion_and_an_agent_only_key(lab, tmp_path):
     _, records = read_bundle(tmp_path / "b2")
     failed = {r["name"]: r["error"] for r in records if not r["reachable"]}
     assert list(failed) == ["edge-c"] and "authentication failed" in failed["edge-c"]
+
+
+def test_an_on_demand_ipsec_tunnel_is_blamed_only_once_the_kernel_asked_in_vain(lab, tmp_path):
+    # A real strongSwan charon on node2 holds a trap (on-demand) tunnel to node1, which never
+    # answers IKE. Read passively it is an idle tunnel: policies and no SA, as a healthy one
+    # has, and nothing is blamed. With the checks, their packets make the kernel ask charon,
+    # the larval entry it leaves after them names the template, and node2 is the root cause.
+    (tmp_path / "idle").mkdir()
+    (tmp_path / "active").mkdir()
+    with lab.injected("xfrm_sa_missing", "node2", {"via": "ike", "peer": "node1"}):
+        lab.node_exec("node2", ["ip", "xfrm", "state", "flush"])  # no request pending
+        idle, _ = diagnose(lab, tmp_path / "idle", "--no-active")
+        active, proc = diagnose(lab, tmp_path / "active")
+    assert [f["fault"] for f in alarms(idle)] == []
+    assert {f["sa"] for f in _facts(tmp_path / "idle", "xfrm_policy", "node2")} == {"on_demand"}
+    assert proc.returncode == 1
+    causes = [(f["fault"], f["nodes"]) for f in active["findings"] if f["root_cause"]]
+    assert causes == [("xfrm_sa_missing", ["node2"])]
+    [asked] = _facts(tmp_path / "active", "xfrm_acquire", "node2")
+    assert (asked["src"], asked["dst"]) == (lab.topology.node("node2").address,
+                                             lab.topology.node("node1").address)
+
+
+def _facts(run: Path, kind: str, node: str) -> list[dict]:
+    data = json.loads((run / "bundle" / "facts.json").read_text())
+    facts = data["facts"] if isinstance(data, dict) else data
+    return [f["attrs"] for f in facts if f["kind"] == kind and f["node"] == node]

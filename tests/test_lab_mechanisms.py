@@ -757,6 +757,14 @@ def _sa_missing(via: str) -> Callable[[Lab], None]:
     counter = "XfrmInTmplMismatch" if via in ("fwd", "in") else "XfrmOutNoStates"
 
     def check(lab: Lab) -> None:
+        if via == "ike":
+            # a real charon holds the trap: idle, its policies and no SA, as a healthy
+            # on-demand tunnel has; it is subscribed to the kernel's requests
+            assert "tmpl" in lab.node_exec("node2", ["ip", "xfrm", "policy", "list"]).stdout
+            assert not lab.node_exec("node2", ["ip", "xfrm", "state", "list"]).stdout.strip()
+            netlink = lab.node_exec("node2", ["cat", "/proc/net/netlink"]).stdout
+            assert any(row.split()[1] == "6" and int(row.split()[3], 16) & 1
+                       for row in netlink.splitlines()[1:])
         before = _xfrm_stat(lab, "node2")[counter]
         if via not in ("fwd", "in"):
             assert pod_blocked(lab, "node2", "node1")
@@ -770,6 +778,9 @@ def _sa_missing(via: str) -> Callable[[Lab], None]:
         assert _xfrm_stat(lab, "node2")[counter] > before
         assert "DROP" not in "".join(line for line in iptables(lab, "node2").splitlines()
                                      if not line.startswith(("-A KUBE-", ":")))
+        if via == "ike":  # the kernel asked charon, and the larval entry stays unanswered
+            assert "spi 0x00000000" in lab.node_exec(
+                "node2", ["ip", "xfrm", "state", "list"]).stdout
     return check
 
 
@@ -1192,6 +1203,7 @@ VXLAN_CASES = [
     ("xfrm_sa_missing", "fwd", "node2", {"peer": "node1"}, _sa_missing("fwd")),
     ("xfrm_sa_missing", "in", "node2", {"peer": "node1"}, _sa_missing("in")),
     ("xfrm_sa_missing", "mark", "node2", {"peer": "node1"}, _sa_missing("mark")),
+    ("xfrm_sa_missing", "ike", "node2", {"peer": "node1"}, _sa_missing("ike")),
     ("icmp_echo_blocked", "iptables", "node2", {}, _pings_dropped),
     ("icmp_echo_blocked", "nft", "node2", {}, _pings_dropped),
     ("icmp_echo_blocked", "file", "node2", {}, _pings_ignored_by_the_kernel),

@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -1738,8 +1739,106 @@ def _sa_marking(node: LabNode, peer: LabNode) -> list[str]:
             "/".join(SA_MARK)]
 
 
+# via=ike: strongSwan's IKE daemon as a distribution packages it (charon-systemd, configured
+# through swanctl), run inside the node with its configuration in the lab's work dir
+CHARON = "/usr/sbin/charon-systemd"
+SWANCTL = "swanctl"
+IKE_PSK = "kubenetdiag-lab-only"
+IKE_START_S = 10.0
+
+
+def _ike_dir(ctx: FaultContext, node: LabNode) -> Path:
+    return ctx.paths.node_files(node.name).dir / "ike"
+
+
+def _ike_config(node: LabNode, peer: LabNode, directory: Path) -> tuple[str, str]:
+    """(strongswan.conf, swanctl.conf): one connection to the peer whose child SA covers the
+    node's pods and the peer's, installed as a trap (`start_action = trap`): policies at once,
+    the SA negotiated when the first packet needs it. Routes and virtual IPs stay the CNI's:
+    charon would otherwise add its own routing table."""
+    conf = f"""charon-systemd {{
+  load_modular = yes
+  install_routes = no
+  install_virtual_ip = no
+  plugins {{
+    include /etc/strongswan.d/charon/*.conf
+    vici {{ socket = unix://{directory}/vici }}
+  }}
+  journal {{ default = -1 }}
+}}
+"""
+    swanctl = f"""connections {{
+  peer {{
+    local_addrs = {node.address}
+    remote_addrs = {peer.address}
+    local {{ auth = psk
+            id = {node.name} }}
+    remote {{ auth = psk
+             id = {peer.name} }}
+    children {{
+      pods {{ local_ts = {node.pod_cidr}
+             remote_ts = {peer.pod_cidr}
+             mode = tunnel
+             start_action = trap }}
+    }}
+  }}
+}}
+secrets {{ ike-peer {{ id-1 = {node.name}
+  id-2 = {peer.name}
+  secret = {IKE_PSK} }} }}
+"""
+    return conf, swanctl
+
+
+def _ike_start(ctx: FaultContext, node: LabNode, peer: LabNode) -> None:
+    """charon in the node with a trap toward the peer, where no IKE daemon answers (and this
+    kernel could not hold the ESP SA if one did): the first packet to the peer's pods makes
+    the kernel ask charon, which cannot deliver; until then the tunnel looks idle."""
+    if not Path(CHARON).exists() or not shutil.which(SWANCTL):
+        raise LabError("xfrm_sa_missing via=ike needs strongSwan: apt-get install -y "
+                       "charon-systemd strongswan-swanctl")
+    directory = _ike_dir(ctx, node)
+    directory.mkdir(parents=True, exist_ok=True)
+    conf, swanctl = _ike_config(node, peer, directory)
+    (directory / "strongswan.conf").write_text(conf)
+    (directory / "swanctl.conf").write_text(swanctl)
+    _start_in_node(ctx, node, ["env", f"STRONGSWAN_CONF={directory / 'strongswan.conf'}",
+                               CHARON])
+    deadline = time.monotonic() + IKE_START_S
+    while not (directory / "vici").exists():
+        if time.monotonic() > deadline:
+            raise LabError(f"{node.name}: charon did not open its vici socket in "
+                           f"{IKE_START_S:.0f} s (log: {ctx.paths.logs / 'faults.log'})")
+        time.sleep(0.1)
+    ctx.node(node).run([SWANCTL, "--load-all", "--file", str(directory / "swanctl.conf"),
+                        "--uri", f"unix://{directory / 'vici'}"])
+
+
+def _ike_stop(ctx: FaultContext, node: LabNode) -> None:
+    """End charon (it takes its policies with it; any left are deleted by the caller) and the
+    kernel's larval entries its requests left."""
+    _stop_matching(ctx, node, CHARON)
+    ctx.node(node).run(["ip", "xfrm", "state", "flush"], check=False)
+    directory = _ike_dir(ctx, node)
+    for name in ("strongswan.conf", "swanctl.conf", "vici"):
+        with contextlib.suppress(FileNotFoundError):
+            (directory / name).unlink()
+    with contextlib.suppress(OSError):
+        directory.rmdir()
+
+
+def _ike_selectors(node: LabNode, peer: LabNode) -> list[list[str]]:
+    """The policies charon's trap installs, by direction and selector."""
+    return [["dir", "out", "src", node.pod_cidr, "dst", peer.pod_cidr],
+            ["dir", "fwd", "src", peer.pod_cidr, "dst", node.pod_cidr],
+            ["dir", "in", "src", peer.pod_cidr, "dst", node.pod_cidr]]
+
+
 def _sa_require(ctx: FaultContext, node: LabNode, params: Params) -> None:
     peer = _peer(ctx, node, params)
+    if params["via"] == "ike":
+        _ike_start(ctx, node, peer)
+        return
     if params["via"] == "mark":
         _ipt_insert(ctx, node, "PREROUTING", _sa_marking(node, peer), table="mangle")
     ctx.node(node).run(["ip", "xfrm", "policy", "add", *_sa_policies(node, peer)[params["via"]]])
@@ -1749,9 +1848,11 @@ def _sa_unrequire(ctx: FaultContext, node: LabNode, params: Params) -> None:
     for peer in ctx.topology.peers(node):
         _ipt_delete(ctx, node, "PREROUTING", _sa_marking(node, peer), table="mangle")
     _ipt_tidy(ctx, node, "mangle", ["PREROUTING"])
+    _ike_stop(ctx, node)
     # a policy is deleted by its direction and selector: the words before its template
-    _xfrm_delete_toward_peers(ctx, node, lambda n, p: (
-        policy[:policy.index("tmpl")] for policy in _sa_policies(n, p).values()))
+    _xfrm_delete_toward_peers(ctx, node, lambda n, p: [
+        *(policy[:policy.index("tmpl")] for policy in _sa_policies(n, p).values()),
+        *_ike_selectors(n, p)])
 
 
 register(Fault(
@@ -1766,9 +1867,12 @@ register(Fault(
     "everything the peer sends to the node's address (via=in). Or as Cilium's IPsec mode "
     "writes it: a policy for the peer's pods limited to the mark its eBPF puts on what it "
     "encrypts (0xe00/0xf00, set here by a mangle rule on the node's pods' traffic to the "
-    "peer's), which the path walk cannot follow (via=mark)",
+    "peer's), which the path walk cannot follow (via=mark). Or with a real IKE daemon: "
+    "strongSwan's charon on the node with a trap (on-demand) tunnel for the node's pods and "
+    "the peer's, which the peer does not answer: idle it looks healthy, and each packet "
+    "that needs the SA makes the kernel ask charon for one that never comes (via=ike)",
     _sa_require, _sa_unrequire, {"via": "pod", "peer": ""},
-    mechanisms={"pod": (), "node": (), "fwd": (), "in": (), "mark": ()},
+    mechanisms={"pod": (), "node": (), "fwd": (), "in": (), "mark": (), "ike": ()},
 ))
 
 
