@@ -402,3 +402,24 @@ def test_only_nodes_with_an_on_demand_policy_are_asked_again():
     assert XFRM_AFTER.targets({"xfrm_on_demand": True}) == [("", None)]
     assert XFRM_AFTER.targets({"xfrm_on_demand": False}) == []
     assert XFRM_AFTER.targets({}) == []  # a plan stored by an older version
+
+
+def test_the_after_check_keeps_no_key_either(tmp_path: Path):
+    """An ip before 5.1 ignores `nokeys`: the after-check's shell keeps only a larval entry's
+    address and protocol lines, never a key, and a real SA is not a request left pending."""
+    from kubenetdiag.probes.active.xfrm_after import XFRM_AFTER
+    (tmp_path / "state").write_text(
+        "src 198.18.0.12 dst 198.18.0.11\n"
+        "\tproto esp spi 0x00000000 reqid 1 mode tunnel\n"
+        "\treplay-window 0 \n"
+        "src 198.18.0.12 dst 198.18.0.13\n"
+        "\tproto esp spi 0xc1a2b3c4 reqid 2 mode tunnel\n"
+        f"\tauth-trunc hmac(sha256) {KEY} 128\n"
+        f"\tenc cbc(aes) {KEY}\n")
+    script = (f"ip() {{ cat {tmp_path}/state; }}; "
+              + XFRM_AFTER.after_command({"xfrm_on_demand": True}))
+    proc = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert KEY[2:12] not in proc.stdout
+    assert proc.stdout == ("src 198.18.0.12 dst 198.18.0.11\n"
+                           "\tproto esp spi 0x00000000 reqid 1 mode tunnel\nknd-done\n")
