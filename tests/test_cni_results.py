@@ -188,3 +188,21 @@ def test_a_leftover_result_says_nothing():
     assert _gone([there, old, new]) == []
     # no interface facts from the node (its links probe failed): nothing can be said
     assert _gone([old]) == []
+
+
+def test_a_calico_veth_set_down_names_its_pod_by_the_name_calico_gave_it():
+    # Calico's plugin keeps no cached result and a veth set down has no neighbour: its name,
+    # cali + SHA-1 of namespace.name, still says whose it is, on the pod's own node only
+    api = {"queried": True, "calls": [{"name": "pods", "status": "ok", "items": [
+        {"metadata": {"namespace": "default", "name": "web-0"}, "spec": {"nodeName": "node2"},
+         "status": {"phase": "Running", "podIP": "10.244.2.3"}},
+        {"metadata": {"namespace": "default", "name": "old-0"}, "spec": {"nodeName": "node2"},
+         "status": {"phase": "Succeeded"}}]}]}
+    down = dict(admin_up=False, lower_up=False, state="DOWN", master=None)
+    facts = [_veth("node2", "cali0d7763386da", **down), _veth("node1", "cali0d7763386da", **down),
+             _veth("node2", "calie6746e609ac", **down)]
+    got = {(f.node, f.attrs["dev"]): (f.attrs["holder"], f.attrs["known_by"])
+           for f in pod_veth_facts(facts, api)}
+    assert got == {("node2", "cali0d7763386da"): ("pod default/web-0", "calico_name"),
+                   ("node1", "cali0d7763386da"): ("a pod", None),
+                   ("node2", "calie6746e609ac"): ("a pod", None)}

@@ -6,6 +6,7 @@ from its neighbour table and its bridge's forwarding database).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,7 +50,8 @@ def pod_behind(peers: object, pods: dict[str, tuple[str, str] | None]) -> tuple[
 
 # Where a pod's name came from (veth_pods), as evidence says it
 KNOWN_BY = {"cni_results": "the pod's cached CNI result",
-            "neighbours": "the API's pod with the address the node sees behind it"}
+            "neighbours": "the API's pod with the address the node sees behind it",
+            "calico_name": "the name Calico gives the veth of the API's pod on the node"}
 # How CNIs name the host side of a pod's veth: the bridge and ptp plugins veth..., Calico
 # cali..., Cilium lxc...
 POD_VETH_PREFIXES = ("veth", "cali", "lxc")
@@ -62,7 +64,8 @@ def veth_pods(interfaces: Sequence[Fact], attachments: Sequence[Fact],
     The pod's cached CNI result first (cni_attachment): the kubelet's own arguments, kept
     whatever state the veth is in. Else the one API pod holding an address the node sees
     behind the veth (interface.peer_addresses), which a veth set down or taken out of its
-    bridge no longer has."""
+    bridge no longer has. Else, for a cali* veth, the API pod on that node whose name Calico
+    would give it (calico_veth): Calico's plugin keeps no result in the runtime's cache."""
     out: dict[tuple[str, str], tuple[str, str]] = {}
     for f in attachments:
         if f.attrs.get("host_veth") and f.attrs.get("pod"):
@@ -77,4 +80,36 @@ def veth_pods(interfaces: Sequence[Fact], attachments: Sequence[Fact],
         found = pod_behind(f.attrs.get("peer_addresses"), pods)
         if found:
             out[key] = (f"{found[0]}/{found[1]}", "neighbours")
+    calico: dict[tuple[str, str], str] | None = None
+    for f in interfaces:
+        key = (f.node, str(f.attrs.get("name")))
+        if key in out or not key[1].startswith("cali"):
+            continue
+        if calico is None:
+            calico = _calico_veths(cluster)
+        if key in calico:
+            out[key] = (calico[key], "calico_name")
+    return out
+
+
+def calico_veth(namespace: str, name: str) -> str:
+    """The host-side name Calico's CNI plugin gives a Kubernetes pod's veth: cali and the
+    first 11 hex digits of the SHA-1 of `namespace.name` (its default interface prefix)."""
+    return "cali" + hashlib.sha1(f"{namespace}.{name}".encode()).hexdigest()[:11]
+
+
+def _calico_veths(cluster: Any) -> dict[tuple[str, str], str]:
+    """(node, the veth name Calico would give) -> namespace/name, for the API's pods on the pod
+    network that are scheduled and not ended."""
+    if not isinstance(cluster, dict) or cluster.get("queried") is not True:
+        return {}
+    out: dict[tuple[str, str], str] = {}
+    for pod in ApiCalls(cluster).items("pods") or ():
+        meta, spec, status = (pod.get(k) if isinstance(pod.get(k), dict) else {}
+                              for k in ("metadata", "spec", "status"))
+        node = spec.get("nodeName")
+        if spec.get("hostNetwork") is True or status.get("phase") in _ENDED or not node:
+            continue
+        ns, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+        out[(str(node), calico_veth(ns, name))] = f"{ns}/{name}"
     return out
