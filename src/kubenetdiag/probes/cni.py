@@ -1,5 +1,13 @@
-"""CNI configuration in /etc/cni/net.d: which file the runtime uses (the first in name order),
-the plugin chain, MTU and IPAM.
+"""CNI configuration: which file the runtime uses (the first in name order), the plugin
+chain, MTU and IPAM.
+
+The directory is the one the container runtime reads: containerd's `conf_dir` where its
+configuration names one (k3s and RKE2 generate their own containerd configuration, and k3s
+keeps the CNI configuration under /var/lib/rancher/k3s/agent/etc/cni/net.d), else
+/etc/cni/net.d, the default of containerd, CRI-O and the kubelet. Reading the default on a
+k3s node would find it missing or empty and blame a healthy node. The shell reads the
+runtime's configuration itself (no process): the first `conf_dir = "..."` line that is not a
+comment.
 
 Secrets are redacted on the node, before anything reaches the bundle: any JSON string whose key
 mentions a token, password, secret, credential, private key or auth, and a `kubeconfig` given
@@ -51,8 +59,21 @@ _SED = " ".join(
     f"\"[^/\"][^\"]*\"/\\1\"{REDACTED}\"/g'"
 )
 
+# The runtimes' configurations that may name the directory, most specific first: a k3s or
+# RKE2 node also has /etc/containerd/config.toml when containerd was installed beside them.
+RUNTIME_CONFIGS = ("/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
+                   "/var/lib/rancher/rke2/agent/etc/containerd/config.toml",
+                   "/etc/containerd/config.toml")
+
 COMMAND = (
-    f"d={CNI_DIR}; if [ ! -d $d ]; then echo '##knd:nodir'; return 0; fi; "
+    f"d=; for c in {' '.join(RUNTIME_CONFIGS)}; do [ -r \"$c\" ] || continue; "
+    'while IFS= read -r l; do l=${l#"${l%%[![:space:]]*}"}; case $l in conf_dir*=*) '
+    'v=${l#*=}; v=${v#"${v%%[![:space:]]*}"}; case $v in '
+    "\\\"*) v=${v#\\\"}; v=${v%%\\\"*};; \\'*) v=${v#\\'}; v=${v%%\\'*};; *) v=;; esac; "
+    '[ -z "$v" ] || { d=$v; echo "##knd:dirfrom $c"; }; break;; esac; done < "$c"; '
+    '[ -z "$d" ] || break; done; '
+    f'[ -n "$d" ] || d={CNI_DIR}; echo "##knd:dir $d"; '
+    "if [ ! -d \"$d\" ]; then echo '##knd:nodir'; return 0; fi; "
     'for f in "$d"/*; do [ -f "$f" ] || continue; case "$f" in '
     f"*.conf|*.conflist|*.json) echo \"##knd:file $f\"; sed {_SED} -e 's/^/|/' -e '2000q' \"$f\";; "
     '*) echo "##knd:other $f";; esac; done; return 0'
@@ -92,6 +113,7 @@ def parse(section: Section, node: str) -> list[Fact]:
     files: list[tuple[str, list[str]]] = []
     others: list[str] = []
     nodir = False
+    directory, chosen_by = CNI_DIR, None  # bundles from before the runtime's was read
     for name, path, lines in parts(section.stdout):
         if name == "file":
             files.append((path, unprefix(lines)))
@@ -99,6 +121,10 @@ def parse(section: Section, node: str) -> list[Fact]:
             others.append(path)
         elif name == "nodir":
             nodir = True
+        elif name == "dir" and path:
+            directory = path
+        elif name == "dirfrom" and path:
+            chosen_by = path
     facts: list[Fact] = []
     active_seen = False
     for path, lines in sorted(files):
@@ -133,11 +159,13 @@ def parse(section: Section, node: str) -> list[Fact]:
         }, Source("cni", f"cat {path}", section.exit_code,
                   clip(json.dumps(conf) if valid else text, 1500))))
     facts.append(Fact("cni_config_dir", node, {
+        "dir": clip(directory, 200),
+        "configured_in": clip(chosen_by, 200) if chosen_by else None,
         "exists": not nodir,
         "config_files": len(files),
         "other_files": clip(",".join(o.rsplit("/", 1)[-1] for o in others), 300) or None,
         "active_file": next((f.attrs["file"] for f in facts if f.attrs.get("active")), None),
-    }, Source("cni", f"ls {CNI_DIR}", section.exit_code,
+    }, Source("cni", f"ls {directory}", section.exit_code,
               clip("\n".join([p for p, _ in files] + others) or "(empty)", 500))))
     return facts
 
