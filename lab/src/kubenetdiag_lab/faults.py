@@ -1802,6 +1802,8 @@ def _ike_start(ctx: FaultContext, node: LabNode, peer: LabNode) -> None:
     conf, swanctl = _ike_config(node, peer, directory)
     (directory / "strongswan.conf").write_text(conf)
     (directory / "swanctl.conf").write_text(swanctl)
+    with contextlib.suppress(FileNotFoundError):  # a socket a killed charon left
+        (directory / "vici").unlink()
     _start_in_node(ctx, node, ["env", f"STRONGSWAN_CONF={directory / 'strongswan.conf'}",
                                CHARON])
     deadline = time.monotonic() + IKE_START_S
