@@ -970,6 +970,19 @@ def test_processes_renamed_runtimes_and_agents_by_alias():
     assert (by_name["crio"]["running"], by_name["crio"]["matched"]) == (False, None)
 
 
+def test_k3s_and_microk8s_run_kubelet_kube_proxy_and_flannel_in_one_process():
+    # k3s's agent (the kernel's name for `k3s agent`) holds kubelet, kube-proxy and flannel;
+    # MicroK8s's kubelite kubelet and kube-proxy; containerd runs beside them as itself
+    facts = kinds(parse("processes", "k3s-agent-microk8s"), "process")
+    by_name = {p["name"]: p for p in facts}
+    for name in ("kubelet", "kube-proxy"):
+        assert (by_name[name]["running"], by_name[name]["count"]) == (True, 2), name
+    assert (by_name["flanneld"]["pids"], by_name["flanneld"]["matched"]) == ("812", "k3s-agent")
+    assert (by_name["containerd"]["pids"], by_name["containerd"]["matched"]) == (
+        "860", "containerd")
+    assert by_name["calico-node"]["running"] is False  # a grep for k3s-agent is no process
+
+
 def test_process_alias_forms_in_a_site_list(tmp_path, monkeypatch):
     extra = tmp_path / "site.yaml"
     extra.write_text(
