@@ -69,6 +69,13 @@ def test_containerd_2_single_quotes_and_no_spaces(tmp_path: Path):
         "/etc/kubernetes/cni/net.d", CONTAINERD, 1)
 
 
+def test_a_last_line_without_its_newline_is_read(tmp_path: Path):
+    facts, _ = run(tmp_path, {CONTAINERD: '[plugins."io.containerd.grpc.v1.cri".cni]\n'
+                                          '  conf_dir = "@ROOT@/opt/cni/conf"',
+                              "/opt/cni/conf/10-bridge.conf": CONFLIST})
+    assert (_dir(facts)["dir"], _dir(facts)["config_files"]) == ("/opt/cni/conf", 1)
+
+
 def test_no_runtime_configuration_or_none_naming_a_directory_is_the_default(tmp_path: Path):
     facts, _ = run(tmp_path, {CONTAINERD: 'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n',
                               RKE2: 'conf_dir = ""\n', f"{CNI_DIR}/10-flannel.conflist": CONFLIST})

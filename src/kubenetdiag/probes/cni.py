@@ -67,7 +67,7 @@ RUNTIME_CONFIGS = ("/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
 
 COMMAND = (
     f"d=; for c in {' '.join(RUNTIME_CONFIGS)}; do [ -r \"$c\" ] || continue; "
-    'while IFS= read -r l; do l=${l#"${l%%[![:space:]]*}"}; case $l in conf_dir*=*) '
+    'while IFS= read -r l || [ -n "$l" ]; do l=${l#"${l%%[![:space:]]*}"}; case $l in conf_dir*=*) '
     'v=${l#*=}; v=${v#"${v%%[![:space:]]*}"}; case $v in '
     "\\\"*) v=${v#\\\"}; v=${v%%\\\"*};; \\'*) v=${v#\\'}; v=${v%%\\'*};; *) v=;; esac; "
     '[ -z "$v" ] || { d=$v; echo "##knd:dirfrom $c"; }; break;; esac; done < "$c"; '
