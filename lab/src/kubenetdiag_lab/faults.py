@@ -1821,12 +1821,7 @@ def _ike_stop(ctx: FaultContext, node: LabNode) -> None:
     kernel's larval entries its requests left."""
     _stop_matching(ctx, node, CHARON)
     ctx.node(node).run(["ip", "xfrm", "state", "flush"], check=False)
-    directory = _ike_dir(ctx, node)
-    for name in ("strongswan.conf", "swanctl.conf", "vici"):
-        with contextlib.suppress(FileNotFoundError):
-            (directory / name).unlink()
-    with contextlib.suppress(OSError):
-        directory.rmdir()
+    shutil.rmtree(_ike_dir(ctx, node), ignore_errors=True)
 
 
 def _ike_selectors(node: LabNode, peer: LabNode) -> list[list[str]]:

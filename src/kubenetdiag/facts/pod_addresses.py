@@ -7,7 +7,7 @@ from its neighbour table and its bridge's forwarding database).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from kubenetdiag.facts.cluster import ApiCalls
@@ -17,18 +17,24 @@ from kubenetdiag.facts.model import Fact
 _ENDED = frozenset({"Succeeded", "Failed"})
 
 
-def pods_by_address(cluster: Any) -> dict[str, tuple[str, str] | None]:
-    """Address -> (namespace, name) of the pod holding it, from the API's pods: those on the
-    pod network (not the node's), not ended. None for an address two pods claim."""
+def _network_pods(cluster: Any) -> Iterator[tuple[tuple[str, str], dict, dict]]:
+    """((namespace, name), spec, status) of the API's pods on the pod network (not the
+    node's) that have not ended; none when the API was not queried."""
     if not isinstance(cluster, dict) or cluster.get("queried") is not True:
-        return {}
-    out: dict[str, tuple[str, str] | None] = {}
+        return
     for pod in ApiCalls(cluster).items("pods") or ():
         meta, spec, status = (pod.get(k) if isinstance(pod.get(k), dict) else {}
                               for k in ("metadata", "spec", "status"))
         if spec.get("hostNetwork") is True or status.get("phase") in _ENDED:
             continue
-        who = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        yield (str(meta.get("namespace") or ""), str(meta.get("name") or "")), spec, status
+
+
+def pods_by_address(cluster: Any) -> dict[str, tuple[str, str] | None]:
+    """Address -> (namespace, name) of the pod holding it, from the API's pods: those on the
+    pod network (not the node's), not ended. None for an address two pods claim."""
+    out: dict[str, tuple[str, str] | None] = {}
+    for who, _, status in _network_pods(cluster):
         listed = status.get("podIPs") if isinstance(status.get("podIPs"), list) else []
         ips = [status.get("podIP"), *(i.get("ip") for i in listed if isinstance(i, dict))]
         for ip in {ip for ip in ips if isinstance(ip, str) and ip}:
@@ -70,25 +76,25 @@ def veth_pods(interfaces: Sequence[Fact], attachments: Sequence[Fact],
     for f in attachments:
         if f.attrs.get("host_veth") and f.attrs.get("pod"):
             out[(f.node, str(f.attrs["host_veth"]))] = (str(f.attrs["pod"]), "cni_results")
-    pods: dict[str, tuple[str, str] | None] | None = None  # read once a veth needs them
-    for f in interfaces:
-        key = (f.node, str(f.attrs.get("name")))
-        if key in out or not f.attrs.get("peer_addresses"):
-            continue
-        if pods is None:
-            pods = pods_by_address(cluster)
-        found = pod_behind(f.attrs.get("peer_addresses"), pods)
-        if found:
-            out[key] = (f"{found[0]}/{found[1]}", "neighbours")
+    # each read of the API's pods once a veth needs it
+    pods: dict[str, tuple[str, str] | None] | None = None
     calico: dict[tuple[str, str], str] | None = None
     for f in interfaces:
         key = (f.node, str(f.attrs.get("name")))
-        if key in out or not key[1].startswith("cali"):
+        if key in out:
             continue
-        if calico is None:
-            calico = _calico_veths(cluster)
-        if key in calico:
-            out[key] = (calico[key], "calico_name")
+        if f.attrs.get("peer_addresses"):
+            if pods is None:
+                pods = pods_by_address(cluster)
+            found = pod_behind(f.attrs.get("peer_addresses"), pods)
+            if found:
+                out[key] = (f"{found[0]}/{found[1]}", "neighbours")
+                continue
+        if key[1].startswith("cali"):
+            if calico is None:
+                calico = _calico_veths(cluster)
+            if key in calico:
+                out[key] = (calico[key], "calico_name")
     return out
 
 
@@ -101,15 +107,5 @@ def calico_veth(namespace: str, name: str) -> str:
 def _calico_veths(cluster: Any) -> dict[tuple[str, str], str]:
     """(node, the veth name Calico would give) -> namespace/name, for the API's pods on the pod
     network that are scheduled and not ended."""
-    if not isinstance(cluster, dict) or cluster.get("queried") is not True:
-        return {}
-    out: dict[tuple[str, str], str] = {}
-    for pod in ApiCalls(cluster).items("pods") or ():
-        meta, spec, status = (pod.get(k) if isinstance(pod.get(k), dict) else {}
-                              for k in ("metadata", "spec", "status"))
-        node = spec.get("nodeName")
-        if spec.get("hostNetwork") is True or status.get("phase") in _ENDED or not node:
-            continue
-        ns, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
-        out[(str(node), calico_veth(ns, name))] = f"{ns}/{name}"
-    return out
+    return {(str(spec["nodeName"]), calico_veth(ns, name)): f"{ns}/{name}"
+            for (ns, name), spec, _ in _network_pods(cluster) if spec.get("nodeName")}
