@@ -3197,7 +3197,8 @@ register(Fault(
 
 def _tw_pileup(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if params["via"] == "client":
-        ctx.node(node).run(services.netprog_argv("tw-burst", params["count"]), timeout=60)
+        made = ctx.node(node).run(services.netprog_argv("tw-burst", params["count"]),
+                                  timeout=60).stdout
     elif params["via"] == "server":
         # A server that closes first (an HTTP/1.0 server, a banner service): the TIME_WAIT
         # sockets are on its side, one per client connection from the pod.
@@ -3205,10 +3206,13 @@ def _tw_pileup(ctx: FaultContext, node: LabNode, params: Params) -> None:
         _start_in_node(ctx, node, services.netprog_argv("serve-banner", port, "bye"))
         _wait_listen(ctx, node, int(port), "tcp")
         pod = ctx.topology.pods_on(node.name)[0]
-        ctx.runners.pod(pod.name).run(services.netprog_argv(
-            "close-burst", node.address, port, params["count"]), timeout=60)
+        made = ctx.runners.pod(pod.name).run(services.netprog_argv(
+            "close-burst", node.address, port, params["count"]), timeout=60).stdout
     else:
         raise LabError("time_wait_pileup: via must be client or server")
+    # a burst cut short by its time cap is a smaller fault than the one asked for
+    if int(made.split()[0]) < int(params["count"]):
+        raise LabError(f"time_wait_pileup: the burst ended early: {made.strip()}")
 
 
 def _tw_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
