@@ -118,6 +118,11 @@ def snapshot(lab: Lab) -> dict[str, str]:
                  if not stat.startswith("Z") and comm_of.get(ppid) != comm]
         out |= {
             f"{node.name} iptables": _rules(cmd("iptables-save")),
+            # the legacy backend's rules, read only where it has tables (reading creates
+            # none, but its -D would); an empty table the kernel keeps after a heal is alike
+            f"{node.name} iptables-legacy": "\n".join(
+                line for line in cmd("iptables-legacy-save").splitlines()
+                if line.startswith("-A")) if cmd("cat", "/proc/net/ip_tables_names") else "",
             f"{node.name} nft": _nft(cmd("nft", "-j", "-s", "list", "ruleset")),
             f"{node.name} ip rule": cmd("ip", "-4", "rule"),
             f"{node.name} xfrm": cmd("ip", "xfrm", "policy", "list"),
@@ -296,6 +301,16 @@ def _mangle_drop(lab: Lab) -> None:
     assert "DROP" not in lab.node_exec("node2", ["iptables", "-S", "FORWARD"]).stdout
     assert "-A FORWARD -d 10.244.2.0/24 -j DROP" in lab.node_exec(
         "node2", ["iptables", "-t", "mangle", "-S"]).stdout
+
+
+def _legacy_drop(lab: Lab) -> None:
+    """The DROP is in the legacy backend: the node's own iptables lists no such rule and
+    only warns that legacy tables exist, yet the kernel runs both."""
+    dropped(lab, "node1", "node2")
+    assert "DROP" not in lab.node_exec("node2", ["iptables", "-S", "FORWARD"]).stdout
+    assert "iptables-legacy tables present" in lab.node_exec("node2", ["iptables-save"]).stderr
+    assert "-A FORWARD -d 10.244.2.0/24 -j DROP" in lab.node_exec(
+        "node2", ["iptables-legacy", "-S", "FORWARD"]).stdout
 
 
 def _userchain_drop(lab: Lab) -> None:
@@ -1137,6 +1152,7 @@ VXLAN_CASES = [
     ("forward_chain_reject", "nft", "node2", {}, _nft_forward_reject),
     ("forward_chain_reject", "userchain", "node1", {}, _userchain_reject),
     ("iptables_drop_rule", "mangle", "node2", {}, _mangle_drop),
+    ("iptables_drop_rule", "legacy", "node2", {}, _legacy_drop),
     ("iptables_drop_rule", "userchain", "node1", {}, _userchain_drop),
     ("iptables_drop_rule", "snat", "node2", {}, _snat_away),
     ("host_firewall_active", "firewalld-nft", "node2", {}, _firewalld_nft),

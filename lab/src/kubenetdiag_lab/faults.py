@@ -271,12 +271,12 @@ def _ipt_insert(ctx: FaultContext, node: LabNode, chain: str, spec: list[str],
     ctx.node(node).run(["iptables", "-t", table, "-I", chain, str(position), *spec])
 
 
-def _delete_every(runner: NetnsRunner, chain: str, spec: list[str], table: str = "filter"
-                  ) -> bool:
+def _delete_every(runner: NetnsRunner, chain: str, spec: list[str], table: str = "filter",
+                  binary: str = "iptables") -> bool:
     """Delete every copy of the rule, not just one (a test may have injected twice); whether
     there was one. Bounded so a misbehaving iptables cannot loop forever."""
     for deleted in range(100):
-        cp = runner.run(["iptables", "-t", table, "-D", chain, *spec], check=False)
+        cp = runner.run([binary, "-t", table, "-D", chain, *spec], check=False)
         if cp.returncode != 0:
             return deleted > 0
     return True
@@ -666,14 +666,16 @@ def _drop_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
         _ipt_insert(ctx, node, chain, spec)
     elif params["via"] == "mangle":
         _ipt_insert(ctx, node, chain, spec, table="mangle")
+    elif params["via"] == "legacy":
+        ctx.node(node).run(["iptables-legacy", "-I", chain, "1", *spec])
     elif params["via"] == "userchain":
         _restore(ctx, node, f"*filter\n:{DENY_CHAIN} - [0:0]\n"
                  f"-A {DENY_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n"
                  f"-A {DENY_CHAIN} {shlex.join(spec)}\n"
                  f"-I {chain} 1 -j {DENY_CHAIN}\nCOMMIT\n")
     else:
-        raise LabError("iptables_drop_rule: via must be filter, mangle, userchain, peer_in, "
-                       "peer_out, bridge or snat")
+        raise LabError("iptables_drop_rule: via must be filter, mangle, legacy, userchain, "
+                       "peer_in, peer_out, bridge or snat")
 
 
 def _drop_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -689,6 +691,10 @@ def _drop_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
     chain, spec = _drop_spec(ctx, node, params)
     _ipt_delete(ctx, node, chain, spec)
     _ipt_delete(ctx, node, chain, spec, table="mangle")
+    # Only where the node has legacy tables: iptables-legacy -D would create its filter
+    # table, which the kernel keeps until the namespace goes.
+    if ctx.node(node).run(["cat", "/proc/net/ip_tables_names"], check=False).stdout.strip():
+        _delete_every(ctx.node(node), chain, spec, binary="iptables-legacy")
     _ipt_tidy(ctx, node, "mangle", ["FORWARD", "INPUT"])
     for base in ("FORWARD", "INPUT"):
         _ipt_delete(ctx, node, base, ["-j", DENY_CHAIN])
@@ -699,7 +705,10 @@ register(Fault(
     "iptables_drop_rule",
     "a DROP for the node's pod CIDR at the top of FORWARD (param port: only that port; "
     "chain=INPUT: traffic to the node itself): in the filter table (via=filter), in the "
-    "mangle table (via=mangle), or in an operator's chain LOCAL-DENY that FORWARD jumps to "
+    "mangle table (via=mangle), in the legacy backend's filter table, which the node's "
+    "iptables (nf_tables) only warns of, as a tool that ships its own iptables-legacy writes "
+    "it (via=legacy; the empty legacy table stays after the heal: the kernel keeps it until "
+    "the namespace goes), or in an operator's chain LOCAL-DENY that FORWARD jumps to "
     "first, after a RETURN for established flows (via=userchain); or a DROP of everything "
     "between the node and one peer's node address (param peer, default the first other "
     "node), from it in INPUT (via=peer_in) or to it in OUTPUT (via=peer_out); or an ebtables "
@@ -709,7 +718,8 @@ register(Fault(
     "dropped there, the replies go to that address and are lost (via=snat)",
     _drop_on, _drop_off,
     {"via": "filter", "chain": "FORWARD", "port": "", "proto": "tcp", "peer": ""},
-    mechanisms={"filter": (), "mangle": (), "userchain": (), "peer_in": (), "peer_out": (),
+    mechanisms={"filter": (), "mangle": (), "legacy": (), "userchain": (), "peer_in": (),
+                "peer_out": (),
                 "bridge": ("flannel-vxlan", "flannel-host-gw"), "snat": ()},
 ))
 
