@@ -614,13 +614,14 @@ def test_a_netem_qdisc_is_reported_even_without_filters():
     assert "eth0" in walk_of(facts, "n1")["altered_by"]
 
 
-def _netdev(node_name: str, device: str, text: str) -> list[Fact]:
+def _netdev(node_name: str, device: str, text: str, hook: str = "ingress") -> list[Fact]:
+    chain = "in" if hook == "ingress" else "out"
     return [
         f("nft_table", node_name, family="netdev", table="guard", owner="nft", chains=1, rules=1),
-        f("nft_chain", node_name, family="netdev", table="guard", chain="in", owner="nft",
-          type="filter", hook="ingress", priority="filter", policy="accept", device=device,
+        f("nft_chain", node_name, family="netdev", table="guard", chain=chain, owner="nft",
+          type="filter", hook=hook, priority="filter", policy="accept", device=device,
           rules=1, drop_rules=1, reject_rules=0),
-        f("nft_rule", node_name, family="netdev", table="guard", chain="in", position=1,
+        f("nft_rule", node_name, family="netdev", table="guard", chain=chain, position=1,
           verdict="drop", text=text, pkts=None, bytes=None),
     ]
 
@@ -633,6 +634,21 @@ def test_a_netdev_ingress_table_drops_before_netfilter_sees_the_packet():
     assert not stops(facts, "n3", "pod_in")  # decapsulated pod traffic arrives on flannel.1
     # the same table on another device sees none of it
     assert not stops(cluster(*_netdev("n3", "eth1", "udp dport 8472 drop")), "n3")
+
+
+def test_a_netdev_egress_table_drops_what_leaves_by_its_device_after_postrouting():
+    facts = cluster(*_netdev("n3", "eth0", "udp dport 8472 drop", hook="egress"))
+    got = stops(facts, "n3", "overlay_out")
+    assert {s["peer"] for s in got} == {"n1", "n2"}
+    assert got[0]["hook"] == "egress" and got[0]["at"] == "netdev guard out rule 1"
+    assert got[0]["detail"].endswith("postrouting, egress | drop at netdev guard out rule 1")
+    # what arrives is not its business, nor what leaves by another device
+    assert not stops(facts, "n3", "overlay_in")
+    assert not stops(cluster(*_netdev("n3", "eth1", "udp dport 8472 drop", hook="egress")),
+                     "n3")
+    # the pod traffic itself leaves by flannel.1, before it is encapsulated
+    facts = cluster(*_netdev("n3", "flannel.1", "ip daddr 10.244.1.0/24 drop", hook="egress"))
+    assert {(s["flow"], s["peer"]) for s in stops(facts, "n3")} == {("pod_out", "n1")}
 
 
 def test_a_direct_route_to_the_peer_is_a_way_to_its_pods_too():

@@ -135,7 +135,7 @@ def _run(table: Table, chain: str, pkt: Packet, ctx: Context, depth: int, undeci
 def walk_hook(chains: list[BaseChain], hook: str, worlds: list[World], ctx: Context,
               dev: str | None = None) -> list[World]:
     """Every world through every base chain of `hook`, in priority order (for ingress, the
-    chains attached to the device `dev` the packet arrives on)."""
+    chains attached to the device `dev` the packet arrives on; for egress, leaves by)."""
     for base in chains:
         if base.hook != hook or (base.devices and dev not in base.devices):
             continue

@@ -265,8 +265,8 @@ def build(name: str, facts: list[Fact]) -> NodeView:
     for family, table, chain, a in nft_bases:
         if family not in ("ip", "inet", "netdev", "bridge"):
             continue  # arp chains see other packets than the routed ones
-        if family == "netdev" and a.get("hook") != "ingress":
-            continue  # netdev egress runs after routing and postrouting: not walked yet
+        if family == "netdev" and a.get("hook") not in ("ingress", "egress"):
+            continue
         t = nft_tables.setdefault((family, table), Table(f"{family} {table}", "nft"))
         t.chains.setdefault(chain, [])
         hook = str(a.get("hook") or "")

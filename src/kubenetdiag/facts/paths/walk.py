@@ -5,7 +5,8 @@ input hooks, the IPsec policies of direction in. Forwarded: prerouting, the rout
 (with the interface's forwarding switch and the reverse-path filter), the route against what
 the CNI needs, the IPsec policies (fwd, then out), the MTU the packet meets, forward and
 postrouting hooks. Sent by the node: the routing decision, the IPsec policies of direction
-out, output and postrouting hooks.
+out, output and postrouting hooks. What leaves by a device then meets that device's netdev
+egress chains.
 
 A packet that comes in through a bridge (a pod's frame on cni0, addressed to its gateway) meets
 the bridge family's prerouting and input hooks first; one routed out through a bridge (to a pod
@@ -373,6 +374,11 @@ def _after(v: NodeView, hooks: list[str], flow: Flow, pkt: Packet, w: World, ste
            ) -> Ending:
     endings = []
     worlds = _hooks(v, hooks, [World(pkt, w.undecided)])
+    if "postrouting" in hooks and any(b.hook == "egress" for b in v.chains):
+        # netdev egress: the chains of the device the packet is queued to, after postrouting
+        # (and below tcpdump, which taps what leaves only after them)
+        worlds = walk_hook(v.chains, "egress", worlds, v.ctx, pkt.oif)
+        hooks = [*hooks, "egress"]
     if _is_bridge(v, pkt.oif):
         worlds = _bridged(v, ("output", "postrouting"), worlds, into=False)
         hooks = [*hooks, "bridge output", "bridge postrouting"]
