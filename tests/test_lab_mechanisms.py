@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -364,6 +365,25 @@ def _vxlan_tc(lab: Lab) -> None:
     assert "8472" not in lab.node_exec("node2", ["nft", "list", "ruleset"]).stdout
     assert "direct-action" in lab.node_exec(
         "node2", ["tc", "filter", "show", "dev", "eth0", "ingress"]).stdout
+    assert ssh(lab, "node2", "true").returncode == 0  # only VXLAN is dropped
+
+
+def _vxlan_egress(lab: Lab) -> None:
+    """node2's own VXLAN dropped as it leaves eth0, below the capture: tcpdump on node2 sees
+    none of it go out while a pod pings across, and iptables shows nothing."""
+    blocked_both(lab, "node1", "node2")
+    assert "8472" not in iptables(lab, "node2")
+    assert "hook egress device" in lab.node_exec(
+        "node2", ["nft", "list", "table", "netdev", "guard"]).stdout
+    got: list = []
+    capture = threading.Thread(target=lambda: got.append(lab.node_exec("node2", [
+        "timeout", "4", "tcpdump", "-nn", "-i", "eth0", "-c", "1", "udp", "port", "8472"],
+        check=False)))
+    capture.start()
+    time.sleep(1.0)  # tcpdump listening
+    assert pod_blocked(lab, "node2", "node1")
+    capture.join()
+    assert "0 packets captured" in got[0].stderr, got[0].stderr
     assert ssh(lab, "node2", "true").returncode == 0  # only VXLAN is dropped
 
 
@@ -1160,6 +1180,7 @@ VXLAN_CASES = [
     ("vxlan_udp_blocked", "nft", "node2", {}, _vxlan_nft),
     ("vxlan_udp_blocked", "prerouting", "node1", {}, _vxlan_prerouting),
     ("vxlan_udp_blocked", "tc", "node2", {}, _vxlan_tc),
+    ("vxlan_udp_blocked", "egress", "node2", {}, _vxlan_egress),
     ("pod_cidr_route_missing", "blackhole", "node1", {}, _route_blackhole),
     ("pod_cidr_route_missing", "device", "node2", {}, _vxlan_device_remade_without_routes),
     ("policy_route_blackhole", "rule", "node2", {}, _policy_rule),

@@ -1031,6 +1031,12 @@ def _vxlan_block(ctx: FaultContext, node: LabNode, params: Params) -> None:
     elif params["via"] == "prerouting":
         # before routing and conntrack: the raw table's PREROUTING
         _ipt_insert(ctx, node, "PREROUTING", _vxlan_drop(ctx, node), table="raw")
+    elif params["via"] == "egress":
+        # on the way out, in the node's own nftables: a netdev table on eth0's egress hook,
+        # which runs after postrouting and before tcpdump taps the packet (Linux 5.16+)
+        _nft(ctx, node, f"table netdev {VXLAN_GUARD_TABLE} {{\n\tchain out {{\n"
+                        "\t\ttype filter hook egress device \"eth0\" priority filter; "
+                        f"policy accept;\n\t\tudp dport {port} drop\n\t}}\n}}\n")
     elif params["via"] == "tc":
         # below netfilter: a tc ingress filter on eth0 (clsact), seen by neither iptables
         # nor nft
@@ -1039,13 +1045,15 @@ def _vxlan_block(ctx: FaultContext, node: LabNode, params: Params) -> None:
         runner.run(["tc", "filter", "add", "dev", "eth0", "ingress", "bpf", "da", "bytecode",
                     _tc_drop_udp(port)])
     else:
-        raise LabError("vxlan_udp_blocked: via must be input, switch, nft, prerouting or tc")
+        raise LabError("vxlan_udp_blocked: via must be input, switch, nft, prerouting, egress "
+                       "or tc")
 
 
 def _vxlan_unblock(ctx: FaultContext, node: LabNode, params: Params) -> None:
     _ipt_delete(ctx, node, "INPUT", _vxlan_drop(ctx, node))
     _switch_unblock(ctx, node, "vx")
     _nft_delete_table(ctx, node, "inet", VXLAN_GUARD_TABLE)
+    _nft_delete_table(ctx, node, "netdev", VXLAN_GUARD_TABLE)
     _ipt_delete(ctx, node, "PREROUTING", _vxlan_drop(ctx, node), table="raw")
     _ipt_tidy(ctx, node, "raw", ["PREROUTING"])
     qdiscs = ctx.node(node).run(["tc", "qdisc", "show", "dev", "eth0"], check=False).stdout
@@ -1083,7 +1091,7 @@ register(Fault(
 ))
 
 
-VXLAN_BLOCKS = ("input", "switch", "nft", "prerouting", "tc")
+VXLAN_BLOCKS = ("input", "switch", "nft", "prerouting", "egress", "tc")
 register(Fault(
     "vxlan_udp_blocked",
     "inbound UDP 8472 dropped, so VXLAN from peers never arrives while the node's own VXLAN "
@@ -1091,7 +1099,9 @@ register(Fault(
     "node like a cloud security group (via=switch); by a native nftables table of its own, "
     "`table inet guard` at the input hook (via=nft); in the raw table's PREROUTING "
     "(via=prerouting); by a tc ingress filter on eth0 (via=tc, classic BPF in direct-action "
-    "mode)",
+    "mode). Or outbound, by the node itself: its VXLAN to every peer dropped at eth0's "
+    "egress hook by `table netdev guard` (via=egress), after postrouting and before a capture "
+    "could show it leave",
     _vxlan_block, _vxlan_unblock, {"via": "input"},
     modes=("flannel-vxlan",), mechanisms=dict.fromkeys(VXLAN_BLOCKS, ()),
 ))
