@@ -371,10 +371,21 @@ def _vxlan_tc(lab: Lab) -> None:
 def _vxlan_egress(lab: Lab) -> None:
     """node2's own VXLAN dropped as it leaves eth0, below the capture: tcpdump on node2 sees
     none of it go out while a pod pings across, and iptables shows nothing."""
-    blocked_both(lab, "node1", "node2")
-    assert "8472" not in iptables(lab, "node2")
     assert "hook egress device" in lab.node_exec(
         "node2", ["nft", "list", "table", "netdev", "guard"]).stdout
+    _not_seen_leaving(lab)
+
+
+def _vxlan_tc_egress(lab: Lab) -> None:
+    assert "8472" not in lab.node_exec("node2", ["nft", "list", "ruleset"]).stdout
+    assert "direct-action" in lab.node_exec(
+        "node2", ["tc", "filter", "show", "dev", "eth0", "egress"]).stdout
+    _not_seen_leaving(lab)
+
+
+def _not_seen_leaving(lab: Lab) -> None:
+    blocked_both(lab, "node1", "node2")
+    assert "8472" not in iptables(lab, "node2")
     got: list = []
     capture = threading.Thread(target=lambda: got.append(lab.node_exec("node2", [
         "timeout", "4", "tcpdump", "-nn", "-i", "eth0", "-c", "1", "udp", "port", "8472"],
@@ -1181,6 +1192,7 @@ VXLAN_CASES = [
     ("vxlan_udp_blocked", "prerouting", "node1", {}, _vxlan_prerouting),
     ("vxlan_udp_blocked", "tc", "node2", {}, _vxlan_tc),
     ("vxlan_udp_blocked", "egress", "node2", {}, _vxlan_egress),
+    ("vxlan_udp_blocked", "tc_egress", "node2", {}, _vxlan_tc_egress),
     ("pod_cidr_route_missing", "blackhole", "node1", {}, _route_blackhole),
     ("pod_cidr_route_missing", "device", "node2", {}, _vxlan_device_remade_without_routes),
     ("policy_route_blackhole", "rule", "node2", {}, _policy_rule),

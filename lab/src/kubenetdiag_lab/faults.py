@@ -1044,9 +1044,16 @@ def _vxlan_block(ctx: FaultContext, node: LabNode, params: Params) -> None:
         runner.run(["tc", "qdisc", "add", "dev", "eth0", "clsact"])
         runner.run(["tc", "filter", "add", "dev", "eth0", "ingress", "bpf", "da", "bytecode",
                     _tc_drop_udp(port)])
+    elif params["via"] == "tc_egress":
+        # the same program on eth0's way out: the node's own VXLAN never leaves, and no
+        # capture on the node sees it try
+        runner = ctx.node(node)
+        runner.run(["tc", "qdisc", "add", "dev", "eth0", "clsact"])
+        runner.run(["tc", "filter", "add", "dev", "eth0", "egress", "bpf", "da", "bytecode",
+                    _tc_drop_udp(port)])
     else:
-        raise LabError("vxlan_udp_blocked: via must be input, switch, nft, prerouting, egress "
-                       "or tc")
+        raise LabError("vxlan_udp_blocked: via must be input, switch, nft, prerouting, egress, "
+                       "tc or tc_egress")
 
 
 def _vxlan_unblock(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -1091,7 +1098,7 @@ register(Fault(
 ))
 
 
-VXLAN_BLOCKS = ("input", "switch", "nft", "prerouting", "egress", "tc")
+VXLAN_BLOCKS = ("input", "switch", "nft", "prerouting", "egress", "tc", "tc_egress")
 register(Fault(
     "vxlan_udp_blocked",
     "inbound UDP 8472 dropped, so VXLAN from peers never arrives while the node's own VXLAN "
@@ -1101,7 +1108,7 @@ register(Fault(
     "(via=prerouting); by a tc ingress filter on eth0 (via=tc, classic BPF in direct-action "
     "mode). Or outbound, by the node itself: its VXLAN to every peer dropped at eth0's "
     "egress hook by `table netdev guard` (via=egress), after postrouting and before a capture "
-    "could show it leave",
+    "could show it leave, or by the same tc program on eth0's egress (via=tc_egress)",
     _vxlan_block, _vxlan_unblock, {"via": "input"},
     modes=("flannel-vxlan",), mechanisms=dict.fromkeys(VXLAN_BLOCKS, ()),
 ))
