@@ -90,6 +90,17 @@ def test_modules_from_proc_modules():
 
 # ---- packet filter -------------------------------------------------------------------------
 
+def test_a_masquerade_limited_to_two_source_ports_says_how_many():
+    # recorded on a lab node whose pods' traffic to the middleware is masqueraded to 2 ports
+    rules = kinds(parse("iptables", "nft-1.8.9-masquerade-to-ports"), "iptables_rule")
+    by_spec = {r["spec"]: r for r in rules}
+    narrow = by_spec["-A POSTROUTING -s 10.244.2.0/24 -d 203.0.113.10/32 -p tcp -j MASQUERADE "
+                     "--to-ports 61000-61001"]
+    assert narrow["nat_ports"] == 2 and narrow["pkts"] == 200
+    # flannel's and kube-proxy's masquerades leave the ports to the kernel
+    assert {r["nat_ports"] for r in rules if r is not narrow} == {None}
+
+
 def test_iptables_summary_warns_of_legacy_tables_and_lists_masquerade():
     facts = parse("iptables", "nft-1.8.9-legacy-present")
     summary = kinds(facts, "iptables_summary")[0]

@@ -101,6 +101,50 @@ def _option(tokens: list[str], *names: str) -> str | None:
     return None
 
 
+def _undo(probe: str, table: str, line: str, tokens: list[str]) -> str | None:
+    """The command that deletes exactly this rule: its spec as saved, `-A` made `-D`, run by
+    the binary that listed it. None where the spec did not split cleanly (an unbalanced quote):
+    a guessed split could delete another rule.
+
+    >>> _undo("iptables_legacy", "nat", "-A POSTROUTING -j MASQUERADE",
+    ...       ["-A", "POSTROUTING", "-j", "MASQUERADE"])
+    'iptables-legacy -t nat -D POSTROUTING -j MASQUERADE'
+    """
+    if any(c in line for c in "'\"\\"):  # only quoting can make _split guess
+        try:
+            if shlex.split(line) != tokens:
+                return None
+        except ValueError:
+            return None
+    binary = "iptables-legacy" if probe == "iptables_legacy" else "iptables"
+    return shlex.join([binary, "-t", table, "-D", *tokens[1:]])
+
+
+def _nat_ports(target: str, options: list[str]) -> int | None:
+    """How many source ports an SNAT or MASQUERADE may choose from, where it names them
+    (`--to-ports 61000-61001`, `--to-source 198.18.0.12:61000-61001`); None where the kernel
+    chooses. Towards one destination, that many connections at once is all it can make.
+
+    >>> _nat_ports("MASQUERADE", ["--to-ports", "61000-61001", "--random-fully"])
+    2
+    >>> _nat_ports("SNAT", ["--to-source", "198.18.0.12-198.18.0.13:1024"]), _nat_ports(
+    ...     "SNAT", ["--to-source", "198.18.0.12"])
+    (1, None)
+    """
+    if target == "MASQUERADE":
+        value = _option(options, "--to-ports")
+    elif target == "SNAT":
+        to = _option(options, "--to-source", "--to") or ""
+        value = to.rpartition(":")[2] if ":" in to else None
+    else:
+        return None
+    m = re.fullmatch(r"(\d+)(?:-(\d+))?", value or "")
+    if not m:
+        return None
+    low, high = int(m.group(1)), int(m.group(2) or m.group(1))
+    return high - low + 1 if high >= low else None
+
+
 # Chains that name who installed them: firewalld (CentOS/RHEL), ufw (Ubuntu, UOS), kube-proxy
 # and the CNIs. Matched on the chain name prefix, as docs/runbooks.md#runbook-001-firewall greps
 # `iptables-save`.
@@ -242,6 +286,8 @@ def parse_save(section: Section, node: str, probe: str, command: str,
                     "out_if": _option(matches, "-o", "--out-interface"),
                     "proto": _option(matches, "-p", "--protocol"),
                     "dport": _option(matches, "--dport", "--destination-port", "--dports"),
+                    "nat_ports": _nat_ports(target, tokens[at + 2:]),
+                    "undo": _undo(probe, table, line, tokens),
                     # both backends can hold a chain of the same name, and a packet crosses
                     # both: the walk must tell their rules apart
                     "backend": backend,
