@@ -398,6 +398,21 @@ def _not_seen_leaving(lab: Lab) -> None:
     assert ssh(lab, "node2", "true").returncode == 0  # only VXLAN is dropped
 
 
+def _snat_ports_exhausted(lab: Lab) -> None:
+    """The pods' connects to the middleware time out while node2's own connect answers, and
+    node2's conntrack counts the dropped SYNs as failed inserts, more of them by the second."""
+    def failed() -> int:
+        stats = lab.node_exec("node2", ["conntrack", "-S"]).stdout
+        return sum(int(w.split("=")[1]) for w in stats.split() if w.startswith("insert_failed="))
+
+    before = failed()
+    cp = lab.netprog(client_pod(lab, "node2"), "--timeout", "1", "tcp", "203.0.113.10", "3306")
+    assert cp.returncode != 0 and "timed out" in cp.stderr + cp.stdout, cp
+    assert lab.node_exec("node2", services.netprog_argv(
+        "--timeout", "1", "tcp", "203.0.113.10", "3306"), check=False).returncode == 0
+    assert failed() > before
+
+
 def _route_blackhole(lab: Lab) -> None:
     route = lab.node_exec("node1", ["ip", "route", "show", "10.244.2.0/24"]).stdout
     assert route.startswith("blackhole 10.244.2.0/24"), route
@@ -1192,6 +1207,7 @@ VXLAN_CASES = [
     ("vxlan_udp_blocked", "prerouting", "node1", {}, _vxlan_prerouting),
     ("vxlan_udp_blocked", "tc", "node2", {}, _vxlan_tc),
     ("vxlan_udp_blocked", "egress", "node2", {}, _vxlan_egress),
+    ("conntrack_insert_failed", "snat_ports", "node2", {}, _snat_ports_exhausted),
     ("vxlan_udp_blocked", "tc_egress", "node2", {}, _vxlan_tc_egress),
     ("pod_cidr_route_missing", "blackhole", "node1", {}, _route_blackhole),
     ("pod_cidr_route_missing", "device", "node2", {}, _vxlan_device_remade_without_routes),

@@ -2867,6 +2867,58 @@ register(Fault(
     mechanisms={"filtered": (), "stuck": ()},
 ))
 
+# ---- conntrack insert failures --------------------------------------------------------------
+
+NAT_CLIENTS = "16"  # a pool's connects in flight to the middleware, each given up after 2 s
+
+
+def _narrow_masquerade(node: LabNode, params: Params) -> list[str]:
+    return ["-s", node.pod_cidr, "-d", f"{OUTSIDE_HOST}/32", "-p", "tcp", "-j", "MASQUERADE",
+            "--to-ports", params["ports"]]
+
+
+def _insert_failed_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] != "snat_ports":
+        raise LabError("conntrack_insert_failed: via must be snat_ports")
+    # An operator's masquerade for the pods' traffic to the middleware, limited to a port
+    # range (a firewall pinhole opened for a few ports), ahead of the CNI's own. Each
+    # connection keeps its port for as long as conntrack keeps its entry (TIME_WAIT: 120 s),
+    # so a pool that opens connections faster than that finds none free: the kernel's entry
+    # for the next one clashes, the insert fails and the SYN is dropped.
+    _ipt_insert(ctx, node, "POSTROUTING", _narrow_masquerade(node, params), table="nat")
+    pod = ctx.topology.pods_on(node.name)[0]
+    _start_in_pod(ctx, pod.name, services.netprog_argv(
+        "connect-retry", OUTSIDE_HOST, str(OUTSIDE_PORT), NAT_CLIENTS, "1800"))
+    for _ in range(100):  # bounded: 10 s
+        stats = ctx.node(node).run(["conntrack", "-S"], check=False).stdout
+        if any(word.startswith("insert_failed=") and word != "insert_failed=0"
+               for word in stats.split()):
+            return
+        run(["sleep", "0.1"])
+    raise LabError("conntrack_insert_failed: no insert failed within 10 s")
+
+
+def _insert_failed_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _kill_matching_in([pod.netns for pod in ctx.topology.pods],
+                      f"connect-retry {OUTSIDE_HOST} {OUTSIDE_PORT} ")
+    _ipt_delete(ctx, node, "POSTROUTING", _narrow_masquerade(node, params), table="nat")
+    # the entries holding the range's ports would outlive the fault by two minutes
+    ctx.node(node).run(["conntrack", "-D", "-d", OUTSIDE_HOST, "-p", "tcp", "--dport",
+                        str(OUTSIDE_PORT)], check=False)
+
+
+register(Fault(
+    "conntrack_insert_failed",
+    "conntrack inserts failing on the node as its NAT runs out of source ports: a MASQUERADE "
+    "of its pods' TCP to the middleware (203.0.113.10) limited to a port range (param ports, "
+    "default 61000-61001), in nat POSTROUTING ahead of the CNI's, while a pool in one of its "
+    "pods keeps 16 connects in flight to 203.0.113.10:3306; each closed connection holds its "
+    "port for conntrack's TIME_WAIT, so every further SYN clashes and is dropped "
+    "(via=snat_ports; heal deletes the held entries)",
+    _insert_failed_on, _insert_failed_heal, {"via": "snat_ports", "ports": "61000-61001"},
+    mechanisms={"snat_ports": ()},
+))
+
 # ---- sockets --------------------------------------------------------------------------------
 
 APP_BACKLOG = "128"  # a listening app's own backlog, as most servers ask for
