@@ -185,6 +185,20 @@ def test_parse_ping(name: str, ok: bool, detail: str | None, rtt: float | None) 
     assert (r["ok"], r["detail"], r["rtt_ms"]) == (ok, detail, rtt)
 
 
+@pytest.mark.parametrize("name,detail,icmp_from", [
+    # a REJECT on the target itself: icmp-host-prohibited, and iptables' default port unreachable
+    ("ping_iputils_host_prohibited.txt", "rejected", "198.18.0.12"),
+    ("ping_iputils_port_unreachable.txt", "rejected", "198.18.0.12"),
+    # no neighbour answered ARP: the sender's own kernel says so, from the sender's address
+    ("ping_iputils_no_neighbour.txt", "unreachable", "198.18.0.11"),
+    ("ping_iputils_loss.txt", "timeout", None),
+])
+def test_a_ping_answered_with_an_error_says_what_and_who_sent_it(
+        name: str, detail: str, icmp_from: str | None) -> None:
+    r = ping.parse_ping(fx(name), 1)
+    assert (r["ok"], r["detail"], r["icmp_from"]) == (False, detail, icmp_from)
+
+
 def test_busybox_without_df_is_unsupported_not_failed() -> None:
     assert ping.unsupported(fx("ping_busybox_noM.txt"))
     assert not ping.unsupported(fx("ping_iputils_loss.txt"))

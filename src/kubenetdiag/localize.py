@@ -85,6 +85,8 @@ _ANY_ZH = {
     "refused": "连接被拒绝",
     "reset": "连接被重置",
     "unreachable": "不可达",
+    # a ping answered with an ICMP error only a packet filter's REJECT sends
+    "rejected": "被拒绝（ICMP 差错）",
     "network unreachable": "网络不可达",
     "not permitted": "操作不被允许",
     "unresolved": "无法解析",

@@ -38,18 +38,34 @@ _PING_STATS = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?receive
 _PING_RTT = re.compile(r"(?:rtt|round-trip) min/avg/max(?:/mdev)? = [\d.]+/([\d.]+)/")
 _PING_TOO_LONG = re.compile(r"message too long(?:, mtu[= ](\d+))?", re.I)
 _PING_FRAG = re.compile(r"Frag needed and DF set \(mtu = (\d+)\)", re.I)
+# iputils' line for an ICMP error: "From 198.18.0.12 icmp_seq=1 Destination Host Prohibited"
+# (with a name resolved: "From node2 (198.18.0.12) icmp_seq=1 ...")
+_PING_ERROR_FROM = re.compile(r"^From (?:\S+ \()?([0-9a-fA-F.:]+)\)? icmp_seq=\d+ (.+)$", re.M)
+# What only a packet filter's REJECT sends back to an echo request: the administratively
+# prohibited codes (iptables' icmp-host/net/admin-prohibited, firewalld's default) and a port or
+# protocol unreachable (iptables' default REJECT), which no host answers a ping with.
+_REJECTED = ("Prohibited", "Packet filtered", "Port Unreachable", "Protocol Unreachable")
 
 
 def parse_ping(text: str, rc: int | None) -> dict[str, Any]:
-    """{ok, rtt_ms, detail, mtu} from ping's output (iputils or busybox)."""
+    """{ok, rtt_ms, detail, mtu, icmp_from} from ping's output (iputils or busybox).
+
+    >>> r = parse_ping("From 198.18.0.12 icmp_seq=1 Destination Host Prohibited\\n"
+    ...                "1 packets transmitted, 0 received, +1 errors, 100% packet loss\\n", 1)
+    >>> r["ok"], r["detail"], r["icmp_from"]
+    (False, 'rejected', '198.18.0.12')
+    """
     stats = _PING_STATS.search(text)
     received = int(stats.group(2)) if stats else 0
     rtt = _PING_RTT.search(text)
     too_long = _PING_TOO_LONG.search(text)
     frag = _PING_FRAG.search(text)
+    error = _PING_ERROR_FROM.search(text)
     detail = None
     mtu = None
-    if too_long:
+    if error and any(word in error.group(2) for word in _REJECTED):
+        detail = "rejected"
+    elif too_long:
         mtu = int(too_long.group(1)) if too_long.group(1) else None
         detail = "message too long" + (f", mtu={mtu}" if mtu else "")
     elif frag:
@@ -68,6 +84,7 @@ def parse_ping(text: str, rc: int | None) -> dict[str, Any]:
         "rtt_ms": float(rtt.group(1)) if rtt and received else None,
         "detail": detail,
         "mtu": mtu,
+        "icmp_from": error.group(1) if error else None,
     }
 
 
@@ -124,7 +141,8 @@ def _parser(in_pod: bool):  # noqa: ANN202
         return [Fact("reach", ctx.node, {
             "src": ctx.node, "dst": peer["name"], "layer": layer, "ok": result["ok"],
             "rtt_ms": result["rtt_ms"], "detail": result["detail"],
-            "vantage": vantage(ctx, in_pod)}, source(section))]
+            "icmp_from": result["icmp_from"], "vantage": vantage(ctx, in_pod)},
+            source(section))]
     return parse
 
 
