@@ -518,6 +518,19 @@ def _sshd_hung(lab: Lab) -> None:
     assert ssh(lab, "node1", "true").returncode == 0
 
 
+def _node_refuses_everything(lab: Lab) -> None:
+    """node2 runs and refuses anything new: SSH fails at once with "No route to host", a
+    peer's ping is answered by node2's own address with host prohibited, and node2's own
+    connections still get their replies."""
+    cp = lab.client_exec(lab.ssh_argv("node2", "true", connect_timeout=5), timeout=30)
+    assert cp.returncode == 255 and "No route to host" in cp.stderr, cp.stderr
+    node1, node2 = (lab.topology.node(n).address for n in ("node1", "node2"))
+    ping = lab.node_exec("node1", ["ping", "-c", "1", "-W", "1", node2], check=False).stdout
+    assert f"From {node2} icmp_seq=1 Destination Host Prohibited" in ping, ping
+    assert lab.node_exec("node2", ["ping", "-c", "1", "-W", "1", node1]).returncode == 0
+    assert not pods_ok(lab, "node1", "node2")
+
+
 def _node_off_the_network(lab: Lab) -> None:
     """node2 answers nothing on the node network, SSH included, and reaches nobody, while
     node1 and the client still reach each other."""
@@ -1221,6 +1234,7 @@ VXLAN_CASES = [
     ("coredns_upstream_unreachable", "firewall", None, {}, _upstream_gone("firewall")),
     ("node_unreachable", "hang", "node2", {}, _sshd_hung),
     ("node_unreachable", "arp", "node2", {}, _node_off_the_network),
+    ("node_unreachable", "reject", "node2", {}, _node_refuses_everything),
     ("listen_queue_overflow", "hang", "node2", {}, _listener_hung),
     ("fd_limit_reached", "leak", "node2", {}, _files_leaked),
     ("close_wait_leak", "pool", "node2", {}, _pool_keeps_closed_connections),

@@ -3457,6 +3457,9 @@ def _sshd_listeners(ctx: FaultContext, node: LabNode) -> list[int]:
     return nodehost.procs_named(sshd.find_pids(ctx.paths.sshd_files(node.name)), "sshd")
 
 
+LOCKDOWN_CHAIN = "INPUT-LOCKDOWN"  # a hardening profile's own input chain
+
+
 def _node_unreachable_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if params["via"] == "stop":
         ctx.stop_sshd(node.name)
@@ -3471,8 +3474,18 @@ def _node_unreachable_on(ctx: FaultContext, node: LabNode, params: Params) -> No
         # side, instead of after the kernel's own reachability timers.
         ctx.node(node).run(["ip", "link", "set", "eth0", "arp", "off"])
         _forget_neighbour(ctx, node)
+    elif params["via"] == "reject":
+        # A hardening profile's input policy that forgot SSH: replies to the node's own
+        # connections still come in, anything new is refused the way firewalld's catch-all
+        # refuses it, so the node answers every ping with "host prohibited" from its own
+        # address and every SSH connect fails at once ("No route to host").
+        _restore(ctx, node, f"*filter\n:{LOCKDOWN_CHAIN} - [0:0]\n"
+                 f"-A {LOCKDOWN_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN\n"
+                 f"-A {LOCKDOWN_CHAIN} -i lo -j RETURN\n"
+                 f"-A {LOCKDOWN_CHAIN} -j REJECT --reject-with icmp-host-prohibited\n"
+                 f"-I INPUT 1 -j {LOCKDOWN_CHAIN}\nCOMMIT\n")
     else:
-        raise LabError("node_unreachable: via must be stop, hang or arp")
+        raise LabError("node_unreachable: via must be stop, hang, arp or reject")
 
 
 def _forget_neighbour(ctx: FaultContext, node: LabNode) -> None:
@@ -3486,6 +3499,9 @@ def _node_unreachable_off(ctx: FaultContext, node: LabNode, params: Params) -> N
         ctx.node(node).run(["ip", "link", "set", "eth0", "arp", "on"])
         _forget_neighbour(ctx, node)
         _pair_mended(ctx)
+    if _ipt_delete(ctx, node, "INPUT", ["-j", LOCKDOWN_CHAIN]):
+        _pair_mended(ctx)
+    _drop_chains(ctx, node, [LOCKDOWN_CHAIN])
     _thaw(_sshd_listeners(ctx, node))
     ctx.start_sshd(node.name)
 
@@ -3496,9 +3512,11 @@ register(Fault(
     "refused (via=stop), or sshd hung, stopped with SIGSTOP: connections are accepted and then "
     "hang without an SSH banner until the client gives up (via=hang); or the node itself drops "
     "off the node network, its NIC answering and sending no ARP (ip link set eth0 arp off, "
-    "via=arp)",
+    "via=arp); or the node up with an input policy that refuses everything new, SSH "
+    "included, with icmp-host-prohibited (a chain INPUT-LOCKDOWN that INPUT jumps to first, "
+    "which lets only replies and loopback through, via=reject)",
     _node_unreachable_on, _node_unreachable_off, {"via": "stop"},
-    mechanisms={"stop": (), "hang": (), "arp": ()},
+    mechanisms={"stop": (), "hang": (), "arp": (), "reject": ()},
 ))
 
 # ---- the node network between two nodes ------------------------------------------------------
