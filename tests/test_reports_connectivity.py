@@ -72,7 +72,8 @@ def heatmap_svgs(html: str) -> list[str]:
 
 def test_reach_kind_is_declared() -> None:
     spec = registry()["reach"]
-    assert set(spec.attrs) == {"src", "dst", "layer", "ok", "rtt_ms", "detail", "vantage"}
+    assert set(spec.attrs) == {"src", "dst", "layer", "ok", "rtt_ms", "detail", "icmp_from",
+                                 "vantage"}
     assert spec.attrs["rtt_ms"].nullable and spec.attrs["detail"].nullable
     assert not spec.attrs["ok"].nullable and spec.attrs["ok"].type == "bool"
     assert validate_fact(reach("a", "b", True)) == []
