@@ -14,7 +14,7 @@ from kubenetdiag.facts.model import Fact, Source, by_kind, interface_ips
 
 SAMPLE = 10  # node names kept in a census fact's evidence
 # Declared for kubenetdiag.facts.producers: a rule on a census fact needs what it counts
-INPUTS: tuple[str, ...] = ("interface", "node_status")
+INPUTS: tuple[str, ...] = ("interface", "node_status", "cni_config")
 CONTEXT: tuple[str, ...] = ()
 PRODUCES: tuple[str, ...] = ("census",)
 PROBE = "census"  # the evidence's source: facts computed here, from other facts
@@ -29,7 +29,11 @@ def census_facts(facts: Sequence[Fact]) -> list[Fact]:
         for f in picked["node_status"]
         if isinstance(f.attrs.get("address"), str)
     }
-    holders: dict[tuple[str, str, int], set[str]] = defaultdict(set)
+    holders: dict[tuple[str, str, int | str], set[str]] = defaultdict(set)
+    for f in picked["cni_config"]:
+        kind = f.attrs.get("primary_type")
+        if f.attrs.get("active") is True and isinstance(kind, str):
+            holders[("active_cni", "", kind)].add(f.node)
     for f in picked["interface"]:
         a = f.attrs
         port, mtu = a.get("vxlan_port"), a.get("mtu")
@@ -38,7 +42,8 @@ def census_facts(facts: Sequence[Fact]) -> list[Fact]:
         if type(mtu) is int and address.get(f.node) in interface_ips(a.get("addresses")):
             holders[("underlay_mtu", "", mtu)].add(f.node)
     out = []
-    for (of, group, value), nodes in sorted(holders.items()):
+    for (of, group, value), nodes in sorted(holders.items(), key=lambda kv: (
+            kv[0][0], kv[0][1], str(kv[0][2]))):
         names = sorted(nodes)
         shown = ", ".join(names[:SAMPLE])
         if len(names) > SAMPLE:
@@ -46,7 +51,9 @@ def census_facts(facts: Sequence[Fact]) -> list[Fact]:
         out.append(Fact(
             "census",
             "cluster",
-            {"of": of, "group": group, "value": value, "nodes": len(names)},
+            {"of": of, "group": group, "nodes": len(names),
+             **({"value": None, "text": value} if isinstance(value, str) else
+                {"value": value, "text": None})},
             Source(PROBE, COMMAND, None, f"{of} {group} = {value} on {len(names)} nodes: {shown}"),
         ))
     return out
