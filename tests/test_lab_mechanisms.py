@@ -144,6 +144,8 @@ def snapshot(lab: Lab) -> dict[str, str]:
             f"{node.name} processes": "\n".join(sorted(
                 f"{comm} {'stopped' if stat.startswith('T') else 'running'}"
                 for stat, comm in procs if comm not in TRANSIENT)),
+            # the node's own /etc/cni/net.d, as its runtime would read it
+            f"{node.name} cni": runner.shell("ls -A /etc/cni/net.d").stdout,
             f"{node.name} sysctl.d": " ".join(sorted(
                 p.name for p in lab.paths.node_files(node.name).sysctl_d.iterdir())),
             f"{node.name} ps {UNCOMPARED}": ps,
@@ -1068,6 +1070,23 @@ def _cni_config_unusable(via: str) -> Callable[[Lab], None]:
     return check
 
 
+def _cni_config_shadowed(via: str) -> Callable[[Lab], None]:
+    def check(lab: Lab) -> None:
+        # in name order, as the runtime reads them, the new file comes first and parses
+        node = lab.runners.node("node2")
+        first = {"containerd": "10-containerd-net.conflist", "leftover": "10-calico.conflist"}[via]
+        files = sorted(node.shell("ls -A /etc/cni/net.d").stdout.split())
+        assert files == [first, "10-flannel.conflist"], files
+        conf = json.loads(node.shell(f"cat /etc/cni/net.d/{first}").stdout)
+        assert conf["plugins"][0]["type"] == {"containerd": "bridge", "leftover": "calico"}[via]
+        # nothing changes for the pods already attached, nor for the API's view of the node
+        assert pods_ok(lab, "node1", "node2") and pods_ok(lab, "node2", "node1")
+        conditions = {c["type"]: c for c in api(lab, "/api/v1/nodes/node2")["status"]["conditions"]}
+        assert conditions["Ready"]["status"] == "True", conditions
+        assert not Path(f"/etc/cni/net.d/{first}").exists()
+    return check
+
+
 def _network_reported_down(lab: Lab) -> None:
     conditions = {c["type"]: c for c in api(lab, "/api/v1/nodes/node2")["status"]["conditions"]}
     assert conditions["NetworkUnavailable"]["status"] == "True", conditions
@@ -1264,6 +1283,8 @@ VXLAN_CASES = [
     ("cni_config_missing", "moved", "node2", {}, _cni_config_unusable("moved")),
     ("cni_config_missing", "deleted", "node2", {}, _cni_config_unusable("deleted")),
     ("cni_config_missing", "truncated", "node2", {}, _cni_config_unusable("truncated")),
+    ("cni_config_shadowed", "containerd", "node2", {}, _cni_config_shadowed("containerd")),
+    ("cni_config_shadowed", "leftover", "node2", {}, _cni_config_shadowed("leftover")),
     ("node_pod_link_broken", "veth", "node2", {}, _node_and_pod_apart("veth")),
     ("node_pod_link_broken", "filter", "node2", {}, _node_and_pod_apart("filter")),
     ("node_pod_link_broken", "port", "node2", {}, _node_and_pod_apart("port")),

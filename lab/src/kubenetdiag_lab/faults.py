@@ -3915,6 +3915,53 @@ register(Fault(
 ))
 
 
+# Files that sort before flannel's 10-flannel.conflist, so the runtime takes them first: the
+# bridge network a containerd setup guide has one write, and the config of a CNI the cluster
+# used before flannel (its install-cni container never removed it).
+SHADOWING_CNI = {
+    "containerd": ("10-containerd-net.conflist", {
+        "cniVersion": "1.0.0", "name": "containerd-net",
+        "plugins": [
+            {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": True,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}]],
+                      "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "portmap", "capabilities": {"portMappings": True}}]}),
+    "leftover": ("10-calico.conflist", {
+        "cniVersion": "0.3.1", "name": "k8s-pod-network",
+        "plugins": [
+            {"type": "calico", "datastore_type": "kubernetes",
+             "ipam": {"type": "calico-ipam"}, "policy": {"type": "k8s"}},
+            {"type": "portmap", "snat": True, "capabilities": {"portMappings": True}}]}),
+}
+
+
+def _cni_shadowed(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] not in SHADOWING_CNI:
+        raise LabError("cni_config_shadowed: via must be containerd or leftover")
+    name, conf = SHADOWING_CNI[params["via"]]
+    path = shlex.quote(f"/etc/cni/net.d/{name}")
+    text = shlex.quote(json.dumps(conf, indent=2) + "\n")
+    ctx.node(node).shell(f"printf %s {text} > {path}")
+
+
+def _cni_unshadowed(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    names = " ".join(shlex.quote(f"/etc/cni/net.d/{n}") for n, _ in SHADOWING_CNI.values())
+    ctx.node(node).shell(f"rm -f {names}")
+
+
+register(Fault(
+    "cni_config_shadowed",
+    "a valid CNI configuration that sorts before flannel's 10-flannel.conflist in the node's "
+    "/etc/cni/net.d, so the runtime would give new pods their network from it: the bridge "
+    "network of containerd's setup guide, 10-containerd-net.conflist (bridge cni0, "
+    "10.88.0.0/16, via=containerd), or the 10-calico.conflist of a CNI the cluster used "
+    "before (via=leftover). Running pods keep their network; the lab creates no new pod",
+    _cni_shadowed, _cni_unshadowed, {"via": "containerd"},
+    modes=("flannel-vxlan", "flannel-host-gw"),
+    mechanisms={"containerd": (), "leftover": ()},
+))
+
+
 # ---- the API's view of a node ----------------------------------------------------------------
 
 
