@@ -146,6 +146,7 @@ def snapshot(lab: Lab) -> dict[str, str]:
                 for stat, comm in procs if comm not in TRANSIENT)),
             # the node's own /etc/cni/net.d, as its runtime would read it
             f"{node.name} cni": runner.shell("ls -A /etc/cni/net.d").stdout,
+            f"{node.name} resolv.conf": runner.shell("cat /etc/resolv.conf").stdout,
             f"{node.name} sysctl.d": " ".join(sorted(
                 p.name for p in lab.paths.node_files(node.name).sysctl_d.iterdir())),
             f"{node.name} ps {UNCOMPARED}": ps,
@@ -1087,6 +1088,16 @@ def _cni_config_shadowed(via: str) -> Callable[[Lab], None]:
     return check
 
 
+def _four_nameservers(lab: Lab) -> None:
+    """The node's own /etc/resolv.conf, as a pod with dnsPolicy Default would be given it,
+    lists four nameservers, the site's first; the machine's own file is untouched."""
+    machine = Path("/etc/resolv.conf").read_text()
+    text = lab.runners.node("node2").shell("cat /etc/resolv.conf").stdout
+    servers = [line.split()[1] for line in text.splitlines() if line.startswith("nameserver")]
+    assert servers == ["198.18.0.250", "198.18.0.251", "198.18.0.252", "198.18.0.253"], text
+    assert "198.18.0.251" not in machine
+
+
 def _network_reported_down(lab: Lab) -> None:
     conditions = {c["type"]: c for c in api(lab, "/api/v1/nodes/node2")["status"]["conditions"]}
     assert conditions["NetworkUnavailable"]["status"] == "True", conditions
@@ -1284,6 +1295,7 @@ VXLAN_CASES = [
     ("cni_config_missing", "deleted", "node2", {}, _cni_config_unusable("deleted")),
     ("cni_config_missing", "truncated", "node2", {}, _cni_config_unusable("truncated")),
     ("cni_config_shadowed", "containerd", "node2", {}, _cni_config_shadowed("containerd")),
+    ("resolv_conf_nameserver_limit", "appended", "node2", {}, _four_nameservers),
     ("cni_config_shadowed", "leftover", "node2", {}, _cni_config_shadowed("leftover")),
     ("node_pod_link_broken", "veth", "node2", {}, _node_and_pod_apart("veth")),
     ("node_pod_link_broken", "filter", "node2", {}, _node_and_pod_apart("filter")),

@@ -3962,6 +3962,43 @@ register(Fault(
 ))
 
 
+RESOLV_SAVED = "resolv-saved.conf"  # the node's resolv.conf before the fault
+# Servers a VPN client and DHCP on a second interface append after the site's resolver: lab
+# underlay addresses nobody holds, so a query sent there never leaves the lab.
+EXTRA_NAMESERVERS = ("198.18.0.251", "198.18.0.252", "198.18.0.253")
+
+
+def _resolv_crowded(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] != "appended":
+        raise LabError("resolv_conf_nameserver_limit: via must be appended")
+    files = ctx.paths.node_files(node.name)
+    saved = files.dir / RESOLV_SAVED
+    if not saved.exists():
+        saved.write_text(files.resolv_conf.read_text())
+    # written in place: the node's /etc/resolv.conf is a bind mount of this very file
+    files.resolv_conf.write_text(saved.read_text() + "# added by the VPN client and DHCP\n" +
+                                 "".join(f"nameserver {a}\n" for a in EXTRA_NAMESERVERS))
+
+
+def _resolv_restored(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    files = ctx.paths.node_files(node.name)
+    saved = files.dir / RESOLV_SAVED
+    if saved.exists():
+        files.resolv_conf.write_text(saved.read_text())
+        saved.unlink()
+
+
+register(Fault(
+    "resolv_conf_nameserver_limit",
+    "the node's /etc/resolv.conf lists four nameservers, the site's resolver first and three "
+    "more a VPN client and DHCP on a second interface appended (via=appended): the node "
+    "itself still resolves through the first, pods given the node's file (dnsPolicy Default) "
+    "get only three, and kubelet warns of it for each such pod",
+    _resolv_crowded, _resolv_restored, {"via": "appended"},
+    mechanisms={"appended": ()},
+))
+
+
 # ---- the API's view of a node ----------------------------------------------------------------
 
 
