@@ -262,6 +262,7 @@ def parse_save(section: Section, node: str, probe: str, command: str,
         else:
             kind = "other"
         matches = tokens[2:at]
+        nat_ports = _nat_ports(target, tokens[at + 2:])
         source_net = _option(matches, "-s", "--source")
         if table == "nat" and target in ("MASQUERADE", "SNAT"):
             snat_sources.append(source_net or "any")
@@ -286,8 +287,10 @@ def parse_save(section: Section, node: str, probe: str, command: str,
                     "out_if": _option(matches, "-o", "--out-interface"),
                     "proto": _option(matches, "-p", "--protocol"),
                     "dport": _option(matches, "--dport", "--destination-port", "--dports"),
-                    "nat_ports": _nat_ports(target, tokens[at + 2:]),
-                    "undo": _undo(probe, table, line, tokens),
+                    "nat_ports": nat_ports,
+                    # built only where a rule reads it: checking a quoted spec costs more than
+                    # parsing it, and kube-proxy writes tens of thousands of them
+                    "undo": _undo(probe, table, line, tokens) if nat_ports else None,
                     # both backends can hold a chain of the same name, and a packet crosses
                     # both: the walk must tell their rules apart
                     "backend": backend,
