@@ -55,6 +55,29 @@ def test_vxlan_ports_are_counted_per_device_and_once_per_node():
     }
 
 
+def _cni(node: str, file: str, kind: str | None, active: bool) -> Fact:
+    return Fact("cni_config", node, {
+        "file": file, "valid": kind is not None, "active": active, "name": None,
+        "cni_version": None, "types": kind, "primary_type": kind, "mtu": None,
+        "ipam_type": None, "redacted": False,
+    })
+
+
+def test_the_cni_type_each_runtime_uses_is_counted_as_a_word():
+    facts = [
+        _cni("n1", "/etc/cni/net.d/10-flannel.conflist", "flannel", True),
+        _cni("n2", "/etc/cni/net.d/10-flannel.conflist", "flannel", True),
+        _cni("n2", "/etc/cni/net.d/87-podman-bridge.conflist", "bridge", False),  # unused
+        _cni("n3", "/etc/cni/net.d/10-containerd-net.conflist", "bridge", True),
+        _cni("n3", "/etc/cni/net.d/10-flannel.conflist", "flannel", False),
+        _cni("n4", "/etc/cni/net.d/10-flannel.conflist", None, False),  # does not parse
+    ]
+    got = {(f.attrs["of"], f.attrs["text"], f.attrs["value"]): f.attrs["nodes"]
+           for f in census_facts(facts)}
+    assert got == {("active_cni", "flannel", None): 2, ("active_cni", "bridge", None): 1}
+    assert all(not validate_fact(f) for f in census_facts(facts))
+
+
 def test_census_facts_conform_and_name_a_sample_of_nodes():
     facts = [_iface(f"n{i:02d}", "flannel.1", 1450, kind="vxlan", port=8472) for i in range(25)]
     (c,) = census_facts(facts)
