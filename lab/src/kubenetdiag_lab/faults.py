@@ -3993,7 +3993,7 @@ register(Fault(
     "the node's /etc/resolv.conf lists four nameservers, the site's resolver first and three "
     "more a VPN client and DHCP on a second interface appended (via=appended): the node "
     "itself still resolves through the first, pods given the node's file (dnsPolicy Default) "
-    "get only three, and kubelet warns of it for each such pod",
+    "would get only three, and a kubelet would warn of it for each such pod",
     _resolv_crowded, _resolv_restored, {"via": "appended"},
     mechanisms={"appended": ()},
 ))
