@@ -117,13 +117,19 @@ def snapshot(lab: Lab) -> dict[str, str]:
         # its parent's name is a fork about to exec (flanneld and kube-proxy run iptables).
         procs = [(stat, comm) for _pid, ppid, stat, comm in rows
                  if not stat.startswith("Z") and comm_of.get(ppid) != comm]
+        # in one process: each command here runs twice for each of a hundred cases. The node's
+        # own /etc/cni/net.d and /etc/resolv.conf, and the legacy backend's rules, read only
+        # where it has tables (its -D would make one; an empty table a heal left is alike)
+        cni, resolv, legacy = runner.shell(
+            "ls -A /etc/cni/net.d 2>&1; echo @@; cat /etc/resolv.conf; echo @@; "
+            "if [ -s /proc/net/ip_tables_names ]; then iptables-legacy-save; fi",
+            check=False).stdout.split("@@\n")
         out |= {
             f"{node.name} iptables": _rules(cmd("iptables-save")),
-            # the legacy backend's rules, read only where it has tables (reading creates
-            # none, but its -D would); an empty table the kernel keeps after a heal is alike
             f"{node.name} iptables-legacy": "\n".join(
-                line for line in cmd("iptables-legacy-save").splitlines()
-                if line.startswith("-A")) if cmd("cat", "/proc/net/ip_tables_names") else "",
+                line for line in legacy.splitlines() if line.startswith("-A")),
+            f"{node.name} cni": cni,
+            f"{node.name} resolv.conf": resolv,
             f"{node.name} nft": _nft(cmd("nft", "-j", "-s", "list", "ruleset")),
             f"{node.name} ip rule": cmd("ip", "-4", "rule"),
             f"{node.name} xfrm": cmd("ip", "xfrm", "policy", "list"),
@@ -144,9 +150,6 @@ def snapshot(lab: Lab) -> dict[str, str]:
             f"{node.name} processes": "\n".join(sorted(
                 f"{comm} {'stopped' if stat.startswith('T') else 'running'}"
                 for stat, comm in procs if comm not in TRANSIENT)),
-            # the node's own /etc/cni/net.d, as its runtime would read it
-            f"{node.name} cni": runner.shell("ls -A /etc/cni/net.d").stdout,
-            f"{node.name} resolv.conf": runner.shell("cat /etc/resolv.conf").stdout,
             f"{node.name} sysctl.d": " ".join(sorted(
                 p.name for p in lab.paths.node_files(node.name).sysctl_d.iterdir())),
             f"{node.name} ps {UNCOMPARED}": ps,

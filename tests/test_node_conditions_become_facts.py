@@ -85,14 +85,17 @@ def test_healthy_lab_node_facts_hold_no_false_alarm(lab, tmp_path):
         assert one(f, "sysctl", key="net.ipv4.ip_forward")["number"] == 1
         assert one(f, "kernel_module", name="br_netfilter")["loaded"] in (True, None)
         ct = one(f, "conntrack")
-        assert ct["loaded"] and ct["insert_failed"] == 0 and ct["usage_pct"] < 50
+        # insert_failed counts since the namespace was made, and the session lab's nodes
+        # have had faults: what is healthy is that none is rising (the counters below)
+        assert ct["loaded"] and ct["usage_pct"] < 50
         for c in attrs(f, "net_counter"):
             if c["name"] in DROP_COUNTERS:
                 assert c["rising"] is False, c
         ssh = [lst for lst in attrs(f, "tcp_listener") if lst["port"] == 22]
         assert ssh and not any(lst["full"] for lst in ssh)
-        summary = one(f, "iptables_summary")
-        assert summary["backend"] in ("nf_tables", "legacy")
+        # the node's own iptables; a legacy table a fault left (the kernel keeps it, empty)
+        # has a summary of its own
+        summary = one(f, "iptables_summary", backend="nf_tables")
         assert not summary["firewalld_chains"] and not summary["ufw_chains"]
         assert not [r for r in attrs(f, "nft_rule") if r["verdict"] in ("drop", "reject")]
         assert not attrs(f, "bgp_session") and one(f, "ipvs")["enabled"] is False
@@ -206,8 +209,8 @@ def test_injected_node_conditions_appear_on_the_right_node(lab, tmp_path):
     assert top["target_kind"] == "drop" and top["unconditional"]
     assert one(f2, "iptables_rule", table="filter", chain="FORWARD", position=1)[
         "target_kind"] != "drop"
-    assert one(f1, "iptables_summary")["firewalld_chains"] is True
-    assert one(f2, "iptables_summary")["firewalld_chains"] is False
+    assert one(f1, "iptables_summary", backend="nf_tables")["firewalld_chains"] is True
+    assert one(f2, "iptables_summary", backend="nf_tables")["firewalld_chains"] is False
     # a missing pod route on node1; node2 still has its own
     assert not attrs(f1, "route", dst=peer_cidr), (route, attrs(f1, "route"))
     assert attrs(f2, "route", dst=lab.nodes[0].pod_cidr)

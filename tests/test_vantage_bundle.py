@@ -72,7 +72,7 @@ def test_a_hook_nothing_reads_still_names_node3_alone(hidden: tuple[dict, list[d
         "Pods on node3 are cut off from pods on every other node (both); the walk of node3's "
         "configuration found nothing that stops this traffic")
     assert "(node1, node2)" in f["explain"]
-    assert "the walk does not follow (netdev egress" in f["explain"]
+    assert "the walk does not follow (the arp family), tc or XDP" in f["explain"]
 
 
 @pytest.mark.parametrize("case", ["recorded", "hidden"])
