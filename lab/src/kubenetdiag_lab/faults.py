@@ -1037,19 +1037,14 @@ def _vxlan_block(ctx: FaultContext, node: LabNode, params: Params) -> None:
         _nft(ctx, node, f"table netdev {VXLAN_GUARD_TABLE} {{\n\tchain out {{\n"
                         "\t\ttype filter hook egress device \"eth0\" priority filter; "
                         f"policy accept;\n\t\tudp dport {port} drop\n\t}}\n}}\n")
-    elif params["via"] == "tc":
-        # below netfilter: a tc ingress filter on eth0 (clsact), seen by neither iptables
-        # nor nft
+    elif params["via"] in ("tc", "tc_egress"):
+        # below netfilter: a tc filter on eth0 (clsact), seen by neither iptables nor nft; on
+        # the way out (tc_egress) the node's own VXLAN never leaves, and no capture on the
+        # node sees it try
         runner = ctx.node(node)
         runner.run(["tc", "qdisc", "add", "dev", "eth0", "clsact"])
-        runner.run(["tc", "filter", "add", "dev", "eth0", "ingress", "bpf", "da", "bytecode",
-                    _tc_drop_udp(port)])
-    elif params["via"] == "tc_egress":
-        # the same program on eth0's way out: the node's own VXLAN never leaves, and no
-        # capture on the node sees it try
-        runner = ctx.node(node)
-        runner.run(["tc", "qdisc", "add", "dev", "eth0", "clsact"])
-        runner.run(["tc", "filter", "add", "dev", "eth0", "egress", "bpf", "da", "bytecode",
+        runner.run(["tc", "filter", "add", "dev", "eth0",
+                    "ingress" if params["via"] == "tc" else "egress", "bpf", "da", "bytecode",
                     _tc_drop_udp(port)])
     else:
         raise LabError("vxlan_udp_blocked: via must be input, switch, nft, prerouting, egress, "
@@ -2846,14 +2841,20 @@ def _unanswered_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
     run(["sleep", "5"])  # forty unanswered attempts in the node's table, and more coming
 
 
-def _unanswered_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    _kill_matching_in([pod.netns for pod in ctx.topology.pods] + [ctx.topology.outside_netns],
-                      f"connect-retry {OUTSIDE_HOST} {CACHE_PORT}", f"listen-stuck {CACHE_PORT} ")
-    _delete_every(ctx.runners.outside, "INPUT", CACHE_DROP)
-    # The kernel keeps an unanswered connect's entry 120 s: the next diagnosis must not see
-    # the attempts of a fault that is gone.
+def _pool_gone(ctx: FaultContext, node: LabNode, port: int) -> None:
+    """End the client pool a fault started in the node's pods towards the middleware's port,
+    and delete the node's conntrack entries for that port: the kernel keeps them up to 120 s,
+    and the next diagnosis must not see the connections of a fault that is gone."""
+    _kill_matching_in([pod.netns for pod in ctx.topology.pods],
+                      f"connect-retry {OUTSIDE_HOST} {port} ")
     ctx.node(node).run(["conntrack", "-D", "-d", OUTSIDE_HOST, "-p", "tcp", "--dport",
-                        str(CACHE_PORT)], check=False)
+                        str(port)], check=False)
+
+
+def _unanswered_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _pool_gone(ctx, node, CACHE_PORT)
+    _kill_matching_in([ctx.topology.outside_netns], f"listen-stuck {CACHE_PORT} ")
+    _delete_every(ctx.runners.outside, "INPUT", CACHE_DROP)
 
 
 register(Fault(
@@ -2899,12 +2900,8 @@ def _insert_failed_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
 
 
 def _insert_failed_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    _kill_matching_in([pod.netns for pod in ctx.topology.pods],
-                      f"connect-retry {OUTSIDE_HOST} {OUTSIDE_PORT} ")
     _ipt_delete(ctx, node, "POSTROUTING", _narrow_masquerade(node, params), table="nat")
-    # the entries holding the range's ports would outlive the fault by two minutes
-    ctx.node(node).run(["conntrack", "-D", "-d", OUTSIDE_HOST, "-p", "tcp", "--dport",
-                        str(OUTSIDE_PORT)], check=False)
+    _pool_gone(ctx, node, OUTSIDE_PORT)  # its entries hold the range's ports
 
 
 register(Fault(

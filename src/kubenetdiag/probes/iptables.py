@@ -101,22 +101,24 @@ def _option(tokens: list[str], *names: str) -> str | None:
     return None
 
 
-def _undo(probe: str, table: str, line: str, tokens: list[str]) -> str | None:
-    """The command that deletes exactly this rule: its spec as saved, `-A` made `-D`, run by
-    the binary that listed it. None where the spec did not split cleanly (an unbalanced quote):
-    a guessed split could delete another rule.
+def delete_command(binary: str, table: str, spec: str, chain: str | None = None) -> str | None:
+    """The command that deletes exactly the rule a save printed as `spec` (`-A CHAIN ...`):
+    the spec repeated with `-D`, every word shell-quoted. None where it does not split cleanly
+    (an unbalanced quote: a guessed split could delete another rule), or is not an `-A` line
+    (of `chain`, when given).
 
-    >>> _undo("iptables_legacy", "nat", "-A POSTROUTING -j MASQUERADE",
-    ...       ["-A", "POSTROUTING", "-j", "MASQUERADE"])
-    'iptables-legacy -t nat -D POSTROUTING -j MASQUERADE'
+    >>> print(delete_command("iptables-legacy", "nat", "-A POSTROUTING -m comment "
+    ...                      "--comment 'a b' -j MASQUERADE --to-ports 61000-61001"))
+    iptables-legacy -t nat -D POSTROUTING -m comment --comment 'a b' -j MASQUERADE --to-ports
+    61000-61001
     """
-    if any(c in line for c in "'\"\\"):  # only quoting can make _split guess
-        try:
-            if shlex.split(line) != tokens:
-                return None
-        except ValueError:
-            return None
-    binary = "iptables-legacy" if probe == "iptables_legacy" else "iptables"
+    try:
+        tokens = shlex.split(spec)
+    except ValueError:
+        return None
+    if len(tokens) < 3 or tokens[0] not in ("-A", "--append") or \
+            (chain is not None and tokens[1] != chain):
+        return None
     return shlex.join([binary, "-t", table, "-D", *tokens[1:]])
 
 
@@ -288,9 +290,11 @@ def parse_save(section: Section, node: str, probe: str, command: str,
                     "proto": _option(matches, "-p", "--protocol"),
                     "dport": _option(matches, "--dport", "--destination-port", "--dports"),
                     "nat_ports": nat_ports,
-                    # built only where a rule reads it: checking a quoted spec costs more than
-                    # parsing it, and kube-proxy writes tens of thousands of them
-                    "undo": _undo(probe, table, line, tokens) if nat_ports else None,
+                    # built only where a rule reads it: splitting a quoted spec again costs
+                    # more than parsing it, and kube-proxy writes tens of thousands of them
+                    "undo": delete_command(
+                        "iptables-legacy" if probe == "iptables_legacy" else "iptables",
+                        table, line) if nat_ports else None,
                     # both backends can hold a chain of the same name, and a packet crosses
                     # both: the walk must tell their rules apart
                     "backend": backend,

@@ -23,6 +23,7 @@ from kubenetdiag.facts.paths import xfrm as xfrm_paths
 from kubenetdiag.facts.paths.node import NodeView, build, pod_cidr_of
 from kubenetdiag.facts.paths.packet import Packet, addr, in_net, network, show
 from kubenetdiag.facts.paths.walk import Ending, Expect, Flow, walk
+from kubenetdiag.probes.iptables import delete_command
 
 MAX_PEERS = 32  # beyond this, a node is walked against the peers its active checks probed
 RING_PEERS = 4  # ...or, without active checks, its next nodes by name: each node is then
@@ -572,14 +573,8 @@ def undo_command(end: Ending, both_backends: bool = False) -> str | None:
             return None
         return shlex.join(["nft", "delete", "rule", family, table, end.chain, "handle",
                            str(handle)])
-    try:
-        tokens = shlex.split(end.rule)
-    except ValueError:  # an unbalanced quote: a guessed split could name another rule
-        return None
-    if len(tokens) < 3 or tokens[0] not in ("-A", "--append") or tokens[1] != end.chain:
-        return None
     binary = "iptables-legacy" if end.backend == "legacy" and both_backends else "iptables"
-    return shlex.join([binary, "-t", end.table, "-D", *tokens[1:]])
+    return delete_command(binary, end.table, end.rule, end.chain)
 
 
 def _facts_of(me: _Node, name: str, flows: list[Flow], after: _After,
