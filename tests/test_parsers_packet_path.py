@@ -114,6 +114,19 @@ def test_sysctl_forwarding_glob_stays_in_the_one_grep():
     assert {f.attrs["key"] for f in facts} >= {"net.ipv4.ip_forward"}
 
 
+def test_links_give_each_device_its_index_in_both_forms():
+    # what a pod's eth0@ifN names: the node's device with that index, its veth
+    by_mode = {}
+    for mode in ("flannel-vxlan", "calico-bgp", "flannel-host-gw"):
+        json_form, text_form = ({i["name"]: i["ifindex"] for i in kinds(
+            parse("links", f"lab-{mode}-node1-{form}"), "interface")} for form in ("json", "text"))
+        assert json_form == text_form
+        assert json_form["lo"] == 1 and len(set(json_form.values())) == len(json_form)
+        by_mode[mode] = json_form
+    assert {n: i for n, i in by_mode["flannel-vxlan"].items() if n.startswith("veth-pod")} == {
+        "veth-pod1": 4, "veth-pod2": 5}
+
+
 # ---- XDP -----------------------------------------------------------------------------------
 
 def xdp_of(name: str) -> dict[str, str | None]:

@@ -58,7 +58,7 @@ COMMAND = (
     "echo '##knd:neighbours text'; ip -4 neigh show; fi; }; " + SPEED + "; " + FDB
 )
 
-_HEAD = re.compile(r"^\d+:\s+([^:@\s]+)(?:@(\S+?))?:\s+<([^>]*)>(.*)$")
+_HEAD = re.compile(r"^(\d+):\s+([^:@\s]+)(?:@(\S+?))?:\s+<([^>]*)>(.*)$")
 _KINDS = {
     "vxlan", "veth", "bridge", "ipip", "dummy", "tun", "vlan", "bond", "macvlan", "ipvlan",
     "geneve", "wireguard", "gre", "gretap", "team", "openvswitch", "sit", "ip6tnl", "vrf",
@@ -146,6 +146,7 @@ def _from_json(text: str) -> list[dict]:
         port_state = port.get("state") if isinstance(port, dict) else None
         out.append({
             "name": d["ifname"],
+            "ifindex": d.get("ifindex") if isinstance(d.get("ifindex"), int) else None,
             "kind": kind if isinstance(kind, str) else "device",
             "mtu": d.get("mtu") if isinstance(d.get("mtu"), int) else None,
             "state": str(d.get("operstate", "UNKNOWN")),
@@ -172,8 +173,8 @@ def _from_text(lines: list[str]) -> list[dict]:
         m = _HEAD.match(segs[0])
         if not m:
             continue
-        head = m.group(4)
-        flags = m.group(3).split(",")
+        head = m.group(5)
+        flags = m.group(4).split(",")
         kind = "device"
         vxlan = ""
         # a bridge port's own segment, after its kind's: "bridge_slave state forwarding ...
@@ -191,7 +192,8 @@ def _from_text(lines: list[str]) -> list[dict]:
             kind = "device"
         vx = kind == "vxlan"
         out.append({
-            "name": m.group(1),
+            "name": m.group(2),
+            "ifindex": int(m.group(1)),
             "kind": kind,
             "mtu": to_int(_word_after(head, "mtu")),
             "state": _word_after(head, "state") or "UNKNOWN",

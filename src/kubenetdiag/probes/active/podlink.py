@@ -9,8 +9,9 @@ overhead), full-size packets from the pod are dropped while pings and handshakes
 ...        "2: eth0@if7: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP "
 ...        "mode DEFAULT qlen 1000\\\\    link/ether 5a:3c:16:00:00:01 brd ff:ff:ff:ff:ff:ff\\n")
 >>> [fact] = POD_LINK.parse(section("active.pod.link", out), None, example("cni-4f1a"))
->>> fact.kind, fact.attrs["name"], fact.attrs["mtu"], fact.attrs["vantage"]
-('pod_interface', 'eth0', 1500, 'cni-4f1a')
+>>> a = fact.attrs
+>>> fact.kind, a["name"], a["mtu"], a["vantage"], a["peer_ifindex"]
+('pod_interface', 'eth0', 1500, 'cni-4f1a', 7)
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from kubenetdiag.facts.model import Fact
 from kubenetdiag.probes.active.common import IN_POD, no_tool, source, status, vantage
 from kubenetdiag.probes.base import ActiveCheck, CheckContext, Section
 
-_LINE = re.compile(r"^\d+:\s+([^:@\s]+)(?:@\S+)?:\s+<([^>]*)>.*?\bmtu (\d+)")
+# eth0@if7: the veth's far end is interface 7 of another namespace, the node's
+_LINE = re.compile(r"^\d+:\s+([^:@\s]+)(?:@(?:if(\d+)|\S+))?:\s+<([^>]*)>.*?\bmtu (\d+)")
 
 
 def _parse(section: Section, target: Any, ctx: CheckContext) -> list[Fact]:
@@ -35,8 +37,9 @@ def _parse(section: Section, target: Any, ctx: CheckContext) -> list[Fact]:
         if not m or m.group(1) == "lo":
             continue
         out.append(Fact("pod_interface", ctx.node, {
-            "name": m.group(1), "mtu": int(m.group(3)), "up": "UP" in m.group(2).split(","),
-            "vantage": vantage(ctx, True)}, source(section)))
+            "name": m.group(1), "mtu": int(m.group(4)), "up": "UP" in m.group(3).split(","),
+            "vantage": vantage(ctx, True),
+            "peer_ifindex": int(m.group(2)) if m.group(2) else None}, source(section)))
     return out
 
 
