@@ -451,9 +451,10 @@ def _policy_table(lab: Lab) -> None:
     refused(lab, "node1", "node2")  # ICMP net unreachable from node1
 
 
-def _pods_mtu_raised(node: str, peer: str, size: int) -> Callable[[Lab], None]:
+def _big_pod_packets_vanish(node: str, peer: str, size: int) -> Callable[[Lab], None]:
     def check(lab: Lab) -> None:
-        # small packets pass; big ones, even fragmented by the pod itself, vanish
+        # small packets pass; big ones, even fragmented by the pod itself, vanish: bigger than
+        # the node's side takes (via=pod), or than the pod's own veth passes on (via=veth)
         assert pods_ok(lab, node, peer)
         cp = lab.pod_ping(node, peer, size=size, df=False, timeout=1)
         assert cp.returncode != 0 and "no reply" in cp.stdout, cp.stdout
@@ -1259,7 +1260,8 @@ VXLAN_CASES = [
     ("pod_cidr_route_missing", "device", "node2", {}, _vxlan_device_remade_without_routes),
     ("policy_route_blackhole", "rule", "node2", {}, _policy_rule),
     ("policy_route_blackhole", "table", "node1", {}, _policy_table),
-    ("mtu_mismatch", "pod", "node2", {}, _pods_mtu_raised("node2", "node1", 2000)),
+    ("mtu_mismatch", "pod", "node2", {}, _big_pod_packets_vanish("node2", "node1", 2000)),
+    ("mtu_mismatch", "veth", "node2", {}, _big_pod_packets_vanish("node2", "node1", 2000)),
     ("cni_pod_not_running", "hang", "node2", {}, _flanneld_hung),
     ("coredns_unreachable", "hang", None, {}, _coredns_hung),
     ("coredns_unreachable", "dnat", None, {}, _dns_intercepted),
@@ -1409,7 +1411,7 @@ HOSTGW_CASES = [
     ("pod_cidr_route_missing", "blackhole", "node2", {}, _hostgw_blackhole_lasts),
     ("cni_pod_not_running", "hang", "node1", {}, _hostgw_flanneld_hung),
     ("ip_forward_disabled", "interface", "node2", {}, _forwarding_per_interface),
-    ("mtu_mismatch", "pod", "node1", {}, _pods_mtu_raised("node1", "node2", 3000)),
+    ("mtu_mismatch", "pod", "node1", {}, _big_pod_packets_vanish("node1", "node2", 3000)),
     ("policy_route_blackhole", "table", "node1", {}, _policy_table),
     ("pod_bridge_down", "link", "node2", {}, _pod_bridge_off),
     ("pod_bridge_address_wrong", "stale", "node2", {}, _bridge_gateway_gone("10.244.3.1/24")),
@@ -1490,7 +1492,7 @@ CALICO_CASES = [
     ("bgp_session_down", "hang", "node2", {}, _bird_hung),
     ("cni_pod_not_running", "hang", "node1", {}, _calico_node_hung),
     ("ip_forward_disabled", "interface", "node2", {}, _cali_forwarding_off),
-    ("mtu_mismatch", "pod", "node2", {}, _pods_mtu_raised("node2", "node1", 3000)),
+    ("mtu_mismatch", "pod", "node2", {}, _big_pod_packets_vanish("node2", "node1", 3000)),
     ("policy_route_blackhole", "rule", "node2", {}, _policy_rule_over_bird),
     # the kernel drops the pod's /32 with its cali veth: the heal must write it back
     ("node_pod_link_broken", "veth", "node2", {}, _node_and_pod_apart("veth")),

@@ -1956,6 +1956,9 @@ def _healthy_mtu(cni_mode: str, dev: str) -> int:
     return {"eth0": 1500, flannel.VXLAN_DEV: cni.VXLAN_MTU}.get(dev, cni.pod_mtu(cni_mode))
 
 
+_VETH_CUT = 50  # how far below the pod's MTU via=veth sets the node's end of its veth
+
+
 def _raised_pod_mtu(cni_mode: str) -> int:
     # vxlan: the underlay's MTU, as if VXLAN's 50 bytes were forgotten; direct routing:
     # jumbo frames the underlay does not carry
@@ -1969,8 +1972,15 @@ def _mtu_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
         mtu = str(_raised_pod_mtu(ctx.topology.cni))
         for pod in ctx.topology.pods_on(node.name):
             ctx.runners.pod(pod.name).run(["ip", "link", "set", "eth0", "mtu", mtu])
+    elif params["via"] == "veth":
+        # the node's end of each pod's veth lowered, the pod's own eth0 left alone: the veth
+        # drops what the pod sends bigger than its far end takes, and a bridge (cni0) follows
+        # its smallest port down, so what peers send to the node's pods is cut too
+        mtu = str(cni.pod_mtu(ctx.topology.cni) - _VETH_CUT)
+        for pod in ctx.topology.pods_on(node.name):
+            ctx.node(node).run(["ip", "link", "set", _host_veth(ctx, pod), "mtu", mtu])
     else:
-        raise LabError("mtu_mismatch: via must be underlay or pod")
+        raise LabError("mtu_mismatch: via must be underlay, pod or veth")
 
 
 def _mtu_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -1983,6 +1993,8 @@ def _mtu_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
     healthy = str(cni.pod_mtu(ctx.topology.cni))
     for pod in ctx.topology.pods_on(node.name):
         ctx.runners.pod(pod.name).run(["ip", "link", "set", "eth0", "mtu", healthy])
+        # the bridge follows its ports back up: an MTU set on it by hand would stop that
+        ctx.node(node).run(["ip", "link", "set", _host_veth(ctx, pod), "mtu", healthy])
 
 
 register(Fault(
@@ -1992,9 +2004,11 @@ register(Fault(
     "default 1400: full-size encapsulated or DF packets from peers are dropped), or its pods' "
     "own eth0 raised above the node's side of the pod network (via=pod: 1500 on vxlan, "
     "forgetting VXLAN's 50 bytes, 9000 with direct routing: what the pods send bigger than "
-    "their veth's MTU, fragments included, is dropped)",
+    "their veth's MTU, fragments included, is dropped), or the node's end of its pods' veths "
+    "lowered 50 bytes below the pods' own (via=veth: what the pods send at full size is "
+    "dropped by the veth, and the pod bridge follows its ports down)",
     _mtu_on, _mtu_heal, {"via": "underlay", "dev": "eth0", "mtu": "1400"},
-    mechanisms={"underlay": (), "pod": ()},
+    mechanisms={"underlay": (), "pod": (), "veth": ()},
 ))
 
 
