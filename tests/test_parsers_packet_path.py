@@ -127,6 +127,15 @@ def test_links_give_each_device_its_index_in_both_forms():
         "veth-pod1": 4, "veth-pod2": 5}
 
 
+def test_links_read_the_noarp_flag_in_both_forms():
+    # a tunnel (tunl0) and an ifb carry NOARP by nature; a pod's bridge or veth never does
+    def noarp(name: str) -> set[str]:
+        return {i["name"] for i in kinds(parse("links", name), "interface") if i["noarp"]}
+    assert noarp("centos7-iproute-4.11-text") == {"tunl0"}
+    assert noarp("iproute2-6.1-xdp") == noarp("iproute2-6.1-xdp-text-form") == {"ifb0"}
+    assert not noarp("lab-flannel-vxlan-node1-json") | noarp("lab-calico-bgp-node1-text")
+
+
 # ---- XDP -----------------------------------------------------------------------------------
 
 def xdp_of(name: str) -> dict[str, str | None]:

@@ -162,6 +162,7 @@ def _from_json(text: str) -> list[dict]:
             "hairpin": hairpin if isinstance(hairpin, bool) else None,
             "port_state": clip(port_state, 20) if isinstance(port_state, str) else None,
             "promisc": "PROMISC" in flags,
+            "noarp": "NOARP" in flags,
         })
     return out
 
@@ -209,6 +210,7 @@ def _from_text(lines: list[str]) -> list[dict]:
             "hairpin": hairpin,
             "port_state": clip(_word_after(port, "state") or "", 20) or None,
             "promisc": "PROMISC" in flags,
+            "noarp": "NOARP" in flags,
         })
     return out
 
