@@ -1153,6 +1153,20 @@ def test_network_unavailable_comes_from_the_api_and_flanneld_clears_it_again(lab
             conditions["NetworkUnavailable"]["reason"]) == ("False", "FlannelIsUp"), conditions
 
 
+def _pods_lose_their_gateway(lab: Lab) -> None:
+    """cni0 with NOARP: every pod of the node and the node lose each other, with the bridge
+    up, its address and routes in place."""
+    node_ip = lab.topology.node("node2").address
+    for pod in lab.pods_on("node2"):
+        assert lab.node_exec("node2", ["ping", "-c", "1", "-W", "1", pod.ip],
+                             check=False).returncode != 0
+        assert lab.runners.pod(pod.name).run(["ping", "-c", "1", "-W", "1", node_ip],
+                                             check=False).returncode != 0
+    link = lab.node_exec("node2", ["ip", "link", "show", "cni0"]).stdout
+    assert "NOARP" in link and ",UP,LOWER_UP>" in link, link
+    assert "dev cni0 proto kernel" in lab.node_exec("node2", ["ip", "route"]).stdout
+
+
 def _node_and_pod_apart(via: str) -> Callable[[Lab], None]:
     def check(lab: Lab) -> None:
         pod = lab.pods_on("node2")[0]
@@ -1305,6 +1319,7 @@ VXLAN_CASES = [
     ("node_pod_link_broken", "veth", "node2", {}, _node_and_pod_apart("veth")),
     ("node_pod_link_broken", "filter", "node2", {}, _node_and_pod_apart("filter")),
     ("node_pod_link_broken", "port", "node2", {}, _node_and_pod_apart("port")),
+    ("node_pod_link_broken", "noarp", "node2", {}, _pods_lose_their_gateway),
     ("overlay_device_down", "link", "node2", {}, _vxlan_device_off),
     ("notrack_rule", "iptables", "node2", {}, _dns_untracked("iptables")),
     ("notrack_rule", "nft", "node2", {}, _dns_untracked("nft")),

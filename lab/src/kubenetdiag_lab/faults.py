@@ -3771,13 +3771,22 @@ def _pod_link_cut(ctx: FaultContext, node: LabNode, params: Params) -> None:
         # pod's entry for it is flushed, as it expires within a minute on its own
         _sysctl(ctx, node, f"net.ipv4.conf.{_host_veth(ctx, pod)}.proxy_arp=0")
         ctx.runners.pod(pod.name).run(["ip", "neigh", "flush", "dev", "eth0"])
+    elif params["via"] == "noarp":
+        # ARP switched off where the pod's gateway answers (cni0 for every pod of the node,
+        # the first pod's cali veth on calico): by hand, or a network manager's profile. The
+        # entries cached before are flushed, as they expire within a minute on their own.
+        dev = "cni0" if ctx.topology.cni != "calico-bgp" else _host_veth(ctx, pod)
+        ctx.node(node).run(["ip", "link", "set", dev, "arp", "off"])
+        ctx.node(node).run(["ip", "neigh", "flush", "dev", dev])
+        for each in ctx.topology.pods_on(node.name):
+            ctx.runners.pod(each.name).run(["ip", "neigh", "flush", "dev", "eth0"])
     elif params["via"] == "route":
         # calico: the pod's host route deleted (by hand, a cleanup script) with felix not
         # there to write it back: BIRD's blackhole for the node's block takes its traffic
         ctx.node(node).run(["ip", "route", "del", f"{pod.ip}/32", "dev", _host_veth(ctx, pod)])
     else:
         raise LabError("node_pod_link_broken: via must be veth, nomaster, delete, filter, "
-                       "port, proxy_arp or route")
+                       "port, proxy_arp, noarp or route")
 
 
 def _pod_link_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -3786,8 +3795,9 @@ def _pod_link_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
             ["ip", "link", "show", "eth0"], check=False).returncode != 0:
         cni.reattach_pod(node, ctx.node(node), pod)  # via=delete: its veth is gone
     veth = _host_veth(ctx, pod)
-    ctx.node(node).run(["ip", "link", "set", veth, "up"])
+    ctx.node(node).run(["ip", "link", "set", veth, "up", "arp", "on"])
     if ctx.topology.cni != "calico-bgp":
+        ctx.node(node).run(["ip", "link", "set", "cni0", "arp", "on"])
         # back in the bridge, with the hairpin mode the bridge resets when a port joins
         ctx.node(node).run(["ip", "link", "set", veth, "master", "cni0"])
         ctx.node(node).run(["bridge", "link", "set", "dev", veth, "hairpin", "on"])
@@ -3811,12 +3821,14 @@ register(Fault(
     "still passes), or its port of cni0 set disabled while its link stays up (via=port: "
     "`bridge link set dev <veth> state 0`), or proxy ARP switched off on its calico veth "
     "(via=proxy_arp: the pod's ARP for its gateway 169.254.1.1 goes unanswered), or its "
-    "host route deleted on calico (via=route: BIRD's blackhole for the block takes it)",
+    "host route deleted on calico (via=route: BIRD's blackhole for the block takes it), or "
+    "ARP switched off where the pods' gateway answers (via=noarp: cni0, so every pod of the "
+    "node, or the first pod's cali veth on calico)",
     _pod_link_cut, _pod_link_back, {"via": "veth"},
     mechanisms={"veth": (), "nomaster": ("flannel-vxlan", "flannel-host-gw"),
                 "delete": ("flannel-vxlan", "flannel-host-gw"), "filter": (),
                 "port": ("flannel-vxlan", "flannel-host-gw"), "proxy_arp": ("calico-bgp",),
-                "route": ("calico-bgp",)},
+                "route": ("calico-bgp",), "noarp": ()},
 ))
 
 
