@@ -49,7 +49,7 @@ def test_active_checks_run_in_their_declared_order():
         "ping", "mtu", "dns", "dns.outside", "http", "tcp", "nodeport", "pod.ping", "pod.link",
         "own.node_to_pod", "own.pod_to_node", "pod.dns", "pod.tcp", "capture", "ct",
         "unavailable",
-        "counters_after", "xfrm_after",
+        "counters_after", "xfrm_after", "neigh_after",
     ]
 
 
