@@ -1243,6 +1243,8 @@ VXLAN_CASES = [
      _pair_cut("node2", "node1")),
     ("underlay_route_broken", "unreachable", "node1", {"peer": "node2"},
      _pair_cut("node1", "node2")),
+    ("underlay_route_broken", "gateway", "node2", {"peer": "node1"},
+     _pair_cut("node2", "node1")),
     ("iptables_drop_rule", "peer_in", "node2", {"peer": "node1"}, _pair_cut("node2", "node1")),
     ("iptables_drop_rule", "peer_out", "node1", {"peer": "node2"}, _pair_cut("node1", "node2")),
     ("node_pod_link_broken", "nomaster", "node2", {}, _node_and_pod_apart("nomaster")),

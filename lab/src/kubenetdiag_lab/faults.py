@@ -3616,8 +3616,13 @@ register(Fault(
 
 def _route_peer_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
     peer = _entry_peer(ctx, node, params)
+    if params["via"] == "gateway":
+        # a host route through a router since retired: nothing answers its ARP any more
+        ctx.node(node).run(["ip", "route", "replace", f"{peer.address}/32",
+                            "via", RETIRED_NODE_ADDRESS, "dev", "eth0"])
+        return
     if params["via"] not in ("blackhole", "unreachable"):
-        raise LabError("underlay_route_broken: via must be blackhole or unreachable")
+        raise LabError("underlay_route_broken: via must be blackhole, unreachable or gateway")
     # a host route to "block" a machine, or one left from an old address plan
     ctx.node(node).run(["ip", "route", "replace", params["via"], f"{peer.address}/32"])
 
@@ -3627,6 +3632,10 @@ def _route_peer_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
     for peer in ctx.topology.peers(node):
         for kind in ("blackhole", "unreachable"):
             runner.run(["ip", "route", "del", kind, f"{peer.address}/32"], check=False)
+        runner.run(["ip", "route", "del", f"{peer.address}/32", "via", RETIRED_NODE_ADDRESS],
+                   check=False)
+    # the entry the unanswered ARP left, which would otherwise stay until it ages out
+    runner.run(["ip", "neigh", "del", RETIRED_NODE_ADDRESS, "dev", "eth0"], check=False)
     _pair_mended(ctx)
 
 
@@ -3635,9 +3644,10 @@ register(Fault(
     "the node's routing table stops what it sends to a peer's node address (param peer, "
     "default the first other node) with a host route in the main table: a blackhole "
     "(via=blackhole: dropped) or an unreachable route (via=unreachable: refused with an ICMP "
-    "error); the peer's own traffic still arrives",
+    "error) or a route through a gateway that no longer answers ARP (via=gateway: a retired "
+    "router's address); the peer's own traffic still arrives",
     _route_peer_off, _route_peer_on, {"via": "blackhole", "peer": ""},
-    mechanisms={"blackhole": (), "unreachable": ()},
+    mechanisms={"blackhole": (), "unreachable": (), "gateway": ()},
 ))
 
 

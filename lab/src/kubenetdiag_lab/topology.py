@@ -46,7 +46,8 @@ SERVICE_NETWORK = ip_network("10.96.0.0/12")
 OUTSIDE_NETWORK = ip_network("203.0.113.0/24")  # TEST-NET-3: documentation only
 OUTSIDE_UNDERLAY = "198.18.0.250"
 # An underlay address no lab machine holds: where a peer's VXLAN frames go after it was
-# renumbered, from an FDB entry that kept its old address (faults.vxlan_peer_entry_stale).
+# renumbered, from an FDB entry that kept its old address (faults.vxlan_peer_entry_stale), or
+# a retired router a host route still names (faults.underlay_route_broken via=gateway).
 RETIRED_NODE_ADDRESS = "198.18.0.248"
 OUTSIDE_HOST = "203.0.113.10"
 OUTSIDE_PORT = 3306
