@@ -106,7 +106,14 @@ def test_nodes_that_report_the_same_thing_share_one_copy_of_it():
     import json
     from pathlib import Path
 
-    from kubenetdiag.facts.parse import facts_from_records, node_facts, not_collected, probes_ran
+    from kubenetdiag.facts.parse import (
+        checks_not_collected,
+        checks_ran,
+        facts_from_records,
+        node_facts,
+        not_collected,
+        probes_ran,
+    )
     from kubenetdiag.facts.producers import active_kinds, derived_inputs
 
     example = Path(__file__).parent.parent / "examples" / "bundles" / "lab-three-faults"
@@ -121,11 +128,13 @@ def test_nodes_that_report_the_same_thing_share_one_copy_of_it():
                for x, y in zip(a, b, strict=True))
     # (derived kinds, path verdicts and the pod bridge among them, are made after the records
     # are read, not from one node's record; the example predates some probes: both sides
-    # expect only those its nodes ran, and say the others were not collected)
+    # expect only those its nodes ran, and say the others, passive or active, were not
+    # collected)
     ran = probes_ran(twins)
     # the active phase's facts are the node's too, read from its record's `active` part
     derived = derived_inputs().keys() | active_kinds()
     assert [f.to_dict() for f in facts if f.node == "a" and f.kind not in derived] == [
         f.to_dict() for f in node_facts(json.loads(json.dumps({**record, "name": "a"})), ran=ran)
         + not_collected("a", ran, None)
+        + checks_not_collected("a", record["active"], checks_ran(twins), None)
     ]
