@@ -1472,6 +1472,17 @@ def _bird_hung(lab: Lab) -> None:
     assert container(cni_pod(lab, "node1")) == (True, 0)
 
 
+def _bird_lost_its_peer(lab: Lab) -> None:
+    """node2's bird.conf without node1: the pair has no session and no routes to each other's
+    pods, while bird runs on both and calico-node stays Ready."""
+    _withdrawn(lab, "node1", "10.244.2.0/24")
+    _withdrawn(lab, "node2", "10.244.1.0/24")
+    assert pod_blocked(lab, "node1", "node2")
+    assert proc_states(lab, "node2")["bird"].startswith(("S", "R"))
+    assert "198.18.0.11" not in (lab.paths.node_files("node2").dir / "bird.conf").read_text()
+    assert container(cni_pod(lab, "node2")) == (True, 0)
+
+
 def _calico_node_hung(lab: Lab) -> None:
     states = proc_states(lab, "node1")
     assert states["bird"].startswith("T") and states["calico-node"].startswith("T")
@@ -1507,6 +1518,7 @@ def _blackhole_over_bird(lab: Lab) -> None:
 CALICO_CASES = [
     ("pod_cidr_route_missing", "blackhole", "node1", {}, _blackhole_over_bird),
     ("bgp_session_down", "hang", "node2", {}, _bird_hung),
+    ("bgp_session_down", "config", "node2", {}, _bird_lost_its_peer),
     ("cni_pod_not_running", "hang", "node1", {}, _calico_node_hung),
     ("ip_forward_disabled", "interface", "node2", {}, _cali_forwarding_off),
     ("mtu_mismatch", "pod", "node2", {}, _big_pod_packets_vanish("node2", "node1", 3000)),

@@ -1525,8 +1525,18 @@ def _bgp_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
             _ipt_insert(ctx, node, "INPUT", spec)
     elif params["via"] == "hang":
         _freeze(_bird_pids(node), f"bird on {node.name}")
+    elif params["via"] == "config":
+        # the peer's session gone from the node's bird.conf (a BGPPeer or node-to-node mesh
+        # setting changed, a template rendered without it): the node closes the session and
+        # refuses the peer's attempts, the peer keeps trying; each loses the other's routes
+        peer = _peer(ctx, node, params)
+        cni.reconfigure_bird(ctx.topology, node, ctx.node(node),
+                             ctx.paths.node_files(node.name), without=peer.name)
+        nodehost.wait_nodes("bird", "withdraw the peer's routes", [node],
+                            lambda _node: peer.pod_cidr not in cni.bgp_routes(node),
+                            lambda name: ctx.paths.node_files(name).dir / "bird.log", 10)
     else:
-        raise LabError("bgp_session_down: via must be stop, block or hang")
+        raise LabError("bgp_session_down: via must be stop, block, hang or config")
 
 
 def _bgp_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -1536,6 +1546,9 @@ def _bgp_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
         frozen = _thaw(_bird_pids(node))
         if not cni.bird_running(node):
             _start_bird(ctx, node)
+        else:
+            cni.reconfigure_bird(ctx.topology, node, ctx.node(node),
+                                 ctx.paths.node_files(node.name))
     _wait_bgp_settled(ctx, stale=any(blocked) or frozen)
 
 
@@ -1551,9 +1564,11 @@ register(Fault(
     "bgp_session_down",
     "the node's BGP sessions go down and its peers withdraw its pod CIDR: bird stopped "
     "(via=stop), TCP 179 dropped (via=block) or bird hung, stopped with SIGSTOP (via=hang; "
-    "both noticed after the 6 s hold time)",
-    _bgp_down, _bgp_up, {"via": "stop"}, modes=("calico-bgp",),
-    mechanisms={"stop": (), "block": (), "hang": ()},
+    "both noticed after the 6 s hold time), or a peer's session left out of the node's "
+    "bird.conf and bird told to read it (via=config, param peer, default the first other "
+    "node: that pair only, the node refusing the peer that still tries)",
+    _bgp_down, _bgp_up, {"via": "stop", "peer": ""}, modes=("calico-bgp",),
+    mechanisms={"stop": (), "block": (), "hang": (), "config": ()},
 ))
 
 
