@@ -753,6 +753,21 @@ def _vxlan_link_by_hand(lab: Lab) -> None:
     blocked_both(lab, "node1", "node2")
 
 
+def _vxlan_vni_by_hand(lab: Lab) -> None:
+    def vxlan(node: str) -> dict:
+        return json.loads(lab.node_exec(node, ["ip", "-j", "-d", "link", "show",
+                                               "flannel.1"]).stdout)[0]["linkinfo"]["info_data"]
+    mine, peer = vxlan("node2"), vxlan("node1")
+    assert (mine["id"], peer["id"]) == (2, 1)
+    assert mine["port"] == peer["port"] == 8472  # the port is right: the VNI alone differs
+    # flanneld's entries for the peer are all there
+    assert "10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink" in lab.node_exec(
+        "node2", ["ip", "route"]).stdout
+    assert "dst 198.18.0.11 self permanent" in lab.node_exec(
+        "node2", ["bridge", "fdb", "show", "dev", "flannel.1"]).stdout
+    blocked_both(lab, "node1", "node2")
+
+
 def _vxlan_port_held_on_address(lab: Lab) -> None:
     held = lab.node_exec("node2", ["ss", "-Hulnp", "sport = :8472"]).stdout
     assert "198.18.0.12:8472" in held and "pid=" in held, held
@@ -1296,6 +1311,7 @@ VXLAN_CASES = [
     ("service_no_endpoints", "selector", "node2", {}, _selector_matches_nothing),
     ("service_no_endpoints", "port", "node2", {}, _target_port_renamed),
     ("vxlan_port_mismatch", "link", "node2", {}, _vxlan_link_by_hand),
+    ("vxlan_vni_mismatch", "link", "node2", {}, _vxlan_vni_by_hand),
     ("vxlan_port_in_use", "address", "node2", {}, _vxlan_port_held_on_address),
     ("vxlan_peer_entry_missing", "neigh", "node2", {"peer": "node1"}, _vxlan_neighbour_gone),
     ("vxlan_peer_entry_stale", "mac", "node2", {"peer": "node1"}, _vxlan_entry_stale("mac")),

@@ -1215,12 +1215,13 @@ def _vxlan_device(runner: NodeRunner) -> dict[str, Any]:
 VXLAN_OLD = "flannel.old"
 
 
-def _recreate_vxlan(ctx: FaultContext, node: LabNode, port: int) -> None:
-    """Delete flannel.1 and create it again by hand on UDP `port`, as an SRE would with `ip
-    link add ... type vxlan ... dstport`, then put back what flanneld had programmed on it
-    (flanneld does not notice: it programs a peer's entries only when its lease changes,
-    and it watches only for flannel.1 being deleted). Same index, MAC, MTU, VNI, local
-    address and flags, so nothing but the port differs."""
+def _recreate_vxlan(ctx: FaultContext, node: LabNode, port: int, vni: int | None = None
+                    ) -> None:
+    """Delete flannel.1 and create it again by hand on UDP `port` (and VNI `vni`, else its
+    own), as an SRE would with `ip link add ... type vxlan id ... dstport`, then put back
+    what flanneld had programmed on it (flanneld does not notice: it programs a peer's
+    entries only when its lease changes, and it watches only for flannel.1 being deleted).
+    Same index, MAC, MTU, local address and flags, so nothing but the port or VNI differs."""
     runner = ctx.node(node)
     was = _vxlan_device(runner)
     link, info = was["link"], was["link"]["linkinfo"]["info_data"]
@@ -1232,7 +1233,7 @@ def _recreate_vxlan(ctx: FaultContext, node: LabNode, port: int) -> None:
     runner.run(["ip", "link", "del", VXLAN_OLD])
     add = ["ip", "link", "add", dev, "index", str(link["ifindex"]), "address", link["address"],
            "mtu", str(link["mtu"]), "txqueuelen", str(link.get("txqlen", 0)),
-           "type", "vxlan", "id", str(info["id"]),
+           "type", "vxlan", "id", str(info["id"] if vni is None else vni),
            "local", info["local"], "dev", info["link"], "dstport", str(port),
            "learning" if info.get("learning") else "nolearning",
            "ageing", str(info.get("ageing", 300)),
@@ -1324,6 +1325,48 @@ register(Fault(
     "8472, its FDB entries, neighbours and routes put back",
     _vxlan_port_set, _vxlan_port_heal, {"via": "netconf", "port": ""}, modes=("flannel-vxlan",),
     mechanisms={"netconf": (), "link": ()},
+))
+
+
+# ---- the VXLAN network number ---------------------------------------------------------------
+
+OTHER_VNI = 2  # what via=link gives flannel.1 by default: flannel's default is 1
+
+
+def _vxlan_vni(runner: NodeRunner) -> int | None:
+    link = json.loads(runner.run(["ip", "-j", "-d", "link", "show", flannel.VXLAN_DEV],
+                                 check=False).stdout or "[{}]")[0]
+    return link.get("linkinfo", {}).get("info_data", {}).get("id")
+
+
+def _vni_set(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] != "link":
+        raise LabError("vxlan_vni_mismatch: via must be link")
+    vni = int(params["vni"] or OTHER_VNI)
+    if vni == flannel.VXLAN_VNI or not 0 < vni < 1 << 24:
+        raise LabError(f"vxlan_vni_mismatch: vni must be 1 to 16777215 and not "
+                       f"{flannel.VXLAN_VNI}, got {vni}")
+    # flannel.1 replaced by hand with another `id` under a running flanneld whose
+    # configuration still says VNI 1, its FDB entries, neighbours and routes put back
+    _recreate_vxlan(ctx, node, ctx.active.vxlan_port(node.name), vni)
+    if _vxlan_vni(ctx.node(node)) != vni:
+        raise LabError(f"vxlan_vni_mismatch: flannel.1 on {node.name} is not on VNI {vni}")
+
+
+def _vni_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    ctx.node(node).run(["ip", "link", "del", VXLAN_OLD], check=False)  # an inject cut short
+    if _vxlan_vni(ctx.node(node)) not in (flannel.VXLAN_VNI, None):
+        _recreate_vxlan(ctx, node, ctx.active.vxlan_port(node.name), flannel.VXLAN_VNI)
+
+
+register(Fault(
+    "vxlan_vni_mismatch",
+    "the node's flannel.1 replaced by hand with another VXLAN network number than its "
+    "peers' 1 (via=link, param vni, default 2) under a running flanneld whose configuration "
+    "still says 1, its FDB entries, neighbours and routes put back: the port is right, and "
+    "every frame between the node and its peers is dropped on arrival",
+    _vni_set, _vni_heal, {"via": "link", "vni": ""}, modes=("flannel-vxlan",),
+    mechanisms={"link": ()},
 ))
 
 

@@ -44,6 +44,7 @@ BINARY = "flanneld"
 ARGV0 = "/opt/bin/flanneld"  # the path kube-flannel.yml's container runs
 VXLAN_DEV = "flannel.1"
 VXLAN_PORT = 8472  # the kernel's default VXLAN port, which flannel uses when none is set
+VXLAN_VNI = 1  # flannel's default network number (Backend.VNI)
 START_TIMEOUT = 60.0
 
 
