@@ -36,9 +36,12 @@ def census_facts(facts: Sequence[Fact]) -> list[Fact]:
             holders[("active_cni", "", kind)].add(f.node)
     for f in picked["interface"]:
         a = f.attrs
-        port, mtu = a.get("vxlan_port"), a.get("mtu")
-        if a.get("kind") == "vxlan" and type(port) is int and isinstance(a.get("name"), str):
-            holders[("vxlan_port", a["name"], port)].add(f.node)  # type: ignore[index]
+        port, vni, mtu = a.get("vxlan_port"), a.get("vxlan_id"), a.get("mtu")
+        if a.get("kind") == "vxlan" and isinstance(a.get("name"), str):
+            if type(port) is int:
+                holders[("vxlan_port", a["name"], port)].add(f.node)
+            if type(vni) is int:
+                holders[("vxlan_vni", a["name"], vni)].add(f.node)
         if type(mtu) is int and address.get(f.node) in interface_ips(a.get("addresses")):
             holders[("underlay_mtu", "", mtu)].add(f.node)
     out = []
