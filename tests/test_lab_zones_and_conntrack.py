@@ -74,8 +74,10 @@ def _uplink_full(lab: Lab) -> None:
     time.sleep(2)
     rate = (_tx_bytes(lab, "node2") - before) * 8 / (time.monotonic() - started)
     assert 7_000_000 <= rate <= 9_000_000, rate
+    # a full queue also drops what does not fit: some replies are lost (3 of 10 in one CI
+    # run), those that come back waited in it
     samples = rtts(lab, "node1", "node2")
-    assert len(samples) >= 8 and statistics.median(samples) >= 2 * RULE_FLOOR_MS, samples
+    assert len(samples) >= 5 and statistics.median(samples) >= 2 * RULE_FLOOR_MS, samples
 
 
 def test_a_full_uplink_delays_everything_the_node_sends_and_heals_exactly(lab):
