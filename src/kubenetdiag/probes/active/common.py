@@ -31,6 +31,33 @@ def status(ctx: CheckContext, section: Section, state: str, reason: str, blocks:
                 source(section))
 
 
+def ip_listing(args: str, keep: str) -> str:
+    """A node script for an after-check: `ip ARGS` piped through `keep` (a filter that bounds
+    what is printed), ended by a mark so a cut output is not read as an empty listing. Exit
+    127 without ip; on ip's own failure, the first line of its complaint as `msg ...`."""
+    return (
+        "command -v ip >/dev/null 2>&1 || { echo 'kubenetdiag: ip: command not found'; "
+        "exit 127; }; "
+        f"s=$(ip {args} 2>&1) || "
+        "{ printf 'msg %s\\n' \"$(printf %s \"$s\" | head -n 1)\"; exit 1; }; "
+        f"printf '%s\\n' \"$s\" | {keep}; echo knd-done"
+    )
+
+
+def ip_listed(section: Section, ctx: CheckContext, blocks: str) -> tuple[list[str], list[Fact]]:
+    """The lines an ip_listing printed before its end mark, or none and the probe_status that
+    says why: no ip, ip's complaint, or an output cut short."""
+    text = section.stdout
+    if section.exit_code == 127:
+        return [], [status(ctx, section, "missing_tool", text.strip()[:300], blocks)]
+    lines = text.splitlines()
+    if section.exit_code != 0 or "knd-done" not in lines:
+        reason = next((x[4:] for x in lines if x.startswith("msg ")),
+                      (text.strip().splitlines() or ["no output"])[0])
+        return [], [status(ctx, section, "failed", reason[:300], blocks)]
+    return lines[:lines.index("knd-done")], []
+
+
 def no_tool(section: Section) -> bool:
     """The node had no tool for the check (the script's exit 127)."""
     return section.exit_code == 127

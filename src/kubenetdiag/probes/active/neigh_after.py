@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubenetdiag.facts.model import Fact
-from kubenetdiag.probes.active.common import source, status
+from kubenetdiag.probes.active.common import ip_listed, ip_listing, source
 from kubenetdiag.probes.active.plan import NodePlan
 from kubenetdiag.probes.base import ActiveCheck, CheckContext, Section
 from kubenetdiag.probes.text import clip
@@ -30,26 +30,15 @@ UNANSWERED = frozenset({"FAILED", "INCOMPLETE"})
 
 
 def _command(plan: NodePlan) -> str:
-    return (
-        "command -v ip >/dev/null 2>&1 || { echo 'kubenetdiag: ip: command not found'; "
-        "exit 127; }; "
-        "s=$(ip -4 neigh show nud failed nud incomplete 2>&1) || "
-        "{ printf 'msg %s\\n' \"$(printf %s \"$s\" | head -n 1)\"; exit 1; }; "
-        f"printf '%s\\n' \"$s\" | head -n {MAX_ENTRIES}; echo knd-done"
-    )
+    return ip_listing("-4 neigh show nud failed nud incomplete", f"head -n {MAX_ENTRIES}")
 
 
 def parse(section: Section, target: Any, ctx: CheckContext) -> list[Fact]:
-    text = section.stdout
-    if section.exit_code == 127:
-        return [status(ctx, section, "missing_tool", text.strip()[:300], _blocks(target))]
-    lines = text.splitlines()
-    if section.exit_code != 0 or "knd-done" not in lines:
-        reason = next((x[4:] for x in lines if x.startswith("msg ")),
-                      (text.strip().splitlines() or ["no output"])[0])
-        return [status(ctx, section, "failed", reason[:300], _blocks(target))]
+    lines, problem = ip_listed(section, ctx, _blocks(target))
+    if problem:
+        return problem
     facts = []
-    for line in lines[:lines.index("knd-done")]:
+    for line in lines:
         words = line.split()
         # "ADDR dev DEV [router] STATE": an old ip prints no filter, so the state is checked
         if (len(words) < 4 or words[1] != "dev" or words[0].count(".") != 3

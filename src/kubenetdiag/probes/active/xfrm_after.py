@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubenetdiag.facts.model import Fact
-from kubenetdiag.probes.active.common import source, status
+from kubenetdiag.probes.active.common import ip_listed, ip_listing, source
 from kubenetdiag.probes.active.plan import NodePlan
 from kubenetdiag.probes.base import ActiveCheck, CheckContext, Section, quoted
 from kubenetdiag.probes.xfrm import read_states
@@ -45,26 +45,15 @@ _AWK = r"""
 
 
 def _command(plan: NodePlan) -> str:
-    awk = f"awk -v MAX={MAX_ENTRIES} {quoted(_AWK)}"
-    return (
-        "command -v ip >/dev/null 2>&1 || { echo 'kubenetdiag: ip: command not found'; "
-        "exit 127; }; "
-        "s=$(ip xfrm state list nokeys 2>&1) || "
-        "{ printf 'msg %s\\n' \"$(printf %s \"$s\" | head -n 1)\"; exit 1; }; "
-        f"printf '%s\\n' \"$s\" | {awk}; echo knd-done"
-    )
+    return ip_listing("xfrm state list nokeys",
+                      f"awk -v MAX={MAX_ENTRIES} {quoted(_AWK)}")
 
 
 def parse(section: Section, target: Any, ctx: CheckContext) -> list[Fact]:
-    text = section.stdout
-    if section.exit_code == 127:
-        return [status(ctx, section, "missing_tool", text.strip()[:300], _blocks(target))]
-    lines = text.splitlines()
-    if section.exit_code != 0 or "knd-done" not in lines:
-        reason = next((x[4:] for x in lines if x.startswith("msg ")),
-                      (text.strip().splitlines() or ["no output"])[0])
-        return [status(ctx, section, "failed", reason[:300], _blocks(target))]
-    states = read_states(lines[:lines.index("knd-done")], [])
+    lines, problem = ip_listed(section, ctx, _blocks(target))
+    if problem:
+        return problem
+    states = read_states(lines, [])
     return [Fact("xfrm_acquire", ctx.node, {
         "src": x["src"], "dst": x["dst"], "proto": x["proto"], "reqid": x["reqid"],
         "mode": x["mode"]}, source(section))
