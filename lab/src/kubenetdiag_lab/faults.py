@@ -1333,12 +1333,6 @@ register(Fault(
 OTHER_VNI = 2  # what via=link gives flannel.1 by default: flannel's default is 1
 
 
-def _vxlan_vni(runner: NodeRunner) -> int | None:
-    link = json.loads(runner.run(["ip", "-j", "-d", "link", "show", flannel.VXLAN_DEV],
-                                 check=False).stdout or "[{}]")[0]
-    return link.get("linkinfo", {}).get("info_data", {}).get("id")
-
-
 def _vni_set(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if params["via"] != "link":
         raise LabError("vxlan_vni_mismatch: via must be link")
@@ -1349,13 +1343,13 @@ def _vni_set(ctx: FaultContext, node: LabNode, params: Params) -> None:
     # flannel.1 replaced by hand with another `id` under a running flanneld whose
     # configuration still says VNI 1, its FDB entries, neighbours and routes put back
     _recreate_vxlan(ctx, node, ctx.active.vxlan_port(node.name), vni)
-    if _vxlan_vni(ctx.node(node)) != vni:
+    if flannel.vxlan_vni(ctx.node(node)) != vni:
         raise LabError(f"vxlan_vni_mismatch: flannel.1 on {node.name} is not on VNI {vni}")
 
 
 def _vni_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
     ctx.node(node).run(["ip", "link", "del", VXLAN_OLD], check=False)  # an inject cut short
-    if _vxlan_vni(ctx.node(node)) not in (flannel.VXLAN_VNI, None):
+    if flannel.vxlan_vni(ctx.node(node)) not in (flannel.VXLAN_VNI, None):
         _recreate_vxlan(ctx, node, ctx.active.vxlan_port(node.name), flannel.VXLAN_VNI)
 
 

@@ -166,11 +166,20 @@ def restart(topology: Topology, paths: LabPaths, node: LabNode, runner: NodeRunn
     wait_programmed(topology, paths, [node], lambda _node: runner, since)
 
 
-def vxlan_port(runner: NodeRunner) -> int | None:
-    """The UDP port of the node's flannel.1, or None without one."""
+def _vxlan_info(runner: NodeRunner) -> Mapping[str, Any]:
+    """The VXLAN attributes of the node's flannel.1 (`ip -d`'s info_data), empty without one."""
     out = runner.run(["ip", "-j", "-d", "link", "show", VXLAN_DEV], check=False).stdout
     try:
-        info: Mapping[str, Any] = json.loads(out)[0]["linkinfo"]["info_data"]
+        return json.loads(out)[0]["linkinfo"]["info_data"]
     except (ValueError, LookupError, TypeError):
-        return None
-    return int(info.get("port", 0)) or None
+        return {}
+
+
+def vxlan_port(runner: NodeRunner) -> int | None:
+    """The UDP port of the node's flannel.1, or None without one."""
+    return int(_vxlan_info(runner).get("port", 0)) or None
+
+
+def vxlan_vni(runner: NodeRunner) -> int | None:
+    """The VXLAN network number of the node's flannel.1, or None without one."""
+    return int(_vxlan_info(runner).get("id", 0)) or None
