@@ -130,13 +130,13 @@ def test_an_older_bundle_says_not_collected_by_that_version(tmp_path, ruleset):
     # it declared no endpoint: that branch is not checked (said once, for the cluster), which
     # is not a probe the older version lacked
     assert missing.pop(("cluster", "active.endpoints"))["status"] == "not_queried"
-    # five passive probes, and the active checks its plans had a target for (the pod's link,
-    # the pod's own resolver, the conntrack counts toward the DNS VIP, the node and its own
+    # five passive probes, and the active checks its plans had a target for (the pod's link
+    # and routes, the pod's own resolver, the conntrack counts toward the DNS VIP, the node and its own
     # pod pinging each other, the DROP counters and the unanswered ARP entries read after the
     # checks)
     assert set(missing) == {(n, p) for n in ("node1", "node2", "node3")
                             for p in ("ip_rule", "tc", "ipsets", "xfrm", "cni_results",
-                                      "active.pod.link",
+                                      "active.pod.link", "active.pod.route",
                                       "active.pod.dns", "active.ct", "active.own.node_to_pod",
                                       "active.own.pod_to_node", "active.counters_after",
                                       "active.neigh_after")}

@@ -47,7 +47,7 @@ def test_passive_probes_run_in_their_declared_order():
 def test_active_checks_run_in_their_declared_order():
     assert [c.name for c in checks()] == [
         "ping", "mtu", "dns", "dns.outside", "http", "tcp", "nodeport", "pod.ping", "pod.link",
-        "own.node_to_pod", "own.pod_to_node", "pod.dns", "pod.tcp", "capture", "ct",
+        "pod.route", "own.node_to_pod", "own.pod_to_node", "pod.dns", "pod.tcp", "capture", "ct",
         "unavailable",
         "counters_after", "xfrm_after", "neigh_after",
     ]
@@ -86,8 +86,8 @@ def test_every_planned_section_finds_its_check_and_target():
             assert check.target(ctx.plan, suffix) == target
     assert [cid for cid, _ in jobs(ctx.plan)] == [
         "ping.pod.0", "ping.underlay.0", "mtu.0.0", "mtu.1.0", "dns.0", "http.0", "tcp.0",
-        "nodeport.0", "pod.ping.pod.0", "pod.link", "own.node_to_pod", "own.pod_to_node", "pod.dns",
-        "pod.tcp.0", "ct.dns.0",
+        "nodeport.0", "pod.ping.pod.0", "pod.link", "pod.route", "own.node_to_pod",
+        "own.pod_to_node", "pod.dns", "pod.tcp.0", "ct.dns.0",
     ]
     around = window_check(ctx.plan)
     assert around is not None and around[0].name == "capture"

@@ -275,6 +275,8 @@ BLOCKS_ZH = {
         "拦截流量或要求流量走 IPsec 的 IPsec（xfrm）策略",
     "whether the IPsec SAs negotiated on demand came up for the checks' traffic":
         "按需协商的 IPsec SA 是否为检查的流量建立起来",
+    "the pod's own routes (a pod made without a default route)":
+        "Pod 自己的路由（创建时没有默认路由的 Pod）",
     "which addresses the node asked ARP for in vain during the checks":
         "检查期间节点通过 ARP 询问却没有得到回应的地址",
     "VXLAN direction (tcpdump)": "VXLAN 收发方向（tcpdump）",

@@ -72,7 +72,7 @@ def _destination(word: str) -> bool:
     return True
 
 
-def _from_text(lines: list[str], unread: list[str]) -> list[tuple[dict, str]]:
+def from_text(lines: list[str], unread: list[str]) -> list[tuple[dict, str]]:
     """Routes from `ip route` text. A multipath route is its first line followed by one
     indented `nexthop ...` line per path (BIRD's ECMP routes, as Calico installs them). A line
     that is neither goes to `unread`."""
@@ -187,7 +187,7 @@ def parse(section: Section, node: str) -> list[Fact]:
         if fmt == "json":
             routes.extend(_from_json("\n".join(lines), unread))
         else:
-            routes.extend(_from_text(lines, unread))
+            routes.extend(from_text(lines, unread))
     facts = []
     command, code = "ip -j -4 route show table all", section.exit_code
     for route, raw in routes:

@@ -31,14 +31,16 @@ def status(ctx: CheckContext, section: Section, state: str, reason: str, blocks:
                 source(section))
 
 
-def ip_listing(args: str, keep: str) -> str:
-    """A node script for an after-check: `ip ARGS` piped through `keep` (a filter that bounds
-    what is printed), ended by a mark so a cut output is not read as an empty listing. Exit
-    127 without ip; on ip's own failure, the first line of its complaint as `msg ...`."""
+def ip_listing(args: str, keep: str, in_pod: bool = False) -> str:
+    """A node script: `ip ARGS` (inside the pod's namespace with `in_pod`) piped through `keep`
+    (a filter that bounds what is printed), ended by a mark so a cut output is not read as an
+    empty listing. Exit 127 without ip or pod; on ip's own failure, the first line of its
+    complaint as `msg ...`."""
     return (
-        "command -v ip >/dev/null 2>&1 || { echo 'kubenetdiag: ip: command not found'; "
+        (IN_POD.replace("$__inpod ", "") if in_pod else "")
+        + "command -v ip >/dev/null 2>&1 || { echo 'kubenetdiag: ip: command not found'; "
         "exit 127; }; "
-        f"s=$(ip {args} 2>&1) || "
+        f"s=$({'$__inpod ' if in_pod else ''}ip {args} 2>&1) || "
         "{ printf 'msg %s\\n' \"$(printf %s \"$s\" | head -n 1)\"; exit 1; }; "
         f"printf '%s\\n' \"$s\" | {keep}; echo knd-done"
     )
