@@ -1160,6 +1160,39 @@ def test_a_deleted_pod_veth_takes_the_pods_end_along_and_the_heal_attaches_it_ag
     assert lab.node_exec("node2", ["ping", "-c", "1", "-W", "1", pod.ip]).returncode == 0
 
 
+def test_a_pod_made_again_without_isDefaultGateway_has_no_default_route_until_healed(lab):
+    """node_pod_link_broken via=gateway: the real flannel and bridge plugins, under a conflist
+    whose delegate lacks isDefaultGateway, give the pod flannel's route for the pod network
+    and no default route. Like via=delete, the heal attaches the pod again (a new veth name),
+    so it is judged by what the pod can reach, not link by link."""
+    pod = lab.pods_on("node2")[0]
+    node = lab.runners.node("node2")
+    node_ip = lab.topology.node("node2").address
+    conflist = "/etc/cni/net.d/10-flannel.conflist"
+    try:
+        lab.inject("node_pod_link_broken", "node2", {"via": "gateway"})
+        routes = lab.runners.pod(pod.name).run(["ip", "-4", "route"]).stdout
+        assert "default" not in routes and "10.244.0.0/16 via 10.244.2.1" in routes, routes
+        assert "isDefaultGateway" not in node.shell(f"cat {conflist}").stdout
+        # its node is out of reach (its own kernel refuses), pods on other nodes are not
+        ping = lab.runners.pod(pod.name).run(["ping", "-c", "1", "-W", "1", node_ip],
+                                             check=False)
+        assert ping.returncode != 0 and "unreachable" in ping.stdout + ping.stderr
+        assert lab.node_exec("node2", ["ping", "-c", "1", "-W", "1", pod.ip]).returncode == 0
+        assert pods_ok(lab, "node2", "node1")
+        forget_faults(lab)  # blind: the heal finds the pod without its default route
+        lab.heal("node_pod_link_broken", "node2")
+    finally:
+        lab.heal()
+    routes = lab.runners.pod(pod.name).run(["ip", "-4", "route"]).stdout
+    assert "default via 10.244.2.1 dev eth0" in routes, routes
+    assert '"isDefaultGateway": true' in node.shell(f"cat {conflist}").stdout
+    leases = set(node.shell("ls /var/lib/cni/networks/cbr0").stdout.split())
+    assert leases - {"lock", "last_reserved_ip.0"} == {p.ip for p in lab.pods_on("node2")}
+    assert lab.runners.pod(pod.name).run(["ping", "-c", "1", "-W", "1", node_ip]).returncode == 0
+    assert pods_ok(lab) and pods_ok(lab, "node2", "node1") and dns_ok(lab, "node2")
+
+
 def test_network_unavailable_comes_from_the_api_and_flanneld_clears_it_again(lab):
     proven(lab, "node_network_unavailable", "node2", {"via": "route"}, _network_reported_down)
     conditions = {c["type"]: c for c in api(lab, "/api/v1/nodes/node2")["status"]["conditions"]}

@@ -3846,16 +3846,26 @@ def _pod_link_cut(ctx: FaultContext, node: LabNode, params: Params) -> None:
         # calico: the pod's host route deleted (by hand, a cleanup script) with felix not
         # there to write it back: BIRD's blackhole for the node's block takes its traffic
         ctx.node(node).run(["ip", "route", "del", f"{pod.ip}/32", "dev", _host_veth(ctx, pod)])
+    elif params["via"] == "gateway":
+        # the node's conflist replaced by a copy whose delegate lacks isDefaultGateway, and
+        # the pod made again with it (a restart, a new sandbox): the real flannel and bridge
+        # plugins give it flannel's route for the pod network and no default route
+        _write_cni_config(ctx, node, k8s_objects.flannel_cni_conf(default_gateway=False))
+        cni.reattach_pod(node, ctx.node(node), pod)
     else:
         raise LabError("node_pod_link_broken: via must be veth, nomaster, delete, filter, "
-                       "port, proxy_arp, noarp or route")
+                       "port, proxy_arp, noarp, route or gateway")
 
 
 def _pod_link_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
     pod = _first_pod(ctx, node)
-    if ctx.topology.cni.startswith("flannel") and ctx.runners.pod(pod.name).run(
-            ["ip", "link", "show", "eth0"], check=False).returncode != 0:
-        cni.reattach_pod(node, ctx.node(node), pod)  # via=delete: its veth is gone
+    if ctx.topology.cni.startswith("flannel") and (ctx.runners.pod(pod.name).run(
+            ["ip", "link", "show", "eth0"], check=False).returncode != 0
+            or not ctx.runners.pod(pod.name).run(["ip", "-4", "route", "show", "default"])
+            .stdout.strip()):
+        # via=delete: its veth is gone; via=gateway: made without a default route
+        _write_cni_config(ctx, node, k8s_objects.flannel_cni_conf())
+        cni.reattach_pod(node, ctx.node(node), pod)
     veth = _host_veth(ctx, pod)
     ctx.node(node).run(["ip", "link", "set", veth, "up", "arp", "on"])
     if ctx.topology.cni != "calico-bgp":
@@ -3885,12 +3895,16 @@ register(Fault(
     "(via=proxy_arp: the pod's ARP for its gateway 169.254.1.1 goes unanswered), or its "
     "host route deleted on calico (via=route: BIRD's blackhole for the block takes it), or "
     "ARP switched off where the pods' gateway answers (via=noarp: cni0, so every pod of the "
-    "node, or the first pod's cali veth on calico)",
+    "node, or the first pod's cali veth on calico), or the pod made again under a copy of "
+    "flannel's conflist without isDefaultGateway (via=gateway: it gets flannel's route for "
+    "the pod network and no default route, so its node, Services and the outside are "
+    "unreachable from it)",
     _pod_link_cut, _pod_link_back, {"via": "veth"},
     mechanisms={"veth": (), "nomaster": ("flannel-vxlan", "flannel-host-gw"),
                 "delete": ("flannel-vxlan", "flannel-host-gw"), "filter": (),
                 "port": ("flannel-vxlan", "flannel-host-gw"), "proxy_arp": ("calico-bgp",),
-                "route": ("calico-bgp",), "noarp": ()},
+                "route": ("calico-bgp",), "noarp": (),
+                "gateway": ("flannel-vxlan", "flannel-host-gw")},
 ))
 
 
@@ -3980,11 +3994,14 @@ def _cni_config_gone(ctx: FaultContext, node: LabNode, params: Params) -> None:
         raise LabError("cni_config_missing: via must be moved, deleted or truncated")
 
 
+def _write_cni_config(ctx: FaultContext, node: LabNode, text: str) -> None:
+    conf = shlex.quote(CNI_CONFIG)
+    ctx.node(node).shell(f"rm -f {conf}.bak; printf %s {shlex.quote(text)} > {conf}")
+
+
 def _cni_config_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
     # what flannel's install-cni container writes when its pod starts again
-    conf = shlex.quote(CNI_CONFIG)
-    text = shlex.quote(k8s_objects.flannel_cni_conf())
-    ctx.node(node).shell(f"rm -f {conf}.bak; printf %s {text} > {conf}")
+    _write_cni_config(ctx, node, k8s_objects.flannel_cni_conf())
 
 
 register(Fault(

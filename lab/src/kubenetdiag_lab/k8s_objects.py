@@ -427,15 +427,18 @@ def flannel_net_conf(pod_network: str, backend: str, port: int | None = None) ->
     return {"Network": pod_network, "EnableNFTables": False, "Backend": conf_backend}
 
 
-def flannel_cni_conf() -> str:
+def flannel_cni_conf(default_gateway: bool = True) -> str:
     """kube-flannel.yml's cni-conf.json, which its install-cni container copies to each node's
     /etc/cni/net.d/10-flannel.conflist: the network cbr0, the flannel plugin (delegating to
-    the bridge plugin) and portmap."""
+    the bridge plugin) and portmap. Without `default_gateway`, the delegate lacks
+    isDefaultGateway, as in hand-written or old copies: the bridge plugin then gives a pod no
+    default route, only flannel's route for the pod network."""
+    delegate = {"hairpinMode": True, **({"isDefaultGateway": True} if default_gateway else {})}
     conf = {
         "name": "cbr0",
         "cniVersion": "0.3.1",
         "plugins": [
-            {"type": "flannel", "delegate": {"hairpinMode": True, "isDefaultGateway": True}},
+            {"type": "flannel", "delegate": delegate},
             {"type": "portmap", "capabilities": {"portMappings": True}},
         ],
     }
