@@ -1,4 +1,5 @@
-"""Census facts: for settings every node should share, how many nodes hold each value.
+"""Census facts: for settings every node should share, how many nodes hold each value (and
+for values each node should hold alone, those two nodes or more share).
 
 A rule that finds the odd node out by comparing it with two agreeing peers joins every node
 with every pair of others: at 5,000 nodes that was most of the engine's time. Counting here, in
@@ -19,6 +20,9 @@ CONTEXT: tuple[str, ...] = ()
 PRODUCES: tuple[str, ...] = ("census",)
 PROBE = "census"  # the evidence's source: facts computed here, from other facts
 COMMAND = "every node's settings, side by side"
+# Counted the other way round: values every node should hold alone (a VXLAN device's MAC,
+# which peers map to that one node), kept only when two nodes or more share one.
+UNIQUE = frozenset({"vxlan_mac"})
 
 
 def census_facts(facts: Sequence[Fact]) -> list[Fact]:
@@ -36,17 +40,21 @@ def census_facts(facts: Sequence[Fact]) -> list[Fact]:
             holders[("active_cni", "", kind)].add(f.node)
     for f in picked["interface"]:
         a = f.attrs
-        port, vni, mtu = a.get("vxlan_port"), a.get("vxlan_id"), a.get("mtu")
+        port, vni, mtu, mac = a.get("vxlan_port"), a.get("vxlan_id"), a.get("mtu"), a.get("mac")
         if a.get("kind") == "vxlan" and isinstance(a.get("name"), str):
             if type(port) is int:
                 holders[("vxlan_port", a["name"], port)].add(f.node)
             if type(vni) is int:
                 holders[("vxlan_vni", a["name"], vni)].add(f.node)
+            if isinstance(mac, str) and mac.strip("0:"):
+                holders[("vxlan_mac", a["name"], mac)].add(f.node)
         if type(mtu) is int and address.get(f.node) in interface_ips(a.get("addresses")):
             holders[("underlay_mtu", "", mtu)].add(f.node)
     out = []
     for (of, group, value), nodes in sorted(holders.items(), key=lambda kv: (
             kv[0][0], kv[0][1], str(kv[0][2]))):
+        if of in UNIQUE and len(nodes) < 2:
+            continue  # a value each node should hold alone: only the shared ones say anything
         names = sorted(nodes)
         shown = ", ".join(names[:SAMPLE])
         if len(names) > SAMPLE:
