@@ -225,7 +225,7 @@ def expected(spec, topology, node: str, params: dict[str, str]) -> list[tuple[st
     """(fault, node) for each node a diagnosis should name: the node the fault is placed on,
     or those its spec blames (a policy breaks flows on the nodes of the pods it selects)."""
     merged = {**spec.params, **params}
-    nodes = spec.blamed_nodes(topology, merged) if spec.blamed_nodes else [node]
+    nodes = spec.blamed_nodes(topology, node, merged) if spec.blamed_nodes else [node]
     return [(spec.name, n) for n in nodes]
 
 

@@ -768,6 +768,19 @@ def _vxlan_vni_by_hand(lab: Lab) -> None:
     blocked_both(lab, "node1", "node2")
 
 
+def _vtep_mac_shared(lab: Lab) -> None:
+    def mac(node: str) -> str:
+        return json.loads(lab.node_exec(node, ["ip", "-j", "link", "show", "flannel.1"]
+                                        ).stdout)[0]["address"]
+    shared = mac("node1")
+    assert mac("node2") == shared
+    # node2's flanneld announced it, and node1's took it for node2's VTEP
+    assert f"10.244.2.0 lladdr {shared} " in lab.node_exec(
+        "node1", ["ip", "neigh", "show", "dev", "flannel.1"]).stdout
+    # each drops the other's frames: they arrive with its own MAC as their source
+    blocked_both(lab, "node1", "node2")
+
+
 def _vxlan_port_held_on_address(lab: Lab) -> None:
     held = lab.node_exec("node2", ["ss", "-Hulnp", "sport = :8472"]).stdout
     assert "198.18.0.12:8472" in held and "pid=" in held, held
@@ -1345,6 +1358,7 @@ VXLAN_CASES = [
     ("service_no_endpoints", "port", "node2", {}, _target_port_renamed),
     ("vxlan_port_mismatch", "link", "node2", {}, _vxlan_link_by_hand),
     ("vxlan_vni_mismatch", "link", "node2", {}, _vxlan_vni_by_hand),
+    ("vxlan_mac_duplicate", "clone", "node2", {}, _vtep_mac_shared),
     ("vxlan_port_in_use", "address", "node2", {}, _vxlan_port_held_on_address),
     ("vxlan_peer_entry_missing", "neigh", "node2", {"peer": "node1"}, _vxlan_neighbour_gone),
     ("vxlan_peer_entry_stale", "mac", "node2", {"peer": "node1"}, _vxlan_entry_stale("mac")),

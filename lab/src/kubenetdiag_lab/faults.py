@@ -213,7 +213,7 @@ class Fault:
     proxy_modes: tuple[str, ...] = ()
     # The nodes a diagnosis should name for it, when not only the node it is placed on: a
     # cluster-wide change (a NetworkPolicy) breaks flows on the nodes of the pods it selects.
-    blamed_nodes: Callable[[Topology, Params], list[str]] | None = None
+    blamed_nodes: Callable[[Topology, str, Params], list[str]] | None = None
 
     def __post_init__(self) -> None:
         if self.mechanisms and self.params.get("via") not in self.mechanisms:
@@ -1546,6 +1546,97 @@ register(Fault(
 ))
 
 
+# ---- two nodes' VXLAN devices with one MAC -----------------------------------------------------
+
+VTEP_MAC_SAVED = "vtep-mac-own"  # the node's own flannel.1 MAC, kept while a peer's is on it
+VTEP_ANNOUNCED_S = 20.0  # peers' flanneld follow a node's new VtepMAC within a few seconds
+
+
+def _vtep_mac(ctx: FaultContext, node: LabNode) -> str:
+    link = json.loads(ctx.node(node).run(["ip", "-j", "link", "show", flannel.VXLAN_DEV]
+                                         ).stdout)[0]
+    return str(link["address"])
+
+
+def _vtep_announced(ctx: FaultContext, node: LabNode, mac: str) -> None:
+    """Wait until every other node's flanneld has the node's VTEP at `mac` (its neighbour
+    entry), as it programs it from the node's announcement in the API."""
+    vtep = node.pod_cidr.split("/")[0]
+    deadline = time.monotonic() + VTEP_ANNOUNCED_S
+    for other in ctx.topology.peers(node):
+        while f"lladdr {mac} " not in ctx.node(other).run(
+                ["ip", "neigh", "show", vtep, "dev", flannel.VXLAN_DEV]).stdout + " ":
+            if time.monotonic() > deadline:
+                raise LabError(f"vxlan_mac_duplicate: {other.name} did not take {node.name}'s "
+                               f"VTEP MAC {mac} within {VTEP_ANNOUNCED_S:.0f} s")
+            time.sleep(0.2)
+
+
+def _vtep_mac_set(ctx: FaultContext, node: LabNode, mac: str) -> None:
+    """flannel.1 given `mac` under a stopped flanneld, which keeps the device when it starts
+    again and announces the device's MAC as its VtepMAC."""
+    flannel.stop(node)
+    ctx.node(node).run(["ip", "link", "set", flannel.VXLAN_DEV, "address", mac])
+    since = flannel.start(ctx.paths, node, ctx.node(node))
+    flannel.wait_programmed(ctx.topology, ctx.paths, [node], ctx.node, since)
+    _vtep_announced(ctx, node, mac)
+
+
+def _mac_cloned(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """The node's flannel.1 with a peer's MAC, as systemd-udevd's MACAddressPolicy=persistent
+    gives clones of one image with the same /etc/machine-id (the MAC is derived from it and
+    the device's name). Every other node's FDB then sends that MAC to whichever announced it
+    last, and a VXLAN device drops frames that arrive with its own MAC as their source."""
+    if params["via"] != "clone":
+        raise LabError("vxlan_mac_duplicate: via must be clone")
+    saved = ctx.paths.node_files(node.name).dir / VTEP_MAC_SAVED
+    if not saved.exists():
+        saved.write_text(_vtep_mac(ctx, node))
+    _vtep_mac_set(ctx, node, _vtep_mac(ctx, _entry_peer(ctx, node, params)))
+
+
+def _mac_own(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    saved = ctx.paths.node_files(node.name).dir / VTEP_MAC_SAVED
+    if saved.exists():
+        _vtep_mac_set(ctx, node, saved.read_text().strip())
+        saved.unlink()
+    elif any(_vtep_mac(ctx, node) == _vtep_mac(ctx, peer)
+             for peer in ctx.topology.peers(node)):
+        # its own MAC not kept (healed blind): a new one, locally administered. A new device
+        # would not do: flanneld makes it with the MAC its node's annotation stores
+        _vtep_mac_set(ctx, node, "02:" + ":".join(f"{b:02x}" for b in os.urandom(5)))
+    for each in ctx.topology.nodes:
+        # the FDB entry a shared MAC left pointing at the wrong node is flanneld's to write
+        # only when that MAC's owner announces again: rewritten here as flanneld writes it,
+        # and the entry for the node's own MAC (taken for a peer's) deleted
+        _entry_fresh(ctx, each, {})
+        own = _vtep_mac(ctx, each)
+        for line in ctx.node(each).run(["bridge", "fdb", "show", "dev", flannel.VXLAN_DEV]
+                                       ).stdout.splitlines():
+            words = line.split()
+            if words and words[0] == own and "dst" in words:
+                ctx.node(each).run(["bridge", "fdb", "del", own, "dev", flannel.VXLAN_DEV,
+                                    "dst", words[words.index("dst") + 1], "self"])
+
+
+def _mac_sharers(topology: Topology, node: str, params: Params) -> list[str]:
+    """Both nodes that hold the MAC: which one's is the copy, no reading of either can tell."""
+    peer = params.get("peer") or next(n.name for n in topology.nodes if n.name != node)
+    return sorted({node, peer})
+
+
+register(Fault(
+    "vxlan_mac_duplicate",
+    "the node's flannel.1 with the same MAC as a peer's (param peer, default the first other "
+    "node), as clones of one image with the same /etc/machine-id get from udev: given the "
+    "peer's MAC and its flanneld restarted, which keeps the device and announces that MAC "
+    "(via=clone). Every other node's FDB sends the MAC to this node, and the two drop each "
+    "other's frames (their own MAC as source); both nodes are to be named",
+    _mac_cloned, _mac_own, {"via": "clone", "peer": ""}, modes=("flannel-vxlan",),
+    mechanisms={"clone": ()}, blamed_nodes=_mac_sharers,
+))
+
+
 BGP_BLOCK = [["-p", "tcp", "-m", "tcp", "--dport", "179", "-j", "DROP"],
              ["-p", "tcp", "-m", "tcp", "--sport", "179", "-j", "DROP"]]
 
@@ -2689,7 +2780,7 @@ def _policy_enforced(ctx: FaultContext, node: LabNode, params: Params) -> None:
     kuberouter.wait_policies(ctx.paths, list(ctx.topology.nodes), ctx.node, done)
 
 
-def _policy_blamed(topology: Topology, params: Params) -> list[str]:
+def _policy_blamed(topology: Topology, node: str, params: Params) -> list[str]:
     """Where the flows the checks send are denied: the web pod's node for the ingress
     policies (the only pod anything connects to that they select: nothing connects to a
     client pod), the client pods' nodes for their egress without DNS."""
