@@ -55,6 +55,28 @@ def test_vxlan_ports_are_counted_per_device_and_once_per_node():
     }
 
 
+def test_vxlan_macs_are_counted_only_when_two_nodes_share_one():
+    def vtep(node: str, name: str, mac: str | None) -> Fact:
+        fact = _iface(node, name, 1450, kind="vxlan")
+        return Fact("interface", node, {**fact.attrs, "mac": mac})
+
+    facts = [
+        vtep("n1", "flannel.1", "22:27:bd:f5:46:b1"),
+        vtep("n2", "flannel.1", "9a:09:11:d3:4b:b8"),
+        vtep("n3", "flannel.1", "9a:09:11:d3:4b:b8"),
+        # the same MAC on another device of a node, unknown, or all zeroes: not a VTEP shared
+        vtep("n1", "vxlan.calico", "9a:09:11:d3:4b:b8"),
+        vtep("n4", "flannel.1", None),
+        vtep("n5", "flannel.1", "00:00:00:00:00:00"),
+        vtep("n6", "flannel.1", "00:00:00:00:00:00"),
+    ]
+    shared = [f for f in census_facts(facts) if f.attrs["of"] == "vxlan_mac"]
+    assert [(f.attrs["group"], f.attrs["text"], f.attrs["nodes"]) for f in shared] == [
+        ("flannel.1", "9a:09:11:d3:4b:b8", 2)]
+    assert shared[0].source.excerpt == "vxlan_mac flannel.1 = 9a:09:11:d3:4b:b8 on 2 nodes: n2, n3"
+    assert all(validate_fact(f) == [] for f in shared)
+
+
 def _cni(node: str, file: str, kind: str | None, active: bool) -> Fact:
     return Fact("cni_config", node, {
         "file": file, "valid": kind is not None, "active": active, "name": None,
