@@ -131,9 +131,9 @@ def test_an_older_bundle_says_not_collected_by_that_version(tmp_path, ruleset):
     # is not a probe the older version lacked
     assert missing.pop(("cluster", "active.endpoints"))["status"] == "not_queried"
     # five passive probes, and the active checks its plans had a target for (the pod's link
-    # and routes, the pod's own resolver, the conntrack counts toward the DNS VIP, the node and its own
-    # pod pinging each other, the DROP counters and the unanswered ARP entries read after the
-    # checks)
+    # and routes, the pod's own resolver, the conntrack counts toward the DNS VIP, the node
+    # and its own pod pinging each other, the DROP counters and the unanswered ARP entries
+    # read after the checks)
     assert set(missing) == {(n, p) for n in ("node1", "node2", "node3")
                             for p in ("ip_rule", "tc", "ipsets", "xfrm", "cni_results",
                                       "active.pod.link", "active.pod.route",
