@@ -365,6 +365,27 @@ def test_braces_that_belong_to_the_command_are_not_placeholders(tmp_path):
     assert "{ print }" in one(problems, "{print}").hint
 
 
+def test_a_placeholder_inside_shell_quotes_is_rejected_unless_it_holds_a_number(tmp_path):
+    # the value is filled in shell-quoted: inside quotes, its quotes end them (a bridge named
+    # `a';reboot` from a node would run), inside double quotes its $(...) would run
+    def problems(command: str) -> list[str]:
+        text = when("sysctl: {node: $node, key: $key, number: $n}",
+                    command=command.replace("'", "''"))
+        return [e.message for e in lint(tmp_path, text)[1]]
+
+    [single] = problems("bridge link show | grep -F -- 'master {key}'")
+    assert "{key} is inside ' quotes" in single and "would run as a command" in single
+    assert "{key} is inside \" quotes" in problems('grep -e "master {key}" x')[0]
+    assert "{node} is inside" in problems("echo 'on {node}'")[0]
+    for fine in ("b={key}; grep -F -- \"master $b\" x",  # outside quotes, then a variable
+                 "printf 'OriginalName=%s\\n' {key}",
+                 "grep ':{n} ' x",  # a number cannot hold a quote
+                 "echo \"$(grep -F -- {key} x)\"",  # $(...) is unquoted again
+                 "echo 'it''s' {key}",  # a quote that YAML doubled, closed before it
+                 "echo \\' {key}"):  # an escaped quote opens nothing
+        assert problems(fine) == [], fine
+
+
 def test_rules_lint_cli_shows_the_idiom_with_file_line_and_the_bind_hint(tmp_path, capsys):
     p = write(tmp_path, when(
         "sysctl: {node: $node, key: k, number: {lt: 1024}}",

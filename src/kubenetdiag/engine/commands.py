@@ -270,3 +270,35 @@ def _ip_like(prog: str, args: list[str], shown: str) -> str | None:
         return f"`{shown}` changes the node ({prog} {rest[0]} {rest[1]})"
     # ip link set dev X up: "set" is the verb already; "ip netns add NAME" likewise
     return None
+
+
+def quoted_placeholders(command: str) -> list[tuple[str, str]]:
+    """The `{name}` placeholders of `command` that sit inside shell quotes, each as (name, the
+    quote: ' or "). The renderer fills a placeholder with the value shell-quoted ('...'), which
+    is one word only where the shell reads it unquoted: inside single quotes its own quotes end
+    the outer ones, inside double quotes a `$(...)` in it runs. A `$(...)` opens unquoted
+    context again, as the shell reads it."""
+    spans = {m.start(): m for m in PLACEHOLDER_RE.finditer(command)}
+    found: list[tuple[str, str]] = []
+    stack = [""]  # "" unquoted, "'" or '"' inside quotes, "(" a $( ) opened inside them
+    i = 0
+    while i < len(command):
+        c, state = command[i], stack[-1]
+        if i in spans and state in ("'", '"'):
+            found.append((spans[i].group(1), state))
+        if state == "'":
+            if c == "'":
+                stack.pop()
+        elif c == "\\":
+            i += 1  # the next character is taken as it is
+        elif state == '"' and c == '"':
+            stack.pop()
+        elif command.startswith("$(", i):
+            stack.append("(")
+            i += 1
+        elif state == "(" and c == ")":
+            stack.pop()
+        elif state != '"' and c in "'\"":
+            stack.append(c)
+        i += 1
+    return found

@@ -16,7 +16,7 @@ from kubenetdiag.errors import InputError
 from kubenetdiag.facts.model import Scalar
 from kubenetdiag.facts.registry import AttrSpec, KindSpec, registry
 
-from .commands import state_changes
+from .commands import quoted_placeholders, state_changes
 from .literals import LiteralError, as_number, as_variable, attr_spec, coerce, types_compatible
 from .model import Assertion, Op, Path_, Pattern, Remedy, Rule, SlotTest, Var, placeholders
 from .rulefiles import RuleLocation
@@ -223,6 +223,16 @@ class RuleChecker:
                     f"command: {why}, but the step says changes_state: false",
                     hint="label the step changes_state: true, or give a command that only "
                     "reads: an SRE runs a read-only step without a second thought",
+                ))
+        for name, quote in quoted_placeholders(command):
+            if self.bound.get(name) not in ("int", "float", "bool"):
+                self.lint_errors.append(self.location.error(
+                    path,
+                    f"command: {{{name}}} is inside {quote} quotes; its value is filled in "
+                    "shell-quoted, which inside quotes ends them, so a hostile value (an "
+                    "interface or pod name from a node) would run as a command",
+                    hint=f"put it outside the quotes: printf '...%s...' {{{name}}}, or "
+                    f"grep -F -- {{{name}}}",
                 ))
         for name in placeholders(command):
             if name != "node" and name not in self.bound:
