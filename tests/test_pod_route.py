@@ -47,6 +47,18 @@ def test_calico_busybox_and_an_empty_table_read_the_same_way():
         0, False, "no route at all")
 
 
+def test_a_line_not_understood_is_shown_and_never_taken_for_no_default_route():
+    odd = "10.244.3.0/24 dev eth0 scope link \nsomething new via 10.244.3.1 dev eth0 \nknd-done\n"
+    [status] = _routes(odd)
+    assert (status.kind, status.attrs["status"], status.attrs["kinds"]) == (
+        "probe_status", "partial", None)
+    assert "something new via 10.244.3.1" in status.attrs["reason"]
+    # with the default route read, the table's facts stand beside the complaint
+    status, fact = _routes("default via 10.244.3.1 dev eth0 \n" + odd)
+    assert (status.attrs["status"], status.attrs["kinds"]) == ("partial", "")
+    assert (fact.kind, fact.attrs["default"]) == ("pod_routing", True)
+
+
 def test_no_pod_no_ip_a_failure_or_a_cut_listing_is_never_read_as_no_default_route():
     for text, rc, state in (
             ("", 127, "missing_tool"),  # no pod namespace was entered

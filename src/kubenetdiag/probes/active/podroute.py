@@ -20,7 +20,7 @@ from typing import Any
 
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.probes.active.common import ip_listed, ip_listing, source, vantage
-from kubenetdiag.probes.base import ActiveCheck, CheckContext, Section
+from kubenetdiag.probes.base import ActiveCheck, CheckContext, Section, unread_lines
 from kubenetdiag.probes.routes import from_text
 from kubenetdiag.probes.text import clip
 
@@ -46,9 +46,15 @@ def _parse(section: Section, target: Any, ctx: CheckContext) -> list[Fact]:
     lines, problem = ip_listed(section, ctx, _blocks(target))
     if problem:
         return problem
-    routes = [r for r, _ in from_text(lines, []) if r["type"] not in ("local", "broadcast")]
+    unread: list[str] = []
+    routes = [r for r, _ in from_text(lines, unread) if r["type"] not in ("local", "broadcast")]
     default = next((r for r in routes if r["dst"] == "default"), None)
-    return [Fact("pod_routing", ctx.node, {
+    partial = unread_lines(section, ctx.node, unread, "routes the pod may have")
+    if partial and default is None:
+        # a line not understood may be the default route: "none" would be a guess
+        return [Fact("probe_status", ctx.node, {**partial[0].attrs, "kinds": None},
+                     partial[0].source)]
+    return partial + [Fact("pod_routing", ctx.node, {
         "vantage": vantage(ctx, True),
         "routes": len(routes),
         "default": default is not None,
