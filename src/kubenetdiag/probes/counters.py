@@ -59,6 +59,9 @@ WATCH: tuple[tuple[str, str], ...] = (
     ("TcpExt", "SyncookiesSent"), ("TcpExt", "SyncookiesFailed"),
     ("TcpExt", "TCPMemoryPressures"), ("TcpExt", "TCPZeroWindowDrop"),
     ("TcpExt", "TCPOFODrop"), ("IpExt", "InNoRoutes"),
+    # TCP MD5 signatures (RFC 2385, what a BGP password turns on): segments dropped for lacking
+    # the signature the socket requires, or for carrying one it does not expect
+    ("TcpExt", "TCPMD5NotFound"), ("TcpExt", "TCPMD5Unexpected"), ("TcpExt", "TCPMD5Failure"),
     ("Conntrack", "insert_failed"), ("Conntrack", "drop"), ("Conntrack", "early_drop"),
     ("Conntrack", "invalid"), ("Conntrack", "error"), ("Conntrack", "search_restart"),
     # IPsec: no SA to encrypt with, none to decrypt with, plain where IPsec was required, and
