@@ -1546,6 +1546,24 @@ def _bird_lost_its_peer(lab: Lab) -> None:
     assert container(cni_pod(lab, "node2")) == (True, 0)
 
 
+def _bird_signs_alone(lab: Lab) -> None:
+    """A BGP password in node2's bird.conf only: its sessions go down on both sides, BIRD runs
+    on every node, and the kernels count the signatures they dropped, each its own way."""
+    _withdrawn(lab, "node1", "10.244.2.0/24")
+    _withdrawn(lab, "node2", "10.244.1.0/24")
+    assert pod_blocked(lab, "node1", "node2")
+    assert 'password "' in (lab.paths.node_files("node2").dir / "bird.conf").read_text()
+    assert proc_states(lab, "node2")["bird"].startswith(("S", "R"))
+
+    def md5(node: str, counter: str) -> int:
+        lines = [line.split() for line in lab.node_exec(node, ["cat", "/proc/net/netstat"]
+                                                          ).stdout.splitlines()
+                 if line.startswith("TcpExt:")]
+        return int(dict(zip(lines[0], lines[1], strict=True))[counter])
+
+    assert md5("node2", "TCPMD5NotFound") > 0 and md5("node1", "TCPMD5Unexpected") > 0
+
+
 def _calico_node_hung(lab: Lab) -> None:
     states = proc_states(lab, "node1")
     assert states["bird"].startswith("T") and states["calico-node"].startswith("T")
@@ -1582,6 +1600,7 @@ CALICO_CASES = [
     ("pod_cidr_route_missing", "blackhole", "node1", {}, _blackhole_over_bird),
     ("bgp_session_down", "hang", "node2", {}, _bird_hung),
     ("bgp_session_down", "config", "node2", {}, _bird_lost_its_peer),
+    ("bgp_session_down", "password", "node2", {}, _bird_signs_alone),
     ("cni_pod_not_running", "hang", "node1", {}, _calico_node_hung),
     ("ip_forward_disabled", "interface", "node2", {}, _cali_forwarding_off),
     ("mtu_mismatch", "pod", "node2", {}, _big_pod_packets_vanish("node2", "node1", 3000)),

@@ -1637,6 +1637,15 @@ register(Fault(
 ))
 
 
+BGP_PASSWORD = "mesh-secret"  # bgp_session_down via=password: set on one node only
+
+
+def _tcp_ext(ctx: FaultContext, node: LabNode, counter: str) -> int:
+    """One TcpExt counter of the node's namespace (/proc/net/netstat: names, then values)."""
+    rows = [line.split() for line in ctx.node(node).run(["cat", "/proc/net/netstat"]
+                                                        ).stdout.splitlines()
+            if line.startswith("TcpExt:")]
+    return int(dict(zip(rows[0], rows[1], strict=True)).get(counter, 0))
 BGP_BLOCK = [["-p", "tcp", "-m", "tcp", "--dport", "179", "-j", "DROP"],
              ["-p", "tcp", "-m", "tcp", "--sport", "179", "-j", "DROP"]]
 
@@ -1663,8 +1672,25 @@ def _bgp_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
         nodehost.wait_nodes("bird", "withdraw the peer's routes", [node],
                             lambda _node: peer.pod_cidr not in cni.bgp_routes(node),
                             lambda name: ctx.paths.node_files(name).dir / "bird.log", 10)
+    elif params["via"] == "password":
+        # a BGP password on this node only (a nodeMeshPassword or BGPPeer whose Secret only
+        # its calico-node read): the kernel signs its segments and drops its peers' unsigned
+        # ones, the peers drop its signed ones, so every session of the node goes down
+        cni.reconfigure_bird(ctx.topology, node, ctx.node(node),
+                             ctx.paths.node_files(node.name), password=BGP_PASSWORD)
+        nodehost.wait_nodes("bird", "lose every peer's routes", [node],
+                            lambda _node: not any(p.pod_cidr in cni.bgp_routes(node)
+                                                  for p in ctx.topology.peers(node)),
+                            lambda name: ctx.paths.node_files(name).dir / "bird.log", 20)
+        # and until both sides' kernels have dropped a segment for its signature, as they do
+        # at each connect retry from then on
+        peer = _peer(ctx, node, params)
+        nodehost.wait_nodes("bird", "have its segments' signatures dropped", [node],
+                            lambda _node: _tcp_ext(ctx, node, "TCPMD5NotFound") > 0
+                            and _tcp_ext(ctx, peer, "TCPMD5Unexpected") > 0,
+                            lambda name: ctx.paths.node_files(name).dir / "bird.log", 20)
     else:
-        raise LabError("bgp_session_down: via must be stop, block, hang or config")
+        raise LabError("bgp_session_down: via must be stop, block, hang, config or password")
 
 
 def _bgp_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -1694,9 +1720,11 @@ register(Fault(
     "(via=stop), TCP 179 dropped (via=block) or bird hung, stopped with SIGSTOP (via=hang; "
     "both noticed after the 6 s hold time), or a peer's session left out of the node's "
     "bird.conf and bird told to read it (via=config, param peer, default the first other "
-    "node: that pair only, the node refusing the peer that still tries)",
+    "node: that pair only, the node refusing the peer that still tries), or a BGP password "
+    "(TCP MD5) in the node's bird.conf that its peers do not have (via=password: the kernels "
+    "on both sides drop each other's segments before BIRD sees them)",
     _bgp_down, _bgp_up, {"via": "stop", "peer": ""}, modes=("calico-bgp",),
-    mechanisms={"stop": (), "block": (), "hang": (), "config": ()},
+    mechanisms={"stop": (), "block": (), "hang": (), "config": (), "password": ()},
 ))
 
 
