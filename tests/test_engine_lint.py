@@ -441,6 +441,7 @@ CHANGES = [
     "curl -o /etc/x https://example.invalid/x", "wget https://example.invalid/x",
     "firewall-cmd --direct --add-rule ipv4 filter FORWARD 0 -j ACCEPT", "firewall-cmd --reload",
     "calicoctl node run", "calicoctl apply -f pool.yaml",
+    "nstat -az TcpExtListenDrops",  # its history file: the operator's next nstat starts over
     "{undo}",
 ]
 READS = [
@@ -451,7 +452,7 @@ READS = [
     "systemctl status kubelet", "systemctl is-active firewalld ufw",
     "kubectl get pods -A -o wide", "kubectl -n kube-system logs ds/kube-proxy",
     "conntrack -S", "conntrack -L -p udp --dport 53", "ipvsadm -Ln", "ss -lnt",
-    "cat /proc/net/netstat", "nstat -az", "ping -c 3 -M do -s $((1450 - 28)) 10.0.0.2",
+    "cat /proc/net/netstat", "nstat -asz", "nstat --no-update -a", "ping -c 3 -M do -s $((1450 - 28)) 10.0.0.2",
     "tcpdump -ni eth0 -c 10 udp port 8472 2>/dev/null", "ethtool -S eth0", "ethtool -k eth0",
     "for s in 1472 1422; do ping -c1 -W1 -M do -s $s <address of {dst}> >/dev/null; done",
     "ip netns exec {vantage} ip -o link show {iface}", "journalctl -u kubelet --since -1h",

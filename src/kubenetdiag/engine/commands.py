@@ -217,6 +217,13 @@ def _verdict(words: list[str]) -> str | None:
                for a in args):
             return f"`{shown}` changes the interface's settings"
         return None
+    if prog == "nstat":
+        # without -s it writes its history file, which resets what the operator's next
+        # `nstat` shows as new since last time
+        if not any(a == "--no-update" or re.fullmatch(r"-[a-zA-Z]*s[a-zA-Z]*", a)
+                   for a in args):
+            return f"`{shown}` updates nstat's history file (add -s)"
+        return None
     if prog == "tcpdump":
         for i, a in enumerate(args):
             target = args[i + 1] if a == "-w" and i + 1 < len(args) else (
