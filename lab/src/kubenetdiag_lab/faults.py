@@ -1455,12 +1455,17 @@ register(Fault(
 ))
 
 
+def _vtep_mac(ctx: FaultContext, node: LabNode) -> str:
+    """The MAC of the node's flannel.1: its VTEP MAC, as flanneld announces it."""
+    link = json.loads(ctx.node(node).run(["ip", "-j", "link", "show", flannel.VXLAN_DEV]
+                                         ).stdout)[0]
+    return str(link["address"])
+
+
 def _peer_entries(ctx: FaultContext, node: LabNode, peer: LabNode) -> tuple[str, str, str]:
     """(VTEP address, VTEP MAC, underlay address) flanneld programs on `node` for `peer`:
     the peer's pod range's network address, its flannel.1 MAC, its node address."""
-    link = json.loads(ctx.node(peer).run(["ip", "-j", "link", "show", flannel.VXLAN_DEV]
-                                         ).stdout)[0]
-    return peer.pod_cidr.split("/")[0], link["address"], peer.address
+    return peer.pod_cidr.split("/")[0], _vtep_mac(ctx, peer), peer.address
 
 
 def _entry_peer(ctx: FaultContext, node: LabNode, params: Params) -> LabNode:
@@ -1552,10 +1557,8 @@ VTEP_MAC_SAVED = "vtep-mac-own"  # the node's own flannel.1 MAC, kept while a pe
 VTEP_ANNOUNCED_S = 20.0  # peers' flanneld follow a node's new VtepMAC within a few seconds
 
 
-def _vtep_mac(ctx: FaultContext, node: LabNode) -> str:
-    link = json.loads(ctx.node(node).run(["ip", "-j", "link", "show", flannel.VXLAN_DEV]
-                                         ).stdout)[0]
-    return str(link["address"])
+def _mac_saved(ctx: FaultContext, node: LabNode) -> Path:
+    return ctx.paths.node_files(node.name).dir / VTEP_MAC_SAVED
 
 
 def _vtep_announced(ctx: FaultContext, node: LabNode, mac: str) -> None:
@@ -1589,14 +1592,14 @@ def _mac_cloned(ctx: FaultContext, node: LabNode, params: Params) -> None:
     last, and a VXLAN device drops frames that arrive with its own MAC as their source."""
     if params["via"] != "clone":
         raise LabError("vxlan_mac_duplicate: via must be clone")
-    saved = ctx.paths.node_files(node.name).dir / VTEP_MAC_SAVED
+    saved = _mac_saved(ctx, node)
     if not saved.exists():
         saved.write_text(_vtep_mac(ctx, node))
     _vtep_mac_set(ctx, node, _vtep_mac(ctx, _entry_peer(ctx, node, params)))
 
 
 def _mac_own(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    saved = ctx.paths.node_files(node.name).dir / VTEP_MAC_SAVED
+    saved = _mac_saved(ctx, node)
     if saved.exists():
         _vtep_mac_set(ctx, node, saved.read_text().strip())
         saved.unlink()

@@ -117,11 +117,13 @@ def shown(command: str) -> str:
     return command.replace(HOLD + " ", "")
 
 
-def unread_lines(section: Section, node: str, lines: Sequence[str], what: str) -> list[Fact]:
+def unread_lines(section: Section, node: str, lines: Sequence[str], what: str,
+                 kinds: str | None = "") -> list[Fact]:
     """A `partial` probe_status naming the lines of `section` that its parser could not read:
     an output in a form nobody foresaw is shown to the SRE instead of becoming made-up facts.
     `what`: what those lines may have held. The facts from the other lines stand, so it leaves
-    no rule unevaluated (kinds "")."""
+    no rule unevaluated (kinds ""), unless `kinds` names those left unknown (None: all of the
+    probe's) when the parser gives none rather than guess."""
     unread = [line.strip() for line in lines if line.strip()]
     if not unread:
         return []
@@ -131,7 +133,7 @@ def unread_lines(section: Section, node: str, lines: Sequence[str], what: str) -
         "status": "partial",
         "reason": clip(f"{len(unread)} line(s) not understood: {first}", 300),
         "blocks": what,
-        "kinds": "",
+        "kinds": kinds,
     }, Source(section.probe, section.command, section.exit_code,
               excerpt("\n".join(unread[:20]), 1000)))]
 

@@ -49,11 +49,11 @@ def _parse(section: Section, target: Any, ctx: CheckContext) -> list[Fact]:
     unread: list[str] = []
     routes = [r for r, _ in from_text(lines, unread) if r["type"] not in ("local", "broadcast")]
     default = next((r for r in routes if r["dst"] == "default"), None)
-    partial = unread_lines(section, ctx.node, unread, "routes the pod may have")
+    # without a default route read, a line not understood may be it: "none" would be a guess
+    partial = unread_lines(section, ctx.node, unread, "routes the pod may have",
+                           kinds="" if default else None)
     if partial and default is None:
-        # a line not understood may be the default route: "none" would be a guess
-        return [Fact("probe_status", ctx.node, {**partial[0].attrs, "kinds": None},
-                     partial[0].source)]
+        return partial
     return partial + [Fact("pod_routing", ctx.node, {
         "vantage": vantage(ctx, True),
         "routes": len(routes),
