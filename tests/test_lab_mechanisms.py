@@ -24,6 +24,7 @@ from kubenetdiag_lab import Lab, LabError, cni, coredns, flannel, services
 from kubenetdiag_lab.netns import cmdline, pids_in_netns
 from kubenetdiag_lab.topology import (
     OUTSIDE_HOST,
+    OUTSIDE_HOST_NAME,
     OUTSIDE_PORT,
     RETIRED_NODE_ADDRESS,
     WEB_NODE_PORT,
@@ -482,6 +483,26 @@ def _coredns_hung(lab: Lab) -> None:
     assert slice_endpoints(lab, "kube-system", "kube-dns") == [(dns_pod.ip, False)]
     pods = {p["name"]: p for p in json.loads(lab.state_path.read_text())["pods"]}
     assert (pods[dns_pod.name]["ready"], pods[dns_pod.name]["restarts"]) == (False, 0)
+
+
+def _coredns_loops(lab: Lab) -> None:
+    """The node resolves through its stub on loopback; CoreDNS, given the node's file and a
+    Corefile that forwards to it, found its own probe coming back and exited."""
+    dns_pod = lab.pod_for_app("coredns")
+    assert "nameserver 127.0.0.53" in lab.node_exec(dns_pod.node,
+                                                      ["cat", "/etc/resolv.conf"]).stdout
+    # the node itself still resolves the site's names, through the stub
+    assert lab.node_exec(dns_pod.node, services.netprog_argv(
+        "--timeout", "2", "dns", "127.0.0.53", OUTSIDE_HOST_NAME)).returncode == 0
+    assert "forward . /etc/resolv.conf" in coredns.corefile_path(lab.paths).read_text()
+    assert not coredns.pids(lab.topology)
+    assert coredns.LOOP_MARK.decode() in coredns.log_path(lab.paths).read_text()
+    assert not dns_ok(lab, "node2")
+    # crash-looping, as the kubelet reports a container that exits at every start
+    assert not pod_ready(lab, "kube-system", dns_pod.name)
+    assert slice_endpoints(lab, "kube-system", "kube-dns") == [(dns_pod.ip, False)]
+    pods = {p["name"]: p for p in json.loads(lab.state_path.read_text())["pods"]}
+    assert pods[dns_pod.name]["ready"] is False and pods[dns_pod.name]["restarts"] > 0
 
 
 def _dns_intercepted(lab: Lab) -> None:
@@ -1342,6 +1363,7 @@ VXLAN_CASES = [
     ("cni_pod_not_running", "hang", "node2", {}, _flanneld_hung),
     ("coredns_unreachable", "hang", None, {}, _coredns_hung),
     ("coredns_unreachable", "dnat", None, {}, _dns_intercepted),
+    ("coredns_unreachable", "loop", None, {}, _coredns_loops),
     ("coredns_upstream_unreachable", "config", None, {}, _upstream_gone("config")),
     ("coredns_upstream_unreachable", "firewall", None, {}, _upstream_gone("firewall")),
     ("node_unreachable", "hang", "node2", {}, _sshd_hung),

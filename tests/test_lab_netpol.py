@@ -192,12 +192,17 @@ def test_ingress_policy_refuses_the_web_pod_until_deleted(netpol_lab, tmp_path):
 
 
 @pytest.mark.lab
-def test_egress_policy_without_dns_breaks_resolution_until_deleted(netpol_lab):
+@pytest.mark.parametrize(("via", "policy"), [
+    ("dns", "client-egress-web-only"),
+    # its rule for DNS selects namespaces by a label no namespace carries
+    ("namespace", "client-egress-web-and-dns"),
+])
+def test_egress_policy_without_dns_breaks_resolution_until_deleted(netpol_lab, via, policy):
     lab = netpol_lab
     clients = [p.name for p in lab.pods if p.app == "client"]
     before = firewall(lab)
-    with lab.injected("network_policy_denies", params={"via": "dns"}):
-        assert policies(lab) == ["default/client-egress-web-only"]
+    with lab.injected("network_policy_denies", params={"via": via}):
+        assert policies(lab) == [f"default/{policy}"]
         for client in clients:
             assert not dns_ok(lab, client, timeout=1.0)  # rejected: no answer comes
             assert http_ok(lab, client, f"http://{WEB_VIP}/")[0]  # what the policy allows

@@ -33,7 +33,7 @@ import dns.rdatatype
 from kubenetdiag_lab import components
 from kubenetdiag_lab.controlplane import in_netns
 from kubenetdiag_lab.errors import LabError, log_tail
-from kubenetdiag_lab.netns import cmdline, exec_argv, pids_in_netns, terminate
+from kubenetdiag_lab.netns import cmdline, pids_in_netns, terminate
 from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.topology import LabPod, Topology
 
@@ -74,17 +74,26 @@ def pids(topology: Topology) -> list[int]:
             if cmdline(pid).startswith(binary)]
 
 
-def start(topology: Topology, paths: LabPaths) -> subprocess.Popen[bytes] | None:
+def start(topology: Topology, paths: LabPaths, node_init: int
+          ) -> subprocess.Popen[bytes] | None:
     """Start coredns in its pod (detached) unless it runs already; the Corefile must have been
-    written (write_corefile). Returns the new process, for wait_ready."""
+    written (write_corefile). Returns the new process, for wait_ready.
+
+    It runs in its node's mount namespace (`node_init`: the node's PID 1), so its
+    /etc/resolv.conf is the node's: the kubelet gives a pod with dnsPolicy Default, as
+    CoreDNS's is, a copy of its node's resolv.conf when the pod starts, and a Corefile that
+    forwards to /etc/resolv.conf reads that file at start and at every reload."""
     if pids(topology):
         return None
     corefile = corefile_path(paths)
     if not corefile.exists():
         raise LabError(f"no Corefile at {corefile}")
-    argv = [str(components.path_of(BINARY)), "-conf", str(corefile)]
+    # nsenter opens the pod's netns file before it enters the node's mount namespace, where
+    # the machine's /run/netns is hidden
+    argv = ["nsenter", f"--net=/run/netns/{pod(topology).netns}", "-t", str(node_init), "-m",
+            "--", str(components.path_of(BINARY)), "-conf", str(corefile)]
     with open(log_path(paths), "ab") as log:
-        return subprocess.Popen(exec_argv(pod(topology).netns, argv), stdin=subprocess.DEVNULL,
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 cwd=config_dir(paths))
 
@@ -164,3 +173,27 @@ def wait_ready(topology: Topology, paths: LabPaths, proc: subprocess.Popen[bytes
             raise LabError(f"coredns not ready within {timeout:.0f}s; last lines of {log}:\n"
                            f"{log_tail(log)}")
         time.sleep(0.05)
+
+
+LOOP_MARK = b"plugin/loop: Loop ("  # the loop plugin's fatal line: it found its own probe again
+LOOP_TIMEOUT = 40.0  # the plugin sends its probe for up to 30 s after the start
+
+
+def wait_looped(paths: LabPaths, proc: subprocess.Popen[bytes] | None, since: int,
+                timeout: float = LOOP_TIMEOUT) -> None:
+    """Wait until coredns `proc` exits because its loop plugin saw its own probe query come
+    back (a Corefile that forwards to itself); `since` is the log's size before the start, so
+    an older run's line does not count. Raise when it keeps running or ends another way."""
+    if proc is None:
+        raise LabError("coredns was already running: it was not started again")
+    log = log_path(paths)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise LabError(f"coredns still runs {timeout:.0f}s after its start; no loop detected; "
+                       f"last lines of {log}:\n{log_tail(log)}") from None
+    with open(log, "rb") as f:
+        f.seek(since)
+        if LOOP_MARK not in f.read():
+            raise LabError(f"coredns exited without detecting a loop; last lines of {log}:\n"
+                           f"{log_tail(log)}")

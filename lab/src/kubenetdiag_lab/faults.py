@@ -53,6 +53,7 @@ from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.runner import NetnsRunner, NodeRunner, Runners
 from kubenetdiag_lab.topology import (
     CLIENT_ADDRESS,
+    OUTSIDE_DNS,
     OUTSIDE_HOST,
     OUTSIDE_NETWORK,
     OUTSIDE_PORT,
@@ -108,9 +109,9 @@ class ActiveFaults:
         """{pod name: restarts} of the pods a fault made not Ready, as the kubelet would
         report them: a service_no_endpoints service's pods fail their readiness probe
         (via=unready: still running, no restart; via=selector leaves them Ready); a stopped
-        CoreDNS (coredns_unreachable via=stop) crash-loops; a pod whose readiness probe the
-        lab found failing (a hung CoreDNS) is not Ready without restarts (the lab models
-        readiness, not liveness: a liveness restart would end the hang)."""
+        CoreDNS (coredns_unreachable via=stop, or via=loop) crash-loops; a pod whose
+        readiness probe the lab found failing (a hung CoreDNS) is not Ready without restarts
+        (the lab models readiness, not liveness: a liveness restart would end the hang)."""
         out: dict[str, int] = {}
         services = {svc.name: svc for svc in cluster_services(topology)}
         for params in self.params("service_no_endpoints"):
@@ -119,7 +120,8 @@ class ActiveFaults:
             svc = services.get(params["service"])
             out.update(dict.fromkeys(svc.endpoints if svc else (), 0))
         out.update(dict.fromkeys(self.frozen_endpoints(topology), 0))
-        if any(params["via"] == "stop" for params in self.params("coredns_unreachable")):
+        if any(params["via"] in ("stop", "loop")
+               for params in self.params("coredns_unreachable")):
             out[topology.pod_for_app("coredns").name] = CRASH_RESTARTS
         for pod in self.probed_unready_pods:
             out.setdefault(pod, 0)
@@ -2260,8 +2262,57 @@ def _dns_intercepts() -> list[list[str]]:
              DNS_INTERCEPT] for proto in ("udp", "tcp")]
 
 
+# via=loop: the node's resolver becomes a local stub listener on loopback, as
+# systemd-resolved's is (127.0.0.53, forwarding to the site's resolver), and the coredns
+# ConfigMap forwards to /etc/resolv.conf, as kubeadm's does. The CoreDNS pod, started again
+# (a rollout, a node drain), gets the node's file: its upstream is 127.0.0.53, which in its
+# own network namespace is CoreDNS itself.
+STUB_RESOLVER = "127.0.0.53"
+STUB_SAVED = "resolv-before-stub.conf"  # the node's resolv.conf before the stub
+STUB_PID = "stub-resolver.pid"  # in the node's own /run
+
+
+def _stub_resolver_on(ctx: FaultContext, node: LabNode) -> None:
+    files = ctx.paths.node_files(node.name)
+    saved = files.dir / STUB_SAVED
+    if not saved.exists():
+        saved.write_text(files.resolv_conf.read_text())
+    # dnsmasq stands in for the stub listener: the node itself still resolves, through it
+    ctx.node(node).shell(
+        f"[ -s /run/{STUB_PID} ] && kill -0 \"$(cat /run/{STUB_PID})\" 2>/dev/null || "
+        "dnsmasq --conf-file=/dev/null --no-resolv --no-hosts --bind-interfaces "
+        f"--listen-address={STUB_RESOLVER} --server={OUTSIDE_DNS} --user=root "
+        f"--pid-file=/run/{STUB_PID}")
+    # written in place: the node's /etc/resolv.conf is a bind mount of this very file
+    files.resolv_conf.write_text(
+        "# the local stub resolver; the site's servers are configured behind it\n"
+        f"nameserver {STUB_RESOLVER}\noptions edns0 trust-ad\nsearch .\n")
+
+
+def _stub_resolver_off(ctx: FaultContext, node: LabNode) -> None:
+    files = ctx.paths.node_files(node.name)
+    ctx.node(node).shell(f"[ -s /run/{STUB_PID} ] && kill \"$(cat /run/{STUB_PID})\"; "
+                         f"rm -f /run/{STUB_PID}", check=False)
+    saved = files.dir / STUB_SAVED
+    if saved.exists():
+        files.resolv_conf.write_text(saved.read_text())
+        saved.unlink()
+
+
+def _coredns_init(ctx: FaultContext) -> int:
+    return ctx.node(ctx.topology.node(_coredns_node(ctx.topology))).init_pid()
+
+
 def _coredns_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    if params["via"] == "stop":
+    if params["via"] == "loop":
+        if node.name != _coredns_node(ctx.topology):
+            raise LabError("coredns_unreachable via=loop: CoreDNS runs on "
+                           f"{_coredns_node(ctx.topology)}, not {node.name}")
+        # the node changed, then CoreDNS's pod is started again: settle writes the
+        # ConfigMap's Corefile and starts it (its loop plugin then ends it)
+        _stub_resolver_on(ctx, node)
+        coredns.stop(ctx.topology)
+    elif params["via"] == "stop":
         # As a crash would (or a scale to zero): the process is gone, and the pod is not
         # Ready in the API (ActiveFaults.unready_pods), so kube-dns loses its endpoint.
         coredns.stop(ctx.topology)
@@ -2276,16 +2327,37 @@ def _coredns_down(ctx: FaultContext, node: LabNode, params: Params) -> None:
         # (Lab._probe_readiness, as the kubelet's) then finds the pod not Ready.
         _freeze(coredns.pids(ctx.topology), "coredns")
     else:
-        raise LabError("coredns_unreachable: via must be stop, drop, dnat or hang")
+        raise LabError("coredns_unreachable: via must be stop, drop, dnat, hang or loop")
 
 
 def _coredns_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _stub_resolver_off(ctx, node)
     for spec in _dns_drops(ctx.topology):
         _ipt_delete(ctx, node, "FORWARD", spec)
     for spec in _dns_intercepts():
         _ipt_delete(ctx, node, "PREROUTING", spec, table="nat")
     _thaw(coredns.pids(ctx.topology))
-    coredns.wait_ready(ctx.topology, ctx.paths, coredns.start(ctx.topology, ctx.paths))
+    # the Corefile the fault left, if any, goes in settle, once the state is saved
+    coredns.wait_ready(ctx.topology, ctx.paths,
+                       coredns.start(ctx.topology, ctx.paths, _coredns_init(ctx)))
+
+
+def _coredns_settled(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """CoreDNS runs the ConfigMap's Corefile as the state now has it (a via=loop changes it),
+    started again when it changed: under via=loop its loop plugin ends it at once, healed it
+    is ready. Then every kube-proxy has its endpoints (none while CoreDNS is not Ready)."""
+    text = k8s_objects.corefile(json.loads(ctx.paths.state.read_text()))
+    if coredns.corefile_path(ctx.paths).read_text() != text:
+        coredns.stop(ctx.topology)
+        coredns.write_corefile(ctx.paths, text)
+        log = coredns.log_path(ctx.paths)
+        since = log.stat().st_size if log.exists() else 0
+        proc = coredns.start(ctx.topology, ctx.paths, _coredns_init(ctx))
+        if any(p["via"] == "loop" for p in ctx.active.params("coredns_unreachable")):
+            coredns.wait_looped(ctx.paths, proc, since)
+        else:
+            coredns.wait_ready(ctx.topology, ctx.paths, proc)
+    _kube_proxies_synced(ctx, node, params)
 
 
 register(Fault(
@@ -2295,11 +2367,16 @@ register(Fault(
     "DNS arriving at the node sent elsewhere by a DNAT at the top of nat PREROUTING, to "
     f"{DNS_INTERCEPT}, where no resolver runs (via=dnat); or coredns hung, stopped with "
     "SIGSTOP, so its readiness probe times out and the pod is not Ready, without restarts "
-    "(via=hang)",
+    "(via=hang); or the node's resolv.conf pointed at a local stub resolver on "
+    f"{STUB_RESOLVER}, as systemd-resolved's, while the coredns ConfigMap forwards to "
+    "/etc/resolv.conf, as kubeadm's does: CoreDNS, started again, forwards to its own "
+    "loopback, its loop plugin finds its probe coming back and it exits, crash-looping "
+    "(via=loop)",
     _coredns_down, _coredns_up, {"via": "stop"}, default_node=_coredns_node,
-    mechanisms={"stop": (), "drop": (), "dnat": (), "hang": ()},
-    # its pod's readiness reaches kube-proxy (via=stop); _kube_proxies_synced is defined below
-    settle=lambda ctx, node, params: _kube_proxies_synced(ctx, node, params),
+    mechanisms={"stop": (), "drop": (), "dnat": (), "hang": (), "loop": ()},
+    # its pod's readiness reaches kube-proxy (via=stop, loop); _kube_proxies_synced is
+    # defined below
+    settle=lambda ctx, node, params: _coredns_settled(ctx, node, params),
 ))
 
 
@@ -2747,7 +2824,8 @@ def denying_policy(via: str) -> dict[str, Any]:
     real change leaves: `ingress` the web app scoped to a frontend that does not exist (only
     pods labelled app=frontend may connect to it on 8080); `default-deny` the namespace's
     default-deny-ingress, as its own docs give it; `dns` the client pods' egress limited to the
-    web app, with no rule for DNS to kube-system (a classic omission)."""
+    web app, with no rule for DNS to kube-system (a classic omission); `namespace` the same
+    with a rule for DNS to kube-system by a label the namespace does not carry (another)."""
     web_port = [{"protocol": "TCP", "port": WEB_PORT}]
     if via == "ingress":
         return {"name": "web-allow-frontend", "namespace": "default", "spec": {
@@ -2764,12 +2842,24 @@ def denying_policy(via: str) -> dict[str, Any]:
             "policyTypes": ["Egress"],
             "egress": [{"to": [{"podSelector": {"matchLabels": pod_labels("web")}}],
                         "ports": web_port}]}}
-    raise LabError("network_policy_denies: via must be ingress, default-deny or dns")
+    if via == "namespace":
+        # DNS allowed to kube-system by a label guides used before Kubernetes labelled every
+        # namespace itself (kubernetes.io/metadata.name): nobody put `name` on kube-system
+        dns_ports = [{"protocol": proto, "port": 53} for proto in ("UDP", "TCP")]
+        return {"name": "client-egress-web-and-dns", "namespace": "default", "spec": {
+            "podSelector": {"matchLabels": pod_labels("client")},
+            "policyTypes": ["Egress"],
+            "egress": [{"to": [{"podSelector": {"matchLabels": pod_labels("web")}}],
+                        "ports": web_port},
+                       {"to": [{"namespaceSelector": {"matchLabels": {"name": "kube-system"}}}],
+                        "ports": dns_ports}]}}
+    raise LabError("network_policy_denies: via must be ingress, default-deny, dns or namespace")
 
 
 def _policy_targets(topology: Topology, via: str) -> list[str]:
     """The nodes whose kube-router enforces the policy: those running a pod it selects."""
-    apps = {"ingress": {"web"}, "default-deny": {"web", "client"}, "dns": {"client"}}[via]
+    apps = {"ingress": {"web"}, "default-deny": {"web", "client"}, "dns": {"client"},
+            "namespace": {"client"}}[via]
     return sorted({pod.node for pod in topology.pods if pod.app in apps})
 
 
@@ -2796,7 +2886,7 @@ def _policy_enforced(ctx: FaultContext, node: LabNode, params: Params) -> None:
     targets = set(_policy_targets(ctx.topology, params["via"])) if active else set()
     # healed: no node keeps rules for any of the fault's policies (a blind heal, its
     # parameters lost, does not know which one was written)
-    vias = [params["via"]] if active else ["ingress", "default-deny", "dns"]
+    vias = [params["via"]] if active else ["ingress", "default-deny", "dns", "namespace"]
     written = [denying_policy(via) for via in vias]
 
     def done(lab_node: LabNode, rules: list[str]) -> bool:
@@ -2815,8 +2905,8 @@ def _policy_blamed(topology: Topology, node: str, params: Params) -> list[str]:
     """Where the flows the checks send are denied: the web pod's node for the ingress
     policies (the only pod anything connects to that they select: nothing connects to a
     client pod), the client pods' nodes for their egress without DNS."""
-    if params["via"] == "dns":
-        return _policy_targets(topology, "dns")
+    if params["via"] in ("dns", "namespace"):
+        return _policy_targets(topology, params["via"])
     return [_web_node(topology)]
 
 
@@ -2826,13 +2916,15 @@ register(Fault(
     "admits only pods labelled app=frontend (none exist), so the client pods can no longer "
     "reach it (VIP or pod address); via=default-deny the namespace default's "
     "default-deny-ingress; via=dns the client pods' egress allows only the web app on 8080, "
-    "no DNS to kube-system. enforced=yes (a lab up with --network-policy kube-router) waits "
-    "until every node's kube-router enforces it (its REJECT); enforced=no writes the object "
-    "only, for a lab without an enforcer. Heal deletes the policy and waits until kube-router "
+    "no DNS to kube-system; via=namespace the same egress with DNS allowed to namespaces "
+    "labelled name=kube-system, a label kube-system does not carry. enforced=yes (a lab up "
+    "with --network-policy kube-router) waits until every node's kube-router enforces it (its "
+    "REJECT); enforced=no writes the object only, for a lab without an enforcer. Heal deletes "
+    "the policy and waits until kube-router "
     "removed its rules",
     _policy_written, _noop, {"via": "ingress", "enforced": "yes"}, scope="cluster",
     default_node=_web_node, settle=_policy_enforced, blamed_nodes=_policy_blamed,
-    mechanisms={"ingress": (), "default-deny": (), "dns": ()},
+    mechanisms={"ingress": (), "default-deny": (), "dns": (), "namespace": ()},
 ))
 
 # ---- zones -----------------------------------------------------------------------------------

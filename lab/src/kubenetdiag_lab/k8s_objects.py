@@ -511,6 +511,10 @@ def corefile(state: dict) -> str:
     if any((f.get("params") or {}).get("via") == "config"
            for f in _faults(state, "coredns_upstream_unreachable")):
         upstream = RETIRED_RESOLVER
+    # coredns_unreachable via=loop: kubeadm's own forward target, the pod's resolv.conf
+    if any((f.get("params") or {}).get("via") == "loop"
+           for f in _faults(state, "coredns_unreachable")):
+        upstream = "/etc/resolv.conf"
     return (
         ".:53 {\n    errors\n    health {\n       lameduck 5s\n    }\n    ready\n"
         f"    kubernetes {domain} in-addr.arpa ip6.arpa {{\n{kubeconfig}"

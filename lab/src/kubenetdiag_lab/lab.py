@@ -529,7 +529,8 @@ class Lab:
     def _start_coredns(self) -> subprocess.Popen[bytes] | None:
         # The ConfigMap's Corefile, the same function's text (lab.json names the kubeconfig)
         coredns.write_corefile(self.paths, k8s_objects.corefile(self.state()))
-        return coredns.start(self.topology, self.paths)
+        return coredns.start(self.topology, self.paths,
+                             self._init_pids[coredns.pod(self.topology).node])
 
     def _start_kube_proxies(self) -> None:
         kubeconfig = self.controlplane.kubeconfig(cpm.PROXY_USER)
