@@ -12,6 +12,7 @@ from kubenetdiag.facts.netpol import (
     PolicyError,
     check_policy,
     evaluate,
+    near_misses,
     policy_types,
     selector_matches,
 )
@@ -152,6 +153,53 @@ def test_dns_udp_only_breaks_tcp_fallback():
     assert evaluate([p], WEB, DNS, 53, "UDP").allowed is True
     v = evaluate([p], WEB, DNS, 53, "TCP")
     assert (v.allowed, v.denied_on) == (False, "egress")
+
+
+def test_a_rule_for_dns_by_a_namespace_label_nobody_set_is_the_near_miss():
+    # guides written before the API server labelled namespaces itself select `name`
+    p = pol("shop", "egress", policyTypes=["Egress"], egress=[
+        {"to": [{"podSelector": {"matchLabels": {"app": "db"}}}]},
+        {"to": [{"namespaceSelector": {"matchLabels": {"name": "kube-system"}}}],
+         "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}])
+    assert evaluate([p], WEB, DNS, 53, "UDP").allowed is False
+    assert near_misses([p], "egress", WEB, DNS, 53, "UDP", DNS) == (
+        "shop/egress egress rule 2: port 53 only to namespaces name=kube-system, which "
+        "kube-system is not (kubernetes.io/metadata.name=kube-system)",)
+    # selecting by the label the API server sets allows it, and nothing is missed
+    fixed = pol("shop", "egress", policyTypes=["Egress"], egress=[
+        {"to": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "kube-system"}}}],
+         "ports": [{"port": 53, "protocol": "UDP"}]}])
+    assert evaluate([fixed], WEB, DNS, 53, "UDP").allowed is True
+
+
+def test_an_ingress_rule_for_the_port_from_pods_with_other_labels_is_the_near_miss():
+    p = pol("shop", "db-in", podSelector={"matchLabels": {"app": "db"}}, ingress=[
+        {"from": [{"podSelector": {"matchExpressions": [
+            {"key": "app", "operator": "In", "values": ["api", "frontend"]}]}}],
+         "ports": [{"port": "pg"}]}])
+    assert near_misses([p], "ingress", DB, WEB, 5432, "TCP", DB) == (
+        "shop/db-in ingress rule 1: port 5432 only from pods app in (api,frontend), which "
+        "shop/web-1 is not (app=web,tier=front)",)
+    # a podSelector alone means the policy's own namespace
+    other_ns = pod("shop-b", "web-1", "10.244.1.9", app="api")
+    assert near_misses([p], "ingress", DB, other_ns, 5432, "TCP", DB) == (
+        "shop/db-in ingress rule 1: port 5432 only from pods app in (api,frontend) of shop "
+        "only (shop-b/web-1 is in shop-b)",)
+
+
+@pytest.mark.parametrize("rule", [
+    {"to": [{"namespaceSelector": {"matchLabels": {"name": "x"}}}],
+     "ports": [{"port": 80}]},  # another port: not meant for this flow
+    {"to": [{"namespaceSelector": {"matchLabels": {"name": "x"}}}]},  # every port: no intent
+    {"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}], "ports": [{"port": 53, "protocol": "UDP"}]},
+    {"to": [{"namespaceSelector": {"matchLabels": {"name": "x"}}}, {"podSelector": {}}],
+     "ports": [{"port": 53, "protocol": "UDP"}]},  # its other peer matches: not missed
+])
+def test_rules_not_meant_for_the_flow_are_no_near_miss(rule):
+    p = pol("kube-system", "p", podSelector={}, policyTypes=["Egress"], egress=[rule])
+    me = pod("kube-system", "coredns-1", "10.244.3.4", k8s_app="kube-dns")
+    assert near_misses([p], "egress", me, DNS, 53, "UDP", DNS) == ()
 
 
 def test_both_sides_must_allow():

@@ -296,6 +296,20 @@ def test_a_dns_deny_policy_is_the_root_cause_and_the_dns_failures_its_consequenc
     assert not [f for f in found if f["rule"] == "network-policy-blocks-namespace-dns"]
 
 
+def test_a_dns_rule_that_selects_kube_system_by_a_label_it_lacks_is_named_with_the_fix():
+    egress = _policy("shop", "egress", policyTypes=["Egress"], egress=[
+        {"to": [{"namespaceSelector": {"matchLabels": {"name": "kube-system"}}}],
+         "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}])
+    found = _dns_run([egress])
+    [cause] = [f for f in found if f["rule"] == "network-policy-rule-misses-coredns"]
+    assert cause["root_cause"] and "shop/egress" in cause["title"]
+    # what to change: the selector, and the label kube-system does carry
+    assert "namespaces name=kube-system, which kube-system is not " \
+           "(kubernetes.io/metadata.name=kube-system)" in cause["explain"]
+    # not also reported as a policy with no rule for DNS
+    assert not [f for f in found if f["rule"] == "network-policy-blocks-namespace-dns"]
+
+
 def test_a_policy_that_allows_dns_is_never_blamed_for_a_dns_failure():
     allow = _policy("kube-system", "dns-in", ingress=[{"ports": [
         {"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}])

@@ -358,3 +358,72 @@ def evaluate(policies: Sequence[Mapping[str, Any]], src: Peer, dst: Peer,
     else:
         allowed = True
     return Verdict(allowed, egress, ingress)
+
+
+# ---------------------------------------------------------------- near misses
+
+
+def selector_text(selector: Mapping[str, Any] | None) -> str:
+    """A LabelSelector as `kubectl get -l` writes one: `a=b,c in (d,e),!f`; `{}` is every."""
+    if not selector:
+        return "every"
+    parts = [f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items()]
+    for e in selector.get("matchExpressions") or []:
+        key, op = e["key"], e["operator"]
+        values = ",".join(str(v) for v in e.get("values") or [])
+        parts.append({"In": f"{key} in ({values})", "NotIn": f"{key} notin ({values})",
+                      "Exists": key, "DoesNotExist": f"!{key}"}.get(op, f"{key} {op}"))
+    return ",".join(parts)
+
+
+def _labels_text(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "no labels"
+
+
+def _peer_miss(peer: Mapping[str, Any], policy_ns: str, other: Peer) -> str | None:
+    """Why a selector peer does not match the far end, or None when it does, is an ipBlock
+    (an address range says itself) or the far end is not a pod."""
+    if "ipBlock" in peer or not other.is_pod:
+        return None
+    pods, nss = peer.get("podSelector"), peer.get("namespaceSelector")
+    if pods is None and nss is None:
+        return None
+    ns = other.namespace or ""
+    if nss is None:
+        if ns != policy_ns:
+            return f"pods {selector_text(pods)} of {policy_ns} only ({other.name} is in {ns})"
+    elif not selector_matches(nss, other.ns_labels):
+        return (f"namespaces {selector_text(nss)}, which {ns} is not "
+                f"({_labels_text(other.ns_labels)})")
+    if not selector_matches(pods or {}, other.labels):
+        return (f"pods {selector_text(pods)}, which {other.name} is not "
+                f"({_labels_text(other.labels)})")
+    return None
+
+
+def near_misses(policies: Sequence[Mapping[str, Any]], direction: Direction, pod: Peer,
+                other: Peer, dport: int | None, protocol: str, dst: Peer) -> tuple[str, ...]:
+    """The rules of the policies isolating `pod` in `direction` that name the flow's port but
+    whose selectors pass the far end by: the usual way a policy that means to allow a flow
+    does not (a namespace label nobody set, a pod label that changed). One text per rule,
+    `<policy> <direction> rule <n>: port <port> only <to|from> <why not>`."""
+    kind = "Ingress" if direction == "ingress" else "Egress"
+    key, peers_key = (("ingress", "from") if direction == "ingress" else ("egress", "to"))
+    toward = "from" if direction == "ingress" else "to"
+    out = []
+    for p in policies:
+        if kind not in policy_types(p["spec"]) or not selects(p, pod):
+            continue
+        for i, rule in enumerate(p["spec"].get(key) or []):
+            ports = rule.get("ports") or []
+            # a rule for this very port: one that names no port is about everything
+            if not ports or not any(port_matches(q, dport, protocol, dst) for q in ports):
+                continue
+            misses = [_peer_miss(peer, pod.namespace or "", other)
+                      for peer in rule.get(peers_key) or []]
+            why = [m for m in misses if m]
+            if why and len(why) == len(misses):
+                # the port, not the protocol: a finding that groups UDP and TCP says it once
+                out.append(f"{_policy_id(p)} {direction} rule {i + 1}: port {dport} "
+                           f"only {toward} {'; or '.join(why)}")
+    return tuple(out)

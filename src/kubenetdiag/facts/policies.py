@@ -34,7 +34,14 @@ from typing import Any
 
 from kubenetdiag.facts.cluster import ApiCalls
 from kubenetdiag.facts.model import Fact, Source, by_kind
-from kubenetdiag.facts.netpol import NAME_LABEL, Peer, PolicyError, check_policy, evaluate
+from kubenetdiag.facts.netpol import (
+    NAME_LABEL,
+    Peer,
+    PolicyError,
+    check_policy,
+    evaluate,
+    near_misses,
+)
 from kubenetdiag.probes.active.plan import service_port_name
 
 PROBE = "policies"
@@ -52,6 +59,7 @@ MAX_VERDICTS = 400  # a 500-node cluster has thousands of pods: keep the rule en
 MAX_GROUPS = 20000  # distinct (namespace, node, labels) sets evaluated for DNS; more are left out
 DNS_PORT = 53
 METRICS_PORT = 9153
+NEAR_MISS_CHARS = 600  # a few rules' worth; labels are short, but a hostile object need not be
 
 # Agents that enforce NetworkPolicy, by the names their DaemonSets, pods, containers or node
 # processes carry; flannel alone enforces nothing (canal = flannel + calico's felix does).
@@ -387,10 +395,19 @@ def _verdict_fact(fl: _Flow, by_ns: Mapping[str | None, list[dict]],
     where = {"egress": "the source's egress", "ingress": "the destination's ingress",
              "both": "both sides"}.get(denied_on, "")
     port = f"{fl.protocol}/{fl.port}" if fl.port is not None else fl.protocol
+    # the rules meant for this port whose selectors miss the far end: what to fix
+    misses: tuple[str, ...] = ()
+    protocol = fl.protocol.upper()
+    if v.egress.allowed is False:
+        misses += near_misses(mine, "egress", fl.src, fl.dst, fl.port, protocol, fl.dst)
+    if v.ingress.allowed is False:
+        misses += near_misses(mine, "ingress", fl.dst, fl.src, fl.port, protocol, fl.dst)
+    near_miss = "; ".join(misses)[:NEAR_MISS_CHARS]
     text = (f"{_who(fl.src)} -> {_who(fl.dst)} {port}: {verdict}"
             + (f" on {where} ({', '.join(v.isolating)} select it and allow none of it)"
                if denied_on else "")
-            + (f"; allowed by {', '.join(v.allowing)}" if v.allowing else ""))
+            + (f"; allowed by {', '.join(v.allowing)}" if v.allowing else "")
+            + (f"; a rule for the port misses it: {near_miss}" if near_miss else ""))
     return Fact("policy_verdict", node, {
         "flow": fl.flow,
         "check": fl.check,
@@ -409,6 +426,7 @@ def _verdict_fact(fl: _Flow, by_ns: Mapping[str | None, list[dict]],
         "denied_on": denied_on,
         "policies": ", ".join(v.isolating),
         "allowing": ", ".join(v.allowing),
+        "near_miss": near_miss,
         "pods": fl.pods,
     }, Source(PROBE, "NetworkPolicy semantics on the flows the cluster needs", None, text))
 
