@@ -489,8 +489,9 @@ def _coredns_loops(lab: Lab) -> None:
     """The node resolves through its stub on loopback; CoreDNS, given the node's file and a
     Corefile that forwards to it, found its own probe coming back and exited."""
     dns_pod = lab.pod_for_app("coredns")
-    assert "nameserver 127.0.0.53" in lab.node_exec(dns_pod.node,
-                                                      ["cat", "/etc/resolv.conf"]).stdout
+    # the node's own file, in its mount namespace (node_exec enters its network only)
+    node = lab.runners.node(lab.topology.node(dns_pod.node))
+    assert "nameserver 127.0.0.53" in node.shell("cat /etc/resolv.conf").stdout
     # the node itself still resolves the site's names, through the stub
     assert lab.node_exec(dns_pod.node, services.netprog_argv(
         "--timeout", "2", "dns", "127.0.0.53", OUTSIDE_HOST_NAME)).returncode == 0
