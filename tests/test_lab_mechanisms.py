@@ -1079,6 +1079,15 @@ def _pod_egress_not_masqueraded(lab: Lab) -> None:
         in iptables(lab, "node1")
 
 
+def _pod_egress_flanneld_without_masq(lab: Lab) -> None:
+    _middleware(lab, "node2", node_ok=True, pod_ok=False, detail="timed out")
+    assert pods_ok(lab, "node2", "node1")  # the pod network itself is not masqueraded
+    assert "FLANNEL-POSTRTG" not in iptables(lab, "node2")
+    # flanneld runs, without --ip-masq: not a stopped agent
+    node = lab.topology.node("node2")
+    assert flannel.pids(node) and not flannel.masquerades(node)
+
+
 def _middleware_drops_node(lab: Lab) -> None:
     _middleware(lab, "node2", node_ok=False, pod_ok=False, detail="timed out")
     assert "-j DROP" in lab.runners.outside.run(["iptables-save"]).stdout
@@ -1394,6 +1403,7 @@ VXLAN_CASES = [
     ("syn_backlog_low", "file", "node2", {}, _syn_cookies_off_by_file),
     ("pod_egress_broken", "drop", "node2", {}, _pod_egress_dropped),
     ("pod_egress_broken", "masquerade", "node1", {}, _pod_egress_not_masqueraded),
+    ("pod_egress_broken", "ipmasq", "node2", {}, _pod_egress_flanneld_without_masq),
     ("endpoint_unreachable", "allowlist", "node2", {}, _middleware_drops_node),
     ("endpoint_unreachable", "route", "node1", {}, _node_route_gone),
     ("node_not_ready", "kill", "node2", {}, _kubelet_silent("gone")),

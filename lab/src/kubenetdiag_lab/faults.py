@@ -3941,18 +3941,46 @@ def _no_masq_spec(node: LabNode) -> list[str]:
     return ["-s", node.pod_cidr, "-d", str(OUTSIDE_NETWORK), "-j", "RETURN"]
 
 
+# flanneld's masquerade: its chain, and the jump nat POSTROUTING has to it
+FLANNEL_MASQ = ("-t nat -D POSTROUTING -m comment --comment 'flanneld masq' -j FLANNEL-POSTRTG; "
+                "iptables -t nat -F FLANNEL-POSTRTG; iptables -t nat -X FLANNEL-POSTRTG")
+
+
+def _flanneld_masquerading(ctx: FaultContext, node: LabNode, on: bool) -> None:
+    """flanneld restarted with (on) or without --ip-masq. Without it, flanneld neither writes
+    its masquerade nor removes one left from before: the rules go as on a node that never had
+    them. With it, flanneld writes them at its start."""
+    flannel.stop(node)
+    if not on:
+        ctx.node(node).shell(f"iptables {FLANNEL_MASQ}", check=False)
+    since = flannel.start(ctx.paths, node, ctx.node(node), ip_masq=on)
+    flannel.wait_programmed(ctx.topology, ctx.paths, [node], ctx.node, since)
+    deadline = time.monotonic() + 10.0
+    while on and "FLANNEL-POSTRTG" not in ctx.node(node).run(
+            ["iptables", "-t", "nat", "-S", "POSTROUTING"]).stdout:
+        if time.monotonic() > deadline:
+            raise LabError(f"{node.name}: flanneld did not write its masquerade within 10 s")
+        time.sleep(0.2)
+
+
 def _pod_egress_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if params["via"] == "drop":
         _ipt_insert(ctx, node, "FORWARD", _egress_drop_spec(node))
     elif params["via"] == "masquerade":
         _ipt_insert(ctx, node, "POSTROUTING", _no_masq_spec(node), table="nat")
+    elif params["via"] == "ipmasq":
+        _flanneld_masquerading(ctx, node, on=False)
     else:
-        raise LabError("pod_egress_broken: via must be drop or masquerade")
+        raise LabError("pod_egress_broken: via must be drop, masquerade or ipmasq")
 
 
 def _pod_egress_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
     _ipt_delete(ctx, node, "FORWARD", _egress_drop_spec(node))
     _ipt_delete(ctx, node, "POSTROUTING", _no_masq_spec(node), table="nat")
+    # a running flanneld without --ip-masq (one stopped or hung is another fault's)
+    if ctx.topology.cni.startswith("flannel") and flannel.pids(node) \
+            and not flannel.masquerades(node):
+        _flanneld_masquerading(ctx, node, on=True)
 
 
 register(Fault(
@@ -3960,9 +3988,11 @@ register(Fault(
     "the node's pods time out connecting to the middleware outside the cluster while the node "
     "itself connects: a DROP of its pods' traffic to the middleware at the top of FORWARD "
     "(via=drop), or an exception above the CNI's masquerade that lets that traffic leave with "
-    "the pod's address, which the middleware has no route back to (via=masquerade)",
+    "the pod's address, which the middleware has no route back to (via=masquerade), or no "
+    "masquerade at all: the node's flanneld restarted without --ip-masq, as a node set up "
+    "by hand or by an older install script runs it, and its masquerade rules gone (via=ipmasq)",
     _pod_egress_off, _pod_egress_on, {"via": "drop"},
-    mechanisms={"drop": (), "masquerade": ()},
+    mechanisms={"drop": (), "masquerade": (), "ipmasq": ("flannel-vxlan", "flannel-host-gw")},
 ))
 
 

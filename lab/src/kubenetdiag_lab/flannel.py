@@ -35,6 +35,7 @@ from typing import Any
 
 from kubenetdiag_lab import components, k8s_objects, nodehost
 from kubenetdiag_lab.errors import LabError
+from kubenetdiag_lab.netns import cmdline
 from kubenetdiag_lab.paths import LabPaths
 from kubenetdiag_lab.pki import write_private
 from kubenetdiag_lab.runner import NodeRunner
@@ -88,16 +89,18 @@ def pids(node: LabNode) -> list[int]:
     return nodehost.procs_in(node.netns, BINARY)
 
 
-def start(paths: LabPaths, node: LabNode, runner: NodeRunner) -> float:
+def start(paths: LabPaths, node: LabNode, runner: NodeRunner, ip_masq: bool = True) -> float:
     """Start the node's flanneld (detached, inside the node) unless it runs already; return
-    the time from which its work counts (wait_programmed's `since`)."""
+    the time from which its work counts (wait_programmed's `since`). `ip_masq=False` leaves
+    out --ip-masq, as a node set up by hand or by an older install script may run it."""
     started = time.time()
     if pids(node):
         return 0.0
     directory = config_dir(paths, node.name)
     if not (directory / "net-conf.json").exists():
         raise LabError(f"{node.name}: no flannel config in {directory}")
-    argv = [str(components.path_of(BINARY)), "--ip-masq", "--kube-subnet-mgr",
+    argv = [str(components.path_of(BINARY)), *(["--ip-masq"] if ip_masq else []),
+            "--kube-subnet-mgr",
             f"--kubeconfig-file={directory / 'kubeconfig'}",
             f"--net-config-path={directory / 'net-conf.json'}",
             "--iface=eth0", "--healthz-port=0"]
@@ -111,6 +114,11 @@ def start(paths: LabPaths, node: LabNode, runner: NodeRunner) -> float:
 
 def stop(node: LabNode) -> None:
     nodehost.kill(pids(node))
+
+
+def masquerades(node: LabNode) -> bool:
+    """Whether the node's running flanneld was started with --ip-masq."""
+    return any("--ip-masq" in cmdline(pid).split() for pid in pids(node))
 
 
 def _routes(runner: NodeRunner) -> list[dict[str, Any]]:
