@@ -106,3 +106,13 @@ def test_a_node_without_a_route_to_the_endpoint_is_named_for_it_once() -> None:
     facts = base() + connects({("n3", False): "unreachable", ("n3", True): "unreachable"})
     assert roots([*facts, no_route]) == [("node-has-no-route-to-endpoint", "endpoint_unreachable",
                                          ("n3",))]
+
+
+def test_a_pod_connection_the_walk_saw_leave_unmasqueraded_is_named_so() -> None:
+    kept = Fact("egress_untranslated", "n2", {
+        "target": DB, "src": "10.244.2.2", "dst": "203.0.113.10", "dport": 3306,
+        "at": "nat POSTROUTING: no rule masquerades it", "rule": None, "owner": "unknown"})
+    facts = base() + connects({("n2", True): "timeout"}) + [kept]
+    assert roots(facts) == [("pod-egress-not-masqueraded", "pod_egress_broken", ("n2",))]
+    # where the pod connects, leaving untranslated is a routed pod network, not a fault
+    assert roots(base() + connects({}) + [kept]) == []

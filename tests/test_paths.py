@@ -368,6 +368,56 @@ def test_a_native_nft_snat_is_followed_too():
     assert got and got[0]["at"] == "ip egress post rule 1: SNAT of 10.244.2.2 to 10.99.0.7"
 
 
+def _untranslated(facts: list[Fact], node_name: str) -> list[dict]:
+    return [x.attrs for x in facts if x.kind == "egress_untranslated" and x.node == node_name]
+
+
+def test_a_pods_connection_that_leaves_unmasqueraded_is_said_with_where_nat_let_it_go():
+    check = f("tcp_check", "n1", target="203.0.113.10:3306", address="203.0.113.10", by="ip",
+              ok=False, detail="timeout", rtt_ms=None, vantage="cni-1")
+    outside = [route(n, "203.0.113.0/24", "eth0", "198.18.0.1") for n in NODES]
+    masq = "-A POSTROUTING -s 10.244.0.0/16 ! -d 224.0.0.0/4 -j MASQUERADE"
+    facts = cluster(
+        check, *outside,
+        chain("n1", "nat", "POSTROUTING"), ipt("n1", "nat", masq, 1),
+        # an exception above the masquerade, as ip-masq-agent writes one
+        chain("n2", "nat", "POSTROUTING"),
+        ipt("n2", "nat", "-A POSTROUTING -s 10.244.2.0/24 -d 203.0.113.0/24 -j RETURN", 1),
+        ipt("n2", "nat", masq, 2),
+        # a CNI agent that runs without its masquerade: the chain holds none
+        chain("n3", "nat", "POSTROUTING"))
+    assert not _untranslated(facts, "n1")
+    [n2] = _untranslated(facts, "n2")
+    assert (n2["target"], n2["src"], n2["at"], n2["rule"]) == (
+        "203.0.113.10:3306", "10.244.2.2",
+        "nat POSTROUTING rule 1 returns it before any masquerade",
+        "-A POSTROUTING -s 10.244.2.0/24 -d 203.0.113.0/24 -j RETURN")
+    [n3] = _untranslated(facts, "n3")
+    assert (n3["at"], n3["rule"]) == ("nat POSTROUTING: no rule masquerades it", None)
+    # it passes: the walk does not call it lost (a routed pod network leaves so on purpose)
+    assert not stops(facts, "n2") and not stops(facts, "n3")
+    # a native nftables masquerade counts as one
+    facts = cluster(check, *outside, *nft_base(
+        "n3", "ip", "nat", "post", "nat", "postrouting", "srcnat",
+        ("masquerade", "ip saddr 10.244.0.0/16 masquerade")))
+    assert not _untranslated(facts, "n3")
+
+
+def test_a_declared_endpoint_in_the_pod_network_is_meant_to_be_reached_untranslated():
+    check = f("tcp_check", "n1", target="10.244.2.3:8080", address="10.244.2.3", by="ip",
+              ok=True, detail=None, rtt_ms=1.0, vantage="cni-1")
+    facts = cluster(check, chain("n1", "nat", "POSTROUTING"))
+    assert not _untranslated(facts, "n1")
+
+
+def test_nothing_is_said_of_nat_where_the_packet_filter_was_not_read():
+    check = f("tcp_check", "n1", target="203.0.113.10:3306", address="203.0.113.10", by="ip",
+              ok=False, detail="timeout", rtt_ms=None, vantage="cni-1")
+    facts = [x for n in ("n1", "n2") for x in node(n) if x.kind != "iptables_chain"]
+    facts += [check, route("n1", "203.0.113.0/24", "eth0", "198.18.0.1")]
+    assert not _untranslated(facts + path_facts(facts), "n1")
+
+
 def test_the_pod_the_own_pod_check_pinged_is_walked_from_its_node():
     """A pod whose host route is gone is never a pod-network target, but the own-pod check
     found it; the node's way to it ends at the blackhole that took its traffic."""

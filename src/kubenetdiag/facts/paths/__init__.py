@@ -244,13 +244,15 @@ def path_facts(facts: list[Fact]) -> list[Fact]:
         if a.get("direction") == "node_to_pod" and a.get("ok") is False \
                 and isinstance(a.get("address"), str) and network(str(a["address"])) is not None:
             own_pod[f.node] = addr(str(a["address"]).split("/")[0])
+    # the pod network: a pod's traffic to another pod is meant to leave untranslated
+    pod_nets = sorted({n.cidr for n in nodes.values() if n.cidr})
     out: list[Fact] = []
     for name in names:
         me = nodes[name]
         flows = list(_flows(me, name, nodes, _peers(name, peer_names, reach), bgp, services,
                             dns_pods, endpoints, own_pod.get(name)))
         flows += _nodeport_flows(me, nodes, sorted(nodeports.get(name, ())))
-        out.extend(_facts_of(me, name, flows, after, tunnelled))
+        out.extend(_facts_of(me, name, flows, after, tunnelled, pod_nets))
     return out
 
 
@@ -578,7 +580,7 @@ def undo_command(end: Ending, both_backends: bool = False) -> str | None:
 
 
 def _facts_of(me: _Node, name: str, flows: list[Flow], after: _After,
-              tunnelled: set[frozenset[str]]) -> list[Fact]:
+              tunnelled: set[frozenset[str]], pod_nets: Sequence[str] = ()) -> list[Fact]:
     v = me.view
     both = {"legacy", "nf_tables"} <= {b.table.backend for b in v.chains}
     counts = {"pass": 0, "drop": 0, "reject": 0, "unknown": 0}
@@ -587,6 +589,10 @@ def _facts_of(me: _Node, name: str, flows: list[Flow], after: _After,
         end = walk(v, flow)
         counts[end.verdict] = counts.get(end.verdict, 0) + 1
         if end.verdict == "pass":
+            # only where the node's NAT rules were read: unread, nothing is known of them
+            if flow.name == "endpoint_pod" and end.untranslated is not None \
+                    and v.has_netfilter and not any(in_net(flow.pkt.dst, n) for n in pod_nets):
+                out.append(_untranslated_fact(name, flow, end.untranslated))
             continue
         out.append(_path_fact(name, flow, end, v.altered, both, after, tunnelled))
     kinds = ",".join(sorted({f.name for f in flows}))
@@ -599,6 +605,17 @@ def _facts_of(me: _Node, name: str, flows: list[Flow], after: _After,
     }, Source(PROBE, f"walk of {name}'s collected configuration", None,
               f"{len(flows)} flows: {counts}")))
     return out
+
+
+def _untranslated_fact(name: str, flow: Flow, where: tuple[str, str | None, str]) -> Fact:
+    at, rule, owner = where
+    pkt = flow.pkt
+    text = (f"{show(pkt.src)} -> {flow.target}: passes and leaves with the pod's own address; "
+            f"{at}" + (f": {rule}" if rule else ""))
+    return Fact("egress_untranslated", name, {
+        "target": flow.target, "src": show(pkt.src), "dst": show(pkt.dst), "dport": pkt.dport,
+        "at": at, "rule": rule, "owner": owner,
+    }, Source(PROBE, f"walk of {name}'s endpoint_pod flow", None, text[:2000]))
 
 
 def _toward(flow: Flow) -> str:

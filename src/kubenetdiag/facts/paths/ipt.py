@@ -34,8 +34,8 @@ _NON_TERMINAL = {
     "DSCP", "TOS", "TTL", "SET", "SECMARK", "CONNSECMARK", "CONNMARK", "IDLETIMER", "LED",
     "RATEEST", "HMARK", "TEE", "NFACCT", "ECN", "HL", "CONNTRACK",
 }
-# end the nat table's walk for this packet; SNAT too, with the source it sets (below)
-_NAT_ACCEPT = {"MASQUERADE", "NETMAP"}
+# end the nat table's walk for this packet; SNAT and MASQUERADE too, each recorded (below)
+_NAT_ACCEPT = {"NETMAP"}
 _UNKNOWN = {"NFQUEUE": "a userspace program (NFQUEUE) decides", "QUEUE": "a userspace program "
             "(QUEUE) decides", "TPROXY": "a transparent proxy takes it", "SYNPROXY": "SYNPROXY "
             "answers it", "REDIRECT": "it is redirected to a local port"}
@@ -279,6 +279,8 @@ def _action(flag: str, args: list[str]) -> Action:
             return Action("snat", to=(nat_address(to), None))
         except ValueError:
             return Action("accept")  # a source the walk cannot read changes no verdict
+    if target == "MASQUERADE":
+        return Action("masq")
     if target in _NAT_ACCEPT:
         return Action("accept")
     if target == "MARK":

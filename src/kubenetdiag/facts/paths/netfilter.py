@@ -107,6 +107,9 @@ def _run(table: Table, chain: str, pkt: Packet, ctx: Context, depth: int, undeci
                 results.append(_Out("verdict", "accept",
                                     p.but(snat_to=a.to[0], snat_by=(table, chain, r)),
                                     u, r, chain))
+            elif a.kind == "masq":
+                results.append(_Out("verdict", "accept", p.but(masq_by=(table, chain, r)),
+                                    u, r, chain))
             elif a.kind in ("accept", "drop", "reject", "unknown"):
                 results.append(_Out("verdict", a.kind, p, u, r, chain, a.why))
             elif a.kind == "return":
@@ -153,7 +156,13 @@ def walk_hook(chains: list[BaseChain], hook: str, worlds: list[World], ctx: Cont
                 else:  # fell off the end of the base chain, or returned from it: the policy
                     verdict, rule, why = base.policy, None, ""
                 if verdict == "accept":
-                    nxt.append(World(o.pkt, o.undecided))
+                    pkt = o.pkt
+                    if base.kind == "nat" and hook == "postrouting" and pkt.masq_by is None \
+                            and pkt.snat_by is None and pkt.nat_kept_by is None:
+                        # o.rule: the ACCEPT, or the RETURN in the base chain (None: its end)
+                        pkt = pkt.but(nat_kept_by=(base.table, o.chain if o.rule else
+                                                   base.chain, o.rule))
+                    nxt.append(World(pkt, o.undecided))
                 else:
                     nxt.append(World(o.pkt, o.undecided,
                                      Stop(verdict, hook, base.table, o.chain if rule else

@@ -293,7 +293,7 @@ def _verdict(tokens: list[str], i: int) -> tuple[Action | None, int]:
     if tok == "queue":
         return Action("unknown", why="a userspace program (nft queue) decides"), len(tokens)
     if tok == "masquerade":
-        return Action("accept"), len(tokens)
+        return Action("masq"), len(tokens)
     if tok == "snat":
         return _snat(tokens, i), len(tokens)
     if tok == "dnat":

@@ -44,6 +44,11 @@ class Packet:
     # come back to that address, and only this node's connection tracking can undo it
     snat_to: int | None = None
     snat_by: tuple | None = field(default=None, compare=False)
+    # (table, chain, rule) of the masquerade that gave it the outgoing device's address
+    masq_by: tuple | None = field(default=None, compare=False)
+    # a nat postrouting base chain that let it go untranslated: (table, chain, rule) of the
+    # RETURN or ACCEPT that ended its walk there, the rule None when it fell off the end
+    nat_kept_by: tuple | None = field(default=None, compare=False)
 
     def but(self, **changes) -> Packet:
         return replace(self, **changes)

@@ -43,7 +43,7 @@ TERMINAL = {"accept", "drop", "reject", "unknown"}
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # accept drop reject return jump goto continue dnat snat mark unknown
+    kind: str  # accept drop reject return jump goto continue dnat snat masq mark unknown
     chain: str | None = None  # jump / goto target
     to: tuple[int, int | None] | None = None  # dnat destination or snat source (address, port)
     # more dnat destinations a random draw picks among (nft `numgen random mod N map`): the

@@ -73,6 +73,9 @@ class Ending:
     steps: list[str] = field(default_factory=list)
     handle: int | None = None  # the deciding native nftables rule's handle, when collected
     pkts: int | None = None  # the deciding rule's packet counter, when collected
+    # a passing packet that leaves through postrouting with no masquerade or SNAT: (where the
+    # nat table let it go, that rule's text or None, its owner); None when translated
+    untranslated: tuple[str, str | None, str] | None = None
 
 
 def _from_stop(s: Stop, undecided: str, steps: list[str]) -> Ending:
@@ -389,8 +392,25 @@ def _after(v: NodeView, hooks: list[str], flow: Flow, pkt: Packet, w: World, ste
         elif _snat_away(v, w2.pkt):
             endings.append(_snatted(pkt, w2, s))
         else:
-            endings.append(Ending("pass", undecided=w2.undecided, steps=s))
+            endings.append(Ending("pass", undecided=w2.undecided, steps=s,
+                                  untranslated=_untranslated(w2.pkt)
+                                  if "postrouting" in hooks else None))
     return _combine(endings)
+
+
+def _untranslated(pkt: Packet) -> tuple[str, str | None, str] | None:
+    """Where a packet that leaves with its own source address was let go by the nat table's
+    postrouting chains, or None when one masqueraded or SNATed it."""
+    if pkt.masq_by is not None or pkt.snat_by is not None:
+        return None
+    if pkt.nat_kept_by is None:
+        return "no nat postrouting chain", None, "kernel"
+    table, chain, rule = pkt.nat_kept_by
+    if rule is None:
+        return f"{table.name} {chain}: no rule masquerades it", None, table.owner_of(chain, None)
+    verb = "returns" if rule.action.kind == "return" else "accepts"
+    return (f"{table.name} {chain} rule {rule.position} {verb} it before any masquerade",
+            rule.text, table.owner_of(chain, rule))
 
 
 def _combine(endings: list[Ending]) -> Ending:
