@@ -403,6 +403,18 @@ def test_a_pods_connection_that_leaves_unmasqueraded_is_said_with_where_nat_let_
     assert not _untranslated(facts, "n3")
 
 
+def test_a_masquerade_behind_a_match_the_walk_cannot_decide_is_not_called_missing():
+    # Calico's natOutgoing masquerades by ipset; without the set's members the walk cannot
+    # tell whether it matches, so it says nothing of the source the connection leaves with
+    check = f("tcp_check", "n2", target="203.0.113.10:3306", address="203.0.113.10", by="ip",
+              ok=False, detail="timeout", rtt_ms=None, vantage="cni-2")
+    facts = cluster(
+        check, route("n2", "203.0.113.0/24", "eth0", "198.18.0.1"),
+        chain("n2", "nat", "POSTROUTING"),
+        ipt("n2", "nat", "-A POSTROUTING -m set --match-set masq-pools src -j MASQUERADE", 1))
+    assert not _untranslated(facts, "n2") and not stops(facts, "n2", "endpoint_pod")
+
+
 def test_a_declared_endpoint_in_the_pod_network_is_meant_to_be_reached_untranslated():
     check = f("tcp_check", "n1", target="10.244.2.3:8080", address="10.244.2.3", by="ip",
               ok=True, detail=None, rtt_ms=1.0, vantage="cni-1")

@@ -17,7 +17,7 @@ frame is not known, so a bridge rule that matches on it is undecidable.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kubenetdiag.facts.paths.netfilter import Stop, World, walk_hook
 from kubenetdiag.facts.paths.node import NodeView
@@ -421,7 +421,13 @@ def _combine(endings: list[Ending]) -> Ending:
     verdicts = {e.verdict for e in endings}
     if len(verdicts) == 1:
         sure = [e for e in endings if not e.undecided]
-        return (sure or endings)[0]
+        one = (sure or endings)[0]
+        if one.verdict == "pass" and one.untranslated is not None and (
+                len(sure) < len(endings) or any(e.untranslated is None for e in endings)):
+            # untranslated in one world only, or hanging on a match the walk cannot decide
+            # (an ipset it could not read): nothing is said of the source it leaves with
+            one = replace(one, untranslated=None)
+        return one
     undecided = next((e.undecided for e in endings if e.undecided), "")
     first = next(e for e in endings if e.verdict != "pass")
     ways = sorted({f"{e.verdict} ({e.at})" if e.at else e.verdict for e in endings})
