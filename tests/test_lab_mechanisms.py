@@ -637,6 +637,24 @@ def _not_masqueraded(lab: Lab) -> None:
         assert (cp.returncode == 0) == ok, (node, cp.stdout, cp.stderr)
 
 
+def _nodeports_unreached(lab: Lab) -> None:
+    """kube-proxy runs with nodePortAddresses holding none of node2's addresses: every NodePort
+    rule is there and nothing jumps to them, so node2's NodePort refuses its peers' pods and
+    the node itself, while node1's answers."""
+    assert not proc_states(lab, "node2")["kube-proxy"].startswith("T")
+    nat = lab.node_exec("node2", ["iptables", "-t", "nat", "-S"]).stdout
+    assert "-A KUBE-NODEPORTS " in nat and "-j KUBE-NODEPORTS" not in nat
+    pod = client_pod(lab, "node1")
+    for node, ok in (("node2", False), ("node1", True)):
+        cp = lab.netprog(pod, "--timeout", "1", "tcp", lab.topology.node(node).address,
+                         str(WEB_NODE_PORT))
+        assert (cp.returncode == 0) == ok, (node, cp.stdout, cp.stderr)
+    own = lab.node_exec("node2", services.netprog_argv(
+        "--timeout", "1", "tcp", lab.topology.node("node2").address, str(WEB_NODE_PORT)),
+        check=False)
+    assert own.returncode != 0 and "refused" in own.stdout + own.stderr
+
+
 def _listener_hung(lab: Lab) -> None:
     # an app that accepted with backlog 128, stopped: its queue is full (Recv-Q 129 > 128)
     line = lab.node_exec("node2", ["ss", "-Hlntp", "sport = :30080"]).stdout.split()
@@ -1348,6 +1366,7 @@ VXLAN_CASES = [
     ("kube_proxy_rules_missing", "prerouting", "node2", {}, _services_unreached("PREROUTING")),
     ("kube_proxy_rules_missing", "output", "node2", {}, _services_unreached("OUTPUT")),
     ("kube_proxy_rules_missing", "postrouting", "node1", {}, _not_masqueraded),
+    ("kube_proxy_rules_missing", "nodeports", "node2", {}, _nodeports_unreached),
     ("ip_forward_disabled", "interface", "node2", {}, _forwarding_per_interface),
     ("rp_filter_strict", "interface", "node2", {}, _rp_filter_on_flannel_only),
     ("forward_chain_reject", "nft", "node2", {}, _nft_forward_reject),

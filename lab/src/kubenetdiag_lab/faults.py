@@ -34,6 +34,8 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from kubenetdiag_lab import (
     cni,
     coredns,
@@ -2653,7 +2655,40 @@ def _kube_jump(chain: str) -> str:
     return f'-A {chain} -m comment --comment "{comment}" -j {target}'
 
 
+# via=nodeports: kube-proxy's nodePortAddresses, a subnet none of the node's addresses is in
+# (one the nodes left, a typo): it programs every NodePort and sends nothing to them
+NODEPORT_CIDR = "198.18.8.0/24"
+
+
+def _node_port_addresses(ctx: FaultContext, node: LabNode, cidrs: list[str] | None) -> None:
+    """kube-proxy's configuration file with nodePortAddresses set to `cidrs`, or without it."""
+    path = kubeproxy.config_dir(ctx.paths, node.name) / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    if cidrs:
+        config["nodePortAddresses"] = cidrs
+    else:
+        config.pop("nodePortAddresses", None)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
 def _kube_proxy_rules_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] == "nodeports":
+        # restarted with the setting, as a rollout of its ConfigMap would: its first sync
+        # writes every Service's rules and no jump to KUBE-NODEPORTS
+        _node_port_addresses(ctx, node, [NODEPORT_CIDR])
+        kubeproxy.stop(node)
+        kubeproxy.start(ctx.paths, node, ctx.node(node))
+        # the old rules stay until the new kube-proxy's first sync replaces them
+        deadline = time.monotonic() + 10.0
+        while "-j KUBE-NODEPORTS" in ctx.node(node).run(
+                ["iptables", "-t", "nat", "-S", "KUBE-SERVICES"]).stdout:
+            if time.monotonic() > deadline:
+                raise LabError(f"{node.name}: kube-proxy still jumps to KUBE-NODEPORTS 10 s "
+                               "after its restart with nodePortAddresses")
+            time.sleep(0.1)
+        kubeproxy.wait_synced(ctx.topology, ctx.paths, [node], ctx.node,
+                              ctx.active.services(ctx.topology))
+        return
     if params["via"] in ("prerouting", "output", "postrouting"):
         # Only a full resync writes the jumps again, and a partial sync (every change, every
         # 30 s) is not one: the chain stays full and unreachable under a running kube-proxy.
@@ -2669,8 +2704,8 @@ def _kube_proxy_rules_off(ctx: FaultContext, node: LabNode, params: Params) -> N
         # kubeadm's kube-proxy DaemonSet has no probe: its pod stays Ready and running
         _freeze(kubeproxy.pids(node), f"kube-proxy on {node.name}")
     else:
-        raise LabError("kube_proxy_rules_missing: via must be kill, hang, prerouting, output "
-                       "or postrouting")
+        raise LabError("kube_proxy_rules_missing: via must be kill, hang, prerouting, output, "
+                       "postrouting or nodeports")
     ctx.node(node).run(["iptables", "-t", "nat", "-F", "KUBE-SERVICES"])
 
 
@@ -2678,6 +2713,7 @@ def _kube_proxy_restarted(ctx: FaultContext, node: LabNode, params: Params) -> N
     # a resumed kube-proxy would repair the chain only at its next periodic sync (30 s): it is
     # restarted instead, as deleting its pod would
     _thaw(kubeproxy.pids(node))
+    _node_port_addresses(ctx, node, None)
     kubeproxy.stop(node)
     kubeproxy.start(ctx.paths, node, ctx.node(node))
     kubeproxy.wait_synced(ctx.topology, ctx.paths, [node], ctx.node,
@@ -2686,7 +2722,7 @@ def _kube_proxy_restarted(ctx: FaultContext, node: LabNode, params: Params) -> N
     # sync writes are what says it has run
     for _ in range(200):  # bounded: 10 s
         nat = ctx.node(node).run(["iptables", "-t", "nat", "-S"]).stdout
-        if all(_kube_jump(c) in nat for c in KUBE_JUMPS):
+        if all(_kube_jump(c) in nat for c in KUBE_JUMPS) and "-j KUBE-NODEPORTS" in nat:
             return
         run(["sleep", "0.05"])
     raise LabError(f"{node.name}: kube-proxy did not write its jumps to KUBE-SERVICES again")
@@ -2701,9 +2737,13 @@ register(Fault(
     "PREROUTING (via=prerouting: the pods' Service traffic and NodePorts from outside) or "
     "OUTPUT (via=output: the node's own), or its jump to KUBE-POSTROUTING from POSTROUTING "
     "(via=postrouting: NodePort connects sent on to another node's endpoint are not "
-    "masqueraded), as a firewall reload that restores an old file does",
+    "masqueraded), as a firewall reload that restores an old file does; or kube-proxy "
+    f"restarted with nodePortAddresses [{NODEPORT_CIDR}], a subnet none of the node's "
+    "addresses is in: every Service's rules are there and KUBE-SERVICES has no jump to "
+    "KUBE-NODEPORTS, so the node's NodePorts refuse everyone, itself included (via=nodeports)",
     _kube_proxy_rules_off, _kube_proxy_restarted, {"via": "kill"},
-    mechanisms={"kill": (), "hang": (), "prerouting": (), "output": (), "postrouting": ()},
+    mechanisms={"kill": (), "hang": (), "prerouting": (), "output": (), "postrouting": (),
+                "nodeports": ()},
     # nftables mode's table has no KUBE-SERVICES chain, and no rule reads that table's
     proxy_modes=("iptables",),
 ))
