@@ -506,6 +506,18 @@ def _coredns_loops(lab: Lab) -> None:
     assert pods[dns_pod.name]["ready"] is False and pods[dns_pod.name]["restarts"] > 0
 
 
+def _zone_mismatched(lab: Lab) -> None:
+    """CoreDNS answers the cluster's names under the zone its Corefile now serves only: the
+    pods' names, completed with the kubelets' cluster.local, get no address."""
+    dns_pod = lab.pod_for_app("coredns")
+    assert "kubernetes k8s.example " in coredns.corefile_path(lab.paths).read_text()
+    assert pod_ready(lab, "kube-system", dns_pod.name)
+    assert not dns_ok(lab, "node2")  # kubernetes.default.svc.cluster.local
+    cp = lab.netprog(client_pod(lab, "node2"), "--timeout", "1", "dns", "10.96.0.10",
+                     "kubernetes.default.svc.k8s.example")
+    assert cp.returncode == 0, cp
+
+
 def _dns_intercepted(lab: Lab) -> None:
     """CoreDNS runs, Ready, and answers its own node; queries that reach its node from any pod
     are sent to an address where nothing answers."""
@@ -1393,6 +1405,7 @@ VXLAN_CASES = [
     ("coredns_unreachable", "hang", None, {}, _coredns_hung),
     ("coredns_unreachable", "dnat", None, {}, _dns_intercepted),
     ("coredns_unreachable", "loop", None, {}, _coredns_loops),
+    ("coredns_zone_mismatch", "config", None, {}, _zone_mismatched),
     ("coredns_upstream_unreachable", "config", None, {}, _upstream_gone("config")),
     ("coredns_upstream_unreachable", "firewall", None, {}, _upstream_gone("firewall")),
     ("node_unreachable", "hang", "node2", {}, _sshd_hung),

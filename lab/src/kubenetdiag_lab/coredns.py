@@ -197,3 +197,29 @@ def wait_looped(paths: LabPaths, proc: subprocess.Popen[bytes] | None, since: in
         if LOOP_MARK not in f.read():
             raise LabError(f"coredns exited without detecting a loop; last lines of {log}:\n"
                            f"{log_tail(log)}")
+
+
+def _zone_rcode(server: str, zone: str) -> str:
+    """What CoreDNS at `server` answers for the API's own Service under `zone`: NOERROR from
+    the zone its kubernetes plugin serves, NXDOMAIN (from its upstream) for any other."""
+    query = dns.message.make_query(f"kubernetes.default.svc.{zone}", dns.rdatatype.A)
+    try:
+        return dns.rcode.to_text(dns.query.udp(query, server, timeout=3.0).rcode())
+    except (dns.exception.Timeout, OSError):
+        return "timeout"
+
+
+def wait_zone(topology: Topology, served: str, other: str, timeout: float = 30.0) -> None:
+    """Wait until CoreDNS answers the cluster's names under `served` and not under `other`
+    (a reload takes effect within seconds), asked from its pod's node."""
+    node = topology.node(pod(topology).node)
+    deadline = time.monotonic() + timeout
+    while True:
+        got = (in_netns(node.netns, _zone_rcode, pod(topology).ip, served, timeout=10),
+               in_netns(node.netns, _zone_rcode, pod(topology).ip, other, timeout=10))
+        if got[0] == "NOERROR" and got[1] != "NOERROR":
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"CoreDNS does not serve {served} alone after {timeout:.0f}s "
+                           f"({served}: {got[0]}, {other}: {got[1]})")
+        time.sleep(0.5)

@@ -2407,10 +2407,9 @@ def _upstream_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
         _delete_every(ctx.runners.outside, "INPUT", _resolver_block_spec(str(node.address), proto))
 
 
-def _upstream_settled(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    """CoreDNS runs the ConfigMap's Corefile (reloaded on SIGUSR1, as its reload plugin would
-    after the kubelet synced the mounted file), and a name only the upstream can answer gets
-    the answer the state says: NXDOMAIN when healthy, none under the fault."""
+def _corefile_reloaded(ctx: FaultContext) -> bool:
+    """CoreDNS given the ConfigMap's Corefile as the state now has it, reloaded on SIGUSR1 as
+    its reload plugin would after the kubelet synced the mounted file; whether it changed."""
     text = k8s_objects.corefile(json.loads(ctx.paths.state.read_text()))
     changed = coredns.corefile_path(ctx.paths).read_text() != text
     if changed:
@@ -2418,12 +2417,53 @@ def _upstream_settled(ctx: FaultContext, node: LabNode, params: Params) -> None:
         for pid in coredns.pids(ctx.topology):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGUSR1)
+    return changed
+
+
+def _upstream_settled(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """CoreDNS runs the ConfigMap's Corefile, and a name only the upstream can answer gets
+    the answer the state says: NXDOMAIN when healthy, none under the fault."""
+    changed = _corefile_reloaded(ctx)
     coredns.wait_upstream(ctx.topology,
                           answering=not ctx.active.nodes_with("coredns_upstream_unreachable"))
     if changed:
         # a reload re-syncs the kubernetes plugin: not ready for a moment, as the lab's next
         # readiness probe (the state saved after a heal) would record
         coredns.wait_ready(ctx.topology, ctx.paths)
+
+
+def _zone_written(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # an API change, the coredns ConfigMap's Corefile, written when the state is saved
+    # (k8s_objects.corefile); the running CoreDNS reloads it in settle
+    if params["via"] != "config":
+        raise LabError("coredns_zone_mismatch: via must be config")
+    if node.name != _coredns_node(ctx.topology):
+        raise LabError(f"coredns_zone_mismatch: CoreDNS runs on {_coredns_node(ctx.topology)}, "
+                       f"not {node.name}")
+
+
+def _zone_settled(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """CoreDNS serves the zone the state says, and only that one, asked from its node."""
+    changed = _corefile_reloaded(ctx)
+    state = json.loads(ctx.paths.state.read_text())
+    mismatched = bool(ctx.active.params("coredns_zone_mismatch"))
+    served = k8s_objects.OTHER_ZONE if mismatched else k8s_objects.cluster_domain(state)
+    other = k8s_objects.cluster_domain(state) if mismatched else k8s_objects.OTHER_ZONE
+    coredns.wait_zone(ctx.topology, served, other)
+    if changed:
+        coredns.wait_ready(ctx.topology, ctx.paths)
+
+
+register(Fault(
+    "coredns_zone_mismatch",
+    "CoreDNS serves another cluster domain than the one every kubelet gives its pods: the "
+    f"coredns ConfigMap's kubernetes plugin set to {k8s_objects.OTHER_ZONE}, as a Corefile "
+    "restored from another cluster's backup has it, and reloaded as its reload plugin would "
+    "(via=config). CoreDNS answers, the node's names under its own zone resolve, and every "
+    "pod's cluster names (completed with the kubelets' cluster.local) get no address",
+    _zone_written, _noop, {"via": "config"}, default_node=_coredns_node, scope="cluster",
+    settle=_zone_settled, mechanisms={"config": ()},
+))
 
 
 register(Fault(

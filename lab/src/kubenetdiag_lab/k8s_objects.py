@@ -49,6 +49,8 @@ NODE_RESOURCES = {"cpu": "2", "memory": "4026532Ki", "pods": "110"}
 # .210, the outside's is .250): queries sent there are ARPed for on the lab's switch and go
 # nowhere, as to a DNS server that was retired.
 RETIRED_RESOLVER = "198.18.0.249"
+# coredns_zone_mismatch: the zone a Corefile restored from another cluster's backup serves
+OTHER_ZONE = "k8s.example"
 
 Obj = dict[str, Any]
 
@@ -515,6 +517,8 @@ def corefile(state: dict) -> str:
     if any((f.get("params") or {}).get("via") == "loop"
            for f in _faults(state, "coredns_unreachable")):
         upstream = "/etc/resolv.conf"
+    if _faults(state, "coredns_zone_mismatch"):
+        domain = OTHER_ZONE
     return (
         ".:53 {\n    errors\n    health {\n       lameduck 5s\n    }\n    ready\n"
         f"    kubernetes {domain} in-addr.arpa ip6.arpa {{\n{kubeconfig}"
