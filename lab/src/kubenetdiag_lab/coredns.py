@@ -133,15 +133,20 @@ def probe(topology: Topology, timeout: float = PROBE_TIMEOUT) -> bool:
     return False
 
 
-def _outside_rcode(server: str) -> str:
-    """What CoreDNS at `server` answers for a fresh name under .invalid, which no zone it
-    serves holds, so it asks its upstream: NXDOMAIN from a working one, else SERVFAIL or
-    timeout. Fresh each time so CoreDNS's cache never answers instead."""
-    query = dns.message.make_query(f"knd-{secrets.token_hex(4)}.invalid", dns.rdatatype.A)
+def _rcode(server: str, name: str) -> str:
+    """The rcode CoreDNS at `server` answers an A query for `name` with, or timeout."""
+    query = dns.message.make_query(name, dns.rdatatype.A)
     try:
         return dns.rcode.to_text(dns.query.udp(query, server, timeout=3.0).rcode())
     except (dns.exception.Timeout, OSError):
         return "timeout"
+
+
+def _outside_rcode(server: str) -> str:
+    """What CoreDNS at `server` answers for a fresh name under .invalid, which no zone it
+    serves holds, so it asks its upstream: NXDOMAIN from a working one, else SERVFAIL or
+    timeout. Fresh each time so CoreDNS's cache never answers instead."""
+    return _rcode(server, f"knd-{secrets.token_hex(4)}.invalid")
 
 
 def wait_upstream(topology: Topology, answering: bool, timeout: float = 30.0) -> None:
@@ -199,24 +204,17 @@ def wait_looped(paths: LabPaths, proc: subprocess.Popen[bytes] | None, since: in
                            f"{log_tail(log)}")
 
 
-def _zone_rcode(server: str, zone: str) -> str:
-    """What CoreDNS at `server` answers for the API's own Service under `zone`: NOERROR from
-    the zone its kubernetes plugin serves, NXDOMAIN (from its upstream) for any other."""
-    query = dns.message.make_query(f"kubernetes.default.svc.{zone}", dns.rdatatype.A)
-    try:
-        return dns.rcode.to_text(dns.query.udp(query, server, timeout=3.0).rcode())
-    except (dns.exception.Timeout, OSError):
-        return "timeout"
-
-
 def wait_zone(topology: Topology, served: str, other: str, timeout: float = 30.0) -> None:
     """Wait until CoreDNS answers the cluster's names under `served` and not under `other`
     (a reload takes effect within seconds), asked from its pod's node."""
     node = topology.node(pod(topology).node)
     deadline = time.monotonic() + timeout
     while True:
-        got = (in_netns(node.netns, _zone_rcode, pod(topology).ip, served, timeout=10),
-               in_netns(node.netns, _zone_rcode, pod(topology).ip, other, timeout=10))
+        # the API's own Service: NOERROR from the zone the kubernetes plugin serves,
+        # NXDOMAIN (from the upstream) under any other
+        got = tuple(in_netns(node.netns, _rcode, pod(topology).ip,
+                             f"kubernetes.default.svc.{zone}", timeout=10)
+                    for zone in (served, other))
         if got[0] == "NOERROR" and got[1] != "NOERROR":
             return
         if time.monotonic() > deadline:
