@@ -47,7 +47,7 @@ _KINDS = (*_NODE_KINDS, "k8s_node", "dns_pod", "dns_service", "cni", "bgp_sessio
 # as not checked on its own when missing.
 INPUTS: tuple[str, ...] = tuple(k for k in _NODE_KINDS if k not in _NODE_OPTIONAL)
 CONTEXT: tuple[str, ...] = tuple(k for k in _KINDS if k not in _NODE_KINDS)
-PRODUCES: tuple[str, ...] = ("path", "path_walk")
+PRODUCES: tuple[str, ...] = ("path", "path_walk", "egress_untranslated")
 PROBE = "path"  # the evidence's source: facts computed here, from other facts
 
 
