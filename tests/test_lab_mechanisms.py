@@ -1629,6 +1629,17 @@ def _bird_signs_alone(lab: Lab) -> None:
     assert md5("node2", "TCPMD5NotFound") > 0 and md5("node1", "TCPMD5Unexpected") > 0
 
 
+def _bird_exports_nothing(lab: Lab) -> None:
+    """node2's BIRD exports nothing: its sessions stay Established, node1 loses the route to
+    node2's pods and node2 keeps node1's."""
+    _withdrawn(lab, "node1", "10.244.2.0/24")
+    assert "10.244.1.0/24" in lab.node_exec("node2", ["ip", "route"]).stdout
+    assert pod_blocked(lab, "node1", "node2")
+    assert "export none;" in (lab.paths.node_files("node2").dir / "bird.conf").read_text()
+    assert proc_states(lab, "node2")["bird"].startswith(("S", "R"))
+    assert container(cni_pod(lab, "node2")) == (True, 0)
+
+
 def _calico_node_hung(lab: Lab) -> None:
     states = proc_states(lab, "node1")
     assert states["bird"].startswith("T") and states["calico-node"].startswith("T")
@@ -1666,6 +1677,7 @@ CALICO_CASES = [
     ("bgp_session_down", "hang", "node2", {}, _bird_hung),
     ("bgp_session_down", "config", "node2", {}, _bird_lost_its_peer),
     ("bgp_session_down", "password", "node2", {}, _bird_signs_alone),
+    ("bgp_routes_not_advertised", "filter", "node2", {}, _bird_exports_nothing),
     ("cni_pod_not_running", "hang", "node1", {}, _calico_node_hung),
     ("ip_forward_disabled", "interface", "node2", {}, _cali_forwarding_off),
     ("mtu_mismatch", "pod", "node2", {}, _big_pod_packets_vanish("node2", "node1", 3000)),

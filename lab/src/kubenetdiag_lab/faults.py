@@ -1735,6 +1735,40 @@ register(Fault(
 ))
 
 
+def _exports_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """The node's BIRD told to advertise nothing (an export filter that rejects its block, as
+    a Calico BGPFilter can write one): its sessions stay Established, and every peer drops
+    the route to its pods."""
+    if params["via"] != "filter":
+        raise LabError("bgp_routes_not_advertised: via must be filter")
+    cni.reconfigure_bird(ctx.topology, node, ctx.node(node), ctx.paths.node_files(node.name),
+                         exports=False)
+    peers = ctx.topology.peers(node)
+    nodehost.wait_nodes("bird", "withdraw the node's pod CIDR", peers,
+                        lambda peer: node.pod_cidr not in cni.bgp_routes(peer),
+                        lambda name: ctx.paths.node_files(name).dir / "bird.log", 10)
+
+
+def _exports_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # a bird another fault stopped or hangs is that fault's to bring back
+    if not ctx.active.params("cni_pod_not_running", node.name) and cni.bird_running(node) \
+            and not ctx.active.params("bgp_session_down", node.name):
+        cni.reconfigure_bird(ctx.topology, node, ctx.node(node),
+                             ctx.paths.node_files(node.name))
+        _wait_bgp_settled(ctx, stale=False)
+
+
+register(Fault(
+    "bgp_routes_not_advertised",
+    "the node's BGP sessions stay Established and it advertises none of its routes, its pod "
+    "CIDR included: its bird.conf's export filter rejects everything, as a Calico BGPFilter "
+    "that rejects the node's block renders one, and bird told to read it (via=filter). Every "
+    "peer drops its route to the node's pods; the node still has theirs",
+    _exports_off, _exports_on, {"via": "filter"}, modes=("calico-bgp",),
+    mechanisms={"filter": ()},
+))
+
+
 def _peer(ctx: FaultContext, node: LabNode, params: Params) -> LabNode:
     if params.get("peer"):
         return ctx.topology.node(params["peer"])
