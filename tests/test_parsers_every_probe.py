@@ -743,6 +743,36 @@ def test_bgp_sessions(name):
     assert down[0]["state"] in ("Connect", "Active") and down[0]["peer"]
 
 
+def test_bgp_route_counts_per_session_summed_over_channels():
+    # recorded from the lab's BIRD 2.0.12 with an export filter that rejects everything
+    got = {x["peer"]: (x["routes_imported"], x["routes_exported"])
+           for x in kinds(parse("bgp", "bird-2.0.12-calico-exports-nothing"), "bgp_session")}
+    assert got == {"198.18.0.11": (1, 0), "198.18.0.13": (1, 0)}
+    # BIRD 1.6's one line per session; a session that is not up prints none
+    old = kinds(parse("bgp", "bird-1.6.8-calico-peer-refused"), "bgp_session")
+    up = next(x for x in old if x["established"])
+    down = next(x for x in old if not x["established"])
+    assert (up["routes_imported"], up["routes_exported"]) == (1, 2)
+    assert (down["routes_imported"], down["routes_exported"]) == (None, None)
+
+
+def test_bgp_route_counts_with_filtered_and_two_channels():
+    from kubenetdiag.probes.base import Section
+    from kubenetdiag.probes.bgp import parse as parse_bgp
+
+    text = ("##knd:socket /run/bird/bird.ctl\nBIRD 2.0.8 ready.\n"
+            "Name       Proto      Table      State  Since         Info\n"
+            "peer1      BGP        ---        up     2024-05-01    Established\n"
+            "  BGP state:          Established\n"
+            "    Neighbor address: 10.0.0.2\n"
+            "  Channel ipv4\n"
+            "    Routes:         3 imported, 1 filtered, 2 exported, 3 preferred\n"
+            "  Channel ipv6\n"
+            "    Routes:         1 imported, 0 filtered, 0 exported, 1 preferred\n")
+    [s] = [f.attrs for f in parse_bgp(Section("bgp", "", 0, 0.1, text, ""), "n1")]
+    assert (s["routes_imported"], s["routes_exported"]) == (4, 2)
+
+
 def test_bgp_calico_last_error():
     s = kinds(parse("bgp", "bird-1.6.8-calico-peer-refused"), "bgp_session")
     refused = next(x for x in s if not x["established"])

@@ -58,6 +58,8 @@ COMMAND = (
 )
 _PROTO = re.compile(r"^(\S+)\s+(\S+)\s+(\S+)\s+(up|down|start|stop|flush)\s+(.*)$", re.I)
 _DETAIL = re.compile(r"^\s+([A-Za-z][A-Za-z ]*?):\s+(.*)$")
+# a channel's route counts: BIRD 1.6, 2 and 3 print `N imported, [N filtered,] N exported`
+_ROUTES = re.compile(r"(\d+)\s+imported,\s*(?:\d+\s+filtered,\s*)?(\d+)\s+exported")
 
 
 def parse(section: Section, node: str) -> list[Fact]:
@@ -75,11 +77,15 @@ def parse(section: Section, node: str) -> list[Fact]:
                 protos.append({"name": m.group(1), "proto": m.group(2), "state": m.group(4),
                                "since": " ".join(rest[:since_len]),
                                "info": " ".join(rest[since_len:]), "details": {},
-                               "raw": [line]})
+                               "routes": [], "raw": [line]})
                 continue
             d = _DETAIL.match(line)
             if d and protos:
                 protos[-1]["details"].setdefault(d.group(1).strip().lower(), d.group(2).strip())
+                counts = _ROUTES.match(d.group(2).strip())
+                if d.group(1).strip().lower() == "routes" and counts:
+                    # one line per channel (ipv4, ipv6): the session's are their sums
+                    protos[-1]["routes"].append((int(counts.group(1)), int(counts.group(2))))
                 if len(protos[-1]["raw"]) < 12:
                     protos[-1]["raw"].append(line)
         for p in protos:
@@ -87,6 +93,7 @@ def parse(section: Section, node: str) -> list[Fact]:
                 continue
             det = p["details"]
             bgp_state = det.get("bgp state") or (p["info"].split()[0] if p["info"] else "")
+            routes = p["routes"]
             facts.append(Fact("bgp_session", node, {
                 "protocol": clip(p["name"], 80),
                 "peer": clip(det["neighbor address"], 60)
@@ -97,6 +104,8 @@ def parse(section: Section, node: str) -> list[Fact]:
                 "proto_state": p["state"].lower(),
                 "since": clip(p["since"], 40),
                 "last_error": clip(det["last error"], 200) if det.get("last error") else None,
+                "routes_imported": sum(i for i, _ in routes) if routes else None,
+                "routes_exported": sum(e for _, e in routes) if routes else None,
                 "socket": clip(sock, 100),
             }, Source("bgp", f"birdcl -s {sock} show protocols all", section.exit_code,
                       clip("\n".join(p["raw"]), 800))))
