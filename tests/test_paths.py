@@ -403,6 +403,19 @@ def test_a_pods_connection_that_leaves_unmasqueraded_is_said_with_where_nat_let_
     assert not _untranslated(facts, "n3")
 
 
+def test_an_untracked_pod_connection_leaves_untranslated_and_the_notrack_is_named():
+    check = f("tcp_check", "n2", target="203.0.113.10:3306", address="203.0.113.10", by="ip",
+              ok=False, detail="timeout", rtt_ms=None, vantage="cni-2")
+    notrack = "-A PREROUTING -s 10.244.2.0/24 -d 203.0.113.0/24 -j NOTRACK"
+    facts = cluster(
+        check, route("n2", "203.0.113.0/24", "eth0", "198.18.0.1"),
+        chain("n2", "raw", "PREROUTING"), ipt("n2", "raw", notrack, 1),
+        chain("n2", "nat", "POSTROUTING"),
+        ipt("n2", "nat", "-A POSTROUTING -s 10.244.0.0/16 -j MASQUERADE", 1))
+    [kept] = _untranslated(facts, "n2")
+    assert kept["rule"] == notrack and "exempts it from connection tracking" in kept["at"]
+
+
 def test_a_masquerade_behind_a_match_the_walk_cannot_decide_is_not_called_missing():
     # Calico's natOutgoing masquerades by ipset; without the set's members the walk cannot
     # tell whether it matches, so it says nothing of the source the connection leaves with

@@ -403,6 +403,10 @@ def _untranslated(pkt: Packet) -> tuple[str, str | None, str] | None:
     postrouting chains, or None when one masqueraded or SNATed it."""
     if pkt.masq_by is not None or pkt.snat_by is not None:
         return None
+    if pkt.untracked_by is not None:
+        table, chain, rule = pkt.untracked_by
+        return (f"{table.name} {chain} rule {rule.position} exempts it from connection "
+                "tracking, so no nat chain sees it", rule.text, table.owner_of(chain, rule))
     if pkt.nat_kept_by is None:
         return "no nat postrouting chain", None, "kernel"
     table, chain, rule = pkt.nat_kept_by
