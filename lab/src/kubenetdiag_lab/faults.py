@@ -2373,7 +2373,13 @@ def _coredns_up(ctx: FaultContext, node: LabNode, params: Params) -> None:
     for spec in _dns_intercepts():
         _ipt_delete(ctx, node, "PREROUTING", spec, table="nat")
     _thaw(coredns.pids(ctx.topology))
-    # the Corefile the fault left, if any, goes in settle, once the state is saved
+    # the ConfigMap as the heal leaves it (the state is saved after this), not the Corefile
+    # a via=loop left
+    state = json.loads(ctx.paths.state.read_text())
+    state["faults"] = [f for f in state.get("faults") or []
+                       if f.get("fault") != "coredns_unreachable"]
+    if not coredns.pids(ctx.topology):
+        coredns.write_corefile(ctx.paths, k8s_objects.corefile(state))
     coredns.wait_ready(ctx.topology, ctx.paths,
                        coredns.start(ctx.topology, ctx.paths, _coredns_init(ctx)))
 
