@@ -188,10 +188,26 @@ def test_an_ingress_rule_for_the_port_from_pods_with_other_labels_is_the_near_mi
         "only (shop-b/web-1 is in shop-b)",)
 
 
+def test_an_ip_block_whose_exception_holds_the_endpoint_is_the_near_miss():
+    p = pol("shop", "egress-db", policyTypes=["Egress"], egress=[
+        {"to": [{"ipBlock": {"cidr": "192.0.2.0/24", "except": ["192.0.2.0/28"]}}],
+         "ports": [{"port": 5432}]}])
+    assert evaluate([p], WEB, OUTSIDE, 5432).allowed is False
+    assert near_misses([p], "egress", WEB, OUTSIDE, 5432, "TCP", OUTSIDE) == (
+        "shop/egress-db egress rule 1: port 5432 only to 192.0.2.0/24 except 192.0.2.0/28, "
+        "which holds 192.0.2.10",)
+    other = pol("shop", "egress-db", policyTypes=["Egress"], egress=[
+        {"to": [{"ipBlock": {"cidr": "198.51.100.0/24"}}], "ports": [{"port": 5432}]}])
+    assert near_misses([other], "egress", WEB, OUTSIDE, 5432, "TCP", OUTSIDE) == (
+        "shop/egress-db egress rule 1: port 5432 only to 198.51.100.0/24, which does not hold "
+        "192.0.2.10",)
+
+
 @pytest.mark.parametrize("rule", [
     {"to": [{"namespaceSelector": {"matchLabels": {"name": "x"}}}],
      "ports": [{"port": 80}]},  # another port: not meant for this flow
     {"to": [{"namespaceSelector": {"matchLabels": {"name": "x"}}}]},  # every port: no intent
+    # the block holds the far end: it matches, the rule is not missed
     {"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}], "ports": [{"port": 53, "protocol": "UDP"}]},
     {"to": [{"namespaceSelector": {"matchLabels": {"name": "x"}}}, {"podSelector": {}}],
      "ports": [{"port": 53, "protocol": "UDP"}]},  # its other peer matches: not missed

@@ -380,10 +380,27 @@ def _labels_text(labels: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "no labels"
 
 
+def _block_miss(block: Mapping[str, Any], ip: str | None) -> str | None:
+    """Why an ipBlock does not hold the far end's address: outside its cidr, or inside one of
+    its exceptions; None when it holds it or the address is not known."""
+    if ip is None or _in_block(block, ip):
+        return None
+    try:
+        addr = ipaddress.ip_address(ip)
+        if addr in ipaddress.ip_network(str(block["cidr"]), strict=False):
+            hit = next(str(e) for e in block.get("except") or []
+                       if addr in ipaddress.ip_network(str(e), strict=False))
+            return f"{block['cidr']} except {hit}, which holds {ip}"
+    except (ValueError, TypeError, StopIteration):
+        return None
+    return f"{block['cidr']}, which does not hold {ip}"
+
+
 def _peer_miss(peer: Mapping[str, Any], policy_ns: str, other: Peer) -> str | None:
-    """Why a selector peer does not match the far end, or None when it does, is an ipBlock
-    (an address range says itself) or the far end is not a pod."""
-    if "ipBlock" in peer or not other.is_pod:
+    """Why a peer does not match the far end, or None when it does or that is not known."""
+    if "ipBlock" in peer:
+        return _block_miss(peer["ipBlock"], other.ip)
+    if not other.is_pod:
         return None
     pods, nss = peer.get("podSelector"), peer.get("namespaceSelector")
     if pods is None and nss is None:
