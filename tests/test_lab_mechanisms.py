@@ -1118,6 +1118,18 @@ def _pod_egress_flanneld_without_masq(lab: Lab) -> None:
     assert flannel.pids(node) and not flannel.masquerades(node)
 
 
+def _vxlan_on_docker0(lab: Lab) -> None:
+    """node2's flannel.1 made on docker0's 172.17.0.1, which node1's FDB now sends node2's
+    frames to: the pods are cut apart, the nodes still talk."""
+    assert "local 172.17.0.1 dev docker0" in lab.node_exec(
+        "node2", ["ip", "-d", "link", "show", "flannel.1"]).stdout
+    assert " dst 172.17.0.1 " in lab.node_exec(
+        "node1", ["bridge", "fdb", "show", "dev", "flannel.1"]).stdout
+    assert pod_blocked(lab, "node1", "node2")
+    assert lab.node_exec("node1", ["ping", "-c1", "-W1", lab.topology.node("node2").address],
+                         check=False).returncode == 0
+
+
 def _middleware_drops_node(lab: Lab) -> None:
     _middleware(lab, "node2", node_ok=False, pod_ok=False, detail="timed out")
     assert "-j DROP" in lab.runners.outside.run(["iptables-save"]).stdout
@@ -1436,6 +1448,7 @@ VXLAN_CASES = [
     ("pod_egress_broken", "drop", "node2", {}, _pod_egress_dropped),
     ("pod_egress_broken", "masquerade", "node1", {}, _pod_egress_not_masqueraded),
     ("pod_egress_broken", "ipmasq", "node2", {}, _pod_egress_flanneld_without_masq),
+    ("vxlan_wrong_underlay", "iface", "node2", {}, _vxlan_on_docker0),
     ("endpoint_unreachable", "allowlist", "node2", {}, _middleware_drops_node),
     ("endpoint_unreachable", "route", "node1", {}, _node_route_gone),
     ("node_not_ready", "kill", "node2", {}, _kubelet_silent("gone")),

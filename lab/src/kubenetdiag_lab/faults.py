@@ -1644,6 +1644,65 @@ register(Fault(
 ))
 
 
+# vxlan_wrong_underlay via=iface: docker's default bridge, which flanneld's --iface names
+DOCKER_BRIDGE = ("docker0", "172.17.0.1/16")
+
+
+def _vxlan_fdb_dst(ctx: FaultContext, node: LabNode, peer: LabNode) -> str:
+    """Where the node's FDB sends the frames for the peer's VTEP MAC."""
+    mac = _vtep_mac(ctx, peer)
+    for line in ctx.node(node).run(["bridge", "fdb", "show", "dev", flannel.VXLAN_DEV]
+                                   ).stdout.splitlines():
+        words = line.split()
+        if words[:1] == [mac] and "dst" in words:
+            return words[words.index("dst") + 1]
+    return ""
+
+
+def _flanneld_on(ctx: FaultContext, node: LabNode, iface: str) -> None:
+    """The node's flanneld started again on `iface` (it makes flannel.1 anew on that
+    interface's address and announces it), and every peer's FDB following it."""
+    flannel.stop(node)
+    since = flannel.start(ctx.paths, node, ctx.node(node), iface=iface)
+    flannel.wait_programmed(ctx.topology, ctx.paths, [node], ctx.node, since)
+    want = (DOCKER_BRIDGE[1].split("/")[0] if iface == DOCKER_BRIDGE[0]
+            else str(node.address))
+    nodehost.wait_nodes("flanneld", f"send {node.name}'s VXLAN frames to {want}",
+                        ctx.topology.peers(node),
+                        lambda peer: _vxlan_fdb_dst(ctx, peer, node) == want,
+                        lambda name: flannel.log_path(ctx.paths, name), 15)
+
+
+def _vxlan_iface_wrong(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] != "iface":
+        raise LabError("vxlan_wrong_underlay: via must be iface")
+    name, address = DOCKER_BRIDGE
+    ctx.node(node).shell(f"ip link add {name} type bridge && ip address add {address} "
+                         f"dev {name} && ip link set {name} up")
+    _flanneld_on(ctx, node, name)
+
+
+def _vxlan_iface_right(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    name, address = DOCKER_BRIDGE
+    if flannel.iface(node) == name:
+        _flanneld_on(ctx, node, "eth0")
+    # the bridge this fault made (its address says so), not one another fault made
+    ctx.node(node).shell(f"ip -br address show dev {name} 2>/dev/null | grep -qF {address} "
+                         f"&& ip link del {name}", check=False)
+
+
+register(Fault(
+    "vxlan_wrong_underlay",
+    "the node's flanneld started with --iface naming the wrong interface, docker's default "
+    f"bridge {DOCKER_BRIDGE[0]} ({DOCKER_BRIDGE[1]}, the same on every docker host), as a "
+    "DaemonSet's --iface or --iface-regex that matched the wrong NIC leaves it (via=iface): "
+    "flannel.1 is made anew on that address and every peer's FDB sends the node's VXLAN "
+    "frames there, where they never reach it; the node's own address and links are fine",
+    _vxlan_iface_wrong, _vxlan_iface_right, {"via": "iface"}, modes=("flannel-vxlan",),
+    mechanisms={"iface": ()},
+))
+
+
 BGP_PASSWORD = "mesh-secret"  # bgp_session_down via=password: set on one node only
 
 

@@ -89,10 +89,12 @@ def pids(node: LabNode) -> list[int]:
     return nodehost.procs_in(node.netns, BINARY)
 
 
-def start(paths: LabPaths, node: LabNode, runner: NodeRunner, ip_masq: bool = True) -> float:
+def start(paths: LabPaths, node: LabNode, runner: NodeRunner, ip_masq: bool = True,
+          iface: str = "eth0") -> float:
     """Start the node's flanneld (detached, inside the node) unless it runs already; return
     the time from which its work counts (wait_programmed's `since`). `ip_masq=False` leaves
-    out --ip-masq, as a node set up by hand or by an older install script may run it."""
+    out --ip-masq, as a node set up by hand or by an older install script may run it;
+    `iface` is the interface whose address it takes for the tunnel (--iface)."""
     started = time.time()
     if pids(node):
         return 0.0
@@ -103,7 +105,7 @@ def start(paths: LabPaths, node: LabNode, runner: NodeRunner, ip_masq: bool = Tr
             "--kube-subnet-mgr",
             f"--kubeconfig-file={directory / 'kubeconfig'}",
             f"--net-config-path={directory / 'net-conf.json'}",
-            "--iface=eth0", "--healthz-port=0"]
+            f"--iface={iface}", "--healthz-port=0"]
     log = shlex.quote(str(log_path(paths, node.name)))
     # NODE_NAME is what the DaemonSet sets from spec.nodeName: the Node whose podCIDR it takes
     runner.shell(f"(export NODE_NAME={shlex.quote(node.name)}; "
@@ -114,6 +116,15 @@ def start(paths: LabPaths, node: LabNode, runner: NodeRunner, ip_masq: bool = Tr
 
 def stop(node: LabNode) -> None:
     nodehost.kill(pids(node))
+
+
+def iface(node: LabNode) -> str | None:
+    """The --iface the node's running flanneld was started with."""
+    for pid in pids(node):
+        for word in cmdline(pid).split():
+            if word.startswith("--iface="):
+                return word.split("=", 1)[1]
+    return None
 
 
 def masquerades(node: LabNode) -> bool:
