@@ -4120,9 +4120,10 @@ def _no_masq_spec(node: LabNode) -> list[str]:
     return ["-s", node.pod_cidr, "-d", str(OUTSIDE_NETWORK), "-j", "RETURN"]
 
 
-# flanneld's masquerade: its chain, and the jump nat POSTROUTING has to it
-FLANNEL_MASQ = ("-t nat -D POSTROUTING -m comment --comment 'flanneld masq' -j FLANNEL-POSTRTG; "
-                "iptables -t nat -F FLANNEL-POSTRTG; iptables -t nat -X FLANNEL-POSTRTG")
+# flanneld's masquerade taken away: the jump nat POSTROUTING has to its chain, then the chain
+FLANNEL_MASQ_GONE = ("iptables -t nat -D POSTROUTING -m comment --comment 'flanneld masq' "
+                     "-j FLANNEL-POSTRTG; iptables -t nat -F FLANNEL-POSTRTG; "
+                     "iptables -t nat -X FLANNEL-POSTRTG")
 
 
 def _flanneld_masquerading(ctx: FaultContext, node: LabNode, on: bool) -> None:
@@ -4131,7 +4132,7 @@ def _flanneld_masquerading(ctx: FaultContext, node: LabNode, on: bool) -> None:
     them. With it, flanneld writes them at its start."""
     flannel.stop(node)
     if not on:
-        ctx.node(node).shell(f"iptables {FLANNEL_MASQ}", check=False)
+        ctx.node(node).shell(FLANNEL_MASQ_GONE, check=False)
     since = flannel.start(ctx.paths, node, ctx.node(node), ip_masq=on)
     flannel.wait_programmed(ctx.topology, ctx.paths, [node], ctx.node, since)
     deadline = time.monotonic() + 10.0
