@@ -1618,12 +1618,20 @@ def _mac_own(ctx: FaultContext, node: LabNode, params: Params) -> None:
         # and the entry for the node's own MAC (taken for a peer's) deleted
         _entry_fresh(ctx, each, {})
         own = _vtep_mac(ctx, each)
-        for line in ctx.node(each).run(["bridge", "fdb", "show", "dev", flannel.VXLAN_DEV]
-                                       ).stdout.splitlines():
-            words = line.split()
-            if words and words[0] == own and "dst" in words:
-                ctx.node(each).run(["bridge", "fdb", "del", own, "dev", flannel.VXLAN_DEV,
-                                    "dst", words[words.index("dst") + 1], "self"])
+        for dst in _fdb_dsts(ctx, each, own):
+            ctx.node(each).run(["bridge", "fdb", "del", own, "dev", flannel.VXLAN_DEV,
+                                "dst", dst, "self"])
+
+
+def _fdb_dsts(ctx: FaultContext, node: LabNode, mac: str) -> list[str]:
+    """Where the node's flannel.1 FDB sends the frames for `mac`, in the order listed."""
+    out = []
+    for line in ctx.node(node).run(["bridge", "fdb", "show", "dev", flannel.VXLAN_DEV]
+                                   ).stdout.splitlines():
+        words = line.split()
+        if words[:1] == [mac] and "dst" in words[:-1]:
+            out.append(words[words.index("dst") + 1])
+    return out
 
 
 def _mac_sharers(topology: Topology, node: str, params: Params) -> list[str]:
@@ -1648,28 +1656,16 @@ register(Fault(
 DOCKER_BRIDGE = ("docker0", "172.17.0.1/16")
 
 
-def _vxlan_fdb_dst(ctx: FaultContext, node: LabNode, peer: LabNode) -> str:
-    """Where the node's FDB sends the frames for the peer's VTEP MAC."""
-    mac = _vtep_mac(ctx, peer)
-    for line in ctx.node(node).run(["bridge", "fdb", "show", "dev", flannel.VXLAN_DEV]
-                                   ).stdout.splitlines():
-        words = line.split()
-        if words[:1] == [mac] and "dst" in words:
-            return words[words.index("dst") + 1]
-    return ""
-
-
 def _flanneld_on(ctx: FaultContext, node: LabNode, iface: str) -> None:
     """The node's flanneld started again on `iface` (it makes flannel.1 anew on that
     interface's address and announces it), and every peer's FDB following it."""
-    flannel.stop(node)
-    since = flannel.start(ctx.paths, node, ctx.node(node), iface=iface)
-    flannel.wait_programmed(ctx.topology, ctx.paths, [node], ctx.node, since)
+    flannel.restart(ctx.topology, ctx.paths, node, ctx.node(node), iface=iface)
     want = (DOCKER_BRIDGE[1].split("/")[0] if iface == DOCKER_BRIDGE[0]
             else str(node.address))
+    mac = _vtep_mac(ctx, node)
     nodehost.wait_nodes("flanneld", f"send {node.name}'s VXLAN frames to {want}",
                         ctx.topology.peers(node),
-                        lambda peer: _vxlan_fdb_dst(ctx, peer, node) == want,
+                        lambda peer: _fdb_dsts(ctx, peer, mac)[:1] == [want],
                         lambda name: flannel.log_path(ctx.paths, name), 15)
 
 
@@ -2447,8 +2443,8 @@ def _coredns_settled(ctx: FaultContext, node: LabNode, params: Params) -> None:
     """CoreDNS runs the ConfigMap's Corefile as the state now has it (a via=loop changes it),
     started again when it changed: under via=loop its loop plugin ends it at once, healed it
     is ready. Then every kube-proxy has its endpoints (none while CoreDNS is not Ready)."""
-    text = k8s_objects.corefile(json.loads(ctx.paths.state.read_text()))
-    if coredns.corefile_path(ctx.paths).read_text() != text:
+    text = _corefile_changed(ctx)
+    if text is not None:
         coredns.stop(ctx.topology)
         coredns.write_corefile(ctx.paths, text)
         log = coredns.log_path(ctx.paths)
@@ -2506,17 +2502,22 @@ def _upstream_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
         _delete_every(ctx.runners.outside, "INPUT", _resolver_block_spec(str(node.address), proto))
 
 
+def _corefile_changed(ctx: FaultContext) -> str | None:
+    """The ConfigMap's Corefile as the state now has it, when CoreDNS's file differs."""
+    text = k8s_objects.corefile(json.loads(ctx.paths.state.read_text()))
+    return None if coredns.corefile_path(ctx.paths).read_text() == text else text
+
+
 def _corefile_reloaded(ctx: FaultContext) -> bool:
     """CoreDNS given the ConfigMap's Corefile as the state now has it, reloaded on SIGUSR1 as
     its reload plugin would after the kubelet synced the mounted file; whether it changed."""
-    text = k8s_objects.corefile(json.loads(ctx.paths.state.read_text()))
-    changed = coredns.corefile_path(ctx.paths).read_text() != text
-    if changed:
+    text = _corefile_changed(ctx)
+    if text is not None:
         coredns.write_corefile(ctx.paths, text)
         for pid in coredns.pids(ctx.topology):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGUSR1)
-    return changed
+    return text is not None
 
 
 def _upstream_settled(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -2818,13 +2819,10 @@ def _kube_proxy_rules_off(ctx: FaultContext, node: LabNode, params: Params) -> N
         kubeproxy.stop(node)
         kubeproxy.start(ctx.paths, node, ctx.node(node))
         # the old rules stay until the new kube-proxy's first sync replaces them
-        deadline = time.monotonic() + 10.0
-        while "-j KUBE-NODEPORTS" in ctx.node(node).run(
-                ["iptables", "-t", "nat", "-S", "KUBE-SERVICES"]).stdout:
-            if time.monotonic() > deadline:
-                raise LabError(f"{node.name}: kube-proxy still jumps to KUBE-NODEPORTS 10 s "
-                               "after its restart with nodePortAddresses")
-            time.sleep(0.1)
+        nodehost.wait_nodes(kubeproxy.BINARY, "drop its jump to KUBE-NODEPORTS", [node],
+                            lambda n: "-j KUBE-NODEPORTS" not in ctx.node(n).run(
+                                ["iptables", "-t", "nat", "-S", "KUBE-SERVICES"]).stdout,
+                            lambda name: kubeproxy.log_path(ctx.paths, name), 10)
         kubeproxy.wait_synced(ctx.topology, ctx.paths, [node], ctx.node,
                               ctx.active.services(ctx.topology))
         return
@@ -4130,17 +4128,14 @@ def _flanneld_masquerading(ctx: FaultContext, node: LabNode, on: bool) -> None:
     """flanneld restarted with (on) or without --ip-masq. Without it, flanneld neither writes
     its masquerade nor removes one left from before: the rules go as on a node that never had
     them. With it, flanneld writes them at its start."""
-    flannel.stop(node)
+    flannel.restart(ctx.topology, ctx.paths, node, ctx.node(node), ip_masq=on)
     if not on:
         ctx.node(node).shell(FLANNEL_MASQ_GONE, check=False)
-    since = flannel.start(ctx.paths, node, ctx.node(node), ip_masq=on)
-    flannel.wait_programmed(ctx.topology, ctx.paths, [node], ctx.node, since)
-    deadline = time.monotonic() + 10.0
-    while on and "FLANNEL-POSTRTG" not in ctx.node(node).run(
-            ["iptables", "-t", "nat", "-S", "POSTROUTING"]).stdout:
-        if time.monotonic() > deadline:
-            raise LabError(f"{node.name}: flanneld did not write its masquerade within 10 s")
-        time.sleep(0.2)
+        return
+    nodehost.wait_nodes("flanneld", "write its masquerade", [node],
+                        lambda n: "FLANNEL-POSTRTG" in ctx.node(n).run(
+                            ["iptables", "-t", "nat", "-S", "POSTROUTING"]).stdout,
+                        lambda name: flannel.log_path(ctx.paths, name), 10)
 
 
 def _pod_egress_off(ctx: FaultContext, node: LabNode, params: Params) -> None:

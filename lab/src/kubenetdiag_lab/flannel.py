@@ -173,15 +173,16 @@ def wait_programmed(topology: Topology, paths: LabPaths, nodes: Sequence[LabNode
 
 
 def restart(topology: Topology, paths: LabPaths, node: LabNode, runner: NodeRunner, *,
-            recreate_device: bool = False) -> None:
+            recreate_device: bool = False, ip_masq: bool = True, iface: str = "eth0") -> None:
     """Restart the node's flanneld, as deleting its pod would, and wait until it has
     programmed its peers again. recreate_device: delete flannel.1 first; flanneld keeps an
     existing device whose port it cannot compare (none configured), so going back to the
-    default port takes this, as it takes an SRE `ip link del flannel.1` on a real node."""
+    default port takes this, as it takes an SRE `ip link del flannel.1` on a real node.
+    ip_masq, iface: its flags, as start() takes them."""
     stop(node)
     if recreate_device and topology.cni == "flannel-vxlan":
         runner.run(["ip", "link", "del", VXLAN_DEV], check=False)
-    since = start(paths, node, runner)
+    since = start(paths, node, runner, ip_masq=ip_masq, iface=iface)
     wait_programmed(topology, paths, [node], lambda _node: runner, since)
 
 

@@ -392,9 +392,11 @@ def _after(v: NodeView, hooks: list[str], flow: Flow, pkt: Packet, w: World, ste
         elif _snat_away(v, w2.pkt):
             endings.append(_snatted(pkt, w2, s))
         else:
+            # only the pods' way out to a declared endpoint is asked what source it leaves
+            # with (egress_untranslated): no other flow pays for it
             endings.append(Ending("pass", undecided=w2.undecided, steps=s,
                                   untranslated=_untranslated(w2.pkt)
-                                  if "postrouting" in hooks else None))
+                                  if flow.name == "endpoint_pod" else None))
     return _combine(endings)
 
 
