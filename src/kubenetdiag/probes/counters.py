@@ -59,6 +59,8 @@ WATCH: tuple[tuple[str, str], ...] = (
     ("TcpExt", "SyncookiesSent"), ("TcpExt", "SyncookiesFailed"),
     ("TcpExt", "TCPMemoryPressures"), ("TcpExt", "TCPZeroWindowDrop"),
     ("TcpExt", "TCPOFODrop"), ("IpExt", "InNoRoutes"),
+    # packets reverse-path filtering dropped: the only trace a strict rp_filter leaves
+    ("TcpExt", "IPReversePathFilter"),
     # TCP MD5 signatures (RFC 2385, what a BGP password turns on): segments dropped for lacking
     # the signature the socket requires, or for carrying one it does not expect
     ("TcpExt", "TCPMD5NotFound"), ("TcpExt", "TCPMD5Unexpected"), ("TcpExt", "TCPMD5Failure"),
