@@ -1578,10 +1578,11 @@ HOSTGW_CASES = [
 
 
 def test_hostgw_refuses_mechanisms_that_do_not_apply(hostgw_lab):
-    # flanneld's host-gw backend re-adds a deleted route; there is no flannel.1 to be strict on
+    # flanneld's host-gw backend re-adds a deleted route; every path is symmetric, nothing for
+    # strict reverse-path filtering to drop
     with pytest.raises(LabError, match="via=delete needs CNI mode flannel-vxlan"):
         hostgw_lab.inject("pod_cidr_route_missing", "node2", {"via": "delete"})
-    with pytest.raises(LabError, match="via=interface needs CNI mode flannel-vxlan"):
+    with pytest.raises(LabError, match="rp_filter_strict needs CNI mode flannel-vxlan"):
         hostgw_lab.inject("rp_filter_strict", "node2", {"via": "interface"})
     assert recorded(hostgw_lab) == []
 

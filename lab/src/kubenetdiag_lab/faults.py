@@ -509,18 +509,20 @@ def _asymmetric(ctx: FaultContext, node: LabNode, peer: LabNode) -> bool:
 
 
 def _rp_strict(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # Strict mode alone drops nothing while every path is symmetric (several distributions
+    # ship it): the fault is strict mode meeting an asymmetric path. Here a half-done move from
+    # vxlan to direct routing, as flannel's DirectRouting turned on for one node only leaves it:
+    # the route back to one peer's pods leaves by eth0 while they arrive on flannel.1, harmless
+    # with rp_filter off or loose.
+    if params["via"] not in ("sysctl", "interface"):
+        raise LabError("rp_filter_strict: via must be sysctl or interface")
+    peer = _peer(ctx, node, params)
+    ctx.node(node).run(["ip", "route", "replace", peer.pod_cidr, "via", peer.address,
+                        "dev", "eth0"])
     if params["via"] == "sysctl":
         _sysctl(ctx, node, "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.default.rp_filter=1")
-    elif params["via"] == "interface":
-        # A half-done move from vxlan to direct routing: the route back to one peer's pods
-        # leaves by eth0 while they arrive on flannel.1, harmless with rp_filter off; strict
-        # reverse-path filtering on flannel.1 alone then drops what arrives there.
-        peer = _peer(ctx, node, params)
-        ctx.node(node).run(["ip", "route", "replace", peer.pod_cidr, "via", peer.address,
-                            "dev", "eth0"])
-        _sysctl(ctx, node, f"net.ipv4.conf.{_sysctl_dev(flannel.VXLAN_DEV)}.rp_filter=1")
     else:
-        raise LabError("rp_filter_strict: via must be sysctl or interface")
+        _sysctl(ctx, node, f"net.ipv4.conf.{_sysctl_dev(flannel.VXLAN_DEV)}.rp_filter=1")
 
 
 def _rp_loose(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -539,13 +541,16 @@ def _rp_loose(ctx: FaultContext, node: LabNode, params: Params) -> None:
 
 register(Fault(
     "rp_filter_strict",
-    "strict reverse-path filtering: packets arriving on an interface other than the route "
-    "back to their source (asymmetric paths) are dropped; via=sysctl: "
-    "net.ipv4.conf.{all,default}.rp_filter=1; via=interface: the route back to one peer's "
-    "pods (param peer) leaves by eth0 while they arrive on flannel.1, and "
-    "net.ipv4.conf.flannel/1.rp_filter=1 alone (all stays 0)",
+    "strict reverse-path filtering on an asymmetric path: the route back to one peer's pods "
+    "(param peer, default the first other node) leaves by eth0 while they arrive on flannel.1, "
+    "as flannel's DirectRouting turned on for this node alone leaves it, and the kernel drops "
+    "what they send: strict for every interface, net.ipv4.conf.{all,default}.rp_filter=1 "
+    "(via=sysctl), or for flannel.1 alone, net.ipv4.conf.flannel/1.rp_filter=1 while all "
+    "stays 0 (via=interface). Strict mode on symmetric paths breaks nothing: "
+    "benign_rp_filter_strict",
     _rp_strict, _rp_loose, {"via": "sysctl", "peer": ""},
-    mechanisms={"sysctl": (), "interface": ("flannel-vxlan",)},
+    modes=("flannel-vxlan",),
+    mechanisms={"sysctl": (), "interface": ()},
 ))
 register(Fault(
     "somaxconn_low",
