@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from kubenetdiag_lab import Lab, LabError, cni, coredns, flannel, services
+from kubenetdiag_lab.faults import FAULTS
 from kubenetdiag_lab.netns import cmdline, pids_in_netns
 from kubenetdiag_lab.topology import (
     OUTSIDE_HOST,
@@ -1536,6 +1537,55 @@ def test_vxlan_blind_heal_undoes_any_mechanism(lab, fault, via):
     finally:
         lab.heal()
     assert pods_ok(lab) and pods_ok(lab, "node2", "node1") and dns_ok(lab, "node2")
+
+
+# ---- benign conditions ----------------------------------------------------------------------
+
+
+def _in_force(lab: Lab, name: str) -> None:
+    """What a benign condition left on node2, seen the way an operator would look."""
+    node = lab.runners.node("node2")
+    if name == "benign_rp_filter_strict":
+        assert sysctl(lab, "node2", "net.ipv4.conf.all.rp_filter") == "1"
+    elif name == "benign_docker_installed":
+        rules = node.run(["iptables", "-S", "FORWARD"]).stdout.splitlines()
+        assert rules[0] == "-P FORWARD DROP" and rules[1] == "-A FORWARD -j DOCKER-USER", rules
+        assert "NO-CARRIER" in node.run(["ip", "link", "show", "docker0"]).stdout
+    elif name == "benign_ntp_untracked":
+        assert "--dport 123 -j NOTRACK" in node.run(["iptables", "-t", "raw", "-S"]).stdout
+    elif name == "benign_static_arp":
+        pinned = node.run(["ip", "neigh", "show", "nud", "permanent", "dev", "eth0"]).stdout
+        assert lab.node("node1").address in pinned, pinned
+    elif name == "benign_podman_cni_config":
+        files = sorted(node.shell("ls -A /etc/cni/net.d").stdout.split())
+        assert files == ["10-flannel.conflist", "87-podman-bridge.conflist"], files
+    elif name == "benign_leftover_vxlan_device":
+        link = json.loads(node.run(["ip", "-j", "-d", "link", "show", "vxlan.calico"]).stdout)[0]
+        assert "UP" not in link["flags"] and link["linkinfo"]["info_data"]["port"] == 4789
+    else:
+        raise AssertionError(f"no check for {name}")
+
+
+def _breaks_nothing(name: str) -> Callable[[Lab], None]:
+    def check(lab: Lab) -> None:
+        _in_force(lab, name)
+        assert pods_ok(lab, "node1", "node2") and pods_ok(lab, "node2", "node1")
+        assert dns_ok(lab, "node1") and dns_ok(lab, "node2")
+        assert web_ok(lab, "node1") and web_ok(lab, "node2")
+        for node in ("node1", "node2"):  # the middleware, from the nodes and their pods
+            assert _connect(lab, node, False)[0] and _connect(lab, node, True)[0], node
+    return check
+
+
+BENIGN = sorted(name for name, spec in FAULTS.items()
+                if spec.benign and spec.applies("flannel-vxlan"))
+
+
+@pytest.mark.parametrize("name", BENIGN)
+def test_vxlan_mechanism_of_a_benign_condition_breaks_nothing_and_heals_exactly(lab, name):
+    """A benign condition must be harmless for real, or a diagnosis naming it would be right:
+    every flow of the lab still works under it, and its heal (blind) is exact."""
+    proven(lab, name, "node2", {}, _breaks_nothing(name), blind=True)
 
 
 def test_an_unknown_via_is_refused(lab):

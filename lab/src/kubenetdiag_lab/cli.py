@@ -111,6 +111,7 @@ def fault_rows() -> list[dict]:
         "name": name,
         "description": spec.description,
         "fixture_only": bool(spec.fixture_only),
+        "benign": bool(spec.benign),
         "params": dict(spec.params or {}),
         "cni": list(spec.modes or ()),
         "kube_proxy": list(spec.proxy_modes or ()),
@@ -126,8 +127,7 @@ def fault_list(tty: bool = True) -> str:
         params = ", ".join(f"{key}={value}" for key, value in row["params"].items())
         via = "|".join(v + (f" (cni {'|'.join(m)})" if m else "") for v, m in row["via"].items())
         if not tty:
-            fields = [row["name"], ("fixture only: " if row["fixture_only"] else "")
-                      + row["description"], params, "|".join(row["cni"]),
+            fields = [row["name"], _kind(row) + row["description"], params, "|".join(row["cni"]),
                       "|".join(row["kube_proxy"]), via]
             lines.append("\t".join(" ".join(f.split()) for f in fields))
             continue
@@ -138,8 +138,13 @@ def fault_list(tty: bool = True) -> str:
             ("params ", params), ("cni ", "|".join(row["cni"])),
             ("kube-proxy ", "|".join(row["kube_proxy"])), ("via ", via)) if value]
         tail = f" [{'; '.join(extra)}]" if extra else ""
-        lines.append(f"{row['name']:34} {row['description']}{tail}")
+        lines.append(f"{row['name']:34} {_kind(row)}{row['description']}{tail}")
     return "\n".join(lines)
+
+
+def _kind(row: dict) -> str:
+    return ("fixture only: " if row["fixture_only"] else
+            "benign, expect no finding: " if row["benign"] else "")
 
 
 def _params(items: list[str]) -> dict[str, str]:

@@ -218,6 +218,10 @@ class Fault:
     # The nodes a diagnosis should name for it, when not only the node it is placed on: a
     # cluster-wide change (a NetworkPolicy) breaks flows on the nodes of the pods it selects.
     blamed_nodes: Callable[[Topology, str, Params], list[str]] | None = None
+    # A condition healthy clusters have that looks like a fault (a distribution's default, a
+    # tool installed beside Kubernetes): it breaks nothing, and a diagnosis that names it
+    # blames a healthy component. Injected and healed like a fault; expected: no finding.
+    benign: bool = False
 
     def __post_init__(self) -> None:
         if self.mechanisms and self.params.get("via") not in self.mechanisms:
@@ -4588,3 +4592,8 @@ register(Fault(
     "net.netfilter.nf_conntrack_max is read-only outside the root namespace",
     _noop, _noop, fixture_only=True,
 ))
+
+
+# The benign conditions register themselves beside the faults (kubenetdiag_lab/benign.py); at
+# the end, since they are made from this module's helpers.
+from kubenetdiag_lab import benign as _benign  # noqa: E402,F401

@@ -1,0 +1,225 @@
+"""Benign conditions: what healthy clusters have that looks like a fault.
+
+A diagnoser that matches how a fault is usually written also matches these: a distribution's
+default that is harmful only in another setting, what Docker or podman installs beside
+Kubernetes, an operator's static ARP table. Each breaks nothing here (tests/
+test_lab_mechanisms.py proves the traffic still flows and the heal is exact), so a finding at
+warning or above on one blames a healthy component: the scenario suite expects none.
+
+They are registered as faults with `benign=True`, injected and healed the same way
+(`lab inject benign_docker_installed --node node2`), named benign_* so that no fault code of
+the diagnoser's is ever theirs.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from kubenetdiag_lab.faults import (
+    Fault,
+    FaultContext,
+    LabNode,
+    Params,
+    _drop_chains,
+    _eth0_mac,
+    _ipt_delete,
+    _ipt_tidy,
+    _neigh_right,
+    _restore,
+    _rp_loose,
+    _sysctl,
+    register,
+)
+
+
+def _rp_strict_everywhere(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # RHEL 7's /usr/lib/sysctl.d/50-default.conf sets both; every path of the lab is
+    # symmetric, so nothing arrives where its route back does not leave
+    _sysctl(ctx, node, "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.default.rp_filter=1")
+
+
+register(Fault(
+    "benign_rp_filter_strict",
+    "strict reverse-path filtering on every interface of the node, net.ipv4.conf.{all,default}"
+    ".rp_filter=1, as RHEL 7 and its rebuilds ship it, on paths that are all symmetric: every "
+    "packet arrives where the route back to its source leaves, and nothing is dropped "
+    "(rp_filter_strict is this meeting an asymmetric path)",
+    _rp_strict_everywhere, _rp_loose, benign=True,
+))
+
+
+DOCKER_BRIDGE = "docker0"
+DOCKER_NET = "172.17.0.0/16"  # docker's default bip, the same on every docker host
+DOCKER_FILTER_CHAINS = ["DOCKER", "DOCKER-ISOLATION-STAGE-1", "DOCKER-ISOLATION-STAGE-2",
+                        "DOCKER-USER"]
+# FORWARD's head as dockerd (20.10 to 27) writes it, top first
+DOCKER_FORWARD = [
+    ["-j", "DOCKER-USER"],
+    ["-j", "DOCKER-ISOLATION-STAGE-1"],
+    ["-o", DOCKER_BRIDGE, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+    ["-o", DOCKER_BRIDGE, "-j", "DOCKER"],
+    ["-i", DOCKER_BRIDGE, "!", "-o", DOCKER_BRIDGE, "-j", "ACCEPT"],
+    ["-i", DOCKER_BRIDGE, "-o", DOCKER_BRIDGE, "-j", "ACCEPT"],
+]
+DOCKER_NAT = [
+    ("PREROUTING", ["-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER"]),
+    ("OUTPUT", ["!", "-d", "127.0.0.0/8", "-m", "addrtype", "--dst-type", "LOCAL",
+                "-j", "DOCKER"]),
+    ("POSTROUTING", ["-s", DOCKER_NET, "!", "-o", DOCKER_BRIDGE, "-j", "MASQUERADE"]),
+]
+
+
+def _docker_installed(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # dockerd started on a node where flannel already runs: its bridge, its chains at the head
+    # of FORWARD and FORWARD's policy DROP (since docker 1.13). flannel's FLANNEL-FWD accepts
+    # the pod network further down, so the pods' forwarded traffic never reaches the policy.
+    runner = ctx.node(node)
+    runner.run(["ip", "link", "add", DOCKER_BRIDGE, "address", "02:42:5c:7e:11:01",
+                "type", "bridge"])
+    runner.run(["ip", "address", "add", "172.17.0.1/16", "dev", DOCKER_BRIDGE])
+    runner.run(["ip", "link", "set", DOCKER_BRIDGE, "up"])
+    # a container that ran and stopped: its veth came and went, and the bridge without a port
+    # is left with no carrier (state DOWN), as on every docker host whose containers stopped
+    runner.run(["ip", "link", "add", "veth5d1c0a7", "master", DOCKER_BRIDGE, "up",
+                "type", "veth", "peer", "name", "veth5d1c0a8"])
+    runner.run(["ip", "link", "set", "veth5d1c0a8", "up"])
+    runner.run(["ip", "link", "del", "veth5d1c0a7"])
+    forward = "".join(f"-I FORWARD {i} {' '.join(spec)}\n"
+                      for i, spec in enumerate(DOCKER_FORWARD, 1))
+    _restore(ctx, node,
+             "*filter\n" + "".join(f":{chain} - [0:0]\n" for chain in DOCKER_FILTER_CHAINS)
+             + forward
+             + f"-A DOCKER-ISOLATION-STAGE-1 -i {DOCKER_BRIDGE} ! -o {DOCKER_BRIDGE} "
+             "-j DOCKER-ISOLATION-STAGE-2\n"
+             "-A DOCKER-ISOLATION-STAGE-1 -j RETURN\n"
+             f"-A DOCKER-ISOLATION-STAGE-2 -o {DOCKER_BRIDGE} -j DROP\n"
+             "-A DOCKER-ISOLATION-STAGE-2 -j RETURN\n"
+             "-A DOCKER-USER -j RETURN\nCOMMIT\n"
+             "*nat\n:DOCKER - [0:0]\n"
+             + "".join(f"-A {chain} {' '.join(spec)}\n" for chain, spec in DOCKER_NAT)
+             + f"-A DOCKER -i {DOCKER_BRIDGE} -j RETURN\nCOMMIT\n")
+    runner.run(["iptables", "-P", "FORWARD", "DROP"])
+
+
+def _docker_removed(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    runner = ctx.node(node)
+    runner.run(["iptables", "-P", "FORWARD", "ACCEPT"])
+    for spec in DOCKER_FORWARD:
+        _ipt_delete(ctx, node, "FORWARD", spec)
+    for chain, spec in DOCKER_NAT:
+        _ipt_delete(ctx, node, chain, spec, table="nat")
+    for chain in DOCKER_FILTER_CHAINS:
+        runner.run(["iptables", "-F", chain], check=False)
+    _drop_chains(ctx, node, DOCKER_FILTER_CHAINS)
+    runner.run(["iptables", "-t", "nat", "-F", "DOCKER"], check=False)
+    runner.run(["iptables", "-t", "nat", "-X", "DOCKER"], check=False)
+    runner.run(["ip", "link", "del", DOCKER_BRIDGE], check=False)
+
+
+register(Fault(
+    "benign_docker_installed",
+    "docker installed on the node beside Kubernetes, its containers stopped: its bridge "
+    "docker0 (172.17.0.1/16, no port, so no carrier and state DOWN), its chains DOCKER-USER, "
+    "DOCKER-ISOLATION-STAGE-1/2 and DOCKER at the head of FORWARD, its MASQUERADE for "
+    "172.17.0.0/16, and FORWARD's policy DROP, as dockerd sets it; flannel's FLANNEL-FWD "
+    "accepts the pod network before the policy is reached",
+    _docker_installed, _docker_removed, benign=True,
+    modes=("flannel-vxlan", "flannel-host-gw"),
+))
+
+
+def _ntp_untracked(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # a busy NTP server's usual tuning: its queries and answers kept out of conntrack
+    _restore(ctx, node, "*raw\n-A PREROUTING -p udp --dport 123 -j NOTRACK\n"
+                        "-A OUTPUT -p udp --sport 123 -j NOTRACK\nCOMMIT\n")
+
+
+def _ntp_tracked(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _ipt_delete(ctx, node, "PREROUTING", ["-p", "udp", "--dport", "123", "-j", "NOTRACK"],
+                table="raw")
+    _ipt_delete(ctx, node, "OUTPUT", ["-p", "udp", "--sport", "123", "-j", "NOTRACK"],
+                table="raw")
+    _ipt_tidy(ctx, node, "raw", ["PREROUTING", "OUTPUT"])
+
+
+register(Fault(
+    "benign_ntp_untracked",
+    "the node serves NTP and exempts it from connection tracking, as busy time servers are "
+    "tuned: NOTRACK for UDP to port 123 in raw PREROUTING and from port 123 in raw OUTPUT. "
+    "No Kubernetes traffic is UDP 123 (notrack_rule is such an exemption catching DNS)",
+    _ntp_untracked, _ntp_tracked, benign=True,
+))
+
+
+def _arp_pinned(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # a static ARP table kept by configuration management, right for every peer
+    for peer in ctx.topology.peers(node):
+        ctx.node(node).run(["ip", "neigh", "replace", peer.address, "lladdr",
+                            _eth0_mac(ctx, peer), "dev", "eth0", "nud", "permanent"])
+
+
+register(Fault(
+    "benign_static_arp",
+    "a permanent neighbour (ARP) entry on the node's eth0 for every peer's node address, each "
+    "with the peer's own MAC, as a static ARP table kept by configuration management pins "
+    "them (underlay_neighbor_wrong is one of them wrong)",
+    _arp_pinned, _neigh_right, benign=True,
+))
+
+
+# podman's default network file, which `dnf install podman` wrote on RHEL 8 and its rebuilds
+# (podman 3, CNI backend): it sorts after the cluster's 10-*.conflist, so no runtime takes it
+PODMAN_CNI = "87-podman-bridge.conflist"
+PODMAN_CONF = {
+    "cniVersion": "0.4.0", "name": "podman",
+    "plugins": [
+        {"type": "bridge", "bridge": "cni-podman0", "isGateway": True, "ipMasq": True,
+         "hairpinMode": True,
+         "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}],
+                  "ranges": [[{"subnet": "10.88.0.0/16", "gateway": "10.88.0.1"}]]}},
+        {"type": "portmap", "capabilities": {"portMappings": True}},
+        {"type": "firewall"}, {"type": "tuning"}],
+}
+
+
+def _podman_config(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    text = shlex.quote(json.dumps(PODMAN_CONF, indent=2) + "\n")
+    ctx.node(node).shell(f"printf %s {text} > /etc/cni/net.d/{PODMAN_CNI}")
+
+
+def _podman_config_gone(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    ctx.node(node).shell(f"rm -f /etc/cni/net.d/{PODMAN_CNI}")
+
+
+register(Fault(
+    "benign_podman_cni_config",
+    f"podman's CNI network file /etc/cni/net.d/{PODMAN_CNI} (bridge cni-podman0, "
+    "10.88.0.0/16) beside the cluster's, as installing podman on RHEL 8 writes it: it sorts "
+    "after the cluster's 10-*.conflist, so the runtime never takes it (cni_config_shadowed "
+    "is a file that sorts before)",
+    _podman_config, _podman_config_gone, benign=True,
+))
+
+
+# calico's VXLAN device, left by a cluster that ran calico (VXLAN mode) before flannel: the
+# uninstall removes the pods, not the node's devices
+LEFTOVER_VXLAN = "vxlan.calico"
+
+
+def _vxlan_left(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    ctx.node(node).run(["ip", "link", "add", LEFTOVER_VXLAN, "type", "vxlan", "id", "4096",
+                        "dstport", "4789", "dev", "eth0", "nolearning"])
+
+
+def _vxlan_left_gone(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    ctx.node(node).run(["ip", "link", "del", LEFTOVER_VXLAN], check=False)
+
+
+register(Fault(
+    "benign_leftover_vxlan_device",
+    f"calico's VXLAN device {LEFTOVER_VXLAN} (VNI 4096, UDP 4789), down, left on the node by a "
+    "CNI the cluster ran before flannel: no route, address or neighbour uses it",
+    _vxlan_left, _vxlan_left_gone, benign=True,
+    modes=("flannel-vxlan", "flannel-host-gw"),
+))
