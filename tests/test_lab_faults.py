@@ -105,10 +105,17 @@ def test_rp_filter_strict_drops_what_arrives_on_an_asymmetric_path(vx):
     assert "dev flannel.1" in vx.node_exec("node2", ["ip", "route", "show", n1.pod_cidr]).stdout
 
 
-def test_somaxconn_low(vx):
+def test_somaxconn_low_caps_a_queue_that_a_burst_then_overflows(vx):
+    def listener() -> list[str]:
+        return vx.node_exec("node2", ["ss", "-Hlnt", "sport = :30086"]).stdout.split()
+
     with vx.injected("somaxconn_low", "node2", {"value": "32"}):
         assert vx.node_exec("node2", ["sysctl", "-n", "net.core.somaxconn"]).stdout == "32\n"
+        # the app asked for 4096 and got 32 (Send-Q), and the burst filled it past that
+        state, recv_q, send_q = listener()[:3]
+        assert (state, send_q) == ("LISTEN", "32") and int(recv_q) > 32
     assert vx.node_exec("node2", ["sysctl", "-n", "net.core.somaxconn"]).stdout == "4096\n"
+    assert listener() == []
 
 
 # One connection over the node's loopback, as `ss -ti` shows it: `wscale:S,R` when the

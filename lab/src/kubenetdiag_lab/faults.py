@@ -556,14 +556,44 @@ register(Fault(
     modes=("flannel-vxlan",),
     mechanisms={"sysctl": (), "interface": ()},
 ))
+_somaxconn_set, _somaxconn_reset = _sysctl_fault(
+    "net.core.somaxconn", lambda params: str(int(params["value"])), "4096", "99-tuning.conf")
+DEEP_BACKLOG = "4096"  # what a server configured for bursts asks listen() for (nginx, a JVM's)
+
+
+def _somaxconn_low(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # A low cap alone drops nothing while queues stay short (kernels before 5.4 shipped 128):
+    # the fault is a burst meeting it. The cap is taken at listen(), so it is lowered first;
+    # then an app that asks for a deep queue gets somaxconn's, stalls (SIGSTOP, as a long GC
+    # pause or every worker waiting on its database), and a burst from a pod overflows the
+    # short queue where the deep one it asked for would have held every connection.
+    _somaxconn_set(ctx, node, params)
+    port = params["port"]
+    _start_in_node(ctx, node, services.netprog_argv(
+        "serve-banner", port, "lab-app ready", "--backlog", DEEP_BACKLOG))
+    _wait_listen(ctx, node, int(port), "tcp")
+    _freeze(_procs_matching(node, f"serve-banner {port} "), f"the app on {node.name}")
+    pod = ctx.topology.pods_on(node.name)[0]
+    _netprog(ctx, pod.name, "connect-burst", node.address, port,
+             str(int(params["value"]) + int(params["count"])), "--hold", "2")
+
+
+def _somaxconn_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _stop_matching(ctx, node, f"serve-banner {params['port']} ")
+    _somaxconn_reset(ctx, node, params)
+
+
 register(Fault(
     "somaxconn_low",
-    "net.core.somaxconn lowered (param value, default 64): every listener's accept queue is "
-    "capped at it; set at run time (via=sysctl) or by /etc/sysctl.d/99-tuning.conf, applied "
-    "(via=file)",
-    *_sysctl_fault("net.core.somaxconn", lambda params: str(int(params["value"])), "4096",
-                   "99-tuning.conf"),
-    {"via": "sysctl", "value": "64"}, mechanisms={"sysctl": (), "file": ()},
+    "net.core.somaxconn lowered (param value, default 64) under a burst: an app on the node "
+    "(port 30086) asks listen() for a queue of 4096 and gets somaxconn's, stalls (SIGSTOP, "
+    "as a long GC pause), and a burst of value + count connects from a pod overflows the "
+    "short queue; set at run time (via=sysctl) or by /etc/sysctl.d/99-tuning.conf, applied "
+    "(via=file). A low value under queues that stay short drops nothing: "
+    "benign_somaxconn_old_default",
+    _somaxconn_low, _somaxconn_back,
+    {"via": "sysctl", "value": "64", "port": "30086", "count": "32"},
+    mechanisms={"sysctl": (), "file": ()},
 ))
 register(Fault(
     "tcp_window_scaling_disabled",
