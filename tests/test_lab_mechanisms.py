@@ -1562,6 +1562,20 @@ def _in_force(lab: Lab, name: str) -> None:
     elif name == "benign_leftover_vxlan_device":
         link = json.loads(node.run(["ip", "-j", "-d", "link", "show", "vxlan.calico"]).stdout)[0]
         assert "UP" not in link["flags"] and link["linkinfo"]["info_data"]["port"] == 4789
+    elif name == "benign_fail2ban":
+        rules = node.run(["iptables", "-S"]).stdout
+        assert "-A INPUT -p tcp -m multiport --dports 22 -j f2b-sshd" in rules, rules
+        assert "-A f2b-sshd -s 198.51.100.23/32 -j REJECT" in rules, rules
+        assert ssh(lab, "node2", "true").returncode == 0  # the chain lets the rest through
+    elif name == "benign_keepalived_vip":
+        addrs = node.run(["ip", "-4", "-o", "address", "show", "dev", "eth0"]).stdout.split("\n")
+        assert lab.node("node2").address in addrs[0] and "198.18.0.100/32" in addrs[1], addrs
+    elif name == "benign_htb_unlimited":
+        assert "qdisc htb 1: root" in node.run(["tc", "qdisc", "show", "dev", "eth0"]).stdout
+    elif name == "benign_tcp_timestamps_off":
+        assert sysctl(lab, "node2", "net.ipv4.tcp_timestamps") == "0"
+    elif name == "benign_somaxconn_old_default":
+        assert sysctl(lab, "node2", "net.core.somaxconn") == "128"
     else:
         raise AssertionError(f"no check for {name}")
 

@@ -199,6 +199,7 @@ register(Fault(
     "after the cluster's 10-*.conflist, so the runtime never takes it (cni_config_shadowed "
     "is a file that sorts before)",
     _podman_config, _podman_config_gone, benign=True,
+    modes=("flannel-vxlan", "flannel-host-gw"),  # the calico lab writes no CNI configuration
 ))
 
 
@@ -222,4 +223,111 @@ register(Fault(
     "CNI the cluster ran before flannel: no route, address or neighbour uses it",
     _vxlan_left, _vxlan_left_gone, benign=True,
     modes=("flannel-vxlan", "flannel-host-gw"),
+))
+
+
+# fail2ban's iptables-multiport action after it banned an address that tried SSH passwords:
+# an address outside the lab that never sends anything here
+F2B_BANNED = "198.51.100.23"
+F2B_JUMP = ["-p", "tcp", "-m", "multiport", "--dports", "22", "-j", "f2b-sshd"]
+
+
+def _fail2ban(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _restore(ctx, node, "*filter\n:f2b-sshd - [0:0]\n"
+                        f"-I INPUT 1 {' '.join(F2B_JUMP)}\n"
+                        f"-A f2b-sshd -s {F2B_BANNED}/32 -j REJECT "
+                        "--reject-with icmp-port-unreachable\n"
+                        "-A f2b-sshd -j RETURN\nCOMMIT\n")
+
+
+def _fail2ban_gone(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _ipt_delete(ctx, node, "INPUT", F2B_JUMP)
+    ctx.node(node).run(["iptables", "-F", "f2b-sshd"], check=False)
+    _drop_chains(ctx, node, ["f2b-sshd"])
+
+
+register(Fault(
+    "benign_fail2ban",
+    "fail2ban guarding the node's sshd, one address banned: INPUT jumps to its chain f2b-sshd "
+    f"for TCP 22, which REJECTs {F2B_BANNED} (an address outside the cluster) and RETURNs "
+    "the rest",
+    _fail2ban, _fail2ban_gone, benign=True,
+))
+
+
+KEEPALIVED_VIP = "198.18.0.100/32"  # on the node network, held by no node of the lab
+
+
+def _vip(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # keepalived's VRRP master for a control-plane VIP adds it as a /32 beside the node's own
+    ctx.node(node).run(["ip", "address", "add", KEEPALIVED_VIP, "dev", "eth0"])
+
+
+def _vip_gone(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    ctx.node(node).run(["ip", "address", "del", KEEPALIVED_VIP, "dev", "eth0"], check=False)
+
+
+register(Fault(
+    "benign_keepalived_vip",
+    f"a second address on the node's eth0, {KEEPALIVED_VIP}, as keepalived adds the virtual "
+    "address of the control plane on the node that is its VRRP master; the node's own "
+    "address stays first",
+    _vip, _vip_gone, benign=True,
+))
+
+
+def _htb(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # a QoS template's shaper whose only class is the default one, at the link's full speed
+    # and more: every packet goes through it, none waits
+    runner = ctx.node(node)
+    runner.run(["tc", "qdisc", "replace", "dev", "eth0", "root", "handle", "1:", "htb",
+                "default", "10"])
+    runner.run(["tc", "class", "add", "dev", "eth0", "parent", "1:", "classid", "1:10", "htb",
+                "rate", "10gbit", "ceil", "10gbit"])
+
+
+def _htb_gone(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    ctx.node(node).run(["tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
+
+
+register(Fault(
+    "benign_htb_unlimited",
+    "an HTB shaper as eth0's root qdisc whose one class, the default, allows 10 Gbit/s, as a "
+    "QoS template leaves it before anyone fills in its classes: every packet passes through "
+    "it and none waits (link_saturated is a shaper the traffic fills)",
+    _htb, _htb_gone, benign=True,
+))
+
+
+def _timestamps_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # copied from hardening guides that hide the uptime TCP timestamps leak
+    _sysctl(ctx, node, "net.ipv4.tcp_timestamps=0")
+
+
+def _timestamps_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _sysctl(ctx, node, "net.ipv4.tcp_timestamps=1")
+
+
+register(Fault(
+    "benign_tcp_timestamps_off",
+    "net.ipv4.tcp_timestamps=0, as hardening guides set it so that TCP does not leak the "
+    "uptime; tcp_tw_recycle is gone from this kernel, so there is nothing for it to meet "
+    "(tw_recycle_with_timestamps is the two together)",
+    _timestamps_off, _timestamps_on, benign=True,
+))
+
+
+def _somaxconn_128(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _sysctl(ctx, node, "net.core.somaxconn=128")
+
+
+def _somaxconn_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _sysctl(ctx, node, "net.core.somaxconn=4096")
+
+
+register(Fault(
+    "benign_somaxconn_old_default",
+    "net.core.somaxconn=128, the kernel's default before Linux 5.4 (CentOS 7, Ubuntu 18.04), "
+    "while no listener's queue comes near it (somaxconn_low is a queue it caps overflowing)",
+    _somaxconn_128, _somaxconn_back, benign=True,
 ))
