@@ -85,7 +85,8 @@ def test_a_failed_probe_names_the_rules_it_left_unevaluated_on_that_node_only(
         "active.endpoints"]
     by_rule = {r["rule"]: r for r in report["not_evaluated"]}
     assert by_rule["somaxconn-low"]["nodes"] == ["node2"]
-    assert by_rule["somaxconn-low"]["title"].startswith("net.core.somaxconn is only")
+    assert by_rule["somaxconn-low"]["title"].startswith(
+        "The accept queue on <local> on <node> is full")
     assert "<limit>" in by_rule["somaxconn-low"]["title"]  # a value nobody could read
     assert "zh-CN" in by_rule["somaxconn-low"]["i18n"]
 
@@ -105,7 +106,7 @@ def test_every_format_lists_the_unevaluated_rules_and_why(sysctl_failed_on_node2
     md = render_markdown(report)
     part = md[md.index("## Not evaluated"):md.index("## Run")]
     assert "- **node2** — `sysctl`: failed (" in part
-    assert "`somaxconn-low` net.core.somaxconn is only" in part
+    assert "`somaxconn-low` The accept queue on \\<local\\> on \\<node\\> is full" in part
     assert "<script>" not in part and "node1" not in part
 
     zh = render_markdown(report, "zh-CN")
