@@ -16,16 +16,20 @@ from __future__ import annotations
 import json
 import shlex
 
+from kubenetdiag_lab import coredns, k8s_objects
 from kubenetdiag_lab.faults import (
     Fault,
     FaultContext,
     LabNode,
     Params,
+    _coredns_node,
+    _corefile_reloaded,
     _drop_chains,
     _eth0_mac,
     _ipt_delete,
     _ipt_tidy,
     _neigh_right,
+    _noop,
     _restore,
     _rp_loose,
     _sysctl,
@@ -330,4 +334,47 @@ register(Fault(
     "net.core.somaxconn=128, the kernel's default before Linux 5.4 (CentOS 7, Ubuntu 18.04), "
     "while no listener's queue comes near it (somaxconn_low is a queue it caps overflowing)",
     _somaxconn_128, _somaxconn_back, benign=True,
+))
+
+
+def _stub_domain_settled(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """CoreDNS runs the ConfigMap's Corefile as the state has it (with the stub domain's
+    server block or without), reloaded and ready."""
+    since = coredns.log_path(ctx.paths).stat().st_size
+    if _corefile_reloaded(ctx):
+        coredns.wait_reloaded(ctx.paths, since)
+        coredns.wait_ready(ctx.topology, ctx.paths)
+
+
+register(Fault(
+    "benign_coredns_stub_domain",
+    f"a second server block in the coredns ConfigMap's Corefile, {k8s_objects.STUB_ZONE}:53, "
+    "forwarding the site's own zone straight to the site's resolver, as a stub domain is "
+    "written (kube-dns's stubDomains before CoreDNS), and reloaded as its reload plugin "
+    "would: the cluster's names and every other name are answered as before",
+    _noop, _noop, benign=True, scope="cluster", default_node=_coredns_node,
+    settle=_stub_domain_settled,
+))
+
+
+# a CIS-style baseline that turns forwarding off, sorted before kubeadm's file that turns it
+# on again: systemd-sysctl applies /etc/sysctl.d in name order, so the later file wins at boot
+HARDENING_EARLY = "10-cis-hardening.conf"
+
+
+def _overridden_file(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    (ctx.paths.node_files(node.name).sysctl_d / HARDENING_EARLY).write_text(
+        "# security baseline\nnet.ipv4.ip_forward = 0\n")
+
+
+def _overridden_file_gone(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    (ctx.paths.node_files(node.name).sysctl_d / HARDENING_EARLY).unlink(missing_ok=True)
+
+
+register(Fault(
+    "benign_sysctl_overridden",
+    f"/etc/sysctl.d/{HARDENING_EARLY} on the node sets net.ipv4.ip_forward = 0, and "
+    "99-kubernetes-cri.conf, applied after it, sets it back to 1: forwarding is on now and "
+    "after a reboot (ip_forward_disabled via=file is such a file applied last)",
+    _overridden_file, _overridden_file_gone, benign=True,
 ))

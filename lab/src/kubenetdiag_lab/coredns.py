@@ -204,6 +204,25 @@ def wait_looped(paths: LabPaths, proc: subprocess.Popen[bytes] | None, since: in
                            f"{log_tail(log)}")
 
 
+RELOADED_MARK = b"Reloading complete"  # the reload plugin's line once the new Corefile runs
+
+
+def wait_reloaded(paths: LabPaths, since: int, timeout: float = 15.0) -> None:
+    """Wait until coredns's log, past offset `since` (its size before the signal), says a
+    reload completed: for a Corefile change no query can tell apart."""
+    log = log_path(paths)
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(log, "rb") as f:
+            f.seek(since)
+            if RELOADED_MARK in f.read():
+                return
+        if time.monotonic() > deadline:
+            raise LabError(f"coredns did not reload within {timeout:.0f}s; last lines of "
+                           f"{log}:\n{log_tail(log)}")
+        time.sleep(0.1)
+
+
 def wait_zone(topology: Topology, served: str, other: str, timeout: float = 30.0) -> None:
     """Wait until CoreDNS answers the cluster's names under `served` and not under `other`
     (a reload takes effect within seconds), asked from its pod's node."""

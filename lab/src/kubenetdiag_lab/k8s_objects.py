@@ -497,6 +497,9 @@ def configmaps(state: dict) -> list[Obj]:
     return out
 
 
+STUB_ZONE = "corp.example"  # the site's own zone (its middleware's name is under it)
+
+
 def corefile(state: dict) -> str:
     """The Corefile of the `coredns` ConfigMap, which is also, byte for byte, the file the lab's
     CoreDNS runs (coredns.py writes this text). CoreDNS's upstream manifest, with two lab
@@ -519,12 +522,18 @@ def corefile(state: dict) -> str:
         upstream = "/etc/resolv.conf"
     if _faults(state, "coredns_zone_mismatch"):
         domain = OTHER_ZONE
+    # benign_coredns_stub_domain: the site's own zone sent straight to its resolver, as a
+    # stub domain (once kube-dns's stubDomains) is written
+    stub = ""
+    if _faults(state, "benign_coredns_stub_domain") and dns.get("upstream"):
+        stub = (f"{STUB_ZONE}:53 {{\n    errors\n    cache 30\n"
+                f"    forward . {dns['upstream']}\n}}\n")
     return (
         ".:53 {\n    errors\n    health {\n       lameduck 5s\n    }\n    ready\n"
         f"    kubernetes {domain} in-addr.arpa ip6.arpa {{\n{kubeconfig}"
         "       pods insecure\n       fallthrough in-addr.arpa ip6.arpa\n       ttl 30\n    }\n"
         f"    prometheus :9153\n    forward . {upstream} {{\n       max_concurrent 1000\n"
-        "    }\n    cache 30\n    loop\n    reload\n    loadbalance\n}\n"
+        "    }\n    cache 30\n    loop\n    reload\n    loadbalance\n}\n" + stub
     )
 
 
