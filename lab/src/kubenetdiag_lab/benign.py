@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shlex
 
-from kubenetdiag_lab import coredns, k8s_objects
+from kubenetdiag_lab import coredns, k8s_objects, kubeproxy, nodehost
 from kubenetdiag_lab.faults import (
     Fault,
     FaultContext,
@@ -35,6 +35,7 @@ from kubenetdiag_lab.faults import (
     _sysctl,
     register,
 )
+from kubenetdiag_lab.topology import OUTSIDE_HOST, OUTSIDE_PORT, Service, ServicePort, Topology
 
 
 def _rp_strict_everywhere(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -377,4 +378,40 @@ register(Fault(
     "99-kubernetes-cri.conf, applied after it, sets it back to 1: forwarding is on now and "
     "after a reboot (ip_forward_disabled via=file is such a file applied last)",
     _overridden_file, _overridden_file_gone, benign=True,
+))
+
+
+# A Service in front of the site's database, so that pods reach it by a cluster name: no
+# selector, and an EndpointSlice written by hand listing the database's address
+EXTERNAL_SERVICE = "mysql"
+EXTERNAL_VIP = "10.96.0.40"
+
+
+def external_service(topology: Topology) -> list[Service]:
+    return [Service(EXTERNAL_SERVICE, "default", EXTERNAL_VIP,
+                    (ServicePort("mysql", OUTSIDE_PORT, "TCP", OUTSIDE_PORT),), "",
+                    external=(OUTSIDE_HOST,))]
+
+
+def _external_programmed(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """Every node's kube-proxy DNATs the Service to the middleware while it is in force, and
+    has no rule for it once healed."""
+    name = f"default/{EXTERNAL_SERVICE}:mysql"
+    want = ({f"{OUTSIDE_HOST}:{OUTSIDE_PORT}"}
+            if ctx.active.params("benign_external_service") else None)
+    nodehost.wait_nodes(
+        kubeproxy.BINARY, "follow the external Service", list(ctx.topology.nodes),
+        lambda n: kubeproxy.programmed(ctx.node(n), ctx.topology.proxy_mode).get(name) == want,
+        lambda n: kubeproxy.log_path(ctx.paths, n), kubeproxy.SYNC_TIMEOUT)
+
+
+register(Fault(
+    "benign_external_service",
+    f"a Service without a selector, default/{EXTERNAL_SERVICE} ({EXTERNAL_VIP}:{OUTSIDE_PORT}), "
+    "and an EndpointSlice written by hand beside it that lists the middleware outside the "
+    f"cluster ({OUTSIDE_HOST}:{OUTSIDE_PORT}), as a database outside is given a cluster name: "
+    "no pod backs it, no controller manages its endpoints, and every kube-proxy DNATs it to "
+    "an address outside the pod network",
+    _noop, _noop, benign=True, scope="cluster", adds_services=external_service,
+    settle=_external_programmed,
 ))

@@ -157,6 +157,10 @@ class ActiveFaults:
                 out.append(canary_service(topology, port, unready))
         if self.params("nodeport_no_local_endpoint"):
             out.append(local_service(topology, unready))
+        for name in sorted({entry["fault"] for entry in self.entries}):
+            spec = FAULTS.get(name)
+            if spec is not None and spec.adds_services is not None:
+                out.extend(spec.adds_services(topology))
         return out
 
     def network_policies(self) -> list[dict[str, Any]]:
@@ -222,6 +226,9 @@ class Fault:
     # tool installed beside Kubernetes): it breaks nothing, and a diagnosis that names it
     # blames a healthy component. Injected and healed like a fault; expected: no finding.
     benign: bool = False
+    # Services the fault or condition adds to the cluster while in force (lab.json lists them,
+    # the API holds them, every kube-proxy programs them)
+    adds_services: Callable[[Topology], list[Service]] | None = None
 
     def __post_init__(self) -> None:
         if self.mechanisms and self.params.get("via") not in self.mechanisms:

@@ -615,6 +615,34 @@ def service_object(svc: dict) -> Obj:
     }
 
 
+# Whose hand a Service's own EndpointSlice says wrote it, where no controller manages it
+SLICE_BY_HAND = "cluster-admins"
+
+
+def external_slices(state: dict) -> list[Obj]:
+    """An EndpointSlice per Service of lab.json that lists `external` addresses (it has no
+    selector, so no controller writes one), as an operator writes it beside the Service."""
+    out = []
+    for svc in state.get("services") or []:
+        if not isinstance(svc, dict) or not svc.get("external"):
+            continue
+        name, ns = str(svc["name"]), str(svc.get("namespace") or "default")
+        out.append({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": _meta(f"{name}-1", ns, labels={
+                "kubernetes.io/service-name": name,
+                "endpointslice.kubernetes.io/managed-by": SLICE_BY_HAND}),
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [str(ip)], "conditions": {"ready": True}}
+                          for ip in svc["external"]],
+            "ports": [{"name": p.get("name") or "", "protocol": p.get("protocol") or "TCP",
+                       "port": int(p.get("target_port") or p.get("port") or 0)}
+                      for p in _ports(svc)],
+        })
+    return out
+
+
 # ---------------------------------------------------------------- policies and calico
 
 
@@ -672,6 +700,7 @@ def build(state: dict) -> dict[str, list[Obj]]:
         "daemonsets": daemonsets(state, sys_pods),
         "configmaps": configmaps(state),
         "services": [service_object(s) for s in services],
+        "endpointslices": external_slices(state),
         "networkpolicies": network_policies(state),
         "ippools": ippools(state),
     }

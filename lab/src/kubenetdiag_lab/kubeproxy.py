@@ -180,7 +180,7 @@ def service_port_names(services: Sequence[Service]) -> dict[str, bool]:
     """kube-proxy's name for each Service port of `services` (as ActiveFaults.services gives
     them under the faults in force), "<ns>/<svc>:<port>", -> whether it has ready endpoints
     (programmed as a DNAT) or not (programmed as a reject)."""
-    return {f"{svc.namespace}/{svc.name}:{port.name}": bool(svc.endpoints)
+    return {f"{svc.namespace}/{svc.name}:{port.name}": bool(svc.endpoints or svc.external)
             for svc in services for port in svc.ports}
 
 

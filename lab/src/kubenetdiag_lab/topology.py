@@ -133,6 +133,9 @@ class Service:
     # via=selector): ((label, value), ...); empty: the app's own (pod_labels)
     selector: tuple[tuple[str, str], ...] = ()
     external_traffic_policy: str | None = None  # Local or Cluster, for a NodePort Service
+    # addresses outside the cluster that an EndpointSlice written by hand lists for a Service
+    # without a selector (app ""), as a Service in front of an external database is made
+    external: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         ports = [{k: v for k, v in asdict(port).items() if v is not None} for port in self.ports]
@@ -142,6 +145,8 @@ class Service:
             out["selector"] = dict(self.selector)
         if self.external_traffic_policy:
             out["external_traffic_policy"] = self.external_traffic_policy
+        if self.external:
+            out["external"] = list(self.external)
         return out
 
 
