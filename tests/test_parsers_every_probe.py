@@ -902,7 +902,7 @@ def test_facts_doc_is_current():
 
 
 @pytest.mark.parametrize("shell", [s for s in ("sh", "bash", "dash") if shutil.which(s)])
-def test_sockets_probe_counts_listeners_descriptors_and_fin_wait2_peers(tmp_path, shell):
+def test_sockets_probe_counts_listeners_descriptors_and_peers_by_state(tmp_path, shell):
     # The probe's own command over a stand-in ss that prints both users:() forms, the owners
     # being a real process with a known limit and a pid that does not exist.
     held = subprocess.Popen(
@@ -929,7 +929,12 @@ def test_sockets_probe_counts_listeners_descriptors_and_fin_wait2_peers(tmp_path
             "echo \"tcp FIN-WAIT-2 0 0 ::ffff:10.0.0.5:4$i ::ffff:10.0.0.7:80\"; "
             "echo \"tcp FIN-WAIT-2 0 0 10.0.0.5:5$i 10.0.0.8:443 "
             "users:((\\\"java\\\",pid=7,fd=$i))\"; "
-            "[ $i -gt 3 ] || echo \"tcp FIN-WAIT-2 0 0 10.0.0.5:6$i 10.0.0.9:8080\"; done\n")
+            "[ $i -gt 3 ] || echo \"tcp FIN-WAIT-2 0 0 10.0.0.5:6$i 10.0.0.9:8080\"; done\n"
+            # TIME-WAIT: 600 connections this node closed toward one database, and 600 a
+            # server here closed, each toward another client port: only the first gather
+            "i=0; while [ $i -lt 600 ]; do i=$((i+1)); "
+            "echo \"tcp TIME-WAIT 0 0 10.0.0.5:$((30000+i)) 10.0.0.20:3306\"; "
+            "echo \"tcp TIME-WAIT 0 0 10.0.0.5:8080 10.0.0.30:$((40000+i))\"; done\n")
         stub.chmod(0o755)
         cmd = BY_NAME["sockets"].command
         cp = subprocess.run([shell, "-c", cmd], capture_output=True, text=True, timeout=30,
@@ -947,6 +952,10 @@ def test_sockets_probe_counts_listeners_descriptors_and_fin_wait2_peers(tmp_path
     assert peers == {"::ffff:10.0.0.7:80": ("10.0.0.7", 80, 20),
                      "10.0.0.8:443": ("10.0.0.8", 443, 20)}, cp.stdout
     assert kinds(facts, "tcp_states")[0]["fin_wait2"] == 43
+    assert [(f["peer"], f["address"], f["port"], f["count"])
+            for f in kinds(facts, "time_wait_peer")] == [
+        ("10.0.0.20:3306", "10.0.0.20", 3306, 600)], cp.stdout
+    assert kinds(facts, "tcp_states")[0]["time_wait"] == 1200
 
 
 @pytest.mark.skipif(not shutil.which("unshare") or os.geteuid() != 0,

@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import shlex
 
-from kubenetdiag_lab import coredns, k8s_objects, kubeproxy, nodehost
+from kubenetdiag_lab import coredns, k8s_objects, kubeproxy, nodehost, services
+from kubenetdiag_lab.errors import LabError
 from kubenetdiag_lab.faults import (
     Fault,
     FaultContext,
@@ -32,7 +33,10 @@ from kubenetdiag_lab.faults import (
     _noop,
     _restore,
     _rp_loose,
+    _start_in_node,
+    _stop_matching,
     _sysctl,
+    _wait_listen,
     register,
 )
 from kubenetdiag_lab.topology import OUTSIDE_HOST, OUTSIDE_PORT, Service, ServicePort, Topology
@@ -414,4 +418,35 @@ register(Fault(
     "an address outside the pod network",
     _noop, _noop, benign=True, scope="cluster", adds_services=external_service,
     settle=_external_programmed,
+))
+
+
+SERVER_TW_PORT = "30081"  # a server on the node that closes each connection first
+
+
+def _server_time_wait(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # An HTTP/1.0 or banner server: it closes first, so the TIME_WAITs are on its side, one
+    # per client address and port, and hold no port of this node's own
+    _start_in_node(ctx, node, services.netprog_argv("serve-banner", SERVER_TW_PORT, "bye"))
+    _wait_listen(ctx, node, int(SERVER_TW_PORT), "tcp")
+    pod = ctx.topology.pods_on(node.name)[0]
+    made = ctx.runners.pod(pod.name).run(services.netprog_argv(
+        "close-burst", node.address, SERVER_TW_PORT, "3000"), timeout=60).stdout
+    if int(made.split()[0]) < 3000:
+        raise LabError(f"benign_server_time_wait: the burst ended early: {made.strip()}")
+
+
+def _server_time_wait_gone(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _stop_matching(ctx, node, f"serve-banner {SERVER_TW_PORT} ")
+    ctx.node(node).run(["ss", "-K", "-Htn", "state", "time-wait",
+                        f"sport = :{SERVER_TW_PORT}"], check=False)
+
+
+register(Fault(
+    "benign_server_time_wait",
+    f"3000 TIME_WAIT sockets on the node from a server on port {SERVER_TW_PORT} that closes "
+    "each connection first (an HTTP/1.0 or banner server) after a pod's burst of short "
+    "connections: one per client address and port, none holding a local port of the node's "
+    "own (time_wait_pileup is a client's, toward one peer)",
+    _server_time_wait, _server_time_wait_gone, benign=True,
 ))

@@ -3774,44 +3774,62 @@ register(Fault(
 ))
 
 
+# The middleware host's metrics exporter (mysqld_exporter's port), which a monitoring agent
+# on the node scrapes without keep-alive; a stand-in that reads each connection to its end
+EXPORTER_PORT = "9104"
+
+
+EXPORTER_SINK = f"bulk-sink {EXPORTER_PORT}"
+
+
 def _tw_pileup(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # Only a client's TIME_WAITs cost anything: each holds a local port toward one peer (a
+    # server's, one per client port, are the benign_server_time_wait condition).
     if params["via"] == "client":
         made = ctx.node(node).run(services.netprog_argv("tw-burst", params["count"]),
                                   timeout=60).stdout
-    elif params["via"] == "server":
-        # A server that closes first (an HTTP/1.0 server, a banner service): the TIME_WAIT
-        # sockets are on its side, one per client connection from the pod.
-        port = params["port"]
-        _start_in_node(ctx, node, services.netprog_argv("serve-banner", port, "bye"))
-        _wait_listen(ctx, node, int(port), "tcp")
-        pod = ctx.topology.pods_on(node.name)[0]
-        made = ctx.runners.pod(pod.name).run(services.netprog_argv(
-            "close-burst", node.address, port, params["count"]), timeout=60).stdout
+    elif params["via"] == "remote":
+        _start_in(ctx, ctx.topology.outside_netns, services.netprog_argv(
+            "bulk-sink", EXPORTER_PORT))
+        _wait_outside_listen(ctx, int(EXPORTER_PORT))
+        made = ctx.node(node).run(services.netprog_argv(
+            "tw-burst", params["count"], "--to", OUTSIDE_HOST, EXPORTER_PORT), timeout=60).stdout
     else:
-        raise LabError("time_wait_pileup: via must be client or server")
+        raise LabError("time_wait_pileup: via must be client or remote")
     # a burst cut short by its time cap is a smaller fault than the one asked for
     if int(made.split()[0]) < int(params["count"]):
         raise LabError(f"time_wait_pileup: the burst ended early: {made.strip()}")
 
 
+def _wait_outside_listen(ctx: FaultContext, port: int) -> None:
+    for _ in range(100):  # bounded: 5 s
+        if ctx.runners.outside.run(["ss", "-Hlnt", f"sport = :{port}"]).stdout.strip():
+            return
+        time.sleep(0.05)
+    raise LabError(f"the middleware host: nothing listens on {port}/tcp")
+
+
 def _tw_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    port = params["port"]
-    _stop_matching(ctx, node, f"serve-banner {port} ")
+    _kill_matching_in([ctx.topology.outside_netns], EXPORTER_SINK)
     # The kernel keeps TIME_WAIT sockets 60 s; the heal removes the ones the fault made
     # (SOCK_DESTROY, `ss -K`), so the node is as before at once: loopback connections to
-    # the burst's own listener (via=client), connections to the server's port (via=server).
+    # the burst's own listener (via=client), those to the exporter (via=remote).
     ctx.node(node).run(["ss", "-K", "-Htn", "state", "time-wait",
-                        f"( sport = :{port} or dst 127.0.0.1 )"], check=False)
+                        f"( dst 127.0.0.1 or dst {OUTSIDE_HOST}:{EXPORTER_PORT} )"],
+                       check=False)
 
 
 register(Fault(
     "time_wait_pileup",
-    "a bounded burst of short connections, each closed first by the node's side, so TIME_WAIT "
-    "sockets pile up on the node: loopback connections its own client closes (via=client), or "
-    "connections from a pod to a server on the node (param port) that closes them first "
-    "(via=server); heal removes those sockets (`ss -K`) instead of waiting the kernel's 60 s",
-    _tw_pileup, _tw_heal, {"via": "client", "count": "3000", "port": "30081"},
-    mechanisms={"client": (), "server": ()},
+    "a bounded burst of short connections from one client on the node to one server, each "
+    "closed first by the client, so TIME_WAIT sockets pile up on the node toward that one "
+    "peer, each holding a local port: loopback connections to its own listener (via=client), "
+    f"or a monitoring agent scraping the middleware's exporter ({OUTSIDE_HOST}:"
+    f"{EXPORTER_PORT}) without keep-alive (via=remote); heal removes those sockets (`ss -K`) "
+    "instead of waiting the kernel's 60 s. A server's own TIME_WAITs cost no port: "
+    "benign_server_time_wait",
+    _tw_pileup, _tw_heal, {"via": "client", "count": "3000"},
+    mechanisms={"client": (), "remote": ()},
 ))
 
 

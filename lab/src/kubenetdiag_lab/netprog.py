@@ -15,7 +15,9 @@ whatever the lab passes in (lab addresses only).
   udp-stuck PORT RCVBUF         a UDP socket with a tiny receive buffer that never reads
   udp-sink PORT                 a UDP receiver with the default buffer that reads everything
   udp-flood HOST PORT N         N datagrams, as fast as the socket allows
-  tw-burst N                    N loopback connections closed by the client: N TIME_WAITs
+  tw-burst N                    N loopback connections closed by the client: N TIME_WAITs;
+                                --to HOST PORT: to that server instead, each shut down by
+                                the client first, closed once the server closed its end
   close-burst HOST PORT N       N connections, each closed after the server closed it: N
                                 TIME_WAITs on the server's side
   connect-retry HOST PORT N SECONDS
@@ -322,7 +324,9 @@ def udp_flood(host: str, port: int, count: int, limit: float) -> int:
     return 0
 
 
-def tw_burst(count: int, limit: float) -> int:
+def tw_burst(count: int, limit: float, to: tuple[str, int] | None = None) -> int:
+    if to is not None:
+        return _tw_burst_to(to, count, limit)
     srv = socket.create_server(("127.0.0.1", 0), backlog=128)
     port = srv.getsockname()[1]
     deadline = time.monotonic() + limit
@@ -336,6 +340,23 @@ def tw_burst(count: int, limit: float) -> int:
         conn.close()
         made += 1
     print(f"{made} connections closed by the client", flush=True)
+    return 0
+
+
+def _tw_burst_to(to: tuple[str, int], count: int, limit: float) -> int:
+    # A client without keep-alive: it sends its FIN first and waits for the server's, one
+    # connection after the other, so each ends in TIME_WAIT on this side, toward one peer.
+    deadline = time.monotonic() + limit
+    made = 0
+    for _ in range(count):
+        if time.monotonic() > deadline:
+            break
+        with socket.create_connection(to, timeout=2) as cli:
+            cli.shutdown(socket.SHUT_WR)
+            while cli.recv(4096):
+                pass
+        made += 1
+    print(f"{made} connections to {to[0]}:{to[1]} closed by the client", flush=True)
     return 0
 
 
@@ -441,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("count", type=int)
     p = sub.add_parser("tw-burst")
     p.add_argument("count", type=int)
+    p.add_argument("--to", nargs=2, metavar=("HOST", "PORT"))
     p = sub.add_parser("close-burst")
     p.add_argument("host")
     p.add_argument("port", type=int)
@@ -507,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "udp-flood":
             return udp_flood(a.host, a.port, min(a.count, 200000), limit)
         if a.cmd == "tw-burst":
-            return tw_burst(min(a.count, 20000), conn_limit)
+            to = (a.to[0], int(a.to[1])) if a.to else None
+            return tw_burst(min(a.count, 20000), conn_limit, to)
         if a.cmd == "tcp-receiver":
             return tcp_receiver(a.port, a.read)
         if a.cmd == "tcp-push":

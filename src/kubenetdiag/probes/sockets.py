@@ -1,7 +1,7 @@
 """Sockets: TCP listeners with accept-queue depth vs backlog and their process, the open file
 descriptors of each listener's process against its limit, sockets with a large Recv-Q/Send-Q,
-TCP state counts (TIME_WAIT above all), CLOSE-WAIT sockets per process and FIN-WAIT-2
-sockets per peer, UDP sockets with their buffer sizes and drops, and /proc/net/sockstat.
+TCP state counts (TIME_WAIT above all), CLOSE-WAIT sockets per process and FIN-WAIT-2 and
+TIME_WAIT sockets per peer, UDP sockets with their buffer sizes and drops, and /proc/net/sockstat.
 
 One `ss -tanp` pass, reduced on the node by awk: a node with 100k TIME_WAIT sockets sends us a
 dozen count lines, not 100k. Without ss the counts and listeners come from /proc/net/tcp, and a
@@ -46,24 +46,31 @@ MAX_CLOSE_WAIT_OWNERS = 50
 # holds waits for ever)
 FIN_WAIT2_FLOOR = 16
 MAX_FIN_WAIT2_PEERS = 50
+# And TIME_WAIT per peer address and port: many toward one destination are connections this
+# node opened and closed first, each holding one of its local ports for 60 s (a server's
+# TIME_WAITs, one per client address and port, never gather here)
+TIME_WAIT_FLOOR = 500
+MAX_TIME_WAIT_PEERS = 50
 
 # One ss for TCP and UDP, one awk to sort its lines (Netid first; an indented line is the
 # skmem of the socket above it): TCP as listeners (L), queues past QUEUE_BYTES (Q), a count
-# per state (S), CLOSE-WAIT per owner (W) and FIN-WAIT-2 per peer (R); UDP as ss prints it,
-# skmem and all, after them.
+# per state (S), CLOSE-WAIT per owner (W), FIN-WAIT-2 (R) and TIME-WAIT (T) per peer; UDP as
+# ss prints it, skmem and all, after them.
 _SS_AWK = (
     "BEGIN{print \"##knd:tcp ss-all\"} NR==1{next} "
     "/^[ \\t]/{if(u&&k<" + str(MAX_UDP) + "){k++;U[k]=$0}; next} "
     "{p=$1; sub(/^[^ \\t]+[ \\t]+/, \"\"); u=(p==\"udp\")} "
     "u{if(k<" + str(MAX_UDP) + "){k++;U[k]=$0}; next} p!=\"tcp\"{next} "
     "{n[$1]++} $1==\"LISTEN\"{if(l<m){l++;print \"L \" $0; pids($0)}; next} "
-    "$1==\"CLOSE-WAIT\"{cw($0)} $1==\"FIN-WAIT-2\"{F[$5]++} "
+    "$1==\"CLOSE-WAIT\"{cw($0)} $1==\"FIN-WAIT-2\"{F[$5]++} $1==\"TIME-WAIT\"{T[$5]++} "
     "($2+0>t||$3+0>t)&&q<m{q++;print \"Q \" $0} "
     "END{for(s in n) print \"S \" s \" \" n[s]; "
     "for(o in W) if(W[o]>=" + str(CLOSE_WAIT_FLOOR) + "&&nw<" + str(MAX_CLOSE_WAIT_OWNERS)
     + "){nw++; print \"W \" W[o] \" \" o}; "
     "for(r in F) if(F[r]>=" + str(FIN_WAIT2_FLOOR) + "&&nr<" + str(MAX_FIN_WAIT2_PEERS)
-    + "){nr++; print \"R \" F[r] \" \" r}; print \"##knd:udp ss-all\"; "
+    + "){nr++; print \"R \" F[r] \" \" r}; "
+    "for(r in T) if(T[r]>=" + str(TIME_WAIT_FLOOR) + "&&nt<" + str(MAX_TIME_WAIT_PEERS)
+    + "){nt++; print \"T \" T[r] \" \" r}; print \"##knd:udp ss-all\"; "
     "for(i=1;i<=k;i++) print U[i]; printf \"##knd:fds\\nP\"; for(p in P) printf \" %s\", p; "
     "print \"\"}"
 )
@@ -294,6 +301,11 @@ def parse(section: Section, node: str) -> list[Fact]:
                         "peer": clip(w[1], 80), "address": _host(w[1]), "port": _port(w[1]),
                         "count": to_int(w[0]),
                     }, src(cmd + " state fin-wait-2 (counted per peer on the node)", rest)))
+                elif kind == "T" and len(w) == 2 and to_int(w[0]) is not None:
+                    facts.append(Fact("time_wait_peer", node, {
+                        "peer": clip(w[1], 80), "address": _host(w[1]), "port": _port(w[1]),
+                        "count": to_int(w[0]),
+                    }, src(cmd + " state time-wait (counted per peer on the node)", rest)))
                 elif kind in ("L", "Q") and arg in _SS_COMMANDS and len(w) >= 5:
                     recv_q, send_q = to_int(w[1]), to_int(w[2])
                     if recv_q is None or send_q is None:
@@ -402,7 +414,7 @@ PROBE = Probe(
     preludes=(SYSCTL_READ,),
     parse=parse,
     kinds=("tcp_listener", "socket_queue", "tcp_states", "sockstat", "udp_socket",
-           "process_fds", "close_wait_process", "fin_wait2_peer"),
+           "process_fds", "close_wait_process", "fin_wait2_peer", "time_wait_peer"),
     blocks="sockets (accept queues, listeners' open files, TIME_WAIT, CLOSE-WAIT and FIN-WAIT-2 "
            "counts, stuck Recv-Q/Send-Q, UDP buffers)",
     tools=("awk",),
