@@ -1602,6 +1602,13 @@ def _in_force(lab: Lab, name: str) -> None:
             ["ss", "-Htn", "state", "time-wait", "sport = :30081"]).stdout.splitlines()]
         # thousands on the server's side, each toward another client port
         assert len(peers) >= 2900 and len(set(peers)) == len(peers)
+    elif name == "benign_firewalld_for_kubernetes":
+        rules = node.run(["iptables", "-S"]).stdout
+        assert "-A INPUT_ZONES -i cni0 -g IN_trusted" in rules, rules
+        assert "-A FORWARD -j REJECT --reject-with icmp-host-prohibited" in rules, rules
+        netns = lab.node("node2").netns
+        assert any("/firewalld --nofork" in cmdline(pid)
+                   for pid in pids_in_netns([netns]).get(netns, []))
     else:
         raise AssertionError(f"no check for {name}")
 

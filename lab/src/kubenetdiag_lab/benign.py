@@ -27,12 +27,15 @@ from kubenetdiag_lab.faults import (
     _corefile_reloaded,
     _drop_chains,
     _eth0_mac,
+    _firewall_off,
+    _firewall_on,
     _ipt_delete,
     _ipt_tidy,
     _neigh_right,
     _noop,
     _restore,
     _rp_loose,
+    _start_daemon_script,
     _start_in_node,
     _stop_matching,
     _sysctl,
@@ -449,4 +452,51 @@ register(Fault(
     "connections: one per client address and port, none holding a local port of the node's "
     "own (time_wait_pileup is a client's, toward one peer)",
     _server_time_wait, _server_time_wait_gone, benign=True,
+))
+
+
+# firewalld (iptables backend) set up for Kubernetes as the kubeadm and flannel guides say:
+# the pods' interfaces in the trusted zone, and in the public zone (eth0) the ports the
+# cluster uses opened; its daemon running. Its catch-all REJECTs stay, and nothing the
+# cluster sends reaches them.
+FIREWALLD_TRUSTED = ("cni0", "flannel.1")
+FIREWALLD_K8S_CHAINS = ["IN_trusted", "FWDI_trusted", "FWDO_trusted"]
+FIREWALLD_K8S_RULES = "".join(
+    f"-I INPUT_ZONES 1 -i {dev} -g IN_trusted\n-I FORWARD_IN_ZONES 1 -i {dev} -g FWDI_trusted\n"
+    f"-I FORWARD_OUT_ZONES 1 -o {dev} -g FWDO_trusted\n" for dev in FIREWALLD_TRUSTED) + (
+    "-A IN_trusted -j ACCEPT\n-A FWDI_trusted -j ACCEPT\n-A FWDO_trusted -j ACCEPT\n"
+    + "".join(f"-A IN_public_allow -p {proto} -m {proto} --dport {port} "
+              "-m conntrack --ctstate NEW,UNTRACKED -j ACCEPT\n"
+              for proto, port in (("udp", "8472"), ("tcp", "10250"), ("tcp", "30000:32767"),
+                                  ("udp", "30000:32767"))))
+
+
+def _firewalld_for_k8s(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _firewall_on(ctx, node, {"via": "firewalld"})
+    _restore(ctx, node, "*filter\n" + "".join(
+        f":{chain} - [0:0]\n" for chain in FIREWALLD_K8S_CHAINS) + FIREWALLD_K8S_RULES
+        + "COMMIT\n")
+    _start_daemon_script(ctx, node, "firewalld", ["--nofork", "--nopid"])
+
+
+def _firewalld_for_k8s_gone(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    for line in FIREWALLD_K8S_RULES.splitlines():
+        words = line.split()
+        if words[0] == "-I":  # -I CHAIN 1 spec...: delete by spec
+            _ipt_delete(ctx, node, words[1], words[3:])
+    for chain in FIREWALLD_K8S_CHAINS:
+        ctx.node(node).run(["iptables", "-F", chain], check=False)
+    _firewall_off(ctx, node, {"via": "firewalld"})  # its chains (IN_public_allow flushed)
+    _drop_chains(ctx, node, FIREWALLD_K8S_CHAINS)
+
+
+register(Fault(
+    "benign_firewalld_for_kubernetes",
+    "firewalld running with its iptables backend, set up for Kubernetes as the install "
+    "guides say: cni0 and flannel.1 in the trusted zone, and the public zone (eth0) opened "
+    "for SSH, VXLAN (8472/udp), the kubelet (10250/tcp) and the NodePort range; its "
+    "catch-all REJECTs in INPUT and FORWARD stay, and nothing the cluster sends reaches them "
+    "(host_firewall_active is one that refuses the cluster's traffic)",
+    _firewalld_for_k8s, _firewalld_for_k8s_gone, benign=True,
+    modes=("flannel-vxlan", "flannel-host-gw"),
 ))
