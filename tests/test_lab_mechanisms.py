@@ -1609,6 +1609,15 @@ def _in_force(lab: Lab, name: str) -> None:
         netns = lab.node("node2").netns
         assert any("/firewalld --nofork" in cmdline(pid)
                    for pid in pids_in_netns([netns]).get(netns, []))
+    elif name == "benign_service_across_zones":
+        # its endpoints are in both zones, and its address answers from a pod
+        slices = api(lab, "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+                          "?labelSelector=kubernetes.io%2Fservice-name%3Dclient-all")["items"]
+        zones = {e.get("zone") for item in slices for e in item.get("endpoints") or []}
+        assert len(zones) == 2, slices
+        argv = services.netprog_argv("--timeout", "2", "tcp", "10.96.0.31", "30092")
+        cp = lab.runners.pod(client_pod(lab, "node2")).run(argv, check=False, timeout=15)
+        assert cp.returncode == 0, cp.stdout + cp.stderr
     else:
         raise AssertionError(f"no check for {name}")
 

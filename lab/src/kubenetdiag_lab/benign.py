@@ -31,15 +31,18 @@ from kubenetdiag_lab.faults import (
     _firewall_on,
     _ipt_delete,
     _ipt_tidy,
+    _kill_matching_in,
     _neigh_right,
     _noop,
     _restore,
     _rp_loose,
     _start_daemon_script,
     _start_in_node,
+    _start_in_pod,
     _stop_matching,
     _sysctl,
     _wait_listen,
+    _wait_pod_listen,
     register,
 )
 from kubenetdiag_lab.topology import OUTSIDE_HOST, OUTSIDE_PORT, Service, ServicePort, Topology
@@ -400,16 +403,19 @@ def external_service(topology: Topology) -> list[Service]:
                     external=(OUTSIDE_HOST,))]
 
 
-def _external_programmed(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    """Every node's kube-proxy DNATs the Service to the middleware while it is in force, and
-    has no rule for it once healed."""
-    name = f"default/{EXTERNAL_SERVICE}:mysql"
-    want = ({f"{OUTSIDE_HOST}:{OUTSIDE_PORT}"}
-            if ctx.active.params("benign_external_service") else None)
+def _wait_programmed(ctx: FaultContext, name: str, want: set[str] | None) -> None:
+    """Until every node's kube-proxy DNATs Service port `name` ("ns/svc:port") to exactly
+    `want` (ip:port each), or has no rule for it (None)."""
     nodehost.wait_nodes(
-        kubeproxy.BINARY, "follow the external Service", list(ctx.topology.nodes),
+        kubeproxy.BINARY, f"follow Service {name}", list(ctx.topology.nodes),
         lambda n: kubeproxy.programmed(ctx.node(n), ctx.topology.proxy_mode).get(name) == want,
         lambda n: kubeproxy.log_path(ctx.paths, n), kubeproxy.SYNC_TIMEOUT)
+
+
+def _external_programmed(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _wait_programmed(ctx, f"default/{EXTERNAL_SERVICE}:mysql",
+                     {f"{OUTSIDE_HOST}:{OUTSIDE_PORT}"}
+                     if ctx.active.params("benign_external_service") else None)
 
 
 register(Fault(
@@ -499,4 +505,51 @@ register(Fault(
     "(host_firewall_active is one that refuses the cluster's traffic)",
     _firewalld_for_k8s, _firewalld_for_k8s_gone, benign=True,
     modes=("flannel-vxlan", "flannel-host-gw"),
+))
+
+
+# A Service over the client pods of every node, so over both zones, without topology-aware
+# routing, as most Services spread for availability are; the zones answer each other as fast
+# as within one (cross_zone_latency is the same spread over a slow path between them)
+ACROSS_SERVICE = "client-all"
+ACROSS_VIP = "10.96.0.31"
+ACROSS_PORT = 30092
+
+
+def across_zones_service(topology: Topology) -> list[Service]:
+    pods = tuple(pod.name for pod in topology.pods if pod.app == "client")
+    return [Service(ACROSS_SERVICE, "default", ACROSS_VIP,
+                    (ServicePort("echo", ACROSS_PORT, "TCP", ACROSS_PORT),), "client", pods)]
+
+
+def _client_pods(ctx: FaultContext) -> list:
+    return [pod for pod in ctx.topology.pods if pod.app == "client"]
+
+
+def _across_listening(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    for pod in _client_pods(ctx):
+        _start_in_pod(ctx, pod.name, services.netprog_argv(
+            "serve-banner", str(ACROSS_PORT), "hello"))
+        _wait_pod_listen(ctx, pod.name, ACROSS_PORT)
+
+
+def _across_stopped(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _kill_matching_in([pod.netns for pod in _client_pods(ctx)], f"serve-banner {ACROSS_PORT} ")
+
+
+def _across_programmed(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    in_force = bool(ctx.active.params("benign_service_across_zones"))
+    _wait_programmed(ctx, f"default/{ACROSS_SERVICE}:echo",
+                     {f"{pod.ip}:{ACROSS_PORT}" for pod in _client_pods(ctx)}
+                     if in_force else None)
+
+
+register(Fault(
+    "benign_service_across_zones",
+    f"a Service default/{ACROSS_SERVICE} ({ACROSS_VIP}:{ACROSS_PORT}) whose endpoints are the "
+    "client pods of every node, so in both zones, without topology-aware routing, as Services "
+    "spread for availability are, each pod answering on the port; the zones answer each "
+    "other as fast as within one (cross_zone_latency is this spread over a slow path)",
+    _across_listening, _across_stopped, benign=True, scope="cluster",
+    adds_services=across_zones_service, settle=_across_programmed,
 ))
