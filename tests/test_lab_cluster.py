@@ -284,3 +284,8 @@ def test_cli_status_exec_and_fault_list(lab):
     faults = {f["name"]: f for f in json.loads(cp.stdout)}
     assert set(faults) == {r[0] for r in rows[1:]}
     assert faults["tw_recycle_with_timestamps"]["fixture_only"] is True
+    # the benign conditions are listed as such, so nobody takes one for a fault to find
+    assert faults["benign_docker_installed"]["benign"] is True
+    assert faults["vxlan_udp_blocked"]["benign"] is False
+    benign = {r[0]: r[1] for r in rows[1:] if r[0].startswith("benign_")}
+    assert benign and all(d.startswith("benign, expect no finding: ") for d in benign.values())
