@@ -3202,11 +3202,15 @@ def _start_in_pod(ctx: FaultContext, pod: str, argv: list[str]) -> None:
 
 
 def _wait_pod_listen(ctx: FaultContext, pod: str, port: int) -> None:
+    _wait_tcp_listen(ctx.runners.pod(pod), port, f"the server in {pod}")
+
+
+def _wait_tcp_listen(runner: NetnsRunner, port: int, where: str) -> None:
     for _ in range(100):  # bounded: 5 s
-        if ctx.runners.pod(pod).run(["ss", "-Hlnt", f"sport = :{port}"]).stdout:
+        if runner.run(["ss", "-Hlnt", f"sport = :{port}"]).stdout.strip():
             return
-        run(["sleep", "0.05"])
-    raise LabError(f"the server in {pod} does not listen on {port}")
+        time.sleep(0.05)
+    raise LabError(f"{where}: nothing listens on {port}/tcp")
 
 
 def _bulk(ctx: FaultContext, source: LabPod, sink: LabPod, port: int = BULK_PORT) -> None:
@@ -3777,8 +3781,6 @@ register(Fault(
 # The middleware host's metrics exporter (mysqld_exporter's port), which a monitoring agent
 # on the node scrapes without keep-alive; a stand-in that reads each connection to its end
 EXPORTER_PORT = "9104"
-
-
 EXPORTER_SINK = f"bulk-sink {EXPORTER_PORT}"
 
 
@@ -3791,7 +3793,7 @@ def _tw_pileup(ctx: FaultContext, node: LabNode, params: Params) -> None:
     elif params["via"] == "remote":
         _start_in(ctx, ctx.topology.outside_netns, services.netprog_argv(
             "bulk-sink", EXPORTER_PORT))
-        _wait_outside_listen(ctx, int(EXPORTER_PORT))
+        _wait_tcp_listen(ctx.runners.outside, int(EXPORTER_PORT), "the middleware host")
         made = ctx.node(node).run(services.netprog_argv(
             "tw-burst", params["count"], "--to", OUTSIDE_HOST, EXPORTER_PORT), timeout=60).stdout
     else:
@@ -3799,14 +3801,6 @@ def _tw_pileup(ctx: FaultContext, node: LabNode, params: Params) -> None:
     # a burst cut short by its time cap is a smaller fault than the one asked for
     if int(made.split()[0]) < int(params["count"]):
         raise LabError(f"time_wait_pileup: the burst ended early: {made.strip()}")
-
-
-def _wait_outside_listen(ctx: FaultContext, port: int) -> None:
-    for _ in range(100):  # bounded: 5 s
-        if ctx.runners.outside.run(["ss", "-Hlnt", f"sport = :{port}"]).stdout.strip():
-            return
-        time.sleep(0.05)
-    raise LabError(f"the middleware host: nothing listens on {port}/tcp")
 
 
 def _tw_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
