@@ -111,6 +111,7 @@ MULTI: list[tuple[str, ...]] = [
     ("calico-bgp", "underlay_neighbor_wrong[via=neigh]@node1", "benign_static_arp@node3"),
     ("flannel-vxlan", "time_wait_pileup[via=remote]@node2", "benign_server_time_wait@node3"),
     ("flannel-host-gw", "host_firewall_active@node1", "benign_firewalld_for_kubernetes@node3"),
+    ("flannel-vxlan", "host_firewall_active[via=ufw]@node1", "benign_ufw_for_kubernetes@node2"),
     ("calico-bgp", "somaxconn_low@node2", "benign_somaxconn_old_default@node3"),
     # a healthy cluster as they come: several benign conditions at once, nothing to report
     ("flannel-vxlan", "benign_docker_installed@node1", "benign_firewalld_for_kubernetes@node2",
@@ -118,7 +119,7 @@ MULTI: list[tuple[str, ...]] = [
      "benign_coredns_stub_domain"),
     ("flannel-host-gw", "benign_podman_cni_config@node1", "benign_leftover_vxlan_device@node2",
      "benign_ntp_untracked@node3", "benign_tcp_timestamps_off@node1",
-     "benign_server_time_wait@node3"),
+     "benign_server_time_wait@node3", "benign_ufw_for_kubernetes@node2"),
     ("calico-bgp", "benign_static_arp@node1", "benign_sysctl_overridden@node2",
      "benign_somaxconn_old_default@node3", "benign_keepalived_vip@node3",
      "benign_fail2ban@node1", "benign_htb_unlimited@node2"),

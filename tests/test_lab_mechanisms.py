@@ -1618,6 +1618,10 @@ def _in_force(lab: Lab, name: str) -> None:
         argv = services.netprog_argv("--timeout", "2", "tcp", "10.96.0.31", "30092")
         cp = lab.runners.pod(client_pod(lab, "node2")).run(argv, check=False, timeout=15)
         assert cp.returncode == 0, cp.stdout + cp.stderr
+    elif name == "benign_ufw_for_kubernetes":
+        rules = node.run(["iptables", "-S"]).stdout
+        assert "-P INPUT DROP" in rules and "-P FORWARD DROP" in rules, rules
+        assert "-A ufw-user-input -p udp -m udp --dport 8472 -j ACCEPT" in rules, rules
     else:
         raise AssertionError(f"no check for {name}")
 

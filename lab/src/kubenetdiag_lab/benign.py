@@ -553,3 +553,34 @@ register(Fault(
     _across_listening, _across_stopped, benign=True, scope="cluster",
     adds_services=across_zones_service, settle=_across_programmed,
 ))
+
+
+# ufw set up for Kubernetes on an Ubuntu node: `ufw allow` for the overlay, the kubelet and
+# the NodePort range beside SSH, its defaults kept (deny incoming, deny routed): flannel's
+# FLANNEL-FWD accepts the pods' forwarded traffic before FORWARD's DROP policy is reached.
+UFW_K8S_RULES = [f"-A ufw-user-input -p {proto} -m {proto} --dport {port} -j ACCEPT"
+                 for proto, port in (("udp", "8472"), ("tcp", "10250"), ("tcp", "30000:32767"),
+                                     ("udp", "30000:32767"))]
+
+
+def _ufw_for_k8s(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _firewall_on(ctx, node, {"via": "ufw"})
+    _restore(ctx, node, "*filter\n" + "\n".join(UFW_K8S_RULES) + "\nCOMMIT\n")
+
+
+def _ufw_for_k8s_gone(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    for rule in UFW_K8S_RULES:
+        _ipt_delete(ctx, node, "ufw-user-input", rule.split()[2:])
+    _firewall_off(ctx, node, {"via": "ufw"})
+
+
+register(Fault(
+    "benign_ufw_for_kubernetes",
+    "ufw enabled on the node and set up for Kubernetes: its chains (as host_firewall_active "
+    "via=ufw), policies DROP for INPUT and FORWARD, and `ufw allow` for SSH, VXLAN "
+    "(8472/udp), the kubelet (10250/tcp) and the NodePort range; flannel's FLANNEL-FWD "
+    "accepts the pods' forwarded traffic before the FORWARD policy (host_firewall_active "
+    "via=ufw is the same without the cluster's ports)",
+    _ufw_for_k8s, _ufw_for_k8s_gone, benign=True,
+    modes=("flannel-vxlan", "flannel-host-gw"),
+))
