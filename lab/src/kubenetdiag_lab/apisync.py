@@ -4,7 +4,8 @@ The lab has no kubelet and runs no controller but the EndpointSlice ones, so it 
 others would: objects at creation (POST), their status through the status subresource (nodes
 and pods as the kubelet, DaemonSets as their controller), and again whenever lab.json changes
 (an injected or healed fault). EndpointSlices are kube-controller-manager's own (it follows the
-pods' Ready condition), so the lab never writes one; after a sync that wrote pods or Services,
+pods' Ready condition), so the lab writes one only for a Service without a selector, which no
+controller manages (k8s_objects.external_slices); after a sync that wrote pods or Services,
 `sync` waits until the controller's slices say what lab.json's services' `endpoints` say.
 
 `sync(admin, state, applied)` reconciles against `applied`, the objects this module wrote last

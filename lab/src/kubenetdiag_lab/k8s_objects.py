@@ -19,8 +19,10 @@ Choices that a reader of the served objects would otherwise have to guess:
   a lab.json pod with ``"ready": false`` is not Ready (running, as under a failing readiness
   probe, or in CrashLoopBackOff when it has ``restarts``); ``node_not_ready`` makes that
   node's Ready condition Unknown, as when its kubelet stops posting status.
-* No EndpointSlices: the lab's real kube-controller-manager writes them from the Services and
-  the pods' Ready condition (controlplane.py), as on a real cluster.
+* EndpointSlices only for a Service without a selector (its lab.json entry lists `external`
+  addresses), as an operator writes one beside it: the lab's real kube-controller-manager
+  writes the others from the Services and the pods' Ready condition (controlplane.py), as on
+  a real cluster.
 * A service is topology-aware when its lab.json entry says ``"topology_aware": true``: it then
   has the ``service.kubernetes.io/topology-mode: Auto`` annotation (the EndpointSlice controller
   adds the zone hints; it needs the nodes' allocatable CPU, which node objects carry).
