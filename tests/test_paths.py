@@ -116,6 +116,29 @@ def test_a_healthy_cluster_passes_every_flow():
     assert {"overlay_in", "overlay_out", "pod_in", "pod_out"} <= set(w["kinds"].split(","))
 
 
+def test_a_vxlan_device_left_down_by_a_former_cni_is_not_the_overlay():
+    # calico's vxlan.calico (VNI 4096, UDP 4789), down, listed before flannel.1 on n2, whose
+    # INPUT admits the overlay's UDP 8472 only: the tunnel is flannel.1's, and passes
+    leftover = iface("n2", "vxlan.calico", "vxlan", 1450, None, state="DOWN", admin_up=False,
+                     lower_up=False, vxlan_id=4096, vxlan_port=4789, vxlan_dev="eth0")
+    facts = [*node("n1"), leftover, *node("n2"), *node("n3"),
+             ipt("n2", "filter", "-A INPUT -p udp -m udp --dport 8472 -j ACCEPT", 1),
+             ipt("n2", "filter", "-A INPUT -p icmp -j ACCEPT", 2)]
+    facts = [x for x in facts if not (x.kind == "iptables_chain" and x.node == "n2"
+                                      and x.attrs["chain"] == "INPUT")]
+    facts += [chain("n2", "filter", "INPUT", "DROP")]
+    facts += path_facts(facts)
+    assert not stops(facts, "n2", "overlay_in")
+    # the cluster's overlay switched off on n2 is still n2's overlay: its tunnel is walked
+    down = [x for x in facts if x.kind != "path" and x.kind != "path_walk"]
+    down = [iface("n2", "flannel.1", "vxlan", 1450, "10.244.2.0/32", state="DOWN",
+                  admin_up=False, lower_up=False, vxlan_id=1, vxlan_port=8472,
+                  vxlan_local="198.18.0.12", vxlan_dev="eth0")
+            if x.kind == "interface" and x.node == "n2" and x.attrs["name"] == "flannel.1"
+            else x for x in down]
+    assert "overlay_in" in walk_of(down + path_facts(down), "n2")["kinds"].split(",")
+
+
 def test_catch_all_reject_in_forward_names_the_rule_and_its_position():
     facts = cluster(
         ipt("n2", "filter", '-A FORWARD -m comment --comment "kubernetes forwarding rules" '

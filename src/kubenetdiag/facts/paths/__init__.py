@@ -88,12 +88,18 @@ def _pod_side(v: NodeView, cidr: str | None) -> tuple[int | None, str | None]:
     return int(net.network_address) + 2 if net.num_addresses > 2 else None, None
 
 
-def _overlay(v: NodeView) -> dict | None:
-    for i in v.ifaces.values():
-        if i.get("kind") == "vxlan" and (i.get("vxlan_local") in (None, show(v.address))
-                                          if v.address else True):
+def _overlay(v: NodeView, in_use: set[str]) -> dict | None:
+    """The node's VXLAN device that carries its pods' traffic: one that is up, or one that is
+    down here and up on another node (`in_use`: the cluster's overlay, switched off on this
+    node). A device down everywhere is left by a CNI the cluster ran before and carries
+    nothing, so a node with only that one routes its pods directly."""
+    mine = [i for i in v.ifaces.values()
+            if i.get("kind") == "vxlan" and (i.get("vxlan_local") in (None, show(v.address))
+                                             if v.address else True)]
+    for i in mine:
+        if i.get("admin_up") is not False:
             return i
-    return None
+    return next((i for i in mine if i.get("name") in in_use), None)
 
 
 def _peers(name: str, names: list[str], reach: dict[str, set[str]]) -> list[str]:
@@ -190,13 +196,15 @@ def path_facts(facts: list[Fact]) -> list[Fact]:
     asked: dict[str, list[Fact]] = defaultdict(list)
     for f in kinds["xfrm_acquire"]:
         asked[f.node].append(f)
-    for n in sorted(by_node):
-        v = build(n, by_node[n])
+    views = {n: build(n, by_node[n]) for n in sorted(by_node)}
+    in_use = {str(i.get("name")) for v in views.values() for i in v.ifaces.values()
+              if i.get("kind") == "vxlan" and i.get("admin_up") is not False}
+    for n, v in views.items():
         if asked.get(n):  # the checks' packets made the kernel ask, and no SA came
             v.xfrm = [xfrm_paths.unanswered(p, asked[n]) for p in v.xfrm]
         cidr = pod_cidr_of(api_cidrs.get(n), by_node[n])
         pod, dev = _pod_side(v, cidr)
-        ov = _overlay(v)
+        ov = _overlay(v, in_use)
         under = v.dev_of(v.address) if v.address else None
         gw = next((a for a in sorted(v.local) if cidr and in_net(a, cidr)
                    and v.dev_of(a) != (ov or {}).get("name")), None)
