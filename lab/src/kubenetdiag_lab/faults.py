@@ -968,11 +968,14 @@ register(Fault(
     "host_firewall_active",
     "a host firewall's default policy in force above the CNI's rules: the iptables chains "
     "firewalld's iptables backend leaves (INPUT_ZONES, FORWARD_IN_ZONES, ... and a catch-all "
-    "REJECT icmp-host-prohibited; via=firewalld); ufw's chains with policy DROP (via=ufw); "
-    "firewalld's nftables backend: its own `table inet firewalld` at priority filter + 10 "
-    "and a running firewalld process, nothing in iptables (via=firewalld-nft)",
+    "REJECT icmp-host-prohibited; via=firewalld); ufw's chains with policy DROP, SSH alone "
+    "allowed (via=ufw: VXLAN refused, or BGP and the pods' forwarding, which calico accepts "
+    "nowhere else; under host-gw flannel's FORWARD accepts carry the pods and nothing the "
+    "cluster sends meets the policy); firewalld's nftables backend: its own `table inet "
+    "firewalld` at priority filter + 10 and a running firewalld process, nothing in "
+    "iptables (via=firewalld-nft)",
     _firewall_on, _firewall_off, {"via": "firewalld"},
-    mechanisms=dict.fromkeys(FIREWALLS, ()),
+    mechanisms={"firewalld": (), "ufw": ("flannel-vxlan", "calico-bgp"), "firewalld-nft": ()},
 ))
 
 SECURITY_TABLE = "wsssr_filter"
