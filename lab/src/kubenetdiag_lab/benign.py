@@ -19,6 +19,7 @@ import shlex
 from kubenetdiag_lab import coredns, k8s_objects, kubeproxy, nodehost, services
 from kubenetdiag_lab.errors import LabError
 from kubenetdiag_lab.faults import (
+    Action,
     Fault,
     FaultContext,
     LabNode,
@@ -314,13 +315,10 @@ register(Fault(
 ))
 
 
-def _timestamps_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    # copied from hardening guides that hide the uptime TCP timestamps leak
-    _sysctl(ctx, node, "net.ipv4.tcp_timestamps=0")
-
-
-def _timestamps_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    _sysctl(ctx, node, "net.ipv4.tcp_timestamps=1")
+def _settings(on: str, off: str) -> tuple[Action, Action]:
+    """Inject and heal of a condition that is one sysctl set at run time."""
+    return (lambda ctx, node, params: _sysctl(ctx, node, on),
+            lambda ctx, node, params: _sysctl(ctx, node, off))
 
 
 register(Fault(
@@ -328,23 +326,13 @@ register(Fault(
     "net.ipv4.tcp_timestamps=0, as hardening guides set it so that TCP does not leak the "
     "uptime; tcp_tw_recycle is gone from this kernel, so there is nothing for it to meet "
     "(tw_recycle_with_timestamps is the two together)",
-    _timestamps_off, _timestamps_on, benign=True,
+    *_settings("net.ipv4.tcp_timestamps=0", "net.ipv4.tcp_timestamps=1"), benign=True,
 ))
-
-
-def _somaxconn_128(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    _sysctl(ctx, node, "net.core.somaxconn=128")
-
-
-def _somaxconn_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    _sysctl(ctx, node, "net.core.somaxconn=4096")
-
-
 register(Fault(
     "benign_somaxconn_old_default",
     "net.core.somaxconn=128, the kernel's default before Linux 5.4 (CentOS 7, Ubuntu 18.04), "
     "while no listener's queue comes near it (somaxconn_low is a queue it caps overflowing)",
-    _somaxconn_128, _somaxconn_back, benign=True,
+    *_settings("net.core.somaxconn=128", "net.core.somaxconn=4096"), benign=True,
 ))
 
 

@@ -575,14 +575,8 @@ def _somaxconn_low(ctx: FaultContext, node: LabNode, params: Params) -> None:
     # pause or every worker waiting on its database), and a burst from a pod overflows the
     # short queue where the deep one it asked for would have held every connection.
     _somaxconn_set(ctx, node, params)
-    port = params["port"]
-    _start_in_node(ctx, node, services.netprog_argv(
-        "serve-banner", port, "lab-app ready", "--backlog", DEEP_BACKLOG))
-    _wait_listen(ctx, node, int(port), "tcp")
-    _freeze(_procs_matching(node, f"serve-banner {port} "), f"the app on {node.name}")
-    pod = ctx.topology.pods_on(node.name)[0]
-    _netprog(ctx, pod.name, "connect-burst", node.address, port,
-             str(int(params["value"]) + int(params["count"])), "--hold", "2")
+    _stalled_app(ctx, node, params["port"], DEEP_BACKLOG)
+    _burst(ctx, node, params["port"], int(params["value"]) + int(params["count"]))
 
 
 def _somaxconn_back(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -3205,15 +3199,16 @@ def _start_in_pod(ctx: FaultContext, pod: str, argv: list[str]) -> None:
 
 
 def _wait_pod_listen(ctx: FaultContext, pod: str, port: int) -> None:
-    _wait_tcp_listen(ctx.runners.pod(pod), port, f"the server in {pod}")
+    _wait_listening(ctx.runners.pod(pod), port, f"the server in {pod}")
 
 
-def _wait_tcp_listen(runner: NetnsRunner, port: int, where: str) -> None:
+def _wait_listening(runner: NetnsRunner, port: int, where: str, proto: str = "tcp") -> None:
+    flag = "-Hlnu" if proto == "udp" else "-Hlnt"
     for _ in range(100):  # bounded: 5 s
-        if runner.run(["ss", "-Hlnt", f"sport = :{port}"]).stdout.strip():
+        if runner.run(["ss", flag, f"sport = :{port}"]).stdout.strip():
             return
         time.sleep(0.05)
-    raise LabError(f"{where}: nothing listens on {port}/tcp")
+    raise LabError(f"{where}: nothing listens on {port}/{proto}")
 
 
 def _bulk(ctx: FaultContext, source: LabPod, sink: LabPod, port: int = BULK_PORT) -> None:
@@ -3440,13 +3435,24 @@ def _listen_overflow(ctx: FaultContext, node: LabNode, params: Params) -> None:
     elif params["via"] == "hang":
         # An app that accepts as it should, with an ordinary backlog, hangs (SIGSTOP): its
         # accept queue fills, and the burst beyond the backlog overflows it.
-        _start_in_node(ctx, node, services.netprog_argv(
-            "serve-banner", port, "lab-app ready", "--backlog", APP_BACKLOG))
-        _wait_listen(ctx, node, int(port), "tcp")
-        _freeze(_procs_matching(node, f"serve-banner {port} "), f"the app on {node.name}")
+        _stalled_app(ctx, node, port, APP_BACKLOG)
         count += int(APP_BACKLOG)
     else:
         raise LabError("listen_queue_overflow: via must be stuck or hang")
+    _burst(ctx, node, port, count)
+
+
+def _stalled_app(ctx: FaultContext, node: LabNode, port: str, backlog: str) -> None:
+    """An app on the node that accepts as it should, asking listen() for `backlog`, then
+    hung (SIGSTOP): nothing leaves its accept queue."""
+    _start_in_node(ctx, node, services.netprog_argv(
+        "serve-banner", port, "lab-app ready", "--backlog", backlog))
+    _wait_listen(ctx, node, int(port), "tcp")
+    _freeze(_procs_matching(node, f"serve-banner {port} "), f"the app on {node.name}")
+
+
+def _burst(ctx: FaultContext, node: LabNode, port: str, count: int) -> None:
+    """`count` connects at once from the node's first pod to its address, kept 2 s."""
     pod = ctx.topology.pods_on(node.name)[0]
     _netprog(ctx, pod.name, "connect-burst", node.address, port, str(count), "--hold", "2")
 
@@ -3457,12 +3463,7 @@ def _listen_overflow_heal(ctx: FaultContext, node: LabNode, params: Params) -> N
 
 
 def _wait_listen(ctx: FaultContext, node: LabNode, port: int, proto: str) -> None:
-    flag = "-Hlnu" if proto == "udp" else "-Hlnt"
-    for _ in range(100):  # bounded: 5 s
-        if ctx.node(node).run(["ss", flag, f"sport = :{port}"]).stdout.strip():
-            return
-        run(["sleep", "0.05"])
-    raise LabError(f"{node.name}: nothing listens on {port}/{proto}")
+    _wait_listening(ctx.node(node), port, node.name, proto)
 
 
 register(Fault(
@@ -3796,7 +3797,7 @@ def _tw_pileup(ctx: FaultContext, node: LabNode, params: Params) -> None:
     elif params["via"] == "remote":
         _start_in(ctx, ctx.topology.outside_netns, services.netprog_argv(
             "bulk-sink", EXPORTER_PORT))
-        _wait_tcp_listen(ctx.runners.outside, int(EXPORTER_PORT), "the middleware host")
+        _wait_listening(ctx.runners.outside, int(EXPORTER_PORT), "the middleware host")
         made = ctx.node(node).run(services.netprog_argv(
             "tw-burst", params["count"], "--to", OUTSIDE_HOST, EXPORTER_PORT), timeout=60).stdout
     else:
