@@ -144,6 +144,17 @@ def test_nftables_firewalld_and_kube_proxy_tables():
     assert len(kinds(facts, "nft_chain")) == 3  # the set block is not a chain
 
 
+def test_nftables_names_the_empty_chains_a_jump_may_reach():
+    facts = parse("nftables", "firewalld-0.9-nft-for-k8s-lab")
+    tables = {t["table"]: t for t in kinds(facts, "nft_table")}
+    empty = tables["firewalld"]["empty_chains"].split(",")
+    assert "filter_IN_public_pre" in empty and "filter_FWDO_public_allow" in empty
+    assert "filter_IN_public_allow" not in empty  # it opens the cluster's ports
+    assert len(empty) == 29 and tables["firewalld"]["chains"] == 45
+    rules = {r["chain"] for r in kinds(facts, "nft_rule") if r["table"] == "firewalld"}
+    assert not rules & set(empty)
+
+
 def test_ipvs_variants():
     facts = parse("ipvs", "ipvsadm-1.31")
     svc = {(s["proto"], s["address"], s["port"]): s for s in kinds(facts, "ipvs_service")}

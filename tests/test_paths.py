@@ -3,6 +3,8 @@ order, ending at the rule, route or setting that stops it, whoever wrote it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +16,8 @@ from kubenetdiag.facts.paths.nft import compile_rule as nft_rule
 from kubenetdiag.facts.paths.nft import priority
 from kubenetdiag.facts.paths.packet import Packet, addr
 from kubenetdiag.facts.paths.ruleset import Context
+from kubenetdiag.probes import BY_NAME
+from probe_sections import section
 
 NODES = {"n1": 1, "n2": 2, "n3": 3}
 
@@ -198,6 +202,42 @@ def test_a_native_nftables_table_is_walked_by_hook_and_priority():
     assert got[0]["at"] == "inet guard vxlan rule 1" and got[0]["hook"] == "prerouting"
     assert got[0]["owner"] == "nft" and got[0]["backend"] == "nft"
     assert not stops(facts, "n2", "pod_in")  # inner traffic arrives on flannel.1
+
+
+def _firewalld_nft(node_name: str, drop_line: str = "") -> list[Fact]:
+    """The nftables probe's facts for firewalld 0.9's nftables backend set up for Kubernetes,
+    as recorded on a lab node, less the rule lines containing `drop_line`."""
+    sec = section("nftables", "firewalld-0.9-nft-for-k8s-lab")
+    if drop_line:
+        sec = replace(sec, stdout="".join(line for line in sec.stdout.splitlines(keepends=True)
+                                          if drop_line not in line))
+    return BY_NAME["nftables"].parse(sec, node_name)
+
+
+def test_firewalld_set_up_for_the_cluster_passes_every_flow_through_its_empty_chains():
+    # its zones jump through pre/log/deny/allow/post chains, most of them empty
+    facts = cluster(*_firewalld_nft("n2"))
+    assert not stops(facts, "n2")
+    w = walk_of(facts, "n2")
+    assert w["flows"] == w["passed"] > 0 and w["netfilter"] is True
+
+
+def test_firewalld_without_the_overlay_port_refuses_vxlan_at_its_catch_all_reject():
+    facts = cluster(*_firewalld_nft("n2", drop_line="udp dport 8472"))
+    got = stops(facts, "n2", "overlay_in")
+    assert {s["peer"] for s in got} == {"n1", "n3"}
+    assert {(s["verdict"], s["owner"], s["backend"]) for s in got} == {
+        ("reject", "firewalld", "nft")}
+    assert got[0]["rule"] == "reject with icmpx admin-prohibited"
+    assert not stops(facts, "n2", "pod_in")  # pods' traffic: the trusted zone
+
+
+def test_an_empty_chain_not_named_by_the_bundle_leaves_the_verdict_unknown():
+    # a bundle from before nft_table named its empty chains: a jump to one is undecidable
+    old = [Fact(x.kind, x.node, {k: v for k, v in x.attrs.items() if k != "empty_chains"},
+                x.source) for x in _firewalld_nft("n2")]
+    got = stops(cluster(*old), "n2")
+    assert got and {s["verdict"] for s in got} == {"unknown"}
 
 
 def _bridge_table(node_name: str, hook: str, *rules: str) -> list[Fact]:

@@ -170,6 +170,9 @@ def parse(section: Section, node: str) -> list[Fact]:
             "owner": owner,
             "chains": len(t["chains"]),
             "rules": sum(len(c["rules"]) for c in t["chains"].values()),
+            # An empty chain has no nft_rule facts; without its name a jump to it would look
+            # like a jump to a chain that was never read.
+            "empty_chains": ",".join(name for name, c in t["chains"].items() if not c["rules"]),
         }, src(t["raw"])))
         for c in t["chains"].values():
             verdicts = [_verdict(r) for r, _ in c["rules"]]

@@ -191,6 +191,8 @@ def build(name: str, facts: list[Fact]) -> NodeView:
             # (its rules may have been read first: keep them)
             t = nft_tables.setdefault(key, Table(f"{a['family']} {a['table']}", "nft"))
             t.owner_of = (lambda o: lambda c, r: o)(owner)
+            for name in filter(None, str(a.get("empty_chains") or "").split(",")):
+                t.chains.setdefault(name, [])
             v.has_netfilter = True
         elif k == "nft_chain" and a.get("owner") != "iptables-nft":
             nft_bases.append((str(a["family"]), str(a["table"]), str(a["chain"]), a))
