@@ -113,6 +113,8 @@ MULTI: list[tuple[str, ...]] = [
     ("flannel-host-gw", "host_firewall_active@node1", "benign_firewalld_for_kubernetes@node3"),
     ("flannel-vxlan", "host_firewall_active[via=ufw]@node1", "benign_ufw_for_kubernetes@node2"),
     ("calico-bgp", "somaxconn_low@node2", "benign_somaxconn_old_default@node3"),
+    ("calico-bgp", "host_firewall_active[via=firewalld-nft]@node1",
+     "benign_firewalld_nft_for_kubernetes@node2"),
     # a healthy cluster as they come: several benign conditions at once, nothing to report
     ("flannel-vxlan", "benign_docker_installed@node1", "benign_firewalld_for_kubernetes@node2",
      "benign_rp_filter_strict@node3", "benign_external_service", "benign_service_across_zones",
@@ -122,7 +124,8 @@ MULTI: list[tuple[str, ...]] = [
      "benign_server_time_wait@node3", "benign_ufw_for_kubernetes@node2"),
     ("calico-bgp", "benign_static_arp@node1", "benign_sysctl_overridden@node2",
      "benign_somaxconn_old_default@node3", "benign_keepalived_vip@node3",
-     "benign_fail2ban@node1", "benign_htb_unlimited@node2"),
+     "benign_fail2ban@node1", "benign_htb_unlimited@node2",
+     "benign_firewalld_nft_for_kubernetes@node3"),
     # a peer's tunnel entries left stale on one node, beside the peer's own forwarding off
     ("flannel-vxlan", "vxlan_peer_entry_stale[via=mac]@node3",
      "ip_forward_disabled[via=interface]@node1"),

@@ -1611,6 +1611,15 @@ def _in_force(lab: Lab, name: str) -> None:
         netns = lab.node("node2").netns
         assert any("/firewalld --nofork" in cmdline(pid)
                    for pid in pids_in_netns([netns]).get(netns, []))
+    elif name == "benign_firewalld_nft_for_kubernetes":
+        table = node.run(["nft", "list", "table", "inet", "firewalld"]).stdout
+        assert "ip saddr 10.244.0.0/16 goto filter_IN_trusted" in table, table
+        assert "ZONES" not in node.run(["iptables", "-S"]).stdout  # its nftables backend
+        # live: a port the public zone does not open is refused by its catch-all reject
+        # (icmpx admin-prohibited: "no route to host", where no firewall would reset it)
+        argv = services.netprog_argv("--timeout", "2", "tcp", lab.node("node2").address, "9")
+        cp = lab.node_exec("node1", argv, check=False)
+        assert "No route to host" in cp.stdout + cp.stderr, cp.stdout + cp.stderr
     elif name == "benign_service_across_zones":
         # its endpoints are in both zones, and its address answers from a pod
         slices = api(lab, "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"

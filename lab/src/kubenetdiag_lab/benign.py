@@ -34,6 +34,7 @@ from kubenetdiag_lab.faults import (
     _ipt_tidy,
     _kill_matching_in,
     _neigh_right,
+    _nft,
     _noop,
     _restore,
     _rp_loose,
@@ -571,4 +572,95 @@ register(Fault(
     "via=ufw is the same without the cluster's ports)",
     _ufw_for_k8s, _ufw_for_k8s_gone, benign=True,
     modes=("flannel-vxlan", "flannel-host-gw"),
+))
+
+
+# firewalld 0.9 with its nftables backend set up for Kubernetes: the pod network a source of
+# the trusted zone (peers' pods arrive on eth0 in host-gw and BGP modes), the pods' own
+# interfaces in it too, and the public zone (eth0) opened for SSH, the overlay or BGP, the
+# kubelet and the NodePort range. Its zone chains are laid out as firewalld writes them, most
+# of them empty (pre, log, deny, post), and its catch-all rejects stay at the end of INPUT and
+# FORWARD: nothing the cluster sends reaches them.
+def _firewalld_nft_k8s(topology: Topology) -> str:
+    trusted = {"flannel-vxlan": ["cni0", "flannel.1"], "flannel-host-gw": ["cni0"],
+               "calico-bgp": ["cali*"]}[topology.cni]
+    opened = [("tcp", "22"), ("tcp", "10250"), ("tcp", "30000-32767"), ("udp", "30000-32767")]
+    opened.append(("tcp", "179") if topology.cni == "calico-bgp" else ("udp", "8472"))
+
+    def zone(prefix: str, name: str, allow: list[str], final: str) -> list[str]:
+        parts = ("pre", "log", "deny", "allow", "post")
+        out = [f"\tchain filter_{prefix}_{name} {{",
+               *(f"\t\tjump filter_{prefix}_{name}_{part}" for part in parts),
+               *([f"\t\t{final}"] if final else []), "\t}"]
+        for part in parts:
+            out += [f"\tchain filter_{prefix}_{name}_{part} {{",
+                    *(f"\t\t{rule}" for rule in (allow if part == "allow" else [])), "\t}"]
+        return out
+
+    def dispatch(chain: str, zone_prefix: str, match: str) -> list[str]:
+        return [f"\tchain filter_{chain} {{",
+                *(f'\t\t{match} "{dev}" goto filter_{zone_prefix}_trusted' for dev in trusted),
+                f"\t\tgoto filter_{zone_prefix}_public", "\t}"]
+
+    def source(chain: str, zone_prefix: str, field: str) -> list[str]:
+        return [f"\tchain filter_{chain} {{",
+                f"\t\tip {field} {topology.pod_network} goto filter_{zone_prefix}_trusted",
+                "\t}"]
+
+    head = ["ct state { established, related } accept", "ct status dnat accept",
+            'iifname "lo" accept']
+    lines = [
+        "table inet firewalld {",
+        "\tchain filter_INPUT {",
+        "\t\ttype filter hook input priority filter + 10; policy accept;",
+        *(f"\t\t{rule}" for rule in head),
+        "\t\tjump filter_INPUT_ZONES_SOURCE", "\t\tjump filter_INPUT_ZONES",
+        "\t\tct state { invalid } drop", "\t\treject with icmpx type admin-prohibited", "\t}",
+        "\tchain filter_FORWARD {",
+        "\t\ttype filter hook forward priority filter + 10; policy accept;",
+        *(f"\t\t{rule}" for rule in head),
+        "\t\tjump filter_FORWARD_IN_ZONES_SOURCE", "\t\tjump filter_FORWARD_IN_ZONES",
+        "\t\tjump filter_FORWARD_OUT_ZONES_SOURCE", "\t\tjump filter_FORWARD_OUT_ZONES",
+        "\t\tct state { invalid } drop", "\t\treject with icmpx type admin-prohibited", "\t}",
+        "\tchain filter_OUTPUT {",
+        "\t\ttype filter hook output priority filter + 10; policy accept;",
+        '\t\toifname "lo" accept', "\t}",
+        *source("INPUT_ZONES_SOURCE", "IN", "saddr"),
+        *dispatch("INPUT_ZONES", "IN", "iifname"),
+        *source("FORWARD_IN_ZONES_SOURCE", "FWDI", "saddr"),
+        *dispatch("FORWARD_IN_ZONES", "FWDI", "iifname"),
+        *source("FORWARD_OUT_ZONES_SOURCE", "FWDO", "daddr"),
+        *dispatch("FORWARD_OUT_ZONES", "FWDO", "oifname"),
+        *zone("IN", "trusted", [], "accept"),
+        *zone("FWDI", "trusted", [], "accept"),
+        *zone("FWDO", "trusted", [], "accept"),
+        *zone("IN", "public", [f"{proto} dport {port} ct state {{ new, untracked }} accept"
+                               for proto, port in opened],
+              "meta l4proto { icmp, ipv6-icmp } accept"),
+        *zone("FWDI", "public", [], "meta l4proto { icmp, ipv6-icmp } accept"),
+        *zone("FWDO", "public", [], ""),
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _firewalld_nft_for_k8s(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _nft(ctx, node, _firewalld_nft_k8s(ctx.topology))
+    _start_daemon_script(ctx, node, "firewalld", ["--nofork", "--nopid"])
+
+
+def _firewalld_nft_for_k8s_gone(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _firewall_off(ctx, node, {"via": "firewalld-nft"})  # its table and its daemon
+
+
+register(Fault(
+    "benign_firewalld_nft_for_kubernetes",
+    "firewalld 0.9 running with its nftables backend (its own `table inet firewalld`, nothing "
+    "in iptables), set up for Kubernetes as the install guides say: the pod network a source "
+    "of the trusted zone and the pods' interfaces in it, the public zone (eth0) opened for "
+    "SSH, the overlay (8472/udp) or BGP (179/tcp), the kubelet (10250/tcp) and the NodePort "
+    "range; its zone chains as firewalld lays them out, most of them empty, and its "
+    "catch-all rejects at the end of INPUT and FORWARD, which nothing the cluster sends "
+    "reaches (host_firewall_active via=firewalld-nft is one that refuses it)",
+    _firewalld_nft_for_k8s, _firewalld_nft_for_k8s_gone, benign=True,
 ))
