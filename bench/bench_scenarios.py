@@ -115,6 +115,8 @@ MULTI: list[tuple[str, ...]] = [
     ("calico-bgp", "somaxconn_low@node2", "benign_somaxconn_old_default@node3"),
     ("calico-bgp", "host_firewall_active[via=firewalld-nft]@node1",
      "benign_firewalld_nft_for_kubernetes@node2"),
+    ("flannel-vxlan", "bridge_nf_call_iptables_disabled@node1",
+     "benign_firewalld_nft_for_kubernetes@node3", "benign_bridge_nf_off_routed_pods@node1"),
     # a healthy cluster as they come: several benign conditions at once, nothing to report
     ("flannel-vxlan", "benign_docker_installed@node1", "benign_firewalld_for_kubernetes@node2",
      "benign_rp_filter_strict@node3", "benign_external_service", "benign_service_across_zones",

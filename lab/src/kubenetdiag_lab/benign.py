@@ -19,6 +19,7 @@ import shlex
 from kubenetdiag_lab import coredns, k8s_objects, kubeproxy, nodehost, services
 from kubenetdiag_lab.errors import LabError
 from kubenetdiag_lab.faults import (
+    LIBVIRT_BRIDGE_CONF,
     Action,
     Fault,
     FaultContext,
@@ -43,6 +44,7 @@ from kubenetdiag_lab.faults import (
     _start_in_pod,
     _stop_matching,
     _sysctl,
+    _sysctl_file,
     _wait_listen,
     _wait_pod_listen,
     register,
@@ -663,4 +665,40 @@ register(Fault(
     "catch-all rejects at the end of INPUT and FORWARD, which nothing the cluster sends "
     "reaches (host_firewall_active via=firewalld-nft is one that refuses it)",
     _firewalld_nft_for_k8s, _firewalld_nft_for_k8s_gone, benign=True,
+))
+
+
+# A calico node that is a virtualisation host too: libvirt's default network bridge (virbr0,
+# no guest running) and the file its setup guides drop so that bridged guest traffic skips
+# iptables, applied. Calico routes its pods through their veths: no pod traffic crosses a
+# bridge, so kube-proxy's NAT still sees every packet (bridge_nf_call_iptables_disabled is the
+# same setting where pods hang off cni0).
+LIBVIRT_BRIDGE = "virbr0"
+BRIDGE_NF_KEYS = ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables",
+                  "net.bridge.bridge-nf-call-arptables")
+
+
+def _libvirt_host(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    runner = ctx.node(node)
+    runner.run(["ip", "link", "add", LIBVIRT_BRIDGE, "address", "52:54:00:3a:7c:01",
+                "type", "bridge", "stp_state", "1"])
+    runner.run(["ip", "address", "add", "192.168.122.1/24", "dev", LIBVIRT_BRIDGE])
+    runner.run(["ip", "link", "set", LIBVIRT_BRIDGE, "up"])
+    _sysctl_file(ctx, node, LIBVIRT_BRIDGE_CONF, "\n".join(f"{key} = 0" for key in BRIDGE_NF_KEYS))
+
+
+def _libvirt_host_gone(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    (ctx.paths.node_files(node.name).sysctl_d / LIBVIRT_BRIDGE_CONF).unlink(missing_ok=True)
+    _sysctl(ctx, node, *(f"{key}=1" for key in BRIDGE_NF_KEYS))
+    ctx.node(node).run(["ip", "link", "del", LIBVIRT_BRIDGE], check=False)
+
+
+register(Fault(
+    "benign_bridge_nf_off_routed_pods",
+    f"a calico node that hosts virtual machines too: libvirt's {LIBVIRT_BRIDGE} bridge "
+    "(192.168.122.1/24, no guest running) and /etc/sysctl.d/99-libvirt-bridge.conf setting "
+    "net.bridge.bridge-nf-call-{ip,ip6,arp}tables=0, applied; calico's pods are routed "
+    "through their veths and never cross a bridge, so kube-proxy's NAT sees all their traffic "
+    "(bridge_nf_call_iptables_disabled is the setting where pods hang off cni0)",
+    _libvirt_host, _libvirt_host_gone, benign=True, modes=("calico-bgp",),
 ))

@@ -436,6 +436,10 @@ def _sysctl_file(ctx: FaultContext, node: LabNode, name: str, setting: str) -> N
     ctx.node(node).shell(f"sysctl -q -p /etc/sysctl.d/{name}")
 
 
+# What a virtualisation host's setup drops in /etc/sysctl.d so its VM bridges skip iptables
+LIBVIRT_BRIDGE_CONF = "99-libvirt-bridge.conf"
+
+
 def _sysctl_fault(key: str, bad: Callable[[Params], str], good: str, file: str
                   ) -> tuple[Action, Action]:
     """inject and heal of a fault that is one sysctl: set at run time (via=sysctl) or by a
@@ -505,10 +509,12 @@ register(Fault(
     "net.bridge.bridge-nf-call-iptables=0: bridged pod traffic skips iptables, so a pod's "
     "reply from a same-node service endpoint is not un-DNATed; set at run time (via=sysctl) "
     "or by /etc/sysctl.d/99-libvirt-bridge.conf, applied (via=file, as a virtualisation "
-    "host's setup leaves it)",
+    "host's setup leaves it). Only where pods hang off a bridge: calico's routed pods never "
+    "cross one (benign_bridge_nf_off_routed_pods)",
     *_sysctl_fault("net.bridge.bridge-nf-call-iptables", lambda params: "0", "1",
-                   "99-libvirt-bridge.conf"),
+                   LIBVIRT_BRIDGE_CONF),
     {"via": "sysctl"}, mechanisms={"sysctl": (), "file": ()},
+    modes=("flannel-vxlan", "flannel-host-gw"),
 ))
 
 
