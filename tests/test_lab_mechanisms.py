@@ -1625,6 +1625,12 @@ def _in_force(lab: Lab, name: str) -> None:
         assert sysctl(lab, "node1", "net.bridge.bridge-nf-call-iptables") == "0"
         assert "192.168.122.1/24" in lab.node_exec("node1", ["ip", "address", "show",
                                                              "virbr0"]).stdout
+    elif name == "benign_security_agent_exempting_cluster":
+        chain = node.run(["nft", "list", "chain", "inet", "wsssr_filter", "forward"]).stdout
+        assert "policy drop;" in chain and "ip saddr 10.244.0.0/16 accept" in chain, chain
+        netns = lab.node("node2").netns
+        assert any("wsssr_defence_daemon" in cmdline(pid)
+                   for pid in pids_in_netns([netns]).get(netns, []))
     elif name == "benign_service_across_zones":
         # its endpoints are in both zones, and its address answers from a pod
         slices = api(lab, "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"

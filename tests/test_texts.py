@@ -292,13 +292,14 @@ def test_unexplained_symptom_names_what_another_finding_says_on_its_nodes() -> N
     gap = _fact("probe_status", "n1", probe="nftables", status="timeout", reason="x", blocks="y")
     found = {f["rule"]: f for f in _diagnose([*_pair_broken_n1_n2(), agent, gap])}
     open_ = found["pod-cross-node-unexplained"]
-    assert open_["root_cause"] and "security-agent-running" in found
+    assert open_["root_cause"] and "security-agent-beside-failing-pod-traffic" in found
     # the finding on n2 and the probe that failed on n1 are named as not ruled out
     assert "Not ruled out on n1, n2" in open_["explain"]
-    assert "Security agent wsssr_defence_daemon runs on n2 (warning)" in open_["explain"]
+    assert ("Security agent wsssr_defence_daemon runs on n2, where pod traffic from n1 fails "
+            "(warning)") in open_["explain"]
     assert "nftables on n1 (timeout)" in open_["explain"]
     zh = open_["i18n"]["zh-CN"]["explain"]
-    assert "n2 上运行安全软件 wsssr_defence_daemon（警告）" in zh
+    assert "n2 上运行安全软件 wsssr_defence_daemon，而从 n1 到该节点的 Pod 流量失败（警告）" in zh
     assert "n1 上的 nftables（超时）" in zh
     # and the rule's own text no longer claims those checks ruled anything out
     assert "Checked and ruled out" not in open_["explain"]

@@ -20,6 +20,7 @@ from kubenetdiag_lab import coredns, k8s_objects, kubeproxy, nodehost, services
 from kubenetdiag_lab.errors import LabError
 from kubenetdiag_lab.faults import (
     LIBVIRT_BRIDGE_CONF,
+    SECURITY_TABLE,
     Action,
     Fault,
     FaultContext,
@@ -39,6 +40,8 @@ from kubenetdiag_lab.faults import (
     _noop,
     _restore,
     _rp_loose,
+    _security_off,
+    _security_on,
     _start_daemon_script,
     _start_in_node,
     _start_in_pod,
@@ -701,4 +704,30 @@ register(Fault(
     "through their veths and never cross a bridge, so kube-proxy's NAT sees all their traffic "
     "(bridge_nf_call_iptables_disabled is the setting where pods hang off cni0)",
     _libvirt_host, _libvirt_host_gone, benign=True, modes=("calico-bgp",),
+))
+
+
+# A host security agent (the one security_software_present runs) whose policy drops forwarded
+# traffic, with the exemptions its vendor documents for container hosts: replies, DNATed
+# traffic and the pod network both ways accepted before the policy.
+AGENT = {"name": "wsssr_defence_daemon", "blocks": "0", "via": "nft"}
+
+
+def _agent_exempting(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _security_on(ctx, node, AGENT)  # the process only
+    pods = ctx.topology.pod_network
+    _nft(ctx, node, f"table inet {SECURITY_TABLE} {{\n  chain forward {{\n"
+                    "    type filter hook forward priority -5; policy drop;\n"
+                    "    ct state established,related accept\n    ct status dnat accept\n"
+                    f"    ip saddr {pods} accept\n    ip daddr {pods} accept\n  }}\n}}\n")
+
+
+register(Fault(
+    "benign_security_agent_exempting_cluster",
+    f"a host security agent ({AGENT['name']}, as security_software_present runs it) whose "
+    f"own nftables table ({SECURITY_TABLE}) drops forwarded traffic by policy, with the "
+    "exemptions its vendor documents for container hosts: replies, DNATed traffic and the "
+    "pod network both ways accepted first (security_software_present is the same policy "
+    "without them)",
+    _agent_exempting, lambda ctx, node, params: _security_off(ctx, node, AGENT), benign=True,
 ))
