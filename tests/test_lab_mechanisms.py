@@ -1631,6 +1631,18 @@ def _in_force(lab: Lab, name: str) -> None:
         netns = lab.node("node2").netns
         assert any("wsssr_defence_daemon" in cmdline(pid)
                    for pid in pids_in_netns([netns]).get(netns, []))
+    elif name == "benign_nodeport_local_behind_lb":
+        # the clients reach the web pod's node; the other nodes' drop rules count nothing
+        web = lab.topology.pod_for_app("web").node
+        deadline, conns = time.monotonic() + 10, ""
+        while lab.node(web).address not in conns and time.monotonic() < deadline:
+            time.sleep(0.2)  # the clients start in the background
+            conns = lab.runners.outside.run(["ss", "-Htn", "state", "established"]).stdout
+        assert f"{lab.node(web).address}:30080" in conns, conns
+        for other in (n.name for n in lab.topology.nodes if n.name != web):
+            saved = lab.node_exec(other, ["iptables-save", "-c", "-t", "filter"]).stdout
+            drops = [line for line in saved.splitlines() if "web-local:http has no local" in line]
+            assert drops and drops[0].startswith("[0:"), drops
     elif name == "benign_service_across_zones":
         # its endpoints are in both zones, and its address answers from a pod
         slices = api(lab, "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"

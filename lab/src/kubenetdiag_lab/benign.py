@@ -20,6 +20,8 @@ from kubenetdiag_lab import coredns, k8s_objects, kubeproxy, nodehost, services
 from kubenetdiag_lab.errors import LabError
 from kubenetdiag_lab.faults import (
     LIBVIRT_BRIDGE_CONF,
+    LOCAL_NODE_PORT,
+    LOCAL_SERVICE,
     SECURITY_TABLE,
     Action,
     Fault,
@@ -35,6 +37,7 @@ from kubenetdiag_lab.faults import (
     _ipt_delete,
     _ipt_tidy,
     _kill_matching_in,
+    _local_drops,
     _neigh_right,
     _nft,
     _noop,
@@ -43,6 +46,7 @@ from kubenetdiag_lab.faults import (
     _security_off,
     _security_on,
     _start_daemon_script,
+    _start_in,
     _start_in_node,
     _start_in_pod,
     _stop_matching,
@@ -50,6 +54,8 @@ from kubenetdiag_lab.faults import (
     _sysctl_file,
     _wait_listen,
     _wait_pod_listen,
+    _web_node,
+    local_service,
     register,
 )
 from kubenetdiag_lab.topology import OUTSIDE_HOST, OUTSIDE_PORT, Service, ServicePort, Topology
@@ -730,4 +736,38 @@ register(Fault(
     "pod network both ways accepted first (security_software_present is the same policy "
     "without them)",
     _agent_exempting, lambda ctx, node, params: _security_off(ctx, node, AGENT), benign=True,
+))
+
+
+# The NodePort Service with externalTrafficPolicy Local of nodeport_no_local_endpoint, used the
+# way it is meant: the clients (a load balancer that health-checks healthCheckNodePort) connect
+# only to the node that runs the web pod. kube-proxy's "has no local endpoints" drops stand on
+# the other nodes and count nothing.
+def _lb_clients(topology: Topology) -> str:
+    return f"connect-retry {topology.node(_web_node(topology)).address} {LOCAL_NODE_PORT}"
+
+
+def _local_nodeport_settled(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    in_force = bool(ctx.active.params("benign_nodeport_local_behind_lb"))
+    others = [n for n in ctx.topology.nodes if n.name != _web_node(ctx.topology)]
+    nodehost.wait_nodes(kubeproxy.BINARY, "program the NodePort Service" if in_force
+                        else "drop the NodePort Service", others,
+                        lambda n: (_local_drops(ctx, n) is None) != in_force,
+                        lambda name: kubeproxy.log_path(ctx.paths, name), kubeproxy.SYNC_TIMEOUT)
+    if in_force:
+        _start_in(ctx, ctx.topology.outside_netns, services.netprog_argv(
+            *_lb_clients(ctx.topology).split(), "4", "1800"))
+
+
+register(Fault(
+    "benign_nodeport_local_behind_lb",
+    f"the NodePort Service {LOCAL_SERVICE} with externalTrafficPolicy Local of "
+    "nodeport_no_local_endpoint, its clients outside connecting only to the NodePort of the "
+    "node that runs the web pod, as a load balancer that health-checks the Service does: "
+    "kube-proxy's drop rules for it on the other nodes count nothing "
+    "(nodeport_no_local_endpoint sends them traffic)",
+    _noop, lambda ctx, node, params: _kill_matching_in([ctx.topology.outside_netns],
+                                                       _lb_clients(ctx.topology)),
+    benign=True, scope="cluster", default_node=_web_node, settle=_local_nodeport_settled,
+    adds_services=lambda topology: [local_service(topology)], proxy_modes=("iptables",),
 ))
