@@ -20,6 +20,7 @@ from kubenetdiag_lab import coredns, k8s_objects, kubeproxy, nodehost, services
 from kubenetdiag_lab.errors import LabError
 from kubenetdiag_lab.faults import (
     LIBVIRT_BRIDGE_CONF,
+    LOCAL_CLIENTS,
     LOCAL_NODE_PORT,
     LOCAL_SERVICE,
     SECURITY_TABLE,
@@ -756,7 +757,7 @@ def _local_nodeport_settled(ctx: FaultContext, node: LabNode, params: Params) ->
                         lambda name: kubeproxy.log_path(ctx.paths, name), kubeproxy.SYNC_TIMEOUT)
     if in_force:
         _start_in(ctx, ctx.topology.outside_netns, services.netprog_argv(
-            *_lb_clients(ctx.topology).split(), "4", "1800"))
+            *_lb_clients(ctx.topology).split(), LOCAL_CLIENTS, "1800"))
 
 
 register(Fault(
