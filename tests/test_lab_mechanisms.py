@@ -1634,11 +1634,9 @@ def _in_force(lab: Lab, name: str) -> None:
     elif name == "benign_nodeport_local_behind_lb":
         # the clients reach the web pod's node; the other nodes' drop rules count nothing
         web = lab.topology.pod_for_app("web").node
-        deadline, conns = time.monotonic() + 10, ""
-        while lab.node(web).address not in conns and time.monotonic() < deadline:
-            time.sleep(0.2)  # the clients start in the background
-            conns = lab.runners.outside.run(["ss", "-Htn", "state", "established"]).stdout
-        assert f"{lab.node(web).address}:30080" in conns, conns
+        wait_until(lambda: f"{lab.node(web).address}:30080" in lab.runners.outside.run(
+            ["ss", "-Htn", "state", "established"]).stdout, 10,
+            "the clients (started in the background) reach the web pod's node")
         for other in (n.name for n in lab.topology.nodes if n.name != web):
             saved = lab.node_exec(other, ["iptables-save", "-c", "-t", "filter"]).stdout
             drops = [line for line in saved.splitlines() if "web-local:http has no local" in line]

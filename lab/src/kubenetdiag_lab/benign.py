@@ -38,7 +38,6 @@ from kubenetdiag_lab.faults import (
     _ipt_delete,
     _ipt_tidy,
     _kill_matching_in,
-    _local_drops,
     _neigh_right,
     _nft,
     _noop,
@@ -54,6 +53,7 @@ from kubenetdiag_lab.faults import (
     _sysctl,
     _sysctl_file,
     _wait_listen,
+    _wait_local_rules,
     _wait_pod_listen,
     _web_node,
     local_service,
@@ -467,6 +467,8 @@ register(Fault(
 # cluster uses opened; its daemon running. Its catch-all REJECTs stay, and nothing the
 # cluster sends reaches them.
 FIREWALLD_TRUSTED = ("cni0", "flannel.1")
+# What the install guides open for a flannel node beside SSH: VXLAN, the kubelet, NodePorts
+K8S_PORTS = (("udp", "8472"), ("tcp", "10250"), ("tcp", "30000:32767"), ("udp", "30000:32767"))
 FIREWALLD_K8S_CHAINS = ["IN_trusted", "FWDI_trusted", "FWDO_trusted"]
 FIREWALLD_K8S_RULES = "".join(
     f"-I INPUT_ZONES 1 -i {dev} -g IN_trusted\n-I FORWARD_IN_ZONES 1 -i {dev} -g FWDI_trusted\n"
@@ -474,8 +476,7 @@ FIREWALLD_K8S_RULES = "".join(
     "-A IN_trusted -j ACCEPT\n-A FWDI_trusted -j ACCEPT\n-A FWDO_trusted -j ACCEPT\n"
     + "".join(f"-A IN_public_allow -p {proto} -m {proto} --dport {port} "
               "-m conntrack --ctstate NEW,UNTRACKED -j ACCEPT\n"
-              for proto, port in (("udp", "8472"), ("tcp", "10250"), ("tcp", "30000:32767"),
-                                  ("udp", "30000:32767"))))
+              for proto, port in K8S_PORTS))
 
 
 def _firewalld_for_k8s(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -560,8 +561,7 @@ register(Fault(
 # the NodePort range beside SSH, its defaults kept (deny incoming, deny routed): flannel's
 # FLANNEL-FWD accepts the pods' forwarded traffic before FORWARD's DROP policy is reached.
 UFW_K8S_RULES = [f"-A ufw-user-input -p {proto} -m {proto} --dport {port} -j ACCEPT"
-                 for proto, port in (("udp", "8472"), ("tcp", "10250"), ("tcp", "30000:32767"),
-                                     ("udp", "30000:32767"))]
+                 for proto, port in K8S_PORTS]
 
 
 def _ufw_for_k8s(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -596,8 +596,11 @@ register(Fault(
 def _firewalld_nft_k8s(topology: Topology) -> str:
     trusted = {"flannel-vxlan": ["cni0", "flannel.1"], "flannel-host-gw": ["cni0"],
                "calico-bgp": ["cali*"]}[topology.cni]
-    opened = [("tcp", "22"), ("tcp", "10250"), ("tcp", "30000-32767"), ("udp", "30000-32767")]
-    opened.append(("tcp", "179") if topology.cni == "calico-bgp" else ("udp", "8472"))
+    # nft writes a range with a dash; calico's BGP where flannel has its VXLAN port
+    opened = [("tcp", "22"), *((proto, port.replace(":", "-")) for proto, port in K8S_PORTS
+                               if topology.cni != "calico-bgp" or port != "8472")]
+    if topology.cni == "calico-bgp":
+        opened.append(("tcp", "179"))
 
     def zone(prefix: str, name: str, allow: list[str], final: str) -> list[str]:
         parts = ("pre", "log", "deny", "allow", "post")
@@ -619,21 +622,20 @@ def _firewalld_nft_k8s(topology: Topology) -> str:
                 f"\t\tip {field} {topology.pod_network} goto filter_{zone_prefix}_trusted",
                 "\t}"]
 
-    head = ["ct state { established, related } accept", "ct status dnat accept",
-            'iifname "lo" accept']
+    def base(hook: str, zones: list[str]) -> list[str]:
+        # replies, DNATed and loopback traffic first, then the zones, then the catch-all
+        return [f"\tchain filter_{hook.upper()} {{",
+                f"\t\ttype filter hook {hook} priority filter + 10; policy accept;",
+                "\t\tct state { established, related } accept", "\t\tct status dnat accept",
+                '\t\tiifname "lo" accept', *(f"\t\tjump filter_{z}" for z in zones),
+                "\t\tct state { invalid } drop",
+                "\t\treject with icmpx type admin-prohibited", "\t}"]
+
     lines = [
         "table inet firewalld {",
-        "\tchain filter_INPUT {",
-        "\t\ttype filter hook input priority filter + 10; policy accept;",
-        *(f"\t\t{rule}" for rule in head),
-        "\t\tjump filter_INPUT_ZONES_SOURCE", "\t\tjump filter_INPUT_ZONES",
-        "\t\tct state { invalid } drop", "\t\treject with icmpx type admin-prohibited", "\t}",
-        "\tchain filter_FORWARD {",
-        "\t\ttype filter hook forward priority filter + 10; policy accept;",
-        *(f"\t\t{rule}" for rule in head),
-        "\t\tjump filter_FORWARD_IN_ZONES_SOURCE", "\t\tjump filter_FORWARD_IN_ZONES",
-        "\t\tjump filter_FORWARD_OUT_ZONES_SOURCE", "\t\tjump filter_FORWARD_OUT_ZONES",
-        "\t\tct state { invalid } drop", "\t\treject with icmpx type admin-prohibited", "\t}",
+        *base("input", ["INPUT_ZONES_SOURCE", "INPUT_ZONES"]),
+        *base("forward", ["FORWARD_IN_ZONES_SOURCE", "FORWARD_IN_ZONES",
+                          "FORWARD_OUT_ZONES_SOURCE", "FORWARD_OUT_ZONES"]),
         "\tchain filter_OUTPUT {",
         "\t\ttype filter hook output priority filter + 10; policy accept;",
         '\t\toifname "lo" accept', "\t}",
@@ -751,10 +753,7 @@ def _lb_clients(topology: Topology) -> str:
 def _local_nodeport_settled(ctx: FaultContext, node: LabNode, params: Params) -> None:
     in_force = bool(ctx.active.params("benign_nodeport_local_behind_lb"))
     others = [n for n in ctx.topology.nodes if n.name != _web_node(ctx.topology)]
-    nodehost.wait_nodes(kubeproxy.BINARY, "program the NodePort Service" if in_force
-                        else "drop the NodePort Service", others,
-                        lambda n: (_local_drops(ctx, n) is None) != in_force,
-                        lambda name: kubeproxy.log_path(ctx.paths, name), kubeproxy.SYNC_TIMEOUT)
+    _wait_local_rules(ctx, others, in_force)
     if in_force:
         _start_in(ctx, ctx.topology.outside_netns, services.netprog_argv(
             *_lb_clients(ctx.topology).split(), LOCAL_CLIENTS, "1800"))

@@ -3921,6 +3921,14 @@ def _local_drops(ctx: FaultContext, node: LabNode) -> int | None:
     return None
 
 
+def _wait_local_rules(ctx: FaultContext, nodes: list[LabNode], present: bool) -> None:
+    """Until kube-proxy on each of `nodes` has the Local Service's drop rule (or none)."""
+    nodehost.wait_nodes(kubeproxy.BINARY, "program the NodePort Service" if present
+                        else "drop the NodePort Service", nodes,
+                        lambda n: (_local_drops(ctx, n) is not None) == present,
+                        lambda name: kubeproxy.log_path(ctx.paths, name), kubeproxy.SYNC_TIMEOUT)
+
+
 def _nodeport_clients(node: LabNode) -> str:
     return f"connect-retry {node.address} {LOCAL_NODE_PORT}"
 
@@ -3940,14 +3948,9 @@ def _nodeport_traffic(ctx: FaultContext, node: LabNode, params: Params) -> None:
     health-check it) keep connecting to this node's NodePort, and its drops count up; after a
     heal, until no node has the Service's rules any more."""
     if params not in ctx.active.params("nodeport_no_local_endpoint", node.name):
-        nodehost.wait_nodes(kubeproxy.BINARY, "drop the NodePort Service",
-                            list(ctx.topology.nodes), lambda n: _local_drops(ctx, n) is None,
-                            lambda name: kubeproxy.log_path(ctx.paths, name),
-                            kubeproxy.SYNC_TIMEOUT)
+        _wait_local_rules(ctx, list(ctx.topology.nodes), False)
         return
-    nodehost.wait_nodes(kubeproxy.BINARY, "program the NodePort Service", [node],
-                        lambda n: _local_drops(ctx, n) is not None,
-                        lambda name: kubeproxy.log_path(ctx.paths, name), kubeproxy.SYNC_TIMEOUT)
+    _wait_local_rules(ctx, [node], True)
     _start_in(ctx, ctx.topology.outside_netns, services.netprog_argv(
         "connect-retry", node.address, str(LOCAL_NODE_PORT), LOCAL_CLIENTS, "1800"))
     deadline = time.monotonic() + 5
