@@ -295,8 +295,9 @@ SECOND_SAMPLE_TIMEOUT_S = 30.0
 def _second_samples(fleet: Fleet, records: list[dict]) -> None:
     """Take the second sample of each two-sample probe, which the passive script left for now
     (collect.script.deferring), and add it to the probe's section: the section then reads as
-    if the script had taken both, and its command says where each came from."""
-    todo: dict[str, tuple[dict, str]] = {}
+    if the script had taken both, and its command says where each came from. A node's probes
+    take theirs in one session, one after another, each under a line naming it."""
+    todo: dict[str, list[tuple[dict, str]]] = {}
     for rec in records:
         for section in rec["sections"] if rec.get("reachable") else ():
             sampling = SAMPLED.get(section["probe"])
@@ -304,18 +305,42 @@ def _second_samples(fleet: Fleet, records: list[dict]) -> None:
                 continue
             first = TwoSample.first_uptime(section["stdout"])
             if first is not None and section["exit_code"] == 0:
-                todo[rec["name"]] = (section, sampling.second_after(first))
+                todo.setdefault(rec["name"], []).append((section, sampling.second_after(first)))
     if not todo:
         return
-    outputs = fleet.run({name: command for name, (_, command) in todo.items()},
-                        SECOND_SAMPLE_TIMEOUT_S)
-    for name, (section, command) in todo.items():
+    outputs = fleet.run({name: "; ".join(f"echo '{_AFTER}{section['probe']}'; ({command})"
+                                         for section, command in pending)
+                         for name, pending in todo.items()}, SECOND_SAMPLE_TIMEOUT_S)
+    for name, pending in todo.items():
         out = outputs.get(name) or {"error": "not run", "status": None, "stdout": ""}
-        section["command"] += f"; after the active checks: {command}"
-        if out["error"] or out["status"] != 0:
-            _one_sample_only(section, out["error"] or f"exit status {out['status']}")
-            continue
-        section["stdout"] = section["stdout"].rstrip("\n") + "\n" + out["stdout"].rstrip("\n")
+        seconds = _by_probe(out["stdout"] or "")
+        for section, command in pending:
+            section["command"] += f"; after the active checks: {command}"
+            second = seconds.get(section["probe"])
+            if out["error"] or out["status"] != 0 or second is None:
+                _one_sample_only(section, out["error"] or f"exit status {out['status']}")
+                continue
+            section["stdout"] = section["stdout"].rstrip("\n") + "\n" + second.rstrip("\n")
+
+
+# The line before each probe's second sample in the one session that takes a node's
+_AFTER = "##knd-after "
+
+
+def _by_probe(stdout: str) -> dict[str, str]:
+    """Each probe's output in a session that took several second samples.
+
+    >>> _by_probe("##knd-after a\\nx\\n##knd-after b\\ny\\nz\\n")
+    {'a': 'x', 'b': 'y\\nz'}
+    """
+    out: dict[str, list[str]] = {}
+    lines: list[str] | None = None
+    for line in stdout.splitlines():
+        if line.startswith(_AFTER):
+            lines = out.setdefault(line[len(_AFTER):].strip(), [])
+        elif lines is not None:
+            lines.append(line)
+    return {probe: "\n".join(lines) for probe, lines in out.items()}
 
 
 def _one_sample_only(section: dict, why: str) -> None:

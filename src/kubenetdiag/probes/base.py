@@ -280,6 +280,10 @@ class TwoSample:
     name: str
     paths: str  # the files each sample reads, after /proc/uptime
     min_interval_s: int = 2
+    # Shell whose output each sample adds after the files': for what a read of fixed paths
+    # cannot reach (the files of processes found at the time). Single-quote free, as the
+    # sample is kept in a single-quoted variable.
+    then: str = ""
 
     @property
     def _files(self) -> str:
@@ -287,12 +291,13 @@ class TwoSample:
 
     @property
     def sample(self) -> str:
-        return read_files(self._files)
+        return read_files(self._files) + (f"; {self.then}" if self.then else "")
 
     @property
     def prelude(self) -> Prelude:
         var = "KND_PRE_" + "".join(c if c.isalnum() else "_" for c in self.name)
-        return Prelude(var, read_into(var, self._files))
+        then = f"; {var}=\"${var}$({self.then})$__nl\"" if self.then else ""
+        return Prelude(var, read_into(var, self._files) + then)
 
     def _first(self) -> str:
         # Without the prelude's value (a script run by hand) the first sample is taken here.
