@@ -246,6 +246,32 @@ def test_a_run_with_an_active_phase_leaves_the_counters_second_sample_for_later(
                          for a in rates)
 
 
+def test_each_two_sample_probe_gets_its_own_second_sample_from_one_session():
+    """counters and pod_counters both defer their second sample: the collector takes both
+    in one session per node, and each section gets its own."""
+    from kubenetdiag import pipeline
+    from kubenetdiag.collect.script import deferring
+
+    sampled = [p for p in deferring(PROBES) if p.sampling]
+    assert {p.name for p in sampled} >= {"counters", "pod_counters"}
+    sections, _ = run(sampled)
+    record = {"name": "n1", "reachable": True, "sections": [s.to_dict() for s in sections]}
+
+    class Local:  # the fleet's session on each node, run here
+        def run(self, commands: dict, timeout: float) -> dict:
+            assert set(commands) == {"n1"}
+            cp = subprocess.run(["sh", "-c", commands["n1"]], capture_output=True, text=True,
+                                timeout=timeout)
+            return {"n1": {"error": None, "status": cp.returncode, "stdout": cp.stdout}}
+
+    pipeline._second_samples(Local(), [record])
+    for got in record["sections"]:
+        assert got["exit_code"] == 0, got
+        (first, second) = got["stdout"].split("##knd:sample 2\n")
+        assert first.startswith("##knd:sample 1\n") and "##knd-after" not in got["stdout"]
+        assert second.split()[0].replace(".", "").isdigit()  # its own /proc/uptime line
+
+
 def test_a_hostile_first_uptime_cannot_reach_the_shell():
     from kubenetdiag.probes import counters
 

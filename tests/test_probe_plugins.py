@@ -34,13 +34,16 @@ def _plugin_modules() -> list[str]:
 
 
 def test_passive_probes_run_in_their_declared_order():
-    # default order, then name; counters last: its first sample is the script's prelude
+    # default order, then name; the two-sample probes last: their first samples are the
+    # script's preludes, and the other probes' run time is their interval
     assert [p.name for p in PROBES] == [
         "bgp", "cni", "cni_results", "conntrack", "host", "ip_rule", "ipsets", "iptables",
         "iptables_legacy", "ipvs", "kernel", "links", "modules", "nftables", "overlay",
-        "processes", "routes", "sockets", "sysctl", "sysctl_files", "tc", "xfrm", "counters",
+        "processes", "routes", "sockets", "sysctl", "sysctl_files", "tc", "xfrm",
+        "pod_counters", "counters",
     ]
-    assert all(p.order == DEFAULT_ORDER for p in PROBES[:-1]) and PROBES[-1].order > DEFAULT_ORDER
+    assert all(p.order == DEFAULT_ORDER for p in PROBES[:-2])
+    assert all(p.order > DEFAULT_ORDER and p.sampling for p in PROBES[-2:])
     assert probe_names() == [p.name for p in PROBES]
 
 

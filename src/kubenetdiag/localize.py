@@ -285,6 +285,10 @@ BLOCKS_ZH = {
         "ipset：匹配集合的 iptables 规则（kube-proxy ipvs 模式、Calico）在路径遍历中无法判定",
     "IPVS virtual servers (kube-proxy ipvs mode): Service VIPs and their backends":
         "IPVS 虚拟服务（kube-proxy ipvs 模式）：Service VIP 及其后端",
+    "the pods' own accept-queue overflows, UDP buffer drops, listeners with connections "
+    "waiting and UDP sockets that dropped datagrams":
+        "各 Pod 自己的全连接队列溢出、UDP 缓冲区丢包、有连接等待 accept 的监听套接字，"
+        "以及丢过报文的 UDP 套接字",
     "drop and error counters rising now (listen overflows, UDP buffer errors, RcvQ drops, "
     "a CPU's full input backlog) and each interface's throughput":
         "当前正在增长的丢包与错误计数（全连接队列溢出、UDP 缓冲区错误、接收队列丢包、"

@@ -18,6 +18,7 @@ from kubenetdiag.facts.link_load import link_saturation_facts
 from kubenetdiag.facts.model import Fact, Source, excerpt
 from kubenetdiag.facts.paths import path_facts
 from kubenetdiag.facts.persist import persist_sysctl
+from kubenetdiag.facts.pod_names import pod_name_facts
 from kubenetdiag.facts.pod_veths import pod_veth_facts
 from kubenetdiag.facts.policies import policy_facts
 from kubenetdiag.facts.registry import validate_fact
@@ -360,6 +361,7 @@ def _facts_from_records(records: list[dict], cluster: dict | None,
     facts.extend(service_sync_facts(facts))  # each node's kube-proxy rules against the API
     facts.extend(pod_bridge_facts(facts, cluster))  # the pods' bridge, its hairpin mode
     facts.extend(pod_veth_facts(facts, cluster))  # the pod behind each pod veth
+    facts.extend(pod_name_facts(facts, cluster))  # the pod of each namespace read
     facts.extend(vxlan_peer_facts(facts))  # each peer's VXLAN entries against the peer's device
     # NetworkPolicy verdicts on the flows the checks sent and DNS needs, and who enforces them
     facts.extend(policy_facts(facts, cluster, plans))

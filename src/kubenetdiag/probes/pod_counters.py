@@ -1,0 +1,281 @@
+"""The pods' own socket counters and listeners, sampled twice like the node's (counters).
+
+A pod has a network namespace of its own, with its own TCP and UDP counters: a server in a pod
+whose accept queue overflows, or whose UDP socket drops datagrams, counts it there, and the
+node's /proc/net/netstat and `ss` show nothing of it. Most servers run in pods, so this is
+where runbook 004's overflows usually are (`nsenter -t <pid> -n netstat -s` by hand).
+
+Read without entering any namespace and without a process per pod: the shell picks the
+processes whose network namespace is not its own (`[ /proc/PID/ns/net -ef /proc/self/ns/net ]`,
+a test of the shell itself), and one awk reads, through /proc/PID/net, each namespace's local
+addresses (fib_trie), the counters below (netstat, snmp), its listeners with connections
+waiting to be accepted (tcp, tcp6: the kernel lists listeners first, so the read stops at the
+first other socket) and its UDP sockets that dropped datagrams (udp, udp6: their last column).
+The processes of one pod share its namespace and so its addresses: one is read per set of
+addresses, and a namespace with no address but loopback (a service's private network) is no
+pod's. The namespace is known by its addresses, which the API's pods name (the pod_names step
+of the parse stage).
+
+Sample output and the facts it gives:
+
+>>> out = (
+...     "##knd:sample 1\\n1000.00 1900.00\\n"
+...     "ns 77 10.244.1.5\\nc 10.244.1.5 TcpExt ListenOverflows 40\\n"
+...     "##knd:sample 2\\n1002.50 1904.00\\n"
+...     "ns 77 10.244.1.5\\nc 10.244.1.5 TcpExt ListenOverflows 45\\n"
+...     "l 10.244.1.5 00000000:1F90 3\\n"
+... )
+>>> facts = parse(Section("pod_counters", "", 0, 2.6, out, ""), "node1")
+>>> [(f.kind, f.attrs["addresses"], f.attrs.get("name"), f.attrs.get("delta"),
+...   f.attrs.get("local")) for f in facts]
+[('pod_netns', '10.244.1.5', None, None, None), \
+('pod_net_counter', '10.244.1.5', 'TcpExtListenOverflows', 5, None), \
+('pod_listener', '10.244.1.5', None, None, '0.0.0.0:8080')]
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from kubenetdiag.facts.model import Fact, Source
+from kubenetdiag.probes.base import Probe, Section, TwoSample, unread_lines
+from kubenetdiag.probes.counters import MIN_INTERVAL_S
+
+# The counters a pod's server shows its trouble in (docs/runbooks.md#runbook-004): accept
+# queues overflowing, segments dropped for want of memory or room, UDP datagrams dropped for a
+# full receive buffer.
+WATCH: tuple[tuple[str, str], ...] = (
+    ("TcpExt", "ListenOverflows"), ("TcpExt", "ListenDrops"), ("TcpExt", "TCPBacklogDrop"),
+    ("TcpExt", "TCPRcvQDrop"), ("Udp", "RcvbufErrors"), ("Udp", "InErrors"),
+)
+MAX_PROCESSES = 4096  # processes outside the node's namespace looked at, at most
+MAX_NAMESPACES = 512  # a node runs 110 pods by default
+
+# One line per finding, all under the sample's uptime line:
+#   ns PID ADDRS            a namespace (ADDRS: its addresses, comma-separated, the key below)
+#   c ADDRS GROUP NAME N    a watched counter that is not 0
+#   l ADDRS LOCAL N         a listener with N connections waiting to be accepted (hex LOCAL)
+#   u ADDRS LOCAL Q D       a UDP socket that dropped D datagrams, Q bytes (hex) queued now
+#   hidden N                N processes whose namespace this login may not look at (not root)
+# The node's own addresses (awk's namespace is the node's) are no pod's: a process this login
+# may not look at fails the shell's test, and reading its files shows the node's.
+# Tests run it on a /proc of their own (ROOT).
+AWK = r"""
+function addrs(p,   f, l, k, prev) {
+  f = ROOT "/" p "/net/fib_trie"; k = ""; prev = "";
+  while ((getline l < f) > 0) {
+    if (l ~ /\|-- /) { prev = l; sub(/.*\|-- /, "", prev) }
+    else if (l ~ /\/32 host LOCAL/ && prev !~ /^127\./ && index("," k ",", "," prev ",") == 0)
+      k = k (k == "" ? "" : ",") prev;
+  }
+  close(f); return k;
+}
+function counters(p, k,   f, j, l, w, g, h, n, i, names) {
+  for (j = 0; j < 2; j++) {
+    f = ROOT "/" p "/net/" (j ? "snmp" : "netstat"); split("", h);
+    while ((getline l < f) > 0) {
+      n = split(l, w, " "); g = w[1]; sub(/:$/, "", g);
+      if (!(g in G)) continue;
+      if (!(g in h)) { h[g] = l; continue }
+      split(h[g], names, " "); delete h[g];
+      for (i = 2; i <= n; i++) if ((g " " names[i]) in W && w[i] != 0)
+        print "c " k " " g " " names[i] " " w[i];
+    }
+    close(f);
+  }
+}
+function listeners(p, k,   f, j, l, w, q) {
+  for (j = 0; j < 2; j++) {
+    f = ROOT "/" p "/net/tcp" (j ? "6" : ""); getline l < f;
+    while ((getline l < f) > 0) {
+      split(l, w, " "); if (w[4] != "0A") break;
+      q = w[5]; sub(/.*:/, "", q); if (q != "00000000") print "l " k " " w[2] " " q;
+    }
+    close(f);
+  }
+}
+function udp(p, k,   f, j, l, w, q) {
+  for (j = 0; j < 2; j++) {
+    f = ROOT "/" p "/net/udp" (j ? "6" : ""); getline l < f;
+    while ((getline l < f) > 0) {
+      split(l, w, " "); q = w[5]; sub(/.*:/, "", q);
+      if (w[13] != "" && w[13] != "0") print "u " k " " w[2] " " q " " w[13];
+    }
+    close(f);
+  }
+}
+BEGIN {
+  n = split(WATCHED, x, " ");
+  for (i = 1; i < n; i += 2) { W[x[i] " " x[i + 1]] = 1; G[x[i]] = 1 }
+  self = addrs("self");
+  for (i = 1; i < ARGC; i++) {
+    k = addrs(ARGV[i]);
+    if (k == "" || k == self || (k in seen)) continue;
+    if (++ns > MAXNS) break;
+    seen[k] = 1; print "ns " ARGV[i] " " k; counters(ARGV[i], k); listeners(ARGV[i], k);
+    udp(ARGV[i], k);
+  }
+  exit;
+}
+"""
+
+
+def _dquoted(text: str) -> str:
+    """`text` as one double-quoted shell word (the sample is kept in single quotes)."""
+    body = " ".join(line.strip() for line in text.strip().splitlines())
+    return '"' + re.sub(r'([\\$"`])', r"\\\1", body) + '"'
+
+
+_WATCHED = " ".join(f"{g} {c}" for g, c in WATCH)
+AWK_VARS = f"-v WATCHED=\"{_WATCHED}\" -v MAXNS={MAX_NAMESPACES} -v ROOT=/proc"
+# `[ -ef ]` is the shell's own test: no process for the walk over /proc
+THEN = (
+    "__pp=; __pn=0; __ph=0; for __d in /proc/[0-9]*; do "
+    "[ \"$__d/ns/net\" -ef /proc/self/ns/net ] && continue; "
+    "if [ ! -e \"$__d/ns/net\" ]; then [ -d \"$__d\" ] && __ph=$((__ph+1)); continue; fi; "
+    f"__pp=\"$__pp ${{__d#/proc/}}\"; __pn=$((__pn+1)); [ $__pn -lt {MAX_PROCESSES} ] || break; "
+    "done; [ $__ph = 0 ] || echo \"hidden $__ph\"; [ -z \"$__pp\" ] || "
+    f"awk {AWK_VARS} {_dquoted(AWK)} $__pp"
+)
+SAMPLING = TwoSample("pod_counters", "", MIN_INTERVAL_S, then=THEN)
+
+
+def _local(hex_local: str) -> str | None:
+    """/proc/net/tcp's `0100007F:1F90` (or tcp6's 32 hex digits) as `127.0.0.1:8080`."""
+    addr, _, port = hex_local.partition(":")
+    try:
+        raw = bytes.fromhex(addr)
+        number = int(port, 16)
+    except ValueError:
+        return None
+    if len(raw) == 4:
+        ip = ipaddress.IPv4Address(raw[::-1])
+        return f"{ip}:{number}"
+    if len(raw) == 16:  # four 32-bit words, each in the host's (little-endian) order
+        words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+        ip6 = ipaddress.IPv6Address(words)
+        shown = str(ip6.ipv4_mapped) if ip6.ipv4_mapped else f"[{ip6}]"
+        return f"{shown}:{number}"
+    return None
+
+
+def _read(lines: list[str]) -> tuple[dict[str, int], dict[tuple[str, str, str], int],
+                                      dict[tuple[str, str], int],
+                                      dict[tuple[str, str], tuple[int, int]], int, list[str]]:
+    namespaces: dict[str, int] = {}
+    values: dict[tuple[str, str, str], int] = {}
+    listeners: dict[tuple[str, str], int] = {}
+    udp: dict[tuple[str, str], tuple[int, int]] = {}
+    hidden = 0
+    unread = []
+    for line in lines:
+        w = line.split()
+        try:
+            if len(w) == 3 and w[0] == "ns":
+                namespaces[w[2]] = int(w[1])
+            elif len(w) == 5 and w[0] == "c":
+                values[(w[1], w[2], w[3])] = int(w[4])
+            elif len(w) == 4 and w[0] == "l":
+                listeners[(w[1], w[2])] = int(w[3], 16)
+            elif len(w) == 5 and w[0] == "u":
+                udp[(w[1], w[2])] = (int(w[3], 16), int(w[4]))
+            elif len(w) == 2 and w[0] == "hidden":
+                hidden = int(w[1])
+            elif w:
+                unread.append(line)
+        except ValueError:
+            unread.append(line)
+    return namespaces, values, listeners, udp, hidden, unread
+
+
+def parse(section: Section, node: str) -> list[Fact]:
+    samples = SAMPLING.split(section.stdout)
+    ns1, first, _, _, _, bad1 = _read(samples.first)
+    ns2, second, waiting, udp, hidden, bad2 = _read(samples.second)
+    interval = samples.interval_s
+
+    def src(excerpt_text: str) -> Source:
+        return Source("pod_counters", "awk over /proc/<pid>/net of each pod (twice)",
+                      section.exit_code, excerpt_text)
+
+    facts = []
+    for addrs, pid in sorted((ns2 or ns1).items()):
+        facts.append(Fact("pod_netns", node, {"addresses": addrs, "pid": pid},
+                          src(f"pid {pid}: network namespace with {addrs}")))
+        both = addrs in ns1 and addrs in ns2 and interval is not None
+        for group, counter in WATCH:
+            key = (addrs, group, counter)
+            before, after = first.get(key, 0), second.get(key, 0)
+            if not before and not after:
+                continue
+            delta = after - before if both and after >= before else None
+            name = f"{group}{counter}"
+            facts.append(Fact("pod_net_counter", node, {
+                "addresses": addrs,
+                "name": name,
+                "group": group,
+                "counter": counter,
+                "value": after if addrs in ns2 else before,
+                "delta": delta,
+                "interval_s": interval if delta is not None else None,
+                "rate_per_s": round(delta / interval, 3) if delta is not None and interval
+                else None,
+                "rising": None if delta is None else delta > 0,
+            }, src(f"{name} in the namespace of {addrs}: {before} -> {after} "
+                   f"over {interval}s")))
+    for (addrs, hex_local), queue in sorted(waiting.items()):
+        local = _local(hex_local)
+        if local is None or addrs not in ns2:
+            continue
+        facts.append(Fact("pod_listener", node, {
+            "addresses": addrs,
+            "local": local,
+            "port": int(local.rsplit(":", 1)[1]),
+            "accept_queue": queue,
+        }, src(f"{local} in the namespace of {addrs}: {queue} connection(s) waiting to be "
+               "accepted")))
+    for (addrs, hex_local), (queue, drops) in sorted(udp.items()):
+        local = _local(hex_local)
+        if local is None or addrs not in ns2:
+            continue
+        facts.append(Fact("pod_udp_socket", node, {
+            "addresses": addrs,
+            "local": local,
+            "port": int(local.rsplit(":", 1)[1]),
+            "recv_q": queue,
+            "drops": drops,
+        }, src(f"UDP {local} in the namespace of {addrs}: {drops} datagram(s) dropped, "
+               f"{queue} bytes queued")))
+    return (facts + _hidden(section, node, hidden, bool(ns2))
+            + unread_lines(section, node, bad1 + bad2, "pods' counters and listeners"))
+
+
+def _hidden(section: Section, node: str, hidden: int, some: bool) -> list[Fact]:
+    """What a login that is not root could not see: other users' processes, the pods' among
+    them. With no namespace read at all, the pods' facts are unknown, not absent."""
+    if not hidden:
+        return []
+    return [Fact("probe_status", node, {
+        "probe": section.probe,
+        "status": "partial",
+        "reason": f"{hidden} process(es) whose network namespace this login may not look at "
+                  "(log in as root): the pods among them were not read",
+        "blocks": PROBE.blocks,
+        "kinds": "" if some else None,
+    }, Source(section.probe, section.command, section.exit_code, f"hidden {hidden}"))]
+
+
+PROBE = Probe(
+    name="pod_counters",
+    command=SAMPLING.command,
+    parse=parse,
+    kinds=("pod_netns", "pod_net_counter", "pod_listener", "pod_udp_socket"),
+    blocks="the pods' own accept-queue overflows, UDP buffer drops, listeners with "
+    "connections waiting and UDP sockets that dropped datagrams",
+    timeout_s=MIN_INTERVAL_S + 10,
+    preludes=(SAMPLING.prelude,),
+    sampling=SAMPLING,
+    # with counters, after every other probe: their run time is the interval
+    order=899,
+)
