@@ -681,6 +681,40 @@ def _listener_hung(lab: Lab) -> None:
     assert counter(lab, "node2", "/proc/net/netstat", "ListenOverflows") > before
 
 
+def _pod_counter(lab: Lab, pod: str, path: str, name: str) -> int:
+    """A counter of the pod's own network namespace, which the node's does not include."""
+    lines = lab.runners.pod(pod).run(["cat", path]).stdout.splitlines()
+    for head, values in zip(lines[::2], lines[1::2], strict=False):
+        keys, vals = head.split()[1:], values.split()[1:]
+        if name in keys:
+            return int(vals[keys.index(name)])
+    raise AssertionError(f"{name} not in {pod}'s {path}")
+
+
+def _listener_stuck_in_pod(lab: Lab) -> None:
+    # node2's last pod that is not CoreDNS holds a listener with backlog 1 that never accepts:
+    # its queue is full, and the pod, not the node, counts what the burst overflowed
+    pod = [p for p in lab.pods_on("node2") if p.app != "coredns"][-1]
+    line = lab.runners.pod(pod.name).run(["ss", "-Hlnt", "sport = :30080"]).stdout.split()
+    assert line[:3] == ["LISTEN", "2", "1"], line
+    assert not lab.node_exec("node2", ["ss", "-Hlnt", "sport = :30080"]).stdout.strip()
+    before = _pod_counter(lab, pod.name, "/proc/net/netstat", "ListenOverflows")
+    assert before > 0
+    cp = lab.netprog(client_pod(lab, "node1"), "--timeout", "1", "tcp", pod.ip, "30080")
+    assert cp.returncode != 0 and "timed out" in cp.stderr, cp
+    assert _pod_counter(lab, pod.name, "/proc/net/netstat", "ListenOverflows") > before
+
+
+def _udp_stuck_in_pod(lab: Lab) -> None:
+    pod = [p for p in lab.pods_on("node2") if p.app != "coredns"][-1]
+    out = lab.runners.pod(pod.name).run(["ss", "-Hlnum", "sport = :30053"]).stdout
+    drops = re.search(r",d(\d+)\)", out)
+    assert drops and int(drops.group(1)) > 0, out
+    before = _pod_counter(lab, pod.name, "/proc/net/snmp", "RcvbufErrors")
+    lab.netprog(client_pod(lab, "node1"), "udp-flood", pod.ip, "30053", "50")
+    assert _pod_counter(lab, pod.name, "/proc/net/snmp", "RcvbufErrors") > before
+
+
 def _files_leaked(lab: Lab) -> None:
     # the server answered and closed what it accepted, and kept a file open for each: its
     # descriptors are files, not connections, and none is left for accept()
@@ -1426,6 +1460,8 @@ VXLAN_CASES = [
     ("node_unreachable", "arp", "node2", {}, _node_off_the_network),
     ("node_unreachable", "reject", "node2", {}, _node_refuses_everything),
     ("listen_queue_overflow", "hang", "node2", {}, _listener_hung),
+    ("listen_queue_overflow", "pod", "node2", {}, _listener_stuck_in_pod),
+    ("udp_buffer_errors", "pod", "node2", {}, _udp_stuck_in_pod),
     ("fd_limit_reached", "leak", "node2", {}, _files_leaked),
     ("close_wait_leak", "pool", "node2", {}, _pool_keeps_closed_connections),
     ("fin_wait2_pileup", "halfclose", "node2", {}, _half_closed_and_held),

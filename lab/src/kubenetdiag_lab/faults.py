@@ -3277,8 +3277,9 @@ register(Fault(
 SATURATING_PORT = 30091
 
 
-def _shaped_pod(ctx: FaultContext, node: LabNode) -> LabPod:
-    """The node's last pod that serves nothing the checks need: CoreDNS stays unshaped."""
+def _app_pod(ctx: FaultContext, node: LabNode) -> LabPod:
+    """The node's last pod that is not CoreDNS: a fault on it (a shaped link, a stuck
+    server) leaves the cluster's DNS alone."""
     pods = [pod for pod in ctx.topology.pods_on(node.name) if pod.app != "coredns"]
     return pods[-1]
 
@@ -3293,7 +3294,7 @@ def _link_full(ctx: FaultContext, node: LabNode, params: Params) -> None:
     elif params["via"] == "pod":
         # a pod's veth shaped as the CNI bandwidth plugin does for its ingress-bandwidth
         # (a tbf on the host side), and a pod of a peer sending to it as fast as it takes
-        pod = _shaped_pod(ctx, node)
+        pod = _app_pod(ctx, node)
         _shape(ctx.node(node), _host_veth(ctx, pod))
         _bulk(ctx, ctx.topology.pods_on(peer.name)[0], pod, SATURATING_PORT)
     else:
@@ -3302,7 +3303,7 @@ def _link_full(ctx: FaultContext, node: LabNode, params: Params) -> None:
 
 def _link_free(ctx: FaultContext, node: LabNode, params: Params) -> None:
     _stop_bulk(ctx, SATURATING_PORT)
-    for dev in ("eth0", _host_veth(ctx, _shaped_pod(ctx, node))):
+    for dev in ("eth0", _host_veth(ctx, _app_pod(ctx, node))):
         _unshape(ctx.node(node), dev)
 
 
@@ -3443,8 +3444,20 @@ def _listen_overflow(ctx: FaultContext, node: LabNode, params: Params) -> None:
         # accept queue fills, and the burst beyond the backlog overflows it.
         _stalled_app(ctx, node, port, APP_BACKLOG)
         count += int(APP_BACKLOG)
+    elif params["via"] == "pod":
+        # The same stuck server in one of the node's pods, as most servers run: its overflows
+        # are counted in the pod's network namespace, not the node's. Its clients are a pod
+        # of another node, as a Service's clients are anywhere in the cluster.
+        pod = _app_pod(ctx, node)
+        _start_in_pod(ctx, pod.name, services.netprog_argv("listen-stuck", port,
+                                                           params["backlog"]))
+        _wait_pod_listen(ctx, pod.name, int(port))
+        client = ctx.topology.pods_on(ctx.topology.peers(node)[0].name)[0]
+        _netprog(ctx, client.name, "connect-burst", pod.ip, port, str(count),
+                 "--hold", "2")
+        return
     else:
-        raise LabError("listen_queue_overflow: via must be stuck or hang")
+        raise LabError("listen_queue_overflow: via must be stuck, hang or pod")
     _burst(ctx, node, port, count)
 
 
@@ -3466,6 +3479,7 @@ def _burst(ctx: FaultContext, node: LabNode, port: str, count: int) -> None:
 def _listen_overflow_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
     port = params["port"]
     _stop_matching(ctx, node, f"listen-stuck {port} ", f"serve-banner {port} ")
+    _kill_matching_in([_app_pod(ctx, node).netns], f"listen-stuck {port} ")
 
 
 def _wait_listen(ctx: FaultContext, node: LabNode, port: int, proto: str) -> None:
@@ -3477,10 +3491,12 @@ register(Fault(
     "a listener on the node whose accept queue overflows under a bounded burst of connects "
     "from a pod, so ListenOverflows rises: one with backlog 1 that never accepts (via=stuck), "
     "or an app that accepts normally with backlog 128, hung with SIGSTOP before a burst of "
-    "128 + count (via=hang)",
+    "128 + count (via=hang); or the listener that never accepts in one of the node's pods "
+    "(its last that is not CoreDNS), the burst from a pod of another node, so the overflows "
+    "are counted in the pod's network namespace and none in the node's (via=pod)",
     _listen_overflow, _listen_overflow_heal,
     {"via": "stuck", "port": "30080", "backlog": "1", "count": "64"},
-    mechanisms={"stuck": (), "hang": ()},
+    mechanisms={"stuck": (), "hang": (), "pod": ()},
 ))
 
 
@@ -3639,8 +3655,18 @@ def _udp_errors(ctx: FaultContext, node: LabNode, params: Params) -> None:
         _start_in_node(ctx, node, services.netprog_argv("udp-sink", port))
         _wait_listen(ctx, node, int(port), "udp")
         _freeze(_procs_matching(node, f"udp-sink {port}"), f"the receiver on {node.name}")
+    elif params["via"] == "pod":
+        # The stuck socket in one of the node's pods (a metrics or log collector there), the
+        # flood from a pod of another node: the pod counts the drops, the node does not.
+        pod = _app_pod(ctx, node)
+        _start_in_pod(ctx, pod.name, services.netprog_argv("udp-stuck", port, params["rcvbuf"]))
+        _wait_listening(ctx.runners.pod(pod.name), int(port), f"the socket in {pod.name}",
+                        "udp")
+        client = ctx.topology.pods_on(ctx.topology.peers(node)[0].name)[0]
+        _netprog(ctx, client.name, "udp-flood", pod.ip, port, params["count"])
+        return
     else:
-        raise LabError("udp_buffer_errors: via must be stuck or hang")
+        raise LabError("udp_buffer_errors: via must be stuck, hang or pod")
     pod = ctx.topology.pods_on(node.name)[0]
     _netprog(ctx, pod.name, "udp-flood", node.address, port, params["count"])
 
@@ -3648,6 +3674,7 @@ def _udp_errors(ctx: FaultContext, node: LabNode, params: Params) -> None:
 def _udp_errors_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
     port = params["port"]
     _stop_matching(ctx, node, f"udp-stuck {port} ", f"udp-sink {port}")
+    _kill_matching_in([_app_pod(ctx, node).netns], f"udp-stuck {port} ")
 
 
 register(Fault(
@@ -3655,10 +3682,12 @@ register(Fault(
     "a UDP socket on the node flooded briefly from a pod until its buffer is full: "
     "UdpRcvbufErrors rises; the socket has a tiny SO_RCVBUF and is never read (via=stuck), or "
     "its receiver reads with the default buffer and hangs, stopped with SIGSTOP, before a "
-    "flood bigger than that buffer (via=hang)",
+    "flood bigger than that buffer (via=hang); or the stuck socket in one of the node's pods "
+    "(its last that is not CoreDNS), flooded from a pod of another node, so the pod counts "
+    "the drops and the node does not (via=pod)",
     _udp_errors, _udp_errors_heal,
     {"via": "stuck", "port": "30053", "rcvbuf": "2048", "count": "2000"},
-    mechanisms={"stuck": (), "hang": ()},
+    mechanisms={"stuck": (), "hang": (), "pod": ()},
 ))
 
 
