@@ -125,8 +125,10 @@ def test_the_awk_reads_one_process_per_pod_and_skips_the_nodes_and_loopback_only
         + "\n".join(lines).replace("ListenOverflows 62", "ListenOverflows 70") + "\n"
     facts = PROBE.parse(section_of(out), "node2")
     assert attrs(facts, "pod_listener") == [
-        {"addresses": "10.244.2.5", "local": "[::]:9090", "port": 9090, "accept_queue": 2},
-        {"addresses": "10.244.2.5", "local": "0.0.0.0:8080", "port": 8080, "accept_queue": 3}]
+        {"addresses": "10.244.2.5", "local": "[::]:9090", "port": 9090, "accept_queue": 2,
+         "accept_queue_before": 2},
+        {"addresses": "10.244.2.5", "local": "0.0.0.0:8080", "port": 8080, "accept_queue": 3,
+         "accept_queue_before": 3}]
     (sock,) = attrs(facts, "pod_udp_socket")
     assert (sock["local"], sock["recv_q"], sock["drops"]) == ("0.0.0.0:8193", 2304, 1900)
     rising = {(c["addresses"], c["name"]): c["rising"] for c in attrs(facts, "pod_net_counter")}
@@ -186,3 +188,12 @@ def test_a_login_that_is_not_root_sees_no_pod_and_says_so():
     assert status["status"] == "partial" and status["kinds"] is None
     assert status["reason"].startswith("12 process(es) whose network namespace this login may "
                                        "not look at")
+
+
+def test_a_key_that_is_not_addresses_is_shown_not_trusted():
+    out = ("##knd:sample 1\n100.00 1.0\nns 7 10.244.1.2\n##knd:sample 2\n102.00 2.0\n"
+           "ns 7 10.244.1.2\nns 8 $(reboot)\nc 10.244.1.2 TcpExt ListenOverflows x\n")
+    facts = PROBE.parse(section_of(out), "node1")
+    assert [a["addresses"] for a in attrs(facts, "pod_netns")] == ["10.244.1.2"]
+    (status,) = attrs(facts, "probe_status")
+    assert status["status"] == "partial" and "$(reboot)" in status["reason"]

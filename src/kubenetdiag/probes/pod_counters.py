@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass, field
 
 from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.probes.base import Probe, Section, TwoSample, unread_lines
@@ -160,39 +161,48 @@ def _local(hex_local: str) -> str | None:
     return None
 
 
-def _read(lines: list[str]) -> tuple[dict[str, int], dict[tuple[str, str, str], int],
-                                      dict[tuple[str, str], int],
-                                      dict[tuple[str, str], tuple[int, int]], int, list[str]]:
-    namespaces: dict[str, int] = {}
-    values: dict[tuple[str, str, str], int] = {}
-    listeners: dict[tuple[str, str], int] = {}
-    udp: dict[tuple[str, str], tuple[int, int]] = {}
-    hidden = 0
-    unread = []
+@dataclass
+class _Sample:
+    namespaces: dict[str, int] = field(default_factory=dict)  # addresses -> pid
+    values: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    listeners: dict[tuple[str, str], int] = field(default_factory=dict)  # -> waiting
+    udp: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)  # -> queue, drops
+    hidden: int = 0
+    unread: list[str] = field(default_factory=list)
+
+
+def _addresses(text: str) -> str:
+    """A namespace's key, checked: what a node printed is not trusted to be addresses."""
+    for part in text.split(","):
+        ipaddress.IPv4Address(part)
+    return text
+
+
+def _read(lines: list[str]) -> _Sample:
+    out = _Sample()
     for line in lines:
         w = line.split()
         try:
             if len(w) == 3 and w[0] == "ns":
-                namespaces[w[2]] = int(w[1])
+                out.namespaces[_addresses(w[2])] = int(w[1])
             elif len(w) == 5 and w[0] == "c":
-                values[(w[1], w[2], w[3])] = int(w[4])
+                out.values[(w[1], w[2], w[3])] = int(w[4])
             elif len(w) == 4 and w[0] == "l":
-                listeners[(w[1], w[2])] = int(w[3], 16)
+                out.listeners[(w[1], w[2])] = int(w[3], 16)
             elif len(w) == 5 and w[0] == "u":
-                udp[(w[1], w[2])] = (int(w[3], 16), int(w[4]))
+                out.udp[(w[1], w[2])] = (int(w[3], 16), int(w[4]))
             elif len(w) == 2 and w[0] == "hidden":
-                hidden = int(w[1])
+                out.hidden = int(w[1])
             elif w:
-                unread.append(line)
+                out.unread.append(line)
         except ValueError:
-            unread.append(line)
-    return namespaces, values, listeners, udp, hidden, unread
+            out.unread.append(line)
+    return out
 
 
 def parse(section: Section, node: str) -> list[Fact]:
     samples = SAMPLING.split(section.stdout)
-    ns1, first, _, _, _, bad1 = _read(samples.first)
-    ns2, second, waiting, udp, hidden, bad2 = _read(samples.second)
+    one, two = _read(samples.first), _read(samples.second)
     interval = samples.interval_s
 
     def src(excerpt_text: str) -> Source:
@@ -200,13 +210,13 @@ def parse(section: Section, node: str) -> list[Fact]:
                       section.exit_code, excerpt_text)
 
     facts = []
-    for addrs, pid in sorted((ns2 or ns1).items()):
+    for addrs, pid in sorted((two.namespaces or one.namespaces).items()):
         facts.append(Fact("pod_netns", node, {"addresses": addrs, "pid": pid},
                           src(f"pid {pid}: network namespace with {addrs}")))
-        both = addrs in ns1 and addrs in ns2 and interval is not None
+        both = addrs in one.namespaces and addrs in two.namespaces and interval is not None
         for group, counter in WATCH:
             key = (addrs, group, counter)
-            before, after = first.get(key, 0), second.get(key, 0)
+            before, after = one.values.get(key, 0), two.values.get(key, 0)
             if not before and not after:
                 continue
             delta = after - before if both and after >= before else None
@@ -216,7 +226,7 @@ def parse(section: Section, node: str) -> list[Fact]:
                 "name": name,
                 "group": group,
                 "counter": counter,
-                "value": after if addrs in ns2 else before,
+                "value": after if addrs in two.namespaces else before,
                 "delta": delta,
                 "interval_s": interval if delta is not None else None,
                 "rate_per_s": round(delta / interval, 3) if delta is not None and interval
@@ -224,31 +234,36 @@ def parse(section: Section, node: str) -> list[Fact]:
                 "rising": None if delta is None else delta > 0,
             }, src(f"{name} in the namespace of {addrs}: {before} -> {after} "
                    f"over {interval}s")))
-    for (addrs, hex_local), queue in sorted(waiting.items()):
+    for (addrs, hex_local), queue in sorted(two.listeners.items()):
         local = _local(hex_local)
-        if local is None or addrs not in ns2:
+        if local is None or addrs not in two.namespaces:
             continue
+        before = one.listeners.get((addrs, hex_local), 0)
         facts.append(Fact("pod_listener", node, {
             "addresses": addrs,
             "local": local,
             "port": int(local.rsplit(":", 1)[1]),
             "accept_queue": queue,
-        }, src(f"{local} in the namespace of {addrs}: {queue} connection(s) waiting to be "
-               "accepted")))
-    for (addrs, hex_local), (queue, drops) in sorted(udp.items()):
+            "accept_queue_before": before,
+        }, src(f"{local} in the namespace of {addrs}: {before}, then {queue} connection(s) "
+               "waiting to be accepted")))
+    for (addrs, hex_local), (queue, drops) in sorted(two.udp.items()):
         local = _local(hex_local)
-        if local is None or addrs not in ns2:
+        if local is None or addrs not in two.namespaces:
             continue
+        before = one.udp.get((addrs, hex_local), (0, 0))[0]
         facts.append(Fact("pod_udp_socket", node, {
             "addresses": addrs,
             "local": local,
             "port": int(local.rsplit(":", 1)[1]),
             "recv_q": queue,
+            "recv_q_before": before,
             "drops": drops,
         }, src(f"UDP {local} in the namespace of {addrs}: {drops} datagram(s) dropped, "
-               f"{queue} bytes queued")))
-    return (facts + _hidden(section, node, hidden, bool(ns2))
-            + unread_lines(section, node, bad1 + bad2, "pods' counters and listeners"))
+               f"{before}, then {queue} bytes queued")))
+    hidden, unread = two.hidden or one.hidden, one.unread + two.unread
+    return (facts + _hidden(section, node, hidden, bool(two.namespaces))
+            + unread_lines(section, node, unread, "pods' counters and listeners"))
 
 
 def _hidden(section: Section, node: str, hidden: int, some: bool) -> list[Fact]:
