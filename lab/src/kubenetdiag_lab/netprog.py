@@ -89,7 +89,13 @@ def serve_http(port: int, bind: str) -> int:
         def log_message(self, *args: object) -> None:
             pass  # probes hit these servers often; their logs are noise
 
-    server = http.server.ThreadingHTTPServer((bind, port), Handler)
+    class Server(http.server.ThreadingHTTPServer):
+        # socketserver's default backlog is 5, which no web server ships with (nginx asks for
+        # 511, Go's net/http for somaxconn): the diagnoser's own checks, every node's at
+        # once, overflowed it
+        request_queue_size = 128
+
+    server = Server((bind, port), Handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"listening on {port}", flush=True)
     server.serve_forever()
