@@ -3,6 +3,7 @@ formats, the parser on outputs recorded in the lab, and the findings that name t
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +14,7 @@ from kubenetdiag.engine import infer, load_ruleset
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.facts.pod_names import pod_name_facts
 from kubenetdiag.probes import BY_NAME, Section
-from kubenetdiag.probes.pod_counters import AWK, MAX_NAMESPACES, WATCH
+from kubenetdiag.probes.pod_counters import AWK, AWK_VARS
 from probe_sections import section
 
 PROBE = BY_NAME["pod_counters"]
@@ -82,9 +83,12 @@ UDP = ("   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retr
 
 
 def proc_dir(root: Path, pid: str, addrs: tuple[str, ...], overflows: int = 0,
-             rcvbuf: int = 0, tcp: str = TCP_HEAD, tcp6: str = TCP_HEAD, udp: str = "") -> None:
+             rcvbuf: int = 0, tcp: str = TCP_HEAD, tcp6: str = TCP_HEAD, udp: str = "",
+             tw: int = 0) -> None:
     net = root / pid / "net"
     net.mkdir(parents=True)
+    (net / "sockstat").write_text(f"sockets: used 20\nTCP: inuse 3 orphan 0 tw {tw} alloc 5 "
+                                  "mem 1\nUDP: inuse 1 mem 0\n")
     (net / "fib_trie").write_text(fib_trie(*addrs))
     (net / "netstat").write_text(NETSTAT.format(lo=overflows))
     (net / "snmp").write_text(SNMP.format(rb=rcvbuf))
@@ -94,9 +98,9 @@ def proc_dir(root: Path, pid: str, addrs: tuple[str, ...], overflows: int = 0,
 
 
 def run_awk(root: Path, *pids: str) -> list[str]:
-    watched = " ".join(f"{g} {c}" for g, c in WATCH)
-    out = subprocess.run(["awk", "-v", f"WATCHED={watched}", "-v", f"MAXNS={MAX_NAMESPACES}",
-                          "-v", f"ROOT={root}", AWK, *pids],
+    # the probe's own variables, its /proc replaced by ours
+    variables = shlex.split(AWK_VARS.replace("ROOT=/proc", f"ROOT={root}"))
+    out = subprocess.run(["awk", *variables, AWK, *pids],
                          capture_output=True, text=True, timeout=10, check=True)
     return out.stdout.splitlines()
 
@@ -174,6 +178,16 @@ def test_a_full_udp_socket_in_a_pod_is_found_after_the_flood():
             "default/client-node1-1 on node1 is full and has dropped 1997 datagrams") in got
 
 
+def test_a_scraper_in_a_pod_that_closes_first_is_named_with_its_peer():
+    facts = parse("lab-time-wait-in-pod")
+    (peer,) = attrs(facts, "pod_time_wait_peer")
+    assert (peer["addresses"], peer["peer"], peer["port"], peer["count"]) == (
+        "10.244.1.2", "203.0.113.10:9104", 9104, 2997)
+    (found,) = findings(facts, LAB_PODS)
+    assert (found["rule"], found["nodes"], found["fault"]) == (
+        "pod-time-wait-pileup", ["node1"], "time_wait_pileup")
+
+
 def test_healthy_pods_give_their_namespaces_and_nothing_else():
     facts = parse("lab-healthy-node")
     assert sorted(a["addresses"] for a in attrs(facts, "pod_netns")) == ["10.244.2.2", "10.244.2.3"]
@@ -197,3 +211,32 @@ def test_a_key_that_is_not_addresses_is_shown_not_trusted():
     assert [a["addresses"] for a in attrs(facts, "pod_netns")] == ["10.244.1.2"]
     (status,) = attrs(facts, "probe_status")
     assert status["status"] == "partial" and "$(reboot)" in status["reason"]
+
+
+def tcp_lines(state: str, remote: str, count: int, start: int = 0) -> str:
+    return "".join(f"{start + i:4d}: 0201F40A:{40000 + i:04X} {remote} {state} "
+                   "00000000:00000000 03:00000A1B 00000000     0        0 0 3 "
+                   "0000000000000000\n" for i in range(count))
+
+
+@pytest.mark.skipif(not shutil.which("awk"), reason="no awk")
+def test_time_wait_is_counted_per_peer_only_where_the_pod_has_many(tmp_path):
+    proc_dir(tmp_path, "self", ("198.18.0.12",))
+    exporter, web = "0A7100CB:2390", "0302F40A:1F90"  # 203.0.113.10:9104, 10.244.2.3:8080
+    # a scraper pod: 2100 toward the exporter, 600 toward the web pod, a few established
+    table = (TCP_HEAD + tcp_lines("06", exporter, 2100) + tcp_lines("06", web, 600, 2100)
+             + tcp_lines("01", web, 3, 2700))
+    proc_dir(tmp_path, "20", ("10.244.1.2",), tcp=table, tw=2700)
+    # the same table where sockstat says few: the table is not read at all
+    proc_dir(tmp_path, "21", ("10.244.1.3",), tcp=table, tw=12)
+    lines = run_awk(tmp_path, "20", "21")
+    assert sorted(line for line in lines if line.startswith("t ")) == [
+        f"t 10.244.1.2 {web} 600", f"t 10.244.1.2 {exporter} 2100"]
+    out = "##knd:sample 1\n100.00 1.0\n##knd:sample 2\n102.00 2.0\n" + "\n".join(lines)
+    facts = PROBE.parse(section_of(out), "node1")
+    got = sorted((a["peer"], a["count"]) for a in attrs(facts, "pod_time_wait_peer"))
+    assert got == [("10.244.2.3:8080", 600), ("203.0.113.10:9104", 2100)]
+    (found,) = findings(facts, LAB_PODS)
+    assert found["rule"] == "pod-time-wait-pileup" and found["title"] == (
+        "2100 connections from pod default/client-node1-1 on node1 to 203.0.113.10:9104 wait "
+        "in TIME_WAIT, each holding a local port")

@@ -286,9 +286,10 @@ BLOCKS_ZH = {
     "IPVS virtual servers (kube-proxy ipvs mode): Service VIPs and their backends":
         "IPVS 虚拟服务（kube-proxy ipvs 模式）：Service VIP 及其后端",
     "the pods' own accept-queue overflows, UDP buffer drops, listeners with connections "
-    "waiting and UDP sockets that dropped datagrams":
-        "各 Pod 自己的全连接队列溢出、UDP 缓冲区丢包、有连接等待 accept 的监听套接字，"
-        "以及丢过报文的 UDP 套接字",
+    "waiting, UDP sockets that dropped datagrams and TIME_WAIT sockets piling toward one "
+    "peer":
+        "各 Pod 自己的全连接队列溢出、UDP 缓冲区丢包、有连接等待 accept 的监听套接字、"
+        "丢过报文的 UDP 套接字，以及堆积在同一对端的 TIME_WAIT 套接字",
     "drop and error counters rising now (listen overflows, UDP buffer errors, RcvQ drops, "
     "a CPU's full input backlog) and each interface's throughput":
         "当前正在增长的丢包与错误计数（全连接队列溢出、UDP 缓冲区错误、接收队列丢包、"

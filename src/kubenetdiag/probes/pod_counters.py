@@ -10,7 +10,9 @@ processes whose network namespace is not its own (`[ /proc/PID/ns/net -ef /proc/
 a test of the shell itself), and one awk reads, through /proc/PID/net, each namespace's local
 addresses (fib_trie), the counters below (netstat, snmp), its listeners with connections
 waiting to be accepted (tcp, tcp6: the kernel lists listeners first, so the read stops at the
-first other socket) and its UDP sockets that dropped datagrams (udp, udp6: their last column).
+first other socket), its UDP sockets that dropped datagrams (udp, udp6: their last column)
+and, where its sockstat counts 500 TIME_WAIT sockets or more, how many go toward each peer
+(tcp, tcp6 read whole: a client in the pod that closes first holds a local port for each).
 The processes of one pod share its namespace and so its addresses: one is read per set of
 addresses, and a namespace with no address but loopback (a service's private network) is no
 pod's. The namespace is known by its addresses, which the API's pods name (the pod_names step
@@ -42,6 +44,7 @@ from dataclasses import dataclass, field
 from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.probes.base import Probe, Section, TwoSample, unread_lines
 from kubenetdiag.probes.counters import MIN_INTERVAL_S
+from kubenetdiag.probes.sockets import MAX_TIME_WAIT_PEERS, TIME_WAIT_FLOOR
 
 # The counters a pod's server shows its trouble in (docs/runbooks.md#runbook-004): accept
 # queues overflowing, segments dropped for want of memory or room, UDP datagrams dropped for a
@@ -58,6 +61,7 @@ MAX_NAMESPACES = 512  # a node runs 110 pods by default
 #   c ADDRS GROUP NAME N    a watched counter that is not 0
 #   l ADDRS LOCAL N         a listener with N connections waiting to be accepted (hex LOCAL)
 #   u ADDRS LOCAL Q D       a UDP socket that dropped D datagrams, Q bytes (hex) queued now
+#   t ADDRS REMOTE N        N sockets in TIME_WAIT toward one peer (hex REMOTE), from TWFLOOR on
 #   hidden N                N processes whose namespace this login may not look at (not root)
 # The node's own addresses (awk's namespace is the node's) are no pod's: a process this login
 # may not look at fails the shell's test, and reading its files shows the node's.
@@ -106,6 +110,19 @@ function udp(p, k,   f, j, l, w, q) {
     close(f);
   }
 }
+function timewait(p, k,   f, j, l, w, n, t, c, m) {
+  f = ROOT "/" p "/net/sockstat"; n = 0;
+  while ((getline l < f) > 0) if (split(l, w, " ") >= 7 && w[1] == "TCP:" && w[6] == "tw") n = w[7];
+  close(f);
+  if (n + 0 < TWFLOOR) return;
+  split("", c);
+  for (j = 0; j < 2; j++) {
+    f = ROOT "/" p "/net/tcp" (j ? "6" : ""); getline l < f;
+    while ((getline l < f) > 0) { split(l, w, " "); if (w[4] == "06") c[w[3]]++ }
+    close(f);
+  }
+  for (t in c) if (c[t] >= TWFLOOR && m++ < TWPEERS) print "t " k " " t " " c[t];
+}
 BEGIN {
   n = split(WATCHED, x, " ");
   for (i = 1; i < n; i += 2) { W[x[i] " " x[i + 1]] = 1; G[x[i]] = 1 }
@@ -115,7 +132,7 @@ BEGIN {
     if (k == "" || k == self || (k in seen)) continue;
     if (++ns > MAXNS) break;
     seen[k] = 1; print "ns " ARGV[i] " " k; counters(ARGV[i], k); listeners(ARGV[i], k);
-    udp(ARGV[i], k);
+    udp(ARGV[i], k); timewait(ARGV[i], k);
   }
   exit;
 }
@@ -129,7 +146,8 @@ def _dquoted(text: str) -> str:
 
 
 _WATCHED = " ".join(f"{g} {c}" for g, c in WATCH)
-AWK_VARS = f"-v WATCHED=\"{_WATCHED}\" -v MAXNS={MAX_NAMESPACES} -v ROOT=/proc"
+AWK_VARS = (f"-v WATCHED=\"{_WATCHED}\" -v MAXNS={MAX_NAMESPACES} -v TWFLOOR={TIME_WAIT_FLOOR} "
+            f"-v TWPEERS={MAX_TIME_WAIT_PEERS} -v ROOT=/proc")
 # `[ -ef ]` is the shell's own test: no process for the walk over /proc
 THEN = (
     "__pp=; __pn=0; __ph=0; for __d in /proc/[0-9]*; do "
@@ -167,6 +185,7 @@ class _Sample:
     values: dict[tuple[str, str, str], int] = field(default_factory=dict)
     listeners: dict[tuple[str, str], int] = field(default_factory=dict)  # -> waiting
     udp: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)  # -> queue, drops
+    time_wait: dict[tuple[str, str], int] = field(default_factory=dict)  # toward a peer
     hidden: int = 0
     unread: list[str] = field(default_factory=list)
 
@@ -191,6 +210,8 @@ def _read(lines: list[str]) -> _Sample:
                 out.listeners[(w[1], w[2])] = int(w[3], 16)
             elif len(w) == 5 and w[0] == "u":
                 out.udp[(w[1], w[2])] = (int(w[3], 16), int(w[4]))
+            elif len(w) == 4 and w[0] == "t":
+                out.time_wait[(w[1], w[2])] = int(w[3])
             elif len(w) == 2 and w[0] == "hidden":
                 out.hidden = int(w[1])
             elif w:
@@ -261,6 +282,18 @@ def parse(section: Section, node: str) -> list[Fact]:
             "drops": drops,
         }, src(f"UDP {local} in the namespace of {addrs}: {drops} datagram(s) dropped, "
                f"{before}, then {queue} bytes queued")))
+    for (addrs, hex_peer), count in sorted(two.time_wait.items()):
+        peer = _local(hex_peer)
+        if peer is None or addrs not in two.namespaces:
+            continue
+        address, _, port = peer.rpartition(":")
+        facts.append(Fact("pod_time_wait_peer", node, {
+            "addresses": addrs,
+            "peer": peer,
+            "address": address.strip("[]"),
+            "port": int(port),
+            "count": count,
+        }, src(f"{count} sockets in TIME_WAIT in the namespace of {addrs} toward {peer}")))
     hidden, unread = two.hidden or one.hidden, one.unread + two.unread
     return (facts + _hidden(section, node, hidden, bool(two.namespaces))
             + unread_lines(section, node, unread, "pods' counters and listeners"))
@@ -285,9 +318,11 @@ PROBE = Probe(
     name="pod_counters",
     command=SAMPLING.command,
     parse=parse,
-    kinds=("pod_netns", "pod_net_counter", "pod_listener", "pod_udp_socket"),
+    kinds=("pod_netns", "pod_net_counter", "pod_listener", "pod_udp_socket",
+           "pod_time_wait_peer"),
     blocks="the pods' own accept-queue overflows, UDP buffer drops, listeners with "
-    "connections waiting and UDP sockets that dropped datagrams",
+    "connections waiting, UDP sockets that dropped datagrams and TIME_WAIT sockets piling "
+    "toward one peer",
     timeout_s=MIN_INTERVAL_S + 10,
     preludes=(SAMPLING.prelude,),
     sampling=SAMPLING,
