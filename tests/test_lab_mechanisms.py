@@ -715,6 +715,14 @@ def _udp_stuck_in_pod(lab: Lab) -> None:
     assert _pod_counter(lab, pod.name, "/proc/net/snmp", "RcvbufErrors") > before
 
 
+def _time_wait_in_pod(lab: Lab) -> None:
+    # node1's pod closed first: the pod's namespace holds the TIME_WAITs, the node none
+    pod = [p for p in lab.pods_on("node1") if p.app != "coredns"][-1]
+    toward = ["ss", "-Htn", "state", "time-wait", f"dst {OUTSIDE_HOST}:9104"]
+    assert len(lab.runners.pod(pod.name).run(toward).stdout.splitlines()) >= 1400
+    assert lab.node_exec("node1", toward).stdout == ""
+
+
 def _files_leaked(lab: Lab) -> None:
     # the server answered and closed what it accepted, and kept a file open for each: its
     # descriptors are files, not connections, and none is left for accept()
@@ -1467,6 +1475,7 @@ VXLAN_CASES = [
     ("fin_wait2_pileup", "halfclose", "node2", {}, _half_closed_and_held),
     ("udp_buffer_errors", "hang", "node2", {}, _udp_reader_hung),
     ("time_wait_pileup", "remote", "node1", {"count": "1500"}, _time_wait_toward_exporter),
+    ("time_wait_pileup", "pod", "node1", {"count": "1500"}, _time_wait_in_pod),
     ("port_not_listening", "loopback", "node2", {}, _web_on_loopback),
     ("service_no_endpoints", "selector", "node2", {}, _selector_matches_nothing),
     ("service_no_endpoints", "port", "node2", {}, _target_port_renamed),
@@ -1685,6 +1694,16 @@ def _in_force(lab: Lab, name: str) -> None:
         assert len(zones) == 2, slices
         argv = services.netprog_argv("--timeout", "2", "tcp", "10.96.0.31", "30092")
         cp = lab.runners.pod(client_pod(lab, "node2")).run(argv, check=False, timeout=15)
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+    elif name == "benign_pod_counters_from_the_past":
+        # the pod's counters keep the burst; its programs, restarted, keep up
+        pod = [p for p in lab.pods_on("node2") if p.app != "coredns"][-1]
+        assert _pod_counter(lab, pod.name, "/proc/net/netstat", "ListenOverflows") > 0
+        assert _pod_counter(lab, pod.name, "/proc/net/snmp", "RcvbufErrors") > 0
+        runner = lab.runners.pod(pod.name)
+        assert runner.run(["ss", "-Hlnt", "sport = :30088"]).stdout.split()[1] == "0"
+        assert re.search(r",d0\)", runner.run(["ss", "-Hlnum", "sport = :30089"]).stdout)
+        cp = lab.netprog(client_pod(lab, "node1"), "--timeout", "2", "tcp", pod.ip, "30088")
         assert cp.returncode == 0, cp.stdout + cp.stderr
     elif name == "benign_ufw_for_kubernetes":
         rules = node.run(["iptables", "-S"]).stdout

@@ -29,6 +29,7 @@ from kubenetdiag_lab.faults import (
     FaultContext,
     LabNode,
     Params,
+    _app_pod,
     _coredns_node,
     _corefile_reloaded,
     _drop_chains,
@@ -39,6 +40,7 @@ from kubenetdiag_lab.faults import (
     _ipt_tidy,
     _kill_matching_in,
     _neigh_right,
+    _netprog,
     _nft,
     _noop,
     _restore,
@@ -53,6 +55,7 @@ from kubenetdiag_lab.faults import (
     _sysctl,
     _sysctl_file,
     _wait_listen,
+    _wait_listening,
     _wait_local_rules,
     _wait_pod_listen,
     _web_node,
@@ -770,4 +773,46 @@ register(Fault(
                                                        _lb_clients(ctx.topology)),
     benign=True, scope="cluster", default_node=_web_node, settle=_local_nodeport_settled,
     adds_services=lambda topology: [local_service(topology)], proxy_modes=("iptables",),
+))
+
+
+# A pod whose server overflowed and whose UDP receiver dropped in a burst long past, both
+# restarted since and keeping up: the pod's counters stay where the burst left them for the
+# pod's whole life, and nothing overflows or drops now.
+PAST_TCP_PORT, PAST_UDP_PORT = "30088", "30089"
+
+
+def _pod_counters_from_the_past(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    pod = _app_pod(ctx, node)
+    client = ctx.topology.pods_on(ctx.topology.peers(node)[0].name)[0]
+    _start_in_pod(ctx, pod.name, services.netprog_argv("listen-stuck", PAST_TCP_PORT, "1"))
+    _wait_pod_listen(ctx, pod.name, int(PAST_TCP_PORT))
+    _start_in_pod(ctx, pod.name, services.netprog_argv("udp-stuck", PAST_UDP_PORT, "2048"))
+    _wait_listening(ctx.runners.pod(pod.name), int(PAST_UDP_PORT), pod.name, "udp")
+    _netprog(ctx, client.name, "connect-burst", pod.ip, PAST_TCP_PORT, "16", "--hold", "1")
+    _netprog(ctx, client.name, "udp-flood", pod.ip, PAST_UDP_PORT, "200")
+    _kill_matching_in([pod.netns], f"listen-stuck {PAST_TCP_PORT} ",
+                      f"udp-stuck {PAST_UDP_PORT} ")
+    # restarted, accepting and reading as they should
+    _start_in_pod(ctx, pod.name, services.netprog_argv(
+        "serve-banner", PAST_TCP_PORT, "lab-app ready", "--backlog", "128"))
+    _wait_pod_listen(ctx, pod.name, int(PAST_TCP_PORT))
+    _start_in_pod(ctx, pod.name, services.netprog_argv("udp-sink", PAST_UDP_PORT))
+    _wait_listening(ctx.runners.pod(pod.name), int(PAST_UDP_PORT), pod.name, "udp")
+
+
+def _pod_programs_gone(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _kill_matching_in([_app_pod(ctx, node).netns], f"serve-banner {PAST_TCP_PORT} ",
+                      f"udp-sink {PAST_UDP_PORT}")
+
+
+register(Fault(
+    "benign_pod_counters_from_the_past",
+    "one of the node's pods (its last that is not CoreDNS) whose server on port "
+    f"{PAST_TCP_PORT} overflowed its accept queue and whose UDP receiver on {PAST_UDP_PORT} "
+    "dropped datagrams in a burst from another node's pod, both restarted since and keeping "
+    "up: the pod's ListenOverflows and UdpRcvbufErrors stay where the burst left them, as a "
+    "namespace's counters do for its whole life, and none rises (listen_queue_overflow and "
+    "udp_buffer_errors via=pod are the same programs still stuck)",
+    _pod_counters_from_the_past, _pod_programs_gone, benign=True,
 ))

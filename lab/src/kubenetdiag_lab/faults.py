@@ -3835,8 +3835,16 @@ def _tw_pileup(ctx: FaultContext, node: LabNode, params: Params) -> None:
         _wait_listening(ctx.runners.outside, int(EXPORTER_PORT), "the middleware host")
         made = ctx.node(node).run(services.netprog_argv(
             "tw-burst", params["count"], "--to", OUTSIDE_HOST, EXPORTER_PORT), timeout=60).stdout
+    elif params["via"] == "pod":
+        # the same scraper in one of the node's pods: the TIME_WAITs are the pod's, in its
+        # own namespace, and the node forwards the connections without holding any
+        _start_in(ctx, ctx.topology.outside_netns, services.netprog_argv(
+            "bulk-sink", EXPORTER_PORT))
+        _wait_listening(ctx.runners.outside, int(EXPORTER_PORT), "the middleware host")
+        made = ctx.runners.pod(_app_pod(ctx, node).name).run(services.netprog_argv(
+            "tw-burst", params["count"], "--to", OUTSIDE_HOST, EXPORTER_PORT), timeout=60).stdout
     else:
-        raise LabError("time_wait_pileup: via must be client or remote")
+        raise LabError("time_wait_pileup: via must be client, remote or pod")
     # a burst cut short by its time cap is a smaller fault than the one asked for
     if int(made.split()[0]) < int(params["count"]):
         raise LabError(f"time_wait_pileup: the burst ended early: {made.strip()}")
@@ -3850,6 +3858,9 @@ def _tw_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
     ctx.node(node).run(["ss", "-K", "-Htn", "state", "time-wait",
                         f"( dst 127.0.0.1 or dst {OUTSIDE_HOST}:{EXPORTER_PORT} )"],
                        check=False)
+    ctx.runners.pod(_app_pod(ctx, node).name).run(  # via=pod's, in the pod
+        ["ss", "-K", "-Htn", "state", "time-wait", f"dst {OUTSIDE_HOST}:{EXPORTER_PORT}"],
+        check=False)
 
 
 register(Fault(
@@ -3858,11 +3869,13 @@ register(Fault(
     "closed first by the client, so TIME_WAIT sockets pile up on the node toward that one "
     "peer, each holding a local port: loopback connections to its own listener (via=client), "
     f"or a monitoring agent scraping the middleware's exporter ({OUTSIDE_HOST}:"
-    f"{EXPORTER_PORT}) without keep-alive (via=remote); heal removes those sockets (`ss -K`) "
+    f"{EXPORTER_PORT}) without keep-alive (via=remote), or that scraper in one of the node's "
+    "pods (its last that is not CoreDNS), whose namespace holds the TIME_WAITs while the node "
+    "holds none (via=pod); heal removes those sockets (`ss -K`) "
     "instead of waiting the kernel's 60 s. A server's own TIME_WAITs cost no port: "
     "benign_server_time_wait",
     _tw_pileup, _tw_heal, {"via": "client", "count": "3000"},
-    mechanisms={"client": (), "remote": ()},
+    mechanisms={"client": (), "remote": (), "pod": ()},
 ))
 
 
