@@ -241,3 +241,9 @@ def test_time_wait_is_counted_per_peer_only_where_the_pod_has_many(tmp_path):
     assert found["rule"] == "pod-time-wait-pileup" and found["title"] == (
         "2100 connections from pod default/client-node1-1 on node1 to 203.0.113.10:9104 wait "
         "in TIME_WAIT, each holding a local port")
+
+
+def test_a_node_without_awk_says_the_pods_were_not_read():
+    (status,) = [f.attrs for f in parse("no-awk")]
+    assert (status["status"], status["kinds"]) == ("missing_tool", None)
+    assert status["reason"].startswith("awk is not installed")

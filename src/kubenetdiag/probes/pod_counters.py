@@ -65,6 +65,7 @@ MAX_NAMESPACES = 512  # a node runs 110 pods by default
 #   u ADDRS LOCAL Q D       a UDP socket that dropped D datagrams, Q bytes (hex) queued now
 #   t ADDRS REMOTE N        N sockets in TIME_WAIT toward one peer (hex REMOTE), from TWFLOOR on
 #   hidden N                N processes whose namespace this login may not look at (not root)
+#   missing awk             pods were found and there is no awk to read them
 # The node's own addresses (awk's namespace is the node's) are no pod's: a process this login
 # may not look at fails the shell's test, and reading its files shows the node's.
 # The socket tables are read only where a counter says there is something to find in them
@@ -164,8 +165,9 @@ THEN = (
     "[ \"$__d/ns/net\" -ef /proc/self/ns/net ] && continue; "
     "if [ ! -e \"$__d/ns/net\" ]; then [ -d \"$__d\" ] && __ph=$((__ph+1)); continue; fi; "
     f"__pp=\"$__pp ${{__d#/proc/}}\"; __pn=$((__pn+1)); [ $__pn -lt {MAX_PROCESSES} ] || break; "
-    "done; [ $__ph = 0 ] || echo \"hidden $__ph\"; [ -z \"$__pp\" ] || "
-    f"awk {AWK_VARS} {_dquoted(AWK)} $__pp"
+    "done; [ $__ph = 0 ] || echo \"hidden $__ph\"; if [ -n \"$__pp\" ]; then "
+    "if command -v awk >/dev/null 2>&1; then "
+    f"awk {AWK_VARS} {_dquoted(AWK)} $__pp; else echo \"missing awk\"; fi; fi"
 )
 SAMPLING = TwoSample("pod_counters", "", MIN_INTERVAL_S, then=THEN)
 
@@ -197,6 +199,7 @@ class _Sample:
     udp: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)  # -> queue, drops
     time_wait: dict[tuple[str, str], int] = field(default_factory=dict)  # toward a peer
     hidden: int = 0
+    no_awk: bool = False
     unread: list[str] = field(default_factory=list)
 
 
@@ -224,6 +227,8 @@ def _read(lines: list[str]) -> _Sample:
                 out.time_wait[(w[1], w[2])] = int(w[3])
             elif len(w) == 2 and w[0] == "hidden":
                 out.hidden = int(w[1])
+            elif w == ["missing", "awk"]:
+                out.no_awk = True
             elif w:
                 out.unread.append(line)
         except ValueError:
@@ -235,6 +240,12 @@ def parse(section: Section, node: str) -> list[Fact]:
     samples = SAMPLING.split(section.stdout)
     one, two = _read(samples.first), _read(samples.second)
     interval = samples.interval_s
+    if one.no_awk or two.no_awk:
+        return [Fact("probe_status", node, {
+            "probe": section.probe, "status": "missing_tool",
+            "reason": "awk is not installed: the pods' network namespaces were found and not read",
+            "blocks": PROBE.blocks, "kinds": None,
+        }, Source(section.probe, section.command, section.exit_code, "missing awk"))]
 
     def src(excerpt_text: str) -> Source:
         return Source("pod_counters", "awk over /proc/<pid>/net of each pod (twice)",
