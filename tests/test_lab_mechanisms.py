@@ -29,6 +29,7 @@ from kubenetdiag_lab.topology import (
     OUTSIDE_PORT,
     RETIRED_NODE_ADDRESS,
     WEB_NODE_PORT,
+    LabPod,
 )
 from test_lab_faults import (
     api,
@@ -681,6 +682,11 @@ def _listener_hung(lab: Lab) -> None:
     assert counter(lab, "node2", "/proc/net/netstat", "ListenOverflows") > before
 
 
+def _app_pod(lab: Lab, node: str) -> LabPod:
+    """The pod the via=pod faults put their programs in: the node's last that is not CoreDNS."""
+    return [p for p in lab.pods_on(node) if p.app != "coredns"][-1]
+
+
 def _pod_counter(lab: Lab, pod: str, path: str, name: str) -> int:
     """A counter of the pod's own network namespace, which the node's does not include."""
     lines = lab.runners.pod(pod).run(["cat", path]).stdout.splitlines()
@@ -694,7 +700,7 @@ def _pod_counter(lab: Lab, pod: str, path: str, name: str) -> int:
 def _listener_stuck_in_pod(lab: Lab) -> None:
     # node2's last pod that is not CoreDNS holds a listener with backlog 1 that never accepts:
     # its queue is full, and the pod, not the node, counts what the burst overflowed
-    pod = [p for p in lab.pods_on("node2") if p.app != "coredns"][-1]
+    pod = _app_pod(lab, "node2")
     line = lab.runners.pod(pod.name).run(["ss", "-Hlnt", "sport = :30080"]).stdout.split()
     assert line[:3] == ["LISTEN", "2", "1"], line
     assert not lab.node_exec("node2", ["ss", "-Hlnt", "sport = :30080"]).stdout.strip()
@@ -706,7 +712,7 @@ def _listener_stuck_in_pod(lab: Lab) -> None:
 
 
 def _udp_stuck_in_pod(lab: Lab) -> None:
-    pod = [p for p in lab.pods_on("node2") if p.app != "coredns"][-1]
+    pod = _app_pod(lab, "node2")
     out = lab.runners.pod(pod.name).run(["ss", "-Hlnum", "sport = :30053"]).stdout
     drops = re.search(r",d(\d+)\)", out)
     assert drops and int(drops.group(1)) > 0, out
@@ -717,7 +723,7 @@ def _udp_stuck_in_pod(lab: Lab) -> None:
 
 def _time_wait_in_pod(lab: Lab) -> None:
     # node1's pod closed first: the pod's namespace holds the TIME_WAITs, the node none
-    pod = [p for p in lab.pods_on("node1") if p.app != "coredns"][-1]
+    pod = _app_pod(lab, "node1")
     toward = ["ss", "-Htn", "state", "time-wait", f"dst {OUTSIDE_HOST}:9104"]
     assert len(lab.runners.pod(pod.name).run(toward).stdout.splitlines()) >= 1400
     assert lab.node_exec("node1", toward).stdout == ""
@@ -1697,7 +1703,7 @@ def _in_force(lab: Lab, name: str) -> None:
         assert cp.returncode == 0, cp.stdout + cp.stderr
     elif name == "benign_pod_counters_from_the_past":
         # the pod's counters keep the burst; its programs, restarted, keep up
-        pod = [p for p in lab.pods_on("node2") if p.app != "coredns"][-1]
+        pod = _app_pod(lab, "node2")
         assert _pod_counter(lab, pod.name, "/proc/net/netstat", "ListenOverflows") > 0
         assert _pod_counter(lab, pod.name, "/proc/net/snmp", "RcvbufErrors") > 0
         runner = lab.runners.pod(pod.name)

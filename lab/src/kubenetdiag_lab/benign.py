@@ -43,6 +43,7 @@ from kubenetdiag_lab.faults import (
     _netprog,
     _nft,
     _noop,
+    _peer_client,
     _restore,
     _rp_loose,
     _security_off,
@@ -784,7 +785,7 @@ PAST_TCP_PORT, PAST_UDP_PORT = "30088", "30089"
 
 def _pod_counters_from_the_past(ctx: FaultContext, node: LabNode, params: Params) -> None:
     pod = _app_pod(ctx, node)
-    client = ctx.topology.pods_on(ctx.topology.peers(node)[0].name)[0]
+    client = _peer_client(ctx, node)
     _start_in_pod(ctx, pod.name, services.netprog_argv("listen-stuck", PAST_TCP_PORT, "1"))
     _wait_pod_listen(ctx, pod.name, int(PAST_TCP_PORT))
     _start_in_pod(ctx, pod.name, services.netprog_argv("udp-stuck", PAST_UDP_PORT, "2048"))

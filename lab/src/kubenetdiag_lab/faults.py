@@ -3284,6 +3284,12 @@ def _app_pod(ctx: FaultContext, node: LabNode) -> LabPod:
     return pods[-1]
 
 
+def _peer_client(ctx: FaultContext, node: LabNode) -> LabPod:
+    """A pod of another node, to play the clients of a server in the node's pod: a
+    Service's clients are anywhere in the cluster."""
+    return ctx.topology.pods_on(ctx.topology.peers(node)[0].name)[0]
+
+
 def _link_full(ctx: FaultContext, node: LabNode, params: Params) -> None:
     peer = ctx.topology.peers(node)[0]
     if params["via"] == "uplink":
@@ -3446,13 +3452,12 @@ def _listen_overflow(ctx: FaultContext, node: LabNode, params: Params) -> None:
         count += int(APP_BACKLOG)
     elif params["via"] == "pod":
         # The same stuck server in one of the node's pods, as most servers run: its overflows
-        # are counted in the pod's network namespace, not the node's. Its clients are a pod
-        # of another node, as a Service's clients are anywhere in the cluster.
+        # are counted in the pod's network namespace, not the node's.
         pod = _app_pod(ctx, node)
         _start_in_pod(ctx, pod.name, services.netprog_argv("listen-stuck", port,
                                                            params["backlog"]))
         _wait_pod_listen(ctx, pod.name, int(port))
-        client = ctx.topology.pods_on(ctx.topology.peers(node)[0].name)[0]
+        client = _peer_client(ctx, node)
         _netprog(ctx, client.name, "connect-burst", pod.ip, port, str(count),
                  "--hold", "2")
         return
@@ -3662,7 +3667,7 @@ def _udp_errors(ctx: FaultContext, node: LabNode, params: Params) -> None:
         _start_in_pod(ctx, pod.name, services.netprog_argv("udp-stuck", port, params["rcvbuf"]))
         _wait_listening(ctx.runners.pod(pod.name), int(port), f"the socket in {pod.name}",
                         "udp")
-        client = ctx.topology.pods_on(ctx.topology.peers(node)[0].name)[0]
+        client = _peer_client(ctx, node)
         _netprog(ctx, client.name, "udp-flood", pod.ip, port, params["count"])
         return
     else:
