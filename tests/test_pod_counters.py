@@ -3,6 +3,7 @@ formats, the parser on outputs recorded in the lab, and the findings that name t
 
 from __future__ import annotations
 
+import functools
 import shlex
 import shutil
 import subprocess
@@ -35,8 +36,13 @@ def api(*pods: tuple[str, str, str]) -> dict:
          "status": {"phase": "Running", "podIP": ip}} for ns, name, ip in pods]}]}
 
 
+@functools.cache
+def ruleset():
+    return load_ruleset()
+
+
 def findings(facts: list[Fact], cluster: dict | None) -> list[dict]:
-    return infer(load_ruleset(), facts + pod_name_facts(facts, cluster))
+    return infer(ruleset(), facts + pod_name_facts(facts, cluster))
 
 
 # ---- the node-side awk, on a /proc of our own in the kernel's formats ------------------------

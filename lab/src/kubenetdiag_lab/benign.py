@@ -56,7 +56,6 @@ from kubenetdiag_lab.faults import (
     _sysctl,
     _sysctl_file,
     _wait_listen,
-    _wait_listening,
     _wait_local_rules,
     _wait_pod_listen,
     _web_node,
@@ -789,7 +788,7 @@ def _pod_counters_from_the_past(ctx: FaultContext, node: LabNode, params: Params
     _start_in_pod(ctx, pod.name, services.netprog_argv("listen-stuck", PAST_TCP_PORT, "1"))
     _wait_pod_listen(ctx, pod.name, int(PAST_TCP_PORT))
     _start_in_pod(ctx, pod.name, services.netprog_argv("udp-stuck", PAST_UDP_PORT, "2048"))
-    _wait_listening(ctx.runners.pod(pod.name), int(PAST_UDP_PORT), pod.name, "udp")
+    _wait_pod_listen(ctx, pod.name, int(PAST_UDP_PORT), "udp")
     _netprog(ctx, client.name, "connect-burst", pod.ip, PAST_TCP_PORT, "16", "--hold", "1")
     _netprog(ctx, client.name, "udp-flood", pod.ip, PAST_UDP_PORT, "200")
     _kill_matching_in([pod.netns], f"listen-stuck {PAST_TCP_PORT} ",
@@ -799,7 +798,7 @@ def _pod_counters_from_the_past(ctx: FaultContext, node: LabNode, params: Params
         "serve-banner", PAST_TCP_PORT, "lab-app ready", "--backlog", "128"))
     _wait_pod_listen(ctx, pod.name, int(PAST_TCP_PORT))
     _start_in_pod(ctx, pod.name, services.netprog_argv("udp-sink", PAST_UDP_PORT))
-    _wait_listening(ctx.runners.pod(pod.name), int(PAST_UDP_PORT), pod.name, "udp")
+    _wait_pod_listen(ctx, pod.name, int(PAST_UDP_PORT), "udp")
 
 
 def _pod_programs_gone(ctx: FaultContext, node: LabNode, params: Params) -> None:

@@ -3204,8 +3204,8 @@ def _start_in_pod(ctx: FaultContext, pod: str, argv: list[str]) -> None:
     _start_in(ctx, ctx.topology.pod(pod).netns, argv)
 
 
-def _wait_pod_listen(ctx: FaultContext, pod: str, port: int) -> None:
-    _wait_listening(ctx.runners.pod(pod), port, f"the server in {pod}")
+def _wait_pod_listen(ctx: FaultContext, pod: str, port: int, proto: str = "tcp") -> None:
+    _wait_listening(ctx.runners.pod(pod), port, f"the server in {pod}", proto)
 
 
 def _wait_listening(runner: NetnsRunner, port: int, where: str, proto: str = "tcp") -> None:
@@ -3665,8 +3665,7 @@ def _udp_errors(ctx: FaultContext, node: LabNode, params: Params) -> None:
         # flood from a pod of another node: the pod counts the drops, the node does not.
         pod = _app_pod(ctx, node)
         _start_in_pod(ctx, pod.name, services.netprog_argv("udp-stuck", port, params["rcvbuf"]))
-        _wait_listening(ctx.runners.pod(pod.name), int(port), f"the socket in {pod.name}",
-                        "udp")
+        _wait_pod_listen(ctx, pod.name, int(port), "udp")
         client = _peer_client(ctx, node)
         _netprog(ctx, client.name, "udp-flood", pod.ip, port, params["count"])
         return

@@ -16,6 +16,7 @@ the other probes' run time is the interval, topped up with a sleep to MIN_INTERV
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.probes.base import Probe, Section, TwoSample
@@ -175,6 +176,25 @@ def _load_facts(first: list[str], second: list[str], interval: float | None,
     return facts
 
 
+def change(before: int | None, after: int | None, interval: float | None) -> dict[str, Any]:
+    """A counter's delta, interval_s, rate_per_s and rising between two samples: unknown
+    (None) when either sample lacks it, no time passed, or it went backwards (a reset).
+
+    >>> change(40, 45, 2.5)
+    {'delta': 5, 'interval_s': 2.5, 'rate_per_s': 2.0, 'rising': True}
+    >>> change(45, 40, 2.5)["rising"] is None and change(None, 3, 2.5)["delta"] is None
+    True
+    """
+    delta = (after - before if before is not None and after is not None and after >= before
+             and interval else None)
+    return {
+        "delta": delta,
+        "interval_s": interval if delta is not None else None,
+        "rate_per_s": round(delta / interval, 3) if delta is not None and interval else None,
+        "rising": None if delta is None else delta > 0,
+    }
+
+
 def parse(section: Section, node: str) -> list[Fact]:
     """One net_counter fact per watched counter this kernel has.
 
@@ -198,9 +218,6 @@ def parse(section: Section, node: str) -> list[Fact]:
         if key not in first and key not in second:
             continue  # this kernel has no such counter: nothing to say
         value = second.get(key, first.get(key))
-        delta = None
-        if key in first and key in second and second[key] >= first[key] and interval:
-            delta = second[key] - first[key]
         name = (f"{group.lower()}_{counter}" if group in ("Conntrack", "Softnet")
                 else f"{group}{counter}")
         facts.append(Fact("net_counter", node, {
@@ -208,10 +225,7 @@ def parse(section: Section, node: str) -> list[Fact]:
             "group": group,
             "counter": counter,
             "value": value,
-            "delta": delta,
-            "interval_s": interval if delta is not None else None,
-            "rate_per_s": round(delta / interval, 3) if delta is not None and interval else None,
-            "rising": None if delta is None else delta > 0,
+            **change(first.get(key), second.get(key), interval),
         }, Source("counters", SAMPLE + " (twice)", section.exit_code,
                   f"{name}: {first.get(key)} -> {second.get(key)} over {interval}s")))
     return facts + _load_facts(samples.first, samples.second, interval, node,

@@ -45,8 +45,14 @@ from dataclasses import dataclass, field
 
 from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.probes.base import Probe, Section, TwoSample, unread_lines
-from kubenetdiag.probes.counters import MIN_INTERVAL_S
-from kubenetdiag.probes.sockets import MAX_TIME_WAIT_PEERS, TIME_WAIT_FLOOR
+from kubenetdiag.probes.counters import MIN_INTERVAL_S, change
+from kubenetdiag.probes.sockets import (
+    MAX_TIME_WAIT_PEERS,
+    TIME_WAIT_FLOOR,
+    hex_address,
+    host_of,
+    port_of,
+)
 
 # The counters a pod's server shows its trouble in (docs/runbooks.md#runbook-004): accept
 # queues overflowing, segments dropped for want of memory or room, UDP datagrams dropped for a
@@ -173,22 +179,13 @@ SAMPLING = TwoSample("pod_counters", "", MIN_INTERVAL_S, then=THEN)
 
 
 def _local(hex_local: str) -> str | None:
-    """/proc/net/tcp's `0100007F:1F90` (or tcp6's 32 hex digits) as `127.0.0.1:8080`."""
-    addr, _, port = hex_local.partition(":")
-    try:
-        raw = bytes.fromhex(addr)
-        number = int(port, 16)
-    except ValueError:
+    """/proc/net/tcp's `0100007F:1F90` (or tcp6's 32 hex digits) as `127.0.0.1:8080`, an
+    IPv4-mapped address as IPv4; None when it is not that form."""
+    shown = hex_address(hex_local)
+    host = host_of(shown)
+    if shown == hex_local or host is None:
         return None
-    if len(raw) == 4:
-        ip = ipaddress.IPv4Address(raw[::-1])
-        return f"{ip}:{number}"
-    if len(raw) == 16:  # four 32-bit words, each in the host's (little-endian) order
-        words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
-        ip6 = ipaddress.IPv6Address(words)
-        shown = str(ip6.ipv4_mapped) if ip6.ipv4_mapped else f"[{ip6}]"
-        return f"{shown}:{number}"
-    return None
+    return f"[{host}]:{port_of(shown)}" if ":" in host else f"{host}:{port_of(shown)}"
 
 
 @dataclass
@@ -241,11 +238,8 @@ def parse(section: Section, node: str) -> list[Fact]:
     one, two = _read(samples.first), _read(samples.second)
     interval = samples.interval_s
     if one.no_awk or two.no_awk:
-        return [Fact("probe_status", node, {
-            "probe": section.probe, "status": "missing_tool",
-            "reason": "awk is not installed: the pods' network namespaces were found and not read",
-            "blocks": PROBE.blocks, "kinds": None,
-        }, Source(section.probe, section.command, section.exit_code, "missing awk"))]
+        return [_status(section, node, "missing_tool", "awk is not installed: the pods' network "
+                        "namespaces were found and not read", None, "missing awk")]
 
     def src(excerpt_text: str) -> Source:
         return Source("pod_counters", "awk over /proc/<pid>/net of each pod (twice)",
@@ -255,13 +249,11 @@ def parse(section: Section, node: str) -> list[Fact]:
     for addrs, pid in sorted((two.namespaces or one.namespaces).items()):
         facts.append(Fact("pod_netns", node, {"addresses": addrs, "pid": pid},
                           src(f"pid {pid}: network namespace with {addrs}")))
-        both = addrs in one.namespaces and addrs in two.namespaces and interval is not None
         for group, counter in WATCH:
             key = (addrs, group, counter)
             before, after = one.values.get(key, 0), two.values.get(key, 0)
             if not before and not after:
                 continue
-            delta = after - before if both and after >= before else None
             name = f"{group}{counter}"
             facts.append(Fact("pod_net_counter", node, {
                 "addresses": addrs,
@@ -269,11 +261,9 @@ def parse(section: Section, node: str) -> list[Fact]:
                 "group": group,
                 "counter": counter,
                 "value": after if addrs in two.namespaces else before,
-                "delta": delta,
-                "interval_s": interval if delta is not None else None,
-                "rate_per_s": round(delta / interval, 3) if delta is not None and interval
-                else None,
-                "rising": None if delta is None else delta > 0,
+                # a counter the awk left out is 0 in a namespace that sample read
+                **change(before if addrs in one.namespaces else None,
+                         after if addrs in two.namespaces else None, interval),
             }, src(f"{name} in the namespace of {addrs}: {before} -> {after} "
                    f"over {interval}s")))
     for (addrs, hex_local), queue in sorted(two.listeners.items()):
@@ -284,7 +274,7 @@ def parse(section: Section, node: str) -> list[Fact]:
         facts.append(Fact("pod_listener", node, {
             "addresses": addrs,
             "local": local,
-            "port": int(local.rsplit(":", 1)[1]),
+            "port": port_of(local),
             "accept_queue": queue,
             "accept_queue_before": before,
         }, src(f"{local} in the namespace of {addrs}: {before}, then {queue} connection(s) "
@@ -297,7 +287,7 @@ def parse(section: Section, node: str) -> list[Fact]:
         facts.append(Fact("pod_udp_socket", node, {
             "addresses": addrs,
             "local": local,
-            "port": int(local.rsplit(":", 1)[1]),
+            "port": port_of(local),
             "recv_q": queue,
             "recv_q_before": before,
             "drops": drops,
@@ -307,12 +297,11 @@ def parse(section: Section, node: str) -> list[Fact]:
         peer = _local(hex_peer)
         if peer is None or addrs not in two.namespaces:
             continue
-        address, _, port = peer.rpartition(":")
         facts.append(Fact("pod_time_wait_peer", node, {
             "addresses": addrs,
             "peer": peer,
-            "address": address.strip("[]"),
-            "port": int(port),
+            "address": host_of(peer),
+            "port": port_of(peer),
             "count": count,
         }, src(f"{count} sockets in TIME_WAIT in the namespace of {addrs} toward {peer}")))
     hidden, unread = two.hidden or one.hidden, one.unread + two.unread
@@ -325,14 +314,18 @@ def _hidden(section: Section, node: str, hidden: int, some: bool) -> list[Fact]:
     them. With no namespace read at all, the pods' facts are unknown, not absent."""
     if not hidden:
         return []
-    return [Fact("probe_status", node, {
-        "probe": section.probe,
-        "status": "partial",
-        "reason": f"{hidden} process(es) whose network namespace this login may not look at "
-                  "(log in as root): the pods among them were not read",
-        "blocks": PROBE.blocks,
-        "kinds": "" if some else None,
-    }, Source(section.probe, section.command, section.exit_code, f"hidden {hidden}"))]
+    return [_status(section, node, "partial",
+                    f"{hidden} process(es) whose network namespace this login may not look at "
+                    "(log in as root): the pods among them were not read",
+                    "" if some else None, f"hidden {hidden}")]
+
+
+def _status(section: Section, node: str, status: str, reason: str, kinds: str | None,
+            line: str) -> Fact:
+    return Fact("probe_status", node, {
+        "probe": section.probe, "status": status, "reason": reason, "blocks": PROBE.blocks,
+        "kinds": kinds,
+    }, Source(section.probe, section.command, section.exit_code, line))
 
 
 PROBE = Probe(

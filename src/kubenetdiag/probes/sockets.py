@@ -163,15 +163,15 @@ def _wildcard(addr: str) -> bool:
     return host in ("0.0.0.0", "*", "[::]", "::", "[::ffff:0.0.0.0]")
 
 
-def _port(addr: str) -> int | None:
+def port_of(addr: str) -> int | None:
     return to_int(addr.rsplit(":", 1)[-1]) if ":" in addr else None
 
 
-def _host(addr: str) -> str | None:
+def host_of(addr: str) -> str | None:
     """The address of `address:port` as ss prints it, an IPv4-mapped IPv6 one as IPv4, so it
     compares with a node's address; None when it is no address.
 
-    >>> [_host(a) for a in ("10.244.2.3:30084", "[::ffff:10.0.0.7]:80", "[fd00::5]:443",
+    >>> [host_of(a) for a in ("10.244.2.3:30084", "[::ffff:10.0.0.7]:80", "[fd00::5]:443",
     ...                     "::ffff:10.0.0.7:80", "*:*", "junk")]
     ['10.244.2.3', '10.0.0.7', 'fd00::5', '10.0.0.7', None, None]
     """
@@ -184,7 +184,7 @@ def _host(addr: str) -> str | None:
     return str(mapped or ip)
 
 
-def _hex_addr(h: str) -> str:
+def hex_address(h: str) -> str:
     """/proc/net/tcp's `0100007F:0016` -> `127.0.0.1:22`, and /proc/net/tcp6's four 32-bit
     words, each in the host's byte order (little-endian, as the IPv4 form assumes too):
     `00000000000000000000000001000000:1F90` -> `[::1]:8080`."""
@@ -298,12 +298,12 @@ def parse(section: Section, node: str) -> list[Fact]:
                     }, src(cmd + " state close-wait (counted per process on the node)", rest)))
                 elif kind == "R" and len(w) == 2 and to_int(w[0]) is not None:
                     facts.append(Fact("fin_wait2_peer", node, {
-                        "peer": clip(w[1], 80), "address": _host(w[1]), "port": _port(w[1]),
+                        "peer": clip(w[1], 80), "address": host_of(w[1]), "port": port_of(w[1]),
                         "count": to_int(w[0]),
                     }, src(cmd + " state fin-wait-2 (counted per peer on the node)", rest)))
                 elif kind == "T" and len(w) == 2 and to_int(w[0]) is not None:
                     facts.append(Fact("time_wait_peer", node, {
-                        "peer": clip(w[1], 80), "address": _host(w[1]), "port": _port(w[1]),
+                        "peer": clip(w[1], 80), "address": host_of(w[1]), "port": port_of(w[1]),
                         "count": to_int(w[0]),
                     }, src(cmd + " state time-wait (counted per peer on the node)", rest)))
                 elif kind in ("L", "Q") and arg in _SS_COMMANDS and len(w) >= 5:
@@ -313,7 +313,7 @@ def parse(section: Section, node: str) -> list[Fact]:
                     proc, pid = _process(rest)
                     if kind == "L":
                         facts.append(Fact("tcp_listener", node, {
-                            "local": clip(w[3], 80), "port": _port(w[3]),
+                            "local": clip(w[3], 80), "port": port_of(w[3]),
                             "wildcard": _wildcard(w[3]),
                             "accept_queue": recv_q, "backlog": send_q,
                             # ss shows backlog+1 queued when the accept queue has overflowed
@@ -332,9 +332,9 @@ def parse(section: Section, node: str) -> list[Fact]:
                         queue = int(rx, 16)
                     except ValueError:
                         continue
-                    local = _hex_addr(w[1])
+                    local = hex_address(w[1])
                     facts.append(Fact("tcp_listener", node, {
-                        "local": local, "port": _port(local), "wildcard": _wildcard(local),
+                        "local": local, "port": port_of(local), "wildcard": _wildcard(local),
                         "accept_queue": queue,
                         "backlog": None, "full": None, "process": None, "pid": None,
                     }, src(cmd, rest)))
@@ -347,7 +347,7 @@ def parse(section: Section, node: str) -> list[Fact]:
                 elif len(w) >= 5 and to_int(w[1]) is not None and to_int(w[2]) is not None:
                     proc, pid = _process(line)
                     sockets.append({"state": w[0].lower(), "local": clip(w[3], 80),
-                                    "port": _port(w[3]), "recv_q": to_int(w[1]),
+                                    "port": port_of(w[3]), "recv_q": to_int(w[1]),
                                     "send_q": to_int(w[2]), "rcvbuf": None, "sndbuf": None,
                                     "drops": None, "process": proc, "pid": pid, "raw": line,
                                     **_skmem(line)})
