@@ -40,10 +40,12 @@ def test_passive_probes_run_in_their_declared_order():
         "bgp", "cni", "cni_results", "conntrack", "host", "ip_rule", "ipsets", "iptables",
         "iptables_legacy", "ipvs", "kernel", "links", "modules", "nftables", "overlay",
         "processes", "routes", "sockets", "sysctl", "sysctl_files", "tc", "xfrm",
-        "pod_counters", "counters",
+        "pod_counters", "counters", "socket_reads",
     ]
-    assert all(p.order == DEFAULT_ORDER for p in PROBES[:-2])
-    assert all(p.order > DEFAULT_ORDER and p.sampling for p in PROBES[-2:])
+    assert all(p.order == DEFAULT_ORDER for p in PROBES[:-3])
+    assert all(p.order > DEFAULT_ORDER and p.sampling for p in PROBES[-3:-1])
+    # it reads again what the sockets probe found, after the second samples' top-up
+    assert PROBES[-1].order > PROBES[-2].order and not PROBES[-1].sampling
     assert probe_names() == [p.name for p in PROBES]
 
 

@@ -290,6 +290,8 @@ BLOCKS_ZH = {
     "peer":
         "各 Pod 自己的全连接队列溢出、UDP 缓冲区丢包、有连接等待 accept 的监听套接字、"
         "丢过报文的 UDP 套接字，以及堆积在同一对端的 TIME_WAIT 套接字",
+    "whether the programs behind full receive queues still read them":
+        "接收队列积压的连接背后的程序是否还在读取",
     "drop and error counters rising now (listen overflows, UDP buffer errors, RcvQ drops, "
     "a CPU's full input backlog) and each interface's throughput":
         "当前正在增长的丢包与错误计数（全连接队列溢出、UDP 缓冲区错误、接收队列丢包、"

@@ -243,6 +243,22 @@ def quoted(value: Any) -> str:
 # ---------------------------------------------------------------- two samples
 
 
+def sleep_until(start_cs: str, interval_s: int) -> str:
+    """Shell that sleeps until `interval_s` seconds have passed since `start_cs`, a shell
+    expression holding /proc/uptime in centiseconds; at once when they have. The uptime is read
+    by the shell itself (no clock forked for); `sleep` takes fractions where it can.
+
+    >>> "$((200-c1+$c0))" in sleep_until("$c0", 2)
+    True
+    """
+    return (
+        "read u1 _ </proc/uptime; c1=$((${u1%.*}*100+1${u1#*.}-100)); "
+        f"r=$(({interval_s * 100}-c1+{start_cs})); "
+        "if [ $r -gt 0 ]; then f=$((r%100)); [ $f -lt 10 ] && f=0$f; "
+        "sleep $((r/100)).$f 2>/dev/null || sleep $(((r+99)/100)); fi"
+    )
+
+
 @dataclass(frozen=True)
 class Samples:
     """The two samples of a `TwoSample` probe, each without its /proc/uptime line."""
@@ -310,12 +326,9 @@ class TwoSample:
         # Arithmetic on /proc/uptime's "seconds.hundredths" ($first's first word) in the shell
         # itself: no fork per sample.
         return (
-            "u0=${first%%[!0-9.]*}; read u1 _ </proc/uptime; "
-            "if [ -n \"$u0\" ]; then "
-            "c0=$((${u0%.*}*100+1${u0#*.}-100)); c1=$((${u1%.*}*100+1${u1#*.}-100)); "
-            f"r=$(({self.min_interval_s * 100}-c1+c0)); "
-            "if [ $r -gt 0 ]; then f=$((r%100)); [ $f -lt 10 ] && f=0$f; "
-            "sleep $((r/100)).$f 2>/dev/null || sleep $(((r+99)/100)); fi; fi; "
+            "u0=${first%%[!0-9.]*}; "
+            "if [ -n \"$u0\" ]; then c0=$((${u0%.*}*100+1${u0#*.}-100)); "
+            + sleep_until("$c0", self.min_interval_s) + "; fi; "
             "echo '##knd:sample 2'; eval \"$S\""
         )
 

@@ -51,11 +51,16 @@ MAX_FIN_WAIT2_PEERS = 50
 # TIME_WAITs, one per client address and port, never gather here)
 TIME_WAIT_FLOOR = 500
 MAX_TIME_WAIT_PEERS = 50
+# Connections holding this much unread are read again later (socket_reads), to tell a reader
+# that stopped from one caught between two reads; at most MAX_REREAD of them (one ss filter).
+REREAD_BYTES = 32768
+MAX_REREAD = 16
 
 # One ss for TCP and UDP, one awk to sort its lines (Netid first; an indented line is the
 # skmem of the socket above it): TCP as listeners (L), queues past QUEUE_BYTES (Q), a count
-# per state (S), CLOSE-WAIT per owner (W), FIN-WAIT-2 (R) and TIME-WAIT (T) per peer; UDP as
-# ss prints it, skmem and all, after them.
+# per state (S), CLOSE-WAIT per owner (W), FIN-WAIT-2 (R) and TIME-WAIT (T) per peer, and an
+# ss filter (X) for the connections with REREAD_BYTES unread, by their ports; UDP as ss prints
+# it, skmem and all, after them.
 _SS_AWK = (
     "BEGIN{print \"##knd:tcp ss-all\"} NR==1{next} "
     "/^[ \\t]/{if(u&&k<" + str(MAX_UDP) + "){k++;U[k]=$0}; next} "
@@ -64,7 +69,11 @@ _SS_AWK = (
     "{n[$1]++} $1==\"LISTEN\"{if(l<m){l++;print \"L \" $0; pids($0)}; next} "
     "$1==\"CLOSE-WAIT\"{cw($0)} $1==\"FIN-WAIT-2\"{F[$5]++} $1==\"TIME-WAIT\"{T[$5]++} "
     "($2+0>t||$3+0>t)&&q<m{q++;print \"Q \" $0} "
-    "END{for(s in n) print \"S \" s \" \" n[s]; "
+    "($1==\"ESTAB\"||$1==\"CLOSE-WAIT\")&&$2+0>=" + str(REREAD_BYTES) + "&&nx<"
+    + str(MAX_REREAD) + "{a=$4; b=$5; sub(/.*:/, \"\", a); sub(/.*:/, \"\", b); "
+    "if(a~/^[0-9]+$/&&b~/^[0-9]+$/){nx++; X=X (X==\"\"?\"\":\" or \") "
+    "\"( sport = :\" a \" and dport = :\" b \" )\"}} "
+    "END{for(s in n) print \"S \" s \" \" n[s]; if(X!=\"\") print \"X \" X; "
     "for(o in W) if(W[o]>=" + str(CLOSE_WAIT_FLOOR) + "&&nw<" + str(MAX_CLOSE_WAIT_OWNERS)
     + "){nw++; print \"W \" W[o] \" \" o}; "
     "for(r in F) if(F[r]>=" + str(FIN_WAIT2_FLOOR) + "&&nr<" + str(MAX_FIN_WAIT2_PEERS)
@@ -89,6 +98,7 @@ _CLOSE_WAIT_AWK = (
     "sub(/,$/, \"\", p)}; W[p \" \" c]++} "
 )
 SS = "ss -tuanmp"
+REREAD = "ss -tni"
 # How many descriptors each listener's process holds against its RLIMIT_NOFILE: the shell
 # globs /proc/PID/fd (no process per pid; a login that is not root cannot list another user's,
 # which leaves the count unknown) and reads /proc/PID/limits. Once a process holds its soft
@@ -100,11 +110,19 @@ _FDS = (
     "'Max open files') __s=$__d; __h=$__e; break;; esac; done <\"/proc/$__p/limits\"; } "
     "2>/dev/null; echo \"F $__p $__c $__s $__h\"; done"
 )
+# The first reading of the connections the X line names, with their byte counts (ss -i), kept
+# in the shell for socket_reads, which reads them again later and prints both: a reader that
+# read nothing in between has stopped. Nothing runs when no connection holds that much.
+_REREAD_FIRST = (
+    "case $__so in *\"${__nl}X \"*) __rq_filter=${__so##*\"${__nl}X \"}; "
+    "__rq_filter=${__rq_filter%%\"$__nl\"*}; __knd_cs; __rq_cs=$__cs; "
+    "__rq_first=$(" + REREAD + " \"$__rq_filter\" 2>&1);; esac"
+)
 COMMAND = (
-    "if command -v ss >/dev/null 2>&1; then " + NEWLINE
+    "__rq_filter=; if command -v ss >/dev/null 2>&1; then " + NEWLINE
     + f"__so=$({SS} | awk -v t={QUEUE_BYTES} -v m={MAX_LINES} "
     f"'{_PIDS_AWK}{_CLOSE_WAIT_AWK}{_SS_AWK}'); "
-    "printf '%s\\n' \"$__so\"; " + _FDS + "; "
+    "printf '%s\\n' \"$__so\"; " + _FDS + "; " + _REREAD_FIRST + "; "
     "else echo 'kubenetdiag: ss: command not found' >&2; "
     "echo '##knd:tcp proc'; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v m="
     + str(MAX_LINES) + " '$1==\"sl\"{next} {n[$4]++} $4==\"0A\"&&l<m{l++;print \"L \" $0} "
