@@ -1711,6 +1711,16 @@ def _in_force(lab: Lab, name: str) -> None:
         assert re.search(r",d0\)", runner.run(["ss", "-Hlnum", "sport = :30089"]).stdout)
         cp = lab.netprog(client_pod(lab, "node1"), "--timeout", "2", "tcp", pod.ip, "30088")
         assert cp.returncode == 0, cp.stdout + cp.stderr
+    elif name == "benign_slow_reader":
+        # the collector's queue stays full and it keeps reading: what it has read grows
+        def read() -> int:
+            info = lab.node_exec("node2", ["ss", "-Htni", "sport = :30071"]).stdout
+            got = re.search(r"^\S+\s+(\d+).*?bytes_received:(\d+)", info, re.S)
+            assert got and int(got.group(1)) >= 32768, info
+            return int(got.group(2)) - int(got.group(1))
+        first = read()
+        time.sleep(1)
+        assert read() > first
     elif name == "benign_ufw_for_kubernetes":
         rules = node.run(["iptables", "-S"]).stdout
         assert "-P INPUT DROP" in rules and "-P FORWARD DROP" in rules, rules

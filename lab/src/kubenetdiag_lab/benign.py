@@ -58,6 +58,7 @@ from kubenetdiag_lab.faults import (
     _wait_listen,
     _wait_local_rules,
     _wait_pod_listen,
+    _wait_queue,
     _web_node,
     local_service,
     register,
@@ -815,4 +816,37 @@ register(Fault(
     "namespace's counters do for its whole life, and none rises (listen_queue_overflow and "
     "udp_buffer_errors via=pod are the same programs still stuck)",
     _pod_counters_from_the_past, _pod_programs_gone, benign=True,
+))
+
+
+# A consumer slower than its producer: a log collector on the node that reads what a pod sends
+# at 32 KiB/s while the pod could send far faster. Its receive queue stays full and the pod
+# waits on the window, which is TCP's flow control doing its work: the collector reads all
+# the time (socket_recv_queue_backlog is a reader that stopped).
+SLOW_READER_PORT = "30071"
+
+
+def _slow_reader(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _start_in_node(ctx, node, services.netprog_argv(
+        "tcp-receiver", SLOW_READER_PORT, "--rate", "32768"))
+    _wait_listen(ctx, node, int(SLOW_READER_PORT), "tcp")
+    pod = ctx.topology.pods_on(node.name)[0]
+    _start_in_pod(ctx, pod.name, services.netprog_argv(
+        "tcp-push", node.address, SLOW_READER_PORT, str(8 << 20)))
+    _wait_queue(ctx, node, SLOW_READER_PORT)
+
+
+def _slow_reader_gone(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _kill_matching_in([ctx.topology.pods_on(node.name)[0].netns],
+                      f"tcp-push {node.address} {SLOW_READER_PORT} ")
+    _stop_matching(ctx, node, f"tcp-receiver {SLOW_READER_PORT} ")
+
+
+register(Fault(
+    "benign_slow_reader",
+    f"a log collector on the node (port {SLOW_READER_PORT}) that reads what one of its pods "
+    "sends at 32 KiB/s, slower than the pod could send: its receive queue stays full and the "
+    "pod waits on TCP's window, while the collector reads all the time "
+    "(socket_recv_queue_backlog is a reader that stopped)",
+    _slow_reader, _slow_reader_gone, benign=True,
 ))

@@ -3695,11 +3695,17 @@ register(Fault(
 ))
 
 
-def _queue_bytes(ctx: FaultContext, node: LabNode, port: str) -> int:
-    """The largest Recv-Q of an established socket on `port` (the server's side)."""
-    out = ctx.node(node).run(["ss", "-Htn", "state", "established", f"sport = :{port}"],
-                             check=False).stdout
-    return max((int(line.split()[0]) for line in out.splitlines() if line.split()), default=0)
+def _wait_queue(ctx: FaultContext, node: LabNode, port: str, at_least: int = 65536) -> None:
+    """Until an established socket on `port` (the server's side) holds `at_least` bytes in its
+    Recv-Q; bounded: 5 s."""
+    for _ in range(100):
+        out = ctx.node(node).run(["ss", "-Htn", "state", "established", f"sport = :{port}"],
+                                 check=False).stdout
+        if max((int(line.split()[0]) for line in out.splitlines() if line.split()),
+               default=0) >= at_least:
+            return
+        run(["sleep", "0.05"])
+    raise LabError(f"{node.name}: no receive queue built up on port {port}")
 
 
 def _recvq_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -3722,11 +3728,7 @@ def _recvq_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
         _freeze(_procs_matching(node, f"tcp-receiver {port}"), f"the receiver on {node.name}")
     else:
         raise LabError("socket_recv_queue_backlog: via must be noread or hang")
-    for _ in range(100):  # bounded: 5 s
-        if _queue_bytes(ctx, node, port) >= 65536:
-            return
-        run(["sleep", "0.05"])
-    raise LabError(f"{node.name}: no receive queue built up on port {port}")
+    _wait_queue(ctx, node, port)
 
 
 def _recvq_off(ctx: FaultContext, node: LabNode, params: Params) -> None:

@@ -28,7 +28,7 @@ whatever the lab passes in (lab addresses only).
   bulk-send HOST PORT SECONDS   one TCP connection sending as fast as the path takes, for at
                                 most SECONDS (a bulk transfer, such as a backup)
   tcp-receiver PORT [--read]    a TCP server that accepts and keeps each connection, reading
-                                what arrives only with --read
+                                what arrives only with --read; --rate B: B bytes a second
   tcp-push HOST PORT BYTES      one connection that sends BYTES (bounded) and stays open;
                                 --pause S: 16 KiB first, the rest S seconds later
   listen-named PORT NAME        a listener that accepts and closes, under process name NAME,
@@ -112,16 +112,23 @@ def serve_banner(port: int, text: str, backlog: int) -> int:
             conn.sendall(text.encode() + b"\n")
 
 
-def tcp_receiver(port: int, read: bool) -> int:
+def tcp_receiver(port: int, read: bool, rate: int = 0) -> int:
     # Keeps every connection it accepts; without --read its receive queues only grow, as an
-    # application blocked elsewhere leaves them.
+    # application blocked elsewhere leaves them. With --rate it reads that many bytes a
+    # second, 4 KiB at a time: a consumer slower than its sender (a log shipper writing to a
+    # slow disk), whose queue stays full while it keeps reading.
     srv = socket.create_server(("0.0.0.0", port))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    print(f"listening on {port}, {'reading' if read else 'never reading'}", flush=True)
+    how = f"reading {rate} bytes/s" if rate else "reading" if read else "never reading"
+    print(f"listening on {port}, {how}", flush=True)
     kept = []
     while True:
         conn, _ = srv.accept()
         kept.append(conn)
+        while rate:
+            if not conn.recv(4096):
+                break
+            time.sleep(4096 / rate)
         while read:
             if not conn.recv(65536):
                 break
@@ -487,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("tcp-receiver")
     p.add_argument("port", type=int)
     p.add_argument("--read", action="store_true")
+    p.add_argument("--rate", type=int, default=0)
     p = sub.add_parser("tcp-push")
     p.add_argument("host")
     p.add_argument("port", type=int)
@@ -538,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
             to = (a.to[0], int(a.to[1])) if a.to else None
             return tw_burst(min(a.count, 20000), conn_limit, to)
         if a.cmd == "tcp-receiver":
-            return tcp_receiver(a.port, a.read)
+            return tcp_receiver(a.port, a.read, max(a.rate, 0))
         if a.cmd == "tcp-push":
             return tcp_push(a.host, a.port, min(a.bytes, 8 << 20), a.timeout,
                             min(a.pause, limit))
