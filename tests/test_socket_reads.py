@@ -14,7 +14,7 @@ from kubenetdiag.engine import infer, load_ruleset
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.facts.registry import validate_fact
 from kubenetdiag.probes import BY_NAME
-from kubenetdiag.probes.sockets import _CLOSE_WAIT_AWK, _PIDS_AWK, _SS_AWK, MAX_REREAD
+from kubenetdiag.probes.sockets import AWK, MAX_REREAD
 from probe_sections import section
 
 
@@ -118,13 +118,17 @@ def test_a_reading_cut_off_gives_nothing_to_compare():
 
 # ---- on the node: which connections are read again ----------------------------------------------
 
-def _x_line(ss_lines: list[str]) -> str | None:
-    awk = _PIDS_AWK + _CLOSE_WAIT_AWK + _SS_AWK
-    out = subprocess.run(["awk", "-v", "t=1024", "-v", "m=200", awk], capture_output=True,
+def _reread_line(ss_lines: list[str], kind: str = "X") -> str | None:
+    """The filter the node's awk names the sockets to read again by: X for TCP, Y for UDP."""
+    out = subprocess.run(["awk", "-v", "t=1024", "-v", "m=200", AWK], capture_output=True,
                          text=True, check=True,
                          input="Netid State Recv-Q Send-Q Local Peer\n" + "\n".join(ss_lines)
                          + "\n").stdout
-    return next((line[2:] for line in out.splitlines() if line.startswith("X ")), None)
+    return next((line[2:] for line in out.splitlines() if line.startswith(kind + " ")), None)
+
+
+def _x_line(ss_lines: list[str]) -> str | None:
+    return _reread_line(ss_lines, "X")
 
 
 def test_only_established_or_close_wait_connections_with_32_kib_unread_are_named():
@@ -146,12 +150,54 @@ def test_at_most_sixteen_connections_are_read_again():
     assert _x_line(lines).count("sport") == MAX_REREAD
 
 
+def test_udp_sockets_that_dropped_and_are_half_full_are_named_once_per_port():
+    lines = [
+        "udp UNCONN 212480 0 0.0.0.0:30053 0.0.0.0:* users:((\"python\",pid=8738,fd=3))",
+        "\t skmem:(r212480,rb212992,t0,tb212992,f512,w0,o0,bl0,d1834)",
+        # a reuseport twin on the same port, skmem on its own line
+        "udp UNCONN 200000 0 0.0.0.0:30053 0.0.0.0:* skmem:(r200000,rb212992,t0,tb212992,f0,"
+        "w0,o0,bl0,d3)",
+        # a busy server a few datagrams deep, drops from long ago
+        "udp UNCONN 1280 0 0.0.0.0:30054 0.0.0.0:*",
+        "\t skmem:(r1280,rb212992,t0,tb212992,f2816,w0,o0,bl0,d1834)",
+        # full but never dropped
+        "udp UNCONN 4608 0 0.0.0.0:30055 0.0.0.0:*",
+        "\t skmem:(r4608,rb4608,t0,tb212992,f0,w0,o0,bl0,d0)",
+        # iproute 3.10: no d, so no drops known
+        "udp UNCONN 213248 0 *:53 *:*",
+        "\t skmem:(r213248,rb212992,t0,tb212992,f4096,w0,o640,bl0)",
+        "tcp ESTAB 0 0 10.0.0.5:22 10.0.0.7:50000",
+    ]
+    assert _reread_line(lines, "Y") == "( sport = :30053 )"
+    assert _reread_line(lines[3:], "Y") is None
+
+
+def test_a_udp_socket_still_full_seconds_later_is_found_and_one_that_kept_up_is_not():
+    [later] = [f.attrs for f in parse("socket_reads", "lab-udp-hung")
+               if f.kind == "udp_socket_later"]
+    assert later == {"local": "0.0.0.0:30053", "recv_q": 212480, "rcvbuf": 212992,
+                     "drops": 1834, "fill_pct": 99.8, "interval_s": 2.0}
+    facts = parse("sockets", "lab-udp-hung") + parse("socket_reads", "lab-udp-hung")
+    assert [(f["rule"], f["nodes"]) for f in infer(ruleset(), facts)
+            if f["fault"] == "udp_buffer_errors"] == [("udp-socket-full-and-dropping", ["node2"])]
+    # the server that dropped 1834 in a burst long past and keeps up: 1280 bytes queued
+    past = parse("sockets", "lab-udp-drops-from-the-past")
+    [sock] = [f.attrs for f in past if f.kind == "udp_socket" and f.attrs["port"] == 30054]
+    assert (sock["drops"], sock["fill_pct"]) == (1834, 0.6)
+    assert not [f for f in infer(ruleset(), past) if f["fault"] == "udp_buffer_errors"]
+
+
 FAKE_SS = r"""
 ss() {
   echo "$*" >> "$KND_T/calls"
   case "$1" in
   -tuanmp) printf '%s\n' 'Netid State Recv-Q Send-Q Local Address:Port Peer Address:Port' \
-    'tcp ESTAB '"$KND_Q"' 0 127.0.0.1:30070 127.0.0.1:52876 users:(("python",pid=77,fd=4))';;
+    'tcp ESTAB '"$KND_Q"' 0 127.0.0.1:30070 127.0.0.1:52876 users:(("python",pid=77,fd=4))' \
+    'udp UNCONN '"$KND_Q"' 0 0.0.0.0:30053 0.0.0.0:*' \
+    "	 skmem:(r$KND_Q,rb212992,t0,tb212992,f0,w0,o0,bl0,d9)";;
+  -uanm) printf '%s\n' 'State Recv-Q Send-Q Local Address:Port Peer Address:Port' \
+    "UNCONN $KND_Q 0 0.0.0.0:30053 0.0.0.0:*" \
+    "	 skmem:(r$KND_Q,rb212992,t0,tb212992,f0,w0,o0,bl0,d9)";;
   -tni) printf '%s\n' 'State Recv-Q Send-Q Local Address:Port Peer Address:Port' \
     "ESTAB $KND_Q 0 127.0.0.1:30070 127.0.0.1:52876" \
     "	 cubic bytes_received:$((KND_Q + 16384)) segs_in:8";;
@@ -175,9 +221,12 @@ def _run_both(tmp_path: Path, queue: int) -> tuple[dict, list[str]]:
 def test_the_connection_is_read_twice_two_seconds_apart_in_one_script(tmp_path):
     sections, calls = _run_both(tmp_path, 129024)
     assert calls == ["-tuanmp", "-tni ( sport = :30070 and dport = :52876 )",
-                     "-tni ( sport = :30070 and dport = :52876 )"]
-    [conn] = progress(BY_NAME["socket_reads"].parse(sections["socket_reads"], "n1"))
+                     "-tni ( sport = :30070 and dport = :52876 )", "-uanm ( sport = :30053 )"]
+    facts = BY_NAME["socket_reads"].parse(sections["socket_reads"], "n1")
+    [conn] = progress(facts)
     assert conn["read_bytes"] == 0 and conn["interval_s"] >= 2
+    [udp] = [f.attrs for f in facts if f.kind == "udp_socket_later"]
+    assert udp["fill_pct"] == 60.6 and udp["interval_s"] >= 2
 
 
 def test_a_node_without_a_full_queue_is_not_read_again(tmp_path):

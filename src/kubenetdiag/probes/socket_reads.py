@@ -1,5 +1,7 @@
 """Whether the programs behind full receive queues are still reading them.
 
+TCP:
+
 One look at a receive queue cannot tell a reader that stopped from a busy one caught between
 two reads, or from a slow one that keeps up as best it can while its sender waits: all three
 show bytes in Recv-Q. What tells them apart is whether the program reads. ss -i shows how many
@@ -11,6 +13,11 @@ line), reads them once with `ss -tni` and keeps that in the shell (__rq_filter, 
 __rq_cs: the filter, the reading, and when it was taken). This probe, run after every other
 one, reads them again no sooner than INTERVAL_S after the first and prints both readings. A
 node with no such connection costs it nothing: not a process, not a sleep.
+
+UDP: a socket that has dropped datagrams (skmem's d) and was half full or more (r against
+rb) in the sockets probe's ss is read once more (`ss -uanm`, the Y line's filter by its port).
+Its drop count is for the socket's whole life, so it may be a burst long past; a socket still
+that full seconds later is a reader that does not keep up now.
 
 Sample output and the fact it gives:
 
@@ -38,17 +45,20 @@ from dataclasses import dataclass
 from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.probes.base import Probe, Section, sleep_until, unread_lines
 from kubenetdiag.probes.counters import MIN_INTERVAL_S
-from kubenetdiag.probes.sockets import REREAD, STATES
+from kubenetdiag.probes.sockets import REREAD, REREAD_UDP, STATES, fill_pct, udp_sockets
 from kubenetdiag.probes.text import clip, parts, to_int
 
 INTERVAL_S = MIN_INTERVAL_S
 
 COMMAND = (
-    "[ -n \"$__rq_filter\" ] || return 0; "
+    "[ -n \"$__rq_filter$__ru_filter\" ] || return 0; "
     + sleep_until("$__rq_cs", INTERVAL_S) + "; "
+    "if [ -n \"$__rq_filter\" ]; then "
     "printf '##knd:reading 1 %s\\n%s\\n' \"$__rq_cs\" \"$__rq_first\"; "
     "__knd_cs; echo \"##knd:reading 2 $__cs\"; "
-    + REREAD + " \"$__rq_filter\""
+    + REREAD + " \"$__rq_filter\"; fi; "
+    "if [ -n \"$__ru_filter\" ]; then __knd_cs; echo \"##knd:udp $__rq_cs $__cs\"; "
+    + REREAD_UDP + " \"$__ru_filter\"; fi"
 )
 
 _BYTES_RECEIVED = re.compile(r"\bbytes_received:(\d+)")
@@ -88,19 +98,36 @@ def _reading(lines: list[str]) -> tuple[dict[tuple[str, str], _Conn], list[str]]
     return conns, unread
 
 
+def _interval(cs1: int | None, cs2: int | None) -> float | None:
+    return round((cs2 - cs1) / 100, 2) if cs1 is not None and cs2 is not None else None
+
+
+def _udp(arg: str, lines: list[str], node: str, section: Section) -> list[Fact]:
+    """The UDP sockets read again: the first reading is the sockets probe's own udp_socket."""
+    cs = arg.split()
+    interval = _interval(to_int(cs[0]), to_int(cs[1])) if len(cs) == 2 else None
+    return [Fact("udp_socket_later", node, {
+        "local": a["local"], "recv_q": a["recv_q"], "rcvbuf": a["rcvbuf"], "drops": a["drops"],
+        "fill_pct": fill_pct(a["recv_q"], a["rcvbuf"]), "interval_s": interval,
+    }, Source("socket_reads", f"{REREAD_UDP} '( sport = :PORT )'", section.exit_code,
+              clip(a["raw"], 500))) for a in udp_sockets(lines)]
+
+
 def parse(section: Section, node: str) -> list[Fact]:
     readings: dict[str, tuple[int | None, list[str]]] = {}
+    facts: list[Fact] = []
     for name, arg, lines in parts(section.stdout):
         if name == "reading" and arg:
             number, _, cs = arg.partition(" ")
             readings[number] = (to_int(cs), lines)
+        elif name == "udp":
+            facts += _udp(arg, lines, node, section)
     if "1" not in readings or "2" not in readings:
-        return []
+        return facts
     (cs1, lines1), (cs2, lines2) = readings["1"], readings["2"]
     first, unread1 = _reading(lines1)
     second, unread2 = _reading(lines2)
-    interval = round((cs2 - cs1) / 100, 2) if cs1 is not None and cs2 is not None else None
-    facts = []
+    interval = _interval(cs1, cs2)
     for key, now in second.items():
         then = first.get(key)
         if then is None:  # closed, or opened since: nothing to compare
@@ -121,7 +148,7 @@ PROBE = Probe(
     name="socket_reads",
     command=COMMAND,
     parse=parse,
-    kinds=("socket_read_progress",),
+    kinds=("socket_read_progress", "udp_socket_later"),
     blocks="whether the programs behind full receive queues still read them",
     timeout_s=INTERVAL_S + 10,
     # after every other probe, the second samples' top-up included: their run time is the

@@ -63,9 +63,10 @@ MAX_REREAD = 16
 # it, skmem and all, after them.
 _SS_AWK = (
     "BEGIN{print \"##knd:tcp ss-all\"} NR==1{next} "
-    "/^[ \\t]/{if(u&&k<" + str(MAX_UDP) + "){k++;U[k]=$0}; next} "
+    "/^[ \\t]/{if(u){uy($0); if(k<" + str(MAX_UDP) + "){k++;U[k]=$0}}; next} "
     "{p=$1; sub(/^[^ \\t]+[ \\t]+/, \"\"); u=(p==\"udp\")} "
-    "u{if(k<" + str(MAX_UDP) + "){k++;U[k]=$0}; next} p!=\"tcp\"{next} "
+    "u{up=$4; sub(/.*:/, \"\", up); uq=$2+0; uy($0); if(k<" + str(MAX_UDP)
+    + "){k++;U[k]=$0}; next} p!=\"tcp\"{next} "
     "{n[$1]++} $1==\"LISTEN\"{if(l<m){l++;print \"L \" $0; pids($0)}; next} "
     "$1==\"CLOSE-WAIT\"{cw($0)} $1==\"FIN-WAIT-2\"{F[$5]++} $1==\"TIME-WAIT\"{T[$5]++} "
     "($2+0>t||$3+0>t)&&q<m{q++;print \"Q \" $0} "
@@ -74,6 +75,7 @@ _SS_AWK = (
     "if(a~/^[0-9]+$/&&b~/^[0-9]+$/){nx++; X=X (X==\"\"?\"\":\" or \") "
     "\"( sport = :\" a \" and dport = :\" b \" )\"}} "
     "END{for(s in n) print \"S \" s \" \" n[s]; if(X!=\"\") print \"X \" X; "
+    "if(Y!=\"\") print \"Y \" Y; "
     "for(o in W) if(W[o]>=" + str(CLOSE_WAIT_FLOOR) + "&&nw<" + str(MAX_CLOSE_WAIT_OWNERS)
     + "){nw++; print \"W \" W[o] \" \" o}; "
     "for(r in F) if(F[r]>=" + str(FIN_WAIT2_FLOOR) + "&&nr<" + str(MAX_FIN_WAIT2_PEERS)
@@ -82,6 +84,17 @@ _SS_AWK = (
     + "){nt++; print \"T \" T[r] \" \" r}; print \"##knd:udp ss-all\"; "
     "for(i=1;i<=k;i++) print U[i]; printf \"##knd:fds\\nP\"; for(p in P) printf \" %s\", p; "
     "print \"\"}"
+)
+# A UDP socket that has dropped datagrams and is at least half full (skmem's r against rb) is
+# read again too (socket_reads): the Y line, an ss filter by its port. Its skmem is on its own
+# line or on the next, indented (older ss).
+_UDP_REREAD_AWK = (
+    "function uy(s, rb, d){if(!match(s, /skmem:\\([^)]*\\)/)) return; "
+    "s=substr(s, RSTART, RLENGTH); rb=0; d=0; "
+    "if(match(s, /rb[0-9]+/)) rb=substr(s, RSTART+2, RLENGTH-2)+0; "
+    "if(match(s, /,d[0-9]+/)) d=substr(s, RSTART+2, RLENGTH-2)+0; "
+    "if(d>0&&rb>0&&uq*2>=rb&&up~/^[0-9]+$/&&!(up in Yp)&&ny<" + str(MAX_REREAD) + "){"
+    "ny++; Yp[up]=1; Y=Y (Y==\"\"?\"\":\" or \") \"( sport = :\" up \" )\"}} "
 )
 # The listeners' owners, for the file-descriptor count below: `pid=N` (current ss) or `"comm",N,fd`
 # (iproute 3.10), at most MAX_FD_PIDS of them.
@@ -97,8 +110,11 @@ _CLOSE_WAIT_AWK = (
     "c=substr(s, RSTART+2, RLENGTH-2); p=c; sub(/\".*/, \"\", c); sub(/^.*\",(pid=)?/, \"\", p); "
     "sub(/,$/, \"\", p)}; W[p \" \" c]++} "
 )
+# The whole awk program the node runs over ss's output
+AWK = _PIDS_AWK + _CLOSE_WAIT_AWK + _UDP_REREAD_AWK + _SS_AWK
 SS = "ss -tuanmp"
 REREAD = "ss -tni"
+REREAD_UDP = "ss -uanm"
 # How many descriptors each listener's process holds against its RLIMIT_NOFILE: the shell
 # globs /proc/PID/fd (no process per pid; a login that is not root cannot list another user's,
 # which leaves the count unknown) and reads /proc/PID/limits. Once a process holds its soft
@@ -112,16 +128,20 @@ _FDS = (
 )
 # The first reading of the connections the X line names, with their byte counts (ss -i), kept
 # in the shell for socket_reads, which reads them again later and prints both: a reader that
-# read nothing in between has stopped. Nothing runs when no connection holds that much.
+# read nothing in between has stopped. The UDP sockets of the Y line were read by the ss above;
+# socket_reads reads them once more. Nothing runs when no socket is that full.
 _REREAD_FIRST = (
+    "__knd_cs; __rq_cs=$__cs; "
     "case $__so in *\"${__nl}X \"*) __rq_filter=${__so##*\"${__nl}X \"}; "
-    "__rq_filter=${__rq_filter%%\"$__nl\"*}; __knd_cs; __rq_cs=$__cs; "
-    "__rq_first=$(" + REREAD + " \"$__rq_filter\" 2>&1);; esac"
+    "__rq_filter=${__rq_filter%%\"$__nl\"*}; "
+    "__rq_first=$(" + REREAD + " \"$__rq_filter\" 2>&1);; esac; "
+    "case $__so in *\"${__nl}Y \"*) __ru_filter=${__so##*\"${__nl}Y \"}; "
+    "__ru_filter=${__ru_filter%%\"$__nl\"*};; esac"
 )
 COMMAND = (
-    "__rq_filter=; if command -v ss >/dev/null 2>&1; then " + NEWLINE
+    "__rq_filter=; __ru_filter=; if command -v ss >/dev/null 2>&1; then " + NEWLINE
     + f"__so=$({SS} | awk -v t={QUEUE_BYTES} -v m={MAX_LINES} "
-    f"'{_PIDS_AWK}{_CLOSE_WAIT_AWK}{_SS_AWK}'); "
+    f"'{AWK}'); "
     "printf '%s\\n' \"$__so\"; " + _FDS + "; " + _REREAD_FIRST + "; "
     "else echo 'kubenetdiag: ss: command not found' >&2; "
     "echo '##knd:tcp proc'; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v m="
@@ -167,6 +187,35 @@ def _skmem(line: str) -> dict[str, int | None]:
     mem = dict(re.findall(r"([a-z]+)(\d+)", m.group(1)))
     return {"rcvbuf": to_int(mem.get("rb")), "sndbuf": to_int(mem.get("tb")),
             "drops": to_int(mem.get("d"))}
+
+
+def fill_pct(queued: int | None, buffer: int | None) -> float | None:
+    """How full a UDP socket's receive buffer is, in percent: ss's Recv-Q (the memory its
+    queued datagrams take) against skmem's rb. A reader that stopped leaves it at 100 or just
+    above; a busy one, a few datagrams deep, far below.
+
+    >>> fill_pct(213248, 212992), fill_pct(6912, 212992), fill_pct(0, None)
+    (100.1, 3.2, None)
+    """
+    return round(100.0 * queued / buffer, 1) if queued is not None and buffer else None
+
+
+def udp_sockets(lines: list[str]) -> list[dict]:
+    """ss's UDP lines, each with its skmem (on the line or the next, indented, as older ss
+    prints it), as dicts; `raw` is the line."""
+    sockets: list[dict] = []
+    for line in lines:
+        w = line.split()
+        if w and w[0].startswith("skmem:") and sockets:
+            sockets[-1].update(_skmem(line))  # older ss: on the next line, indented
+        elif len(w) >= 5 and to_int(w[1]) is not None and to_int(w[2]) is not None:
+            proc, pid = _process(line)
+            sockets.append({"state": w[0].lower(), "local": clip(w[3], 80),
+                            "port": port_of(w[3]), "recv_q": to_int(w[1]),
+                            "send_q": to_int(w[2]), "rcvbuf": None, "sndbuf": None,
+                            "drops": None, "process": proc, "pid": pid, "raw": line,
+                            **_skmem(line)})
+    return sockets
 
 
 def _wildcard(addr: str) -> bool:
@@ -357,24 +406,13 @@ def parse(section: Section, node: str) -> list[Fact]:
                         "backlog": None, "full": None, "process": None, "pid": None,
                     }, src(cmd, rest)))
         elif name == "udp":
-            sockets: list[dict] = []
-            for line in lines:
-                w = line.split()
-                if w and w[0].startswith("skmem:") and sockets:
-                    sockets[-1].update(_skmem(line))  # older ss: on the next line, indented
-                elif len(w) >= 5 and to_int(w[1]) is not None and to_int(w[2]) is not None:
-                    proc, pid = _process(line)
-                    sockets.append({"state": w[0].lower(), "local": clip(w[3], 80),
-                                    "port": port_of(w[3]), "recv_q": to_int(w[1]),
-                                    "send_q": to_int(w[2]), "rcvbuf": None, "sndbuf": None,
-                                    "drops": None, "process": proc, "pid": pid, "raw": line,
-                                    **_skmem(line)})
-            for a in sockets:
+            for a in udp_sockets(lines):
                 # the bound sockets (DNS, VXLAN) and any that hold data or dropped: not every
                 # short-lived client socket
                 if a["state"] == "unconn" or a["recv_q"] or a["drops"]:
                     raw = a.pop("raw")
                     a.pop("state")
+                    a["fill_pct"] = fill_pct(a["recv_q"], a["rcvbuf"])
                     facts.append(Fact("udp_socket", node, a,
                                       src(_SS_COMMANDS.get(arg, "ss -uanmp"), raw)))
         elif name == "fds":
