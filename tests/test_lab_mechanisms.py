@@ -1721,6 +1721,17 @@ def _in_force(lab: Lab, name: str) -> None:
         first = read()
         time.sleep(1)
         assert read() > first
+    elif name == "benign_udp_drops_from_the_past":
+        # the socket's drops stay where the burst left them, and its queue stays shallow
+        def skmem() -> tuple[int, int, int]:
+            out = lab.node_exec("node2", ["ss", "-Hluanm", "sport = :30054"]).stdout
+            got = re.search(r"skmem:\(r(\d+),rb(\d+),.*,d(\d+)\)", out)
+            assert got, out
+            return int(got.group(1)), int(got.group(2)), int(got.group(3))
+        queued, buffer, drops = skmem()
+        assert drops > 0 and queued * 4 < buffer
+        time.sleep(1)
+        assert skmem()[2] == drops
     elif name == "benign_ufw_for_kubernetes":
         rules = node.run(["iptables", "-S"]).stdout
         assert "-P INPUT DROP" in rules and "-P FORWARD DROP" in rules, rules

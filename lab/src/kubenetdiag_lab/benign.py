@@ -14,7 +14,9 @@ the diagnoser's is ever theirs.
 from __future__ import annotations
 
 import json
+import re
 import shlex
+import time
 
 from kubenetdiag_lab import coredns, k8s_objects, kubeproxy, nodehost, services
 from kubenetdiag_lab.errors import LabError
@@ -36,6 +38,7 @@ from kubenetdiag_lab.faults import (
     _eth0_mac,
     _firewall_off,
     _firewall_on,
+    _freeze,
     _ipt_delete,
     _ipt_tidy,
     _kill_matching_in,
@@ -44,6 +47,7 @@ from kubenetdiag_lab.faults import (
     _nft,
     _noop,
     _peer_client,
+    _procs_matching,
     _restore,
     _rp_loose,
     _security_off,
@@ -55,6 +59,7 @@ from kubenetdiag_lab.faults import (
     _stop_matching,
     _sysctl,
     _sysctl_file,
+    _thaw,
     _wait_listen,
     _wait_local_rules,
     _wait_pod_listen,
@@ -849,4 +854,47 @@ register(Fault(
     "pod waits on TCP's window, while the collector reads all the time "
     "(socket_recv_queue_backlog is a reader that stopped)",
     _slow_reader, _slow_reader_gone, benign=True,
+))
+
+
+# A UDP server on the node (syslog, a DNS cache) that lost datagrams in a burst while it was
+# paused, long ago, and has kept up since: its socket's drop count stays for the socket's life,
+# and the few datagrams it handles per batch wait in its queue, far from filling it
+# (udp_buffer_errors is a socket that stays full).
+UDP_PAST_PORT = "30054"
+
+
+def _udp_drops_from_the_past(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _start_in_node(ctx, node, services.netprog_argv("udp-sink", UDP_PAST_PORT, "--every", "0.2"))
+    _wait_listen(ctx, node, int(UDP_PAST_PORT), "udp")
+    sink = _procs_matching(node, f"udp-sink {UDP_PAST_PORT} ")
+    pod = ctx.topology.pods_on(node.name)[0]
+    _freeze(sink, f"the UDP server on {node.name}")
+    _netprog(ctx, pod.name, "udp-flood", node.address, UDP_PAST_PORT, "2000")
+    _thaw(sink)
+    _start_in_pod(ctx, pod.name, services.netprog_argv(
+        "udp-trickle", node.address, UDP_PAST_PORT, "50", "1800"))
+    for _ in range(100):  # bounded: 5 s, until the server has caught up with the burst
+        out = ctx.node(node).run(["ss", "-Hluanm", f"sport = :{UDP_PAST_PORT}"]).stdout
+        mem = re.search(r"skmem:\(r(\d+),rb(\d+)", out)
+        if mem and int(mem.group(1)) * 4 < int(mem.group(2)):
+            return
+        time.sleep(0.05)
+    raise LabError(f"{node.name}: the UDP server on {UDP_PAST_PORT} did not catch up")
+
+
+def _udp_past_gone(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _kill_matching_in([ctx.topology.pods_on(node.name)[0].netns],
+                      f"udp-trickle {node.address} {UDP_PAST_PORT} ")
+    _stop_matching(ctx, node, f"udp-sink {UDP_PAST_PORT} ")
+
+
+register(Fault(
+    "benign_udp_drops_from_the_past",
+    f"a UDP server on the node (port {UDP_PAST_PORT}, as syslog or a DNS cache) that dropped "
+    "datagrams in a burst from one of its pods while it was paused, and has kept up since with "
+    "that pod's steady 50 datagrams a second, handled in batches every 0.2 s: its socket's drop "
+    "count stays for the socket's life and a few datagrams wait in its queue, far from filling "
+    "it (udp_buffer_errors is a socket that stays full)",
+    _udp_drops_from_the_past, _udp_past_gone, benign=True,
 ))

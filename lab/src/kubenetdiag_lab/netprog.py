@@ -13,7 +13,10 @@ whatever the lab passes in (lab addresses only).
   listen-stuck PORT BACKLOG     a listener that never accepts (fills its accept queue)
   connect-burst HOST PORT N     N non-blocking connects at once, held briefly, then closed
   udp-stuck PORT RCVBUF         a UDP socket with a tiny receive buffer that never reads
-  udp-sink PORT                 a UDP receiver with the default buffer that reads everything
+  udp-sink PORT                 a UDP receiver with the default buffer that reads everything;
+                                --every S: what queued, once per S seconds
+  udp-trickle HOST PORT N SECONDS
+                                N datagrams a second, for at most SECONDS
   udp-flood HOST PORT N         N datagrams, as fast as the socket allows
   tw-burst N                    N loopback connections closed by the client: N TIME_WAITs;
                                 --to HOST PORT: to that server instead, each shut down by
@@ -310,14 +313,35 @@ def udp_stuck(port: int, rcvbuf: int, bind: str = "0.0.0.0") -> int:
     return _wait_forever()
 
 
-def udp_sink(port: int) -> int:
+def udp_sink(port: int, every: float = 0.0) -> int:
+    # With `every`, it drains what has queued once per that many seconds, as a server that
+    # handles its datagrams in batches: a few always wait, far from filling the buffer.
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("0.0.0.0", port))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"udp {port} rcvbuf {sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)}, "
-          "reading", flush=True)
-    while True:
+          f"reading{f' every {every} s' if every else ''}", flush=True)
+    while not every:
         sock.recv(65535)
+    sock.setblocking(False)
+    while True:
+        time.sleep(every)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                sock.recv(65535)
+
+
+def udp_trickle(host: str, port: int, per_s: int, seconds: float) -> int:
+    # A steady sender (a log forwarder, a metrics agent): per_s datagrams a second.
+    payload = os.urandom(512)
+    deadline = time.monotonic() + seconds
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                sock.sendto(payload, (host, port))
+            time.sleep(1 / per_s)
+    return 0
 
 
 def udp_flood(host: str, port: int, count: int, limit: float) -> int:
@@ -469,6 +493,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bind", default="0.0.0.0")
     p = sub.add_parser("udp-sink")
     p.add_argument("port", type=int)
+    p.add_argument("--every", type=float, default=0.0)
+    p = sub.add_parser("udp-trickle")
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("per_s", type=int)
+    p.add_argument("seconds", type=float)
     p = sub.add_parser("udp-flood")
     p.add_argument("host")
     p.add_argument("port", type=int)
@@ -539,7 +569,10 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "udp-stuck":
             return udp_stuck(a.port, a.rcvbuf, a.bind)
         if a.cmd == "udp-sink":
-            return udp_sink(a.port)
+            return udp_sink(a.port, min(max(a.every, 0.0), limit))
+        if a.cmd == "udp-trickle":
+            return udp_trickle(a.host, a.port, min(max(a.per_s, 1), 1000),
+                               min(a.seconds, BULK_LIMIT))
         if a.cmd == "udp-flood":
             return udp_flood(a.host, a.port, min(a.count, 200000), limit)
         if a.cmd == "tw-burst":
