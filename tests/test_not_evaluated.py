@@ -62,10 +62,12 @@ def sysctl_failed_on_node2(tmp_path_factory, ruleset) -> dict:
 
     for node in ("node1", "node2", "node3"):
         # the probes newer than the recording (ip_rule, tc, ipsets, xfrm, cni_results,
-        # pod_counters) answered with nothing everywhere, so only sysctl is missing
+        # pod_counters, socket_reads) answered with nothing everywhere, so only sysctl is
+        # missing
         _edit_node(bundle, node, lambda rec: rec["sections"].extend(
             {"probe": p, "command": "", "exit_code": 0, "stdout": "", "stderr": ""}
-            for p in ("ip_rule", "tc", "ipsets", "xfrm", "cni_results", "pod_counters")))
+            for p in ("ip_rule", "tc", "ipsets", "xfrm", "cni_results", "pod_counters",
+                      "socket_reads")))
     _edit_node(bundle, "node2", add_missing_and_fail)
     return analyze(Bundle.read(bundle), ruleset, save=False).report
 
@@ -131,13 +133,14 @@ def test_an_older_bundle_says_not_collected_by_that_version(tmp_path, ruleset):
     # it declared no endpoint: that branch is not checked (said once, for the cluster), which
     # is not a probe the older version lacked
     assert missing.pop(("cluster", "active.endpoints"))["status"] == "not_queried"
-    # six passive probes, and the active checks its plans had a target for (the pod's link
+    # seven passive probes, and the active checks its plans had a target for (the pod's link
     # and routes, the pod's own resolver, the conntrack counts toward the DNS VIP, the node
     # and its own pod pinging each other, the DROP counters and the unanswered ARP entries
     # read after the checks)
     assert set(missing) == {(n, p) for n in ("node1", "node2", "node3")
                             for p in ("ip_rule", "tc", "ipsets", "xfrm", "cni_results",
-                                      "pod_counters", "active.pod.link", "active.pod.route",
+                                      "pod_counters", "socket_reads", "active.pod.link",
+                                      "active.pod.route",
                                       "active.pod.dns", "active.ct", "active.own.node_to_pod",
                                       "active.own.pod_to_node", "active.counters_after",
                                       "active.neigh_after")}

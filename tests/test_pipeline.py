@@ -88,7 +88,7 @@ def test_diagnose_this_machine_reports_progress_and_prints_nothing(
     assert seen.events[-1][1] == "done" and seen.closed == 1
     assert result.report["nodes"][0]["reachable"] is True
     meta = json.loads((tmp_path / "b" / "meta.json").read_text())
-    assert "sysctl" in meta["probes"] and meta["probes"][-1] == "counters"
+    assert "sysctl" in meta["probes"] and meta["probes"][-1] == "socket_reads"
     # recorded without --active too: a later version then tells a check this one lacked
     # from one that failed
     assert {"ping", "pod.link"} <= set(meta["active_checks"])
