@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from kubenetdiag.facts.model import Fact, Source, by_kind, interface_ips
+from kubenetdiag.facts.model import Fact, Source, by_kind, interface_ips, overlay_devices
 
 SAMPLE = 10  # node names kept in a census fact's evidence
 # Declared for kubenetdiag.facts.producers: a rule on a census fact needs what it counts
-INPUTS: tuple[str, ...] = ("interface", "node_status", "cni_config")
+INPUTS: tuple[str, ...] = ("interface", "node_status", "cni_config", "route")
 CONTEXT: tuple[str, ...] = ()
 PRODUCES: tuple[str, ...] = ("census",)
 PROBE = "census"  # the evidence's source: facts computed here, from other facts
@@ -34,18 +34,33 @@ def census_facts(facts: Sequence[Fact]) -> list[Fact]:
         if isinstance(f.attrs.get("address"), str)
     }
     holders: dict[tuple[str, str, int | str], set[str]] = defaultdict(set)
+    # The VXLAN network number of the device each node's pods' traffic goes out of, whatever
+    # its name: flannel names its device after its VNI, so a node started on another VNI has
+    # a flannel.2 beside a flannel.1 no route uses.
+    vxlans: dict[str, list[dict]] = defaultdict(list)
+    route_devs: dict[str, list[object]] = defaultdict(list)
+    for f in picked["interface"]:
+        vxlans[f.node].append(f.attrs)
+    for f in picked["route"]:
+        if f.attrs.get("table") in ("main", "254") and f.attrs.get("type") == "unicast":
+            route_devs[f.node].append(f.attrs.get("dev"))
+    for node, ifaces in vxlans.items():
+        devs = overlay_devices(ifaces, route_devs[node])
+        if len(devs) > 1 and not set(route_devs[node]) & {d.get("name") for d in devs}:
+            continue  # several up and no route says which: not counted rather than guessed
+        for dev in devs:
+            if type(dev.get("vxlan_id")) is int:
+                holders[("overlay_vni", "", dev["vxlan_id"])].add(node)
     for f in picked["cni_config"]:
         kind = f.attrs.get("primary_type")
         if f.attrs.get("active") is True and isinstance(kind, str):
             holders[("active_cni", "", kind)].add(f.node)
     for f in picked["interface"]:
         a = f.attrs
-        port, vni, mtu, mac = a.get("vxlan_port"), a.get("vxlan_id"), a.get("mtu"), a.get("mac")
+        port, mtu, mac = a.get("vxlan_port"), a.get("mtu"), a.get("mac")
         if a.get("kind") == "vxlan" and isinstance(a.get("name"), str):
             if type(port) is int:
                 holders[("vxlan_port", a["name"], port)].add(f.node)
-            if type(vni) is int:
-                holders[("vxlan_vni", a["name"], vni)].add(f.node)
             if isinstance(mac, str) and mac.strip("0:"):
                 holders[("vxlan_mac", a["name"], mac)].add(f.node)
         if type(mtu) is int and address.get(f.node) in interface_ips(a.get("addresses")):

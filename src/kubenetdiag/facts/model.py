@@ -93,3 +93,26 @@ def interface_ips(addresses: object) -> set[str]:
     if not isinstance(addresses, str):
         return set()
     return {a.strip().split("/", 1)[0] for a in addresses.split(",") if a.strip()}
+
+
+def overlay_devices(ifaces: Iterable[dict], route_devs: Iterable[object]) -> list[dict]:
+    """A node's VXLAN devices that carry its pods' traffic, best first: those the routes of its
+    main table go out of (`route_devs`: each such route's device), most routes first; without
+    any, the ones that are up. A device no route uses beside one that routes is left over (an
+    old CNI's, or flannel's flannel.1 after flanneld was started on another VNI, which it
+    names flannel.<VNI>).
+
+    >>> devs = [{"name": "flannel.1", "kind": "vxlan", "admin_up": True},
+    ...         {"name": "flannel.2", "kind": "vxlan", "admin_up": True}]
+    >>> [d["name"] for d in overlay_devices(devs, ["flannel.2", "flannel.2", "eth0"])]
+    ['flannel.2']
+    >>> [d["name"] for d in overlay_devices(devs, [])]
+    ['flannel.1', 'flannel.2']
+    """
+    vxlan = [i for i in ifaces if i.get("kind") == "vxlan"]
+    uses: dict[object, int] = {}
+    for dev in route_devs:
+        uses[dev] = uses.get(dev, 0) + 1
+    routed = sorted((i for i in vxlan if uses.get(i.get("name"))),
+                    key=lambda i: -uses[i.get("name")])
+    return routed or [i for i in vxlan if i.get("admin_up") is not False]

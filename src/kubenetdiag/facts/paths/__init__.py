@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from kubenetdiag.facts.model import Fact, Source, by_kind
+from kubenetdiag.facts.model import Fact, Source, by_kind, overlay_devices
 from kubenetdiag.facts.paths import xfrm as xfrm_paths
 from kubenetdiag.facts.paths.node import NodeView, build, pod_cidr_of
 from kubenetdiag.facts.paths.packet import Packet, addr, in_net, network, show
@@ -89,16 +89,18 @@ def _pod_side(v: NodeView, cidr: str | None) -> tuple[int | None, str | None]:
 
 
 def _overlay(v: NodeView, in_use: set[str]) -> dict | None:
-    """The node's VXLAN device that carries its pods' traffic: one that is up, or one that is
-    down here and up on another node (`in_use`: the cluster's overlay, switched off on this
-    node). A device down everywhere is left by a CNI the cluster ran before and carries
-    nothing, so a node with only that one routes its pods directly."""
+    """The node's VXLAN device that carries its pods' traffic: the one its routes go out of,
+    else one that is up, or one that is down here and up on another node (`in_use`: the
+    cluster's overlay, switched off on this node). A device down everywhere is left by a CNI
+    the cluster ran before and carries nothing, so a node with only that one routes its pods
+    directly."""
     mine = [i for i in v.ifaces.values()
             if i.get("kind") == "vxlan" and (i.get("vxlan_local") in (None, show(v.address))
                                              if v.address else True)]
-    for i in mine:
-        if i.get("admin_up") is not False:
-            return i
+    best = overlay_devices(mine, [r.dev for r in v.routes if r.table in ("main", "254")
+                                  and r.type == "unicast"])
+    if best:
+        return best[0]
     return next((i for i in mine if i.get("name") in in_use), None)
 
 
