@@ -870,6 +870,20 @@ def _vxlan_vni_by_hand(lab: Lab) -> None:
     blocked_both(lab, "node1", "node2")
 
 
+def _vxlan_vni_by_config(lab: Lab) -> None:
+    def vxlan(dev: str) -> dict:
+        return json.loads(lab.node_exec("node2", ["ip", "-j", "-d", "link", "show", dev]
+                                        ).stdout)[0]["linkinfo"]["info_data"]
+    # flanneld names its device after the VNI: flannel.2 carries the routes, and flannel.1,
+    # still up on VNI 1 (as the peers' are), is left with none
+    assert (vxlan("flannel.2")["id"], vxlan("flannel.1")["id"]) == (2, 1)
+    assert flannel.configured_vni(lab.paths, lab.topology.node("node2")) == 2
+    routes = lab.node_exec("node2", ["ip", "route"]).stdout
+    assert "10.244.1.0/24 via 10.244.1.0 dev flannel.2 onlink" in routes
+    assert "dev flannel.1" not in routes
+    blocked_both(lab, "node1", "node2")
+
+
 def _vtep_mac_shared(lab: Lab) -> None:
     def mac(node: str) -> str:
         return json.loads(lab.node_exec(node, ["ip", "-j", "link", "show", "flannel.1"]
@@ -1487,6 +1501,7 @@ VXLAN_CASES = [
     ("service_no_endpoints", "port", "node2", {}, _target_port_renamed),
     ("vxlan_port_mismatch", "link", "node2", {}, _vxlan_link_by_hand),
     ("vxlan_vni_mismatch", "link", "node2", {}, _vxlan_vni_by_hand),
+    ("vxlan_vni_mismatch", "netconf", "node2", {}, _vxlan_vni_by_config),
     ("vxlan_mac_duplicate", "clone", "node2", {}, _vtep_mac_shared),
     ("vxlan_port_in_use", "address", "node2", {}, _vxlan_port_held_on_address),
     ("vxlan_peer_entry_missing", "neigh", "node2", {"peer": "node1"}, _vxlan_neighbour_gone),

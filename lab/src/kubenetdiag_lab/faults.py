@@ -1387,33 +1387,54 @@ OTHER_VNI = 2  # what via=link gives flannel.1 by default: flannel's default is 
 
 
 def _vni_set(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    if params["via"] != "link":
-        raise LabError("vxlan_vni_mismatch: via must be link")
     vni = int(params["vni"] or OTHER_VNI)
     if vni == flannel.VXLAN_VNI or not 0 < vni < 1 << 24:
         raise LabError(f"vxlan_vni_mismatch: vni must be 1 to 16777215 and not "
                        f"{flannel.VXLAN_VNI}, got {vni}")
-    # flannel.1 replaced by hand with another `id` under a running flanneld whose
-    # configuration still says VNI 1, its FDB entries, neighbours and routes put back
-    _recreate_vxlan(ctx, node, ctx.active.vxlan_port(node.name), vni)
-    if flannel.vxlan_vni(ctx.node(node)) != vni:
-        raise LabError(f"vxlan_vni_mismatch: flannel.1 on {node.name} is not on VNI {vni}")
+    if params["via"] == "link":
+        # flannel.1 replaced by hand with another `id` under a running flanneld whose
+        # configuration still says VNI 1, its FDB entries, neighbours and routes put back
+        _recreate_vxlan(ctx, node, ctx.active.vxlan_port(node.name), vni)
+        dev = flannel.VXLAN_DEV
+    elif params["via"] == "netconf":
+        # The node's flanneld restarted with a net-conf.json that sets Backend.VNI, as after
+        # the kube-flannel-cfg ConfigMap was edited and only this node's pod restarted:
+        # flanneld makes a device named after the VNI, flannel.<VNI>, and moves its routes
+        # there; flannel.1 stays, up, with nothing routed through it.
+        flannel.set_vni(ctx.topology, ctx.paths, node, vni)
+        flannel.restart(ctx.topology, ctx.paths, node, ctx.node(node))
+        dev = flannel.device(ctx.paths, node)
+    else:
+        raise LabError("vxlan_vni_mismatch: via must be link or netconf")
+    if flannel.vxlan_vni(ctx.node(node), dev) != vni:
+        raise LabError(f"vxlan_vni_mismatch: {dev} on {node.name} is not on VNI {vni}")
 
 
 def _vni_heal(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    ctx.node(node).run(["ip", "link", "del", VXLAN_OLD], check=False)  # an inject cut short
-    if flannel.vxlan_vni(ctx.node(node)) not in (flannel.VXLAN_VNI, None):
+    runner = ctx.node(node)
+    runner.run(["ip", "link", "del", VXLAN_OLD], check=False)  # an inject cut short
+    configured = flannel.configured_vni(ctx.paths, node)
+    if configured is not None:
+        # via=netconf: the cluster's configuration back, the device of the other VNI gone;
+        # flanneld takes flannel.1, still there on VNI 1, and routes through it again
+        other = flannel.device(ctx.paths, node)
+        flannel.set_vni(ctx.topology, ctx.paths, node, None)
+        flannel.restart(ctx.topology, ctx.paths, node, runner, delete=(other,))
+    if flannel.vxlan_vni(runner) not in (flannel.VXLAN_VNI, None):
         _recreate_vxlan(ctx, node, ctx.active.vxlan_port(node.name), flannel.VXLAN_VNI)
 
 
 register(Fault(
     "vxlan_vni_mismatch",
-    "the node's flannel.1 replaced by hand with another VXLAN network number than its "
-    "peers' 1 (via=link, param vni, default 2) under a running flanneld whose configuration "
-    "still says 1, its FDB entries, neighbours and routes put back: the port is right, and "
-    "every frame between the node and its peers is dropped on arrival",
+    "the node's VXLAN device on another network number than its peers' 1 (param vni, "
+    "default 2): flannel.1 replaced by hand with that `id` under a running flanneld whose "
+    "configuration still says 1, its FDB entries, neighbours and routes put back (via=link); "
+    "or its flanneld restarted with a net-conf.json that sets Backend.VNI, as after the "
+    "ConfigMap was edited and only this node's pod restarted, so flanneld makes flannel.2 "
+    "and routes through it, flannel.1 left up beside it with no route (via=netconf). The "
+    "port is right, and every frame between the node and its peers is dropped on arrival",
     _vni_set, _vni_heal, {"via": "link", "vni": ""}, modes=("flannel-vxlan",),
-    mechanisms={"link": ()},
+    mechanisms={"link": (), "netconf": ()},
 ))
 
 

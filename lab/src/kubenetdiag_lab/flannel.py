@@ -64,25 +64,50 @@ def backend(cni: str) -> str:
 def write_config(topology: Topology, paths: LabPaths, node: LabNode, kubeconfig: Path) -> None:
     """The node's net-conf.json (the cluster's) and the kubeconfig its flanneld uses."""
     config_dir(paths, node.name).mkdir(parents=True, exist_ok=True)
-    set_port(topology, paths, node, None)
+    _write_net_conf(topology, paths, node, None, None)
     write_private(config_dir(paths, node.name) / "kubeconfig", kubeconfig.read_bytes())
+
+
+def _write_net_conf(topology: Topology, paths: LabPaths, node: LabNode, port: int | None,
+                    vni: int | None) -> None:
+    conf = k8s_objects.flannel_net_conf(topology.pod_network, backend(topology.cni), port, vni)
+    (config_dir(paths, node.name) / "net-conf.json").write_text(json.dumps(conf, indent=2) + "\n")
 
 
 def set_port(topology: Topology, paths: LabPaths, node: LabNode, port: int | None) -> None:
     """Give the node's flanneld a net-conf.json with another VXLAN port (None: the
-    cluster's); it takes effect when flanneld restarts."""
-    conf = k8s_objects.flannel_net_conf(topology.pod_network, backend(topology.cni), port)
-    (config_dir(paths, node.name) / "net-conf.json").write_text(json.dumps(conf, indent=2) + "\n")
+    cluster's), its VNI as it was; it takes effect when flanneld restarts."""
+    _write_net_conf(topology, paths, node, port, configured_vni(paths, node))
 
 
-def configured_port(paths: LabPaths, node: LabNode) -> int | None:
-    """The VXLAN port the node's net-conf.json sets (None: none set, the cluster's)."""
+def set_vni(topology: Topology, paths: LabPaths, node: LabNode, vni: int | None) -> None:
+    """The same for the VXLAN network number (Backend.VNI; None: the cluster's). flanneld
+    names its device after it: flannel.<VNI>."""
+    _write_net_conf(topology, paths, node, configured_port(paths, node), vni)
+
+
+def _backend_value(paths: LabPaths, node: LabNode, key: str) -> int | None:
     try:
         conf = json.loads((config_dir(paths, node.name) / "net-conf.json").read_text())
     except (OSError, ValueError):
         return None
-    port = (conf.get("Backend") or {}).get("Port")
-    return int(port) if port else None
+    value = (conf.get("Backend") or {}).get(key)
+    return int(value) if value else None
+
+
+def configured_port(paths: LabPaths, node: LabNode) -> int | None:
+    """The VXLAN port the node's net-conf.json sets (None: none set, the cluster's)."""
+    return _backend_value(paths, node, "Port")
+
+
+def configured_vni(paths: LabPaths, node: LabNode) -> int | None:
+    """The VNI the node's net-conf.json sets (None: none set, the cluster's)."""
+    return _backend_value(paths, node, "VNI")
+
+
+def device(paths: LabPaths, node: LabNode) -> str:
+    """The VXLAN device the node's flanneld uses: flannel.<VNI>, flannel.1 by default."""
+    return f"flannel.{configured_vni(paths, node) or VXLAN_VNI}"
 
 
 def pids(node: LabNode) -> list[int]:
@@ -157,7 +182,7 @@ def programmed(topology: Topology, paths: LabPaths, node: LabNode, runner: NodeR
     if f"FLANNEL_SUBNET={node.pod_gateway}/" not in env:
         return False
     peers = topology.peers(node)
-    dev = VXLAN_DEV if topology.cni == "flannel-vxlan" else "eth0"
+    dev = device(paths, node) if topology.cni == "flannel-vxlan" else "eth0"
     have = {r.get("dst") for r in _routes(runner) if r.get("dev") == dev}
     return {peer.pod_cidr for peer in peers} <= have
 
@@ -173,22 +198,25 @@ def wait_programmed(topology: Topology, paths: LabPaths, nodes: Sequence[LabNode
 
 
 def restart(topology: Topology, paths: LabPaths, node: LabNode, runner: NodeRunner, *,
-            recreate_device: bool = False, ip_masq: bool = True, iface: str = "eth0") -> None:
+            recreate_device: bool = False, ip_masq: bool = True, iface: str = "eth0",
+            delete: Sequence[str] = ()) -> None:
     """Restart the node's flanneld, as deleting its pod would, and wait until it has
     programmed its peers again. recreate_device: delete flannel.1 first; flanneld keeps an
     existing device whose port it cannot compare (none configured), so going back to the
     default port takes this, as it takes an SRE `ip link del flannel.1` on a real node.
+    delete: other devices to delete while it is stopped (one it made on another VNI).
     ip_masq, iface: its flags, as start() takes them."""
     stop(node)
-    if recreate_device and topology.cni == "flannel-vxlan":
-        runner.run(["ip", "link", "del", VXLAN_DEV], check=False)
+    for dev in [*delete, *([VXLAN_DEV] if recreate_device else [])]:
+        if topology.cni == "flannel-vxlan":
+            runner.run(["ip", "link", "del", dev], check=False)
     since = start(paths, node, runner, ip_masq=ip_masq, iface=iface)
     wait_programmed(topology, paths, [node], lambda _node: runner, since)
 
 
-def _vxlan_info(runner: NodeRunner) -> Mapping[str, Any]:
+def _vxlan_info(runner: NodeRunner, dev: str = VXLAN_DEV) -> Mapping[str, Any]:
     """The VXLAN attributes of the node's flannel.1 (`ip -d`'s info_data), empty without one."""
-    out = runner.run(["ip", "-j", "-d", "link", "show", VXLAN_DEV], check=False).stdout
+    out = runner.run(["ip", "-j", "-d", "link", "show", dev], check=False).stdout
     try:
         return json.loads(out)[0]["linkinfo"]["info_data"]
     except (ValueError, LookupError, TypeError):
@@ -200,6 +228,6 @@ def vxlan_port(runner: NodeRunner) -> int | None:
     return int(_vxlan_info(runner).get("port", 0)) or None
 
 
-def vxlan_vni(runner: NodeRunner) -> int | None:
-    """The VXLAN network number of the node's flannel.1, or None without one."""
-    return int(_vxlan_info(runner).get("id", 0)) or None
+def vxlan_vni(runner: NodeRunner, dev: str = VXLAN_DEV) -> int | None:
+    """The VXLAN network number of the node's flannel.1 (or `dev`), or None without one."""
+    return int(_vxlan_info(runner, dev).get("id", 0)) or None

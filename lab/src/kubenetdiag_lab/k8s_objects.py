@@ -421,13 +421,16 @@ def _flannel_backend(state: dict) -> str:
     return "host-gw" if _cni(state) == "flannel-host-gw" else "vxlan"
 
 
-def flannel_net_conf(pod_network: str, backend: str, port: int | None = None) -> Obj:
+def flannel_net_conf(pod_network: str, backend: str, port: int | None = None,
+                     vni: int | None = None) -> Obj:
     """net-conf.json as kube-flannel.yml ships it: no Port or VNI, so the kernel's VXLAN port
-    (8472) and VNI 1. The lab's flanneld reads this same text (flannel.py); `port` is for a
-    node given another one."""
+    (8472) and VNI 1. The lab's flanneld reads this same text (flannel.py); `port` and `vni`
+    are for a node given others."""
     conf_backend: Obj = {"Type": backend}
     if port is not None:
         conf_backend["Port"] = port
+    if vni is not None:
+        conf_backend["VNI"] = vni
     return {"Network": pod_network, "EnableNFTables": False, "Backend": conf_backend}
 
 
