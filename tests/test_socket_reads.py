@@ -187,6 +187,35 @@ def test_a_udp_socket_still_full_seconds_later_is_found_and_one_that_kept_up_is_
     assert not [f for f in infer(ruleset(), past) if f["fault"] == "udp_buffer_errors"]
 
 
+def test_full_listeners_are_named_once_per_port():
+    lines = [
+        "tcp LISTEN 2 1 0.0.0.0:30080 0.0.0.0:* users:((\"python\",pid=15219,fd=3))",
+        "tcp LISTEN 129 128 [::]:30080 [::]:*",  # the same port on IPv6
+        "tcp LISTEN 3 128 0.0.0.0:8080 0.0.0.0:*",  # a few waiting: not full
+        "tcp LISTEN 0 0 0.0.0.0:9 0.0.0.0:*",  # backlog 0: nothing to compare
+    ]
+    assert _reread_line(lines, "Z") == "( sport = :30080 )"
+    assert _reread_line(lines[2:], "Z") is None
+
+
+def test_a_listener_still_full_seconds_later_is_found():
+    [later] = [f.attrs for f in parse("socket_reads", "lab-listener-stuck")
+               if f.kind == "tcp_listener_later"]
+    assert later == {"local": "0.0.0.0:30080", "accept_queue": 2, "backlog": 1, "full": True,
+                     "interval_s": 2.0}
+    facts = parse("sockets", "lab-listener-stuck") + parse("socket_reads", "lab-listener-stuck")
+    overflows = Fact("net_counter", "node2", {
+        "name": "TcpExtListenOverflows", "group": "TcpExt", "counter": "ListenOverflows",
+        "value": 66, "delta": 0, "interval_s": 2.0, "rate_per_s": 0.0, "rising": False})
+    assert [f["rule"] for f in infer(ruleset(), [*facts, overflows])
+            if f["fault"] == "listen_queue_overflow"] == ["listener-queue-full"]
+    # the same listener found drained when read again: a burst it has caught up with
+    drained = [f for f in facts if f.kind != "tcp_listener_later"] + [Fact(
+        "tcp_listener_later", "node2", {**later, "accept_queue": 0, "full": False})]
+    assert not [f for f in infer(ruleset(), [*drained, overflows])
+                if f["fault"] == "listen_queue_overflow"]
+
+
 FAKE_SS = r"""
 ss() {
   echo "$*" >> "$KND_T/calls"
@@ -194,7 +223,10 @@ ss() {
   -tuanmp) printf '%s\n' 'Netid State Recv-Q Send-Q Local Address:Port Peer Address:Port' \
     'tcp ESTAB '"$KND_Q"' 0 127.0.0.1:30070 127.0.0.1:52876 users:(("python",pid=77,fd=4))' \
     'udp UNCONN '"$KND_Q"' 0 0.0.0.0:30053 0.0.0.0:*' \
-    "	 skmem:(r$KND_Q,rb212992,t0,tb212992,f0,w0,o0,bl0,d9)";;
+    "	 skmem:(r$KND_Q,rb212992,t0,tb212992,f0,w0,o0,bl0,d9)" \
+    'tcp LISTEN '"$KND_L"' 1 0.0.0.0:30080 0.0.0.0:*';;
+  -ltn) printf '%s\n' 'State Recv-Q Send-Q Local Address:Port Peer Address:Port' \
+    "LISTEN 2 1 0.0.0.0:30080 0.0.0.0:*";;
   -uanm) printf '%s\n' 'State Recv-Q Send-Q Local Address:Port Peer Address:Port' \
     "UNCONN $KND_Q 0 0.0.0.0:30053 0.0.0.0:*" \
     "	 skmem:(r$KND_Q,rb212992,t0,tb212992,f0,w0,o0,bl0,d9)";;
@@ -212,7 +244,7 @@ def _run_both(tmp_path: Path, queue: int) -> tuple[dict, list[str]]:
     proc = subprocess.run(["sh", "-s"], input=FAKE_SS + build_script(probes, marker),
                           capture_output=True, text=True, timeout=60,
                           env={"PATH": "/usr/bin:/bin", "KND_T": str(tmp_path),
-                               "KND_Q": str(queue)})
+                               "KND_Q": str(queue), "KND_L": "2" if queue >= 32768 else "0"})
     sections = {s.probe: s for s in split_output(proc.stdout, proc.stderr, marker, probes)}
     calls = (tmp_path / "calls").read_text().splitlines()
     return sections, calls
@@ -221,12 +253,15 @@ def _run_both(tmp_path: Path, queue: int) -> tuple[dict, list[str]]:
 def test_the_connection_is_read_twice_two_seconds_apart_in_one_script(tmp_path):
     sections, calls = _run_both(tmp_path, 129024)
     assert calls == ["-tuanmp", "-tni ( sport = :30070 and dport = :52876 )",
-                     "-tni ( sport = :30070 and dport = :52876 )", "-uanm ( sport = :30053 )"]
+                     "-tni ( sport = :30070 and dport = :52876 )", "-uanm ( sport = :30053 )",
+                     "-ltn ( sport = :30080 )"]
     facts = BY_NAME["socket_reads"].parse(sections["socket_reads"], "n1")
     [conn] = progress(facts)
     assert conn["read_bytes"] == 0 and conn["interval_s"] >= 2
     [udp] = [f.attrs for f in facts if f.kind == "udp_socket_later"]
     assert udp["fill_pct"] == 60.6 and udp["interval_s"] >= 2
+    [listener] = [f.attrs for f in facts if f.kind == "tcp_listener_later"]
+    assert listener["full"] is True and listener["interval_s"] >= 2
 
 
 def test_a_node_without_a_full_queue_is_not_read_again(tmp_path):

@@ -19,6 +19,9 @@ rb) in the sockets probe's ss is read once more (`ss -uanm`, the Y line's filter
 Its drop count is for the socket's whole life, so it may be a burst long past; a socket still
 that full seconds later is a reader that does not keep up now.
 
+Listeners: one whose accept queue was full (the Z line) is read once more (`ss -ltn`): a
+server that stopped accepting is still full; a busy one caught at a burst has caught up.
+
 Sample output and the fact it gives:
 
 >>> out = (
@@ -45,20 +48,30 @@ from dataclasses import dataclass
 from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.probes.base import Probe, Section, sleep_until, unread_lines
 from kubenetdiag.probes.counters import MIN_INTERVAL_S
-from kubenetdiag.probes.sockets import REREAD, REREAD_UDP, STATES, fill_pct, udp_sockets
+from kubenetdiag.probes.sockets import (
+    REREAD,
+    REREAD_LISTEN,
+    REREAD_UDP,
+    STATES,
+    fill_pct,
+    listener_full,
+    udp_sockets,
+)
 from kubenetdiag.probes.text import clip, parts, to_int
 
 INTERVAL_S = MIN_INTERVAL_S
 
 COMMAND = (
-    "[ -n \"$__rq_filter$__ru_filter\" ] || return 0; "
+    "[ -n \"$__rq_filter$__ru_filter$__rl_filter\" ] || return 0; "
     + sleep_until("$__rq_cs", INTERVAL_S) + "; "
     "if [ -n \"$__rq_filter\" ]; then "
     "printf '##knd:reading 1 %s\\n%s\\n' \"$__rq_cs\" \"$__rq_first\"; "
     "__knd_cs; echo \"##knd:reading 2 $__cs\"; "
     + REREAD + " \"$__rq_filter\"; fi; "
     "if [ -n \"$__ru_filter\" ]; then __knd_cs; echo \"##knd:udp $__rq_cs $__cs\"; "
-    + REREAD_UDP + " \"$__ru_filter\"; fi"
+    + REREAD_UDP + " \"$__ru_filter\"; fi; "
+    "if [ -n \"$__rl_filter\" ]; then __knd_cs; echo \"##knd:listen $__rq_cs $__cs\"; "
+    + REREAD_LISTEN + " \"$__rl_filter\"; fi"
 )
 
 _BYTES_RECEIVED = re.compile(r"\bbytes_received:(\d+)")
@@ -113,6 +126,24 @@ def _udp(arg: str, lines: list[str], node: str, section: Section) -> list[Fact]:
               clip(a["raw"], 500))) for a in udp_sockets(lines)]
 
 
+def _listen(arg: str, lines: list[str], node: str, section: Section) -> list[Fact]:
+    """The full listeners read again: the first reading is the sockets probe's tcp_listener."""
+    cs = arg.split()
+    interval = _interval(to_int(cs[0]), to_int(cs[1])) if len(cs) == 2 else None
+    out = []
+    for line in lines:
+        w = line.split()
+        queue, backlog = (to_int(w[1]), to_int(w[2])) if len(w) >= 5 else (None, None)
+        if w[0] != "LISTEN" or queue is None or backlog is None:
+            continue
+        out.append(Fact("tcp_listener_later", node, {
+            "local": clip(w[3], 80), "accept_queue": queue, "backlog": backlog,
+            "full": listener_full(queue, backlog), "interval_s": interval,
+        }, Source("socket_reads", f"{REREAD_LISTEN} 'sport = :PORT'", section.exit_code,
+                  clip(line, 500))))
+    return out
+
+
 def parse(section: Section, node: str) -> list[Fact]:
     readings: dict[str, tuple[int | None, list[str]]] = {}
     facts: list[Fact] = []
@@ -122,6 +153,8 @@ def parse(section: Section, node: str) -> list[Fact]:
             readings[number] = (to_int(cs), lines)
         elif name == "udp":
             facts += _udp(arg, lines, node, section)
+        elif name == "listen":
+            facts += _listen(arg, lines, node, section)
     if "1" not in readings or "2" not in readings:
         return facts
     (cs1, lines1), (cs2, lines2) = readings["1"], readings["2"]
@@ -148,7 +181,7 @@ PROBE = Probe(
     name="socket_reads",
     command=COMMAND,
     parse=parse,
-    kinds=("socket_read_progress", "udp_socket_later"),
+    kinds=("socket_read_progress", "udp_socket_later", "tcp_listener_later"),
     blocks="whether the programs behind full receive queues still read them",
     timeout_s=INTERVAL_S + 10,
     # after every other probe, the second samples' top-up included: their run time is the

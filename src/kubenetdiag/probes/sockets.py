@@ -67,7 +67,7 @@ _SS_AWK = (
     "{p=$1; sub(/^[^ \\t]+[ \\t]+/, \"\"); u=(p==\"udp\")} "
     "u{up=$4; sub(/.*:/, \"\", up); uq=$2+0; uy($0); if(k<" + str(MAX_UDP)
     + "){k++;U[k]=$0}; next} p!=\"tcp\"{next} "
-    "{n[$1]++} $1==\"LISTEN\"{if(l<m){l++;print \"L \" $0; pids($0)}; next} "
+    "{n[$1]++} $1==\"LISTEN\"{if(l<m){l++;print \"L \" $0; pids($0)}; lz($0); next} "
     "$1==\"CLOSE-WAIT\"{cw($0)} $1==\"FIN-WAIT-2\"{F[$5]++} $1==\"TIME-WAIT\"{T[$5]++} "
     "($2+0>t||$3+0>t)&&q<m{q++;print \"Q \" $0} "
     "($1==\"ESTAB\"||$1==\"CLOSE-WAIT\")&&$2+0>=" + str(REREAD_BYTES) + "&&nx<"
@@ -75,7 +75,7 @@ _SS_AWK = (
     "if(a~/^[0-9]+$/&&b~/^[0-9]+$/){nx++; X=X (X==\"\"?\"\":\" or \") "
     "\"( sport = :\" a \" and dport = :\" b \" )\"}} "
     "END{for(s in n) print \"S \" s \" \" n[s]; if(X!=\"\") print \"X \" X; "
-    "if(Y!=\"\") print \"Y \" Y; "
+    "if(Y!=\"\") print \"Y \" Y; if(Z!=\"\") print \"Z \" Z; "
     "for(o in W) if(W[o]>=" + str(CLOSE_WAIT_FLOOR) + "&&nw<" + str(MAX_CLOSE_WAIT_OWNERS)
     + "){nw++; print \"W \" W[o] \" \" o}; "
     "for(r in F) if(F[r]>=" + str(FIN_WAIT2_FLOOR) + "&&nr<" + str(MAX_FIN_WAIT2_PEERS)
@@ -96,6 +96,13 @@ _UDP_REREAD_AWK = (
     "if(d>0&&rb>0&&uq*2>=rb&&up~/^[0-9]+$/&&!(up in Yp)&&ny<" + str(MAX_REREAD) + "){"
     "ny++; Yp[up]=1; Y=Y (Y==\"\"?\"\":\" or \") \"( sport = :\" up \" )\"}} "
 )
+# A listener whose accept queue is full (Recv-Q at its backlog, Send-Q) is read again too: the Z
+# line, by its port.
+_LISTEN_REREAD_AWK = (
+    "function lz(s, a, w){split(s, w); a=w[4]; sub(/.*:/, \"\", a); "
+    "if(w[3]+0>0&&w[2]+0>=w[3]+0&&a~/^[0-9]+$/&&!(a in Zp)&&nz<" + str(MAX_REREAD) + "){"
+    "nz++; Zp[a]=1; Z=Z (Z==\"\"?\"\":\" or \") \"( sport = :\" a \" )\"}} "
+)
 # The listeners' owners, for the file-descriptor count below: `pid=N` (current ss) or `"comm",N,fd`
 # (iproute 3.10), at most MAX_FD_PIDS of them.
 _PIDS_AWK = (
@@ -111,10 +118,11 @@ _CLOSE_WAIT_AWK = (
     "sub(/,$/, \"\", p)}; W[p \" \" c]++} "
 )
 # The whole awk program the node runs over ss's output
-AWK = _PIDS_AWK + _CLOSE_WAIT_AWK + _UDP_REREAD_AWK + _SS_AWK
+AWK = _PIDS_AWK + _CLOSE_WAIT_AWK + _UDP_REREAD_AWK + _LISTEN_REREAD_AWK + _SS_AWK
 SS = "ss -tuanmp"
 REREAD = "ss -tni"
 REREAD_UDP = "ss -uanm"
+REREAD_LISTEN = "ss -ltn"
 # How many descriptors each listener's process holds against its RLIMIT_NOFILE: the shell
 # globs /proc/PID/fd (no process per pid; a login that is not root cannot list another user's,
 # which leaves the count unknown) and reads /proc/PID/limits. Once a process holds its soft
@@ -128,18 +136,21 @@ _FDS = (
 )
 # The first reading of the connections the X line names, with their byte counts (ss -i), kept
 # in the shell for socket_reads, which reads them again later and prints both: a reader that
-# read nothing in between has stopped. The UDP sockets of the Y line were read by the ss above;
-# socket_reads reads them once more. Nothing runs when no socket is that full.
+# read nothing in between has stopped. The UDP sockets of the Y line and the listeners of the Z
+# line were read by the ss above; socket_reads reads them once more. Nothing runs when no socket
+# is that full.
 _REREAD_FIRST = (
     "__knd_cs; __rq_cs=$__cs; "
     "case $__so in *\"${__nl}X \"*) __rq_filter=${__so##*\"${__nl}X \"}; "
     "__rq_filter=${__rq_filter%%\"$__nl\"*}; "
     "__rq_first=$(" + REREAD + " \"$__rq_filter\" 2>&1);; esac; "
     "case $__so in *\"${__nl}Y \"*) __ru_filter=${__so##*\"${__nl}Y \"}; "
-    "__ru_filter=${__ru_filter%%\"$__nl\"*};; esac"
+    "__ru_filter=${__ru_filter%%\"$__nl\"*};; esac; "
+    "case $__so in *\"${__nl}Z \"*) __rl_filter=${__so##*\"${__nl}Z \"}; "
+    "__rl_filter=${__rl_filter%%\"$__nl\"*};; esac"
 )
 COMMAND = (
-    "__rq_filter=; __ru_filter=; if command -v ss >/dev/null 2>&1; then " + NEWLINE
+    "__rq_filter=; __ru_filter=; __rl_filter=; if command -v ss >/dev/null 2>&1; then " + NEWLINE
     + f"__so=$({SS} | awk -v t={QUEUE_BYTES} -v m={MAX_LINES} "
     f"'{AWK}'); "
     "printf '%s\\n' \"$__so\"; " + _FDS + "; " + _REREAD_FIRST + "; "
@@ -187,6 +198,12 @@ def _skmem(line: str) -> dict[str, int | None]:
     mem = dict(re.findall(r"([a-z]+)(\d+)", m.group(1)))
     return {"rcvbuf": to_int(mem.get("rb")), "sndbuf": to_int(mem.get("tb")),
             "drops": to_int(mem.get("d"))}
+
+
+def listener_full(queue: int, backlog: int) -> bool:
+    """Whether a listener's accept queue (ss's Recv-Q) is at its limit (Send-Q): ss shows
+    backlog+1 queued once it has overflowed."""
+    return queue > backlog or (backlog > 0 and queue >= backlog)
 
 
 def fill_pct(queued: int | None, buffer: int | None) -> float | None:
@@ -383,8 +400,7 @@ def parse(section: Section, node: str) -> list[Fact]:
                             "local": clip(w[3], 80), "port": port_of(w[3]),
                             "wildcard": _wildcard(w[3]),
                             "accept_queue": recv_q, "backlog": send_q,
-                            # ss shows backlog+1 queued when the accept queue has overflowed
-                            "full": recv_q > send_q or (send_q > 0 and recv_q >= send_q),
+                            "full": listener_full(recv_q, send_q),
                             "process": proc, "pid": pid,
                         }, src(cmd, rest)))
                     else:
