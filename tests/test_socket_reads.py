@@ -109,6 +109,14 @@ def test_a_line_not_understood_is_reported_partial_and_the_rest_stands():
     assert status["status"] == "partial" and "lots-of-bytes" in status["reason"]
 
 
+def test_blank_and_header_lines_in_the_later_readings_are_skipped():
+    text = ("##knd:udp 100 300\n\nState Recv-Q Send-Q Local Address:Port Peer Address:Port\n"
+            "##knd:listen 100 300\n\nLISTEN 2 1 0.0.0.0:30080 0.0.0.0:*\n")
+    facts = BY_NAME["socket_reads"].parse(_section(text), "node2")
+    assert [(f.kind, f.attrs["local"]) for f in facts] == [
+        ("tcp_listener_later", "0.0.0.0:30080")]
+
+
 def test_a_reading_cut_off_gives_nothing_to_compare():
     text = section("socket_reads", "lab-stopped-reader").stdout
     cut = text[:text.index("##knd:reading 2")]

@@ -1,4 +1,5 @@
-"""Whether the programs behind full receive queues are still reading them.
+"""Whether the programs behind full queues still drain them: a TCP connection's receive
+queue, a UDP socket's buffer, a listener's accept queue.
 
 TCP:
 
@@ -133,8 +134,10 @@ def _listen(arg: str, lines: list[str], node: str, section: Section) -> list[Fac
     out = []
     for line in lines:
         w = line.split()
-        queue, backlog = (to_int(w[1]), to_int(w[2])) if len(w) >= 5 else (None, None)
-        if w[0] != "LISTEN" or queue is None or backlog is None:
+        if len(w) < 5 or w[0] != "LISTEN":
+            continue  # ss's header, a blank line
+        queue, backlog = to_int(w[1]), to_int(w[2])
+        if queue is None or backlog is None:
             continue
         out.append(Fact("tcp_listener_later", node, {
             "local": clip(w[3], 80), "accept_queue": queue, "backlog": backlog,

@@ -58,9 +58,10 @@ MAX_REREAD = 16
 
 # One ss for TCP and UDP, one awk to sort its lines (Netid first; an indented line is the
 # skmem of the socket above it): TCP as listeners (L), queues past QUEUE_BYTES (Q), a count
-# per state (S), CLOSE-WAIT per owner (W), FIN-WAIT-2 (R) and TIME-WAIT (T) per peer, and an
-# ss filter (X) for the connections with REREAD_BYTES unread, by their ports; UDP as ss prints
-# it, skmem and all, after them.
+# per state (S), CLOSE-WAIT per owner (W), FIN-WAIT-2 (R) and TIME-WAIT (T) per peer, and ss
+# filters for the sockets socket_reads reads again: the connections with REREAD_BYTES unread
+# (X, by their ports), the UDP sockets (Y) and the listeners (Z) below; UDP as ss prints it,
+# skmem and all, after them.
 _SS_AWK = (
     "BEGIN{print \"##knd:tcp ss-all\"} NR==1{next} "
     "/^[ \\t]/{if(u){uy($0); if(k<" + str(MAX_UDP) + "){k++;U[k]=$0}}; next} "
