@@ -210,6 +210,9 @@ def _listener_overflowing(node: str, process: str, pid: int) -> list[Fact]:
     return [
         fact("tcp_listener", node, local="0.0.0.0:30082", port=30082, wildcard=True,
              accept_queue=129, backlog=128, full=True, process=process, pid=pid),
+        # still full when read again: it cannot accept
+        fact("tcp_listener_later", node, local="0.0.0.0:30082", accept_queue=129, backlog=128,
+             full=True, interval_s=2.0),
         fact("net_counter", node, name="TcpExtListenOverflows", group="TcpExt",
              counter="ListenOverflows", value=70, delta=0, interval_s=1.0, rate_per_s=0.0,
              rising=False),
