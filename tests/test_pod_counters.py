@@ -4,6 +4,7 @@ formats, the parser on outputs recorded in the lab, and the findings that name t
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ from kubenetdiag.engine import infer, load_ruleset
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.facts.pod_names import pod_name_facts
 from kubenetdiag.probes import BY_NAME, Section
-from kubenetdiag.probes.pod_counters import AWK, AWK_VARS
+from kubenetdiag.probes.pod_counters import AWK, AWK_VARS, THEN
 from probe_sections import section
 
 PROBE = BY_NAME["pod_counters"]
@@ -253,3 +254,42 @@ def test_a_node_without_awk_says_the_pods_were_not_read():
     (status,) = [f.attrs for f in parse("no-awk")]
     assert (status["status"], status["kinds"]) == ("missing_tool", None)
     assert status["reason"].startswith("awk is not installed")
+
+
+# ---- the walk over /proc: which processes are hidden from the login -------------------------
+
+def _hidden(out: str) -> int:
+    return next((int(line.split()[1]) for line in out.splitlines()
+                 if line.startswith("hidden ")), 0)
+
+
+def _walk(*prefix: str) -> str:
+    # the walk alone: with awk missing from its PATH it lists what it found, reads nothing
+    return subprocess.run([*prefix, shutil.which("sh") or "/bin/sh", "-c", THEN],
+                          capture_output=True, text=True, env={"PATH": "/nonexistent"},
+                          timeout=60).stdout
+
+
+def test_a_zombie_is_no_process_hidden_from_the_login():
+    # counted as hidden, it made a root login report pods it could not read (a container's
+    # unreaped child on a node is enough)
+    before = _hidden(_walk())  # what this machine hides from this login anyway
+    child = subprocess.Popen(["true"])
+    try:
+        status = Path(f"/proc/{child.pid}/status")
+        for _ in range(200):  # bounded: 2 s
+            if "\nState:\tZ" in status.read_text():
+                break
+            subprocess.run(["sleep", "0.01"], check=True)
+        assert "\nState:\tZ" in status.read_text()
+        assert _hidden(_walk()) == before
+    finally:
+        child.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root to become another user")
+def test_another_users_processes_are_hidden_from_a_login_that_is_not_root():
+    out = _walk(shutil.which("setpriv") or "setpriv", "--reuid=nobody", "--regid=nogroup",
+                "--clear-groups")
+    assert _hidden(out) > 0, out

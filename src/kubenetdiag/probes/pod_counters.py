@@ -165,11 +165,17 @@ def _dquoted(text: str) -> str:
 _WATCHED = " ".join(f"{g} {c}" for g, c in WATCH)
 AWK_VARS = (f"-v WATCHED=\"{_WATCHED}\" -v MAXNS={MAX_NAMESPACES} -v TWFLOOR={TIME_WAIT_FLOOR} "
             f"-v TWPEERS={MAX_TIME_WAIT_PEERS} -v ROOT=/proc")
-# `[ -ef ]` is the shell's own test: no process for the walk over /proc
+# `[ -ef ]` is the shell's own test: no process for the walk over /proc. A process whose
+# namespace cannot be looked at is hidden from this login, unless it has no namespace left: a
+# zombie (state Z, as containers' unreaped children are) or one exiting (X), or gone since the
+# glob (no status to read).
 THEN = (
     "__pp=; __pn=0; __ph=0; for __d in /proc/[0-9]*; do "
     "[ \"$__d/ns/net\" -ef /proc/self/ns/net ] && continue; "
-    "if [ ! -e \"$__d/ns/net\" ]; then [ -d \"$__d\" ] && __ph=$((__ph+1)); continue; fi; "
+    "if [ ! -e \"$__d/ns/net\" ]; then __st=; { while read -r __k __st __r; do "
+    "[ \"$__k\" = State: ] && break; __st=; done <\"$__d/status\"; } 2>/dev/null; "
+    "[ \"$__st\" = Z ] || [ \"$__st\" = X ] || [ -z \"$__st\" ] || __ph=$((__ph+1)); "
+    "continue; fi; "
     f"__pp=\"$__pp ${{__d#/proc/}}\"; __pn=$((__pn+1)); [ $__pn -lt {MAX_PROCESSES} ] || break; "
     "done; [ $__ph = 0 ] || echo \"hidden $__ph\"; if [ -n \"$__pp\" ]; then "
     "if command -v awk >/dev/null 2>&1; then "
