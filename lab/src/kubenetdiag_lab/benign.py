@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import time
 
 from kubenetdiag_lab import coredns, k8s_objects, kubeproxy, nodehost, services
 from kubenetdiag_lab.errors import LabError
@@ -64,6 +63,7 @@ from kubenetdiag_lab.faults import (
     _wait_local_rules,
     _wait_pod_listen,
     _wait_queue,
+    _wait_ss,
     _web_node,
     local_service,
     register,
@@ -874,13 +874,14 @@ def _udp_drops_from_the_past(ctx: FaultContext, node: LabNode, params: Params) -
     _thaw(sink)
     _start_in_pod(ctx, pod.name, services.netprog_argv(
         "udp-trickle", node.address, UDP_PAST_PORT, "50", "1800"))
-    for _ in range(100):  # bounded: 5 s, until the server has caught up with the burst
-        out = ctx.node(node).run(["ss", "-Hluanm", f"sport = :{UDP_PAST_PORT}"]).stdout
-        mem = re.search(r"skmem:\(r(\d+),rb(\d+)", out)
-        if mem and int(mem.group(1)) * 4 < int(mem.group(2)):
-            return
-        time.sleep(0.05)
-    raise LabError(f"{node.name}: the UDP server on {UDP_PAST_PORT} did not catch up")
+    _wait_ss(ctx.node(node), ["-luanm", f"sport = :{UDP_PAST_PORT}"], _caught_up,
+             f"{node.name}: the UDP server on {UDP_PAST_PORT} did not catch up with the burst")
+
+
+def _caught_up(ss: str) -> bool:
+    """A UDP socket a quarter full or less (skmem's r against rb)."""
+    mem = re.search(r"skmem:\(r(\d+),rb(\d+)", ss)
+    return bool(mem) and int(mem.group(1)) * 4 < int(mem.group(2))
 
 
 def _udp_past_gone(ctx: FaultContext, node: LabNode, params: Params) -> None:

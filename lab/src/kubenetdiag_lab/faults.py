@@ -3229,13 +3229,19 @@ def _wait_pod_listen(ctx: FaultContext, pod: str, port: int, proto: str = "tcp")
     _wait_listening(ctx.runners.pod(pod), port, f"the server in {pod}", proto)
 
 
-def _wait_listening(runner: NetnsRunner, port: int, where: str, proto: str = "tcp") -> None:
-    flag = "-Hlnu" if proto == "udp" else "-Hlnt"
-    for _ in range(100):  # bounded: 5 s
-        if runner.run(["ss", flag, f"sport = :{port}"]).stdout.strip():
+def _wait_ss(runner: NetnsRunner, args: list[str], ready: Callable[[str], bool],
+             failure: str) -> None:
+    """Until `ss -H ARGS`'s output is `ready`; bounded: 5 s, then LabError(failure)."""
+    for _ in range(100):
+        if ready(runner.run(["ss", "-H", *args], check=False).stdout):
             return
         time.sleep(0.05)
-    raise LabError(f"{where}: nothing listens on {port}/{proto}")
+    raise LabError(failure)
+
+
+def _wait_listening(runner: NetnsRunner, port: int, where: str, proto: str = "tcp") -> None:
+    _wait_ss(runner, ["-lnu" if proto == "udp" else "-lnt", f"sport = :{port}"],
+             lambda out: bool(out.strip()), f"{where}: nothing listens on {port}/{proto}")
 
 
 def _bulk(ctx: FaultContext, source: LabPod, sink: LabPod, port: int = BULK_PORT) -> None:
@@ -3719,14 +3725,10 @@ register(Fault(
 def _wait_queue(ctx: FaultContext, node: LabNode, port: str, at_least: int = 65536) -> None:
     """Until an established socket on `port` (the server's side) holds `at_least` bytes in its
     Recv-Q; bounded: 5 s."""
-    for _ in range(100):
-        out = ctx.node(node).run(["ss", "-Htn", "state", "established", f"sport = :{port}"],
-                                 check=False).stdout
-        if max((int(line.split()[0]) for line in out.splitlines() if line.split()),
-               default=0) >= at_least:
-            return
-        run(["sleep", "0.05"])
-    raise LabError(f"{node.name}: no receive queue built up on port {port}")
+    _wait_ss(ctx.node(node), ["-tn", "state", "established", f"sport = :{port}"],
+             lambda out: max((int(line.split()[0]) for line in out.splitlines()
+                              if line.split()), default=0) >= at_least,
+             f"{node.name}: no receive queue built up on port {port}")
 
 
 def _recvq_on(ctx: FaultContext, node: LabNode, params: Params) -> None:

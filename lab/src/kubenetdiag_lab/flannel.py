@@ -207,8 +207,8 @@ def restart(topology: Topology, paths: LabPaths, node: LabNode, runner: NodeRunn
     delete: other devices to delete while it is stopped (one it made on another VNI).
     ip_masq, iface: its flags, as start() takes them."""
     stop(node)
-    for dev in [*delete, *([VXLAN_DEV] if recreate_device else [])]:
-        if topology.cni == "flannel-vxlan":
+    if topology.cni == "flannel-vxlan":
+        for dev in [*delete, *([VXLAN_DEV] if recreate_device else [])]:
             runner.run(["ip", "link", "del", dev], check=False)
     since = start(paths, node, runner, ip_masq=ip_masq, iface=iface)
     wait_programmed(topology, paths, [node], lambda _node: runner, since)

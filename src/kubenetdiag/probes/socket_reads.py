@@ -116,10 +116,15 @@ def _interval(cs1: int | None, cs2: int | None) -> float | None:
     return round((cs2 - cs1) / 100, 2) if cs1 is not None and cs2 is not None else None
 
 
+def _interval_of(arg: str) -> float | None:
+    """The interval of a part whose header gives both readings' uptimes ("CS1 CS2")."""
+    cs = arg.split()
+    return _interval(to_int(cs[0]), to_int(cs[1])) if len(cs) == 2 else None
+
+
 def _udp(arg: str, lines: list[str], node: str, section: Section) -> list[Fact]:
     """The UDP sockets read again: the first reading is the sockets probe's own udp_socket."""
-    cs = arg.split()
-    interval = _interval(to_int(cs[0]), to_int(cs[1])) if len(cs) == 2 else None
+    interval = _interval_of(arg)
     return [Fact("udp_socket_later", node, {
         "local": a["local"], "recv_q": a["recv_q"], "rcvbuf": a["rcvbuf"], "drops": a["drops"],
         "fill_pct": fill_pct(a["recv_q"], a["rcvbuf"]), "interval_s": interval,
@@ -129,8 +134,7 @@ def _udp(arg: str, lines: list[str], node: str, section: Section) -> list[Fact]:
 
 def _listen(arg: str, lines: list[str], node: str, section: Section) -> list[Fact]:
     """The full listeners read again: the first reading is the sockets probe's tcp_listener."""
-    cs = arg.split()
-    interval = _interval(to_int(cs[0]), to_int(cs[1])) if len(cs) == 2 else None
+    interval = _interval_of(arg)
     out = []
     for line in lines:
         w = line.split()

@@ -140,16 +140,18 @@ _FDS = (
 # read nothing in between has stopped. The UDP sockets of the Y line and the listeners of the Z
 # line were read by the ss above; socket_reads reads them once more. Nothing runs when no socket
 # is that full.
-_REREAD_FIRST = (
-    "__knd_cs; __rq_cs=$__cs; "
-    "case $__so in *\"${__nl}X \"*) __rq_filter=${__so##*\"${__nl}X \"}; "
-    "__rq_filter=${__rq_filter%%\"$__nl\"*}; "
-    "__rq_first=$(" + REREAD + " \"$__rq_filter\" 2>&1);; esac; "
-    "case $__so in *\"${__nl}Y \"*) __ru_filter=${__so##*\"${__nl}Y \"}; "
-    "__ru_filter=${__ru_filter%%\"$__nl\"*};; esac; "
-    "case $__so in *\"${__nl}Z \"*) __rl_filter=${__so##*\"${__nl}Z \"}; "
-    "__rl_filter=${__rl_filter%%\"$__nl\"*};; esac"
-)
+def _take(line: str, var: str, then: str = "") -> str:
+    """Shell that sets `var` to the rest of $__so's line starting `line `, then runs `then`."""
+    return (f"case $__so in *\"${{__nl}}{line} \"*) {var}=${{__so##*\"${{__nl}}{line} \"}}; "
+            f"{var}=${{{var}%%\"$__nl\"*}}{'; ' + then if then else ''};; esac")
+
+
+_REREAD_FIRST = "; ".join((
+    "__knd_cs; __rq_cs=$__cs",
+    _take("X", "__rq_filter", "__rq_first=$(" + REREAD + " \"$__rq_filter\" 2>&1)"),
+    _take("Y", "__ru_filter"),
+    _take("Z", "__rl_filter"),
+))
 COMMAND = (
     "__rq_filter=; __ru_filter=; __rl_filter=; if command -v ss >/dev/null 2>&1; then " + NEWLINE
     + f"__so=$({SS} | awk -v t={QUEUE_BYTES} -v m={MAX_LINES} "
