@@ -139,7 +139,8 @@ def test_a_partial_answer_blocks_only_the_kinds_it_names():
         "socket_queue", "udp_socket"}
     assert producers.blocked_kinds("conntrack", "") == frozenset()
     assert producers.blocked_kinds("conntrack") == {"conntrack"}
-    assert producers.blocked_kinds("active.ping.pod.0") == {"reach"}
+    assert producers.blocked_kinds("active.pod.ping.pod.0") == {"reach"}
+    assert producers.blocked_kinds("active.ping.underlay.0") == {"reach", "ping_loss"}
     assert "route" in producers.blocked_kinds("all")
     assert producers.blocked_kinds("from-a-newer-version") == frozenset()
 

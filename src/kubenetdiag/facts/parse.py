@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from kubenetdiag.facts.bridges import pod_bridge_facts
 from kubenetdiag.facts.cluster import cluster_facts
 from kubenetdiag.facts.link_load import link_saturation_facts
+from kubenetdiag.facts.lossy_links import lossy_link_facts
 from kubenetdiag.facts.model import Fact, Source, excerpt
 from kubenetdiag.facts.paths import path_facts
 from kubenetdiag.facts.persist import persist_sysctl
@@ -355,6 +356,12 @@ def _facts_from_records(records: list[dict], cluster: dict | None,
         )
     # Derived from the facts above, never from a node: where each flow would die (docs/paths.md)
     facts.extend(path_facts(facts))
+    # a link losing packets at random: the checks that failed across it only by chance are
+    # set aside (listed in its fact) before anything reads them as a fault of what they aimed at
+    lossy, aside = lossy_link_facts(facts)
+    if aside:
+        facts = [f for f in facts if id(f) not in aside]
+    facts.extend(lossy)
     facts.extend(vantage_facts(facts))  # where the active checks' failures localize
     facts.extend(zone_latency_facts(facts))  # what calls between a Service's zones pay
     facts.extend(link_saturation_facts(facts, cluster))  # links carrying what they can

@@ -10,7 +10,8 @@ written, and tests/test_producers.py checks each declaration against what the co
 
 * a passive probe: `Probe.kinds`; an active check: `ActiveCheck.kinds`;
 * the Kubernetes API: `facts.cluster.CALL_KINDS`, per call;
-* kinds derived in the parse stage from other facts (`DERIVERS`: path, vantage, zones, census,
+* kinds derived in the parse stage from other facts (`DERIVERS`: path, lossy_links, vantage,
+  zones, census,
   services, bridges, vxlan_peers, policies, link_load, pod_veths, pod_names):
   the deriving module's `PRODUCES` and `INPUTS` (or, for one kind that reads fewer of them,
   its `KIND_INPUTS`), so a rule on a derived kind needs what it is made from.
@@ -29,6 +30,7 @@ from kubenetdiag.facts import (
     bridges,
     census,
     link_load,
+    lossy_links,
     paths,
     pod_names,
     pod_veths,
@@ -51,7 +53,7 @@ API = "api"  # the probe of the entry for an API that did not answer, or was not
 
 
 # The parse stage's deriving modules, each declaring PRODUCES, INPUTS and CONTEXT.
-DERIVERS = (paths, vantage, zones, census, services, bridges, vxlan_peers, policies,
+DERIVERS = (paths, lossy_links, vantage, zones, census, services, bridges, vxlan_peers, policies,
             link_load, pod_veths, pod_names)
 # what their facts name as their source: no command ran, so there is no exit code
 DERIVED_SOURCES = frozenset(module.PROBE for module in DERIVERS)

@@ -52,7 +52,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 ANSWERS = ("refused", "reset", "nxdomain", "servfail", "notimp", "formerr", "unresolved", "empty")
 
 
-def _names(names: Iterable[str]) -> str:
+def listed(names: Iterable[str]) -> str:
     """Sorted, comma-separated, the first SAMPLE and then how many more."""
     items = sorted(set(names))
     shown = ", ".join(items[:SAMPLE])
@@ -179,11 +179,11 @@ def reach_facts(matrices: dict[str, Matrix]
                      f"(probes to it: {c.inbound}; its own probes: {c.outbound})"]
             lines += [f"{s} -> {d}: {cell.detail}" for (s, d), cell in sorted(matrix.items())
                       if not cell.ok and x in (s, d)]
-            lines.append(f"succeeded elsewhere at this layer: {_names(c.witnesses)}")
+            lines.append(f"succeeded elsewhere at this layer: {listed(c.witnesses)}")
             facts.append(Fact("cut_off", x, {
                 "layer": layer, "direction": c.direction, "inbound": c.inbound,
-                "outbound": c.outbound, "peers": len(c.failing), "failing": _names(c.failing),
-                "witnesses": _names(c.witnesses)}, _source(lines)))
+                "outbound": c.outbound, "peers": len(c.failing), "failing": listed(c.failing),
+                "witnesses": listed(c.witnesses)}, _source(lines)))
         for (s, d), cell in sorted(matrix.items()):
             if cell.ok or _covered(cut, s, d):
                 continue
@@ -493,13 +493,13 @@ def target_facts(picked: dict[str, list[Fact]], cuts: dict[str, dict[str, CutOff
         failed = sum(1 for ok, _ in t.results.values() if not ok)
         for vp, localized, node in localize(t, cuts, broken):
             # a Service's failure that a pair accounts for names the nodes behind it
-            host = t.host or (_names(t.behind) if localized == "pair" else None)
+            host = t.host or (listed(t.behind) if localized == "pair" else None)
             facts.append(Fact("target_failure", node, {
                 "check": t.check, "about": t.about, "target": t.target, "kind": t.kind,
                 "address": t.address, "place": t.place, "host": host, "pod": t.pod,
                 "src": vp[0], "vantage": vp[1], "detail": t.results[vp][1],
                 "localized": localized, "tried": len(t.results), "failed": failed,
-                "answering": _names(answered)},
+                "answering": listed(answered)},
                 _source([*lines, f"localized: {localized} ({node})"])))
     return facts
 
@@ -560,12 +560,12 @@ def endpoint_split_facts(picked: dict[str, list[Fact]], *, book: AddressBook | N
                      f"  from a pod on {node}: {pod_side}"
                      + (f" ({pod_detail})" if pod_detail else ""),
                      f"  other nodes: {elsewhere}"
-                     + (f" ({_names(others)} got through)" if others else "")]
+                     + (f" ({listed(others)} got through)" if others else "")]
             out.append(Fact("endpoint_split", node, {
                 "target": t.target, "address": t.address, "place": place, "host": host,
                 "from_node": node_side, "from_pod": pod_side, "node_detail": node_detail,
                 "pod_detail": pod_detail, "detail": detail, "branch": branch,
-                "elsewhere": elsewhere, "answering": _names(others)}, _source(lines)))
+                "elsewhere": elsewhere, "answering": listed(others)}, _source(lines)))
     return out
 
 

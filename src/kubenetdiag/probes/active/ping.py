@@ -2,7 +2,9 @@
 `pod_target`, or `pod_gateway` in plans older versions stored) and its underlay address, from
 the node and, as `pod.ping`, from inside a pod's network namespace
 (docs/runbooks.md#runbook-002: from the node first, then from the container). A peer the plan
-knows no pod address on gets no pod ping (plan.not_checked says so).
+knows no pod address on gets no pod ping (plan.not_checked says so). The underlay ping is a
+burst of 20 echoes where ping allows a short interval, which also gives `ping_loss`: how many
+came back, the measure of a link that loses packets at random (facts/lossy_links.py).
 
 Both iputils' and busybox's output are read. A ping that cannot run (no ping, or an option
 this ping lacks) is a missing tool, never a failed reach.
@@ -29,12 +31,23 @@ import re
 from typing import Any
 
 from kubenetdiag.facts.model import Fact
-from kubenetdiag.probes.active.common import IN_POD, no_tool, peer_at, source, status, vantage
+from kubenetdiag.probes.active.common import (
+    IN_POD,
+    LOSS_PING,
+    LOSS_SENT,
+    no_tool,
+    peer_at,
+    source,
+    status,
+    vantage,
+)
 from kubenetdiag.probes.active.common import PING as PING_CMD
 from kubenetdiag.probes.active.plan import NodePlan, pod_address
 from kubenetdiag.probes.base import ActiveCheck, CheckContext, Section, quoted
 
-_PING_STATS = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
+_PING_STATS = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received"
+                         r"(?:, \+(\d+) errors)?")
+_PING_REPLY = re.compile(r"^\d+ bytes from .*? icmp_seq=(\d+)", re.M)
 _PING_RTT = re.compile(r"(?:rtt|round-trip) min/avg/max(?:/mdev)? = [\d.]+/([\d.]+)/")
 _PING_TOO_LONG = re.compile(r"message too long(?:, mtu[= ](\d+))?", re.I)
 _PING_FRAG = re.compile(r"Frag needed and DF set \(mtu = (\d+)\)", re.I)
@@ -48,7 +61,8 @@ _REJECTED = ("Prohibited", "Packet filtered", "Port Unreachable", "Protocol Unre
 
 
 def parse_ping(text: str, rc: int | None) -> dict[str, Any]:
-    """{ok, rtt_ms, detail, mtu, icmp_from} from ping's output (iputils or busybox).
+    """{ok, rtt_ms, detail, mtu, icmp_from, sent, received, errors} from ping's output
+    (iputils or busybox); sent is None when ping printed no statistics.
 
     >>> r = parse_ping("From 198.18.0.12 icmp_seq=1 Destination Host Prohibited\\n"
     ...                "1 packets transmitted, 0 received, +1 errors, 100% packet loss\\n", 1)
@@ -57,6 +71,7 @@ def parse_ping(text: str, rc: int | None) -> dict[str, Any]:
     """
     stats = _PING_STATS.search(text)
     received = int(stats.group(2)) if stats else 0
+    errors = int(stats.group(3)) if stats and stats.group(3) else 0
     rtt = _PING_RTT.search(text)
     too_long = _PING_TOO_LONG.search(text)
     frag = _PING_FRAG.search(text)
@@ -85,6 +100,9 @@ def parse_ping(text: str, rc: int | None) -> dict[str, Any]:
         "detail": detail,
         "mtu": mtu,
         "icmp_from": error.group(1) if error else None,
+        "sent": int(stats.group(1)) if stats else None,
+        "received": received,
+        "errors": errors,
     }
 
 
@@ -120,6 +138,34 @@ def _resolve(plan: NodePlan, suffix: str) -> tuple[str, Any]:
     return layer, peer_at(plan, index)
 
 
+def rate_limited(text: str, sent: int) -> bool:
+    """The replies came back for the first echoes and hardly any after: the shape of a rate
+    limit on echo requests (iptables' `-m limit`, a hardening script's), not of a link that
+    loses packets at random, whose losses fall anywhere.
+
+    >>> def replies(seqs):
+    ...     return "".join(f"64 bytes from 198.18.0.12: icmp_seq={i} ttl=64 time=0.1 ms\\n"
+    ...                    for i in seqs)
+    >>> rate_limited(replies([1, 2, 3, 4, 5, 20]), 20)
+    True
+    >>> rate_limited(replies(i for i in range(1, 21) if i not in (4, 11, 17)), 20)
+    False
+    """
+    got = {int(n) for n in _PING_REPLY.findall(text)}
+    first_lost = next((n for n in range(1, sent + 1) if n not in got), None)
+    if first_lost is None or first_lost <= 3 or first_lost >= sent:
+        return False
+    after = sum(1 for n in got if n > first_lost)
+    return after < 0.3 * (sent - first_lost)
+
+
+def _command(plan: NodePlan, target: tuple[str, Any]) -> str:
+    address = quoted(_destination(target))
+    if target[0] == "underlay":
+        return LOSS_PING.replace("ADDR", address)
+    return f"{PING_CMD} {address}"
+
+
 def _destination(target: tuple[str, Any]) -> str:
     layer, peer = target
     return pod_address(peer) if layer == "pod" else peer["address"]
@@ -138,20 +184,39 @@ def _parser(in_pod: bool):  # noqa: ANN202
             return [status(ctx, section, "missing_tool", text.strip()[:200] or "ping missing",
                            _blocks(target))]
         result = parse_ping(text, section.exit_code)
-        return [Fact("reach", ctx.node, {
+        facts = [Fact("reach", ctx.node, {
             "src": ctx.node, "dst": peer["name"], "layer": layer, "ok": result["ok"],
             "rtt_ms": result["rtt_ms"], "detail": result["detail"],
             "icmp_from": result["icmp_from"], "vantage": vantage(ctx, in_pod)},
             source(section))]
+        sent = result["sent"]
+        if layer == "underlay" and sent is not None and sent < LOSS_SENT:
+            older = "-c 20" not in section.command
+            facts.append(Fact("probe_status", ctx.node, {
+                "probe": section.probe, "status": "partial",
+                "reason": (f"{sent} echoes sent: the version that made this bundle sent no burst"
+                           if older else
+                           f"{sent} echoes sent: this ping has no short interval (busybox), or "
+                           "allows none to a user that is not root (an old iputils)"),
+                "blocks": f"loss on the link to {peer['name']}", "kinds": "ping_loss"},
+                source(section)))
+        if layer == "underlay" and sent is not None and sent >= LOSS_SENT:
+            lost = max(sent - result["received"], 0)
+            facts.append(Fact("ping_loss", ctx.node, {
+                "dst": peer["name"], "sent": sent, "received": result["received"],
+                "errors": result["errors"], "loss_pct": round(100.0 * lost / sent, 1),
+                "rtt_ms": result["rtt_ms"], "limited": rate_limited(text, sent)},
+                source(section)))
+        return facts
     return parse
 
 
 PING = ActiveCheck(
     name="ping",
-    kinds=("reach",),
+    kinds=("reach", "ping_loss"),
     targets=_targets,
     resolve=_resolve,
-    command=lambda plan, target: f"{PING_CMD} {quoted(_destination(target))}",
+    command=_command,
     parse=_parser(in_pod=False),
     blocks=_blocks,
     order=100,

@@ -1,0 +1,248 @@
+"""Links that lose packets at random, and the checks that failed only because they cross one.
+
+The underlay ping sends a burst of echoes to each peer (`ping_loss`). On a healthy network
+every one comes back; a failing cable, transceiver, NIC or switch port loses some in both
+directions while the rest get through, and every other check across that link then fails now
+and then: a ping, a DNS query or a connect that happened to lose its packets. Read one at a
+time, those failures blame whatever they aimed at, a different component on every run.
+
+Read together, the pairs localize the link as a cut-off node is localized (facts/vantage.py):
+a pair is lossy when enough of its echoes (both directions added up) were lost while others
+came back, with no sign of another cause: a rate limit on echo requests (the replies stop
+after the first few, `ping_loss.limited`, or more than half are lost one way while some come
+back) or a full queue (the pair's round trip many times
+the clean pairs', as a saturated link's or a shaper's queue holds packets before it drops
+them: link_saturated and cross_zone_latency, not a bad cable). The node in the most lossy
+pairs is blamed when it loses with at least MIN_PEERS peers, with at least half the peers it
+was measured with, and a pair elsewhere shows the rest of the network carries every echo;
+its pairs are then set aside and the next node considered.
+Lossy pairs no node accounts for stay pairs (`loss_pair`): a two-node cluster, or a network
+lossy everywhere.
+
+A check that failed without an answer (a timeout, not a refusal) across a blamed node's link
+or a lossy pair proves nothing about the rest of its path, so it is taken out of what the rules
+read and listed in the `link_loss` or `loss_pair` fact instead (its evidence names each one).
+A check that got an answer (refused, rejected, NXDOMAIN) stays: loss does not forge answers.
+Pure functions of facts (kinds/lossy_links.yaml).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from kubenetdiag.facts import vantage
+from kubenetdiag.facts.model import Fact, Source, by_kind
+
+PROBE = "lossy_links"  # the evidence's source: facts computed here, from other facts
+COMMAND = "every node's underlay pings, read together"
+INPUTS: tuple[str, ...] = ("ping_loss",)
+CONTEXT: tuple[str, ...] = vantage.KINDS
+PRODUCES: tuple[str, ...] = ("link_loss", "loss_pair")
+MIN_LOST = 2  # echoes lost on one pair, both directions added up, before it is lossy
+MIN_PCT = 5.0  # and at least this share of them
+MIN_PEERS = vantage.MIN_PEERS
+# A round trip this many times the clean pairs' median, and at least QUEUED_MS, is a queue
+# that fills (congestion), not a link that loses frames; a bad cable adds no delay.
+QUEUED_TIMES = 5.0
+QUEUED_MS = 5.0
+LISTED = 12  # set-aside checks listed in one fact's evidence; the rest are counted
+
+# The checks whose failures a lossy link can explain, and how each names where it went: the
+# node it aimed at (`dst`), or an address the address book places. own_pod_check never leaves
+# its node, and the VXLAN capture and counters are no pass/fail results.
+_BY_NODE = ("reach", "mtu_check", "nodeport_check")
+_BY_ADDRESS = {"dns_check": "server", "pod_dns_check": "nameserver",
+               "dns_outside_check": "server", "tcp_check": "address", "http_check": "url"}
+CHECKS = _BY_NODE + tuple(_BY_ADDRESS)
+_SILENT = ("timeout", "timed out", "no answer")
+
+
+@dataclass
+class PairLoss:
+    """One pair's echoes, both directions added up."""
+
+    sent: int = 0
+    received: int = 0
+    ways: list[str] = field(default_factory=list)
+    rtts: list[float] = field(default_factory=list)
+    limited: bool = False  # a direction's replies stopped after the first few
+    queued: bool = False  # set by blame(): its round trip is a filling queue's
+
+    @property
+    def lost(self) -> int:
+        return max(self.sent - self.received, 0)
+
+    @property
+    def pct(self) -> float:
+        return round(100.0 * self.lost / self.sent, 1) if self.sent else 0.0
+
+    @property
+    def lossy(self) -> bool:
+        # all lost is a pair that does not reach, which the reach matrix judges
+        return (self.received > 0 and self.lost >= MIN_LOST and self.pct >= MIN_PCT
+                and not self.limited and not self.queued)
+
+    @property
+    def clean(self) -> bool:
+        return self.lost == 0 and not self.queued
+
+
+def pair_losses(facts: Iterable[Fact]) -> dict[frozenset[str], PairLoss]:
+    pairs: dict[frozenset[str], PairLoss] = defaultdict(PairLoss)
+    for f in facts:
+        a = f.attrs
+        dst, sent, received = a.get("dst"), a.get("sent"), a.get("received")
+        if not isinstance(dst, str) or dst == f.node:
+            continue
+        if type(sent) is not int or type(received) is not int or sent <= 0:
+            continue
+        pair = pairs[frozenset((f.node, dst))]
+        pair.sent += sent
+        pair.received += min(received, sent)
+        # a rate limit drained by other probers shows no leading run, only a few replies: more
+        # than half lost one way while some come back is a limit, not a cable
+        pair.limited = pair.limited or a.get("limited") is True or 0 < 2 * received < sent
+        rtt = a.get("rtt_ms")
+        if isinstance(rtt, (int, float)) and not isinstance(rtt, bool):
+            pair.rtts.append(float(rtt))
+        shown = f", {rtt:g} ms" if isinstance(rtt, (int, float)) else ""
+        limited = ", rate-limited" if a.get("limited") is True else ""
+        pair.ways.append(f"{f.node} -> {dst}: {received} of {sent} echoes came back"
+                         f"{shown}{limited}")
+    return dict(pairs)
+
+
+def _mark_queued(pairs: dict[frozenset[str], PairLoss]) -> None:
+    clean = sorted(max(p.rtts) for p in pairs.values() if p.lost == 0 and p.rtts)
+    if not clean:
+        return
+    usual = clean[len(clean) // 2]
+    for loss in pairs.values():
+        if loss.lost and loss.rtts and max(loss.rtts) >= max(QUEUED_MS, QUEUED_TIMES * usual):
+            loss.queued = True
+
+
+def blame(pairs: dict[frozenset[str], PairLoss]
+          ) -> tuple[dict[str, list[frozenset[str]]], list[frozenset[str]]]:
+    """({blamed node: its lossy pairs}, lossy pairs no blamed node accounts for)."""
+    _mark_queued(pairs)
+    left = {p for p, loss in pairs.items() if loss.lossy}
+    clean = [p for p, loss in pairs.items() if loss.clean]
+    blamed: dict[str, list[frozenset[str]]] = {}
+    while left:
+        count = Counter(n for p in left for n in p)
+        node, n = min(count.items(), key=lambda kv: (-kv[1], kv[0]))
+        measured = sum(1 for p in pairs if node in p)
+        if n < MIN_PEERS or 2 * n < measured or not any(node not in p for p in clean):
+            break
+        mine = sorted((p for p in left if node in p), key=sorted)
+        blamed[node] = mine
+        left -= set(mine)
+    return blamed, sorted(left, key=sorted)
+
+
+def _silent(detail: object) -> bool:
+    text = str(detail or "timeout").lower()
+    return any(word in text for word in _SILENT)
+
+
+class _Crossing:
+    """Whether a failed check crossed a lossy link: sent from a blamed node, aimed at one, or
+    between the two nodes of a lossy pair."""
+
+    def __init__(self, facts: Sequence[Fact], blamed: Iterable[str],
+                 pairs: Iterable[frozenset[str]]) -> None:
+        self.blamed = set(blamed)
+        self.pairs = set(pairs)
+        picked = by_kind(facts, vantage.KINDS)
+        self.book = vantage.AddressBook(picked)
+        # the DNS Service's VIP reaches whichever CoreDNS pod kube-proxy picks
+        self.dns_nodes = {f.node for f in picked.get("dns_pod", ())}
+        self.dns_vips = {str(f.attrs.get("cluster_ip")) for f in picked.get("dns_service", ())}
+
+    def link(self, f: Fact) -> str | None:
+        """The blamed node, or the lossy pair as 'a-b', the check crossed; None for none."""
+        src = f.node
+        if f.kind in _BY_NODE:
+            ends = {str(f.attrs.get("dst") or "")}
+        else:
+            address = f.attrs.get(_BY_ADDRESS[f.kind])
+            if f.kind == "http_check" and isinstance(address, str):
+                try:
+                    address = urlsplit(address).hostname
+                except ValueError:
+                    address = None
+            _, host = self.book.place(address if isinstance(address, str) else None)
+            ends = {host} if host else set()
+            if address in self.dns_vips:
+                ends |= self.dns_nodes
+        if src in self.blamed:
+            return src
+        for end in sorted(e for e in ends if e):
+            if end in self.blamed:
+                return end
+            if frozenset((src, end)) in self.pairs:
+                return "-".join(sorted((src, end)))
+        return None
+
+
+def _source(lines: list[str], aside: list[str]) -> Source:
+    shown = aside[:LISTED]
+    more = [f"... and {len(aside) - LISTED} more"] if len(aside) > LISTED else []
+    tail = ["failed checks across it, set aside:", *shown, *more] if aside else []
+    return Source(PROBE, COMMAND, None, "\n".join(lines + tail))
+
+
+def _describe(f: Fact) -> str:
+    a = f.attrs
+    what = a.get("dst") or a.get("server") or a.get("nameserver") or a.get("address") \
+        or a.get("url") or a.get("target")
+    layer = f" ({a['layer']})" if a.get("layer") else ""
+    return f"{f.kind}{layer} {f.node} -> {what}: {a.get('detail') or 'failed'}"
+
+
+def lossy_link_facts(facts: Sequence[Fact]) -> tuple[list[Fact], set[int]]:
+    """(link_loss and loss_pair facts, the ids of the check facts they set aside)."""
+    pairs = pair_losses(by_kind(facts, INPUTS)["ping_loss"])
+    blamed, left = blame(pairs)
+    if not blamed and not left:
+        return [], set()
+    crossing = _Crossing(facts, blamed, left)
+    aside: dict[str, list[Fact]] = defaultdict(list)
+    for f in facts:
+        if f.kind in CHECKS and f.attrs.get("ok") is False and _silent(f.attrs.get("detail")):
+            link = crossing.link(f)
+            if link is not None:
+                aside[link].append(f)
+    out: list[Fact] = []
+    for node, mine in sorted(blamed.items()):
+        losses = [pairs[p] for p in mine]
+        sent, lost = sum(x.sent for x in losses), sum(x.lost for x in losses)
+        peers = sorted(next(iter(p - {node})) for p in mine)
+        each = ", ".join(f"{peer} {pairs[frozenset((node, peer))].pct:g}%" for peer in peers)
+        witnesses = sorted({n for p, loss in pairs.items() if loss.clean and node not in p
+                            for n in p})
+        lines = [f"{node} loses echoes with {len(peers)} of "
+                 f"{sum(1 for p in pairs if node in p)} peers measured: {each}",
+                 *(w for p in mine for w in pairs[p].ways),
+                 f"no echo lost between {vantage.listed(witnesses)}"]
+        mine_aside = [_describe(f) for f in aside[node]]
+        out.append(Fact("link_loss", node, {
+            "peers": len(peers), "measured": sum(1 for p in pairs if node in p),
+            "lossy_peers": vantage.listed(peers), "loss_pct": round(100.0 * lost / sent, 1),
+            "sent": sent, "lost": lost, "per_peer": each,
+            "witnesses": vantage.listed(witnesses), "set_aside": len(mine_aside)},
+            _source(lines, mine_aside)))
+    for p in left:
+        a, b = sorted(p)
+        loss = pairs[p]
+        mine_aside = [_describe(f) for f in aside[f"{a}-{b}"]]
+        out.append(Fact("loss_pair", a, {
+            "dst": b, "loss_pct": loss.pct, "sent": loss.sent, "lost": loss.lost,
+            "set_aside": len(mine_aside)},
+            _source([f"{a} and {b} lose {loss.pct:g}% of the echoes between them", *loss.ways],
+                    mine_aside)))
+    return out, {id(f) for fs in aside.values() for f in fs}
