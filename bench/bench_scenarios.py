@@ -93,6 +93,9 @@ MULTI: list[tuple[str, ...]] = [
     ("flannel-vxlan", "node_pod_link_broken[via=filter]@node2", "node_not_ready[via=hang]@node1"),
     # two devices switched off on two nodes: each node's own, not the other's
     ("flannel-vxlan", "overlay_device_down@node2", "pod_bridge_down@node3"),
+    # a node's link losing packets at random beside another node that stopped forwarding: the
+    # chance failures across the link are set aside, the other node's are not
+    ("flannel-vxlan", "underlay_packet_loss@node1", "ip_forward_disabled@node3"),
     # the node network between two nodes broken on one end, beside one pod cut from its bridge
     ("flannel-vxlan", "underlay_neighbor_wrong[via=mac]@node1",
      "node_pod_link_broken[via=nomaster]@node3"),

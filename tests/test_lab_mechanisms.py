@@ -1433,7 +1433,32 @@ def _pair_cut(node: str, peer: str, *, nic_changed: bool = False) -> Callable[[L
     return check
 
 
+def _lossy(node: str) -> Callable[[Lab], None]:
+    """Echoes between `node` and each peer are lost in part, both ways, and the rest come back;
+    the client, whose own port is sound, loses none to a peer; the node's own counters show
+    nothing (the frames die on the switch)."""
+    def check(lab: Lab) -> None:
+        def received(src: str, dst: str) -> int:
+            argv = ["ping", "-c", "100", "-i", "0.01", "-W", "1", lab.topology.node(dst).address]
+            runner = lab.runners.client if src == "client" else lab.runners.node(src)
+            out = runner.run(argv, check=False).stdout
+            return int(re.search(r"(\d+) received", out).group(1))
+
+        peers = [n.name for n in lab.topology.nodes if n.name != node]
+        counters = lab.node_exec(node, ["cat", "/sys/class/net/eth0/statistics/rx_dropped",
+                                        "/sys/class/net/eth0/statistics/tx_dropped"]).stdout
+        for peer in peers:
+            # 10% each way: 81 of 100 round trips on average; 60..97 is far outside chance
+            assert 60 <= received(node, peer) <= 97 and 60 <= received(peer, node) <= 97, peer
+        assert received("client", peers[0]) == 100
+        assert lab.node_exec(node, ["cat", "/sys/class/net/eth0/statistics/rx_dropped",
+                                    "/sys/class/net/eth0/statistics/tx_dropped"]
+                             ).stdout == counters
+    return check
+
+
 VXLAN_CASES = [
+    ("underlay_packet_loss", "switch", "node1", {}, _lossy("node1")),
     ("underlay_neighbor_wrong", "neigh", "node1", {"peer": "node2"}, _pair_cut("node1", "node2")),
     ("underlay_neighbor_wrong", "mac", "node1", {"peer": "node2"},
      _pair_cut("node1", "node2", nic_changed=True)),

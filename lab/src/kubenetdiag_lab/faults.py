@@ -1146,6 +1146,39 @@ register(Fault(
 ))
 
 
+def _lossy_port(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] != "switch":
+        raise LabError("underlay_packet_loss: via must be switch")
+    pct = int(params["pct"])
+    if not 0 < pct < 100:
+        raise LabError("underlay_packet_loss: pct must be between 1 and 99")
+    # A failing cable or transceiver on the switch port: frames lost at random both ways, the
+    # rest delivered; the node's own counters show none of it. The kernel has no netem, and
+    # nft's random number generator in the bridge's forward hook does the same per frame.
+    port = f"swp{node.index}"
+    rules = (f"table bridge {_switch_table(node, 'loss')} {{\n chain lose {{\n"
+             "  type filter hook forward priority 0; policy accept;\n"
+             f'  oifname "{port}" numgen random mod 100 < {pct} drop\n'
+             f'  iifname "{port}" numgen random mod 100 < {pct} drop\n }}\n}}\n')
+    ctx.runners.switch.run(["nft", "-f", "-"], input=rules)
+
+
+def _lossless_port(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _switch_unblock(ctx, node, "loss")
+
+
+register(Fault(
+    "underlay_packet_loss",
+    "the node's link onto the node network loses a share of its frames at random, both ways "
+    "(param pct, default 10 in each direction), and delivers the rest, as a failing cable, "
+    "transceiver or switch port does: dropped on the switch port towards the node "
+    "(via=switch), where nothing on the node counts them. Every call across the link fails "
+    "now and then, each time another one",
+    _lossy_port, _lossless_port, {"via": "switch", "pct": "10"},
+    mechanisms={"switch": ()},
+))
+
+
 VXLAN_BLOCKS = ("input", "switch", "nft", "prerouting", "egress", "tc", "tc_egress")
 register(Fault(
     "vxlan_udp_blocked",
