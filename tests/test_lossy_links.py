@@ -147,3 +147,46 @@ def test_an_old_ping_that_refuses_the_short_interval_gets_the_plain_ping(tmp_pat
                          timeout=10)
     assert out.returncode == 0 and "2 packets transmitted, 2 received" in out.stdout
     assert "cannot flood" not in out.stdout
+
+
+def _limited_walk(node: str, at: str) -> Fact:
+    return Fact("path", node, {"flow": "node_in", "proto": "icmp", "verdict": "unknown",
+                               "stage": "netfilter", "at": at, "matched": "seen"})
+
+
+def test_pings_to_a_node_that_rate_limits_them_are_set_aside_and_count_in_no_pair() -> None:
+    # node2 answers the first five of each burst: three of its pairs would look lossy
+    bursts = [loss("node1", "node2", 6), loss("node3", "node2", 5),
+              loss("node2", "node1", 20), loss("node2", "node3", 20),
+              loss("node1", "node3", 20), loss("node3", "node1", 20)]
+    own = Fact("own_pod_check", "node2", {"direction": "pod_to_node", "ok": False,
+                                          "detail": "timeout", "address": "10.244.2.1"})
+    other_way = Fact("own_pod_check", "node2", {"direction": "node_to_pod", "ok": False,
+                                                "detail": "timeout", "address": "10.244.2.5"})
+    pinged = Fact("reach", "node1", {"src": "node1", "dst": "node2", "layer": "underlay",
+                                     "ok": False, "detail": "timeout"})
+    dns = Fact("dns_check", "node1", {"server": "10.244.2.3", "ok": False, "detail": "timeout"})
+    facts = cluster(*bursts, own, other_way, pinged, dns,
+                    _limited_walk("node2", "filter INPUT rule 1 (-m limit)"))
+    found, aside = lossy_link_facts(facts)
+    assert [(f.kind, f.node, f.attrs) for f in found] == [
+        ("icmp_rate_limited", "node2", {"at": "filter INPUT rule 1 (-m limit)", "set_aside": 2})]
+    # only pings towards node2: its own pod's pings out and a DNS query judge the path
+    assert aside == {id(own), id(pinged)}
+
+
+def test_nftables_limits_count_and_a_limit_elsewhere_does_not() -> None:
+    facts = cluster(_limited_walk("node3", "inet filter input rule 2 (limit)"),
+                    _limited_walk("node1", "filter INPUT rule 4 (-m statistic)"))
+    found, _ = lossy_link_facts(facts)
+    assert [(f.node, f.attrs["at"]) for f in found] == [
+        ("node3", "inet filter input rule 2 (limit)")]
+
+
+def test_loss_one_way_only_is_a_filter_not_a_link() -> None:
+    # 8 echoes from node3 to node2 lost, none the other way: a round trip crosses the link
+    # both ways, so a link would lose both ways alike
+    bursts = [loss("node2", "node3", 20), loss("node3", "node2", 12),
+              loss("node1", "node2", 20), loss("node2", "node1", 20),
+              loss("node1", "node3", 20), loss("node3", "node1", 20)]
+    assert lossy_link_facts(cluster(*bursts)) == ([], set())

@@ -9,8 +9,9 @@ time, those failures blame whatever they aimed at, a different component on ever
 Read together, the pairs localize the link as a cut-off node is localized (facts/vantage.py):
 a pair is lossy when enough of its echoes (both directions added up) were lost while others
 came back, with no sign of another cause: a rate limit on echo requests (the replies stop
-after the first few, `ping_loss.limited`, or more than half are lost one way while some come
-back) or a full queue (the pair's round trip many times
+after the first few, `ping_loss.limited`, or more than half are lost one way), a filter on one
+side (several lost one way and none the other, where a round trip crosses the link both ways)
+or a full queue (the pair's round trip many times
 the clean pairs', as a saturated link's or a shaper's queue holds packets before it drops
 them: link_saturated and cross_zone_latency, not a bad cable). The node in the most lossy
 pairs is blamed when it loses with at least MIN_PEERS peers, with at least half the peers it
@@ -18,6 +19,12 @@ was measured with, and a pair elsewhere shows the rest of the network carries ev
 its pairs are then set aside and the next node considered.
 Lossy pairs no node accounts for stay pairs (`loss_pair`): a two-node cluster, or a network
 lossy everywhere.
+
+A node whose firewall lets echo requests in only at a rate (iptables' `-m limit` or
+`-m hashlimit`, nftables' `limit` or `meter`: the walk of its INPUT stops there undecided, as
+hardening templates write it) answers a few pings and drops the rest, a different few every
+time: pings towards it that failed prove nothing, so they are set aside the same way and
+listed in its `icmp_rate_limited` fact, and its bursts count in no pair.
 
 A check that failed without an answer (a timeout, not a refusal) across a blamed node's link
 or a lossy pair proves nothing about the rest of its path, so it is taken out of what the rules
@@ -28,6 +35,7 @@ Pure functions of facts (kinds/lossy_links.yaml).
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,11 +46,16 @@ from kubenetdiag.facts.model import Fact, Source, by_kind
 
 PROBE = "lossy_links"  # the evidence's source: facts computed here, from other facts
 COMMAND = "every node's underlay pings, read together"
-INPUTS: tuple[str, ...] = ("ping_loss",)
+INPUTS: tuple[str, ...] = ("ping_loss", "path")
 CONTEXT: tuple[str, ...] = vantage.KINDS
-PRODUCES: tuple[str, ...] = ("link_loss", "loss_pair")
+PRODUCES: tuple[str, ...] = ("link_loss", "loss_pair", "icmp_rate_limited")
+# A rate limit is read from the walk; a lossy link from the bursts (the walk only leaves out
+# the bursts towards a rate-limited node)
+KIND_INPUTS = {"link_loss": ("ping_loss",), "loss_pair": ("ping_loss",),
+               "icmp_rate_limited": ("path",)}
 MIN_LOST = 2  # echoes lost on one pair, both directions added up, before it is lossy
 MIN_PCT = 5.0  # and at least this share of them
+ONE_WAY_LOST = 8  # lost one way while none the other: a filter on one side, not the link
 MIN_PEERS = vantage.MIN_PEERS
 # A round trip this many times the clean pairs' median, and at least QUEUED_MS, is a queue
 # that fills (congestion), not a link that loses frames; a bad cable adds no delay.
@@ -58,6 +71,12 @@ _BY_ADDRESS = {"dns_check": "server", "pod_dns_check": "nameserver",
                "dns_outside_check": "server", "tcp_check": "address", "http_check": "url"}
 CHECKS = _BY_NODE + tuple(_BY_ADDRESS)
 _SILENT = ("timeout", "timed out", "no answer")
+# The pings: what a rate limit on a node's echo requests drops
+_PINGS = ("reach", "mtu_check", "own_pod_check")
+# Where the walk of a node's INPUT stopped on a rate limit: "filter INPUT rule 1 (-m limit)",
+# "inet filter input rule 3 (limit)"
+_RATE_LIMIT = re.compile(r"\((?:-m )?(?:limit|hashlimit|meter)\)$")
+_IN_FLOWS = ("node_in", "pod_node_in", "own_pod_in")
 
 
 @dataclass
@@ -69,6 +88,7 @@ class PairLoss:
     ways: list[str] = field(default_factory=list)
     rtts: list[float] = field(default_factory=list)
     limited: bool = False  # a direction's replies stopped after the first few
+    lost_each: list[int] = field(default_factory=list)  # per direction measured
     queued: bool = False  # set by blame(): its round trip is a filling queue's
 
     @property
@@ -80,22 +100,44 @@ class PairLoss:
         return round(100.0 * self.lost / self.sent, 1) if self.sent else 0.0
 
     @property
+    def one_way(self) -> bool:
+        """Measured both ways, and one way lost several while the other lost none: an echo's
+        round trip crosses the link both ways, so a lossy link loses both ways alike; this is a
+        filter or a rate limit on one side's echo requests."""
+        return len(self.lost_each) >= 2 and min(self.lost_each) == 0 and \
+            max(self.lost_each) >= ONE_WAY_LOST
+
+    @property
     def lossy(self) -> bool:
         # all lost is a pair that does not reach, which the reach matrix judges
         return (self.received > 0 and self.lost >= MIN_LOST and self.pct >= MIN_PCT
-                and not self.limited and not self.queued)
+                and not self.limited and not self.queued and not self.one_way)
 
     @property
     def clean(self) -> bool:
         return self.lost == 0 and not self.queued
 
 
-def pair_losses(facts: Iterable[Fact]) -> dict[frozenset[str], PairLoss]:
+def rate_limited(paths: Iterable[Fact]) -> dict[str, str]:
+    """Node -> the rule that lets echo requests in only at a rate, from the walk of its INPUT."""
+    out: dict[str, str] = {}
+    for f in paths:
+        a = f.attrs
+        if a.get("proto") == "icmp" and a.get("flow") in _IN_FLOWS and \
+                a.get("verdict") == "unknown" and _RATE_LIMIT.search(str(a.get("at") or "")):
+            out.setdefault(f.node, str(a["at"]))
+    return out
+
+
+def pair_losses(facts: Iterable[Fact], limited: Iterable[str] = ()
+                ) -> dict[frozenset[str], PairLoss]:
+    """Each pair's bursts; those towards a node that rate-limits echo requests count nowhere."""
+    skip = set(limited)
     pairs: dict[frozenset[str], PairLoss] = defaultdict(PairLoss)
     for f in facts:
         a = f.attrs
         dst, sent, received = a.get("dst"), a.get("sent"), a.get("received")
-        if not isinstance(dst, str) or dst == f.node:
+        if not isinstance(dst, str) or dst == f.node or dst in skip:
             continue
         if type(sent) is not int or type(received) is not int or sent <= 0:
             continue
@@ -103,8 +145,9 @@ def pair_losses(facts: Iterable[Fact]) -> dict[frozenset[str], PairLoss]:
         pair.sent += sent
         pair.received += min(received, sent)
         # a rate limit drained by other probers shows no leading run, only a few replies: more
-        # than half lost one way while some come back is a limit, not a cable
-        pair.limited = pair.limited or a.get("limited") is True or 0 < 2 * received < sent
+        # than half lost one way is a limit, not a cable
+        pair.limited = pair.limited or a.get("limited") is True or 2 * received < sent
+        pair.lost_each.append(max(sent - received, 0))
         rtt = a.get("rtt_ms")
         if isinstance(rtt, (int, float)) and not isinstance(rtt, bool):
             pair.rtts.append(float(rtt))
@@ -189,10 +232,11 @@ class _Crossing:
         return None
 
 
-def _source(lines: list[str], aside: list[str]) -> Source:
+def _source(lines: list[str], aside: list[str],
+            heading: str = "failed checks across it, set aside:") -> Source:
     shown = aside[:LISTED]
     more = [f"... and {len(aside) - LISTED} more"] if len(aside) > LISTED else []
-    tail = ["failed checks across it, set aside:", *shown, *more] if aside else []
+    tail = [heading, *shown, *more] if aside else []
     return Source(PROBE, COMMAND, None, "\n".join(lines + tail))
 
 
@@ -204,20 +248,42 @@ def _describe(f: Fact) -> str:
     return f"{f.kind}{layer} {f.node} -> {what}: {a.get('detail') or 'failed'}"
 
 
+def _limited_ping(f: Fact, limited: dict[str, str]) -> str | None:
+    """The rate-limited node a failed ping was sent to, if it was."""
+    if f.kind == "own_pod_check":
+        return f.node if f.attrs.get("direction") == "pod_to_node" and f.node in limited \
+            else None
+    dst = f.attrs.get("dst")
+    return dst if f.kind in _PINGS and isinstance(dst, str) and dst in limited else None
+
+
 def lossy_link_facts(facts: Sequence[Fact]) -> tuple[list[Fact], set[int]]:
-    """(link_loss and loss_pair facts, the ids of the check facts they set aside)."""
-    pairs = pair_losses(by_kind(facts, INPUTS)["ping_loss"])
+    """(link_loss, loss_pair and icmp_rate_limited facts, the ids of the check facts they set
+    aside)."""
+    picked = by_kind(facts, INPUTS)
+    limited = rate_limited(picked["path"])
+    pairs = pair_losses(picked["ping_loss"], limited)
     blamed, left = blame(pairs)
-    if not blamed and not left:
+    if not blamed and not left and not limited:
         return [], set()
-    crossing = _Crossing(facts, blamed, left)
+    crossing = _Crossing(facts, blamed, left) if blamed or left else None
     aside: dict[str, list[Fact]] = defaultdict(list)
+    pings: dict[str, list[Fact]] = defaultdict(list)
     for f in facts:
-        if f.kind in CHECKS and f.attrs.get("ok") is False and _silent(f.attrs.get("detail")):
-            link = crossing.link(f)
-            if link is not None:
+        if (f.kind in CHECKS or f.kind in _PINGS) and f.attrs.get("ok") is False \
+                and _silent(f.attrs.get("detail")):
+            node = _limited_ping(f, limited)
+            link = crossing.link(f) if crossing is not None and f.kind in CHECKS else None
+            if node is not None:
+                pings[node].append(f)
+            elif link is not None:
                 aside[link].append(f)
     out: list[Fact] = []
+    for node, at in sorted(limited.items()):
+        listed = [_describe(f) for f in pings[node]]
+        out.append(Fact("icmp_rate_limited", node, {"at": at, "set_aside": len(listed)},
+                        _source([f"{node}'s INPUT lets echo requests in only at a rate: {at}"],
+                                listed, "failed pings towards it, set aside:")))
     for node, mine in sorted(blamed.items()):
         losses = [pairs[p] for p in mine]
         sent, lost = sum(x.sent for x in losses), sum(x.lost for x in losses)
@@ -245,4 +311,4 @@ def lossy_link_facts(facts: Sequence[Fact]) -> tuple[list[Fact], set[int]]:
             "set_aside": len(mine_aside)},
             _source([f"{a} and {b} lose {loss.pct:g}% of the echoes between them", *loss.ways],
                     mine_aside)))
-    return out, {id(f) for fs in aside.values() for f in fs}
+    return out, {id(f) for fs in (*aside.values(), *pings.values()) for f in fs}
