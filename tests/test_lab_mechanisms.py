@@ -1776,6 +1776,13 @@ def _in_force(lab: Lab, name: str) -> None:
         rules = node.run(["iptables", "-S"]).stdout
         assert "-P INPUT DROP" in rules and "-P FORWARD DROP" in rules, rules
         assert "-A ufw-user-input -p udp -m udp --dport 8472 -j ACCEPT" in rules, rules
+    elif name == "benign_icmp_rate_limited":
+        rules = node.run(["iptables", "-S", "INPUT"]).stdout.splitlines()
+        assert rules[1].endswith("--limit 2/sec -j ACCEPT"), rules
+        assert rules[2].endswith("--icmp-type 8 -j DROP"), rules
+        burst = lab.node_exec("node1", ["ping", "-c", "20", "-i", "0.05", "-W", "1",
+                                        lab.topology.node("node2").address], check=False).stdout
+        assert 0 < int(re.search(r"(\d+) received", burst).group(1)) < 20, burst
     else:
         raise AssertionError(f"no check for {name}")
 

@@ -293,6 +293,33 @@ register(Fault(
 ))
 
 
+# An anti-ping-flood pair of rules from a hardening template: echo requests accepted at 2 a
+# second (a burst of 5), the rest dropped, ahead of everything else in INPUT
+PING_LIMIT = ["-p", "icmp", "-m", "icmp", "--icmp-type", "8", "-m", "limit", "--limit", "2/sec",
+              "--limit-burst", "5", "-j", "ACCEPT"]
+PING_OVER = ["-p", "icmp", "-m", "icmp", "--icmp-type", "8", "-j", "DROP"]
+
+
+def _ping_limited(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _restore(ctx, node, f"*filter\n-I INPUT 1 {' '.join(PING_LIMIT)}\n"
+                        f"-I INPUT 2 {' '.join(PING_OVER)}\nCOMMIT\n")
+
+
+def _ping_unlimited(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    _ipt_delete(ctx, node, "INPUT", PING_OVER)
+    _ipt_delete(ctx, node, "INPUT", PING_LIMIT)
+
+
+register(Fault(
+    "benign_icmp_rate_limited",
+    "the node's INPUT accepts echo requests at 2 a second (a burst of 5) and drops the rest, "
+    "as hardening templates against ping floods write it: every other ping the diagnoser "
+    "sends the node is dropped, and none of the cluster's traffic is a ping "
+    "(icmp_echo_blocked drops them all)",
+    _ping_limited, _ping_unlimited, benign=True,
+))
+
+
 KEEPALIVED_VIP = "198.18.0.100/32"  # on the node network, held by no node of the lab
 
 
