@@ -12,6 +12,7 @@ from kubenetdiag.facts.lossy_links import lossy_link_facts
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.probes.active import ping
 from kubenetdiag.probes.active.common import LOSS_PING, example, section
+from kubenetdiag.probes.base import Section
 
 FIX = Path(__file__).parent / "fixtures" / "active"
 
@@ -190,3 +191,18 @@ def test_loss_one_way_only_is_a_filter_not_a_link() -> None:
               loss("node1", "node2", 20), loss("node2", "node1", 20),
               loss("node1", "node3", 20), loss("node3", "node1", 20)]
     assert lossy_link_facts(cluster(*bursts)) == ([], set())
+
+
+def test_a_node_whose_ping_cannot_burst_says_its_loss_was_not_measured() -> None:
+    peer = example().plan["peers"][0]
+    command = LOSS_PING.replace("ADDR", "'198.18.0.12'")
+    busybox = Section("active.ping.underlay.0", command, 0, 0.3,
+                      (FIX / "ping_busybox_ok.txt").read_text(), "")
+    reach, status = ping.PING.parse(busybox, ("underlay", peer), example())
+    assert reach.attrs["ok"] and status.kind == "probe_status"
+    assert (status.attrs["status"], status.attrs["kinds"]) == ("partial", "ping_loss")
+    assert status.attrs["blocks"] == "loss on the link to node2"
+    # a bundle of a version that sent two echoes on every node says nothing node by node
+    older = Section("active.ping.underlay.0", "ping -c 2 -W 1 $__pi '198.18.0.12'", 0, 0.3,
+                    (FIX / "ping_iputils_ok.txt").read_text(), "")
+    assert [f.kind for f in ping.PING.parse(older, ("underlay", peer), example())] == ["reach"]

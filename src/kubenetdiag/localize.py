@@ -412,8 +412,6 @@ def _blocks_reach(m: re.Match[str]) -> str:
 
 
 _pattern(r"loss on the link to (?P<peer>\S+)", "到 {peer} 的链路丢包情况")
-_pattern(r"(?P<n>\d+) echoes sent: the version that made this bundle sent no burst",
-         "只发送了 {n} 个 ping：生成该采集包的版本还不发送成组 ping")
 _pattern(r"(?P<n>\d+) echoes sent: this ping has no short interval \(busybox\), or allows none "
          r"to a user that is not root \(an old iputils\)",
          "只发送了 {n} 个 ping：此 ping 不支持短间隔（busybox），或不允许非 root 用户使用短间隔"

@@ -190,14 +190,14 @@ def _parser(in_pod: bool):  # noqa: ANN202
             "icmp_from": result["icmp_from"], "vantage": vantage(ctx, in_pod)},
             source(section))]
         sent = result["sent"]
-        if layer == "underlay" and sent is not None and sent < LOSS_SENT:
-            older = "-c 20" not in section.command
+        # a bundle of a version that sent no burst says nothing of loss, on every node alike;
+        # a node whose ping could not burst is said, since its peers' bursts were measured
+        if layer == "underlay" and sent is not None and sent < LOSS_SENT and \
+                "-c 20" in section.command:
             facts.append(Fact("probe_status", ctx.node, {
                 "probe": section.probe, "status": "partial",
-                "reason": (f"{sent} echoes sent: the version that made this bundle sent no burst"
-                           if older else
-                           f"{sent} echoes sent: this ping has no short interval (busybox), or "
-                           "allows none to a user that is not root (an old iputils)"),
+                "reason": f"{sent} echoes sent: this ping has no short interval (busybox), or "
+                          "allows none to a user that is not root (an old iputils)",
                 "blocks": f"loss on the link to {peer['name']}", "kinds": "ping_loss"},
                 source(section)))
         if layer == "underlay" and sent is not None and sent >= LOSS_SENT:
