@@ -206,3 +206,14 @@ def test_a_node_whose_ping_cannot_burst_says_its_loss_was_not_measured() -> None
     older = Section("active.ping.underlay.0", "ping -c 2 -W 1 $__pi '198.18.0.12'", 0, 0.3,
                     (FIX / "ping_iputils_ok.txt").read_text(), "")
     assert [f.kind for f in ping.PING.parse(older, ("underlay", peer), example())] == ["reach"]
+
+
+def test_at_a_few_percent_a_pair_that_lost_one_echo_still_counts_for_the_lossy_node() -> None:
+    bursts = [loss("node1", "node3", 18), loss("node3", "node1", 19),
+              loss("node2", "node3", 20), loss("node3", "node2", 19),
+              loss("node1", "node2", 20), loss("node2", "node1", 20)]
+    [link], _ = lossy_link_facts(cluster(*bursts))
+    assert (link.kind, link.node, link.attrs["per_peer"]) == ("link_loss", "node3",
+                                                             "node1 7.5%, node2 2.5%")
+    # one echo lost, with no lossy pair anywhere, is nothing
+    assert lossy_link_facts(cluster(*bursts[2:]))[0] == []

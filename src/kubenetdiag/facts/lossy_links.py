@@ -170,20 +170,30 @@ def _mark_queued(pairs: dict[frozenset[str], PairLoss]) -> None:
 
 def blame(pairs: dict[frozenset[str], PairLoss]
           ) -> tuple[dict[str, list[frozenset[str]]], list[frozenset[str]]]:
-    """({blamed node: its lossy pairs}, lossy pairs no blamed node accounts for)."""
+    """({blamed node: its lossy pairs}, lossy pairs no blamed node accounts for).
+
+    A pair that lost an echo or two, too few to be lossy on its own, still counts towards a
+    node that has a lossy pair too: at a few percent a burst of 40 echoes can come back whole
+    or nearly, and the node is the one whose every pair loses some.
+    """
     _mark_queued(pairs)
     left = {p for p, loss in pairs.items() if loss.lossy}
+    some = {p for p, loss in pairs.items() if loss.lost and not loss.lossy and not loss.queued
+            and not loss.limited and not loss.one_way and loss.received}
     clean = [p for p, loss in pairs.items() if loss.clean]
     blamed: dict[str, list[frozenset[str]]] = {}
     while left:
         count = Counter(n for p in left for n in p)
-        node, n = min(count.items(), key=lambda kv: (-kv[1], kv[0]))
+        losing = Counter(n for p in left | some for n in p)
+        node = min(count, key=lambda x: (-losing[x], -count[x], x))
+        n = losing[node]
         measured = sum(1 for p in pairs if node in p)
         if n < MIN_PEERS or 2 * n < measured or not any(node not in p for p in clean):
             break
-        mine = sorted((p for p in left if node in p), key=sorted)
+        mine = sorted((p for p in left | some if node in p), key=sorted)
         blamed[node] = mine
         left -= set(mine)
+        some -= set(mine)
     return blamed, sorted(left, key=sorted)
 
 
