@@ -11,12 +11,11 @@ a pair is lossy when enough of its echoes (both directions added up) were lost w
 came back, with no sign of another cause: a rate limit on echo requests (the replies stop
 after the first few, `ping_loss.limited`, or more than half are lost one way), a filter on one
 side (several lost one way and none the other, where a round trip crosses the link both ways)
-or a full queue (the pair's round trip many times
-the clean pairs', as a saturated link's or a shaper's queue holds packets before it drops
-them: link_saturated and cross_zone_latency, not a bad cable). The node in the most lossy
-pairs is blamed when it loses with at least MIN_PEERS peers, with at least half the peers it
-was measured with, and a pair elsewhere shows the rest of the network carries every echo;
-its pairs are then set aside and the next node considered.
+or a full queue (the pair's round trip many times the clean pairs', as a saturated link's or a
+shaper's queue holds packets before it drops them: link_saturated and cross_zone_latency, not
+a bad cable). The node in the most lossy pairs is blamed when it loses with at least MIN_PEERS
+peers, with at least half the peers it was measured with, and a pair elsewhere shows the rest
+of the network carries every echo; its pairs are then set aside and the next node considered.
 Lossy pairs no node accounts for stay pairs (`loss_pair`): a two-node cluster, or a network
 lossy everywhere.
 
@@ -301,13 +300,13 @@ def lossy_link_facts(facts: Sequence[Fact]) -> tuple[list[Fact], set[int]]:
         each = ", ".join(f"{peer} {pairs[frozenset((node, peer))].pct:g}%" for peer in peers)
         witnesses = sorted({n for p, loss in pairs.items() if loss.clean and node not in p
                             for n in p})
-        lines = [f"{node} loses echoes with {len(peers)} of "
-                 f"{sum(1 for p in pairs if node in p)} peers measured: {each}",
+        measured = sum(1 for p in pairs if node in p)
+        lines = [f"{node} loses echoes with {len(peers)} of {measured} peers measured: {each}",
                  *(w for p in mine for w in pairs[p].ways),
                  f"no echo lost between {vantage.listed(witnesses)}"]
         mine_aside = [_describe(f) for f in aside[node]]
         out.append(Fact("link_loss", node, {
-            "peers": len(peers), "measured": sum(1 for p in pairs if node in p),
+            "peers": len(peers), "measured": measured,
             "lossy_peers": vantage.listed(peers), "loss_pct": round(100.0 * lost / sent, 1),
             "sent": sent, "lost": lost, "per_peer": each,
             "witnesses": vantage.listed(witnesses), "set_aside": len(mine_aside)},

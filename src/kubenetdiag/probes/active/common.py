@@ -13,11 +13,12 @@ IPV4 = r"\d{1,3}(?:\.\d{1,3}){3}"
 # ping's options for every ping check: $__pi is the interval the script found ping accepts
 # (iputils takes 0.2 s, busybox has no -i)
 PING = "ping -c 2 -W 1 $__pi"
-# The underlay ping counts loss too: 20 echoes 20 ms apart, so a link that loses one packet in
-# ten shows it in half a second (iputils only: busybox's one echo a second would take 20 s, and an
-# old iputils refuses an interval under 0.2 s to a user who is not root, so it gets the plain
-# ping). ADDR is replaced by the quoted address.
-LOSS_PING = ('if [ -n "$__pi" ]; then o=$(ping -c 20 -i 0.02 -W 1 ADDR 2>&1); r=$?; '
+# The underlay ping counts loss too: 20 echoes 20 ms apart, so a link that loses one packet
+# in ten shows it in half a second (iputils only: busybox's one echo a second would take 20 s,
+# and an old iputils refuses an interval under 0.2 s to a user who is not root, so it gets the
+# plain ping). ADDR is replaced by the quoted address.
+BURST = "-c 20 -i 0.02"
+LOSS_PING = ('if [ -n "$__pi" ]; then o=$(ping ' + BURST + ' -W 1 ADDR 2>&1); r=$?; '
              'case $o in *"minimal interval"*|*"cannot flood"*) '
              f'o=$({PING} ADDR 2>&1); r=$?;; esac; '
              'printf "%s\\n" "$o"; exit $r; fi; ' + PING + ' ADDR')

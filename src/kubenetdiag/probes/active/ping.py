@@ -32,6 +32,7 @@ from typing import Any
 
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.probes.active.common import (
+    BURST,
     IN_POD,
     LOSS_PING,
     LOSS_SENT,
@@ -193,7 +194,7 @@ def _parser(in_pod: bool):  # noqa: ANN202
         # a bundle of a version that sent no burst says nothing of loss, on every node alike;
         # a node whose ping could not burst is said, since its peers' bursts were measured
         if layer == "underlay" and sent is not None and sent < LOSS_SENT and \
-                "-c 20" in section.command:
+                BURST in section.command:
             facts.append(Fact("probe_status", ctx.node, {
                 "probe": section.probe, "status": "partial",
                 "reason": f"{sent} echoes sent: this ping has no short interval (busybox), or "
