@@ -16,9 +16,12 @@ PING = "ping -c 2 -W 1 $__pi"
 # The underlay ping counts loss too: 20 echoes 20 ms apart, so a link that loses one packet
 # in ten shows it in half a second (iputils only: busybox's one echo a second would take 20 s,
 # and an old iputils refuses an interval under 0.2 s to a user who is not root, so it gets the
-# plain ping). ADDR is replaced by the quoted address.
-BURST = "-c 20 -i 0.02"
-LOSS_PING = ('if [ -n "$__pi" ]; then o=$(ping ' + BURST + ' -W 1 ADDR 2>&1); r=$?; '
+# plain ping). A deadline, not a wait per echo: ping stops when every reply is in or at 2 s, so
+# a reply late on a loaded node still counts (with -W it would stop waiting twice the slowest
+# round trip after the last echo). ADDR is replaced by the quoted address.
+BURST_COUNT = 20
+BURST = f"-c {BURST_COUNT} -i 0.02"
+LOSS_PING = ('if [ -n "$__pi" ]; then o=$(ping ' + BURST + ' -w 2 ADDR 2>&1); r=$?; '
              'case $o in *"minimal interval"*|*"cannot flood"*) '
              f'o=$({PING} ADDR 2>&1); r=$?;; esac; '
              'printf "%s\\n" "$o"; exit $r; fi; ' + PING + ' ADDR')

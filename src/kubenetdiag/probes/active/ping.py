@@ -33,6 +33,7 @@ from typing import Any
 from kubenetdiag.facts.model import Fact
 from kubenetdiag.probes.active.common import (
     BURST,
+    BURST_COUNT,
     IN_POD,
     LOSS_PING,
     LOSS_SENT,
@@ -139,25 +140,35 @@ def _resolve(plan: NodePlan, suffix: str) -> tuple[str, Any]:
     return layer, peer_at(plan, index)
 
 
-def rate_limited(text: str, sent: int) -> bool:
-    """The replies came back for the first echoes and hardly any after: the shape of a rate
-    limit on echo requests (iptables' `-m limit`, a hardening script's), not of a link that
-    loses packets at random, whose losses fall anywhere.
+def rate_limited(got: set[int], sent: int) -> bool:
+    """The replies (`got`: their sequence numbers) came back for the first echoes and hardly
+    any after: the shape of a rate limit on echo requests (iptables' `-m limit`, a hardening
+    script's), not of a link that loses packets at random, whose losses fall anywhere.
 
-    >>> def replies(seqs):
-    ...     return "".join(f"64 bytes from 198.18.0.12: icmp_seq={i} ttl=64 time=0.1 ms\\n"
-    ...                    for i in seqs)
-    >>> rate_limited(replies([1, 2, 3, 4, 5, 20]), 20)
+    >>> rate_limited({1, 2, 3, 4, 5, 20}, 20)
     True
-    >>> rate_limited(replies(i for i in range(1, 21) if i not in (4, 11, 17)), 20)
+    >>> rate_limited({i for i in range(1, 21) if i not in (4, 11, 17)}, 20)
+    False
+    >>> rate_limited({i for i in range(1, 21) if i not in (16, 17, 18, 19)}, 20)
     False
     """
-    got = {int(n) for n in _PING_REPLY.findall(text)}
     first_lost = next((n for n in range(1, sent + 1) if n not in got), None)
-    if first_lost is None or first_lost <= 3 or first_lost >= sent:
+    # a limit's budget runs out early and leaves a long tail; random loss may cluster late
+    if first_lost is None or first_lost <= 3 or first_lost > sent // 2:
         return False
-    after = sum(1 for n in got if n > first_lost)
+    after = sum(1 for n in got if first_lost < n <= sent)
     return after < 0.3 * (sent - first_lost)
+
+
+def burst(text: str, transmitted: int, received: int) -> tuple[int, set[int]]:
+    """(echoes of the burst, the sequence numbers of those answered). With a deadline ping goes
+    on sending until BURST_COUNT replies are in, so only the first BURST_COUNT count; where no
+    reply line can be read, the statistics' count stands for them."""
+    sent = min(transmitted, BURST_COUNT)
+    got = {n for n in map(int, _PING_REPLY.findall(text)) if 1 <= n <= sent}
+    if not got and received:
+        got = set(range(1, min(received, sent) + 1))
+    return sent, got
 
 
 def _command(plan: NodePlan, target: tuple[str, Any]) -> str:
@@ -191,23 +202,24 @@ def _parser(in_pod: bool):  # noqa: ANN202
             "icmp_from": result["icmp_from"], "vantage": vantage(ctx, in_pod)},
             source(section))]
         sent = result["sent"]
-        # a bundle of a version that sent no burst says nothing of loss, on every node alike;
-        # a node whose ping could not burst is said, since its peers' bursts were measured
-        if layer == "underlay" and sent is not None and sent < LOSS_SENT and \
-                BURST in section.command:
-            facts.append(Fact("probe_status", ctx.node, {
-                "probe": section.probe, "status": "partial",
-                "reason": f"{sent} echoes sent: this ping has no short interval (busybox), or "
-                          "allows none to a user that is not root (an old iputils)",
-                "blocks": f"loss on the link to {peer['name']}", "kinds": "ping_loss"},
-                source(section)))
-        if layer == "underlay" and sent is not None and sent >= LOSS_SENT:
-            lost = max(sent - result["received"], 0)
-            facts.append(Fact("ping_loss", ctx.node, {
-                "dst": peer["name"], "sent": sent, "received": result["received"],
-                "errors": result["errors"], "loss_pct": round(100.0 * lost / sent, 1),
-                "rtt_ms": result["rtt_ms"], "limited": rate_limited(text, sent)},
-                source(section)))
+        if layer == "underlay" and sent is not None and BURST in section.command:
+            # a node whose ping could not burst is said, since its peers' bursts were
+            # measured; a bundle of a version that sent no burst says nothing of loss
+            if sent < LOSS_SENT:
+                facts.append(Fact("probe_status", ctx.node, {
+                    "probe": section.probe, "status": "partial",
+                    "reason": f"{sent} echoes sent: this ping has no short interval (busybox), "
+                              "or allows none to a user that is not root (an old iputils)",
+                    "blocks": f"loss on the link to {peer['name']}", "kinds": "ping_loss"},
+                    source(section)))
+            else:
+                sent, got = burst(text, sent, result["received"])
+                lost = sent - len(got)
+                facts.append(Fact("ping_loss", ctx.node, {
+                    "dst": peer["name"], "sent": sent, "received": len(got),
+                    "errors": result["errors"], "loss_pct": round(100.0 * lost / sent, 1),
+                    "rtt_ms": result["rtt_ms"], "limited": rate_limited(got, sent)},
+                    source(section)))
         return facts
     return parse
 
