@@ -159,9 +159,8 @@ def pair_losses(facts: Iterable[Fact], limited: Iterable[str] = ()
 
 def _mark_queued(pairs: dict[frozenset[str], PairLoss]) -> None:
     clean = sorted(max(p.rtts) for p in pairs.values() if p.lost == 0 and p.rtts)
-    if not clean:
-        return
-    usual = clean[len(clean) // 2]
+    # with no clean pair to compare (two nodes, a saturated one among them), QUEUED_MS alone
+    usual = clean[len(clean) // 2] if clean else 0.0
     for loss in pairs.values():
         if loss.lost and loss.rtts and max(loss.rtts) >= max(QUEUED_MS, QUEUED_TIMES * usual):
             loss.queued = True
