@@ -93,6 +93,15 @@ def test_a_rate_limit_or_a_full_queue_is_not_a_lossy_link() -> None:
     assert lossy_link_facts(cluster(*queued))[0] == []
 
 
+def test_a_slow_zone_whose_queue_fills_is_no_lossy_pair() -> None:
+    # node2 alone in a zone behind a full 60 ms queue: its pair with node1 lost nothing, the
+    # one with node3 a few; node1 and node3 answer each other in 0.03 ms
+    bursts = [loss("node1", "node2", 20, rtt=64.3), loss("node2", "node1", 20, rtt=64.5),
+              loss("node2", "node3", 18, rtt=64.8), loss("node3", "node2", 18, rtt=59.0),
+              loss("node1", "node3", 20, rtt=0.03), loss("node3", "node1", 20, rtt=0.03)]
+    assert lossy_link_facts(cluster(*bursts)) == ([], set())
+
+
 def test_two_nodes_whose_queue_fills_are_no_lossy_pair() -> None:
     # a saturated uplink between two nodes: the lost echoes come with a 60 ms queue, and there
     # is no clean pair to compare with

@@ -159,8 +159,9 @@ def pair_losses(facts: Iterable[Fact], limited: Iterable[str] = ()
 
 def _mark_queued(pairs: dict[frozenset[str], PairLoss]) -> None:
     clean = sorted(max(p.rtts) for p in pairs.values() if p.lost == 0 and p.rtts)
-    # with no clean pair to compare (two nodes, a saturated one among them), QUEUED_MS alone
-    usual = clean[len(clean) // 2] if clean else 0.0
+    # the usual round trip is the quick pairs': a queue may slow pairs that lose nothing (the
+    # slow zone's other pairs); with no clean pair to compare (two nodes), QUEUED_MS alone
+    usual = clean[len(clean) // 4] if clean else 0.0
     for loss in pairs.values():
         if loss.lost and loss.rtts and max(loss.rtts) >= max(QUEUED_MS, QUEUED_TIMES * usual):
             loss.queued = True
