@@ -1817,6 +1817,13 @@ def test_an_unknown_via_is_refused(lab):
     assert recorded(lab) == []
 
 
+def test_a_loss_share_that_is_no_percentage_is_refused(lab):
+    for pct in ("0", "100", "ten", "-5"):
+        with pytest.raises(LabError, match="pct must be a whole number from 1 to 99"):
+            lab.inject("underlay_packet_loss", "node1", {"pct": pct})
+    assert recorded(lab) == []
+
+
 # ---- flannel-host-gw ---------------------------------------------------------------------------
 
 

@@ -1149,9 +1149,10 @@ register(Fault(
 def _lossy_port(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if params["via"] != "switch":
         raise LabError("underlay_packet_loss: via must be switch")
-    pct = int(params["pct"])
-    if not 0 < pct < 100:
-        raise LabError("underlay_packet_loss: pct must be between 1 and 99")
+    pct = params["pct"]
+    if not pct.isdigit() or not 0 < int(pct) < 100:
+        raise LabError(f"underlay_packet_loss: pct must be a whole number from 1 to 99, "
+                       f"not {pct!r}")
     # A failing cable or transceiver on the switch port: frames lost at random both ways, the
     # rest delivered; the node's own counters show none of it. The kernel has no netem, and
     # nft's random number generator in the bridge's forward hook does the same per frame.
