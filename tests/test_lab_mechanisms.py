@@ -1433,10 +1433,10 @@ def _pair_cut(node: str, peer: str, *, nic_changed: bool = False) -> Callable[[L
     return check
 
 
-def _lossy(node: str) -> Callable[[Lab], None]:
+def _lossy(node: str, counted: bool = False) -> Callable[[Lab], None]:
     """Echoes between `node` and each peer are lost in part, both ways, and the rest come back;
-    the client, whose own port is sound, loses none to a peer; the node's own counters show
-    nothing (the frames die on the switch)."""
+    the client, whose own port is sound, loses none to a peer. On the switch (`counted` False)
+    the node's own counters show nothing; by its own rule, the rule counts what it dropped."""
     def check(lab: Lab) -> None:
         def received(src: str, dst: str) -> int:
             argv = ["ping", "-c", "100", "-i", "0.01", "-W", "1", lab.topology.node(dst).address]
@@ -1454,11 +1454,15 @@ def _lossy(node: str) -> Callable[[Lab], None]:
         assert lab.node_exec(node, ["cat", "/sys/class/net/eth0/statistics/rx_dropped",
                                     "/sys/class/net/eth0/statistics/tx_dropped"]
                              ).stdout == counters
+        rules = lab.node_exec(node, ["iptables", "-v", "-n", "-L", "INPUT"]).stdout
+        dropped = re.search(r"^\s*(\d+)\s+\d+\s+DROP.*statistic mode random", rules, re.M)
+        assert (dropped is not None and int(dropped.group(1)) > 0) == counted, rules
     return check
 
 
 VXLAN_CASES = [
     ("underlay_packet_loss", "switch", "node1", {}, _lossy("node1")),
+    ("underlay_packet_loss", "statistic", "node1", {}, _lossy("node1", counted=True)),
     ("underlay_neighbor_wrong", "neigh", "node1", {"peer": "node2"}, _pair_cut("node1", "node2")),
     ("underlay_neighbor_wrong", "mac", "node1", {"peer": "node2"},
      _pair_cut("node1", "node2", nic_changed=True)),

@@ -235,3 +235,14 @@ def test_at_a_few_percent_a_pair_that_lost_one_echo_still_counts_for_the_lossy_n
                                                              "node1 7.5%, node2 2.5%")
     # one echo lost, with no lossy pair anywhere, is nothing
     assert lossy_link_facts(cluster(*bursts[2:]))[0] == []
+
+
+def test_a_random_drop_rule_of_the_lossy_node_is_named_and_kube_proxys_is_not() -> None:
+    chaos = Fact("path", "node1", {"flow": "node_in", "proto": "icmp", "verdict": "unknown",
+                                   "at": "filter INPUT rule 1 (-m statistic)"})
+    balance = Fact("path", "node1", {"flow": "service", "proto": "tcp", "verdict": "unknown",
+                                     "at": "nat KUBE-SVC-CDGGSHYLG3RE2FKL rule 1 (-m statistic)"})
+    [link], _ = lossy_link_facts(cluster(*node1_lossy(), chaos, balance))
+    assert link.attrs["random_rule"] == "filter INPUT rule 1 (-m statistic)"
+    [link], _ = lossy_link_facts(cluster(*node1_lossy(), balance))
+    assert link.attrs["random_rule"] is None

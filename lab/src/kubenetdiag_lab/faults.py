@@ -1146,13 +1146,24 @@ register(Fault(
 ))
 
 
+def _chaos_drop(pct: str) -> list[str]:
+    # iptables-save prints the probability with 11 decimals; -D matches it either way
+    return ["-m", "statistic", "--mode", "random", "--probability", f"{int(pct) / 100:.2f}",
+            "-j", "DROP"]
+
+
 def _lossy_port(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    if params["via"] != "switch":
-        raise LabError("underlay_packet_loss: via must be switch")
     pct = params["pct"]
     if not pct.isdigit() or not 0 < int(pct) < 100:
         raise LabError(f"underlay_packet_loss: pct must be a whole number from 1 to 99, "
                        f"not {pct!r}")
+    if params["via"] == "statistic":
+        # a chaos experiment's leftover: its tool stopped before it removed its rules
+        for chain in ("INPUT", "OUTPUT"):
+            _ipt_insert(ctx, node, chain, _chaos_drop(pct))
+        return
+    if params["via"] != "switch":
+        raise LabError("underlay_packet_loss: via must be switch or statistic")
     # A failing cable or transceiver on the switch port: frames lost at random both ways, the
     # rest delivered; the node's own counters show none of it. The kernel has no netem, and
     # nft's random number generator in the bridge's forward hook does the same per frame.
@@ -1166,6 +1177,13 @@ def _lossy_port(ctx: FaultContext, node: LabNode, params: Params) -> None:
 
 def _lossless_port(ctx: FaultContext, node: LabNode, params: Params) -> None:
     _switch_unblock(ctx, node, "loss")
+    # whatever share it was made with: a blind heal knows only the default
+    for chain in ("INPUT", "OUTPUT"):
+        for line in ctx.node(node).run(["iptables", "-S", chain]).stdout.splitlines():
+            spec = line.split()[2:]
+            if line.startswith(f"-A {chain} -m statistic --mode random") and \
+                    spec[-2:] == ["-j", "DROP"]:
+                ctx.node(node).run(["iptables", "-D", chain, *spec], check=False)
 
 
 register(Fault(
@@ -1173,10 +1191,12 @@ register(Fault(
     "the node's link onto the node network loses a share of its frames at random, both ways "
     "(param pct, default 10 in each direction), and delivers the rest, as a failing cable, "
     "transceiver or switch port does: dropped on the switch port towards the node "
-    "(via=switch), where nothing on the node counts them. Every call across the link fails "
-    "now and then, each time another one",
+    "(via=switch), where nothing on the node counts them; or by the node's own packet filter, "
+    "an iptables statistic match in random mode at the top of INPUT and OUTPUT, as a chaos "
+    "experiment whose tool stopped before it cleaned up leaves it (via=statistic). Every call "
+    "across the link fails now and then, each time another one",
     _lossy_port, _lossless_port, {"via": "switch", "pct": "10"},
-    mechanisms={"switch": ()},
+    mechanisms={"switch": (), "statistic": ()},
 ))
 
 

@@ -25,6 +25,10 @@ hardening templates write it) answers a few pings and drops the rest, a differen
 time: pings towards it that failed prove nothing, so they are set aside the same way and
 listed in its `icmp_rate_limited` fact, and its bursts count in no pair.
 
+A blamed node whose own packet filter has a rule that drops a random share of its traffic
+(iptables' `-m statistic --mode random`, nftables' `numgen random`: a chaos experiment's
+leftover) says so in `link_loss.random_rule`: the loss is that rule's, not the cable's.
+
 A check that failed without an answer (a timeout, not a refusal) across a blamed node's link
 or a lossy pair proves nothing about the rest of its path, so it is taken out of what the rules
 read and listed in the `link_loss` or `loss_pair` fact instead (its evidence names each one).
@@ -76,6 +80,12 @@ _PINGS = ("reach", "mtu_check", "own_pod_check")
 # "inet filter input rule 3 (limit)"
 _RATE_LIMIT = re.compile(r"\((?:-m )?(?:limit|hashlimit|meter)\)$")
 _IN_FLOWS = ("node_in", "pod_node_in", "own_pod_in")
+# A rule of the node's own that matches a random share of what the bursts cross (iptables'
+# statistic match in random mode, nftables' numgen), as a chaos experiment leaves behind:
+# "filter INPUT rule 1 (-m statistic)". kube-proxy's own random matches pick a Service's
+# endpoint in nat, on Service flows only.
+_RANDOM = re.compile(r"\((?:-m statistic|numgen)\)$")
+_LINK_FLOWS = ("node_in", "node_out", "overlay_in", "overlay_out")
 
 
 @dataclass
@@ -125,6 +135,19 @@ def rate_limited(paths: Iterable[Fact]) -> dict[str, str]:
         if a.get("proto") == "icmp" and a.get("flow") in _IN_FLOWS and \
                 a.get("verdict") == "unknown" and _RATE_LIMIT.search(str(a.get("at") or "")):
             out.setdefault(f.node, str(a["at"]))
+    return out
+
+
+def random_drops(paths: Iterable[Fact]) -> dict[str, str]:
+    """Node -> a rule of its packet filter that drops a random share of its own traffic, where
+    the walk of the node's traffic stops undecided on it."""
+    out: dict[str, str] = {}
+    for f in paths:
+        a = f.attrs
+        at = str(a.get("at") or "")
+        if a.get("flow") in _LINK_FLOWS and a.get("verdict") == "unknown" and \
+                _RANDOM.search(at) and not at.startswith("nat "):
+            out.setdefault(f.node, at)
     return out
 
 
@@ -288,6 +311,7 @@ def lossy_link_facts(facts: Sequence[Fact]) -> tuple[list[Fact], set[int]]:
             elif link is not None:
                 aside[link].append(f)
     out: list[Fact] = []
+    randomly = random_drops(picked["path"]) if blamed else {}
     for node, at in sorted(limited.items()):
         listed = [_describe(f) for f in pings[node]]
         out.append(Fact("icmp_rate_limited", node, {"at": at, "set_aside": len(listed)},
@@ -309,8 +333,10 @@ def lossy_link_facts(facts: Sequence[Fact]) -> tuple[list[Fact], set[int]]:
             "peers": len(peers), "measured": measured,
             "lossy_peers": vantage.listed(peers), "loss_pct": round(100.0 * lost / sent, 1),
             "sent": sent, "lost": lost, "per_peer": each,
-            "witnesses": vantage.listed(witnesses), "set_aside": len(mine_aside)},
-            _source(lines, mine_aside)))
+            "witnesses": vantage.listed(witnesses), "set_aside": len(mine_aside),
+            "random_rule": randomly.get(node)},
+            _source(lines + ([f"its packet filter drops at random: {randomly[node]}"]
+                             if node in randomly else []), mine_aside)))
     for p in left:
         a, b = sorted(p)
         loss = pairs[p]
