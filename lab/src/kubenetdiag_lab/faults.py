@@ -1146,12 +1146,6 @@ register(Fault(
 ))
 
 
-def _chaos_drop(pct: str) -> list[str]:
-    # iptables-save prints the probability with 11 decimals; -D matches it either way
-    return ["-m", "statistic", "--mode", "random", "--probability", f"{int(pct) / 100:.2f}",
-            "-j", "DROP"]
-
-
 def _lossy_port(ctx: FaultContext, node: LabNode, params: Params) -> None:
     pct = params["pct"]
     if not pct.isdigit() or not 0 < int(pct) < 100:
@@ -1159,8 +1153,10 @@ def _lossy_port(ctx: FaultContext, node: LabNode, params: Params) -> None:
                        f"not {pct!r}")
     if params["via"] == "statistic":
         # a chaos experiment's leftover: its tool stopped before it removed its rules
+        drop = ["-m", "statistic", "--mode", "random", "--probability",
+                f"{int(pct) / 100:.2f}", "-j", "DROP"]
         for chain in ("INPUT", "OUTPUT"):
-            _ipt_insert(ctx, node, chain, _chaos_drop(pct))
+            _ipt_insert(ctx, node, chain, drop)
         return
     if params["via"] != "switch":
         raise LabError("underlay_packet_loss: via must be switch or statistic")
