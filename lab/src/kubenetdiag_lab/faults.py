@@ -1031,12 +1031,16 @@ def _switch_table(node: LabNode, what: str) -> str:
     return f"knd{what}_{node.name}"
 
 
-def _switch_block(ctx: FaultContext, node: LabNode, what: str, match: str) -> None:
+def _switch_block(ctx: FaultContext, node: LabNode, what: str, match: str,
+                  both_ways: bool = False) -> None:
     """Drop what `match` matches on the switch port towards the node, like a cloud security
-    group: the node never sees it arrive (its own capture neither)."""
+    group: the node never sees it arrive (its own capture neither). `both_ways`: what the
+    node sends through the port too."""
+    ports = ["oifname"] + (["iifname"] if both_ways else [])
     rules = (f"table bridge {_switch_table(node, what)} {{\n chain block {{\n"
              "  type filter hook forward priority 0; policy accept;\n"
-             f'  oifname "swp{node.index}" {match} drop\n }}\n}}\n')
+             + "".join(f'  {way} "swp{node.index}" {match} drop\n' for way in ports)
+             + " }\n}\n")
     ctx.runners.switch.run(["nft", "-f", "-"], input=rules)
 
 
@@ -1163,12 +1167,7 @@ def _lossy_port(ctx: FaultContext, node: LabNode, params: Params) -> None:
     # A failing cable or transceiver on the switch port: frames lost at random both ways, the
     # rest delivered; the node's own counters show none of it. The kernel has no netem, and
     # nft's random number generator in the bridge's forward hook does the same per frame.
-    port = f"swp{node.index}"
-    rules = (f"table bridge {_switch_table(node, 'loss')} {{\n chain lose {{\n"
-             "  type filter hook forward priority 0; policy accept;\n"
-             f'  oifname "{port}" numgen random mod 100 < {pct} drop\n'
-             f'  iifname "{port}" numgen random mod 100 < {pct} drop\n }}\n}}\n')
-    ctx.runners.switch.run(["nft", "-f", "-"], input=rules)
+    _switch_block(ctx, node, "loss", f"numgen random mod 100 < {pct}", both_ways=True)
 
 
 def _lossless_port(ctx: FaultContext, node: LabNode, params: Params) -> None:
