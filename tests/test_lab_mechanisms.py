@@ -1798,7 +1798,9 @@ def _breaks_nothing(name: str) -> Callable[[Lab], None]:
         assert dns_ok(lab, "node1") and dns_ok(lab, "node2")
         assert web_ok(lab, "node1") and web_ok(lab, "node2")
         for node in ("node1", "node2"):  # the middleware, from the nodes and their pods
-            assert _connect(lab, node, False)[0] and _connect(lab, node, True)[0], node
+            for from_pod in (False, True):
+                connected, said = _connect(lab, node, from_pod)
+                assert connected, f"{node} (from a pod: {from_pod}): {said}"
     return check
 
 
