@@ -836,6 +836,37 @@ def test_an_address_on_another_device_whose_route_takes_a_peers_traffic_is_named
     assert not stops(facts, "n1")
 
 
+
+def test_a_peers_own_address_held_by_the_node_keeps_everything_sent_to_that_peer():
+    # n2's address typed on n1's own NIC as well (a configuration cloned from n2): the local
+    # table answers before any route, so n1's tunnel and pings to n2 never leave n1
+    facts = [x for x in cluster() if not x.kind.startswith("path")
+             and not (x.kind == "interface" and x.node == "n1" and x.attrs["name"] == "eth0")]
+    facts += [iface("n1", "eth0", "veth", 1500, "198.18.0.11/24,198.18.0.12/24")]
+    facts += path_facts(facts)
+    got = stops(facts, "n1")
+    assert {(s["flow"], s["peer"], s["stage"], s["verdict"]) for s in got} == {
+        (flow, "n2", "peer_address", "drop") for flow in ("node_out", "overlay_out")}
+    assert got[0]["rule"] == "198.18.0.12/24 dev eth0"
+    assert got[0]["undo"] == "ip address del 198.18.0.12/24 dev eth0"
+    assert got[0]["owner"] == "unknown"
+    assert not stops(facts, "n2") and not stops(facts, "n3")  # the others' flows are theirs
+    # a Service externalIP equal to n3's address, which kube-proxy's IPVS mode binds on
+    # kube-ipvs0: kube-proxy's doing
+    facts = cluster(iface("n1", "kube-ipvs0", "dummy", 1500, "10.96.0.1/32,198.18.0.13/32"))
+    got = stops(facts, "n1")
+    assert {(s["flow"], s["peer"], s["stage"]) for s in got} == {
+        (flow, "n3", "peer_address") for flow in ("node_out", "overlay_out")}
+    assert got[0]["owner"] == "kube-proxy"
+    assert got[0]["undo"] == "ip address del 198.18.0.13/32 dev kube-ipvs0"
+    # an inventory that reaches two nodes through one address (a NAT, a port forward) says
+    # nothing of what they hold
+    facts = [x for x in cluster() if not x.kind.startswith("path")
+             and not (x.kind == "node_status" and x.node == "n2")]
+    facts += [f("node_status", "n2", reachable=True, address="198.18.0.11", reason=None)]
+    facts += path_facts(facts)
+    assert not [s for s in stops(facts, "n1") if s["stage"] == "peer_address"]
+
 def test_pings_the_filter_passes_and_the_kernel_ignores_end_at_the_setting():
     facts = cluster(sysctl("n2", "net.ipv4.icmp_echo_ignore_all", 1))
     got = stops(facts, "n2")

@@ -570,7 +570,7 @@ def undo_command(end: Ending, both_backends: bool = False) -> str | None:
         return _sysctl_undo(end)
     if end.stage == "policy":
         return _ip_rule_undo(end)
-    if end.stage == "address":
+    if end.stage in ("address", "peer_address"):
         return _address_undo(end)
     if end.stage == "xfrm":
         return _xfrm_undo(end)

@@ -284,6 +284,29 @@ def _expectation(v: NodeView, d: Decision, e: Expect | None, pkt: Packet, steps:
     return _route_ending(d, pkt, steps, "drop", why)
 
 
+def _held(v: NodeView, d: Decision, flow: Flow, pkt: Packet, steps: list[str]
+          ) -> Ending | None:
+    """A packet for a peer node's own address that the routing decision keeps here: this node
+    holds the address too (typed in, a cloned network configuration, a VIP set to a node's
+    address, a Service externalIP that kube-proxy's IPVS mode binds on kube-ipvs0), and the
+    local table is looked up before any other, so nothing sent to the peer there leaves."""
+    if d.kind != "local" or flow.peer is None or flow.expect is None:
+        return None
+    dev = v.dev_of(pkt.dst)
+    # nodes the inventory reaches through one address (port forwards on 127.0.0.1, one NAT
+    # address) share it: that says nothing of what the nodes hold
+    if dev is None or (pkt.dst >> 24) == 127 or pkt.dst == v.address:
+        return None
+    held = next((c.strip() for c in str(v.ifaces[dev].get("addresses") or "").split(",")
+                 if c.strip().split("/")[0] == show(pkt.dst)), show(pkt.dst))
+    return Ending("drop", "peer_address",
+                  f"{show(pkt.dst)} is {flow.peer}'s address and also this node's ({held} on "
+                  f"{dev})", rule=f"{held} dev {dev}",
+                  owner="kube-proxy" if dev == "kube-ipvs0" else "unknown",
+                  why=f"the node holds {flow.peer}'s address, so it delivers what it sends "
+                      "there to itself", steps=steps + ["local"])
+
+
 def _address_behind(v: NodeView, r: Route) -> str | None:
     """The address on the route's device that the kernel made this connected route from (same
     network, same length), or None when the route is not one: a connected route has no
@@ -362,7 +385,8 @@ def _decide(v: NodeView, flow: Flow, w: World, steps: list[str]) -> Ending:
         return _after(v, ["forward", "postrouting"], flow, pkt.but(oif=oif), w, steps)
     # sent by the node itself
     d = v.routing.lookup(pkt)
-    end = _dead_end(d, pkt, steps) or _expectation(v, d, flow.expect, pkt, steps)
+    end = _dead_end(d, pkt, steps) or _held(v, d, flow, pkt, steps) \
+        or _expectation(v, d, flow.expect, pkt, steps)
     if end:
         return end
     steps.append(d.at(pkt.dst))
