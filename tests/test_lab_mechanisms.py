@@ -1118,6 +1118,19 @@ def _address_takes_peer(via: str) -> Callable[[Lab], None]:
     return check
 
 
+def _peer_address_held(dev: str) -> Callable[[Lab], None]:
+    """node2 holds node1's address too (on eth0, or as a /32 on lo): the local table answers
+    for it first, so node2's pings, tunnel and replies to node1 end on node2 itself, and the
+    two nodes' pods are cut apart."""
+    def check(lab: Lab) -> None:
+        held = lab.node_exec("node2", ["ip", "-4", "-br", "address", "show", "dev", dev]).stdout
+        assert "198.18.0.11/" in held, held
+        assert lab.node_exec("node2", ["ip", "route", "get", "198.18.0.11"]
+                             ).stdout.startswith("local 198.18.0.11 dev lo")
+        blocked_both(lab, "node1", "node2")
+    return check
+
+
 def _recv_queue_of_a_hung_reader(lab: Lab) -> None:
     line = lab.node_exec("node2", ["ss", "-Htnp", "state", "established",
                                    "sport = :30070"]).stdout.split()
@@ -1539,6 +1552,9 @@ VXLAN_CASES = [
     ("interface_address_overlap", "pod", "node2", {"peer": "node1"}, _address_takes_peer("pod")),
     ("interface_address_overlap", "node", "node2", {"peer": "node1"},
      _address_takes_peer("node")),
+    ("node_address_duplicate", "underlay", "node2", {"peer": "node1"},
+     _peer_address_held("eth0")),
+    ("node_address_duplicate", "lo", "node2", {"peer": "node1"}, _peer_address_held("lo")),
     ("socket_recv_queue_backlog", "hang", "node2", {}, _recv_queue_of_a_hung_reader),
     ("listen_port_conflict", "address", "node2", {}, _second_listener_on_the_address),
     ("syn_backlog_low", "file", "node2", {}, _syn_cookies_off_by_file),

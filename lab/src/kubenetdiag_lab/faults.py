@@ -2338,6 +2338,46 @@ register(Fault(
 ))
 
 
+# Where a peer's own address lands on a node: on its underlay interface with the network's
+# length, as a configuration cloned from the peer or typed on the wrong node leaves it
+# (via=underlay), or as a /32 on lo, as a load balancer's VIP or an anycast address set to a
+# node's address is (via=lo). Either way the local table takes everything sent to the peer.
+_DUPLICATE_DEVS = {"underlay": "eth0", "lo": "lo"}
+
+
+def _duplicate_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    dev = _DUPLICATE_DEVS.get(params["via"])
+    if dev is None:
+        raise LabError("node_address_duplicate: via must be underlay or lo")
+    peer = _peer(ctx, node, params)
+    if peer.name == node.name:
+        raise LabError("node_address_duplicate: the peer must be another node")
+    plen = IPv4Network(ctx.topology.underlay).prefixlen if dev == "eth0" else 32
+    ctx.node(node).run(["ip", "address", "add", f"{peer.address}/{plen}", "dev", dev])
+
+
+def _duplicate_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    # whichever way and for whichever peer it was made: a heal without its parameters finds it
+    held = ctx.node(node).run(["ip", "-4", "-o", "address", "show"]).stdout
+    mine = {f"{p.address}/" for p in ctx.topology.nodes if p.name != node.name}
+    for line in held.splitlines():
+        words = line.split()
+        if len(words) > 3 and words[2] == "inet" and words[1] in _DUPLICATE_DEVS.values() \
+                and any(words[3].startswith(a) for a in mine):
+            ctx.node(node).run(["ip", "address", "del", words[3], "dev", words[1]])
+
+
+register(Fault(
+    "node_address_duplicate",
+    "another node's address held by the node as well: on eth0 with the underlay's length, "
+    "as a configuration cloned from the peer leaves it (via=underlay), or as a /32 on lo, as "
+    "a VIP set to a node's address (via=lo); param peer, default the first other node. The "
+    "local table delivers everything the node sends to the peer to itself",
+    _duplicate_on, _duplicate_off, {"via": "underlay", "peer": ""},
+    mechanisms={"underlay": (), "lo": ()},
+))
+
+
 def _healthy_mtu(cni_mode: str, dev: str) -> int:
     return {"eth0": 1500, flannel.VXLAN_DEV: cni.VXLAN_MTU}.get(dev, cni.pod_mtu(cni_mode))
 
