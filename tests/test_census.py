@@ -77,6 +77,34 @@ def test_vxlan_macs_are_counted_only_when_two_nodes_share_one():
     assert all(validate_fact(f) == [] for f in shared)
 
 
+
+def test_a_nic_mac_counts_only_when_nodes_of_one_network_share_it():
+    def nic(node: str, name: str, addresses: str | None, mac: str, kind: str = "device") -> Fact:
+        fact = _iface(node, name, 1500, addresses, kind=kind)
+        return Fact("interface", node, {**fact.attrs, "mac": mac})
+
+    cloned = "52:54:00:12:34:56"
+    facts = [
+        *(_node(f"n{i}", f"10.0.{(i - 1) // 3}.{i}") for i in range(1, 9)),
+        # n1 and n2, one network, cloned with the MAC kept; n3 has its own
+        nic("n1", "eth0", "10.0.0.1/24", cloned),
+        nic("n2", "ens3", "10.0.0.2/24", cloned),
+        nic("n3", "eth0", "10.0.0.3/24", "52:54:00:ab:cd:ef"),
+        # the same MAC in another network: no switch sees both, counted apart
+        nic("n4", "eth0", "10.0.1.4/24", cloned),
+        # ipvlan devices share their parent's MAC by design; each /32 is a network alone
+        nic("n5", "ipvl0", "10.0.1.5/24", "02:42:00:00:00:01", kind="ipvlan"),
+        nic("n6", "ipvl0", "10.0.1.6/24", "02:42:00:00:00:01", kind="ipvlan"),
+        nic("n7", "eth0", "10.0.2.7/32", "02:42:00:00:00:07"),
+        nic("n8", "eth0", "10.0.2.8/32", "02:42:00:00:00:07"),
+        # a device without the node's address (a bridge's port) is not its underlay
+        nic("n3", "eth1", None, cloned),
+    ]
+    shared = [f for f in census_facts(facts) if f.attrs["of"] == "underlay_mac"]
+    assert [(f.attrs["group"], f.attrs["text"], f.attrs["nodes"]) for f in shared] == [
+        ("10.0.0.0/24", cloned, 2)]
+    assert all(validate_fact(f) == [] for f in shared)
+
 def _cni(node: str, file: str, kind: str | None, active: bool) -> Fact:
     return Fact("cni_config", node, {
         "file": file, "valid": kind is not None, "active": active, "name": None,

@@ -8,6 +8,8 @@ one pass, lets such a rule compare a node with a handful of census facts instead
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -21,8 +23,12 @@ PRODUCES: tuple[str, ...] = ("census",)
 PROBE = "census"  # the evidence's source: facts computed here, from other facts
 COMMAND = "every node's settings, side by side"
 # Counted the other way round: values every node should hold alone (a VXLAN device's MAC,
-# which peers map to that one node), kept only when two nodes or more share one.
-UNIQUE = frozenset({"vxlan_mac"})
+# which peers map to that one node; the MAC of the NIC on the node network, which the switch
+# maps to one port), kept only when two nodes or more share one.
+UNIQUE = frozenset({"vxlan_mac", "underlay_mac"})
+# Devices whose MAC is their parent's by design: ipvlan slaves on one host share it, and the
+# driver tells them apart by address.
+_SHARED_MAC_KINDS = frozenset({"ipvlan", "ipvtap"})
 
 
 def census_facts(facts: Sequence[Fact]) -> list[Fact]:
@@ -63,8 +69,14 @@ def census_facts(facts: Sequence[Fact]) -> list[Fact]:
                 holders[("vxlan_port", a["name"], port)].add(f.node)
             if isinstance(mac, str) and mac.strip("0:"):
                 holders[("vxlan_mac", a["name"], mac)].add(f.node)
-        if type(mtu) is int and address.get(f.node) in interface_ips(a.get("addresses")):
-            holders[("underlay_mtu", "", mtu)].add(f.node)
+        if address.get(f.node) in interface_ips(a.get("addresses")):
+            if type(mtu) is int:
+                holders[("underlay_mtu", "", mtu)].add(f.node)
+            net = _network_of(str(a["addresses"]), address[f.node])
+            # one MAC on two nodes matters only where one switch sees both: the same network
+            if isinstance(mac, str) and mac.strip("0:") and net \
+                    and a.get("kind") not in _SHARED_MAC_KINDS:
+                holders[("underlay_mac", net, mac)].add(f.node)
     out = []
     for (of, group, value), nodes in sorted(holders.items(), key=lambda kv: (
             kv[0][0], kv[0][1], str(kv[0][2]))):
@@ -83,3 +95,17 @@ def census_facts(facts: Sequence[Fact]) -> list[Fact]:
             Source(PROBE, COMMAND, None, f"{of} {group} = {value} on {len(names)} nodes: {shown}"),
         ))
     return out
+
+
+def _network_of(addresses: str, address: str) -> str | None:
+    """The network of `address` as the interface holds it (a /32 is a network of its own).
+
+    >>> _network_of("198.18.0.11/24,198.18.0.12/24", "198.18.0.12")
+    '198.18.0.0/24'
+    """
+    for a in addresses.split(","):
+        with contextlib.suppress(ValueError):
+            iface = ipaddress.ip_interface(a.strip())
+            if str(iface.ip) == address:
+                return str(iface.network)
+    return None
