@@ -1131,6 +1131,19 @@ def _peer_address_held(dev: str) -> Callable[[Lab], None]:
     return check
 
 
+def _underlay_mac_shared(lab: Lab) -> None:
+    """node2's eth0 wears node1's MAC: a frame one sends to the other leaves and comes back
+    in on the same switch port the MAC was last learned on, which a switch never sends it
+    out of, so the two cannot reach each other at all, their pods neither."""
+    def mac(node: str) -> str:
+        words = lab.node_exec(node, ["ip", "-o", "link", "show", "eth0"]).stdout.split()
+        return words[words.index("link/ether") + 1]
+    assert mac("node1") == mac("node2")
+    cp = lab.node_exec("node2", ["ping", "-c", "2", "-W", "1", "198.18.0.11"], check=False)
+    assert cp.returncode != 0, cp.stdout
+    blocked_both(lab, "node1", "node2")
+
+
 def _recv_queue_of_a_hung_reader(lab: Lab) -> None:
     line = lab.node_exec("node2", ["ss", "-Htnp", "state", "established",
                                    "sport = :30070"]).stdout.split()
@@ -1555,6 +1568,7 @@ VXLAN_CASES = [
     ("node_address_duplicate", "underlay", "node2", {"peer": "node1"},
      _peer_address_held("eth0")),
     ("node_address_duplicate", "lo", "node2", {"peer": "node1"}, _peer_address_held("lo")),
+    ("underlay_mac_duplicate", "clone", "node2", {"peer": "node1"}, _underlay_mac_shared),
     ("socket_recv_queue_backlog", "hang", "node2", {}, _recv_queue_of_a_hung_reader),
     ("listen_port_conflict", "address", "node2", {}, _second_listener_on_the_address),
     ("syn_backlog_low", "file", "node2", {}, _syn_cookies_off_by_file),

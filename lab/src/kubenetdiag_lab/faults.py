@@ -1771,6 +1771,59 @@ register(Fault(
 ))
 
 
+UNDERLAY_MAC_SAVED = "underlay-mac"  # the node's own eth0 MAC while it wears a peer's
+
+
+def _eth0_mac(ctx: FaultContext, node: LabNode) -> str:
+    words = ctx.node(node).run(["ip", "-o", "link", "show", "eth0"]).stdout.split()
+    return words[words.index("link/ether") + 1]
+
+
+def _underlay_mac_cloned(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    """The node's eth0 with a peer's MAC, as a virtual machine cloned with its MAC kept has
+    it. The switch then sends that MAC's frames to whichever of the two sent last."""
+    if params["via"] != "clone":
+        raise LabError("underlay_mac_duplicate: via must be clone")
+    peer = _peer(ctx, node, params)
+    if peer.name == node.name:
+        raise LabError("underlay_mac_duplicate: the peer must be another node")
+    saved = ctx.paths.node_files(node.name).dir / UNDERLAY_MAC_SAVED
+    if not saved.exists():
+        saved.write_text(_eth0_mac(ctx, node))
+    ctx.node(node).run(["ip", "link", "set", "eth0", "address", _eth0_mac(ctx, peer)])
+
+
+def _underlay_mac_own(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    saved = ctx.paths.node_files(node.name).dir / UNDERLAY_MAC_SAVED
+    if saved.exists():
+        ctx.node(node).run(["ip", "link", "set", "eth0", "address", saved.read_text().strip()])
+        saved.unlink()
+    elif any(_eth0_mac(ctx, node) == _eth0_mac(ctx, peer) for peer in ctx.topology.peers(node)):
+        # its own MAC not kept: a new one, locally administered
+        ctx.node(node).run(["ip", "link", "set", "eth0", "address",
+                            "02:" + ":".join(f"{b:02x}" for b in os.urandom(5))])
+    # Every machine on the underlay maps the two nodes' addresses to whichever MAC it
+    # resolved last, and would find out only after its probes failed: resolved again now.
+    for runner in (*(ctx.node(n) for n in ctx.topology.nodes), ctx.runners.client,
+                   ctx.runners.outside, NetnsRunner(ctx.topology.cp_netns)):
+        runner.run(["ip", "neigh", "flush", "dev", "eth0"], check=False)
+    # and the switch learns each MAC's port again from a frame of each node (its ARP for the
+    # client), not from whatever it sends next
+    for each in ctx.topology.nodes:
+        ctx.node(each).run(["ping", "-c", "1", "-W", "1", CLIENT_ADDRESS], check=False)
+
+
+register(Fault(
+    "underlay_mac_duplicate",
+    "the node's eth0 with the same MAC as a peer's (param peer, default the first other "
+    "node), as a virtual machine cloned with its MAC kept has it (via=clone): the switch "
+    "hands the frames for that MAC to whichever of the two sent last, so each loses part of "
+    "its traffic to the other; both nodes are to be named",
+    _underlay_mac_cloned, _underlay_mac_own, {"via": "clone", "peer": ""},
+    mechanisms={"clone": ()}, blamed_nodes=_mac_sharers,
+))
+
+
 # vxlan_wrong_underlay via=iface: docker's default bridge, which flanneld's --iface names
 DOCKER_BRIDGE = ("docker0", "172.17.0.1/16")
 
