@@ -1790,7 +1790,17 @@ def _underlay_mac_cloned(ctx: FaultContext, node: LabNode, params: Params) -> No
     saved = ctx.paths.node_files(node.name).dir / UNDERLAY_MAC_SAVED
     if not saved.exists():
         saved.write_text(_eth0_mac(ctx, node))
-    ctx.node(node).run(["ip", "link", "set", "eth0", "address", _eth0_mac(ctx, peer)])
+    # A clone announces itself as it boots (a DHCP client's or a network manager's ARP):
+    # here the kernel's gratuitous ARP at the change, so peers resolve the node's address to
+    # the shared MAC as they would, not to a MAC nobody has any more.
+    runner = ctx.node(node)
+    notify = "net.ipv4.conf.eth0.arp_notify"
+    before = runner.run(["sysctl", "-n", notify]).stdout.strip()
+    runner.run(["sysctl", "-qw", f"{notify}=1"])
+    try:
+        runner.run(["ip", "link", "set", "eth0", "address", _eth0_mac(ctx, peer)])
+    finally:
+        runner.run(["sysctl", "-qw", f"{notify}={before}"])
 
 
 def _underlay_mac_own(ctx: FaultContext, node: LabNode, params: Params) -> None:
