@@ -100,10 +100,37 @@ def test_a_nic_mac_counts_only_when_nodes_of_one_network_share_it():
         # a device without the node's address (a bridge's port) is not its underlay
         nic("n3", "eth1", None, cloned),
     ]
-    shared = [f for f in census_facts(facts) if f.attrs["of"] == "underlay_mac"]
-    assert [(f.attrs["group"], f.attrs["text"], f.attrs["nodes"]) for f in shared] == [
-        ("10.0.0.0/24", cloned, 2)]
+    shared = [f for f in census_facts(facts) if f.kind == "shared_mac"]
+    assert [(f.node, f.attrs["group"], f.attrs["mac"], f.attrs["nodes"], f.attrs["seen"],
+             f.attrs["with"]) for f in shared] == [
+        ("n1", "10.0.0.0/24", cloned, 2, "its eth0", "n2"),
+        ("n2", "10.0.0.0/24", cloned, 2, "its ens3", "n1")]
     assert all(validate_fact(f) == [] for f in shared)
+
+
+def test_a_node_not_read_shares_a_mac_when_a_peer_resolves_its_address_to_another_nodes():
+    cloned = "52:54:00:12:34:56"
+
+    def seen_by_n2(ip: str, mac: str, state: str = "REACHABLE") -> Fact:
+        return Fact("neighbor", "n2", {"dev": "eth0", "ip": ip, "mac": mac, "state": state})
+
+    base = [_node("n1", "10.0.0.1"), _node("n2", "10.0.0.2"), _node("n3", "10.0.0.3"),
+            Fact("interface", "n1", {**_iface("n1", "eth0", 1500, "10.0.0.1/24").attrs,
+                                     "mac": cloned}),
+            Fact("interface", "n2", {**_iface("n2", "eth0", 1500, "10.0.0.2/24").attrs,
+                                     "mac": "52:54:00:ab:cd:ef"})]
+    # n3 was not read; n2 resolves n1's and n3's addresses to n1's MAC
+    facts = [*base, seen_by_n2("10.0.0.1", cloned), seen_by_n2("10.0.0.3", cloned)]
+    got = {f.node: f.attrs["seen"] for f in census_facts(facts) if f.kind == "shared_mac"}
+    assert got == {"n1": "its eth0", "n3": "n2's neighbour entry for its address 10.0.0.3"}
+    # a permanent entry says what someone typed, not who answered
+    facts = [*base, seen_by_n2("10.0.0.3", cloned, "PERMANENT")]
+    assert not [f for f in census_facts(facts) if f.kind == "shared_mac"]
+    # n1 holds n3's address: it answers for it, which is not a MAC two machines send with
+    holder = Fact("interface", "n1", {**_iface("n1", "eth0", 1500, "10.0.0.1/24,10.0.0.3/24")
+                                      .attrs, "mac": cloned})
+    facts = [*base[:3], holder, base[4], seen_by_n2("10.0.0.3", cloned)]
+    assert not [f for f in census_facts(facts) if f.kind == "shared_mac"]
 
 def _cni(node: str, file: str, kind: str | None, active: bool) -> Fact:
     return Fact("cni_config", node, {

@@ -408,6 +408,17 @@ def test_overlay_from_the_batchs_every_neighbour_listing():
     assert kinds(garbled, "probe_status")[0]["status"] == "partial"
 
 
+def test_overlay_keeps_the_dynamic_entries_of_one_mac_behind_two_addresses():
+    """Two nodes' addresses behind one MAC on the underlay (a clone of node1 as node3): those
+    dynamic entries are kept, the rest of eth0's and the pods' are left out as before."""
+    facts = parse("overlay", "lab-flannel-vxlan-node2-mac-clone-batch")
+    assert sorted((n["dev"], n["ip"], n["mac"], n["state"]) for n in kinds(facts, "neighbor")
+                  if n["dev"] != "flannel.1") == [
+        ("eth0", "198.18.0.11", "32:70:92:3e:c4:ca", "REACHABLE"),
+        ("eth0", "198.18.0.13", "32:70:92:3e:c4:ca", "STALE"),
+    ]
+
+
 def test_overlay_permanent_listing_in_an_unknown_form_is_partial_not_guessed():
     out = ("##knd:permanent text\n198.18.0.12 dev eth0 lladdr 02:00:5e:00:53:01 PERMANENT\n"
            "fe80::1 dev eth0 router PERMANENT\n")

@@ -17,15 +17,14 @@ from kubenetdiag.facts.model import Fact, Source, by_kind, interface_ips, overla
 
 SAMPLE = 10  # node names kept in a census fact's evidence
 # Declared for kubenetdiag.facts.producers: a rule on a census fact needs what it counts
-INPUTS: tuple[str, ...] = ("interface", "node_status", "cni_config", "route")
+INPUTS: tuple[str, ...] = ("interface", "node_status", "cni_config", "route", "neighbor")
 CONTEXT: tuple[str, ...] = ()
-PRODUCES: tuple[str, ...] = ("census",)
+PRODUCES: tuple[str, ...] = ("census", "shared_mac")
 PROBE = "census"  # the evidence's source: facts computed here, from other facts
 COMMAND = "every node's settings, side by side"
 # Counted the other way round: values every node should hold alone (a VXLAN device's MAC,
-# which peers map to that one node; the MAC of the NIC on the node network, which the switch
-# maps to one port), kept only when two nodes or more share one.
-UNIQUE = frozenset({"vxlan_mac", "underlay_mac"})
+# which peers map to that one node), kept only when two nodes or more share one.
+UNIQUE = frozenset({"vxlan_mac"})
 # Devices whose MAC is their parent's by design: ipvlan slaves on one host share it, and the
 # driver tells them apart by address.
 _SHARED_MAC_KINDS = frozenset({"ipvlan", "ipvtap"})
@@ -69,14 +68,8 @@ def census_facts(facts: Sequence[Fact]) -> list[Fact]:
                 holders[("vxlan_port", a["name"], port)].add(f.node)
             if isinstance(mac, str) and mac.strip("0:"):
                 holders[("vxlan_mac", a["name"], mac)].add(f.node)
-        if address.get(f.node) in interface_ips(a.get("addresses")):
-            if type(mtu) is int:
-                holders[("underlay_mtu", "", mtu)].add(f.node)
-            net = _network_of(str(a["addresses"]), address[f.node])
-            # one MAC on two nodes matters only where one switch sees both: the same network
-            if isinstance(mac, str) and mac.strip("0:") and net \
-                    and a.get("kind") not in _SHARED_MAC_KINDS:
-                holders[("underlay_mac", net, mac)].add(f.node)
+        if type(mtu) is int and address.get(f.node) in interface_ips(a.get("addresses")):
+            holders[("underlay_mtu", "", mtu)].add(f.node)
     out = []
     for (of, group, value), nodes in sorted(holders.items(), key=lambda kv: (
             kv[0][0], kv[0][1], str(kv[0][2]))):
@@ -94,6 +87,58 @@ def census_facts(facts: Sequence[Fact]) -> list[Fact]:
                 {"value": value, "text": None})},
             Source(PROBE, COMMAND, None, f"{of} {group} = {value} on {len(names)} nodes: {shown}"),
         ))
+    return out + _shared_macs(picked, address)
+
+
+def _shared_macs(picked: dict[str, list[Fact]], address: dict[str, str]) -> list[Fact]:
+    """One `shared_mac` fact per node whose NIC on the node network sends with a MAC another
+    node's does too. A node that was read says its MAC itself; of one that was not (a clone
+    is often out of the collector's reach, its frames going to the other), what a peer's
+    neighbour entry for its address says, unless a node that was read holds that address:
+    then that node answers for it, and the walk names it (node-holds-peer-address)."""
+    held: dict[str, set[str]] = defaultdict(set)  # every address a node's devices hold
+    # (network, MAC) -> {node: how it is known}
+    seen: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    for f in picked["interface"]:
+        a = f.attrs
+        held[f.node] |= interface_ips(a.get("addresses"))
+        mac = a.get("mac")
+        if address.get(f.node) not in interface_ips(a.get("addresses")) \
+                or not isinstance(mac, str) or not mac.strip("0:") \
+                or a.get("kind") in _SHARED_MAC_KINDS:
+            continue
+        # one MAC on two nodes matters only where one switch sees both: the same network
+        net = _network_of(str(a["addresses"]), address[f.node])
+        if net:
+            seen[(net, mac.lower())][f.node] = f"its {a.get('name')}"
+    node_of = {ip: node for node, ip in address.items()}
+    for f in picked["neighbor"]:
+        a = f.attrs
+        x = node_of.get(str(a.get("ip")))
+        mac = a.get("mac")
+        if x is None or x in held or x == f.node or not isinstance(mac, str) \
+                or a.get("state") == "PERMANENT":  # what someone typed, not who answered
+            continue
+        if any(str(a["ip"]) in ips for ips in held.values()):
+            continue
+        nets = [net for (net, m) in seen if m == mac.lower()]
+        mine = next((i for i in picked["interface"] if i.node == f.node
+                     and i.attrs.get("name") == a.get("dev")), None)
+        net = nets[0] if nets else _network_containing(
+            str(mine.attrs.get("addresses") or "") if mine else "", str(a["ip"]))
+        if net:
+            seen[(net, mac.lower())].setdefault(
+                x, f"{f.node}'s neighbour entry for its address {a['ip']}")
+    out = []
+    for (net, mac), nodes in sorted(seen.items()):
+        if len(nodes) < 2:
+            continue
+        for node, how in sorted(nodes.items()):
+            out.append(Fact("shared_mac", node, {
+                "mac": mac, "group": net, "nodes": len(nodes), "seen": how,
+                "with": ", ".join(sorted(set(nodes) - {node})[:SAMPLE]),
+            }, Source(PROBE, COMMAND, None, f"{mac} on {net}: " + "; ".join(
+                f"{n} ({h})" for n, h in sorted(nodes.items())[:SAMPLE]))))
     return out
 
 
@@ -108,4 +153,18 @@ def _network_of(addresses: str, address: str) -> str | None:
             iface = ipaddress.ip_interface(a.strip())
             if str(iface.ip) == address:
                 return str(iface.network)
+    return None
+
+
+def _network_containing(addresses: str, ip: str) -> str | None:
+    """The network of the interface's address whose network holds `ip`.
+
+    >>> _network_containing("198.18.0.12/24", "198.18.0.13")
+    '198.18.0.0/24'
+    """
+    for a in addresses.split(","):
+        with contextlib.suppress(ValueError):
+            net = ipaddress.ip_interface(a.strip()).network
+            if ipaddress.ip_address(ip) in net:
+                return str(net)
     return None

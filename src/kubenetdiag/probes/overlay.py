@@ -7,7 +7,10 @@ tool (`ip neigh replace ... nud permanent`, a static ARP table) is never re-reso
 that names a MAC the peer does not have sends everything for that peer to nobody, on the
 underlay as on the overlay. Both come from the script's one `ip -batch` (IP_BATCH: every
 neighbour entry, sorted here), else from `ip neigh` per VXLAN device and for the permanent
-entries; the other devices' dynamic entries are left out, they correct themselves.
+entries. The other devices' dynamic entries correct themselves and are left out, but for
+those of one MAC that answers for several IPv4 addresses on one device (batch only): two
+nodes' addresses behind one MAC is how peers see a machine cloned with its MAC kept, even
+when the clone itself cannot be reached.
 
 Sample output and the facts it gives:
 
@@ -25,6 +28,7 @@ Sample output and the facts it gives:
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 from kubenetdiag.facts.model import Fact, Source
 from kubenetdiag.probes.base import (
@@ -156,9 +160,14 @@ def parse(section: Section, node: str) -> list[Fact]:
         elif name == "neighbours":
             entries, unread = _neighbours(lines)
             facts += unread_lines(section, node, unread, "neighbour entries")
+            answering = Counter((on, mac) for ip, on, mac, _, _ in entries
+                                if mac and ip.count(".") == 3)
             for ip, on, mac, state, line in entries:
-                # every entry of a VXLAN device; of the others, those set by hand or a tool
-                if on not in vxlan and state != "PERMANENT":
+                # every entry of a VXLAN device; of the others, those set by hand or a tool,
+                # and those where one MAC answers for two IPv4 addresses or more on one device
+                # (a NIC cloned with its MAC, an address held twice, a proxy-ARP router)
+                if on not in vxlan and state != "PERMANENT" and not (
+                        mac and ip.count(".") == 3 and answering[(on, mac)] > 1):
                     continue
                 facts.append(Fact("neighbor", node, {
                     "dev": clip(on, 64),
