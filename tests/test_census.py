@@ -131,6 +131,11 @@ def test_a_node_not_read_shares_a_mac_when_a_peer_resolves_its_address_to_anothe
                                       .attrs, "mac": cloned})
     facts = [*base[:3], holder, base[4], seen_by_n2("10.0.0.3", cloned)]
     assert not [f for f in census_facts(facts) if f.kind == "shared_mac"]
+    # two nodes not read behind a MAC no node that was read has: a cloud's virtual network
+    # answering every ARP with one MAC (Azure's 12:34:56:78:9a:bc), not clones
+    facts = [*base, _node("n4", "10.0.0.4"), seen_by_n2("10.0.0.3", "12:34:56:78:9a:bc"),
+             seen_by_n2("10.0.0.4", "12:34:56:78:9a:bc")]
+    assert not [f for f in census_facts(facts) if f.kind == "shared_mac"]
 
 def _cni(node: str, file: str, kind: str | None, active: bool) -> Fact:
     return Fact("cni_config", node, {

@@ -417,6 +417,13 @@ def test_overlay_keeps_the_dynamic_entries_of_one_mac_behind_two_addresses():
         ("eth0", "198.18.0.11", "32:70:92:3e:c4:ca", "REACHABLE"),
         ("eth0", "198.18.0.13", "32:70:92:3e:c4:ca", "STALE"),
     ]
+    # a cloud's virtual network answers every ARP with one MAC: a router's, not clones', and
+    # one fact per peer if kept
+    entries = [{"dst": f"10.0.0.{i}", "dev": "eth0", "lladdr": "12:34:56:78:9a:bc",
+                "state": ["REACHABLE"]} for i in range(2, 12)]
+    facts = BY_NAME["overlay"].parse(Section(
+        "overlay", "", 0, 0.0, f"##knd:neighbours json\n{json.dumps(entries)}\n", ""), "node1")
+    assert not kinds(facts, "neighbor")
 
 
 def test_overlay_permanent_listing_in_an_unknown_form_is_partial_not_guessed():

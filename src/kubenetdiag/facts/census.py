@@ -121,13 +121,11 @@ def _shared_macs(picked: dict[str, list[Fact]], address: dict[str, str]) -> list
             continue
         if any(str(a["ip"]) in ips for ips in held.values()):
             continue
+        # only a MAC a node that was read sends with: a MAC no node has is a router's or a
+        # cloud's answering for the segment (Azure answers every ARP with one MAC)
         nets = [net for (net, m) in seen if m == mac.lower()]
-        mine = next((i for i in picked["interface"] if i.node == f.node
-                     and i.attrs.get("name") == a.get("dev")), None)
-        net = nets[0] if nets else _network_containing(
-            str(mine.attrs.get("addresses") or "") if mine else "", str(a["ip"]))
-        if net:
-            seen[(net, mac.lower())].setdefault(
+        if nets:
+            seen[(nets[0], mac.lower())].setdefault(
                 x, f"{f.node}'s neighbour entry for its address {a['ip']}")
     out = []
     for (net, mac), nodes in sorted(seen.items()):
@@ -155,16 +153,3 @@ def _network_of(addresses: str, address: str) -> str | None:
                 return str(iface.network)
     return None
 
-
-def _network_containing(addresses: str, ip: str) -> str | None:
-    """The network of the interface's address whose network holds `ip`.
-
-    >>> _network_containing("198.18.0.12/24", "198.18.0.13")
-    '198.18.0.0/24'
-    """
-    for a in addresses.split(","):
-        with contextlib.suppress(ValueError):
-            net = ipaddress.ip_interface(a.strip()).network
-            if ipaddress.ip_address(ip) in net:
-                return str(net)
-    return None

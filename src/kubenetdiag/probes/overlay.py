@@ -47,6 +47,8 @@ from kubenetdiag.probes.text import MAC, clip, env_file, parts, to_int, unprefix
 # The neighbour entries come from the script's one `ip -batch` (every entry, JSON), which the
 # parser sorts: all of a VXLAN device's, the permanent ones of the others. Where the batch did
 # not run, `ip neigh` per VXLAN device and for the permanent entries, as text.
+SHARED_MAX = 8  # addresses behind one MAC beyond which it is a router's, not clones'
+
 COMMAND = (
     "f=/run/flannel/subnet.env; "
     "if [ -r $f ]; then " + read_files("$f", "|", 50, head="##knd:subnet.env") + "; fi; "
@@ -164,10 +166,12 @@ def parse(section: Section, node: str) -> list[Fact]:
                                 if mac and ip.count(".") == 3)
             for ip, on, mac, state, line in entries:
                 # every entry of a VXLAN device; of the others, those set by hand or a tool,
-                # and those where one MAC answers for two IPv4 addresses or more on one device
-                # (a NIC cloned with its MAC, an address held twice, a proxy-ARP router)
+                # and those where one MAC answers for a few IPv4 addresses on one device (a
+                # NIC cloned with its MAC, an address held twice). Many behind one MAC is a
+                # router answering for the segment (proxy ARP, a cloud's virtual network
+                # answering every ARP with one MAC): kept, they would be one fact per peer.
                 if on not in vxlan and state != "PERMANENT" and not (
-                        mac and ip.count(".") == 3 and answering[(on, mac)] > 1):
+                        mac and ip.count(".") == 3 and 1 < answering[(on, mac)] <= SHARED_MAX):
                     continue
                 facts.append(Fact("neighbor", node, {
                     "dev": clip(on, 64),
