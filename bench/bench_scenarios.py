@@ -96,6 +96,10 @@ MULTI: list[tuple[str, ...]] = [
     # a node's link losing packets at random beside another node that stopped forwarding: the
     # chance failures across the link are set aside, the other node's are not
     ("flannel-vxlan", "underlay_packet_loss@node1", "ip_forward_disabled@node3"),
+    # machines cloned with their identity kept (a MAC, an address) beside a node-local fault:
+    # what the clones break across the underlay must not swallow the other node's fault
+    ("flannel-vxlan", "underlay_mac_duplicate@node3", "forward_chain_reject@node2"),
+    ("flannel-vxlan", "node_address_duplicate@node1", "ip_forward_disabled@node3"),
     # the node network between two nodes broken on one end, beside one pod cut from its bridge
     ("flannel-vxlan", "underlay_neighbor_wrong[via=mac]@node1",
      "node_pod_link_broken[via=nomaster]@node3"),
