@@ -93,9 +93,10 @@ def census_facts(facts: Sequence[Fact]) -> list[Fact]:
 def _shared_macs(picked: dict[str, list[Fact]], address: dict[str, str]) -> list[Fact]:
     """One `shared_mac` fact per node whose NIC on the node network sends with a MAC another
     node's does too. A node that was read says its MAC itself; of one that was not (a clone
-    is often out of the collector's reach, its frames going to the other), what a peer's
-    neighbour entry for its address says, unless a node that was read holds that address:
-    then that node answers for it, and the walk names it (node-holds-peer-address)."""
+    is often out of the collector's reach, its frames going to the other), a peer's neighbour
+    entry for its address, when it names a MAC a node that was read sends with, and that
+    node does not hold the address (it would answer for it: the walk names that,
+    node-holds-peer-address)."""
     held: dict[str, set[str]] = defaultdict(set)  # every address a node's devices hold
     # (network, MAC) -> {node: how it is known}
     seen: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
@@ -152,4 +153,3 @@ def _network_of(addresses: str, address: str) -> str | None:
             if str(iface.ip) == address:
                 return str(iface.network)
     return None
-

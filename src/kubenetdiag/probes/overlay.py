@@ -45,8 +45,9 @@ from kubenetdiag.probes.text import MAC, clip, env_file, parts, to_int, unprefix
 # device's type before its class's INTERFACE= and IFINDEX=): the shell reads that line of each,
 # no process and a few bytes per veth on a node with hundreds of them.
 # The neighbour entries come from the script's one `ip -batch` (every entry, JSON), which the
-# parser sorts: all of a VXLAN device's, the permanent ones of the others. Where the batch did
-# not run, `ip neigh` per VXLAN device and for the permanent entries, as text.
+# parser sorts: all of a VXLAN device's, the permanent ones of the others and those of a MAC
+# behind a few addresses. Where the batch did not run, `ip neigh` per VXLAN device and for the
+# permanent entries, as text.
 SHARED_MAX = 8  # addresses behind one MAC beyond which it is a router's, not clones'
 
 COMMAND = (
