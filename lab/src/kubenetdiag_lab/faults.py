@@ -1730,7 +1730,7 @@ def _mac_own(ctx: FaultContext, node: LabNode, params: Params) -> None:
              for peer in ctx.topology.peers(node)):
         # its own MAC not kept (healed blind): a new one, locally administered. A new device
         # would not do: flanneld makes it with the MAC its node's annotation stores
-        _vtep_mac_set(ctx, node, "02:" + ":".join(f"{b:02x}" for b in os.urandom(5)))
+        _vtep_mac_set(ctx, node, _random_mac())
     for each in ctx.topology.nodes:
         # the FDB entry a shared MAC left pointing at the wrong node is flanneld's to write
         # only when that MAC's owner announces again: rewritten here as flanneld writes it,
@@ -1809,16 +1809,24 @@ def _underlay_mac_own(ctx: FaultContext, node: LabNode, params: Params) -> None:
         ctx.node(node).run(["ip", "link", "set", "eth0", "address", saved.read_text().strip()])
         saved.unlink()
     elif any(_eth0_mac(ctx, node) == _eth0_mac(ctx, peer) for peer in ctx.topology.peers(node)):
-        # its own MAC not kept: a new one, locally administered
-        ctx.node(node).run(["ip", "link", "set", "eth0", "address",
-                            "02:" + ":".join(f"{b:02x}" for b in os.urandom(5))])
-    # Every machine on the underlay maps the two nodes' addresses to whichever MAC it
-    # resolved last, and would find out only after its probes failed: resolved again now.
+        # its own MAC not kept (healed blind): a new one
+        ctx.node(node).run(["ip", "link", "set", "eth0", "address", _random_mac()])
+    _underlay_resolved_again(ctx)
+
+
+def _random_mac() -> str:
+    """A unicast MAC, locally administered."""
+    return "02:" + ":".join(f"{b:02x}" for b in os.urandom(5))
+
+
+def _underlay_resolved_again(ctx: FaultContext) -> None:
+    """After a clone's fault: every machine on the underlay maps a node's address to whichever
+    MAC answered for it last, and would find out only after its probes failed, so they all
+    resolve again now; and the switch learns each MAC's port from a frame of each node (its
+    ARP for the client), not from whatever it sends next."""
     for runner in (*(ctx.node(n) for n in ctx.topology.nodes), ctx.runners.client,
                    ctx.runners.outside, NetnsRunner(ctx.topology.cp_netns)):
         runner.run(["ip", "neigh", "flush", "dev", "eth0"], check=False)
-    # and the switch learns each MAC's port again from a frame of each node (its ARP for the
-    # client), not from whatever it sends next
     for each in ctx.topology.nodes:
         ctx.node(each).run(["ping", "-c", "1", "-W", "1", CLIENT_ADDRESS], check=False)
 
@@ -2428,6 +2436,8 @@ def _duplicate_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
         if len(words) > 3 and words[2] == "inet" and words[1] in _DUPLICATE_DEVS.values() \
                 and any(words[3].startswith(a) for a in mine):
             ctx.node(node).run(["ip", "address", "del", words[3], "dev", words[1]])
+    # while it held the address it answered ARP for it too
+    _underlay_resolved_again(ctx)
 
 
 register(Fault(
