@@ -488,3 +488,33 @@ def _facts(run: Path, kind: str, node: str) -> list[dict]:
     data = json.loads((run / "bundle" / "facts.json").read_text())
     facts = data["facts"] if isinstance(data, dict) else data
     return [f["attrs"] for f in facts if f["kind"] == kind and f["node"] == node]
+
+
+def test_a_node_holding_its_peers_address_is_named_with_the_address_to_delete(lab, tmp_path):
+    """node2 with node1's address on eth0 as well: before, node1 and node2 'cannot reach each
+    other and no known cause was found'. Now the holder is named with the device and the
+    undo, and nothing is blamed on node1, whose traffic node2 swallows."""
+    lab.inject("node_address_duplicate", "node2", {"peer": "node1"})
+    try:
+        report, proc = diagnose(lab, tmp_path)
+    finally:
+        lab.heal("node_address_duplicate", "node2")
+    assert proc.returncode == 1
+    roots = [(f["fault"], f["nodes"]) for f in report["findings"] if f["root_cause"]]
+    assert roots == [("node_address_duplicate", ["node2"])]
+    (finding,) = [f for f in report["findings"] if f["rule"] == "node-holds-peer-address"]
+    commands = [r.get("command") for r in finding["remediation"]]
+    assert "ip address del 198.18.0.11/24 dev eth0" in commands
+
+
+def test_two_nodes_sending_with_one_mac_are_both_named(lab, tmp_path):
+    """node2's eth0 given node1's MAC, as a VM cloned with its MAC kept: the two never reach
+    each other. Before, three root causes that were all consequences."""
+    lab.inject("underlay_mac_duplicate", "node2", {"peer": "node1"})
+    try:
+        report, proc = diagnose(lab, tmp_path)
+    finally:
+        lab.heal("underlay_mac_duplicate", "node2")
+    assert proc.returncode == 1
+    roots = [(f["fault"], f["nodes"]) for f in report["findings"] if f["root_cause"]]
+    assert roots == [("underlay_mac_duplicate", ["node1", "node2"])]
