@@ -424,6 +424,15 @@ def test_overlay_keeps_the_dynamic_entries_of_one_mac_behind_two_addresses():
     facts = BY_NAME["overlay"].parse(Section(
         "overlay", "", 0, 0.0, f"##knd:neighbours json\n{json.dumps(entries)}\n", ""), "node1")
     assert not kinds(facts, "neighbor")
+    # a peer's address behind this node's own MAC: another machine answered with it, a clone
+    own = [{"dst": "198.18.0.13", "dev": "eth0", "lladdr": "32:70:92:3e:c4:ca",
+            "state": ["DELAY"]}, {"dst": "198.18.0.12", "dev": "eth0",
+                                   "lladdr": "9a:59:8d:d4:7c:ad", "state": ["REACHABLE"]}]
+    out = (f"##knd:neighbours json\n{json.dumps(own)}\n"
+           "##knd:macs\nlo 00:00:00:00:00:00\neth0 32:70:92:3e:c4:ca\n")
+    facts = BY_NAME["overlay"].parse(Section("overlay", "", 0, 0.0, out, ""), "node1")
+    assert [(n["ip"], n["mac"]) for n in kinds(facts, "neighbor")] == [
+        ("198.18.0.13", "32:70:92:3e:c4:ca")]
 
 
 def test_overlay_permanent_listing_in_an_unknown_form_is_partial_not_guessed():

@@ -54,16 +54,20 @@ COMMAND = (
     "f=/run/flannel/subnet.env; "
     "if [ -r $f ]; then " + read_files("$f", "|", 50, head="##knd:subnet.env") + "; fi; "
     "if " + from_ip_batch("neighbours") + "; then __nb=1; else __nb=; fi; "
-    "for u in /sys/class/net/*/uevent; do l=; { IFS= read -r l <\"$u\"; } 2>/dev/null; "
-    "[ \"$l\" = DEVTYPE=vxlan ] || continue; "
+    "__m=; for u in /sys/class/net/*/uevent; do l=; { IFS= read -r l <\"$u\"; } 2>/dev/null; "
     "d=${u%/uevent}; d=${d##*/}; "
+    # every device's own MAC, read by the shell: an entry naming one is a machine answering
+    # with this node's MAC
+    "if [ -n \"$__nb\" ]; then a=; { read -r a <\"${u%/uevent}/address\"; } 2>/dev/null; "
+    "__m=\"$__m$d $a$__nl\"; fi; "
+    "[ \"$l\" = DEVTYPE=vxlan ] || continue; "
     # the listings held and printed in one write
     "f=$(bridge fdb show dev \"$d\"); "
     "if [ -n \"$__nb\" ]; then printf '##knd:fdb %s\\n%s\\n' \"$d\" \"$f\"; "
     "else n=$(ip neigh show dev \"$d\"); "
     "printf '##knd:fdb %s\\n%s\\n##knd:neigh %s\\n%s\\n' \"$d\" \"$f\" \"$d\" \"$n\"; fi; "
-    "done; [ -n \"$__nb\" ] || "
-    "{ echo '##knd:permanent text'; ip -4 neigh show nud permanent; }; return 0"
+    "done; if [ -n \"$__nb\" ]; then printf '##knd:macs\\n%s' \"$__m\"; "
+    "else echo '##knd:permanent text'; ip -4 neigh show nud permanent; fi; return 0"
 )
 
 
@@ -119,6 +123,8 @@ def parse(section: Section, node: str) -> list[Fact]:
     facts: list[Fact] = []
     listed = parts(section.stdout)
     vxlan = {dev for name, dev, _ in listed if name in ("fdb", "neigh") and dev}
+    own = {words[1].lower() for name, _, lines in listed if name == "macs"
+           for words in (line.split() for line in lines) if len(words) == 2}
 
     def src(cmd: str, text: str) -> Source:
         return Source("overlay", cmd, section.exit_code, clip(text, 500))
@@ -167,12 +173,15 @@ def parse(section: Section, node: str) -> list[Fact]:
                                 if mac and ip.count(".") == 3)
             for ip, on, mac, state, line in entries:
                 # every entry of a VXLAN device; of the others, those set by hand or a tool,
-                # and those where one MAC answers for a few IPv4 addresses on one device (a
-                # NIC cloned with its MAC, an address held twice). Many behind one MAC is a
-                # router answering for the segment (proxy ARP, a cloud's virtual network
-                # answering every ARP with one MAC): kept, they would be one fact per peer.
+                # those naming one of this node's own MACs (another machine answered with it:
+                # a clone), and those where one MAC answers for a few IPv4 addresses on one
+                # device (a NIC cloned with its MAC, an address held twice). Many behind one
+                # MAC is a router answering for the segment (proxy ARP, a cloud's virtual
+                # network answering every ARP with one MAC): kept, they would be one fact per
+                # peer.
                 if on not in vxlan and state != "PERMANENT" and not (
-                        mac and ip.count(".") == 3 and 1 < answering[(on, mac)] <= SHARED_MAX):
+                        mac and ip.count(".") == 3 and (
+                            mac.lower() in own or 1 < answering[(on, mac)] <= SHARED_MAX)):
                     continue
                 facts.append(Fact("neighbor", node, {
                     "dev": clip(on, 64),
