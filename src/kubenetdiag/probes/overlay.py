@@ -8,9 +8,9 @@ that names a MAC the peer does not have sends everything for that peer to nobody
 underlay as on the overlay. Both come from the script's one `ip -batch` (IP_BATCH: every
 neighbour entry, sorted here), else from `ip neigh` per VXLAN device and for the permanent
 entries. The other devices' dynamic entries correct themselves and are left out, but for
-those of one MAC that answers for several IPv4 addresses on one device (batch only): two
-nodes' addresses behind one MAC is how peers see a machine cloned with its MAC kept, even
-when the clone itself cannot be reached.
+those of one MAC that answers for several IPv4 addresses on one device, and those that name
+one of the node's own MACs (batch only; the probe lists its devices' MACs): that is how peers
+see a machine cloned with another's MAC, even when the clone itself cannot be reached.
 
 Sample output and the facts it gives:
 
@@ -46,8 +46,8 @@ from kubenetdiag.probes.text import MAC, clip, env_file, parts, to_int, unprefix
 # no process and a few bytes per veth on a node with hundreds of them.
 # The neighbour entries come from the script's one `ip -batch` (every entry, JSON), which the
 # parser sorts: all of a VXLAN device's, the permanent ones of the others and those of a MAC
-# behind a few addresses. Where the batch did not run, `ip neigh` per VXLAN device and for the
-# permanent entries, as text.
+# behind a few addresses or of one of the node's own. Where the batch did not run, `ip neigh`
+# per VXLAN device and for the permanent entries, as text.
 SHARED_MAX = 8  # addresses behind one MAC beyond which it is a router's, not clones'
 
 COMMAND = (
@@ -123,8 +123,10 @@ def parse(section: Section, node: str) -> list[Fact]:
     facts: list[Fact] = []
     listed = parts(section.stdout)
     vxlan = {dev for name, dev, _ in listed if name in ("fdb", "neigh") and dev}
+    # the node's own MACs; all zeroes is a device without one (lo, a tunnel)
     own = {words[1].lower() for name, _, lines in listed if name == "macs"
-           for words in (line.split() for line in lines) if len(words) == 2}
+           for words in (line.split() for line in lines)
+           if len(words) == 2 and words[1].strip("0:")}
 
     def src(cmd: str, text: str) -> Source:
         return Source("overlay", cmd, section.exit_code, clip(text, 500))
