@@ -1578,11 +1578,14 @@ register(Fault(
 ))
 
 
+def _link_mac(ctx: FaultContext, node: LabNode, dev: str) -> str:
+    link = json.loads(ctx.node(node).run(["ip", "-j", "link", "show", dev]).stdout)[0]
+    return str(link["address"])
+
+
 def _vtep_mac(ctx: FaultContext, node: LabNode) -> str:
     """The MAC of the node's flannel.1: its VTEP MAC, as flanneld announces it."""
-    link = json.loads(ctx.node(node).run(["ip", "-j", "link", "show", flannel.VXLAN_DEV]
-                                         ).stdout)[0]
-    return str(link["address"])
+    return _link_mac(ctx, node, flannel.VXLAN_DEV)
 
 
 def _peer_entries(ctx: FaultContext, node: LabNode, peer: LabNode) -> tuple[str, str, str]:
@@ -1680,8 +1683,9 @@ VTEP_MAC_SAVED = "vtep-mac-own"  # the node's own flannel.1 MAC, kept while a pe
 VTEP_ANNOUNCED_S = 20.0  # peers' flanneld follow a node's new VtepMAC within a few seconds
 
 
-def _mac_saved(ctx: FaultContext, node: LabNode) -> Path:
-    return ctx.paths.node_files(node.name).dir / VTEP_MAC_SAVED
+def _mac_saved(ctx: FaultContext, node: LabNode, name: str = VTEP_MAC_SAVED) -> Path:
+    """Where a MAC the lab changed on the node is kept until its heal."""
+    return ctx.paths.node_files(node.name).dir / name
 
 
 def _vtep_announced(ctx: FaultContext, node: LabNode, mac: str) -> None:
@@ -1774,43 +1778,29 @@ register(Fault(
 UNDERLAY_MAC_SAVED = "underlay-mac"  # the node's own eth0 MAC while it wears a peer's
 
 
-def _eth0_mac(ctx: FaultContext, node: LabNode) -> str:
-    words = ctx.node(node).run(["ip", "-o", "link", "show", "eth0"]).stdout.split()
-    return words[words.index("link/ether") + 1]
-
-
 def _underlay_mac_cloned(ctx: FaultContext, node: LabNode, params: Params) -> None:
     """The node's eth0 with a peer's MAC, as a virtual machine cloned with its MAC kept has
     it. The switch then sends that MAC's frames to whichever of the two sent last."""
     if params["via"] != "clone":
         raise LabError("underlay_mac_duplicate: via must be clone")
     peer = _peer(ctx, node, params)
-    if peer.name == node.name:
-        raise LabError("underlay_mac_duplicate: the peer must be another node")
-    saved = ctx.paths.node_files(node.name).dir / UNDERLAY_MAC_SAVED
+    saved = _mac_saved(ctx, node, UNDERLAY_MAC_SAVED)
     if not saved.exists():
         saved.write_text(_eth0_mac(ctx, node))
-    # A clone announces itself as it boots (a DHCP client's or a network manager's ARP):
-    # here the kernel's gratuitous ARP at the change, so peers resolve the node's address to
-    # the shared MAC as they would, not to a MAC nobody has any more.
-    runner = ctx.node(node)
-    notify = "net.ipv4.conf.eth0.arp_notify"
-    before = runner.run(["sysctl", "-n", notify]).stdout.strip()
-    runner.run(["sysctl", "-qw", f"{notify}=1"])
-    try:
-        runner.run(["ip", "link", "set", "eth0", "address", _eth0_mac(ctx, peer)])
-    finally:
-        runner.run(["sysctl", "-qw", f"{notify}={before}"])
+    # announced, as a clone announces itself at boot (a DHCP client's or a network manager's
+    # ARP): peers resolve the node's address to the shared MAC as they would, not to a MAC
+    # nobody has any more
+    _set_eth0_mac(ctx, node, _eth0_mac(ctx, peer))
 
 
 def _underlay_mac_own(ctx: FaultContext, node: LabNode, params: Params) -> None:
-    saved = ctx.paths.node_files(node.name).dir / UNDERLAY_MAC_SAVED
+    saved = _mac_saved(ctx, node, UNDERLAY_MAC_SAVED)
     if saved.exists():
-        ctx.node(node).run(["ip", "link", "set", "eth0", "address", saved.read_text().strip()])
+        _set_eth0_mac(ctx, node, saved.read_text().strip())
         saved.unlink()
     elif any(_eth0_mac(ctx, node) == _eth0_mac(ctx, peer) for peer in ctx.topology.peers(node)):
         # its own MAC not kept (healed blind): a new one
-        ctx.node(node).run(["ip", "link", "set", "eth0", "address", _random_mac()])
+        _set_eth0_mac(ctx, node, _random_mac())
     _underlay_resolved_again(ctx)
 
 
@@ -2016,6 +2006,8 @@ register(Fault(
 
 def _peer(ctx: FaultContext, node: LabNode, params: Params) -> LabNode:
     if params.get("peer"):
+        if params["peer"] == node.name:
+            raise LabError(f"the peer must be another node than {node.name}")
         return ctx.topology.node(params["peer"])
     others = ctx.topology.peers(node)
     if not others:
@@ -2421,8 +2413,6 @@ def _duplicate_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if dev is None:
         raise LabError("node_address_duplicate: via must be underlay or lo")
     peer = _peer(ctx, node, params)
-    if peer.name == node.name:
-        raise LabError("node_address_duplicate: the peer must be another node")
     plen = IPv4Network(ctx.topology.underlay).prefixlen if dev == "eth0" else 32
     ctx.node(node).run(["ip", "address", "add", f"{peer.address}/{plen}", "dev", dev])
 
@@ -4285,8 +4275,7 @@ NIC_SAVED = "eth0-mac.json"  # a node's own eth0 MAC, kept while underlay_neighb
 
 
 def _eth0_mac(ctx: FaultContext, node: LabNode) -> str:
-    return json.loads(ctx.node(node).run(["ip", "-j", "link", "show", "eth0"]).stdout)[0][
-        "address"]
+    return _link_mac(ctx, node, "eth0")
 
 
 def _set_eth0_mac(ctx: FaultContext, node: LabNode, mac: str) -> None:
@@ -4323,7 +4312,7 @@ def _neigh_wrong(ctx: FaultContext, node: LabNode, params: Params) -> None:
         # peer's NIC changed: every other machine learns the new MAC, this node cannot
         runner.run(["ip", "neigh", "replace", peer.address, "lladdr", _eth0_mac(ctx, peer),
                     "dev", "eth0", "nud", "permanent"])
-        saved = ctx.paths.node_files(peer.name).dir / NIC_SAVED
+        saved = _mac_saved(ctx, peer, NIC_SAVED)
         if not saved.exists():
             saved.write_text(json.dumps({"mac": _eth0_mac(ctx, peer)}))
         _set_eth0_mac(ctx, peer, STRAY_MAC)
@@ -4339,7 +4328,7 @@ def _neigh_right(ctx: FaultContext, node: LabNode, params: Params) -> None:
         runner.run(["ip", "-j", "neigh", "show", "nud", "permanent", "dev", "eth0"]).stdout
         or "[]")}
     for peer in ctx.topology.peers(node):
-        saved = ctx.paths.node_files(peer.name).dir / NIC_SAVED
+        saved = _mac_saved(ctx, peer, NIC_SAVED)
         if saved.exists():
             _set_eth0_mac(ctx, peer, json.loads(saved.read_text())["mac"])
             saved.unlink()

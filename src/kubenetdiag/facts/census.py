@@ -102,9 +102,10 @@ def _shared_macs(picked: dict[str, list[Fact]], address: dict[str, str]) -> list
     seen: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
     for f in picked["interface"]:
         a = f.attrs
-        held[f.node] |= interface_ips(a.get("addresses"))
+        ips = interface_ips(a.get("addresses"))
+        held[f.node] |= ips
         mac = a.get("mac")
-        if address.get(f.node) not in interface_ips(a.get("addresses")) \
+        if address.get(f.node) not in ips \
                 or not isinstance(mac, str) or not mac.strip("0:") \
                 or a.get("kind") in _SHARED_MAC_KINDS:
             continue

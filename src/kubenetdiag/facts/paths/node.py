@@ -129,10 +129,15 @@ class NodeView:
 
     def dev_of(self, a: int) -> str | None:
         """The interface holding address `a`."""
+        held = self.held_as(a)
+        return held[0] if held else None
+
+    def held_as(self, a: int) -> tuple[str, str] | None:
+        """(interface, ADDRESS/LENGTH as it holds it) of address `a`."""
         for name, i in self.ifaces.items():
             for cidr in (i.get("addresses") or "").split(","):
                 if cidr and "/" in cidr and addr(cidr.split("/")[0]) == a:
-                    return name
+                    return name, cidr.strip()
         return None
 
     def setting(self, key: str) -> int | None:

@@ -292,13 +292,12 @@ def _held(v: NodeView, d: Decision, flow: Flow, pkt: Packet, steps: list[str]
     local table is looked up before any other, so nothing sent to the peer there leaves."""
     if d.kind != "local" or flow.peer is None or flow.expect is None:
         return None
-    dev = v.dev_of(pkt.dst)
+    found = v.held_as(pkt.dst)
     # nodes the inventory reaches through one address (port forwards on 127.0.0.1, one NAT
     # address) share it: that says nothing of what the nodes hold
-    if dev is None or (pkt.dst >> 24) == 127 or pkt.dst == v.address:
+    if found is None or (pkt.dst >> 24) == 127 or pkt.dst == v.address:
         return None
-    held = next((c.strip() for c in str(v.ifaces[dev].get("addresses") or "").split(",")
-                 if c.strip().split("/")[0] == show(pkt.dst)), show(pkt.dst))
+    dev, held = found
     return Ending("drop", "peer_address",
                   f"{show(pkt.dst)} is {flow.peer}'s address and also this node's ({held} on "
                   f"{dev})", rule=f"{held} dev {dev}",
