@@ -137,6 +137,57 @@ def test_a_node_not_read_shares_a_mac_when_a_peer_resolves_its_address_to_anothe
              seen_by_n2("10.0.0.4", "12:34:56:78:9a:bc")]
     assert not [f for f in census_facts(facts) if f.kind == "shared_mac"]
 
+def _route(node: str, dst: str, gateway: str | None, dev: str = "eth0") -> Fact:
+    return Fact("route", node, {
+        "table": "main", "type": "unicast", "dst": dst, "gateway": gateway, "dev": dev,
+        "protocol": "boot", "scope": "global" if gateway else "link", "metric": None,
+        "onlink": False, "linkdown": False, "paths": 1, "weight": None})
+
+
+def _prefixes(facts: list[Fact]) -> dict[str, tuple]:
+    return {f.node: (f.attrs["address"], f.attrs["network"], f.attrs["with"],
+                     f.attrs["cut_off"], f.attrs["unrouted"])
+            for f in census_facts(facts) if f.kind == "underlay_prefix"}
+
+
+def test_a_narrower_prefix_names_what_it_puts_off_the_nodes_link():
+    nodes = [_node(f"n{i}", f"198.18.0.{10 + i}") for i in range(1, 4)] + [
+        _node("n9", "198.18.0.40")]  # not read: its address still counts as cut off
+    peers = [_iface("n1", "eth0", 1500, "198.18.0.11/24"),
+             _iface("n2", "ens3", 1500, "198.18.0.12/24"),
+             _route("n1", "203.0.113.0/24", "198.18.0.250"),
+             _route("n2", "203.0.113.0/24", "198.18.0.250"),
+             # a gateway still on the odd node's link is no consequence of its prefix
+             _route("n2", "192.0.2.0/24", "198.18.0.1")]
+    narrow = [_iface("n3", "eth0", 1500, "198.18.0.13/28")]
+    got = _prefixes([*nodes, *peers, *narrow])
+    assert got == {"n3": ("198.18.0.13/28", "198.18.0.0/24", "n1, n2", "198.18.0.40, 198.18.0.250",
+                          "198.18.0.40, 198.18.0.250, 203.0.113.0/24")}
+    assert all(validate_fact(f) == [] for f in census_facts([*nodes, *peers, *narrow]))
+    # a default route through a gateway still on its link covers all of it: nothing unrouted
+    covered = _prefixes([*nodes, *peers, *narrow, _route("n3", "0.0.0.0/0", "198.18.0.1")])
+    assert covered["n3"][4] == ""
+    # mid-change the node holds both: the wider one reaches, nothing is off its link
+    both = [_iface("n3", "eth0", 1500, "198.18.0.13/28,198.18.0.13/24")]
+    assert _prefixes([*nodes, *peers, *both]) == {}
+
+
+def test_no_odd_prefix_where_the_nodes_do_not_agree_or_nothing_is_cut_off():
+    two = [_node("n1", "10.0.0.1"), _node("n2", "10.0.0.2"),
+           _iface("n1", "eth0", 1500, "10.0.0.1/24"), _iface("n2", "eth0", 1500, "10.0.0.2/28")]
+    # one peer each way: nothing off n2's link (no gateway, n1 inside its /28)
+    assert _prefixes(two) == {}
+    # as many peers on the node's own /28 as on the wider network: not the odd one out
+    tie = [*two, _node("n3", "10.0.0.3"), _iface("n3", "eth0", 1500, "10.0.0.3/28"),
+           _route("n1", "0.0.0.0/0", "10.0.0.254")]
+    assert _prefixes(tie) == {}
+    # every node on a /32 of its own, as some clouds give: no network holds another node
+    cloud = [_node("n1", "10.128.0.11"), _node("n2", "10.128.0.12"),
+             _iface("n1", "ens4", 1460, "10.128.0.11/32"),
+             _iface("n2", "ens4", 1460, "10.128.0.12/32")]
+    assert _prefixes(cloud) == {}
+
+
 def _cni(node: str, file: str, kind: str | None, active: bool) -> Fact:
     return Fact("cni_config", node, {
         "file": file, "valid": kind is not None, "active": active, "name": None,

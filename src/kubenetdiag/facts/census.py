@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 from kubenetdiag.facts.model import Fact, Source, by_kind, interface_ips, overlay_devices
@@ -19,7 +19,7 @@ SAMPLE = 10  # node names kept in a census fact's evidence
 # Declared for kubenetdiag.facts.producers: a rule on a census fact needs what it counts
 INPUTS: tuple[str, ...] = ("interface", "node_status", "cni_config", "route", "neighbor")
 CONTEXT: tuple[str, ...] = ()
-PRODUCES: tuple[str, ...] = ("census", "shared_mac")
+PRODUCES: tuple[str, ...] = ("census", "shared_mac", "underlay_prefix")
 PROBE = "census"  # the evidence's source: facts computed here, from other facts
 COMMAND = "every node's settings, side by side"
 # Counted the other way round: values every node should hold alone (a VXLAN device's MAC,
@@ -87,7 +87,7 @@ def census_facts(facts: Sequence[Fact]) -> list[Fact]:
                 {"value": value, "text": None})},
             Source(PROBE, COMMAND, None, f"{of} {group} = {value} on {len(names)} nodes: {shown}"),
         ))
-    return out + _shared_macs(picked, address)
+    return out + _shared_macs(picked, address) + _narrow_prefixes(picked, address)
 
 
 def _shared_macs(picked: dict[str, list[Fact]], address: dict[str, str]) -> list[Fact]:
@@ -140,6 +140,82 @@ def _shared_macs(picked: dict[str, list[Fact]], address: dict[str, str]) -> list
             }, Source(PROBE, COMMAND, None, f"{mac} on {net}: " + "; ".join(
                 f"{n} ({h})" for n, h in sorted(nodes.items())[:SAMPLE]))))
     return out
+
+
+def _narrow_prefixes(picked: dict[str, list[Fact]], address: dict[str, str]) -> list[Fact]:
+    """One `underlay_prefix` fact per node that holds its own address with a longer prefix
+    than most of the nodes whose network holds it, when that leaves something the peers reach
+    on their link off the node's: another node's address, or a gateway the peers route
+    through (a netmask typed wrong, or a DHCP or cloud-init template of another subnet). The
+    kernel refuses a route through a gateway that is not on a link of the node ("Nexthop has
+    invalid gateway"), so such routes vanish at the next network restart."""
+    held: dict[str, tuple[str, ipaddress.IPv4Interface]] = {}  # node -> (device, address)
+    for f in picked["interface"]:
+        mine = address.get(f.node)
+        if mine is None or mine not in interface_ips(f.attrs.get("addresses")):
+            continue
+        for text in str(f.attrs["addresses"]).split(","):
+            with contextlib.suppress(ValueError):
+                iface = ipaddress.ip_interface(text.strip())
+                old = held.get(f.node)
+                # the same address held twice (mid-change): the widest is the one that reaches
+                if str(iface.ip) == mine and iface.version == 4 and (
+                        old is None or iface.network.prefixlen < old[1].network.prefixlen):
+                    held[f.node] = (str(f.attrs.get("name")), iface)
+    routes: dict[str, list[tuple[ipaddress.IPv4Network, str | None]]] = defaultdict(list)
+    for f in picked["route"]:
+        a = f.attrs
+        if a.get("table") in ("main", "254") and a.get("type") == "unicast":
+            with contextlib.suppress(ValueError):
+                routes[f.node].append((ipaddress.ip_network(str(a.get("dst")), strict=False),
+                                       a.get("gateway")))
+    out = []
+    for node, (dev, iface) in sorted(held.items()):
+        others = {n: o.network for n, (_, o) in held.items() if n != node}
+        nets = Counter(net for net in others.values()
+                       if iface.ip in net and net.prefixlen < iface.network.prefixlen)
+        if not nets:
+            continue
+        net, agree = nets.most_common(1)[0]
+        if agree <= sum(1 for o in others.values() if o == iface.network):
+            continue  # as many peers hold the node's own network: not the odd one out
+        peers = sorted(n for n, o in others.items() if o == net)
+        cut = sorted({ip for n, ip in address.items()
+                      if n != node and _off_link(ip, net, iface.network)},
+                     key=ipaddress.ip_address)
+        through: dict[str, set[ipaddress.IPv4Network]] = defaultdict(set)  # gateway -> dsts
+        for peer in peers:
+            for dst, gateway in routes[peer]:
+                if isinstance(gateway, str) and _off_link(gateway, net, iface.network):
+                    through[gateway].add(dst)
+        cut += sorted(set(through) - set(cut), key=ipaddress.ip_address)
+        if not cut:
+            continue
+        mine = [dst for dst, _ in routes[node]]
+        unrouted = [ip for ip in cut if not any(ipaddress.ip_address(ip) in dst for dst in mine)]
+        unrouted += sorted({str(d) for dsts in through.values() for d in dsts
+                            if not any(d.version == dst.version and d.subnet_of(dst)
+                                       for dst in mine)})
+        gateways = "; ".join(f"{g}: gateway of {', '.join(sorted(map(str, dsts)))}"
+                             for g, dsts in sorted(through.items()))
+        out.append(Fact("underlay_prefix", node, {
+            "dev": dev, "address": str(iface), "network": str(net),
+            "peers_prefix": net.prefixlen, "peers": len(peers),
+            "with": ", ".join(peers[:SAMPLE]), "cut_off": ", ".join(cut[:SAMPLE]),
+            "unrouted": ", ".join(unrouted[:SAMPLE]),
+        }, Source(PROBE, COMMAND, None, f"{node} {dev} {iface}; {net} on " + ", ".join(
+            f"{n} ({held[n][0]} {held[n][1]})" for n in peers[:SAMPLE])
+            + (f"; {gateways}" if gateways else ""))))
+    return out
+
+
+def _off_link(ip: str, peers: ipaddress.IPv4Network, mine: ipaddress.IPv4Network) -> bool:
+    """On the peers' link and off the node's."""
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return a in peers and a not in mine
 
 
 def _network_of(addresses: str, address: str) -> str | None:
