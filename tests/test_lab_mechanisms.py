@@ -27,6 +27,7 @@ from kubenetdiag_lab.topology import (
     OUTSIDE_HOST,
     OUTSIDE_HOST_NAME,
     OUTSIDE_PORT,
+    OUTSIDE_UNDERLAY,
     RETIRED_NODE_ADDRESS,
     WEB_NODE_PORT,
     LabPod,
@@ -1232,6 +1233,26 @@ def _node_route_gone(lab: Lab) -> None:
     assert "203.0.113.0/24" not in lab.node_exec("node1", ["ip", "route"]).stdout
 
 
+def _prefix_narrowed(route_kept: bool) -> Callable[[Lab], None]:
+    """node1 holds its address as a /28: the outside's gateway is off its link. Brought up
+    again from that configuration the kernel refuses the route through it; changed by hand
+    the route stays and still works. Either way the gateway's own address, the site's
+    resolver, is unreachable from node1, while the collector and the API server still are."""
+    def check(lab: Lab) -> None:
+        assert "198.18.0.11/28" in lab.node_exec(
+            "node1", ["ip", "-4", "-br", "address", "show", "dev", "eth0"]).stdout
+        routes = lab.node_exec("node1", ["ip", "route"]).stdout
+        assert ("203.0.113.0/24 via 198.18.0.250" in routes) is route_kept, routes
+        if route_kept:
+            _middleware(lab, "node1", node_ok=True, pod_ok=True, detail="")
+        else:
+            _middleware(lab, "node1", node_ok=False, pod_ok=False, detail="unreachable")
+        cp = lab.node_exec("node1", ["ip", "route", "get", OUTSIDE_UNDERLAY], check=False)
+        assert cp.returncode != 0 and "unreachable" in cp.stderr, cp
+        assert ssh(lab, "node1", "true").returncode == 0
+    return check
+
+
 def _kubelet_silent(state: str) -> Callable[[Lab], None]:
     def check(lab: Lab) -> None:
         conditions = {c["type"]: c for c in api(lab, "/api/v1/nodes/node2")["status"]["conditions"]}
@@ -1578,6 +1599,8 @@ VXLAN_CASES = [
     ("vxlan_wrong_underlay", "iface", "node2", {}, _vxlan_on_docker0),
     ("endpoint_unreachable", "allowlist", "node2", {}, _middleware_drops_node),
     ("endpoint_unreachable", "route", "node1", {}, _node_route_gone),
+    ("node_address_prefix_wrong", "netmask", "node1", {}, _prefix_narrowed(route_kept=False)),
+    ("node_address_prefix_wrong", "live", "node1", {}, _prefix_narrowed(route_kept=True)),
     ("node_not_ready", "kill", "node2", {}, _kubelet_silent("gone")),
     ("node_not_ready", "hang", "node2", {}, _kubelet_silent("hung")),
     ("cni_config_missing", "moved", "node2", {}, _cni_config_unusable("moved")),

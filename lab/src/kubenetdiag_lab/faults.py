@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, ip_interface
 from pathlib import Path
 from typing import Any
 
@@ -2438,6 +2438,75 @@ register(Fault(
     "local table delivers everything the node sends to the peer to itself",
     _duplicate_on, _duplicate_off, {"via": "underlay", "peer": ""},
     mechanisms={"underlay": (), "lo": ()},
+))
+
+
+def _narrowed(ctx: FaultContext, node: LabNode, params: Params) -> str:
+    """The node's address with the narrower prefix param `prefix` asks for, refused where it
+    would cut the node off from the collector or the API server (nothing could be diagnosed
+    on it) or would cut off nothing (no fault)."""
+    try:
+        plen = int(params["prefix"])
+        iface = ip_interface(f"{node.address}/{plen}")
+    except ValueError as e:
+        raise LabError(f"node_address_prefix_wrong: prefix {params['prefix']!r}: {e}") from None
+    if plen <= IPv4Network(ctx.topology.underlay).prefixlen:
+        raise LabError(f"node_address_prefix_wrong: prefix {plen} is not narrower than the "
+                       f"underlay's {ctx.topology.underlay}")
+    lost = [a for a in (CLIENT_ADDRESS, CP_ADDRESS) if IPv4Address(a) not in iface.network]
+    if lost:
+        raise LabError(f"node_address_prefix_wrong: {iface} leaves {', '.join(lost)} (the "
+                       "collector, the API server) off the node's link; pick a shorter prefix")
+    if IPv4Address(OUTSIDE_UNDERLAY) in iface.network:
+        raise LabError(f"node_address_prefix_wrong: {iface} still holds the gateway "
+                       f"{OUTSIDE_UNDERLAY}: nothing would be cut off")
+    return str(iface)
+
+
+def _prefix_narrowed(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    if params["via"] not in ("netmask", "live"):
+        raise LabError("node_address_prefix_wrong: via must be netmask or live")
+    narrow = _narrowed(ctx, node, params)
+    runner = ctx.node(node)
+    restarted = params["via"] == "netmask"
+    if restarted:
+        # as the node's networking comes up again from a configuration with the wrong
+        # netmask: the address with its new prefix, then its routes as configured; the
+        # kernel refuses the one through the gateway that is now off the node's link
+        runner.run(["ip", "route", "del", *OUTSIDE_ROUTE], check=False)
+    runner.run(["ip", "address", "add", narrow, "dev", "eth0"])
+    plen = IPv4Network(ctx.topology.underlay).prefixlen
+    runner.run(["ip", "address", "del", f"{node.address}/{plen}", "dev", "eth0"])
+    if restarted and runner.run(["ip", "route", "add", *OUTSIDE_ROUTE],
+                                check=False).returncode == 0:
+        raise LabError(f"node_address_prefix_wrong: the kernel took a route through "
+                       f"{OUTSIDE_UNDERLAY} off the link of {narrow}")
+
+
+def _prefix_right(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    right = f"{node.address}/{IPv4Network(ctx.topology.underlay).prefixlen}"
+    runner = ctx.node(node)
+    runner.run(["ip", "address", "replace", right, "dev", "eth0"])
+    # whatever prefix it was given: a heal without its parameters finds it
+    held = runner.run(["ip", "-4", "-o", "address", "show", "dev", "eth0"]).stdout
+    for line in held.splitlines():
+        words = line.split()
+        if len(words) > 3 and words[3].startswith(f"{node.address}/") and words[3] != right:
+            runner.run(["ip", "address", "del", words[3], "dev", "eth0"])
+    runner.run(["ip", "route", "replace", *OUTSIDE_ROUTE])
+
+
+register(Fault(
+    "node_address_prefix_wrong",
+    "the node's own address on eth0 with a longer prefix than the underlay's (param prefix, "
+    "default 28), as a netmask typed wrong in its network configuration leaves it after its "
+    "networking restarts (via=netmask): the outside's gateway 198.18.0.250 is off its link, "
+    "so the kernel refuses its route to the middleware's network through it, while the "
+    "collector and the API server stay on its link; or changed by hand on the running node "
+    "(via=live: `ip address add` of the new, `del` of the old), which keeps that route "
+    "working until the next restart",
+    _prefix_narrowed, _prefix_right, {"via": "netmask", "prefix": "28"},
+    mechanisms={"netmask": (), "live": ()},
 ))
 
 
