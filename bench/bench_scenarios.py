@@ -100,6 +100,9 @@ MULTI: list[tuple[str, ...]] = [
     # what the clones break across the underlay must not swallow the other node's fault
     ("flannel-vxlan", "underlay_mac_duplicate@node3", "forward_chain_reject@node2"),
     ("flannel-vxlan", "node_address_duplicate@node1", "ip_forward_disabled@node3"),
+    # a node's netmask typed wrong cuts it from the middleware's gateway, beside another
+    # node whose pods lose their own way to the middleware: each named on its node
+    ("flannel-vxlan", "node_address_prefix_wrong@node3", "pod_egress_broken@node2"),
     # the node network between two nodes broken on one end, beside one pod cut from its bridge
     ("flannel-vxlan", "underlay_neighbor_wrong[via=mac]@node1",
      "node_pod_link_broken[via=nomaster]@node3"),
