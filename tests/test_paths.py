@@ -867,6 +867,58 @@ def test_a_peers_own_address_held_by_the_node_keeps_everything_sent_to_that_peer
     facts += path_facts(facts)
     assert not [s for s in stops(facts, "n1") if s["stage"] == "peer_address"]
 
+def _arp_table(node_name: str, hook: str, *rules: str) -> list[Fact]:
+    """The arp family's filter table as arptables-nft writes it: INPUT or OUTPUT."""
+    chain_name = hook.upper()
+    return [f("nft_table", node_name, family="arp", table="filter", owner="nft", chains=1,
+              rules=len(rules)),
+            f("nft_chain", node_name, family="arp", table="filter", chain=chain_name,
+              owner="nft", type="filter", hook=hook, priority="filter", policy="accept",
+              rules=len(rules), drop_rules=sum(r.endswith("drop") for r in rules),
+              reject_rules=0)] + [
+            f("nft_rule", node_name, family="arp", table="filter", chain=chain_name,
+              position=i, verdict=r.split()[-1], text=r, pkts=0, bytes=0, handle=i + 1)
+            for i, r in enumerate(rules, start=1)]
+
+
+ARPTABLES = "arp htype 1 arp hlen 6 arp plen 4 {} counter packets 0 bytes 0 drop"
+
+
+def test_an_arp_rule_that_drops_a_peers_arp_ends_everything_between_the_two():
+    # `arptables -A INPUT -s 198.18.0.13 -j DROP` on n2: neither n2's request for n3 gets its
+    # reply, nor n3's request its answer; the IP chains pass it all
+    facts = cluster(*_arp_table("n2", "input", ARPTABLES.format("arp saddr ip 198.18.0.13")))
+    got = stops(facts, "n2")
+    assert {(s["flow"], s["peer"], s["stage"], s["verdict"]) for s in got} == {
+        (flow, "n3", "arp", "drop") for flow in ("node_in", "node_out", "overlay_in",
+                                                  "overlay_out")}
+    assert got[0]["hook"] == "arp input" and got[0]["at"] == "arp filter INPUT rule 1"
+    assert got[0]["undo"] == "nft delete rule arp filter INPUT handle 2"
+    assert not stops(facts, "n1") and not stops(facts, "n3")
+    # only n2's requests for n3 (`--opcode 1` in OUTPUT): n2 cannot send, and n3's packets
+    # need n2's reply, which is not a request
+    facts = cluster(*_arp_table("n2", "output", ARPTABLES.format(
+        "arp operation request arp daddr ip 198.18.0.13")))
+    assert {(s["flow"], s["peer"]) for s in stops(facts, "n2")} == {
+        ("node_out", "n3"), ("overlay_out", "n3")}
+
+
+def test_arp_rules_for_other_addresses_or_macs_stop_nothing():
+    # a direct-routing real server hiding a load balancer's address: no node's ARP
+    facts = cluster(*_arp_table("n2", "output", ARPTABLES.format("arp saddr ip 198.18.0.100")))
+    assert not stops(facts, "n2")
+    # which MAC a peer sends with is not walked: undecided, never blamed
+    facts = cluster(*_arp_table("n2", "input", ARPTABLES.format(
+        "arp saddr ether 02:00:00:00:00:01")))
+    assert not [s for s in stops(facts, "n2") if s["verdict"] in ("drop", "reject")]
+    # every ARP dropped: the node resolves neither its peers nor its own pods on cni0, nor
+    # they it, so what it forwards to and from its pods stops as well
+    facts = cluster(*_arp_table("n2", "input", "drop"))
+    assert {s["flow"] for s in stops(facts, "n2")} == {
+        "node_in", "node_out", "overlay_in", "overlay_out", "own_pod_in", "own_pod_out",
+        "pod_in", "pod_out"}
+
+
 def test_pings_the_filter_passes_and_the_kernel_ignores_end_at_the_setting():
     facts = cluster(sysctl("n2", "net.ipv4.icmp_echo_ignore_all", 1))
     got = stops(facts, "n2")

@@ -574,7 +574,7 @@ def undo_command(end: Ending, both_backends: bool = False) -> str | None:
         return _address_undo(end)
     if end.stage == "xfrm":
         return _xfrm_undo(end)
-    if end.stage not in ("netfilter", "notrack") or end.position is None or not end.rule \
+    if end.stage not in ("netfilter", "notrack", "arp") or end.position is None or not end.rule \
             or not end.table or not end.chain:
         return None
     if end.backend == "nft":

@@ -52,7 +52,17 @@ _SELECTORS: dict[tuple[str, ...], str] = {
     ("fib", "daddr", "type"): "fib.daddr", ("fib", "saddr", "type"): "fib.saddr",
     ("icmp", "type"): "icmp", ("meta", "pkttype"): "pkttype", ("pkttype",): "pkttype",
     ("ip", "version"): "ipversion",
+    # the arp family (arptables-nft writes its rules there): what an Ethernet ARP for IPv4
+    # always carries, its operation, and the sender's and target's addresses
+    ("arp", "saddr", "ip"): "src", ("arp", "daddr", "ip"): "dst",
+    ("arp", "htype"): "arp.htype", ("arp", "hlen"): "arp.hlen", ("arp", "plen"): "arp.plen",
+    ("arp", "ptype"): "arp.ptype", ("arp", "operation"): "arp.operation",
+    ("arp", "saddr", "ether"): "arp.ether", ("arp", "daddr", "ether"): "arp.ether",
 }
+# the fields every ARP an Ethernet device sends for IPv4 has, with their values' spellings
+_ARP_CONSTANT = {"arp.htype": {"1", "ether"}, "arp.hlen": {"6"}, "arp.plen": {"4"},
+                 "arp.ptype": {"ip", "0x0800", "2048"}}
+_ARP_OPERATIONS = {"request": {"request", "1"}, "reply": {"reply", "2"}}
 _MAX_SELECTOR = max(len(k) for k in _SELECTORS)
 _VERDICTS = {"accept", "drop", "reject", "return", "continue", "queue"}
 # statements that let the packet go on; their arguments are skipped up to the next keyword
@@ -133,6 +143,14 @@ def _compare(what: str, values: list[str], p: Packet, c: Context) -> Tri:
         return ("echo-request" if p.state == "new" else "echo-reply") in values
     if what == "pkttype":
         return "host" in values or "unicast" in values
+    if what.startswith("arp."):
+        if p.arp is None:
+            return False
+        if what in _ARP_CONSTANT:
+            return bool(_ARP_CONSTANT[what] & {v.lower() for v in values})
+        if what == "arp.operation":
+            return bool(_ARP_OPERATIONS[p.arp] & {v.lower() for v in values})
+        return None  # a hardware address: which MAC a peer sends with is not walked
     return None
 
 

@@ -14,6 +14,7 @@ from kubenetdiag.facts.paths.ipsets import IpSet
 from kubenetdiag.facts.paths.packet import addr
 from kubenetdiag.facts.paths.routing import PolicyRule, Route, Routing
 from kubenetdiag.facts.paths.ruleset import (
+    ARP_HOOK,
     BRIDGE_HOOK,
     BaseChain,
     Context,
@@ -270,14 +271,15 @@ def build(name: str, facts: list[Fact]) -> NodeView:
             v.chains.append(BaseChain(t, chain, hook[0], hook[1],
                                       "drop" if policy == "drop" else "accept", hook[2]))
     for family, table, chain, a in nft_bases:
-        if family not in ("ip", "inet", "netdev", "bridge"):
-            continue  # arp chains see other packets than the routed ones
+        if family not in ("ip", "inet", "netdev", "bridge", "arp"):
+            continue
         if family == "netdev" and a.get("hook") not in ("ingress", "egress"):
             continue
         t = nft_tables.setdefault((family, table), Table(f"{family} {table}", "nft"))
         t.chains.setdefault(chain, [])
         hook = str(a.get("hook") or "")
-        v.chains.append(BaseChain(t, chain, BRIDGE_HOOK + hook if family == "bridge" else hook,
+        named = {"bridge": BRIDGE_HOOK, "arp": ARP_HOOK}.get(family, "") + hook
+        v.chains.append(BaseChain(t, chain, named,
                                   nft.priority(str(a.get("priority") or "0"), family),
                                   "drop" if a.get("policy") == "drop" else "accept",
                                   str(a.get("type") or "filter"),

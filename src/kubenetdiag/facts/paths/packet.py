@@ -49,6 +49,9 @@ class Packet:
     # a nat postrouting base chain that let it go untranslated: (table, chain, rule) of the
     # RETURN or ACCEPT that ended its walk there, the rule None when it fell off the end
     nat_kept_by: tuple | None = field(default=None, compare=False)
+    # an ARP packet's operation (request or reply), which only the arp family's hooks see;
+    # src and dst are then its sender's and target's protocol addresses
+    arp: str | None = None
 
     def but(self, **changes) -> Packet:
         return replace(self, **changes)

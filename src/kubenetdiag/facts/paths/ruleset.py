@@ -86,6 +86,9 @@ class Table:
 # The bridge family's hooks are named apart from the IP ones ("bridge output"): they see the
 # frames a bridge receives from and sends to its ports, around the IP hooks of routed traffic.
 BRIDGE_HOOK = "bridge "
+# The arp family's hooks ("arp input", "arp output") see the ARP a node receives and sends:
+# no routed packet meets them, but a drop there keeps a neighbour from ever being resolved.
+ARP_HOOK = "arp "
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,11 @@ A packet that comes in through a bridge (a pod's frame on cni0, addressed to its
 the bridge family's prerouting and input hooks first; one routed out through a bridge (to a pod
 behind cni0) meets its output and postrouting hooks last. Which port of the bridge carries the
 frame is not known, so a bridge rule that matches on it is undecidable.
+
+Where the node has chains of the arp family (arptables), a packet from or to a neighbour on an
+Ethernet link also needs the ARP exchange with it to pass them: the sender's request and the
+node's reply before it arrives, the node's request and the reply after it passed the hooks on
+its way out. Which MAC a neighbour sends with is not known, so a match on it is undecidable.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ from dataclasses import dataclass, field, replace
 
 from kubenetdiag.facts.paths.netfilter import Stop, World, walk_hook
 from kubenetdiag.facts.paths.node import NodeView
-from kubenetdiag.facts.paths.packet import BRIDGE_PORT, Packet, show
+from kubenetdiag.facts.paths.packet import BRIDGE_PORT, Packet, addr, show
 from kubenetdiag.facts.paths.routing import Decision, Route
-from kubenetdiag.facts.paths.ruleset import BRIDGE_HOOK
+from kubenetdiag.facts.paths.ruleset import ARP_HOOK, BRIDGE_HOOK
 from kubenetdiag.facts.paths.xfrm import Policy as XfrmPolicy
 from kubenetdiag.facts.paths.xfrm import lookup as xfrm_lookup
 
@@ -326,6 +331,75 @@ def _address_behind(v: NodeView, r: Route) -> str | None:
     return None
 
 
+# Devices the kernel resolves neighbours on by ARP: not tunnels, not loopback
+_ARP_KINDS = frozenset({"device", "veth", "bridge", "bond", "vlan", "macvlan", "team"})
+
+
+def _link_address(v: NodeView, dev: str | None, a: int) -> int | None:
+    """The node's own address on `dev` whose network holds `a`: the address it resolves `a`
+    from by ARP there; None when `a` is not on that link or the device does no ARP."""
+    if dev is None or v.ifaces.get(dev, {}).get("kind") not in _ARP_KINDS \
+            or v.ifaces[dev].get("noarp"):
+        return None
+    for text in str(v.ifaces[dev].get("addresses") or "").split(","):
+        try:
+            iface = ipaddress.ip_interface(text.strip())
+        except ValueError:
+            continue
+        if iface.version == 4 and ipaddress.IPv4Address(a) in iface.network:
+            return int(iface.ip)
+    return None
+
+
+def _arp_filtered(v: NodeView) -> bool:
+    return any(b.hook.startswith(ARP_HOOK) for b in v.chains)
+
+
+def _arp_in(v: NodeView, pkt: Packet, steps: list[str]) -> Ending | None:
+    """The ARP the packet's sender, on the link it arrives by, needed first."""
+    me = _link_address(v, pkt.iif, pkt.src) if _arp_filtered(v) else None
+    return None if me is None else _arp(v, me, pkt.src, str(pkt.iif), True, steps)
+
+
+def _resolved(v: NodeView, d: Decision, pkt: Packet, steps: list[str], end: Ending) -> Ending:
+    """A packet that passed the hooks on its way out still needs its next hop's MAC."""
+    return (_arp_out(v, d, pkt, steps) or end) if end.verdict == "pass" else end
+
+
+def _arp_out(v: NodeView, d: Decision, pkt: Packet, steps: list[str]) -> Ending | None:
+    """The ARP for the next hop the route sends the packet to, on its device."""
+    if d.route is None or d.route.dev is None or not _arp_filtered(v):
+        return None
+    gateway = d.route.gateway
+    hop = addr(gateway) if gateway and ":" not in gateway else pkt.dst
+    me = _link_address(v, d.route.dev, hop)
+    return None if me is None else _arp(v, me, hop, d.route.dev, False, steps)
+
+
+def _arp(v: NodeView, me: int, neighbour: int, dev: str, asked: bool, steps: list[str]
+         ) -> Ending | None:
+    """The ARP exchange that must succeed before a packet goes between the node (`me`) and an
+    on-link `neighbour` on `dev`, through the arp family's chains: the node's request out and
+    the reply in, or, when the neighbour `asked` (its packet arrives), its request in and
+    the node's reply out. A drop there ends the flow; an undecided match lets it go on."""
+    out = Packet(me, neighbour, "arp", None, None, None, dev, arp="reply" if asked else "request")
+    into = Packet(neighbour, me, "arp", None, None, dev, arp="request" if asked else "reply")
+    for hook, pkt in ((("arp input", into), ("arp output", out)) if asked else
+                      (("arp output", out), ("arp input", into))):
+        stopped = [w for w in walk_hook(v.chains, hook, [World(pkt, "")], v.ctx, dev)
+                   if w.stop is not None and w.stop.verdict in ("drop", "reject")]
+        if stopped:
+            # stopped only where a match could not be decided (a MAC): unknown, not a drop
+            w = next((w for w in stopped if not w.undecided), stopped[0])
+            end = _from_stop(w.stop, w.undecided, [*steps, f"{hook} ({pkt.arp})"])
+            return replace(end, stage="arp", verdict=end.verdict if not w.undecided
+                           else "unknown", why=(
+                               f"its ARP {pkt.arp} {'from' if hook == 'arp input' else 'to'} "
+                               f"{show(neighbour)} is dropped, so neither learns the other's "
+                               "MAC"))
+    return None
+
+
 def _dead_end(d: Decision, pkt: Packet, steps: list[str]) -> Ending | None:
     """The routing decision itself ends the packet, or cannot be made."""
     if d.kind == "unknown":
@@ -345,7 +419,7 @@ def _decide(v: NodeView, flow: Flow, w: World, steps: list[str]) -> Ending:
             return undecided or _route_ending(d, pkt, steps, "drop",
                                               f"{show(pkt.dst)} is not local")
         steps.append("local")
-        end = _rp_filter(v, pkt, steps)
+        end = _rp_filter(v, pkt, steps) or _arp_in(v, pkt, steps)
         if end:
             return end
         return _echo_answered(v, pkt, _delivered(v, pkt, _after(v, ["input"], flow, pkt, w,
@@ -369,7 +443,7 @@ def _decide(v: NodeView, flow: Flow, w: World, steps: list[str]) -> Ending:
             return end
         steps.append(d.at(pkt.dst))
         oif = d.route.dev if d.route else None
-        end = _xfrm(v, ("fwd", "out"), pkt, (oif, oif), steps)
+        end = _xfrm(v, ("fwd", "out"), pkt, (oif, oif), steps) or _arp_in(v, pkt, steps)
         if end:
             return end
         if flow.mtu_in and flow.underlay:
@@ -381,7 +455,8 @@ def _decide(v: NodeView, flow: Flow, w: World, steps: list[str]) -> Ending:
                 return Ending("drop", "mtu", at, rule=at, owner="kernel",
                               why="full-size packets from the peer are larger than this node's "
                                   "underlay carries", steps=steps)
-        return _after(v, ["forward", "postrouting"], flow, pkt.but(oif=oif), w, steps)
+        return _resolved(v, d, pkt, steps,
+                         _after(v, ["forward", "postrouting"], flow, pkt.but(oif=oif), w, steps))
     # sent by the node itself
     d = v.routing.lookup(pkt)
     end = _dead_end(d, pkt, steps) or _held(v, d, flow, pkt, steps) \
@@ -393,7 +468,8 @@ def _decide(v: NodeView, flow: Flow, w: World, steps: list[str]) -> Ending:
     end = _xfrm(v, ("out",), pkt, (oif,), steps)
     if end:
         return end
-    return _after(v, ["output", "postrouting"], flow, pkt.but(oif=oif), w, steps)
+    return _resolved(v, d, pkt, steps,
+                     _after(v, ["output", "postrouting"], flow, pkt.but(oif=oif), w, steps))
 
 
 def _after(v: NodeView, hooks: list[str], flow: Flow, pkt: Packet, w: World, steps: list[str]
