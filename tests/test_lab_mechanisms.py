@@ -1521,6 +1521,7 @@ VXLAN_CASES = [
      _pair_cut("node2", "node1")),
     ("iptables_drop_rule", "peer_in", "node2", {"peer": "node1"}, _pair_cut("node2", "node1")),
     ("iptables_drop_rule", "peer_out", "node1", {"peer": "node2"}, _pair_cut("node1", "node2")),
+    ("iptables_drop_rule", "arp", "node2", {"peer": "node1"}, _pair_cut("node2", "node1")),
     ("node_pod_link_broken", "nomaster", "node2", {}, _node_and_pod_apart("nomaster")),
     ("iptables_drop_rule", "bridge", "node2", {}, _bridged_drop),
     ("bridge_nf_call_iptables_disabled", "file", "node1", {}, _bridge_nf_file),

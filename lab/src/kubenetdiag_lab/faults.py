@@ -708,6 +708,13 @@ def _drop_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
     if params["via"] == "bridge":
         ctx.node(node).run(["nft", "-f", "-"], input=BRIDGE_DROP.format(cidr=node.pod_cidr))
         return
+    if params["via"] == "arp":
+        peer = _entry_peer(ctx, node, params)
+        ctx.node(node).run(["arptables", "-A", "INPUT", "-s", peer.address, "-j", "DROP"])
+        # as if it had been there for a while: both ends' entries for each other expired
+        ctx.node(node).run(["ip", "neigh", "flush", "to", peer.address, "dev", "eth0"])
+        ctx.node(peer).run(["ip", "neigh", "flush", "to", node.address, "dev", "eth0"])
+        return
     if params["via"] == "snat":
         _ipt_insert(ctx, node, "POSTROUTING", _snat_spec(ctx, node), table="nat")
         return
@@ -725,7 +732,7 @@ def _drop_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
                  f"-I {chain} 1 -j {DENY_CHAIN}\nCOMMIT\n")
     else:
         raise LabError("iptables_drop_rule: via must be filter, mangle, legacy, userchain, "
-                       "peer_in, peer_out, bridge or snat")
+                       "peer_in, peer_out, arp, bridge or snat")
 
 
 def _drop_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -736,6 +743,16 @@ def _drop_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
         for via in ("peer_in", "peer_out"):
             spec = _peer_drop_spec(ctx, node, {"via": via, "peer": peer.name})
             blocked = _ipt_delete(ctx, node, *spec) or blocked
+    for peer in ctx.topology.peers(node):
+        arp = ["-s", peer.address, "-j", "DROP"]
+        while ctx.node(node).run(["arptables", "-D", "INPUT", *arp], check=False).returncode == 0:
+            blocked = True
+    # arptables-nft leaves its table behind, empty: the node had none before
+    arp_table = ctx.node(node).run(["nft", "list", "table", "arp", "filter"], check=False)
+    if arp_table.returncode == 0 and not [
+            line for line in arp_table.stdout.splitlines()
+            if line.strip() and line.split()[0] not in ("table", "chain", "type", "}")]:
+        ctx.node(node).run(["nft", "delete", "table", "arp", "filter"])
     if blocked:
         _pair_mended(ctx)
     chain, spec = _drop_spec(ctx, node, params)
@@ -761,7 +778,9 @@ register(Fault(
     "the namespace goes), or in an operator's chain LOCAL-DENY that FORWARD jumps to "
     "first, after a RETURN for established flows (via=userchain); or a DROP of everything "
     "between the node and one peer's node address (param peer, default the first other "
-    "node), from it in INPUT (via=peer_in) or to it in OUTPUT (via=peer_out); or an ebtables "
+    "node), from it in INPUT (via=peer_in) or to it in OUTPUT (via=peer_out), or of its ARP, "
+    "by an arptables rule (the arp family's filter table) as a load balancer's direct-routing "
+    "real servers or a hardening script write one (via=arp); or an ebtables "
     "rule, in the bridge family's filter table, that drops what cni0 sends its pods from "
     "outside the node's pod range (via=bridge); or an SNAT of the node's pod traffic to "
     f"other pods to {SNAT_AWAY}, an address no node holds, in nat POSTROUTING: nothing is "
@@ -769,7 +788,7 @@ register(Fault(
     _drop_on, _drop_off,
     {"via": "filter", "chain": "FORWARD", "port": "", "proto": "tcp", "peer": ""},
     mechanisms={"filter": (), "mangle": (), "legacy": (), "userchain": (), "peer_in": (),
-                "peer_out": (),
+                "peer_out": (), "arp": (),
                 "bridge": ("flannel-vxlan", "flannel-host-gw"), "snat": ()},
 ))
 
