@@ -155,6 +155,17 @@ def test_nftables_names_the_empty_chains_a_jump_may_reach():
     assert not rules & set(empty)
 
 
+def test_nftables_reads_the_arp_family_arptables_nft_writes():
+    facts = parse("nftables", "arptables-nft-1.8.9-lab")
+    table = next(t for t in kinds(facts, "nft_table") if t["family"] == "arp")
+    assert table["table"] == "filter" and table["owner"] == "nft" and table["chains"] == 1
+    hooks = {c["chain"]: c["hook"] for c in kinds(facts, "nft_chain") if c["family"] == "arp"}
+    assert hooks == {"INPUT": "input"}
+    (rule,) = [r for r in kinds(facts, "nft_rule") if r["family"] == "arp"]
+    assert rule["chain"] == "INPUT" and rule["verdict"] == "drop" and rule["handle"] == 2
+    assert "arp saddr ip 198.18.0.13" in rule["text"] and rule["pkts"] == 0
+
+
 def test_ipvs_variants():
     facts = parse("ipvs", "ipvsadm-1.31")
     svc = {(s["proto"], s["address"], s["port"]): s for s in kinds(facts, "ipvs_service")}

@@ -52,6 +52,16 @@ def test_recorded_regular_nft_chains_are_followed_and_decided():
     assert got and got[0]["at"] == "inet guard overlay rule 1" and got[0]["verdict"] == "drop"
 
 
+def test_a_recorded_arptables_rule_cuts_the_node_from_that_peer_alone():
+    # the lab's arptables-nft rule on n2 for n3's address (198.18.0.13), beside the real
+    # kube-proxy's and flannel's iptables-nft tables, which pass everything
+    facts = cluster(*recorded("nftables", "arptables-nft-1.8.9-lab"))
+    got = stops(facts, "n2")
+    assert {(s["flow"], s["peer"], s["stage"]) for s in got} == {
+        (flow, "n3", "arp") for flow in ("node_in", "node_out", "overlay_in", "overlay_out")}
+    assert got[0]["undo"] == "nft delete rule arp filter INPUT handle 2"
+
+
 def test_recorded_tc_hooks_and_xdp_are_what_the_walk_cannot_see():
     xdp = {f.attrs["name"]: f.attrs["xdp"] for f in recorded("links", "iproute2-6.1-xdp")}
     facts = [f for f in node("n1") + node("n2") + node("n3")]
