@@ -381,7 +381,8 @@ def _arp(v: NodeView, me: int, neighbour: int, dev: str, asked: bool, steps: lis
     """The ARP exchange that must succeed before a packet goes between the node (`me`) and an
     on-link `neighbour` on `dev`, through the arp family's chains: the node's request out and
     the reply in, or, when the neighbour `asked` (its packet arrives), its request in and
-    the node's reply out. A drop there ends the flow; an undecided match lets it go on."""
+    the node's reply out. A drop there ends the flow, and one that depends on a match the
+    walk cannot decide (a MAC) makes its verdict unknown."""
     out = Packet(me, neighbour, "arp", None, None, None, dev, arp="reply" if asked else "request")
     into = Packet(neighbour, me, "arp", None, None, dev, arp="request" if asked else "reply")
     for hook, pkt in ((("arp input", into), ("arp output", out)) if asked else
@@ -392,11 +393,10 @@ def _arp(v: NodeView, me: int, neighbour: int, dev: str, asked: bool, steps: lis
             # stopped only where a match could not be decided (a MAC): unknown, not a drop
             w = next((w for w in stopped if not w.undecided), stopped[0])
             end = _from_stop(w.stop, w.undecided, [*steps, f"{hook} ({pkt.arp})"])
-            return replace(end, stage="arp", verdict=end.verdict if not w.undecided
-                           else "unknown", why=(
-                               f"its ARP {pkt.arp} {'from' if hook == 'arp input' else 'to'} "
-                               f"{show(neighbour)} is dropped, so neither learns the other's "
-                               "MAC"))
+            way = "from" if hook == "arp input" else "to"
+            return replace(end, stage="arp", verdict="unknown" if w.undecided else end.verdict,
+                           why=f"the ARP {pkt.arp} {way} {show(neighbour)} is dropped, so the "
+                               "node and it never learn each other's MAC")
     return None
 
 
