@@ -466,6 +466,21 @@ def test_a_pods_connection_that_leaves_unmasqueraded_is_said_with_where_nat_let_
     assert not _untranslated(facts, "n3")
 
 
+def test_the_neighbour_each_node_hands_its_connection_to_an_endpoint_is_named():
+    check = f("tcp_check", "n1", target="203.0.113.10:3306", address="203.0.113.10", by="ip",
+              ok=False, detail="timeout", rtt_ms=None, vantage="cni-1")
+    near = f("tcp_check", "n1", target="198.18.0.250:53", address="198.18.0.250", by="ip",
+             ok=True, detail=None, rtt_ms=1.0, vantage="cni-1")
+    facts = cluster(check, near, *(route(n, "203.0.113.0/24", "eth0", "198.18.0.250")
+                                   for n in ("n1", "n2")))
+    hops = {(x.node, x.attrs["target"]): (x.attrs["hop"], x.attrs["dev"])
+            for x in facts if x.kind == "next_hop"}
+    # through the gateway; on the node's own link, the endpoint itself; n3 has no route to it
+    assert hops == {("n1", "203.0.113.10:3306"): ("198.18.0.250", "eth0"),
+                    ("n2", "203.0.113.10:3306"): ("198.18.0.250", "eth0"),
+                    **{(n, "198.18.0.250:53"): ("198.18.0.250", "eth0") for n in NODES}}
+
+
 def test_an_untracked_pod_connection_leaves_untranslated_and_the_notrack_is_named():
     check = f("tcp_check", "n2", target="203.0.113.10:3306", address="203.0.113.10", by="ip",
               ok=False, detail="timeout", rtt_ms=None, vantage="cni-2")

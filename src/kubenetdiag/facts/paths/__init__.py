@@ -47,7 +47,7 @@ _KINDS = (*_NODE_KINDS, "k8s_node", "dns_pod", "dns_service", "cni", "bgp_sessio
 # as not checked on its own when missing.
 INPUTS: tuple[str, ...] = tuple(k for k in _NODE_KINDS if k not in _NODE_OPTIONAL)
 CONTEXT: tuple[str, ...] = tuple(k for k in _KINDS if k not in _NODE_KINDS)
-PRODUCES: tuple[str, ...] = ("path", "path_walk", "egress_untranslated")
+PRODUCES: tuple[str, ...] = ("path", "path_walk", "egress_untranslated", "next_hop")
 PROBE = "path"  # the evidence's source: facts computed here, from other facts
 
 
@@ -603,6 +603,8 @@ def _facts_of(me: _Node, name: str, flows: list[Flow], after: _After,
             if flow.name == "endpoint_pod" and end.untranslated is not None \
                     and v.has_netfilter and not any(in_net(flow.pkt.dst, n) for n in pod_nets):
                 out.append(_untranslated_fact(name, flow, end.untranslated))
+            if flow.name == "endpoint" and end.next_hop is not None:
+                out.append(_next_hop_fact(name, flow, *end.next_hop))
             continue
         out.append(_path_fact(name, flow, end, v.altered, both, after, tunnelled))
     kinds = ",".join(sorted({f.name for f in flows}))
@@ -626,6 +628,12 @@ def _untranslated_fact(name: str, flow: Flow, where: tuple[str, str | None, str]
         "target": flow.target, "src": show(pkt.src), "dst": show(pkt.dst), "dport": pkt.dport,
         "at": at, "rule": rule, "owner": owner,
     }, Source(PROBE, f"walk of {name}'s endpoint_pod flow", None, text[:2000]))
+
+
+def _next_hop_fact(name: str, flow: Flow, hop: str, dev: str) -> Fact:
+    return Fact("next_hop", name, {"target": flow.target, "hop": hop, "dev": dev},
+                Source(PROBE, f"walk of {name}'s endpoint flow", None,
+                       f"{show(flow.pkt.src)} -> {flow.target}: handed to {hop} on {dev}"))
 
 
 def _toward(flow: Flow) -> str:

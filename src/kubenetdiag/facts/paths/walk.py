@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 from kubenetdiag.facts.paths.netfilter import Stop, World, walk_hook
 from kubenetdiag.facts.paths.node import NodeView
-from kubenetdiag.facts.paths.packet import BRIDGE_PORT, Packet, addr, show
+from kubenetdiag.facts.paths.packet import BRIDGE_PORT, Packet, addr, in_net, network, show
 from kubenetdiag.facts.paths.routing import Decision, Route
 from kubenetdiag.facts.paths.ruleset import ARP_HOOK, BRIDGE_HOOK
 from kubenetdiag.facts.paths.xfrm import Policy as XfrmPolicy
@@ -81,6 +81,8 @@ class Ending:
     # a passing packet that leaves through postrouting with no masquerade or SNAT: (where the
     # nat table let it go, that rule's text or None, its owner); None when translated
     untranslated: tuple[str, str | None, str] | None = None
+    # a passing packet handed to a neighbour on an Ethernet link: (its address, the device)
+    next_hop: tuple[str, str] | None = None
 
 
 def _from_stop(s: Stop, undecided: str, steps: list[str]) -> Ending:
@@ -342,12 +344,8 @@ def _link_address(v: NodeView, dev: str | None, a: int) -> int | None:
             or v.ifaces[dev].get("noarp"):
         return None
     for text in str(v.ifaces[dev].get("addresses") or "").split(","):
-        try:
-            iface = ipaddress.ip_interface(text.strip())
-        except ValueError:
-            continue
-        if iface.version == 4 and ipaddress.IPv4Address(a) in iface.network:
-            return int(iface.ip)
+        if in_net(a, text):  # (cached: every flow that leaves asks)
+            return network(text.split("/")[0])[0]  # type: ignore[index]
     return None
 
 
@@ -363,17 +361,15 @@ def _arp_in(v: NodeView, pkt: Packet, steps: list[str]) -> Ending | None:
 
 def _resolved(v: NodeView, d: Decision, pkt: Packet, steps: list[str], end: Ending) -> Ending:
     """A packet that passed the hooks on its way out still needs its next hop's MAC."""
-    return (_arp_out(v, d, pkt, steps) or end) if end.verdict == "pass" else end
-
-
-def _arp_out(v: NodeView, d: Decision, pkt: Packet, steps: list[str]) -> Ending | None:
-    """The ARP for the next hop the route sends the packet to, on its device."""
-    if d.route is None or d.route.dev is None or not _arp_filtered(v):
-        return None
+    if end.verdict != "pass" or d.route is None or d.route.dev is None:
+        return end
     gateway = d.route.gateway
     hop = addr(gateway) if gateway and ":" not in gateway else pkt.dst
     me = _link_address(v, d.route.dev, hop)
-    return None if me is None else _arp(v, me, hop, d.route.dev, False, steps)
+    if me is None:
+        return end
+    stopped = _arp(v, me, hop, d.route.dev, False, steps) if _arp_filtered(v) else None
+    return stopped or replace(end, next_hop=(show(hop), d.route.dev))
 
 
 def _arp(v: NodeView, me: int, neighbour: int, dev: str, asked: bool, steps: list[str]
