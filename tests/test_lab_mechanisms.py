@@ -1233,6 +1233,14 @@ def _node_route_gone(lab: Lab) -> None:
     assert "203.0.113.0/24" not in lab.node_exec("node1", ["ip", "route"]).stdout
 
 
+def _gateway_pinned(lab: Lab) -> None:
+    """node1 holds a permanent entry for the outside's gateway with a MAC nobody has: it and
+    its pods time out toward the middleware, the other nodes go through the same gateway."""
+    _middleware(lab, "node1", node_ok=False, pod_ok=False, detail="timed out")
+    entry = lab.node_exec("node1", ["ip", "neigh", "show", "to", OUTSIDE_UNDERLAY]).stdout
+    assert "PERMANENT" in entry, entry
+
+
 def _prefix_narrowed(route_kept: bool) -> Callable[[Lab], None]:
     """node1 holds its address as a /28: the outside's gateway is off its link. Brought up
     again from that configuration the kernel refuses the route through it; changed by hand
@@ -1513,6 +1521,7 @@ VXLAN_CASES = [
     ("underlay_neighbor_wrong", "neigh", "node1", {"peer": "node2"}, _pair_cut("node1", "node2")),
     ("underlay_neighbor_wrong", "mac", "node1", {"peer": "node2"},
      _pair_cut("node1", "node2", nic_changed=True)),
+    ("underlay_neighbor_wrong", "gateway", "node1", {}, _gateway_pinned),
     ("underlay_route_broken", "blackhole", "node2", {"peer": "node1"},
      _pair_cut("node2", "node1")),
     ("underlay_route_broken", "unreachable", "node1", {"peer": "node2"},

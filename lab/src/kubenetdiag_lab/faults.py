@@ -4404,8 +4404,13 @@ def _neigh_wrong(ctx: FaultContext, node: LabNode, params: Params) -> None:
         if not saved.exists():
             saved.write_text(json.dumps({"mac": _eth0_mac(ctx, peer)}))
         _set_eth0_mac(ctx, peer, STRAY_MAC)
+    elif params["via"] == "gateway":
+        # the outside's gateway pinned against ARP spoofing when a router since replaced
+        # held its address: the entry still names that router's MAC
+        runner.run(["ip", "neigh", "replace", OUTSIDE_UNDERLAY, "lladdr", STRAY_MAC, "dev",
+                    "eth0", "nud", "permanent"])
     else:
-        raise LabError("underlay_neighbor_wrong: via must be neigh or mac")
+        raise LabError("underlay_neighbor_wrong: via must be neigh, mac or gateway")
 
 
 def _neigh_right(ctx: FaultContext, node: LabNode, params: Params) -> None:
@@ -4422,6 +4427,8 @@ def _neigh_right(ctx: FaultContext, node: LabNode, params: Params) -> None:
             saved.unlink()
         if peer.address in pinned:
             runner.run(["ip", "neigh", "del", peer.address, "dev", "eth0"])
+    if OUTSIDE_UNDERLAY in pinned:
+        runner.run(["ip", "neigh", "del", OUTSIDE_UNDERLAY, "dev", "eth0"])
     _pair_mended(ctx)
 
 
@@ -4432,9 +4439,11 @@ register(Fault(
     "the peer arrives while the peer's own traffic still does: typed wrong by hand "
     "(via=neigh), or pinned right and then the peer's NIC changed, as a replaced NIC or a "
     "migrated VM's does, announced to every other machine (via=mac: the change is made on "
-    "the peer, the fault is this node's entry)",
+    "the peer, the fault is this node's entry); or for the gateway of the outside's network "
+    f"({OUTSIDE_UNDERLAY}), pinned while a router since replaced held its address "
+    "(via=gateway: the node and its pods lose the middleware, the peers do not)",
     _neigh_wrong, _neigh_right, {"via": "neigh", "peer": ""},
-    mechanisms={"neigh": (), "mac": ()},
+    mechanisms={"neigh": (), "mac": (), "gateway": ()},
 ))
 
 
