@@ -103,6 +103,10 @@ MULTI: list[tuple[str, ...]] = [
     # a node's netmask typed wrong cuts it from the middleware's gateway, beside another
     # node whose pods lose their own way to the middleware: each named on its node
     ("flannel-vxlan", "node_address_prefix_wrong@node3", "pod_egress_broken@node2"),
+    # beneath every filter and route: a gateway pinned with a stale MAC on one node, a peer's
+    # ARP dropped by arptables on another
+    ("flannel-host-gw", "underlay_neighbor_wrong[via=gateway]@node2",
+     "iptables_drop_rule[via=arp]@node3"),
     # the node network between two nodes broken on one end, beside one pod cut from its bridge
     ("flannel-vxlan", "underlay_neighbor_wrong[via=mac]@node1",
      "node_pod_link_broken[via=nomaster]@node3"),
