@@ -166,6 +166,17 @@ def test_nftables_reads_the_arp_family_arptables_nft_writes():
     assert "arp saddr ip 198.18.0.13" in rule["text"] and rule["pkts"] == 0
 
 
+def test_arptables_rules_are_kept_where_nft_says_iptables_nft_manages_their_table():
+    # iptables-save never shows the arp family: its rules are read here, whoever wrote them
+    facts = parse("nftables", "arptables-nft-1.8.9-lvs-dr-lab")
+    owners = {(t["family"], t["table"]): t["owner"] for t in kinds(facts, "nft_table")}
+    assert owners[("arp", "filter")] == "arptables-nft"
+    assert owners[("ip", "filter")] == "iptables-nft"
+    rules = [r for r in kinds(facts, "nft_rule") if r["family"] == "arp"]
+    assert [(r["chain"], r["verdict"]) for r in rules] == [("INPUT", "drop"), ("OUTPUT", "other")]
+    assert not [r for r in kinds(facts, "nft_rule") if r["family"] == "ip"]
+
+
 def test_ipvs_variants():
     facts = parse("ipvs", "ipvsadm-1.31")
     svc = {(s["proto"], s["address"], s["port"]): s for s in kinds(facts, "ipvs_service")}

@@ -62,6 +62,12 @@ def test_a_recorded_arptables_rule_cuts_the_node_from_that_peer_alone():
     assert got[0]["undo"] == "nft delete rule arp filter INPUT handle 2"
 
 
+def test_a_recorded_lvs_real_servers_arptables_rules_stop_nothing():
+    # ARP for the balancer's virtual address dropped, and rewritten from it: no node's
+    facts = cluster(*recorded("nftables", "arptables-nft-1.8.9-lvs-dr-lab"))
+    assert not stops(facts, "n2")
+
+
 def test_recorded_tc_hooks_and_xdp_are_what_the_walk_cannot_see():
     xdp = {f.attrs["name"]: f.attrs["xdp"] for f in recorded("links", "iproute2-6.1-xdp")}
     facts = [f for f in node("n1") + node("n2") + node("n3")]

@@ -94,9 +94,15 @@ def _verdict(rule: str) -> str:
     return "other" if words else "none"
 
 
+# the xtables-nft tool that writes each family's tables (nft warns "managed by iptables-nft"
+# for all of them); only iptables' rules are read again by the iptables probe
+_XTABLES = {"ip": "iptables-nft", "ip6": "iptables-nft", "arp": "arptables-nft",
+            "bridge": "ebtables-nft"}
+
+
 def _owner(family: str, table: str, chains: dict, managed: set) -> str:
     if (family, table) in managed:
-        return "iptables-nft"
+        return _XTABLES.get(family, "iptables-nft")
     if table == "firewalld":
         return "firewalld"
     if table == "kube-proxy":
