@@ -31,6 +31,7 @@ from kubenetdiag_lab.faults import (
     LabNode,
     Params,
     _app_pod,
+    _arp_table_tidy,
     _coredns_node,
     _corefile_reloaded,
     _drop_chains,
@@ -338,6 +339,43 @@ register(Fault(
     "address of the control plane on the node that is its VRRP master; the node's own "
     "address stays first",
     _vip, _vip_gone, benign=True,
+))
+
+
+# A load balancer's virtual address that the node serves in direct routing (LVS-DR): held on
+# lo so the node accepts what the balancer forwards to it, and kept out of ARP so that only the
+# balancer answers for it on the node network
+LVS_VIP = "198.18.0.101"
+
+
+def _lvs_rules(node: LabNode) -> list[list[str]]:
+    return [["INPUT", "-d", LVS_VIP, "-j", "DROP"],
+            ["OUTPUT", "-s", LVS_VIP, "-j", "mangle", "--mangle-ip-s", node.address]]
+
+
+def _lvs_real_server(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    runner = ctx.node(node)
+    runner.run(["ip", "address", "add", f"{LVS_VIP}/32", "dev", "lo"])
+    for rule in _lvs_rules(node):
+        runner.run(["arptables", "-A", *rule])
+
+
+def _lvs_gone(ctx: FaultContext, node: LabNode, params: Params) -> None:
+    runner = ctx.node(node)
+    for rule in _lvs_rules(node):
+        while runner.run(["arptables", "-D", *rule], check=False).returncode == 0:
+            pass
+    _arp_table_tidy(ctx, node)
+    runner.run(["ip", "address", "del", f"{LVS_VIP}/32", "dev", "lo"], check=False)
+
+
+register(Fault(
+    "benign_lvs_dr_real_server",
+    f"the node serves a load balancer's virtual address {LVS_VIP} in direct routing (LVS-DR), "
+    "as the guides set a real server up: the address on lo, and arptables rules that drop "
+    "ARP for it and rewrite the node's own ARP from it, so only the balancer answers for it; "
+    "no node's ARP is touched (iptables_drop_rule via=arp drops a peer's)",
+    _lvs_real_server, _lvs_gone, benign=True,
 ))
 
 

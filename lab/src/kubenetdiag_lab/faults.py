@@ -735,6 +735,16 @@ def _drop_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
                        "peer_in, peer_out, arp, bridge or snat")
 
 
+def _arp_table_tidy(ctx: FaultContext, node: LabNode) -> None:
+    """arptables-nft leaves its table behind once its last rule is deleted: the node had
+    none before."""
+    arp_table = ctx.node(node).run(["nft", "list", "table", "arp", "filter"], check=False)
+    if arp_table.returncode == 0 and not [
+            line for line in arp_table.stdout.splitlines()
+            if line.strip() and line.split()[0] not in ("table", "chain", "type", "}")]:
+        ctx.node(node).run(["nft", "delete", "table", "arp", "filter"])
+
+
 def _drop_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
     ctx.node(node).run(["nft", "delete", "table", "bridge", "filter"], check=False)
     _ipt_delete(ctx, node, "POSTROUTING", _snat_spec(ctx, node), table="nat")
@@ -747,12 +757,7 @@ def _drop_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
         arp = ["-s", peer.address, "-j", "DROP"]
         while ctx.node(node).run(["arptables", "-D", "INPUT", *arp], check=False).returncode == 0:
             blocked = True
-    # arptables-nft leaves its table behind, empty: the node had none before
-    arp_table = ctx.node(node).run(["nft", "list", "table", "arp", "filter"], check=False)
-    if arp_table.returncode == 0 and not [
-            line for line in arp_table.stdout.splitlines()
-            if line.strip() and line.split()[0] not in ("table", "chain", "type", "}")]:
-        ctx.node(node).run(["nft", "delete", "table", "arp", "filter"])
+    _arp_table_tidy(ctx, node)
     if blocked:
         _pair_mended(ctx)
     chain, spec = _drop_spec(ctx, node, params)
