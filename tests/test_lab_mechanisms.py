@@ -1730,6 +1730,10 @@ def _in_force(lab: Lab, name: str) -> None:
     elif name == "benign_keepalived_vip":
         addrs = node.run(["ip", "-4", "-o", "address", "show", "dev", "eth0"]).stdout.split("\n")
         assert lab.node("node2").address in addrs[0] and "198.18.0.100/32" in addrs[1], addrs
+    elif name == "benign_lvs_dr_real_server":
+        assert "198.18.0.101/32" in node.run(["ip", "-br", "address", "show", "dev", "lo"]).stdout
+        rules = node.run(["arptables", "-S"]).stdout
+        assert "-A INPUT -j DROP -d 198.18.0.101" in rules, rules
     elif name == "benign_htb_unlimited":
         assert "qdisc htb 1: root" in node.run(["tc", "qdisc", "show", "dev", "eth0"]).stdout
     elif name == "benign_tcp_timestamps_off":
