@@ -286,8 +286,9 @@ def parse(section: Section, node: str) -> list[Fact]:
         if policy.get("action") not in ("allow", "block"):
             unread.append(" ".join(raw))  # an action this parser does not know
             return
-        if any(t is None for t in policy["templates"]):
-            unread.append(" ".join(raw))  # a template whose second line was not read
+        if any(t is None or "proto" not in t for t in policy["templates"]):
+            # a template whose second line was not read, or never came (the listing ended)
+            unread.append(" ".join(raw))
             return
         policies.append((policy, raw))
 
