@@ -120,6 +120,7 @@ MULTI: list[tuple[str, ...]] = [
      "icmp_echo_blocked[via=file]@node3"),
     # a fault beside a benign look-alike on another node: only the fault is named
     ("flannel-vxlan", "rp_filter_strict@node2", "benign_rp_filter_strict@node3"),
+    ("flannel-vxlan", "iptables_drop_rule[via=arp]@node2", "benign_lvs_dr_real_server@node3"),
     ("flannel-vxlan", "overlay_device_down@node2", "benign_leftover_vxlan_device@node3"),
     ("flannel-host-gw", "forward_chain_reject@node1", "benign_docker_installed@node2"),
     ("calico-bgp", "underlay_neighbor_wrong[via=neigh]@node1", "benign_static_arp@node3"),
