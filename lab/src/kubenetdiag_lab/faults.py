@@ -2524,7 +2524,8 @@ register(Fault(
     "node_address_prefix_wrong",
     "the node's own address on eth0 with a longer prefix than the underlay's (param prefix, "
     "default 28), as a netmask typed wrong in its network configuration leaves it after its "
-    "networking restarts (via=netmask): the outside's gateway 198.18.0.250 is off its link, "
+    f"networking restarts (via=netmask): the outside's gateway {OUTSIDE_UNDERLAY} is off its "
+    "link, "
     "so the kernel refuses its route to the middleware's network through it, while the "
     "collector and the API server stay on its link; or changed by hand on the running node "
     "(via=live: `ip address add` of the new, `del` of the old), which keeps that route "
