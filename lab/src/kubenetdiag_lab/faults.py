@@ -2441,15 +2441,20 @@ def _duplicate_on(ctx: FaultContext, node: LabNode, params: Params) -> None:
     ctx.node(node).run(["ip", "address", "add", f"{peer.address}/{plen}", "dev", dev])
 
 
+def _addresses_held(ctx: FaultContext, node: LabNode, *dev: str) -> list[tuple[str, str]]:
+    """(device, address/length) of each IPv4 address the node holds (on `dev` only, given)."""
+    held = ctx.node(node).run(["ip", "-4", "-o", "address", "show", *(("dev", *dev) if dev
+                                                                       else ())]).stdout
+    return [(words[1], words[3]) for words in map(str.split, held.splitlines())
+            if len(words) > 3 and words[2] == "inet"]
+
+
 def _duplicate_off(ctx: FaultContext, node: LabNode, params: Params) -> None:
     # whichever way and for whichever peer it was made: a heal without its parameters finds it
-    held = ctx.node(node).run(["ip", "-4", "-o", "address", "show"]).stdout
     mine = {f"{p.address}/" for p in ctx.topology.nodes if p.name != node.name}
-    for line in held.splitlines():
-        words = line.split()
-        if len(words) > 3 and words[2] == "inet" and words[1] in _DUPLICATE_DEVS.values() \
-                and any(words[3].startswith(a) for a in mine):
-            ctx.node(node).run(["ip", "address", "del", words[3], "dev", words[1]])
+    for dev, held in _addresses_held(ctx, node):
+        if dev in _DUPLICATE_DEVS.values() and any(held.startswith(a) for a in mine):
+            ctx.node(node).run(["ip", "address", "del", held, "dev", dev])
     # while it held the address it answered ARP for it too
     _underlay_resolved_again(ctx)
 
@@ -2512,11 +2517,9 @@ def _prefix_right(ctx: FaultContext, node: LabNode, params: Params) -> None:
     runner = ctx.node(node)
     runner.run(["ip", "address", "replace", right, "dev", "eth0"])
     # whatever prefix it was given: a heal without its parameters finds it
-    held = runner.run(["ip", "-4", "-o", "address", "show", "dev", "eth0"]).stdout
-    for line in held.splitlines():
-        words = line.split()
-        if len(words) > 3 and words[3].startswith(f"{node.address}/") and words[3] != right:
-            runner.run(["ip", "address", "del", words[3], "dev", "eth0"])
+    for _, held in _addresses_held(ctx, node, "eth0"):
+        if held.startswith(f"{node.address}/") and held != right:
+            runner.run(["ip", "address", "del", held, "dev", "eth0"])
     runner.run(["ip", "route", "replace", *OUTSIDE_ROUTE])
 
 
@@ -2525,8 +2528,7 @@ register(Fault(
     "the node's own address on eth0 with a longer prefix than the underlay's (param prefix, "
     "default 28), as a netmask typed wrong in its network configuration leaves it after its "
     f"networking restarts (via=netmask): the outside's gateway {OUTSIDE_UNDERLAY} is off its "
-    "link, "
-    "so the kernel refuses its route to the middleware's network through it, while the "
+    "link, so the kernel refuses its route to the middleware's network through it, while the "
     "collector and the API server stay on its link; or changed by hand on the running node "
     "(via=live: `ip address add` of the new, `del` of the old), which keeps that route "
     "working until the next restart",

@@ -104,6 +104,7 @@ class NodeView:
     chains: list[BaseChain] = field(default_factory=list)
     altered: dict[str, list[str]] = field(default_factory=dict)  # dev -> ["tc ingress", "xdp"]
     has_netfilter: bool = False
+    arp_filtered: bool = False  # chains of the arp family: each flow's ARP goes through them
     # False when the routes probe failed or left lines unread on this node: a destination
     # with no route is then unknown, not "no route" (which would blame the CNI for our gap)
     routes_complete: bool = True
@@ -285,6 +286,7 @@ def build(name: str, facts: list[Fact]) -> NodeView:
                                   str(a.get("type") or "filter"),
                                   tuple(d for d in str(a.get("device") or "").split(",") if d)))
     v.chains.sort(key=lambda b: b.priority)
+    v.arp_filtered = any(b.hook.startswith(ARP_HOOK) for b in v.chains)
     v.sets.update({sk: nft.set_of(listed, complete) for sk, (listed, complete)
                    in nft_sets.items()})
     return v

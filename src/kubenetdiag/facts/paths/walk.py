@@ -26,9 +26,9 @@ from dataclasses import dataclass, field, replace
 
 from kubenetdiag.facts.paths.netfilter import Stop, World, walk_hook
 from kubenetdiag.facts.paths.node import NodeView
-from kubenetdiag.facts.paths.packet import BRIDGE_PORT, Packet, addr, in_net, network, show
+from kubenetdiag.facts.paths.packet import BRIDGE_PORT, Packet, addr, in_net, show
 from kubenetdiag.facts.paths.routing import Decision, Route
-from kubenetdiag.facts.paths.ruleset import ARP_HOOK, BRIDGE_HOOK
+from kubenetdiag.facts.paths.ruleset import BRIDGE_HOOK
 from kubenetdiag.facts.paths.xfrm import Policy as XfrmPolicy
 from kubenetdiag.facts.paths.xfrm import lookup as xfrm_lookup
 
@@ -344,31 +344,30 @@ def _link_address(v: NodeView, dev: str | None, a: int) -> int | None:
             or v.ifaces[dev].get("noarp"):
         return None
     for text in str(v.ifaces[dev].get("addresses") or "").split(","):
-        if in_net(a, text):  # (cached: every flow that leaves asks)
-            return network(text.split("/")[0])[0]  # type: ignore[index]
+        if in_net(a, text):  # (cached)
+            return addr(text.split("/")[0])
     return None
-
-
-def _arp_filtered(v: NodeView) -> bool:
-    return any(b.hook.startswith(ARP_HOOK) for b in v.chains)
 
 
 def _arp_in(v: NodeView, pkt: Packet, steps: list[str]) -> Ending | None:
     """The ARP the packet's sender, on the link it arrives by, needed first."""
-    me = _link_address(v, pkt.iif, pkt.src) if _arp_filtered(v) else None
+    me = _link_address(v, pkt.iif, pkt.src) if v.arp_filtered else None
     return None if me is None else _arp(v, me, pkt.src, str(pkt.iif), True, steps)
 
 
-def _resolved(v: NodeView, d: Decision, pkt: Packet, steps: list[str], end: Ending) -> Ending:
-    """A packet that passed the hooks on its way out still needs its next hop's MAC."""
-    if end.verdict != "pass" or d.route is None or d.route.dev is None:
+def _resolved(v: NodeView, flow: Flow, d: Decision, pkt: Packet, steps: list[str],
+              end: Ending) -> Ending:
+    """A packet that passed the hooks on its way out still needs its next hop's MAC; the
+    node's own connection to a declared endpoint says which neighbour that is."""
+    if end.verdict != "pass" or d.route is None or d.route.dev is None \
+            or not (v.arp_filtered or flow.name == "endpoint"):
         return end
     gateway = d.route.gateway
     hop = addr(gateway) if gateway and ":" not in gateway else pkt.dst
     me = _link_address(v, d.route.dev, hop)
     if me is None:
         return end
-    stopped = _arp(v, me, hop, d.route.dev, False, steps) if _arp_filtered(v) else None
+    stopped = _arp(v, me, hop, d.route.dev, False, steps) if v.arp_filtered else None
     return stopped or replace(end, next_hop=(show(hop), d.route.dev))
 
 
@@ -451,7 +450,7 @@ def _decide(v: NodeView, flow: Flow, w: World, steps: list[str]) -> Ending:
                 return Ending("drop", "mtu", at, rule=at, owner="kernel",
                               why="full-size packets from the peer are larger than this node's "
                                   "underlay carries", steps=steps)
-        return _resolved(v, d, pkt, steps,
+        return _resolved(v, flow, d, pkt, steps,
                          _after(v, ["forward", "postrouting"], flow, pkt.but(oif=oif), w, steps))
     # sent by the node itself
     d = v.routing.lookup(pkt)
@@ -464,7 +463,7 @@ def _decide(v: NodeView, flow: Flow, w: World, steps: list[str]) -> Ending:
     end = _xfrm(v, ("out",), pkt, (oif,), steps)
     if end:
         return end
-    return _resolved(v, d, pkt, steps,
+    return _resolved(v, flow, d, pkt, steps,
                      _after(v, ["output", "postrouting"], flow, pkt.but(oif=oif), w, steps))
 
 
